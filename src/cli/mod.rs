@@ -1,0 +1,159 @@
+//! Command-line definitions (clap) and dispatch. Each subcommand maps to one function that returns
+//! the process exit code:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | a step failed and rollback completed (or `audit verify` found tampering) |
+//! | 2 | usage or configuration invalid |
+//! | 3 | a gate refused (missing rehearsal, lock held, wrong AWS account) |
+//! | 4 | rollback incomplete: a human is needed |
+//! | 130 | interrupted; the journal is consistent and `resume` continues |
+
+mod audit;
+mod run;
+
+use crate::engine::ui::OutputFormat;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: a step failed and rollback completed.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: usage or configuration invalid.
+pub const EXIT_INVALID: i32 = 2;
+/// Exit code: a gate refused.
+pub const EXIT_REFUSED: i32 = 3;
+/// Exit code: rollback incomplete.
+pub const EXIT_ROLLBACK_INCOMPLETE: i32 = 4;
+/// Exit code: interrupted.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Carries an application onto AWS and through its cutover, rehearsed, reversible and on record.
+#[derive(Debug, Parser)]
+#[command(name = "cutover", version, about)]
+pub struct Cli {
+    /// Project root holding environments/, runbooks/ and terraform/ (default: current directory).
+    #[arg(short = 'C', long = "project-dir", global = true, default_value = ".")]
+    pub project_dir: PathBuf,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and resolve every environment and runbook; report every problem; no network.
+    Validate {
+        /// Only this runbook (name in runbooks/ or path); default: all.
+        #[arg(long)]
+        runbook: Option<String>,
+    },
+    /// Full run against a non-production environment, recorded as a rehearsal.
+    Rehearse {
+        /// Environment name (environments/<ENV>.yaml).
+        env: String,
+        /// Runbook (name in runbooks/ or path); default: the only one in runbooks/.
+        #[arg(long)]
+        runbook: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputFormat,
+    },
+    /// Run against any environment; production requires successful rehearsals of the same runbook.
+    Execute {
+        /// Environment name.
+        env: String,
+        /// Plan every step against live state and print what it would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Runbook (name in runbooks/ or path); default: the only one in runbooks/.
+        #[arg(long)]
+        runbook: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputFormat,
+    },
+    /// Continue an interrupted run from its event log.
+    Resume {
+        /// Run id.
+        run_id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputFormat,
+    },
+    /// Roll back a run: every started step, newest first.
+    Rollback {
+        /// Run id.
+        run_id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputFormat,
+    },
+    /// List runs on record.
+    Runs {
+        /// Only this environment.
+        env: Option<String>,
+        /// Output format (`json`: an array of runs).
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputFormat,
+    },
+    /// Show the state of one run.
+    Status {
+        /// Run id.
+        run_id: String,
+    },
+    /// Audit reports and verification.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+/// `cutover audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Render a run's audit.
+    Show {
+        /// Run id.
+        run_id: String,
+        /// md or json.
+        #[arg(long, value_enum, default_value = "md")]
+        format: audit::AuditFormat,
+    },
+    /// Check a run's hash chain; names the first record that does not match.
+    Verify {
+        /// Run id.
+        run_id: String,
+    },
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub async fn run(cli: Cli) -> i32 {
+    let root = cli.project_dir;
+    match cli.command {
+        Command::Validate { runbook } => run::validate(&root, runbook.as_deref()),
+        Command::Rehearse { env, runbook, output } => run::start(&root, &env, runbook.as_deref(), run::Kind::Rehearse, output).await,
+        Command::Execute { env, dry_run, runbook, output } => {
+            let kind = if dry_run { run::Kind::DryRun } else { run::Kind::Execute };
+            run::start(&root, &env, runbook.as_deref(), kind, output).await
+        }
+        Command::Resume { run_id, output } => run::resume(&root, &run_id, output, false).await,
+        Command::Rollback { run_id, output } => run::resume(&root, &run_id, output, true).await,
+        Command::Runs { env, output } => audit::runs(&root, env.as_deref(), output),
+        Command::Status { run_id } => audit::status(&root, &run_id),
+        Command::Audit { action: AuditCommand::Show { run_id, format } } => audit::show(&root, &run_id, format),
+        Command::Audit { action: AuditCommand::Verify { run_id } } => audit::verify(&root, &run_id),
+    }
+}
+
+/// Prints `error: ...` with optional `hint: ...` to stderr.
+pub(crate) fn print_error(message: &str, hint: Option<&str>) {
+    eprintln!("error: {message}");
+    if let Some(h) = hint {
+        eprintln!("hint: {h}");
+    }
+}

@@ -1,0 +1,186 @@
+//! `environments/<env>.yaml`: one AWS account, its Terraform root, EKS cluster, databases, DNS
+//! zone and the secrets the runbook may use (by environment variable name, never by value).
+
+use super::problem::{from_yaml_error, Problem, Problems};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The tier of an environment; production is gated by rehearsals of the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// A full-size rehearsal environment.
+    Staging,
+    /// A development environment, also used for rehearsals.
+    Dev,
+    /// The environment users depend on.
+    Production,
+}
+
+impl Tier {
+    /// The lower-case name used in files and templates (`env.tier`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Staging => "staging",
+            Tier::Dev => "dev",
+            Tier::Production => "production",
+        }
+    }
+}
+
+/// One environment = one AWS account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Must equal the file stem (`staging` for `environments/staging.yaml`).
+    pub name: String,
+    /// staging | dev | production.
+    pub tier: Tier,
+    /// The account and how to reach it.
+    pub aws: AwsSection,
+    /// The Terraform root applied for this account.
+    pub terraform: TerraformSection,
+    /// The EKS cluster that runs the workloads.
+    pub eks: EksSection,
+    /// The database moved from the legacy host into RDS.
+    pub database: DatabaseSection,
+    /// The Route 53 hosted zone.
+    pub dns: DnsSection,
+    /// Secrets the runbook may reference as `secrets.<name>`; values come from the process
+    /// environment at run time and are never written anywhere.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretRef>,
+}
+
+/// The AWS account of an environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSection {
+    /// 12-digit account id; STS must report exactly this after assuming `role_arn`.
+    pub account_id: String,
+    /// Role assumed from the standard credential chain for every AWS call and Terraform run.
+    pub role_arn: String,
+    /// Region, e.g. `us-east-1`.
+    pub region: String,
+}
+
+/// Terraform root and backend for the environment's account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerraformSection {
+    /// Directory of the root module, relative to the project root.
+    pub dir: String,
+    /// `-backend-config` key/value pairs for `terraform init` (bucket, key, region, ...).
+    #[serde(default)]
+    pub backend: BTreeMap<String, String>,
+    /// `-var` values for plan.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// The EKS cluster; the kubeconfig context is looked up by the cluster's ARN.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EksSection {
+    /// Cluster name as in DescribeCluster.
+    pub cluster: String,
+}
+
+/// Source (legacy) and target (RDS) databases. URLs carry passwords, so the file names the
+/// environment variables that hold them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// Database name on both sides.
+    pub name: String,
+    /// Environment variable holding the source admin URL (`postgres://user:pass@host:port/db`).
+    pub source_url_env: String,
+    /// Environment variable holding the target admin URL.
+    pub target_url_env: String,
+}
+
+/// The Route 53 hosted zone of the environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// Zone apex, e.g. `staging.shop.example.com`.
+    pub domain: String,
+}
+
+/// A secret value taken from the process environment at run time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// Name of the environment variable.
+    pub from_env: String,
+}
+
+/// Parses one environment file (after `${VAR}` expansion).
+pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Environment, Problems> {
+    let lookup = |n: &str| std::env::var(n).ok();
+    let expanded = super::expand_env_vars(text, &lookup).map_err(|errs| {
+        Problems(errs.into_iter().map(|(l, m)| Problem::new(path, Some(l), m)).collect())
+    })?;
+    let env: Environment =
+        serde_saphyr::from_str(&expanded).map_err(|e| Problems::one(from_yaml_error(path, &e)))?;
+    let mut problems = Problems::default();
+    let line_of = |key: &str| {
+        text.lines()
+            .position(|l| l.trim_start().starts_with(&format!("{key}:")))
+            .map(|i| i as u32 + 1)
+    };
+    if env.name != expected_name {
+        problems.push(Problem::new(
+            path,
+            line_of("name"),
+            format!("name `{}` does not match the file name `{expected_name}`", env.name),
+        ));
+    }
+    let id = &env.aws.account_id;
+    if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        problems.push(Problem::new(
+            path,
+            line_of("account_id"),
+            format!("aws.account_id `{id}` is not a 12-digit AWS account id"),
+        ));
+    }
+    if !env.aws.role_arn.starts_with("arn:aws") || !env.aws.role_arn.contains(":role/") {
+        problems.push(Problem::new(
+            path,
+            line_of("role_arn"),
+            format!("aws.role_arn `{}` is not an IAM role ARN", env.aws.role_arn),
+        ));
+    }
+    problems.into_result(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "name: staging\ntier: staging\naws: {account_id: '123456789012', role_arn: 'arn:aws:iam::123456789012:role/x', region: us-east-1}\nterraform: {dir: t}\neks: {cluster: c}\ndatabase: {name: shop, source_url_env: S, target_url_env: T}\ndns: {domain: staging.example.com}\n";
+
+    #[test]
+    fn parses_a_complete_file() {
+        let env = parse(Path::new("e.yaml"), GOOD, "staging").unwrap();
+        assert_eq!(env.tier, Tier::Staging);
+        assert_eq!(env.aws.region, "us-east-1");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_line() {
+        let text = GOOD.replace("tier: staging\n", "tier: staging\ncolour: blue\n");
+        let err = parse(Path::new("e.yaml"), &text, "staging").unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert!(err.0[0].message.contains("colour"), "{}", err);
+        assert_eq!(err.0[0].line, Some(3));
+    }
+
+    #[test]
+    fn wrong_name_and_bad_account_are_both_reported() {
+        let text = GOOD.replace("'123456789012', role", "'12', role");
+        let err = parse(Path::new("e.yaml"), &text, "dev").unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+    }
+}

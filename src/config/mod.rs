@@ -1,0 +1,91 @@
+//! Serde types for the files a team commits: `environments/<env>.yaml` and
+//! `runbooks/<name>.yaml`, and their loading into those types with every problem located by file
+//! and line.
+//!
+//! This module owns the *raw* layer (what the YAML says). It does no network or process I/O; it
+//! reads only the file it is given and the process environment for `${VAR}` expansion in
+//! environment files. Resolution into a runnable plan lives in `crate::runbook`.
+
+mod environment;
+mod expand;
+pub mod node;
+mod problem;
+mod runbook;
+
+pub use environment::{
+    AwsSection, DatabaseSection, DnsSection, EksSection, Environment, SecretRef, TerraformSection,
+    Tier,
+};
+pub use expand::expand_env_vars;
+pub use problem::{Problem, Problems};
+pub use runbook::{RawPhase, RawRunbook, RawStep, RollbackPolicy, SpannedStep};
+
+use std::path::Path;
+
+/// Reads and parses `environments/<name>.yaml` under `root`.
+///
+/// # Errors
+/// Every problem found (missing file, `${VAR}` without a value, YAML syntax, unknown or missing
+/// field, a name that does not match the file name), each with file and line.
+pub fn load_environment(root: &Path, name: &str) -> Result<Environment, Problems> {
+    let path = root.join("environments").join(format!("{name}.yaml"));
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        let mut hint = None;
+        if e.kind() == std::io::ErrorKind::NotFound {
+            let known = list_names(&root.join("environments"));
+            hint = Some(format!("known environments: {}", known.join(", ")));
+        }
+        Problems::one(Problem::new(&path, None, format!("cannot read environment file: {e}")).hint(hint))
+    })?;
+    environment::parse(&path, &text, name)
+}
+
+/// Reads and parses a runbook file. `reference` is either a path to a YAML file or the name of a
+/// file in `runbooks/` (`shop-cutover` for `runbooks/shop-cutover.yaml`).
+///
+/// # Errors
+/// Every problem found, each with file and line; see [`runbook::parse`].
+pub fn load_runbook(root: &Path, reference: &str) -> Result<(RawRunbook, String, std::path::PathBuf), Problems> {
+    let path = resolve_runbook_path(root, reference);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        let known = list_names(&root.join("runbooks"));
+        Problems::one(
+            Problem::new(&path, None, format!("cannot read runbook: {e}"))
+                .hint(Some(format!("runbooks in runbooks/: {}", known.join(", ")))),
+        )
+    })?;
+    let raw = runbook::parse(&path, &text)?;
+    Ok((raw, text, path))
+}
+
+/// The path a runbook reference names (see [`load_runbook`]).
+pub fn resolve_runbook_path(root: &Path, reference: &str) -> std::path::PathBuf {
+    let direct = Path::new(reference);
+    if reference.ends_with(".yaml") || reference.ends_with(".yml") || reference.contains('/') {
+        if direct.is_absolute() {
+            direct.to_path_buf()
+        } else {
+            root.join(direct)
+        }
+    } else {
+        root.join("runbooks").join(format!("{reference}.yaml"))
+    }
+}
+
+/// Names (file stems) of the `*.yaml` files in `dir`, sorted; empty when it cannot be read.
+pub fn list_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let p = e.path();
+                    (p.extension().and_then(|x| x.to_str()) == Some("yaml"))
+                        .then(|| p.file_stem()?.to_str().map(str::to_owned))
+                        .flatten()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}

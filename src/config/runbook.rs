@@ -1,0 +1,210 @@
+//! `runbooks/<name>.yaml`: named phases of steps.
+//!
+//! ```yaml
+//! name: shop-cutover
+//! vars: { app: shop }
+//! phases:
+//!   - name: prepare
+//!     steps:
+//!       - { id: infra, kind: terraform.apply }
+//!       - id: synced
+//!         kind: postgres.wait_lag
+//!         with: { max_lag_bytes: 0 }
+//!         timeout: 10m
+//! ```
+
+use super::node::Node;
+use super::problem::{from_yaml_error, Problem, Problems};
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The top of a runbook file, with each step still as a located node.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunbookFile {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    vars: BTreeMap<String, serde_json::Value>,
+    phases: Vec<RawPhaseFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPhaseFile {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: Option<String>,
+    steps: Vec<Spanned<Node>>,
+}
+
+/// A parsed runbook: structure checked, steps typed; references not yet checked.
+#[derive(Debug, Clone)]
+pub struct RawRunbook {
+    /// Runbook name.
+    pub name: String,
+    /// Free text shown in rendered procedures.
+    pub description: Option<String>,
+    /// Values available to templates as `vars.*`.
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Phases in order.
+    pub phases: Vec<RawPhase>,
+}
+
+/// A named group of steps executed in order.
+#[derive(Debug, Clone)]
+pub struct RawPhase {
+    /// Phase name (`prepare`, `cutover`, ...).
+    pub name: String,
+    /// 1-based line of the phase name.
+    pub line: u32,
+    /// Free text.
+    pub description: Option<String>,
+    /// Steps in order.
+    pub steps: Vec<SpannedStep>,
+}
+
+/// A step with the lines of its fields, for located errors.
+#[derive(Debug, Clone)]
+pub struct SpannedStep {
+    /// The typed step.
+    pub step: RawStep,
+    /// 1-based line where the step starts.
+    pub line: u32,
+    /// The step's node, for the lines of individual fields.
+    pub node: Node,
+}
+
+impl SpannedStep {
+    /// The line of field `name`, else the step's line.
+    pub fn line_of(&self, name: &str) -> u32 {
+        self.node.key_line(name).unwrap_or(self.line)
+    }
+}
+
+/// What the engine does with a step when the run rolls back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RollbackPolicy {
+    /// Call the kind's rollback (the default).
+    #[default]
+    Auto,
+    /// Leave the step's effect in place on rollback.
+    Skip,
+}
+
+/// One step as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    /// Unique within the runbook; `[a-z0-9_-]+`.
+    pub id: String,
+    /// Step kind, e.g. `postgres.replicate`; see `cutover schema` for the list.
+    pub kind: String,
+    /// Kind parameters; strings are minijinja templates.
+    #[serde(default, rename = "with")]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Template; the step runs only when it renders to a true value.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Deadline for apply + verify, e.g. `90s`, `10m`; default per kind.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Extra attempts of apply after a failure (default 0).
+    #[serde(default)]
+    pub retries: u32,
+    /// Rollback behaviour.
+    #[serde(default)]
+    pub rollback: RollbackPolicy,
+    /// Free text shown in rendered procedures.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// The fields a step may have, as the error hint lists them.
+pub const STEP_FIELDS: &[&str] = &["id", "kind", "with", "when", "timeout", "retries", "rollback", "description"];
+
+/// Parses a runbook, checking each step separately so that every step's problems are reported.
+pub(super) fn parse(path: &Path, text: &str) -> Result<RawRunbook, Problems> {
+    let file: RawRunbookFile =
+        serde_saphyr::from_str(text).map_err(|e| Problems::one(from_yaml_error(path, &e)))?;
+    let mut problems = Problems::default();
+    let mut phases = Vec::new();
+    for phase in file.phases {
+        let mut steps = Vec::new();
+        for spanned in phase.steps {
+            let line = spanned.referenced.line() as u32;
+            let node = spanned.value;
+            if !matches!(node, Node::Map(_)) {
+                problems.push(Problem::new(path, Some(line), "a step must be a mapping with at least `id` and `kind`"));
+                continue;
+            }
+            let mut bad = false;
+            for (key, kline) in node.keys() {
+                if !STEP_FIELDS.contains(&key) {
+                    bad = true;
+                    let id = node.get("id").and_then(|v| match &v.value {
+                        Node::Str(s) => Some(s.clone()),
+                        _ => None,
+                    });
+                    let who = id.map(|i| format!("step `{i}`")).unwrap_or_else(|| "step".into());
+                    problems.push(
+                        Problem::new(path, Some(kline), format!("{who}: unknown field `{key}`"))
+                            .hint(Some(format!("valid fields: {}", STEP_FIELDS.join(", ")))),
+                    );
+                }
+            }
+            if bad {
+                continue;
+            }
+            match serde_json::from_value::<RawStep>(node.to_json()) {
+                Ok(step) => steps.push(SpannedStep { step, line, node }),
+                Err(e) => {
+                    let msg = e.to_string();
+                    let field_line = msg
+                        .split('`')
+                        .nth(1)
+                        .and_then(|f| node.key_line(f))
+                        .unwrap_or(line);
+                    problems.push(Problem::new(path, Some(field_line), format!("step: {msg}")));
+                }
+            }
+        }
+        phases.push(RawPhase {
+            name: phase.name.value,
+            line: phase.name.referenced.line() as u32,
+            description: phase.description,
+            steps,
+        });
+    }
+    problems.into_result(RawRunbook { name: file.name, description: file.description, vars: file.vars, phases })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_and_flow_steps_keep_their_lines() {
+        let text = "name: r\nphases:\n  - name: p\n    steps:\n      - { id: a, kind: http.check }\n      - id: b\n        kind: http.check\n        with: { url: x }\n";
+        let rb = parse(Path::new("r.yaml"), text).unwrap();
+        let steps = &rb.phases[0].steps;
+        assert_eq!(steps[0].line, 5);
+        assert_eq!(steps[1].line_of("with"), 8);
+        assert_eq!(steps[1].step.params["url"], "x");
+    }
+
+    #[test]
+    fn unknown_fields_in_two_steps_are_both_reported_with_lines() {
+        let text = "name: r\nphases:\n  - name: p\n    steps:\n      - { id: a, kind: k, colour: red }\n      - id: b\n        kind: k\n        retry: 3\n";
+        let err = parse(Path::new("r.yaml"), text).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert_eq!(err.0[0].line, Some(5));
+        assert_eq!(err.0[1].line, Some(8));
+        assert!(err.0[1].message.contains("`retry`"));
+        assert!(err.0[1].hint.as_deref().unwrap().contains("retries"));
+    }
+}

@@ -1,0 +1,383 @@
+//! Executes a plan step by step under the step contract, journals every transition to the event
+//! log before acting on it, and rolls completed steps back in reverse order when one fails.
+
+use super::log::{EventLog, Record};
+use super::ui::Ui;
+use crate::config::RollbackPolicy;
+use crate::providers::{ProviderError, Providers};
+use crate::runbook::{env_context, template, Plan, PlanStep};
+use crate::secret::{fingerprint, Redactor};
+use crate::steps::context::Mode;
+use crate::steps::{Planned, StepContext, StepError};
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every step completed (or, in a dry-run, planned).
+    Succeeded,
+    /// A step failed and every rollback completed (exit 1).
+    RolledBack,
+    /// A rollback step failed; a person must finish it (exit 4).
+    RollbackIncomplete,
+    /// A gate refused before any mutation (exit 3).
+    Refused(String),
+    /// SIGINT; the journal is consistent and `resume` continues (exit 130).
+    Interrupted,
+}
+
+/// Why the run could not even proceed as a run (configuration, journal I/O).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The event log could not be written: nothing further may happen.
+    #[error(transparent)]
+    Log(#[from] super::log::LogError),
+    /// Configuration problems found at run time (a secret's variable unset, ...): exit 2.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The state of one run while it executes.
+pub struct Executor<'a> {
+    pub(super) plan: &'a Plan,
+    pub(super) mode: Mode,
+    pub(super) run_id: String,
+    pub(super) root: PathBuf,
+    pub(super) run_dir: PathBuf,
+    pub(super) log: EventLog,
+    pub(super) ui: &'a Ui,
+    pub(super) providers: Providers,
+    pub(super) redactor: Arc<Redactor>,
+    pub(super) tf: Map<String, Value>,
+    pub(super) outputs: HashMap<String, Map<String, Value>>,
+    pub(super) secrets_real: Map<String, Value>,
+    pub(super) secrets_display: Map<String, Value>,
+    /// Steps with a `step_started` record (candidates for rollback).
+    pub(super) started: Vec<String>,
+    /// Steps completed or skipped.
+    pub(super) done: HashSet<String>,
+    /// Rollback material from each step's first plan.
+    pub(super) before: HashMap<String, Value>,
+}
+
+struct Failure {
+    step: String,
+    error: String,
+}
+
+impl<'a> Executor<'a> {
+    /// Appends a record and shows it.
+    pub(super) fn record(&mut self, event: &str, step: Option<&str>, data: Value) -> Result<Record, EngineError> {
+        let rec = self.log.append(event, step, data)?;
+        self.ui.record(&rec);
+        Ok(rec)
+    }
+
+    /// Reads every secret the environment declares from the process environment.
+    pub(super) fn load_secrets(&mut self) -> Result<(), EngineError> {
+        for (name, r) in &self.plan.env.secrets {
+            let v = self.providers.secret_env(&r.from_env).map_err(|e| EngineError::Config(format!("secret `{name}`: {e}")))?;
+            self.secrets_display.insert(name.clone(), Value::from(fingerprint(&v)));
+            self.secrets_real.insert(name.clone(), Value::from(v));
+        }
+        // The database URLs are secrets too, whether or not a step reads them.
+        let _ = self.providers.source_url();
+        let _ = self.providers.target_url();
+        Ok(())
+    }
+
+    /// Rebuilds step outputs, Terraform outputs and progress from a run's records (resume).
+    pub(super) fn replay(&mut self, records: &[Record]) {
+        for r in records {
+            let Some(step) = r.step.clone() else { continue };
+            match r.event.as_str() {
+                "step_started" => {
+                    if !self.started.contains(&step) {
+                        self.started.push(step);
+                    }
+                }
+                "step_planned" => {
+                    if let Some(b) = r.data.get("before") {
+                        self.before.entry(step).or_insert_with(|| b.clone());
+                    }
+                }
+                "step_applied" => {
+                    if let Some(Value::Object(o)) = r.data.get("outputs") {
+                        self.absorb_outputs(&step, o.clone());
+                    }
+                }
+                "step_completed" | "step_skipped" => {
+                    self.done.insert(step);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn absorb_outputs(&mut self, step: &str, outputs: Map<String, Value>) {
+        if let Some(Value::Object(tf)) = outputs.get("tf") {
+            for (k, v) in tf {
+                self.tf.insert(k.clone(), v.clone());
+            }
+        }
+        self.outputs.insert(step.to_string(), outputs);
+    }
+
+    fn context(&self, display: bool) -> Value {
+        let steps: Map<String, Value> = self.outputs.iter().map(|(k, v)| (k.clone(), json!({"outputs": v}))).collect();
+        json!({
+            "env": env_context(&self.plan.env),
+            "vars": self.plan.vars,
+            "tf": self.tf,
+            "steps": steps,
+            "secrets": if display { &self.secrets_display } else { &self.secrets_real },
+        })
+    }
+
+    /// Runs every step not yet done, in order; on failure rolls back. Returns the outcome.
+    pub(super) async fn run_steps(&mut self) -> Result<Outcome, EngineError> {
+        let plan = self.plan;
+        let mut current_phase = String::new();
+        for (phase, step) in plan.steps() {
+            if self.done.contains(&step.id) {
+                continue;
+            }
+            if phase != current_phase {
+                current_phase = phase.to_string();
+                self.record("phase_started", None, json!({"phase": phase}))?;
+            }
+            let result = tokio::select! {
+                r = self.run_step(phase, step) => r?,
+                _ = tokio::signal::ctrl_c() => {
+                    let id = self.run_id.clone();
+                    self.record("run_interrupted", Some(&step.id), json!({"run_id": id}))?;
+                    return Ok(Outcome::Interrupted);
+                }
+            };
+            if let Err(f) = result {
+                if self.mode == Mode::DryRun {
+                    self.finish("failed", json!({"failed_step": f.step, "error": f.error}))?;
+                    return Ok(Outcome::RolledBack);
+                }
+                return self.rollback(&f.step, &f.error).await;
+            }
+        }
+        let status = if self.mode == Mode::DryRun { "planned" } else { "succeeded" };
+        self.finish(status, json!({}))?;
+        Ok(Outcome::Succeeded)
+    }
+
+    pub(super) fn finish(&mut self, status: &str, extra: Value) -> Result<(), EngineError> {
+        let mut data = json!({"run_id": self.run_id, "status": status, "environment": self.plan.env.name, "mode": self.mode.as_str()});
+        if let (Value::Object(d), Value::Object(e)) = (&mut data, extra) {
+            d.extend(e);
+        }
+        self.record("run_finished", None, data)?;
+        Ok(())
+    }
+
+    fn step_context<'b>(&'b self, step: &'b PlanStep, params: Map<String, Value>, progress: &'b (dyn Fn(&str) + Send + Sync)) -> StepContext<'b> {
+        StepContext {
+            run_id: &self.run_id,
+            step_id: &step.id,
+            mode: self.mode,
+            env: &self.plan.env,
+            params,
+            deadline: tokio::time::Instant::now() + step.timeout,
+            providers: &self.providers,
+            run_dir: &self.run_dir,
+            root: &self.root,
+            progress,
+        }
+    }
+
+    async fn run_step(&mut self, phase: &str, step: &PlanStep) -> Result<Result<(), Failure>, EngineError> {
+        let kind = step.kind;
+        let fail = |this: &mut Self, error: String| -> Result<Result<(), Failure>, EngineError> {
+            let error = this.redactor.redact(&error);
+            this.record("step_failed", Some(&step.id), json!({"kind": kind.name(), "error": error}))?;
+            Ok(Err(Failure { step: step.id.clone(), error }))
+        };
+        // `when`
+        if let Some(w) = &step.when {
+            match template::render_str(w, &self.context(true)) {
+                Ok(r) if !template::truthy(&r) => {
+                    self.done.insert(step.id.clone());
+                    self.record("step_skipped", Some(&step.id), json!({"kind": kind.name(), "reason": format!("when `{w}` is {}", r.trim())}))?;
+                    return Ok(Ok(()));
+                }
+                Ok(_) => {}
+                Err(e) => return fail(self, format!("when `{w}`: {e}")),
+            }
+        }
+        let params_obj = Value::Object(step.params.clone());
+        let display = match template::render_value(&params_obj, &self.context(true)) {
+            Ok(v) => v,
+            Err(e) => return fail(self, format!("template {e}")),
+        };
+        let real = match template::render_value(&params_obj, &self.context(false)) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => Map::new(),
+            Err(e) => return fail(self, format!("template {e}")),
+        };
+        if !self.started.contains(&step.id) {
+            self.started.push(step.id.clone());
+        }
+        self.record("step_started", Some(&step.id), json!({"phase": phase, "kind": kind.name(), "params": display, "timeout_s": step.timeout.as_secs()}))?;
+
+        let started = StdInstant::now();
+        let ui = self.ui;
+        let step_id = step.id.clone();
+        let redactor = self.redactor.clone();
+        let progress = move |msg: &str| ui.progress(&step_id, &redactor.redact(msg));
+        let timeout = step.timeout;
+
+        // plan
+        let planned: Result<Planned, StepError> = {
+            let cx = self.step_context(step, real.clone(), &progress);
+            tokio::time::timeout(timeout, kind.plan(&cx)).await.unwrap_or_else(|_| Err(StepError::Timeout("plan".into())))
+        };
+        let planned = match planned {
+            Ok(p) => p,
+            Err(e) => return self.step_error(step, e, fail),
+        };
+        self.before.entry(step.id.clone()).or_insert_with(|| planned.before.clone());
+        let dry = self.mode == Mode::DryRun;
+        self.record(
+            "step_planned",
+            Some(&step.id),
+            json!({"kind": kind.name(), "changes": planned.changes, "before": planned.before, "dry_run": dry}),
+        )?;
+        if dry {
+            self.absorb_outputs(&step.id, planned.predicted.clone());
+            self.done.insert(step.id.clone());
+            return Ok(Ok(()));
+        }
+
+        // apply, with retries
+        let mut attempt = 0u32;
+        let outputs = loop {
+            attempt += 1;
+            let result = {
+                let cx = self.step_context(step, real.clone(), &progress);
+                tokio::time::timeout(cx.remaining(), kind.apply(&cx, &planned)).await.unwrap_or_else(|_| Err(StepError::Timeout("apply".into())))
+            };
+            match result {
+                Ok(o) => break o,
+                Err(e) if attempt <= step.retries && !matches!(e, StepError::Gate(_)) => {
+                    let msg = self.redactor.redact(&e.to_string());
+                    self.record("step_attempt_failed", Some(&step.id), json!({"attempt": attempt, "error": msg}))?;
+                    tokio::time::sleep(std::time::Duration::from_secs(2u64.pow(attempt.min(5)))).await;
+                }
+                Err(e) => return self.step_error(step, e, fail),
+            }
+        };
+        self.record("step_applied", Some(&step.id), json!({"kind": kind.name(), "outputs": outputs}))?;
+        self.absorb_outputs(&step.id, outputs.clone());
+
+        // verify
+        let evidence = {
+            let cx = self.step_context(step, real.clone(), &progress);
+            let remaining = timeout.saturating_sub(started.elapsed());
+            tokio::time::timeout(remaining, kind.verify(&cx, &outputs)).await.unwrap_or_else(|_| Err(StepError::Timeout("verify".into())))
+        };
+        let evidence = match evidence {
+            Ok(e) => e,
+            Err(e) => return self.step_error(step, e, fail),
+        };
+        let summary = summary_line(&planned, &outputs, &evidence);
+        self.done.insert(step.id.clone());
+        self.record(
+            "step_completed",
+            Some(&step.id),
+            json!({"kind": kind.name(), "evidence": evidence, "summary": summary, "duration_ms": started.elapsed().as_millis() as u64, "attempts": attempt}),
+        )?;
+        Ok(Ok(()))
+    }
+
+    fn step_error(
+        &mut self,
+        _step: &PlanStep,
+        e: StepError,
+        fail: impl Fn(&mut Self, String) -> Result<Result<(), Failure>, EngineError>,
+    ) -> Result<Result<(), Failure>, EngineError> {
+        if let StepError::Gate(_) | StepError::Provider(ProviderError::WrongAccount { .. }) = &e {
+            return fail(self, format!("refused: {e}"));
+        }
+        fail(self, e.to_string())
+    }
+
+    /// Rolls back every started step in reverse order, the failed one included.
+    pub(super) async fn rollback(&mut self, failed_step: &str, reason: &str) -> Result<Outcome, EngineError> {
+        self.record("rollback_started", None, json!({"failed_step": failed_step, "reason": reason}))?;
+        self.continue_rollback(failed_step, &HashSet::new()).await
+    }
+
+    /// Rollback of the started steps not in `already`, newest first.
+    pub(super) async fn continue_rollback(&mut self, failed_step: &str, already: &HashSet<String>) -> Result<Outcome, EngineError> {
+        let plan = self.plan;
+        let mut incomplete = Vec::new();
+        let order: Vec<String> = self.started.iter().rev().cloned().collect();
+        for id in order {
+            if already.contains(&id) {
+                continue;
+            }
+            let Some((_, step)) = plan.steps().find(|(_, s)| s.id == id) else { continue };
+            if step.rollback == RollbackPolicy::Skip {
+                self.record("rollback_step_completed", Some(&id), json!({"restored": [], "note": "rollback: skip"}))?;
+                continue;
+            }
+            self.record("rollback_step_started", Some(&id), json!({"kind": step.kind.name()}))?;
+            let real = match template::render_value(&Value::Object(step.params.clone()), &self.context(false)) {
+                Ok(Value::Object(m)) => m,
+                _ => step.params.clone(),
+            };
+            let before = self.before.get(&id).cloned().unwrap_or(Value::Null);
+            let outputs = self.outputs.get(&id).cloned();
+            let ui = self.ui;
+            let sid = id.clone();
+            let redactor = self.redactor.clone();
+            let progress = move |msg: &str| ui.progress(&sid, &redactor.redact(msg));
+            let result = {
+                let cx = self.step_context(step, real, &progress);
+                let t = step.timeout.max(std::time::Duration::from_secs(120));
+                tokio::time::timeout(t, step.kind.rollback(&cx, &before, outputs.as_ref()))
+                    .await
+                    .unwrap_or_else(|_| Err(StepError::Timeout("rollback".into())))
+            };
+            match result {
+                Ok(restored) => {
+                    self.record("rollback_step_completed", Some(&id), json!({"restored": restored}))?;
+                }
+                Err(e) => {
+                    let msg = self.redactor.redact(&e.to_string());
+                    incomplete.push(json!({"step": id, "kind": step.kind.name(), "error": msg}));
+                    self.record("rollback_step_failed", Some(&id), json!({"error": msg}))?;
+                }
+            }
+        }
+        if incomplete.is_empty() {
+            self.finish("rolled-back", json!({"failed_step": failed_step}))?;
+            Ok(Outcome::RolledBack)
+        } else {
+            self.finish("rollback-incomplete", json!({"failed_step": failed_step, "incomplete": incomplete}))?;
+            Ok(Outcome::RollbackIncomplete)
+        }
+    }
+}
+
+fn summary_line(planned: &Planned, outputs: &Map<String, Value>, evidence: &Map<String, Value>) -> String {
+    if let Some(Value::String(s)) = evidence.get("summary").or_else(|| outputs.get("summary")) {
+        return s.clone();
+    }
+    let changed: Vec<String> = planned.changes.iter().filter(|c| c.action != "none").map(|c| format!("{} {}", c.action, c.target)).collect();
+    if changed.is_empty() {
+        "no change".into()
+    } else {
+        changed.join("; ")
+    }
+}

@@ -1,0 +1,248 @@
+//! The event log: the single source of truth of a run, both its journal (resume replays it) and
+//! its audit (reports render it).
+//!
+//! One JSON record per line, append-only. Each record carries the SHA-256 of the previous record
+//! (`prev`; 64 zeros for the first) and its own `hash` over its canonical JSON without `hash`
+//! (keys sorted), as CloudTrail digest files chain their predecessors. Every append is written and
+//! `fsync`ed before it returns, so the side effect that follows is never ahead of its record.
+
+use crate::secret::Redactor;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One record of the event log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// 0-based position in the log.
+    pub seq: u64,
+    /// RFC 3339 UTC timestamp with milliseconds.
+    pub ts: String,
+    /// Event type, e.g. `run_started`, `step_started`, `step_applied`, `rollback_started`.
+    #[serde(rename = "type")]
+    pub event: String,
+    /// Step id, for step events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Event payload (never a secret).
+    #[serde(default)]
+    pub data: Value,
+    /// Hash of the previous record.
+    pub prev: String,
+    /// SHA-256 (hex) of this record's canonical JSON without `hash`.
+    pub hash: String,
+}
+
+/// Why a log does not verify.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LogError {
+    /// The file cannot be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The log file.
+        path: PathBuf,
+        /// The OS error.
+        message: String,
+    },
+    /// A line is not a record.
+    #[error("line {line}: not a valid record: {message}")]
+    Malformed {
+        /// 1-based line.
+        line: usize,
+        /// The JSON error.
+        message: String,
+    },
+    /// A record's content does not match its hash, or its `prev` does not match the previous
+    /// record's hash, or its `seq` is out of order.
+    #[error("record {seq} (line {line}): {message}")]
+    Broken {
+        /// The record's `seq` as written.
+        seq: u64,
+        /// 1-based line.
+        line: usize,
+        /// What does not match.
+        message: String,
+    },
+}
+
+/// The hash of a record: SHA-256 over the canonical JSON of every field but `hash`.
+pub fn record_hash(seq: u64, ts: &str, event: &str, step: Option<&str>, data: &Value, prev: &str) -> String {
+    let mut m = Map::new();
+    m.insert("seq".into(), Value::from(seq));
+    m.insert("ts".into(), Value::from(ts));
+    m.insert("type".into(), Value::from(event));
+    if let Some(s) = step {
+        m.insert("step".into(), Value::from(s));
+    }
+    m.insert("data".into(), data.clone());
+    m.insert("prev".into(), Value::from(prev));
+    // serde_json's Map is ordered by key (no preserve_order feature): canonical.
+    let canonical = serde_json::to_string(&Value::Object(m)).unwrap_or_default();
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// Reads and verifies a log. Returns its records.
+///
+/// # Errors
+/// The first [`LogError`] found, naming the line and record.
+pub fn read_verified(path: &Path) -> Result<Vec<Record>, LogError> {
+    let file = File::open(path).map_err(|e| LogError::Io { path: path.into(), message: e.to_string() })?;
+    let mut records: Vec<Record> = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line_no = i + 1;
+        let line = line.map_err(|e| LogError::Malformed { line: line_no, message: e.to_string() })?;
+        let rec: Record = serde_json::from_str(&line).map_err(|e| LogError::Malformed { line: line_no, message: e.to_string() })?;
+        let expected_prev = records.last().map(|r| r.hash.as_str()).unwrap_or(GENESIS);
+        if rec.seq != records.len() as u64 {
+            return Err(LogError::Broken { seq: rec.seq, line: line_no, message: format!("sequence number {} where {} was expected (record deleted, inserted or reordered)", rec.seq, records.len()) });
+        }
+        if rec.prev != expected_prev {
+            return Err(LogError::Broken { seq: rec.seq, line: line_no, message: "`prev` does not match the previous record's hash (record deleted, inserted or reordered)".into() });
+        }
+        let actual = record_hash(rec.seq, &rec.ts, &rec.event, rec.step.as_deref(), &rec.data, &rec.prev);
+        if actual != rec.hash {
+            return Err(LogError::Broken { seq: rec.seq, line: line_no, message: format!("content does not match its hash (edited): expected {}, computed {actual}", rec.hash) });
+        }
+        records.push(rec);
+    }
+    Ok(records)
+}
+
+/// An open log, appended to by one process (the run lock guarantees it).
+pub struct EventLog {
+    path: PathBuf,
+    file: File,
+    next_seq: u64,
+    head: String,
+    redactor: Arc<Redactor>,
+}
+
+impl EventLog {
+    /// Creates a new, empty log at `path` (its directory is created and synced).
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when the file exists or cannot be created.
+    pub fn create(path: &Path, redactor: Arc<Redactor>) -> Result<EventLog, LogError> {
+        let io = |e: std::io::Error| LogError::Io { path: path.into(), message: e.to_string() };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let file = OpenOptions::new().create_new(true).append(true).open(path).map_err(io)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        Ok(EventLog { path: path.into(), file, next_seq: 0, head: GENESIS.into(), redactor })
+    }
+
+    /// Opens an existing log for appending after verifying it; returns it and its records.
+    ///
+    /// # Errors
+    /// Any [`LogError`] of [`read_verified`].
+    pub fn open(path: &Path, redactor: Arc<Redactor>) -> Result<(EventLog, Vec<Record>), LogError> {
+        let records = read_verified(path)?;
+        let file = OpenOptions::new().append(true).open(path).map_err(|e| LogError::Io { path: path.into(), message: e.to_string() })?;
+        let head = records.last().map(|r| r.hash.clone()).unwrap_or_else(|| GENESIS.into());
+        Ok((EventLog { path: path.into(), file, next_seq: records.len() as u64, head, redactor }, records))
+    }
+
+    /// Appends a record and fsyncs it. Secrets that slipped into `data` are redacted first.
+    ///
+    /// # Errors
+    /// [`LogError::Io`]: the run must stop, since a side effect may not proceed unrecorded.
+    pub fn append(&mut self, event: &str, step: Option<&str>, data: Value) -> Result<Record, LogError> {
+        let text = serde_json::to_string(&data).unwrap_or_default();
+        let redacted = self.redactor.redact(&text);
+        let data = if redacted == text { data } else { serde_json::from_str(&redacted).unwrap_or(Value::String(redacted)) };
+        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let hash = record_hash(self.next_seq, &ts, event, step, &data, &self.head);
+        let rec = Record { seq: self.next_seq, ts, event: event.into(), step: step.map(str::to_owned), data, prev: self.head.clone(), hash };
+        let mut line = serde_json::to_string(&rec).unwrap_or_default();
+        line.push('\n');
+        let io = |e: std::io::Error| LogError::Io { path: self.path.clone(), message: e.to_string() };
+        self.file.write_all(line.as_bytes()).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.next_seq += 1;
+        self.head = rec.hash.clone();
+        Ok(rec)
+    }
+
+    /// The hash of the last record (the chain head).
+    pub fn head(&self) -> &str {
+        &self.head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample(dir: &Path) -> PathBuf {
+        let p = dir.join("events.jsonl");
+        let mut log = EventLog::create(&p, Arc::new(Redactor::default())).unwrap();
+        log.append("run_started", None, json!({"a": 1})).unwrap();
+        log.append("step_started", Some("x"), json!({"b": "c"})).unwrap();
+        log.append("run_finished", None, json!({"status": "succeeded"})).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_written_log_verifies() {
+        let d = tempfile::tempdir().unwrap();
+        let recs = read_verified(&sample(d.path())).unwrap();
+        assert_eq!(recs.len(), 3);
+        assert_eq!(recs[0].prev, GENESIS);
+        assert_eq!(recs[1].prev, recs[0].hash);
+    }
+
+    #[test]
+    fn an_edited_record_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = sample(d.path());
+        let text = std::fs::read_to_string(&p).unwrap().replace("\"c\"", "\"d\"");
+        std::fs::write(&p, text).unwrap();
+        match read_verified(&p).unwrap_err() {
+            LogError::Broken { seq, line, .. } => assert_eq!((seq, line), (1, 2)),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn a_deleted_record_is_detected() {
+        let d = tempfile::tempdir().unwrap();
+        let p = sample(d.path());
+        let lines: Vec<String> = std::fs::read_to_string(&p).unwrap().lines().map(String::from).collect();
+        std::fs::write(&p, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+        assert!(matches!(read_verified(&p).unwrap_err(), LogError::Broken { line: 2, .. }));
+    }
+
+    #[test]
+    fn reopened_log_continues_the_chain() {
+        let d = tempfile::tempdir().unwrap();
+        let p = sample(d.path());
+        let (mut log, recs) = EventLog::open(&p, Arc::new(Redactor::default())).unwrap();
+        assert_eq!(recs.len(), 3);
+        log.append("run_resumed", None, json!({})).unwrap();
+        assert_eq!(read_verified(&p).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn secrets_are_redacted_before_hashing() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Arc::new(Redactor::default());
+        r.add("hunter2-password");
+        let p = d.path().join("e.jsonl");
+        let mut log = EventLog::create(&p, r).unwrap();
+        log.append("x", None, json!({"err": "auth failed for hunter2-password"})).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(!text.contains("hunter2"));
+        read_verified(&p).unwrap();
+    }
+}

@@ -1,0 +1,274 @@
+//! The engine: executes plans (rehearse, execute, dry-run), journals every step to the event log
+//! before acting, resumes interrupted runs from that log, rolls back failed runs, and keeps one
+//! lock per environment.
+//!
+//! The engine owns ordering, retries, deadlines, the journal and rollback. It must not know what a
+//! particular step kind does: that is behind [`crate::steps::StepKind`].
+
+mod executor;
+pub mod lock;
+pub mod log;
+pub mod runs;
+pub mod ui;
+
+pub use executor::{EngineError, Outcome};
+
+use crate::providers::{ProviderError, Providers};
+use crate::runbook::{self, Plan};
+use crate::secret::Redactor;
+use crate::steps::context::Mode;
+use executor::Executor;
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use ui::Ui;
+
+/// The local state directory (`.cutover/` under the project root): run logs and locks.
+pub fn state_dir(root: &Path) -> PathBuf {
+    root.join(".cutover")
+}
+
+/// A new run id: UTC time and 6 random hex digits, e.g. `20261120-214700-3f9a1c` (sortable, valid
+/// in Kubernetes names and AWS session names).
+pub fn new_run_id() -> String {
+    let now = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{now}-{}", &rand[..6])
+}
+
+fn holder(run_id: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("run {run_id} (pid {}, host {}, since {})", std::process::id(), host.trim(), chrono::Utc::now().to_rfc3339())
+}
+
+fn operator() -> String {
+    std::env::var("CUTOVER_OPERATOR")
+        .or_else(|_| std::env::var("GITHUB_ACTOR"))
+        .or_else(|_| std::env::var("GITLAB_USER_LOGIN"))
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn ci_job() -> Option<String> {
+    if let (Ok(server), Ok(repo), Ok(id)) = (std::env::var("GITHUB_SERVER_URL"), std::env::var("GITHUB_REPOSITORY"), std::env::var("GITHUB_RUN_ID")) {
+        return Some(format!("{server}/{repo}/actions/runs/{id}"));
+    }
+    std::env::var("CI_JOB_URL").ok()
+}
+
+/// Starts a new run of `plan` in `mode`.
+///
+/// # Errors
+/// [`EngineError::Config`] when a declared secret is unset (nothing was done);
+/// [`EngineError::Log`] when the journal cannot be written.
+pub async fn start(root: &Path, plan: &Plan, mode: Mode, ui: &Ui) -> Result<Outcome, EngineError> {
+    let run_id = new_run_id();
+    let state = state_dir(root);
+    let _lock = match lock::EnvLock::acquire(&state, &plan.env.name, &holder(&run_id)) {
+        Ok(l) => l,
+        Err(e) => return Ok(Outcome::Refused(e.to_string())),
+    };
+    let redactor = Arc::new(Redactor::default());
+    let run_dir = runs::run_dir(&state, &run_id);
+    let providers = Providers::new(plan.env.clone(), &run_id, redactor.clone());
+    let mut ex = executor_for(root, plan, mode, &run_id, run_dir.clone(), ui, providers, redactor.clone(), None)?;
+    ex.load_secrets()?;
+    ex.record(
+        "run_started",
+        None,
+        json!({
+            "run_id": run_id,
+            "environment": plan.env.name,
+            "tier": plan.env.tier.as_str(),
+            "account_id": plan.env.aws.account_id,
+            "region": plan.env.aws.region,
+            "mode": mode.as_str(),
+            "runbook": plan.runbook_name,
+            "runbook_path": plan.runbook_path.display().to_string(),
+            "runbook_digest": plan.runbook_digest,
+            "plan_digest": plan.plan_digest,
+            "operator": operator(),
+            "ci_job": ci_job(),
+            "cutover_version": env!("CARGO_PKG_VERSION"),
+            "steps": plan.steps().map(|(p, s)| json!({"phase": p, "id": s.id, "kind": s.kind.name()})).collect::<Vec<_>>(),
+        }),
+    )?;
+    if let Some(outcome) = preflight(&mut ex).await? {
+        return Ok(outcome);
+    }
+    ex.run_steps().await
+}
+
+#[allow(clippy::too_many_arguments)]
+fn executor_for<'a>(
+    root: &Path,
+    plan: &'a Plan,
+    mode: Mode,
+    run_id: &str,
+    run_dir: PathBuf,
+    ui: &'a Ui,
+    providers: Providers,
+    redactor: Arc<Redactor>,
+    existing: Option<log::EventLog>,
+) -> Result<Executor<'a>, EngineError> {
+    let log = match existing {
+        Some(l) => l,
+        None => log::EventLog::create(&run_dir.join("events.jsonl"), redactor.clone())?,
+    };
+    Ok(Executor {
+        plan,
+        mode,
+        run_id: run_id.to_string(),
+        root: root.to_path_buf(),
+        run_dir,
+        log,
+        ui,
+        providers,
+        redactor,
+        tf: Map::new(),
+        outputs: HashMap::new(),
+        secrets_real: Map::new(),
+        secrets_display: Map::new(),
+        started: Vec::new(),
+        done: HashSet::new(),
+        before: HashMap::new(),
+    })
+}
+
+/// Assumes the environment's role and checks the account before anything else happens.
+async fn preflight(ex: &mut Executor<'_>) -> Result<Option<Outcome>, EngineError> {
+    match ex.providers.aws().await {
+        Ok(s) => {
+            let (account_id, caller_arn) = (s.account_id.clone(), s.caller_arn.clone());
+            ex.record("account_verified", None, json!({"account_id": account_id, "caller_arn": caller_arn}))?;
+            Ok(None)
+        }
+        Err(e @ ProviderError::WrongAccount { .. }) => {
+            let reason = ex.redactor.redact(&e.to_string());
+            ex.record("run_refused", None, json!({"reason": reason}))?;
+            ex.finish("refused", json!({"reason": reason}))?;
+            Ok(Some(Outcome::Refused(reason)))
+        }
+        Err(e) => {
+            let reason = ex.redactor.redact(&e.to_string());
+            ex.record("run_refused", None, json!({"reason": reason}))?;
+            ex.finish("refused", json!({"reason": reason}))?;
+            Ok(Some(Outcome::Refused(reason)))
+        }
+    }
+}
+
+/// Why `resume` cannot continue a run.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// No such run in the store.
+    #[error("no run {0} in .cutover/runs")]
+    NotFound(String),
+    /// The log does not verify.
+    #[error("the event log of run {0} does not verify: {1}")]
+    Corrupt(String, log::LogError),
+    /// The runbook or environment no longer resolve.
+    #[error("{0}")]
+    Config(crate::config::Problems),
+}
+
+/// Continues run `run_id` from its event log: re-runs the first step with an intent and no
+/// outcome (its apply checks current state first), then the rest; or finishes an interrupted
+/// rollback.
+///
+/// # Errors
+/// [`ResumeError`] when the run cannot be found, verified or re-resolved.
+pub async fn resume(root: &Path, run_id: &str, ui: &Ui) -> Result<Result<Outcome, EngineError>, ResumeError> {
+    let state = state_dir(root);
+    let path = runs::log_path(&state, run_id);
+    if !path.exists() {
+        return Err(ResumeError::NotFound(run_id.to_string()));
+    }
+    let records = log::read_verified(&path).map_err(|e| ResumeError::Corrupt(run_id.to_string(), e))?;
+    let start = records.iter().find(|r| r.event == "run_started").ok_or_else(|| ResumeError::NotFound(run_id.to_string()))?;
+    let field = |k: &str| start.data.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    if let Some(fin) = records.iter().rev().find(|r| r.event == "run_finished") {
+        let status = fin.data.get("status").and_then(Value::as_str).unwrap_or("");
+        println!("run {run_id} already finished: {status}");
+        return Ok(Ok(match status {
+            "succeeded" | "planned" => Outcome::Succeeded,
+            "rolled-back" | "failed" => Outcome::RolledBack,
+            "refused" => Outcome::Refused(field("reason")),
+            _ => Outcome::RollbackIncomplete,
+        }));
+    }
+    let plan = runbook::resolve(root, &field("runbook_path"), &field("environment")).map_err(ResumeError::Config)?;
+    if plan.runbook_digest != field("runbook_digest") {
+        return Ok(Ok(Outcome::Refused(format!(
+            "the runbook changed since run {run_id} started (digest {} now, {} then); finish it with `cutover rollback {run_id}` or start a new run",
+            &plan.runbook_digest[..12],
+            &field("runbook_digest").get(..12).unwrap_or("")
+        ))));
+    }
+    let mode = match field("mode").as_str() {
+        "rehearse" => Mode::Rehearse,
+        "dry-run" => Mode::DryRun,
+        _ => Mode::Execute,
+    };
+    Ok(continue_run(root, &plan, mode, run_id, &records, ui, false).await)
+}
+
+/// Rolls back run `run_id`: every started step in reverse order, as after a failure.
+///
+/// # Errors
+/// As [`resume`].
+pub async fn rollback(root: &Path, run_id: &str, ui: &Ui) -> Result<Result<Outcome, EngineError>, ResumeError> {
+    let state = state_dir(root);
+    let path = runs::log_path(&state, run_id);
+    if !path.exists() {
+        return Err(ResumeError::NotFound(run_id.to_string()));
+    }
+    let records = log::read_verified(&path).map_err(|e| ResumeError::Corrupt(run_id.to_string(), e))?;
+    let start = records.iter().find(|r| r.event == "run_started").ok_or_else(|| ResumeError::NotFound(run_id.to_string()))?;
+    let field = |k: &str| start.data.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let plan = runbook::resolve(root, &field("runbook_path"), &field("environment")).map_err(ResumeError::Config)?;
+    Ok(continue_run(root, &plan, Mode::Execute, run_id, &records, ui, true).await)
+}
+
+async fn continue_run(
+    root: &Path,
+    plan: &Plan,
+    mode: Mode,
+    run_id: &str,
+    records: &[log::Record],
+    ui: &Ui,
+    force_rollback: bool,
+) -> Result<Outcome, EngineError> {
+    let state = state_dir(root);
+    let _lock = match lock::EnvLock::acquire(&state, &plan.env.name, &holder(run_id)) {
+        Ok(l) => l,
+        Err(e) => return Ok(Outcome::Refused(e.to_string())),
+    };
+    let redactor = Arc::new(Redactor::default());
+    let run_dir = runs::run_dir(&state, run_id);
+    let (log, records_now) = log::EventLog::open(&run_dir.join("events.jsonl"), redactor.clone())?;
+    debug_assert_eq!(records_now.len(), records.len());
+    let providers = Providers::new(plan.env.clone(), run_id, redactor.clone());
+    let mut ex = executor_for(root, plan, mode, run_id, run_dir, ui, providers, redactor, Some(log))?;
+    ex.load_secrets()?;
+    ex.replay(records);
+    ex.record("run_resumed", None, json!({"run_id": run_id, "rollback": force_rollback}))?;
+    if let Some(outcome) = preflight(&mut ex).await? {
+        return Ok(outcome);
+    }
+    let rollback_start = records.iter().rev().find(|r| r.event == "rollback_started");
+    if let Some(rs) = rollback_start {
+        let failed = rs.data.get("failed_step").and_then(Value::as_str).unwrap_or("").to_string();
+        let already: HashSet<String> = records
+            .iter()
+            .filter(|r| r.seq > rs.seq && r.event == "rollback_step_completed")
+            .filter_map(|r| r.step.clone())
+            .collect();
+        return ex.continue_rollback(&failed, &already).await;
+    }
+    if force_rollback {
+        return ex.rollback("", "rollback requested by the operator").await;
+    }
+    ex.run_steps().await
+}

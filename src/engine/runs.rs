@@ -1,0 +1,89 @@
+//! Runs on record in the local store (`.cutover/runs/<run id>/events.jsonl`): listing and summary.
+
+use super::log::{read_verified, Record};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// One run as `cutover runs` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub id: String,
+    /// Environment name.
+    pub environment: String,
+    /// `rehearse`, `execute` or `dry-run`.
+    pub mode: String,
+    /// `running`, `succeeded`, `planned`, `rolled-back`, `rollback-incomplete`, `refused`,
+    /// `interrupted`, or `corrupt` when the log does not verify.
+    pub status: String,
+    /// Runbook name.
+    pub runbook: String,
+    /// SHA-256 of the runbook file.
+    pub runbook_digest: String,
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// RFC 3339 end time, when finished.
+    pub finished_at: Option<String>,
+}
+
+/// The directory of run `id`.
+pub fn run_dir(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join("runs").join(id)
+}
+
+/// The event log of run `id`.
+pub fn log_path(state_dir: &Path, id: &str) -> PathBuf {
+    run_dir(state_dir, id).join("events.jsonl")
+}
+
+/// Summarizes a run from its records.
+pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
+    let start = records.iter().find(|r| r.event == "run_started");
+    let field = |k: &str| start.and_then(|r| r.data.get(k)).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let finished = records.iter().rev().find(|r| r.event == "run_finished");
+    let status = match finished {
+        Some(f) => f.data.get("status").and_then(|v| v.as_str()).unwrap_or("unknown").to_string(),
+        None => match records.last().map(|r| r.event.as_str()) {
+            Some("run_interrupted") => "interrupted".to_string(),
+            _ => "running".to_string(),
+        },
+    };
+    RunSummary {
+        id: id.to_string(),
+        environment: field("environment"),
+        mode: field("mode"),
+        status,
+        runbook: field("runbook"),
+        runbook_digest: field("runbook_digest"),
+        started_at: start.map(|r| r.ts.clone()).unwrap_or_default(),
+        finished_at: finished.map(|r| r.ts.clone()),
+    }
+}
+
+/// Every run in the store, oldest first, optionally only those of `env`. A run whose log does not
+/// verify is listed with status `corrupt`.
+pub fn list(state_dir: &Path, env: Option<&str>) -> Vec<RunSummary> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(state_dir.join("runs")) else { return out };
+    for entry in rd.filter_map(|e| e.ok()) {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let summary = match read_verified(&log_path(state_dir, &id)) {
+            Ok(records) => summarize(&id, &records),
+            Err(_) => RunSummary {
+                id: id.clone(),
+                environment: String::new(),
+                mode: String::new(),
+                status: "corrupt".into(),
+                runbook: String::new(),
+                runbook_digest: String::new(),
+                started_at: String::new(),
+                finished_at: None,
+            },
+        };
+        if env.is_none_or(|e| summary.environment == e) {
+            out.push(summary);
+        }
+    }
+    out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+    out
+}

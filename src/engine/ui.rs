@@ -1,0 +1,104 @@
+//! How a run is shown: human lines (data to stdout, progress to stderr) or, with `--output json`,
+//! every event as one JSON object per line on stdout for CI. No colour is used, so `NO_COLOR` is
+//! respected trivially.
+
+use super::log::Record;
+use serde_json::{json, Value};
+use std::io::Write;
+
+/// Output format of run commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON event per line on stdout.
+    Json,
+}
+
+/// The run's printer.
+pub struct Ui {
+    /// Chosen format.
+    pub format: OutputFormat,
+}
+
+impl Ui {
+    /// Prints one event-log record.
+    pub fn record(&self, r: &Record) {
+        match self.format {
+            OutputFormat::Json => {
+                let line = serde_json::to_string(r).unwrap_or_default();
+                println!("{line}");
+            }
+            OutputFormat::Human => {
+                if let Some(text) = human(r) {
+                    println!("{text}");
+                }
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+
+    /// Prints a progress line for a long wait.
+    pub fn progress(&self, step: &str, message: &str) {
+        match self.format {
+            OutputFormat::Json => println!("{}", json!({"type": "progress", "step": step, "message": message})),
+            OutputFormat::Human => eprintln!("      … {step}: {message}"),
+        }
+    }
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+fn human(r: &Record) -> Option<String> {
+    let d = &r.data;
+    let step = r.step.as_deref().unwrap_or("");
+    Some(match r.event.as_str() {
+        "run_started" => format!(
+            "cutover {} {} — runbook {} (digest {}), run {}",
+            s(d, "mode"),
+            s(d, "environment"),
+            s(d, "runbook"),
+            &s(d, "runbook_digest").get(..12).unwrap_or(""),
+            s(d, "run_id")
+        ),
+        "run_resumed" => format!("resuming run {}", s(d, "run_id")),
+        "account_verified" => format!("  account {} verified as {}", s(d, "account_id"), s(d, "caller_arn")),
+        "phase_started" => format!("▸ phase {}", s(d, "phase")),
+        "step_skipped" => format!("  - {step:<12} {:<26} skipped: {}", s(d, "kind"), s(d, "reason")),
+        "step_planned" => {
+            let mut out = String::new();
+            let changes = d.get("changes").and_then(Value::as_array).cloned().unwrap_or_default();
+            if d.get("dry_run").and_then(Value::as_bool) == Some(true) {
+                out.push_str(&format!("  • {step:<12} {}", s(d, "kind")));
+                if changes.is_empty() {
+                    out.push_str("\n      no change");
+                }
+                for c in &changes {
+                    out.push_str(&format!("\n      {:<8} {}: {}", s(c, "action"), s(c, "target"), s(c, "detail")));
+                }
+                out
+            } else {
+                return None;
+            }
+        }
+        "step_completed" => {
+            let secs = d.get("duration_ms").and_then(Value::as_u64).unwrap_or(0) as f64 / 1000.0;
+            format!("  ✓ {step:<12} {:<26} {secs:>6.1}s  {}", s(d, "kind"), s(d, "summary"))
+        }
+        "step_attempt_failed" => format!("  ! {step:<12} attempt {} failed: {}", d.get("attempt").and_then(Value::as_u64).unwrap_or(0), s(d, "error")),
+        "step_failed" => format!("  ✗ {step:<12} {:<26} {}", s(d, "kind"), s(d, "error")),
+        "rollback_started" => format!("rollback: {} (failed step {})", s(d, "reason"), s(d, "failed_step")),
+        "rollback_step_completed" => {
+            let restored: Vec<String> = d.get("restored").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+            let what = if restored.is_empty() { "nothing to undo".to_string() } else { restored.join("; ") };
+            format!("  ↺ {step:<12} {what}")
+        }
+        "rollback_step_failed" => format!("  ✗ rollback of {step} failed: {}", s(d, "error")),
+        "run_refused" => format!("refused: {}", s(d, "reason")),
+        "run_finished" => format!("run {} {} — audit: cutover audit show {} (chain head {})", s(d, "run_id"), s(d, "status"), s(d, "run_id"), &r.prev.get(..16).unwrap_or("")),
+        "run_interrupted" => format!("interrupted; the journal is consistent: cutover resume {}", s(d, "run_id")),
+        _ => return None,
+    })
+}

@@ -1,0 +1,18 @@
+//! `cutover`: carries an application onto AWS and through its cutover. Terraform per account,
+//! declarative YAML runbooks (replicate the database into RDS, freeze writes, flip connection
+//! strings in Kubernetes Secrets, cut DNS over in Route 53, verify health), automatic rollback and
+//! a tamper-evident audit of every run.
+//!
+//! Layers, top to bottom: [`cli`] (commands) → [`runbook`] (config → plan) and [`engine`]
+//! (execution, journal, rollback) → [`steps`] (one file per step kind) → [`providers`] (clients for
+//! the real services). [`config`] holds the raw file types; [`report`] renders audits; [`secret`]
+//! keeps secret values out of every output.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod providers;
+pub mod report;
+pub mod runbook;
+pub mod secret;
+pub mod steps;

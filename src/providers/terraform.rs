@@ -1,0 +1,196 @@
+//! Terraform: the `terraform` CLI run for one environment's root with that environment's
+//! assumed-role credentials, its own data directory and its S3 backend.
+//!
+//! One root directory may serve several environments (the sandbox stack does), so each
+//! environment gets its own `TF_DATA_DIR`; state is kept apart by the backend configuration.
+
+use super::ProviderError;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tokio::process::Command;
+
+/// A `terraform` invocation context for one environment.
+pub struct Terraform {
+    /// Root module directory.
+    pub dir: PathBuf,
+    /// `TF_DATA_DIR` for this environment.
+    pub data_dir: PathBuf,
+    /// Extra environment for the child (credentials, region); never printed.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Counts of planned resource actions, from `terraform show -json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlanSummary {
+    /// Resources to create.
+    pub create: usize,
+    /// Resources to update in place.
+    pub update: usize,
+    /// Resources to replace (delete and create).
+    pub replace: usize,
+    /// Resources to delete.
+    pub delete: usize,
+    /// `address: action` for every resource that changes.
+    pub resources: Vec<String>,
+}
+
+impl Terraform {
+    /// Runs `terraform <args>` in the root with `-chdir`, returning stdout.
+    ///
+    /// # Errors
+    /// [`ProviderError::Terraform`] when it cannot start or exits with a status not in `ok_codes`.
+    pub async fn run(&self, args: &[&str], ok_codes: &[i32]) -> Result<(i32, String), ProviderError> {
+        let sub = args.first().copied().unwrap_or("").to_string();
+        let mut cmd = Command::new(terraform_bin());
+        cmd.arg(format!("-chdir={}", self.dir.display()))
+            .args(args)
+            .env("TF_DATA_DIR", &self.data_dir)
+            .env("TF_IN_AUTOMATION", "1")
+            .env("TF_INPUT", "0")
+            .env_remove("AWS_PROFILE")
+            .kill_on_drop(true);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.map_err(|e| ProviderError::Terraform {
+            command: sub.clone(),
+            message: format!("cannot run `{}`: {e}", terraform_bin()),
+        })?;
+        let code = out.status.code().unwrap_or(-1);
+        if !ok_codes.contains(&code) {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = tail[tail.len().saturating_sub(12)..].join("\n");
+            return Err(ProviderError::Terraform { command: sub, message: format!("exit {code}: {tail}") });
+        }
+        Ok((code, String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// `terraform init -reconfigure` with `-backend-config` pairs.
+    pub async fn init(&self, backend: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| ProviderError::Terraform { command: "init".into(), message: e.to_string() })?;
+        let mut args: Vec<String> = vec!["init".into(), "-input=false".into(), "-reconfigure".into(), "-no-color".into()];
+        for (k, v) in backend {
+            args.push(format!("-backend-config={k}={v}"));
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&refs, &[0]).await.map(|_| ())
+    }
+
+    /// `terraform plan -detailed-exitcode -out=<plan_file>`; true when there are changes.
+    pub async fn plan(&self, vars: &BTreeMap<String, String>, plan_file: &Path, lock: bool) -> Result<bool, ProviderError> {
+        let mut args: Vec<String> = vec![
+            "plan".into(),
+            "-input=false".into(),
+            "-no-color".into(),
+            "-detailed-exitcode".into(),
+            format!("-out={}", plan_file.display()),
+            format!("-lock={lock}"),
+        ];
+        for (k, v) in vars {
+            args.push(format!("-var={k}={v}"));
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _) = self.run(&refs, &[0, 2]).await?;
+        Ok(code == 2)
+    }
+
+    /// `terraform show -json <plan_file>`.
+    pub async fn show_plan(&self, plan_file: &Path) -> Result<Value, ProviderError> {
+        let file = plan_file.display().to_string();
+        let (_, out) = self.run(&["show", "-json", "-no-color", &file], &[0]).await?;
+        serde_json::from_str(&out).map_err(|e| ProviderError::Terraform { command: "show".into(), message: e.to_string() })
+    }
+
+    /// `terraform apply <plan_file>`: applies exactly the reviewed plan.
+    pub async fn apply(&self, plan_file: &Path) -> Result<(), ProviderError> {
+        let file = plan_file.display().to_string();
+        self.run(&["apply", "-input=false", "-no-color", "-auto-approve", &file], &[0]).await.map(|_| ())
+    }
+
+    /// `terraform output -json`, as name -> value; sensitive outputs are left out.
+    pub async fn outputs(&self) -> Result<Map<String, Value>, ProviderError> {
+        let (_, out) = self.run(&["output", "-json", "-no-color"], &[0]).await?;
+        let v: Value = serde_json::from_str(&out).map_err(|e| ProviderError::Terraform { command: "output".into(), message: e.to_string() })?;
+        Ok(outputs_from(&v, false))
+    }
+}
+
+/// The `terraform` executable: `$TERRAFORM` or `terraform` on PATH.
+pub fn terraform_bin() -> String {
+    std::env::var("TERRAFORM").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "terraform".to_string())
+}
+
+/// Name -> value from `terraform output -json` (`planned = false`) or from a plan's
+/// `planned_values.outputs` (`planned = true`); sensitive and unknown values are left out.
+pub fn outputs_from(v: &Value, planned: bool) -> Map<String, Value> {
+    let outputs = if planned { v.pointer("/planned_values/outputs") } else { Some(v) };
+    let mut map = Map::new();
+    if let Some(Value::Object(o)) = outputs {
+        for (name, entry) in o {
+            if entry.get("sensitive").and_then(Value::as_bool) == Some(true) {
+                continue;
+            }
+            if let Some(value) = entry.get("value") {
+                map.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    map
+}
+
+/// Counts the actions in a `terraform show -json` plan.
+pub fn summarize(plan: &Value) -> PlanSummary {
+    let mut s = PlanSummary::default();
+    for rc in plan.get("resource_changes").and_then(Value::as_array).into_iter().flatten() {
+        let address = rc.get("address").and_then(Value::as_str).unwrap_or("?");
+        let actions: Vec<&str> = rc
+            .pointer("/change/actions")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let action = match actions.as_slice() {
+            ["create"] => "create",
+            ["update"] => "update",
+            ["delete"] => "delete",
+            ["delete", "create"] | ["create", "delete"] => "replace",
+            _ => continue,
+        };
+        match action {
+            "create" => s.create += 1,
+            "update" => s.update += 1,
+            "delete" => s.delete += 1,
+            _ => s.replace += 1,
+        }
+        s.resources.push(format!("{address}: {action}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn summary_counts_replacements_apart() {
+        let plan = json!({"resource_changes": [
+            {"address": "a", "change": {"actions": ["create"]}},
+            {"address": "b", "change": {"actions": ["delete", "create"]}},
+            {"address": "c", "change": {"actions": ["no-op"]}},
+            {"address": "d", "change": {"actions": ["delete"]}}
+        ]});
+        let s = summarize(&plan);
+        assert_eq!((s.create, s.update, s.replace, s.delete), (1, 0, 1, 1));
+        assert_eq!(s.resources, vec!["a: create", "b: replace", "d: delete"]);
+    }
+
+    #[test]
+    fn sensitive_outputs_are_left_out() {
+        let v = json!({"a": {"value": 1, "sensitive": false}, "b": {"value": "pw", "sensitive": true}});
+        let m = outputs_from(&v, false);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m["a"], 1);
+    }
+}

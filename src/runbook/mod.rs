@@ -1,0 +1,251 @@
+//! Resolution of a runbook and an environment into a validated [`Plan`]: every step's kind known,
+//! parameters checked, every template reference checked, all problems reported at once; and the
+//! digests rehearsals are recorded against.
+//!
+//! This module does no I/O beyond reading the two files; rendering against live values (Terraform
+//! outputs, earlier steps' outputs, secrets) happens in the engine at run time.
+
+pub mod template;
+
+use crate::config::{self, Environment, Problem, Problems, RollbackPolicy};
+use crate::steps::{self, parse_duration, StepKind};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A runbook resolved for one environment.
+pub struct Plan {
+    /// Runbook name.
+    pub runbook_name: String,
+    /// Runbook file.
+    pub runbook_path: PathBuf,
+    /// SHA-256 (hex) of the runbook file: what rehearsals are recorded against and production
+    /// checks.
+    pub runbook_digest: String,
+    /// SHA-256 (hex) of the runbook digest and the environment's resolved non-secret settings.
+    pub plan_digest: String,
+    /// The environment.
+    pub env: Environment,
+    /// `vars.*`.
+    pub vars: BTreeMap<String, Value>,
+    /// Phases in order.
+    pub phases: Vec<PlanPhase>,
+}
+
+/// A phase of a plan.
+pub struct PlanPhase {
+    /// Phase name.
+    pub name: String,
+    /// Steps in order.
+    pub steps: Vec<PlanStep>,
+}
+
+/// A step of a plan; parameters still unrendered.
+pub struct PlanStep {
+    /// Step id.
+    pub id: String,
+    /// The kind implementation.
+    pub kind: &'static dyn StepKind,
+    /// `with:` parameters (templates).
+    pub params: Map<String, Value>,
+    /// `when:` template.
+    pub when: Option<String>,
+    /// Deadline for apply + verify.
+    pub timeout: Duration,
+    /// Extra apply attempts.
+    pub retries: u32,
+    /// Rollback behaviour.
+    pub rollback: RollbackPolicy,
+    /// Free text.
+    pub description: Option<String>,
+    /// Line in the runbook.
+    pub line: u32,
+}
+
+impl Plan {
+    /// Every step in execution order with its phase name.
+    pub fn steps(&self) -> impl Iterator<Item = (&str, &PlanStep)> {
+        self.phases.iter().flat_map(|p| p.steps.iter().map(move |s| (p.name.as_str(), s)))
+    }
+}
+
+/// The environment as templates see it (`env.*`): the file's settings, no secret values.
+pub fn env_context(env: &Environment) -> Value {
+    serde_json::to_value(env).unwrap_or(Value::Null)
+}
+
+/// Loads the environment and runbook and resolves them.
+///
+/// # Errors
+/// Every problem in both files and in their combination.
+pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Problems> {
+    let mut problems = Problems::default();
+    let env = config::load_environment(root, env_name);
+    let rb = config::load_runbook(root, runbook);
+    let env = match env {
+        Ok(e) => Some(e),
+        Err(p) => {
+            problems.extend(p);
+            None
+        }
+    };
+    let (raw, text, path) = match rb {
+        Ok(r) => r,
+        Err(p) => {
+            problems.extend(p);
+            return Err(problems);
+        }
+    };
+    let Some(env) = env else { return Err(problems) };
+    let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+
+    let env_json = env_context(&env);
+    let mut seen: HashMap<String, (u32, &'static dyn StepKind)> = HashMap::new();
+    let mut phases = Vec::new();
+    for phase in &raw.phases {
+        let mut steps_out = Vec::new();
+        for s in &phase.steps {
+            let step = &s.step;
+            let at = |field: &str| s.line_of(field);
+            if !step.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') || step.id.is_empty() {
+                problems.push(Problem::new(&rel, Some(at("id")), format!("step id `{}` must match [a-z0-9_-]+", step.id)));
+            }
+            if let Some((first, _)) = seen.get(&step.id) {
+                problems.push(Problem::new(&rel, Some(at("id")), format!("duplicate step id `{}` (first defined on line {first})", step.id)));
+            }
+            let kind = steps::lookup(&step.kind);
+            match kind {
+                None => problems.push(
+                    Problem::new(&rel, Some(at("kind")), format!("step `{}`: unknown kind `{}`", step.id, step.kind))
+                        .hint(Some(format!("known kinds: {}", steps::kind_names().join(", ")))),
+                ),
+                Some(k) => {
+                    for msg in k.validate(&step.params) {
+                        problems.push(Problem::new(&rel, Some(at("with")), format!("step `{}` ({}): {msg}", step.id, k.name())));
+                    }
+                }
+            }
+            // Template references.
+            let mut templates = Vec::new();
+            template::templates_in(&Value::Object(step.params.clone()), &mut templates);
+            if let Some(w) = &step.when {
+                templates.push(w.clone());
+            }
+            for t in &templates {
+                let field_line = if step.when.as_deref() == Some(t.as_str()) { at("when") } else { at("with") };
+                match template::references(t) {
+                    Err(e) => problems.push(Problem::new(&rel, Some(field_line), format!("step `{}`: template `{t}`: {e}", step.id))),
+                    Ok(refs) => {
+                        for r in refs {
+                            if let Some(msg) = check_reference(&r, &env_json, &env, &raw.vars, &seen) {
+                                problems.push(Problem::new(&rel, Some(field_line), format!("step `{}`: template `{t}`: {msg}", step.id)));
+                            }
+                        }
+                    }
+                }
+            }
+            let timeout = match &step.timeout {
+                None => kind.map(|k| k.default_timeout()).unwrap_or(Duration::from_secs(300)),
+                Some(t) => match parse_duration(t) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        problems.push(Problem::new(&rel, Some(at("timeout")), format!("step `{}`: timeout {e}", step.id)));
+                        Duration::from_secs(300)
+                    }
+                },
+            };
+            if let Some(k) = kind {
+                seen.entry(step.id.clone()).or_insert((s.line, k));
+                steps_out.push(PlanStep {
+                    id: step.id.clone(),
+                    kind: k,
+                    params: step.params.clone(),
+                    when: step.when.clone(),
+                    timeout,
+                    retries: step.retries,
+                    rollback: step.rollback,
+                    description: step.description.clone(),
+                    line: s.line,
+                });
+            } else {
+                seen.entry(step.id.clone()).or_insert((s.line, steps::registry()[0]));
+            }
+        }
+        phases.push(PlanPhase { name: phase.name.clone(), steps: steps_out });
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let runbook_digest = hex::encode(Sha256::digest(text.as_bytes()));
+    let plan_digest = {
+        let mut h = Sha256::new();
+        h.update(runbook_digest.as_bytes());
+        h.update(b"\n");
+        h.update(serde_json::to_string(&json!({"env": env_json, "vars": raw.vars})).unwrap_or_default().as_bytes());
+        hex::encode(h.finalize())
+    };
+    Ok(Plan { runbook_name: raw.name, runbook_path: rel, runbook_digest, plan_digest, env, vars: raw.vars, phases })
+}
+
+/// Checks one dotted reference; `None` when it can be satisfied.
+fn check_reference(
+    r: &str,
+    env_json: &Value,
+    env: &Environment,
+    vars: &BTreeMap<String, Value>,
+    earlier: &HashMap<String, (u32, &'static dyn StepKind)>,
+) -> Option<String> {
+    let parts: Vec<&str> = r.split('.').collect();
+    match parts[0] {
+        "env" => {
+            let mut cur = env_json;
+            for p in &parts[1..] {
+                match cur.get(p) {
+                    Some(v) => cur = v,
+                    None => return Some(format!("undefined variable `{r}` (the environment has no `{p}` there)")),
+                }
+            }
+            None
+        }
+        "vars" => match parts.get(1) {
+            Some(v) if !vars.contains_key(*v) => Some(format!(
+                "undefined variable `{r}` (runbook vars: {})",
+                if vars.is_empty() { "none".to_string() } else { vars.keys().cloned().collect::<Vec<_>>().join(", ") }
+            )),
+            _ => None,
+        },
+        "secrets" => match parts.get(1) {
+            Some(s) if !env.secrets.contains_key(*s) => Some(format!(
+                "undefined variable `{r}` (secrets of environment {}: {})",
+                env.name,
+                if env.secrets.is_empty() { "none".to_string() } else { env.secrets.keys().cloned().collect::<Vec<_>>().join(", ") }
+            )),
+            _ => None,
+        },
+        // Terraform outputs are known only once the root is planned or applied; a missing one
+        // fails the step that renders it, naming the output.
+        "tf" => None,
+        "steps" => {
+            let Some(id) = parts.get(1) else { return Some("`steps` needs a step id: steps.<id>.outputs.<name>".into()) };
+            match earlier.get(*id) {
+                None => Some(format!("undefined variable `{r}`: no earlier step has id `{id}`")),
+                Some((_, kind)) => {
+                    if parts.get(2).is_some_and(|p| *p != "outputs") {
+                        return Some(format!("`{r}`: use steps.{id}.outputs.<name>"));
+                    }
+                    match parts.get(3) {
+                        Some(o) if !kind.outputs().contains(o) => Some(format!(
+                            "undefined variable `{r}`: {} has outputs {}",
+                            kind.name(),
+                            kind.outputs().join(", ")
+                        )),
+                        _ => None,
+                    }
+                }
+            }
+        }
+        other => Some(format!("undefined variable `{other}` (templates see env, tf, vars, secrets, steps)")),
+    }
+}

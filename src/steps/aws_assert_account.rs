@@ -1,0 +1,47 @@
+//! `aws.assert_account`: the environment's role is assumed and STS reports exactly the
+//! environment's account id. The engine makes the same check before the first step of every run;
+//! this step records the identity as evidence at the point the runbook names.
+
+use super::{Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+
+/// The `aws.assert_account` kind.
+pub struct AssertAccount;
+
+#[async_trait]
+impl StepKind for AssertAccount {
+    fn name(&self) -> &'static str {
+        "aws.assert_account"
+    }
+    fn purpose(&self) -> &'static str {
+        "Assume the environment's role and prove with STS that it acts in the environment's AWS account"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        &[]
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["account_id", "caller_arn"]
+    }
+
+    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+        let s = cx.providers.aws().await?;
+        Ok(Planned {
+            changes: vec![Change::new("check", format!("account {}", cx.env.aws.account_id), format!("STS reports {} as {}", s.account_id, s.caller_arn))],
+            before: Value::Null,
+            predicted: [("account_id".to_string(), json!(s.account_id)), ("caller_arn".to_string(), json!(s.caller_arn))].into_iter().collect(),
+        })
+    }
+
+    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+        let s = cx.providers.aws().await?;
+        if s.account_id != cx.env.aws.account_id {
+            return Err(StepError::Gate(format!("wrong AWS account: expected {}, STS reports {}", cx.env.aws.account_id, s.account_id)));
+        }
+        let mut out = Map::new();
+        out.insert("account_id".into(), json!(s.account_id));
+        out.insert("caller_arn".into(), json!(s.caller_arn));
+        out.insert("summary".into(), json!(format!("account {} ({})", s.account_id, s.caller_arn)));
+        Ok(out)
+    }
+}

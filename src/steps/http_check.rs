@@ -1,0 +1,116 @@
+//! `http.check`: the service answers on the new side. GETs the URL until `consecutive` answers in
+//! a row have the expected status; fails at the step's deadline (no answer is a failure, never a
+//! pass).
+
+use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use crate::providers::http::{client, probe};
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// The `http.check` kind.
+pub struct HttpCheck;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    url: String,
+    #[serde(default = "default_status")]
+    expect_status: u16,
+    #[serde(default = "default_consecutive")]
+    consecutive: u32,
+    #[serde(default = "default_interval", with = "super::duration_text")]
+    interval: Duration,
+}
+
+fn default_status() -> u16 {
+    200
+}
+fn default_consecutive() -> u32 {
+    3
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec { name: "url", required: true, doc: "URL to GET" },
+    ParamSpec { name: "expect_status", required: false, doc: "HTTP status that counts as healthy (default 200)" },
+    ParamSpec { name: "consecutive", required: false, doc: "healthy answers needed in a row (default 3)" },
+    ParamSpec { name: "interval", required: false, doc: "pause between requests, e.g. 1s (default 1s)" },
+];
+
+#[async_trait]
+impl StepKind for HttpCheck {
+    fn name(&self) -> &'static str {
+        "http.check"
+    }
+    fn purpose(&self) -> &'static str {
+        "Confirm the service is healthy on the new side: N consecutive healthy answers before the deadline"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["url", "attempts", "passes", "last_status"]
+    }
+    fn default_timeout(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let c = client(Duration::from_secs(5))?;
+        let now = probe(&c, &p.url).await;
+        let seen = match (now.status, now.error) {
+            (Some(s), _) => format!("now answers {s}"),
+            (None, Some(e)) => format!("now unreachable: {e}"),
+            _ => "no answer".into(),
+        };
+        Ok(Planned {
+            changes: vec![Change::new("check", format!("GET {}", p.url), format!("{} × {} in a row; {seen}", p.consecutive, p.expect_status))],
+            ..Default::default()
+        })
+    }
+
+    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let c = client(Duration::from_secs(5))?;
+        let (mut attempts, mut streak) = (0u32, 0u32);
+        let mut latencies = Vec::new();
+        loop {
+            attempts += 1;
+            let r = probe(&c, &p.url).await;
+            let ok = r.status == Some(p.expect_status);
+            if ok {
+                streak += 1;
+                latencies.push(r.latency_ms);
+            } else {
+                streak = 0;
+            }
+            if streak >= p.consecutive.max(1) {
+                latencies.sort_unstable();
+                let mut out = Map::new();
+                out.insert("url".into(), json!(p.url));
+                out.insert("attempts".into(), json!(attempts));
+                out.insert("passes".into(), json!(streak));
+                out.insert("last_status".into(), json!(r.status));
+                out.insert("summary".into(), json!(format!("{streak} × {} in a row from {} (max {} ms)", p.expect_status, p.url, latencies.last().unwrap_or(&0))));
+                return Ok(out);
+            }
+            let last = match (r.status, &r.error) {
+                (Some(s), _) => format!("HTTP {s}"),
+                (None, Some(e)) => e.clone(),
+                _ => "no answer".into(),
+            };
+            if cx.remaining() < p.interval {
+                return Err(StepError::Check(format!("{} unhealthy: {attempts} attempts, last answer {last}; needed {} × {} in a row", p.url, p.consecutive, p.expect_status)));
+            }
+            if !ok {
+                (cx.progress)(&format!("{} answered {last}; retrying for up to {}s", p.url, cx.remaining().as_secs()));
+            }
+            tokio::time::sleep(p.interval).await;
+        }
+    }
+}

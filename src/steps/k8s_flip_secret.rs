@@ -1,0 +1,294 @@
+//! `k8s.flip_secret`: changes keys of a Kubernetes Secret (the application's connection string),
+//! keeping the old content in a backup Secret in the same namespace, then restarts the named
+//! Deployments (as `kubectl rollout restart` does) and waits until they have rolled out.
+//!
+//! Rollback material stays in the cluster: the backup Secret `<secret>-backup-<run id>`. Values
+//! appear only as fingerprints. Each restart is marked with `cutover.dev/restarted-for` on the pod
+//! template, so a resumed run never restarts a Deployment twice for the same step.
+
+use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use crate::providers::kube::{is_conflict, is_not_found, kube_err};
+use crate::secret::fingerprint;
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The `k8s.flip_secret` kind.
+pub struct FlipSecret;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    namespace: String,
+    secret: String,
+    data: BTreeMap<String, String>,
+    #[serde(default)]
+    restart: Vec<String>,
+}
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec { name: "namespace", required: true, doc: "namespace of the Secret and Deployments" },
+    ParamSpec { name: "secret", required: true, doc: "name of the Secret" },
+    ParamSpec { name: "data", required: true, doc: "keys to set, e.g. DATABASE_URL (values may be secrets)" },
+    ParamSpec { name: "restart", required: false, doc: "workloads to restart, as deployment/<name>" },
+];
+
+const RESTART_MARK: &str = "cutover.dev/restarted-for";
+
+fn backup_name(secret: &str, run_id: &str) -> String {
+    let mut n = format!("{secret}-backup-{run_id}");
+    n.truncate(253);
+    n
+}
+
+fn decoded(s: &Secret) -> BTreeMap<String, String> {
+    s.data
+        .as_ref()
+        .map(|d| d.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned())).collect())
+        .unwrap_or_default()
+}
+
+fn deployments(p: &Params) -> Result<Vec<String>, StepError> {
+    p.restart
+        .iter()
+        .map(|r| match r.split_once('/') {
+            Some(("deployment" | "deployments" | "deploy", name)) => Ok(name.to_string()),
+            _ => Err(StepError::Params(format!("restart entry `{r}`: expected deployment/<name>"))),
+        })
+        .collect()
+}
+
+fn changed_keys(current: &BTreeMap<String, String>, wanted: &BTreeMap<String, String>) -> Vec<String> {
+    wanted.iter().filter(|(k, v)| current.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect()
+}
+
+async fn get_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, StepError> {
+    match api.get(name).await {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(kube_err(&format!("get secret {name}"), e).into()),
+    }
+}
+
+/// Writes `data` into the Secret with resourceVersion preconditions (retrying on 409 Conflict).
+async fn write_data(api: &Api<Secret>, name: &str, data: &BTreeMap<String, String>) -> Result<(), StepError> {
+    for _ in 0..5 {
+        let Some(mut s) = get_secret(api, name).await? else {
+            return Err(StepError::Check(format!("secret {name} does not exist")));
+        };
+        let mut current = s.data.take().unwrap_or_default();
+        for (k, v) in data {
+            current.insert(k.clone(), ByteString(v.as_bytes().to_vec()));
+        }
+        s.data = Some(current);
+        match api.replace(name, &PostParams::default(), &s).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_conflict(&e) => continue,
+            Err(e) => return Err(kube_err(&format!("replace secret {name}"), e).into()),
+        }
+    }
+    Err(StepError::Check(format!("secret {name} kept changing (409 Conflict five times)")))
+}
+
+/// Restarts a Deployment unless its pod template already carries `mark`.
+async fn restart(api: &Api<Deployment>, name: &str, mark: &str) -> Result<bool, StepError> {
+    let d = api.get(name).await.map_err(|e| kube_err(&format!("get deployment {name}"), e))?;
+    let current = d.spec.template.metadata.as_ref().and_then(|m| m.annotations.as_ref()).and_then(|a| a.get(RESTART_MARK));
+    if current.map(String::as_str) == Some(mark) {
+        return Ok(false);
+    }
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": now, RESTART_MARK: mark}}}}});
+    api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch)).await.map_err(|e| kube_err(&format!("restart deployment {name}"), e))?;
+    Ok(true)
+}
+
+/// Waits until every Deployment has rolled out, with `kubectl rollout status`'s conditions.
+async fn wait_rollouts(cx: &StepContext<'_>, api: &Api<Deployment>, names: &[String]) -> Result<Vec<String>, StepError> {
+    let mut evidence = Vec::new();
+    for name in names {
+        loop {
+            let d = api.get(name).await.map_err(|e| kube_err(&format!("get deployment {name}"), e))?;
+            let generation = d.metadata.generation.unwrap_or(0);
+            let want = d.spec.replicas.unwrap_or(1);
+            let st = d.status.clone().unwrap_or_default();
+            let observed = st.observed_generation.unwrap_or(0);
+            let updated = st.updated_replicas.unwrap_or(0);
+            let total = st.replicas.unwrap_or(0);
+            let available = st.available_replicas.unwrap_or(0);
+            if let Some(c) = st.conditions.as_ref().and_then(|cs| cs.iter().find(|c| c.type_.as_deref() == Some("Progressing"))) {
+                if c.reason.as_deref() == Some("ProgressDeadlineExceeded") {
+                    return Err(StepError::Check(format!("deployment {name} exceeded its progress deadline")));
+                }
+            }
+            let state = if observed < generation {
+                format!("waiting for the controller to observe generation {generation}")
+            } else if updated < want {
+                format!("{updated} of {want} replicas updated")
+            } else if total > updated {
+                format!("{} old replicas pending termination", total - updated)
+            } else if available < updated {
+                format!("{available} of {updated} updated replicas available")
+            } else {
+                evidence.push(format!("deployment/{name} rolled out (generation {generation}, {available}/{want} available)"));
+                break;
+            };
+            cx.check_deadline(&format!("deployment {name} rollout: {state}"))?;
+            (cx.progress)(&format!("deployment/{name}: {state}; waiting up to {}s", cx.remaining().as_secs()));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(evidence)
+}
+
+#[async_trait]
+impl StepKind for FlipSecret {
+    fn name(&self) -> &'static str {
+        "k8s.flip_secret"
+    }
+    fn purpose(&self) -> &'static str {
+        "Point the application at the new database: update its Secret (old value kept in a backup Secret), restart its Deployments and wait for the rollout"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["backup", "changed_keys", "restarted"]
+    }
+
+    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let names = deployments(&p)?;
+        let client = cx.providers.kube().await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &p.namespace);
+        let Some(s) = get_secret(&secrets, &p.secret).await? else {
+            return Err(StepError::Check(format!("secret {}/{} does not exist", p.namespace, p.secret)));
+        };
+        let current = decoded(&s);
+        let changed = changed_keys(&current, &p.data);
+        let target = format!("secret {}/{}", p.namespace, p.secret);
+        let mut changes = Vec::new();
+        if changed.is_empty() {
+            changes.push(Change::new("none", &target, "keys already hold the wanted values"));
+        } else {
+            for k in &changed {
+                let old = current.get(k).map(|v| fingerprint(v)).unwrap_or_else(|| "(absent)".into());
+                changes.push(Change::new("update", &target, format!("{k}: {old} → {}", fingerprint(&p.data[k]))));
+            }
+            changes.push(Change::new("create", format!("secret {}/{}", p.namespace, backup_name(&p.secret, cx.run_id)), "backup of the current keys"));
+            for n in &names {
+                changes.push(Change::new("restart", format!("deployment {}/{n}", p.namespace), "rollout restart, then wait until rolled out"));
+            }
+        }
+        let keys: Map<String, Value> = current.iter().map(|(k, v)| (k.clone(), json!(fingerprint(v)))).collect();
+        let mut predicted = Map::new();
+        predicted.insert("backup".into(), json!(backup_name(&p.secret, cx.run_id)));
+        predicted.insert("changed_keys".into(), json!(changed));
+        predicted.insert("restarted".into(), json!(names));
+        Ok(Planned { changes, before: json!({"keys": keys}), predicted })
+    }
+
+    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let names = deployments(&p)?;
+        let client = cx.providers.kube().await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &p.namespace);
+        let backup = backup_name(&p.secret, cx.run_id);
+        let Some(s) = get_secret(&secrets, &p.secret).await? else {
+            return Err(StepError::Check(format!("secret {}/{} does not exist", p.namespace, p.secret)));
+        };
+        let current = decoded(&s);
+        let changed = changed_keys(&current, &p.data);
+        let have_backup = get_secret(&secrets, &backup).await?.is_some();
+        if !changed.is_empty() {
+            if !have_backup {
+                let mut copy = Secret { data: s.data.clone(), type_: s.type_.clone(), ..Default::default() };
+                copy.metadata.name = Some(backup.clone());
+                copy.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "cutover".to_string())].into());
+                copy.metadata.annotations = Some(
+                    [("cutover.dev/backup-of".to_string(), p.secret.clone()), ("cutover.dev/run-id".to_string(), cx.run_id.to_string())].into(),
+                );
+                match secrets.create(&PostParams::default(), &copy).await {
+                    Ok(_) => {}
+                    Err(e) if is_conflict(&e) => {}
+                    Err(e) => return Err(kube_err(&format!("create backup secret {backup}"), e).into()),
+                }
+            }
+            write_data(&secrets, &p.secret, &p.data).await?;
+        }
+        // Restart when this step changed the Secret now or before a crash (the backup exists).
+        let mut restarted = Vec::new();
+        if !changed.is_empty() || have_backup {
+            let deploys: Api<Deployment> = Api::namespaced(client, &p.namespace);
+            let mark = format!("{}/{}", cx.run_id, cx.step_id);
+            for n in &names {
+                if restart(&deploys, n, &mark).await? {
+                    restarted.push(n.clone());
+                }
+            }
+        }
+        let mut out = Map::new();
+        out.insert("backup".into(), if !changed.is_empty() || have_backup { json!(backup) } else { Value::Null });
+        out.insert("changed_keys".into(), json!(changed));
+        out.insert("restarted".into(), json!(restarted));
+        out.insert(
+            "summary".into(),
+            json!(if changed.is_empty() && !have_backup { format!("secret {}/{} already up to date", p.namespace, p.secret) } else { format!("secret {}/{} updated ({}), backup {backup}", p.namespace, p.secret, p.data.keys().cloned().collect::<Vec<_>>().join(", ")) }),
+        );
+        Ok(out)
+    }
+
+    async fn verify(&self, cx: &StepContext, _outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let names = deployments(&p)?;
+        let client = cx.providers.kube().await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &p.namespace);
+        let s = get_secret(&secrets, &p.secret).await?.ok_or_else(|| StepError::Check(format!("secret {} vanished", p.secret)))?;
+        let still = changed_keys(&decoded(&s), &p.data);
+        if !still.is_empty() {
+            return Err(StepError::Check(format!("secret {}/{} keys {} do not hold the wanted values", p.namespace, p.secret, still.join(", "))));
+        }
+        let deploys: Api<Deployment> = Api::namespaced(client, &p.namespace);
+        let rolled = wait_rollouts(cx, &deploys, &names).await?;
+        let keys: Map<String, Value> = p.data.iter().map(|(k, v)| (k.clone(), json!(fingerprint(v)))).collect();
+        let mut ev = Map::new();
+        ev.insert("keys".into(), Value::Object(keys));
+        ev.insert("rollouts".into(), json!(rolled));
+        Ok(ev)
+    }
+
+    async fn rollback(&self, cx: &StepContext, _before: &Value, outputs: Option<&Map<String, Value>>) -> Result<Vec<String>, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let names = deployments(&p)?;
+        let client = cx.providers.kube().await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &p.namespace);
+        let backup = outputs.and_then(|o| o.get("backup")).and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| backup_name(&p.secret, cx.run_id));
+        let Some(b) = get_secret(&secrets, &backup).await? else {
+            return Ok(vec![format!("secret {}/{}: not changed by this run (no backup {backup})", p.namespace, p.secret)]);
+        };
+        let old = decoded(&b);
+        let now = get_secret(&secrets, &p.secret).await?.map(|s| decoded(&s)).unwrap_or_default();
+        let restore: BTreeMap<String, String> = p.data.keys().filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone()))).collect();
+        let mut lines = Vec::new();
+        for (k, v) in &restore {
+            let was = now.get(k).map(|x| fingerprint(x)).unwrap_or_else(|| "(absent)".into());
+            lines.push(format!("secret {}/{}: {k} {was} → {}", p.namespace, p.secret, fingerprint(v)));
+        }
+        if !changed_keys(&now, &restore).is_empty() {
+            write_data(&secrets, &p.secret, &restore).await?;
+        }
+        let deploys: Api<Deployment> = Api::namespaced(client, &p.namespace);
+        let mark = format!("{}/{}/rollback", cx.run_id, cx.step_id);
+        for n in &names {
+            restart(&deploys, n, &mark).await?;
+        }
+        lines.extend(wait_rollouts(cx, &deploys, &names).await?);
+        Ok(lines)
+    }
+}

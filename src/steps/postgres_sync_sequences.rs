@@ -1,0 +1,88 @@
+//! `postgres.sync_sequences`: logical replication does not carry sequence values, so after the
+//! freeze each target sequence is set to the source's `last_value` plus a safety margin, so the
+//! first insert on the target cannot collide with a replicated key.
+
+use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use crate::providers::postgres::pg;
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// The `postgres.sync_sequences` kind.
+pub struct SyncSequences;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    #[serde(default)]
+    margin: i64,
+}
+
+const PARAMS: &[ParamSpec] = &[ParamSpec { name: "margin", required: false, doc: "values added to each source last_value (default 0)" }];
+
+async fn sequences(c: &tokio_postgres::Client, side: &str) -> Result<BTreeMap<String, Option<i64>>, StepError> {
+    let rows = c
+        .query("SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences ORDER BY 1", &[])
+        .await
+        .map_err(|e| pg(side, e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+fn wanted(src: &BTreeMap<String, Option<i64>>, tgt: &BTreeMap<String, Option<i64>>, margin: i64) -> Vec<(String, Option<i64>, i64)> {
+    src.iter()
+        .filter_map(|(name, v)| {
+            let v = (*v)?;
+            let goal = v + margin;
+            let now = tgt.get(name).copied().flatten();
+            (now.unwrap_or(i64::MIN) < goal).then(|| (name.clone(), now, goal))
+        })
+        .collect()
+}
+
+#[async_trait]
+impl StepKind for SyncSequences {
+    fn name(&self) -> &'static str {
+        "postgres.sync_sequences"
+    }
+    fn purpose(&self) -> &'static str {
+        "Set every target sequence to at least the source's value plus a margin (logical replication does not carry sequences)"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["sequences"]
+    }
+
+    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let src = sequences(&cx.providers.source().await?, "source").await?;
+        let tgt = sequences(&cx.providers.target().await?, "target").await?;
+        let todo = wanted(&src, &tgt, p.margin);
+        let mut changes: Vec<Change> = todo
+            .iter()
+            .map(|(n, now, goal)| Change::new("update", format!("sequence {n} on target"), format!("{} → {goal}", now.map(|v| v.to_string()).unwrap_or_else(|| "unused".into()))))
+            .collect();
+        if changes.is_empty() {
+            changes.push(Change::new("none", "target sequences", format!("all {} at or above source + {}", src.len(), p.margin)));
+        }
+        Ok(Planned { changes, ..Default::default() })
+    }
+
+    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let src = sequences(&cx.providers.source().await?, "source").await?;
+        let target = cx.providers.target().await?;
+        let tgt = sequences(&target, "target").await?;
+        let todo = wanted(&src, &tgt, p.margin);
+        for (name, _, goal) in &todo {
+            target.query("SELECT setval($1::text::regclass, $2, true)", &[name, goal]).await.map_err(|e| pg("target", e))?;
+        }
+        let after = sequences(&target, "target").await?;
+        let mut out = Map::new();
+        out.insert("sequences".into(), json!(after));
+        out.insert("summary".into(), json!(format!("{} of {} sequences advanced (margin {})", todo.len(), src.len(), p.margin)));
+        Ok(out)
+    }
+}

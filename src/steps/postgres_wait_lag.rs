@@ -1,0 +1,109 @@
+//! `postgres.wait_lag`: waits until the target has confirmed the source's WAL up to the LSN
+//! current when the wait began (minus `max_lag_bytes`). After a freeze, that LSN is the last
+//! write: reaching it with lag 0 means the target holds every acknowledged write.
+//!
+//! Lag is read from the replication slot's `confirmed_flush_lsn` on the source
+//! (`pg_replication_slots`), which the subscriber advances as it applies and flushes.
+
+use super::postgres_replicate::names;
+use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use crate::providers::postgres::pg;
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::time::{Duration, Instant};
+
+/// The `postgres.wait_lag` kind.
+pub struct WaitLag;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    #[serde(default)]
+    max_lag_bytes: i64,
+    #[serde(default)]
+    subscription: Option<String>,
+}
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec { name: "max_lag_bytes", required: false, doc: "largest acceptable lag in bytes of WAL (default 0)" },
+    ParamSpec { name: "subscription", required: false, doc: "subscription / replication slot name (default cutover_<database>)" },
+];
+
+/// `(current WAL LSN, slot's confirmed_flush_lsn, lag in bytes)`; lag is `None` without a slot.
+async fn lag(c: &tokio_postgres::Client, slot: &str) -> Result<(String, Option<String>, Option<i64>), StepError> {
+    let row = c
+        .query_one(
+            "SELECT pg_current_wal_lsn()::text, s.confirmed_flush_lsn::text, pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint \
+             FROM (SELECT 1) x LEFT JOIN pg_replication_slots s ON s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| pg("source", e))?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+#[async_trait]
+impl StepKind for WaitLag {
+    fn name(&self) -> &'static str {
+        "postgres.wait_lag"
+    }
+    fn purpose(&self) -> &'static str {
+        "Wait until the target has applied the source's WAL up to the current LSN (replication lag within bound)"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["lsn", "confirmed_flush_lsn", "lag_bytes", "waited_ms"]
+    }
+    fn default_timeout(&self) -> Duration {
+        Duration::from_secs(600)
+    }
+
+    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let (_, slot) = names(cx, None, p.subscription.as_deref());
+        let source = cx.providers.source().await?;
+        let (lsn, confirmed, bytes) = lag(&source, &slot).await?;
+        let detail = match (confirmed, bytes) {
+            (Some(c), Some(b)) => format!("source at {lsn}, slot confirmed {c}: lag {b} bytes; wait until ≤ {} bytes", p.max_lag_bytes),
+            _ => format!("slot {slot} does not exist yet (created by postgres.replicate); wait until lag ≤ {} bytes", p.max_lag_bytes),
+        };
+        Ok(Planned { changes: vec![Change::new("check", format!("replication lag of slot {slot}"), detail)], ..Default::default() })
+    }
+
+    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let (_, slot) = names(cx, None, p.subscription.as_deref());
+        let source = cx.providers.source().await?;
+        let started = Instant::now();
+        let (goal, _, _) = lag(&source, &slot).await?;
+        loop {
+            let row = source
+                .query_opt(
+                    "SELECT confirmed_flush_lsn::text, pg_wal_lsn_diff($2::text::pg_lsn, confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot, &goal],
+                )
+                .await
+                .map_err(|e| pg("source", e))?;
+            let Some(row) = row else {
+                return Err(StepError::Check(format!("replication slot {slot} does not exist on the source")));
+            };
+            let (confirmed, behind): (Option<String>, Option<i64>) = (row.get(0), row.get(1));
+            let behind = behind.unwrap_or(i64::MAX);
+            if behind <= p.max_lag_bytes {
+                let mut out = Map::new();
+                out.insert("lsn".into(), json!(goal));
+                out.insert("confirmed_flush_lsn".into(), json!(confirmed));
+                out.insert("lag_bytes".into(), json!(behind.max(0)));
+                out.insert("waited_ms".into(), json!(started.elapsed().as_millis() as u64));
+                out.insert("summary".into(), json!(format!("target confirmed {} ≥ {goal} (lag {} bytes)", confirmed.unwrap_or_default(), behind.max(0))));
+                return Ok(out);
+            }
+            cx.check_deadline(&format!("replication slot {slot} to reach {goal} ({behind} bytes behind)"))?;
+            (cx.progress)(&format!("lag {behind} bytes behind {goal}; waiting up to {}s", cx.remaining().as_secs()));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

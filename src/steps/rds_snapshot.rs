@@ -1,0 +1,119 @@
+//! `rds.snapshot`: a manual DB snapshot of the target RDS instance before the cutover, waited on
+//! until `available`. Idempotent by snapshot identifier (derived from the run id). Rollback keeps
+//! the snapshot: it is evidence and a restore point, never removed by the tool.
+
+use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use crate::providers::aws::err;
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// The `rds.snapshot` kind.
+pub struct RdsSnapshot;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    instance: String,
+    #[serde(default)]
+    snapshot: Option<String>,
+}
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec { name: "instance", required: true, doc: "DB instance identifier" },
+    ParamSpec { name: "snapshot", required: false, doc: "snapshot identifier (default cutover-<run id>-<instance>)" },
+];
+
+fn snapshot_id(cx: &StepContext, p: &Params) -> String {
+    p.snapshot.clone().unwrap_or_else(|| {
+        let raw = format!("cutover-{}-{}", cx.run_id, p.instance);
+        let mut id: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        while id.contains("--") {
+            id = id.replace("--", "-");
+        }
+        id.trim_end_matches('-').chars().take(255).collect()
+    })
+}
+
+async fn status(rds: &aws_sdk_rds::Client, id: &str) -> Result<Option<String>, StepError> {
+    match rds.describe_db_snapshots().db_snapshot_identifier(id).send().await {
+        Ok(out) => Ok(out.db_snapshots().first().map(|s| s.status().unwrap_or("unknown").to_string())),
+        Err(e) => {
+            let code = e.as_service_error().map(|s| s.is_db_snapshot_not_found_fault()).unwrap_or(false);
+            if code {
+                Ok(None)
+            } else {
+                Err(err("rds:DescribeDBSnapshots", e).into())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl StepKind for RdsSnapshot {
+    fn name(&self) -> &'static str {
+        "rds.snapshot"
+    }
+    fn purpose(&self) -> &'static str {
+        "Take a manual snapshot of the RDS instance as a restore point before any data moves"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["snapshot_id", "instance"]
+    }
+    fn default_timeout(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
+
+    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let rds = aws_sdk_rds::Client::new(&cx.providers.aws().await?.config);
+        rds.describe_db_instances().db_instance_identifier(&p.instance).send().await.map_err(|e| err("rds:DescribeDBInstances", e))?;
+        let id = snapshot_id(cx, &p);
+        let changes = match status(&rds, &id).await? {
+            Some(s) => vec![Change::new("none", format!("snapshot {id}"), format!("exists ({s})"))],
+            None => vec![Change::new("create", format!("snapshot {id}"), format!("of instance {}", p.instance))],
+        };
+        let predicted = [("snapshot_id".to_string(), json!(id)), ("instance".to_string(), json!(p.instance))].into_iter().collect();
+        Ok(Planned { changes, before: Value::Null, predicted })
+    }
+
+    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let rds = aws_sdk_rds::Client::new(&cx.providers.aws().await?.config);
+        let id = snapshot_id(cx, &p);
+        if status(&rds, &id).await?.is_none() {
+            rds.create_db_snapshot()
+                .db_instance_identifier(&p.instance)
+                .db_snapshot_identifier(&id)
+                .tags(aws_sdk_rds::types::Tag::builder().key("cutover:run-id").value(cx.run_id).build())
+                .send()
+                .await
+                .map_err(|e| err("rds:CreateDBSnapshot", e))?;
+        }
+        let mut out = Map::new();
+        out.insert("snapshot_id".into(), json!(id));
+        out.insert("instance".into(), json!(p.instance));
+        Ok(out)
+    }
+
+    async fn verify(&self, cx: &StepContext, outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+        let rds = aws_sdk_rds::Client::new(&cx.providers.aws().await?.config);
+        let id = outputs.get("snapshot_id").and_then(Value::as_str).unwrap_or_default().to_string();
+        loop {
+            let s = status(&rds, &id).await?.unwrap_or_else(|| "missing".into());
+            if s == "available" {
+                let mut ev = Map::new();
+                ev.insert("status".into(), json!(s));
+                ev.insert("summary".into(), json!(format!("snapshot {id} available")));
+                return Ok(ev);
+            }
+            cx.check_deadline(&format!("snapshot {id} to become available (now {s})"))?;
+            (cx.progress)(&format!("snapshot {id} is {s}; waiting up to {}s", cx.remaining().as_secs()));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+}

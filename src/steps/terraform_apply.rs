@@ -1,0 +1,127 @@
+//! `terraform.apply`: init the environment's root with its S3 backend, plan, apply exactly the
+//! reviewed plan, and publish the root's outputs as `tf.*`.
+//!
+//! Terraform runs with the environment's assumed-role credentials, so state and resources land in
+//! that account. Rollback leaves infrastructure in place (it is shared by later runs).
+
+use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use crate::providers::terraform::{outputs_from, summarize, Terraform};
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The `terraform.apply` kind.
+pub struct TerraformApply;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    #[serde(default)]
+    vars: BTreeMap<String, Value>,
+}
+
+const PARAMS: &[ParamSpec] = &[ParamSpec { name: "vars", required: false, doc: "extra -var values, merged over the environment's terraform.vars" }];
+
+async fn terraform(cx: &StepContext<'_>) -> Result<(Terraform, BTreeMap<String, String>), StepError> {
+    let p: Params = parse_params(&cx.params)?;
+    let session = cx.providers.aws().await?;
+    let creds = &session.credentials;
+    let mut env = BTreeMap::new();
+    env.insert("AWS_ACCESS_KEY_ID".to_string(), creds.access_key_id().to_string());
+    env.insert("AWS_SECRET_ACCESS_KEY".to_string(), creds.secret_access_key().to_string());
+    if let Some(t) = creds.session_token() {
+        env.insert("AWS_SESSION_TOKEN".to_string(), t.to_string());
+    }
+    env.insert("AWS_REGION".to_string(), cx.env.aws.region.clone());
+    let tf = Terraform {
+        dir: cx.root.join(&cx.env.terraform.dir),
+        data_dir: crate::engine::state_dir(cx.root).join("terraform").join(&cx.env.name),
+        env,
+    };
+    let mut vars = cx.env.terraform.vars.clone();
+    for (k, v) in p.vars {
+        vars.insert(k, match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        });
+    }
+    Ok((tf, vars))
+}
+
+#[async_trait]
+impl StepKind for TerraformApply {
+    fn name(&self) -> &'static str {
+        "terraform.apply"
+    }
+    fn purpose(&self) -> &'static str {
+        "Apply the environment's Terraform root in its own account and publish its outputs as tf.*"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["tf", "create", "update", "replace", "delete", "summary"]
+    }
+    fn default_timeout(&self) -> Duration {
+        Duration::from_secs(1800)
+    }
+
+    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+        let (tf, vars) = terraform(cx).await?;
+        (cx.progress)(&format!("terraform init ({})", cx.env.terraform.dir));
+        tf.init(&cx.env.terraform.backend).await?;
+        let plan_file = cx.run_dir.join(format!("{}.tfplan", cx.step_id));
+        (cx.progress)("terraform plan");
+        let lock = cx.mode != super::context::Mode::DryRun;
+        tf.plan(&vars, &plan_file, lock).await?;
+        let shown = tf.show_plan(&plan_file).await?;
+        let s = summarize(&shown);
+        let mut changes: Vec<Change> = s
+            .resources
+            .iter()
+            .map(|r| {
+                let (addr, action) = r.rsplit_once(": ").unwrap_or((r, "change"));
+                Change::new(action, addr, "terraform resource")
+            })
+            .collect();
+        changes.insert(0, Change::new("run", format!("terraform apply {}", cx.env.terraform.dir), format!("{} to add, {} to change, {} to replace, {} to destroy", s.create, s.update, s.replace, s.delete)));
+        let mut predicted = Map::new();
+        let mut tf_out = outputs_from(&shown, true);
+        if tf_out.is_empty() {
+            tf_out = tf.outputs().await.unwrap_or_default();
+        }
+        predicted.insert("tf".into(), Value::Object(tf_out));
+        Ok(Planned { changes, before: json!({"summary": s}), predicted })
+    }
+
+    async fn apply(&self, cx: &StepContext, planned: &Planned) -> Result<Map<String, Value>, StepError> {
+        let (tf, vars) = terraform(cx).await?;
+        let plan_file = cx.run_dir.join(format!("{}.tfplan", cx.step_id));
+        if !plan_file.exists() {
+            tf.init(&cx.env.terraform.backend).await?;
+            tf.plan(&vars, &plan_file, true).await?;
+        }
+        (cx.progress)("terraform apply (reviewed plan)");
+        if let Err(e) = tf.apply(&plan_file).await {
+            // A plan saved before a crash is stale once state moved on: plan again, once.
+            if e.to_string().contains("Saved plan is stale") {
+                tf.plan(&vars, &plan_file, true).await?;
+                tf.apply(&plan_file).await?;
+            } else {
+                return Err(e.into());
+            }
+        }
+        let outputs = tf.outputs().await?;
+        let s = planned.before.get("summary").cloned().unwrap_or(Value::Null);
+        let n = |k: &str| s.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let mut out = Map::new();
+        out.insert("summary".into(), json!(format!("{} added, {} changed, {} replaced, {} destroyed; {} outputs", n("create"), n("update"), n("replace"), n("delete"), outputs.len())));
+        out.insert("tf".into(), Value::Object(outputs));
+        for k in ["create", "update", "replace", "delete"] {
+            out.insert(k.into(), json!(n(k)));
+        }
+        Ok(out)
+    }
+}
