@@ -1,1 +1,209 @@
-fn main() {}
+//! `cutover-sandbox`: the local sandbox that `cutover` rehearses against. Real stand-ins on
+//! 127.0.0.1 only: a moto server (AWS API), two PostgreSQL 15 clusters (legacy source and the
+//! target standing in for RDS), a Kubernetes API emulator per EKS cluster, and the application's
+//! legacy and AWS-side health endpoints. `cutover` reaches them only through standard environment
+//! variables printed by `cutover-sandbox env`.
+
+mod kube;
+mod procs;
+mod seed;
+mod serve;
+mod state;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use state::{State, ENVIRONMENTS};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "cutover-sandbox", about = "Local stand-ins for AWS, PostgreSQL and Kubernetes that cutover rehearses against")]
+struct Cli {
+    /// Sandbox directory (state, data, logs); default `.sandbox` in the current directory.
+    #[arg(long, global = true, env = "CUTOVER_SANDBOX_DIR", default_value = ".sandbox")]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start everything (idempotent: a running sandbox is left as it is).
+    Up,
+    /// Stop everything and remove the sandbox's data (the virtualenv is kept).
+    Down,
+    /// Say what is running; exit 1 if anything is not.
+    Status,
+    /// Print `export NAME=value` lines for a shell to eval.
+    Env,
+    /// (internal) Run the Kubernetes API emulator and the applications in the foreground.
+    #[command(hide = true)]
+    Serve,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let dir = if cli.dir.is_absolute() { cli.dir.clone() } else { std::env::current_dir().map(|d| d.join(&cli.dir)).unwrap_or(cli.dir.clone()) };
+    let result = match cli.command {
+        Cmd::Up => up(&dir),
+        Cmd::Down => down(&dir),
+        Cmd::Status => status(&dir),
+        Cmd::Env => env(&dir),
+        Cmd::Serve => serve(&dir),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn all_running(s: &State) -> bool {
+    procs::alive(s.moto_pid) && procs::alive(s.serve_pid) && procs::cluster_running(&s.dir.join("pg/source")) && procs::cluster_running(&s.dir.join("pg/target"))
+}
+
+fn password() -> String {
+    let mut bytes = [0u8; 18];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    }
+    bytes.iter().map(|b| b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"[*b as usize % 57] as char).collect()
+}
+
+fn up(dir: &std::path::Path) -> Result<i32> {
+    if let Some(s) = State::load(dir) {
+        if all_running(&s) {
+            eprintln!("sandbox: already up in {}", dir.display());
+            return Ok(0);
+        }
+        eprintln!("sandbox: partly running; restarting it from scratch");
+        down(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    // PostgreSQL runs as another user when we are root: it must be able to reach its data.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let venv = procs::ensure_venv(dir)?;
+    let mut s = State { dir: dir.to_path_buf(), ..Default::default() };
+    s.source_password = password();
+    s.target_password = password();
+    s.app_password = password();
+    s.moto_port = procs::free_port()?;
+    s.source_port = procs::free_port()?;
+    s.target_port = procs::free_port()?;
+    s.legacy_app_port = procs::free_port()?;
+    for env in ENVIRONMENTS {
+        s.kube_ports.insert(env.into(), procs::free_port()?);
+        s.app_ports.insert(env.into(), procs::free_port()?);
+    }
+    s.save()?;
+
+    eprintln!("sandbox: starting moto server on 127.0.0.1:{}", s.moto_port);
+    let mut moto = std::process::Command::new(venv.join("bin/moto_server"));
+    moto.args(["-H", "127.0.0.1", "-p", &s.moto_port.to_string()]);
+    s.moto_pid = procs::spawn_detached(moto, &dir.join("moto.log"))?;
+    s.save()?;
+
+    eprintln!("sandbox: starting PostgreSQL 15 source (wal_level=logical) on {} and target on {}", s.source_port, s.target_port);
+    std::fs::create_dir_all(dir.join("pg"))?;
+    std::fs::set_permissions(dir.join("pg"), std::fs::Permissions::from_mode(0o755))?;
+    procs::start_cluster(&dir.join("pg/source"), s.source_port, &s.source_password, "wal_level = logical")?;
+    procs::start_cluster(&dir.join("pg/target"), s.target_port, &s.target_password, "wal_level = logical\nwal_receiver_status_interval = 1s")?;
+
+    let rt = runtime()?;
+    eprintln!("sandbox: seeding the shop database ({} orders)", seed::ORDERS);
+    rt.block_on(seed::databases(&s))?;
+    procs::wait_port(s.moto_port, "moto server", Duration::from_secs(60))?;
+    eprintln!("sandbox: seeding moto: Organization, 3 member accounts, zones, RDS, EKS, WAF, state buckets");
+    rt.block_on(seed::aws(&mut s))?;
+    s.save()?;
+    write_kubeconfig(&s)?;
+
+    let mut serve = std::process::Command::new(std::env::current_exe()?);
+    serve.arg("--dir").arg(dir).arg("serve");
+    s.serve_pid = procs::spawn_detached(serve, &dir.join("serve.log"))?;
+    s.save()?;
+    for env in ENVIRONMENTS {
+        procs::wait_port(s.kube_ports[env], "Kubernetes API emulator", Duration::from_secs(30))?;
+    }
+    procs::wait_port(s.legacy_app_port, "legacy app", Duration::from_secs(30))?;
+    eprintln!("sandbox: up in {} (accounts: {})", dir.display(), ENVIRONMENTS.iter().map(|e| format!("{e} {}", s.accounts[*e])).collect::<Vec<_>>().join(", "));
+    eprintln!("sandbox: eval \"$(cutover-sandbox env)\" to point cutover at it");
+    Ok(0)
+}
+
+fn write_kubeconfig(s: &State) -> Result<()> {
+    let mut clusters = Vec::new();
+    let mut contexts = Vec::new();
+    for env in ENVIRONMENTS {
+        let arn = &s.cluster_arns[env];
+        clusters.push(serde_json::json!({"name": arn, "cluster": {"server": format!("http://127.0.0.1:{}", s.kube_ports[env])}}));
+        contexts.push(serde_json::json!({"name": arn, "context": {"cluster": arn, "user": "sandbox", "namespace": "shop"}}));
+    }
+    let doc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "clusters": clusters, "contexts": contexts,
+        "users": [{"name": "sandbox", "user": {"token": "sandbox"}}],
+        "current-context": s.cluster_arns["staging"],
+    });
+    std::fs::write(s.dir.join("kubeconfig"), serde_json::to_string_pretty(&doc)?)?;
+    Ok(())
+}
+
+fn down(dir: &std::path::Path) -> Result<i32> {
+    let Some(s) = State::load(dir) else {
+        eprintln!("sandbox: nothing running in {}", dir.display());
+        return Ok(0);
+    };
+    procs::stop(s.serve_pid);
+    procs::stop(s.moto_pid);
+    procs::stop_cluster(&dir.join("pg/source"));
+    procs::stop_cluster(&dir.join("pg/target"));
+    for sub in ["pg", "state.json", "kubeconfig", "moto.log", "serve.log"] {
+        let p = dir.join(sub);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        } else if p.exists() {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    eprintln!("sandbox: down");
+    Ok(0)
+}
+
+fn status(dir: &std::path::Path) -> Result<i32> {
+    let Some(s) = State::load(dir) else {
+        println!("sandbox: not up ({})", dir.display());
+        return Ok(1);
+    };
+    let mut ok = true;
+    let mut line = |what: String, up: bool| {
+        ok &= up;
+        println!("{:<44} {}", what, if up { "up" } else { "DOWN" });
+    };
+    line(format!("moto server 127.0.0.1:{}", s.moto_port), procs::alive(s.moto_pid));
+    line(format!("PostgreSQL source 127.0.0.1:{}", s.source_port), procs::cluster_running(&dir.join("pg/source")));
+    line(format!("PostgreSQL target 127.0.0.1:{}", s.target_port), procs::cluster_running(&dir.join("pg/target")));
+    line("Kubernetes API emulator and apps".to_string(), procs::alive(s.serve_pid));
+    Ok(if ok { 0 } else { 1 })
+}
+
+fn env(dir: &std::path::Path) -> Result<i32> {
+    let s = State::load(dir).with_context(|| format!("no sandbox in {}; run `cutover-sandbox up` first", dir.display()))?;
+    for (k, v) in s.exports() {
+        println!("export {k}='{}'", v.replace('\'', "'\\''"));
+    }
+    Ok(0)
+}
+
+fn serve(dir: &std::path::Path) -> Result<i32> {
+    let s = State::load(dir).context("no sandbox state")?;
+    runtime()?.block_on(serve::run(s))?;
+    Ok(0)
+}

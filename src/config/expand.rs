@@ -17,6 +17,11 @@ pub fn expand_env_vars(
     let mut errors = Vec::new();
     for (idx, line) in text.split_inclusive('\n').enumerate() {
         let lineno = idx as u32 + 1;
+        if line.trim_start().starts_with('#') {
+            // Comments are not expanded (they may show the syntax itself).
+            out.push_str(line);
+            continue;
+        }
         let mut rest = line;
         while let Some(pos) = rest.find('$') {
             out.push_str(&rest[..pos]);
@@ -77,8 +82,8 @@ mod tests {
 
     #[test]
     fn expands_set_variables_and_defaults() {
-        let got = expand_env_vars("a: ${A}\nb: ${B:-x}\nc: $$5 $z\n", &env).unwrap();
-        assert_eq!(got, "a: 111\nb: x\nc: $5 $z\n");
+        let got = expand_env_vars("a: ${A}\nb: ${B:-x}\nc: $$5 $z\n  # ${NOPE}\n", &env).unwrap();
+        assert_eq!(got, "a: 111\nb: x\nc: $5 $z\n  # ${NOPE}\n");
     }
 
     #[test]

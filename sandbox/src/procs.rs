@@ -1,0 +1,185 @@
+//! Starting and stopping the sandbox's processes: moto server (from a pinned virtualenv), two
+//! PostgreSQL 15 clusters (as an unprivileged user when run as root: initdb refuses root), and
+//! `cutover-sandbox serve`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The moto version the sandbox installs.
+pub const MOTO_VERSION: &str = "5.2.5";
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until something accepts connections on `port`.
+pub fn wait_port(port: u16, what: &str, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} did not listen on 127.0.0.1:{port} within {}s", timeout.as_secs())
+}
+
+/// True when process `pid` exists.
+pub fn alive(pid: u32) -> bool {
+    pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+}
+
+/// SIGTERM, then SIGKILL after 5 s.
+pub fn stop(pid: u32) {
+    if !alive(pid) {
+        return;
+    }
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    while alive(pid) && start.elapsed() < Duration::from_secs(5) {
+        // Reap it if it is our child; otherwise init does.
+        unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive(pid) {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+/// Spawns a detached process (own process group, output to `log`); returns its pid.
+pub fn spawn_detached(mut cmd: Command, log: &Path) -> Result<u32> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+    let child = cmd.spawn().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    Ok(child.id())
+}
+
+/// The virtualenv holding moto: `$CUTOVER_SANDBOX_VENV`, else `<dir>/venv`. Created (and moto
+/// installed, version pinned) when missing, under a lock so parallel sandboxes share one.
+pub fn ensure_venv(dir: &Path) -> Result<PathBuf> {
+    let venv = std::env::var("CUTOVER_SANDBOX_VENV").map(PathBuf::from).unwrap_or_else(|_| dir.join("venv"));
+    let server = venv.join("bin/moto_server");
+    if server.exists() {
+        return Ok(venv);
+    }
+    if let Some(parent) = venv.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let lock_path = venv.with_extension("lock");
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+    lock.lock()?;
+    if !server.exists() {
+        eprintln!("sandbox: creating virtualenv {} with moto[server]=={MOTO_VERSION}", venv.display());
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let st = Command::new(&python).args(["-m", "venv"]).arg(&venv).status()?;
+        if !st.success() {
+            bail!("{python} -m venv failed");
+        }
+        let st = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", &format!("moto[server]=={MOTO_VERSION}")])
+            .status()?;
+        if !st.success() {
+            bail!("pip install moto[server]=={MOTO_VERSION} failed");
+        }
+    }
+    Ok(venv)
+}
+
+/// Directory of the PostgreSQL 15 server binaries: `$PG_BIN`, else Debian's location.
+pub fn pg_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("PG_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let debian = PathBuf::from("/usr/lib/postgresql/15/bin");
+    if debian.join("initdb").exists() {
+        return Ok(debian);
+    }
+    Err(anyhow!("PostgreSQL 15 server binaries not found (looked in /usr/lib/postgresql/15/bin); install Debian's postgresql-15 (scripts/install-deps) or set PG_BIN"))
+}
+
+/// uid/gid to run PostgreSQL as: ourselves, or `postgres` when we are root.
+fn pg_user() -> Result<Option<(u32, u32)>> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let name = std::ffi::CString::new("postgres")?;
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        bail!("running as root, and there is no `postgres` user to run PostgreSQL as (initdb refuses root); install Debian's postgresql-15, which creates it");
+    }
+    Ok(Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) }))
+}
+
+fn pg_command(bin: &Path, tool: &str) -> Result<Command> {
+    let mut cmd = Command::new(bin.join(tool));
+    if let Some((uid, gid)) = pg_user()? {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd.env_remove("PGDATA").env_remove("PGPORT");
+    Ok(cmd)
+}
+
+fn chown_tree(path: &Path) -> Result<()> {
+    if let Some((uid, gid)) = pg_user()? {
+        let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(path).status()?;
+        if !st.success() {
+            bail!("chown {} failed", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Creates and starts a cluster in `data` on `port` with superuser password `password`.
+pub fn start_cluster(data: &Path, port: u16, password: &str, extra_conf: &str) -> Result<()> {
+    let bin = pg_bin()?;
+    std::fs::create_dir_all(data)?;
+    let pwfile = data.with_extension("pw");
+    std::fs::write(&pwfile, password)?;
+    chown_tree(data)?;
+    chown_tree(&pwfile)?;
+    let out = pg_command(&bin, "initdb")?
+        .arg("-D")
+        .arg(data)
+        .args(["-U", "postgres", "-E", "UTF8", "--no-sync", "--auth-local=trust", "--auth-host=scram-sha-256", "--locale=C"])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .output()?;
+    let _ = std::fs::remove_file(&pwfile);
+    if !out.status.success() {
+        bail!("initdb {} failed: {}", data.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let conf = format!(
+        "\n# cutover sandbox\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nshared_buffers = 64MB\nmax_replication_slots = 20\nmax_wal_senders = 20\nmax_worker_processes = 16\nmax_logical_replication_workers = 8\n{extra_conf}\n",
+        data.display()
+    );
+    let mut f = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?;
+    std::io::Write::write_all(&mut f, conf.as_bytes())?;
+    let out = pg_command(&bin, "pg_ctl")?.arg("-D").arg(data).arg("-l").arg(data.join("server.log")).args(["-w", "-t", "60", "start"]).output()?;
+    if !out.status.success() {
+        bail!("pg_ctl start {} failed: {}{}", data.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// True when the cluster in `data` is running.
+pub fn cluster_running(data: &Path) -> bool {
+    let Ok(bin) = pg_bin() else { return false };
+    pg_command(&bin, "pg_ctl").map(|mut c| c.arg("-D").arg(data).arg("status").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)).unwrap_or(false)
+}
+
+/// Stops the cluster in `data` (fast shutdown), if running.
+pub fn stop_cluster(data: &Path) {
+    if !data.join("postmaster.pid").exists() {
+        return;
+    }
+    if let Ok(bin) = pg_bin() {
+        if let Ok(mut c) = pg_command(&bin, "pg_ctl") {
+            let _ = c.arg("-D").arg(data).args(["-m", "fast", "-w", "-t", "30", "stop"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Seeding the stand-ins: the shop database on the legacy source, empty databases and the
+//! application role on the target, and in moto an Organization whose member accounts are the
+//! three environments, each with its Terraform state bucket, hosted zone and legacy record, RDS
+//! instance, EKS cluster and WAF web ACL associated with the environment's load balancer.
+
+use crate::state::{alb_arn, State, ENVIRONMENTS, REGION};
+use anyhow::{anyhow, Context, Result};
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sts::config::Credentials;
+
+/// Rows of the example `shop` database: customers, orders, order_items.
+pub const CUSTOMERS: i64 = 10_000;
+/// Orders on the source (the issue asks for at least 100,000).
+pub const ORDERS: i64 = 100_000;
+/// Order items on the source.
+pub const ORDER_ITEMS: i64 = 200_000;
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connect")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Creates the legacy `shop` databases (one per environment) and the target's empty ones.
+pub async fn databases(s: &State) -> Result<()> {
+    let src_admin = format!("postgres://postgres:{}@127.0.0.1:{}/postgres", s.source_password, s.source_port);
+    let tgt_admin = format!("postgres://postgres:{}@127.0.0.1:{}/postgres", s.target_password, s.target_port);
+    let src = connect(&src_admin).await?;
+    src.batch_execute(&format!("CREATE ROLE shop LOGIN PASSWORD '{}'; CREATE DATABASE shop_seed OWNER shop;", s.app_password)).await?;
+    let seed = connect(&format!("postgres://shop:{}@127.0.0.1:{}/shop_seed", s.app_password, s.source_port)).await?;
+    seed.batch_execute(&format!(
+        "CREATE TABLE customers (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, name text NOT NULL, created_at timestamptz NOT NULL);
+         CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers(id), status text NOT NULL, total_cents bigint NOT NULL, created_at timestamptz NOT NULL);
+         CREATE TABLE order_items (id bigserial PRIMARY KEY, order_id bigint NOT NULL REFERENCES orders(id), sku text NOT NULL, quantity int NOT NULL, price_cents bigint NOT NULL);
+         CREATE INDEX orders_customer_id ON orders (customer_id);
+         CREATE INDEX order_items_order_id ON order_items (order_id);
+         INSERT INTO customers (email, name, created_at)
+           SELECT 'customer' || g || '@example.com', 'Customer ' || g, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute' FROM generate_series(1, {CUSTOMERS}) g;
+         INSERT INTO orders (customer_id, status, total_cents, created_at)
+           SELECT 1 + (g % {CUSTOMERS}), (ARRAY['paid','shipped','refunded'])[1 + g % 3], 100 + (g * 37) % 50000, timestamptz '2024-01-01 00:00:00+00' + g * interval '20 seconds' FROM generate_series(1, {ORDERS}) g;
+         INSERT INTO order_items (order_id, sku, quantity, price_cents)
+           SELECT 1 + (g % {ORDERS}), 'SKU-' || (g % 500), 1 + g % 4, 100 + (g * 13) % 9000 FROM generate_series(1, {ORDER_ITEMS}) g;
+         ANALYZE;"
+    ))
+    .await
+    .context("seeding shop")?;
+    drop(seed);
+    let tgt = connect(&tgt_admin).await?;
+    tgt.batch_execute(&format!("CREATE ROLE shop LOGIN PASSWORD '{}'", s.app_password)).await?;
+    for env in ENVIRONMENTS {
+        let db = State::database(env);
+        // The seed database may still have the seeding session's backend exiting.
+        let mut tries = 0;
+        loop {
+            match src.batch_execute(&format!("CREATE DATABASE {db} TEMPLATE shop_seed OWNER shop")).await {
+                Ok(()) => break,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e).context(format!("CREATE DATABASE {db}")),
+            }
+        }
+        tgt.batch_execute(&format!("CREATE DATABASE {db} OWNER shop")).await?;
+        let t = connect(&format!("postgres://postgres:{}@127.0.0.1:{}/{db}", s.target_password, s.target_port)).await?;
+        t.batch_execute(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO shop;
+             ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO shop;",
+        )
+        .await?;
+    }
+    src.batch_execute("DROP DATABASE shop_seed").await?;
+    Ok(())
+}
+
+fn base_config(s: &State, creds: Credentials) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(format!("http://127.0.0.1:{}", s.moto_port))
+        .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(creds))
+        .build()
+}
+
+async fn assume(s: &State, mgmt: &SdkConfig, account: &str) -> Result<SdkConfig> {
+    let out = aws_sdk_sts::Client::new(mgmt)
+        .assume_role()
+        .role_arn(format!("arn:aws:iam::{account}:role/OrganizationAccountAccessRole"))
+        .role_session_name("cutover-sandbox-seed")
+        .send()
+        .await
+        .context("sts:AssumeRole")?;
+    let c = out.credentials().ok_or_else(|| anyhow!("no credentials"))?;
+    Ok(base_config(s, Credentials::new(c.access_key_id(), c.secret_access_key(), Some(c.session_token().to_string()), None, "seed")))
+}
+
+/// Seeds moto; fills `s.accounts` and `s.cluster_arns`.
+pub async fn aws(s: &mut State) -> Result<()> {
+    let mgmt = base_config(s, Credentials::new("sandbox", "sandbox", None, None, "sandbox"));
+    let org = aws_sdk_organizations::Client::new(&mgmt);
+    org.create_organization().feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All).send().await.context("organizations:CreateOrganization")?;
+    for env in ENVIRONMENTS {
+        let req = org.create_account().email(format!("aws+{env}@example-shop.com")).account_name(format!("shop-{env}")).send().await.context("organizations:CreateAccount")?;
+        let id = req.create_account_status().and_then(|c| c.id()).ok_or_else(|| anyhow!("no create-account id"))?.to_string();
+        let status = org.describe_create_account_status().create_account_request_id(id).send().await?;
+        let account = status.create_account_status().and_then(|c| c.account_id()).ok_or_else(|| anyhow!("no account id"))?.to_string();
+        s.accounts.insert(env.to_string(), account);
+    }
+    for env in ENVIRONMENTS {
+        let account = s.accounts[env].clone();
+        let cfg = assume(s, &mgmt, &account).await?;
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&cfg).force_path_style(true).build());
+        s3.create_bucket().bucket(format!("shop-tfstate-{account}")).send().await.context("s3:CreateBucket")?;
+
+        let r53 = aws_sdk_route53::Client::new(&cfg);
+        let domain = State::domain(env);
+        let zone = r53.create_hosted_zone().name(&domain).caller_reference(format!("cutover-sandbox-{env}-{account}")).send().await.context("route53:CreateHostedZone")?;
+        let zone_id = zone.hosted_zone().map(|z| z.id().to_string()).unwrap_or_default();
+        use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
+        let set = ResourceRecordSet::builder()
+            .name(format!("shop.{domain}."))
+            .r#type(RrType::Cname)
+            .ttl(300)
+            .resource_records(ResourceRecord::builder().value(format!("shop-legacy-{env}.droplets.example.net")).build()?)
+            .build()?;
+        r53.change_resource_record_sets()
+            .hosted_zone_id(zone_id.trim_start_matches("/hostedzone/"))
+            .change_batch(ChangeBatch::builder().changes(Change::builder().action(ChangeAction::Create).resource_record_set(set).build()?).build()?)
+            .send()
+            .await
+            .context("route53:ChangeResourceRecordSets")?;
+
+        let rds = aws_sdk_rds::Client::new(&cfg);
+        rds.create_db_instance()
+            .db_instance_identifier(format!("shop-{env}"))
+            .db_instance_class("db.t3.micro")
+            .engine("postgres")
+            .engine_version("15.8")
+            .master_username("postgres")
+            .master_user_password("sandbox-not-used")
+            .allocated_storage(20)
+            .send()
+            .await
+            .context("rds:CreateDBInstance")?;
+
+        let eks = aws_sdk_eks::Client::new(&cfg);
+        let cluster = eks
+            .create_cluster()
+            .name(format!("shop-{env}"))
+            .role_arn(format!("arn:aws:iam::{account}:role/shop-{env}-eks-cluster"))
+            .resources_vpc_config(aws_sdk_eks::types::VpcConfigRequest::builder().subnet_ids("subnet-0a1").subnet_ids("subnet-0b2").build())
+            .send()
+            .await
+            .context("eks:CreateCluster")?;
+        let arn = cluster.cluster().and_then(|c| c.arn()).ok_or_else(|| anyhow!("no cluster arn"))?.to_string();
+        s.cluster_arns.insert(env.to_string(), arn);
+
+        let waf = aws_sdk_wafv2::Client::new(&cfg);
+        use aws_sdk_wafv2::types::{AllowAction, DefaultAction, Scope, VisibilityConfig};
+        let acl = waf
+            .create_web_acl()
+            .name(format!("shop-{env}"))
+            .scope(Scope::Regional)
+            .default_action(DefaultAction::builder().allow(AllowAction::builder().build()).build())
+            .visibility_config(VisibilityConfig::builder().sampled_requests_enabled(false).cloud_watch_metrics_enabled(false).metric_name(format!("shop-{env}")).build()?)
+            .send()
+            .await
+            .context("wafv2:CreateWebACL")?;
+        let acl_arn = acl.summary().and_then(|a| a.arn()).ok_or_else(|| anyhow!("no web ACL arn"))?.to_string();
+        waf.associate_web_acl().web_acl_arn(acl_arn).resource_arn(alb_arn(env, &account)).send().await.context("wafv2:AssociateWebACL")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! `cutover-sandbox serve`: the long-running part of the sandbox. One Kubernetes API emulator per
+//! environment's EKS cluster, each seeded with namespace `shop`, Secret `shop-db` (the legacy
+//! connection URL) and Deployments `shop-api` and `shop-worker`; the AWS-side application per
+//! environment, whose `/healthz` connects to the database named by the cluster's Secret (as a pod
+//! with a reloading secret volume would); and the legacy application.
+
+use crate::kube::{self, Cluster};
+use crate::state::{State, ENVIRONMENTS};
+use anyhow::Result;
+use axum::extract::State as AxState;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn seed_cluster(s: &State, env: &str) -> Cluster {
+    let mut store = kube::Store::default();
+    store.seed("namespaces", "", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}));
+    let url = base64::engine::general_purpose::STANDARD.encode(s.legacy_app_url(env));
+    store.seed("secrets", "shop", json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "shop-db", "labels": {"app": "shop"}}, "data": {"DATABASE_URL": url}}));
+    for (name, replicas) in [("shop-api", 2), ("shop-worker", 1)] {
+        store.seed(
+            "deployments",
+            "shop",
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "labels": {"app": name}},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                         "template": {"metadata": {"labels": {"app": name}},
+                                      "spec": {"containers": [{"name": "app", "image": format!("registry.example-shop.com/{name}:1.0"),
+                                                               "env": [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "DATABASE_URL"}}}]}]}}},
+                "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
+                           "conditions": [{"type": "Available", "status": "True"}]}
+            }),
+        );
+    }
+    Arc::new(Mutex::new(store))
+}
+
+/// `SELECT 1` through `url` within 3 s.
+async fn database_health(url: &str) -> Result<(), String> {
+    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), connect).await.map_err(|_| "connect timed out".to_string())?.map_err(|e| {
+        let mut m = e.to_string();
+        if let Some(db) = e.as_db_error() {
+            m = db.message().to_string();
+        }
+        m
+    })?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client.query_one("SELECT 1", &[]).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn health_response(result: Result<(), String>, side: &str) -> (StatusCode, Json<Value>) {
+    match result {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ok", "side": side}))),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unhealthy", "side": side, "error": e}))),
+    }
+}
+
+async fn aws_health(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Value>) {
+    let url = {
+        let s = cluster.lock().unwrap_or_else(|p| p.into_inner());
+        s.get("secrets", "shop", "shop-db")
+            .and_then(|o| o.pointer("/data/DATABASE_URL"))
+            .and_then(Value::as_str)
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    match url {
+        None => health_response(Err("secret shop/shop-db has no DATABASE_URL".into()), "aws"),
+        Some(u) => health_response(database_health(&u).await, "aws"),
+    }
+}
+
+async fn legacy_health(AxState(url): AxState<Arc<String>>) -> (StatusCode, Json<Value>) {
+    health_response(database_health(&url).await, "legacy")
+}
+
+/// Serves until killed.
+pub async fn run(s: State) -> Result<()> {
+    let mut tasks = Vec::new();
+    for env in ENVIRONMENTS {
+        let cluster = seed_cluster(&s, env);
+        let api = tokio::net::TcpListener::bind(("127.0.0.1", s.kube_ports[env])).await?;
+        let app = tokio::net::TcpListener::bind(("127.0.0.1", s.app_ports[env])).await?;
+        tasks.push(tokio::spawn(kube::controller(cluster.clone())));
+        let router = kube::router(cluster.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(api, router).await;
+        }));
+        let app_router = Router::new().route("/healthz", get(aws_health)).with_state(cluster);
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(app, app_router).await;
+        }));
+    }
+    let legacy = tokio::net::TcpListener::bind(("127.0.0.1", s.legacy_app_port)).await?;
+    let legacy_url = Arc::new(s.legacy_app_url("production"));
+    let legacy_router = Router::new().route("/healthz", get(legacy_health)).with_state(legacy_url);
+    tasks.push(tokio::spawn(async move {
+        let _ = axum::serve(legacy, legacy_router).await;
+    }));
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}

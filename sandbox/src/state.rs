@@ -1,0 +1,133 @@
+//! The sandbox's state file (`<dir>/state.json`): ports, process ids, account ids and the
+//! generated passwords. It lives in the sandbox directory (ignored by git) and is the only place
+//! the sandbox's secrets are kept.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The environments the sandbox stands up, in order.
+pub const ENVIRONMENTS: [&str; 3] = ["staging", "dev", "production"];
+
+/// The AWS region used throughout.
+pub const REGION: &str = "us-east-1";
+
+/// Everything `up` created.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct State {
+    /// The sandbox directory.
+    pub dir: PathBuf,
+    /// moto server port.
+    pub moto_port: u16,
+    /// moto server pid.
+    pub moto_pid: u32,
+    /// Legacy source PostgreSQL port.
+    pub source_port: u16,
+    /// Target ("RDS") PostgreSQL port.
+    pub target_port: u16,
+    /// Superuser password of the source cluster.
+    pub source_password: String,
+    /// Superuser password of the target cluster.
+    pub target_password: String,
+    /// Password of the application role `shop` on both clusters.
+    pub app_password: String,
+    /// pid of `cutover-sandbox serve` (Kubernetes API emulator and the apps).
+    pub serve_pid: u32,
+    /// Kubernetes API port per environment.
+    pub kube_ports: BTreeMap<String, u16>,
+    /// AWS-side application port per environment.
+    pub app_ports: BTreeMap<String, u16>,
+    /// Legacy application port.
+    pub legacy_app_port: u16,
+    /// AWS account id per environment (assigned by moto's Organizations).
+    pub accounts: BTreeMap<String, String>,
+    /// EKS cluster ARN per environment.
+    pub cluster_arns: BTreeMap<String, String>,
+}
+
+impl State {
+    /// Path of the state file in `dir`.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("state.json")
+    }
+
+    /// Reads the state of the sandbox in `dir`, if there is one.
+    pub fn load(dir: &Path) -> Option<State> {
+        serde_json::from_str(&std::fs::read_to_string(Self::path(dir)).ok()?).ok()
+    }
+
+    /// Writes the state (mode 0600).
+    pub fn save(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(Self::path(&self.dir))?;
+        std::io::Write::write_all(&mut f, serde_json::to_string_pretty(self)?.as_bytes())?;
+        Ok(())
+    }
+
+    /// Database name of an environment.
+    pub fn database(env: &str) -> String {
+        if env == "production" { "shop".into() } else { format!("shop_{env}") }
+    }
+
+    /// DNS zone of an environment.
+    pub fn domain(env: &str) -> String {
+        if env == "production" { "example-shop.com".into() } else { format!("{env}.example-shop.com") }
+    }
+
+    /// The legacy application's connection URL (what the Secret holds before the cutover).
+    pub fn legacy_app_url(&self, env: &str) -> String {
+        format!("postgres://shop:{}@127.0.0.1:{}/{}", self.app_password, self.source_port, Self::database(env))
+    }
+
+    /// The AWS-side application's connection URL (what the Secret must hold after the cutover).
+    pub fn target_app_url(&self, env: &str) -> String {
+        format!("postgres://shop:{}@127.0.0.1:{}/{}", self.app_password, self.target_port, Self::database(env))
+    }
+
+    /// The admin URL of the source database of `env`.
+    pub fn source_admin_url(&self, env: &str) -> String {
+        format!("postgres://postgres:{}@127.0.0.1:{}/{}", self.source_password, self.source_port, Self::database(env))
+    }
+
+    /// The admin URL of the target database of `env`.
+    pub fn target_admin_url(&self, env: &str) -> String {
+        format!("postgres://postgres:{}@127.0.0.1:{}/{}", self.target_password, self.target_port, Self::database(env))
+    }
+
+    /// The `export` lines a shell evaluates to point `cutover` at this sandbox.
+    pub fn exports(&self) -> Vec<(String, String)> {
+        let moto = format!("http://127.0.0.1:{}", self.moto_port);
+        let mut v = vec![
+            ("AWS_ENDPOINT_URL".to_string(), moto.clone()),
+            ("AWS_ENDPOINT_URL_S3".to_string(), moto.clone()),
+            ("AWS_ENDPOINT_URL_STS".to_string(), moto.clone()),
+            ("AWS_ACCESS_KEY_ID".to_string(), "sandbox".to_string()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), "sandbox".to_string()),
+            ("AWS_REGION".to_string(), REGION.to_string()),
+            ("AWS_DEFAULT_REGION".to_string(), REGION.to_string()),
+            ("KUBECONFIG".to_string(), self.dir.join("kubeconfig").display().to_string()),
+            ("TF_CLI_ARGS_init".to_string(), "-backend-config=use_path_style=true".to_string()),
+        ];
+        for env in ENVIRONMENTS {
+            let up = env.to_uppercase();
+            v.push((format!("CUTOVER_{up}_ACCOUNT_ID"), self.accounts.get(env).cloned().unwrap_or_default()));
+            v.push((format!("CUTOVER_{up}_SOURCE_DATABASE_URL"), self.source_admin_url(env)));
+            v.push((format!("CUTOVER_{up}_TARGET_DATABASE_URL"), self.target_admin_url(env)));
+            v.push((format!("CUTOVER_{up}_TARGET_APP_DATABASE_URL"), self.target_app_url(env)));
+            v.push((format!("CUTOVER_{up}_APP_URL"), format!("http://127.0.0.1:{}", self.app_ports.get(env).copied().unwrap_or(0))));
+        }
+        v
+    }
+}
+
+/// First 16 hex digits of SHA-256 of `text` (the ALB id both the seed and the Terraform sandbox
+/// stack derive: `substr(sha256("shop-<env>-<account>"), 0, 16)`).
+pub fn short_hash(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))[..16].to_string()
+}
+
+/// The ALB ARN of an environment's account, as the Terraform stack outputs it.
+pub fn alb_arn(env: &str, account: &str) -> String {
+    format!("arn:aws:elasticloadbalancing:{REGION}:{account}:loadbalancer/app/shop-{env}/{}", short_hash(&format!("shop-{env}-{account}")))
+}
