@@ -28,7 +28,8 @@ pub async fn databases(s: &State) -> Result<()> {
     let src_admin = format!("postgres://postgres:{}@127.0.0.1:{}/postgres", s.source_password, s.source_port);
     let tgt_admin = format!("postgres://postgres:{}@127.0.0.1:{}/postgres", s.target_password, s.target_port);
     let src = connect(&src_admin).await?;
-    src.batch_execute(&format!("CREATE ROLE shop LOGIN PASSWORD '{}'; CREATE DATABASE shop_seed OWNER shop;", s.app_password)).await?;
+    src.batch_execute(&format!("CREATE ROLE shop LOGIN PASSWORD '{}'", s.app_password)).await?;
+    src.batch_execute("CREATE DATABASE shop_seed OWNER shop").await?;
     let seed = connect(&format!("postgres://shop:{}@127.0.0.1:{}/shop_seed", s.app_password, s.source_port)).await?;
     seed.batch_execute(&format!(
         "CREATE TABLE customers (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, name text NOT NULL, created_at timestamptz NOT NULL);

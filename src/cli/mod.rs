@@ -133,7 +133,13 @@ pub enum AuditCommand {
 
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> i32 {
-    let root = cli.project_dir;
+    let root = match std::fs::canonicalize(&cli.project_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            print_error(&format!("project directory {}: {e}", cli.project_dir.display()), None);
+            return EXIT_INVALID;
+        }
+    };
     match cli.command {
         Command::Validate { runbook } => run::validate(&root, runbook.as_deref()),
         Command::Rehearse { env, runbook, output } => run::start(&root, &env, runbook.as_deref(), run::Kind::Rehearse, output).await,

@@ -97,7 +97,7 @@ fn human(r: &Record) -> Option<String> {
         }
         "rollback_step_failed" => format!("  ✗ rollback of {step} failed: {}", s(d, "error")),
         "run_refused" => format!("refused: {}", s(d, "reason")),
-        "run_finished" => format!("run {} {} — audit: cutover audit show {} (chain head {})", s(d, "run_id"), s(d, "status"), s(d, "run_id"), &r.prev.get(..16).unwrap_or("")),
+        "run_finished" => format!("run {} {} — audit: cutover audit show {} (chain head {})", s(d, "run_id"), s(d, "status"), s(d, "run_id"), &r.hash.get(..16).unwrap_or("")),
         "run_interrupted" => format!("interrupted; the journal is consistent: cutover resume {}", s(d, "run_id")),
         _ => return None,
     })

@@ -60,8 +60,13 @@ impl Terraform {
         let code = out.status.code().unwrap_or(-1);
         if !ok_codes.contains(&code) {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-            let tail = tail[tail.len().saturating_sub(12)..].join("\n");
+            let from_error = stderr.find("Error:").map(|i| &stderr[i..]).unwrap_or(&stderr);
+            let lines: Vec<&str> = from_error
+                .lines()
+                .map(|l| l.trim_start_matches(['│', '╷', '╵', ' ']))
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            let tail = lines[..lines.len().min(12)].join(" ");
             return Err(ProviderError::Terraform { command: sub, message: format!("exit {code}: {tail}") });
         }
         Ok((code, String::from_utf8_lossy(&out.stdout).into_owned()))
