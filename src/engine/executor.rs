@@ -217,6 +217,13 @@ impl<'a> Executor<'a> {
         let params_obj = Value::Object(step.params.clone());
         let display = match template::render_value(&params_obj, &self.context(true)) {
             Ok(v) => v,
+            Err(e) if self.mode == Mode::DryRun => {
+                // A dry-run cannot know values that only an earlier step's apply produces.
+                self.done.insert(step.id.clone());
+                let change = json!({"action": "unknown", "target": format!("step {}", step.id), "detail": format!("parameters depend on values known only after earlier steps apply ({e})")});
+                self.record("step_planned", Some(&step.id), json!({"kind": kind.name(), "changes": [change], "before": Value::Null, "dry_run": true}))?;
+                return Ok(Ok(()));
+            }
             Err(e) => return fail(self, format!("template {e}")),
         };
         let real = match template::render_value(&params_obj, &self.context(false)) {

@@ -54,22 +54,22 @@ resource "terraform_data" "alb" {
 }
 
 output "db_instance_id" {
-  value       = terraform_data.rds.output.identifier
+  value       = terraform_data.rds.input.identifier
   description = "RDS instance identifier."
 }
 
 output "eks_cluster_name" {
-  value       = terraform_data.eks.output.name
+  value       = terraform_data.eks.input.name
   description = "EKS cluster name."
 }
 
 output "alb_arn" {
-  value       = terraform_data.alb.output.arn
+  value       = terraform_data.alb.input.arn
   description = "ARN of the application load balancer."
 }
 
 output "alb_dns_name" {
-  value       = terraform_data.alb.output.dns_name
+  value       = terraform_data.alb.input.dns_name
   description = "DNS name of the application load balancer (the cutover target)."
 }
 
