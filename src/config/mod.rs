@@ -28,8 +28,9 @@ use std::path::Path;
 /// Every problem found (missing file, `${VAR}` without a value, YAML syntax, unknown or missing
 /// field, a name that does not match the file name), each with file and line.
 pub fn load_environment(root: &Path, name: &str) -> Result<Environment, Problems> {
-    let path = root.join("environments").join(format!("{name}.yaml"));
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let full = root.join("environments").join(format!("{name}.yaml"));
+    let path = full.strip_prefix(root).unwrap_or(&full).to_path_buf();
+    let text = std::fs::read_to_string(&full).map_err(|e| {
         let mut hint = None;
         if e.kind() == std::io::ErrorKind::NotFound {
             let known = list_names(&root.join("environments"));
@@ -44,18 +45,20 @@ pub fn load_environment(root: &Path, name: &str) -> Result<Environment, Problems
 /// file in `runbooks/` (`shop-cutover` for `runbooks/shop-cutover.yaml`).
 ///
 /// # Errors
-/// Every problem found, each with file and line; see [`runbook::parse`].
-pub fn load_runbook(root: &Path, reference: &str) -> Result<(RawRunbook, String, std::path::PathBuf), Problems> {
-    let path = resolve_runbook_path(root, reference);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+/// The file cannot be read or parsed at all. Problems of single steps come back beside the
+/// runbook (without those steps), so callers can report them together with their own checks.
+pub fn load_runbook(root: &Path, reference: &str) -> Result<(RawRunbook, Problems, String, std::path::PathBuf), Problems> {
+    let full = resolve_runbook_path(root, reference);
+    let path = full.strip_prefix(root).unwrap_or(&full).to_path_buf();
+    let text = std::fs::read_to_string(&full).map_err(|e| {
         let known = list_names(&root.join("runbooks"));
         Problems::one(
             Problem::new(&path, None, format!("cannot read runbook: {e}"))
                 .hint(Some(format!("runbooks in runbooks/: {}", known.join(", ")))),
         )
     })?;
-    let raw = runbook::parse(&path, &text)?;
-    Ok((raw, text, path))
+    let (raw, problems) = runbook::parse(&path, &text)?;
+    Ok((raw, problems, text, path))
 }
 
 /// The path a runbook reference names (see [`load_runbook`]).

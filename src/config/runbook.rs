@@ -128,7 +128,12 @@ pub struct RawStep {
 pub const STEP_FIELDS: &[&str] = &["id", "kind", "with", "when", "timeout", "retries", "rollback", "description"];
 
 /// Parses a runbook, checking each step separately so that every step's problems are reported.
-pub(super) fn parse(path: &Path, text: &str) -> Result<RawRunbook, Problems> {
+/// Returns the runbook without its invalid steps, and the problems found, so that later checks
+/// (kinds, references, duplicate ids) still run on the valid steps.
+///
+/// # Errors
+/// The YAML or top-level structure is unusable.
+pub(super) fn parse(path: &Path, text: &str) -> Result<(RawRunbook, Problems), Problems> {
     let file: RawRunbookFile =
         serde_saphyr::from_str(text).map_err(|e| Problems::one(from_yaml_error(path, &e)))?;
     let mut problems = Problems::default();
@@ -180,7 +185,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawRunbook, Problems> {
             steps,
         });
     }
-    problems.into_result(RawRunbook { name: file.name, description: file.description, vars: file.vars, phases })
+    Ok((RawRunbook { name: file.name, description: file.description, vars: file.vars, phases }, problems))
 }
 
 #[cfg(test)]
@@ -190,7 +195,8 @@ mod tests {
     #[test]
     fn block_and_flow_steps_keep_their_lines() {
         let text = "name: r\nphases:\n  - name: p\n    steps:\n      - { id: a, kind: http.check }\n      - id: b\n        kind: http.check\n        with: { url: x }\n";
-        let rb = parse(Path::new("r.yaml"), text).unwrap();
+        let (rb, problems) = parse(Path::new("r.yaml"), text).unwrap();
+        assert!(problems.is_empty());
         let steps = &rb.phases[0].steps;
         assert_eq!(steps[0].line, 5);
         assert_eq!(steps[1].line_of("with"), 8);
@@ -200,7 +206,7 @@ mod tests {
     #[test]
     fn unknown_fields_in_two_steps_are_both_reported_with_lines() {
         let text = "name: r\nphases:\n  - name: p\n    steps:\n      - { id: a, kind: k, colour: red }\n      - id: b\n        kind: k\n        retry: 3\n";
-        let err = parse(Path::new("r.yaml"), text).unwrap_err();
+        let (_, err) = parse(Path::new("r.yaml"), text).unwrap();
         assert_eq!(err.0.len(), 2, "{err}");
         assert_eq!(err.0[0].line, Some(5));
         assert_eq!(err.0[1].line, Some(8));

@@ -91,15 +91,15 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
             None
         }
     };
-    let (raw, text, path) = match rb {
+    let (raw, step_problems, text, rel) = match rb {
         Ok(r) => r,
         Err(p) => {
             problems.extend(p);
             return Err(problems);
         }
     };
+    problems.extend(step_problems);
     let Some(env) = env else { return Err(problems) };
-    let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
 
     let env_json = env_context(&env);
     let mut seen: HashMap<String, (u32, &'static dyn StepKind)> = HashMap::new();
@@ -176,6 +176,7 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
         phases.push(PlanPhase { name: phase.name.clone(), steps: steps_out });
     }
     if !problems.is_empty() {
+        problems.0.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         return Err(problems);
     }
     let runbook_digest = hex::encode(Sha256::digest(text.as_bytes()));

@@ -1,0 +1,186 @@
+//! Acceptance tests of the main job against the real stand-ins: moto (AWS API), PostgreSQL 15,
+//! Terraform, the Kubernetes API emulator. Each test has its own sandbox.
+
+mod common;
+
+use common::{text, Sandbox};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn events<'a>(records: &'a [Value], event: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["type"] == event).collect()
+}
+
+#[test]
+fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
+    let sb = Sandbox::start();
+    let legacy_url = sb.secret_value("staging", "shop-db", "DATABASE_URL").expect("seeded secret");
+    let legacy_record = sb.shop_record("staging");
+    let out = sb.cutover(&["rehearse", "staging"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("succeeded"));
+
+    // DNS: moto's record points at the AWS load balancer named by Terraform's output.
+    let run = sb.run_ids().pop().unwrap();
+    let records = sb.records(&run);
+    let tf = events(&records, "step_applied").into_iter().find(|r| r["step"] == "infra").unwrap()["data"]["outputs"]["tf"].clone();
+    let alb = tf["alb_dns_name"].as_str().unwrap();
+    assert_ne!(legacy_record, alb);
+    assert_eq!(sb.shop_record("staging"), alb);
+
+    // Secret: the target URL; the backup Secret holds the old one.
+    let target_url = sb.var("CUTOVER_STAGING_TARGET_APP_DATABASE_URL");
+    assert_eq!(sb.secret_value("staging", "shop-db", "DATABASE_URL").as_deref(), Some(target_url.as_str()));
+    assert_eq!(sb.secret_value("staging", &format!("shop-db-backup-{run}"), "DATABASE_URL").as_deref(), Some(legacy_url.as_str()));
+
+    // Data: every source row on the target, counts and checksums equal.
+    let src = sb.table_fingerprints(&sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL"));
+    let tgt = sb.table_fingerprints(&sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL"));
+    assert!(src["orders"].starts_with("100000 "), "{src:?}");
+    assert_eq!(src, tgt);
+    // The application can write on the target: sequences are past the source's values.
+    let inserted = sb.sql(&target_url, "INSERT INTO customers (email, name, created_at) VALUES ('new@example.com', 'New', now()) RETURNING id");
+    assert!(inserted[0][0].as_deref().unwrap().parse::<i64>().unwrap() > 10_000);
+
+    let verify = sb.cutover(&["audit", "verify", &run]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    let audit = sb.cutover(&["audit", "show", &run]);
+    let md = text(&audit);
+    for step in ["infra", "identity", "snapshot", "replicate", "synced", "freeze", "drained", "sequences", "verify", "waf", "flip", "dns", "health"] {
+        assert!(md.contains(&format!("`{step}`")), "audit lacks step {step}");
+    }
+
+    let runs = sb.cutover(&["runs", "--output", "json"]);
+    let list: Value = serde_json::from_slice(&runs.stdout).unwrap();
+    let entry = list.as_array().unwrap().iter().find(|r| r["id"] == run.as_str()).unwrap();
+    for key in ["id", "environment", "mode", "status", "started_at"] {
+        assert!(entry.get(key).is_some(), "runs --output json lacks {key}");
+    }
+    assert_eq!(entry["status"], "succeeded");
+    assert_eq!(entry["environment"], "staging");
+    sb.assert_no_secrets(&[]);
+}
+
+#[test]
+fn changing_one_byte_of_a_finished_log_fails_verify_naming_the_record() {
+    let sb = Sandbox::start();
+    let out = sb.cutover(&["execute", "staging", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = sb.run_ids().pop().unwrap();
+    assert_eq!(sb.cutover(&["audit", "verify", &run]).status.code(), Some(0));
+    let path = sb.log_path(&run);
+    let original = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    // Change one byte inside record 3's timestamp (a digit to another digit).
+    let target = lines[3];
+    let pos = target.find("\"ts\":\"").unwrap() + 10;
+    let mut bytes = target.as_bytes().to_vec();
+    bytes[pos] = if bytes[pos] == b'1' { b'2' } else { b'1' };
+    let mut tampered: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    tampered[3] = String::from_utf8(bytes).unwrap();
+    std::fs::write(&path, tampered.join("\n") + "\n").unwrap();
+    let verify = sb.cutover(&["audit", "verify", &run]);
+    assert_ne!(verify.status.code(), Some(0));
+    let msg = text(&verify);
+    assert!(msg.contains("record 3 (line 4)"), "{msg}");
+}
+
+#[test]
+fn dry_run_of_production_prints_every_step_and_changes_nothing() {
+    let sb = Sandbox::start();
+    let snapshot = |sb: &Sandbox| {
+        let mut s = Vec::new();
+        s.push(format!("{:?}", sb.dns_records("production")));
+        s.push(format!("{:?}", sb.rds_snapshots("production")));
+        s.push(sb.kube_get("production", "/api/v1/namespaces/shop/secrets").to_string());
+        s.push(sb.kube_get("production", "/apis/apps/v1/namespaces/shop/deployments").to_string());
+        for url in [sb.var("CUTOVER_PRODUCTION_SOURCE_DATABASE_URL"), sb.var("CUTOVER_PRODUCTION_TARGET_DATABASE_URL")] {
+            s.push(format!("{:?}", sb.table_fingerprints(&url)));
+            s.push(format!("{:?}", sb.sql(&url, "SELECT (SELECT count(*) FROM pg_publication), (SELECT count(*) FROM pg_subscription), (SELECT count(*) FROM pg_replication_slots), (SELECT count(*) FROM pg_db_role_setting), (SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace)")));
+        }
+        s
+    };
+    let before = snapshot(&sb);
+    let out = sb.cutover(&["execute", "production", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    for step in ["infra", "identity", "snapshot", "replicate", "synced", "freeze", "drained", "sequences", "verify", "waf", "flip", "dns", "health"] {
+        assert!(printed.contains(&format!("• {step} ")), "dry-run does not show step {step}:\n{printed}");
+    }
+    assert!(printed.contains("UPSERT"), "the change batch is shown");
+    assert!(printed.contains("DATABASE_URL: sha256:"), "secret keys appear as fingerprints");
+    let after = snapshot(&sb);
+    assert_eq!(before, after, "a dry-run changed live state");
+    sb.assert_no_secrets(&[]);
+}
+
+#[test]
+fn sigkill_during_cutover_is_completed_by_resume_without_repeating_effects() {
+    let sb = Sandbox::start();
+    let legacy_url = sb.secret_value("staging", "shop-db", "DATABASE_URL").unwrap();
+    let mut child = sb.spawn(&["rehearse", "staging"]);
+    // Kill the run as soon as the flip has been journaled: inside the cutover phase.
+    let start = Instant::now();
+    let run = loop {
+        assert!(start.elapsed() < Duration::from_secs(240), "the run never reached the flip");
+        if let Some(run) = sb.run_ids().pop() {
+            if sb.records(&run).iter().any(|r| r["type"] == "step_started" && r["step"] == "flip") {
+                break run;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!sb.records(&run).iter().any(|r| r["type"] == "run_finished"), "the run finished before it was killed");
+
+    let out = sb.cutover(&["resume", &run]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let records = sb.records(&run);
+    // Every step completed exactly once.
+    for step in ["infra", "replicate", "freeze", "flip", "dns", "health"] {
+        let n = records.iter().filter(|r| r["type"] == "step_completed" && r["step"] == step).count();
+        assert_eq!(n, 1, "step {step} completed {n} times");
+    }
+    // The flip's effects happened once: one backup holding the legacy URL, one restart per
+    // Deployment (generation 1 → 2), the Secret on the target URL.
+    assert_eq!(sb.secret_value("staging", &format!("shop-db-backup-{run}"), "DATABASE_URL").as_deref(), Some(legacy_url.as_str()));
+    for d in ["shop-api", "shop-worker"] {
+        let dep = sb.kube_get("staging", &format!("/apis/apps/v1/namespaces/shop/deployments/{d}"));
+        assert_eq!(dep["metadata"]["generation"], 2, "{d} was restarted more than once: {dep}");
+    }
+    let target_url = sb.var("CUTOVER_STAGING_TARGET_APP_DATABASE_URL");
+    assert_eq!(sb.secret_value("staging", "shop-db", "DATABASE_URL").as_deref(), Some(target_url.as_str()));
+    let backups = sb.kube_get("staging", "/api/v1/namespaces/shop/secrets");
+    let n_backups = backups["items"].as_array().unwrap().iter().filter(|s| s["metadata"]["name"].as_str().unwrap().starts_with("shop-db-backup-")).count();
+    assert_eq!(n_backups, 1);
+    assert_eq!(sb.table_fingerprints(&sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL")), sb.table_fingerprints(&sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL")));
+    assert_eq!(sb.cutover(&["audit", "verify", &run]).status.code(), Some(0));
+    sb.assert_no_secrets(&[]);
+}
+
+#[test]
+fn failing_health_check_rolls_back_secret_and_dns() {
+    let sb = Sandbox::start();
+    let legacy_url = sb.secret_value("staging", "shop-db", "DATABASE_URL").unwrap();
+    let legacy_record = sb.shop_record("staging");
+    // Make the AWS-side application unhealthy for real: its database role cannot log in.
+    sb.sql(&sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL"), "ALTER ROLE shop NOLOGIN");
+    let out = sb.cutover(&["rehearse", "staging"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(sb.secret_value("staging", "shop-db", "DATABASE_URL").as_deref(), Some(legacy_url.as_str()));
+    assert_eq!(sb.shop_record("staging"), legacy_record);
+    // Writes are accepted on the legacy database again.
+    let ro = sb.sql(&sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL"), "SHOW default_transaction_read_only");
+    assert_eq!(ro[0][0].as_deref(), Some("off"));
+    let run = sb.run_ids().pop().unwrap();
+    let audit = text(&sb.cutover(&["audit", "show", &run]));
+    assert!(audit.contains("**rolled-back**"), "{audit}");
+    assert!(audit.contains("## Rollback"));
+    assert!(audit.contains("`health`") && audit.contains("**FAILED**"));
+    assert!(audit.contains("`flip` undone: secret shop/shop-db: DATABASE_URL sha256:"), "{audit}");
+    assert!(audit.contains("`dns` undone: CNAME shop.staging.example-shop.com."), "{audit}");
+    let list: Value = serde_json::from_slice(&sb.cutover(&["runs", "--output", "json"]).stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().last().unwrap()["status"], "rolled-back");
+    sb.assert_no_secrets(&[]);
+}
