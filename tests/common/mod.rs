@@ -190,17 +190,22 @@ impl Sandbox {
 
     /// Runs SQL through `url`, returning each row's columns as text.
     pub fn sql(&self, url: &str, query: &str) -> Vec<Vec<Option<String>>> {
+        self.try_sql(url, query).unwrap_or_else(|e| panic!("{query}: {e}"))
+    }
+
+    /// Runs SQL through `url`; the server's error as text.
+    pub fn try_sql(&self, url: &str, query: &str) -> Result<Vec<Vec<Option<String>>>, String> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
             tokio::spawn(conn);
-            let msgs = tokio::time::timeout(Duration::from_secs(60), c.simple_query(query)).await.expect("query deadline").unwrap();
-            msgs.into_iter()
+            let msgs = tokio::time::timeout(Duration::from_secs(60), c.simple_query(query)).await.expect("query deadline").map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?;
+            Ok(msgs.into_iter()
                 .filter_map(|m| match m {
                     tokio_postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
                     _ => None,
                 })
-                .collect()
+                .collect())
         })
     }
 
@@ -277,8 +282,12 @@ impl Sandbox {
     pub fn table_fingerprints(&self, url: &str) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for t in ["customers", "orders", "order_items"] {
-            let rows = self.sql(url, &format!("SELECT count(*)::text || ' ' || coalesce(md5(string_agg(t::text, E'\\n' ORDER BY id)), '') FROM {t} t"));
-            let v = rows.first().and_then(|r| r[0].clone()).unwrap_or_else(|| "absent".into());
+            let rows = self.try_sql(url, &format!("SELECT count(*)::text || ' ' || coalesce(md5(string_agg(t::text, E'\\n' ORDER BY id)), '') FROM {t} t"));
+            let v = match rows {
+                Ok(rows) => rows.first().and_then(|r| r[0].clone()).unwrap_or_default(),
+                Err(e) if e.contains("does not exist") => "absent".into(),
+                Err(e) => panic!("{t}: {e}"),
+            };
             out.insert(t.to_string(), v);
         }
         out
