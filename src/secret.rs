@@ -123,7 +123,12 @@ mod tests {
         r.add("postgres://shop:s3cr%2Ft@db:5432/shop");
         let pw = "s3cr/t";
         let b64 = base64::engine::general_purpose::STANDARD.encode(pw);
-        for text in [pw.to_string(), b64, "s3cr%2Ft".to_string(), "postgres://shop:s3cr%2Ft@db:5432/shop".into()] {
+        for text in [
+            pw.to_string(),
+            b64,
+            "s3cr%2Ft".to_string(),
+            "postgres://shop:s3cr%2Ft@db:5432/shop".into(),
+        ] {
             let out = r.redact(&format!("x {text} y"));
             assert!(!out.contains(&text), "{out}");
             assert!(out.contains("[sha256:"), "{out}");
@@ -132,7 +137,10 @@ mod tests {
 
     #[test]
     fn password_is_parsed_from_url() {
-        assert_eq!(url_password("postgres://u:p%40ss@h/db").as_deref(), Some("p@ss"));
+        assert_eq!(
+            url_password("postgres://u:p%40ss@h/db").as_deref(),
+            Some("p@ss")
+        );
         assert_eq!(url_password("postgres://u@h/db"), None);
     }
 }

@@ -14,7 +14,9 @@ fn events<'a>(records: &'a [Value], event: &str) -> Vec<&'a Value> {
 #[test]
 fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     let sb = Sandbox::start();
-    let legacy_url = sb.secret_value("staging", "shop-db", "DATABASE_URL").expect("seeded secret");
+    let legacy_url = sb
+        .secret_value("staging", "shop-db", "DATABASE_URL")
+        .expect("seeded secret");
     let legacy_record = sb.shop_record("staging");
     let out = sb.cutover(&["rehearse", "staging"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -23,15 +25,27 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     // DNS: moto's record points at the AWS load balancer named by Terraform's output.
     let run = sb.run_ids().pop().unwrap();
     let records = sb.records(&run);
-    let tf = events(&records, "step_applied").into_iter().find(|r| r["step"] == "infra").unwrap()["data"]["outputs"]["tf"].clone();
+    let tf = events(&records, "step_applied")
+        .into_iter()
+        .find(|r| r["step"] == "infra")
+        .unwrap()["data"]["outputs"]["tf"]
+        .clone();
     let alb = tf["alb_dns_name"].as_str().unwrap();
     assert_ne!(legacy_record, alb);
     assert_eq!(sb.shop_record("staging"), alb);
 
     // Secret: the target URL; the backup Secret holds the old one.
     let target_url = sb.var("CUTOVER_STAGING_TARGET_APP_DATABASE_URL");
-    assert_eq!(sb.secret_value("staging", "shop-db", "DATABASE_URL").as_deref(), Some(target_url.as_str()));
-    assert_eq!(sb.secret_value("staging", &format!("shop-db-backup-{run}"), "DATABASE_URL").as_deref(), Some(legacy_url.as_str()));
+    assert_eq!(
+        sb.secret_value("staging", "shop-db", "DATABASE_URL")
+            .as_deref(),
+        Some(target_url.as_str())
+    );
+    assert_eq!(
+        sb.secret_value("staging", &format!("shop-db-backup-{run}"), "DATABASE_URL")
+            .as_deref(),
+        Some(legacy_url.as_str())
+    );
 
     // Data: every source row on the target, counts and checksums equal.
     let src = sb.table_fingerprints(&sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL"));
@@ -46,13 +60,32 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
     let audit = sb.cutover(&["audit", "show", &run]);
     let md = text(&audit);
-    for step in ["infra", "identity", "snapshot", "replicate", "synced", "freeze", "drained", "sequences", "verify", "waf", "flip", "dns", "health"] {
+    for step in [
+        "infra",
+        "identity",
+        "snapshot",
+        "replicate",
+        "synced",
+        "freeze",
+        "drained",
+        "sequences",
+        "verify",
+        "waf",
+        "flip",
+        "dns",
+        "health",
+    ] {
         assert!(md.contains(&format!("`{step}`")), "audit lacks step {step}");
     }
 
     let runs = sb.cutover(&["runs", "--output", "json"]);
     let list: Value = serde_json::from_slice(&runs.stdout).unwrap();
-    let entry = list.as_array().unwrap().iter().find(|r| r["id"] == run.as_str()).unwrap();
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == run.as_str())
+        .unwrap();
     for key in ["id", "environment", "mode", "status", "started_at"] {
         assert!(entry.get(key).is_some(), "runs --output json lacks {key}");
     }
@@ -67,7 +100,10 @@ fn changing_one_byte_of_a_finished_log_fails_verify_naming_the_record() {
     let out = sb.cutover(&["execute", "staging", "--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let run = sb.run_ids().pop().unwrap();
-    assert_eq!(sb.cutover(&["audit", "verify", &run]).status.code(), Some(0));
+    assert_eq!(
+        sb.cutover(&["audit", "verify", &run]).status.code(),
+        Some(0)
+    );
     let path = sb.log_path(&run);
     let original = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = original.lines().collect();
@@ -92,9 +128,18 @@ fn dry_run_of_production_prints_every_step_and_changes_nothing() {
         let mut s = Vec::new();
         s.push(format!("{:?}", sb.dns_records("production")));
         s.push(format!("{:?}", sb.rds_snapshots("production")));
-        s.push(sb.kube_get("production", "/api/v1/namespaces/shop/secrets").to_string());
-        s.push(sb.kube_get("production", "/apis/apps/v1/namespaces/shop/deployments").to_string());
-        for url in [sb.var("CUTOVER_PRODUCTION_SOURCE_DATABASE_URL"), sb.var("CUTOVER_PRODUCTION_TARGET_DATABASE_URL")] {
+        s.push(
+            sb.kube_get("production", "/api/v1/namespaces/shop/secrets")
+                .to_string(),
+        );
+        s.push(
+            sb.kube_get("production", "/apis/apps/v1/namespaces/shop/deployments")
+                .to_string(),
+        );
+        for url in [
+            sb.var("CUTOVER_PRODUCTION_SOURCE_DATABASE_URL"),
+            sb.var("CUTOVER_PRODUCTION_TARGET_DATABASE_URL"),
+        ] {
             s.push(format!("{:?}", sb.table_fingerprints(&url)));
             s.push(format!("{:?}", sb.sql(&url, "SELECT (SELECT count(*) FROM pg_publication), (SELECT count(*) FROM pg_subscription), (SELECT count(*) FROM pg_replication_slots), (SELECT count(*) FROM pg_db_role_setting), (SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace)")));
         }
@@ -104,11 +149,31 @@ fn dry_run_of_production_prints_every_step_and_changes_nothing() {
     let out = sb.cutover(&["execute", "production", "--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    for step in ["infra", "identity", "snapshot", "replicate", "synced", "freeze", "drained", "sequences", "verify", "waf", "flip", "dns", "health"] {
-        assert!(printed.contains(&format!("• {step} ")), "dry-run does not show step {step}:\n{printed}");
+    for step in [
+        "infra",
+        "identity",
+        "snapshot",
+        "replicate",
+        "synced",
+        "freeze",
+        "drained",
+        "sequences",
+        "verify",
+        "waf",
+        "flip",
+        "dns",
+        "health",
+    ] {
+        assert!(
+            printed.contains(&format!("• {step} ")),
+            "dry-run does not show step {step}:\n{printed}"
+        );
     }
     assert!(printed.contains("UPSERT"), "the change batch is shown");
-    assert!(printed.contains("DATABASE_URL: sha256:"), "secret keys appear as fingerprints");
+    assert!(
+        printed.contains("DATABASE_URL: sha256:"),
+        "secret keys appear as fingerprints"
+    );
     let after = snapshot(&sb);
     assert_eq!(before, after, "a dry-run changed live state");
     sb.assert_no_secrets(&[]);
@@ -117,14 +182,23 @@ fn dry_run_of_production_prints_every_step_and_changes_nothing() {
 #[test]
 fn sigkill_during_cutover_is_completed_by_resume_without_repeating_effects() {
     let sb = Sandbox::start();
-    let legacy_url = sb.secret_value("staging", "shop-db", "DATABASE_URL").unwrap();
+    let legacy_url = sb
+        .secret_value("staging", "shop-db", "DATABASE_URL")
+        .unwrap();
     let mut child = sb.spawn(&["rehearse", "staging"]);
     // Kill the run as soon as the flip has been journaled: inside the cutover phase.
     let start = Instant::now();
     let run = loop {
-        assert!(start.elapsed() < Duration::from_secs(240), "the run never reached the flip");
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "the run never reached the flip"
+        );
         if let Some(run) = sb.run_ids().pop() {
-            if sb.records(&run).iter().any(|r| r["type"] == "step_started" && r["step"] == "flip") {
+            if sb
+                .records(&run)
+                .iter()
+                .any(|r| r["type"] == "step_started" && r["step"] == "flip")
+            {
                 break run;
             }
         }
@@ -132,55 +206,113 @@ fn sigkill_during_cutover_is_completed_by_resume_without_repeating_effects() {
     };
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(!sb.records(&run).iter().any(|r| r["type"] == "run_finished"), "the run finished before it was killed");
+    assert!(
+        !sb.records(&run).iter().any(|r| r["type"] == "run_finished"),
+        "the run finished before it was killed"
+    );
 
     let out = sb.cutover(&["resume", &run]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let records = sb.records(&run);
     // Every step completed exactly once.
     for step in ["infra", "replicate", "freeze", "flip", "dns", "health"] {
-        let n = records.iter().filter(|r| r["type"] == "step_completed" && r["step"] == step).count();
+        let n = records
+            .iter()
+            .filter(|r| r["type"] == "step_completed" && r["step"] == step)
+            .count();
         assert_eq!(n, 1, "step {step} completed {n} times");
     }
     // The flip's effects happened once: one backup holding the legacy URL, one restart per
     // Deployment (generation 1 → 2), the Secret on the target URL.
-    assert_eq!(sb.secret_value("staging", &format!("shop-db-backup-{run}"), "DATABASE_URL").as_deref(), Some(legacy_url.as_str()));
+    assert_eq!(
+        sb.secret_value("staging", &format!("shop-db-backup-{run}"), "DATABASE_URL")
+            .as_deref(),
+        Some(legacy_url.as_str())
+    );
     for d in ["shop-api", "shop-worker"] {
-        let dep = sb.kube_get("staging", &format!("/apis/apps/v1/namespaces/shop/deployments/{d}"));
-        assert_eq!(dep["metadata"]["generation"], 2, "{d} was restarted more than once: {dep}");
+        let dep = sb.kube_get(
+            "staging",
+            &format!("/apis/apps/v1/namespaces/shop/deployments/{d}"),
+        );
+        assert_eq!(
+            dep["metadata"]["generation"], 2,
+            "{d} was restarted more than once: {dep}"
+        );
     }
     let target_url = sb.var("CUTOVER_STAGING_TARGET_APP_DATABASE_URL");
-    assert_eq!(sb.secret_value("staging", "shop-db", "DATABASE_URL").as_deref(), Some(target_url.as_str()));
+    assert_eq!(
+        sb.secret_value("staging", "shop-db", "DATABASE_URL")
+            .as_deref(),
+        Some(target_url.as_str())
+    );
     let backups = sb.kube_get("staging", "/api/v1/namespaces/shop/secrets");
-    let n_backups = backups["items"].as_array().unwrap().iter().filter(|s| s["metadata"]["name"].as_str().unwrap().starts_with("shop-db-backup-")).count();
+    let n_backups = backups["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("shop-db-backup-")
+        })
+        .count();
     assert_eq!(n_backups, 1);
-    assert_eq!(sb.table_fingerprints(&sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL")), sb.table_fingerprints(&sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL")));
-    assert_eq!(sb.cutover(&["audit", "verify", &run]).status.code(), Some(0));
+    assert_eq!(
+        sb.table_fingerprints(&sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL")),
+        sb.table_fingerprints(&sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL"))
+    );
+    assert_eq!(
+        sb.cutover(&["audit", "verify", &run]).status.code(),
+        Some(0)
+    );
     sb.assert_no_secrets(&[]);
 }
 
 #[test]
 fn failing_health_check_rolls_back_secret_and_dns() {
     let sb = Sandbox::start();
-    let legacy_url = sb.secret_value("staging", "shop-db", "DATABASE_URL").unwrap();
+    let legacy_url = sb
+        .secret_value("staging", "shop-db", "DATABASE_URL")
+        .unwrap();
     let legacy_record = sb.shop_record("staging");
     // Make the AWS-side application unhealthy for real: its database role cannot log in.
-    sb.sql(&sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL"), "ALTER ROLE shop NOLOGIN");
+    sb.sql(
+        &sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL"),
+        "ALTER ROLE shop NOLOGIN",
+    );
     let out = sb.cutover(&["rehearse", "staging"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert_eq!(sb.secret_value("staging", "shop-db", "DATABASE_URL").as_deref(), Some(legacy_url.as_str()));
+    assert_eq!(
+        sb.secret_value("staging", "shop-db", "DATABASE_URL")
+            .as_deref(),
+        Some(legacy_url.as_str())
+    );
     assert_eq!(sb.shop_record("staging"), legacy_record);
     // Writes are accepted on the legacy database again.
-    let ro = sb.sql(&sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL"), "SHOW default_transaction_read_only");
+    let ro = sb.sql(
+        &sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL"),
+        "SHOW default_transaction_read_only",
+    );
     assert_eq!(ro[0][0].as_deref(), Some("off"));
     let run = sb.run_ids().pop().unwrap();
     let audit = text(&sb.cutover(&["audit", "show", &run]));
     assert!(audit.contains("**rolled-back**"), "{audit}");
     assert!(audit.contains("## Rollback"));
     assert!(audit.contains("`health`") && audit.contains("**FAILED**"));
-    assert!(audit.contains("`flip` undone: secret shop/shop-db: DATABASE_URL sha256:"), "{audit}");
-    assert!(audit.contains("`dns` undone: CNAME shop.staging.example-shop.com."), "{audit}");
-    let list: Value = serde_json::from_slice(&sb.cutover(&["runs", "--output", "json"]).stdout).unwrap();
-    assert_eq!(list.as_array().unwrap().last().unwrap()["status"], "rolled-back");
+    assert!(
+        audit.contains("`flip` undone: secret shop/shop-db: DATABASE_URL sha256:"),
+        "{audit}"
+    );
+    assert!(
+        audit.contains("`dns` undone: CNAME shop.staging.example-shop.com."),
+        "{audit}"
+    );
+    let list: Value =
+        serde_json::from_slice(&sb.cutover(&["runs", "--output", "json"]).stdout).unwrap();
+    assert_eq!(
+        list.as_array().unwrap().last().unwrap()["status"],
+        "rolled-back"
+    );
     sb.assert_no_secrets(&[]);
 }

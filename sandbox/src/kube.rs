@@ -41,11 +41,21 @@ fn status(code: u16, reason: &str, message: String, kind: &str, name: &str) -> R
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message, "reason": reason, "details": {"name": name, "kind": kind}, "code": code
     });
-    (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(body)).into_response()
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(body),
+    )
+        .into_response()
 }
 
 fn not_found(resource: &str, name: &str) -> Response {
-    status(404, "NotFound", format!("{resource} \"{name}\" not found"), resource, name)
+    status(
+        404,
+        "NotFound",
+        format!("{resource} \"{name}\" not found"),
+        resource,
+        name,
+    )
 }
 
 impl Store {
@@ -56,7 +66,11 @@ impl Store {
 
     /// Inserts an object as a create would (seeding).
     pub fn seed(&mut self, resource: &str, ns: &str, mut obj: Value) {
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         self.stamp_new(&mut obj, ns);
         if resource == "deployments" {
             obj["metadata"]["generation"] = json!(1);
@@ -73,14 +87,21 @@ impl Store {
                 m.insert("namespace".into(), json!(ns));
             }
             m.insert("resourceVersion".into(), json!(rv));
-            m.insert("uid".into(), json!(format!("00000000-0000-4000-8000-{:012}", self.uid_counter)));
-            m.insert("creationTimestamp".into(), json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+            m.insert(
+                "uid".into(),
+                json!(format!("00000000-0000-4000-8000-{:012}", self.uid_counter)),
+            );
+            m.insert(
+                "creationTimestamp".into(),
+                json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            );
         }
     }
 
     /// The object, if stored.
     pub fn get(&self, resource: &str, ns: &str, name: &str) -> Option<&Value> {
-        self.objects.get(&(resource.to_string(), ns.to_string(), name.to_string()))
+        self.objects
+            .get(&(resource.to_string(), ns.to_string(), name.to_string()))
     }
 }
 
@@ -96,8 +117,12 @@ fn validate_secret(obj: &Value) -> Result<(), String> {
     if let Some(Value::Object(data)) = obj.get("data") {
         use base64::Engine as _;
         for (k, v) in data {
-            let s = v.as_str().ok_or_else(|| format!("data[{k}]: must be a base64 string"))?;
-            base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| format!("data[{k}]: illegal base64 data"))?;
+            let s = v
+                .as_str()
+                .ok_or_else(|| format!("data[{k}]: must be a base64 string"))?;
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|_| format!("data[{k}]: illegal base64 data"))?;
         }
     }
     Ok(())
@@ -123,7 +148,15 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-const MERGE_BY_NAME: &[&str] = &["containers", "initContainers", "env", "volumes", "volumeMounts", "ports", "imagePullSecrets"];
+const MERGE_BY_NAME: &[&str] = &[
+    "containers",
+    "initContainers",
+    "env",
+    "volumes",
+    "volumeMounts",
+    "ports",
+    "imagePullSecrets",
+];
 
 /// Strategic merge patch, for the fields the emulator serves: maps merge recursively (`null`
 /// deletes, `$patch: replace|delete` honoured); the lists Kubernetes merges by `name` are merged by
@@ -168,7 +201,10 @@ pub fn strategic_merge(target: &mut Value, patch: &Value, field: &str) {
             for item in items {
                 let name = item.get("name").cloned();
                 let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
-                match list.iter().position(|e| e.get("name") == name.as_ref() && name.is_some()) {
+                match list
+                    .iter()
+                    .position(|e| e.get("name") == name.as_ref() && name.is_some())
+                {
                     Some(i) if delete => {
                         list.remove(i);
                     }
@@ -188,15 +224,31 @@ fn key(resource: &str, ns: &str, name: &str) -> Key {
     (resource.to_string(), ns.to_string(), name.to_string())
 }
 
-async fn collection(State(c): State<Cluster>, method: Method, Path((ns, resource)): Path<(String, String)>, body: Bytes) -> Response {
+async fn collection(
+    State(c): State<Cluster>,
+    method: Method,
+    Path((ns, resource)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     handle(c, method, &ns, &resource, None, HeaderMap::new(), body)
 }
 
-async fn collection_apps(State(c): State<Cluster>, method: Method, Path((ns, resource)): Path<(String, String)>, body: Bytes) -> Response {
+async fn collection_apps(
+    State(c): State<Cluster>,
+    method: Method,
+    Path((ns, resource)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     handle(c, method, &ns, &resource, None, HeaderMap::new(), body)
 }
 
-async fn item(State(c): State<Cluster>, method: Method, headers: HeaderMap, Path((ns, resource, name)): Path<(String, String, String)>, body: Bytes) -> Response {
+async fn item(
+    State(c): State<Cluster>,
+    method: Method,
+    headers: HeaderMap,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
     handle(c, method, &ns, &resource, Some(&name), headers, body)
 }
 
@@ -208,9 +260,23 @@ async fn namespace(State(c): State<Cluster>, Path(name): Path<String>) -> Respon
     }
 }
 
-fn handle(c: Cluster, method: Method, ns: &str, resource: &str, name: Option<&str>, headers: HeaderMap, body: Bytes) -> Response {
+fn handle(
+    c: Cluster,
+    method: Method,
+    ns: &str,
+    resource: &str,
+    name: Option<&str>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !["secrets", "deployments"].contains(&resource) {
-        return status(404, "NotFound", format!("the server could not find the requested resource ({resource})"), resource, "");
+        return status(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({resource})"),
+            resource,
+            "",
+        );
     }
     let mut s = c.lock().unwrap_or_else(|p| p.into_inner());
     if s.get("namespaces", "", ns).is_none() {
@@ -219,7 +285,12 @@ fn handle(c: Cluster, method: Method, ns: &str, resource: &str, name: Option<&st
     let (kind, api_version) = kind_of(resource);
     match (method, name) {
         (Method::GET, None) => {
-            let items: Vec<Value> = s.objects.iter().filter(|((r, n, _), _)| r == resource && n == ns).map(|(_, v)| v.clone()).collect();
+            let items: Vec<Value> = s
+                .objects
+                .iter()
+                .filter(|((r, n, _), _)| r == resource && n == ns)
+                .map(|(_, v)| v.clone())
+                .collect();
             let rv = s.next_rv.to_string();
             Json(json!({"kind": format!("{kind}List"), "apiVersion": api_version, "metadata": {"resourceVersion": rv}, "items": items})).into_response()
         }
@@ -230,19 +301,49 @@ fn handle(c: Cluster, method: Method, ns: &str, resource: &str, name: Option<&st
         (Method::POST, None) => {
             let mut obj: Value = match serde_json::from_slice(&body) {
                 Ok(v) => v,
-                Err(e) => return status(400, "BadRequest", format!("invalid JSON: {e}"), resource, ""),
+                Err(e) => {
+                    return status(
+                        400,
+                        "BadRequest",
+                        format!("invalid JSON: {e}"),
+                        resource,
+                        "",
+                    )
+                }
             };
-            let n = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let n = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             if n.is_empty() {
-                return status(422, "Invalid", format!("{kind} is invalid: metadata.name: Required value"), resource, "");
+                return status(
+                    422,
+                    "Invalid",
+                    format!("{kind} is invalid: metadata.name: Required value"),
+                    resource,
+                    "",
+                );
             }
             if resource == "secrets" {
                 if let Err(e) = validate_secret(&obj) {
-                    return status(422, "Invalid", format!("Secret \"{n}\" is invalid: {e}"), resource, &n);
+                    return status(
+                        422,
+                        "Invalid",
+                        format!("Secret \"{n}\" is invalid: {e}"),
+                        resource,
+                        &n,
+                    );
                 }
             }
             if s.get(resource, ns, &n).is_some() {
-                return status(409, "AlreadyExists", format!("{resource} \"{n}\" already exists"), resource, &n);
+                return status(
+                    409,
+                    "AlreadyExists",
+                    format!("{resource} \"{n}\" already exists"),
+                    resource,
+                    &n,
+                );
             }
             obj["kind"] = json!(kind);
             obj["apiVersion"] = json!(api_version);
@@ -256,11 +357,22 @@ fn handle(c: Cluster, method: Method, ns: &str, resource: &str, name: Option<&st
         (Method::PUT, Some(n)) => {
             let mut obj: Value = match serde_json::from_slice(&body) {
                 Ok(v) => v,
-                Err(e) => return status(400, "BadRequest", format!("invalid JSON: {e}"), resource, n),
+                Err(e) => {
+                    return status(400, "BadRequest", format!("invalid JSON: {e}"), resource, n)
+                }
             };
-            let Some(current) = s.get(resource, ns, n).cloned() else { return not_found(resource, n) };
-            let sent_rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
-            let stored_rv = current.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+            let Some(current) = s.get(resource, ns, n).cloned() else {
+                return not_found(resource, n);
+            };
+            let sent_rv = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let stored_rv = current
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             if let Some(rv) = sent_rv {
                 if rv != stored_rv {
                     return status(
@@ -274,7 +386,13 @@ fn handle(c: Cluster, method: Method, ns: &str, resource: &str, name: Option<&st
             }
             if resource == "secrets" {
                 if let Err(e) = validate_secret(&obj) {
-                    return status(422, "Invalid", format!("Secret \"{n}\" is invalid: {e}"), resource, n);
+                    return status(
+                        422,
+                        "Invalid",
+                        format!("Secret \"{n}\" is invalid: {e}"),
+                        resource,
+                        n,
+                    );
                 }
             }
             // Server-owned metadata is kept.
@@ -289,11 +407,19 @@ fn handle(c: Cluster, method: Method, ns: &str, resource: &str, name: Option<&st
             commit(&mut s, resource, ns, n, &current, obj)
         }
         (Method::PATCH, Some(n)) => {
-            let Some(current) = s.get(resource, ns, n).cloned() else { return not_found(resource, n) };
-            let ctype = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let Some(current) = s.get(resource, ns, n).cloned() else {
+                return not_found(resource, n);
+            };
+            let ctype = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
             let patch: Value = match serde_json::from_slice(&body) {
                 Ok(v) => v,
-                Err(e) => return status(400, "BadRequest", format!("invalid JSON: {e}"), resource, n),
+                Err(e) => {
+                    return status(400, "BadRequest", format!("invalid JSON: {e}"), resource, n)
+                }
             };
             let mut obj = current.clone();
             if ctype.starts_with("application/merge-patch+json") {
@@ -303,19 +429,38 @@ fn handle(c: Cluster, method: Method, ns: &str, resource: &str, name: Option<&st
             } else {
                 return status(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {ctype})"), resource, n);
             }
-            if let Some(rv) = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                if Some(rv) != current.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            if let Some(rv) = patch
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+            {
+                if Some(rv)
+                    != current
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                {
                     return status(409, "Conflict", format!("Operation cannot be fulfilled on {resource} \"{n}\": the object has been modified; please apply your changes to the latest version and try again"), resource, n);
                 }
             }
-            for f in ["uid", "creationTimestamp", "namespace", "generation", "name"] {
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "namespace",
+                "generation",
+                "name",
+            ] {
                 if let Some(v) = current.pointer(&format!("/metadata/{f}")) {
                     obj["metadata"][f] = v.clone();
                 }
             }
             if resource == "secrets" {
                 if let Err(e) = validate_secret(&obj) {
-                    return status(422, "Invalid", format!("Secret \"{n}\" is invalid: {e}"), resource, n);
+                    return status(
+                        422,
+                        "Invalid",
+                        format!("Secret \"{n}\" is invalid: {e}"),
+                        resource,
+                        n,
+                    );
                 }
             }
             commit(&mut s, resource, ns, n, &current, obj)
@@ -324,13 +469,29 @@ fn handle(c: Cluster, method: Method, ns: &str, resource: &str, name: Option<&st
             Some(o) => Json(o).into_response(),
             None => not_found(resource, n),
         },
-        _ => status(405, "MethodNotAllowed", "method not allowed".into(), resource, name.unwrap_or("")),
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            "method not allowed".into(),
+            resource,
+            name.unwrap_or(""),
+        ),
     }
 }
 
-fn commit(s: &mut Store, resource: &str, ns: &str, n: &str, current: &Value, mut obj: Value) -> Response {
+fn commit(
+    s: &mut Store,
+    resource: &str,
+    ns: &str,
+    n: &str,
+    current: &Value,
+    mut obj: Value,
+) -> Response {
     if resource == "deployments" && obj.get("spec") != current.get("spec") {
-        let g = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        let g = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         obj["metadata"]["generation"] = json!(g + 1);
     }
     obj["metadata"]["resourceVersion"] = json!(s.bump());
@@ -341,14 +502,33 @@ fn commit(s: &mut Store, resource: &str, ns: &str, n: &str, current: &Value, mut
 /// One tick of the deployment controller: moves each Deployment's status one replica closer to
 /// its spec.
 pub fn reconcile(s: &mut Store) {
-    let keys: Vec<Key> = s.objects.keys().filter(|(r, _, _)| r == "deployments").cloned().collect();
+    let keys: Vec<Key> = s
+        .objects
+        .keys()
+        .filter(|(r, _, _)| r == "deployments")
+        .cloned()
+        .collect();
     for k in keys {
-        let Some(d) = s.objects.get(&k).cloned() else { continue };
-        let generation = d.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-        let want = d.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let Some(d) = s.objects.get(&k).cloned() else {
+            continue;
+        };
+        let generation = d
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let want = d
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         let st = d.get("status").cloned().unwrap_or(json!({}));
-        let observed = st.get("observedGeneration").and_then(Value::as_i64).unwrap_or(0);
-        let updated = st.get("updatedReplicas").and_then(Value::as_i64).unwrap_or(0);
+        let observed = st
+            .get("observedGeneration")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let updated = st
+            .get("updatedReplicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         let total = st.get("replicas").and_then(Value::as_i64).unwrap_or(0);
         let new_status = if observed < generation {
             // A new template: the controller observes it; no pod is updated yet (old pods remain).
@@ -374,12 +554,29 @@ pub fn reconcile(s: &mut Store) {
 /// The API router for one cluster.
 pub fn router(cluster: Cluster) -> Router {
     Router::new()
-        .route("/version", get(|| async { Json(json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0-cutover-sandbox"})) }))
+        .route(
+            "/version",
+            get(|| async {
+                Json(json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0-cutover-sandbox"}))
+            }),
+        )
         .route("/api/v1/namespaces/{name}", get(namespace))
-        .route("/api/v1/namespaces/{ns}/{resource}", get(collection).post(collection))
-        .route("/api/v1/namespaces/{ns}/{resource}/{name}", get(item).put(item).patch(item).delete(item))
-        .route("/apis/apps/v1/namespaces/{ns}/{resource}", get(collection_apps).post(collection_apps))
-        .route("/apis/apps/v1/namespaces/{ns}/{resource}/{name}", get(item).put(item).patch(item).delete(item))
+        .route(
+            "/api/v1/namespaces/{ns}/{resource}",
+            get(collection).post(collection),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/{resource}/{name}",
+            get(item).put(item).patch(item).delete(item),
+        )
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/{resource}",
+            get(collection_apps).post(collection_apps),
+        )
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/{resource}/{name}",
+            get(item).put(item).patch(item).delete(item),
+        )
         .with_state(cluster)
 }
 
@@ -405,8 +602,13 @@ mod tests {
 
     #[test]
     fn strategic_merge_merges_containers_by_name() {
-        let mut t = json!({"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]});
-        strategic_merge(&mut t, &json!({"containers": [{"name": "b", "image": "z"}]}), "");
+        let mut t =
+            json!({"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]});
+        strategic_merge(
+            &mut t,
+            &json!({"containers": [{"name": "b", "image": "z"}]}),
+            "",
+        );
         assert_eq!(t["containers"][1]["image"], "z");
         assert_eq!(t["containers"].as_array().unwrap().len(), 2);
     }

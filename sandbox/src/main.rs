@@ -17,10 +17,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "cutover-sandbox", about = "Local stand-ins for AWS, PostgreSQL and Kubernetes that cutover rehearses against")]
+#[command(
+    name = "cutover-sandbox",
+    about = "Local stand-ins for AWS, PostgreSQL and Kubernetes that cutover rehearses against"
+)]
 struct Cli {
     /// Sandbox directory (state, data, logs); default `.sandbox` in the current directory.
-    #[arg(long, global = true, env = "CUTOVER_SANDBOX_DIR", default_value = ".sandbox")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUTOVER_SANDBOX_DIR",
+        default_value = ".sandbox"
+    )]
     dir: PathBuf,
     #[command(subcommand)]
     command: Cmd,
@@ -43,7 +51,13 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    let dir = if cli.dir.is_absolute() { cli.dir.clone() } else { std::env::current_dir().map(|d| d.join(&cli.dir)).unwrap_or(cli.dir.clone()) };
+    let dir = if cli.dir.is_absolute() {
+        cli.dir.clone()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(&cli.dir))
+            .unwrap_or(cli.dir.clone())
+    };
     let result = match cli.command {
         Cmd::Up => up(&dir),
         Cmd::Down => down(&dir),
@@ -61,11 +75,17 @@ fn main() {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 fn all_running(s: &State) -> bool {
-    procs::alive(s.moto_pid) && procs::alive(s.serve_pid) && procs::cluster_running(&s.dir.join("pg/source")) && procs::cluster_running(&s.dir.join("pg/target"))
+    procs::alive(s.moto_pid)
+        && procs::alive(s.serve_pid)
+        && procs::cluster_running(&s.dir.join("pg/source"))
+        && procs::cluster_running(&s.dir.join("pg/target"))
 }
 
 fn password() -> String {
@@ -73,7 +93,12 @@ fn password() -> String {
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut f, &mut bytes);
     }
-    bytes.iter().map(|b| b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"[*b as usize % 57] as char).collect()
+    bytes
+        .iter()
+        .map(|b| {
+            b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"[*b as usize % 57] as char
+        })
+        .collect()
 }
 
 fn up(dir: &std::path::Path) -> Result<i32> {
@@ -90,7 +115,10 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     let venv = procs::ensure_venv(dir)?;
-    let mut s = State { dir: dir.to_path_buf(), ..Default::default() };
+    let mut s = State {
+        dir: dir.to_path_buf(),
+        ..Default::default()
+    };
     s.source_password = password();
     s.target_password = password();
     s.app_password = password();
@@ -110,14 +138,30 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     s.moto_pid = procs::spawn_detached(moto, &dir.join("moto.log"))?;
     s.save()?;
 
-    eprintln!("sandbox: starting PostgreSQL 15 source (wal_level=logical) on {} and target on {}", s.source_port, s.target_port);
+    eprintln!(
+        "sandbox: starting PostgreSQL 15 source (wal_level=logical) on {} and target on {}",
+        s.source_port, s.target_port
+    );
     std::fs::create_dir_all(dir.join("pg"))?;
     std::fs::set_permissions(dir.join("pg"), std::fs::Permissions::from_mode(0o755))?;
-    procs::start_cluster(&dir.join("pg/source"), s.source_port, &s.source_password, "wal_level = logical")?;
-    procs::start_cluster(&dir.join("pg/target"), s.target_port, &s.target_password, "wal_level = logical\nwal_receiver_status_interval = 1s")?;
+    procs::start_cluster(
+        &dir.join("pg/source"),
+        s.source_port,
+        &s.source_password,
+        "wal_level = logical",
+    )?;
+    procs::start_cluster(
+        &dir.join("pg/target"),
+        s.target_port,
+        &s.target_password,
+        "wal_level = logical\nwal_receiver_status_interval = 1s",
+    )?;
 
     let rt = runtime()?;
-    eprintln!("sandbox: seeding the shop database ({} orders)", seed::ORDERS);
+    eprintln!(
+        "sandbox: seeding the shop database ({} orders)",
+        seed::ORDERS
+    );
     rt.block_on(seed::databases(&s))?;
     procs::wait_port(s.moto_port, "moto server", Duration::from_secs(60))?;
     eprintln!("sandbox: seeding moto: Organization, 3 member accounts, zones, RDS, EKS, WAF, state buckets");
@@ -130,10 +174,22 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     s.serve_pid = procs::spawn_detached(serve, &dir.join("serve.log"))?;
     s.save()?;
     for env in ENVIRONMENTS {
-        procs::wait_port(s.kube_ports[env], "Kubernetes API emulator", Duration::from_secs(30))?;
+        procs::wait_port(
+            s.kube_ports[env],
+            "Kubernetes API emulator",
+            Duration::from_secs(30),
+        )?;
     }
     procs::wait_port(s.legacy_app_port, "legacy app", Duration::from_secs(30))?;
-    eprintln!("sandbox: up in {} (accounts: {})", dir.display(), ENVIRONMENTS.iter().map(|e| format!("{e} {}", s.accounts[*e])).collect::<Vec<_>>().join(", "));
+    eprintln!(
+        "sandbox: up in {} (accounts: {})",
+        dir.display(),
+        ENVIRONMENTS
+            .iter()
+            .map(|e| format!("{e} {}", s.accounts[*e]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     eprintln!("sandbox: eval \"$(cutover-sandbox env)\" to point cutover at it");
     Ok(0)
 }
@@ -152,7 +208,10 @@ fn write_kubeconfig(s: &State) -> Result<()> {
         "users": [{"name": "sandbox", "user": {"token": "sandbox"}}],
         "current-context": s.cluster_arns["staging"],
     });
-    std::fs::write(s.dir.join("kubeconfig"), serde_json::to_string_pretty(&doc)?)?;
+    std::fs::write(
+        s.dir.join("kubeconfig"),
+        serde_json::to_string_pretty(&doc)?,
+    )?;
     Ok(())
 }
 
@@ -187,15 +246,32 @@ fn status(dir: &std::path::Path) -> Result<i32> {
         ok &= up;
         println!("{:<44} {}", what, if up { "up" } else { "DOWN" });
     };
-    line(format!("moto server 127.0.0.1:{}", s.moto_port), procs::alive(s.moto_pid));
-    line(format!("PostgreSQL source 127.0.0.1:{}", s.source_port), procs::cluster_running(&dir.join("pg/source")));
-    line(format!("PostgreSQL target 127.0.0.1:{}", s.target_port), procs::cluster_running(&dir.join("pg/target")));
-    line("Kubernetes API emulator and apps".to_string(), procs::alive(s.serve_pid));
+    line(
+        format!("moto server 127.0.0.1:{}", s.moto_port),
+        procs::alive(s.moto_pid),
+    );
+    line(
+        format!("PostgreSQL source 127.0.0.1:{}", s.source_port),
+        procs::cluster_running(&dir.join("pg/source")),
+    );
+    line(
+        format!("PostgreSQL target 127.0.0.1:{}", s.target_port),
+        procs::cluster_running(&dir.join("pg/target")),
+    );
+    line(
+        "Kubernetes API emulator and apps".to_string(),
+        procs::alive(s.serve_pid),
+    );
     Ok(if ok { 0 } else { 1 })
 }
 
 fn env(dir: &std::path::Path) -> Result<i32> {
-    let s = State::load(dir).with_context(|| format!("no sandbox in {}; run `cutover-sandbox up` first", dir.display()))?;
+    let s = State::load(dir).with_context(|| {
+        format!(
+            "no sandbox in {}; run `cutover-sandbox up` first",
+            dir.display()
+        )
+    })?;
     for (k, v) in s.exports() {
         println!("export {k}='{}'", v.replace('\'', "'\\''"));
     }

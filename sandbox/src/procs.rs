@@ -26,7 +26,10 @@ pub fn wait_port(port: u16, what: &str, timeout: Duration) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("{what} did not listen on 127.0.0.1:{port} within {}s", timeout.as_secs())
+    bail!(
+        "{what} did not listen on 127.0.0.1:{port} within {}s",
+        timeout.as_secs()
+    )
 }
 
 /// True when process `pid` exists.
@@ -55,15 +58,22 @@ pub fn stop(pid: u32) {
 pub fn spawn_detached(mut cmd: Command, log: &Path) -> Result<u32> {
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
-    let child = cmd.spawn().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
     Ok(child.id())
 }
 
 /// The virtualenv holding moto: `$CUTOVER_SANDBOX_VENV`, else `<dir>/venv`. Created (and moto
 /// installed, version pinned) when missing, under a lock so parallel sandboxes share one.
 pub fn ensure_venv(dir: &Path) -> Result<PathBuf> {
-    let venv = std::env::var("CUTOVER_SANDBOX_VENV").map(PathBuf::from).unwrap_or_else(|_| dir.join("venv"));
+    let venv = std::env::var("CUTOVER_SANDBOX_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| dir.join("venv"));
     let server = venv.join("bin/moto_server");
     if server.exists() {
         return Ok(venv);
@@ -72,17 +82,32 @@ pub fn ensure_venv(dir: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(parent)?;
     }
     let lock_path = venv.with_extension("lock");
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)?;
     lock.lock()?;
     if !server.exists() {
-        eprintln!("sandbox: creating virtualenv {} with moto[server]=={MOTO_VERSION}", venv.display());
+        eprintln!(
+            "sandbox: creating virtualenv {} with moto[server]=={MOTO_VERSION}",
+            venv.display()
+        );
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let st = Command::new(&python).args(["-m", "venv"]).arg(&venv).status()?;
+        let st = Command::new(&python)
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()?;
         if !st.success() {
             bail!("{python} -m venv failed");
         }
         let st = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", &format!("moto[server]=={MOTO_VERSION}")])
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                &format!("moto[server]=={MOTO_VERSION}"),
+            ])
             .status()?;
         if !st.success() {
             bail!("pip install moto[server]=={MOTO_VERSION} failed");
@@ -127,7 +152,11 @@ fn pg_command(bin: &Path, tool: &str) -> Result<Command> {
 
 fn chown_tree(path: &Path) -> Result<()> {
     if let Some((uid, gid)) = pg_user()? {
-        let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(path).status()?;
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(path)
+            .status()?;
         if !st.success() {
             bail!("chown {} failed", path.display());
         }
@@ -146,22 +175,48 @@ pub fn start_cluster(data: &Path, port: u16, password: &str, extra_conf: &str) -
     let out = pg_command(&bin, "initdb")?
         .arg("-D")
         .arg(data)
-        .args(["-U", "postgres", "-E", "UTF8", "--no-sync", "--auth-local=trust", "--auth-host=scram-sha-256", "--locale=C"])
+        .args([
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--locale=C",
+        ])
         .arg(format!("--pwfile={}", pwfile.display()))
         .output()?;
     let _ = std::fs::remove_file(&pwfile);
     if !out.status.success() {
-        bail!("initdb {} failed: {}", data.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "initdb {} failed: {}",
+            data.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let conf = format!(
         "\n# cutover sandbox\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nshared_buffers = 64MB\nmax_replication_slots = 20\nmax_wal_senders = 20\nmax_worker_processes = 16\nmax_logical_replication_workers = 8\n{extra_conf}\n",
         data.display()
     );
-    let mut f = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))?;
     std::io::Write::write_all(&mut f, conf.as_bytes())?;
-    let out = pg_command(&bin, "pg_ctl")?.arg("-D").arg(data).arg("-l").arg(data.join("server.log")).args(["-w", "-t", "60", "start"]).output()?;
+    let out = pg_command(&bin, "pg_ctl")?
+        .arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(data.join("server.log"))
+        .args(["-w", "-t", "60", "start"])
+        .output()?;
     if !out.status.success() {
-        bail!("pg_ctl start {} failed: {}{}", data.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "pg_ctl start {} failed: {}{}",
+            data.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -169,7 +224,18 @@ pub fn start_cluster(data: &Path, port: u16, password: &str, extra_conf: &str) -
 /// True when the cluster in `data` is running.
 pub fn cluster_running(data: &Path) -> bool {
     let Ok(bin) = pg_bin() else { return false };
-    pg_command(&bin, "pg_ctl").map(|mut c| c.arg("-D").arg(data).arg("status").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)).unwrap_or(false)
+    pg_command(&bin, "pg_ctl")
+        .map(|mut c| {
+            c.arg("-D")
+                .arg(data)
+                .arg("status")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
 }
 
 /// Stops the cluster in `data` (fast shutdown), if running.
@@ -179,7 +245,13 @@ pub fn stop_cluster(data: &Path) {
     }
     if let Ok(bin) = pg_bin() {
         if let Ok(mut c) = pg_command(&bin, "pg_ctl") {
-            let _ = c.arg("-D").arg(data).args(["-m", "fast", "-w", "-t", "30", "stop"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = c
+                .arg("-D")
+                .arg(data)
+                .args(["-m", "fast", "-w", "-t", "30", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

@@ -16,7 +16,9 @@ pub const ORDERS: i64 = 100_000;
 pub const ORDER_ITEMS: i64 = 200_000;
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connect")?;
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("connect")?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -25,12 +27,27 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client> {
 
 /// Creates the legacy `shop` databases (one per environment) and the target's empty ones.
 pub async fn databases(s: &State) -> Result<()> {
-    let src_admin = format!("postgres://postgres:{}@127.0.0.1:{}/postgres", s.source_password, s.source_port);
-    let tgt_admin = format!("postgres://postgres:{}@127.0.0.1:{}/postgres", s.target_password, s.target_port);
+    let src_admin = format!(
+        "postgres://postgres:{}@127.0.0.1:{}/postgres",
+        s.source_password, s.source_port
+    );
+    let tgt_admin = format!(
+        "postgres://postgres:{}@127.0.0.1:{}/postgres",
+        s.target_password, s.target_port
+    );
     let src = connect(&src_admin).await?;
-    src.batch_execute(&format!("CREATE ROLE shop LOGIN PASSWORD '{}'", s.app_password)).await?;
-    src.batch_execute("CREATE DATABASE shop_seed OWNER shop").await?;
-    let seed = connect(&format!("postgres://shop:{}@127.0.0.1:{}/shop_seed", s.app_password, s.source_port)).await?;
+    src.batch_execute(&format!(
+        "CREATE ROLE shop LOGIN PASSWORD '{}'",
+        s.app_password
+    ))
+    .await?;
+    src.batch_execute("CREATE DATABASE shop_seed OWNER shop")
+        .await?;
+    let seed = connect(&format!(
+        "postgres://shop:{}@127.0.0.1:{}/shop_seed",
+        s.app_password, s.source_port
+    ))
+    .await?;
     seed.batch_execute(&format!(
         "CREATE TABLE customers (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, name text NOT NULL, created_at timestamptz NOT NULL);
          CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers(id), status text NOT NULL, total_cents bigint NOT NULL, created_at timestamptz NOT NULL);
@@ -49,13 +66,22 @@ pub async fn databases(s: &State) -> Result<()> {
     .context("seeding shop")?;
     drop(seed);
     let tgt = connect(&tgt_admin).await?;
-    tgt.batch_execute(&format!("CREATE ROLE shop LOGIN PASSWORD '{}'", s.app_password)).await?;
+    tgt.batch_execute(&format!(
+        "CREATE ROLE shop LOGIN PASSWORD '{}'",
+        s.app_password
+    ))
+    .await?;
     for env in ENVIRONMENTS {
         let db = State::database(env);
         // The seed database may still have the seeding session's backend exiting.
         let mut tries = 0;
         loop {
-            match src.batch_execute(&format!("CREATE DATABASE {db} TEMPLATE shop_seed OWNER shop")).await {
+            match src
+                .batch_execute(&format!(
+                    "CREATE DATABASE {db} TEMPLATE shop_seed OWNER shop"
+                ))
+                .await
+            {
                 Ok(()) => break,
                 Err(e) if tries < 50 => {
                     tries += 1;
@@ -65,8 +91,13 @@ pub async fn databases(s: &State) -> Result<()> {
                 Err(e) => return Err(e).context(format!("CREATE DATABASE {db}")),
             }
         }
-        tgt.batch_execute(&format!("CREATE DATABASE {db} OWNER shop")).await?;
-        let t = connect(&format!("postgres://postgres:{}@127.0.0.1:{}/{db}", s.target_password, s.target_port)).await?;
+        tgt.batch_execute(&format!("CREATE DATABASE {db} OWNER shop"))
+            .await?;
+        let t = connect(&format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{db}",
+            s.target_password, s.target_port
+        ))
+        .await?;
         t.batch_execute(
             "ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO shop;
              ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO shop;",
@@ -89,47 +120,115 @@ fn base_config(s: &State, creds: Credentials) -> SdkConfig {
 async fn assume(s: &State, mgmt: &SdkConfig, account: &str) -> Result<SdkConfig> {
     let out = aws_sdk_sts::Client::new(mgmt)
         .assume_role()
-        .role_arn(format!("arn:aws:iam::{account}:role/OrganizationAccountAccessRole"))
+        .role_arn(format!(
+            "arn:aws:iam::{account}:role/OrganizationAccountAccessRole"
+        ))
         .role_session_name("cutover-sandbox-seed")
         .send()
         .await
         .context("sts:AssumeRole")?;
     let c = out.credentials().ok_or_else(|| anyhow!("no credentials"))?;
-    Ok(base_config(s, Credentials::new(c.access_key_id(), c.secret_access_key(), Some(c.session_token().to_string()), None, "seed")))
+    Ok(base_config(
+        s,
+        Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_string()),
+            None,
+            "seed",
+        ),
+    ))
 }
 
 /// Seeds moto; fills `s.accounts` and `s.cluster_arns`.
 pub async fn aws(s: &mut State) -> Result<()> {
-    let mgmt = base_config(s, Credentials::new("sandbox", "sandbox", None, None, "sandbox"));
+    let mgmt = base_config(
+        s,
+        Credentials::new("sandbox", "sandbox", None, None, "sandbox"),
+    );
     let org = aws_sdk_organizations::Client::new(&mgmt);
-    org.create_organization().feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All).send().await.context("organizations:CreateOrganization")?;
+    org.create_organization()
+        .feature_set(aws_sdk_organizations::types::OrganizationFeatureSet::All)
+        .send()
+        .await
+        .context("organizations:CreateOrganization")?;
     for env in ENVIRONMENTS {
-        let req = org.create_account().email(format!("aws+{env}@example-shop.com")).account_name(format!("shop-{env}")).send().await.context("organizations:CreateAccount")?;
-        let id = req.create_account_status().and_then(|c| c.id()).ok_or_else(|| anyhow!("no create-account id"))?.to_string();
-        let status = org.describe_create_account_status().create_account_request_id(id).send().await?;
-        let account = status.create_account_status().and_then(|c| c.account_id()).ok_or_else(|| anyhow!("no account id"))?.to_string();
+        let req = org
+            .create_account()
+            .email(format!("aws+{env}@example-shop.com"))
+            .account_name(format!("shop-{env}"))
+            .send()
+            .await
+            .context("organizations:CreateAccount")?;
+        let id = req
+            .create_account_status()
+            .and_then(|c| c.id())
+            .ok_or_else(|| anyhow!("no create-account id"))?
+            .to_string();
+        let status = org
+            .describe_create_account_status()
+            .create_account_request_id(id)
+            .send()
+            .await?;
+        let account = status
+            .create_account_status()
+            .and_then(|c| c.account_id())
+            .ok_or_else(|| anyhow!("no account id"))?
+            .to_string();
         s.accounts.insert(env.to_string(), account);
     }
     for env in ENVIRONMENTS {
         let account = s.accounts[env].clone();
         let cfg = assume(s, &mgmt, &account).await?;
-        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&cfg).force_path_style(true).build());
-        s3.create_bucket().bucket(format!("shop-tfstate-{account}")).send().await.context("s3:CreateBucket")?;
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&cfg)
+                .force_path_style(true)
+                .build(),
+        );
+        s3.create_bucket()
+            .bucket(format!("shop-tfstate-{account}"))
+            .send()
+            .await
+            .context("s3:CreateBucket")?;
 
         let r53 = aws_sdk_route53::Client::new(&cfg);
         let domain = State::domain(env);
-        let zone = r53.create_hosted_zone().name(&domain).caller_reference(format!("cutover-sandbox-{env}-{account}")).send().await.context("route53:CreateHostedZone")?;
-        let zone_id = zone.hosted_zone().map(|z| z.id().to_string()).unwrap_or_default();
-        use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
+        let zone = r53
+            .create_hosted_zone()
+            .name(&domain)
+            .caller_reference(format!("cutover-sandbox-{env}-{account}"))
+            .send()
+            .await
+            .context("route53:CreateHostedZone")?;
+        let zone_id = zone
+            .hosted_zone()
+            .map(|z| z.id().to_string())
+            .unwrap_or_default();
+        use aws_sdk_route53::types::{
+            Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+        };
         let set = ResourceRecordSet::builder()
             .name(format!("shop.{domain}."))
             .r#type(RrType::Cname)
             .ttl(300)
-            .resource_records(ResourceRecord::builder().value(format!("shop-legacy-{env}.droplets.example.net")).build()?)
+            .resource_records(
+                ResourceRecord::builder()
+                    .value(format!("shop-legacy-{env}.droplets.example.net"))
+                    .build()?,
+            )
             .build()?;
         r53.change_resource_record_sets()
             .hosted_zone_id(zone_id.trim_start_matches("/hostedzone/"))
-            .change_batch(ChangeBatch::builder().changes(Change::builder().action(ChangeAction::Create).resource_record_set(set).build()?).build()?)
+            .change_batch(
+                ChangeBatch::builder()
+                    .changes(
+                        Change::builder()
+                            .action(ChangeAction::Create)
+                            .resource_record_set(set)
+                            .build()?,
+                    )
+                    .build()?,
+            )
             .send()
             .await
             .context("route53:ChangeResourceRecordSets")?;
@@ -151,12 +250,23 @@ pub async fn aws(s: &mut State) -> Result<()> {
         let cluster = eks
             .create_cluster()
             .name(format!("shop-{env}"))
-            .role_arn(format!("arn:aws:iam::{account}:role/shop-{env}-eks-cluster"))
-            .resources_vpc_config(aws_sdk_eks::types::VpcConfigRequest::builder().subnet_ids("subnet-0a1").subnet_ids("subnet-0b2").build())
+            .role_arn(format!(
+                "arn:aws:iam::{account}:role/shop-{env}-eks-cluster"
+            ))
+            .resources_vpc_config(
+                aws_sdk_eks::types::VpcConfigRequest::builder()
+                    .subnet_ids("subnet-0a1")
+                    .subnet_ids("subnet-0b2")
+                    .build(),
+            )
             .send()
             .await
             .context("eks:CreateCluster")?;
-        let arn = cluster.cluster().and_then(|c| c.arn()).ok_or_else(|| anyhow!("no cluster arn"))?.to_string();
+        let arn = cluster
+            .cluster()
+            .and_then(|c| c.arn())
+            .ok_or_else(|| anyhow!("no cluster arn"))?
+            .to_string();
         s.cluster_arns.insert(env.to_string(), arn);
 
         let waf = aws_sdk_wafv2::Client::new(&cfg);
@@ -165,13 +275,32 @@ pub async fn aws(s: &mut State) -> Result<()> {
             .create_web_acl()
             .name(format!("shop-{env}"))
             .scope(Scope::Regional)
-            .default_action(DefaultAction::builder().allow(AllowAction::builder().build()).build())
-            .visibility_config(VisibilityConfig::builder().sampled_requests_enabled(false).cloud_watch_metrics_enabled(false).metric_name(format!("shop-{env}")).build()?)
+            .default_action(
+                DefaultAction::builder()
+                    .allow(AllowAction::builder().build())
+                    .build(),
+            )
+            .visibility_config(
+                VisibilityConfig::builder()
+                    .sampled_requests_enabled(false)
+                    .cloud_watch_metrics_enabled(false)
+                    .metric_name(format!("shop-{env}"))
+                    .build()?,
+            )
             .send()
             .await
             .context("wafv2:CreateWebACL")?;
-        let acl_arn = acl.summary().and_then(|a| a.arn()).ok_or_else(|| anyhow!("no web ACL arn"))?.to_string();
-        waf.associate_web_acl().web_acl_arn(acl_arn).resource_arn(alb_arn(env, &account)).send().await.context("wafv2:AssociateWebACL")?;
+        let acl_arn = acl
+            .summary()
+            .and_then(|a| a.arn())
+            .ok_or_else(|| anyhow!("no web ACL arn"))?
+            .to_string();
+        waf.associate_web_acl()
+            .web_acl_arn(acl_arn)
+            .resource_arn(alb_arn(env, &account))
+            .send()
+            .await
+            .context("wafv2:AssociateWebACL")?;
     }
     Ok(())
 }

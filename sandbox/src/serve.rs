@@ -18,7 +18,11 @@ use std::time::Duration;
 
 fn seed_cluster(s: &State, env: &str) -> Cluster {
     let mut store = kube::Store::default();
-    store.seed("namespaces", "", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}));
+    store.seed(
+        "namespaces",
+        "",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+    );
     let url = base64::engine::general_purpose::STANDARD.encode(s.legacy_app_url(env));
     store.seed("secrets", "shop", json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "shop-db", "labels": {"app": "shop"}}, "data": {"DATABASE_URL": url}}));
     for (name, replicas) in [("shop-api", 2), ("shop-worker", 1)] {
@@ -43,24 +47,33 @@ fn seed_cluster(s: &State, env: &str) -> Cluster {
 /// `SELECT 1` through `url` within 3 s.
 async fn database_health(url: &str) -> Result<(), String> {
     let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), connect).await.map_err(|_| "connect timed out".to_string())?.map_err(|e| {
-        let mut m = e.to_string();
-        if let Some(db) = e.as_db_error() {
-            m = db.message().to_string();
-        }
-        m
-    })?;
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), connect)
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| {
+            let mut m = e.to_string();
+            if let Some(db) = e.as_db_error() {
+                m = db.message().to_string();
+            }
+            m
+        })?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    client.query_one("SELECT 1", &[]).await.map_err(|e| e.to_string())?;
+    client
+        .query_one("SELECT 1", &[])
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
 fn health_response(result: Result<(), String>, side: &str) -> (StatusCode, Json<Value>) {
     match result {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ok", "side": side}))),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unhealthy", "side": side, "error": e}))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unhealthy", "side": side, "error": e})),
+        ),
     }
 }
 
@@ -95,14 +108,18 @@ pub async fn run(s: State) -> Result<()> {
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(api, router).await;
         }));
-        let app_router = Router::new().route("/healthz", get(aws_health)).with_state(cluster);
+        let app_router = Router::new()
+            .route("/healthz", get(aws_health))
+            .with_state(cluster);
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(app, app_router).await;
         }));
     }
     let legacy = tokio::net::TcpListener::bind(("127.0.0.1", s.legacy_app_port)).await?;
     let legacy_url = Arc::new(s.legacy_app_url("production"));
-    let legacy_router = Router::new().route("/healthz", get(legacy_health)).with_state(legacy_url);
+    let legacy_router = Router::new()
+        .route("/healthz", get(legacy_health))
+        .with_state(legacy_url);
     tasks.push(tokio::spawn(async move {
         let _ = axum::serve(legacy, legacy_router).await;
     }));

@@ -59,39 +59,72 @@ impl State {
     /// Writes the state (mode 0600).
     pub fn save(&self) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(Self::path(&self.dir))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(Self::path(&self.dir))?;
         std::io::Write::write_all(&mut f, serde_json::to_string_pretty(self)?.as_bytes())?;
         Ok(())
     }
 
     /// Database name of an environment.
     pub fn database(env: &str) -> String {
-        if env == "production" { "shop".into() } else { format!("shop_{env}") }
+        if env == "production" {
+            "shop".into()
+        } else {
+            format!("shop_{env}")
+        }
     }
 
     /// DNS zone of an environment.
     pub fn domain(env: &str) -> String {
-        if env == "production" { "example-shop.com".into() } else { format!("{env}.example-shop.com") }
+        if env == "production" {
+            "example-shop.com".into()
+        } else {
+            format!("{env}.example-shop.com")
+        }
     }
 
     /// The legacy application's connection URL (what the Secret holds before the cutover).
     pub fn legacy_app_url(&self, env: &str) -> String {
-        format!("postgres://shop:{}@127.0.0.1:{}/{}", self.app_password, self.source_port, Self::database(env))
+        format!(
+            "postgres://shop:{}@127.0.0.1:{}/{}",
+            self.app_password,
+            self.source_port,
+            Self::database(env)
+        )
     }
 
     /// The AWS-side application's connection URL (what the Secret must hold after the cutover).
     pub fn target_app_url(&self, env: &str) -> String {
-        format!("postgres://shop:{}@127.0.0.1:{}/{}", self.app_password, self.target_port, Self::database(env))
+        format!(
+            "postgres://shop:{}@127.0.0.1:{}/{}",
+            self.app_password,
+            self.target_port,
+            Self::database(env)
+        )
     }
 
     /// The admin URL of the source database of `env`.
     pub fn source_admin_url(&self, env: &str) -> String {
-        format!("postgres://postgres:{}@127.0.0.1:{}/{}", self.source_password, self.source_port, Self::database(env))
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{}",
+            self.source_password,
+            self.source_port,
+            Self::database(env)
+        )
     }
 
     /// The admin URL of the target database of `env`.
     pub fn target_admin_url(&self, env: &str) -> String {
-        format!("postgres://postgres:{}@127.0.0.1:{}/{}", self.target_password, self.target_port, Self::database(env))
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{}",
+            self.target_password,
+            self.target_port,
+            Self::database(env)
+        )
     }
 
     /// The `export` lines a shell evaluates to point `cutover` at this sandbox.
@@ -105,16 +138,40 @@ impl State {
             ("AWS_SECRET_ACCESS_KEY".to_string(), "sandbox".to_string()),
             ("AWS_REGION".to_string(), REGION.to_string()),
             ("AWS_DEFAULT_REGION".to_string(), REGION.to_string()),
-            ("KUBECONFIG".to_string(), self.dir.join("kubeconfig").display().to_string()),
-            ("TF_CLI_ARGS_init".to_string(), "-backend-config=use_path_style=true".to_string()),
+            (
+                "KUBECONFIG".to_string(),
+                self.dir.join("kubeconfig").display().to_string(),
+            ),
+            (
+                "TF_CLI_ARGS_init".to_string(),
+                "-backend-config=use_path_style=true".to_string(),
+            ),
         ];
         for env in ENVIRONMENTS {
             let up = env.to_uppercase();
-            v.push((format!("CUTOVER_{up}_ACCOUNT_ID"), self.accounts.get(env).cloned().unwrap_or_default()));
-            v.push((format!("CUTOVER_{up}_SOURCE_DATABASE_URL"), self.source_admin_url(env)));
-            v.push((format!("CUTOVER_{up}_TARGET_DATABASE_URL"), self.target_admin_url(env)));
-            v.push((format!("CUTOVER_{up}_TARGET_APP_DATABASE_URL"), self.target_app_url(env)));
-            v.push((format!("CUTOVER_{up}_APP_URL"), format!("http://127.0.0.1:{}", self.app_ports.get(env).copied().unwrap_or(0))));
+            v.push((
+                format!("CUTOVER_{up}_ACCOUNT_ID"),
+                self.accounts.get(env).cloned().unwrap_or_default(),
+            ));
+            v.push((
+                format!("CUTOVER_{up}_SOURCE_DATABASE_URL"),
+                self.source_admin_url(env),
+            ));
+            v.push((
+                format!("CUTOVER_{up}_TARGET_DATABASE_URL"),
+                self.target_admin_url(env),
+            ));
+            v.push((
+                format!("CUTOVER_{up}_TARGET_APP_DATABASE_URL"),
+                self.target_app_url(env),
+            ));
+            v.push((
+                format!("CUTOVER_{up}_APP_URL"),
+                format!(
+                    "http://127.0.0.1:{}",
+                    self.app_ports.get(env).copied().unwrap_or(0)
+                ),
+            ));
         }
         v
     }
@@ -129,5 +186,8 @@ pub fn short_hash(text: &str) -> String {
 
 /// The ALB ARN of an environment's account, as the Terraform stack outputs it.
 pub fn alb_arn(env: &str, account: &str) -> String {
-    format!("arn:aws:elasticloadbalancing:{REGION}:{account}:loadbalancer/app/shop-{env}/{}", short_hash(&format!("shop-{env}-{account}")))
+    format!(
+        "arn:aws:elasticloadbalancing:{REGION}:{account}:loadbalancer/app/shop-{env}/{}",
+        short_hash(&format!("shop-{env}-{account}"))
+    )
 }

@@ -18,13 +18,24 @@ pub enum AuditFormat {
 pub fn runs(root: &Path, env: Option<&str>, output: OutputFormat) -> i32 {
     let list = runs::list(&engine::state_dir(root), env);
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default()),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        ),
         OutputFormat::Human => {
             if list.is_empty() {
                 eprintln!("no runs on record");
             }
             for r in list {
-                println!("{:<24} {:<11} {:<9} {:<20} {:<14} {}", r.id, r.environment, r.mode, r.status, &r.runbook_digest.get(..12).unwrap_or(""), r.started_at);
+                println!(
+                    "{:<24} {:<11} {:<9} {:<20} {:<14} {}",
+                    r.id,
+                    r.environment,
+                    r.mode,
+                    r.status,
+                    &r.runbook_digest.get(..12).unwrap_or(""),
+                    r.started_at
+                );
             }
         }
     }
@@ -34,11 +45,17 @@ pub fn runs(root: &Path, env: Option<&str>, output: OutputFormat) -> i32 {
 fn load(root: &Path, run_id: &str) -> Result<Vec<log::Record>, i32> {
     let path = runs::log_path(&engine::state_dir(root), run_id);
     if !path.exists() {
-        print_error(&format!("no run {run_id} on record"), Some("`cutover runs` lists the runs on record"));
+        print_error(
+            &format!("no run {run_id} on record"),
+            Some("`cutover runs` lists the runs on record"),
+        );
         return Err(EXIT_INVALID);
     }
     log::read_verified(&path).map_err(|e| {
-        print_error(&format!("the event log of run {run_id} does not verify: {e}"), Some(&format!("file {}", path.display())));
+        print_error(
+            &format!("the event log of run {run_id} does not verify: {e}"),
+            Some(&format!("file {}", path.display())),
+        );
         EXIT_FAILED
     })
 }
@@ -52,7 +69,12 @@ pub fn status(root: &Path, run_id: &str) -> i32 {
     let s = runs::summarize(run_id, &records);
     println!("run {} ({} {}) {}", s.id, s.mode, s.environment, s.status);
     if let Some(last) = records.last() {
-        println!("last event: {} {} at {}", last.event, last.step.as_deref().unwrap_or(""), last.ts);
+        println!(
+            "last event: {} {} at {}",
+            last.event,
+            last.step.as_deref().unwrap_or(""),
+            last.ts
+        );
     }
     EXIT_OK
 }
@@ -65,7 +87,10 @@ pub fn show(root: &Path, run_id: &str, format: AuditFormat) -> i32 {
     };
     match format {
         AuditFormat::Md => print!("{}", report::markdown(&records)),
-        AuditFormat::Json => println!("{}", serde_json::to_string_pretty(&report::json(&records)).unwrap_or_default()),
+        AuditFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report::json(&records)).unwrap_or_default()
+        ),
     }
     EXIT_OK
 }
@@ -74,7 +99,11 @@ pub fn show(root: &Path, run_id: &str, format: AuditFormat) -> i32 {
 pub fn verify(root: &Path, run_id: &str) -> i32 {
     match load(root, run_id) {
         Ok(records) => {
-            println!("run {run_id}: {} records verified; chain head {}", records.len(), records.last().map(|r| r.hash.as_str()).unwrap_or(""));
+            println!(
+                "run {run_id}: {} records verified; chain head {}",
+                records.len(),
+                records.last().map(|r| r.hash.as_str()).unwrap_or("")
+            );
             EXIT_OK
         }
         Err(c) => c,

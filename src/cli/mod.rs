@@ -136,23 +136,43 @@ pub async fn run(cli: Cli) -> i32 {
     let root = match std::fs::canonicalize(&cli.project_dir) {
         Ok(r) => r,
         Err(e) => {
-            print_error(&format!("project directory {}: {e}", cli.project_dir.display()), None);
+            print_error(
+                &format!("project directory {}: {e}", cli.project_dir.display()),
+                None,
+            );
             return EXIT_INVALID;
         }
     };
     match cli.command {
         Command::Validate { runbook } => run::validate(&root, runbook.as_deref()),
-        Command::Rehearse { env, runbook, output } => run::start(&root, &env, runbook.as_deref(), run::Kind::Rehearse, output).await,
-        Command::Execute { env, dry_run, runbook, output } => {
-            let kind = if dry_run { run::Kind::DryRun } else { run::Kind::Execute };
+        Command::Rehearse {
+            env,
+            runbook,
+            output,
+        } => run::start(&root, &env, runbook.as_deref(), run::Kind::Rehearse, output).await,
+        Command::Execute {
+            env,
+            dry_run,
+            runbook,
+            output,
+        } => {
+            let kind = if dry_run {
+                run::Kind::DryRun
+            } else {
+                run::Kind::Execute
+            };
             run::start(&root, &env, runbook.as_deref(), kind, output).await
         }
         Command::Resume { run_id, output } => run::resume(&root, &run_id, output, false).await,
         Command::Rollback { run_id, output } => run::resume(&root, &run_id, output, true).await,
         Command::Runs { env, output } => audit::runs(&root, env.as_deref(), output),
         Command::Status { run_id } => audit::status(&root, &run_id),
-        Command::Audit { action: AuditCommand::Show { run_id, format } } => audit::show(&root, &run_id, format),
-        Command::Audit { action: AuditCommand::Verify { run_id } } => audit::verify(&root, &run_id),
+        Command::Audit {
+            action: AuditCommand::Show { run_id, format },
+        } => audit::show(&root, &run_id, format),
+        Command::Audit {
+            action: AuditCommand::Verify { run_id },
+        } => audit::verify(&root, &run_id),
     }
 }
 

@@ -1,6 +1,9 @@
 //! `validate`, `rehearse`, `execute`, `resume`, `rollback`.
 
-use super::{print_error, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_REFUSED, EXIT_ROLLBACK_INCOMPLETE};
+use super::{
+    print_error, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_REFUSED,
+    EXIT_ROLLBACK_INCOMPLETE,
+};
 use crate::config::{self, Problems, Tier};
 use crate::engine::{self, runs, ui::OutputFormat, ui::Ui, EngineError, Outcome, ResumeError};
 use crate::runbook;
@@ -42,7 +45,12 @@ pub fn validate(root: &Path, only: Option<&str>) -> i32 {
     for rb in &runbooks {
         for env in &envs {
             match runbook::resolve(root, rb, env) {
-                Ok(plan) => ok.push(format!("{} × {env}: {} steps, runbook digest {}", plan.runbook_name, plan.steps().count(), &plan.runbook_digest[..12])),
+                Ok(plan) => ok.push(format!(
+                    "{} × {env}: {} steps, runbook digest {}",
+                    plan.runbook_name,
+                    plan.steps().count(),
+                    &plan.runbook_digest[..12]
+                )),
                 Err(p) => {
                     for problem in p.0 {
                         if !all.0.contains(&problem) {
@@ -68,7 +76,10 @@ fn default_runbook(root: &Path) -> Result<String, String> {
     match names.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err("no runbook in runbooks/".into()),
-        many => Err(format!("several runbooks in runbooks/ ({}); choose one with --runbook", many.join(", "))),
+        many => Err(format!(
+            "several runbooks in runbooks/ ({}); choose one with --runbook",
+            many.join(", ")
+        )),
     }
 }
 
@@ -77,7 +88,9 @@ fn rehearsal_gate(root: &Path, digest: &str) -> Result<(), String> {
     let state = engine::state_dir(root);
     let mut missing = Vec::new();
     for env in ["staging", "dev"] {
-        let ok = runs::list(&state, Some(env)).iter().any(|r| r.mode == "rehearse" && r.status == "succeeded" && r.runbook_digest == digest);
+        let ok = runs::list(&state, Some(env))
+            .iter()
+            .any(|r| r.mode == "rehearse" && r.status == "succeeded" && r.runbook_digest == digest);
         if !ok {
             missing.push(env);
         }
@@ -85,13 +98,27 @@ fn rehearsal_gate(root: &Path, digest: &str) -> Result<(), String> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("no succeeded rehearsal of this runbook (digest {}) in: {}", &digest[..12], missing.join(", ")))
+        Err(format!(
+            "no succeeded rehearsal of this runbook (digest {}) in: {}",
+            &digest[..12],
+            missing.join(", ")
+        ))
     }
 }
 
 /// `rehearse ENV`, `execute ENV [--dry-run]`.
-pub async fn start(root: &Path, env: &str, runbook: Option<&str>, kind: Kind, output: OutputFormat) -> i32 {
-    let rb = match runbook.map(str::to_owned).map(Ok).unwrap_or_else(|| default_runbook(root)) {
+pub async fn start(
+    root: &Path,
+    env: &str,
+    runbook: Option<&str>,
+    kind: Kind,
+    output: OutputFormat,
+) -> i32 {
+    let rb = match runbook
+        .map(str::to_owned)
+        .map(Ok)
+        .unwrap_or_else(|| default_runbook(root))
+    {
         Ok(r) => r,
         Err(e) => {
             print_error(&e, None);
@@ -108,7 +135,12 @@ pub async fn start(root: &Path, env: &str, runbook: Option<&str>, kind: Kind, ou
     let mode = match kind {
         Kind::Rehearse => {
             if plan.env.tier == Tier::Production {
-                print_error(&format!("{env} is a production environment; rehearsals run on staging or dev"), Some(&format!("cutover execute {env} --dry-run shows what a real run would change")));
+                print_error(
+                    &format!("{env} is a production environment; rehearsals run on staging or dev"),
+                    Some(&format!(
+                        "cutover execute {env} --dry-run shows what a real run would change"
+                    )),
+                );
                 return EXIT_REFUSED;
             }
             Mode::Rehearse
@@ -156,7 +188,11 @@ fn exit_code(result: Result<Outcome, EngineError>) -> i32 {
 /// `resume RUN_ID` and `rollback RUN_ID`.
 pub async fn resume(root: &Path, run_id: &str, output: OutputFormat, rollback: bool) -> i32 {
     let ui = Ui { format: output };
-    let r = if rollback { engine::rollback(root, run_id, &ui).await } else { engine::resume(root, run_id, &ui).await };
+    let r = if rollback {
+        engine::rollback(root, run_id, &ui).await
+    } else {
+        engine::resume(root, run_id, &ui).await
+    };
     match r {
         Ok(result) => exit_code(result),
         Err(ResumeError::Config(p)) => {
@@ -164,7 +200,10 @@ pub async fn resume(root: &Path, run_id: &str, output: OutputFormat, rollback: b
             EXIT_INVALID
         }
         Err(e) => {
-            print_error(&e.to_string(), Some("`cutover runs` lists the runs on record"));
+            print_error(
+                &e.to_string(),
+                Some("`cutover runs` lists the runs on record"),
+            );
             EXIT_INVALID
         }
     }

@@ -120,7 +120,11 @@ pub struct SecretRef {
 pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Environment, Problems> {
     let lookup = |n: &str| std::env::var(n).ok();
     let expanded = super::expand_env_vars(text, &lookup).map_err(|errs| {
-        Problems(errs.into_iter().map(|(l, m)| Problem::new(path, Some(l), m)).collect())
+        Problems(
+            errs.into_iter()
+                .map(|(l, m)| Problem::new(path, Some(l), m))
+                .collect(),
+        )
     })?;
     let env: Environment =
         serde_saphyr::from_str(&expanded).map_err(|e| Problems::one(from_yaml_error(path, &e)))?;
@@ -134,7 +138,10 @@ pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Envi
         problems.push(Problem::new(
             path,
             line_of("name"),
-            format!("name `{}` does not match the file name `{expected_name}`", env.name),
+            format!(
+                "name `{}` does not match the file name `{expected_name}`",
+                env.name
+            ),
         ));
     }
     let id = &env.aws.account_id;

@@ -88,7 +88,8 @@ mod tests {
 
     #[test]
     fn reports_every_unset_variable_with_its_line() {
-        let errs = expand_env_vars("a: ${NOPE}\nb: ok\nc: ${EMPTY} ${UNTERMINATED\n", &env).unwrap_err();
+        let errs =
+            expand_env_vars("a: ${NOPE}\nb: ok\nc: ${EMPTY} ${UNTERMINATED\n", &env).unwrap_err();
         let lines: Vec<u32> = errs.iter().map(|e| e.0).collect();
         assert_eq!(lines, vec![1, 3, 3]);
         assert!(errs[0].1.contains("NOPE"));

@@ -36,7 +36,9 @@ pub fn load_environment(root: &Path, name: &str) -> Result<Environment, Problems
             let known = list_names(&root.join("environments"));
             hint = Some(format!("known environments: {}", known.join(", ")));
         }
-        Problems::one(Problem::new(&path, None, format!("cannot read environment file: {e}")).hint(hint))
+        Problems::one(
+            Problem::new(&path, None, format!("cannot read environment file: {e}")).hint(hint),
+        )
     })?;
     environment::parse(&path, &text, name)
 }
@@ -47,7 +49,10 @@ pub fn load_environment(root: &Path, name: &str) -> Result<Environment, Problems
 /// # Errors
 /// The file cannot be read or parsed at all. Problems of single steps come back beside the
 /// runbook (without those steps), so callers can report them together with their own checks.
-pub fn load_runbook(root: &Path, reference: &str) -> Result<(RawRunbook, Problems, String, std::path::PathBuf), Problems> {
+pub fn load_runbook(
+    root: &Path,
+    reference: &str,
+) -> Result<(RawRunbook, Problems, String, std::path::PathBuf), Problems> {
     let full = resolve_runbook_path(root, reference);
     let path = full.strip_prefix(root).unwrap_or(&full).to_path_buf();
     let text = std::fs::read_to_string(&full).map_err(|e| {

@@ -65,7 +65,10 @@ impl Node {
     /// The value under key `name` in this mapping, with its location.
     pub fn get(&self, name: &str) -> Option<&Spanned<Node>> {
         match self {
-            Node::Map(entries) => entries.iter().find(|(k, _)| k.value == name).map(|(_, v)| v),
+            Node::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.value == name)
+                .map(|(_, v)| v),
             _ => None,
         }
     }

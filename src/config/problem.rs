@@ -19,7 +19,12 @@ pub struct Problem {
 impl Problem {
     /// A problem without a hint.
     pub fn new(file: &Path, line: Option<u32>, message: impl Into<String>) -> Self {
-        Problem { file: file.to_path_buf(), line, message: message.into(), hint: None }
+        Problem {
+            file: file.to_path_buf(),
+            line,
+            message: message.into(),
+            hint: None,
+        }
     }
     /// Adds (or clears) the hint.
     pub fn hint(mut self, hint: Option<String>) -> Self {

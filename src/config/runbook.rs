@@ -125,7 +125,16 @@ pub struct RawStep {
 }
 
 /// The fields a step may have, as the error hint lists them.
-pub const STEP_FIELDS: &[&str] = &["id", "kind", "with", "when", "timeout", "retries", "rollback", "description"];
+pub const STEP_FIELDS: &[&str] = &[
+    "id",
+    "kind",
+    "with",
+    "when",
+    "timeout",
+    "retries",
+    "rollback",
+    "description",
+];
 
 /// Parses a runbook, checking each step separately so that every step's problems are reported.
 /// Returns the runbook without its invalid steps, and the problems found, so that later checks
@@ -144,7 +153,11 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<(RawRunbook, Problems), P
             let line = spanned.referenced.line() as u32;
             let node = spanned.value;
             if !matches!(node, Node::Map(_)) {
-                problems.push(Problem::new(path, Some(line), "a step must be a mapping with at least `id` and `kind`"));
+                problems.push(Problem::new(
+                    path,
+                    Some(line),
+                    "a step must be a mapping with at least `id` and `kind`",
+                ));
                 continue;
             }
             let mut bad = false;
@@ -155,7 +168,9 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<(RawRunbook, Problems), P
                         Node::Str(s) => Some(s.clone()),
                         _ => None,
                     });
-                    let who = id.map(|i| format!("step `{i}`")).unwrap_or_else(|| "step".into());
+                    let who = id
+                        .map(|i| format!("step `{i}`"))
+                        .unwrap_or_else(|| "step".into());
                     problems.push(
                         Problem::new(path, Some(kline), format!("{who}: unknown field `{key}`"))
                             .hint(Some(format!("valid fields: {}", STEP_FIELDS.join(", ")))),
@@ -185,7 +200,15 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<(RawRunbook, Problems), P
             steps,
         });
     }
-    Ok((RawRunbook { name: file.name, description: file.description, vars: file.vars, phases }, problems))
+    Ok((
+        RawRunbook {
+            name: file.name,
+            description: file.description,
+            vars: file.vars,
+            phases,
+        },
+        problems,
+    ))
 }
 
 #[cfg(test)]

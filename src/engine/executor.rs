@@ -71,7 +71,12 @@ struct Failure {
 
 impl<'a> Executor<'a> {
     /// Appends a record and shows it.
-    pub(super) fn record(&mut self, event: &str, step: Option<&str>, data: Value) -> Result<Record, EngineError> {
+    pub(super) fn record(
+        &mut self,
+        event: &str,
+        step: Option<&str>,
+        data: Value,
+    ) -> Result<Record, EngineError> {
         let rec = self.log.append(event, step, data)?;
         self.ui.record(&rec);
         Ok(rec)
@@ -80,8 +85,12 @@ impl<'a> Executor<'a> {
     /// Reads every secret the environment declares from the process environment.
     pub(super) fn load_secrets(&mut self) -> Result<(), EngineError> {
         for (name, r) in &self.plan.env.secrets {
-            let v = self.providers.secret_env(&r.from_env).map_err(|e| EngineError::Config(format!("secret `{name}`: {e}")))?;
-            self.secrets_display.insert(name.clone(), Value::from(fingerprint(&v)));
+            let v = self
+                .providers
+                .secret_env(&r.from_env)
+                .map_err(|e| EngineError::Config(format!("secret `{name}`: {e}")))?;
+            self.secrets_display
+                .insert(name.clone(), Value::from(fingerprint(&v)));
             self.secrets_real.insert(name.clone(), Value::from(v));
         }
         // The database URLs are secrets too, whether or not a step reads them.
@@ -128,7 +137,11 @@ impl<'a> Executor<'a> {
     }
 
     fn context(&self, display: bool) -> Value {
-        let steps: Map<String, Value> = self.outputs.iter().map(|(k, v)| (k.clone(), json!({"outputs": v}))).collect();
+        let steps: Map<String, Value> = self
+            .outputs
+            .iter()
+            .map(|(k, v)| (k.clone(), json!({"outputs": v})))
+            .collect();
         json!({
             "env": env_context(&self.plan.env),
             "vars": self.plan.vars,
@@ -166,7 +179,11 @@ impl<'a> Executor<'a> {
                 return self.rollback(&f.step, &f.error).await;
             }
         }
-        let status = if self.mode == Mode::DryRun { "planned" } else { "succeeded" };
+        let status = if self.mode == Mode::DryRun {
+            "planned"
+        } else {
+            "succeeded"
+        };
         self.finish(status, json!({}))?;
         Ok(Outcome::Succeeded)
     }
@@ -180,7 +197,12 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
-    fn step_context<'b>(&'b self, step: &'b PlanStep, params: Map<String, Value>, progress: &'b (dyn Fn(&str) + Send + Sync)) -> StepContext<'b> {
+    fn step_context<'b>(
+        &'b self,
+        step: &'b PlanStep,
+        params: Map<String, Value>,
+        progress: &'b (dyn Fn(&str) + Send + Sync),
+    ) -> StepContext<'b> {
         StepContext {
             run_id: &self.run_id,
             step_id: &step.id,
@@ -195,12 +217,23 @@ impl<'a> Executor<'a> {
         }
     }
 
-    async fn run_step(&mut self, phase: &str, step: &PlanStep) -> Result<Result<(), Failure>, EngineError> {
+    async fn run_step(
+        &mut self,
+        phase: &str,
+        step: &PlanStep,
+    ) -> Result<Result<(), Failure>, EngineError> {
         let kind = step.kind;
         let fail = |this: &mut Self, error: String| -> Result<Result<(), Failure>, EngineError> {
             let error = this.redactor.redact(&error);
-            this.record("step_failed", Some(&step.id), json!({"kind": kind.name(), "error": error}))?;
-            Ok(Err(Failure { step: step.id.clone(), error }))
+            this.record(
+                "step_failed",
+                Some(&step.id),
+                json!({"kind": kind.name(), "error": error}),
+            )?;
+            Ok(Err(Failure {
+                step: step.id.clone(),
+                error,
+            }))
         };
         // `when`
         if let Some(w) = &step.when {
@@ -246,13 +279,17 @@ impl<'a> Executor<'a> {
         // plan
         let planned: Result<Planned, StepError> = {
             let cx = self.step_context(step, real.clone(), &progress);
-            tokio::time::timeout(timeout, kind.plan(&cx)).await.unwrap_or_else(|_| Err(StepError::Timeout("plan".into())))
+            tokio::time::timeout(timeout, kind.plan(&cx))
+                .await
+                .unwrap_or_else(|_| Err(StepError::Timeout("plan".into())))
         };
         let planned = match planned {
             Ok(p) => p,
             Err(e) => return self.step_error(step, e, fail),
         };
-        self.before.entry(step.id.clone()).or_insert_with(|| planned.before.clone());
+        self.before
+            .entry(step.id.clone())
+            .or_insert_with(|| planned.before.clone());
         let dry = self.mode == Mode::DryRun;
         self.record(
             "step_planned",
@@ -271,26 +308,39 @@ impl<'a> Executor<'a> {
             attempt += 1;
             let result = {
                 let cx = self.step_context(step, real.clone(), &progress);
-                tokio::time::timeout(cx.remaining(), kind.apply(&cx, &planned)).await.unwrap_or_else(|_| Err(StepError::Timeout("apply".into())))
+                tokio::time::timeout(cx.remaining(), kind.apply(&cx, &planned))
+                    .await
+                    .unwrap_or_else(|_| Err(StepError::Timeout("apply".into())))
             };
             match result {
                 Ok(o) => break o,
                 Err(e) if attempt <= step.retries && !matches!(e, StepError::Gate(_)) => {
                     let msg = self.redactor.redact(&e.to_string());
-                    self.record("step_attempt_failed", Some(&step.id), json!({"attempt": attempt, "error": msg}))?;
-                    tokio::time::sleep(std::time::Duration::from_secs(2u64.pow(attempt.min(5)))).await;
+                    self.record(
+                        "step_attempt_failed",
+                        Some(&step.id),
+                        json!({"attempt": attempt, "error": msg}),
+                    )?;
+                    tokio::time::sleep(std::time::Duration::from_secs(2u64.pow(attempt.min(5))))
+                        .await;
                 }
                 Err(e) => return self.step_error(step, e, fail),
             }
         };
-        self.record("step_applied", Some(&step.id), json!({"kind": kind.name(), "outputs": outputs}))?;
+        self.record(
+            "step_applied",
+            Some(&step.id),
+            json!({"kind": kind.name(), "outputs": outputs}),
+        )?;
         self.absorb_outputs(&step.id, outputs.clone());
 
         // verify
         let evidence = {
             let cx = self.step_context(step, real.clone(), &progress);
             let remaining = timeout.saturating_sub(started.elapsed());
-            tokio::time::timeout(remaining, kind.verify(&cx, &outputs)).await.unwrap_or_else(|_| Err(StepError::Timeout("verify".into())))
+            tokio::time::timeout(remaining, kind.verify(&cx, &outputs))
+                .await
+                .unwrap_or_else(|_| Err(StepError::Timeout("verify".into())))
         };
         let evidence = match evidence {
             Ok(e) => e,
@@ -319,13 +369,25 @@ impl<'a> Executor<'a> {
     }
 
     /// Rolls back every started step in reverse order, the failed one included.
-    pub(super) async fn rollback(&mut self, failed_step: &str, reason: &str) -> Result<Outcome, EngineError> {
-        self.record("rollback_started", None, json!({"failed_step": failed_step, "reason": reason}))?;
+    pub(super) async fn rollback(
+        &mut self,
+        failed_step: &str,
+        reason: &str,
+    ) -> Result<Outcome, EngineError> {
+        self.record(
+            "rollback_started",
+            None,
+            json!({"failed_step": failed_step, "reason": reason}),
+        )?;
         self.continue_rollback(failed_step, &HashSet::new()).await
     }
 
     /// Rollback of the started steps not in `already`, newest first.
-    pub(super) async fn continue_rollback(&mut self, failed_step: &str, already: &HashSet<String>) -> Result<Outcome, EngineError> {
+    pub(super) async fn continue_rollback(
+        &mut self,
+        failed_step: &str,
+        already: &HashSet<String>,
+    ) -> Result<Outcome, EngineError> {
         let plan = self.plan;
         let mut incomplete = Vec::new();
         let order: Vec<String> = self.started.iter().rev().cloned().collect();
@@ -333,13 +395,26 @@ impl<'a> Executor<'a> {
             if already.contains(&id) {
                 continue;
             }
-            let Some((_, step)) = plan.steps().find(|(_, s)| s.id == id) else { continue };
+            let Some((_, step)) = plan.steps().find(|(_, s)| s.id == id) else {
+                continue;
+            };
             if step.rollback == RollbackPolicy::Skip {
-                self.record("rollback_step_completed", Some(&id), json!({"restored": [], "note": "rollback: skip"}))?;
+                self.record(
+                    "rollback_step_completed",
+                    Some(&id),
+                    json!({"restored": [], "note": "rollback: skip"}),
+                )?;
                 continue;
             }
-            self.record("rollback_step_started", Some(&id), json!({"kind": step.kind.name()}))?;
-            let real = match template::render_value(&Value::Object(step.params.clone()), &self.context(false)) {
+            self.record(
+                "rollback_step_started",
+                Some(&id),
+                json!({"kind": step.kind.name()}),
+            )?;
+            let real = match template::render_value(
+                &Value::Object(step.params.clone()),
+                &self.context(false),
+            ) {
                 Ok(Value::Object(m)) => m,
                 _ => step.params.clone(),
             };
@@ -358,7 +433,11 @@ impl<'a> Executor<'a> {
             };
             match result {
                 Ok(restored) => {
-                    self.record("rollback_step_completed", Some(&id), json!({"restored": restored}))?;
+                    self.record(
+                        "rollback_step_completed",
+                        Some(&id),
+                        json!({"restored": restored}),
+                    )?;
                 }
                 Err(e) => {
                     let msg = self.redactor.redact(&e.to_string());
@@ -371,17 +450,29 @@ impl<'a> Executor<'a> {
             self.finish("rolled-back", json!({"failed_step": failed_step}))?;
             Ok(Outcome::RolledBack)
         } else {
-            self.finish("rollback-incomplete", json!({"failed_step": failed_step, "incomplete": incomplete}))?;
+            self.finish(
+                "rollback-incomplete",
+                json!({"failed_step": failed_step, "incomplete": incomplete}),
+            )?;
             Ok(Outcome::RollbackIncomplete)
         }
     }
 }
 
-fn summary_line(planned: &Planned, outputs: &Map<String, Value>, evidence: &Map<String, Value>) -> String {
+fn summary_line(
+    planned: &Planned,
+    outputs: &Map<String, Value>,
+    evidence: &Map<String, Value>,
+) -> String {
     if let Some(Value::String(s)) = evidence.get("summary").or_else(|| outputs.get("summary")) {
         return s.clone();
     }
-    let changed: Vec<String> = planned.changes.iter().filter(|c| c.action != "none").map(|c| format!("{} {}", c.action, c.target)).collect();
+    let changed: Vec<String> = planned
+        .changes
+        .iter()
+        .filter(|c| c.action != "none")
+        .map(|c| format!("{} {}", c.action, c.target))
+        .collect();
     if changed.is_empty() {
         "no change".into()
     } else {

@@ -40,14 +40,27 @@ impl EnvLock {
         let path = dir.join(format!("{env}.lock"));
         let io = |e: std::io::Error| LockError::Io(path.display().to_string(), e.to_string());
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
-                let holder = if text.trim().is_empty() { "another process".to_string() } else { text.trim().to_string() };
-                return Err(LockError::Held { env: env.to_string(), holder });
+                let holder = if text.trim().is_empty() {
+                    "another process".to_string()
+                } else {
+                    text.trim().to_string()
+                };
+                return Err(LockError::Held {
+                    env: env.to_string(),
+                    holder,
+                });
             }
             Err(TryLockError::Error(e)) => return Err(io(e)),
         }

@@ -73,7 +73,14 @@ pub enum LogError {
 }
 
 /// The hash of a record: SHA-256 over the canonical JSON of every field but `hash`.
-pub fn record_hash(seq: u64, ts: &str, event: &str, step: Option<&str>, data: &Value, prev: &str) -> String {
+pub fn record_hash(
+    seq: u64,
+    ts: &str,
+    event: &str,
+    step: Option<&str>,
+    data: &Value,
+    prev: &str,
+) -> String {
     let mut m = Map::new();
     m.insert("seq".into(), Value::from(seq));
     m.insert("ts".into(), Value::from(ts));
@@ -93,12 +100,21 @@ pub fn record_hash(seq: u64, ts: &str, event: &str, step: Option<&str>, data: &V
 /// # Errors
 /// The first [`LogError`] found, naming the line and record.
 pub fn read_verified(path: &Path) -> Result<Vec<Record>, LogError> {
-    let file = File::open(path).map_err(|e| LogError::Io { path: path.into(), message: e.to_string() })?;
+    let file = File::open(path).map_err(|e| LogError::Io {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
     let mut records: Vec<Record> = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line_no = i + 1;
-        let line = line.map_err(|e| LogError::Malformed { line: line_no, message: e.to_string() })?;
-        let rec: Record = serde_json::from_str(&line).map_err(|e| LogError::Malformed { line: line_no, message: e.to_string() })?;
+        let line = line.map_err(|e| LogError::Malformed {
+            line: line_no,
+            message: e.to_string(),
+        })?;
+        let rec: Record = serde_json::from_str(&line).map_err(|e| LogError::Malformed {
+            line: line_no,
+            message: e.to_string(),
+        })?;
         let expected_prev = records.last().map(|r| r.hash.as_str()).unwrap_or(GENESIS);
         if rec.seq != records.len() as u64 {
             return Err(LogError::Broken { seq: rec.seq, line: line_no, message: format!("sequence number {} where {} was expected (record deleted, inserted or reordered)", rec.seq, records.len()) });
@@ -106,9 +122,23 @@ pub fn read_verified(path: &Path) -> Result<Vec<Record>, LogError> {
         if rec.prev != expected_prev {
             return Err(LogError::Broken { seq: rec.seq, line: line_no, message: "`prev` does not match the previous record's hash (record deleted, inserted or reordered)".into() });
         }
-        let actual = record_hash(rec.seq, &rec.ts, &rec.event, rec.step.as_deref(), &rec.data, &rec.prev);
+        let actual = record_hash(
+            rec.seq,
+            &rec.ts,
+            &rec.event,
+            rec.step.as_deref(),
+            &rec.data,
+            &rec.prev,
+        );
         if actual != rec.hash {
-            return Err(LogError::Broken { seq: rec.seq, line: line_no, message: format!("content does not match its hash (edited): expected {}, computed {actual}", rec.hash) });
+            return Err(LogError::Broken {
+                seq: rec.seq,
+                line: line_no,
+                message: format!(
+                    "content does not match its hash (edited): expected {}, computed {actual}",
+                    rec.hash
+                ),
+            });
         }
         records.push(rec);
     }
@@ -130,15 +160,28 @@ impl EventLog {
     /// # Errors
     /// [`LogError::Io`] when the file exists or cannot be created.
     pub fn create(path: &Path, redactor: Arc<Redactor>) -> Result<EventLog, LogError> {
-        let io = |e: std::io::Error| LogError::Io { path: path.into(), message: e.to_string() };
+        let io = |e: std::io::Error| LogError::Io {
+            path: path.into(),
+            message: e.to_string(),
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let file = OpenOptions::new().create_new(true).append(true).open(path).map_err(io)?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
         if let Some(dir) = path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
-        Ok(EventLog { path: path.into(), file, next_seq: 0, head: GENESIS.into(), redactor })
+        Ok(EventLog {
+            path: path.into(),
+            file,
+            next_seq: 0,
+            head: GENESIS.into(),
+            redactor,
+        })
     }
 
     /// Opens an existing log for appending after verifying it; returns it and its records.
@@ -147,25 +190,63 @@ impl EventLog {
     /// Any [`LogError`] of [`read_verified`].
     pub fn open(path: &Path, redactor: Arc<Redactor>) -> Result<(EventLog, Vec<Record>), LogError> {
         let records = read_verified(path)?;
-        let file = OpenOptions::new().append(true).open(path).map_err(|e| LogError::Io { path: path.into(), message: e.to_string() })?;
-        let head = records.last().map(|r| r.hash.clone()).unwrap_or_else(|| GENESIS.into());
-        Ok((EventLog { path: path.into(), file, next_seq: records.len() as u64, head, redactor }, records))
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| LogError::Io {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
+        let head = records
+            .last()
+            .map(|r| r.hash.clone())
+            .unwrap_or_else(|| GENESIS.into());
+        Ok((
+            EventLog {
+                path: path.into(),
+                file,
+                next_seq: records.len() as u64,
+                head,
+                redactor,
+            },
+            records,
+        ))
     }
 
     /// Appends a record and fsyncs it. Secrets that slipped into `data` are redacted first.
     ///
     /// # Errors
     /// [`LogError::Io`]: the run must stop, since a side effect may not proceed unrecorded.
-    pub fn append(&mut self, event: &str, step: Option<&str>, data: Value) -> Result<Record, LogError> {
+    pub fn append(
+        &mut self,
+        event: &str,
+        step: Option<&str>,
+        data: Value,
+    ) -> Result<Record, LogError> {
         let text = serde_json::to_string(&data).unwrap_or_default();
         let redacted = self.redactor.redact(&text);
-        let data = if redacted == text { data } else { serde_json::from_str(&redacted).unwrap_or(Value::String(redacted)) };
+        let data = if redacted == text {
+            data
+        } else {
+            serde_json::from_str(&redacted).unwrap_or(Value::String(redacted))
+        };
         let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let hash = record_hash(self.next_seq, &ts, event, step, &data, &self.head);
-        let rec = Record { seq: self.next_seq, ts, event: event.into(), step: step.map(str::to_owned), data, prev: self.head.clone(), hash };
+        let rec = Record {
+            seq: self.next_seq,
+            ts,
+            event: event.into(),
+            step: step.map(str::to_owned),
+            data,
+            prev: self.head.clone(),
+            hash,
+        };
         let mut line = serde_json::to_string(&rec).unwrap_or_default();
         line.push('\n');
-        let io = |e: std::io::Error| LogError::Io { path: self.path.clone(), message: e.to_string() };
+        let io = |e: std::io::Error| LogError::Io {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
         self.file.write_all(line.as_bytes()).map_err(io)?;
         self.file.sync_data().map_err(io)?;
         self.next_seq += 1;
@@ -188,8 +269,10 @@ mod tests {
         let p = dir.join("events.jsonl");
         let mut log = EventLog::create(&p, Arc::new(Redactor::default())).unwrap();
         log.append("run_started", None, json!({"a": 1})).unwrap();
-        log.append("step_started", Some("x"), json!({"b": "c"})).unwrap();
-        log.append("run_finished", None, json!({"status": "succeeded"})).unwrap();
+        log.append("step_started", Some("x"), json!({"b": "c"}))
+            .unwrap();
+        log.append("run_finished", None, json!({"status": "succeeded"}))
+            .unwrap();
         p
     }
 
@@ -206,7 +289,9 @@ mod tests {
     fn an_edited_record_is_named() {
         let d = tempfile::tempdir().unwrap();
         let p = sample(d.path());
-        let text = std::fs::read_to_string(&p).unwrap().replace("\"c\"", "\"d\"");
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"c\"", "\"d\"");
         std::fs::write(&p, text).unwrap();
         match read_verified(&p).unwrap_err() {
             LogError::Broken { seq, line, .. } => assert_eq!((seq, line), (1, 2)),
@@ -218,9 +303,16 @@ mod tests {
     fn a_deleted_record_is_detected() {
         let d = tempfile::tempdir().unwrap();
         let p = sample(d.path());
-        let lines: Vec<String> = std::fs::read_to_string(&p).unwrap().lines().map(String::from).collect();
+        let lines: Vec<String> = std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
         std::fs::write(&p, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
-        assert!(matches!(read_verified(&p).unwrap_err(), LogError::Broken { line: 2, .. }));
+        assert!(matches!(
+            read_verified(&p).unwrap_err(),
+            LogError::Broken { line: 2, .. }
+        ));
     }
 
     #[test]
@@ -240,7 +332,12 @@ mod tests {
         r.add("hunter2-password");
         let p = d.path().join("e.jsonl");
         let mut log = EventLog::create(&p, r).unwrap();
-        log.append("x", None, json!({"err": "auth failed for hunter2-password"})).unwrap();
+        log.append(
+            "x",
+            None,
+            json!({"err": "auth failed for hunter2-password"}),
+        )
+        .unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(!text.contains("hunter2"));
         read_verified(&p).unwrap();

@@ -39,7 +39,12 @@ pub fn new_run_id() -> String {
 
 fn holder(run_id: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("run {run_id} (pid {}, host {}, since {})", std::process::id(), host.trim(), chrono::Utc::now().to_rfc3339())
+    format!(
+        "run {run_id} (pid {}, host {}, since {})",
+        std::process::id(),
+        host.trim(),
+        chrono::Utc::now().to_rfc3339()
+    )
 }
 
 fn operator() -> String {
@@ -51,7 +56,11 @@ fn operator() -> String {
 }
 
 fn ci_job() -> Option<String> {
-    if let (Ok(server), Ok(repo), Ok(id)) = (std::env::var("GITHUB_SERVER_URL"), std::env::var("GITHUB_REPOSITORY"), std::env::var("GITHUB_RUN_ID")) {
+    if let (Ok(server), Ok(repo), Ok(id)) = (
+        std::env::var("GITHUB_SERVER_URL"),
+        std::env::var("GITHUB_REPOSITORY"),
+        std::env::var("GITHUB_RUN_ID"),
+    ) {
         return Some(format!("{server}/{repo}/actions/runs/{id}"));
     }
     std::env::var("CI_JOB_URL").ok()
@@ -72,7 +81,17 @@ pub async fn start(root: &Path, plan: &Plan, mode: Mode, ui: &Ui) -> Result<Outc
     let redactor = Arc::new(Redactor::default());
     let run_dir = runs::run_dir(&state, &run_id);
     let providers = Providers::new(plan.env.clone(), &run_id, redactor.clone());
-    let mut ex = executor_for(root, plan, mode, &run_id, run_dir.clone(), ui, providers, redactor.clone(), None)?;
+    let mut ex = executor_for(
+        root,
+        plan,
+        mode,
+        &run_id,
+        run_dir.clone(),
+        ui,
+        providers,
+        redactor.clone(),
+        None,
+    )?;
     ex.load_secrets()?;
     ex.record(
         "run_started",
@@ -141,7 +160,11 @@ async fn preflight(ex: &mut Executor<'_>) -> Result<Option<Outcome>, EngineError
     match ex.providers.aws().await {
         Ok(s) => {
             let (account_id, caller_arn) = (s.account_id.clone(), s.caller_arn.clone());
-            ex.record("account_verified", None, json!({"account_id": account_id, "caller_arn": caller_arn}))?;
+            ex.record(
+                "account_verified",
+                None,
+                json!({"account_id": account_id, "caller_arn": caller_arn}),
+            )?;
             Ok(None)
         }
         Err(e @ ProviderError::WrongAccount { .. }) => {
@@ -179,15 +202,30 @@ pub enum ResumeError {
 ///
 /// # Errors
 /// [`ResumeError`] when the run cannot be found, verified or re-resolved.
-pub async fn resume(root: &Path, run_id: &str, ui: &Ui) -> Result<Result<Outcome, EngineError>, ResumeError> {
+pub async fn resume(
+    root: &Path,
+    run_id: &str,
+    ui: &Ui,
+) -> Result<Result<Outcome, EngineError>, ResumeError> {
     let state = state_dir(root);
     let path = runs::log_path(&state, run_id);
     if !path.exists() {
         return Err(ResumeError::NotFound(run_id.to_string()));
     }
-    let records = log::read_verified(&path).map_err(|e| ResumeError::Corrupt(run_id.to_string(), e))?;
-    let start = records.iter().find(|r| r.event == "run_started").ok_or_else(|| ResumeError::NotFound(run_id.to_string()))?;
-    let field = |k: &str| start.data.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let records =
+        log::read_verified(&path).map_err(|e| ResumeError::Corrupt(run_id.to_string(), e))?;
+    let start = records
+        .iter()
+        .find(|r| r.event == "run_started")
+        .ok_or_else(|| ResumeError::NotFound(run_id.to_string()))?;
+    let field = |k: &str| {
+        start
+            .data
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     if let Some(fin) = records.iter().rev().find(|r| r.event == "run_finished") {
         let status = fin.data.get("status").and_then(Value::as_str).unwrap_or("");
         println!("run {run_id} already finished: {status}");
@@ -198,7 +236,8 @@ pub async fn resume(root: &Path, run_id: &str, ui: &Ui) -> Result<Result<Outcome
             _ => Outcome::RollbackIncomplete,
         }));
     }
-    let plan = runbook::resolve(root, &field("runbook_path"), &field("environment")).map_err(ResumeError::Config)?;
+    let plan = runbook::resolve(root, &field("runbook_path"), &field("environment"))
+        .map_err(ResumeError::Config)?;
     if plan.runbook_digest != field("runbook_digest") {
         return Ok(Ok(Outcome::Refused(format!(
             "the runbook changed since run {run_id} started (digest {} now, {} then); finish it with `cutover rollback {run_id}` or start a new run",
@@ -218,16 +257,32 @@ pub async fn resume(root: &Path, run_id: &str, ui: &Ui) -> Result<Result<Outcome
 ///
 /// # Errors
 /// As [`resume`].
-pub async fn rollback(root: &Path, run_id: &str, ui: &Ui) -> Result<Result<Outcome, EngineError>, ResumeError> {
+pub async fn rollback(
+    root: &Path,
+    run_id: &str,
+    ui: &Ui,
+) -> Result<Result<Outcome, EngineError>, ResumeError> {
     let state = state_dir(root);
     let path = runs::log_path(&state, run_id);
     if !path.exists() {
         return Err(ResumeError::NotFound(run_id.to_string()));
     }
-    let records = log::read_verified(&path).map_err(|e| ResumeError::Corrupt(run_id.to_string(), e))?;
-    let start = records.iter().find(|r| r.event == "run_started").ok_or_else(|| ResumeError::NotFound(run_id.to_string()))?;
-    let field = |k: &str| start.data.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    let plan = runbook::resolve(root, &field("runbook_path"), &field("environment")).map_err(ResumeError::Config)?;
+    let records =
+        log::read_verified(&path).map_err(|e| ResumeError::Corrupt(run_id.to_string(), e))?;
+    let start = records
+        .iter()
+        .find(|r| r.event == "run_started")
+        .ok_or_else(|| ResumeError::NotFound(run_id.to_string()))?;
+    let field = |k: &str| {
+        start
+            .data
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let plan = runbook::resolve(root, &field("runbook_path"), &field("environment"))
+        .map_err(ResumeError::Config)?;
     Ok(continue_run(root, &plan, Mode::Execute, run_id, &records, ui, true).await)
 }
 
@@ -250,16 +305,35 @@ async fn continue_run(
     let (log, records_now) = log::EventLog::open(&run_dir.join("events.jsonl"), redactor.clone())?;
     debug_assert_eq!(records_now.len(), records.len());
     let providers = Providers::new(plan.env.clone(), run_id, redactor.clone());
-    let mut ex = executor_for(root, plan, mode, run_id, run_dir, ui, providers, redactor, Some(log))?;
+    let mut ex = executor_for(
+        root,
+        plan,
+        mode,
+        run_id,
+        run_dir,
+        ui,
+        providers,
+        redactor,
+        Some(log),
+    )?;
     ex.load_secrets()?;
     ex.replay(records);
-    ex.record("run_resumed", None, json!({"run_id": run_id, "rollback": force_rollback}))?;
+    ex.record(
+        "run_resumed",
+        None,
+        json!({"run_id": run_id, "rollback": force_rollback}),
+    )?;
     if let Some(outcome) = preflight(&mut ex).await? {
         return Ok(outcome);
     }
     let rollback_start = records.iter().rev().find(|r| r.event == "rollback_started");
     if let Some(rs) = rollback_start {
-        let failed = rs.data.get("failed_step").and_then(Value::as_str).unwrap_or("").to_string();
+        let failed = rs
+            .data
+            .get("failed_step")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let already: HashSet<String> = records
             .iter()
             .filter(|r| r.seq > rs.seq && r.event == "rollback_step_completed")

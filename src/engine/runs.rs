@@ -39,10 +39,21 @@ pub fn log_path(state_dir: &Path, id: &str) -> PathBuf {
 /// Summarizes a run from its records.
 pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
     let start = records.iter().find(|r| r.event == "run_started");
-    let field = |k: &str| start.and_then(|r| r.data.get(k)).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let field = |k: &str| {
+        start
+            .and_then(|r| r.data.get(k))
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
     let finished = records.iter().rev().find(|r| r.event == "run_finished");
     let status = match finished {
-        Some(f) => f.data.get("status").and_then(|v| v.as_str()).unwrap_or("unknown").to_string(),
+        Some(f) => f
+            .data
+            .get("status")
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown")
+            .to_string(),
         None => match records.last().map(|r| r.event.as_str()) {
             Some("run_interrupted") => "interrupted".to_string(),
             _ => "running".to_string(),
@@ -64,7 +75,9 @@ pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
 /// verify is listed with status `corrupt`.
 pub fn list(state_dir: &Path, env: Option<&str>) -> Vec<RunSummary> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(state_dir.join("runs")) else { return out };
+    let Ok(rd) = std::fs::read_dir(state_dir.join("runs")) else {
+        return out;
+    };
     for entry in rd.filter_map(|e| e.ok()) {
         let id = entry.file_name().to_string_lossy().into_owned();
         let summary = match read_verified(&log_path(state_dir, &id)) {

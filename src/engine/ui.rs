@@ -25,26 +25,34 @@ impl Ui {
     /// Prints one event-log record.
     pub fn record(&self, r: &Record) {
         match self.format {
-            OutputFormat::Json => {
-                let line = serde_json::to_string(r).unwrap_or_default();
-                println!("{line}");
-            }
+            OutputFormat::Json => out(&serde_json::to_string(r).unwrap_or_default()),
             OutputFormat::Human => {
                 if let Some(text) = human(r) {
-                    println!("{text}");
+                    out(&text);
                 }
             }
         }
-        let _ = std::io::stdout().flush();
     }
 
     /// Prints a progress line for a long wait.
     pub fn progress(&self, step: &str, message: &str) {
         match self.format {
-            OutputFormat::Json => println!("{}", json!({"type": "progress", "step": step, "message": message})),
-            OutputFormat::Human => eprintln!("      … {step}: {message}"),
+            OutputFormat::Json => {
+                out(&json!({"type": "progress", "step": step, "message": message}).to_string())
+            }
+            OutputFormat::Human => {
+                let _ = writeln!(std::io::stderr(), "      … {step}: {message}");
+            }
         }
     }
+}
+
+/// Writes a line to stdout. A closed stdout (`| head`) must not stop a run half-way: the run goes
+/// on and its journal stays complete, so write errors are ignored.
+fn out(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -64,19 +72,36 @@ fn human(r: &Record) -> Option<String> {
             s(d, "run_id")
         ),
         "run_resumed" => format!("resuming run {}", s(d, "run_id")),
-        "account_verified" => format!("  account {} verified as {}", s(d, "account_id"), s(d, "caller_arn")),
+        "account_verified" => format!(
+            "  account {} verified as {}",
+            s(d, "account_id"),
+            s(d, "caller_arn")
+        ),
         "phase_started" => format!("▸ phase {}", s(d, "phase")),
-        "step_skipped" => format!("  - {step:<12} {:<26} skipped: {}", s(d, "kind"), s(d, "reason")),
+        "step_skipped" => format!(
+            "  - {step:<12} {:<26} skipped: {}",
+            s(d, "kind"),
+            s(d, "reason")
+        ),
         "step_planned" => {
             let mut out = String::new();
-            let changes = d.get("changes").and_then(Value::as_array).cloned().unwrap_or_default();
+            let changes = d
+                .get("changes")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             if d.get("dry_run").and_then(Value::as_bool) == Some(true) {
                 out.push_str(&format!("  • {step:<12} {}", s(d, "kind")));
                 if changes.is_empty() {
                     out.push_str("\n      no change");
                 }
                 for c in &changes {
-                    out.push_str(&format!("\n      {:<8} {}: {}", s(c, "action"), s(c, "target"), s(c, "detail")));
+                    out.push_str(&format!(
+                        "\n      {:<8} {}: {}",
+                        s(c, "action"),
+                        s(c, "target"),
+                        s(c, "detail")
+                    ));
                 }
                 out
             } else {
@@ -85,20 +110,51 @@ fn human(r: &Record) -> Option<String> {
         }
         "step_completed" => {
             let secs = d.get("duration_ms").and_then(Value::as_u64).unwrap_or(0) as f64 / 1000.0;
-            format!("  ✓ {step:<12} {:<26} {secs:>6.1}s  {}", s(d, "kind"), s(d, "summary"))
+            format!(
+                "  ✓ {step:<12} {:<26} {secs:>6.1}s  {}",
+                s(d, "kind"),
+                s(d, "summary")
+            )
         }
-        "step_attempt_failed" => format!("  ! {step:<12} attempt {} failed: {}", d.get("attempt").and_then(Value::as_u64).unwrap_or(0), s(d, "error")),
+        "step_attempt_failed" => format!(
+            "  ! {step:<12} attempt {} failed: {}",
+            d.get("attempt").and_then(Value::as_u64).unwrap_or(0),
+            s(d, "error")
+        ),
         "step_failed" => format!("  ✗ {step:<12} {:<26} {}", s(d, "kind"), s(d, "error")),
-        "rollback_started" => format!("rollback: {} (failed step {})", s(d, "reason"), s(d, "failed_step")),
+        "rollback_started" => format!(
+            "rollback: {} (failed step {})",
+            s(d, "reason"),
+            s(d, "failed_step")
+        ),
         "rollback_step_completed" => {
-            let restored: Vec<String> = d.get("restored").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
-            let what = if restored.is_empty() { "nothing to undo".to_string() } else { restored.join("; ") };
+            let restored: Vec<String> = d
+                .get("restored")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            let what = if restored.is_empty() {
+                "nothing to undo".to_string()
+            } else {
+                restored.join("; ")
+            };
             format!("  ↺ {step:<12} {what}")
         }
         "rollback_step_failed" => format!("  ✗ rollback of {step} failed: {}", s(d, "error")),
         "run_refused" => format!("refused: {}", s(d, "reason")),
-        "run_finished" => format!("run {} {} — audit: cutover audit show {} (chain head {})", s(d, "run_id"), s(d, "status"), s(d, "run_id"), &r.hash.get(..16).unwrap_or("")),
-        "run_interrupted" => format!("interrupted; the journal is consistent: cutover resume {}", s(d, "run_id")),
+        "run_finished" => format!(
+            "run {} {} — audit: cutover audit show {} (chain head {})",
+            s(d, "run_id"),
+            s(d, "status"),
+            s(d, "run_id"),
+            &r.hash.get(..16).unwrap_or("")
+        ),
+        "run_interrupted" => format!(
+            "interrupted; the journal is consistent: cutover resume {}",
+            s(d, "run_id")
+        ),
         _ => return None,
     })
 }

@@ -12,7 +12,10 @@ use aws_credential_types::Credentials;
 
 /// Formats an SDK error with its full context (code and message), never including credentials.
 pub fn err<E: std::error::Error + 'static>(op: &str, e: E) -> ProviderError {
-    ProviderError::Aws { op: op.to_string(), message: aws_smithy_display(&e) }
+    ProviderError::Aws {
+        op: op.to_string(),
+        message: aws_smithy_display(&e),
+    }
 }
 
 fn aws_smithy_display(e: &(dyn std::error::Error + 'static)) -> String {
@@ -79,7 +82,10 @@ impl AwsSession {
             None,
             "cutover-assume-role",
         );
-        let config = base.to_builder().credentials_provider(SharedCredentialsProvider::new(creds.clone())).build();
+        let config = base
+            .to_builder()
+            .credentials_provider(SharedCredentialsProvider::new(creds.clone()))
+            .build();
         let who = aws_sdk_sts::Client::new(&config)
             .get_caller_identity()
             .send()
@@ -88,8 +94,17 @@ impl AwsSession {
         let account_id = who.account().unwrap_or_default().to_string();
         let caller_arn = who.arn().unwrap_or_default().to_string();
         if account_id != env.aws.account_id {
-            return Err(ProviderError::WrongAccount { expected: env.aws.account_id.clone(), actual: account_id, arn: caller_arn });
+            return Err(ProviderError::WrongAccount {
+                expected: env.aws.account_id.clone(),
+                actual: account_id,
+                arn: caller_arn,
+            });
         }
-        Ok(AwsSession { config, account_id, caller_arn, credentials: creds })
+        Ok(AwsSession {
+            config,
+            account_id,
+            caller_arn,
+            credentials: creds,
+        })
     }
 }

@@ -30,7 +30,15 @@ pub fn client(request_timeout: Duration) -> Result<reqwest::Client, ProviderErro
 pub async fn probe(client: &reqwest::Client, url: &str) -> Probe {
     let start = std::time::Instant::now();
     match client.get(url).send().await {
-        Ok(resp) => Probe { status: Some(resp.status().as_u16()), latency_ms: start.elapsed().as_millis() as u64, error: None },
-        Err(e) => Probe { status: None, latency_ms: start.elapsed().as_millis() as u64, error: Some(e.without_url().to_string()) },
+        Ok(resp) => Probe {
+            status: Some(resp.status().as_u16()),
+            latency_ms: start.elapsed().as_millis() as u64,
+            error: None,
+        },
+        Err(e) => Probe {
+            status: None,
+            latency_ms: start.elapsed().as_millis() as u64,
+            error: Some(e.without_url().to_string()),
+        },
     }
 }

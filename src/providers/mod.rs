@@ -77,7 +77,13 @@ impl Providers {
     /// Clients for `env`; nothing is contacted until first use. Secrets read later are registered
     /// with `redactor`.
     pub fn new(env: Environment, run_id: &str, redactor: Arc<Redactor>) -> Self {
-        Providers { env, run_id: run_id.to_string(), redactor, aws: OnceCell::new(), kube: OnceCell::new() }
+        Providers {
+            env,
+            run_id: run_id.to_string(),
+            redactor,
+            aws: OnceCell::new(),
+            kube: OnceCell::new(),
+        }
     }
 
     /// The environment's AWS session: the role assumed and the account checked (see
@@ -87,7 +93,9 @@ impl Providers {
     /// [`ProviderError::Aws`] when the role cannot be assumed, [`ProviderError::WrongAccount`]
     /// when STS reports another account.
     pub async fn aws(&self) -> Result<&aws::AwsSession, ProviderError> {
-        self.aws.get_or_try_init(|| aws::AwsSession::assume(&self.env, &self.run_id)).await
+        self.aws
+            .get_or_try_init(|| aws::AwsSession::assume(&self.env, &self.run_id))
+            .await
     }
 
     /// A Kubernetes client for the environment's EKS cluster.
@@ -107,7 +115,10 @@ impl Providers {
     /// # Errors
     /// [`ProviderError::MissingEnv`] when unset or empty.
     pub fn secret_env(&self, name: &str) -> Result<String, ProviderError> {
-        let v = std::env::var(name).ok().filter(|v| !v.is_empty()).ok_or_else(|| ProviderError::MissingEnv(name.to_string()))?;
+        let v = std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ProviderError::MissingEnv(name.to_string()))?;
         self.redactor.add(&v);
         Ok(v)
     }
@@ -127,7 +138,9 @@ impl Providers {
     /// publication on rollback) must still run.
     pub async fn source(&self) -> Result<tokio_postgres::Client, ProviderError> {
         let c = postgres::connect(&self.source_url()?, "source").await?;
-        c.batch_execute("SET default_transaction_read_only = off").await.map_err(|e| postgres::pg("source", e))?;
+        c.batch_execute("SET default_transaction_read_only = off")
+            .await
+            .map_err(|e| postgres::pg("source", e))?;
         Ok(c)
     }
 

@@ -35,7 +35,10 @@ pub fn pg(side: &str, e: tokio_postgres::Error) -> ProviderError {
             s
         }
     };
-    ProviderError::Postgres { side: side.to_string(), message }
+    ProviderError::Postgres {
+        side: side.to_string(),
+        message,
+    }
 }
 
 /// The parts of a URL that `libpq`-style tools and conninfo strings need.
@@ -62,20 +65,39 @@ impl ConnParts {
         let config = Config::from_str(url).map_err(|e| pg(side, e))?;
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            _ => return Err(ProviderError::Postgres { side: side.into(), message: "URL has no TCP host".into() }),
+            _ => {
+                return Err(ProviderError::Postgres {
+                    side: side.into(),
+                    message: "URL has no TCP host".into(),
+                })
+            }
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let user = config.get_user().unwrap_or("postgres").to_string();
-        let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
         let dbname = config.get_dbname().unwrap_or(&user).to_string();
-        Ok(ConnParts { host, port, user, password, dbname })
+        Ok(ConnParts {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+        })
     }
 
     /// A libpq conninfo string (`host=... password=...`), each value single-quoted; contains the
     /// password, so it must only be sent to the server, never printed.
     pub fn conninfo(&self) -> String {
         let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-        let mut s = format!("host={} port={} user={} dbname={}", q(&self.host), self.port, q(&self.user), q(&self.dbname));
+        let mut s = format!(
+            "host={} port={} user={} dbname={}",
+            q(&self.host),
+            self.port,
+            q(&self.user),
+            q(&self.dbname)
+        );
         if let Some(p) = &self.password {
             s.push_str(&format!(" password={}", q(p)));
         }

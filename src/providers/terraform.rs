@@ -40,7 +40,11 @@ impl Terraform {
     ///
     /// # Errors
     /// [`ProviderError::Terraform`] when it cannot start or exits with a status not in `ok_codes`.
-    pub async fn run(&self, args: &[&str], ok_codes: &[i32]) -> Result<(i32, String), ProviderError> {
+    pub async fn run(
+        &self,
+        args: &[&str],
+        ok_codes: &[i32],
+    ) -> Result<(i32, String), ProviderError> {
         let sub = args.first().copied().unwrap_or("").to_string();
         let mut cmd = Command::new(terraform_bin());
         cmd.arg(format!("-chdir={}", self.dir.display()))
@@ -60,22 +64,36 @@ impl Terraform {
         let code = out.status.code().unwrap_or(-1);
         if !ok_codes.contains(&code) {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let from_error = stderr.find("Error:").map(|i| &stderr[i..]).unwrap_or(&stderr);
+            let from_error = stderr
+                .find("Error:")
+                .map(|i| &stderr[i..])
+                .unwrap_or(&stderr);
             let lines: Vec<&str> = from_error
                 .lines()
                 .map(|l| l.trim_start_matches(['│', '╷', '╵', ' ']))
                 .filter(|l| !l.trim().is_empty())
                 .collect();
             let tail = lines[..lines.len().min(12)].join(" ");
-            return Err(ProviderError::Terraform { command: sub, message: format!("exit {code}: {tail}") });
+            return Err(ProviderError::Terraform {
+                command: sub,
+                message: format!("exit {code}: {tail}"),
+            });
         }
         Ok((code, String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
     /// `terraform init -reconfigure` with `-backend-config` pairs.
     pub async fn init(&self, backend: &BTreeMap<String, String>) -> Result<(), ProviderError> {
-        std::fs::create_dir_all(&self.data_dir).map_err(|e| ProviderError::Terraform { command: "init".into(), message: e.to_string() })?;
-        let mut args: Vec<String> = vec!["init".into(), "-input=false".into(), "-reconfigure".into(), "-no-color".into()];
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| ProviderError::Terraform {
+            command: "init".into(),
+            message: e.to_string(),
+        })?;
+        let mut args: Vec<String> = vec![
+            "init".into(),
+            "-input=false".into(),
+            "-reconfigure".into(),
+            "-no-color".into(),
+        ];
         for (k, v) in backend {
             args.push(format!("-backend-config={k}={v}"));
         }
@@ -84,7 +102,12 @@ impl Terraform {
     }
 
     /// `terraform plan -detailed-exitcode -out=<plan_file>`; true when there are changes.
-    pub async fn plan(&self, vars: &BTreeMap<String, String>, plan_file: &Path, lock: bool) -> Result<bool, ProviderError> {
+    pub async fn plan(
+        &self,
+        vars: &BTreeMap<String, String>,
+        plan_file: &Path,
+        lock: bool,
+    ) -> Result<bool, ProviderError> {
         let mut args: Vec<String> = vec![
             "plan".into(),
             "-input=false".into(),
@@ -104,33 +127,53 @@ impl Terraform {
     /// `terraform show -json <plan_file>`.
     pub async fn show_plan(&self, plan_file: &Path) -> Result<Value, ProviderError> {
         let file = plan_file.display().to_string();
-        let (_, out) = self.run(&["show", "-json", "-no-color", &file], &[0]).await?;
-        serde_json::from_str(&out).map_err(|e| ProviderError::Terraform { command: "show".into(), message: e.to_string() })
+        let (_, out) = self
+            .run(&["show", "-json", "-no-color", &file], &[0])
+            .await?;
+        serde_json::from_str(&out).map_err(|e| ProviderError::Terraform {
+            command: "show".into(),
+            message: e.to_string(),
+        })
     }
 
     /// `terraform apply <plan_file>`: applies exactly the reviewed plan.
     pub async fn apply(&self, plan_file: &Path) -> Result<(), ProviderError> {
         let file = plan_file.display().to_string();
-        self.run(&["apply", "-input=false", "-no-color", "-auto-approve", &file], &[0]).await.map(|_| ())
+        self.run(
+            &["apply", "-input=false", "-no-color", "-auto-approve", &file],
+            &[0],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// `terraform output -json`, as name -> value; sensitive outputs are left out.
     pub async fn outputs(&self) -> Result<Map<String, Value>, ProviderError> {
         let (_, out) = self.run(&["output", "-json", "-no-color"], &[0]).await?;
-        let v: Value = serde_json::from_str(&out).map_err(|e| ProviderError::Terraform { command: "output".into(), message: e.to_string() })?;
+        let v: Value = serde_json::from_str(&out).map_err(|e| ProviderError::Terraform {
+            command: "output".into(),
+            message: e.to_string(),
+        })?;
         Ok(outputs_from(&v, false))
     }
 }
 
 /// The `terraform` executable: `$TERRAFORM` or `terraform` on PATH.
 pub fn terraform_bin() -> String {
-    std::env::var("TERRAFORM").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "terraform".to_string())
+    std::env::var("TERRAFORM")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "terraform".to_string())
 }
 
 /// Name -> value from `terraform output -json` (`planned = false`) or from a plan's
 /// `planned_values.outputs` (`planned = true`); sensitive and unknown values are left out.
 pub fn outputs_from(v: &Value, planned: bool) -> Map<String, Value> {
-    let outputs = if planned { v.pointer("/planned_values/outputs") } else { Some(v) };
+    let outputs = if planned {
+        v.pointer("/planned_values/outputs")
+    } else {
+        Some(v)
+    };
     let mut map = Map::new();
     if let Some(Value::Object(o)) = outputs {
         for (name, entry) in o {
@@ -148,7 +191,12 @@ pub fn outputs_from(v: &Value, planned: bool) -> Map<String, Value> {
 /// Counts the actions in a `terraform show -json` plan.
 pub fn summarize(plan: &Value) -> PlanSummary {
     let mut s = PlanSummary::default();
-    for rc in plan.get("resource_changes").and_then(Value::as_array).into_iter().flatten() {
+    for rc in plan
+        .get("resource_changes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let address = rc.get("address").and_then(Value::as_str).unwrap_or("?");
         let actions: Vec<&str> = rc
             .pointer("/change/actions")
@@ -193,7 +241,8 @@ mod tests {
 
     #[test]
     fn sensitive_outputs_are_left_out() {
-        let v = json!({"a": {"value": 1, "sensitive": false}, "b": {"value": "pw", "sensitive": true}});
+        let v =
+            json!({"a": {"value": 1, "sensitive": false}, "b": {"value": "pw", "sensitive": true}});
         let m = outputs_from(&v, false);
         assert_eq!(m.len(), 1);
         assert_eq!(m["a"], 1);

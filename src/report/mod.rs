@@ -18,15 +18,37 @@ pub fn markdown(records: &[Record]) -> String {
     let start = records.iter().find(|r| r.event == "run_started");
     let d = start.map(|r| r.data.clone()).unwrap_or(Value::Null);
     let finish = records.iter().rev().find(|r| r.event == "run_finished");
-    let status = finish.map(|r| s(&r.data, "status").to_string()).unwrap_or_else(|| "running or interrupted".into());
+    let status = finish
+        .map(|r| s(&r.data, "status").to_string())
+        .unwrap_or_else(|| "running or interrupted".into());
     let _ = writeln!(out, "# Cutover audit: run {}\n", s(&d, "run_id"));
     let _ = writeln!(out, "| | |\n|---|---|");
-    for (label, key) in [("Runbook", "runbook"), ("Runbook file", "runbook_path"), ("Runbook digest", "runbook_digest"), ("Plan digest", "plan_digest"), ("Environment", "environment"), ("Tier", "tier"), ("AWS account", "account_id"), ("Region", "region"), ("Mode", "mode"), ("Operator", "operator"), ("CI job", "ci_job")] {
+    for (label, key) in [
+        ("Runbook", "runbook"),
+        ("Runbook file", "runbook_path"),
+        ("Runbook digest", "runbook_digest"),
+        ("Plan digest", "plan_digest"),
+        ("Environment", "environment"),
+        ("Tier", "tier"),
+        ("AWS account", "account_id"),
+        ("Region", "region"),
+        ("Mode", "mode"),
+        ("Operator", "operator"),
+        ("CI job", "ci_job"),
+    ] {
         let v = s(&d, key);
         let _ = writeln!(out, "| {label} | {} |", if v.is_empty() { "—" } else { v });
     }
-    let _ = writeln!(out, "| Started | {} |", start.map(|r| r.ts.as_str()).unwrap_or("—"));
-    let _ = writeln!(out, "| Finished | {} |", finish.map(|r| r.ts.as_str()).unwrap_or("—"));
+    let _ = writeln!(
+        out,
+        "| Started | {} |",
+        start.map(|r| r.ts.as_str()).unwrap_or("—")
+    );
+    let _ = writeln!(
+        out,
+        "| Finished | {} |",
+        finish.map(|r| r.ts.as_str()).unwrap_or("—")
+    );
     let _ = writeln!(out, "| Outcome | **{status}** |");
     if let Some(f) = finish {
         if !s(&f.data, "failed_step").is_empty() {
@@ -41,7 +63,13 @@ pub fn markdown(records: &[Record]) -> String {
                 let _ = writeln!(out, "### Phase {}\n", s(&r.data, "phase"));
             }
             "account_verified" => {
-                let _ = writeln!(out, "- {} account verified: {} as {}\n", r.ts, s(&r.data, "account_id"), s(&r.data, "caller_arn"));
+                let _ = writeln!(
+                    out,
+                    "- {} account verified: {} as {}\n",
+                    r.ts,
+                    s(&r.data, "account_id"),
+                    s(&r.data, "caller_arn")
+                );
             }
             "run_refused" => {
                 let _ = writeln!(out, "- {} **refused**: {}\n", r.ts, s(&r.data, "reason"));
@@ -49,16 +77,37 @@ pub fn markdown(records: &[Record]) -> String {
             "step_started" => {
                 let _ = writeln!(out, "#### `{step}` ({})\n", s(&r.data, "kind"));
                 let _ = writeln!(out, "- started {}", r.ts);
-                if let Some(p) = r.data.get("params").filter(|p| p.as_object().is_some_and(|o| !o.is_empty())) {
+                if let Some(p) = r
+                    .data
+                    .get("params")
+                    .filter(|p| p.as_object().is_some_and(|o| !o.is_empty()))
+                {
                     let _ = writeln!(out, "- parameters: `{}`", p);
                 }
             }
             "step_skipped" => {
-                let _ = writeln!(out, "#### `{step}` ({})\n\n- skipped: {}\n", s(&r.data, "kind"), s(&r.data, "reason"));
+                let _ = writeln!(
+                    out,
+                    "#### `{step}` ({})\n\n- skipped: {}\n",
+                    s(&r.data, "kind"),
+                    s(&r.data, "reason")
+                );
             }
             "step_planned" => {
-                for c in r.data.get("changes").and_then(Value::as_array).into_iter().flatten() {
-                    let _ = writeln!(out, "- plan: {} {}: {}", s(c, "action"), s(c, "target"), s(c, "detail"));
+                for c in r
+                    .data
+                    .get("changes")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let _ = writeln!(
+                        out,
+                        "- plan: {} {}: {}",
+                        s(c, "action"),
+                        s(c, "target"),
+                        s(c, "detail")
+                    );
                 }
             }
             "step_attempt_failed" => {
@@ -70,8 +119,21 @@ pub fn markdown(records: &[Record]) -> String {
                 }
             }
             "step_completed" => {
-                let _ = writeln!(out, "- **completed** {} ({} ms): {}", r.ts, r.data.get("duration_ms").and_then(Value::as_u64).unwrap_or(0), s(&r.data, "summary"));
-                if let Some(e) = r.data.get("evidence").filter(|e| e.as_object().is_some_and(|o| !o.is_empty())) {
+                let _ = writeln!(
+                    out,
+                    "- **completed** {} ({} ms): {}",
+                    r.ts,
+                    r.data
+                        .get("duration_ms")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                    s(&r.data, "summary")
+                );
+                if let Some(e) = r
+                    .data
+                    .get("evidence")
+                    .filter(|e| e.as_object().is_some_and(|o| !o.is_empty()))
+                {
                     let _ = writeln!(out, "- evidence: `{e}`");
                 }
                 let _ = writeln!(out);
@@ -80,14 +142,39 @@ pub fn markdown(records: &[Record]) -> String {
                 let _ = writeln!(out, "- **FAILED** {}: {}\n", r.ts, s(&r.data, "error"));
             }
             "rollback_started" => {
-                let _ = writeln!(out, "## Rollback\n\nStarted {} because step `{}` failed: {}\n", r.ts, s(&r.data, "failed_step"), s(&r.data, "reason"));
+                let _ = writeln!(
+                    out,
+                    "## Rollback\n\nStarted {} because step `{}` failed: {}\n",
+                    r.ts,
+                    s(&r.data, "failed_step"),
+                    s(&r.data, "reason")
+                );
             }
             "rollback_step_completed" => {
-                let restored: Vec<&str> = r.data.get("restored").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-                let _ = writeln!(out, "- `{step}` undone: {}", if restored.is_empty() { "nothing to undo".to_string() } else { restored.join("; ") });
+                let restored: Vec<&str> = r
+                    .data
+                    .get("restored")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "- `{step}` undone: {}",
+                    if restored.is_empty() {
+                        "nothing to undo".to_string()
+                    } else {
+                        restored.join("; ")
+                    }
+                );
             }
             "rollback_step_failed" => {
-                let _ = writeln!(out, "- `{step}` **rollback FAILED**: {}", s(&r.data, "error"));
+                let _ = writeln!(
+                    out,
+                    "- `{step}` **rollback FAILED**: {}",
+                    s(&r.data, "error")
+                );
             }
             "run_interrupted" => {
                 let _ = writeln!(out, "- {} interrupted", r.ts);
@@ -105,6 +192,9 @@ pub fn markdown(records: &[Record]) -> String {
 
 /// The records as one JSON document: `{"run_id", "records": [...], "chain_head"}`.
 pub fn json(records: &[Record]) -> Value {
-    let run_id = records.first().map(|r| s(&r.data, "run_id").to_string()).unwrap_or_default();
+    let run_id = records
+        .first()
+        .map(|r| s(&r.data, "run_id").to_string())
+        .unwrap_or_default();
     serde_json::json!({"run_id": run_id, "records": records, "chain_head": records.last().map(|r| r.hash.clone())})
 }

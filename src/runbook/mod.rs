@@ -67,7 +67,9 @@ pub struct PlanStep {
 impl Plan {
     /// Every step in execution order with its phase name.
     pub fn steps(&self) -> impl Iterator<Item = (&str, &PlanStep)> {
-        self.phases.iter().flat_map(|p| p.steps.iter().map(move |s| (p.name.as_str(), s)))
+        self.phases
+            .iter()
+            .flat_map(|p| p.steps.iter().map(move |s| (p.name.as_str(), s)))
     }
 }
 
@@ -109,21 +111,48 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
         for s in &phase.steps {
             let step = &s.step;
             let at = |field: &str| s.line_of(field);
-            if !step.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') || step.id.is_empty() {
-                problems.push(Problem::new(&rel, Some(at("id")), format!("step id `{}` must match [a-z0-9_-]+", step.id)));
+            if !step
+                .id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+                || step.id.is_empty()
+            {
+                problems.push(Problem::new(
+                    &rel,
+                    Some(at("id")),
+                    format!("step id `{}` must match [a-z0-9_-]+", step.id),
+                ));
             }
             if let Some((first, _)) = seen.get(&step.id) {
-                problems.push(Problem::new(&rel, Some(at("id")), format!("duplicate step id `{}` (first defined on line {first})", step.id)));
+                problems.push(Problem::new(
+                    &rel,
+                    Some(at("id")),
+                    format!(
+                        "duplicate step id `{}` (first defined on line {first})",
+                        step.id
+                    ),
+                ));
             }
             let kind = steps::lookup(&step.kind);
             match kind {
                 None => problems.push(
-                    Problem::new(&rel, Some(at("kind")), format!("step `{}`: unknown kind `{}`", step.id, step.kind))
-                        .hint(Some(format!("known kinds: {}", steps::kind_names().join(", ")))),
+                    Problem::new(
+                        &rel,
+                        Some(at("kind")),
+                        format!("step `{}`: unknown kind `{}`", step.id, step.kind),
+                    )
+                    .hint(Some(format!(
+                        "known kinds: {}",
+                        steps::kind_names().join(", ")
+                    ))),
                 ),
                 Some(k) => {
                     for msg in k.validate(&step.params) {
-                        problems.push(Problem::new(&rel, Some(at("with")), format!("step `{}` ({}): {msg}", step.id, k.name())));
+                        problems.push(Problem::new(
+                            &rel,
+                            Some(at("with")),
+                            format!("step `{}` ({}): {msg}", step.id, k.name()),
+                        ));
                     }
                 }
             }
@@ -134,24 +163,44 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
                 templates.push(w.clone());
             }
             for t in &templates {
-                let field_line = if step.when.as_deref() == Some(t.as_str()) { at("when") } else { at("with") };
+                let field_line = if step.when.as_deref() == Some(t.as_str()) {
+                    at("when")
+                } else {
+                    at("with")
+                };
                 match template::references(t) {
-                    Err(e) => problems.push(Problem::new(&rel, Some(field_line), format!("step `{}`: template `{t}`: {e}", step.id))),
+                    Err(e) => problems.push(Problem::new(
+                        &rel,
+                        Some(field_line),
+                        format!("step `{}`: template `{t}`: {e}", step.id),
+                    )),
                     Ok(refs) => {
                         for r in refs {
-                            if let Some(msg) = check_reference(&r, &env_json, &env, &raw.vars, &seen) {
-                                problems.push(Problem::new(&rel, Some(field_line), format!("step `{}`: template `{t}`: {msg}", step.id)));
+                            if let Some(msg) =
+                                check_reference(&r, &env_json, &env, &raw.vars, &seen)
+                            {
+                                problems.push(Problem::new(
+                                    &rel,
+                                    Some(field_line),
+                                    format!("step `{}`: template `{t}`: {msg}", step.id),
+                                ));
                             }
                         }
                     }
                 }
             }
             let timeout = match &step.timeout {
-                None => kind.map(|k| k.default_timeout()).unwrap_or(Duration::from_secs(300)),
+                None => kind
+                    .map(|k| k.default_timeout())
+                    .unwrap_or(Duration::from_secs(300)),
                 Some(t) => match parse_duration(t) {
                     Ok(d) => d,
                     Err(e) => {
-                        problems.push(Problem::new(&rel, Some(at("timeout")), format!("step `{}`: timeout {e}", step.id)));
+                        problems.push(Problem::new(
+                            &rel,
+                            Some(at("timeout")),
+                            format!("step `{}`: timeout {e}", step.id),
+                        ));
                         Duration::from_secs(300)
                     }
                 },
@@ -170,13 +219,19 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
                     line: s.line,
                 });
             } else {
-                seen.entry(step.id.clone()).or_insert((s.line, steps::registry()[0]));
+                seen.entry(step.id.clone())
+                    .or_insert((s.line, steps::registry()[0]));
             }
         }
-        phases.push(PlanPhase { name: phase.name.clone(), steps: steps_out });
+        phases.push(PlanPhase {
+            name: phase.name.clone(),
+            steps: steps_out,
+        });
     }
     if !problems.is_empty() {
-        problems.0.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        problems
+            .0
+            .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         return Err(problems);
     }
     let runbook_digest = hex::encode(Sha256::digest(text.as_bytes()));
@@ -184,10 +239,22 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
         let mut h = Sha256::new();
         h.update(runbook_digest.as_bytes());
         h.update(b"\n");
-        h.update(serde_json::to_string(&json!({"env": env_json, "vars": raw.vars})).unwrap_or_default().as_bytes());
+        h.update(
+            serde_json::to_string(&json!({"env": env_json, "vars": raw.vars}))
+                .unwrap_or_default()
+                .as_bytes(),
+        );
         hex::encode(h.finalize())
     };
-    Ok(Plan { runbook_name: raw.name, runbook_path: rel, runbook_digest, plan_digest, env, vars: raw.vars, phases })
+    Ok(Plan {
+        runbook_name: raw.name,
+        runbook_path: rel,
+        runbook_digest,
+        plan_digest,
+        env,
+        vars: raw.vars,
+        phases,
+    })
 }
 
 /// Checks one dotted reference; `None` when it can be satisfied.
@@ -205,7 +272,11 @@ fn check_reference(
             for p in &parts[1..] {
                 match cur.get(p) {
                     Some(v) => cur = v,
-                    None => return Some(format!("undefined variable `{r}` (the environment has no `{p}` there)")),
+                    None => {
+                        return Some(format!(
+                            "undefined variable `{r}` (the environment has no `{p}` there)"
+                        ))
+                    }
                 }
             }
             None
@@ -213,7 +284,11 @@ fn check_reference(
         "vars" => match parts.get(1) {
             Some(v) if !vars.contains_key(*v) => Some(format!(
                 "undefined variable `{r}` (runbook vars: {})",
-                if vars.is_empty() { "none".to_string() } else { vars.keys().cloned().collect::<Vec<_>>().join(", ") }
+                if vars.is_empty() {
+                    "none".to_string()
+                } else {
+                    vars.keys().cloned().collect::<Vec<_>>().join(", ")
+                }
             )),
             _ => None,
         },
@@ -221,7 +296,11 @@ fn check_reference(
             Some(s) if !env.secrets.contains_key(*s) => Some(format!(
                 "undefined variable `{r}` (secrets of environment {}: {})",
                 env.name,
-                if env.secrets.is_empty() { "none".to_string() } else { env.secrets.keys().cloned().collect::<Vec<_>>().join(", ") }
+                if env.secrets.is_empty() {
+                    "none".to_string()
+                } else {
+                    env.secrets.keys().cloned().collect::<Vec<_>>().join(", ")
+                }
             )),
             _ => None,
         },
@@ -229,9 +308,13 @@ fn check_reference(
         // fails the step that renders it, naming the output.
         "tf" => None,
         "steps" => {
-            let Some(id) = parts.get(1) else { return Some("`steps` needs a step id: steps.<id>.outputs.<name>".into()) };
+            let Some(id) = parts.get(1) else {
+                return Some("`steps` needs a step id: steps.<id>.outputs.<name>".into());
+            };
             match earlier.get(*id) {
-                None => Some(format!("undefined variable `{r}`: no earlier step has id `{id}`")),
+                None => Some(format!(
+                    "undefined variable `{r}`: no earlier step has id `{id}`"
+                )),
                 Some((_, kind)) => {
                     if parts.get(2).is_some_and(|p| *p != "outputs") {
                         return Some(format!("`{r}`: use steps.{id}.outputs.<name>"));
@@ -247,6 +330,8 @@ fn check_reference(
                 }
             }
         }
-        other => Some(format!("undefined variable `{other}` (templates see env, tf, vars, secrets, steps)")),
+        other => Some(format!(
+            "undefined variable `{other}` (templates see env, tf, vars, secrets, steps)"
+        )),
     }
 }

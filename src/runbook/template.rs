@@ -32,7 +32,11 @@ pub fn references(template: &str) -> Result<BTreeSet<String>, String> {
 /// Undefined variables and evaluation errors, with minijinja's description.
 pub fn render_str(template: &str, ctx: &Value) -> Result<String, String> {
     let env = engine();
-    env.render_str(template, minijinja::Value::from(minijinja::value::Serde(ctx))).map_err(|e| describe(&e))
+    env.render_str(
+        template,
+        minijinja::Value::from(minijinja::value::Serde(ctx)),
+    )
+    .map_err(|e| describe(&e))
 }
 
 /// Renders every string that contains template syntax inside `value`, recursively; other values
@@ -42,10 +46,19 @@ pub fn render_str(template: &str, ctx: &Value) -> Result<String, String> {
 /// The first failing template, as `expression: error`.
 pub fn render_value(value: &Value, ctx: &Value) -> Result<Value, String> {
     Ok(match value {
-        Value::String(s) if is_template(s) => Value::String(render_str(s, ctx).map_err(|e| format!("`{s}`: {e}"))?),
-        Value::Array(items) => Value::Array(items.iter().map(|v| render_value(v, ctx)).collect::<Result<_, _>>()?),
+        Value::String(s) if is_template(s) => {
+            Value::String(render_str(s, ctx).map_err(|e| format!("`{s}`: {e}"))?)
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| render_value(v, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(map) => Value::Object(
-            map.iter().map(|(k, v)| Ok((k.clone(), render_value(v, ctx)?))).collect::<Result<_, String>>()?,
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_value(v, ctx)?)))
+                .collect::<Result<_, String>>()?,
         ),
         other => other.clone(),
     })
@@ -63,7 +76,10 @@ pub fn templates_in(value: &Value, out: &mut Vec<String>) {
 
 /// How a rendered `when` reads: `true`, `yes`, `1` (any case) are true; everything else false.
 pub fn truthy(rendered: &str) -> bool {
-    matches!(rendered.trim().to_ascii_lowercase().as_str(), "true" | "yes" | "1")
+    matches!(
+        rendered.trim().to_ascii_lowercase().as_str(),
+        "true" | "yes" | "1"
+    )
 }
 
 fn describe(e: &minijinja::Error) -> String {
@@ -94,7 +110,11 @@ mod tests {
 
     #[test]
     fn nested_values_render_and_numbers_stay() {
-        let v = render_value(&json!({"a": ["x{{ vars.n }}"], "b": 3}), &json!({"vars": {"n": 1}})).unwrap();
+        let v = render_value(
+            &json!({"a": ["x{{ vars.n }}"], "b": 3}),
+            &json!({"vars": {"n": 1}}),
+        )
+        .unwrap();
         assert_eq!(v, json!({"a": ["x1"], "b": 3}));
     }
 

@@ -27,21 +27,40 @@ impl StepKind for AssertAccount {
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let s = cx.providers.aws().await?;
         Ok(Planned {
-            changes: vec![Change::new("check", format!("account {}", cx.env.aws.account_id), format!("STS reports {} as {}", s.account_id, s.caller_arn))],
+            changes: vec![Change::new(
+                "check",
+                format!("account {}", cx.env.aws.account_id),
+                format!("STS reports {} as {}", s.account_id, s.caller_arn),
+            )],
             before: Value::Null,
-            predicted: [("account_id".to_string(), json!(s.account_id)), ("caller_arn".to_string(), json!(s.caller_arn))].into_iter().collect(),
+            predicted: [
+                ("account_id".to_string(), json!(s.account_id)),
+                ("caller_arn".to_string(), json!(s.caller_arn)),
+            ]
+            .into_iter()
+            .collect(),
         })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let s = cx.providers.aws().await?;
         if s.account_id != cx.env.aws.account_id {
-            return Err(StepError::Gate(format!("wrong AWS account: expected {}, STS reports {}", cx.env.aws.account_id, s.account_id)));
+            return Err(StepError::Gate(format!(
+                "wrong AWS account: expected {}, STS reports {}",
+                cx.env.aws.account_id, s.account_id
+            )));
         }
         let mut out = Map::new();
         out.insert("account_id".into(), json!(s.account_id));
         out.insert("caller_arn".into(), json!(s.caller_arn));
-        out.insert("summary".into(), json!(format!("account {} ({})", s.account_id, s.caller_arn)));
+        out.insert(
+            "summary".into(),
+            json!(format!("account {} ({})", s.account_id, s.caller_arn)),
+        );
         Ok(out)
     }
 }

@@ -85,7 +85,11 @@ pub struct Change {
 impl Change {
     /// Shorthand constructor.
     pub fn new(action: &str, target: impl Into<String>, detail: impl Into<String>) -> Self {
-        Change { action: action.into(), target: target.into(), detail: detail.into() }
+        Change {
+            action: action.into(),
+            target: target.into(),
+            detail: detail.into(),
+        }
     }
 }
 

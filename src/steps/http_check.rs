@@ -35,10 +35,26 @@ fn default_interval() -> Duration {
 }
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "url", required: true, doc: "URL to GET" },
-    ParamSpec { name: "expect_status", required: false, doc: "HTTP status that counts as healthy (default 200)" },
-    ParamSpec { name: "consecutive", required: false, doc: "healthy answers needed in a row (default 3)" },
-    ParamSpec { name: "interval", required: false, doc: "pause between requests, e.g. 1s (default 1s)" },
+    ParamSpec {
+        name: "url",
+        required: true,
+        doc: "URL to GET",
+    },
+    ParamSpec {
+        name: "expect_status",
+        required: false,
+        doc: "HTTP status that counts as healthy (default 200)",
+    },
+    ParamSpec {
+        name: "consecutive",
+        required: false,
+        doc: "healthy answers needed in a row (default 3)",
+    },
+    ParamSpec {
+        name: "interval",
+        required: false,
+        doc: "pause between requests, e.g. 1s (default 1s)",
+    },
 ];
 
 #[async_trait]
@@ -69,12 +85,20 @@ impl StepKind for HttpCheck {
             _ => "no answer".into(),
         };
         Ok(Planned {
-            changes: vec![Change::new("check", format!("GET {}", p.url), format!("{} × {} in a row; {seen}", p.consecutive, p.expect_status))],
+            changes: vec![Change::new(
+                "check",
+                format!("GET {}", p.url),
+                format!("{} × {} in a row; {seen}", p.consecutive, p.expect_status),
+            )],
             ..Default::default()
         })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let c = client(Duration::from_secs(5))?;
         let (mut attempts, mut streak) = (0u32, 0u32);
@@ -96,7 +120,15 @@ impl StepKind for HttpCheck {
                 out.insert("attempts".into(), json!(attempts));
                 out.insert("passes".into(), json!(streak));
                 out.insert("last_status".into(), json!(r.status));
-                out.insert("summary".into(), json!(format!("{streak} × {} in a row from {} (max {} ms)", p.expect_status, p.url, latencies.last().unwrap_or(&0))));
+                out.insert(
+                    "summary".into(),
+                    json!(format!(
+                        "{streak} × {} in a row from {} (max {} ms)",
+                        p.expect_status,
+                        p.url,
+                        latencies.last().unwrap_or(&0)
+                    )),
+                );
                 return Ok(out);
             }
             let last = match (r.status, &r.error) {
@@ -108,7 +140,11 @@ impl StepKind for HttpCheck {
                 return Err(StepError::Check(format!("{} unhealthy: {attempts} attempts, last answer {last}; needed {} × {} in a row", p.url, p.consecutive, p.expect_status)));
             }
             if !ok {
-                (cx.progress)(&format!("{} answered {last}; retrying for up to {}s", p.url, cx.remaining().as_secs()));
+                (cx.progress)(&format!(
+                    "{} answered {last}; retrying for up to {}s",
+                    p.url,
+                    cx.remaining().as_secs()
+                ));
             }
             tokio::time::sleep(p.interval).await;
         }

@@ -33,10 +33,26 @@ struct Params {
 }
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "namespace", required: true, doc: "namespace of the Secret and Deployments" },
-    ParamSpec { name: "secret", required: true, doc: "name of the Secret" },
-    ParamSpec { name: "data", required: true, doc: "keys to set, e.g. DATABASE_URL (values may be secrets)" },
-    ParamSpec { name: "restart", required: false, doc: "workloads to restart, as deployment/<name>" },
+    ParamSpec {
+        name: "namespace",
+        required: true,
+        doc: "namespace of the Secret and Deployments",
+    },
+    ParamSpec {
+        name: "secret",
+        required: true,
+        doc: "name of the Secret",
+    },
+    ParamSpec {
+        name: "data",
+        required: true,
+        doc: "keys to set, e.g. DATABASE_URL (values may be secrets)",
+    },
+    ParamSpec {
+        name: "restart",
+        required: false,
+        doc: "workloads to restart, as deployment/<name>",
+    },
 ];
 
 const RESTART_MARK: &str = "cutover.dev/restarted-for";
@@ -50,7 +66,11 @@ fn backup_name(secret: &str, run_id: &str) -> String {
 fn decoded(s: &Secret) -> BTreeMap<String, String> {
     s.data
         .as_ref()
-        .map(|d| d.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned())).collect())
+        .map(|d| {
+            d.iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -59,13 +79,22 @@ fn deployments(p: &Params) -> Result<Vec<String>, StepError> {
         .iter()
         .map(|r| match r.split_once('/') {
             Some(("deployment" | "deployments" | "deploy", name)) => Ok(name.to_string()),
-            _ => Err(StepError::Params(format!("restart entry `{r}`: expected deployment/<name>"))),
+            _ => Err(StepError::Params(format!(
+                "restart entry `{r}`: expected deployment/<name>"
+            ))),
         })
         .collect()
 }
 
-fn changed_keys(current: &BTreeMap<String, String>, wanted: &BTreeMap<String, String>) -> Vec<String> {
-    wanted.iter().filter(|(k, v)| current.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect()
+fn changed_keys(
+    current: &BTreeMap<String, String>,
+    wanted: &BTreeMap<String, String>,
+) -> Vec<String> {
+    wanted
+        .iter()
+        .filter(|(k, v)| current.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 async fn get_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, StepError> {
@@ -77,7 +106,11 @@ async fn get_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, Ste
 }
 
 /// Writes `data` into the Secret with resourceVersion preconditions (retrying on 409 Conflict).
-async fn write_data(api: &Api<Secret>, name: &str, data: &BTreeMap<String, String>) -> Result<(), StepError> {
+async fn write_data(
+    api: &Api<Secret>,
+    name: &str,
+    data: &BTreeMap<String, String>,
+) -> Result<(), StepError> {
     for _ in 0..5 {
         let Some(mut s) = get_secret(api, name).await? else {
             return Err(StepError::Check(format!("secret {name} does not exist")));
@@ -93,28 +126,48 @@ async fn write_data(api: &Api<Secret>, name: &str, data: &BTreeMap<String, Strin
             Err(e) => return Err(kube_err(&format!("replace secret {name}"), e).into()),
         }
     }
-    Err(StepError::Check(format!("secret {name} kept changing (409 Conflict five times)")))
+    Err(StepError::Check(format!(
+        "secret {name} kept changing (409 Conflict five times)"
+    )))
 }
 
 /// Restarts a Deployment unless its pod template already carries `mark`.
 async fn restart(api: &Api<Deployment>, name: &str, mark: &str) -> Result<bool, StepError> {
-    let d = api.get(name).await.map_err(|e| kube_err(&format!("get deployment {name}"), e))?;
-    let current = d.spec.template.metadata.as_ref().and_then(|m| m.annotations.as_ref()).and_then(|a| a.get(RESTART_MARK));
+    let d = api
+        .get(name)
+        .await
+        .map_err(|e| kube_err(&format!("get deployment {name}"), e))?;
+    let current = d
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(RESTART_MARK));
     if current.map(String::as_str) == Some(mark) {
         return Ok(false);
     }
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": now, RESTART_MARK: mark}}}}});
-    api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch)).await.map_err(|e| kube_err(&format!("restart deployment {name}"), e))?;
+    api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .map_err(|e| kube_err(&format!("restart deployment {name}"), e))?;
     Ok(true)
 }
 
 /// Waits until every Deployment has rolled out, with `kubectl rollout status`'s conditions.
-async fn wait_rollouts(cx: &StepContext<'_>, api: &Api<Deployment>, names: &[String]) -> Result<Vec<String>, StepError> {
+async fn wait_rollouts(
+    cx: &StepContext<'_>,
+    api: &Api<Deployment>,
+    names: &[String],
+) -> Result<Vec<String>, StepError> {
     let mut evidence = Vec::new();
     for name in names {
         loop {
-            let d = api.get(name).await.map_err(|e| kube_err(&format!("get deployment {name}"), e))?;
+            let d = api
+                .get(name)
+                .await
+                .map_err(|e| kube_err(&format!("get deployment {name}"), e))?;
             let generation = d.metadata.generation.unwrap_or(0);
             let want = d.spec.replicas.unwrap_or(1);
             let st = d.status.clone().unwrap_or_default();
@@ -122,9 +175,14 @@ async fn wait_rollouts(cx: &StepContext<'_>, api: &Api<Deployment>, names: &[Str
             let updated = st.updated_replicas.unwrap_or(0);
             let total = st.replicas.unwrap_or(0);
             let available = st.available_replicas.unwrap_or(0);
-            if let Some(c) = st.conditions.as_ref().and_then(|cs| cs.iter().find(|c| c.type_.as_deref() == Some("Progressing"))) {
+            if let Some(c) = st.conditions.as_ref().and_then(|cs| {
+                cs.iter()
+                    .find(|c| c.type_.as_deref() == Some("Progressing"))
+            }) {
                 if c.reason.as_deref() == Some("ProgressDeadlineExceeded") {
-                    return Err(StepError::Check(format!("deployment {name} exceeded its progress deadline")));
+                    return Err(StepError::Check(format!(
+                        "deployment {name} exceeded its progress deadline"
+                    )));
                 }
             }
             let state = if observed < generation {
@@ -140,7 +198,10 @@ async fn wait_rollouts(cx: &StepContext<'_>, api: &Api<Deployment>, names: &[Str
                 break;
             };
             cx.check_deadline(&format!("deployment {name} rollout: {state}"))?;
-            (cx.progress)(&format!("deployment/{name}: {state}; waiting up to {}s", cx.remaining().as_secs()));
+            (cx.progress)(&format!(
+                "deployment/{name}: {state}; waiting up to {}s",
+                cx.remaining().as_secs()
+            ));
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -168,56 +229,112 @@ impl StepKind for FlipSecret {
         let client = cx.providers.kube().await?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &p.namespace);
         let Some(s) = get_secret(&secrets, &p.secret).await? else {
-            return Err(StepError::Check(format!("secret {}/{} does not exist", p.namespace, p.secret)));
+            return Err(StepError::Check(format!(
+                "secret {}/{} does not exist",
+                p.namespace, p.secret
+            )));
         };
         let current = decoded(&s);
         let changed = changed_keys(&current, &p.data);
         let target = format!("secret {}/{}", p.namespace, p.secret);
         let mut changes = Vec::new();
         if changed.is_empty() {
-            changes.push(Change::new("none", &target, "keys already hold the wanted values"));
+            changes.push(Change::new(
+                "none",
+                &target,
+                "keys already hold the wanted values",
+            ));
         } else {
             for k in &changed {
-                let old = current.get(k).map(|v| fingerprint(v)).unwrap_or_else(|| "(absent)".into());
-                changes.push(Change::new("update", &target, format!("{k}: {old} → {}", fingerprint(&p.data[k]))));
+                let old = current
+                    .get(k)
+                    .map(|v| fingerprint(v))
+                    .unwrap_or_else(|| "(absent)".into());
+                changes.push(Change::new(
+                    "update",
+                    &target,
+                    format!("{k}: {old} → {}", fingerprint(&p.data[k])),
+                ));
             }
-            changes.push(Change::new("create", format!("secret {}/{}", p.namespace, backup_name(&p.secret, cx.run_id)), "backup of the current keys"));
+            changes.push(Change::new(
+                "create",
+                format!(
+                    "secret {}/{}",
+                    p.namespace,
+                    backup_name(&p.secret, cx.run_id)
+                ),
+                "backup of the current keys",
+            ));
             for n in &names {
-                changes.push(Change::new("restart", format!("deployment {}/{n}", p.namespace), "rollout restart, then wait until rolled out"));
+                changes.push(Change::new(
+                    "restart",
+                    format!("deployment {}/{n}", p.namespace),
+                    "rollout restart, then wait until rolled out",
+                ));
             }
         }
-        let keys: Map<String, Value> = current.iter().map(|(k, v)| (k.clone(), json!(fingerprint(v)))).collect();
+        let keys: Map<String, Value> = current
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(fingerprint(v))))
+            .collect();
         let mut predicted = Map::new();
         predicted.insert("backup".into(), json!(backup_name(&p.secret, cx.run_id)));
         predicted.insert("changed_keys".into(), json!(changed));
         predicted.insert("restarted".into(), json!(names));
-        Ok(Planned { changes, before: json!({"keys": keys}), predicted })
+        Ok(Planned {
+            changes,
+            before: json!({"keys": keys}),
+            predicted,
+        })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let names = deployments(&p)?;
         let client = cx.providers.kube().await?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &p.namespace);
         let backup = backup_name(&p.secret, cx.run_id);
         let Some(s) = get_secret(&secrets, &p.secret).await? else {
-            return Err(StepError::Check(format!("secret {}/{} does not exist", p.namespace, p.secret)));
+            return Err(StepError::Check(format!(
+                "secret {}/{} does not exist",
+                p.namespace, p.secret
+            )));
         };
         let current = decoded(&s);
         let changed = changed_keys(&current, &p.data);
         let have_backup = get_secret(&secrets, &backup).await?.is_some();
         if !changed.is_empty() {
             if !have_backup {
-                let mut copy = Secret { data: s.data.clone(), type_: s.type_.clone(), ..Default::default() };
+                let mut copy = Secret {
+                    data: s.data.clone(),
+                    type_: s.type_.clone(),
+                    ..Default::default()
+                };
                 copy.metadata.name = Some(backup.clone());
-                copy.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "cutover".to_string())].into());
+                copy.metadata.labels = Some(
+                    [(
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "cutover".to_string(),
+                    )]
+                    .into(),
+                );
                 copy.metadata.annotations = Some(
-                    [("cutover.dev/backup-of".to_string(), p.secret.clone()), ("cutover.dev/run-id".to_string(), cx.run_id.to_string())].into(),
+                    [
+                        ("cutover.dev/backup-of".to_string(), p.secret.clone()),
+                        ("cutover.dev/run-id".to_string(), cx.run_id.to_string()),
+                    ]
+                    .into(),
                 );
                 match secrets.create(&PostParams::default(), &copy).await {
                     Ok(_) => {}
                     Err(e) if is_conflict(&e) => {}
-                    Err(e) => return Err(kube_err(&format!("create backup secret {backup}"), e).into()),
+                    Err(e) => {
+                        return Err(kube_err(&format!("create backup secret {backup}"), e).into())
+                    }
                 }
             }
             write_data(&secrets, &p.secret, &p.data).await?;
@@ -234,51 +351,109 @@ impl StepKind for FlipSecret {
             }
         }
         let mut out = Map::new();
-        out.insert("backup".into(), if !changed.is_empty() || have_backup { json!(backup) } else { Value::Null });
+        out.insert(
+            "backup".into(),
+            if !changed.is_empty() || have_backup {
+                json!(backup)
+            } else {
+                Value::Null
+            },
+        );
         out.insert("changed_keys".into(), json!(changed));
         out.insert("restarted".into(), json!(restarted));
         out.insert(
             "summary".into(),
-            json!(if changed.is_empty() && !have_backup { format!("secret {}/{} already up to date", p.namespace, p.secret) } else { format!("secret {}/{} updated ({}), backup {backup}", p.namespace, p.secret, p.data.keys().cloned().collect::<Vec<_>>().join(", ")) }),
+            json!(if changed.is_empty() && !have_backup {
+                format!("secret {}/{} already up to date", p.namespace, p.secret)
+            } else {
+                format!(
+                    "secret {}/{} updated ({}), backup {backup}",
+                    p.namespace,
+                    p.secret,
+                    p.data.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            }),
         );
         Ok(out)
     }
 
-    async fn verify(&self, cx: &StepContext, _outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+    async fn verify(
+        &self,
+        cx: &StepContext,
+        _outputs: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let names = deployments(&p)?;
         let client = cx.providers.kube().await?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &p.namespace);
-        let s = get_secret(&secrets, &p.secret).await?.ok_or_else(|| StepError::Check(format!("secret {} vanished", p.secret)))?;
+        let s = get_secret(&secrets, &p.secret)
+            .await?
+            .ok_or_else(|| StepError::Check(format!("secret {} vanished", p.secret)))?;
         let still = changed_keys(&decoded(&s), &p.data);
         if !still.is_empty() {
-            return Err(StepError::Check(format!("secret {}/{} keys {} do not hold the wanted values", p.namespace, p.secret, still.join(", "))));
+            return Err(StepError::Check(format!(
+                "secret {}/{} keys {} do not hold the wanted values",
+                p.namespace,
+                p.secret,
+                still.join(", ")
+            )));
         }
         let deploys: Api<Deployment> = Api::namespaced(client, &p.namespace);
         let rolled = wait_rollouts(cx, &deploys, &names).await?;
-        let keys: Map<String, Value> = p.data.iter().map(|(k, v)| (k.clone(), json!(fingerprint(v)))).collect();
+        let keys: Map<String, Value> = p
+            .data
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(fingerprint(v))))
+            .collect();
         let mut ev = Map::new();
         ev.insert("keys".into(), Value::Object(keys));
         ev.insert("rollouts".into(), json!(rolled));
         Ok(ev)
     }
 
-    async fn rollback(&self, cx: &StepContext, _before: &Value, outputs: Option<&Map<String, Value>>) -> Result<Vec<String>, StepError> {
+    async fn rollback(
+        &self,
+        cx: &StepContext,
+        _before: &Value,
+        outputs: Option<&Map<String, Value>>,
+    ) -> Result<Vec<String>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let names = deployments(&p)?;
         let client = cx.providers.kube().await?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &p.namespace);
-        let backup = outputs.and_then(|o| o.get("backup")).and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| backup_name(&p.secret, cx.run_id));
+        let backup = outputs
+            .and_then(|o| o.get("backup"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| backup_name(&p.secret, cx.run_id));
         let Some(b) = get_secret(&secrets, &backup).await? else {
-            return Ok(vec![format!("secret {}/{}: not changed by this run (no backup {backup})", p.namespace, p.secret)]);
+            return Ok(vec![format!(
+                "secret {}/{}: not changed by this run (no backup {backup})",
+                p.namespace, p.secret
+            )]);
         };
         let old = decoded(&b);
-        let now = get_secret(&secrets, &p.secret).await?.map(|s| decoded(&s)).unwrap_or_default();
-        let restore: BTreeMap<String, String> = p.data.keys().filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone()))).collect();
+        let now = get_secret(&secrets, &p.secret)
+            .await?
+            .map(|s| decoded(&s))
+            .unwrap_or_default();
+        let restore: BTreeMap<String, String> = p
+            .data
+            .keys()
+            .filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
+            .collect();
         let mut lines = Vec::new();
         for (k, v) in &restore {
-            let was = now.get(k).map(|x| fingerprint(x)).unwrap_or_else(|| "(absent)".into());
-            lines.push(format!("secret {}/{}: {k} {was} → {}", p.namespace, p.secret, fingerprint(v)));
+            let was = now
+                .get(k)
+                .map(|x| fingerprint(x))
+                .unwrap_or_else(|| "(absent)".into());
+            lines.push(format!(
+                "secret {}/{}: {k} {was} → {}",
+                p.namespace,
+                p.secret,
+                fingerprint(v)
+            ));
         }
         if !changed_keys(&now, &restore).is_empty() {
             write_data(&secrets, &p.secret, &restore).await?;

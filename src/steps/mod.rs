@@ -74,14 +74,22 @@ pub trait StepKind: Send + Sync {
     ///
     /// # Errors
     /// A [`StepError`]; the engine retries per `retries`, then rolls the run back.
-    async fn apply(&self, cx: &StepContext, planned: &Planned) -> Result<Map<String, Value>, StepError>;
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError>;
 
     /// Polls until the desired state is observed or `cx.deadline` passes. Returns evidence to
     /// record (non-secret). The default observes nothing more than `apply` did.
     ///
     /// # Errors
     /// [`StepError::Timeout`] at the deadline, or the observed mismatch.
-    async fn verify(&self, _cx: &StepContext, _outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+    async fn verify(
+        &self,
+        _cx: &StepContext,
+        _outputs: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, StepError> {
         Ok(Map::new())
     }
 
@@ -136,7 +144,11 @@ pub fn check_param_names(specs: &[ParamSpec], params: &Map<String, Value>) -> Ve
     let valid: Vec<&str> = specs.iter().map(|s| s.name).collect();
     for key in params.keys() {
         if !valid.contains(&key.as_str()) {
-            let list = if valid.is_empty() { "(none)".to_string() } else { valid.join(", ") };
+            let list = if valid.is_empty() {
+                "(none)".to_string()
+            } else {
+                valid.join(", ")
+            };
             out.push(format!("unknown parameter `{key}` (valid: {list})"));
         }
     }
@@ -152,8 +164,11 @@ pub fn check_param_names(specs: &[ParamSpec], params: &Map<String, Value>) -> Ve
 ///
 /// # Errors
 /// [`StepError::Params`] naming the field serde rejected.
-pub fn parse_params<T: serde::de::DeserializeOwned>(params: &Map<String, Value>) -> Result<T, StepError> {
-    serde_json::from_value(Value::Object(params.clone())).map_err(|e| StepError::Params(e.to_string()))
+pub fn parse_params<T: serde::de::DeserializeOwned>(
+    params: &Map<String, Value>,
+) -> Result<T, StepError> {
+    serde_json::from_value(Value::Object(params.clone()))
+        .map_err(|e| StepError::Params(e.to_string()))
 }
 
 /// Parses `"90s"`, `"10m"`, `"1h"`, `"1m30s"` or a bare number of seconds.
@@ -172,7 +187,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             num.push(ch);
             continue;
         }
-        let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a duration like 90s, 10m or 1h"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{text}` is not a duration like 90s, 10m or 1h"))?;
         num.clear();
         total += match ch {
             's' => n,
@@ -232,7 +249,11 @@ mod tests {
 
     #[test]
     fn param_check_lists_valid_choices() {
-        let specs = [ParamSpec { name: "url", required: true, doc: "" }];
+        let specs = [ParamSpec {
+            name: "url",
+            required: true,
+            doc: "",
+        }];
         let mut p = Map::new();
         p.insert("uri".into(), Value::from("x"));
         let errs = check_param_names(&specs, &p);

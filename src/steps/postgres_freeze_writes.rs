@@ -54,20 +54,49 @@ impl StepKind for FreezeWrites {
         let frozen = read_only_setting(&source, db).await?;
         let n = sessions(&source, db).await?;
         let changes = if frozen {
-            vec![Change::new("none", format!("database {db} on source"), "already default_transaction_read_only = on")]
+            vec![Change::new(
+                "none",
+                format!("database {db} on source"),
+                "already default_transaction_read_only = on",
+            )]
         } else {
             vec![
-                Change::new("update", format!("database {db} on source"), format!("ALTER DATABASE {} SET default_transaction_read_only = on", ident(db))),
-                Change::new("run", format!("sessions on {db}"), format!("terminate {n} client session(s) so they reconnect read-only")),
+                Change::new(
+                    "update",
+                    format!("database {db} on source"),
+                    format!(
+                        "ALTER DATABASE {} SET default_transaction_read_only = on",
+                        ident(db)
+                    ),
+                ),
+                Change::new(
+                    "run",
+                    format!("sessions on {db}"),
+                    format!("terminate {n} client session(s) so they reconnect read-only"),
+                ),
             ]
         };
-        Ok(Planned { changes, before: json!({"read_only": frozen}), predicted: Map::new() })
+        Ok(Planned {
+            changes,
+            before: json!({"read_only": frozen}),
+            predicted: Map::new(),
+        })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let db = &cx.env.database.name;
         let source = cx.providers.source().await?;
-        source.batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", ident(db))).await.map_err(|e| pg("source", e))?;
+        source
+            .batch_execute(&format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = on",
+                ident(db)
+            ))
+            .await
+            .map_err(|e| pg("source", e))?;
         let rows = source
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
@@ -75,34 +104,67 @@ impl StepKind for FreezeWrites {
             )
             .await
             .map_err(|e| pg("source", e))?;
-        let lsn: String = source.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(|e| pg("source", e))?.get(0);
+        let lsn: String = source
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| pg("source", e))?
+            .get(0);
         let mut out = Map::new();
         out.insert("terminated".into(), json!(rows.len()));
         out.insert("lsn".into(), json!(lsn));
-        out.insert("summary".into(), json!(format!("{db} read-only at LSN {lsn}; {} session(s) terminated", rows.len())));
+        out.insert(
+            "summary".into(),
+            json!(format!(
+                "{db} read-only at LSN {lsn}; {} session(s) terminated",
+                rows.len()
+            )),
+        );
         Ok(out)
     }
 
-    async fn verify(&self, cx: &StepContext, _outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+    async fn verify(
+        &self,
+        cx: &StepContext,
+        _outputs: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, StepError> {
         // A fresh session must come up read-only.
         let c = crate::providers::postgres::connect(&cx.providers.source_url()?, "source").await?;
-        let v: String = c.query_one("SHOW default_transaction_read_only", &[]).await.map_err(|e| pg("source", e))?.get(0);
+        let v: String = c
+            .query_one("SHOW default_transaction_read_only", &[])
+            .await
+            .map_err(|e| pg("source", e))?
+            .get(0);
         if v != "on" {
-            return Err(StepError::Check(format!("a new session on the source has default_transaction_read_only = {v}")));
+            return Err(StepError::Check(format!(
+                "a new session on the source has default_transaction_read_only = {v}"
+            )));
         }
         Ok(Map::new())
     }
 
-    async fn rollback(&self, cx: &StepContext, before: &Value, _outputs: Option<&Map<String, Value>>) -> Result<Vec<String>, StepError> {
+    async fn rollback(
+        &self,
+        cx: &StepContext,
+        before: &Value,
+        _outputs: Option<&Map<String, Value>>,
+    ) -> Result<Vec<String>, StepError> {
         let db = &cx.env.database.name;
         if before.get("read_only").and_then(Value::as_bool) == Some(true) {
-            return Ok(vec![format!("database {db}: was read-only before the run; left read-only")]);
+            return Ok(vec![format!(
+                "database {db}: was read-only before the run; left read-only"
+            )]);
         }
         let source = cx.providers.source().await?;
         if !read_only_setting(&source, db).await? {
             return Ok(vec![]);
         }
-        source.batch_execute(&format!("ALTER DATABASE {} RESET default_transaction_read_only", ident(db))).await.map_err(|e| pg("source", e))?;
+        source
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RESET default_transaction_read_only",
+                ident(db)
+            ))
+            .await
+            .map_err(|e| pg("source", e))?;
         Ok(vec![format!("database {db} on source: default_transaction_read_only on → off (writes accepted again)")])
     }
 }

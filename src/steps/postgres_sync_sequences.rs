@@ -19,9 +19,16 @@ struct Params {
     margin: i64,
 }
 
-const PARAMS: &[ParamSpec] = &[ParamSpec { name: "margin", required: false, doc: "values added to each source last_value (default 0)" }];
+const PARAMS: &[ParamSpec] = &[ParamSpec {
+    name: "margin",
+    required: false,
+    doc: "values added to each source last_value (default 0)",
+}];
 
-async fn sequences(c: &tokio_postgres::Client, side: &str) -> Result<BTreeMap<String, Option<i64>>, StepError> {
+async fn sequences(
+    c: &tokio_postgres::Client,
+    side: &str,
+) -> Result<BTreeMap<String, Option<i64>>, StepError> {
     let rows = c
         .query("SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences ORDER BY 1", &[])
         .await
@@ -29,7 +36,11 @@ async fn sequences(c: &tokio_postgres::Client, side: &str) -> Result<BTreeMap<St
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-fn wanted(src: &BTreeMap<String, Option<i64>>, tgt: &BTreeMap<String, Option<i64>>, margin: i64) -> Vec<(String, Option<i64>, i64)> {
+fn wanted(
+    src: &BTreeMap<String, Option<i64>>,
+    tgt: &BTreeMap<String, Option<i64>>,
+    margin: i64,
+) -> Vec<(String, Option<i64>, i64)> {
     src.iter()
         .filter_map(|(name, v)| {
             let v = (*v)?;
@@ -62,27 +73,59 @@ impl StepKind for SyncSequences {
         let todo = wanted(&src, &tgt, p.margin);
         let mut changes: Vec<Change> = todo
             .iter()
-            .map(|(n, now, goal)| Change::new("update", format!("sequence {n} on target"), format!("{} → {goal}", now.map(|v| v.to_string()).unwrap_or_else(|| "unused".into()))))
+            .map(|(n, now, goal)| {
+                Change::new(
+                    "update",
+                    format!("sequence {n} on target"),
+                    format!(
+                        "{} → {goal}",
+                        now.map(|v| v.to_string())
+                            .unwrap_or_else(|| "unused".into())
+                    ),
+                )
+            })
             .collect();
         if changes.is_empty() {
-            changes.push(Change::new("none", "target sequences", format!("all {} at or above source + {}", src.len(), p.margin)));
+            changes.push(Change::new(
+                "none",
+                "target sequences",
+                format!("all {} at or above source + {}", src.len(), p.margin),
+            ));
         }
-        Ok(Planned { changes, ..Default::default() })
+        Ok(Planned {
+            changes,
+            ..Default::default()
+        })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let src = sequences(&cx.providers.source().await?, "source").await?;
         let target = cx.providers.target().await?;
         let tgt = sequences(&target, "target").await?;
         let todo = wanted(&src, &tgt, p.margin);
         for (name, _, goal) in &todo {
-            target.query("SELECT setval($1::text::regclass, $2, true)", &[name, goal]).await.map_err(|e| pg("target", e))?;
+            target
+                .query("SELECT setval($1::text::regclass, $2, true)", &[name, goal])
+                .await
+                .map_err(|e| pg("target", e))?;
         }
         let after = sequences(&target, "target").await?;
         let mut out = Map::new();
         out.insert("sequences".into(), json!(after));
-        out.insert("summary".into(), json!(format!("{} of {} sequences advanced (margin {})", todo.len(), src.len(), p.margin)));
+        out.insert(
+            "summary".into(),
+            json!(format!(
+                "{} of {} sequences advanced (margin {})",
+                todo.len(),
+                src.len(),
+                p.margin
+            )),
+        );
         Ok(out)
     }
 }

@@ -25,10 +25,18 @@ fn default_method() -> String {
     "checksum".into()
 }
 
-const PARAMS: &[ParamSpec] = &[ParamSpec { name: "method", required: false, doc: "checksum (count and MD5 per table, default) or count" }];
+const PARAMS: &[ParamSpec] = &[ParamSpec {
+    name: "method",
+    required: false,
+    doc: "checksum (count and MD5 per table, default) or count",
+}];
 
 /// `(rows, checksum)` per table, `schema.table` quoted.
-async fn measure(c: &tokio_postgres::Client, side: &str, checksum: bool) -> Result<BTreeMap<String, (i64, String)>, StepError> {
+async fn measure(
+    c: &tokio_postgres::Client,
+    side: &str,
+    checksum: bool,
+) -> Result<BTreeMap<String, (i64, String)>, StepError> {
     let tables = c
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname), \
@@ -85,17 +93,35 @@ impl StepKind for Verify {
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let p: Params = parse_params(&cx.params)?;
         Ok(Planned {
-            changes: vec![Change::new("check", format!("database {}", cx.env.database.name), format!("compare {} of every table on source and target", if p.method == "count" { "row counts" } else { "row counts and MD5 checksums" }))],
+            changes: vec![Change::new(
+                "check",
+                format!("database {}", cx.env.database.name),
+                format!(
+                    "compare {} of every table on source and target",
+                    if p.method == "count" {
+                        "row counts"
+                    } else {
+                        "row counts and MD5 checksums"
+                    }
+                ),
+            )],
             ..Default::default()
         })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let checksum = p.method != "count";
         let (source, target) = tokio::try_join!(cx.providers.source(), cx.providers.target())?;
         (cx.progress)("measuring every table on both sides");
-        let (src, tgt) = tokio::try_join!(measure(&source, "source", checksum), measure(&target, "target", checksum))?;
+        let (src, tgt) = tokio::try_join!(
+            measure(&source, "source", checksum),
+            measure(&target, "target", checksum)
+        )?;
         let mut diffs = Vec::new();
         let mut tables = Map::new();
         let mut rows_total = 0i64;
@@ -103,19 +129,28 @@ impl StepKind for Verify {
             rows_total += rows;
             match tgt.get(name) {
                 None => diffs.push(format!("{name}: missing on target")),
-                Some((trows, tsum)) if trows != rows || tsum != sum => {
-                    diffs.push(format!("{name}: source {rows} rows md5 {sum}, target {trows} rows md5 {tsum}"))
-                }
+                Some((trows, tsum)) if trows != rows || tsum != sum => diffs.push(format!(
+                    "{name}: source {rows} rows md5 {sum}, target {trows} rows md5 {tsum}"
+                )),
                 _ => {}
             }
             tables.insert(name.clone(), json!({"rows": rows, "checksum": sum}));
         }
         if !diffs.is_empty() {
-            return Err(StepError::Check(format!("target differs from source: {}", diffs.join("; "))));
+            return Err(StepError::Check(format!(
+                "target differs from source: {}",
+                diffs.join("; ")
+            )));
         }
         let mut out = Map::new();
         out.insert("tables".into(), Value::Object(tables));
-        out.insert("summary".into(), json!(format!("{} tables, {rows_total} rows equal on both sides", src.len())));
+        out.insert(
+            "summary".into(),
+            json!(format!(
+                "{} tables, {rows_total} rows equal on both sides",
+                src.len()
+            )),
+        );
         Ok(out)
     }
 }

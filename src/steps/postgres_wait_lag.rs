@@ -26,12 +26,23 @@ struct Params {
 }
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "max_lag_bytes", required: false, doc: "largest acceptable lag in bytes of WAL (default 0)" },
-    ParamSpec { name: "subscription", required: false, doc: "subscription / replication slot name (default cutover_<database>)" },
+    ParamSpec {
+        name: "max_lag_bytes",
+        required: false,
+        doc: "largest acceptable lag in bytes of WAL (default 0)",
+    },
+    ParamSpec {
+        name: "subscription",
+        required: false,
+        doc: "subscription / replication slot name (default cutover_<database>)",
+    },
 ];
 
 /// `(current WAL LSN, slot's confirmed_flush_lsn, lag in bytes)`; lag is `None` without a slot.
-async fn lag(c: &tokio_postgres::Client, slot: &str) -> Result<(String, Option<String>, Option<i64>), StepError> {
+async fn lag(
+    c: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<(String, Option<String>, Option<i64>), StepError> {
     let row = c
         .query_one(
             "SELECT pg_current_wal_lsn()::text, s.confirmed_flush_lsn::text, pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint \
@@ -70,10 +81,21 @@ impl StepKind for WaitLag {
             (Some(c), Some(b)) => format!("source at {lsn}, slot confirmed {c}: lag {b} bytes; wait until ≤ {} bytes", p.max_lag_bytes),
             _ => format!("slot {slot} does not exist yet (created by postgres.replicate); wait until lag ≤ {} bytes", p.max_lag_bytes),
         };
-        Ok(Planned { changes: vec![Change::new("check", format!("replication lag of slot {slot}"), detail)], ..Default::default() })
+        Ok(Planned {
+            changes: vec![Change::new(
+                "check",
+                format!("replication lag of slot {slot}"),
+                detail,
+            )],
+            ..Default::default()
+        })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let (_, slot) = names(cx, None, p.subscription.as_deref());
         let source = cx.providers.source().await?;
@@ -88,7 +110,9 @@ impl StepKind for WaitLag {
                 .await
                 .map_err(|e| pg("source", e))?;
             let Some(row) = row else {
-                return Err(StepError::Check(format!("replication slot {slot} does not exist on the source")));
+                return Err(StepError::Check(format!(
+                    "replication slot {slot} does not exist on the source"
+                )));
             };
             let (confirmed, behind): (Option<String>, Option<i64>) = (row.get(0), row.get(1));
             let behind = behind.unwrap_or(i64::MAX);
@@ -97,12 +121,27 @@ impl StepKind for WaitLag {
                 out.insert("lsn".into(), json!(goal));
                 out.insert("confirmed_flush_lsn".into(), json!(confirmed));
                 out.insert("lag_bytes".into(), json!(behind.max(0)));
-                out.insert("waited_ms".into(), json!(started.elapsed().as_millis() as u64));
-                out.insert("summary".into(), json!(format!("target confirmed {} ≥ {goal} (lag {} bytes)", confirmed.unwrap_or_default(), behind.max(0))));
+                out.insert(
+                    "waited_ms".into(),
+                    json!(started.elapsed().as_millis() as u64),
+                );
+                out.insert(
+                    "summary".into(),
+                    json!(format!(
+                        "target confirmed {} ≥ {goal} (lag {} bytes)",
+                        confirmed.unwrap_or_default(),
+                        behind.max(0)
+                    )),
+                );
                 return Ok(out);
             }
-            cx.check_deadline(&format!("replication slot {slot} to reach {goal} ({behind} bytes behind)"))?;
-            (cx.progress)(&format!("lag {behind} bytes behind {goal}; waiting up to {}s", cx.remaining().as_secs()));
+            cx.check_deadline(&format!(
+                "replication slot {slot} to reach {goal} ({behind} bytes behind)"
+            ))?;
+            (cx.progress)(&format!(
+                "lag {behind} bytes behind {goal}; waiting up to {}s",
+                cx.remaining().as_secs()
+            ));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

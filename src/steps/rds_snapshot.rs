@@ -21,14 +21,31 @@ struct Params {
 }
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "instance", required: true, doc: "DB instance identifier" },
-    ParamSpec { name: "snapshot", required: false, doc: "snapshot identifier (default cutover-<run id>-<instance>)" },
+    ParamSpec {
+        name: "instance",
+        required: true,
+        doc: "DB instance identifier",
+    },
+    ParamSpec {
+        name: "snapshot",
+        required: false,
+        doc: "snapshot identifier (default cutover-<run id>-<instance>)",
+    },
 ];
 
 fn snapshot_id(cx: &StepContext, p: &Params) -> String {
     p.snapshot.clone().unwrap_or_else(|| {
         let raw = format!("cutover-{}-{}", cx.run_id, p.instance);
-        let mut id: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let mut id: String = raw
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
         while id.contains("--") {
             id = id.replace("--", "-");
         }
@@ -37,10 +54,21 @@ fn snapshot_id(cx: &StepContext, p: &Params) -> String {
 }
 
 async fn status(rds: &aws_sdk_rds::Client, id: &str) -> Result<Option<String>, StepError> {
-    match rds.describe_db_snapshots().db_snapshot_identifier(id).send().await {
-        Ok(out) => Ok(out.db_snapshots().first().map(|s| s.status().unwrap_or("unknown").to_string())),
+    match rds
+        .describe_db_snapshots()
+        .db_snapshot_identifier(id)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(out
+            .db_snapshots()
+            .first()
+            .map(|s| s.status().unwrap_or("unknown").to_string())),
         Err(e) => {
-            let code = e.as_service_error().map(|s| s.is_db_snapshot_not_found_fault()).unwrap_or(false);
+            let code = e
+                .as_service_error()
+                .map(|s| s.is_db_snapshot_not_found_fault())
+                .unwrap_or(false);
             if code {
                 Ok(None)
             } else {
@@ -71,17 +99,42 @@ impl StepKind for RdsSnapshot {
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let rds = aws_sdk_rds::Client::new(&cx.providers.aws().await?.config);
-        rds.describe_db_instances().db_instance_identifier(&p.instance).send().await.map_err(|e| err("rds:DescribeDBInstances", e))?;
+        rds.describe_db_instances()
+            .db_instance_identifier(&p.instance)
+            .send()
+            .await
+            .map_err(|e| err("rds:DescribeDBInstances", e))?;
         let id = snapshot_id(cx, &p);
         let changes = match status(&rds, &id).await? {
-            Some(s) => vec![Change::new("none", format!("snapshot {id}"), format!("exists ({s})"))],
-            None => vec![Change::new("create", format!("snapshot {id}"), format!("of instance {}", p.instance))],
+            Some(s) => vec![Change::new(
+                "none",
+                format!("snapshot {id}"),
+                format!("exists ({s})"),
+            )],
+            None => vec![Change::new(
+                "create",
+                format!("snapshot {id}"),
+                format!("of instance {}", p.instance),
+            )],
         };
-        let predicted = [("snapshot_id".to_string(), json!(id)), ("instance".to_string(), json!(p.instance))].into_iter().collect();
-        Ok(Planned { changes, before: Value::Null, predicted })
+        let predicted = [
+            ("snapshot_id".to_string(), json!(id)),
+            ("instance".to_string(), json!(p.instance)),
+        ]
+        .into_iter()
+        .collect();
+        Ok(Planned {
+            changes,
+            before: Value::Null,
+            predicted,
+        })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let rds = aws_sdk_rds::Client::new(&cx.providers.aws().await?.config);
         let id = snapshot_id(cx, &p);
@@ -89,7 +142,12 @@ impl StepKind for RdsSnapshot {
             rds.create_db_snapshot()
                 .db_instance_identifier(&p.instance)
                 .db_snapshot_identifier(&id)
-                .tags(aws_sdk_rds::types::Tag::builder().key("cutover:run-id").value(cx.run_id).build())
+                .tags(
+                    aws_sdk_rds::types::Tag::builder()
+                        .key("cutover:run-id")
+                        .value(cx.run_id)
+                        .build(),
+                )
                 .send()
                 .await
                 .map_err(|e| err("rds:CreateDBSnapshot", e))?;
@@ -100,9 +158,17 @@ impl StepKind for RdsSnapshot {
         Ok(out)
     }
 
-    async fn verify(&self, cx: &StepContext, outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+    async fn verify(
+        &self,
+        cx: &StepContext,
+        outputs: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, StepError> {
         let rds = aws_sdk_rds::Client::new(&cx.providers.aws().await?.config);
-        let id = outputs.get("snapshot_id").and_then(Value::as_str).unwrap_or_default().to_string();
+        let id = outputs
+            .get("snapshot_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         loop {
             let s = status(&rds, &id).await?.unwrap_or_else(|| "missing".into());
             if s == "available" {
@@ -112,7 +178,10 @@ impl StepKind for RdsSnapshot {
                 return Ok(ev);
             }
             cx.check_deadline(&format!("snapshot {id} to become available (now {s})"))?;
-            (cx.progress)(&format!("snapshot {id} is {s}; waiting up to {}s", cx.remaining().as_secs()));
+            (cx.progress)(&format!(
+                "snapshot {id} is {s}; waiting up to {}s",
+                cx.remaining().as_secs()
+            ));
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     }

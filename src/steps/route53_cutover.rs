@@ -5,7 +5,9 @@
 use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
 use crate::providers::aws::err;
 use async_trait::async_trait;
-use aws_sdk_route53::types::{Change as R53Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
+use aws_sdk_route53::types::{
+    Change as R53Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -29,19 +31,44 @@ fn default_type() -> String {
 }
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "record", required: true, doc: "record name, e.g. shop.staging.example.com" },
-    ParamSpec { name: "to", required: true, doc: "new value (the AWS load balancer's DNS name for a CNAME)" },
-    ParamSpec { name: "type", required: false, doc: "record type: CNAME (default) or A" },
-    ParamSpec { name: "ttl", required: false, doc: "TTL in seconds (default: keep the current TTL, else 60)" },
+    ParamSpec {
+        name: "record",
+        required: true,
+        doc: "record name, e.g. shop.staging.example.com",
+    },
+    ParamSpec {
+        name: "to",
+        required: true,
+        doc: "new value (the AWS load balancer's DNS name for a CNAME)",
+    },
+    ParamSpec {
+        name: "type",
+        required: false,
+        doc: "record type: CNAME (default) or A",
+    },
+    ParamSpec {
+        name: "ttl",
+        required: false,
+        doc: "TTL in seconds (default: keep the current TTL, else 60)",
+    },
 ];
 
 fn fqdn(name: &str) -> String {
-    if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
 }
 
 /// The hosted zone id of the environment's domain.
 async fn zone_id(r53: &aws_sdk_route53::Client, domain: &str) -> Result<String, StepError> {
-    let out = r53.list_hosted_zones_by_name().dns_name(fqdn(domain)).send().await.map_err(|e| err("route53:ListHostedZonesByName", e))?;
+    let out = r53
+        .list_hosted_zones_by_name()
+        .dns_name(fqdn(domain))
+        .send()
+        .await
+        .map_err(|e| err("route53:ListHostedZonesByName", e))?;
     out.hosted_zones()
         .iter()
         .find(|z| z.name() == fqdn(domain))
@@ -50,7 +77,12 @@ async fn zone_id(r53: &aws_sdk_route53::Client, domain: &str) -> Result<String, 
 }
 
 /// The record set `name`/`type` as `{exists, name, type, ttl, values}`.
-async fn current(r53: &aws_sdk_route53::Client, zone: &str, name: &str, rtype: &RrType) -> Result<Value, StepError> {
+async fn current(
+    r53: &aws_sdk_route53::Client,
+    zone: &str,
+    name: &str,
+    rtype: &RrType,
+) -> Result<Value, StepError> {
     let out = r53
         .list_resource_record_sets()
         .hosted_zone_id(zone)
@@ -60,7 +92,10 @@ async fn current(r53: &aws_sdk_route53::Client, zone: &str, name: &str, rtype: &
         .send()
         .await
         .map_err(|e| err("route53:ListResourceRecordSets", e))?;
-    let found = out.resource_record_sets().iter().find(|r| r.name() == fqdn(name) && r.r#type() == rtype);
+    let found = out
+        .resource_record_sets()
+        .iter()
+        .find(|r| r.name() == fqdn(name) && r.r#type() == rtype);
     Ok(match found {
         None => json!({"exists": false, "name": fqdn(name), "type": rtype.as_str()}),
         Some(r) => json!({
@@ -73,10 +108,23 @@ async fn current(r53: &aws_sdk_route53::Client, zone: &str, name: &str, rtype: &
     })
 }
 
-fn record_set(name: &str, rtype: &RrType, ttl: i64, values: &[String]) -> Result<ResourceRecordSet, StepError> {
-    let mut b = ResourceRecordSet::builder().name(fqdn(name)).r#type(rtype.clone()).ttl(ttl);
+fn record_set(
+    name: &str,
+    rtype: &RrType,
+    ttl: i64,
+    values: &[String],
+) -> Result<ResourceRecordSet, StepError> {
+    let mut b = ResourceRecordSet::builder()
+        .name(fqdn(name))
+        .r#type(rtype.clone())
+        .ttl(ttl);
     for v in values {
-        b = b.resource_records(ResourceRecord::builder().value(v).build().map_err(|e| StepError::Params(e.to_string()))?);
+        b = b.resource_records(
+            ResourceRecord::builder()
+                .value(v)
+                .build()
+                .map_err(|e| StepError::Params(e.to_string()))?,
+        );
     }
     b.build().map_err(|e| StepError::Params(e.to_string()))
 }
@@ -86,22 +134,60 @@ fn batch_json(action: &str, name: &str, rtype: &str, ttl: i64, values: &[String]
     json!({"Changes": [{"Action": action, "ResourceRecordSet": {"Name": fqdn(name), "Type": rtype, "TTL": ttl, "ResourceRecords": values.iter().map(|v| json!({"Value": v})).collect::<Vec<_>>()}}]})
 }
 
-async fn submit(r53: &aws_sdk_route53::Client, zone: &str, action: ChangeAction, set: ResourceRecordSet, comment: &str) -> Result<String, StepError> {
-    let change = R53Change::builder().action(action).resource_record_set(set).build().map_err(|e| StepError::Params(e.to_string()))?;
-    let batch = ChangeBatch::builder().changes(change).comment(comment).build().map_err(|e| StepError::Params(e.to_string()))?;
-    let out = r53.change_resource_record_sets().hosted_zone_id(zone).change_batch(batch).send().await.map_err(|e| err("route53:ChangeResourceRecordSets", e))?;
-    Ok(out.change_info().map(|c| c.id().trim_start_matches("/change/").to_string()).unwrap_or_default())
+async fn submit(
+    r53: &aws_sdk_route53::Client,
+    zone: &str,
+    action: ChangeAction,
+    set: ResourceRecordSet,
+    comment: &str,
+) -> Result<String, StepError> {
+    let change = R53Change::builder()
+        .action(action)
+        .resource_record_set(set)
+        .build()
+        .map_err(|e| StepError::Params(e.to_string()))?;
+    let batch = ChangeBatch::builder()
+        .changes(change)
+        .comment(comment)
+        .build()
+        .map_err(|e| StepError::Params(e.to_string()))?;
+    let out = r53
+        .change_resource_record_sets()
+        .hosted_zone_id(zone)
+        .change_batch(batch)
+        .send()
+        .await
+        .map_err(|e| err("route53:ChangeResourceRecordSets", e))?;
+    Ok(out
+        .change_info()
+        .map(|c| c.id().trim_start_matches("/change/").to_string())
+        .unwrap_or_default())
 }
 
-async fn wait_insync(cx: &StepContext<'_>, r53: &aws_sdk_route53::Client, change_id: &str) -> Result<(), StepError> {
+async fn wait_insync(
+    cx: &StepContext<'_>,
+    r53: &aws_sdk_route53::Client,
+    change_id: &str,
+) -> Result<(), StepError> {
     loop {
-        let out = r53.get_change().id(change_id).send().await.map_err(|e| err("route53:GetChange", e))?;
-        let status = out.change_info().map(|c| c.status().as_str().to_string()).unwrap_or_default();
+        let out = r53
+            .get_change()
+            .id(change_id)
+            .send()
+            .await
+            .map_err(|e| err("route53:GetChange", e))?;
+        let status = out
+            .change_info()
+            .map(|c| c.status().as_str().to_string())
+            .unwrap_or_default();
         if status == "INSYNC" {
             return Ok(());
         }
         cx.check_deadline(&format!("change {change_id} to be INSYNC (now {status})"))?;
-        (cx.progress)(&format!("change {change_id} is {status}; waiting for INSYNC up to {}s", cx.remaining().as_secs()));
+        (cx.progress)(&format!(
+            "change {change_id} is {status}; waiting for INSYNC up to {}s",
+            cx.remaining().as_secs()
+        ));
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
@@ -130,50 +216,105 @@ impl StepKind for Route53Cutover {
         let zone = zone_id(&r53, &cx.env.dns.domain).await?;
         let rtype = RrType::from(p.rtype.as_str());
         let before = current(&r53, &zone, &p.record, &rtype).await?;
-        let old: Vec<String> = before.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
-        let ttl = p.ttl.or_else(|| before.get("ttl").and_then(Value::as_i64)).unwrap_or(60);
-        let changes = if old == vec![p.to.clone()] && before.get("ttl").and_then(Value::as_i64) == Some(ttl) {
-            vec![Change::new("none", format!("{} {}", p.rtype, fqdn(&p.record)), format!("already {}", p.to))]
+        let old: Vec<String> = before
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        let ttl = p
+            .ttl
+            .or_else(|| before.get("ttl").and_then(Value::as_i64))
+            .unwrap_or(60);
+        let changes = if old == vec![p.to.clone()]
+            && before.get("ttl").and_then(Value::as_i64) == Some(ttl)
+        {
+            vec![Change::new(
+                "none",
+                format!("{} {}", p.rtype, fqdn(&p.record)),
+                format!("already {}", p.to),
+            )]
         } else {
             let batch = batch_json("UPSERT", &p.record, &p.rtype, ttl, &[p.to.clone()]);
             vec![Change::new(
                 "update",
                 format!("{} {}", p.rtype, fqdn(&p.record)),
-                format!("{} → {} (TTL {ttl}s) in zone {zone}; change batch {}", if old.is_empty() { "(none)".into() } else { old.join(",") }, p.to, batch),
+                format!(
+                    "{} → {} (TTL {ttl}s) in zone {zone}; change batch {}",
+                    if old.is_empty() {
+                        "(none)".into()
+                    } else {
+                        old.join(",")
+                    },
+                    p.to,
+                    batch
+                ),
             )]
         };
         let mut predicted = Map::new();
         predicted.insert("zone_id".into(), json!(zone));
         predicted.insert("record".into(), json!(fqdn(&p.record)));
         predicted.insert("value".into(), json!(p.to));
-        Ok(Planned { changes, before, predicted })
+        Ok(Planned {
+            changes,
+            before,
+            predicted,
+        })
     }
 
-    async fn apply(&self, cx: &StepContext, planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
         let zone = zone_id(&r53, &cx.env.dns.domain).await?;
         let rtype = RrType::from(p.rtype.as_str());
         let now = current(&r53, &zone, &p.record, &rtype).await?;
-        let ttl = p.ttl.or_else(|| planned.before.get("ttl").and_then(Value::as_i64)).unwrap_or(60);
-        let already = now.get("values") == Some(&json!([p.to])) && now.get("ttl").and_then(Value::as_i64) == Some(ttl);
+        let ttl = p
+            .ttl
+            .or_else(|| planned.before.get("ttl").and_then(Value::as_i64))
+            .unwrap_or(60);
+        let already = now.get("values") == Some(&json!([p.to]))
+            && now.get("ttl").and_then(Value::as_i64) == Some(ttl);
         let mut out = Map::new();
         let change_id = if already {
             Value::Null
         } else {
             let set = record_set(&p.record, &rtype, ttl, &[p.to.clone()])?;
-            json!(submit(&r53, &zone, ChangeAction::Upsert, set, &format!("cutover run {} step {}", cx.run_id, cx.step_id)).await?)
+            json!(
+                submit(
+                    &r53,
+                    &zone,
+                    ChangeAction::Upsert,
+                    set,
+                    &format!("cutover run {} step {}", cx.run_id, cx.step_id)
+                )
+                .await?
+            )
         };
-        out.insert("summary".into(), json!(format!("{} {} → {}", p.rtype, fqdn(&p.record), p.to)));
+        out.insert(
+            "summary".into(),
+            json!(format!("{} {} → {}", p.rtype, fqdn(&p.record), p.to)),
+        );
         out.insert("change_id".into(), change_id);
-        out.insert("change_batch".into(), batch_json("UPSERT", &p.record, &p.rtype, ttl, &[p.to.clone()]));
+        out.insert(
+            "change_batch".into(),
+            batch_json("UPSERT", &p.record, &p.rtype, ttl, &[p.to.clone()]),
+        );
         out.insert("zone_id".into(), json!(zone));
         out.insert("record".into(), json!(fqdn(&p.record)));
         out.insert("value".into(), json!(p.to));
         Ok(out)
     }
 
-    async fn verify(&self, cx: &StepContext, outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+    async fn verify(
+        &self,
+        cx: &StepContext,
+        outputs: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, StepError> {
         let mut ev = Map::new();
         if let Some(id) = outputs.get("change_id").and_then(Value::as_str) {
             let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
@@ -183,28 +324,70 @@ impl StepKind for Route53Cutover {
         Ok(ev)
     }
 
-    async fn rollback(&self, cx: &StepContext, before: &Value, _outputs: Option<&Map<String, Value>>) -> Result<Vec<String>, StepError> {
+    async fn rollback(
+        &self,
+        cx: &StepContext,
+        before: &Value,
+        _outputs: Option<&Map<String, Value>>,
+    ) -> Result<Vec<String>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
         let zone = zone_id(&r53, &cx.env.dns.domain).await?;
         let rtype = RrType::from(p.rtype.as_str());
         let now = current(&r53, &zone, &p.record, &rtype).await?;
-        let now_values: Vec<String> = now.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+        let now_values: Vec<String> = now
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
         let label = format!("{} {}", p.rtype, fqdn(&p.record));
         if before.get("exists").and_then(Value::as_bool) == Some(true) {
-            let old: Vec<String> = before.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+            let old: Vec<String> = before
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
             let ttl = before.get("ttl").and_then(Value::as_i64).unwrap_or(60);
             if now_values == old && now.get("ttl").and_then(Value::as_i64) == Some(ttl) {
-                return Ok(vec![format!("{label}: already {} (nothing to restore)", old.join(","))]);
+                return Ok(vec![format!(
+                    "{label}: already {} (nothing to restore)",
+                    old.join(",")
+                )]);
             }
-            let id = submit(&r53, &zone, ChangeAction::Upsert, record_set(&p.record, &rtype, ttl, &old)?, &format!("cutover rollback of run {}", cx.run_id)).await?;
+            let id = submit(
+                &r53,
+                &zone,
+                ChangeAction::Upsert,
+                record_set(&p.record, &rtype, ttl, &old)?,
+                &format!("cutover rollback of run {}", cx.run_id),
+            )
+            .await?;
             wait_insync(cx, &r53, &id).await?;
-            Ok(vec![format!("{label}: {} → {} (TTL {ttl}s, change {id} INSYNC)", now_values.join(","), old.join(","))])
-        } else if now.get("exists").and_then(Value::as_bool) == Some(true) && now_values == vec![p.to.clone()] {
+            Ok(vec![format!(
+                "{label}: {} → {} (TTL {ttl}s, change {id} INSYNC)",
+                now_values.join(","),
+                old.join(",")
+            )])
+        } else if now.get("exists").and_then(Value::as_bool) == Some(true)
+            && now_values == vec![p.to.clone()]
+        {
             let ttl = now.get("ttl").and_then(Value::as_i64).unwrap_or(60);
-            let id = submit(&r53, &zone, ChangeAction::Delete, record_set(&p.record, &rtype, ttl, &now_values)?, &format!("cutover rollback of run {}", cx.run_id)).await?;
+            let id = submit(
+                &r53,
+                &zone,
+                ChangeAction::Delete,
+                record_set(&p.record, &rtype, ttl, &now_values)?,
+                &format!("cutover rollback of run {}", cx.run_id),
+            )
+            .await?;
             wait_insync(cx, &r53, &id).await?;
-            Ok(vec![format!("{label}: deleted (it did not exist before the run)")])
+            Ok(vec![format!(
+                "{label}: deleted (it did not exist before the run)"
+            )])
         } else {
             Ok(vec![])
         }

@@ -22,30 +22,47 @@ struct Params {
     vars: BTreeMap<String, Value>,
 }
 
-const PARAMS: &[ParamSpec] = &[ParamSpec { name: "vars", required: false, doc: "extra -var values, merged over the environment's terraform.vars" }];
+const PARAMS: &[ParamSpec] = &[ParamSpec {
+    name: "vars",
+    required: false,
+    doc: "extra -var values, merged over the environment's terraform.vars",
+}];
 
-async fn terraform(cx: &StepContext<'_>) -> Result<(Terraform, BTreeMap<String, String>), StepError> {
+async fn terraform(
+    cx: &StepContext<'_>,
+) -> Result<(Terraform, BTreeMap<String, String>), StepError> {
     let p: Params = parse_params(&cx.params)?;
     let session = cx.providers.aws().await?;
     let creds = &session.credentials;
     let mut env = BTreeMap::new();
-    env.insert("AWS_ACCESS_KEY_ID".to_string(), creds.access_key_id().to_string());
-    env.insert("AWS_SECRET_ACCESS_KEY".to_string(), creds.secret_access_key().to_string());
+    env.insert(
+        "AWS_ACCESS_KEY_ID".to_string(),
+        creds.access_key_id().to_string(),
+    );
+    env.insert(
+        "AWS_SECRET_ACCESS_KEY".to_string(),
+        creds.secret_access_key().to_string(),
+    );
     if let Some(t) = creds.session_token() {
         env.insert("AWS_SESSION_TOKEN".to_string(), t.to_string());
     }
     env.insert("AWS_REGION".to_string(), cx.env.aws.region.clone());
     let tf = Terraform {
         dir: cx.root.join(&cx.env.terraform.dir),
-        data_dir: crate::engine::state_dir(cx.root).join("terraform").join(&cx.env.name),
+        data_dir: crate::engine::state_dir(cx.root)
+            .join("terraform")
+            .join(&cx.env.name),
         env,
     };
     let mut vars = cx.env.terraform.vars.clone();
     for (k, v) in p.vars {
-        vars.insert(k, match v {
-            Value::String(s) => s,
-            other => other.to_string(),
-        });
+        vars.insert(
+            k,
+            match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            },
+        );
     }
     Ok((tf, vars))
 }
@@ -86,17 +103,35 @@ impl StepKind for TerraformApply {
                 Change::new(action, addr, "terraform resource")
             })
             .collect();
-        changes.insert(0, Change::new("run", format!("terraform apply {}", cx.env.terraform.dir), format!("{} to add, {} to change, {} to replace, {} to destroy", s.create, s.update, s.replace, s.delete)));
+        changes.insert(
+            0,
+            Change::new(
+                "run",
+                format!("terraform apply {}", cx.env.terraform.dir),
+                format!(
+                    "{} to add, {} to change, {} to replace, {} to destroy",
+                    s.create, s.update, s.replace, s.delete
+                ),
+            ),
+        );
         let mut predicted = Map::new();
         let mut tf_out = outputs_from(&shown, true);
         if tf_out.is_empty() {
             tf_out = tf.outputs().await.unwrap_or_default();
         }
         predicted.insert("tf".into(), Value::Object(tf_out));
-        Ok(Planned { changes, before: json!({"summary": s}), predicted })
+        Ok(Planned {
+            changes,
+            before: json!({"summary": s}),
+            predicted,
+        })
     }
 
-    async fn apply(&self, cx: &StepContext, planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let (tf, vars) = terraform(cx).await?;
         let plan_file = cx.run_dir.join(format!("{}.tfplan", cx.step_id));
         if !plan_file.exists() {
@@ -114,10 +149,24 @@ impl StepKind for TerraformApply {
             }
         }
         let outputs = tf.outputs().await?;
-        let s = planned.before.get("summary").cloned().unwrap_or(Value::Null);
+        let s = planned
+            .before
+            .get("summary")
+            .cloned()
+            .unwrap_or(Value::Null);
         let n = |k: &str| s.get(k).and_then(Value::as_u64).unwrap_or(0);
         let mut out = Map::new();
-        out.insert("summary".into(), json!(format!("{} added, {} changed, {} replaced, {} destroyed; {} outputs", n("create"), n("update"), n("replace"), n("delete"), outputs.len())));
+        out.insert(
+            "summary".into(),
+            json!(format!(
+                "{} added, {} changed, {} replaced, {} destroyed; {} outputs",
+                n("create"),
+                n("update"),
+                n("replace"),
+                n("delete"),
+                outputs.len()
+            )),
+        );
         out.insert("tf".into(), Value::Object(outputs));
         for k in ["create", "update", "replace", "delete"] {
             out.insert(k.into(), json!(n(k)));

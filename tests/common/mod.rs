@@ -31,7 +31,9 @@ pub fn sandbox_bin() -> PathBuf {
 
 /// Runs `cmd` to completion within `secs`, killing it past the deadline.
 pub fn run_with_timeout(mut cmd: Command, secs: u64) -> Output {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
@@ -56,7 +58,11 @@ pub fn run_with_timeout(mut cmd: Command, secs: u64) -> Output {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    Output { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
+    Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
 }
 
 /// One sandbox and one project copy.
@@ -93,16 +99,30 @@ fn copy_dir(from: &Path, to: &Path) {
 impl Sandbox {
     /// Starts a sandbox (≈10 s) and copies the project files.
     pub fn start() -> Sandbox {
-        let dir = tempfile::Builder::new().prefix("cutover-sandbox-").tempdir().unwrap();
-        let project = tempfile::Builder::new().prefix("cutover-project-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("cutover-sandbox-")
+            .tempdir()
+            .unwrap();
+        let project = tempfile::Builder::new()
+            .prefix("cutover-project-")
+            .tempdir()
+            .unwrap();
         for sub in ["environments", "runbooks", "terraform/sandbox"] {
             copy_dir(&repo().join(sub), &project.path().join(sub));
         }
-        let venv = std::env::var("CUTOVER_SANDBOX_VENV").unwrap_or_else(|_| repo().join(".sandbox/venv").display().to_string());
+        let venv = std::env::var("CUTOVER_SANDBOX_VENV")
+            .unwrap_or_else(|_| repo().join(".sandbox/venv").display().to_string());
         let mut up = Command::new(sandbox_bin());
-        up.arg("--dir").arg(dir.path()).arg("up").env("CUTOVER_SANDBOX_VENV", &venv);
+        up.arg("--dir")
+            .arg(dir.path())
+            .arg("up")
+            .env("CUTOVER_SANDBOX_VENV", &venv);
         let out = run_with_timeout(up, 600);
-        assert!(out.status.success(), "sandbox up failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sandbox up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut envc = Command::new(sandbox_bin());
         envc.arg("--dir").arg(dir.path()).arg("env");
         let out = run_with_timeout(envc, 30);
@@ -113,19 +133,34 @@ impl Sandbox {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
             .collect();
-        let state: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap()).unwrap();
-        Sandbox { dir, project, env, state, outputs: Default::default() }
+        let state: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap())
+                .unwrap();
+        Sandbox {
+            dir,
+            project,
+            env,
+            state,
+            outputs: Default::default(),
+        }
     }
 
     /// An exported variable.
     pub fn var(&self, name: &str) -> String {
-        self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("no {name}"))
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name}"))
     }
 
     /// A `cutover` command in the project with the sandbox's environment.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(cutover_bin());
-        c.arg("-C").arg(self.project.path()).args(args).envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c.arg("-C")
+            .arg(self.project.path())
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         c.env_remove("NO_COLOR");
         c
     }
@@ -133,19 +168,32 @@ impl Sandbox {
     /// Runs `cutover args...` (deadline 300 s); records its output for the secret scan.
     pub fn cutover(&self, args: &[&str]) -> Output {
         let out = run_with_timeout(self.command(args), 300);
-        self.outputs.lock().unwrap().push(format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        self.outputs.lock().unwrap().push(format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
         out
     }
 
     /// Starts `cutover args...` without waiting.
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        self.command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// The ids of the runs on record, oldest first.
     pub fn run_ids(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.project.path().join(".cutover/runs"))
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -153,30 +201,51 @@ impl Sandbox {
 
     /// A run's event log path.
     pub fn log_path(&self, run: &str) -> PathBuf {
-        self.project.path().join(".cutover/runs").join(run).join("events.jsonl")
+        self.project
+            .path()
+            .join(".cutover/runs")
+            .join(run)
+            .join("events.jsonl")
     }
 
     /// A run's records.
     pub fn records(&self, run: &str) -> Vec<Value> {
-        std::fs::read_to_string(self.log_path(run)).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        std::fs::read_to_string(self.log_path(run))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// A number from state.json.
     pub fn port(&self, path: &str) -> u64 {
-        self.state.pointer(path).and_then(Value::as_u64).unwrap_or_else(|| panic!("state has no {path}"))
+        self.state
+            .pointer(path)
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("state has no {path}"))
     }
 
     /// The passwords the sandbox generated (must never appear in outputs).
     pub fn passwords(&self) -> Vec<String> {
-        ["source_password", "target_password", "app_password"].iter().map(|k| self.state[*k].as_str().unwrap().to_string()).collect()
+        ["source_password", "target_password", "app_password"]
+            .iter()
+            .map(|k| self.state[*k].as_str().unwrap().to_string())
+            .collect()
     }
 
     /// GET from the Kubernetes API emulator of `env`.
     pub fn kube_get(&self, env: &str, path: &str) -> Value {
         let port = self.port(&format!("/kube_ports/{env}"));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
-            let r = reqwest::Client::new().get(format!("http://127.0.0.1:{port}{path}")).send().await.unwrap();
+            let r = reqwest::Client::new()
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .send()
+                .await
+                .unwrap();
             r.json::<Value>().await.unwrap()
         })
     }
@@ -185,24 +254,43 @@ impl Sandbox {
     pub fn secret_value(&self, env: &str, name: &str, key: &str) -> Option<String> {
         let s = self.kube_get(env, &format!("/api/v1/namespaces/shop/secrets/{name}"));
         let b = s.pointer(&format!("/data/{key}"))?.as_str()?;
-        Some(String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).unwrap()).unwrap())
+        Some(
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).unwrap())
+                .unwrap(),
+        )
     }
 
     /// Runs SQL through `url`, returning each row's columns as text.
     pub fn sql(&self, url: &str, query: &str) -> Vec<Vec<Option<String>>> {
-        self.try_sql(url, query).unwrap_or_else(|e| panic!("{query}: {e}"))
+        self.try_sql(url, query)
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
     }
 
     /// Runs SQL through `url`; the server's error as text.
     pub fn try_sql(&self, url: &str, query: &str) -> Result<Vec<Vec<Option<String>>>, String> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+            let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
             tokio::spawn(conn);
-            let msgs = tokio::time::timeout(Duration::from_secs(60), c.simple_query(query)).await.expect("query deadline").map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?;
-            Ok(msgs.into_iter()
+            let msgs = tokio::time::timeout(Duration::from_secs(60), c.simple_query(query))
+                .await
+                .expect("query deadline")
+                .map_err(|e| {
+                    e.as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_else(|| e.to_string())
+                })?;
+            Ok(msgs
+                .into_iter()
                 .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                    }
                     _ => None,
                 })
                 .collect())
@@ -213,30 +301,45 @@ impl Sandbox {
     pub fn aws(&self, env: &str) -> aws_config::SdkConfig {
         let account = self.var(&format!("CUTOVER_{}_ACCOUNT_ID", env.to_uppercase()));
         let endpoint = self.var("AWS_ENDPOINT_URL");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let base = aws_config::SdkConfig::builder()
                 .behavior_version(aws_config::BehaviorVersion::latest())
                 .region(aws_config::Region::new("us-east-1"))
                 .endpoint_url(&endpoint)
-                .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(aws_credential_types::Credentials::new("sandbox", "sandbox", None, None, "t")))
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(
+                        aws_credential_types::Credentials::new(
+                            "sandbox", "sandbox", None, None, "t",
+                        ),
+                    ),
+                )
                 .build();
             let out = aws_sdk_sts::Client::new(&base)
                 .assume_role()
-                .role_arn(format!("arn:aws:iam::{account}:role/OrganizationAccountAccessRole"))
+                .role_arn(format!(
+                    "arn:aws:iam::{account}:role/OrganizationAccountAccessRole"
+                ))
                 .role_session_name("test")
                 .send()
                 .await
                 .unwrap();
             let c = out.credentials().unwrap();
             base.to_builder()
-                .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
-                    c.access_key_id(),
-                    c.secret_access_key(),
-                    Some(c.session_token().to_string()),
-                    None,
-                    "t",
-                )))
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(
+                        aws_credential_types::Credentials::new(
+                            c.access_key_id(),
+                            c.secret_access_key(),
+                            Some(c.session_token().to_string()),
+                            None,
+                            "t",
+                        ),
+                    ),
+                )
                 .build()
         })
     }
@@ -244,15 +347,30 @@ impl Sandbox {
     /// Every record set in every hosted zone of `env`'s account, as `name type ttl values`.
     pub fn dns_records(&self, env: &str) -> Vec<String> {
         let cfg = self.aws(env);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let r53 = aws_sdk_route53::Client::new(&cfg);
             let mut out = Vec::new();
             for z in r53.list_hosted_zones().send().await.unwrap().hosted_zones() {
-                let sets = r53.list_resource_record_sets().hosted_zone_id(z.id()).send().await.unwrap();
+                let sets = r53
+                    .list_resource_record_sets()
+                    .hosted_zone_id(z.id())
+                    .send()
+                    .await
+                    .unwrap();
                 for r in sets.resource_record_sets() {
-                    let values: Vec<&str> = r.resource_records().iter().map(|v| v.value()).collect();
-                    out.push(format!("{} {} {:?} {}", r.name(), r.r#type().as_str(), r.ttl(), values.join(",")));
+                    let values: Vec<&str> =
+                        r.resource_records().iter().map(|v| v.value()).collect();
+                    out.push(format!(
+                        "{} {} {:?} {}",
+                        r.name(),
+                        r.r#type().as_str(),
+                        r.ttl(),
+                        values.join(",")
+                    ));
                 }
             }
             out.sort();
@@ -263,16 +381,31 @@ impl Sandbox {
     /// The CNAME value of shop.<domain> in `env`'s account.
     pub fn shop_record(&self, env: &str) -> String {
         let records = self.dns_records(env);
-        records.iter().find(|r| r.starts_with("shop.") && r.contains(" CNAME ")).map(|r| r.rsplit(' ').next().unwrap().to_string()).expect("shop record")
+        records
+            .iter()
+            .find(|r| r.starts_with("shop.") && r.contains(" CNAME "))
+            .map(|r| r.rsplit(' ').next().unwrap().to_string())
+            .expect("shop record")
     }
 
     /// Every RDS snapshot id in `env`'s account.
     pub fn rds_snapshots(&self, env: &str) -> Vec<String> {
         let cfg = self.aws(env);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
-            let out = aws_sdk_rds::Client::new(&cfg).describe_db_snapshots().send().await.unwrap();
-            let mut v: Vec<String> = out.db_snapshots().iter().map(|s| s.db_snapshot_identifier().unwrap_or("").to_string()).collect();
+            let out = aws_sdk_rds::Client::new(&cfg)
+                .describe_db_snapshots()
+                .send()
+                .await
+                .unwrap();
+            let mut v: Vec<String> = out
+                .db_snapshots()
+                .iter()
+                .map(|s| s.db_snapshot_identifier().unwrap_or("").to_string())
+                .collect();
             v.sort();
             v
         })
@@ -302,7 +435,10 @@ impl Sandbox {
             texts.push(std::fs::read_to_string(self.log_path(&run)).unwrap_or_default());
             let md = run_with_timeout(self.command(&["audit", "show", &run]), 60);
             texts.push(String::from_utf8_lossy(&md.stdout).into_owned());
-            let js = run_with_timeout(self.command(&["audit", "show", &run, "--format", "json"]), 60);
+            let js = run_with_timeout(
+                self.command(&["audit", "show", &run, "--format", "json"]),
+                60,
+            );
             texts.push(String::from_utf8_lossy(&js.stdout).into_owned());
         }
         for pw in self.passwords() {
@@ -310,11 +446,18 @@ impl Sandbox {
                 pw.clone(),
                 base64::engine::general_purpose::STANDARD.encode(&pw),
                 base64::engine::general_purpose::STANDARD_NO_PAD.encode(&pw),
-                serde_json::to_string(&pw).unwrap().trim_matches('"').to_string(),
+                serde_json::to_string(&pw)
+                    .unwrap()
+                    .trim_matches('"')
+                    .to_string(),
             ];
             for t in &texts {
                 for f in &forms {
-                    assert!(!t.contains(f.as_str()), "a database password leaked into output:\n{}", t.replace(f.as_str(), "<<PASSWORD>>"));
+                    assert!(
+                        !t.contains(f.as_str()),
+                        "a database password leaked into output:\n{}",
+                        t.replace(f.as_str(), "<<PASSWORD>>")
+                    );
                 }
             }
         }
@@ -331,5 +474,9 @@ impl Drop for Sandbox {
 
 /// stdout + stderr as text.
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
