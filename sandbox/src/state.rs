@@ -56,16 +56,20 @@ impl State {
         serde_json::from_str(&std::fs::read_to_string(Self::path(dir)).ok()?).ok()
     }
 
-    /// Writes the state (mode 0600).
+    /// Writes the state (mode 0600) atomically: readers (the `serve` process) never see a
+    /// half-written file.
     pub fn save(&self) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
+        let tmp = self.dir.join("state.json.tmp");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(Self::path(&self.dir))?;
+            .open(&tmp)?;
         std::io::Write::write_all(&mut f, serde_json::to_string_pretty(self)?.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, Self::path(&self.dir))?;
         Ok(())
     }
 
