@@ -204,6 +204,14 @@ fn sigkill_during_cutover_is_completed_by_resume_without_repeating_effects() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    // While it runs, the environment is locked: a second run is refused, naming the holder.
+    let second = sb.cutover(&["rehearse", "staging"]);
+    assert_eq!(second.status.code(), Some(3), "{}", text(&second));
+    assert!(
+        text(&second).contains(&format!("environment staging is locked by run {run}")),
+        "{}",
+        text(&second)
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(

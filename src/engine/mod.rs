@@ -52,6 +52,7 @@ fn operator() -> String {
         .or_else(|_| std::env::var("GITHUB_ACTOR"))
         .or_else(|_| std::env::var("GITLAB_USER_LOGIN"))
         .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())
 }
 
@@ -207,20 +208,9 @@ pub async fn resume(
     run_id: &str,
     ui: &Ui,
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
-    let state = state_dir(root);
-    let path = runs::log_path(&state, run_id);
-    if !path.exists() {
-        return Err(ResumeError::NotFound(run_id.to_string()));
-    }
-    let records =
-        log::read_verified(&path).map_err(|e| ResumeError::Corrupt(run_id.to_string(), e))?;
-    let start = records
-        .iter()
-        .find(|r| r.event == "run_started")
-        .ok_or_else(|| ResumeError::NotFound(run_id.to_string()))?;
+    let (records, start) = load_run(root, run_id)?;
     let field = |k: &str| {
         start
-            .data
             .get(k)
             .and_then(Value::as_str)
             .unwrap_or("")
@@ -262,20 +252,9 @@ pub async fn rollback(
     run_id: &str,
     ui: &Ui,
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
-    let state = state_dir(root);
-    let path = runs::log_path(&state, run_id);
-    if !path.exists() {
-        return Err(ResumeError::NotFound(run_id.to_string()));
-    }
-    let records =
-        log::read_verified(&path).map_err(|e| ResumeError::Corrupt(run_id.to_string(), e))?;
-    let start = records
-        .iter()
-        .find(|r| r.event == "run_started")
-        .ok_or_else(|| ResumeError::NotFound(run_id.to_string()))?;
+    let (records, start) = load_run(root, run_id)?;
     let field = |k: &str| {
         start
-            .data
             .get(k)
             .and_then(Value::as_str)
             .unwrap_or("")
@@ -284,6 +263,22 @@ pub async fn rollback(
     let plan = runbook::resolve(root, &field("runbook_path"), &field("environment"))
         .map_err(ResumeError::Config)?;
     Ok(continue_run(root, &plan, Mode::Execute, run_id, &records, ui, true).await)
+}
+
+/// A run's verified records and its `run_started` payload.
+fn load_run(root: &Path, run_id: &str) -> Result<(Vec<log::Record>, Value), ResumeError> {
+    let path = runs::log_path(&state_dir(root), run_id);
+    if !path.exists() {
+        return Err(ResumeError::NotFound(run_id.to_string()));
+    }
+    let records =
+        log::read_verified(&path).map_err(|e| ResumeError::Corrupt(run_id.to_string(), e))?;
+    let start = records
+        .iter()
+        .find(|r| r.event == "run_started")
+        .map(|r| r.data.clone())
+        .ok_or_else(|| ResumeError::NotFound(run_id.to_string()))?;
+    Ok((records, start))
 }
 
 async fn continue_run(

@@ -108,6 +108,16 @@ async fn current(
     })
 }
 
+/// The values of a record set as [`current`] reports it.
+fn values_of(set: &Value) -> Vec<String> {
+    set.get("values")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
 fn record_set(
     name: &str,
     rtype: &RrType,
@@ -216,13 +226,7 @@ impl StepKind for Route53Cutover {
         let zone = zone_id(&r53, &cx.env.dns.domain).await?;
         let rtype = RrType::from(p.rtype.as_str());
         let before = current(&r53, &zone, &p.record, &rtype).await?;
-        let old: Vec<String> = before
-            .get("values")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
+        let old = values_of(&before);
         let ttl = p
             .ttl
             .or_else(|| before.get("ttl").and_then(Value::as_i64))
@@ -335,22 +339,10 @@ impl StepKind for Route53Cutover {
         let zone = zone_id(&r53, &cx.env.dns.domain).await?;
         let rtype = RrType::from(p.rtype.as_str());
         let now = current(&r53, &zone, &p.record, &rtype).await?;
-        let now_values: Vec<String> = now
-            .get("values")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
+        let now_values = values_of(&now);
         let label = format!("{} {}", p.rtype, fqdn(&p.record));
         if before.get("exists").and_then(Value::as_bool) == Some(true) {
-            let old: Vec<String> = before
-                .get("values")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect();
+            let old = values_of(&before);
             let ttl = before.get("ttl").and_then(Value::as_i64).unwrap_or(60);
             if now_values == old && now.get("ttl").and_then(Value::as_i64) == Some(ttl) {
                 return Ok(vec![format!(

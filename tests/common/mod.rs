@@ -236,11 +236,7 @@ impl Sandbox {
     /// GET from the Kubernetes API emulator of `env`.
     pub fn kube_get(&self, env: &str, path: &str) -> Value {
         let port = self.port(&format!("/kube_ports/{env}"));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let r = reqwest::Client::new()
                 .get(format!("http://127.0.0.1:{port}{path}"))
                 .send()
@@ -268,11 +264,7 @@ impl Sandbox {
 
     /// Runs SQL through `url`; the server's error as text.
     pub fn try_sql(&self, url: &str, query: &str) -> Result<Vec<Vec<Option<String>>>, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -301,11 +293,7 @@ impl Sandbox {
     pub fn aws(&self, env: &str) -> aws_config::SdkConfig {
         let account = self.var(&format!("CUTOVER_{}_ACCOUNT_ID", env.to_uppercase()));
         let endpoint = self.var("AWS_ENDPOINT_URL");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let base = aws_config::SdkConfig::builder()
                 .behavior_version(aws_config::BehaviorVersion::latest())
                 .region(aws_config::Region::new("us-east-1"))
@@ -347,11 +335,7 @@ impl Sandbox {
     /// Every record set in every hosted zone of `env`'s account, as `name type ttl values`.
     pub fn dns_records(&self, env: &str) -> Vec<String> {
         let cfg = self.aws(env);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let r53 = aws_sdk_route53::Client::new(&cfg);
             let mut out = Vec::new();
             for z in r53.list_hosted_zones().send().await.unwrap().hosted_zones() {
@@ -391,11 +375,7 @@ impl Sandbox {
     /// Every RDS snapshot id in `env`'s account.
     pub fn rds_snapshots(&self, env: &str) -> Vec<String> {
         let cfg = self.aws(env);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let out = aws_sdk_rds::Client::new(&cfg)
                 .describe_db_snapshots()
                 .send()
@@ -470,6 +450,19 @@ impl Drop for Sandbox {
         down.arg("--dir").arg(self.dir.path()).arg("down");
         let _ = run_with_timeout(down, 120);
     }
+}
+
+/// Runs a future to completion on a fresh current-thread runtime, under a 120 s deadline.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), f)
+            .await
+            .expect("deadline of 120 s passed")
+    })
 }
 
 /// stdout + stderr as text.
