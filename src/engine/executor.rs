@@ -9,6 +9,7 @@ use crate::runbook::{env_context, template, Plan, PlanStep};
 use crate::secret::{fingerprint, Redactor};
 use crate::steps::context::Mode;
 use crate::steps::{Planned, StepContext, StepError};
+use backon::BackoffBuilder;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -302,7 +303,14 @@ impl<'a> Executor<'a> {
             return Ok(Ok(()));
         }
 
-        // apply, with retries
+        // apply, with `retries` extra attempts spaced by exponential backoff with jitter
+        // (2 s doubling to at most 60 s).
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_secs(2))
+            .with_max_delay(std::time::Duration::from_secs(60))
+            .with_max_times(step.retries as usize)
+            .with_jitter()
+            .build();
         let mut attempt = 0u32;
         let outputs = loop {
             attempt += 1;
@@ -312,19 +320,21 @@ impl<'a> Executor<'a> {
                     .await
                     .unwrap_or_else(|_| Err(StepError::Timeout("apply".into())))
             };
-            match result {
+            let e = match result {
                 Ok(o) => break o,
-                Err(e) if attempt <= step.retries && !matches!(e, StepError::Gate(_)) => {
+                Err(e) => e,
+            };
+            match delays.next() {
+                Some(delay) if !matches!(e, StepError::Gate(_)) => {
                     let msg = self.redactor.redact(&e.to_string());
                     self.record(
                         "step_attempt_failed",
                         Some(&step.id),
-                        json!({"attempt": attempt, "error": msg}),
+                        json!({"attempt": attempt, "error": msg, "retry_in_ms": delay.as_millis() as u64}),
                     )?;
-                    tokio::time::sleep(std::time::Duration::from_secs(2u64.pow(attempt.min(5))))
-                        .await;
+                    tokio::time::sleep(delay).await;
                 }
-                Err(e) => return self.step_error(step, e, fail),
+                _ => return self.step_error(step, e, fail),
             }
         };
         self.record(

@@ -74,14 +74,15 @@ impl StepKind for SyncSequences {
         let mut changes: Vec<Change> = todo
             .iter()
             .map(|(n, now, goal)| {
+                let was = match (tgt.contains_key(n), now) {
+                    (false, _) => "absent on the target until its schema is copied".to_string(),
+                    (true, None) => "never used".to_string(),
+                    (true, Some(v)) => v.to_string(),
+                };
                 Change::new(
                     "update",
                     format!("sequence {n} on target"),
-                    format!(
-                        "{} → {goal}",
-                        now.map(|v| v.to_string())
-                            .unwrap_or_else(|| "unused".into())
-                    ),
+                    format!("{was} → {goal}"),
                 )
             })
             .collect();
