@@ -233,15 +233,6 @@ async fn collection(
     handle(c, method, &ns, &resource, None, HeaderMap::new(), body)
 }
 
-async fn collection_apps(
-    State(c): State<Cluster>,
-    method: Method,
-    Path((ns, resource)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    handle(c, method, &ns, &resource, None, HeaderMap::new(), body)
-}
-
 async fn item(
     State(c): State<Cluster>,
     method: Method,
@@ -571,7 +562,7 @@ pub fn router(cluster: Cluster) -> Router {
         )
         .route(
             "/apis/apps/v1/namespaces/{ns}/{resource}",
-            get(collection_apps).post(collection_apps),
+            get(collection).post(collection),
         )
         .route(
             "/apis/apps/v1/namespaces/{ns}/{resource}/{name}",
