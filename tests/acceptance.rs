@@ -7,6 +7,23 @@ use common::{text, Sandbox};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
+/// The step ids of runbooks/shop-cutover.yaml, in order.
+const STEP_IDS: [&str; 13] = [
+    "infra",
+    "identity",
+    "snapshot",
+    "replicate",
+    "synced",
+    "freeze",
+    "drained",
+    "sequences",
+    "verify",
+    "waf",
+    "flip",
+    "dns",
+    "health",
+];
+
 fn events<'a>(records: &'a [Value], event: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["type"] == event).collect()
 }
@@ -60,21 +77,7 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
     let audit = sb.cutover(&["audit", "show", &run]);
     let md = text(&audit);
-    for step in [
-        "infra",
-        "identity",
-        "snapshot",
-        "replicate",
-        "synced",
-        "freeze",
-        "drained",
-        "sequences",
-        "verify",
-        "waf",
-        "flip",
-        "dns",
-        "health",
-    ] {
+    for step in STEP_IDS {
         assert!(md.contains(&format!("`{step}`")), "audit lacks step {step}");
     }
 
@@ -149,21 +152,7 @@ fn dry_run_of_production_prints_every_step_and_changes_nothing() {
     let out = sb.cutover(&["execute", "production", "--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    for step in [
-        "infra",
-        "identity",
-        "snapshot",
-        "replicate",
-        "synced",
-        "freeze",
-        "drained",
-        "sequences",
-        "verify",
-        "waf",
-        "flip",
-        "dns",
-        "health",
-    ] {
+    for step in STEP_IDS {
         assert!(
             printed.contains(&format!("• {step} ")),
             "dry-run does not show step {step}:\n{printed}"
