@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod infra;
 pub mod providers;
 pub mod report;
 pub mod runbook;

@@ -140,7 +140,96 @@ async fn assume(s: &State, mgmt: &SdkConfig, account: &str) -> Result<SdkConfig>
     ))
 }
 
-/// Seeds moto; fills `s.accounts` and `s.cluster_arns`.
+/// The OU tree and SCPs of the shop Organization, as the environment files expect them:
+/// Root/Workloads/{NonProd (staging, dev), Prod (production)}; DenyLeaveOrganization and
+/// DenyRootUser on Workloads, ProtectProductionData on Prod. Fills `s.management_account`.
+async fn organization_units(org: &aws_sdk_organizations::Client, s: &mut State) -> Result<()> {
+    use aws_sdk_organizations::types::PolicyType;
+    let described = org.describe_organization().send().await?;
+    s.management_account = described
+        .organization()
+        .and_then(|o| o.master_account_id())
+        .unwrap_or_default()
+        .to_string();
+    let roots = org
+        .list_roots()
+        .send()
+        .await
+        .context("organizations:ListRoots")?;
+    let root_id = roots
+        .roots()
+        .first()
+        .and_then(|r| r.id())
+        .ok_or_else(|| anyhow!("no organization root"))?
+        .to_string();
+    let _ = org
+        .enable_policy_type()
+        .root_id(&root_id)
+        .policy_type(PolicyType::ServiceControlPolicy)
+        .send()
+        .await;
+    let ou = |parent: String, name: &'static str| async move {
+        org.create_organizational_unit()
+            .parent_id(parent)
+            .name(name)
+            .send()
+            .await
+            .context("organizations:CreateOrganizationalUnit")
+            .map(|o| {
+                o.organizational_unit()
+                    .and_then(|u| u.id())
+                    .unwrap_or_default()
+                    .to_string()
+            })
+    };
+    let workloads = ou(root_id.clone(), "Workloads").await?;
+    let nonprod = ou(workloads.clone(), "NonProd").await?;
+    let prod = ou(workloads.clone(), "Prod").await?;
+    for (name, target) in [
+        ("DenyLeaveOrganization", &workloads),
+        ("DenyRootUser", &workloads),
+        ("ProtectProductionData", &prod),
+    ] {
+        let content = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Deny", "Action": ["organizations:LeaveOrganization"], "Resource": "*"}]
+        });
+        let policy = org
+            .create_policy()
+            .name(name)
+            .description(format!("sandbox SCP {name}"))
+            .r#type(PolicyType::ServiceControlPolicy)
+            .content(content.to_string())
+            .send()
+            .await
+            .context("organizations:CreatePolicy")?;
+        let id = policy
+            .policy()
+            .and_then(|p| p.policy_summary())
+            .and_then(|p| p.id())
+            .unwrap_or_default()
+            .to_string();
+        org.attach_policy()
+            .policy_id(id)
+            .target_id(target)
+            .send()
+            .await
+            .context("organizations:AttachPolicy")?;
+    }
+    for env in ENVIRONMENTS {
+        let dest = if env == "production" { &prod } else { &nonprod };
+        org.move_account()
+            .account_id(&s.accounts[env])
+            .source_parent_id(&root_id)
+            .destination_parent_id(dest)
+            .send()
+            .await
+            .context("organizations:MoveAccount")?;
+    }
+    Ok(())
+}
+
+/// Seeds moto; fills `s.accounts`, `s.cluster_arns` and `s.management_account`.
 pub async fn aws(s: &mut State) -> Result<()> {
     let mgmt = base_config(
         s,
@@ -177,6 +266,7 @@ pub async fn aws(s: &mut State) -> Result<()> {
             .to_string();
         s.accounts.insert(env.to_string(), account);
     }
+    organization_units(&org, s).await?;
     for env in ENVIRONMENTS {
         let account = s.accounts[env].clone();
         let cfg = assume(s, &mgmt, &account).await?;

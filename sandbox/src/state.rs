@@ -43,6 +43,9 @@ pub struct State {
     pub accounts: BTreeMap<String, String>,
     /// EKS cluster ARN per environment.
     pub cluster_arns: BTreeMap<String, String>,
+    /// The Organization's management account (moto's default account).
+    #[serde(default)]
+    pub management_account: String,
 }
 
 impl State {
@@ -151,8 +154,16 @@ impl State {
                 "-backend-config=use_path_style=true".to_string(),
             ),
         ];
+        v.push((
+            "CUTOVER_MANAGEMENT_ACCOUNT_ID".to_string(),
+            self.management_account.clone(),
+        ));
         for env in ENVIRONMENTS {
             let up = env.to_uppercase();
+            v.push((
+                format!("CUTOVER_{up}_TERRAFORM_DIR"),
+                "terraform/sandbox".to_string(),
+            ));
             v.push((
                 format!("CUTOVER_{up}_ACCOUNT_ID"),
                 self.accounts.get(env).cloned().unwrap_or_default(),

@@ -11,6 +11,7 @@
 //! | 130 | interrupted; the journal is consistent and `resume` continues |
 
 mod audit;
+mod infra;
 mod run;
 
 use crate::engine::ui::OutputFormat;
@@ -105,11 +106,41 @@ pub enum Command {
         /// Run id.
         run_id: String,
     },
+    /// Terraform for one environment's account: plan (reviewed and policy-checked), apply the
+    /// reviewed plan, read outputs.
+    Infra {
+        /// What to do.
+        #[command(subcommand)]
+        action: InfraCommand,
+    },
     /// Audit reports and verification.
     Audit {
         /// What to do.
         #[command(subcommand)]
         action: AuditCommand,
+    },
+}
+
+/// `cutover infra ...`.
+#[derive(Debug, Subcommand)]
+pub enum InfraCommand {
+    /// Plan one environment (or all, concurrently) and save the plan for review and apply.
+    Plan {
+        /// Environment name.
+        env: Option<String>,
+        /// Plan every environment in environments/, each in its own account.
+        #[arg(long, conflicts_with = "env")]
+        all: bool,
+    },
+    /// Apply the plan saved by `infra plan ENV`, never a fresh one.
+    Apply {
+        /// Environment name.
+        env: String,
+    },
+    /// Print the root's outputs (JSON).
+    Output {
+        /// Environment name.
+        env: String,
     },
 }
 
@@ -167,6 +198,11 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Rollback { run_id, output } => run::resume(&root, &run_id, output, true).await,
         Command::Runs { env, output } => audit::runs(&root, env.as_deref(), output),
         Command::Status { run_id } => audit::status(&root, &run_id),
+        Command::Infra { action } => match action {
+            InfraCommand::Plan { env, all } => infra::plan(&root, env.as_deref(), all).await,
+            InfraCommand::Apply { env } => infra::apply(&root, &env).await,
+            InfraCommand::Output { env } => infra::output(&root, &env).await,
+        },
         Command::Audit {
             action: AuditCommand::Show { run_id, format },
         } => audit::show(&root, &run_id, format),

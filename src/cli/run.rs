@@ -8,7 +8,7 @@ use crate::config::{self, Problems, Tier};
 use crate::engine::{self, runs, ui::OutputFormat, ui::Ui, EngineError, Outcome, ResumeError};
 use crate::runbook;
 use crate::steps::context::Mode;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Which run command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +21,8 @@ pub enum Kind {
     DryRun,
 }
 
-fn print_problems(p: &Problems) {
+/// Prints every problem to stderr with a count.
+pub(crate) fn print_problems(p: &Problems) {
     let n = p.0.len();
     eprintln!("error: {n} problem{} found", if n == 1 { "" } else { "s" });
     for problem in &p.0 {
@@ -42,15 +43,19 @@ pub fn validate(root: &Path, only: Option<&str>) -> i32 {
     }
     let mut all = Problems::default();
     let mut ok = Vec::new();
+    let mut plans = Vec::new();
     for rb in &runbooks {
         for env in &envs {
             match runbook::resolve(root, rb, env) {
-                Ok(plan) => ok.push(format!(
-                    "{} × {env}: {} steps, runbook digest {}",
-                    plan.runbook_name,
-                    plan.steps().count(),
-                    &plan.runbook_digest[..12]
-                )),
+                Ok(plan) => {
+                    ok.push(format!(
+                        "{} × {env}: {} steps, runbook digest {}",
+                        plan.runbook_name,
+                        plan.steps().count(),
+                        &plan.runbook_digest[..12]
+                    ));
+                    plans.push(plan);
+                }
                 Err(p) => {
                     for problem in p.0 {
                         if !all.0.contains(&problem) {
@@ -61,10 +66,41 @@ pub fn validate(root: &Path, only: Option<&str>) -> i32 {
             }
         }
     }
+    let mut loaded = Vec::new();
+    for env in &envs {
+        if let Ok(e) = config::load_environment(root, env) {
+            loaded.push((PathBuf::from("environments").join(format!("{env}.yaml")), e));
+        }
+    }
+    let mut refs = Vec::new();
+    for plan in &plans {
+        let file = plan
+            .runbook_path
+            .strip_prefix(root)
+            .unwrap_or(&plan.runbook_path)
+            .to_path_buf();
+        for (step, line, output) in plan.tf_references() {
+            refs.push(crate::infra::check::OutputRef {
+                runbook: file.clone(),
+                step,
+                line,
+                output,
+            });
+        }
+    }
+    for problem in crate::infra::check::check(root, &loaded, &refs).0 {
+        if !all.0.contains(&problem) {
+            all.push(problem);
+        }
+    }
     if !all.is_empty() {
         print_problems(&all);
         return EXIT_INVALID;
     }
+    ok.push(format!(
+        "terraform/: modules, live roots and terraform/sandbox agree with {} environment(s) and the runbooks' tf.* outputs",
+        loaded.len()
+    ));
     for line in ok {
         println!("ok: {line}");
     }

@@ -51,6 +51,9 @@ pub struct Environment {
     /// environment at run time and are never written anywhere.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretRef>,
+    /// Where run event logs and locks are kept; `local` when absent.
+    #[serde(default)]
+    pub store: StoreSection,
 }
 
 /// The AWS account of an environment.
@@ -63,6 +66,51 @@ pub struct AwsSection {
     pub role_arn: String,
     /// Region, e.g. `us-east-1`.
     pub region: String,
+    /// Where the account must sit in the Organization; checked before any mutation when set.
+    #[serde(default)]
+    pub organization: Option<OrganizationSection>,
+}
+
+/// The account's expected place in the AWS Organization, read through the management account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationSection {
+    /// Role in the management (or a delegated administrator) account allowed to call
+    /// `organizations:DescribeAccount`, `ListParents`, `DescribeOrganizationalUnit` and
+    /// `ListPoliciesForTarget`; assumed from the standard credential chain.
+    pub management_role_arn: String,
+    /// OU path from the root, names joined by `/`, e.g. `Root/Workloads/NonProd`.
+    pub ou_path: String,
+    /// Names of service control policies that must apply to the account, attached to it or to
+    /// any OU above it (inheritance as AWS Organizations evaluates SCPs).
+    #[serde(default)]
+    pub scps: Vec<String>,
+}
+
+/// Store of run event logs and environment locks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `local` (`.cutover/` in the project) or `s3` (shared by every clone and CI runner).
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// S3 bucket in the environment's account (required for `s3`).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// Key prefix inside the bucket, e.g. `cutover/`.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// The kinds of run store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// `.cutover/runs` and `.cutover/locks` in the project directory (flock).
+    #[default]
+    Local,
+    /// Objects in the environment's bucket; the lock is a conditional PutObject (If-None-Match).
+    S3,
 }
 
 /// Terraform root and backend for the environment's account.
@@ -77,6 +125,24 @@ pub struct TerraformSection {
     /// `-var` values for plan.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// What a plan may do in this environment.
+    #[serde(default)]
+    pub policy: PlanPolicy,
+}
+
+/// The plan policy: in a production-tier environment a plan that deletes or replaces a protected
+/// resource is refused unless its address is listed in `allow_destroy`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanPolicy {
+    /// Extra protected resources, as resource types (`aws_db_instance`) or addresses
+    /// (`module.rds.aws_db_instance.this`, a trailing `*` matches any suffix), added to the
+    /// built-in protected types.
+    #[serde(default)]
+    pub protect: Vec<String>,
+    /// Addresses (same patterns) whose deletion or replacement is allowed.
+    #[serde(default)]
+    pub allow_destroy: Vec<String>,
 }
 
 /// The EKS cluster; the kubeconfig context is looked up by the cluster's ARN.
@@ -158,6 +224,25 @@ pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Envi
             line_of("role_arn"),
             format!("aws.role_arn `{}` is not an IAM role ARN", env.aws.role_arn),
         ));
+    }
+    if env.store.kind == StoreKind::S3 && env.store.bucket.as_deref().unwrap_or("").is_empty() {
+        problems.push(Problem::new(
+            path,
+            line_of("store"),
+            "store.kind is s3 but store.bucket is not set",
+        ));
+    }
+    if let Some(org) = &env.aws.organization {
+        if !org.ou_path.starts_with("Root") {
+            problems.push(Problem::new(
+                path,
+                line_of("ou_path"),
+                format!(
+                    "aws.organization.ou_path `{}` must start at `Root`",
+                    org.ou_path
+                ),
+            ));
+        }
     }
     problems.into_result(env)
 }

@@ -37,17 +37,25 @@ pub fn new_run_id() -> String {
     format!("{now}-{}", &rand[..6])
 }
 
-fn holder(run_id: &str) -> String {
+/// Who is taking a lock: `pid N, host H, user U, since T`.
+pub fn holder_info() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!(
-        "run {run_id} (pid {}, host {}, since {})",
+        "pid {}, host {}, user {}, since {}",
         std::process::id(),
         host.trim(),
+        operator(),
         chrono::Utc::now().to_rfc3339()
     )
 }
 
-fn operator() -> String {
+fn holder(run_id: &str) -> String {
+    format!("run {run_id} ({})", holder_info())
+}
+
+/// The person or CI actor running the tool: `CUTOVER_OPERATOR`, `GITHUB_ACTOR`,
+/// `GITLAB_USER_LOGIN`, `USER` or `LOGNAME`, the first set; `unknown` otherwise.
+pub fn operator() -> String {
     std::env::var("CUTOVER_OPERATOR")
         .or_else(|_| std::env::var("GITHUB_ACTOR"))
         .or_else(|_| std::env::var("GITLAB_USER_LOGIN"))

@@ -31,6 +31,53 @@ fn aws_smithy_display(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// Assumes `role_arn` from the standard credential chain with session name `cutover-<session>`
+/// (characters IAM does not allow dropped, at most 64), returning an SDK configuration that uses
+/// the role's temporary credentials, and those credentials.
+///
+/// # Errors
+/// [`ProviderError::Aws`] when AssumeRole fails.
+pub async fn assume_role(
+    region: &str,
+    role_arn: &str,
+    session: &str,
+) -> Result<(SdkConfig, Credentials), ProviderError> {
+    let base = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .load()
+        .await;
+    let sts = aws_sdk_sts::Client::new(&base);
+    let session_name: String = format!("cutover-{session}")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "+=,.@-".contains(*c))
+        .take(64)
+        .collect();
+    let out = sts
+        .assume_role()
+        .role_arn(role_arn)
+        .role_session_name(session_name)
+        .duration_seconds(3600)
+        .send()
+        .await
+        .map_err(|e| err("sts:AssumeRole", e))?;
+    let c = out.credentials().ok_or_else(|| ProviderError::Aws {
+        op: "sts:AssumeRole".into(),
+        message: "response carried no credentials".into(),
+    })?;
+    let creds = Credentials::new(
+        c.access_key_id(),
+        c.secret_access_key(),
+        Some(c.session_token().to_string()),
+        None,
+        "cutover-assume-role",
+    );
+    let config = base
+        .to_builder()
+        .credentials_provider(SharedCredentialsProvider::new(creds.clone()))
+        .build();
+    Ok((config, creds))
+}
+
 /// An SDK configuration holding the environment role's temporary credentials, and who STS says
 /// they are.
 #[derive(Clone, Debug)]
@@ -53,39 +100,7 @@ impl AwsSession {
     /// [`ProviderError::Aws`] when AssumeRole or GetCallerIdentity fails;
     /// [`ProviderError::WrongAccount`] when the reported account is not `env.aws.account_id`.
     pub async fn assume(env: &Environment, run_id: &str) -> Result<AwsSession, ProviderError> {
-        let base = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(env.aws.region.clone()))
-            .load()
-            .await;
-        let sts = aws_sdk_sts::Client::new(&base);
-        let session_name: String = format!("cutover-{run_id}")
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || "+=,.@-".contains(*c))
-            .take(64)
-            .collect();
-        let out = sts
-            .assume_role()
-            .role_arn(&env.aws.role_arn)
-            .role_session_name(session_name)
-            .duration_seconds(3600)
-            .send()
-            .await
-            .map_err(|e| err("sts:AssumeRole", e))?;
-        let c = out.credentials().ok_or_else(|| ProviderError::Aws {
-            op: "sts:AssumeRole".into(),
-            message: "response carried no credentials".into(),
-        })?;
-        let creds = Credentials::new(
-            c.access_key_id(),
-            c.secret_access_key(),
-            Some(c.session_token().to_string()),
-            None,
-            "cutover-assume-role",
-        );
-        let config = base
-            .to_builder()
-            .credentials_provider(SharedCredentialsProvider::new(creds.clone()))
-            .build();
+        let (config, creds) = assume_role(&env.aws.region, &env.aws.role_arn, run_id).await?;
         let who = aws_sdk_sts::Client::new(&config)
             .get_caller_identity()
             .send()
@@ -99,6 +114,19 @@ impl AwsSession {
                 actual: account_id,
                 arn: caller_arn,
             });
+        }
+        if let Some(org) = &env.aws.organization {
+            let placed = super::organizations::placement(
+                &env.aws.region,
+                &org.management_role_arn,
+                run_id,
+                &account_id,
+            )
+            .await?;
+            let problems = super::organizations::mismatches(&org.ou_path, &org.scps, &placed);
+            if !problems.is_empty() {
+                return Err(ProviderError::WrongPlacement(problems.join("; ")));
+            }
         }
         Ok(AwsSession {
             config,

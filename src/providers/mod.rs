@@ -8,6 +8,7 @@
 pub mod aws;
 pub mod http;
 pub mod kube;
+pub mod organizations;
 pub mod postgres;
 pub mod terraform;
 
@@ -37,6 +38,10 @@ pub enum ProviderError {
         /// The caller ARN STS reported.
         arn: String,
     },
+    /// The account is not where the environment file says it is in the Organization (OU path,
+    /// SCPs): a gate, exit 3. Names expected and actual.
+    #[error("wrong Organization placement: {0}")]
+    WrongPlacement(String),
     /// A Kubernetes API call or kubeconfig lookup failed.
     #[error("Kubernetes: {0}")]
     Kube(String),

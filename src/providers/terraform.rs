@@ -36,6 +36,36 @@ pub struct PlanSummary {
 }
 
 impl Terraform {
+    /// The context for `env`'s root: `<root>/<terraform.dir>`, data directory
+    /// `<state_dir>/terraform/<env>`, and the assumed-role credentials of `session` (so state and
+    /// resources land in the environment's account, which STS has confirmed).
+    pub fn for_environment(
+        root: &Path,
+        state_dir: &Path,
+        env: &crate::config::Environment,
+        session: &super::aws::AwsSession,
+    ) -> Terraform {
+        let creds = &session.credentials;
+        let mut vars = BTreeMap::new();
+        vars.insert(
+            "AWS_ACCESS_KEY_ID".to_string(),
+            creds.access_key_id().to_string(),
+        );
+        vars.insert(
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            creds.secret_access_key().to_string(),
+        );
+        if let Some(t) = creds.session_token() {
+            vars.insert("AWS_SESSION_TOKEN".to_string(), t.to_string());
+        }
+        vars.insert("AWS_REGION".to_string(), env.aws.region.clone());
+        Terraform {
+            dir: root.join(&env.terraform.dir),
+            data_dir: state_dir.join("terraform").join(&env.name),
+            env: vars,
+        }
+    }
+
     /// Runs `terraform <args>` in the root with `-chdir`, returning stdout.
     ///
     /// # Errors

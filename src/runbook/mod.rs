@@ -65,6 +65,28 @@ pub struct PlanStep {
 }
 
 impl Plan {
+    /// Every Terraform output the plan's templates read, as `(step id, step line, output name)`
+    /// for each `tf.<name>` reference in a step's `with` or `when`.
+    pub fn tf_references(&self) -> Vec<(String, u32, String)> {
+        let mut out = Vec::new();
+        for (_, step) in self.steps() {
+            let mut templates = Vec::new();
+            template::templates_in(&Value::Object(step.params.clone()), &mut templates);
+            templates.extend(step.when.iter().cloned());
+            for t in templates {
+                for r in template::references(&t).unwrap_or_default() {
+                    if let Some(name) = r.strip_prefix("tf.") {
+                        let name = name.split('.').next().unwrap_or(name).to_string();
+                        if !out.iter().any(|(s, _, n)| s == &step.id && n == &name) {
+                            out.push((step.id.clone(), step.line, name));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Every step in execution order with its phase name.
     pub fn steps(&self) -> impl Iterator<Item = (&str, &PlanStep)> {
         self.phases

@@ -33,27 +33,8 @@ async fn terraform(
 ) -> Result<(Terraform, BTreeMap<String, String>), StepError> {
     let p: Params = parse_params(&cx.params)?;
     let session = cx.providers.aws().await?;
-    let creds = &session.credentials;
-    let mut env = BTreeMap::new();
-    env.insert(
-        "AWS_ACCESS_KEY_ID".to_string(),
-        creds.access_key_id().to_string(),
-    );
-    env.insert(
-        "AWS_SECRET_ACCESS_KEY".to_string(),
-        creds.secret_access_key().to_string(),
-    );
-    if let Some(t) = creds.session_token() {
-        env.insert("AWS_SESSION_TOKEN".to_string(), t.to_string());
-    }
-    env.insert("AWS_REGION".to_string(), cx.env.aws.region.clone());
-    let tf = Terraform {
-        dir: cx.root.join(&cx.env.terraform.dir),
-        data_dir: crate::engine::state_dir(cx.root)
-            .join("terraform")
-            .join(&cx.env.name),
-        env,
-    };
+    let tf =
+        Terraform::for_environment(cx.root, &crate::engine::state_dir(cx.root), cx.env, session);
     let mut vars = cx.env.terraform.vars.clone();
     for (k, v) in p.vars {
         vars.insert(
@@ -94,6 +75,10 @@ impl StepKind for TerraformApply {
         let lock = cx.mode != super::context::Mode::DryRun;
         tf.plan(&vars, &plan_file, lock).await?;
         let shown = tf.show_plan(&plan_file).await?;
+        let violations = crate::infra::policy::violations(&shown, &cx.env.terraform.policy);
+        if !violations.is_empty() && crate::infra::policy::refuses(cx.env.tier) {
+            return Err(StepError::Gate(crate::infra::refusal(cx.env, &violations)));
+        }
         let s = summarize(&shown);
         let mut changes: Vec<Change> = s
             .resources
