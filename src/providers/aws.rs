@@ -90,6 +90,8 @@ pub struct AwsSession {
     pub caller_arn: String,
     /// Temporary credentials, handed to `terraform` through its environment (never logged).
     pub credentials: Credentials,
+    /// The environment's region.
+    pub region: String,
 }
 
 impl AwsSession {
@@ -133,6 +135,7 @@ impl AwsSession {
             account_id,
             caller_arn,
             credentials: creds,
+            region: env.aws.region.clone(),
         })
     }
 }

@@ -2,16 +2,32 @@
 //!
 //! The kubeconfig (`KUBECONFIG` or `~/.kube/config`) context is looked up by the cluster's ARN,
 //! the name `aws eks update-kubeconfig` gives it, so the same lookup works against a real cluster.
+//! Without such a context the client is built from DescribeCluster's endpoint and CA and an EKS
+//! token signed with the environment's assumed-role credentials.
 
 use super::aws::{err, AwsSession};
 use super::ProviderError;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-/// The ARN of EKS cluster `name` in the session's account (EKS DescribeCluster).
+/// What DescribeCluster says about an EKS cluster: its ARN, API endpoint and CA bundle.
+#[derive(Debug, Clone)]
+pub struct ClusterInfo {
+    /// Cluster ARN (the kubeconfig context name `aws eks update-kubeconfig` writes).
+    pub arn: String,
+    /// API server URL, when the cluster has one.
+    pub endpoint: Option<String>,
+    /// Base64 PEM bundle of the cluster CA (`certificateAuthority.data`).
+    pub ca_data: Option<String>,
+}
+
+/// Describes EKS cluster `name` in the session's account (EKS DescribeCluster).
 ///
 /// # Errors
-/// [`ProviderError::Aws`] when the cluster cannot be described.
-pub async fn cluster_arn(session: &AwsSession, name: &str) -> Result<String, ProviderError> {
+/// [`ProviderError::Aws`] when the cluster cannot be described or has no ARN.
+pub async fn describe_cluster(
+    session: &AwsSession,
+    name: &str,
+) -> Result<ClusterInfo, ProviderError> {
     let eks = aws_sdk_eks::Client::new(&session.config);
     let out = eks
         .describe_cluster()
@@ -19,41 +35,84 @@ pub async fn cluster_arn(session: &AwsSession, name: &str) -> Result<String, Pro
         .send()
         .await
         .map_err(|e| err("eks:DescribeCluster", e))?;
-    out.cluster()
-        .and_then(|c| c.arn())
-        .map(str::to_owned)
-        .ok_or_else(|| ProviderError::Aws {
-            op: "eks:DescribeCluster".into(),
-            message: format!("cluster {name} has no ARN"),
-        })
+    let c = out.cluster().ok_or_else(|| ProviderError::Aws {
+        op: "eks:DescribeCluster".into(),
+        message: format!("no cluster {name}"),
+    })?;
+    Ok(ClusterInfo {
+        arn: c
+            .arn()
+            .map(str::to_owned)
+            .ok_or_else(|| ProviderError::Aws {
+                op: "eks:DescribeCluster".into(),
+                message: format!("cluster {name} has no ARN"),
+            })?,
+        endpoint: c.endpoint().map(str::to_owned),
+        ca_data: c
+            .certificate_authority()
+            .and_then(|a| a.data())
+            .map(str::to_owned),
+    })
 }
 
-/// A client for cluster `name`, through the kubeconfig context named by its ARN.
+/// How a client reached its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Through the kubeconfig context named by the cluster ARN (credentials as that context
+    /// says; kube-rs refreshes exec-plugin tokens itself).
+    Kubeconfig,
+    /// Endpoint and CA from DescribeCluster with an EKS token (valid 15 minutes; callers make a
+    /// new client before it expires).
+    Token,
+}
+
+/// A client for cluster `name`: through the kubeconfig context named by its ARN when one exists,
+/// otherwise through DescribeCluster's endpoint and CA with a token made as `aws eks get-token`
+/// makes it (see [`super::eks_token`]).
 ///
 /// # Errors
-/// [`ProviderError::Kube`] when the kubeconfig cannot be read or has no such context (the hint
-/// names the `aws eks update-kubeconfig` command that creates it).
+/// [`ProviderError::Kube`] when neither way is possible (no context and no endpoint or CA), or
+/// the client cannot be built.
 pub async fn client_for_cluster(
     session: &AwsSession,
     name: &str,
-) -> Result<kube::Client, ProviderError> {
-    let arn = cluster_arn(session, name).await?;
-    let kubeconfig = Kubeconfig::read()
-        .map_err(|e| ProviderError::Kube(format!("cannot read kubeconfig: {e}")))?;
-    if !kubeconfig.contexts.iter().any(|c| c.name == arn) {
-        return Err(ProviderError::Kube(format!(
-            "kubeconfig has no context named {arn}; create it with `aws eks update-kubeconfig --name {name}`"
-        )));
+) -> Result<(kube::Client, Access), ProviderError> {
+    let info = describe_cluster(session, name).await?;
+    let arn = info.arn.clone();
+    if let Ok(kubeconfig) = Kubeconfig::read() {
+        if kubeconfig.contexts.iter().any(|c| c.name == arn) {
+            let options = KubeConfigOptions {
+                context: Some(arn.clone()),
+                ..Default::default()
+            };
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| ProviderError::Kube(format!("context {arn}: {e}")))?;
+            let client = kube::Client::try_from(config)
+                .map_err(|e| ProviderError::Kube(format!("client for {arn}: {e}")))?;
+            return Ok((client, Access::Kubeconfig));
+        }
     }
-    let options = KubeConfigOptions {
-        context: Some(arn.clone()),
-        ..Default::default()
+    let (Some(endpoint), Some(ca)) = (info.endpoint.as_deref(), info.ca_data.as_deref()) else {
+        return Err(ProviderError::Kube(format!(
+            "kubeconfig has no context named {arn} and DescribeCluster gave no endpoint and CA; create the context with `aws eks update-kubeconfig --name {name}`"
+        )));
     };
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-        .await
-        .map_err(|e| ProviderError::Kube(format!("context {arn}: {e}")))?;
-    kube::Client::try_from(config)
-        .map_err(|e| ProviderError::Kube(format!("client for {arn}: {e}")))
+    let url = endpoint
+        .parse()
+        .map_err(|e| ProviderError::Kube(format!("cluster endpoint {endpoint}: {e}")))?;
+    let mut config = kube::Config::new(url);
+    config.root_cert = Some(super::eks_token::pem_bundle_to_der(ca).map_err(ProviderError::Kube)?);
+    let token = super::eks_token::token(
+        &session.credentials,
+        &session.region,
+        name,
+        std::time::SystemTime::now(),
+    )?;
+    config.auth_info.token = Some(secrecy::SecretString::from(token));
+    let client = kube::Client::try_from(config)
+        .map_err(|e| ProviderError::Kube(format!("client for {arn}: {e}")))?;
+    Ok((client, Access::Token))
 }
 
 /// Formats a kube-rs error without request bodies.

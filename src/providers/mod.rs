@@ -6,6 +6,7 @@
 //! return plain results.
 
 pub mod aws;
+pub mod eks_token;
 pub mod http;
 pub mod kube;
 pub mod organizations;
@@ -75,8 +76,12 @@ pub struct Providers {
     run_id: String,
     redactor: Arc<Redactor>,
     aws: OnceCell<aws::AwsSession>,
-    kube: OnceCell<::kube::Client>,
+    kube: tokio::sync::Mutex<Option<(::kube::Client, kube::Access, std::time::Instant)>>,
 }
+
+/// A token-authenticated Kubernetes client is rebuilt after this long (EKS tokens are accepted
+/// for 15 minutes).
+const KUBE_TOKEN_REFRESH: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 impl Providers {
     /// Clients for `env`; nothing is contacted until first use. Secrets read later are registered
@@ -87,7 +92,7 @@ impl Providers {
             run_id: run_id.to_string(),
             redactor,
             aws: OnceCell::new(),
-            kube: OnceCell::new(),
+            kube: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -109,10 +114,15 @@ impl Providers {
     /// See [`kube::client_for_cluster`].
     pub async fn kube(&self) -> Result<::kube::Client, ProviderError> {
         let session = self.aws().await?;
-        self.kube
-            .get_or_try_init(|| kube::client_for_cluster(session, &self.env.eks.cluster))
-            .await
-            .cloned()
+        let mut cached = self.kube.lock().await;
+        if let Some((client, access, made)) = cached.as_ref() {
+            if *access == kube::Access::Kubeconfig || made.elapsed() < KUBE_TOKEN_REFRESH {
+                return Ok(client.clone());
+            }
+        }
+        let (client, access) = kube::client_for_cluster(session, &self.env.eks.cluster).await?;
+        *cached = Some((client.clone(), access, std::time::Instant::now()));
+        Ok(client)
     }
 
     /// The value of a secret-holding environment variable, registered with the redactor.
