@@ -196,8 +196,14 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Command::Resume { run_id, output } => run::resume(&root, &run_id, output, false).await,
         Command::Rollback { run_id, output } => run::resume(&root, &run_id, output, true).await,
-        Command::Runs { env, output } => audit::runs(&root, env.as_deref(), output),
-        Command::Status { run_id } => audit::status(&root, &run_id),
+        Command::Runs { env, output } => {
+            pull_runs(&root, env.as_deref()).await;
+            audit::runs(&root, env.as_deref(), output)
+        }
+        Command::Status { run_id } => {
+            pull_missing(&root, &run_id).await;
+            audit::status(&root, &run_id)
+        }
         Command::Infra { action } => match action {
             InfraCommand::Plan { env, all } => infra::plan(&root, env.as_deref(), all).await,
             InfraCommand::Apply { env } => infra::apply(&root, &env).await,
@@ -205,10 +211,30 @@ pub async fn run(cli: Cli) -> i32 {
         },
         Command::Audit {
             action: AuditCommand::Show { run_id, format },
-        } => audit::show(&root, &run_id, format),
+        } => {
+            pull_missing(&root, &run_id).await;
+            audit::show(&root, &run_id, format)
+        }
         Command::Audit {
             action: AuditCommand::Verify { run_id },
-        } => audit::verify(&root, &run_id),
+        } => {
+            pull_missing(&root, &run_id).await;
+            audit::verify(&root, &run_id)
+        }
+    }
+}
+
+/// Updates the local copies of runs kept in `s3` stores; unreachable stores are warned about.
+pub(crate) async fn pull_runs(root: &std::path::Path, env: Option<&str>) {
+    for problem in crate::engine::store::pull_all(root, env).await {
+        eprintln!("warning: {problem}");
+    }
+}
+
+async fn pull_missing(root: &std::path::Path, run_id: &str) {
+    let local = crate::engine::runs::log_path(&crate::engine::state_dir(root), run_id);
+    if !local.exists() {
+        pull_runs(root, None).await;
     }
 }
 

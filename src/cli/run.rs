@@ -184,6 +184,9 @@ pub async fn start(
         Kind::DryRun => Mode::DryRun,
         Kind::Execute => {
             if plan.env.tier == Tier::Production {
+                for env in ["staging", "dev"] {
+                    super::pull_runs(root, Some(env)).await;
+                }
                 if let Err(e) = rehearsal_gate(root, &plan.runbook_digest) {
                     print_error(&format!("refused: {e}"), Some("run `cutover rehearse staging` and `cutover rehearse dev` with this runbook first"));
                     return EXIT_REFUSED;

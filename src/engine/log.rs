@@ -145,6 +145,10 @@ pub fn read_verified(path: &Path) -> Result<Vec<Record>, LogError> {
     Ok(records)
 }
 
+/// Called with the whole log after each fsynced append (the S3 store uploads it); an error stops
+/// the append like a failed fsync.
+pub type Mirror = Box<dyn Fn(Vec<u8>) -> Result<(), String> + Send + Sync>;
+
 /// An open log, appended to by one process (the run lock guarantees it).
 pub struct EventLog {
     path: PathBuf,
@@ -152,6 +156,7 @@ pub struct EventLog {
     next_seq: u64,
     head: String,
     redactor: Arc<Redactor>,
+    mirror: Option<Mirror>,
 }
 
 impl EventLog {
@@ -181,6 +186,7 @@ impl EventLog {
             next_seq: 0,
             head: GENESIS.into(),
             redactor,
+            mirror: None,
         })
     }
 
@@ -208,6 +214,7 @@ impl EventLog {
                 next_seq: records.len() as u64,
                 head,
                 redactor,
+                mirror: None,
             },
             records,
         ))
@@ -249,9 +256,34 @@ impl EventLog {
         };
         self.file.write_all(line.as_bytes()).map_err(io)?;
         self.file.sync_data().map_err(io)?;
+        if let Some(mirror) = &self.mirror {
+            let bytes = std::fs::read(&self.path).map_err(io)?;
+            mirror(bytes).map_err(|message| LogError::Io {
+                path: self.path.clone(),
+                message: format!("mirror: {message}"),
+            })?;
+        }
         self.next_seq += 1;
         self.head = rec.hash.clone();
         Ok(rec)
+    }
+
+    /// Sets the function that receives the whole log after every append, and calls it once now
+    /// (so a reopened log is mirrored before anything new happens).
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when the first call fails.
+    pub fn set_mirror(&mut self, mirror: Mirror) -> Result<(), LogError> {
+        let bytes = std::fs::read(&self.path).map_err(|e| LogError::Io {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        mirror(bytes).map_err(|message| LogError::Io {
+            path: self.path.clone(),
+            message: format!("mirror: {message}"),
+        })?;
+        self.mirror = Some(mirror);
+        Ok(())
     }
 
     /// The hash of the last record (the chain head).

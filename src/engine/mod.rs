@@ -9,6 +9,7 @@ mod executor;
 pub mod lock;
 pub mod log;
 pub mod runs;
+pub mod store;
 pub mod ui;
 
 pub use executor::{EngineError, Outcome};
@@ -83,13 +84,18 @@ fn ci_job() -> Option<String> {
 pub async fn start(root: &Path, plan: &Plan, mode: Mode, ui: &Ui) -> Result<Outcome, EngineError> {
     let run_id = new_run_id();
     let state = state_dir(root);
-    let _lock = match lock::EnvLock::acquire(&state, &plan.env.name, &holder(&run_id)) {
-        Ok(l) => l,
-        Err(e) => return Ok(Outcome::Refused(e.to_string())),
-    };
     let redactor = Arc::new(Redactor::default());
-    let run_dir = runs::run_dir(&state, &run_id);
     let providers = Providers::new(plan.env.clone(), &run_id, redactor.clone());
+    let (_lock, s3) = match lock_env(&state, plan, &providers, &run_id).await {
+        Ok(l) => l,
+        Err(reason) => return Ok(Outcome::Refused(redactor.redact(&reason))),
+    };
+    let run_dir = runs::run_dir(&state, &run_id);
+    let mut log = log::EventLog::create(&run_dir.join("events.jsonl"), redactor.clone())?;
+    if let Some(s3) = s3 {
+        let id = run_id.clone();
+        log.set_mirror(Box::new(move |bytes| s3.upload_log(&id, bytes)))?;
+    }
     let mut ex = executor_for(
         root,
         plan,
@@ -99,7 +105,7 @@ pub async fn start(root: &Path, plan: &Plan, mode: Mode, ui: &Ui) -> Result<Outc
         ui,
         providers,
         redactor.clone(),
-        None,
+        Some(log),
     )?;
     ex.load_secrets()?;
     ex.record(
@@ -126,6 +132,26 @@ pub async fn start(root: &Path, plan: &Plan, mode: Mode, ui: &Ui) -> Result<Outc
         return Ok(outcome);
     }
     ex.run_steps().await
+}
+
+/// Takes the environment's lock in its store (the S3 store needs the environment's session,
+/// so the role is assumed and the account checked first). Returns the lock and the S3 store.
+async fn lock_env(
+    state: &Path,
+    plan: &Plan,
+    providers: &Providers,
+    run_id: &str,
+) -> Result<(store::HeldLock, Option<store::S3Store>), String> {
+    let s3 = if plan.env.store.kind == crate::config::StoreKind::S3 {
+        let session = providers.aws().await.map_err(|e| e.to_string())?;
+        store::S3Store::for_env(&plan.env, session)
+    } else {
+        None
+    };
+    let lock = store::acquire(state, s3.as_ref(), &plan.env.name, run_id, &holder(run_id))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((lock, s3))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -216,6 +242,9 @@ pub async fn resume(
     run_id: &str,
     ui: &Ui,
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
+    if !runs::log_path(&state_dir(root), run_id).exists() {
+        store::pull_all(root, None).await;
+    }
     let (records, start) = load_run(root, run_id)?;
     let field = |k: &str| {
         start
@@ -260,6 +289,9 @@ pub async fn rollback(
     run_id: &str,
     ui: &Ui,
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
+    if !runs::log_path(&state_dir(root), run_id).exists() {
+        store::pull_all(root, None).await;
+    }
     let (records, start) = load_run(root, run_id)?;
     let field = |k: &str| {
         start
@@ -299,15 +331,20 @@ async fn continue_run(
     force_rollback: bool,
 ) -> Result<Outcome, EngineError> {
     let state = state_dir(root);
-    let _lock = match lock::EnvLock::acquire(&state, &plan.env.name, &holder(run_id)) {
-        Ok(l) => l,
-        Err(e) => return Ok(Outcome::Refused(e.to_string())),
-    };
     let redactor = Arc::new(Redactor::default());
-    let run_dir = runs::run_dir(&state, run_id);
-    let (log, records_now) = log::EventLog::open(&run_dir.join("events.jsonl"), redactor.clone())?;
-    debug_assert_eq!(records_now.len(), records.len());
     let providers = Providers::new(plan.env.clone(), run_id, redactor.clone());
+    let (_lock, s3) = match lock_env(&state, plan, &providers, run_id).await {
+        Ok(l) => l,
+        Err(reason) => return Ok(Outcome::Refused(redactor.redact(&reason))),
+    };
+    let run_dir = runs::run_dir(&state, run_id);
+    let (mut log, records_now) =
+        log::EventLog::open(&run_dir.join("events.jsonl"), redactor.clone())?;
+    debug_assert_eq!(records_now.len(), records.len());
+    if let Some(s3) = s3 {
+        let id = run_id.to_string();
+        log.set_mirror(Box::new(move |bytes| s3.upload_log(&id, bytes)))?;
+    }
     let mut ex = executor_for(
         root,
         plan,

@@ -13,7 +13,8 @@ pub mod check;
 pub mod policy;
 
 use crate::config::Environment;
-use crate::engine::{lock::EnvLock, state_dir};
+use crate::engine::state_dir;
+use crate::engine::store::{self, S3Store};
 use crate::providers::aws::AwsSession;
 use crate::providers::terraform::{summarize, PlanSummary, Terraform};
 use crate::providers::ProviderError;
@@ -155,12 +156,21 @@ pub async fn apply(
     env: &Environment,
     session_id: &str,
 ) -> Result<(Review, Map<String, Value>), InfraError> {
+    let (tf, session) = terraform_for(root, env, session_id).await?;
     let holder = format!(
         "infra apply {session_id} ({})",
         crate::engine::holder_info()
     );
-    let _lock = EnvLock::acquire(&state_dir(root), &env.name, &holder)
-        .map_err(|e| InfraError::Gate(e.to_string()))?;
+    let s3 = S3Store::for_env(env, &session);
+    let _lock = store::acquire(
+        &state_dir(root),
+        s3.as_ref(),
+        &env.name,
+        session_id,
+        &holder,
+    )
+    .await
+    .map_err(|e| InfraError::Gate(e.to_string()))?;
     let file = plan_file(root, &env.name);
     let review: Review = std::fs::read(review_file(root, &env.name))
         .ok()
@@ -178,7 +188,6 @@ pub async fn apply(
             file.display()
         )));
     }
-    let (tf, _) = terraform_for(root, env, session_id).await?;
     let shown = tf.show_plan(&file).await?;
     let violations = policy::violations(&shown, &env.terraform.policy);
     if !violations.is_empty() && policy::refuses(env.tier) {

@@ -96,7 +96,47 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Copies the files a team commits (environments/, runbooks/, terraform/) into `to`.
+pub fn copy_project(to: &Path) {
+    for sub in ["environments", "runbooks", "terraform"] {
+        copy_dir(&repo().join(sub), &to.join(sub));
+    }
+}
+
 impl Sandbox {
+    /// Sets (or replaces) a variable every later command gets.
+    pub fn set_var(&mut self, name: &str, value: &str) {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_string(), value.to_string()));
+    }
+
+    /// A `cutover` command in another project directory (a second clone) with the sandbox's
+    /// environment.
+    pub fn command_in(&self, project: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(cutover_bin());
+        c.arg("-C")
+            .arg(project)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c
+    }
+
+    /// Keys of every object in `bucket` of `env`'s account.
+    pub fn s3_keys(&self, env: &str, bucket: &str) -> Vec<String> {
+        let cfg = self.aws(env);
+        block_on(async {
+            let s3 = aws_sdk_s3::Client::new(&cfg);
+            let out = s3.list_objects_v2().bucket(bucket).send().await.unwrap();
+            let mut keys: Vec<String> = out
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string))
+                .collect();
+            keys.sort();
+            keys
+        })
+    }
+
     /// Starts a sandbox (≈10 s) and copies the project files.
     pub fn start() -> Sandbox {
         let dir = tempfile::Builder::new()
@@ -107,9 +147,7 @@ impl Sandbox {
             .prefix("cutover-project-")
             .tempdir()
             .unwrap();
-        for sub in ["environments", "runbooks", "terraform/sandbox"] {
-            copy_dir(&repo().join(sub), &project.path().join(sub));
-        }
+        copy_project(project.path());
         let venv = std::env::var("CUTOVER_SANDBOX_VENV")
             .unwrap_or_else(|_| repo().join(".sandbox/venv").display().to_string());
         let mut up = Command::new(sandbox_bin());
