@@ -202,7 +202,7 @@ fn wrong_account_or_placement_is_refused_before_any_mutation() {
         let events: Vec<String> = sb
             .records(&run)
             .iter()
-            .map(|r| r["event"].as_str().unwrap().to_string())
+            .map(|r| r["type"].as_str().unwrap().to_string())
             .collect();
         assert!(events.contains(&"run_refused".to_string()), "{events:?}");
         assert!(!events.iter().any(|e| e.starts_with("step_")), "{events:?}");
