@@ -62,3 +62,97 @@ fn the_repository_runbook_validates_against_every_environment() {
         3
     );
 }
+
+fn project_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_project(dir.path());
+    dir
+}
+
+fn validate(dir: &std::path::Path) -> std::process::Output {
+    let mut cmd = Command::new(cutover_bin());
+    cmd.arg("-C").arg(dir).arg("validate");
+    // Environment files expand with their defaults, as on a machine without the sandbox.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CUTOVER_") {
+            cmd.env_remove(k);
+        }
+    }
+    run_with_timeout(cmd, 60)
+}
+
+#[test]
+fn the_terraform_tree_agrees_with_the_environments_and_the_runbook() {
+    let dir = project_copy();
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("terraform/: modules, live roots and terraform/sandbox agree"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn removing_one_output_the_runbook_reads_fails_the_check_naming_root_and_step() {
+    let dir = project_copy();
+    let outputs = dir.path().join("terraform/live/production/outputs.tf");
+    let text_before = std::fs::read_to_string(&outputs).unwrap();
+    let start = text_before.find("output \"alb_dns_name\"").unwrap();
+    let end = start + text_before[start..].find("}\n").unwrap() + 2;
+    std::fs::write(
+        &outputs,
+        format!("{}{}", &text_before[..start], &text_before[end..]),
+    )
+    .unwrap();
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("runbooks/shop-cutover.yaml:29: step `dns` reads tf.alb_dns_name, but terraform/live/production defines no output `alb_dns_name`"),
+        "{err}"
+    );
+    assert!(err.contains("error: 1 problem found"), "{err}");
+
+    // The sandbox stack is held to the same outputs.
+    let sandbox = dir.path().join("terraform/sandbox/main.tf");
+    let s = std::fs::read_to_string(&sandbox).unwrap();
+    std::fs::write(
+        &sandbox,
+        s.replace("output \"app_url\"", "output \"service_url\""),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&validate(dir.path()).stderr).into_owned();
+    assert!(
+        err.contains(
+            "step `health` reads tf.app_url, but terraform/sandbox defines no output `app_url`"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_module_call_missing_a_required_variable_is_reported_with_its_line() {
+    let dir = project_copy();
+    let main = dir.path().join("terraform/live/staging/main.tf");
+    let s = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, s.replace("  deletion_protection      = false\n", "")).unwrap();
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "terraform/live/staging/main.tf:39: module `rds` does not set `deletion_protection`"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn terraform_files_are_formatted() {
+    let mut cmd = Command::new(std::env::var("TERRAFORM").unwrap_or_else(|_| "terraform".into()));
+    cmd.args(["fmt", "-check", "-recursive", "terraform"])
+        .current_dir(common::repo());
+    let out = run_with_timeout(cmd, 60);
+    assert!(out.status.success(), "terraform fmt -check: {}", text(&out));
+}

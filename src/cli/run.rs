@@ -66,41 +66,44 @@ pub fn validate(root: &Path, only: Option<&str>) -> i32 {
             }
         }
     }
-    let mut loaded = Vec::new();
-    for env in &envs {
-        if let Ok(e) = config::load_environment(root, env) {
-            loaded.push((PathBuf::from("environments").join(format!("{env}.yaml")), e));
+    let has_terraform = root.join("terraform").is_dir();
+    if has_terraform {
+        let mut loaded = Vec::new();
+        for env in &envs {
+            if let Ok(e) = config::load_environment(root, env) {
+                loaded.push((PathBuf::from("environments").join(format!("{env}.yaml")), e));
+            }
         }
-    }
-    let mut refs = Vec::new();
-    for plan in &plans {
-        let file = plan
-            .runbook_path
-            .strip_prefix(root)
-            .unwrap_or(&plan.runbook_path)
-            .to_path_buf();
-        for (step, line, output) in plan.tf_references() {
-            refs.push(crate::infra::check::OutputRef {
-                runbook: file.clone(),
-                step,
-                line,
-                output,
-            });
+        let mut refs = Vec::new();
+        for plan in &plans {
+            let file = plan
+                .runbook_path
+                .strip_prefix(root)
+                .unwrap_or(&plan.runbook_path)
+                .to_path_buf();
+            for (step, line, output) in plan.tf_references() {
+                refs.push(crate::infra::check::OutputRef {
+                    runbook: file.clone(),
+                    step,
+                    line,
+                    output,
+                });
+            }
         }
-    }
-    for problem in crate::infra::check::check(root, &loaded, &refs).0 {
-        if !all.0.contains(&problem) {
-            all.push(problem);
+        for problem in crate::infra::check::check(root, &loaded, &refs).0 {
+            if !all.0.contains(&problem) {
+                all.push(problem);
+            }
         }
+        ok.push(format!(
+            "terraform/: modules, live roots and terraform/sandbox agree with {} environment(s) and the runbooks' tf.* outputs",
+            loaded.len()
+        ));
     }
     if !all.is_empty() {
         print_problems(&all);
         return EXIT_INVALID;
     }
-    ok.push(format!(
-        "terraform/: modules, live roots and terraform/sandbox agree with {} environment(s) and the runbooks' tf.* outputs",
-        loaded.len()
-    ));
     for line in ok {
         println!("ok: {line}");
     }
