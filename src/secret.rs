@@ -78,7 +78,9 @@ pub fn url_password(url: &str) -> Option<String> {
     Some(percent_decode(pw))
 }
 
-fn urlencode(s: &str) -> String {
+/// Percent-encodes every byte but RFC 3986's unreserved characters (`A-Z a-z 0-9 - _ . ~`), as
+/// URL userinfo and SigV4 query values require.
+pub fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

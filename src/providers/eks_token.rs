@@ -70,25 +70,12 @@ pub fn token(
         url.push('&');
         url.push_str(k);
         url.push('=');
-        url.push_str(&urlencode(v));
+        url.push_str(&crate::secret::urlencode(v));
     }
     Ok(format!(
         "{TOKEN_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(url.as_bytes())
     ))
-}
-
-/// Percent-encodes a query value as SigV4 requires (RFC 3986 unreserved characters kept).
-fn urlencode(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// DER certificates from a base64 PEM bundle, as DescribeCluster's
