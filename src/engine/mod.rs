@@ -242,10 +242,7 @@ pub async fn resume(
     run_id: &str,
     ui: &Ui,
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
-    if !runs::log_path(&state_dir(root), run_id).exists() {
-        store::pull_all(root, None).await;
-    }
-    let (records, start) = load_run(root, run_id)?;
+    let (records, start) = load_run(root, run_id).await?;
     let field = |k: &str| {
         start
             .get(k)
@@ -289,10 +286,7 @@ pub async fn rollback(
     run_id: &str,
     ui: &Ui,
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
-    if !runs::log_path(&state_dir(root), run_id).exists() {
-        store::pull_all(root, None).await;
-    }
-    let (records, start) = load_run(root, run_id)?;
+    let (records, start) = load_run(root, run_id).await?;
     let field = |k: &str| {
         start
             .get(k)
@@ -305,9 +299,13 @@ pub async fn rollback(
     Ok(continue_run(root, &plan, Mode::Execute, run_id, &records, ui, true).await)
 }
 
-/// A run's verified records and its `run_started` payload.
-fn load_run(root: &Path, run_id: &str) -> Result<(Vec<log::Record>, Value), ResumeError> {
+/// A run's verified records and its `run_started` payload; a run not on this machine is looked
+/// for in the environments' `s3` stores first.
+async fn load_run(root: &Path, run_id: &str) -> Result<(Vec<log::Record>, Value), ResumeError> {
     let path = runs::log_path(&state_dir(root), run_id);
+    if !path.exists() {
+        store::pull_all(root, None).await;
+    }
     if !path.exists() {
         return Err(ResumeError::NotFound(run_id.to_string()));
     }
