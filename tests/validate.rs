@@ -136,13 +136,13 @@ fn a_module_call_missing_a_required_variable_is_reported_with_its_line() {
     let dir = project_copy();
     let main = dir.path().join("terraform/live/staging/main.tf");
     let s = std::fs::read_to_string(&main).unwrap();
-    std::fs::write(&main, s.replace("  deletion_protection      = false\n", "")).unwrap();
+    std::fs::write(&main, s.replace("  deletion_protection = false\n", "")).unwrap();
     let out = validate(dir.path());
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(
-            "terraform/live/staging/main.tf:39: module `rds` does not set `deletion_protection`"
+            "terraform/live/staging/main.tf:3: module `shop` does not set `deletion_protection`"
         ),
         "{err}"
     );

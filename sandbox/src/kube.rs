@@ -490,6 +490,11 @@ fn commit(
     Json(obj).into_response()
 }
 
+/// The integer at JSON pointer `ptr` in `v`, or `default` when absent.
+fn int_at(v: &Value, ptr: &str, default: i64) -> i64 {
+    v.pointer(ptr).and_then(Value::as_i64).unwrap_or(default)
+}
+
 /// One tick of the deployment controller: moves each Deployment's status one replica closer to
 /// its spec.
 pub fn reconcile(s: &mut Store) {
@@ -503,24 +508,12 @@ pub fn reconcile(s: &mut Store) {
         let Some(d) = s.objects.get(&k).cloned() else {
             continue;
         };
-        let generation = d
-            .pointer("/metadata/generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
-        let want = d
-            .pointer("/spec/replicas")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
+        let generation = int_at(&d, "/metadata/generation", 1);
+        let want = int_at(&d, "/spec/replicas", 1);
         let st = d.get("status").cloned().unwrap_or(json!({}));
-        let observed = st
-            .get("observedGeneration")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        let updated = st
-            .get("updatedReplicas")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        let total = st.get("replicas").and_then(Value::as_i64).unwrap_or(0);
+        let observed = int_at(&st, "/observedGeneration", 0);
+        let updated = int_at(&st, "/updatedReplicas", 0);
+        let total = int_at(&st, "/replicas", 0);
         let new_status = if observed < generation {
             // A new template: the controller observes it; no pod is updated yet (old pods remain).
             json!({"observedGeneration": generation, "replicas": want, "updatedReplicas": 0, "readyReplicas": want, "availableReplicas": want,

@@ -243,13 +243,7 @@ pub async fn resume(
     ui: &Ui,
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
     let (records, start) = load_run(root, run_id).await?;
-    let field = |k: &str| {
-        start
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
+    let field = |k: &str| start_field(&start, k);
     if let Some(fin) = records.iter().rev().find(|r| r.event == "run_finished") {
         let status = fin.data.get("status").and_then(Value::as_str).unwrap_or("");
         println!("run {run_id} already finished: {status}");
@@ -287,16 +281,19 @@ pub async fn rollback(
     ui: &Ui,
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
     let (records, start) = load_run(root, run_id).await?;
-    let field = |k: &str| {
-        start
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
+    let field = |k: &str| start_field(&start, k);
     let plan = runbook::resolve(root, &field("runbook_path"), &field("environment"))
         .map_err(ResumeError::Config)?;
     Ok(continue_run(root, &plan, Mode::Execute, run_id, &records, ui, true).await)
+}
+
+/// A string field of a `run_started` payload (empty when absent).
+fn start_field(start: &Value, k: &str) -> String {
+    start
+        .get(k)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
 }
 
 /// A run's verified records and its `run_started` payload; a run not on this machine is looked

@@ -34,8 +34,4 @@ provider "aws" {
       session_name = var.session_name
     }
   }
-
-  default_tags {
-    tags = local.tags
-  }
 }

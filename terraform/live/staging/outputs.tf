@@ -1,26 +1,6 @@
-# The outputs runbooks read as tf.*; terraform/sandbox defines the same names (a test checks it).
-
-output "db_instance_id" {
-  value       = module.rds.db_instance_id
-  description = "RDS instance identifier."
-}
-
-output "eks_cluster_name" {
-  value       = module.eks.cluster_name
-  description = "EKS cluster name."
-}
-
-output "alb_arn" {
-  value       = module.eks.alb_arn
-  description = "ARN of the application load balancer."
-}
-
-output "alb_dns_name" {
-  value       = module.eks.alb_dns_name
-  description = "DNS name of the application load balancer (the cutover target)."
-}
-
-output "app_url" {
-  value       = coalesce(var.app_url, "https://${module.dns.direct_fqdn}")
-  description = "Base URL of the service on the AWS side, reached directly (not through the cutover record)."
-}
+# The outputs runbooks read as tf.*; terraform/sandbox defines the same names (validate checks it).
+output "db_instance_id" { value = module.shop.db_instance_id }
+output "eks_cluster_name" { value = module.shop.eks_cluster_name }
+output "alb_arn" { value = module.shop.alb_arn }
+output "alb_dns_name" { value = module.shop.alb_dns_name }
+output "app_url" { value = module.shop.app_url }
