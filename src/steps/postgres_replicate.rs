@@ -1,50 +1,72 @@
-//! `postgres.replicate`: copies the schema to the target and starts PostgreSQL logical
-//! replication from the legacy source: a publication for all tables on the source, a subscription
-//! on the target (which creates the replication slot and copies the existing rows), then waits
-//! until every table has finished its initial copy (`pg_subscription_rel` state `r`).
+//! `postgres.replicate`: the initial copy and the start of logical replication, as pgcopydb does
+//! it.
 //!
-//! Rollback drops the subscription (and with it the replication slot, so the source does not
-//! retain WAL forever) and the publication. The target's copied rows stay: the target is not live
-//! before the flip.
+//! 1. Preflight (every problem at once, before anything is created).
+//! 2. A publication for every table on the source, then a replication slot created with an
+//!    exported snapshot, held by a process that survives this one.
+//! 3. The schema's pre-data section (tables, sequences, types) under that snapshot, together
+//!    with the chunk plan, in one target transaction.
+//! 4. Every chunk copied by parallel `COPY` inside the snapshot; each chunk commits with its
+//!    progress row, so a killed copy resumes at the next chunk and never copies one twice.
+//! 5. The post-data section (indexes, constraints), then a subscription that starts from the
+//!    slot's consistent point without copying again (`create_slot = false, copy_data = false`).
+//!
+//! Rollback drops the subscription, the slot, the publication and the progress schema and
+//! releases the snapshot. The target's copied rows stay: the target is not live before the flip,
+//! and after it they may hold acknowledged writes.
 
 use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
-use crate::providers::postgres::{ident, literal, pg, ConnParts};
+use crate::providers::postgres::catalog::{Table, STATE_SCHEMA};
+use crate::providers::postgres::preflight::{self, Needs};
+use crate::providers::postgres::snapshot;
+use crate::providers::postgres::{copy, ident, literal, pg, ConnParts};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// The `postgres.replicate` kind.
 pub struct Replicate;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {
     #[serde(default)]
     publication: Option<String>,
     #[serde(default)]
     subscription: Option<String>,
+    #[serde(default = "default_jobs")]
+    jobs: usize,
+    #[serde(default = "default_chunk_rows")]
+    chunk_rows: i64,
+    #[serde(default)]
+    rate_limit_mb: Option<f64>,
+    #[serde(default = "default_max_transaction_age")]
+    max_transaction_age: i64,
+}
+
+fn default_jobs() -> usize {
+    4
+}
+fn default_chunk_rows() -> i64 {
+    250_000
+}
+fn default_max_transaction_age() -> i64 {
+    300
 }
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "publication",
-        required: false,
-        doc: "publication name on the source (default cutover_<database>)",
-    },
-    ParamSpec {
-        name: "subscription",
-        required: false,
-        doc: "subscription (and replication slot) name on the target (default cutover_<database>)",
-    },
+    ParamSpec { name: "publication", required: false, doc: "publication name on the source (default cutover_<database>)" },
+    ParamSpec { name: "subscription", required: false, doc: "subscription and replication slot name (default cutover_<database>)" },
+    ParamSpec { name: "jobs", required: false, doc: "parallel COPY workers (default 4)" },
+    ParamSpec { name: "chunk_rows", required: false, doc: "tables with a single integer key and more rows than this (planner estimate) are copied in key-range chunks of about this many rows (default 250000)" },
+    ParamSpec { name: "rate_limit_mb", required: false, doc: "limit of the whole copy in MB/s (10^6 bytes of COPY text per second; default none)" },
+    ParamSpec { name: "max_transaction_age", required: false, doc: "a source transaction open longer than this many seconds fails the preflight (default 300)" },
 ];
 
 /// Publication and subscription names for these parameters.
-pub(super) fn names(
-    cx: &StepContext,
-    publication: Option<&str>,
-    subscription: Option<&str>,
-) -> (String, String) {
+pub(super) fn names(cx: &StepContext, publication: Option<&str>, subscription: Option<&str>) -> (String, String) {
     let default = format!("cutover_{}", cx.env.database.name.replace('-', "_"));
     (
         publication.unwrap_or(&default).to_string(),
@@ -52,75 +74,46 @@ pub(super) fn names(
     )
 }
 
-async fn user_tables(c: &tokio_postgres::Client, side: &str) -> Result<Vec<String>, StepError> {
-    let rows = c
-        .query(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(|e| pg(side, e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-async fn exists(
-    c: &tokio_postgres::Client,
-    side: &str,
-    sql: &str,
-    name: &str,
-) -> Result<bool, StepError> {
-    Ok(c.query_opt(sql, &[&name])
-        .await
-        .map_err(|e| pg(side, e))?
-        .is_some())
+async fn exists(c: &tokio_postgres::Client, side: &str, sql: &str, name: &str) -> Result<bool, StepError> {
+    Ok(c.query_opt(sql, &[&name]).await.map_err(|e| pg(side, e))?.is_some())
 }
 
 const PUB_SQL: &str = "SELECT 1 FROM pg_publication WHERE pubname = $1";
 const SUB_SQL: &str = "SELECT 1 FROM pg_subscription WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
+const SLOT_SQL: &str = "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1";
 
-/// Runs `pg_dump --schema-only` against the source; the password goes through `PGPASSWORD`.
-async fn dump_schema(source: &ConnParts) -> Result<String, StepError> {
+fn hold_file(cx: &StepContext) -> PathBuf {
+    cx.run_dir.join(format!("{}.snapshot.hold", cx.step_id))
+}
+
+fn fmt_mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// Runs the preflight and turns its problems into one error listing them all.
+async fn preflight_check(
+    p: &Params,
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    resuming: bool,
+) -> Result<preflight::Report, StepError> {
     let bin = std::env::var("PG_DUMP").unwrap_or_else(|_| "pg_dump".into());
-    let mut cmd = tokio::process::Command::new(&bin);
-    cmd.args([
-        "--schema-only",
-        "--no-owner",
-        "--no-privileges",
-        "--no-publications",
-        "--no-subscriptions",
-    ])
-    .args([
-        "-h",
-        &source.host,
-        "-p",
-        &source.port.to_string(),
-        "-U",
-        &source.user,
-        "-d",
-        &source.dbname,
-    ])
-    .env("PGCONNECT_TIMEOUT", "10")
-    .kill_on_drop(true);
-    if let Some(pw) = &source.password {
-        cmd.env("PGPASSWORD", pw);
-    }
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| StepError::Check(format!("cannot run {bin}: {e}")))?;
-    if !out.status.success() {
-        return Err(StepError::Check(format!(
-            "pg_dump --schema-only failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    // psql meta-commands (`\restrict`, `\connect`) are not SQL; the statements around them are.
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('\\'))
-        .collect::<Vec<_>>()
-        .join("\n"))
+    let needs = Needs {
+        slots: 1,
+        senders: 2,
+        max_transaction_age_secs: p.max_transaction_age,
+        resuming,
+        pg_dump_major: preflight::pg_dump_major(&bin).await,
+    };
+    Ok(preflight::check(source, target, &needs).await?)
+}
+
+fn problems_error(problems: &[String]) -> StepError {
+    StepError::Check(format!(
+        "preflight found {} problem(s); nothing was created on either side:\n  - {}",
+        problems.len(),
+        problems.join("\n  - ")
+    ))
 }
 
 #[async_trait]
@@ -129,23 +122,33 @@ impl StepKind for Replicate {
         "postgres.replicate"
     }
     fn purpose(&self) -> &'static str {
-        "Copy the schema to the target and replicate every table from the legacy database by logical replication"
+        "Copy the legacy database to the target (exported snapshot, parallel chunked COPY, resumable) and start logical replication from the same point"
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
     fn outputs(&self) -> &'static [&'static str] {
         &[
-            "publication",
-            "subscription",
-            "slot",
-            "tables",
-            "source",
-            "target",
+            "publication", "subscription", "slot", "tables", "source", "target", "consistent_lsn",
+            "chunks", "chunks_copied", "chunks_resumed", "rows_copied", "bytes_copied", "copy_seconds", "copy",
         ]
     }
     fn default_timeout(&self) -> Duration {
-        Duration::from_secs(3600)
+        Duration::from_secs(6 * 3600)
+    }
+    fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
+        let mut out = super::check_param_names(PARAMS, params);
+        if let Some(j) = params.get("jobs").and_then(Value::as_i64) {
+            if !(1..=64).contains(&j) {
+                out.push(format!("jobs {j} is not between 1 and 64"));
+            }
+        }
+        if let Some(r) = params.get("rate_limit_mb").and_then(Value::as_f64) {
+            if r <= 0.0 {
+                out.push(format!("rate_limit_mb {r} must be greater than 0"));
+            }
+        }
+        out
     }
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
@@ -153,230 +156,330 @@ impl StepKind for Replicate {
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let source = cx.providers.source().await?;
         let target = cx.providers.target().await?;
-        let wal_level: String = source
-            .query_one("SHOW wal_level", &[])
-            .await
-            .map_err(|e| pg("source", e))?
-            .get(0);
-        let src_tables = user_tables(&source, "source").await?;
-        let tgt_tables = user_tables(&target, "target").await?;
+        let state = copy::load_state(&target).await?;
+        let report = preflight_check(&p, &source, &target, state.is_some()).await?;
         let sp = ConnParts::parse(&cx.providers.source_url()?, "source")?;
         let tp = ConnParts::parse(&cx.providers.target_url()?, "target")?;
-        let mut changes = Vec::new();
-        if wal_level != "logical" {
-            changes.push(Change::new(
-                "check",
-                format!("source {}", sp.display()),
-                format!("WOULD FAIL: wal_level is {wal_level}, logical replication needs logical"),
-            ));
+        let mut changes: Vec<Change> = report
+            .problems
+            .iter()
+            .map(|m| Change::new("check", "preflight", format!("WOULD FAIL: {m}")))
+            .collect();
+        if report.problems.is_empty() {
+            changes.push(Change::new("check", "preflight", "wal_level, slots, senders, keys, target, extensions, versions, long transactions: all pass"));
         }
-        if tgt_tables.is_empty() {
-            changes.push(Change::new(
-                "create",
-                format!("schema on target {}", tp.display()),
-                format!(
-                    "{} tables from pg_dump --schema-only: {}",
-                    src_tables.len(),
-                    src_tables.join(", ")
-                ),
-            ));
+        let subscribed = exists(&target, "target", SUB_SQL, &sub).await?;
+        if subscribed {
+            changes.push(Change::new("none", format!("subscription {sub} on target"), "exists: copy done, replicating"));
         } else {
-            changes.push(Change::new(
-                "none",
-                format!("schema on target {}", tp.display()),
-                format!("{} tables present", tgt_tables.len()),
-            ));
-        }
-        if exists(&source, "source", PUB_SQL, &publ).await? {
-            changes.push(Change::new(
-                "none",
-                format!("publication {publ} on source"),
-                "exists",
-            ));
-        } else {
-            changes.push(Change::new(
-                "create",
-                format!("publication {publ} on source"),
-                format!("CREATE PUBLICATION {} FOR ALL TABLES", ident(&publ)),
-            ));
-        }
-        if exists(&target, "target", SUB_SQL, &sub).await? {
-            changes.push(Change::new(
-                "none",
-                format!("subscription {sub} on target"),
-                "exists",
-            ));
-        } else {
-            changes.push(Change::new(
-                "create",
-                format!("subscription {sub} on target"),
-                format!("CREATE SUBSCRIPTION {} CONNECTION '<source conninfo>' PUBLICATION {} WITH (copy_data = true); creates replication slot {sub} on the source", ident(&sub), ident(&publ)),
-            ));
+            if !exists(&source, "source", PUB_SQL, &publ).await? {
+                changes.push(Change::new("create", format!("publication {publ} on source"), format!("FOR TABLE the {} tables below", report.source_tables.len())));
+            }
+            match &state {
+                Some(s) => {
+                    let (all, done) = copy::progress(&target).await?;
+                    changes.push(Change::new("run", format!("copy into {}", tp.display()), format!(
+                        "resume run {}'s copy under snapshot {} (slot {} at {}): {} of {} chunks copied, {} to go",
+                        s.run_id, s.slot.snapshot, s.slot.slot, s.slot.consistent_lsn, done.len(), all.len(), all.len() - done.len()
+                    )));
+                }
+                None => {
+                    changes.push(Change::new("create", format!("replication slot {sub} on source"), "CREATE_REPLICATION_SLOT ... LOGICAL pgoutput EXPORT_SNAPSHOT (held until the copy ends)"));
+                    changes.push(Change::new("create", format!("schema on target {}", tp.display()), "pg_dump --section=pre-data under the snapshot"));
+                    for t in &report.source_tables {
+                        let chunks = if t.integer_key() && t.est_rows > p.chunk_rows { (t.est_rows + p.chunk_rows - 1) / p.chunk_rows } else { 1 };
+                        changes.push(Change::new("run", format!("copy {}", t.display), format!(
+                            "~{} rows, {} in {chunks} chunk(s)", t.est_rows, fmt_mb(t.bytes.max(0) as u64)
+                        )));
+                    }
+                }
+            }
+            changes.push(Change::new("create", format!("indexes and constraints on target {}", tp.display()), "pg_dump --section=post-data after the copy"));
+            changes.push(Change::new("create", format!("subscription {sub} on target"), format!(
+                "PUBLICATION {publ} WITH (create_slot = false, slot_name = {sub}, copy_data = false): replication from the slot's consistent point; {} job(s){}",
+                p.jobs,
+                p.rate_limit_mb.map(|r| format!(", limited to {r} MB/s")).unwrap_or_default()
+            )));
         }
         let mut predicted = Map::new();
         predicted.insert("publication".into(), json!(publ));
         predicted.insert("subscription".into(), json!(sub));
         predicted.insert("slot".into(), json!(sub));
-        predicted.insert("tables".into(), json!(src_tables.len()));
+        predicted.insert("tables".into(), json!(report.source_tables.len()));
         predicted.insert("source".into(), json!(sp.display()));
         predicted.insert("target".into(), json!(tp.display()));
         Ok(Planned {
             changes,
-            before: json!({"target_tables": tgt_tables.len()}),
+            before: json!({"target_tables": report.target_tables.len()}),
             predicted,
         })
     }
 
-    async fn apply(
-        &self,
-        cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
+    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
+        let source_url = cx.providers.source_url()?;
+        let target_url = cx.providers.target_url()?;
+        let sp = ConnParts::parse(&source_url, "source")?;
+        let tp = ConnParts::parse(&target_url, "target")?;
         let source = cx.providers.source().await?;
         let target = cx.providers.target().await?;
-        let wal_level: String = source
-            .query_one("SHOW wal_level", &[])
-            .await
-            .map_err(|e| pg("source", e))?
-            .get(0);
-        if wal_level != "logical" {
-            return Err(StepError::Check(format!(
-                "source wal_level is {wal_level}; logical replication needs wal_level = logical"
-            )));
-        }
-        let sp = ConnParts::parse(&cx.providers.source_url()?, "source")?;
-        let tp = ConnParts::parse(&cx.providers.target_url()?, "target")?;
-        let src_tables = user_tables(&source, "source").await?;
-        if user_tables(&target, "target").await?.is_empty() {
-            (cx.progress)(&format!(
-                "copying schema of {} tables to the target",
-                src_tables.len()
-            ));
-            let ddl = dump_schema(&sp).await?;
-            target
-                .batch_execute(&ddl)
-                .await
-                .map_err(|e| pg("target", e))?;
-        }
-        if !exists(&source, "source", PUB_SQL, &publ).await? {
-            source
-                .batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR ALL TABLES",
-                    ident(&publ)
-                ))
-                .await
-                .map_err(|e| pg("source", e))?;
-        }
-        if !exists(&target, "target", SUB_SQL, &sub).await? {
-            (cx.progress)(&format!(
-                "creating subscription {sub} (initial copy of every table)"
-            ));
-            let sql = format!(
-                "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true)",
-                ident(&sub),
-                literal(&sp.conninfo()),
-                ident(&publ)
-            );
-            // The statement holds the source password: report only the server's message.
-            target
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| pg("target", e))?;
-        }
         let mut out = Map::new();
         out.insert("publication".into(), json!(publ));
         out.insert("subscription".into(), json!(sub));
         out.insert("slot".into(), json!(sub));
-        out.insert("tables".into(), json!(src_tables.len()));
         out.insert("source".into(), json!(sp.display()));
         out.insert("target".into(), json!(tp.display()));
+
+        if exists(&target, "target", SUB_SQL, &sub).await? {
+            // A crash after the subscription was created: the copy is done.
+            let tables = crate::providers::postgres::catalog::tables(&source, "source").await?;
+            out.insert("tables".into(), json!(tables.len()));
+            let _ = target.batch_execute(&format!("DROP SCHEMA IF EXISTS {STATE_SCHEMA} CASCADE")).await;
+            snapshot::release(&hold_file(cx));
+            out.insert("summary".into(), json!(format!("subscription {sub} already replicating")));
+            return Ok(out);
+        }
+
+        let mut state = copy::load_state(&target).await?;
+        // Whether post-data is ours to apply survives a restart of the copy.
+        let mut carried_post_data = None;
+        if let Some(s) = &state {
+            let ours = s.run_id == cx.run_id;
+            let usable = s.phase != "copying" || snapshot::alive(&source_url, &s.slot.snapshot).await;
+            if !ours || !usable {
+                (cx.progress)(&format!(
+                    "the copy under way on the target ({}, snapshot {}) cannot continue: {}; starting it again",
+                    s.run_id,
+                    s.slot.snapshot,
+                    if ours { "its snapshot is gone" } else { "it belongs to another run" }
+                ));
+                restart_copy(cx, &source, &target, &sub).await?;
+                carried_post_data = Some(s.post_data);
+                state = None;
+            }
+        }
+        let report = preflight_check(&p, &source, &target, state.is_some()).await?;
+        if !report.problems.is_empty() {
+            return Err(problems_error(&report.problems));
+        }
+        let tables: Vec<Table> = report.source_tables;
+        out.insert("tables".into(), json!(tables.len()));
+
+        let state = match state {
+            Some(s) => s,
+            None => {
+                if !exists(&source, "source", PUB_SQL, &publ).await? {
+                    let list: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+                    let sql = if list.is_empty() {
+                        format!("CREATE PUBLICATION {}", ident(&publ))
+                    } else {
+                        format!("CREATE PUBLICATION {} FOR TABLE {}", ident(&publ), list.join(", "))
+                    };
+                    source.batch_execute(&sql).await.map_err(|e| pg("source", e))?;
+                }
+                if exists(&source, "source", SLOT_SQL, &sub).await? {
+                    source.query("SELECT pg_drop_replication_slot($1)", &[&sub]).await.map_err(|e| pg("source", e))?;
+                }
+                (cx.progress)(&format!("creating replication slot {sub} with an exported snapshot"));
+                let slot = snapshot::create_slot(&sp, &sub, &hold_file(cx), cx.remaining().max(Duration::from_secs(60)), Duration::from_secs(120)).await?;
+                let snap = crate::providers::postgres::connect(&source_url, "source").await?;
+                snapshot::import(&snap, &slot.snapshot).await?;
+                let chunks = copy::plan(&snap, &tables, p.chunk_rows).await?;
+                // A target that already has the tables keeps its schema: pre-data and post-data
+                // are applied only to a target this copy gave its schema.
+                let create_schema = report.target_tables.is_empty();
+                let post_data = carried_post_data.unwrap_or(create_schema);
+                let pre = if create_schema {
+                    snapshot::dump_section(&sp, "pre-data", Some(&slot.snapshot)).await?
+                } else {
+                    String::new()
+                };
+                // Schema and progress appear together or not at all.
+                target
+                    .batch_execute(&format!("BEGIN;\n{pre};\n{}COMMIT;", copy::state_sql(cx.run_id, &slot, &chunks, post_data)))
+                    .await
+                    .map_err(|e| pg("target", e))?;
+                (cx.progress)(&format!(
+                    "{}{} chunks planned under snapshot {} at {}",
+                    if create_schema { format!("schema (pre-data) of {} tables created; ", tables.len()) } else { String::new() },
+                    chunks.len(), slot.snapshot, slot.consistent_lsn
+                ));
+                copy::State { run_id: cx.run_id.to_string(), slot, phase: "copying".into(), post_data }
+            }
+        };
+        out.insert("consistent_lsn".into(), json!(state.slot.consistent_lsn));
+
+        let started = Instant::now();
+        let (all, done_before) = copy::progress(&target).await?;
+        let mut copied = Vec::new();
+        if state.phase == "copying" {
+            let pending: Vec<copy::Chunk> = all
+                .iter()
+                .filter(|c| !done_before.iter().any(|d| d.chunk.table == c.table && d.chunk.index == c.index))
+                .cloned()
+                .collect();
+            if !done_before.is_empty() {
+                (cx.progress)(&format!("resuming the copy: {} of {} chunks already copied, {} to go", done_before.len(), all.len(), pending.len()));
+            }
+            let total_bytes: i64 = all.iter().map(|c| c.est_bytes).sum::<i64>().max(1);
+            let mut bytes_so_far: i64 = done_before.iter().map(|d| d.chunk.est_bytes).sum();
+            let mut n = done_before.len();
+            let opts = copy::Options {
+                jobs: p.jobs,
+                rate_limit: p.rate_limit_mb.map(|m| m * 1e6),
+                attempt: format!("{}@{}", cx.run_id, chrono::Utc::now().format("%H:%M:%S%.3f")),
+            };
+            copied = copy::run(&source_url, &target_url, &state.slot.snapshot, &tables, pending, &opts, |d| {
+                n += 1;
+                bytes_so_far += d.chunk.est_bytes;
+                (cx.progress)(&format!(
+                    "copied {} chunk {}/{} ({} rows, {}); {n} of {} chunks, {}%",
+                    d.chunk.table, d.chunk.index + 1, d.chunk.of, d.rows, fmt_mb(d.bytes), all.len(),
+                    bytes_so_far * 100 / total_bytes
+                ));
+            })
+            .await?;
+            snapshot::release(&hold_file(cx));
+            let post = if state.post_data {
+                (cx.progress)("indexes and constraints (post-data)");
+                snapshot::dump_section(&sp, "post-data", None).await?
+            } else {
+                String::new()
+            };
+            target
+                .batch_execute(&format!("BEGIN;\nSET LOCAL maintenance_work_mem = '256MB';\n{post};\nUPDATE cutover_copy.run SET phase = 'post-data';\nCOMMIT;"))
+                .await
+                .map_err(|e| pg("target", e))?;
+        }
+        snapshot::release(&hold_file(cx));
+        let copy_seconds = started.elapsed().as_secs_f64();
+
+        // Per-table figures, read before the progress schema goes.
+        let (_, done_all) = copy::progress(&target).await?;
+        let mut per_table = Map::new();
+        for d in &done_all {
+            let e = per_table.entry(d.chunk.table.clone()).or_insert_with(|| json!({"chunks": 0, "rows": 0, "bytes": 0}));
+            e["chunks"] = json!(e["chunks"].as_i64().unwrap_or(0) + 1);
+            e["rows"] = json!(e["rows"].as_u64().unwrap_or(0) + d.rows);
+            e["bytes"] = json!(e["bytes"].as_u64().unwrap_or(0) + d.bytes);
+        }
+
+        (cx.progress)(&format!("creating subscription {sub} from slot {sub} (no second copy)"));
+        let sql = format!(
+            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false)",
+            ident(&sub),
+            literal(&sp.conninfo()),
+            ident(&publ),
+            literal(&sub)
+        );
+        // The statement holds the source password: report only the server's message.
+        target.batch_execute(&sql).await.map_err(|e| pg("target", e))?;
+        target
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {STATE_SCHEMA} CASCADE"))
+            .await
+            .map_err(|e| pg("target", e))?;
+
+        let rows: u64 = done_all.iter().map(|d| d.rows).sum();
+        let bytes: u64 = done_all.iter().map(|d| d.bytes).sum();
+        out.insert("chunks".into(), json!(all.len()));
+        out.insert("chunks_copied".into(), json!(copied.len()));
+        out.insert("chunks_resumed".into(), json!(done_before.len()));
+        out.insert("rows_copied".into(), json!(rows));
+        out.insert("bytes_copied".into(), json!(bytes));
+        out.insert("copy_seconds".into(), json!((copy_seconds * 1000.0).round() / 1000.0));
+        out.insert("copy".into(), Value::Object(per_table));
+        out.insert("summary".into(), json!(format!(
+            "{} tables, {rows} rows ({}) copied in {} chunks{} with {} job(s); replicating through {sub} from {}",
+            tables.len(), fmt_mb(bytes), all.len(),
+            if done_before.is_empty() { String::new() } else { format!(" ({} resumed)", done_before.len()) },
+            p.jobs, state.slot.consistent_lsn
+        )));
         Ok(out)
     }
 
-    async fn verify(
-        &self,
-        cx: &StepContext,
-        outputs: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, StepError> {
-        let sub = outputs
-            .get("subscription")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+    async fn verify(&self, cx: &StepContext, outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+        let sub = outputs.get("subscription").and_then(Value::as_str).unwrap_or_default().to_string();
         let target = cx.providers.target().await?;
         loop {
             let row = target
                 .query_one(
-                    "SELECT count(*), count(*) FILTER (WHERE r.srsubstate NOT IN ('r','s')) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1",
+                    "SELECT count(*), count(*) FILTER (WHERE r.srsubstate NOT IN ('r','s')), \
+                            (SELECT count(*) FROM pg_stat_subscription st JOIN pg_subscription s2 ON s2.oid = st.subid WHERE s2.subname = $1 AND st.pid IS NOT NULL) \
+                     FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1",
                     &[&sub],
                 )
                 .await
                 .map_err(|e| pg("target", e))?;
-            let (total, copying): (i64, i64) = (row.get(0), row.get(1));
-            if total > 0 && copying == 0 {
+            let (total, copying, workers): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            if copying == 0 && workers > 0 {
                 let mut ev = Map::new();
                 ev.insert("tables_ready".into(), json!(total));
-                ev.insert(
-                    "summary".into(),
-                    json!(format!("{total} tables replicating through {sub}")),
-                );
+                ev.insert("summary".into(), json!(format!("{total} tables replicating through {sub}")));
                 return Ok(ev);
             }
-            cx.check_deadline(&format!(
-                "initial copy of subscription {sub} ({copying} of {total} tables still copying)"
-            ))?;
-            (cx.progress)(&format!(
-                "initial copy: {copying} of {total} tables still copying; waiting up to {}s",
-                cx.remaining().as_secs()
-            ));
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            cx.check_deadline(&format!("the apply worker of subscription {sub} to start"))?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    async fn rollback(
-        &self,
-        cx: &StepContext,
-        _before: &Value,
-        _outputs: Option<&Map<String, Value>>,
-    ) -> Result<Vec<String>, StepError> {
+    async fn rollback(&self, cx: &StepContext, _before: &Value, _outputs: Option<&Map<String, Value>>) -> Result<Vec<String>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let mut lines = Vec::new();
+        snapshot::release(&hold_file(cx));
         let target = cx.providers.target().await?;
         if exists(&target, "target", SUB_SQL, &sub).await? {
-            target
-                .batch_execute(&format!("DROP SUBSCRIPTION {}", ident(&sub)))
-                .await
-                .map_err(|e| pg("target", e))?;
-            lines.push(format!(
-                "subscription {sub} dropped on the target (with its replication slot)"
-            ));
+            target.batch_execute(&format!("DROP SUBSCRIPTION {}", ident(&sub))).await.map_err(|e| pg("target", e))?;
+            lines.push(format!("subscription {sub} dropped on the target (with its replication slot)"));
+        }
+        if copy::load_state(&target).await?.is_some() {
+            target.batch_execute(&format!("DROP SCHEMA {STATE_SCHEMA} CASCADE")).await.map_err(|e| pg("target", e))?;
+            lines.push("copy progress (schema cutover_copy) dropped on the target".into());
         }
         let source = cx.providers.source().await?;
-        if source
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&sub],
-            )
-            .await
-            .map_err(|e| pg("source", e))?
-            .is_some()
-        {
-            source
-                .query("SELECT pg_drop_replication_slot($1)", &[&sub])
-                .await
-                .map_err(|e| pg("source", e))?;
+        if exists(&source, "source", SLOT_SQL, &sub).await? {
+            drop_slot(&source, &sub).await?;
             lines.push(format!("replication slot {sub} dropped on the source"));
         }
         if exists(&source, "source", PUB_SQL, &publ).await? {
-            source
-                .batch_execute(&format!("DROP PUBLICATION {}", ident(&publ)))
-                .await
-                .map_err(|e| pg("source", e))?;
+            source.batch_execute(&format!("DROP PUBLICATION {}", ident(&publ))).await.map_err(|e| pg("source", e))?;
             lines.push(format!("publication {publ} dropped on the source"));
         }
         Ok(lines)
     }
+}
+
+/// Drops a slot, waiting up to 10 s for a walsender still using it (a released holder) to end.
+async fn drop_slot(source: &tokio_postgres::Client, slot: &str) -> Result<(), StepError> {
+    let mut tries = 0;
+    loop {
+        match source.query("SELECT pg_drop_replication_slot($1)", &[&slot]).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tries < 50 && e.as_db_error().map(|d| d.message().contains("is active")).unwrap_or(false) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(pg("source", e).into()),
+        }
+    }
+}
+
+/// Throws away a copy that cannot continue: the copied rows, the progress schema and the slot.
+async fn restart_copy(cx: &StepContext<'_>, source: &tokio_postgres::Client, target: &tokio_postgres::Client, slot: &str) -> Result<(), StepError> {
+    snapshot::release(&hold_file(cx));
+    let (_, done) = copy::progress(target).await?;
+    let mut tables: Vec<String> = done.iter().map(|d| d.chunk.table.clone()).collect();
+    tables.sort();
+    tables.dedup();
+    let mut sql = String::from("BEGIN;\n");
+    if !tables.is_empty() {
+        sql.push_str(&format!("TRUNCATE {};\n", tables.join(", ")));
+    }
+    sql.push_str(&format!("DROP SCHEMA {STATE_SCHEMA} CASCADE;\nCOMMIT;"));
+    target.batch_execute(&sql).await.map_err(|e| pg("target", e))?;
+    if exists(source, "source", SLOT_SQL, slot).await? {
+        drop_slot(source, slot).await?;
+    }
+    Ok(())
 }

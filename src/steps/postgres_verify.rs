@@ -1,15 +1,15 @@
-//! `postgres.verify`: proves the target holds exactly the source's rows: per table, the row count
-//! and an MD5 over every row's text form in primary-key order, computed on both sides in
-//! parallel. Any difference fails the step before the flip; only table names, counts and
-//! checksums are reported, never row values.
+//! `postgres.verify`: proves the target holds exactly the source's rows. Every table is cut into
+//! key-ordered chunks; each chunk's row count and hash sum are computed on both sides at once by
+//! parallel workers; a differing chunk is bisected down to the differing keys. The step fails
+//! naming tables and keys only, never row values, so a run stops before the flip.
 
 use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
-use crate::providers::postgres::pg;
+use crate::providers::postgres::catalog;
+use crate::providers::postgres::checksum;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The `postgres.verify` kind.
 pub struct Verify;
@@ -19,49 +19,33 @@ pub struct Verify;
 struct Params {
     #[serde(default = "default_method")]
     method: String,
+    #[serde(default = "default_jobs")]
+    jobs: usize,
+    #[serde(default = "default_chunk_rows")]
+    chunk_rows: i64,
+    #[serde(default = "default_max_keys")]
+    max_keys: usize,
 }
 
 fn default_method() -> String {
     "checksum".into()
 }
-
-const PARAMS: &[ParamSpec] = &[ParamSpec {
-    name: "method",
-    required: false,
-    doc: "checksum (count and MD5 per table, default) or count",
-}];
-
-/// `(rows, checksum)` per table, `schema.table` quoted.
-async fn measure(
-    c: &tokio_postgres::Client,
-    side: &str,
-    checksum: bool,
-) -> Result<BTreeMap<String, (i64, String)>, StepError> {
-    let tables = c
-        .query(
-            "SELECT format('%I.%I', n.nspname, c.relname), \
-                    coalesce((SELECT string_agg(format('%I', a.attname), ', ' ORDER BY array_position(i.indkey, a.attnum)) \
-                              FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-                              WHERE i.indrelid = c.oid AND i.indisprimary), 't::text') \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(|e| pg(side, e))?;
-    let mut out = BTreeMap::new();
-    for t in tables {
-        let (name, order): (String, String) = (t.get(0), t.get(1));
-        let sql = if checksum {
-            format!("SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY {order})), '') FROM {name} t")
-        } else {
-            format!("SELECT count(*), '' FROM {name} t")
-        };
-        let row = c.query_one(&sql, &[]).await.map_err(|e| pg(side, e))?;
-        out.insert(name, (row.get(0), row.get(1)));
-    }
-    Ok(out)
+fn default_jobs() -> usize {
+    2
 }
+fn default_chunk_rows() -> i64 {
+    50_000
+}
+fn default_max_keys() -> usize {
+    20
+}
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec { name: "method", required: false, doc: "checksum (row count and hash sum per key-range chunk, default) or count (row counts only)" },
+    ParamSpec { name: "jobs", required: false, doc: "parallel connection pairs (default 2)" },
+    ParamSpec { name: "chunk_rows", required: false, doc: "rows per compared chunk (default 50000)" },
+    ParamSpec { name: "max_keys", required: false, doc: "differing keys named per table at most (default 20)" },
+];
 
 #[async_trait]
 impl StepKind for Verify {
@@ -69,13 +53,13 @@ impl StepKind for Verify {
         "postgres.verify"
     }
     fn purpose(&self) -> &'static str {
-        "Prove the target holds exactly the source's rows: per-table row counts and checksums must be equal"
+        "Prove the target holds exactly the source's rows: chunked checksums on both sides, differing rows located by key"
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
     fn outputs(&self) -> &'static [&'static str] {
-        &["tables"]
+        &["tables", "rows", "chunks", "rows_per_second"]
     }
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(1800)
@@ -92,64 +76,78 @@ impl StepKind for Verify {
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let p: Params = parse_params(&cx.params)?;
+        let source = cx.providers.source().await?;
+        let tables = catalog::tables(&source, "source").await?;
+        let rows: i64 = tables.iter().map(|t| t.est_rows).sum();
         Ok(Planned {
             changes: vec![Change::new(
                 "check",
                 format!("database {}", cx.env.database.name),
                 format!(
-                    "compare {} of every table on source and target",
-                    if p.method == "count" {
-                        "row counts"
-                    } else {
-                        "row counts and MD5 checksums"
-                    }
+                    "compare {} of {} tables (~{rows} rows) on source and target in chunks of {} rows with {} job(s); name up to {} differing keys per table",
+                    if p.method == "count" { "row counts" } else { "row counts and hash sums" },
+                    tables.len(), p.chunk_rows, p.jobs, p.max_keys
                 ),
             )],
             ..Default::default()
         })
     }
 
-    async fn apply(
-        &self,
-        cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
+    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
-        let checksum = p.method != "count";
-        let (source, target) = tokio::try_join!(cx.providers.source(), cx.providers.target())?;
-        (cx.progress)("measuring every table on both sides");
-        let (src, tgt) = tokio::try_join!(
-            measure(&source, "source", checksum),
-            measure(&target, "target", checksum)
-        )?;
-        let mut diffs = Vec::new();
-        let mut tables = Map::new();
-        let mut rows_total = 0i64;
-        for (name, (rows, sum)) in &src {
-            rows_total += rows;
-            match tgt.get(name) {
-                None => diffs.push(format!("{name}: missing on target")),
-                Some((trows, tsum)) if trows != rows || tsum != sum => diffs.push(format!(
-                    "{name}: source {rows} rows md5 {sum}, target {trows} rows md5 {tsum}"
-                )),
-                _ => {}
+        let source = cx.providers.source().await?;
+        let mut tables = catalog::tables(&source, "source").await?;
+        if p.method == "count" {
+            for t in &mut tables {
+                t.key.clear();
             }
-            tables.insert(name.clone(), json!({"rows": rows, "checksum": sum}));
+        }
+        let started = Instant::now();
+        let mut last = Instant::now();
+        let results = checksum::compare(
+            &cx.providers.source_url()?,
+            &cx.providers.target_url()?,
+            &tables,
+            p.jobs,
+            if p.method == "count" { 0 } else { p.chunk_rows },
+            p.max_keys,
+            |done, total| {
+                if last.elapsed() >= Duration::from_secs(2) {
+                    last = Instant::now();
+                    (cx.progress)(&format!("verified {done} of {total} chunks"));
+                }
+            },
+        )
+        .await?;
+        let secs = started.elapsed().as_secs_f64();
+        let mut diffs = Vec::new();
+        let mut out_tables = Map::new();
+        let (mut rows, mut chunks) = (0i64, 0usize);
+        for r in &results {
+            rows += r.rows;
+            chunks += r.chunks;
+            out_tables.insert(r.table.clone(), json!({"rows": r.rows, "chunks": r.chunks, "equal": !r.differs}));
+            if r.differs {
+                let what = if r.differing_keys.is_empty() {
+                    format!("{} rows on the source, {} on the target", r.rows, r.target_rows)
+                } else {
+                    format!("rows differ or are missing at {}", r.differing_keys.join(", "))
+                };
+                diffs.push(format!("{}: {what}", r.table));
+            }
         }
         if !diffs.is_empty() {
-            return Err(StepError::Check(format!(
-                "target differs from source: {}",
-                diffs.join("; ")
-            )));
+            return Err(StepError::Check(format!("target differs from source: {}", diffs.join("; "))));
         }
+        let rate = if secs > 0.0 { (rows as f64 / secs).round() } else { 0.0 };
         let mut out = Map::new();
-        out.insert("tables".into(), Value::Object(tables));
+        out.insert("tables".into(), Value::Object(out_tables));
+        out.insert("rows".into(), json!(rows));
+        out.insert("chunks".into(), json!(chunks));
+        out.insert("rows_per_second".into(), json!(rate));
         out.insert(
             "summary".into(),
-            json!(format!(
-                "{} tables, {rows_total} rows equal on both sides",
-                src.len()
-            )),
+            json!(format!("{} tables, {rows} rows in {chunks} chunks equal on both sides ({:.2} s)", results.len(), secs)),
         );
         Ok(out)
     }

@@ -1,7 +1,16 @@
-//! PostgreSQL: connections with tokio-postgres, and the URL handling the tools around it need.
+//! PostgreSQL: connections with tokio-postgres, and the URL handling the tools around it need;
+//! the catalog, preflight, initial copy, checksum comparison and heartbeat writer live in the
+//! submodules.
 //!
 //! Passwords stay inside connection configs and child-process environments (`PGPASSWORD`); they
 //! are never put on a command line, where `ps` would show them.
+
+pub mod catalog;
+pub mod checksum;
+pub mod copy;
+pub mod heartbeat;
+pub mod preflight;
+pub mod snapshot;
 
 use super::ProviderError;
 use std::str::FromStr;

@@ -1,0 +1,303 @@
+//! Comparing two databases table by table as data-diff does: each table cut into key-ordered
+//! chunks, each chunk summarised on both sides at once by its row count and the sum of a 64-bit
+//! hash of every row (`md5` of the row's text form), and a differing chunk bisected by key until
+//! the differing rows are found. Rows are reported by key only, never by value.
+//!
+//! Owns the comparison; must not change either database.
+
+use super::catalog::{KeyRange, Table};
+use super::{connect, pg};
+use crate::providers::ProviderError;
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use tokio_postgres::Client;
+
+/// Session settings that make a row's text form the same on both servers whatever their
+/// defaults (time zone, date and float formats).
+pub const STABLE_TEXT: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'";
+
+/// Table alias in generated SQL; unlikely to collide with a column name.
+const ALIAS: &str = "cutover_row";
+
+/// Row count and hash sum of some rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Rows.
+    pub rows: i64,
+    /// Sum of each row's 64-bit hash, as decimal text.
+    pub sum: String,
+}
+
+/// One table's comparison.
+#[derive(Debug, Clone)]
+pub struct TableResult {
+    /// `schema.table`.
+    pub table: String,
+    /// Rows on the source.
+    pub rows: i64,
+    /// Chunks compared.
+    pub chunks: usize,
+    /// Rows on the target.
+    pub target_rows: i64,
+    /// Keys of rows that differ, are missing or are extra on the target (labels such as `id=42`),
+    /// at most the limit given.
+    pub differing_keys: Vec<String>,
+    /// True when the table differs (even if no key could be named).
+    pub differs: bool,
+}
+
+async fn stable(c: Client, side: &str) -> Result<Client, ProviderError> {
+    c.batch_execute(STABLE_TEXT).await.map_err(|e| pg(side, e))?;
+    Ok(c)
+}
+
+/// Opens a connection with [`STABLE_TEXT`] applied.
+///
+/// # Errors
+/// [`ProviderError::Postgres`].
+pub async fn open(url: &str, side: &str) -> Result<Client, ProviderError> {
+    stable(connect(url, side).await?, side).await
+}
+
+/// Summarises the rows of `t` in `range`.
+///
+/// # Errors
+/// [`ProviderError::Postgres`].
+pub async fn summarise(c: &Client, side: &str, t: &Table, range: &KeyRange) -> Result<Summary, ProviderError> {
+    let sql = format!(
+        "SELECT count(*), coalesce(sum(('x' || substr(md5({ALIAS}::text), 1, 16))::bit(64)::bigint), 0)::text FROM {} {ALIAS} WHERE {}",
+        t.name,
+        t.range_predicate(range)
+    );
+    let r = c.query_one(&sql, &[]).await.map_err(|e| pg(side, e))?;
+    Ok(Summary {
+        rows: r.get(0),
+        sum: r.get(1),
+    })
+}
+
+/// Cuts `t` into ranges of about `chunk_rows` rows by reading every `chunk_rows`-th key in key
+/// order on `c`. A table without a key is one range.
+///
+/// # Errors
+/// [`ProviderError::Postgres`].
+pub async fn ranges(c: &Client, side: &str, t: &Table, chunk_rows: i64) -> Result<Vec<KeyRange>, ProviderError> {
+    if t.key.is_empty() || chunk_rows < 1 {
+        return Ok(vec![KeyRange::default()]);
+    }
+    let sql = format!(
+        "SELECT k FROM (SELECT {} AS k, row_number() OVER (ORDER BY {}) AS rn FROM {}) s WHERE rn % {chunk_rows} = 1 AND rn > 1 ORDER BY rn",
+        t.key_text_array(),
+        t.key_order(),
+        t.name
+    );
+    let cuts: Vec<Vec<String>> = c
+        .query(&sql, &[])
+        .await
+        .map_err(|e| pg(side, e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::with_capacity(cuts.len() + 1);
+    let mut lower = None;
+    for cut in cuts {
+        out.push(KeyRange {
+            lower: lower.take(),
+            upper: Some(cut.clone()),
+        });
+        lower = Some(cut);
+    }
+    out.push(KeyRange { lower, upper: None });
+    Ok(out)
+}
+
+/// Rows of a range small enough to compare one by one.
+const LEAF_ROWS: i64 = 64;
+
+async fn row_hashes(c: &Client, side: &str, t: &Table, range: &KeyRange) -> Result<BTreeMap<Vec<String>, String>, ProviderError> {
+    let sql = format!(
+        "SELECT {}, md5({ALIAS}::text) FROM {} {ALIAS} WHERE {}",
+        t.key_text_array(),
+        t.name,
+        t.range_predicate(range)
+    );
+    Ok(c.query(&sql, &[])
+        .await
+        .map_err(|e| pg(side, e))?
+        .iter()
+        .map(|r| (r.get::<_, Vec<String>>(0), r.get::<_, String>(1)))
+        .collect())
+}
+
+async fn middle_key(c: &Client, side: &str, t: &Table, range: &KeyRange, rows: i64) -> Result<Option<Vec<String>>, ProviderError> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1",
+        t.key_text_array(),
+        t.name,
+        t.range_predicate(range),
+        t.key_order(),
+        rows / 2
+    );
+    Ok(c.query_opt(&sql, &[]).await.map_err(|e| pg(side, e))?.map(|r| r.get(0)))
+}
+
+/// Bisects a differing `range` of `t` down to the keys that differ: halves at the middle key
+/// of the side with more rows, summarises both halves on both sides, and compares row hashes
+/// once a range holds at most 64 rows. Stops after `limit` keys.
+///
+/// # Errors
+/// [`ProviderError::Postgres`].
+pub async fn locate(src: &Client, tgt: &Client, t: &Table, range: KeyRange, limit: usize) -> Result<Vec<String>, ProviderError> {
+    let mut keys = Vec::new();
+    if t.key.is_empty() {
+        return Ok(keys);
+    }
+    let mut todo = vec![range];
+    while let Some(r) = todo.pop() {
+        if keys.len() >= limit {
+            break;
+        }
+        let (a, b) = tokio::try_join!(summarise(src, "source", t, &r), summarise(tgt, "target", t, &r))?;
+        if a == b {
+            continue;
+        }
+        let most = a.rows.max(b.rows);
+        let mid = if most > LEAF_ROWS {
+            let c = if a.rows >= b.rows { (src, "source") } else { (tgt, "target") };
+            middle_key(c.0, c.1, t, &r, most).await?
+        } else {
+            None
+        };
+        // A middle key equal to the lower bound cannot split the range: compare rows instead.
+        match mid.filter(|m| Some(m) != r.lower.as_ref()) {
+            Some(m) => {
+                todo.push(KeyRange { lower: Some(m.clone()), upper: r.upper.clone() });
+                todo.push(KeyRange { lower: r.lower.clone(), upper: Some(m) });
+            }
+            None => {
+                let (ra, rb) = tokio::try_join!(row_hashes(src, "source", t, &r), row_hashes(tgt, "target", t, &r))?;
+                let mut all: Vec<&Vec<String>> = ra.keys().chain(rb.keys()).collect();
+                all.sort();
+                all.dedup();
+                for k in all {
+                    if ra.get(k) != rb.get(k) && keys.len() < limit {
+                        keys.push(t.key_label(k));
+                    }
+                }
+            }
+        }
+    }
+    Ok(keys)
+}
+
+async fn plan_table(url: &str, i: usize, t: &Table, chunk_rows: i64) -> Result<(usize, Vec<KeyRange>), ProviderError> {
+    let c = open(url, "source").await?;
+    Ok((i, ranges(&c, "source", t, chunk_rows).await?))
+}
+
+/// Compares every table of `tables` between the two databases with `jobs` connection pairs,
+/// chunks of about `chunk_rows` rows, and at most `limit` keys named per table. `on_chunk` is
+/// called after each chunk with (chunks done, chunks in all).
+///
+/// # Errors
+/// [`ProviderError::Postgres`] when a query fails (a difference is a result, not an error).
+pub async fn compare(
+    source_url: &str,
+    target_url: &str,
+    tables: &[Table],
+    jobs: usize,
+    chunk_rows: i64,
+    limit: usize,
+    mut on_chunk: impl FnMut(usize, usize),
+) -> Result<Vec<TableResult>, ProviderError> {
+    let jobs = jobs.max(1);
+    // Ranges come from the source's keys; the target is compared over the same ranges.
+    let futs: Vec<_> = tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| plan_table(source_url, i, t, chunk_rows))
+        .collect();
+    let planned: Vec<(usize, Vec<KeyRange>)> = futures_util::stream::iter(futs)
+        .buffer_unordered(jobs)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let total: usize = planned.iter().map(|(_, r)| r.len()).sum();
+    let queue: Mutex<VecDeque<(usize, KeyRange)>> = Mutex::new(
+        planned
+            .iter()
+            .flat_map(|(i, rs)| rs.iter().map(move |r| (*i, r.clone())))
+            .collect(),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, KeyRange, Summary, Summary)>();
+    let worker = |tx: tokio::sync::mpsc::UnboundedSender<(usize, KeyRange, Summary, Summary)>| {
+        let queue = &queue;
+        async move {
+            let (src, tgt) = tokio::try_join!(open(source_url, "source"), open(target_url, "target"))?;
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                let Some((i, r)) = next else { break };
+                let t = &tables[i];
+                let (a, b) = tokio::try_join!(summarise(&src, "source", t, &r), summarise(&tgt, "target", t, &r))?;
+                let _ = tx.send((i, r, a, b));
+            }
+            Ok::<(), ProviderError>(())
+        }
+    };
+    let workers: Vec<_> = (0..jobs).map(|_| worker(tx.clone())).collect();
+    drop(tx);
+    let all = futures_util::future::try_join_all(workers);
+    tokio::pin!(all);
+    let mut result = None;
+    let mut results: Vec<TableResult> = tables
+        .iter()
+        .map(|t| TableResult {
+            table: t.display.clone(),
+            rows: 0,
+            chunks: 0,
+            target_rows: 0,
+            differing_keys: Vec::new(),
+            differs: false,
+        })
+        .collect();
+    let mut differing: Vec<(usize, KeyRange)> = Vec::new();
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            r = &mut all, if result.is_none() => { result = Some(r); }
+            msg = rx.recv() => match msg {
+                Some((i, r, a, b)) => {
+                    seen += 1;
+                    let res = &mut results[i];
+                    res.rows += a.rows;
+                    res.target_rows += b.rows;
+                    res.chunks += 1;
+                    if a != b {
+                        res.differs = true;
+                        differing.push((i, r));
+                    }
+                    on_chunk(seen, total);
+                }
+                None => break,
+            },
+        }
+    }
+    match result {
+        Some(r) => r?,
+        None => all.await?,
+    };
+    if !differing.is_empty() {
+        let (src, tgt) = tokio::try_join!(open(source_url, "source"), open(target_url, "target"))?;
+        for (i, r) in differing {
+            let left = limit.saturating_sub(results[i].differing_keys.len());
+            if left == 0 {
+                continue;
+            }
+            let keys = locate(&src, &tgt, &tables[i], r, left).await?;
+            results[i].differing_keys.extend(keys);
+        }
+    }
+    Ok(results)
+}
