@@ -29,7 +29,43 @@ struct RawRunbookFile {
     description: Option<String>,
     #[serde(default)]
     vars: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    heartbeat: Option<Heartbeat>,
     phases: Vec<RawPhaseFile>,
+}
+
+/// `heartbeat:` — during a rehearsal, a writer that reads its database URL from a Kubernetes
+/// Secret, as the application does, and writes continuously, so that the run measures its own
+/// write outage and checks that no acknowledged write is lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Namespace of the application's Secret.
+    pub namespace: String,
+    /// The Secret's name.
+    pub secret: String,
+    /// The key holding the database URL.
+    pub key: String,
+    /// Attempted writes per second (default 50).
+    #[serde(default = "default_heartbeat_rate")]
+    pub writes_per_second: f64,
+    /// Heartbeat table, created in the application's database if missing (default
+    /// `cutover_heartbeat`).
+    #[serde(default = "default_heartbeat_table")]
+    pub table: String,
+    /// How often the Secret is re-read, milliseconds (default 100).
+    #[serde(default = "default_heartbeat_reload")]
+    pub reload_ms: u64,
+}
+
+fn default_heartbeat_rate() -> f64 {
+    50.0
+}
+fn default_heartbeat_table() -> String {
+    "cutover_heartbeat".into()
+}
+fn default_heartbeat_reload() -> u64 {
+    100
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +86,8 @@ pub struct RawRunbook {
     pub description: Option<String>,
     /// Values available to templates as `vars.*`.
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// The rehearsal heartbeat writer, if configured.
+    pub heartbeat: Option<Heartbeat>,
     /// Phases in order.
     pub phases: Vec<RawPhase>,
 }
@@ -205,6 +243,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<(RawRunbook, Problems), P
             name: file.name,
             description: file.description,
             vars: file.vars,
+            heartbeat: file.heartbeat,
             phases,
         },
         problems,

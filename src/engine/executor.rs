@@ -63,6 +63,8 @@ pub struct Executor<'a> {
     pub(super) done: HashSet<String>,
     /// Rollback material from each step's first plan.
     pub(super) before: HashMap<String, Value>,
+    /// The rehearsal heartbeat writer, while it runs.
+    pub(super) heartbeat: Option<super::heartbeat::Running>,
 }
 
 struct Failure {
@@ -174,7 +176,7 @@ impl<'a> Executor<'a> {
             };
             if let Err(f) = result {
                 if self.mode == Mode::DryRun {
-                    self.finish("failed", json!({"failed_step": f.step, "error": f.error}))?;
+                    self.finish("failed", json!({"failed_step": f.step, "error": f.error})).await?;
                     return Ok(Outcome::RolledBack);
                 }
                 return self.rollback(&f.step, &f.error).await;
@@ -185,11 +187,12 @@ impl<'a> Executor<'a> {
         } else {
             "succeeded"
         };
-        self.finish(status, json!({}))?;
+        self.finish(status, json!({})).await?;
         Ok(Outcome::Succeeded)
     }
 
-    pub(super) fn finish(&mut self, status: &str, extra: Value) -> Result<(), EngineError> {
+    pub(super) async fn finish(&mut self, status: &str, extra: Value) -> Result<(), EngineError> {
+        super::heartbeat::finish(self).await?;
         let mut data = json!({"run_id": self.run_id, "status": status, "environment": self.plan.env.name, "mode": self.mode.as_str()});
         if let (Value::Object(d), Value::Object(e)) = (&mut data, extra) {
             d.extend(e);
@@ -457,13 +460,14 @@ impl<'a> Executor<'a> {
             }
         }
         if incomplete.is_empty() {
-            self.finish("rolled-back", json!({"failed_step": failed_step}))?;
+            self.finish("rolled-back", json!({"failed_step": failed_step})).await?;
             Ok(Outcome::RolledBack)
         } else {
             self.finish(
                 "rollback-incomplete",
                 json!({"failed_step": failed_step, "incomplete": incomplete}),
-            )?;
+            )
+            .await?;
             Ok(Outcome::RollbackIncomplete)
         }
     }

@@ -6,6 +6,7 @@
 //! particular step kind does: that is behind [`crate::steps::StepKind`].
 
 mod executor;
+mod heartbeat;
 pub mod lock;
 pub mod log;
 pub mod runs;
@@ -131,6 +132,7 @@ pub async fn start(root: &Path, plan: &Plan, mode: Mode, ui: &Ui) -> Result<Outc
     if let Some(outcome) = preflight(&mut ex).await? {
         return Ok(outcome);
     }
+    heartbeat::start(&mut ex, 0).await?;
     ex.run_steps().await
 }
 
@@ -187,6 +189,7 @@ fn executor_for<'a>(
         started: Vec::new(),
         done: HashSet::new(),
         before: HashMap::new(),
+        heartbeat: None,
     })
 }
 
@@ -205,13 +208,13 @@ async fn preflight(ex: &mut Executor<'_>) -> Result<Option<Outcome>, EngineError
         Err(e @ ProviderError::WrongAccount { .. }) => {
             let reason = ex.redactor.redact(&e.to_string());
             ex.record("run_refused", None, json!({"reason": reason}))?;
-            ex.finish("refused", json!({"reason": reason}))?;
+            ex.finish("refused", json!({"reason": reason})).await?;
             Ok(Some(Outcome::Refused(reason)))
         }
         Err(e) => {
             let reason = ex.redactor.redact(&e.to_string());
             ex.record("run_refused", None, json!({"reason": reason}))?;
-            ex.finish("refused", json!({"reason": reason}))?;
+            ex.finish("refused", json!({"reason": reason})).await?;
             Ok(Some(Outcome::Refused(reason)))
         }
     }
@@ -379,5 +382,7 @@ async fn continue_run(
     if force_rollback {
         return ex.rollback("", "rollback requested by the operator").await;
     }
+    let attempt = records.iter().filter(|r| r.event == "run_resumed").count() + 1;
+    heartbeat::start(&mut ex, attempt).await?;
     ex.run_steps().await
 }

@@ -144,6 +144,15 @@ fn human(r: &Record) -> Option<String> {
         }
         "rollback_step_failed" => format!("  ✗ rollback of {step} failed: {}", s(d, "error")),
         "run_refused" => format!("refused: {}", s(d, "reason")),
+        "heartbeat_started" => format!(
+            "  heartbeat: {} writes/s through secret {} ({}) into {}",
+            d.get("writes_per_second").cloned().unwrap_or_default(),
+            s(d, "secret"),
+            s(d, "key"),
+            s(d, "table")
+        ),
+        "heartbeat_failed" => format!("  heartbeat could not start: {}", s(d, "error")),
+        "heartbeat" => crate::report::heartbeat_line(d),
         "run_finished" => format!(
             "run {} {} — audit: cutover audit show {} (chain head {})",
             s(d, "run_id"),

@@ -135,3 +135,26 @@ pub fn is_not_found(e: &kube::Error) -> bool {
 pub fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
+
+/// The value of `key` in Secret `namespace/name`, as UTF-8 text (a secret: never print it).
+///
+/// # Errors
+/// [`ProviderError::Kube`] when the Secret or the key is missing or the API call fails.
+pub async fn secret_value(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<String, ProviderError> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, namespace);
+    let secret = api
+        .get(name)
+        .await
+        .map_err(|e| kube_err(&format!("get secret {namespace}/{name}"), e))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| ProviderError::Kube(format!("secret {namespace}/{name} has no key {key}")))?;
+    Ok(String::from_utf8_lossy(&bytes.0).into_owned())
+}

@@ -182,12 +182,38 @@ pub fn markdown(records: &[Record]) -> String {
             "run_resumed" => {
                 let _ = writeln!(out, "- {} resumed", r.ts);
             }
+            "heartbeat" => {
+                let _ = writeln!(out, "\n**Write outage (heartbeat).** {}\n", heartbeat_line(&r.data).trim());
+            }
             _ => {}
         }
     }
     let head = records.last().map(|r| r.hash.as_str()).unwrap_or("");
     let _ = writeln!(out, "\n## Integrity\n\n{} records, SHA-256 hash chain head `{head}`. Check with `cutover audit verify {}`.", records.len(), s(&d, "run_id"));
     out
+}
+
+/// One line summarising a `heartbeat` record: writes acknowledged, the longest gap between
+/// two of them (the write outage, milliseconds) and acknowledged writes missing at the end.
+pub fn heartbeat_line(d: &Value) -> String {
+    let n = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
+    if let Some(e) = d.get("error").and_then(Value::as_str) {
+        return format!("  heartbeat did not run: {e}");
+    }
+    let missing = match d.get("missing").and_then(Value::as_u64) {
+        Some(0) => "no acknowledged write missing".to_string(),
+        Some(m) => format!("{m} ACKNOWLEDGED WRITE(S) MISSING (seq {})", d.get("missing_seqs").cloned().unwrap_or_default()),
+        None => format!("missing writes not checked: {}", s(d, "missing_check_error")),
+    };
+    format!(
+        "  heartbeat: {} of {} writes acknowledged; longest gap {} ms ({} → {}); {missing} in {}",
+        n("acknowledged"),
+        n("attempted"),
+        n("longest_gap_ms"),
+        s(d, "gap_from"),
+        s(d, "gap_to"),
+        s(d, "database")
+    )
 }
 
 /// The records as one JSON document: `{"run_id", "records": [...], "chain_head"}`.

@@ -30,6 +30,8 @@ pub struct Plan {
     pub env: Environment,
     /// `vars.*`.
     pub vars: BTreeMap<String, Value>,
+    /// The rehearsal heartbeat writer, if the runbook configures one.
+    pub heartbeat: Option<crate::config::Heartbeat>,
     /// Phases in order.
     pub phases: Vec<PlanPhase>,
 }
@@ -274,6 +276,7 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
         runbook_digest,
         plan_digest,
         env,
+        heartbeat: raw.heartbeat,
         vars: raw.vars,
         phases,
     })

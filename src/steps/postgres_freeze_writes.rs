@@ -3,15 +3,51 @@
 //! termination of the database's existing client sessions (they reconnect read-only). Replication
 //! (walsender) sessions are not touched.
 //!
+//! A postpone flag (`postpone_flag`, a file path relative to the project root, as gh-ost's
+//! `--postpone-cut-over-flag-file`) holds the run at the last safe point before the freeze:
+//! while the file exists nothing is frozen and replication keeps the target current; removing it
+//! lets the freeze proceed. The wait does not count against the step's timeout.
+//!
 //! Rollback resets the setting to what it was before the run.
 
-use super::{Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
 use crate::providers::postgres::{ident, pg};
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 /// The `postgres.freeze_writes` kind.
 pub struct FreezeWrites;
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    #[serde(default)]
+    postpone_flag: Option<String>,
+}
+
+const PARAMS: &[ParamSpec] = &[ParamSpec {
+    name: "postpone_flag",
+    required: false,
+    doc: "a file (relative to the project root) whose existence holds the run before the freeze until it is removed",
+}];
+
+/// Waits while the postpone flag exists; returns how long the run was held, in seconds.
+async fn hold_while_postponed(cx: &StepContext<'_>, flag: &std::path::Path) -> f64 {
+    let started = std::time::Instant::now();
+    let mut last = None::<std::time::Instant>;
+    while flag.exists() {
+        if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5)) {
+            last = Some(std::time::Instant::now());
+            (cx.progress)(&format!(
+                "postponed before the freeze: remove {} to proceed (held {} s; replication keeps the target current)",
+                flag.display(),
+                started.elapsed().as_secs()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    started.elapsed().as_secs_f64()
+}
 
 async fn read_only_setting(c: &tokio_postgres::Client, db: &str) -> Result<bool, StepError> {
     let row = c
@@ -42,10 +78,10 @@ impl StepKind for FreezeWrites {
         "Stop writes on the legacy database (read-only default, existing sessions terminated) so the target can catch up"
     }
     fn params(&self) -> &'static [ParamSpec] {
-        &[]
+        PARAMS
     }
     fn outputs(&self) -> &'static [&'static str] {
-        &["terminated", "lsn"]
+        &["terminated", "lsn", "postponed_seconds"]
     }
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
@@ -53,7 +89,21 @@ impl StepKind for FreezeWrites {
         let source = cx.providers.source().await?;
         let frozen = read_only_setting(&source, db).await?;
         let n = sessions(&source, db).await?;
-        let changes = if frozen {
+        let p: Params = parse_params(&cx.params)?;
+        let mut changes = Vec::new();
+        if let Some(f) = &p.postpone_flag {
+            let path = cx.root.join(f);
+            changes.push(Change::new(
+                "check",
+                format!("postpone flag {f}"),
+                if path.exists() {
+                    "present: the run will hold here until it is removed".to_string()
+                } else {
+                    "absent: no hold (create it to hold the run before the freeze)".to_string()
+                },
+            ));
+        }
+        changes.extend(if frozen {
             vec![Change::new(
                 "none",
                 format!("database {db} on source"),
@@ -75,7 +125,7 @@ impl StepKind for FreezeWrites {
                     format!("terminate {n} client session(s) so they reconnect read-only"),
                 ),
             ]
-        };
+        });
         Ok(Planned {
             changes,
             before: json!({"read_only": frozen}),
@@ -89,6 +139,11 @@ impl StepKind for FreezeWrites {
         _planned: &Planned,
     ) -> Result<Map<String, Value>, StepError> {
         let db = &cx.env.database.name;
+        let p: Params = parse_params(&cx.params)?;
+        let postponed = match &p.postpone_flag {
+            Some(f) => hold_while_postponed(cx, &cx.root.join(f)).await,
+            None => 0.0,
+        };
         let source = cx.providers.source().await?;
         source
             .batch_execute(&format!(
@@ -112,6 +167,7 @@ impl StepKind for FreezeWrites {
         let mut out = Map::new();
         out.insert("terminated".into(), json!(rows.len()));
         out.insert("lsn".into(), json!(lsn));
+        out.insert("postponed_seconds".into(), json!((postponed * 10.0).round() / 10.0));
         out.insert(
             "summary".into(),
             json!(format!(

@@ -3,7 +3,12 @@
 //! write: reaching it with lag 0 means the target holds every acknowledged write.
 //!
 //! Lag is read from the replication slot's `confirmed_flush_lsn` on the source
-//! (`pg_replication_slots`), which the subscriber advances as it applies and flushes.
+//! (`pg_replication_slots`), which the subscriber advances as it applies and flushes. When the
+//! source is idle, the tail of its WAL is often a record that is not a commit (a running-xacts
+//! snapshot), which the subscriber only confirms at the next keepalive, tens of seconds later; so
+//! the wait first writes a transactional logical message (`pg_logical_emit_message`, applied by
+//! no one, changes no table) whose commit the subscriber confirms at once, and repeats it every
+//! second while waiting.
 
 use super::postgres_replicate::names;
 use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
@@ -100,7 +105,10 @@ impl StepKind for WaitLag {
         let (_, slot) = names(cx, None, p.subscription.as_deref());
         let source = cx.providers.source().await?;
         let started = Instant::now();
+        let probe = "SELECT pg_logical_emit_message(true, 'cutover', 'lag probe')";
+        let _ = source.batch_execute(probe).await;
         let (goal, _, _) = lag(&source, &slot).await?;
+        let mut last_probe = Instant::now();
         loop {
             let row = source
                 .query_opt(
@@ -138,11 +146,15 @@ impl StepKind for WaitLag {
             cx.check_deadline(&format!(
                 "replication slot {slot} to reach {goal} ({behind} bytes behind)"
             ))?;
-            (cx.progress)(&format!(
-                "lag {behind} bytes behind {goal}; waiting up to {}s",
-                cx.remaining().as_secs()
-            ));
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            if last_probe.elapsed() >= Duration::from_secs(1) {
+                let _ = source.batch_execute(probe).await;
+                last_probe = Instant::now();
+                (cx.progress)(&format!(
+                    "lag {behind} bytes behind {goal}; waiting up to {}s",
+                    cx.remaining().as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

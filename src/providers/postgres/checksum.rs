@@ -1,7 +1,8 @@
 //! Comparing two databases table by table as data-diff does: each table cut into key-ordered
 //! chunks, each chunk summarised on both sides at once by its row count and the sum of a 64-bit
-//! hash of every row (`md5` of the row's text form), and a differing chunk bisected by key until
-//! the differing rows are found. Rows are reported by key only, never by value.
+//! hash of every row (`hashtextextended` of the row's text form: the function hash partitioning
+//! relies on, so the same on every server), and a differing chunk bisected by key until the
+//! differing rows are found. Rows are reported by key only, never by value.
 //!
 //! Owns the comparison; must not change either database.
 
@@ -25,7 +26,7 @@ const ALIAS: &str = "cutover_row";
 pub struct Summary {
     /// Rows.
     pub rows: i64,
-    /// Sum of each row's 64-bit hash, as decimal text.
+    /// Sum of each row's 64-bit hash (`hashtextextended`), as decimal text.
     pub sum: String,
 }
 
@@ -66,7 +67,7 @@ pub async fn open(url: &str, side: &str) -> Result<Client, ProviderError> {
 /// [`ProviderError::Postgres`].
 pub async fn summarise(c: &Client, side: &str, t: &Table, range: &KeyRange) -> Result<Summary, ProviderError> {
     let sql = format!(
-        "SELECT count(*), coalesce(sum(('x' || substr(md5({ALIAS}::text), 1, 16))::bit(64)::bigint), 0)::text FROM {} {ALIAS} WHERE {}",
+        "SELECT count(*), coalesce(sum(hashtextextended({ALIAS}::text, 0)), 0)::text FROM {} {ALIAS} WHERE {}",
         t.name,
         t.range_predicate(range)
     );
