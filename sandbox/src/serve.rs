@@ -2,7 +2,8 @@
 //! environment's EKS cluster, each seeded with namespace `shop`, Secret `shop-db` (the legacy
 //! connection URL) and Deployments `shop-api` and `shop-worker`; the AWS-side application per
 //! environment, whose `/healthz` connects to the database named by the cluster's Secret (as a pod
-//! with a reloading secret volume would); and the legacy application.
+//! with a reloading secret volume would) and whose `POST /orders` writes through it; and the
+//! legacy application.
 
 use crate::kube::{self, Cluster};
 use crate::state::{State, ENVIRONMENTS};
@@ -92,6 +93,43 @@ async fn aws_health(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Val
     }
 }
 
+/// `POST /orders`: the application's write path. Inserts one order through the database named
+/// by the cluster's Secret and returns its id, as the real service would after the cutover.
+async fn aws_create_order(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Value>) {
+    let url = {
+        let s = cluster.lock().unwrap_or_else(|p| p.into_inner());
+        s.get("secrets", "shop", "shop-db")
+            .and_then(|o| o.pointer("/data/DATABASE_URL"))
+            .and_then(Value::as_str)
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let Some(url) = url else {
+        return health_response(Err("secret shop/shop-db has no DATABASE_URL".into()), "aws");
+    };
+    let result = async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let row = client
+            .query_one(
+                "INSERT INTO orders (customer_id, status, total_cents, created_at) VALUES ((SELECT min(id) FROM customers), 'paid', 4200, now()) RETURNING id",
+                &[],
+            )
+            .await
+            .map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?;
+        Ok::<i64, String>(row.get(0))
+    }
+    .await;
+    match result {
+        Ok(id) => (StatusCode::CREATED, Json(json!({"id": id, "side": "aws"}))),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e, "side": "aws"}))),
+    }
+}
+
 async fn legacy_health(AxState(url): AxState<Arc<String>>) -> (StatusCode, Json<Value>) {
     health_response(database_health(&url).await, "legacy")
 }
@@ -110,6 +148,7 @@ pub async fn run(s: State) -> Result<()> {
         }));
         let app_router = Router::new()
             .route("/healthz", get(aws_health))
+            .route("/orders", axum::routing::post(aws_create_order))
             .with_state(cluster);
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(app, app_router).await;

@@ -27,7 +27,7 @@ pub enum Identity {
 /// One ordinary table (`relkind = 'r'`, partitions included) of a database.
 #[derive(Debug, Clone)]
 pub struct Table {
-    /// `"schema"."table"`, quoted for SQL.
+    /// `schema.table` quoted where needed for SQL (`format('%I.%I')`).
     pub name: String,
     /// `schema.table`, for messages.
     pub display: String,

@@ -24,7 +24,7 @@ use tokio_postgres::Client;
 /// One planned chunk of a table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
-    /// The table, quoted (`"public"."orders"`).
+    /// The table as SQL names it (`format('%I.%I')`: `public.orders`, quoted only where needed).
     pub table: String,
     /// 0-based chunk number within the table.
     pub index: i32,
