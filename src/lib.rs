@@ -8,6 +8,7 @@
 //! the real services). [`config`] holds the raw file types; [`report`] renders audits; [`secret`]
 //! keeps secret values out of every output.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;

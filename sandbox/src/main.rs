@@ -122,13 +122,15 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     s.source_password = password();
     s.target_password = password();
     s.app_password = password();
-    s.moto_port = procs::free_port()?;
-    s.source_port = procs::free_port()?;
-    s.target_port = procs::free_port()?;
-    s.legacy_app_port = procs::free_port()?;
+    let mut ports = procs::free_ports(4 + 2 * ENVIRONMENTS.len())?.into_iter();
+    let mut next = || ports.next().expect("enough ports were allocated");
+    s.moto_port = next();
+    s.source_port = next();
+    s.target_port = next();
+    s.legacy_app_port = next();
     for env in ENVIRONMENTS {
-        s.kube_ports.insert(env.into(), procs::free_port()?);
-        s.app_ports.insert(env.into(), procs::free_port()?);
+        s.kube_ports.insert(env.into(), next());
+        s.app_ports.insert(env.into(), next());
     }
     s.save()?;
 

@@ -12,9 +12,15 @@ use std::time::{Duration, Instant};
 /// The moto version the sandbox installs.
 pub const MOTO_VERSION: &str = "5.2.5";
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` distinct free TCP ports on 127.0.0.1. All are held bound until every one is chosen, so
+/// the kernel cannot hand the same port out twice (binding one at a time and releasing it can).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    held.iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 /// Waits until something accepts connections on `port`.

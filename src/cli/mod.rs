@@ -11,6 +11,7 @@
 //! | 130 | interrupted; the journal is consistent and `resume` continues |
 
 mod audit;
+mod bench;
 mod infra;
 mod run;
 
@@ -119,6 +120,9 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditCommand,
     },
+    /// Measure the database cutover on the local sandbox beside the tools a user would
+    /// otherwise run (docs/BENCHMARKS.md): write outage, initial copy, verification.
+    Bench(bench::BenchArgs),
 }
 
 /// `cutover infra ...`.
@@ -209,6 +213,7 @@ pub async fn run(cli: Cli) -> i32 {
             InfraCommand::Apply { env } => infra::apply(&root, &env).await,
             InfraCommand::Output { env } => infra::output(&root, &env).await,
         },
+        Command::Bench(args) => bench::run(&root, args).await,
         Command::Audit {
             action: AuditCommand::Show { run_id, format },
         } => {

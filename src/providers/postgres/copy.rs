@@ -221,15 +221,17 @@ struct Pacer {
 }
 
 impl Pacer {
+    /// Reserves `bytes` and returns when they may be sent.
+    fn reserve(&self, bytes: usize, now: Instant) -> Instant {
+        let Some(rate) = self.rate else { return now };
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let start = (*next).max(now);
+        *next = start + Duration::from_secs_f64(bytes as f64 / rate);
+        start
+    }
+
     async fn take(&self, bytes: usize) {
-        let Some(rate) = self.rate else { return };
-        let at = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            let start = (*next).max(Instant::now());
-            *next = start + Duration::from_secs_f64(bytes as f64 / rate);
-            start
-        };
-        tokio::time::sleep_until(at).await;
+        tokio::time::sleep_until(self.reserve(bytes, Instant::now())).await;
     }
 }
 
@@ -382,19 +384,18 @@ async fn copy_chunk(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn pacer_spreads_bytes_at_the_rate() {
-        tokio::time::pause();
+    #[test]
+    fn pacer_spreads_bytes_at_the_rate() {
+        let t0 = Instant::now();
         let p = Pacer {
             rate: Some(1000.0),
-            next: Mutex::new(Instant::now()),
+            next: Mutex::new(t0),
         };
-        let t0 = Instant::now();
-        for _ in 0..5 {
-            p.take(500).await;
-        }
-        // Five sends of 500 bytes at 1000 B/s: the fifth may start after 2 s.
-        assert_eq!((Instant::now() - t0).as_millis(), 2000);
+        let starts: Vec<u128> = (0..5).map(|_| (p.reserve(500, t0) - t0).as_millis()).collect();
+        // Five sends of 500 bytes at 1000 B/s, all asked for at once: half a second apart.
+        assert_eq!(starts, vec![0, 500, 1000, 1500, 2000]);
+        let unlimited = Pacer { rate: None, next: Mutex::new(t0) };
+        assert_eq!(unlimited.reserve(1 << 30, t0), t0);
     }
 
     #[test]

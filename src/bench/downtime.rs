@@ -1,0 +1,129 @@
+//! The downtime part: N rehearsed cutover windows (replicate, wait for lag, freeze, drain, sync
+//! sequences, verify, flip the Secret) under a heartbeat writer that follows the Secret; then the
+//! outage a stop-dump-restore cutover of the same database would have.
+
+use super::{secs, Bench, Options};
+use crate::providers::postgres::connect;
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use std::time::Instant;
+
+const DB: &str = "cutover_bench_window";
+const SECRET: &str = "cutover-bench-db";
+
+fn runbook(rate: f64, jobs: usize) -> String {
+    format!(
+        "name: bench-window
+heartbeat: {{ namespace: shop, secret: {SECRET}, key: DATABASE_URL, writes_per_second: {rate} }}
+phases:
+  - name: prepare
+    steps:
+      - {{ id: replicate, kind: postgres.replicate, with: {{ jobs: {jobs} }} }}
+      - {{ id: synced, kind: postgres.wait_lag, timeout: 5m }}
+  - name: cutover
+    steps:
+      - {{ id: freeze, kind: postgres.freeze_writes }}
+      - {{ id: drained, kind: postgres.wait_lag, timeout: 2m }}
+      - {{ id: sequences, kind: postgres.sync_sequences, with: {{ margin: 1000 }} }}
+      - {{ id: verify, kind: postgres.verify, with: {{ jobs: {jobs} }} }}
+      - {{ id: flip, kind: k8s.flip_secret, with: {{ namespace: shop, secret: {SECRET}, data: {{ DATABASE_URL: \"{{{{ secrets.target_app_database_url }}}}\" }} }} }}
+"
+    )
+}
+
+async fn seed(bench: &Bench, rows: i64) -> Result<()> {
+    bench.fresh_databases(DB).await?;
+    let c = connect(&bench.source_db(DB)?, "bench").await?;
+    c.batch_execute(&format!(
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id bigint NOT NULL, status text NOT NULL, total_cents bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO orders (customer_id, status, total_cents) SELECT g % 1000, 'paid', g FROM generate_series(1, {rows}) g;
+         ANALYZE"
+    ))
+    .await?;
+    Ok(())
+}
+
+async fn point_secret_at_source(bench: &Bench) -> Result<()> {
+    let providers = crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
+    let client = providers.kube().await?;
+    let api: kube::Api<Secret> = kube::Api::namespaced(client, "shop");
+    let _ = api.delete(SECRET, &Default::default()).await;
+    let mut s = Secret::default();
+    s.metadata.name = Some(SECRET.into());
+    s.data = Some([("DATABASE_URL".to_string(), ByteString(bench.source_db(DB)?.into_bytes()))].into());
+    api.create(&Default::default(), &s).await.context("create the bench Secret")?;
+    Ok(())
+}
+
+/// Runs the part and prints its figures.
+///
+/// # Errors
+/// A rehearsal or a database statement fails.
+pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
+    println!(
+        "\n(a) downtime: {} cutover windows of a {}-row database under {} heartbeat writes/s (writer follows the Secret, re-read every 100 ms)",
+        opts.runs, opts.downtime_rows, opts.rate
+    );
+    let mut gaps = Vec::new();
+    let mut missing_total = 0u64;
+    let mut acked_total = 0u64;
+    for i in 1..=opts.runs {
+        seed(bench, opts.downtime_rows).await?;
+        point_secret_at_source(bench).await?;
+        let dir = tempfile::tempdir()?;
+        bench.scratch_project(dir.path(), DB, &runbook(opts.rate, opts.jobs))?;
+        let started = Instant::now();
+        let result = bench.rehearse(dir.path(), DB);
+        let (records, _) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                bench.drop_databases(DB).await;
+                return Err(e);
+            }
+        };
+        let hb = records
+            .iter()
+            .find(|r| r["type"] == "heartbeat")
+            .map(|r| r["data"].clone())
+            .context("the rehearsal recorded no heartbeat")?;
+        let gap = hb["longest_gap_ms"].as_u64().unwrap_or(0);
+        let missing = hb["missing"].as_u64().context("heartbeat without a missing-write check")?;
+        let acked = hb["acknowledged"].as_u64().unwrap_or(0);
+        let run_secs = secs(started);
+        println!(
+            "  run {i}: write outage {gap} ms; {acked} of {} writes acknowledged over {run_secs:.1} s ({:.0}/s); {missing} acknowledged write(s) missing",
+            hb["attempted"].as_u64().unwrap_or(0),
+            acked as f64 / run_secs.max(0.001)
+        );
+        gaps.push(gap);
+        missing_total += missing;
+        acked_total += acked;
+    }
+    gaps.sort_unstable();
+    let p50 = gaps.get(gaps.len().saturating_sub(1) / 2).copied().unwrap_or(0);
+    let max = gaps.last().copied().unwrap_or(0);
+    println!("  cutover: p50 write outage {p50} ms, max {max} ms over {} runs; {missing_total} of {acked_total} acknowledged writes missing", gaps.len());
+
+    // What a user would otherwise do: stop writes, dump and restore, point the app at the copy.
+    seed(bench, opts.downtime_rows).await?;
+    let dumpdir = tempfile::tempdir()?;
+    let dump = dumpdir.path().join("dump");
+    let started = Instant::now();
+    let j = opts.jobs.to_string();
+    super::run_tool("pg_dump", &["-Fd".into(), "-j".into(), j.clone(), "-f".into(), dump.display().to_string(), "-d".into(), DB.into()], &bench.source_url).await?;
+    super::run_tool("pg_restore", &["-j".into(), j, "-d".into(), DB.into(), dump.display().to_string()], &bench.target_url).await?;
+    let dr = (secs(started) * 1000.0) as u64;
+    println!("  pg_dump -Fd -j {0} + pg_restore -j {0} of the same database while writes are stopped: write outage at least {dr} ms", opts.jobs);
+    println!("  ratio: stop-dump-restore outage / cutover p50 outage = {:.1}", dr as f64 / p50.max(1) as f64);
+    bench.drop_databases(DB).await;
+    let providers = crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
+    if let Ok(client) = providers.kube().await {
+        let api: kube::Api<Secret> = kube::Api::namespaced(client, "shop");
+        let _ = api.delete(SECRET, &Default::default()).await;
+    }
+    if missing_total > 0 {
+        anyhow::bail!("{missing_total} acknowledged write(s) missing after the cutovers");
+    }
+    Ok(())
+}

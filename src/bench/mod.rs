@@ -1,0 +1,298 @@
+//! `cutover bench`: measurements of the database cutover on the local sandbox, each side by side
+//! with what a user would otherwise run, in the same invocation.
+//!
+//! - downtime: N rehearsed cutover windows under a heartbeat writer; p50 and max write outage,
+//!   acknowledged writes missing; beside it, the outage of a stop-dump-restore cutover of the
+//!   same database (`pg_dump | pg_restore` while writes are stopped).
+//! - copy: the initial copy of a generated database by `postgres.replicate`, by `pg_dump -Fd -j`
+//!   + `pg_restore -j`, and by a native subscription with `copy_data = true`.
+//! - verify: rows per second of `postgres.verify`'s comparison over generated tables, and the time
+//!   to locate one corrupted row; beside it, a whole-table `md5(string_agg(...))` per side.
+//!
+//! Runs go through the real binary (`cutover rehearse` on a generated environment and runbook in
+//! a scratch project) or the same provider functions the steps use. Databases named
+//! `cutover_bench*` are created and dropped on the environment's source and target servers, so
+//! a production-tier environment is refused.
+//!
+//! Owns the benchmark scenarios and their report; must not be used by runs.
+
+mod copy;
+mod downtime;
+mod verify;
+
+use crate::config::{Environment, SecretRef, StoreKind, Tier};
+use crate::providers::postgres::{connect, ident, ConnParts};
+use crate::secret::urlencode;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What to run and how big.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Environment whose servers, account and cluster the bench uses (not production tier).
+    pub env: String,
+    /// Parts to run: any of `downtime`, `copy`, `verify`.
+    pub parts: Vec<String>,
+    /// Cutover windows measured in the downtime part.
+    pub runs: usize,
+    /// Heartbeat writes attempted per second during each window.
+    pub rate: f64,
+    /// Rows of the database moved in each downtime run.
+    pub downtime_rows: i64,
+    /// Size of the generated database in the copy part, MB (10^6 bytes).
+    pub size_mb: u64,
+    /// Parallel jobs of every copy method.
+    pub jobs: usize,
+    /// Rows of the generated table in the verify part.
+    pub verify_rows: i64,
+}
+
+/// The project, environment and admin URLs a bench works with.
+pub struct Bench {
+    /// The project root (for `environments/`).
+    pub root: PathBuf,
+    /// The environment as loaded.
+    pub env: Environment,
+    /// Source server admin URL (any database).
+    pub source_url: String,
+    /// Target server admin URL.
+    pub target_url: String,
+}
+
+impl Bench {
+    /// Loads the environment and its database URLs; refuses production.
+    ///
+    /// # Errors
+    /// The environment does not load, is production tier, or a URL variable is unset.
+    pub fn new(root: &Path, env_name: &str) -> Result<Bench> {
+        let env = crate::config::load_environment(root, env_name)
+            .map_err(|p| anyhow::anyhow!("{p}"))?;
+        if env.tier == Tier::Production {
+            bail!("`cutover bench` creates and drops databases; it refuses the production environment {env_name}");
+        }
+        let var = |n: &str| std::env::var(n).with_context(|| format!("{n} is not set (eval \"$(cutover-sandbox env)\")"));
+        Ok(Bench {
+            root: root.to_path_buf(),
+            source_url: var(&env.database.source_url_env)?,
+            target_url: var(&env.database.target_url_env)?,
+            env,
+        })
+    }
+
+    /// The source server's URL for database `db`.
+    pub fn source_db(&self, db: &str) -> Result<String> {
+        with_db(&self.source_url, db)
+    }
+
+    /// The target server's URL for database `db`.
+    pub fn target_db(&self, db: &str) -> Result<String> {
+        with_db(&self.target_url, db)
+    }
+
+    /// Drops and creates database `db` on both servers.
+    ///
+    /// # Errors
+    /// A statement fails.
+    pub async fn fresh_databases(&self, db: &str) -> Result<()> {
+        for url in [&self.source_url, &self.target_url] {
+            let c = connect(url, "bench").await?;
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db))).await?;
+            c.batch_execute(&format!("CREATE DATABASE {}", ident(db))).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops database `db` on both servers (dropping first any subscription left in it).
+    pub async fn drop_databases(&self, db: &str) {
+        self.drop_replication(db).await;
+        for url in [&self.source_url, &self.target_url] {
+            if let Ok(c) = connect(url, "bench").await {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db))).await;
+            }
+        }
+    }
+
+    /// Drops the subscriptions in target database `db`, the slots of source database `db` and
+    /// the publications in it.
+    pub async fn drop_replication(&self, db: &str) {
+        if let Ok(url) = self.target_db(db) {
+            if let Ok(c) = connect(&url, "bench").await {
+                for r in c.query("SELECT subname FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())", &[]).await.unwrap_or_default() {
+                    let name: String = r.get(0);
+                    // DROP SUBSCRIPTION drops its slot on the source too; detach it if that fails.
+                    if c.batch_execute(&format!("DROP SUBSCRIPTION {}", ident(&name))).await.is_err() {
+                        let _ = c.batch_execute(&format!("ALTER SUBSCRIPTION {0} DISABLE; ALTER SUBSCRIPTION {0} SET (slot_name = NONE); DROP SUBSCRIPTION {0}", ident(&name))).await;
+                    }
+                }
+            }
+        }
+        if let Ok(c) = connect(&self.source_url, "bench").await {
+            for r in c.query("SELECT slot_name FROM pg_replication_slots WHERE database = $1", &[&db]).await.unwrap_or_default() {
+                let name: String = r.get(0);
+                for _ in 0..50 {
+                    if c.query("SELECT pg_drop_replication_slot($1)", &[&name]).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+        if let Ok(url) = self.source_db(db) {
+            if let Ok(c) = connect(&url, "bench").await {
+                for r in c.query("SELECT pubname FROM pg_publication", &[]).await.unwrap_or_default() {
+                    let name: String = r.get(0);
+                    let _ = c.batch_execute(&format!("DROP PUBLICATION {}", ident(&name))).await;
+                }
+            }
+        }
+    }
+
+    /// Writes a scratch project under `dir` with environment `bench` (this environment moved to
+    /// database `db`, local store, the URLs in `CUTOVER_BENCH_*` variables) and `runbooks/bench.yaml`.
+    ///
+    /// # Errors
+    /// The files cannot be written.
+    pub fn scratch_project(&self, dir: &Path, db: &str, runbook: &str) -> Result<()> {
+        let mut env = self.env.clone();
+        env.name = "bench".into();
+        env.tier = Tier::Staging;
+        env.aws.organization = None;
+        env.database.name = db.into();
+        env.database.source_url_env = "CUTOVER_BENCH_SOURCE_URL".into();
+        env.database.target_url_env = "CUTOVER_BENCH_TARGET_URL".into();
+        env.secrets.clear();
+        env.secrets.insert(
+            "target_app_database_url".into(),
+            SecretRef { from_env: "CUTOVER_BENCH_TARGET_URL".into() },
+        );
+        env.store.kind = StoreKind::Local;
+        std::fs::create_dir_all(dir.join("environments"))?;
+        std::fs::create_dir_all(dir.join("runbooks"))?;
+        // JSON is YAML: the environment as the loader reads it back.
+        std::fs::write(dir.join("environments/bench.yaml"), serde_json::to_string_pretty(&env)?)?;
+        std::fs::write(dir.join("runbooks/bench.yaml"), runbook)?;
+        Ok(())
+    }
+
+    /// Runs `cutover rehearse bench` in the scratch project `dir` against database `db`; returns
+    /// the run's records and the child's peak resident memory (bytes).
+    ///
+    /// # Errors
+    /// The binary cannot run, or the run did not succeed.
+    pub fn rehearse(&self, dir: &Path, db: &str) -> Result<(Vec<serde_json::Value>, u64)> {
+        let exe = std::env::current_exe()?;
+        let out = std::process::Command::new(exe)
+            .arg("-C")
+            .arg(dir)
+            .args(["rehearse", "bench", "--runbook", "bench", "--output", "json"])
+            .env("CUTOVER_BENCH_SOURCE_URL", self.source_db(db)?)
+            .env("CUTOVER_BENCH_TARGET_URL", self.target_db(db)?)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        let rss = children_max_rss();
+        let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|r: &serde_json::Value| r.get("type").and_then(|t| t.as_str()) != Some("progress"))
+            .collect();
+        if !out.status.success() {
+            let failed = records
+                .iter()
+                .filter(|r| r["type"] == "step_failed" || r["type"] == "run_refused")
+                .map(|r| r["data"].to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            bail!("bench rehearsal failed ({}): {failed} {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok((records, rss))
+    }
+}
+
+/// `url` with its database replaced by `db`.
+pub fn with_db(url: &str, db: &str) -> Result<String> {
+    let p = ConnParts::parse(url, "bench")?;
+    Ok(format!(
+        "postgres://{}{}@{}:{}/{}",
+        urlencode(&p.user),
+        p.password.as_deref().map(|pw| format!(":{}", urlencode(pw))).unwrap_or_default(),
+        p.host,
+        p.port,
+        db
+    ))
+}
+
+/// Peak resident set size of the largest child waited for so far, bytes (`getrusage`).
+fn children_max_rss() -> u64 {
+    // SAFETY: getrusage writes only into the zeroed struct it is given.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) == 0 {
+            ru.ru_maxrss.max(0) as u64 * 1024
+        } else {
+            0
+        }
+    }
+}
+
+/// Peak resident set size of this process, bytes (`VmHWM` in /proc/self/status).
+pub fn own_max_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Seconds since `t`, rounded to milliseconds.
+pub fn secs(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// Runs a tool with the password in `PGPASSWORD`; fails with its stderr.
+///
+/// # Errors
+/// The tool cannot run or exits non-zero.
+pub async fn run_tool(bin: &str, args: &[String], url: &str) -> Result<()> {
+    let p = ConnParts::parse(url, "bench")?;
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(args)
+        .args(["-h", &p.host, "-p", &p.port.to_string(), "-U", &p.user])
+        .kill_on_drop(true);
+    if let Some(pw) = &p.password {
+        cmd.env("PGPASSWORD", pw);
+    }
+    let out = cmd.output().await.with_context(|| format!("cannot run {bin}"))?;
+    if !out.status.success() {
+        bail!("{bin} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Runs the chosen parts and prints their figures.
+///
+/// # Errors
+/// Any part fails (its databases are dropped first).
+pub async fn run(root: &Path, opts: &Options) -> Result<()> {
+    let bench = Bench::new(root, &opts.env)?;
+    let host = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("cutover bench on environment {} — {cpus} CPU(s) {host}; cutover {}", opts.env, env!("CARGO_PKG_VERSION"));
+    for part in &opts.parts {
+        match part.as_str() {
+            "downtime" => downtime::run(&bench, opts).await?,
+            "copy" => copy::run(&bench, opts).await?,
+            "verify" => verify::run(&bench, opts).await?,
+            other => bail!("unknown bench part {other} (downtime, copy, verify)"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! `cutover bench`: arguments, and the exit code of a benchmark run.
+
+use std::path::Path;
+
+/// A part of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Write outage of N cutover windows under a heartbeat writer, beside stop-dump-restore.
+    Downtime,
+    /// Initial copy: cutover vs pg_dump/pg_restore vs a native subscription.
+    Copy,
+    /// Verification rows/s and the time to locate one corrupted row, beside a whole-table md5.
+    Verify,
+}
+
+/// `cutover bench [PART...]` options; sizes default to the figures in docs/BENCHMARKS.md.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Parts to run (default: all three).
+    #[arg(value_enum)]
+    pub parts: Vec<Part>,
+    /// Environment whose database servers, account and cluster are used (not production).
+    #[arg(long, default_value = "staging")]
+    pub env: String,
+    /// Cutover windows measured.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Heartbeat writes attempted per second during each window.
+    #[arg(long, default_value_t = 250.0)]
+    pub rate: f64,
+    /// Rows of the database moved in each window.
+    #[arg(long, default_value_t = 20_000)]
+    pub downtime_rows: i64,
+    /// Size of the generated database for the copy part, MB.
+    #[arg(long, default_value_t = 2048)]
+    pub size_mb: u64,
+    /// Parallel jobs of every copy and verify method.
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Rows of the generated table for the verify part.
+    #[arg(long, default_value_t = 5_000_000)]
+    pub verify_rows: i64,
+}
+
+/// Runs the benchmark; 0 when every part ran (and no acknowledged write went missing), 1
+/// otherwise.
+pub async fn run(root: &Path, a: BenchArgs) -> i32 {
+    let parts = if a.parts.is_empty() {
+        vec![Part::Downtime, Part::Copy, Part::Verify]
+    } else {
+        a.parts
+    };
+    let opts = crate::bench::Options {
+        env: a.env,
+        parts: parts
+            .iter()
+            .map(|p| format!("{p:?}").to_lowercase())
+            .collect(),
+        runs: a.runs.max(1),
+        rate: a.rate,
+        downtime_rows: a.downtime_rows,
+        size_mb: a.size_mb,
+        jobs: a.jobs.max(1),
+        verify_rows: a.verify_rows,
+    };
+    match crate::bench::run(root, &opts).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
