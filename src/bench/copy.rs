@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 const DB: &str = "cutover_bench_copy";
 
-/// Bytes per generated `events` row on disk, measured on PostgreSQL 15 (heap + primary key).
-const ROW_BYTES: u64 = 300;
+/// Bytes per generated `events` row on disk, measured on PostgreSQL 15 (heap, primary key,
+/// secondary index, and the fixed `accounts` table spread over a 50 MB database).
+const ROW_BYTES: u64 = 420;
 
 async fn generate(bench: &Bench, size_mb: u64) -> Result<u64> {
     bench.fresh_databases(DB).await?;
@@ -45,8 +46,9 @@ async fn generate(bench: &Bench, size_mb: u64) -> Result<u64> {
 }
 
 async fn fresh_target(bench: &Bench) -> Result<()> {
-    let c = connect(&bench.target_url, "bench").await?;
-    c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE); CREATE DATABASE {}", ident(DB), ident(DB))).await?;
+    let c = super::admin(&bench.target_url).await?;
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(DB))).await?;
+    c.batch_execute(&format!("CREATE DATABASE {}", ident(DB))).await?;
     Ok(())
 }
 
@@ -73,10 +75,11 @@ async fn native_subscription(bench: &Bench, jobs: usize) -> Result<()> {
     let src_url = bench.source_db(DB)?;
     let tgt_url = bench.target_db(DB)?;
     let sp = ConnParts::parse(&src_url, "source")?;
-    let tgt_admin = connect(&bench.target_url, "bench").await?;
+    let tgt_admin = super::admin(&bench.target_url).await?;
     tgt_admin
-        .batch_execute(&format!("ALTER SYSTEM SET max_sync_workers_per_subscription = {jobs}; SELECT pg_reload_conf()"))
+        .batch_execute(&format!("ALTER SYSTEM SET max_sync_workers_per_subscription = {jobs}"))
         .await?;
+    tgt_admin.batch_execute("SELECT pg_reload_conf()").await?;
     let pre = dump_section(&sp, "pre-data", None).await?;
     let tgt = connect(&tgt_url, "bench").await?;
     tgt.batch_execute(&pre).await?;
@@ -106,8 +109,9 @@ async fn native_subscription(bench: &Bench, jobs: usize) -> Result<()> {
     tgt.batch_execute("DROP SUBSCRIPTION bench_native").await?;
     src.batch_execute("DROP PUBLICATION bench_native").await?;
     tgt_admin
-        .batch_execute("ALTER SYSTEM RESET max_sync_workers_per_subscription; SELECT pg_reload_conf()")
+        .batch_execute("ALTER SYSTEM RESET max_sync_workers_per_subscription")
         .await?;
+    tgt_admin.batch_execute("SELECT pg_reload_conf()").await?;
     Ok(())
 }
 

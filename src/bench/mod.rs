@@ -95,8 +95,9 @@ impl Bench {
     /// # Errors
     /// A statement fails.
     pub async fn fresh_databases(&self, db: &str) -> Result<()> {
+        self.drop_replication(db).await;
         for url in [&self.source_url, &self.target_url] {
-            let c = connect(url, "bench").await?;
+            let c = admin(url).await?;
             c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db))).await?;
             c.batch_execute(&format!("CREATE DATABASE {}", ident(db))).await?;
         }
@@ -107,7 +108,7 @@ impl Bench {
     pub async fn drop_databases(&self, db: &str) {
         self.drop_replication(db).await;
         for url in [&self.source_url, &self.target_url] {
-            if let Ok(c) = connect(url, "bench").await {
+            if let Ok(c) = admin(url).await {
                 let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db))).await;
             }
         }
@@ -127,7 +128,7 @@ impl Bench {
                 }
             }
         }
-        if let Ok(c) = connect(&self.source_url, "bench").await {
+        if let Ok(c) = admin(&self.source_url).await {
             for r in c.query("SELECT slot_name FROM pg_replication_slots WHERE database = $1", &[&db]).await.unwrap_or_default() {
                 let name: String = r.get(0);
                 for _ in 0..50 {
@@ -207,6 +208,17 @@ impl Bench {
         }
         Ok((records, rss))
     }
+}
+
+/// A session on the server of `url` in its `postgres` database, writable even when the
+/// environment's database was frozen by a cutover.
+///
+/// # Errors
+/// The connection fails.
+pub async fn admin(url: &str) -> Result<tokio_postgres::Client> {
+    let c = connect(&with_db(url, "postgres")?, "bench").await?;
+    c.batch_execute("SET default_transaction_read_only = off").await?;
+    Ok(c)
 }
 
 /// `url` with its database replaced by `db`.

@@ -125,10 +125,19 @@ impl Heartbeat {
             let mut client: Option<tokio_postgres::Client> = None;
             let mut last_ack: Option<(Instant, DateTime<Utc>)> = None;
             let mut seq = 0i64;
+            // Once asked to stop, the writer goes on until one more write is acknowledged (at
+            // most 10 s), so an outage still open at the end of the run is measured, not cut off.
+            let mut stop_by: Option<Instant> = None;
             loop {
                 tokio::select! {
-                    _ = stopped.changed() => break,
+                    _ = stopped.changed(), if stop_by.is_none() => {
+                        stop_by = Some(Instant::now() + Duration::from_secs(10));
+                        continue;
+                    }
                     _ = tick.tick() => {}
+                }
+                if stop_by.is_some_and(|t| Instant::now() >= t) {
+                    break;
                 }
                 if url_rx.has_changed().unwrap_or(false) {
                     url = url_rx.borrow_and_update().clone();
@@ -159,6 +168,9 @@ impl Heartbeat {
                         last_ack = Some(now);
                         report.acknowledged += 1;
                         report.acked.push(seq);
+                        if stop_by.is_some() {
+                            break;
+                        }
                     }
                     Ok(Err(e)) => {
                         if e.is_closed() || e.as_db_error().is_none() {
@@ -175,7 +187,8 @@ impl Heartbeat {
         Heartbeat { stop, task }
     }
 
-    /// Stops the writer and returns what it saw.
+    /// Stops the writer (after its next acknowledged write, waiting at most 10 s) and returns
+    /// what it saw.
     pub async fn stop(self) -> Report {
         let _ = self.stop.send(true);
         self.task.await.unwrap_or_default()
