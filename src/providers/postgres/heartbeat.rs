@@ -45,6 +45,8 @@ pub struct Report {
     pub gap_from: Option<DateTime<Utc>>,
     /// When it ended (the first acknowledged write after it).
     pub gap_to: Option<DateTime<Utc>>,
+    /// Time from the first acknowledged write to the last, milliseconds.
+    pub writing_ms: u64,
     /// Times the writer (re)connected, the first included.
     pub connections: u64,
     /// The URL changed this many times while writing.
@@ -124,6 +126,7 @@ impl Heartbeat {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut client: Option<tokio_postgres::Client> = None;
             let mut last_ack: Option<(Instant, DateTime<Utc>)> = None;
+            let mut first_ack: Option<Instant> = None;
             let mut seq = 0i64;
             // Once asked to stop, the writer goes on until one more write is acknowledged (at
             // most 10 s), so an outage still open at the end of the run is measured, not cut off.
@@ -166,6 +169,8 @@ impl Heartbeat {
                             }
                         }
                         last_ack = Some(now);
+                        let first = *first_ack.get_or_insert(now.0);
+                        report.writing_ms = (now.0 - first).as_millis() as u64;
                         report.acknowledged += 1;
                         report.acked.push(seq);
                         if stop_by.is_some() {
