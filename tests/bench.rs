@@ -10,7 +10,15 @@ use common::{text, Sandbox};
 fn bench_prints_downtime_copy_and_verify_figures_and_loses_no_write() {
     let sb = Sandbox::start();
     let out = sb.cutover(&[
-        "bench", "--runs", "2", "--downtime-rows", "5000", "--size-mb", "20", "--verify-rows", "100000",
+        "bench",
+        "--runs",
+        "2",
+        "--downtime-rows",
+        "5000",
+        "--size-mb",
+        "20",
+        "--verify-rows",
+        "100000",
     ]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
@@ -30,6 +38,10 @@ fn bench_prints_downtime_copy_and_verify_figures_and_loses_no_write() {
     let summary = t.lines().find(|l| l.contains("p50 write outage")).unwrap();
     assert!(summary.contains("; 0 of "), "{summary}");
     // Each window acknowledged writes and none is missing.
-    assert_eq!(t.matches("0 acknowledged write(s) missing").count(), 2, "{t}");
+    assert_eq!(
+        t.matches("0 acknowledged write(s) missing").count(),
+        2,
+        "{t}"
+    );
     sb.assert_no_secrets(&[]);
 }

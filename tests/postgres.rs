@@ -12,7 +12,9 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 fn step_event<'a>(records: &'a [Value], event: &str, step: &str) -> Option<&'a Value> {
-    records.iter().find(|r| r["type"] == event && r["step"] == step)
+    records
+        .iter()
+        .find(|r| r["type"] == event && r["step"] == step)
 }
 
 /// Waits for `child` (at most `secs`), returning its exit code and output.
@@ -20,7 +22,7 @@ fn finish(sb: &Sandbox, child: Child, secs: u64) -> (Option<i32>, String) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut child = child;
     loop {
-        if let Some(_) = child.try_wait().unwrap() {
+        if child.try_wait().unwrap().is_some() {
             break;
         }
         if Instant::now() > deadline {
@@ -58,10 +60,19 @@ fn post(base: &str, path: &str) -> (u16, String) {
     let addr = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
-    let status = buf.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
     let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
 }
@@ -80,24 +91,47 @@ fn a_table_without_primary_key_fails_preflight_by_name_and_nothing_is_created() 
     sb.sql(&src, "CREATE TABLE public.audit_log (at timestamptz, message text); INSERT INTO public.audit_log VALUES (now(), 'x')");
 
     let dry = sb.cutover(&["execute", "staging", "--dry-run"]);
-    assert!(text(&dry).contains("WOULD FAIL") && text(&dry).contains("public.audit_log"), "{}", text(&dry));
+    assert!(
+        text(&dry).contains("WOULD FAIL") && text(&dry).contains("public.audit_log"),
+        "{}",
+        text(&dry)
+    );
 
     let out = sb.cutover(&["rehearse", "staging"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("table public.audit_log has no primary key"), "{t}");
+    assert!(
+        t.contains("table public.audit_log has no primary key"),
+        "{t}"
+    );
     // The tables that have keys are not named.
     assert!(!t.contains("table public.orders has"), "{t}");
 
     // Nothing of the copy exists on either side.
-    assert_eq!(scalar(&sb, &src, "SELECT count(*) FROM pg_replication_slots"), "0");
-    assert_eq!(scalar(&sb, &src, "SELECT count(*) FROM pg_publication"), "0");
+    assert_eq!(
+        scalar(&sb, &src, "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    assert_eq!(
+        scalar(&sb, &src, "SELECT count(*) FROM pg_publication"),
+        "0"
+    );
     assert_eq!(
         scalar(&sb, &tgt, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"),
         "0"
     );
-    assert_eq!(scalar(&sb, &tgt, "SELECT count(*) FROM pg_subscription"), "0");
-    assert_eq!(scalar(&sb, &tgt, "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover_copy'"), "0");
+    assert_eq!(
+        scalar(&sb, &tgt, "SELECT count(*) FROM pg_subscription"),
+        "0"
+    );
+    assert_eq!(
+        scalar(
+            &sb,
+            &tgt,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover_copy'"
+        ),
+        "0"
+    );
     sb.assert_no_secrets(&[]);
 }
 
@@ -127,12 +161,18 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
     child.kill().unwrap();
     let _ = child.wait();
     let before: Vec<String> = sb
-        .sql(&tgt, "SELECT table_name || '#' || chunk FROM cutover_copy.copied ORDER BY 1")
+        .sql(
+            &tgt,
+            "SELECT table_name || '#' || chunk FROM cutover_copy.copied ORDER BY 1",
+        )
         .into_iter()
         .map(|r| r[0].clone().unwrap())
         .collect();
     let planned = scalar(&sb, &tgt, "SELECT count(*) FROM cutover_copy.chunks");
-    assert!(before.len() < planned.parse::<usize>().unwrap(), "the copy finished before the kill");
+    assert!(
+        before.len() < planned.parse::<usize>().unwrap(),
+        "the copy finished before the kill"
+    );
     let run = only_run(&sb).unwrap();
 
     let out = sb.cutover(&["resume", &run]);
@@ -140,24 +180,46 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
     let records = sb.records(&run);
     let applied = step_event(&records, "step_applied", "replicate").expect("replicate applied");
     let o = &applied["data"]["outputs"];
-    assert_eq!(o["chunks_resumed"].as_u64(), Some(before.len() as u64), "{o}");
+    assert_eq!(
+        o["chunks_resumed"].as_u64(),
+        Some(before.len() as u64),
+        "{o}"
+    );
     assert_eq!(
         o["chunks_copied"].as_u64().unwrap() + o["chunks_resumed"].as_u64().unwrap(),
         o["chunks"].as_u64().unwrap(),
         "every planned chunk copied exactly once: {o}"
     );
     assert_eq!(o["chunks"].as_u64().unwrap().to_string(), planned);
-    assert_eq!(o["copy"]["public.events"]["chunks"].as_u64(), Some(20), "{o}");
-    assert_eq!(o["copy"]["public.events"]["rows"].as_u64(), Some(400000), "{o}");
+    assert_eq!(
+        o["copy"]["public.events"]["chunks"].as_u64(),
+        Some(20),
+        "{o}"
+    );
+    assert_eq!(
+        o["copy"]["public.events"]["rows"].as_u64(),
+        Some(400000),
+        "{o}"
+    );
     // Verify compared every row and found both sides equal; so do independent fingerprints.
     let verified = step_event(&records, "step_applied", "verify").expect("verify applied");
-    assert_eq!(verified["data"]["outputs"]["tables"]["public.events"]["equal"], true);
+    assert_eq!(
+        verified["data"]["outputs"]["tables"]["public.events"]["equal"],
+        true
+    );
     assert_eq!(sb.table_fingerprints(&src), sb.table_fingerprints(&tgt));
     // The snapshot holder ended and the progress schema is gone.
     wait_until(10, "the snapshot holder to end", || {
         scalar(&sb, &src, "SELECT count(*) FROM pg_stat_replication") == "1"
     });
-    assert_eq!(scalar(&sb, &tgt, "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover_copy'"), "0");
+    assert_eq!(
+        scalar(
+            &sb,
+            &tgt,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover_copy'"
+        ),
+        "0"
+    );
     sb.assert_no_secrets(&[]);
 }
 
@@ -176,20 +238,40 @@ fn one_corrupted_row_is_found_by_key_and_the_run_stops_before_the_flip() {
             .unwrap_or(false)
     });
     // One row changed on the target only, in a column that no later write touches.
-    sb.sql(&tgt, "UPDATE public.orders SET total_cents = 987654321 WHERE id = 4242");
+    sb.sql(
+        &tgt,
+        "UPDATE public.orders SET total_cents = 987654321 WHERE id = 4242",
+    );
     std::fs::remove_file(&flag).unwrap();
     let (code, out) = finish(&sb, child, 180);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("public.orders: rows differ or are missing at id=4242"), "{out}");
-    assert!(!out.contains("987654321"), "a row value was reported: {out}");
+    assert!(
+        out.contains("public.orders: rows differ or are missing at id=4242"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("987654321"),
+        "a row value was reported: {out}"
+    );
 
     let run = only_run(&sb).unwrap();
     let records = sb.records(&run);
     let failed = step_event(&records, "step_failed", "verify").expect("verify failed");
-    assert!(failed["data"]["error"].as_str().unwrap().contains("id=4242"));
-    assert!(!serde_json::to_string(&records).unwrap().contains("987654321"));
-    assert!(step_event(&records, "step_started", "flip").is_none(), "the flip ran");
-    assert_eq!(sb.secret_value("staging", "shop-db", "DATABASE_URL"), legacy);
+    assert!(failed["data"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("id=4242"));
+    assert!(!serde_json::to_string(&records)
+        .unwrap()
+        .contains("987654321"));
+    assert!(
+        step_event(&records, "step_started", "flip").is_none(),
+        "the flip ran"
+    );
+    assert_eq!(
+        sb.secret_value("staging", "shop-db", "DATABASE_URL"),
+        legacy
+    );
     sb.assert_no_secrets(&[]);
 }
 
@@ -211,7 +293,14 @@ fn postponed_run_holds_before_the_freeze_then_cuts_over_with_sequences_ahead_and
     // Held: the freeze has not happened and the legacy database still takes writes.
     let run = only_run(&sb).unwrap();
     assert!(step_event(&sb.records(&run), "step_applied", "freeze").is_none());
-    assert_eq!(scalar(&sb, &src, "SELECT current_setting('default_transaction_read_only')"), "off");
+    assert_eq!(
+        scalar(
+            &sb,
+            &src,
+            "SELECT current_setting('default_transaction_read_only')"
+        ),
+        "off"
+    );
     sb.sql(&src, "INSERT INTO public.customers (email, name, created_at) VALUES ('late@example.com', 'Late', now())");
     std::fs::remove_file(&flag).unwrap();
     let (code, out) = finish(&sb, child, 180);
@@ -219,9 +308,21 @@ fn postponed_run_holds_before_the_freeze_then_cuts_over_with_sequences_ahead_and
 
     let records = sb.records(&run);
     let freeze = step_event(&records, "step_applied", "freeze").unwrap();
-    assert!(freeze["data"]["outputs"]["postponed_seconds"].as_f64().unwrap() >= 3.0);
+    assert!(
+        freeze["data"]["outputs"]["postponed_seconds"]
+            .as_f64()
+            .unwrap()
+            >= 3.0
+    );
     // The write made while held reached the target.
-    assert_eq!(scalar(&sb, &tgt, "SELECT count(*) FROM public.customers WHERE email = 'late@example.com'"), "1");
+    assert_eq!(
+        scalar(
+            &sb,
+            &tgt,
+            "SELECT count(*) FROM public.customers WHERE email = 'late@example.com'"
+        ),
+        "1"
+    );
 
     // Every target sequence is at least the source's value plus the margin (1000).
     let source_seq = sb.sql(&src, "SELECT schemaname || '.' || sequencename, coalesce(last_value, 0) FROM pg_sequences ORDER BY 1");
@@ -229,23 +330,50 @@ fn postponed_run_holds_before_the_freeze_then_cuts_over_with_sequences_ahead_and
     assert_eq!(source_seq.len(), 3);
     for (s, t) in source_seq.iter().zip(&target_seq) {
         assert_eq!(s[0], t[0]);
-        let (sv, tv): (i64, i64) = (s[1].as_ref().unwrap().parse().unwrap(), t[1].as_ref().unwrap().parse().unwrap());
-        assert!(tv >= sv + 1000, "{}: target {tv} < source {sv} + 1000", s[0].as_ref().unwrap());
+        let (sv, tv): (i64, i64) = (
+            s[1].as_ref().unwrap().parse().unwrap(),
+            t[1].as_ref().unwrap().parse().unwrap(),
+        );
+        assert!(
+            tv >= sv + 1000,
+            "{}: target {tv} < source {sv} + 1000",
+            s[0].as_ref().unwrap()
+        );
     }
 
     // The application now writes to the target, with a key above every replicated one.
     let (status, body) = post(&sb.var("CUTOVER_STAGING_APP_URL"), "/orders");
     assert_eq!(status, 201, "{body}");
-    let id = serde_json::from_str::<Value>(&body).unwrap()["id"].as_i64().unwrap();
-    let max_source: i64 = scalar(&sb, &src, "SELECT max(id) FROM public.orders").parse().unwrap();
-    assert!(id > max_source, "new order {id} collides with the replicated range (source max {max_source})");
-    assert_eq!(scalar(&sb, &tgt, &format!("SELECT count(*) FROM public.orders WHERE id = {id}")), "1");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let max_source: i64 = scalar(&sb, &src, "SELECT max(id) FROM public.orders")
+        .parse()
+        .unwrap();
+    assert!(
+        id > max_source,
+        "new order {id} collides with the replicated range (source max {max_source})"
+    );
+    assert_eq!(
+        scalar(
+            &sb,
+            &tgt,
+            &format!("SELECT count(*) FROM public.orders WHERE id = {id}")
+        ),
+        "1"
+    );
 
     // The heartbeat measured the outage and lost nothing.
-    let hb = records.iter().find(|r| r["type"] == "heartbeat").expect("heartbeat record");
+    let hb = records
+        .iter()
+        .find(|r| r["type"] == "heartbeat")
+        .expect("heartbeat record");
     assert_eq!(hb["data"]["missing"].as_u64(), Some(0), "{hb}");
     assert!(hb["data"]["acknowledged"].as_u64().unwrap() > 50, "{hb}");
     assert!(hb["data"]["longest_gap_ms"].as_u64().unwrap() > 0, "{hb}");
-    assert_eq!(hb["data"]["database"].as_str().unwrap().split('@').nth(1), tgt.split('@').nth(1));
+    assert_eq!(
+        hb["data"]["database"].as_str().unwrap().split('@').nth(1),
+        tgt.split('@').nth(1)
+    );
     sb.assert_no_secrets(&[]);
 }

@@ -108,8 +108,14 @@ fn removing_one_output_the_runbook_reads_fails_the_check_naming_root_and_step() 
     let out = validate(dir.path());
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
+    let runbook = std::fs::read_to_string(dir.path().join("runbooks/shop-cutover.yaml")).unwrap();
+    let dns_line = runbook
+        .lines()
+        .position(|l| l.contains("{ id: dns,"))
+        .unwrap()
+        + 1;
     assert!(
-        err.contains("runbooks/shop-cutover.yaml:29: step `dns` reads tf.alb_dns_name, but terraform/live/production defines no output `alb_dns_name`"),
+        err.contains(&format!("runbooks/shop-cutover.yaml:{dns_line}: step `dns` reads tf.alb_dns_name, but terraform/live/production defines no output `alb_dns_name`")),
         "{err}"
     );
     assert!(err.contains("error: 1 problem found"), "{err}");

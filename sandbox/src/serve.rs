@@ -78,16 +78,18 @@ fn health_response(result: Result<(), String>, side: &str) -> (StatusCode, Json<
     }
 }
 
+/// The URL in the cluster's Secret `shop/shop-db`, as a pod with a reloading secret volume sees it.
+fn secret_url(cluster: &Cluster) -> Option<String> {
+    let s = cluster.lock().unwrap_or_else(|p| p.into_inner());
+    s.get("secrets", "shop", "shop-db")
+        .and_then(|o| o.pointer("/data/DATABASE_URL"))
+        .and_then(Value::as_str)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
 async fn aws_health(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Value>) {
-    let url = {
-        let s = cluster.lock().unwrap_or_else(|p| p.into_inner());
-        s.get("secrets", "shop", "shop-db")
-            .and_then(|o| o.pointer("/data/DATABASE_URL"))
-            .and_then(Value::as_str)
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-    };
-    match url {
+    match secret_url(&cluster) {
         None => health_response(Err("secret shop/shop-db has no DATABASE_URL".into()), "aws"),
         Some(u) => health_response(database_health(&u).await, "aws"),
     }
@@ -96,15 +98,7 @@ async fn aws_health(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Val
 /// `POST /orders`: the application's write path. Inserts one order through the database named
 /// by the cluster's Secret and returns its id, as the real service would after the cutover.
 async fn aws_create_order(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Value>) {
-    let url = {
-        let s = cluster.lock().unwrap_or_else(|p| p.into_inner());
-        s.get("secrets", "shop", "shop-db")
-            .and_then(|o| o.pointer("/data/DATABASE_URL"))
-            .and_then(Value::as_str)
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-    };
-    let Some(url) = url else {
+    let Some(url) = secret_url(&cluster) else {
         return health_response(Err("secret shop/shop-db has no DATABASE_URL".into()), "aws");
     };
     let result = async {
@@ -126,7 +120,10 @@ async fn aws_create_order(AxState(cluster): AxState<Cluster>) -> (StatusCode, Js
     .await;
     match result {
         Ok(id) => (StatusCode::CREATED, Json(json!({"id": id, "side": "aws"}))),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e, "side": "aws"}))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": e, "side": "aws"})),
+        ),
     }
 }
 

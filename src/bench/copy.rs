@@ -1,7 +1,7 @@
 //! The copy part: one generated database copied three ways, each into a fresh target database
 //! with the same parallelism: `postgres.replicate` (through `cutover rehearse`), `pg_dump -Fd -j`
-//! + `pg_restore -j`, and a native subscription with `copy_data = true` (schema first, indexes
-//! after, as pg_dump's sections put them).
+//! with `pg_restore -j`, and a native subscription with `copy_data = true` (schema first,
+//! indexes after, as pg_dump's sections put them).
 
 use super::{secs, Bench, Options};
 use crate::providers::postgres::snapshot::dump_section;
@@ -43,22 +43,34 @@ async fn generate(bench: &Bench, size_mb: u64) -> Result<u64> {
         }
     };
     tokio::try_join!(fill(1, half), fill(half + 1, rows))?;
-    c.batch_execute("CREATE INDEX events_account_id ON events (account_id); ANALYZE").await?;
-    let size: i64 = c.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
+    c.batch_execute("CREATE INDEX events_account_id ON events (account_id); ANALYZE")
+        .await?;
+    let size: i64 = c
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await?
+        .get(0);
     Ok(size as u64)
 }
 
 async fn fresh_target(bench: &Bench) -> Result<()> {
     let c = super::admin(&bench.target_url).await?;
-    c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(DB))).await?;
-    c.batch_execute(&format!("CREATE DATABASE {}", ident(DB))).await?;
+    c.batch_execute(&format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        ident(DB)
+    ))
+    .await?;
+    c.batch_execute(&format!("CREATE DATABASE {}", ident(DB)))
+        .await?;
     Ok(())
 }
 
 async fn target_size(bench: &Bench) -> Result<(i64, i64)> {
     let c = connect(&bench.target_db(DB)?, "bench").await?;
     let r = c
-        .query_one("SELECT pg_database_size(current_database()), (SELECT count(*) FROM events)", &[])
+        .query_one(
+            "SELECT pg_database_size(current_database()), (SELECT count(*) FROM events)",
+            &[],
+        )
         .await?;
     Ok((r.get(0), r.get(1)))
 }
@@ -80,14 +92,19 @@ async fn native_subscription(bench: &Bench, jobs: usize) -> Result<()> {
     let sp = ConnParts::parse(&src_url, "source")?;
     let tgt_admin = super::admin(&bench.target_url).await?;
     tgt_admin
-        .batch_execute(&format!("ALTER SYSTEM SET max_sync_workers_per_subscription = {jobs}"))
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET max_sync_workers_per_subscription = {jobs}"
+        ))
         .await?;
     tgt_admin.batch_execute("SELECT pg_reload_conf()").await?;
     let pre = dump_section(&sp, "pre-data", None).await?;
     let tgt = connect(&tgt_url, "bench").await?;
     tgt.batch_execute(&pre).await?;
     let src = connect(&src_url, "bench").await?;
-    src.batch_execute("DROP PUBLICATION IF EXISTS bench_native; CREATE PUBLICATION bench_native FOR ALL TABLES").await?;
+    src.batch_execute(
+        "DROP PUBLICATION IF EXISTS bench_native; CREATE PUBLICATION bench_native FOR ALL TABLES",
+    )
+    .await?;
     tgt.batch_execute(&format!(
         "CREATE SUBSCRIPTION bench_native CONNECTION {} PUBLICATION bench_native WITH (copy_data = true)",
         literal(&sp.conninfo())

@@ -45,14 +45,23 @@ async fn seed(bench: &Bench, rows: i64) -> Result<()> {
 }
 
 async fn point_secret_at_source(bench: &Bench) -> Result<()> {
-    let providers = crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
+    let providers =
+        crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
     let client = providers.kube().await?;
     let api: kube::Api<Secret> = kube::Api::namespaced(client, "shop");
     let _ = api.delete(SECRET, &Default::default()).await;
     let mut s = Secret::default();
     s.metadata.name = Some(SECRET.into());
-    s.data = Some([("DATABASE_URL".to_string(), ByteString(bench.source_db(DB)?.into_bytes()))].into());
-    api.create(&Default::default(), &s).await.context("create the bench Secret")?;
+    s.data = Some(
+        [(
+            "DATABASE_URL".to_string(),
+            ByteString(bench.source_db(DB)?.into_bytes()),
+        )]
+        .into(),
+    );
+    api.create(&Default::default(), &s)
+        .await
+        .context("create the bench Secret")?;
     Ok(())
 }
 
@@ -89,11 +98,14 @@ pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
             .map(|r| r["data"].clone())
             .context("the rehearsal recorded no heartbeat")?;
         let gap = hb["longest_gap_ms"].as_u64().unwrap_or(0);
-        let missing = hb["missing"].as_u64().context("heartbeat without a missing-write check")?;
+        let missing = hb["missing"]
+            .as_u64()
+            .context("heartbeat without a missing-write check")?;
         let acked = hb["acknowledged"].as_u64().unwrap_or(0);
         let writing = hb["writing_ms"].as_u64().unwrap_or(0);
         // The rate the writer sustained while the database took writes (the outage left out).
-        let rate = acked.saturating_sub(1) as f64 * 1000.0 / (writing.saturating_sub(gap)).max(1) as f64;
+        let rate =
+            acked.saturating_sub(1) as f64 * 1000.0 / (writing.saturating_sub(gap)).max(1) as f64;
         println!(
             "  run {i}: write outage {gap} ms; {acked} of {} writes acknowledged over {:.1} s, {rate:.0} acknowledged writes/s outside the outage; {missing} acknowledged write(s) missing (run {:.1} s)",
             hb["attempted"].as_u64().unwrap_or(0),
@@ -106,7 +118,10 @@ pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
         acked_total += acked;
     }
     gaps.sort_unstable();
-    let p50 = gaps.get(gaps.len().saturating_sub(1) / 2).copied().unwrap_or(0);
+    let p50 = gaps
+        .get(gaps.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0);
     let max = gaps.last().copied().unwrap_or(0);
     let min_rate = rates.iter().cloned().fold(f64::INFINITY, f64::min);
     println!(
@@ -120,13 +135,41 @@ pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
     let dump = dumpdir.path().join("dump");
     let started = Instant::now();
     let j = opts.jobs.to_string();
-    super::run_tool("pg_dump", &["-Fd".into(), "-j".into(), j.clone(), "-f".into(), dump.display().to_string(), "-d".into(), DB.into()], &bench.source_url).await?;
-    super::run_tool("pg_restore", &["-j".into(), j, "-d".into(), DB.into(), dump.display().to_string()], &bench.target_url).await?;
+    super::run_tool(
+        "pg_dump",
+        &[
+            "-Fd".into(),
+            "-j".into(),
+            j.clone(),
+            "-f".into(),
+            dump.display().to_string(),
+            "-d".into(),
+            DB.into(),
+        ],
+        &bench.source_url,
+    )
+    .await?;
+    super::run_tool(
+        "pg_restore",
+        &[
+            "-j".into(),
+            j,
+            "-d".into(),
+            DB.into(),
+            dump.display().to_string(),
+        ],
+        &bench.target_url,
+    )
+    .await?;
     let dr = (secs(started) * 1000.0) as u64;
     println!("  pg_dump -Fd -j {0} + pg_restore -j {0} of the same database while writes are stopped: write outage at least {dr} ms", opts.jobs);
-    println!("  ratio: stop-dump-restore outage / cutover p50 outage = {:.1}", dr as f64 / p50.max(1) as f64);
+    println!(
+        "  ratio: stop-dump-restore outage / cutover p50 outage = {:.1}",
+        dr as f64 / p50.max(1) as f64
+    );
     bench.drop_databases(DB).await;
-    let providers = crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
+    let providers =
+        crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
     if let Ok(client) = providers.kube().await {
         let api: kube::Api<Secret> = kube::Api::namespaced(client, "shop");
         let _ = api.delete(SECRET, &Default::default()).await;

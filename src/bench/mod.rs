@@ -66,12 +66,15 @@ impl Bench {
     /// # Errors
     /// The environment does not load, is production tier, or a URL variable is unset.
     pub fn new(root: &Path, env_name: &str) -> Result<Bench> {
-        let env = crate::config::load_environment(root, env_name)
-            .map_err(|p| anyhow::anyhow!("{p}"))?;
+        let env =
+            crate::config::load_environment(root, env_name).map_err(|p| anyhow::anyhow!("{p}"))?;
         if env.tier == Tier::Production {
             bail!("`cutover bench` creates and drops databases; it refuses the production environment {env_name}");
         }
-        let var = |n: &str| std::env::var(n).with_context(|| format!("{n} is not set (eval \"$(cutover-sandbox env)\")"));
+        let var = |n: &str| {
+            std::env::var(n)
+                .with_context(|| format!("{n} is not set (eval \"$(cutover-sandbox env)\")"))
+        };
         Ok(Bench {
             root: root.to_path_buf(),
             source_url: var(&env.database.source_url_env)?,
@@ -98,8 +101,13 @@ impl Bench {
         self.drop_replication(db).await;
         for url in [&self.source_url, &self.target_url] {
             let c = admin(url).await?;
-            c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db))).await?;
-            c.batch_execute(&format!("CREATE DATABASE {}", ident(db))).await?;
+            c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                ident(db)
+            ))
+            .await?;
+            c.batch_execute(&format!("CREATE DATABASE {}", ident(db)))
+                .await?;
         }
         Ok(())
     }
@@ -109,7 +117,12 @@ impl Bench {
         self.drop_replication(db).await;
         for url in [&self.source_url, &self.target_url] {
             if let Ok(c) = admin(url).await {
-                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db))).await;
+                let _ = c
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        ident(db)
+                    ))
+                    .await;
             }
         }
     }
@@ -129,10 +142,20 @@ impl Bench {
             }
         }
         if let Ok(c) = admin(&self.source_url).await {
-            for r in c.query("SELECT slot_name FROM pg_replication_slots WHERE database = $1", &[&db]).await.unwrap_or_default() {
+            for r in c
+                .query(
+                    "SELECT slot_name FROM pg_replication_slots WHERE database = $1",
+                    &[&db],
+                )
+                .await
+                .unwrap_or_default()
+            {
                 let name: String = r.get(0);
                 for _ in 0..50 {
-                    if c.query("SELECT pg_drop_replication_slot($1)", &[&name]).await.is_ok() {
+                    if c.query("SELECT pg_drop_replication_slot($1)", &[&name])
+                        .await
+                        .is_ok()
+                    {
                         break;
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -141,9 +164,15 @@ impl Bench {
         }
         if let Ok(url) = self.source_db(db) {
             if let Ok(c) = connect(&url, "bench").await {
-                for r in c.query("SELECT pubname FROM pg_publication", &[]).await.unwrap_or_default() {
+                for r in c
+                    .query("SELECT pubname FROM pg_publication", &[])
+                    .await
+                    .unwrap_or_default()
+                {
                     let name: String = r.get(0);
-                    let _ = c.batch_execute(&format!("DROP PUBLICATION {}", ident(&name))).await;
+                    let _ = c
+                        .batch_execute(&format!("DROP PUBLICATION {}", ident(&name)))
+                        .await;
                 }
             }
         }
@@ -165,13 +194,18 @@ impl Bench {
         env.secrets.clear();
         env.secrets.insert(
             "target_app_database_url".into(),
-            SecretRef { from_env: "CUTOVER_BENCH_TARGET_URL".into() },
+            SecretRef {
+                from_env: "CUTOVER_BENCH_TARGET_URL".into(),
+            },
         );
         env.store.kind = StoreKind::Local;
         std::fs::create_dir_all(dir.join("environments"))?;
         std::fs::create_dir_all(dir.join("runbooks"))?;
         // JSON is YAML: the environment as the loader reads it back.
-        std::fs::write(dir.join("environments/bench.yaml"), serde_json::to_string_pretty(&env)?)?;
+        std::fs::write(
+            dir.join("environments/bench.yaml"),
+            serde_json::to_string_pretty(&env)?,
+        )?;
         std::fs::write(dir.join("runbooks/bench.yaml"), runbook)?;
         Ok(())
     }
@@ -186,7 +220,14 @@ impl Bench {
         let out = std::process::Command::new(exe)
             .arg("-C")
             .arg(dir)
-            .args(["rehearse", "bench", "--runbook", "bench", "--output", "json"])
+            .args([
+                "rehearse",
+                "bench",
+                "--runbook",
+                "bench",
+                "--output",
+                "json",
+            ])
             .env("CUTOVER_BENCH_SOURCE_URL", self.source_db(db)?)
             .env("CUTOVER_BENCH_TARGET_URL", self.target_db(db)?)
             .stdin(std::process::Stdio::null())
@@ -195,7 +236,9 @@ impl Bench {
         let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|r: &serde_json::Value| r.get("type").and_then(|t| t.as_str()) != Some("progress"))
+            .filter(|r: &serde_json::Value| {
+                r.get("type").and_then(|t| t.as_str()) != Some("progress")
+            })
             .collect();
         if !out.status.success() {
             let failed = records
@@ -204,7 +247,11 @@ impl Bench {
                 .map(|r| r["data"].to_string())
                 .collect::<Vec<_>>()
                 .join("; ");
-            bail!("bench rehearsal failed ({}): {failed} {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "bench rehearsal failed ({}): {failed} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok((records, rss))
     }
@@ -217,7 +264,8 @@ impl Bench {
 /// The connection fails.
 pub async fn admin(url: &str) -> Result<tokio_postgres::Client> {
     let c = connect(&with_db(url, "postgres")?, "bench").await?;
-    c.batch_execute("SET default_transaction_read_only = off").await?;
+    c.batch_execute("SET default_transaction_read_only = off")
+        .await?;
     Ok(c)
 }
 
@@ -227,7 +275,10 @@ pub fn with_db(url: &str, db: &str) -> Result<String> {
     Ok(format!(
         "postgres://{}{}@{}:{}/{}",
         urlencode(&p.user),
-        p.password.as_deref().map(|pw| format!(":{}", urlencode(pw))).unwrap_or_default(),
+        p.password
+            .as_deref()
+            .map(|pw| format!(":{}", urlencode(pw)))
+            .unwrap_or_default(),
         p.host,
         p.port,
         db
@@ -279,9 +330,15 @@ pub async fn run_tool(bin: &str, args: &[String], url: &str) -> Result<()> {
     if let Some(pw) = &p.password {
         cmd.env("PGPASSWORD", pw);
     }
-    let out = cmd.output().await.with_context(|| format!("cannot run {bin}"))?;
+    let out = cmd
+        .output()
+        .await
+        .with_context(|| format!("cannot run {bin}"))?;
     if !out.status.success() {
-        bail!("{bin} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{bin} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -294,10 +351,20 @@ pub async fn run(root: &Path, opts: &Options) -> Result<()> {
     let bench = Bench::new(root, &opts.env)?;
     let host = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("cutover bench on environment {} — {cpus} CPU(s) {host}; cutover {}", opts.env, env!("CARGO_PKG_VERSION"));
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "cutover bench on environment {} — {cpus} CPU(s) {host}; cutover {}",
+        opts.env,
+        env!("CARGO_PKG_VERSION")
+    );
     for part in &opts.parts {
         match part.as_str() {
             "downtime" => downtime::run(&bench, opts).await?,

@@ -16,7 +16,10 @@ const DB: &str = "cutover_bench_verify";
 /// Generation or a comparison fails, or the corrupted row is not found by its key.
 pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
     let rows = opts.verify_rows;
-    println!("\n(c) verification of {rows} rows with {} job(s) per side", opts.jobs);
+    println!(
+        "\n(c) verification of {rows} rows with {} job(s) per side",
+        opts.jobs
+    );
     bench.fresh_databases(DB).await?;
     let result = async {
         let (src_url, tgt_url) = (bench.source_db(DB)?, bench.target_db(DB)?);

@@ -107,10 +107,8 @@ impl<'a> Executor<'a> {
         for r in records {
             let Some(step) = r.step.clone() else { continue };
             match r.event.as_str() {
-                "step_started" => {
-                    if !self.started.contains(&step) {
-                        self.started.push(step);
-                    }
+                "step_started" if !self.started.contains(&step) => {
+                    self.started.push(step);
                 }
                 "step_planned" => {
                     if let Some(b) = r.data.get("before") {
@@ -176,7 +174,8 @@ impl<'a> Executor<'a> {
             };
             if let Err(f) = result {
                 if self.mode == Mode::DryRun {
-                    self.finish("failed", json!({"failed_step": f.step, "error": f.error})).await?;
+                    self.finish("failed", json!({"failed_step": f.step, "error": f.error}))
+                        .await?;
                     return Ok(Outcome::RolledBack);
                 }
                 return self.rollback(&f.step, &f.error).await;
@@ -460,7 +459,8 @@ impl<'a> Executor<'a> {
             }
         }
         if incomplete.is_empty() {
-            self.finish("rolled-back", json!({"failed_step": failed_step})).await?;
+            self.finish("rolled-back", json!({"failed_step": failed_step}))
+                .await?;
             Ok(Outcome::RolledBack)
         } else {
             self.finish(

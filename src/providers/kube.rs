@@ -146,7 +146,8 @@ pub async fn secret_value(
     name: &str,
     key: &str,
 ) -> Result<String, ProviderError> {
-    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, namespace);
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client, namespace);
     let secret = api
         .get(name)
         .await
@@ -155,6 +156,8 @@ pub async fn secret_value(
         .data
         .as_ref()
         .and_then(|d| d.get(key))
-        .ok_or_else(|| ProviderError::Kube(format!("secret {namespace}/{name} has no key {key}")))?;
+        .ok_or_else(|| {
+            ProviderError::Kube(format!("secret {namespace}/{name} has no key {key}"))
+        })?;
     Ok(String::from_utf8_lossy(&bytes.0).into_owned())
 }

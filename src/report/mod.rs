@@ -183,7 +183,11 @@ pub fn markdown(records: &[Record]) -> String {
                 let _ = writeln!(out, "- {} resumed", r.ts);
             }
             "heartbeat" => {
-                let _ = writeln!(out, "\n**Write outage (heartbeat).** {}\n", heartbeat_line(&r.data).trim());
+                let _ = writeln!(
+                    out,
+                    "\n**Write outage (heartbeat).** {}\n",
+                    heartbeat_line(&r.data).trim()
+                );
             }
             _ => {}
         }
@@ -202,8 +206,14 @@ pub fn heartbeat_line(d: &Value) -> String {
     }
     let missing = match d.get("missing").and_then(Value::as_u64) {
         Some(0) => "no acknowledged write missing".to_string(),
-        Some(m) => format!("{m} ACKNOWLEDGED WRITE(S) MISSING (seq {})", d.get("missing_seqs").cloned().unwrap_or_default()),
-        None => format!("missing writes not checked: {}", s(d, "missing_check_error")),
+        Some(m) => format!(
+            "{m} ACKNOWLEDGED WRITE(S) MISSING (seq {})",
+            d.get("missing_seqs").cloned().unwrap_or_default()
+        ),
+        None => format!(
+            "missing writes not checked: {}",
+            s(d, "missing_check_error")
+        ),
     };
     format!(
         "  heartbeat: {} of {} writes acknowledged; longest gap {} ms ({} → {}); {missing} in {}",

@@ -167,7 +167,10 @@ impl StepKind for FreezeWrites {
         let mut out = Map::new();
         out.insert("terminated".into(), json!(rows.len()));
         out.insert("lsn".into(), json!(lsn));
-        out.insert("postponed_seconds".into(), json!((postponed * 10.0).round() / 10.0));
+        out.insert(
+            "postponed_seconds".into(),
+            json!((postponed * 10.0).round() / 10.0),
+        );
         out.insert(
             "summary".into(),
             json!(format!(

@@ -66,7 +66,11 @@ const PARAMS: &[ParamSpec] = &[
 ];
 
 /// Publication and subscription names for these parameters.
-pub(super) fn names(cx: &StepContext, publication: Option<&str>, subscription: Option<&str>) -> (String, String) {
+pub(super) fn names(
+    cx: &StepContext,
+    publication: Option<&str>,
+    subscription: Option<&str>,
+) -> (String, String) {
     let default = format!("cutover_{}", cx.env.database.name.replace('-', "_"));
     (
         publication.unwrap_or(&default).to_string(),
@@ -74,8 +78,16 @@ pub(super) fn names(cx: &StepContext, publication: Option<&str>, subscription: O
     )
 }
 
-async fn exists(c: &tokio_postgres::Client, side: &str, sql: &str, name: &str) -> Result<bool, StepError> {
-    Ok(c.query_opt(sql, &[&name]).await.map_err(|e| pg(side, e))?.is_some())
+async fn exists(
+    c: &tokio_postgres::Client,
+    side: &str,
+    sql: &str,
+    name: &str,
+) -> Result<bool, StepError> {
+    Ok(c.query_opt(sql, &[&name])
+        .await
+        .map_err(|e| pg(side, e))?
+        .is_some())
 }
 
 const PUB_SQL: &str = "SELECT 1 FROM pg_publication WHERE pubname = $1";
@@ -129,8 +141,20 @@ impl StepKind for Replicate {
     }
     fn outputs(&self) -> &'static [&'static str] {
         &[
-            "publication", "subscription", "slot", "tables", "source", "target", "consistent_lsn",
-            "chunks", "chunks_copied", "chunks_resumed", "rows_copied", "bytes_copied", "copy_seconds", "copy",
+            "publication",
+            "subscription",
+            "slot",
+            "tables",
+            "source",
+            "target",
+            "consistent_lsn",
+            "chunks",
+            "chunks_copied",
+            "chunks_resumed",
+            "rows_copied",
+            "bytes_copied",
+            "copy_seconds",
+            "copy",
         ]
     }
     fn default_timeout(&self) -> Duration {
@@ -170,10 +194,18 @@ impl StepKind for Replicate {
         }
         let subscribed = exists(&target, "target", SUB_SQL, &sub).await?;
         if subscribed {
-            changes.push(Change::new("none", format!("subscription {sub} on target"), "exists: copy done, replicating"));
+            changes.push(Change::new(
+                "none",
+                format!("subscription {sub} on target"),
+                "exists: copy done, replicating",
+            ));
         } else {
             if !exists(&source, "source", PUB_SQL, &publ).await? {
-                changes.push(Change::new("create", format!("publication {publ} on source"), format!("FOR TABLE the {} tables below", report.source_tables.len())));
+                changes.push(Change::new(
+                    "create",
+                    format!("publication {publ} on source"),
+                    format!("FOR TABLE the {} tables below", report.source_tables.len()),
+                ));
             }
             match &state {
                 Some(s) => {
@@ -185,16 +217,34 @@ impl StepKind for Replicate {
                 }
                 None => {
                     changes.push(Change::new("create", format!("replication slot {sub} on source"), "CREATE_REPLICATION_SLOT ... LOGICAL pgoutput EXPORT_SNAPSHOT (held until the copy ends)"));
-                    changes.push(Change::new("create", format!("schema on target {}", tp.display()), "pg_dump --section=pre-data under the snapshot"));
+                    changes.push(Change::new(
+                        "create",
+                        format!("schema on target {}", tp.display()),
+                        "pg_dump --section=pre-data under the snapshot",
+                    ));
                     for t in &report.source_tables {
-                        let chunks = if t.integer_key() && t.est_rows > p.chunk_rows { (t.est_rows + p.chunk_rows - 1) / p.chunk_rows } else { 1 };
-                        changes.push(Change::new("run", format!("copy {}", t.display), format!(
-                            "~{} rows, {} in {chunks} chunk(s)", t.est_rows, fmt_mb(t.bytes.max(0) as u64)
-                        )));
+                        let chunks = if t.integer_key() && t.est_rows > p.chunk_rows {
+                            (t.est_rows + p.chunk_rows - 1) / p.chunk_rows
+                        } else {
+                            1
+                        };
+                        changes.push(Change::new(
+                            "run",
+                            format!("copy {}", t.display),
+                            format!(
+                                "~{} rows, {} in {chunks} chunk(s)",
+                                t.est_rows,
+                                fmt_mb(t.bytes.max(0) as u64)
+                            ),
+                        ));
                     }
                 }
             }
-            changes.push(Change::new("create", format!("indexes and constraints on target {}", tp.display()), "pg_dump --section=post-data after the copy"));
+            changes.push(Change::new(
+                "create",
+                format!("indexes and constraints on target {}", tp.display()),
+                "pg_dump --section=post-data after the copy",
+            ));
             changes.push(Change::new("create", format!("subscription {sub} on target"), format!(
                 "PUBLICATION {publ} WITH (create_slot = false, slot_name = {sub}, copy_data = false): replication from the slot's consistent point; {} job(s){}",
                 p.jobs,
@@ -215,7 +265,11 @@ impl StepKind for Replicate {
         })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let source_url = cx.providers.source_url()?;
@@ -235,9 +289,14 @@ impl StepKind for Replicate {
             // A crash after the subscription was created: the copy is done.
             let tables = crate::providers::postgres::catalog::tables(&source, "source").await?;
             out.insert("tables".into(), json!(tables.len()));
-            let _ = target.batch_execute(&format!("DROP SCHEMA IF EXISTS {STATE_SCHEMA} CASCADE")).await;
+            let _ = target
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {STATE_SCHEMA} CASCADE"))
+                .await;
             snapshot::release(&hold_file(cx));
-            out.insert("summary".into(), json!(format!("subscription {sub} already replicating")));
+            out.insert(
+                "summary".into(),
+                json!(format!("subscription {sub} already replicating")),
+            );
             return Ok(out);
         }
 
@@ -246,7 +305,8 @@ impl StepKind for Replicate {
         let mut carried_post_data = None;
         if let Some(s) = &state {
             let ours = s.run_id == cx.run_id;
-            let usable = s.phase != "copying" || snapshot::alive(&source_url, &s.slot.snapshot).await;
+            let usable =
+                s.phase != "copying" || snapshot::alive(&source_url, &s.slot.snapshot).await;
             if !ours || !usable {
                 (cx.progress)(&format!(
                     "the copy under way on the target ({}, snapshot {}) cannot continue: {}; starting it again",
@@ -274,15 +334,34 @@ impl StepKind for Replicate {
                     let sql = if list.is_empty() {
                         format!("CREATE PUBLICATION {}", ident(&publ))
                     } else {
-                        format!("CREATE PUBLICATION {} FOR TABLE {}", ident(&publ), list.join(", "))
+                        format!(
+                            "CREATE PUBLICATION {} FOR TABLE {}",
+                            ident(&publ),
+                            list.join(", ")
+                        )
                     };
-                    source.batch_execute(&sql).await.map_err(|e| pg("source", e))?;
+                    source
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(|e| pg("source", e))?;
                 }
                 if exists(&source, "source", SLOT_SQL, &sub).await? {
-                    source.query("SELECT pg_drop_replication_slot($1)", &[&sub]).await.map_err(|e| pg("source", e))?;
+                    source
+                        .query("SELECT pg_drop_replication_slot($1)", &[&sub])
+                        .await
+                        .map_err(|e| pg("source", e))?;
                 }
-                (cx.progress)(&format!("creating replication slot {sub} with an exported snapshot"));
-                let slot = snapshot::create_slot(&sp, &sub, &hold_file(cx), cx.remaining().max(Duration::from_secs(60)), Duration::from_secs(120)).await?;
+                (cx.progress)(&format!(
+                    "creating replication slot {sub} with an exported snapshot"
+                ));
+                let slot = snapshot::create_slot(
+                    &sp,
+                    &sub,
+                    &hold_file(cx),
+                    cx.remaining().max(Duration::from_secs(60)),
+                    Duration::from_secs(120),
+                )
+                .await?;
                 let snap = crate::providers::postgres::connect(&source_url, "source").await?;
                 snapshot::import(&snap, &slot.snapshot).await?;
                 let chunks = copy::plan(&snap, &tables, p.chunk_rows).await?;
@@ -297,15 +376,29 @@ impl StepKind for Replicate {
                 };
                 // Schema and progress appear together or not at all.
                 target
-                    .batch_execute(&format!("BEGIN;\n{pre};\n{}COMMIT;", copy::state_sql(cx.run_id, &slot, &chunks, post_data)))
+                    .batch_execute(&format!(
+                        "BEGIN;\n{pre};\n{}COMMIT;",
+                        copy::state_sql(cx.run_id, &slot, &chunks, post_data)
+                    ))
                     .await
                     .map_err(|e| pg("target", e))?;
                 (cx.progress)(&format!(
                     "{}{} chunks planned under snapshot {} at {}",
-                    if create_schema { format!("schema (pre-data) of {} tables created; ", tables.len()) } else { String::new() },
-                    chunks.len(), slot.snapshot, slot.consistent_lsn
+                    if create_schema {
+                        format!("schema (pre-data) of {} tables created; ", tables.len())
+                    } else {
+                        String::new()
+                    },
+                    chunks.len(),
+                    slot.snapshot,
+                    slot.consistent_lsn
                 ));
-                copy::State { run_id: cx.run_id.to_string(), slot, phase: "copying".into(), post_data }
+                copy::State {
+                    run_id: cx.run_id.to_string(),
+                    slot,
+                    phase: "copying".into(),
+                    post_data,
+                }
             }
         };
         out.insert("consistent_lsn".into(), json!(state.slot.consistent_lsn));
@@ -316,11 +409,20 @@ impl StepKind for Replicate {
         if state.phase == "copying" {
             let pending: Vec<copy::Chunk> = all
                 .iter()
-                .filter(|c| !done_before.iter().any(|d| d.chunk.table == c.table && d.chunk.index == c.index))
+                .filter(|c| {
+                    !done_before
+                        .iter()
+                        .any(|d| d.chunk.table == c.table && d.chunk.index == c.index)
+                })
                 .cloned()
                 .collect();
             if !done_before.is_empty() {
-                (cx.progress)(&format!("resuming the copy: {} of {} chunks already copied, {} to go", done_before.len(), all.len(), pending.len()));
+                (cx.progress)(&format!(
+                    "resuming the copy: {} of {} chunks already copied, {} to go",
+                    done_before.len(),
+                    all.len(),
+                    pending.len()
+                ));
             }
             let total_bytes: i64 = all.iter().map(|c| c.est_bytes).sum::<i64>().max(1);
             let mut bytes_so_far: i64 = done_before.iter().map(|d| d.chunk.est_bytes).sum();
@@ -328,17 +430,34 @@ impl StepKind for Replicate {
             let opts = copy::Options {
                 jobs: p.jobs,
                 rate_limit: p.rate_limit_mb.map(|m| m * 1e6),
-                attempt: format!("{}@{}", cx.run_id, chrono::Utc::now().format("%H:%M:%S%.3f")),
+                attempt: format!(
+                    "{}@{}",
+                    cx.run_id,
+                    chrono::Utc::now().format("%H:%M:%S%.3f")
+                ),
             };
-            copied = copy::run(&source_url, &target_url, &state.slot.snapshot, &tables, pending, &opts, |d| {
-                n += 1;
-                bytes_so_far += d.chunk.est_bytes;
-                (cx.progress)(&format!(
-                    "copied {} chunk {}/{} ({} rows, {}); {n} of {} chunks, {}%",
-                    d.chunk.table, d.chunk.index + 1, d.chunk.of, d.rows, fmt_mb(d.bytes), all.len(),
-                    bytes_so_far * 100 / total_bytes
-                ));
-            })
+            copied = copy::run(
+                &source_url,
+                &target_url,
+                &state.slot.snapshot,
+                &tables,
+                pending,
+                &opts,
+                |d| {
+                    n += 1;
+                    bytes_so_far += d.chunk.est_bytes;
+                    (cx.progress)(&format!(
+                        "copied {} chunk {}/{} ({} rows, {}); {n} of {} chunks, {}%",
+                        d.chunk.table,
+                        d.chunk.index + 1,
+                        d.chunk.of,
+                        d.rows,
+                        fmt_mb(d.bytes),
+                        all.len(),
+                        bytes_so_far * 100 / total_bytes
+                    ));
+                },
+            )
             .await?;
             snapshot::release(&hold_file(cx));
             let post = if state.post_data {
@@ -359,13 +478,17 @@ impl StepKind for Replicate {
         let (_, done_all) = copy::progress(&target).await?;
         let mut per_table = Map::new();
         for d in &done_all {
-            let e = per_table.entry(d.chunk.table.clone()).or_insert_with(|| json!({"chunks": 0, "rows": 0, "bytes": 0}));
+            let e = per_table
+                .entry(d.chunk.table.clone())
+                .or_insert_with(|| json!({"chunks": 0, "rows": 0, "bytes": 0}));
             e["chunks"] = json!(e["chunks"].as_i64().unwrap_or(0) + 1);
             e["rows"] = json!(e["rows"].as_u64().unwrap_or(0) + d.rows);
             e["bytes"] = json!(e["bytes"].as_u64().unwrap_or(0) + d.bytes);
         }
 
-        (cx.progress)(&format!("creating subscription {sub} from slot {sub} (no second copy)"));
+        (cx.progress)(&format!(
+            "creating subscription {sub} from slot {sub} (no second copy)"
+        ));
         let sql = format!(
             "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false)",
             ident(&sub),
@@ -374,7 +497,10 @@ impl StepKind for Replicate {
             literal(&sub)
         );
         // The statement holds the source password: report only the server's message.
-        target.batch_execute(&sql).await.map_err(|e| pg("target", e))?;
+        target
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| pg("target", e))?;
         target
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {STATE_SCHEMA} CASCADE"))
             .await
@@ -387,7 +513,10 @@ impl StepKind for Replicate {
         out.insert("chunks_resumed".into(), json!(done_before.len()));
         out.insert("rows_copied".into(), json!(rows));
         out.insert("bytes_copied".into(), json!(bytes));
-        out.insert("copy_seconds".into(), json!((copy_seconds * 1000.0).round() / 1000.0));
+        out.insert(
+            "copy_seconds".into(),
+            json!((copy_seconds * 1000.0).round() / 1000.0),
+        );
         out.insert("copy".into(), Value::Object(per_table));
         out.insert("summary".into(), json!(format!(
             "{} tables, {rows} rows ({}) copied in {} chunks{} with {} job(s); replicating through {sub} from {}",
@@ -398,8 +527,16 @@ impl StepKind for Replicate {
         Ok(out)
     }
 
-    async fn verify(&self, cx: &StepContext, outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
-        let sub = outputs.get("subscription").and_then(Value::as_str).unwrap_or_default().to_string();
+    async fn verify(
+        &self,
+        cx: &StepContext,
+        outputs: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, StepError> {
+        let sub = outputs
+            .get("subscription")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let target = cx.providers.target().await?;
         loop {
             let row = target
@@ -415,7 +552,10 @@ impl StepKind for Replicate {
             if copying == 0 && workers > 0 {
                 let mut ev = Map::new();
                 ev.insert("tables_ready".into(), json!(total));
-                ev.insert("summary".into(), json!(format!("{total} tables replicating through {sub}")));
+                ev.insert(
+                    "summary".into(),
+                    json!(format!("{total} tables replicating through {sub}")),
+                );
                 return Ok(ev);
             }
             cx.check_deadline(&format!("the apply worker of subscription {sub} to start"))?;
@@ -423,18 +563,31 @@ impl StepKind for Replicate {
         }
     }
 
-    async fn rollback(&self, cx: &StepContext, _before: &Value, _outputs: Option<&Map<String, Value>>) -> Result<Vec<String>, StepError> {
+    async fn rollback(
+        &self,
+        cx: &StepContext,
+        _before: &Value,
+        _outputs: Option<&Map<String, Value>>,
+    ) -> Result<Vec<String>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let mut lines = Vec::new();
         snapshot::release(&hold_file(cx));
         let target = cx.providers.target().await?;
         if exists(&target, "target", SUB_SQL, &sub).await? {
-            target.batch_execute(&format!("DROP SUBSCRIPTION {}", ident(&sub))).await.map_err(|e| pg("target", e))?;
-            lines.push(format!("subscription {sub} dropped on the target (with its replication slot)"));
+            target
+                .batch_execute(&format!("DROP SUBSCRIPTION {}", ident(&sub)))
+                .await
+                .map_err(|e| pg("target", e))?;
+            lines.push(format!(
+                "subscription {sub} dropped on the target (with its replication slot)"
+            ));
         }
         if copy::load_state(&target).await?.is_some() {
-            target.batch_execute(&format!("DROP SCHEMA {STATE_SCHEMA} CASCADE")).await.map_err(|e| pg("target", e))?;
+            target
+                .batch_execute(&format!("DROP SCHEMA {STATE_SCHEMA} CASCADE"))
+                .await
+                .map_err(|e| pg("target", e))?;
             lines.push("copy progress (schema cutover_copy) dropped on the target".into());
         }
         let source = cx.providers.source().await?;
@@ -443,7 +596,10 @@ impl StepKind for Replicate {
             lines.push(format!("replication slot {sub} dropped on the source"));
         }
         if exists(&source, "source", PUB_SQL, &publ).await? {
-            source.batch_execute(&format!("DROP PUBLICATION {}", ident(&publ))).await.map_err(|e| pg("source", e))?;
+            source
+                .batch_execute(&format!("DROP PUBLICATION {}", ident(&publ)))
+                .await
+                .map_err(|e| pg("source", e))?;
             lines.push(format!("publication {publ} dropped on the source"));
         }
         Ok(lines)
@@ -454,9 +610,17 @@ impl StepKind for Replicate {
 async fn drop_slot(source: &tokio_postgres::Client, slot: &str) -> Result<(), StepError> {
     let mut tries = 0;
     loop {
-        match source.query("SELECT pg_drop_replication_slot($1)", &[&slot]).await {
+        match source
+            .query("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+        {
             Ok(_) => return Ok(()),
-            Err(e) if tries < 50 && e.as_db_error().map(|d| d.message().contains("is active")).unwrap_or(false) => {
+            Err(e)
+                if tries < 50
+                    && e.as_db_error()
+                        .map(|d| d.message().contains("is active"))
+                        .unwrap_or(false) =>
+            {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -466,7 +630,12 @@ async fn drop_slot(source: &tokio_postgres::Client, slot: &str) -> Result<(), St
 }
 
 /// Throws away a copy that cannot continue: the copied rows, the progress schema and the slot.
-async fn restart_copy(cx: &StepContext<'_>, source: &tokio_postgres::Client, target: &tokio_postgres::Client, slot: &str) -> Result<(), StepError> {
+async fn restart_copy(
+    cx: &StepContext<'_>,
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<(), StepError> {
     snapshot::release(&hold_file(cx));
     let (_, done) = copy::progress(target).await?;
     let mut tables: Vec<String> = done.iter().map(|d| d.chunk.table.clone()).collect();
@@ -477,7 +646,10 @@ async fn restart_copy(cx: &StepContext<'_>, source: &tokio_postgres::Client, tar
         sql.push_str(&format!("TRUNCATE {};\n", tables.join(", ")));
     }
     sql.push_str(&format!("DROP SCHEMA {STATE_SCHEMA} CASCADE;\nCOMMIT;"));
-    target.batch_execute(&sql).await.map_err(|e| pg("target", e))?;
+    target
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| pg("target", e))?;
     if exists(source, "source", SLOT_SQL, slot).await? {
         drop_slot(source, slot).await?;
     }

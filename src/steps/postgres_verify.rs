@@ -93,7 +93,11 @@ impl StepKind for Verify {
         })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let source = cx.providers.source().await?;
         let mut tables = catalog::tables(&source, "source").await?;
@@ -126,20 +130,36 @@ impl StepKind for Verify {
         for r in &results {
             rows += r.rows;
             chunks += r.chunks;
-            out_tables.insert(r.table.clone(), json!({"rows": r.rows, "chunks": r.chunks, "equal": !r.differs}));
+            out_tables.insert(
+                r.table.clone(),
+                json!({"rows": r.rows, "chunks": r.chunks, "equal": !r.differs}),
+            );
             if r.differs {
                 let what = if r.differing_keys.is_empty() {
-                    format!("{} rows on the source, {} on the target", r.rows, r.target_rows)
+                    format!(
+                        "{} rows on the source, {} on the target",
+                        r.rows, r.target_rows
+                    )
                 } else {
-                    format!("rows differ or are missing at {}", r.differing_keys.join(", "))
+                    format!(
+                        "rows differ or are missing at {}",
+                        r.differing_keys.join(", ")
+                    )
                 };
                 diffs.push(format!("{}: {what}", r.table));
             }
         }
         if !diffs.is_empty() {
-            return Err(StepError::Check(format!("target differs from source: {}", diffs.join("; "))));
+            return Err(StepError::Check(format!(
+                "target differs from source: {}",
+                diffs.join("; ")
+            )));
         }
-        let rate = if secs > 0.0 { (rows as f64 / secs).round() } else { 0.0 };
+        let rate = if secs > 0.0 {
+            (rows as f64 / secs).round()
+        } else {
+            0.0
+        };
         let mut out = Map::new();
         out.insert("tables".into(), Value::Object(out_tables));
         out.insert("rows".into(), json!(rows));
@@ -147,7 +167,11 @@ impl StepKind for Verify {
         out.insert("rows_per_second".into(), json!(rate));
         out.insert(
             "summary".into(),
-            json!(format!("{} tables, {rows} rows in {chunks} chunks equal on both sides ({:.2} s)", results.len(), secs)),
+            json!(format!(
+                "{} tables, {rows} rows in {chunks} chunks equal on both sides ({:.2} s)",
+                results.len(),
+                secs
+            )),
         );
         Ok(out)
     }

@@ -240,7 +240,13 @@ impl StepKind for Route53Cutover {
                 format!("already {}", p.to),
             )]
         } else {
-            let batch = batch_json("UPSERT", &p.record, &p.rtype, ttl, &[p.to.clone()]);
+            let batch = batch_json(
+                "UPSERT",
+                &p.record,
+                &p.rtype,
+                ttl,
+                std::slice::from_ref(&p.to),
+            );
             vec![Change::new(
                 "update",
                 format!("{} {}", p.rtype, fqdn(&p.record)),
@@ -287,7 +293,7 @@ impl StepKind for Route53Cutover {
         let change_id = if already {
             Value::Null
         } else {
-            let set = record_set(&p.record, &rtype, ttl, &[p.to.clone()])?;
+            let set = record_set(&p.record, &rtype, ttl, std::slice::from_ref(&p.to))?;
             json!(
                 submit(
                     &r53,
@@ -306,7 +312,13 @@ impl StepKind for Route53Cutover {
         out.insert("change_id".into(), change_id);
         out.insert(
             "change_batch".into(),
-            batch_json("UPSERT", &p.record, &p.rtype, ttl, &[p.to.clone()]),
+            batch_json(
+                "UPSERT",
+                &p.record,
+                &p.rtype,
+                ttl,
+                std::slice::from_ref(&p.to),
+            ),
         );
         out.insert("zone_id".into(), json!(zone));
         out.insert("record".into(), json!(fqdn(&p.record)));
@@ -342,7 +354,7 @@ impl StepKind for Route53Cutover {
         let now_values = values_of(&now);
         let label = format!("{} {}", p.rtype, fqdn(&p.record));
         if before.get("exists").and_then(Value::as_bool) == Some(true) {
-            let old = values_of(&before);
+            let old = values_of(before);
             let ttl = before.get("ttl").and_then(Value::as_i64).unwrap_or(60);
             if now_values == old && now.get("ttl").and_then(Value::as_i64) == Some(ttl) {
                 return Ok(vec![format!(

@@ -63,13 +63,13 @@ impl Table {
 
     /// The key of a row as text, e.g. `id=42` or `(order_id, line)=(7, 2)`, for reports.
     pub fn key_label(&self, values: &[String]) -> String {
-        let names: Vec<&str> = self
-            .key
-            .iter()
-            .map(|(c, _)| c.trim_matches('"'))
-            .collect();
+        let names: Vec<&str> = self.key.iter().map(|(c, _)| c.trim_matches('"')).collect();
         if names.len() == 1 {
-            format!("{}={}", names[0], values.first().map(String::as_str).unwrap_or(""))
+            format!(
+                "{}={}",
+                names[0],
+                values.first().map(String::as_str).unwrap_or("")
+            )
         } else {
             format!("({})=({})", names.join(", "), values.join(", "))
         }
@@ -215,7 +215,10 @@ mod tests {
             display: "public.t".into(),
             columns: vec![],
             column_defs: vec![],
-            key: key.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            key: key
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             identity: Identity::PrimaryKey,
             bytes: 0,
             est_rows: 0,

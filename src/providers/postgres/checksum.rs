@@ -49,7 +49,9 @@ pub struct TableResult {
 }
 
 async fn stable(c: Client, side: &str) -> Result<Client, ProviderError> {
-    c.batch_execute(STABLE_TEXT).await.map_err(|e| pg(side, e))?;
+    c.batch_execute(STABLE_TEXT)
+        .await
+        .map_err(|e| pg(side, e))?;
     Ok(c)
 }
 
@@ -65,7 +67,12 @@ pub async fn open(url: &str, side: &str) -> Result<Client, ProviderError> {
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn summarise(c: &Client, side: &str, t: &Table, range: &KeyRange) -> Result<Summary, ProviderError> {
+pub async fn summarise(
+    c: &Client,
+    side: &str,
+    t: &Table,
+    range: &KeyRange,
+) -> Result<Summary, ProviderError> {
     let sql = format!(
         "SELECT count(*), coalesce(sum(hashtextextended({ALIAS}::text, 0)), 0)::text FROM {} {ALIAS} WHERE {}",
         t.name,
@@ -83,7 +90,12 @@ pub async fn summarise(c: &Client, side: &str, t: &Table, range: &KeyRange) -> R
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn ranges(c: &Client, side: &str, t: &Table, chunk_rows: i64) -> Result<Vec<KeyRange>, ProviderError> {
+pub async fn ranges(
+    c: &Client,
+    side: &str,
+    t: &Table,
+    chunk_rows: i64,
+) -> Result<Vec<KeyRange>, ProviderError> {
     if t.key.is_empty() || chunk_rows < 1 {
         return Ok(vec![KeyRange::default()]);
     }
@@ -116,7 +128,12 @@ pub async fn ranges(c: &Client, side: &str, t: &Table, chunk_rows: i64) -> Resul
 /// Rows of a range small enough to compare one by one.
 const LEAF_ROWS: i64 = 64;
 
-async fn row_hashes(c: &Client, side: &str, t: &Table, range: &KeyRange) -> Result<BTreeMap<Vec<String>, String>, ProviderError> {
+async fn row_hashes(
+    c: &Client,
+    side: &str,
+    t: &Table,
+    range: &KeyRange,
+) -> Result<BTreeMap<Vec<String>, String>, ProviderError> {
     let sql = format!(
         "SELECT {}, md5({ALIAS}::text) FROM {} {ALIAS} WHERE {}",
         t.key_text_array(),
@@ -131,7 +148,13 @@ async fn row_hashes(c: &Client, side: &str, t: &Table, range: &KeyRange) -> Resu
         .collect())
 }
 
-async fn middle_key(c: &Client, side: &str, t: &Table, range: &KeyRange, rows: i64) -> Result<Option<Vec<String>>, ProviderError> {
+async fn middle_key(
+    c: &Client,
+    side: &str,
+    t: &Table,
+    range: &KeyRange,
+    rows: i64,
+) -> Result<Option<Vec<String>>, ProviderError> {
     let sql = format!(
         "SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1",
         t.key_text_array(),
@@ -140,7 +163,10 @@ async fn middle_key(c: &Client, side: &str, t: &Table, range: &KeyRange, rows: i
         t.key_order(),
         rows / 2
     );
-    Ok(c.query_opt(&sql, &[]).await.map_err(|e| pg(side, e))?.map(|r| r.get(0)))
+    Ok(c.query_opt(&sql, &[])
+        .await
+        .map_err(|e| pg(side, e))?
+        .map(|r| r.get(0)))
 }
 
 /// Bisects a differing `range` of `t` down to the keys that differ: halves at the middle key
@@ -149,7 +175,13 @@ async fn middle_key(c: &Client, side: &str, t: &Table, range: &KeyRange, rows: i
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn locate(src: &Client, tgt: &Client, t: &Table, range: KeyRange, limit: usize) -> Result<Vec<String>, ProviderError> {
+pub async fn locate(
+    src: &Client,
+    tgt: &Client,
+    t: &Table,
+    range: KeyRange,
+    limit: usize,
+) -> Result<Vec<String>, ProviderError> {
     let mut keys = Vec::new();
     if t.key.is_empty() {
         return Ok(keys);
@@ -159,13 +191,20 @@ pub async fn locate(src: &Client, tgt: &Client, t: &Table, range: KeyRange, limi
         if keys.len() >= limit {
             break;
         }
-        let (a, b) = tokio::try_join!(summarise(src, "source", t, &r), summarise(tgt, "target", t, &r))?;
+        let (a, b) = tokio::try_join!(
+            summarise(src, "source", t, &r),
+            summarise(tgt, "target", t, &r)
+        )?;
         if a == b {
             continue;
         }
         let most = a.rows.max(b.rows);
         let mid = if most > LEAF_ROWS {
-            let c = if a.rows >= b.rows { (src, "source") } else { (tgt, "target") };
+            let c = if a.rows >= b.rows {
+                (src, "source")
+            } else {
+                (tgt, "target")
+            };
             middle_key(c.0, c.1, t, &r, most).await?
         } else {
             None
@@ -173,11 +212,20 @@ pub async fn locate(src: &Client, tgt: &Client, t: &Table, range: KeyRange, limi
         // A middle key equal to the lower bound cannot split the range: compare rows instead.
         match mid.filter(|m| Some(m) != r.lower.as_ref()) {
             Some(m) => {
-                todo.push(KeyRange { lower: Some(m.clone()), upper: r.upper.clone() });
-                todo.push(KeyRange { lower: r.lower.clone(), upper: Some(m) });
+                todo.push(KeyRange {
+                    lower: Some(m.clone()),
+                    upper: r.upper.clone(),
+                });
+                todo.push(KeyRange {
+                    lower: r.lower.clone(),
+                    upper: Some(m),
+                });
             }
             None => {
-                let (ra, rb) = tokio::try_join!(row_hashes(src, "source", t, &r), row_hashes(tgt, "target", t, &r))?;
+                let (ra, rb) = tokio::try_join!(
+                    row_hashes(src, "source", t, &r),
+                    row_hashes(tgt, "target", t, &r)
+                )?;
                 let mut all: Vec<&Vec<String>> = ra.keys().chain(rb.keys()).collect();
                 all.sort();
                 all.dedup();
@@ -192,7 +240,12 @@ pub async fn locate(src: &Client, tgt: &Client, t: &Table, range: KeyRange, limi
     Ok(keys)
 }
 
-async fn plan_table(url: &str, i: usize, t: &Table, chunk_rows: i64) -> Result<(usize, Vec<KeyRange>), ProviderError> {
+async fn plan_table(
+    url: &str,
+    i: usize,
+    t: &Table,
+    chunk_rows: i64,
+) -> Result<(usize, Vec<KeyRange>), ProviderError> {
     let c = open(url, "source").await?;
     Ok((i, ranges(&c, "source", t, chunk_rows).await?))
 }
@@ -232,16 +285,21 @@ pub async fn compare(
             .flat_map(|(i, rs)| rs.iter().map(move |r| (*i, r.clone())))
             .collect(),
     );
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, KeyRange, Summary, Summary)>();
+    let (tx, mut rx) =
+        tokio::sync::mpsc::unbounded_channel::<(usize, KeyRange, Summary, Summary)>();
     let worker = |tx: tokio::sync::mpsc::UnboundedSender<(usize, KeyRange, Summary, Summary)>| {
         let queue = &queue;
         async move {
-            let (src, tgt) = tokio::try_join!(open(source_url, "source"), open(target_url, "target"))?;
+            let (src, tgt) =
+                tokio::try_join!(open(source_url, "source"), open(target_url, "target"))?;
             loop {
                 let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                 let Some((i, r)) = next else { break };
                 let t = &tables[i];
-                let (a, b) = tokio::try_join!(summarise(&src, "source", t, &r), summarise(&tgt, "target", t, &r))?;
+                let (a, b) = tokio::try_join!(
+                    summarise(&src, "source", t, &r),
+                    summarise(&tgt, "target", t, &r)
+                )?;
                 let _ = tx.send((i, r, a, b));
             }
             Ok::<(), ProviderError>(())

@@ -66,7 +66,10 @@ pub struct State {
 /// [`ProviderError::Postgres`].
 pub async fn load_state(target: &Client) -> Result<Option<State>, ProviderError> {
     let exists = target
-        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&STATE_SCHEMA])
+        .query_opt(
+            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+            &[&STATE_SCHEMA],
+        )
         .await
         .map_err(|e| pg("target", e))?
         .is_some();
@@ -153,7 +156,8 @@ pub async fn progress(target: &Client) -> Result<(Vec<Chunk>, Vec<ChunkDone>), P
             },
             est_bytes: r.get(5),
         };
-        if let (Some(rows), Some(bytes)) = (r.get::<_, Option<i64>>(6), r.get::<_, Option<i64>>(7)) {
+        if let (Some(rows), Some(bytes)) = (r.get::<_, Option<i64>>(6), r.get::<_, Option<i64>>(7))
+        {
             done.push(ChunkDone {
                 chunk: chunk.clone(),
                 rows: rows as u64,
@@ -172,7 +176,11 @@ pub async fn progress(target: &Client) -> Result<(Vec<Chunk>, Vec<ChunkDone>), P
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn plan(source: &Client, tables: &[Table], chunk_rows: i64) -> Result<Vec<Chunk>, ProviderError> {
+pub async fn plan(
+    source: &Client,
+    tables: &[Table],
+    chunk_rows: i64,
+) -> Result<Vec<Chunk>, ProviderError> {
     let mut out = Vec::new();
     for t in tables {
         let mut n = 1i64;
@@ -180,7 +188,10 @@ pub async fn plan(source: &Client, tables: &[Table], chunk_rows: i64) -> Result<
         if t.integer_key() && chunk_rows > 0 && t.est_rows > chunk_rows {
             let k = &t.key[0].0;
             let r = source
-                .query_one(&format!("SELECT min({k})::bigint, max({k})::bigint FROM {}", t.name), &[])
+                .query_one(
+                    &format!("SELECT min({k})::bigint, max({k})::bigint FROM {}", t.name),
+                    &[],
+                )
                 .await
                 .map_err(|e| pg("source", e))?;
             if let (Some(lo), Some(hi)) = (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)) {
@@ -262,7 +273,7 @@ pub async fn run(
     opts: &Options,
     mut on_done: impl FnMut(&ChunkDone),
 ) -> Result<Vec<ChunkDone>, ProviderError> {
-    chunks.sort_by(|a, b| b.est_bytes.cmp(&a.est_bytes));
+    chunks.sort_by_key(|c| std::cmp::Reverse(c.est_bytes));
     let queue = Mutex::new(VecDeque::from(chunks));
     let pacer = Pacer {
         rate: opts.rate_limit,
@@ -370,7 +381,9 @@ async fn copy_chunk(
     .await;
     match result {
         Ok((rows, bytes)) => {
-            tgt.batch_execute("COMMIT").await.map_err(|e| pg("target", e))?;
+            tgt.batch_execute("COMMIT")
+                .await
+                .map_err(|e| pg("target", e))?;
             Ok(ChunkDone { chunk, rows, bytes })
         }
         Err(e) => {
@@ -391,10 +404,15 @@ mod tests {
             rate: Some(1000.0),
             next: Mutex::new(t0),
         };
-        let starts: Vec<u128> = (0..5).map(|_| (p.reserve(500, t0) - t0).as_millis()).collect();
+        let starts: Vec<u128> = (0..5)
+            .map(|_| (p.reserve(500, t0) - t0).as_millis())
+            .collect();
         // Five sends of 500 bytes at 1000 B/s, all asked for at once: half a second apart.
         assert_eq!(starts, vec![0, 500, 1000, 1500, 2000]);
-        let unlimited = Pacer { rate: None, next: Mutex::new(t0) };
+        let unlimited = Pacer {
+            rate: None,
+            next: Mutex::new(t0),
+        };
         assert_eq!(unlimited.reserve(1 << 30, t0), t0);
     }
 

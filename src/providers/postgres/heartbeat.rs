@@ -148,7 +148,9 @@ impl Heartbeat {
                     client = None;
                 }
                 if client.is_none() {
-                    let c = tokio::time::timeout(Duration::from_secs(1), connect(&url, "heartbeat")).await;
+                    let c =
+                        tokio::time::timeout(Duration::from_secs(1), connect(&url, "heartbeat"))
+                            .await;
                     if let Ok(Ok(c)) = c {
                         report.connections += 1;
                         client = Some(c);
@@ -157,7 +159,12 @@ impl Heartbeat {
                 let Some(c) = &client else { continue };
                 seq += 1;
                 report.attempted += 1;
-                match tokio::time::timeout(Duration::from_secs(1), c.execute(&insert, &[&opts.writer, &seq])).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(1),
+                    c.execute(&insert, &[&opts.writer, &seq]),
+                )
+                .await
+                {
                     Ok(Ok(_)) => {
                         let now = (Instant::now(), Utc::now());
                         if let Some((t, w)) = last_ack {
@@ -204,7 +211,12 @@ impl Heartbeat {
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn missing(url: &str, table: &str, writer: &str, acked: &[i64]) -> Result<Vec<i64>, ProviderError> {
+pub async fn missing(
+    url: &str,
+    table: &str,
+    writer: &str,
+    acked: &[i64],
+) -> Result<Vec<i64>, ProviderError> {
     let c = connect(url, "heartbeat").await?;
     let rows = c
         .query(

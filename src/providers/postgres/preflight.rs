@@ -58,7 +58,11 @@ async fn count(c: &Client, side: &str, sql: &str) -> Result<i64, ProviderError> 
 ///
 /// # Errors
 /// [`ProviderError::Postgres`] when a catalog query fails (a problem is not an error).
-pub async fn check(source: &Client, target: &Client, needs: &Needs) -> Result<Report, ProviderError> {
+pub async fn check(
+    source: &Client,
+    target: &Client,
+    needs: &Needs,
+) -> Result<Report, ProviderError> {
     let mut problems = Vec::new();
     let wal_level = setting(source, "source", "wal_level").await?;
     if wal_level != "logical" {
@@ -66,23 +70,25 @@ pub async fn check(source: &Client, target: &Client, needs: &Needs) -> Result<Re
             "source: wal_level is {wal_level}; logical replication needs wal_level = logical (restart required)"
         ));
     }
-    let max_slots: i64 = setting(source, "source", "max_replication_slots").await?.parse().unwrap_or(0);
-    let used_slots = count(source, "source", "SELECT count(*) FROM pg_replication_slots").await?;
-    if max_slots - used_slots < needs.slots {
-        problems.push(format!(
-            "source: {} of max_replication_slots = {max_slots} free, {} needed",
-            max_slots - used_slots,
-            needs.slots
-        ));
-    }
-    let max_senders: i64 = setting(source, "source", "max_wal_senders").await?.parse().unwrap_or(0);
-    let used_senders = count(source, "source", "SELECT count(*) FROM pg_stat_replication").await?;
-    if max_senders - used_senders < needs.senders {
-        problems.push(format!(
-            "source: {} of max_wal_senders = {max_senders} free, {} needed",
-            max_senders - used_senders,
-            needs.senders
-        ));
+    for (name, in_use, needed) in [
+        (
+            "max_replication_slots",
+            "SELECT count(*) FROM pg_replication_slots",
+            needs.slots,
+        ),
+        (
+            "max_wal_senders",
+            "SELECT count(*) FROM pg_stat_replication",
+            needs.senders,
+        ),
+    ] {
+        let max: i64 = setting(source, "source", name).await?.parse().unwrap_or(0);
+        let free = max - count(source, "source", in_use).await?;
+        if free < needed {
+            problems.push(format!(
+                "source: {free} of {name} = {max} free, {needed} needed"
+            ));
+        }
     }
     let can_replicate = count(
         source,
@@ -93,9 +99,14 @@ pub async fn check(source: &Client, target: &Client, needs: &Needs) -> Result<Re
     if can_replicate == 0 {
         problems.push("source: the connecting role has neither REPLICATION nor superuser (on RDS: rds_replication)".into());
     }
-    let workers: i64 = setting(target, "target", "max_logical_replication_workers").await?.parse().unwrap_or(0);
+    let workers: i64 = setting(target, "target", "max_logical_replication_workers")
+        .await?
+        .parse()
+        .unwrap_or(0);
     if workers < 1 {
-        problems.push("target: max_logical_replication_workers is 0; a subscription needs at least 1".into());
+        problems.push(
+            "target: max_logical_replication_workers is 0; a subscription needs at least 1".into(),
+        );
     }
 
     let source_tables = catalog::tables(source, "source").await?;
@@ -134,7 +145,12 @@ pub async fn check(source: &Client, target: &Client, needs: &Needs) -> Result<Re
         }
         if !needs.resuming {
             for t in &target_tables {
-                let rows = count(target, "target", &format!("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT 1) x", t.name)).await?;
+                let rows = count(
+                    target,
+                    "target",
+                    &format!("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT 1) x", t.name),
+                )
+                .await?;
                 if rows > 0 {
                     problems.push(format!(
                         "target: table {} already holds rows; the copy needs empty tables (a target that is live must not be overwritten)",
@@ -153,7 +169,10 @@ pub async fn check(source: &Client, target: &Client, needs: &Needs) -> Result<Re
         .map(|r| r.get::<_, String>(0))
         .collect::<std::collections::BTreeSet<_>>();
     for r in source
-        .query("SELECT extname, extversion FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1", &[])
+        .query(
+            "SELECT extname, extversion FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
+            &[],
+        )
         .await
         .map_err(|e| pg("source", e))?
     {

@@ -50,10 +50,16 @@ pub async fn create_slot(
     max_hold: Duration,
     wait: Duration,
 ) -> Result<ExportedSlot, ProviderError> {
-    let dir = hold_file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = hold_file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
-    std::fs::write(hold_file, b"remove this file to release the exported snapshot\n")
-        .map_err(|e| err(format!("{}: {e}", hold_file.display())))?;
+    std::fs::write(
+        hold_file,
+        b"remove this file to release the exported snapshot\n",
+    )
+    .map_err(|e| err(format!("{}: {e}", hold_file.display())))?;
     let out_path = dir.join("snapshot.out");
     let err_path = dir.join("snapshot.err");
     let _ = std::fs::remove_file(&out_path);
@@ -89,7 +95,9 @@ while [ -e "$CUTOVER_HOLD" ] && [ "$i" -lt "$CUTOVER_MAX_HOLD" ]; do sleep 1; i=
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
     }
-    let mut child = cmd.spawn().map_err(|e| err(format!("cannot run {psql}: {e}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| err(format!("cannot run {psql}: {e}")))?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let text = std::fs::read_to_string(&out_path).unwrap_or_default();
@@ -177,7 +185,16 @@ pub async fn dump_section(
         "--no-publications",
         "--no-subscriptions",
     ])
-    .args(["-h", &source.host, "-p", &source.port.to_string(), "-U", &source.user, "-d", &source.dbname])
+    .args([
+        "-h",
+        &source.host,
+        "-p",
+        &source.port.to_string(),
+        "-U",
+        &source.user,
+        "-d",
+        &source.dbname,
+    ])
     .env("PGCONNECT_TIMEOUT", "10")
     .kill_on_drop(true);
     if let Some(s) = snapshot {
