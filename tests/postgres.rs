@@ -77,6 +77,23 @@ fn post(base: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Copy progress schemas on the target (`"0"` once a copy finished or was rolled back).
+fn progress_schemas(sb: &Sandbox, url: &str) -> String {
+    scalar(
+        sb,
+        url,
+        "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover_copy'",
+    )
+}
+
+/// Creates the postpone flag and starts `rehearse staging`; returns the flag and the run.
+fn start_held(sb: &Sandbox) -> (std::path::PathBuf, Child) {
+    let flag = sb.project.path().join(".cutover/postpone-staging");
+    std::fs::create_dir_all(flag.parent().unwrap()).unwrap();
+    std::fs::write(&flag, "").unwrap();
+    (flag, sb.spawn(&["rehearse", "staging"]))
+}
+
 fn replace_in(path: &Path, from: &str, to: &str) {
     let s = std::fs::read_to_string(path).unwrap();
     assert!(s.contains(from), "{from} not in {}", path.display());
@@ -124,14 +141,7 @@ fn a_table_without_primary_key_fails_preflight_by_name_and_nothing_is_created() 
         scalar(&sb, &tgt, "SELECT count(*) FROM pg_subscription"),
         "0"
     );
-    assert_eq!(
-        scalar(
-            &sb,
-            &tgt,
-            "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover_copy'"
-        ),
-        "0"
-    );
+    assert_eq!(progress_schemas(&sb, &tgt), "0");
     sb.assert_no_secrets(&[]);
 }
 
@@ -212,14 +222,7 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
     wait_until(10, "the snapshot holder to end", || {
         scalar(&sb, &src, "SELECT count(*) FROM pg_stat_replication") == "1"
     });
-    assert_eq!(
-        scalar(
-            &sb,
-            &tgt,
-            "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover_copy'"
-        ),
-        "0"
-    );
+    assert_eq!(progress_schemas(&sb, &tgt), "0");
     sb.assert_no_secrets(&[]);
 }
 
@@ -228,10 +231,7 @@ fn one_corrupted_row_is_found_by_key_and_the_run_stops_before_the_flip() {
     let sb = Sandbox::start();
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
     let legacy = sb.secret_value("staging", "shop-db", "DATABASE_URL");
-    let flag = sb.project.path().join(".cutover/postpone-staging");
-    std::fs::create_dir_all(flag.parent().unwrap()).unwrap();
-    std::fs::write(&flag, "").unwrap();
-    let child = sb.spawn(&["rehearse", "staging"]);
+    let (flag, child) = start_held(&sb);
     wait_until(120, "the run to hold before the freeze", || {
         only_run(&sb)
             .map(|r| step_event(&sb.records(&r), "step_started", "freeze").is_some())
@@ -280,10 +280,7 @@ fn postponed_run_holds_before_the_freeze_then_cuts_over_with_sequences_ahead_and
     let sb = Sandbox::start();
     let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
-    let flag = sb.project.path().join(".cutover/postpone-staging");
-    std::fs::create_dir_all(flag.parent().unwrap()).unwrap();
-    std::fs::write(&flag, "").unwrap();
-    let child = sb.spawn(&["rehearse", "staging"]);
+    let (flag, child) = start_held(&sb);
     wait_until(120, "the run to reach the freeze", || {
         only_run(&sb)
             .map(|r| step_event(&sb.records(&r), "step_started", "freeze").is_some())
