@@ -159,13 +159,7 @@ pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
         bench.drop_replication(DB).await;
 
         fresh_target(bench).await?;
-        let dumpdir = tempfile::tempdir()?;
-        let dump = dumpdir.path().join("dump");
-        let j = opts.jobs.to_string();
-        let t = Instant::now();
-        super::run_tool("pg_dump", &["-Fd".into(), "-j".into(), j.clone(), "-f".into(), dump.display().to_string(), "-d".into(), DB.into()], &bench.source_url).await?;
-        super::run_tool("pg_restore", &["-j".into(), j, "-d".into(), DB.into(), dump.display().to_string()], &bench.target_url).await?;
-        let s = secs(t);
+        let s = bench.dump_restore(DB, opts.jobs).await?;
         let (_, rows) = target_size(bench).await?;
         println!("  pg_dump -Fd -j {0} + pg_restore -j {0}: {s:.1} s ({1:.1} MB/s), {rows} events rows", opts.jobs, size as f64 / 1e6 / s);
         figures.push(("pg_dump/pg_restore", s));

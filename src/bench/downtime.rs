@@ -44,11 +44,15 @@ async fn seed(bench: &Bench, rows: i64) -> Result<()> {
     Ok(())
 }
 
-async fn point_secret_at_source(bench: &Bench) -> Result<()> {
+/// The Secrets of namespace `shop` in the environment's cluster.
+async fn secrets(bench: &Bench) -> Result<kube::Api<Secret>> {
     let providers =
         crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
-    let client = providers.kube().await?;
-    let api: kube::Api<Secret> = kube::Api::namespaced(client, "shop");
+    Ok(kube::Api::namespaced(providers.kube().await?, "shop"))
+}
+
+async fn point_secret_at_source(bench: &Bench) -> Result<()> {
+    let api = secrets(bench).await?;
     let _ = api.delete(SECRET, &Default::default()).await;
     let mut s = Secret::default();
     s.metadata.name = Some(SECRET.into());
@@ -131,47 +135,14 @@ pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
 
     // What a user would otherwise do: stop writes, dump and restore, point the app at the copy.
     seed(bench, opts.downtime_rows).await?;
-    let dumpdir = tempfile::tempdir()?;
-    let dump = dumpdir.path().join("dump");
-    let started = Instant::now();
-    let j = opts.jobs.to_string();
-    super::run_tool(
-        "pg_dump",
-        &[
-            "-Fd".into(),
-            "-j".into(),
-            j.clone(),
-            "-f".into(),
-            dump.display().to_string(),
-            "-d".into(),
-            DB.into(),
-        ],
-        &bench.source_url,
-    )
-    .await?;
-    super::run_tool(
-        "pg_restore",
-        &[
-            "-j".into(),
-            j,
-            "-d".into(),
-            DB.into(),
-            dump.display().to_string(),
-        ],
-        &bench.target_url,
-    )
-    .await?;
-    let dr = (secs(started) * 1000.0) as u64;
+    let dr = (bench.dump_restore(DB, opts.jobs).await? * 1000.0) as u64;
     println!("  pg_dump -Fd -j {0} + pg_restore -j {0} of the same database while writes are stopped: write outage at least {dr} ms", opts.jobs);
     println!(
         "  ratio: stop-dump-restore outage / cutover p50 outage = {:.1}",
         dr as f64 / p50.max(1) as f64
     );
     bench.drop_databases(DB).await;
-    let providers =
-        crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
-    if let Ok(client) = providers.kube().await {
-        let api: kube::Api<Secret> = kube::Api::namespaced(client, "shop");
+    if let Ok(api) = secrets(bench).await {
         let _ = api.delete(SECRET, &Default::default()).await;
     }
     if missing_total > 0 {

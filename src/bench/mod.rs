@@ -317,11 +317,9 @@ pub fn secs(t: Instant) -> f64 {
     (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
 }
 
-/// Runs a tool with the password in `PGPASSWORD`; fails with its stderr.
-///
-/// # Errors
-/// The tool cannot run or exits non-zero.
-pub async fn run_tool(bin: &str, args: &[String], url: &str) -> Result<()> {
+/// Runs a tool against the server of `url` with the password in `PGPASSWORD`; fails with its
+/// stderr.
+async fn run_tool(bin: &str, args: &[&str], url: &str) -> Result<()> {
     let p = ConnParts::parse(url, "bench")?;
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args(args)
@@ -341,6 +339,29 @@ pub async fn run_tool(bin: &str, args: &[String], url: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+impl Bench {
+    /// Copies database `db` from the source server into the (empty) same-named target database
+    /// the way a user would without cutover: `pg_dump -Fd -j JOBS` then `pg_restore -j JOBS`.
+    /// Returns the seconds both took.
+    ///
+    /// # Errors
+    /// Either tool fails.
+    pub async fn dump_restore(&self, db: &str, jobs: usize) -> Result<f64> {
+        let dir = tempfile::tempdir()?;
+        let dump = dir.path().join("dump").display().to_string();
+        let j = jobs.to_string();
+        let t = Instant::now();
+        run_tool(
+            "pg_dump",
+            &["-Fd", "-j", &j, "-f", &dump, "-d", db],
+            &self.source_url,
+        )
+        .await?;
+        run_tool("pg_restore", &["-j", &j, "-d", db, &dump], &self.target_url).await?;
+        Ok(secs(t))
+    }
 }
 
 /// Runs the chosen parts and prints their figures.

@@ -122,7 +122,7 @@ async fn preflight_check(
 
 fn problems_error(problems: &[String]) -> StepError {
     StepError::Check(format!(
-        "preflight found {} problem(s); nothing was created on either side:\n  - {}",
+        "preflight found {} problem(s); the copy did not start:\n  - {}",
         problems.len(),
         problems.join("\n  - ")
     ))
@@ -223,11 +223,7 @@ impl StepKind for Replicate {
                         "pg_dump --section=pre-data under the snapshot",
                     ));
                     for t in &report.source_tables {
-                        let chunks = if t.integer_key() && t.est_rows > p.chunk_rows {
-                            (t.est_rows + p.chunk_rows - 1) / p.chunk_rows
-                        } else {
-                            1
-                        };
+                        let chunks = copy::chunks_wanted(t, p.chunk_rows);
                         changes.push(Change::new(
                             "run",
                             format!("copy {}", t.display),

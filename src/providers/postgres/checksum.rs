@@ -285,8 +285,7 @@ pub async fn compare(
             .flat_map(|(i, rs)| rs.iter().map(move |r| (*i, r.clone())))
             .collect(),
     );
-    let (tx, mut rx) =
-        tokio::sync::mpsc::unbounded_channel::<(usize, KeyRange, Summary, Summary)>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(usize, KeyRange, Summary, Summary)>();
     let worker = |tx: tokio::sync::mpsc::UnboundedSender<(usize, KeyRange, Summary, Summary)>| {
         let queue = &queue;
         async move {
@@ -307,9 +306,6 @@ pub async fn compare(
     };
     let workers: Vec<_> = (0..jobs).map(|_| worker(tx.clone())).collect();
     drop(tx);
-    let all = futures_util::future::try_join_all(workers);
-    tokio::pin!(all);
-    let mut result = None;
     let mut results: Vec<TableResult> = tables
         .iter()
         .map(|t| TableResult {
@@ -323,30 +319,19 @@ pub async fn compare(
         .collect();
     let mut differing: Vec<(usize, KeyRange)> = Vec::new();
     let mut seen = 0;
-    loop {
-        tokio::select! {
-            r = &mut all, if result.is_none() => { result = Some(r); }
-            msg = rx.recv() => match msg {
-                Some((i, r, a, b)) => {
-                    seen += 1;
-                    let res = &mut results[i];
-                    res.rows += a.rows;
-                    res.target_rows += b.rows;
-                    res.chunks += 1;
-                    if a != b {
-                        res.differs = true;
-                        differing.push((i, r));
-                    }
-                    on_chunk(seen, total);
-                }
-                None => break,
-            },
+    super::drive(workers, rx, |(i, r, a, b)| {
+        seen += 1;
+        let res = &mut results[i];
+        res.rows += a.rows;
+        res.target_rows += b.rows;
+        res.chunks += 1;
+        if a != b {
+            res.differs = true;
+            differing.push((i, r));
         }
-    }
-    match result {
-        Some(r) => r?,
-        None => all.await?,
-    };
+        on_chunk(seen, total);
+    })
+    .await?;
     if !differing.is_empty() {
         let (src, tgt) = tokio::try_join!(open(source_url, "source"), open(target_url, "target"))?;
         for (i, r) in differing {

@@ -169,6 +169,17 @@ pub async fn progress(target: &Client) -> Result<(Vec<Chunk>, Vec<ChunkDone>), P
     Ok((all, done))
 }
 
+/// How many chunks `plan` aims to cut `t` into: one per `chunk_rows` rows of the planner's
+/// estimate when the key is a single integer column, else 1 (the plan may cut fewer when the key
+/// span is smaller).
+pub fn chunks_wanted(t: &Table, chunk_rows: i64) -> i64 {
+    if t.integer_key() && chunk_rows > 0 && t.est_rows > chunk_rows {
+        (t.est_rows + chunk_rows - 1) / chunk_rows
+    } else {
+        1
+    }
+}
+
 /// Splits each table into chunks of about `chunk_rows` rows (by the planner's estimate) over
 /// its key range, read through `source` (already inside the snapshot). Only tables with a single
 /// integer key are split, arithmetically between min and max as pgcopydb's `--split-tables-larger-than`
@@ -185,7 +196,8 @@ pub async fn plan(
     for t in tables {
         let mut n = 1i64;
         let mut bounds = (0i64, 0i64);
-        if t.integer_key() && chunk_rows > 0 && t.est_rows > chunk_rows {
+        let wanted = chunks_wanted(t, chunk_rows);
+        if wanted > 1 {
             let k = &t.key[0].0;
             let r = source
                 .query_one(
@@ -195,7 +207,7 @@ pub async fn plan(
                 .await
                 .map_err(|e| pg("source", e))?;
             if let (Some(lo), Some(hi)) = (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)) {
-                n = ((t.est_rows + chunk_rows - 1) / chunk_rows).clamp(1, (hi - lo + 1).max(1));
+                n = wanted.clamp(1, (hi - lo + 1).max(1));
                 bounds = (lo, hi);
             }
         }
@@ -279,7 +291,7 @@ pub async fn run(
         rate: opts.rate_limit,
         next: Mutex::new(Instant::now()),
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ChunkDone>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ChunkDone>();
     let worker = |tx: tokio::sync::mpsc::UnboundedSender<ChunkDone>| {
         let (queue, pacer) = (&queue, &pacer);
         async move {
@@ -304,23 +316,12 @@ pub async fn run(
     let workers: Vec<_> = (0..opts.jobs.max(1)).map(|_| worker(tx.clone())).collect();
     drop(tx);
     let mut done = Vec::new();
-    let all = futures_util::future::try_join_all(workers);
-    tokio::pin!(all);
-    let mut result = None;
-    loop {
-        tokio::select! {
-            r = &mut all, if result.is_none() => { result = Some(r); }
-            msg = rx.recv() => match msg {
-                Some(d) => { on_done(&d); done.push(d); }
-                None => break,
-            },
-        }
-    }
-    let result = match result {
-        Some(r) => r,
-        None => all.await,
-    };
-    result.map(|_| done)
+    super::drive(workers, rx, |d| {
+        on_done(&d);
+        done.push(d);
+    })
+    .await?;
+    Ok(done)
 }
 
 async fn copy_chunk(

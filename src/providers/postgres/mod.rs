@@ -119,6 +119,38 @@ impl ConnParts {
     }
 }
 
+/// Runs `workers` concurrently and hands each message they send on `rx` to `on_msg` as it
+/// arrives, on the calling task (so `on_msg` may borrow). Ends when every worker has ended and
+/// dropped its sender.
+///
+/// # Errors
+/// The first worker error; the other workers are then cancelled.
+pub(crate) async fn drive<M, E, F>(
+    workers: Vec<F>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<M>,
+    mut on_msg: impl FnMut(M),
+) -> Result<(), E>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    let all = futures_util::future::try_join_all(workers);
+    tokio::pin!(all);
+    let mut result = None;
+    loop {
+        tokio::select! {
+            r = &mut all, if result.is_none() => result = Some(r),
+            msg = rx.recv() => match msg {
+                Some(m) => on_msg(m),
+                None => break,
+            },
+        }
+    }
+    match result {
+        Some(r) => r.map(|_| ()),
+        None => all.await.map(|_| ()),
+    }
+}
+
 /// Quotes an SQL identifier.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
