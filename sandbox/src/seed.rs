@@ -300,7 +300,7 @@ pub async fn aws(s: &mut State) -> Result<()> {
         let set = ResourceRecordSet::builder()
             .name(format!("shop.{domain}."))
             .r#type(RrType::Cname)
-            .ttl(300)
+            .ttl(crate::state::SEED_TTL)
             .resource_records(
                 ResourceRecord::builder()
                     .value(format!("shop-legacy-{env}.droplets.example.net"))

@@ -180,6 +180,9 @@ impl State {
                 format!("CUTOVER_{up}_TARGET_APP_DATABASE_URL"),
                 self.target_app_url(env),
             ));
+            // The seeded record's TTL is SEED_TTL (20 s) so a rehearsal's wait for answers cached
+            // under it stays short; lowering it to 5 s keeps the lowering real.
+            v.push((format!("CUTOVER_{up}_DNS_CUTOVER_TTL"), "5".to_string()));
             v.push((
                 format!("CUTOVER_{up}_APP_URL"),
                 format!(
@@ -191,6 +194,10 @@ impl State {
         v
     }
 }
+
+/// TTL in seconds of the legacy `shop.<domain>` CNAME the sandbox seeds: short, so that a
+/// rehearsal that lowers it waits seconds, not minutes, for answers cached under it to expire.
+pub const SEED_TTL: i64 = 20;
 
 /// First 16 hex digits of SHA-256 of `text` (the ALB id both the seed and the Terraform sandbox
 /// stack derive: `substr(sha256("shop-<env>-<account>"), 0, 16)`).

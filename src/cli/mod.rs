@@ -6,7 +6,7 @@
 //! | 0 | success |
 //! | 1 | a step failed and rollback completed (or `audit verify` found tampering) |
 //! | 2 | usage or configuration invalid |
-//! | 3 | a gate refused (missing rehearsal, lock held, wrong AWS account) |
+//! | 3 | a gate refused (missing rehearsal, approval, panic flag, lock held, wrong AWS account) |
 //! | 4 | rollback incomplete: a human is needed |
 //! | 130 | interrupted; the journal is consistent and `resume` continues |
 
@@ -63,6 +63,10 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "human")]
         output: OutputFormat,
+        /// Approve the `approval` step STEP up front (CI); the approver is taken from
+        /// CUTOVER_APPROVER, GITHUB_ACTOR or GITLAB_USER_LOGIN. Repeatable.
+        #[arg(long = "approve", value_name = "STEP")]
+        approve: Vec<String>,
     },
     /// Run against any environment; production requires successful rehearsals of the same runbook.
     Execute {
@@ -77,6 +81,14 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "human")]
         output: OutputFormat,
+        /// Approve the `approval` step STEP up front (CI); the approver is taken from
+        /// CUTOVER_APPROVER, GITHUB_ACTOR or GITLAB_USER_LOGIN. Repeatable.
+        #[arg(long = "approve", value_name = "STEP")]
+        approve: Vec<String>,
+        /// Pass the promotion gate without the rehearsals it requires; the reason and what was
+        /// missing are recorded and head the audit.
+        #[arg(long = "break-glass", value_name = "REASON")]
+        break_glass: Option<String>,
     },
     /// Continue an interrupted run from its event log.
     Resume {
@@ -85,6 +97,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "human")]
         output: OutputFormat,
+        /// Approve the `approval` step STEP up front. Repeatable.
+        #[arg(long = "approve", value_name = "STEP")]
+        approve: Vec<String>,
     },
     /// Roll back a run: every started step, newest first.
     Rollback {
@@ -184,22 +199,35 @@ pub async fn run(cli: Cli) -> i32 {
             env,
             runbook,
             output,
-        } => run::start(&root, &env, runbook.as_deref(), run::Kind::Rehearse, output).await,
+            approve,
+        } => {
+            let args = run::StartArgs { runbook, approve, break_glass: None };
+            run::start(&root, &env, &args, run::Kind::Rehearse, output).await
+        }
         Command::Execute {
             env,
             dry_run,
             runbook,
             output,
+            approve,
+            break_glass,
         } => {
             let kind = if dry_run {
                 run::Kind::DryRun
             } else {
                 run::Kind::Execute
             };
-            run::start(&root, &env, runbook.as_deref(), kind, output).await
+            let args = run::StartArgs { runbook, approve, break_glass };
+            run::start(&root, &env, &args, kind, output).await
         }
-        Command::Resume { run_id, output } => run::resume(&root, &run_id, output, false).await,
-        Command::Rollback { run_id, output } => run::resume(&root, &run_id, output, true).await,
+        Command::Resume {
+            run_id,
+            output,
+            approve,
+        } => run::resume(&root, &run_id, output, false, approve).await,
+        Command::Rollback { run_id, output } => {
+            run::resume(&root, &run_id, output, true, Vec::new()).await
+        }
         Command::Runs { env, output } => {
             pull_runs(&root, env.as_deref()).await;
             audit::runs(&root, env.as_deref(), output)

@@ -122,39 +122,97 @@ fn default_runbook(root: &Path) -> Result<String, String> {
     }
 }
 
-/// Production requires a succeeded rehearsal of the same runbook digest in staging and dev.
-fn rehearsal_gate(root: &Path, digest: &str) -> Result<(), String> {
+/// The command line of `rehearse` and `execute`.
+#[derive(Debug, Default)]
+pub struct StartArgs {
+    /// `--runbook`.
+    pub runbook: Option<String>,
+    /// `--approve STEP`, repeatable.
+    pub approve: Vec<String>,
+    /// `--break-glass REASON`.
+    pub break_glass: Option<String>,
+}
+
+/// The policy `execute` applies to `env`: its own `promotion:` section, or for a production
+/// environment without one, every staging and dev environment of the project within 7 days.
+fn policy_of(root: &Path, env: &config::Environment) -> Option<config::PromotionPolicy> {
+    if let Some(p) = &env.promotion {
+        return Some(p.clone());
+    }
+    (env.tier == Tier::Production).then(|| config::PromotionPolicy {
+        requires: config::list_names(&root.join("environments"))
+            .into_iter()
+            .filter(|n| {
+                config::load_environment(root, n)
+                    .map(|e| e.tier != Tier::Production)
+                    .unwrap_or(false)
+            })
+            .collect(),
+        max_age: "7d".into(),
+        approvers: Vec::new(),
+    })
+}
+
+/// The promotion gate: one line per required environment without a succeeded run (rehearsal
+/// or execution, not a dry-run) of the same runbook digest that finished within `max_age`.
+fn promotion_gate(root: &Path, policy: &config::PromotionPolicy, digest: &str) -> Vec<String> {
     let state = engine::state_dir(root);
+    let max_age = crate::steps::parse_duration(&policy.max_age).unwrap_or_default();
+    let now = chrono::Utc::now();
+    let age = |r: &runs::RunSummary| {
+        r.finished_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| (now - t.with_timezone(&chrono::Utc)).to_std().unwrap_or_default())
+    };
     let mut missing = Vec::new();
-    for env in ["staging", "dev"] {
-        let ok = runs::list(&state, Some(env))
-            .iter()
-            .any(|r| r.mode == "rehearse" && r.status == "succeeded" && r.runbook_digest == digest);
-        if !ok {
-            missing.push(env);
+    for env in &policy.requires {
+        let good: Vec<runs::RunSummary> = runs::list(&state, Some(env))
+            .into_iter()
+            .filter(|r| r.mode != "dry-run" && r.status == "succeeded" && r.runbook_digest == digest)
+            .collect();
+        let fresh = good.iter().any(|r| age(r).is_some_and(|a| a <= max_age));
+        if fresh {
+            continue;
         }
+        let newest = good.iter().filter_map(age).min();
+        missing.push(match newest {
+            Some(a) => format!(
+                "{env}: the last succeeded run of this runbook finished {}h ago, older than max_age {}",
+                a.as_secs() / 3600,
+                policy.max_age
+            ),
+            None => format!("{env}: no succeeded rehearsal of this runbook (digest {})", &digest[..12]),
+        });
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "no succeeded rehearsal of this runbook (digest {}) in: {}",
-            &digest[..12],
-            missing.join(", ")
-        ))
+    missing
+}
+
+/// Approval steps that will ask, and no terminal to ask on: refused before anything runs.
+fn unapproved_steps(plan: &runbook::Plan, approved: &[String]) -> Vec<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        return Vec::new();
     }
+    let ctx = serde_json::json!({"env": runbook::env_context(&plan.env), "vars": plan.vars});
+    plan.steps()
+        .filter(|(_, s)| s.kind.name() == "approval" && !approved.contains(&s.id))
+        .filter(|(_, s)| match &s.when {
+            None => true,
+            // A condition that needs run-time values counts as true: refuse rather than stop later.
+            Some(w) => runbook::template::render_str(w, &ctx)
+                .map(|r| runbook::template::truthy(&r))
+                .unwrap_or(true),
+        })
+        .map(|(_, s)| s.id.clone())
+        .collect()
 }
 
 /// `rehearse ENV`, `execute ENV [--dry-run]`.
-pub async fn start(
-    root: &Path,
-    env: &str,
-    runbook: Option<&str>,
-    kind: Kind,
-    output: OutputFormat,
-) -> i32 {
-    let rb = match runbook
-        .map(str::to_owned)
+pub async fn start(root: &Path, env: &str, args: &StartArgs, kind: Kind, output: OutputFormat) -> i32 {
+    let rb = match args
+        .runbook
+        .clone()
         .map(Ok)
         .unwrap_or_else(|| default_runbook(root))
     {
@@ -171,6 +229,24 @@ pub async fn start(
             return EXIT_INVALID;
         }
     };
+    let approval_steps: Vec<String> = plan
+        .steps()
+        .filter(|(_, s)| s.kind.name() == "approval")
+        .map(|(_, s)| s.id.clone())
+        .collect();
+    for a in &args.approve {
+        if !approval_steps.contains(a) {
+            print_error(
+                &format!("--approve {a}: the runbook has no approval step `{a}`"),
+                Some(&format!("approval steps: {}", if approval_steps.is_empty() { "(none)".into() } else { approval_steps.join(", ") })),
+            );
+            return EXIT_INVALID;
+        }
+    }
+    let mut options = engine::RunOptions {
+        approved: args.approve.clone(),
+        break_glass: None,
+    };
     let mode = match kind {
         Kind::Rehearse => {
             if plan.env.tier == Tier::Production {
@@ -186,20 +262,47 @@ pub async fn start(
         }
         Kind::DryRun => Mode::DryRun,
         Kind::Execute => {
-            if plan.env.tier == Tier::Production {
-                for env in ["staging", "dev"] {
+            if let Some(policy) = policy_of(root, &plan.env) {
+                for env in &policy.requires {
                     super::pull_runs(root, Some(env)).await;
                 }
-                if let Err(e) = rehearsal_gate(root, &plan.runbook_digest) {
-                    print_error(&format!("refused: {e}"), Some("run `cutover rehearse staging` and `cutover rehearse dev` with this runbook first"));
-                    return EXIT_REFUSED;
+                let missing = promotion_gate(root, &policy, &plan.runbook_digest);
+                if !missing.is_empty() {
+                    match &args.break_glass {
+                        Some(reason) if !reason.trim().is_empty() => {
+                            eprintln!("warning: BREAK-GLASS: the promotion gate of {env} is bypassed ({reason}); it would have refused:");
+                            for m in &missing {
+                                eprintln!("  - {m}");
+                            }
+                            options.break_glass = Some((reason.clone(), missing));
+                        }
+                        _ => {
+                            eprintln!("error: refused: the promotion policy of {env} requires a succeeded run of this runbook (digest {}) within {} in: {}", &plan.runbook_digest[..12], policy.max_age, policy.requires.join(", "));
+                            for m in &missing {
+                                eprintln!("  - {m}");
+                            }
+                            let envs: Vec<&str> = missing.iter().filter_map(|m| m.split(':').next()).collect();
+                            eprintln!("hint: {}; or, in an emergency, --break-glass \"REASON\" (recorded at the head of the audit)", envs.iter().map(|e| format!("cutover rehearse {e}")).collect::<Vec<_>>().join(" and "));
+                            return EXIT_REFUSED;
+                        }
+                    }
                 }
             }
             Mode::Execute
         }
     };
+    if mode != Mode::DryRun {
+        let waiting = unapproved_steps(&plan, &args.approve);
+        if !waiting.is_empty() {
+            print_error(
+                &format!("refused: approval step{} {} would wait for an answer and there is no terminal to ask on", if waiting.len() == 1 { "" } else { "s" }, waiting.join(", ")),
+                Some(&waiting.iter().map(|w| format!("--approve {w}")).collect::<Vec<_>>().join(" ")),
+            );
+            return EXIT_REFUSED;
+        }
+    }
     let ui = Ui { format: output };
-    let result = engine::start(root, &plan, mode, &ui).await;
+    let result = engine::start(root, &plan, mode, &ui, &options).await;
     exit_code(result)
 }
 
@@ -207,8 +310,15 @@ fn exit_code(result: Result<Outcome, EngineError>) -> i32 {
     match result {
         Ok(Outcome::Succeeded) => EXIT_OK,
         Ok(Outcome::RolledBack) => EXIT_FAILED,
-        Ok(Outcome::RollbackIncomplete) => {
-            print_error("rollback incomplete: a person must finish it", Some("the audit (`cutover audit show RUN_ID`) lists each object whose rollback failed"));
+        Ok(Outcome::RollbackIncomplete(todo)) => {
+            print_error("rollback incomplete: a person must finish it", None);
+            eprintln!("what to do, object by object:");
+            for (step, lines) in &todo {
+                for l in lines {
+                    eprintln!("  [{step}] {l}");
+                }
+            }
+            eprintln!("hint: the audit (`cutover audit show RUN_ID`) keeps this list; `cutover rollback RUN_ID` retries the steps not yet undone");
             EXIT_ROLLBACK_INCOMPLETE
         }
         Ok(Outcome::Refused(reason)) => {
@@ -228,12 +338,22 @@ fn exit_code(result: Result<Outcome, EngineError>) -> i32 {
 }
 
 /// `resume RUN_ID` and `rollback RUN_ID`.
-pub async fn resume(root: &Path, run_id: &str, output: OutputFormat, rollback: bool) -> i32 {
+pub async fn resume(
+    root: &Path,
+    run_id: &str,
+    output: OutputFormat,
+    rollback: bool,
+    approve: Vec<String>,
+) -> i32 {
     let ui = Ui { format: output };
+    let options = engine::RunOptions {
+        approved: approve,
+        break_glass: None,
+    };
     let r = if rollback {
         engine::rollback(root, run_id, &ui).await
     } else {
-        engine::resume(root, run_id, &ui).await
+        engine::resume(root, run_id, &ui, &options).await
     };
     match r {
         Ok(result) => exit_code(result),

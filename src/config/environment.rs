@@ -54,6 +54,31 @@ pub struct Environment {
     /// Where run event logs and locks are kept; `local` when absent.
     #[serde(default)]
     pub store: StoreSection,
+    /// What `execute` of this environment requires. Absent: production requires succeeded
+    /// rehearsals in every staging and dev environment of the project within 7 days; other
+    /// tiers require nothing.
+    #[serde(default)]
+    pub promotion: Option<PromotionPolicy>,
+}
+
+/// The promotion gate of an environment: the rehearsals `cutover execute` requires, and who may
+/// approve its `approval` steps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionPolicy {
+    /// Environments in which a run of the same runbook digest must have succeeded.
+    #[serde(default)]
+    pub requires: Vec<String>,
+    /// How old such a run may be (finish time), e.g. `7d`, `36h`; default 7 days.
+    #[serde(default = "default_max_age")]
+    pub max_age: String,
+    /// Identities allowed to approve `approval` steps; empty: anyone but nobody silently.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+}
+
+fn default_max_age() -> String {
+    "7d".into()
 }
 
 /// The AWS account of an environment.
@@ -172,6 +197,13 @@ pub struct DatabaseSection {
 pub struct DnsSection {
     /// Zone apex, e.g. `staging.shop.example.com`.
     pub domain: String,
+    /// TTL in seconds the service's record is lowered to ahead of a cutover (default 60).
+    #[serde(default = "default_cutover_ttl")]
+    pub cutover_ttl: u32,
+}
+
+fn default_cutover_ttl() -> u32 {
+    60
 }
 
 /// A secret value taken from the process environment at run time.
@@ -241,6 +273,25 @@ pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Envi
                     "aws.organization.ou_path `{}` must start at `Root`",
                     org.ou_path
                 ),
+            ));
+        }
+    }
+    if let Some(policy) = &env.promotion {
+        if crate::steps::parse_duration(&policy.max_age).is_err() {
+            problems.push(Problem::new(
+                path,
+                line_of("max_age"),
+                format!(
+                    "promotion.max_age `{}` is not a duration like 7d, 36h or 90m",
+                    policy.max_age
+                ),
+            ));
+        }
+        if policy.requires.iter().any(|r| r == &env.name) {
+            problems.push(Problem::new(
+                path,
+                line_of("requires"),
+                format!("promotion.requires names {} itself", env.name),
             ));
         }
     }

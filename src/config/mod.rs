@@ -13,6 +13,7 @@ mod problem;
 mod runbook;
 
 pub use environment::{
+    PromotionPolicy,
     AwsSection, DatabaseSection, DnsSection, EksSection, Environment, OrganizationSection,
     PlanPolicy, SecretRef, StoreKind, StoreSection, TerraformSection, Tier,
 };

@@ -13,7 +13,7 @@ use backon::BackoffBuilder;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant as StdInstant;
 
 /// How a run ended.
@@ -23,8 +23,8 @@ pub enum Outcome {
     Succeeded,
     /// A step failed and every rollback completed (exit 1).
     RolledBack,
-    /// A rollback step failed; a person must finish it (exit 4).
-    RollbackIncomplete,
+    /// A rollback step failed; a person must finish it (exit 4). Per step id, what to do.
+    RollbackIncomplete(Vec<(String, Vec<String>)>),
     /// A gate refused before any mutation (exit 3).
     Refused(String),
     /// SIGINT; the journal is consistent and `resume` continues (exit 130).
@@ -49,7 +49,7 @@ pub struct Executor<'a> {
     pub(super) run_id: String,
     pub(super) root: PathBuf,
     pub(super) run_dir: PathBuf,
-    pub(super) log: EventLog,
+    pub(super) log: Arc<Mutex<EventLog>>,
     pub(super) ui: &'a Ui,
     pub(super) providers: Providers,
     pub(super) redactor: Arc<Redactor>,
@@ -65,11 +65,21 @@ pub struct Executor<'a> {
     pub(super) before: HashMap<String, Value>,
     /// The rehearsal heartbeat writer, while it runs.
     pub(super) heartbeat: Option<super::heartbeat::Running>,
+    /// The panic flag file of this environment (see [`super::panic_flag`]).
+    pub(super) panic_flag: PathBuf,
+    /// Step ids approved on the command line.
+    pub(super) approved: Vec<String>,
 }
 
 struct Failure {
     step: String,
     error: String,
+    /// The step stopped because the panic flag was raised.
+    panic: bool,
+}
+
+fn lock_log(log: &Mutex<EventLog>) -> std::sync::MutexGuard<'_, EventLog> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<'a> Executor<'a> {
@@ -80,9 +90,25 @@ impl<'a> Executor<'a> {
         step: Option<&str>,
         data: Value,
     ) -> Result<Record, EngineError> {
-        let rec = self.log.append(event, step, data)?;
+        let rec = lock_log(&self.log).append(event, step, data)?;
         self.ui.record(&rec);
         Ok(rec)
+    }
+
+    /// The closure a step journals through: appends `(event, data)` for `step` and fsyncs it
+    /// before returning, so an intent is on record before its side effect.
+    fn journal_for(
+        &self,
+        step: &str,
+    ) -> impl Fn(&str, Value) -> Result<(), StepError> + Send + Sync + 'a {
+        let (log, ui, step) = (self.log.clone(), self.ui, step.to_string());
+        move |event: &str, data: Value| {
+            let rec = lock_log(&log)
+                .append(event, Some(&step), data)
+                .map_err(|e| StepError::Check(format!("the event log could not be written: {e}")))?;
+            ui.record(&rec);
+            Ok(())
+        }
     }
 
     /// Reads every secret the environment declares from the process environment.
@@ -160,6 +186,12 @@ impl<'a> Executor<'a> {
             if self.done.contains(&step.id) {
                 continue;
             }
+            // A safe point between steps.
+            if self.mode != Mode::DryRun {
+                if let Some(reason) = crate::steps::context::panic_reason(&self.panic_flag) {
+                    return self.panic(&step.id, "before the step started", &reason).await;
+                }
+            }
             if phase != current_phase {
                 current_phase = phase.to_string();
                 self.record("phase_started", None, json!({"phase": phase}))?;
@@ -177,6 +209,9 @@ impl<'a> Executor<'a> {
                     self.finish("failed", json!({"failed_step": f.step, "error": f.error}))
                         .await?;
                     return Ok(Outcome::RolledBack);
+                }
+                if f.panic {
+                    return self.panic(&f.step, "during the step", &f.error).await;
                 }
                 return self.rollback(&f.step, &f.error).await;
             }
@@ -205,6 +240,8 @@ impl<'a> Executor<'a> {
         step: &'b PlanStep,
         params: Map<String, Value>,
         progress: &'b (dyn Fn(&str) + Send + Sync),
+        journal: &'b (dyn Fn(&str, Value) -> Result<(), StepError> + Send + Sync),
+        rolling_back: bool,
     ) -> StepContext<'b> {
         StepContext {
             run_id: &self.run_id,
@@ -217,6 +254,9 @@ impl<'a> Executor<'a> {
             run_dir: &self.run_dir,
             root: &self.root,
             progress,
+            journal,
+            panic_flag: (!rolling_back).then_some(self.panic_flag.as_path()),
+            approved: &self.approved,
         }
     }
 
@@ -235,6 +275,7 @@ impl<'a> Executor<'a> {
             )?;
             Ok(Err(Failure {
                 step: step.id.clone(),
+                panic: error.starts_with("panic flag "),
                 error,
             }))
         };
@@ -277,27 +318,33 @@ impl<'a> Executor<'a> {
         let step_id = step.id.clone();
         let redactor = self.redactor.clone();
         let progress = move |msg: &str| ui.progress(&step_id, &redactor.redact(msg));
+        let journal = self.journal_for(&step.id);
         let timeout = step.timeout;
 
         // plan
         let planned: Result<Planned, StepError> = {
-            let cx = self.step_context(step, real.clone(), &progress);
+            let cx = self.step_context(step, real.clone(), &progress, &journal, false);
             tokio::time::timeout(timeout, kind.plan(&cx))
                 .await
                 .unwrap_or_else(|_| Err(StepError::Timeout("plan".into())))
         };
-        let planned = match planned {
+        let mut planned = match planned {
             Ok(p) => p,
             Err(e) => return self.step_error(step, e, fail),
         };
-        self.before
+        // Rollback material is the first observation of the run: a resumed step plans again
+        // over state its own earlier attempt may have changed.
+        let first = self
+            .before
             .entry(step.id.clone())
-            .or_insert_with(|| planned.before.clone());
+            .or_insert_with(|| planned.before.clone())
+            .clone();
+        let observed_now = std::mem::replace(&mut planned.before, first);
         let dry = self.mode == Mode::DryRun;
         self.record(
             "step_planned",
             Some(&step.id),
-            json!({"kind": kind.name(), "changes": planned.changes, "before": planned.before, "dry_run": dry}),
+            json!({"kind": kind.name(), "changes": planned.changes, "before": observed_now, "dry_run": dry}),
         )?;
         if dry {
             self.absorb_outputs(&step.id, planned.predicted.clone());
@@ -317,7 +364,7 @@ impl<'a> Executor<'a> {
         let outputs = loop {
             attempt += 1;
             let result = {
-                let cx = self.step_context(step, real.clone(), &progress);
+                let cx = self.step_context(step, real.clone(), &progress, &journal, false);
                 tokio::time::timeout(cx.remaining(), kind.apply(&cx, &planned))
                     .await
                     .unwrap_or_else(|_| Err(StepError::Timeout("apply".into())))
@@ -348,7 +395,7 @@ impl<'a> Executor<'a> {
 
         // verify
         let evidence = {
-            let cx = self.step_context(step, real.clone(), &progress);
+            let cx = self.step_context(step, real.clone(), &progress, &journal, false);
             let remaining = timeout.saturating_sub(started.elapsed());
             tokio::time::timeout(remaining, kind.verify(&cx, &outputs))
                 .await
@@ -375,9 +422,26 @@ impl<'a> Executor<'a> {
         fail: impl Fn(&mut Self, String) -> Result<Result<(), Failure>, EngineError>,
     ) -> Result<Result<(), Failure>, EngineError> {
         if let StepError::Gate(_) | StepError::Provider(ProviderError::WrongAccount { .. }) = &e {
-            return fail(self, format!("refused: {e}"));
+            let msg = e.to_string();
+            return fail(self, if msg.starts_with("refused") { msg } else { format!("refused: {msg}") });
         }
         fail(self, e.to_string())
+    }
+
+    /// The operator raised the panic flag: records what triggered it, then rolls back.
+    async fn panic(&mut self, step: &str, when: &str, reason: &str) -> Result<Outcome, EngineError> {
+        let raised_at = std::fs::metadata(&self.panic_flag)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
+        let reason = self.redactor.redact(reason);
+        let flag = self.panic_flag.display().to_string();
+        self.record(
+            "panic",
+            Some(step),
+            json!({"flag": flag, "reason": reason, "raised_at": raised_at, "when": when}),
+        )?;
+        self.rollback(step, &reason).await
     }
 
     /// Rolls back every started step in reverse order, the failed one included.
@@ -436,8 +500,10 @@ impl<'a> Executor<'a> {
             let sid = id.clone();
             let redactor = self.redactor.clone();
             let progress = move |msg: &str| ui.progress(&sid, &redactor.redact(msg));
+            let journal = self.journal_for(&id);
+            let manual = step.kind.manual_undo(&real, &before, &self.run_id);
             let result = {
-                let cx = self.step_context(step, real, &progress);
+                let cx = self.step_context(step, real, &progress, &journal, true);
                 let t = step.timeout.max(std::time::Duration::from_secs(120));
                 tokio::time::timeout(t, step.kind.rollback(&cx, &before, outputs.as_ref()))
                     .await
@@ -453,8 +519,17 @@ impl<'a> Executor<'a> {
                 }
                 Err(e) => {
                     let msg = self.redactor.redact(&e.to_string());
-                    incomplete.push(json!({"step": id, "kind": step.kind.name(), "error": msg}));
-                    self.record("rollback_step_failed", Some(&id), json!({"error": msg}))?;
+                    let mut manual: Vec<String> =
+                        manual.iter().map(|m| self.redactor.redact(m)).collect();
+                    if manual.is_empty() {
+                        manual.push(format!("find why the rollback failed ({msg}), fix it, then `cutover rollback {}` continues where it stopped", self.run_id));
+                    }
+                    incomplete.push(json!({"step": id, "kind": step.kind.name(), "error": msg, "manual": manual}));
+                    self.record(
+                        "rollback_step_failed",
+                        Some(&id),
+                        json!({"error": msg, "manual": manual}),
+                    )?;
                 }
             }
         }
@@ -468,7 +543,20 @@ impl<'a> Executor<'a> {
                 json!({"failed_step": failed_step, "incomplete": incomplete}),
             )
             .await?;
-            Ok(Outcome::RollbackIncomplete)
+            let todo = incomplete
+                .iter()
+                .map(|i| {
+                    let step = i["step"].as_str().unwrap_or("").to_string();
+                    let lines = i["manual"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|l| l.as_str().map(str::to_owned))
+                        .collect();
+                    (step, lines)
+                })
+                .collect();
+            Ok(Outcome::RollbackIncomplete(todo))
         }
     }
 }

@@ -77,12 +77,44 @@ fn ci_job() -> Option<String> {
     std::env::var("CI_JOB_URL").ok()
 }
 
+/// The panic flag of environment `env`: `.cutover/panic-<env>`. While the file exists, a run
+/// stops at its next safe point (between steps, or inside a wait: an analysis window, INSYNC, a
+/// lag wait, a rollout) and rolls back; its first line is recorded as the reason. A run does not
+/// start while it exists.
+pub fn panic_flag(root: &Path, env: &str) -> PathBuf {
+    state_dir(root).join(format!("panic-{env}"))
+}
+
+/// What the command line adds to a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Step ids approved up front (`--approve STEP`, for CI where no one can answer a prompt).
+    pub approved: Vec<String>,
+    /// The promotion gate was bypassed with `--break-glass REASON`: the reason, and what the
+    /// gate found missing. Recorded as a `gate_bypassed` record and shown first in the audit.
+    pub break_glass: Option<(String, Vec<String>)>,
+}
+
 /// Starts a new run of `plan` in `mode`.
 ///
 /// # Errors
 /// [`EngineError::Config`] when a declared secret is unset (nothing was done);
 /// [`EngineError::Log`] when the journal cannot be written.
-pub async fn start(root: &Path, plan: &Plan, mode: Mode, ui: &Ui) -> Result<Outcome, EngineError> {
+pub async fn start(
+    root: &Path,
+    plan: &Plan,
+    mode: Mode,
+    ui: &Ui,
+    options: &RunOptions,
+) -> Result<Outcome, EngineError> {
+    let flag = panic_flag(root, &plan.env.name);
+    if mode != Mode::DryRun && flag.exists() {
+        return Ok(Outcome::Refused(format!(
+            "the panic flag {} is raised; remove it to run in {}",
+            flag.display(),
+            plan.env.name
+        )));
+    }
     let run_id = new_run_id();
     let state = state_dir(root);
     let redactor = Arc::new(Redactor::default());
@@ -108,6 +140,7 @@ pub async fn start(root: &Path, plan: &Plan, mode: Mode, ui: &Ui) -> Result<Outc
         redactor.clone(),
         Some(log),
     )?;
+    ex.approved = options.approved.clone();
     ex.load_secrets()?;
     ex.record(
         "run_started",
@@ -127,8 +160,16 @@ pub async fn start(root: &Path, plan: &Plan, mode: Mode, ui: &Ui) -> Result<Outc
             "ci_job": ci_job(),
             "cutover_version": env!("CARGO_PKG_VERSION"),
             "steps": plan.steps().map(|(p, s)| json!({"phase": p, "id": s.id, "kind": s.kind.name()})).collect::<Vec<_>>(),
+            "approved": options.approved,
         }),
     )?;
+    if let Some((reason, missing)) = &options.break_glass {
+        ex.record(
+            "gate_bypassed",
+            None,
+            json!({"gate": "promotion", "reason": reason, "missing": missing, "operator": operator()}),
+        )?;
+    }
     if let Some(outcome) = preflight(&mut ex).await? {
         return Ok(outcome);
     }
@@ -178,7 +219,9 @@ fn executor_for<'a>(
         run_id: run_id.to_string(),
         root: root.to_path_buf(),
         run_dir,
-        log,
+        log: Arc::new(std::sync::Mutex::new(log)),
+        panic_flag: panic_flag(root, &plan.env.name),
+        approved: Vec::new(),
         ui,
         providers,
         redactor,
@@ -244,6 +287,7 @@ pub async fn resume(
     root: &Path,
     run_id: &str,
     ui: &Ui,
+    options: &RunOptions,
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
     let (records, start) = load_run(root, run_id).await?;
     let field = |k: &str| start_field(&start, k);
@@ -254,7 +298,23 @@ pub async fn resume(
             "succeeded" | "planned" => Outcome::Succeeded,
             "rolled-back" | "failed" => Outcome::RolledBack,
             "refused" => Outcome::Refused(field("reason")),
-            _ => Outcome::RollbackIncomplete,
+            _ => Outcome::RollbackIncomplete(
+                fin.data
+                    .get("incomplete")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|i| {
+                        let lines = i["manual"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|l| l.as_str().map(str::to_owned))
+                            .collect();
+                        (i["step"].as_str().unwrap_or("").to_string(), lines)
+                    })
+                    .collect(),
+            ),
         }));
     }
     let plan = runbook::resolve(root, &field("runbook_path"), &field("environment"))
@@ -271,7 +331,7 @@ pub async fn resume(
         "dry-run" => Mode::DryRun,
         _ => Mode::Execute,
     };
-    Ok(continue_run(root, &plan, mode, run_id, &records, ui, false).await)
+    Ok(continue_run(root, &plan, mode, run_id, &records, ui, false, options).await)
 }
 
 /// Rolls back run `run_id`: every started step in reverse order, as after a failure.
@@ -287,7 +347,7 @@ pub async fn rollback(
     let field = |k: &str| start_field(&start, k);
     let plan = runbook::resolve(root, &field("runbook_path"), &field("environment"))
         .map_err(ResumeError::Config)?;
-    Ok(continue_run(root, &plan, Mode::Execute, run_id, &records, ui, true).await)
+    Ok(continue_run(root, &plan, Mode::Execute, run_id, &records, ui, true, &RunOptions::default()).await)
 }
 
 /// A string field of a `run_started` payload (empty when absent).
@@ -319,6 +379,7 @@ async fn load_run(root: &Path, run_id: &str) -> Result<(Vec<log::Record>, Value)
     Ok((records, start))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn continue_run(
     root: &Path,
     plan: &Plan,
@@ -327,6 +388,7 @@ async fn continue_run(
     records: &[log::Record],
     ui: &Ui,
     force_rollback: bool,
+    options: &RunOptions,
 ) -> Result<Outcome, EngineError> {
     let state = state_dir(root);
     let redactor = Arc::new(Redactor::default());
@@ -354,6 +416,7 @@ async fn continue_run(
         redactor,
         Some(log),
     )?;
+    ex.approved = options.approved.clone();
     ex.load_secrets()?;
     ex.replay(records);
     ex.record(

@@ -128,21 +128,57 @@ fn human(r: &Record) -> Option<String> {
             s(d, "failed_step")
         ),
         "rollback_step_completed" => {
-            let restored: Vec<String> = d
-                .get("restored")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect();
-            let what = if restored.is_empty() {
-                "nothing to undo".to_string()
+            let restored = crate::report::restored_lines(d);
+            if restored.is_empty() {
+                format!("  ↺ {step:<12} nothing to undo")
             } else {
-                restored.join("; ")
-            };
-            format!("  ↺ {step:<12} {what}")
+                format!("  ↺ {step:<12} {}", restored.join("\n    ↺ "))
+            }
         }
-        "rollback_step_failed" => format!("  ✗ rollback of {step} failed: {}", s(d, "error")),
+        "rollback_step_failed" => {
+            let mut out = format!("  ✗ rollback of {step} failed: {}", s(d, "error"));
+            for m in d.get("manual").and_then(Value::as_array).into_iter().flatten() {
+                out.push_str(&format!("\n      to do: {}", m.as_str().unwrap_or("")));
+            }
+            out
+        }
+        "traffic_stage" => format!(
+            "    → {step}: stage {}/{}: {}",
+            d.get("stage").cloned().unwrap_or_default(),
+            d.get("of").cloned().unwrap_or_default(),
+            crate::report::weights_text(d.get("weights"))
+        ),
+        "traffic_stage_insync" => format!(
+            "    → {step}: stage {} change {} INSYNC",
+            d.get("stage").cloned().unwrap_or_default(),
+            s(d, "change_id")
+        ),
+        "analysis" => format!("    → {step}: {}", crate::report::analysis_line(d)),
+        "traffic_returned" => format!(
+            "    ⚠ {step}: all weight back to the old target ({}): {}",
+            crate::report::weights_text(d.get("weights")),
+            s(d, "reason")
+        ),
+        "traffic_ttl_restore" => format!(
+            "    → {step}: TTL back to {}s",
+            d.get("ttl").cloned().unwrap_or_default()
+        ),
+        "ttl_wait" => format!(
+            "    … {step}: waiting {}s for answers cached under the old TTL ({}s) to expire",
+            d.get("wait_s").cloned().unwrap_or_default(),
+            d.get("previous_ttl").cloned().unwrap_or_default()
+        ),
+        "panic" => format!(
+            "PANIC: {} ({} {step}) — rolling back",
+            s(d, "reason"),
+            s(d, "when")
+        ),
+        "gate_bypassed" => format!(
+            "BREAK-GLASS: the {} gate was bypassed by {}: {}",
+            s(d, "gate"),
+            s(d, "operator"),
+            s(d, "reason")
+        ),
         "run_refused" => format!("refused: {}", s(d, "reason")),
         "heartbeat_started" => format!(
             "  heartbeat: {} writes/s through secret {} ({}) into {}",

@@ -11,6 +11,7 @@ pub mod http;
 pub mod kube;
 pub mod organizations;
 pub mod postgres;
+pub mod route53;
 pub mod terraform;
 
 use crate::config::Environment;

@@ -22,6 +22,31 @@ pub fn markdown(records: &[Record]) -> String {
         .map(|r| s(&r.data, "status").to_string())
         .unwrap_or_else(|| "running or interrupted".into());
     let _ = writeln!(out, "# Cutover audit: run {}\n", s(&d, "run_id"));
+    for r in records.iter().filter(|r| r.event == "gate_bypassed") {
+        let _ = writeln!(
+            out,
+            "> **BREAK-GLASS.** The {} gate was bypassed by {} at {}: \"{}\". It would have refused: {}.\n",
+            s(&r.data, "gate"),
+            s(&r.data, "operator"),
+            r.ts,
+            s(&r.data, "reason"),
+            r.data
+                .get("missing")
+                .and_then(Value::as_array)
+                .map(|m| m.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "))
+                .unwrap_or_default()
+        );
+    }
+    for r in records.iter().filter(|r| r.event == "panic") {
+        let _ = writeln!(
+            out,
+            "> **PANIC.** {} (raised {}, stopped {} `{}`); the run rolled back.\n",
+            s(&r.data, "reason"),
+            s(&r.data, "raised_at"),
+            s(&r.data, "when"),
+            r.step.as_deref().unwrap_or("")
+        );
+    }
     let _ = writeln!(out, "| | |\n|---|---|");
     for (label, key) in [
         ("Runbook", "runbook"),
@@ -151,29 +176,90 @@ pub fn markdown(records: &[Record]) -> String {
                 );
             }
             "rollback_step_completed" => {
-                let restored: Vec<&str> = r
+                let restored: Vec<&Value> = r
                     .data
                     .get("restored")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
-                    .filter_map(Value::as_str)
                     .collect();
-                let _ = writeln!(
-                    out,
-                    "- `{step}` undone: {}",
-                    if restored.is_empty() {
-                        "nothing to undo".to_string()
-                    } else {
-                        restored.join("; ")
+                if restored.is_empty() {
+                    let _ = writeln!(out, "- `{step}` undone: nothing to undo");
+                } else {
+                    let _ = writeln!(out, "- `{step}` undone:\n\n  | object | before | after | what |\n  |---|---|---|---|");
+                    for x in restored {
+                        let _ = writeln!(
+                            out,
+                            "  | {} | `{}` | `{}` | {} |",
+                            s(x, "object"),
+                            s(x, "before"),
+                            s(x, "after"),
+                            s(x, "detail").replace('|', "\\|")
+                        );
                     }
-                );
+                    let _ = writeln!(out);
+                }
             }
             "rollback_step_failed" => {
                 let _ = writeln!(
                     out,
                     "- `{step}` **rollback FAILED**: {}",
                     s(&r.data, "error")
+                );
+                for m in r.data.get("manual").and_then(Value::as_array).into_iter().flatten() {
+                    let _ = writeln!(out, "  - [ ] to do by hand: {}", m.as_str().unwrap_or(""));
+                }
+            }
+            "traffic_stage" => {
+                let _ = writeln!(
+                    out,
+                    "- {} stage {}/{}: {}; change batch `{}`",
+                    r.ts,
+                    r.data.get("stage").cloned().unwrap_or_default(),
+                    r.data.get("of").cloned().unwrap_or_default(),
+                    weights_text(r.data.get("weights")),
+                    r.data.get("change_batch").cloned().unwrap_or_default()
+                );
+            }
+            "traffic_stage_insync" => {
+                let _ = writeln!(
+                    out,
+                    "- {} stage {} change {} INSYNC",
+                    r.ts,
+                    r.data.get("stage").cloned().unwrap_or_default(),
+                    s(&r.data, "change_id")
+                );
+            }
+            "analysis" => {
+                let _ = writeln!(out, "- {} {}", r.ts, analysis_line(&r.data));
+            }
+            "traffic_returned" => {
+                let _ = writeln!(
+                    out,
+                    "- {} **all weight returned to the old target** ({}): {}; change batch `{}`",
+                    r.ts,
+                    weights_text(r.data.get("weights")),
+                    s(&r.data, "reason"),
+                    r.data.get("change_batch").cloned().unwrap_or_default()
+                );
+            }
+            "ttl_wait" => {
+                let _ = writeln!(
+                    out,
+                    "- {} waited {} s for answers cached under the old TTL ({} s, lowered at {}) to expire",
+                    r.ts,
+                    r.data.get("wait_s").cloned().unwrap_or_default(),
+                    r.data.get("previous_ttl").cloned().unwrap_or_default(),
+                    s(&r.data, "lowered_at")
+                );
+            }
+            "panic" => {
+                let _ = writeln!(
+                    out,
+                    "- {} **PANIC**: {} (flag raised {})",
+                    r.ts,
+                    s(&r.data, "reason"),
+                    s(&r.data, "raised_at")
                 );
             }
             "run_interrupted" => {
@@ -195,6 +281,76 @@ pub fn markdown(records: &[Record]) -> String {
     let head = records.last().map(|r| r.hash.as_str()).unwrap_or("");
     let _ = writeln!(out, "\n## Integrity\n\n{} records, SHA-256 hash chain head `{head}`. Check with `cutover audit verify {}`.", records.len(), s(&d, "run_id"));
     out
+}
+
+/// The `restored` entries of a `rollback_step_completed` record as lines
+/// `object: before → after (what)`.
+pub fn restored_lines(d: &Value) -> Vec<String> {
+    d.get("restored")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|x| {
+            format!(
+                "{}: {} → {} ({})",
+                s(x, "object"),
+                s(x, "before"),
+                s(x, "after"),
+                s(x, "detail")
+            )
+        })
+        .collect()
+}
+
+/// Weights of a traffic stage, `{"aws": 10, "legacy": 90}`, as `aws 10% / legacy 90%`.
+pub fn weights_text(w: Option<&Value>) -> String {
+    w.and_then(Value::as_object)
+        .map(|m| {
+            let mut parts: Vec<(i64, String)> = m
+                .iter()
+                .map(|(k, v)| (v.as_i64().unwrap_or(0), k.clone()))
+                .collect();
+            parts.sort_by(|a, b| a.1.cmp(&b.1));
+            parts
+                .into_iter()
+                .map(|(v, k)| format!("{k} {v}%"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        })
+        .unwrap_or_default()
+}
+
+/// One line for an `analysis` record: stage, verdict and its figures.
+pub fn analysis_line(d: &Value) -> String {
+    let v = d.get("verdict").cloned().unwrap_or_default();
+    let passed = v.get("passed").and_then(Value::as_bool) == Some(true);
+    let fig = |k: &str| match v.get(k) {
+        Some(Value::Null) | None => "—".to_string(),
+        Some(x) => x.to_string(),
+    };
+    let mut line = format!(
+        "analysis of stage {}/{} on {}: {} — {} of {} passed, success {}%, p95 {} ms, {} in a row at the end",
+        d.get("stage").cloned().unwrap_or_default(),
+        d.get("of").cloned().unwrap_or_default(),
+        s(d, "url"),
+        if passed { "passed" } else { "FAILED" },
+        fig("passes"),
+        fig("samples"),
+        fig("success_rate"),
+        fig("p95_ms"),
+        fig("closing_passes")
+    );
+    if !passed {
+        let reasons: Vec<&str> = v
+            .get("reasons")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        line.push_str(&format!(": {}", reasons.join("; ")));
+    }
+    line
 }
 
 /// One line summarising a `heartbeat` record: writes acknowledged, the longest gap between

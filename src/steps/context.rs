@@ -53,6 +53,15 @@ pub struct StepContext<'a> {
     pub root: &'a Path,
     /// Prints a progress line for a long wait (stderr on a terminal, an event with --output json).
     pub progress: &'a (dyn Fn(&str) + Send + Sync),
+    /// Appends a record `(event, data)` for this step to the event log and fsyncs it before
+    /// returning: for intents and evidence inside a long step (a traffic stage about to be
+    /// submitted, an analysis verdict). Data must be non-secret.
+    pub journal: &'a (dyn Fn(&str, Value) -> Result<(), StepError> + Send + Sync),
+    /// The panic flag file: while it exists, every safe point ([`StepContext::check_deadline`])
+    /// stops the step. `None` during rollback, which a panic must not stop.
+    pub panic_flag: Option<&'a Path>,
+    /// Step ids approved on the command line (`--approve STEP`).
+    pub approved: &'a [String],
 }
 
 impl StepContext<'_> {
@@ -61,14 +70,30 @@ impl StepContext<'_> {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
-    /// A [`StepError::Timeout`] when the deadline has passed, naming what was awaited.
+    /// A safe point: [`StepError::Panic`] when the panic flag is raised, [`StepError::Timeout`]
+    /// when the deadline has passed (naming what was awaited).
     pub fn check_deadline(&self, awaiting: &str) -> Result<(), StepError> {
+        if let Some(reason) = self.panic_flag.and_then(panic_reason) {
+            return Err(StepError::Panic(reason));
+        }
         if Instant::now() >= self.deadline {
             Err(StepError::Timeout(awaiting.to_string()))
         } else {
             Ok(())
         }
     }
+}
+
+/// When the panic flag file `path` exists: `<path>` plus its first line (at most 200 characters)
+/// as the operator's reason, e.g. `.cutover/panic-staging ("checkout errors")`.
+pub fn panic_reason(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok().or_else(|| path.exists().then(String::new))?;
+    let first: String = text.lines().next().unwrap_or("").trim().chars().take(200).collect();
+    Some(if first.is_empty() {
+        format!("panic flag {} raised", path.display())
+    } else {
+        format!("panic flag {} raised: {first}", path.display())
+    })
 }
 
 /// One change a step would make, as a dry-run prints it.
@@ -80,6 +105,10 @@ pub struct Change {
     pub target: String,
     /// Human-readable detail, never a secret value (fingerprints only).
     pub detail: String,
+    /// The exact request this change is, when there is one: a Route 53 change batch, SQL text.
+    /// A dry-run prints it; the real run records the same document when it submits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<Value>,
 }
 
 impl Change {
@@ -89,7 +118,14 @@ impl Change {
             action: action.into(),
             target: target.into(),
             detail: detail.into(),
+            document: None,
         }
+    }
+
+    /// The same change carrying its exact request document.
+    pub fn with_document(mut self, document: Value) -> Self {
+        self.document = Some(document);
+        self
     }
 }
 
@@ -102,6 +138,45 @@ pub struct Planned {
     pub before: Value,
     /// Outputs a dry-run can already predict, so later steps' templates render.
     pub predicted: Map<String, Value>,
+}
+
+/// One object a rollback put back, with fingerprints of its state before and after the rollback
+/// (SHA-256 of the value or of the record sets' canonical JSON), so the audit can show what
+/// changed without showing a secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Restored {
+    /// The object, e.g. `secret shop/shop-db key DATABASE_URL` or `CNAME shop.example.com.`.
+    pub object: String,
+    /// Fingerprint of the state the rollback found (`(absent)` when there was none).
+    pub before: String,
+    /// Fingerprint of the state the rollback left.
+    pub after: String,
+    /// What happened, in words without secret values.
+    pub detail: String,
+}
+
+impl Restored {
+    /// An entry whose states are given as text (values, canonical JSON); both are fingerprinted.
+    /// `None` stands for an absent object.
+    pub fn new(
+        object: impl Into<String>,
+        before: Option<&str>,
+        after: Option<&str>,
+        detail: impl Into<String>,
+    ) -> Self {
+        let fp = |s: Option<&str>| s.map(crate::secret::fingerprint).unwrap_or_else(|| "(absent)".into());
+        Restored {
+            object: object.into(),
+            before: fp(before),
+            after: fp(after),
+            detail: detail.into(),
+        }
+    }
+
+    /// `object: before → after (detail)`.
+    pub fn line(&self) -> String {
+        format!("{}: {} → {} ({})", self.object, self.before, self.after, self.detail)
+    }
 }
 
 /// Why a step (or its rollback) failed.
@@ -119,7 +194,10 @@ pub enum StepError {
     /// The step observed a state that fails its check (mismatch, unhealthy, missing association).
     #[error("{0}")]
     Check(String),
-    /// A safety gate refused (wrong account, ...): the run stops before any mutation, exit 3.
+    /// A safety gate refused (wrong account, missing approval, ...): the step changes nothing.
     #[error("{0}")]
     Gate(String),
+    /// The operator raised the panic flag: the step stopped at a safe point; the run rolls back.
+    #[error("{0}")]
+    Panic(String),
 }

@@ -6,7 +6,7 @@
 //! appear only as fingerprints. Each restart is marked with `cutover.dev/restarted-for` on the pod
 //! template, so a resumed run never restarts a Deployment twice for the same step.
 
-use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{Restored, parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
 use crate::providers::kube::{is_conflict, is_not_found, kube_err};
 use crate::secret::fingerprint;
 use async_trait::async_trait;
@@ -416,7 +416,7 @@ impl StepKind for FlipSecret {
         cx: &StepContext,
         _before: &Value,
         outputs: Option<&Map<String, Value>>,
-    ) -> Result<Vec<String>, StepError> {
+    ) -> Result<Vec<Restored>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let names = deployments(&p)?;
         let client = cx.providers.kube().await?;
@@ -427,10 +427,8 @@ impl StepKind for FlipSecret {
             .map(str::to_owned)
             .unwrap_or_else(|| backup_name(&p.secret, cx.run_id));
         let Some(b) = get_secret(&secrets, &backup).await? else {
-            return Ok(vec![format!(
-                "secret {}/{}: not changed by this run (no backup {backup})",
-                p.namespace, p.secret
-            )]);
+            // Not changed by this run: no backup was ever taken.
+            return Ok(vec![]);
         };
         let old = decoded(&b);
         let now = get_secret(&secrets, &p.secret)
@@ -442,17 +440,17 @@ impl StepKind for FlipSecret {
             .keys()
             .filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
             .collect();
-        let mut lines = Vec::new();
+        let mut restored = Vec::new();
         for (k, v) in &restore {
-            let was = now
-                .get(k)
-                .map(|x| fingerprint(x))
-                .unwrap_or_else(|| "(absent)".into());
-            lines.push(format!(
-                "secret {}/{}: {k} {was} → {}",
-                p.namespace,
-                p.secret,
-                fingerprint(v)
+            restored.push(Restored::new(
+                format!("secret {}/{} key {k}", p.namespace, p.secret),
+                now.get(k).map(String::as_str),
+                Some(v),
+                if now.get(k) == Some(v) {
+                    format!("already the value in backup {backup}")
+                } else {
+                    format!("restored from backup Secret {backup}")
+                },
             ));
         }
         if !changed_keys(&now, &restore).is_empty() {
@@ -460,10 +458,49 @@ impl StepKind for FlipSecret {
         }
         let deploys: Api<Deployment> = Api::namespaced(client, &p.namespace);
         let mark = format!("{}/{}/rollback", cx.run_id, cx.step_id);
+        let mut generations = Vec::new();
         for n in &names {
+            let g = deploys
+                .get(n)
+                .await
+                .map_err(|e| kube_err(&format!("get deployment {n}"), e))?
+                .metadata
+                .generation
+                .unwrap_or(0);
+            generations.push(g);
             restart(&deploys, n, &mark).await?;
         }
-        lines.extend(wait_rollouts(cx, &deploys, &names).await?);
-        Ok(lines)
+        let evidence = wait_rollouts(cx, &deploys, &names).await?;
+        for ((n, g), line) in names.iter().zip(generations).zip(evidence) {
+            let after = deploys
+                .get(n)
+                .await
+                .map_err(|e| kube_err(&format!("get deployment {n}"), e))?
+                .metadata
+                .generation
+                .unwrap_or(0);
+            restored.push(Restored::new(
+                format!("deployment {}/{n}", p.namespace),
+                Some(&format!("generation {g}")),
+                Some(&format!("generation {after}")),
+                format!("restarted onto the restored Secret; {line}"),
+            ));
+        }
+        Ok(restored)
+    }
+
+    fn manual_undo(&self, params: &Map<String, Value>, _before: &Value, run_id: &str) -> Vec<String> {
+        let ns = params.get("namespace").and_then(Value::as_str).unwrap_or("NAMESPACE");
+        let secret = params.get("secret").and_then(Value::as_str).unwrap_or("SECRET");
+        let backup = backup_name(secret, run_id);
+        let mut out = vec![format!(
+            "restore the Secret from its backup: kubectl -n {ns} get secret {backup} -o json | jq '.metadata = {{name: \"{secret}\", namespace: \"{ns}\"}}' | kubectl apply -f -"
+        )];
+        if let Some(Value::Array(ds)) = params.get("restart") {
+            for d in ds.iter().filter_map(Value::as_str) {
+                out.push(format!("restart and watch: kubectl -n {ns} rollout restart {d} && kubectl -n {ns} rollout status {d}"));
+            }
+        }
+        out
     }
 }

@@ -5,6 +5,8 @@
 //! next, write the event log or read other steps' state except through its rendered parameters:
 //! that is the engine's job (`crate::engine`).
 
+pub mod analysis;
+mod approval;
 mod aws_assert_account;
 mod http_check;
 mod k8s_flip_secret;
@@ -15,12 +17,13 @@ mod postgres_verify;
 mod postgres_wait_lag;
 mod rds_snapshot;
 mod route53_cutover;
+mod route53_set_ttl;
 mod terraform_apply;
 mod wafv2_assert_association;
 
 pub mod context;
 
-pub use context::{Change, Planned, StepContext, StepError};
+pub use context::{Change, Planned, Restored, StepContext, StepError};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -95,7 +98,7 @@ pub trait StepKind: Send + Sync {
 
     /// Undoes the step. Tolerates `apply` never having run (`outputs` is `None`) or having
     /// half-run. `before` is the rollback material from the first plan of this step in the run.
-    /// Returns one line per restored object, with fingerprints instead of secret values.
+    /// Returns one entry per restored object, with fingerprints instead of secret values.
     ///
     /// # Errors
     /// A [`StepError`] when the undo could not be completed; the run then needs a human (exit 4).
@@ -104,8 +107,20 @@ pub trait StepKind: Send + Sync {
         _cx: &StepContext,
         _before: &Value,
         _outputs: Option<&Map<String, Value>>,
-    ) -> Result<Vec<String>, StepError> {
+    ) -> Result<Vec<Restored>, StepError> {
         Ok(Vec::new())
+    }
+
+    /// What a person must do, object by object, when [`StepKind::rollback`] could not finish:
+    /// concrete commands where there are some. No I/O; `params` are the rendered parameters
+    /// (read only their non-secret fields). Empty when the kind changes nothing.
+    fn manual_undo(
+        &self,
+        _params: &Map<String, Value>,
+        _before: &Value,
+        _run_id: &str,
+    ) -> Vec<String> {
+        Vec::new()
     }
 }
 
@@ -122,6 +137,8 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &postgres_verify::Verify,
         &k8s_flip_secret::FlipSecret,
         &wafv2_assert_association::AssertAssociation,
+        &route53_set_ttl::SetTtl,
+        &approval::Approval,
         &route53_cutover::Route53Cutover,
         &http_check::HttpCheck,
     ]
@@ -171,7 +188,7 @@ pub fn parse_params<T: serde::de::DeserializeOwned>(
         .map_err(|e| StepError::Params(e.to_string()))
 }
 
-/// Parses `"90s"`, `"10m"`, `"1h"`, `"1m30s"` or a bare number of seconds.
+/// Parses `"90s"`, `"10m"`, `"1h"`, `"7d"`, `"500ms"`, `"1m30s"` or a bare number of seconds.
 ///
 /// # Errors
 /// A message naming the text when it is not such a duration.
@@ -180,34 +197,42 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total = 0u64;
-    let mut num = String::new();
-    for ch in t.chars() {
-        if ch.is_ascii_digit() {
-            num.push(ch);
-            continue;
-        }
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration like 90s, 10m or 1h"))?;
-        num.clear();
-        total += match ch {
-            's' => n,
-            'm' => n * 60,
-            'h' => n * 3600,
-            _ => return Err(format!("`{text}` is not a duration like 90s, 10m or 1h")),
+    let bad = || format!("`{text}` is not a duration like 500ms, 90s, 10m, 1h or 7d");
+    let mut total_ms = 0u64;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else {
+            match rest.chars().next() {
+                Some('s') => (1_000, 1),
+                Some('m') => (60_000, 1),
+                Some('h') => (3_600_000, 1),
+                Some('d') => (86_400_000, 1),
+                _ => return Err(bad()),
+            }
         };
+        total_ms += n * unit_ms;
+        rest = &rest[len..];
     }
-    if !num.is_empty() {
-        return Err(format!("`{text}` is not a duration like 90s, 10m or 1h"));
+    if t.is_empty() {
+        return Err(bad());
     }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total_ms))
 }
 
 /// Serde helper: a duration written as text (`"30s"`) or seconds.
 pub mod duration_text {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
+
+    /// Serializes a [`Duration`] as `"<milliseconds>ms"`.
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
 
     /// Deserializes a [`Duration`] from `"30s"`/`"10m"` or a number of seconds.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -224,6 +249,43 @@ pub mod duration_text {
     }
 }
 
+/// Serde helpers for values that a template renders into text: an optional integer given as a
+/// number or as text (`"60"`), where `""`, `none` and `null` (a rendered absent output) are
+/// absent; and the same for optional text.
+pub mod rendered {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(i64),
+        S(String),
+    }
+
+    fn absent(s: &str) -> bool {
+        matches!(s.trim().to_ascii_lowercase().as_str(), "" | "none" | "null")
+    }
+
+    /// An `Option<i64>` from `60`, `"60"`, `""`, `"none"` or `null`.
+    pub fn opt_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::N(n)) => Ok(Some(n)),
+            Some(Raw::S(s)) if absent(&s) => Ok(None),
+            Some(Raw::S(s)) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a whole number"))),
+        }
+    }
+
+    /// An `Option<String>` where `""`, `"none"` and `"null"` are absent.
+    pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.filter(|s| !absent(s)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,17 +296,20 @@ mod tests {
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        assert!(parse_duration("5w").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("").is_err() && parse_duration("s").is_err());
     }
 
     #[test]
-    fn every_kind_name_is_unique_and_dotted() {
+    fn every_kind_name_is_unique_and_provider_dotted_except_approval() {
         let names = kind_names();
         let mut sorted = names.clone();
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), names.len());
-        assert!(names.iter().all(|n| n.contains('.')));
+        assert!(names.iter().all(|n| n.contains('.') || *n == "approval"));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!
 //! Rollback resets the setting to what it was before the run.
 
-use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{Restored, parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
 use crate::providers::postgres::{ident, pg};
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
@@ -206,12 +206,11 @@ impl StepKind for FreezeWrites {
         cx: &StepContext,
         before: &Value,
         _outputs: Option<&Map<String, Value>>,
-    ) -> Result<Vec<String>, StepError> {
+    ) -> Result<Vec<Restored>, StepError> {
         let db = &cx.env.database.name;
         if before.get("read_only").and_then(Value::as_bool) == Some(true) {
-            return Ok(vec![format!(
-                "database {db}: was read-only before the run; left read-only"
-            )]);
+            // Read-only before the run: left as it was.
+            return Ok(vec![]);
         }
         let source = cx.providers.source().await?;
         if !read_only_setting(&source, db).await? {
@@ -224,6 +223,11 @@ impl StepKind for FreezeWrites {
             ))
             .await
             .map_err(|e| pg("source", e))?;
-        Ok(vec![format!("database {db} on source: default_transaction_read_only on → off (writes accepted again)")])
+        Ok(vec![Restored::new(
+            format!("database {db} on the source"),
+            Some("default_transaction_read_only=on"),
+            Some("default_transaction_read_only=off"),
+            "default_transaction_read_only on → off: writes accepted again",
+        )])
     }
 }

@@ -15,7 +15,7 @@
 //! releases the snapshot. The target's copied rows stay: the target is not live before the flip,
 //! and after it they may hold acknowledged writes.
 
-use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{Restored, parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
 use crate::providers::postgres::catalog::{Table, STATE_SCHEMA};
 use crate::providers::postgres::preflight::{self, Needs};
 use crate::providers::postgres::snapshot;
@@ -564,10 +564,11 @@ impl StepKind for Replicate {
         cx: &StepContext,
         _before: &Value,
         _outputs: Option<&Map<String, Value>>,
-    ) -> Result<Vec<String>, StepError> {
+    ) -> Result<Vec<Restored>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let mut lines = Vec::new();
+        let dropped = |object: String, what: &str| Restored::new(object.clone(), Some(&object), None, what.to_string());
         snapshot::release(&hold_file(cx));
         let target = cx.providers.target().await?;
         if exists(&target, "target", SUB_SQL, &sub).await? {
@@ -575,28 +576,26 @@ impl StepKind for Replicate {
                 .batch_execute(&format!("DROP SUBSCRIPTION {}", ident(&sub)))
                 .await
                 .map_err(|e| pg("target", e))?;
-            lines.push(format!(
-                "subscription {sub} dropped on the target (with its replication slot)"
-            ));
+            lines.push(dropped(format!("subscription {sub} (target)"), "dropped"));
         }
         if copy::load_state(&target).await?.is_some() {
             target
                 .batch_execute(&format!("DROP SCHEMA {STATE_SCHEMA} CASCADE"))
                 .await
                 .map_err(|e| pg("target", e))?;
-            lines.push("copy progress (schema cutover_copy) dropped on the target".into());
+            lines.push(dropped(format!("schema {STATE_SCHEMA} (target)"), "copy progress dropped"));
         }
         let source = cx.providers.source().await?;
         if exists(&source, "source", SLOT_SQL, &sub).await? {
             drop_slot(&source, &sub).await?;
-            lines.push(format!("replication slot {sub} dropped on the source"));
+            lines.push(dropped(format!("replication slot {sub} (source)"), "dropped"));
         }
         if exists(&source, "source", PUB_SQL, &publ).await? {
             source
                 .batch_execute(&format!("DROP PUBLICATION {}", ident(&publ)))
                 .await
                 .map_err(|e| pg("source", e))?;
-            lines.push(format!("publication {publ} dropped on the source"));
+            lines.push(dropped(format!("publication {publ} (source)"), "dropped"));
         }
         Ok(lines)
     }

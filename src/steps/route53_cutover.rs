@@ -1,13 +1,26 @@
-//! `route53.cutover`: points a record at the new target with one UPSERT change batch and waits
-//! until Route 53 reports the change INSYNC. Rollback UPSERTs the exact record set observed before
-//! the first change of the run (or deletes the record if there was none).
+//! `route53.cutover`: moves a record's traffic from its current (old) target to the new one in
+//! weighted stages, e.g. 10, 50, 100 percent.
+//!
+//! 1. TTL guard: when the record's TTL was lowered (`ttl_lowered_at`, `previous_ttl`, from a
+//!    `route53.set_ttl` step), answers cached under the old TTL may live until
+//!    `lowered_at + previous_ttl`; before that the step refuses or waits (`on_ttl_pending`).
+//! 2. Stage 1 replaces the simple record by a weighted pair in one change batch (`DELETE` the
+//!    record, `CREATE` old and new members); later stages `UPSERT` the weights. Each batch is
+//!    journaled before it is submitted and confirmed INSYNC before the stage's analysis window
+//!    (see [`super::analysis`]) runs against the new target.
+//! 3. A failed window, the panic flag or the deadline returns all weight to the old member
+//!    (weights new 0 / old 100) before the step fails.
+//! 4. After the last stage, the TTL goes back up to `restore_ttl`.
+//!
+//! Rollback restores the exact record sets observed by the run's first plan of this step.
+//! CNAME and A/AAAA records are supported, with plain values or an alias target (an ALB).
 
-use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
-use crate::providers::aws::err;
+use super::analysis::Analysis;
+use super::route53_set_ttl::submit_and_wait;
+use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use crate::providers::route53::{self as r53p, batch_json, fqdn, Alias, RecordChange, RecordSet};
+use crate::steps::context::Mode;
 use async_trait::async_trait;
-use aws_sdk_route53::types::{
-    Change as R53Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
-};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -23,183 +36,310 @@ struct Params {
     #[serde(default = "default_type", rename = "type")]
     rtype: String,
     #[serde(default)]
+    alias: Option<AliasParams>,
+    #[serde(default = "default_stages")]
+    stages: Vec<i64>,
+    #[serde(default, deserialize_with = "super::rendered::opt_int")]
     ttl: Option<i64>,
+    #[serde(default, deserialize_with = "super::rendered::opt_int")]
+    restore_ttl: Option<i64>,
+    #[serde(default, deserialize_with = "super::rendered::opt_text")]
+    ttl_lowered_at: Option<String>,
+    #[serde(default, deserialize_with = "super::rendered::opt_int")]
+    previous_ttl: Option<i64>,
+    #[serde(default = "default_pending")]
+    on_ttl_pending: String,
+    #[serde(default)]
+    analysis: Option<Analysis>,
+    #[serde(default = "default_old_id")]
+    old_id: String,
+    #[serde(default = "default_new_id")]
+    new_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasParams {
+    hosted_zone_id: String,
+    #[serde(default = "yes")]
+    evaluate_target_health: bool,
 }
 
 fn default_type() -> String {
     "CNAME".into()
 }
+fn default_stages() -> Vec<i64> {
+    vec![100]
+}
+fn default_pending() -> String {
+    "refuse".into()
+}
+fn default_old_id() -> String {
+    "legacy".into()
+}
+fn default_new_id() -> String {
+    "aws".into()
+}
+fn yes() -> bool {
+    true
+}
+
+const TYPES: &[&str] = &["CNAME", "A", "AAAA"];
+const PENDING: &[&str] = &["refuse", "wait"];
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "record",
-        required: true,
-        doc: "record name, e.g. shop.staging.example.com",
-    },
-    ParamSpec {
-        name: "to",
-        required: true,
-        doc: "new value (the AWS load balancer's DNS name for a CNAME)",
-    },
-    ParamSpec {
-        name: "type",
-        required: false,
-        doc: "record type: CNAME (default) or A",
-    },
-    ParamSpec {
-        name: "ttl",
-        required: false,
-        doc: "TTL in seconds (default: keep the current TTL, else 60)",
-    },
+    ParamSpec { name: "record", required: true, doc: "record name, e.g. shop.staging.example.com" },
+    ParamSpec { name: "to", required: true, doc: "the new target: a DNS name (CNAME, alias) or an address (A/AAAA)" },
+    ParamSpec { name: "type", required: false, doc: "record type: CNAME (default), A or AAAA" },
+    ParamSpec { name: "alias", required: false, doc: "make the new member an alias record: {hosted_zone_id, evaluate_target_health (default true)}; type A or AAAA" },
+    ParamSpec { name: "stages", required: false, doc: "percent of traffic on the new target per stage, ascending, ending at 100 (default [100])" },
+    ParamSpec { name: "ttl", required: false, doc: "TTL in seconds of the weighted records while traffic moves (default: the record's current TTL)" },
+    ParamSpec { name: "restore_ttl", required: false, doc: "TTL in seconds set after the last stage passed (default: leave it)" },
+    ParamSpec { name: "ttl_lowered_at", required: false, doc: "RFC 3339 time the TTL was lowered (route53.set_ttl's lowered_at)" },
+    ParamSpec { name: "previous_ttl", required: false, doc: "the TTL in seconds before it was lowered (route53.set_ttl's previous_ttl)" },
+    ParamSpec { name: "on_ttl_pending", required: false, doc: "when the old TTL has not yet elapsed since the lowering: refuse (default) or wait" },
+    ParamSpec { name: "analysis", required: false, doc: "HTTP analysis after each stage: {url, samples, interval, min_success_rate, max_p95_ms, consecutive, expect_status}; required with more than one stage" },
+    ParamSpec { name: "old_id", required: false, doc: "set identifier of the old target's weighted record (default legacy)" },
+    ParamSpec { name: "new_id", required: false, doc: "set identifier of the new target's weighted record (default aws)" },
 ];
 
-fn fqdn(name: &str) -> String {
-    if name.ends_with('.') {
-        name.to_string()
-    } else {
-        format!("{name}.")
+/// The record as the step found it: where traffic goes and how far it has moved.
+enum Shape {
+    /// No record of this name and type.
+    Absent,
+    /// A simple record (no set identifier).
+    Simple(RecordSet),
+    /// The weighted pair this step manages: old member, new member's weight.
+    Weighted { old: RecordSet, new_weight: i64 },
+}
+
+fn classify(p: &Params, sets: &[RecordSet]) -> Result<Shape, StepError> {
+    let label = format!("{} {}", p.rtype, fqdn(&p.record));
+    match sets {
+        [] => Ok(Shape::Absent),
+        [one] if one.set_identifier.is_none() => Ok(Shape::Simple(one.clone())),
+        _ => {
+            let find = |id: &str| sets.iter().find(|s| s.set_identifier.as_deref() == Some(id));
+            let others: Vec<String> = sets
+                .iter()
+                .filter(|s| {
+                    s.set_identifier.as_deref() != Some(p.old_id.as_str())
+                        && s.set_identifier.as_deref() != Some(p.new_id.as_str())
+                })
+                .map(|s| s.set_identifier.clone().unwrap_or_else(|| "(simple)".into()))
+                .collect();
+            match (find(&p.old_id), find(&p.new_id)) {
+                (Some(old), Some(new)) if others.is_empty() => {
+                    if new.target() != new_member(p, 0, None).target() {
+                        return Err(StepError::Check(format!(
+                            "{label}: weighted member {} points at {}, not {}",
+                            p.new_id,
+                            new.target(),
+                            p.to
+                        )));
+                    }
+                    Ok(Shape::Weighted {
+                        old: old.clone(),
+                        new_weight: new.weight.unwrap_or(0),
+                    })
+                }
+                _ => Err(StepError::Check(format!(
+                    "{label} has record sets this step does not manage ({}); expected one simple record or the weighted pair {}/{}",
+                    others.join(", "),
+                    p.old_id,
+                    p.new_id
+                ))),
+            }
+        }
     }
 }
 
-/// The hosted zone id of the environment's domain.
-async fn zone_id(r53: &aws_sdk_route53::Client, domain: &str) -> Result<String, StepError> {
-    let out = r53
-        .list_hosted_zones_by_name()
-        .dns_name(fqdn(domain))
-        .send()
-        .await
-        .map_err(|e| err("route53:ListHostedZonesByName", e))?;
-    out.hosted_zones()
-        .iter()
-        .find(|z| z.name() == fqdn(domain))
-        .map(|z| z.id().trim_start_matches("/hostedzone/").to_string())
-        .ok_or_else(|| StepError::Check(format!("no hosted zone {domain} in account")))
+/// The new target's weighted member.
+fn new_member(p: &Params, weight: i64, ttl: Option<i64>) -> RecordSet {
+    let (values, alias, ttl) = match &p.alias {
+        Some(a) => (
+            vec![],
+            Some(Alias {
+                hosted_zone_id: a.hosted_zone_id.clone(),
+                dns_name: p.to.clone(),
+                evaluate_target_health: a.evaluate_target_health,
+            }),
+            None,
+        ),
+        None => (vec![p.to.clone()], None, ttl),
+    };
+    RecordSet {
+        name: fqdn(&p.record),
+        rtype: p.rtype.clone(),
+        set_identifier: Some(p.new_id.clone()),
+        weight: Some(weight),
+        ttl,
+        values,
+        alias,
+    }
 }
 
-/// The record set `name`/`type` as `{exists, name, type, ttl, values}`.
-async fn current(
-    r53: &aws_sdk_route53::Client,
-    zone: &str,
-    name: &str,
-    rtype: &RrType,
-) -> Result<Value, StepError> {
-    let out = r53
-        .list_resource_record_sets()
-        .hosted_zone_id(zone)
-        .start_record_name(fqdn(name))
-        .start_record_type(rtype.clone())
-        .max_items(1)
-        .send()
-        .await
-        .map_err(|e| err("route53:ListResourceRecordSets", e))?;
-    let found = out
-        .resource_record_sets()
-        .iter()
-        .find(|r| r.name() == fqdn(name) && r.r#type() == rtype);
-    Ok(match found {
-        None => json!({"exists": false, "name": fqdn(name), "type": rtype.as_str()}),
-        Some(r) => json!({
-            "exists": true,
-            "name": r.name(),
-            "type": r.r#type().as_str(),
-            "ttl": r.ttl(),
-            "values": r.resource_records().iter().map(|v| v.value().to_string()).collect::<Vec<_>>(),
-        }),
+/// The old target's weighted member, built from the record as it was.
+fn old_member(p: &Params, origin: &RecordSet, weight: i64, ttl: Option<i64>) -> RecordSet {
+    RecordSet {
+        set_identifier: Some(p.old_id.clone()),
+        weight: Some(weight),
+        ttl: if origin.alias.is_some() { None } else { ttl.or(origin.ttl) },
+        ..origin.clone()
+    }
+}
+
+/// The change batch that puts `new_weight` percent on the new target, from `now`.
+fn stage_changes(
+    p: &Params,
+    now: &[RecordSet],
+    shape: &Shape,
+    new_weight: i64,
+    ttl: Option<i64>,
+) -> Vec<RecordChange> {
+    match shape {
+        // No traffic to move: the record starts on the new target.
+        Shape::Absent => vec![RecordChange {
+            action: "CREATE",
+            set: RecordSet { set_identifier: None, weight: None, ..new_member(p, new_weight, ttl) },
+        }],
+        Shape::Simple(origin) => vec![
+            RecordChange { action: "DELETE", set: origin.clone() },
+            RecordChange { action: "CREATE", set: old_member(p, origin, 100 - new_weight, ttl) },
+            RecordChange { action: "CREATE", set: new_member(p, new_weight, ttl) },
+        ],
+        Shape::Weighted { old, .. } => {
+            let want = [old_member(p, old, 100 - new_weight, ttl), new_member(p, new_weight, ttl)];
+            want.into_iter()
+                .filter(|w| !now.contains(w))
+                .map(|set| RecordChange { action: "UPSERT", set })
+                .collect()
+        }
+    }
+}
+
+/// Percent of traffic already on the new target, and whether the record is simply on it (no
+/// stage left to run).
+fn position(p: &Params, shape: &Shape) -> (i64, bool) {
+    match shape {
+        Shape::Simple(s) if s.target() == new_member(p, 0, None).target() => (100, true),
+        Shape::Weighted { new_weight, .. } => (*new_weight, false),
+        _ => (0, false),
+    }
+}
+
+/// The TTL the records carry while traffic moves.
+fn moving_ttl(p: &Params, shape: &Shape) -> Option<i64> {
+    p.ttl.or(match shape {
+        Shape::Simple(s) => s.ttl,
+        Shape::Weighted { old, .. } => old.ttl,
+        Shape::Absent => Some(60),
     })
 }
 
-/// The values of a record set as [`current`] reports it.
-fn values_of(set: &Value) -> Vec<String> {
-    set.get("values")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect()
+/// Seconds until answers cached under the old TTL have expired (0 when they have, or when no
+/// lowering is on record).
+fn ttl_pending(p: &Params) -> Result<i64, StepError> {
+    let (Some(at), Some(prev)) = (&p.ttl_lowered_at, p.previous_ttl) else {
+        return Ok(0);
+    };
+    let at = chrono::DateTime::parse_from_rfc3339(at).map_err(|e| {
+        StepError::Params(format!("ttl_lowered_at `{at}` is not an RFC 3339 time: {e}"))
+    })?;
+    let until = at.with_timezone(&chrono::Utc) + chrono::Duration::seconds(prev);
+    Ok((until - chrono::Utc::now()).num_seconds().max(0))
 }
 
-fn record_set(
-    name: &str,
-    rtype: &RrType,
-    ttl: i64,
-    values: &[String],
-) -> Result<ResourceRecordSet, StepError> {
-    let mut b = ResourceRecordSet::builder()
-        .name(fqdn(name))
-        .r#type(rtype.clone())
-        .ttl(ttl);
-    for v in values {
-        b = b.resource_records(
-            ResourceRecord::builder()
-                .value(v)
-                .build()
-                .map_err(|e| StepError::Params(e.to_string()))?,
-        );
+fn parse(cx: &StepContext<'_>) -> Result<Params, StepError> {
+    let p: Params = parse_params(&cx.params)?;
+    let problems = check(&p);
+    if problems.is_empty() {
+        Ok(p)
+    } else {
+        Err(StepError::Params(problems.join("; ")))
     }
-    b.build().map_err(|e| StepError::Params(e.to_string()))
 }
 
-/// The change batch as the Route 53 API document shows it, for dry-runs and the audit.
-fn batch_json(action: &str, name: &str, rtype: &str, ttl: i64, values: &[String]) -> Value {
-    json!({"Changes": [{"Action": action, "ResourceRecordSet": {"Name": fqdn(name), "Type": rtype, "TTL": ttl, "ResourceRecords": values.iter().map(|v| json!({"Value": v})).collect::<Vec<_>>()}}]})
+/// Range and consistency checks of typed parameters.
+fn check(p: &Params) -> Vec<String> {
+    let mut out = Vec::new();
+    if !TYPES.contains(&p.rtype.as_str()) {
+        out.push(format!("type `{}` is not supported (valid: {})", p.rtype, TYPES.join(", ")));
+    }
+    if p.alias.is_some() && p.rtype == "CNAME" {
+        out.push("an alias target needs type A or AAAA".into());
+    }
+    if !PENDING.contains(&p.on_ttl_pending.as_str()) {
+        out.push(format!("on_ttl_pending `{}` is not one of: {}", p.on_ttl_pending, PENDING.join(", ")));
+    }
+    out.extend(check_stages(&p.stages));
+    if p.stages.len() > 1 && p.analysis.is_none() {
+        out.push("stages need an `analysis` window: traffic moves to the next stage only on evidence".into());
+    }
+    if let Some(a) = &p.analysis {
+        out.extend(a.problems());
+    }
+    if p.old_id == p.new_id {
+        out.push("old_id and new_id must differ".into());
+    }
+    out
 }
 
-async fn submit(
+fn check_stages(stages: &[i64]) -> Vec<String> {
+    let mut out = Vec::new();
+    if stages.last() != Some(&100) {
+        out.push(format!("stages {stages:?} must end at 100"));
+    }
+    if stages.iter().any(|s| !(1..=100).contains(s)) || stages.windows(2).any(|w| w[0] >= w[1]) {
+        out.push(format!("stages {stages:?} must rise strictly, each between 1 and 100"));
+    }
+    out
+}
+
+async fn client(cx: &StepContext<'_>) -> Result<(aws_sdk_route53::Client, String), StepError> {
+    let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
+    let zone = r53p::zone_id(&r53, &cx.env.dns.domain).await?;
+    Ok((r53, zone))
+}
+
+fn weights_text(p: &Params, new_weight: i64) -> String {
+    format!("{} {} / {} {}", p.new_id, new_weight, p.old_id, 100 - new_weight)
+}
+
+/// Puts all weight back on the old member after a failed stage; journals the batch first.
+async fn return_to_old(
+    cx: &StepContext<'_>,
+    p: &Params,
     r53: &aws_sdk_route53::Client,
     zone: &str,
-    action: ChangeAction,
-    set: ResourceRecordSet,
-    comment: &str,
-) -> Result<String, StepError> {
-    let change = R53Change::builder()
-        .action(action)
-        .resource_record_set(set)
-        .build()
-        .map_err(|e| StepError::Params(e.to_string()))?;
-    let batch = ChangeBatch::builder()
-        .changes(change)
-        .comment(comment)
-        .build()
-        .map_err(|e| StepError::Params(e.to_string()))?;
-    let out = r53
-        .change_resource_record_sets()
-        .hosted_zone_id(zone)
-        .change_batch(batch)
-        .send()
-        .await
-        .map_err(|e| err("route53:ChangeResourceRecordSets", e))?;
-    Ok(out
-        .change_info()
-        .map(|c| c.id().trim_start_matches("/change/").to_string())
-        .unwrap_or_default())
-}
-
-async fn wait_insync(
-    cx: &StepContext<'_>,
-    r53: &aws_sdk_route53::Client,
-    change_id: &str,
-) -> Result<(), StepError> {
-    loop {
-        let out = r53
-            .get_change()
-            .id(change_id)
-            .send()
-            .await
-            .map_err(|e| err("route53:GetChange", e))?;
-        let status = out
-            .change_info()
-            .map(|c| c.status().as_str().to_string())
-            .unwrap_or_default();
-        if status == "INSYNC" {
-            return Ok(());
+    stage: usize,
+    why: &str,
+) -> Result<Value, StepError> {
+    let now = r53p::record_sets(r53, zone, &p.record, &p.rtype).await?;
+    let shape = classify(p, &now)?;
+    let ttl = moving_ttl(p, &shape);
+    let changes = match &shape {
+        Shape::Weighted { .. } => stage_changes(p, &now, &shape, 0, ttl),
+        _ => vec![],
+    };
+    if changes.is_empty() {
+        return Ok(json!(null));
+    }
+    (cx.journal)(
+        "traffic_returned",
+        json!({"stage": stage, "reason": why, "weights": {&p.new_id: 0, &p.old_id: 100}, "change_batch": batch_json(&changes)}),
+    )?;
+    let id = r53p::submit(r53, zone, &changes, &format!("cutover run {}: return traffic to {}", cx.run_id, p.old_id)).await?;
+    // The deadline may have passed already: wait for INSYNC without the safe point's checks.
+    for _ in 0..60 {
+        if r53p::change_status(r53, &id).await? == "INSYNC" {
+            break;
         }
-        cx.check_deadline(&format!("change {change_id} to be INSYNC (now {status})"))?;
-        (cx.progress)(&format!(
-            "change {change_id} is {status}; waiting for INSYNC up to {}s",
-            cx.remaining().as_secs()
-        ));
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    let after = r53p::record_sets(r53, zone, &p.record, &p.rtype).await?;
+    (cx.journal)("traffic_returned_insync", json!({"stage": stage, "change_id": id, "observed": after}))?;
+    Ok(json!(id))
 }
 
 #[async_trait]
@@ -208,192 +348,381 @@ impl StepKind for Route53Cutover {
         "route53.cutover"
     }
     fn purpose(&self) -> &'static str {
-        "Point the service's DNS record at the AWS target and wait until Route 53 reports INSYNC"
+        "Move the service's DNS to the AWS target in weighted stages, each INSYNC and analysed, returning all weight on failure"
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
     fn outputs(&self) -> &'static [&'static str] {
-        &["change_id", "zone_id", "record", "value"]
+        &["change_batches", "zone_id", "record", "value"]
     }
     fn default_timeout(&self) -> Duration {
-        Duration::from_secs(600)
+        Duration::from_secs(900)
+    }
+
+    fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
+        let mut out = super::check_param_names(self.params(), params);
+        let literal = |k: &str| params.get(k).filter(|v| !v.as_str().is_some_and(crate::runbook::template::is_template));
+        if let Some(Value::Array(st)) = literal("stages") {
+            match st.iter().map(Value::as_i64).collect::<Option<Vec<i64>>>() {
+                Some(stages) => out.extend(check_stages(&stages)),
+                None => out.push("stages must be whole percentages, e.g. [10, 50, 100]".into()),
+            }
+            if st.len() > 1 && !params.contains_key("analysis") {
+                out.push("stages need an `analysis` window: traffic moves to the next stage only on evidence".into());
+            }
+        }
+        if let Some(Value::String(v)) = literal("on_ttl_pending") {
+            if !PENDING.contains(&v.as_str()) {
+                out.push(format!("on_ttl_pending `{v}` is not one of: {}", PENDING.join(", ")));
+            }
+        }
+        if let Some(Value::String(v)) = literal("type") {
+            if !TYPES.contains(&v.as_str()) {
+                out.push(format!("type `{v}` is not supported (valid: {})", TYPES.join(", ")));
+            }
+        }
+        out
     }
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let p: Params = parse_params(&cx.params)?;
-        let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
-        let zone = zone_id(&r53, &cx.env.dns.domain).await?;
-        let rtype = RrType::from(p.rtype.as_str());
-        let before = current(&r53, &zone, &p.record, &rtype).await?;
-        let old = values_of(&before);
-        let ttl = p
-            .ttl
-            .or_else(|| before.get("ttl").and_then(Value::as_i64))
-            .unwrap_or(60);
-        let changes = if old == vec![p.to.clone()]
-            && before.get("ttl").and_then(Value::as_i64) == Some(ttl)
-        {
-            vec![Change::new(
-                "none",
-                format!("{} {}", p.rtype, fqdn(&p.record)),
-                format!("already {}", p.to),
-            )]
-        } else {
-            let batch = batch_json(
-                "UPSERT",
-                &p.record,
-                &p.rtype,
-                ttl,
-                std::slice::from_ref(&p.to),
-            );
-            vec![Change::new(
-                "update",
-                format!("{} {}", p.rtype, fqdn(&p.record)),
-                format!(
-                    "{} → {} (TTL {ttl}s) in zone {zone}; change batch {}",
-                    if old.is_empty() {
-                        "(none)".into()
-                    } else {
-                        old.join(",")
-                    },
-                    p.to,
-                    batch
-                ),
-            )]
-        };
+        let p = parse(cx)?;
+        let (r53, zone) = client(cx).await?;
+        let live = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+        // A dry-run predicts the record as the earlier steps leave it: a `route53.set_ttl` before
+        // this step (named by `ttl_lowered_at`) will have lowered its TTL to `ttl`.
+        let mut now = live.clone();
+        if cx.mode == Mode::DryRun && p.ttl_lowered_at.is_some() {
+            if let Some(t) = p.ttl {
+                for s in now.iter_mut() {
+                    s.ttl = s.ttl.map(|x| x.min(t));
+                }
+            }
+        }
+        let label = format!("{} {}", p.rtype, fqdn(&p.record));
+        let mut shape = classify(&p, &now)?;
+        let ttl = moving_ttl(&p, &shape);
+        let mut changes = Vec::new();
+        let pending = ttl_pending(&p)?;
+        if p.previous_ttl.is_some() && p.ttl_lowered_at.is_some() {
+            changes.push(Change::new(
+                "check",
+                format!("{label} old TTL"),
+                if pending == 0 {
+                    format!("answers cached under the old TTL ({}s) have expired", p.previous_ttl.unwrap_or(0))
+                } else if p.on_ttl_pending == "wait" {
+                    format!("would wait {pending}s for answers cached under the old TTL ({}s) to expire", p.previous_ttl.unwrap_or(0))
+                } else {
+                    format!("WOULD REFUSE if started now: answers cached under the old TTL ({}s) live {pending}s more", p.previous_ttl.unwrap_or(0))
+                },
+            ));
+        }
+        let (current, finished) = position(&p, &shape);
+        let mut sets = now.clone();
+        for (i, &stage) in p.stages.iter().enumerate() {
+            if stage < current || finished {
+                continue;
+            }
+            if stage > current {
+                let batch = stage_changes(&p, &sets, &shape, stage, ttl);
+                changes.push(
+                    Change::new(
+                        "update",
+                        label.clone(),
+                        format!("stage {}/{}: {} (TTL {}s) in zone {zone}", i + 1, p.stages.len(), weights_text(&p, stage), ttl.unwrap_or(0)),
+                    )
+                    .with_document(batch_json(&batch)),
+                );
+                sets = apply_locally(&sets, &batch);
+                shape = classify(&p, &sets)?;
+                if matches!(shape, Shape::Simple(_)) {
+                    break; // created on the new target: nothing to shift
+                }
+            }
+            if let Some(a) = &p.analysis {
+                changes.push(Change::new("check", format!("stage {}/{} analysis", i + 1, p.stages.len()), a.describe()));
+            }
+        }
+        if let Some(restore) = p.restore_ttl {
+            let raise = ttl_changes(&sets, restore);
+            if !raise.is_empty() {
+                changes.push(
+                    Change::new("update", label.clone(), format!("after the last stage: TTL {}s → {restore}s", ttl.unwrap_or(0)))
+                        .with_document(batch_json(&raise)),
+                );
+            }
+        }
+        if !changes.iter().any(|c| c.action == "update") {
+            changes.push(Change::new("none", label, format!("already on {}", p.to)));
+        }
         let mut predicted = Map::new();
         predicted.insert("zone_id".into(), json!(zone));
         predicted.insert("record".into(), json!(fqdn(&p.record)));
         predicted.insert("value".into(), json!(p.to));
         Ok(Planned {
             changes,
-            before,
+            before: json!({"zone_id": zone, "sets": live}),
             predicted,
         })
     }
 
-    async fn apply(
-        &self,
-        cx: &StepContext,
-        planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
-        let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
-        let zone = zone_id(&r53, &cx.env.dns.domain).await?;
-        let rtype = RrType::from(p.rtype.as_str());
-        let now = current(&r53, &zone, &p.record, &rtype).await?;
-        let ttl = p
-            .ttl
-            .or_else(|| planned.before.get("ttl").and_then(Value::as_i64))
-            .unwrap_or(60);
-        let already = now.get("values") == Some(&json!([p.to]))
-            && now.get("ttl").and_then(Value::as_i64) == Some(ttl);
+    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+        let p = parse(cx)?;
+        let (r53, zone) = client(cx).await?;
+        let label = format!("{} {}", p.rtype, fqdn(&p.record));
+
+        let mut pending = ttl_pending(&p)?;
+        if pending > 0 {
+            let prev = p.previous_ttl.unwrap_or(0);
+            let at = p.ttl_lowered_at.clone().unwrap_or_default();
+            if p.on_ttl_pending != "wait" {
+                return Err(StepError::Gate(format!(
+                    "refused: the TTL of {label} was lowered from {prev}s at {at}; answers cached before then live {pending}s more (set on_ttl_pending: wait, or start later)"
+                )));
+            }
+            if pending as u64 > cx.remaining().as_secs() {
+                return Err(StepError::Gate(format!(
+                    "refused: answers cached under the old TTL ({prev}s, lowered at {at}) live {pending}s more, beyond this step's deadline ({}s left); raise its `timeout`",
+                    cx.remaining().as_secs()
+                )));
+            }
+            (cx.journal)("ttl_wait", json!({"record": fqdn(&p.record), "previous_ttl": prev, "lowered_at": at, "wait_s": pending}))?;
+            while pending > 0 {
+                cx.check_deadline("answers cached under the old TTL to expire")?;
+                (cx.progress)(&format!("waiting {pending}s more for answers cached under the old TTL ({prev}s) to expire"));
+                tokio::time::sleep(Duration::from_secs(pending.min(5) as u64)).await;
+                pending = ttl_pending(&p)?;
+            }
+        }
+
+        let mut now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+        let mut shape = classify(&p, &now)?;
+        let ttl = moving_ttl(&p, &shape);
+        let (mut current, finished) = position(&p, &shape);
+        let mut batches = Vec::new();
+        let mut stages_done = Vec::new();
+        let n = p.stages.len();
+        for (i, &stage) in p.stages.iter().enumerate() {
+            if stage < current || finished || matches!(shape, Shape::Simple(_)) && current == 100 {
+                continue;
+            }
+            let name = format!("stage {}/{n} ({stage}%)", i + 1);
+            if stage > current {
+                let changes = stage_changes(&p, &now, &shape, stage, ttl);
+                let batch = batch_json(&changes);
+                (cx.journal)("traffic_stage", json!({"stage": i + 1, "of": n, "weights": {&p.new_id: stage, &p.old_id: 100 - stage}, "change_batch": batch}))?;
+                let submitted = submit_and_wait(cx, &r53, &zone, &changes, &format!("cutover run {} step {}: {name}", cx.run_id, cx.step_id)).await;
+                let id = match submitted {
+                    Ok(id) => id,
+                    Err(e) => {
+                        return_to_old(cx, &p, &r53, &zone, i + 1, &e.to_string()).await?;
+                        return Err(e);
+                    }
+                };
+                now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+                (cx.journal)("traffic_stage_insync", json!({"stage": i + 1, "change_id": id, "observed": now}))?;
+                batches.push(batch);
+                shape = classify(&p, &now)?;
+                current = if matches!(shape, Shape::Simple(_)) { 100 } else { stage };
+            }
+            if let Some(a) = &p.analysis {
+                let verdict = match a.run(cx, &name).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return_to_old(cx, &p, &r53, &zone, i + 1, &e.to_string()).await?;
+                        return Err(e);
+                    }
+                };
+                (cx.journal)("analysis", json!({"stage": i + 1, "of": n, "url": a.url, "verdict": verdict}))?;
+                if !verdict.passed {
+                    let why = format!("{name} analysis failed: {}", verdict.reasons.join("; "));
+                    return_to_old(cx, &p, &r53, &zone, i + 1, &why).await?;
+                    return Err(StepError::Check(format!("{why}; all weight returned to {}", p.old_id)));
+                }
+            }
+            stages_done.push(stage);
+        }
+        if let Some(restore) = p.restore_ttl {
+            let raise = ttl_changes(&now, restore);
+            if !raise.is_empty() {
+                let batch = batch_json(&raise);
+                (cx.journal)("traffic_ttl_restore", json!({"ttl": restore, "change_batch": batch}))?;
+                submit_and_wait(cx, &r53, &zone, &raise, &format!("cutover run {} step {}: TTL back to {restore}s", cx.run_id, cx.step_id)).await?;
+                batches.push(batch);
+            }
+        }
         let mut out = Map::new();
-        let change_id = if already {
-            Value::Null
-        } else {
-            let set = record_set(&p.record, &rtype, ttl, std::slice::from_ref(&p.to))?;
-            json!(
-                submit(
-                    &r53,
-                    &zone,
-                    ChangeAction::Upsert,
-                    set,
-                    &format!("cutover run {} step {}", cx.run_id, cx.step_id)
-                )
-                .await?
-            )
-        };
         out.insert(
             "summary".into(),
-            json!(format!("{} {} → {}", p.rtype, fqdn(&p.record), p.to)),
+            json!(if batches.is_empty() {
+                format!("{label} already on {}", p.to)
+            } else {
+                format!("{label} → {} in stages {:?}, each INSYNC{}", p.to, stages_done, if p.analysis.is_some() { " and analysed" } else { "" })
+            }),
         );
-        out.insert("change_id".into(), change_id);
-        out.insert(
-            "change_batch".into(),
-            batch_json(
-                "UPSERT",
-                &p.record,
-                &p.rtype,
-                ttl,
-                std::slice::from_ref(&p.to),
-            ),
-        );
+        out.insert("change_batches".into(), json!(batches));
+        out.insert("stages".into(), json!(stages_done));
         out.insert("zone_id".into(), json!(zone));
         out.insert("record".into(), json!(fqdn(&p.record)));
         out.insert("value".into(), json!(p.to));
         Ok(out)
     }
 
-    async fn verify(
-        &self,
-        cx: &StepContext,
-        outputs: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, StepError> {
-        let mut ev = Map::new();
-        if let Some(id) = outputs.get("change_id").and_then(Value::as_str) {
-            let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
-            wait_insync(cx, &r53, id).await?;
-            ev.insert("change_status".into(), json!("INSYNC"));
+    async fn verify(&self, cx: &StepContext, _outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+        let p = parse(cx)?;
+        let (r53, zone) = client(cx).await?;
+        let now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+        let target = new_member(&p, 0, None).target();
+        let on_new = now.iter().any(|s| {
+            s.target() == target && (s.set_identifier.is_none() || s.weight == Some(100))
+        }) && now.iter().all(|s| s.target() == target || s.weight == Some(0));
+        if !on_new {
+            return Err(StepError::Check(format!(
+                "{} {} does not send all traffic to {}: {}",
+                p.rtype,
+                fqdn(&p.record),
+                p.to,
+                now.iter().map(|s| format!("{}={}", s.set_identifier.as_deref().unwrap_or("simple"), s.target())).collect::<Vec<_>>().join(", ")
+            )));
         }
+        let mut ev = Map::new();
+        ev.insert("observed".into(), json!(now));
         Ok(ev)
     }
 
-    async fn rollback(
-        &self,
-        cx: &StepContext,
-        before: &Value,
-        _outputs: Option<&Map<String, Value>>,
-    ) -> Result<Vec<String>, StepError> {
+    async fn rollback(&self, cx: &StepContext, before: &Value, _outputs: Option<&Map<String, Value>>) -> Result<Vec<Restored>, StepError> {
         let p: Params = parse_params(&cx.params)?;
-        let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
-        let zone = zone_id(&r53, &cx.env.dns.domain).await?;
-        let rtype = RrType::from(p.rtype.as_str());
-        let now = current(&r53, &zone, &p.record, &rtype).await?;
-        let now_values = values_of(&now);
+        let Some(old) = before.get("sets").cloned().and_then(|v| serde_json::from_value::<Vec<RecordSet>>(v).ok()) else {
+            return Ok(vec![]);
+        };
+        let (r53, zone) = client(cx).await?;
+        let now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+        let changes = r53p::diff(&now, &old);
         let label = format!("{} {}", p.rtype, fqdn(&p.record));
-        if before.get("exists").and_then(Value::as_bool) == Some(true) {
-            let old = values_of(before);
-            let ttl = before.get("ttl").and_then(Value::as_i64).unwrap_or(60);
-            if now_values == old && now.get("ttl").and_then(Value::as_i64) == Some(ttl) {
-                return Ok(vec![format!(
-                    "{label}: already {} (nothing to restore)",
-                    old.join(",")
-                )]);
-            }
-            let id = submit(
-                &r53,
-                &zone,
-                ChangeAction::Upsert,
-                record_set(&p.record, &rtype, ttl, &old)?,
-                &format!("cutover rollback of run {}", cx.run_id),
-            )
-            .await?;
-            wait_insync(cx, &r53, &id).await?;
-            Ok(vec![format!(
-                "{label}: {} → {} (TTL {ttl}s, change {id} INSYNC)",
-                now_values.join(","),
-                old.join(",")
-            )])
-        } else if now.get("exists").and_then(Value::as_bool) == Some(true)
-            && now_values == vec![p.to.clone()]
-        {
-            let ttl = now.get("ttl").and_then(Value::as_i64).unwrap_or(60);
-            let id = submit(
-                &r53,
-                &zone,
-                ChangeAction::Delete,
-                record_set(&p.record, &rtype, ttl, &now_values)?,
-                &format!("cutover rollback of run {}", cx.run_id),
-            )
-            .await?;
-            wait_insync(cx, &r53, &id).await?;
-            Ok(vec![format!(
-                "{label}: deleted (it did not exist before the run)"
-            )])
-        } else {
-            Ok(vec![])
+        if changes.is_empty() {
+            return Ok(vec![]);
         }
+        let id = submit_and_wait(cx, &r53, &zone, &changes, &format!("cutover rollback of run {}", cx.run_id)).await?;
+        let after = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+        let show = |sets: &[RecordSet]| {
+            if sets.is_empty() {
+                return "(none)".to_string();
+            }
+            sets.iter()
+                .map(|s| match (&s.set_identifier, s.weight) {
+                    (Some(id), Some(w)) => format!("{id} {w} → {}", s.target()),
+                    _ => format!("{} TTL {}s", s.target(), s.ttl.unwrap_or(0)),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Ok(vec![Restored {
+            object: label,
+            before: r53p::fingerprint(&now),
+            after: r53p::fingerprint(&after),
+            detail: format!("{} ⇒ {} (change {id} INSYNC)", show(&now), show(&after)),
+        }])
+    }
+
+    fn manual_undo(&self, params: &Map<String, Value>, before: &Value, _run_id: &str) -> Vec<String> {
+        let zone = before.get("zone_id").and_then(Value::as_str).unwrap_or("ZONE");
+        let record = params.get("record").and_then(Value::as_str).unwrap_or("the record");
+        let sets: Vec<RecordSet> = before.get("sets").cloned().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+        let create: Vec<RecordChange> = sets.into_iter().map(|set| RecordChange { action: "CREATE", set }).collect();
+        vec![
+            format!("list what {record} holds now: aws route53 list-resource-record-sets --hosted-zone-id {zone} --query \"ResourceRecordSets[?Name=='{}']\"", fqdn(record)),
+            format!("delete those sets, then create exactly the sets from before the run, in one change batch: aws route53 change-resource-record-sets --hosted-zone-id {zone} --change-batch '{}' (prepend a DELETE for each set listed above)", batch_json(&create)),
+        ]
+    }
+}
+
+/// `UPSERT`s that set every set's TTL to `ttl` (alias sets have none).
+fn ttl_changes(sets: &[RecordSet], ttl: i64) -> Vec<RecordChange> {
+    sets.iter()
+        .filter(|s| s.alias.is_none() && s.ttl != Some(ttl))
+        .map(|s| RecordChange { action: "UPSERT", set: RecordSet { ttl: Some(ttl), ..s.clone() } })
+        .collect()
+}
+
+/// `sets` after `changes`, as Route 53 would apply them (for predicting later stages).
+fn apply_locally(sets: &[RecordSet], changes: &[RecordChange]) -> Vec<RecordSet> {
+    let mut out: Vec<RecordSet> = sets.to_vec();
+    for c in changes {
+        out.retain(|s| s.set_identifier != c.set.set_identifier);
+        if c.action != "DELETE" {
+            out.push(c.set.clone());
+        }
+    }
+    out.sort_by(|a, b| a.set_identifier.cmp(&b.set_identifier));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(v: Value) -> Params {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn simple() -> RecordSet {
+        RecordSet {
+            name: "shop.example.com.".into(),
+            rtype: "CNAME".into(),
+            set_identifier: None,
+            weight: None,
+            ttl: Some(60),
+            values: vec!["legacy.example.net".into()],
+            alias: None,
+        }
+    }
+
+    #[test]
+    fn stages_move_a_simple_record_into_a_weighted_pair_then_upsert_weights() {
+        let p = params(json!({"record": "shop.example.com", "to": "alb.example.net", "stages": [10, 50, 100], "analysis": {"url": "http://x"}}));
+        let now = vec![simple()];
+        let shape = classify(&p, &now).unwrap();
+        let first = stage_changes(&p, &now, &shape, 10, Some(60));
+        let actions: Vec<&str> = first.iter().map(|c| c.action).collect();
+        assert_eq!(actions, ["DELETE", "CREATE", "CREATE"]);
+        assert_eq!(first[1].set.weight, Some(90));
+        assert_eq!(first[2].set.weight, Some(10));
+        let after = apply_locally(&now, &first);
+        let shape = classify(&p, &after).unwrap();
+        assert!(matches!(shape, Shape::Weighted { new_weight: 10, .. }));
+        let second = stage_changes(&p, &after, &shape, 50, Some(60));
+        assert!(second.iter().all(|c| c.action == "UPSERT"));
+        assert_eq!(second.iter().map(|c| c.set.weight.unwrap()).collect::<Vec<_>>(), [50, 50]);
+    }
+
+    #[test]
+    fn stage_lists_must_rise_to_100() {
+        assert!(check_stages(&[10, 50, 100]).is_empty());
+        assert_eq!(check_stages(&[10, 50]).len(), 1);
+        assert_eq!(check_stages(&[50, 10, 100]).len(), 1);
+        assert_eq!(check_stages(&[0, 100]).len(), 1);
+        let p = params(json!({"record": "r", "to": "t", "stages": [10, 100]}));
+        assert!(check(&p).iter().any(|m| m.contains("analysis")));
+    }
+
+    #[test]
+    fn the_ttl_guard_counts_from_the_lowering() {
+        let at = (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339();
+        let p = params(json!({"record": "r", "to": "t", "ttl_lowered_at": at, "previous_ttl": "300"}));
+        let left = ttl_pending(&p).unwrap();
+        assert!((297..=299).contains(&left), "{left}");
+        let p = params(json!({"record": "r", "to": "t", "ttl_lowered_at": "none", "previous_ttl": "300"}));
+        assert_eq!(ttl_pending(&p).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_alias_member_has_no_ttl_and_the_old_member_keeps_its_values() {
+        let p = params(json!({"record": "shop.example.com", "to": "dualstack.alb.example.net", "type": "A", "alias": {"hosted_zone_id": "Z35SXDOTRQ7X7K"}}));
+        let origin = RecordSet { rtype: "A".into(), values: vec!["203.0.113.7".into()], ..simple() };
+        let shape = Shape::Simple(origin);
+        let c = stage_changes(&p, &[], &shape, 100, Some(60));
+        assert_eq!(c[1].set.values, ["203.0.113.7"]);
+        assert_eq!(c[1].set.weight, Some(0));
+        assert!(c[2].set.alias.is_some() && c[2].set.ttl.is_none());
     }
 }

@@ -1,8 +1,9 @@
 //! `wafv2.assert_association`: no traffic moves to a load balancer that is not behind the web ACL.
-//! A read-only gate: fails when WAFv2 reports no web ACL for the resource (or another one than
-//! expected).
+//! A gate: fails when WAFv2 reports no web ACL for the resource (or another one than expected).
+//! With `associate: true` it associates the named web ACL itself when none is, and its rollback
+//! removes only an association it made.
 
-use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{Restored, parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
 use crate::providers::aws::err;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -17,6 +18,8 @@ struct Params {
     resource: String,
     #[serde(default)]
     web_acl: Option<String>,
+    #[serde(default)]
+    associate: bool,
 }
 
 const PARAMS: &[ParamSpec] = &[
@@ -28,9 +31,29 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "web_acl",
         required: false,
-        doc: "name of the web ACL that must be associated",
+        doc: "name of the web ACL that must be associated (required with associate)",
+    },
+    ParamSpec {
+        name: "associate",
+        required: false,
+        doc: "associate `web_acl` when no web ACL is (default false: refuse)",
     },
 ];
+
+/// The ARN of the regional web ACL named `name`.
+async fn acl_arn(waf: &aws_sdk_wafv2::Client, name: &str) -> Result<String, StepError> {
+    let out = waf
+        .list_web_acls()
+        .scope(aws_sdk_wafv2::types::Scope::Regional)
+        .send()
+        .await
+        .map_err(|e| err("wafv2:ListWebACLs", e))?;
+    out.web_acls()
+        .iter()
+        .find(|a| a.name() == Some(name))
+        .and_then(|a| a.arn().map(str::to_owned))
+        .ok_or_else(|| StepError::Check(format!("no regional web ACL named {name} in the account")))
+}
 
 async fn observe(cx: &StepContext<'_>) -> Result<(Params, Option<(String, String)>), StepError> {
     let p: Params = parse_params(&cx.params)?;
@@ -73,8 +96,29 @@ impl StepKind for AssertAssociation {
         &["web_acl_name", "web_acl_arn"]
     }
 
+    fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
+        let mut out = super::check_param_names(self.params(), params);
+        if params.get("associate") == Some(&Value::Bool(true)) && !params.contains_key("web_acl") {
+            out.push("associate: true needs `web_acl`, the name of the web ACL to associate".into());
+        }
+        out
+    }
+
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let (p, acl) = observe(cx).await?;
+        if acl.is_none() && p.associate {
+            let name = p.web_acl.clone().unwrap_or_default();
+            let waf = aws_sdk_wafv2::Client::new(&cx.providers.aws().await?.config);
+            let detail = match acl_arn(&waf, &name).await {
+                Ok(arn) => format!("AssociateWebACL {{WebACLArn: {arn}, ResourceArn: {}}}", p.resource),
+                Err(e) => format!("WOULD FAIL: {e}"),
+            };
+            return Ok(Planned {
+                changes: vec![Change::new("create", format!("waf association of {}", p.resource), detail)],
+                before: json!({"associated": false}),
+                ..Default::default()
+            });
+        }
         let detail = match judge(&p, &acl) {
             Ok(()) => format!(
                 "associated with {}",
@@ -97,16 +141,59 @@ impl StepKind for AssertAssociation {
         cx: &StepContext,
         _planned: &Planned,
     ) -> Result<Map<String, Value>, StepError> {
-        let (p, acl) = observe(cx).await?;
-        judge(&p, &acl).map_err(StepError::Check)?;
+        let (p, mut acl) = observe(cx).await?;
+        let mut associated = false;
+        if acl.is_none() && p.associate {
+            let name = p.web_acl.clone().unwrap_or_default();
+            let waf = aws_sdk_wafv2::Client::new(&cx.providers.aws().await?.config);
+            let arn = acl_arn(&waf, &name).await?;
+            waf.associate_web_acl()
+                .web_acl_arn(&arn)
+                .resource_arn(&p.resource)
+                .send()
+                .await
+                .map_err(|e| err("wafv2:AssociateWebACL", e))?;
+            associated = true;
+            acl = observe(cx).await?.1;
+        }
+        judge(&p, &acl).map_err(|e| StepError::Gate(format!("refused: {e}; no traffic moves to it (set associate: true and web_acl to associate it)")))?;
         let (name, arn) = acl.unwrap_or_default();
         let mut out = Map::new();
         out.insert(
             "summary".into(),
-            json!(format!("{} behind web ACL {name}", p.resource)),
+            json!(format!(
+                "{} behind web ACL {name}{}",
+                p.resource,
+                if associated { " (associated by this step)" } else { "" }
+            )),
         );
+        out.insert("associated_by_run".into(), json!(associated));
         out.insert("web_acl_name".into(), json!(name));
         out.insert("web_acl_arn".into(), json!(arn));
         Ok(out)
+    }
+
+    async fn rollback(
+        &self,
+        cx: &StepContext,
+        _before: &Value,
+        outputs: Option<&Map<String, Value>>,
+    ) -> Result<Vec<Restored>, StepError> {
+        if outputs.and_then(|o| o.get("associated_by_run")) != Some(&Value::Bool(true)) {
+            return Ok(vec![]);
+        }
+        let p: Params = parse_params(&cx.params)?;
+        let waf = aws_sdk_wafv2::Client::new(&cx.providers.aws().await?.config);
+        waf.disassociate_web_acl()
+            .resource_arn(&p.resource)
+            .send()
+            .await
+            .map_err(|e| err("wafv2:DisassociateWebACL", e))?;
+        Ok(vec![Restored::new(
+            format!("waf association of {}", p.resource),
+            Some(p.web_acl.as_deref().unwrap_or("")),
+            None,
+            "association made by this run removed",
+        )])
     }
 }

@@ -1,0 +1,280 @@
+//! `route53.set_ttl`: lowers a record's TTL ahead of a cutover and records from what and when, so
+//! `route53.cutover` can wait until resolvers can no longer hold an answer cached under the old
+//! TTL. The lowering counts from the moment Route 53 reports the change INSYNC: from then on every
+//! authoritative server answers with the new TTL, and an answer cached before expires within the
+//! old TTL.
+//!
+//! Outputs: `ttl` (seconds now), `previous_ttl` (seconds before), `lowered_at` (RFC 3339, `null`
+//! when this run did not lower it). Rollback puts the previous TTL back.
+
+use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use crate::providers::route53::{self as r53p, batch_json, fqdn, RecordChange, RecordSet};
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// The `route53.set_ttl` kind.
+pub struct SetTtl;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    record: String,
+    #[serde(default = "default_type", rename = "type")]
+    rtype: String,
+    #[serde(deserialize_with = "super::rendered::opt_int")]
+    ttl: Option<i64>,
+}
+
+fn default_type() -> String {
+    "CNAME".into()
+}
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "record",
+        required: true,
+        doc: "record name, e.g. shop.staging.example.com",
+    },
+    ParamSpec {
+        name: "type",
+        required: false,
+        doc: "record type: CNAME (default), A or AAAA",
+    },
+    ParamSpec {
+        name: "ttl",
+        required: true,
+        doc: "the lowered TTL in seconds, e.g. 60",
+    },
+];
+
+/// The highest TTL among `sets` (alias sets have none).
+fn max_ttl(sets: &[RecordSet]) -> Option<i64> {
+    sets.iter().filter_map(|s| s.ttl).max()
+}
+
+/// `UPSERT`s that bring every set with a TTL above `ttl` down to it.
+fn lowering(sets: &[RecordSet], ttl: i64) -> Vec<RecordChange> {
+    sets.iter()
+        .filter(|s| s.ttl.is_some_and(|t| t > ttl))
+        .map(|s| RecordChange {
+            action: "UPSERT",
+            set: RecordSet {
+                ttl: Some(ttl),
+                ..s.clone()
+            },
+        })
+        .collect()
+}
+
+fn sets_of(before: &Value) -> Vec<RecordSet> {
+    before
+        .get("sets")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+async fn observe(
+    cx: &StepContext<'_>,
+) -> Result<(Params, i64, aws_sdk_route53::Client, String, Vec<RecordSet>), StepError> {
+    let p: Params = parse_params(&cx.params)?;
+    let ttl = p
+        .ttl
+        .filter(|t| *t >= 0)
+        .ok_or_else(|| StepError::Params("`ttl` must be a whole number of seconds".into()))?;
+    let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
+    let zone = r53p::zone_id(&r53, &cx.env.dns.domain).await?;
+    let sets = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+    if sets.is_empty() {
+        return Err(StepError::Check(format!(
+            "no {} record {} in zone {zone}",
+            p.rtype,
+            fqdn(&p.record)
+        )));
+    }
+    Ok((p, ttl, r53, zone, sets))
+}
+
+/// Submits `changes` and waits for INSYNC; each wait is a safe point.
+pub(super) async fn submit_and_wait(
+    cx: &StepContext<'_>,
+    r53: &aws_sdk_route53::Client,
+    zone: &str,
+    changes: &[RecordChange],
+    comment: &str,
+) -> Result<String, StepError> {
+    let id = r53p::submit(r53, zone, changes, comment).await?;
+    loop {
+        let status = r53p::change_status(r53, &id).await?;
+        if status == "INSYNC" {
+            return Ok(id);
+        }
+        cx.check_deadline(&format!("change {id} to be INSYNC (now {status})"))?;
+        (cx.progress)(&format!(
+            "change {id} is {status}; waiting for INSYNC up to {}s",
+            cx.remaining().as_secs()
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[async_trait]
+impl StepKind for SetTtl {
+    fn name(&self) -> &'static str {
+        "route53.set_ttl"
+    }
+    fn purpose(&self) -> &'static str {
+        "Lower a record's TTL ahead of the cutover and record from what and when"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["ttl", "previous_ttl", "lowered_at", "record"]
+    }
+
+    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+        let (p, ttl, _r53, zone, sets) = observe(cx).await?;
+        let label = format!("{} {}", p.rtype, fqdn(&p.record));
+        let previous = max_ttl(&sets).unwrap_or(ttl);
+        let changes = lowering(&sets, ttl);
+        let change = if changes.is_empty() {
+            Change::new("none", label, format!("TTL already {previous}s ≤ {ttl}s"))
+        } else {
+            Change::new(
+                "update",
+                label,
+                format!("TTL {previous}s → {ttl}s in zone {zone}; answers cached before it is INSYNC may live {previous}s more"),
+            )
+            .with_document(batch_json(&changes))
+        };
+        let mut predicted = Map::new();
+        predicted.insert("ttl".into(), json!(ttl));
+        predicted.insert("previous_ttl".into(), json!(previous));
+        predicted.insert(
+            "lowered_at".into(),
+            if changes.is_empty() {
+                Value::Null
+            } else {
+                json!(chrono::Utc::now().to_rfc3339())
+            },
+        );
+        predicted.insert("record".into(), json!(fqdn(&p.record)));
+        Ok(Planned {
+            changes: vec![change],
+            before: json!({"zone_id": zone, "sets": sets}),
+            predicted,
+        })
+    }
+
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
+        let (p, ttl, r53, zone, now) = observe(cx).await?;
+        // `planned.before` is the first observation of this run: after a crash between the
+        // submit and its record, it still holds the TTL from before the lowering.
+        let before = sets_of(&planned.before);
+        let previous = max_ttl(&before).or(max_ttl(&now)).unwrap_or(ttl);
+        let changes = lowering(&now, ttl);
+        let mut out = Map::new();
+        let lowered_at = if !changes.is_empty() {
+            let id = submit_and_wait(
+                cx,
+                &r53,
+                &zone,
+                &changes,
+                &format!("cutover run {} step {}: lower TTL", cx.run_id, cx.step_id),
+            )
+            .await?;
+            out.insert("change_id".into(), json!(id));
+            out.insert("change_batch".into(), batch_json(&changes));
+            json!(chrono::Utc::now().to_rfc3339())
+        } else if previous > ttl {
+            // Lowered by this run before a crash; when exactly is unknown, so count from now.
+            json!(chrono::Utc::now().to_rfc3339())
+        } else {
+            Value::Null
+        };
+        out.insert(
+            "summary".into(),
+            json!(if lowered_at.is_null() {
+                format!("{} {} TTL already {previous}s", p.rtype, fqdn(&p.record))
+            } else {
+                format!("{} {} TTL {previous}s → {ttl}s (INSYNC)", p.rtype, fqdn(&p.record))
+            }),
+        );
+        out.insert("ttl".into(), json!(ttl.min(previous)));
+        out.insert("previous_ttl".into(), json!(previous));
+        out.insert("lowered_at".into(), lowered_at);
+        out.insert("record".into(), json!(fqdn(&p.record)));
+        Ok(out)
+    }
+
+    async fn rollback(
+        &self,
+        cx: &StepContext,
+        before: &Value,
+        _outputs: Option<&Map<String, Value>>,
+    ) -> Result<Vec<Restored>, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let old = sets_of(before);
+        let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
+        let zone = r53p::zone_id(&r53, &cx.env.dns.domain).await?;
+        let now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+        // Raise back only the sets that still exist as they were, with a lower TTL.
+        let changes: Vec<RecordChange> = now
+            .iter()
+            .filter_map(|n| {
+                let o = old.iter().find(|o| {
+                    o.set_identifier == n.set_identifier && o.values == n.values && o.alias == n.alias
+                })?;
+                (o.ttl > n.ttl).then(|| RecordChange {
+                    action: "UPSERT",
+                    set: RecordSet {
+                        ttl: o.ttl,
+                        ..n.clone()
+                    },
+                })
+            })
+            .collect();
+        if changes.is_empty() {
+            return Ok(vec![]);
+        }
+        let id = submit_and_wait(
+            cx,
+            &r53,
+            &zone,
+            &changes,
+            &format!("cutover rollback of run {}: TTL", cx.run_id),
+        )
+        .await?;
+        let after = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+        Ok(vec![Restored {
+            object: format!("{} {}", p.rtype, fqdn(&p.record)),
+            before: r53p::fingerprint(&now),
+            after: r53p::fingerprint(&after),
+            detail: format!(
+                "TTL {}s → {}s (change {id} INSYNC)",
+                max_ttl(&now).unwrap_or(0),
+                max_ttl(&after).unwrap_or(0)
+            ),
+        }])
+    }
+
+    fn manual_undo(&self, params: &Map<String, Value>, before: &Value, _run_id: &str) -> Vec<String> {
+        let zone = before.get("zone_id").and_then(Value::as_str).unwrap_or("ZONE");
+        let changes: Vec<RecordChange> = sets_of(before)
+            .into_iter()
+            .map(|set| RecordChange { action: "UPSERT", set })
+            .collect();
+        let record = params.get("record").and_then(Value::as_str).unwrap_or("the record");
+        vec![format!(
+            "put the TTL of {record} back: aws route53 change-resource-record-sets --hosted-zone-id {zone} --change-batch '{}'",
+            batch_json(&changes)
+        )]
+    }
+}
