@@ -8,13 +8,15 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// The step ids of runbooks/shop-cutover.yaml, in order.
-const STEP_IDS: [&str; 13] = [
+const STEP_IDS: [&str; 15] = [
+    "ttl",
     "infra",
     "identity",
     "snapshot",
     "replicate",
     "synced",
     "waf",
+    "approve",
     "freeze",
     "drained",
     "sequences",
@@ -35,9 +37,14 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
         .secret_value("staging", "shop-db", "DATABASE_URL")
         .expect("seeded secret");
     let legacy_record = sb.shop_record("staging");
-    let out = sb.cutover(&["rehearse", "staging"]);
+    let (out, weights) = sb.watch_weights("staging", || sb.cutover(&["rehearse", "staging"]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("succeeded"));
+    // Traffic moved in weighted stages, in this order, as moto saw them.
+    assert_eq!(weights, vec![(10, 90), (50, 50), (100, 0)], "{}", text(&out));
+    // After the last stage the TTL went back up to the seeded record's (20 s).
+    let sets = sb.shop_sets("staging");
+    assert!(sets.iter().all(|s| s.ttl == Some(20)), "{sets:?}");
 
     // DNS: moto's record points at the AWS load balancer named by Terraform's output.
     let run = sb.run_ids().pop().unwrap();
@@ -267,44 +274,85 @@ fn sigkill_during_cutover_is_completed_by_resume_without_repeating_effects() {
 }
 
 #[test]
-fn failing_health_check_rolls_back_secret_and_dns() {
+fn health_failure_during_stage_two_returns_all_weight_and_rolls_back_secret_and_dns() {
     let sb = Sandbox::start();
     let legacy_url = sb
         .secret_value("staging", "shop-db", "DATABASE_URL")
         .unwrap();
-    let legacy_record = sb.shop_record("staging");
-    // Make the AWS-side application unhealthy for real: its database role cannot log in.
-    sb.sql(
-        &sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL"),
-        "ALTER ROLE shop NOLOGIN",
-    );
-    let out = sb.cutover(&["rehearse", "staging"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let legacy_sets = sb.shop_sets("staging");
+    let target_admin = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
+    let (out, weights) = sb.watch_weights("staging", || {
+        let (mut child, out, err) = sb.spawn_logged(&["rehearse", "staging"]);
+        // Once moto shows stage 2 (50/50), make the AWS side unhealthy for real: its database
+        // role can no longer log in, so /healthz fails inside stage 2's analysis window.
+        let start = Instant::now();
+        loop {
+            assert!(start.elapsed() < Duration::from_secs(300), "stage 2 never came");
+            if sb.shop_weights("staging") == Some((50, 50)) {
+                sb.sql(&target_admin, "ALTER ROLE shop NOLOGIN");
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the run ended before stage 2 ({status}): {}", std::fs::read_to_string(&err).unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = child.wait().unwrap();
+        (status, std::fs::read_to_string(out).unwrap() + &std::fs::read_to_string(err).unwrap())
+    });
+    let (status, printed) = out;
+    sb.outputs.lock().unwrap().push(printed.clone());
+    assert_eq!(status.code(), Some(1), "{printed}");
+    assert_eq!(&weights[..2], &[(10, 90), (50, 50)], "{weights:?}");
+    assert!(!weights.contains(&(100, 0)), "stage 3 ran: {weights:?}");
+    let run = sb.run_ids().pop().unwrap();
+    let records = sb.records(&run);
+    // All weight went back to the legacy target (read back from moto), then the rollback put
+    // back the exact record set from before the run.
+    let returned = events(&records, "traffic_returned_insync");
+    assert_eq!(returned.len(), 1, "{printed}");
+    let observed = returned[0]["data"]["observed"].as_array().unwrap();
+    let weight_of = |id: &str| {
+        observed
+            .iter()
+            .find(|s| s["set_identifier"] == id)
+            .map(|s| s["weight"].as_i64().unwrap())
+    };
+    assert_eq!((weight_of("aws"), weight_of("legacy")), (Some(0), Some(100)));
+    assert_eq!(events(&records, "traffic_returned")[0]["data"]["stage"], 2);
+    assert_eq!(sb.shop_sets("staging"), legacy_sets);
     assert_eq!(
         sb.secret_value("staging", "shop-db", "DATABASE_URL")
             .as_deref(),
         Some(legacy_url.as_str())
     );
-    assert_eq!(sb.shop_record("staging"), legacy_record);
     // Writes are accepted on the legacy database again.
     let ro = sb.sql(
         &sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL"),
         "SHOW default_transaction_read_only",
     );
     assert_eq!(ro[0][0].as_deref(), Some("off"));
-    let run = sb.run_ids().pop().unwrap();
     let audit = text(&sb.cutover(&["audit", "show", &run]));
     assert!(audit.contains("**rolled-back**"), "{audit}");
     assert!(audit.contains("## Rollback"));
-    assert!(audit.contains("`health`") && audit.contains("**FAILED**"));
-    assert!(
-        audit.contains("`flip` undone: secret shop/shop-db: DATABASE_URL sha256:"),
-        "{audit}"
-    );
-    assert!(
-        audit.contains("`dns` undone: CNAME shop.staging.example-shop.com."),
-        "{audit}"
-    );
+    assert!(audit.contains("`dns`") && audit.contains("**FAILED**"));
+    assert!(audit.contains("stage 2/3 (50%) analysis failed"), "{audit}");
+    // Each restored object with fingerprints of its state before and after the rollback.
+    let row = |object: &str| {
+        audit
+            .lines()
+            .find(|l| l.starts_with(&format!("  | {object} | `sha256:")))
+            .unwrap_or_else(|| panic!("no restored row for {object}:\n{audit}"))
+            .to_string()
+    };
+    let secret_row = row("secret shop/shop-db key DATABASE_URL");
+    assert!(secret_row.contains(&format!("`{}` |", cutover::secret::fingerprint(&legacy_url))), "{secret_row}");
+    let dns_row = row("CNAME shop.staging.example-shop.com.");
+    let cells: Vec<&str> = dns_row.split('|').map(str::trim).collect();
+    assert_ne!(cells[2], cells[3], "{dns_row}");
+    for d in ["deployment shop/shop-api", "deployment shop/shop-worker", "database shop_staging on the source"] {
+        row(d);
+    }
     let list: Value =
         serde_json::from_slice(&sb.cutover(&["runs", "--output", "json"]).stdout).unwrap();
     assert_eq!(

@@ -102,6 +102,13 @@ fn human(r: &Record) -> Option<String> {
                         s(c, "target"),
                         s(c, "detail")
                     ));
+                    if let Some(doc) = c.get("document") {
+                        let text = match doc {
+                            Value::String(t) => t.clone(),
+                            other => other.to_string(),
+                        };
+                        out.push_str(&format!("\n               {text}"));
+                    }
                 }
                 out
             } else {

@@ -65,6 +65,19 @@ pub fn run_with_timeout(mut cmd: Command, secs: u64) -> Output {
     }
 }
 
+/// One record set of `shop.<domain>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShopSet {
+    /// Set identifier of a weighted member (`aws`, `legacy`); `None` for a simple record.
+    pub set_identifier: Option<String>,
+    /// Weight of a weighted member.
+    pub weight: Option<i64>,
+    /// TTL in seconds.
+    pub ttl: Option<i64>,
+    /// Values joined by commas.
+    pub value: String,
+}
+
 /// One sandbox and one project copy.
 pub struct Sandbox {
     /// Sandbox directory.
@@ -222,6 +235,48 @@ impl Sandbox {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
+    }
+
+    /// Starts `cutover ARGS` with stdout and stderr going to files in the project (so a long run
+    /// never blocks on a full pipe); returns the child and the two file paths.
+    pub fn spawn_logged(&self, args: &[&str]) -> (Child, PathBuf, PathBuf) {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let out = self.project.path().join(format!("spawn-{n}.out"));
+        let err = self.project.path().join(format!("spawn-{n}.err"));
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        (child, out, err)
+    }
+
+    /// Polls moto every 25 ms while `run` executes and returns the distinct weights `(aws,
+    /// legacy)` of the weighted `shop.<domain>` pair in the order they appeared.
+    pub fn watch_weights<T>(&self, env: &str, run: impl FnOnce() -> T) -> (T, Vec<(i64, i64)>) {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                let mut seen: Vec<(i64, i64)> = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Some(w) = self.shop_weights(env) {
+                        if seen.last() != Some(&w) {
+                            seen.push(w);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                seen
+            });
+            let result = run();
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            (result, watcher.join().unwrap())
+        })
     }
 
     /// The ids of the runs on record, oldest first.
@@ -400,14 +455,70 @@ impl Sandbox {
         })
     }
 
-    /// The CNAME value of shop.<domain> in `env`'s account.
+    /// The `shop.<domain>` CNAME record sets of `env`'s account, as read from moto: one simple
+    /// set, or the members of a weighted group.
+    pub fn shop_sets(&self, env: &str) -> Vec<ShopSet> {
+        let cfg = self.aws(env);
+        block_on(async {
+            let r53 = aws_sdk_route53::Client::new(&cfg);
+            let mut out = Vec::new();
+            for z in r53.list_hosted_zones().send().await.unwrap().hosted_zones() {
+                let sets = r53
+                    .list_resource_record_sets()
+                    .hosted_zone_id(z.id())
+                    .send()
+                    .await
+                    .unwrap();
+                for r in sets.resource_record_sets() {
+                    if r.name().starts_with("shop.") && r.r#type().as_str() == "CNAME" {
+                        out.push(ShopSet {
+                            set_identifier: r.set_identifier().map(str::to_owned),
+                            weight: r.weight(),
+                            ttl: r.ttl(),
+                            value: r
+                                .resource_records()
+                                .iter()
+                                .map(|v| v.value().to_string())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        });
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.set_identifier.cmp(&b.set_identifier));
+            out
+        })
+    }
+
+    /// Where `shop.<domain>` sends all its traffic: the simple record's value, or the value of
+    /// the weighted member with the highest weight.
     pub fn shop_record(&self, env: &str) -> String {
-        let records = self.dns_records(env);
-        records
-            .iter()
-            .find(|r| r.starts_with("shop.") && r.contains(" CNAME "))
-            .map(|r| r.rsplit(' ').next().unwrap().to_string())
+        let sets = self.shop_sets(env);
+        sets.iter()
+            .max_by_key(|s| s.weight.unwrap_or(i64::MAX))
+            .map(|s| s.value.clone())
             .expect("shop record")
+    }
+
+    /// The weights `(aws, legacy)` of the weighted `shop.<domain>` pair, or `None` while the
+    /// record is a simple one.
+    pub fn shop_weights(&self, env: &str) -> Option<(i64, i64)> {
+        let sets = self.shop_sets(env);
+        let w = |id: &str| {
+            sets.iter()
+                .find(|s| s.set_identifier.as_deref() == Some(id))
+                .and_then(|s| s.weight)
+        };
+        Some((w("aws")?, w("legacy")?))
+    }
+
+    /// Writes `text` as a runbook file outside runbooks/ and returns its path (for `--runbook`).
+    pub fn extra_runbook(&self, name: &str, text: &str) -> String {
+        let dir = self.project.path().join("extra-runbooks");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
     }
 
     /// Every RDS snapshot id in `env`'s account.
