@@ -65,7 +65,14 @@ fn production_needs_rehearsals_of_the_same_runbook_and_its_dry_run_batches_are_t
     // ... are exactly what the real execution then submits.
     let real = sb.cutover(&["execute", "production", "--approve", "approve"]);
     assert_eq!(real.status.code(), Some(0), "{}", text(&real));
-    let run = sb.run_ids().pop().unwrap();
+    // The run id from the first line: `cutover execute production — runbook ..., run <id>`.
+    let run = text(&real)
+        .lines()
+        .find(|l| l.starts_with("cutover execute production"))
+        .and_then(|l| l.rsplit("run ").next())
+        .unwrap()
+        .trim()
+        .to_string();
     let records = sb.records(&run);
     let applied = events(&records, "step_applied");
     let submitted = applied.iter().find(|r| r["step"] == "dns").unwrap()["data"]["outputs"]["change_batches"]
