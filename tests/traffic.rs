@@ -167,3 +167,67 @@ fn panic_flag_raised_in_an_analysis_window_rolls_back_and_the_audit_names_it() {
     assert!(text(&again).contains("panic flag"), "{}", text(&again));
     sb.assert_no_secrets(&[]);
 }
+
+#[test]
+fn a_rollback_that_cannot_finish_exits_4_and_says_what_to_do_object_by_object() {
+    let sb = Sandbox::start();
+    let legacy_url = sb.secret_value("staging", "shop-db", "DATABASE_URL").unwrap();
+    // Flip the Secret, then a health check that cannot pass (nothing listens on port 9).
+    let runbook = sb.extra_runbook(
+        "flip-then-fail",
+        r#"name: flip-then-fail
+phases:
+  - name: cutover
+    steps:
+      - id: flip
+        kind: k8s.flip_secret
+        with:
+          namespace: shop
+          secret: shop-db
+          data: { DATABASE_URL: "{{ secrets.target_app_database_url }}" }
+          restart: [deployment/shop-api, deployment/shop-worker]
+      - { id: health, kind: http.check, with: { url: "http://127.0.0.1:9/healthz", interval: 1s }, timeout: 8s }
+"#,
+    );
+    let (mut child, out, err) = sb.spawn_logged(&["rehearse", "staging", "--runbook", &runbook]);
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(120), "no flip: {}", std::fs::read_to_string(&err).unwrap());
+        let done = sb.run_ids().pop().is_some_and(|run| {
+            sb.records(&run).iter().any(|r| r["type"] == "step_completed" && r["step"] == "flip")
+        });
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Someone deletes a Deployment while the health check runs: its restart cannot be undone.
+    let port = sb.port("/kube_ports/staging");
+    common::block_on(async {
+        let r = reqwest::Client::new()
+            .delete(format!("http://127.0.0.1:{port}/apis/apps/v1/namespaces/shop/deployments/shop-worker"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    });
+    let status = child.wait().unwrap();
+    let printed = std::fs::read_to_string(out).unwrap() + &std::fs::read_to_string(&err).unwrap();
+    sb.outputs.lock().unwrap().push(printed.clone());
+    assert_eq!(status.code(), Some(4), "{printed}");
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    assert!(stderr.contains("what to do, object by object:"), "{stderr}");
+    assert!(stderr.contains("[flip] restore the Secret from its backup: kubectl -n shop get secret shop-db-backup-"), "{stderr}");
+    assert!(stderr.contains("[flip] restart and watch: kubectl -n shop rollout restart deployment/shop-worker"), "{stderr}");
+    let run = sb.run_ids().pop().unwrap();
+    let records = sb.records(&run);
+    let fin = events(&records, "run_finished")[0]["data"].clone();
+    assert_eq!(fin["status"], "rollback-incomplete");
+    assert_eq!(fin["incomplete"][0]["step"], "flip");
+    // The Secret itself was restored before the restart failed.
+    assert_eq!(sb.secret_value("staging", "shop-db", "DATABASE_URL").as_deref(), Some(legacy_url.as_str()));
+    let audit = text(&sb.cutover(&["audit", "show", &run]));
+    assert!(audit.contains("`flip` **rollback FAILED**"), "{audit}");
+    assert!(audit.contains("  - [ ] to do by hand: restore the Secret from its backup"), "{audit}");
+    sb.assert_no_secrets(&[]);
+}

@@ -111,7 +111,7 @@ fn removing_one_output_the_runbook_reads_fails_the_check_naming_root_and_step() 
     let runbook = std::fs::read_to_string(dir.path().join("runbooks/shop-cutover.yaml")).unwrap();
     let dns_line = runbook
         .lines()
-        .position(|l| l.contains("{ id: dns,"))
+        .position(|l| l.contains("{ id: dns,") || l.trim_start() == "- id: dns")
         .unwrap()
         + 1;
     assert!(

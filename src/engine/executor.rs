@@ -543,22 +543,26 @@ impl<'a> Executor<'a> {
                 json!({"failed_step": failed_step, "incomplete": incomplete}),
             )
             .await?;
-            let todo = incomplete
-                .iter()
-                .map(|i| {
-                    let step = i["step"].as_str().unwrap_or("").to_string();
-                    let lines = i["manual"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|l| l.as_str().map(str::to_owned))
-                        .collect();
-                    (step, lines)
-                })
-                .collect();
-            Ok(Outcome::RollbackIncomplete(todo))
+            Ok(Outcome::RollbackIncomplete(manual_todo(&incomplete)))
         }
     }
+}
+
+/// Per step, what a person must do, from the `incomplete` entries of a `run_finished` record
+/// (`{step, kind, error, manual: [..]}`).
+pub(super) fn manual_todo(incomplete: &[Value]) -> Vec<(String, Vec<String>)> {
+    incomplete
+        .iter()
+        .map(|i| {
+            let lines = i["manual"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_str().map(str::to_owned))
+                .collect();
+            (i["step"].as_str().unwrap_or("").to_string(), lines)
+        })
+        .collect()
 }
 
 fn summary_line(

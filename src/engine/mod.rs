@@ -298,23 +298,13 @@ pub async fn resume(
             "succeeded" | "planned" => Outcome::Succeeded,
             "rolled-back" | "failed" => Outcome::RolledBack,
             "refused" => Outcome::Refused(field("reason")),
-            _ => Outcome::RollbackIncomplete(
+            _ => Outcome::RollbackIncomplete(executor::manual_todo(
                 fin.data
                     .get("incomplete")
                     .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .map(|i| {
-                        let lines = i["manual"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|l| l.as_str().map(str::to_owned))
-                            .collect();
-                        (i["step"].as_str().unwrap_or("").to_string(), lines)
-                    })
-                    .collect(),
-            ),
+                    .map(Vec::as_slice)
+                    .unwrap_or_default(),
+            )),
         }));
     }
     let plan = runbook::resolve(root, &field("runbook_path"), &field("environment"))

@@ -155,6 +155,17 @@ async fn restart(api: &Api<Deployment>, name: &str, mark: &str) -> Result<bool, 
     Ok(true)
 }
 
+/// The `metadata.generation` of Deployment `name`.
+async fn generation(api: &Api<Deployment>, name: &str) -> Result<i64, StepError> {
+    Ok(api
+        .get(name)
+        .await
+        .map_err(|e| kube_err(&format!("get deployment {name}"), e))?
+        .metadata
+        .generation
+        .unwrap_or(0))
+}
+
 /// Waits until every Deployment has rolled out, with `kubectl rollout status`'s conditions.
 async fn wait_rollouts(
     cx: &StepContext<'_>,
@@ -460,25 +471,12 @@ impl StepKind for FlipSecret {
         let mark = format!("{}/{}/rollback", cx.run_id, cx.step_id);
         let mut generations = Vec::new();
         for n in &names {
-            let g = deploys
-                .get(n)
-                .await
-                .map_err(|e| kube_err(&format!("get deployment {n}"), e))?
-                .metadata
-                .generation
-                .unwrap_or(0);
-            generations.push(g);
+            generations.push(generation(&deploys, n).await?);
             restart(&deploys, n, &mark).await?;
         }
         let evidence = wait_rollouts(cx, &deploys, &names).await?;
         for ((n, g), line) in names.iter().zip(generations).zip(evidence) {
-            let after = deploys
-                .get(n)
-                .await
-                .map_err(|e| kube_err(&format!("get deployment {n}"), e))?
-                .metadata
-                .generation
-                .unwrap_or(0);
+            let after = generation(&deploys, n).await?;
             restored.push(Restored::new(
                 format!("deployment {}/{n}", p.namespace),
                 Some(&format!("generation {g}")),

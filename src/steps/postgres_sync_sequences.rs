@@ -84,6 +84,10 @@ impl StepKind for SyncSequences {
                     format!("sequence {n} on target"),
                     format!("{was} → {goal}"),
                 )
+                .with_document(json!(format!(
+                    "SELECT setval({}::regclass, {goal}, true)",
+                    crate::providers::postgres::literal(n)
+                )))
             })
             .collect();
         if changes.is_empty() {

@@ -425,8 +425,8 @@ impl Sandbox {
         })
     }
 
-    /// Every record set in every hosted zone of `env`'s account, as `name type ttl values`.
-    pub fn dns_records(&self, env: &str) -> Vec<String> {
+    /// Every record set in every hosted zone of `env`'s account, as moto lists them.
+    fn record_sets(&self, env: &str) -> Vec<aws_sdk_route53::types::ResourceRecordSet> {
         let cfg = self.aws(env);
         block_on(async {
             let r53 = aws_sdk_route53::Client::new(&cfg);
@@ -438,56 +438,55 @@ impl Sandbox {
                     .send()
                     .await
                     .unwrap();
-                for r in sets.resource_record_sets() {
-                    let values: Vec<&str> =
-                        r.resource_records().iter().map(|v| v.value()).collect();
-                    out.push(format!(
-                        "{} {} {:?} {}",
-                        r.name(),
-                        r.r#type().as_str(),
-                        r.ttl(),
-                        values.join(",")
-                    ));
-                }
+                out.extend(sets.resource_record_sets().iter().cloned());
             }
-            out.sort();
             out
         })
+    }
+
+    /// Every record set in every hosted zone of `env`'s account, as `name type ttl values`.
+    pub fn dns_records(&self, env: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .record_sets(env)
+            .iter()
+            .map(|r| {
+                let values: Vec<&str> = r.resource_records().iter().map(|v| v.value()).collect();
+                format!(
+                    "{} {} {:?} {:?} {:?} {}",
+                    r.name(),
+                    r.r#type().as_str(),
+                    r.set_identifier(),
+                    r.weight(),
+                    r.ttl(),
+                    values.join(",")
+                )
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// The `shop.<domain>` CNAME record sets of `env`'s account, as read from moto: one simple
     /// set, or the members of a weighted group.
     pub fn shop_sets(&self, env: &str) -> Vec<ShopSet> {
-        let cfg = self.aws(env);
-        block_on(async {
-            let r53 = aws_sdk_route53::Client::new(&cfg);
-            let mut out = Vec::new();
-            for z in r53.list_hosted_zones().send().await.unwrap().hosted_zones() {
-                let sets = r53
-                    .list_resource_record_sets()
-                    .hosted_zone_id(z.id())
-                    .send()
-                    .await
-                    .unwrap();
-                for r in sets.resource_record_sets() {
-                    if r.name().starts_with("shop.") && r.r#type().as_str() == "CNAME" {
-                        out.push(ShopSet {
-                            set_identifier: r.set_identifier().map(str::to_owned),
-                            weight: r.weight(),
-                            ttl: r.ttl(),
-                            value: r
-                                .resource_records()
-                                .iter()
-                                .map(|v| v.value().to_string())
-                                .collect::<Vec<_>>()
-                                .join(","),
-                        });
-                    }
-                }
-            }
-            out.sort_by(|a, b| a.set_identifier.cmp(&b.set_identifier));
-            out
-        })
+        let mut out: Vec<ShopSet> = self
+            .record_sets(env)
+            .iter()
+            .filter(|r| r.name().starts_with("shop.") && r.r#type().as_str() == "CNAME")
+            .map(|r| ShopSet {
+                set_identifier: r.set_identifier().map(str::to_owned),
+                weight: r.weight(),
+                ttl: r.ttl(),
+                value: r
+                    .resource_records()
+                    .iter()
+                    .map(|v| v.value().to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            })
+            .collect();
+        out.sort_by(|a, b| a.set_identifier.cmp(&b.set_identifier));
+        out
     }
 
     /// Where `shop.<domain>` sends all its traffic: the simple record's value, or the value of
