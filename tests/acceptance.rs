@@ -41,7 +41,12 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("succeeded"));
     // Traffic moved in weighted stages, in this order, as moto saw them.
-    assert_eq!(weights, vec![(10, 90), (50, 50), (100, 0)], "{}", text(&out));
+    assert_eq!(
+        weights,
+        vec![(10, 90), (50, 50), (100, 0)],
+        "{}",
+        text(&out)
+    );
     // After the last stage the TTL went back up to the seeded record's (20 s).
     let sets = sb.shop_sets("staging");
     assert!(sets.iter().all(|s| s.ttl == Some(20)), "{sets:?}");
@@ -287,18 +292,27 @@ fn health_failure_during_stage_two_returns_all_weight_and_rolls_back_secret_and_
         // role can no longer log in, so /healthz fails inside stage 2's analysis window.
         let start = Instant::now();
         loop {
-            assert!(start.elapsed() < Duration::from_secs(300), "stage 2 never came");
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "stage 2 never came"
+            );
             if sb.shop_weights("staging") == Some((50, 50)) {
                 sb.sql(&target_admin, "ALTER ROLE shop NOLOGIN");
                 break;
             }
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("the run ended before stage 2 ({status}): {}", std::fs::read_to_string(&err).unwrap());
+                panic!(
+                    "the run ended before stage 2 ({status}): {}",
+                    std::fs::read_to_string(&err).unwrap()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let status = child.wait().unwrap();
-        (status, std::fs::read_to_string(out).unwrap() + &std::fs::read_to_string(err).unwrap())
+        (
+            status,
+            std::fs::read_to_string(out).unwrap() + &std::fs::read_to_string(err).unwrap(),
+        )
     });
     let (status, printed) = out;
     sb.outputs.lock().unwrap().push(printed.clone());
@@ -318,7 +332,10 @@ fn health_failure_during_stage_two_returns_all_weight_and_rolls_back_secret_and_
             .find(|s| s["set_identifier"] == id)
             .map(|s| s["weight"].as_i64().unwrap())
     };
-    assert_eq!((weight_of("aws"), weight_of("legacy")), (Some(0), Some(100)));
+    assert_eq!(
+        (weight_of("aws"), weight_of("legacy")),
+        (Some(0), Some(100))
+    );
     assert_eq!(events(&records, "traffic_returned")[0]["data"]["stage"], 2);
     assert_eq!(sb.shop_sets("staging"), legacy_sets);
     assert_eq!(
@@ -346,11 +363,21 @@ fn health_failure_during_stage_two_returns_all_weight_and_rolls_back_secret_and_
             .to_string()
     };
     let secret_row = row("secret shop/shop-db key DATABASE_URL");
-    assert!(secret_row.contains(&format!("`{}` |", cutover::secret::fingerprint(&legacy_url))), "{secret_row}");
+    assert!(
+        secret_row.contains(&format!(
+            "`{}` |",
+            cutover::secret::fingerprint(&legacy_url)
+        )),
+        "{secret_row}"
+    );
     let dns_row = row("CNAME shop.staging.example-shop.com.");
     let cells: Vec<&str> = dns_row.split('|').map(str::trim).collect();
     assert_ne!(cells[2], cells[3], "{dns_row}");
-    for d in ["deployment shop/shop-api", "deployment shop/shop-worker", "database shop_staging on the source"] {
+    for d in [
+        "deployment shop/shop-api",
+        "deployment shop/shop-worker",
+        "database shop_staging on the source",
+    ] {
         row(d);
     }
     let list: Value =

@@ -21,7 +21,14 @@ fn production_needs_rehearsals_of_the_same_runbook_and_its_dry_run_batches_are_t
     );
     let refused = sb.cutover(&["execute", "production", "--runbook", &check]);
     assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
-    let glass = sb.cutover(&["execute", "production", "--runbook", &check, "--break-glass", "incident 42: restore service"]);
+    let glass = sb.cutover(&[
+        "execute",
+        "production",
+        "--runbook",
+        &check,
+        "--break-glass",
+        "incident 42: restore service",
+    ]);
     assert_eq!(glass.status.code(), Some(0), "{}", text(&glass));
     assert!(text(&glass).contains("BREAK-GLASS"));
     let run = sb.run_ids().pop().unwrap();
@@ -30,19 +37,30 @@ fn production_needs_rehearsals_of_the_same_runbook_and_its_dry_run_batches_are_t
     assert_eq!(bypass["missing"].as_array().unwrap().len(), 2);
     let audit = text(&sb.cutover(&["audit", "show", &run]));
     let head: String = audit.lines().take(4).collect::<Vec<_>>().join("\n");
-    assert!(head.contains("**BREAK-GLASS.**") && head.contains("incident 42: restore service"), "{head}");
+    assert!(
+        head.contains("**BREAK-GLASS.**") && head.contains("incident 42: restore service"),
+        "{head}"
+    );
 
     // No rehearsal: refused, naming both environments.
     let out = sb.cutover(&["execute", "production"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let msg = text(&out);
-    assert!(msg.contains("  - staging: no succeeded rehearsal") && msg.contains("  - dev: no succeeded rehearsal"), "{msg}");
+    assert!(
+        msg.contains("  - staging: no succeeded rehearsal")
+            && msg.contains("  - dev: no succeeded rehearsal"),
+        "{msg}"
+    );
 
     let staging = sb.cutover(&["rehearse", "staging"]);
     assert_eq!(staging.status.code(), Some(0), "{}", text(&staging));
     let out = sb.cutover(&["execute", "production"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(!text(&out).contains("  - staging:") && text(&out).contains("  - dev:"), "{}", text(&out));
+    assert!(
+        !text(&out).contains("  - staging:") && text(&out).contains("  - dev:"),
+        "{}",
+        text(&out)
+    );
 
     let dev = sb.cutover(&["rehearse", "dev"]);
     assert_eq!(dev.status.code(), Some(0), "{}", text(&dev));
@@ -61,7 +79,11 @@ fn production_needs_rehearsals_of_the_same_runbook_and_its_dry_run_batches_are_t
         .flat_map(|r| r["data"]["changes"].as_array().cloned().unwrap_or_default())
         .filter_map(|c| c.get("document").cloned())
         .collect();
-    assert_eq!(planned.len(), 4, "three stages and the TTL raise: {planned:?}");
+    assert_eq!(
+        planned.len(),
+        4,
+        "three stages and the TTL raise: {planned:?}"
+    );
     // ... are exactly what the real execution then submits.
     let real = sb.cutover(&["execute", "production", "--approve", "approve"]);
     assert_eq!(real.status.code(), Some(0), "{}", text(&real));
@@ -75,21 +97,28 @@ fn production_needs_rehearsals_of_the_same_runbook_and_its_dry_run_batches_are_t
         .to_string();
     let records = sb.records(&run);
     let applied = events(&records, "step_applied");
-    let submitted = applied.iter().find(|r| r["step"] == "dns").unwrap()["data"]["outputs"]["change_batches"]
+    let submitted = applied.iter().find(|r| r["step"] == "dns").unwrap()["data"]["outputs"]
+        ["change_batches"]
         .as_array()
         .unwrap()
         .clone();
     assert_eq!(planned, submitted);
-    let approval = applied.iter().find(|r| r["step"] == "approve").unwrap()["data"]["outputs"].clone();
+    let approval =
+        applied.iter().find(|r| r["step"] == "approve").unwrap()["data"]["outputs"].clone();
     assert_eq!(approval["approver"], "alice");
     assert_eq!(approval["via"], "--approve");
 
     // One step of the runbook changes: its digest changes, and the gate refuses again.
     let path = sb.project.path().join("runbooks/shop-cutover.yaml");
-    let changed = std::fs::read_to_string(&path).unwrap().replace("samples: 6", "samples: 8");
+    let changed = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("samples: 6", "samples: 8");
     std::fs::write(&path, changed).unwrap();
     let out = sb.cutover(&["execute", "production", "--approve", "approve"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("  - staging: no succeeded rehearsal") && text(&out).contains("  - dev: no succeeded rehearsal"));
+    assert!(
+        text(&out).contains("  - staging: no succeeded rehearsal")
+            && text(&out).contains("  - dev: no succeeded rehearsal")
+    );
     sb.assert_no_secrets(&[]);
 }

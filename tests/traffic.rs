@@ -42,7 +42,10 @@ fn set_seed_ttl(sb: &Sandbox, env: &str, ttl: i64) {
         let zone = r53.list_hosted_zones().send().await.unwrap().hosted_zones()[0]
             .id()
             .to_string();
-        let name = format!("shop.{}", r53.list_hosted_zones().send().await.unwrap().hosted_zones()[0].name());
+        let name = format!(
+            "shop.{}",
+            r53.list_hosted_zones().send().await.unwrap().hosted_zones()[0].name()
+        );
         let set = ResourceRecordSet::builder()
             .name(name)
             .r#type(RrType::Cname)
@@ -54,7 +57,13 @@ fn set_seed_ttl(sb: &Sandbox, env: &str, ttl: i64) {
             .hosted_zone_id(zone)
             .change_batch(
                 ChangeBatch::builder()
-                    .changes(Change::builder().action(ChangeAction::Upsert).resource_record_set(set).build().unwrap())
+                    .changes(
+                        Change::builder()
+                            .action(ChangeAction::Upsert)
+                            .resource_record_set(set)
+                            .build()
+                            .unwrap(),
+                    )
                     .build()
                     .unwrap(),
             )
@@ -81,21 +90,42 @@ fn cutover_one_second_after_lowering_a_300s_ttl_refuses_or_waits_as_configured()
     let failed = events(&records, "step_failed");
     let msg = failed[0]["data"]["error"].as_str().unwrap();
     assert_eq!(failed[0]["step"], "dns");
-    assert!(msg.starts_with("refused: the TTL of CNAME shop.staging.example-shop.com. was lowered from 300s"), "{msg}");
-    let left: i64 = msg.split(" live ").nth(1).unwrap().split('s').next().unwrap().parse().unwrap();
+    assert!(
+        msg.starts_with(
+            "refused: the TTL of CNAME shop.staging.example-shop.com. was lowered from 300s"
+        ),
+        "{msg}"
+    );
+    let left: i64 = msg
+        .split(" live ")
+        .nth(1)
+        .unwrap()
+        .split('s')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((290..=300).contains(&left), "{msg}");
     assert!(events(&records, "traffic_stage").is_empty());
     let lowered = events(&records, "step_applied")[0]["data"]["outputs"].clone();
     assert_eq!(lowered["previous_ttl"], 300);
     assert_eq!(lowered["ttl"], 60);
-    assert_eq!(sb.shop_sets("staging"), before, "the record is as before the run");
+    assert_eq!(
+        sb.shop_sets("staging"),
+        before,
+        "the record is as before the run"
+    );
 
     // on_ttl_pending: wait — the step waits out the old TTL; nothing moves while it waits.
     let wait = sb.extra_runbook("ttl-wait", &ttl_guard_runbook("wait"));
     let (mut child, _out, err) = sb.spawn_logged(&["rehearse", "staging", "--runbook", &wait]);
     let start = Instant::now();
     let (run, waited) = loop {
-        assert!(start.elapsed() < Duration::from_secs(120), "no ttl_wait: {}", std::fs::read_to_string(&err).unwrap());
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no ttl_wait: {}",
+            std::fs::read_to_string(&err).unwrap()
+        );
         if let Some(run) = sb.run_ids().into_iter().find(|r| *r != run) {
             if let Some(w) = events(&sb.records(&run), "ttl_wait").first() {
                 break (run.clone(), w["data"].clone());
@@ -110,7 +140,10 @@ fn cutover_one_second_after_lowering_a_300s_ttl_refuses_or_waits_as_configured()
     let sets = sb.shop_sets("staging");
     assert_eq!(sets.len(), 1, "traffic moved while waiting: {sets:?}");
     assert_eq!(sets[0].ttl, Some(60));
-    assert!(child.try_wait().unwrap().is_none(), "the run stopped instead of waiting");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run stopped instead of waiting"
+    );
     // Interrupt (as Ctrl-C would), then roll back: the TTL goes back to 300.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert_eq!(child.wait().unwrap().code(), Some(130));
@@ -123,20 +156,29 @@ fn cutover_one_second_after_lowering_a_300s_ttl_refuses_or_waits_as_configured()
 #[test]
 fn panic_flag_raised_in_an_analysis_window_rolls_back_and_the_audit_names_it() {
     let sb = Sandbox::start();
-    let legacy_url = sb.secret_value("staging", "shop-db", "DATABASE_URL").unwrap();
+    let legacy_url = sb
+        .secret_value("staging", "shop-db", "DATABASE_URL")
+        .unwrap();
     let legacy_sets = sb.shop_sets("staging");
     let (mut child, out, err) = sb.spawn_logged(&["rehearse", "staging"]);
     let start = Instant::now();
     let flag = sb.project.path().join(".cutover/panic-staging");
     loop {
-        assert!(start.elapsed() < Duration::from_secs(300), "stage 1 never came: {}", std::fs::read_to_string(&err).unwrap());
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "stage 1 never came: {}",
+            std::fs::read_to_string(&err).unwrap()
+        );
         if let Some(run) = sb.run_ids().pop() {
             if !events(&sb.records(&run), "traffic_stage_insync").is_empty() {
                 break;
             }
         }
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended before stage 1 ({status}): {}", std::fs::read_to_string(&err).unwrap());
+            panic!(
+                "the run ended before stage 1 ({status}): {}",
+                std::fs::read_to_string(&err).unwrap()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -151,13 +193,30 @@ fn panic_flag_raised_in_an_analysis_window_rolls_back_and_the_audit_names_it() {
     let panic = events(&records, "panic");
     assert_eq!(panic.len(), 1, "{printed}");
     assert_eq!(panic[0]["step"], "dns");
-    assert!(panic[0]["data"]["reason"].as_str().unwrap().contains("checkout errors spiking on the new side"));
-    assert_eq!(events(&records, "analysis").len(), 0, "the window was cut short by the flag");
+    assert!(panic[0]["data"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("checkout errors spiking on the new side"));
+    assert_eq!(
+        events(&records, "analysis").len(),
+        0,
+        "the window was cut short by the flag"
+    );
     assert_eq!(events(&records, "traffic_returned").len(), 1);
-    assert!(events(&records, "rollback_step_failed").is_empty(), "{printed}");
-    assert_eq!(events(&records, "run_finished")[0]["data"]["status"], "rolled-back");
+    assert!(
+        events(&records, "rollback_step_failed").is_empty(),
+        "{printed}"
+    );
+    assert_eq!(
+        events(&records, "run_finished")[0]["data"]["status"],
+        "rolled-back"
+    );
     assert_eq!(sb.shop_sets("staging"), legacy_sets);
-    assert_eq!(sb.secret_value("staging", "shop-db", "DATABASE_URL").as_deref(), Some(legacy_url.as_str()));
+    assert_eq!(
+        sb.secret_value("staging", "shop-db", "DATABASE_URL")
+            .as_deref(),
+        Some(legacy_url.as_str())
+    );
     let audit = text(&sb.cutover(&["audit", "show", &run]));
     assert!(audit.contains("> **PANIC.** panic flag"), "{audit}");
     assert!(audit.contains("checkout errors spiking on the new side"));
@@ -171,7 +230,9 @@ fn panic_flag_raised_in_an_analysis_window_rolls_back_and_the_audit_names_it() {
 #[test]
 fn a_rollback_that_cannot_finish_exits_4_and_says_what_to_do_object_by_object() {
     let sb = Sandbox::start();
-    let legacy_url = sb.secret_value("staging", "shop-db", "DATABASE_URL").unwrap();
+    let legacy_url = sb
+        .secret_value("staging", "shop-db", "DATABASE_URL")
+        .unwrap();
     // Flip the Secret, then a health check that cannot pass (nothing listens on port 9).
     let runbook = sb.extra_runbook(
         "flip-then-fail",
@@ -192,9 +253,15 @@ phases:
     let (mut child, out, err) = sb.spawn_logged(&["rehearse", "staging", "--runbook", &runbook]);
     let start = Instant::now();
     loop {
-        assert!(start.elapsed() < Duration::from_secs(120), "no flip: {}", std::fs::read_to_string(&err).unwrap());
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no flip: {}",
+            std::fs::read_to_string(&err).unwrap()
+        );
         let done = sb.run_ids().pop().is_some_and(|run| {
-            sb.records(&run).iter().any(|r| r["type"] == "step_completed" && r["step"] == "flip")
+            sb.records(&run)
+                .iter()
+                .any(|r| r["type"] == "step_completed" && r["step"] == "flip")
         });
         if done {
             break;
@@ -205,7 +272,9 @@ phases:
     let port = sb.port("/kube_ports/staging");
     common::block_on(async {
         let r = reqwest::Client::new()
-            .delete(format!("http://127.0.0.1:{port}/apis/apps/v1/namespaces/shop/deployments/shop-worker"))
+            .delete(format!(
+                "http://127.0.0.1:{port}/apis/apps/v1/namespaces/shop/deployments/shop-worker"
+            ))
             .send()
             .await
             .unwrap();
@@ -217,17 +286,34 @@ phases:
     assert_eq!(status.code(), Some(4), "{printed}");
     let stderr = std::fs::read_to_string(&err).unwrap();
     assert!(stderr.contains("what to do, object by object:"), "{stderr}");
-    assert!(stderr.contains("[flip] restore the Secret from its backup: kubectl -n shop get secret shop-db-backup-"), "{stderr}");
-    assert!(stderr.contains("[flip] restart and watch: kubectl -n shop rollout restart deployment/shop-worker"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "[flip] restore the Secret from its backup: kubectl -n shop get secret shop-db-backup-"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "[flip] restart and watch: kubectl -n shop rollout restart deployment/shop-worker"
+        ),
+        "{stderr}"
+    );
     let run = sb.run_ids().pop().unwrap();
     let records = sb.records(&run);
     let fin = events(&records, "run_finished")[0]["data"].clone();
     assert_eq!(fin["status"], "rollback-incomplete");
     assert_eq!(fin["incomplete"][0]["step"], "flip");
     // The Secret itself was restored before the restart failed.
-    assert_eq!(sb.secret_value("staging", "shop-db", "DATABASE_URL").as_deref(), Some(legacy_url.as_str()));
+    assert_eq!(
+        sb.secret_value("staging", "shop-db", "DATABASE_URL")
+            .as_deref(),
+        Some(legacy_url.as_str())
+    );
     let audit = text(&sb.cutover(&["audit", "show", &run]));
     assert!(audit.contains("`flip` **rollback FAILED**"), "{audit}");
-    assert!(audit.contains("  - [ ] to do by hand: restore the Secret from its backup"), "{audit}");
+    assert!(
+        audit.contains("  - [ ] to do by hand: restore the Secret from its backup"),
+        "{audit}"
+    );
     sb.assert_no_secrets(&[]);
 }

@@ -201,7 +201,11 @@ pub async fn run(cli: Cli) -> i32 {
             output,
             approve,
         } => {
-            let args = run::StartArgs { runbook, approve, break_glass: None };
+            let args = run::StartArgs {
+                runbook,
+                approve,
+                break_glass: None,
+            };
             run::start(&root, &env, &args, run::Kind::Rehearse, output).await
         }
         Command::Execute {
@@ -217,7 +221,11 @@ pub async fn run(cli: Cli) -> i32 {
             } else {
                 run::Kind::Execute
             };
-            let args = run::StartArgs { runbook, approve, break_glass };
+            let args = run::StartArgs {
+                runbook,
+                approve,
+                break_glass,
+            };
             run::start(&root, &env, &args, kind, output).await
         }
         Command::Resume {

@@ -163,13 +163,19 @@ fn promotion_gate(root: &Path, policy: &config::PromotionPolicy, digest: &str) -
         r.finished_at
             .as_deref()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| (now - t.with_timezone(&chrono::Utc)).to_std().unwrap_or_default())
+            .map(|t| {
+                (now - t.with_timezone(&chrono::Utc))
+                    .to_std()
+                    .unwrap_or_default()
+            })
     };
     let mut missing = Vec::new();
     for env in &policy.requires {
         let good: Vec<runs::RunSummary> = runs::list(&state, Some(env))
             .into_iter()
-            .filter(|r| r.mode != "dry-run" && r.status == "succeeded" && r.runbook_digest == digest)
+            .filter(|r| {
+                r.mode != "dry-run" && r.status == "succeeded" && r.runbook_digest == digest
+            })
             .collect();
         let fresh = good.iter().any(|r| age(r).is_some_and(|a| a <= max_age));
         if fresh {
@@ -209,7 +215,13 @@ fn unapproved_steps(plan: &runbook::Plan, approved: &[String]) -> Vec<String> {
 }
 
 /// `rehearse ENV`, `execute ENV [--dry-run]`.
-pub async fn start(root: &Path, env: &str, args: &StartArgs, kind: Kind, output: OutputFormat) -> i32 {
+pub async fn start(
+    root: &Path,
+    env: &str,
+    args: &StartArgs,
+    kind: Kind,
+    output: OutputFormat,
+) -> i32 {
     let rb = match args
         .runbook
         .clone()
@@ -238,7 +250,14 @@ pub async fn start(root: &Path, env: &str, args: &StartArgs, kind: Kind, output:
         if !approval_steps.contains(a) {
             print_error(
                 &format!("--approve {a}: the runbook has no approval step `{a}`"),
-                Some(&format!("approval steps: {}", if approval_steps.is_empty() { "(none)".into() } else { approval_steps.join(", ") })),
+                Some(&format!(
+                    "approval steps: {}",
+                    if approval_steps.is_empty() {
+                        "(none)".into()
+                    } else {
+                        approval_steps.join(", ")
+                    }
+                )),
             );
             return EXIT_INVALID;
         }
@@ -281,7 +300,8 @@ pub async fn start(root: &Path, env: &str, args: &StartArgs, kind: Kind, output:
                             for m in &missing {
                                 eprintln!("  - {m}");
                             }
-                            let envs: Vec<&str> = missing.iter().filter_map(|m| m.split(':').next()).collect();
+                            let envs: Vec<&str> =
+                                missing.iter().filter_map(|m| m.split(':').next()).collect();
                             eprintln!("hint: {}; or, in an emergency, --break-glass \"REASON\" (recorded at the head of the audit)", envs.iter().map(|e| format!("cutover rehearse {e}")).collect::<Vec<_>>().join(" and "));
                             return EXIT_REFUSED;
                         }

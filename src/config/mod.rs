@@ -13,9 +13,8 @@ mod problem;
 mod runbook;
 
 pub use environment::{
-    PromotionPolicy,
     AwsSection, DatabaseSection, DnsSection, EksSection, Environment, OrganizationSection,
-    PlanPolicy, SecretRef, StoreKind, StoreSection, TerraformSection, Tier,
+    PlanPolicy, PromotionPolicy, SecretRef, StoreKind, StoreSection, TerraformSection, Tier,
 };
 pub use expand::expand_env_vars;
 pub use problem::{Problem, Problems};

@@ -105,7 +105,9 @@ impl<'a> Executor<'a> {
         move |event: &str, data: Value| {
             let rec = lock_log(&log)
                 .append(event, Some(&step), data)
-                .map_err(|e| StepError::Check(format!("the event log could not be written: {e}")))?;
+                .map_err(|e| {
+                    StepError::Check(format!("the event log could not be written: {e}"))
+                })?;
             ui.record(&rec);
             Ok(())
         }
@@ -189,7 +191,9 @@ impl<'a> Executor<'a> {
             // A safe point between steps.
             if self.mode != Mode::DryRun {
                 if let Some(reason) = crate::steps::context::panic_reason(&self.panic_flag) {
-                    return self.panic(&step.id, "before the step started", &reason).await;
+                    return self
+                        .panic(&step.id, "before the step started", &reason)
+                        .await;
                 }
             }
             if phase != current_phase {
@@ -423,13 +427,25 @@ impl<'a> Executor<'a> {
     ) -> Result<Result<(), Failure>, EngineError> {
         if let StepError::Gate(_) | StepError::Provider(ProviderError::WrongAccount { .. }) = &e {
             let msg = e.to_string();
-            return fail(self, if msg.starts_with("refused") { msg } else { format!("refused: {msg}") });
+            return fail(
+                self,
+                if msg.starts_with("refused") {
+                    msg
+                } else {
+                    format!("refused: {msg}")
+                },
+            );
         }
         fail(self, e.to_string())
     }
 
     /// The operator raised the panic flag: records what triggered it, then rolls back.
-    async fn panic(&mut self, step: &str, when: &str, reason: &str) -> Result<Outcome, EngineError> {
+    async fn panic(
+        &mut self,
+        step: &str,
+        when: &str,
+        reason: &str,
+    ) -> Result<Outcome, EngineError> {
         let raised_at = std::fs::metadata(&self.panic_flag)
             .and_then(|m| m.modified())
             .ok()

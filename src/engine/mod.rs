@@ -337,7 +337,17 @@ pub async fn rollback(
     let field = |k: &str| start_field(&start, k);
     let plan = runbook::resolve(root, &field("runbook_path"), &field("environment"))
         .map_err(ResumeError::Config)?;
-    Ok(continue_run(root, &plan, Mode::Execute, run_id, &records, ui, true, &RunOptions::default()).await)
+    Ok(continue_run(
+        root,
+        &plan,
+        Mode::Execute,
+        run_id,
+        &records,
+        ui,
+        true,
+        &RunOptions::default(),
+    )
+    .await)
 }
 
 /// A string field of a `run_started` payload (empty when absent).

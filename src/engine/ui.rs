@@ -144,7 +144,12 @@ fn human(r: &Record) -> Option<String> {
         }
         "rollback_step_failed" => {
             let mut out = format!("  ✗ rollback of {step} failed: {}", s(d, "error"));
-            for m in d.get("manual").and_then(Value::as_array).into_iter().flatten() {
+            for m in d
+                .get("manual")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 out.push_str(&format!("\n      to do: {}", m.as_str().unwrap_or("")));
             }
             out

@@ -100,7 +100,12 @@ impl RecordSet {
             .set_weight(self.weight)
             .set_ttl(self.ttl);
         for v in &self.values {
-            b = b.resource_records(ResourceRecord::builder().value(v).build().map_err(invalid)?);
+            b = b.resource_records(
+                ResourceRecord::builder()
+                    .value(v)
+                    .build()
+                    .map_err(invalid)?,
+            );
         }
         if let Some(a) = &self.alias {
             b = b.alias_target(
@@ -163,10 +168,7 @@ pub fn fqdn(name: &str) -> String {
 ///
 /// # Errors
 /// The API error, or [`ProviderError::Aws`] naming the domain when the account has no such zone.
-pub async fn zone_id(
-    r53: &aws_sdk_route53::Client,
-    domain: &str,
-) -> Result<String, ProviderError> {
+pub async fn zone_id(r53: &aws_sdk_route53::Client, domain: &str) -> Result<String, ProviderError> {
     let out = r53
         .list_hosted_zones_by_name()
         .dns_name(fqdn(domain))

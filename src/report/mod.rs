@@ -206,7 +206,13 @@ pub fn markdown(records: &[Record]) -> String {
                     "- `{step}` **rollback FAILED**: {}",
                     s(&r.data, "error")
                 );
-                for m in r.data.get("manual").and_then(Value::as_array).into_iter().flatten() {
+                for m in r
+                    .data
+                    .get("manual")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let _ = writeln!(out, "  - [ ] to do by hand: {}", m.as_str().unwrap_or(""));
                 }
             }

@@ -140,7 +140,8 @@ impl Analysis {
             .collect();
         lat.sort_unstable();
         // Nearest rank: the ceil(0.95 × n)-th smallest value.
-        let p95 = (!lat.is_empty()).then(|| lat[((lat.len() as f64 * 0.95).ceil() as usize).max(1) - 1]);
+        let p95 =
+            (!lat.is_empty()).then(|| lat[((lat.len() as f64 * 0.95).ceil() as usize).max(1) - 1]);
         let rate = (n > 0).then(|| f64::from(passes) * 100.0 / f64::from(n));
         let closing = samples.iter().rev().take_while(|s| s.ok).count() as u32;
         let mut reasons = Vec::new();
@@ -235,7 +236,11 @@ mod tests {
         Sample {
             ok,
             latency_ms: ms,
-            answer: if ok { "HTTP 200".into() } else { "HTTP 503".into() },
+            answer: if ok {
+                "HTTP 200".into()
+            } else {
+                "HTTP 503".into()
+            },
         }
     }
 
@@ -243,7 +248,10 @@ mod tests {
     fn no_samples_is_a_failure_never_a_pass() {
         let v = a().judge(&[]);
         assert!(!v.passed);
-        assert!(v.reasons.iter().any(|r| r.contains("too few samples: 0 of 5")));
+        assert!(v
+            .reasons
+            .iter()
+            .any(|r| r.contains("too few samples: 0 of 5")));
         assert!(v.reasons.iter().any(|r| r.contains("no measurement")));
         assert!(v.reasons.iter().any(|r| r.contains("p95 missing")));
     }
@@ -266,7 +274,13 @@ mod tests {
 
     #[test]
     fn slow_answers_and_a_failing_tail_fail_with_each_reason() {
-        let v = a().judge(&[s(true, 500), s(true, 500), s(true, 500), s(true, 500), s(false, 1)]);
+        let v = a().judge(&[
+            s(true, 500),
+            s(true, 500),
+            s(true, 500),
+            s(true, 500),
+            s(false, 1),
+        ]);
         assert!(!v.passed);
         assert_eq!(v.reasons.len(), 3, "{:?}", v.reasons);
         assert!(v.reasons[0].starts_with("success rate 80.0%"));

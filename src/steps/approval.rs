@@ -100,7 +100,11 @@ impl StepKind for Approval {
             )
         };
         Ok(Planned {
-            changes: vec![Change::new("check", format!("approval {}", cx.step_id), detail)],
+            changes: vec![Change::new(
+                "check",
+                format!("approval {}", cx.step_id),
+                detail,
+            )],
             ..Default::default()
         })
     }
@@ -136,7 +140,10 @@ impl StepKind for Approval {
                     cx.step_id
                 )));
             }
-            (std::env::var("USER").unwrap_or_else(|_| approver()), "terminal")
+            (
+                std::env::var("USER").unwrap_or_else(|_| approver()),
+                "terminal",
+            )
         } else {
             return Err(StepError::Gate(format!(
                 "step {} needs an approval: no terminal to ask on; pass `--approve {}`",
@@ -145,7 +152,10 @@ impl StepKind for Approval {
         };
         allowed(cx, &who)?;
         let mut out = Map::new();
-        out.insert("summary".into(), json!(format!("approved by {who} ({via})")));
+        out.insert(
+            "summary".into(),
+            json!(format!("approved by {who} ({via})")),
+        );
         out.insert("approver".into(), json!(who));
         out.insert("via".into(), json!(via));
         out.insert("approved_at".into(), json!(chrono::Utc::now().to_rfc3339()));

@@ -87,8 +87,17 @@ impl StepContext<'_> {
 /// When the panic flag file `path` exists: `<path>` plus its first line (at most 200 characters)
 /// as the operator's reason, e.g. `.cutover/panic-staging ("checkout errors")`.
 pub fn panic_reason(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok().or_else(|| path.exists().then(String::new))?;
-    let first: String = text.lines().next().unwrap_or("").trim().chars().take(200).collect();
+    let text = std::fs::read_to_string(path)
+        .ok()
+        .or_else(|| path.exists().then(String::new))?;
+    let first: String = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(200)
+        .collect();
     Some(if first.is_empty() {
         format!("panic flag {} raised", path.display())
     } else {
@@ -164,7 +173,10 @@ impl Restored {
         after: Option<&str>,
         detail: impl Into<String>,
     ) -> Self {
-        let fp = |s: Option<&str>| s.map(crate::secret::fingerprint).unwrap_or_else(|| "(absent)".into());
+        let fp = |s: Option<&str>| {
+            s.map(crate::secret::fingerprint)
+                .unwrap_or_else(|| "(absent)".into())
+        };
         Restored {
             object: object.into(),
             before: fp(before),
@@ -175,7 +187,10 @@ impl Restored {
 
     /// `object: before → after (detail)`.
     pub fn line(&self) -> String {
-        format!("{}: {} → {} ({})", self.object, self.before, self.after, self.detail)
+        format!(
+            "{}: {} → {} ({})",
+            self.object, self.before, self.after, self.detail
+        )
     }
 }
 

@@ -6,7 +6,7 @@
 //! appear only as fingerprints. Each restart is marked with `cutover.dev/restarted-for` on the pod
 //! template, so a resumed run never restarts a Deployment twice for the same step.
 
-use super::{Restored, parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::kube::{is_conflict, is_not_found, kube_err};
 use crate::secret::fingerprint;
 use async_trait::async_trait;
@@ -487,9 +487,20 @@ impl StepKind for FlipSecret {
         Ok(restored)
     }
 
-    fn manual_undo(&self, params: &Map<String, Value>, _before: &Value, run_id: &str) -> Vec<String> {
-        let ns = params.get("namespace").and_then(Value::as_str).unwrap_or("NAMESPACE");
-        let secret = params.get("secret").and_then(Value::as_str).unwrap_or("SECRET");
+    fn manual_undo(
+        &self,
+        params: &Map<String, Value>,
+        _before: &Value,
+        run_id: &str,
+    ) -> Vec<String> {
+        let ns = params
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("NAMESPACE");
+        let secret = params
+            .get("secret")
+            .and_then(Value::as_str)
+            .unwrap_or("SECRET");
         let backup = backup_name(secret, run_id);
         let mut out = vec![format!(
             "restore the Secret from its backup: kubectl -n {ns} get secret {backup} -o json | jq '.metadata = {{name: \"{secret}\", namespace: \"{ns}\"}}' | kubectl apply -f -"

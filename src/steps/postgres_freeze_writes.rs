@@ -10,7 +10,7 @@
 //!
 //! Rollback resets the setting to what it was before the run.
 
-use super::{Restored, parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::postgres::{ident, pg};
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};

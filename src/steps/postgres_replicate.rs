@@ -15,7 +15,7 @@
 //! releases the snapshot. The target's copied rows stay: the target is not live before the flip,
 //! and after it they may hold acknowledged writes.
 
-use super::{Restored, parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::postgres::catalog::{Table, STATE_SCHEMA};
 use crate::providers::postgres::preflight::{self, Needs};
 use crate::providers::postgres::snapshot;
@@ -568,7 +568,9 @@ impl StepKind for Replicate {
         let p: Params = parse_params(&cx.params)?;
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let mut lines = Vec::new();
-        let dropped = |object: String, what: &str| Restored::new(object.clone(), Some(&object), None, what.to_string());
+        let dropped = |object: String, what: &str| {
+            Restored::new(object.clone(), Some(&object), None, what.to_string())
+        };
         snapshot::release(&hold_file(cx));
         let target = cx.providers.target().await?;
         if exists(&target, "target", SUB_SQL, &sub).await? {
@@ -583,12 +585,18 @@ impl StepKind for Replicate {
                 .batch_execute(&format!("DROP SCHEMA {STATE_SCHEMA} CASCADE"))
                 .await
                 .map_err(|e| pg("target", e))?;
-            lines.push(dropped(format!("schema {STATE_SCHEMA} (target)"), "copy progress dropped"));
+            lines.push(dropped(
+                format!("schema {STATE_SCHEMA} (target)"),
+                "copy progress dropped",
+            ));
         }
         let source = cx.providers.source().await?;
         if exists(&source, "source", SLOT_SQL, &sub).await? {
             drop_slot(&source, &sub).await?;
-            lines.push(dropped(format!("replication slot {sub} (source)"), "dropped"));
+            lines.push(dropped(
+                format!("replication slot {sub} (source)"),
+                "dropped",
+            ));
         }
         if exists(&source, "source", PUB_SQL, &publ).await? {
             source

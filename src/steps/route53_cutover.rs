@@ -119,14 +119,21 @@ fn classify(p: &Params, sets: &[RecordSet]) -> Result<Shape, StepError> {
         [] => Ok(Shape::Absent),
         [one] if one.set_identifier.is_none() => Ok(Shape::Simple(one.clone())),
         _ => {
-            let find = |id: &str| sets.iter().find(|s| s.set_identifier.as_deref() == Some(id));
+            let find = |id: &str| {
+                sets.iter()
+                    .find(|s| s.set_identifier.as_deref() == Some(id))
+            };
             let others: Vec<String> = sets
                 .iter()
                 .filter(|s| {
                     s.set_identifier.as_deref() != Some(p.old_id.as_str())
                         && s.set_identifier.as_deref() != Some(p.new_id.as_str())
                 })
-                .map(|s| s.set_identifier.clone().unwrap_or_else(|| "(simple)".into()))
+                .map(|s| {
+                    s.set_identifier
+                        .clone()
+                        .unwrap_or_else(|| "(simple)".into())
+                })
                 .collect();
             match (find(&p.old_id), find(&p.new_id)) {
                 (Some(old), Some(new)) if others.is_empty() => {
@@ -184,7 +191,11 @@ fn old_member(p: &Params, origin: &RecordSet, weight: i64, ttl: Option<i64>) -> 
     RecordSet {
         set_identifier: Some(p.old_id.clone()),
         weight: Some(weight),
-        ttl: if origin.alias.is_some() { None } else { ttl.or(origin.ttl) },
+        ttl: if origin.alias.is_some() {
+            None
+        } else {
+            ttl.or(origin.ttl)
+        },
         ..origin.clone()
     }
 }
@@ -201,18 +212,37 @@ fn stage_changes(
         // No traffic to move: the record starts on the new target.
         Shape::Absent => vec![RecordChange {
             action: "CREATE",
-            set: RecordSet { set_identifier: None, weight: None, ..new_member(p, new_weight, ttl) },
+            set: RecordSet {
+                set_identifier: None,
+                weight: None,
+                ..new_member(p, new_weight, ttl)
+            },
         }],
         Shape::Simple(origin) => vec![
-            RecordChange { action: "DELETE", set: origin.clone() },
-            RecordChange { action: "CREATE", set: old_member(p, origin, 100 - new_weight, ttl) },
-            RecordChange { action: "CREATE", set: new_member(p, new_weight, ttl) },
+            RecordChange {
+                action: "DELETE",
+                set: origin.clone(),
+            },
+            RecordChange {
+                action: "CREATE",
+                set: old_member(p, origin, 100 - new_weight, ttl),
+            },
+            RecordChange {
+                action: "CREATE",
+                set: new_member(p, new_weight, ttl),
+            },
         ],
         Shape::Weighted { old, .. } => {
-            let want = [old_member(p, old, 100 - new_weight, ttl), new_member(p, new_weight, ttl)];
+            let want = [
+                old_member(p, old, 100 - new_weight, ttl),
+                new_member(p, new_weight, ttl),
+            ];
             want.into_iter()
                 .filter(|w| !now.contains(w))
-                .map(|set| RecordChange { action: "UPSERT", set })
+                .map(|set| RecordChange {
+                    action: "UPSERT",
+                    set,
+                })
                 .collect()
         }
     }
@@ -244,7 +274,9 @@ fn ttl_pending(p: &Params) -> Result<i64, StepError> {
         return Ok(0);
     };
     let at = chrono::DateTime::parse_from_rfc3339(at).map_err(|e| {
-        StepError::Params(format!("ttl_lowered_at `{at}` is not an RFC 3339 time: {e}"))
+        StepError::Params(format!(
+            "ttl_lowered_at `{at}` is not an RFC 3339 time: {e}"
+        ))
     })?;
     let until = at.with_timezone(&chrono::Utc) + chrono::Duration::seconds(prev);
     Ok((until - chrono::Utc::now()).num_seconds().max(0))
@@ -264,17 +296,28 @@ fn parse(cx: &StepContext<'_>) -> Result<Params, StepError> {
 fn check(p: &Params) -> Vec<String> {
     let mut out = Vec::new();
     if !TYPES.contains(&p.rtype.as_str()) {
-        out.push(format!("type `{}` is not supported (valid: {})", p.rtype, TYPES.join(", ")));
+        out.push(format!(
+            "type `{}` is not supported (valid: {})",
+            p.rtype,
+            TYPES.join(", ")
+        ));
     }
     if p.alias.is_some() && p.rtype == "CNAME" {
         out.push("an alias target needs type A or AAAA".into());
     }
     if !PENDING.contains(&p.on_ttl_pending.as_str()) {
-        out.push(format!("on_ttl_pending `{}` is not one of: {}", p.on_ttl_pending, PENDING.join(", ")));
+        out.push(format!(
+            "on_ttl_pending `{}` is not one of: {}",
+            p.on_ttl_pending,
+            PENDING.join(", ")
+        ));
     }
     out.extend(check_stages(&p.stages));
     if p.stages.len() > 1 && p.analysis.is_none() {
-        out.push("stages need an `analysis` window: traffic moves to the next stage only on evidence".into());
+        out.push(
+            "stages need an `analysis` window: traffic moves to the next stage only on evidence"
+                .into(),
+        );
     }
     if let Some(a) = &p.analysis {
         out.extend(a.problems());
@@ -291,7 +334,9 @@ fn check_stages(stages: &[i64]) -> Vec<String> {
         out.push(format!("stages {stages:?} must end at 100"));
     }
     if stages.iter().any(|s| !(1..=100).contains(s)) || stages.windows(2).any(|w| w[0] >= w[1]) {
-        out.push(format!("stages {stages:?} must rise strictly, each between 1 and 100"));
+        out.push(format!(
+            "stages {stages:?} must rise strictly, each between 1 and 100"
+        ));
     }
     out
 }
@@ -303,7 +348,13 @@ async fn client(cx: &StepContext<'_>) -> Result<(aws_sdk_route53::Client, String
 }
 
 fn weights_text(p: &Params, new_weight: i64) -> String {
-    format!("{} {} / {} {}", p.new_id, new_weight, p.old_id, 100 - new_weight)
+    format!(
+        "{} {} / {} {}",
+        p.new_id,
+        new_weight,
+        p.old_id,
+        100 - new_weight
+    )
 }
 
 /// Puts all weight back on the old member after a failed stage; journals the batch first.
@@ -329,7 +380,13 @@ async fn return_to_old(
         "traffic_returned",
         json!({"stage": stage, "reason": why, "weights": {&p.new_id: 0, &p.old_id: 100}, "change_batch": batch_json(&changes)}),
     )?;
-    let id = r53p::submit(r53, zone, &changes, &format!("cutover run {}: return traffic to {}", cx.run_id, p.old_id)).await?;
+    let id = r53p::submit(
+        r53,
+        zone,
+        &changes,
+        &format!("cutover run {}: return traffic to {}", cx.run_id, p.old_id),
+    )
+    .await?;
     // The deadline may have passed already: wait for INSYNC without the safe point's checks.
     for _ in 0..60 {
         if r53p::change_status(r53, &id).await? == "INSYNC" {
@@ -338,7 +395,10 @@ async fn return_to_old(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let after = r53p::record_sets(r53, zone, &p.record, &p.rtype).await?;
-    (cx.journal)("traffic_returned_insync", json!({"stage": stage, "change_id": id, "observed": after}))?;
+    (cx.journal)(
+        "traffic_returned_insync",
+        json!({"stage": stage, "change_id": id, "observed": after}),
+    )?;
     Ok(json!(id))
 }
 
@@ -362,7 +422,12 @@ impl StepKind for Route53Cutover {
 
     fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
         let mut out = super::check_param_names(self.params(), params);
-        let literal = |k: &str| params.get(k).filter(|v| !v.as_str().is_some_and(crate::runbook::template::is_template));
+        let literal = |k: &str| {
+            params.get(k).filter(|v| {
+                !v.as_str()
+                    .is_some_and(crate::runbook::template::is_template)
+            })
+        };
         if let Some(Value::Array(st)) = literal("stages") {
             match st.iter().map(Value::as_i64).collect::<Option<Vec<i64>>>() {
                 Some(stages) => out.extend(check_stages(&stages)),
@@ -374,12 +439,18 @@ impl StepKind for Route53Cutover {
         }
         if let Some(Value::String(v)) = literal("on_ttl_pending") {
             if !PENDING.contains(&v.as_str()) {
-                out.push(format!("on_ttl_pending `{v}` is not one of: {}", PENDING.join(", ")));
+                out.push(format!(
+                    "on_ttl_pending `{v}` is not one of: {}",
+                    PENDING.join(", ")
+                ));
             }
         }
         if let Some(Value::String(v)) = literal("type") {
             if !TYPES.contains(&v.as_str()) {
-                out.push(format!("type `{v}` is not supported (valid: {})", TYPES.join(", ")));
+                out.push(format!(
+                    "type `{v}` is not supported (valid: {})",
+                    TYPES.join(", ")
+                ));
             }
         }
         out
@@ -429,7 +500,13 @@ impl StepKind for Route53Cutover {
                     Change::new(
                         "update",
                         label.clone(),
-                        format!("stage {}/{}: {} (TTL {}s) in zone {zone}", i + 1, p.stages.len(), weights_text(&p, stage), ttl.unwrap_or(0)),
+                        format!(
+                            "stage {}/{}: {} (TTL {}s) in zone {zone}",
+                            i + 1,
+                            p.stages.len(),
+                            weights_text(&p, stage),
+                            ttl.unwrap_or(0)
+                        ),
                     )
                     .with_document(batch_json(&batch)),
                 );
@@ -440,15 +517,26 @@ impl StepKind for Route53Cutover {
                 }
             }
             if let Some(a) = &p.analysis {
-                changes.push(Change::new("check", format!("stage {}/{} analysis", i + 1, p.stages.len()), a.describe()));
+                changes.push(Change::new(
+                    "check",
+                    format!("stage {}/{} analysis", i + 1, p.stages.len()),
+                    a.describe(),
+                ));
             }
         }
         if let Some(restore) = p.restore_ttl {
             let raise = ttl_changes(&sets, restore);
             if !raise.is_empty() {
                 changes.push(
-                    Change::new("update", label.clone(), format!("after the last stage: TTL {}s → {restore}s", ttl.unwrap_or(0)))
-                        .with_document(batch_json(&raise)),
+                    Change::new(
+                        "update",
+                        label.clone(),
+                        format!(
+                            "after the last stage: TTL {}s → {restore}s",
+                            ttl.unwrap_or(0)
+                        ),
+                    )
+                    .with_document(batch_json(&raise)),
                 );
             }
         }
@@ -466,7 +554,11 @@ impl StepKind for Route53Cutover {
         })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let p = parse(cx)?;
         let (r53, zone) = client(cx).await?;
         let label = format!("{} {}", p.rtype, fqdn(&p.record));
@@ -486,7 +578,10 @@ impl StepKind for Route53Cutover {
                     cx.remaining().as_secs()
                 )));
             }
-            (cx.journal)("ttl_wait", json!({"record": fqdn(&p.record), "previous_ttl": prev, "lowered_at": at, "wait_s": pending}))?;
+            (cx.journal)(
+                "ttl_wait",
+                json!({"record": fqdn(&p.record), "previous_ttl": prev, "lowered_at": at, "wait_s": pending}),
+            )?;
             while pending > 0 {
                 cx.check_deadline("answers cached under the old TTL to expire")?;
                 (cx.progress)(&format!("waiting {pending}s more for answers cached under the old TTL ({prev}s) to expire"));
@@ -510,8 +605,18 @@ impl StepKind for Route53Cutover {
             if stage > current {
                 let changes = stage_changes(&p, &now, &shape, stage, ttl);
                 let batch = batch_json(&changes);
-                (cx.journal)("traffic_stage", json!({"stage": i + 1, "of": n, "weights": {&p.new_id: stage, &p.old_id: 100 - stage}, "change_batch": batch}))?;
-                let submitted = submit_and_wait(cx, &r53, &zone, &changes, &format!("cutover run {} step {}: {name}", cx.run_id, cx.step_id)).await;
+                (cx.journal)(
+                    "traffic_stage",
+                    json!({"stage": i + 1, "of": n, "weights": {&p.new_id: stage, &p.old_id: 100 - stage}, "change_batch": batch}),
+                )?;
+                let submitted = submit_and_wait(
+                    cx,
+                    &r53,
+                    &zone,
+                    &changes,
+                    &format!("cutover run {} step {}: {name}", cx.run_id, cx.step_id),
+                )
+                .await;
                 let id = match submitted {
                     Ok(id) => id,
                     Err(e) => {
@@ -520,10 +625,17 @@ impl StepKind for Route53Cutover {
                     }
                 };
                 now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
-                (cx.journal)("traffic_stage_insync", json!({"stage": i + 1, "change_id": id, "observed": now}))?;
+                (cx.journal)(
+                    "traffic_stage_insync",
+                    json!({"stage": i + 1, "change_id": id, "observed": now}),
+                )?;
                 batches.push(batch);
                 shape = classify(&p, &now)?;
-                current = if matches!(shape, Shape::Simple(_)) { 100 } else { stage };
+                current = if matches!(shape, Shape::Simple(_)) {
+                    100
+                } else {
+                    stage
+                };
             }
             if let Some(a) = &p.analysis {
                 let verdict = match a.run(cx, &name).await {
@@ -533,11 +645,17 @@ impl StepKind for Route53Cutover {
                         return Err(e);
                     }
                 };
-                (cx.journal)("analysis", json!({"stage": i + 1, "of": n, "url": a.url, "verdict": verdict}))?;
+                (cx.journal)(
+                    "analysis",
+                    json!({"stage": i + 1, "of": n, "url": a.url, "verdict": verdict}),
+                )?;
                 if !verdict.passed {
                     let why = format!("{name} analysis failed: {}", verdict.reasons.join("; "));
                     return_to_old(cx, &p, &r53, &zone, i + 1, &why).await?;
-                    return Err(StepError::Check(format!("{why}; all weight returned to {}", p.old_id)));
+                    return Err(StepError::Check(format!(
+                        "{why}; all weight returned to {}",
+                        p.old_id
+                    )));
                 }
             }
             stages_done.push(stage);
@@ -546,8 +664,21 @@ impl StepKind for Route53Cutover {
             let raise = ttl_changes(&now, restore);
             if !raise.is_empty() {
                 let batch = batch_json(&raise);
-                (cx.journal)("traffic_ttl_restore", json!({"ttl": restore, "change_batch": batch}))?;
-                submit_and_wait(cx, &r53, &zone, &raise, &format!("cutover run {} step {}: TTL back to {restore}s", cx.run_id, cx.step_id)).await?;
+                (cx.journal)(
+                    "traffic_ttl_restore",
+                    json!({"ttl": restore, "change_batch": batch}),
+                )?;
+                submit_and_wait(
+                    cx,
+                    &r53,
+                    &zone,
+                    &raise,
+                    &format!(
+                        "cutover run {} step {}: TTL back to {restore}s",
+                        cx.run_id, cx.step_id
+                    ),
+                )
+                .await?;
                 batches.push(batch);
             }
         }
@@ -557,7 +688,16 @@ impl StepKind for Route53Cutover {
             json!(if batches.is_empty() {
                 format!("{label} already on {}", p.to)
             } else {
-                format!("{label} → {} in stages {:?}, each INSYNC{}", p.to, stages_done, if p.analysis.is_some() { " and analysed" } else { "" })
+                format!(
+                    "{label} → {} in stages {:?}, each INSYNC{}",
+                    p.to,
+                    stages_done,
+                    if p.analysis.is_some() {
+                        " and analysed"
+                    } else {
+                        ""
+                    }
+                )
             }),
         );
         out.insert("change_batches".into(), json!(batches));
@@ -568,21 +708,35 @@ impl StepKind for Route53Cutover {
         Ok(out)
     }
 
-    async fn verify(&self, cx: &StepContext, _outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+    async fn verify(
+        &self,
+        cx: &StepContext,
+        _outputs: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, StepError> {
         let p = parse(cx)?;
         let (r53, zone) = client(cx).await?;
         let now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
         let target = new_member(&p, 0, None).target();
-        let on_new = now.iter().any(|s| {
-            s.target() == target && (s.set_identifier.is_none() || s.weight == Some(100))
-        }) && now.iter().all(|s| s.target() == target || s.weight == Some(0));
+        let on_new = now
+            .iter()
+            .any(|s| s.target() == target && (s.set_identifier.is_none() || s.weight == Some(100)))
+            && now
+                .iter()
+                .all(|s| s.target() == target || s.weight == Some(0));
         if !on_new {
             return Err(StepError::Check(format!(
                 "{} {} does not send all traffic to {}: {}",
                 p.rtype,
                 fqdn(&p.record),
                 p.to,
-                now.iter().map(|s| format!("{}={}", s.set_identifier.as_deref().unwrap_or("simple"), s.target())).collect::<Vec<_>>().join(", ")
+                now.iter()
+                    .map(|s| format!(
+                        "{}={}",
+                        s.set_identifier.as_deref().unwrap_or("simple"),
+                        s.target()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let mut ev = Map::new();
@@ -590,9 +744,18 @@ impl StepKind for Route53Cutover {
         Ok(ev)
     }
 
-    async fn rollback(&self, cx: &StepContext, before: &Value, _outputs: Option<&Map<String, Value>>) -> Result<Vec<Restored>, StepError> {
+    async fn rollback(
+        &self,
+        cx: &StepContext,
+        before: &Value,
+        _outputs: Option<&Map<String, Value>>,
+    ) -> Result<Vec<Restored>, StepError> {
         let p: Params = parse_params(&cx.params)?;
-        let Some(old) = before.get("sets").cloned().and_then(|v| serde_json::from_value::<Vec<RecordSet>>(v).ok()) else {
+        let Some(old) = before
+            .get("sets")
+            .cloned()
+            .and_then(|v| serde_json::from_value::<Vec<RecordSet>>(v).ok())
+        else {
             return Ok(vec![]);
         };
         let (r53, zone) = client(cx).await?;
@@ -602,7 +765,14 @@ impl StepKind for Route53Cutover {
         if changes.is_empty() {
             return Ok(vec![]);
         }
-        let id = submit_and_wait(cx, &r53, &zone, &changes, &format!("cutover rollback of run {}", cx.run_id)).await?;
+        let id = submit_and_wait(
+            cx,
+            &r53,
+            &zone,
+            &changes,
+            &format!("cutover rollback of run {}", cx.run_id),
+        )
+        .await?;
         let after = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
         let show = |sets: &[RecordSet]| {
             if sets.is_empty() {
@@ -624,11 +794,32 @@ impl StepKind for Route53Cutover {
         }])
     }
 
-    fn manual_undo(&self, params: &Map<String, Value>, before: &Value, _run_id: &str) -> Vec<String> {
-        let zone = before.get("zone_id").and_then(Value::as_str).unwrap_or("ZONE");
-        let record = params.get("record").and_then(Value::as_str).unwrap_or("the record");
-        let sets: Vec<RecordSet> = before.get("sets").cloned().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
-        let create: Vec<RecordChange> = sets.into_iter().map(|set| RecordChange { action: "CREATE", set }).collect();
+    fn manual_undo(
+        &self,
+        params: &Map<String, Value>,
+        before: &Value,
+        _run_id: &str,
+    ) -> Vec<String> {
+        let zone = before
+            .get("zone_id")
+            .and_then(Value::as_str)
+            .unwrap_or("ZONE");
+        let record = params
+            .get("record")
+            .and_then(Value::as_str)
+            .unwrap_or("the record");
+        let sets: Vec<RecordSet> = before
+            .get("sets")
+            .cloned()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let create: Vec<RecordChange> = sets
+            .into_iter()
+            .map(|set| RecordChange {
+                action: "CREATE",
+                set,
+            })
+            .collect();
         vec![
             format!("list what {record} holds now: aws route53 list-resource-record-sets --hosted-zone-id {zone} --query \"ResourceRecordSets[?Name=='{}']\"", fqdn(record)),
             format!("delete those sets, then create exactly the sets from before the run, in one change batch: aws route53 change-resource-record-sets --hosted-zone-id {zone} --change-batch '{}' (prepend a DELETE for each set listed above)", batch_json(&create)),
@@ -640,7 +831,13 @@ impl StepKind for Route53Cutover {
 fn ttl_changes(sets: &[RecordSet], ttl: i64) -> Vec<RecordChange> {
     sets.iter()
         .filter(|s| s.alias.is_none() && s.ttl != Some(ttl))
-        .map(|s| RecordChange { action: "UPSERT", set: RecordSet { ttl: Some(ttl), ..s.clone() } })
+        .map(|s| RecordChange {
+            action: "UPSERT",
+            set: RecordSet {
+                ttl: Some(ttl),
+                ..s.clone()
+            },
+        })
         .collect()
 }
 
@@ -679,7 +876,9 @@ mod tests {
 
     #[test]
     fn stages_move_a_simple_record_into_a_weighted_pair_then_upsert_weights() {
-        let p = params(json!({"record": "shop.example.com", "to": "alb.example.net", "stages": [10, 50, 100], "analysis": {"url": "http://x"}}));
+        let p = params(
+            json!({"record": "shop.example.com", "to": "alb.example.net", "stages": [10, 50, 100], "analysis": {"url": "http://x"}}),
+        );
         let now = vec![simple()];
         let shape = classify(&p, &now).unwrap();
         let first = stage_changes(&p, &now, &shape, 10, Some(60));
@@ -692,7 +891,13 @@ mod tests {
         assert!(matches!(shape, Shape::Weighted { new_weight: 10, .. }));
         let second = stage_changes(&p, &after, &shape, 50, Some(60));
         assert!(second.iter().all(|c| c.action == "UPSERT"));
-        assert_eq!(second.iter().map(|c| c.set.weight.unwrap()).collect::<Vec<_>>(), [50, 50]);
+        assert_eq!(
+            second
+                .iter()
+                .map(|c| c.set.weight.unwrap())
+                .collect::<Vec<_>>(),
+            [50, 50]
+        );
     }
 
     #[test]
@@ -708,17 +913,26 @@ mod tests {
     #[test]
     fn the_ttl_guard_counts_from_the_lowering() {
         let at = (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339();
-        let p = params(json!({"record": "r", "to": "t", "ttl_lowered_at": at, "previous_ttl": "300"}));
+        let p =
+            params(json!({"record": "r", "to": "t", "ttl_lowered_at": at, "previous_ttl": "300"}));
         let left = ttl_pending(&p).unwrap();
         assert!((297..=299).contains(&left), "{left}");
-        let p = params(json!({"record": "r", "to": "t", "ttl_lowered_at": "none", "previous_ttl": "300"}));
+        let p = params(
+            json!({"record": "r", "to": "t", "ttl_lowered_at": "none", "previous_ttl": "300"}),
+        );
         assert_eq!(ttl_pending(&p).unwrap(), 0);
     }
 
     #[test]
     fn an_alias_member_has_no_ttl_and_the_old_member_keeps_its_values() {
-        let p = params(json!({"record": "shop.example.com", "to": "dualstack.alb.example.net", "type": "A", "alias": {"hosted_zone_id": "Z35SXDOTRQ7X7K"}}));
-        let origin = RecordSet { rtype: "A".into(), values: vec!["203.0.113.7".into()], ..simple() };
+        let p = params(
+            json!({"record": "shop.example.com", "to": "dualstack.alb.example.net", "type": "A", "alias": {"hosted_zone_id": "Z35SXDOTRQ7X7K"}}),
+        );
+        let origin = RecordSet {
+            rtype: "A".into(),
+            values: vec!["203.0.113.7".into()],
+            ..simple()
+        };
         let shape = Shape::Simple(origin);
         let c = stage_changes(&p, &[], &shape, 100, Some(60));
         assert_eq!(c[1].set.values, ["203.0.113.7"]);

@@ -204,7 +204,11 @@ impl StepKind for SetTtl {
             json!(if lowered_at.is_null() {
                 format!("{} {} TTL already {previous}s", p.rtype, fqdn(&p.record))
             } else {
-                format!("{} {} TTL {previous}s → {ttl}s (INSYNC)", p.rtype, fqdn(&p.record))
+                format!(
+                    "{} {} TTL {previous}s → {ttl}s (INSYNC)",
+                    p.rtype,
+                    fqdn(&p.record)
+                )
             }),
         );
         out.insert("ttl".into(), json!(ttl.min(previous)));
@@ -230,7 +234,9 @@ impl StepKind for SetTtl {
             .iter()
             .filter_map(|n| {
                 let o = old.iter().find(|o| {
-                    o.set_identifier == n.set_identifier && o.values == n.values && o.alias == n.alias
+                    o.set_identifier == n.set_identifier
+                        && o.values == n.values
+                        && o.alias == n.alias
                 })?;
                 (o.ttl > n.ttl).then(|| RecordChange {
                     action: "UPSERT",
@@ -265,13 +271,27 @@ impl StepKind for SetTtl {
         }])
     }
 
-    fn manual_undo(&self, params: &Map<String, Value>, before: &Value, _run_id: &str) -> Vec<String> {
-        let zone = before.get("zone_id").and_then(Value::as_str).unwrap_or("ZONE");
+    fn manual_undo(
+        &self,
+        params: &Map<String, Value>,
+        before: &Value,
+        _run_id: &str,
+    ) -> Vec<String> {
+        let zone = before
+            .get("zone_id")
+            .and_then(Value::as_str)
+            .unwrap_or("ZONE");
         let changes: Vec<RecordChange> = sets_of(before)
             .into_iter()
-            .map(|set| RecordChange { action: "UPSERT", set })
+            .map(|set| RecordChange {
+                action: "UPSERT",
+                set,
+            })
             .collect();
-        let record = params.get("record").and_then(Value::as_str).unwrap_or("the record");
+        let record = params
+            .get("record")
+            .and_then(Value::as_str)
+            .unwrap_or("the record");
         vec![format!(
             "put the TTL of {record} back: aws route53 change-resource-record-sets --hosted-zone-id {zone} --change-batch '{}'",
             batch_json(&changes)

@@ -3,7 +3,7 @@
 //! With `associate: true` it associates the named web ACL itself when none is, and its rollback
 //! removes only an association it made.
 
-use super::{Restored, parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::aws::err;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -99,7 +99,9 @@ impl StepKind for AssertAssociation {
     fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
         let mut out = super::check_param_names(self.params(), params);
         if params.get("associate") == Some(&Value::Bool(true)) && !params.contains_key("web_acl") {
-            out.push("associate: true needs `web_acl`, the name of the web ACL to associate".into());
+            out.push(
+                "associate: true needs `web_acl`, the name of the web ACL to associate".into(),
+            );
         }
         out
     }
@@ -110,11 +112,18 @@ impl StepKind for AssertAssociation {
             let name = p.web_acl.clone().unwrap_or_default();
             let waf = aws_sdk_wafv2::Client::new(&cx.providers.aws().await?.config);
             let detail = match acl_arn(&waf, &name).await {
-                Ok(arn) => format!("AssociateWebACL {{WebACLArn: {arn}, ResourceArn: {}}}", p.resource),
+                Ok(arn) => format!(
+                    "AssociateWebACL {{WebACLArn: {arn}, ResourceArn: {}}}",
+                    p.resource
+                ),
                 Err(e) => format!("WOULD FAIL: {e}"),
             };
             return Ok(Planned {
-                changes: vec![Change::new("create", format!("waf association of {}", p.resource), detail)],
+                changes: vec![Change::new(
+                    "create",
+                    format!("waf association of {}", p.resource),
+                    detail,
+                )],
                 before: json!({"associated": false}),
                 ..Default::default()
             });
@@ -164,7 +173,11 @@ impl StepKind for AssertAssociation {
             json!(format!(
                 "{} behind web ACL {name}{}",
                 p.resource,
-                if associated { " (associated by this step)" } else { "" }
+                if associated {
+                    " (associated by this step)"
+                } else {
+                    ""
+                }
             )),
         );
         out.insert("associated_by_run".into(), json!(associated));
