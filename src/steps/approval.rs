@@ -5,7 +5,7 @@
 //!
 //! The step changes nothing in the world and has nothing to undo.
 
-use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, ParamSpec, Planned, StepContext, StepError, StepKind};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -99,14 +99,7 @@ impl StepKind for Approval {
                 cx.step_id
             )
         };
-        Ok(Planned {
-            changes: vec![Change::new(
-                "check",
-                format!("approval {}", cx.step_id),
-                detail,
-            )],
-            ..Default::default()
-        })
+        Ok(Planned::check(format!("approval {}", cx.step_id), detail))
     }
 
     async fn apply(

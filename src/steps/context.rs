@@ -194,6 +194,16 @@ impl Restored {
     }
 }
 
+impl Planned {
+    /// A plan that changes nothing and reports one read-only check (`action: check`).
+    pub fn check(target: impl Into<String>, detail: impl Into<String>) -> Self {
+        Planned {
+            changes: vec![Change::new("check", target, detail)],
+            ..Default::default()
+        }
+    }
+}
+
 /// Why a step (or its rollback) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {

@@ -2,7 +2,7 @@
 //! a row have the expected status; fails at the step's deadline (no answer is a failure, never a
 //! pass).
 
-use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, ParamSpec, Planned, StepContext, StepError, StepKind};
 use crate::providers::http::{client, probe};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -84,14 +84,10 @@ impl StepKind for HttpCheck {
             (None, Some(e)) => format!("now unreachable: {e}"),
             _ => "no answer".into(),
         };
-        Ok(Planned {
-            changes: vec![Change::new(
-                "check",
-                format!("GET {}", p.url),
-                format!("{} × {} in a row; {seen}", p.consecutive, p.expect_status),
-            )],
-            ..Default::default()
-        })
+        Ok(Planned::check(
+            format!("GET {}", p.url),
+            format!("{} × {} in a row; {seen}", p.consecutive, p.expect_status),
+        ))
     }
 
     async fn apply(

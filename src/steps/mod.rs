@@ -8,6 +8,7 @@
 pub mod analysis;
 mod approval;
 mod aws_assert_account;
+mod dns;
 mod http_check;
 mod k8s_flip_secret;
 mod postgres_freeze_writes;

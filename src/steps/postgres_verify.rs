@@ -3,7 +3,7 @@
 //! parallel workers; a differing chunk is bisected down to the differing keys. The step fails
 //! naming tables and keys only, never row values, so a run stops before the flip.
 
-use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, ParamSpec, Planned, StepContext, StepError, StepKind};
 use crate::providers::postgres::catalog;
 use crate::providers::postgres::checksum;
 use async_trait::async_trait;
@@ -79,18 +79,11 @@ impl StepKind for Verify {
         let source = cx.providers.source().await?;
         let tables = catalog::tables(&source, "source").await?;
         let rows: i64 = tables.iter().map(|t| t.est_rows).sum();
-        Ok(Planned {
-            changes: vec![Change::new(
-                "check",
-                format!("database {}", cx.env.database.name),
-                format!(
+        Ok(Planned::check(format!("database {}", cx.env.database.name), format!(
                     "compare {} of {} tables (~{rows} rows) on source and target in chunks of {} rows with {} job(s); name up to {} differing keys per table",
                     if p.method == "count" { "row counts" } else { "row counts and hash sums" },
                     tables.len(), p.chunk_rows, p.jobs, p.max_keys
-                ),
-            )],
-            ..Default::default()
-        })
+                )))
     }
 
     async fn apply(

@@ -11,7 +11,7 @@
 //! second while waiting.
 
 use super::postgres_replicate::names;
-use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, ParamSpec, Planned, StepContext, StepError, StepKind};
 use crate::providers::postgres::pg;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -86,14 +86,10 @@ impl StepKind for WaitLag {
             (Some(c), Some(b)) => format!("source at {lsn}, slot confirmed {c}: lag {b} bytes; wait until ≤ {} bytes", p.max_lag_bytes),
             _ => format!("slot {slot} does not exist yet (created by postgres.replicate); wait until lag ≤ {} bytes", p.max_lag_bytes),
         };
-        Ok(Planned {
-            changes: vec![Change::new(
-                "check",
-                format!("replication lag of slot {slot}"),
-                detail,
-            )],
-            ..Default::default()
-        })
+        Ok(Planned::check(
+            format!("replication lag of slot {slot}"),
+            detail,
+        ))
     }
 
     async fn apply(

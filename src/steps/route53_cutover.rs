@@ -16,7 +16,7 @@
 //! CNAME and A/AAAA records are supported, with plain values or an alias target (an ALB).
 
 use super::analysis::Analysis;
-use super::route53_set_ttl::submit_and_wait;
+use super::dns::{restore, sets_of, submit_and_wait};
 use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::route53::{self as r53p, batch_json, fqdn, Alias, RecordChange, RecordSet};
 use crate::steps::context::Mode;
@@ -751,29 +751,13 @@ impl StepKind for Route53Cutover {
         _outputs: Option<&Map<String, Value>>,
     ) -> Result<Vec<Restored>, StepError> {
         let p: Params = parse_params(&cx.params)?;
-        let Some(old) = before
-            .get("sets")
-            .cloned()
-            .and_then(|v| serde_json::from_value::<Vec<RecordSet>>(v).ok())
-        else {
+        if before.get("sets").is_none() {
             return Ok(vec![]);
-        };
+        }
+        let old = sets_of(before);
         let (r53, zone) = client(cx).await?;
         let now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
         let changes = r53p::diff(&now, &old);
-        let label = format!("{} {}", p.rtype, fqdn(&p.record));
-        if changes.is_empty() {
-            return Ok(vec![]);
-        }
-        let id = submit_and_wait(
-            cx,
-            &r53,
-            &zone,
-            &changes,
-            &format!("cutover rollback of run {}", cx.run_id),
-        )
-        .await?;
-        let after = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
         let show = |sets: &[RecordSet]| {
             if sets.is_empty() {
                 return "(none)".to_string();
@@ -786,12 +770,16 @@ impl StepKind for Route53Cutover {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        Ok(vec![Restored {
-            object: label,
-            before: r53p::fingerprint(&now),
-            after: r53p::fingerprint(&after),
-            detail: format!("{} ⇒ {} (change {id} INSYNC)", show(&now), show(&after)),
-        }])
+        restore(
+            cx,
+            (&r53, &zone),
+            (&p.record, &p.rtype),
+            &now,
+            &changes,
+            &format!("cutover rollback of run {}", cx.run_id),
+            |now, after| format!("{} ⇒ {}", show(now), show(after)),
+        )
+        .await
     }
 
     fn manual_undo(
@@ -808,12 +796,7 @@ impl StepKind for Route53Cutover {
             .get("record")
             .and_then(Value::as_str)
             .unwrap_or("the record");
-        let sets: Vec<RecordSet> = before
-            .get("sets")
-            .cloned()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
-        let create: Vec<RecordChange> = sets
+        let create: Vec<RecordChange> = sets_of(before)
             .into_iter()
             .map(|set| RecordChange {
                 action: "CREATE",

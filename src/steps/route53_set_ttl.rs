@@ -7,12 +7,12 @@
 //! Outputs: `ttl` (seconds now), `previous_ttl` (seconds before), `lowered_at` (RFC 3339, `null`
 //! when this run did not lower it). Rollback puts the previous TTL back.
 
+use super::dns::{restore, sets_of, submit_and_wait};
 use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::route53::{self as r53p, batch_json, fqdn, RecordChange, RecordSet};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::time::Duration;
 
 /// The `route53.set_ttl` kind.
 pub struct SetTtl;
@@ -68,14 +68,6 @@ fn lowering(sets: &[RecordSet], ttl: i64) -> Vec<RecordChange> {
         .collect()
 }
 
-fn sets_of(before: &Value) -> Vec<RecordSet> {
-    before
-        .get("sets")
-        .cloned()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default()
-}
-
 async fn observe(
     cx: &StepContext<'_>,
 ) -> Result<(Params, i64, aws_sdk_route53::Client, String, Vec<RecordSet>), StepError> {
@@ -95,29 +87,6 @@ async fn observe(
         )));
     }
     Ok((p, ttl, r53, zone, sets))
-}
-
-/// Submits `changes` and waits for INSYNC; each wait is a safe point.
-pub(super) async fn submit_and_wait(
-    cx: &StepContext<'_>,
-    r53: &aws_sdk_route53::Client,
-    zone: &str,
-    changes: &[RecordChange],
-    comment: &str,
-) -> Result<String, StepError> {
-    let id = r53p::submit(r53, zone, changes, comment).await?;
-    loop {
-        let status = r53p::change_status(r53, &id).await?;
-        if status == "INSYNC" {
-            return Ok(id);
-        }
-        cx.check_deadline(&format!("change {id} to be INSYNC (now {status})"))?;
-        (cx.progress)(&format!(
-            "change {id} is {status}; waiting for INSYNC up to {}s",
-            cx.remaining().as_secs()
-        ));
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
 }
 
 #[async_trait]
@@ -247,28 +216,22 @@ impl StepKind for SetTtl {
                 })
             })
             .collect();
-        if changes.is_empty() {
-            return Ok(vec![]);
-        }
-        let id = submit_and_wait(
+        restore(
             cx,
-            &r53,
-            &zone,
+            (&r53, &zone),
+            (&p.record, &p.rtype),
+            &now,
             &changes,
             &format!("cutover rollback of run {}: TTL", cx.run_id),
+            |now, after| {
+                format!(
+                    "TTL {}s → {}s",
+                    max_ttl(now).unwrap_or(0),
+                    max_ttl(after).unwrap_or(0)
+                )
+            },
         )
-        .await?;
-        let after = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
-        Ok(vec![Restored {
-            object: format!("{} {}", p.rtype, fqdn(&p.record)),
-            before: r53p::fingerprint(&now),
-            after: r53p::fingerprint(&after),
-            detail: format!(
-                "TTL {}s → {}s (change {id} INSYNC)",
-                max_ttl(&now).unwrap_or(0),
-                max_ttl(&after).unwrap_or(0)
-            ),
-        }])
+        .await
     }
 
     fn manual_undo(

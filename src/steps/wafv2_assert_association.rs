@@ -135,14 +135,10 @@ impl StepKind for AssertAssociation {
             ),
             Err(e) => format!("WOULD FAIL: {e}"),
         };
-        Ok(Planned {
-            changes: vec![Change::new(
-                "check",
-                format!("waf association of {}", p.resource),
-                detail,
-            )],
-            ..Default::default()
-        })
+        Ok(Planned::check(
+            format!("waf association of {}", p.resource),
+            detail,
+        ))
     }
 
     async fn apply(

@@ -1,0 +1,74 @@
+//! What the two Route 53 kinds (`route53.set_ttl`, `route53.cutover`) share: submitting a change
+//! batch and waiting for INSYNC at safe points, reading record sets back from rollback
+//! material, and a rollback that restores record sets and reports them by fingerprint.
+//!
+//! No kind lives here and nothing here decides what to change: the kinds pass the changes in.
+
+use super::{Restored, StepContext, StepError};
+use crate::providers::route53::{self as r53p, fqdn, RecordChange, RecordSet};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Submits `changes` and polls GetChange every 2 s until INSYNC; each poll is a safe point
+/// (deadline, panic flag). Returns the change id.
+///
+/// # Errors
+/// The API error, or [`StepError::Timeout`]/[`StepError::Panic`] from the safe point.
+pub(super) async fn submit_and_wait(
+    cx: &StepContext<'_>,
+    r53: &aws_sdk_route53::Client,
+    zone: &str,
+    changes: &[RecordChange],
+    comment: &str,
+) -> Result<String, StepError> {
+    let id = r53p::submit(r53, zone, changes, comment).await?;
+    loop {
+        let status = r53p::change_status(r53, &id).await?;
+        if status == "INSYNC" {
+            return Ok(id);
+        }
+        cx.check_deadline(&format!("change {id} to be INSYNC (now {status})"))?;
+        (cx.progress)(&format!(
+            "change {id} is {status}; waiting for INSYNC up to {}s",
+            cx.remaining().as_secs()
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The record sets kept as rollback material under `before.sets` (empty when absent).
+pub(super) fn sets_of(before: &Value) -> Vec<RecordSet> {
+    before
+        .get("sets")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+/// A rollback's change: submits `changes` (nothing when empty), waits for INSYNC, reads the
+/// record back and reports it with fingerprints of the sets before (`now`) and after;
+/// `describe(now, after)` words the change.
+///
+/// # Errors
+/// As [`submit_and_wait`].
+pub(super) async fn restore(
+    cx: &StepContext<'_>,
+    (r53, zone): (&aws_sdk_route53::Client, &str),
+    (record, rtype): (&str, &str),
+    now: &[RecordSet],
+    changes: &[RecordChange],
+    comment: &str,
+    describe: impl Fn(&[RecordSet], &[RecordSet]) -> String,
+) -> Result<Vec<Restored>, StepError> {
+    if changes.is_empty() {
+        return Ok(vec![]);
+    }
+    let id = submit_and_wait(cx, r53, zone, changes, comment).await?;
+    let after = r53p::record_sets(r53, zone, record, rtype).await?;
+    Ok(vec![Restored {
+        object: format!("{rtype} {}", fqdn(record)),
+        before: r53p::fingerprint(now),
+        after: r53p::fingerprint(&after),
+        detail: format!("{} (change {id} INSYNC)", describe(now, &after)),
+    }])
+}
