@@ -5,8 +5,8 @@
 //! No kind lives here and nothing here decides what to change: the kinds pass the changes in.
 
 use super::{Restored, StepContext, StepError};
-use crate::providers::route53::{self as r53p, fqdn, RecordChange, RecordSet};
-use serde_json::Value;
+use crate::providers::route53::{self as r53p, batch_json, fqdn, RecordChange, RecordSet};
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// Submits `changes` and polls GetChange every 2 s until INSYNC; each poll is a safe point
@@ -71,4 +71,29 @@ pub(super) async fn restore(
         after: r53p::fingerprint(&after),
         detail: format!("{} (change {id} INSYNC)", describe(now, &after)),
     }])
+}
+
+/// For `manual_undo`: the record's name (from the rendered `params`) and the `aws route53
+/// change-resource-record-sets` command that applies `action` to every set of the rollback
+/// material `before`.
+pub(super) fn cli_change(
+    params: &Map<String, Value>,
+    before: &Value,
+    action: &'static str,
+) -> (String, String) {
+    let zone = before
+        .get("zone_id")
+        .and_then(Value::as_str)
+        .unwrap_or("ZONE");
+    let changes: Vec<RecordChange> = sets_of(before)
+        .into_iter()
+        .map(|set| RecordChange { action, set })
+        .collect();
+    (
+        super::param_str(params, "record", "the record").to_string(),
+        format!(
+            "aws route53 change-resource-record-sets --hosted-zone-id {zone} --change-batch '{}'",
+            batch_json(&changes)
+        ),
+    )
 }

@@ -493,14 +493,8 @@ impl StepKind for FlipSecret {
         _before: &Value,
         run_id: &str,
     ) -> Vec<String> {
-        let ns = params
-            .get("namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("NAMESPACE");
-        let secret = params
-            .get("secret")
-            .and_then(Value::as_str)
-            .unwrap_or("SECRET");
+        let ns = super::param_str(params, "namespace", "NAMESPACE");
+        let secret = super::param_str(params, "secret", "SECRET");
         let backup = backup_name(secret, run_id);
         let mut out = vec![format!(
             "restore the Secret from its backup: kubectl -n {ns} get secret {backup} -o json | jq '.metadata = {{name: \"{secret}\", namespace: \"{ns}\"}}' | kubectl apply -f -"

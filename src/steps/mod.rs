@@ -178,6 +178,11 @@ pub fn check_param_names(specs: &[ParamSpec], params: &Map<String, Value>) -> Ve
     out
 }
 
+/// The text parameter `key` of rendered `params`, or `default` when absent or not text.
+pub fn param_str<'a>(params: &'a Map<String, Value>, key: &str, default: &'a str) -> &'a str {
+    params.get(key).and_then(Value::as_str).unwrap_or(default)
+}
+
 /// Parses rendered parameters into a kind's typed parameter struct.
 ///
 /// # Errors

@@ -16,7 +16,7 @@
 //! CNAME and A/AAAA records are supported, with plain values or an alias target (an ALB).
 
 use super::analysis::Analysis;
-use super::dns::{restore, sets_of, submit_and_wait};
+use super::dns::{cli_change, restore, sets_of, submit_and_wait};
 use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::route53::{self as r53p, batch_json, fqdn, Alias, RecordChange, RecordSet};
 use crate::steps::context::Mode;
@@ -792,20 +792,10 @@ impl StepKind for Route53Cutover {
             .get("zone_id")
             .and_then(Value::as_str)
             .unwrap_or("ZONE");
-        let record = params
-            .get("record")
-            .and_then(Value::as_str)
-            .unwrap_or("the record");
-        let create: Vec<RecordChange> = sets_of(before)
-            .into_iter()
-            .map(|set| RecordChange {
-                action: "CREATE",
-                set,
-            })
-            .collect();
+        let (record, create) = cli_change(params, before, "CREATE");
         vec![
-            format!("list what {record} holds now: aws route53 list-resource-record-sets --hosted-zone-id {zone} --query \"ResourceRecordSets[?Name=='{}']\"", fqdn(record)),
-            format!("delete those sets, then create exactly the sets from before the run, in one change batch: aws route53 change-resource-record-sets --hosted-zone-id {zone} --change-batch '{}' (prepend a DELETE for each set listed above)", batch_json(&create)),
+            format!("list what {record} holds now: aws route53 list-resource-record-sets --hosted-zone-id {zone} --query \"ResourceRecordSets[?Name=='{}']\"", fqdn(&record)),
+            format!("delete those sets, then create exactly the sets from before the run, in one change batch: {create} (prepend a DELETE for each set listed above)"),
         ]
     }
 }

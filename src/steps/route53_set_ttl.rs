@@ -7,7 +7,7 @@
 //! Outputs: `ttl` (seconds now), `previous_ttl` (seconds before), `lowered_at` (RFC 3339, `null`
 //! when this run did not lower it). Rollback puts the previous TTL back.
 
-use super::dns::{restore, sets_of, submit_and_wait};
+use super::dns::{cli_change, restore, sets_of, submit_and_wait};
 use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::route53::{self as r53p, batch_json, fqdn, RecordChange, RecordSet};
 use async_trait::async_trait;
@@ -240,24 +240,7 @@ impl StepKind for SetTtl {
         before: &Value,
         _run_id: &str,
     ) -> Vec<String> {
-        let zone = before
-            .get("zone_id")
-            .and_then(Value::as_str)
-            .unwrap_or("ZONE");
-        let changes: Vec<RecordChange> = sets_of(before)
-            .into_iter()
-            .map(|set| RecordChange {
-                action: "UPSERT",
-                set,
-            })
-            .collect();
-        let record = params
-            .get("record")
-            .and_then(Value::as_str)
-            .unwrap_or("the record");
-        vec![format!(
-            "put the TTL of {record} back: aws route53 change-resource-record-sets --hosted-zone-id {zone} --change-batch '{}'",
-            batch_json(&changes)
-        )]
+        let (record, upsert) = cli_change(params, before, "UPSERT");
+        vec![format!("put the TTL of {record} back: {upsert}")]
     }
 }
