@@ -1,7 +1,7 @@
 //! `runs`, `status`, `audit show`, `audit verify`.
 
 use super::{print_error, EXIT_FAILED, EXIT_INVALID, EXIT_OK};
-use crate::engine::{self, log, runs, ui::OutputFormat};
+use crate::engine::{self, log, runs, signature, ui::OutputFormat};
 use crate::report;
 use std::path::Path;
 
@@ -95,17 +95,63 @@ pub fn show(root: &Path, run_id: &str, format: AuditFormat) -> i32 {
     EXIT_OK
 }
 
-/// `cutover audit verify RUN_ID`.
-pub fn verify(root: &Path, run_id: &str) -> i32 {
-    match load(root, run_id) {
-        Ok(records) => {
-            println!(
-                "run {run_id}: {} records verified; chain head {}",
-                records.len(),
-                records.last().map(|r| r.hash.as_str()).unwrap_or("")
+/// `cutover audit verify RUN_ID [--public-key FILE]`: the hash chain, then the signature of its
+/// head. Exit 0 when both hold (or the run is unsigned and no key was given, with a warning),
+/// 1 when anything was changed, cut off or signed by another key, 2 when the run or key file is
+/// missing or unreadable.
+pub fn verify(root: &Path, run_id: &str, public_key: Option<&Path>) -> i32 {
+    let trusted = match public_key.map(signature::read_public_key).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            print_error(&e.to_string(), None);
+            return EXIT_INVALID;
+        }
+    };
+    let records = match load(root, run_id) {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let head = records.last().map(|r| r.hash.as_str()).unwrap_or("");
+    let count = records.len() as u64;
+    let path = runs::run_dir(&engine::state_dir(root), run_id).join(signature::FILE_NAME);
+    let file = match signature::read(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            print_error(&e.to_string(), None);
+            return EXIT_FAILED;
+        }
+    };
+    let Some(file) = file else {
+        if trusted.is_some() {
+            print_error(
+                &format!("run {run_id} is not signed: no {}", path.display()),
+                Some("a run is signed when CUTOVER_SIGNING_KEY or CUTOVER_SIGNING_KEY_FILE holds a key; without a signature a log cut short cannot be told from a complete one"),
             );
+            return EXIT_FAILED;
+        }
+        println!("run {run_id}: {count} records verified; chain head {head}; unsigned");
+        eprintln!(
+            "warning: run {run_id} is unsigned, so records cut off its end would not be detected"
+        );
+        return EXIT_OK;
+    };
+    match signature::check(&file, &path, run_id, count, head, trusted.as_ref()) {
+        Ok(c) => {
+            println!(
+                "run {run_id}: {count} records verified; chain head {head}; signed {} by key {}",
+                c.signed_at, c.fingerprint
+            );
+            if !c.trusted {
+                eprintln!("warning: checked against the key the signature file carries; pass --public-key FILE to check who signed");
+            }
             EXIT_OK
         }
-        Err(c) => c,
+        Err(e) => {
+            print_error(
+                &format!("run {run_id}: {e}"),
+                Some(&format!("file {}", path.display())),
+            );
+            EXIT_FAILED
+        }
     }
 }

@@ -174,10 +174,15 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value = "md")]
         format: audit::AuditFormat,
     },
-    /// Check a run's hash chain; names the first record that does not match.
+    /// Check a run's hash chain (names the first record that does not match) and the signature
+    /// of its head (detects records cut off the end); offline.
     Verify {
         /// Run id.
         run_id: String,
+        /// The signer's public key (SubjectPublicKeyInfo PEM, as `openssl pkey -pubout` writes):
+        /// the signature must verify under it; without it, under the key the signature carries.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
     },
 }
 
@@ -257,10 +262,10 @@ pub async fn run(cli: Cli) -> i32 {
             audit::show(&root, &run_id, format)
         }
         Command::Audit {
-            action: AuditCommand::Verify { run_id },
+            action: AuditCommand::Verify { run_id, public_key },
         } => {
             pull_missing(&root, &run_id).await;
-            audit::verify(&root, &run_id)
+            audit::verify(&root, &run_id, public_key.as_deref())
         }
     }
 }

@@ -6,6 +6,7 @@
 //! (keys sorted), as CloudTrail digest files chain their predecessors. Every append is written and
 //! `fsync`ed before it returns, so the side effect that follows is never ahead of its record.
 
+use super::signature::{self, Signer};
 use crate::secret::Redactor;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -145,9 +146,13 @@ pub fn read_verified(path: &Path) -> Result<Vec<Record>, LogError> {
     Ok(records)
 }
 
-/// Called with the whole log after each fsynced append (the S3 store uploads it); an error stops
-/// the append like a failed fsync.
-pub type Mirror = Box<dyn Fn(Vec<u8>) -> Result<(), String> + Send + Sync>;
+/// Called after each fsynced append with a file of the run's directory and its whole content:
+/// `events.jsonl`, then `signature.json` when the log is signed (the S3 store uploads them). An
+/// error stops the append like a failed fsync.
+pub type Mirror = Box<dyn Fn(&str, Vec<u8>) -> Result<(), String> + Send + Sync>;
+
+/// The log's file name in its run directory.
+pub const FILE_NAME: &str = "events.jsonl";
 
 /// An open log, appended to by one process (the run lock guarantees it).
 pub struct EventLog {
@@ -157,6 +162,8 @@ pub struct EventLog {
     head: String,
     redactor: Arc<Redactor>,
     mirror: Option<Mirror>,
+    /// Signs the head after every append (see [`super::signature`]), with the run id.
+    signer: Option<(Arc<Signer>, String)>,
 }
 
 impl EventLog {
@@ -187,6 +194,7 @@ impl EventLog {
             head: GENESIS.into(),
             redactor,
             mirror: None,
+            signer: None,
         })
     }
 
@@ -215,6 +223,7 @@ impl EventLog {
                 head,
                 redactor,
                 mirror: None,
+                signer: None,
             },
             records,
         ))
@@ -256,16 +265,52 @@ impl EventLog {
         };
         self.file.write_all(line.as_bytes()).map_err(io)?;
         self.file.sync_data().map_err(io)?;
-        if let Some(mirror) = &self.mirror {
-            let bytes = std::fs::read(&self.path).map_err(io)?;
-            mirror(bytes).map_err(|message| LogError::Io {
-                path: self.path.clone(),
-                message: format!("mirror: {message}"),
-            })?;
-        }
         self.next_seq += 1;
         self.head = rec.hash.clone();
+        self.publish()?;
         Ok(rec)
+    }
+
+    /// Signs the current head (when a signer is set) and hands both files to the mirror.
+    fn publish(&self) -> Result<(), LogError> {
+        let io = |e: std::io::Error| LogError::Io {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        let signed = match &self.signer {
+            Some((signer, run_id)) if self.next_seq > 0 => {
+                let file = signer.sign(run_id, self.next_seq, &self.head);
+                Some(signature::write(&self.signature_path(), &file).map_err(io)?)
+            }
+            _ => None,
+        };
+        if let Some(mirror) = &self.mirror {
+            let failed = |message: String| LogError::Io {
+                path: self.path.clone(),
+                message: format!("mirror: {message}"),
+            };
+            let bytes = std::fs::read(&self.path).map_err(io)?;
+            mirror(FILE_NAME, bytes).map_err(failed)?;
+            if let Some(sig) = signed {
+                mirror(signature::FILE_NAME, sig).map_err(failed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `signature.json` beside the log.
+    pub fn signature_path(&self) -> PathBuf {
+        self.path.with_file_name(signature::FILE_NAME)
+    }
+
+    /// Signs the head with `signer` after every append from now on, as run `run_id`, and signs
+    /// the current head at once (a reopened log is signed before anything new happens).
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when the signature cannot be written or mirrored.
+    pub fn set_signer(&mut self, signer: Arc<Signer>, run_id: &str) -> Result<(), LogError> {
+        self.signer = Some((signer, run_id.to_string()));
+        self.publish()
     }
 
     /// Sets the function that receives the whole log after every append, and calls it once now
@@ -274,16 +319,8 @@ impl EventLog {
     /// # Errors
     /// [`LogError::Io`] when the first call fails.
     pub fn set_mirror(&mut self, mirror: Mirror) -> Result<(), LogError> {
-        let bytes = std::fs::read(&self.path).map_err(|e| LogError::Io {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
-        mirror(bytes).map_err(|message| LogError::Io {
-            path: self.path.clone(),
-            message: format!("mirror: {message}"),
-        })?;
         self.mirror = Some(mirror);
-        Ok(())
+        self.publish()
     }
 
     /// The hash of the last record (the chain head).

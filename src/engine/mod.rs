@@ -10,6 +10,7 @@ mod heartbeat;
 pub mod lock;
 pub mod log;
 pub mod runs;
+pub mod signature;
 pub mod store;
 pub mod ui;
 
@@ -118,16 +119,20 @@ pub async fn start(
     let run_id = new_run_id();
     let state = state_dir(root);
     let redactor = Arc::new(Redactor::default());
+    let signer = load_signer(&redactor)?;
     let providers = Providers::new(plan.env.clone(), &run_id, redactor.clone());
     let (_lock, s3) = match lock_env(&state, plan, &providers, &run_id).await {
         Ok(l) => l,
         Err(reason) => return Ok(Outcome::Refused(redactor.redact(&reason))),
     };
     let run_dir = runs::run_dir(&state, &run_id);
-    let mut log = log::EventLog::create(&run_dir.join("events.jsonl"), redactor.clone())?;
+    let mut log = log::EventLog::create(&run_dir.join(log::FILE_NAME), redactor.clone())?;
+    if let Some(signer) = signer {
+        log.set_signer(signer, &run_id)?;
+    }
     if let Some(s3) = s3 {
         let id = run_id.clone();
-        log.set_mirror(Box::new(move |bytes| s3.upload_log(&id, bytes)))?;
+        log.set_mirror(Box::new(move |name, bytes| s3.upload(&id, name, bytes)))?;
     }
     let mut ex = executor_for(
         root,
@@ -175,6 +180,31 @@ pub async fn start(
     }
     heartbeat::start(&mut ex, 0).await?;
     ex.run_steps().await
+}
+
+/// The signing key of [`signature::Signer::from_env`], its PEM text and base64 body registered
+/// as secrets.
+///
+/// # Errors
+/// [`EngineError::Config`] when the key is set but unreadable (nothing was done).
+fn load_signer(redactor: &Redactor) -> Result<Option<Arc<signature::Signer>>, EngineError> {
+    match signature::Signer::from_env() {
+        Ok(Some((signer, pem))) => {
+            redactor.add(pem.trim());
+            let body: String = pem
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(str::trim)
+                .collect();
+            redactor.add(&body);
+            Ok(Some(Arc::new(signer)))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(EngineError::Config(format!(
+            "signing key: {}",
+            redactor.redact(&e.to_string())
+        ))),
+    }
 }
 
 /// Takes the environment's lock in its store (the S3 store needs the environment's session,
@@ -392,6 +422,7 @@ async fn continue_run(
 ) -> Result<Outcome, EngineError> {
     let state = state_dir(root);
     let redactor = Arc::new(Redactor::default());
+    let signer = load_signer(&redactor)?;
     let providers = Providers::new(plan.env.clone(), run_id, redactor.clone());
     let (_lock, s3) = match lock_env(&state, plan, &providers, run_id).await {
         Ok(l) => l,
@@ -401,9 +432,12 @@ async fn continue_run(
     let (mut log, records_now) =
         log::EventLog::open(&run_dir.join("events.jsonl"), redactor.clone())?;
     debug_assert_eq!(records_now.len(), records.len());
+    if let Some(signer) = signer {
+        log.set_signer(signer, run_id)?;
+    }
     if let Some(s3) = s3 {
         let id = run_id.to_string();
-        log.set_mirror(Box::new(move |bytes| s3.upload_log(&id, bytes)))?;
+        log.set_mirror(Box::new(move |name, bytes| s3.upload(&id, name, bytes)))?;
     }
     let mut ex = executor_for(
         root,

@@ -76,10 +76,6 @@ impl S3Store {
         })
     }
 
-    fn log_key(&self, run_id: &str) -> String {
-        format!("{}runs/{run_id}/events.jsonl", self.prefix)
-    }
-
     fn lock_key(&self, env: &str) -> String {
         format!("{}locks/{env}.lock", self.prefix)
     }
@@ -165,12 +161,13 @@ impl S3Store {
         }
     }
 
-    /// Uploads the whole local log of `run_id` (called after every fsynced record).
+    /// Uploads the whole local file `name` (`events.jsonl` or `signature.json`) of `run_id`
+    /// (called after every fsynced record).
     ///
     /// # Errors
     /// A message naming the object when the upload fails.
-    pub fn upload_log(&self, run_id: &str, bytes: Vec<u8>) -> Result<(), String> {
-        let key = self.log_key(run_id);
+    pub fn upload(&self, run_id: &str, name: &str, bytes: Vec<u8>) -> Result<(), String> {
+        let key = format!("{}runs/{run_id}/{name}", self.prefix);
         let (client, bucket) = (self.client.clone(), self.bucket.clone());
         let k = key.clone();
         let sent = block_on(async move {
@@ -178,7 +175,11 @@ impl S3Store {
                 .put_object()
                 .bucket(bucket)
                 .key(k)
-                .content_type("application/x-ndjson")
+                .content_type(if name.ends_with(".jsonl") {
+                    "application/x-ndjson"
+                } else {
+                    "application/json"
+                })
                 .body(ByteStream::from(bytes))
                 .send()
                 .await
@@ -195,7 +196,8 @@ impl S3Store {
     }
 
     /// Downloads every run log in the store that is missing locally or longer than the local
-    /// copy into `<state_dir>/runs/<id>/events.jsonl`; returns how many were fetched.
+    /// copy into `<state_dir>/runs/<id>/events.jsonl`, with its `signature.json` when there is
+    /// one; returns how many were fetched.
     ///
     /// # Errors
     /// [`ProviderError::Aws`] when listing or reading fails.
@@ -240,6 +242,11 @@ impl S3Store {
                             op: "s3:GetObject".into(),
                             message: format!("{}: {e}", local.display()),
                         })?;
+                    let sig_key = format!("{runs_prefix}{id}/{}", super::signature::FILE_NAME);
+                    if let Some(sig) = self.read(&sig_key).await? {
+                        let path = local.with_file_name(super::signature::FILE_NAME);
+                        let _ = std::fs::write(&path, sig.as_bytes());
+                    }
                     fetched += 1;
                 }
             }
