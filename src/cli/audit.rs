@@ -10,8 +10,12 @@ use std::path::Path;
 pub enum AuditFormat {
     /// Markdown.
     Md,
-    /// JSON.
+    /// Self-contained printable HTML (print stylesheet for A4 and Letter).
+    Html,
+    /// JSON: the records, chain head and signature.
     Json,
+    /// JUnit XML: one test case per step, failed steps as failures.
+    Junit,
 }
 
 /// `cutover runs [ENV]`.
@@ -79,17 +83,33 @@ pub fn status(root: &Path, run_id: &str) -> i32 {
     EXIT_OK
 }
 
-/// `cutover audit show RUN_ID`.
+/// `cutover audit show RUN_ID --format md|html|json|junit`: the report on stdout.
 pub fn show(root: &Path, run_id: &str, format: AuditFormat) -> i32 {
     let records = match load(root, run_id) {
         Ok(r) => r,
         Err(c) => return c,
     };
+    let path = runs::run_dir(&engine::state_dir(root), run_id).join(signature::FILE_NAME);
+    let sig = match signature::read(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warning: {e}; the report shows the run as unsigned");
+            None
+        }
+    };
     match format {
-        AuditFormat::Md => print!("{}", report::markdown(&records)),
+        AuditFormat::Md => print!("{}", report::markdown(&records, sig.as_ref())),
+        AuditFormat::Html => print!(
+            "{}",
+            report::html::render(&report::model::build(&records, sig.as_ref()))
+        ),
+        AuditFormat::Junit => print!(
+            "{}",
+            report::junit::render(&report::model::build(&records, sig.as_ref()))
+        ),
         AuditFormat::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&report::json(&records)).unwrap_or_default()
+            serde_json::to_string_pretty(&report::json(&records, sig.as_ref())).unwrap_or_default()
         ),
     }
     EXIT_OK

@@ -14,6 +14,7 @@ mod audit;
 mod bench;
 mod infra;
 mod run;
+mod runbook;
 
 use crate::engine::ui::OutputFormat;
 use clap::{Parser, Subcommand};
@@ -129,6 +130,12 @@ pub enum Command {
         #[command(subcommand)]
         action: InfraCommand,
     },
+    /// Runbook documents.
+    Runbook {
+        /// What to do.
+        #[command(subcommand)]
+        action: RunbookCommand,
+    },
     /// Audit reports and verification.
     Audit {
         /// What to do.
@@ -163,6 +170,23 @@ pub enum InfraCommand {
     },
 }
 
+/// `cutover runbook ...`.
+#[derive(Debug, Subcommand)]
+pub enum RunbookCommand {
+    /// Print the procedure a change board signs before the run: each step's purpose, what it
+    /// will change, expected evidence, rollback, and sign-off boxes. No network.
+    Render {
+        /// Runbook (name in runbooks/ or path).
+        runbook: String,
+        /// Environment the procedure is for.
+        #[arg(long)]
+        env: String,
+        /// html (printable) or md.
+        #[arg(long, value_enum, default_value = "html")]
+        format: runbook::ProcedureFormat,
+    },
+}
+
 /// `cutover audit ...`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -170,7 +194,7 @@ pub enum AuditCommand {
     Show {
         /// Run id.
         run_id: String,
-        /// md or json.
+        /// md, html (printable), json or junit.
         #[arg(long, value_enum, default_value = "md")]
         format: audit::AuditFormat,
     },
@@ -255,6 +279,14 @@ pub async fn run(cli: Cli) -> i32 {
             InfraCommand::Output { env } => infra::output(&root, &env).await,
         },
         Command::Bench(args) => bench::run(&root, args).await,
+        Command::Runbook {
+            action:
+                RunbookCommand::Render {
+                    runbook,
+                    env,
+                    format,
+                },
+        } => runbook::render(&root, &runbook, &env, format),
         Command::Audit {
             action: AuditCommand::Show { run_id, format },
         } => {

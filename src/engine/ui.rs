@@ -27,7 +27,7 @@ impl Ui {
         match self.format {
             OutputFormat::Json => out(&serde_json::to_string(r).unwrap_or_default()),
             OutputFormat::Human => {
-                if let Some(text) = human(r) {
+                if let Some(text) = line(r) {
                     out(&text);
                 }
             }
@@ -59,7 +59,9 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("")
 }
 
-fn human(r: &Record) -> Option<String> {
+/// The human line(s) of one record, as a run prints it; `None` for records a person need not
+/// see (non-dry-run plans, internal bookkeeping). Reports reuse it for their timeline.
+pub fn line(r: &Record) -> Option<String> {
     let d = &r.data;
     let step = r.step.as_deref().unwrap_or("");
     Some(match r.event.as_str() {

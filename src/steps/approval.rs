@@ -73,6 +73,10 @@ impl StepKind for Approval {
     fn purpose(&self) -> &'static str {
         "A person approves before the run goes on (terminal prompt, or --approve STEP in CI)"
     }
+
+    fn undo(&self) -> &'static str {
+        "Nothing to undo: an approval changes nothing"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }

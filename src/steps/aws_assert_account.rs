@@ -17,6 +17,10 @@ impl StepKind for AssertAccount {
     fn purpose(&self) -> &'static str {
         "Assume the environment's role and prove with STS that it acts in the environment's AWS account"
     }
+
+    fn undo(&self) -> &'static str {
+        "Nothing to undo: the check is read-only"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         &[]
     }

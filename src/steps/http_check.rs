@@ -65,6 +65,10 @@ impl StepKind for HttpCheck {
     fn purpose(&self) -> &'static str {
         "Confirm the service is healthy on the new side: N consecutive healthy answers before the deadline"
     }
+
+    fn undo(&self) -> &'static str {
+        "Nothing to undo: the check is read-only"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }

@@ -227,6 +227,10 @@ impl StepKind for FlipSecret {
     fn purpose(&self) -> &'static str {
         "Point the application at the new database: update its Secret (old value kept in a backup Secret), restart its Deployments and wait for the rollout"
     }
+
+    fn undo(&self) -> &'static str {
+        "Put the backup Secret's values back into the Secret and restart the same Deployments; the backup Secret is kept"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }

@@ -51,6 +51,8 @@ pub trait StepKind: Send + Sync {
     fn name(&self) -> &'static str;
     /// One sentence: what the step achieves (shown in dry-runs and rendered procedures).
     fn purpose(&self) -> &'static str;
+    /// One sentence: what `rollback` does (shown in rendered procedures).
+    fn undo(&self) -> &'static str;
     /// Parameters under `with:`.
     fn params(&self) -> &'static [ParamSpec];
     /// Names of the outputs `apply` returns, referable as `steps.<id>.outputs.<name>`.

@@ -77,6 +77,10 @@ impl StepKind for FreezeWrites {
     fn purpose(&self) -> &'static str {
         "Stop writes on the legacy database (read-only default, existing sessions terminated) so the target can catch up"
     }
+
+    fn undo(&self) -> &'static str {
+        "Make the legacy database writable again (default_transaction_read_only back to its old value)"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }

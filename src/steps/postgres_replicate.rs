@@ -136,6 +136,10 @@ impl StepKind for Replicate {
     fn purpose(&self) -> &'static str {
         "Copy the legacy database to the target (exported snapshot, parallel chunked COPY, resumable) and start logical replication from the same point"
     }
+
+    fn undo(&self) -> &'static str {
+        "Drop the subscription, the publication and the replication slot this run created; the copied tables stay on the target for inspection"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }

@@ -59,6 +59,10 @@ impl StepKind for SyncSequences {
     fn purpose(&self) -> &'static str {
         "Set every target sequence to at least the source's value plus a margin (logical replication does not carry sequences)"
     }
+
+    fn undo(&self) -> &'static str {
+        "Nothing to undo: sequences only move forward, and a higher value is harmless"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }

@@ -55,6 +55,10 @@ impl StepKind for Verify {
     fn purpose(&self) -> &'static str {
         "Prove the target holds exactly the source's rows: chunked checksums on both sides, differing rows located by key"
     }
+
+    fn undo(&self) -> &'static str {
+        "Nothing to undo: the comparison is read-only"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }

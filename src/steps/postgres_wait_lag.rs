@@ -67,6 +67,10 @@ impl StepKind for WaitLag {
     fn purpose(&self) -> &'static str {
         "Wait until the target has applied the source's WAL up to the current LSN (replication lag within bound)"
     }
+
+    fn undo(&self) -> &'static str {
+        "Nothing to undo: the wait is read-only"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }

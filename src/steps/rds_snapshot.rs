@@ -86,6 +86,10 @@ impl StepKind for RdsSnapshot {
     fn purpose(&self) -> &'static str {
         "Take a manual snapshot of the RDS instance as a restore point before any data moves"
     }
+
+    fn undo(&self) -> &'static str {
+        "The snapshot is kept as the restore point; nothing is deleted"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }

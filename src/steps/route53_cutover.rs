@@ -410,6 +410,10 @@ impl StepKind for Route53Cutover {
     fn purpose(&self) -> &'static str {
         "Move the service's DNS to the AWS target in weighted stages, each INSYNC and analysed, returning all weight on failure"
     }
+
+    fn undo(&self) -> &'static str {
+        "Restore the exact record sets observed before the run in one change batch and wait for INSYNC"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }

@@ -97,6 +97,10 @@ impl StepKind for SetTtl {
     fn purpose(&self) -> &'static str {
         "Lower a record's TTL ahead of the cutover and record from what and when"
     }
+
+    fn undo(&self) -> &'static str {
+        "Raise the record's TTL back to the value it had before the run"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }

@@ -56,6 +56,10 @@ impl StepKind for TerraformApply {
     fn purpose(&self) -> &'static str {
         "Apply the environment's Terraform root in its own account and publish its outputs as tf.*"
     }
+
+    fn undo(&self) -> &'static str {
+        "Nothing is destroyed: the new infrastructure stays and carries no traffic until DNS moves"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }

@@ -89,6 +89,10 @@ impl StepKind for AssertAssociation {
     fn purpose(&self) -> &'static str {
         "Refuse to move traffic unless the target load balancer is behind the WAF web ACL"
     }
+
+    fn undo(&self) -> &'static str {
+        "Remove the web ACL association only if this run made it"
+    }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
