@@ -64,20 +64,102 @@ fn load(root: &Path, run_id: &str) -> Result<Vec<log::Record>, i32> {
     })
 }
 
-/// `cutover status RUN_ID`.
-pub fn status(root: &Path, run_id: &str) -> i32 {
+/// Seconds from RFC 3339 `ts` to now (0 when unparsable).
+fn age_s(ts: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(ts)
+        .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())
+        .unwrap_or(0)
+}
+
+/// `cutover status RUN_ID`: the run's state from its log, safe to call from another terminal
+/// while the run is in progress (it only reads): every step with its outcome, and for the
+/// step in progress what it is waiting for (the run's latest progress line).
+pub fn status(root: &Path, run_id: &str, output: OutputFormat) -> i32 {
     let records = match load(root, run_id) {
         Ok(r) => r,
         Err(c) => return c,
     };
     let s = runs::summarize(run_id, &records);
-    println!("run {} ({} {}) {}", s.id, s.mode, s.environment, s.status);
-    if let Some(last) = records.last() {
+    let audit = report::model::build(&records, None);
+    let dir = runs::run_dir(&engine::state_dir(root), run_id);
+    let progress: Option<serde_json::Value> =
+        std::fs::read_to_string(dir.join(runs::PROGRESS_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+    let last = records.last();
+    if output == OutputFormat::Json {
+        let steps: Vec<serde_json::Value> = audit
+            .steps()
+            .map(|st| serde_json::json!({"id": st.id, "kind": st.kind, "phase": st.phase, "status": st.status.label(), "started": st.started, "finished": st.finished, "duration_ms": st.duration_ms, "summary": st.summary}))
+            .collect();
+        let doc = serde_json::json!({
+            "run": s,
+            "steps": steps,
+            "last_record": last.map(|r| serde_json::json!({"type": r.event, "step": r.step, "ts": r.ts})),
+            "progress": if s.status == "running" { progress } else { None },
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return EXIT_OK;
+    }
+    println!(
+        "run {} ({} {}): {}{}",
+        s.id,
+        s.mode,
+        s.environment,
+        s.status,
+        last.filter(|_| s.status == "running")
+            .map(|r| format!(" (last record {} s ago)", age_s(&r.ts)))
+            .unwrap_or_default()
+    );
+    println!(
+        "runbook {} (digest {}), started {}",
+        s.runbook,
+        s.runbook_digest.get(..12).unwrap_or(""),
+        s.started_at
+    );
+    for st in audit.steps() {
+        let mark = match st.status {
+            report::model::StepStatus::Completed | report::model::StepStatus::Planned => "✓",
+            report::model::StepStatus::Failed => "✗",
+            report::model::StepStatus::Skipped => "-",
+            report::model::StepStatus::Unfinished => "▸",
+            report::model::StepStatus::NotRun => "·",
+        };
+        let detail = match st.status {
+            report::model::StepStatus::Unfinished => format!(
+                "in progress for {} s",
+                st.started.as_deref().map(age_s).unwrap_or(0)
+            ),
+            report::model::StepStatus::NotRun => "not yet run".into(),
+            _ => format!(
+                "{}{}",
+                st.duration_ms
+                    .map(|ms| format!("{:.1}s  ", ms as f64 / 1000.0))
+                    .unwrap_or_default(),
+                st.summary
+            ),
+        };
+        println!("  {mark} {:<12} {:<26} {detail}", st.id, st.kind);
+        if st.status == report::model::StepStatus::Unfinished && s.status == "running" {
+            if let Some(p) = progress
+                .as_ref()
+                .filter(|p| p.get("step").and_then(|v| v.as_str()) == Some(st.id.as_str()))
+            {
+                let ts = p.get("ts").and_then(|v| v.as_str()).unwrap_or("");
+                println!(
+                    "      now: {} ({} s ago)",
+                    p.get("message").and_then(|v| v.as_str()).unwrap_or(""),
+                    age_s(ts)
+                );
+            }
+        }
+    }
+    if let Some(r) = last {
         println!(
-            "last event: {} {} at {}",
-            last.event,
-            last.step.as_deref().unwrap_or(""),
-            last.ts
+            "last record: {} {} at {}",
+            r.event,
+            r.step.as_deref().unwrap_or(""),
+            r.ts
         );
     }
     EXIT_OK

@@ -118,10 +118,14 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "human")]
         output: OutputFormat,
     },
-    /// Show the state of one run.
+    /// Show the state of one run: every step's outcome and, while it runs, what the current
+    /// step is waiting for. Reads only: safe from a second terminal during a run.
     Status {
         /// Run id.
         run_id: String,
+        /// Output format (`json`: one document).
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputFormat,
     },
     /// Terraform for one environment's account: plan (reviewed and policy-checked), apply the
     /// reviewed plan, read outputs.
@@ -269,9 +273,9 @@ pub async fn run(cli: Cli) -> i32 {
             pull_runs(&root, env.as_deref()).await;
             audit::runs(&root, env.as_deref(), output)
         }
-        Command::Status { run_id } => {
+        Command::Status { run_id, output } => {
             pull_missing(&root, &run_id).await;
-            audit::status(&root, &run_id)
+            audit::status(&root, &run_id, output)
         }
         Command::Infra { action } => match action {
             InfraCommand::Plan { env, all } => infra::plan(&root, env.as_deref(), all).await,

@@ -321,7 +321,7 @@ pub async fn start(
             return EXIT_REFUSED;
         }
     }
-    let ui = Ui { format: output };
+    let ui = Ui::new(output);
     let result = engine::start(root, &plan, mode, &ui, &options).await;
     exit_code(result)
 }
@@ -365,7 +365,7 @@ pub async fn resume(
     rollback: bool,
     approve: Vec<String>,
 ) -> i32 {
-    let ui = Ui { format: output };
+    let ui = Ui::new(output);
     let options = engine::RunOptions {
         approved: approve,
         break_glass: None,

@@ -113,6 +113,25 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// The closure a step reports a long wait through: the line is redacted, shown (a spinner on
+    /// a terminal, a line otherwise, an event with `--output json`) and kept as the run's
+    /// latest progress in `progress.json` for `cutover status` in another terminal. That file
+    /// is not part of the journal: it is overwritten, never fsynced, and its loss loses nothing.
+    fn progress_for(&self, step: &str) -> impl Fn(&str) + Send + Sync + 'a {
+        let (ui, redactor, step) = (self.ui, self.redactor.clone(), step.to_string());
+        let file = self.run_dir.join(super::runs::PROGRESS_FILE);
+        move |msg: &str| {
+            let msg = redactor.redact(msg);
+            ui.progress(&step, &msg);
+            let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let body = json!({"ts": ts, "step": step, "message": msg}).to_string();
+            let tmp = file.with_extension("json.part");
+            if std::fs::write(&tmp, body).is_ok() {
+                let _ = std::fs::rename(&tmp, &file);
+            }
+        }
+    }
+
     /// Reads every secret the environment declares from the process environment.
     pub(super) fn load_secrets(&mut self) -> Result<(), EngineError> {
         for (name, r) in &self.plan.env.secrets {
@@ -318,10 +337,7 @@ impl<'a> Executor<'a> {
         self.record("step_started", Some(&step.id), json!({"phase": phase, "kind": kind.name(), "params": display, "timeout_s": step.timeout.as_secs()}))?;
 
         let started = StdInstant::now();
-        let ui = self.ui;
-        let step_id = step.id.clone();
-        let redactor = self.redactor.clone();
-        let progress = move |msg: &str| ui.progress(&step_id, &redactor.redact(msg));
+        let progress = self.progress_for(&step.id);
         let journal = self.journal_for(&step.id);
         let timeout = step.timeout;
 
@@ -512,10 +528,7 @@ impl<'a> Executor<'a> {
             };
             let before = self.before.get(&id).cloned().unwrap_or(Value::Null);
             let outputs = self.outputs.get(&id).cloned();
-            let ui = self.ui;
-            let sid = id.clone();
-            let redactor = self.redactor.clone();
-            let progress = move |msg: &str| ui.progress(&sid, &redactor.redact(msg));
+            let progress = self.progress_for(&id);
             let journal = self.journal_for(&id);
             let manual = step.kind.manual_undo(&real, &before, &self.run_id);
             let result = {

@@ -26,6 +26,9 @@ pub struct RunSummary {
     pub finished_at: Option<String>,
 }
 
+/// The latest progress line of a running step, `{"ts", "step", "message"}`, beside the log.
+pub const PROGRESS_FILE: &str = "progress.json";
+
 /// The directory of run `id`.
 pub fn run_dir(state_dir: &Path, id: &str) -> PathBuf {
     state_dir.join("runs").join(id)
