@@ -82,9 +82,11 @@ fn ci_examples_are_valid_pipelines_and_a_broken_one_is_caught() {
         assert!(ok, "{file} does not validate against {schema}: {msg}");
         // The linter can fail: the same file with a job's steps/script misspelt does not pass.
         let text = std::fs::read_to_string(&path).unwrap();
-        let broken = text
-            .replacen("    steps:\n", "    stepz:\n", 1)
-            .replacen("  script:\n", "  scripts:\n", 1);
+        let broken = text.replacen("    steps:\n", "    stepz:\n", 1).replacen(
+            "  script:\n",
+            "  scripts:\n",
+            1,
+        );
         assert_ne!(broken, text);
         let bad = dir.path().join(path.file_name().unwrap());
         std::fs::write(&bad, broken).unwrap();

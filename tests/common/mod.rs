@@ -563,11 +563,13 @@ impl Sandbox {
             texts.push(std::fs::read_to_string(self.log_path(&run)).unwrap_or_default());
             let md = run_with_timeout(self.command(&["audit", "show", &run]), 60);
             texts.push(String::from_utf8_lossy(&md.stdout).into_owned());
-            let js = run_with_timeout(
-                self.command(&["audit", "show", &run, "--format", "json"]),
-                60,
-            );
-            texts.push(String::from_utf8_lossy(&js.stdout).into_owned());
+            for format in ["json", "html", "junit"] {
+                let out = run_with_timeout(
+                    self.command(&["audit", "show", &run, "--format", format]),
+                    60,
+                );
+                texts.push(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
         }
         for pw in self.passwords() {
             let forms = [
