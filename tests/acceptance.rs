@@ -3,28 +3,9 @@
 
 mod common;
 
-use common::{text, Sandbox};
+use common::{text, Sandbox, SHOP_STEP_IDS as STEP_IDS};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-
-/// The step ids of runbooks/shop-cutover.yaml, in order.
-const STEP_IDS: [&str; 15] = [
-    "ttl",
-    "infra",
-    "identity",
-    "snapshot",
-    "replicate",
-    "synced",
-    "waf",
-    "approve",
-    "freeze",
-    "drained",
-    "sequences",
-    "verify",
-    "flip",
-    "dns",
-    "health",
-];
 
 fn events<'a>(records: &'a [Value], event: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["type"] == event).collect()

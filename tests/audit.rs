@@ -6,30 +6,11 @@
 mod common;
 
 use base64::Engine as _;
-use common::{run_with_timeout, text, Sandbox};
+use common::{run_with_timeout, text, Sandbox, SHOP_STEP_IDS as STEP_IDS};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// The step ids of runbooks/shop-cutover.yaml.
-const STEP_IDS: [&str; 15] = [
-    "ttl",
-    "infra",
-    "identity",
-    "snapshot",
-    "replicate",
-    "synced",
-    "waf",
-    "approve",
-    "freeze",
-    "drained",
-    "sequences",
-    "verify",
-    "flip",
-    "dns",
-    "health",
-];
 
 fn openssl(args: &[&str]) {
     let out = Command::new("openssl").args(args).output().unwrap();

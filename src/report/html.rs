@@ -82,8 +82,13 @@ pub fn rows_table(rows: &[(String, String)]) -> String {
 pub fn render(a: &Audit) -> String {
     let mut out = open(&format!("Cutover audit: run {}", a.run_id));
     let _ = writeln!(out, "<h1>Cutover audit: run {}</h1>", escape(&a.run_id));
-    for b in &a.banners {
-        let _ = writeln!(out, "<p class=\"banner\">{}</p>", escape(b));
+    for (label, text) in &a.banners {
+        let _ = writeln!(
+            out,
+            "<p class=\"banner\">{}. {}</p>",
+            escape(label),
+            escape(text)
+        );
     }
     out.push_str(&rows_table(&a.header));
     if let Some(d) = &a.downtime {

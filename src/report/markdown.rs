@@ -11,69 +11,22 @@ use std::fmt::Write;
 /// evidence, the rollback, and the chain head.
 pub fn markdown(records: &[Record], signature: Option<&SignatureFile>) -> String {
     let mut out = String::new();
-    let start = records.iter().find(|r| r.event == "run_started");
-    let d = start.map(|r| r.data.clone()).unwrap_or(Value::Null);
-    let finish = records.iter().rev().find(|r| r.event == "run_finished");
-    let status = finish
-        .map(|r| s(&r.data, "status").to_string())
-        .unwrap_or_else(|| "running or interrupted".into());
-    let _ = writeln!(out, "# Cutover audit: run {}\n", s(&d, "run_id"));
-    for r in records.iter().filter(|r| r.event == "gate_bypassed") {
-        let _ = writeln!(
-            out,
-            "> **BREAK-GLASS.** The {} gate was bypassed by {} at {}: \"{}\". It would have refused: {}.\n",
-            s(&r.data, "gate"),
-            s(&r.data, "operator"),
-            r.ts,
-            s(&r.data, "reason"),
-            r.data
-                .get("missing")
-                .and_then(Value::as_array)
-                .map(|m| m.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "))
-                .unwrap_or_default()
-        );
-    }
-    for r in records.iter().filter(|r| r.event == "panic") {
-        let _ = writeln!(
-            out,
-            "> **PANIC.** {} (raised {}, stopped {} `{}`); the run rolled back.\n",
-            s(&r.data, "reason"),
-            s(&r.data, "raised_at"),
-            s(&r.data, "when"),
-            r.step.as_deref().unwrap_or("")
-        );
+    let audit = super::model::build(records, signature);
+    let d = records
+        .iter()
+        .find(|r| r.event == "run_started")
+        .map(|r| r.data.clone())
+        .unwrap_or(Value::Null);
+    let _ = writeln!(out, "# Cutover audit: run {}\n", audit.run_id);
+    for (label, text) in &audit.banners {
+        let _ = writeln!(out, "> **{label}.** {text}\n");
     }
     let _ = writeln!(out, "| | |\n|---|---|");
-    for (label, key) in [
-        ("Runbook", "runbook"),
-        ("Runbook file", "runbook_path"),
-        ("Runbook digest", "runbook_digest"),
-        ("Plan digest", "plan_digest"),
-        ("Environment", "environment"),
-        ("Tier", "tier"),
-        ("AWS account", "account_id"),
-        ("Region", "region"),
-        ("Mode", "mode"),
-        ("Operator", "operator"),
-        ("CI job", "ci_job"),
-    ] {
-        let v = s(&d, key);
-        let _ = writeln!(out, "| {label} | {} |", if v.is_empty() { "—" } else { v });
-    }
-    let _ = writeln!(
-        out,
-        "| Started | {} |",
-        start.map(|r| r.ts.as_str()).unwrap_or("—")
-    );
-    let _ = writeln!(
-        out,
-        "| Finished | {} |",
-        finish.map(|r| r.ts.as_str()).unwrap_or("—")
-    );
-    let _ = writeln!(out, "| Outcome | **{status}** |");
-    if let Some(f) = finish {
-        if !s(&f.data, "failed_step").is_empty() {
-            let _ = writeln!(out, "| Failed step | {} |", s(&f.data, "failed_step"));
+    for (label, value) in &audit.header {
+        if label == "Outcome" {
+            let _ = writeln!(out, "| {label} | **{value}** |");
+        } else {
+            let _ = writeln!(out, "| {label} | {} |", value.replace('|', "\\|"));
         }
     }
     let _ = writeln!(out, "\n## Steps\n");

@@ -122,8 +122,9 @@ pub struct Audit {
     pub header: Vec<(String, String)>,
     /// `succeeded`, `rolled-back`, `planned`, ... or `running or interrupted`.
     pub outcome: String,
-    /// Break-glass and panic notices that must head the document.
-    pub banners: Vec<String>,
+    /// Notices that must head the document, as (label, text): `BREAK-GLASS` (the promotion
+    /// gate was bypassed) and `PANIC` (the panic flag stopped the run).
+    pub banners: Vec<(String, String)>,
     /// Phases in runbook order, each with its steps.
     pub phases: Vec<(String, Vec<StepReport>)>,
     /// Every record with a human line: (RFC 3339 time, step id or empty, text).
@@ -254,23 +255,33 @@ pub fn build(records: &[Record], signature: Option<&SignatureFile>) -> Audit {
         }
         let data = &r.data;
         match r.event.as_str() {
-            "gate_bypassed" => audit.banners.push(format!(
-                "BREAK-GLASS: the {} gate was bypassed by {} at {}: \"{}\". It would have refused: {}.",
-                s(data, "gate"),
-                s(data, "operator"),
-                r.ts,
-                s(data, "reason"),
-                data.get("missing")
-                    .and_then(Value::as_array)
-                    .map(|m| m.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "))
-                    .unwrap_or_default()
+            "gate_bypassed" => audit.banners.push((
+                "BREAK-GLASS".into(),
+                format!(
+                    "The {} gate was bypassed by {} at {}: \"{}\". It would have refused: {}.",
+                    s(data, "gate"),
+                    s(data, "operator"),
+                    r.ts,
+                    s(data, "reason"),
+                    data.get("missing")
+                        .and_then(Value::as_array)
+                        .map(|m| m
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join("; "))
+                        .unwrap_or_default()
+                ),
             )),
-            "panic" => audit.banners.push(format!(
-                "PANIC: {} (raised {}, stopped {} {}); the run rolled back.",
-                s(data, "reason"),
-                s(data, "raised_at"),
-                s(data, "when"),
-                r.step.as_deref().unwrap_or("")
+            "panic" => audit.banners.push((
+                "PANIC".into(),
+                format!(
+                    "{} (raised {}, stopped {} `{}`); the run rolled back.",
+                    s(data, "reason"),
+                    s(data, "raised_at"),
+                    s(data, "when"),
+                    r.step.as_deref().unwrap_or("")
+                ),
             )),
             "rollback_started" => {
                 audit.rollback = Some((

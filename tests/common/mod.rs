@@ -12,6 +12,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The step ids of runbooks/shop-cutover.yaml, in order.
+pub const SHOP_STEP_IDS: [&str; 15] = [
+    "ttl",
+    "infra",
+    "identity",
+    "snapshot",
+    "replicate",
+    "synced",
+    "waf",
+    "approve",
+    "freeze",
+    "drained",
+    "sequences",
+    "verify",
+    "flip",
+    "dns",
+    "health",
+];
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
