@@ -218,6 +218,33 @@ fn wrong_account_or_placement_is_refused_before_any_mutation() {
 fn s3_store_shares_runs_between_clones_and_grants_the_lock_once() {
     let mut sb = Sandbox::start();
     sb.set_var("CUTOVER_STORE", "s3");
+    // Runs are signed: the signature travels through the bucket with the log.
+    let key = sb.project.path().join("signing.pem");
+    let public = sb.project.path().join("signing.pub.pem");
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            key.to_str().unwrap(),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            key.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        let o = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    sb.set_var("CUTOVER_SIGNING_KEY_FILE", key.to_str().unwrap());
     let second = tempfile::tempdir().unwrap();
     copy_project(second.path());
 
@@ -234,8 +261,21 @@ fn s3_store_shares_runs_between_clones_and_grants_the_lock_once() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["id"], run.as_str());
     assert_eq!(listed[0]["status"], "succeeded");
-    let o = common::run_with_timeout(sb.command_in(second.path(), &["audit", "verify", &run]), 60);
+    let o = common::run_with_timeout(
+        sb.command_in(
+            second.path(),
+            &[
+                "audit",
+                "verify",
+                &run,
+                "--public-key",
+                public.to_str().unwrap(),
+            ],
+        ),
+        60,
+    );
     assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("signed"), "{}", text(&o));
 
     // A short runbook that holds the lock for about two seconds.
     let app = sb.var("CUTOVER_STAGING_APP_URL");
@@ -274,11 +314,13 @@ fn s3_store_shares_runs_between_clones_and_grants_the_lock_once() {
     let account = sb.var("CUTOVER_STAGING_ACCOUNT_ID");
     let keys = sb.s3_keys("staging", &format!("shop-tfstate-{account}"));
     assert!(!keys.iter().any(|k| k.ends_with(".lock")), "{keys:?}");
-    assert_eq!(
-        keys.iter()
-            .filter(|k| k.starts_with("cutover/runs/"))
-            .count(),
-        51,
-        "{keys:?}"
-    );
+    for file in ["/events.jsonl", "/signature.json"] {
+        assert_eq!(
+            keys.iter()
+                .filter(|k| k.starts_with("cutover/runs/") && k.ends_with(file))
+                .count(),
+            51,
+            "{keys:?}"
+        );
+    }
 }
