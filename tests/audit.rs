@@ -12,11 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
-}
-
 /// RFC 3986 percent-encoding of everything but unreserved characters.
 fn urlencode(s: &str) -> String {
     s.bytes()
@@ -143,40 +138,8 @@ fn printed_signed_and_parsed_audits_of_real_runs_hold_and_leak_no_secret() {
     assert!(rb_text.contains("secrets.api_token"));
     std::fs::write(&rb_file, rb_text).unwrap();
     // 3. The signing key itself (multi-line PEM), passed in the environment.
-    let key = project.join("signing.pem");
-    let public = project.join("signing.pub.pem");
-    let other_public = project.join("other.pub.pem");
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "ed25519",
-        "-out",
-        key.to_str().unwrap(),
-    ]);
-    openssl(&[
-        "pkey",
-        "-in",
-        key.to_str().unwrap(),
-        "-pubout",
-        "-out",
-        public.to_str().unwrap(),
-    ]);
-    let other = project.join("other.pem");
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "ed25519",
-        "-out",
-        other.to_str().unwrap(),
-    ]);
-    openssl(&[
-        "pkey",
-        "-in",
-        other.to_str().unwrap(),
-        "-pubout",
-        "-out",
-        other_public.to_str().unwrap(),
-    ]);
+    let (key, public) = common::ed25519_keypair(&project, "signing");
+    let (_, other_public) = common::ed25519_keypair(&project, "other");
     let pem = std::fs::read_to_string(&key).unwrap();
     sb.set_var("CUTOVER_SIGNING_KEY", &pem);
     // The scan below looks for the URL-encoded form too: it finds the password in the URL.

@@ -219,31 +219,7 @@ fn s3_store_shares_runs_between_clones_and_grants_the_lock_once() {
     let mut sb = Sandbox::start();
     sb.set_var("CUTOVER_STORE", "s3");
     // Runs are signed: the signature travels through the bucket with the log.
-    let key = sb.project.path().join("signing.pem");
-    let public = sb.project.path().join("signing.pub.pem");
-    for args in [
-        vec![
-            "genpkey",
-            "-algorithm",
-            "ed25519",
-            "-out",
-            key.to_str().unwrap(),
-        ],
-        vec![
-            "pkey",
-            "-in",
-            key.to_str().unwrap(),
-            "-pubout",
-            "-out",
-            public.to_str().unwrap(),
-        ],
-    ] {
-        let o = std::process::Command::new("openssl")
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-    }
+    let (key, public) = common::ed25519_keypair(sb.project.path(), "signing");
     sb.set_var("CUTOVER_SIGNING_KEY_FILE", key.to_str().unwrap());
     let second = tempfile::tempdir().unwrap();
     copy_project(second.path());

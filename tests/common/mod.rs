@@ -31,6 +31,34 @@ pub const SHOP_STEP_IDS: [&str; 15] = [
     "health",
 ];
 
+/// Writes an ed25519 key pair with OpenSSL into `dir`: `<name>.pem` (PKCS#8 private key) and
+/// `<name>.pub.pem` (SubjectPublicKeyInfo); returns both paths.
+pub fn ed25519_keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            key.to_str().unwrap(),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            key.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        let o = Command::new("openssl").args(&args).output().unwrap();
+        assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+    }
+    (key, public)
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
