@@ -3,6 +3,7 @@
 use super::{print_error, EXIT_FAILED, EXIT_INVALID, EXIT_OK};
 use crate::engine::{self, log, runs, signature, ui::OutputFormat};
 use crate::report;
+use crate::report::model::StepStatus;
 use std::path::Path;
 
 /// Audit output formats.
@@ -119,18 +120,18 @@ pub fn status(root: &Path, run_id: &str, output: OutputFormat) -> i32 {
     );
     for st in audit.steps() {
         let mark = match st.status {
-            report::model::StepStatus::Completed | report::model::StepStatus::Planned => "✓",
-            report::model::StepStatus::Failed => "✗",
-            report::model::StepStatus::Skipped => "-",
-            report::model::StepStatus::Unfinished => "▸",
-            report::model::StepStatus::NotRun => "·",
+            StepStatus::Completed | StepStatus::Planned => "✓",
+            StepStatus::Failed => "✗",
+            StepStatus::Skipped => "-",
+            StepStatus::Unfinished => "▸",
+            StepStatus::NotRun => "·",
         };
         let detail = match st.status {
-            report::model::StepStatus::Unfinished => format!(
+            StepStatus::Unfinished => format!(
                 "in progress for {} s",
                 st.started.as_deref().map(age_s).unwrap_or(0)
             ),
-            report::model::StepStatus::NotRun => "not yet run".into(),
+            StepStatus::NotRun => "not yet run".into(),
             _ => format!(
                 "{}{}",
                 st.duration_ms
@@ -140,7 +141,7 @@ pub fn status(root: &Path, run_id: &str, output: OutputFormat) -> i32 {
             ),
         };
         println!("  {mark} {:<12} {:<26} {detail}", st.id, st.kind);
-        if st.status == report::model::StepStatus::Unfinished && s.status == "running" {
+        if st.status == StepStatus::Unfinished && s.status == "running" {
             if let Some(p) = progress
                 .as_ref()
                 .filter(|p| p.get("step").and_then(|v| v.as_str()) == Some(st.id.as_str()))
@@ -171,7 +172,7 @@ pub fn show(root: &Path, run_id: &str, format: AuditFormat) -> i32 {
         Ok(r) => r,
         Err(c) => return c,
     };
-    let path = runs::run_dir(&engine::state_dir(root), run_id).join(signature::FILE_NAME);
+    let path = runs::signature_path(&engine::state_dir(root), run_id);
     let sig = match signature::read(&path) {
         Ok(s) => s,
         Err(e) => {
@@ -215,7 +216,7 @@ pub fn verify(root: &Path, run_id: &str, public_key: Option<&Path>) -> i32 {
     };
     let head = records.last().map(|r| r.hash.as_str()).unwrap_or("");
     let count = records.len() as u64;
-    let path = runs::run_dir(&engine::state_dir(root), run_id).join(signature::FILE_NAME);
+    let path = runs::signature_path(&engine::state_dir(root), run_id);
     let file = match signature::read(&path) {
         Ok(f) => f,
         Err(e) => {

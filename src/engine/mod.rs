@@ -126,14 +126,8 @@ pub async fn start(
         Err(reason) => return Ok(Outcome::Refused(redactor.redact(&reason))),
     };
     let run_dir = runs::run_dir(&state, &run_id);
-    let mut log = log::EventLog::create(&run_dir.join(log::FILE_NAME), redactor.clone())?;
-    if let Some(signer) = signer {
-        log.set_signer(signer, &run_id)?;
-    }
-    if let Some(s3) = s3 {
-        let id = run_id.clone();
-        log.set_mirror(Box::new(move |name, bytes| s3.upload(&id, name, bytes)))?;
-    }
+    let mut log = log::EventLog::create(&runs::log_path(&state, &run_id), redactor.clone())?;
+    sign_and_mirror(&mut log, signer, s3, &run_id)?;
     let mut ex = executor_for(
         root,
         plan,
@@ -143,7 +137,7 @@ pub async fn start(
         ui,
         providers,
         redactor.clone(),
-        Some(log),
+        log,
     )?;
     ex.approved = options.approved.clone();
     ex.load_secrets()?;
@@ -207,6 +201,27 @@ fn load_signer(redactor: &Redactor) -> Result<Option<Arc<signature::Signer>>, En
     }
 }
 
+/// Has `log` sign its head after every append (when a key is set) and upload itself and its
+/// signature to the S3 store (when the environment uses one).
+///
+/// # Errors
+/// [`log::LogError::Io`] when the first signature or upload fails.
+fn sign_and_mirror(
+    log: &mut log::EventLog,
+    signer: Option<Arc<signature::Signer>>,
+    s3: Option<store::S3Store>,
+    run_id: &str,
+) -> Result<(), log::LogError> {
+    if let Some(signer) = signer {
+        log.set_signer(signer, run_id)?;
+    }
+    if let Some(s3) = s3 {
+        let id = run_id.to_string();
+        log.set_mirror(Box::new(move |name, bytes| s3.upload(&id, name, bytes)))?;
+    }
+    Ok(())
+}
+
 /// Takes the environment's lock in its store (the S3 store needs the environment's session,
 /// so the role is assumed and the account checked first). Returns the lock and the S3 store.
 async fn lock_env(
@@ -237,12 +252,8 @@ fn executor_for<'a>(
     ui: &'a Ui,
     providers: Providers,
     redactor: Arc<Redactor>,
-    existing: Option<log::EventLog>,
+    log: log::EventLog,
 ) -> Result<Executor<'a>, EngineError> {
-    let log = match existing {
-        Some(l) => l,
-        None => log::EventLog::create(&run_dir.join("events.jsonl"), redactor.clone())?,
-    };
     Ok(Executor {
         plan,
         mode,
@@ -430,25 +441,11 @@ async fn continue_run(
     };
     let run_dir = runs::run_dir(&state, run_id);
     let (mut log, records_now) =
-        log::EventLog::open(&run_dir.join("events.jsonl"), redactor.clone())?;
+        log::EventLog::open(&runs::log_path(&state, run_id), redactor.clone())?;
     debug_assert_eq!(records_now.len(), records.len());
-    if let Some(signer) = signer {
-        log.set_signer(signer, run_id)?;
-    }
-    if let Some(s3) = s3 {
-        let id = run_id.to_string();
-        log.set_mirror(Box::new(move |name, bytes| s3.upload(&id, name, bytes)))?;
-    }
+    sign_and_mirror(&mut log, signer, s3, run_id)?;
     let mut ex = executor_for(
-        root,
-        plan,
-        mode,
-        run_id,
-        run_dir,
-        ui,
-        providers,
-        redactor,
-        Some(log),
+        root, plan, mode, run_id, run_dir, ui, providers, redactor, log,
     )?;
     ex.approved = options.approved.clone();
     ex.load_secrets()?;

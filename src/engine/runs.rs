@@ -36,7 +36,12 @@ pub fn run_dir(state_dir: &Path, id: &str) -> PathBuf {
 
 /// The event log of run `id`.
 pub fn log_path(state_dir: &Path, id: &str) -> PathBuf {
-    run_dir(state_dir, id).join("events.jsonl")
+    run_dir(state_dir, id).join(super::log::FILE_NAME)
+}
+
+/// The signature of run `id`'s chain head, when the run is signed (see [`super::signature`]).
+pub fn signature_path(state_dir: &Path, id: &str) -> PathBuf {
+    run_dir(state_dir, id).join(super::signature::FILE_NAME)
 }
 
 /// Summarizes a run from its records.

@@ -219,7 +219,7 @@ impl S3Store {
                 let Some(key) = obj.key() else { continue };
                 let Some(id) = key
                     .strip_prefix(&runs_prefix)
-                    .and_then(|r| r.strip_suffix("/events.jsonl"))
+                    .and_then(|r| r.strip_suffix(&format!("/{}", super::log::FILE_NAME)))
                 else {
                     continue;
                 };
@@ -244,8 +244,11 @@ impl S3Store {
                         })?;
                     let sig_key = format!("{runs_prefix}{id}/{}", super::signature::FILE_NAME);
                     if let Some(sig) = self.read(&sig_key).await? {
-                        let path = local.with_file_name(super::signature::FILE_NAME);
-                        let _ = std::fs::write(&path, sig.as_bytes());
+                        let path = super::runs::signature_path(state_dir, id);
+                        std::fs::write(&path, sig.as_bytes()).map_err(|e| ProviderError::Aws {
+                            op: "s3:GetObject".into(),
+                            message: format!("{}: {e}", path.display()),
+                        })?;
                     }
                     fetched += 1;
                 }
