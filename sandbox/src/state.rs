@@ -180,6 +180,10 @@ impl State {
                 format!("CUTOVER_{up}_TARGET_APP_DATABASE_URL"),
                 self.target_app_url(env),
             ));
+            v.push((
+                format!("CUTOVER_{up}_LEGACY_APP_DATABASE_URL"),
+                self.legacy_app_url(env),
+            ));
             // The seeded record's TTL is SEED_TTL (20 s) so a rehearsal's wait for answers cached
             // under it stays short; lowering it to 5 s keeps the lowering real.
             v.push((format!("CUTOVER_{up}_DNS_CUTOVER_TTL"), "5".to_string()));

@@ -196,6 +196,7 @@ impl Bench {
             "target_app_database_url".into(),
             SecretRef {
                 from_env: "CUTOVER_BENCH_TARGET_URL".into(),
+                optional: false,
             },
         );
         env.store.kind = StoreKind::Local;

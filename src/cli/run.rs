@@ -346,6 +346,17 @@ fn exit_code(result: Result<Outcome, EngineError>) -> i32 {
             EXIT_REFUSED
         }
         Ok(Outcome::Interrupted) => EXIT_INTERRUPTED,
+        Ok(Outcome::WritesMissing {
+            status,
+            missing,
+            database,
+        }) => {
+            print_error(
+                &format!("{missing} acknowledged write(s) missing from {database} at the end of the run (the steps ended {status})"),
+                Some("the audit's first page names them (`cutover audit show RUN_ID`); a person must find the rows before the application takes writes again"),
+            );
+            EXIT_ROLLBACK_INCOMPLETE
+        }
         Err(EngineError::Config(m)) => {
             print_error(&m, None);
             EXIT_INVALID

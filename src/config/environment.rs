@@ -212,6 +212,10 @@ fn default_cutover_ttl() -> u32 {
 pub struct SecretRef {
     /// Name of the environment variable.
     pub from_env: String,
+    /// When true, an unset variable leaves the secret undefined instead of stopping the run
+    /// (for values only a rehearsal's heartbeat uses, such as the legacy application's URL).
+    #[serde(default)]
+    pub optional: bool,
 }
 
 /// Parses one environment file (after `${VAR}` expansion).

@@ -56,6 +56,31 @@ pub struct Heartbeat {
     /// How often the Secret is re-read, milliseconds (default 100).
     #[serde(default = "default_heartbeat_reload")]
     pub reload_ms: u64,
+    /// The legacy application's path, measured too: users whom DNS still sends to the legacy
+    /// host write through it, so its outage counts while DNS (or an answer a resolver may still
+    /// cache) names the legacy target.
+    #[serde(default)]
+    pub legacy: Option<LegacyPath>,
+}
+
+/// `heartbeat.legacy:` — the legacy application's own database connection and the DNS record
+/// whose answers send users to it. Both are templates (`env.*`, `secrets.*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyPath {
+    /// The database URL the legacy application uses (a secret, e.g.
+    /// `{{ secrets.legacy_app_database_url }}`).
+    pub url: String,
+    /// The service's DNS record, e.g. `shop.{{ env.dns.domain }}`; the targets it names when the
+    /// run starts are the legacy side.
+    pub record: String,
+    /// Its type (default `CNAME`).
+    #[serde(default = "default_record_type", rename = "type")]
+    pub rtype: String,
+}
+
+fn default_record_type() -> String {
+    "CNAME".into()
 }
 
 fn default_heartbeat_rate() -> f64 {

@@ -29,6 +29,17 @@ pub enum Outcome {
     Refused(String),
     /// SIGINT; the journal is consistent and `resume` continues (exit 130).
     Interrupted,
+    /// The run ended (`status`: succeeded, rolled-back, ...) but the heartbeat found
+    /// acknowledged writes missing from the database the application uses at the end: not a
+    /// clean outcome whatever the steps say (exit 4).
+    WritesMissing {
+        /// The status the steps alone would have given.
+        status: String,
+        /// Acknowledged writes missing.
+        missing: u64,
+        /// The database they are missing from (`user@host:port/db`).
+        database: String,
+    },
 }
 
 /// Why the run could not even proceed as a run (configuration, journal I/O).
@@ -69,6 +80,9 @@ pub struct Executor<'a> {
     pub(super) panic_flag: PathBuf,
     /// Step ids approved on the command line.
     pub(super) approved: Vec<String>,
+    /// Set by [`Executor::finish`] when the heartbeat found acknowledged writes missing:
+    /// `(missing, database)`.
+    pub(super) lost: Option<(u64, String)>,
 }
 
 struct Failure {
@@ -135,6 +149,9 @@ impl<'a> Executor<'a> {
     /// Reads every secret the environment declares from the process environment.
     pub(super) fn load_secrets(&mut self) -> Result<(), EngineError> {
         for (name, r) in &self.plan.env.secrets {
+            if r.optional && std::env::var(&r.from_env).map_or(true, |v| v.is_empty()) {
+                continue;
+            }
             let v = self
                 .providers
                 .secret_env(&r.from_env)
@@ -184,7 +201,7 @@ impl<'a> Executor<'a> {
         self.outputs.insert(step.to_string(), outputs);
     }
 
-    fn context(&self, display: bool) -> Value {
+    pub(super) fn context(&self, display: bool) -> Value {
         let steps: Map<String, Value> = self
             .outputs
             .iter()
@@ -245,17 +262,38 @@ impl<'a> Executor<'a> {
             "succeeded"
         };
         self.finish(status, json!({})).await?;
-        Ok(Outcome::Succeeded)
+        Ok(self.outcome(status, Outcome::Succeeded))
     }
 
+    /// Stops the heartbeat and records `run_finished`. When acknowledged writes are missing,
+    /// the status becomes `writes-missing` (the steps' own status kept as `steps_status`, with
+    /// `missing_writes` and `missing_in`), and [`Executor::outcome`] reports it.
     pub(super) async fn finish(&mut self, status: &str, extra: Value) -> Result<(), EngineError> {
-        super::heartbeat::finish(self).await?;
+        self.lost = super::heartbeat::finish(self).await?;
         let mut data = json!({"run_id": self.run_id, "status": status, "environment": self.plan.env.name, "mode": self.mode.as_str()});
+        if let Some((missing, db)) = &self.lost {
+            data["status"] = json!("writes-missing");
+            data["steps_status"] = json!(status);
+            data["missing_writes"] = json!(missing);
+            data["missing_in"] = json!(db);
+        }
         if let (Value::Object(d), Value::Object(e)) = (&mut data, extra) {
             d.extend(e);
         }
         self.record("run_finished", None, data)?;
         Ok(())
+    }
+
+    /// `normal`, unless [`Executor::finish`] found acknowledged writes missing.
+    pub(super) fn outcome(&self, status: &str, normal: Outcome) -> Outcome {
+        match &self.lost {
+            Some((missing, database)) => Outcome::WritesMissing {
+                status: status.to_string(),
+                missing: *missing,
+                database: database.clone(),
+            },
+            None => normal,
+        }
     }
 
     fn step_context<'b>(
@@ -487,7 +525,54 @@ impl<'a> Executor<'a> {
             None,
             json!({"failed_step": failed_step, "reason": reason}),
         )?;
+        if let Some(outcome) = self.refusals(failed_step).await? {
+            return Ok(outcome);
+        }
         self.continue_rollback(failed_step, &HashSet::new()).await
+    }
+
+    /// Asks every started step whether undoing it would lose acknowledged data
+    /// ([`crate::steps::StepKind::rollback_refusal`]); when one says so, nothing is rolled
+    /// back and the run ends `rollback-refused` (exit 4) with the reasons and what to do.
+    async fn refusals(&mut self, failed_step: &str) -> Result<Option<Outcome>, EngineError> {
+        let plan = self.plan;
+        let mut refused = Vec::new();
+        for id in self.started.iter().rev().cloned().collect::<Vec<_>>() {
+            let Some((_, step)) = plan.steps().find(|(_, s)| s.id == id) else {
+                continue;
+            };
+            let real = match template::render_value(&Value::Object(step.params.clone()), &self.context(false)) {
+                Ok(Value::Object(m)) => m,
+                _ => step.params.clone(),
+            };
+            let before = self.before.get(&id).cloned().unwrap_or(Value::Null);
+            let outputs = self.outputs.get(&id).cloned();
+            let progress = self.progress_for(&id);
+            let journal = self.journal_for(&id);
+            let manual = step.kind.manual_undo(&real, &before, &self.run_id);
+            let answer = {
+                let cx = self.step_context(step, real, &progress, &journal, true);
+                step.kind.rollback_refusal(&cx, &before, outputs.as_ref()).await
+            };
+            let reason = match answer {
+                Ok(None) => continue,
+                Ok(Some(r)) => r,
+                Err(e) => format!("could not tell whether undoing it loses data: {e}"),
+            };
+            let reason = self.redactor.redact(&reason);
+            let manual: Vec<String> = manual.iter().map(|m| self.redactor.redact(m)).collect();
+            self.record("rollback_refused", Some(&id), json!({"reason": reason, "manual": manual}))?;
+            refused.push(json!({"step": id, "kind": step.kind.name(), "error": reason, "manual": manual}));
+        }
+        if refused.is_empty() {
+            return Ok(None);
+        }
+        self.finish("rollback-refused", json!({"failed_step": failed_step, "incomplete": refused}))
+            .await?;
+        Ok(Some(self.outcome(
+            "rollback-refused",
+            Outcome::RollbackIncomplete(manual_todo(&refused)),
+        )))
     }
 
     /// Rollback of the started steps not in `already`, newest first.
@@ -547,6 +632,7 @@ impl<'a> Executor<'a> {
                     )?;
                 }
                 Err(e) => {
+                    let stop = matches!(e, StepError::Gate(_));
                     let msg = self.redactor.redact(&e.to_string());
                     let mut manual: Vec<String> =
                         manual.iter().map(|m| self.redactor.redact(m)).collect();
@@ -557,22 +643,30 @@ impl<'a> Executor<'a> {
                     self.record(
                         "rollback_step_failed",
                         Some(&id),
-                        json!({"error": msg, "manual": manual}),
+                        json!({"error": msg, "manual": manual, "stopped": stop}),
                     )?;
+                    // A step whose undo would lose data if the earlier ones went on (a
+                    // fallback that has not caught up) stops the rollback where it is.
+                    if stop {
+                        break;
+                    }
                 }
             }
         }
         if incomplete.is_empty() {
             self.finish("rolled-back", json!({"failed_step": failed_step}))
                 .await?;
-            Ok(Outcome::RolledBack)
+            Ok(self.outcome("rolled-back", Outcome::RolledBack))
         } else {
             self.finish(
                 "rollback-incomplete",
                 json!({"failed_step": failed_step, "incomplete": incomplete}),
             )
             .await?;
-            Ok(Outcome::RollbackIncomplete(manual_todo(&incomplete)))
+            Ok(self.outcome(
+                "rollback-incomplete",
+                Outcome::RollbackIncomplete(manual_todo(&incomplete)),
+            ))
         }
     }
 }

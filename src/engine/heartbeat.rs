@@ -1,29 +1,90 @@
-//! The rehearsal heartbeat: starts the runbook's heartbeat writer (reading the application's
-//! database URL from its Kubernetes Secret) before the first step and, when the run finishes,
-//! records what it measured: the longest gap between acknowledged writes and every acknowledged
-//! write missing from the database the Secret names at the end.
+//! The rehearsal heartbeat: writers that stand for the application's users on every path that
+//! serves them, started before the first step (and again for a rehearsal's `cutover rollback`):
 //!
-//! Owns the bridge between the runbook's `heartbeat:` section, the Kubernetes client and the
-//! writer; must not interpret step results.
+//! - `aws`: reads the application's database URL from its Kubernetes Secret (as a pod with a
+//!   reloading secret volume does); its gaps always count.
+//! - `legacy` (when the runbook's `heartbeat.legacy` is set): writes through the legacy
+//!   application's own database URL; its gaps count only while DNS, or an answer a resolver may
+//!   still cache (the record set's TTL), names the legacy target, i.e. while users are still
+//!   sent there.
+//!
+//! When the run finishes, one `heartbeat` record says what they measured: the longest time any
+//! path's writes were refused while it served users (the write outage users saw) and every
+//! acknowledged write missing from the database the Secret names at the end.
+//!
+//! Owns the bridge between the runbook's `heartbeat:` section, the Kubernetes and Route 53
+//! clients and the writers; must not interpret step results.
 
 use super::executor::{EngineError, Executor};
-use crate::providers::postgres::heartbeat::{self, Heartbeat, Options, UrlSource};
+use crate::providers::postgres::heartbeat::{self, Heartbeat, Options, Report, ServedSource, UrlSource};
 use crate::providers::postgres::ConnParts;
+use crate::providers::route53 as r53p;
+use crate::runbook::template;
 use crate::steps::context::Mode;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A writer running for this run.
-pub struct Running {
+/// One path's writer.
+struct Path {
+    /// `aws` or `legacy`.
+    name: &'static str,
     writer: Heartbeat,
-    /// The `writer` column value of this attempt's rows.
+    /// The `writer` column value of its rows.
     id: String,
+}
+
+/// The writers running for this run.
+pub struct Running {
+    paths: Vec<Path>,
     table: String,
 }
 
-/// Starts the writer when the run is a rehearsal and the runbook configures one; a writer that
-/// cannot start is recorded (`heartbeat_failed`) and the run goes on.
+/// The legacy path's "served" source: the targets `record` names when the run starts are the
+/// legacy side; while any set naming one of them has weight (or is a simple record), users are
+/// sent there for at least that set's TTL.
+async fn legacy_served(
+    ex: &Executor<'_>,
+    record: &str,
+    rtype: &str,
+) -> Result<(ServedSource, Vec<String>), String> {
+    let session = ex.providers.aws().await.map_err(|e| e.to_string())?;
+    let r53 = aws_sdk_route53::Client::new(&session.config);
+    let zone = r53p::zone_id(&r53, &ex.plan.env.dns.domain)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sets = r53p::record_sets(&r53, &zone, record, rtype)
+        .await
+        .map_err(|e| e.to_string())?;
+    let legacy: Vec<String> = sets
+        .iter()
+        .filter(|s| s.weight.is_none_or(|w| w > 0))
+        .map(|s| s.target())
+        .collect();
+    if legacy.is_empty() {
+        return Err(format!("no {rtype} record {record} names a target"));
+    }
+    let (record, rtype, targets) = (record.to_string(), rtype.to_string(), legacy.clone());
+    let served: ServedSource = Arc::new(move || {
+        let (r53, zone, record, rtype, targets) =
+            (r53.clone(), zone.clone(), record.clone(), rtype.clone(), targets.clone());
+        Box::pin(async move {
+            match r53p::record_sets(&r53, &zone, &record, &rtype).await {
+                Ok(sets) => sets
+                    .iter()
+                    .filter(|s| s.weight.is_none_or(|w| w > 0) && targets.contains(&s.target()))
+                    .map(|s| Duration::from_secs(s.ttl.unwrap_or(60).max(0) as u64))
+                    .max(),
+                // Cannot tell: count it as serving users (never under-report an outage).
+                Err(_) => Some(Duration::from_secs(60)),
+            }
+        })
+    });
+    Ok((served, legacy))
+}
+
+/// Starts the writers when the run is a rehearsal and the runbook configures a heartbeat; a
+/// writer that cannot start is recorded (`heartbeat_failed`) and the run goes on.
 ///
 /// # Errors
 /// [`EngineError::Log`] when the record cannot be written.
@@ -56,55 +117,152 @@ pub async fn start(ex: &mut Executor<'_>, attempt: usize) -> Result<(), EngineEr
     } else {
         format!("{}#{attempt}", ex.run_id)
     };
-    let writer = Heartbeat::start(
-        urls,
-        Options {
-            table: cfg.table.clone(),
-            writer: id.clone(),
-            rate: cfg.writes_per_second,
-            reload: Duration::from_millis(cfg.reload_ms.max(10)),
-        },
-    )
-    .await;
+    let opts = |writer: String, served: Option<ServedSource>| Options {
+        table: cfg.table.clone(),
+        writer,
+        rate: cfg.writes_per_second,
+        reload: Duration::from_millis(cfg.reload_ms.max(10)),
+        served,
+    };
+    let mut paths = vec![Path {
+        name: "aws",
+        writer: Heartbeat::start(urls, opts(id.clone(), None)).await,
+        id: id.clone(),
+    }];
+    let mut legacy_info = Value::Null;
+    if let Some(l) = &cfg.legacy {
+        let ctx = ex.context(false);
+        let rendered = template::render_str(&l.url, &ctx)
+            .and_then(|u| template::render_str(&l.record, &ctx).map(|r| (u, r)));
+        let started = match rendered {
+            Err(e) => Err(format!("heartbeat.legacy: {e}")),
+            Ok((url, record)) => match legacy_served(ex, &record, &l.rtype).await {
+                Err(e) => Err(format!("heartbeat.legacy: {e}")),
+                Ok((served, targets)) => Ok((url, record, served, targets)),
+            },
+        };
+        match started {
+            Ok((url, record, served, targets)) => {
+                ex.redactor.add(&url);
+                let fixed: UrlSource = Arc::new(move || {
+                    let u = url.clone();
+                    Box::pin(async move { Ok(u) })
+                });
+                let lid = format!("{id}/legacy");
+                paths.push(Path {
+                    name: "legacy",
+                    writer: Heartbeat::start(fixed, opts(lid.clone(), Some(served))).await,
+                    id: lid,
+                });
+                legacy_info = json!({"record": record, "type": l.rtype, "legacy_targets": targets});
+            }
+            Err(e) => {
+                let reason = ex.redactor.redact(&e);
+                ex.record("heartbeat_failed", None, json!({"path": "legacy", "error": reason}))?;
+            }
+        }
+    }
     ex.record(
         "heartbeat_started",
         None,
-        json!({"writer": id, "writes_per_second": cfg.writes_per_second, "secret": format!("{}/{}", cfg.namespace, cfg.secret), "key": cfg.key, "table": cfg.table, "reload_ms": cfg.reload_ms}),
+        json!({"writer": id, "writes_per_second": cfg.writes_per_second, "secret": format!("{}/{}", cfg.namespace, cfg.secret), "key": cfg.key, "table": cfg.table, "reload_ms": cfg.reload_ms, "legacy": legacy_info}),
     )?;
     ex.heartbeat = Some(Running {
-        writer,
-        id,
+        paths,
         table: cfg.table,
     });
     Ok(())
 }
 
-/// Stops the writer, checks the acknowledged writes against the final database and records a
-/// `heartbeat` event: `{writer, attempted, acknowledged, longest_gap_ms, gap_from, gap_to,
-/// connections, url_changes, database, missing, missing_seqs (first 20), error}`.
+/// One path's figures as recorded.
+fn path_data(name: &str, id: &str, report: &Report, missing: Option<&[i64]>) -> Value {
+    let mut d = serde_json::to_value(report).unwrap_or_default();
+    d["path"] = json!(name);
+    d["writer"] = json!(id);
+    if let Some(m) = missing {
+        d["missing"] = json!(m.len());
+        d["missing_seqs"] = json!(m.iter().take(20).collect::<Vec<_>>());
+    }
+    d
+}
+
+/// Stops the writers, checks their acknowledged writes against the database the Secret names
+/// at the end and records a `heartbeat` event: the `aws` path's `{writer, attempted,
+/// acknowledged, connections, url_changes, database, error}`, the run's write outage as
+/// `longest_gap_ms` / `gap_from` / `gap_to` / `gap_path` (the longest over every path),
+/// `missing` (over every path), `missing_seqs` and per path the same figures under `paths`.
+/// Returns `(missing, database)` when acknowledged writes are missing.
 ///
 /// # Errors
 /// [`EngineError::Log`] when the record cannot be written.
-pub async fn finish(ex: &mut Executor<'_>) -> Result<(), EngineError> {
+pub async fn finish(ex: &mut Executor<'_>) -> Result<Option<(u64, String)>, EngineError> {
     let Some(run) = ex.heartbeat.take() else {
-        return Ok(());
+        return Ok(None);
     };
-    let report = run.writer.stop().await;
-    let mut data = serde_json::to_value(&report).unwrap_or_default();
-    data["writer"] = json!(run.id);
-    if report.error.is_none() {
-        let db = ConnParts::parse(&report.final_url, "heartbeat")
-            .map(|p| p.display())
-            .unwrap_or_default();
-        data["database"] = json!(db);
-        match heartbeat::missing(&report.final_url, &run.table, &run.id, &report.acked).await {
-            Ok(m) => {
-                data["missing"] = json!(m.len());
-                data["missing_seqs"] = json!(m.iter().take(20).collect::<Vec<_>>());
+    let mut reports = Vec::new();
+    for p in run.paths {
+        reports.push((p.name, p.id, p.writer.stop().await));
+    }
+    let final_url = reports[0].2.final_url.clone();
+    let aws_failed = reports[0].2.error.is_some();
+    let db = ConnParts::parse(&final_url, "heartbeat")
+        .map(|p| p.display())
+        .unwrap_or_default();
+    let mut paths = Vec::new();
+    let mut missing_total = 0u64;
+    let mut missing_seqs: Vec<i64> = Vec::new();
+    let mut check_error = None;
+    let mut longest: (u64, Value, Value, &str) = (0, Value::Null, Value::Null, "aws");
+    for (name, id, report) in &reports {
+        let missing = if report.error.is_none() && !aws_failed {
+            match heartbeat::missing(&final_url, &run.table, id, &report.acked).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    check_error = Some(e.to_string());
+                    None
+                }
             }
-            Err(e) => data["missing_check_error"] = json!(e.to_string()),
+        } else {
+            None
+        };
+        if let Some(m) = &missing {
+            missing_total += m.len() as u64;
+            missing_seqs.extend(m.iter().take(20));
+        }
+        if report.longest_gap_ms >= longest.0 && report.error.is_none() {
+            longest = (
+                report.longest_gap_ms,
+                json!(report.gap_from),
+                json!(report.gap_to),
+                name,
+            );
+        }
+        paths.push(path_data(name, id, report, missing.as_deref()));
+    }
+    let mut data = paths[0].clone();
+    if let Value::Object(o) = &mut data {
+        o.remove("path");
+    }
+    data["longest_gap_ms"] = json!(longest.0);
+    data["gap_from"] = longest.1;
+    data["gap_to"] = longest.2;
+    data["gap_path"] = json!(longest.3);
+    data["open_at_end"] = json!(reports.iter().any(|(n, _, r)| *n == longest.3 && r.open_at_end));
+    data["paths"] = json!(paths);
+    let mut lost = None;
+    if reports[0].2.error.is_none() {
+        data["database"] = json!(db);
+        match check_error {
+            Some(e) if missing_total == 0 => data["missing_check_error"] = json!(e),
+            _ => {
+                data["missing"] = json!(missing_total);
+                data["missing_seqs"] = json!(missing_seqs.iter().take(20).collect::<Vec<_>>());
+                if missing_total > 0 {
+                    lost = Some((missing_total, db.clone()));
+                }
+            }
         }
     }
     ex.record("heartbeat", None, data)?;
-    Ok(())
+    Ok(lost)
 }

@@ -274,6 +274,7 @@ fn executor_for<'a>(
         done: HashSet::new(),
         before: HashMap::new(),
         heartbeat: None,
+        lost: None,
     })
 }
 
@@ -339,6 +340,11 @@ pub async fn resume(
             "succeeded" | "planned" => Outcome::Succeeded,
             "rolled-back" | "failed" => Outcome::RolledBack,
             "refused" => Outcome::Refused(field("reason")),
+            "writes-missing" => Outcome::WritesMissing {
+                status: fin.data["steps_status"].as_str().unwrap_or("").to_string(),
+                missing: fin.data["missing_writes"].as_u64().unwrap_or(0),
+                database: fin.data["missing_in"].as_str().unwrap_or("").to_string(),
+            },
             _ => Outcome::RollbackIncomplete(executor::manual_todo(
                 fin.data
                     .get("incomplete")
@@ -378,10 +384,16 @@ pub async fn rollback(
     let field = |k: &str| start_field(&start, k);
     let plan = runbook::resolve(root, &field("runbook_path"), &field("environment"))
         .map_err(ResumeError::Config)?;
+    // A rehearsal's rollback is part of the rehearsal: its heartbeat measures it too.
+    let mode = if field("mode") == "rehearse" {
+        Mode::Rehearse
+    } else {
+        Mode::Execute
+    };
     Ok(continue_run(
         root,
         &plan,
-        Mode::Execute,
+        mode,
         run_id,
         &records,
         ui,
@@ -458,6 +470,8 @@ async fn continue_run(
     if let Some(outcome) = preflight(&mut ex).await? {
         return Ok(outcome);
     }
+    let attempt = records.iter().filter(|r| r.event == "run_resumed").count() + 1;
+    heartbeat::start(&mut ex, attempt).await?;
     let rollback_start = records.iter().rev().find(|r| r.event == "rollback_started");
     if let Some(rs) = rollback_start {
         let failed = rs
@@ -476,7 +490,5 @@ async fn continue_run(
     if force_rollback {
         return ex.rollback("", "rollback requested by the operator").await;
     }
-    let attempt = records.iter().filter(|r| r.event == "run_resumed").count() + 1;
-    heartbeat::start(&mut ex, attempt).await?;
     ex.run_steps().await
 }

@@ -113,7 +113,11 @@ pub fn heartbeat_line(d: &Value) -> String {
         n("attempted"),
         n("longest_gap_ms"),
         s(d, "gap_from"),
-        s(d, "gap_to"),
+        if d.get("open_at_end").and_then(Value::as_bool) == Some(true) && d.get("gap_to").is_none_or(Value::is_null) {
+            "still open at the end"
+        } else {
+            s(d, "gap_to")
+        },
         s(d, "database")
     )
 }

@@ -290,7 +290,31 @@ pub fn build(records: &[Record], signature: Option<&SignatureFile>) -> Audit {
                     s(data, "reason").into(),
                 ))
             }
-            "heartbeat" => audit.downtime = Some(super::heartbeat_line(data).trim().to_string()),
+            // One line per heartbeat: the run's, then a later `cutover rollback`'s.
+            "heartbeat" => {
+                let line = super::heartbeat_line(data).trim().to_string();
+                audit.downtime = Some(match audit.downtime.take() {
+                    Some(prev) => format!("{prev}\n{line}"),
+                    None => line,
+                });
+            }
+            "run_finished" if s(data, "status") == "writes-missing" => audit.banners.push((
+                "ACKNOWLEDGED WRITES MISSING".into(),
+                format!(
+                    "{} write(s) the heartbeat saw acknowledged are missing from {} (heartbeat table rows by writer and seq are in the heartbeat record); the steps ended {}. This is not a clean outcome: find the rows before the application takes writes again.",
+                    data.get("missing_writes").and_then(Value::as_u64).unwrap_or(0),
+                    s(data, "missing_in"),
+                    s(data, "steps_status")
+                ),
+            )),
+            "rollback_refused" => audit.banners.push((
+                "ROLLBACK REFUSED".into(),
+                format!(
+                    "step `{}`: {}. Nothing was rolled back.",
+                    r.step.as_deref().unwrap_or(""),
+                    s(data, "reason")
+                ),
+            )),
             _ => {}
         }
         let Some(id) = r.step.as_deref() else {

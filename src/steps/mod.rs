@@ -11,6 +11,7 @@ mod aws_assert_account;
 mod dns;
 mod http_check;
 mod k8s_flip_secret;
+mod postgres_fallback;
 mod postgres_freeze_writes;
 mod postgres_replicate;
 mod postgres_sync_sequences;
@@ -114,6 +115,22 @@ pub trait StepKind: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Asked for every started step before a rollback changes anything: `Some(reason)` when
+    /// undoing this step would lose acknowledged data (writes a database took that nothing
+    /// carries back). The engine then refuses the whole rollback (exit 4) with the reason and
+    /// [`StepKind::manual_undo`]. Read-only. The default never refuses.
+    ///
+    /// # Errors
+    /// A [`StepError`] when the state cannot be read; the engine treats it as a refusal.
+    async fn rollback_refusal(
+        &self,
+        _cx: &StepContext,
+        _before: &Value,
+        _outputs: Option<&Map<String, Value>>,
+    ) -> Result<Option<String>, StepError> {
+        Ok(None)
+    }
+
     /// What a person must do, object by object, when [`StepKind::rollback`] could not finish:
     /// concrete commands where there are some. No I/O; `params` are the rendered parameters
     /// (read only their non-secret fields). Empty when the kind changes nothing.
@@ -138,6 +155,7 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &postgres_freeze_writes::FreezeWrites,
         &postgres_sync_sequences::SyncSequences,
         &postgres_verify::Verify,
+        &postgres_fallback::Fallback,
         &k8s_flip_secret::FlipSecret,
         &wafv2_assert_association::AssertAssociation,
         &route53_set_ttl::SetTtl,
@@ -285,6 +303,27 @@ pub mod rendered {
                 .parse()
                 .map(Some)
                 .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a whole number"))),
+        }
+    }
+
+    /// A `bool` from `true`/`false` or the text a template renders (`"true"`, `"True"`,
+    /// `"false"`, `"False"`; absent values are false).
+    pub fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum B {
+            B(bool),
+            S(String),
+        }
+        match Option::<B>::deserialize(d)? {
+            None => Ok(false),
+            Some(B::B(b)) => Ok(b),
+            Some(B::S(s)) if absent(&s) => Ok(false),
+            Some(B::S(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(serde::de::Error::custom(format!("`{s}` is not true or false"))),
+            },
         }
     }
 

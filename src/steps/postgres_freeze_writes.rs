@@ -1,17 +1,21 @@
-//! `postgres.freeze_writes`: stops writes on the legacy source so the target can catch up to a
-//! final LSN: `ALTER DATABASE ... SET default_transaction_read_only = on` for new sessions, then
-//! termination of the database's existing client sessions (they reconnect read-only). Replication
-//! (walsender) sessions are not touched.
+//! `postgres.freeze_writes`: stops the application's writes on the legacy source so the target
+//! can catch up to a final LSN. It freezes the application's roles, not the database: each role
+//! starts its sessions in this database read-only (`ALTER ROLE ... IN DATABASE ... SET
+//! default_transaction_read_only = on`) and its open sessions are terminated (they reconnect
+//! read-only). The admin role running the tool, replication roles and superusers keep writing,
+//! so replication, and later a fallback subscription applying on the source, go on.
 //!
-//! A postpone flag (`postpone_flag`, a file path relative to the project root, as gh-ost's
-//! `--postpone-cut-over-flag-file`) holds the run at the last safe point before the freeze:
-//! while the file exists nothing is frozen and replication keeps the target current; removing it
-//! lets the freeze proceed. The wait does not count against the step's timeout.
+//! The roles are `roles:` when given, else every login role that may write one of the source's
+//! tables ([`roles::writers`]). A postpone flag (`postpone_flag`, a file path relative to the
+//! project root, as gh-ost's `--postpone-cut-over-flag-file`) holds the run at the last safe
+//! point before the freeze: while the file exists nothing is frozen and replication keeps the
+//! target current; removing it lets the freeze proceed. The wait does not count against the
+//! step's timeout.
 //!
-//! Rollback resets the setting to what it was before the run.
+//! Rollback unfreezes the roles this run froze (not those read-only before the run).
 
 use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
-use crate::providers::postgres::{ident, pg};
+use crate::providers::postgres::{catalog, replication, roles, ConnParts};
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
@@ -23,13 +27,22 @@ pub struct FreezeWrites;
 struct Params {
     #[serde(default)]
     postpone_flag: Option<String>,
+    #[serde(default)]
+    roles: Option<Vec<String>>,
 }
 
-const PARAMS: &[ParamSpec] = &[ParamSpec {
-    name: "postpone_flag",
-    required: false,
-    doc: "a file (relative to the project root) whose existence holds the run before the freeze until it is removed",
-}];
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "postpone_flag",
+        required: false,
+        doc: "a file (relative to the project root) whose existence holds the run before the freeze until it is removed",
+    },
+    ParamSpec {
+        name: "roles",
+        required: false,
+        doc: "the application's roles to freeze (default: every login role that may write a replicated table, never superusers, replication roles or the admin role)",
+    },
+];
 
 /// Waits while the postpone flag exists; returns how long the run was held, in seconds.
 async fn hold_while_postponed(cx: &StepContext<'_>, flag: &std::path::Path) -> f64 {
@@ -49,24 +62,24 @@ async fn hold_while_postponed(cx: &StepContext<'_>, flag: &std::path::Path) -> f
     started.elapsed().as_secs_f64()
 }
 
-async fn read_only_setting(c: &tokio_postgres::Client, db: &str) -> Result<bool, StepError> {
-    let row = c
-        .query_opt(
-            "SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
-             WHERE d.datname = $1 AND s.setrole = 0 AND 'default_transaction_read_only=on' = ANY(s.setconfig)",
-            &[&db],
-        )
-        .await
-        .map_err(|e| pg("source", e))?;
-    Ok(row.is_some())
+/// The roles to freeze on the source: `roles:` or every application writer of its tables.
+pub(super) async fn application_roles(
+    source: &tokio_postgres::Client,
+    given: Option<&[String]>,
+) -> Result<Vec<String>, StepError> {
+    if let Some(r) = given {
+        return Ok(r.to_vec());
+    }
+    let tables: Vec<String> = catalog::tables(source, "source")
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    Ok(roles::writers(source, "source", &tables).await?)
 }
 
-async fn sessions(c: &tokio_postgres::Client, db: &str) -> Result<i64, StepError> {
-    let row = c
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'", &[&db])
-        .await
-        .map_err(|e| pg("source", e))?;
-    Ok(row.get(0))
+fn source_db(cx: &StepContext) -> Result<String, StepError> {
+    Ok(ConnParts::parse(&cx.providers.source_url()?, "source")?.dbname)
 }
 
 #[async_trait]
@@ -75,25 +88,25 @@ impl StepKind for FreezeWrites {
         "postgres.freeze_writes"
     }
     fn purpose(&self) -> &'static str {
-        "Stop writes on the legacy database (read-only default, existing sessions terminated) so the target can catch up"
+        "Stop the application's writes on the legacy database (its roles start read-only, their sessions terminated) so the target can catch up; replication and the admin role keep writing"
     }
 
     fn undo(&self) -> &'static str {
-        "Make the legacy database writable again (default_transaction_read_only back to its old value)"
+        "Make the application's roles writable again on the legacy database (those this run froze)"
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
     fn outputs(&self) -> &'static [&'static str] {
-        &["terminated", "lsn", "postponed_seconds"]
+        &["roles", "terminated", "lsn", "postponed_seconds"]
     }
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let db = &cx.env.database.name;
+        let db = source_db(cx)?;
         let source = cx.providers.source().await?;
-        let frozen = read_only_setting(&source, db).await?;
-        let n = sessions(&source, db).await?;
         let p: Params = parse_params(&cx.params)?;
+        let wanted = application_roles(&source, p.roles.as_deref()).await?;
+        let frozen = roles::frozen(&source, "source", &db).await?;
         let mut changes = Vec::new();
         if let Some(f) = &p.postpone_flag {
             let path = cx.root.join(f);
@@ -107,32 +120,32 @@ impl StepKind for FreezeWrites {
                 },
             ));
         }
-        changes.extend(if frozen {
-            vec![Change::new(
-                "none",
-                format!("database {db} on source"),
-                "already default_transaction_read_only = on",
-            )]
-        } else {
-            vec![
+        if wanted.is_empty() {
+            changes.push(Change::new(
+                "check",
+                format!("roles in {db} on source"),
+                "WOULD FAIL: no application role may write the source's tables; name them with roles:",
+            ));
+        }
+        for r in &wanted {
+            changes.push(if frozen.contains(r) {
+                Change::new("none", format!("role {r} in {db} on source"), "already read-only")
+            } else {
                 Change::new(
                     "update",
-                    format!("database {db} on source"),
-                    format!(
-                        "ALTER DATABASE {} SET default_transaction_read_only = on",
-                        ident(db)
-                    ),
-                ),
-                Change::new(
-                    "run",
-                    format!("sessions on {db}"),
-                    format!("terminate {n} client session(s) so they reconnect read-only"),
-                ),
-            ]
-        });
+                    format!("role {r} in {db} on source"),
+                    "read-only for new sessions; its open sessions terminated",
+                )
+                .with_document(json!(format!(
+                    "ALTER ROLE {} IN DATABASE {} SET default_transaction_read_only = on",
+                    crate::providers::postgres::ident(r),
+                    crate::providers::postgres::ident(&db)
+                )))
+            });
+        }
         Ok(Planned {
             changes,
-            before: json!({"read_only": frozen}),
+            before: json!({"frozen": frozen}),
             predicted: Map::new(),
         })
     }
@@ -142,34 +155,24 @@ impl StepKind for FreezeWrites {
         cx: &StepContext,
         _planned: &Planned,
     ) -> Result<Map<String, Value>, StepError> {
-        let db = &cx.env.database.name;
+        let db = source_db(cx)?;
         let p: Params = parse_params(&cx.params)?;
         let postponed = match &p.postpone_flag {
             Some(f) => hold_while_postponed(cx, &cx.root.join(f)).await,
             None => 0.0,
         };
         let source = cx.providers.source().await?;
-        source
-            .batch_execute(&format!(
-                "ALTER DATABASE {} SET default_transaction_read_only = on",
-                ident(db)
-            ))
-            .await
-            .map_err(|e| pg("source", e))?;
-        let rows = source
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-                &[db],
-            )
-            .await
-            .map_err(|e| pg("source", e))?;
-        let lsn: String = source
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .map_err(|e| pg("source", e))?
-            .get(0);
+        let wanted = application_roles(&source, p.roles.as_deref()).await?;
+        if wanted.is_empty() {
+            return Err(StepError::Check(format!(
+                "no application role may write the tables of {db} on the source: name the roles to freeze with `roles:`"
+            )));
+        }
+        let terminated = roles::freeze(&source, "source", &db, &wanted).await?;
+        let lsn = replication::current_lsn(&source, "source").await?;
         let mut out = Map::new();
-        out.insert("terminated".into(), json!(rows.len()));
+        out.insert("roles".into(), json!(wanted));
+        out.insert("terminated".into(), json!(terminated));
         out.insert("lsn".into(), json!(lsn));
         out.insert(
             "postponed_seconds".into(),
@@ -178,8 +181,8 @@ impl StepKind for FreezeWrites {
         out.insert(
             "summary".into(),
             json!(format!(
-                "{db} read-only at LSN {lsn}; {} session(s) terminated",
-                rows.len()
+                "role(s) {} read-only in {db} at LSN {lsn}; {terminated} session(s) terminated",
+                wanted.join(", ")
             )),
         );
         Ok(out)
@@ -188,18 +191,17 @@ impl StepKind for FreezeWrites {
     async fn verify(
         &self,
         cx: &StepContext,
-        _outputs: &Map<String, Value>,
+        outputs: &Map<String, Value>,
     ) -> Result<Map<String, Value>, StepError> {
-        // A fresh session must come up read-only.
-        let c = crate::providers::postgres::connect(&cx.providers.source_url()?, "source").await?;
-        let v: String = c
-            .query_one("SHOW default_transaction_read_only", &[])
-            .await
-            .map_err(|e| pg("source", e))?
-            .get(0);
-        if v != "on" {
+        let db = source_db(cx)?;
+        let source = cx.providers.source().await?;
+        let frozen = roles::frozen(&source, "source", &db).await?;
+        let wanted: Vec<String> = serde_json::from_value(outputs.get("roles").cloned().unwrap_or_default()).unwrap_or_default();
+        let open: Vec<&String> = wanted.iter().filter(|r| !frozen.contains(r)).collect();
+        if !open.is_empty() {
             return Err(StepError::Check(format!(
-                "a new session on the source has default_transaction_read_only = {v}"
+                "role(s) {} still start read-write sessions in {db} on the source",
+                open.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             )));
         }
         Ok(Map::new())
@@ -211,27 +213,31 @@ impl StepKind for FreezeWrites {
         before: &Value,
         _outputs: Option<&Map<String, Value>>,
     ) -> Result<Vec<Restored>, StepError> {
-        let db = &cx.env.database.name;
-        if before.get("read_only").and_then(Value::as_bool) == Some(true) {
-            // Read-only before the run: left as it was.
-            return Ok(vec![]);
-        }
+        let db = source_db(cx)?;
+        let was: Vec<String> = serde_json::from_value(before.get("frozen").cloned().unwrap_or_default()).unwrap_or_default();
         let source = cx.providers.source().await?;
-        if !read_only_setting(&source, db).await? {
+        let p: Params = parse_params(&cx.params)?;
+        let ours: Vec<String> = application_roles(&source, p.roles.as_deref())
+            .await?
+            .into_iter()
+            .filter(|r| !was.contains(r))
+            .collect();
+        let frozen = roles::frozen(&source, "source", &db).await?;
+        let to_open: Vec<String> = ours.into_iter().filter(|r| frozen.contains(r)).collect();
+        if to_open.is_empty() {
             return Ok(vec![]);
         }
-        source
-            .batch_execute(&format!(
-                "ALTER DATABASE {} RESET default_transaction_read_only",
-                ident(db)
-            ))
-            .await
-            .map_err(|e| pg("source", e))?;
-        Ok(vec![Restored::new(
-            format!("database {db} on the source"),
-            Some("default_transaction_read_only=on"),
-            Some("default_transaction_read_only=off"),
-            "default_transaction_read_only on → off: writes accepted again",
-        )])
+        roles::unfreeze(&source, "source", &db, &to_open).await?;
+        Ok(to_open
+            .iter()
+            .map(|r| {
+                Restored::new(
+                    format!("role {r} in database {db} on the source"),
+                    Some("default_transaction_read_only=on"),
+                    Some("default_transaction_read_only=off"),
+                    "read-only → read-write: the application's writes accepted again",
+                )
+            })
+            .collect())
     }
 }

@@ -19,7 +19,7 @@ use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, Ste
 use crate::providers::postgres::catalog::{Table, STATE_SCHEMA};
 use crate::providers::postgres::preflight::{self, Needs};
 use crate::providers::postgres::snapshot;
-use crate::providers::postgres::{copy, ident, literal, pg, ConnParts};
+use crate::providers::postgres::{copy, ident, literal, pg, roles, ConnParts};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -44,6 +44,14 @@ struct Params {
     rate_limit_mb: Option<f64>,
     #[serde(default = "default_max_transaction_age")]
     max_transaction_age: i64,
+    #[serde(default, deserialize_with = "super::rendered::flag")]
+    reset_target: bool,
+    #[serde(default = "yes")]
+    fallback: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_jobs() -> usize {
@@ -57,21 +65,49 @@ fn default_max_transaction_age() -> i64 {
 }
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "publication", required: false, doc: "publication name on the source (default cutover_<database>)" },
-    ParamSpec { name: "subscription", required: false, doc: "subscription and replication slot name (default cutover_<database>)" },
+    ParamSpec { name: "publication", required: false, doc: "publication name on the source (default cutover_<database>_<run>, the run id's suffix)" },
+    ParamSpec { name: "subscription", required: false, doc: "subscription and replication slot name (default cutover_<database>_<run>, the run id's suffix)" },
     ParamSpec { name: "jobs", required: false, doc: "parallel COPY workers (default 4)" },
     ParamSpec { name: "chunk_rows", required: false, doc: "tables with a single integer key and more rows than this (planner estimate) are copied in key-range chunks of about this many rows (default 250000)" },
     ParamSpec { name: "rate_limit_mb", required: false, doc: "limit of the whole copy in MB/s (10^6 bytes of COPY text per second; default none)" },
+    ParamSpec { name: "reset_target", required: false, doc: "non-production only: when the target's tables hold an earlier rehearsal's copy (and no fallback subscription of a run is live on the source), empty them and copy again (default false); e.g. \"{{ env.tier != 'production' }}\"" },
+    ParamSpec { name: "fallback", required: false, doc: "the runbook keeps a fallback replication (postgres.fallback): the target must have wal_level = logical (default true)" },
     ParamSpec { name: "max_transaction_age", required: false, doc: "a source transaction open longer than this many seconds fails the preflight (default 300)" },
 ];
 
-/// Publication and subscription names for these parameters.
+/// The name this run gives its replication objects when the runbook names none:
+/// `cutover_<database>_<run>`, where `<run>` is the run id's random suffix, so that a run only
+/// ever creates, adopts or drops objects of its own (slot names allow lower-case letters, digits
+/// and `_`; at most 63 bytes with room for the `_track` and `_fb` suffixes).
+pub(super) fn run_name(cx: &StepContext) -> String {
+    let db: String = cx
+        .env
+        .database
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    let run: String = cx
+        .run_id
+        .rsplit('-')
+        .next()
+        .unwrap_or(cx.run_id)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let mut base = format!("cutover_{db}");
+    base.truncate(63 - 7 - 1 - run.len());
+    format!("{base}_{run}")
+}
+
+/// Publication and subscription (= slot) names for these parameters (default [`run_name`]).
 pub(super) fn names(
     cx: &StepContext,
     publication: Option<&str>,
     subscription: Option<&str>,
 ) -> (String, String) {
-    let default = format!("cutover_{}", cx.env.database.name.replace('-', "_"));
+    let default = run_name(cx);
     (
         publication.unwrap_or(&default).to_string(),
         subscription.unwrap_or(&default).to_string(),
@@ -108,16 +144,76 @@ async fn preflight_check(
     source: &tokio_postgres::Client,
     target: &tokio_postgres::Client,
     resuming: bool,
+    reset: bool,
 ) -> Result<preflight::Report, StepError> {
     let bin = std::env::var("PG_DUMP").unwrap_or_else(|_| "pg_dump".into());
     let needs = Needs {
-        slots: 1,
+        reset,
+        target_logical: p.fallback,
+        // The forward slot and the change-tracking slot of postgres.verify.
+        slots: 2,
         senders: 2,
         max_transaction_age_secs: p.max_transaction_age,
         resuming,
         pg_dump_major: preflight::pg_dump_major(&bin).await,
     };
     Ok(preflight::check(source, target, &needs).await?)
+}
+
+/// The target tables an earlier rehearsal filled, when `reset_target` may empty them: `None`
+/// when there is nothing to reset; an error when resetting is not allowed here (production, or
+/// an earlier run's fallback subscription is live on the source: the application uses the
+/// target).
+async fn tables_to_reset(
+    cx: &StepContext<'_>,
+    p: &Params,
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+) -> Result<Option<Vec<String>>, StepError> {
+    if !p.reset_target {
+        return Ok(None);
+    }
+    let source_tables: Vec<String> = crate::providers::postgres::catalog::tables(source, "source")
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    let mut filled = Vec::new();
+    for t in crate::providers::postgres::catalog::tables(target, "target").await? {
+        if !source_tables.contains(&t.name) {
+            continue;
+        }
+        let any = target
+            .query_opt(&format!("SELECT 1 FROM {} LIMIT 1", t.name), &[])
+            .await
+            .map_err(|e| pg("target", e))?;
+        if any.is_some() {
+            filled.push(t.name);
+        }
+    }
+    if filled.is_empty() {
+        return Ok(None);
+    }
+    if cx.env.tier == crate::config::Tier::Production {
+        return Err(StepError::Gate(format!(
+            "reset_target would empty {} table(s) of the production target; it is refused in production",
+            filled.len()
+        )));
+    }
+    let live: Vec<String> = source
+        .query("SELECT subname::text FROM pg_subscription WHERE subname LIKE 'cutover\\_%\\_fb'", &[])
+        .await
+        .map_err(|e| pg("source", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !live.is_empty() {
+        return Err(StepError::Gate(format!(
+            "the target holds the copy of an earlier run whose fallback is live (subscription {} on the legacy database): the application uses the target. Return it to the legacy database first with `cutover rollback RUN_ID` of that run (`cutover runs` lists it; its id ends in the subscription's suffix), then rehearse again",
+            live.join(", ")
+        )));
+    }
+    Ok(Some(filled))
 }
 
 fn problems_error(problems: &[String]) -> StepError {
@@ -159,6 +255,7 @@ impl StepKind for Replicate {
             "bytes_copied",
             "copy_seconds",
             "copy",
+            "target_frozen_roles",
         ]
     }
     fn default_timeout(&self) -> Duration {
@@ -185,7 +282,8 @@ impl StepKind for Replicate {
         let source = cx.providers.source().await?;
         let target = cx.providers.target().await?;
         let state = copy::load_state(&target).await?;
-        let report = preflight_check(&p, &source, &target, state.is_some()).await?;
+        let reset = tables_to_reset(cx, &p, &source, &target).await?;
+        let report = preflight_check(&p, &source, &target, state.is_some(), reset.is_some()).await?;
         let sp = ConnParts::parse(&cx.providers.source_url()?, "source")?;
         let tp = ConnParts::parse(&cx.providers.target_url()?, "target")?;
         let mut changes: Vec<Change> = report
@@ -195,6 +293,13 @@ impl StepKind for Replicate {
             .collect();
         if report.problems.is_empty() {
             changes.push(Change::new("check", "preflight", "wal_level, slots, senders, keys, target, extensions, versions, long transactions: all pass"));
+        }
+        if let Some(filled) = &reset {
+            changes.push(Change::new(
+                "delete",
+                format!("rows of {} table(s) on target {}", filled.len(), tp.display()),
+                format!("TRUNCATE {} (reset_target: an earlier rehearsal's copy, copied again)", filled.join(", ")),
+            ));
         }
         let subscribed = exists(&target, "target", SUB_SQL, &sub).await?;
         if subscribed {
@@ -258,9 +363,19 @@ impl StepKind for Replicate {
         predicted.insert("tables".into(), json!(report.source_tables.len()));
         predicted.insert("source".into(), json!(sp.display()));
         predicted.insert("target".into(), json!(tp.display()));
+        let app = super::postgres_freeze_writes::application_roles(&source, None).await?;
+        let on_target = roles::existing(&target, "target", &app).await?;
+        let frozen = roles::frozen(&target, "target", &tp.dbname).await?;
+        for r in on_target.iter().filter(|r| !frozen.contains(r)) {
+            changes.push(Change::new(
+                "update",
+                format!("role {r} in {} on target", tp.dbname),
+                "read-only until the flip (postgres.fallback opens it): an application write to the target before then is refused",
+            ));
+        }
         Ok(Planned {
             changes,
-            before: json!({"target_tables": report.target_tables.len()}),
+            before: json!({"target_tables": report.target_tables.len(), "target_frozen": frozen}),
             predicted,
         })
     }
@@ -284,6 +399,11 @@ impl StepKind for Replicate {
         out.insert("slot".into(), json!(sub));
         out.insert("source".into(), json!(sp.display()));
         out.insert("target".into(), json!(tp.display()));
+        // Until the flip the target takes writes from replication only.
+        let app = super::postgres_freeze_writes::application_roles(&source, None).await?;
+        let on_target = roles::existing(&target, "target", &app).await?;
+        roles::freeze(&target, "target", &tp.dbname, &on_target).await?;
+        out.insert("target_frozen_roles".into(), json!(on_target));
 
         if exists(&target, "target", SUB_SQL, &sub).await? {
             // A crash after the subscription was created: the copy is done.
@@ -319,7 +439,19 @@ impl StepKind for Replicate {
                 state = None;
             }
         }
-        let report = preflight_check(&p, &source, &target, state.is_some()).await?;
+        if state.is_none() {
+            if let Some(filled) = tables_to_reset(cx, &p, &source, &target).await? {
+                (cx.progress)(&format!(
+                    "reset_target: emptying {} table(s) an earlier rehearsal filled on the target",
+                    filled.len()
+                ));
+                target
+                    .batch_execute(&format!("TRUNCATE {}", filled.join(", ")))
+                    .await
+                    .map_err(|e| pg("target", e))?;
+            }
+        }
+        let report = preflight_check(&p, &source, &target, state.is_some(), false).await?;
         if !report.problems.is_empty() {
             return Err(problems_error(&report.problems));
         }
@@ -594,7 +726,21 @@ impl StepKind for Replicate {
                 "copy progress dropped",
             ));
         }
+        let tdb = ConnParts::parse(&cx.providers.target_url()?, "target")?.dbname;
+        let was: Vec<String> = serde_json::from_value(_before.get("target_frozen").cloned().unwrap_or_default()).unwrap_or_default();
+        let now_frozen = roles::frozen(&target, "target", &tdb).await?;
         let source = cx.providers.source().await?;
+        let app = super::postgres_freeze_writes::application_roles(&source, None).await?;
+        let ours: Vec<String> = app.into_iter().filter(|r| now_frozen.contains(r) && !was.contains(r)).collect();
+        roles::unfreeze(&target, "target", &tdb, &ours).await?;
+        for r in &ours {
+            lines.push(Restored::new(
+                format!("role {r} in database {tdb} on the target"),
+                Some("default_transaction_read_only=on"),
+                Some("default_transaction_read_only=off"),
+                "read-only → as before the run",
+            ));
+        }
         if exists(&source, "source", SLOT_SQL, &sub).await? {
             drop_slot(&source, &sub).await?;
             lines.push(dropped(

@@ -3,11 +3,10 @@
 //! first insert on the target cannot collide with a replicated key.
 
 use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
-use crate::providers::postgres::pg;
+use crate::providers::postgres::replication::{advance, sequences, to_advance as wanted};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
 
 /// The `postgres.sync_sequences` kind.
 pub struct SyncSequences;
@@ -24,32 +23,6 @@ const PARAMS: &[ParamSpec] = &[ParamSpec {
     required: false,
     doc: "values added to each source last_value (default 0)",
 }];
-
-async fn sequences(
-    c: &tokio_postgres::Client,
-    side: &str,
-) -> Result<BTreeMap<String, Option<i64>>, StepError> {
-    let rows = c
-        .query("SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences ORDER BY 1", &[])
-        .await
-        .map_err(|e| pg(side, e))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-fn wanted(
-    src: &BTreeMap<String, Option<i64>>,
-    tgt: &BTreeMap<String, Option<i64>>,
-    margin: i64,
-) -> Vec<(String, Option<i64>, i64)> {
-    src.iter()
-        .filter_map(|(name, v)| {
-            let v = (*v)?;
-            let goal = v + margin;
-            let now = tgt.get(name).copied().flatten();
-            (now.unwrap_or(i64::MIN) < goal).then(|| (name.clone(), now, goal))
-        })
-        .collect()
-}
 
 #[async_trait]
 impl StepKind for SyncSequences {
@@ -117,12 +90,7 @@ impl StepKind for SyncSequences {
         let target = cx.providers.target().await?;
         let tgt = sequences(&target, "target").await?;
         let todo = wanted(&src, &tgt, p.margin);
-        for (name, _, goal) in &todo {
-            target
-                .query("SELECT setval($1::text::regclass, $2, true)", &[name, goal])
-                .await
-                .map_err(|e| pg("target", e))?;
-        }
+        advance(&target, "target", &todo).await?;
         let after = sequences(&target, "target").await?;
         let mut out = Map::new();
         out.insert("sequences".into(), json!(after));

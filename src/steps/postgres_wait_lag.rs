@@ -39,7 +39,7 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "subscription",
         required: false,
-        doc: "subscription / replication slot name (default cutover_<database>)",
+        doc: "subscription / replication slot name (default cutover_<database>_<run>, the run id's suffix)",
     },
 ];
 

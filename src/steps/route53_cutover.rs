@@ -55,6 +55,8 @@ struct Params {
     old_id: String,
     #[serde(default = "default_new_id")]
     new_id: String,
+    #[serde(default)]
+    wait_old_answers: bool,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +96,7 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec { name: "alias", required: false, doc: "make the new member an alias record: {hosted_zone_id, evaluate_target_health (default true)}; type A or AAAA" },
     ParamSpec { name: "stages", required: false, doc: "percent of traffic on the new target per stage, ascending, ending at 100 (default [100])" },
     ParamSpec { name: "ttl", required: false, doc: "TTL in seconds of the weighted records while traffic moves (default: the record's current TTL)" },
+    ParamSpec { name: "wait_old_answers", required: false, doc: "after the last stage, wait one stage TTL (seconds) so that no resolver still holds an answer naming the old target before the step completes (default false); put it before a database window so no user meets a frozen legacy database" },
     ParamSpec { name: "restore_ttl", required: false, doc: "TTL in seconds set after the last stage passed (default: leave it)" },
     ParamSpec { name: "ttl_lowered_at", required: false, doc: "RFC 3339 time the TTL was lowered (route53.set_ttl's lowered_at)" },
     ParamSpec { name: "previous_ttl", required: false, doc: "the TTL in seconds before it was lowered (route53.set_ttl's previous_ttl)" },
@@ -663,6 +666,25 @@ impl StepKind for Route53Cutover {
                 }
             }
             stages_done.push(stage);
+        }
+        if p.wait_old_answers && !stages_done.is_empty() {
+            // Answers cached before the last stage name the old target for at most one TTL.
+            let ttl = p.ttl.unwrap_or(60).max(0) as u64;
+            let until = tokio::time::Instant::now() + Duration::from_secs(ttl);
+            let mut last = None::<tokio::time::Instant>;
+            while tokio::time::Instant::now() < until {
+                cx.check_deadline("answers naming the old target to expire")?;
+                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                    last = Some(tokio::time::Instant::now());
+                    (cx.progress)(&format!(
+                        "waiting {} s more for answers naming {} to expire (TTL {ttl} s)",
+                        until.saturating_duration_since(tokio::time::Instant::now()).as_secs(),
+                        p.old_id
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (cx.journal)("traffic_old_answers_expired", json!({"ttl": ttl}))?;
         }
         if let Some(restore) = p.restore_ttl {
             let raise = ttl_changes(&now, restore);

@@ -44,6 +44,8 @@ pub struct TableResult {
     /// Keys of rows that differ, are missing or are extra on the target (labels such as `id=42`),
     /// at most the limit given.
     pub differing_keys: Vec<String>,
+    /// The same keys as text values in key order, for a second look by key.
+    pub differing: Vec<Vec<String>>,
     /// True when the table differs (even if no key could be named).
     pub differs: bool,
 }
@@ -181,7 +183,7 @@ pub async fn locate(
     t: &Table,
     range: KeyRange,
     limit: usize,
-) -> Result<Vec<String>, ProviderError> {
+) -> Result<Vec<Vec<String>>, ProviderError> {
     let mut keys = Vec::new();
     if t.key.is_empty() {
         return Ok(keys);
@@ -231,7 +233,7 @@ pub async fn locate(
                 all.dedup();
                 for k in all {
                     if ra.get(k) != rb.get(k) && keys.len() < limit {
-                        keys.push(t.key_label(k));
+                        keys.push(k.clone());
                     }
                 }
             }
@@ -314,6 +316,7 @@ pub async fn compare(
             chunks: 0,
             target_rows: 0,
             differing_keys: Vec::new(),
+            differing: Vec::new(),
             differs: false,
         })
         .collect();
@@ -340,8 +343,94 @@ pub async fn compare(
                 continue;
             }
             let keys = locate(&src, &tgt, &tables[i], r, left).await?;
-            results[i].differing_keys.extend(keys);
+            results[i]
+                .differing_keys
+                .extend(keys.iter().map(|k| tables[i].key_label(k)));
+            results[i].differing.extend(keys);
         }
     }
     Ok(results)
+}
+
+/// The row hash (`md5` of the row's text form) of each row of `t` whose key is one of `keys`
+/// (text values in key order), by key; keys absent on `c` are absent from the map. Looks rows
+/// up through the key's index, 10,000 keys per statement.
+///
+/// # Errors
+/// [`ProviderError::Postgres`].
+pub async fn hashes_by_key(
+    c: &Client,
+    side: &str,
+    t: &Table,
+    keys: &[Vec<String>],
+) -> Result<BTreeMap<Vec<String>, String>, ProviderError> {
+    let mut out = BTreeMap::new();
+    if t.key.is_empty() {
+        return Ok(out);
+    }
+    let n = t.key.len();
+    let params: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
+    let names: Vec<String> = (1..=n).map(|i| format!("cutover_k{i}")).collect();
+    let on: Vec<String> = t
+        .key
+        .iter()
+        .zip(&names)
+        .map(|((c, ty), k)| format!("{ALIAS}.{c} = u.{k}::{ty}"))
+        .collect();
+    let cols: Vec<String> = t.key.iter().map(|(c, _)| format!("{ALIAS}.{c}::text")).collect();
+    let sql = format!(
+        "SELECT ARRAY[{}], md5({ALIAS}::text) FROM {} {ALIAS} JOIN unnest({}) AS u({}) ON {}",
+        cols.join(", "),
+        t.name,
+        params.join(", "),
+        names.join(", "),
+        on.join(" AND ")
+    );
+    let stmt = c.prepare(&sql).await.map_err(|e| pg(side, e))?;
+    for batch in keys.chunks(10_000) {
+        let columns: Vec<Vec<&str>> = (0..n)
+            .map(|i| batch.iter().map(|k| k.get(i).map(String::as_str).unwrap_or("")).collect())
+            .collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
+            .iter()
+            .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        for r in c.query(&stmt, &refs).await.map_err(|e| pg(side, e))? {
+            out.insert(r.get::<_, Vec<String>>(0), r.get::<_, String>(1));
+        }
+    }
+    Ok(out)
+}
+
+/// The keys of `wanted` whose rows differ between two [`hashes_by_key`] results (changed,
+/// missing on one side or the other), in key order.
+pub fn differing_keys(
+    wanted: &[Vec<String>],
+    source: &BTreeMap<Vec<String>, String>,
+    target: &BTreeMap<Vec<String>, String>,
+) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = wanted
+        .iter()
+        .filter(|k| source.get(*k) != target.get(*k))
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_differ_when_changed_missing_or_extra() {
+        let k = |s: &str| vec![s.to_string()];
+        let src: BTreeMap<Vec<String>, String> =
+            [(k("1"), "a".into()), (k("2"), "b".into()), (k("3"), "c".into())].into();
+        let tgt: BTreeMap<Vec<String>, String> =
+            [(k("1"), "a".into()), (k("2"), "X".into()), (k("4"), "d".into())].into();
+        let wanted = vec![k("4"), k("3"), k("2"), k("1"), k("5"), k("2")];
+        assert_eq!(differing_keys(&wanted, &src, &tgt), vec![k("2"), k("3"), k("4")]);
+    }
 }

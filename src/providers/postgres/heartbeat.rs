@@ -19,8 +19,59 @@ use tokio::time::Instant;
 /// Where the writer reads its URL from; called every reload interval.
 pub type UrlSource = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
 
+/// Whether the path serves users now, polled every 500 ms: `Some(d)` when it does and will keep
+/// doing so for at least `d` (an answer naming it may be cached that long), `None` when nothing
+/// currently sends users to it.
+pub type ServedSource = Arc<dyn Fn() -> BoxFuture<'static, Option<Duration>> + Send + Sync>;
+
+/// The longest time writes went unacknowledged while the path served users: a gap opens at an
+/// acknowledged write (or when the path starts serving again) and closes at the next
+/// acknowledged write, or when the path stops serving users.
+#[derive(Debug, Default)]
+struct GapMeter {
+    open_since: Option<(Instant, DateTime<Utc>)>,
+    acked_once: bool,
+    longest_ms: u64,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+impl GapMeter {
+    fn close(&mut self, at: (Instant, DateTime<Utc>)) {
+        if let Some((t, w)) = self.open_since.take() {
+            let gap = at.0.saturating_duration_since(t).as_millis() as u64;
+            if gap > self.longest_ms {
+                self.longest_ms = gap;
+                self.from = Some(w);
+                self.to = Some(at.1);
+            }
+        }
+    }
+
+    /// An acknowledged write at `now`, while the path serves users or not.
+    fn ack(&mut self, now: (Instant, DateTime<Utc>), served: bool) {
+        self.close(now);
+        self.acked_once = true;
+        self.open_since = served.then_some(now);
+    }
+
+    /// A tick at `now`: a path that stopped serving users at `until` closes its gap there; one
+    /// that serves users again opens one.
+    fn tick(&mut self, now: (Instant, DateTime<Utc>), until: Option<Instant>) {
+        match until {
+            Some(u) if now.0 > u => {
+                let back = now.0 - u;
+                let wall = now.1 - chrono::Duration::from_std(back).unwrap_or_default();
+                self.close((u, wall));
+            }
+            _ if self.open_since.is_none() && self.acked_once => self.open_since = Some(now),
+            _ => {}
+        }
+    }
+}
+
 /// Writer settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// Heartbeat table (created if missing), unqualified; default `cutover_heartbeat`.
     pub table: String,
@@ -30,6 +81,8 @@ pub struct Options {
     pub rate: f64,
     /// How often the URL is re-read.
     pub reload: Duration,
+    /// Whether the path serves users; `None`: always (its gaps always count).
+    pub served: Option<ServedSource>,
 }
 
 /// What a stopped writer saw.
@@ -47,6 +100,9 @@ pub struct Report {
     pub gap_to: Option<DateTime<Utc>>,
     /// Time from the first acknowledged write to the last, milliseconds.
     pub writing_ms: u64,
+    /// True when no write was acknowledged in the 10 s after the writer was asked to stop: the
+    /// outage was still open at the end (`longest_gap_ms` counts it up to then).
+    pub open_at_end: bool,
     /// Times the writer (re)connected, the first included.
     pub connections: u64,
     /// The URL changed this many times while writing.
@@ -118,6 +174,34 @@ impl Heartbeat {
                     }
                 }
             });
+            // When the path serves users until (None: always).
+            let (served_tx, served_rx) = watch::channel::<Option<Instant>>(
+                // Until the first answer, the path counts as serving users.
+                opts.served
+                    .as_ref()
+                    .map(|_| Instant::now() + Duration::from_secs(3600)),
+            );
+            let served_poller = opts.served.clone().map(|served| {
+                tokio::spawn(async move {
+                    let mut first = true;
+                    loop {
+                        let answer = served().await;
+                        let now = Instant::now();
+                        served_tx.send_modify(|cur| match answer {
+                            // The first answer replaces the provisional hour; later ones only
+                            // extend: a cached answer keeps sending users until it expires.
+                            Some(d) if first || cur.is_none_or(|c| c < now + d) => {
+                                *cur = Some(now + d)
+                            }
+                            None if first => *cur = Some(now),
+                            _ => {}
+                        });
+                        first = false;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                })
+            });
+            let mut meter = GapMeter::default();
             let insert = format!(
                 "INSERT INTO {} (writer, seq) VALUES ($1, $2)",
                 ident(&opts.table)
@@ -125,7 +209,6 @@ impl Heartbeat {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / opts.rate.max(1.0)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut client: Option<tokio_postgres::Client> = None;
-            let mut last_ack: Option<(Instant, DateTime<Utc>)> = None;
             let mut first_ack: Option<Instant> = None;
             let mut seq = 0i64;
             // Once asked to stop, the writer goes on until one more write is acknowledged (at
@@ -139,7 +222,16 @@ impl Heartbeat {
                     }
                     _ = tick.tick() => {}
                 }
+                let until = *served_rx.borrow();
+                meter.tick((Instant::now(), Utc::now()), until);
                 if stop_by.is_some_and(|t| Instant::now() >= t) {
+                    // No write acknowledged since: an outage still open at the end counts up
+                    // to now.
+                    if meter.open_since.is_some() {
+                        meter.close((Instant::now(), Utc::now()));
+                        meter.to = None;
+                        report.open_at_end = true;
+                    }
                     break;
                 }
                 if url_rx.has_changed().unwrap_or(false) {
@@ -167,15 +259,8 @@ impl Heartbeat {
                 {
                     Ok(Ok(_)) => {
                         let now = (Instant::now(), Utc::now());
-                        if let Some((t, w)) = last_ack {
-                            let gap = (now.0 - t).as_millis() as u64;
-                            if gap > report.longest_gap_ms {
-                                report.longest_gap_ms = gap;
-                                report.gap_from = Some(w);
-                                report.gap_to = Some(now.1);
-                            }
-                        }
-                        last_ack = Some(now);
+                        let served = served_rx.borrow().is_none_or(|u| now.0 <= u);
+                        meter.ack(now, served);
                         let first = *first_ack.get_or_insert(now.0);
                         report.writing_ms = (now.0 - first).as_millis() as u64;
                         report.acknowledged += 1;
@@ -193,6 +278,12 @@ impl Heartbeat {
                 }
             }
             watcher.abort();
+            if let Some(p) = served_poller {
+                p.abort();
+            }
+            report.longest_gap_ms = meter.longest_ms;
+            report.gap_from = meter.from;
+            report.gap_to = meter.to;
             report.final_url = url;
             report
         });
@@ -229,4 +320,41 @@ pub async fn missing(
         .await
         .map_err(|e| pg("heartbeat", e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(base: Instant, ms: u64) -> (Instant, DateTime<Utc>) {
+        (base + Duration::from_millis(ms), Utc::now())
+    }
+
+    #[test]
+    fn gaps_count_only_while_the_path_serves_users() {
+        let b = Instant::now();
+        // Always served: the longest gap between acknowledged writes.
+        let mut m = GapMeter::default();
+        m.ack(at(b, 0), true);
+        m.ack(at(b, 100), true);
+        m.tick(at(b, 200), None);
+        m.ack(at(b, 700), true);
+        assert_eq!(m.longest_ms, 600);
+        // Served until 300 ms: the gap from 100 ms closes there, later silence does not count.
+        let mut m = GapMeter::default();
+        let until = Some(b + Duration::from_millis(300));
+        m.ack(at(b, 100), true);
+        m.tick(at(b, 5_000), until);
+        m.ack(at(b, 9_000), false);
+        assert_eq!(m.longest_ms, 200);
+        // Serving again (a new answer names the path): the gap opens then.
+        m.tick(at(b, 10_000), Some(b + Duration::from_millis(60_000)));
+        m.ack(at(b, 11_000), true);
+        assert_eq!(m.longest_ms, 1_000);
+        // Nothing before the first acknowledged write counts.
+        let mut m = GapMeter::default();
+        m.tick(at(b, 0), None);
+        m.ack(at(b, 4_000), true);
+        assert_eq!(m.longest_ms, 0);
+    }
 }

@@ -6,10 +6,13 @@
 //! are never put on a command line, where `ps` would show them.
 
 pub mod catalog;
+pub mod changes;
 pub mod checksum;
 pub mod copy;
 pub mod heartbeat;
 pub mod preflight;
+pub mod replication;
+pub mod roles;
 pub mod snapshot;
 
 use super::ProviderError;

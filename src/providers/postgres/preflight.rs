@@ -23,6 +23,12 @@ pub struct Needs {
     pub resuming: bool,
     /// Major version of the local `pg_dump`, which must be at least the source's.
     pub pg_dump_major: Option<i32>,
+    /// The target's tables may hold rows: the step empties them first (a non-production
+    /// rehearsal run again).
+    pub reset: bool,
+    /// The target must publish too (`wal_level = logical`): the fallback replication from the
+    /// flip needs it.
+    pub target_logical: bool,
 }
 
 /// What the checks found.
@@ -99,6 +105,14 @@ pub async fn check(
     if can_replicate == 0 {
         problems.push("source: the connecting role has neither REPLICATION nor superuser (on RDS: rds_replication)".into());
     }
+    if needs.target_logical {
+        let level = setting(target, "target", "wal_level").await?;
+        if level != "logical" {
+            problems.push(format!(
+                "target: wal_level is {level}; the fallback replication from the flip (postgres.fallback) needs logical (on RDS: the parameter rds.logical_replication = 1); or set fallback: false on this step and replication: false on postgres.fallback"
+            ));
+        }
+    }
     let workers: i64 = setting(target, "target", "max_logical_replication_workers")
         .await?
         .parse()
@@ -143,7 +157,7 @@ pub async fn check(
                 _ => {}
             }
         }
-        if !needs.resuming {
+        if !needs.resuming && !needs.reset {
             for t in &target_tables {
                 let rows = count(
                     target,
@@ -153,7 +167,7 @@ pub async fn check(
                 .await?;
                 if rows > 0 {
                     problems.push(format!(
-                        "target: table {} already holds rows; the copy needs empty tables (a target that is live must not be overwritten)",
+                        "target: table {} already holds rows; the copy needs empty tables (a target that is live must not be overwritten; to rehearse again on a non-production environment: `cutover rollback RUN_ID` of the earlier run returns the application to the legacy database, then postgres.replicate with reset_target empties the target's copy)",
                         t.display
                     ));
                 }

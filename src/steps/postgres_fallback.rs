@@ -1,0 +1,367 @@
+//! `postgres.fallback`: turns replication around at the flip, so the legacy database stays a
+//! fallback that holds every write the application makes on AWS (as RDS Blue/Green and
+//! Instacart keep reverse replication). Runs inside the window, after the drain and the
+//! in-window verify, before the Secret flip:
+//!
+//! 1. The forward replication retires: the source is frozen for the application and the target
+//!    confirmed its last LSN, so nothing remains to send. The forward subscription (and with it
+//!    its slot on the source), the change-tracking slot and the forward publication are dropped.
+//! 2. The target publishes the same tables; a slot created on the target marks the flip LSN;
+//!    the source subscribes to it without copying (`copy_data = false`; `origin = none` where
+//!    the source is PostgreSQL 16 or later). The subscription applies as its owner, the admin
+//!    role, which the freeze of the source does not touch.
+//! 3. The target is opened: the application's roles, read-only there since
+//!    `postgres.replicate`, may write again.
+//!
+//! Rollback (a failure after the flip, or `cutover rollback`): the target's application roles
+//! are frozen and their sessions ended; the source applies the target up to its last LSN; the
+//! source's sequences are set at least to the target's plus `margin`; the fallback subscription
+//! and publication are dropped. The Secret, DNS and the source's freeze are undone by their own
+//! steps. With `replication: false` there is no fallback: a rollback after the target took
+//! application writes refuses before it changes anything (exit 4) and says how many rows it would
+//! lose.
+
+use super::postgres_freeze_writes::application_roles;
+use super::postgres_replicate::{names, run_name};
+use super::postgres_verify::tracking_slot;
+use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use crate::providers::postgres::{catalog, changes, ident, literal, pg, replication, roles, ConnParts};
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::time::{Duration, Instant};
+
+/// The `postgres.fallback` kind.
+pub struct Fallback;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    #[serde(default = "yes")]
+    replication: bool,
+    #[serde(default = "default_margin")]
+    margin: i64,
+    #[serde(default)]
+    publication: Option<String>,
+    #[serde(default)]
+    subscription: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_margin() -> i64 {
+    1000
+}
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec { name: "replication", required: false, doc: "true (default): the source subscribes to the target from the flip, so a rollback loses nothing; false: no fallback, and a rollback after the target took writes refuses (exit 4)" },
+    ParamSpec { name: "margin", required: false, doc: "on rollback, values added to each target sequence's last_value before it is set on the source (default 1000)" },
+    ParamSpec { name: "publication", required: false, doc: "the forward publication, as postgres.replicate names it (default cutover_<database>_<run>)" },
+    ParamSpec { name: "subscription", required: false, doc: "the forward subscription / slot, as postgres.replicate names it (default cutover_<database>_<run>)" },
+];
+
+/// The fallback publication, slot and subscription of this run: `<run name>_fb`.
+pub(super) fn fallback_name(cx: &StepContext) -> String {
+    format!("{}_fb", run_name(cx))
+}
+
+fn dbname(url: &str, side: &str) -> Result<String, StepError> {
+    Ok(ConnParts::parse(url, side)?.dbname)
+}
+
+/// The application's roles that exist on the target.
+async fn target_roles(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+) -> Result<Vec<String>, StepError> {
+    let app = application_roles(source, None).await?;
+    Ok(roles::existing(target, "target", &app).await?)
+}
+
+/// Row writes (inserts + updates + deletes) the target's statistics count over every table.
+async fn target_writes(target: &tokio_postgres::Client) -> Result<i64, StepError> {
+    Ok(target
+        .query_one(
+            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint FROM pg_stat_user_tables",
+            &[],
+        )
+        .await
+        .map_err(|e| pg("target", e))?
+        .get(0))
+}
+
+/// Waits until slot `slot` on `c` confirmed `goal`, probing every second.
+async fn wait_confirmed(
+    cx: &StepContext<'_>,
+    c: &tokio_postgres::Client,
+    side: &str,
+    slot: &str,
+    goal: &str,
+    limit: Duration,
+) -> Result<u64, StepError> {
+    let started = Instant::now();
+    let mut last_probe = Instant::now();
+    loop {
+        match replication::behind(c, side, slot, goal).await? {
+            None => {
+                return Err(StepError::Check(format!(
+                    "replication slot {slot} does not exist on the {side}"
+                )))
+            }
+            Some((_, b)) if b <= 0 => return Ok(started.elapsed().as_millis() as u64),
+            Some((_, b)) => {
+                if started.elapsed() >= limit {
+                    return Err(StepError::Timeout(format!(
+                        "slot {slot} on the {side} to confirm {goal} ({b} bytes behind)"
+                    )));
+                }
+                if last_probe.elapsed() >= Duration::from_secs(1) {
+                    let _ = c.batch_execute(replication::PROBE_SQL).await;
+                    last_probe = Instant::now();
+                    (cx.progress)(&format!("waiting for {slot} to confirm {goal}: {b} bytes behind"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl StepKind for Fallback {
+    fn name(&self) -> &'static str {
+        "postgres.fallback"
+    }
+    fn purpose(&self) -> &'static str {
+        "Retire the forward replication and make the legacy database a fallback that subscribes to the target from the flip LSN; open the target to the application"
+    }
+    fn undo(&self) -> &'static str {
+        "Freeze the application on the target, let the legacy database apply the target's last LSN, carry sequences back, drop the fallback replication (with replication: false, refuse when the target took writes)"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &[
+            "fallback",
+            "flip_lsn",
+            "forward_retired",
+            "roles_opened",
+            "target_writes_at_open",
+        ]
+    }
+    fn default_timeout(&self) -> Duration {
+        Duration::from_secs(120)
+    }
+
+    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
+        let fb = fallback_name(cx);
+        let source = cx.providers.source().await?;
+        let target = cx.providers.target().await?;
+        let tdb = dbname(&cx.providers.target_url()?, "target")?;
+        let mut ch = Vec::new();
+        ch.push(if replication::has_subscription(&target, "target", &sub).await? {
+            Change::new("delete", format!("subscription {sub} on target"), "the forward replication retires: the source is frozen and drained, nothing remains to send (its slot on the source goes with it)")
+        } else {
+            Change::new("none", format!("subscription {sub} on target"), "absent (created by postgres.replicate, or already retired)")
+        });
+        ch.push(Change::new("delete", format!("replication slot {} and publication {publ} on source", tracking_slot(cx)), "change tracking and the forward publication, no longer needed"));
+        if p.replication {
+            let major = catalog::major_version(&source, "source").await?;
+            ch.push(Change::new("create", format!("publication {fb} on target"), "FOR TABLE the forward publication's tables"));
+            ch.push(Change::new("create", format!("replication slot {fb} on target"), "pgoutput; its LSN is the flip LSN"));
+            ch.push(Change::new("create", format!("subscription {fb} on source"), format!(
+                "PUBLICATION {fb} WITH (create_slot = false, slot_name = {fb}, copy_data = false{}): every write on the target from the flip reaches the legacy database",
+                if major >= 16 { ", origin = none" } else { "" }
+            )));
+        } else {
+            ch.push(Change::new("check", "fallback replication", "disabled (replication: false): a rollback after the target took writes will refuse and say what it would lose"));
+        }
+        let app = target_roles(&source, &target).await?;
+        for r in &app {
+            ch.push(Change::new("update", format!("role {r} in {tdb} on target"), "read-only → read-write: the application may write once the Secret flips"));
+        }
+        Ok(Planned { changes: ch, ..Default::default() })
+    }
+
+    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
+        let fb = fallback_name(cx);
+        let source = cx.providers.source().await?;
+        let target = cx.providers.target().await?;
+        let tdb = dbname(&cx.providers.target_url()?, "target")?;
+        // The forward replication must have delivered the source's last write.
+        let mut retired = false;
+        if changes::slot_exists(&source, "source", &sub).await? {
+            let goal = replication::current_lsn(&source, "source").await?;
+            let _ = source.batch_execute(replication::PROBE_SQL).await;
+            wait_confirmed(cx, &source, "source", &sub, &goal, cx.remaining()).await?;
+        }
+        let tables: Vec<String> = if replication::has_publication(&source, "source", &publ).await? {
+            replication::publication_tables(&source, "source", &publ).await?
+        } else {
+            catalog::tables(&source, "source").await?.into_iter().map(|t| t.name).collect()
+        };
+        if replication::drop_subscription(&target, "target", &sub).await? {
+            retired = true;
+        }
+        replication::drop_slot(&source, "source", &sub).await?;
+        replication::drop_slot(&source, "source", &tracking_slot(cx)).await?;
+        if replication::has_publication(&source, "source", &publ).await? {
+            source
+                .batch_execute(&format!("DROP PUBLICATION {}", ident(&publ)))
+                .await
+                .map_err(|e| pg("source", e))?;
+        }
+        let mut out = Map::new();
+        if p.replication {
+            if !replication::has_publication(&target, "target", &fb).await? {
+                let sql = if tables.is_empty() {
+                    format!("CREATE PUBLICATION {}", ident(&fb))
+                } else {
+                    format!("CREATE PUBLICATION {} FOR TABLE {}", ident(&fb), tables.join(", "))
+                };
+                target.batch_execute(&sql).await.map_err(|e| pg("target", e))?;
+            }
+            let flip_lsn = changes::create_slot(&target, "target", &fb).await?;
+            if !replication::has_subscription(&source, "source", &fb).await? {
+                let tp = ConnParts::parse(&cx.providers.target_url()?, "target")?;
+                let origin = if catalog::major_version(&source, "source").await? >= 16 { ", origin = none" } else { "" };
+                let sql = format!(
+                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false{origin})",
+                    ident(&fb),
+                    literal(&tp.conninfo()),
+                    ident(&fb),
+                    literal(&fb)
+                );
+                // The statement holds the target password: report only the server's message.
+                source.batch_execute(&sql).await.map_err(|e| pg("source", e))?;
+            }
+            out.insert("fallback".into(), json!(fb));
+            out.insert("flip_lsn".into(), json!(flip_lsn));
+        } else {
+            out.insert("fallback".into(), Value::Null);
+            out.insert("flip_lsn".into(), json!(replication::current_lsn(&target, "target").await?));
+        }
+        let app = target_roles(&source, &target).await?;
+        out.insert("target_writes_at_open".into(), json!(target_writes(&target).await?));
+        roles::unfreeze(&target, "target", &tdb, &app).await?;
+        out.insert("forward_retired".into(), json!(retired));
+        out.insert("roles_opened".into(), json!(app));
+        out.insert("summary".into(), json!(if p.replication {
+            format!("forward replication {sub} retired; the legacy database subscribes to the target from {} through {fb}; role(s) {} may write on the target", out["flip_lsn"].as_str().unwrap_or(""), app.join(", "))
+        } else {
+            format!("forward replication {sub} retired; NO fallback replication; role(s) {} may write on the target", app.join(", "))
+        }));
+        Ok(out)
+    }
+
+    async fn verify(&self, cx: &StepContext, outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+        let Some(fb) = outputs.get("fallback").and_then(Value::as_str) else {
+            return Ok(Map::new());
+        };
+        let source = cx.providers.source().await?;
+        loop {
+            let running = source
+                .query_opt("SELECT 1 FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL", &[&fb])
+                .await
+                .map_err(|e| pg("source", e))?
+                .is_some();
+            if running {
+                let mut ev = Map::new();
+                ev.insert("summary".into(), json!(format!("subscription {fb} on the legacy database is applying the target's changes")));
+                return Ok(ev);
+            }
+            cx.check_deadline(&format!("the apply worker of subscription {fb} on the source to start"))?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn rollback_refusal(&self, cx: &StepContext, _before: &Value, outputs: Option<&Map<String, Value>>) -> Result<Option<String>, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let Some(out) = outputs else { return Ok(None) };
+        if p.replication {
+            return Ok(None);
+        }
+        let target = cx.providers.target().await?;
+        let at_open = out.get("target_writes_at_open").and_then(Value::as_i64).unwrap_or(0);
+        let now = target_writes(&target).await?;
+        Ok((now > at_open).then(|| format!(
+            "the target took {} row write(s) since it was opened at {} and this runbook has no fallback replication (postgres.fallback with replication: false): rolling back would lose them",
+            now - at_open,
+            out.get("flip_lsn").and_then(Value::as_str).unwrap_or("the flip")
+        )))
+    }
+
+    async fn rollback(&self, cx: &StepContext, _before: &Value, _outputs: Option<&Map<String, Value>>) -> Result<Vec<Restored>, StepError> {
+        let p: Params = parse_params(&cx.params)?;
+        let fb = fallback_name(cx);
+        let source = cx.providers.source().await?;
+        let target = cx.providers.target().await?;
+        let tdb = dbname(&cx.providers.target_url()?, "target")?;
+        let mut done = Vec::new();
+        // Nothing more is written on the target from here on.
+        let app = target_roles(&source, &target).await?;
+        let was_frozen = roles::frozen(&target, "target", &tdb).await?;
+        let ended = roles::freeze(&target, "target", &tdb, &app).await?;
+        for r in app.iter().filter(|r| !was_frozen.contains(r)) {
+            done.push(Restored::new(
+                format!("role {r} in database {tdb} on the target"),
+                Some("default_transaction_read_only=off"),
+                Some("default_transaction_read_only=on"),
+                format!("read-write → read-only; {ended} session(s) ended"),
+            ));
+        }
+        if replication::has_subscription(&source, "source", &fb).await? {
+            let _ = target.batch_execute(replication::PROBE_SQL).await;
+            let goal = replication::current_lsn(&target, "target").await?;
+            let limit = cx.remaining().max(Duration::from_secs(60));
+            let waited = wait_confirmed(cx, &target, "target", &fb, &goal, limit)
+                .await
+                .map_err(|e| StepError::Gate(format!(
+                    "the legacy database did not apply the target's last writes ({e}); the rollback stops here so that nothing written on AWS is lost: the target stays frozen, the legacy database stays frozen for the application"
+                )))?;
+            done.push(Restored::new(
+                format!("subscription {fb} (source)"),
+                None,
+                Some(&goal),
+                format!("the legacy database applied every write of the target up to {goal} ({waited} ms)"),
+            ));
+            let todo = replication::to_advance(
+                &replication::sequences(&target, "target").await?,
+                &replication::sequences(&source, "source").await?,
+                p.margin,
+            );
+            replication::advance(&source, "source", &todo).await?;
+            if !todo.is_empty() {
+                done.push(Restored::new(
+                    "sequences (source)",
+                    None,
+                    None,
+                    format!("{} sequence(s) set at least to the target's value + {}", todo.len(), p.margin),
+                ));
+            }
+            replication::drop_subscription(&source, "source", &fb).await?;
+            done.push(Restored::new(format!("subscription {fb} (source)"), Some(&fb), None, "dropped with its slot on the target"));
+        }
+        replication::drop_slot(&target, "target", &fb).await?;
+        if replication::has_publication(&target, "target", &fb).await? {
+            target
+                .batch_execute(&format!("DROP PUBLICATION {}", ident(&fb)))
+                .await
+                .map_err(|e| pg("target", e))?;
+            done.push(Restored::new(format!("publication {fb} (target)"), Some(&fb), None, "dropped"));
+        }
+        Ok(done)
+    }
+
+    fn manual_undo(&self, _params: &Map<String, Value>, _before: &Value, run_id: &str) -> Vec<String> {
+        vec![
+            "keep the application frozen on both databases until the legacy database holds every write of the target".to_string(),
+            format!("check the fallback subscription on the legacy database: SELECT * FROM pg_stat_subscription WHERE subname LIKE 'cutover\\_%\\_fb'; then `cutover rollback {run_id}` continues"),
+        ]
+    }
+}
