@@ -21,12 +21,14 @@ phases:
     steps:
       - {{ id: replicate, kind: postgres.replicate, with: {{ jobs: {jobs} }} }}
       - {{ id: synced, kind: postgres.wait_lag, timeout: 5m }}
+      - {{ id: prepass, kind: postgres.verify, with: {{ jobs: {jobs} }}, timeout: 1h }}
   - name: cutover
     steps:
       - {{ id: freeze, kind: postgres.freeze_writes }}
       - {{ id: drained, kind: postgres.wait_lag, timeout: 2m }}
       - {{ id: sequences, kind: postgres.sync_sequences, with: {{ margin: 1000 }} }}
-      - {{ id: verify, kind: postgres.verify, with: {{ jobs: {jobs} }} }}
+      - {{ id: verify, kind: postgres.verify, with: {{ method: changed-since-prepass }} }}
+      - {{ id: fallback, kind: postgres.fallback }}
       - {{ id: flip, kind: k8s.flip_secret, with: {{ namespace: shop, secret: {SECRET}, data: {{ DATABASE_URL: \"{{{{ secrets.target_app_database_url }}}}\" }} }} }}
 "
     )
@@ -38,7 +40,10 @@ async fn seed(bench: &Bench, rows: i64) -> Result<()> {
     c.batch_execute(&format!(
         "CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id bigint NOT NULL, status text NOT NULL, total_cents bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
          INSERT INTO orders (customer_id, status, total_cents) SELECT g % 1000, 'paid', g FROM generate_series(1, {rows}) g;
-         ANALYZE"
+         GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO {app};
+         GRANT USAGE, SELECT, UPDATE ON SEQUENCE orders_id_seq TO {app};
+         ANALYZE",
+        app = super::APP_ROLE
     ))
     .await?;
     Ok(())
@@ -59,7 +64,7 @@ async fn point_secret_at_source(bench: &Bench) -> Result<()> {
     s.data = Some(
         [(
             "DATABASE_URL".to_string(),
-            ByteString(bench.source_db(DB)?.into_bytes()),
+            ByteString(bench.app_db(&bench.source_url, DB)?.into_bytes()),
         )]
         .into(),
     );

@@ -58,7 +58,12 @@ pub struct Bench {
     pub source_url: String,
     /// Target server admin URL.
     pub target_url: String,
+    /// The application role's password for this bench process (random; a secret).
+    pub app_password: String,
 }
+
+/// The role the bench's application (the heartbeat) writes as, on both servers.
+pub const APP_ROLE: &str = "cutover_bench_app";
 
 impl Bench {
     /// Loads the environment and its database URLs; refuses production.
@@ -79,6 +84,7 @@ impl Bench {
             root: root.to_path_buf(),
             source_url: var(&env.database.source_url_env)?,
             target_url: var(&env.database.target_url_env)?,
+            app_password: uuid::Uuid::new_v4().simple().to_string(),
             env,
         })
     }
@@ -93,7 +99,18 @@ impl Bench {
         with_db(&self.target_url, db)
     }
 
-    /// Drops and creates database `db` on both servers.
+    /// The application's URL for database `db` on the server of `server_url`: the bench's
+    /// application role [`APP_ROLE`], which the cutover freezes (the admin role is never frozen).
+    pub fn app_db(&self, server_url: &str, db: &str) -> Result<String> {
+        let p = ConnParts::parse(server_url, "bench")?;
+        Ok(format!(
+            "postgres://{APP_ROLE}:{}@{}:{}/{db}",
+            self.app_password, p.host, p.port
+        ))
+    }
+
+    /// Drops and creates database `db` on both servers, owned by the application role (so it
+    /// may create the heartbeat table), with the admin role's future tables granted to it.
     ///
     /// # Errors
     /// A statement fails.
@@ -106,8 +123,24 @@ impl Bench {
                 ident(db)
             ))
             .await?;
-            c.batch_execute(&format!("CREATE DATABASE {}", ident(db)))
+            let exists = c
+                .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&APP_ROLE])
+                .await?
+                .is_some();
+            let verb = if exists { "ALTER" } else { "CREATE" };
+            c.batch_execute(&format!(
+                "{verb} ROLE {APP_ROLE} LOGIN PASSWORD {}",
+                crate::providers::postgres::literal(&self.app_password)
+            ))
+            .await?;
+            c.batch_execute(&format!("CREATE DATABASE {} OWNER {APP_ROLE}", ident(db)))
                 .await?;
+            let d = connect(&with_db(url, db)?, "bench").await?;
+            d.batch_execute(&format!(
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {APP_ROLE};
+                 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {APP_ROLE}"
+            ))
+            .await?;
         }
         Ok(())
     }
@@ -127,11 +160,20 @@ impl Bench {
         }
     }
 
-    /// Drops the subscriptions in target database `db`, the slots of source database `db` and
-    /// the publications in it.
+    /// Drops the subscriptions, the slots and the publications of database `db` on both servers
+    /// (forward replication, change tracking and the fallback alike).
     pub async fn drop_replication(&self, db: &str) {
-        if let Ok(url) = self.target_db(db) {
-            if let Ok(c) = connect(&url, "bench").await {
+        for url in [self.target_db(db), self.source_db(db)].into_iter().flatten() {
+            self.drop_subscriptions(&url).await;
+        }
+        for server in [&self.source_url, &self.target_url] {
+            self.drop_slots_and_publications(server, db).await;
+        }
+    }
+
+    async fn drop_subscriptions(&self, url: &str) {
+        {
+            if let Ok(c) = connect(url, "bench").await {
                 for r in c.query("SELECT subname FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())", &[]).await.unwrap_or_default() {
                     let name: String = r.get(0);
                     // DROP SUBSCRIPTION drops its slot on the source too; detach it if that fails.
@@ -141,7 +183,10 @@ impl Bench {
                 }
             }
         }
-        if let Ok(c) = admin(&self.source_url).await {
+    }
+
+    async fn drop_slots_and_publications(&self, server: &str, db: &str) {
+        if let Ok(c) = admin(server).await {
             for r in c
                 .query(
                     "SELECT slot_name FROM pg_replication_slots WHERE database = $1",
@@ -162,7 +207,7 @@ impl Bench {
                 }
             }
         }
-        if let Ok(url) = self.source_db(db) {
+        if let Ok(url) = with_db(server, db) {
             if let Ok(c) = connect(&url, "bench").await {
                 for r in c
                     .query("SELECT pubname FROM pg_publication", &[])
@@ -195,7 +240,7 @@ impl Bench {
         env.secrets.insert(
             "target_app_database_url".into(),
             SecretRef {
-                from_env: "CUTOVER_BENCH_TARGET_URL".into(),
+                from_env: "CUTOVER_BENCH_TARGET_APP_URL".into(),
                 optional: false,
             },
         );
@@ -231,6 +276,7 @@ impl Bench {
             ])
             .env("CUTOVER_BENCH_SOURCE_URL", self.source_db(db)?)
             .env("CUTOVER_BENCH_TARGET_URL", self.target_db(db)?)
+            .env("CUTOVER_BENCH_TARGET_APP_URL", self.app_db(&self.target_url, db)?)
             .stdin(std::process::Stdio::null())
             .output()?;
         let rss = children_max_rss();
