@@ -258,3 +258,30 @@ pub fn verify(root: &Path, run_id: &str, public_key: Option<&Path>) -> i32 {
         }
     }
 }
+
+/// Warnings for `cutover status RUN_ID`: each replication slot of this run still on the source
+/// or target server, with the WAL it retains (bytes), and how to end it. Best effort: a server
+/// that cannot be reached gives no warning.
+pub async fn slot_warnings(root: &Path, run_id: &str) -> Vec<String> {
+    let Ok(records) = load(root, run_id) else {
+        return Vec::new();
+    };
+    let s = runs::summarize(run_id, &records);
+    let Ok(env) = crate::config::load_environment(root, &s.environment) else {
+        return Vec::new();
+    };
+    let suffix: String = run_id.rsplit('-').next().unwrap_or(run_id).to_ascii_lowercase();
+    let mut out = Vec::new();
+    for (side, var) in [("source", &env.database.source_url_env), ("target", &env.database.target_url_env)] {
+        let Ok(url) = std::env::var(var) else { continue };
+        let Ok(c) = crate::providers::postgres::connect(&url, side).await else { continue };
+        let Ok(slots) = crate::providers::postgres::replication::retained(&c, side).await else { continue };
+        for (name, bytes) in slots.iter().filter(|(n, _)| n.contains(&format!("_{suffix}"))) {
+            out.push(format!(
+                "replication slot {name} on the {side} retains {bytes} bytes of WAL; once the target is trusted, end the fallback with `cutover execute {} --runbook shop-decommission` (postgres.decommission)",
+                s.environment
+            ));
+        }
+    }
+    out
+}

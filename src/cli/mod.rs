@@ -275,7 +275,11 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Command::Status { run_id, output } => {
             pull_missing(&root, &run_id).await;
-            audit::status(&root, &run_id, output)
+            let code = audit::status(&root, &run_id, output);
+            for w in audit::slot_warnings(&root, &run_id).await {
+                eprintln!("warning: {w}");
+            }
+            code
         }
         Command::Infra { action } => match action {
             InfraCommand::Plan { env, all } => infra::plan(&root, env.as_deref(), all).await,

@@ -111,7 +111,11 @@ pub fn validate(root: &Path, only: Option<&str>) -> i32 {
 }
 
 fn default_runbook(root: &Path) -> Result<String, String> {
-    let names = config::list_names(&root.join("runbooks"));
+    let dir = root.join("runbooks");
+    let names: Vec<String> = config::list_names(&dir)
+        .into_iter()
+        .filter(|n| !config::follows_another(&dir.join(format!("{n}.yaml"))))
+        .collect();
     match names.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err("no runbook in runbooks/".into()),

@@ -31,7 +31,25 @@ struct RawRunbookFile {
     vars: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     heartbeat: Option<Heartbeat>,
+    /// The runbook whose successful run this one follows (e.g. a decommission after the
+    /// cutover): it is never chosen by default, only with `--runbook`.
+    #[serde(default)]
+    follows: Option<String>,
     phases: Vec<RawPhaseFile>,
+}
+
+/// Whether the runbook file `path` declares `follows:` (runs only when named with `--runbook`).
+/// A file that does not parse counts as not following (its errors are reported when loaded).
+pub fn follows_another(path: &Path) -> bool {
+    #[derive(Deserialize)]
+    struct Top {
+        #[serde(default)]
+        follows: Option<String>,
+    }
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_saphyr::from_str::<Top>(&t).ok())
+        .is_some_and(|t| t.follows.is_some())
 }
 
 /// `heartbeat:` — during a rehearsal, a writer that reads its database URL from a Kubernetes
@@ -113,6 +131,8 @@ pub struct RawRunbook {
     pub vars: BTreeMap<String, serde_json::Value>,
     /// The rehearsal heartbeat writer, if configured.
     pub heartbeat: Option<Heartbeat>,
+    /// The runbook this one follows (`follows:`): never chosen by default.
+    pub follows: Option<String>,
     /// Phases in order.
     pub phases: Vec<RawPhase>,
 }
@@ -269,6 +289,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<(RawRunbook, Problems), P
             description: file.description,
             vars: file.vars,
             heartbeat: file.heartbeat,
+            follows: file.follows,
             phases,
         },
         problems,

@@ -11,6 +11,7 @@ mod aws_assert_account;
 mod dns;
 mod http_check;
 mod k8s_flip_secret;
+mod postgres_decommission;
 mod postgres_fallback;
 mod postgres_freeze_writes;
 mod postgres_replicate;
@@ -156,6 +157,7 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &postgres_sync_sequences::SyncSequences,
         &postgres_verify::Verify,
         &postgres_fallback::Fallback,
+        &postgres_decommission::Decommission,
         &k8s_flip_secret::FlipSecret,
         &wafv2_assert_association::AssertAssociation,
         &route53_set_ttl::SetTtl,

@@ -1,0 +1,165 @@
+//! `postgres.decommission`: ends the fallback once the operator is satisfied with the target.
+//! Drops, on both servers, every subscription, publication and replication slot that a cutover
+//! run created for this database (names `cutover_<database>_<run>`, `..._track`, `..._fb`): the
+//! fallback subscription on the legacy database first (with it, its slot on the target), then
+//! whatever is left. Until then a slot retains WAL (`cutover status` warns with the bytes).
+//!
+//! Run it from its own runbook (`runbooks/shop-decommission.yaml`) after the cutover run
+//! succeeded; the environment lock keeps it from running beside a cutover. After it, a rollback
+//! of the cutover run can no longer carry the target's writes back: the step says so in its plan.
+//! Nothing to undo: what it drops is not recreated.
+
+use super::{Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use crate::providers::postgres::{ident, pg, replication};
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// The `postgres.decommission` kind.
+pub struct Decommission;
+
+const PARAMS: &[ParamSpec] = &[];
+
+/// The cutover objects of this database on one server.
+#[derive(Debug, Default)]
+struct Objects {
+    subscriptions: Vec<String>,
+    publications: Vec<String>,
+    /// Slot name → bytes of WAL it retains.
+    slots: BTreeMap<String, i64>,
+}
+
+/// The prefix every run's objects for this database share: `cutover_<database>_`.
+fn prefix(cx: &StepContext) -> String {
+    let db: String = cx
+        .env
+        .database
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    format!("cutover_{db}_")
+}
+
+async fn objects(c: &tokio_postgres::Client, side: &str, prefix: &str) -> Result<Objects, StepError> {
+    let like = format!("{}%", prefix.replace('_', "\\_"));
+    let names = |rows: Vec<tokio_postgres::Row>| -> Vec<String> { rows.iter().map(|r| r.get(0)).collect() };
+    let subscriptions = names(
+        c.query(
+            "SELECT subname::text FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND subname LIKE $1 ORDER BY 1",
+            &[&like],
+        )
+        .await
+        .map_err(|e| pg(side, e))?,
+    );
+    let publications = names(
+        c.query("SELECT pubname::text FROM pg_publication WHERE pubname LIKE $1 ORDER BY 1", &[&like])
+            .await
+            .map_err(|e| pg(side, e))?,
+    );
+    let slots = replication::retained(c, side)
+        .await?
+        .into_iter()
+        .filter(|(n, _)| n.starts_with(prefix))
+        .collect();
+    Ok(Objects { subscriptions, publications, slots })
+}
+
+#[async_trait]
+impl StepKind for Decommission {
+    fn name(&self) -> &'static str {
+        "postgres.decommission"
+    }
+    fn purpose(&self) -> &'static str {
+        "End the fallback: drop every subscription, publication and replication slot cutover runs created for this database, on both servers"
+    }
+    fn undo(&self) -> &'static str {
+        "Nothing to undo: the fallback is not recreated (a later rollback of the cutover run no longer carries the target's writes back)"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["dropped", "retained_bytes_freed"]
+    }
+
+    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+        let pre = prefix(cx);
+        let mut changes = Vec::new();
+        for (side, c) in [("source", cx.providers.source().await?), ("target", cx.providers.target().await?)] {
+            let o = objects(&c, side, &pre).await?;
+            for s in &o.subscriptions {
+                changes.push(Change::new("delete", format!("subscription {s} on {side}"), "replication stops; its slot on the publisher goes with it"));
+            }
+            for p in &o.publications {
+                changes.push(Change::new("delete", format!("publication {p} on {side}"), "no longer published"));
+            }
+            for (s, bytes) in &o.slots {
+                changes.push(Change::new("delete", format!("replication slot {s} on {side}"), format!("retains {bytes} bytes of WAL")));
+            }
+        }
+        if changes.is_empty() {
+            changes.push(Change::new("none", format!("replication objects {pre}* on both servers"), "none left"));
+        } else {
+            changes.push(Change::new("check", "fallback", "after this, a rollback of the cutover run can no longer carry the target's writes back to the legacy database"));
+        }
+        Ok(Planned { changes, ..Default::default() })
+    }
+
+    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+        let pre = prefix(cx);
+        let source = cx.providers.source().await?;
+        let target = cx.providers.target().await?;
+        let mut dropped = Vec::new();
+        let mut freed = 0i64;
+        // Subscriptions first (each drops its slot on its publisher), on both sides.
+        for (side, c) in [("source", &source), ("target", &target)] {
+            for s in objects(c, side, &pre).await?.subscriptions {
+                replication::drop_subscription(c, side, &s).await?;
+                dropped.push(format!("subscription {s} ({side})"));
+            }
+        }
+        for (side, c) in [("source", &source), ("target", &target)] {
+            let o = objects(c, side, &pre).await?;
+            for (s, bytes) in o.slots {
+                replication::drop_slot(c, side, &s).await?;
+                freed += bytes;
+                dropped.push(format!("replication slot {s} ({side}, {bytes} bytes of WAL)"));
+            }
+            for p in o.publications {
+                c.batch_execute(&format!("DROP PUBLICATION {}", ident(&p)))
+                    .await
+                    .map_err(|e| pg(side, e))?;
+                dropped.push(format!("publication {p} ({side})"));
+            }
+        }
+        let mut out = Map::new();
+        out.insert("summary".into(), json!(if dropped.is_empty() {
+            format!("no replication object {pre}* left on either server")
+        } else {
+            format!("dropped {}; {freed} bytes of retained WAL freed", dropped.join(", "))
+        }));
+        out.insert("dropped".into(), json!(dropped));
+        out.insert("retained_bytes_freed".into(), json!(freed));
+        Ok(out)
+    }
+
+    async fn verify(&self, cx: &StepContext, _outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+        let pre = prefix(cx);
+        let mut left = Vec::new();
+        for (side, c) in [("source", cx.providers.source().await?), ("target", cx.providers.target().await?)] {
+            let o = objects(&c, side, &pre).await?;
+            left.extend(o.subscriptions.iter().map(|s| format!("subscription {s} ({side})")));
+            left.extend(o.publications.iter().map(|s| format!("publication {s} ({side})")));
+            left.extend(o.slots.keys().map(|s| format!("slot {s} ({side})")));
+        }
+        if !left.is_empty() {
+            return Err(StepError::Check(format!("still present after the decommission: {}", left.join(", "))));
+        }
+        Ok(Map::new())
+    }
+
+    async fn rollback(&self, _cx: &StepContext, _before: &Value, _outputs: Option<&Map<String, Value>>) -> Result<Vec<Restored>, StepError> {
+        Ok(Vec::new())
+    }
+}
