@@ -3,13 +3,9 @@
 
 mod common;
 
-use common::{text, Sandbox, SHOP_STEP_IDS as STEP_IDS};
+use common::{events, text, Sandbox, SHOP_STEP_IDS as STEP_IDS};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-
-fn events<'a>(records: &'a [Value], event: &str) -> Vec<&'a Value> {
-    records.iter().filter(|r| r["type"] == event).collect()
-}
 
 #[test]
 fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
@@ -65,6 +61,29 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     // The application can write on the target: sequences are past the source's values.
     let inserted = sb.sql(&target_url, "INSERT INTO customers (email, name, created_at) VALUES ('new@example.com', 'New', now()) RETURNING id");
     assert!(inserted[0][0].as_deref().unwrap().parse::<i64>().unwrap() > 10_000);
+
+    // Every row was compared before the freeze; inside the window only the rows changed since.
+    let applied = |id: &str| {
+        events(&records, "step_applied")
+            .into_iter()
+            .find(|r| r["step"] == id)
+            .unwrap()["data"]["outputs"]
+            .clone()
+    };
+    let all_rows = applied("prepass")["rows"].as_i64().unwrap();
+    let in_window = applied("verify")["rows_compared"].as_i64().unwrap();
+    assert!(all_rows > 300_000, "{all_rows}");
+    assert!(
+        (1..10_000).contains(&in_window),
+        "the in-window check read {in_window} of {all_rows} rows"
+    );
+    // No acknowledged write missing on either path; the legacy database subscribes to the
+    // target (the fallback) and the target takes the application's writes.
+    common::heartbeat_without_loss(&records);
+    assert_eq!(
+        applied("fallback")["fallback"].as_str().map(|f| f.ends_with("_fb")),
+        Some(true)
+    );
 
     let verify = sb.cutover(&["audit", "verify", &run]);
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
@@ -260,17 +279,22 @@ fn sigkill_during_cutover_is_completed_by_resume_without_repeating_effects() {
 }
 
 #[test]
-fn health_failure_during_stage_two_returns_all_weight_and_rolls_back_secret_and_dns() {
+fn a_failing_analysis_after_the_flip_returns_all_weight_and_rolls_back_secret_dns_and_every_aws_write() {
     let sb = Sandbox::start();
+    // DNS after the flip: the analysis at stage 2 judges the AWS side on the target, and the
+    // rollback comes after the application wrote there.
+    let runbook = sb.extra_runbook("shop-cutover-flip-first", &common::flip_first_runbook());
     let legacy_url = sb
         .secret_value("staging", "shop-db", "DATABASE_URL")
         .unwrap();
     let legacy_sets = sb.shop_sets("staging");
     let target_admin = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
     let (out, weights) = sb.watch_weights("staging", || {
-        let (mut child, out, err) = sb.spawn_logged(&["rehearse", "staging"]);
+        let (mut child, out, err) =
+            sb.spawn_logged(&["rehearse", "staging", "--runbook", &runbook]);
         // Once moto shows stage 2 (50/50), make the AWS side unhealthy for real: its database
-        // role can no longer log in, so /healthz fails inside stage 2's analysis window.
+        // role can no longer log in, so /healthz fails inside stage 2's analysis window (open
+        // sessions, the heartbeat's among them, keep writing).
         let start = Instant::now();
         loop {
             assert!(
@@ -324,9 +348,9 @@ fn health_failure_during_stage_two_returns_all_weight_and_rolls_back_secret_and_
             .as_deref(),
         Some(legacy_url.as_str())
     );
-    // Writes are accepted on the legacy database again.
+    // The application's writes are accepted on the legacy database again.
     let ro = sb.sql(
-        &sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL"),
+        &sb.var("CUTOVER_STAGING_LEGACY_APP_DATABASE_URL"),
         "SHOW default_transaction_read_only",
     );
     assert_eq!(ro[0][0].as_deref(), Some("off"));
@@ -357,10 +381,21 @@ fn health_failure_during_stage_two_returns_all_weight_and_rolls_back_secret_and_
     for d in [
         "deployment shop/shop-api",
         "deployment shop/shop-worker",
-        "database shop_staging on the source",
+        "role shop in database shop_staging on the source",
+        "role shop in database shop_staging on the target",
+        "subscription cutover_shop_staging_",
     ] {
-        row(d);
+        audit
+            .lines()
+            .find(|l| l.starts_with(&format!("  | {d}")))
+            .unwrap_or_else(|| panic!("no restored row for {d}:\n{audit}"));
     }
+    // Every write the application made on the target after the flip reached the legacy
+    // database before it took writes again, and the rollback's outage is on record.
+    let hb = common::heartbeat_without_loss(&records);
+    assert!(audit.contains("heartbeat:"), "{audit}");
+    assert!(hb["longest_gap_ms"].as_u64().unwrap() > 0, "{hb}");
+    sb.sql(&target_admin, "ALTER ROLE shop LOGIN");
     let list: Value =
         serde_json::from_slice(&sb.cutover(&["runs", "--output", "json"]).stdout).unwrap();
     assert_eq!(

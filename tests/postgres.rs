@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{text, Sandbox};
+use common::{wait_until, text, Sandbox};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -15,35 +15,6 @@ fn step_event<'a>(records: &'a [Value], event: &str, step: &str) -> Option<&'a V
     records
         .iter()
         .find(|r| r["type"] == event && r["step"] == step)
-}
-
-/// Waits for `child` (at most `secs`), returning its exit code and output.
-fn finish(sb: &Sandbox, child: Child, secs: u64) -> (Option<i32>, String) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut child = child;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("cutover did not finish within {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = child.wait_with_output().unwrap();
-    let t = text(&out);
-    sb.outputs.lock().unwrap().push(t.clone());
-    (out.status.code(), t)
-}
-
-/// Polls until `cond` holds (at most `secs`).
-fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The single run's records, once its log exists.
@@ -86,12 +57,12 @@ fn progress_schemas(sb: &Sandbox, url: &str) -> String {
     )
 }
 
-/// Creates the postpone flag and starts `rehearse staging`; returns the flag and the run.
 fn start_held(sb: &Sandbox) -> (std::path::PathBuf, Child) {
-    let flag = sb.project.path().join(".cutover/postpone-staging");
-    std::fs::create_dir_all(flag.parent().unwrap()).unwrap();
-    std::fs::write(&flag, "").unwrap();
-    (flag, sb.spawn(&["rehearse", "staging"]))
+    sb.start_held("staging", &["rehearse", "staging"])
+}
+
+fn finish(sb: &Sandbox, child: Child, secs: u64) -> (Option<i32>, String) {
+    sb.finish(child, secs)
 }
 
 fn replace_in(path: &Path, from: &str, to: &str) {
@@ -227,7 +198,7 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
 }
 
 #[test]
-fn one_corrupted_row_is_found_by_key_and_the_run_stops_before_the_flip() {
+fn a_row_changed_after_the_prepass_and_corrupted_on_the_target_is_caught_in_the_window_by_key() {
     let sb = Sandbox::start();
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
     let legacy = sb.secret_value("staging", "shop-db", "DATABASE_URL");
@@ -237,7 +208,25 @@ fn one_corrupted_row_is_found_by_key_and_the_run_stops_before_the_flip() {
             .map(|r| step_event(&sb.records(&r), "step_started", "freeze").is_some())
             .unwrap_or(false)
     });
-    // One row changed on the target only, in a column that no later write touches.
+    // The pre-freeze pass found every row equal; an application role may not write the target
+    // before the flip.
+    let run = only_run(&sb).unwrap();
+    let prepass = step_event(&sb.records(&run), "step_applied", "prepass").expect("prepass");
+    assert!(prepass["data"]["outputs"]["rows"].as_i64().unwrap() > 300_000, "{prepass}");
+    let refused = sb
+        .try_sql(
+            &sb.var("CUTOVER_STAGING_TARGET_APP_DATABASE_URL"),
+            "INSERT INTO public.customers (email, name, created_at) VALUES ('rogue@example.com', 'Rogue', now())",
+        )
+        .expect_err("an application write to the target before the flip was accepted");
+    assert!(refused.contains("read-only transaction"), "{refused}");
+    // One row changed on the source after the pass (so it is in the change-tracking set), then
+    // changed on the target only, in a column that no later write touches.
+    let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
+    sb.sql(&src, "UPDATE public.orders SET status = 'shipped' WHERE id = 4242");
+    wait_until(30, "the change to reach the target", || {
+        scalar(&sb, &tgt, "SELECT status FROM public.orders WHERE id = 4242") == "shipped"
+    });
     sb.sql(
         &tgt,
         "UPDATE public.orders SET total_cents = 987654321 WHERE id = 4242",
@@ -254,9 +243,13 @@ fn one_corrupted_row_is_found_by_key_and_the_run_stops_before_the_flip() {
         "a row value was reported: {out}"
     );
 
-    let run = only_run(&sb).unwrap();
     let records = sb.records(&run);
+    // Inside the window, by key: the check read only the rows changed since the pass.
     let failed = step_event(&records, "step_failed", "verify").expect("verify failed");
+    assert!(
+        failed["data"]["error"].as_str().unwrap().contains("changed since the pre-freeze pass"),
+        "{failed}"
+    );
     assert!(failed["data"]["error"]
         .as_str()
         .unwrap()

@@ -2,12 +2,8 @@
 
 mod common;
 
-use common::{text, Sandbox};
+use common::{events, text, Sandbox};
 use serde_json::Value;
-
-fn events<'a>(records: &'a [Value], event: &str) -> Vec<&'a Value> {
-    records.iter().filter(|r| r["type"] == event).collect()
-}
 
 #[test]
 fn production_needs_rehearsals_of_the_same_runbook_and_its_dry_run_batches_are_the_real_ones() {

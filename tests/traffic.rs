@@ -3,13 +3,9 @@
 
 mod common;
 
-use common::{text, Sandbox};
+use common::{events, text, Sandbox};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-
-fn events<'a>(records: &'a [Value], event: &str) -> Vec<&'a Value> {
-    records.iter().filter(|r| r["type"] == event).collect()
-}
 
 /// A runbook that lowers the TTL and starts the cutover right after it.
 fn ttl_guard_runbook(on_pending: &str) -> String {
@@ -316,4 +312,43 @@ phases:
         "{audit}"
     );
     sb.assert_no_secrets(&[]);
+}
+
+#[test]
+fn with_a_long_ttl_wait_the_legacy_path_outage_stays_inside_the_window_unless_the_flip_comes_first() {
+    let sb = Sandbox::start();
+    // Old answers may be cached for 35 s: route53.cutover waits that long before stage 1.
+    set_seed_ttl(&sb, "staging", 35);
+    set_seed_ttl(&sb, "dev", 35);
+    let flip_first = sb.extra_runbook("shop-cutover-flip-first", &common::flip_first_runbook());
+    let shop = sb.cutover(&["rehearse", "staging"]);
+    assert_eq!(shop.status.code(), Some(0), "{}", text(&shop));
+    let dev = sb.cutover(&["rehearse", "dev", "--runbook", &flip_first]);
+    assert_eq!(dev.status.code(), Some(0), "{}", text(&dev));
+    let runs = sb.run_ids();
+    let of = |env: &str| {
+        runs.iter()
+            .map(|r| sb.records(r))
+            .find(|recs| events(recs, "run_started")[0]["data"]["environment"] == env)
+            .unwrap()
+    };
+    for (env, flip_first) in [("staging", false), ("dev", true)] {
+        let records = of(env);
+        let waited: u64 = events(&records, "ttl_wait")
+            .iter()
+            .filter_map(|r| r["data"]["wait_s"].as_u64())
+            .sum();
+        assert!(waited >= 30, "{env}: waited {waited} s for old answers");
+        let hb = common::heartbeat_without_loss(&records);
+        let legacy = common::heartbeat_path(&hb, "legacy")["longest_gap_ms"].as_u64().unwrap();
+        if flip_first {
+            // The legacy database froze before DNS moved: users still sent there could not
+            // write for the whole TTL wait and the stages, and the run says so.
+            assert!(legacy >= 30_000, "{env}: legacy path outage {legacy} ms");
+            assert_eq!(hb["gap_path"], "legacy", "{hb}");
+            assert!(hb["longest_gap_ms"].as_u64().unwrap() >= 30_000, "{hb}");
+        } else {
+            assert!(legacy <= 1_000, "{env}: legacy path outage {legacy} ms: {hb}");
+        }
+    }
 }

@@ -74,21 +74,39 @@ async fn point_secret_at_source(bench: &Bench) -> Result<()> {
     Ok(())
 }
 
-/// Runs the part and prints its figures.
+/// Runs the part at every size of `--downtime-rows` and prints its figures; with several
+/// sizes, the ratio of each size's p50 outage to the smallest size's.
 ///
 /// # Errors
-/// A rehearsal or a database statement fails.
+/// A rehearsal or a database statement fails, or an acknowledged write went missing.
 pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
+    let mut p50s = Vec::new();
+    for &rows in &opts.downtime_rows {
+        p50s.push((rows, run_size(bench, opts, rows).await?));
+    }
+    if let [(small, base), rest @ ..] = p50s.as_slice() {
+        for (rows, p50) in rest {
+            println!(
+                "  size: p50 write outage at {rows} rows / at {small} rows = {:.2} ({p50} ms / {base} ms)",
+                *p50 as f64 / (*base).max(1) as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One size: N windows, then stop-dump-restore; returns the p50 outage, milliseconds.
+async fn run_size(bench: &Bench, opts: &Options, downtime_rows: i64) -> Result<u64> {
     println!(
         "\n(a) downtime: {} cutover windows of a {}-row database under {} heartbeat writes/s (writer follows the Secret, re-read every 100 ms)",
-        opts.runs, opts.downtime_rows, opts.rate
+        opts.runs, downtime_rows, opts.rate
     );
     let mut gaps = Vec::new();
     let mut missing_total = 0u64;
     let mut acked_total = 0u64;
     let mut rates: Vec<f64> = Vec::new();
     for i in 1..=opts.runs {
-        seed(bench, opts.downtime_rows).await?;
+        seed(bench, downtime_rows).await?;
         point_secret_at_source(bench).await?;
         let dir = tempfile::tempdir()?;
         bench.scratch_project(dir.path(), DB, &runbook(opts.rate, opts.jobs))?;
@@ -121,6 +139,15 @@ pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
             writing as f64 / 1000.0,
             secs(started)
         );
+        // Where the window's time went: each step from the freeze to the flip.
+        let window: Vec<String> = records
+            .iter()
+            .filter(|r| r["type"] == "step_completed")
+            .filter_map(|r| Some((r["step"].as_str()?, r["data"]["duration_ms"].as_u64()?)))
+            .skip_while(|(s, _)| *s != "freeze")
+            .map(|(s, ms)| format!("{s} {ms} ms"))
+            .collect();
+        println!("         window steps: {}", window.join(", "));
         rates.push(rate);
         gaps.push(gap);
         missing_total += missing;
@@ -139,7 +166,7 @@ pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
     );
 
     // What a user would otherwise do: stop writes, dump and restore, point the app at the copy.
-    seed(bench, opts.downtime_rows).await?;
+    seed(bench, downtime_rows).await?;
     let dr = (bench.dump_restore(DB, opts.jobs).await? * 1000.0) as u64;
     println!("  pg_dump -Fd -j {0} + pg_restore -j {0} of the same database while writes are stopped: write outage at least {dr} ms", opts.jobs);
     println!(
@@ -153,5 +180,5 @@ pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
     if missing_total > 0 {
         anyhow::bail!("{missing_total} acknowledged write(s) missing after the cutovers");
     }
-    Ok(())
+    Ok(p50)
 }

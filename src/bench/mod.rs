@@ -39,7 +39,7 @@ pub struct Options {
     /// Heartbeat writes attempted per second during each window.
     pub rate: f64,
     /// Rows of the database moved in each downtime run.
-    pub downtime_rows: i64,
+    pub downtime_rows: Vec<i64>,
     /// Size of the generated database in the copy part, MB (10^6 bytes).
     pub size_mb: u64,
     /// Parallel jobs of every copy method.

@@ -28,9 +28,10 @@ pub struct BenchArgs {
     /// Heartbeat writes attempted per second during each window.
     #[arg(long, default_value_t = 250.0)]
     pub rate: f64,
-    /// Rows of the database moved in each window.
-    #[arg(long, default_value_t = 20_000)]
-    pub downtime_rows: i64,
+    /// Rows of the database moved in each window; several sizes (`100000,5000000`) are
+    /// measured in turn and compared (the outage must not grow with the size).
+    #[arg(long, value_delimiter = ',', default_value = "20000")]
+    pub downtime_rows: Vec<i64>,
     /// Size of the generated database for the copy part, MB.
     #[arg(long, default_value_t = 2048)]
     pub size_mb: u64,
@@ -58,7 +59,7 @@ pub async fn run(root: &Path, a: BenchArgs) -> i32 {
             .collect(),
         runs: a.runs.max(1),
         rate: a.rate,
-        downtime_rows: a.downtime_rows,
+        downtime_rows: a.downtime_rows.clone(),
         size_mb: a.size_mb,
         jobs: a.jobs.max(1),
         verify_rows: a.verify_rows,

@@ -708,3 +708,186 @@ fn summary_line(
         changed.join("; ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The rollback's refusal and stop rules, with fake step kinds over a temporary log; no
+    //! provider is reached (the fakes never ask for one).
+    use super::*;
+    use crate::runbook::{PlanPhase, PlanStep};
+    use crate::steps::{ParamSpec, Restored, StepKind};
+    use async_trait::async_trait;
+
+    /// What a fake kind does.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Fake {
+        /// Applies; its rollback succeeds.
+        Ok,
+        /// Applies; undoing it would lose data (a refusal).
+        Refuses,
+        /// Applies; its rollback stops the rollback (a gate).
+        StopsRollback,
+        /// Its apply fails.
+        Fails,
+    }
+
+    #[async_trait]
+    impl StepKind for Fake {
+        fn name(&self) -> &'static str {
+            "fake.step"
+        }
+        fn purpose(&self) -> &'static str {
+            "a fake"
+        }
+        fn undo(&self) -> &'static str {
+            "a fake undo"
+        }
+        fn params(&self) -> &'static [ParamSpec] {
+            &[]
+        }
+        fn outputs(&self) -> &'static [&'static str] {
+            &[]
+        }
+        async fn plan(&self, _cx: &StepContext) -> Result<Planned, StepError> {
+            Ok(Planned::default())
+        }
+        async fn apply(&self, _cx: &StepContext, _p: &Planned) -> Result<Map<String, Value>, StepError> {
+            match self {
+                Fake::Fails => Err(StepError::Check("it broke".into())),
+                _ => Ok(Map::new()),
+            }
+        }
+        async fn rollback_refusal(&self, _cx: &StepContext, _b: &Value, outputs: Option<&Map<String, Value>>) -> Result<Option<String>, StepError> {
+            Ok((*self == Fake::Refuses && outputs.is_some()).then(|| "would lose 3 rows".to_string()))
+        }
+        async fn rollback(&self, _cx: &StepContext, _b: &Value, _o: Option<&Map<String, Value>>) -> Result<Vec<Restored>, StepError> {
+            match self {
+                Fake::StopsRollback => Err(StepError::Gate("not caught up".into())),
+                _ => Ok(Vec::new()),
+            }
+        }
+    }
+
+    static OK: Fake = Fake::Ok;
+    static REFUSES: Fake = Fake::Refuses;
+    static STOPS: Fake = Fake::StopsRollback;
+    static FAILS: Fake = Fake::Fails;
+
+    fn plan(steps: &[(&str, &'static Fake)]) -> (tempfile::TempDir, Plan) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("environments")).unwrap();
+        std::fs::write(
+            dir.path().join("environments/staging.yaml"),
+            include_str!("../../environments/staging.yaml"),
+        )
+        .unwrap();
+        let env = crate::config::load_environment(dir.path(), "staging").unwrap();
+        let plan = Plan {
+            runbook_name: "fake".into(),
+            runbook_path: "runbooks/fake.yaml".into(),
+            runbook_digest: "0".repeat(64),
+            plan_digest: "0".repeat(64),
+            env,
+            vars: Default::default(),
+            heartbeat: None,
+            phases: vec![PlanPhase {
+                name: "only".into(),
+                steps: steps
+                    .iter()
+                    .map(|(id, kind)| PlanStep {
+                        id: id.to_string(),
+                        kind: *kind,
+                        params: Map::new(),
+                        when: None,
+                        timeout: std::time::Duration::from_secs(5),
+                        retries: 0,
+                        rollback: RollbackPolicy::Auto,
+                        description: None,
+                        line: 1,
+                    })
+                    .collect(),
+            }],
+        };
+        (dir, plan)
+    }
+
+    /// Runs `steps` as a rehearsal to its outcome; returns it and the records (event, step).
+    async fn run(steps: &[(&str, &'static Fake)]) -> (Outcome, Vec<(String, String)>) {
+        let (dir, plan) = plan(steps);
+        let ui = Ui::new(crate::engine::ui::OutputFormat::Json);
+        let redactor = Arc::new(Redactor::default());
+        let log_path = dir.path().join("events.jsonl");
+        let log = EventLog::create(&log_path, redactor.clone()).unwrap();
+        let providers = Providers::new(plan.env.clone(), "test-run", redactor.clone());
+        let mut ex = crate::engine::executor_for(
+            dir.path(),
+            &plan,
+            Mode::Rehearse,
+            "test-run",
+            dir.path().join("run"),
+            &ui,
+            providers,
+            redactor,
+            log,
+        )
+        .unwrap();
+        let outcome = ex.run_steps().await.unwrap();
+        let records = super::super::log::read_verified(&log_path)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.event, r.step.unwrap_or_default()))
+            .collect();
+        (outcome, records)
+    }
+
+    fn has(records: &[(String, String)], event: &str, step: &str) -> bool {
+        records.iter().any(|(e, s)| e == event && s == step)
+    }
+
+    #[tokio::test]
+    async fn a_step_whose_undo_would_lose_data_refuses_the_whole_rollback_before_anything_is_undone() {
+        let (outcome, records) = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            run(&[("a", &OK), ("keep", &REFUSES), ("broken", &FAILS)]),
+        )
+        .await
+        .unwrap();
+        match outcome {
+            Outcome::RollbackIncomplete(todo) => assert_eq!(todo[0].0, "keep"),
+            other => panic!("{other:?}"),
+        }
+        assert!(has(&records, "rollback_refused", "keep"));
+        assert!(!records.iter().any(|(e, _)| e == "rollback_step_started"), "{records:?}");
+    }
+
+    #[tokio::test]
+    async fn a_gate_in_a_rollback_stops_it_before_the_earlier_steps() {
+        let (outcome, records) = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            run(&[("first", &OK), ("fallback", &STOPS), ("broken", &FAILS)]),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(outcome, Outcome::RollbackIncomplete(_)), "{outcome:?}");
+        assert!(has(&records, "rollback_step_completed", "broken"));
+        assert!(has(&records, "rollback_step_failed", "fallback"));
+        assert!(!has(&records, "rollback_step_started", "first"), "{records:?}");
+    }
+
+    #[tokio::test]
+    async fn a_clean_rollback_undoes_every_started_step_newest_first() {
+        let (outcome, records) = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            run(&[("first", &OK), ("second", &OK), ("broken", &FAILS)]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome, Outcome::RolledBack);
+        let order: Vec<&str> = records
+            .iter()
+            .filter(|(e, _)| e == "rollback_step_completed")
+            .map(|(_, s)| s.as_str())
+            .collect();
+        assert_eq!(order, ["broken", "second", "first"]);
+    }
+}

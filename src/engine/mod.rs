@@ -243,7 +243,7 @@ async fn lock_env(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn executor_for<'a>(
+pub(super) fn executor_for<'a>(
     root: &Path,
     plan: &'a Plan,
     mode: Mode,

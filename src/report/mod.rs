@@ -107,8 +107,20 @@ pub fn heartbeat_line(d: &Value) -> String {
             s(d, "missing_check_error")
         ),
     };
+    let legacy = d
+        .get("paths")
+        .and_then(Value::as_array)
+        .and_then(|ps| ps.iter().find(|p| p.get("path").and_then(Value::as_str) == Some("legacy")))
+        .map(|p| {
+            format!(
+                "; legacy path: {} acknowledged, longest gap {} ms while DNS sent users there",
+                p.get("acknowledged").and_then(Value::as_u64).unwrap_or(0),
+                p.get("longest_gap_ms").and_then(Value::as_u64).unwrap_or(0)
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "  heartbeat: {} of {} writes acknowledged; longest gap {} ms ({} → {}); {missing} in {}",
+        "  heartbeat: {} of {} writes acknowledged; longest gap {} ms ({} → {}){legacy}; {missing} in {}",
         n("acknowledged"),
         n("attempted"),
         n("longest_gap_ms"),

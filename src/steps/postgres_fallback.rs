@@ -296,15 +296,22 @@ impl StepKind for Fallback {
         )))
     }
 
-    async fn rollback(&self, cx: &StepContext, _before: &Value, _outputs: Option<&Map<String, Value>>) -> Result<Vec<Restored>, StepError> {
+    async fn rollback(&self, cx: &StepContext, _before: &Value, outputs: Option<&Map<String, Value>>) -> Result<Vec<Restored>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let fb = fallback_name(cx);
         let source = cx.providers.source().await?;
         let target = cx.providers.target().await?;
         let tdb = dbname(&cx.providers.target_url()?, "target")?;
         let mut done = Vec::new();
-        // Nothing more is written on the target from here on.
-        let app = target_roles(&source, &target).await?;
+        // Nothing more is written on the target from here on: the roles this step opened (or,
+        // when it never finished, the application's roles it would have opened).
+        let opened: Option<Vec<String>> = outputs
+            .and_then(|o| o.get("roles_opened"))
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        let app = match opened {
+            Some(r) => r,
+            None => target_roles(&source, &target).await?,
+        };
         let was_frozen = roles::frozen(&target, "target", &tdb).await?;
         let ended = roles::freeze(&target, "target", &tdb, &app).await?;
         for r in app.iter().filter(|r| !was_frozen.contains(r)) {

@@ -216,14 +216,9 @@ impl StepKind for FreezeWrites {
         let db = source_db(cx)?;
         let was: Vec<String> = serde_json::from_value(before.get("frozen").cloned().unwrap_or_default()).unwrap_or_default();
         let source = cx.providers.source().await?;
-        let p: Params = parse_params(&cx.params)?;
-        let ours: Vec<String> = application_roles(&source, p.roles.as_deref())
-            .await?
-            .into_iter()
-            .filter(|r| !was.contains(r))
-            .collect();
+        // The roles this run froze: read-only now and not before the run.
         let frozen = roles::frozen(&source, "source", &db).await?;
-        let to_open: Vec<String> = ours.into_iter().filter(|r| frozen.contains(r)).collect();
+        let to_open: Vec<String> = frozen.into_iter().filter(|r| !was.contains(r)).collect();
         if to_open.is_empty() {
             return Ok(vec![]);
         }

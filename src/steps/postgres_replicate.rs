@@ -399,14 +399,10 @@ impl StepKind for Replicate {
         out.insert("slot".into(), json!(sub));
         out.insert("source".into(), json!(sp.display()));
         out.insert("target".into(), json!(tp.display()));
-        // Until the flip the target takes writes from replication only.
-        let app = super::postgres_freeze_writes::application_roles(&source, None).await?;
-        let on_target = roles::existing(&target, "target", &app).await?;
-        roles::freeze(&target, "target", &tp.dbname, &on_target).await?;
-        out.insert("target_frozen_roles".into(), json!(on_target));
 
         if exists(&target, "target", SUB_SQL, &sub).await? {
             // A crash after the subscription was created: the copy is done.
+            out.insert("target_frozen_roles".into(), json!(freeze_target(&source, &target, &tp.dbname).await?));
             let tables = crate::providers::postgres::catalog::tables(&source, "source").await?;
             out.insert("tables".into(), json!(tables.len()));
             let _ = target
@@ -455,6 +451,9 @@ impl StepKind for Replicate {
         if !report.problems.is_empty() {
             return Err(problems_error(&report.problems));
         }
+        // Only now, with the target known not to be live: until the flip it takes writes from
+        // replication only.
+        out.insert("target_frozen_roles".into(), json!(freeze_target(&source, &target, &tp.dbname).await?));
         let tables: Vec<Table> = report.source_tables;
         out.insert("tables".into(), json!(tables.len()));
 
@@ -730,8 +729,8 @@ impl StepKind for Replicate {
         let was: Vec<String> = serde_json::from_value(_before.get("target_frozen").cloned().unwrap_or_default()).unwrap_or_default();
         let now_frozen = roles::frozen(&target, "target", &tdb).await?;
         let source = cx.providers.source().await?;
-        let app = super::postgres_freeze_writes::application_roles(&source, None).await?;
-        let ours: Vec<String> = app.into_iter().filter(|r| now_frozen.contains(r) && !was.contains(r)).collect();
+        // The roles this run froze: read-only now and not before the run.
+        let ours: Vec<String> = now_frozen.into_iter().filter(|r| !was.contains(r)).collect();
         roles::unfreeze(&target, "target", &tdb, &ours).await?;
         for r in &ours {
             lines.push(Restored::new(
@@ -757,6 +756,19 @@ impl StepKind for Replicate {
         }
         Ok(lines)
     }
+}
+
+/// Freezes the application's roles on the target (those of the source's writers that exist
+/// there): an application write to the target before the flip is refused. Returns them.
+async fn freeze_target(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    db: &str,
+) -> Result<Vec<String>, StepError> {
+    let app = super::postgres_freeze_writes::application_roles(source, None).await?;
+    let on_target = roles::existing(target, "target", &app).await?;
+    roles::freeze(target, "target", db, &on_target).await?;
+    Ok(on_target)
 }
 
 /// Drops a slot, waiting up to 10 s for a walsender still using it (a released holder) to end.

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The step ids of runbooks/shop-cutover.yaml, in order.
-pub const SHOP_STEP_IDS: [&str; 15] = [
+pub const SHOP_STEP_IDS: [&str; 17] = [
     "ttl",
     "infra",
     "identity",
@@ -21,15 +21,73 @@ pub const SHOP_STEP_IDS: [&str; 15] = [
     "replicate",
     "synced",
     "waf",
+    "dns",
+    "prepass",
     "approve",
     "freeze",
     "drained",
     "sequences",
     "verify",
+    "fallback",
     "flip",
-    "dns",
     "health",
 ];
+
+/// runbooks/shop-cutover.yaml reordered as runbooks used to be: the data window (freeze ...
+/// flip) first, then DNS, so the DNS stages run after the flip (and users still sent to the
+/// legacy host meet its frozen database while they do). Named `shop-cutover-flip-first`.
+pub fn flip_first_runbook() -> String {
+    let s = std::fs::read_to_string(repo().join("runbooks/shop-cutover.yaml")).unwrap();
+    let a = s.find("      - id: dns\n").expect("dns step");
+    let b = s.find("      # Every row compared").expect("prepass comment");
+    let dns = s[a..b].replace("          wait_old_answers: true\n", "");
+    let rest = format!("{}{}", &s[..a], &s[b..]);
+    let h = rest.find("      - { id: health").expect("health step");
+    format!("{}{dns}{}", &rest[..h], &rest[h..])
+        .replace("name: shop-cutover\n", "name: shop-cutover-flip-first\n")
+}
+
+/// Polls until `cond` holds (at most `secs`).
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The records of `event` in `records`.
+pub fn events<'a>(records: &'a [Value], event: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["type"] == event).collect()
+}
+
+/// The last `heartbeat` record's data, after asserting that no acknowledged write is missing on
+/// any path and that the legacy path was measured too.
+pub fn heartbeat_without_loss(records: &[Value]) -> Value {
+    let hb = events(records, "heartbeat")
+        .last()
+        .map(|r| r["data"].clone())
+        .expect("a heartbeat record");
+    assert_eq!(hb["missing"], 0, "acknowledged writes missing: {hb}");
+    let paths = hb["paths"].as_array().expect("heartbeat paths");
+    let names: Vec<&str> = paths.iter().filter_map(|p| p["path"].as_str()).collect();
+    assert_eq!(names, ["aws", "legacy"], "{hb}");
+    for p in paths {
+        assert_eq!(p["missing"], 0, "{p}");
+        assert!(p["acknowledged"].as_u64().unwrap() > 0, "{p}");
+    }
+    hb
+}
+
+/// One path's heartbeat figures.
+pub fn heartbeat_path<'a>(hb: &'a Value, path: &str) -> &'a Value {
+    hb["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["path"] == path)
+        .unwrap_or_else(|| panic!("no {path} path in {hb}"))
+}
 
 /// Writes an ed25519 key pair with OpenSSL into `dir`: `<name>.pem` (PKCS#8 private key) and
 /// `<name>.pub.pem` (SubjectPublicKeyInfo); returns both paths.
@@ -556,6 +614,53 @@ impl Sandbox {
                 .and_then(|s| s.weight)
         };
         Some((w("aws")?, w("legacy")?))
+    }
+
+    /// Waits for `child` (at most `secs`), returning its exit code and output (kept for the
+    /// secret check).
+    pub fn finish(&self, child: Child, secs: u64) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut child = child;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("cutover did not finish within {secs} s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let out = child.wait_with_output().unwrap();
+        let t = text(&out);
+        self.outputs.lock().unwrap().push(t.clone());
+        (out.status.code(), t)
+    }
+
+    /// Creates `env`'s postpone flag and starts `cutover <args>`; returns the flag and the child.
+    pub fn start_held(&self, env: &str, args: &[&str]) -> (PathBuf, Child) {
+        let flag = self.project.path().join(format!(".cutover/postpone-{env}"));
+        std::fs::create_dir_all(flag.parent().unwrap()).unwrap();
+        std::fs::write(&flag, "").unwrap();
+        (flag, self.spawn(args))
+    }
+
+    /// The newest run's id, once a record of `event` for `step` is in its log (at most `secs`).
+    pub fn wait_for_step(&self, step: &str, event: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            assert!(Instant::now() < deadline, "no {event} of step {step} within {secs} s");
+            if let Some(run) = self.run_ids().pop() {
+                if self
+                    .records(&run)
+                    .iter()
+                    .any(|r| r["type"] == event && r["step"] == step)
+                {
+                    return run;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Writes `text` as a runbook file outside runbooks/ and returns its path (for `--runbook`).
