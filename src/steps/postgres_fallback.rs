@@ -95,13 +95,15 @@ async fn target_writes(target: &tokio_postgres::Client) -> Result<i64, StepError
 async fn wait_confirmed(
     cx: &StepContext<'_>,
     c: &tokio_postgres::Client,
+    subscriber: Option<&tokio_postgres::Client>,
     side: &str,
     slot: &str,
     goal: &str,
     limit: Duration,
 ) -> Result<u64, StepError> {
     let started = Instant::now();
-    let mut last_probe = Instant::now();
+    let mut last_probe = Instant::now() - Duration::from_secs(1);
+    let mut last_report = Instant::now();
     loop {
         match replication::behind(c, side, slot, goal).await? {
             None => {
@@ -116,12 +118,15 @@ async fn wait_confirmed(
                         "slot {slot} on the {side} to confirm {goal} ({b} bytes behind)"
                     )));
                 }
-                if last_probe.elapsed() >= Duration::from_secs(1) {
-                    let _ = c.batch_execute(replication::PROBE_SQL).await;
+                if last_probe.elapsed() >= Duration::from_millis(50) {
+                    replication::nudge(c, subscriber).await;
                     last_probe = Instant::now();
+                }
+                if last_report.elapsed() >= Duration::from_secs(1) {
+                    last_report = Instant::now();
                     (cx.progress)(&format!("waiting for {slot} to confirm {goal}: {b} bytes behind"));
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
@@ -198,7 +203,7 @@ impl StepKind for Fallback {
         if changes::slot_exists(&source, "source", &sub).await? {
             let goal = replication::current_lsn(&source, "source").await?;
             let _ = source.batch_execute(replication::PROBE_SQL).await;
-            wait_confirmed(cx, &source, "source", &sub, &goal, cx.remaining()).await?;
+            wait_confirmed(cx, &source, Some(&target), "source", &sub, &goal, cx.remaining()).await?;
         }
         let tables: Vec<String> = if replication::has_publication(&source, "source", &publ).await? {
             replication::publication_tables(&source, "source", &publ).await?
@@ -263,21 +268,22 @@ impl StepKind for Fallback {
         let Some(fb) = outputs.get("fallback").and_then(Value::as_str) else {
             return Ok(Map::new());
         };
+        // Not waited for inside the window: the target's slot holds every change from the flip
+        // LSN until the worker applies it (it starts within wal_retrieve_retry_interval); a
+        // rollback waits for it to catch up.
         let source = cx.providers.source().await?;
-        loop {
-            let running = source
-                .query_opt("SELECT 1 FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL", &[&fb])
-                .await
-                .map_err(|e| pg("source", e))?
-                .is_some();
-            if running {
-                let mut ev = Map::new();
-                ev.insert("summary".into(), json!(format!("subscription {fb} on the legacy database is applying the target's changes")));
-                return Ok(ev);
-            }
-            cx.check_deadline(&format!("the apply worker of subscription {fb} on the source to start"))?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let running = source
+            .query_opt("SELECT 1 FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL", &[&fb])
+            .await
+            .map_err(|e| pg("source", e))?
+            .is_some();
+        let mut ev = Map::new();
+        ev.insert("apply_worker_running".into(), json!(running));
+        ev.insert("summary".into(), json!(format!(
+            "the legacy database subscribes to the target through {fb} (apply worker {})",
+            if running { "running" } else { "starting" }
+        )));
+        Ok(ev)
     }
 
     async fn rollback_refusal(&self, cx: &StepContext, _before: &Value, outputs: Option<&Map<String, Value>>) -> Result<Option<String>, StepError> {
@@ -326,7 +332,7 @@ impl StepKind for Fallback {
             let _ = target.batch_execute(replication::PROBE_SQL).await;
             let goal = replication::current_lsn(&target, "target").await?;
             let limit = cx.remaining().max(Duration::from_secs(60));
-            let waited = wait_confirmed(cx, &target, "target", &fb, &goal, limit)
+            let waited = wait_confirmed(cx, &target, Some(&source), "target", &fb, &goal, limit)
                 .await
                 .map_err(|e| StepError::Gate(format!(
                     "the legacy database did not apply the target's last writes ({e}); the rollback stops here so that nothing written on AWS is lost: the target stays frozen, the legacy database stays frozen for the application"

@@ -92,6 +92,7 @@ pub(super) fn tracking_slot(cx: &StepContext) -> String {
 async fn caught_up(
     cx: &StepContext<'_>,
     source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
     slot: &str,
     goal: &str,
 ) -> Result<(), StepError> {
@@ -106,11 +107,11 @@ async fn caught_up(
             Some((_, b)) if b <= 0 => return Ok(()),
             Some((_, b)) => {
                 cx.check_deadline(&format!("replication slot {slot} to reach {goal} ({b} bytes behind)"))?;
-                if last_probe.elapsed() >= Duration::from_secs(1) {
-                    let _ = source.batch_execute(replication::PROBE_SQL).await;
+                if last_probe.elapsed() >= Duration::from_millis(50) {
+                    replication::nudge(source, Some(target)).await;
                     last_probe = Instant::now();
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
@@ -129,7 +130,7 @@ async fn recheck(
     let a = checksum::hashes_by_key(source, "source", t, keys).await?;
     if let Some(slot) = slot {
         let lsn = replication::current_lsn(source, "source").await?;
-        caught_up(cx, source, slot, &lsn).await?;
+        caught_up(cx, source, target, slot, &lsn).await?;
     }
     let b = checksum::hashes_by_key(target, "target", t, keys).await?;
     Ok((checksum::differing_keys(keys, &a, &b), a.len()))
@@ -342,7 +343,7 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
                 // Nothing to look up by key (count method, keyless table): the table again.
                 let lsn = replication::current_lsn(&source, "source").await?;
                 if let Some(slot) = forward {
-                    caught_up(cx, &source, slot, &lsn).await?;
+                    caught_up(cx, &source, &target, slot, &lsn).await?;
                 }
                 let again = checksum::compare(
                     &cx.providers.source_url()?,
@@ -386,6 +387,13 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
             parts.join("; ")
         )));
     }
+    // Catch up: the rows changed while the pass ran are read again now, by key, once the
+    // target applied them; then the change-tracking slot moves past them, so the check inside
+    // the window decodes and reads only what changes from here on.
+    let (caught_up_rows, tracked_from) =
+        catch_up(cx, &source, &target, forward, &tables, p, &track, &from).await?;
+    rechecked += caught_up_rows;
+    let from = tracked_from;
     let (mut rows, mut chunks) = (0i64, 0usize);
     let mut out_tables = Map::new();
     for r in &results {
@@ -411,6 +419,58 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
         )),
     );
     Ok(out)
+}
+
+/// Reads by key every row the change-tracking slot names (up to now) on both sides once the
+/// target caught up, then advances the slot to the LSN taken before those reads: a row changed
+/// before it and not since was found equal after its last change. Returns the rows read and
+/// the LSN the slot now tracks from.
+#[allow(clippy::too_many_arguments)]
+async fn catch_up(
+    cx: &StepContext<'_>,
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    forward: Option<&str>,
+    tables: &[Table],
+    p: &Params,
+    track: &str,
+    from: &str,
+) -> Result<(usize, String), StepError> {
+    let (publ, _) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
+    let Some(_) = forward else {
+        return Ok((0, from.to_string()));
+    };
+    let mark = replication::current_lsn(source, "source").await?;
+    let set = changes::peek(source, "source", track, &publ).await?;
+    let mut read = 0usize;
+    for (name, tc) in &set.tables {
+        let Some(t) = tables.iter().find(|t| &t.display == name) else {
+            continue;
+        };
+        let Some(mut keys) = keys_in_table_order(t, tc) else {
+            // Whole-table changes stay in the slot for the window to compare.
+            return Ok((read, from.to_string()));
+        };
+        for attempt in 1..=3 {
+            let (d, n) = recheck(cx, source, target, forward, t, &keys).await?;
+            read += n;
+            if d.is_empty() {
+                break;
+            }
+            if attempt == 3 {
+                return Err(StepError::Check(format!(
+                    "target differs from source before the freeze (read again after the target caught up): {name}: rows differ or are missing at {}",
+                    labels(t, &d, p.max_keys)
+                )));
+            }
+            keys = d;
+        }
+    }
+    source
+        .query("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", &[&track, &mark])
+        .await
+        .map_err(|e| crate::providers::postgres::pg("source", e))?;
+    Ok((read, mark))
 }
 
 /// The check inside the window.

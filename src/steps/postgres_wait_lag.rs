@@ -12,7 +12,7 @@
 
 use super::postgres_replicate::names;
 use super::{parse_params, ParamSpec, Planned, StepContext, StepError, StepKind};
-use crate::providers::postgres::pg;
+use crate::providers::postgres::{pg, replication};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -104,26 +104,21 @@ impl StepKind for WaitLag {
         let p: Params = parse_params(&cx.params)?;
         let (_, slot) = names(cx, None, p.subscription.as_deref());
         let source = cx.providers.source().await?;
+        // The subscriber's side, to flush what it applied (see replication::nudge).
+        let target = cx.providers.target().await.ok();
         let started = Instant::now();
-        let probe = "SELECT pg_logical_emit_message(true, 'cutover', 'lag probe')";
-        let _ = source.batch_execute(probe).await;
+        let _ = source.batch_execute(replication::PROBE_SQL).await;
         let (goal, _, _) = lag(&source, &slot).await?;
         let mut last_probe = Instant::now();
+        let mut last_nudge = Instant::now() - Duration::from_secs(1);
         loop {
-            let row = source
-                .query_opt(
-                    "SELECT confirmed_flush_lsn::text, pg_wal_lsn_diff($2::text::pg_lsn, confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot, &goal],
-                )
-                .await
-                .map_err(|e| pg("source", e))?;
+            let row = replication::behind(&source, "source", &slot, &goal).await?;
             let Some(row) = row else {
                 return Err(StepError::Check(format!(
                     "replication slot {slot} does not exist on the source"
                 )));
             };
-            let (confirmed, behind): (Option<String>, Option<i64>) = (row.get(0), row.get(1));
-            let behind = behind.unwrap_or(i64::MAX);
+            let (confirmed, behind) = row;
             if behind <= p.max_lag_bytes {
                 let mut out = Map::new();
                 out.insert("lsn".into(), json!(goal));
@@ -146,15 +141,20 @@ impl StepKind for WaitLag {
             cx.check_deadline(&format!(
                 "replication slot {slot} to reach {goal} ({behind} bytes behind)"
             ))?;
+            // Every 50 ms: flush the target's applied WAL and wake its apply worker, so the
+            // confirmation comes in tens of milliseconds instead of at the WAL writer's pace.
+            if last_nudge.elapsed() >= Duration::from_millis(50) {
+                replication::nudge(&source, target.as_ref()).await;
+                last_nudge = Instant::now();
+            }
             if last_probe.elapsed() >= Duration::from_secs(1) {
-                let _ = source.batch_execute(probe).await;
                 last_probe = Instant::now();
                 (cx.progress)(&format!(
                     "lag {behind} bytes behind {goal}; waiting up to {}s",
                     cx.remaining().as_secs()
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
