@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn step_event<'a>(records: &'a [Value], event: &str, step: &str) -> Option<&'a Value> {
     records
@@ -211,7 +211,8 @@ fn a_row_changed_after_the_prepass_and_corrupted_on_the_target_is_caught_in_the_
     // The pre-freeze pass found every row equal; an application role may not write the target
     // before the flip.
     let run = only_run(&sb).unwrap();
-    let prepass = step_event(&sb.records(&run), "step_applied", "prepass").expect("prepass");
+    let held = sb.records(&run);
+    let prepass = step_event(&held, "step_applied", "prepass").expect("prepass");
     assert!(prepass["data"]["outputs"]["rows"].as_i64().unwrap() > 300_000, "{prepass}");
     let refused = sb
         .try_sql(

@@ -4,7 +4,6 @@
 mod common;
 
 use common::{events, text, Sandbox};
-use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// A runbook that lowers the TTL and starts the cutover right after it.

@@ -271,8 +271,10 @@ pub async fn change_status(
 }
 
 /// The change that turns the record sets `now` into exactly `want`: `DELETE` each set of `now`
-/// that `want` lacks or holds differently, then `CREATE` each set of `want` that `now` lacks as
-/// it is. Empty when they already match.
+/// that `want` lacks or holds differently, then `UPSERT` each set of `want` that `now` lacks as
+/// it is (in one batch Route 53 applies the DELETEs first; moto refuses a CREATE identical to an
+/// earlier one while the name still has a set, before it applies the batch's DELETEs). Empty
+/// when they already match.
 pub fn diff(now: &[RecordSet], want: &[RecordSet]) -> Vec<RecordChange> {
     let mut out = Vec::new();
     for n in now {
@@ -286,7 +288,7 @@ pub fn diff(now: &[RecordSet], want: &[RecordSet]) -> Vec<RecordChange> {
     for w in want {
         if !now.contains(w) {
             out.push(RecordChange {
-                action: "CREATE",
+                action: "UPSERT",
                 set: w.clone(),
             });
         }
@@ -324,7 +326,7 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].action, "DELETE");
         assert_eq!(d[0].set.values, ["new.example.net"]);
-        assert_eq!(d[1].action, "CREATE");
+        assert_eq!(d[1].action, "UPSERT");
         assert!(diff(&want, &want).is_empty());
     }
 

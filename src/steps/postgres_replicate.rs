@@ -70,7 +70,7 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec { name: "jobs", required: false, doc: "parallel COPY workers (default 4)" },
     ParamSpec { name: "chunk_rows", required: false, doc: "tables with a single integer key and more rows than this (planner estimate) are copied in key-range chunks of about this many rows (default 250000)" },
     ParamSpec { name: "rate_limit_mb", required: false, doc: "limit of the whole copy in MB/s (10^6 bytes of COPY text per second; default none)" },
-    ParamSpec { name: "reset_target", required: false, doc: "non-production only: when the target's tables hold an earlier rehearsal's copy (and no fallback subscription of a run is live on the source), empty them and copy again (default false); e.g. \"{{ env.tier != 'production' }}\"" },
+    ParamSpec { name: "reset_target", required: false, doc: "non-production only: when the target's tables hold an earlier rehearsal's copy (and no fallback subscription of a run is live on the source), drop those tables (their owned sequences with them) and copy schema and rows again (default false); e.g. \"{{ env.tier != 'production' }}\"" },
     ParamSpec { name: "fallback", required: false, doc: "the runbook keeps a fallback replication (postgres.fallback): the target must have wal_level = logical (default true)" },
     ParamSpec { name: "max_transaction_age", required: false, doc: "a source transaction open longer than this many seconds fails the preflight (default 300)" },
 ];
@@ -298,7 +298,7 @@ impl StepKind for Replicate {
             changes.push(Change::new(
                 "delete",
                 format!("rows of {} table(s) on target {}", filled.len(), tp.display()),
-                format!("TRUNCATE {} (reset_target: an earlier rehearsal's copy, copied again)", filled.join(", ")),
+                format!("DROP TABLE {} CASCADE (reset_target: an earlier rehearsal's copy; schema and rows copied again)", filled.join(", ")),
             ));
         }
         let subscribed = exists(&target, "target", SUB_SQL, &sub).await?;
@@ -438,11 +438,11 @@ impl StepKind for Replicate {
         if state.is_none() {
             if let Some(filled) = tables_to_reset(cx, &p, &source, &target).await? {
                 (cx.progress)(&format!(
-                    "reset_target: emptying {} table(s) an earlier rehearsal filled on the target",
+                    "reset_target: dropping {} table(s) an earlier rehearsal filled on the target; schema and rows are copied again",
                     filled.len()
                 ));
                 target
-                    .batch_execute(&format!("TRUNCATE {}", filled.join(", ")))
+                    .batch_execute(&format!("DROP TABLE {} CASCADE", filled.join(", ")))
                     .await
                     .map_err(|e| pg("target", e))?;
             }

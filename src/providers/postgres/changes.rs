@@ -409,7 +409,7 @@ mod tests {
     #[test]
     fn bad_bytes_are_errors_not_panics() {
         let mut d = Decoder::default();
-        assert_eq!(d.message(b"I\0\0\0\x07N"), Err(DecodeError::UnknownRelation(7)));
+        assert_eq!(d.message(b"I\0\0\0\x07N\0\0"), Err(DecodeError::UnknownRelation(7)));
         assert!(matches!(d.message(b"R\0\0"), Err(DecodeError::Truncated(_))));
         d.message(&relation(7, &[("id", true)])).unwrap();
         let mut ins = vec![b'I'];

@@ -130,6 +130,15 @@ pub struct Heartbeat {
 /// [`ProviderError::Postgres`].
 pub async fn ensure_table(url: &str, table: &str) -> Result<(), ProviderError> {
     let c = connect(url, "heartbeat").await?;
+    // Present already (a frozen database refuses even CREATE TABLE IF NOT EXISTS): nothing to do.
+    let present = c
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&ident(table)])
+        .await
+        .map_err(|e| pg("heartbeat", e))?
+        .get::<_, bool>(0);
+    if present {
+        return Ok(());
+    }
     c.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {} (writer text NOT NULL, seq bigint NOT NULL, written_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (writer, seq))",
         ident(table)
