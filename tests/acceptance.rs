@@ -81,7 +81,9 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     // target (the fallback) and the target takes the application's writes.
     common::heartbeat_without_loss(&records);
     assert_eq!(
-        applied("fallback")["fallback"].as_str().map(|f| f.ends_with("_fb")),
+        applied("fallback")["fallback"]
+            .as_str()
+            .map(|f| f.ends_with("_fb")),
         Some(true)
     );
 
@@ -279,7 +281,8 @@ fn sigkill_during_cutover_is_completed_by_resume_without_repeating_effects() {
 }
 
 #[test]
-fn a_failing_analysis_after_the_flip_returns_all_weight_and_rolls_back_secret_dns_and_every_aws_write() {
+fn a_failing_analysis_after_the_flip_returns_all_weight_and_rolls_back_secret_dns_and_every_aws_write(
+) {
     let sb = Sandbox::start();
     // DNS after the flip: the analysis at stage 2 judges the AWS side on the target, and the
     // rollback comes after the application wrote there.

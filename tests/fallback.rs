@@ -33,9 +33,12 @@ fn replication_objects(sb: &Sandbox, env: &str) -> Vec<String> {
 }
 
 #[test]
-fn cutover_rollback_of_a_rehearsal_loses_no_aws_write_and_the_rehearsal_runs_again_then_decommissions() {
+fn cutover_rollback_of_a_rehearsal_loses_no_aws_write_and_the_rehearsal_runs_again_then_decommissions(
+) {
     let sb = Sandbox::start();
-    let legacy_url = sb.secret_value("staging", "shop-db", "DATABASE_URL").unwrap();
+    let legacy_url = sb
+        .secret_value("staging", "shop-db", "DATABASE_URL")
+        .unwrap();
     let legacy_sets = sb.shop_sets("staging");
     let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
     let app_target = sb.var("CUTOVER_STAGING_TARGET_APP_DATABASE_URL");
@@ -52,35 +55,55 @@ fn cutover_rollback_of_a_rehearsal_loses_no_aws_write_and_the_rehearsal_runs_aga
     // saying what to do.
     let again = sb.cutover(&["rehearse", "staging"]);
     assert_ne!(again.status.code(), Some(0), "{}", text(&again));
-    assert!(text(&again).contains("cutover rollback"), "{}", text(&again));
+    assert!(
+        text(&again).contains("cutover rollback"),
+        "{}",
+        text(&again)
+    );
     assert_eq!(
-        sb.secret_value("staging", "shop-db", "DATABASE_URL").as_deref(),
+        sb.secret_value("staging", "shop-db", "DATABASE_URL")
+            .as_deref(),
         Some(app_target.as_str())
     );
-    assert_eq!(scalar(&sb, &app_target, "SHOW default_transaction_read_only"), "off");
+    assert_eq!(
+        scalar(&sb, &app_target, "SHOW default_transaction_read_only"),
+        "off"
+    );
 
     // The application writes on AWS after the rehearsal; `cutover rollback` carries it back.
     let id = scalar(&sb, &app_target, "INSERT INTO orders (customer_id, status, total_cents, created_at) VALUES (1, 'paid', 4242, now()) RETURNING id");
     let back = sb.cutover(&["rollback", &run]);
     assert_eq!(back.status.code(), Some(1), "{}", text(&back));
     assert_eq!(
-        scalar(&sb, &src, &format!("SELECT count(*) FROM orders WHERE id = {id} AND total_cents = 4242")),
+        scalar(
+            &sb,
+            &src,
+            &format!("SELECT count(*) FROM orders WHERE id = {id} AND total_cents = 4242")
+        ),
         "1",
         "the write made on AWS is not on the legacy database"
     );
     assert_eq!(
-        sb.secret_value("staging", "shop-db", "DATABASE_URL").as_deref(),
+        sb.secret_value("staging", "shop-db", "DATABASE_URL")
+            .as_deref(),
         Some(legacy_url.as_str())
     );
     assert_eq!(sb.shop_sets("staging"), legacy_sets);
-    assert_eq!(scalar(&sb, &legacy_url, "SHOW default_transaction_read_only"), "off");
+    assert_eq!(
+        scalar(&sb, &legacy_url, "SHOW default_transaction_read_only"),
+        "off"
+    );
     // The rollback measured its own window: a second heartbeat, nothing missing.
     let records = sb.records(&run);
     assert_eq!(events(&records, "heartbeat").len(), 2);
     heartbeat_without_loss(&records);
     let audit = text(&sb.cutover(&["audit", "show", &run]));
     // The audit shows both measurements: the rehearsal's and its rollback's.
-    assert_eq!(audit.matches("no acknowledged write missing").count(), 2, "{audit}");
+    assert_eq!(
+        audit.matches("no acknowledged write missing").count(),
+        2,
+        "{audit}"
+    );
 
     // Rehearsed again: the earlier copy on the target is emptied and copied afresh.
     let third = sb.cutover(&["rehearse", "staging"]);
@@ -118,29 +141,46 @@ fn rollbacks_after_the_flip_from_a_failed_health_check_or_a_panic_at_a_dns_stage
     );
     assert_ne!(failing, shop);
     let failing = sb.extra_runbook("shop-cutover-failing-health", &failing);
-    let legacy_url = sb.secret_value("staging", "shop-db", "DATABASE_URL").unwrap();
+    let legacy_url = sb
+        .secret_value("staging", "shop-db", "DATABASE_URL")
+        .unwrap();
     let legacy_sets = sb.shop_sets("staging");
     let out = sb.cutover(&["rehearse", "staging", "--runbook", &failing]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let run = sb.run_ids().pop().unwrap();
     let records = sb.records(&run);
-    assert!(events(&records, "step_completed").iter().any(|r| r["step"] == "flip"));
+    assert!(events(&records, "step_completed")
+        .iter()
+        .any(|r| r["step"] == "flip"));
     let hb = heartbeat_without_loss(&records);
-    assert!(heartbeat_path(&hb, "aws")["url_changes"].as_u64().unwrap() >= 2, "{hb}");
+    assert!(
+        heartbeat_path(&hb, "aws")["url_changes"].as_u64().unwrap() >= 2,
+        "{hb}"
+    );
     assert_eq!(
-        sb.secret_value("staging", "shop-db", "DATABASE_URL").as_deref(),
+        sb.secret_value("staging", "shop-db", "DATABASE_URL")
+            .as_deref(),
         Some(legacy_url.as_str())
     );
     assert_eq!(sb.shop_sets("staging"), legacy_sets);
-    assert_eq!(scalar(&sb, &legacy_url, "SHOW default_transaction_read_only"), "off");
+    assert_eq!(
+        scalar(&sb, &legacy_url, "SHOW default_transaction_read_only"),
+        "off"
+    );
 
     // dev: DNS after the flip, the panic flag raised at stage 2.
     let flip_first = sb.extra_runbook("shop-cutover-flip-first", &common::flip_first_runbook());
     let legacy_dev = sb.secret_value("dev", "shop-db", "DATABASE_URL").unwrap();
     let legacy_dev_sets = sb.shop_sets("dev");
     let (child, _, _) = sb.spawn_logged(&["rehearse", "dev", "--runbook", &flip_first]);
-    wait_until(300, "stage 2 on dev", || sb.shop_weights("dev") == Some((50, 50)));
-    std::fs::write(sb.project.path().join(".cutover/panic-dev"), "checkout errors\n").unwrap();
+    wait_until(300, "stage 2 on dev", || {
+        sb.shop_weights("dev") == Some((50, 50))
+    });
+    std::fs::write(
+        sb.project.path().join(".cutover/panic-dev"),
+        "checkout errors\n",
+    )
+    .unwrap();
     let mut child = child;
     let status = child.wait().unwrap();
     std::fs::remove_file(sb.project.path().join(".cutover/panic-dev")).unwrap();
@@ -166,21 +206,34 @@ fn a_run_that_lost_an_acknowledged_write_exits_4_and_says_so_first() {
     // Held before the freeze: some of the heartbeat's acknowledged writes disappear (as a bad
     // trigger or an operator's DELETE would make them); replication carries the loss along.
     wait_until(30, "heartbeat rows", || {
-        scalar(&sb, &src, &format!("SELECT count(*) FROM cutover_heartbeat WHERE writer = '{run}'"))
-            .parse::<i64>()
-            .unwrap()
+        scalar(
+            &sb,
+            &src,
+            &format!("SELECT count(*) FROM cutover_heartbeat WHERE writer = '{run}'"),
+        )
+        .parse::<i64>()
+        .unwrap()
             > 20
     });
-    sb.sql(&src, &format!("DELETE FROM cutover_heartbeat WHERE writer = '{run}' AND seq <= 10"));
+    sb.sql(
+        &src,
+        &format!("DELETE FROM cutover_heartbeat WHERE writer = '{run}' AND seq <= 10"),
+    );
     std::fs::remove_file(&flag).unwrap();
     let (code, out) = sb.finish(child, 240);
     assert_eq!(code, Some(4), "{out}");
     assert!(out.contains("acknowledged write(s) missing"), "{out}");
     let md = text(&sb.cutover(&["audit", "show", &run]));
     let first_page: String = md.lines().take(15).collect::<Vec<_>>().join("\n");
-    assert!(first_page.contains("ACKNOWLEDGED WRITES MISSING"), "{first_page}");
+    assert!(
+        first_page.contains("ACKNOWLEDGED WRITES MISSING"),
+        "{first_page}"
+    );
     assert!(first_page.contains("10 write(s)"), "{first_page}");
     let runs: Value =
         serde_json::from_slice(&sb.cutover(&["runs", "--output", "json"]).stdout).unwrap();
-    assert_eq!(runs.as_array().unwrap().last().unwrap()["status"], "writes-missing");
+    assert_eq!(
+        runs.as_array().unwrap().last().unwrap()["status"],
+        "writes-missing"
+    );
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{wait_until, text, Sandbox};
+use common::{text, wait_until, Sandbox};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -127,8 +127,8 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
                   ANALYZE public.events");
     replace_in(
         &sb.project.path().join("runbooks/shop-cutover.yaml"),
-        "kind: postgres.replicate, with: { jobs: 4 }",
-        "kind: postgres.replicate, with: { jobs: 2, chunk_rows: 20000, rate_limit_mb: 8 }",
+        "kind: postgres.replicate, with: { jobs: 4,",
+        "kind: postgres.replicate, with: { jobs: 2, chunk_rows: 20000, rate_limit_mb: 8,",
     );
     let child = sb.spawn(&["rehearse", "staging"]);
     let mut child = child;
@@ -182,16 +182,18 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
         Some(400000),
         "{o}"
     );
-    // Verify compared every row and found both sides equal; so do independent fingerprints.
-    let verified = step_event(&records, "step_applied", "verify").expect("verify applied");
+    // The pre-freeze pass compared every row and found both sides equal; so do independent
+    // fingerprints.
+    let verified = step_event(&records, "step_applied", "prepass").expect("prepass applied");
     assert_eq!(
         verified["data"]["outputs"]["tables"]["public.events"]["equal"],
         true
     );
     assert_eq!(sb.table_fingerprints(&src), sb.table_fingerprints(&tgt));
-    // The snapshot holder ended and the progress schema is gone.
+    // The snapshot holder ended (and, the forward replication retired at the fallback, no
+    // walsender is left on the source) and the progress schema is gone.
     wait_until(10, "the snapshot holder to end", || {
-        scalar(&sb, &src, "SELECT count(*) FROM pg_stat_replication") == "1"
+        scalar(&sb, &src, "SELECT count(*) FROM pg_stat_replication") == "0"
     });
     assert_eq!(progress_schemas(&sb, &tgt), "0");
     sb.assert_no_secrets(&[]);
@@ -213,7 +215,10 @@ fn a_row_changed_after_the_prepass_and_corrupted_on_the_target_is_caught_in_the_
     let run = only_run(&sb).unwrap();
     let held = sb.records(&run);
     let prepass = step_event(&held, "step_applied", "prepass").expect("prepass");
-    assert!(prepass["data"]["outputs"]["rows"].as_i64().unwrap() > 300_000, "{prepass}");
+    assert!(
+        prepass["data"]["outputs"]["rows"].as_i64().unwrap() > 300_000,
+        "{prepass}"
+    );
     let refused = sb
         .try_sql(
             &sb.var("CUTOVER_STAGING_TARGET_APP_DATABASE_URL"),
@@ -224,9 +229,16 @@ fn a_row_changed_after_the_prepass_and_corrupted_on_the_target_is_caught_in_the_
     // One row changed on the source after the pass (so it is in the change-tracking set), then
     // changed on the target only, in a column that no later write touches.
     let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
-    sb.sql(&src, "UPDATE public.orders SET status = 'shipped' WHERE id = 4242");
+    sb.sql(
+        &src,
+        "UPDATE public.orders SET status = 'shipped' WHERE id = 4242",
+    );
     wait_until(30, "the change to reach the target", || {
-        scalar(&sb, &tgt, "SELECT status FROM public.orders WHERE id = 4242") == "shipped"
+        scalar(
+            &sb,
+            &tgt,
+            "SELECT status FROM public.orders WHERE id = 4242",
+        ) == "shipped"
     });
     sb.sql(
         &tgt,
@@ -248,7 +260,10 @@ fn a_row_changed_after_the_prepass_and_corrupted_on_the_target_is_caught_in_the_
     // Inside the window, by key: the check read only the rows changed since the pass.
     let failed = step_event(&records, "step_failed", "verify").expect("verify failed");
     assert!(
-        failed["data"]["error"].as_str().unwrap().contains("changed since the pre-freeze pass"),
+        failed["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("changed since the pre-freeze pass"),
         "{failed}"
     );
     assert!(failed["data"]["error"]
@@ -334,14 +349,15 @@ fn postponed_run_holds_before_the_freeze_then_cuts_over_with_sequences_ahead_and
         );
     }
 
-    // The application now writes to the target, with a key above every replicated one.
+    // The application now writes to the target, with a key above every replicated one (read
+    // first: the fallback carries the new order back to the legacy database).
+    let max_source: i64 = scalar(&sb, &src, "SELECT max(id) FROM public.orders")
+        .parse()
+        .unwrap();
     let (status, body) = post(&sb.var("CUTOVER_STAGING_APP_URL"), "/orders");
     assert_eq!(status, 201, "{body}");
     let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
         .as_i64()
-        .unwrap();
-    let max_source: i64 = scalar(&sb, &src, "SELECT max(id) FROM public.orders")
-        .parse()
         .unwrap();
     assert!(
         id > max_source,

@@ -163,7 +163,10 @@ impl Bench {
     /// Drops the subscriptions, the slots and the publications of database `db` on both servers
     /// (forward replication, change tracking and the fallback alike).
     pub async fn drop_replication(&self, db: &str) {
-        for url in [self.target_db(db), self.source_db(db)].into_iter().flatten() {
+        for url in [self.target_db(db), self.source_db(db)]
+            .into_iter()
+            .flatten()
+        {
             self.drop_subscriptions(&url).await;
         }
         for server in [&self.source_url, &self.target_url] {
@@ -276,7 +279,10 @@ impl Bench {
             ])
             .env("CUTOVER_BENCH_SOURCE_URL", self.source_db(db)?)
             .env("CUTOVER_BENCH_TARGET_URL", self.target_db(db)?)
-            .env("CUTOVER_BENCH_TARGET_APP_URL", self.app_db(&self.target_url, db)?)
+            .env(
+                "CUTOVER_BENCH_TARGET_APP_URL",
+                self.app_db(&self.target_url, db)?,
+            )
             .stdin(std::process::Stdio::null())
             .output()?;
         let rss = children_max_rss();

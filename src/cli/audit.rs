@@ -270,13 +270,29 @@ pub async fn slot_warnings(root: &Path, run_id: &str) -> Vec<String> {
     let Ok(env) = crate::config::load_environment(root, &s.environment) else {
         return Vec::new();
     };
-    let suffix: String = run_id.rsplit('-').next().unwrap_or(run_id).to_ascii_lowercase();
+    let suffix: String = run_id
+        .rsplit('-')
+        .next()
+        .unwrap_or(run_id)
+        .to_ascii_lowercase();
     let mut out = Vec::new();
-    for (side, var) in [("source", &env.database.source_url_env), ("target", &env.database.target_url_env)] {
-        let Ok(url) = std::env::var(var) else { continue };
-        let Ok(c) = crate::providers::postgres::connect(&url, side).await else { continue };
-        let Ok(slots) = crate::providers::postgres::replication::retained(&c, side).await else { continue };
-        for (name, bytes) in slots.iter().filter(|(n, _)| n.contains(&format!("_{suffix}"))) {
+    for (side, var) in [
+        ("source", &env.database.source_url_env),
+        ("target", &env.database.target_url_env),
+    ] {
+        let Ok(url) = std::env::var(var) else {
+            continue;
+        };
+        let Ok(c) = crate::providers::postgres::connect(&url, side).await else {
+            continue;
+        };
+        let Ok(slots) = crate::providers::postgres::replication::retained(&c, side).await else {
+            continue;
+        };
+        for (name, bytes) in slots
+            .iter()
+            .filter(|(n, _)| n.contains(&format!("_{suffix}")))
+        {
             out.push(format!(
                 "replication slot {name} on the {side} retains {bytes} bytes of WAL; once the target is trusted, end the fallback with `cutover execute {} --runbook shop-decommission` (postgres.decommission)",
                 s.environment

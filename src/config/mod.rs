@@ -18,7 +18,10 @@ pub use environment::{
 };
 pub use expand::expand_env_vars;
 pub use problem::{Problem, Problems};
-pub use runbook::{follows_another, Heartbeat, LegacyPath, RawPhase, RawRunbook, RawStep, RollbackPolicy, SpannedStep};
+pub use runbook::{
+    follows_another, Heartbeat, LegacyPath, RawPhase, RawRunbook, RawStep, RollbackPolicy,
+    SpannedStep,
+};
 
 use std::path::Path;
 

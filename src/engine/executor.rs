@@ -541,7 +541,10 @@ impl<'a> Executor<'a> {
             let Some((_, step)) = plan.steps().find(|(_, s)| s.id == id) else {
                 continue;
             };
-            let real = match template::render_value(&Value::Object(step.params.clone()), &self.context(false)) {
+            let real = match template::render_value(
+                &Value::Object(step.params.clone()),
+                &self.context(false),
+            ) {
                 Ok(Value::Object(m)) => m,
                 _ => step.params.clone(),
             };
@@ -552,7 +555,9 @@ impl<'a> Executor<'a> {
             let manual = step.kind.manual_undo(&real, &before, &self.run_id);
             let answer = {
                 let cx = self.step_context(step, real, &progress, &journal, true);
-                step.kind.rollback_refusal(&cx, &before, outputs.as_ref()).await
+                step.kind
+                    .rollback_refusal(&cx, &before, outputs.as_ref())
+                    .await
             };
             let reason = match answer {
                 Ok(None) => continue,
@@ -561,14 +566,23 @@ impl<'a> Executor<'a> {
             };
             let reason = self.redactor.redact(&reason);
             let manual: Vec<String> = manual.iter().map(|m| self.redactor.redact(m)).collect();
-            self.record("rollback_refused", Some(&id), json!({"reason": reason, "manual": manual}))?;
-            refused.push(json!({"step": id, "kind": step.kind.name(), "error": reason, "manual": manual}));
+            self.record(
+                "rollback_refused",
+                Some(&id),
+                json!({"reason": reason, "manual": manual}),
+            )?;
+            refused.push(
+                json!({"step": id, "kind": step.kind.name(), "error": reason, "manual": manual}),
+            );
         }
         if refused.is_empty() {
             return Ok(None);
         }
-        self.finish("rollback-refused", json!({"failed_step": failed_step, "incomplete": refused}))
-            .await?;
+        self.finish(
+            "rollback-refused",
+            json!({"failed_step": failed_step, "incomplete": refused}),
+        )
+        .await?;
         Ok(Some(self.outcome(
             "rollback-refused",
             Outcome::RollbackIncomplete(manual_todo(&refused)),
@@ -751,16 +765,31 @@ mod tests {
         async fn plan(&self, _cx: &StepContext) -> Result<Planned, StepError> {
             Ok(Planned::default())
         }
-        async fn apply(&self, _cx: &StepContext, _p: &Planned) -> Result<Map<String, Value>, StepError> {
+        async fn apply(
+            &self,
+            _cx: &StepContext,
+            _p: &Planned,
+        ) -> Result<Map<String, Value>, StepError> {
             match self {
                 Fake::Fails => Err(StepError::Check("it broke".into())),
                 _ => Ok(Map::new()),
             }
         }
-        async fn rollback_refusal(&self, _cx: &StepContext, _b: &Value, outputs: Option<&Map<String, Value>>) -> Result<Option<String>, StepError> {
-            Ok((*self == Fake::Refuses && outputs.is_some()).then(|| "would lose 3 rows".to_string()))
+        async fn rollback_refusal(
+            &self,
+            _cx: &StepContext,
+            _b: &Value,
+            outputs: Option<&Map<String, Value>>,
+        ) -> Result<Option<String>, StepError> {
+            Ok((*self == Fake::Refuses && outputs.is_some())
+                .then(|| "would lose 3 rows".to_string()))
         }
-        async fn rollback(&self, _cx: &StepContext, _b: &Value, _o: Option<&Map<String, Value>>) -> Result<Vec<Restored>, StepError> {
+        async fn rollback(
+            &self,
+            _cx: &StepContext,
+            _b: &Value,
+            _o: Option<&Map<String, Value>>,
+        ) -> Result<Vec<Restored>, StepError> {
             match self {
                 Fake::StopsRollback => Err(StepError::Gate("not caught up".into())),
                 _ => Ok(Vec::new()),
@@ -845,7 +874,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_step_whose_undo_would_lose_data_refuses_the_whole_rollback_before_anything_is_undone() {
+    async fn a_step_whose_undo_would_lose_data_refuses_the_whole_rollback_before_anything_is_undone(
+    ) {
         let (outcome, records) = tokio::time::timeout(
             std::time::Duration::from_secs(30),
             run(&[("a", &OK), ("keep", &REFUSES), ("broken", &FAILS)]),
@@ -857,7 +887,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(has(&records, "rollback_refused", "keep"));
-        assert!(!records.iter().any(|(e, _)| e == "rollback_step_started"), "{records:?}");
+        assert!(
+            !records.iter().any(|(e, _)| e == "rollback_step_started"),
+            "{records:?}"
+        );
     }
 
     #[tokio::test]
@@ -868,10 +901,16 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(matches!(outcome, Outcome::RollbackIncomplete(_)), "{outcome:?}");
+        assert!(
+            matches!(outcome, Outcome::RollbackIncomplete(_)),
+            "{outcome:?}"
+        );
         assert!(has(&records, "rollback_step_completed", "broken"));
         assert!(has(&records, "rollback_step_failed", "fallback"));
-        assert!(!has(&records, "rollback_step_started", "first"), "{records:?}");
+        assert!(
+            !has(&records, "rollback_step_started", "first"),
+            "{records:?}"
+        );
     }
 
     #[tokio::test]

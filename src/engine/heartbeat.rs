@@ -16,7 +16,9 @@
 //! clients and the writers; must not interpret step results.
 
 use super::executor::{EngineError, Executor};
-use crate::providers::postgres::heartbeat::{self, Heartbeat, Options, Report, ServedSource, UrlSource};
+use crate::providers::postgres::heartbeat::{
+    self, Heartbeat, Options, Report, ServedSource, UrlSource,
+};
 use crate::providers::postgres::ConnParts;
 use crate::providers::route53 as r53p;
 use crate::runbook::template;
@@ -66,8 +68,13 @@ async fn legacy_served(
     }
     let (record, rtype, targets) = (record.to_string(), rtype.to_string(), legacy.clone());
     let served: ServedSource = Arc::new(move || {
-        let (r53, zone, record, rtype, targets) =
-            (r53.clone(), zone.clone(), record.clone(), rtype.clone(), targets.clone());
+        let (r53, zone, record, rtype, targets) = (
+            r53.clone(),
+            zone.clone(),
+            record.clone(),
+            rtype.clone(),
+            targets.clone(),
+        );
         Box::pin(async move {
             match r53p::record_sets(&r53, &zone, &record, &rtype).await {
                 Ok(sets) => sets
@@ -158,7 +165,11 @@ pub async fn start(ex: &mut Executor<'_>, attempt: usize) -> Result<(), EngineEr
             }
             Err(e) => {
                 let reason = ex.redactor.redact(&e);
-                ex.record("heartbeat_failed", None, json!({"path": "legacy", "error": reason}))?;
+                ex.record(
+                    "heartbeat_failed",
+                    None,
+                    json!({"path": "legacy", "error": reason}),
+                )?;
             }
         }
     }
@@ -247,7 +258,9 @@ pub async fn finish(ex: &mut Executor<'_>) -> Result<Option<(u64, String)>, Engi
     data["gap_from"] = longest.1;
     data["gap_to"] = longest.2;
     data["gap_path"] = json!(longest.3);
-    data["open_at_end"] = json!(reports.iter().any(|(n, _, r)| *n == longest.3 && r.open_at_end));
+    data["open_at_end"] = json!(reports
+        .iter()
+        .any(|(n, _, r)| *n == longest.3 && r.open_at_end));
     data["paths"] = json!(paths);
     let mut lost = None;
     if reports[0].2.error.is_none() {

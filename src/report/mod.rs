@@ -110,7 +110,10 @@ pub fn heartbeat_line(d: &Value) -> String {
     let legacy = d
         .get("paths")
         .and_then(Value::as_array)
-        .and_then(|ps| ps.iter().find(|p| p.get("path").and_then(Value::as_str) == Some("legacy")))
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p.get("path").and_then(Value::as_str) == Some("legacy"))
+        })
         .map(|p| {
             format!(
                 "; legacy path: {} acknowledged, longest gap {} ms while DNS sent users there",

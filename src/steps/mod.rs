@@ -324,7 +324,9 @@ pub mod rendered {
             Some(B::S(s)) => match s.trim().to_ascii_lowercase().as_str() {
                 "true" => Ok(true),
                 "false" => Ok(false),
-                _ => Err(serde::de::Error::custom(format!("`{s}` is not true or false"))),
+                _ => Err(serde::de::Error::custom(format!(
+                    "`{s}` is not true or false"
+                ))),
             },
         }
     }

@@ -36,14 +36,25 @@ fn prefix(cx: &StepContext) -> String {
         .database
         .name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("cutover_{db}_")
 }
 
-async fn objects(c: &tokio_postgres::Client, side: &str, prefix: &str) -> Result<Objects, StepError> {
+async fn objects(
+    c: &tokio_postgres::Client,
+    side: &str,
+    prefix: &str,
+) -> Result<Objects, StepError> {
     let like = format!("{}%", prefix.replace('_', "\\_"));
-    let names = |rows: Vec<tokio_postgres::Row>| -> Vec<String> { rows.iter().map(|r| r.get(0)).collect() };
+    let names =
+        |rows: Vec<tokio_postgres::Row>| -> Vec<String> { rows.iter().map(|r| r.get(0)).collect() };
     let subscriptions = names(
         c.query(
             "SELECT subname::text FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND subname LIKE $1 ORDER BY 1",
@@ -53,16 +64,23 @@ async fn objects(c: &tokio_postgres::Client, side: &str, prefix: &str) -> Result
         .map_err(|e| pg(side, e))?,
     );
     let publications = names(
-        c.query("SELECT pubname::text FROM pg_publication WHERE pubname LIKE $1 ORDER BY 1", &[&like])
-            .await
-            .map_err(|e| pg(side, e))?,
+        c.query(
+            "SELECT pubname::text FROM pg_publication WHERE pubname LIKE $1 ORDER BY 1",
+            &[&like],
+        )
+        .await
+        .map_err(|e| pg(side, e))?,
     );
     let slots = replication::retained(c, side)
         .await?
         .into_iter()
         .filter(|(n, _)| n.starts_with(prefix))
         .collect();
-    Ok(Objects { subscriptions, publications, slots })
+    Ok(Objects {
+        subscriptions,
+        publications,
+        slots,
+    })
 }
 
 #[async_trait]
@@ -86,27 +104,53 @@ impl StepKind for Decommission {
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let pre = prefix(cx);
         let mut changes = Vec::new();
-        for (side, c) in [("source", cx.providers.source().await?), ("target", cx.providers.target().await?)] {
+        for (side, c) in [
+            ("source", cx.providers.source().await?),
+            ("target", cx.providers.target().await?),
+        ] {
             let o = objects(&c, side, &pre).await?;
             for s in &o.subscriptions {
-                changes.push(Change::new("delete", format!("subscription {s} on {side}"), "replication stops; its slot on the publisher goes with it"));
+                changes.push(Change::new(
+                    "delete",
+                    format!("subscription {s} on {side}"),
+                    "replication stops; its slot on the publisher goes with it",
+                ));
             }
             for p in &o.publications {
-                changes.push(Change::new("delete", format!("publication {p} on {side}"), "no longer published"));
+                changes.push(Change::new(
+                    "delete",
+                    format!("publication {p} on {side}"),
+                    "no longer published",
+                ));
             }
             for (s, bytes) in &o.slots {
-                changes.push(Change::new("delete", format!("replication slot {s} on {side}"), format!("retains {bytes} bytes of WAL")));
+                changes.push(Change::new(
+                    "delete",
+                    format!("replication slot {s} on {side}"),
+                    format!("retains {bytes} bytes of WAL"),
+                ));
             }
         }
         if changes.is_empty() {
-            changes.push(Change::new("none", format!("replication objects {pre}* on both servers"), "none left"));
+            changes.push(Change::new(
+                "none",
+                format!("replication objects {pre}* on both servers"),
+                "none left",
+            ));
         } else {
             changes.push(Change::new("check", "fallback", "after this, a rollback of the cutover run can no longer carry the target's writes back to the legacy database"));
         }
-        Ok(Planned { changes, ..Default::default() })
+        Ok(Planned {
+            changes,
+            ..Default::default()
+        })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let pre = prefix(cx);
         let source = cx.providers.source().await?;
         let target = cx.providers.target().await?;
@@ -124,7 +168,9 @@ impl StepKind for Decommission {
             for (s, bytes) in o.slots {
                 replication::drop_slot(c, side, &s).await?;
                 freed += bytes;
-                dropped.push(format!("replication slot {s} ({side}, {bytes} bytes of WAL)"));
+                dropped.push(format!(
+                    "replication slot {s} ({side}, {bytes} bytes of WAL)"
+                ));
             }
             for p in o.publications {
                 c.batch_execute(&format!("DROP PUBLICATION {}", ident(&p)))
@@ -134,32 +180,61 @@ impl StepKind for Decommission {
             }
         }
         let mut out = Map::new();
-        out.insert("summary".into(), json!(if dropped.is_empty() {
-            format!("no replication object {pre}* left on either server")
-        } else {
-            format!("dropped {}; {freed} bytes of retained WAL freed", dropped.join(", "))
-        }));
+        out.insert(
+            "summary".into(),
+            json!(if dropped.is_empty() {
+                format!("no replication object {pre}* left on either server")
+            } else {
+                format!(
+                    "dropped {}; {freed} bytes of retained WAL freed",
+                    dropped.join(", ")
+                )
+            }),
+        );
         out.insert("dropped".into(), json!(dropped));
         out.insert("retained_bytes_freed".into(), json!(freed));
         Ok(out)
     }
 
-    async fn verify(&self, cx: &StepContext, _outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+    async fn verify(
+        &self,
+        cx: &StepContext,
+        _outputs: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, StepError> {
         let pre = prefix(cx);
         let mut left = Vec::new();
-        for (side, c) in [("source", cx.providers.source().await?), ("target", cx.providers.target().await?)] {
+        for (side, c) in [
+            ("source", cx.providers.source().await?),
+            ("target", cx.providers.target().await?),
+        ] {
             let o = objects(&c, side, &pre).await?;
-            left.extend(o.subscriptions.iter().map(|s| format!("subscription {s} ({side})")));
-            left.extend(o.publications.iter().map(|s| format!("publication {s} ({side})")));
+            left.extend(
+                o.subscriptions
+                    .iter()
+                    .map(|s| format!("subscription {s} ({side})")),
+            );
+            left.extend(
+                o.publications
+                    .iter()
+                    .map(|s| format!("publication {s} ({side})")),
+            );
             left.extend(o.slots.keys().map(|s| format!("slot {s} ({side})")));
         }
         if !left.is_empty() {
-            return Err(StepError::Check(format!("still present after the decommission: {}", left.join(", "))));
+            return Err(StepError::Check(format!(
+                "still present after the decommission: {}",
+                left.join(", ")
+            )));
         }
         Ok(Map::new())
     }
 
-    async fn rollback(&self, _cx: &StepContext, _before: &Value, _outputs: Option<&Map<String, Value>>) -> Result<Vec<Restored>, StepError> {
+    async fn rollback(
+        &self,
+        _cx: &StepContext,
+        _before: &Value,
+        _outputs: Option<&Map<String, Value>>,
+    ) -> Result<Vec<Restored>, StepError> {
         Ok(Vec::new())
     }
 }

@@ -25,7 +25,9 @@ use super::postgres_freeze_writes::application_roles;
 use super::postgres_replicate::{names, run_name};
 use super::postgres_verify::tracking_slot;
 use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
-use crate::providers::postgres::{catalog, changes, ident, literal, pg, replication, roles, ConnParts};
+use crate::providers::postgres::{
+    catalog, changes, ident, literal, pg, replication, roles, ConnParts,
+};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -124,7 +126,9 @@ async fn wait_confirmed(
                 }
                 if last_report.elapsed() >= Duration::from_secs(1) {
                     last_report = Instant::now();
-                    (cx.progress)(&format!("waiting for {slot} to confirm {goal}: {b} bytes behind"));
+                    (cx.progress)(&format!(
+                        "waiting for {slot} to confirm {goal}: {b} bytes behind"
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -172,11 +176,26 @@ impl StepKind for Fallback {
         } else {
             Change::new("none", format!("subscription {sub} on target"), "absent (created by postgres.replicate, or already retired)")
         });
-        ch.push(Change::new("delete", format!("replication slot {} and publication {publ} on source", tracking_slot(cx)), "change tracking and the forward publication, no longer needed"));
+        ch.push(Change::new(
+            "delete",
+            format!(
+                "replication slot {} and publication {publ} on source",
+                tracking_slot(cx)
+            ),
+            "change tracking and the forward publication, no longer needed",
+        ));
         if p.replication {
             let major = catalog::major_version(&source, "source").await?;
-            ch.push(Change::new("create", format!("publication {fb} on target"), "FOR TABLE the forward publication's tables"));
-            ch.push(Change::new("create", format!("replication slot {fb} on target"), "pgoutput; its LSN is the flip LSN"));
+            ch.push(Change::new(
+                "create",
+                format!("publication {fb} on target"),
+                "FOR TABLE the forward publication's tables",
+            ));
+            ch.push(Change::new(
+                "create",
+                format!("replication slot {fb} on target"),
+                "pgoutput; its LSN is the flip LSN",
+            ));
             ch.push(Change::new("create", format!("subscription {fb} on source"), format!(
                 "PUBLICATION {fb} WITH (create_slot = false, slot_name = {fb}, copy_data = false{}): every write on the target from the flip reaches the legacy database",
                 if major >= 16 { ", origin = none" } else { "" }
@@ -186,12 +205,23 @@ impl StepKind for Fallback {
         }
         let app = target_roles(&source, &target).await?;
         for r in &app {
-            ch.push(Change::new("update", format!("role {r} in {tdb} on target"), "read-only → read-write: the application may write once the Secret flips"));
+            ch.push(Change::new(
+                "update",
+                format!("role {r} in {tdb} on target"),
+                "read-only → read-write: the application may write once the Secret flips",
+            ));
         }
-        Ok(Planned { changes: ch, ..Default::default() })
+        Ok(Planned {
+            changes: ch,
+            ..Default::default()
+        })
     }
 
-    async fn apply(&self, cx: &StepContext, _planned: &Planned) -> Result<Map<String, Value>, StepError> {
+    async fn apply(
+        &self,
+        cx: &StepContext,
+        _planned: &Planned,
+    ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let fb = fallback_name(cx);
@@ -203,12 +233,25 @@ impl StepKind for Fallback {
         if changes::slot_exists(&source, "source", &sub).await? {
             let goal = replication::current_lsn(&source, "source").await?;
             let _ = source.batch_execute(replication::PROBE_SQL).await;
-            wait_confirmed(cx, &source, Some(&target), "source", &sub, &goal, cx.remaining()).await?;
+            wait_confirmed(
+                cx,
+                &source,
+                Some(&target),
+                "source",
+                &sub,
+                &goal,
+                cx.remaining(),
+            )
+            .await?;
         }
         let tables: Vec<String> = if replication::has_publication(&source, "source", &publ).await? {
             replication::publication_tables(&source, "source", &publ).await?
         } else {
-            catalog::tables(&source, "source").await?.into_iter().map(|t| t.name).collect()
+            catalog::tables(&source, "source")
+                .await?
+                .into_iter()
+                .map(|t| t.name)
+                .collect()
         };
         if replication::drop_subscription(&target, "target", &sub).await? {
             retired = true;
@@ -227,14 +270,25 @@ impl StepKind for Fallback {
                 let sql = if tables.is_empty() {
                     format!("CREATE PUBLICATION {}", ident(&fb))
                 } else {
-                    format!("CREATE PUBLICATION {} FOR TABLE {}", ident(&fb), tables.join(", "))
+                    format!(
+                        "CREATE PUBLICATION {} FOR TABLE {}",
+                        ident(&fb),
+                        tables.join(", ")
+                    )
                 };
-                target.batch_execute(&sql).await.map_err(|e| pg("target", e))?;
+                target
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| pg("target", e))?;
             }
             let flip_lsn = changes::create_slot(&target, "target", &fb).await?;
             if !replication::has_subscription(&source, "source", &fb).await? {
                 let tp = ConnParts::parse(&cx.providers.target_url()?, "target")?;
-                let origin = if catalog::major_version(&source, "source").await? >= 16 { ", origin = none" } else { "" };
+                let origin = if catalog::major_version(&source, "source").await? >= 16 {
+                    ", origin = none"
+                } else {
+                    ""
+                };
                 let sql = format!(
                     "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false{origin})",
                     ident(&fb),
@@ -243,16 +297,25 @@ impl StepKind for Fallback {
                     literal(&fb)
                 );
                 // The statement holds the target password: report only the server's message.
-                source.batch_execute(&sql).await.map_err(|e| pg("source", e))?;
+                source
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| pg("source", e))?;
             }
             out.insert("fallback".into(), json!(fb));
             out.insert("flip_lsn".into(), json!(flip_lsn));
         } else {
             out.insert("fallback".into(), Value::Null);
-            out.insert("flip_lsn".into(), json!(replication::current_lsn(&target, "target").await?));
+            out.insert(
+                "flip_lsn".into(),
+                json!(replication::current_lsn(&target, "target").await?),
+            );
         }
         let app = target_roles(&source, &target).await?;
-        out.insert("target_writes_at_open".into(), json!(target_writes(&target).await?));
+        out.insert(
+            "target_writes_at_open".into(),
+            json!(target_writes(&target).await?),
+        );
         roles::unfreeze(&target, "target", &tdb, &app).await?;
         out.insert("forward_retired".into(), json!(retired));
         out.insert("roles_opened".into(), json!(app));
@@ -264,7 +327,11 @@ impl StepKind for Fallback {
         Ok(out)
     }
 
-    async fn verify(&self, cx: &StepContext, outputs: &Map<String, Value>) -> Result<Map<String, Value>, StepError> {
+    async fn verify(
+        &self,
+        cx: &StepContext,
+        outputs: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, StepError> {
         let Some(fb) = outputs.get("fallback").and_then(Value::as_str) else {
             return Ok(Map::new());
         };
@@ -273,27 +340,41 @@ impl StepKind for Fallback {
         // rollback waits for it to catch up.
         let source = cx.providers.source().await?;
         let running = source
-            .query_opt("SELECT 1 FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL", &[&fb])
+            .query_opt(
+                "SELECT 1 FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL",
+                &[&fb],
+            )
             .await
             .map_err(|e| pg("source", e))?
             .is_some();
         let mut ev = Map::new();
         ev.insert("apply_worker_running".into(), json!(running));
-        ev.insert("summary".into(), json!(format!(
-            "the legacy database subscribes to the target through {fb} (apply worker {})",
-            if running { "running" } else { "starting" }
-        )));
+        ev.insert(
+            "summary".into(),
+            json!(format!(
+                "the legacy database subscribes to the target through {fb} (apply worker {})",
+                if running { "running" } else { "starting" }
+            )),
+        );
         Ok(ev)
     }
 
-    async fn rollback_refusal(&self, cx: &StepContext, _before: &Value, outputs: Option<&Map<String, Value>>) -> Result<Option<String>, StepError> {
+    async fn rollback_refusal(
+        &self,
+        cx: &StepContext,
+        _before: &Value,
+        outputs: Option<&Map<String, Value>>,
+    ) -> Result<Option<String>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let Some(out) = outputs else { return Ok(None) };
         if p.replication {
             return Ok(None);
         }
         let target = cx.providers.target().await?;
-        let at_open = out.get("target_writes_at_open").and_then(Value::as_i64).unwrap_or(0);
+        let at_open = out
+            .get("target_writes_at_open")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         let now = target_writes(&target).await?;
         Ok((now > at_open).then(|| format!(
             "the target took {} row write(s) since it was opened at {} and this runbook has no fallback replication (postgres.fallback with replication: false): rolling back would lose them",
@@ -302,7 +383,12 @@ impl StepKind for Fallback {
         )))
     }
 
-    async fn rollback(&self, cx: &StepContext, _before: &Value, outputs: Option<&Map<String, Value>>) -> Result<Vec<Restored>, StepError> {
+    async fn rollback(
+        &self,
+        cx: &StepContext,
+        _before: &Value,
+        outputs: Option<&Map<String, Value>>,
+    ) -> Result<Vec<Restored>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let fb = fallback_name(cx);
         let source = cx.providers.source().await?;
@@ -354,11 +440,20 @@ impl StepKind for Fallback {
                     "sequences (source)",
                     None,
                     None,
-                    format!("{} sequence(s) set at least to the target's value + {}", todo.len(), p.margin),
+                    format!(
+                        "{} sequence(s) set at least to the target's value + {}",
+                        todo.len(),
+                        p.margin
+                    ),
                 ));
             }
             replication::drop_subscription(&source, "source", &fb).await?;
-            done.push(Restored::new(format!("subscription {fb} (source)"), Some(&fb), None, "dropped with its slot on the target"));
+            done.push(Restored::new(
+                format!("subscription {fb} (source)"),
+                Some(&fb),
+                None,
+                "dropped with its slot on the target",
+            ));
         }
         replication::drop_slot(&target, "target", &fb).await?;
         if replication::has_publication(&target, "target", &fb).await? {
@@ -366,12 +461,22 @@ impl StepKind for Fallback {
                 .batch_execute(&format!("DROP PUBLICATION {}", ident(&fb)))
                 .await
                 .map_err(|e| pg("target", e))?;
-            done.push(Restored::new(format!("publication {fb} (target)"), Some(&fb), None, "dropped"));
+            done.push(Restored::new(
+                format!("publication {fb} (target)"),
+                Some(&fb),
+                None,
+                "dropped",
+            ));
         }
         Ok(done)
     }
 
-    fn manual_undo(&self, _params: &Map<String, Value>, _before: &Value, run_id: &str) -> Vec<String> {
+    fn manual_undo(
+        &self,
+        _params: &Map<String, Value>,
+        _before: &Value,
+        run_id: &str,
+    ) -> Vec<String> {
         vec![
             "keep the application frozen on both databases until the legacy database holds every write of the target".to_string(),
             format!("check the fallback subscription on the legacy database: SELECT * FROM pg_stat_subscription WHERE subname LIKE 'cutover\\_%\\_fb'; then `cutover rollback {run_id}` continues"),

@@ -129,7 +129,11 @@ impl StepKind for FreezeWrites {
         }
         for r in &wanted {
             changes.push(if frozen.contains(r) {
-                Change::new("none", format!("role {r} in {db} on source"), "already read-only")
+                Change::new(
+                    "none",
+                    format!("role {r} in {db} on source"),
+                    "already read-only",
+                )
             } else {
                 Change::new(
                     "update",
@@ -196,12 +200,17 @@ impl StepKind for FreezeWrites {
         let db = source_db(cx)?;
         let source = cx.providers.source().await?;
         let frozen = roles::frozen(&source, "source", &db).await?;
-        let wanted: Vec<String> = serde_json::from_value(outputs.get("roles").cloned().unwrap_or_default()).unwrap_or_default();
+        let wanted: Vec<String> =
+            serde_json::from_value(outputs.get("roles").cloned().unwrap_or_default())
+                .unwrap_or_default();
         let open: Vec<&String> = wanted.iter().filter(|r| !frozen.contains(r)).collect();
         if !open.is_empty() {
             return Err(StepError::Check(format!(
                 "role(s) {} still start read-write sessions in {db} on the source",
-                open.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                open.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         Ok(Map::new())
@@ -214,7 +223,9 @@ impl StepKind for FreezeWrites {
         _outputs: Option<&Map<String, Value>>,
     ) -> Result<Vec<Restored>, StepError> {
         let db = source_db(cx)?;
-        let was: Vec<String> = serde_json::from_value(before.get("frozen").cloned().unwrap_or_default()).unwrap_or_default();
+        let was: Vec<String> =
+            serde_json::from_value(before.get("frozen").cloned().unwrap_or_default())
+                .unwrap_or_default();
         let source = cx.providers.source().await?;
         // The roles this run froze: read-only now and not before the run.
         let frozen = roles::frozen(&source, "source", &db).await?;

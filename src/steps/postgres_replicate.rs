@@ -85,7 +85,13 @@ pub(super) fn run_name(cx: &StepContext) -> String {
         .database
         .name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     let run: String = cx
         .run_id
@@ -201,7 +207,10 @@ async fn tables_to_reset(
         )));
     }
     let live: Vec<String> = source
-        .query("SELECT subname::text FROM pg_subscription WHERE subname LIKE 'cutover\\_%\\_fb'", &[])
+        .query(
+            "SELECT subname::text FROM pg_subscription WHERE subname LIKE 'cutover\\_%\\_fb'",
+            &[],
+        )
         .await
         .map_err(|e| pg("source", e))?
         .iter()
@@ -283,7 +292,8 @@ impl StepKind for Replicate {
         let target = cx.providers.target().await?;
         let state = copy::load_state(&target).await?;
         let reset = tables_to_reset(cx, &p, &source, &target).await?;
-        let report = preflight_check(&p, &source, &target, state.is_some(), reset.is_some()).await?;
+        let report =
+            preflight_check(&p, &source, &target, state.is_some(), reset.is_some()).await?;
         let sp = ConnParts::parse(&cx.providers.source_url()?, "source")?;
         let tp = ConnParts::parse(&cx.providers.target_url()?, "target")?;
         let mut changes: Vec<Change> = report
@@ -402,7 +412,10 @@ impl StepKind for Replicate {
 
         if exists(&target, "target", SUB_SQL, &sub).await? {
             // A crash after the subscription was created: the copy is done.
-            out.insert("target_frozen_roles".into(), json!(freeze_target(&source, &target, &tp.dbname).await?));
+            out.insert(
+                "target_frozen_roles".into(),
+                json!(freeze_target(&source, &target, &tp.dbname).await?),
+            );
             let tables = crate::providers::postgres::catalog::tables(&source, "source").await?;
             out.insert("tables".into(), json!(tables.len()));
             let _ = target
@@ -453,7 +466,10 @@ impl StepKind for Replicate {
         }
         // Only now, with the target known not to be live: until the flip it takes writes from
         // replication only.
-        out.insert("target_frozen_roles".into(), json!(freeze_target(&source, &target, &tp.dbname).await?));
+        out.insert(
+            "target_frozen_roles".into(),
+            json!(freeze_target(&source, &target, &tp.dbname).await?),
+        );
         let tables: Vec<Table> = report.source_tables;
         out.insert("tables".into(), json!(tables.len()));
 
@@ -726,11 +742,16 @@ impl StepKind for Replicate {
             ));
         }
         let tdb = ConnParts::parse(&cx.providers.target_url()?, "target")?.dbname;
-        let was: Vec<String> = serde_json::from_value(_before.get("target_frozen").cloned().unwrap_or_default()).unwrap_or_default();
+        let was: Vec<String> =
+            serde_json::from_value(_before.get("target_frozen").cloned().unwrap_or_default())
+                .unwrap_or_default();
         let now_frozen = roles::frozen(&target, "target", &tdb).await?;
         let source = cx.providers.source().await?;
         // The roles this run froze: read-only now and not before the run.
-        let ours: Vec<String> = now_frozen.into_iter().filter(|r| !was.contains(r)).collect();
+        let ours: Vec<String> = now_frozen
+            .into_iter()
+            .filter(|r| !was.contains(r))
+            .collect();
         roles::unfreeze(&target, "target", &tdb, &ours).await?;
         for r in &ours {
             lines.push(Restored::new(

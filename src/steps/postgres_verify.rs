@@ -106,7 +106,9 @@ async fn caught_up(
             }
             Some((_, b)) if b <= 0 => return Ok(()),
             Some((_, b)) => {
-                cx.check_deadline(&format!("replication slot {slot} to reach {goal} ({b} bytes behind)"))?;
+                cx.check_deadline(&format!(
+                    "replication slot {slot} to reach {goal} ({b} bytes behind)"
+                ))?;
                 if last_probe.elapsed() >= Duration::from_millis(50) {
                     replication::nudge(source, Some(target)).await;
                     last_probe = Instant::now();
@@ -210,7 +212,10 @@ impl StepKind for Verify {
         let mut out = super::check_param_names(PARAMS, params);
         if let Some(m) = params.get("method").and_then(Value::as_str) {
             if !METHODS.contains(&m) {
-                out.push(format!("method `{m}` is not one of: {}", METHODS.join(", ")));
+                out.push(format!(
+                    "method `{m}` is not one of: {}",
+                    METHODS.join(", ")
+                ));
             }
         }
         out
@@ -276,7 +281,12 @@ impl StepKind for Verify {
         let source = cx.providers.source().await?;
         if replication::drop_slot(&source, "source", &track).await? {
             let object = format!("replication slot {track} (source)");
-            return Ok(vec![Restored::new(object.clone(), Some(&object), None, "dropped")]);
+            return Ok(vec![Restored::new(
+                object.clone(),
+                Some(&object),
+                None,
+                "dropped",
+            )]);
         }
         Ok(vec![])
     }
@@ -308,7 +318,11 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
         &cx.providers.target_url()?,
         &tables,
         p.jobs,
-        if p.method == Method::Count { 0 } else { p.chunk_rows },
+        if p.method == Method::Count {
+            0
+        } else {
+            p.chunk_rows
+        },
         // Differences in flight are common while replication runs: find them all.
         10_000,
         |done, total| {
@@ -350,7 +364,11 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
                     &cx.providers.target_url()?,
                     std::slice::from_ref(t),
                     1,
-                    if p.method == Method::Count { 0 } else { p.chunk_rows },
+                    if p.method == Method::Count {
+                        0
+                    } else {
+                        p.chunk_rows
+                    },
                     10_000,
                     |_, _| {},
                 )
@@ -376,9 +394,16 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
                 let t = &tables[*i];
                 if keys.is_empty() {
                     let r = &results[*i];
-                    format!("{}: {} rows on the source, {} on the target", t.display, r.rows, r.target_rows)
+                    format!(
+                        "{}: {} rows on the source, {} on the target",
+                        t.display, r.rows, r.target_rows
+                    )
                 } else {
-                    format!("{}: rows differ or are missing at {}", t.display, labels(t, keys, p.max_keys))
+                    format!(
+                        "{}: rows differ or are missing at {}",
+                        t.display,
+                        labels(t, keys, p.max_keys)
+                    )
                 }
             })
             .collect();
@@ -399,11 +424,25 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
     for r in &results {
         rows += r.rows;
         chunks += r.chunks;
-        out_tables.insert(r.table.clone(), json!({"rows": r.rows, "chunks": r.chunks, "equal": true}));
+        out_tables.insert(
+            r.table.clone(),
+            json!({"rows": r.rows, "chunks": r.chunks, "equal": true}),
+        );
     }
-    let rate = if secs > 0.0 { (rows as f64 / secs).round() } else { 0.0 };
+    let rate = if secs > 0.0 {
+        (rows as f64 / secs).round()
+    } else {
+        0.0
+    };
     let mut out = Map::new();
-    out.insert("method".into(), json!(if p.method == Method::Count { "count" } else { "checksum" }));
+    out.insert(
+        "method".into(),
+        json!(if p.method == Method::Count {
+            "count"
+        } else {
+            "checksum"
+        }),
+    );
     out.insert("tables".into(), Value::Object(out_tables));
     out.insert("rows".into(), json!(rows));
     out.insert("chunks".into(), json!(chunks));
@@ -467,7 +506,10 @@ async fn catch_up(
         }
     }
     source
-        .query("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", &[&track, &mark])
+        .query(
+            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&track, &mark],
+        )
         .await
         .map_err(|e| crate::providers::postgres::pg("source", e))?;
     Ok((read, mark))
@@ -502,9 +544,15 @@ async fn changed_since_prepass(
             Some(keys) => {
                 let (d, read) = recheck(cx, &source, &target, None, t, &keys).await?;
                 compared += read;
-                out_tables.insert(name.clone(), json!({"keys": keys.len(), "rows_compared": read, "equal": d.is_empty()}));
+                out_tables.insert(
+                    name.clone(),
+                    json!({"keys": keys.len(), "rows_compared": read, "equal": d.is_empty()}),
+                );
                 if !d.is_empty() {
-                    diffs.push(format!("{name}: rows differ or are missing at {}", labels(t, &d, p.max_keys)));
+                    diffs.push(format!(
+                        "{name}: rows differ or are missing at {}",
+                        labels(t, &d, p.max_keys)
+                    ));
                 }
             }
             None => {
@@ -522,8 +570,16 @@ async fn changed_since_prepass(
                 compared += r[0].rows.max(0) as usize;
                 out_tables.insert(name.clone(), json!({"whole_table": true, "rows_compared": r[0].rows, "equal": !r[0].differs}));
                 if r[0].differs {
-                    diffs.push(format!("{name}: {} rows on the source, {} on the target{}", r[0].rows, r[0].target_rows,
-                        if r[0].differing_keys.is_empty() { String::new() } else { format!(", differing at {}", r[0].differing_keys.join(", ")) }));
+                    diffs.push(format!(
+                        "{name}: {} rows on the source, {} on the target{}",
+                        r[0].rows,
+                        r[0].target_rows,
+                        if r[0].differing_keys.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", differing at {}", r[0].differing_keys.join(", "))
+                        }
+                    ));
                 }
             }
         }
@@ -564,7 +620,10 @@ mod tests {
             display: "public.t".into(),
             columns: vec![],
             column_defs: vec![],
-            key: vec![("\"Id\"".into(), "bigint".into()), ("tenant".into(), "text".into())],
+            key: vec![
+                ("\"Id\"".into(), "bigint".into()),
+                ("tenant".into(), "text".into()),
+            ],
             identity: catalog::Identity::PrimaryKey,
             bytes: 0,
             est_rows: 0,
@@ -574,7 +633,10 @@ mod tests {
             ..Default::default()
         };
         tc.keys.insert(vec!["a".into(), "7".into()]);
-        assert_eq!(keys_in_table_order(&t, &tc), Some(vec![vec!["7".to_string(), "a".to_string()]]));
+        assert_eq!(
+            keys_in_table_order(&t, &tc),
+            Some(vec![vec!["7".to_string(), "a".to_string()]])
+        );
         tc.key_columns = vec!["tenant".into(), "other".into()];
         assert_eq!(keys_in_table_order(&t, &tc), None);
         tc.key_columns = vec!["tenant".into(), "Id".into()];

@@ -681,7 +681,9 @@ impl StepKind for Route53Cutover {
                     last = Some(tokio::time::Instant::now());
                     (cx.progress)(&format!(
                         "waiting {} s more for answers naming {} to expire (TTL {ttl} s)",
-                        until.saturating_duration_since(tokio::time::Instant::now()).as_secs(),
+                        until
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .as_secs(),
                         p.old_id
                     ));
                 }

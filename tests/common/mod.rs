@@ -39,7 +39,9 @@ pub const SHOP_STEP_IDS: [&str; 17] = [
 pub fn flip_first_runbook() -> String {
     let s = std::fs::read_to_string(repo().join("runbooks/shop-cutover.yaml")).unwrap();
     let a = s.find("      - id: dns\n").expect("dns step");
-    let b = s.find("      # Every row compared").expect("prepass comment");
+    let b = s
+        .find("      # Every row compared")
+        .expect("prepass comment");
     let dns = s[a..b].replace("          wait_old_answers: true\n", "");
     let rest = format!("{}{}", &s[..a], &s[b..]);
     let h = rest.find("      - { id: health").expect("health step");
@@ -649,7 +651,10 @@ impl Sandbox {
     pub fn wait_for_step(&self, step: &str, event: &str, secs: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            assert!(Instant::now() < deadline, "no {event} of step {step} within {secs} s");
+            assert!(
+                Instant::now() < deadline,
+                "no {event} of step {step} within {secs} s"
+            );
             if let Some(run) = self.run_ids().pop() {
                 if self
                     .records(&run)

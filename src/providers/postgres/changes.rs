@@ -66,8 +66,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.at.checked_add(n).ok_or(DecodeError::Truncated(self.at))?;
-        let s = self.b.get(self.at..end).ok_or(DecodeError::Truncated(self.at))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(DecodeError::Truncated(self.at))?;
+        let s = self
+            .b
+            .get(self.at..end)
+            .ok_or(DecodeError::Truncated(self.at))?;
         self.at = end;
         Ok(s)
     }
@@ -83,7 +89,10 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
     }
     fn cstr(&mut self) -> Result<String, DecodeError> {
-        let rest = self.b.get(self.at..).ok_or(DecodeError::Truncated(self.at))?;
+        let rest = self
+            .b
+            .get(self.at..)
+            .ok_or(DecodeError::Truncated(self.at))?;
         let n = rest
             .iter()
             .position(|&c| c == 0)
@@ -271,14 +280,13 @@ pub async fn create_slot(c: &Client, side: &str, slot: &str) -> Result<String, P
 /// # Errors
 /// [`ProviderError::Postgres`].
 pub async fn slot_exists(c: &Client, side: &str, slot: &str) -> Result<bool, ProviderError> {
-    Ok(c
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(|e| pg(side, e))?
-        .is_some())
+    Ok(c.query_opt(
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .map_err(|e| pg(side, e))?
+    .is_some())
 }
 
 /// Reads (without consuming) every change slot `slot` holds for `publication` up to the
@@ -351,8 +359,11 @@ mod tests {
     #[test]
     fn inserts_updates_deletes_and_truncates_name_their_keys() {
         let mut d = Decoder::default();
-        d.message(&relation(7, &[("tenant", true), ("note", false), ("id", true)]))
-            .unwrap();
+        d.message(&relation(
+            7,
+            &[("tenant", true), ("note", false), ("id", true)],
+        ))
+        .unwrap();
         let mut ins = vec![b'I'];
         ins.extend_from_slice(&7u32.to_be_bytes());
         ins.push(b'N');
@@ -380,7 +391,15 @@ mod tests {
             .iter()
             .map(|k| k.iter().map(String::as_str).collect())
             .collect();
-        assert_eq!(keys, vec![vec!["a", "1"], vec!["a", "2"], vec!["b", "2"], vec!["c", "9"]]);
+        assert_eq!(
+            keys,
+            vec![
+                vec!["a", "1"],
+                vec!["a", "2"],
+                vec!["b", "2"],
+                vec!["c", "9"]
+            ]
+        );
         assert!(!t.whole_table);
         assert_eq!(set.changes, 3);
 
@@ -409,8 +428,14 @@ mod tests {
     #[test]
     fn bad_bytes_are_errors_not_panics() {
         let mut d = Decoder::default();
-        assert_eq!(d.message(b"I\0\0\0\x07N\0\0"), Err(DecodeError::UnknownRelation(7)));
-        assert!(matches!(d.message(b"R\0\0"), Err(DecodeError::Truncated(_))));
+        assert_eq!(
+            d.message(b"I\0\0\0\x07N\0\0"),
+            Err(DecodeError::UnknownRelation(7))
+        );
+        assert!(matches!(
+            d.message(b"R\0\0"),
+            Err(DecodeError::Truncated(_))
+        ));
         d.message(&relation(7, &[("id", true)])).unwrap();
         let mut ins = vec![b'I'];
         ins.extend_from_slice(&7u32.to_be_bytes());

@@ -377,7 +377,11 @@ pub async fn hashes_by_key(
         .zip(&names)
         .map(|((c, ty), k)| format!("{ALIAS}.{c} = u.{k}::{ty}"))
         .collect();
-    let cols: Vec<String> = t.key.iter().map(|(c, _)| format!("{ALIAS}.{c}::text")).collect();
+    let cols: Vec<String> = t
+        .key
+        .iter()
+        .map(|(c, _)| format!("{ALIAS}.{c}::text"))
+        .collect();
     let sql = format!(
         "SELECT ARRAY[{}], md5({ALIAS}::text) FROM {} {ALIAS} JOIN unnest({}) AS u({}) ON {}",
         cols.join(", "),
@@ -389,7 +393,12 @@ pub async fn hashes_by_key(
     let stmt = c.prepare(&sql).await.map_err(|e| pg(side, e))?;
     for batch in keys.chunks(10_000) {
         let columns: Vec<Vec<&str>> = (0..n)
-            .map(|i| batch.iter().map(|k| k.get(i).map(String::as_str).unwrap_or("")).collect())
+            .map(|i| {
+                batch
+                    .iter()
+                    .map(|k| k.get(i).map(String::as_str).unwrap_or(""))
+                    .collect()
+            })
             .collect();
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
             .iter()
@@ -426,11 +435,22 @@ mod tests {
     #[test]
     fn keys_differ_when_changed_missing_or_extra() {
         let k = |s: &str| vec![s.to_string()];
-        let src: BTreeMap<Vec<String>, String> =
-            [(k("1"), "a".into()), (k("2"), "b".into()), (k("3"), "c".into())].into();
-        let tgt: BTreeMap<Vec<String>, String> =
-            [(k("1"), "a".into()), (k("2"), "X".into()), (k("4"), "d".into())].into();
+        let src: BTreeMap<Vec<String>, String> = [
+            (k("1"), "a".into()),
+            (k("2"), "b".into()),
+            (k("3"), "c".into()),
+        ]
+        .into();
+        let tgt: BTreeMap<Vec<String>, String> = [
+            (k("1"), "a".into()),
+            (k("2"), "X".into()),
+            (k("4"), "d".into()),
+        ]
+        .into();
         let wanted = vec![k("4"), k("3"), k("2"), k("1"), k("5"), k("2")];
-        assert_eq!(differing_keys(&wanted, &src, &tgt), vec![k("2"), k("3"), k("4")]);
+        assert_eq!(
+            differing_keys(&wanted, &src, &tgt),
+            vec![k("2"), k("3"), k("4")]
+        );
     }
 }

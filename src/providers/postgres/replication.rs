@@ -18,7 +18,8 @@ pub const PROBE_SQL: &str = "SELECT pg_logical_emit_message(true, 'cutover', 'la
 /// its commit flushes the subscriber's WAL, and with it every transaction the apply worker
 /// committed before (an apply worker commits asynchronously, so it only reports a position as
 /// flushed after the WAL writer's next round, up to `wal_writer_delay`, 200 ms by default).
-pub const FLUSH_SQL: &str = "SET synchronous_commit = on; SELECT pg_logical_emit_message(true, 'cutover', 'flush')";
+pub const FLUSH_SQL: &str =
+    "SET synchronous_commit = on; SELECT pg_logical_emit_message(true, 'cutover', 'flush')";
 
 /// Hurries a subscriber's confirmation: flushes the subscriber's WAL ([`FLUSH_SQL`]), then
 /// writes a probe on the publisher ([`PROBE_SQL`]), whose arrival wakes the apply worker to
@@ -35,8 +36,7 @@ pub async fn nudge(publisher: &Client, subscriber: Option<&Client>) {
 /// # Errors
 /// [`ProviderError::Postgres`].
 pub async fn current_lsn(c: &Client, side: &str) -> Result<String, ProviderError> {
-    Ok(c
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+    Ok(c.query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
         .map_err(|e| pg(side, e))?
         .get(0))
@@ -88,7 +88,10 @@ pub async fn retained(c: &Client, side: &str) -> Result<BTreeMap<String, i64>, P
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn sequences(c: &Client, side: &str) -> Result<BTreeMap<String, Option<i64>>, ProviderError> {
+pub async fn sequences(
+    c: &Client,
+    side: &str,
+) -> Result<BTreeMap<String, Option<i64>>, ProviderError> {
     let rows = c
         .query("SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences ORDER BY 1", &[])
         .await
@@ -116,7 +119,11 @@ pub fn to_advance(
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn advance(c: &Client, side: &str, todo: &[(String, Option<i64>, i64)]) -> Result<(), ProviderError> {
+pub async fn advance(
+    c: &Client,
+    side: &str,
+    todo: &[(String, Option<i64>, i64)],
+) -> Result<(), ProviderError> {
     for (name, _, goal) in todo {
         c.query("SELECT setval($1::text::regclass, $2, true)", &[name, goal])
             .await
@@ -129,7 +136,11 @@ pub async fn advance(c: &Client, side: &str, todo: &[(String, Option<i64>, i64)]
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn publication_tables(c: &Client, side: &str, publication: &str) -> Result<Vec<String>, ProviderError> {
+pub async fn publication_tables(
+    c: &Client,
+    side: &str,
+    publication: &str,
+) -> Result<Vec<String>, ProviderError> {
     let rows = c
         .query(
             "SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
@@ -160,11 +171,12 @@ pub async fn has_subscription(c: &Client, side: &str, name: &str) -> Result<bool
 /// # Errors
 /// [`ProviderError::Postgres`].
 pub async fn has_publication(c: &Client, side: &str, name: &str) -> Result<bool, ProviderError> {
-    Ok(c
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
-        .await
-        .map_err(|e| pg(side, e))?
-        .is_some())
+    Ok(
+        c.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+            .await
+            .map_err(|e| pg(side, e))?
+            .is_some(),
+    )
 }
 
 /// Drops replication slot `slot` if it exists, waiting up to 10 s for a walsender still using it
@@ -216,11 +228,18 @@ mod tests {
 
     #[test]
     fn sequences_only_move_forward_by_the_margin() {
-        let from: BTreeMap<String, Option<i64>> =
-            [("a".into(), Some(10)), ("b".into(), None), ("c".into(), Some(5))].into();
+        let from: BTreeMap<String, Option<i64>> = [
+            ("a".into(), Some(10)),
+            ("b".into(), None),
+            ("c".into(), Some(5)),
+        ]
+        .into();
         let to: BTreeMap<String, Option<i64>> =
             [("a".into(), Some(3)), ("c".into(), Some(500))].into();
-        assert_eq!(to_advance(&from, &to, 100), vec![("a".to_string(), Some(3), 110)]);
+        assert_eq!(
+            to_advance(&from, &to, 100),
+            vec![("a".to_string(), Some(3), 110)]
+        );
         assert!(to_advance(&from, &from, 0).is_empty());
     }
 }

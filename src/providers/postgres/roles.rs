@@ -18,7 +18,11 @@ use tokio_postgres::Client;
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn writers(c: &Client, side: &str, tables: &[String]) -> Result<Vec<String>, ProviderError> {
+pub async fn writers(
+    c: &Client,
+    side: &str,
+    tables: &[String],
+) -> Result<Vec<String>, ProviderError> {
     let rows = c
         .query(
             "SELECT r.rolname FROM pg_roles r
@@ -38,7 +42,11 @@ pub async fn writers(c: &Client, side: &str, tables: &[String]) -> Result<Vec<St
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn existing(c: &Client, side: &str, roles: &[String]) -> Result<Vec<String>, ProviderError> {
+pub async fn existing(
+    c: &Client,
+    side: &str,
+    roles: &[String],
+) -> Result<Vec<String>, ProviderError> {
     let rows = c
         .query(
             "SELECT rolname FROM pg_roles WHERE rolname = ANY($1) ORDER BY 1",
@@ -72,7 +80,12 @@ pub async fn frozen(c: &Client, side: &str, db: &str) -> Result<Vec<String>, Pro
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn freeze(c: &Client, side: &str, db: &str, roles: &[String]) -> Result<u64, ProviderError> {
+pub async fn freeze(
+    c: &Client,
+    side: &str,
+    db: &str,
+    roles: &[String],
+) -> Result<u64, ProviderError> {
     if roles.is_empty() {
         return Ok(0);
     }
@@ -94,7 +107,12 @@ pub async fn freeze(c: &Client, side: &str, db: &str, roles: &[String]) -> Resul
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn terminate(c: &Client, side: &str, db: &str, roles: &[String]) -> Result<u64, ProviderError> {
+pub async fn terminate(
+    c: &Client,
+    side: &str,
+    db: &str,
+    roles: &[String],
+) -> Result<u64, ProviderError> {
     let rows = c
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -113,7 +131,12 @@ pub async fn terminate(c: &Client, side: &str, db: &str, roles: &[String]) -> Re
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn unfreeze(c: &Client, side: &str, db: &str, roles: &[String]) -> Result<(), ProviderError> {
+pub async fn unfreeze(
+    c: &Client,
+    side: &str,
+    db: &str,
+    roles: &[String],
+) -> Result<(), ProviderError> {
     let sql: String = roles
         .iter()
         .map(|r| {
