@@ -531,6 +531,30 @@ impl<'a> Executor<'a> {
         self.continue_rollback(failed_step, &HashSet::new()).await
     }
 
+    /// What undoing `step` works with: its rendered parameters (secrets included: effects only),
+    /// the rollback material of its first plan, its outputs if it applied, and what a person
+    /// would do by hand.
+    fn undo_material(
+        &self,
+        step: &PlanStep,
+    ) -> (
+        Map<String, Value>,
+        Value,
+        Option<Map<String, Value>>,
+        Vec<String>,
+    ) {
+        let real =
+            match template::render_value(&Value::Object(step.params.clone()), &self.context(false))
+            {
+                Ok(Value::Object(m)) => m,
+                _ => step.params.clone(),
+            };
+        let before = self.before.get(&step.id).cloned().unwrap_or(Value::Null);
+        let outputs = self.outputs.get(&step.id).cloned();
+        let manual = step.kind.manual_undo(&real, &before, &self.run_id);
+        (real, before, outputs, manual)
+    }
+
     /// Asks every started step whether undoing it would lose acknowledged data
     /// ([`crate::steps::StepKind::rollback_refusal`]); when one says so, nothing is rolled
     /// back and the run ends `rollback-refused` (exit 4) with the reasons and what to do.
@@ -541,18 +565,9 @@ impl<'a> Executor<'a> {
             let Some((_, step)) = plan.steps().find(|(_, s)| s.id == id) else {
                 continue;
             };
-            let real = match template::render_value(
-                &Value::Object(step.params.clone()),
-                &self.context(false),
-            ) {
-                Ok(Value::Object(m)) => m,
-                _ => step.params.clone(),
-            };
-            let before = self.before.get(&id).cloned().unwrap_or(Value::Null);
-            let outputs = self.outputs.get(&id).cloned();
+            let (real, before, outputs, manual) = self.undo_material(step);
             let progress = self.progress_for(&id);
             let journal = self.journal_for(&id);
-            let manual = step.kind.manual_undo(&real, &before, &self.run_id);
             let answer = {
                 let cx = self.step_context(step, real, &progress, &journal, true);
                 step.kind
@@ -618,18 +633,9 @@ impl<'a> Executor<'a> {
                 Some(&id),
                 json!({"kind": step.kind.name()}),
             )?;
-            let real = match template::render_value(
-                &Value::Object(step.params.clone()),
-                &self.context(false),
-            ) {
-                Ok(Value::Object(m)) => m,
-                _ => step.params.clone(),
-            };
-            let before = self.before.get(&id).cloned().unwrap_or(Value::Null);
-            let outputs = self.outputs.get(&id).cloned();
+            let (real, before, outputs, manual) = self.undo_material(step);
             let progress = self.progress_for(&id);
             let journal = self.journal_for(&id);
-            let manual = step.kind.manual_undo(&real, &before, &self.run_id);
             let result = {
                 let cx = self.step_context(step, real, &progress, &journal, true);
                 let t = step.timeout.max(std::time::Duration::from_secs(120));

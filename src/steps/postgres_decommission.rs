@@ -31,20 +31,7 @@ struct Objects {
 
 /// The prefix every run's objects for this database share: `cutover_<database>_`.
 fn prefix(cx: &StepContext) -> String {
-    let db: String = cx
-        .env
-        .database
-        .name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("cutover_{db}_")
+    format!("cutover_{}_", super::postgres_replicate::db_token(cx))
 }
 
 async fn objects(

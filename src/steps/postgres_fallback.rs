@@ -24,6 +24,7 @@
 use super::postgres_freeze_writes::application_roles;
 use super::postgres_replicate::{names, run_name};
 use super::postgres_verify::tracking_slot;
+use super::postgres_wait_lag::wait_confirmed;
 use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::postgres::{
     catalog, changes, ident, literal, pg, replication, roles, ConnParts,
@@ -31,7 +32,7 @@ use crate::providers::postgres::{
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The `postgres.fallback` kind.
 pub struct Fallback;
@@ -91,49 +92,6 @@ async fn target_writes(target: &tokio_postgres::Client) -> Result<i64, StepError
         .await
         .map_err(|e| pg("target", e))?
         .get(0))
-}
-
-/// Waits until slot `slot` on `c` confirmed `goal`, probing every second.
-async fn wait_confirmed(
-    cx: &StepContext<'_>,
-    c: &tokio_postgres::Client,
-    subscriber: Option<&tokio_postgres::Client>,
-    side: &str,
-    slot: &str,
-    goal: &str,
-    limit: Duration,
-) -> Result<u64, StepError> {
-    let started = Instant::now();
-    let mut last_probe = Instant::now() - Duration::from_secs(1);
-    let mut last_report = Instant::now();
-    loop {
-        match replication::behind(c, side, slot, goal).await? {
-            None => {
-                return Err(StepError::Check(format!(
-                    "replication slot {slot} does not exist on the {side}"
-                )))
-            }
-            Some((_, b)) if b <= 0 => return Ok(started.elapsed().as_millis() as u64),
-            Some((_, b)) => {
-                if started.elapsed() >= limit {
-                    return Err(StepError::Timeout(format!(
-                        "slot {slot} on the {side} to confirm {goal} ({b} bytes behind)"
-                    )));
-                }
-                if last_probe.elapsed() >= Duration::from_millis(50) {
-                    replication::nudge(c, subscriber).await;
-                    last_probe = Instant::now();
-                }
-                if last_report.elapsed() >= Duration::from_secs(1) {
-                    last_report = Instant::now();
-                    (cx.progress)(&format!(
-                        "waiting for {slot} to confirm {goal}: {b} bytes behind"
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
 }
 
 #[async_trait]
@@ -266,21 +224,7 @@ impl StepKind for Fallback {
         }
         let mut out = Map::new();
         if p.replication {
-            if !replication::has_publication(&target, "target", &fb).await? {
-                let sql = if tables.is_empty() {
-                    format!("CREATE PUBLICATION {}", ident(&fb))
-                } else {
-                    format!(
-                        "CREATE PUBLICATION {} FOR TABLE {}",
-                        ident(&fb),
-                        tables.join(", ")
-                    )
-                };
-                target
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(|e| pg("target", e))?;
-            }
+            replication::create_publication(&target, "target", &fb, &tables).await?;
             let flip_lsn = changes::create_slot(&target, "target", &fb).await?;
             if !replication::has_subscription(&source, "source", &fb).await? {
                 let tp = ConnParts::parse(&cx.providers.target_url()?, "target")?;

@@ -19,7 +19,7 @@ use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, Ste
 use crate::providers::postgres::catalog::{Table, STATE_SCHEMA};
 use crate::providers::postgres::preflight::{self, Needs};
 use crate::providers::postgres::snapshot;
-use crate::providers::postgres::{copy, ident, literal, pg, roles, ConnParts};
+use crate::providers::postgres::{copy, ident, literal, pg, replication, roles, ConnParts};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -80,19 +80,7 @@ const PARAMS: &[ParamSpec] = &[
 /// ever creates, adopts or drops objects of its own (slot names allow lower-case letters, digits
 /// and `_`; at most 63 bytes with room for the `_track` and `_fb` suffixes).
 pub(super) fn run_name(cx: &StepContext) -> String {
-    let db: String = cx
-        .env
-        .database
-        .name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let db = db_token(cx);
     let run: String = cx
         .run_id
         .rsplit('-')
@@ -105,6 +93,22 @@ pub(super) fn run_name(cx: &StepContext) -> String {
     let mut base = format!("cutover_{db}");
     base.truncate(63 - 7 - 1 - run.len());
     format!("{base}_{run}")
+}
+
+/// The database name as replication object names may hold it (lower-case letters, digits, `_`).
+pub(super) fn db_token(cx: &StepContext) -> String {
+    cx.env
+        .database
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Publication and subscription (= slot) names for these parameters (default [`run_name`]).
@@ -476,22 +480,8 @@ impl StepKind for Replicate {
         let state = match state {
             Some(s) => s,
             None => {
-                if !exists(&source, "source", PUB_SQL, &publ).await? {
-                    let list: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-                    let sql = if list.is_empty() {
-                        format!("CREATE PUBLICATION {}", ident(&publ))
-                    } else {
-                        format!(
-                            "CREATE PUBLICATION {} FOR TABLE {}",
-                            ident(&publ),
-                            list.join(", ")
-                        )
-                    };
-                    source
-                        .batch_execute(&sql)
-                        .await
-                        .map_err(|e| pg("source", e))?;
-                }
+                let list: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
+                replication::create_publication(&source, "source", &publ, &list).await?;
                 if exists(&source, "source", SLOT_SQL, &sub).await? {
                     source
                         .query("SELECT pg_drop_replication_slot($1)", &[&sub])
@@ -762,7 +752,7 @@ impl StepKind for Replicate {
             ));
         }
         if exists(&source, "source", SLOT_SQL, &sub).await? {
-            drop_slot(&source, &sub).await?;
+            replication::drop_slot(&source, "source", &sub).await?;
             lines.push(dropped(
                 format!("replication slot {sub} (source)"),
                 "dropped",
@@ -792,29 +782,6 @@ async fn freeze_target(
     Ok(on_target)
 }
 
-/// Drops a slot, waiting up to 10 s for a walsender still using it (a released holder) to end.
-async fn drop_slot(source: &tokio_postgres::Client, slot: &str) -> Result<(), StepError> {
-    let mut tries = 0;
-    loop {
-        match source
-            .query("SELECT pg_drop_replication_slot($1)", &[&slot])
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(e)
-                if tries < 50
-                    && e.as_db_error()
-                        .map(|d| d.message().contains("is active"))
-                        .unwrap_or(false) =>
-            {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(pg("source", e).into()),
-        }
-    }
-}
-
 /// Throws away a copy that cannot continue: the copied rows, the progress schema and the slot.
 async fn restart_copy(
     cx: &StepContext<'_>,
@@ -837,7 +804,7 @@ async fn restart_copy(
         .await
         .map_err(|e| pg("target", e))?;
     if exists(source, "source", SLOT_SQL, slot).await? {
-        drop_slot(source, slot).await?;
+        replication::drop_slot(source, "source", slot).await?;
     }
     Ok(())
 }

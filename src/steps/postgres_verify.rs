@@ -96,27 +96,17 @@ async fn caught_up(
     slot: &str,
     goal: &str,
 ) -> Result<(), StepError> {
-    let mut last_probe = Instant::now() - Duration::from_secs(2);
-    loop {
-        match replication::behind(source, "source", slot, goal).await? {
-            None => {
-                return Err(StepError::Check(format!(
-                    "replication slot {slot} does not exist on the source"
-                )))
-            }
-            Some((_, b)) if b <= 0 => return Ok(()),
-            Some((_, b)) => {
-                cx.check_deadline(&format!(
-                    "replication slot {slot} to reach {goal} ({b} bytes behind)"
-                ))?;
-                if last_probe.elapsed() >= Duration::from_millis(50) {
-                    replication::nudge(source, Some(target)).await;
-                    last_probe = Instant::now();
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    super::postgres_wait_lag::wait_confirmed(
+        cx,
+        source,
+        Some(target),
+        "source",
+        slot,
+        goal,
+        cx.remaining(),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Reads `keys` of `t` on the source, waits until the target applied the source's LSN of that

@@ -158,3 +158,54 @@ impl StepKind for WaitLag {
         }
     }
 }
+
+/// Waits until slot `slot` on the publisher `c` confirmed `goal` (at most `limit`, and never
+/// past the step's deadline or the panic flag), nudging the subscriber every 50 ms
+/// ([`replication::nudge`]); returns the wait in milliseconds.
+///
+/// # Errors
+/// [`StepError::Check`] when the slot does not exist, [`StepError::Timeout`] at the limit.
+pub(super) async fn wait_confirmed(
+    cx: &StepContext<'_>,
+    c: &tokio_postgres::Client,
+    subscriber: Option<&tokio_postgres::Client>,
+    side: &str,
+    slot: &str,
+    goal: &str,
+    limit: Duration,
+) -> Result<u64, StepError> {
+    let started = Instant::now();
+    let mut last_probe = Instant::now() - Duration::from_secs(1);
+    let mut last_report = Instant::now();
+    loop {
+        match replication::behind(c, side, slot, goal).await? {
+            None => {
+                return Err(StepError::Check(format!(
+                    "replication slot {slot} does not exist on the {side}"
+                )))
+            }
+            Some((_, b)) if b <= 0 => return Ok(started.elapsed().as_millis() as u64),
+            Some((_, b)) => {
+                cx.check_deadline(&format!(
+                    "replication slot {slot} to reach {goal} ({b} bytes behind)"
+                ))?;
+                if started.elapsed() >= limit {
+                    return Err(StepError::Timeout(format!(
+                        "slot {slot} on the {side} to confirm {goal} ({b} bytes behind)"
+                    )));
+                }
+                if last_probe.elapsed() >= Duration::from_millis(50) {
+                    replication::nudge(c, subscriber).await;
+                    last_probe = Instant::now();
+                }
+                if last_report.elapsed() >= Duration::from_secs(1) {
+                    last_report = Instant::now();
+                    (cx.progress)(&format!(
+                        "waiting for {slot} to confirm {goal}: {b} bytes behind"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

@@ -166,6 +166,32 @@ pub async fn has_subscription(c: &Client, side: &str, name: &str) -> Result<bool
         .is_some())
 }
 
+/// Creates publication `name` for `tables` (quoted names; none: an empty publication) unless
+/// it exists. Idempotent.
+///
+/// # Errors
+/// [`ProviderError::Postgres`].
+pub async fn create_publication(
+    c: &Client,
+    side: &str,
+    name: &str,
+    tables: &[String],
+) -> Result<(), ProviderError> {
+    if has_publication(c, side, name).await? {
+        return Ok(());
+    }
+    let sql = if tables.is_empty() {
+        format!("CREATE PUBLICATION {}", ident(name))
+    } else {
+        format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            ident(name),
+            tables.join(", ")
+        )
+    };
+    c.batch_execute(&sql).await.map_err(|e| pg(side, e))
+}
+
 /// Whether the connected database has publication `name`.
 ///
 /// # Errors
