@@ -5,6 +5,7 @@
 //! variables printed by `cutover-sandbox env`.
 
 mod kube;
+mod listen;
 mod procs;
 mod seed;
 mod serve;
@@ -122,16 +123,11 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     s.source_password = password();
     s.target_password = password();
     s.app_password = password();
-    let mut ports = procs::free_ports(4 + 2 * ENVIRONMENTS.len())?.into_iter();
+    let mut ports = procs::free_ports(3)?.into_iter();
     let mut next = || ports.next().expect("enough ports were allocated");
     s.moto_port = next();
     s.source_port = next();
     s.target_port = next();
-    s.legacy_app_port = next();
-    for env in ENVIRONMENTS {
-        s.kube_ports.insert(env.into(), next());
-        s.app_ports.insert(env.into(), next());
-    }
     s.save()?;
 
     eprintln!("sandbox: starting moto server on 127.0.0.1:{}", s.moto_port);
@@ -168,21 +164,43 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     procs::wait_port(s.moto_port, "moto server", Duration::from_secs(60))?;
     eprintln!("sandbox: seeding moto: Organization, 3 member accounts, zones, RDS, EKS, WAF, state buckets");
     rt.block_on(seed::aws(&mut s))?;
+    // The serve process's sockets are bound here and inherited, so no other process (another
+    // sandbox, an outgoing connection's ephemeral port) can take a port between its choice and
+    // its bind: the ports exist only as listening sockets.
+    let listeners = listen::Listeners::bind(&ENVIRONMENTS)?;
+    s.legacy_app_port = listeners.legacy_port()?;
+    for env in ENVIRONMENTS {
+        s.kube_ports
+            .insert(env.to_string(), listeners.kube_port(env)?);
+        s.app_ports
+            .insert(env.to_string(), listeners.app_port(env)?);
+    }
     s.save()?;
     write_kubeconfig(&s)?;
 
     let mut serve = std::process::Command::new(std::env::current_exe()?);
     serve.arg("--dir").arg(dir).arg("serve");
+    listeners.pass_to(&mut serve);
     s.serve_pid = procs::spawn_detached(serve, &dir.join("serve.log"))?;
+    drop(listeners);
     s.save()?;
+    let serve_log = dir.join("serve.log");
     for env in ENVIRONMENTS {
-        procs::wait_port(
+        procs::wait_http(
+            s.serve_pid,
             s.kube_ports[env],
             "Kubernetes API emulator",
-            Duration::from_secs(30),
+            &serve_log,
+            Duration::from_secs(60),
         )?;
     }
-    procs::wait_port(s.legacy_app_port, "legacy app", Duration::from_secs(30))?;
+    procs::wait_http(
+        s.serve_pid,
+        s.legacy_app_port,
+        "legacy app",
+        &serve_log,
+        Duration::from_secs(60),
+    )?;
     eprintln!(
         "sandbox: up in {} (accounts: {})",
         dir.display(),

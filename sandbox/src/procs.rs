@@ -36,6 +36,36 @@ pub fn wait_port(port: u16, what: &str, timeout: Duration) -> Result<()> {
     )
 }
 
+/// Waits until the HTTP server of process `pid` answers a request on `port`; fails at once when
+/// the process has exited (its log names why).
+pub fn wait_http(pid: u32, port: u16, what: &str, log: &Path, timeout: Duration) -> Result<()> {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if !alive(pid) {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            bail!(
+                "{what} exited before answering on 127.0.0.1:{port}: {}",
+                tail.trim()
+            );
+        }
+        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut first = [0u8; 8];
+            if c.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok()
+                && matches!(c.read(&mut first), Ok(n) if n > 0)
+            {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "{what} did not answer on 127.0.0.1:{port} within {}s",
+        timeout.as_secs()
+    )
+}
+
 /// True when process `pid` exists.
 pub fn alive(pid: u32) -> bool {
     pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0

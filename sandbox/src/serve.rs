@@ -6,6 +6,7 @@
 //! legacy application.
 
 use crate::kube::{self, Cluster};
+use crate::listen::Listeners;
 use crate::state::{State, ENVIRONMENTS};
 use anyhow::Result;
 use axum::extract::State as AxState;
@@ -131,13 +132,14 @@ async fn legacy_health(AxState(url): AxState<Arc<String>>) -> (StatusCode, Json<
     health_response(database_health(&url).await, "legacy")
 }
 
-/// Serves until killed.
+/// Serves until killed, on the sockets `up` bound and passed down (see [`crate::listen`]).
 pub async fn run(s: State) -> Result<()> {
+    let mut sockets = Listeners::inherited()?;
     let mut tasks = Vec::new();
     for env in ENVIRONMENTS {
         let cluster = seed_cluster(&s, env);
-        let api = tokio::net::TcpListener::bind(("127.0.0.1", s.kube_ports[env])).await?;
-        let app = tokio::net::TcpListener::bind(("127.0.0.1", s.app_ports[env])).await?;
+        let api = sockets.take(&format!("kube:{env}"))?;
+        let app = sockets.take(&format!("app:{env}"))?;
         tasks.push(tokio::spawn(kube::controller(cluster.clone())));
         let router = kube::router(cluster.clone());
         tasks.push(tokio::spawn(async move {
@@ -151,7 +153,7 @@ pub async fn run(s: State) -> Result<()> {
             let _ = axum::serve(app, app_router).await;
         }));
     }
-    let legacy = tokio::net::TcpListener::bind(("127.0.0.1", s.legacy_app_port)).await?;
+    let legacy = sockets.take("legacy")?;
     let legacy_url = Arc::new(s.legacy_app_url("production"));
     let legacy_router = Router::new()
         .route("/healthz", get(legacy_health))
