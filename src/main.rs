@@ -4,6 +4,7 @@
 use clap::Parser;
 
 fn main() {
+    cutover::secret::install_panic_hook();
     let args = cutover::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

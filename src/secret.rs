@@ -23,10 +23,56 @@ pub struct Redactor {
     needles: RwLock<Vec<(String, String)>>,
 }
 
+/// Every secret any [`Redactor`] of this process was given: what the panic hook redacts with.
+static PROCESS: Redactor = Redactor {
+    needles: RwLock::new(Vec::new()),
+};
+
+/// Installs a panic hook that prints a panic's message and location through the redactor of
+/// every secret this process has seen, and of every `CUTOVER_*` variable's value (a secret may
+/// panic before it is registered), so no secret reaches stderr even on a bug. Exit code stays
+/// 101 (Rust's for a panic).
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("{}", panic_report(&msg, &at));
+    }));
+}
+
+/// The line the panic hook prints for a panic message `msg` raised at `at` (`file:line`):
+/// redacted with every secret registered in this process and every `CUTOVER_*` variable.
+fn panic_report(msg: &str, at: &str) -> String {
+    let env = Redactor::default();
+    for (k, v) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CUTOVER_") {
+            env.add_local(&v.to_string_lossy());
+        }
+    }
+    let msg = env.redact(&PROCESS.redact(msg));
+    format!("error: internal error (a bug in cutover, please report it) at {at}: {msg}")
+}
+
 impl Redactor {
     /// Registers a secret (and, for a URL with a password, the password alone). Values shorter
     /// than 4 bytes are ignored to avoid shredding ordinary text.
     pub fn add(&self, secret: &str) {
+        if !std::ptr::eq(self, &PROCESS) {
+            PROCESS.add_local(secret);
+        }
+        self.add_local(secret);
+    }
+
+    /// [`Redactor::add`] without registering with the panic hook.
+    fn add_local(&self, secret: &str) {
         let mut values = vec![secret.to_string()];
         if let Some(pw) = url_password(secret) {
             values.push(pw);
@@ -69,45 +115,78 @@ impl Redactor {
     }
 }
 
-/// The password of a `scheme://user:password@host/...` URL, percent-decoded.
-pub fn url_password(url: &str) -> Option<String> {
+/// The password of a `scheme://user:password@host/...` URL as written (still percent-encoded).
+fn raw_url_password(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split(['/', '?']).next()?;
     let userinfo = authority.rsplit_once('@')?.0;
-    let pw = userinfo.split_once(':')?.1;
-    Some(percent_decode(pw))
+    Some(userinfo.split_once(':')?.1)
+}
+
+/// The password of a `scheme://user:password@host/...` URL, percent-decoded (RFC 3986 §2.1, by
+/// the `percent-encoding` crate; an invalid escape is kept as written, never a panic).
+pub fn url_password(url: &str) -> Option<String> {
+    let pw = raw_url_password(url)?;
+    Some(
+        percent_encoding::percent_decode_str(pw)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
+}
+
+/// Why a database URL cannot be used; the message never contains any part of the URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlProblem {
+    /// Not `scheme://...`.
+    #[error("is not a URL (expected postgres://user:password@host:port/database)")]
+    NotAUrl,
+    /// A `%` in the user or password not followed by two hex digits (RFC 3986 §2.1).
+    #[error("has a `%` in its user or password that is not followed by two hex digits; write a literal `%` as `%25`")]
+    BadEscape,
+    /// The decoded password is not UTF-8.
+    #[error("has a password whose percent-escapes do not decode to UTF-8")]
+    NotUtf8,
+}
+
+/// Checks the parts of a database URL this tool decodes itself: the scheme separator and the
+/// userinfo's percent-escapes.
+///
+/// # Errors
+/// A [`UrlProblem`], whose text names no part of `url`.
+pub fn check_url(url: &str) -> Result<(), UrlProblem> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Err(UrlProblem::NotAUrl);
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return Ok(());
+    };
+    let b = userinfo.as_bytes();
+    for (i, c) in b.iter().enumerate() {
+        if *c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        {
+            return Err(UrlProblem::BadEscape);
+        }
+    }
+    if let Some(pw) = raw_url_password(url) {
+        if percent_encoding::percent_decode_str(pw).decode_utf8().is_err() {
+            return Err(UrlProblem::NotUtf8);
+        }
+    }
+    Ok(())
 }
 
 /// Percent-encodes every byte but RFC 3986's unreserved characters (`A-Z a-z 0-9 - _ . ~`), as
 /// URL userinfo and SigV4 query values require.
 pub fn urlencode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 #[cfg(test)]
@@ -144,5 +223,30 @@ mod tests {
             Some("p@ss")
         );
         assert_eq!(url_password("postgres://u@h/db"), None);
+    }
+
+    #[test]
+    fn a_panic_message_holding_a_secret_seen_by_any_redactor_is_redacted() {
+        let run = Redactor::default();
+        run.add("postgres://u:panicked-pw-1234@h/db");
+        let line = panic_report("byte index 2 is inside `panicked-pw-1234`", "src/x.rs:1");
+        assert!(!line.contains("panicked-pw-1234"), "{line}");
+        assert!(line.contains("[sha256:") && line.contains("src/x.rs:1"), "{line}");
+    }
+
+    #[test]
+    fn a_percent_before_a_multibyte_character_in_a_password_is_no_panic_and_a_clear_problem() {
+        let url = "postgres://u:%a\u{e9}secretpw@host/db";
+        assert_eq!(url_password(url).as_deref(), Some("%a\u{e9}secretpw"));
+        let problem = check_url(url).unwrap_err();
+        assert_eq!(problem, UrlProblem::BadEscape);
+        assert!(!problem.to_string().contains("secretpw"));
+        let r = Redactor::default();
+        r.add(url);
+        assert!(!r.redact("x %a\u{e9}secretpw y").contains("secretpw"));
+        assert_eq!(check_url("postgres://u:p%40ss@h/db"), Ok(()));
+        assert_eq!(check_url("postgres://u:p%FFss@h/db"), Err(UrlProblem::NotUtf8));
+        assert_eq!(check_url("nonsense"), Err(UrlProblem::NotAUrl));
+        assert_eq!(urlencode("a b/\u{e9}~"), "a%20b%2F%C3%A9~");
     }
 }

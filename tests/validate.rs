@@ -162,3 +162,37 @@ fn terraform_files_are_formatted() {
     let out = run_with_timeout(cmd, 60);
     assert!(out.status.success(), "terraform fmt -check: {}", text(&out));
 }
+
+/// Regression (issue 14): a password holding `%` then a one-byte and a multi-byte character
+/// panicked in `secret.rs` and printed the password. It is bad input: exit 2, no value shown.
+#[test]
+fn a_percent_then_multibyte_password_in_a_database_url_exits_2_without_the_value() {
+    let dir = project_with_runbook("name: ok\nphases: []\n");
+    std::fs::copy(
+        common::repo().join("runbooks/shop-cutover.yaml"),
+        dir.path().join("runbooks/shop-cutover.yaml"),
+    )
+    .unwrap();
+    std::fs::remove_file(dir.path().join("runbooks/bad.yaml")).unwrap();
+    let mut cmd = Command::new(cutover_bin());
+    cmd.arg("-C")
+        .arg(dir.path())
+        .args(["execute", "staging", "--dry-run"])
+        .env(
+            "CUTOVER_STAGING_SOURCE_DATABASE_URL",
+            "postgres://u:%a\u{e9}secretpw@127.0.0.1:1/db",
+        );
+    let out = run_with_timeout(cmd, 60);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("CUTOVER_STAGING_SOURCE_DATABASE_URL"), "{all}");
+    assert!(all.contains("%25"), "{all}");
+    for form in ["secretpw", "%a\u{e9}", "c2VjcmV0cHc"] {
+        assert!(!all.contains(form), "`{form}` in: {all}");
+    }
+    assert!(
+        !dir.path().join(".cutover/runs").exists()
+            || std::fs::read_dir(dir.path().join(".cutover/runs")).unwrap().next().is_none(),
+        "a run directory was left"
+    );
+}

@@ -161,9 +161,9 @@ impl<'a> Executor<'a> {
             self.secrets_real.insert(name.clone(), Value::from(v));
         }
         // The database URLs are secrets too, whether or not a step reads them.
-        let _ = self.providers.source_url();
-        let _ = self.providers.target_url();
-        Ok(())
+        self.providers
+            .check_database_urls()
+            .map_err(|e| EngineError::Config(e.to_string()))
     }
 
     /// Rebuilds step outputs, Terraform outputs and progress from a run's records (resume).

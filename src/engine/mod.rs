@@ -121,6 +121,9 @@ pub async fn start(
     let redactor = Arc::new(Redactor::default());
     let signer = load_signer(&redactor)?;
     let providers = Providers::new(plan.env.clone(), &run_id, redactor.clone());
+    providers
+        .check_database_urls()
+        .map_err(|e| EngineError::Config(redactor.redact(&e.to_string())))?;
     let (_lock, s3) = match lock_env(&state, plan, &providers, &run_id).await {
         Ok(l) => l,
         Err(reason) => return Ok(Outcome::Refused(redactor.redact(&reason))),

@@ -69,6 +69,14 @@ pub enum ProviderError {
     /// A required environment variable (holding a secret) is unset.
     #[error("environment variable {0} is not set")]
     MissingEnv(String),
+    /// A database URL variable's value cannot be used (the problem names no part of it).
+    #[error("environment variable {var}: the database URL {problem}")]
+    BadUrl {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        problem: crate::secret::UrlProblem,
+    },
 }
 
 /// Lazily built clients for one run in one environment, shared by its steps.
@@ -139,14 +147,46 @@ impl Providers {
         Ok(v)
     }
 
+    /// The value of the database URL variable `var`, registered as a secret and checked
+    /// ([`crate::secret::check_url`]).
+    ///
+    /// # Errors
+    /// [`ProviderError::MissingEnv`] when unset, [`ProviderError::BadUrl`] when unusable.
+    pub fn database_url_env(&self, var: &str) -> Result<String, ProviderError> {
+        let url = self.secret_env(var)?;
+        crate::secret::check_url(&url).map_err(|problem| ProviderError::BadUrl {
+            var: var.to_string(),
+            problem,
+        })?;
+        Ok(url)
+    }
+
     /// The source (legacy) database admin URL.
     pub fn source_url(&self) -> Result<String, ProviderError> {
-        self.secret_env(&self.env.database.source_url_env)
+        self.database_url_env(&self.env.database.source_url_env)
     }
 
     /// The target (RDS) database admin URL.
     pub fn target_url(&self) -> Result<String, ProviderError> {
-        self.secret_env(&self.env.database.target_url_env)
+        self.database_url_env(&self.env.database.target_url_env)
+    }
+
+    /// Every set database URL variable of the environment is usable: the check a run makes
+    /// before it takes a lock or writes a record.
+    ///
+    /// # Errors
+    /// The first [`ProviderError::BadUrl`].
+    pub fn check_database_urls(&self) -> Result<(), ProviderError> {
+        for var in [
+            &self.env.database.source_url_env,
+            &self.env.database.target_url_env,
+        ] {
+            match self.database_url_env(var) {
+                Ok(_) | Err(ProviderError::MissingEnv(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Connects to the source database. The session is read-write even after the database was
