@@ -171,7 +171,10 @@ pub fn check_url(url: &str) -> Result<(), UrlProblem> {
         }
     }
     if let Some(pw) = raw_url_password(url) {
-        if percent_encoding::percent_decode_str(pw).decode_utf8().is_err() {
+        if percent_encoding::percent_decode_str(pw)
+            .decode_utf8()
+            .is_err()
+        {
             return Err(UrlProblem::NotUtf8);
         }
     }
@@ -231,7 +234,10 @@ mod tests {
         run.add("postgres://u:panicked-pw-1234@h/db");
         let line = panic_report("byte index 2 is inside `panicked-pw-1234`", "src/x.rs:1");
         assert!(!line.contains("panicked-pw-1234"), "{line}");
-        assert!(line.contains("[sha256:") && line.contains("src/x.rs:1"), "{line}");
+        assert!(
+            line.contains("[sha256:") && line.contains("src/x.rs:1"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -245,7 +251,10 @@ mod tests {
         r.add(url);
         assert!(!r.redact("x %a\u{e9}secretpw y").contains("secretpw"));
         assert_eq!(check_url("postgres://u:p%40ss@h/db"), Ok(()));
-        assert_eq!(check_url("postgres://u:p%FFss@h/db"), Err(UrlProblem::NotUtf8));
+        assert_eq!(
+            check_url("postgres://u:p%FFss@h/db"),
+            Err(UrlProblem::NotUtf8)
+        );
         assert_eq!(check_url("nonsense"), Err(UrlProblem::NotAUrl));
         assert_eq!(urlencode("a b/\u{e9}~"), "a%20b%2F%C3%A9~");
     }

@@ -192,7 +192,40 @@ fn a_percent_then_multibyte_password_in_a_database_url_exits_2_without_the_value
     }
     assert!(
         !dir.path().join(".cutover/runs").exists()
-            || std::fs::read_dir(dir.path().join(".cutover/runs")).unwrap().next().is_none(),
+            || std::fs::read_dir(dir.path().join(".cutover/runs"))
+                .unwrap()
+                .next()
+                .is_none(),
         "a run directory was left"
     );
+}
+
+/// Regression (issue 14): `${VAR}` was replaced in the raw text before YAML parsing, so a value
+/// holding a quote and a newline rewrote the file ("missing field role_arn"). Expansion now
+/// happens inside parsed values: the value is one (bad) account id, and the file keeps its shape.
+#[test]
+fn a_variable_holding_a_quote_and_a_newline_cannot_change_an_environment_files_structure() {
+    let dir = project_with_runbook("name: ok\nphases: []\n");
+    let mut cmd = Command::new(cutover_bin());
+    cmd.arg("-C")
+        .arg(dir.path())
+        .arg("validate")
+        .env("CUTOVER_STAGING_ACCOUNT_ID", "123\"\nevil: 1");
+    let out = run_with_timeout(cmd, 60);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        err.contains(r#"environments/staging.yaml:7: aws.account_id `123\"\nevil: 1` is not a 12-digit AWS account id"#),
+        "{err}"
+    );
+    assert!(!err.contains("missing field"), "{err}");
+    assert!(!err.contains("evil: 1\n"), "{err}");
+    // An unquoted reference is typed after expansion: a TTL from the environment is a number.
+    let mut cmd = Command::new(cutover_bin());
+    cmd.arg("-C")
+        .arg(dir.path())
+        .arg("validate")
+        .env("CUTOVER_DEV_DNS_CUTOVER_TTL", "45");
+    let out = run_with_timeout(cmd, 60);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

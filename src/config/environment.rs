@@ -1,8 +1,10 @@
 //! `environments/<env>.yaml`: one AWS account, its Terraform root, EKS cluster, databases, DNS
 //! zone and the secrets the runbook may use (by environment variable name, never by value).
 
+use super::node::Node;
 use super::problem::{from_yaml_error, Problem, Problems};
 use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -218,18 +220,34 @@ pub struct SecretRef {
     pub optional: bool,
 }
 
-/// Parses one environment file (after `${VAR}` expansion).
+/// Parses one environment file: YAML first, then `${VAR}` expansion inside its string values
+/// (see [`super::expand`]), then the typed structure, each problem with its line.
 pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Environment, Problems> {
     let lookup = |n: &str| std::env::var(n).ok();
-    let expanded = super::expand_env_vars(text, &lookup).map_err(|errs| {
-        Problems(
+    let mut tree: Spanned<Node> =
+        serde_saphyr::from_str(text).map_err(|e| Problems::one(from_yaml_error(path, &e)))?;
+    let errs = super::expand::expand_tree(&mut tree, text, &lookup);
+    if !errs.is_empty() {
+        return Err(Problems(
             errs.into_iter()
                 .map(|(l, m)| Problem::new(path, Some(l), m))
                 .collect(),
-        )
+        ));
+    }
+    let env: Environment = serde_path_to_error::deserialize(tree.value.to_json()).map_err(|e| {
+        let line = tree
+            .value
+            .line_at(e.path())
+            .or(Some(tree.referenced.line() as u32));
+        let inner = e.inner().to_string();
+        let at = e.path().to_string();
+        let message = if at == "." || at.is_empty() {
+            inner
+        } else {
+            format!("{at}: {inner}")
+        };
+        Problems::one(Problem::new(path, line, message))
     })?;
-    let env: Environment =
-        serde_saphyr::from_str(&expanded).map_err(|e| Problems::one(from_yaml_error(path, &e)))?;
     let mut problems = Problems::default();
     let line_of = |key: &str| {
         text.lines()
@@ -251,14 +269,20 @@ pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Envi
         problems.push(Problem::new(
             path,
             line_of("account_id"),
-            format!("aws.account_id `{id}` is not a 12-digit AWS account id"),
+            format!(
+                "aws.account_id `{}` is not a 12-digit AWS account id",
+                id.escape_debug()
+            ),
         ));
     }
     if !env.aws.role_arn.starts_with("arn:aws") || !env.aws.role_arn.contains(":role/") {
         problems.push(Problem::new(
             path,
             line_of("role_arn"),
-            format!("aws.role_arn `{}` is not an IAM role ARN", env.aws.role_arn),
+            format!(
+                "aws.role_arn `{}` is not an IAM role ARN",
+                env.aws.role_arn.escape_debug()
+            ),
         ));
     }
     if env.store.kind == StoreKind::S3 && env.store.bucket.as_deref().unwrap_or("").is_empty() {

@@ -16,7 +16,6 @@ pub use environment::{
     AwsSection, DatabaseSection, DnsSection, EksSection, Environment, OrganizationSection,
     PlanPolicy, PromotionPolicy, SecretRef, StoreKind, StoreSection, TerraformSection, Tier,
 };
-pub use expand::expand_env_vars;
 pub use problem::{Problem, Problems};
 pub use runbook::{
     follows_another, Heartbeat, LegacyPath, RawPhase, RawRunbook, RawStep, RollbackPolicy,

@@ -73,6 +73,34 @@ impl Node {
         }
     }
 
+    /// The 1-based line of the deepest node along `path` (a serde path: map keys, sequence
+    /// indexes) that this tree has; `None` when not even the first segment is found.
+    pub fn line_at(&self, path: &serde_path_to_error::Path) -> Option<u32> {
+        use serde_path_to_error::Segment;
+        let mut node = self;
+        let mut line = None;
+        for seg in path.iter() {
+            let next = match (seg, node) {
+                (Segment::Map { key }, Node::Map(entries)) => entries
+                    .iter()
+                    .find(|(k, _)| &k.value == key)
+                    .map(|(k, v)| (k.referenced.line() as u32, &v.value)),
+                (Segment::Seq { index }, Node::Seq(items)) => items
+                    .get(*index)
+                    .map(|v| (v.referenced.line() as u32, &v.value)),
+                _ => None,
+            };
+            match next {
+                Some((l, n)) => {
+                    line = Some(l);
+                    node = n;
+                }
+                None => break,
+            }
+        }
+        line
+    }
+
     /// The keys of this mapping, each with its 1-based line.
     pub fn keys(&self) -> Vec<(&str, u32)> {
         match self {
