@@ -38,6 +38,18 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
         .clone();
     let alb = tf["alb_dns_name"].as_str().unwrap();
     assert_ne!(legacy_record, alb);
+    // Regression (issue 14): every output a kind returns is one it declares (the names
+    // `validate` checks `steps.<id>.outputs.<name>` against).
+    for applied in events(&records, "step_applied") {
+        let kind = applied["data"]["kind"].as_str().unwrap();
+        let declared = cutover::steps::lookup(kind).unwrap().outputs();
+        for key in applied["data"]["outputs"].as_object().unwrap().keys() {
+            assert!(
+                declared.contains(&key.as_str()) || key == cutover::steps::SUMMARY_OUTPUT,
+                "{kind} returned output `{key}` it does not declare ({declared:?})"
+            );
+        }
+    }
     assert_eq!(sb.shop_record("staging"), alb);
 
     // Secret: the target URL; the backup Secret holds the old one.

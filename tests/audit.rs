@@ -299,6 +299,46 @@ fn printed_signed_and_parsed_audits_of_real_runs_hold_and_leak_no_secret() {
     assert_eq!(result("unreachable"), "failure");
     assert_eq!(result("after"), "skipped");
 
+    // --- Regression (issue 14): SIGTERM, as a CI cancel sends, is handled like SIGINT: a
+    // `run_interrupted` record naming the signal, exit 130, and `resume` can continue. ---
+    let waiting = sb.extra_runbook(
+        "waiting",
+        "name: waiting\nphases:\n  - name: check\n    steps:\n      - { id: identity, kind: aws.assert_account }\n      - { id: unreachable, kind: http.check, with: { url: \"http://127.0.0.1:9/healthz\", interval: 200ms, consecutive: 1 }, timeout: 300s }\n",
+    );
+    let (mut child, _out, err) = sb.spawn_logged(&["rehearse", "staging", "--runbook", &waiting]);
+    let start = std::time::Instant::now();
+    let term_run = loop {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "the waiting step never started: {}",
+            std::fs::read_to_string(&err).unwrap()
+        );
+        let found = sb.run_ids().into_iter().find(|r| {
+            let recs = sb.records(r);
+            recs[0]["data"]["runbook"] == "waiting"
+                && recs
+                    .iter()
+                    .any(|x| x["type"] == "step_started" && x["step"] == "unreachable")
+        });
+        if let Some(r) = found {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(
+        child.wait().unwrap().code(),
+        Some(130),
+        "{}",
+        std::fs::read_to_string(&err).unwrap()
+    );
+    let recs = sb.records(&term_run);
+    let last = recs.last().unwrap();
+    assert_eq!(last["type"], "run_interrupted", "{last}");
+    assert_eq!(last["data"]["signal"], "SIGTERM", "{last}");
+    let rb = sb.cutover(&["rollback", &term_run]);
+    assert_eq!(rb.status.code(), Some(1), "{}", text(&rb));
+
     // --- Every format, the procedure and status, for the secret scan. ---
     let mut texts = vec![
         stdout.clone(),

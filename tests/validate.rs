@@ -24,7 +24,7 @@ fn project_with_runbook(runbook: &str) -> tempfile::TempDir {
 #[test]
 fn unknown_kind_unknown_field_undefined_variable_and_duplicate_id_are_all_reported() {
     let dir = project_with_runbook(
-        "name: bad\nphases:\n  - name: p\n    steps:\n      - { id: a, kind: postgres.teleport }\n      - id: b\n        kind: http.check\n        colour: blue\n        with: { url: x }\n      - { id: c, kind: http.check, with: { url: \"{{ env.nope.here }}\" } }\n      - { id: a, kind: http.check, with: { url: y } }\n",
+        "name: bad\nphases:\n  - name: p\n    steps:\n      - { id: a, kind: postgres.teleport }\n      - id: b\n        kind: http.check\n        colour: blue\n        with: { url: x }\n      - { id: c, kind: http.check, with: { url: \"{{ env.nope.here }}\" } }\n      - { id: a, kind: http.check, with: { url: \"http://y\" } }\n",
     );
     let mut cmd = Command::new(cutover_bin());
     cmd.arg("-C").arg(dir.path()).arg("validate");
@@ -228,4 +228,43 @@ fn a_variable_holding_a_quote_and_a_newline_cannot_change_an_environment_files_s
         .env("CUTOVER_DEV_DNS_CUTOVER_TTL", "45");
     let out = run_with_timeout(cmd, 60);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// Regression (issue 14): `validate` accepted wrong types, a negative count, an unreadable
+/// duration, a misspelt nested key and an A record holding a host name; they failed only when
+/// the step ran. An unknown kind's outputs were checked against the first registered kind.
+#[test]
+fn param_types_ranges_nested_keys_a_record_values_and_unknown_kinds_fail_in_validate() {
+    let dir = project_with_runbook(concat!(
+        "name: bad\nphases:\n  - name: p\n    steps:\n",
+        "      - id: copy\n        kind: postgres.replicate\n        with:\n          jobs: \"four\"\n",
+        "      - id: lag\n        kind: postgres.wait_lag\n        with:\n          max_lag_bytes: -5\n",
+        "      - id: health\n        kind: http.check\n        with:\n          url: \"http://x\"\n          interval: 500 millis\n",
+        "      - id: dns\n        kind: route53.cutover\n        with:\n          record: shop\n          to: my-alb-123.us-east-1.elb.amazonaws.com\n          type: A\n          stages: [10, 100]\n          analysis:\n            url: \"http://x\"\n            sampels: 6\n",
+        "      - { id: ghost, kind: postgres.teleport }\n",
+        "      - id: uses\n        kind: http.check\n        with: { url: \"{{ steps.ghost.outputs.anything }}\", interval: \"{{ steps.ghost.outputs.interval }}\" }\n",
+    ));
+    let mut cmd = Command::new(cutover_bin());
+    cmd.arg("-C")
+        .arg(dir.path())
+        .args(["validate", "--runbook", "bad"]);
+    let out = run_with_timeout(cmd, 60);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    for (line, want) in [
+        (8, "step `copy` (postgres.replicate): with.jobs: invalid type: string \"four\""),
+        (12, "step `lag` (postgres.wait_lag): with.max_lag_bytes: invalid value: integer `-5`"),
+        (17, "step `health` (http.check): with.interval: `500 millis` is not a duration"),
+        (20, "step `dns` (route53.cutover): type A needs an IPv4 address, not `my-alb-123.us-east-1.elb.amazonaws.com`"),
+        (27, "step `dns` (route53.cutover): with.analysis.sampels: unknown field `sampels`"),
+        (28, "step `ghost`: unknown kind `postgres.teleport`"),
+    ] {
+        assert!(
+            err.contains(&format!("runbooks/bad.yaml:{line}: {want}")),
+            "no `{line}: {want}` in:\n{err}"
+        );
+    }
+    // The reference to the unknown kind's outputs is not judged against some other kind.
+    assert!(!err.contains("has outputs"), "{err}");
+    assert!(!err.contains("step `uses`"), "{err}");
 }

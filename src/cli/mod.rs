@@ -4,7 +4,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | a step failed and rollback completed (or `audit verify` found tampering) |
+//! | 1 | a step failed and rollback completed, a dry-run could not plan a step (nothing changed), or `audit verify` found tampering |
 //! | 2 | usage or configuration invalid |
 //! | 3 | a gate refused (missing rehearsal, approval, panic flag, lock held, wrong AWS account) |
 //! | 4 | rollback incomplete: a human is needed |

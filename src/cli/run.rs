@@ -334,6 +334,13 @@ fn exit_code(result: Result<Outcome, EngineError>) -> i32 {
     match result {
         Ok(Outcome::Succeeded) => EXIT_OK,
         Ok(Outcome::RolledBack) => EXIT_FAILED,
+        Ok(Outcome::DryRunFailed { step, error }) => {
+            print_error(
+                &format!("dry-run: step `{step}` could not be planned: {error}"),
+                Some("nothing was changed and nothing was rolled back; fix the cause and run the dry-run again"),
+            );
+            EXIT_FAILED
+        }
         Ok(Outcome::RollbackIncomplete(todo)) => {
             print_error("rollback incomplete: a person must finish it", None);
             eprintln!("what to do, object by object:");

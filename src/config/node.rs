@@ -101,6 +101,35 @@ impl Node {
         line
     }
 
+    /// The 1-based line of the deepest node along `keys` (map keys; sequence indexes as
+    /// decimal text) that this tree has.
+    pub fn line_of_keys(&self, keys: &[String]) -> Option<u32> {
+        let mut node = self;
+        let mut line = None;
+        for k in keys {
+            let next = match node {
+                Node::Map(entries) => entries
+                    .iter()
+                    .find(|(key, _)| &key.value == k)
+                    .map(|(key, v)| (key.referenced.line() as u32, &v.value)),
+                Node::Seq(items) => k
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| items.get(i))
+                    .map(|v| (v.referenced.line() as u32, &v.value)),
+                _ => None,
+            };
+            match next {
+                Some((l, n)) => {
+                    line = Some(l);
+                    node = n;
+                }
+                None => break,
+            }
+        }
+        line
+    }
+
     /// The keys of this mapping, each with its 1-based line.
     pub fn keys(&self) -> Vec<(&str, u32)> {
         match self {

@@ -23,11 +23,19 @@ pub enum Outcome {
     Succeeded,
     /// A step failed and every rollback completed (exit 1).
     RolledBack,
+    /// A dry-run could not plan a step; nothing was changed, so nothing was rolled back
+    /// (exit 1). The step id and its error (redacted).
+    DryRunFailed {
+        /// The step whose plan failed.
+        step: String,
+        /// Why.
+        error: String,
+    },
     /// A rollback step failed; a person must finish it (exit 4). Per step id, what to do.
     RollbackIncomplete(Vec<(String, Vec<String>)>),
     /// A gate refused before any mutation (exit 3).
     Refused(String),
-    /// SIGINT; the journal is consistent and `resume` continues (exit 130).
+    /// SIGINT or SIGTERM; the journal is consistent and `resume` continues (exit 130).
     Interrupted,
     /// The run ended (`status`: succeeded, rolled-back, ...) but the heartbeat found
     /// acknowledged writes missing from the database the application uses at the end: not a
@@ -85,12 +93,51 @@ pub struct Executor<'a> {
     pub(super) lost: Option<(u64, String)>,
 }
 
+/// Why a step stopped, from the [`StepError`] variant that stopped it (never from its text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// The operator raised the panic flag.
+    Panic,
+    /// A safety gate refused: the step changed nothing.
+    Gate,
+    /// Any other failure (provider, check, timeout, parameters, template).
+    Error,
+}
+
+impl Cause {
+    fn of(e: &StepError) -> Self {
+        match e {
+            StepError::Panic(_) => Cause::Panic,
+            StepError::Gate(_) | StepError::Provider(ProviderError::WrongAccount { .. }) => {
+                Cause::Gate
+            }
+            _ => Cause::Error,
+        }
+    }
+}
+
 struct Failure {
     step: String,
     error: String,
-    /// The step stopped because the panic flag was raised.
-    panic: bool,
+    cause: Cause,
 }
+
+/// Whether a failed apply attempt may be retried: not when a gate refused, the operator
+/// panicked, the parameters are wrong or the journal failed (that stops the run).
+fn retryable(e: &StepError) -> bool {
+    !matches!(
+        e,
+        StepError::Gate(_)
+            | StepError::Panic(_)
+            | StepError::Params(_)
+            | StepError::Journal(_)
+            | StepError::Provider(ProviderError::WrongAccount { .. })
+    )
+}
+
+/// The first event-log failure a step's journal closure met; once set, the run stops
+/// ([`EngineError::Log`]) whatever the step does with the error it was given.
+type JournalFault = Arc<Mutex<Option<super::log::LogError>>>;
 
 fn lock_log(log: &Mutex<EventLog>) -> std::sync::MutexGuard<'_, EventLog> {
     log.lock().unwrap_or_else(|p| p.into_inner())
@@ -111,19 +158,38 @@ impl<'a> Executor<'a> {
 
     /// The closure a step journals through: appends `(event, data)` for `step` and fsyncs it
     /// before returning, so an intent is on record before its side effect.
+    ///
+    /// A write failure is kept in `fault` (checked by the executor after every step call) and
+    /// given to the step as [`StepError::Journal`], which is never retried.
     fn journal_for(
         &self,
         step: &str,
+        fault: &JournalFault,
     ) -> impl Fn(&str, Value) -> Result<(), StepError> + Send + Sync + 'a {
         let (log, ui, step) = (self.log.clone(), self.ui, step.to_string());
+        let fault = fault.clone();
         move |event: &str, data: Value| {
-            let rec = lock_log(&log)
-                .append(event, Some(&step), data)
-                .map_err(|e| {
-                    StepError::Check(format!("the event log could not be written: {e}"))
-                })?;
-            ui.record(&rec);
-            Ok(())
+            let appended = lock_log(&log).append(event, Some(&step), data);
+            match appended {
+                Ok(rec) => {
+                    ui.record(&rec);
+                    Ok(())
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let mut slot = fault.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(e);
+                    Err(StepError::Journal(msg))
+                }
+            }
+        }
+    }
+
+    /// [`EngineError::Log`] when a step's journal failed: nothing further may happen.
+    fn journal_fault(fault: &JournalFault) -> Result<(), EngineError> {
+        match fault.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(EngineError::Log(e)),
+            None => Ok(()),
         }
     }
 
@@ -238,9 +304,9 @@ impl<'a> Executor<'a> {
             }
             let result = tokio::select! {
                 r = self.run_step(phase, step) => r?,
-                _ = tokio::signal::ctrl_c() => {
+                signal = interrupted() => {
                     let id = self.run_id.clone();
-                    self.record("run_interrupted", Some(&step.id), json!({"run_id": id}))?;
+                    self.record("run_interrupted", Some(&step.id), json!({"run_id": id, "signal": signal}))?;
                     return Ok(Outcome::Interrupted);
                 }
             };
@@ -248,9 +314,12 @@ impl<'a> Executor<'a> {
                 if self.mode == Mode::DryRun {
                     self.finish("failed", json!({"failed_step": f.step, "error": f.error}))
                         .await?;
-                    return Ok(Outcome::RolledBack);
+                    return Ok(Outcome::DryRunFailed {
+                        step: f.step,
+                        error: f.error,
+                    });
                 }
-                if f.panic {
+                if f.cause == Cause::Panic {
                     return self.panic(&f.step, "during the step", &f.error).await;
                 }
                 return self.rollback(&f.step, &f.error).await;
@@ -296,12 +365,16 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// The context of one call into a step kind. `deadline` is the attempt's: one per step
+    /// attempt, covering plan, every apply retry and verify (or one per rollback step).
+    #[allow(clippy::too_many_arguments)]
     fn step_context<'b>(
         &'b self,
         step: &'b PlanStep,
         params: Map<String, Value>,
         progress: &'b (dyn Fn(&str) + Send + Sync),
         journal: &'b (dyn Fn(&str, Value) -> Result<(), StepError> + Send + Sync),
+        deadline: tokio::time::Instant,
         rolling_back: bool,
     ) -> StepContext<'b> {
         StepContext {
@@ -310,7 +383,7 @@ impl<'a> Executor<'a> {
             mode: self.mode,
             env: &self.plan.env,
             params,
-            deadline: tokio::time::Instant::now() + step.timeout,
+            deadline,
             providers: &self.providers,
             run_dir: &self.run_dir,
             root: &self.root,
@@ -327,7 +400,10 @@ impl<'a> Executor<'a> {
         step: &PlanStep,
     ) -> Result<Result<(), Failure>, EngineError> {
         let kind = step.kind;
-        let fail = |this: &mut Self, error: String| -> Result<Result<(), Failure>, EngineError> {
+        let fail = |this: &mut Self,
+                    cause: Cause,
+                    error: String|
+         -> Result<Result<(), Failure>, EngineError> {
             let error = this.redactor.redact(&error);
             this.record(
                 "step_failed",
@@ -336,7 +412,7 @@ impl<'a> Executor<'a> {
             )?;
             Ok(Err(Failure {
                 step: step.id.clone(),
-                panic: error.starts_with("panic flag "),
+                cause,
                 error,
             }))
         };
@@ -349,7 +425,7 @@ impl<'a> Executor<'a> {
                     return Ok(Ok(()));
                 }
                 Ok(_) => {}
-                Err(e) => return fail(self, format!("when `{w}`: {e}")),
+                Err(e) => return fail(self, Cause::Error, format!("when `{w}`: {e}")),
             }
         }
         let params_obj = Value::Object(step.params.clone());
@@ -362,12 +438,12 @@ impl<'a> Executor<'a> {
                 self.record("step_planned", Some(&step.id), json!({"kind": kind.name(), "changes": [change], "before": Value::Null, "dry_run": true}))?;
                 return Ok(Ok(()));
             }
-            Err(e) => return fail(self, format!("template {e}")),
+            Err(e) => return fail(self, Cause::Error, format!("template {e}")),
         };
         let real = match template::render_value(&params_obj, &self.context(false)) {
             Ok(Value::Object(m)) => m,
             Ok(_) => Map::new(),
-            Err(e) => return fail(self, format!("template {e}")),
+            Err(e) => return fail(self, Cause::Error, format!("template {e}")),
         };
         if !self.started.contains(&step.id) {
             self.started.push(step.id.clone());
@@ -376,19 +452,22 @@ impl<'a> Executor<'a> {
 
         let started = StdInstant::now();
         let progress = self.progress_for(&step.id);
-        let journal = self.journal_for(&step.id);
-        let timeout = step.timeout;
+        let fault = JournalFault::default();
+        let journal = self.journal_for(&step.id, &fault);
+        // One deadline for the whole attempt: plan, every apply retry and verify.
+        let deadline = tokio::time::Instant::now() + step.timeout;
 
         // plan
         let planned: Result<Planned, StepError> = {
-            let cx = self.step_context(step, real.clone(), &progress, &journal, false);
-            tokio::time::timeout(timeout, kind.plan(&cx))
+            let cx = self.step_context(step, real.clone(), &progress, &journal, deadline, false);
+            tokio::time::timeout_at(deadline, kind.plan(&cx))
                 .await
                 .unwrap_or_else(|_| Err(StepError::Timeout("plan".into())))
         };
+        Self::journal_fault(&fault)?;
         let mut planned = match planned {
             Ok(p) => p,
-            Err(e) => return self.step_error(step, e, fail),
+            Err(e) => return self.step_error(e, fail),
         };
         // Rollback material is the first observation of the run: a resumed step plans again
         // over state its own earlier attempt may have changed.
@@ -411,7 +490,7 @@ impl<'a> Executor<'a> {
         }
 
         // apply, with `retries` extra attempts spaced by exponential backoff with jitter
-        // (2 s doubling to at most 60 s).
+        // (2 s doubling to at most 60 s), all within the attempt's deadline.
         let mut delays = backon::ExponentialBuilder::default()
             .with_min_delay(std::time::Duration::from_secs(2))
             .with_max_delay(std::time::Duration::from_secs(60))
@@ -422,17 +501,20 @@ impl<'a> Executor<'a> {
         let outputs = loop {
             attempt += 1;
             let result = {
-                let cx = self.step_context(step, real.clone(), &progress, &journal, false);
-                tokio::time::timeout(cx.remaining(), kind.apply(&cx, &planned))
+                let cx =
+                    self.step_context(step, real.clone(), &progress, &journal, deadline, false);
+                tokio::time::timeout_at(deadline, kind.apply(&cx, &planned))
                     .await
                     .unwrap_or_else(|_| Err(StepError::Timeout("apply".into())))
             };
+            Self::journal_fault(&fault)?;
             let e = match result {
                 Ok(o) => break o,
                 Err(e) => e,
             };
-            match delays.next() {
-                Some(delay) if !matches!(e, StepError::Gate(_)) => {
+            let next = delays.next().filter(|_| retryable(&e));
+            match next {
+                Some(delay) if tokio::time::Instant::now() + delay < deadline => {
                     let msg = self.redactor.redact(&e.to_string());
                     self.record(
                         "step_attempt_failed",
@@ -441,7 +523,15 @@ impl<'a> Executor<'a> {
                     )?;
                     tokio::time::sleep(delay).await;
                 }
-                _ => return self.step_error(step, e, fail),
+                Some(_) => {
+                    let e = StepError::Timeout(format!(
+                        "apply: the step's {} s timeout leaves no time for attempt {} (last error: {e})",
+                        step.timeout.as_secs(),
+                        attempt + 1
+                    ));
+                    return self.step_error(e, fail);
+                }
+                None => return self.step_error(e, fail),
             }
         };
         self.record(
@@ -453,15 +543,15 @@ impl<'a> Executor<'a> {
 
         // verify
         let evidence = {
-            let cx = self.step_context(step, real.clone(), &progress, &journal, false);
-            let remaining = timeout.saturating_sub(started.elapsed());
-            tokio::time::timeout(remaining, kind.verify(&cx, &outputs))
+            let cx = self.step_context(step, real.clone(), &progress, &journal, deadline, false);
+            tokio::time::timeout_at(deadline, kind.verify(&cx, &outputs))
                 .await
                 .unwrap_or_else(|_| Err(StepError::Timeout("verify".into())))
         };
+        Self::journal_fault(&fault)?;
         let evidence = match evidence {
             Ok(e) => e,
-            Err(e) => return self.step_error(step, e, fail),
+            Err(e) => return self.step_error(e, fail),
         };
         let summary = summary_line(&planned, &outputs, &evidence);
         self.done.insert(step.id.clone());
@@ -475,22 +565,15 @@ impl<'a> Executor<'a> {
 
     fn step_error(
         &mut self,
-        _step: &PlanStep,
         e: StepError,
-        fail: impl Fn(&mut Self, String) -> Result<Result<(), Failure>, EngineError>,
+        fail: impl Fn(&mut Self, Cause, String) -> Result<Result<(), Failure>, EngineError>,
     ) -> Result<Result<(), Failure>, EngineError> {
-        if let StepError::Gate(_) | StepError::Provider(ProviderError::WrongAccount { .. }) = &e {
-            let msg = e.to_string();
-            return fail(
-                self,
-                if msg.starts_with("refused") {
-                    msg
-                } else {
-                    format!("refused: {msg}")
-                },
-            );
-        }
-        fail(self, e.to_string())
+        let cause = Cause::of(&e);
+        let msg = match cause {
+            Cause::Gate => format!("refused: {}", e.to_string().trim_start_matches("refused: ")),
+            _ => e.to_string(),
+        };
+        fail(self, cause, msg)
     }
 
     /// The operator raised the panic flag: records what triggered it, then rolls back.
@@ -567,13 +650,19 @@ impl<'a> Executor<'a> {
             };
             let (real, before, outputs, manual) = self.undo_material(step);
             let progress = self.progress_for(&id);
-            let journal = self.journal_for(&id);
+            let fault = JournalFault::default();
+            let journal = self.journal_for(&id, &fault);
+            let deadline = tokio::time::Instant::now() + step.timeout;
             let answer = {
-                let cx = self.step_context(step, real, &progress, &journal, true);
-                step.kind
-                    .rollback_refusal(&cx, &before, outputs.as_ref())
-                    .await
+                let cx = self.step_context(step, real, &progress, &journal, deadline, true);
+                tokio::time::timeout_at(
+                    deadline,
+                    step.kind.rollback_refusal(&cx, &before, outputs.as_ref()),
+                )
+                .await
+                .unwrap_or_else(|_| Err(StepError::Timeout("the rollback check".into())))
             };
+            Self::journal_fault(&fault)?;
             let reason = match answer {
                 Ok(None) => continue,
                 Ok(Some(r)) => r,
@@ -635,14 +724,21 @@ impl<'a> Executor<'a> {
             )?;
             let (real, before, outputs, manual) = self.undo_material(step);
             let progress = self.progress_for(&id);
-            let journal = self.journal_for(&id);
+            let fault = JournalFault::default();
+            let journal = self.journal_for(&id, &fault);
+            // A rollback step gets at least 120 s, whatever the forward timeout.
+            let deadline =
+                tokio::time::Instant::now() + step.timeout.max(std::time::Duration::from_secs(120));
             let result = {
-                let cx = self.step_context(step, real, &progress, &journal, true);
-                let t = step.timeout.max(std::time::Duration::from_secs(120));
-                tokio::time::timeout(t, step.kind.rollback(&cx, &before, outputs.as_ref()))
-                    .await
-                    .unwrap_or_else(|_| Err(StepError::Timeout("rollback".into())))
+                let cx = self.step_context(step, real, &progress, &journal, deadline, true);
+                tokio::time::timeout_at(
+                    deadline,
+                    step.kind.rollback(&cx, &before, outputs.as_ref()),
+                )
+                .await
+                .unwrap_or_else(|_| Err(StepError::Timeout("rollback".into())))
             };
+            Self::journal_fault(&fault)?;
             match result {
                 Ok(restored) => {
                     self.record(
@@ -691,6 +787,22 @@ impl<'a> Executor<'a> {
     }
 }
 
+/// Completes when the process receives SIGINT or SIGTERM (a CI cancel); returns the signal's
+/// name. Never completes when the handlers cannot be installed.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 /// Per step, what a person must do, from the `incomplete` entries of a `run_finished` record
 /// (`{step, kind, error, manual: [..]}`).
 pub(super) fn manual_todo(incomplete: &[Value]) -> Vec<(String, Vec<String>)> {
@@ -731,8 +843,9 @@ fn summary_line(
 
 #[cfg(test)]
 mod tests {
-    //! The rollback's refusal and stop rules, with fake step kinds over a temporary log; no
-    //! provider is reached (the fakes never ask for one).
+    //! The step contract's rules (deadline, retries, journal failure, dry-run failure,
+    //! rollback refusal and stop), with fake step kinds over a temporary log; no provider is
+    //! reached (the fakes never ask for one).
     use super::*;
     use crate::runbook::{PlanPhase, PlanStep};
     use crate::steps::{ParamSpec, Restored, StepKind};
@@ -749,7 +862,24 @@ mod tests {
         StopsRollback,
         /// Its apply fails.
         Fails,
+        /// Its plan fails.
+        PlanFails,
+        /// Plan, apply and verify each take 3 s (of a 5 s timeout).
+        Slow,
+        /// Its first apply fails (counted in `FLAKY_APPLIES`), the next one succeeds.
+        FailsFirstApply,
+        /// Its apply journals an intent the log cannot take, then carries on as if it had.
+        CannotJournal,
+        /// Its apply hangs far past its deadline.
+        Hangs,
+        /// Its apply stops at a safe point because the panic flag is raised.
+        Panics,
     }
+
+    static FLAKY_APPLIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    static UNJOURNALED_APPLIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    /// The event a [`Fake::CannotJournal`] step journals; the test's mirror refuses it.
+    const UNJOURNALABLE: &str = "fake_unjournalable";
 
     #[async_trait]
     impl StepKind for Fake {
@@ -769,17 +899,62 @@ mod tests {
             &[]
         }
         async fn plan(&self, _cx: &StepContext) -> Result<Planned, StepError> {
-            Ok(Planned::default())
+            match self {
+                Fake::PlanFails => Err(StepError::Check("cannot see the zone".into())),
+                Fake::Slow => {
+                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                    Ok(Planned::default())
+                }
+                _ => Ok(Planned::default()),
+            }
         }
         async fn apply(
             &self,
-            _cx: &StepContext,
+            cx: &StepContext,
             _p: &Planned,
         ) -> Result<Map<String, Value>, StepError> {
+            use std::sync::atomic::Ordering;
             match self {
                 Fake::Fails => Err(StepError::Check("it broke".into())),
+                Fake::Slow => {
+                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                    Ok(Map::new())
+                }
+                Fake::FailsFirstApply => {
+                    if FLAKY_APPLIES.fetch_add(1, Ordering::SeqCst) == 0 {
+                        Err(StepError::Check("a transient error".into()))
+                    } else {
+                        Ok(Map::new())
+                    }
+                }
+                Fake::CannotJournal => {
+                    UNJOURNALED_APPLIES.fetch_add(1, Ordering::SeqCst);
+                    // A careless step: it ignores the journal's error and reports a failure
+                    // of its own, which must not be retried like one.
+                    let _ = (cx.journal)(UNJOURNALABLE, json!({"intent": "x"}));
+                    Err(StepError::Check("something else".into()))
+                }
+                Fake::Hangs => {
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    Ok(Map::new())
+                }
+                Fake::Panics => {
+                    std::fs::write(cx.panic_flag.unwrap(), "checkout errors\n").unwrap();
+                    cx.check_deadline("the fake's condition")?;
+                    Ok(Map::new())
+                }
                 _ => Ok(Map::new()),
             }
+        }
+        async fn verify(
+            &self,
+            _cx: &StepContext,
+            _o: &Map<String, Value>,
+        ) -> Result<Map<String, Value>, StepError> {
+            if *self == Fake::Slow {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            }
+            Ok(Map::new())
         }
         async fn rollback_refusal(
             &self,
@@ -807,6 +982,12 @@ mod tests {
     static REFUSES: Fake = Fake::Refuses;
     static STOPS: Fake = Fake::StopsRollback;
     static FAILS: Fake = Fake::Fails;
+    static PLAN_FAILS: Fake = Fake::PlanFails;
+    static SLOW: Fake = Fake::Slow;
+    static FLAKY: Fake = Fake::FailsFirstApply;
+    static CANNOT_JOURNAL: Fake = Fake::CannotJournal;
+    static HANGS: Fake = Fake::Hangs;
+    static PANICS: Fake = Fake::Panics;
 
     fn plan(steps: &[(&str, &'static Fake)]) -> (tempfile::TempDir, Plan) {
         let dir = tempfile::tempdir().unwrap();
@@ -848,16 +1029,38 @@ mod tests {
 
     /// Runs `steps` as a rehearsal to its outcome; returns it and the records (event, step).
     async fn run(steps: &[(&str, &'static Fake)]) -> (Outcome, Vec<(String, String)>) {
-        let (dir, plan) = plan(steps);
+        let (outcome, records) = run_with(steps, Mode::Rehearse, 0).await;
+        (outcome.unwrap(), records)
+    }
+
+    /// Runs `steps` in `mode`, each with `retries`, over a log whose mirror refuses the
+    /// [`UNJOURNALABLE`] event; returns the result and the records on disk (event, step).
+    async fn run_with(
+        steps: &[(&str, &'static Fake)],
+        mode: Mode,
+        retries: u32,
+    ) -> (Result<Outcome, EngineError>, Vec<(String, String)>) {
+        let (dir, mut plan) = plan(steps);
+        for s in &mut plan.phases[0].steps {
+            s.retries = retries;
+        }
         let ui = Ui::new(crate::engine::ui::OutputFormat::Json);
         let redactor = Arc::new(Redactor::default());
         let log_path = dir.path().join("events.jsonl");
-        let log = EventLog::create(&log_path, redactor.clone()).unwrap();
+        let mut log = EventLog::create(&log_path, redactor.clone()).unwrap();
+        log.set_mirror(Box::new(|_name: &str, bytes: Vec<u8>| {
+            if String::from_utf8_lossy(&bytes).contains(UNJOURNALABLE) {
+                Err("the store refused the upload".to_string())
+            } else {
+                Ok(())
+            }
+        }))
+        .unwrap();
         let providers = Providers::new(plan.env.clone(), "test-run", redactor.clone());
         let mut ex = crate::engine::executor_for(
             dir.path(),
             &plan,
-            Mode::Rehearse,
+            mode,
             "test-run",
             dir.path().join("run"),
             &ui,
@@ -866,7 +1069,8 @@ mod tests {
             log,
         )
         .unwrap();
-        let outcome = ex.run_steps().await.unwrap();
+        ex.panic_flag = dir.path().join("panic-staging");
+        let outcome = ex.run_steps().await;
         let records = super::super::log::read_verified(&log_path)
             .unwrap()
             .into_iter()
@@ -934,5 +1138,93 @@ mod tests {
             .map(|(_, s)| s.as_str())
             .collect();
         assert_eq!(order, ["broken", "second", "first"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_one_per_attempt_covers_plan_apply_and_verify() {
+        // 3 s each of a 5 s timeout: every phase alone fits, the attempt does not.
+        let (outcome, records) = run_with(&[("slow", &SLOW)], Mode::Rehearse, 0).await;
+        assert_eq!(outcome.unwrap(), Outcome::RolledBack, "{records:?}");
+        assert!(has(&records, "step_failed", "slow"), "{records:?}");
+        assert!(!has(&records, "step_completed", "slow"), "{records:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_hanging_past_its_deadline_fails_and_rolls_back() {
+        let (outcome, records) =
+            run_with(&[("first", &OK), ("hangs", &HANGS)], Mode::Rehearse, 3).await;
+        assert_eq!(outcome.unwrap(), Outcome::RolledBack);
+        assert!(has(&records, "step_failed", "hangs"));
+        assert!(has(&records, "rollback_step_completed", "first"));
+        // A timeout uses the whole attempt: no retry is started after it.
+        assert!(
+            !has(&records, "step_attempt_failed", "hangs"),
+            "{records:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_failing_on_its_first_apply_is_retried_within_its_deadline() {
+        let (outcome, records) = run_with(&[("flaky", &FLAKY)], Mode::Rehearse, 2).await;
+        assert_eq!(outcome.unwrap(), Outcome::Succeeded, "{records:?}");
+        assert!(has(&records, "step_attempt_failed", "flaky"));
+        assert!(has(&records, "step_completed", "flaky"));
+        assert_eq!(FLAKY_APPLIES.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn journal_failure_stops_the_run_and_is_not_retried() {
+        let (outcome, records) = run_with(
+            &[
+                ("first", &OK),
+                ("unjournaled", &CANNOT_JOURNAL),
+                ("after", &OK),
+            ],
+            Mode::Rehearse,
+            3,
+        )
+        .await;
+        assert!(matches!(outcome, Err(EngineError::Log(_))), "{outcome:?}");
+        assert_eq!(
+            UNJOURNALED_APPLIES.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the apply was retried after the log failed"
+        );
+        assert!(
+            !has(&records, "step_attempt_failed", "unjournaled"),
+            "{records:?}"
+        );
+        assert!(!has(&records, "rollback_started", ""), "{records:?}");
+        assert!(!has(&records, "step_started", "after"), "{records:?}");
+    }
+
+    #[tokio::test]
+    async fn dry_run_plan_failure_is_a_failed_dry_run_not_a_rollback() {
+        let (outcome, records) =
+            run_with(&[("first", &OK), ("zone", &PLAN_FAILS)], Mode::DryRun, 0).await;
+        match outcome.unwrap() {
+            Outcome::DryRunFailed { step, error } => {
+                assert_eq!(step, "zone");
+                assert!(error.contains("cannot see the zone"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !records.iter().any(|(e, _)| e.starts_with("rollback")),
+            "{records:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_raised_panic_flag_rolls_back_by_its_variant_not_its_text() {
+        let (outcome, records) =
+            run_with(&[("first", &OK), ("panics", &PANICS)], Mode::Rehearse, 3).await;
+        assert_eq!(outcome.unwrap(), Outcome::RolledBack, "{records:?}");
+        assert!(has(&records, "panic", "panics"), "{records:?}");
+        assert!(
+            !has(&records, "step_attempt_failed", "panics"),
+            "{records:?}"
+        );
+        assert!(has(&records, "rollback_step_completed", "first"));
     }
 }

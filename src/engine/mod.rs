@@ -341,7 +341,11 @@ pub async fn resume(
         println!("run {run_id} already finished: {status}");
         return Ok(Ok(match status {
             "succeeded" | "planned" => Outcome::Succeeded,
-            "rolled-back" | "failed" => Outcome::RolledBack,
+            "rolled-back" => Outcome::RolledBack,
+            "failed" => Outcome::DryRunFailed {
+                step: fin.data["failed_step"].as_str().unwrap_or("").to_string(),
+                error: fin.data["error"].as_str().unwrap_or("").to_string(),
+            },
             "refused" => Outcome::Refused(field("reason")),
             "writes-missing" => Outcome::WritesMissing {
                 status: fin.data["steps_status"].as_str().unwrap_or("").to_string(),

@@ -128,7 +128,9 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
     let Some(env) = env else { return Err(problems) };
 
     let env_json = env_context(&env);
-    let mut seen: HashMap<String, (u32, &'static dyn StepKind)> = HashMap::new();
+    // Step id → (line, kind); `None` for a kind this build does not have (already reported):
+    // references to its outputs cannot be checked against any kind.
+    let mut seen: HashMap<String, (u32, Option<&'static dyn StepKind>)> = HashMap::new();
     let mut phases = Vec::new();
     for phase in &raw.phases {
         let mut steps_out = Vec::new();
@@ -176,6 +178,24 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
                             &rel,
                             Some(at("with")),
                             format!("step `{}` ({}): {msg}", step.id, k.name()),
+                        ));
+                    }
+                    for p in k.literal_problems(&step.params) {
+                        let line = s
+                            .node
+                            .get("with")
+                            .and_then(|w| w.value.line_of_keys(&p.path))
+                            .unwrap_or(at("with"));
+                        problems.push(Problem::new(
+                            &rel,
+                            Some(line),
+                            format!(
+                                "step `{}` ({}): with.{}: {}",
+                                step.id,
+                                k.name(),
+                                p.path.join("."),
+                                p.message
+                            ),
                         ));
                     }
                 }
@@ -230,7 +250,7 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
                 },
             };
             if let Some(k) = kind {
-                seen.entry(step.id.clone()).or_insert((s.line, k));
+                seen.entry(step.id.clone()).or_insert((s.line, Some(k)));
                 steps_out.push(PlanStep {
                     id: step.id.clone(),
                     kind: k,
@@ -243,8 +263,7 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
                     line: s.line,
                 });
             } else {
-                seen.entry(step.id.clone())
-                    .or_insert((s.line, steps::registry()[0]));
+                seen.entry(step.id.clone()).or_insert((s.line, None));
             }
         }
         phases.push(PlanPhase {
@@ -288,7 +307,7 @@ fn check_reference(
     env_json: &Value,
     env: &Environment,
     vars: &BTreeMap<String, Value>,
-    earlier: &HashMap<String, (u32, &'static dyn StepKind)>,
+    earlier: &HashMap<String, (u32, Option<&'static dyn StepKind>)>,
 ) -> Option<String> {
     let parts: Vec<&str> = r.split('.').collect();
     match parts[0] {
@@ -340,16 +359,20 @@ fn check_reference(
                 None => Some(format!(
                     "undefined variable `{r}`: no earlier step has id `{id}`"
                 )),
-                Some((_, kind)) => {
+                // Its unknown kind is reported on its own line; no kind stands in for it.
+                Some((_, None)) => None,
+                Some((_, Some(kind))) => {
                     if parts.get(2).is_some_and(|p| *p != "outputs") {
                         return Some(format!("`{r}`: use steps.{id}.outputs.<name>"));
                     }
                     match parts.get(3) {
-                        Some(o) if !kind.outputs().contains(o) => Some(format!(
-                            "undefined variable `{r}`: {} has outputs {}",
-                            kind.name(),
-                            kind.outputs().join(", ")
-                        )),
+                        Some(o) if !kind.outputs().contains(o) && *o != steps::SUMMARY_OUTPUT => {
+                            Some(format!(
+                                "undefined variable `{r}`: {} has outputs {}",
+                                kind.name(),
+                                kind.outputs().join(", ")
+                            ))
+                        }
                         _ => None,
                     }
                 }

@@ -225,4 +225,8 @@ pub enum StepError {
     /// The operator raised the panic flag: the step stopped at a safe point; the run rolls back.
     #[error("{0}")]
     Panic(String),
+    /// The step could not journal a record: the run stops (the executor turns this into
+    /// [`crate::engine::EngineError::Log`]); a step must return it, never retry past it.
+    #[error("the event log could not be written: {0}")]
+    Journal(String),
 }

@@ -25,6 +25,7 @@ mod terraform_apply;
 mod wafv2_assert_association;
 
 pub mod context;
+pub mod params;
 
 pub use context::{Change, Planned, Restored, StepContext, StepError};
 
@@ -43,6 +44,10 @@ pub struct ParamSpec {
     pub doc: &'static str,
 }
 
+/// The output key any kind may return besides its declared [`StepKind::outputs`]: the step's
+/// one-line summary, shown in progress and the audit.
+pub const SUMMARY_OUTPUT: &str = "summary";
+
 /// The step contract (see DESIGN.md): validate, plan, apply, verify, rollback.
 ///
 /// Outputs returned by `apply` are recorded in the event log and are the only state later steps
@@ -57,7 +62,8 @@ pub trait StepKind: Send + Sync {
     fn undo(&self) -> &'static str;
     /// Parameters under `with:`.
     fn params(&self) -> &'static [ParamSpec];
-    /// Names of the outputs `apply` returns, referable as `steps.<id>.outputs.<name>`.
+    /// Names of the outputs `apply` returns, referable as `steps.<id>.outputs.<name>`: every
+    /// key `apply` may return, besides [`SUMMARY_OUTPUT`], which any kind may return.
     fn outputs(&self) -> &'static [&'static str];
     /// Deadline for apply + verify when the step sets no `timeout`.
     fn default_timeout(&self) -> Duration {
@@ -68,6 +74,14 @@ pub trait StepKind: Send + Sync {
     /// missing parameters against [`StepKind::params`]. Returns one message per problem.
     fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
         check_param_names(self.params(), params)
+    }
+
+    /// The literal values of `params` parsed into the kind's typed `Params` (see
+    /// [`params::literal_problems`]): wrong types, ranges, durations and nested unknown keys,
+    /// each with its path under `with:`. No I/O. Every kind implements it with its own
+    /// `Params`; the default (for a kind without parameters) finds nothing.
+    fn literal_problems(&self, _params: &Map<String, Value>) -> Vec<params::ParamProblem> {
+        Vec::new()
     }
 
     /// Read-only: observes live state and returns what `apply` would change (the dry-run), the

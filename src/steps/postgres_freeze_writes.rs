@@ -97,6 +97,9 @@ impl StepKind for FreezeWrites {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
+        super::params::literal_problems::<Params>(self.params(), params)
+    }
     fn outputs(&self) -> &'static [&'static str] {
         &["roles", "terminated", "lsn", "postponed_seconds"]
     }

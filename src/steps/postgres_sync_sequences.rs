@@ -39,6 +39,9 @@ impl StepKind for SyncSequences {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
+        super::params::literal_problems::<Params>(self.params(), params)
+    }
     fn outputs(&self) -> &'static [&'static str] {
         &["sequences"]
     }

@@ -24,8 +24,9 @@ pub struct WaitLag;
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Bytes of WAL; a count, so never negative.
     #[serde(default)]
-    max_lag_bytes: i64,
+    max_lag_bytes: u64,
     #[serde(default)]
     subscription: Option<String>,
 }
@@ -74,6 +75,9 @@ impl StepKind for WaitLag {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
+        super::params::literal_problems::<Params>(self.params(), params)
+    }
     fn outputs(&self) -> &'static [&'static str] {
         &["lsn", "confirmed_flush_lsn", "lag_bytes", "waited_ms"]
     }
@@ -119,7 +123,7 @@ impl StepKind for WaitLag {
                 )));
             };
             let (confirmed, behind) = row;
-            if behind <= p.max_lag_bytes {
+            if behind <= i64::try_from(p.max_lag_bytes).unwrap_or(i64::MAX) {
                 let mut out = Map::new();
                 out.insert("lsn".into(), json!(goal));
                 out.insert("confirmed_flush_lsn".into(), json!(confirmed));

@@ -298,6 +298,24 @@ fn parse(cx: &StepContext<'_>) -> Result<Params, StepError> {
     }
 }
 
+/// Whether `to` can be the value of a record of type `rtype` without `alias:` (RFC 1035 §3.4.1:
+/// an A record holds an IPv4 address; RFC 3596: AAAA an IPv6 address; a CNAME holds a name).
+fn value_problem(rtype: &str, to: &str) -> Option<String> {
+    let to = to.trim();
+    match rtype {
+        "A" if to.parse::<std::net::Ipv4Addr>().is_err() => Some(format!(
+            "type A needs an IPv4 address, not `{to}`; for a load balancer's host name use `type: CNAME`, or `alias:` with its hosted zone id"
+        )),
+        "AAAA" if to.parse::<std::net::Ipv6Addr>().is_err() => Some(format!(
+            "type AAAA needs an IPv6 address, not `{to}`; for a load balancer's host name use `type: CNAME`, or `alias:` with its hosted zone id"
+        )),
+        "CNAME" if to.parse::<std::net::IpAddr>().is_ok() => Some(format!(
+            "type CNAME needs a host name, not the address `{to}`; use `type: A` or `AAAA`"
+        )),
+        _ => None,
+    }
+}
+
 /// Range and consistency checks of typed parameters.
 fn check(p: &Params) -> Vec<String> {
     let mut out = Vec::new();
@@ -310,6 +328,9 @@ fn check(p: &Params) -> Vec<String> {
     }
     if p.alias.is_some() && p.rtype == "CNAME" {
         out.push("an alias target needs type A or AAAA".into());
+    }
+    if p.alias.is_none() {
+        out.extend(value_problem(&p.rtype, &p.to));
     }
     if !PENDING.contains(&p.on_ttl_pending.as_str()) {
         out.push(format!(
@@ -423,8 +444,11 @@ impl StepKind for Route53Cutover {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
+        super::params::literal_problems::<Params>(self.params(), params)
+    }
     fn outputs(&self) -> &'static [&'static str] {
-        &["change_batches", "zone_id", "record", "value"]
+        &["change_batches", "stages", "zone_id", "record", "value"]
     }
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(900)
@@ -462,6 +486,15 @@ impl StepKind for Route53Cutover {
                     TYPES.join(", ")
                 ));
             }
+        }
+        let rtype = match params.get("type") {
+            None => Some("CNAME"),
+            Some(_) => literal("type").and_then(Value::as_str),
+        };
+        if let (Some(rtype), Some(Value::String(to)), None) =
+            (rtype, literal("to"), params.get("alias"))
+        {
+            out.extend(value_problem(rtype, to));
         }
         out
     }

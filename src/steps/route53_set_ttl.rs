@@ -104,8 +104,18 @@ impl StepKind for SetTtl {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
+        super::params::literal_problems::<Params>(self.params(), params)
+    }
     fn outputs(&self) -> &'static [&'static str] {
-        &["ttl", "previous_ttl", "lowered_at", "record"]
+        &[
+            "ttl",
+            "previous_ttl",
+            "lowered_at",
+            "record",
+            "change_batch",
+            "change_id",
+        ]
     }
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {

@@ -63,6 +63,9 @@ impl StepKind for TerraformApply {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
+        super::params::literal_problems::<Params>(self.params(), params)
+    }
     fn outputs(&self) -> &'static [&'static str] {
         &["tf", "create", "update", "replace", "delete", "summary"]
     }

@@ -96,8 +96,11 @@ impl StepKind for AssertAssociation {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
+        super::params::literal_problems::<Params>(self.params(), params)
+    }
     fn outputs(&self) -> &'static [&'static str] {
-        &["web_acl_name", "web_acl_arn"]
+        &["web_acl_name", "web_acl_arn", "associated_by_run"]
     }
 
     fn validate(&self, params: &Map<String, Value>) -> Vec<String> {

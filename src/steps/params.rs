@@ -1,0 +1,249 @@
+//! Checking a step's literal `with:` values against its kind's typed `Params` before it runs.
+//!
+//! A kind's `Params` struct (serde, `deny_unknown_fields`) is the single source of what its
+//! parameters are; at run time the rendered values are parsed into it. `cutover validate`
+//! parses the *unrendered* values into the same struct, so a wrong type, a negative count, a
+//! duration it cannot read or a misspelt nested key fails in validate, not inside a production
+//! window. A value holding a template (`{{ … }}`, `{% … %}`) is known only at run time: it is
+//! replaced by probe values until the parse gets past it, and never reported.
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+/// One problem of a literal parameter value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamProblem {
+    /// Keys from `with:` down to the value (`["analysis", "sampels"]`); empty for the whole.
+    pub path: Vec<String>,
+    /// What serde said (`invalid type: string "four", expected u32`).
+    pub message: String,
+}
+
+/// Most parse attempts made for one step: each reports or steps past one value.
+const MAX_ATTEMPTS: usize = 48;
+
+fn is_template(v: &Value) -> bool {
+    v.as_str()
+        .is_some_and(|s| s.contains("{{") || s.contains("{%"))
+}
+
+fn probes() -> [Value; 6] {
+    [
+        Value::from("1"),
+        Value::from(1),
+        Value::from(true),
+        Value::Null,
+        Value::Array(Vec::new()),
+        Value::Object(Map::new()),
+    ]
+}
+
+fn segments(path: &serde_path_to_error::Path) -> Option<Vec<String>> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .map(|s| match s {
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Seq { index } => Some(index.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn get<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |cur, k| match cur {
+        Value::Object(m) => m.get(k),
+        Value::Array(a) => k.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+fn slot<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+    let (last, parents) = path.split_last()?;
+    let parent = parents.iter().try_fold(v, |cur, k| match cur {
+        Value::Object(m) => m.get_mut(k),
+        Value::Array(a) => k.parse::<usize>().ok().and_then(move |i| a.get_mut(i)),
+        _ => None,
+    })?;
+    match parent {
+        Value::Object(m) => Some(m.entry(last.clone()).or_insert(Value::Null)),
+        Value::Array(a) => last.parse::<usize>().ok().and_then(move |i| a.get_mut(i)),
+        _ => None,
+    }
+}
+
+/// The field serde says is missing (`missing field `x``), to probe it and move on.
+fn missing_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("missing field `")?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+/// Problems of the literal values of `params` for a kind whose parameters are `T`. Top-level
+/// unknown and missing keys are left to [`super::check_param_names`] (named there with the
+/// valid list); everything deeper, and every type or range error, is reported here, all at once
+/// as far as serde lets a parse continue.
+pub fn literal_problems<T: DeserializeOwned>(
+    specs: &[super::ParamSpec],
+    params: &Map<String, Value>,
+) -> Vec<ParamProblem> {
+    let original = Value::Object(params.clone());
+    let mut value = original.clone();
+    let mut problems = Vec::new();
+    // Paths whose value was replaced by a probe: errors under them are not the runbook's.
+    let mut probed: Vec<Vec<String>> = Vec::new();
+    for _ in 0..MAX_ATTEMPTS {
+        let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let Some(mut path) = segments(err.path()) else {
+            break;
+        };
+        let message = err.inner().to_string();
+        // A missing field's error is at its parent: point at the field itself.
+        let missing = missing_field(&message);
+        if let Some(f) = &missing {
+            path.push(f.clone());
+        }
+        let under_probe = probed.iter().any(|p| path.starts_with(p));
+        let at_top = path.len() == 1;
+        let top_level_name_problem =
+            at_top && (missing.is_some() || !specs.iter().any(|s| s.name == path[0]));
+        let templated = get(&original, &path).is_some_and(is_template);
+        if !under_probe && !templated && !top_level_name_problem {
+            problems.push(ParamProblem {
+                path: path.clone(),
+                message,
+            });
+        }
+        if path.is_empty() || probed.contains(&path) && !step_past::<T>(&mut value, &path) {
+            break;
+        }
+        if !probed.contains(&path) {
+            probed.push(path.clone());
+            if !step_past::<T>(&mut value, &path) {
+                break;
+            }
+        }
+    }
+    problems
+}
+
+/// Replaces the value at `path` by the first probe (or, for an unknown key, removes it) with
+/// which the parse no longer fails at `path`; false when none does.
+fn step_past<T: DeserializeOwned>(value: &mut Value, path: &[String]) -> bool {
+    let fails_here = |v: &Value| match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+        Ok(_) => false,
+        Err(e) => {
+            let mut p = segments(e.path()).unwrap_or_default();
+            if let Some(f) = missing_field(&e.inner().to_string()) {
+                p.push(f);
+            }
+            p == path
+        }
+    };
+    for probe in probes() {
+        let mut candidate = value.clone();
+        match slot(&mut candidate, path) {
+            Some(s) => *s = probe,
+            None => return false,
+        }
+        if !fails_here(&candidate) {
+            *value = candidate;
+            return true;
+        }
+    }
+    // An unknown key: drop it.
+    let mut candidate = value.clone();
+    if let Some((last, parents)) = path.split_last() {
+        let parent = if parents.is_empty() {
+            Some(&mut candidate)
+        } else {
+            slot(&mut candidate, parents)
+        };
+        if let Some(Value::Object(m)) = parent {
+            m.remove(last);
+            if !fails_here(&candidate) {
+                *value = candidate;
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[allow(dead_code)]
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Window {
+        samples: u32,
+        #[serde(default, with = "crate::steps::duration_text")]
+        interval: std::time::Duration,
+    }
+
+    #[allow(dead_code)]
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        url: String,
+        #[serde(default)]
+        jobs: Option<u32>,
+        #[serde(default)]
+        max_lag_bytes: Option<u64>,
+        #[serde(default)]
+        analysis: Option<Window>,
+    }
+
+    fn problems(yaml: serde_json::Value) -> Vec<(String, String)> {
+        let specs =
+            ["url", "jobs", "max_lag_bytes", "analysis"].map(|name| super::super::ParamSpec {
+                name,
+                required: name == "url",
+                doc: "",
+            });
+        literal_problems::<P>(&specs, yaml.as_object().unwrap())
+            .into_iter()
+            .map(|p| (p.path.join("."), p.message))
+            .collect()
+    }
+
+    #[test]
+    fn wrong_types_ranges_durations_and_nested_keys_are_all_reported() {
+        let got = problems(serde_json::json!({
+            "url": "x", "jobs": "four", "max_lag_bytes": -5,
+            "analysis": {"sampels": 6, "interval": "500 millis"}
+        }));
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        for want in [
+            "jobs",
+            "max_lag_bytes",
+            "analysis.sampels",
+            "analysis.interval",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {got:?}");
+        }
+        assert!(
+            got.iter()
+                .any(|(p, m)| p == "analysis.samples" && m.contains("missing")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn templated_values_and_top_level_names_are_left_alone() {
+        assert_eq!(
+            problems(
+                serde_json::json!({"url": "{{ env.x }}", "jobs": "{{ vars.jobs }}", "colour": "red"})
+            ),
+            Vec::<(String, String)>::new()
+        );
+        assert_eq!(
+            problems(serde_json::json!({})),
+            Vec::<(String, String)>::new()
+        );
+    }
+}
