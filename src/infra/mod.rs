@@ -101,7 +101,7 @@ async fn terraform_for(
     session_id: &str,
 ) -> Result<(Terraform, AwsSession), InfraError> {
     let session = AwsSession::assume(env, session_id).await?;
-    let tf = Terraform::for_environment(root, &state_dir(root), env, &session);
+    let tf = Terraform::for_environment(root, &state_dir(root), env, &session).await?;
     Ok((tf, session))
 }
 

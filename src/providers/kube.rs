@@ -103,8 +103,14 @@ pub async fn client_for_cluster(
         .map_err(|e| ProviderError::Kube(format!("cluster endpoint {endpoint}: {e}")))?;
     let mut config = kube::Config::new(url);
     config.root_cert = Some(super::eks_token::pem_bundle_to_der(ca).map_err(ProviderError::Kube)?);
+    // Made from the live credentials: renewed when the run has outlived their session.
+    let credentials = session
+        .credentials
+        .current()
+        .await
+        .map_err(|e| super::aws::err("sts:AssumeRole (renewal)", e))?;
     let token = super::eks_token::token(
-        &session.credentials,
+        &credentials,
         &session.region,
         name,
         std::time::SystemTime::now(),

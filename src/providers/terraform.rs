@@ -39,13 +39,25 @@ impl Terraform {
     /// The context for `env`'s root: `<root>/<terraform.dir>`, data directory
     /// `<state_dir>/terraform/<env>`, and the assumed-role credentials of `session` (so state and
     /// resources land in the environment's account, which STS has confirmed).
-    pub fn for_environment(
+    ///
+    /// The credentials are renewed when less than a full session is left, so every `terraform`
+    /// process starts with as long as IAM allows (it cannot renew what it is given).
+    ///
+    /// # Errors
+    /// [`ProviderError::Aws`] when the role cannot be assumed again.
+    pub async fn for_environment(
         root: &Path,
         state_dir: &Path,
         env: &crate::config::Environment,
         session: &super::aws::AwsSession,
-    ) -> Terraform {
-        let creds = &session.credentials;
+    ) -> Result<Terraform, ProviderError> {
+        let creds = session
+            .credentials
+            .valid_for(std::time::Duration::from_secs(
+                super::aws::SESSION_SECONDS - 300,
+            ))
+            .await
+            .map_err(|e| super::aws::err("sts:AssumeRole (renewal)", e))?;
         let mut vars = BTreeMap::new();
         vars.insert(
             "AWS_ACCESS_KEY_ID".to_string(),
@@ -59,11 +71,11 @@ impl Terraform {
             vars.insert("AWS_SESSION_TOKEN".to_string(), t.to_string());
         }
         vars.insert("AWS_REGION".to_string(), env.aws.region.clone());
-        Terraform {
+        Ok(Terraform {
             dir: root.join(&env.terraform.dir),
             data_dir: state_dir.join("terraform").join(&env.name),
             env: vars,
-        }
+        })
     }
 
     /// Runs `terraform <args>` in the root with `-chdir`, returning stdout.

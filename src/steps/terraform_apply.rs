@@ -34,7 +34,8 @@ async fn terraform(
     let p: Params = parse_params(&cx.params)?;
     let session = cx.providers.aws().await?;
     let tf =
-        Terraform::for_environment(cx.root, &crate::engine::state_dir(cx.root), cx.env, session);
+        Terraform::for_environment(cx.root, &crate::engine::state_dir(cx.root), cx.env, session)
+            .await?;
     let mut vars = cx.env.terraform.vars.clone();
     for (k, v) in p.vars {
         vars.insert(
