@@ -225,7 +225,7 @@ pub struct SecretRef {
 pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Environment, Problems> {
     let lookup = |n: &str| std::env::var(n).ok();
     let mut tree: Spanned<Node> =
-        serde_saphyr::from_str(text).map_err(|e| Problems::one(from_yaml_error(path, &e)))?;
+        super::parse_yaml(text).map_err(|e| Problems::one(from_yaml_error(path, &e)))?;
     let errs = super::expand::expand_tree(&mut tree, text, &lookup);
     if !errs.is_empty() {
         return Err(Problems(

@@ -24,6 +24,47 @@ pub use runbook::{
 
 use std::path::Path;
 
+/// Largest environment or runbook file read, in bytes (1 MiB): the repository's are a few KiB;
+/// a larger file is refused before it is read, so no input can make parsing use unbounded
+/// memory. YAML alias expansion is bounded by serde-saphyr's default budget.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Parses YAML with a budget sized for configuration files (a runbook has hundreds of nodes):
+/// at most 1,000 aliases and anchors, 100,000 nodes, 200,000 parser events and 2 MiB of scalar
+/// text, so an alias bomb is refused before it expands (serde-saphyr's defaults allow 64 MiB).
+///
+/// # Errors
+/// The YAML error, or the budget breached.
+pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<T, serde_saphyr::Error> {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = 200_000;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_nodes = 100_000;
+    budget.max_total_scalar_bytes = 2 << 20;
+    budget.max_recorded_anchor_events = 100_000;
+    budget.max_recorded_anchor_bytes = 2 << 20;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    serde_saphyr::from_str_with_options(text, options)
+}
+
+/// Reads `full` as text unless it is larger than [`MAX_FILE_BYTES`].
+fn read_bounded(full: &Path) -> std::io::Result<String> {
+    let len = std::fs::metadata(full)?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "{len} bytes, more than the {MAX_FILE_BYTES} bytes a configuration file may have"
+            ),
+        ));
+    }
+    std::fs::read_to_string(full)
+}
+
 /// Reads and parses `environments/<name>.yaml` under `root`.
 ///
 /// # Errors
@@ -32,7 +73,7 @@ use std::path::Path;
 pub fn load_environment(root: &Path, name: &str) -> Result<Environment, Problems> {
     let full = root.join("environments").join(format!("{name}.yaml"));
     let path = full.strip_prefix(root).unwrap_or(&full).to_path_buf();
-    let text = std::fs::read_to_string(&full).map_err(|e| {
+    let text = read_bounded(&full).map_err(|e| {
         let mut hint = None;
         if e.kind() == std::io::ErrorKind::NotFound {
             let known = list_names(&root.join("environments"));
@@ -57,7 +98,7 @@ pub fn load_runbook(
 ) -> Result<(RawRunbook, Problems, String, std::path::PathBuf), Problems> {
     let full = resolve_runbook_path(root, reference);
     let path = full.strip_prefix(root).unwrap_or(&full).to_path_buf();
-    let text = std::fs::read_to_string(&full).map_err(|e| {
+    let text = read_bounded(&full).map_err(|e| {
         let known = list_names(&root.join("runbooks"));
         Problems::one(
             Problem::new(&path, None, format!("cannot read runbook: {e}"))

@@ -48,7 +48,7 @@ pub fn follows_another(path: &Path) -> bool {
     }
     std::fs::read_to_string(path)
         .ok()
-        .and_then(|t| serde_saphyr::from_str::<Top>(&t).ok())
+        .and_then(|t| super::parse_yaml::<Top>(&t).ok())
         .is_some_and(|t| t.follows.is_some())
 }
 
@@ -227,7 +227,7 @@ pub const STEP_FIELDS: &[&str] = &[
 /// The YAML or top-level structure is unusable.
 pub(super) fn parse(path: &Path, text: &str) -> Result<(RawRunbook, Problems), Problems> {
     let file: RawRunbookFile =
-        serde_saphyr::from_str(text).map_err(|e| Problems::one(from_yaml_error(path, &e)))?;
+        super::parse_yaml(text).map_err(|e| Problems::one(from_yaml_error(path, &e)))?;
     let mut problems = Problems::default();
     let mut phases = Vec::new();
     for phase in file.phases {

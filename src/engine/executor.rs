@@ -864,7 +864,7 @@ mod tests {
         Fails,
         /// Its plan fails.
         PlanFails,
-        /// Plan, apply and verify each take 3 s (of a 5 s timeout).
+        /// Plan, apply and verify each take 600 ms (of a 1 s timeout).
         Slow,
         /// Its first apply fails (counted in `FLAKY_APPLIES`), the next one succeeds.
         FailsFirstApply,
@@ -875,6 +875,9 @@ mod tests {
         /// Its apply stops at a safe point because the panic flag is raised.
         Panics,
     }
+
+    const SECONDS_5: std::time::Duration = std::time::Duration::from_secs(5);
+    const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
 
     static FLAKY_APPLIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     static UNJOURNALED_APPLIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -902,7 +905,7 @@ mod tests {
             match self {
                 Fake::PlanFails => Err(StepError::Check("cannot see the zone".into())),
                 Fake::Slow => {
-                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
                     Ok(Planned::default())
                 }
                 _ => Ok(Planned::default()),
@@ -917,7 +920,7 @@ mod tests {
             match self {
                 Fake::Fails => Err(StepError::Check("it broke".into())),
                 Fake::Slow => {
-                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
                     Ok(Map::new())
                 }
                 Fake::FailsFirstApply => {
@@ -952,7 +955,7 @@ mod tests {
             _o: &Map<String, Value>,
         ) -> Result<Map<String, Value>, StepError> {
             if *self == Fake::Slow {
-                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(600)).await;
             }
             Ok(Map::new())
         }
@@ -1029,20 +1032,22 @@ mod tests {
 
     /// Runs `steps` as a rehearsal to its outcome; returns it and the records (event, step).
     async fn run(steps: &[(&str, &'static Fake)]) -> (Outcome, Vec<(String, String)>) {
-        let (outcome, records) = run_with(steps, Mode::Rehearse, 0).await;
+        let (outcome, records) = run_with(steps, Mode::Rehearse, 0, SECONDS_5).await;
         (outcome.unwrap(), records)
     }
 
-    /// Runs `steps` in `mode`, each with `retries`, over a log whose mirror refuses the
-    /// [`UNJOURNALABLE`] event; returns the result and the records on disk (event, step).
+    /// Runs `steps` in `mode`, each with `retries` and `timeout`, over a log whose mirror
+    /// refuses the [`UNJOURNALABLE`] event; returns the result and the records on disk.
     async fn run_with(
         steps: &[(&str, &'static Fake)],
         mode: Mode,
         retries: u32,
+        timeout: std::time::Duration,
     ) -> (Result<Outcome, EngineError>, Vec<(String, String)>) {
         let (dir, mut plan) = plan(steps);
         for s in &mut plan.phases[0].steps {
             s.retries = retries;
+            s.timeout = timeout;
         }
         let ui = Ui::new(crate::engine::ui::OutputFormat::Json);
         let redactor = Arc::new(Redactor::default());
@@ -1140,19 +1145,24 @@ mod tests {
         assert_eq!(order, ["broken", "second", "first"]);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn deadline_one_per_attempt_covers_plan_apply_and_verify() {
-        // 3 s each of a 5 s timeout: every phase alone fits, the attempt does not.
-        let (outcome, records) = run_with(&[("slow", &SLOW)], Mode::Rehearse, 0).await;
+        // 600 ms each of a 1 s timeout: every phase alone fits, the attempt does not.
+        let (outcome, records) = run_with(&[("slow", &SLOW)], Mode::Rehearse, 0, SECOND).await;
         assert_eq!(outcome.unwrap(), Outcome::RolledBack, "{records:?}");
         assert!(has(&records, "step_failed", "slow"), "{records:?}");
         assert!(!has(&records, "step_completed", "slow"), "{records:?}");
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_step_hanging_past_its_deadline_fails_and_rolls_back() {
-        let (outcome, records) =
-            run_with(&[("first", &OK), ("hangs", &HANGS)], Mode::Rehearse, 3).await;
+        let (outcome, records) = run_with(
+            &[("first", &OK), ("hangs", &HANGS)],
+            Mode::Rehearse,
+            3,
+            SECOND,
+        )
+        .await;
         assert_eq!(outcome.unwrap(), Outcome::RolledBack);
         assert!(has(&records, "step_failed", "hangs"));
         assert!(has(&records, "rollback_step_completed", "first"));
@@ -1163,9 +1173,11 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_step_failing_on_its_first_apply_is_retried_within_its_deadline() {
-        let (outcome, records) = run_with(&[("flaky", &FLAKY)], Mode::Rehearse, 2).await;
+        // The first retry waits 2 s (with jitter, at most 4 s): well inside 30 s.
+        let timeout = std::time::Duration::from_secs(30);
+        let (outcome, records) = run_with(&[("flaky", &FLAKY)], Mode::Rehearse, 2, timeout).await;
         assert_eq!(outcome.unwrap(), Outcome::Succeeded, "{records:?}");
         assert!(has(&records, "step_attempt_failed", "flaky"));
         assert!(has(&records, "step_completed", "flaky"));
@@ -1182,6 +1194,7 @@ mod tests {
             ],
             Mode::Rehearse,
             3,
+            SECONDS_5,
         )
         .await;
         assert!(matches!(outcome, Err(EngineError::Log(_))), "{outcome:?}");
@@ -1200,8 +1213,13 @@ mod tests {
 
     #[tokio::test]
     async fn dry_run_plan_failure_is_a_failed_dry_run_not_a_rollback() {
-        let (outcome, records) =
-            run_with(&[("first", &OK), ("zone", &PLAN_FAILS)], Mode::DryRun, 0).await;
+        let (outcome, records) = run_with(
+            &[("first", &OK), ("zone", &PLAN_FAILS)],
+            Mode::DryRun,
+            0,
+            SECONDS_5,
+        )
+        .await;
         match outcome.unwrap() {
             Outcome::DryRunFailed { step, error } => {
                 assert_eq!(step, "zone");
@@ -1217,8 +1235,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_raised_panic_flag_rolls_back_by_its_variant_not_its_text() {
-        let (outcome, records) =
-            run_with(&[("first", &OK), ("panics", &PANICS)], Mode::Rehearse, 3).await;
+        let (outcome, records) = run_with(
+            &[("first", &OK), ("panics", &PANICS)],
+            Mode::Rehearse,
+            3,
+            SECONDS_5,
+        )
+        .await;
         assert_eq!(outcome.unwrap(), Outcome::RolledBack, "{records:?}");
         assert!(has(&records, "panic", "panics"), "{records:?}");
         assert!(

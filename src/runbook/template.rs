@@ -10,9 +10,15 @@ pub fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%")
 }
 
+/// Instructions one template may execute (minijinja's fuel): a parameter template is an
+/// expression or a short loop; a runaway one (nested `range` loops) stops with an error instead
+/// of hanging the run.
+pub const FUEL: u64 = 100_000;
+
 fn engine() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
     env
 }
 
