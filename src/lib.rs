@@ -13,6 +13,8 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod infra;
+pub mod local;
+pub mod policy;
 pub mod providers;
 pub mod report;
 pub mod runbook;

@@ -340,6 +340,7 @@ fn event_log_reader_never_panics_and_never_accepts_a_changed_record() {
 }
 
 /// Max resident set size of a finished child, in bytes (`wait4`'s rusage; Linux reports KiB).
+#[allow(clippy::zombie_processes)] // reaped by `wait4` below, which also reports its rusage
 fn run_measured(mut cmd: std::process::Command) -> (i32, u64, String) {
     use std::os::unix::process::ExitStatusExt;
     let child = cmd

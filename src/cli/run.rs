@@ -157,45 +157,15 @@ fn policy_of(root: &Path, env: &config::Environment) -> Option<config::Promotion
     })
 }
 
-/// The promotion gate: one line per required environment without a succeeded run (rehearsal
-/// or execution, not a dry-run) of the same runbook digest that finished within `max_age`.
+/// The promotion gate over this project's runs (see [`engine::promotion::missing`]).
 fn promotion_gate(root: &Path, policy: &config::PromotionPolicy, digest: &str) -> Vec<String> {
     let state = engine::state_dir(root);
-    let max_age = crate::steps::parse_duration(&policy.max_age).unwrap_or_default();
-    let now = chrono::Utc::now();
-    let age = |r: &runs::RunSummary| {
-        r.finished_at
-            .as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| {
-                (now - t.with_timezone(&chrono::Utc))
-                    .to_std()
-                    .unwrap_or_default()
-            })
-    };
-    let mut missing = Vec::new();
-    for env in &policy.requires {
-        let good: Vec<runs::RunSummary> = runs::list(&state, Some(env))
-            .into_iter()
-            .filter(|r| {
-                r.mode != "dry-run" && r.status == "succeeded" && r.runbook_digest == digest
-            })
-            .collect();
-        let fresh = good.iter().any(|r| age(r).is_some_and(|a| a <= max_age));
-        if fresh {
-            continue;
-        }
-        let newest = good.iter().filter_map(age).min();
-        missing.push(match newest {
-            Some(a) => format!(
-                "{env}: the last succeeded run of this runbook finished {}h ago, older than max_age {}",
-                a.as_secs() / 3600,
-                policy.max_age
-            ),
-            None => format!("{env}: no succeeded rehearsal of this runbook (digest {})", &digest[..12]),
-        });
-    }
-    missing
+    let runs = policy
+        .requires
+        .iter()
+        .map(|env| (env.clone(), runs::list(&state, Some(env))))
+        .collect();
+    engine::promotion::missing(policy, digest, &runs, chrono::Utc::now())
 }
 
 /// Approval steps that will ask, and no terminal to ask on: refused before anything runs.

@@ -305,7 +305,7 @@ pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Envi
         }
     }
     if let Some(policy) = &env.promotion {
-        if crate::steps::parse_duration(&policy.max_age).is_err() {
+        if super::duration::parse_duration(&policy.max_age).is_err() {
             problems.push(Problem::new(
                 path,
                 line_of("max_age"),

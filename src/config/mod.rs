@@ -6,6 +6,7 @@
 //! reads only the file it is given and the process environment for `${VAR}` expansion in
 //! environment files. Resolution into a runnable plan lives in `crate::runbook`.
 
+pub mod duration;
 mod environment;
 mod expand;
 pub mod node;

@@ -17,8 +17,8 @@
 //!
 //! The store does not interpret records; the engine does.
 
-use super::lock::{EnvLock, LockError};
 use crate::config::{Environment, StoreKind};
+use crate::local::lock::{EnvLock, LockError};
 use crate::providers::aws::{err, AwsSession};
 use crate::providers::ProviderError;
 use aws_sdk_s3::primitives::ByteStream;

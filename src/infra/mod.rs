@@ -10,11 +10,11 @@
 //! the Terraform tree live in [`check`].
 
 pub mod check;
-pub mod policy;
+pub use crate::policy;
 
 use crate::config::Environment;
-use crate::engine::state_dir;
 use crate::engine::store::{self, S3Store};
+use crate::local::state_dir;
 use crate::providers::aws::AwsSession;
 use crate::providers::terraform::{summarize, PlanSummary, Terraform};
 use crate::providers::ProviderError;
@@ -132,7 +132,7 @@ pub async fn plan(root: &Path, env: &Environment, session_id: &str) -> Result<Re
         drift: policy::drift(&shown),
         plan_sha256: sha256_file(&file)?,
         planned_at: chrono::Utc::now().to_rfc3339(),
-        planned_by: crate::engine::operator(),
+        planned_by: crate::local::operator(),
     };
     if refused {
         let _ = std::fs::remove_file(&file);
@@ -157,10 +157,7 @@ pub async fn apply(
     session_id: &str,
 ) -> Result<(Review, Map<String, Value>), InfraError> {
     let (tf, session) = terraform_for(root, env, session_id).await?;
-    let holder = format!(
-        "infra apply {session_id} ({})",
-        crate::engine::holder_info()
-    );
+    let holder = format!("infra apply {session_id} ({})", crate::local::holder_info());
     let s3 = S3Store::for_env(env, &session);
     let _lock = store::acquire(
         &state_dir(root),
@@ -223,25 +220,7 @@ pub async fn output(
     Ok(tf.outputs().await?)
 }
 
-/// The refusal message: every violating address, and how to allow it.
-pub fn refusal(env: &Environment, violations: &[policy::Violation]) -> String {
-    let list: Vec<String> = violations
-        .iter()
-        .map(|v| {
-            format!(
-                "{} {} (protected as {})",
-                v.action, v.address, v.protected_by
-            )
-        })
-        .collect();
-    format!(
-        "plan policy refuses {} in {}: {}; to allow it, list the address under terraform.policy.allow_destroy in environments/{}.yaml",
-        if violations.len() == 1 { "this change" } else { "these changes" },
-        env.name,
-        list.join(", "),
-        env.name
-    )
-}
+pub use crate::policy::refusal;
 
 /// Human summary lines of a review.
 pub fn describe(review: &Review, env: &Environment) -> Vec<String> {

@@ -34,7 +34,7 @@ async fn terraform(
     let p: Params = parse_params(&cx.params)?;
     let session = cx.providers.aws().await?;
     let tf =
-        Terraform::for_environment(cx.root, &crate::engine::state_dir(cx.root), cx.env, session)
+        Terraform::for_environment(cx.root, &crate::local::state_dir(cx.root), cx.env, session)
             .await?;
     let mut vars = cx.env.terraform.vars.clone();
     for (k, v) in p.vars {
@@ -83,9 +83,9 @@ impl StepKind for TerraformApply {
         let lock = cx.mode != super::context::Mode::DryRun;
         tf.plan(&vars, &plan_file, lock).await?;
         let shown = tf.show_plan(&plan_file).await?;
-        let violations = crate::infra::policy::violations(&shown, &cx.env.terraform.policy);
-        if !violations.is_empty() && crate::infra::policy::refuses(cx.env.tier) {
-            return Err(StepError::Gate(crate::infra::refusal(cx.env, &violations)));
+        let violations = crate::policy::violations(&shown, &cx.env.terraform.policy);
+        if !violations.is_empty() && crate::policy::refuses(cx.env.tier) {
+            return Err(StepError::Gate(crate::policy::refusal(cx.env, &violations)));
         }
         let s = summarize(&shown);
         let mut changes: Vec<Change> = s

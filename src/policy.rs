@@ -10,7 +10,7 @@
 //! Field names follow Terraform's JSON output format (`resource_changes[].change.actions`,
 //! `resource_drift`), documented in "JSON Output Format" of the Terraform internals docs.
 
-use crate::config::{PlanPolicy, Tier};
+use crate::config::{Environment, PlanPolicy, Tier};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -138,6 +138,26 @@ pub fn drift(plan: &Value) -> Vec<Drift> {
             })
         })
         .collect()
+}
+
+/// The refusal message: every violating address, and how to allow it.
+pub fn refusal(env: &Environment, violations: &[Violation]) -> String {
+    let list: Vec<String> = violations
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {} (protected as {})",
+                v.action, v.address, v.protected_by
+            )
+        })
+        .collect();
+    format!(
+        "plan policy refuses {} in {}: {}; to allow it, list the address under terraform.policy.allow_destroy in environments/{}.yaml",
+        if violations.len() == 1 { "this change" } else { "these changes" },
+        env.name,
+        list.join(", "),
+        env.name
+    )
 }
 
 #[cfg(test)]
