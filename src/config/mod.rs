@@ -25,6 +25,12 @@ pub use runbook::{
 
 use std::path::Path;
 
+/// True when `s` contains template syntax (`{{ … }}` or `{% … %}`): step parameters are
+/// minijinja templates, rendered by `crate::runbook::template` at run time.
+pub fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%")
+}
+
 /// Largest environment or runbook file read, in bytes (1 MiB): the repository's are a few KiB;
 /// a larger file is refused before it is read, so no input can make parsing use unbounded
 /// memory. YAML alias expansion is bounded by serde-saphyr's default budget.

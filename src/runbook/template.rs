@@ -5,10 +5,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-/// True when `s` contains template syntax.
-pub fn is_template(s: &str) -> bool {
-    s.contains("{{") || s.contains("{%")
-}
+pub use crate::config::is_template;
 
 /// Instructions one template may execute (minijinja's fuel): a parameter template is an
 /// expression or a short loop; a runaway one (nested `range` loops) stops with an error instead

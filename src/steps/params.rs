@@ -23,8 +23,7 @@ pub struct ParamProblem {
 const MAX_ATTEMPTS: usize = 48;
 
 fn is_template(v: &Value) -> bool {
-    v.as_str()
-        .is_some_and(|s| s.contains("{{") || s.contains("{%"))
+    v.as_str().is_some_and(crate::config::is_template)
 }
 
 fn probes() -> [Value; 6] {

@@ -457,10 +457,9 @@ impl StepKind for Route53Cutover {
     fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
         let mut out = super::check_param_names(self.params(), params);
         let literal = |k: &str| {
-            params.get(k).filter(|v| {
-                !v.as_str()
-                    .is_some_and(crate::runbook::template::is_template)
-            })
+            params
+                .get(k)
+                .filter(|v| !v.as_str().is_some_and(crate::config::is_template))
         };
         if let Some(Value::Array(st)) = literal("stages") {
             match st.iter().map(Value::as_i64).collect::<Option<Vec<i64>>>() {
