@@ -76,29 +76,7 @@ impl Node {
     /// The 1-based line of the deepest node along `path` (a serde path: map keys, sequence
     /// indexes) that this tree has; `None` when not even the first segment is found.
     pub fn line_at(&self, path: &serde_path_to_error::Path) -> Option<u32> {
-        use serde_path_to_error::Segment;
-        let mut node = self;
-        let mut line = None;
-        for seg in path.iter() {
-            let next = match (seg, node) {
-                (Segment::Map { key }, Node::Map(entries)) => entries
-                    .iter()
-                    .find(|(k, _)| &k.value == key)
-                    .map(|(k, v)| (k.referenced.line() as u32, &v.value)),
-                (Segment::Seq { index }, Node::Seq(items)) => items
-                    .get(*index)
-                    .map(|v| (v.referenced.line() as u32, &v.value)),
-                _ => None,
-            };
-            match next {
-                Some((l, n)) => {
-                    line = Some(l);
-                    node = n;
-                }
-                None => break,
-            }
-        }
-        line
+        self.line_of_keys(&path_keys(path)?)
     }
 
     /// The 1-based line of the deepest node along `keys` (map keys; sequence indexes as
@@ -140,6 +118,19 @@ impl Node {
             _ => Vec::new(),
         }
     }
+}
+
+/// The segments of a serde path as keys (sequence indexes as decimal text); `None` when a
+/// segment is neither a map key nor an index (an enum variant, an unknown position).
+pub fn path_keys(path: &serde_path_to_error::Path) -> Option<Vec<String>> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .map(|s| match s {
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Seq { index } => Some(index.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 impl<'de> Deserialize<'de> for Node {

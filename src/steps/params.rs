@@ -37,17 +37,6 @@ fn probes() -> [Value; 6] {
     ]
 }
 
-fn segments(path: &serde_path_to_error::Path) -> Option<Vec<String>> {
-    use serde_path_to_error::Segment;
-    path.iter()
-        .map(|s| match s {
-            Segment::Map { key } => Some(key.clone()),
-            Segment::Seq { index } => Some(index.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn get<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
     path.iter().try_fold(v, |cur, k| match cur {
         Value::Object(m) => m.get(k),
@@ -94,7 +83,7 @@ pub fn literal_problems<T: DeserializeOwned>(
             Ok(_) => break,
             Err(e) => e,
         };
-        let Some(mut path) = segments(err.path()) else {
+        let Some(mut path) = crate::config::node::path_keys(err.path()) else {
             break;
         };
         let message = err.inner().to_string();
@@ -133,7 +122,7 @@ fn step_past<T: DeserializeOwned>(value: &mut Value, path: &[String]) -> bool {
     let fails_here = |v: &Value| match serde_path_to_error::deserialize::<_, T>(v.clone()) {
         Ok(_) => false,
         Err(e) => {
-            let mut p = segments(e.path()).unwrap_or_default();
+            let mut p = crate::config::node::path_keys(e.path()).unwrap_or_default();
             if let Some(f) = missing_field(&e.inner().to_string()) {
                 p.push(f);
             }
