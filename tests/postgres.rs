@@ -386,3 +386,25 @@ fn postponed_run_holds_before_the_freeze_then_cuts_over_with_sequences_ahead_and
     );
     sb.assert_no_secrets(&[]);
 }
+
+/// The legacy and the AWS heartbeat writers start together and both create the heartbeat table
+/// when it is missing; `CREATE TABLE IF NOT EXISTS` alone fails for one of two concurrent
+/// creators (`pg_type_typname_nsp_index`), which once left a rehearsal without a heartbeat.
+#[test]
+fn concurrent_heartbeat_writers_both_create_the_missing_table() {
+    let sb = Sandbox::start();
+    let url = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
+    for round in 0..6 {
+        let table = format!("heartbeat_race_{round}");
+        let results = common::block_on(async {
+            let tries =
+                (0..8).map(|_| cutover::providers::postgres::heartbeat::ensure_table(&url, &table));
+            futures_util::future::join_all(tries).await
+        });
+        for r in &results {
+            assert!(r.is_ok(), "round {round}: {r:?}");
+        }
+        let rows = sb.sql(&url, &format!("SELECT count(*) FROM {table}"));
+        assert_eq!(rows[0][0].as_deref(), Some("0"), "round {round}");
+    }
+}

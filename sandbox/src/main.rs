@@ -102,6 +102,39 @@ fn password() -> String {
         .collect()
 }
 
+fn spawn_moto(s: &mut State, venv: &std::path::Path) -> Result<()> {
+    eprintln!("sandbox: starting moto server on 127.0.0.1:{}", s.moto_port);
+    let mut moto = std::process::Command::new(venv.join("bin/moto_server"));
+    moto.args(["-H", "127.0.0.1", "-p", &s.moto_port.to_string()]);
+    s.moto_pid = procs::spawn_detached(moto, &s.dir.join("moto.log"))?;
+    s.save()
+}
+
+/// Waits for moto to answer; when it exited instead (its port was taken between the choice and
+/// its bind), starts it again on another free port.
+fn ensure_moto(s: &mut State, venv: &std::path::Path) -> Result<()> {
+    let log = s.dir.join("moto.log");
+    let mut failures = Vec::new();
+    for _ in 0..procs::START_ATTEMPTS {
+        match procs::wait_http(
+            s.moto_pid,
+            s.moto_port,
+            "moto server",
+            &log,
+            Duration::from_secs(60),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) if !procs::alive(s.moto_pid) => {
+                failures.push(e.to_string());
+                s.moto_port = procs::free_ports(1)?[0];
+                spawn_moto(s, venv)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    anyhow::bail!("moto server did not start: {}", failures.join("; "))
+}
+
 fn up(dir: &std::path::Path) -> Result<i32> {
     if let Some(s) = State::load(dir) {
         if all_running(&s) {
@@ -130,11 +163,7 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     s.target_port = next();
     s.save()?;
 
-    eprintln!("sandbox: starting moto server on 127.0.0.1:{}", s.moto_port);
-    let mut moto = std::process::Command::new(venv.join("bin/moto_server"));
-    moto.args(["-H", "127.0.0.1", "-p", &s.moto_port.to_string()]);
-    s.moto_pid = procs::spawn_detached(moto, &dir.join("moto.log"))?;
-    s.save()?;
+    spawn_moto(&mut s, &venv)?;
 
     eprintln!(
         "sandbox: starting PostgreSQL 15 source (wal_level=logical) on {} and target on {}",
@@ -142,18 +171,19 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     );
     std::fs::create_dir_all(dir.join("pg"))?;
     std::fs::set_permissions(dir.join("pg"), std::fs::Permissions::from_mode(0o755))?;
-    procs::start_cluster(
+    s.source_port = procs::start_cluster(
         &dir.join("pg/source"),
         s.source_port,
         &s.source_password,
         "wal_level = logical",
     )?;
-    procs::start_cluster(
+    s.target_port = procs::start_cluster(
         &dir.join("pg/target"),
         s.target_port,
         &s.target_password,
         "wal_level = logical\nwal_receiver_status_interval = 1s",
     )?;
+    s.save()?;
 
     let rt = runtime()?;
     eprintln!(
@@ -161,7 +191,7 @@ fn up(dir: &std::path::Path) -> Result<i32> {
         seed::ORDERS
     );
     rt.block_on(seed::databases(&s))?;
-    procs::wait_port(s.moto_port, "moto server", Duration::from_secs(60))?;
+    ensure_moto(&mut s, &venv)?;
     eprintln!("sandbox: seeding moto: Organization, 3 member accounts, zones, RDS, EKS, WAF, state buckets");
     rt.block_on(seed::aws(&mut s))?;
     // The serve process's sockets are bound here and inherited, so no other process (another

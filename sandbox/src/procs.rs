@@ -12,28 +12,55 @@ use std::time::{Duration, Instant};
 /// The moto version the sandbox installs.
 pub const MOTO_VERSION: &str = "5.2.5";
 
-/// `n` distinct free TCP ports on 127.0.0.1. All are held bound until every one is chosen, so
-/// the kernel cannot hand the same port out twice (binding one at a time and releasing it can).
-pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()?;
-    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+/// Linux's ephemeral port range, from which the kernel picks the local port of every outgoing
+/// connection: `/proc/sys/net/ipv4/ip_local_port_range`, else the kernel default 32768–60999.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
 }
 
-/// Waits until something accepts connections on `port`.
-pub fn wait_port(port: u16, what: &str, timeout: Duration) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
+/// `n` distinct free TCP ports on 127.0.0.1 for servers started by another process (moto,
+/// PostgreSQL), which bind them a few seconds after the choice.
+///
+/// They are chosen outside the kernel's ephemeral range, so no outgoing connection of a
+/// parallel test can be given one of them in the meantime (a port from `bind(0)` is an
+/// ephemeral port and can); each is checked by binding it, and all are held until every one is
+/// chosen so none is handed out twice. The start is random so parallel sandboxes spread out.
+///
+/// # Errors
+/// When fewer than `n` ports of the range are free.
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let (lo, hi) = ephemeral_range();
+    let (first, last) = if lo > 12_000 {
+        (10_000u16, lo - 1)
+    } else {
+        (hi.saturating_add(1).max(1024), 65_535)
+    };
+    let span = u32::from(last - first) + 1;
+    let mut seed = [0u8; 4];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut seed);
     }
-    bail!(
-        "{what} did not listen on 127.0.0.1:{port} within {}s",
-        timeout.as_secs()
-    )
+    let start = u32::from_le_bytes(seed) % span;
+    let mut held = Vec::with_capacity(n);
+    for i in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let port = first + ((start + i) % span) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    if held.len() < n {
+        bail!("fewer than {n} free ports in 127.0.0.1:{first}-{last}");
+    }
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// Waits until the HTTP server of process `pid` answers a request on `port`; fails at once when
@@ -198,8 +225,9 @@ fn chown_tree(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates and starts a cluster in `data` on `port` with superuser password `password`.
-pub fn start_cluster(data: &Path, port: u16, password: &str, extra_conf: &str) -> Result<()> {
+/// Creates and starts a cluster in `data` with superuser password `password`, on `port` or,
+/// when that was taken meanwhile, on another free port; returns the port it listens on.
+pub fn start_cluster(data: &Path, port: u16, password: &str, extra_conf: &str) -> Result<u16> {
     let bin = pg_bin()?;
     std::fs::create_dir_all(data)?;
     let pwfile = data.with_extension("pw");
@@ -230,28 +258,50 @@ pub fn start_cluster(data: &Path, port: u16, password: &str, extra_conf: &str) -
         );
     }
     let conf = format!(
-        "\n# cutover sandbox\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nshared_buffers = 64MB\nmax_replication_slots = 20\nmax_wal_senders = 20\nmax_worker_processes = 16\nmax_logical_replication_workers = 8\n{extra_conf}\n",
+        "\n# cutover sandbox\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nshared_buffers = 64MB\nmax_replication_slots = 20\nmax_wal_senders = 20\nmax_worker_processes = 16\nmax_logical_replication_workers = 8\n{extra_conf}\n",
         data.display()
     );
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(data.join("postgresql.conf"))?;
-    std::io::Write::write_all(&mut f, conf.as_bytes())?;
-    let out = pg_command(&bin, "pg_ctl")?
-        .arg("-D")
-        .arg(data)
-        .arg("-l")
-        .arg(data.join("server.log"))
-        .args(["-w", "-t", "60", "start"])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "pg_ctl start {} failed: {}{}",
-            data.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    append(&data.join("postgresql.conf"), &conf)?;
+    // The port was chosen a moment ago; should another sandbox have taken it since, the server
+    // fails to bind and exits: start again on another free port (a later `port =` line wins).
+    let mut port = port;
+    let mut failures = Vec::new();
+    for _ in 0..START_ATTEMPTS {
+        append(&data.join("postgresql.conf"), &format!("port = {port}\n"))?;
+        let out = pg_command(&bin, "pg_ctl")?
+            .arg("-D")
+            .arg(data)
+            .arg("-l")
+            .arg(data.join("server.log"))
+            .args(["-w", "-t", "60", "start"])
+            .output()?;
+        if out.status.success() {
+            return Ok(port);
+        }
+        let log = std::fs::read_to_string(data.join("server.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        failures.push(format!(
+            "port {port}: {}{} | server.log: {}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        ));
+        port = free_ports(1)?[0];
     }
+    bail!(
+        "pg_ctl start {} failed {START_ATTEMPTS} times: {}",
+        data.display(),
+        failures.join("; ")
+    )
+}
+
+/// How often a server whose port was taken between its choice and its bind is started again on
+/// another port.
+pub const START_ATTEMPTS: usize = 4;
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
     Ok(())
 }
 
@@ -287,5 +337,45 @@ pub fn stop_cluster(data: &Path) {
                 .stderr(Stdio::null())
                 .status();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let (lo, hi) = ephemeral_range();
+        let ports = free_ports(5).unwrap();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 5, "{ports:?}");
+        for p in ports {
+            assert!(!(lo..=hi).contains(&p), "{p} is in {lo}-{hi}");
+            TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_cluster_whose_port_was_taken_starts_on_another() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let data = dir.path().join("pg");
+        let port = start_cluster(&data, taken_port, "pw", "").unwrap();
+        let running = cluster_running(&data);
+        stop_cluster(&data);
+        assert_ne!(port, taken_port);
+        assert!(
+            running,
+            "the cluster is not running after its restart on {port}"
+        );
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! Owns the writer and its table; must not know about runbooks or the event log.
 
-use super::{connect, ident, pg};
+use super::{connect, ident, literal, pg};
 use crate::providers::ProviderError;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
@@ -139,8 +139,13 @@ pub async fn ensure_table(url: &str, table: &str) -> Result<(), ProviderError> {
     if present {
         return Ok(());
     }
+    // Two writers (the legacy and the AWS path) start together: CREATE TABLE IF NOT EXISTS is
+    // not safe against a concurrent create of the same name (the second fails on
+    // `pg_type_typname_nsp_index`), so the create is serialised by a transaction-scoped advisory
+    // lock on the table's name.
     c.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {} (writer text NOT NULL, seq bigint NOT NULL, written_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (writer, seq))",
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtext({})); CREATE TABLE IF NOT EXISTS {} (writer text NOT NULL, seq bigint NOT NULL, written_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (writer, seq)); COMMIT",
+        literal(&format!("cutover heartbeat {table}")),
         ident(table)
     ))
     .await
