@@ -1,6 +1,12 @@
 //! Executes a plan step by step under the step contract, journals every transition to the event
 //! log before acting on it, and rolls completed steps back in reverse order when one fails.
 
+use super::event::{
+    Event, Incomplete, PanicRaised, PhaseStarted, RollbackRefused, RollbackStarted,
+    RollbackStepCompleted, RollbackStepFailed, RollbackStepStarted, RunFinished, RunInterrupted,
+    RunStatus, StepApplied, StepAttemptFailed, StepCompleted, StepFailed, StepPlanned, StepSkipped,
+    StepStarted,
+};
 use super::log::{EventLog, Record};
 use super::ui::Ui;
 use crate::config::RollbackPolicy;
@@ -8,6 +14,7 @@ use crate::providers::{ProviderError, Providers};
 use crate::runbook::{env_context, template, Plan, PlanStep};
 use crate::secret::{fingerprint, Redactor};
 use crate::steps::context::Mode;
+use crate::steps::journal::Journal;
 use crate::steps::{Planned, StepContext, StepError};
 use backon::BackoffBuilder;
 use serde_json::{json, Map, Value};
@@ -147,16 +154,15 @@ impl<'a> Executor<'a> {
     /// Appends a record and shows it.
     pub(super) fn record(
         &mut self,
-        event: &str,
+        event: Event,
         step: Option<&str>,
-        data: Value,
     ) -> Result<Record, EngineError> {
-        let rec = lock_log(&self.log).append(event, step, data)?;
+        let rec = lock_log(&self.log).append(&event, step)?;
         self.ui.record(&rec);
         Ok(rec)
     }
 
-    /// The closure a step journals through: appends `(event, data)` for `step` and fsyncs it
+    /// The closure a step journals through: appends a [`Journal`] record for `step` and fsyncs it
     /// before returning, so an intent is on record before its side effect.
     ///
     /// A write failure is kept in `fault` (checked by the executor after every step call) and
@@ -165,11 +171,11 @@ impl<'a> Executor<'a> {
         &self,
         step: &str,
         fault: &JournalFault,
-    ) -> impl Fn(&str, Value) -> Result<(), StepError> + Send + Sync + 'a {
+    ) -> impl Fn(Journal) -> Result<(), StepError> + Send + Sync + 'a {
         let (log, ui, step) = (self.log.clone(), self.ui, step.to_string());
         let fault = fault.clone();
-        move |event: &str, data: Value| {
-            let appended = lock_log(&log).append(event, Some(&step), data);
+        move |record: Journal| {
+            let appended = lock_log(&log).append(&Event::Journal(record), Some(&step));
             match appended {
                 Ok(rec) => {
                     ui.record(&rec);
@@ -232,28 +238,20 @@ impl<'a> Executor<'a> {
             .map_err(|e| EngineError::Config(e.to_string()))
     }
 
-    /// Rebuilds step outputs, Terraform outputs and progress from a run's records (resume).
-    pub(super) fn replay(&mut self, records: &[Record]) {
-        for r in records {
-            let Some(step) = r.step.clone() else { continue };
-            match r.event.as_str() {
-                "step_started" if !self.started.contains(&step) => {
-                    self.started.push(step);
-                }
-                "step_planned" => {
-                    if let Some(b) = r.data.get("before") {
-                        self.before.entry(step).or_insert_with(|| b.clone());
-                    }
-                }
-                "step_applied" => {
-                    if let Some(Value::Object(o)) = r.data.get("outputs") {
-                        self.absorb_outputs(&step, o.clone());
-                    }
-                }
-                "step_completed" | "step_skipped" => {
-                    self.done.insert(step);
-                }
-                _ => {}
+    /// Takes up step outputs, Terraform outputs and progress from a replayed log (resume).
+    pub(super) fn take_up(&mut self, replayed: &super::replay::Replayed) {
+        self.started = replayed.started.clone();
+        for (step, before) in &replayed.before {
+            self.before
+                .entry(step.clone())
+                .or_insert_with(|| before.clone());
+        }
+        for (step, outputs) in &replayed.outputs {
+            self.absorb_outputs(step, outputs.clone());
+        }
+        for step in replayed.steps.keys() {
+            if replayed.done(step) {
+                self.done.insert(step.clone());
             }
         }
     }
@@ -300,20 +298,35 @@ impl<'a> Executor<'a> {
             }
             if phase != current_phase {
                 current_phase = phase.to_string();
-                self.record("phase_started", None, json!({"phase": phase}))?;
+                self.record(
+                    Event::PhaseStarted(PhaseStarted {
+                        phase: phase.to_string(),
+                    }),
+                    None,
+                )?;
             }
             let result = tokio::select! {
                 r = self.run_step(phase, step) => r?,
                 signal = interrupted() => {
                     let id = self.run_id.clone();
-                    self.record("run_interrupted", Some(&step.id), json!({"run_id": id, "signal": signal}))?;
+                    self.record(
+                        Event::RunInterrupted(RunInterrupted { run_id: id, signal: signal.to_string() }),
+                        Some(&step.id),
+                    )?;
                     return Ok(Outcome::Interrupted);
                 }
             };
             if let Err(f) = result {
                 if self.mode == Mode::DryRun {
-                    self.finish("failed", json!({"failed_step": f.step, "error": f.error}))
-                        .await?;
+                    self.finish(
+                        RunStatus::Failed,
+                        Ending {
+                            failed_step: Some(f.step.clone()),
+                            error: Some(f.error.clone()),
+                            ..Ending::default()
+                        },
+                    )
+                    .await?;
                     return Ok(Outcome::DryRunFailed {
                         step: f.step,
                         error: f.error,
@@ -326,38 +339,51 @@ impl<'a> Executor<'a> {
             }
         }
         let status = if self.mode == Mode::DryRun {
-            "planned"
+            RunStatus::Planned
         } else {
-            "succeeded"
+            RunStatus::Succeeded
         };
-        self.finish(status, json!({})).await?;
+        self.finish(status, Ending::default()).await?;
         Ok(self.outcome(status, Outcome::Succeeded))
     }
 
     /// Stops the heartbeat and records `run_finished`. When acknowledged writes are missing,
     /// the status becomes `writes-missing` (the steps' own status kept as `steps_status`, with
     /// `missing_writes` and `missing_in`), and [`Executor::outcome`] reports it.
-    pub(super) async fn finish(&mut self, status: &str, extra: Value) -> Result<(), EngineError> {
+    pub(super) async fn finish(
+        &mut self,
+        status: RunStatus,
+        ending: Ending,
+    ) -> Result<(), EngineError> {
         self.lost = super::heartbeat::finish(self).await?;
-        let mut data = json!({"run_id": self.run_id, "status": status, "environment": self.plan.env.name, "mode": self.mode.as_str()});
+        let mut fin = RunFinished {
+            run_id: self.run_id.clone(),
+            status,
+            environment: self.plan.env.name.clone(),
+            mode: self.mode,
+            failed_step: ending.failed_step,
+            error: ending.error,
+            reason: ending.reason,
+            incomplete: ending.incomplete,
+            steps_status: None,
+            missing_writes: None,
+            missing_in: None,
+        };
         if let Some((missing, db)) = &self.lost {
-            data["status"] = json!("writes-missing");
-            data["steps_status"] = json!(status);
-            data["missing_writes"] = json!(missing);
-            data["missing_in"] = json!(db);
+            fin.status = RunStatus::WritesMissing;
+            fin.steps_status = Some(status);
+            fin.missing_writes = Some(*missing);
+            fin.missing_in = Some(db.clone());
         }
-        if let (Value::Object(d), Value::Object(e)) = (&mut data, extra) {
-            d.extend(e);
-        }
-        self.record("run_finished", None, data)?;
+        self.record(Event::RunFinished(fin), None)?;
         Ok(())
     }
 
     /// `normal`, unless [`Executor::finish`] found acknowledged writes missing.
-    pub(super) fn outcome(&self, status: &str, normal: Outcome) -> Outcome {
+    pub(super) fn outcome(&self, status: RunStatus, normal: Outcome) -> Outcome {
         match &self.lost {
             Some((missing, database)) => Outcome::WritesMissing {
-                status: status.to_string(),
+                status: status.as_str().to_string(),
                 missing: *missing,
                 database: database.clone(),
             },
@@ -373,7 +399,7 @@ impl<'a> Executor<'a> {
         step: &'b PlanStep,
         params: Map<String, Value>,
         progress: &'b (dyn Fn(&str) + Send + Sync),
-        journal: &'b (dyn Fn(&str, Value) -> Result<(), StepError> + Send + Sync),
+        journal: &'b (dyn Fn(Journal) -> Result<(), StepError> + Send + Sync),
         deadline: tokio::time::Instant,
         rolling_back: bool,
     ) -> StepContext<'b> {
@@ -406,9 +432,11 @@ impl<'a> Executor<'a> {
          -> Result<Result<(), Failure>, EngineError> {
             let error = this.redactor.redact(&error);
             this.record(
-                "step_failed",
+                Event::StepFailed(StepFailed {
+                    kind: kind.name().to_string(),
+                    error: error.clone(),
+                }),
                 Some(&step.id),
-                json!({"kind": kind.name(), "error": error}),
             )?;
             Ok(Err(Failure {
                 step: step.id.clone(),
@@ -421,7 +449,14 @@ impl<'a> Executor<'a> {
             match template::render_str(w, &self.context(true)) {
                 Ok(r) if !template::truthy(&r) => {
                     self.done.insert(step.id.clone());
-                    self.record("step_skipped", Some(&step.id), json!({"kind": kind.name(), "reason": format!("when `{w}` is {}", r.trim())}))?;
+                    let reason = format!("when `{w}` is {}", r.trim());
+                    self.record(
+                        Event::StepSkipped(StepSkipped {
+                            kind: kind.name().to_string(),
+                            reason,
+                        }),
+                        Some(&step.id),
+                    )?;
                     return Ok(Ok(()));
                 }
                 Ok(_) => {}
@@ -434,8 +469,22 @@ impl<'a> Executor<'a> {
             Err(e) if self.mode == Mode::DryRun => {
                 // A dry-run cannot know values that only an earlier step's apply produces.
                 self.done.insert(step.id.clone());
-                let change = json!({"action": "unknown", "target": format!("step {}", step.id), "detail": format!("parameters depend on values known only after earlier steps apply ({e})")});
-                self.record("step_planned", Some(&step.id), json!({"kind": kind.name(), "changes": [change], "before": Value::Null, "dry_run": true}))?;
+                let change = crate::steps::Change::new(
+                    "unknown",
+                    format!("step {}", step.id),
+                    format!(
+                        "parameters depend on values known only after earlier steps apply ({e})"
+                    ),
+                );
+                self.record(
+                    Event::StepPlanned(StepPlanned {
+                        kind: kind.name().to_string(),
+                        changes: vec![change],
+                        before: Value::Null,
+                        dry_run: Some(true),
+                    }),
+                    Some(&step.id),
+                )?;
                 return Ok(Ok(()));
             }
             Err(e) => return fail(self, Cause::Error, format!("template {e}")),
@@ -448,7 +497,15 @@ impl<'a> Executor<'a> {
         if !self.started.contains(&step.id) {
             self.started.push(step.id.clone());
         }
-        self.record("step_started", Some(&step.id), json!({"phase": phase, "kind": kind.name(), "params": display, "timeout_s": step.timeout.as_secs()}))?;
+        self.record(
+            Event::StepStarted(StepStarted {
+                phase: phase.to_string(),
+                kind: kind.name().to_string(),
+                params: display,
+                timeout_s: step.timeout.as_secs(),
+            }),
+            Some(&step.id),
+        )?;
 
         let started = StdInstant::now();
         let progress = self.progress_for(&step.id);
@@ -479,9 +536,13 @@ impl<'a> Executor<'a> {
         let observed_now = std::mem::replace(&mut planned.before, first);
         let dry = self.mode == Mode::DryRun;
         self.record(
-            "step_planned",
+            Event::StepPlanned(StepPlanned {
+                kind: kind.name().to_string(),
+                changes: planned.changes.clone(),
+                before: observed_now,
+                dry_run: Some(dry),
+            }),
             Some(&step.id),
-            json!({"kind": kind.name(), "changes": planned.changes, "before": observed_now, "dry_run": dry}),
         )?;
         if dry {
             self.absorb_outputs(&step.id, planned.predicted.clone());
@@ -517,9 +578,12 @@ impl<'a> Executor<'a> {
                 Some(delay) if tokio::time::Instant::now() + delay < deadline => {
                     let msg = self.redactor.redact(&e.to_string());
                     self.record(
-                        "step_attempt_failed",
+                        Event::StepAttemptFailed(StepAttemptFailed {
+                            attempt,
+                            error: msg,
+                            retry_in_ms: delay.as_millis() as u64,
+                        }),
                         Some(&step.id),
-                        json!({"attempt": attempt, "error": msg, "retry_in_ms": delay.as_millis() as u64}),
                     )?;
                     tokio::time::sleep(delay).await;
                 }
@@ -535,9 +599,11 @@ impl<'a> Executor<'a> {
             }
         };
         self.record(
-            "step_applied",
+            Event::StepApplied(StepApplied {
+                kind: kind.name().to_string(),
+                outputs: outputs.clone(),
+            }),
             Some(&step.id),
-            json!({"kind": kind.name(), "outputs": outputs}),
         )?;
         self.absorb_outputs(&step.id, outputs.clone());
 
@@ -556,9 +622,14 @@ impl<'a> Executor<'a> {
         let summary = summary_line(&planned, &outputs, &evidence);
         self.done.insert(step.id.clone());
         self.record(
-            "step_completed",
+            Event::StepCompleted(StepCompleted {
+                kind: kind.name().to_string(),
+                evidence: Value::Object(evidence),
+                summary,
+                duration_ms: started.elapsed().as_millis() as u64,
+                attempts: attempt,
+            }),
             Some(&step.id),
-            json!({"kind": kind.name(), "evidence": evidence, "summary": summary, "duration_ms": started.elapsed().as_millis() as u64, "attempts": attempt}),
         )?;
         Ok(Ok(()))
     }
@@ -590,9 +661,13 @@ impl<'a> Executor<'a> {
         let reason = self.redactor.redact(reason);
         let flag = self.panic_flag.display().to_string();
         self.record(
-            "panic",
+            Event::Panic(PanicRaised {
+                flag,
+                reason: reason.clone(),
+                raised_at,
+                when: when.to_string(),
+            }),
             Some(step),
-            json!({"flag": flag, "reason": reason, "raised_at": raised_at, "when": when}),
         )?;
         self.rollback(step, &reason).await
     }
@@ -604,9 +679,11 @@ impl<'a> Executor<'a> {
         reason: &str,
     ) -> Result<Outcome, EngineError> {
         self.record(
-            "rollback_started",
+            Event::RollbackStarted(RollbackStarted {
+                failed_step: failed_step.to_string(),
+                reason: reason.to_string(),
+            }),
             None,
-            json!({"failed_step": failed_step, "reason": reason}),
         )?;
         if let Some(outcome) = self.refusals(failed_step).await? {
             return Ok(outcome);
@@ -671,25 +748,35 @@ impl<'a> Executor<'a> {
             let reason = self.redactor.redact(&reason);
             let manual: Vec<String> = manual.iter().map(|m| self.redactor.redact(m)).collect();
             self.record(
-                "rollback_refused",
+                Event::RollbackRefused(RollbackRefused {
+                    reason: reason.clone(),
+                    manual: manual.clone(),
+                }),
                 Some(&id),
-                json!({"reason": reason, "manual": manual}),
             )?;
-            refused.push(
-                json!({"step": id, "kind": step.kind.name(), "error": reason, "manual": manual}),
-            );
+            refused.push(Incomplete {
+                step: id.clone(),
+                kind: step.kind.name().to_string(),
+                error: reason,
+                manual,
+            });
         }
         if refused.is_empty() {
             return Ok(None);
         }
+        let todo = manual_todo(&refused);
         self.finish(
-            "rollback-refused",
-            json!({"failed_step": failed_step, "incomplete": refused}),
+            RunStatus::RollbackRefused,
+            Ending {
+                failed_step: Some(failed_step.to_string()),
+                incomplete: refused,
+                ..Ending::default()
+            },
         )
         .await?;
         Ok(Some(self.outcome(
-            "rollback-refused",
-            Outcome::RollbackIncomplete(manual_todo(&refused)),
+            RunStatus::RollbackRefused,
+            Outcome::RollbackIncomplete(todo),
         )))
     }
 
@@ -711,16 +798,19 @@ impl<'a> Executor<'a> {
             };
             if step.rollback == RollbackPolicy::Skip {
                 self.record(
-                    "rollback_step_completed",
+                    Event::RollbackStepCompleted(RollbackStepCompleted {
+                        restored: vec![],
+                        note: Some("rollback: skip".into()),
+                    }),
                     Some(&id),
-                    json!({"restored": [], "note": "rollback: skip"}),
                 )?;
                 continue;
             }
             self.record(
-                "rollback_step_started",
+                Event::RollbackStepStarted(RollbackStepStarted {
+                    kind: step.kind.name().to_string(),
+                }),
                 Some(&id),
-                json!({"kind": step.kind.name()}),
             )?;
             let (real, before, outputs, manual) = self.undo_material(step);
             let progress = self.progress_for(&id);
@@ -742,9 +832,11 @@ impl<'a> Executor<'a> {
             match result {
                 Ok(restored) => {
                     self.record(
-                        "rollback_step_completed",
+                        Event::RollbackStepCompleted(RollbackStepCompleted {
+                            restored,
+                            note: None,
+                        }),
                         Some(&id),
-                        json!({"restored": restored}),
                     )?;
                 }
                 Err(e) => {
@@ -755,11 +847,19 @@ impl<'a> Executor<'a> {
                     if manual.is_empty() {
                         manual.push(format!("find why the rollback failed ({msg}), fix it, then `cutover rollback {}` continues where it stopped", self.run_id));
                     }
-                    incomplete.push(json!({"step": id, "kind": step.kind.name(), "error": msg, "manual": manual}));
+                    incomplete.push(Incomplete {
+                        step: id.clone(),
+                        kind: step.kind.name().to_string(),
+                        error: msg.clone(),
+                        manual: manual.clone(),
+                    });
                     self.record(
-                        "rollback_step_failed",
+                        Event::RollbackStepFailed(RollbackStepFailed {
+                            error: msg,
+                            manual,
+                            stopped: stop,
+                        }),
                         Some(&id),
-                        json!({"error": msg, "manual": manual, "stopped": stop}),
                     )?;
                     // A step whose undo would lose data if the earlier ones went on (a
                     // fallback that has not caught up) stops the rollback where it is.
@@ -769,19 +869,31 @@ impl<'a> Executor<'a> {
                 }
             }
         }
+        let failed_step = Some(failed_step.to_string());
         if incomplete.is_empty() {
-            self.finish("rolled-back", json!({"failed_step": failed_step}))
-                .await?;
-            Ok(self.outcome("rolled-back", Outcome::RolledBack))
-        } else {
             self.finish(
-                "rollback-incomplete",
-                json!({"failed_step": failed_step, "incomplete": incomplete}),
+                RunStatus::RolledBack,
+                Ending {
+                    failed_step,
+                    ..Ending::default()
+                },
+            )
+            .await?;
+            Ok(self.outcome(RunStatus::RolledBack, Outcome::RolledBack))
+        } else {
+            let todo = manual_todo(&incomplete);
+            self.finish(
+                RunStatus::RollbackIncomplete,
+                Ending {
+                    failed_step,
+                    incomplete,
+                    ..Ending::default()
+                },
             )
             .await?;
             Ok(self.outcome(
-                "rollback-incomplete",
-                Outcome::RollbackIncomplete(manual_todo(&incomplete)),
+                RunStatus::RollbackIncomplete,
+                Outcome::RollbackIncomplete(todo),
             ))
         }
     }
@@ -803,21 +915,21 @@ async fn interrupted() -> &'static str {
     }
 }
 
-/// Per step, what a person must do, from the `incomplete` entries of a `run_finished` record
-/// (`{step, kind, error, manual: [..]}`).
-pub(super) fn manual_todo(incomplete: &[Value]) -> Vec<(String, Vec<String>)> {
+/// Per step, what a person must do, from the `incomplete` entries of a `run_finished` record.
+pub(super) fn manual_todo(incomplete: &[Incomplete]) -> Vec<(String, Vec<String>)> {
     incomplete
         .iter()
-        .map(|i| {
-            let lines = i["manual"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|l| l.as_str().map(str::to_owned))
-                .collect();
-            (i["step"].as_str().unwrap_or("").to_string(), lines)
-        })
+        .map(|i| (i.step.clone(), i.manual.clone()))
         .collect()
+}
+
+/// What a [`RunFinished`] says besides its status.
+#[derive(Debug, Default)]
+pub(super) struct Ending {
+    pub failed_step: Option<String>,
+    pub error: Option<String>,
+    pub reason: Option<String>,
+    pub incomplete: Vec<Incomplete>,
 }
 
 fn summary_line(
@@ -881,7 +993,7 @@ mod tests {
 
     static FLAKY_APPLIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     static UNJOURNALED_APPLIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    /// The event a [`Fake::CannotJournal`] step journals; the test's mirror refuses it.
+    /// The record name a [`Fake::CannotJournal`] step journals; the test's mirror refuses it.
     const UNJOURNALABLE: &str = "fake_unjournalable";
 
     #[async_trait]
@@ -934,7 +1046,12 @@ mod tests {
                     UNJOURNALED_APPLIES.fetch_add(1, Ordering::SeqCst);
                     // A careless step: it ignores the journal's error and reports a failure
                     // of its own, which must not be retried like one.
-                    let _ = (cx.journal)(UNJOURNALABLE, json!({"intent": "x"}));
+                    let _ = (cx.journal)(Journal::TtlWait(crate::steps::journal::TtlWait {
+                        record: UNJOURNALABLE.into(),
+                        previous_ttl: 0,
+                        lowered_at: String::new(),
+                        wait_s: 0,
+                    }));
                     Err(StepError::Check("something else".into()))
                 }
                 Fake::Hangs => {

@@ -15,6 +15,7 @@
 //! Owns the bridge between the runbook's `heartbeat:` section, the Kubernetes and Route 53
 //! clients and the writers; must not interpret step results.
 
+use super::event::{Event, HeartbeatFailed};
 use super::executor::{EngineError, Executor};
 use crate::providers::postgres::heartbeat::{
     self, Heartbeat, Options, Report, ServedSource, UrlSource,
@@ -106,7 +107,13 @@ pub async fn start(ex: &mut Executor<'_>, attempt: usize) -> Result<(), EngineEr
         Ok(c) => c,
         Err(e) => {
             let reason = ex.redactor.redact(&e.to_string());
-            ex.record("heartbeat_failed", None, json!({"error": reason}))?;
+            ex.record(
+                Event::HeartbeatFailed(HeartbeatFailed {
+                    path: None,
+                    error: reason,
+                }),
+                None,
+            )?;
             return Ok(());
         }
     };
@@ -166,17 +173,18 @@ pub async fn start(ex: &mut Executor<'_>, attempt: usize) -> Result<(), EngineEr
             Err(e) => {
                 let reason = ex.redactor.redact(&e);
                 ex.record(
-                    "heartbeat_failed",
+                    Event::HeartbeatFailed(HeartbeatFailed {
+                        path: Some("legacy".into()),
+                        error: reason,
+                    }),
                     None,
-                    json!({"path": "legacy", "error": reason}),
                 )?;
             }
         }
     }
     ex.record(
-        "heartbeat_started",
+        Event::HeartbeatStarted(json!({"writer": id, "writes_per_second": cfg.writes_per_second, "secret": format!("{}/{}", cfg.namespace, cfg.secret), "key": cfg.key, "table": cfg.table, "reload_ms": cfg.reload_ms, "legacy": legacy_info})),
         None,
-        json!({"writer": id, "writes_per_second": cfg.writes_per_second, "secret": format!("{}/{}", cfg.namespace, cfg.secret), "key": cfg.key, "table": cfg.table, "reload_ms": cfg.reload_ms, "legacy": legacy_info}),
     )?;
     ex.heartbeat = Some(Running {
         paths,
@@ -276,6 +284,6 @@ pub async fn finish(ex: &mut Executor<'_>) -> Result<Option<(u64, String)>, Engi
             }
         }
     }
-    ex.record("heartbeat", None, data)?;
+    ex.record(Event::Heartbeat(data), None)?;
     Ok(lost)
 }

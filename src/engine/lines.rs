@@ -1,8 +1,12 @@
 //! The one place a record becomes a human line: what a run prints, and what the audit's
 //! timeline and reports reuse. Pure functions of a record's data; no I/O.
 
+use super::event::Event;
 use super::log::Record;
+use crate::steps::context::Restored;
+use crate::steps::journal::{AnalysisRecord, Journal};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// The text field `k` of `v`, or `""`.
 pub(crate) fn s<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -11,70 +15,39 @@ pub(crate) fn s<'a>(v: &'a Value, k: &str) -> &'a str {
 
 /// The `restored` entries of a `rollback_step_completed` record as lines
 /// `object: before → after (what)`.
-pub fn restored_lines(d: &Value) -> Vec<String> {
-    d.get("restored")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|x| {
-            format!(
-                "{}: {} → {} ({})",
-                s(x, "object"),
-                s(x, "before"),
-                s(x, "after"),
-                s(x, "detail")
-            )
-        })
+pub fn restored_lines(restored: &[Restored]) -> Vec<String> {
+    restored
+        .iter()
+        .map(|x| format!("{}: {} → {} ({})", x.object, x.before, x.after, x.detail))
         .collect()
 }
 
 /// Weights of a traffic stage, `{"aws": 10, "legacy": 90}`, as `aws 10% / legacy 90%`.
-pub fn weights_text(w: Option<&Value>) -> String {
-    w.and_then(Value::as_object)
-        .map(|m| {
-            let mut parts: Vec<(i64, String)> = m
-                .iter()
-                .map(|(k, v)| (v.as_i64().unwrap_or(0), k.clone()))
-                .collect();
-            parts.sort_by(|a, b| a.1.cmp(&b.1));
-            parts
-                .into_iter()
-                .map(|(v, k)| format!("{k} {v}%"))
-                .collect::<Vec<_>>()
-                .join(" / ")
-        })
-        .unwrap_or_default()
+pub fn weights_text(w: &BTreeMap<String, i64>) -> String {
+    w.iter()
+        .map(|(k, v)| format!("{k} {v}%"))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// One line for an `analysis` record: stage, verdict and its figures.
-pub fn analysis_line(d: &Value) -> String {
-    let v = d.get("verdict").cloned().unwrap_or_default();
-    let passed = v.get("passed").and_then(Value::as_bool) == Some(true);
-    let fig = |k: &str| match v.get(k) {
-        Some(Value::Null) | None => "—".to_string(),
-        Some(x) => x.to_string(),
-    };
+pub fn analysis_line(a: &AnalysisRecord) -> String {
+    let v = &a.verdict;
+    let opt = |x: Option<String>| x.unwrap_or_else(|| "—".to_string());
     let mut line = format!(
         "analysis of stage {}/{} on {}: {} — {} of {} passed, success {}%, p95 {} ms, {} in a row at the end",
-        d.get("stage").cloned().unwrap_or_default(),
-        d.get("of").cloned().unwrap_or_default(),
-        s(d, "url"),
-        if passed { "passed" } else { "FAILED" },
-        fig("passes"),
-        fig("samples"),
-        fig("success_rate"),
-        fig("p95_ms"),
-        fig("closing_passes")
+        a.stage,
+        a.of,
+        a.url,
+        if v.passed { "passed" } else { "FAILED" },
+        v.passes,
+        v.samples,
+        opt(v.success_rate.map(|r| serde_json::json!(r).to_string())),
+        opt(v.p95_ms.map(|p| p.to_string())),
+        v.closing_passes
     );
-    if !passed {
-        let reasons: Vec<&str> = v
-            .get("reasons")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        line.push_str(&format!(": {}", reasons.join("; ")));
+    if !v.passed {
+        line.push_str(&format!(": {}", v.reasons.join("; ")));
     }
     line
 }
@@ -128,160 +101,132 @@ pub fn heartbeat_line(d: &Value) -> String {
 }
 
 /// The human line(s) of one record, as a run prints it; `None` for records a person need not
-/// see (non-dry-run plans, internal bookkeeping). Reports reuse it for their timeline.
+/// see (non-dry-run plans, internal bookkeeping) and records this version does not know.
+/// Reports reuse it for their timeline.
 pub fn line(r: &Record) -> Option<String> {
-    let d = &r.data;
-    let step = r.step.as_deref().unwrap_or("");
-    Some(match r.event.as_str() {
-        "run_started" => format!(
+    let event = Event::from_parts(&r.event, &r.data).ok()?;
+    event_line(&event, r.step.as_deref().unwrap_or(""), &r.hash)
+}
+
+/// [`line`] of a typed record: `step` its step id (or `""`), `hash` its hash.
+pub fn event_line(event: &Event, step: &str, hash: &str) -> Option<String> {
+    Some(match event {
+        Event::RunStarted(d) => format!(
             "cutover {} {} — runbook {} (digest {}), run {}",
-            s(d, "mode"),
-            s(d, "environment"),
-            s(d, "runbook"),
-            &s(d, "runbook_digest").get(..12).unwrap_or(""),
-            s(d, "run_id")
+            d.mode.as_str(),
+            d.environment,
+            d.runbook,
+            d.runbook_digest.get(..12).unwrap_or(""),
+            d.run_id
         ),
-        "run_resumed" => format!("resuming run {}", s(d, "run_id")),
-        "account_verified" => format!(
-            "  account {} verified as {}",
-            s(d, "account_id"),
-            s(d, "caller_arn")
-        ),
-        "phase_started" => format!("▸ phase {}", s(d, "phase")),
-        "step_skipped" => format!(
-            "  - {step:<12} {:<26} skipped: {}",
-            s(d, "kind"),
-            s(d, "reason")
-        ),
-        "step_planned" => {
-            let mut out = String::new();
-            let changes = d
-                .get("changes")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            if d.get("dry_run").and_then(Value::as_bool) == Some(true) {
-                out.push_str(&format!("  • {step:<12} {}", s(d, "kind")));
-                if changes.is_empty() {
-                    out.push_str("\n      no change");
-                }
-                for c in &changes {
-                    out.push_str(&format!(
-                        "\n      {:<8} {}: {}",
-                        s(c, "action"),
-                        s(c, "target"),
-                        s(c, "detail")
-                    ));
-                    if let Some(doc) = c.get("document") {
-                        let text = match doc {
-                            Value::String(t) => t.clone(),
-                            other => other.to_string(),
-                        };
-                        out.push_str(&format!("\n               {text}"));
-                    }
-                }
-                out
-            } else {
-                return None;
+        Event::RunResumed(d) => format!("resuming run {}", d.run_id),
+        Event::AccountVerified(d) => {
+            format!("  account {} verified as {}", d.account_id, d.caller_arn)
+        }
+        Event::PhaseStarted(d) => format!("▸ phase {}", d.phase),
+        Event::StepSkipped(d) => format!("  - {step:<12} {:<26} skipped: {}", d.kind, d.reason),
+        Event::StepPlanned(d) if d.dry_run == Some(true) => {
+            let mut out = format!("  • {step:<12} {}", d.kind);
+            if d.changes.is_empty() {
+                out.push_str("\n      no change");
             }
+            for c in &d.changes {
+                out.push_str(&format!(
+                    "\n      {:<8} {}: {}",
+                    c.action, c.target, c.detail
+                ));
+                if let Some(doc) = &c.document {
+                    let text = match doc {
+                        Value::String(t) => t.clone(),
+                        other => other.to_string(),
+                    };
+                    out.push_str(&format!("\n               {text}"));
+                }
+            }
+            out
         }
-        "step_completed" => {
-            let secs = d.get("duration_ms").and_then(Value::as_u64).unwrap_or(0) as f64 / 1000.0;
-            format!(
-                "  ✓ {step:<12} {:<26} {secs:>6.1}s  {}",
-                s(d, "kind"),
-                s(d, "summary")
-            )
+        Event::StepCompleted(d) => {
+            let secs = d.duration_ms as f64 / 1000.0;
+            format!("  ✓ {step:<12} {:<26} {secs:>6.1}s  {}", d.kind, d.summary)
         }
-        "step_attempt_failed" => format!(
-            "  ! {step:<12} attempt {} failed: {}",
-            d.get("attempt").and_then(Value::as_u64).unwrap_or(0),
-            s(d, "error")
-        ),
-        "step_failed" => format!("  ✗ {step:<12} {:<26} {}", s(d, "kind"), s(d, "error")),
-        "rollback_started" => format!(
-            "rollback: {} (failed step {})",
-            s(d, "reason"),
-            s(d, "failed_step")
-        ),
-        "rollback_step_completed" => {
-            let restored = restored_lines(d);
+        Event::StepAttemptFailed(d) => {
+            format!("  ! {step:<12} attempt {} failed: {}", d.attempt, d.error)
+        }
+        Event::StepFailed(d) => format!("  ✗ {step:<12} {:<26} {}", d.kind, d.error),
+        Event::RollbackStarted(d) => {
+            format!("rollback: {} (failed step {})", d.reason, d.failed_step)
+        }
+        Event::RollbackStepCompleted(d) => {
+            let restored = restored_lines(&d.restored);
             if restored.is_empty() {
                 format!("  ↺ {step:<12} nothing to undo")
             } else {
                 format!("  ↺ {step:<12} {}", restored.join("\n    ↺ "))
             }
         }
-        "rollback_step_failed" => {
-            let mut out = format!("  ✗ rollback of {step} failed: {}", s(d, "error"));
-            for m in d
-                .get("manual")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                out.push_str(&format!("\n      to do: {}", m.as_str().unwrap_or("")));
+        Event::RollbackStepFailed(d) => {
+            let mut out = format!("  ✗ rollback of {step} failed: {}", d.error);
+            for m in &d.manual {
+                out.push_str(&format!("\n      to do: {m}"));
             }
             out
         }
-        "traffic_stage" => format!(
+        Event::Journal(Journal::TrafficStage(d)) => format!(
             "    → {step}: stage {}/{}: {}",
-            d.get("stage").cloned().unwrap_or_default(),
-            d.get("of").cloned().unwrap_or_default(),
-            weights_text(d.get("weights"))
+            d.stage,
+            d.of,
+            weights_text(&d.weights)
         ),
-        "traffic_stage_insync" => format!(
+        Event::Journal(Journal::TrafficStageInsync(d)) => format!(
             "    → {step}: stage {} change {} INSYNC",
-            d.get("stage").cloned().unwrap_or_default(),
-            s(d, "change_id")
+            d.stage, d.change_id
         ),
-        "analysis" => format!("    → {step}: {}", analysis_line(d)),
-        "traffic_returned" => format!(
+        Event::Journal(Journal::Analysis(d)) => format!("    → {step}: {}", analysis_line(d)),
+        Event::Journal(Journal::TrafficReturned(d)) => format!(
             "    ⚠ {step}: all weight back to the old target ({}): {}",
-            weights_text(d.get("weights")),
-            s(d, "reason")
+            weights_text(&d.weights),
+            d.reason
         ),
-        "traffic_ttl_restore" => format!(
-            "    → {step}: TTL back to {}s",
-            d.get("ttl").cloned().unwrap_or_default()
-        ),
-        "ttl_wait" => format!(
+        Event::Journal(Journal::TrafficTtlRestore(d)) => {
+            format!("    → {step}: TTL back to {}s", d.ttl)
+        }
+        Event::Journal(Journal::TtlWait(d)) => format!(
             "    … {step}: waiting {}s for answers cached under the old TTL ({}s) to expire",
-            d.get("wait_s").cloned().unwrap_or_default(),
-            d.get("previous_ttl").cloned().unwrap_or_default()
+            d.wait_s, d.previous_ttl
         ),
-        "panic" => format!(
-            "PANIC: {} ({} {step}) — rolling back",
-            s(d, "reason"),
-            s(d, "when")
-        ),
-        "gate_bypassed" => format!(
+        Event::Panic(d) => format!("PANIC: {} ({} {step}) — rolling back", d.reason, d.when),
+        Event::GateBypassed(d) => format!(
             "BREAK-GLASS: the {} gate was bypassed by {}: {}",
-            s(d, "gate"),
-            s(d, "operator"),
-            s(d, "reason")
+            d.gate, d.operator, d.reason
         ),
-        "run_refused" => format!("refused: {}", s(d, "reason")),
-        "heartbeat_started" => format!(
+        Event::RunRefused(d) => format!("refused: {}", d.reason),
+        Event::HeartbeatStarted(d) => format!(
             "  heartbeat: {} writes/s through secret {} ({}) into {}",
             d.get("writes_per_second").cloned().unwrap_or_default(),
             s(d, "secret"),
             s(d, "key"),
             s(d, "table")
         ),
-        "heartbeat_failed" => format!("  heartbeat could not start: {}", s(d, "error")),
-        "heartbeat" => heartbeat_line(d),
-        "run_finished" => format!(
+        Event::HeartbeatFailed(d) => format!("  heartbeat could not start: {}", d.error),
+        Event::Heartbeat(d) => heartbeat_line(d),
+        Event::RunFinished(d) => format!(
             "run {} {} — audit: cutover audit show {} (chain head {})",
-            s(d, "run_id"),
-            s(d, "status"),
-            s(d, "run_id"),
-            &r.hash.get(..16).unwrap_or("")
+            d.run_id,
+            d.status.as_str(),
+            d.run_id,
+            hash.get(..16).unwrap_or("")
         ),
-        "run_interrupted" => format!(
+        Event::RunInterrupted(d) => format!(
             "interrupted; the journal is consistent: cutover resume {}",
-            s(d, "run_id")
+            d.run_id
         ),
-        _ => return None,
+        Event::StepStarted(_)
+        | Event::StepPlanned(_)
+        | Event::StepApplied(_)
+        | Event::RollbackRefused(_)
+        | Event::RollbackStepStarted(_)
+        | Event::Journal(
+            Journal::TrafficReturnedInsync(_) | Journal::TrafficOldAnswersExpired(_),
+        ) => return None,
     })
 }

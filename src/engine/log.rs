@@ -6,6 +6,7 @@
 //! (keys sorted), as CloudTrail digest files chain their predecessors. Every append is written and
 //! `fsync`ed before it returns, so the side effect that follows is never ahead of its record.
 
+use super::event::Event;
 use super::signature::{self, Signer};
 use crate::secret::Redactor;
 use serde::{Deserialize, Serialize};
@@ -146,6 +147,142 @@ pub fn read_verified(path: &Path) -> Result<Vec<Record>, LogError> {
     Ok(records)
 }
 
+/// Fault injection for the crash-at-every-record test (`tests/crash.rs`): the process kills
+/// itself with SIGKILL, as a power cut or the OOM killer would, at one chosen append.
+///
+/// `CUTOVER_CRASH_AT=<when>:<type>[:<step>][#<field>=<value>][@<n>]` with `<when>` `before` (the
+/// record is not written: whatever the run did since the previous record is done but
+/// unrecorded) or `after` (the record and its mirror are fsynced, nothing after it has
+/// happened), `<type>` a record type, `<step>` a step id (any step, or none, when absent),
+/// `<field>=<value>` a top-level field of the record's data and its JSON text (`stage=2`: a
+/// resumed step that continues from where it stood is matched by what the record is about, not
+/// by its count) and `<n>` the 1-based occurrence among this process's matching appends (1 when
+/// absent). Unset, it costs one `OnceLock` read per append. A malformed value is ignored (it
+/// never reaches a user: it exists for the test).
+pub mod crash {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    /// Where, relative to the append, the process is killed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum When {
+        /// Before the record is written.
+        Before,
+        /// After the record is fsynced and mirrored.
+        After,
+    }
+
+    /// A parsed `CUTOVER_CRASH_AT`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Point {
+        /// Before or after the append.
+        pub when: When,
+        /// The record type.
+        pub event: String,
+        /// The step id, when the point is one step's record.
+        pub step: Option<String>,
+        /// A data field and the JSON text of its value, when the point names one.
+        pub field: Option<(String, String)>,
+        /// 1-based occurrence among matching appends.
+        pub nth: u64,
+    }
+
+    /// Parses `<when>:<type>[:<step>][#<field>=<value>][@<n>]`; `None` when malformed.
+    pub fn parse(text: &str) -> Option<Point> {
+        let (body, nth) = match text.rsplit_once('@') {
+            Some((b, n)) => (b, n.parse().ok().filter(|n| *n > 0)?),
+            None => (text, 1),
+        };
+        let (body, field) = match body.split_once('#') {
+            Some((b, f)) => {
+                let (k, v) = f.split_once('=')?;
+                (b, Some((k.to_string(), v.to_string())))
+            }
+            None => (body, None),
+        };
+        let mut parts = body.splitn(3, ':');
+        let when = match parts.next()? {
+            "before" => When::Before,
+            "after" => When::After,
+            _ => return None,
+        };
+        let event = parts.next().filter(|e| !e.is_empty())?.to_string();
+        let step = parts.next().map(str::to_string);
+        Some(Point {
+            when,
+            event,
+            step,
+            field,
+            nth,
+        })
+    }
+
+    static POINT: OnceLock<Option<Point>> = OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+
+    /// Kills the process when `(when, event, step)` is the configured point's `nth` occurrence.
+    pub fn at(when: When, event: &str, step: Option<&str>, data: &serde_json::Value) {
+        let point = POINT.get_or_init(|| {
+            std::env::var("CUTOVER_CRASH_AT")
+                .ok()
+                .and_then(|t| parse(&t))
+        });
+        let Some(p) = point else { return };
+        if p.when != when || p.event != event {
+            return;
+        }
+        if p.step.is_some() && p.step.as_deref() != step {
+            return;
+        }
+        if let Some((k, v)) = &p.field {
+            if data.get(k).map(|x| x.to_string()).as_deref() != Some(v.as_str()) {
+                return;
+            }
+        }
+        if SEEN.fetch_add(1, Ordering::Relaxed) + 1 == p.nth {
+            // SAFETY: kill(2) on our own pid with a valid signal number has no memory effects.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn points_parse_with_and_without_step_and_occurrence() {
+            assert_eq!(
+                parse("after:step_applied:flip@2"),
+                Some(Point {
+                    when: When::After,
+                    event: "step_applied".into(),
+                    step: Some("flip".into()),
+                    field: None,
+                    nth: 2
+                })
+            );
+            assert_eq!(
+                parse("after:analysis:dns#stage=2").unwrap().field,
+                Some(("stage".into(), "2".into()))
+            );
+            assert_eq!(parse("before:run_finished").unwrap().step, None);
+            assert_eq!(parse("before:run_finished").unwrap().nth, 1);
+            for bad in [
+                "",
+                "during:x",
+                "after:",
+                "after:x@0",
+                "after:x@y",
+                "after:x#stage",
+            ] {
+                assert_eq!(parse(bad), None, "{bad}");
+            }
+        }
+    }
+}
+
 /// Called after each fsynced append with a file of the run's directory and its whole content:
 /// `events.jsonl`, then `signature.json` when the log is signed (the S3 store uploads them). An
 /// error stops the append like a failed fsync.
@@ -229,16 +366,25 @@ impl EventLog {
         ))
     }
 
-    /// Appends a record and fsyncs it. Secrets that slipped into `data` are redacted first.
+    /// Appends `event` (for `step`, when it is a step's record) and fsyncs it. Secrets that
+    /// slipped into its fields are redacted first.
     ///
     /// # Errors
     /// [`LogError::Io`]: the run must stop, since a side effect may not proceed unrecorded.
-    pub fn append(
+    pub fn append(&mut self, event: &Event, step: Option<&str>) -> Result<Record, LogError> {
+        let (kind, data) = event.to_parts();
+        self.append_parts(&kind, step, data)
+    }
+
+    /// Appends a record of any `(type, data)`: the chain's own tests, and records of a type
+    /// this version does not write.
+    fn append_parts(
         &mut self,
         event: &str,
         step: Option<&str>,
         data: Value,
     ) -> Result<Record, LogError> {
+        crash::at(crash::When::Before, event, step, &data);
         let text = serde_json::to_string(&data).unwrap_or_default();
         let redacted = self.redactor.redact(&text);
         let data = if redacted == text {
@@ -268,6 +414,7 @@ impl EventLog {
         self.next_seq += 1;
         self.head = rec.hash.clone();
         self.publish()?;
+        crash::at(crash::When::After, event, step, &rec.data);
         Ok(rec)
     }
 
@@ -337,10 +484,11 @@ mod tests {
     fn sample(dir: &Path) -> PathBuf {
         let p = dir.join("events.jsonl");
         let mut log = EventLog::create(&p, Arc::new(Redactor::default())).unwrap();
-        log.append("run_started", None, json!({"a": 1})).unwrap();
-        log.append("step_started", Some("x"), json!({"b": "c"}))
+        log.append_parts("run_started", None, json!({"a": 1}))
             .unwrap();
-        log.append("run_finished", None, json!({"status": "succeeded"}))
+        log.append_parts("step_started", Some("x"), json!({"b": "c"}))
+            .unwrap();
+        log.append_parts("run_finished", None, json!({"status": "succeeded"}))
             .unwrap();
         p
     }
@@ -390,7 +538,7 @@ mod tests {
         let p = sample(d.path());
         let (mut log, recs) = EventLog::open(&p, Arc::new(Redactor::default())).unwrap();
         assert_eq!(recs.len(), 3);
-        log.append("run_resumed", None, json!({})).unwrap();
+        log.append_parts("run_resumed", None, json!({})).unwrap();
         assert_eq!(read_verified(&p).unwrap().len(), 4);
     }
 
@@ -401,7 +549,7 @@ mod tests {
         r.add("hunter2-password");
         let p = d.path().join("e.jsonl");
         let mut log = EventLog::create(&p, r).unwrap();
-        log.append(
+        log.append_parts(
             "x",
             None,
             json!({"err": "auth failed for hunter2-password"}),

@@ -10,7 +10,9 @@ mod heartbeat;
 pub mod lines;
 pub mod promotion;
 pub use crate::local::lock;
+pub mod event;
 pub mod log;
+pub mod replay;
 pub mod runs;
 pub mod signature;
 pub mod store;
@@ -18,12 +20,13 @@ pub mod ui;
 
 pub use executor::{EngineError, Outcome};
 
-use crate::providers::{ProviderError, Providers};
+use crate::providers::Providers;
 use crate::runbook::{self, Plan};
 use crate::secret::Redactor;
 use crate::steps::context::Mode;
+use event::{Event, RunStatus};
 use executor::Executor;
-use serde_json::{json, Map, Value};
+use serde_json::Map;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,66 +88,132 @@ pub async fn start(
         )));
     }
     let run_id = new_run_id();
-    let state = state_dir(root);
-    let redactor = Arc::new(Redactor::default());
-    let signer = load_signer(&redactor)?;
-    let providers = Providers::new(plan.env.clone(), &run_id, redactor.clone());
-    providers
-        .check_database_urls()
-        .map_err(|e| EngineError::Config(redactor.redact(&e.to_string())))?;
-    let (_lock, s3) = match lock_env(&state, plan, &providers, &run_id).await {
-        Ok(l) => l,
-        Err(reason) => return Ok(Outcome::Refused(redactor.redact(&reason))),
-    };
-    let run_dir = runs::run_dir(&state, &run_id);
-    let mut log = log::EventLog::create(&runs::log_path(&state, &run_id), redactor.clone())?;
-    sign_and_mirror(&mut log, signer, s3, &run_id)?;
-    let mut ex = executor_for(
-        root,
-        plan,
-        mode,
-        &run_id,
-        run_dir.clone(),
-        ui,
-        providers,
-        redactor.clone(),
-        log,
-    )?;
-    ex.approved = options.approved.clone();
-    ex.load_secrets()?;
+    let mut session =
+        match Session::open(root, plan, mode, &run_id, ui, options, Journal::Create).await? {
+            Ok(s) => s,
+            Err(refused) => return Ok(refused),
+        };
+    let ex = &mut session.ex;
     ex.record(
-        "run_started",
-        None,
-        json!({
-            "run_id": run_id,
-            "environment": plan.env.name,
-            "tier": plan.env.tier.as_str(),
-            "account_id": plan.env.aws.account_id,
-            "region": plan.env.aws.region,
-            "mode": mode.as_str(),
-            "runbook": plan.runbook_name,
-            "runbook_path": plan.runbook_path.display().to_string(),
-            "runbook_digest": plan.runbook_digest,
-            "plan_digest": plan.plan_digest,
-            "operator": operator(),
-            "ci_job": ci_job(),
-            "cutover_version": env!("CARGO_PKG_VERSION"),
-            "steps": plan.steps().map(|(p, s)| json!({"phase": p, "id": s.id, "kind": s.kind.name()})).collect::<Vec<_>>(),
-            "approved": options.approved,
+        Event::RunStarted(event::RunStarted {
+            run_id: run_id.clone(),
+            environment: plan.env.name.clone(),
+            tier: plan.env.tier.as_str().to_string(),
+            account_id: plan.env.aws.account_id.clone(),
+            region: plan.env.aws.region.clone(),
+            mode,
+            runbook: plan.runbook_name.clone(),
+            runbook_path: plan.runbook_path.display().to_string(),
+            runbook_digest: plan.runbook_digest.clone(),
+            plan_digest: plan.plan_digest.clone(),
+            operator: operator(),
+            ci_job: ci_job(),
+            cutover_version: env!("CARGO_PKG_VERSION").to_string(),
+            steps: plan
+                .steps()
+                .map(|(p, s)| event::StepEntry {
+                    phase: p.to_string(),
+                    id: s.id.clone(),
+                    kind: s.kind.name().to_string(),
+                })
+                .collect(),
+            approved: options.approved.clone(),
         }),
+        None,
     )?;
     if let Some((reason, missing)) = &options.break_glass {
         ex.record(
-            "gate_bypassed",
+            Event::GateBypassed(event::GateBypassed {
+                gate: "promotion".into(),
+                reason: reason.clone(),
+                missing: missing.clone(),
+                operator: operator(),
+            }),
             None,
-            json!({"gate": "promotion", "reason": reason, "missing": missing, "operator": operator()}),
         )?;
     }
-    if let Some(outcome) = preflight(&mut ex).await? {
+    if let Some(outcome) = preflight(ex).await? {
         return Ok(outcome);
     }
-    heartbeat::start(&mut ex, 0).await?;
+    heartbeat::start(ex, 0).await?;
     ex.run_steps().await
+}
+
+/// Whether a session writes a new log or continues one.
+enum Journal<'r> {
+    /// A new run: the log is created.
+    Create,
+    /// A run continued: the log is reopened; its records (verified) and what they say.
+    Open(&'r [log::Record], &'r replay::Replayed),
+}
+
+/// What every process of a run stands on, whether it starts, resumes or rolls back the run: the
+/// redactor, signer and providers, the database URLs checked, the environment's lock, the log
+/// (created or reopened, signed and mirrored) and an executor with the secrets loaded and, for
+/// a continued run, the records taken up.
+struct Session<'a> {
+    ex: Executor<'a>,
+    _lock: store::HeldLock,
+}
+
+impl<'a> Session<'a> {
+    /// Opens the session; `Ok(Err(outcome))` when the lock (or the store it needs) refused.
+    #[allow(clippy::too_many_arguments)]
+    async fn open(
+        root: &Path,
+        plan: &'a Plan,
+        mode: Mode,
+        run_id: &str,
+        ui: &'a Ui,
+        options: &RunOptions,
+        journal: Journal<'_>,
+    ) -> Result<Result<Session<'a>, Outcome>, EngineError> {
+        let state = state_dir(root);
+        let redactor = Arc::new(Redactor::default());
+        let signer = load_signer(&redactor)?;
+        let providers = Providers::new(plan.env.clone(), run_id, redactor.clone());
+        providers
+            .check_database_urls()
+            .map_err(|e| EngineError::Config(redactor.redact(&e.to_string())))?;
+        let (lock, s3) = match lock_env(&state, plan, &providers, run_id).await {
+            Ok(l) => l,
+            Err(reason) => return Ok(Err(Outcome::Refused(redactor.redact(&reason)))),
+        };
+        let path = runs::log_path(&state, run_id);
+        let mut log = match &journal {
+            Journal::Create => log::EventLog::create(&path, redactor.clone())?,
+            Journal::Open(records, _) => {
+                let (log, now) = log::EventLog::open(&path, redactor.clone())?;
+                // The lock is held: nothing may have been appended since the records were read.
+                if now.len() != records.len() {
+                    return Err(EngineError::Config(format!(
+                        "run {run_id}: its log grew from {} to {} records while it was being resumed; another process writes it",
+                        records.len(),
+                        now.len()
+                    )));
+                }
+                log
+            }
+        };
+        sign_and_mirror(&mut log, signer, s3, run_id)?;
+        let mut ex = executor_for(
+            root,
+            plan,
+            mode,
+            run_id,
+            runs::run_dir(&state, run_id),
+            ui,
+            providers,
+            redactor,
+            log,
+        )?;
+        ex.approved = options.approved.clone();
+        ex.load_secrets()?;
+        if let Journal::Open(_, replayed) = journal {
+            ex.take_up(replayed);
+        }
+        Ok(Ok(Session { ex, _lock: lock }))
+    }
 }
 
 /// The signing key of [`signature::Signer::from_env`], its PEM text and base64 body registered
@@ -255,22 +324,30 @@ async fn preflight(ex: &mut Executor<'_>) -> Result<Option<Outcome>, EngineError
         Ok(s) => {
             let (account_id, caller_arn) = (s.account_id.clone(), s.caller_arn.clone());
             ex.record(
-                "account_verified",
+                Event::AccountVerified(event::AccountVerified {
+                    account_id,
+                    caller_arn,
+                }),
                 None,
-                json!({"account_id": account_id, "caller_arn": caller_arn}),
             )?;
             Ok(None)
         }
-        Err(e @ ProviderError::WrongAccount { .. }) => {
-            let reason = ex.redactor.redact(&e.to_string());
-            ex.record("run_refused", None, json!({"reason": reason}))?;
-            ex.finish("refused", json!({"reason": reason})).await?;
-            Ok(Some(Outcome::Refused(reason)))
-        }
         Err(e) => {
             let reason = ex.redactor.redact(&e.to_string());
-            ex.record("run_refused", None, json!({"reason": reason}))?;
-            ex.finish("refused", json!({"reason": reason})).await?;
+            ex.record(
+                Event::RunRefused(event::Reason {
+                    reason: reason.clone(),
+                }),
+                None,
+            )?;
+            ex.finish(
+                RunStatus::Refused,
+                executor::Ending {
+                    reason: Some(reason.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
             Ok(Some(Outcome::Refused(reason)))
         }
     }
@@ -285,9 +362,37 @@ pub enum ResumeError {
     /// The log does not verify.
     #[error("the event log of run {0} does not verify: {1}")]
     Corrupt(String, log::LogError),
+    /// The log verifies but holds a record this version does not know, or a sequence no run
+    /// writes: continuing from it would be a guess.
+    #[error("the event log of run {0} cannot be replayed: {1}")]
+    Impossible(String, replay::ReplayError),
     /// The runbook or environment no longer resolve.
     #[error("{0}")]
     Config(crate::config::Problems),
+}
+
+/// What a run's `run_finished` record means as an outcome.
+fn finished_outcome(fin: &event::RunFinished) -> Outcome {
+    match fin.status {
+        RunStatus::Succeeded | RunStatus::Planned => Outcome::Succeeded,
+        RunStatus::RolledBack => Outcome::RolledBack,
+        RunStatus::Failed => Outcome::DryRunFailed {
+            step: fin.failed_step.clone().unwrap_or_default(),
+            error: fin.error.clone().unwrap_or_default(),
+        },
+        RunStatus::Refused => Outcome::Refused(fin.reason.clone().unwrap_or_default()),
+        RunStatus::WritesMissing => Outcome::WritesMissing {
+            status: fin
+                .steps_status
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            missing: fin.missing_writes.unwrap_or(0),
+            database: fin.missing_in.clone().unwrap_or_default(),
+        },
+        RunStatus::RollbackRefused | RunStatus::RollbackIncomplete => {
+            Outcome::RollbackIncomplete(executor::manual_todo(&fin.incomplete))
+        }
+    }
 }
 
 /// Continues run `run_id` from its event log: re-runs the first step with an intent and no
@@ -295,55 +400,32 @@ pub enum ResumeError {
 /// rollback.
 ///
 /// # Errors
-/// [`ResumeError`] when the run cannot be found, verified or re-resolved.
+/// [`ResumeError`] when the run cannot be found, verified, replayed or re-resolved.
 pub async fn resume(
     root: &Path,
     run_id: &str,
     ui: &Ui,
     options: &RunOptions,
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
-    let (records, start) = load_run(root, run_id).await?;
-    let field = |k: &str| start_field(&start, k);
-    if let Some(fin) = records.iter().rev().find(|r| r.event == "run_finished") {
-        let status = fin.data.get("status").and_then(Value::as_str).unwrap_or("");
-        println!("run {run_id} already finished: {status}");
-        return Ok(Ok(match status {
-            "succeeded" | "planned" => Outcome::Succeeded,
-            "rolled-back" => Outcome::RolledBack,
-            "failed" => Outcome::DryRunFailed {
-                step: fin.data["failed_step"].as_str().unwrap_or("").to_string(),
-                error: fin.data["error"].as_str().unwrap_or("").to_string(),
-            },
-            "refused" => Outcome::Refused(field("reason")),
-            "writes-missing" => Outcome::WritesMissing {
-                status: fin.data["steps_status"].as_str().unwrap_or("").to_string(),
-                missing: fin.data["missing_writes"].as_u64().unwrap_or(0),
-                database: fin.data["missing_in"].as_str().unwrap_or("").to_string(),
-            },
-            _ => Outcome::RollbackIncomplete(executor::manual_todo(
-                fin.data
-                    .get("incomplete")
-                    .and_then(Value::as_array)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default(),
-            )),
-        }));
+    let (records, replayed) = load_run(root, run_id).await?;
+    if let Some(fin) = &replayed.finished {
+        println!("run {run_id} already finished: {}", fin.status.as_str());
+        return Ok(Ok(finished_outcome(fin)));
     }
-    let plan = runbook::resolve(root, &field("runbook_path"), &field("environment"))
+    let start = &replayed.start;
+    let plan = runbook::resolve(root, &start.runbook_path, &start.environment)
         .map_err(ResumeError::Config)?;
-    if plan.runbook_digest != field("runbook_digest") {
+    if plan.runbook_digest != start.runbook_digest {
         return Ok(Ok(Outcome::Refused(format!(
             "the runbook changed since run {run_id} started (digest {} now, {} then); finish it with `cutover rollback {run_id}` or start a new run",
             &plan.runbook_digest[..12],
-            &field("runbook_digest").get(..12).unwrap_or("")
+            start.runbook_digest.get(..12).unwrap_or("")
         ))));
     }
-    let mode = match field("mode").as_str() {
-        "rehearse" => Mode::Rehearse,
-        "dry-run" => Mode::DryRun,
-        _ => Mode::Execute,
-    };
-    Ok(continue_run(root, &plan, mode, run_id, &records, ui, false, options).await)
+    Ok(continue_run(
+        root, &plan, start.mode, run_id, &records, &replayed, ui, false, options,
+    )
+    .await)
 }
 
 /// Rolls back run `run_id`: every started step in reverse order, as after a failure.
@@ -355,12 +437,12 @@ pub async fn rollback(
     run_id: &str,
     ui: &Ui,
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
-    let (records, start) = load_run(root, run_id).await?;
-    let field = |k: &str| start_field(&start, k);
-    let plan = runbook::resolve(root, &field("runbook_path"), &field("environment"))
+    let (records, replayed) = load_run(root, run_id).await?;
+    let start = &replayed.start;
+    let plan = runbook::resolve(root, &start.runbook_path, &start.environment)
         .map_err(ResumeError::Config)?;
     // A rehearsal's rollback is part of the rehearsal: its heartbeat measures it too.
-    let mode = if field("mode") == "rehearse" {
+    let mode = if start.mode == Mode::Rehearse {
         Mode::Rehearse
     } else {
         Mode::Execute
@@ -371,6 +453,7 @@ pub async fn rollback(
         mode,
         run_id,
         &records,
+        &replayed,
         ui,
         true,
         &RunOptions::default(),
@@ -378,18 +461,12 @@ pub async fn rollback(
     .await)
 }
 
-/// A string field of a `run_started` payload (empty when absent).
-fn start_field(start: &Value, k: &str) -> String {
-    start
-        .get(k)
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string()
-}
-
-/// A run's verified records and its `run_started` payload; a run not on this machine is looked
-/// for in the environments' `s3` stores first.
-async fn load_run(root: &Path, run_id: &str) -> Result<(Vec<log::Record>, Value), ResumeError> {
+/// A run's verified records and what they say; a run not on this machine is looked for in the
+/// environments' `s3` stores first.
+async fn load_run(
+    root: &Path,
+    run_id: &str,
+) -> Result<(Vec<log::Record>, replay::Replayed), ResumeError> {
     let path = runs::log_path(&state_dir(root), run_id);
     if !path.exists() {
         store::pull_all(root, None).await;
@@ -399,12 +476,12 @@ async fn load_run(root: &Path, run_id: &str) -> Result<(Vec<log::Record>, Value)
     }
     let records =
         log::read_verified(&path).map_err(|e| ResumeError::Corrupt(run_id.to_string(), e))?;
-    let start = records
-        .iter()
-        .find(|r| r.event == "run_started")
-        .map(|r| r.data.clone())
-        .ok_or_else(|| ResumeError::NotFound(run_id.to_string()))?;
-    Ok((records, start))
+    if records.is_empty() {
+        return Err(ResumeError::NotFound(run_id.to_string()));
+    }
+    let replayed =
+        replay::replay(&records).map_err(|e| ResumeError::Impossible(run_id.to_string(), e))?;
+    Ok((records, replayed))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -414,53 +491,30 @@ async fn continue_run(
     mode: Mode,
     run_id: &str,
     records: &[log::Record],
+    replayed: &replay::Replayed,
     ui: &Ui,
     force_rollback: bool,
     options: &RunOptions,
 ) -> Result<Outcome, EngineError> {
-    let state = state_dir(root);
-    let redactor = Arc::new(Redactor::default());
-    let signer = load_signer(&redactor)?;
-    let providers = Providers::new(plan.env.clone(), run_id, redactor.clone());
-    let (_lock, s3) = match lock_env(&state, plan, &providers, run_id).await {
-        Ok(l) => l,
-        Err(reason) => return Ok(Outcome::Refused(redactor.redact(&reason))),
+    let journal = Journal::Open(records, replayed);
+    let mut session = match Session::open(root, plan, mode, run_id, ui, options, journal).await? {
+        Ok(s) => s,
+        Err(refused) => return Ok(refused),
     };
-    let run_dir = runs::run_dir(&state, run_id);
-    let (mut log, records_now) =
-        log::EventLog::open(&runs::log_path(&state, run_id), redactor.clone())?;
-    debug_assert_eq!(records_now.len(), records.len());
-    sign_and_mirror(&mut log, signer, s3, run_id)?;
-    let mut ex = executor_for(
-        root, plan, mode, run_id, run_dir, ui, providers, redactor, log,
-    )?;
-    ex.approved = options.approved.clone();
-    ex.load_secrets()?;
-    ex.replay(records);
+    let ex = &mut session.ex;
     ex.record(
-        "run_resumed",
+        Event::RunResumed(event::RunResumed {
+            run_id: run_id.to_string(),
+            rollback: force_rollback,
+        }),
         None,
-        json!({"run_id": run_id, "rollback": force_rollback}),
     )?;
-    if let Some(outcome) = preflight(&mut ex).await? {
+    if let Some(outcome) = preflight(ex).await? {
         return Ok(outcome);
     }
-    let attempt = records.iter().filter(|r| r.event == "run_resumed").count() + 1;
-    heartbeat::start(&mut ex, attempt).await?;
-    let rollback_start = records.iter().rev().find(|r| r.event == "rollback_started");
-    if let Some(rs) = rollback_start {
-        let failed = rs
-            .data
-            .get("failed_step")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let already: HashSet<String> = records
-            .iter()
-            .filter(|r| r.seq > rs.seq && r.event == "rollback_step_completed")
-            .filter_map(|r| r.step.clone())
-            .collect();
-        return ex.continue_rollback(&failed, &already).await;
+    heartbeat::start(ex, replayed.resumes + 1).await?;
+    if let Some(rb) = &replayed.rollback {
+        return ex.continue_rollback(&rb.failed_step, &rb.completed).await;
     }
     if force_rollback {
         return ex.rollback("", "rollback requested by the operator").await;

@@ -1,5 +1,6 @@
 //! Runs on record in the local store (`.cutover/runs/<run id>/events.jsonl`): listing and summary.
 
+use super::event::{Event, RunStarted};
 use super::log::{read_verified, Record};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -44,39 +45,52 @@ pub fn signature_path(state_dir: &Path, id: &str) -> PathBuf {
     run_dir(state_dir, id).join(super::signature::FILE_NAME)
 }
 
-/// Summarizes a run from its records.
+/// Summarizes a run from its records (a record this version does not know is passed over).
 pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
-    let start = records.iter().find(|r| r.event == "run_started");
-    let field = |k: &str| {
-        start
-            .and_then(|r| r.data.get(k))
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
-    let finished = records.iter().rev().find(|r| r.event == "run_finished");
+    let typed: Vec<(&Record, Event)> = records
+        .iter()
+        .filter_map(|r| Event::from_parts(&r.event, &r.data).ok().map(|e| (r, e)))
+        .collect();
+    let start = typed.iter().find_map(|(r, e)| match e {
+        Event::RunStarted(s) => Some((*r, s)),
+        _ => None,
+    });
+    let finished = typed.iter().rev().find_map(|(r, e)| match e {
+        Event::RunFinished(f) => Some((*r, f)),
+        _ => None,
+    });
+    let last_is_interrupt = matches!(typed.last(), Some((_, Event::RunInterrupted(_))));
     let status = match finished {
-        Some(f) => f
-            .data
-            .get("status")
-            .and_then(|v| v.as_str())
-            .unwrap_or("unknown")
-            .to_string(),
-        None => match records.last().map(|r| r.event.as_str()) {
-            Some("run_interrupted") => "interrupted".to_string(),
-            _ => "running".to_string(),
-        },
+        _ if last_is_interrupt => "interrupted".to_string(),
+        Some((_, f)) if !resumed_after(&typed) => f.status.as_str().to_string(),
+        _ => "running".to_string(),
     };
+    let field =
+        |f: fn(&RunStarted) -> &str| start.map(|(_, s)| f(s).to_string()).unwrap_or_default();
     RunSummary {
         id: id.to_string(),
-        environment: field("environment"),
-        mode: field("mode"),
+        environment: field(|s| &s.environment),
+        mode: start
+            .map(|(_, s)| s.mode.as_str().to_string())
+            .unwrap_or_default(),
         status,
-        runbook: field("runbook"),
-        runbook_digest: field("runbook_digest"),
-        started_at: start.map(|r| r.ts.clone()).unwrap_or_default(),
-        finished_at: finished.map(|r| r.ts.clone()),
+        runbook: field(|s| &s.runbook),
+        runbook_digest: field(|s| &s.runbook_digest),
+        started_at: start.map(|(r, _)| r.ts.clone()).unwrap_or_default(),
+        finished_at: finished.map(|(r, _)| r.ts.clone()),
     }
+}
+
+/// True when a `run_resumed` follows the last `run_finished` (`cutover rollback` of a finished
+/// run, still going or killed).
+fn resumed_after(typed: &[(&Record, Event)]) -> bool {
+    let last_fin = typed
+        .iter()
+        .rposition(|(_, e)| matches!(e, Event::RunFinished(_)));
+    let last_resume = typed
+        .iter()
+        .rposition(|(_, e)| matches!(e, Event::RunResumed(_)));
+    matches!((last_fin, last_resume), (Some(f), Some(r)) if r > f)
 }
 
 /// Every run in the store, oldest first, optionally only those of `env`. A run whose log does not

@@ -1,22 +1,24 @@
 //! The audit as markdown, record by record, for people reading it in a terminal or a pull
 //! request. Must not read files or contact services.
 
-use super::{analysis_line, heartbeat_line, s, weights_text};
+use super::{analysis_line, heartbeat_line, weights_text};
+use crate::engine::event::Event;
 use crate::engine::log::Record;
 use crate::engine::signature::SignatureFile;
+use crate::steps::journal::Journal;
 use serde_json::Value;
 use std::fmt::Write;
+
+/// `text` in a table cell: `|` escaped, line breaks as spaces.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
 
 /// The run as a markdown document: header, outcome, every step with parameters, plan, outcome and
 /// evidence, the rollback, and the chain head.
 pub fn markdown(records: &[Record], signature: Option<&SignatureFile>) -> String {
     let mut out = String::new();
     let audit = super::model::build(records, signature);
-    let d = records
-        .iter()
-        .find(|r| r.event == "run_started")
-        .map(|r| r.data.clone())
-        .unwrap_or(Value::Null);
     let _ = writeln!(out, "# Cutover audit: run {}\n", audit.run_id);
     for (label, text) in &audit.banners {
         let _ = writeln!(out, "> **{label}.** {text}\n");
@@ -26,215 +28,170 @@ pub fn markdown(records: &[Record], signature: Option<&SignatureFile>) -> String
         if label == "Outcome" {
             let _ = writeln!(out, "| {label} | **{value}** |");
         } else {
-            let _ = writeln!(out, "| {label} | {} |", value.replace('|', "\\|"));
+            let _ = writeln!(out, "| {label} | {} |", cell(value));
         }
     }
     let _ = writeln!(out, "\n## Steps\n");
     for r in records {
         let step = r.step.as_deref().unwrap_or("");
-        match r.event.as_str() {
-            "phase_started" => {
-                let _ = writeln!(out, "### Phase {}\n", s(&r.data, "phase"));
+        let Ok(event) = Event::from_parts(&r.event, &r.data) else {
+            let _ = writeln!(
+                out,
+                "- {} record `{}` (not known to this version)",
+                r.ts,
+                cell(&r.event)
+            );
+            continue;
+        };
+        match &event {
+            Event::PhaseStarted(d) => {
+                let _ = writeln!(out, "### Phase {}\n", d.phase);
             }
-            "account_verified" => {
+            Event::AccountVerified(d) => {
                 let _ = writeln!(
                     out,
                     "- {} account verified: {} as {}\n",
-                    r.ts,
-                    s(&r.data, "account_id"),
-                    s(&r.data, "caller_arn")
+                    r.ts, d.account_id, d.caller_arn
                 );
             }
-            "run_refused" => {
-                let _ = writeln!(out, "- {} **refused**: {}\n", r.ts, s(&r.data, "reason"));
+            Event::RunRefused(d) => {
+                let _ = writeln!(out, "- {} **refused**: {}\n", r.ts, d.reason);
             }
-            "step_started" => {
-                let _ = writeln!(out, "#### `{step}` ({})\n", s(&r.data, "kind"));
+            Event::StepStarted(d) => {
+                let _ = writeln!(out, "#### `{step}` ({})\n", d.kind);
                 let _ = writeln!(out, "- started {}", r.ts);
-                if let Some(p) = r
-                    .data
-                    .get("params")
-                    .filter(|p| p.as_object().is_some_and(|o| !o.is_empty()))
-                {
-                    let _ = writeln!(out, "- parameters: `{}`", p);
+                if d.params.as_object().is_some_and(|o| !o.is_empty()) {
+                    let _ = writeln!(out, "- parameters: `{}`", d.params);
                 }
             }
-            "step_skipped" => {
+            Event::StepSkipped(d) => {
                 let _ = writeln!(
                     out,
                     "#### `{step}` ({})\n\n- skipped: {}\n",
-                    s(&r.data, "kind"),
-                    s(&r.data, "reason")
+                    d.kind, d.reason
                 );
             }
-            "step_planned" => {
-                for c in r
-                    .data
-                    .get("changes")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let _ = writeln!(
-                        out,
-                        "- plan: {} {}: {}",
-                        s(c, "action"),
-                        s(c, "target"),
-                        s(c, "detail")
-                    );
+            Event::StepPlanned(d) => {
+                for c in &d.changes {
+                    let _ = writeln!(out, "- plan: {} {}: {}", c.action, c.target, c.detail);
                 }
             }
-            "step_attempt_failed" => {
-                let _ = writeln!(out, "- attempt failed: {}", s(&r.data, "error"));
+            Event::StepAttemptFailed(d) => {
+                let _ = writeln!(out, "- attempt failed: {}", d.error);
             }
-            "step_applied" => {
-                if let Some(o) = r.data.get("outputs") {
-                    let _ = writeln!(out, "- outputs: `{o}`");
-                }
+            Event::StepApplied(d) => {
+                let _ = writeln!(out, "- outputs: `{}`", Value::Object(d.outputs.clone()));
             }
-            "step_completed" => {
+            Event::StepCompleted(d) => {
                 let _ = writeln!(
                     out,
                     "- **completed** {} ({} ms): {}",
-                    r.ts,
-                    r.data
-                        .get("duration_ms")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0),
-                    s(&r.data, "summary")
+                    r.ts, d.duration_ms, d.summary
                 );
-                if let Some(e) = r
-                    .data
-                    .get("evidence")
-                    .filter(|e| e.as_object().is_some_and(|o| !o.is_empty()))
-                {
-                    let _ = writeln!(out, "- evidence: `{e}`");
+                if d.evidence.as_object().is_some_and(|o| !o.is_empty()) {
+                    let _ = writeln!(out, "- evidence: `{}`", d.evidence);
                 }
                 let _ = writeln!(out);
             }
-            "step_failed" => {
-                let _ = writeln!(out, "- **FAILED** {}: {}\n", r.ts, s(&r.data, "error"));
+            Event::StepFailed(d) => {
+                let _ = writeln!(out, "- **FAILED** {}: {}\n", r.ts, d.error);
             }
-            "rollback_started" => {
+            Event::RollbackStarted(d) => {
                 let _ = writeln!(
                     out,
                     "## Rollback\n\nStarted {} because step `{}` failed: {}\n",
-                    r.ts,
-                    s(&r.data, "failed_step"),
-                    s(&r.data, "reason")
+                    r.ts, d.failed_step, d.reason
                 );
             }
-            "rollback_step_completed" => {
-                let restored: Vec<&Value> = r
-                    .data
-                    .get("restored")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                if restored.is_empty() {
+            Event::RollbackStepCompleted(d) => {
+                if d.restored.is_empty() {
                     let _ = writeln!(out, "- `{step}` undone: nothing to undo");
                 } else {
                     let _ = writeln!(out, "- `{step}` undone:\n\n  | object | before | after | what |\n  |---|---|---|---|");
-                    for x in restored {
+                    for x in &d.restored {
                         let _ = writeln!(
                             out,
                             "  | {} | `{}` | `{}` | {} |",
-                            s(x, "object"),
-                            s(x, "before"),
-                            s(x, "after"),
-                            s(x, "detail").replace('|', "\\|")
+                            cell(&x.object),
+                            cell(&x.before),
+                            cell(&x.after),
+                            cell(&x.detail)
                         );
                     }
                     let _ = writeln!(out);
                 }
             }
-            "rollback_step_failed" => {
-                let _ = writeln!(
-                    out,
-                    "- `{step}` **rollback FAILED**: {}",
-                    s(&r.data, "error")
-                );
-                for m in r
-                    .data
-                    .get("manual")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let _ = writeln!(out, "  - [ ] to do by hand: {}", m.as_str().unwrap_or(""));
+            Event::RollbackStepFailed(d) => {
+                let _ = writeln!(out, "- `{step}` **rollback FAILED**: {}", d.error);
+                for m in &d.manual {
+                    let _ = writeln!(out, "  - [ ] to do by hand: {m}");
                 }
             }
-            "traffic_stage" => {
+            Event::Journal(Journal::TrafficStage(d)) => {
                 let _ = writeln!(
                     out,
                     "- {} stage {}/{}: {}; change batch `{}`",
                     r.ts,
-                    r.data.get("stage").cloned().unwrap_or_default(),
-                    r.data.get("of").cloned().unwrap_or_default(),
-                    weights_text(r.data.get("weights")),
-                    r.data.get("change_batch").cloned().unwrap_or_default()
+                    d.stage,
+                    d.of,
+                    weights_text(&d.weights),
+                    d.change_batch
                 );
             }
-            "traffic_stage_insync" => {
+            Event::Journal(Journal::TrafficStageInsync(d)) => {
                 let _ = writeln!(
                     out,
                     "- {} stage {} change {} INSYNC",
-                    r.ts,
-                    r.data.get("stage").cloned().unwrap_or_default(),
-                    s(&r.data, "change_id")
+                    r.ts, d.stage, d.change_id
                 );
             }
-            "analysis" => {
-                let _ = writeln!(out, "- {} {}", r.ts, analysis_line(&r.data));
+            Event::Journal(Journal::Analysis(d)) => {
+                let _ = writeln!(out, "- {} {}", r.ts, analysis_line(d));
             }
-            "traffic_returned" => {
+            Event::Journal(Journal::TrafficReturned(d)) => {
                 let _ = writeln!(
                     out,
                     "- {} **all weight returned to the old target** ({}): {}; change batch `{}`",
                     r.ts,
-                    weights_text(r.data.get("weights")),
-                    s(&r.data, "reason"),
-                    r.data.get("change_batch").cloned().unwrap_or_default()
+                    weights_text(&d.weights),
+                    d.reason,
+                    d.change_batch
                 );
             }
-            "ttl_wait" => {
+            Event::Journal(Journal::TtlWait(d)) => {
                 let _ = writeln!(
                     out,
                     "- {} waited {} s for answers cached under the old TTL ({} s, lowered at {}) to expire",
-                    r.ts,
-                    r.data.get("wait_s").cloned().unwrap_or_default(),
-                    r.data.get("previous_ttl").cloned().unwrap_or_default(),
-                    s(&r.data, "lowered_at")
+                    r.ts, d.wait_s, d.previous_ttl, d.lowered_at
                 );
             }
-            "panic" => {
+            Event::Panic(d) => {
                 let _ = writeln!(
                     out,
                     "- {} **PANIC**: {} (flag raised {})",
                     r.ts,
-                    s(&r.data, "reason"),
-                    s(&r.data, "raised_at")
+                    d.reason,
+                    d.raised_at.as_deref().unwrap_or("")
                 );
             }
-            "run_interrupted" => {
+            Event::RunInterrupted(_) => {
                 let _ = writeln!(out, "- {} interrupted", r.ts);
             }
-            "run_resumed" => {
+            Event::RunResumed(_) => {
                 let _ = writeln!(out, "- {} resumed", r.ts);
             }
-            "heartbeat" => {
+            Event::Heartbeat(d) => {
                 let _ = writeln!(
                     out,
                     "\n**Write outage (heartbeat).** {}\n",
-                    heartbeat_line(&r.data).trim()
+                    heartbeat_line(d).trim()
                 );
             }
             _ => {}
         }
     }
     let head = records.last().map(|r| r.hash.as_str()).unwrap_or("");
-    let _ = writeln!(out, "\n## Integrity\n\n{} records, SHA-256 hash chain head `{head}`. Check with `cutover audit verify {}`.", records.len(), s(&d, "run_id"));
+    let _ = writeln!(out, "\n## Integrity\n\n{} records, SHA-256 hash chain head `{head}`. Check with `cutover audit verify {}`.", records.len(), audit.run_id);
     match signature {
         Some(f) => {
             let _ = writeln!(

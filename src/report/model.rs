@@ -2,13 +2,12 @@
 //! the header, timeline, approvals, rollback and integrity that the HTML and JUnit renderers
 //! lay out. Built only from records (and the signature file): no service is contacted.
 
+use crate::engine::event::{Event, RunStarted, RunStatus};
+use crate::engine::lines::event_line;
 use crate::engine::log::Record;
 use crate::engine::signature::SignatureFile;
+use crate::steps::journal::Journal;
 use serde_json::Value;
-
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
-}
 
 /// How a step ended, as far as the log shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,57 +157,62 @@ fn value_text(v: &Value) -> String {
     }
 }
 
-/// Builds the audit of `records`, with `signature` when the run is signed.
+/// Builds the audit of `records`, with `signature` when the run is signed. A record this
+/// version does not know is left out of the steps (the timeline and chain still count it).
 pub fn build(records: &[Record], signature: Option<&SignatureFile>) -> Audit {
-    let start = records.iter().find(|r| r.event == "run_started");
-    let d = start.map(|r| r.data.clone()).unwrap_or(Value::Null);
-    let finish = records.iter().rev().find(|r| r.event == "run_finished");
+    let typed: Vec<(&Record, Event)> = records
+        .iter()
+        .filter_map(|r| Event::from_parts(&r.event, &r.data).ok().map(|e| (r, e)))
+        .collect();
+    let start = typed.iter().find_map(|(r, e)| match e {
+        Event::RunStarted(s) => Some((*r, s)),
+        _ => None,
+    });
+    let finish = typed.iter().rev().find_map(|(r, e)| match e {
+        Event::RunFinished(f) => Some((*r, f)),
+        _ => None,
+    });
     let outcome = finish
-        .map(|r| s(&r.data, "status").to_string())
+        .map(|(_, f)| f.status.as_str().to_string())
         .unwrap_or_else(|| "running or interrupted".into());
 
+    let d = start.map(|(_, s)| s);
+    let text = |f: fn(&RunStarted) -> String| d.map(f).unwrap_or_default();
     let mut header = Vec::new();
-    for (label, key) in [
-        ("Runbook", "runbook"),
-        ("Runbook file", "runbook_path"),
-        ("Runbook digest", "runbook_digest"),
-        ("Plan digest", "plan_digest"),
-        ("Environment", "environment"),
-        ("Tier", "tier"),
-        ("AWS account", "account_id"),
-        ("Region", "region"),
-        ("Mode", "mode"),
-        ("Operator", "operator"),
-        ("CI job", "ci_job"),
-        ("cutover version", "cutover_version"),
+    for (label, v) in [
+        ("Runbook", text(|s| s.runbook.clone())),
+        ("Runbook file", text(|s| s.runbook_path.clone())),
+        ("Runbook digest", text(|s| s.runbook_digest.clone())),
+        ("Plan digest", text(|s| s.plan_digest.clone())),
+        ("Environment", text(|s| s.environment.clone())),
+        ("Tier", text(|s| s.tier.clone())),
+        ("AWS account", text(|s| s.account_id.clone())),
+        ("Region", text(|s| s.region.clone())),
+        ("Mode", text(|s| s.mode.as_str().to_string())),
+        ("Operator", text(|s| s.operator.clone())),
+        ("CI job", text(|s| s.ci_job.clone().unwrap_or_default())),
+        ("cutover version", text(|s| s.cutover_version.clone())),
     ] {
-        let v = s(&d, key);
-        header.push((
-            label.to_string(),
-            if v.is_empty() { "—".into() } else { v.into() },
-        ));
+        header.push((label.to_string(), if v.is_empty() { "—".into() } else { v }));
     }
     let ts = |r: Option<&Record>| r.map(|r| r.ts.clone()).unwrap_or_else(|| "—".into());
-    header.push(("Started".into(), ts(start)));
-    header.push(("Finished".into(), ts(finish)));
+    header.push(("Started".into(), ts(start.map(|(r, _)| r))));
+    header.push(("Finished".into(), ts(finish.map(|(r, _)| r))));
     header.push(("Outcome".into(), outcome.clone()));
-    if let Some(f) = finish.filter(|f| !s(&f.data, "failed_step").is_empty()) {
-        header.push(("Failed step".into(), s(&f.data, "failed_step").into()));
+    if let Some(step) = finish
+        .and_then(|(_, f)| f.failed_step.clone())
+        .filter(|s| !s.is_empty())
+    {
+        header.push(("Failed step".into(), step));
     }
 
     // The runbook's steps in order, from run_started (so steps never started are listed too).
     let mut phases: Vec<(String, Vec<StepReport>)> = Vec::new();
-    for st in d
-        .get("steps")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let phase = s(st, "phase").to_string();
+    for st in d.map(|s| s.steps.as_slice()).unwrap_or_default() {
         let report = StepReport {
-            id: s(st, "id").into(),
-            kind: s(st, "kind").into(),
-            phase: phase.clone(),
+            id: st.id.clone(),
+            kind: st.kind.clone(),
+            phase: st.phase.clone(),
             status: StepStatus::NotRun,
             started: None,
             finished: None,
@@ -221,13 +225,13 @@ pub fn build(records: &[Record], signature: Option<&SignatureFile>) -> Audit {
             rollback: None,
         };
         match phases.last_mut() {
-            Some((p, steps)) if *p == phase => steps.push(report),
-            _ => phases.push((phase, vec![report])),
+            Some((p, steps)) if *p == st.phase => steps.push(report),
+            _ => phases.push((st.phase.clone(), vec![report])),
         }
     }
 
     let mut audit = Audit {
-        run_id: s(&d, "run_id").into(),
+        run_id: text(|s| s.run_id.clone()),
         header,
         outcome,
         banners: Vec::new(),
@@ -246,153 +250,125 @@ pub fn build(records: &[Record], signature: Option<&SignatureFile>) -> Audit {
         }),
     };
 
-    for r in records {
-        if let Some(line) = crate::engine::ui::line(r) {
+    for (r, event) in &typed {
+        let step_id = r.step.as_deref().unwrap_or("");
+        if let Some(line) = event_line(event, step_id, &r.hash) {
             let first = line.lines().next().unwrap_or("").trim().to_string();
             audit
                 .timeline
-                .push((r.ts.clone(), r.step.clone().unwrap_or_default(), first));
+                .push((r.ts.clone(), step_id.to_string(), first));
         }
-        let data = &r.data;
-        match r.event.as_str() {
-            "gate_bypassed" => audit.banners.push((
+        match event {
+            Event::GateBypassed(g) => audit.banners.push((
                 "BREAK-GLASS".into(),
                 format!(
                     "The {} gate was bypassed by {} at {}: \"{}\". It would have refused: {}.",
-                    s(data, "gate"),
-                    s(data, "operator"),
+                    g.gate,
+                    g.operator,
                     r.ts,
-                    s(data, "reason"),
-                    data.get("missing")
-                        .and_then(Value::as_array)
-                        .map(|m| m
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join("; "))
-                        .unwrap_or_default()
+                    g.reason,
+                    g.missing.join("; ")
                 ),
             )),
-            "panic" => audit.banners.push((
+            Event::Panic(p) => audit.banners.push((
                 "PANIC".into(),
                 format!(
-                    "{} (raised {}, stopped {} `{}`); the run rolled back.",
-                    s(data, "reason"),
-                    s(data, "raised_at"),
-                    s(data, "when"),
-                    r.step.as_deref().unwrap_or("")
+                    "{} (raised {}, stopped {} `{step_id}`); the run rolled back.",
+                    p.reason,
+                    p.raised_at.as_deref().unwrap_or(""),
+                    p.when,
                 ),
             )),
-            "rollback_started" => {
-                audit.rollback = Some((
-                    r.ts.clone(),
-                    s(data, "failed_step").into(),
-                    s(data, "reason").into(),
-                ))
+            Event::RollbackStarted(rb) => {
+                audit.rollback = Some((r.ts.clone(), rb.failed_step.clone(), rb.reason.clone()))
             }
             // One line per heartbeat: the run's, then a later `cutover rollback`'s.
-            "heartbeat" => {
+            Event::Heartbeat(data) => {
                 let line = super::heartbeat_line(data).trim().to_string();
                 audit.downtime = Some(match audit.downtime.take() {
                     Some(prev) => format!("{prev}\n{line}"),
                     None => line,
                 });
             }
-            "run_finished" if s(data, "status") == "writes-missing" => audit.banners.push((
+            Event::RunFinished(f) if f.status == RunStatus::WritesMissing => audit.banners.push((
                 "ACKNOWLEDGED WRITES MISSING".into(),
                 format!(
                     "{} write(s) the heartbeat saw acknowledged are missing from {} (heartbeat table rows by writer and seq are in the heartbeat record); the steps ended {}. This is not a clean outcome: find the rows before the application takes writes again.",
-                    data.get("missing_writes").and_then(Value::as_u64).unwrap_or(0),
-                    s(data, "missing_in"),
-                    s(data, "steps_status")
+                    f.missing_writes.unwrap_or(0),
+                    f.missing_in.as_deref().unwrap_or(""),
+                    f.steps_status.map(|s| s.as_str()).unwrap_or("")
                 ),
             )),
-            "rollback_refused" => audit.banners.push((
+            Event::RollbackRefused(rf) => audit.banners.push((
                 "ROLLBACK REFUSED".into(),
-                format!(
-                    "step `{}`: {}. Nothing was rolled back.",
-                    r.step.as_deref().unwrap_or(""),
-                    s(data, "reason")
-                ),
+                format!("step `{step_id}`: {}. Nothing was rolled back.", rf.reason),
             )),
             _ => {}
         }
-        let Some(id) = r.step.as_deref() else {
+        if r.step.is_none() {
             continue;
-        };
+        }
         let Some(step) = audit
             .phases
             .iter_mut()
             .flat_map(|(_, steps)| steps.iter_mut())
-            .find(|st| st.id == id)
+            .find(|st| st.id == step_id)
         else {
             continue;
         };
-        apply(step, r, &mut audit.approvals);
+        apply(step, r, event, &mut audit.approvals);
     }
     audit
 }
 
 /// Folds one step record into its report.
-fn apply(step: &mut StepReport, r: &Record, approvals: &mut Vec<String>) {
-    let data = &r.data;
-    match r.event.as_str() {
-        "step_started" => {
+fn apply(step: &mut StepReport, r: &Record, event: &Event, approvals: &mut Vec<String>) {
+    match event {
+        Event::StepStarted(d) => {
             if step.started.is_none() {
                 step.started = Some(r.ts.clone());
             }
             if step.status == StepStatus::NotRun {
                 step.status = StepStatus::Unfinished;
             }
-            step.params = data.get("params").cloned().unwrap_or(Value::Null);
+            step.params = d.params.clone();
         }
-        "step_skipped" => {
+        Event::StepSkipped(d) => {
             step.status = StepStatus::Skipped;
             step.finished = Some(r.ts.clone());
-            step.summary = s(data, "reason").into();
+            step.summary = d.reason.clone();
         }
-        "step_planned" => {
+        Event::StepPlanned(d) => {
             if step.plan.is_empty() {
-                for c in data
-                    .get("changes")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
+                for c in &d.changes {
                     step.plan.push((
-                        format!("{} {}: {}", s(c, "action"), s(c, "target"), s(c, "detail")),
-                        c.get("document").map(value_text),
+                        format!("{} {}: {}", c.action, c.target, c.detail),
+                        c.document.as_ref().map(value_text),
                     ));
                 }
             }
-            if data.get("dry_run").and_then(Value::as_bool) == Some(true) {
+            if d.dry_run == Some(true) {
                 step.status = StepStatus::Planned;
                 step.finished = Some(r.ts.clone());
             }
         }
-        "step_attempt_failed" => step.events.push((
+        Event::StepAttemptFailed(d) => step.events.push((
             r.ts.clone(),
-            format!(
-                "attempt {} failed: {}",
-                data.get("attempt").and_then(Value::as_u64).unwrap_or(0),
-                s(data, "error")
-            ),
+            format!("attempt {} failed: {}", d.attempt, d.error),
         )),
-        "step_applied" => {
-            if let Some(Value::Object(o)) = data.get("outputs") {
-                for (k, v) in o {
-                    if k != "summary" {
-                        step.evidence.push((k.clone(), value_text(v)));
-                    }
+        Event::StepApplied(d) => {
+            for (k, v) in &d.outputs {
+                if k != "summary" {
+                    step.evidence.push((k.clone(), value_text(v)));
                 }
             }
         }
-        "step_completed" => {
+        Event::StepCompleted(d) => {
             step.status = StepStatus::Completed;
             step.finished = Some(r.ts.clone());
-            step.duration_ms = data.get("duration_ms").and_then(Value::as_u64);
-            step.summary = s(data, "summary").into();
-            if let Some(Value::Object(o)) = data.get("evidence") {
+            step.duration_ms = Some(d.duration_ms);
+            step.summary = d.summary.clone();
+            if let Value::Object(o) = &d.evidence {
                 for (k, v) in o {
                     if k != "summary" {
                         step.evidence.push((k.clone(), value_text(v)));
@@ -416,19 +392,21 @@ fn apply(step: &mut StepReport, r: &Record, approvals: &mut Vec<String>) {
                 ));
             }
         }
-        "step_failed" => {
+        Event::StepFailed(d) => {
             step.status = StepStatus::Failed;
             step.finished = Some(r.ts.clone());
-            step.summary = s(data, "error").into();
+            step.summary = d.error.clone();
         }
-        "traffic_stage"
-        | "traffic_stage_insync"
-        | "analysis"
-        | "traffic_returned"
-        | "traffic_ttl_restore"
-        | "ttl_wait"
-        | "panic" => {
-            if let Some(line) = crate::engine::ui::line(r) {
+        Event::Journal(
+            Journal::TrafficStage(_)
+            | Journal::TrafficStageInsync(_)
+            | Journal::Analysis(_)
+            | Journal::TrafficReturned(_)
+            | Journal::TrafficTtlRestore(_)
+            | Journal::TtlWait(_),
+        )
+        | Event::Panic(_) => {
+            if let Some(line) = event_line(event, &step.id, &r.hash) {
                 let text = line.trim().trim_start_matches(['→', '⚠', '…']).trim();
                 let text = text
                     .strip_prefix(&format!("{}:", step.id))
@@ -437,37 +415,29 @@ fn apply(step: &mut StepReport, r: &Record, approvals: &mut Vec<String>) {
                 step.events.push((r.ts.clone(), text.to_string()));
             }
         }
-        "rollback_step_completed" => {
+        Event::RollbackStepCompleted(d) => {
             step.rollback = Some(StepRollback {
                 at: r.ts.clone(),
-                restored: data
-                    .get("restored")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
+                restored: d
+                    .restored
+                    .iter()
                     .map(|x| RestoredRow {
-                        object: s(x, "object").into(),
-                        before: s(x, "before").into(),
-                        after: s(x, "after").into(),
-                        detail: s(x, "detail").into(),
+                        object: x.object.clone(),
+                        before: x.before.clone(),
+                        after: x.after.clone(),
+                        detail: x.detail.clone(),
                     })
                     .collect(),
                 error: None,
                 manual: Vec::new(),
             })
         }
-        "rollback_step_failed" => {
+        Event::RollbackStepFailed(d) => {
             step.rollback = Some(StepRollback {
                 at: r.ts.clone(),
                 restored: Vec::new(),
-                error: Some(s(data, "error").into()),
-                manual: data
-                    .get("manual")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|m| m.as_str().map(str::to_string))
-                    .collect(),
+                error: Some(d.error.clone()),
+                manual: d.manual.clone(),
             })
         }
         _ => {}

@@ -68,7 +68,7 @@ pub struct Sample {
 }
 
 /// The judgement of one window, recorded in the event log as the stage's evidence.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Verdict {
     /// Requests made.
     pub samples: u32,

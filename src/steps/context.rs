@@ -1,5 +1,6 @@
 //! What a step receives (`StepContext`) and returns (`Planned`, `StepError`).
 
+use super::journal::Journal;
 use crate::config::Environment;
 use crate::providers::Providers;
 use serde::{Deserialize, Serialize};
@@ -53,10 +54,10 @@ pub struct StepContext<'a> {
     pub root: &'a Path,
     /// Prints a progress line for a long wait (stderr on a terminal, an event with --output json).
     pub progress: &'a (dyn Fn(&str) + Send + Sync),
-    /// Appends a record `(event, data)` for this step to the event log and fsyncs it before
+    /// Appends a [`Journal`] record for this step to the event log and fsyncs it before
     /// returning: for intents and evidence inside a long step (a traffic stage about to be
-    /// submitted, an analysis verdict). Data must be non-secret.
-    pub journal: &'a (dyn Fn(&str, Value) -> Result<(), StepError> + Send + Sync),
+    /// submitted, an analysis verdict). Its fields must be non-secret.
+    pub journal: &'a (dyn Fn(Journal) -> Result<(), StepError> + Send + Sync),
     /// The panic flag file: while it exists, every safe point ([`StepContext::check_deadline`])
     /// stops the step. `None` during rollback, which a panic must not stop.
     pub panic_flag: Option<&'a Path>,

@@ -25,6 +25,7 @@ mod terraform_apply;
 mod wafv2_assert_association;
 
 pub mod context;
+pub mod journal;
 pub mod params;
 
 pub use context::{Change, Planned, Restored, StepContext, StepError};

@@ -17,6 +17,10 @@
 
 use super::analysis::Analysis;
 use super::dns::{cli_change, restore, sets_of, submit_and_wait};
+use super::journal::{
+    AnalysisRecord, Insync, Journal, OldAnswersExpired, TrafficReturned, TrafficStage, TtlRestore,
+    TtlWait,
+};
 use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::route53::{self as r53p, batch_json, fqdn, Alias, RecordChange, RecordSet};
 use crate::steps::context::Mode;
@@ -385,6 +389,13 @@ fn weights_text(p: &Params, new_weight: i64) -> String {
 }
 
 /// Puts all weight back on the old member after a failed stage; journals the batch first.
+/// Weight per set identifier when the new target has `new` percent (the old one the rest).
+fn weights(p: &Params, new: i64) -> std::collections::BTreeMap<String, i64> {
+    [(p.new_id.clone(), new), (p.old_id.clone(), 100 - new)]
+        .into_iter()
+        .collect()
+}
+
 async fn return_to_old(
     cx: &StepContext<'_>,
     p: &Params,
@@ -403,10 +414,12 @@ async fn return_to_old(
     if changes.is_empty() {
         return Ok(json!(null));
     }
-    (cx.journal)(
-        "traffic_returned",
-        json!({"stage": stage, "reason": why, "weights": {&p.new_id: 0, &p.old_id: 100}, "change_batch": batch_json(&changes)}),
-    )?;
+    (cx.journal)(Journal::TrafficReturned(TrafficReturned {
+        stage,
+        reason: why.to_string(),
+        weights: weights(p, 0),
+        change_batch: batch_json(&changes),
+    }))?;
     let id = r53p::submit(
         r53,
         zone,
@@ -422,10 +435,11 @@ async fn return_to_old(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let after = r53p::record_sets(r53, zone, &p.record, &p.rtype).await?;
-    (cx.journal)(
-        "traffic_returned_insync",
-        json!({"stage": stage, "change_id": id, "observed": after}),
-    )?;
+    (cx.journal)(Journal::TrafficReturnedInsync(Insync {
+        stage,
+        change_id: id.clone(),
+        observed: json!(after),
+    }))?;
     Ok(json!(id))
 }
 
@@ -620,10 +634,12 @@ impl StepKind for Route53Cutover {
                     cx.remaining().as_secs()
                 )));
             }
-            (cx.journal)(
-                "ttl_wait",
-                json!({"record": fqdn(&p.record), "previous_ttl": prev, "lowered_at": at, "wait_s": pending}),
-            )?;
+            (cx.journal)(Journal::TtlWait(TtlWait {
+                record: fqdn(&p.record),
+                previous_ttl: prev,
+                lowered_at: at.clone(),
+                wait_s: pending,
+            }))?;
             while pending > 0 {
                 cx.check_deadline("answers cached under the old TTL to expire")?;
                 (cx.progress)(&format!("waiting {pending}s more for answers cached under the old TTL ({prev}s) to expire"));
@@ -647,10 +663,12 @@ impl StepKind for Route53Cutover {
             if stage > current {
                 let changes = stage_changes(&p, &now, &shape, stage, ttl);
                 let batch = batch_json(&changes);
-                (cx.journal)(
-                    "traffic_stage",
-                    json!({"stage": i + 1, "of": n, "weights": {&p.new_id: stage, &p.old_id: 100 - stage}, "change_batch": batch}),
-                )?;
+                (cx.journal)(Journal::TrafficStage(TrafficStage {
+                    stage: i + 1,
+                    of: n,
+                    weights: weights(&p, stage),
+                    change_batch: batch.clone(),
+                }))?;
                 let submitted = submit_and_wait(
                     cx,
                     &r53,
@@ -667,10 +685,11 @@ impl StepKind for Route53Cutover {
                     }
                 };
                 now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
-                (cx.journal)(
-                    "traffic_stage_insync",
-                    json!({"stage": i + 1, "change_id": id, "observed": now}),
-                )?;
+                (cx.journal)(Journal::TrafficStageInsync(Insync {
+                    stage: i + 1,
+                    change_id: id.clone(),
+                    observed: json!(now),
+                }))?;
                 batches.push(batch);
                 shape = classify(&p, &now)?;
                 current = if matches!(shape, Shape::Simple(_)) {
@@ -687,10 +706,12 @@ impl StepKind for Route53Cutover {
                         return Err(e);
                     }
                 };
-                (cx.journal)(
-                    "analysis",
-                    json!({"stage": i + 1, "of": n, "url": a.url, "verdict": verdict}),
-                )?;
+                (cx.journal)(Journal::Analysis(AnalysisRecord {
+                    stage: i + 1,
+                    of: n,
+                    url: a.url.clone(),
+                    verdict: verdict.clone(),
+                }))?;
                 if !verdict.passed {
                     let why = format!("{name} analysis failed: {}", verdict.reasons.join("; "));
                     return_to_old(cx, &p, &r53, &zone, i + 1, &why).await?;
@@ -721,16 +742,16 @@ impl StepKind for Route53Cutover {
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            (cx.journal)("traffic_old_answers_expired", json!({"ttl": ttl}))?;
+            (cx.journal)(Journal::TrafficOldAnswersExpired(OldAnswersExpired { ttl }))?;
         }
         if let Some(restore) = p.restore_ttl {
             let raise = ttl_changes(&now, restore);
             if !raise.is_empty() {
                 let batch = batch_json(&raise);
-                (cx.journal)(
-                    "traffic_ttl_restore",
-                    json!({"ttl": restore, "change_batch": batch}),
-                )?;
+                (cx.journal)(Journal::TrafficTtlRestore(TtlRestore {
+                    ttl: restore,
+                    change_batch: batch.clone(),
+                }))?;
                 submit_and_wait(
                     cx,
                     &r53,

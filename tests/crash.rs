@@ -1,0 +1,404 @@
+//! Crash at every record: a rehearsal of the shop runbook (and a rollback after its flip) is
+//! killed with SIGKILL at one record after another, resumed each time, and must end in the same
+//! state as a clean run of the same runbook in another sandbox.
+//!
+//! The kill points come from the clean run's own log: one point after every record (type, step
+//! and occurrence within the step), and one before every record that follows a side effect
+//! (an apply's result, a verify's evidence, a change submitted before its INSYNC, a rollback
+//! step's undo, the end of the run). The engine's `CUTOVER_CRASH_AT` hook kills the process
+//! right before or right after that append (after: the record is fsynced and nothing after it
+//! happened; before: the work before it is done and unrecorded). The points are taken in the
+//! clean run's order by one chain of processes: the first `rehearse`, then one `resume` per
+//! point, each killed at its point; the last `resume` finishes the run.
+//!
+//! What "the same state" means: the DNS record sets of the environment, the Secrets of the shop
+//! namespace (keys, and which database each URL names), the Deployments' generations (one
+//! restart each, never two), both databases' table fingerprints, the replication objects and
+//! the frozen flags on both servers, the RDS snapshots; besides, no acknowledged heartbeat write
+//! missing, every step completed once, the log verifies. Values that differ between sandboxes
+//! by construction (run ids, account ids, ports, passwords) are named by role before comparing.
+//!
+//! Each test writes what it covered to `target/crash-report-<name>.txt` and prints it.
+
+mod common;
+
+use common::{heartbeat_without_loss, run_with_timeout, text, Sandbox};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+
+/// One kill point, as `CUTOVER_CRASH_AT` spells it.
+#[derive(Debug, Clone)]
+struct Point {
+    before: bool,
+    event: String,
+    step: Option<String>,
+    /// The traffic stage a journal record is about (a resumed `route53.cutover` continues from
+    /// the stage DNS shows, so its records are matched by stage, not counted).
+    stage: Option<u64>,
+    nth: usize,
+}
+
+impl Point {
+    fn spec(&self) -> String {
+        let when = if self.before { "before" } else { "after" };
+        let stage = self
+            .stage
+            .map(|s| format!("#stage={s}"))
+            .unwrap_or_default();
+        match &self.step {
+            Some(s) => format!("{when}:{}:{s}{stage}@{}", self.event, self.nth),
+            None => format!("{when}:{}{stage}@{}", self.event, self.nth),
+        }
+    }
+}
+
+/// Records whose preceding work is a side effect that is not yet on record: a point before each.
+const BEFORE: [&str; 6] = [
+    "step_applied",
+    "step_completed",
+    "traffic_stage_insync",
+    "traffic_returned_insync",
+    "rollback_step_completed",
+    "run_finished",
+];
+
+/// The kill points of a clean run's records from `from` on, in its order. A traffic stage's
+/// records are named by their stage; other step records count their occurrence within the step
+/// (a resumed process starts the step in flight afresh); records of no step are the first of
+/// their type in the process that appends them.
+fn points(records: &[Value], from: usize) -> Vec<Point> {
+    let mut out = Vec::new();
+    let mut within: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for r in &records[from..] {
+        let event = r["type"].as_str().unwrap().to_string();
+        let step = r["step"].as_str().map(str::to_string);
+        let stage = r["data"]["stage"].as_u64();
+        let nth = match &step {
+            _ if stage.is_some() => 1,
+            Some(s) => {
+                if event == "step_started" || event == "rollback_step_started" {
+                    within.retain(|(st, _), _| st != s);
+                }
+                let n = within.entry((s.clone(), event.clone())).or_insert(0);
+                *n += 1;
+                *n
+            }
+            None => 1,
+        };
+        // The TTL wait is journaled only while answers cached under the old TTL are pending; a
+        // process resumed after they expired has nothing to wait for, so the point cannot be
+        // reached by a resume (the first process covers it when it is the first point).
+        if event == "ttl_wait" && !out.is_empty() {
+            continue;
+        }
+        if BEFORE.contains(&event.as_str()) {
+            out.push(Point {
+                before: true,
+                event: event.clone(),
+                step: step.clone(),
+                stage,
+                nth,
+            });
+        }
+        out.push(Point {
+            before: false,
+            event,
+            step,
+            stage,
+            nth,
+        });
+    }
+    out
+}
+
+/// The state a run leaves, with sandbox-specific values named by role.
+fn end_state(
+    sb: &Sandbox,
+    run: &str,
+    legacy_url: &str,
+    legacy_value: &str,
+) -> BTreeMap<String, String> {
+    let records = sb.records(run);
+    let aws_value = records
+        .iter()
+        .find(|r| r["type"] == "step_started" && r["step"] == "dns")
+        .and_then(|r| r["data"]["params"]["to"].as_str())
+        .unwrap_or("(no dns step)")
+        .trim_end_matches('.')
+        .to_string();
+    let target_app = sb.var("CUTOVER_STAGING_TARGET_APP_DATABASE_URL");
+    let account = sb.state["accounts"]["staging"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let short = run.rsplit('-').next().unwrap().to_string();
+    let name = |v: &str| -> String {
+        let mut v = v.to_string();
+        for (real, role) in [
+            (target_app.as_str(), "TARGET_APP_URL"),
+            (legacy_url, "LEGACY_APP_URL"),
+            (legacy_value.trim_end_matches('.'), "LEGACY_HOST"),
+            (aws_value.as_str(), "AWS_HOST"),
+            (run, "RUN"),
+            (run.replace('-', "_").as_str(), "RUN"),
+            (short.as_str(), "RUN"),
+            (account.as_str(), "ACCOUNT"),
+        ] {
+            if !real.is_empty() {
+                v = v.replace(real, role);
+            }
+        }
+        v
+    };
+    let mut state = BTreeMap::new();
+    let mut dns: Vec<String> = sb.dns_records("staging").iter().map(|r| name(r)).collect();
+    dns.sort();
+    state.insert("dns".into(), dns.join("\n"));
+    let secrets = sb.kube_get("staging", "/api/v1/namespaces/shop/secrets");
+    let mut names: Vec<String> = Vec::new();
+    for s in secrets["items"].as_array().unwrap() {
+        let n = s["metadata"]["name"].as_str().unwrap();
+        let mut keys: Vec<String> = Vec::new();
+        for k in s["data"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let v = sb.secret_value("staging", n, &k).unwrap_or_default();
+            let shown = name(&v);
+            // A value that is no known URL is compared by presence only (it is a secret).
+            let shown = if shown == v {
+                "(other)".to_string()
+            } else {
+                shown
+            };
+            keys.push(format!("{k}={shown}"));
+        }
+        names.push(format!("{} {}", name(n), keys.join(",")));
+    }
+    names.sort();
+    state.insert("secrets".into(), names.join("\n"));
+    let deps = sb.kube_get("staging", "/apis/apps/v1/namespaces/shop/deployments");
+    let mut gens: Vec<String> = deps["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            format!(
+                "{} generation {}",
+                d["metadata"]["name"].as_str().unwrap(),
+                d["metadata"]["generation"]
+            )
+        })
+        .collect();
+    gens.sort();
+    state.insert("deployments".into(), gens.join("\n"));
+    for side in ["SOURCE", "TARGET"] {
+        let url = sb.var(&format!("CUTOVER_STAGING_{side}_DATABASE_URL"));
+        state.insert(
+            format!("{side} tables"),
+            format!("{:?}", sb.table_fingerprints(&url)),
+        );
+        let mut objects = Vec::new();
+        for q in [
+            "SELECT 'slot ' || slot_name FROM pg_replication_slots",
+            "SELECT 'publication ' || pubname FROM pg_publication",
+            "SELECT 'subscription ' || subname || ' enabled ' || subenabled FROM pg_subscription",
+            "SELECT 'setting ' || coalesce(d.datname, '*') || ' ' || array_to_string(s.setconfig, ',') FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase",
+            "SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname LIKE 'cutover%'",
+        ] {
+            for r in sb.sql(&url, q) {
+                objects.push(name(&r[0].clone().unwrap_or_default()));
+            }
+        }
+        objects.sort();
+        state.insert(format!("{side} objects"), objects.join("\n"));
+    }
+    let snapshots: Vec<String> = sb
+        .rds_snapshots("staging")
+        .iter()
+        .map(|s| name(s))
+        .collect();
+    state.insert("snapshots".into(), snapshots.join("\n"));
+    state
+}
+
+/// Per step: how often it completed (forward) and how often its rollback completed.
+fn completions(records: &[Value]) -> BTreeMap<String, (usize, usize)> {
+    let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for r in records {
+        let Some(step) = r["step"].as_str() else {
+            continue;
+        };
+        match r["type"].as_str().unwrap() {
+            "step_completed" | "step_skipped" => out.entry(step.into()).or_default().0 += 1,
+            "rollback_step_completed" => out.entry(step.into()).or_default().1 += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+struct Chain {
+    covered: Vec<String>,
+    exit: Option<i32>,
+}
+
+/// Runs `first` with the first point, then `resume` with each further point, until a process
+/// ends on its own (the run finished). Returns what was covered and the last exit code.
+fn crash_chain(sb: &Sandbox, first: &[&str], points: &[Point]) -> Chain {
+    let mut covered = Vec::new();
+    let mut run: Option<String> = None;
+    for p in points {
+        let spec = p.spec();
+        let mut cmd = match &run {
+            None => sb.command(first),
+            Some(r) => sb.command(&["resume", r]),
+        };
+        cmd.env("CUTOVER_CRASH_AT", &spec);
+        let out = run_with_timeout(cmd, 600);
+        if run.is_none() {
+            run = sb.run_ids().pop();
+        }
+        match out.status.signal() {
+            Some(9) => covered.push(spec),
+            _ => {
+                let rest: Vec<String> =
+                    points.iter().skip(covered.len()).map(Point::spec).collect();
+                panic!(
+                    "the process did not stop at {spec} (exit {:?}); not reached: {rest:?}\n{}",
+                    out.status.code(),
+                    text(&out)
+                );
+            }
+        }
+    }
+    let run = run.expect("a run was started");
+    let out = sb.cutover(&["resume", &run]);
+    Chain {
+        covered,
+        exit: out.status.code(),
+    }
+}
+
+fn report(name: &str, points: &[Point], chain: &Chain, clean: &[Value]) -> String {
+    let types: std::collections::BTreeSet<&str> =
+        clean.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    let before = points.iter().filter(|p| p.before).count();
+    let text = format!(
+        "{name}: {} kill points covered ({} after a record, {before} before one) over a clean run of {} records; record types covered: {}\n{}\n",
+        chain.covered.len(),
+        points.len() - before,
+        clean.len(),
+        types.into_iter().collect::<Vec<_>>().join(", "),
+        chain.covered.join("\n")
+    );
+    let path = common::repo().join(format!("target/crash-report-{name}.txt"));
+    let _ = std::fs::write(path, &text);
+    println!("{text}");
+    text
+}
+
+/// Starts a clean sandbox and a crash sandbox at once; runs `clean_args` in the first.
+fn two_sandboxes() -> (Sandbox, Sandbox) {
+    std::thread::scope(|s| {
+        let a = s.spawn(Sandbox::start);
+        let b = Sandbox::start();
+        (a.join().unwrap(), b)
+    })
+}
+
+fn assert_same_end(name: &str, clean: &Sandbox, crashed: &Sandbox, legacy: [(String, String); 2]) {
+    let clean_run = clean.run_ids().pop().unwrap();
+    let crash_run = crashed.run_ids().pop().unwrap();
+    let a = end_state(clean, &clean_run, &legacy[0].0, &legacy[0].1);
+    let b = end_state(crashed, &crash_run, &legacy[1].0, &legacy[1].1);
+    let shown: Vec<String> = a.iter().map(|(k, v)| format!("== {k}\n{v}")).collect();
+    let path = common::repo().join(format!("target/crash-report-{name}.txt"));
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.push_str(&format!(
+        "\nend state compared (clean run's, roles named):\n{}\n",
+        shown.join("\n")
+    ));
+    let _ = std::fs::write(&path, text);
+    for (k, v) in &a {
+        assert_eq!(Some(v), b.get(k), "{k} differs from the clean run's");
+    }
+    assert_eq!(a.len(), b.len());
+    let (ra, rb) = (clean.records(&clean_run), crashed.records(&crash_run));
+    assert_eq!(
+        completions(&ra),
+        completions(&rb),
+        "steps completed a different number of times"
+    );
+    heartbeat_without_loss(&rb);
+    assert_eq!(
+        crashed
+            .cutover(&["audit", "verify", &crash_run])
+            .status
+            .code(),
+        Some(0)
+    );
+    crashed.assert_no_secrets(&[]);
+}
+
+fn legacy_of(sb: &Sandbox) -> (String, String) {
+    (
+        sb.secret_value("staging", "shop-db", "DATABASE_URL")
+            .unwrap(),
+        sb.shop_record("staging"),
+    )
+}
+
+#[test]
+fn a_rehearsal_killed_at_every_record_and_resumed_ends_as_a_clean_one() {
+    let (clean, crashed) = two_sandboxes();
+    let legacy = [legacy_of(&clean), legacy_of(&crashed)];
+    let out = clean.cutover(&["rehearse", "staging"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let clean_records = clean.records(&clean.run_ids().pop().unwrap());
+    let points = points(&clean_records, 0);
+    let chain = crash_chain(&crashed, &["rehearse", "staging"], &points);
+    assert_eq!(chain.exit, Some(0), "the resumed rehearsal did not succeed");
+    report("rehearsal", &points, &chain, &clean_records);
+    assert_eq!(chain.covered.len(), points.len());
+    assert_same_end("rehearsal", &clean, &crashed, legacy);
+}
+
+#[test]
+fn a_rollback_after_the_flip_killed_at_every_record_and_resumed_ends_as_a_clean_one() {
+    let (clean, crashed) = two_sandboxes();
+    let legacy = [legacy_of(&clean), legacy_of(&crashed)];
+    let shop = std::fs::read_to_string(common::repo().join("runbooks/shop-cutover.yaml")).unwrap();
+    let failing = shop.replace(
+        "{ id: health, kind: http.check, with: { url: \"{{ tf.app_url }}/healthz\"",
+        "{ id: health, kind: http.check, with: { url: \"http://127.0.0.1:9/healthz\"",
+    );
+    assert_ne!(failing, shop);
+    let runbooks = [
+        clean.extra_runbook("shop-cutover-failing-health", &failing),
+        crashed.extra_runbook("shop-cutover-failing-health", &failing),
+    ];
+    let out = clean.cutover(&["rehearse", "staging", "--runbook", &runbooks[0]]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let clean_records = clean.records(&clean.run_ids().pop().unwrap());
+    let from = clean_records
+        .iter()
+        .position(|r| r["type"] == "rollback_started")
+        .expect("the clean run rolled back");
+    let points = points(&clean_records, from);
+    let chain = crash_chain(
+        &crashed,
+        &["rehearse", "staging", "--runbook", &runbooks[1]],
+        &points,
+    );
+    assert_eq!(
+        chain.exit,
+        Some(1),
+        "the resumed rollback did not end rolled back"
+    );
+    report("rollback", &points, &chain, &clean_records[from..]);
+    assert_eq!(chain.covered.len(), points.len());
+    assert_same_end("rollback", &clean, &crashed, legacy);
+}
