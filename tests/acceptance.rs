@@ -45,7 +45,7 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
         let declared = cutover::steps::lookup(kind).unwrap().outputs();
         for key in applied["data"]["outputs"].as_object().unwrap().keys() {
             assert!(
-                declared.contains(&key.as_str()) || key == cutover::steps::SUMMARY_OUTPUT,
+                declared.contains(key) || key == cutover::steps::SUMMARY_OUTPUT,
                 "{kind} returned output `{key}` it does not declare ({declared:?})"
             );
         }

@@ -1007,11 +1007,11 @@ mod tests {
         fn undo(&self) -> &'static str {
             "a fake undo"
         }
-        fn params(&self) -> &'static [ParamSpec] {
-            &[]
+        fn params(&self) -> Vec<ParamSpec> {
+            Vec::new()
         }
-        fn outputs(&self) -> &'static [&'static str] {
-            &[]
+        fn output_specs(&self) -> Vec<ParamSpec> {
+            Vec::new()
         }
         async fn plan(&self, _cx: &StepContext) -> Result<Planned, StepError> {
             match self {

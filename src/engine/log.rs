@@ -157,8 +157,10 @@ pub fn read_verified(path: &Path) -> Result<Vec<Record>, LogError> {
 /// `<field>=<value>` a top-level field of the record's data and its JSON text (`stage=2`: a
 /// resumed step that continues from where it stood is matched by what the record is about, not
 /// by its count) and `<n>` the 1-based occurrence among this process's matching appends (1 when
-/// absent). Unset, it costs one `OnceLock` read per append. A malformed value is ignored (it
-/// never reaches a user: it exists for the test).
+/// absent). Several points may be given, separated by `,`: the process dies at the first one
+/// it meets, after writing `cutover: crash point <point>` to stderr (the test learns which).
+/// Unset, it costs one `OnceLock` read per append. A malformed point is ignored (it never
+/// reaches a user: it exists for the test).
 pub mod crash {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
@@ -217,32 +219,38 @@ pub mod crash {
         })
     }
 
-    static POINT: OnceLock<Option<Point>> = OnceLock::new();
-    static SEEN: AtomicU64 = AtomicU64::new(0);
+    /// The configured points, each with its text and how often it matched so far.
+    static POINTS: OnceLock<Vec<(Point, String, AtomicU64)>> = OnceLock::new();
 
-    /// Kills the process when `(when, event, step)` is the configured point's `nth` occurrence.
+    /// Kills the process when `(when, event, step, data)` is the `nth` match of a configured
+    /// point.
     pub fn at(when: When, event: &str, step: Option<&str>, data: &serde_json::Value) {
-        let point = POINT.get_or_init(|| {
+        let points = POINTS.get_or_init(|| {
             std::env::var("CUTOVER_CRASH_AT")
-                .ok()
-                .and_then(|t| parse(&t))
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|t| parse(t).map(|p| (p, t.to_string(), AtomicU64::new(0))))
+                .collect()
         });
-        let Some(p) = point else { return };
-        if p.when != when || p.event != event {
-            return;
-        }
-        if p.step.is_some() && p.step.as_deref() != step {
-            return;
-        }
-        if let Some((k, v)) = &p.field {
-            if data.get(k).map(|x| x.to_string()).as_deref() != Some(v.as_str()) {
-                return;
+        for (p, text, seen) in points {
+            if p.when != when || p.event != event {
+                continue;
             }
-        }
-        if SEEN.fetch_add(1, Ordering::Relaxed) + 1 == p.nth {
-            // SAFETY: kill(2) on our own pid with a valid signal number has no memory effects.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
+            if p.step.is_some() && p.step.as_deref() != step {
+                continue;
+            }
+            if let Some((k, v)) = &p.field {
+                if data.get(k).map(|x| x.to_string()).as_deref() != Some(v.as_str()) {
+                    continue;
+                }
+            }
+            if seen.fetch_add(1, Ordering::Relaxed) + 1 == p.nth {
+                eprintln!("cutover: crash point {text}");
+                // SAFETY: kill(2) on our own pid with a valid signal number has no memory
+                // effects.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
             }
         }
     }

@@ -366,7 +366,10 @@ fn check_reference(
                         return Some(format!("`{r}`: use steps.{id}.outputs.<name>"));
                     }
                     match parts.get(3) {
-                        Some(o) if !kind.outputs().contains(o) && *o != steps::SUMMARY_OUTPUT => {
+                        Some(o)
+                            if !kind.outputs().iter().any(|x| x == o)
+                                && *o != steps::SUMMARY_OUTPUT =>
+                        {
                             Some(format!(
                                 "undefined variable `{r}`: {} has outputs {}",
                                 kind.name(),

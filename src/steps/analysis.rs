@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// An `analysis:` block of a step's parameters.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Analysis {
     /// URL to GET on the new target (directly, not through the record being moved).
@@ -22,6 +22,7 @@ pub struct Analysis {
     pub samples: u32,
     /// Pause between requests (default 1s).
     #[serde(default = "default_interval", with = "super::duration_text")]
+    #[schemars(with = "String")]
     pub interval: Duration,
     /// Minimum share of answers with `expect_status`, in percent (default 100).
     #[serde(default = "default_rate")]

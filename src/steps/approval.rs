@@ -5,7 +5,7 @@
 //!
 //! The step changes nothing in the world and has nothing to undo.
 
-use super::{parse_params, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, Planned, StepContext, StepError, StepKind};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -15,18 +15,27 @@ use std::time::Duration;
 /// The `approval` kind.
 pub struct Approval;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// What the approver confirms, shown in the prompt and the audit.
     #[serde(default)]
     message: Option<String>,
 }
 
-const PARAMS: &[ParamSpec] = &[ParamSpec {
-    name: "message",
-    required: false,
-    doc: "what the approver confirms, shown in the prompt and the audit",
-}];
+/// What `approval` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// Who approved (`$USER` at a terminal; the CI actor with `--approve`).
+    approver: String,
+    /// How: `terminal` or `--approve`.
+    via: String,
+    /// When, RFC 3339.
+    approved_at: String,
+    /// The step's `message`, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
 
 /// Who approves in CI: `CUTOVER_APPROVER`, `GITHUB_ACTOR`, `GITLAB_USER_LOGIN`, `BUILD_REQUESTEDFOR`
 /// (Azure Pipelines), `USER`, the first set; `unknown` otherwise.
@@ -77,15 +86,7 @@ impl StepKind for Approval {
     fn undo(&self) -> &'static str {
         "Nothing to undo: an approval changes nothing"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["approver", "via", "approved_at"]
-    }
+    super::typed_io!(Params, Outputs);
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(3600)
     }
@@ -151,17 +152,16 @@ impl StepKind for Approval {
             )));
         };
         allowed(cx, &who)?;
-        let mut out = Map::new();
+        let mut out = super::outputs_map(&Outputs {
+            approver: who.clone(),
+            via: via.to_string(),
+            approved_at: chrono::Utc::now().to_rfc3339(),
+            message: p.message,
+        });
         out.insert(
-            "summary".into(),
+            super::SUMMARY_OUTPUT.into(),
             json!(format!("approved by {who} ({via})")),
         );
-        out.insert("approver".into(), json!(who));
-        out.insert("via".into(), json!(via));
-        out.insert("approved_at".into(), json!(chrono::Utc::now().to_rfc3339()));
-        if let Some(m) = p.message {
-            out.insert("message".into(), json!(m));
-        }
         Ok(out)
     }
 }

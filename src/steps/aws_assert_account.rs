@@ -2,12 +2,26 @@
 //! environment's account id. The engine makes the same check before the first step of every run;
 //! this step records the identity as evidence at the point the runbook names.
 
-use super::{Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{Change, Planned, StepContext, StepError, StepKind};
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 /// The `aws.assert_account` kind.
 pub struct AssertAccount;
+
+/// `with:` takes nothing.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Params {}
+
+/// What `aws.assert_account` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// The account STS reports.
+    account_id: String,
+    /// The assumed role's ARN, as STS reports it.
+    caller_arn: String,
+}
 
 #[async_trait]
 impl StepKind for AssertAccount {
@@ -21,12 +35,7 @@ impl StepKind for AssertAccount {
     fn undo(&self) -> &'static str {
         "Nothing to undo: the check is read-only"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        &[]
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["account_id", "caller_arn"]
-    }
+    super::typed_io!(Params, Outputs);
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let s = cx.providers.aws().await?;
@@ -37,12 +46,10 @@ impl StepKind for AssertAccount {
                 format!("STS reports {} as {}", s.account_id, s.caller_arn),
             )],
             before: Value::Null,
-            predicted: [
-                ("account_id".to_string(), json!(s.account_id)),
-                ("caller_arn".to_string(), json!(s.caller_arn)),
-            ]
-            .into_iter()
-            .collect(),
+            predicted: super::outputs_map(&Outputs {
+                account_id: s.account_id.clone(),
+                caller_arn: s.caller_arn.clone(),
+            }),
         })
     }
 
@@ -58,11 +65,12 @@ impl StepKind for AssertAccount {
                 cx.env.aws.account_id, s.account_id
             )));
         }
-        let mut out = Map::new();
-        out.insert("account_id".into(), json!(s.account_id));
-        out.insert("caller_arn".into(), json!(s.caller_arn));
+        let mut out = super::outputs_map(&Outputs {
+            account_id: s.account_id.clone(),
+            caller_arn: s.caller_arn.clone(),
+        });
         out.insert(
-            "summary".into(),
+            super::SUMMARY_OUTPUT.into(),
             json!(format!("account {} ({})", s.account_id, s.caller_arn)),
         );
         Ok(out)

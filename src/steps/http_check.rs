@@ -2,7 +2,7 @@
 //! a row have the expected status; fails at the step's deadline (no answer is a failure, never a
 //! pass).
 
-use super::{parse_params, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, Planned, StepContext, StepError, StepKind};
 use crate::providers::http::{client, probe};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -12,15 +12,20 @@ use std::time::Duration;
 /// The `http.check` kind.
 pub struct HttpCheck;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// URL to GET.
     url: String,
+    /// HTTP status that counts as healthy (default 200).
     #[serde(default = "default_status")]
     expect_status: u16,
+    /// Healthy answers needed in a row (default 3).
     #[serde(default = "default_consecutive")]
     consecutive: u32,
+    /// Pause between requests, e.g. 1s (default 1s).
     #[serde(default = "default_interval", with = "super::duration_text")]
+    #[schemars(with = "String")]
     interval: Duration,
 }
 
@@ -34,28 +39,18 @@ fn default_interval() -> Duration {
     Duration::from_secs(1)
 }
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "url",
-        required: true,
-        doc: "URL to GET",
-    },
-    ParamSpec {
-        name: "expect_status",
-        required: false,
-        doc: "HTTP status that counts as healthy (default 200)",
-    },
-    ParamSpec {
-        name: "consecutive",
-        required: false,
-        doc: "healthy answers needed in a row (default 3)",
-    },
-    ParamSpec {
-        name: "interval",
-        required: false,
-        doc: "pause between requests, e.g. 1s (default 1s)",
-    },
-];
+/// What `http.check` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// The URL probed.
+    url: String,
+    /// Requests made.
+    attempts: u32,
+    /// Healthy answers in a row at the end.
+    passes: u32,
+    /// The last answer's HTTP status (`null` when it did not answer).
+    last_status: Option<u16>,
+}
 
 #[async_trait]
 impl StepKind for HttpCheck {
@@ -69,15 +64,7 @@ impl StepKind for HttpCheck {
     fn undo(&self) -> &'static str {
         "Nothing to undo: the check is read-only"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["url", "attempts", "passes", "last_status"]
-    }
+    super::typed_io!(Params, Outputs);
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(60)
     }
@@ -118,13 +105,14 @@ impl StepKind for HttpCheck {
             }
             if streak >= p.consecutive.max(1) {
                 latencies.sort_unstable();
-                let mut out = Map::new();
-                out.insert("url".into(), json!(p.url));
-                out.insert("attempts".into(), json!(attempts));
-                out.insert("passes".into(), json!(streak));
-                out.insert("last_status".into(), json!(r.status));
+                let mut out = super::outputs_map(&Outputs {
+                    url: p.url.clone(),
+                    attempts,
+                    passes: streak,
+                    last_status: r.status,
+                });
                 out.insert(
-                    "summary".into(),
+                    super::SUMMARY_OUTPUT.into(),
                     json!(format!(
                         "{streak} × {} in a row from {} (max {} ms)",
                         p.expect_status,

@@ -6,7 +6,7 @@
 //! appear only as fingerprints. Each restart is marked with `cutover.dev/restarted-for` on the pod
 //! template, so a resumed run never restarts a Deployment twice for the same step.
 
-use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::kube::{is_conflict, is_not_found, kube_err};
 use crate::secret::fingerprint;
 use async_trait::async_trait;
@@ -22,38 +22,19 @@ use std::time::Duration;
 /// The `k8s.flip_secret` kind.
 pub struct FlipSecret;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Namespace of the Secret and Deployments.
     namespace: String,
+    /// Name of the Secret.
     secret: String,
+    /// Keys to set, e.g. DATABASE_URL (values may be secrets).
     data: BTreeMap<String, String>,
+    /// Workloads to restart, as deployment/<name>.
     #[serde(default)]
     restart: Vec<String>,
 }
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "namespace",
-        required: true,
-        doc: "namespace of the Secret and Deployments",
-    },
-    ParamSpec {
-        name: "secret",
-        required: true,
-        doc: "name of the Secret",
-    },
-    ParamSpec {
-        name: "data",
-        required: true,
-        doc: "keys to set, e.g. DATABASE_URL (values may be secrets)",
-    },
-    ParamSpec {
-        name: "restart",
-        required: false,
-        doc: "workloads to restart, as deployment/<name>",
-    },
-];
 
 const RESTART_MARK: &str = "cutover.dev/restarted-for";
 
@@ -219,6 +200,17 @@ async fn wait_rollouts(
     Ok(evidence)
 }
 
+/// What `k8s.flip_secret` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// The backup Secret holding the values before the flip (`null` when nothing changed).
+    backup: Option<String>,
+    /// The keys whose value changed.
+    changed_keys: Vec<String>,
+    /// The Deployments restarted (`deployment/NAME`).
+    restarted: Vec<String>,
+}
+
 #[async_trait]
 impl StepKind for FlipSecret {
     fn name(&self) -> &'static str {
@@ -231,15 +223,7 @@ impl StepKind for FlipSecret {
     fn undo(&self) -> &'static str {
         "Put the backup Secret's values back into the Secret and restart the same Deployments; the backup Secret is kept"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["backup", "changed_keys", "restarted"]
-    }
+    super::typed_io!(Params, Outputs);
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let p: Params = parse_params(&cx.params)?;
@@ -295,10 +279,11 @@ impl StepKind for FlipSecret {
             .iter()
             .map(|(k, v)| (k.clone(), json!(fingerprint(v))))
             .collect();
-        let mut predicted = Map::new();
-        predicted.insert("backup".into(), json!(backup_name(&p.secret, cx.run_id)));
-        predicted.insert("changed_keys".into(), json!(changed));
-        predicted.insert("restarted".into(), json!(names));
+        let predicted = super::outputs_map(&Outputs {
+            backup: Some(backup_name(&p.secret, cx.run_id)),
+            changed_keys: changed.clone(),
+            restarted: names.clone(),
+        });
         Ok(Planned {
             changes,
             before: json!({"keys": keys}),
@@ -368,19 +353,13 @@ impl StepKind for FlipSecret {
                 }
             }
         }
-        let mut out = Map::new();
+        let mut out = super::outputs_map(&Outputs {
+            backup: (!changed.is_empty() || have_backup).then(|| backup.clone()),
+            changed_keys: changed.clone(),
+            restarted,
+        });
         out.insert(
-            "backup".into(),
-            if !changed.is_empty() || have_backup {
-                json!(backup)
-            } else {
-                Value::Null
-            },
-        );
-        out.insert("changed_keys".into(), json!(changed));
-        out.insert("restarted".into(), json!(restarted));
-        out.insert(
-            "summary".into(),
+            super::SUMMARY_OUTPUT.into(),
             json!(if changed.is_empty() && !have_backup {
                 format!("secret {}/{} already up to date", p.namespace, p.secret)
             } else {

@@ -34,15 +34,45 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
-/// A parameter a kind accepts under `with:`.
-#[derive(Debug, Clone, Copy)]
+/// A parameter a kind accepts under `with:` (or an output it returns), read from the JSON
+/// Schema of the kind's typed `Params` (or `Outputs`) by [`params::specs`]: the type is the
+/// single source of the name, whether it is required and its doc comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamSpec {
-    /// Key under `with:`.
-    pub name: &'static str,
-    /// Whether the step is invalid without it.
+    /// Key under `with:` (or under `steps.<id>.outputs`).
+    pub name: String,
+    /// Whether the step is invalid without it (for an output: always returned).
     pub required: bool,
-    /// One sentence, with unit where there is one.
-    pub doc: &'static str,
+    /// The field's doc comment: one sentence, with unit where there is one.
+    pub doc: String,
+}
+
+/// Implements [`StepKind::params`], [`StepKind::literal_problems`] and [`StepKind::output_specs`]
+/// from a kind's typed `Params` and `Outputs` (both `JsonSchema`), inside its `impl StepKind`.
+macro_rules! typed_io {
+    ($params:ty, $outputs:ty) => {
+        fn params(&self) -> Vec<$crate::steps::ParamSpec> {
+            $crate::steps::params::specs::<$params>()
+        }
+        fn literal_problems(
+            &self,
+            params: &serde_json::Map<String, serde_json::Value>,
+        ) -> Vec<$crate::steps::params::ParamProblem> {
+            $crate::steps::params::literal_problems::<$params>(&self.params(), params)
+        }
+        fn output_specs(&self) -> Vec<$crate::steps::ParamSpec> {
+            $crate::steps::params::specs::<$outputs>()
+        }
+    };
+}
+pub(crate) use typed_io;
+
+/// A kind's typed outputs as the map `apply` returns (and the event log records).
+pub fn outputs_map<T: serde::Serialize>(outputs: &T) -> Map<String, Value> {
+    match serde_json::to_value(outputs) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
 }
 
 /// The output key any kind may return besides its declared [`StepKind::outputs`]: the step's
@@ -61,11 +91,16 @@ pub trait StepKind: Send + Sync {
     fn purpose(&self) -> &'static str;
     /// One sentence: what `rollback` does (shown in rendered procedures).
     fn undo(&self) -> &'static str;
-    /// Parameters under `with:`.
-    fn params(&self) -> &'static [ParamSpec];
-    /// Names of the outputs `apply` returns, referable as `steps.<id>.outputs.<name>`: every
-    /// key `apply` may return, besides [`SUMMARY_OUTPUT`], which any kind may return.
-    fn outputs(&self) -> &'static [&'static str];
+    /// Parameters under `with:`, from the kind's typed `Params` ([`typed_io`]).
+    fn params(&self) -> Vec<ParamSpec>;
+    /// The outputs `apply` returns, referable as `steps.<id>.outputs.<name>`: the fields of
+    /// the kind's typed `Outputs` ([`typed_io`]), besides [`SUMMARY_OUTPUT`], which any kind
+    /// may return.
+    fn output_specs(&self) -> Vec<ParamSpec>;
+    /// The names of [`StepKind::output_specs`].
+    fn outputs(&self) -> Vec<String> {
+        self.output_specs().into_iter().map(|s| s.name).collect()
+    }
     /// Deadline for apply + verify when the step sets no `timeout`.
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(300)
@@ -74,7 +109,7 @@ pub trait StepKind: Send + Sync {
     /// Static checks of the unrendered parameters; no I/O. The default checks unknown and
     /// missing parameters against [`StepKind::params`]. Returns one message per problem.
     fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
-        check_param_names(self.params(), params)
+        check_param_names(&self.params(), params)
     }
 
     /// The literal values of `params` parsed into the kind's typed `Params` (see
@@ -196,7 +231,7 @@ pub fn kind_names() -> Vec<&'static str> {
 /// missing required key.
 pub fn check_param_names(specs: &[ParamSpec], params: &Map<String, Value>) -> Vec<String> {
     let mut out = Vec::new();
-    let valid: Vec<&str> = specs.iter().map(|s| s.name).collect();
+    let valid: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     for key in params.keys() {
         if !valid.contains(&key.as_str()) {
             let list = if valid.is_empty() {
@@ -208,7 +243,7 @@ pub fn check_param_names(specs: &[ParamSpec], params: &Map<String, Value>) -> Ve
         }
     }
     for s in specs.iter().filter(|s| s.required) {
-        if !params.contains_key(s.name) {
+        if !params.contains_key(&s.name) {
             out.push(format!("missing required parameter `{}`", s.name));
         }
     }
@@ -308,11 +343,27 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_documents_every_parameter_and_output() {
+        for k in registry() {
+            for (what, specs) in [("parameter", k.params()), ("output", k.output_specs())] {
+                for s in specs {
+                    assert!(
+                        !s.doc.trim().is_empty(),
+                        "{} {what} `{}` has no doc comment",
+                        k.name(),
+                        s.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn param_check_lists_valid_choices() {
         let specs = [ParamSpec {
-            name: "url",
+            name: "url".into(),
             required: true,
-            doc: "",
+            doc: String::new(),
         }];
         let mut p = Map::new();
         p.insert("uri".into(), Value::from("x"));

@@ -59,6 +59,35 @@ fn slot<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
     }
 }
 
+/// The fields of `T`'s JSON Schema (schemars) as specs: each property's name, whether it is
+/// required (no `#[serde(default)]`, not an `Option`) and its doc comment. Properties come in
+/// name order.
+pub fn specs<T: schemars::JsonSchema>() -> Vec<super::ParamSpec> {
+    let schema = schemars::schema_for!(T);
+    let v = schema.as_value();
+    let required: Vec<&str> = v
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    v.get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(name, p)| super::ParamSpec {
+            name: name.clone(),
+            required: required.contains(&name.as_str()),
+            doc: p
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .replace('\n', " "),
+        })
+        .collect()
+}
+
 /// The field serde says is missing (`missing field `x``), to probe it and move on.
 fn missing_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("missing field `")?;
@@ -165,19 +194,22 @@ mod tests {
     use serde::Deserialize;
 
     #[allow(dead_code)]
-    #[derive(Deserialize)]
+    #[derive(Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     struct Window {
         samples: u32,
         #[serde(default, with = "crate::steps::duration_text")]
+        #[schemars(with = "String")]
         interval: std::time::Duration,
     }
 
     #[allow(dead_code)]
-    #[derive(Deserialize)]
+    #[derive(Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     struct P {
+        /// The URL probed.
         url: String,
+        /// Parallel workers.
         #[serde(default)]
         jobs: Option<u32>,
         #[serde(default)]
@@ -187,16 +219,21 @@ mod tests {
     }
 
     fn problems(yaml: serde_json::Value) -> Vec<(String, String)> {
-        let specs =
-            ["url", "jobs", "max_lag_bytes", "analysis"].map(|name| super::super::ParamSpec {
-                name,
-                required: name == "url",
-                doc: "",
-            });
-        literal_problems::<P>(&specs, yaml.as_object().unwrap())
+        literal_problems::<P>(&specs::<P>(), yaml.as_object().unwrap())
             .into_iter()
             .map(|p| (p.path.join("."), p.message))
             .collect()
+    }
+
+    #[test]
+    fn specs_come_from_the_type_names_required_fields_and_doc_comments() {
+        let s = specs::<P>();
+        let names: Vec<&str> = s.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["analysis", "jobs", "max_lag_bytes", "url"]);
+        let url = s.iter().find(|p| p.name == "url").unwrap();
+        assert!(url.required);
+        assert_eq!(url.doc, "The URL probed.");
+        assert!(!s.iter().find(|p| p.name == "jobs").unwrap().required);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! of the cutover run can no longer carry the target's writes back: the step says so in its plan.
 //! Nothing to undo: what it drops is not recreated.
 
-use super::{Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use super::{Change, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::postgres::{ident, pg, replication};
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
@@ -18,7 +18,19 @@ use std::collections::BTreeMap;
 /// The `postgres.decommission` kind.
 pub struct Decommission;
 
-const PARAMS: &[ParamSpec] = &[];
+/// `with:` takes nothing.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Params {}
+
+/// What `postgres.decommission` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// Each object dropped, as `slot NAME (side)`, `subscription NAME (side)`, ...
+    dropped: Vec<String>,
+    /// WAL the dropped slots retained, in bytes.
+    retained_bytes_freed: i64,
+}
 
 /// The cutover objects of this database on one server.
 #[derive(Debug, Default)]
@@ -81,12 +93,7 @@ impl StepKind for Decommission {
     fn undo(&self) -> &'static str {
         "Nothing to undo: the fallback is not recreated (a later rollback of the cutover run no longer carries the target's writes back)"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["dropped", "retained_bytes_freed"]
-    }
+    super::typed_io!(Params, Outputs);
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let pre = prefix(cx);
@@ -166,20 +173,19 @@ impl StepKind for Decommission {
                 dropped.push(format!("publication {p} ({side})"));
             }
         }
-        let mut out = Map::new();
-        out.insert(
-            "summary".into(),
-            json!(if dropped.is_empty() {
-                format!("no replication object {pre}* left on either server")
-            } else {
-                format!(
-                    "dropped {}; {freed} bytes of retained WAL freed",
-                    dropped.join(", ")
-                )
-            }),
-        );
-        out.insert("dropped".into(), json!(dropped));
-        out.insert("retained_bytes_freed".into(), json!(freed));
+        let summary = if dropped.is_empty() {
+            format!("no replication object {pre}* left on either server")
+        } else {
+            format!(
+                "dropped {}; {freed} bytes of retained WAL freed",
+                dropped.join(", ")
+            )
+        };
+        let mut out = super::outputs_map(&Outputs {
+            dropped,
+            retained_bytes_freed: freed,
+        });
+        out.insert(super::SUMMARY_OUTPUT.into(), json!(summary));
         Ok(out)
     }
 

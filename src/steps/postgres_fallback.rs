@@ -25,7 +25,7 @@ use super::postgres_freeze_writes::application_roles;
 use super::postgres_replicate::{names, run_name};
 use super::postgres_verify::tracking_slot;
 use super::postgres_wait_lag::wait_confirmed;
-use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::postgres::{
     catalog, changes, ident, literal, pg, replication, roles, ConnParts,
 };
@@ -37,15 +37,19 @@ use std::time::Duration;
 /// The `postgres.fallback` kind.
 pub struct Fallback;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// True (default): the source subscribes to the target from the flip, so a rollback loses nothing; false: no fallback, and a rollback after the target took writes refuses (exit 4).
     #[serde(default = "yes")]
     replication: bool,
+    /// On rollback, values added to each target sequence's last_value before it is set on the source (default 1000).
     #[serde(default = "default_margin")]
     margin: i64,
+    /// The forward publication, as postgres.replicate names it (default cutover_<database>_<run>).
     #[serde(default)]
     publication: Option<String>,
+    /// The forward subscription / slot, as postgres.replicate names it (default cutover_<database>_<run>).
     #[serde(default)]
     subscription: Option<String>,
 }
@@ -56,13 +60,6 @@ fn yes() -> bool {
 fn default_margin() -> i64 {
     1000
 }
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "replication", required: false, doc: "true (default): the source subscribes to the target from the flip, so a rollback loses nothing; false: no fallback, and a rollback after the target took writes refuses (exit 4)" },
-    ParamSpec { name: "margin", required: false, doc: "on rollback, values added to each target sequence's last_value before it is set on the source (default 1000)" },
-    ParamSpec { name: "publication", required: false, doc: "the forward publication, as postgres.replicate names it (default cutover_<database>_<run>)" },
-    ParamSpec { name: "subscription", required: false, doc: "the forward subscription / slot, as postgres.replicate names it (default cutover_<database>_<run>)" },
-];
 
 /// The fallback publication, slot and subscription of this run: `<run name>_fb`.
 pub(super) fn fallback_name(cx: &StepContext) -> String {
@@ -94,6 +91,22 @@ async fn target_writes(target: &tokio_postgres::Client) -> Result<i64, StepError
         .get(0))
 }
 
+/// What `postgres.fallback` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// The fallback's publication, slot and subscription name (`null` with `replication: false`).
+    fallback: Option<String>,
+    /// The target's WAL position the fallback starts from (the flip).
+    flip_lsn: String,
+    /// Whether the forward subscription was retired by this run.
+    forward_retired: bool,
+    /// The application roles opened for writes on the target.
+    roles_opened: Vec<String>,
+    /// The target's write count when it opened (the rollback checks the fallback carried every
+    /// later one).
+    target_writes_at_open: i64,
+}
+
 #[async_trait]
 impl StepKind for Fallback {
     fn name(&self) -> &'static str {
@@ -105,21 +118,7 @@ impl StepKind for Fallback {
     fn undo(&self) -> &'static str {
         "Freeze the application on the target, let the legacy database apply the target's last LSN, carry sequences back, drop the fallback replication (with replication: false, refuse when the target took writes)"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &[
-            "fallback",
-            "flip_lsn",
-            "forward_retired",
-            "roles_opened",
-            "target_writes_at_open",
-        ]
-    }
+    super::typed_io!(Params, Outputs);
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(120)
     }
@@ -225,8 +224,7 @@ impl StepKind for Fallback {
                 .await
                 .map_err(|e| pg("source", e))?;
         }
-        let mut out = Map::new();
-        if p.replication {
+        let (fallback, flip_lsn) = if p.replication {
             replication::create_publication(&target, "target", &fb, &tables).await?;
             let flip_lsn = changes::create_slot(&target, "target", &fb).await?;
             if !replication::has_subscription(&source, "source", &fb).await? {
@@ -249,28 +247,26 @@ impl StepKind for Fallback {
                     .await
                     .map_err(|e| pg("source", e))?;
             }
-            out.insert("fallback".into(), json!(fb));
-            out.insert("flip_lsn".into(), json!(flip_lsn));
+            (Some(fb.clone()), flip_lsn)
         } else {
-            out.insert("fallback".into(), Value::Null);
-            out.insert(
-                "flip_lsn".into(),
-                json!(replication::current_lsn(&target, "target").await?),
-            );
-        }
+            (None, replication::current_lsn(&target, "target").await?)
+        };
         let app = target_roles(&source, &target).await?;
-        out.insert(
-            "target_writes_at_open".into(),
-            json!(target_writes(&target).await?),
-        );
+        let target_writes_at_open = target_writes(&target).await?;
         roles::unfreeze(&target, "target", &tdb, &app).await?;
-        out.insert("forward_retired".into(), json!(retired));
-        out.insert("roles_opened".into(), json!(app));
-        out.insert("summary".into(), json!(if p.replication {
-            format!("forward replication {sub} retired; the legacy database subscribes to the target from {} through {fb}; role(s) {} may write on the target", out["flip_lsn"].as_str().unwrap_or(""), app.join(", "))
+        let summary = if p.replication {
+            format!("forward replication {sub} retired; the legacy database subscribes to the target from {flip_lsn} through {fb}; role(s) {} may write on the target", app.join(", "))
         } else {
             format!("forward replication {sub} retired; NO fallback replication; role(s) {} may write on the target", app.join(", "))
-        }));
+        };
+        let mut out = super::outputs_map(&Outputs {
+            fallback,
+            flip_lsn,
+            forward_retired: retired,
+            roles_opened: app,
+            target_writes_at_open,
+        });
+        out.insert(super::SUMMARY_OUTPUT.into(), json!(summary));
         Ok(out)
     }
 

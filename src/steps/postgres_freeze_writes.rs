@@ -14,7 +14,7 @@
 //!
 //! Rollback unfreezes the roles this run froze (not those read-only before the run).
 
-use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::postgres::{catalog, replication, roles, ConnParts};
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
@@ -22,27 +22,16 @@ use serde_json::{json, Map, Value};
 /// The `postgres.freeze_writes` kind.
 pub struct FreezeWrites;
 
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// A file (relative to the project root) whose existence holds the run before the freeze until it is removed.
     #[serde(default)]
     postpone_flag: Option<String>,
+    /// The application's roles to freeze (default: every login role that may write a replicated table, never superusers, replication roles or the admin role).
     #[serde(default)]
     roles: Option<Vec<String>>,
 }
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "postpone_flag",
-        required: false,
-        doc: "a file (relative to the project root) whose existence holds the run before the freeze until it is removed",
-    },
-    ParamSpec {
-        name: "roles",
-        required: false,
-        doc: "the application's roles to freeze (default: every login role that may write a replicated table, never superusers, replication roles or the admin role)",
-    },
-];
 
 /// Waits while the postpone flag exists; returns how long the run was held, in seconds.
 async fn hold_while_postponed(cx: &StepContext<'_>, flag: &std::path::Path) -> f64 {
@@ -82,6 +71,19 @@ fn source_db(cx: &StepContext) -> Result<String, StepError> {
     Ok(ConnParts::parse(&cx.providers.source_url()?, "source")?.dbname)
 }
 
+/// What `postgres.freeze_writes` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// The application roles made read-only on the source.
+    roles: Vec<String>,
+    /// Their sessions terminated (they reconnect read-only).
+    terminated: u64,
+    /// The source's WAL position right after the freeze: the target must reach it.
+    lsn: String,
+    /// Seconds the postpone flag held the run before the freeze.
+    postponed_seconds: f64,
+}
+
 #[async_trait]
 impl StepKind for FreezeWrites {
     fn name(&self) -> &'static str {
@@ -94,15 +96,7 @@ impl StepKind for FreezeWrites {
     fn undo(&self) -> &'static str {
         "Make the application's roles writable again on the legacy database (those this run froze)"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["roles", "terminated", "lsn", "postponed_seconds"]
-    }
+    super::typed_io!(Params, Outputs);
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let db = source_db(cx)?;
@@ -177,16 +171,14 @@ impl StepKind for FreezeWrites {
         }
         let terminated = roles::freeze(&source, "source", &db, &wanted).await?;
         let lsn = replication::current_lsn(&source, "source").await?;
-        let mut out = Map::new();
-        out.insert("roles".into(), json!(wanted));
-        out.insert("terminated".into(), json!(terminated));
-        out.insert("lsn".into(), json!(lsn));
+        let mut out = super::outputs_map(&Outputs {
+            roles: wanted.clone(),
+            terminated,
+            lsn: lsn.clone(),
+            postponed_seconds: (postponed * 10.0).round() / 10.0,
+        });
         out.insert(
-            "postponed_seconds".into(),
-            json!((postponed * 10.0).round() / 10.0),
-        );
-        out.insert(
-            "summary".into(),
+            super::SUMMARY_OUTPUT.into(),
             json!(format!(
                 "role(s) {} read-only in {db} at LSN {lsn}; {terminated} session(s) terminated",
                 wanted.join(", ")

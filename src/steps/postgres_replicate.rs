@@ -15,7 +15,7 @@
 //! releases the snapshot. The target's copied rows stay: the target is not live before the flip,
 //! and after it they may hold acknowledged writes.
 
-use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::postgres::catalog::{Table, STATE_SCHEMA};
 use crate::providers::postgres::preflight::{self, Needs};
 use crate::providers::postgres::snapshot;
@@ -29,23 +29,31 @@ use std::time::{Duration, Instant};
 /// The `postgres.replicate` kind.
 pub struct Replicate;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Publication name on the source (default cutover_<database>_<run>, the run id's suffix).
     #[serde(default)]
     publication: Option<String>,
+    /// Subscription and replication slot name (default cutover_<database>_<run>, the run id's suffix).
     #[serde(default)]
     subscription: Option<String>,
+    /// Parallel COPY workers (default 4).
     #[serde(default = "default_jobs")]
     jobs: usize,
+    /// Tables with a single integer key and more rows than this (planner estimate) are copied in key-range chunks of about this many rows (default 250000).
     #[serde(default = "default_chunk_rows")]
     chunk_rows: i64,
+    /// Limit of the whole copy in MB/s (10^6 bytes of COPY text per second; default none).
     #[serde(default)]
     rate_limit_mb: Option<f64>,
+    /// A source transaction open longer than this many seconds fails the preflight (default 300).
     #[serde(default = "default_max_transaction_age")]
     max_transaction_age: i64,
+    /// Non-production only: when the target's tables hold an earlier rehearsal's copy (and no fallback subscription of a run is live on the source), drop those tables (their owned sequences with them) and copy schema and rows again (default false); e.g. "{{ env.tier != 'production' }}".
     #[serde(default, deserialize_with = "super::rendered::flag")]
     reset_target: bool,
+    /// The runbook keeps a fallback replication (postgres.fallback): the target must have wal_level = logical (default true).
     #[serde(default = "yes")]
     fallback: bool,
 }
@@ -63,17 +71,6 @@ fn default_chunk_rows() -> i64 {
 fn default_max_transaction_age() -> i64 {
     300
 }
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "publication", required: false, doc: "publication name on the source (default cutover_<database>_<run>, the run id's suffix)" },
-    ParamSpec { name: "subscription", required: false, doc: "subscription and replication slot name (default cutover_<database>_<run>, the run id's suffix)" },
-    ParamSpec { name: "jobs", required: false, doc: "parallel COPY workers (default 4)" },
-    ParamSpec { name: "chunk_rows", required: false, doc: "tables with a single integer key and more rows than this (planner estimate) are copied in key-range chunks of about this many rows (default 250000)" },
-    ParamSpec { name: "rate_limit_mb", required: false, doc: "limit of the whole copy in MB/s (10^6 bytes of COPY text per second; default none)" },
-    ParamSpec { name: "reset_target", required: false, doc: "non-production only: when the target's tables hold an earlier rehearsal's copy (and no fallback subscription of a run is live on the source), drop those tables (their owned sequences with them) and copy schema and rows again (default false); e.g. \"{{ env.tier != 'production' }}\"" },
-    ParamSpec { name: "fallback", required: false, doc: "the runbook keeps a fallback replication (postgres.fallback): the target must have wal_level = logical (default true)" },
-    ParamSpec { name: "max_transaction_age", required: false, doc: "a source transaction open longer than this many seconds fails the preflight (default 300)" },
-];
 
 /// The name this run gives its replication objects when the runbook names none:
 /// `cutover_<database>_<run>`, where `<run>` is the run id's random suffix, so that a run only
@@ -237,6 +234,73 @@ fn problems_error(problems: &[String]) -> StepError {
     ))
 }
 
+/// What `postgres.replicate` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// The publication on the source.
+    publication: String,
+    /// The subscription on the target.
+    subscription: String,
+    /// The replication slot on the source (named as the subscription).
+    slot: String,
+    /// The source database, `user@host:port/db` (no password).
+    source: String,
+    /// The target database, likewise.
+    target: String,
+    /// Tables replicated.
+    tables: usize,
+    /// The application roles kept read-only on the target until the flip.
+    target_frozen_roles: Vec<String>,
+    /// The slot's consistent point: the copy's snapshot, replication's start (absent when the
+    /// subscription existed already).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consistent_lsn: Option<String>,
+    /// The copy's figures (absent when the subscription existed already).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    copied: Option<Copied>,
+}
+
+/// The figures of [`Outputs`]' copy.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Copied {
+    /// Chunks the tables were split into.
+    chunks: usize,
+    /// Chunks this attempt copied.
+    chunks_copied: usize,
+    /// Chunks an earlier attempt had copied (not copied again).
+    chunks_resumed: usize,
+    /// Rows copied.
+    rows_copied: u64,
+    /// Bytes copied (COPY text).
+    bytes_copied: u64,
+    /// Wall time of the copy, in seconds.
+    copy_seconds: f64,
+    /// Per table: rows, bytes and chunks.
+    copy: Map<String, Value>,
+}
+
+impl Outputs {
+    fn new(publication: &str, subscription: &str, source: String, target: String) -> Outputs {
+        Outputs {
+            publication: publication.to_string(),
+            subscription: subscription.to_string(),
+            slot: subscription.to_string(),
+            source,
+            target,
+            tables: 0,
+            target_frozen_roles: Vec::new(),
+            consistent_lsn: None,
+            copied: None,
+        }
+    }
+
+    fn with_summary(self, summary: String) -> Map<String, Value> {
+        let mut m = super::outputs_map(&self);
+        m.insert(super::SUMMARY_OUTPUT.into(), json!(summary));
+        m
+    }
+}
+
 #[async_trait]
 impl StepKind for Replicate {
     fn name(&self) -> &'static str {
@@ -249,36 +313,12 @@ impl StepKind for Replicate {
     fn undo(&self) -> &'static str {
         "Drop the subscription, the publication and the replication slot this run created; the copied tables stay on the target for inspection"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &[
-            "publication",
-            "subscription",
-            "slot",
-            "tables",
-            "source",
-            "target",
-            "consistent_lsn",
-            "chunks",
-            "chunks_copied",
-            "chunks_resumed",
-            "rows_copied",
-            "bytes_copied",
-            "copy_seconds",
-            "copy",
-            "target_frozen_roles",
-        ]
-    }
+    super::typed_io!(Params, Outputs);
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(6 * 3600)
     }
     fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
-        let mut out = super::check_param_names(PARAMS, params);
+        let mut out = super::check_param_names(&self.params(), params);
         if let Some(j) = params.get("jobs").and_then(Value::as_i64) {
             if !(1..=64).contains(&j) {
                 out.push(format!("jobs {j} is not between 1 and 64"));
@@ -373,13 +413,10 @@ impl StepKind for Replicate {
                 p.rate_limit_mb.map(|r| format!(", limited to {r} MB/s")).unwrap_or_default()
             )));
         }
-        let mut predicted = Map::new();
-        predicted.insert("publication".into(), json!(publ));
-        predicted.insert("subscription".into(), json!(sub));
-        predicted.insert("slot".into(), json!(sub));
-        predicted.insert("tables".into(), json!(report.source_tables.len()));
-        predicted.insert("source".into(), json!(sp.display()));
-        predicted.insert("target".into(), json!(tp.display()));
+        let predicted = super::outputs_map(&Outputs {
+            tables: report.source_tables.len(),
+            ..Outputs::new(&publ, &sub, sp.display(), tp.display())
+        });
         let app = super::postgres_freeze_writes::application_roles(&source, None).await?;
         let on_target = roles::existing(&target, "target", &app).await?;
         let frozen = roles::frozen(&target, "target", &tp.dbname).await?;
@@ -410,30 +447,18 @@ impl StepKind for Replicate {
         let tp = ConnParts::parse(&target_url, "target")?;
         let source = cx.providers.source().await?;
         let target = cx.providers.target().await?;
-        let mut out = Map::new();
-        out.insert("publication".into(), json!(publ));
-        out.insert("subscription".into(), json!(sub));
-        out.insert("slot".into(), json!(sub));
-        out.insert("source".into(), json!(sp.display()));
-        out.insert("target".into(), json!(tp.display()));
+        let mut out = Outputs::new(&publ, &sub, sp.display(), tp.display());
 
         if exists(&target, "target", SUB_SQL, &sub).await? {
             // A crash after the subscription was created: the copy is done.
-            out.insert(
-                "target_frozen_roles".into(),
-                json!(freeze_target(&source, &target, &tp.dbname).await?),
-            );
+            out.target_frozen_roles = freeze_target(&source, &target, &tp.dbname).await?;
             let tables = crate::providers::postgres::catalog::tables(&source, "source").await?;
-            out.insert("tables".into(), json!(tables.len()));
+            out.tables = tables.len();
             let _ = target
                 .batch_execute(&format!("DROP SCHEMA IF EXISTS {STATE_SCHEMA} CASCADE"))
                 .await;
             snapshot::release(&hold_file(cx));
-            out.insert(
-                "summary".into(),
-                json!(format!("subscription {sub} already replicating")),
-            );
-            return Ok(out);
+            return Ok(out.with_summary(format!("subscription {sub} already replicating")));
         }
 
         let mut state = copy::load_state(&target).await?;
@@ -473,12 +498,9 @@ impl StepKind for Replicate {
         }
         // Only now, with the target known not to be live: until the flip it takes writes from
         // replication only.
-        out.insert(
-            "target_frozen_roles".into(),
-            json!(freeze_target(&source, &target, &tp.dbname).await?),
-        );
+        out.target_frozen_roles = freeze_target(&source, &target, &tp.dbname).await?;
         let tables: Vec<Table> = report.source_tables;
-        out.insert("tables".into(), json!(tables.len()));
+        out.tables = tables.len();
 
         let state = match state {
             Some(s) => s,
@@ -541,7 +563,7 @@ impl StepKind for Replicate {
                 }
             }
         };
-        out.insert("consistent_lsn".into(), json!(state.slot.consistent_lsn));
+        out.consistent_lsn = Some(state.slot.consistent_lsn.clone());
 
         let started = Instant::now();
         let (all, done_before) = copy::progress(&target).await?;
@@ -648,23 +670,21 @@ impl StepKind for Replicate {
 
         let rows: u64 = done_all.iter().map(|d| d.rows).sum();
         let bytes: u64 = done_all.iter().map(|d| d.bytes).sum();
-        out.insert("chunks".into(), json!(all.len()));
-        out.insert("chunks_copied".into(), json!(copied.len()));
-        out.insert("chunks_resumed".into(), json!(done_before.len()));
-        out.insert("rows_copied".into(), json!(rows));
-        out.insert("bytes_copied".into(), json!(bytes));
-        out.insert(
-            "copy_seconds".into(),
-            json!((copy_seconds * 1000.0).round() / 1000.0),
-        );
-        out.insert("copy".into(), Value::Object(per_table));
-        out.insert("summary".into(), json!(format!(
+        out.copied = Some(Copied {
+            chunks: all.len(),
+            chunks_copied: copied.len(),
+            chunks_resumed: done_before.len(),
+            rows_copied: rows,
+            bytes_copied: bytes,
+            copy_seconds: (copy_seconds * 1000.0).round() / 1000.0,
+            copy: per_table,
+        });
+        Ok(out.with_summary(format!(
             "{} tables, {rows} rows ({}) copied in {} chunks{} with {} job(s); replicating through {sub} from {}",
             tables.len(), fmt_mb(bytes), all.len(),
             if done_before.is_empty() { String::new() } else { format!(" ({} resumed)", done_before.len()) },
             p.jobs, state.slot.consistent_lsn
-        )));
-        Ok(out)
+        )))
     }
 
     async fn verify(

@@ -2,7 +2,7 @@
 //! freeze each target sequence is set to the source's `last_value` plus a safety margin, so the
 //! first insert on the target cannot collide with a replicated key.
 
-use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, Change, Planned, StepContext, StepError, StepKind};
 use crate::providers::postgres::replication::{advance, sequences, to_advance as wanted};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -11,18 +11,21 @@ use serde_json::{json, Map, Value};
 /// The `postgres.sync_sequences` kind.
 pub struct SyncSequences;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Values added to each source `last_value` (default 0).
     #[serde(default)]
     margin: i64,
 }
 
-const PARAMS: &[ParamSpec] = &[ParamSpec {
-    name: "margin",
-    required: false,
-    doc: "values added to each source last_value (default 0)",
-}];
+/// What `postgres.sync_sequences` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// Every target sequence (`schema.name`) and its `last_value` after the step (`null`: never
+    /// used).
+    sequences: std::collections::BTreeMap<String, Option<i64>>,
+}
 
 #[async_trait]
 impl StepKind for SyncSequences {
@@ -36,15 +39,7 @@ impl StepKind for SyncSequences {
     fn undo(&self) -> &'static str {
         "Nothing to undo: sequences only move forward, and a higher value is harmless"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["sequences"]
-    }
+    super::typed_io!(Params, Outputs);
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let p: Params = parse_params(&cx.params)?;
@@ -95,10 +90,9 @@ impl StepKind for SyncSequences {
         let todo = wanted(&src, &tgt, p.margin);
         advance(&target, "target", &todo).await?;
         let after = sequences(&target, "target").await?;
-        let mut out = Map::new();
-        out.insert("sequences".into(), json!(after));
+        let mut out = super::outputs_map(&Outputs { sequences: after });
         out.insert(
-            "summary".into(),
+            super::SUMMARY_OUTPUT.into(),
             json!(format!(
                 "{} of {} sequences advanced (margin {})",
                 todo.len(),

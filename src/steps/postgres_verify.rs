@@ -18,7 +18,7 @@
 //! change-tracking slot; `postgres.fallback` drops it when the forward replication retires.
 
 use super::postgres_replicate::{names, run_name};
-use super::{parse_params, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use super::{parse_params, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::postgres::catalog::{self, Table};
 use crate::providers::postgres::{changes, checksum, replication};
 use async_trait::async_trait;
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 pub struct Verify;
 
 /// What the step compares.
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 enum Method {
     /// Row counts and hash sums of every chunk (before the freeze).
@@ -42,19 +42,25 @@ enum Method {
     ChangedSincePrepass,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Checksum (row count and hash sum per key-range chunk, default) or count (row counts only), both before the freeze; changed-since-prepass inside the window (only rows changed since the pre-freeze pass, by key).
     #[serde(default)]
     method: Method,
+    /// Parallel connection pairs (default 2).
     #[serde(default = "default_jobs")]
     jobs: usize,
+    /// Rows per compared chunk (default 50000).
     #[serde(default = "default_chunk_rows")]
     chunk_rows: i64,
+    /// Differing keys named per table at most (default 20).
     #[serde(default = "default_max_keys")]
     max_keys: usize,
+    /// The forward publication, as postgres.replicate names it (default cutover_<database>_<run>).
     #[serde(default)]
     publication: Option<String>,
+    /// The forward subscription / slot, as postgres.replicate names it (default cutover_<database>_<run>).
     #[serde(default)]
     subscription: Option<String>,
 }
@@ -70,15 +76,6 @@ fn default_max_keys() -> usize {
 }
 
 const METHODS: &[&str] = &["checksum", "count", "changed-since-prepass"];
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "method", required: false, doc: "checksum (row count and hash sum per key-range chunk, default) or count (row counts only), both before the freeze; changed-since-prepass inside the window (only rows changed since the pre-freeze pass, by key)" },
-    ParamSpec { name: "jobs", required: false, doc: "parallel connection pairs (default 2)" },
-    ParamSpec { name: "chunk_rows", required: false, doc: "rows per compared chunk (default 50000)" },
-    ParamSpec { name: "max_keys", required: false, doc: "differing keys named per table at most (default 20)" },
-    ParamSpec { name: "publication", required: false, doc: "the forward publication, as postgres.replicate names it (default cutover_<database>_<run>)" },
-    ParamSpec { name: "subscription", required: false, doc: "the forward subscription / slot, as postgres.replicate names it (default cutover_<database>_<run>)" },
-];
 
 /// Rows that differ after a pass: per table, the keys.
 type Differing = Vec<(usize, Vec<Vec<String>>)>;
@@ -165,6 +162,49 @@ fn keys_in_table_order(t: &Table, tc: &changes::TableChanges) -> Option<Vec<Vec<
     )
 }
 
+/// What `postgres.verify` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// `checksum`, `count` or `changed-since-prepass`.
+    method: String,
+    /// Per table: rows and chunks compared, and whether they were equal.
+    tables: Map<String, Value>,
+    /// The change-tracking slot whose changes the window's check reads.
+    tracking_slot: String,
+    /// The figures of a pass over every row (`checksum`, `count`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pass: Option<Pass>,
+    /// The figures of the check inside the window (`changed-since-prepass`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    window: Option<Window>,
+}
+
+/// [`Outputs`] of a pass over every row.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Pass {
+    /// Rows compared.
+    rows: i64,
+    /// Chunks compared.
+    chunks: usize,
+    /// Rows compared per second.
+    rows_per_second: f64,
+    /// The source position from which changes are tracked.
+    tracking_from_lsn: String,
+    /// Rows read again, by key, after the target caught up.
+    rechecked_rows: usize,
+}
+
+/// [`Outputs`] of the check inside the window.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Window {
+    /// Changes decoded since the pass.
+    changes: u64,
+    /// Rows compared by key.
+    rows_compared: usize,
+    /// Tables compared whole (no usable key for their changes).
+    tables_compared_whole: Vec<String>,
+}
+
 #[async_trait]
 impl StepKind for Verify {
     fn name(&self) -> &'static str {
@@ -177,32 +217,12 @@ impl StepKind for Verify {
     fn undo(&self) -> &'static str {
         "Drop the change-tracking slot the pre-freeze pass created; the comparison itself is read-only"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &[
-            "method",
-            "tables",
-            "rows",
-            "chunks",
-            "rows_per_second",
-            "tracking_slot",
-            "tracking_from_lsn",
-            "rechecked_rows",
-            "changes",
-            "rows_compared",
-            "tables_compared_whole",
-        ]
-    }
+    super::typed_io!(Params, Outputs);
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(1800)
     }
     fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
-        let mut out = super::check_param_names(PARAMS, params);
+        let mut out = super::check_param_names(&self.params(), params);
         if let Some(m) = params.get("method").and_then(Value::as_str) {
             if !METHODS.contains(&m) {
                 out.push(format!(
@@ -427,24 +447,26 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
     } else {
         0.0
     };
-    let mut out = Map::new();
-    out.insert(
-        "method".into(),
-        json!(if p.method == Method::Count {
+    let mut out = super::outputs_map(&Outputs {
+        method: if p.method == Method::Count {
             "count"
         } else {
             "checksum"
+        }
+        .to_string(),
+        tables: out_tables,
+        tracking_slot: track.clone(),
+        pass: Some(Pass {
+            rows,
+            chunks,
+            rows_per_second: rate,
+            tracking_from_lsn: from.clone(),
+            rechecked_rows: rechecked,
         }),
-    );
-    out.insert("tables".into(), Value::Object(out_tables));
-    out.insert("rows".into(), json!(rows));
-    out.insert("chunks".into(), json!(chunks));
-    out.insert("rows_per_second".into(), json!(rate));
-    out.insert("tracking_slot".into(), json!(track));
-    out.insert("tracking_from_lsn".into(), json!(from));
-    out.insert("rechecked_rows".into(), json!(rechecked));
+        window: None,
+    });
     out.insert(
-        "summary".into(),
+        super::SUMMARY_OUTPUT.into(),
         json!(format!(
             "before the freeze: {} tables, {rows} rows in {chunks} chunks equal on both sides ({secs:.2} s, {rechecked} row(s) read again after the target caught up); rows changed from {from} are tracked by {track}",
             results.len()
@@ -584,15 +606,19 @@ async fn changed_since_prepass(
         )));
     }
     let secs = started.elapsed().as_secs_f64();
-    let mut out = Map::new();
-    out.insert("method".into(), json!("changed-since-prepass"));
-    out.insert("tables".into(), Value::Object(out_tables));
-    out.insert("tracking_slot".into(), json!(track));
-    out.insert("changes".into(), json!(set.changes));
-    out.insert("rows_compared".into(), json!(compared));
-    out.insert("tables_compared_whole".into(), json!(whole));
+    let mut out = super::outputs_map(&Outputs {
+        method: "changed-since-prepass".into(),
+        tables: out_tables,
+        tracking_slot: track.clone(),
+        pass: None,
+        window: Some(Window {
+            changes: set.changes,
+            rows_compared: compared,
+            tables_compared_whole: whole,
+        }),
+    });
     out.insert(
-        "summary".into(),
+        super::SUMMARY_OUTPUT.into(),
         json!(format!(
             "inside the window: {compared} row(s) changed since the pre-freeze pass ({} change(s) in {} table(s)) equal on both sides by key ({secs:.3} s); rows not changed since were not read",
             set.changes,

@@ -11,7 +11,7 @@
 //! second while waiting.
 
 use super::postgres_replicate::names;
-use super::{parse_params, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, Planned, StepContext, StepError, StepKind};
 use crate::providers::postgres::{pg, replication};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -21,28 +21,16 @@ use std::time::{Duration, Instant};
 /// The `postgres.wait_lag` kind.
 pub struct WaitLag;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// Bytes of WAL; a count, so never negative.
     #[serde(default)]
     max_lag_bytes: u64,
+    /// Subscription / replication slot name (default cutover_<database>_<run>, the run id's suffix).
     #[serde(default)]
     subscription: Option<String>,
 }
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "max_lag_bytes",
-        required: false,
-        doc: "largest acceptable lag in bytes of WAL (default 0)",
-    },
-    ParamSpec {
-        name: "subscription",
-        required: false,
-        doc: "subscription / replication slot name (default cutover_<database>_<run>, the run id's suffix)",
-    },
-];
 
 /// `(current WAL LSN, slot's confirmed_flush_lsn, lag in bytes)`; lag is `None` without a slot.
 async fn lag(
@@ -60,6 +48,19 @@ async fn lag(
     Ok((row.get(0), row.get(1), row.get(2)))
 }
 
+/// What `postgres.wait_lag` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// The source's WAL position the target had to reach.
+    lsn: String,
+    /// The subscription's confirmed flush position on the source slot.
+    confirmed_flush_lsn: Option<String>,
+    /// WAL between the two, in bytes.
+    lag_bytes: i64,
+    /// Time waited, in milliseconds.
+    waited_ms: u64,
+}
+
 #[async_trait]
 impl StepKind for WaitLag {
     fn name(&self) -> &'static str {
@@ -72,15 +73,7 @@ impl StepKind for WaitLag {
     fn undo(&self) -> &'static str {
         "Nothing to undo: the wait is read-only"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["lsn", "confirmed_flush_lsn", "lag_bytes", "waited_ms"]
-    }
+    super::typed_io!(Params, Outputs);
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(600)
     }
@@ -124,16 +117,14 @@ impl StepKind for WaitLag {
             };
             let (confirmed, behind) = row;
             if behind <= i64::try_from(p.max_lag_bytes).unwrap_or(i64::MAX) {
-                let mut out = Map::new();
-                out.insert("lsn".into(), json!(goal));
-                out.insert("confirmed_flush_lsn".into(), json!(confirmed));
-                out.insert("lag_bytes".into(), json!(behind.max(0)));
+                let mut out = super::outputs_map(&Outputs {
+                    lsn: goal.clone(),
+                    confirmed_flush_lsn: confirmed.clone(),
+                    lag_bytes: behind.max(0),
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
                 out.insert(
-                    "waited_ms".into(),
-                    json!(started.elapsed().as_millis() as u64),
-                );
-                out.insert(
-                    "summary".into(),
+                    super::SUMMARY_OUTPUT.into(),
                     json!(format!(
                         "target confirmed {} ≥ {goal} (lag {} bytes)",
                         confirmed.unwrap_or_default(),

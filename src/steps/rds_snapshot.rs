@@ -2,7 +2,7 @@
 //! until `available`. Idempotent by snapshot identifier (derived from the run id). Rollback keeps
 //! the snapshot: it is evidence and a restore point, never removed by the tool.
 
-use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, Change, Planned, StepContext, StepError, StepKind};
 use crate::providers::aws::err;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -12,26 +12,24 @@ use std::time::Duration;
 /// The `rds.snapshot` kind.
 pub struct RdsSnapshot;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// DB instance identifier.
     instance: String,
+    /// Snapshot identifier (default cutover-<run id>-<instance>).
     #[serde(default)]
     snapshot: Option<String>,
 }
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "instance",
-        required: true,
-        doc: "DB instance identifier",
-    },
-    ParamSpec {
-        name: "snapshot",
-        required: false,
-        doc: "snapshot identifier (default cutover-<run id>-<instance>)",
-    },
-];
+/// What `rds.snapshot` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// The snapshot's identifier.
+    snapshot_id: String,
+    /// The DB instance snapshotted.
+    instance: String,
+}
 
 fn snapshot_id(cx: &StepContext, p: &Params) -> String {
     p.snapshot.clone().unwrap_or_else(|| {
@@ -90,15 +88,7 @@ impl StepKind for RdsSnapshot {
     fn undo(&self) -> &'static str {
         "The snapshot is kept as the restore point; nothing is deleted"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["snapshot_id", "instance"]
-    }
+    super::typed_io!(Params, Outputs);
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(3600)
     }
@@ -124,12 +114,10 @@ impl StepKind for RdsSnapshot {
                 format!("of instance {}", p.instance),
             )],
         };
-        let predicted = [
-            ("snapshot_id".to_string(), json!(id)),
-            ("instance".to_string(), json!(p.instance)),
-        ]
-        .into_iter()
-        .collect();
+        let predicted = super::outputs_map(&Outputs {
+            snapshot_id: id,
+            instance: p.instance.clone(),
+        });
         Ok(Planned {
             changes,
             before: Value::Null,
@@ -159,10 +147,10 @@ impl StepKind for RdsSnapshot {
                 .await
                 .map_err(|e| err("rds:CreateDBSnapshot", e))?;
         }
-        let mut out = Map::new();
-        out.insert("snapshot_id".into(), json!(id));
-        out.insert("instance".into(), json!(p.instance));
-        Ok(out)
+        Ok(super::outputs_map(&Outputs {
+            snapshot_id: id,
+            instance: p.instance,
+        }))
     }
 
     async fn verify(

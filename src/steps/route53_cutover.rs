@@ -21,7 +21,7 @@ use super::journal::{
     AnalysisRecord, Insync, Journal, OldAnswersExpired, TrafficReturned, TrafficStage, TtlRestore,
     TtlWait,
 };
-use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::route53::{self as r53p, batch_json, fqdn, Alias, RecordChange, RecordSet};
 use crate::steps::context::Mode;
 use async_trait::async_trait;
@@ -32,41 +32,57 @@ use std::time::Duration;
 /// The `route53.cutover` kind.
 pub struct Route53Cutover;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Record name, e.g. shop.staging.example.com.
     record: String,
+    /// The new target: a DNS name (CNAME, alias) or an address (A/AAAA).
     to: String,
+    /// Record type: CNAME (default), A or AAAA.
     #[serde(default = "default_type", rename = "type")]
     rtype: String,
+    /// Make the new member an alias record: {hosted_zone_id, evaluate_target_health (default true)}; type A or AAAA.
     #[serde(default)]
     alias: Option<AliasParams>,
+    /// Percent of traffic on the new target per stage, ascending, ending at 100 (default [100]).
     #[serde(default = "default_stages")]
     stages: Vec<i64>,
+    /// TTL in seconds of the weighted records while traffic moves (default: the record's current TTL).
     #[serde(default, deserialize_with = "super::rendered::opt_int")]
     ttl: Option<i64>,
+    /// TTL in seconds set after the last stage passed (default: leave it).
     #[serde(default, deserialize_with = "super::rendered::opt_int")]
     restore_ttl: Option<i64>,
+    /// RFC 3339 time the TTL was lowered (route53.set_ttl's lowered_at).
     #[serde(default, deserialize_with = "super::rendered::opt_text")]
     ttl_lowered_at: Option<String>,
+    /// The TTL in seconds before it was lowered (route53.set_ttl's previous_ttl).
     #[serde(default, deserialize_with = "super::rendered::opt_int")]
     previous_ttl: Option<i64>,
+    /// When the old TTL has not yet elapsed since the lowering: refuse (default) or wait.
     #[serde(default = "default_pending")]
     on_ttl_pending: String,
+    /// HTTP analysis after each stage: {url, samples, interval, min_success_rate, max_p95_ms, consecutive, expect_status}; required with more than one stage.
     #[serde(default)]
     analysis: Option<Analysis>,
+    /// Set identifier of the old target's weighted record (default legacy).
     #[serde(default = "default_old_id")]
     old_id: String,
+    /// Set identifier of the new target's weighted record (default aws).
     #[serde(default = "default_new_id")]
     new_id: String,
+    /// After the last stage, wait one stage TTL (seconds) so that no resolver still holds an answer naming the old target before the step completes (default false); put it before a database window so no user meets a frozen legacy database.
     #[serde(default)]
     wait_old_answers: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct AliasParams {
+    /// The hosted zone of the alias target (the load balancer's canonical zone).
     hosted_zone_id: String,
+    /// Whether Route 53 evaluates the target's health (default true).
     #[serde(default = "yes")]
     evaluate_target_health: bool,
 }
@@ -92,23 +108,6 @@ fn yes() -> bool {
 
 const TYPES: &[&str] = &["CNAME", "A", "AAAA"];
 const PENDING: &[&str] = &["refuse", "wait"];
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "record", required: true, doc: "record name, e.g. shop.staging.example.com" },
-    ParamSpec { name: "to", required: true, doc: "the new target: a DNS name (CNAME, alias) or an address (A/AAAA)" },
-    ParamSpec { name: "type", required: false, doc: "record type: CNAME (default), A or AAAA" },
-    ParamSpec { name: "alias", required: false, doc: "make the new member an alias record: {hosted_zone_id, evaluate_target_health (default true)}; type A or AAAA" },
-    ParamSpec { name: "stages", required: false, doc: "percent of traffic on the new target per stage, ascending, ending at 100 (default [100])" },
-    ParamSpec { name: "ttl", required: false, doc: "TTL in seconds of the weighted records while traffic moves (default: the record's current TTL)" },
-    ParamSpec { name: "wait_old_answers", required: false, doc: "after the last stage, wait one stage TTL (seconds) so that no resolver still holds an answer naming the old target before the step completes (default false); put it before a database window so no user meets a frozen legacy database" },
-    ParamSpec { name: "restore_ttl", required: false, doc: "TTL in seconds set after the last stage passed (default: leave it)" },
-    ParamSpec { name: "ttl_lowered_at", required: false, doc: "RFC 3339 time the TTL was lowered (route53.set_ttl's lowered_at)" },
-    ParamSpec { name: "previous_ttl", required: false, doc: "the TTL in seconds before it was lowered (route53.set_ttl's previous_ttl)" },
-    ParamSpec { name: "on_ttl_pending", required: false, doc: "when the old TTL has not yet elapsed since the lowering: refuse (default) or wait" },
-    ParamSpec { name: "analysis", required: false, doc: "HTTP analysis after each stage: {url, samples, interval, min_success_rate, max_p95_ms, consecutive, expect_status}; required with more than one stage" },
-    ParamSpec { name: "old_id", required: false, doc: "set identifier of the old target's weighted record (default legacy)" },
-    ParamSpec { name: "new_id", required: false, doc: "set identifier of the new target's weighted record (default aws)" },
-];
 
 /// The record as the step found it: where traffic goes and how far it has moved.
 enum Shape {
@@ -443,6 +442,21 @@ async fn return_to_old(
     Ok(json!(id))
 }
 
+/// What `route53.cutover` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// Every change batch submitted, in order (stages, then the TTL's restore).
+    change_batches: Vec<Value>,
+    /// The stages (percent of traffic on the new target) this run moved through.
+    stages: Vec<i64>,
+    /// The hosted zone.
+    zone_id: String,
+    /// The record's fully qualified name.
+    record: String,
+    /// The new target.
+    value: String,
+}
+
 #[async_trait]
 impl StepKind for Route53Cutover {
     fn name(&self) -> &'static str {
@@ -455,21 +469,13 @@ impl StepKind for Route53Cutover {
     fn undo(&self) -> &'static str {
         "Restore the exact record sets observed before the run in one change batch and wait for INSYNC"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["change_batches", "stages", "zone_id", "record", "value"]
-    }
+    super::typed_io!(Params, Outputs);
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(900)
     }
 
     fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
-        let mut out = super::check_param_names(self.params(), params);
+        let mut out = super::check_param_names(&self.params(), params);
         let literal = |k: &str| {
             params
                 .get(k)
@@ -766,29 +772,28 @@ impl StepKind for Route53Cutover {
                 batches.push(batch);
             }
         }
-        let mut out = Map::new();
-        out.insert(
-            "summary".into(),
-            json!(if batches.is_empty() {
-                format!("{label} already on {}", p.to)
-            } else {
-                format!(
-                    "{label} → {} in stages {:?}, each INSYNC{}",
-                    p.to,
-                    stages_done,
-                    if p.analysis.is_some() {
-                        " and analysed"
-                    } else {
-                        ""
-                    }
-                )
-            }),
-        );
-        out.insert("change_batches".into(), json!(batches));
-        out.insert("stages".into(), json!(stages_done));
-        out.insert("zone_id".into(), json!(zone));
-        out.insert("record".into(), json!(fqdn(&p.record)));
-        out.insert("value".into(), json!(p.to));
+        let summary = if batches.is_empty() {
+            format!("{label} already on {}", p.to)
+        } else {
+            format!(
+                "{label} → {} in stages {:?}, each INSYNC{}",
+                p.to,
+                stages_done,
+                if p.analysis.is_some() {
+                    " and analysed"
+                } else {
+                    ""
+                }
+            )
+        };
+        let mut out = super::outputs_map(&Outputs {
+            change_batches: batches,
+            stages: stages_done,
+            zone_id: zone,
+            record: fqdn(&p.record),
+            value: p.to.clone(),
+        });
+        out.insert(super::SUMMARY_OUTPUT.into(), json!(summary));
         Ok(out)
     }
 

@@ -8,7 +8,7 @@
 //! when this run did not lower it). Rollback puts the previous TTL back.
 
 use super::dns::{cli_change, restore, sets_of, submit_and_wait};
-use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::route53::{self as r53p, batch_json, fqdn, RecordChange, RecordSet};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -17,12 +17,15 @@ use serde_json::{json, Map, Value};
 /// The `route53.set_ttl` kind.
 pub struct SetTtl;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Record name, e.g. shop.staging.example.com.
     record: String,
+    /// Record type: CNAME (default), A or AAAA.
     #[serde(default = "default_type", rename = "type")]
     rtype: String,
+    /// The lowered TTL in seconds, e.g. 60.
     #[serde(deserialize_with = "super::rendered::opt_int")]
     ttl: Option<i64>,
 }
@@ -30,24 +33,6 @@ struct Params {
 fn default_type() -> String {
     "CNAME".into()
 }
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "record",
-        required: true,
-        doc: "record name, e.g. shop.staging.example.com",
-    },
-    ParamSpec {
-        name: "type",
-        required: false,
-        doc: "record type: CNAME (default), A or AAAA",
-    },
-    ParamSpec {
-        name: "ttl",
-        required: true,
-        doc: "the lowered TTL in seconds, e.g. 60",
-    },
-];
 
 /// The highest TTL among `sets` (alias sets have none).
 fn max_ttl(sets: &[RecordSet]) -> Option<i64> {
@@ -89,6 +74,25 @@ async fn observe(
     Ok((p, ttl, r53, zone, sets))
 }
 
+/// What `route53.set_ttl` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// The record's TTL now, in seconds.
+    ttl: i64,
+    /// Its TTL before this run lowered it, in seconds (`route53.cutover`'s `previous_ttl`).
+    previous_ttl: i64,
+    /// When it was lowered, RFC 3339 (`null` when it needed no lowering).
+    lowered_at: Option<String>,
+    /// The record's fully qualified name.
+    record: String,
+    /// The Route 53 change batch submitted, when one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    change_batch: Option<Value>,
+    /// Its change id, when one was submitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    change_id: Option<String>,
+}
+
 #[async_trait]
 impl StepKind for SetTtl {
     fn name(&self) -> &'static str {
@@ -101,22 +105,7 @@ impl StepKind for SetTtl {
     fn undo(&self) -> &'static str {
         "Raise the record's TTL back to the value it had before the run"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &[
-            "ttl",
-            "previous_ttl",
-            "lowered_at",
-            "record",
-            "change_batch",
-            "change_id",
-        ]
-    }
+    super::typed_io!(Params, Outputs);
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let (p, ttl, _r53, zone, sets) = observe(cx).await?;
@@ -133,18 +122,14 @@ impl StepKind for SetTtl {
             )
             .with_document(batch_json(&changes))
         };
-        let mut predicted = Map::new();
-        predicted.insert("ttl".into(), json!(ttl));
-        predicted.insert("previous_ttl".into(), json!(previous));
-        predicted.insert(
-            "lowered_at".into(),
-            if changes.is_empty() {
-                Value::Null
-            } else {
-                json!(chrono::Utc::now().to_rfc3339())
-            },
-        );
-        predicted.insert("record".into(), json!(fqdn(&p.record)));
+        let predicted = super::outputs_map(&Outputs {
+            ttl,
+            previous_ttl: previous,
+            lowered_at: (!changes.is_empty()).then(|| chrono::Utc::now().to_rfc3339()),
+            record: fqdn(&p.record),
+            change_batch: None,
+            change_id: None,
+        });
         Ok(Planned {
             changes: vec![change],
             before: json!({"zone_id": zone, "sets": sets}),
@@ -163,7 +148,7 @@ impl StepKind for SetTtl {
         let before = sets_of(&planned.before);
         let previous = max_ttl(&before).or(max_ttl(&now)).unwrap_or(ttl);
         let changes = lowering(&now, ttl);
-        let mut out = Map::new();
+        let mut submitted = None;
         let lowered_at = if !changes.is_empty() {
             let id = submit_and_wait(
                 cx,
@@ -173,31 +158,33 @@ impl StepKind for SetTtl {
                 &format!("cutover run {} step {}: lower TTL", cx.run_id, cx.step_id),
             )
             .await?;
-            out.insert("change_id".into(), json!(id));
-            out.insert("change_batch".into(), batch_json(&changes));
-            json!(chrono::Utc::now().to_rfc3339())
+            submitted = Some((id, batch_json(&changes)));
+            Some(chrono::Utc::now().to_rfc3339())
         } else if previous > ttl {
             // Lowered by this run before a crash; when exactly is unknown, so count from now.
-            json!(chrono::Utc::now().to_rfc3339())
+            Some(chrono::Utc::now().to_rfc3339())
         } else {
-            Value::Null
+            None
         };
-        out.insert(
-            "summary".into(),
-            json!(if lowered_at.is_null() {
-                format!("{} {} TTL already {previous}s", p.rtype, fqdn(&p.record))
-            } else {
-                format!(
-                    "{} {} TTL {previous}s → {ttl}s (INSYNC)",
-                    p.rtype,
-                    fqdn(&p.record)
-                )
-            }),
-        );
-        out.insert("ttl".into(), json!(ttl.min(previous)));
-        out.insert("previous_ttl".into(), json!(previous));
-        out.insert("lowered_at".into(), lowered_at);
-        out.insert("record".into(), json!(fqdn(&p.record)));
+        let summary = if lowered_at.is_none() {
+            format!("{} {} TTL already {previous}s", p.rtype, fqdn(&p.record))
+        } else {
+            format!(
+                "{} {} TTL {previous}s → {ttl}s (INSYNC)",
+                p.rtype,
+                fqdn(&p.record)
+            )
+        };
+        let (change_id, change_batch) = submitted.unzip();
+        let mut out = super::outputs_map(&Outputs {
+            ttl: ttl.min(previous),
+            previous_ttl: previous,
+            lowered_at,
+            record: fqdn(&p.record),
+            change_batch,
+            change_id,
+        });
+        out.insert(super::SUMMARY_OUTPUT.into(), json!(summary));
         Ok(out)
     }
 

@@ -4,7 +4,7 @@
 //! Terraform runs with the environment's assumed-role credentials, so state and resources land in
 //! that account. Rollback leaves infrastructure in place (it is shared by later runs).
 
-use super::{parse_params, Change, ParamSpec, Planned, StepContext, StepError, StepKind};
+use super::{parse_params, Change, Planned, StepContext, StepError, StepKind};
 use crate::providers::terraform::{outputs_from, summarize, Terraform};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -15,18 +15,30 @@ use std::time::Duration;
 /// The `terraform.apply` kind.
 pub struct TerraformApply;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Extra `-var` values, merged over the environment's `terraform.vars`.
     #[serde(default)]
     vars: BTreeMap<String, Value>,
 }
 
-const PARAMS: &[ParamSpec] = &[ParamSpec {
-    name: "vars",
-    required: false,
-    doc: "extra -var values, merged over the environment's terraform.vars",
-}];
+/// What `terraform.apply` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// The root module's outputs after the apply (`tf.<name>` in later templates).
+    tf: Map<String, Value>,
+    /// Resources created.
+    create: u64,
+    /// Resources updated in place.
+    update: u64,
+    /// Resources replaced.
+    replace: u64,
+    /// Resources destroyed.
+    delete: u64,
+    /// One line: the counts and how many outputs.
+    summary: String,
+}
 
 async fn terraform(
     cx: &StepContext<'_>,
@@ -61,15 +73,7 @@ impl StepKind for TerraformApply {
     fn undo(&self) -> &'static str {
         "Nothing is destroyed: the new infrastructure stays and carries no traffic until DNS moves"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["tf", "create", "update", "replace", "delete", "summary"]
-    }
+    super::typed_io!(Params, Outputs);
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(1800)
     }
@@ -148,22 +152,20 @@ impl StepKind for TerraformApply {
             .cloned()
             .unwrap_or(Value::Null);
         let n = |k: &str| s.get(k).and_then(Value::as_u64).unwrap_or(0);
-        let mut out = Map::new();
-        out.insert(
-            "summary".into(),
-            json!(format!(
+        Ok(super::outputs_map(&Outputs {
+            summary: format!(
                 "{} added, {} changed, {} replaced, {} destroyed; {} outputs",
                 n("create"),
                 n("update"),
                 n("replace"),
                 n("delete"),
                 outputs.len()
-            )),
-        );
-        out.insert("tf".into(), Value::Object(outputs));
-        for k in ["create", "update", "replace", "delete"] {
-            out.insert(k.into(), json!(n(k)));
-        }
-        Ok(out)
+            ),
+            tf: outputs,
+            create: n("create"),
+            update: n("update"),
+            replace: n("replace"),
+            delete: n("delete"),
+        }))
     }
 }

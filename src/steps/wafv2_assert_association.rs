@@ -3,7 +3,7 @@
 //! With `associate: true` it associates the named web ACL itself when none is, and its rollback
 //! removes only an association it made.
 
-use super::{parse_params, Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind};
+use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::aws::err;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -12,33 +12,29 @@ use serde_json::{json, Map, Value};
 /// The `wafv2.assert_association` kind.
 pub struct AssertAssociation;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// ARN of the load balancer (or other WAFv2 resource).
     resource: String,
+    /// Name of the web ACL that must be associated (required with associate).
     #[serde(default)]
     web_acl: Option<String>,
+    /// Associate `web_acl` when no web ACL is (default false: refuse).
     #[serde(default)]
     associate: bool,
 }
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "resource",
-        required: true,
-        doc: "ARN of the load balancer (or other WAFv2 resource)",
-    },
-    ParamSpec {
-        name: "web_acl",
-        required: false,
-        doc: "name of the web ACL that must be associated (required with associate)",
-    },
-    ParamSpec {
-        name: "associate",
-        required: false,
-        doc: "associate `web_acl` when no web ACL is (default false: refuse)",
-    },
-];
+/// What `wafv2.assert_association` returns.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Outputs {
+    /// The web ACL associated with the resource.
+    web_acl_name: String,
+    /// Its ARN.
+    web_acl_arn: String,
+    /// True when this step associated it (its rollback disassociates it).
+    associated_by_run: bool,
+}
 
 /// The ARN of the regional web ACL named `name`.
 async fn acl_arn(waf: &aws_sdk_wafv2::Client, name: &str) -> Result<String, StepError> {
@@ -93,18 +89,10 @@ impl StepKind for AssertAssociation {
     fn undo(&self) -> &'static str {
         "Remove the web ACL association only if this run made it"
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
-        super::params::literal_problems::<Params>(self.params(), params)
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["web_acl_name", "web_acl_arn", "associated_by_run"]
-    }
+    super::typed_io!(Params, Outputs);
 
     fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
-        let mut out = super::check_param_names(self.params(), params);
+        let mut out = super::check_param_names(&self.params(), params);
         if params.get("associate") == Some(&Value::Bool(true)) && !params.contains_key("web_acl") {
             out.push(
                 "associate: true needs `web_acl`, the name of the web ACL to associate".into(),
@@ -170,22 +158,21 @@ impl StepKind for AssertAssociation {
         }
         judge(&p, &acl).map_err(|e| StepError::Gate(format!("refused: {e}; no traffic moves to it (set associate: true and web_acl to associate it)")))?;
         let (name, arn) = acl.unwrap_or_default();
-        let mut out = Map::new();
-        out.insert(
-            "summary".into(),
-            json!(format!(
-                "{} behind web ACL {name}{}",
-                p.resource,
-                if associated {
-                    " (associated by this step)"
-                } else {
-                    ""
-                }
-            )),
+        let summary = format!(
+            "{} behind web ACL {name}{}",
+            p.resource,
+            if associated {
+                " (associated by this step)"
+            } else {
+                ""
+            }
         );
-        out.insert("associated_by_run".into(), json!(associated));
-        out.insert("web_acl_name".into(), json!(name));
-        out.insert("web_acl_arn".into(), json!(arn));
+        let mut out = super::outputs_map(&Outputs {
+            web_acl_name: name,
+            web_acl_arn: arn,
+            associated_by_run: associated,
+        });
+        out.insert(super::SUMMARY_OUTPUT.into(), json!(summary));
         Ok(out)
     }
 
