@@ -442,6 +442,26 @@ fn printed_signed_and_parsed_audits_of_real_runs_hold_and_leak_no_secret() {
     assert_eq!(verify(&["--public-key", pubkey]), Some(1));
     std::fs::write(&sig, sig_text).unwrap();
 
+    // --- A password whose `%` starts no valid escape, then a multi-byte character (issue 14:
+    //     it once panicked in the URL decoder and printed the password): exit 2, and the scan
+    //     below covers what it printed. ---
+    let broken = format!("%a\u{e9}{nonce}-pct");
+    let (head, tail) = sb
+        .var("CUTOVER_STAGING_SOURCE_DATABASE_URL")
+        .split_once('@')
+        .map(|(h, t)| (h.to_string(), t.to_string()))
+        .unwrap();
+    let user_part = head.rsplit_once(':').unwrap().0.to_string();
+    let mut bad = sb.command(&["execute", "staging", "--dry-run"]);
+    bad.env(
+        "CUTOVER_STAGING_SOURCE_DATABASE_URL",
+        format!("{user_part}:{broken}@{tail}"),
+    );
+    let out = common::run_with_timeout(bad, 120);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    texts.push(text(&out));
+    corpus.push(broken);
+
     // --- No secret in any output, format, log or file the tool wrote. ---
     texts.extend(sb.outputs.lock().unwrap().iter().cloned());
     let mut files = Vec::new();

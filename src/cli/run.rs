@@ -373,6 +373,14 @@ pub async fn resume(
             print_problems(&p);
             EXIT_INVALID
         }
+        // The log exists but cannot be trusted to say what happened: a person must look.
+        Err(e @ (ResumeError::Corrupt(..) | ResumeError::Impossible(..))) => {
+            print_error(
+                &e.to_string(),
+                Some("`cutover audit verify RUN_ID` and `cutover audit show RUN_ID` show the log; nothing was changed"),
+            );
+            EXIT_ROLLBACK_INCOMPLETE
+        }
         Err(e) => {
             print_error(
                 &e.to_string(),

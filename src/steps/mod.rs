@@ -359,6 +359,39 @@ mod tests {
     }
 
     #[test]
+    fn flattened_output_groups_are_listed_with_their_fields() {
+        let outputs = |k: &str| lookup(k).unwrap().outputs();
+        for name in [
+            "chunks",
+            "copy_seconds",
+            "consistent_lsn",
+            "target_frozen_roles",
+        ] {
+            assert!(
+                outputs("postgres.replicate").iter().any(|o| o == name),
+                "{name}"
+            );
+        }
+        for name in [
+            "rows",
+            "tracking_from_lsn",
+            "rows_compared",
+            "tables_compared_whole",
+        ] {
+            assert!(
+                outputs("postgres.verify").iter().any(|o| o == name),
+                "{name}"
+            );
+        }
+        // Parameters named by `rename` keep their YAML name.
+        assert!(lookup("route53.cutover")
+            .unwrap()
+            .params()
+            .iter()
+            .any(|p| p.name == "type" && !p.required));
+    }
+
+    #[test]
     fn param_check_lists_valid_choices() {
         let specs = [ParamSpec {
             name: "url".into(),
