@@ -73,6 +73,24 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     // The application can write on the target: sequences are past the source's values.
     let inserted = sb.sql(&target_url, "INSERT INTO customers (email, name, created_at) VALUES ('new@example.com', 'New', now()) RETURNING id");
     assert!(inserted[0][0].as_deref().unwrap().parse::<i64>().unwrap() > 10_000);
+    // Owners as on the source (issue 15): the application role owns its tables on the target, so
+    // its own schema migrations run there (rolled back here: the fallback replicates the target
+    // to the legacy database, whose tables must keep the same columns).
+    let owners = "SELECT string_agg(relname || '=' || pg_get_userbyid(relowner), ',' ORDER BY relname) FROM pg_class WHERE relname IN ('customers', 'orders', 'order_items')";
+    let source_owners = sb.sql(&sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL"), owners);
+    assert_eq!(
+        source_owners,
+        sb.sql(&sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL"), owners)
+    );
+    assert!(source_owners[0][0]
+        .as_deref()
+        .unwrap()
+        .contains("orders=shop"));
+    sb.sql(
+        &target_url,
+        "BEGIN; ALTER TABLE orders ADD COLUMN migration_probe int; CREATE INDEX orders_probe ON orders (migration_probe); ROLLBACK",
+    );
+    assert!(applied_summary(&records, "replicate").contains("owners and privileges of"));
 
     // Every row was compared before the freeze; inside the window only the rows changed since.
     let applied = |id: &str| {
@@ -121,6 +139,15 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     assert_eq!(entry["status"], "succeeded");
     assert_eq!(entry["environment"], "staging");
     sb.assert_no_secrets(&[]);
+}
+
+/// The summary a step's verify recorded.
+fn applied_summary(records: &[serde_json::Value], step: &str) -> String {
+    events(records, "step_completed")
+        .into_iter()
+        .find(|r| r["step"] == step)
+        .map(|r| r["data"]["summary"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
 }
 
 #[test]

@@ -77,6 +77,11 @@ fn a_table_without_primary_key_fails_preflight_by_name_and_nothing_is_created() 
     let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
     sb.sql(&src, "CREATE TABLE public.audit_log (at timestamptz, message text); INSERT INTO public.audit_log VALUES (now(), 'x')");
+    // A role the source grants to that the target lacks: the copy would lose its privileges.
+    sb.sql(
+        &src,
+        "CREATE ROLE reporting; GRANT SELECT ON public.orders TO reporting",
+    );
 
     let dry = sb.cutover(&["execute", "staging", "--dry-run"]);
     assert!(
@@ -94,6 +99,12 @@ fn a_table_without_primary_key_fails_preflight_by_name_and_nothing_is_created() 
     );
     // The tables that have keys are not named.
     assert!(!t.contains("table public.orders has"), "{t}");
+    assert!(
+        t.contains("role reporting owns or holds privileges on objects of the source database but does not exist on the target"),
+        "{t}"
+    );
+    // The application role exists on both sides: it is not named.
+    assert!(!t.contains("role shop "), "{t}");
 
     // Nothing of the copy exists on either side.
     assert_eq!(

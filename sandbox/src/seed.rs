@@ -91,18 +91,10 @@ pub async fn databases(s: &State) -> Result<()> {
                 Err(e) => return Err(e).context(format!("CREATE DATABASE {db}")),
             }
         }
+        // Empty, as a new RDS database is: the copy brings the tables with their owners and
+        // privileges as on the source (the application's role owns them there).
         tgt.batch_execute(&format!("CREATE DATABASE {db} OWNER shop"))
             .await?;
-        let t = connect(&format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{db}",
-            s.target_password, s.target_port
-        ))
-        .await?;
-        t.batch_execute(
-            "ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO shop;
-             ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO shop;",
-        )
-        .await?;
     }
     src.batch_execute("DROP DATABASE shop_seed").await?;
     Ok(())

@@ -19,7 +19,9 @@ use super::{parse_params, Change, Planned, Restored, StepContext, StepError, Ste
 use crate::providers::postgres::catalog::{Table, STATE_SCHEMA};
 use crate::providers::postgres::preflight::{self, Needs};
 use crate::providers::postgres::snapshot;
-use crate::providers::postgres::{copy, ident, literal, pg, replication, roles, ConnParts};
+use crate::providers::postgres::{
+    copy, ident, literal, ownership, pg, replication, roles, ConnParts,
+};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -710,11 +712,33 @@ impl StepKind for Replicate {
                 .map_err(|e| pg("target", e))?;
             let (total, copying, workers): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
             if copying == 0 && workers > 0 {
+                // Owners and privileges as on the source: the application's roles must be able
+                // to do on the target what they do on the source (their own migrations too).
+                let source = cx.providers.source().await?;
+                let on_source = ownership::privileges(&source, "source").await?;
+                let on_target = ownership::privileges(&target, "target").await?;
+                let differ = ownership::differences(&on_source, &on_target);
+                if !differ.is_empty() {
+                    return Err(StepError::Check(format!(
+                        "owners or privileges differ from the source's on {} object(s): {}",
+                        differ.len(),
+                        differ
+                            .iter()
+                            .take(10)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )));
+                }
                 let mut ev = Map::new();
                 ev.insert("tables_ready".into(), json!(total));
+                ev.insert("privileges_compared".into(), json!(on_source.len()));
                 ev.insert(
                     "summary".into(),
-                    json!(format!("{total} tables replicating through {sub}")),
+                    json!(format!(
+                        "{total} tables replicating through {sub}; owners and privileges of {} object(s) as on the source",
+                        on_source.len()
+                    )),
                 );
                 return Ok(ev);
             }

@@ -10,6 +10,7 @@ pub mod changes;
 pub mod checksum;
 pub mod copy;
 pub mod heartbeat;
+pub mod ownership;
 pub mod preflight;
 pub mod replication;
 pub mod roles;

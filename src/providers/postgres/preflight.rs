@@ -60,7 +60,9 @@ async fn count(c: &Client, side: &str, sql: &str) -> Result<i64, ProviderError> 
 /// identity index (offenders named); the target holds no rows in those tables and, where it
 /// already has them, the same columns and types; every source extension is available on the
 /// target; the target's major version is at least the source's and `pg_dump` is at least the
-/// source's; no transaction on the source is older than the limit.
+/// source's; no transaction on the source is older than the limit; every role the source's
+/// objects name (owners, grantees, default privileges) exists on the target and the target's
+/// connecting role can act as it.
 ///
 /// # Errors
 /// [`ProviderError::Postgres`] when a catalog query fails (a problem is not an error).
@@ -196,6 +198,21 @@ pub async fn check(
                 "target: extension {name} (version {version} on the source) is not available"
             ));
         }
+    }
+
+    // Ownership and privileges are copied by role name: every role the source's objects name
+    // must exist on the target, and the target's connecting role must be able to act as it.
+    let roles = super::ownership::referenced_roles(source, "source").await?;
+    let (missing, not_member) = super::ownership::unusable_roles(target, "target", &roles).await?;
+    for r in missing {
+        problems.push(format!(
+            "target: role {r} owns or holds privileges on objects of the source database but does not exist on the target; create it (CREATE ROLE {r} ...) so owners and grants are kept"
+        ));
+    }
+    for r in not_member {
+        problems.push(format!(
+            "target: the connecting role is not a superuser and not a member of role {r}, so it cannot make {r} the owner of what {r} owns on the source; GRANT {r} TO the connecting role (on RDS the master user is not a superuser)"
+        ));
     }
 
     let src_major = catalog::major_version(source, "source").await?;

@@ -165,8 +165,10 @@ pub async fn alive(source_url: &str, snapshot: &str) -> bool {
 
 /// A section of the schema by `pg_dump --schema-only --section=SECTION` (`pre-data`:
 /// types, tables, sequences, functions; `post-data`: indexes, constraints, triggers), read under
-/// `snapshot` when given. psql meta-commands are dropped; ownership, privileges, publications and
-/// subscriptions are not copied. The password travels in `PGPASSWORD`.
+/// `snapshot` when given. psql meta-commands are dropped. Owners and privileges (`OWNER TO`,
+/// `GRANT`, default privileges) come along, by role name, so the application's roles own on the
+/// target what they own on the source (the preflight checks those roles exist there);
+/// publications and subscriptions do not. The password travels in `PGPASSWORD`.
 ///
 /// # Errors
 /// [`ProviderError::Postgres`] with pg_dump's message.
@@ -180,8 +182,6 @@ pub async fn dump_section(
     cmd.args([
         "--schema-only",
         &format!("--section={section}"),
-        "--no-owner",
-        "--no-privileges",
         "--no-publications",
         "--no-subscriptions",
     ])
