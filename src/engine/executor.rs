@@ -284,6 +284,10 @@ impl<'a> Executor<'a> {
     pub(super) async fn run_steps(&mut self) -> Result<Outcome, EngineError> {
         let plan = self.plan;
         let mut current_phase = String::new();
+        // The handlers are installed once, before the first step: a signal that arrives while a
+        // step writes its first record is then held for the select below, never the default
+        // action (which would end the process with no `run_interrupted` record).
+        let mut signals = Signals::install();
         for (phase, step) in plan.steps() {
             if self.done.contains(&step.id) {
                 continue;
@@ -307,7 +311,7 @@ impl<'a> Executor<'a> {
             }
             let result = tokio::select! {
                 r = self.run_step(phase, step) => r?,
-                signal = interrupted() => {
+                signal = signals.next() => {
                     let id = self.run_id.clone();
                     self.record(
                         Event::RunInterrupted(RunInterrupted { run_id: id, signal: signal.to_string() }),
@@ -899,19 +903,32 @@ impl<'a> Executor<'a> {
     }
 }
 
-/// Completes when the process receives SIGINT or SIGTERM (a CI cancel); returns the signal's
-/// name. Never completes when the handlers cannot be installed.
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+/// SIGINT and SIGTERM (a CI cancel) for the life of a run.
+struct Signals {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Installs the handlers; without them (they cannot be installed) [`Signals::next`] never
+    /// completes.
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            streams: signal(SignalKind::interrupt())
+                .ok()
+                .zip(signal(SignalKind::terminate()).ok()),
+        }
+    }
+
+    /// Completes at the next SIGINT or SIGTERM; returns the signal's name.
+    async fn next(&mut self) -> &'static str {
+        let Some((int, term)) = &mut self.streams else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
     }
 }
 

@@ -617,3 +617,41 @@ mod tests {
         assert_eq!(why(again).0, 5);
     }
 }
+
+#[cfg(test)]
+mod old_logs {
+    //! Logs written before the records were typed (by the session-2 binary, kept under
+    //! `tests/fixtures/logs/`) still verify, type and replay.
+    use super::*;
+    use crate::engine::event::RunStatus;
+
+    fn fixture(name: &str) -> Vec<Record> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/logs")
+            .join(name);
+        crate::engine::log::read_verified(&path).unwrap()
+    }
+
+    #[test]
+    fn an_old_succeeded_rehearsal_types_every_record_and_replays_to_succeeded() {
+        let records = fixture("rehearsal-succeeded.jsonl");
+        assert_eq!(event::entries(&records).unwrap().len(), records.len());
+        let r = replay(&records).unwrap();
+        assert_eq!(r.finished.clone().unwrap().status, RunStatus::Succeeded);
+        assert!(r.done("dns") && r.done("health") && r.done("approve"));
+        assert!(
+            !r.started.iter().any(|s| s == "approve"),
+            "a skipped step is not undone"
+        );
+    }
+
+    #[test]
+    fn an_old_rolled_back_rehearsal_replays_with_its_rollback() {
+        let records = fixture("rehearsal-refused-rolled-back.jsonl");
+        let r = replay(&records).unwrap();
+        assert_eq!(r.finished.clone().unwrap().status, RunStatus::RolledBack);
+        let rb = r.rollback.unwrap();
+        assert_eq!(rb.failed_step, "replicate");
+        assert!(rb.completed.contains("ttl") && rb.completed.contains("replicate"));
+    }
+}

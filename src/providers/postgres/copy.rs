@@ -170,20 +170,31 @@ pub async fn progress(target: &Client) -> Result<(Vec<Chunk>, Vec<ChunkDone>), P
 }
 
 /// How many chunks `plan` aims to cut `t` into: one per `chunk_rows` rows of the planner's
-/// estimate when the key is a single integer column, else 1 (the plan may cut fewer when the key
-/// span is smaller).
+/// estimate for every table with a key (the preflight refuses tables without one), else 1 (the
+/// plan may cut fewer when the key span or the sample is smaller).
 pub fn chunks_wanted(t: &Table, chunk_rows: i64) -> i64 {
-    if t.integer_key() && chunk_rows > 0 && t.est_rows > chunk_rows {
+    if !t.key.is_empty() && chunk_rows > 0 && t.est_rows > chunk_rows {
         (t.est_rows + chunk_rows - 1) / chunk_rows
     } else {
         1
     }
 }
 
+/// Rows a key sample aims at: enough for even cuts (256 per chunk), and at least 10,000.
+fn sample_rows(chunks: i64) -> i64 {
+    (chunks * 256).max(10_000)
+}
+
 /// Splits each table into chunks of about `chunk_rows` rows (by the planner's estimate) over
-/// its key range, read through `source` (already inside the snapshot). Only tables with a single
-/// integer key are split, arithmetically between min and max as pgcopydb's `--split-tables-larger-than`
-/// does; others are one chunk.
+/// its key range, read through `source` (already inside the snapshot).
+///
+/// - A single integer key is cut arithmetically between its min and max, as pgcopydb's
+///   `--split-tables-larger-than` does.
+/// - Any other key (composite, UUID, text, dates; a partition is a table here) is cut at keys
+///   drawn from a block sample (`TABLESAMPLE SYSTEM`, about [`sample_rows`] rows, fixed seed)
+///   sorted in key order, as PeerDB and pgcopydb cut non-integer keys. The ranges are half-open
+///   and the first and last unbounded, so every row falls in exactly one chunk whatever the
+///   sample drew; a poor sample only makes chunks uneven.
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
@@ -194,10 +205,10 @@ pub async fn plan(
 ) -> Result<Vec<Chunk>, ProviderError> {
     let mut out = Vec::new();
     for t in tables {
-        let mut n = 1i64;
-        let mut bounds = (0i64, 0i64);
         let wanted = chunks_wanted(t, chunk_rows);
-        if wanted > 1 {
+        let ranges = if wanted <= 1 {
+            vec![KeyRange::default()]
+        } else if t.integer_key() {
             let k = &t.key[0].0;
             let r = source
                 .query_one(
@@ -206,12 +217,30 @@ pub async fn plan(
                 )
                 .await
                 .map_err(|e| pg("source", e))?;
-            if let (Some(lo), Some(hi)) = (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)) {
-                n = wanted.clamp(1, (hi - lo + 1).max(1));
-                bounds = (lo, hi);
+            match (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)) {
+                (Some(lo), Some(hi)) => split(lo, hi, wanted.clamp(1, (hi - lo + 1).max(1))),
+                _ => vec![KeyRange::default()],
             }
-        }
-        for (i, range) in split(bounds.0, bounds.1, n).into_iter().enumerate() {
+        } else {
+            let pct =
+                (100.0 * sample_rows(wanted) as f64 / t.est_rows.max(1) as f64).clamp(0.01, 100.0);
+            let sql = format!(
+                "SELECT {} FROM {} TABLESAMPLE SYSTEM ({pct}) REPEATABLE (42) ORDER BY {}",
+                t.key_text_array(),
+                t.name,
+                t.key_order()
+            );
+            let sample: Vec<Vec<String>> = source
+                .query(&sql, &[])
+                .await
+                .map_err(|e| pg("source", e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            ranges_at(&cuts(&sample, wanted))
+        };
+        let n = ranges.len() as i64;
+        for (i, range) in ranges.into_iter().enumerate() {
             out.push(Chunk {
                 table: t.name.clone(),
                 index: i as i32,
@@ -222,6 +251,36 @@ pub async fn plan(
         }
     }
     Ok(out)
+}
+
+/// Up to `n - 1` distinct cut keys spread evenly over `sample` (sorted in key order).
+fn cuts(sample: &[Vec<String>], n: i64) -> Vec<Vec<String>> {
+    let len = sample.len() as i64;
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for j in 1..n {
+        let at = (j * len / n) as usize;
+        if let Some(k) = sample.get(at) {
+            if out.last() != Some(k) && at > 0 {
+                out.push(k.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The ranges between consecutive `cuts`: `(-inf, c1), [c1, c2), …, [cn, +inf)`.
+fn ranges_at(cuts: &[Vec<String>]) -> Vec<KeyRange> {
+    let mut out = Vec::with_capacity(cuts.len() + 1);
+    let mut lower = None;
+    for cut in cuts {
+        out.push(KeyRange {
+            lower: lower.take(),
+            upper: Some(cut.clone()),
+        });
+        lower = Some(cut.clone());
+    }
+    out.push(KeyRange { lower, upper: None });
+    out
 }
 
 /// `n` ranges covering every key: the first unbounded below, the last unbounded above, the cuts
@@ -440,6 +499,27 @@ mod tests {
             true,
         );
         assert!(sql.contains("VALUES ('\"public\".\"t\"', 1, 2, ARRAY['5']::text[], NULL, 10)"));
+    }
+
+    #[test]
+    fn sampled_cuts_are_distinct_increasing_and_ranges_cover_everything() {
+        let key = |a: &str, b: i32| vec![a.to_string(), b.to_string()];
+        let sample: Vec<Vec<String>> = (0..100).map(|i| key("k", i / 10)).collect();
+        let c = cuts(&sample, 4);
+        assert_eq!(c, vec![key("k", 2), key("k", 5), key("k", 7)]);
+        let r = ranges_at(&c);
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[0].lower, None);
+        assert_eq!(r[3].upper, None);
+        for w in r.windows(2) {
+            assert_eq!(w[0].upper, w[1].lower, "adjacent ranges share their bound");
+        }
+        // A sample of one key cuts nothing: one chunk, the whole table.
+        assert_eq!(
+            ranges_at(&cuts(&[key("k", 1)], 8)),
+            vec![KeyRange::default()]
+        );
+        assert_eq!(ranges_at(&cuts(&[], 8)), vec![KeyRange::default()]);
     }
 
     #[test]
