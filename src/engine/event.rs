@@ -515,6 +515,34 @@ impl Entry {
     }
 }
 
+/// The records of a log this version knows, each with its typed event, in order (records of an
+/// unknown type are passed over: status and reports still show the rest).
+pub fn known(records: &[Record]) -> Vec<(&Record, Event)> {
+    records
+        .iter()
+        .filter_map(|r| Event::from_parts(&r.event, &r.data).ok().map(|e| (r, e)))
+        .collect()
+}
+
+/// The first `run_started` of `typed` ([`known`]) and the last `run_finished`, with their
+/// records.
+pub fn start_and_finish<'a>(
+    typed: &'a [(&'a Record, Event)],
+) -> (
+    Option<(&'a Record, &'a RunStarted)>,
+    Option<(&'a Record, &'a RunFinished)>,
+) {
+    let start = typed.iter().find_map(|(r, e)| match e {
+        Event::RunStarted(s) => Some((*r, s)),
+        _ => None,
+    });
+    let finish = typed.iter().rev().find_map(|(r, e)| match e {
+        Event::RunFinished(f) => Some((*r, f)),
+        _ => None,
+    });
+    (start, finish)
+}
+
 /// Types every record of a log.
 ///
 /// # Errors

@@ -47,18 +47,8 @@ pub fn signature_path(state_dir: &Path, id: &str) -> PathBuf {
 
 /// Summarizes a run from its records (a record this version does not know is passed over).
 pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
-    let typed: Vec<(&Record, Event)> = records
-        .iter()
-        .filter_map(|r| Event::from_parts(&r.event, &r.data).ok().map(|e| (r, e)))
-        .collect();
-    let start = typed.iter().find_map(|(r, e)| match e {
-        Event::RunStarted(s) => Some((*r, s)),
-        _ => None,
-    });
-    let finished = typed.iter().rev().find_map(|(r, e)| match e {
-        Event::RunFinished(f) => Some((*r, f)),
-        _ => None,
-    });
+    let typed = super::event::known(records);
+    let (start, finished) = super::event::start_and_finish(&typed);
     let last_is_interrupt = matches!(typed.last(), Some((_, Event::RunInterrupted(_))));
     let status = match finished {
         _ if last_is_interrupt => "interrupted".to_string(),

@@ -160,18 +160,8 @@ fn value_text(v: &Value) -> String {
 /// Builds the audit of `records`, with `signature` when the run is signed. A record this
 /// version does not know is left out of the steps (the timeline and chain still count it).
 pub fn build(records: &[Record], signature: Option<&SignatureFile>) -> Audit {
-    let typed: Vec<(&Record, Event)> = records
-        .iter()
-        .filter_map(|r| Event::from_parts(&r.event, &r.data).ok().map(|e| (r, e)))
-        .collect();
-    let start = typed.iter().find_map(|(r, e)| match e {
-        Event::RunStarted(s) => Some((*r, s)),
-        _ => None,
-    });
-    let finish = typed.iter().rev().find_map(|(r, e)| match e {
-        Event::RunFinished(f) => Some((*r, f)),
-        _ => None,
-    });
+    let typed = crate::engine::event::known(records);
+    let (start, finish) = crate::engine::event::start_and_finish(&typed);
     let outcome = finish
         .map(|(_, f)| f.status.as_str().to_string())
         .unwrap_or_else(|| "running or interrupted".into());

@@ -123,6 +123,24 @@ pub struct KeyRange {
     pub upper: Option<Vec<String>>,
 }
 
+impl KeyRange {
+    /// The ranges between consecutive `cuts` (sorted, distinct keys): `(-inf, c1)`, `[c1, c2)`,
+    /// …, `[cn, +inf)`; one unbounded range when there is no cut. Every key falls in exactly one.
+    pub fn between(cuts: &[Vec<String>]) -> Vec<KeyRange> {
+        let mut out = Vec::with_capacity(cuts.len() + 1);
+        let mut lower = None;
+        for cut in cuts {
+            out.push(KeyRange {
+                lower: lower.take(),
+                upper: Some(cut.clone()),
+            });
+            lower = Some(cut.clone());
+        }
+        out.push(KeyRange { lower, upper: None });
+        out
+    }
+}
+
 const TABLES_SQL: &str = "
 WITH k AS (
   SELECT i.indrelid, i.indisprimary,

@@ -114,17 +114,7 @@ pub async fn ranges(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mut out = Vec::with_capacity(cuts.len() + 1);
-    let mut lower = None;
-    for cut in cuts {
-        out.push(KeyRange {
-            lower: lower.take(),
-            upper: Some(cut.clone()),
-        });
-        lower = Some(cut);
-    }
-    out.push(KeyRange { lower, upper: None });
-    Ok(out)
+    Ok(KeyRange::between(&cuts))
 }
 
 /// Rows of a range small enough to compare one by one.

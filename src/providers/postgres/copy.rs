@@ -237,7 +237,7 @@ pub async fn plan(
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            ranges_at(&cuts(&sample, wanted))
+            KeyRange::between(&cuts(&sample, wanted))
         };
         let n = ranges.len() as i64;
         for (i, range) in ranges.into_iter().enumerate() {
@@ -265,21 +265,6 @@ fn cuts(sample: &[Vec<String>], n: i64) -> Vec<Vec<String>> {
             }
         }
     }
-    out
-}
-
-/// The ranges between consecutive `cuts`: `(-inf, c1), [c1, c2), …, [cn, +inf)`.
-fn ranges_at(cuts: &[Vec<String>]) -> Vec<KeyRange> {
-    let mut out = Vec::with_capacity(cuts.len() + 1);
-    let mut lower = None;
-    for cut in cuts {
-        out.push(KeyRange {
-            lower: lower.take(),
-            upper: Some(cut.clone()),
-        });
-        lower = Some(cut.clone());
-    }
-    out.push(KeyRange { lower, upper: None });
     out
 }
 
@@ -507,7 +492,7 @@ mod tests {
         let sample: Vec<Vec<String>> = (0..100).map(|i| key("k", i / 10)).collect();
         let c = cuts(&sample, 4);
         assert_eq!(c, vec![key("k", 2), key("k", 5), key("k", 7)]);
-        let r = ranges_at(&c);
+        let r = KeyRange::between(&c);
         assert_eq!(r.len(), 4);
         assert_eq!(r[0].lower, None);
         assert_eq!(r[3].upper, None);
@@ -516,10 +501,10 @@ mod tests {
         }
         // A sample of one key cuts nothing: one chunk, the whole table.
         assert_eq!(
-            ranges_at(&cuts(&[key("k", 1)], 8)),
+            KeyRange::between(&cuts(&[key("k", 1)], 8)),
             vec![KeyRange::default()]
         );
-        assert_eq!(ranges_at(&cuts(&[], 8)), vec![KeyRange::default()]);
+        assert_eq!(KeyRange::between(&cuts(&[], 8)), vec![KeyRange::default()]);
     }
 
     #[test]
