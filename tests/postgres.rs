@@ -149,6 +149,11 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
                   INSERT INTO public.readings SELECT g, date '2024-01-01' + (g % 700), g % 97 FROM generate_series(1, 100000) g;
                   CREATE TABLE public.prices (sku text PRIMARY KEY, cents int NOT NULL, with_tax int GENERATED ALWAYS AS (cents * 120 / 100) STORED);
                   INSERT INTO public.prices SELECT 'SKU-' || lpad(g::text, 6, '0'), g % 5000 FROM generate_series(1, 60000) g;
+                  CREATE TYPE public.mood AS ENUM ('calm', 'busy');
+                  CREATE TABLE public.moods (id int PRIMARY KEY, day date NOT NULL, history public.mood[] NOT NULL);
+                  INSERT INTO public.moods SELECT g, date '2024-01-01' + g, ARRAY['calm', 'busy']::public.mood[] FROM generate_series(1, 1000) g;
+                  CREATE UNIQUE INDEX moods_day ON public.moods (day) WHERE id > 10;
+                  ALTER TABLE public.line_items ADD CONSTRAINT line_items_sku_fkey FOREIGN KEY (sku) REFERENCES public.prices (sku) NOT VALID;
                   ANALYZE");
     replace_in(
         &sb.project.path().join("runbooks/shop-cutover.yaml"),
@@ -254,6 +259,42 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
         assert_eq!(digest(&src, table), digest(&tgt, table), "{table}");
     }
     assert_eq!(sb.table_fingerprints(&src), sb.table_fingerprints(&tgt));
+    // Binary COPY where every column allows it; an array of a user-defined enum names its
+    // element type's OID in binary form, so that table goes as text, with the reason.
+    assert_eq!(o["copy"]["public.line_items"]["format"], "binary", "{o}");
+    assert_eq!(o["copy"]["public.moods"]["format"], "text", "{o}");
+    assert!(
+        o["copy"]["public.moods"]["text_because"]
+            .as_str()
+            .unwrap_or("")
+            .contains("history"),
+        "{o}"
+    );
+    // Post-data as on the source: the same indexes (the partial unique one too) and the same
+    // constraints, each foreign key VALID when the step ended unless NOT VALID on the source.
+    let indexes = "SELECT string_agg(indexdef, E'\\n' ORDER BY indexdef) FROM pg_indexes WHERE schemaname = 'public'";
+    assert_eq!(scalar(&sb, &src, indexes), scalar(&sb, &tgt, indexes));
+    let constraints = "SELECT string_agg(conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid) || ' valid=' || convalidated, E'\\n' ORDER BY conrelid::regclass::text, conname) FROM pg_constraint WHERE connamespace = 'public'::regnamespace";
+    assert_eq!(scalar(&sb, &src, constraints), scalar(&sb, &tgt, constraints));
+    let validated: Vec<&str> = o["foreign_keys_validated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        validated.iter().any(|l| l.contains("orders_customer_id_fkey")),
+        "{o}"
+    );
+    assert_eq!(
+        o["foreign_keys_not_validated"][0]["constraint"],
+        "public.line_items.line_items_sku_fkey",
+        "{o}"
+    );
+    assert_eq!(
+        scalar(&sb, &tgt, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND NOT convalidated"),
+        "1"
+    );
     // The snapshot holder ended (and, the forward replication retired at the fallback, no
     // walsender is left on the source) and the progress schema is gone.
     wait_until(10, "the snapshot holder to end", || {

@@ -16,7 +16,8 @@
 //! and after it they may hold acknowledged writes.
 
 use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
-use crate::providers::postgres::catalog::{Table, STATE_SCHEMA};
+use crate::providers::postgres::catalog::{self, Table, STATE_SCHEMA};
+use crate::providers::postgres::postdata::{self, Item, Stage};
 use crate::providers::postgres::preflight::{self, Needs};
 use crate::providers::postgres::snapshot;
 use crate::providers::postgres::{
@@ -58,6 +59,9 @@ struct Params {
     /// The runbook keeps a fallback replication (postgres.fallback): the target must have wal_level = logical (default true).
     #[serde(default = "yes")]
     fallback: bool,
+    /// Validate every foreign key after replication has started (a scan that blocks no writes, never inside the write outage); false leaves them NOT VALID on the target, recorded with the reason (default true).
+    #[serde(default = "yes")]
+    validate_foreign_keys: bool,
 }
 
 fn yes() -> bool {
@@ -275,10 +279,97 @@ struct Copied {
     rows_copied: u64,
     /// Bytes copied (COPY text).
     bytes_copied: u64,
-    /// Wall time of the copy, in seconds.
+    /// Wall time of the copy and its post-data (indexes, constraints, ANALYZE), in seconds.
     copy_seconds: f64,
-    /// Per table: rows, bytes and chunks.
+    /// Post-data statements this attempt applied (index builds, ANALYZE, the finish
+    /// transaction's statements, foreign key validations excluded).
+    post_data_applied: usize,
+    /// Foreign keys validated on the target after replication started (`table.constraint`).
+    foreign_keys_validated: Vec<String>,
+    /// Foreign keys left NOT VALID on the target, each with why.
+    foreign_keys_not_validated: Vec<NotValidated>,
+    /// Per table: rows, bytes and chunks copied, the COPY format (`binary` or `text`) and,
+    /// for text, why (`text_because`).
     copy: Map<String, Value>,
+}
+
+/// A foreign key the copy left `NOT VALID`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct NotValidated {
+    /// `table.constraint`.
+    constraint: String,
+    /// Why: the runbook said so, or it is `NOT VALID` on the source too.
+    reason: String,
+}
+
+/// One progress line for post-data items that committed together in `secs` seconds.
+fn post_data_line(items: &[Item], secs: f64) -> String {
+    match items {
+        [one] => format!("post-data: {} ({secs:.1} s)", one.label),
+        many => format!(
+            "post-data: {} statement(s) in one transaction (constraints attached, foreign keys added NOT VALID, triggers, comments) ({secs:.1} s)",
+            many.len()
+        ),
+    }
+}
+
+/// Validates the foreign keys the copy added `NOT VALID` and has not validated yet (the
+/// validate items of the progress schema), `jobs` at a time; their labels.
+async fn validate_foreign_keys(
+    cx: &StepContext<'_>,
+    target: &tokio_postgres::Client,
+    target_url: &str,
+    jobs: usize,
+) -> Result<Vec<String>, StepError> {
+    if copy::load_state(target).await?.is_none() {
+        return Ok(Vec::new());
+    }
+    let (preamble, items) = copy::pending_items(target).await?;
+    let items: Vec<Item> = items
+        .into_iter()
+        .filter(|i| i.stage == Stage::Validate)
+        .collect();
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    (cx.progress)(&format!(
+        "validating {} foreign key(s) while replication runs",
+        items.len()
+    ));
+    let mut done = Vec::new();
+    copy::validate(target_url, &preamble, items, jobs, |d| {
+        if let copy::Done::Items(items, secs) = d {
+            (cx.progress)(&post_data_line(&items, secs));
+            done.extend(items.into_iter().map(|i| i.label));
+        }
+    })
+    .await?;
+    Ok(done)
+}
+
+/// The target's foreign keys that are `NOT VALID`, with the reason.
+async fn not_valid_foreign_keys(
+    target: &tokio_postgres::Client,
+    validate: bool,
+) -> Result<Vec<NotValidated>, StepError> {
+    let rows = target
+        .query(
+            "SELECT format('%I.%I.%I', n.nspname, t.relname, c.conname) FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace WHERE c.contype = 'f' AND NOT c.convalidated ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| pg("target", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| NotValidated {
+            constraint: r.get(0),
+            reason: if validate {
+                "NOT VALID on the source too".into()
+            } else {
+                "validate_foreign_keys: false in the runbook".into()
+            },
+        })
+        .collect())
 }
 
 impl Outputs {
@@ -407,7 +498,15 @@ impl StepKind for Replicate {
             changes.push(Change::new(
                 "create",
                 format!("indexes and constraints on target {}", tp.display()),
-                "pg_dump --section=post-data after the copy",
+                format!(
+                    "pg_dump --section=post-data: each table's indexes built by the {} job(s) as soon as its rows are in, primary keys and unique constraints attached to them (USING INDEX), ANALYZE per table, foreign keys added NOT VALID{}",
+                    p.jobs,
+                    if p.validate_foreign_keys {
+                        " and validated once replication runs (before the step ends, outside any write outage)"
+                    } else {
+                        " and left so (validate_foreign_keys: false)"
+                    }
+                ),
             ));
             changes.push(Change::new("create", format!("subscription {sub} on target"), format!(
                 "PUBLICATION {publ} WITH (create_slot = false, slot_name = {sub}, copy_data = false): replication from the slot's consistent point; {} job(s){}",
@@ -452,10 +551,12 @@ impl StepKind for Replicate {
         let mut out = Outputs::new(&publ, &sub, sp.display(), tp.display());
 
         if exists(&target, "target", SUB_SQL, &sub).await? {
-            // A crash after the subscription was created: the copy is done.
+            // A crash after the subscription was created: the copy is done; foreign keys may
+            // still wait for their validation.
             out.target_frozen_roles = freeze_target(&source, &target, &tp.dbname).await?;
             let tables = crate::providers::postgres::catalog::tables(&source, "source").await?;
             out.tables = tables.len();
+            validate_foreign_keys(cx, &target, &target_url, p.jobs).await?;
             let _ = target
                 .batch_execute(&format!("DROP SCHEMA IF EXISTS {STATE_SCHEMA} CASCADE"))
                 .await;
@@ -468,8 +569,11 @@ impl StepKind for Replicate {
         let mut carried_post_data = None;
         if let Some(s) = &state {
             let ours = s.run_id == cx.run_id;
-            let usable =
-                s.phase != "copying" || snapshot::alive(&source_url, &s.slot.snapshot).await;
+            // Every chunk in: the rest of the work needs no snapshot.
+            let (all, done) = copy::progress(&target).await?;
+            let usable = s.phase != "copying"
+                || all.len() == done.len()
+                || snapshot::alive(&source_url, &s.slot.snapshot).await;
             if !ours || !usable {
                 (cx.progress)(&format!(
                     "the copy under way on the target ({}, snapshot {}) cannot continue: {}; starting it again",
@@ -538,11 +642,27 @@ impl StepKind for Replicate {
                 } else {
                     String::new()
                 };
+                // The post-data plan, read under the same snapshot as the schema.
+                let (preamble, entries) = if post_data {
+                    postdata::parse(
+                        &snapshot::dump_section(&sp, "post-data", Some(&slot.snapshot)).await?,
+                    )
+                } else {
+                    (String::new(), Vec::new())
+                };
+                let catalog = if entries.is_empty() {
+                    postdata::Catalog::default()
+                } else {
+                    postdata::catalog(&snap, "source").await?
+                };
+                let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
+                let (items, _) =
+                    postdata::plan(&entries, &catalog, &names, p.validate_foreign_keys);
                 // Schema and progress appear together or not at all.
                 target
                     .batch_execute(&format!(
                         "BEGIN;\n{pre};\n{}COMMIT;",
-                        copy::state_sql(cx.run_id, &slot, &chunks, post_data)
+                        copy::state_sql(cx.run_id, &slot, &chunks, post_data, &preamble, &items)
                     ))
                     .await
                     .map_err(|e| pg("target", e))?;
@@ -569,7 +689,10 @@ impl StepKind for Replicate {
 
         let started = Instant::now();
         let (all, done_before) = copy::progress(&target).await?;
-        let mut copied = Vec::new();
+        let same_major = catalog::major_version(&source, "source").await?
+            == catalog::major_version(&target, "target").await?;
+        let mut copied = 0usize;
+        let mut items_applied = 0usize;
         if state.phase == "copying" {
             let pending: Vec<copy::Chunk> = all
                 .iter()
@@ -588,10 +711,16 @@ impl StepKind for Replicate {
                     pending.len()
                 ));
             }
+            let (preamble, items) = copy::pending_items(&target).await?;
+            let items: Vec<Item> = items
+                .into_iter()
+                .filter(|i| i.stage != Stage::Validate)
+                .collect();
             let total_bytes: i64 = all.iter().map(|c| c.est_bytes).sum::<i64>().max(1);
             let mut bytes_so_far: i64 = done_before.iter().map(|d| d.chunk.est_bytes).sum();
             let mut n = done_before.len();
             let opts = copy::Options {
+                same_major,
                 jobs: p.jobs,
                 rate_limit: p.rate_limit_mb.map(|m| m * 1e6),
                 attempt: format!(
@@ -600,38 +729,44 @@ impl StepKind for Replicate {
                     chrono::Utc::now().format("%H:%M:%S%.3f")
                 ),
             };
-            copied = copy::run(
+            let work = copy::Work {
+                chunks: pending,
+                items,
+                preamble,
+            };
+            copy::run(
                 &source_url,
                 &target_url,
                 &state.slot.snapshot,
                 &tables,
-                pending,
+                work,
                 &opts,
-                |d| {
-                    n += 1;
-                    bytes_so_far += d.chunk.est_bytes;
-                    (cx.progress)(&format!(
-                        "copied {} chunk {}/{} ({} rows, {}); {n} of {} chunks, {}%",
-                        d.chunk.table,
-                        d.chunk.index + 1,
-                        d.chunk.of,
-                        d.rows,
-                        fmt_mb(d.bytes),
-                        all.len(),
-                        bytes_so_far * 100 / total_bytes
-                    ));
+                |d| match d {
+                    copy::Done::Chunk(d) => {
+                        n += 1;
+                        copied += 1;
+                        bytes_so_far += d.chunk.est_bytes;
+                        (cx.progress)(&format!(
+                            "copied {} chunk {}/{} ({} rows, {}); {n} of {} chunks, {}%",
+                            d.chunk.table,
+                            d.chunk.index + 1,
+                            d.chunk.of,
+                            d.rows,
+                            fmt_mb(d.bytes),
+                            all.len(),
+                            bytes_so_far * 100 / total_bytes
+                        ));
+                    }
+                    copy::Done::Items(items, secs) => {
+                        items_applied += items.len();
+                        (cx.progress)(&post_data_line(&items, secs));
+                    }
                 },
             )
             .await?;
             snapshot::release(&hold_file(cx));
-            let post = if state.post_data {
-                (cx.progress)("indexes and constraints (post-data)");
-                snapshot::dump_section(&sp, "post-data", None).await?
-            } else {
-                String::new()
-            };
             target
-                .batch_execute(&format!("BEGIN;\nSET LOCAL maintenance_work_mem = '256MB';\n{post};\nUPDATE cutover_copy.run SET phase = 'post-data';\nCOMMIT;"))
+                .batch_execute("UPDATE cutover_copy.run SET phase = 'post-data'")
                 .await
                 .map_err(|e| pg("target", e))?;
         }
@@ -649,6 +784,15 @@ impl StepKind for Replicate {
             e["rows"] = json!(e["rows"].as_u64().unwrap_or(0) + d.rows);
             e["bytes"] = json!(e["bytes"].as_u64().unwrap_or(0) + d.bytes);
         }
+        for t in &tables {
+            if let Some(e) = per_table.get_mut(&t.name) {
+                let (format, why) = copy::format_for(t, same_major);
+                e["format"] = json!(format);
+                if let Some(why) = why {
+                    e["text_because"] = json!(why);
+                }
+            }
+        }
 
         (cx.progress)(&format!(
             "creating subscription {sub} from slot {sub} (no second copy)"
@@ -665,20 +809,25 @@ impl StepKind for Replicate {
             .batch_execute(&sql)
             .await
             .map_err(|e| pg("target", e))?;
+        let validated = validate_foreign_keys(cx, &target, &target_url, p.jobs).await?;
         target
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {STATE_SCHEMA} CASCADE"))
             .await
             .map_err(|e| pg("target", e))?;
+        let not_validated = not_valid_foreign_keys(&target, p.validate_foreign_keys).await?;
 
         let rows: u64 = done_all.iter().map(|d| d.rows).sum();
         let bytes: u64 = done_all.iter().map(|d| d.bytes).sum();
         out.copied = Some(Copied {
             chunks: all.len(),
-            chunks_copied: copied.len(),
+            chunks_copied: copied,
             chunks_resumed: done_before.len(),
             rows_copied: rows,
             bytes_copied: bytes,
             copy_seconds: (copy_seconds * 1000.0).round() / 1000.0,
+            post_data_applied: items_applied,
+            foreign_keys_validated: validated,
+            foreign_keys_not_validated: not_validated,
             copy: per_table,
         });
         Ok(out.with_summary(format!(

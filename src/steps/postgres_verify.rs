@@ -646,6 +646,7 @@ mod tests {
             identity: catalog::Identity::PrimaryKey,
             bytes: 0,
             est_rows: 0,
+            column_types: vec![],
         };
         let mut tc = changes::TableChanges {
             key_columns: vec!["tenant".into(), "Id".into()],

@@ -43,6 +43,47 @@ pub struct Table {
     pub bytes: i64,
     /// `pg_class.reltuples` (planner estimate, 0 before the first ANALYZE), rows.
     pub est_rows: i64,
+    /// Every column (generated ones included) in `attnum` order, with what its type allows.
+    pub column_types: Vec<Column>,
+}
+
+/// One column of a table and what its type (through any domains) allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// The column name, quoted where needed.
+    pub name: String,
+    /// OID of the column's type after resolving domains (`pg_type.typbasetype`).
+    pub base_type: u32,
+    /// The type has `send`/`receive` functions whose binary form carries no server-specific OID
+    /// (built-in types, enums, user base types that are not arrays), so a binary `COPY` from a
+    /// server of the same major version reads back the same value.
+    pub binary: bool,
+    /// The column's collation is deterministic (or it has none): equal values are identical.
+    pub deterministic: bool,
+    /// A generated column (`attgenerated <> ''`): compared, never copied.
+    pub generated: bool,
+}
+
+/// Built-in types whose extended hash function (`hashint8extended`, `hashtextextended`, …)
+/// hashes the stored value itself, so two values hash alike only when they are identical
+/// (with a deterministic collation): bool, bytea, "char", name, int8, int2, int4, text, oid,
+/// bpchar, varchar, date, time, timestamp, timestamptz, uuid (OIDs from `pg_type.dat`).
+/// Others (numeric, floats, interval, json, arrays, …) may hash alike when only equal
+/// (`1.0` and `1.00`, `-0` and `0`, `1 day` and `24 hours`) and are hashed by their text form.
+const IDENTITY_HASHED: [u32; 16] = [
+    16, 17, 18, 19, 20, 21, 23, 25, 26, 1042, 1043, 1082, 1083, 1114, 1184, 2950,
+];
+
+impl Column {
+    /// The column as an expression whose hash (inside `hash_record_extended`) changes whenever
+    /// the value does: the column itself when its type hashes by identity, else its text form.
+    pub fn hash_expr(&self, alias: &str) -> String {
+        if IDENTITY_HASHED.contains(&self.base_type) && self.deterministic {
+            format!("{alias}.{}", self.name)
+        } else {
+            format!("{alias}.{}::text", self.name)
+        }
+    }
 }
 
 impl Table {
@@ -107,6 +148,28 @@ impl Table {
         }
     }
 
+    /// The copied columns whose type has no portable binary form (so the table is copied as
+    /// text), e.g. `"tags" (type 16421)`; empty when a binary `COPY` carries every column.
+    pub fn binary_blockers(&self) -> Vec<String> {
+        self.column_types
+            .iter()
+            .filter(|c| !c.generated && !c.binary)
+            .map(|c| format!("{} (type {})", c.name, c.base_type))
+            .collect()
+    }
+
+    /// A 64-bit hash of the whole row of `alias` that needs no text rendering for the common
+    /// types: `hash_record_extended(ROW(...), 0)` (PostgreSQL 14 and later) over each column's
+    /// [`Column::hash_expr`]. The same on every server of those versions.
+    pub fn row_hash(&self, alias: &str) -> String {
+        let parts: Vec<String> = self
+            .column_types
+            .iter()
+            .map(|c| c.hash_expr(alias))
+            .collect();
+        format!("hash_record_extended(ROW({}), 0)", parts.join(", "))
+    }
+
     /// True when the key is one integer column, so ranges can be cut arithmetically.
     pub fn integer_key(&self) -> bool {
         self.key.len() == 1 && ["bigint", "integer", "smallint"].contains(&self.key[0].1.as_str())
@@ -160,8 +223,24 @@ SELECT format('%I.%I', n.nspname, c.relname), n.nspname || '.' || c.relname, c.r
                  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}'),
        (SELECT k.cols FROM k WHERE k.indrelid = c.oid ORDER BY k.indisprimary DESC LIMIT 1),
        (SELECT k.types FROM k WHERE k.indrelid = c.oid ORDER BY k.indisprimary DESC LIMIT 1),
-       EXISTS (SELECT 1 FROM k WHERE k.indrelid = c.oid AND k.indisprimary)
+       EXISTS (SELECT 1 FROM k WHERE k.indrelid = c.oid AND k.indisprimary),
+       coalesce(t.names, '{}'), coalesce(t.bases, '{}'), coalesce(t.bin, '{}'), coalesce(t.det, '{}'), coalesce(t.gen, '{}')
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN LATERAL (
+  SELECT array_agg(quote_ident(a.attname) ORDER BY a.attnum) AS names,
+         array_agg(b.oid ORDER BY a.attnum) AS bases,
+         array_agg(b.typsend <> 0 AND b.typreceive <> 0 AND b.typtype IN ('b', 'e', 'r', 'm')
+                   AND (b.typtype = 'e' OR b.oid < 16384 OR (b.typtype = 'b' AND b.typelem = 0)) ORDER BY a.attnum) AS bin,
+         array_agg(coalesce((SELECT to_jsonb(k) ->> 'collisdeterministic' FROM pg_collation k WHERE k.oid = a.attcollation), 'true') <> 'false' ORDER BY a.attnum) AS det,
+         array_agg(a.attgenerated <> '' ORDER BY a.attnum) AS gen
+  FROM pg_attribute a
+  CROSS JOIN LATERAL (
+    WITH RECURSIVE d(oid, depth) AS (
+      SELECT a.atttypid, 0
+      UNION ALL SELECT ty.typbasetype, d.depth + 1 FROM pg_type ty JOIN d ON ty.oid = d.oid WHERE ty.typtype = 'd')
+    SELECT d.oid FROM d ORDER BY d.depth DESC LIMIT 1) r
+  JOIN pg_type b ON b.oid = r.oid
+  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) t ON true
 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'cutover_copy')
   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
 ORDER BY 1";
@@ -196,7 +275,24 @@ pub async fn tables(c: &Client, side: &str) -> Result<Vec<Table>, ProviderError>
             } else {
                 key
             };
+            let names: Vec<String> = r.get(10);
+            let bases: Vec<u32> = r.get(11);
+            let bin: Vec<bool> = r.get(12);
+            let det: Vec<bool> = r.get(13);
+            let gen: Vec<bool> = r.get(14);
+            let column_types = names
+                .into_iter()
+                .enumerate()
+                .map(|(i, name)| Column {
+                    name,
+                    base_type: bases.get(i).copied().unwrap_or(0),
+                    binary: bin.get(i).copied().unwrap_or(false),
+                    deterministic: det.get(i).copied().unwrap_or(false),
+                    generated: gen.get(i).copied().unwrap_or(false),
+                })
+                .collect();
             Table {
+                column_types,
                 name: r.get(0),
                 display: r.get(1),
                 identity,
@@ -240,7 +336,33 @@ mod tests {
             identity: Identity::PrimaryKey,
             bytes: 0,
             est_rows: 0,
+            column_types: vec![],
         }
+    }
+
+    #[test]
+    fn row_hash_renders_only_types_that_do_not_hash_by_identity() {
+        let col = |name: &str, base_type: u32, binary: bool, deterministic: bool| Column {
+            name: name.into(),
+            base_type,
+            binary,
+            deterministic,
+            generated: false,
+        };
+        let mut t = table(&[("id", "bigint")]);
+        t.column_types = vec![
+            col("id", 20, true, true),
+            col("price", 1700, true, true),
+            col("email", 25, true, false),
+            col("tags", 16421, false, true),
+        ];
+        assert_eq!(
+            t.row_hash("r"),
+            "hash_record_extended(ROW(r.id, r.price::text, r.email::text, r.tags::text), 0)"
+        );
+        assert_eq!(t.binary_blockers(), vec!["tags (type 16421)".to_string()]);
+        t.column_types[3].generated = true;
+        assert!(t.binary_blockers().is_empty(), "generated columns are never copied");
     }
 
     #[test]

@@ -15,7 +15,8 @@ use super::{literal, pg};
 use crate::providers::ProviderError;
 use bytes::{BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use std::collections::VecDeque;
+use super::postdata::{Item, Stage};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -43,7 +44,7 @@ pub struct ChunkDone {
     pub chunk: Chunk,
     /// Rows written, as `COPY` reported them.
     pub rows: u64,
-    /// Bytes of COPY text streamed.
+    /// Bytes of COPY data streamed (text or binary, as [`format_for`] chose).
     pub bytes: u64,
 }
 
@@ -95,9 +96,17 @@ pub async fn load_state(target: &Client) -> Result<Option<State>, ProviderError>
     }))
 }
 
-/// SQL that creates the progress schema with the run record and the chunk plan; meant to run
-/// in the same transaction as the pre-data section, so schema and plan appear together.
-pub fn state_sql(run_id: &str, slot: &ExportedSlot, chunks: &[Chunk], post_data: bool) -> String {
+/// SQL that creates the progress schema with the run record, the chunk plan and the post-data
+/// plan (pg_dump's `preamble` and the `items`); meant to run in the same transaction as the
+/// pre-data section, so schema and plans appear together.
+pub fn state_sql(
+    run_id: &str,
+    slot: &ExportedSlot,
+    chunks: &[Chunk],
+    post_data: bool,
+    preamble: &str,
+    items: &[Item],
+) -> String {
     let arr = |v: &Option<Vec<String>>| match v {
         None => "NULL".to_string(),
         Some(v) => format!(
@@ -110,12 +119,27 @@ pub fn state_sql(run_id: &str, slot: &ExportedSlot, chunks: &[Chunk], post_data:
          CREATE TABLE cutover_copy.run (run_id text NOT NULL, slot text NOT NULL, consistent_lsn text NOT NULL, snapshot text NOT NULL, phase text NOT NULL, post_data boolean NOT NULL);
          CREATE TABLE cutover_copy.chunks (table_name text NOT NULL, chunk int NOT NULL, chunks int NOT NULL, lower_key text[], upper_key text[], est_bytes bigint NOT NULL, PRIMARY KEY (table_name, chunk));
          CREATE TABLE cutover_copy.copied (table_name text NOT NULL, chunk int NOT NULL, rows bigint NOT NULL, bytes bigint NOT NULL, attempt text NOT NULL, copied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (table_name, chunk));
-         INSERT INTO cutover_copy.run VALUES ({}, {}, {}, {}, 'copying', {post_data});\n",
+         CREATE TABLE cutover_copy.post (id int PRIMARY KEY, stage text NOT NULL, table_name text, label text NOT NULL, sql text NOT NULL);
+         CREATE TABLE cutover_copy.post_done (id int PRIMARY KEY, done_at timestamptz NOT NULL DEFAULT now());
+         CREATE TABLE cutover_copy.preamble (sql text NOT NULL);
+         INSERT INTO cutover_copy.run VALUES ({}, {}, {}, {}, 'copying', {post_data});
+         INSERT INTO cutover_copy.preamble VALUES ({});\n",
         literal(run_id),
         literal(&slot.slot),
         literal(&slot.consistent_lsn),
-        literal(&slot.snapshot)
+        literal(&slot.snapshot),
+        literal(preamble)
     );
+    for i in items {
+        sql.push_str(&format!(
+            "INSERT INTO cutover_copy.post VALUES ({}, {}, {}, {}, {});\n",
+            i.id,
+            literal(i.stage.as_str()),
+            i.table.as_deref().map_or("NULL".to_string(), literal),
+            literal(&i.label),
+            literal(&i.sql)
+        ));
+    }
     for c in chunks {
         sql.push_str(&format!(
             "INSERT INTO cutover_copy.chunks VALUES ({}, {}, {}, {}, {}, {});\n",
@@ -167,6 +191,44 @@ pub async fn progress(target: &Client) -> Result<(Vec<Chunk>, Vec<ChunkDone>), P
         all.push(chunk);
     }
     Ok((all, done))
+}
+
+/// pg_dump's session settings and the post-data items not yet applied, in plan order.
+///
+/// # Errors
+/// [`ProviderError::Postgres`].
+pub async fn pending_items(target: &Client) -> Result<(String, Vec<Item>), ProviderError> {
+    let preamble: String = target
+        .query_one("SELECT sql FROM cutover_copy.preamble", &[])
+        .await
+        .map_err(|e| pg("target", e))?
+        .get(0);
+    let rows = target
+        .query(
+            "SELECT p.id, p.stage, p.table_name, p.label, p.sql FROM cutover_copy.post p \
+             WHERE NOT EXISTS (SELECT 1 FROM cutover_copy.post_done d WHERE d.id = p.id) ORDER BY p.id",
+            &[],
+        )
+        .await
+        .map_err(|e| pg("target", e))?;
+    let mut items = Vec::new();
+    for r in rows {
+        let stage: String = r.get(1);
+        let Some(stage) = Stage::parse(&stage) else {
+            return Err(ProviderError::Postgres {
+                side: "target".into(),
+                message: format!("cutover_copy.post holds an unknown stage {stage:?}"),
+            });
+        };
+        items.push(Item {
+            id: r.get(0),
+            stage,
+            table: r.get(2),
+            label: r.get(3),
+            sql: r.get(4),
+        });
+    }
+    Ok((preamble, items))
 }
 
 /// How many chunks `plan` aims to cut `t` into: one per `chunk_rows` rows of the planner's
@@ -302,9 +364,44 @@ impl Pacer {
     }
 }
 
+/// The `COPY` format a table is streamed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `FORMAT binary`: no text rendering on the source nor parsing on the target (about 1.7×
+    /// faster for integer and timestamp columns on PostgreSQL 15, measured in docs/BENCHMARKS.md).
+    Binary,
+    /// `FORMAT text`, under the session settings of [`super::checksum::STABLE_TEXT`].
+    Text,
+}
+
+/// The format `t` is copied in and, for text, why: binary needs servers of one major version
+/// (`same_major`; PostgreSQL documents binary `COPY` as portable only within a version) and
+/// every copied column of a type whose binary form names no server-specific OID
+/// ([`Table::binary_blockers`]).
+pub fn format_for(t: &Table, same_major: bool) -> (Format, Option<String>) {
+    if !same_major {
+        return (
+            Format::Text,
+            Some("source and target differ in major version".into()),
+        );
+    }
+    let blockers = t.binary_blockers();
+    if blockers.is_empty() {
+        (Format::Binary, None)
+    } else {
+        (
+            Format::Text,
+            Some(format!("no portable binary form: {}", blockers.join(", "))),
+        )
+    }
+}
+
 /// Copy settings.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Source and target run the same major version, so tables may be copied in binary.
+    pub same_major: bool,
     /// Parallel workers, each with one source and one target connection.
     pub jobs: usize,
     /// Limit over all workers, bytes per second of COPY text; `None` for no limit.
@@ -313,59 +410,313 @@ pub struct Options {
     pub attempt: String,
 }
 
-/// Copies `chunks` (largest first) with `opts.jobs` workers under `snapshot`, calling `on_done`
-/// after each chunk commits. Each chunk is one target transaction holding its rows and its
-/// progress row.
+/// One unit of the copy's work.
+#[derive(Debug, Clone)]
+enum Task {
+    Chunk(Chunk),
+    Item(Item),
+    /// Every finish item, in one transaction.
+    Finish(Vec<Item>),
+}
+
+/// What a worker finished.
+#[derive(Debug, Clone)]
+pub enum Done {
+    /// A chunk's rows and progress row committed.
+    Chunk(ChunkDone),
+    /// A post-data item (or the finish transaction's items) committed, with its wall time in
+    /// seconds.
+    Items(Vec<Item>, f64),
+}
+
+/// What a worker should do next.
+#[derive(Debug)]
+enum Next {
+    Run(Task),
+    /// Nothing is ready but something runs: wait for it.
+    Wait,
+    /// Nothing is left.
+    Done,
+}
+
+/// The order of the copy's work (pure; the workers ask it what to do and tell it what ended):
+/// a table's build items as soon as its last chunk is in, then chunks (largest table first, so
+/// its index builds overlap the smaller tables' copies), then each table's `ANALYZE` once its
+/// rows and builds are in, and the finish transaction when everything else has ended.
+#[derive(Debug, Default)]
+struct Schedule {
+    chunks: VecDeque<Chunk>,
+    /// Per table: chunks not yet committed (queued or running).
+    chunks_left: HashMap<String, usize>,
+    builds: Vec<Item>,
+    /// Per table: build items not yet committed.
+    builds_left: HashMap<String, usize>,
+    analyzes: Vec<Item>,
+    finish: Vec<Item>,
+    running: usize,
+    failed: bool,
+}
+
+impl Schedule {
+    fn new(mut chunks: Vec<Chunk>, tables: &[Table], items: Vec<Item>) -> Schedule {
+        let bytes = |name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.bytes);
+        chunks.sort_by(|a, b| {
+            bytes(&b.table)
+                .cmp(&bytes(&a.table))
+                .then_with(|| a.table.cmp(&b.table))
+                .then_with(|| a.index.cmp(&b.index))
+        });
+        let mut s = Schedule::default();
+        for c in &chunks {
+            *s.chunks_left.entry(c.table.clone()).or_default() += 1;
+        }
+        s.chunks = chunks.into();
+        for i in items {
+            match i.stage {
+                Stage::Build => {
+                    if let Some(t) = &i.table {
+                        *s.builds_left.entry(t.clone()).or_default() += 1;
+                    }
+                    s.builds.push(i);
+                }
+                Stage::Analyze => s.analyzes.push(i),
+                Stage::Finish => s.finish.push(i),
+                Stage::Validate => {}
+            }
+        }
+        s
+    }
+
+    fn rows_in(&self, table: &Option<String>) -> bool {
+        table
+            .as_ref()
+            .map_or(true, |t| self.chunks_left.get(t).copied().unwrap_or(0) == 0)
+    }
+
+    fn next(&mut self) -> Next {
+        if self.failed {
+            return Next::Done;
+        }
+        let task = if let Some(at) = self.builds.iter().position(|i| self.rows_in(&i.table)) {
+            Some(Task::Item(self.builds.remove(at)))
+        } else if let Some(c) = self.chunks.pop_front() {
+            Some(Task::Chunk(c))
+        } else if let Some(at) = self.analyzes.iter().position(|i| {
+            self.rows_in(&i.table)
+                && i.table
+                    .as_ref()
+                    .map_or(true, |t| self.builds_left.get(t).copied().unwrap_or(0) == 0)
+        }) {
+            Some(Task::Item(self.analyzes.remove(at)))
+        } else if self.builds.is_empty()
+            && self.analyzes.is_empty()
+            && self.running == 0
+            && !self.finish.is_empty()
+        {
+            Some(Task::Finish(std::mem::take(&mut self.finish)))
+        } else {
+            None
+        };
+        match task {
+            Some(t) => {
+                self.running += 1;
+                Next::Run(t)
+            }
+            None if self.running == 0 && self.builds.is_empty() && self.analyzes.is_empty() => {
+                Next::Done
+            }
+            None => Next::Wait,
+        }
+    }
+
+    fn ended(&mut self, task: &Task) {
+        self.running = self.running.saturating_sub(1);
+        let dec = |m: &mut HashMap<String, usize>, t: &str| {
+            if let Some(n) = m.get_mut(t) {
+                *n = n.saturating_sub(1);
+            }
+        };
+        match task {
+            Task::Chunk(c) => dec(&mut self.chunks_left, &c.table),
+            Task::Item(i) if i.stage == Stage::Build => {
+                if let Some(t) = &i.table {
+                    dec(&mut self.builds_left, t);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The copy's work: `chunks` still to copy and post-data `items` still to apply (build,
+/// analyze and finish stages; validate items are for [`validate`]).
+pub struct Work {
+    /// Chunks not yet copied.
+    pub chunks: Vec<Chunk>,
+    /// Post-data items not yet applied.
+    pub items: Vec<Item>,
+    /// pg_dump's session settings, run before every post-data statement.
+    pub preamble: String,
+}
+
+/// Copies `work.chunks` and applies its post-data items with `opts.jobs` workers, chunks
+/// inside `snapshot`, calling `on_done` after each commit. Each chunk is one target
+/// transaction holding its rows and its progress row; each post-data item likewise with its
+/// `cutover_copy.post_done` row, so a resumed copy neither copies a chunk nor builds an index
+/// twice.
 ///
 /// # Errors
-/// [`ProviderError::Postgres`] from the first failing chunk; chunks committed before it stay
-/// copied and recorded.
+/// [`ProviderError::Postgres`] from the first failing chunk or statement; work committed
+/// before it stays recorded.
 pub async fn run(
     source_url: &str,
     target_url: &str,
     snapshot: &str,
     tables: &[Table],
-    mut chunks: Vec<Chunk>,
+    work: Work,
     opts: &Options,
-    mut on_done: impl FnMut(&ChunkDone),
-) -> Result<Vec<ChunkDone>, ProviderError> {
-    chunks.sort_by_key(|c| std::cmp::Reverse(c.est_bytes));
-    let queue = Mutex::new(VecDeque::from(chunks));
+    on_done: impl FnMut(Done),
+) -> Result<(), ProviderError> {
+    let needs_source = !work.chunks.is_empty();
+    let schedule = Mutex::new(Schedule::new(work.chunks, tables, work.items));
+    let changed = tokio::sync::Notify::new();
     let pacer = Pacer {
         rate: opts.rate_limit,
         next: Mutex::new(Instant::now()),
     };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ChunkDone>();
-    let worker = |tx: tokio::sync::mpsc::UnboundedSender<ChunkDone>| {
-        let (queue, pacer) = (&queue, &pacer);
+    let preamble = work.preamble.as_str();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    let worker = |tx: tokio::sync::mpsc::UnboundedSender<Done>| {
+        let (schedule, changed, pacer) = (&schedule, &changed, &pacer);
         async move {
-            let src = super::checksum::open(source_url, "source").await?;
-            import(&src, snapshot).await?;
+            let src = if needs_source {
+                let src = super::checksum::open(source_url, "source").await?;
+                import(&src, snapshot).await?;
+                Some(src)
+            } else {
+                None
+            };
             let tgt = super::checksum::open(target_url, "target").await?;
             loop {
-                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-                let Some(chunk) = next else { break };
-                let Some(table) = tables.iter().find(|t| t.name == chunk.table) else {
-                    return Err(ProviderError::Postgres {
-                        side: "source".into(),
-                        message: format!("table {} of the copy plan no longer exists", chunk.table),
-                    });
+                let wake = changed.notified();
+                let next = schedule.lock().unwrap_or_else(|p| p.into_inner()).next();
+                let task = match next {
+                    Next::Done => break,
+                    Next::Wait => {
+                        wake.await;
+                        continue;
+                    }
+                    Next::Run(t) => t,
                 };
-                let done = copy_chunk(&src, &tgt, table, chunk, &opts.attempt, pacer).await?;
-                let _ = tx.send(done);
+                let started = Instant::now();
+                let result = match &task {
+                    Task::Chunk(chunk) => {
+                        match (tables.iter().find(|t| t.name == chunk.table), &src) {
+                            (Some(table), Some(src)) => copy_chunk(
+                                src,
+                                &tgt,
+                                table,
+                                chunk.clone(),
+                                &opts.attempt,
+                                opts.same_major,
+                                pacer,
+                            )
+                            .await
+                            .map(Done::Chunk),
+                            _ => Err(ProviderError::Postgres {
+                                side: "source".into(),
+                                message: format!(
+                                    "table {} of the copy plan no longer exists",
+                                    chunk.table
+                                ),
+                            }),
+                        }
+                    }
+                    Task::Item(item) => apply(&tgt, preamble, std::slice::from_ref(item))
+                        .await
+                        .map(|_| Done::Items(vec![item.clone()], started.elapsed().as_secs_f64())),
+                    Task::Finish(items) => apply(&tgt, preamble, items)
+                        .await
+                        .map(|_| Done::Items(items.clone(), started.elapsed().as_secs_f64())),
+                };
+                {
+                    let mut s = schedule.lock().unwrap_or_else(|p| p.into_inner());
+                    s.ended(&task);
+                    if result.is_err() {
+                        s.failed = true;
+                    }
+                }
+                changed.notify_waiters();
+                let _ = tx.send(result?);
             }
             Ok::<(), ProviderError>(())
         }
     };
     let workers: Vec<_> = (0..opts.jobs.max(1)).map(|_| worker(tx.clone())).collect();
     drop(tx);
-    let mut done = Vec::new();
-    super::drive(workers, rx, |d| {
-        on_done(&d);
-        done.push(d);
-    })
-    .await?;
-    Ok(done)
+    super::drive(workers, rx, on_done).await
+}
+
+/// Applies `items` on `tgt` in one transaction with their `post_done` rows, after pg_dump's
+/// session settings.
+async fn apply(tgt: &Client, preamble: &str, items: &[Item]) -> Result<(), ProviderError> {
+    let mut sql = format!("BEGIN;\nSET LOCAL maintenance_work_mem = '256MB';\n{preamble}\n");
+    for i in items {
+        sql.push_str(&i.sql);
+        sql.push_str(&format!(
+            "\nINSERT INTO cutover_copy.post_done (id) VALUES ({});\n",
+            i.id
+        ));
+    }
+    sql.push_str("COMMIT;");
+    if let Err(e) = tgt.batch_execute(&sql).await {
+        let _ = tgt.batch_execute("ROLLBACK").await;
+        let what = items
+            .iter()
+            .map(|i| i.label.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut err = pg("target", e);
+        if let ProviderError::Postgres { message, .. } = &mut err {
+            *message = format!("{message} (post-data: {what})");
+        }
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Applies the validate items with `jobs` target connections in parallel, each in its own
+/// transaction with its `post_done` row, calling `on_done` after each.
+///
+/// # Errors
+/// [`ProviderError::Postgres`] from the first failing statement (a row that breaks a foreign
+/// key names the constraint).
+pub async fn validate(
+    target_url: &str,
+    preamble: &str,
+    items: Vec<Item>,
+    jobs: usize,
+    on_done: impl FnMut(Done),
+) -> Result<(), ProviderError> {
+    let queue = Mutex::new(VecDeque::from(items));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    let worker = |tx: tokio::sync::mpsc::UnboundedSender<Done>| {
+        let queue = &queue;
+        async move {
+            let tgt = super::connect(target_url, "target").await?;
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                let Some(item) = next else { break };
+                let started = Instant::now();
+                apply(&tgt, preamble, std::slice::from_ref(&item)).await?;
+                let _ = tx.send(Done::Items(vec![item], started.elapsed().as_secs_f64()));
+            }
+            Ok::<(), ProviderError>(())
+        }
+    };
+    let workers: Vec<_> = (0..jobs.max(1)).map(|_| worker(tx.clone())).collect();
+    drop(tx);
+    super::drive(workers, rx, on_done).await
 }
 
 async fn copy_chunk(
@@ -374,14 +725,19 @@ async fn copy_chunk(
     table: &Table,
     chunk: Chunk,
     attempt: &str,
+    same_major: bool,
     pacer: &Pacer,
 ) -> Result<ChunkDone, ProviderError> {
     let cols = table.columns.join(", ");
+    let with = match format_for(table, same_major).0 {
+        Format::Binary => " (FORMAT binary)",
+        Format::Text => "",
+    };
     let out_sql = if chunk.range == KeyRange::default() {
-        format!("COPY {} ({cols}) TO STDOUT", table.name)
+        format!("COPY {} ({cols}) TO STDOUT{with}", table.name)
     } else {
         format!(
-            "COPY (SELECT {cols} FROM {} WHERE {}) TO STDOUT",
+            "COPY (SELECT {cols} FROM {} WHERE {}) TO STDOUT{with}",
             table.name,
             table.range_predicate(&chunk.range)
         )
@@ -394,7 +750,7 @@ async fn copy_chunk(
     let result: Result<(u64, u64), ProviderError> = async {
         let stream = src.copy_out(out_sql.as_str()).await.map_err(|e| pg("source", e))?;
         let sink = tgt
-            .copy_in(format!("COPY {} ({cols}) FROM STDIN", table.name).as_str())
+            .copy_in(format!("COPY {} ({cols}) FROM STDIN{with}", table.name).as_str())
             .await
             .map_err(|e| pg("target", e))?;
         tokio::pin!(stream);
@@ -442,6 +798,122 @@ async fn copy_chunk(
 mod tests {
     use super::*;
 
+    fn chunk(table: &str, index: i32) -> Chunk {
+        Chunk {
+            table: table.into(),
+            index,
+            of: 2,
+            range: KeyRange::default(),
+            est_bytes: 1,
+        }
+    }
+
+    fn item(id: i32, stage: Stage, table: Option<&str>) -> Item {
+        Item {
+            id,
+            stage,
+            table: table.map(str::to_string),
+            label: format!("item {id}"),
+            sql: String::new(),
+        }
+    }
+
+    fn table(name: &str, bytes: i64) -> Table {
+        Table {
+            name: name.into(),
+            display: name.into(),
+            columns: vec![],
+            column_defs: vec![],
+            key: vec![],
+            identity: super::super::catalog::Identity::PrimaryKey,
+            bytes,
+            est_rows: 0,
+            column_types: vec![],
+        }
+    }
+
+    fn take(s: &mut Schedule) -> Task {
+        match s.next() {
+            Next::Run(t) => t,
+            other => panic!("expected a task, got {other:?}"),
+        }
+    }
+
+    fn name(t: &Task) -> String {
+        match t {
+            Task::Chunk(c) => format!("{}#{}", c.table, c.index),
+            Task::Item(i) => i.label.clone(),
+            Task::Finish(items) => format!("finish {}", items.len()),
+        }
+    }
+
+    #[test]
+    fn builds_wait_for_their_tables_rows_analyze_for_builds_finish_for_everything() {
+        let tables = [table("small", 10), table("big", 1000)];
+        let chunks = vec![chunk("small", 0), chunk("big", 0), chunk("big", 1)];
+        let items = vec![
+            item(0, Stage::Build, Some("big")),
+            item(1, Stage::Build, Some("small")),
+            item(2, Stage::Finish, None),
+            item(3, Stage::Finish, None),
+            item(4, Stage::Analyze, Some("big")),
+            item(5, Stage::Analyze, Some("small")),
+            item(6, Stage::Validate, Some("big")),
+            // A partitioned parent has no rows of its own: its index is ready at once.
+            item(7, Stage::Build, Some("parent")),
+        ];
+        let mut s = Schedule::new(chunks, &tables, items);
+        // Two workers. The parent's index first, then the largest table's chunks.
+        let a = take(&mut s);
+        assert_eq!(name(&a), "item 7");
+        let b = take(&mut s);
+        assert_eq!(name(&b), "big#0");
+        s.ended(&a);
+        let c = take(&mut s);
+        assert_eq!(name(&c), "big#1");
+        s.ended(&b);
+        // big#1 still runs: big's index waits; the small table's chunk goes ahead.
+        let d = take(&mut s);
+        assert_eq!(name(&d), "small#0");
+        assert!(matches!(s.next(), Next::Wait));
+        s.ended(&c);
+        // big's rows are in: its index, while small's chunk still copies.
+        let e = take(&mut s);
+        assert_eq!(name(&e), "item 0");
+        s.ended(&d);
+        let f = take(&mut s);
+        assert_eq!(name(&f), "item 1");
+        // Neither table's ANALYZE may start before its own index is in.
+        assert!(matches!(s.next(), Next::Wait));
+        s.ended(&f);
+        let g = take(&mut s);
+        assert_eq!(name(&g), "item 5");
+        assert!(matches!(s.next(), Next::Wait));
+        s.ended(&e);
+        let h = take(&mut s);
+        assert_eq!(name(&h), "item 4");
+        // The finish waits until nothing else runs.
+        assert!(matches!(s.next(), Next::Wait));
+        s.ended(&g);
+        assert!(matches!(s.next(), Next::Wait));
+        s.ended(&h);
+        let i = take(&mut s);
+        assert_eq!(name(&i), "finish 2");
+        assert!(matches!(s.next(), Next::Wait));
+        s.ended(&i);
+        // Validate items are not the copy's: nothing is left.
+        assert!(matches!(s.next(), Next::Done));
+    }
+
+    #[test]
+    fn a_failure_stops_handing_out_work() {
+        let mut s = Schedule::new(vec![chunk("t", 0), chunk("t", 1)], &[], vec![]);
+        let a = take(&mut s);
+        s.ended(&a);
+        s.failed = true;
+        assert!(matches!(s.next(), Next::Done));
+    }
+
     #[test]
     fn pacer_spreads_bytes_at_the_rate() {
         let t0 = Instant::now();
@@ -482,8 +954,20 @@ mod tests {
                 est_bytes: 10,
             }],
             true,
+            "SET x = 1;",
+            &[Item {
+                id: 0,
+                stage: Stage::Build,
+                table: Some("public.t".into()),
+                label: "index public.t_i".into(),
+                sql: "CREATE INDEX t_i ON public.t (note) WHERE note <> 'it''s';".into(),
+            }],
         );
         assert!(sql.contains("VALUES ('\"public\".\"t\"', 1, 2, ARRAY['5']::text[], NULL, 10)"));
+        assert!(sql.contains("INSERT INTO cutover_copy.preamble VALUES ('SET x = 1;')"));
+        assert!(sql.contains(
+            "VALUES (0, 'build', 'public.t', 'index public.t_i', 'CREATE INDEX t_i ON public.t (note) WHERE note <> ''it''''s'';')"
+        ));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod checksum;
 pub mod copy;
 pub mod heartbeat;
 pub mod ownership;
+pub mod postdata;
 pub mod preflight;
 pub mod replication;
 pub mod roles;
