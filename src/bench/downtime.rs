@@ -112,7 +112,7 @@ async fn run_size(bench: &Bench, opts: &Options, downtime_rows: i64) -> Result<u
         bench.scratch_project(dir.path(), DB, &runbook(opts.rate, opts.jobs))?;
         let started = Instant::now();
         let result = bench.rehearse(dir.path(), DB);
-        let (records, _) = match result {
+        let (records, _, _) = match result {
             Ok(r) => r,
             Err(e) => {
                 bench.drop_databases(DB).await;

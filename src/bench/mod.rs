@@ -260,12 +260,14 @@ impl Bench {
     }
 
     /// Runs `cutover rehearse bench` in the scratch project `dir` against database `db`; returns
-    /// the run's records and the child's peak resident memory (bytes).
+    /// the run's records, the child's peak resident memory (bytes) and the CPU time it used
+    /// (user + system, seconds, the `pg_dump` runs it waited for included).
     ///
     /// # Errors
     /// The binary cannot run, or the run did not succeed.
-    pub fn rehearse(&self, dir: &Path, db: &str) -> Result<(Vec<serde_json::Value>, u64)> {
+    pub fn rehearse(&self, dir: &Path, db: &str) -> Result<(Vec<serde_json::Value>, u64, f64)> {
         let exe = std::env::current_exe()?;
+        let cpu_before = children_cpu_seconds();
         let out = std::process::Command::new(exe)
             .arg("-C")
             .arg(dir)
@@ -286,6 +288,7 @@ impl Bench {
             .stdin(std::process::Stdio::null())
             .output()?;
         let rss = children_max_rss();
+        let cpu = children_cpu_seconds() - cpu_before;
         let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -306,7 +309,21 @@ impl Bench {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        Ok((records, rss))
+        Ok((records, rss, cpu))
+    }
+}
+
+/// User + system CPU time of every child waited for so far, seconds (`getrusage`).
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes only into the zeroed struct it is given.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) == 0 {
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            secs(ru.ru_utime) + secs(ru.ru_stime)
+        } else {
+            0.0
+        }
     }
 }
 

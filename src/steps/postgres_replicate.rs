@@ -288,6 +288,9 @@ struct Copied {
     foreign_keys_validated: Vec<String>,
     /// Foreign keys left NOT VALID on the target, each with why.
     foreign_keys_not_validated: Vec<NotValidated>,
+    /// Wall time of each part of this attempt, in seconds: `preflight`, `slot`,
+    /// `schema_and_plan`, `copy_and_post_data`, `subscription`, `foreign_key_validation`.
+    seconds: Map<String, Value>,
     /// Per table: rows, bytes and chunks copied, the COPY format (`binary` or `text`) and,
     /// for text, why (`text_because`).
     copy: Map<String, Value>,
@@ -598,10 +601,20 @@ impl StepKind for Replicate {
                     .map_err(|e| pg("target", e))?;
             }
         }
+        let mut clock = Instant::now();
+        let mut seconds = Map::new();
+        let mut lap = |name: &str| {
+            seconds.insert(
+                name.to_string(),
+                json!((clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
+            );
+            clock = Instant::now();
+        };
         let report = preflight_check(&p, &source, &target, state.is_some(), false).await?;
         if !report.problems.is_empty() {
             return Err(problems_error(&report.problems));
         }
+        lap("preflight");
         // Only now, with the target known not to be live: until the flip it takes writes from
         // replication only.
         out.target_frozen_roles = freeze_target(&source, &target, &tp.dbname).await?;
@@ -630,6 +643,7 @@ impl StepKind for Replicate {
                     Duration::from_secs(120),
                 )
                 .await?;
+                lap("slot");
                 let snap = crate::providers::postgres::connect(&source_url, "source").await?;
                 snapshot::import(&snap, &slot.snapshot).await?;
                 let chunks = copy::plan(&snap, &tables, p.chunk_rows).await?;
@@ -656,16 +670,19 @@ impl StepKind for Replicate {
                     postdata::catalog(&snap, "source").await?
                 };
                 let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
-                let (items, _) =
+                let paused = copy::autovacuum_pausable(&snap, &names).await?;
+                let (mut items, _) =
                     postdata::plan(&entries, &catalog, &names, p.validate_foreign_keys);
+                postdata::resume_autovacuum(&mut items, &paused);
                 // Schema and progress appear together or not at all.
                 target
                     .batch_execute(&format!(
                         "BEGIN;\n{pre};\n{}COMMIT;",
-                        copy::state_sql(cx.run_id, &slot, &chunks, post_data, &preamble, &items)
+                        copy::state_sql(cx.run_id, &slot, &chunks, post_data, &preamble, &items, &paused)
                     ))
                     .await
                     .map_err(|e| pg("target", e))?;
+                lap("schema_and_plan");
                 (cx.progress)(&format!(
                     "{}{} chunks planned under snapshot {} at {}",
                     if create_schema {
@@ -764,6 +781,7 @@ impl StepKind for Replicate {
                 },
             )
             .await?;
+            lap("copy_and_post_data");
             snapshot::release(&hold_file(cx));
             target
                 .batch_execute("UPDATE cutover_copy.run SET phase = 'post-data'")
@@ -809,7 +827,9 @@ impl StepKind for Replicate {
             .batch_execute(&sql)
             .await
             .map_err(|e| pg("target", e))?;
+        lap("subscription");
         let validated = validate_foreign_keys(cx, &target, &target_url, p.jobs).await?;
+        lap("foreign_key_validation");
         target
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {STATE_SCHEMA} CASCADE"))
             .await
@@ -828,6 +848,7 @@ impl StepKind for Replicate {
             post_data_applied: items_applied,
             foreign_keys_validated: validated,
             foreign_keys_not_validated: not_validated,
+            seconds,
             copy: per_table,
         });
         Ok(out.with_summary(format!(
@@ -918,6 +939,13 @@ impl StepKind for Replicate {
             lines.push(dropped(format!("subscription {sub} (target)"), "dropped"));
         }
         if copy::load_state(&target).await?.is_some() {
+            let resumed = copy::resume_autovacuum(&target).await?;
+            if !resumed.is_empty() {
+                lines.push(dropped(
+                    format!("autovacuum pause of {} table(s) (target)", resumed.len()),
+                    "autovacuum_enabled reset",
+                ));
+            }
             target
                 .batch_execute(&format!("DROP SCHEMA {STATE_SCHEMA} CASCADE"))
                 .await

@@ -51,9 +51,9 @@ struct Params {
     /// Parallel connection pairs (default 2).
     #[serde(default = "default_jobs")]
     jobs: usize,
-    /// Rows per compared chunk (default 50000).
-    #[serde(default = "default_chunk_rows")]
-    chunk_rows: i64,
+    /// Rows per compared chunk (default: about 32 MB of each table, from its size and row estimate, between 10000 and 1000000 rows).
+    #[serde(default)]
+    chunk_rows: Option<i64>,
     /// Differing keys named per table at most (default 20).
     #[serde(default = "default_max_keys")]
     max_keys: usize,
@@ -67,9 +67,6 @@ struct Params {
 
 fn default_jobs() -> usize {
     2
-}
-fn default_chunk_rows() -> i64 {
-    50_000
 }
 fn default_max_keys() -> usize {
     20
@@ -262,9 +259,11 @@ impl StepKind for Verify {
             "change tracking (pgoutput): keys of every row changed from the start of this pass, for the check inside the window",
         )];
         changes_.push(super::Change::new("check", format!("database {db}"), format!(
-            "compare {} of {} tables (~{rows} rows) on source and target in chunks of {} rows with {} job(s), while replication runs; re-read differing rows once the target caught up; name up to {} differing keys per table",
+            "compare {} of {} tables (~{rows} rows) on source and target in chunks of {} with {} job(s), while replication runs; re-read differing rows once the target caught up; name up to {} differing keys per table",
             if p.method == Method::Count { "row counts" } else { "row counts and hash sums" },
-            tables.len(), p.chunk_rows, p.jobs, p.max_keys
+            tables.len(),
+            p.chunk_rows.map_or("about 32 MB of each table".to_string(), |n| format!("{n} rows")),
+            p.jobs, p.max_keys
         )));
         Ok(Planned {
             changes: changes_,
@@ -331,11 +330,7 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
         &cx.providers.target_url()?,
         &tables,
         p.jobs,
-        if p.method == Method::Count {
-            0
-        } else {
-            p.chunk_rows
-        },
+        if p.method == Method::Count { Some(0) } else { p.chunk_rows },
         // Differences in flight are common while replication runs: find them all.
         10_000,
         |done, total| {
@@ -377,11 +372,7 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
                     &cx.providers.target_url()?,
                     std::slice::from_ref(t),
                     1,
-                    if p.method == Method::Count {
-                        0
-                    } else {
-                        p.chunk_rows
-                    },
+                    if p.method == Method::Count { Some(0) } else { p.chunk_rows },
                     10_000,
                     |_, _| {},
                 )

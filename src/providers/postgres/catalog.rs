@@ -76,12 +76,13 @@ const IDENTITY_HASHED: [u32; 16] = [
 
 impl Column {
     /// The column as an expression whose hash (inside `hash_record_extended`) changes whenever
-    /// the value does: the column itself when its type hashes by identity, else its text form.
+    /// the value does: the column itself when its type hashes by identity, else its text form
+    /// in the `C` collation (a nondeterministic collation would hash `A` and `a` alike).
     pub fn hash_expr(&self, alias: &str) -> String {
         if IDENTITY_HASHED.contains(&self.base_type) && self.deterministic {
             format!("{alias}.{}", self.name)
         } else {
-            format!("{alias}.{}::text", self.name)
+            format!("{alias}.{}::text COLLATE \"C\"", self.name)
         }
     }
 }
@@ -306,6 +307,96 @@ pub async fn tables(c: &Client, side: &str) -> Result<Vec<Table>, ProviderError>
         .collect())
 }
 
+/// Rows a key sample aims at: enough for even cuts (256 per chunk), and at least 10,000.
+fn sample_rows(chunks: i64) -> i64 {
+    (chunks * 256).max(10_000)
+}
+
+/// Cuts `t` into about `wanted` half-open key ranges, reading at most a sample of it on `c`
+/// (never every key):
+///
+/// - a single integer key is cut arithmetically between its min and max, as pgcopydb's
+///   `--split-tables-larger-than` does;
+/// - any other key (composite, UUID, text, dates; a partition is a table here) is cut at keys
+///   drawn from a block sample (`TABLESAMPLE SYSTEM`, about 256 rows per range and at least
+///   10,000, fixed seed) sorted in key order, as PeerDB and pgcopydb cut non-integer keys.
+///
+/// The first range is unbounded below and the last above, so every row falls in exactly one
+/// whatever the sample drew; a poor sample only makes ranges uneven. A table without a key, or
+/// `wanted` ≤ 1, is one range.
+///
+/// # Errors
+/// [`ProviderError::Postgres`].
+pub async fn key_ranges(
+    c: &Client,
+    side: &str,
+    t: &Table,
+    wanted: i64,
+) -> Result<Vec<KeyRange>, ProviderError> {
+    if wanted <= 1 || t.key.is_empty() {
+        return Ok(vec![KeyRange::default()]);
+    }
+    if t.integer_key() {
+        let k = &t.key[0].0;
+        let r = c
+            .query_one(
+                &format!("SELECT min({k})::bigint, max({k})::bigint FROM {}", t.name),
+                &[],
+            )
+            .await
+            .map_err(|e| pg(side, e))?;
+        return Ok(
+            match (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)) {
+                (Some(lo), Some(hi)) => split(lo, hi, wanted.clamp(1, (hi - lo + 1).max(1))),
+                _ => vec![KeyRange::default()],
+            },
+        );
+    }
+    let pct = (100.0 * sample_rows(wanted) as f64 / t.est_rows.max(1) as f64).clamp(0.01, 100.0);
+    let sql = format!(
+        "SELECT {} FROM {} TABLESAMPLE SYSTEM ({pct}) REPEATABLE (42) ORDER BY {}",
+        t.key_text_array(),
+        t.name,
+        t.key_order()
+    );
+    let sample: Vec<Vec<String>> = c
+        .query(&sql, &[])
+        .await
+        .map_err(|e| pg(side, e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(KeyRange::between(&cuts(&sample, wanted)))
+}
+
+/// Up to `n - 1` distinct cut keys spread evenly over `sample` (sorted in key order).
+fn cuts(sample: &[Vec<String>], n: i64) -> Vec<Vec<String>> {
+    let len = sample.len() as i64;
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for j in 1..n {
+        let at = (j * len / n) as usize;
+        if let Some(k) = sample.get(at) {
+            if out.last() != Some(k) && at > 0 {
+                out.push(k.clone());
+            }
+        }
+    }
+    out
+}
+
+/// `n` ranges covering every key: the first unbounded below, the last unbounded above, the cuts
+/// evenly spaced between `lo` and `hi`.
+fn split(lo: i64, hi: i64, n: i64) -> Vec<KeyRange> {
+    let step = ((hi - lo) / n + 1).max(1);
+    let at = |j: i64| vec![(lo + j * step).to_string()];
+    (0..n)
+        .map(|i| KeyRange {
+            lower: (i > 0).then(|| at(i)),
+            upper: (i + 1 < n).then(|| at(i + 1)),
+        })
+        .collect()
+}
+
 /// Server major version (`server_version_num / 10000`).
 ///
 /// # Errors
@@ -358,7 +449,7 @@ mod tests {
         ];
         assert_eq!(
             t.row_hash("r"),
-            "hash_record_extended(ROW(r.id, r.price::text, r.email::text, r.tags::text), 0)"
+            "hash_record_extended(ROW(r.id, r.price::text COLLATE \"C\", r.email::text COLLATE \"C\", r.tags::text COLLATE \"C\"), 0)"
         );
         assert_eq!(t.binary_blockers(), vec!["tags (type 16421)".to_string()]);
         t.column_types[3].generated = true;
@@ -389,5 +480,39 @@ mod tests {
         assert_eq!(t2.key_label(&["x".into(), "3".into()]), "(a, b)=(x, 3)");
         assert!(!t2.integer_key());
         assert!(t.integer_key());
+    }
+
+    #[test]
+    fn sampled_cuts_are_distinct_increasing_and_ranges_cover_everything() {
+        let key = |a: &str, b: i32| vec![a.to_string(), b.to_string()];
+        let sample: Vec<Vec<String>> = (0..100).map(|i| key("k", i / 10)).collect();
+        let c = cuts(&sample, 4);
+        assert_eq!(c, vec![key("k", 2), key("k", 5), key("k", 7)]);
+        let r = KeyRange::between(&c);
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[0].lower, None);
+        assert_eq!(r[3].upper, None);
+        for w in r.windows(2) {
+            assert_eq!(w[0].upper, w[1].lower, "adjacent ranges share their bound");
+        }
+        // A sample of one key cuts nothing: one chunk, the whole table.
+        assert_eq!(
+            KeyRange::between(&cuts(&[key("k", 1)], 8)),
+            vec![KeyRange::default()]
+        );
+        assert_eq!(KeyRange::between(&cuts(&[], 8)), vec![KeyRange::default()]);
+    }
+
+    #[test]
+    fn split_covers_every_key_once() {
+        let r = split(1, 100, 4);
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[0].lower, None);
+        assert_eq!(r[3].upper, None);
+        for w in r.windows(2) {
+            assert_eq!(w[0].upper, w[1].lower);
+        }
+        assert_eq!(r[1].lower, Some(vec!["26".to_string()]));
+        assert_eq!(split(5, 5, 1), vec![KeyRange::default()]);
     }
 }

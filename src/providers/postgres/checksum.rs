@@ -1,15 +1,16 @@
 //! Comparing two databases table by table as data-diff does: each table cut into key-ordered
-//! chunks, each chunk summarised on both sides at once by its row count and the sum of a 64-bit
-//! hash of every row (`hashtextextended` of the row's text form: the function hash partitioning
-//! relies on, so the same on every server), and a differing chunk bisected by key until the
-//! differing rows are found. Rows are reported by key only, never by value.
+//! chunks (cut from the key's bounds or a sample, never a pass over every key), each chunk
+//! summarised on both sides at once by its row count and the sum of a 64-bit hash of every row,
+//! and a differing chunk bisected by key until the differing rows are found. The row hash is
+//! `hash_record_extended` over the columns (the extended hash functions hash partitioning relies
+//! on, so the same on every server), rendering as text only the types whose hash treats unequal
+//! values alike ([`RowHash`]). Rows are reported by key only, never by value.
 //!
 //! Owns the comparison; must not change either database.
 
-use super::catalog::{KeyRange, Table};
+use super::catalog::{key_ranges, major_version, KeyRange, Table};
 use super::{connect, pg};
 use crate::providers::ProviderError;
-use futures_util::StreamExt;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use tokio_postgres::Client;
@@ -20,6 +21,48 @@ pub const STABLE_TEXT: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD';
 
 /// Table alias in generated SQL; unlikely to collide with a column name.
 const ALIAS: &str = "cutover_row";
+
+/// How a row is hashed, the same way on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowHash {
+    /// `hash_record_extended` over the columns, most of them unrendered
+    /// ([`Table::row_hash`]): both servers run PostgreSQL 14 or later. About 3.5× the rows per
+    /// second of the text form on PostgreSQL 15 (docs/BENCHMARKS.md).
+    Record,
+    /// `hashtextextended` of the row's text form: either server is older than 14.
+    Text,
+}
+
+impl RowHash {
+    /// [`RowHash::Record`] when both major versions are 14 or later.
+    pub fn for_versions(source_major: i32, target_major: i32) -> RowHash {
+        if source_major >= 14 && target_major >= 14 {
+            RowHash::Record
+        } else {
+            RowHash::Text
+        }
+    }
+
+    fn expr(self, t: &Table) -> String {
+        match self {
+            RowHash::Record => t.row_hash(ALIAS),
+            RowHash::Text => format!("hashtextextended({ALIAS}::text, 0)"),
+        }
+    }
+}
+
+/// Bytes of a table a compared chunk covers when the runbook sets no row count (by the table's
+/// size over its row estimate): large enough that a round trip is small beside the scan.
+pub const CHUNK_BYTES: i64 = 32 << 20;
+
+/// Rows per chunk of `t`: `chunk_rows` when given, else about [`CHUNK_BYTES`] of the table,
+/// between 10,000 and 1,000,000 rows.
+pub fn chunk_rows_for(t: &Table, chunk_rows: Option<i64>) -> i64 {
+    chunk_rows.unwrap_or_else(|| {
+        let width = (t.bytes / t.est_rows.max(1)).max(1);
+        (CHUNK_BYTES / width).clamp(10_000, 1_000_000)
+    })
+}
 
 /// Row count and hash sum of some rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +108,7 @@ pub async fn open(url: &str, side: &str) -> Result<Client, ProviderError> {
     stable(connect(url, side).await?, side).await
 }
 
-/// Summarises the rows of `t` in `range`.
+/// Summarises the rows of `t` in `range`, rows hashed by `hash`.
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
@@ -74,9 +117,11 @@ pub async fn summarise(
     side: &str,
     t: &Table,
     range: &KeyRange,
+    hash: RowHash,
 ) -> Result<Summary, ProviderError> {
     let sql = format!(
-        "SELECT count(*), coalesce(sum(hashtextextended({ALIAS}::text, 0)), 0)::text FROM {} {ALIAS} WHERE {}",
+        "SELECT count(*), coalesce(sum({}), 0)::text FROM {} {ALIAS} WHERE {}",
+        hash.expr(t),
         t.name,
         t.range_predicate(range)
     );
@@ -87,8 +132,9 @@ pub async fn summarise(
     })
 }
 
-/// Cuts `t` into ranges of about `chunk_rows` rows by reading every `chunk_rows`-th key in key
-/// order on `c`. A table without a key is one range.
+/// Cuts `t` into ranges of about `chunk_rows` rows (by the planner's row estimate) with
+/// [`key_ranges`]: arithmetic for an integer key, a block sample otherwise, never a pass over
+/// every key. `chunk_rows` < 1 or a table without a key is one range.
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
@@ -101,20 +147,8 @@ pub async fn ranges(
     if t.key.is_empty() || chunk_rows < 1 {
         return Ok(vec![KeyRange::default()]);
     }
-    let sql = format!(
-        "SELECT k FROM (SELECT {} AS k, row_number() OVER (ORDER BY {}) AS rn FROM {}) s WHERE rn % {chunk_rows} = 1 AND rn > 1 ORDER BY rn",
-        t.key_text_array(),
-        t.key_order(),
-        t.name
-    );
-    let cuts: Vec<Vec<String>> = c
-        .query(&sql, &[])
-        .await
-        .map_err(|e| pg(side, e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    Ok(KeyRange::between(&cuts))
+    let wanted = (t.est_rows + chunk_rows - 1) / chunk_rows;
+    key_ranges(c, side, t, wanted).await
 }
 
 /// Rows of a range small enough to compare one by one.
@@ -173,6 +207,7 @@ pub async fn locate(
     t: &Table,
     range: KeyRange,
     limit: usize,
+    hash: RowHash,
 ) -> Result<Vec<Vec<String>>, ProviderError> {
     let mut keys = Vec::new();
     if t.key.is_empty() {
@@ -184,8 +219,8 @@ pub async fn locate(
             break;
         }
         let (a, b) = tokio::try_join!(
-            summarise(src, "source", t, &r),
-            summarise(tgt, "target", t, &r)
+            summarise(src, "source", t, &r, hash),
+            summarise(tgt, "target", t, &r, hash)
         )?;
         if a == b {
             continue;
@@ -232,19 +267,10 @@ pub async fn locate(
     Ok(keys)
 }
 
-async fn plan_table(
-    url: &str,
-    i: usize,
-    t: &Table,
-    chunk_rows: i64,
-) -> Result<(usize, Vec<KeyRange>), ProviderError> {
-    let c = open(url, "source").await?;
-    Ok((i, ranges(&c, "source", t, chunk_rows).await?))
-}
-
 /// Compares every table of `tables` between the two databases with `jobs` connection pairs,
-/// chunks of about `chunk_rows` rows, and at most `limit` keys named per table. `on_chunk` is
-/// called after each chunk with (chunks done, chunks in all).
+/// chunks of about `chunk_rows` rows (else [`chunk_rows_for`] each table's width; 0 for one
+/// chunk per table), and at most `limit` keys named per table. `on_chunk` is called after each
+/// chunk with (chunks done, chunks in all).
 ///
 /// # Errors
 /// [`ProviderError::Postgres`] when a query fails (a difference is a result, not an error).
@@ -253,23 +279,25 @@ pub async fn compare(
     target_url: &str,
     tables: &[Table],
     jobs: usize,
-    chunk_rows: i64,
+    chunk_rows: Option<i64>,
     limit: usize,
     mut on_chunk: impl FnMut(usize, usize),
 ) -> Result<Vec<TableResult>, ProviderError> {
     let jobs = jobs.max(1);
-    // Ranges come from the source's keys; the target is compared over the same ranges.
-    let futs: Vec<_> = tables
-        .iter()
-        .enumerate()
-        .map(|(i, t)| plan_table(source_url, i, t, chunk_rows))
-        .collect();
-    let planned: Vec<(usize, Vec<KeyRange>)> = futures_util::stream::iter(futs)
-        .buffer_unordered(jobs)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let (planner, tgt) = tokio::try_join!(open(source_url, "source"), open(target_url, "target"))?;
+    let hash = RowHash::for_versions(
+        major_version(&planner, "source").await?,
+        major_version(&tgt, "target").await?,
+    );
+    drop(tgt);
+    // Ranges come from the source's keys (a sample at most); the target is compared over the
+    // same ranges.
+    let mut planned: Vec<(usize, Vec<KeyRange>)> = Vec::with_capacity(tables.len());
+    for (i, t) in tables.iter().enumerate() {
+        let rows = chunk_rows_for(t, chunk_rows);
+        planned.push((i, ranges(&planner, "source", t, rows).await?));
+    }
+    drop(planner);
     let total: usize = planned.iter().map(|(_, r)| r.len()).sum();
     let queue: Mutex<VecDeque<(usize, KeyRange)>> = Mutex::new(
         planned
@@ -288,8 +316,8 @@ pub async fn compare(
                 let Some((i, r)) = next else { break };
                 let t = &tables[i];
                 let (a, b) = tokio::try_join!(
-                    summarise(&src, "source", t, &r),
-                    summarise(&tgt, "target", t, &r)
+                    summarise(&src, "source", t, &r, hash),
+                    summarise(&tgt, "target", t, &r, hash)
                 )?;
                 let _ = tx.send((i, r, a, b));
             }
@@ -332,7 +360,7 @@ pub async fn compare(
             if left == 0 {
                 continue;
             }
-            let keys = locate(&src, &tgt, &tables[i], r, left).await?;
+            let keys = locate(&src, &tgt, &tables[i], r, left, hash).await?;
             results[i]
                 .differing_keys
                 .extend(keys.iter().map(|k| tables[i].key_label(k)));

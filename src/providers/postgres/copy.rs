@@ -6,10 +6,13 @@
 //! chunk written in the same transaction as the chunk's rows. A chunk is therefore either
 //! entirely copied and recorded or not at all, and a resumed copy never copies one twice.
 //!
+//! The same workers apply the post-data plan ([`super::postdata`]) as tables complete, and the
+//! target's tables have autovacuum paused until their finish (see [`autovacuum_pausable`]).
+//!
 //! Owns chunk planning, the copy workers and the progress tables; must not create slots,
 //! publications or subscriptions.
 
-use super::catalog::{KeyRange, Table, STATE_SCHEMA};
+use super::catalog::{key_ranges, KeyRange, Table, STATE_SCHEMA};
 use super::snapshot::{import, ExportedSlot};
 use super::{literal, pg};
 use crate::providers::ProviderError;
@@ -106,6 +109,7 @@ pub fn state_sql(
     post_data: bool,
     preamble: &str,
     items: &[Item],
+    paused: &[String],
 ) -> String {
     let arr = |v: &Option<Vec<String>>| match v {
         None => "NULL".to_string(),
@@ -122,6 +126,7 @@ pub fn state_sql(
          CREATE TABLE cutover_copy.post (id int PRIMARY KEY, stage text NOT NULL, table_name text, label text NOT NULL, sql text NOT NULL);
          CREATE TABLE cutover_copy.post_done (id int PRIMARY KEY, done_at timestamptz NOT NULL DEFAULT now());
          CREATE TABLE cutover_copy.preamble (sql text NOT NULL);
+         CREATE TABLE cutover_copy.autovacuum_paused (table_name text PRIMARY KEY);
          INSERT INTO cutover_copy.run VALUES ({}, {}, {}, {}, 'copying', {post_data});
          INSERT INTO cutover_copy.preamble VALUES ({});\n",
         literal(run_id),
@@ -130,6 +135,12 @@ pub fn state_sql(
         literal(&slot.snapshot),
         literal(preamble)
     );
+    for t in paused {
+        sql.push_str(&format!(
+            "ALTER TABLE {t} SET (autovacuum_enabled = false);\nINSERT INTO cutover_copy.autovacuum_paused VALUES ({});\n",
+            literal(t)
+        ));
+    }
     for i in items {
         sql.push_str(&format!(
             "INSERT INTO cutover_copy.post VALUES ({}, {}, {}, {}, {});\n",
@@ -193,6 +204,61 @@ pub async fn progress(target: &Client) -> Result<(Vec<Chunk>, Vec<ChunkDone>), P
     Ok((all, done))
 }
 
+/// Of `tables`, those whose autovacuum the copy pauses on the target: every one whose source
+/// sets no `autovacuum_enabled` of its own (one it sets comes along with the schema and is
+/// kept). Each chunk commits, so without the pause autovacuum's insert threshold starts vacuums
+/// of a table while its chunks still stream in (measured: one ran for 20 s beside the copy of
+/// a 2 GB table, and holds the lock its index builds wait for). The finish transaction resets
+/// them ([`super::postdata::resume_autovacuum`]).
+///
+/// # Errors
+/// [`ProviderError::Postgres`].
+pub async fn autovacuum_pausable(
+    source: &Client,
+    tables: &[String],
+) -> Result<Vec<String>, ProviderError> {
+    let rows = source
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND NOT EXISTS (SELECT 1 FROM unnest(coalesce(c.reloptions, '{}')) o WHERE o LIKE 'autovacuum\\_enabled=%')",
+            &[],
+        )
+        .await
+        .map_err(|e| pg("source", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|t| tables.contains(t))
+        .collect())
+}
+
+/// Resets `autovacuum_enabled` on the target tables whose autovacuum the copy paused and whose
+/// finish has not reset it yet (a rollback before the copy ended); their names.
+///
+/// # Errors
+/// [`ProviderError::Postgres`].
+pub async fn resume_autovacuum(target: &Client) -> Result<Vec<String>, ProviderError> {
+    let paused: Vec<String> = match target
+        .query("SELECT table_name FROM cutover_copy.autovacuum_paused", &[])
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        // A progress schema of an earlier version has no such table: nothing was paused.
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut reset = Vec::new();
+    for t in paused {
+        let sql = format!("ALTER TABLE {t} RESET (autovacuum_enabled)");
+        match target.batch_execute(&sql).await {
+            Ok(()) => reset.push(t),
+            // Dropped since (reset_target): nothing to reset.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {}
+            Err(e) => return Err(pg("target", e)),
+        }
+    }
+    Ok(reset)
+}
+
 /// pg_dump's session settings and the post-data items not yet applied, in plan order.
 ///
 /// # Errors
@@ -242,21 +308,9 @@ pub fn chunks_wanted(t: &Table, chunk_rows: i64) -> i64 {
     }
 }
 
-/// Rows a key sample aims at: enough for even cuts (256 per chunk), and at least 10,000.
-fn sample_rows(chunks: i64) -> i64 {
-    (chunks * 256).max(10_000)
-}
-
 /// Splits each table into chunks of about `chunk_rows` rows (by the planner's estimate) over
-/// its key range, read through `source` (already inside the snapshot).
-///
-/// - A single integer key is cut arithmetically between its min and max, as pgcopydb's
-///   `--split-tables-larger-than` does.
-/// - Any other key (composite, UUID, text, dates; a partition is a table here) is cut at keys
-///   drawn from a block sample (`TABLESAMPLE SYSTEM`, about [`sample_rows`] rows, fixed seed)
-///   sorted in key order, as PeerDB and pgcopydb cut non-integer keys. The ranges are half-open
-///   and the first and last unbounded, so every row falls in exactly one chunk whatever the
-///   sample drew; a poor sample only makes chunks uneven.
+/// its key range ([`super::catalog::key_ranges`]), read through `source` (already inside the
+/// snapshot).
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
@@ -267,40 +321,7 @@ pub async fn plan(
 ) -> Result<Vec<Chunk>, ProviderError> {
     let mut out = Vec::new();
     for t in tables {
-        let wanted = chunks_wanted(t, chunk_rows);
-        let ranges = if wanted <= 1 {
-            vec![KeyRange::default()]
-        } else if t.integer_key() {
-            let k = &t.key[0].0;
-            let r = source
-                .query_one(
-                    &format!("SELECT min({k})::bigint, max({k})::bigint FROM {}", t.name),
-                    &[],
-                )
-                .await
-                .map_err(|e| pg("source", e))?;
-            match (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)) {
-                (Some(lo), Some(hi)) => split(lo, hi, wanted.clamp(1, (hi - lo + 1).max(1))),
-                _ => vec![KeyRange::default()],
-            }
-        } else {
-            let pct =
-                (100.0 * sample_rows(wanted) as f64 / t.est_rows.max(1) as f64).clamp(0.01, 100.0);
-            let sql = format!(
-                "SELECT {} FROM {} TABLESAMPLE SYSTEM ({pct}) REPEATABLE (42) ORDER BY {}",
-                t.key_text_array(),
-                t.name,
-                t.key_order()
-            );
-            let sample: Vec<Vec<String>> = source
-                .query(&sql, &[])
-                .await
-                .map_err(|e| pg("source", e))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            KeyRange::between(&cuts(&sample, wanted))
-        };
+        let ranges = key_ranges(source, "source", t, chunks_wanted(t, chunk_rows)).await?;
         let n = ranges.len() as i64;
         for (i, range) in ranges.into_iter().enumerate() {
             out.push(Chunk {
@@ -313,34 +334,6 @@ pub async fn plan(
         }
     }
     Ok(out)
-}
-
-/// Up to `n - 1` distinct cut keys spread evenly over `sample` (sorted in key order).
-fn cuts(sample: &[Vec<String>], n: i64) -> Vec<Vec<String>> {
-    let len = sample.len() as i64;
-    let mut out: Vec<Vec<String>> = Vec::new();
-    for j in 1..n {
-        let at = (j * len / n) as usize;
-        if let Some(k) = sample.get(at) {
-            if out.last() != Some(k) && at > 0 {
-                out.push(k.clone());
-            }
-        }
-    }
-    out
-}
-
-/// `n` ranges covering every key: the first unbounded below, the last unbounded above, the cuts
-/// evenly spaced between `lo` and `hi`.
-fn split(lo: i64, hi: i64, n: i64) -> Vec<KeyRange> {
-    let step = ((hi - lo) / n + 1).max(1);
-    let at = |j: i64| vec![(lo + j * step).to_string()];
-    (0..n)
-        .map(|i| KeyRange {
-            lower: (i > 0).then(|| at(i)),
-            upper: (i + 1 < n).then(|| at(i + 1)),
-        })
-        .collect()
 }
 
 /// Spreads writes over time so they average at most `rate` bytes per second across all workers.
@@ -363,6 +356,10 @@ impl Pacer {
         tokio::time::sleep_until(self.reserve(bytes, Instant::now())).await;
     }
 }
+
+/// Session settings of a copy worker's source connection: no parallel query and no JIT for its
+/// `COPY (SELECT ...)` statements.
+const SERIAL_PLANS: &str = "SET max_parallel_workers_per_gather = 0; SET jit = off";
 
 /// The `COPY` format a table is streamed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -591,6 +588,12 @@ pub async fn run(
         async move {
             let src = if needs_source {
                 let src = super::checksum::open(source_url, "source").await?;
+                // The copy's parallelism is its workers: a parallel plan per chunk would put
+                // three server processes behind every stream and pass each row through a
+                // shared-memory queue (measured: the source became the bottleneck).
+                src.batch_execute(SERIAL_PLANS)
+                    .await
+                    .map_err(|e| pg("source", e))?;
                 import(&src, snapshot).await?;
                 Some(src)
             } else {
@@ -962,7 +965,9 @@ mod tests {
                 label: "index public.t_i".into(),
                 sql: "CREATE INDEX t_i ON public.t (note) WHERE note <> 'it''s';".into(),
             }],
+            &["public.t".to_string()],
         );
+        assert!(sql.contains("ALTER TABLE public.t SET (autovacuum_enabled = false);"));
         assert!(sql.contains("VALUES ('\"public\".\"t\"', 1, 2, ARRAY['5']::text[], NULL, 10)"));
         assert!(sql.contains("INSERT INTO cutover_copy.preamble VALUES ('SET x = 1;')"));
         assert!(sql.contains(
@@ -970,37 +975,4 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn sampled_cuts_are_distinct_increasing_and_ranges_cover_everything() {
-        let key = |a: &str, b: i32| vec![a.to_string(), b.to_string()];
-        let sample: Vec<Vec<String>> = (0..100).map(|i| key("k", i / 10)).collect();
-        let c = cuts(&sample, 4);
-        assert_eq!(c, vec![key("k", 2), key("k", 5), key("k", 7)]);
-        let r = KeyRange::between(&c);
-        assert_eq!(r.len(), 4);
-        assert_eq!(r[0].lower, None);
-        assert_eq!(r[3].upper, None);
-        for w in r.windows(2) {
-            assert_eq!(w[0].upper, w[1].lower, "adjacent ranges share their bound");
-        }
-        // A sample of one key cuts nothing: one chunk, the whole table.
-        assert_eq!(
-            KeyRange::between(&cuts(&[key("k", 1)], 8)),
-            vec![KeyRange::default()]
-        );
-        assert_eq!(KeyRange::between(&cuts(&[], 8)), vec![KeyRange::default()]);
-    }
-
-    #[test]
-    fn split_covers_every_key_once() {
-        let r = split(1, 100, 4);
-        assert_eq!(r.len(), 4);
-        assert_eq!(r[0].lower, None);
-        assert_eq!(r[3].upper, None);
-        for w in r.windows(2) {
-            assert_eq!(w[0].upper, w[1].lower);
-        }
-        assert_eq!(r[1].lower, Some(vec!["26".to_string()]));
-        assert_eq!(split(5, 5, 1), vec![KeyRange::default()]);
-    }
 }

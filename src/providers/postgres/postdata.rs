@@ -352,6 +352,22 @@ pub fn plan(
     (items, not_validated)
 }
 
+/// Appends to the finish stage the reset of each table whose autovacuum the copy paused
+/// (`ALTER TABLE ... RESET (autovacuum_enabled)`), so the table is as on the source once its
+/// indexes are in.
+pub fn resume_autovacuum(items: &mut Vec<Item>, paused: &[String]) {
+    for t in paused {
+        let id = items.len() as i32;
+        items.push(Item {
+            id,
+            stage: Stage::Finish,
+            table: None,
+            label: format!("autovacuum of {t} resumed"),
+            sql: format!("ALTER TABLE {t} RESET (autovacuum_enabled);"),
+        });
+    }
+}
+
 fn label(e: &Entry) -> String {
     format!("{} {}.{}", e.kind.to_lowercase(), e.schema, e.tag)
 }
