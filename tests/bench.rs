@@ -29,7 +29,10 @@ fn bench_prints_downtime_copy_and_verify_figures_and_loses_no_write() {
         "pg_dump -Fd -j 2 + pg_restore -j 2 of the same database",
         "cutover postgres.replicate:",
         "native subscription (copy_data = true",
-        "ratios (time / cutover's time)",
+        "ratios (cutover's time / theirs)",
+        "composite primary key (order_id, line)",
+        "ms per MB",
+        "the step's parts:",
         "rows/s per side",
         "one corrupted row on the target: located as id=66667",
     ] {

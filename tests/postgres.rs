@@ -513,3 +513,46 @@ fn concurrent_heartbeat_writers_both_create_the_missing_table() {
         assert_eq!(rows[0][0].as_deref(), Some("0"), "round {round}");
     }
 }
+
+#[test]
+fn verify_tells_apart_values_that_are_only_equal_and_names_each_by_key() {
+    let sb = Sandbox::start();
+    let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
+    let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
+    let create = "CREATE TABLE public.amounts (id int PRIMARY KEY, amount numeric NOT NULL, label text COLLATE \"C\" NOT NULL, span interval NOT NULL, seen timestamptz NOT NULL, tags jsonb NOT NULL);
+                  INSERT INTO public.amounts SELECT g, g / 4.0, 'L' || g, g * interval '1 hour', timestamptz '2025-01-01' + g * interval '1 s', jsonb_build_object('n', g) FROM generate_series(1, 30000) g;
+                  ANALYZE public.amounts";
+    sb.sql(&src, create);
+    sb.sql(&tgt, create);
+    // Equal to PostgreSQL's hash functions, different to a user: the scale of a numeric, an
+    // interval written in other units, the case of a label, one microsecond.
+    sb.sql(&tgt, "UPDATE public.amounts SET amount = 2.50 WHERE id = 10;
+                  UPDATE public.amounts SET span = interval '1 day' WHERE id = 24;
+                  UPDATE public.amounts SET label = 'l20000' WHERE id = 20000;
+                  UPDATE public.amounts SET seen = seen + interval '1 microsecond' WHERE id = 29999");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let results = rt.block_on(async {
+        let c = cutover::providers::postgres::connect(&src, "source").await.unwrap();
+        let tables: Vec<_> = cutover::providers::postgres::catalog::tables(&c, "source")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.display == "public.amounts")
+            .collect();
+        cutover::providers::postgres::checksum::compare(&src, &tgt, &tables, 2, Some(5000), 20, |_, _| {})
+            .await
+            .unwrap()
+    });
+    assert_eq!(results.len(), 1);
+    let r = &results[0];
+    assert!(r.differs);
+    assert!(r.chunks >= 5, "{} chunks", r.chunks);
+    assert_eq!(r.rows, 30000);
+    let mut keys = r.differing_keys.clone();
+    keys.sort_by_key(|k| k.trim_start_matches("id=").parse::<i64>().unwrap_or(-1));
+    assert_eq!(
+        keys,
+        vec!["id=10", "id=24", "id=20000", "id=29999"],
+        "every differing row named by its key"
+    );
+}
