@@ -44,7 +44,7 @@ struct Params {
     /// Parallel COPY workers (default 4).
     #[serde(default = "default_jobs")]
     jobs: usize,
-    /// Tables with a single integer key and more rows than this (planner estimate) are copied in key-range chunks of about this many rows (default 250000).
+    /// Tables with a key and more rows than this (planner estimate) are copied in key-range chunks of about this many rows, each committed on its own (default 1000000: fewer, larger chunks measured faster than 250000 on a composite key, docs/BENCHMARKS.md; smaller chunks redo less after a kill).
     #[serde(default = "default_chunk_rows")]
     chunk_rows: i64,
     /// Limit of the whole copy in MB/s (10^6 bytes of COPY text per second; default none).
@@ -72,7 +72,7 @@ fn default_jobs() -> usize {
     4
 }
 fn default_chunk_rows() -> i64 {
-    250_000
+    1_000_000
 }
 fn default_max_transaction_age() -> i64 {
     300
