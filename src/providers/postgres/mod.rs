@@ -15,6 +15,7 @@ pub mod postdata;
 pub mod preflight;
 pub mod replication;
 pub mod roles;
+mod schedule;
 pub mod snapshot;
 
 use super::ProviderError;
