@@ -275,7 +275,10 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
     let indexes = "SELECT string_agg(indexdef, E'\\n' ORDER BY indexdef) FROM pg_indexes WHERE schemaname = 'public'";
     assert_eq!(scalar(&sb, &src, indexes), scalar(&sb, &tgt, indexes));
     let constraints = "SELECT string_agg(conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid) || ' valid=' || convalidated, E'\\n' ORDER BY conrelid::regclass::text, conname) FROM pg_constraint WHERE connamespace = 'public'::regnamespace";
-    assert_eq!(scalar(&sb, &src, constraints), scalar(&sb, &tgt, constraints));
+    assert_eq!(
+        scalar(&sb, &src, constraints),
+        scalar(&sb, &tgt, constraints)
+    );
     let validated: Vec<&str> = o["foreign_keys_validated"]
         .as_array()
         .unwrap()
@@ -283,16 +286,21 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
         .filter_map(Value::as_str)
         .collect();
     assert!(
-        validated.iter().any(|l| l.contains("orders_customer_id_fkey")),
+        validated
+            .iter()
+            .any(|l| l.contains("orders_customer_id_fkey")),
         "{o}"
     );
     assert_eq!(
-        o["foreign_keys_not_validated"][0]["constraint"],
-        "public.line_items.line_items_sku_fkey",
+        o["foreign_keys_not_validated"][0]["constraint"], "public.line_items.line_items_sku_fkey",
         "{o}"
     );
     assert_eq!(
-        scalar(&sb, &tgt, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND NOT convalidated"),
+        scalar(
+            &sb,
+            &tgt,
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND NOT convalidated"
+        ),
         "1"
     );
     // The snapshot holder ended (and, the forward replication retired at the fallback, no
@@ -532,16 +540,26 @@ fn verify_tells_apart_values_that_are_only_equal_and_names_each_by_key() {
                   UPDATE public.amounts SET seen = seen + interval '1 microsecond' WHERE id = 29999");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let results = rt.block_on(async {
-        let c = cutover::providers::postgres::connect(&src, "source").await.unwrap();
+        let c = cutover::providers::postgres::connect(&src, "source")
+            .await
+            .unwrap();
         let tables: Vec<_> = cutover::providers::postgres::catalog::tables(&c, "source")
             .await
             .unwrap()
             .into_iter()
             .filter(|t| t.display == "public.amounts")
             .collect();
-        cutover::providers::postgres::checksum::compare(&src, &tgt, &tables, 2, Some(5000), 20, |_, _| {})
-            .await
-            .unwrap()
+        cutover::providers::postgres::checksum::compare(
+            &src,
+            &tgt,
+            &tables,
+            2,
+            Some(5000),
+            20,
+            |_, _| {},
+        )
+        .await
+        .unwrap()
     });
     assert_eq!(results.len(), 1);
     let r = &results[0];

@@ -62,8 +62,8 @@ async fn generate(bench: &Bench, shape: Shape, size_mb: u64) -> Result<(u64, &'s
     let c = connect(&url, "bench").await?;
     let (table, rows) = match shape {
         Shape::Events => {
-            let rows = ((size_mb * 1_000_000).saturating_sub(ACCOUNTS_BYTES) / ROW_BYTES).max(1000)
-                as i64;
+            let rows =
+                ((size_mb * 1_000_000).saturating_sub(ACCOUNTS_BYTES) / ROW_BYTES).max(1000) as i64;
             c.batch_execute(
                 "CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL UNIQUE, created_at timestamptz NOT NULL);
                  CREATE TABLE events (id bigint PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts(id), kind text NOT NULL, payload text NOT NULL, created_at timestamptz NOT NULL);

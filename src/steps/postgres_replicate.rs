@@ -678,7 +678,9 @@ impl StepKind for Replicate {
                 target
                     .batch_execute(&format!(
                         "BEGIN;\n{pre};\n{}COMMIT;",
-                        copy::state_sql(cx.run_id, &slot, &chunks, post_data, &preamble, &items, &paused)
+                        copy::state_sql(
+                            cx.run_id, &slot, &chunks, post_data, &preamble, &items, &paused
+                        )
                     ))
                     .await
                     .map_err(|e| pg("target", e))?;

@@ -330,7 +330,11 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
         &cx.providers.target_url()?,
         &tables,
         p.jobs,
-        if p.method == Method::Count { Some(0) } else { p.chunk_rows },
+        if p.method == Method::Count {
+            Some(0)
+        } else {
+            p.chunk_rows
+        },
         // Differences in flight are common while replication runs: find them all.
         10_000,
         |done, total| {
@@ -372,7 +376,11 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
                     &cx.providers.target_url()?,
                     std::slice::from_ref(t),
                     1,
-                    if p.method == Method::Count { Some(0) } else { p.chunk_rows },
+                    if p.method == Method::Count {
+                        Some(0)
+                    } else {
+                        p.chunk_rows
+                    },
                     10_000,
                     |_, _| {},
                 )

@@ -453,7 +453,10 @@ mod tests {
         );
         assert_eq!(t.binary_blockers(), vec!["tags (type 16421)".to_string()]);
         t.column_types[3].generated = true;
-        assert!(t.binary_blockers().is_empty(), "generated columns are never copied");
+        assert!(
+            t.binary_blockers().is_empty(),
+            "generated columns are never copied"
+        );
     }
 
     #[test]

@@ -13,13 +13,13 @@
 //! publications or subscriptions.
 
 use super::catalog::{key_ranges, KeyRange, Table, STATE_SCHEMA};
+use super::postdata::{Item, Stage};
+use super::schedule::{Next, Schedule, Task};
 use super::snapshot::{import, ExportedSlot};
 use super::{literal, pg};
 use crate::providers::ProviderError;
 use bytes::{BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use super::postdata::{Item, Stage};
-use super::schedule::{Next, Schedule, Task};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -731,5 +731,4 @@ mod tests {
             "VALUES (0, 'build', 'public.t', 'index public.t_i', 'CREATE INDEX t_i ON public.t (note) WHERE note <> ''it''''s'';')"
         ));
     }
-
 }

@@ -281,7 +281,11 @@ pub fn plan(
                     push(Stage::Finish, None, label(e), e.sql.clone());
                     continue;
                 };
-                let only = if c.partitioned && c.kind == 'f' { "" } else { "ONLY " };
+                let only = if c.partitioned && c.kind == 'f' {
+                    ""
+                } else {
+                    "ONLY "
+                };
                 let add = format!(
                     "ALTER TABLE {only}{}\n    ADD CONSTRAINT {} {}",
                     c.table, c.name, c.def
@@ -305,7 +309,11 @@ pub fn plan(
                             format!("index {} for {lbl}", c.name),
                             format!("{def};"),
                         );
-                        let using = if c.kind == 'p' { "PRIMARY KEY" } else { "UNIQUE" };
+                        let using = if c.kind == 'p' {
+                            "PRIMARY KEY"
+                        } else {
+                            "UNIQUE"
+                        };
                         push(
                             Stage::Finish,
                             None,
@@ -317,7 +325,12 @@ pub fn plan(
                         );
                     }
                     ('f', _) if !c.partitioned && c.validated => {
-                        push(Stage::Finish, None, lbl.clone(), format!("{add} NOT VALID;"));
+                        push(
+                            Stage::Finish,
+                            None,
+                            lbl.clone(),
+                            format!("{add} NOT VALID;"),
+                        );
                         if validate_foreign_keys {
                             push(
                                 Stage::Validate,
@@ -447,8 +460,8 @@ CREATE TRIGGER audit AFTER INSERT ON public.orders FOR EACH ROW EXECUTE FUNCTION
                 "CREATE INDEX orders_sku ON public.orders USING btree (sku)",
             ),
         );
-        let con = |kind, table: &str, name: &str, def: &str, index_def: Option<&str>| {
-            ConstraintInfo {
+        let con =
+            |kind, table: &str, name: &str, def: &str, index_def: Option<&str>| ConstraintInfo {
                 kind,
                 table: table.into(),
                 name: name.into(),
@@ -457,8 +470,7 @@ CREATE TRIGGER audit AFTER INSERT ON public.orders FOR EACH ROW EXECUTE FUNCTION
                 deferrable: false,
                 validated: true,
                 index_def: index_def.map(str::to_string),
-            }
-        };
+            };
         c.constraints.insert(
             ("public".into(), "customers customers_pkey".into()),
             con(
@@ -543,7 +555,10 @@ CREATE TRIGGER audit AFTER INSERT ON public.orders FOR EACH ROW EXECUTE FUNCTION
             .map(|c| c.deferrable = true);
         // A foreign key already NOT VALID on the source stays so, as written.
         cat.constraints
-            .get_mut(&("public".to_string(), "orders orders_customer_id_fkey".to_string()))
+            .get_mut(&(
+                "public".to_string(),
+                "orders orders_customer_id_fkey".to_string(),
+            ))
             .map(|c| c.validated = false);
         let (items, _) = plan(&entries, &cat, &[], true);
         assert_eq!(items[0].stage, Stage::Build);

@@ -52,7 +52,12 @@ pub(super) struct Schedule {
 
 impl Schedule {
     pub(super) fn new(mut chunks: Vec<Chunk>, tables: &[Table], items: Vec<Item>) -> Schedule {
-        let bytes = |name: &str| tables.iter().find(|t| t.name == name).map_or(0, |t| t.bytes);
+        let bytes = |name: &str| {
+            tables
+                .iter()
+                .find(|t| t.name == name)
+                .map_or(0, |t| t.bytes)
+        };
         chunks.sort_by(|a, b| {
             bytes(&b.table)
                 .cmp(&bytes(&a.table))
@@ -261,5 +266,4 @@ mod tests {
         s.failed = true;
         assert!(matches!(s.next(), Next::Done));
     }
-
 }
