@@ -380,7 +380,10 @@ fn a_failing_analysis_after_the_flip_returns_all_weight_and_rolls_back_secret_dn
             .map(|s| s["weight"].as_i64().unwrap())
     };
     assert_eq!(
-        (weight_of("aws"), weight_of("legacy")),
+        (
+            weight_of("aws-shop.staging.example.com"),
+            weight_of("legacy-shop.staging.example.com")
+        ),
         (Some(0), Some(100))
     );
     assert_eq!(events(&records, "traffic_returned")[0]["data"]["stage"], 2);

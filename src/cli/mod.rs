@@ -13,6 +13,7 @@
 mod audit;
 mod bench;
 mod infra;
+mod migrate;
 mod run;
 mod runbook;
 
@@ -58,9 +59,20 @@ pub enum Command {
     Rehearse {
         /// Environment name (environments/<ENV>.yaml).
         env: String,
-        /// Runbook (name in runbooks/ or path); default: the only one in runbooks/.
-        #[arg(long)]
+        /// Runbook (name in runbooks/ or path); default: the migration in migrations/ when there
+        /// is one, else the only runbook in runbooks/.
+        #[arg(long, conflicts_with = "migration")]
         runbook: Option<String>,
+        /// The environment's database the runbook acts on (a name under its `databases:`);
+        /// default: the runbook's `database:`, else the only one.
+        #[arg(long)]
+        database: Option<String>,
+        /// Rehearse a whole migration (name in migrations/ or path), wave by wave.
+        #[arg(long)]
+        migration: Option<String>,
+        /// Marks the run as one of migration NAME's wave WAVE (set by the migration runner).
+        #[arg(long = "in-migration", value_name = "NAME/WAVE", hide = true)]
+        in_migration: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value = "human")]
         output: OutputFormat,
@@ -76,9 +88,20 @@ pub enum Command {
         /// Plan every step against live state and print what it would change; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Runbook (name in runbooks/ or path); default: the only one in runbooks/.
-        #[arg(long)]
+        /// Runbook (name in runbooks/ or path); default: the migration in migrations/ when there
+        /// is one, else the only runbook in runbooks/.
+        #[arg(long, conflicts_with = "migration")]
         runbook: Option<String>,
+        /// The environment's database the runbook acts on (a name under its `databases:`);
+        /// default: the runbook's `database:`, else the only one.
+        #[arg(long)]
+        database: Option<String>,
+        /// Execute (or dry-run) a whole migration (name in migrations/ or path), wave by wave.
+        #[arg(long)]
+        migration: Option<String>,
+        /// Marks the run as one of migration NAME's wave WAVE (set by the migration runner).
+        #[arg(long = "in-migration", value_name = "NAME/WAVE", hide = true)]
+        in_migration: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value = "human")]
         output: OutputFormat,
@@ -231,11 +254,17 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Rehearse {
             env,
             runbook,
+            database,
+            migration,
+            in_migration,
             output,
             approve,
         } => {
             let args = run::StartArgs {
                 runbook,
+                database,
+                migration,
+                in_migration,
                 approve,
                 break_glass: None,
             };
@@ -245,6 +274,9 @@ pub async fn run(cli: Cli) -> i32 {
             env,
             dry_run,
             runbook,
+            database,
+            migration,
+            in_migration,
             output,
             approve,
             break_glass,
@@ -256,6 +288,9 @@ pub async fn run(cli: Cli) -> i32 {
             };
             let args = run::StartArgs {
                 runbook,
+                database,
+                migration,
+                in_migration,
                 approve,
                 break_glass,
             };

@@ -131,6 +131,12 @@ fn default_runbook(root: &Path) -> Result<String, String> {
 pub struct StartArgs {
     /// `--runbook`.
     pub runbook: Option<String>,
+    /// `--database`.
+    pub database: Option<String>,
+    /// `--migration`.
+    pub migration: Option<String>,
+    /// `--in-migration NAME/WAVE` (the migration runner's child runs).
+    pub in_migration: Option<String>,
     /// `--approve STEP`, repeatable.
     pub approve: Vec<String>,
     /// `--break-glass REASON`.
@@ -139,7 +145,7 @@ pub struct StartArgs {
 
 /// The policy `execute` applies to `env`: its own `promotion:` section, or for a production
 /// environment without one, every staging and dev environment of the project within 7 days.
-fn policy_of(root: &Path, env: &config::Environment) -> Option<config::PromotionPolicy> {
+pub(super) fn policy_of(root: &Path, env: &config::Environment) -> Option<config::PromotionPolicy> {
     if let Some(p) = &env.promotion {
         return Some(p.clone());
     }
@@ -158,7 +164,7 @@ fn policy_of(root: &Path, env: &config::Environment) -> Option<config::Promotion
 }
 
 /// The promotion gate over this project's runs (see [`engine::promotion::missing`]).
-fn promotion_gate(root: &Path, policy: &config::PromotionPolicy, digest: &str) -> Vec<String> {
+pub(super) fn promotion_gate(root: &Path, policy: &config::PromotionPolicy, digest: &str) -> Vec<String> {
     let state = engine::state_dir(root);
     let runs = policy
         .requires
@@ -196,6 +202,27 @@ pub async fn start(
     kind: Kind,
     output: OutputFormat,
 ) -> i32 {
+    let migration = args.migration.clone().or_else(|| {
+        let names = config::list_names(&root.join("migrations"));
+        match (&args.runbook, &args.in_migration, names.as_slice()) {
+            (None, None, [one]) => Some(one.clone()),
+            _ => None,
+        }
+    });
+    if let Some(m) = migration {
+        if args.database.is_some() {
+            print_error(
+                "--database names one run's database; a migration's waves name theirs",
+                None,
+            );
+            return EXIT_INVALID;
+        }
+        let margs = super::migrate::MigrateArgs {
+            approve: &args.approve,
+            break_glass: args.break_glass.as_deref(),
+        };
+        return super::migrate::run(root, env, &m, kind, &margs).await;
+    }
     let rb = match args
         .runbook
         .clone()
@@ -208,7 +235,20 @@ pub async fn start(
             return EXIT_INVALID;
         }
     };
-    let plan = match runbook::resolve(root, &rb, env) {
+    let tag = match args.in_migration.as_deref().map(|t| t.split_once('/')) {
+        None => None,
+        Some(Some((name, wave))) if !name.is_empty() && !wave.is_empty() => {
+            Some(engine::event::MigrationTag {
+                name: name.into(),
+                wave: wave.into(),
+            })
+        }
+        Some(_) => {
+            print_error("--in-migration takes NAME/WAVE", None);
+            return EXIT_INVALID;
+        }
+    };
+    let plan = match runbook::resolve_for(root, &rb, env, args.database.as_deref()) {
         Ok(p) => p,
         Err(p) => {
             print_problems(&p);
@@ -239,6 +279,7 @@ pub async fn start(
     let mut options = engine::RunOptions {
         approved: args.approve.clone(),
         break_glass: None,
+        migration: tag,
     };
     let mode = match kind {
         Kind::Rehearse => {
@@ -361,6 +402,7 @@ pub async fn resume(
     let options = engine::RunOptions {
         approved: approve,
         break_glass: None,
+        migration: None,
     };
     let r = if rollback {
         engine::rollback(root, run_id, &ui).await

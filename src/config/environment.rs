@@ -45,8 +45,16 @@ pub struct Environment {
     pub terraform: TerraformSection,
     /// The EKS cluster that runs the workloads.
     pub eks: EksSection,
-    /// The database moved from the legacy host into RDS.
+    /// The database a run acts on. In the file: the environment's only database, written
+    /// `database:` (absent when the file lists `databases:`); in a resolved plan: the one the run
+    /// chose ([`Environment::for_database`]).
+    #[serde(default, skip_serializing_if = "DatabaseSection::is_unset")]
     pub database: DatabaseSection,
+    /// Several databases, each moved by its own runs, by a name that is the same in every
+    /// environment (`shop`, `letters`): a runbook says which with `database:` (or a migration's
+    /// wave does). Absent when the file has one `database:`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub databases: BTreeMap<String, DatabaseSection>,
     /// The Route 53 hosted zone.
     pub dns: DnsSection,
     /// Secrets the runbook may reference as `secrets.<name>`; values come from the process
@@ -182,7 +190,7 @@ pub struct EksSection {
 
 /// Source (legacy) and target (RDS) databases. URLs carry passwords, so the file names the
 /// environment variables that hold them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSection {
     /// Database name on both sides.
@@ -191,6 +199,58 @@ pub struct DatabaseSection {
     pub source_url_env: String,
     /// Environment variable holding the target admin URL.
     pub target_url_env: String,
+}
+
+impl DatabaseSection {
+    /// No database given (the file lists `databases:` instead).
+    pub fn is_unset(&self) -> bool {
+        self.name.is_empty() && self.source_url_env.is_empty() && self.target_url_env.is_empty()
+    }
+}
+
+impl Environment {
+    /// The names runs may choose from: the keys of `databases:`, or the one `database:`'s name.
+    pub fn database_names(&self) -> Vec<String> {
+        if self.databases.is_empty() {
+            vec![self.database.name.clone()]
+        } else {
+            self.databases.keys().cloned().collect()
+        }
+    }
+
+    /// The environment as a run acting on database `name` sees it: `database` is that one and
+    /// `databases` is empty. `None` chooses the only database. Returns the chosen name too.
+    ///
+    /// # Errors
+    /// A message naming the valid choices when `name` is not one of them, or when `None` is given
+    /// and there are several.
+    pub fn for_database(&self, name: Option<&str>) -> Result<(String, Environment), String> {
+        let names = self.database_names();
+        let chosen = match name {
+            Some(n) if names.iter().any(|k| k == n) => n.to_string(),
+            Some(n) => {
+                return Err(format!(
+                    "environment {} has no database `{n}`; its databases: {}",
+                    self.name,
+                    names.join(", ")
+                ))
+            }
+            None if names.len() == 1 => names[0].clone(),
+            None => {
+                return Err(format!(
+                    "environment {} has several databases ({}): the runbook must say which with `database:`",
+                    self.name,
+                    names.join(", ")
+                ))
+            }
+        };
+        let mut env = self.clone();
+        if let Some(db) = self.databases.get(&chosen) {
+            env.database = db.clone();
+        }
+        env.databases.clear();
+        Ok((chosen, env))
+    }
 }
 
 /// The Route 53 hosted zone of the environment.
@@ -285,6 +345,39 @@ pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Envi
             ),
         ));
     }
+    match (env.database.is_unset(), env.databases.is_empty()) {
+        (true, true) => problems.push(Problem::new(
+            path,
+            None,
+            "missing field `database` (or `databases:`, a map of named databases)",
+        )),
+        (false, false) => problems.push(Problem::new(
+            path,
+            line_of("databases"),
+            "both `database` and `databases` are set: list every database under `databases:`",
+        )),
+        _ => {}
+    }
+    for (key, db) in &env.databases {
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            problems.push(Problem::new(
+                path,
+                line_of(key),
+                format!("databases: `{}` is not a name of [a-z0-9_-]", key.escape_debug()),
+            ));
+        }
+        if db.is_unset() || db.name.is_empty() {
+            problems.push(Problem::new(
+                path,
+                line_of(key),
+                format!("databases.{key}: `name`, `source_url_env` and `target_url_env` are required"),
+            ));
+        }
+    }
     if env.store.kind == StoreKind::S3 && env.store.bucket.as_deref().unwrap_or("").is_empty() {
         problems.push(Problem::new(
             path,
@@ -346,6 +439,40 @@ mod tests {
         assert_eq!(err.0.len(), 1);
         assert!(err.0[0].message.contains("colour"), "{}", err);
         assert_eq!(err.0[0].line, Some(3));
+    }
+
+    #[test]
+    fn a_run_chooses_one_of_several_databases_by_name() {
+        let text = GOOD.replace(
+            "database: {name: shop, source_url_env: S, target_url_env: T}\n",
+            "databases:\n  shop: {name: shop_staging, source_url_env: S, target_url_env: T}\n  letters: {name: letters_staging, source_url_env: S2, target_url_env: T2}\n",
+        );
+        let env = parse(Path::new("e.yaml"), &text, "staging").unwrap();
+        assert_eq!(env.database_names(), ["letters", "shop"]);
+        let (name, narrowed) = env.for_database(Some("letters")).unwrap();
+        assert_eq!(name, "letters");
+        assert_eq!(narrowed.database.name, "letters_staging");
+        assert!(narrowed.databases.is_empty());
+        let err = env.for_database(None).unwrap_err();
+        assert!(err.contains("several databases (letters, shop)"), "{err}");
+        let err = env.for_database(Some("shpo")).unwrap_err();
+        assert!(err.contains("no database `shpo`") && err.contains("letters, shop"), "{err}");
+        // The one-database form keeps working: its database is the only choice.
+        let one = parse(Path::new("e.yaml"), GOOD, "staging").unwrap();
+        assert_eq!(one.for_database(None).unwrap().0, "shop");
+    }
+
+    #[test]
+    fn both_forms_or_neither_are_refused() {
+        let both = GOOD.replace(
+            "dns:",
+            "databases:\n  x: {name: x, source_url_env: S, target_url_env: T}\ndns:",
+        );
+        let err = parse(Path::new("e.yaml"), &both, "staging").unwrap_err();
+        assert!(err.to_string().contains("both `database` and `databases`"), "{err}");
+        let neither = GOOD.replace("database: {name: shop, source_url_env: S, target_url_env: T}\n", "");
+        let err = parse(Path::new("e.yaml"), &neither, "staging").unwrap_err();
+        assert!(err.to_string().contains("missing field `database`"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod duration;
 mod environment;
 mod expand;
+mod migration;
 pub mod node;
 mod problem;
 mod runbook;
@@ -16,6 +17,9 @@ mod runbook;
 pub use environment::{
     AwsSection, DatabaseSection, DnsSection, EksSection, Environment, OrganizationSection,
     PlanPolicy, PromotionPolicy, SecretRef, StoreKind, StoreSection, TerraformSection, Tier,
+};
+pub use migration::{
+    Migration, MigrationPromotion, OnFailure, OnUnrehearsed, Wave, WaveRun,
 };
 pub use problem::{Problem, Problems};
 pub use runbook::{
@@ -128,6 +132,43 @@ pub fn resolve_runbook_path(root: &Path, reference: &str) -> std::path::PathBuf 
     } else {
         root.join("runbooks").join(format!("{reference}.yaml"))
     }
+}
+
+/// Reads and checks a migration: `reference` is a path to a YAML file or a name in
+/// `migrations/`. Returns it with its file (relative to `root`) and the file's text (whose
+/// SHA-256 the runs record).
+///
+/// # Errors
+/// Every problem found, each with file and line (see `migration::parse`).
+pub fn load_migration(
+    root: &Path,
+    reference: &str,
+) -> Result<(Migration, std::path::PathBuf, String), Problems> {
+    let direct = Path::new(reference);
+    let full = if reference.ends_with(".yaml") || reference.contains('/') {
+        if direct.is_absolute() {
+            direct.to_path_buf()
+        } else {
+            root.join(direct)
+        }
+    } else {
+        root.join("migrations").join(format!("{reference}.yaml"))
+    };
+    let path = full.strip_prefix(root).unwrap_or(&full).to_path_buf();
+    let text = read_bounded(&full).map_err(|e| {
+        let known = list_names(&root.join("migrations"));
+        Problems::one(
+            Problem::new(&path, None, format!("cannot read migration: {e}"))
+                .hint(Some(format!("migrations in migrations/: {}", known.join(", ")))),
+        )
+    })?;
+    let stem = full
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let m = migration::parse(&path, &text, &stem, &list_names(&root.join("runbooks")))?;
+    Ok((m, path, text))
 }
 
 /// Names (file stems) of the `*.yaml` files in `dir`, sorted; empty when it cannot be read.

@@ -35,6 +35,8 @@ struct RawRunbookFile {
     /// cutover): it is never chosen by default, only with `--runbook`.
     #[serde(default)]
     follows: Option<String>,
+    #[serde(default)]
+    database: Option<String>,
     phases: Vec<RawPhaseFile>,
 }
 
@@ -133,6 +135,9 @@ pub struct RawRunbook {
     pub heartbeat: Option<Heartbeat>,
     /// The runbook this one follows (`follows:`): never chosen by default.
     pub follows: Option<String>,
+    /// The environment's database this runbook acts on (`database:`, a name under the
+    /// environment's `databases:`); `None`: the only one, or the one a run or wave names.
+    pub database: Option<String>,
     /// Phases in order.
     pub phases: Vec<RawPhase>,
 }
@@ -290,6 +295,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<(RawRunbook, Problems), P
             vars: file.vars,
             heartbeat: file.heartbeat,
             follows: file.follows,
+            database: file.database,
             phases,
         },
         problems,

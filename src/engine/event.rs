@@ -73,6 +73,15 @@ pub enum Event {
     Journal(Journal),
 }
 
+/// Which migration (`migrations/<name>.yaml`) and wave a run belongs to ([`RunStarted`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationTag {
+    /// The migration's name.
+    pub name: String,
+    /// The wave's name.
+    pub wave: String,
+}
+
 /// One entry of the runbook's step list in [`RunStarted`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepEntry {
@@ -111,6 +120,13 @@ pub struct RunStarted {
     /// SHA-256 of the runbook file.
     #[serde(default)]
     pub runbook_digest: String,
+    /// The environment's database the run acts on (empty in logs of earlier versions: the
+    /// environment's only one).
+    #[serde(default)]
+    pub database: String,
+    /// The migration and wave that started this run, when a migration did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationTag>,
     /// SHA-256 of the resolved plan.
     #[serde(default)]
     pub plan_digest: String,

@@ -1140,6 +1140,7 @@ mod tests {
             runbook_path: "runbooks/fake.yaml".into(),
             runbook_digest: "0".repeat(64),
             plan_digest: "0".repeat(64),
+            database: env.database.name.clone(),
             env,
             vars: Default::default(),
             heartbeat: None,

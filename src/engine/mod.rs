@@ -8,6 +8,7 @@
 mod executor;
 mod heartbeat;
 pub mod lines;
+pub mod migration;
 pub mod promotion;
 pub use crate::local::lock;
 pub mod event;
@@ -65,6 +66,8 @@ pub struct RunOptions {
     /// The promotion gate was bypassed with `--break-glass REASON`: the reason, and what the
     /// gate found missing. Recorded as a `gate_bypassed` record and shown first in the audit.
     pub break_glass: Option<(String, Vec<String>)>,
+    /// The migration and wave this run belongs to (recorded in `run_started`).
+    pub migration: Option<event::MigrationTag>,
 }
 
 /// Starts a new run of `plan` in `mode`.
@@ -105,6 +108,8 @@ pub async fn start(
             runbook: plan.runbook_name.clone(),
             runbook_path: plan.runbook_path.display().to_string(),
             runbook_digest: plan.runbook_digest.clone(),
+            database: plan.database.clone(),
+            migration: options.migration.clone(),
             plan_digest: plan.plan_digest.clone(),
             operator: operator(),
             ci_job: ci_job(),
@@ -262,7 +267,7 @@ fn sign_and_mirror(
     Ok(())
 }
 
-/// Takes the environment's lock in its store (the S3 store needs the environment's session,
+/// Takes the locks of what the run acts on ([`Plan::service_keys`]) in the environment's store (the S3 store needs the environment's session,
 /// so the role is assumed and the account checked first). Returns the lock and the S3 store.
 async fn lock_env(
     state: &Path,
@@ -276,9 +281,16 @@ async fn lock_env(
     } else {
         None
     };
-    let lock = store::acquire(state, s3.as_ref(), &plan.env.name, run_id, &holder(run_id))
-        .await
-        .map_err(|e| e.to_string())?;
+    let lock = store::acquire_service(
+        state,
+        s3.as_ref(),
+        &plan.env.name,
+        &plan.service_keys(),
+        run_id,
+        &holder(run_id),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     Ok((lock, s3))
 }
 
@@ -413,8 +425,13 @@ pub async fn resume(
         return Ok(Ok(finished_outcome(fin)));
     }
     let start = &replayed.start;
-    let plan = runbook::resolve(root, &start.runbook_path, &start.environment)
-        .map_err(ResumeError::Config)?;
+    let plan = runbook::resolve_for(
+        root,
+        &start.runbook_path,
+        &start.environment,
+        (!start.database.is_empty()).then_some(start.database.as_str()),
+    )
+    .map_err(ResumeError::Config)?;
     if plan.runbook_digest != start.runbook_digest {
         return Ok(Ok(Outcome::Refused(format!(
             "the runbook changed since run {run_id} started (digest {} now, {} then); finish it with `cutover rollback {run_id}` or start a new run",
@@ -439,8 +456,13 @@ pub async fn rollback(
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
     let (records, replayed) = load_run(root, run_id).await?;
     let start = &replayed.start;
-    let plan = runbook::resolve(root, &start.runbook_path, &start.environment)
-        .map_err(ResumeError::Config)?;
+    let plan = runbook::resolve_for(
+        root,
+        &start.runbook_path,
+        &start.environment,
+        (!start.database.is_empty()).then_some(start.database.as_str()),
+    )
+    .map_err(ResumeError::Config)?;
     // A rehearsal's rollback is part of the rehearsal: its heartbeat measures it too.
     let mode = if start.mode == Mode::Rehearse {
         Mode::Rehearse

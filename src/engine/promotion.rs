@@ -65,6 +65,10 @@ mod tests {
             status: status.into(),
             runbook: "shop".into(),
             runbook_digest: digest.into(),
+            database: "shop_staging".into(),
+            migration: None,
+            write_outage_ms: None,
+            writes_missing: None,
             started_at: String::new(),
             finished_at: Some((now - chrono::Duration::hours(hours_ago)).to_rfc3339()),
         }

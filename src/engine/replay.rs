@@ -383,6 +383,8 @@ mod tests {
             runbook: String::new(),
             runbook_path: String::new(),
             runbook_digest: String::new(),
+            database: String::new(),
+            migration: None,
             plan_digest: String::new(),
             operator: String::new(),
             ci_job: None,

@@ -21,6 +21,18 @@ pub struct RunSummary {
     pub runbook: String,
     /// SHA-256 of the runbook file.
     pub runbook_digest: String,
+    /// The environment's database the run acts on (empty in logs of earlier versions).
+    pub database: String,
+    /// The migration and wave that started it, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<super::event::MigrationTag>,
+    /// The heartbeat's longest gap between acknowledged writes (milliseconds), from the run's
+    /// last heartbeat record, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_outage_ms: Option<u64>,
+    /// Acknowledged writes missing at the end, from the same record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes_missing: Option<u64>,
     /// RFC 3339 start time.
     pub started_at: String,
     /// RFC 3339 end time, when finished.
@@ -55,6 +67,10 @@ pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
         Some((_, f)) if !resumed_after(&typed) => f.status.as_str().to_string(),
         _ => "running".to_string(),
     };
+    let heartbeat = typed.iter().rev().find_map(|(_, e)| match e {
+        Event::Heartbeat(v) => Some(v),
+        _ => None,
+    });
     let field =
         |f: fn(&RunStarted) -> &str| start.map(|(_, s)| f(s).to_string()).unwrap_or_default();
     RunSummary {
@@ -66,6 +82,10 @@ pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
         status,
         runbook: field(|s| &s.runbook),
         runbook_digest: field(|s| &s.runbook_digest),
+        database: field(|s| &s.database),
+        migration: start.and_then(|(_, s)| s.migration.clone()),
+        write_outage_ms: heartbeat.and_then(|h| h["longest_gap_ms"].as_u64()),
+        writes_missing: heartbeat.map(|h| h["missing"].as_u64().unwrap_or(0)),
         started_at: start.map(|(r, _)| r.ts.clone()).unwrap_or_default(),
         finished_at: finished.map(|(r, _)| r.ts.clone()),
     }
@@ -101,6 +121,10 @@ pub fn list(state_dir: &Path, env: Option<&str>) -> Vec<RunSummary> {
                 status: "corrupt".into(),
                 runbook: String::new(),
                 runbook_digest: String::new(),
+                database: String::new(),
+                migration: None,
+                write_outage_ms: None,
+                writes_missing: None,
                 started_at: String::new(),
                 finished_at: None,
             },

@@ -8,7 +8,12 @@
 //!   fsynced locally and before the record counts as written (a failed upload stops the run like
 //!   a failed fsync would). The local file under `.cutover/runs/` is the working copy; listing
 //!   commands download logs that are missing or shorter locally.
-//! - `<prefix>locks/<env>.lock` is the lock: created with `PutObject` and `If-None-Match: *`, the
+//! - `<prefix>locks/<env>.lock` is the environment's lock (`infra apply`), and
+//!   `<prefix>locks/<env>/<key>.lock` a run's, one per thing it acts on (its database, each Secret
+//!   and record it names; see [`crate::local::lock`]). A run creates its keys' objects and then
+//!   checks that no environment lock exists; an apply creates the environment's and then checks
+//!   that no key object exists; either backs out when it finds the other, so at most one of them
+//!   proceeds. Each is created with `PutObject` and `If-None-Match: *`, the
 //!   conditional write S3 answers with 412 Precondition Failed when the object exists (the same
 //!   mechanism as Terraform's S3 `use_lockfile`). After the write the object is read back and
 //!   must hold this holder's nonce, so a store that let two conditional writes through would
@@ -36,21 +41,32 @@ pub struct S3Store {
 pub enum HeldLock {
     /// The local flock.
     Local(EnvLock),
-    /// The S3 lock object, deleted on drop.
+    /// The S3 lock objects, deleted on drop.
     S3 {
-        /// The store holding it.
+        /// The store holding them.
         store: S3Store,
-        /// Its key.
-        key: String,
+        /// Their keys.
+        keys: Vec<String>,
     },
 }
 
 impl Drop for HeldLock {
     fn drop(&mut self) {
-        if let HeldLock::S3 { store, key } = self {
-            let (client, bucket, key) = (store.client.clone(), store.bucket.clone(), key.clone());
+        if let HeldLock::S3 { store, keys } = self {
+            let (client, bucket, keys) = (
+                store.client.clone(),
+                store.bucket.clone(),
+                std::mem::take(keys),
+            );
             block_on(async move {
-                let _ = client.delete_object().bucket(bucket).key(key).send().await;
+                for key in keys {
+                    let _ = client
+                        .delete_object()
+                        .bucket(&bucket)
+                        .key(key)
+                        .send()
+                        .await;
+                }
             });
         }
     }
@@ -80,13 +96,106 @@ impl S3Store {
         format!("{}locks/{env}.lock", self.prefix)
     }
 
-    /// Takes the lock of `env` for run `run_id`, recording `holder`. A lock object left by the
-    /// same run id (a killed process) is taken over.
+    /// Takes the whole environment `env` (`infra apply`) for `run_id`, recording `holder`. A lock
+    /// object left by the same run id (a killed process) is taken over.
     ///
     /// # Errors
-    /// [`LockError::Held`] naming the holder; [`LockError::Io`] when S3 fails.
+    /// [`LockError::Held`] naming the holder, or the runs holding keys of `env`;
+    /// [`LockError::Io`] when S3 fails.
     pub async fn lock(&self, env: &str, run_id: &str, holder: &str) -> Result<HeldLock, LockError> {
         let key = self.lock_key(env);
+        self.put_lock(&key, env, run_id, holder).await?;
+        let held = HeldLock::S3 {
+            store: self.clone(),
+            keys: vec![key],
+        };
+        let runs = self.service_holders(env).await?;
+        if !runs.is_empty() {
+            drop(held);
+            return Err(LockError::Held {
+                env: env.to_string(),
+                holder: runs.join("; "),
+            });
+        }
+        Ok(held)
+    }
+
+    /// Takes what run `run_id` acts on: one object per key, then checks that no apply holds the
+    /// environment (see the module documentation).
+    ///
+    /// # Errors
+    /// [`LockError::Held`] naming the holder and the key; [`LockError::Io`] when S3 fails.
+    /// Nothing stays held on error.
+    pub async fn lock_service(
+        &self,
+        env: &str,
+        keys: &[String],
+        run_id: &str,
+        holder: &str,
+    ) -> Result<HeldLock, LockError> {
+        let mut held = HeldLock::S3 {
+            store: self.clone(),
+            keys: Vec::new(),
+        };
+        for k in keys {
+            let object = format!(
+                "{}locks/{env}/{}.lock",
+                self.prefix,
+                crate::local::lock::service_lock_file(k)
+            );
+            let what = format!("{env} ({})", k.replacen(':', " ", 1));
+            self.put_lock(&object, &what, run_id, holder).await?;
+            if let HeldLock::S3 { keys, .. } = &mut held {
+                keys.push(object);
+            }
+        }
+        let env_key = self.lock_key(env);
+        if let Some(current) = self
+            .read(&env_key)
+            .await
+            .map_err(|e| LockError::Io(format!("s3://{}/{env_key}", self.bucket), e.to_string()))?
+        {
+            drop(held);
+            return Err(lock_held(env, Some(current)));
+        }
+        Ok(held)
+    }
+
+    /// `who: holder` for each run lock object of `env` that exists.
+    async fn service_holders(&self, env: &str) -> Result<Vec<String>, LockError> {
+        let prefix = format!("{}locks/{env}/", self.prefix);
+        let io = |m: String| LockError::Io(format!("s3://{}/{prefix}", self.bucket), m);
+        let listed = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .map_err(|e| io(err("s3:ListObjectsV2", e).to_string()))?;
+        let mut out = Vec::new();
+        for o in listed.contents() {
+            let Some(key) = o.key() else { continue };
+            if let Some(body) = self.read(key).await.map_err(|e| io(e.to_string()))? {
+                let name = key.trim_start_matches(&prefix).trim_end_matches(".lock");
+                out.push(format!(
+                    "{name}: {}",
+                    body.lines().next().unwrap_or("another process")
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates lock object `key` with `If-None-Match: *` and reads it back; `what` names it in
+    /// a refusal. An object left by the same run id is taken over once.
+    async fn put_lock(
+        &self,
+        key: &str,
+        what: &str,
+        run_id: &str,
+        holder: &str,
+    ) -> Result<(), LockError> {
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let body = format!("{holder}\nrun_id={run_id}\nnonce={nonce}\n");
         let io = |m: String| LockError::Io(format!("s3://{}/{key}", self.bucket), m);
@@ -95,28 +204,25 @@ impl S3Store {
                 .client
                 .put_object()
                 .bucket(&self.bucket)
-                .key(&key)
+                .key(key)
                 .if_none_match("*")
                 .body(ByteStream::from(body.clone().into_bytes()))
                 .send()
                 .await;
             match put {
                 Ok(_) => {
-                    let current = self.read(&key).await.map_err(|e| io(e.to_string()))?;
+                    let current = self.read(key).await.map_err(|e| io(e.to_string()))?;
                     if current.as_deref().is_some_and(|c| c.contains(&nonce)) {
-                        return Ok(HeldLock::S3 {
-                            store: self.clone(),
-                            key,
-                        });
+                        return Ok(());
                     }
-                    return Err(held(env, current));
+                    return Err(lock_held(what, current));
                 }
                 Err(e) => {
                     let status = e.raw_response().map(|r| r.status().as_u16());
                     if status != Some(412) && status != Some(409) {
                         return Err(io(err("s3:PutObject", e).to_string()));
                     }
-                    let current = self.read(&key).await.map_err(|e| io(e.to_string()))?;
+                    let current = self.read(key).await.map_err(|e| io(e.to_string()))?;
                     let same_run = current
                         .as_deref()
                         .is_some_and(|c| c.lines().any(|l| l == format!("run_id={run_id}")));
@@ -126,16 +232,16 @@ impl S3Store {
                             .client
                             .delete_object()
                             .bucket(&self.bucket)
-                            .key(&key)
+                            .key(key)
                             .send()
                             .await;
                         continue;
                     }
-                    return Err(held(env, current));
+                    return Err(lock_held(what, current));
                 }
             }
         }
-        Err(held(env, None))
+        Err(lock_held(what, None))
     }
 
     async fn read(&self, key: &str) -> Result<Option<String>, ProviderError> {
@@ -262,7 +368,7 @@ impl S3Store {
     }
 }
 
-fn held(env: &str, current: Option<String>) -> LockError {
+fn lock_held(env: &str, current: Option<String>) -> LockError {
     let holder = current
         .and_then(|c| c.lines().next().map(str::to_string))
         .filter(|l| !l.trim().is_empty())
@@ -270,6 +376,25 @@ fn held(env: &str, current: Option<String>) -> LockError {
     LockError::Held {
         env: env.to_string(),
         holder,
+    }
+}
+
+/// Takes what run `run_id` acts on in `env` (`keys`, e.g. `database:shop`) in its store: S3
+/// objects when `store` is given, else local flocks.
+///
+/// # Errors
+/// As [`S3Store::lock_service`] and [`EnvLock::acquire_service`].
+pub async fn acquire_service(
+    state_dir: &Path,
+    store: Option<&S3Store>,
+    env: &str,
+    keys: &[String],
+    run_id: &str,
+    holder: &str,
+) -> Result<HeldLock, LockError> {
+    match store {
+        Some(s) => s.lock_service(env, keys, run_id, holder).await,
+        None => EnvLock::acquire_service(state_dir, env, keys, holder).map(HeldLock::Local),
     }
 }
 

@@ -1,16 +1,23 @@
-//! One lock per environment, so two runs cannot act on it at once.
+//! Locks of an environment, so two runs cannot act on the same thing at once.
 //!
-//! An advisory `flock` on `.cutover/locks/<env>.lock`, held for the life of the run. The kernel
-//! releases it when the process dies, even by SIGKILL, so a crashed run never leaves a stale lock;
-//! the file's content names the holder for the refusal message.
+//! Advisory `flock`s under `.cutover/locks/`, held for the life of the run. The kernel releases
+//! them when the process dies, even by SIGKILL, so a crashed run never leaves a stale lock; each
+//! file's content names its holder for the refusal message.
+//!
+//! - `<env>.lock` is the environment's: `infra apply` holds it exclusively; every run holds it
+//!   shared, so runs do not exclude each other through it, but no run starts during an apply and
+//!   no apply during a run.
+//! - `<env>/<key>.lock`, one per thing a run acts on ([`service_lock_file`]: its database, each
+//!   Kubernetes Secret and DNS record it names), held exclusively by the run: two runs of
+//!   different services run at once; two on the same service do not.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// A held environment lock; released on drop.
+/// Held locks; released on drop.
 pub struct EnvLock {
-    _file: File,
+    _files: Vec<File>,
 }
 
 /// Why the lock was not taken.
@@ -19,7 +26,7 @@ pub enum LockError {
     /// Another process holds it.
     #[error("environment {env} is locked by {holder}")]
     Held {
-        /// The environment.
+        /// The environment (and, for a service's lock, the thing locked: `staging (database shop)`).
         env: String,
         /// Who holds it (run id, pid, host, since), as the holder wrote it.
         holder: String,
@@ -29,46 +36,192 @@ pub enum LockError {
     Io(String, String),
 }
 
+/// The file name part of a service lock key: `database:shop` -> `database-shop`, every byte
+/// outside `[a-z0-9._-]` replaced by `-`.
+pub fn service_lock_file(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => b as char,
+            b'A'..=b'Z' => (b + 32) as char,
+            _ => '-',
+        })
+        .collect()
+}
+
+fn open(path: &Path) -> Result<File, LockError> {
+    let io = |e: std::io::Error| LockError::Io(path.display().to_string(), e.to_string());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io)
+}
+
+fn holder_of(file: &mut File) -> String {
+    let mut text = String::new();
+    let _ = file.rewind();
+    let _ = file.read_to_string(&mut text);
+    if text.trim().is_empty() {
+        "another process".to_string()
+    } else {
+        text.trim().to_string()
+    }
+}
+
+fn write_holder(file: &mut File, path: &Path, holder: &str) -> Result<(), LockError> {
+    let io = |e: std::io::Error| LockError::Io(path.display().to_string(), e.to_string());
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    file.write_all(holder.as_bytes()).map_err(io)?;
+    file.sync_data().map_err(io)
+}
+
+/// The holders of `env`'s service locks held right now (each `key: holder`).
+fn service_holders(state_dir: &Path, env: &str) -> Vec<String> {
+    let dir = state_dir.join("locks").join(env);
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let Ok(mut f) = open(&path) else { continue };
+        if let Err(TryLockError::WouldBlock) = f.try_lock_shared() {
+            let key = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.push(format!("{key}: {}", holder_of(&mut f)));
+        }
+    }
+    out
+}
+
 impl EnvLock {
-    /// Takes the lock for `env` under `state_dir` (`.cutover`) without waiting, and records
-    /// `holder` in the file.
+    /// Takes the whole environment `env` under `state_dir` (`.cutover`) without waiting, as
+    /// `infra apply` does, and records `holder` in the file.
     ///
     /// # Errors
-    /// [`LockError::Held`] naming the holder when another run has it.
+    /// [`LockError::Held`] naming the holder when another apply or any run holds a lock of `env`.
     pub fn acquire(state_dir: &Path, env: &str, holder: &str) -> Result<EnvLock, LockError> {
-        let dir = state_dir.join("locks");
-        let path = dir.join(format!("{env}.lock"));
-        let io = |e: std::io::Error| LockError::Io(path.display().to_string(), e.to_string());
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
+        let path = state_dir.join("locks").join(format!("{env}.lock"));
+        let mut file = open(&path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                let holder = if text.trim().is_empty() {
-                    "another process".to_string()
+                let runs = service_holders(state_dir, env);
+                let holder = if runs.is_empty() {
+                    holder_of(&mut file)
                 } else {
-                    text.trim().to_string()
+                    runs.join("; ")
                 };
                 return Err(LockError::Held {
                     env: env.to_string(),
                     holder,
                 });
             }
-            Err(TryLockError::Error(e)) => return Err(io(e)),
+            Err(TryLockError::Error(e)) => {
+                return Err(LockError::Io(path.display().to_string(), e.to_string()))
+            }
         }
-        file.set_len(0).map_err(io)?;
-        file.rewind().map_err(io)?;
-        file.write_all(holder.as_bytes()).map_err(io)?;
-        file.sync_data().map_err(io)?;
-        Ok(EnvLock { _file: file })
+        write_holder(&mut file, &path, holder)?;
+        Ok(EnvLock {
+            _files: vec![file],
+        })
+    }
+
+    /// Takes what a run acts on: `env`'s lock shared and each of `keys` (e.g. `database:shop`,
+    /// `secret:shop/shop-db`) exclusively, without waiting; records `holder` in each key's file.
+    ///
+    /// # Errors
+    /// [`LockError::Held`] naming the holder and the key when an apply holds the environment or
+    /// another run holds one of the keys (nothing stays held).
+    pub fn acquire_service(
+        state_dir: &Path,
+        env: &str,
+        keys: &[String],
+        holder: &str,
+    ) -> Result<EnvLock, LockError> {
+        let path = state_dir.join("locks").join(format!("{env}.lock"));
+        let mut env_file = open(&path)?;
+        match env_file.try_lock_shared() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LockError::Held {
+                    env: env.to_string(),
+                    holder: holder_of(&mut env_file),
+                })
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(LockError::Io(path.display().to_string(), e.to_string()))
+            }
+        }
+        let mut files = vec![env_file];
+        for key in keys {
+            let path = state_dir
+                .join("locks")
+                .join(env)
+                .join(format!("{}.lock", service_lock_file(key)));
+            let mut file = open(&path)?;
+            match file.try_lock() {
+                Ok(()) => write_holder(&mut file, &path, holder)?,
+                Err(TryLockError::WouldBlock) => {
+                    return Err(LockError::Held {
+                        env: format!("{env} ({})", key.replacen(':', " ", 1)),
+                        holder: holder_of(&mut file),
+                    })
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(LockError::Io(path.display().to_string(), e.to_string()))
+                }
+            }
+            files.push(file);
+        }
+        Ok(EnvLock { _files: files })
+    }
+
+    /// Waits (polling every 200 ms, at most `wait`) for the exclusive lock `<env>/<name>.lock`:
+    /// for work that runs of one environment must take in turn on this machine, such as
+    /// Terraform in the environment's data directory. `None` when `wait` passed first.
+    ///
+    /// # Errors
+    /// [`LockError::Io`] when the file cannot be opened.
+    pub fn wait_exclusive(
+        state_dir: &Path,
+        env: &str,
+        name: &str,
+        holder: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<EnvLock>, LockError> {
+        let path = state_dir
+            .join("locks")
+            .join(env)
+            .join(format!("{}.lock", service_lock_file(name)));
+        let mut file = open(&path)?;
+        let until = std::time::Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    write_holder(&mut file, &path, holder)?;
+                    return Ok(Some(EnvLock {
+                        _files: vec![file],
+                    }));
+                }
+                Err(TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(TryLockError::WouldBlock) => return Ok(None),
+                Err(TryLockError::Error(e)) => {
+                    return Err(LockError::Io(path.display().to_string(), e.to_string()))
+                }
+            }
+        }
     }
 }
 
@@ -87,5 +240,55 @@ mod tests {
         assert!(EnvLock::acquire(d.path(), "dev", "run r3").is_ok());
         drop(first);
         assert!(EnvLock::acquire(d.path(), "staging", "run r2").is_ok());
+    }
+
+    #[test]
+    fn runs_of_different_services_share_the_environment_and_exclude_each_other_per_key() {
+        let d = tempfile::tempdir().unwrap();
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let shop = EnvLock::acquire_service(
+            d.path(),
+            "staging",
+            &keys(&["database:shop", "secret:shop/shop-db"]),
+            "run r1",
+        )
+        .unwrap();
+        let letters = EnvLock::acquire_service(
+            d.path(),
+            "staging",
+            &keys(&["database:letters", "secret:letters/letters-db"]),
+            "run r2",
+        )
+        .unwrap();
+        match EnvLock::acquire_service(d.path(), "staging", &keys(&["database:shop"]), "run r3") {
+            Err(LockError::Held { env, holder }) => {
+                assert_eq!(env, "staging (database shop)");
+                assert_eq!(holder, "run r1");
+            }
+            _ => panic!("a second run of shop was granted its lock"),
+        }
+        // An apply needs the whole environment: refused while any run holds a service, naming it.
+        match EnvLock::acquire(d.path(), "staging", "infra apply") {
+            Err(LockError::Held { holder, .. }) => {
+                assert!(holder.contains("run r1") && holder.contains("run r2"), "{holder}")
+            }
+            _ => panic!("an apply was granted the environment during runs"),
+        }
+        drop((shop, letters));
+        let apply = EnvLock::acquire(d.path(), "staging", "infra apply s1").unwrap();
+        match EnvLock::acquire_service(d.path(), "staging", &keys(&["database:shop"]), "run r4") {
+            Err(LockError::Held { holder, .. }) => assert_eq!(holder, "infra apply s1"),
+            _ => panic!("a run started during an apply"),
+        }
+        drop(apply);
+        assert!(
+            EnvLock::acquire_service(d.path(), "staging", &keys(&["database:shop"]), "r5").is_ok()
+        );
+    }
+
+    #[test]
+    fn lock_file_names_keep_only_safe_bytes() {
+        assert_eq!(service_lock_file("secret:shop/shop-db"), "secret-shop-shop-db");
+        assert_eq!(service_lock_file("record:Shop.example.com"), "record-shop.example.com");
     }
 }

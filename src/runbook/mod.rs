@@ -26,8 +26,11 @@ pub struct Plan {
     pub runbook_digest: String,
     /// SHA-256 (hex) of the runbook digest and the environment's resolved non-secret settings.
     pub plan_digest: String,
-    /// The environment.
+    /// The environment as this run sees it: `env.database` is the database it acts on.
     pub env: Environment,
+    /// That database's name in the environment (a key of its `databases:`, or the one
+    /// `database:`'s name).
+    pub database: String,
     /// `vars.*`.
     pub vars: BTreeMap<String, Value>,
     /// The rehearsal heartbeat writer, if the runbook configures one.
@@ -95,6 +98,39 @@ impl Plan {
             .iter()
             .flat_map(|p| p.steps.iter().map(move |s| (p.name.as_str(), s)))
     }
+
+    /// What a run of this plan acts on, as lock keys (sorted, each once): `database:<name>`,
+    /// `secret:<namespace>/<name>` for the heartbeat's Secret and each Secret a step names
+    /// (`namespace` and `secret` parameters), and `record:<name>` for each DNS record a step names
+    /// (`record`). Parameters are rendered with `env` and `vars` only; one that needs run-time
+    /// values (Terraform outputs, earlier steps) is left out, since the database and the
+    /// literal names already tell two services apart.
+    pub fn service_keys(&self) -> Vec<String> {
+        let ctx = json!({"env": env_context(&self.env), "vars": self.vars});
+        let render = |v: Option<&Value>| {
+            v.and_then(Value::as_str)
+                .and_then(|t| template::render_str(t, &ctx).ok())
+                .filter(|r| !r.is_empty())
+        };
+        let mut keys = vec![format!("database:{}", self.database)];
+        if let Some(h) = &self.heartbeat {
+            keys.push(format!("secret:{}/{}", h.namespace, h.secret));
+        }
+        for (_, step) in self.steps() {
+            if let (Some(ns), Some(name)) = (
+                render(step.params.get("namespace")),
+                render(step.params.get("secret")),
+            ) {
+                keys.push(format!("secret:{ns}/{name}"));
+            }
+            if let Some(record) = render(step.params.get("record")) {
+                keys.push(format!("record:{}", record.trim_end_matches('.')));
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    }
 }
 
 /// The environment as templates see it (`env.*`): the file's settings, no secret values.
@@ -107,6 +143,21 @@ pub fn env_context(env: &Environment) -> Value {
 /// # Errors
 /// Every problem in both files and in their combination.
 pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Problems> {
+    resolve_for(root, runbook, env_name, None)
+}
+
+/// [`resolve`] for a run acting on the environment's database `database` (`--database`, or a
+/// migration wave's entry); `None`: the runbook's `database:`, else the environment's only one.
+///
+/// # Errors
+/// As [`resolve`]; also a database the environment does not have, or one that differs from the
+/// runbook's own `database:`.
+pub fn resolve_for(
+    root: &Path,
+    runbook: &str,
+    env_name: &str,
+    database: Option<&str>,
+) -> Result<Plan, Problems> {
     let mut problems = Problems::default();
     let env = config::load_environment(root, env_name);
     let rb = config::load_runbook(root, runbook);
@@ -126,6 +177,29 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
     };
     problems.extend(step_problems);
     let Some(env) = env else { return Err(problems) };
+    let wanted = match (database, raw.database.as_deref()) {
+        (Some(a), Some(b)) if a != b => {
+            problems.push(Problem::new(
+                &rel,
+                line_of_key(&text, "database"),
+                format!("the run names database `{a}`, the runbook acts on `{b}`"),
+            ));
+            return Err(problems);
+        }
+        (Some(a), _) => Some(a),
+        (None, b) => b,
+    };
+    let (database, env) = match env.for_database(wanted) {
+        Ok(x) => x,
+        Err(m) => {
+            let line = raw.database.as_ref().and(line_of_key(&text, "database"));
+            problems.push(
+                Problem::new(&rel, line, m)
+                    .hint(Some(format!("databases: {}", env.database_names().join(", ")))),
+            );
+            return Err(problems);
+        }
+    };
 
     let env_json = env_context(&env);
     // Step id → (line, kind); `None` for a kind this build does not have (already reported):
@@ -295,10 +369,18 @@ pub fn resolve(root: &Path, runbook: &str, env_name: &str) -> Result<Plan, Probl
         runbook_digest,
         plan_digest,
         env,
+        database,
         heartbeat: raw.heartbeat,
         vars: raw.vars,
         phases,
     })
+}
+
+/// The 1-based line of the first top-level `key:` in `text`.
+fn line_of_key(text: &str, key: &str) -> Option<u32> {
+    text.lines()
+        .position(|l| l.starts_with(&format!("{key}:")))
+        .map(|i| i as u32 + 1)
 }
 
 /// Checks one dotted reference; `None` when it can be satisfied.

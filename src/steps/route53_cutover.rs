@@ -66,11 +66,11 @@ struct Params {
     /// HTTP analysis after each stage: {url, samples, interval, min_success_rate, max_p95_ms, consecutive, expect_status}; required with more than one stage.
     #[serde(default)]
     analysis: Option<Analysis>,
-    /// Set identifier of the old target's weighted record (default legacy).
-    #[serde(default = "default_old_id")]
+    /// Set identifier of the old target's weighted record (default `legacy-<record>`: unique per record, so services sharing a hosted zone never share one; moto deletes a weighted set by its identifier across every name of the zone).
+    #[serde(default)]
     old_id: String,
-    /// Set identifier of the new target's weighted record (default aws).
-    #[serde(default = "default_new_id")]
+    /// Set identifier of the new target's weighted record (default `aws-<record>`).
+    #[serde(default)]
     new_id: String,
     /// After the last stage, wait one stage TTL (seconds) so that no resolver still holds an answer naming the old target before the step completes (default false); put it before a database window so no user meets a frozen legacy database.
     #[serde(default)]
@@ -96,11 +96,16 @@ fn default_stages() -> Vec<i64> {
 fn default_pending() -> String {
     "refuse".into()
 }
-fn default_old_id() -> String {
-    "legacy".into()
-}
-fn default_new_id() -> String {
-    "aws".into()
+/// Fills the default set identifiers from the record's name (without the final dot).
+fn with_default_ids(mut p: Params) -> Params {
+    let name = p.record.trim_end_matches('.').to_string();
+    if p.old_id.is_empty() {
+        p.old_id = format!("legacy-{name}");
+    }
+    if p.new_id.is_empty() {
+        p.new_id = format!("aws-{name}");
+    }
+    p
 }
 fn yes() -> bool {
     true
@@ -292,7 +297,7 @@ fn ttl_pending(p: &Params) -> Result<i64, StepError> {
 }
 
 fn parse(cx: &StepContext<'_>) -> Result<Params, StepError> {
-    let p: Params = parse_params(&cx.params)?;
+    let p: Params = with_default_ids(parse_params(&cx.params)?);
     let problems = check(&p);
     if problems.is_empty() {
         Ok(p)
@@ -839,7 +844,7 @@ impl StepKind for Route53Cutover {
         before: &Value,
         _outputs: Option<&Map<String, Value>>,
     ) -> Result<Vec<Restored>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+        let p: Params = with_default_ids(parse_params(&cx.params)?);
         if before.get("sets").is_none() {
             return Ok(vec![]);
         }
@@ -921,7 +926,7 @@ mod tests {
     use super::*;
 
     fn params(v: Value) -> Params {
-        serde_json::from_value(v).unwrap()
+        with_default_ids(serde_json::from_value(v).unwrap())
     }
 
     fn simple() -> RecordSet {

@@ -61,6 +61,26 @@ async fn terraform(
     Ok((tf, vars))
 }
 
+/// Waits for this environment's Terraform turn on this machine (runs of one environment share
+/// its `TF_DATA_DIR`, so two `terraform` processes must not work in it at once; runs of a
+/// migration's wave may reach this step together). Terraform's own state lock orders runs on
+/// different machines; a plan made stale by another run's apply is planned again in `apply`.
+fn terraform_turn(cx: &StepContext<'_>) -> Result<crate::local::lock::EnvLock, StepError> {
+    let state = crate::local::state_dir(cx.root);
+    let holder = format!("run {} step {}", cx.run_id, cx.step_id);
+    let wait = cx.remaining();
+    let got = tokio::task::block_in_place(|| {
+        crate::local::lock::EnvLock::wait_exclusive(&state, &cx.env.name, "terraform", &holder, wait)
+    })
+    .map_err(|e| StepError::Gate(e.to_string()))?;
+    got.ok_or_else(|| {
+        StepError::Timeout(format!(
+            "the Terraform data directory of {} (another run of it is using Terraform)",
+            cx.env.name
+        ))
+    })
+}
+
 #[async_trait]
 impl StepKind for TerraformApply {
     fn name(&self) -> &'static str {
@@ -79,6 +99,7 @@ impl StepKind for TerraformApply {
     }
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+        let _turn = terraform_turn(cx)?;
         let (tf, vars) = terraform(cx).await?;
         (cx.progress)(&format!("terraform init ({})", cx.env.terraform.dir));
         tf.init(&cx.env.terraform.backend).await?;
@@ -129,6 +150,7 @@ impl StepKind for TerraformApply {
         cx: &StepContext,
         planned: &Planned,
     ) -> Result<Map<String, Value>, StepError> {
+        let _turn = terraform_turn(cx)?;
         let (tf, vars) = terraform(cx).await?;
         let plan_file = cx.run_dir.join(format!("{}.tfplan", cx.step_id));
         if !plan_file.exists() {

@@ -612,10 +612,14 @@ impl Sandbox {
         let sets = self.shop_sets(env);
         let w = |id: &str| {
             sets.iter()
-                .find(|s| s.set_identifier.as_deref() == Some(id))
+                .find(|s| {
+                    s.set_identifier
+                        .as_deref()
+                        .is_some_and(|i| i.starts_with(id) && i.ends_with(".example.com"))
+                })
                 .and_then(|s| s.weight)
         };
-        Some((w("aws")?, w("legacy")?))
+        Some((w("aws-shop.")?, w("legacy-shop.")?))
     }
 
     /// Waits for `child` (at most `secs`), returning its exit code and output (kept for the
