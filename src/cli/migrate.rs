@@ -179,12 +179,15 @@ pub async fn run(root: &Path, env: &str, reference: &str, kind: Kind, args: &Mig
     }
     summary(&state, &migration.name, &outcomes);
     if let Some(w) = stopped_at {
-        if w + 1 < migration.waves.len() {
-            println!(
-                "the waves after `{}` did not start; fix the cause and run the same command again: finished runs are not repeated",
-                migration.waves[w].name
-            );
-        }
+        let after = if w + 1 < migration.waves.len() {
+            format!("; the waves after `{}` did not start", migration.waves[w].name)
+        } else {
+            String::new()
+        };
+        println!(
+            "wave `{}` did not succeed{after}. Fix the cause and run the same command again: finished runs are not repeated",
+            migration.waves[w].name
+        );
     }
     let worst = worst(&outcomes.iter().map(|o| o.1).collect::<Vec<_>>());
     if last_wave < migration.waves.len() && worst == Ended::Succeeded {
