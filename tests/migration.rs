@@ -19,7 +19,11 @@ fn a_failed_wave_rolls_back_only_its_run_and_the_migration_continues_where_it_st
     let sb = Sandbox::start();
     let app_url = sb.var("CUTOVER_STAGING_APP_URL");
     let project = sb.project.path();
-    std::fs::write(project.join("runbooks/after-shop.yaml"), after_shop(&app_url, 418)).unwrap();
+    std::fs::write(
+        project.join("runbooks/after-shop.yaml"),
+        after_shop(&app_url, 418),
+    )
+    .unwrap();
     std::fs::create_dir_all(project.join("migrations")).unwrap();
     std::fs::write(
         project.join("migrations/move-shop.yaml"),
@@ -42,7 +46,10 @@ fn a_failed_wave_rolls_back_only_its_run_and_the_migration_continues_where_it_st
         events(&shop_records, "run_finished")[0]["data"]["status"],
         "succeeded"
     );
-    assert!(events(&shop_records, "rollback_started").is_empty(), "{printed}");
+    assert!(
+        events(&shop_records, "rollback_started").is_empty(),
+        "{printed}"
+    );
     let failed_records = sb.records(failed);
     assert_eq!(failed_records[0]["data"]["migration"]["wave"], "rest");
     assert_eq!(
@@ -55,14 +62,24 @@ fn a_failed_wave_rolls_back_only_its_run_and_the_migration_continues_where_it_st
         .secret_value("staging", "shop-db", "DATABASE_URL")
         .unwrap();
     let target_port = sb.state["target_port"].as_u64().unwrap().to_string();
-    assert!(url.contains(&format!(":{target_port}/")), "the Secret went back: {url}");
+    assert!(
+        url.contains(&format!(":{target_port}/")),
+        "the Secret went back: {url}"
+    );
     common::heartbeat_without_loss(&shop_records);
     assert!(printed.contains("WAVE/RUNBOOK@DATABASE"), "{printed}");
-    assert!(printed.contains("rest/after-shop@shop_staging"), "{printed}");
+    assert!(
+        printed.contains("rest/after-shop@shop_staging"),
+        "{printed}"
+    );
     assert!(printed.contains("run the same command again"), "{printed}");
 
     // Fixed, the same command continues: wave 1 is not repeated, wave 2 runs again and passes.
-    std::fs::write(project.join("runbooks/after-shop.yaml"), after_shop(&app_url, 200)).unwrap();
+    std::fs::write(
+        project.join("runbooks/after-shop.yaml"),
+        after_shop(&app_url, 200),
+    )
+    .unwrap();
     let second = sb.cutover(&["rehearse", "staging"]);
     let printed = text(&second);
     sb.outputs.lock().unwrap().push(printed.clone());

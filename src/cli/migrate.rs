@@ -35,7 +35,13 @@ pub struct MigrateArgs<'a> {
 }
 
 /// Runs migration `reference` in environment `env`; returns the exit code (the worst run's).
-pub async fn run(root: &Path, env: &str, reference: &str, kind: Kind, args: &MigrateArgs<'_>) -> i32 {
+pub async fn run(
+    root: &Path,
+    env: &str,
+    reference: &str,
+    kind: Kind,
+    args: &MigrateArgs<'_>,
+) -> i32 {
     let (migration, _, _) = match config::load_migration(root, reference) {
         Ok(m) => m,
         Err(p) => {
@@ -77,7 +83,10 @@ pub async fn run(root: &Path, env: &str, reference: &str, kind: Kind, args: &Mig
     if kind == Kind::Rehearse && tier == Some(Tier::Production) {
         print_error(
             &format!("{env} is a production environment; rehearsals run on staging or dev"),
-            Some(&format!("cutover execute {env} --migration {} --dry-run shows what it would change", migration.name)),
+            Some(&format!(
+                "cutover execute {env} --migration {} --dry-run shows what it would change",
+                migration.name
+            )),
         );
         return EXIT_REFUSED;
     }
@@ -96,7 +105,8 @@ pub async fn run(root: &Path, env: &str, reference: &str, kind: Kind, args: &Mig
                     }
                 }
                 if let Some(first) = refused.iter().map(|r| r.0).min() {
-                    let proceed = migration.promotion.on_unrehearsed == OnUnrehearsed::RunEarlierWaves
+                    let proceed = migration.promotion.on_unrehearsed
+                        == OnUnrehearsed::RunEarlierWaves
                         && first > 0;
                     if args.break_glass.is_none() {
                         eprintln!(
@@ -156,7 +166,10 @@ pub async fn run(root: &Path, env: &str, reference: &str, kind: Kind, args: &Mig
             };
             match a {
                 Action::Done { run_id } => {
-                    println!("  [{}] already succeeded in run {run_id}: not repeated", e.label);
+                    println!(
+                        "  [{}] already succeeded in run {run_id}: not repeated",
+                        e.label
+                    );
                     outcomes.push((e.label.clone(), Ended::Succeeded, Some(run_id)));
                 }
                 Action::Blocked { run_id } => {
@@ -180,7 +193,10 @@ pub async fn run(root: &Path, env: &str, reference: &str, kind: Kind, args: &Mig
     summary(&state, &migration.name, &outcomes);
     if let Some(w) = stopped_at {
         let after = if w + 1 < migration.waves.len() {
-            format!("; the waves after `{}` did not start", migration.waves[w].name)
+            format!(
+                "; the waves after `{}` did not start",
+                migration.waves[w].name
+            )
         } else {
             String::new()
         };
@@ -200,11 +216,16 @@ pub async fn run(root: &Path, env: &str, reference: &str, kind: Kind, args: &Mig
 fn summary(state: &Path, name: &str, outcomes: &[(String, Ended, Option<String>)]) {
     let list = runs::list(state, None);
     println!("migration {name}: summary");
-    println!("  {:<40} {:<20} {:<24} {}", "WAVE/RUNBOOK@DATABASE", "OUTCOME", "RUN", "WRITE OUTAGE");
+    println!(
+        "  {:<40} {:<20} {:<24} {}",
+        "WAVE/RUNBOOK@DATABASE", "OUTCOME", "RUN", "WRITE OUTAGE"
+    );
     for (label, ended, id) in outcomes {
         let r = id.as_ref().and_then(|i| list.iter().find(|r| &r.id == i));
         let outage = match r.and_then(|r| r.write_outage_ms.map(|ms| (ms, r.writes_missing))) {
-            Some((ms, Some(missing))) => format!("{ms} ms, {missing} acknowledged write(s) missing"),
+            Some((ms, Some(missing))) => {
+                format!("{ms} ms, {missing} acknowledged write(s) missing")
+            }
             Some((ms, None)) => format!("{ms} ms"),
             None => "-".into(),
         };
@@ -241,7 +262,9 @@ async fn run_wave(
     let mut failed = false;
     loop {
         while !failed && running.len() < limit {
-            let Some((e, a)) = pending.pop_front() else { break };
+            let Some((e, a)) = pending.pop_front() else {
+                break;
+            };
             match spawn(root, env, migration, &wave.name, e, &a, kind, args) {
                 Ok(c) => running.push(c),
                 Err(m) => {
@@ -263,14 +286,25 @@ async fn run_wave(
         let c = running.remove(i);
         let ended = Ended::from_exit(status.ok().and_then(|s| s.code()));
         let id = c.run_id.lock().ok().and_then(|g| g.clone());
-        println!("  [{}] {}{}", c.label, ended.as_str(), id.as_ref().map(|i| format!(" (run {i})")).unwrap_or_default());
+        println!(
+            "  [{}] {}{}",
+            c.label,
+            ended.as_str(),
+            id.as_ref()
+                .map(|i| format!(" (run {i})"))
+                .unwrap_or_default()
+        );
         out.push((c.label.clone(), ended, id));
         if ended != Ended::Succeeded && kind != Kind::DryRun && !failed {
             failed = true;
             if wave.on_failure != OnFailure::Continue {
                 for other in &running {
                     if let Some(pid) = other.child.id() {
-                        println!("  [{}] interrupted (on_failure: {})", other.label, wave.on_failure.as_str());
+                        println!(
+                            "  [{}] interrupted (on_failure: {})",
+                            other.label,
+                            wave.on_failure.as_str()
+                        );
                         // SAFETY: kill(2) with a child's pid and SIGINT has no memory effects.
                         unsafe {
                             libc::kill(pid as i32, libc::SIGINT);
@@ -288,7 +322,8 @@ async fn run_wave(
     }
     if failed && wave.on_failure == OnFailure::Rollback {
         for (label, ended, id) in out.iter_mut() {
-            let (Some(run_id), Ended::Succeeded | Ended::Interrupted) = (id.as_ref(), *ended) else {
+            let (Some(run_id), Ended::Succeeded | Ended::Interrupted) = (id.as_ref(), *ended)
+            else {
                 continue;
             };
             println!("  [{label}] rolling back run {run_id} (on_failure: rollback)");
@@ -396,7 +431,10 @@ fn describe(line: &str, run_id: &std::sync::Mutex<Option<String>>) -> Option<Str
             if let Ok(mut g) = run_id.lock() {
                 *g = Some(s.run_id.clone());
             }
-            Some(format!("run {} started ({} on database {})", s.run_id, s.runbook, s.database))
+            Some(format!(
+                "run {} started ({} on database {})",
+                s.run_id, s.runbook, s.database
+            ))
         }
         Event::StepCompleted(c) => Some(format!("{step}: {}", c.summary)),
         Event::StepFailed(f) => Some(format!("{step}: FAILED: {}", f.error)),

@@ -66,6 +66,35 @@ pub fn validate(root: &Path, only: Option<&str>) -> i32 {
             }
         }
     }
+    for name in config::list_names(&root.join("migrations")) {
+        match config::load_migration(root, &name) {
+            Err(p) => all.extend(p),
+            Ok((m, _, _)) => {
+                let mut runs = 0;
+                for env in &envs {
+                    for wave in &m.waves {
+                        for (rb, db) in wave.entries() {
+                            runs += 1;
+                            if let Err(p) = runbook::resolve_for(root, &rb, env, db.as_deref()) {
+                                for problem in p.0 {
+                                    if !all.0.contains(&problem) {
+                                        all.push(problem);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                ok.push(format!(
+                    "migration {}: {} waves, {} runs over {} environments",
+                    m.name,
+                    m.waves.len(),
+                    runs,
+                    envs.len()
+                ));
+            }
+        }
+    }
     let has_terraform = root.join("terraform").is_dir();
     if has_terraform {
         let mut loaded = Vec::new();
@@ -164,7 +193,11 @@ pub(super) fn policy_of(root: &Path, env: &config::Environment) -> Option<config
 }
 
 /// The promotion gate over this project's runs (see [`engine::promotion::missing`]).
-pub(super) fn promotion_gate(root: &Path, policy: &config::PromotionPolicy, digest: &str) -> Vec<String> {
+pub(super) fn promotion_gate(
+    root: &Path,
+    policy: &config::PromotionPolicy,
+    digest: &str,
+) -> Vec<String> {
     let state = engine::state_dir(root);
     let runs = policy
         .requires

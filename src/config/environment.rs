@@ -367,14 +367,19 @@ pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Envi
             problems.push(Problem::new(
                 path,
                 line_of(key),
-                format!("databases: `{}` is not a name of [a-z0-9_-]", key.escape_debug()),
+                format!(
+                    "databases: `{}` is not a name of [a-z0-9_-]",
+                    key.escape_debug()
+                ),
             ));
         }
         if db.is_unset() || db.name.is_empty() {
             problems.push(Problem::new(
                 path,
                 line_of(key),
-                format!("databases.{key}: `name`, `source_url_env` and `target_url_env` are required"),
+                format!(
+                    "databases.{key}: `name`, `source_url_env` and `target_url_env` are required"
+                ),
             ));
         }
     }
@@ -456,7 +461,10 @@ mod tests {
         let err = env.for_database(None).unwrap_err();
         assert!(err.contains("several databases (letters, shop)"), "{err}");
         let err = env.for_database(Some("shpo")).unwrap_err();
-        assert!(err.contains("no database `shpo`") && err.contains("letters, shop"), "{err}");
+        assert!(
+            err.contains("no database `shpo`") && err.contains("letters, shop"),
+            "{err}"
+        );
         // The one-database form keeps working: its database is the only choice.
         let one = parse(Path::new("e.yaml"), GOOD, "staging").unwrap();
         assert_eq!(one.for_database(None).unwrap().0, "shop");
@@ -469,10 +477,19 @@ mod tests {
             "databases:\n  x: {name: x, source_url_env: S, target_url_env: T}\ndns:",
         );
         let err = parse(Path::new("e.yaml"), &both, "staging").unwrap_err();
-        assert!(err.to_string().contains("both `database` and `databases`"), "{err}");
-        let neither = GOOD.replace("database: {name: shop, source_url_env: S, target_url_env: T}\n", "");
+        assert!(
+            err.to_string().contains("both `database` and `databases`"),
+            "{err}"
+        );
+        let neither = GOOD.replace(
+            "database: {name: shop, source_url_env: S, target_url_env: T}\n",
+            "",
+        );
         let err = parse(Path::new("e.yaml"), &neither, "staging").unwrap_err();
-        assert!(err.to_string().contains("missing field `database`"), "{err}");
+        assert!(
+            err.to_string().contains("missing field `database`"),
+            "{err}"
+        );
     }
 
     #[test]

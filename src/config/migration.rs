@@ -157,12 +157,7 @@ pub(super) fn parse(
     let m: Migration =
         super::parse_yaml(text).map_err(|e| Problems::one(from_yaml_error(path, &e)))?;
     let wave_lines: Vec<u32> = super::parse_yaml::<Lines>(text)
-        .map(|l| {
-            l.waves
-                .iter()
-                .map(|w| w.referenced.line() as u32)
-                .collect()
-        })
+        .map(|l| l.waves.iter().map(|w| w.referenced.line() as u32).collect())
         .unwrap_or_default();
     let mut problems = Problems::default();
     let line_of = |needle: &str, from: u32| {
@@ -183,7 +178,11 @@ pub(super) fn parse(
         ));
     }
     if m.waves.is_empty() {
-        problems.push(Problem::new(path, line_of("waves:", 1), "a migration needs at least one wave"));
+        problems.push(Problem::new(
+            path,
+            line_of("waves:", 1),
+            "a migration needs at least one wave",
+        ));
     }
     let mut seen_waves = Vec::new();
     let mut seen_runs: Vec<(String, Option<String>)> = Vec::new();
@@ -193,15 +192,26 @@ pub(super) fn parse(
             problems.push(Problem::new(
                 path,
                 at,
-                format!("wave `{}`: a name of [a-z0-9_-] is required", w.name.escape_debug()),
+                format!(
+                    "wave `{}`: a name of [a-z0-9_-] is required",
+                    w.name.escape_debug()
+                ),
             ));
         }
         if seen_waves.contains(&w.name) {
-            problems.push(Problem::new(path, at, format!("wave `{}` is named twice", w.name)));
+            problems.push(Problem::new(
+                path,
+                at,
+                format!("wave `{}` is named twice", w.name),
+            ));
         }
         seen_waves.push(w.name.clone());
         if w.runs.is_empty() {
-            problems.push(Problem::new(path, at, format!("wave `{}` has no runs", w.name)));
+            problems.push(Problem::new(
+                path,
+                at,
+                format!("wave `{}` has no runs", w.name),
+            ));
         }
         if w.concurrency == Some(0) {
             problems.push(Problem::new(
@@ -232,7 +242,9 @@ pub(super) fn parse(
                         "wave `{}`: runbook `{}`{} is listed twice in the migration",
                         w.name,
                         e.0,
-                        e.1.as_ref().map(|d| format!(" on database `{d}`")).unwrap_or_default()
+                        e.1.as_ref()
+                            .map(|d| format!(" on database `{d}`"))
+                            .unwrap_or_default()
                     ),
                 ));
             }
@@ -289,7 +301,10 @@ mod tests {
         let text = GOOD.replace("on_failure: rollback", "on_failure: retry");
         let err = parse(Path::new("m.yaml"), &text, "m", &known()).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("retry") && text.contains("continue"), "{text}");
+        assert!(
+            text.contains("retry") && text.contains("continue"),
+            "{text}"
+        );
         assert_eq!(err.0[0].line, Some(8), "{text}");
     }
 }

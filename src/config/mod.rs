@@ -18,9 +18,7 @@ pub use environment::{
     AwsSection, DatabaseSection, DnsSection, EksSection, Environment, OrganizationSection,
     PlanPolicy, PromotionPolicy, SecretRef, StoreKind, StoreSection, TerraformSection, Tier,
 };
-pub use migration::{
-    Migration, MigrationPromotion, OnFailure, OnUnrehearsed, Wave, WaveRun,
-};
+pub use migration::{Migration, MigrationPromotion, OnFailure, OnUnrehearsed, Wave, WaveRun};
 pub use problem::{Problem, Problems};
 pub use runbook::{
     follows_another, Heartbeat, LegacyPath, RawPhase, RawRunbook, RawStep, RollbackPolicy,
@@ -158,8 +156,10 @@ pub fn load_migration(
     let text = read_bounded(&full).map_err(|e| {
         let known = list_names(&root.join("migrations"));
         Problems::one(
-            Problem::new(&path, None, format!("cannot read migration: {e}"))
-                .hint(Some(format!("migrations in migrations/: {}", known.join(", ")))),
+            Problem::new(&path, None, format!("cannot read migration: {e}")).hint(Some(format!(
+                "migrations in migrations/: {}",
+                known.join(", ")
+            ))),
         )
     })?;
     let stem = full

@@ -167,15 +167,11 @@ mod tests {
         ];
         assert_eq!(
             action(&runs, "m", "shop", "shop"),
-            Action::Done {
-                run_id: "2".into()
-            }
+            Action::Done { run_id: "2".into() }
         );
         assert_eq!(
             action(&runs, "m", "letters", "letters"),
-            Action::Resume {
-                run_id: "4".into()
-            }
+            Action::Resume { run_id: "4".into() }
         );
         assert_eq!(action(&runs, "m", "letters", "third"), Action::Start);
         assert_eq!(action(&runs, "another", "shop", "shop"), Action::Start);
@@ -183,9 +179,7 @@ mod tests {
         blocked.push(run("8", "shop", "shop", "rollback-incomplete", Some("m")));
         assert_eq!(
             action(&blocked, "m", "shop", "shop"),
-            Action::Blocked {
-                run_id: "8".into()
-            }
+            Action::Blocked { run_id: "8".into() }
         );
     }
 
@@ -201,7 +195,12 @@ mod tests {
         assert_eq!(worst(&[]), Ended::Succeeded);
         assert_eq!(worst(&[Ended::Succeeded, Ended::RolledBack]).exit_code(), 1);
         assert_eq!(
-            worst(&[Ended::RolledBack, Ended::RollbackIncomplete, Ended::Interrupted]).exit_code(),
+            worst(&[
+                Ended::RolledBack,
+                Ended::RollbackIncomplete,
+                Ended::Interrupted
+            ])
+            .exit_code(),
             4
         );
         assert_eq!(Ended::from_exit(Some(130)), Ended::Interrupted);

@@ -60,12 +60,7 @@ impl Drop for HeldLock {
             );
             block_on(async move {
                 for key in keys {
-                    let _ = client
-                        .delete_object()
-                        .bucket(&bucket)
-                        .key(key)
-                        .send()
-                        .await;
+                    let _ = client.delete_object().bucket(&bucket).key(key).send().await;
                 }
             });
         }

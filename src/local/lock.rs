@@ -131,9 +131,7 @@ impl EnvLock {
             }
         }
         write_holder(&mut file, &path, holder)?;
-        Ok(EnvLock {
-            _files: vec![file],
-        })
+        Ok(EnvLock { _files: vec![file] })
     }
 
     /// Takes what a run acts on: `env`'s lock shared and each of `keys` (e.g. `database:shop`,
@@ -209,9 +207,7 @@ impl EnvLock {
             match file.try_lock() {
                 Ok(()) => {
                     write_holder(&mut file, &path, holder)?;
-                    return Ok(Some(EnvLock {
-                        _files: vec![file],
-                    }));
+                    return Ok(Some(EnvLock { _files: vec![file] }));
                 }
                 Err(TryLockError::WouldBlock) if std::time::Instant::now() < until => {
                     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -270,7 +266,10 @@ mod tests {
         // An apply needs the whole environment: refused while any run holds a service, naming it.
         match EnvLock::acquire(d.path(), "staging", "infra apply") {
             Err(LockError::Held { holder, .. }) => {
-                assert!(holder.contains("run r1") && holder.contains("run r2"), "{holder}")
+                assert!(
+                    holder.contains("run r1") && holder.contains("run r2"),
+                    "{holder}"
+                )
             }
             _ => panic!("an apply was granted the environment during runs"),
         }
@@ -288,7 +287,13 @@ mod tests {
 
     #[test]
     fn lock_file_names_keep_only_safe_bytes() {
-        assert_eq!(service_lock_file("secret:shop/shop-db"), "secret-shop-shop-db");
-        assert_eq!(service_lock_file("record:Shop.example.com"), "record-shop.example.com");
+        assert_eq!(
+            service_lock_file("secret:shop/shop-db"),
+            "secret-shop-shop-db"
+        );
+        assert_eq!(
+            service_lock_file("record:Shop.example.com"),
+            "record-shop.example.com"
+        );
     }
 }

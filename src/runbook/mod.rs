@@ -193,10 +193,7 @@ pub fn resolve_for(
         Ok(x) => x,
         Err(m) => {
             let line = raw.database.as_ref().and(line_of_key(&text, "database"));
-            problems.push(
-                Problem::new(&rel, line, m)
-                    .hint(Some(format!("databases: {}", env.database_names().join(", ")))),
-            );
+            problems.push(Problem::new(&rel, line, m));
             return Err(problems);
         }
     };

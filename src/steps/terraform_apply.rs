@@ -70,7 +70,13 @@ fn terraform_turn(cx: &StepContext<'_>) -> Result<crate::local::lock::EnvLock, S
     let holder = format!("run {} step {}", cx.run_id, cx.step_id);
     let wait = cx.remaining();
     let got = tokio::task::block_in_place(|| {
-        crate::local::lock::EnvLock::wait_exclusive(&state, &cx.env.name, "terraform", &holder, wait)
+        crate::local::lock::EnvLock::wait_exclusive(
+            &state,
+            &cx.env.name,
+            "terraform",
+            &holder,
+            wait,
+        )
     })
     .map_err(|e| StepError::Gate(e.to_string()))?;
     got.ok_or_else(|| {
