@@ -381,8 +381,8 @@ fn a_failing_analysis_after_the_flip_returns_all_weight_and_rolls_back_secret_dn
     };
     assert_eq!(
         (
-            weight_of("aws-shop.staging.example.com"),
-            weight_of("legacy-shop.staging.example.com")
+            weight_of("aws-shop.staging.example-shop.com"),
+            weight_of("legacy-shop.staging.example-shop.com")
         ),
         (Some(0), Some(100))
     );

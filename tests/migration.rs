@@ -10,7 +10,7 @@ use common::{events, text, Sandbox};
 /// answers 200, so 418 fails it).
 fn after_shop(app_url: &str, status: u16) -> String {
     format!(
-        "name: after-shop\nphases:\n  - name: check\n    steps:\n      - {{ id: identity, kind: aws.assert_account }}\n      - {{ id: health, kind: http.check, with: {{ url: \"{app_url}/healthz\", expect_status: {status}, consecutive: 1, interval: 200ms }}, timeout: 3s }}\n"
+        "name: after-shop\ndatabase: shop\nphases:\n  - name: check\n    steps:\n      - {{ id: identity, kind: aws.assert_account }}\n      - {{ id: health, kind: http.check, with: {{ url: \"{app_url}/healthz\", expect_status: {status}, consecutive: 1, interval: 200ms }}, timeout: 3s }}\n"
     )
 }
 
@@ -69,7 +69,7 @@ fn a_failed_wave_rolls_back_only_its_run_and_the_migration_continues_where_it_st
     common::heartbeat_without_loss(&shop_records);
     assert!(printed.contains("WAVE/RUNBOOK@DATABASE"), "{printed}");
     assert!(
-        printed.contains("rest/after-shop@shop_staging"),
+        printed.contains("rest/after-shop@shop"),
         "{printed}"
     );
     assert!(printed.contains("run the same command again"), "{printed}");

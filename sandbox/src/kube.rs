@@ -251,6 +251,54 @@ async fn namespace(State(c): State<Cluster>, Path(name): Path<String>) -> Respon
     }
 }
 
+/// `POST /api/v1/namespaces`: creates a namespace (201), as the API server does: 409 AlreadyExists
+/// when the name is taken, 400 without a valid `metadata.name` (an RFC 1123 label), 422 for a
+/// body that is not a Namespace. New namespaces are `Active`.
+async fn create_namespace(State(c): State<Cluster>, body: Bytes) -> Response {
+    let mut obj: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return status(400, "BadRequest", format!("invalid JSON: {e}"), "namespaces", ""),
+    };
+    if obj.get("kind").and_then(Value::as_str).is_some_and(|k| k != "Namespace") {
+        return status(422, "Invalid", "the body's kind is not Namespace".into(), "namespaces", "");
+    }
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let label_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !label_ok {
+        return status(
+            422,
+            "Invalid",
+            format!("Namespace \"{name}\" is invalid: metadata.name: must be a lowercase RFC 1123 label"),
+            "namespaces",
+            &name,
+        );
+    }
+    let mut s = c.lock().unwrap_or_else(|p| p.into_inner());
+    if s.get("namespaces", "", &name).is_some() {
+        return status(
+            409,
+            "AlreadyExists",
+            format!("namespaces \"{name}\" already exists"),
+            "namespaces",
+            &name,
+        );
+    }
+    obj["apiVersion"] = json!("v1");
+    obj["kind"] = json!("Namespace");
+    obj["status"] = json!({"phase": "Active"});
+    s.seed("namespaces", "", obj);
+    let created = s.get("namespaces", "", &name).cloned().unwrap_or(Value::Null);
+    (StatusCode::CREATED, Json(created)).into_response()
+}
+
 fn handle(
     c: Cluster,
     method: Method,
@@ -544,6 +592,7 @@ pub fn router(cluster: Cluster) -> Router {
                 Json(json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0-cutover-sandbox"}))
             }),
         )
+        .route("/api/v1/namespaces", axum::routing::post(create_namespace))
         .route("/api/v1/namespaces/{name}", get(namespace))
         .route(
             "/api/v1/namespaces/{ns}/{resource}",

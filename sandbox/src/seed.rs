@@ -1,5 +1,5 @@
-//! Seeding the stand-ins: the shop database on the legacy source, empty databases and the
-//! application role on the target, and in moto an Organization whose member accounts are the
+//! Seeding the stand-ins: the shop and letters databases on the legacy source, empty databases
+//! and the application roles on the target, and in moto an Organization whose member accounts are the
 //! three environments, each with its Terraform state bucket, hosted zone and legacy record, RDS
 //! instance, EKS cluster and WAF web ACL associated with the environment's load balancer.
 
@@ -97,6 +97,47 @@ pub async fn databases(s: &State) -> Result<()> {
             .await?;
     }
     src.batch_execute("DROP DATABASE shop_seed").await?;
+    letters(s, &src, &tgt).await
+}
+
+/// Mailboxes of the second service, `letters`.
+pub const MAILBOXES: i64 = 1_000;
+/// Letters on its source.
+pub const LETTERS: i64 = 20_000;
+
+/// The second service's databases: a schema unlike shop's (a composite primary key, a standalone
+/// sequence as a column default, a foreign key), owned by its own role, on the same servers.
+async fn letters(
+    s: &State,
+    src: &tokio_postgres::Client,
+    tgt: &tokio_postgres::Client,
+) -> Result<()> {
+    for c in [src, tgt] {
+        c.batch_execute(&format!(
+            "CREATE ROLE letters LOGIN PASSWORD '{}'",
+            s.app_password
+        ))
+        .await?;
+    }
+    for env in ENVIRONMENTS {
+        let db = State::letters_database(env);
+        src.batch_execute(&format!("CREATE DATABASE {db} OWNER letters"))
+            .await?;
+        tgt.batch_execute(&format!("CREATE DATABASE {db} OWNER letters"))
+            .await?;
+        let c = connect(&s.letters_url(env, "letters", false)).await?;
+        c.batch_execute(&format!(
+            "CREATE SEQUENCE letter_number START 1000;
+             CREATE TABLE mailboxes (id bigint PRIMARY KEY, address text NOT NULL UNIQUE);
+             CREATE TABLE letters (mailbox_id bigint NOT NULL REFERENCES mailboxes(id), number bigint NOT NULL DEFAULT nextval('letter_number'), subject text NOT NULL, body text NOT NULL, sent_at timestamptz NOT NULL, PRIMARY KEY (mailbox_id, number));
+             INSERT INTO mailboxes SELECT g, 'box' || g || '@letters.example.com' FROM generate_series(1, {MAILBOXES}) g;
+             INSERT INTO letters (mailbox_id, subject, body, sent_at)
+               SELECT 1 + g % {MAILBOXES}, 'letter ' || g, repeat('dear reader ', 1 + g % 20), timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute' FROM generate_series(1, {LETTERS}) g;
+             ANALYZE;"
+        ))
+        .await
+        .context("seeding letters")?;
+    }
     Ok(())
 }
 
@@ -299,6 +340,16 @@ pub async fn aws(s: &mut State) -> Result<()> {
                     .build()?,
             )
             .build()?;
+        let letters = ResourceRecordSet::builder()
+            .name(format!("letters.{domain}."))
+            .r#type(RrType::Cname)
+            .ttl(crate::state::SEED_TTL)
+            .resource_records(
+                ResourceRecord::builder()
+                    .value(format!("letters-legacy-{env}.droplets.example.net"))
+                    .build()?,
+            )
+            .build()?;
         r53.change_resource_record_sets()
             .hosted_zone_id(zone_id.trim_start_matches("/hostedzone/"))
             .change_batch(
@@ -307,6 +358,12 @@ pub async fn aws(s: &mut State) -> Result<()> {
                         Change::builder()
                             .action(ChangeAction::Create)
                             .resource_record_set(set)
+                            .build()?,
+                    )
+                    .changes(
+                        Change::builder()
+                            .action(ChangeAction::Create)
+                            .resource_record_set(letters)
                             .build()?,
                     )
                     .build()?,

@@ -1,6 +1,7 @@
 //! `cutover-sandbox serve`: the long-running part of the sandbox. One Kubernetes API emulator per
 //! environment's EKS cluster, each seeded with namespace `shop`, Secret `shop-db` (the legacy
-//! connection URL) and Deployments `shop-api` and `shop-worker`; the AWS-side application per
+//! connection URL) and Deployments `shop-api` and `shop-worker`, and the second service's
+//! namespace `letters`, Secret `letters-db` and Deployment `letters-api`; the AWS-side application per
 //! environment, whose `/healthz` connects to the database named by the cluster's Secret (as a pod
 //! with a reloading secret volume would) and whose `POST /orders` writes through it; and the
 //! legacy application.
@@ -18,31 +19,56 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn seed_cluster(s: &State, env: &str) -> Cluster {
-    let mut store = kube::Store::default();
+/// Seeds namespace `ns` with Secret `secret` (key `DATABASE_URL` = `url`) and the service's
+/// Deployments `(name, replicas)`, each reading the Secret as its pods' environment.
+fn seed_service(
+    store: &mut kube::Store,
+    ns: &str,
+    secret: &str,
+    url: &str,
+    deployments: &[(&str, i64)],
+) {
     store.seed(
         "namespaces",
         "",
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
     );
-    let url = base64::engine::general_purpose::STANDARD.encode(s.legacy_app_url(env));
-    store.seed("secrets", "shop", json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "shop-db", "labels": {"app": "shop"}}, "data": {"DATABASE_URL": url}}));
-    for (name, replicas) in [("shop-api", 2), ("shop-worker", 1)] {
+    let url = base64::engine::general_purpose::STANDARD.encode(url);
+    store.seed("secrets", ns, json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": secret, "labels": {"app": ns}}, "data": {"DATABASE_URL": url}}));
+    for (name, replicas) in deployments {
         store.seed(
             "deployments",
-            "shop",
+            ns,
             json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": name, "labels": {"app": name}},
                 "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                          "template": {"metadata": {"labels": {"app": name}},
                                       "spec": {"containers": [{"name": "app", "image": format!("registry.example-shop.com/{name}:1.0"),
-                                                               "env": [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "DATABASE_URL"}}}]}]}}},
+                                                               "env": [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": "DATABASE_URL"}}}]}]}}},
                 "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
                            "conditions": [{"type": "Available", "status": "True"}]}
             }),
         );
     }
+}
+
+fn seed_cluster(s: &State, env: &str) -> Cluster {
+    let mut store = kube::Store::default();
+    seed_service(
+        &mut store,
+        "shop",
+        "shop-db",
+        &s.legacy_app_url(env),
+        &[("shop-api", 2), ("shop-worker", 1)],
+    );
+    seed_service(
+        &mut store,
+        "letters",
+        "letters-db",
+        &s.letters_url(env, "letters", false),
+        &[("letters-api", 1)],
+    );
     Arc::new(Mutex::new(store))
 }
 
@@ -81,8 +107,13 @@ fn health_response(result: Result<(), String>, side: &str) -> (StatusCode, Json<
 
 /// The URL in the cluster's Secret `shop/shop-db`, as a pod with a reloading secret volume sees it.
 fn secret_url(cluster: &Cluster) -> Option<String> {
+    service_url(cluster, "shop", "shop-db")
+}
+
+/// The URL in Secret `ns/name` of the cluster.
+fn service_url(cluster: &Cluster, ns: &str, name: &str) -> Option<String> {
     let s = cluster.lock().unwrap_or_else(|p| p.into_inner());
-    s.get("secrets", "shop", "shop-db")
+    s.get("secrets", ns, name)
         .and_then(|o| o.pointer("/data/DATABASE_URL"))
         .and_then(Value::as_str)
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
@@ -92,6 +123,17 @@ fn secret_url(cluster: &Cluster) -> Option<String> {
 async fn aws_health(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Value>) {
     match secret_url(&cluster) {
         None => health_response(Err("secret shop/shop-db has no DATABASE_URL".into()), "aws"),
+        Some(u) => health_response(database_health(&u).await, "aws"),
+    }
+}
+
+/// `GET /letters/healthz`: the second service's health, through its own Secret.
+async fn letters_health(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Value>) {
+    match service_url(&cluster, "letters", "letters-db") {
+        None => health_response(
+            Err("secret letters/letters-db has no DATABASE_URL".into()),
+            "aws",
+        ),
         Some(u) => health_response(database_health(&u).await, "aws"),
     }
 }
@@ -147,6 +189,7 @@ pub async fn run(s: State) -> Result<()> {
         }));
         let app_router = Router::new()
             .route("/healthz", get(aws_health))
+            .route("/letters/healthz", get(letters_health))
             .route("/orders", axum::routing::post(aws_create_order))
             .with_state(cluster);
         tasks.push(tokio::spawn(async move {

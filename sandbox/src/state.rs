@@ -29,7 +29,7 @@ pub struct State {
     pub source_password: String,
     /// Superuser password of the target cluster.
     pub target_password: String,
-    /// Password of the application role `shop` on both clusters.
+    /// Password of the application roles `shop` and `letters` on both clusters.
     pub app_password: String,
     /// pid of `cutover-sandbox serve` (Kubernetes API emulator and the apps).
     pub serve_pid: u32,
@@ -83,6 +83,30 @@ impl State {
         } else {
             format!("shop_{env}")
         }
+    }
+
+    /// Database name of the second service, `letters`, in an environment.
+    pub fn letters_database(env: &str) -> String {
+        if env == "production" {
+            "letters".into()
+        } else {
+            format!("letters_{env}")
+        }
+    }
+
+    /// A URL of the `letters` service's database: as `role` (`letters` or `postgres`) on the
+    /// source or the target server.
+    pub fn letters_url(&self, env: &str, role: &str, target: bool) -> String {
+        let (password, port) = match (role, target) {
+            ("postgres", false) => (&self.source_password, self.source_port),
+            ("postgres", true) => (&self.target_password, self.target_port),
+            (_, false) => (&self.app_password, self.source_port),
+            (_, true) => (&self.app_password, self.target_port),
+        };
+        format!(
+            "postgres://{role}:{password}@127.0.0.1:{port}/{}",
+            Self::letters_database(env)
+        )
     }
 
     /// DNS zone of an environment.
@@ -184,6 +208,17 @@ impl State {
                 format!("CUTOVER_{up}_LEGACY_APP_DATABASE_URL"),
                 self.legacy_app_url(env),
             ));
+            for (name, role, target) in [
+                ("SOURCE_DATABASE_URL", "postgres", false),
+                ("TARGET_DATABASE_URL", "postgres", true),
+                ("TARGET_APP_DATABASE_URL", "letters", true),
+                ("LEGACY_APP_DATABASE_URL", "letters", false),
+            ] {
+                v.push((
+                    format!("CUTOVER_{up}_LETTERS_{name}"),
+                    self.letters_url(env, role, target),
+                ));
+            }
             // The seeded record's TTL is SEED_TTL (20 s) so a rehearsal's wait for answers cached
             // under it stays short; lowering it to 5 s keeps the lowering real.
             v.push((format!("CUTOVER_{up}_DNS_CUTOVER_TTL"), "5".to_string()));

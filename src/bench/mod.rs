@@ -80,6 +80,11 @@ impl Bench {
             std::env::var(n)
                 .with_context(|| format!("{n} is not set (eval \"$(cutover-sandbox env)\")"))
         };
+        // The bench makes its own databases on the servers of the environment's first one.
+        let first = env.database_names().into_iter().next();
+        let (_, env) = env
+            .for_database(first.as_deref())
+            .map_err(|m| anyhow::anyhow!(m))?;
         Ok(Bench {
             root: root.to_path_buf(),
             source_url: var(&env.database.source_url_env)?,

@@ -270,6 +270,10 @@ pub async fn slot_warnings(root: &Path, run_id: &str) -> Vec<String> {
     let Ok(env) = crate::config::load_environment(root, &s.environment) else {
         return Vec::new();
     };
+    let chosen = (!s.database.is_empty()).then_some(s.database.as_str());
+    let Ok((_, env)) = env.for_database(chosen) else {
+        return Vec::new();
+    };
     let suffix: String = run_id
         .rsplit('-')
         .next()

@@ -615,7 +615,7 @@ impl Sandbox {
                 .find(|s| {
                     s.set_identifier
                         .as_deref()
-                        .is_some_and(|i| i.starts_with(id) && i.ends_with(".example.com"))
+                        .is_some_and(|i| i.starts_with(id) && i.ends_with("example-shop.com"))
                 })
                 .and_then(|s| s.weight)
         };
