@@ -257,10 +257,28 @@ async fn namespace(State(c): State<Cluster>, Path(name): Path<String>) -> Respon
 async fn create_namespace(State(c): State<Cluster>, body: Bytes) -> Response {
     let mut obj: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return status(400, "BadRequest", format!("invalid JSON: {e}"), "namespaces", ""),
+        Err(e) => {
+            return status(
+                400,
+                "BadRequest",
+                format!("invalid JSON: {e}"),
+                "namespaces",
+                "",
+            )
+        }
     };
-    if obj.get("kind").and_then(Value::as_str).is_some_and(|k| k != "Namespace") {
-        return status(422, "Invalid", "the body's kind is not Namespace".into(), "namespaces", "");
+    if obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k != "Namespace")
+    {
+        return status(
+            422,
+            "Invalid",
+            "the body's kind is not Namespace".into(),
+            "namespaces",
+            "",
+        );
     }
     let name = obj
         .pointer("/metadata/name")
@@ -269,7 +287,9 @@ async fn create_namespace(State(c): State<Cluster>, body: Bytes) -> Response {
         .to_string();
     let label_ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if !label_ok {
@@ -295,7 +315,10 @@ async fn create_namespace(State(c): State<Cluster>, body: Bytes) -> Response {
     obj["kind"] = json!("Namespace");
     obj["status"] = json!({"phase": "Active"});
     s.seed("namespaces", "", obj);
-    let created = s.get("namespaces", "", &name).cloned().unwrap_or(Value::Null);
+    let created = s
+        .get("namespaces", "", &name)
+        .cloned()
+        .unwrap_or(Value::Null);
     (StatusCode::CREATED, Json(created)).into_response()
 }
 

@@ -31,14 +31,39 @@ pub fn runs(root: &Path, env: Option<&str>, output: OutputFormat) -> i32 {
             if list.is_empty() {
                 eprintln!("no runs on record");
             }
-            for r in list {
+            if !list.is_empty() {
                 println!(
-                    "{:<24} {:<11} {:<9} {:<20} {:<14} {}",
+                    "{:<24} {:<11} {:<9} {:<20} {:<18} {:<14} {:<10} {:<22} STARTED",
+                    "RUN",
+                    "ENV",
+                    "MODE",
+                    "STATUS",
+                    "RUNBOOK",
+                    "DIGEST",
+                    "DATABASE",
+                    "MIGRATION/WAVE"
+                );
+            }
+            for r in list {
+                let migration = r
+                    .migration
+                    .as_ref()
+                    .map(|m| format!("{}/{}", m.name, m.wave))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<24} {:<11} {:<9} {:<20} {:<18} {:<14} {:<10} {:<22} {}",
                     r.id,
                     r.environment,
                     r.mode,
                     r.status,
+                    r.runbook,
                     &r.runbook_digest.get(..12).unwrap_or(""),
+                    if r.database.is_empty() {
+                        "-"
+                    } else {
+                        &r.database
+                    },
+                    migration,
                     r.started_at
                 );
             }
