@@ -1,7 +1,7 @@
 //! The Kubernetes API emulator: exactly the subset `cutover` uses, with the real API's semantics.
 //!
 //! - Secrets and Deployments in namespaces (`/api/v1/...`, `/apis/apps/v1/...`): get, list,
-//!   create, replace, patch, delete.
+//!   create, replace, patch, delete; namespaces: get and create (`POST /api/v1/namespaces`).
 //! - `metadata.resourceVersion` optimistic concurrency: a replace whose resourceVersion is not the
 //!   stored one is refused with 409 Conflict; a create of an existing name with 409 AlreadyExists.
 //! - Errors as `Status` objects (404 NotFound, 409, 415, 422).
