@@ -94,6 +94,34 @@ fn a_failed_wave_rolls_back_only_its_run_and_the_migration_continues_where_it_st
         "succeeded"
     );
 
+    // The migration's summary from the runs on record, beside each run's own audit.
+    let summary = sb.cutover(&["audit", "migration", "move-shop", "--env", "staging"]);
+    let md = text(&summary);
+    assert_eq!(summary.status.code(), Some(0), "{md}");
+    assert!(md.contains("## Wave 1 of 2: core"), "{md}");
+    assert!(
+        md.contains(&format!("| shop-cutover | shop | succeeded | {shop} |")),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!("| after-shop | shop | succeeded | {} |", runs[2])),
+        "{md}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(
+        &sb.cutover(&[
+            "audit",
+            "migration",
+            "move-shop",
+            "--env",
+            "staging",
+            "--format",
+            "json",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(json["waves"][0]["runs"][0]["writes_missing"], 0, "{json}");
+
     // A third time, everything is done and nothing runs.
     let again = sb.cutover(&["rehearse", "staging"]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
@@ -205,6 +233,35 @@ fn two_services_of_one_environment_move_at_once_and_a_third_run_on_one_of_them_i
             "{name} does not send its traffic to the AWS side: {records:?}"
         );
     }
+    // A rollback of one service's run leaves the other's records where they are.
+    let letters_run = runs
+        .iter()
+        .find(|r| sb.records(r)[0]["data"]["runbook"] == "letters-cutover")
+        .unwrap()
+        .clone();
+    let back = sb.cutover(&["rollback", &letters_run]);
+    assert_eq!(back.status.code(), Some(1), "{}", text(&back));
+    let records = sb.dns_records("staging");
+    let shop_sets: Vec<&String> = records
+        .iter()
+        .filter(|r| r.contains("shop.staging.example-shop.com."))
+        .collect();
+    assert!(
+        shop_sets.iter().any(|r| r.contains("elb.amazonaws.com")
+            && (r.contains("Some(100)") || r.contains(" None None "))),
+        "letters' rollback moved shop's record: {records:?}"
+    );
+    let letters_sets: Vec<&String> = records
+        .iter()
+        .filter(|r| r.contains("letters.staging.example-shop.com."))
+        .collect();
+    assert!(
+        !letters_sets.is_empty()
+            && letters_sets
+                .iter()
+                .all(|r| r.contains("letters-legacy-staging")),
+        "letters' record is not back on the legacy host: {records:?}"
+    );
     sb.assert_no_secrets(&[]);
 }
 

@@ -19,6 +19,83 @@ pub enum AuditFormat {
     Junit,
 }
 
+/// `cutover audit migration NAME --env ENV`: for each wave and each of its runs (resolved as
+/// the migration command resolves them), the latest run on record with its outcome, write
+/// outage and missing writes; `not run` for those without one.
+pub fn migration(root: &Path, reference: &str, env: &str, format: AuditFormat) -> i32 {
+    if !matches!(format, AuditFormat::Md | AuditFormat::Json) {
+        print_error(
+            "a migration's summary is rendered as md or json",
+            Some("each run's own audit has every format: cutover audit show RUN_ID --format html"),
+        );
+        return EXIT_INVALID;
+    }
+    let (m, path, _) = match crate::config::load_migration(root, reference) {
+        Ok(m) => m,
+        Err(p) => {
+            super::run::print_problems(&p);
+            return EXIT_INVALID;
+        }
+    };
+    let list = runs::list(&engine::state_dir(root), Some(env));
+    let mut waves = Vec::new();
+    for wave in &m.waves {
+        let mut rows = Vec::new();
+        for (rb, db) in wave.entries() {
+            let plan = match crate::runbook::resolve_for(root, &rb, env, db.as_deref()) {
+                Ok(p) => p,
+                Err(p) => {
+                    super::run::print_problems(&p);
+                    return EXIT_INVALID;
+                }
+            };
+            let r = engine::migration::latest(&list, &m.name, &plan.runbook_name, &plan.database);
+            rows.push(serde_json::json!({
+                "runbook": plan.runbook_name,
+                "database": plan.database,
+                "run_id": r.map(|r| r.id.clone()),
+                "mode": r.map(|r| r.mode.clone()),
+                "status": r.map(|r| r.status.clone()).unwrap_or_else(|| "not run".into()),
+                "started_at": r.map(|r| r.started_at.clone()),
+                "finished_at": r.and_then(|r| r.finished_at.clone()),
+                "write_outage_ms": r.and_then(|r| r.write_outage_ms),
+                "writes_missing": r.and_then(|r| r.writes_missing),
+            }));
+        }
+        waves.push(serde_json::json!({"wave": wave.name, "on_failure": wave.on_failure.as_str(), "runs": rows}));
+    }
+    match format {
+        AuditFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"migration": m.name, "file": path, "environment": env, "waves": waves}))
+                .unwrap_or_default()
+        ),
+        AuditFormat::Md | AuditFormat::Html | AuditFormat::Junit => {
+            println!("# Migration {} in {env}\n", m.name);
+            println!("File: `{}`. Each run's own audit: `cutover audit show RUN_ID`.\n", path.display());
+            for (i, w) in waves.iter().enumerate() {
+                println!("## Wave {} of {}: {} (on failure: {})\n", i + 1, waves.len(), w["wave"].as_str().unwrap_or(""), w["on_failure"].as_str().unwrap_or(""));
+                println!("| runbook | database | outcome | run | write outage | acknowledged writes missing |");
+                println!("|---|---|---|---|---|---|");
+                for r in w["runs"].as_array().into_iter().flatten() {
+                    let cell = |k: &str| match &r[k] {
+                        serde_json::Value::Null => "-".to_string(),
+                        serde_json::Value::String(s) => s.replace('|', "\\|"),
+                        v => v.to_string(),
+                    };
+                    let outage = match r["write_outage_ms"].as_u64() {
+                        Some(ms) => format!("{ms} ms"),
+                        None => "-".into(),
+                    };
+                    println!("| {} | {} | {} | {} | {outage} | {} |", cell("runbook"), cell("database"), cell("status"), cell("run_id"), cell("writes_missing"));
+                }
+                println!();
+            }
+        }
+    }
+    EXIT_OK
+}
+
 /// `cutover runs [ENV]`.
 pub fn runs(root: &Path, env: Option<&str>, output: OutputFormat) -> i32 {
     let list = runs::list(&engine::state_dir(root), env);

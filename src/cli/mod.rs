@@ -235,6 +235,18 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         public_key: Option<PathBuf>,
     },
+    /// A migration's summary in an environment, from the runs on record: each wave, each run's
+    /// outcome, write outage, missing writes and run id (whose own audit `show` renders).
+    Migration {
+        /// Migration (name in migrations/ or path).
+        migration: String,
+        /// Environment name.
+        #[arg(long)]
+        env: String,
+        /// md or json.
+        #[arg(long, value_enum, default_value = "md")]
+        format: audit::AuditFormat,
+    },
 }
 
 /// Runs a parsed command line; returns the exit code.
@@ -341,6 +353,17 @@ pub async fn run(cli: Cli) -> i32 {
         } => {
             pull_missing(&root, &run_id).await;
             audit::verify(&root, &run_id, public_key.as_deref())
+        }
+        Command::Audit {
+            action:
+                AuditCommand::Migration {
+                    migration,
+                    env,
+                    format,
+                },
+        } => {
+            pull_runs(&root, Some(&env)).await;
+            audit::migration(&root, &migration, &env, format)
         }
     }
 }

@@ -32,13 +32,7 @@ pub enum Action {
 /// environment's runs (oldest first, as [`super::runs::list`] returns them): the latest run of
 /// the same migration, runbook and database decides (dry-runs do not count).
 pub fn action(runs: &[RunSummary], migration: &str, runbook: &str, database: &str) -> Action {
-    let last = runs.iter().rev().find(|r| {
-        r.mode != "dry-run"
-            && r.runbook == runbook
-            && r.database == database
-            && r.migration.as_ref().is_some_and(|m| m.name == migration)
-    });
-    match last {
+    match latest(runs, migration, runbook, database) {
         None => Action::Start,
         Some(r) => match r.status.as_str() {
             "succeeded" => Action::Done {
@@ -53,6 +47,22 @@ pub fn action(runs: &[RunSummary], migration: &str, runbook: &str, database: &st
             _ => Action::Start,
         },
     }
+}
+
+/// The latest run (not a dry-run) of runbook `runbook` on database `database` started by
+/// migration `migration`, from `runs` oldest first.
+pub fn latest<'a>(
+    runs: &'a [RunSummary],
+    migration: &str,
+    runbook: &str,
+    database: &str,
+) -> Option<&'a RunSummary> {
+    runs.iter().rev().find(|r| {
+        r.mode != "dry-run"
+            && r.runbook == runbook
+            && r.database == database
+            && r.migration.as_ref().is_some_and(|m| m.name == migration)
+    })
 }
 
 /// How one run of a wave ended in this invocation, by its process's exit code (see the exit
