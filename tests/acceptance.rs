@@ -250,7 +250,9 @@ fn sigkill_during_cutover_is_completed_by_resume_without_repeating_effects() {
     let second = sb.cutover(&["rehearse", "staging"]);
     assert_eq!(second.status.code(), Some(3), "{}", text(&second));
     assert!(
-        text(&second).contains(&format!("environment staging is locked by run {run}")),
+        text(&second).contains(&format!(
+            "environment staging (database shop) is locked by run {run}"
+        )),
         "{}",
         text(&second)
     );

@@ -279,7 +279,7 @@ fn s3_store_shares_runs_between_clones_and_grants_the_lock_once() {
         );
         let refused = if code(&a) == 3 { &a } else { &b };
         assert!(
-            text(refused).contains("environment staging is locked by run"),
+            text(refused).contains("environment staging (runbook hold) is locked by run"),
             "{}",
             text(refused)
         );

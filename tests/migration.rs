@@ -311,12 +311,45 @@ fn production_refuses_a_migration_with_an_unrehearsed_runbook_naming_it_and_may_
     assert_eq!(partial.status.code(), Some(3), "{printed}");
     let ids = sb.run_ids();
     assert_eq!(ids.len(), before + 1, "{printed}");
-    let run = sb.records(ids.last().unwrap());
+    // Run ids sort by second, then at random: find the production run by its record.
+    let production: Vec<Vec<serde_json::Value>> = ids
+        .iter()
+        .map(|i| sb.records(i))
+        .filter(|r| r[0]["data"]["environment"] == "production")
+        .collect();
+    assert_eq!(production.len(), 1, "{printed}");
+    let run = &production[0];
     assert_eq!(run[0]["data"]["runbook"], "wave-one");
-    assert_eq!(run[0]["data"]["environment"], "production");
     assert_eq!(
         events(&run, "run_finished")[0]["data"]["status"],
         "succeeded"
     );
     assert!(printed.contains("waves before `two` proceed"), "{printed}");
+}
+
+#[test]
+fn files_with_one_database_and_no_database_field_validate_and_rehearse_as_before() {
+    // The environment and runbook files as they were before `databases:` existed.
+    let sb = Sandbox::start();
+    let project = sb.project.path();
+    let fixtures = common::repo().join("tests/fixtures/single-database");
+    for sub in ["environments", "runbooks"] {
+        std::fs::remove_dir_all(project.join(sub)).unwrap();
+        std::fs::create_dir_all(project.join(sub)).unwrap();
+        for e in std::fs::read_dir(fixtures.join(sub)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), project.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    let v = sb.cutover(&["validate"]);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+    let o = sb.cutover(&["rehearse", "staging"]);
+    let printed = text(&o);
+    sb.outputs.lock().unwrap().push(printed.clone());
+    assert_eq!(o.status.code(), Some(0), "{printed}");
+    let run = sb.run_ids().pop().unwrap();
+    let records = sb.records(&run);
+    assert_eq!(records[0]["data"]["database"], "shop_staging");
+    assert!(records[0]["data"].get("migration").is_none());
+    common::heartbeat_without_loss(&records);
 }

@@ -118,7 +118,13 @@ fn removing_one_output_the_runbook_reads_fails_the_check_naming_root_and_step() 
         err.contains(&format!("runbooks/shop-cutover.yaml:{dns_line}: step `dns` reads tf.alb_dns_name, but terraform/live/production defines no output `alb_dns_name`")),
         "{err}"
     );
-    assert!(err.contains("error: 1 problem found"), "{err}");
+    // letters-cutover reads it too: both are named.
+    assert!(
+        err.contains("runbooks/letters-cutover.yaml:")
+            && err.contains("step `dns` reads tf.alb_dns_name, but terraform/live/production"),
+        "{err}"
+    );
+    assert!(err.contains("error: 2 problems found"), "{err}");
 
     // The sandbox stack is held to the same outputs.
     let sandbox = dir.path().join("terraform/sandbox/main.tf");

@@ -261,6 +261,7 @@ async fn run_wave(
     let mut out: Vec<(String, Ended, Option<String>)> = Vec::new();
     let mut failed = false;
     loop {
+        // After a failure no new run of the wave starts, whatever the policy.
         while !failed && running.len() < limit {
             let Some((e, a)) = pending.pop_front() else {
                 break;
@@ -312,9 +313,6 @@ async fn run_wave(
                     }
                 }
             }
-        }
-        if failed && wave.on_failure == OnFailure::Continue && running.is_empty() {
-            // Runs not yet started stay so: the wave failed; nothing new starts.
         }
     }
     for (e, _) in pending {

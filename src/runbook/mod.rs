@@ -29,7 +29,8 @@ pub struct Plan {
     /// The environment as this run sees it: `env.database` is the database it acts on.
     pub env: Environment,
     /// That database's name in the environment (a key of its `databases:`, or the one
-    /// `database:`'s name).
+    /// `database:`'s name); empty for a runbook with no `postgres.*` step in an environment with
+    /// several databases (it acts on none).
     pub database: String,
     /// `vars.*`.
     pub vars: BTreeMap<String, Value>,
@@ -99,7 +100,8 @@ impl Plan {
             .flat_map(|p| p.steps.iter().map(move |s| (p.name.as_str(), s)))
     }
 
-    /// What a run of this plan acts on, as lock keys (sorted, each once): `database:<name>`,
+    /// What a run of this plan acts on, as lock keys (sorted, each once): `runbook:<name>[@<db>]`,
+    /// `database:<name>`,
     /// `secret:<namespace>/<name>` for the heartbeat's Secret and each Secret a step names
     /// (`namespace` and `secret` parameters), and `record:<name>` for each DNS record a step names
     /// (`record`). Parameters are rendered with `env` and `vars` only; one that needs run-time
@@ -112,7 +114,16 @@ impl Plan {
                 .and_then(|t| template::render_str(t, &ctx).ok())
                 .filter(|r| !r.is_empty())
         };
-        let mut keys = vec![format!("database:{}", self.database)];
+        // The runbook on its database: two runs of it never overlap, even when it names nothing
+        // else (one runbook applied to two databases is two services).
+        let mut keys = vec![if self.database.is_empty() {
+            format!("runbook:{}", self.runbook_name)
+        } else {
+            format!("runbook:{}@{}", self.runbook_name, self.database)
+        }];
+        if !self.database.is_empty() {
+            keys.push(format!("database:{}", self.database));
+        }
         if let Some(h) = &self.heartbeat {
             keys.push(format!("secret:{}/{}", h.namespace, h.secret));
         }
@@ -189,12 +200,26 @@ pub fn resolve_for(
         (Some(a), _) => Some(a),
         (None, b) => b,
     };
+    // A runbook none of whose steps acts on a database (no known `postgres.*` kind) needs none, even
+    // in an environment with several: it runs with no database chosen.
+    let acts_on_database = raw
+        .phases
+        .iter()
+        .flat_map(|p| &p.steps)
+        .any(|s| s.step.kind.starts_with("postgres.") && steps::lookup(&s.step.kind).is_some());
     let (database, env) = match env.for_database(wanted) {
         Ok(x) => x,
+        Err(_) if wanted.is_none() && !acts_on_database => {
+            let mut none = env.clone();
+            none.database = Default::default();
+            none.databases.clear();
+            (String::new(), none)
+        }
         Err(m) => {
+            // Reported with the rest: the steps are still checked against the environment.
             let line = raw.database.as_ref().and(line_of_key(&text, "database"));
             problems.push(Problem::new(&rel, line, m));
-            return Err(problems);
+            (String::new(), env)
         }
     };
 
