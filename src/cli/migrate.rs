@@ -66,13 +66,7 @@ pub async fn run(
                         digest: plan.runbook_digest.clone(),
                     });
                 }
-                Err(p) => {
-                    for problem in p.0 {
-                        if !problems.0.contains(&problem) {
-                            problems.push(problem);
-                        }
-                    }
-                }
+                Err(p) => problems.extend_new(p),
             }
         }
     }

@@ -56,13 +56,7 @@ pub fn validate(root: &Path, only: Option<&str>) -> i32 {
                     ));
                     plans.push(plan);
                 }
-                Err(p) => {
-                    for problem in p.0 {
-                        if !all.0.contains(&problem) {
-                            all.push(problem);
-                        }
-                    }
-                }
+                Err(p) => all.extend_new(p),
             }
         }
     }
@@ -76,11 +70,7 @@ pub fn validate(root: &Path, only: Option<&str>) -> i32 {
                         for (rb, db) in wave.entries() {
                             runs += 1;
                             if let Err(p) = runbook::resolve_for(root, &rb, env, db.as_deref()) {
-                                for problem in p.0 {
-                                    if !all.0.contains(&problem) {
-                                        all.push(problem);
-                                    }
-                                }
+                                all.extend_new(p);
                             }
                         }
                     }
@@ -119,11 +109,7 @@ pub fn validate(root: &Path, only: Option<&str>) -> i32 {
                 });
             }
         }
-        for problem in crate::infra::check::check(root, &loaded, &refs).0 {
-            if !all.0.contains(&problem) {
-                all.push(problem);
-            }
-        }
+        all.extend_new(crate::infra::check::check(root, &loaded, &refs));
         ok.push(format!(
             "terraform/: modules, live roots and terraform/sandbox agree with {} environment(s) and the runbooks' tf.* outputs",
             loaded.len()

@@ -120,6 +120,12 @@ pub fn load_runbook(
 
 /// The path a runbook reference names (see [`load_runbook`]).
 pub fn resolve_runbook_path(root: &Path, reference: &str) -> std::path::PathBuf {
+    reference_path(root, reference, "runbooks")
+}
+
+/// The file a reference names: a path (it ends in `.yaml`/`.yml` or holds a `/`; relative to
+/// `root` unless absolute), else the name of a file in `root/dir`.
+fn reference_path(root: &Path, reference: &str, dir: &str) -> std::path::PathBuf {
     let direct = Path::new(reference);
     if reference.ends_with(".yaml") || reference.ends_with(".yml") || reference.contains('/') {
         if direct.is_absolute() {
@@ -128,7 +134,7 @@ pub fn resolve_runbook_path(root: &Path, reference: &str) -> std::path::PathBuf 
             root.join(direct)
         }
     } else {
-        root.join("runbooks").join(format!("{reference}.yaml"))
+        root.join(dir).join(format!("{reference}.yaml"))
     }
 }
 
@@ -142,16 +148,7 @@ pub fn load_migration(
     root: &Path,
     reference: &str,
 ) -> Result<(Migration, std::path::PathBuf, String), Problems> {
-    let direct = Path::new(reference);
-    let full = if reference.ends_with(".yaml") || reference.contains('/') {
-        if direct.is_absolute() {
-            direct.to_path_buf()
-        } else {
-            root.join(direct)
-        }
-    } else {
-        root.join("migrations").join(format!("{reference}.yaml"))
-    };
+    let full = reference_path(root, reference, "migrations");
     let path = full.strip_prefix(root).unwrap_or(&full).to_path_buf();
     let text = read_bounded(&full).map_err(|e| {
         let known = list_names(&root.join("migrations"));

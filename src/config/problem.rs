@@ -60,6 +60,15 @@ impl Problems {
     pub fn extend(&mut self, other: Problems) {
         self.0.extend(other.0);
     }
+    /// Appends those of `other` not already here (the same problem found resolving one file
+    /// against several environments is reported once).
+    pub fn extend_new(&mut self, other: Problems) {
+        for p in other.0 {
+            if !self.0.contains(&p) {
+                self.0.push(p);
+            }
+        }
+    }
     /// Appends one.
     pub fn push(&mut self, p: Problem) {
         self.0.push(p);

@@ -425,13 +425,7 @@ pub async fn resume(
         return Ok(Ok(finished_outcome(fin)));
     }
     let start = &replayed.start;
-    let plan = runbook::resolve_for(
-        root,
-        &start.runbook_path,
-        &start.environment,
-        (!start.database.is_empty()).then_some(start.database.as_str()),
-    )
-    .map_err(ResumeError::Config)?;
+    let plan = plan_of_run(root, start)?;
     if plan.runbook_digest != start.runbook_digest {
         return Ok(Ok(Outcome::Refused(format!(
             "the runbook changed since run {run_id} started (digest {} now, {} then); finish it with `cutover rollback {run_id}` or start a new run",
@@ -445,6 +439,18 @@ pub async fn resume(
     .await)
 }
 
+/// The plan run `start` was made from, resolved again: the same runbook file, environment and
+/// database.
+fn plan_of_run(root: &Path, start: &event::RunStarted) -> Result<Plan, ResumeError> {
+    runbook::resolve_for(
+        root,
+        &start.runbook_path,
+        &start.environment,
+        (!start.database.is_empty()).then_some(start.database.as_str()),
+    )
+    .map_err(ResumeError::Config)
+}
+
 /// Rolls back run `run_id`: every started step in reverse order, as after a failure.
 ///
 /// # Errors
@@ -456,13 +462,7 @@ pub async fn rollback(
 ) -> Result<Result<Outcome, EngineError>, ResumeError> {
     let (records, replayed) = load_run(root, run_id).await?;
     let start = &replayed.start;
-    let plan = runbook::resolve_for(
-        root,
-        &start.runbook_path,
-        &start.environment,
-        (!start.database.is_empty()).then_some(start.database.as_str()),
-    )
-    .map_err(ResumeError::Config)?;
+    let plan = plan_of_run(root, start)?;
     // A rehearsal's rollback is part of the rehearsal: its heartbeat measures it too.
     let mode = if start.mode == Mode::Rehearse {
         Mode::Rehearse
