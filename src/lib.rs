@@ -8,6 +8,15 @@
 //! the real services). [`config`] holds the raw file types; [`report`] renders audits; [`secret`]
 //! keeps secret values out of every output.
 
+/// `cutover --version`: the package version and the commit it was built from
+/// (`0.1.0 (commit 1a2b3c4d5e6f)`; `unknown` outside a git checkout), set by `build.rs`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CUTOVER_COMMIT"),
+    ")"
+);
+
 pub mod bench;
 pub mod cli;
 pub mod config;

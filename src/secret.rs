@@ -51,14 +51,21 @@ pub fn install_panic_hook() {
 /// The line the panic hook prints for a panic message `msg` raised at `at` (`file:line`):
 /// redacted with every secret registered in this process and every `CUTOVER_*` variable.
 fn panic_report(msg: &str, at: &str) -> String {
+    let msg = redact_process(msg);
+    format!("error: internal error (a bug in cutover, please report it) at {at}: {msg}")
+}
+
+/// `text` redacted with every secret any [`Redactor`] of this process was given and every
+/// `CUTOVER_*` variable's value: for text that leaves the process outside a run's own redactor
+/// (a panic message, a log line of the AWS SDK or kube).
+pub fn redact_process(text: &str) -> String {
     let env = Redactor::default();
     for (k, v) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("CUTOVER_") {
             env.add_local(&v.to_string_lossy());
         }
     }
-    let msg = env.redact(&PROCESS.redact(msg));
-    format!("error: internal error (a bug in cutover, please report it) at {at}: {msg}")
+    env.redact(&PROCESS.redact(text))
 }
 
 impl Redactor {
@@ -113,6 +120,11 @@ impl Redactor {
         }
         out
     }
+}
+
+/// Whether `text` is a `scheme://user:password@host/...` URL with a password in it.
+pub fn url_has_password(text: &str) -> bool {
+    raw_url_password(text).is_some_and(|p| !p.is_empty())
 }
 
 /// The password of a `scheme://user:password@host/...` URL as written (still percent-encoded).

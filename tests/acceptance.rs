@@ -184,14 +184,16 @@ fn dry_run_of_production_prints_every_step_and_changes_nothing() {
         let mut s = Vec::new();
         s.push(format!("{:?}", sb.dns_records("production")));
         s.push(format!("{:?}", sb.rds_snapshots("production")));
-        s.push(
-            sb.kube_get("production", "/api/v1/namespaces/shop/secrets")
-                .to_string(),
-        );
-        s.push(
-            sb.kube_get("production", "/apis/apps/v1/namespaces/shop/deployments")
-                .to_string(),
-        );
+        // The objects, each with its own resourceVersion; not the list's, which is the whole
+        // cluster's and moves whenever anything in it changes (the External Secrets operator
+        // writes its ExternalSecret's status on every refresh).
+        for path in [
+            "/api/v1/namespaces/shop/secrets",
+            "/apis/apps/v1/namespaces/shop/deployments",
+            "/api/v1/namespaces/letters/secrets",
+        ] {
+            s.push(sb.kube_get("production", path)["items"].to_string());
+        }
         for url in [
             sb.var("CUTOVER_PRODUCTION_SOURCE_DATABASE_URL"),
             sb.var("CUTOVER_PRODUCTION_TARGET_DATABASE_URL"),

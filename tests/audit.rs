@@ -119,16 +119,38 @@ fn printed_signed_and_parsed_audits_of_real_runs_hold_and_leak_no_secret() {
         ),
     );
     let new_app_url = format!("{scheme}://{user}:{}@{rest}", urlencode(&password));
-    sb.set_var("CUTOVER_STAGING_TARGET_APP_DATABASE_URL", &new_app_url);
-    // 2. A multi-line token the runbook writes into the same Secret (`secrets.api_token`).
+    // It is read from moto's Secrets Manager (key `database_url` of a JSON secret), as the
+    // committed environment says.
+    let cfg = sb.aws("staging");
+    let secret_json = serde_json::json!({"database_url": new_app_url, "note": "json-escaped"});
+    common::block_on(async {
+        aws_sdk_secretsmanager::Client::new(&cfg)
+            .put_secret_value()
+            .secret_id("shop-staging/app")
+            .secret_string(secret_json.to_string())
+            .send()
+            .await
+            .unwrap();
+    });
+    // 2. A multi-line token the runbook writes into the same Secret (`secrets.api_token`), read
+    //    from an SSM SecureString parameter.
     let token = format!("-----BEGIN TOKEN-----\nline-one-{nonce}\t\"quoted\" \\ back\nzweite Zeile ✓ {nonce}-end\n-----END TOKEN-----");
-    sb.set_var("CUTOVER_STAGING_API_TOKEN", &token);
+    common::block_on(async {
+        aws_sdk_ssm::Client::new(&cfg)
+            .put_parameter()
+            .name("/shop/staging/api-token")
+            .value(&token)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .send()
+            .await
+            .unwrap();
+    });
     let env_file = project.join("environments/staging.yaml");
     let env_text = std::fs::read_to_string(&env_file).unwrap().replace(
-        "    from_env: CUTOVER_STAGING_TARGET_APP_DATABASE_URL\n",
-        "    from_env: CUTOVER_STAGING_TARGET_APP_DATABASE_URL\n  api_token:\n    from_env: CUTOVER_STAGING_API_TOKEN\n",
+        "    key: database_url\n",
+        "    key: database_url\n  api_token:\n    from_ssm: /shop/staging/api-token\n",
     );
-    assert!(env_text.contains("CUTOVER_STAGING_API_TOKEN"));
+    assert!(env_text.contains("/shop/staging/api-token"));
     std::fs::write(&env_file, env_text).unwrap();
     let rb_file = project.join("runbooks/shop-cutover.yaml");
     let rb_text = std::fs::read_to_string(&rb_file).unwrap().replace(
@@ -151,6 +173,7 @@ fn printed_signed_and_parsed_audits_of_real_runs_hold_and_leak_no_secret() {
         new_app_url.clone(),
         token.clone(),
         pem.trim().to_string(),
+        secret_json.to_string(),
     ];
     corpus.extend(sb.passwords());
 
@@ -209,6 +232,21 @@ fn printed_signed_and_parsed_audits_of_real_runs_hold_and_leak_no_secret() {
 
     // --- HTML printed to PDF by headless Chromium; pdftotext; the first page kept as PNG. ---
     let html = cutover_ok(&sb, &["audit", "show", &run, "--format", "html"]);
+    // The picture of the run: the write outage window and one mark per DNS stage, each with its
+    // weight and verdict.
+    let svg = html
+        .split("<svg class=\"timeline\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</svg>").next())
+        .expect("the audit has the timeline picture");
+    assert_eq!(svg.matches("class=\"outage\"").count(), 1, "{svg}");
+    assert_eq!(svg.matches("class=\"dns-stage\"").count(), 3, "{svg}");
+    for (stage, weight) in [(1, 10), (2, 50), (3, 100)] {
+        assert!(svg.contains(&format!("data-stage=\"{stage}\"")), "{svg}");
+        assert!(svg.contains(&format!("DNS {weight}% pass")), "{svg}");
+    }
+    assert!(svg.contains("class=\"writes\""), "{svg}");
+    assert!(!html.contains("<script"));
     let html_file = project.join("audit.html");
     std::fs::write(&html_file, &html).unwrap();
     let pdf = project.join("audit.pdf");
@@ -235,6 +273,10 @@ fn printed_signed_and_parsed_audits_of_real_runs_hold_and_leak_no_secret() {
         .unwrap();
     assert!(pdftext.status.success());
     let pdftext = String::from_utf8_lossy(&pdftext.stdout).into_owned();
+    assert!(
+        pdftext.contains("write outage") && pdftext.contains("DNS 50% pass"),
+        "the printed audit lacks the picture's labels:\n{pdftext}"
+    );
     for step in STEP_IDS {
         assert!(
             pdftext.split_whitespace().any(|w| w == step),

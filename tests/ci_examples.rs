@@ -9,21 +9,8 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn check_jsonschema() -> PathBuf {
-    let venv = std::env::var("CUTOVER_SANDBOX_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| common::repo().join(".sandbox/venv"));
-    let bin = venv.join("bin/check-jsonschema");
-    assert!(
-        bin.exists(),
-        "{} missing: run scripts/install-deps",
-        bin.display()
-    );
-    bin
-}
-
 fn lint(schema: &str, file: &Path) -> (bool, String) {
-    let out = Command::new(check_jsonschema())
+    let out = Command::new(common::check_jsonschema())
         .args(["--builtin-schema", schema])
         .arg(file)
         .output()
@@ -128,4 +115,230 @@ fn ci_examples_run_the_commands_the_readme_documents() {
             }
         }
     }
+}
+
+/// A directory of stand-ins for PATH: `cutover` that prints a `run_started` event and exits with
+/// `code`, `jq` that prints that run's id, and `apt-get` / `cargo` that do nothing (the
+/// pipelines' set-up, not under test).
+fn stand_ins(dir: &Path, code: i32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join(format!("bin-{code}"));
+    std::fs::create_dir_all(&bin).unwrap();
+    let scripts = [
+        (
+            "cutover",
+            format!("#!/bin/sh\necho '{{\"type\":\"run_started\",\"data\":{{\"run_id\":\"{RUN}\"}}}}'\nexit {code}\n"),
+        ),
+        ("jq", format!("#!/bin/sh\necho {RUN}\n")),
+        ("apt-get", "#!/bin/sh\nexit 0\n".to_string()),
+        ("cargo", "#!/bin/sh\nexit 0\n".to_string()),
+    ];
+    for (name, text) in scripts {
+        let p = bin.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+const RUN: &str = "20261121-000000-abcdef";
+
+/// Runs `script` as `shell` (words, `{0}` for the script's path, as GitHub writes a step's
+/// shell) in `cwd` with `bin` first on PATH; whether it succeeded.
+fn runs_ok(shell: &[&str], script: &str, cwd: &Path, bin: &Path) -> bool {
+    let file = cwd.join("step.sh");
+    std::fs::write(&file, script).unwrap();
+    let words: Vec<String> = shell
+        .iter()
+        .map(|w| w.replace("{0}", file.to_str().unwrap()))
+        .collect();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new(&words[0])
+        .args(&words[1..])
+        .current_dir(cwd)
+        .env("PATH", path)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// The command GitHub Actions runs a `run:` step with, from its `shell:` (or the job's or the
+/// workflow's `defaults.run.shell`), as GitHub documents them: none is `bash -e {0}`, `bash` is
+/// `bash --noprofile --norc -eo pipefail {0}`, `sh` is `sh -e {0}`.
+fn github_shell(name: Option<&str>) -> Vec<&'static str> {
+    match name {
+        None => vec!["bash", "-e", "{0}"],
+        Some("bash") => vec!["bash", "--noprofile", "--norc", "-eo", "pipefail", "{0}"],
+        Some("sh") => vec!["sh", "-e", "{0}"],
+        Some(other) => panic!("shell `{other}` is not modelled by this test"),
+    }
+}
+
+fn runs_cutover(script: &str) -> bool {
+    script.lines().any(|l| l.trim().starts_with("cutover "))
+}
+
+/// A place a step runs in: a checkout where the run's directory exists (so a step's `cp` of it
+/// succeeds when cutover did).
+fn workdir(dir: &Path, name: &str) -> PathBuf {
+    let cwd = dir.join(name);
+    std::fs::create_dir_all(cwd.join(".cutover/runs").join(RUN)).unwrap();
+    cwd
+}
+
+#[test]
+fn every_ci_step_that_runs_cutover_fails_when_cutover_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok_bin, failing_bin) = (stand_ins(dir.path(), 0), stand_ins(dir.path(), 1));
+    let mut checked = Vec::new();
+
+    // GitHub Actions: every `run:` step that calls cutover, with the shell GitHub would use.
+    let text =
+        std::fs::read_to_string(common::repo().join("examples/ci/github-actions.yml")).unwrap();
+    let wf: Value = serde_saphyr::from_str(&text).unwrap();
+    let wf_shell = wf["defaults"]["run"]["shell"].as_str();
+    for (job_name, job) in wf["jobs"].as_object().unwrap() {
+        let job_shell = job["defaults"]["run"]["shell"].as_str().or(wf_shell);
+        for (i, step) in job["steps"].as_array().unwrap().iter().enumerate() {
+            let Some(script) = step["run"].as_str().filter(|s| runs_cutover(s)) else {
+                continue;
+            };
+            let shell = github_shell(step["shell"].as_str().or(job_shell));
+            let name = format!("github {job_name} step {i}");
+            let cwd = workdir(dir.path(), &name.replace(' ', "-"));
+            assert!(
+                runs_ok(&shell, script, &cwd, &ok_bin),
+                "{name} fails with a cutover that succeeds:\n{script}"
+            );
+            assert!(
+                !runs_ok(&shell, script, &cwd, &failing_bin),
+                "{name} passes although cutover exited 1:\n{script}"
+            );
+            // The check can fail: GitHub's default shell (no pipefail) lets a piped failure pass.
+            if script.contains("| tee") {
+                assert!(
+                    runs_ok(&github_shell(None), script, &cwd, &failing_bin),
+                    "{name}: bash -e should hide the failure of a pipe"
+                );
+            }
+            checked.push(name);
+        }
+    }
+
+    // GitLab CI: a job's before_script (its own, else the default's) and script run in one shell
+    // that stops at the first failing command; after_script runs apart and never fails a job.
+    let text = std::fs::read_to_string(common::repo().join("examples/ci/gitlab-ci.yml")).unwrap();
+    let ci: Value = serde_saphyr::from_str(&text).unwrap();
+    let lines = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str().map(str::to_string))
+            .collect()
+    };
+    for (job_name, job) in ci.as_object().unwrap() {
+        let Some(script) = job.get("script") else {
+            continue;
+        };
+        let script = lines(script).join("\n");
+        if !runs_cutover(&script) {
+            continue;
+        }
+        let before = match job.get("before_script") {
+            Some(b) => lines(b),
+            None => lines(&ci["default"]["before_script"]),
+        };
+        let whole = format!("{}\n{script}\n", before.join("\n"));
+        let name = format!("gitlab {job_name}");
+        let cwd = workdir(dir.path(), &name.replace(' ', "-"));
+        let shell = ["bash", "-e", "{0}"];
+        assert!(
+            runs_ok(&shell, &whole, &cwd, &ok_bin),
+            "{name} fails with a cutover that succeeds:\n{whole}"
+        );
+        assert!(
+            !runs_ok(&shell, &whole, &cwd, &failing_bin),
+            "{name} passes although cutover exited 1:\n{whole}"
+        );
+        checked.push(name);
+    }
+    for needed in [
+        "github rehearse-staging",
+        "github execute-production",
+        "gitlab rehearse-staging",
+        "gitlab execute-production",
+    ] {
+        assert!(
+            checked.iter().any(|c| c.starts_with(needed)),
+            "{needed} not checked: {checked:?}"
+        );
+    }
+}
+
+/// `cargo install --locked --path .` from a clean clone installs a `cutover` that runs: what the
+/// README's installation section and the CI examples do. Built with the dev profile into this
+/// build's target directory, so only cutover itself is compiled again.
+#[test]
+fn cargo_install_from_a_clean_clone_gives_a_working_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let clone = dir.path().join("clone");
+    let out = Command::new("git")
+        .args(["clone", "--quiet", "--no-hardlinks"])
+        .arg(common::repo())
+        .arg(&clone)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git clone: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = dir.path().join("root");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // This test binary is <target>/debug/deps/ci_examples-<hash>.
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+    let out = Command::new(cargo)
+        .args([
+            "install",
+            "--locked",
+            "--offline",
+            "--debug",
+            "--quiet",
+            "--path",
+        ])
+        .arg(&clone)
+        .arg("--root")
+        .arg(&root)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = root.join("bin/cutover");
+    let version = Command::new(&bin).arg("--version").output().unwrap();
+    let said = String::from_utf8_lossy(&version.stdout).to_string();
+    assert!(
+        said.starts_with("cutover ") && said.contains("(commit "),
+        "{said}"
+    );
+    let validate = Command::new(&bin)
+        .arg("validate")
+        .current_dir(clone.join("runbooks"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        validate.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
 }

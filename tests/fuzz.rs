@@ -311,6 +311,7 @@ fn event_log_reader_never_panics_and_never_accepts_a_changed_record() {
         .unwrap();
         log.append(
             &Event::StepCompleted(StepCompleted {
+                aws_calls: Vec::new(),
                 kind: "http.check".into(),
                 evidence: json!({"n": 3}),
                 summary: "ok é".into(),

@@ -138,8 +138,10 @@ fn wrong_account_or_placement_is_refused_before_any_mutation() {
             sb.dns_records("staging"),
             sb.dns_records("dev"),
             sb.rds_snapshots("staging"),
-            sb.kube_get("staging", "/api/v1/namespaces/shop/secrets"),
-            sb.kube_get("staging", "/apis/apps/v1/namespaces/shop/deployments"),
+            // The objects only: a list's resourceVersion is the cluster's, which the External
+            // Secrets operator moves on every refresh.
+            sb.kube_get("staging", "/api/v1/namespaces/shop/secrets")["items"].clone(),
+            sb.kube_get("staging", "/apis/apps/v1/namespaces/shop/deployments")["items"].clone(),
             sb.table_fingerprints(&sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL")),
             sb.table_fingerprints(&sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL")),
             sb.s3_keys("staging", &format!("shop-tfstate-{staging_account}")),

@@ -221,7 +221,7 @@ fn a_variable_holding_a_quote_and_a_newline_cannot_change_an_environment_files_s
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
-        err.contains(r#"environments/staging.yaml:7: aws.account_id `123\"\nevil: 1` is not a 12-digit AWS account id"#),
+        err.contains(r#"environments/staging.yaml:8: aws.account_id `123\"\nevil: 1` is not a 12-digit AWS account id"#),
         "{err}"
     );
     assert!(!err.contains("missing field"), "{err}");
@@ -273,4 +273,214 @@ fn param_types_ranges_nested_keys_a_record_values_and_unknown_kinds_fail_in_vali
     // The reference to the unknown kind's outputs is not judged against some other kind.
     assert!(!err.contains("has outputs"), "{err}");
     assert!(!err.contains("step `uses`"), "{err}");
+}
+
+/// check-jsonschema (not ours) on `files` against `schema`: success and its output.
+fn json_schema_check(schema: &std::path::Path, files: &[std::path::PathBuf]) -> (bool, String) {
+    let out = Command::new(common::check_jsonschema())
+        .arg("--schemafile")
+        .arg(schema)
+        .args(files)
+        .output()
+        .unwrap();
+    (out.status.success(), text(&out))
+}
+
+fn yaml_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(common::repo().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn committed_schemas_are_current_and_every_committed_file_validates_against_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, yaml_dir) in [
+        ("environment", "environments"),
+        ("runbook", "runbooks"),
+        ("migration", "migrations"),
+    ] {
+        let out = Command::new(cutover_bin())
+            .args(["schema", file])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let printed = String::from_utf8(out.stdout).unwrap();
+        let committed = common::repo().join(format!("schema/{file}.json"));
+        assert_eq!(
+            std::fs::read_to_string(&committed).unwrap_or_default(),
+            printed,
+            "schema/{file}.json is stale: run `cutover schema --write schema`"
+        );
+        let files = yaml_files(yaml_dir);
+        assert!(!files.is_empty());
+        for f in &files {
+            let head = std::fs::read_to_string(f).unwrap();
+            assert!(
+                head.starts_with(&format!(
+                    "# yaml-language-server: $schema=../schema/{file}.json\n"
+                )),
+                "{} lacks the schema comment",
+                f.display()
+            );
+        }
+        let (ok, msg) = json_schema_check(&committed, &files);
+        assert!(
+            ok,
+            "committed {yaml_dir}/ do not validate against schema/{file}.json: {msg}"
+        );
+    }
+
+    // A wrong type and a misspelt nested key are rejected by the same validator.
+    let shop = std::fs::read_to_string(common::repo().join("runbooks/shop-cutover.yaml")).unwrap();
+    let schema = common::repo().join("schema/runbook.json");
+    let cases = [
+        ("wrong-type", "samples: 6", "samples: six"),
+        (
+            "misspelt-nested",
+            "min_success_rate: 100",
+            "min_sucess_rate: 100",
+        ),
+        (
+            "unknown-kind",
+            "kind: route53.set_ttl",
+            "kind: route53.set_ttll",
+        ),
+    ];
+    for (name, from, to) in cases {
+        assert!(shop.contains(from), "{from}");
+        let bad = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&bad, shop.replacen(from, to, 1)).unwrap();
+        let (ok, msg) = json_schema_check(&schema, &[bad]);
+        assert!(!ok, "check-jsonschema accepted {name}: {msg}");
+    }
+    // A template stands where a number is expected.
+    let templated = dir.path().join("templated.yaml");
+    std::fs::write(
+        &templated,
+        shop.replacen("samples: 6", "samples: \"{{ vars.samples }}\"", 1),
+    )
+    .unwrap();
+    let (ok, msg) = json_schema_check(&schema, &[templated]);
+    assert!(ok, "a template in place of a number was refused: {msg}");
+}
+
+#[test]
+fn completions_and_the_man_page_are_generated_and_the_bash_script_loads() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(cutover_bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            script.contains("rehearse") && script.contains("rollback"),
+            "{shell}: {script}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(cutover_bin())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    let file = dir.path().join("cutover.bash");
+    std::fs::write(&file, &out.stdout).unwrap();
+    // Loaded into bash, the script registers a completion for `cutover` that offers subcommands.
+    let probe = format!(
+        "source {}\ncomplete -p cutover\nCOMP_WORDS=(cutover reh)\nCOMP_CWORD=1\nCOMP_LINE='cutover reh'\nCOMP_POINT=${{#COMP_LINE}}\n_cutover cutover reh cutover\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        file.display()
+    );
+    let out = Command::new("bash")
+        .args(["--norc", "-c", &probe])
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("-F _cutover cutover"), "{said}");
+    assert!(said.lines().any(|l| l == "rehearse"), "{said}");
+
+    let out = Command::new(cutover_bin()).arg("man").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let man = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH cutover"),
+        "{man}"
+    );
+    assert!(man.contains("rehearse"), "{man}");
+    let version = Command::new(cutover_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&version.stdout).contains("(commit "),
+        "{}",
+        text(&version)
+    );
+}
+
+#[test]
+fn the_project_is_found_upward_and_json_errors_name_file_line_and_field() {
+    let dir = project_with_runbook(
+        "name: bad\nphases:\n  - name: p\n    steps:\n      - { id: a, kind: rds.snapshto }\n",
+    );
+    // From runbooks/, with no -C: the project above is found.
+    let mut cmd = Command::new(cutover_bin());
+    cmd.current_dir(dir.path().join("runbooks"))
+        .env_remove("CUTOVER_PROJECT_DIR")
+        .arg("validate");
+    let out = run_with_timeout(cmd, 60);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("runbooks/bad.yaml:5: step `a`: unknown kind `rds.snapshto`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `rds.snapshot`?"), "{err}");
+    // CUTOVER_PROJECT_DIR names it from anywhere.
+    let mut cmd = Command::new(cutover_bin());
+    cmd.current_dir(std::env::temp_dir())
+        .env("CUTOVER_PROJECT_DIR", dir.path())
+        .args(["validate", "-o", "json"]);
+    let out = run_with_timeout(cmd, 60);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let errors: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let e = errors
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("rds.snapshto"))
+        })
+        .unwrap_or_else(|| panic!("{errors:?}"));
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["file"], "runbooks/bad.yaml");
+    assert_eq!(e["line"], 5);
+    assert_eq!(e["field"], "kind");
+    assert!(
+        e["hint"]
+            .as_str()
+            .unwrap()
+            .starts_with("did you mean `rds.snapshot`?"),
+        "{e}"
+    );
+    // A misspelt environment name is suggested too.
+    let mut cmd = Command::new(cutover_bin());
+    cmd.arg("-C")
+        .arg(common::repo())
+        .args(["execute", "stagign", "--dry-run"]);
+    let out = run_with_timeout(cmd, 60);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("did you mean `staging`?"),
+        "{}",
+        text(&out)
+    );
 }

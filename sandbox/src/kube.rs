@@ -7,6 +7,9 @@
 //! - Errors as `Status` objects (404 NotFound, 409, 415, 422).
 //! - Patches: JSON merge patch (RFC 7386) and strategic merge patch (maps merged, `$patch`
 //!   directives, lists of containers/env/volumes merged by `name`, other lists replaced).
+//! - The External Secrets Operator's `ExternalSecret` and `SecretStore`
+//!   (`/apis/external-secrets.io/v1/...`), with the operator's refresh in [`crate::eso`].
+//! - Each resource only under its own API group's path (a Secret under `/apis/apps/v1` is 404).
 //! - Deployments: `metadata.generation` increments when the spec changes; a rollout controller
 //!   moves `status` along (observedGeneration, updatedReplicas, availableReplicas) a step at a time,
 //!   as the deployment controller does, so clients must wait for a rollout as they would on a real
@@ -16,7 +19,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -72,10 +75,36 @@ impl Store {
             .unwrap_or_default()
             .to_string();
         self.stamp_new(&mut obj, ns);
-        if resource == "deployments" {
+        if has_generation(resource) {
             obj["metadata"]["generation"] = json!(1);
         }
         self.objects.insert((resource.into(), ns.into(), name), obj);
+    }
+
+    /// Every stored object of `resource`, as `(namespace, name, object)`.
+    pub fn list(&self, resource: &str) -> Vec<(String, String, Value)> {
+        self.objects
+            .iter()
+            .filter(|((r, _, _), _)| r == resource)
+            .map(|((_, ns, n), v)| (ns.clone(), n.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Stores `obj` as a controller's write: a new resourceVersion, a uid and creation time when
+    /// it is new. Returns the new resourceVersion.
+    pub fn put(&mut self, resource: &str, ns: &str, mut obj: Value) -> String {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if self.get(resource, ns, &name).is_none() {
+            self.stamp_new(&mut obj, ns);
+        }
+        let rv = self.bump();
+        obj["metadata"]["resourceVersion"] = json!(rv);
+        self.objects.insert((resource.into(), ns.into(), name), obj);
+        rv
     }
 
     fn stamp_new(&mut self, obj: &mut Value, ns: &str) {
@@ -109,8 +138,25 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
     match resource {
         "secrets" => ("Secret", "v1"),
         "deployments" => ("Deployment", "apps/v1"),
+        "externalsecrets" => ("ExternalSecret", "external-secrets.io/v1"),
+        "secretstores" => ("SecretStore", "external-secrets.io/v1"),
         _ => ("Namespace", "v1"),
     }
+}
+
+/// The resources served, each with the path prefix of its API group and version.
+const SERVED: [(&str, &str); 4] = [
+    ("secrets", "/api/v1/"),
+    ("deployments", "/apis/apps/v1/"),
+    ("externalsecrets", "/apis/external-secrets.io/v1/"),
+    ("secretstores", "/apis/external-secrets.io/v1/"),
+];
+
+/// Whether `resource` is served under the request path `path`.
+fn served(resource: &str, path: &str) -> bool {
+    SERVED
+        .iter()
+        .any(|(r, prefix)| *r == resource && path.starts_with(prefix))
 }
 
 fn validate_secret(obj: &Value) -> Result<(), String> {
@@ -227,20 +273,38 @@ fn key(resource: &str, ns: &str, name: &str) -> Key {
 async fn collection(
     State(c): State<Cluster>,
     method: Method,
+    uri: Uri,
     Path((ns, resource)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
+    if !served(&resource, uri.path()) {
+        return unserved(&resource);
+    }
     handle(c, method, &ns, &resource, None, HeaderMap::new(), body)
 }
 
 async fn item(
     State(c): State<Cluster>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
     Path((ns, resource, name)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
+    if !served(&resource, uri.path()) {
+        return unserved(&resource);
+    }
     handle(c, method, &ns, &resource, Some(&name), headers, body)
+}
+
+fn unserved(resource: &str) -> Response {
+    status(
+        404,
+        "NotFound",
+        format!("the server could not find the requested resource ({resource})"),
+        resource,
+        "",
+    )
 }
 
 async fn namespace(State(c): State<Cluster>, Path(name): Path<String>) -> Response {
@@ -331,14 +395,8 @@ fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !["secrets", "deployments"].contains(&resource) {
-        return status(
-            404,
-            "NotFound",
-            format!("the server could not find the requested resource ({resource})"),
-            resource,
-            "",
-        );
+    if !SERVED.iter().any(|(r, _)| *r == resource) {
+        return unserved(resource);
     }
     let mut s = c.lock().unwrap_or_else(|p| p.into_inner());
     if s.get("namespaces", "", ns).is_none() {
@@ -410,7 +468,7 @@ fn handle(
             obj["kind"] = json!(kind);
             obj["apiVersion"] = json!(api_version);
             s.stamp_new(&mut obj, ns);
-            if resource == "deployments" {
+            if has_generation(resource) {
                 obj["metadata"]["generation"] = json!(1);
             }
             s.objects.insert(key(resource, ns, &n), obj.clone());
@@ -463,7 +521,7 @@ fn handle(
                     obj["metadata"][f] = v.clone();
                 }
             }
-            if resource == "deployments" {
+            if has_generation(resource) {
                 obj["status"] = current.get("status").cloned().unwrap_or(Value::Null);
             }
             commit(&mut s, resource, ns, n, &current, obj)
@@ -549,7 +607,7 @@ fn commit(
     current: &Value,
     mut obj: Value,
 ) -> Response {
-    if resource == "deployments" && obj.get("spec") != current.get("spec") {
+    if has_generation(resource) && obj.get("spec") != current.get("spec") {
         let g = current
             .pointer("/metadata/generation")
             .and_then(Value::as_i64)
@@ -559,6 +617,12 @@ fn commit(
     obj["metadata"]["resourceVersion"] = json!(s.bump());
     s.objects.insert(key(resource, ns, n), obj.clone());
     Json(obj).into_response()
+}
+
+/// Resources whose `metadata.generation` counts spec changes (the built-in workloads and
+/// custom resources with a status subresource).
+fn has_generation(resource: &str) -> bool {
+    matches!(resource, "deployments" | "externalsecrets")
 }
 
 /// The integer at JSON pointer `ptr` in `v`, or `default` when absent.
@@ -608,7 +672,7 @@ pub fn reconcile(s: &mut Store) {
 
 /// The API router for one cluster.
 pub fn router(cluster: Cluster) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route(
             "/version",
             get(|| async {
@@ -616,24 +680,22 @@ pub fn router(cluster: Cluster) -> Router {
             }),
         )
         .route("/api/v1/namespaces", axum::routing::post(create_namespace))
-        .route("/api/v1/namespaces/{name}", get(namespace))
-        .route(
-            "/api/v1/namespaces/{ns}/{resource}",
-            get(collection).post(collection),
-        )
-        .route(
-            "/api/v1/namespaces/{ns}/{resource}/{name}",
-            get(item).put(item).patch(item).delete(item),
-        )
-        .route(
-            "/apis/apps/v1/namespaces/{ns}/{resource}",
-            get(collection).post(collection),
-        )
-        .route(
-            "/apis/apps/v1/namespaces/{ns}/{resource}/{name}",
-            get(item).put(item).patch(item).delete(item),
-        )
-        .with_state(cluster)
+        .route("/api/v1/namespaces/{name}", get(namespace));
+    // One collection and one item route per API group path of SERVED.
+    let mut prefixes: Vec<&str> = SERVED.iter().map(|(_, p)| *p).collect();
+    prefixes.dedup();
+    for prefix in prefixes {
+        r = r
+            .route(
+                &format!("{prefix}namespaces/{{ns}}/{{resource}}"),
+                get(collection).post(collection),
+            )
+            .route(
+                &format!("{prefix}namespaces/{{ns}}/{{resource}}/{{name}}"),
+                get(item).put(item).patch(item).delete(item),
+            );
+    }
+    r.with_state(cluster)
 }
 
 /// Runs the deployment controller for `cluster` forever, one tick every 300 ms.

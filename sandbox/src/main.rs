@@ -4,12 +4,14 @@
 //! legacy and AWS-side health endpoints. `cutover` reaches them only through standard environment
 //! variables printed by `cutover-sandbox env`.
 
+mod eso;
 mod kube;
 mod listen;
 mod procs;
 mod seed;
 mod serve;
 mod state;
+mod traffic;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -164,6 +166,20 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     s.save()?;
 
     spawn_moto(&mut s, &venv)?;
+    // The serve process's sockets are bound here and inherited, so no other process (another
+    // sandbox, an outgoing connection's ephemeral port) can take a port between its choice and
+    // its bind: the ports exist only as listening sockets. Bound this early, Prometheus can be
+    // started on them now and find its targets while the databases are seeded.
+    let listeners = listen::Listeners::bind(&ENVIRONMENTS)?;
+    s.legacy_app_port = listeners.legacy_port()?;
+    for env in ENVIRONMENTS {
+        s.kube_ports
+            .insert(env.to_string(), listeners.kube_port(env)?);
+        s.app_ports
+            .insert(env.to_string(), listeners.app_port(env)?);
+    }
+    s.save()?;
+    start_prometheus(&mut s)?;
 
     eprintln!(
         "sandbox: starting PostgreSQL 15 source (wal_level=logical) on {} and target on {}",
@@ -194,19 +210,10 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     ensure_moto(&mut s, &venv)?;
     eprintln!("sandbox: seeding moto: Organization, 3 member accounts, zones, RDS, EKS, WAF, state buckets");
     rt.block_on(seed::aws(&mut s))?;
-    // The serve process's sockets are bound here and inherited, so no other process (another
-    // sandbox, an outgoing connection's ephemeral port) can take a port between its choice and
-    // its bind: the ports exist only as listening sockets.
-    let listeners = listen::Listeners::bind(&ENVIRONMENTS)?;
-    s.legacy_app_port = listeners.legacy_port()?;
-    for env in ENVIRONMENTS {
-        s.kube_ports
-            .insert(env.to_string(), listeners.kube_port(env)?);
-        s.app_ports
-            .insert(env.to_string(), listeners.app_port(env)?);
-    }
-    s.save()?;
     write_kubeconfig(&s)?;
+    // The serve process reads the accounts seeded just now from the state file: saved before it
+    // starts, never after.
+    s.save()?;
 
     let mut serve = std::process::Command::new(std::env::current_exe()?);
     serve.arg("--dir").arg(dir).arg("serve");
@@ -231,6 +238,10 @@ fn up(dir: &std::path::Path) -> Result<i32> {
         &serve_log,
         Duration::from_secs(60),
     )?;
+    wait_scraped(s.prometheus_port, ENVIRONMENTS.len() + 1)?;
+    for env in ENVIRONMENTS {
+        wait_operator_synced(s.kube_ports[env], env)?;
+    }
     eprintln!(
         "sandbox: up in {} (accounts: {})",
         dir.display(),
@@ -242,6 +253,110 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     );
     eprintln!("sandbox: eval \"$(cutover-sandbox env)\" to point cutover at it");
     Ok(0)
+}
+
+/// Starts Prometheus (Debian's `prometheus` package) scraping every side's `/metrics` each
+/// 500 ms, so an analysis window of a few seconds sees the traffic of its stage; on another port
+/// when the chosen one was taken.
+fn start_prometheus(s: &mut State) -> Result<()> {
+    let bin = procs::prometheus_bin()?;
+    let mut targets: Vec<String> = ENVIRONMENTS
+        .iter()
+        .map(|e| format!("\"127.0.0.1:{}\"", s.app_ports[*e]))
+        .collect();
+    targets.push(format!("\"127.0.0.1:{}\"", s.legacy_app_port));
+    let config = format!(
+        "# Written by cutover-sandbox up.\nglobal:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: shop\n    static_configs:\n      - targets: [{}]\n",
+        targets.join(", ")
+    );
+    let dir = s.dir.join("prometheus");
+    std::fs::create_dir_all(dir.join("data"))?;
+    std::fs::write(dir.join("prometheus.yml"), config)?;
+    let log = s.dir.join("prometheus.log");
+    let mut failures = Vec::new();
+    for _ in 0..procs::START_ATTEMPTS {
+        s.prometheus_port = procs::free_ports(1)?[0];
+        eprintln!(
+            "sandbox: starting Prometheus on 127.0.0.1:{}",
+            s.prometheus_port
+        );
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!(
+            "--web.listen-address=127.0.0.1:{}",
+            s.prometheus_port
+        ))
+        .arg("--storage.tsdb.retention.time=1d");
+        s.prometheus_pid = procs::spawn_detached(cmd, &log)?;
+        s.save()?;
+        match procs::wait_http(
+            s.prometheus_pid,
+            s.prometheus_port,
+            "Prometheus",
+            &log,
+            Duration::from_secs(60),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) if !procs::alive(s.prometheus_pid) => failures.push(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    anyhow::bail!("Prometheus did not start: {}", failures.join("; "))
+}
+
+/// Waits until Prometheus has scraped all `n` targets (its discovery hands them to the scrape
+/// manager a few seconds after it is ready), so analysis windows find series from the start.
+fn wait_scraped(port: u16, n: usize) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(body) = procs::http_get(port, "/api/v1/query?query=count(up%3D%3D1)") {
+            if body.contains(&format!("\"{n}\"]")) {
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("Prometheus did not scrape its {n} targets within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until the sandbox's External Secrets operator of `env` (which acts with the account's
+/// assumed role, so only once the accounts are seeded and read) has synced ExternalSecret
+/// `letters/letters-db`: its status carries a `Ready` condition that is `True`.
+fn wait_operator_synced(port: u16, env: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        let path = "/apis/external-secrets.io/v1/namespaces/letters/externalsecrets/letters-db";
+        if let Ok(body) = procs::http_get(port, path) {
+            let es: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let ready = es
+                .pointer("/status/conditions")
+                .and_then(|c| c.as_array())
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready");
+            match ready {
+                Some(c) if c["status"] == "True" => return Ok(()),
+                Some(c) => last = c["message"].as_str().unwrap_or_default().to_string(),
+                None => last = "no status yet".into(),
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{env}: the External Secrets operator did not sync letters/letters-db within 60 s ({last}); see serve.log"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn write_kubeconfig(s: &State) -> Result<()> {
@@ -272,9 +387,18 @@ fn down(dir: &std::path::Path) -> Result<i32> {
     };
     procs::stop(s.serve_pid);
     procs::stop(s.moto_pid);
+    procs::stop(s.prometheus_pid);
     procs::stop_cluster(&dir.join("pg/source"));
     procs::stop_cluster(&dir.join("pg/target"));
-    for sub in ["pg", "state.json", "kubeconfig", "moto.log", "serve.log"] {
+    for sub in [
+        "pg",
+        "state.json",
+        "kubeconfig",
+        "moto.log",
+        "serve.log",
+        "prometheus",
+        "prometheus.log",
+    ] {
         let p = dir.join(sub);
         if p.is_dir() {
             std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
@@ -311,6 +435,10 @@ fn status(dir: &std::path::Path) -> Result<i32> {
     line(
         "Kubernetes API emulator and apps".to_string(),
         procs::alive(s.serve_pid),
+    );
+    line(
+        format!("Prometheus 127.0.0.1:{}", s.prometheus_port),
+        procs::alive(s.prometheus_pid),
     );
     Ok(if ok { 0 } else { 1 })
 }

@@ -93,6 +93,20 @@ pub fn wait_http(pid: u32, port: u16, what: &str, log: &Path, timeout: Duration)
     )
 }
 
+/// The body of `GET path` on 127.0.0.1:`port` (HTTP/1.0, 5 s read timeout), whatever its status.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut c = TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(c, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut answer = String::new();
+    c.read_to_string(&mut answer)?;
+    Ok(answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
 /// True when process `pid` exists.
 pub fn alive(pid: u32) -> bool {
     pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
@@ -127,6 +141,22 @@ pub fn spawn_detached(mut cmd: Command, log: &Path) -> Result<u32> {
         .spawn()
         .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
     Ok(child.id())
+}
+
+/// The `prometheus` server binary: `$CUTOVER_PROMETHEUS` or Debian's `/usr/bin/prometheus`
+/// (package `prometheus`, installed by `scripts/install-deps`).
+pub fn prometheus_bin() -> Result<PathBuf> {
+    let p = std::env::var("CUTOVER_PROMETHEUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/usr/bin/prometheus"));
+    if p.exists() {
+        Ok(p)
+    } else {
+        bail!(
+            "no Prometheus server at {} (run scripts/install-deps, or set CUTOVER_PROMETHEUS)",
+            p.display()
+        )
+    }
 }
 
 /// The virtualenv holding moto: `$CUTOVER_SANDBOX_VENV`, else `<dir>/venv`. Created (and moto

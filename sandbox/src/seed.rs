@@ -173,6 +173,20 @@ async fn assume(s: &State, mgmt: &SdkConfig, account: &str) -> Result<SdkConfig>
     ))
 }
 
+/// An SDK configuration with the role of `env`'s account assumed, as `cutover` would have it.
+pub async fn account_config(s: &State, env: &str) -> Result<SdkConfig> {
+    let mgmt = base_config(
+        s,
+        Credentials::new("sandbox", "sandbox", None, None, "sandbox"),
+    );
+    let account = s
+        .accounts
+        .get(env)
+        .ok_or_else(|| anyhow!("no account for {env}"))?
+        .clone();
+    assume(s, &mgmt, &account).await
+}
+
 /// The OU tree and SCPs of the shop Organization, as the environment files expect them:
 /// Root/Workloads/{NonProd (staging, dev), Prod (production)}; DenyLeaveOrganization and
 /// DenyRootUser on Workloads, ProtectProductionData on Prod. Fills `s.management_account`.
@@ -385,6 +399,8 @@ pub async fn aws(s: &mut State) -> Result<()> {
             .await
             .context("rds:CreateDBInstance")?;
 
+        secrets(s, env, &cfg).await?;
+
         let eks = aws_sdk_eks::Client::new(&cfg);
         let cluster = eks
             .create_cluster()
@@ -441,5 +457,48 @@ pub async fn aws(s: &mut State) -> Result<()> {
             .await
             .context("wafv2:AssociateWebACL")?;
     }
+    Ok(())
+}
+
+/// The target's credentials where teams on AWS keep them, so no target password has to be in
+/// the process environment: in Secrets Manager the target's master credentials in the shape of
+/// an RDS-managed master secret (`{"username", "password"}` only, named as RDS names them,
+/// `rds!db-...`), the shop application's URL as a JSON key and the letters Secret's upstream
+/// (what an ExternalSecret copies); in SSM Parameter Store the letters application's target URL
+/// as a `SecureString`.
+async fn secrets(s: &State, env: &str, cfg: &SdkConfig) -> Result<()> {
+    let sm = aws_sdk_secretsmanager::Client::new(cfg);
+    sm.create_secret()
+        .name(State::master_secret_name(env))
+        .secret_string(
+            serde_json::json!({"username": "postgres", "password": s.target_password}).to_string(),
+        )
+        .send()
+        .await
+        .context("secretsmanager:CreateSecret (master)")?;
+    sm.create_secret()
+        .name(State::app_secret_name(env))
+        .secret_string(serde_json::json!({"database_url": s.target_app_url(env)}).to_string())
+        .send()
+        .await
+        .context("secretsmanager:CreateSecret (application)")?;
+    // The letters Secret's upstream: the External Secrets Operator copies its `DATABASE_URL`
+    // property into Secret letters/letters-db (see `serve`).
+    sm.create_secret()
+        .name(State::letters_upstream_name(env))
+        .secret_string(
+            serde_json::json!({"DATABASE_URL": s.letters_url(env, "letters", false)}).to_string(),
+        )
+        .send()
+        .await
+        .context("secretsmanager:CreateSecret (letters upstream)")?;
+    aws_sdk_ssm::Client::new(cfg)
+        .put_parameter()
+        .name(State::letters_parameter_name(env))
+        .value(s.letters_url(env, "letters", true))
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .context("ssm:PutParameter")?;
     Ok(())
 }

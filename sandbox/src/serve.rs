@@ -1,10 +1,12 @@
 //! `cutover-sandbox serve`: the long-running part of the sandbox. One Kubernetes API emulator per
 //! environment's EKS cluster, each seeded with namespace `shop`, Secret `shop-db` (the legacy
 //! connection URL) and Deployments `shop-api` and `shop-worker`, and the second service's
-//! namespace `letters`, Secret `letters-db` and Deployment `letters-api`; the AWS-side application per
+//! namespace `letters`, Secret `letters-db` (kept by an ExternalSecret from Secrets Manager, see
+//! [`crate::eso`]) and Deployment `letters-api`; the AWS-side application per
 //! environment, whose `/healthz` connects to the database named by the cluster's Secret (as a pod
 //! with a reloading secret volume would) and whose `POST /orders` writes through it; and the
-//! legacy application.
+//! legacy application; both sides serve the users' `/shop` page and `/metrics`
+//! ([`crate::traffic`]).
 
 use crate::kube::{self, Cluster};
 use crate::listen::Listeners;
@@ -69,7 +71,46 @@ fn seed_cluster(s: &State, env: &str) -> Cluster {
         &s.letters_url(env, "letters", false),
         &[("letters-api", 1)],
     );
+    seed_external_secret(&mut store, env);
     Arc::new(Mutex::new(store))
+}
+
+/// How often the letters ExternalSecret refreshes: short, so that a test sees several refreshes.
+pub const LETTERS_REFRESH: &str = "3s";
+
+/// Secret letters/letters-db as the External Secrets Operator keeps it: SecretStore
+/// `aws-secrets-manager` (AWS provider, Secrets Manager) and ExternalSecret `letters-db`, whose
+/// `DATABASE_URL` is the property of the same name of Secrets Manager secret `letters-<env>/db`;
+/// the Secret carries the ExternalSecret's ownerReference, as the operator's first sync leaves it.
+fn seed_external_secret(store: &mut kube::Store, env: &str) {
+    store.seed(
+        "secretstores",
+        "letters",
+        json!({"apiVersion": "external-secrets.io/v1", "kind": "SecretStore",
+               "metadata": {"name": "aws-secrets-manager"},
+               "spec": {"provider": {"aws": {"service": "SecretsManager", "region": crate::state::REGION,
+                                             "auth": {"jwt": {"serviceAccountRef": {"name": "external-secrets"}}}}}}}),
+    );
+    store.seed(
+        "externalsecrets",
+        "letters",
+        json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+               "metadata": {"name": "letters-db"},
+               "spec": {"refreshInterval": LETTERS_REFRESH,
+                        "secretStoreRef": {"name": "aws-secrets-manager", "kind": "SecretStore"},
+                        "target": {"name": "letters-db", "creationPolicy": "Owner"},
+                        "data": [{"secretKey": "DATABASE_URL",
+                                  "remoteRef": {"key": State::letters_upstream_name(env), "property": "DATABASE_URL"}}]}}),
+    );
+    let uid = store
+        .get("externalsecrets", "letters", "letters-db")
+        .and_then(|e| e.pointer("/metadata/uid").cloned())
+        .unwrap_or(Value::Null);
+    if let Some(mut secret) = store.get("secrets", "letters", "letters-db").cloned() {
+        secret["metadata"]["ownerReferences"] = json!([{"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+            "name": "letters-db", "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
+        store.put("secrets", "letters", secret);
+    }
 }
 
 /// `SELECT 1` through `url` within 3 s.
@@ -178,11 +219,44 @@ async fn legacy_health(AxState(url): AxState<Arc<String>>) -> (StatusCode, Json<
 pub async fn run(s: State) -> Result<()> {
     let mut sockets = Listeners::inherited()?;
     let mut tasks = Vec::new();
+    let metrics = crate::traffic::Metrics::new(&ENVIRONMENTS);
     for env in ENVIRONMENTS {
         let cluster = seed_cluster(&s, env);
         let api = sockets.take(&format!("kube:{env}"))?;
         let app = sockets.take(&format!("app:{env}"))?;
         tasks.push(tokio::spawn(kube::controller(cluster.clone())));
+        // The operator and the users act with the account's role; the APIs serve meanwhile, and
+        // a moto that is slow to answer delays them, never the sandbox.
+        let (state, c) = (s.clone(), cluster.clone());
+        tasks.push(tokio::spawn(async move {
+            let aws = loop {
+                // Read again on every try: a state written after this process started (a
+                // reseeded moto, new account ids) is the one that counts.
+                let current = State::load(&state.dir).unwrap_or_else(|| state.clone());
+                match crate::seed::account_config(&current, env).await {
+                    Ok(cfg) => break cfg,
+                    Err(e) => {
+                        eprintln!("serve: {env}: assuming the account's role: {e:#}; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            tokio::join!(
+                crate::eso::controller(c, aws.clone()),
+                crate::traffic::users(
+                    env.to_string(),
+                    State::domain(env),
+                    aws,
+                    state.app_ports.get(env).copied().unwrap_or(0),
+                    state.legacy_app_port,
+                )
+            );
+        }));
+        let side = crate::traffic::Side {
+            env: env.to_string(),
+            metrics: metrics.clone(),
+            fault: Default::default(),
+        };
         let router = kube::router(cluster.clone());
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(api, router).await;
@@ -191,7 +265,17 @@ pub async fn run(s: State) -> Result<()> {
             .route("/healthz", get(aws_health))
             .route("/letters/healthz", get(letters_health))
             .route("/orders", axum::routing::post(aws_create_order))
-            .with_state(cluster);
+            .with_state(cluster)
+            .merge(
+                Router::new()
+                    .route("/shop", get(crate::traffic::aws_page))
+                    .route("/metrics", get(crate::traffic::aws_metrics))
+                    .route(
+                        "/_sandbox/faults",
+                        axum::routing::post(crate::traffic::set_fault),
+                    )
+                    .with_state(side),
+            );
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(app, app_router).await;
         }));
@@ -200,7 +284,13 @@ pub async fn run(s: State) -> Result<()> {
     let legacy_url = Arc::new(s.legacy_app_url("production"));
     let legacy_router = Router::new()
         .route("/healthz", get(legacy_health))
-        .with_state(legacy_url);
+        .with_state(legacy_url)
+        .merge(
+            Router::new()
+                .route("/shop", get(crate::traffic::legacy_page))
+                .route("/metrics", get(crate::traffic::legacy_metrics))
+                .with_state(metrics),
+        );
     tasks.push(tokio::spawn(async move {
         let _ = axum::serve(legacy, legacy_router).await;
     }));

@@ -46,6 +46,12 @@ pub struct State {
     /// The Organization's management account (moto's default account).
     #[serde(default)]
     pub management_account: String,
+    /// Prometheus server port.
+    #[serde(default)]
+    pub prometheus_port: u16,
+    /// Prometheus server pid.
+    #[serde(default)]
+    pub prometheus_pid: u32,
 }
 
 impl State {
@@ -158,6 +164,28 @@ impl State {
         )
     }
 
+    /// Name of the Secrets Manager secret holding the target's master credentials of `env`.
+    pub fn master_secret_name(env: &str) -> String {
+        format!("rds!db-shop-{env}")
+    }
+
+    /// Name of the Secrets Manager secret holding the shop application's target URL (key
+    /// `database_url`).
+    pub fn app_secret_name(env: &str) -> String {
+        format!("shop-{env}/app")
+    }
+
+    /// Name of the Secrets Manager secret the letters Secret's ExternalSecret reads (property
+    /// `DATABASE_URL`).
+    pub fn letters_upstream_name(env: &str) -> String {
+        format!("letters-{env}/db")
+    }
+
+    /// Name of the SSM parameter holding the letters application's target URL.
+    pub fn letters_parameter_name(env: &str) -> String {
+        format!("/letters/{env}/database-url")
+    }
+
     /// The `export` lines a shell evaluates to point `cutover` at this sandbox.
     pub fn exports(&self) -> Vec<(String, String)> {
         let moto = format!("http://127.0.0.1:{}", self.moto_port);
@@ -219,6 +247,17 @@ impl State {
                     self.letters_url(env, role, target),
                 ));
             }
+            // The environment's Prometheus (one server scrapes every environment's sides).
+            v.push((
+                format!("CUTOVER_{up}_PROMETHEUS_URL"),
+                format!("http://127.0.0.1:{}", self.prometheus_port),
+            ));
+            // The target's endpoint: not a secret; its credentials are in Secrets Manager.
+            v.push((format!("CUTOVER_{up}_DB_HOST"), "127.0.0.1".to_string()));
+            v.push((
+                format!("CUTOVER_{up}_DB_PORT"),
+                self.target_port.to_string(),
+            ));
             // The seeded record's TTL is SEED_TTL (20 s) so a rehearsal's wait for answers cached
             // under it stays short; lowering it to 5 s keeps the lowering real.
             v.push((format!("CUTOVER_{up}_DNS_CUTOVER_TTL"), "5".to_string()));

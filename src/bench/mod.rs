@@ -69,26 +69,27 @@ impl Bench {
     /// Loads the environment and its database URLs; refuses production.
     ///
     /// # Errors
-    /// The environment does not load, is production tier, or a URL variable is unset.
-    pub fn new(root: &Path, env_name: &str) -> Result<Bench> {
+    /// The environment does not load, is production tier, or a database URL cannot be read.
+    pub async fn new(root: &Path, env_name: &str) -> Result<Bench> {
         let env =
             crate::config::load_environment(root, env_name).map_err(|p| anyhow::anyhow!("{p}"))?;
         if env.tier == Tier::Production {
             bail!("`cutover bench` creates and drops databases; it refuses the production environment {env_name}");
         }
-        let var = |n: &str| {
-            std::env::var(n)
-                .with_context(|| format!("{n} is not set (eval \"$(cutover-sandbox env)\")"))
-        };
         // The bench makes its own databases on the servers of the environment's first one.
         let first = env.database_names().into_iter().next();
         let (_, env) = env
             .for_database(first.as_deref())
             .map_err(|m| anyhow::anyhow!(m))?;
+        let providers = crate::providers::Providers::new(env.clone(), "bench", Default::default());
+        providers.read_database_urls().await?;
+        let url = |r: Result<String, crate::providers::ProviderError>| {
+            r.context("the environment's database URL (eval \"$(cutover-sandbox env)\")")
+        };
         Ok(Bench {
             root: root.to_path_buf(),
-            source_url: var(&env.database.source_url_env)?,
-            target_url: var(&env.database.target_url_env)?,
+            source_url: url(providers.source_url())?,
+            target_url: url(providers.target_url())?,
             app_password: uuid::Uuid::new_v4().simple().to_string(),
             env,
         })
@@ -244,13 +245,12 @@ impl Bench {
         env.database.name = db.into();
         env.database.source_url_env = "CUTOVER_BENCH_SOURCE_URL".into();
         env.database.target_url_env = "CUTOVER_BENCH_TARGET_URL".into();
+        env.database.source_url = None;
+        env.database.target_url = None;
         env.secrets.clear();
         env.secrets.insert(
             "target_app_database_url".into(),
-            SecretRef {
-                from_env: "CUTOVER_BENCH_TARGET_APP_URL".into(),
-                optional: false,
-            },
+            SecretRef::env("CUTOVER_BENCH_TARGET_APP_URL"),
         );
         env.store.kind = StoreKind::Local;
         std::fs::create_dir_all(dir.join("environments"))?;
@@ -444,7 +444,7 @@ impl Bench {
 /// # Errors
 /// Any part fails (its databases are dropped first).
 pub async fn run(root: &Path, opts: &Options) -> Result<()> {
-    let bench = Bench::new(root, &opts.env)?;
+    let bench = Bench::new(root, &opts.env).await?;
     let host = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -33,7 +33,7 @@ pub fn migration(root: &Path, reference: &str, env: &str, format: AuditFormat) -
     let (m, path, _) = match crate::config::load_migration(root, reference) {
         Ok(m) => m,
         Err(p) => {
-            super::run::print_problems(&p);
+            super::print_problems(&p);
             return EXIT_INVALID;
         }
     };
@@ -45,7 +45,7 @@ pub fn migration(root: &Path, reference: &str, env: &str, format: AuditFormat) -
             let plan = match crate::runbook::resolve_for(root, &rb, env, db.as_deref()) {
                 Ok(p) => p,
                 Err(p) => {
-                    super::run::print_problems(&p);
+                    super::print_problems(&p);
                     return EXIT_INVALID;
                 }
             };
@@ -257,6 +257,23 @@ pub fn status(root: &Path, run_id: &str, output: OutputFormat) -> i32 {
             }
         }
     }
+    let spark = report::timeline::sparkline(&audit.picture, 60);
+    if !spark.is_empty() {
+        let outage = audit
+            .picture
+            .outage
+            .map(|(a, b)| format!(", write outage {:.0} ms", (b - a) * 1000.0))
+            .unwrap_or_default();
+        println!(
+            "acked writes/s  {spark}  ({} s{outage})",
+            audit
+                .picture
+                .writes
+                .as_ref()
+                .map(|w| w.1.len())
+                .unwrap_or(0)
+        );
+    }
     if let Some(r) = last {
         println!(
             "last record: {} {} at {}",
@@ -269,7 +286,7 @@ pub fn status(root: &Path, run_id: &str, output: OutputFormat) -> i32 {
 }
 
 /// `cutover audit show RUN_ID --format md|html|json|junit`: the report on stdout.
-pub fn show(root: &Path, run_id: &str, format: AuditFormat) -> i32 {
+pub fn show(root: &Path, run_id: &str, format: AuditFormat, template: Option<&Path>) -> i32 {
     let records = match load(root, run_id) {
         Ok(r) => r,
         Err(c) => return c,
@@ -284,10 +301,15 @@ pub fn show(root: &Path, run_id: &str, format: AuditFormat) -> i32 {
     };
     match format {
         AuditFormat::Md => print!("{}", report::markdown(&records, sig.as_ref())),
-        AuditFormat::Html => print!(
-            "{}",
-            report::html::render(&report::model::build(&records, sig.as_ref()))
-        ),
+        AuditFormat::Html => {
+            match report::html::render(&report::model::build(&records, sig.as_ref()), template) {
+                Ok(html) => print!("{html}"),
+                Err(e) => {
+                    print_error(&e.to_string(), None);
+                    return EXIT_INVALID;
+                }
+            }
+        }
         AuditFormat::Junit => print!(
             "{}",
             report::junit::render(&report::model::build(&records, sig.as_ref()))
@@ -382,11 +404,13 @@ pub async fn slot_warnings(root: &Path, run_id: &str) -> Vec<String> {
         .unwrap_or(run_id)
         .to_ascii_lowercase();
     let mut out = Vec::new();
-    for (side, var) in [
-        ("source", &env.database.source_url_env),
-        ("target", &env.database.target_url_env),
+    let providers = crate::providers::Providers::new(env.clone(), run_id, Default::default());
+    let _ = providers.read_database_urls().await;
+    for (side, url) in [
+        ("source", providers.source_url()),
+        ("target", providers.target_url()),
     ] {
-        let Ok(url) = std::env::var(var) else {
+        let Ok(url) = url else {
             continue;
         };
         let Ok(c) = crate::providers::postgres::connect(&url, side).await else {

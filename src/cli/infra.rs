@@ -1,6 +1,6 @@
 //! `cutover infra plan|apply|output`: prints reviews and outputs, maps outcomes to exit codes.
 
-use super::run::print_problems;
+use super::print_problems;
 use super::{print_error, EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_REFUSED as EXIT_GATE};
 use crate::config::{self, Environment};
 use crate::engine::new_run_id;

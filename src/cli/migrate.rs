@@ -45,7 +45,7 @@ pub async fn run(
     let (migration, _, _) = match config::load_migration(root, reference) {
         Ok(m) => m,
         Err(p) => {
-            super::run::print_problems(&p);
+            super::print_problems(&p);
             return EXIT_INVALID;
         }
     };
@@ -71,7 +71,7 @@ pub async fn run(
         }
     }
     if !problems.is_empty() {
-        super::run::print_problems(&problems);
+        super::print_problems(&problems);
         return EXIT_INVALID;
     }
     if kind == Kind::Rehearse && tier == Some(Tier::Production) {

@@ -12,14 +12,18 @@
 
 mod audit;
 mod bench;
+mod diag;
 mod infra;
+mod logging;
 mod migrate;
 mod run;
 mod runbook;
 
+pub(crate) use diag::{print_error, print_problems};
+
 use crate::engine::ui::OutputFormat;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -36,11 +40,32 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// Carries an application onto AWS and through its cutover, rehearsed, reversible and on record.
 #[derive(Debug, Parser)]
-#[command(name = "cutover", version, about)]
+#[command(name = "cutover", version = crate::VERSION, about)]
 pub struct Cli {
-    /// Project root holding environments/, runbooks/ and terraform/ (default: current directory).
-    #[arg(short = 'C', long = "project-dir", global = true, default_value = ".")]
-    pub project_dir: PathBuf,
+    /// Project root holding environments/, runbooks/ and terraform/ (default: the nearest
+    /// directory at or above the current one that holds environments/ or runbooks/).
+    #[arg(
+        short = 'C',
+        long = "project-dir",
+        global = true,
+        env = "CUTOVER_PROJECT_DIR",
+        value_name = "DIR"
+    )]
+    pub project_dir: Option<PathBuf>,
+    /// human: readable lines; json: one JSON object per line on stdout (a run's events, a
+    /// command's data, and every error with its file, line and field).
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "human")]
+    pub output: OutputFormat,
+    /// Log more on stderr: -v info, -vv debug (AWS SDK, kube and HTTP calls), -vvv trace.
+    /// RUST_LOG, when set, chooses instead (e.g. `RUST_LOG=aws_smithy_runtime=debug`).
+    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log less: errors only.
+    #[arg(short = 'q', long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Write the log to FILE (appended) instead of stderr; secrets are redacted there too.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -73,9 +98,6 @@ pub enum Command {
         /// Marks the run as one of migration NAME's wave WAVE (set by the migration runner).
         #[arg(long = "in-migration", value_name = "NAME/WAVE", hide = true)]
         in_migration: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "human")]
-        output: OutputFormat,
         /// Approve the `approval` step STEP up front (CI); the approver is taken from
         /// CUTOVER_APPROVER, GITHUB_ACTOR or GITLAB_USER_LOGIN. Repeatable.
         #[arg(long = "approve", value_name = "STEP")]
@@ -102,9 +124,6 @@ pub enum Command {
         /// Marks the run as one of migration NAME's wave WAVE (set by the migration runner).
         #[arg(long = "in-migration", value_name = "NAME/WAVE", hide = true)]
         in_migration: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "human")]
-        output: OutputFormat,
         /// Approve the `approval` step STEP up front (CI); the approver is taken from
         /// CUTOVER_APPROVER, GITHUB_ACTOR or GITLAB_USER_LOGIN. Repeatable.
         #[arg(long = "approve", value_name = "STEP")]
@@ -118,9 +137,6 @@ pub enum Command {
     Resume {
         /// Run id.
         run_id: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "human")]
-        output: OutputFormat,
         /// Approve the `approval` step STEP up front. Repeatable.
         #[arg(long = "approve", value_name = "STEP")]
         approve: Vec<String>,
@@ -129,26 +145,17 @@ pub enum Command {
     Rollback {
         /// Run id.
         run_id: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "human")]
-        output: OutputFormat,
     },
     /// List runs on record.
     Runs {
         /// Only this environment.
         env: Option<String>,
-        /// Output format (`json`: an array of runs).
-        #[arg(long, value_enum, default_value = "human")]
-        output: OutputFormat,
     },
     /// Show the state of one run: every step's outcome and, while it runs, what the current
     /// step is waiting for. Reads only: safe from a second terminal during a run.
     Status {
         /// Run id.
         run_id: String,
-        /// Output format (`json`: one document).
-        #[arg(long, value_enum, default_value = "human")]
-        output: OutputFormat,
     },
     /// Terraform for one environment's account: plan (reviewed and policy-checked), apply the
     /// reviewed plan, read outputs.
@@ -172,6 +179,23 @@ pub enum Command {
     /// Measure the database cutover on the local sandbox beside the tools a user would
     /// otherwise run (docs/BENCHMARKS.md): write outage, initial copy, verification.
     Bench(bench::BenchArgs),
+    /// Print the JSON Schema of environment, runbook or migration files, for editors and
+    /// validators (this repository commits them under schema/). No project needed.
+    Schema {
+        /// Which file's schema.
+        #[arg(value_enum, required_unless_present = "write")]
+        file: Option<crate::runbook::schema::SchemaFile>,
+        /// Write all three into DIR (environment.json, runbook.json, migration.json) instead.
+        #[arg(long, value_name = "DIR", conflicts_with = "file")]
+        write: Option<PathBuf>,
+    },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `cutover man > cutover.1`.
+    Man,
 }
 
 /// `cutover infra ...`.
@@ -211,6 +235,10 @@ pub enum RunbookCommand {
         /// html (printable) or md.
         #[arg(long, value_enum, default_value = "html")]
         format: runbook::ProcedureFormat,
+        /// A directory whose `procedure.html` replaces the built-in template (minijinja; copy
+        /// src/report/templates/procedure.html to start).
+        #[arg(long, value_name = "DIR")]
+        template: Option<PathBuf>,
     },
 }
 
@@ -224,6 +252,10 @@ pub enum AuditCommand {
         /// md, html (printable), json or junit.
         #[arg(long, value_enum, default_value = "md")]
         format: audit::AuditFormat,
+        /// A directory whose `audit.html` replaces the built-in template (minijinja; copy
+        /// src/report/templates/audit.html to start).
+        #[arg(long, value_name = "DIR")]
+        template: Option<PathBuf>,
     },
     /// Check a run's hash chain (names the first record that does not match) and the signature
     /// of its head (detects records cut off the end); offline.
@@ -249,27 +281,63 @@ pub enum AuditCommand {
     },
 }
 
+/// The project root: `dir` when given (`-C` or `CUTOVER_PROJECT_DIR`), else the nearest
+/// directory at or above `cwd` that holds `environments/` or `runbooks/` (as git finds `.git`),
+/// else `cwd`.
+pub fn find_project(dir: Option<&Path>, cwd: &Path) -> PathBuf {
+    if let Some(d) = dir {
+        return d.to_path_buf();
+    }
+    cwd.ancestors()
+        .find(|a| a.join("environments").is_dir() || a.join("runbooks").is_dir())
+        .unwrap_or(cwd)
+        .to_path_buf()
+}
+
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> i32 {
-    let root = match std::fs::canonicalize(&cli.project_dir) {
+    diag::set_format(cli.output);
+    if let Err(e) = logging::init(cli.verbose, cli.quiet, cli.log_file.as_deref()) {
+        print_error(&e, None);
+        return EXIT_INVALID;
+    }
+    let output = cli.output;
+    match &cli.command {
+        Command::Schema { file, write } => return schema(*file, write.as_deref()),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "cutover", &mut std::io::stdout());
+            return EXIT_OK;
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    print_error(&format!("cannot write the man page: {e}"), None);
+                    EXIT_FAILED
+                }
+            };
+        }
+        _ => {}
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let dir = find_project(cli.project_dir.as_deref(), &cwd);
+    let root = match std::fs::canonicalize(&dir) {
         Ok(r) => r,
         Err(e) => {
-            print_error(
-                &format!("project directory {}: {e}", cli.project_dir.display()),
-                None,
-            );
+            print_error(&format!("project directory {}: {e}", dir.display()), None);
             return EXIT_INVALID;
         }
     };
     match cli.command {
-        Command::Validate { runbook } => run::validate(&root, runbook.as_deref()),
+        Command::Validate { runbook } => run::validate(&root, runbook.as_deref(), output),
         Command::Rehearse {
             env,
             runbook,
             database,
             migration,
             in_migration,
-            output,
             approve,
         } => {
             let args = run::StartArgs {
@@ -289,7 +357,6 @@ pub async fn run(cli: Cli) -> i32 {
             database,
             migration,
             in_migration,
-            output,
             approve,
             break_glass,
         } => {
@@ -308,19 +375,15 @@ pub async fn run(cli: Cli) -> i32 {
             };
             run::start(&root, &env, &args, kind, output).await
         }
-        Command::Resume {
-            run_id,
-            output,
-            approve,
-        } => run::resume(&root, &run_id, output, false, approve).await,
-        Command::Rollback { run_id, output } => {
-            run::resume(&root, &run_id, output, true, Vec::new()).await
+        Command::Resume { run_id, approve } => {
+            run::resume(&root, &run_id, output, false, approve).await
         }
-        Command::Runs { env, output } => {
+        Command::Rollback { run_id } => run::resume(&root, &run_id, output, true, Vec::new()).await,
+        Command::Runs { env } => {
             pull_runs(&root, env.as_deref()).await;
             audit::runs(&root, env.as_deref(), output)
         }
-        Command::Status { run_id, output } => {
+        Command::Status { run_id } => {
             pull_missing(&root, &run_id).await;
             let code = audit::status(&root, &run_id, output);
             for w in audit::slot_warnings(&root, &run_id).await {
@@ -334,19 +397,26 @@ pub async fn run(cli: Cli) -> i32 {
             InfraCommand::Output { env } => infra::output(&root, &env).await,
         },
         Command::Bench(args) => bench::run(&root, args).await,
+        Command::Schema { .. } | Command::Completions { .. } | Command::Man => EXIT_OK,
         Command::Runbook {
             action:
                 RunbookCommand::Render {
                     runbook,
                     env,
                     format,
+                    template,
                 },
-        } => runbook::render(&root, &runbook, &env, format),
+        } => runbook::render(&root, &runbook, &env, format, template.as_deref()),
         Command::Audit {
-            action: AuditCommand::Show { run_id, format },
+            action:
+                AuditCommand::Show {
+                    run_id,
+                    format,
+                    template,
+                },
         } => {
             pull_missing(&root, &run_id).await;
-            audit::show(&root, &run_id, format)
+            audit::show(&root, &run_id, format, template.as_deref())
         }
         Command::Audit {
             action: AuditCommand::Verify { run_id, public_key },
@@ -382,10 +452,35 @@ async fn pull_missing(root: &std::path::Path, run_id: &str) {
     }
 }
 
-/// Prints `error: ...` with optional `hint: ...` to stderr.
-pub(crate) fn print_error(message: &str, hint: Option<&str>) {
-    eprintln!("error: {message}");
-    if let Some(h) = hint {
-        eprintln!("hint: {h}");
+/// `cutover schema FILE` prints one schema; `--write DIR` writes every one.
+fn schema(file: Option<crate::runbook::schema::SchemaFile>, write: Option<&Path>) -> i32 {
+    use crate::runbook::schema::SchemaFile;
+    match (file, write) {
+        (Some(f), _) => {
+            print!("{}", f.render());
+            EXIT_OK
+        }
+        (None, Some(dir)) => {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                print_error(&format!("cannot create {}: {e}", dir.display()), None);
+                return EXIT_FAILED;
+            }
+            for f in SchemaFile::ALL {
+                let path = dir.join(f.file_name());
+                if let Err(e) = std::fs::write(&path, f.render()) {
+                    print_error(&format!("cannot write {}: {e}", path.display()), None);
+                    return EXIT_FAILED;
+                }
+                eprintln!("wrote {}", path.display());
+            }
+            EXIT_OK
+        }
+        (None, None) => {
+            print_error(
+                "name a file (environment, runbook, migration) or --write DIR",
+                None,
+            );
+            EXIT_INVALID
+        }
     }
 }

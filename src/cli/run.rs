@@ -1,8 +1,8 @@
 //! `validate`, `rehearse`, `execute`, `resume`, `rollback`.
 
+use super::{print_error, print_problems};
 use super::{
-    print_error, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_REFUSED,
-    EXIT_ROLLBACK_INCOMPLETE,
+    EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_REFUSED, EXIT_ROLLBACK_INCOMPLETE,
 };
 use crate::config::{self, Problems, Tier};
 use crate::engine::{self, runs, ui::OutputFormat, ui::Ui, EngineError, Outcome, ResumeError};
@@ -21,24 +21,15 @@ pub enum Kind {
     DryRun,
 }
 
-/// Prints every problem to stderr with a count.
-pub(crate) fn print_problems(p: &Problems) {
-    let n = p.0.len();
-    eprintln!("error: {n} problem{} found", if n == 1 { "" } else { "s" });
-    for problem in &p.0 {
-        eprintln!("  {}", problem.to_string().replace('\n', "\n  "));
-    }
-}
-
 /// `cutover validate`: every runbook against every environment; all problems at once.
-pub fn validate(root: &Path, only: Option<&str>) -> i32 {
+pub fn validate(root: &Path, only: Option<&str>, output: OutputFormat) -> i32 {
     let envs = config::list_names(&root.join("environments"));
     let runbooks: Vec<String> = match only {
         Some(r) => vec![r.to_string()],
         None => config::list_names(&root.join("runbooks")),
     };
     if envs.is_empty() || runbooks.is_empty() {
-        print_error("nothing to validate", Some("expected environments/*.yaml and runbooks/*.yaml under the project directory (-C DIR)"));
+        print_error("nothing to validate", Some("expected environments/*.yaml and runbooks/*.yaml in the project directory (found upward from the current one, or -C DIR / CUTOVER_PROJECT_DIR)"));
         return EXIT_INVALID;
     }
     let mut all = Problems::default();
@@ -120,7 +111,12 @@ pub fn validate(root: &Path, only: Option<&str>) -> i32 {
         return EXIT_INVALID;
     }
     for line in ok {
-        println!("ok: {line}");
+        match output {
+            OutputFormat::Human => println!("ok: {line}"),
+            OutputFormat::Json => {
+                println!("{}", serde_json::json!({ "type": "ok", "message": line }))
+            }
+        }
     }
     EXIT_OK
 }

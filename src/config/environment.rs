@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The tier of an environment; production is gated by rehearsals of the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     /// A full-size rehearsal environment.
@@ -32,7 +32,7 @@ impl Tier {
 }
 
 /// One environment = one AWS account.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
     /// Must equal the file stem (`staging` for `environments/staging.yaml`).
@@ -61,6 +61,10 @@ pub struct Environment {
     /// environment at run time and are never written anywhere.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretRef>,
+    /// Where the metrics of the environment's real traffic are read by analysis windows
+    /// (`env.monitoring.*` in templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSection>,
     /// Where run event logs and locks are kept; `local` when absent.
     #[serde(default)]
     pub store: StoreSection,
@@ -73,7 +77,7 @@ pub struct Environment {
 
 /// The promotion gate of an environment: the rehearsals `cutover execute` requires, and who may
 /// approve its `approval` steps.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromotionPolicy {
     /// Environments in which a run of the same runbook digest must have succeeded.
@@ -92,7 +96,7 @@ fn default_max_age() -> String {
 }
 
 /// The AWS account of an environment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AwsSection {
     /// 12-digit account id; STS must report exactly this after assuming `role_arn`.
@@ -107,7 +111,7 @@ pub struct AwsSection {
 }
 
 /// The account's expected place in the AWS Organization, read through the management account.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrganizationSection {
     /// Role in the management (or a delegated administrator) account allowed to call
@@ -123,7 +127,7 @@ pub struct OrganizationSection {
 }
 
 /// Store of run event logs and environment locks.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     /// `local` (`.cutover/` in the project) or `s3` (shared by every clone and CI runner).
@@ -138,7 +142,9 @@ pub struct StoreSection {
 }
 
 /// The kinds of run store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// `.cutover/runs` and `.cutover/locks` in the project directory (flock).
@@ -149,7 +155,7 @@ pub enum StoreKind {
 }
 
 /// Terraform root and backend for the environment's account.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TerraformSection {
     /// Directory of the root module, relative to the project root.
@@ -167,7 +173,7 @@ pub struct TerraformSection {
 
 /// The plan policy: in a production-tier environment a plan that deletes or replaces a protected
 /// resource is refused unless its address is listed in `allow_destroy`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanPolicy {
     /// Extra protected resources, as resource types (`aws_db_instance`) or addresses
@@ -181,30 +187,99 @@ pub struct PlanPolicy {
 }
 
 /// The EKS cluster; the kubeconfig context is looked up by the cluster's ARN.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EksSection {
     /// Cluster name as in DescribeCluster.
     pub cluster: String,
 }
 
-/// Source (legacy) and target (RDS) databases. URLs carry passwords, so the file names the
-/// environment variables that hold them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Source (legacy) and target (RDS) databases. Admin URLs carry passwords, so the file says where
+/// to read them: an environment variable (`source_url_env`, `target_url_env`) or any secret source
+/// (`source_url`, `target_url`, e.g. the RDS-managed master secret in Secrets Manager).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSection {
     /// Database name on both sides.
     pub name: String,
     /// Environment variable holding the source admin URL (`postgres://user:pass@host:port/db`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source_url_env: String,
     /// Environment variable holding the target admin URL.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target_url_env: String,
+    /// The source admin URL from a secret source, instead of `source_url_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_url: Option<SecretRef>,
+    /// The target admin URL from a secret source, instead of `target_url_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<SecretRef>,
+}
+
+/// One side of a database pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The legacy database.
+    Source,
+    /// The RDS database.
+    Target,
+}
+
+impl Side {
+    /// `source` or `target`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        }
+    }
 }
 
 impl DatabaseSection {
     /// No database given (the file lists `databases:` instead).
     pub fn is_unset(&self) -> bool {
-        self.name.is_empty() && self.source_url_env.is_empty() && self.target_url_env.is_empty()
+        self.name.is_empty()
+            && self.source_url_env.is_empty()
+            && self.target_url_env.is_empty()
+            && self.source_url.is_none()
+            && self.target_url.is_none()
+    }
+
+    /// Where `side`'s admin URL is read from: `*_url_env` as a [`SecretSource::Env`], else the
+    /// `*_url` source; `None` when neither is given.
+    pub fn url_source(&self, side: Side) -> Option<SecretSource> {
+        let (var, src) = match side {
+            Side::Source => (&self.source_url_env, &self.source_url),
+            Side::Target => (&self.target_url_env, &self.target_url),
+        };
+        if !var.is_empty() {
+            return Some(SecretSource::Env(var.clone()));
+        }
+        src.as_ref().and_then(|r| r.source().ok())
+    }
+
+    /// The problems of this section's URL fields: each side needs exactly one of `*_url_env` and
+    /// `*_url`, and a `*_url` source must itself be well formed.
+    pub fn url_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (side, var, src) in [
+            ("source", &self.source_url_env, &self.source_url),
+            ("target", &self.target_url_env, &self.target_url),
+        ] {
+            match (var.is_empty(), src) {
+                (true, None) => out.push(format!("`{side}_url_env` or `{side}_url` is required")),
+                (false, Some(_)) => out.push(format!(
+                    "both `{side}_url_env` and `{side}_url` are set: keep one"
+                )),
+                (true, Some(r)) => {
+                    if let Err(e) = r.source() {
+                        out.push(format!("{side}_url: {e}"));
+                    }
+                }
+                (false, None) => {}
+            }
+        }
+        out
     }
 }
 
@@ -254,7 +329,7 @@ impl Environment {
 }
 
 /// The Route 53 hosted zone of the environment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DnsSection {
     /// Zone apex, e.g. `staging.shop.example.com`.
@@ -268,16 +343,181 @@ fn default_cutover_ttl() -> u32 {
     60
 }
 
-/// A secret value taken from the process environment at run time.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The environment's monitoring endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSection {
+    /// Base URL of the Prometheus server (its HTTP API) that scrapes the application, e.g.
+    /// `https://prometheus.staging.example.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_url: Option<String>,
+}
+
+/// Where a secret value is read at run time: exactly one of `from_env`, `from_secrets_manager`,
+/// `from_ssm` or `from_file`. A value may be a template over Terraform outputs
+/// (`from_secrets_manager: "{{ tf.master_user_secret_arn }}"`): it is read once a step has
+/// produced them. Values are only ever shown as fingerprints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
-    /// Name of the environment variable.
-    pub from_env: String,
-    /// When true, an unset variable leaves the secret undefined instead of stopping the run
-    /// (for values only a rehearsal's heartbeat uses, such as the legacy application's URL).
-    #[serde(default)]
+    /// Name of a process environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_env: Option<String>,
+    /// Name or ARN of an AWS Secrets Manager secret (its current `SecretString`), read with the
+    /// environment's assumed role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_secrets_manager: Option<String>,
+    /// Name of an AWS Systems Manager parameter (a `SecureString` is decrypted), read with the
+    /// environment's assumed role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ssm: Option<String>,
+    /// Path of a file holding the value (one trailing newline is dropped); relative to the
+    /// directory `cutover` runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_file: Option<String>,
+    /// The value is a JSON object: take this key's value (a string, or a number as text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The value is a database credentials JSON object as RDS and Secrets Manager keep them
+    /// (`username`, `password`, and optionally `host`, `port`, `dbname`): the secret is the
+    /// `postgres://` URL they make, with fields given here filling in those the object lacks
+    /// (the RDS-managed master secret holds only `username` and `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_database_url: Option<UrlParts>,
+    /// When true, a variable that is unset, or a file, secret or parameter that does not exist,
+    /// leaves the secret undefined instead of stopping the run (for values only a rehearsal's
+    /// heartbeat uses, such as the legacy application's URL).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
+}
+
+/// The parts of a database URL a credentials secret may lack.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UrlParts {
+    /// Host name or address, e.g. the RDS instance's endpoint address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// TCP port (text, so it may come from `${VAR}` or a template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// Database name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dbname: Option<String>,
+}
+
+/// A [`SecretRef`]'s source, checked: what providers read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretSource {
+    /// A process environment variable.
+    Env(String),
+    /// A Secrets Manager secret by name or ARN.
+    SecretsManager(String),
+    /// A Systems Manager parameter by name.
+    Ssm(String),
+    /// A file by path.
+    File(String),
+}
+
+impl SecretSource {
+    /// What the source names, e.g. `Secrets Manager secret shop/app`: for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::Env(v) => format!("environment variable {v}"),
+            SecretSource::SecretsManager(id) => format!("Secrets Manager secret {id}"),
+            SecretSource::Ssm(n) => format!("SSM parameter {n}"),
+            SecretSource::File(p) => format!("file {p}"),
+        }
+    }
+
+    /// The name, ARN or path the source reads.
+    pub fn locator(&self) -> &str {
+        match self {
+            SecretSource::Env(s)
+            | SecretSource::SecretsManager(s)
+            | SecretSource::Ssm(s)
+            | SecretSource::File(s) => s,
+        }
+    }
+
+    /// The same kind of source reading `locator` instead.
+    pub fn with_locator(&self, locator: String) -> SecretSource {
+        match self {
+            SecretSource::Env(_) => SecretSource::Env(locator),
+            SecretSource::SecretsManager(_) => SecretSource::SecretsManager(locator),
+            SecretSource::Ssm(_) => SecretSource::Ssm(locator),
+            SecretSource::File(_) => SecretSource::File(locator),
+        }
+    }
+}
+
+impl SecretRef {
+    /// A reference to the environment variable `var`.
+    pub fn env(var: &str) -> SecretRef {
+        SecretRef::from_source(&SecretSource::Env(var.to_string()))
+    }
+
+    /// A reference reading `source` as it is (no `key`, not optional).
+    pub fn from_source(source: &SecretSource) -> SecretRef {
+        let mut r = SecretRef::default();
+        let at = match source {
+            SecretSource::Env(_) => &mut r.from_env,
+            SecretSource::SecretsManager(_) => &mut r.from_secrets_manager,
+            SecretSource::Ssm(_) => &mut r.from_ssm,
+            SecretSource::File(_) => &mut r.from_file,
+        };
+        *at = Some(source.locator().to_string());
+        r
+    }
+
+    /// The one source this reference names.
+    ///
+    /// # Errors
+    /// A message listing the four choices when none or several are given, or when `key` and
+    /// `as_database_url` are both set.
+    pub fn source(&self) -> Result<SecretSource, String> {
+        let given: Vec<SecretSource> = [
+            self.from_env.clone().map(SecretSource::Env),
+            self.from_secrets_manager
+                .clone()
+                .map(SecretSource::SecretsManager),
+            self.from_ssm.clone().map(SecretSource::Ssm),
+            self.from_file.clone().map(SecretSource::File),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if self.key.is_some() && self.as_database_url.is_some() {
+            return Err("`key` and `as_database_url` cannot both be set".into());
+        }
+        match given.len() {
+            1 => Ok(given.into_iter().next().expect("one")),
+            n => Err(format!(
+                "{} of from_env, from_secrets_manager, from_ssm, from_file given: exactly one is required",
+                if n == 0 { "none".to_string() } else { n.to_string() }
+            )),
+        }
+    }
+
+    /// Whether any of its strings is a template (`{{ ... }}`), read only once the values it
+    /// names are known.
+    pub fn is_templated(&self) -> bool {
+        let parts = self
+            .as_database_url
+            .iter()
+            .flat_map(|p| [&p.host, &p.port, &p.dbname]);
+        [
+            &self.from_env,
+            &self.from_secrets_manager,
+            &self.from_ssm,
+            &self.from_file,
+            &self.key,
+        ]
+        .into_iter()
+        .chain(parts)
+        .flatten()
+        .any(|s| s.contains("{{"))
+    }
 }
 
 /// Parses one environment file: YAML first, then `${VAR}` expansion inside its string values
@@ -356,7 +596,25 @@ pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Envi
             line_of("databases"),
             "both `database` and `databases` are set: list every database under `databases:`",
         )),
+        (false, true) => {
+            for p in env.database.url_problems() {
+                problems.push(Problem::new(
+                    path,
+                    line_of("database"),
+                    format!("database: {p}"),
+                ));
+            }
+        }
         _ => {}
+    }
+    for (name, r) in &env.secrets {
+        if let Err(e) = r.source() {
+            problems.push(Problem::new(
+                path,
+                line_of(name),
+                format!("secrets.{name}: {e}"),
+            ));
+        }
     }
     for (key, db) in &env.databases {
         if key.is_empty()
@@ -377,9 +635,14 @@ pub(super) fn parse(path: &Path, text: &str, expected_name: &str) -> Result<Envi
             problems.push(Problem::new(
                 path,
                 line_of(key),
-                format!(
-                    "databases.{key}: `name`, `source_url_env` and `target_url_env` are required"
-                ),
+                format!("databases.{key}: `name` is required"),
+            ));
+        }
+        for p in db.url_problems() {
+            problems.push(Problem::new(
+                path,
+                line_of(key),
+                format!("databases.{key}: {p}"),
             ));
         }
     }
@@ -444,6 +707,50 @@ mod tests {
         assert_eq!(err.0.len(), 1);
         assert!(err.0[0].message.contains("colour"), "{}", err);
         assert_eq!(err.0[0].line, Some(3));
+    }
+
+    #[test]
+    fn secret_sources_need_exactly_one_source_and_each_problem_is_reported_with_its_line() {
+        let text = GOOD.replace(
+            "database: {name: shop, source_url_env: S, target_url_env: T}\n",
+            "databases:\n  shop:\n    name: shop_staging\n    source_url_env: S\n    target_url: {from_secrets_manager: 'rds!db-1', as_database_url: {host: h}}\n  letters:\n    name: letters_staging\n    source_url_env: S2\n    target_url_env: T2\n    target_url: {from_ssm: /p}\n",
+        ) + "secrets:\n  both:\n    from_env: X\n    from_ssm: /y\n  none:\n    optional: true\n  fine:\n    from_file: /run/secrets/pw\n  json:\n    from_secrets_manager: app\n    key: url\n";
+        let err = parse(Path::new("e.yaml"), &text, "staging").unwrap_err();
+        let msgs: Vec<String> = err
+            .0
+            .iter()
+            .map(|p| format!("{:?} {}", p.line, p.message))
+            .collect();
+        assert_eq!(err.0.len(), 3, "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m
+                    .contains("databases.letters: both `target_url_env` and `target_url` are set")),
+            "{msgs:?}"
+        );
+        assert!(msgs.iter().any(|m| m.starts_with("Some(") && m.contains("secrets.both: 2 of from_env, from_secrets_manager, from_ssm, from_file given")), "{msgs:?}");
+        assert!(
+            msgs.iter().any(|m| m.contains("secrets.none: none of")),
+            "{msgs:?}"
+        );
+        let ok = text.replace("    target_url_env: T2\n", "").replace(
+            "  both:\n    from_env: X\n    from_ssm: /y\n  none:\n    optional: true\n",
+            "",
+        );
+        let env = parse(Path::new("e.yaml"), &ok, "staging").unwrap();
+        let (_, shop) = env.for_database(Some("shop")).unwrap();
+        assert_eq!(
+            shop.database.url_source(Side::Target),
+            Some(SecretSource::SecretsManager("rds!db-1".into()))
+        );
+        assert_eq!(
+            shop.database.url_source(Side::Source),
+            Some(SecretSource::Env("S".into()))
+        );
+        assert_eq!(
+            env.secrets["fine"].source(),
+            Ok(SecretSource::File("/run/secrets/pw".into()))
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@ use std::path::Path;
 
 /// What a failed run does to the other runs of its wave (`on_failure:`). In every case no later
 /// wave starts, and the failed run has rolled itself back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
     /// The wave's other runs go on to their end (the default): what moved stays moved.
@@ -52,7 +54,9 @@ impl OnFailure {
 
 /// What `execute` of a migration does when the promotion gate refuses one of its runbooks
 /// (`promotion.on_unrehearsed:`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnUnrehearsed {
     /// Nothing runs (the default); the refusal names every runbook that lacks its rehearsals.
@@ -63,7 +67,9 @@ pub enum OnUnrehearsed {
 }
 
 /// `promotion:` of a migration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationPromotion {
     /// See [`OnUnrehearsed`].
@@ -73,7 +79,7 @@ pub struct MigrationPromotion {
 
 /// One entry of a wave: a runbook, applied to each of `databases` (one run per database), or
 /// once to the runbook's own (or the environment's only) database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaveRun {
     /// A runbook name in `runbooks/`.
@@ -85,7 +91,7 @@ pub struct WaveRun {
 }
 
 /// A wave: runs that proceed concurrently; the next wave starts only when all succeeded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Wave {
     /// Unique in the migration, `[a-z0-9_-]+`.
@@ -101,7 +107,7 @@ pub struct Wave {
 }
 
 /// A parsed migration file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Migration {
     /// Must equal the file stem.

@@ -15,17 +15,35 @@ mod problem;
 mod runbook;
 
 pub use environment::{
-    AwsSection, DatabaseSection, DnsSection, EksSection, Environment, OrganizationSection,
-    PlanPolicy, PromotionPolicy, SecretRef, StoreKind, StoreSection, TerraformSection, Tier,
+    AwsSection, DatabaseSection, DnsSection, EksSection, Environment, MonitoringSection,
+    OrganizationSection, PlanPolicy, PromotionPolicy, SecretRef, SecretSource, Side, StoreKind,
+    StoreSection, TerraformSection, Tier, UrlParts,
 };
 pub use migration::{Migration, MigrationPromotion, OnFailure, OnUnrehearsed, Wave, WaveRun};
-pub use problem::{Problem, Problems};
+pub use problem::{choices_hint, did_you_mean, Problem, Problems};
 pub use runbook::{
     follows_another, Heartbeat, LegacyPath, RawPhase, RawRunbook, RawStep, RollbackPolicy,
     SpannedStep,
 };
 
 use std::path::Path;
+
+/// The JSON Schema (draft 2020-12, by schemars) of an environment file, from [`Environment`]'s
+/// serde attributes and doc comments.
+pub fn environment_schema() -> schemars::Schema {
+    schemars::schema_for!(Environment)
+}
+
+/// The JSON Schema of a runbook file as its serde types describe it; a step's `with:` is any
+/// mapping here (`crate::runbook::schema` adds each kind's parameters).
+pub fn runbook_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.root_schema_for::<runbook::RawRunbookFile>()
+}
+
+/// The JSON Schema of a migration file.
+pub fn migration_schema() -> schemars::Schema {
+    schemars::schema_for!(Migration)
+}
 
 /// True when `s` contains template syntax (`{{ … }}` or `{% … %}`): step parameters are
 /// minijinja templates, rendered by `crate::runbook::template` at run time.
@@ -86,7 +104,8 @@ pub fn load_environment(root: &Path, name: &str) -> Result<Environment, Problems
         let mut hint = None;
         if e.kind() == std::io::ErrorKind::NotFound {
             let known = list_names(&root.join("environments"));
-            hint = Some(format!("known environments: {}", known.join(", ")));
+            let known: Vec<&str> = known.iter().map(String::as_str).collect();
+            hint = Some(choices_hint(name, "known environments", &known));
         }
         Problems::one(
             Problem::new(&path, None, format!("cannot read environment file: {e}")).hint(hint),

@@ -14,6 +14,9 @@ pub struct Problem {
     pub message: String,
     /// What would fix it, e.g. the list of valid choices.
     pub hint: Option<String>,
+    /// The field the problem is about, as a dotted path from the top of the file's entry
+    /// (`kind`, `with.analysis.samples`, `dns.cutover_ttl`), when it is known.
+    pub field: Option<String>,
 }
 
 impl Problem {
@@ -24,7 +27,13 @@ impl Problem {
             line,
             message: message.into(),
             hint: None,
+            field: None,
         }
+    }
+    /// Names the field the problem is about.
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
     }
     /// Adds (or clears) the hint.
     pub fn hint(mut self, hint: Option<String>) -> Self {
@@ -101,11 +110,51 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
-/// Converts a serde-saphyr error into a located problem.
+/// The choice nearest to `word` when it looks like a misspelling of one (Damerau-Levenshtein
+/// distance at most a third of the word's length, at least 1; ties go to the first choice), as
+/// ``did you mean `rds.snapshot`?``.
+pub fn did_you_mean<'a>(word: &str, choices: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let budget = (word.chars().count() / 3).max(1);
+    choices
+        .into_iter()
+        .filter(|c| *c != word)
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(d, _)| *d <= budget)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+/// A hint listing `choices` (`what: a, b, c`), led by [`did_you_mean`] when `word` is near one.
+pub fn choices_hint<'a>(word: &str, what: &str, choices: &[&'a str]) -> String {
+    let list = format!("{what}: {}", choices.join(", "));
+    match did_you_mean(word, choices.iter().copied()) {
+        Some(s) => format!("{s} {list}"),
+        None => list,
+    }
+}
+
+/// serde-saphyr's English wording without " at line L, column C": a [`Problem`] shows its line
+/// once, before the message.
+struct NoLocation;
+
+impl serde_saphyr::Localizer for NoLocation {
+    fn attach_location<'a>(
+        &self,
+        base: std::borrow::Cow<'a, str>,
+        _loc: serde_saphyr::Location,
+    ) -> std::borrow::Cow<'a, str> {
+        base
+    }
+}
+
+/// Converts a serde-saphyr error into a located problem: the line from the error's location,
+/// the message without the location or a source snippet.
 pub(crate) fn from_yaml_error(file: &Path, e: &serde_saphyr::Error) -> Problem {
     let line = e.location().map(|l| l.line() as u32).filter(|l| *l > 0);
-    // The error's Display may include a rendered snippet; keep its first line as the message.
-    let text = e.to_string();
+    let formatter = serde_saphyr::DefaultMessageFormatter.with_localizer(&NoLocation);
+    let mut options = serde_saphyr::RenderOptions::new(&formatter);
+    options.snippets = serde_saphyr::SnippetMode::Off;
+    let text = e.render_with_options(options);
     let message = text
         .lines()
         .find(|l| !l.trim().is_empty())
@@ -113,4 +162,23 @@ pub(crate) fn from_yaml_error(file: &Path, e: &serde_saphyr::Error) -> Problem {
         .trim()
         .to_string();
     Problem::new(file, line, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_near_miss_is_suggested_and_a_far_one_is_not() {
+        let kinds = ["rds.snapshot", "route53.cutover", "http.check"];
+        assert_eq!(
+            did_you_mean("rds.snapshto", kinds).as_deref(),
+            Some("did you mean `rds.snapshot`?")
+        );
+        assert_eq!(did_you_mean("terraform.plan", kinds), None);
+        assert_eq!(
+            choices_hint("stagign", "known environments", &["dev", "staging"]),
+            "did you mean `staging`? known environments: dev, staging"
+        );
+    }
 }

@@ -21,22 +21,32 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The top of a runbook file, with each step still as a located node.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawRunbookFile {
+#[schemars(rename = "Runbook")]
+pub(super) struct RawRunbookFile {
+    /// The runbook's name, the same as its file name (`shop-cutover` in
+    /// `runbooks/shop-cutover.yaml`).
     name: String,
+    /// Free text shown in rendered procedures.
     #[serde(default)]
     description: Option<String>,
+    /// Values available to templates as `vars.*`.
     #[serde(default)]
     vars: BTreeMap<String, serde_json::Value>,
+    /// During a rehearsal, a writer through the application's Secret that measures the write
+    /// outage and checks that no acknowledged write is lost.
     #[serde(default)]
     heartbeat: Option<Heartbeat>,
     /// The runbook whose successful run this one follows (e.g. a decommission after the
     /// cutover): it is never chosen by default, only with `--runbook`.
     #[serde(default)]
     follows: Option<String>,
+    /// The environment's database this runbook acts on (a name under its `databases:`); needed
+    /// only where the environment has several.
     #[serde(default)]
     database: Option<String>,
+    /// Phases in order; each runs its steps in order.
     phases: Vec<RawPhaseFile>,
 }
 
@@ -57,7 +67,7 @@ pub fn follows_another(path: &Path) -> bool {
 /// `heartbeat:` — during a rehearsal, a writer that reads its database URL from a Kubernetes
 /// Secret, as the application does, and writes continuously, so that the run measures its own
 /// write outage and checks that no acknowledged write is lost.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// Namespace of the application's Secret.
@@ -85,7 +95,7 @@ pub struct Heartbeat {
 
 /// `heartbeat.legacy:` — the legacy application's own database connection and the DNS record
 /// whose answers send users to it. Both are templates (`env.*`, `secrets.*`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LegacyPath {
     /// The database URL the legacy application uses (a secret, e.g.
@@ -113,12 +123,18 @@ fn default_heartbeat_reload() -> u64 {
     100
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Phase")]
 struct RawPhaseFile {
+    /// Phase name (`prepare`, `cutover`, ...).
+    #[schemars(with = "String")]
     name: Spanned<String>,
+    /// Free text shown in rendered procedures.
     #[serde(default)]
     description: Option<String>,
+    /// Steps in order.
+    #[schemars(with = "Vec<RawStep>")]
     steps: Vec<Spanned<Node>>,
 }
 
@@ -174,7 +190,9 @@ impl SpannedStep {
 }
 
 /// What the engine does with a step when the run rolls back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RollbackPolicy {
     /// Call the kind's rollback (the default).
@@ -185,8 +203,9 @@ pub enum RollbackPolicy {
 }
 
 /// One step as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Step")]
 pub struct RawStep {
     /// Unique within the runbook; `[a-z0-9_-]+`.
     pub id: String,
@@ -261,7 +280,12 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<(RawRunbook, Problems), P
                         .unwrap_or_else(|| "step".into());
                     problems.push(
                         Problem::new(path, Some(kline), format!("{who}: unknown field `{key}`"))
-                            .hint(Some(format!("valid fields: {}", STEP_FIELDS.join(", ")))),
+                            .hint(Some(super::problem::choices_hint(
+                                key,
+                                "valid fields",
+                                STEP_FIELDS,
+                            )))
+                            .field(key),
                     );
                 }
             }

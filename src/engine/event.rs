@@ -25,6 +25,8 @@ pub enum Event {
     AccountVerified(AccountVerified),
     /// The run was refused before any step (wrong account, no credentials).
     RunRefused(Reason),
+    /// Secrets read from a file, Secrets Manager or SSM: names, sources, fingerprints.
+    SecretsRead(SecretsRead),
     /// A later process continues the run (`resume`, or `rollback` when `rollback`).
     RunResumed(RunResumed),
     /// The heartbeat writers started: `{writer, writes_per_second, secret, key, table,
@@ -171,6 +173,24 @@ pub struct AccountVerified {
     pub caller_arn: String,
 }
 
+/// [`Event::SecretsRead`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretsRead {
+    /// Each secret read by this process at this point.
+    pub secrets: Vec<SecretRead>,
+}
+
+/// One secret in [`SecretsRead`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretRead {
+    /// `secrets.<name>`'s name, or `source_database_url` / `target_database_url`.
+    pub name: String,
+    /// Where it came from, e.g. `Secrets Manager secret shop-staging/app` (names, never values).
+    pub source: String,
+    /// [`crate::secret::fingerprint`] of the value; `None` for an optional one that is absent.
+    pub fingerprint: Option<String>,
+}
+
 /// A reason alone ([`Event::RunRefused`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reason {
@@ -260,6 +280,10 @@ pub struct StepApplied {
     pub kind: String,
     /// The step's outputs, by name (`steps.<id>.outputs.<name>` in later templates).
     pub outputs: Map<String, Value>,
+    /// The AWS calls that changed something while this record's work ran, with their request
+    /// ids (`crate::providers::aws_calls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aws_calls: Vec<crate::providers::aws_calls::AwsCall>,
 }
 
 /// [`Event::StepCompleted`].
@@ -279,6 +303,10 @@ pub struct StepCompleted {
     /// Apply attempts made.
     #[serde(default = "one")]
     pub attempts: u32,
+    /// The AWS calls that changed something while this record's work ran, with their request
+    /// ids (`crate::providers::aws_calls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aws_calls: Vec<crate::providers::aws_calls::AwsCall>,
 }
 
 fn one() -> u32 {
@@ -292,6 +320,10 @@ pub struct StepFailed {
     pub kind: String,
     /// Why (redacted).
     pub error: String,
+    /// The AWS calls that changed something while this record's work ran, with their request
+    /// ids (`crate::providers::aws_calls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aws_calls: Vec<crate::providers::aws_calls::AwsCall>,
 }
 
 /// [`Event::Panic`].
@@ -354,6 +386,10 @@ pub struct RollbackStepCompleted {
     /// Why nothing was done (`rollback: skip`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The AWS calls that changed something while this record's work ran, with their request
+    /// ids (`crate::providers::aws_calls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aws_calls: Vec<crate::providers::aws_calls::AwsCall>,
 }
 
 /// [`Event::RollbackStepFailed`].
@@ -367,6 +403,10 @@ pub struct RollbackStepFailed {
     /// True when the rollback stopped here (the earlier steps were not rolled back).
     #[serde(default)]
     pub stopped: bool,
+    /// The AWS calls that changed something while this record's work ran, with their request
+    /// ids (`crate::providers::aws_calls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aws_calls: Vec<crate::providers::aws_calls::AwsCall>,
 }
 
 /// How a run (or one process of it) ended.
@@ -482,6 +522,36 @@ pub struct EventError {
 }
 
 impl Event {
+    /// The AWS calls this record carries (empty for records that carry none).
+    pub fn aws_calls(&self) -> &[crate::providers::aws_calls::AwsCall] {
+        match self {
+            Event::StepApplied(e) => &e.aws_calls,
+            Event::StepCompleted(e) => &e.aws_calls,
+            Event::StepFailed(e) => &e.aws_calls,
+            Event::RollbackStepCompleted(e) => &e.aws_calls,
+            Event::RollbackStepFailed(e) => &e.aws_calls,
+            _ => &[],
+        }
+    }
+
+    /// Puts `calls` into the record, when it is one that carries AWS calls (a step's applied,
+    /// completed or failed record, or one step's rollback outcome); otherwise gives them back.
+    pub fn with_aws_calls(
+        &mut self,
+        calls: Vec<crate::providers::aws_calls::AwsCall>,
+    ) -> Option<Vec<crate::providers::aws_calls::AwsCall>> {
+        let slot = match self {
+            Event::StepApplied(e) => &mut e.aws_calls,
+            Event::StepCompleted(e) => &mut e.aws_calls,
+            Event::StepFailed(e) => &mut e.aws_calls,
+            Event::RollbackStepCompleted(e) => &mut e.aws_calls,
+            Event::RollbackStepFailed(e) => &mut e.aws_calls,
+            _ => return Some(calls),
+        };
+        slot.extend(calls);
+        None
+    }
+
     /// The record's `(type, data)`.
     pub fn to_parts(&self) -> (String, Value) {
         match serde_json::to_value(self) {
@@ -575,6 +645,7 @@ mod tests {
     #[test]
     fn parts_round_trip_for_engine_and_journal_records() {
         let e = Event::RollbackStepCompleted(RollbackStepCompleted {
+            aws_calls: Vec::new(),
             restored: vec![],
             note: Some("rollback: skip".into()),
         });

@@ -12,7 +12,7 @@ use super::ui::Ui;
 use crate::config::RollbackPolicy;
 use crate::providers::{ProviderError, Providers};
 use crate::runbook::{env_context, template, Plan, PlanStep};
-use crate::secret::{fingerprint, Redactor};
+use crate::secret::Redactor;
 use crate::steps::context::Mode;
 use crate::steps::journal::Journal;
 use crate::steps::{Planned, StepContext, StepError};
@@ -83,6 +83,8 @@ pub struct Executor<'a> {
     pub(super) outputs: HashMap<String, Map<String, Value>>,
     pub(super) secrets_real: Map<String, Value>,
     pub(super) secrets_display: Map<String, Value>,
+    /// Secret references not read yet ([`super::secrets`]).
+    pub(super) pending_secrets: Vec<super::secrets::Pending>,
     /// Steps with a `step_started` record (candidates for rollback).
     pub(super) started: Vec<String>,
     /// Steps completed or skipped.
@@ -151,12 +153,20 @@ fn lock_log(log: &Mutex<EventLog>) -> std::sync::MutexGuard<'_, EventLog> {
 }
 
 impl<'a> Executor<'a> {
-    /// Appends a record and shows it.
+    /// Appends a record and shows it. A step's applied, completed or failed record, and a step
+    /// rollback's outcome, carry the AWS calls that changed something since the last such record
+    /// (`crate::providers::aws_calls`).
     pub(super) fn record(
         &mut self,
-        event: Event,
+        mut event: Event,
         step: Option<&str>,
     ) -> Result<Record, EngineError> {
+        let calls = crate::providers::aws_calls::take();
+        if !calls.is_empty() {
+            if let Some(back) = event.with_aws_calls(calls) {
+                crate::providers::aws_calls::restore(back);
+            }
+        }
         let rec = lock_log(&self.log).append(&event, step)?;
         self.ui.record(&rec);
         Ok(rec)
@@ -216,26 +226,6 @@ impl<'a> Executor<'a> {
                 let _ = std::fs::rename(&tmp, &file);
             }
         }
-    }
-
-    /// Reads every secret the environment declares from the process environment.
-    pub(super) fn load_secrets(&mut self) -> Result<(), EngineError> {
-        for (name, r) in &self.plan.env.secrets {
-            if r.optional && std::env::var(&r.from_env).map_or(true, |v| v.is_empty()) {
-                continue;
-            }
-            let v = self
-                .providers
-                .secret_env(&r.from_env)
-                .map_err(|e| EngineError::Config(format!("secret `{name}`: {e}")))?;
-            self.secrets_display
-                .insert(name.clone(), Value::from(fingerprint(&v)));
-            self.secrets_real.insert(name.clone(), Value::from(v));
-        }
-        // The database URLs are secrets too, whether or not a step reads them.
-        self.providers
-            .check_database_urls()
-            .map_err(|e| EngineError::Config(e.to_string()))
     }
 
     /// Takes up step outputs, Terraform outputs and progress from a replayed log (resume).
@@ -430,6 +420,7 @@ impl<'a> Executor<'a> {
         step: &PlanStep,
     ) -> Result<Result<(), Failure>, EngineError> {
         let kind = step.kind;
+        let unread = self.read_pending(super::secrets::Reach::All).await.err();
         let fail = |this: &mut Self,
                     cause: Cause,
                     error: String|
@@ -437,6 +428,7 @@ impl<'a> Executor<'a> {
             let error = this.redactor.redact(&error);
             this.record(
                 Event::StepFailed(StepFailed {
+                    aws_calls: Vec::new(),
                     kind: kind.name().to_string(),
                     error: error.clone(),
                 }),
@@ -448,6 +440,9 @@ impl<'a> Executor<'a> {
                 error,
             }))
         };
+        if let Some(e) = unread {
+            return fail(self, Cause::Error, e);
+        }
         // `when`
         if let Some(w) = &step.when {
             match template::render_str(w, &self.context(true)) {
@@ -604,6 +599,7 @@ impl<'a> Executor<'a> {
         };
         self.record(
             Event::StepApplied(StepApplied {
+                aws_calls: Vec::new(),
                 kind: kind.name().to_string(),
                 outputs: outputs.clone(),
             }),
@@ -627,6 +623,7 @@ impl<'a> Executor<'a> {
         self.done.insert(step.id.clone());
         self.record(
             Event::StepCompleted(StepCompleted {
+                aws_calls: Vec::new(),
                 kind: kind.name().to_string(),
                 evidence: Value::Object(evidence),
                 summary,
@@ -803,6 +800,7 @@ impl<'a> Executor<'a> {
             if step.rollback == RollbackPolicy::Skip {
                 self.record(
                     Event::RollbackStepCompleted(RollbackStepCompleted {
+                        aws_calls: Vec::new(),
                         restored: vec![],
                         note: Some("rollback: skip".into()),
                     }),
@@ -837,6 +835,7 @@ impl<'a> Executor<'a> {
                 Ok(restored) => {
                     self.record(
                         Event::RollbackStepCompleted(RollbackStepCompleted {
+                            aws_calls: Vec::new(),
                             restored,
                             note: None,
                         }),
@@ -859,6 +858,7 @@ impl<'a> Executor<'a> {
                     });
                     self.record(
                         Event::RollbackStepFailed(RollbackStepFailed {
+                            aws_calls: Vec::new(),
                             error: msg,
                             manual,
                             stopped: stop,
@@ -1029,6 +1029,9 @@ mod tests {
         }
         fn output_specs(&self) -> Vec<ParamSpec> {
             Vec::new()
+        }
+        fn params_schema(&self, _g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            schemars::json_schema!({ "type": "object" })
         }
         async fn plan(&self, _cx: &StepContext) -> Result<Planned, StepError> {
             match self {

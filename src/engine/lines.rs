@@ -46,6 +46,33 @@ pub fn analysis_line(a: &AnalysisRecord) -> String {
         opt(v.p95_ms.map(|p| p.to_string())),
         v.closing_passes
     );
+    let verdict = if v.passed { "passed" } else { "FAILED" };
+    let of = if a.of == 0 {
+        "analysis window".to_string()
+    } else {
+        format!("analysis of stage {}/{}", a.stage, a.of)
+    };
+    if a.url.is_empty() {
+        line = format!("{of}: {verdict}");
+    } else if a.of == 0 {
+        line = line.replacen(&format!("analysis of stage {}/{}", a.stage, a.of), &of, 1);
+    }
+    for m in &v.metrics {
+        let values: Vec<String> = m
+            .measurements
+            .iter()
+            .map(|x| x.value.map_or("—".to_string(), |v| format!("{v:.4}")))
+            .collect();
+        line.push_str(&format!(
+            "; {} {} [{}]",
+            m.name,
+            serde_json::to_value(m.phase)
+                .ok()
+                .and_then(|p| p.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            values.join(", ")
+        ));
+    }
     if !v.passed {
         line.push_str(&format!(": {}", v.reasons.join("; ")));
     }
@@ -123,6 +150,19 @@ pub fn event_line(event: &Event, step: &str, hash: &str) -> Option<String> {
         Event::AccountVerified(d) => {
             format!("  account {} verified as {}", d.account_id, d.caller_arn)
         }
+        Event::SecretsRead(d) => d
+            .secrets
+            .iter()
+            .map(|s| {
+                format!(
+                    "  secret {} read from {}: {}",
+                    s.name,
+                    s.source,
+                    s.fingerprint.as_deref().unwrap_or("absent (optional)")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
         Event::PhaseStarted(d) => format!("▸ phase {}", d.phase),
         Event::StepSkipped(d) => format!("  - {step:<12} {:<26} skipped: {}", d.kind, d.reason),
         Event::StepPlanned(d) if d.dry_run == Some(true) => {

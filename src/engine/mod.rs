@@ -10,6 +10,7 @@ mod heartbeat;
 pub mod lines;
 pub mod migration;
 pub mod promotion;
+mod secrets;
 pub use crate::local::lock;
 pub mod event;
 pub mod log;
@@ -213,7 +214,7 @@ impl<'a> Session<'a> {
             log,
         )?;
         ex.approved = options.approved.clone();
-        ex.load_secrets()?;
+        ex.load_secrets().await?;
         if let Journal::Open(_, replayed) = journal {
             ex.take_up(replayed);
         }
@@ -322,6 +323,7 @@ pub(super) fn executor_for<'a>(
         outputs: HashMap::new(),
         secrets_real: Map::new(),
         secrets_display: Map::new(),
+        pending_secrets: Vec::new(),
         started: Vec::new(),
         done: HashSet::new(),
         before: HashMap::new(),
@@ -342,27 +344,35 @@ async fn preflight(ex: &mut Executor<'_>) -> Result<Option<Outcome>, EngineError
                 }),
                 None,
             )?;
-            Ok(None)
+            match ex.read_pending(secrets::Reach::All).await {
+                Ok(()) => Ok(None),
+                Err(reason) => refuse(ex, reason).await,
+            }
         }
         Err(e) => {
             let reason = ex.redactor.redact(&e.to_string());
-            ex.record(
-                Event::RunRefused(event::Reason {
-                    reason: reason.clone(),
-                }),
-                None,
-            )?;
-            ex.finish(
-                RunStatus::Refused,
-                executor::Ending {
-                    reason: Some(reason.clone()),
-                    ..Default::default()
-                },
-            )
-            .await?;
-            Ok(Some(Outcome::Refused(reason)))
+            refuse(ex, reason).await
         }
     }
+}
+
+/// Records that the run was refused before any step for `reason` (redacted), and ends it.
+async fn refuse(ex: &mut Executor<'_>, reason: String) -> Result<Option<Outcome>, EngineError> {
+    ex.record(
+        Event::RunRefused(event::Reason {
+            reason: reason.clone(),
+        }),
+        None,
+    )?;
+    ex.finish(
+        RunStatus::Refused,
+        executor::Ending {
+            reason: Some(reason.clone()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(Some(Outcome::Refused(reason)))
 }
 
 /// Why `resume` cannot continue a run.

@@ -197,6 +197,7 @@ impl Machine {
             Event::RunResumed(_) => unreachable!("handled above"),
             Event::GateBypassed(_)
             | Event::AccountVerified(_)
+            | Event::SecretsRead(_)
             | Event::RunRefused(_)
             | Event::HeartbeatStarted(_)
             | Event::HeartbeatFailed(_)
@@ -419,12 +420,14 @@ mod tests {
     }
     fn applied() -> Event {
         Event::StepApplied(StepApplied {
+            aws_calls: Vec::new(),
             kind: "fake".into(),
             outputs: Map::new(),
         })
     }
     fn completed() -> Event {
         Event::StepCompleted(StepCompleted {
+            aws_calls: Vec::new(),
             kind: "fake".into(),
             evidence: Value::Null,
             summary: String::new(),
@@ -446,6 +449,7 @@ mod tests {
     }
     fn undone() -> Event {
         Event::RollbackStepCompleted(RollbackStepCompleted {
+            aws_calls: Vec::new(),
             restored: vec![],
             note: None,
         })

@@ -6,15 +6,19 @@
 //! return plain results.
 
 pub mod aws;
+pub mod aws_calls;
 pub mod eks_token;
+pub mod external_secrets;
 pub mod http;
 pub mod kube;
+pub mod metrics;
 pub mod organizations;
 pub mod postgres;
 pub mod route53;
+pub mod secrets;
 pub mod terraform;
 
-use crate::config::Environment;
+use crate::config::{Environment, SecretRef, SecretSource, Side};
 use crate::secret::Redactor;
 use std::sync::Arc;
 use tokio::sync::OnceCell;
@@ -69,6 +73,13 @@ pub enum ProviderError {
     /// A required environment variable (holding a secret) is unset.
     #[error("environment variable {0} is not set")]
     MissingEnv(String),
+    /// A required secret (file, Secrets Manager secret, SSM parameter) does not exist.
+    #[error("{0} does not exist")]
+    MissingSecret(String),
+    /// A secret source cannot be read or used as asked (the message names the source and the
+    /// problem, never a value).
+    #[error("secret source: {0}")]
+    SecretSource(String),
     /// A database URL variable's value cannot be used (the problem names no part of it).
     #[error("environment variable {var}: the database URL {problem}")]
     BadUrl {
@@ -86,6 +97,9 @@ pub struct Providers {
     redactor: Arc<Redactor>,
     aws: OnceCell<aws::AwsSession>,
     kube: tokio::sync::Mutex<Option<(::kube::Client, kube::Access, std::time::Instant)>>,
+    /// Database admin URLs read from a secret source other than a variable
+    /// ([`Providers::load_database_url`]).
+    urls: std::sync::RwLock<std::collections::HashMap<&'static str, String>>,
 }
 
 /// A token-authenticated Kubernetes client is rebuilt after this long (EKS tokens are accepted
@@ -102,6 +116,7 @@ impl Providers {
             redactor,
             aws: OnceCell::new(),
             kube: tokio::sync::Mutex::new(None),
+            urls: Default::default(),
         }
     }
 
@@ -161,29 +176,154 @@ impl Providers {
         Ok(url)
     }
 
-    /// The source (legacy) database admin URL.
-    pub fn source_url(&self) -> Result<String, ProviderError> {
-        self.database_url_env(&self.env.database.source_url_env)
+    /// Reads the secret `r` names (its templates already rendered) and applies its `key` or
+    /// `as_database_url`. The stored value, the derived value and, for a JSON object, each of
+    /// its string fields are registered with the redactor. `Ok(None)` for a missing optional one.
+    ///
+    /// # Errors
+    /// [`ProviderError::MissingEnv`] / [`ProviderError::MissingSecret`] when a required one does
+    /// not exist; [`ProviderError::SecretSource`] when the reference is malformed or the value
+    /// has no such key; [`ProviderError::Aws`] when AWS refuses.
+    pub async fn read_secret(&self, r: &SecretRef) -> Result<Option<String>, ProviderError> {
+        let source = r.source().map_err(ProviderError::SecretSource)?;
+        let session = match source {
+            SecretSource::SecretsManager(_) | SecretSource::Ssm(_) => Some(self.aws().await?),
+            _ => None,
+        };
+        let raw = match secrets::read(session, &source).await? {
+            secrets::Read::Value(v) => v,
+            secrets::Read::Missing if r.optional => return Ok(None),
+            secrets::Read::Missing => {
+                return Err(match source {
+                    SecretSource::Env(v) => ProviderError::MissingEnv(v),
+                    other => ProviderError::MissingSecret(other.describe()),
+                })
+            }
+        };
+        self.redactor.add(&raw);
+        // Inside a JSON secret, the password and any URL carrying one are secrets; a user name,
+        // host or engine (`"username": "postgres"`) is not, and redacting it would rewrite
+        // every record that names it.
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(&raw) {
+            for (k, v) in &fields {
+                if let serde_json::Value::String(s) = v {
+                    if k.to_ascii_lowercase().contains("password")
+                        || crate::secret::url_has_password(s)
+                    {
+                        self.redactor.add(s);
+                    }
+                }
+            }
+        }
+        let value = match (&r.key, &r.as_database_url) {
+            (Some(k), _) => secrets::json_key(&raw, k),
+            (None, Some(parts)) => secrets::database_url(&raw, parts),
+            (None, None) => Ok(raw),
+        }
+        .map_err(|e| ProviderError::SecretSource(format!("{}: {e}", source.describe())))?;
+        self.redactor.add(&value);
+        Ok(Some(value))
     }
 
-    /// The target (RDS) database admin URL.
+    /// Reads the admin URL of `side` from the secret `r` names (templates rendered) and keeps it
+    /// for [`Providers::source_url`] / [`Providers::target_url`].
+    ///
+    /// # Errors
+    /// As [`Providers::read_secret`]; [`ProviderError::BadUrl`] when the value is not a usable
+    /// database URL.
+    pub async fn load_database_url(&self, side: Side, r: &SecretRef) -> Result<(), ProviderError> {
+        let described = r.source().map(|s| s.describe()).unwrap_or_default();
+        // A credentials secret names no database of its own by default: the run's is meant.
+        let mut r = r.clone();
+        if let Some(parts) = r.as_database_url.as_mut() {
+            if parts.dbname.is_none() && !self.env.database.name.is_empty() {
+                parts.dbname = Some(self.env.database.name.clone());
+            }
+        }
+        let Some(url) = self.read_secret(&r).await? else {
+            return Err(ProviderError::MissingSecret(described));
+        };
+        crate::secret::check_url(&url).map_err(|problem| ProviderError::BadUrl {
+            var: described,
+            problem,
+        })?;
+        self.urls
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(side.as_str(), url);
+        Ok(())
+    }
+
+    /// Reads both admin URLs that come from a secret source with no template in it (a template
+    /// over Terraform outputs needs a run): what commands outside a run use before
+    /// [`Providers::source_url`] / [`Providers::target_url`].
+    ///
+    /// # Errors
+    /// As [`Providers::load_database_url`].
+    pub async fn read_database_urls(&self) -> Result<(), ProviderError> {
+        for (side, r) in [
+            (Side::Source, self.env.database.source_url.clone()),
+            (Side::Target, self.env.database.target_url.clone()),
+        ] {
+            let from_var = matches!(
+                self.env.database.url_source(side),
+                Some(SecretSource::Env(_))
+            );
+            if let (Some(r), false) = (r, from_var) {
+                if !r.is_templated() {
+                    self.load_database_url(side, &r).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn database_url(&self, side: Side) -> Result<String, ProviderError> {
+        match self.env.database.url_source(side) {
+            Some(SecretSource::Env(var)) => self.database_url_env(&var),
+            other => self
+                .urls
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(side.as_str())
+                .cloned()
+                .ok_or_else(|| {
+                    ProviderError::SecretSource(format!(
+                        "the {} database URL ({}) has not been read: it names values no step has produced yet",
+                        side.as_str(),
+                        other.map(|s| s.describe()).unwrap_or_else(|| "no source".into())
+                    ))
+                }),
+        }
+    }
+
+    /// The source (legacy) database admin URL.
+    ///
+    /// # Errors
+    /// As [`Providers::database_url_env`]; [`ProviderError::SecretSource`] when it comes from
+    /// a secret source not read yet.
+    pub fn source_url(&self) -> Result<String, ProviderError> {
+        self.database_url(Side::Source)
+    }
+
+    /// The target (RDS) database admin URL; errors as [`Providers::source_url`].
     pub fn target_url(&self) -> Result<String, ProviderError> {
-        self.database_url_env(&self.env.database.target_url_env)
+        self.database_url(Side::Target)
     }
 
     /// Every set database URL variable of the environment is usable: the check a run makes
-    /// before it takes a lock or writes a record.
+    /// before it takes a lock or writes a record (URLs from other sources are checked as they
+    /// are read).
     ///
     /// # Errors
     /// The first [`ProviderError::BadUrl`].
     pub fn check_database_urls(&self) -> Result<(), ProviderError> {
-        for var in [
-            &self.env.database.source_url_env,
-            &self.env.database.target_url_env,
-        ] {
-            match self.database_url_env(var) {
-                Ok(_) | Err(ProviderError::MissingEnv(_)) => {}
-                Err(e) => return Err(e),
+        for side in [Side::Source, Side::Target] {
+            if let Some(SecretSource::Env(var)) = self.env.database.url_source(side) {
+                match self.database_url_env(&var) {
+                    Ok(_) | Err(ProviderError::MissingEnv(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(())

@@ -3,10 +3,14 @@
 //! before each phase, the rollback and the integrity section, and headers that repeat on every
 //! page of a long table.
 //!
-//! Renders [`super::model::Audit`] only; must not read files or contact services.
+//! The layout is the template `src/report/templates/audit.html` (minijinja, auto-escaped), which
+//! a team may replace with `--template DIR`; this module gives it the [`super::model::Audit`],
+//! the stylesheet and the timeline picture. Must not contact services; reads only the template
+//! directory it is given.
 
-use super::model::{Audit, StepReport, StepStatus};
-use std::fmt::Write;
+use super::model::Audit;
+use super::templates::TemplateError;
+use std::path::Path;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(text: &str) -> String {
@@ -44,6 +48,9 @@ td, li { overflow-wrap: anywhere; }
 .status-completed, .status-planned { color: #064; }
 .status-FAILED { color: #b00; }
 .muted { color: #555; }
+figure.picture { margin: .4em 0 .8em; break-inside: avoid-page; }
+figure.picture svg { display: block; }
+@media print { svg * { print-color-adjust: exact; -webkit-print-color-adjust: exact; } }
 .sign { display: grid; grid-template-columns: 1fr 1fr 1fr; gap: 6mm; margin-top: 4mm; }
 .sign div { border-top: .75pt solid #111; padding-top: 1mm; font-size: 8pt; min-height: 12mm; }
 .box { display: inline-block; width: 3.5mm; height: 3.5mm; border: .75pt solid #111; vertical-align: middle; margin-right: 2mm; }
@@ -55,244 +62,23 @@ td, li { overflow-wrap: anywhere; }
 }
 "#;
 
-/// Opens a document: doctype, title and the stylesheet.
-pub fn open(title: &str) -> String {
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n",
-        escape(title)
-    )
-}
-
-/// A two-column table of (label, value) rows.
-pub fn rows_table(rows: &[(String, String)]) -> String {
-    let mut out = String::from("<table>\n");
-    for (k, v) in rows {
-        let _ = writeln!(
-            out,
-            "<tr><th scope=\"row\">{}</th><td>{}</td></tr>",
-            escape(k),
-            escape(v)
-        );
-    }
-    out.push_str("</table>\n");
-    out
-}
-
-/// The run's audit as a printable HTML document.
-pub fn render(a: &Audit) -> String {
-    let mut out = open(&format!("Cutover audit: run {}", a.run_id));
-    let _ = writeln!(out, "<h1>Cutover audit: run {}</h1>", escape(&a.run_id));
-    for (label, text) in &a.banners {
-        let _ = writeln!(
-            out,
-            "<p class=\"banner\">{}. {}</p>",
-            escape(label),
-            escape(text)
-        );
-    }
-    out.push_str(&rows_table(&a.header));
-    if let Some(d) = &a.downtime {
-        let _ = writeln!(
-            out,
-            "<p><strong>Measured write outage.</strong> {}</p>",
-            escape(d)
-        );
-    }
-    if !a.approvals.is_empty() {
-        out.push_str("<h2>Approvals</h2>\n<ul>\n");
-        for x in &a.approvals {
-            let _ = writeln!(out, "<li>{}</li>", escape(x));
-        }
-        out.push_str("</ul>\n");
-    }
-    out.push_str("<h2>Steps at a glance</h2>\n<table><thead><tr><th>Phase</th><th>Step</th><th>Kind</th><th>Outcome</th><th>Seconds</th></tr></thead><tbody>\n");
-    for st in a.steps() {
-        let _ = writeln!(
-            out,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"status-{}\">{}</td><td>{}</td></tr>",
-            escape(&st.phase),
-            escape(&st.id),
-            escape(&st.kind),
-            st.status.label(),
-            st.status.label(),
-            st.duration_ms
-                .map(|ms| format!("{:.1}", ms as f64 / 1000.0))
-                .unwrap_or_default()
-        );
-    }
-    out.push_str("</tbody></table>\n");
-
-    for (phase, steps) in &a.phases {
-        let _ = writeln!(
-            out,
-            "<section class=\"phase\">\n<h2>Phase {}</h2>",
-            escape(phase)
-        );
-        for st in steps {
-            step(&mut out, st);
-        }
-        out.push_str("</section>\n");
-    }
-
-    if let Some((at, failed, reason)) = &a.rollback {
-        let _ = writeln!(
-            out,
-            "<section class=\"pagebreak\">\n<h2>Rollback</h2>\n<p>Started {} because step <code>{}</code> failed: {}</p>",
-            escape(at),
-            escape(failed),
-            escape(reason)
-        );
-        out.push_str("<table><thead><tr><th>Step</th><th>Object</th><th>Before</th><th>After</th><th>What</th></tr></thead><tbody>\n");
-        for st in a.steps() {
-            let Some(rb) = &st.rollback else { continue };
-            if let Some(e) = &rb.error {
-                let _ = writeln!(
-                    out,
-                    "<tr><td><code>{}</code></td><td colspan=\"4\"><strong>rollback FAILED</strong>: {}<ul>{}</ul></td></tr>",
-                    escape(&st.id),
-                    escape(e),
-                    rb.manual
-                        .iter()
-                        .map(|m| format!("<li><span class=\"box\"></span>{}</li>", escape(m)))
-                        .collect::<String>()
-                );
-            } else if rb.restored.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "<tr><td><code>{}</code></td><td colspan=\"4\">nothing to undo</td></tr>",
-                    escape(&st.id)
-                );
-            }
-            for x in &rb.restored {
-                let _ = writeln!(
-                    out,
-                    "<tr><td><code>{}</code></td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>",
-                    escape(&st.id),
-                    escape(&x.object),
-                    escape(&x.before),
-                    escape(&x.after),
-                    escape(&x.detail)
-                );
-            }
-        }
-        out.push_str("</tbody></table>\n</section>\n");
-    }
-
-    out.push_str("<section class=\"pagebreak\">\n<h2>Timeline</h2>\n<table><thead><tr><th>Time (UTC)</th><th>Step</th><th>Event</th></tr></thead><tbody>\n");
-    for (ts, step, text) in &a.timeline {
-        let _ = writeln!(
-            out,
-            "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>",
-            escape(ts),
-            escape(step),
-            escape(text)
-        );
-    }
-    out.push_str("</tbody></table>\n</section>\n");
-
-    out.push_str("<h2>Integrity</h2>\n");
-    let _ = writeln!(
-        out,
-        "<p>{} records in a SHA-256 hash chain. Chain head:</p>\n<pre class=\"head\">{}</pre>",
-        a.records,
-        escape(&a.chain_head)
-    );
-    match &a.signature {
-        Some(sig) => {
-            let _ = writeln!(
-                out,
-                "<p>Signed (ed25519) at {} by key <code>{}</code>, covering {} records up to head <code>{}</code>.</p>",
-                escape(&sig.signed_at),
-                escape(&sig.key_fingerprint),
-                sig.records,
-                escape(&sig.chain_head)
-            );
-        }
-        None => out.push_str("<p><strong>Unsigned.</strong> Records cut off the end of an unsigned log cannot be detected.</p>\n"),
-    }
-    let _ = writeln!(
-        out,
-        "<p>Check offline: <code>cutover audit verify {} --public-key KEY.pub.pem</code></p>",
-        escape(&a.run_id)
-    );
-    out.push_str("<div class=\"sign\"><div>Reviewed by (name, role)</div><div>Signature</div><div>Date</div></div>\n");
-    out.push_str("</body>\n</html>\n");
-    out
-}
-
-fn step(out: &mut String, st: &StepReport) {
-    let _ = writeln!(
-        out,
-        "<div class=\"step\" id=\"step-{}\">\n<h3><code>{}</code> — {} — <span class=\"status-{}\">{}</span></h3>",
-        escape(&st.id),
-        escape(&st.id),
-        escape(&st.kind),
-        st.status.label(),
-        st.status.label()
-    );
-    let mut meta = Vec::new();
-    if let Some(t) = &st.started {
-        meta.push(format!("started {t}"));
-    }
-    if let Some(t) = &st.finished {
-        meta.push(format!("ended {t}"));
-    }
-    if let Some(ms) = st.duration_ms {
-        meta.push(format!("{:.1} s", ms as f64 / 1000.0));
-    }
-    if !meta.is_empty() {
-        let _ = writeln!(out, "<p class=\"muted\">{}</p>", escape(&meta.join(" · ")));
-    }
-    if !st.summary.is_empty() {
-        let label = match st.status {
-            StepStatus::Failed => "Error",
-            StepStatus::Skipped => "Skipped",
-            _ => "Outcome",
-        };
-        let _ = writeln!(
-            out,
-            "<p><strong>{label}:</strong> {}</p>",
-            escape(&st.summary)
-        );
-    }
-    if st.params.as_object().is_some_and(|o| !o.is_empty()) {
-        let _ = writeln!(
-            out,
-            "<p><strong>Parameters</strong> (secrets as fingerprints):</p><pre>{}</pre>",
-            escape(&serde_json::to_string_pretty(&st.params).unwrap_or_default())
-        );
-    }
-    if !st.plan.is_empty() {
-        out.push_str("<p><strong>Plan</strong></p><ul>\n");
-        for (line, doc) in &st.plan {
-            let _ = write!(out, "<li>{}", escape(line));
-            if let Some(d) = doc {
-                let _ = write!(out, "<pre>{}</pre>", escape(d));
-            }
-            out.push_str("</li>\n");
-        }
-        out.push_str("</ul>\n");
-    }
-    if !st.events.is_empty() {
-        out.push_str("<p><strong>During the step</strong></p><ul>\n");
-        for (ts, text) in &st.events {
-            let _ = writeln!(out, "<li><code>{}</code> {}</li>", escape(ts), escape(text));
-        }
-        out.push_str("</ul>\n");
-    }
-    if !st.evidence.is_empty() {
-        out.push_str("<p><strong>Evidence</strong></p><table>\n");
-        for (k, v) in &st.evidence {
-            let _ = writeln!(
-                out,
-                "<tr><th scope=\"row\">{}</th><td><code>{}</code></td></tr>",
-                escape(k),
-                escape(v)
-            );
-        }
-        out.push_str("</table>\n");
-    }
-    out.push_str("</div>\n");
+/// The run's audit as a printable HTML document, from `audit.html` in `template_dir` when it
+/// holds one, else the built-in template (`src/report/templates/audit.html`).
+///
+/// # Errors
+/// [`TemplateError`] when the team's template cannot be read or fails.
+pub fn render(a: &Audit, template_dir: Option<&Path>) -> Result<String, TemplateError> {
+    let picture = if a.picture.bars.is_empty() {
+        String::new()
+    } else {
+        super::timeline::svg(&a.picture)
+    };
+    let ctx = minijinja::context! {
+        audit => minijinja::Value::from(minijinja::value::Serde(a)),
+        style => minijinja::Value::from_safe_string(STYLE.to_string()),
+        picture => minijinja::Value::from_safe_string(picture),
+    };
+    super::templates::render("audit.html", template_dir, ctx)
 }
 
 #[cfg(test)]

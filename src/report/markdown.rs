@@ -9,9 +9,46 @@ use crate::steps::journal::Journal;
 use serde_json::Value;
 use std::fmt::Write;
 
-/// `text` in a table cell: `|` escaped, line breaks as spaces.
-fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+/// `text` in a table cell, as text: backslash, `|` and markdown's inline markup characters
+/// escaped, line breaks as spaces (CommonMark: a backslash before ASCII punctuation makes it
+/// literal; GFM tables split on any unescaped `|`). An `_` between two letters or digits stays as
+/// it is, because CommonMark never opens or closes emphasis inside a word with `_`
+/// (`DATABASE_URL` reads as written in a terminal).
+pub(super) fn cell(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    for (i, &c) in chars.iter().enumerate() {
+        match c {
+            '_' if i > 0
+                && chars[i - 1].is_alphanumeric()
+                && chars.get(i + 1).is_some_and(|n| n.is_alphanumeric()) =>
+            {
+                out.push('_')
+            }
+            '\\' | '|' | '*' | '_' | '`' | '[' | ']' | '<' | '>' | '#' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `text` in a table cell as a code span: fenced by one more backtick than its longest run of
+/// backticks, `|` escaped (GFM splits cells on it even inside code), line breaks as spaces. The
+/// content is padded with one space on each side only when it starts or ends with a backtick
+/// (CommonMark strips exactly that padding), so `sha256:ab` stays `` `sha256:ab` ``.
+pub(super) fn code_cell(text: &str) -> String {
+    let flat = text.replace(['\n', '\r'], " ").replace('|', "\\|");
+    let longest = flat.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest + 1);
+    if flat.starts_with('`') || flat.ends_with('`') {
+        format!("{fence} {flat} {fence}")
+    } else {
+        format!("{fence}{flat}{fence}")
+    }
 }
 
 /// The run as a markdown document: header, outcome, every step with parameters, plan, outcome and
@@ -26,9 +63,9 @@ pub fn markdown(records: &[Record], signature: Option<&SignatureFile>) -> String
     let _ = writeln!(out, "| | |\n|---|---|");
     for (label, value) in &audit.header {
         if label == "Outcome" {
-            let _ = writeln!(out, "| {label} | **{value}** |");
+            let _ = writeln!(out, "| {} | **{}** |", cell(label), cell(value));
         } else {
-            let _ = writeln!(out, "| {label} | {} |", cell(value));
+            let _ = writeln!(out, "| {} | {} |", cell(label), cell(value));
         }
     }
     let _ = writeln!(out, "\n## Steps\n");
@@ -43,6 +80,9 @@ pub fn markdown(records: &[Record], signature: Option<&SignatureFile>) -> String
             );
             continue;
         };
+        for c in event.aws_calls() {
+            let _ = writeln!(out, "- AWS call: {}", c.line());
+        }
         match &event {
             Event::PhaseStarted(d) => {
                 let _ = writeln!(out, "### Phase {}\n", d.phase);
@@ -56,6 +96,18 @@ pub fn markdown(records: &[Record], signature: Option<&SignatureFile>) -> String
             }
             Event::RunRefused(d) => {
                 let _ = writeln!(out, "- {} **refused**: {}\n", r.ts, d.reason);
+            }
+            Event::SecretsRead(d) => {
+                for s in &d.secrets {
+                    let _ = writeln!(
+                        out,
+                        "- {} secret `{}` read from {}: {}\n",
+                        r.ts,
+                        s.name,
+                        s.source,
+                        s.fingerprint.as_deref().unwrap_or("absent (optional)")
+                    );
+                }
             }
             Event::StepStarted(d) => {
                 let _ = writeln!(out, "#### `{step}` ({})\n", d.kind);
@@ -111,10 +163,10 @@ pub fn markdown(records: &[Record], signature: Option<&SignatureFile>) -> String
                     for x in &d.restored {
                         let _ = writeln!(
                             out,
-                            "  | {} | `{}` | `{}` | {} |",
+                            "  | {} | {} | {} | {} |",
                             cell(&x.object),
-                            cell(&x.before),
-                            cell(&x.after),
+                            code_cell(&x.before),
+                            code_cell(&x.after),
                             cell(&x.detail)
                         );
                     }
@@ -208,4 +260,19 @@ pub fn markdown(records: &[Record], signature: Option<&SignatureFile>) -> String
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cell_keeps_its_table_whole() {
+        assert_eq!(cell("a|b\nc *d*"), "a\\|b c \\*d\\*");
+        assert_eq!(code_cell("x`y|z"), "``x`y\\|z``");
+        assert_eq!(code_cell("`x"), "`` `x ``");
+        assert_eq!(code_cell("sha256:ab"), "`sha256:ab`");
+        assert_eq!(cell("key DATABASE_URL"), "key DATABASE_URL");
+        assert_eq!(cell("_x_ a_ _b"), "\\_x\\_ a\\_ \\_b");
+    }
 }

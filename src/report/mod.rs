@@ -9,6 +9,8 @@ pub mod junit;
 mod markdown;
 pub mod model;
 pub mod procedure;
+pub mod templates;
+pub mod timeline;
 
 pub use markdown::markdown;
 

@@ -7,6 +7,7 @@ use crate::engine::lines::event_line;
 use crate::engine::log::Record;
 use crate::engine::signature::SignatureFile;
 use crate::steps::journal::Journal;
+use serde::Serialize;
 use serde_json::Value;
 
 /// How a step ended, as far as the log shows.
@@ -26,6 +27,13 @@ pub enum StepStatus {
     NotRun,
 }
 
+/// Serialized as its [`StepStatus::label`] (what reports print).
+impl Serialize for StepStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.label())
+    }
+}
+
 impl StepStatus {
     /// Lower-case label: `completed`, `planned`, `FAILED`, `skipped`, `unfinished`, `not run`.
     pub fn label(self) -> &'static str {
@@ -41,7 +49,7 @@ impl StepStatus {
 }
 
 /// One object a rollback put back, with fingerprints of its state.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RestoredRow {
     /// What was restored.
     pub object: String,
@@ -54,7 +62,7 @@ pub struct RestoredRow {
 }
 
 /// One step of the run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepReport {
     /// Step id.
     pub id: String,
@@ -83,10 +91,13 @@ pub struct StepReport {
     pub summary: String,
     /// Rollback of this step, when one ran: restored objects, or the error and manual to-dos.
     pub rollback: Option<StepRollback>,
+    /// The AWS calls that changed something, one line each with its request id (`(rollback)`
+    /// after the ones its rollback made).
+    pub aws_calls: Vec<String>,
 }
 
 /// The rollback of one step.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepRollback {
     /// When it finished (RFC 3339).
     pub at: String,
@@ -99,7 +110,7 @@ pub struct StepRollback {
 }
 
 /// The signature as the report states it (checked or not: `audit verify` checks).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SignatureInfo {
     /// Key fingerprint.
     pub key_fingerprint: String,
@@ -112,7 +123,7 @@ pub struct SignatureInfo {
 }
 
 /// The whole audit.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Audit {
     /// Run id.
     pub run_id: String,
@@ -140,6 +151,9 @@ pub struct Audit {
     pub chain_head: String,
     /// The signature file's statement, when the run is signed.
     pub signature: Option<SignatureInfo>,
+    /// The run on a time axis: steps, write outage, writes per second, DNS stages, rollback.
+    #[serde(skip)]
+    pub picture: super::timeline::Timeline,
 }
 
 impl Audit {
@@ -213,6 +227,7 @@ pub fn build(records: &[Record], signature: Option<&SignatureFile>) -> Audit {
             events: Vec::new(),
             summary: String::new(),
             rollback: None,
+            aws_calls: Vec::new(),
         };
         match phases.last_mut() {
             Some((p, steps)) if *p == st.phase => steps.push(report),
@@ -238,6 +253,7 @@ pub fn build(records: &[Record], signature: Option<&SignatureFile>) -> Audit {
             chain_head: f.chain_head.clone(),
             signed_at: f.signed_at.clone(),
         }),
+        picture: Default::default(),
     };
 
     for (r, event) in &typed {
@@ -308,11 +324,21 @@ pub fn build(records: &[Record], signature: Option<&SignatureFile>) -> Audit {
         };
         apply(step, r, event, &mut audit.approvals);
     }
+    let steps: Vec<&StepReport> = audit.steps().collect();
+    audit.picture = super::timeline::build(&typed, &steps);
     audit
 }
 
 /// Folds one step record into its report.
 fn apply(step: &mut StepReport, r: &Record, event: &Event, approvals: &mut Vec<String>) {
+    let rollback = matches!(
+        event,
+        Event::RollbackStepCompleted(_) | Event::RollbackStepFailed(_)
+    );
+    for c in event.aws_calls() {
+        let suffix = if rollback { " (rollback)" } else { "" };
+        step.aws_calls.push(format!("{}{suffix}", c.line()));
+    }
     match event {
         Event::StepStarted(d) => {
             if step.started.is_none() {

@@ -6,10 +6,13 @@
 //! Renders a resolved [`Plan`] only; must not contact services or read secrets (parameters are
 //! shown as written, so a secret appears as its `{{ secrets.NAME }}` reference).
 
-use super::html::{escape, open, rows_table};
+use super::html::STYLE;
+use super::templates::{render, TemplateError};
 use crate::config::RollbackPolicy;
 use crate::runbook::{Plan, PlanStep};
+use serde_json::{json, Value};
 use std::fmt::Write;
+use std::path::Path;
 
 fn header(plan: &Plan) -> Vec<(String, String)> {
     let env = &plan.env;
@@ -74,32 +77,53 @@ fn evidence_text(step: &PlanStep) -> String {
     }
 }
 
-/// The procedure as a printable HTML document (same stylesheet as the audit; a page per phase).
-pub fn html(plan: &Plan) -> String {
+/// The steps of the write outage: from the step that freezes writes (`postgres.freeze_writes`)
+/// to the first step after it that points the application at the target (`k8s.flip_secret`),
+/// as (phase, step) in run order; empty when the runbook has no such pair.
+fn window_steps(plan: &Plan) -> Vec<(&str, &PlanStep)> {
+    let all: Vec<(&str, &PlanStep)> = plan
+        .phases
+        .iter()
+        .flat_map(|p| p.steps.iter().map(move |s| (p.name.as_str(), s)))
+        .collect();
+    let Some(first) = all
+        .iter()
+        .position(|(_, s)| s.kind.name() == "postgres.freeze_writes")
+    else {
+        return Vec::new();
+    };
+    match all[first..]
+        .iter()
+        .position(|(_, s)| s.kind.name() == "k8s.flip_secret")
+    {
+        Some(n) => all[first..=first + n].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// The procedure as a printable HTML document (same stylesheet as the audit; a page per phase),
+/// from `procedure.html` in `template_dir` when it holds one, else the built-in template.
+///
+/// # Errors
+/// [`TemplateError`] when the team's template cannot be read or fails.
+pub fn html(plan: &Plan, template_dir: Option<&Path>) -> Result<String, TemplateError> {
     let title = format!(
         "Cutover procedure: {} on {}",
         plan.runbook_name, plan.env.name
     );
-    let mut out = open(&title);
-    let _ = writeln!(out, "<h1>{}</h1>", escape(&title));
-    out.push_str(&rows_table(&header(plan)));
-    out.push_str("<p>Each step is journaled before it acts; if any step fails, every step that ran is rolled back, newest first, as its <em>Rollback</em> line says. Check a box when the step's evidence is seen in the run's output or audit.</p>\n");
-    out.push_str("<h2>Change board</h2>\n<p><span class=\"box\"></span>Go <span class=\"box\"></span>No-go &nbsp; Window: ______________________</p>\n<div class=\"sign\"><div>Approved by (name, role)</div><div>Signature</div><div>Date</div></div>\n<div class=\"sign\"><div>Operator</div><div>Signature</div><div>Date</div></div>\n");
+    let window = window_steps(plan);
+    let in_window = |s: &PlanStep| window.iter().any(|(_, w)| std::ptr::eq(*w, s));
+    let mut number = 0;
+    let mut order = Vec::new();
+    let mut phases = Vec::new();
     for phase in &plan.phases {
-        let _ = writeln!(
-            out,
-            "<section class=\"phase\">\n<h2>Phase {}</h2>",
-            escape(&phase.name)
-        );
-        for (i, step) in phase.steps.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "<div class=\"step\" id=\"step-{}\">\n<h3>{}. <code>{}</code> — {}</h3>",
-                escape(&step.id),
-                i + 1,
-                escape(&step.id),
-                escape(step.kind.name())
-            );
+        let mut steps = Vec::new();
+        for step in &phase.steps {
+            number += 1;
+            order.push(json!({
+                "number": number, "phase": phase.name, "id": step.id, "kind": step.kind.name(),
+                "deadline_s": step.timeout.as_secs(), "in_window": in_window(step),
+            }));
             let mut rows = vec![("Purpose".to_string(), step.kind.purpose().to_string())];
             if let Some(d) = &step.description {
                 rows.push(("Notes".into(), d.trim().to_string()));
@@ -121,21 +145,30 @@ pub fn html(plan: &Plan) -> String {
             ));
             rows.push(("Expected evidence".into(), evidence_text(step)));
             rows.push(("Rollback".into(), rollback_text(step)));
-            out.push_str(&rows_table(&rows));
-            let p = params_text(step);
-            if !p.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "<p><strong>What it will change</strong> (parameters as written):</p><pre>{}</pre>",
-                    escape(&p)
-                );
-            }
-            out.push_str("<p><span class=\"box\"></span>Started <span class=\"box\"></span>Evidence seen <span class=\"box\"></span>Rolled back &nbsp; Initials ______ &nbsp; Time (UTC) ________</p>\n</div>\n");
+            steps.push(json!({
+                "number": number, "id": step.id, "kind": step.kind.name(), "rows": rows,
+                "params": params_text(step),
+            }));
         }
-        out.push_str("</section>\n");
+        phases.push(json!({ "name": phase.name, "steps": steps }));
     }
-    out.push_str("<section class=\"pagebreak\">\n<h2>Close-out</h2>\n<p><span class=\"box\"></span>Audit printed (<code>cutover audit show RUN_ID --format html</code>) <span class=\"box\"></span>Audit verified (<code>cutover audit verify RUN_ID --public-key KEY.pub.pem</code>)</p>\n<p>Run id: ______________________ &nbsp; Chain head: ____________________________________</p>\n<div class=\"sign\"><div>Closed by</div><div>Signature</div><div>Date</div></div>\n</section>\n</body>\n</html>\n");
-    out
+    let window = match (window.first(), window.last()) {
+        (Some((_, first)), Some((_, last))) => json!({
+            "first": first.id, "last": last.id,
+            "steps": window.iter().map(|(_, s)| s.id.clone()).collect::<Vec<_>>(),
+            "budget_s": window.iter().map(|(_, s)| s.timeout.as_secs()).sum::<u64>(),
+        }),
+        _ => Value::Null,
+    };
+    let ctx = minijinja::context! {
+        title => title,
+        style => minijinja::Value::from_safe_string(STYLE.to_string()),
+        header => minijinja::Value::from(minijinja::value::Serde(header(plan))),
+        order => minijinja::Value::from(minijinja::value::Serde(order)),
+        window => minijinja::Value::from(minijinja::value::Serde(window)),
+        phases => minijinja::Value::from(minijinja::value::Serde(phases)),
+    };
+    render("procedure.html", template_dir, ctx)
 }
 
 /// The procedure as markdown (for a pull request or a wiki page).
@@ -145,7 +178,12 @@ pub fn markdown(plan: &Plan) -> String {
         plan.runbook_name, plan.env.name
     );
     for (k, v) in header(plan) {
-        let _ = writeln!(out, "| {k} | {} |", v.replace('|', "\\|"));
+        let _ = writeln!(
+            out,
+            "| {} | {} |",
+            super::markdown::cell(&k),
+            super::markdown::cell(&v)
+        );
     }
     out.push_str("\n- [ ] Go  - [ ] No-go — approved by ____________ date ________\n");
     for phase in &plan.phases {

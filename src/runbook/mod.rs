@@ -5,6 +5,7 @@
 //! This module does no I/O beyond reading the two files; rendering against live values (Terraform
 //! outputs, earlier steps' outputs, secrets) happens in the engine at run time.
 
+pub mod schema;
 pub mod template;
 
 use crate::config::{self, Environment, Problem, Problems, RollbackPolicy};
@@ -263,10 +264,12 @@ pub fn resolve_for(
                         Some(at("kind")),
                         format!("step `{}`: unknown kind `{}`", step.id, step.kind),
                     )
-                    .hint(Some(format!(
-                        "known kinds: {}",
-                        steps::kind_names().join(", ")
-                    ))),
+                    .hint(Some(config::choices_hint(
+                        &step.kind,
+                        "known kinds",
+                        &steps::kind_names(),
+                    )))
+                    .field("kind"),
                 ),
                 Some(k) => {
                     for msg in k.validate(&step.params) {
@@ -282,17 +285,20 @@ pub fn resolve_for(
                             .get("with")
                             .and_then(|w| w.value.line_of_keys(&p.path))
                             .unwrap_or(at("with"));
-                        problems.push(Problem::new(
-                            &rel,
-                            Some(line),
-                            format!(
-                                "step `{}` ({}): with.{}: {}",
-                                step.id,
-                                k.name(),
-                                p.path.join("."),
-                                p.message
-                            ),
-                        ));
+                        problems.push(
+                            Problem::new(
+                                &rel,
+                                Some(line),
+                                format!(
+                                    "step `{}` ({}): with.{}: {}",
+                                    step.id,
+                                    k.name(),
+                                    p.path.join("."),
+                                    p.message
+                                ),
+                            )
+                            .field(format!("with.{}", p.path.join("."))),
+                        );
                     }
                 }
             }

@@ -1,11 +1,14 @@
-//! Analysis windows: a fixed number of HTTP requests against the new target, judged on success
-//! rate, latency p95 and a closing run of consecutive passes, in the manner of Argo Rollouts'
-//! and Flagger's analysis between traffic steps.
+//! Analysis windows, in the manner of Argo Rollouts' and Flagger's analysis between traffic
+//! steps: HTTP probes (a fixed number of requests against the new target, judged on success
+//! rate, latency p95 and a closing run of consecutive passes) and metric checks over the real
+//! traffic ([`super::analysis_metrics`]: Prometheus, CloudWatch), run side by side; the window
+//! passes only when every part passes.
 //!
 //! The rule this module owns: a window passes only on evidence. No answer, too few samples or a
 //! metric that could not be computed (a p95 with no successful request) fails the window; nothing
 //! defaults to a pass. It does not move traffic or decide what a failure undoes: the step does.
 
+use super::analysis_metrics::{MetricCheck, MetricVerdict, Phase};
 use super::{StepContext, StepError};
 use crate::providers::http::{client, probe};
 use serde::{Deserialize, Serialize};
@@ -15,8 +18,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Analysis {
-    /// URL to GET on the new target (directly, not through the record being moved).
-    pub url: String,
+    /// URL to GET on the new target (directly, not through the record being moved); absent:
+    /// no HTTP probes, the metrics alone judge.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Metric checks over the real traffic, each judged on its own; all must succeed.
+    #[serde(default)]
+    pub metrics: Vec<MetricCheck>,
     /// Requests per window (default 10); a window that collects fewer fails.
     #[serde(default = "default_samples")]
     pub samples: u32,
@@ -86,12 +94,21 @@ pub struct Verdict {
     pub passed: bool,
     /// Why it failed, one entry per unmet criterion.
     pub reasons: Vec<String>,
+    /// Each metric check's measurements and result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricVerdict>,
 }
 
 impl Analysis {
     /// Checks the parameters' ranges; one message per problem.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.url.is_none() && self.metrics.is_empty() {
+            out.push("analysis needs a `url` (HTTP probes) or `metrics`".into());
+        }
+        for m in &self.metrics {
+            out.extend(m.problems());
+        }
         if self.samples == 0 {
             out.push("analysis.samples must be at least 1".into());
         }
@@ -110,18 +127,25 @@ impl Analysis {
         out
     }
 
-    /// A one-line description for dry-runs: `10 × GET url every 1s: ≥100% 200, p95 ≤ 1000 ms, last 3 pass`.
+    /// A one-line description for dry-runs: `10 × GET url every 1s: ≥100% 200, p95 ≤ 1000 ms,
+    /// last 3 pass`, then each metric's.
     pub fn describe(&self) -> String {
-        format!(
-            "{} × GET {} every {}s: ≥{}% {}, p95 ≤ {} ms, last {} pass",
-            self.samples,
-            self.url,
-            self.interval.as_secs_f64(),
-            self.min_success_rate,
-            self.expect_status,
-            self.max_p95_ms,
-            self.consecutive
-        )
+        let http = self.url.as_ref().map(|url| {
+            format!(
+                "{} × GET {} every {}s: ≥{}% {}, p95 ≤ {} ms, last {} pass",
+                self.samples,
+                url,
+                self.interval.as_secs_f64(),
+                self.min_success_rate,
+                self.expect_status,
+                self.max_p95_ms,
+                self.consecutive
+            )
+        });
+        http.into_iter()
+            .chain(self.metrics.iter().map(MetricCheck::describe))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Largest number of failed requests a window can hold and still pass.
@@ -179,7 +203,31 @@ impl Analysis {
             closing_passes: closing,
             passed: reasons.is_empty(),
             reasons,
+            metrics: Vec::new(),
         }
+    }
+
+    /// The window's verdict from its HTTP part (`None` without a `url`) and its metrics: passed
+    /// only when every part passed. Pure.
+    pub fn combine(http: Option<Verdict>, metrics: Vec<MetricVerdict>) -> Verdict {
+        let mut v = http.unwrap_or(Verdict {
+            samples: 0,
+            passes: 0,
+            success_rate: None,
+            p95_ms: None,
+            closing_passes: 0,
+            passed: true,
+            reasons: Vec::new(),
+            metrics: Vec::new(),
+        });
+        for m in &metrics {
+            if m.phase != Phase::Successful {
+                v.passed = false;
+                v.reasons.extend(m.reasons.iter().cloned());
+            }
+        }
+        v.metrics = metrics;
+        v
     }
 
     /// Runs one window: `samples` requests `interval` apart, ending early once more requests have
@@ -189,6 +237,25 @@ impl Analysis {
     /// [`StepError::Timeout`] or [`StepError::Panic`] from the safe points; the verdict itself
     /// (pass or fail) is the `Ok` value.
     pub async fn run(&self, cx: &StepContext<'_>, label: &str) -> Result<Verdict, StepError> {
+        let http = async {
+            match &self.url {
+                Some(url) => self.run_http(cx, label, url).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let metrics = futures_util::future::join_all(self.metrics.iter().map(|m| m.run(cx, label)));
+        let (http, metrics) = tokio::join!(http, metrics);
+        let metrics = metrics.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::combine(http?, metrics))
+    }
+
+    /// The HTTP part of a window.
+    async fn run_http(
+        &self,
+        cx: &StepContext<'_>,
+        label: &str,
+        url: &str,
+    ) -> Result<Verdict, StepError> {
         let c = client(Duration::from_secs(5).min(self.interval.max(Duration::from_secs(2))))?;
         let mut samples = Vec::new();
         let allowed = self.allowed_failures();
@@ -197,7 +264,7 @@ impl Analysis {
                 tokio::time::sleep(self.interval).await;
             }
             cx.check_deadline(&format!("the {label} analysis window"))?;
-            let r = probe(&c, &self.url).await;
+            let r = probe(&c, url).await;
             let ok = r.status == Some(self.expect_status);
             let answer = match (r.status, &r.error) {
                 (Some(s), _) => format!("HTTP {s}"),

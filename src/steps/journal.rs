@@ -73,9 +73,9 @@ pub struct Insync {
 /// [`Journal::Analysis`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisRecord {
-    /// 1-based stage number.
+    /// 1-based stage number; 0 for a window that is not a traffic stage's (`analysis.run`).
     pub stage: usize,
-    /// Number of stages.
+    /// Number of stages; 0 for a window that is not a traffic stage's.
     pub of: usize,
     /// The URL probed.
     pub url: String,

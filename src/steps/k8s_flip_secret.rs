@@ -2,11 +2,19 @@
 //! keeping the old content in a backup Secret in the same namespace, then restarts the named
 //! Deployments (as `kubectl rollout restart` does) and waits until they have rolled out.
 //!
-//! Rollback material stays in the cluster: the backup Secret `<secret>-backup-<run id>`. Values
+//! A Secret an `ExternalSecret` owns is changed where the operator reads it: the upstream
+//! Secrets Manager secret or SSM parameter gets the new value, the operator is made to refresh
+//! (`force-sync`), and the step waits until the Secret shows it; a Secret a GitOps tool or
+//! another controller manages is refused in plan, naming the owner ([`super::secret_owner`]).
+//!
+//! Rollback material stays in the cluster: the backup Secret `<secret>-backup-<run id>`, which
+//! also keeps each upstream's whole value from before (`cutover.upstream.<key>`). Values
 //! appear only as fingerprints. Each restart is marked with `cutover.dev/restarted-for` on the pod
 //! template, so a resumed run never restarts a Deployment twice for the same step.
 
+use super::secret_owner::{self, External, Owner};
 use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
+use crate::config::SecretRef;
 use crate::providers::kube::{is_conflict, is_not_found, kube_err};
 use crate::secret::fingerprint;
 use async_trait::async_trait;
@@ -37,6 +45,10 @@ struct Params {
 }
 
 const RESTART_MARK: &str = "cutover.dev/restarted-for";
+/// Backup Secret keys holding an upstream's whole value from before the flip.
+const UPSTREAM_PREFIX: &str = "cutover.upstream.";
+/// Backup Secret annotation naming the ExternalSecret the flip went through.
+const EXTERNAL_MARK: &str = "cutover.dev/external-secret";
 
 fn backup_name(secret: &str, run_id: &str) -> String {
     let mut n = format!("{secret}-backup-{run_id}");
@@ -110,6 +122,109 @@ async fn write_data(
     Err(StepError::Check(format!(
         "secret {name} kept changing (409 Conflict five times)"
     )))
+}
+
+/// The ExternalSecret behind the Secret `s` for `keys`, or `None` when nobody owns it.
+///
+/// # Errors
+/// [`StepError::Gate`] when a GitOps tool or another controller owns it, or the ExternalSecret
+/// cannot be followed.
+async fn owned_through(
+    cx: &StepContext<'_>,
+    p: &Params,
+    s: &Secret,
+) -> Result<Option<External>, StepError> {
+    let owner = secret_owner::owner_of(&s.metadata);
+    let target = format!("secret {}/{}", p.namespace, p.secret);
+    if let Some(why) = secret_owner::refusal(&owner, &target) {
+        return Err(StepError::Gate(why));
+    }
+    match owner {
+        Owner::ExternalSecret(name) => {
+            let keys: Vec<String> = p.data.keys().cloned().collect();
+            Ok(Some(
+                secret_owner::external(cx, &p.namespace, &name, &keys).await?,
+            ))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The upstream's whole current value (registered as a secret).
+async fn read_upstream(
+    cx: &StepContext<'_>,
+    source: &crate::config::SecretSource,
+) -> Result<String, StepError> {
+    cx.providers
+        .read_secret(&SecretRef::from_source(source))
+        .await?
+        .ok_or_else(|| StepError::Check(format!("{} does not exist", source.describe())))
+}
+
+/// Writes `wanted[key]` into each upstream that does not hold it yet. Returns what it changed,
+/// as `(source, property, old fingerprint, new fingerprint)`.
+async fn write_upstreams(
+    cx: &StepContext<'_>,
+    ext: &External,
+    wanted: &BTreeMap<String, String>,
+) -> Result<Vec<String>, StepError> {
+    let mut changed = Vec::new();
+    for u in &ext.upstreams {
+        let Some(value) = wanted.get(&u.key) else {
+            continue;
+        };
+        let raw = read_upstream(cx, &u.source).await?;
+        let new = secret_owner::with_value(&raw, u.property.as_deref(), value)
+            .map_err(|e| StepError::Check(format!("{}: {e}", u.source.describe())))?;
+        if new != raw {
+            let session = cx.providers.aws().await?;
+            crate::providers::secrets::write(session, &u.source, &new).await?;
+            changed.push(u.source.describe());
+        }
+    }
+    Ok(changed)
+}
+
+/// Asks the operator to refresh ExternalSecret `ext` now and waits until the Secret holds
+/// `wanted`.
+async fn refresh_and_wait(
+    cx: &StepContext<'_>,
+    p: &Params,
+    ext: &External,
+    wanted: &BTreeMap<String, String>,
+) -> Result<(), StepError> {
+    let client = cx.providers.kube().await?;
+    let stamp = format!(
+        "cutover-{}-{}",
+        cx.run_id,
+        chrono::Utc::now().timestamp_millis()
+    );
+    crate::providers::external_secrets::force_sync(&client, &p.namespace, &ext.name, &stamp)
+        .await?;
+    let secrets: Api<Secret> = Api::namespaced(client, &p.namespace);
+    loop {
+        let now = get_secret(&secrets, &p.secret)
+            .await?
+            .map(|s| decoded(&s))
+            .unwrap_or_default();
+        let pending = changed_keys(&now, wanted);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let what = format!(
+            "ExternalSecret {}/{} to refresh secret {} (keys {})",
+            p.namespace,
+            ext.name,
+            p.secret,
+            pending.join(", ")
+        );
+        cx.check_deadline(&what)?;
+        (cx.progress)(&format!(
+            "waiting for {what}; up to {}s",
+            cx.remaining().as_secs()
+        ));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Restarts a Deployment unless its pod template already carries `mark`.
@@ -238,6 +353,7 @@ impl StepKind for FlipSecret {
         };
         let current = decoded(&s);
         let changed = changed_keys(&current, &p.data);
+        let external = owned_through(cx, &p, &s).await?;
         let target = format!("secret {}/{}", p.namespace, p.secret);
         let mut changes = Vec::new();
         if changed.is_empty() {
@@ -252,10 +368,40 @@ impl StepKind for FlipSecret {
                     .get(k)
                     .map(|v| fingerprint(v))
                     .unwrap_or_else(|| "(absent)".into());
+                let upstream = external
+                    .as_ref()
+                    .and_then(|e| e.upstreams.iter().find(|u| &u.key == k));
+                match upstream {
+                    Some(u) => changes.push(Change::new(
+                        "update",
+                        u.source.describe(),
+                        format!(
+                            "{}: {old} → {} (ExternalSecret {} copies it into {target} key {k})",
+                            u.property
+                                .as_deref()
+                                .map_or("value".to_string(), |p| format!("property {p}")),
+                            fingerprint(&p.data[k]),
+                            external
+                                .as_ref()
+                                .map(|e| e.name.as_str())
+                                .unwrap_or_default()
+                        ),
+                    )),
+                    None => changes.push(Change::new(
+                        "update",
+                        &target,
+                        format!("{k}: {old} → {}", fingerprint(&p.data[k])),
+                    )),
+                }
+            }
+            if let Some(e) = &external {
                 changes.push(Change::new(
-                    "update",
-                    &target,
-                    format!("{k}: {old} → {}", fingerprint(&p.data[k])),
+                    "annotate",
+                    format!("externalsecret {}/{}", p.namespace, e.name),
+                    format!(
+                        "force-sync, then wait until {target} holds the new values (refreshInterval {})",
+                        e.refresh_interval
+                    ),
                 ));
             }
             changes.push(Change::new(
@@ -284,9 +430,13 @@ impl StepKind for FlipSecret {
             changed_keys: changed.clone(),
             restarted: names.clone(),
         });
+        let mut before = json!({"keys": keys});
+        if let Some(e) = &external {
+            before["external_secret"] = json!(e.name);
+        }
         Ok(Planned {
             changes,
-            before: json!({"keys": keys}),
+            before,
             predicted,
         })
     }
@@ -309,11 +459,20 @@ impl StepKind for FlipSecret {
         };
         let current = decoded(&s);
         let changed = changed_keys(&current, &p.data);
+        let external = owned_through(cx, &p, &s).await?;
         let have_backup = get_secret(&secrets, &backup).await?.is_some();
         if !changed.is_empty() {
             if !have_backup {
+                let mut data = s.data.clone().unwrap_or_default();
+                for u in external.iter().flat_map(|e| &e.upstreams) {
+                    let raw = read_upstream(cx, &u.source).await?;
+                    data.insert(
+                        format!("{UPSTREAM_PREFIX}{}", u.key),
+                        ByteString(raw.into_bytes()),
+                    );
+                }
                 let mut copy = Secret {
-                    data: s.data.clone(),
+                    data: Some(data),
                     type_: s.type_.clone(),
                     ..Default::default()
                 };
@@ -325,13 +484,15 @@ impl StepKind for FlipSecret {
                     )]
                     .into(),
                 );
-                copy.metadata.annotations = Some(
-                    [
-                        ("cutover.dev/backup-of".to_string(), p.secret.clone()),
-                        ("cutover.dev/run-id".to_string(), cx.run_id.to_string()),
-                    ]
-                    .into(),
-                );
+                let mut annotations: BTreeMap<String, String> = [
+                    ("cutover.dev/backup-of".to_string(), p.secret.clone()),
+                    ("cutover.dev/run-id".to_string(), cx.run_id.to_string()),
+                ]
+                .into();
+                if let Some(e) = &external {
+                    annotations.insert(EXTERNAL_MARK.to_string(), e.name.clone());
+                }
+                copy.metadata.annotations = Some(annotations);
                 match secrets.create(&PostParams::default(), &copy).await {
                     Ok(_) => {}
                     Err(e) if is_conflict(&e) => {}
@@ -340,7 +501,13 @@ impl StepKind for FlipSecret {
                     }
                 }
             }
-            write_data(&secrets, &p.secret, &p.data).await?;
+            match &external {
+                Some(e) => {
+                    write_upstreams(cx, e, &p.data).await?;
+                    refresh_and_wait(cx, &p, e, &p.data).await?;
+                }
+                None => write_data(&secrets, &p.secret, &p.data).await?,
+            }
         }
         // Restart when this step changed the Secret now or before a crash (the backup exists).
         let mut restarted = Vec::new();
@@ -362,6 +529,18 @@ impl StepKind for FlipSecret {
             super::SUMMARY_OUTPUT.into(),
             json!(if changed.is_empty() && !have_backup {
                 format!("secret {}/{} already up to date", p.namespace, p.secret)
+            } else if let Some(e) = &external {
+                format!(
+                    "secret {}/{} updated through ExternalSecret {} ({}), backup {backup}",
+                    p.namespace,
+                    p.secret,
+                    e.name,
+                    e.upstreams
+                        .iter()
+                        .map(|u| u.source.describe())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             } else {
                 format!(
                     "secret {}/{} updated ({}), backup {backup}",
@@ -438,6 +617,38 @@ impl StepKind for FlipSecret {
             .filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
             .collect();
         let mut restored = Vec::new();
+        let through = b
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EXTERNAL_MARK))
+            .cloned();
+        if let Some(es) = &through {
+            let keys: Vec<String> = p.data.keys().cloned().collect();
+            let ext = secret_owner::external(cx, &p.namespace, es, &keys).await?;
+            let session = cx.providers.aws().await?;
+            let mut done = Vec::new();
+            for u in &ext.upstreams {
+                let Some(before) = old.get(&format!("{UPSTREAM_PREFIX}{}", u.key)) else {
+                    continue;
+                };
+                if done.contains(&u.source) {
+                    continue;
+                }
+                done.push(u.source.clone());
+                let now_raw = read_upstream(cx, &u.source).await?;
+                if &now_raw != before {
+                    crate::providers::secrets::write(session, &u.source, before).await?;
+                }
+                restored.push(Restored::new(
+                    u.source.describe(),
+                    Some(&now_raw),
+                    Some(before),
+                    format!("upstream of ExternalSecret {es} restored from backup Secret {backup}"),
+                ));
+            }
+            refresh_and_wait(cx, &p, &ext, &restore).await?;
+        }
         for (k, v) in &restore {
             restored.push(Restored::new(
                 format!("secret {}/{} key {k}", p.namespace, p.secret),
@@ -450,7 +661,7 @@ impl StepKind for FlipSecret {
                 },
             ));
         }
-        if !changed_keys(&now, &restore).is_empty() {
+        if through.is_none() && !changed_keys(&now, &restore).is_empty() {
             write_data(&secrets, &p.secret, &restore).await?;
         }
         let deploys: Api<Deployment> = Api::namespaced(client, &p.namespace);

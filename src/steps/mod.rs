@@ -6,6 +6,8 @@
 //! that is the engine's job (`crate::engine`).
 
 pub mod analysis;
+pub mod analysis_metrics;
+mod analysis_run;
 mod approval;
 mod aws_assert_account;
 mod dns;
@@ -21,6 +23,7 @@ mod postgres_wait_lag;
 mod rds_snapshot;
 mod route53_cutover;
 mod route53_set_ttl;
+mod secret_owner;
 mod terraform_apply;
 mod wafv2_assert_association;
 
@@ -63,6 +66,9 @@ macro_rules! typed_io {
         fn output_specs(&self) -> Vec<$crate::steps::ParamSpec> {
             $crate::steps::params::specs::<$outputs>()
         }
+        fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            generator.subschema_for::<$params>()
+        }
     };
 }
 pub(crate) use typed_io;
@@ -93,6 +99,10 @@ pub trait StepKind: Send + Sync {
     fn undo(&self) -> &'static str;
     /// Parameters under `with:`, from the kind's typed `Params` ([`typed_io`]).
     fn params(&self) -> Vec<ParamSpec>;
+    /// The JSON Schema of the kind's `with:` mapping (its typed `Params`), with the definitions
+    /// it refers to added to `generator` ([`typed_io`]); `cutover schema runbook` puts one per
+    /// kind into the step's schema.
+    fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
     /// The outputs `apply` returns, referable as `steps.<id>.outputs.<name>`: the fields of
     /// the kind's typed `Outputs` ([`typed_io`]), besides [`SUMMARY_OUTPUT`], which any kind
     /// may return.
@@ -214,6 +224,7 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &approval::Approval,
         &route53_cutover::Route53Cutover,
         &http_check::HttpCheck,
+        &analysis_run::AnalysisRun,
     ]
 }
 
@@ -239,7 +250,10 @@ pub fn check_param_names(specs: &[ParamSpec], params: &Map<String, Value>) -> Ve
             } else {
                 valid.join(", ")
             };
-            out.push(format!("unknown parameter `{key}` (valid: {list})"));
+            let near = crate::config::did_you_mean(key, valid.iter().copied())
+                .map(|s| format!(" {s}"))
+                .unwrap_or_default();
+            out.push(format!("unknown parameter `{key}`{near} (valid: {list})"));
         }
     }
     for s in specs.iter().filter(|s| s.required) {

@@ -95,7 +95,7 @@ impl StepKind for RdsSnapshot {
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let p: Params = parse_params(&cx.params)?;
-        let rds = aws_sdk_rds::Client::new(&cx.providers.aws().await?.config);
+        let rds = crate::aws_client!(aws_sdk_rds, &cx.providers.aws().await?.config);
         rds.describe_db_instances()
             .db_instance_identifier(&p.instance)
             .send()
@@ -131,7 +131,7 @@ impl StepKind for RdsSnapshot {
         _planned: &Planned,
     ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
-        let rds = aws_sdk_rds::Client::new(&cx.providers.aws().await?.config);
+        let rds = crate::aws_client!(aws_sdk_rds, &cx.providers.aws().await?.config);
         let id = snapshot_id(cx, &p);
         if status(&rds, &id).await?.is_none() {
             rds.create_db_snapshot()
@@ -158,7 +158,7 @@ impl StepKind for RdsSnapshot {
         cx: &StepContext,
         outputs: &Map<String, Value>,
     ) -> Result<Map<String, Value>, StepError> {
-        let rds = aws_sdk_rds::Client::new(&cx.providers.aws().await?.config);
+        let rds = crate::aws_client!(aws_sdk_rds, &cx.providers.aws().await?.config);
         let id = outputs
             .get("snapshot_id")
             .and_then(Value::as_str)

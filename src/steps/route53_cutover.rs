@@ -63,7 +63,7 @@ struct Params {
     /// When the old TTL has not yet elapsed since the lowering: refuse (default) or wait.
     #[serde(default = "default_pending")]
     on_ttl_pending: String,
-    /// HTTP analysis after each stage: {url, samples, interval, min_success_rate, max_p95_ms, consecutive, expect_status}; required with more than one stage.
+    /// Analysis window after each stage: HTTP probes {url, samples, interval, min_success_rate, max_p95_ms, consecutive, expect_status} and/or `metrics` (Prometheus, CloudWatch); required with more than one stage.
     #[serde(default)]
     analysis: Option<Analysis>,
     /// Set identifier of the old target's weighted record (default `legacy-<record>`: unique per record, so services sharing a hosted zone never share one; moto deletes a weighted set by its identifier across every name of the zone).
@@ -377,7 +377,7 @@ fn check_stages(stages: &[i64]) -> Vec<String> {
 }
 
 async fn client(cx: &StepContext<'_>) -> Result<(aws_sdk_route53::Client, String), StepError> {
-    let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
+    let r53 = crate::aws_client!(aws_sdk_route53, &cx.providers.aws().await?.config);
     let zone = r53p::zone_id(&r53, &cx.env.dns.domain).await?;
     Ok((r53, zone))
 }
@@ -720,7 +720,7 @@ impl StepKind for Route53Cutover {
                 (cx.journal)(Journal::Analysis(AnalysisRecord {
                     stage: i + 1,
                     of: n,
-                    url: a.url.clone(),
+                    url: a.url.clone().unwrap_or_default(),
                     verdict: verdict.clone(),
                 }))?;
                 if !verdict.passed {

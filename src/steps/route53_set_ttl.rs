@@ -61,7 +61,7 @@ async fn observe(
         .ttl
         .filter(|t| *t >= 0)
         .ok_or_else(|| StepError::Params("`ttl` must be a whole number of seconds".into()))?;
-    let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
+    let r53 = crate::aws_client!(aws_sdk_route53, &cx.providers.aws().await?.config);
     let zone = r53p::zone_id(&r53, &cx.env.dns.domain).await?;
     let sets = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
     if sets.is_empty() {
@@ -196,7 +196,7 @@ impl StepKind for SetTtl {
     ) -> Result<Vec<Restored>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let old = sets_of(before);
-        let r53 = aws_sdk_route53::Client::new(&cx.providers.aws().await?.config);
+        let r53 = crate::aws_client!(aws_sdk_route53, &cx.providers.aws().await?.config);
         let zone = r53p::zone_id(&r53, &cx.env.dns.domain).await?;
         let now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
         // Raise back only the sets that still exist as they were, with a lower TTL.

@@ -119,6 +119,21 @@ pub fn ed25519_keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (key, public)
 }
 
+/// check-jsonschema in the sandbox's virtualenv (`$CUTOVER_SANDBOX_VENV`, else `.sandbox/venv`),
+/// installed by scripts/install-deps.
+pub fn check_jsonschema() -> PathBuf {
+    let venv = std::env::var("CUTOVER_SANDBOX_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join(".sandbox/venv"));
+    let bin = venv.join("bin/check-jsonschema");
+    assert!(
+        bin.exists(),
+        "{} missing: run scripts/install-deps",
+        bin.display()
+    );
+    bin
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -380,8 +395,17 @@ impl Sandbox {
                 }
                 seen
             });
+            // Stops the watcher however `run` ends, a failed assertion included (the scope
+            // would otherwise wait for it forever).
+            struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            let guard = Stop(&stop);
             let result = run();
-            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(guard);
             (result, watcher.join().unwrap())
         })
     }

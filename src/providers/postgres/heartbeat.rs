@@ -115,6 +115,28 @@ pub struct Report {
     pub final_url: String,
     /// The first error that kept the writer from starting, if any.
     pub error: Option<String>,
+    /// When the writer started: the origin of `acked_per_second`.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Acknowledged writes in each second after `started_at` (index 0 is the first second), over
+    /// at most the first [`MAX_SERIES_SECONDS`]: the audit's picture of writes over time.
+    pub acked_per_second: Vec<u32>,
+}
+
+/// Longest stretch `Report::acked_per_second` covers, seconds (4 hours: 14,400 counts).
+pub const MAX_SERIES_SECONDS: usize = 4 * 3600;
+
+impl Report {
+    /// Counts one acknowledged write `since` the writer started.
+    fn count_ack(&mut self, since: Duration) {
+        let i = since.as_secs() as usize;
+        if i >= MAX_SERIES_SECONDS {
+            return;
+        }
+        if self.acked_per_second.len() <= i {
+            self.acked_per_second.resize(i + 1, 0);
+        }
+        self.acked_per_second[i] += 1;
+    }
 }
 
 /// A running writer.
@@ -228,6 +250,8 @@ impl Heartbeat {
             // Once asked to stop, the writer goes on until one more write is acknowledged (at
             // most 10 s), so an outage still open at the end of the run is measured, not cut off.
             let mut stop_by: Option<Instant> = None;
+            let began = Instant::now();
+            report.started_at = Some(Utc::now());
             loop {
                 tokio::select! {
                     _ = stopped.changed(), if stop_by.is_none() => {
@@ -279,6 +303,7 @@ impl Heartbeat {
                         report.writing_ms = (now.0 - first).as_millis() as u64;
                         report.acknowledged += 1;
                         report.acked.push(seq);
+                        report.count_ack(now.0 - began);
                         if stop_by.is_some() {
                             break;
                         }
@@ -342,6 +367,17 @@ mod tests {
 
     fn at(base: Instant, ms: u64) -> (Instant, DateTime<Utc>) {
         (base + Duration::from_millis(ms), Utc::now())
+    }
+
+    #[test]
+    fn acknowledged_writes_are_counted_per_second_up_to_the_cap() {
+        let mut r = Report::default();
+        r.count_ack(Duration::from_millis(10));
+        r.count_ack(Duration::from_millis(990));
+        r.count_ack(Duration::from_millis(3_200));
+        assert_eq!(r.acked_per_second, vec![2, 0, 0, 1]);
+        r.count_ack(Duration::from_secs(MAX_SERIES_SECONDS as u64));
+        assert_eq!(r.acked_per_second.len(), 4);
     }
 
     #[test]
