@@ -372,9 +372,10 @@ pub fn svg(t: &Timeline) -> String {
         let _ = write!(pts, " {:.1},{base:.1}", x(start + counts.len() as f64));
         let _ = writeln!(
             o,
-            "<polygon class=\"writes\" points=\"{pts}\" fill=\"#7f8c8d\" fill-opacity=\"0.5\" stroke=\"#333\" stroke-width=\"0.6\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#333\">peak {} /s</text>",
-            LABEL_W + 2.0,
-            chart_top + 8.0,
+            "<polygon class=\"writes\" points=\"{pts}\" fill=\"#7f8c8d\" fill-opacity=\"0.5\" stroke=\"#333\" stroke-width=\"0.6\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#333\">peak {} /s</text>",
+            // In the label column under "acked writes/s", clear of the area's top.
+            LABEL_W - 4.0,
+            chart_top + CHART_H / 2.0 + 12.0,
             peak as u32
         );
     }
