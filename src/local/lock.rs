@@ -17,8 +17,25 @@ use std::path::{Path, PathBuf};
 
 /// Held locks; released on drop.
 pub struct EnvLock {
-    _files: Vec<File>,
+    /// Held exclusively: their holder text is this process's, cleared on drop.
+    owned: Vec<File>,
+    /// Held shared (the environment's file under a run): never written.
+    _shared: Vec<File>,
 }
+
+impl Drop for EnvLock {
+    /// Clears the holder text of each exclusively held file before the kernel releases it, so
+    /// a later refusal never names a holder that has gone.
+    fn drop(&mut self) {
+        for f in &mut self.owned {
+            let _ = f.set_len(0);
+        }
+    }
+}
+
+/// How long a refused process waits for a new holder to write its name (it does so right
+/// after taking the lock) before it says "another process".
+const HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why the lock was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -62,15 +79,33 @@ fn open(path: &Path) -> Result<File, LockError> {
         .map_err(io)
 }
 
-fn holder_of(file: &mut File) -> String {
+/// The holder text of a held lock file; `None` while it is empty.
+fn read_holder(file: &mut File) -> Option<String> {
     let mut text = String::new();
     let _ = file.rewind();
     let _ = file.read_to_string(&mut text);
-    if text.trim().is_empty() {
-        "another process".to_string()
-    } else {
-        text.trim().to_string()
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+/// Polls `read` (every 20 ms, at most [`HOLDER_WAIT`]) until it names the holder: the holder
+/// takes the lock first and writes its name just after, so a refusal in between would
+/// otherwise see an empty file.
+fn wait_for_holder(mut read: impl FnMut() -> Option<String>) -> String {
+    let until = std::time::Instant::now() + HOLDER_WAIT;
+    loop {
+        if let Some(h) = read() {
+            return h;
+        }
+        if std::time::Instant::now() >= until {
+            return "another process".to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+fn holder_of(file: &mut File) -> String {
+    wait_for_holder(|| read_holder(file))
 }
 
 fn write_holder(file: &mut File, path: &Path, holder: &str) -> Result<(), LockError> {
@@ -115,12 +150,14 @@ impl EnvLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let runs = service_holders(state_dir, env);
-                let holder = if runs.is_empty() {
-                    holder_of(&mut file)
-                } else {
-                    runs.join("; ")
-                };
+                let holder = wait_for_holder(|| {
+                    let runs = service_holders(state_dir, env);
+                    if runs.is_empty() {
+                        read_holder(&mut file)
+                    } else {
+                        Some(runs.join("; "))
+                    }
+                });
                 return Err(LockError::Held {
                     env: env.to_string(),
                     holder,
@@ -131,7 +168,10 @@ impl EnvLock {
             }
         }
         write_holder(&mut file, &path, holder)?;
-        Ok(EnvLock { _files: vec![file] })
+        Ok(EnvLock {
+            owned: vec![file],
+            _shared: vec![],
+        })
     }
 
     /// Takes what a run acts on: `env`'s lock shared and each of `keys` (e.g. `database:shop`,
@@ -160,7 +200,11 @@ impl EnvLock {
                 return Err(LockError::Io(path.display().to_string(), e.to_string()))
             }
         }
-        let mut files = vec![env_file];
+        // Keys taken before a refusal are released (and their holder text cleared) with it.
+        let mut lock = EnvLock {
+            owned: Vec::new(),
+            _shared: vec![env_file],
+        };
         for key in keys {
             let path = state_dir
                 .join("locks")
@@ -179,9 +223,9 @@ impl EnvLock {
                     return Err(LockError::Io(path.display().to_string(), e.to_string()))
                 }
             }
-            files.push(file);
+            lock.owned.push(file);
         }
-        Ok(EnvLock { _files: files })
+        Ok(lock)
     }
 
     /// Waits (polling every 200 ms, at most `wait`) for the exclusive lock `<env>/<name>.lock`:
@@ -207,7 +251,10 @@ impl EnvLock {
             match file.try_lock() {
                 Ok(()) => {
                     write_holder(&mut file, &path, holder)?;
-                    return Ok(Some(EnvLock { _files: vec![file] }));
+                    return Ok(Some(EnvLock {
+                        owned: vec![file],
+                        _shared: vec![],
+                    }));
                 }
                 Err(TryLockError::WouldBlock) if std::time::Instant::now() < until => {
                     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -236,6 +283,55 @@ mod tests {
         assert!(EnvLock::acquire(d.path(), "dev", "run r3").is_ok());
         drop(first);
         assert!(EnvLock::acquire(d.path(), "staging", "run r2").is_ok());
+    }
+
+    /// The race the infra test met: a refusal between the holder's lock and its write of its
+    /// name said "another process".
+    #[test]
+    fn a_refusal_just_after_the_holder_locked_waits_for_its_name() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("locks").join("staging.lock");
+        let mut file = open(&path).unwrap();
+        file.try_lock().unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            write_holder(&mut file, &path, "infra apply (pid 7)").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            file
+        });
+        match EnvLock::acquire(d.path(), "staging", "infra apply (pid 8)") {
+            Err(LockError::Held { holder, .. }) => assert_eq!(holder, "infra apply (pid 7)"),
+            _ => panic!("the lock was granted while held"),
+        }
+        drop(writer.join().unwrap());
+    }
+
+    #[test]
+    fn a_released_lock_keeps_no_holder_text() {
+        let d = tempfile::tempdir().unwrap();
+        let lock = EnvLock::acquire(d.path(), "staging", "infra apply (pid 7)").unwrap();
+        let path = d.path().join("locks").join("staging.lock");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "infra apply (pid 7)"
+        );
+        drop(lock);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        // A run refused on its second key leaves its first key free and unnamed.
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let held =
+            EnvLock::acquire_service(d.path(), "staging", &keys(&["secret:shop/db"]), "run r1")
+                .unwrap();
+        assert!(EnvLock::acquire_service(
+            d.path(),
+            "staging",
+            &keys(&["database:shop", "secret:shop/db"]),
+            "run r2"
+        )
+        .is_err());
+        let first = d.path().join("locks/staging/database-shop.lock");
+        assert_eq!(std::fs::read_to_string(first).unwrap(), "");
+        drop(held);
     }
 
     #[test]
