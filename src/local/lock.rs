@@ -116,7 +116,7 @@ fn write_holder(file: &mut File, path: &Path, holder: &str) -> Result<(), LockEr
     file.sync_data().map_err(io)
 }
 
-/// The holders of `env`'s service locks held right now (each `key: holder`).
+/// The holders of `env`'s service locks held right now (each `key: holder`), without waiting.
 fn service_holders(state_dir: &Path, env: &str) -> Vec<String> {
     let dir = state_dir.join("locks").join(env);
     let mut out = Vec::new();
@@ -132,7 +132,10 @@ fn service_holders(state_dir: &Path, env: &str) -> Vec<String> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            out.push(format!("{key}: {}", holder_of(&mut f)));
+            // A key whose holder has not written its name yet is left out: the caller polls.
+            if let Some(holder) = read_holder(&mut f) {
+                out.push(format!("{key}: {holder}"));
+            }
         }
     }
     out
