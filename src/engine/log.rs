@@ -147,7 +147,7 @@ pub fn read_verified(path: &Path) -> Result<Vec<Record>, LogError> {
     Ok(records)
 }
 
-/// Fault injection for the crash-at-every-record test (`tests/crash.rs`): the process kills
+/// Fault injection for the crash-at-every-record test (`tests/suite/crash.rs`): the process kills
 /// itself with SIGKILL, as a power cut or the OOM killer would, at one chosen append.
 ///
 /// `CUTOVER_CRASH_AT=<when>:<type>[:<step>][#<field>=<value>][@<n>]` with `<when>` `before` (the

@@ -2,6 +2,9 @@
 //! PostgreSQL clusters, the Kubernetes API emulator, the apps) and its own copy of the project
 //! files, so runs, locks and state never leak between tests. Every external command runs under a
 //! deadline.
+//!
+//! Sandboxes run several at once, as many as [`slots`] grants; each one, when dropped, appends
+//! where its test's time went to `target/test-timings.jsonl` ([`Timings`]).
 #![allow(dead_code)]
 
 use base64::Engine as _;
@@ -212,6 +215,10 @@ pub struct Sandbox {
     pub state: Value,
     /// Every stdout and stderr the tests collected, for the secret scan.
     pub outputs: std::sync::Mutex<Vec<String>>,
+    /// Where this sandbox's time went so far (written out when it is dropped).
+    timings: Timings,
+    /// Its place among the sandboxes running at once; released after `down`.
+    _slot: slots::Permit,
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -272,8 +279,27 @@ impl Sandbox {
         })
     }
 
-    /// Starts a sandbox (≈10 s) and copies the project files.
+    /// Waits for a slot ([`slots`]), then starts a sandbox (≈10 s) and copies the project files.
     pub fn start() -> Sandbox {
+        let asked = Instant::now();
+        let slot = slots::acquire(1, slots::Priority::Normal);
+        Self::start_in(slot, asked)
+    }
+
+    /// Two sandboxes started at once, on two slots taken together before any other waiting test
+    /// (the tests that need two are the longest of the suite).
+    pub fn start_two() -> (Sandbox, Sandbox) {
+        let asked = Instant::now();
+        let (a, b) = slots::acquire(2, slots::Priority::First).split();
+        std::thread::scope(|s| {
+            let first = s.spawn(move || Self::start_in(a, asked));
+            let second = Self::start_in(b, asked);
+            (first.join().unwrap(), second)
+        })
+    }
+
+    fn start_in(slot: slots::Permit, asked: Instant) -> Sandbox {
+        let granted = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("cutover-sandbox-")
             .tempdir()
@@ -285,6 +311,18 @@ impl Sandbox {
         copy_project(project.path());
         let venv = std::env::var("CUTOVER_SANDBOX_VENV")
             .unwrap_or_else(|_| repo().join(".sandbox/venv").display().to_string());
+        // Stops whatever a failed `up` left running (its processes would outlive the test).
+        struct DownOnFailure(Option<PathBuf>);
+        impl Drop for DownOnFailure {
+            fn drop(&mut self) {
+                if let Some(dir) = &self.0 {
+                    let mut down = Command::new(sandbox_bin());
+                    down.arg("--dir").arg(dir).arg("down");
+                    let _ = run_with_timeout(down, 120);
+                }
+            }
+        }
+        let mut guard = DownOnFailure(Some(dir.path().to_path_buf()));
         let mut up = Command::new(sandbox_bin());
         up.arg("--dir")
             .arg(dir.path())
@@ -309,12 +347,19 @@ impl Sandbox {
         let state: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap())
                 .unwrap();
+        guard.0 = None;
         Sandbox {
             dir,
             project,
             env,
             state,
             outputs: Default::default(),
+            timings: Timings {
+                asked,
+                granted,
+                up: Instant::now(),
+            },
+            _slot: slot,
         }
     }
 
@@ -781,9 +826,192 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        let runs: Vec<Vec<Value>> = self.run_ids().iter().map(|r| self.records(r)).collect();
         let mut down = Command::new(sandbox_bin());
         down.arg("--dir").arg(self.dir.path()).arg("down");
         let _ = run_with_timeout(down, 120);
+        self.timings.write(&runs);
+    }
+}
+
+/// When a sandbox was asked for, granted a slot and up; written out with the time its runs'
+/// steps took, by step kind, when the sandbox is dropped.
+struct Timings {
+    asked: Instant,
+    granted: Instant,
+    up: Instant,
+}
+
+impl Timings {
+    /// Appends one JSON line to `target/test-timings.jsonl`: the test (libtest names its thread
+    /// after it), whether it passed so far, seconds waiting for a slot, starting the sandbox,
+    /// in all, and the seconds of its runs' steps by kind (`step_started` to the step's last
+    /// record).
+    fn write(&self, runs: &[Vec<Value>]) {
+        let now = Instant::now();
+        let mut by_kind: BTreeMap<String, f64> = BTreeMap::new();
+        for records in runs {
+            let kinds: BTreeMap<String, String> = records
+                .iter()
+                .filter(|r| r["type"] == "run_started")
+                .flat_map(|r| r["data"]["steps"].as_array().cloned().unwrap_or_default())
+                .filter_map(|s| {
+                    Some((
+                        s["id"].as_str()?.to_string(),
+                        s["kind"].as_str()?.to_string(),
+                    ))
+                })
+                .collect();
+            let mut open: BTreeMap<String, f64> = BTreeMap::new();
+            for r in records {
+                let (Some(step), Some(ts)) =
+                    (r["step"].as_str(), r["ts"].as_str().and_then(log_time))
+                else {
+                    continue;
+                };
+                if r["type"] == "step_started" || r["type"] == "rollback_step_started" {
+                    open.insert(step.to_string(), ts);
+                } else if let Some(start) = open.get(step) {
+                    let kind = kinds.get(step).cloned().unwrap_or_else(|| step.to_string());
+                    let prefix = if r["type"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("rollback_"))
+                    {
+                        "rollback "
+                    } else {
+                        ""
+                    };
+                    let e = by_kind.entry(format!("{prefix}{kind}")).or_default();
+                    *e += (ts - *start).max(0.0);
+                    open.insert(step.to_string(), ts);
+                }
+            }
+        }
+        let line = serde_json::json!({
+            "test": std::thread::current().name().unwrap_or("?"),
+            "panicking": std::thread::panicking(),
+            "slot_wait_s": round(self.granted - self.asked),
+            "sandbox_up_s": round(self.up - self.granted),
+            "total_s": round(now - self.asked),
+            "runs": runs.len(),
+            "steps_s": by_kind.into_iter().map(|(k, v)| (k, (v * 10.0).round() / 10.0)).collect::<BTreeMap<_, _>>(),
+        });
+        let path = repo().join("target/test-timings.jsonl");
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            use std::io::Write as _;
+            let _ = f.write_all(format!("{line}\n").as_bytes());
+        }
+    }
+}
+
+fn round(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
+/// Seconds since the epoch of an event log record's `ts` (RFC 3339).
+fn log_time(ts: &str) -> Option<f64> {
+    let t = chrono::DateTime::parse_from_rfc3339(ts).ok()?;
+    Some(t.timestamp_millis() as f64 / 1000.0)
+}
+
+/// How many sandboxes run at once: `CUTOVER_TEST_SANDBOXES` (default 6). A test waits here for
+/// its slot; waiters are served by priority, then in the order they asked, and the first in line
+/// is never passed over (a test that needs two slots gets them together).
+pub mod slots {
+    use std::sync::{Condvar, Mutex};
+
+    /// Who goes first among waiting tests.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    pub enum Priority {
+        /// Most tests.
+        Normal,
+        /// The longest tests: started before the others so they do not finish last.
+        First,
+    }
+
+    struct State {
+        free: usize,
+        capacity: usize,
+        next_ticket: u64,
+        waiting: Vec<(Priority, u64)>,
+    }
+
+    static STATE: Mutex<Option<State>> = Mutex::new(None);
+    static CHANGED: Condvar = Condvar::new();
+
+    fn capacity() -> usize {
+        std::env::var("CUTOVER_TEST_SANDBOXES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n: &usize| *n > 0)
+            .unwrap_or(6)
+    }
+
+    /// Slots held by one test; given back when dropped (a failed test's too).
+    pub struct Permit(usize);
+
+    impl Permit {
+        /// Two permits of one slot each, from a permit of two.
+        pub fn split(mut self) -> (Permit, Permit) {
+            assert!(
+                self.0 >= 2,
+                "a permit of {} slot(s) cannot be split",
+                self.0
+            );
+            let one = self.0 - 1;
+            self.0 = 0;
+            (Permit(one), Permit(1))
+        }
+    }
+
+    impl Drop for Permit {
+        fn drop(&mut self) {
+            if self.0 == 0 {
+                return;
+            }
+            let mut g = STATE.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = g.as_mut() {
+                s.free += self.0;
+            }
+            CHANGED.notify_all();
+        }
+    }
+
+    /// Waits until `n` slots are free and this test is first in line, then takes them.
+    pub fn acquire(n: usize, priority: Priority) -> Permit {
+        let mut g = STATE.lock().unwrap_or_else(|e| e.into_inner());
+        let s = g.get_or_insert_with(|| {
+            let capacity = capacity();
+            State {
+                free: capacity,
+                capacity,
+                next_ticket: 0,
+                waiting: Vec::new(),
+            }
+        });
+        let n = n.min(s.capacity);
+        let ticket = s.next_ticket;
+        s.next_ticket += 1;
+        s.waiting.push((priority, ticket));
+        loop {
+            let s = g.as_mut().expect("initialised above");
+            let first = s
+                .waiting
+                .iter()
+                .min_by_key(|(p, t)| (std::cmp::Reverse(*p), *t))
+                .map(|(_, t)| *t);
+            if first == Some(ticket) && s.free >= n {
+                s.free -= n;
+                s.waiting.retain(|(_, t)| *t != ticket);
+                CHANGED.notify_all();
+                return Permit(n);
+            }
+            g = CHANGED.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 

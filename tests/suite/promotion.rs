@@ -1,6 +1,6 @@
 //! The promotion gate of production and the exactness of its dry-run, against the sandbox.
 
-mod common;
+use crate::common;
 
 use common::{events, text, Sandbox};
 use serde_json::Value;

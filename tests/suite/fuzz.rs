@@ -8,9 +8,9 @@
 //!
 //! CI runs a bounded number of cases per target (`CUTOVER_FUZZ_CASES`, default 1000). A long run
 //! sets `CUTOVER_FUZZ_SECONDS` (e.g. 600) and prints its counts:
-//! `CUTOVER_FUZZ_SECONDS=600 cargo test --release --test fuzz -- --nocapture`.
+//! `CUTOVER_FUZZ_SECONDS=600 cargo test --release --test suite fuzz:: -- --nocapture`.
 
-mod common;
+use crate::common;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};

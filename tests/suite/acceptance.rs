@@ -1,7 +1,7 @@
 //! Acceptance tests of the main job against the real stand-ins: moto (AWS API), PostgreSQL 15,
 //! Terraform, the Kubernetes API emulator. Each test has its own sandbox.
 
-mod common;
+use crate::common;
 
 use common::{events, text, Sandbox, SHOP_STEP_IDS as STEP_IDS};
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! `cutover validate` on bad input: every problem at once, with file and line, exit 2. No network.
 
-mod common;
+use crate::common;
 
 use common::{cutover_bin, run_with_timeout, text};
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! a copy killed and resumed, a corrupted row found by key, sequences and the application's
 //! write path after the cutover, the postpone flag. Each test has its own sandbox.
 
-mod common;
+use crate::common;
 
 use common::{text, wait_until, Sandbox};
 use serde_json::Value;

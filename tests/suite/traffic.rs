@@ -1,7 +1,7 @@
 //! Traffic cutover against moto and the sandbox apps: the TTL guard, and the panic flag raised
 //! inside an analysis window. Each test has its own sandbox.
 
-mod common;
+use crate::common;
 
 use common::{events, text, Sandbox};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! Debian's Prometheus scraping both sides' `/metrics` while the sandbox's users follow the
 //! record's weights, and CloudWatch metrics put into moto.
 
-mod common;
+use crate::common;
 
 use common::{block_on, events, text, Sandbox};
 use serde_json::{json, Value};

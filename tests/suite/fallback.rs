@@ -4,7 +4,7 @@
 //! ended by a decommission, the outage users see is measured on the legacy path too, and a run
 //! that lost an acknowledged write is never reported as clean.
 
-mod common;
+use crate::common;
 
 use common::{events, heartbeat_path, heartbeat_without_loss, text, wait_until, Sandbox};
 use serde_json::Value;

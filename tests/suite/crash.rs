@@ -20,7 +20,7 @@
 //!
 //! Each test writes what it covered to `target/crash-report-<name>.txt` and prints it.
 
-mod common;
+use crate::common;
 
 use common::{run_with_timeout, text, Sandbox};
 use serde_json::Value;
@@ -356,15 +356,6 @@ fn report(name: &str, points: &[Point], chain: &Chain, clean: &[Value]) -> Strin
     text
 }
 
-/// Starts a clean sandbox and a crash sandbox at once; runs `clean_args` in the first.
-fn two_sandboxes() -> (Sandbox, Sandbox) {
-    std::thread::scope(|s| {
-        let a = s.spawn(Sandbox::start);
-        let b = Sandbox::start();
-        (a.join().unwrap(), b)
-    })
-}
-
 fn assert_same_end(name: &str, clean: &Sandbox, crashed: &Sandbox, legacy: [(String, String); 2]) {
     let clean_run = clean.run_ids().pop().unwrap();
     let crash_run = crashed.run_ids().pop().unwrap();
@@ -421,7 +412,7 @@ fn legacy_of(sb: &Sandbox) -> (String, String) {
 
 #[test]
 fn a_rehearsal_killed_at_every_record_and_resumed_ends_as_a_clean_one() {
-    let (clean, crashed) = two_sandboxes();
+    let (clean, crashed) = Sandbox::start_two();
     let legacy = [legacy_of(&clean), legacy_of(&crashed)];
     let out = clean.cutover(&["rehearse", "staging"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -436,7 +427,7 @@ fn a_rehearsal_killed_at_every_record_and_resumed_ends_as_a_clean_one() {
 
 #[test]
 fn a_rollback_after_the_flip_killed_at_every_record_and_resumed_ends_as_a_clean_one() {
-    let (clean, crashed) = two_sandboxes();
+    let (clean, crashed) = Sandbox::start_two();
     let legacy = [legacy_of(&clean), legacy_of(&crashed)];
     let shop = std::fs::read_to_string(common::repo().join("runbooks/shop-cutover.yaml")).unwrap();
     let failing = shop.replace(

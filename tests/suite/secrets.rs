@@ -2,7 +2,7 @@
 //! stand-ins: moto's Secrets Manager and SSM, and the emulator's External Secrets Operator,
 //! which copies an upstream into Secret letters/letters-db every 3 s and on `force-sync`.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::{block_on, text, Sandbox};

@@ -2,7 +2,7 @@
 //! acknowledged write goes missing in its cutover windows. Figures are printed, never asserted
 //! against time.
 
-mod common;
+use crate::common;
 
 use common::{text, Sandbox};
 

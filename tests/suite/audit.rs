@@ -3,7 +3,7 @@
 //! every mutation of a signed log, `status` from a second process during a run, and a corpus of
 //! secret values that must appear in no output format, log or file the tool writes.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::{run_with_timeout, text, Sandbox, SHOP_STEP_IDS as STEP_IDS};

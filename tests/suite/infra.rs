@@ -2,7 +2,7 @@
 //! plan policy, the account and Organization guards, and the shared S3 run store. Real moto,
 //! real Terraform, real PostgreSQL; nothing faked.
 
-mod common;
+use crate::common;
 
 use common::{copy_project, text, Sandbox};
 use std::path::Path;

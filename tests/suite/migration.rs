@@ -2,7 +2,7 @@
 //! leaves wave 1's service on AWS; running the command again continues with wave 2 and does not
 //! repeat wave 1.
 
-mod common;
+use crate::common;
 
 use common::{events, text, Sandbox};
 
