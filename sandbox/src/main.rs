@@ -11,6 +11,7 @@ mod procs;
 mod seed;
 mod serve;
 mod state;
+mod template;
 mod traffic;
 
 use anyhow::{Context, Result};
@@ -137,6 +138,11 @@ fn ensure_moto(s: &mut State, venv: &std::path::Path) -> Result<()> {
     anyhow::bail!("moto server did not start: {}", failures.join("; "))
 }
 
+/// The legacy source's settings beyond the sandbox's common ones.
+const SOURCE_CONF: &str = "wal_level = logical";
+/// The target's (the RDS stand-in's) settings beyond the common ones.
+const TARGET_CONF: &str = "wal_level = logical\nwal_receiver_status_interval = 1s";
+
 fn up(dir: &std::path::Path) -> Result<i32> {
     if let Some(s) = State::load(dir) {
         if all_running(&s) {
@@ -187,26 +193,60 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     );
     std::fs::create_dir_all(dir.join("pg"))?;
     std::fs::set_permissions(dir.join("pg"), std::fs::Permissions::from_mode(0o755))?;
-    s.source_port = procs::start_cluster(
-        &dir.join("pg/source"),
-        s.source_port,
-        &s.source_password,
-        "wal_level = logical",
-    )?;
-    s.target_port = procs::start_cluster(
-        &dir.join("pg/target"),
-        s.target_port,
-        &s.target_password,
-        "wal_level = logical\nwal_receiver_status_interval = 1s",
-    )?;
-    s.save()?;
-
     let rt = runtime()?;
-    eprintln!(
-        "sandbox: seeding the shop database ({} orders)",
-        seed::ORDERS
-    );
-    rt.block_on(seed::databases(&s))?;
+    let template = template::location()?;
+    let (source, target) = (dir.join("pg/source"), dir.join("pg/target"));
+    if let Some(t) = template
+        .as_ref()
+        .filter(|t| template::restore(t, &dir.join("pg")).unwrap_or(false))
+    {
+        eprintln!("sandbox: the seeded clusters copied from {}", t.display());
+        s.source_port = procs::start_existing_cluster(&source, s.source_port)?;
+        s.target_port = procs::start_existing_cluster(&target, s.target_port)?;
+        s.save()?;
+        let app = s.app_password.clone();
+        rt.block_on(async {
+            template::set_passwords(
+                &source,
+                s.source_port,
+                &[
+                    ("postgres", &s.source_password),
+                    ("shop", &app),
+                    ("letters", &app),
+                ],
+            )
+            .await?;
+            template::set_passwords(
+                &target,
+                s.target_port,
+                &[
+                    ("postgres", &s.target_password),
+                    ("shop", &app),
+                    ("letters", &app),
+                ],
+            )
+            .await
+        })?;
+    } else {
+        s.source_port =
+            procs::start_cluster(&source, s.source_port, &s.source_password, SOURCE_CONF)?;
+        s.target_port =
+            procs::start_cluster(&target, s.target_port, &s.target_password, TARGET_CONF)?;
+        s.save()?;
+        eprintln!(
+            "sandbox: seeding the shop database ({} orders)",
+            seed::ORDERS
+        );
+        rt.block_on(seed::databases(&s))?;
+        if let Some(t) = &template {
+            procs::stop_cluster(&source);
+            procs::stop_cluster(&target);
+            template::save(&dir.join("pg"), t)?;
+            s.source_port = procs::start_existing_cluster(&source, s.source_port)?;
+            s.target_port = procs::start_existing_cluster(&target, s.target_port)?;
+            s.save()?;
+        }
+    }
     ensure_moto(&mut s, &venv)?;
     eprintln!("sandbox: seeding moto: Organization, 3 member accounts, zones, RDS, EKS, WAF, state buckets");
     rt.block_on(seed::aws(&mut s))?;

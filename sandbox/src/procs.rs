@@ -241,7 +241,7 @@ fn pg_command(bin: &Path, tool: &str) -> Result<Command> {
     Ok(cmd)
 }
 
-fn chown_tree(path: &Path) -> Result<()> {
+pub fn chown_tree(path: &Path) -> Result<()> {
     if let Some((uid, gid)) = pg_user()? {
         let st = Command::new("chown")
             .arg("-R")
@@ -258,6 +258,13 @@ fn chown_tree(path: &Path) -> Result<()> {
 /// Creates and starts a cluster in `data` with superuser password `password`, on `port` or,
 /// when that was taken meanwhile, on another free port; returns the port it listens on.
 pub fn start_cluster(data: &Path, port: u16, password: &str, extra_conf: &str) -> Result<u16> {
+    init_cluster(data, password, extra_conf)?;
+    start_existing_cluster(data, port)
+}
+
+/// `initdb` into `data` (superuser `postgres` with password `password`, local connections
+/// trusted, TCP ones by SCRAM) and the sandbox's settings plus `extra_conf` in postgresql.conf.
+pub fn init_cluster(data: &Path, password: &str, extra_conf: &str) -> Result<()> {
     let bin = pg_bin()?;
     std::fs::create_dir_all(data)?;
     let pwfile = data.with_extension("pw");
@@ -291,7 +298,19 @@ pub fn start_cluster(data: &Path, port: u16, password: &str, extra_conf: &str) -
         "\n# cutover sandbox\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nshared_buffers = 64MB\nmax_replication_slots = 20\nmax_wal_senders = 20\nmax_worker_processes = 16\nmax_logical_replication_workers = 8\n{extra_conf}\n",
         data.display()
     );
-    append(&data.join("postgresql.conf"), &conf)?;
+    append(&data.join("postgresql.conf"), &conf)
+}
+
+/// Starts the cluster already in `data` (made by [`init_cluster`], or a copy of one), its
+/// sockets in `data`, on `port` or, when that was taken meanwhile, on another free port; returns
+/// the port it listens on.
+pub fn start_existing_cluster(data: &Path, port: u16) -> Result<u16> {
+    let bin = pg_bin()?;
+    // A copy's settings name its original's directory: the last line wins.
+    append(
+        &data.join("postgresql.conf"),
+        &format!("unix_socket_directories = '{}'\n", data.display()),
+    )?;
     // The port was chosen a moment ago; should another sandbox have taken it since, the server
     // fails to bind and exits: start again on another free port (a later `port =` line wins).
     let mut port = port;

@@ -280,19 +280,14 @@ fn every_ci_step_that_runs_cutover_fails_when_cutover_fails() {
     }
 }
 
-/// A clean clone (only what is committed) builds with `--locked --offline`, and the `cutover` it
-/// builds runs: `--version` names the commit, `validate` passes on the committed files. This is
-/// what `cargo install --locked --path .` (the README's installation) compiles, in the dev
-/// profile.
-///
-/// Not `cargo install` itself: it resolves `cutover` alone, without the sandbox's features on the
-/// shared crates (axum turns on hyper's server), so it compiles the AWS SDK, kube and hyper again,
-/// about ten CPU-minutes of a 2-core CI machine. The clone's workspace is built instead, with the
-/// same features as this build, into a target directory whose compiled dependencies are hard
-/// links to this build's: only the clone's own two crates compile, and nothing is written where
-/// the other tests run their `cutover` from.
+/// `cargo install --locked --path .` from a clean clone (only what is committed) installs a
+/// `cutover` that runs: what the README's installation section and the CI examples do. Built
+/// with the dev profile into this build's target directory: `cargo install` resolves `cutover`
+/// alone, and Cargo.toml turns on the features the sandbox adds to shared crates, so every
+/// dependency is reused and only cutover itself compiles again. It replaces
+/// `target/debug/cutover`; the other tests run a private copy (`common::cutover_bin`).
 #[test]
-fn a_clean_clone_builds_locked_and_offline_and_its_binary_works() {
+fn cargo_install_from_a_clean_clone_gives_a_working_binary() {
     let dir = tempfile::tempdir().unwrap();
     let clone = dir.path().join("clone");
     let out = Command::new("git")
@@ -306,39 +301,32 @@ fn a_clean_clone_builds_locked_and_offline_and_its_binary_works() {
         "git clone: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let root = dir.path().join("root");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // This test binary is <target>/debug/deps/suite-<hash>.
     let exe = std::env::current_exe().unwrap();
-    let debug = exe.ancestors().nth(2).unwrap().to_path_buf();
-    let target = dir.path().join("target");
-    for sub in ["deps", "build", ".fingerprint"] {
-        let to = target.join("debug").join(sub);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        let out = Command::new("cp")
-            .arg("-al")
-            .arg(debug.join(sub))
-            .arg(&to)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cp -al {sub}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
     let out = Command::new(cargo)
-        .args(["build", "--locked", "--offline", "--workspace", "--quiet"])
-        .current_dir(&clone)
+        .args(["install", "--locked", "--offline", "--debug", "--path"])
+        .arg(&clone)
+        .arg("--root")
+        .arg(&root)
         .env("CARGO_TARGET_DIR", &target)
-        .env_remove("RUSTFLAGS")
         .output()
         .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "cargo install: {log}");
+    // Nothing but the clone's own crate compiled: a dependency compiled again would mean the
+    // features cutover resolves alone differ from the workspace's (see Cargo.toml).
+    let compiled: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Compiling "))
+        .collect();
     assert!(
-        out.status.success(),
-        "cargo build in a clean clone: {}",
-        String::from_utf8_lossy(&out.stderr)
+        compiled.iter().all(|c| c.starts_with("cutover v")),
+        "cargo install compiled dependencies again: {compiled:?}"
     );
-    let bin = target.join("debug/cutover");
+    let bin = root.join("bin/cutover");
     let version = Command::new(&bin).arg("--version").output().unwrap();
     let said = String::from_utf8_lossy(&version.stdout).to_string();
     assert!(

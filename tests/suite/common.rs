@@ -143,13 +143,42 @@ pub fn repo() -> PathBuf {
 }
 
 /// The `cutover` binary under test.
+///
+/// A private copy of the binary cargo built (`target/suite-bin/cutover-<pid>`), made once per
+/// suite process: the clean-clone test's `cargo install` builds into the same target directory
+/// and replaces `target/debug/cutover` while the other tests run theirs.
 pub fn cutover_bin() -> PathBuf {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = repo().join("target/suite-bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        // Copies left by suite processes that have ended.
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("cutover-")
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let copy = dir.join(format!("cutover-{}", std::process::id()));
+        let tmp = copy.with_extension("tmp");
+        std::fs::copy(built_cutover_bin(), &tmp).unwrap();
+        std::fs::rename(&tmp, &copy).unwrap();
+        copy
+    })
+    .clone()
+}
+
+/// The `cutover` binary cargo built for this test run.
+pub fn built_cutover_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cutover"))
 }
 
 /// The `cutover-sandbox` binary (built by `cargo build --workspace`, as the README's test command does).
 pub fn sandbox_bin() -> PathBuf {
-    let p = cutover_bin().with_file_name("cutover-sandbox");
+    let p = built_cutover_bin().with_file_name("cutover-sandbox");
     assert!(p.exists(), "{} is missing: run `cargo build --workspace` before the tests (the README's test command does)", p.display());
     p
 }
@@ -327,7 +356,12 @@ impl Sandbox {
         up.arg("--dir")
             .arg(dir.path())
             .arg("up")
-            .env("CUTOVER_SANDBOX_VENV", &venv);
+            .env("CUTOVER_SANDBOX_VENV", &venv)
+            // The first sandbox keeps its seeded clusters; the others start from copies of them.
+            .env(
+                "CUTOVER_SANDBOX_TEMPLATE_DIR",
+                repo().join("target/sandbox-templates"),
+            );
         let out = run_with_timeout(up, 600);
         assert!(
             out.status.success(),
