@@ -1,5 +1,5 @@
 //! The shop's users and what the applications' metrics say about them: a steady stream of
-//! requests (20 per second per environment) that follows the `shop.<domain>` record's weights
+//! requests (10 per second per environment) that follows the `shop.<domain>` record's weights
 //! in moto as resolvers would (weighted records split by weight, a simple record all one way),
 //! each answered by the side it reaches; both sides count their requests by status and time
 //! them in a histogram, exposed on `/metrics` in Prometheus's text format for the sandbox's
@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 /// Upper bounds of the latency histogram's buckets, in seconds.
 const BUCKETS: [f64; 9] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
-/// Requests per second each environment's users make.
-pub const USERS_RPS: u64 = 20;
+/// Requests per second each environment's users make: at a 10 % stage, one a second reaches
+/// the new side, enough for an analysis window of a few seconds (a sandbox runs for every test,
+/// dozens at a time in the suite, so its idle load is kept low).
+pub const USERS_RPS: u64 = 10;
 
 #[derive(Default)]
 struct Series {
@@ -228,7 +230,7 @@ pub async fn users(env: String, domain: String, aws: SdkConfig, aws_port: u16, l
         Err(_) => return,
     };
     let record = format!("shop.{domain}.");
-    // Resolvers' view of the record, refreshed every 500 ms apart from the requests, so a slow
+    // Resolvers' view of the record, refreshed every second apart from the requests, so a slow
     // moto never holds the users back.
     let split = Arc::new(Mutex::new((0i64, 100i64)));
     let view = split.clone();
@@ -250,7 +252,7 @@ pub async fn users(env: String, domain: String, aws: SdkConfig, aws_port: u16, l
                     *view.lock().unwrap_or_else(|p| p.into_inner()) = w;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
     let mut credit = 0i64;

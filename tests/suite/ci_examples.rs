@@ -286,6 +286,35 @@ fn every_ci_step_that_runs_cutover_fails_when_cutover_fails() {
 /// alone, and Cargo.toml turns on the features the sandbox adds to shared crates, so every
 /// dependency is reused and only cutover itself compiles again. It replaces
 /// `target/debug/cutover`; the other tests run a private copy (`common::cutover_bin`).
+/// Removes the variables cargo sets for a test process (`CARGO_MANIFEST_*`, `CARGO_PKG_*`,
+/// `CARGO_CRATE_*`, `CARGO_BIN_*`, `CARGO_PRIMARY_PACKAGE`, `CARGO_TARGET_TMPDIR`), which a
+/// shell that runs `cargo install` does not have.
+trait RemoveCargoTestVars {
+    fn envs_remove_cargo_test_vars(&mut self) -> &mut Self;
+}
+
+impl RemoveCargoTestVars for Command {
+    fn envs_remove_cargo_test_vars(&mut self) -> &mut Self {
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k == "CARGO_TARGET_TMPDIR"
+            {
+                self.env_remove(&k);
+            }
+        }
+        self
+    }
+}
+
 #[test]
 fn cargo_install_from_a_clean_clone_gives_a_working_binary() {
     let dir = tempfile::tempdir().unwrap();
@@ -312,6 +341,10 @@ fn cargo_install_from_a_clean_clone_gives_a_working_binary() {
         .arg("--root")
         .arg(&root)
         .env("CARGO_TARGET_DIR", &target)
+        // What cargo set for this test process: build scripts that watch these (ring watches
+        // CARGO_MANIFEST_DIR and CARGO_PKG_*) would run again, and everything above them compile.
+        .env_remove("OUT_DIR")
+        .envs_remove_cargo_test_vars()
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -315,15 +315,18 @@ impl Sandbox {
         Self::start_in(slot, asked)
     }
 
-    /// Two sandboxes started at once, on two slots taken together before any other waiting test
-    /// (the tests that need two are the longest of the suite).
-    pub fn start_two() -> (Sandbox, Sandbox) {
+    /// `n` sandboxes started at once, on `n` slots taken together before any other waiting
+    /// test's (the tests that need several are the longest of the suite).
+    pub fn start_many(n: usize) -> Vec<Sandbox> {
         let asked = Instant::now();
-        let (a, b) = slots::acquire(2, slots::Priority::First).split();
+        let mut permit = slots::acquire(n, slots::Priority::First);
+        let slots: Vec<slots::Permit> = (0..n).map(|_| permit.take_one()).collect();
         std::thread::scope(|s| {
-            let first = s.spawn(move || Self::start_in(a, asked));
-            let second = Self::start_in(b, asked);
-            (first.join().unwrap(), second)
+            let started: Vec<_> = slots
+                .into_iter()
+                .map(|slot| s.spawn(move || Self::start_in(slot, asked)))
+                .collect();
+            started.into_iter().map(|h| h.join().unwrap()).collect()
         })
     }
 
@@ -989,16 +992,12 @@ pub mod slots {
     pub struct Permit(usize);
 
     impl Permit {
-        /// Two permits of one slot each, from a permit of two.
-        pub fn split(mut self) -> (Permit, Permit) {
-            assert!(
-                self.0 >= 2,
-                "a permit of {} slot(s) cannot be split",
-                self.0
-            );
-            let one = self.0 - 1;
-            self.0 = 0;
-            (Permit(one), Permit(1))
+        /// One of this permit's slots, as a permit of its own (a permit of none when this one
+        /// is used up, or when `n` was capped at the capacity).
+        pub fn take_one(&mut self) -> Permit {
+            let one = self.0.min(1);
+            self.0 -= one;
+            Permit(one)
         }
     }
 

@@ -8,8 +8,11 @@
 //! step's undo, the end of the run). The engine's `CUTOVER_CRASH_AT` hook kills the process
 //! right before or right after that append (after: the record is fsynced and nothing after it
 //! happened; before: the work before it is done and unrecorded). The points are taken in the
-//! clean run's order by one chain of processes: the first `rehearse`, then one `resume` per
-//! point, each killed at its point; the last `resume` finishes the run.
+//! clean run's order by chains of processes: the first `rehearse`, then one `resume` per point,
+//! each killed at its point; the last `resume` finishes the run. The points are shared out among
+//! [`CHAINS`] chains (every other point to each), each in a sandbox of its own and all at once,
+//! so the test takes the time of half the kills; each chain is still one run killed at every one
+//! of its points and resumed, and every point is covered by one chain.
 //!
 //! What "the same state" means: the DNS record sets of the environment, the Secrets of the shop
 //! namespace (keys, and which database each URL names), the Deployments' generations (one
@@ -330,7 +333,12 @@ fn crash_chain(sb: &Sandbox, first: &[&str], points: &[Point]) -> Chain {
     }
 }
 
-fn report(name: &str, points: &[Point], chain: &Chain, clean: &[Value]) -> String {
+fn report(name: &str, points: &[Point], chains: &[Chain], clean: &[Value]) -> String {
+    let chain = Chain {
+        covered: chains.iter().flat_map(|c| c.covered.clone()).collect(),
+        passed_over: chains.iter().flat_map(|c| c.passed_over.clone()).collect(),
+        exit: None,
+    };
     let types: std::collections::BTreeSet<&str> =
         clean.iter().map(|r| r["type"].as_str().unwrap()).collect();
     let before = points.iter().filter(|p| p.before).count();
@@ -340,11 +348,12 @@ fn report(name: &str, points: &[Point], chain: &Chain, clean: &[Value]) -> Strin
         .map(|(p, why)| format!("{p} (after the kill at {why})"))
         .collect();
     let text = format!(
-        "{name}: {} of {} kill points covered ({} after a record, {before} before one) over a clean run of {} records; {} passed over by the resumed run; record types covered: {}\ncovered:\n{}\npassed over:\n{}\n",
+        "{name}: {} of {} kill points covered ({} after a record, {before} before one) over a clean run of {} records, in {} chains; {} passed over by the resumed run; record types covered: {}\ncovered:\n{}\npassed over:\n{}\n",
         chain.covered.len(),
         points.len(),
         points.len() - before,
         clean.len(),
+        chains.len(),
         passed.len(),
         types.into_iter().collect::<Vec<_>>().join(", "),
         chain.covered.join("\n"),
@@ -410,36 +419,81 @@ fn legacy_of(sb: &Sandbox) -> (String, String) {
     )
 }
 
+/// How many chains share a test's kill points (point `i` goes to chain `i % CHAINS`), each in a
+/// sandbox of its own, at once. Every chain is one run killed again and again; each starts
+/// afresh like the clean run, so its first point is met where the clean run wrote that record.
+const CHAINS: usize = 2;
+
+fn share_out(points: &[Point]) -> Vec<Vec<Point>> {
+    let mut parts = vec![Vec::new(); CHAINS];
+    for (i, p) in points.iter().enumerate() {
+        parts[i % CHAINS].push(p.clone());
+    }
+    parts
+}
+
+/// Runs one chain per share of `points`, each in its own sandbox with its own first command, at
+/// once.
+fn crash_chains(crashed: &[Sandbox], firsts: &[Vec<String>], points: &[Point]) -> Vec<Chain> {
+    let parts = share_out(points);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter()
+            .zip(crashed)
+            .zip(firsts)
+            .map(|((part, sb), first)| {
+                s.spawn(move || {
+                    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+                    crash_chain(sb, &first, part)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 #[test]
 fn a_rehearsal_killed_at_every_record_and_resumed_ends_as_a_clean_one() {
-    let (clean, crashed) = Sandbox::start_two();
-    let legacy = [legacy_of(&clean), legacy_of(&crashed)];
+    let mut sandboxes = Sandbox::start_many(1 + CHAINS);
+    let crashed = sandboxes.split_off(1);
+    let clean = sandboxes.pop().unwrap();
+    let legacy: Vec<(String, String)> = crashed.iter().map(legacy_of).collect();
+    let clean_legacy = legacy_of(&clean);
     let out = clean.cutover(&["rehearse", "staging"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let clean_records = clean.records(&clean.run_ids().pop().unwrap());
     let points = points(&clean_records, 0);
-    let chain = crash_chain(&crashed, &["rehearse", "staging"], &points);
-    assert_eq!(chain.exit, Some(0), "the resumed rehearsal did not succeed");
-    report("rehearsal", &points, &chain, &clean_records);
-    assert_eq!(chain.covered.len() + chain.passed_over.len(), points.len());
-    assert_same_end("rehearsal", &clean, &crashed, legacy);
+    let firsts = vec![vec!["rehearse".to_string(), "staging".to_string()]; CHAINS];
+    let chains = crash_chains(&crashed, &firsts, &points);
+    for c in &chains {
+        assert_eq!(c.exit, Some(0), "a resumed rehearsal did not succeed");
+    }
+    report("rehearsal", &points, &chains, &clean_records);
+    let covered: usize = chains
+        .iter()
+        .map(|c| c.covered.len() + c.passed_over.len())
+        .sum();
+    assert_eq!(covered, points.len());
+    for (sb, legacy) in crashed.iter().zip(legacy) {
+        assert_same_end("rehearsal", &clean, sb, [clean_legacy.clone(), legacy]);
+    }
 }
 
 #[test]
 fn a_rollback_after_the_flip_killed_at_every_record_and_resumed_ends_as_a_clean_one() {
-    let (clean, crashed) = Sandbox::start_two();
-    let legacy = [legacy_of(&clean), legacy_of(&crashed)];
+    let mut sandboxes = Sandbox::start_many(1 + CHAINS);
+    let crashed = sandboxes.split_off(1);
+    let clean = sandboxes.pop().unwrap();
+    let legacy: Vec<(String, String)> = crashed.iter().map(legacy_of).collect();
+    let clean_legacy = legacy_of(&clean);
     let shop = std::fs::read_to_string(common::repo().join("runbooks/shop-cutover.yaml")).unwrap();
     let failing = shop.replace(
         "{ id: health, kind: http.check, with: { url: \"{{ tf.app_url }}/healthz\"",
         "{ id: health, kind: http.check, with: { url: \"http://127.0.0.1:9/healthz\"",
     );
     assert_ne!(failing, shop);
-    let runbooks = [
-        clean.extra_runbook("shop-cutover-failing-health", &failing),
-        crashed.extra_runbook("shop-cutover-failing-health", &failing),
-    ];
-    let out = clean.cutover(&["rehearse", "staging", "--runbook", &runbooks[0]]);
+    let clean_runbook = clean.extra_runbook("shop-cutover-failing-health", &failing);
+    let out = clean.cutover(&["rehearse", "staging", "--runbook", &clean_runbook]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let clean_records = clean.records(&clean.run_ids().pop().unwrap());
     let from = clean_records
@@ -447,17 +501,30 @@ fn a_rollback_after_the_flip_killed_at_every_record_and_resumed_ends_as_a_clean_
         .position(|r| r["type"] == "rollback_started")
         .expect("the clean run rolled back");
     let points = points(&clean_records, from);
-    let chain = crash_chain(
-        &crashed,
-        &["rehearse", "staging", "--runbook", &runbooks[1]],
-        &points,
-    );
-    assert_eq!(
-        chain.exit,
-        Some(1),
-        "the resumed rollback did not end rolled back"
-    );
-    report("rollback", &points, &chain, &clean_records[from..]);
-    assert_eq!(chain.covered.len() + chain.passed_over.len(), points.len());
-    assert_same_end("rollback", &clean, &crashed, legacy);
+    let firsts: Vec<Vec<String>> = crashed
+        .iter()
+        .map(|sb| {
+            let path = sb.extra_runbook("shop-cutover-failing-health", &failing);
+            ["rehearse", "staging", "--runbook", &path]
+                .map(String::from)
+                .to_vec()
+        })
+        .collect();
+    let chains = crash_chains(&crashed, &firsts, &points);
+    for c in &chains {
+        assert_eq!(
+            c.exit,
+            Some(1),
+            "a resumed rollback did not end rolled back"
+        );
+    }
+    report("rollback", &points, &chains, &clean_records[from..]);
+    let covered: usize = chains
+        .iter()
+        .map(|c| c.covered.len() + c.passed_over.len())
+        .sum();
+    assert_eq!(covered, points.len());
+    for (sb, legacy) in crashed.iter().zip(legacy) {
+        assert_same_end("rollback", &clean, sb, [clean_legacy.clone(), legacy]);
+    }
 }
