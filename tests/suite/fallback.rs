@@ -35,7 +35,7 @@ fn replication_objects(sb: &Sandbox, env: &str) -> Vec<String> {
 #[test]
 fn cutover_rollback_of_a_rehearsal_loses_no_aws_write_and_the_rehearsal_runs_again_then_decommissions(
 ) {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_first();
     let legacy_url = sb
         .secret_value("staging", "shop-db", "DATABASE_URL")
         .unwrap();

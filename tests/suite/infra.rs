@@ -218,7 +218,7 @@ fn wrong_account_or_placement_is_refused_before_any_mutation() {
 
 #[test]
 fn s3_store_shares_runs_between_clones_and_grants_the_lock_once() {
-    let mut sb = Sandbox::start();
+    let mut sb = Sandbox::start_first();
     sb.set_var("CUTOVER_STORE", "s3");
     // Runs are signed: the signature travels through the bucket with the log.
     let (key, public) = common::ed25519_keypair(sb.project.path(), "signing");

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 #[test]
 fn production_needs_rehearsals_of_the_same_runbook_and_its_dry_run_batches_are_the_real_ones() {
-    let mut sb = Sandbox::start();
+    let mut sb = Sandbox::start_first();
     sb.set_var("CUTOVER_APPROVER", "alice");
 
     // A break-glass run passes the gate and heads its audit with the reason and what was missing.

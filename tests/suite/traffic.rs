@@ -316,7 +316,7 @@ phases:
 #[test]
 fn with_a_long_ttl_wait_the_legacy_path_outage_stays_inside_the_window_unless_the_flip_comes_first()
 {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_first();
     // Old answers may be cached for 45 s: route53.cutover waits what is left of that (at least
     // 30 s) before stage 1.
     set_seed_ttl(&sb, "staging", 45);
