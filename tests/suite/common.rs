@@ -767,21 +767,42 @@ impl Sandbox {
     }
 
     /// The newest run's id, once a record of `event` for `step` is in its log (at most `secs`).
+    ///
+    /// Fails at once when the run finishes without that record, and either way names what the
+    /// run recorded last and why its steps failed (the event log holds no secret).
     pub fn wait_for_step(&self, step: &str, event: &str, secs: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            assert!(
-                Instant::now() < deadline,
-                "no {event} of step {step} within {secs} s"
-            );
-            if let Some(run) = self.run_ids().pop() {
-                if self
-                    .records(&run)
+            let newest = self.run_ids().pop();
+            let records = newest
+                .as_deref()
+                .map(|r| self.records(r))
+                .unwrap_or_default();
+            if let Some(run) = &newest {
+                if records
                     .iter()
                     .any(|r| r["type"] == event && r["step"] == step)
                 {
-                    return run;
+                    return run.clone();
                 }
+            }
+            let finished = records.iter().any(|r| r["type"] == "run_finished");
+            if finished || Instant::now() >= deadline {
+                let failures: Vec<String> = records
+                    .iter()
+                    .filter(|r| r["type"] == "step_failed" || r["type"] == "run_finished")
+                    .map(|r| r.to_string().chars().take(1500).collect())
+                    .collect();
+                let last: Vec<String> = records
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .map(|r| format!("{} {}", r["type"], r["step"]))
+                    .collect();
+                panic!(
+                    "no {event} of step {step} {}; last records (newest first): {last:?}; failures: {failures:#?}",
+                    if finished { "before the run finished".to_string() } else { format!("within {secs} s") }
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
