@@ -452,13 +452,37 @@ fn crash_chains(crashed: &[Sandbox], firsts: &[Vec<String>], points: &[Point]) -
     })
 }
 
+/// The clean run's sandbox, one sandbox per chain, and what each one's Secret and record said
+/// before any run (the clean one's first).
+fn crash_sandboxes() -> (Sandbox, Vec<Sandbox>, Vec<(String, String)>) {
+    let mut sandboxes = Sandbox::start_many(1 + CHAINS);
+    let legacy: Vec<(String, String)> = sandboxes.iter().map(legacy_of).collect();
+    let crashed = sandboxes.split_off(1);
+    (sandboxes.pop().unwrap(), crashed, legacy)
+}
+
+/// Every point was met by one chain, and every chain's sandbox ended as the clean one did.
+fn assert_all_covered_and_same_end(
+    name: &str,
+    points: &[Point],
+    chains: &[Chain],
+    clean: &Sandbox,
+    crashed: &[Sandbox],
+    legacy: Vec<(String, String)>,
+) {
+    let covered: usize = chains
+        .iter()
+        .map(|c| c.covered.len() + c.passed_over.len())
+        .sum();
+    assert_eq!(covered, points.len());
+    for (sb, theirs) in crashed.iter().zip(&legacy[1..]) {
+        assert_same_end(name, clean, sb, [legacy[0].clone(), theirs.clone()]);
+    }
+}
+
 #[test]
 fn a_rehearsal_killed_at_every_record_and_resumed_ends_as_a_clean_one() {
-    let mut sandboxes = Sandbox::start_many(1 + CHAINS);
-    let crashed = sandboxes.split_off(1);
-    let clean = sandboxes.pop().unwrap();
-    let legacy: Vec<(String, String)> = crashed.iter().map(legacy_of).collect();
-    let clean_legacy = legacy_of(&clean);
+    let (clean, crashed, legacy) = crash_sandboxes();
     let out = clean.cutover(&["rehearse", "staging"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let clean_records = clean.records(&clean.run_ids().pop().unwrap());
@@ -469,23 +493,12 @@ fn a_rehearsal_killed_at_every_record_and_resumed_ends_as_a_clean_one() {
         assert_eq!(c.exit, Some(0), "a resumed rehearsal did not succeed");
     }
     report("rehearsal", &points, &chains, &clean_records);
-    let covered: usize = chains
-        .iter()
-        .map(|c| c.covered.len() + c.passed_over.len())
-        .sum();
-    assert_eq!(covered, points.len());
-    for (sb, legacy) in crashed.iter().zip(legacy) {
-        assert_same_end("rehearsal", &clean, sb, [clean_legacy.clone(), legacy]);
-    }
+    assert_all_covered_and_same_end("rehearsal", &points, &chains, &clean, &crashed, legacy);
 }
 
 #[test]
 fn a_rollback_after_the_flip_killed_at_every_record_and_resumed_ends_as_a_clean_one() {
-    let mut sandboxes = Sandbox::start_many(1 + CHAINS);
-    let crashed = sandboxes.split_off(1);
-    let clean = sandboxes.pop().unwrap();
-    let legacy: Vec<(String, String)> = crashed.iter().map(legacy_of).collect();
-    let clean_legacy = legacy_of(&clean);
+    let (clean, crashed, legacy) = crash_sandboxes();
     let shop = std::fs::read_to_string(common::repo().join("runbooks/shop-cutover.yaml")).unwrap();
     let failing = shop.replace(
         "{ id: health, kind: http.check, with: { url: \"{{ tf.app_url }}/healthz\"",
@@ -519,12 +532,5 @@ fn a_rollback_after_the_flip_killed_at_every_record_and_resumed_ends_as_a_clean_
         );
     }
     report("rollback", &points, &chains, &clean_records[from..]);
-    let covered: usize = chains
-        .iter()
-        .map(|c| c.covered.len() + c.passed_over.len())
-        .sum();
-    assert_eq!(covered, points.len());
-    for (sb, legacy) in crashed.iter().zip(legacy) {
-        assert_same_end("rollback", &clean, sb, [clean_legacy.clone(), legacy]);
-    }
+    assert_all_covered_and_same_end("rollback", &points, &chains, &clean, &crashed, legacy);
 }
