@@ -357,7 +357,7 @@ fn a_failing_analysis_after_the_flip_returns_all_weight_and_rolls_back_secret_dn
                     std::fs::read_to_string(&err).unwrap()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(100));
         }
         let status = child.wait().unwrap();
         (

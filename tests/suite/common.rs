@@ -246,6 +246,9 @@ pub struct Sandbox {
     pub outputs: std::sync::Mutex<Vec<String>>,
     /// Where this sandbox's time went so far (written out when it is dropped).
     timings: Timings,
+    /// The SDK configuration acting in each environment's account, made once (one STS call)
+    /// so that tests polling moto cost it one request per look.
+    aws_configs: std::sync::Mutex<BTreeMap<String, aws_config::SdkConfig>>,
     /// Its place among the sandboxes running at once; released after `down`.
     _slot: slots::Permit,
 }
@@ -400,6 +403,7 @@ impl Sandbox {
             env,
             state,
             outputs: Default::default(),
+            aws_configs: Default::default(),
             timings: Timings {
                 asked,
                 granted,
@@ -469,7 +473,7 @@ impl Sandbox {
         (child, out, err)
     }
 
-    /// Polls moto every 25 ms while `run` executes and returns the distinct weights `(aws,
+    /// Polls moto every 100 ms while `run` executes and returns the distinct weights `(aws,
     /// legacy)` of the weighted `shop.<domain>` pair in the order they appeared.
     pub fn watch_weights<T>(&self, env: &str, run: impl FnOnce() -> T) -> (T, Vec<(i64, i64)>) {
         let stop = std::sync::atomic::AtomicBool::new(false);
@@ -482,7 +486,9 @@ impl Sandbox {
                             seen.push(w);
                         }
                     }
-                    std::thread::sleep(Duration::from_millis(25));
+                    // Each stage is held through its analysis (the test runbooks' 6 samples 500 ms
+                    // apart), so a look every 100 ms sees every stage many times.
+                    std::thread::sleep(Duration::from_millis(100));
                 }
                 seen
             });
@@ -604,8 +610,17 @@ impl Sandbox {
         })
     }
 
-    /// An SDK configuration acting in `env`'s account in moto (assumed role).
+    /// An SDK configuration acting in `env`'s account in moto (assumed role, made once per
+    /// environment).
     pub fn aws(&self, env: &str) -> aws_config::SdkConfig {
+        let mut configs = self.aws_configs.lock().unwrap();
+        configs
+            .entry(env.to_string())
+            .or_insert_with(|| self.assume_role(env))
+            .clone()
+    }
+
+    fn assume_role(&self, env: &str) -> aws_config::SdkConfig {
         let account = self.var(&format!("CUTOVER_{}_ACCOUNT_ID", env.to_uppercase()));
         let endpoint = self.var("AWS_ENDPOINT_URL");
         block_on(async {
