@@ -57,8 +57,10 @@ pub fn is_template(s: &str) -> bool {
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// Parses YAML with a budget sized for configuration files (a runbook has hundreds of nodes):
-/// at most 1,000 aliases and anchors, 100,000 nodes, 200,000 parser events and 2 MiB of scalar
-/// text, so an alias bomb is refused before it expands (serde-saphyr's defaults allow 64 MiB).
+/// at most 1,000 aliases and anchors, 100,000 nodes, 200,000 parser events, 10,000 events
+/// recorded under anchors (a step template reused a few dozen times records hundreds) and 2 MiB
+/// of scalar text, so an alias bomb is refused before it expands (serde-saphyr's defaults allow
+/// 64 MiB), within a few MiB of memory.
 ///
 /// # Errors
 /// The YAML error, or the budget breached.
@@ -71,7 +73,7 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
     budget.max_anchors = 1_000;
     budget.max_nodes = 100_000;
     budget.max_total_scalar_bytes = 2 << 20;
-    budget.max_recorded_anchor_events = 100_000;
+    budget.max_recorded_anchor_events = 10_000;
     budget.max_recorded_anchor_bytes = 2 << 20;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);

@@ -293,7 +293,9 @@ fn ttl_pending(p: &Params) -> Result<i64, StepError> {
         ))
     })?;
     let until = at.with_timezone(&chrono::Utc) + chrono::Duration::seconds(prev);
-    Ok((until - chrono::Utc::now()).num_seconds().max(0))
+    // Whole seconds, rounded up: 0.4 s still to wait is 1 s, never 0.
+    let ms = (until - chrono::Utc::now()).num_milliseconds().max(0);
+    Ok((ms + 999) / 1000)
 }
 
 fn parse(cx: &StepContext<'_>) -> Result<Params, StepError> {
@@ -983,7 +985,12 @@ mod tests {
         let p =
             params(json!({"record": "r", "to": "t", "ttl_lowered_at": at, "previous_ttl": "300"}));
         let left = ttl_pending(&p).unwrap();
-        assert!((297..=299).contains(&left), "{left}");
+        assert!((298..=299).contains(&left), "{left}");
+        // Less than a second left is still a second to wait (rounded up, never down to 0).
+        let at = (chrono::Utc::now() - chrono::Duration::milliseconds(44_600)).to_rfc3339();
+        let p =
+            params(json!({"record": "r", "to": "t", "ttl_lowered_at": at, "previous_ttl": "45"}));
+        assert_eq!(ttl_pending(&p).unwrap(), 1);
         let p = params(
             json!({"record": "r", "to": "t", "ttl_lowered_at": "none", "previous_ttl": "300"}),
         );

@@ -164,7 +164,15 @@ pub fn cutover_bin() -> PathBuf {
         }
         let copy = dir.join(format!("cutover-{}", std::process::id()));
         let tmp = copy.with_extension("tmp");
-        std::fs::copy(built_cutover_bin(), &tmp).unwrap();
+        // `cp` writes the copy, not this process: a file this process held open for writing
+        // would be inherited by a child another test thread forks meanwhile, and executing the
+        // copy would fail with ETXTBSY ("Text file busy") until that child had exec'd.
+        let cp = Command::new("cp")
+            .arg(built_cutover_bin())
+            .arg(&tmp)
+            .status()
+            .expect("cp");
+        assert!(cp.success(), "copying the cutover binary failed");
         std::fs::rename(&tmp, &copy).unwrap();
         copy
     })
@@ -946,9 +954,13 @@ impl Timings {
                 .collect();
             let mut open: BTreeMap<String, f64> = BTreeMap::new();
             for r in records {
-                let (Some(step), Some(ts)) =
-                    (r["step"].as_str(), r["ts"].as_str().and_then(log_time))
-                else {
+                let (Some(step), Some(ts)) = (
+                    r["step"].as_str(),
+                    r["ts"]
+                        .as_str()
+                        .and_then(log_time)
+                        .map(|ms| ms as f64 / 1000.0),
+                ) else {
                     continue;
                 };
                 if r["type"] == "step_started" || r["type"] == "rollback_step_started" {
@@ -994,10 +1006,10 @@ fn round(d: Duration) -> f64 {
     (d.as_secs_f64() * 10.0).round() / 10.0
 }
 
-/// Seconds since the epoch of an event log record's `ts` (RFC 3339).
-fn log_time(ts: &str) -> Option<f64> {
+/// Milliseconds since the epoch of an event log record's `ts` (RFC 3339).
+pub fn log_time(ts: &str) -> Option<i64> {
     let t = chrono::DateTime::parse_from_rfc3339(ts).ok()?;
-    Some(t.timestamp_millis() as f64 / 1000.0)
+    Some(t.timestamp_millis())
 }
 
 /// How many sandboxes run at once: `CUTOVER_TEST_SANDBOXES` (default 7). A test waits here for

@@ -339,7 +339,24 @@ fn with_a_long_ttl_wait_the_legacy_path_outage_stays_inside_the_window_unless_th
             .iter()
             .filter_map(|r| r["data"]["wait_s"].as_u64())
             .sum();
-        assert!(waited >= 30, "{env}: waited {waited} s for old answers");
+        // Stage 1 comes only after every answer cached under the old TTL (45 s from the moment
+        // the TTL was lowered) has expired, however long the run took to get there.
+        let lowered = records
+            .iter()
+            .find(|r| r["type"] == "step_applied" && r["step"] == "ttl")
+            .and_then(|r| r["data"]["outputs"]["lowered_at"].as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{env}: no record says when the TTL was lowered"));
+        let stage1 = events(&records, "traffic_stage")
+            .first()
+            .and_then(|r| r["ts"].as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{env}: no traffic stage"));
+        let after_ms = common::log_time(&stage1).unwrap() - common::log_time(&lowered).unwrap();
+        assert!(
+            after_ms >= 45_000,
+            "{env}: stage 1 came {after_ms} ms after the TTL was lowered from 45 s (waited {waited} s)"
+        );
         let hb = common::heartbeat_without_loss(&records);
         let legacy = common::heartbeat_path(&hb, "legacy")["longest_gap_ms"]
             .as_u64()
@@ -347,9 +364,19 @@ fn with_a_long_ttl_wait_the_legacy_path_outage_stays_inside_the_window_unless_th
         if flip_first {
             // The legacy database froze before DNS moved: users still sent there could not
             // write for the whole TTL wait and the stages, and the run says so.
-            assert!(legacy >= 30_000, "{env}: legacy path outage {legacy} ms");
+            // (The wait itself is at least 45 s less the time from lowering the TTL to the DNS
+            // step, which a loaded machine stretches: the outage is compared with the wait the
+            // run recorded.)
+            assert!(waited > 0, "{env}: no wait for old answers: {records:?}");
+            assert!(
+                legacy >= waited * 1000,
+                "{env}: legacy path outage {legacy} ms, waited {waited} s"
+            );
             assert_eq!(hb["gap_path"], "legacy", "{hb}");
-            assert!(hb["longest_gap_ms"].as_u64().unwrap() >= 30_000, "{hb}");
+            assert!(
+                hb["longest_gap_ms"].as_u64().unwrap() >= waited * 1000,
+                "{hb}"
+            );
         } else {
             assert!(
                 legacy <= 1_000,
