@@ -12,6 +12,7 @@ mod seed;
 mod serve;
 mod state;
 mod template;
+mod tls;
 mod traffic;
 
 use anyhow::{Context, Result};
@@ -51,6 +52,10 @@ enum Cmd {
     /// (internal) Run the Kubernetes API emulator and the applications in the foreground.
     #[command(hide = true)]
     Serve,
+    /// (internal) Make the seeded clusters' template at $CUTOVER_SANDBOX_TEMPLATE_DIR if it is
+    /// missing, starting nothing else (`--dir` is a scratch directory, removed afterwards).
+    #[command(hide = true)]
+    Template,
 }
 
 fn main() {
@@ -68,6 +73,7 @@ fn main() {
         Cmd::Status => status(&dir),
         Cmd::Env => env(&dir),
         Cmd::Serve => serve(&dir),
+        Cmd::Template => make_template(&dir),
     };
     match result {
         Ok(code) => std::process::exit(code),
@@ -193,6 +199,8 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     );
     std::fs::create_dir_all(dir.join("pg"))?;
     std::fs::set_permissions(dir.join("pg"), std::fs::Permissions::from_mode(0o755))?;
+    let tls_dir = tls::dir(dir);
+    tls::make(&tls_dir, "cutover sandbox CA")?;
     let rt = runtime()?;
     let template = template::location()?;
     let (source, target) = (dir.join("pg/source"), dir.join("pg/target"));
@@ -201,8 +209,8 @@ fn up(dir: &std::path::Path) -> Result<i32> {
         .filter(|t| template::restore(t, &dir.join("pg")).unwrap_or(false))
     {
         eprintln!("sandbox: the seeded clusters copied from {}", t.display());
-        s.source_port = procs::start_existing_cluster(&source, s.source_port)?;
-        s.target_port = procs::start_existing_cluster(&target, s.target_port)?;
+        s.source_port = procs::start_existing_cluster(&source, s.source_port, &tls_dir)?;
+        s.target_port = procs::start_existing_cluster(&target, s.target_port, &tls_dir)?;
         s.save()?;
         let app = s.app_password.clone();
         rt.block_on(async {
@@ -228,22 +236,10 @@ fn up(dir: &std::path::Path) -> Result<i32> {
             .await
         })?;
     } else {
-        s.source_port =
-            procs::start_cluster(&source, s.source_port, &s.source_password, SOURCE_CONF)?;
-        s.target_port =
-            procs::start_cluster(&target, s.target_port, &s.target_password, TARGET_CONF)?;
-        s.save()?;
-        eprintln!(
-            "sandbox: seeding the shop database ({} orders)",
-            seed::ORDERS
-        );
-        rt.block_on(seed::databases(&s))?;
-        if let Some(t) = &template {
-            procs::stop_cluster(&source);
-            procs::stop_cluster(&target);
-            template::save(&dir.join("pg"), t)?;
-            s.source_port = procs::start_existing_cluster(&source, s.source_port)?;
-            s.target_port = procs::start_existing_cluster(&target, s.target_port)?;
+        seeded_clusters(&mut s, &rt, template.as_deref())?;
+        if template.is_some() {
+            s.source_port = procs::start_existing_cluster(&source, s.source_port, &tls_dir)?;
+            s.target_port = procs::start_existing_cluster(&target, s.target_port, &tls_dir)?;
             s.save()?;
         }
     }
@@ -292,6 +288,85 @@ fn up(dir: &std::path::Path) -> Result<i32> {
             .join(", ")
     );
     eprintln!("sandbox: eval \"$(cutover-sandbox env)\" to point cutover at it");
+    Ok(0)
+}
+
+/// Creates and seeds both clusters in `<dir>/pg` (initdb, TLS, the shop and letters
+/// databases); with a `template` location, stops them and saves them there (they are left
+/// stopped), else leaves them running.
+fn seeded_clusters(
+    s: &mut State,
+    rt: &tokio::runtime::Runtime,
+    template: Option<&std::path::Path>,
+) -> Result<()> {
+    let dir = s.dir.clone();
+    let tls_dir = tls::dir(&dir);
+    let (source, target) = (dir.join("pg/source"), dir.join("pg/target"));
+    s.source_port = procs::start_cluster(
+        &source,
+        s.source_port,
+        &s.source_password,
+        SOURCE_CONF,
+        &tls_dir,
+    )?;
+    s.target_port = procs::start_cluster(
+        &target,
+        s.target_port,
+        &s.target_password,
+        TARGET_CONF,
+        &tls_dir,
+    )?;
+    s.save()?;
+    eprintln!(
+        "sandbox: seeding the shop database ({} orders)",
+        seed::ORDERS
+    );
+    rt.block_on(seed::databases(s))?;
+    if let Some(t) = template {
+        procs::stop_cluster(&source);
+        procs::stop_cluster(&target);
+        template::save(&dir.join("pg"), t)?;
+    }
+    Ok(())
+}
+
+/// `cutover-sandbox template`: makes the seeded clusters' template at
+/// `$CUTOVER_SANDBOX_TEMPLATE_DIR` when it is missing, in `dir` (removed afterwards), starting
+/// nothing else: what a test harness runs once before it starts sandboxes side by side, so they
+/// do not each seed their own.
+fn make_template(dir: &std::path::Path) -> Result<i32> {
+    let Some(t) = template::location()? else {
+        anyhow::bail!("CUTOVER_SANDBOX_TEMPLATE_DIR is not set: there is no template to make");
+    };
+    if template::exists(&t) {
+        return Ok(0);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("pg"))?;
+    for d in [dir.to_path_buf(), dir.join("pg")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let mut s = State {
+        dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    s.source_password = password();
+    s.target_password = password();
+    s.app_password = password();
+    let mut ports = procs::free_ports(2)?.into_iter();
+    s.source_port = ports.next().expect("two ports");
+    s.target_port = ports.next().expect("two ports");
+    tls::make(&tls::dir(dir), "cutover sandbox template CA")?;
+    let rt = runtime()?;
+    let made = seeded_clusters(&mut s, &rt, Some(&t));
+    if made.is_err() {
+        procs::stop_cluster(&dir.join("pg/source"));
+        procs::stop_cluster(&dir.join("pg/target"));
+    }
+    made?;
+    let _ = std::fs::remove_dir_all(dir);
+    eprintln!("sandbox: template made at {}", t.display());
     Ok(0)
 }
 

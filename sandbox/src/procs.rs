@@ -236,6 +236,15 @@ fn pg_command(bin: &Path, tool: &str) -> Result<Command> {
     let mut cmd = Command::new(bin.join(tool));
     if let Some((uid, gid)) = pg_user()? {
         cmd.uid(uid).gid(gid);
+        // The server's own libpq (a subscription's connection) looks for client certificates
+        // under $HOME/.postgresql: root's home, unreadable to PostgreSQL's user, would fail
+        // every TLS connection with "Permission denied".
+        let name = std::ffi::CString::new("postgres")?;
+        let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+        if !pw.is_null() {
+            let home = unsafe { std::ffi::CStr::from_ptr((*pw).pw_dir) };
+            cmd.env("HOME", home.to_string_lossy().as_ref());
+        }
     }
     cmd.env_remove("PGDATA").env_remove("PGPORT");
     Ok(cmd)
@@ -257,9 +266,15 @@ pub fn chown_tree(path: &Path) -> Result<()> {
 
 /// Creates and starts a cluster in `data` with superuser password `password`, on `port` or,
 /// when that was taken meanwhile, on another free port; returns the port it listens on.
-pub fn start_cluster(data: &Path, port: u16, password: &str, extra_conf: &str) -> Result<u16> {
+pub fn start_cluster(
+    data: &Path,
+    port: u16,
+    password: &str,
+    extra_conf: &str,
+    tls: &Path,
+) -> Result<u16> {
     init_cluster(data, password, extra_conf)?;
-    start_existing_cluster(data, port)
+    start_existing_cluster(data, port, tls)
 }
 
 /// `initdb` into `data` (superuser `postgres` with password `password`, local connections
@@ -302,10 +317,15 @@ pub fn init_cluster(data: &Path, password: &str, extra_conf: &str) -> Result<()>
 }
 
 /// Starts the cluster already in `data` (made by [`init_cluster`], or a copy of one), its
-/// sockets in `data`, on `port` or, when that was taken meanwhile, on another free port; returns
-/// the port it listens on.
-pub fn start_existing_cluster(data: &Path, port: u16) -> Result<u16> {
+/// sockets in `data`, TLS required on TCP with the server certificate in `tls`
+/// ([`crate::tls::secure_cluster`]), on `port` or, when that was taken meanwhile, on another
+/// free port; returns the port it listens on.
+pub fn start_existing_cluster(data: &Path, port: u16, tls: &Path) -> Result<u16> {
     let bin = pg_bin()?;
+    crate::tls::secure_cluster(data, tls)?;
+    for f in ["server.crt", "server.key", "pg_hba.conf"] {
+        chown_tree(&data.join(f))?;
+    }
     // A copy's settings name its original's directory: the last line wins.
     append(
         &data.join("postgresql.conf"),
@@ -418,7 +438,9 @@ mod tests {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let taken_port = taken.local_addr().unwrap().port();
         let data = dir.path().join("pg");
-        let port = start_cluster(&data, taken_port, "pw", "").unwrap();
+        let tls = dir.path().join("tls");
+        crate::tls::make(&tls, "test CA").unwrap();
+        let port = start_cluster(&data, taken_port, "pw", "", &tls).unwrap();
         let running = cluster_running(&data);
         stop_cluster(&data);
         assert_ne!(port, taken_port);

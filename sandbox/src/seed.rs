@@ -15,25 +15,27 @@ pub const ORDERS: i64 = 100_000;
 /// Order items on the source.
 pub const ORDER_ITEMS: i64 = 200_000;
 
+/// Connects over TLS, verified with the sandbox's CA (the URL's `sslmode` and `sslrootcert`),
+/// through the same client code `cutover` uses.
 async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    cutover::providers::postgres::connect(url, "sandbox")
         .await
-        .context("connect")?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+        .context("connect")
 }
 
 /// Creates the legacy `shop` databases (one per environment) and the target's empty ones.
 pub async fn databases(s: &State) -> Result<()> {
     let src_admin = format!(
-        "postgres://postgres:{}@127.0.0.1:{}/postgres",
-        s.source_password, s.source_port
+        "postgres://postgres:{}@127.0.0.1:{}/postgres{}",
+        s.source_password,
+        s.source_port,
+        s.tls_query()
     );
     let tgt_admin = format!(
-        "postgres://postgres:{}@127.0.0.1:{}/postgres",
-        s.target_password, s.target_port
+        "postgres://postgres:{}@127.0.0.1:{}/postgres{}",
+        s.target_password,
+        s.target_port,
+        s.tls_query()
     );
     let src = connect(&src_admin).await?;
     src.batch_execute(&format!(
@@ -44,8 +46,10 @@ pub async fn databases(s: &State) -> Result<()> {
     src.batch_execute("CREATE DATABASE shop_seed OWNER shop")
         .await?;
     let seed = connect(&format!(
-        "postgres://shop:{}@127.0.0.1:{}/shop_seed",
-        s.app_password, s.source_port
+        "postgres://shop:{}@127.0.0.1:{}/shop_seed{}",
+        s.app_password,
+        s.source_port,
+        s.tls_query()
     ))
     .await?;
     seed.batch_execute(&format!(

@@ -113,22 +113,23 @@ fn seed_external_secret(store: &mut kube::Store, env: &str) {
     }
 }
 
+/// Connects as the application does: over TLS as the URL's `sslmode` and `sslrootcert` say
+/// (the servers refuse plaintext), through the client code `cutover` uses; the server's message
+/// on failure.
+async fn app_connect(url: &str) -> Result<tokio_postgres::Client, String> {
+    cutover::providers::postgres::connect(url, "app")
+        .await
+        .map_err(|e| match e {
+            cutover::providers::ProviderError::Postgres { message, .. } => message,
+            other => other.to_string(),
+        })
+}
+
 /// `SELECT 1` through `url` within 3 s.
 async fn database_health(url: &str) -> Result<(), String> {
-    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), connect)
+    let client = tokio::time::timeout(Duration::from_secs(3), app_connect(url))
         .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| {
-            let mut m = e.to_string();
-            if let Some(db) = e.as_db_error() {
-                m = db.message().to_string();
-            }
-            m
-        })?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+        .map_err(|_| "connect timed out".to_string())??;
     client
         .query_one("SELECT 1", &[])
         .await
@@ -186,12 +187,7 @@ async fn aws_create_order(AxState(cluster): AxState<Cluster>) -> (StatusCode, Js
         return health_response(Err("secret shop/shop-db has no DATABASE_URL".into()), "aws");
     };
     let result = async {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let client = app_connect(&url).await?;
         let row = client
             .query_one(
                 "INSERT INTO orders (customer_id, status, total_cents, created_at) VALUES ((SELECT min(id) FROM customers), 'paid', 4200, now()) RETURNING id",

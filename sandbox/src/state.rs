@@ -110,9 +110,16 @@ impl State {
             (_, true) => (&self.app_password, self.target_port),
         };
         format!(
-            "postgres://{role}:{password}@127.0.0.1:{port}/{}",
-            Self::letters_database(env)
+            "postgres://{role}:{password}@127.0.0.1:{port}/{}{}",
+            Self::letters_database(env),
+            self.tls_query()
         )
+    }
+
+    /// What every URL of the sandbox's databases ends with: `sslmode=verify-full` and the
+    /// sandbox's CA (`crate::tls`), since the servers refuse plaintext.
+    pub fn tls_query(&self) -> String {
+        crate::tls::url_query(&self.dir)
     }
 
     /// DNS zone of an environment.
@@ -127,40 +134,44 @@ impl State {
     /// The legacy application's connection URL (what the Secret holds before the cutover).
     pub fn legacy_app_url(&self, env: &str) -> String {
         format!(
-            "postgres://shop:{}@127.0.0.1:{}/{}",
+            "postgres://shop:{}@127.0.0.1:{}/{}{}",
             self.app_password,
             self.source_port,
-            Self::database(env)
+            Self::database(env),
+            self.tls_query()
         )
     }
 
     /// The AWS-side application's connection URL (what the Secret must hold after the cutover).
     pub fn target_app_url(&self, env: &str) -> String {
         format!(
-            "postgres://shop:{}@127.0.0.1:{}/{}",
+            "postgres://shop:{}@127.0.0.1:{}/{}{}",
             self.app_password,
             self.target_port,
-            Self::database(env)
+            Self::database(env),
+            self.tls_query()
         )
     }
 
     /// The admin URL of the source database of `env`.
     pub fn source_admin_url(&self, env: &str) -> String {
         format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{}",
+            "postgres://postgres:{}@127.0.0.1:{}/{}{}",
             self.source_password,
             self.source_port,
-            Self::database(env)
+            Self::database(env),
+            self.tls_query()
         )
     }
 
     /// The admin URL of the target database of `env`.
     pub fn target_admin_url(&self, env: &str) -> String {
         format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{}",
+            "postgres://postgres:{}@127.0.0.1:{}/{}{}",
             self.target_password,
             self.target_port,
-            Self::database(env)
+            Self::database(env),
+            self.tls_query()
         )
     }
 
@@ -257,6 +268,15 @@ impl State {
             v.push((
                 format!("CUTOVER_{up}_DB_PORT"),
                 self.target_port.to_string(),
+            ));
+            // The CA that signed the servers' certificates (what RDS's global bundle is to RDS).
+            let ca = crate::tls::ca_file(&self.dir);
+            v.push((
+                format!("CUTOVER_{up}_DB_CA_FILE"),
+                std::fs::canonicalize(&ca)
+                    .unwrap_or(ca)
+                    .display()
+                    .to_string(),
             ));
             // The seeded record's TTL is SEED_TTL (20 s) so a rehearsal's wait for answers cached
             // under it stays short; lowering it to 5 s keeps the lowering real.

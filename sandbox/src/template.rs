@@ -45,13 +45,18 @@ pub fn location() -> Result<Option<PathBuf>> {
     ))
 }
 
+/// Whether a complete template is at `template`.
+pub fn exists(template: &Path) -> bool {
+    template.join("complete").exists()
+}
+
 /// Copies the template's clusters into `pg` (`pg/source`, `pg/target`); false when there is no
 /// complete template at `template`.
 ///
 /// # Errors
 /// When a copy fails.
 pub fn restore(template: &Path, pg: &Path) -> Result<bool> {
-    if !template.join("complete").exists() {
+    if !exists(template) {
         return Ok(false);
     }
     for c in CLUSTERS {

@@ -110,8 +110,11 @@ impl Bench {
     pub fn app_db(&self, server_url: &str, db: &str) -> Result<String> {
         let p = ConnParts::parse(server_url, "bench")?;
         Ok(format!(
-            "postgres://{APP_ROLE}:{}@{}:{}/{db}",
-            self.app_password, p.host, p.port
+            "postgres://{APP_ROLE}:{}@{}:{}/{db}{}",
+            self.app_password,
+            p.host,
+            p.port,
+            p.tls.url_query()
         ))
     }
 
@@ -348,7 +351,7 @@ pub async fn admin(url: &str) -> Result<tokio_postgres::Client> {
 pub fn with_db(url: &str, db: &str) -> Result<String> {
     let p = ConnParts::parse(url, "bench")?;
     Ok(format!(
-        "postgres://{}{}@{}:{}/{}",
+        "postgres://{}{}@{}:{}/{}{}",
         urlencode(&p.user),
         p.password
             .as_deref()
@@ -356,7 +359,8 @@ pub fn with_db(url: &str, db: &str) -> Result<String> {
             .unwrap_or_default(),
         p.host,
         p.port,
-        db
+        db,
+        p.tls.url_query()
     ))
 }
 
@@ -392,17 +396,20 @@ pub fn secs(t: Instant) -> f64 {
     (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
 }
 
-/// Runs a tool against the server of `url` with the password in `PGPASSWORD`; fails with its
+/// Runs a tool against the server of `url`, the connection in the `PG*` variables; fails with its
 /// stderr.
 async fn run_tool(bin: &str, args: &[&str], url: &str) -> Result<()> {
     let p = ConnParts::parse(url, "bench")?;
     let mut cmd = tokio::process::Command::new(bin);
+    // The tool's own `-d` names the database; the rest (password and TLS included) goes in
+    // the `PG*` variables.
     cmd.args(args)
-        .args(["-h", &p.host, "-p", &p.port.to_string(), "-U", &p.user])
+        .envs(
+            p.libpq_env()
+                .into_iter()
+                .filter(|(k, _)| *k != "PGDATABASE"),
+        )
         .kill_on_drop(true);
-    if let Some(pw) = &p.password {
-        cmd.env("PGPASSWORD", pw);
-    }
     let out = cmd
         .output()
         .await

@@ -404,6 +404,15 @@ pub struct UrlParts {
     /// Database name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dbname: Option<String>,
+    /// libpq's `sslmode` for the URL (`disable`, `allow`, `prefer`, `require`, `verify-ca`,
+    /// `verify-full`); unset or empty: verified (`verify-full`), see
+    /// `crate::providers::postgres::tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslmode: Option<String>,
+    /// libpq's `sslrootcert`: the path of the CA certificate file that signed the server's
+    /// certificate (RDS: `global-bundle.pem`), or `system`; unset or empty: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<String>,
 }
 
 /// A [`SecretRef`]'s source, checked: what providers read.

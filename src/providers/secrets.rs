@@ -182,8 +182,21 @@ pub fn database_url(value: &str, parts: &UrlParts) -> Result<String, String> {
         parts.dbname.clone().or_else(|| field("dbname")).ok_or(
             "no `dbname`: the credentials lack it and `as_database_url.dbname` is not set",
         )?;
+    // TLS settings from the file (a credentials secret holds none).
+    let mut query = Vec::new();
+    if let Some(m) = parts.sslmode.as_deref().filter(|m| !m.is_empty()) {
+        query.push(format!("sslmode={}", crate::secret::urlencode(m)));
+    }
+    if let Some(c) = parts.sslrootcert.as_deref().filter(|c| !c.is_empty()) {
+        query.push(format!("sslrootcert={}", crate::secret::urlencode(c)));
+    }
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
     Ok(format!(
-        "postgres://{}:{}@{host}:{port}/{dbname}",
+        "postgres://{}:{}@{host}:{port}/{dbname}{query}",
         crate::secret::urlencode(&user),
         crate::secret::urlencode(&password),
     ))
@@ -215,9 +228,29 @@ mod tests {
             host: Some("db.example".into()),
             port: Some("6432".into()),
             dbname: Some("shop".into()),
+            ..Default::default()
         };
         assert_eq!(
             database_url(managed, &parts).unwrap(),
+            "postgres://postgres:p%40ss%3A%2Fw@db.example:6432/shop"
+        );
+        // The file's TLS settings end the URL; empty ones (an unset `${VAR:-}`) add nothing.
+        let tls = UrlParts {
+            sslmode: Some("verify-full".into()),
+            sslrootcert: Some("/etc/ssl/rds/global-bundle.pem".into()),
+            ..parts.clone()
+        };
+        assert_eq!(
+            database_url(managed, &tls).unwrap(),
+            "postgres://postgres:p%40ss%3A%2Fw@db.example:6432/shop?sslmode=verify-full&sslrootcert=%2Fetc%2Fssl%2Frds%2Fglobal-bundle.pem"
+        );
+        let empty = UrlParts {
+            sslmode: Some(String::new()),
+            sslrootcert: Some(String::new()),
+            ..parts.clone()
+        };
+        assert_eq!(
+            database_url(managed, &empty).unwrap(),
             "postgres://postgres:p%40ss%3A%2Fw@db.example:6432/shop"
         );
         let full = r#"{"username":"u","password":"pw","host":"h","port":5433,"dbname":"other"}"#;

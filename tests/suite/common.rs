@@ -380,11 +380,8 @@ impl Sandbox {
             .arg(dir.path())
             .arg("up")
             .env("CUTOVER_SANDBOX_VENV", &venv)
-            // The first sandbox keeps its seeded clusters; the others start from copies of them.
-            .env(
-                "CUTOVER_SANDBOX_TEMPLATE_DIR",
-                repo().join("target/sandbox-templates"),
-            );
+            // Every sandbox starts from copies of the seeded clusters `sandbox_template` made.
+            .env("CUTOVER_SANDBOX_TEMPLATE_DIR", template_dir());
         let out = run_with_timeout(up, 600);
         assert!(
             out.status.success(),
@@ -594,10 +591,11 @@ impl Sandbox {
     /// Runs SQL through `url`; the server's error as text.
     pub fn try_sql(&self, url: &str, query: &str) -> Result<Vec<Vec<Option<String>>>, String> {
         block_on(async {
-            let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            // TLS as the URL says (the sandbox's servers refuse plaintext), with the tool's
+            // own client code.
+            let c = cutover::providers::postgres::connect(url, "test")
                 .await
                 .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
             let msgs = tokio::time::timeout(Duration::from_secs(60), c.simple_query(query))
                 .await
                 .expect("query deadline")
@@ -1012,6 +1010,34 @@ pub fn log_time(ts: &str) -> Option<i64> {
     Some(t.timestamp_millis())
 }
 
+/// Where the sandboxes of this suite keep their seeded clusters' template.
+fn template_dir() -> PathBuf {
+    repo().join("target/sandbox-templates")
+}
+
+/// Makes the seeded clusters' template once per suite process (`cutover-sandbox template`, a
+/// no-op when it exists); callers wait for it.
+fn sandbox_template() {
+    static MADE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let scratch = tempfile::Builder::new()
+            .prefix("cutover-template-")
+            .tempdir()
+            .unwrap();
+        let mut cmd = Command::new(sandbox_bin());
+        cmd.arg("--dir")
+            .arg(scratch.path().join("sandbox"))
+            .arg("template")
+            .env("CUTOVER_SANDBOX_TEMPLATE_DIR", template_dir());
+        let out = run_with_timeout(cmd, 600);
+        assert!(
+            out.status.success(),
+            "cutover-sandbox template failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
 /// How many sandboxes run at once: `CUTOVER_TEST_SANDBOXES` (default 7). A test waits here for
 /// its slot; waiters are served by priority, then in the order they asked, and the first in line
 /// is never passed over (a test that needs two slots gets them together).
@@ -1087,6 +1113,20 @@ pub mod slots {
         let ticket = s.next_ticket;
         s.next_ticket += 1;
         s.waiting.push((priority, ticket));
+        // In line first, then the template: every test that starts with the suite is waiting
+        // by the time the one seeded template exists, so the first slots go by priority, not to
+        // whichever tests libtest started first, and no two sandboxes seed at once.
+        drop(g);
+        if let Err(panic) = std::panic::catch_unwind(super::sandbox_template) {
+            // Out of line, or the tests behind this one would wait for it for ever.
+            let mut g = STATE.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = g.as_mut() {
+                s.waiting.retain(|(_, t)| *t != ticket);
+            }
+            CHANGED.notify_all();
+            std::panic::resume_unwind(panic);
+        }
+        let mut g = STATE.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let s = g.as_mut().expect("initialised above");
             let first = s

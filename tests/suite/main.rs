@@ -26,5 +26,6 @@ mod migration;
 mod postgres;
 mod promotion;
 mod secrets;
+mod tls;
 mod traffic;
 mod validate;

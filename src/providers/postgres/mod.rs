@@ -17,22 +17,54 @@ pub mod replication;
 pub mod roles;
 mod schedule;
 pub mod snapshot;
+pub mod tls;
 
 use super::ProviderError;
 use std::str::FromStr;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
-/// Connects to `url` (`postgres://user:password@host:port/db`); `side` names it in errors.
+/// Connects to `url` (`postgres://user:password@host:port/db`, with libpq's `sslmode` and
+/// `sslrootcert` honoured by [`tls`]); `side` names it in errors.
 ///
 /// # Errors
-/// [`ProviderError::Postgres`] with the driver's message (which never contains the password).
+/// [`ProviderError::Postgres`] with the driver's message (which never contains the password);
+/// a TLS failure says which check failed at which server and which setting changes it
+/// ([`tls::classify`], [`tls::explain`]).
 pub async fn connect(url: &str, side: &str) -> Result<Client, ProviderError> {
-    let config = Config::from_str(url).map_err(|e| pg(side, e))?;
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| pg(side, e))?;
+    let (driver_url, settings) = tls::split_url(url, side)?;
+    let config = Config::from_str(&driver_url).map_err(|e| pg(side, e))?;
+    let server = server_of(&config);
+    let connector = settings.connector().map_err(|m| ProviderError::Postgres {
+        side: side.to_string(),
+        message: format!("{server}: {m}"),
+    })?;
+    let (client, connection) =
+        config
+            .connect(connector)
+            .await
+            .map_err(|e| match tls::classify(&e) {
+                Some(failure) => ProviderError::Postgres {
+                    side: side.to_string(),
+                    message: tls::explain(&settings, &server, &failure),
+                },
+                None => pg(side, e),
+            })?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(client)
+}
+
+/// `host:port` of a parsed configuration, for messages.
+fn server_of(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
 }
 
 /// Wraps a driver error; uses the server's message and detail when there is one.
@@ -69,6 +101,8 @@ pub struct ConnParts {
     pub password: Option<String>,
     /// Database name.
     pub dbname: String,
+    /// `sslmode` and `sslrootcert`.
+    pub tls: tls::TlsSettings,
 }
 
 impl ConnParts {
@@ -77,7 +111,8 @@ impl ConnParts {
     /// # Errors
     /// [`ProviderError::Postgres`] when it is not a URL with host, user and database.
     pub fn parse(url: &str, side: &str) -> Result<ConnParts, ProviderError> {
-        let config = Config::from_str(url).map_err(|e| pg(side, e))?;
+        let (driver_url, tls) = tls::split_url(url, side)?;
+        let config = Config::from_str(&driver_url).map_err(|e| pg(side, e))?;
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             _ => {
@@ -99,7 +134,25 @@ impl ConnParts {
             user,
             password,
             dbname,
+            tls,
         })
+    }
+
+    /// The environment of a libpq child process (`psql`, `pg_dump`) connecting here: `PGHOST`,
+    /// `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD` when there is one, and the TLS settings
+    /// ([`tls::TlsSettings::libpq_env`]). The password stays off the command line.
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("PGHOST", self.host.clone()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", self.user.clone()),
+            ("PGDATABASE", self.dbname.clone()),
+        ];
+        if let Some(pw) = &self.password {
+            env.push(("PGPASSWORD", pw.clone()));
+        }
+        env.extend(self.tls.libpq_env());
+        env
     }
 
     /// A libpq conninfo string (`host=... password=...`), each value single-quoted; contains the
@@ -116,6 +169,7 @@ impl ConnParts {
         if let Some(p) = &self.password {
             s.push_str(&format!(" password={}", q(p)));
         }
+        s.push_str(&self.tls.conninfo_words());
         s
     }
 
@@ -177,6 +231,12 @@ mod tests {
         assert_eq!(p.port, 5433);
         assert_eq!(p.password.as_deref(), Some("pa'ss"));
         assert!(p.conninfo().contains("password='pa\\'ss'"));
+        // No sslmode: the subscription's connection is verified too (against the system's CAs).
+        assert!(
+            p.conninfo().ends_with(" sslmode='verify-full'"),
+            "{}",
+            p.conninfo()
+        );
         assert_eq!(p.display(), "shop@127.0.0.1:5433/shop");
     }
 }

@@ -79,17 +79,11 @@ while [ -e "$CUTOVER_HOLD" ] && [ "$i" -lt "$CUTOVER_MAX_HOLD" ]; do sleep 1; i=
         .env("CUTOVER_HOLD", hold_file)
         .env("CUTOVER_MAX_HOLD", max_hold.as_secs().to_string())
         .env("CUTOVER_PSQL", &psql)
-        .env("PGHOST", &source.host)
-        .env("PGPORT", source.port.to_string())
-        .env("PGUSER", &source.user)
-        .env("PGDATABASE", &source.dbname)
+        .envs(source.libpq_env())
         .env("PGCONNECT_TIMEOUT", "10")
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(errf);
-    if let Some(pw) = &source.password {
-        cmd.env("PGPASSWORD", pw);
-    }
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
@@ -168,7 +162,8 @@ pub async fn alive(source_url: &str, snapshot: &str) -> bool {
 /// `snapshot` when given. psql meta-commands are dropped. Owners and privileges (`OWNER TO`,
 /// `GRANT`, default privileges) come along, by role name, so the application's roles own on the
 /// target what they own on the source (the preflight checks those roles exist there);
-/// publications and subscriptions do not. The password travels in `PGPASSWORD`.
+/// publications and subscriptions do not. The connection (password and TLS settings included)
+/// travels in the `PG*` environment variables.
 ///
 /// # Errors
 /// [`ProviderError::Postgres`] with pg_dump's message.
@@ -185,23 +180,11 @@ pub async fn dump_section(
         "--no-publications",
         "--no-subscriptions",
     ])
-    .args([
-        "-h",
-        &source.host,
-        "-p",
-        &source.port.to_string(),
-        "-U",
-        &source.user,
-        "-d",
-        &source.dbname,
-    ])
+    .envs(source.libpq_env())
     .env("PGCONNECT_TIMEOUT", "10")
     .kill_on_drop(true);
     if let Some(s) = snapshot {
         cmd.arg(format!("--snapshot={s}"));
-    }
-    if let Some(pw) = &source.password {
-        cmd.env("PGPASSWORD", pw);
     }
     let out = cmd
         .output()
