@@ -514,7 +514,7 @@ impl SecretRef {
         let parts = self
             .as_database_url
             .iter()
-            .flat_map(|p| [&p.host, &p.port, &p.dbname]);
+            .flat_map(|p| [&p.host, &p.port, &p.dbname, &p.sslmode, &p.sslrootcert]);
         [
             &self.from_env,
             &self.from_secrets_manager,

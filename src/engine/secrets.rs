@@ -102,6 +102,8 @@ fn rendered(r: &SecretRef, ctx: &Value) -> Option<SecretRef> {
         q.host = render(&p.host)?;
         q.port = render(&p.port)?;
         q.dbname = render(&p.dbname)?;
+        q.sslmode = render(&p.sslmode)?;
+        q.sslrootcert = render(&p.sslrootcert)?;
         out.as_database_url = Some(q);
     }
     Some(out)
@@ -223,6 +225,7 @@ mod tests {
                 host: Some("{{ tf.db_address }}".into()),
                 port: None,
                 dbname: Some("shop".into()),
+                ..Default::default()
             }),
             ..Default::default()
         };
