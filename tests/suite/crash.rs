@@ -11,6 +11,7 @@
 //! clean run's order by chains of processes: the first `rehearse`, then one `resume` per point,
 //! each killed at its point; the last `resume` finishes the run. The points are shared out among
 //! [`CHAINS`] chains (every other point to each), each in a sandbox of its own and all at once,
+//! started once the clean run is over and its sandbox given back (its end state is read first),
 //! so the test takes the time of half the kills; each chain is still one run killed at every one
 //! of its points and resumed, and every point is covered by one chain.
 //!
@@ -365,11 +366,28 @@ fn report(name: &str, points: &[Point], chains: &[Chain], clean: &[Value]) -> St
     text
 }
 
-fn assert_same_end(name: &str, clean: &Sandbox, crashed: &Sandbox, legacy: [(String, String); 2]) {
-    let clean_run = clean.run_ids().pop().unwrap();
+/// What the clean run left behind, read before its sandbox is given back (the chains run
+/// after it, in sandboxes of their own).
+struct CleanEnd {
+    /// The clean run's records.
+    records: Vec<Value>,
+    /// Its end state, roles named ([`end_state`]).
+    state: BTreeMap<String, String>,
+}
+
+/// Reads the end of `clean`'s last run; `legacy` is what its Secret and record said before it.
+fn clean_end(clean: &Sandbox, legacy: &(String, String)) -> CleanEnd {
+    let run = clean.run_ids().pop().unwrap();
+    CleanEnd {
+        records: clean.records(&run),
+        state: end_state(clean, &run, &legacy.0, &legacy.1),
+    }
+}
+
+fn assert_same_end(name: &str, clean: &CleanEnd, crashed: &Sandbox, legacy: &(String, String)) {
     let crash_run = crashed.run_ids().pop().unwrap();
-    let a = end_state(clean, &clean_run, &legacy[0].0, &legacy[0].1);
-    let b = end_state(crashed, &crash_run, &legacy[1].0, &legacy[1].1);
+    let a = &clean.state;
+    let b = end_state(crashed, &crash_run, &legacy.0, &legacy.1);
     let shown: Vec<String> = a.iter().map(|(k, v)| format!("== {k}\n{v}")).collect();
     let path = common::repo().join(format!("target/crash-report-{name}.txt"));
     let mut text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -378,13 +396,13 @@ fn assert_same_end(name: &str, clean: &Sandbox, crashed: &Sandbox, legacy: [(Str
         shown.join("\n")
     ));
     let _ = std::fs::write(&path, text);
-    for (k, v) in &a {
+    for (k, v) in a {
         assert_eq!(Some(v), b.get(k), "{k} differs from the clean run's");
     }
     assert_eq!(a.len(), b.len());
-    let (ra, rb) = (clean.records(&clean_run), crashed.records(&crash_run));
+    let (ra, rb) = (&clean.records, crashed.records(&crash_run));
     assert_eq!(
-        completions(&ra),
+        completions(ra),
         completions(&rb),
         "steps completed a different number of times"
     );
@@ -452,13 +470,13 @@ fn crash_chains(crashed: &[Sandbox], firsts: &[Vec<String>], points: &[Point]) -
     })
 }
 
-/// The clean run's sandbox, one sandbox per chain, and what each one's Secret and record said
-/// before any run (the clean one's first).
-fn crash_sandboxes() -> (Sandbox, Vec<Sandbox>, Vec<(String, String)>) {
-    let mut sandboxes = Sandbox::start_many(1 + CHAINS);
-    let legacy: Vec<(String, String)> = sandboxes.iter().map(legacy_of).collect();
-    let crashed = sandboxes.split_off(1);
-    (sandboxes.pop().unwrap(), crashed, legacy)
+/// One sandbox per chain, and what each one's Secret and record said before any run. They are
+/// started once the clean run is over and its sandbox given back, so no sandbox waits idle
+/// for another's run.
+fn chain_sandboxes() -> (Vec<Sandbox>, Vec<(String, String)>) {
+    let sandboxes = Sandbox::start_many(CHAINS);
+    let legacy = sandboxes.iter().map(legacy_of).collect();
+    (sandboxes, legacy)
 }
 
 /// Every point was met by one chain, and every chain's sandbox ended as the clean one did.
@@ -466,39 +484,43 @@ fn assert_all_covered_and_same_end(
     name: &str,
     points: &[Point],
     chains: &[Chain],
-    clean: &Sandbox,
+    clean: &CleanEnd,
     crashed: &[Sandbox],
-    legacy: Vec<(String, String)>,
+    legacy: &[(String, String)],
 ) {
     let covered: usize = chains
         .iter()
         .map(|c| c.covered.len() + c.passed_over.len())
         .sum();
     assert_eq!(covered, points.len());
-    for (sb, theirs) in crashed.iter().zip(&legacy[1..]) {
-        assert_same_end(name, clean, sb, [legacy[0].clone(), theirs.clone()]);
+    for (sb, theirs) in crashed.iter().zip(legacy) {
+        assert_same_end(name, clean, sb, theirs);
     }
 }
 
 #[test]
 fn a_rehearsal_killed_at_every_record_and_resumed_ends_as_a_clean_one() {
-    let (clean, crashed, legacy) = crash_sandboxes();
+    let clean = Sandbox::start_first();
+    let clean_legacy = legacy_of(&clean);
     let out = clean.cutover(&["rehearse", "staging"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let clean_records = clean.records(&clean.run_ids().pop().unwrap());
-    let points = points(&clean_records, 0);
+    let end = clean_end(&clean, &clean_legacy);
+    drop(clean);
+    let points = points(&end.records, 0);
+    let (crashed, legacy) = chain_sandboxes();
     let firsts = vec![vec!["rehearse".to_string(), "staging".to_string()]; CHAINS];
     let chains = crash_chains(&crashed, &firsts, &points);
     for c in &chains {
         assert_eq!(c.exit, Some(0), "a resumed rehearsal did not succeed");
     }
-    report("rehearsal", &points, &chains, &clean_records);
-    assert_all_covered_and_same_end("rehearsal", &points, &chains, &clean, &crashed, legacy);
+    report("rehearsal", &points, &chains, &end.records);
+    assert_all_covered_and_same_end("rehearsal", &points, &chains, &end, &crashed, &legacy);
 }
 
 #[test]
 fn a_rollback_after_the_flip_killed_at_every_record_and_resumed_ends_as_a_clean_one() {
-    let (clean, crashed, legacy) = crash_sandboxes();
+    let clean = Sandbox::start_first();
+    let clean_legacy = legacy_of(&clean);
     let shop = std::fs::read_to_string(common::repo().join("runbooks/shop-cutover.yaml")).unwrap();
     let failing = shop.replace(
         "{ id: health, kind: http.check, with: { url: \"{{ tf.app_url }}/healthz\"",
@@ -508,12 +530,15 @@ fn a_rollback_after_the_flip_killed_at_every_record_and_resumed_ends_as_a_clean_
     let clean_runbook = clean.extra_runbook("shop-cutover-failing-health", &failing);
     let out = clean.cutover(&["rehearse", "staging", "--runbook", &clean_runbook]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let clean_records = clean.records(&clean.run_ids().pop().unwrap());
-    let from = clean_records
+    let end = clean_end(&clean, &clean_legacy);
+    drop(clean);
+    let from = end
+        .records
         .iter()
         .position(|r| r["type"] == "rollback_started")
         .expect("the clean run rolled back");
-    let points = points(&clean_records, from);
+    let points = points(&end.records, from);
+    let (crashed, legacy) = chain_sandboxes();
     let firsts: Vec<Vec<String>> = crashed
         .iter()
         .map(|sb| {
@@ -531,6 +556,6 @@ fn a_rollback_after_the_flip_killed_at_every_record_and_resumed_ends_as_a_clean_
             "a resumed rollback did not end rolled back"
         );
     }
-    report("rollback", &points, &chains, &clean_records[from..]);
-    assert_all_covered_and_same_end("rollback", &points, &chains, &clean, &crashed, legacy);
+    report("rollback", &points, &chains, &end.records[from..]);
+    assert_all_covered_and_same_end("rollback", &points, &chains, &end, &crashed, &legacy);
 }
