@@ -1,6 +1,6 @@
 //! TLS for every PostgreSQL connection the tool makes: libpq's `sslmode` and `sslrootcert`, read
-//! from the connection URL with libpq's meanings, over rustls (the ring provider) through
-//! tokio-postgres-rustls.
+//! from the connection URL with libpq's meanings, over rustls (the aws-lc-rs provider, as
+//! reqwest already uses) through tokio-postgres-rustls.
 //!
 //! tokio-postgres itself knows only `disable`, `prefer` and `require`, never verifies a
 //! certificate and refuses `sslrootcert`, so this module takes both parameters out of the URL
@@ -285,7 +285,7 @@ impl TlsSettings {
     /// # Errors
     /// A message for a CA that cannot be read (see [`Self::roots`]).
     pub fn client_config(&self) -> Result<rustls::ClientConfig, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier: Arc<dyn ServerCertVerifier> = match self.check() {
             Check::None => Arc::new(Unchecked(provider.clone())),
             check => {
