@@ -98,6 +98,17 @@ fn all_running(s: &State) -> bool {
         && procs::cluster_running(&s.dir.join("pg/target"))
 }
 
+/// The state of a sandbox about to be made in `dir`: new passwords, nothing started yet.
+fn fresh_state(dir: &std::path::Path) -> State {
+    State {
+        dir: dir.to_path_buf(),
+        source_password: password(),
+        target_password: password(),
+        app_password: password(),
+        ..Default::default()
+    }
+}
+
 fn password() -> String {
     let mut bytes = [0u8; 18];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
@@ -163,13 +174,7 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     let venv = procs::ensure_venv(dir)?;
-    let mut s = State {
-        dir: dir.to_path_buf(),
-        ..Default::default()
-    };
-    s.source_password = password();
-    s.target_password = password();
-    s.app_password = password();
+    let mut s = fresh_state(dir);
     let mut ports = procs::free_ports(3)?.into_iter();
     let mut next = || ports.next().expect("enough ports were allocated");
     s.moto_port = next();
@@ -347,13 +352,7 @@ fn make_template(dir: &std::path::Path) -> Result<i32> {
     for d in [dir.to_path_buf(), dir.join("pg")] {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
     }
-    let mut s = State {
-        dir: dir.to_path_buf(),
-        ..Default::default()
-    };
-    s.source_password = password();
-    s.target_password = password();
-    s.app_password = password();
+    let mut s = fresh_state(dir);
     let mut ports = procs::free_ports(2)?.into_iter();
     s.source_port = ports.next().expect("two ports");
     s.target_port = ports.next().expect("two ports");
