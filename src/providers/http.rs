@@ -1,6 +1,12 @@
-//! HTTP: one reqwest client (rustls) for health checks.
+//! HTTP: one reqwest client (rustls) per process, for health probes and metric queries.
+//!
+//! The client is built once: building one loads and parses the system's root certificates,
+//! which takes tens of milliseconds (hundreds on a loaded machine). Built inside an analysis
+//! window, that work stalled the window's first probe, which then measured the certificate
+//! loading, not the service. Each request sets its own timeout.
 
 use super::ProviderError;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The outcome of one request.
@@ -14,22 +20,32 @@ pub struct Probe {
     pub error: Option<String>,
 }
 
-/// A client with a per-request timeout.
+/// The process's client, or why it could not be built.
+static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+
+/// The process's client (cheap to clone: clones share one connection pool). It keeps no idle
+/// connection, so every probe opens a connection of its own, as a new user's request does, and
+/// follows DNS; it has no overall timeout: each request sets one.
 ///
 /// # Errors
 /// [`ProviderError::Http`] when the TLS backend cannot be built.
-pub fn client(request_timeout: Duration) -> Result<reqwest::Client, ProviderError> {
-    reqwest::Client::builder()
-        .timeout(request_timeout)
-        .user_agent(concat!("cutover/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| ProviderError::Http(e.to_string()))
+pub fn client() -> Result<reqwest::Client, ProviderError> {
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .user_agent(concat!("cutover/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(ProviderError::Http)
 }
 
-/// GETs `url` once.
-pub async fn probe(client: &reqwest::Client, url: &str) -> Probe {
+/// GETs `url` once, giving up after `timeout`.
+pub async fn probe(client: &reqwest::Client, url: &str, timeout: Duration) -> Probe {
     let start = std::time::Instant::now();
-    match client.get(url).send().await {
+    match client.get(url).timeout(timeout).send().await {
         Ok(resp) => Probe {
             status: Some(resp.status().as_u16()),
             latency_ms: start.elapsed().as_millis() as u64,

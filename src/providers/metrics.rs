@@ -11,6 +11,9 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// How long one Prometheus query may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What one query returned.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Reading {
@@ -38,10 +41,12 @@ pub async fn prometheus(
         &[("query", query)],
     )
     .map_err(|e| ProviderError::Http(format!("Prometheus address {address}: {e}")))?;
-    let resp =
-        client.get(url).send().await.map_err(|e| {
-            ProviderError::Http(format!("Prometheus {address}: {}", e.without_url()))
-        })?;
+    let resp = client
+        .get(url)
+        .timeout(QUERY_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| ProviderError::Http(format!("Prometheus {address}: {}", e.without_url())))?;
     let code = resp.status();
     let body: Value = resp
         .json()

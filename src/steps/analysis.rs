@@ -256,7 +256,8 @@ impl Analysis {
         label: &str,
         url: &str,
     ) -> Result<Verdict, StepError> {
-        let c = client(Duration::from_secs(5).min(self.interval.max(Duration::from_secs(2))))?;
+        let c = client()?;
+        let timeout = Duration::from_secs(5).min(self.interval.max(Duration::from_secs(2)));
         let mut samples = Vec::new();
         let allowed = self.allowed_failures();
         for i in 0..self.samples {
@@ -264,7 +265,7 @@ impl Analysis {
                 tokio::time::sleep(self.interval).await;
             }
             cx.check_deadline(&format!("the {label} analysis window"))?;
-            let r = probe(&c, url).await;
+            let r = probe(&c, url, timeout).await;
             let ok = r.status == Some(self.expect_status);
             let answer = match (r.status, &r.error) {
                 (Some(s), _) => format!("HTTP {s}"),

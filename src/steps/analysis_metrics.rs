@@ -370,7 +370,7 @@ impl MetricCheck {
     /// [`StepError::Timeout`] or [`StepError::Panic`] from the safe points; a query that fails
     /// is an `error` measurement, not an `Err`.
     pub async fn run(&self, cx: &StepContext<'_>, label: &str) -> Result<MetricVerdict, StepError> {
-        let http = crate::providers::http::client(Duration::from_secs(10))?;
+        let http = crate::providers::http::client()?;
         let mut ms: Vec<Measurement> = Vec::new();
         sleep_checked(cx, self.initial_delay, label).await?;
         for i in 0..self.count {

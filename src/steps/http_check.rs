@@ -9,6 +9,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
+/// How long one request may take before it counts as unanswered.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The `http.check` kind.
 pub struct HttpCheck;
 
@@ -71,8 +74,8 @@ impl StepKind for HttpCheck {
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
         let p: Params = parse_params(&cx.params)?;
-        let c = client(Duration::from_secs(5))?;
-        let now = probe(&c, &p.url).await;
+        let c = client()?;
+        let now = probe(&c, &p.url, PROBE_TIMEOUT).await;
         let seen = match (now.status, now.error) {
             (Some(s), _) => format!("now answers {s}"),
             (None, Some(e)) => format!("now unreachable: {e}"),
@@ -90,12 +93,12 @@ impl StepKind for HttpCheck {
         _planned: &Planned,
     ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
-        let c = client(Duration::from_secs(5))?;
+        let c = client()?;
         let (mut attempts, mut streak) = (0u32, 0u32);
         let mut latencies = Vec::new();
         loop {
             attempts += 1;
-            let r = probe(&c, &p.url).await;
+            let r = probe(&c, &p.url, PROBE_TIMEOUT).await;
             let ok = r.status == Some(p.expect_status);
             if ok {
                 streak += 1;

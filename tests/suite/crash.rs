@@ -470,6 +470,26 @@ fn crash_chains(crashed: &[Sandbox], firsts: &[Vec<String>], points: &[Point]) -
     })
 }
 
+/// The run rolled back because of the failing health check after the flip, and only of it (a
+/// run that failed earlier, say in a DNS stage's analysis, rolls back fewer steps and cannot be
+/// compared); the message names the step that failed and why.
+fn assert_failed_at_health(records: &[Value], output: &str) {
+    let failed: Vec<String> = common::events(records, "step_failed")
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r["step"].as_str().unwrap_or("?"),
+                r["data"]["error"]
+            )
+        })
+        .collect();
+    assert!(
+        failed.len() == 1 && failed[0].starts_with("health: "),
+        "the run must fail at step health and nowhere else; it failed at {failed:?}\n{output}"
+    );
+}
+
 /// One sandbox per chain, and what each one's Secret and record said before any run. They are
 /// started once the clean run is over and its sandbox given back, so no sandbox waits idle
 /// for another's run.
@@ -531,6 +551,7 @@ fn a_rollback_after_the_flip_killed_at_every_record_and_resumed_ends_as_a_clean_
     let out = clean.cutover(&["rehearse", "staging", "--runbook", &clean_runbook]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let end = clean_end(&clean, &clean_legacy);
+    assert_failed_at_health(&end.records, &text(&out));
     drop(clean);
     let from = end
         .records
@@ -549,12 +570,14 @@ fn a_rollback_after_the_flip_killed_at_every_record_and_resumed_ends_as_a_clean_
         })
         .collect();
     let chains = crash_chains(&crashed, &firsts, &points);
-    for c in &chains {
+    for (c, sb) in chains.iter().zip(&crashed) {
         assert_eq!(
             c.exit,
             Some(1),
             "a resumed rollback did not end rolled back"
         );
+        let run = sb.run_ids().pop().unwrap();
+        assert_failed_at_health(&sb.records(&run), "(a chain's run)");
     }
     report("rollback", &points, &chains, &end.records[from..]);
     assert_all_covered_and_same_end("rollback", &points, &chains, &end, &crashed, &legacy);

@@ -270,8 +270,7 @@ impl TlsSettings {
                 }
             }
             RootCert::System => {
-                let found = rustls_native_certs::load_native_certs();
-                store.add_parsable_certificates(found.certs);
+                store.add_parsable_certificates(system_roots().iter().cloned());
                 if store.is_empty() {
                     return Err("the system has no trusted CA certificates (sslrootcert=system); give sslrootcert=<CA file>".into());
                 }
@@ -399,6 +398,14 @@ impl TlsSettings {
 
 /// The Debian/Ubuntu path of the system's CA bundle (package ca-certificates).
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The system's trusted CA certificates, read once per process: reading and parsing the
+/// bundle (about 150 certificates) costs tens of milliseconds, and without a cache every
+/// connection that trusts the system's CAs paid it again.
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
+}
 
 /// Why a connection failed, as far as TLS is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
