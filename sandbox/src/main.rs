@@ -8,6 +8,7 @@ mod eso;
 mod kube;
 mod listen;
 mod procs;
+mod rights;
 mod seed;
 mod serve;
 mod state;
@@ -104,6 +105,8 @@ fn fresh_state(dir: &std::path::Path) -> State {
         dir: dir.to_path_buf(),
         source_password: password(),
         target_password: password(),
+        source_admin_password: password(),
+        target_admin_password: password(),
         app_password: password(),
         ..Default::default()
     }
@@ -214,6 +217,7 @@ fn up(dir: &std::path::Path) -> Result<i32> {
         .filter(|t| template::restore(t, &dir.join("pg")).unwrap_or(false))
     {
         eprintln!("sandbox: the seeded clusters copied from {}", t.display());
+        load_rights_module(dir, &source, &target)?;
         s.source_port = procs::start_existing_cluster(&source, s.source_port, &tls_dir)?;
         s.target_port = procs::start_existing_cluster(&target, s.target_port, &tls_dir)?;
         s.save()?;
@@ -224,6 +228,7 @@ fn up(dir: &std::path::Path) -> Result<i32> {
                 s.source_port,
                 &[
                     ("postgres", &s.source_password),
+                    (rights::SOURCE_ADMIN, &s.source_admin_password),
                     ("shop", &app),
                     ("letters", &app),
                 ],
@@ -234,6 +239,7 @@ fn up(dir: &std::path::Path) -> Result<i32> {
                 s.target_port,
                 &[
                     ("postgres", &s.target_password),
+                    (rights::TARGET_ADMIN, &s.target_admin_password),
                     ("shop", &app),
                     ("letters", &app),
                 ],
@@ -243,6 +249,7 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     } else {
         seeded_clusters(&mut s, &rt, template.as_deref())?;
         if template.is_some() {
+            load_rights_module(dir, &source, &target)?;
             s.source_port = procs::start_existing_cluster(&source, s.source_port, &tls_dir)?;
             s.target_port = procs::start_existing_cluster(&target, s.target_port, &tls_dir)?;
             s.save()?;
@@ -307,20 +314,11 @@ fn seeded_clusters(
     let dir = s.dir.clone();
     let tls_dir = tls::dir(&dir);
     let (source, target) = (dir.join("pg/source"), dir.join("pg/target"));
-    s.source_port = procs::start_cluster(
-        &source,
-        s.source_port,
-        &s.source_password,
-        SOURCE_CONF,
-        &tls_dir,
-    )?;
-    s.target_port = procs::start_cluster(
-        &target,
-        s.target_port,
-        &s.target_password,
-        TARGET_CONF,
-        &tls_dir,
-    )?;
+    procs::init_cluster(&source, &s.source_password, SOURCE_CONF)?;
+    procs::init_cluster(&target, &s.target_password, TARGET_CONF)?;
+    load_rights_module(&dir, &source, &target)?;
+    s.source_port = procs::start_existing_cluster(&source, s.source_port, &tls_dir)?;
+    s.target_port = procs::start_existing_cluster(&target, s.target_port, &tls_dir)?;
     s.save()?;
     eprintln!(
         "sandbox: seeding the shop database ({} orders)",
@@ -333,6 +331,18 @@ fn seeded_clusters(
         template::save(&dir.join("pg"), t)?;
     }
     Ok(())
+}
+
+/// Compiles the subscription-rights module for this sandbox and has both clusters load it,
+/// each for its own admin's role ([`rights`]).
+fn load_rights_module(
+    dir: &std::path::Path,
+    source: &std::path::Path,
+    target: &std::path::Path,
+) -> Result<()> {
+    let module = rights::module(dir)?;
+    procs::append_conf(source, &rights::conf(&module, rights::SOURCE_SUBSCRIBERS))?;
+    procs::append_conf(target, &rights::conf(&module, rights::TARGET_SUBSCRIBERS))
 }
 
 /// `cutover-sandbox template`: makes the seeded clusters' template at

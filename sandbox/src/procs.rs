@@ -264,19 +264,6 @@ pub fn chown_tree(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates and starts a cluster in `data` with superuser password `password`, on `port` or,
-/// when that was taken meanwhile, on another free port; returns the port it listens on.
-pub fn start_cluster(
-    data: &Path,
-    port: u16,
-    password: &str,
-    extra_conf: &str,
-    tls: &Path,
-) -> Result<u16> {
-    init_cluster(data, password, extra_conf)?;
-    start_existing_cluster(data, port, tls)
-}
-
 /// `initdb` into `data` (superuser `postgres` with password `password`, local connections
 /// trusted, TCP ones by SCRAM) and the sandbox's settings plus `extra_conf` in postgresql.conf.
 pub fn init_cluster(data: &Path, password: &str, extra_conf: &str) -> Result<()> {
@@ -368,6 +355,11 @@ pub fn start_existing_cluster(data: &Path, port: u16, tls: &Path) -> Result<u16>
 /// another port.
 pub const START_ATTEMPTS: usize = 4;
 
+/// Appends `text` to the postgresql.conf of the cluster in `data` (a later line wins).
+pub fn append_conf(data: &Path, text: &str) -> Result<()> {
+    append(&data.join("postgresql.conf"), text)
+}
+
 fn append(path: &Path, text: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
     std::io::Write::write_all(&mut f, text.as_bytes())?;
@@ -440,7 +432,8 @@ mod tests {
         let data = dir.path().join("pg");
         let tls = dir.path().join("tls");
         crate::tls::make(&tls, "test CA").unwrap();
-        let port = start_cluster(&data, taken_port, "pw", "", &tls).unwrap();
+        init_cluster(&data, "pw", "").unwrap();
+        let port = start_existing_cluster(&data, taken_port, &tls).unwrap();
         let running = cluster_running(&data);
         stop_cluster(&data);
         assert_ne!(port, taken_port);

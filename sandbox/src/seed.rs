@@ -101,7 +101,13 @@ pub async fn databases(s: &State) -> Result<()> {
             .await?;
     }
     src.batch_execute("DROP DATABASE shop_seed").await?;
-    letters(s, &src, &tgt).await
+    letters(s, &src, &tgt).await?;
+    src.batch_execute(&crate::rights::source_admin_sql(&s.source_admin_password))
+        .await
+        .context("the legacy server's admin")?;
+    tgt.batch_execute(&crate::rights::target_admin_sql(&s.target_admin_password))
+        .await
+        .context("the target's master user")
 }
 
 /// Mailboxes of the second service, `letters`.
@@ -475,7 +481,7 @@ async fn secrets(s: &State, env: &str, cfg: &SdkConfig) -> Result<()> {
     sm.create_secret()
         .name(State::master_secret_name(env))
         .secret_string(
-            serde_json::json!({"username": "postgres", "password": s.target_password}).to_string(),
+            serde_json::json!({"username": crate::rights::TARGET_ADMIN, "password": s.target_admin_password}).to_string(),
         )
         .send()
         .await

@@ -29,6 +29,12 @@ pub struct State {
     pub source_password: String,
     /// Superuser password of the target cluster.
     pub target_password: String,
+    /// Password of the source's admin `doadmin` (not a superuser; [`crate::rights`]).
+    #[serde(default)]
+    pub source_admin_password: String,
+    /// Password of the target's master user `shop_admin` (not a superuser).
+    #[serde(default)]
+    pub target_admin_password: String,
     /// Password of the application roles `shop` and `letters` on both clusters.
     pub app_password: String,
     /// pid of `cutover-sandbox serve` (Kubernetes API emulator and the apps).
@@ -100,14 +106,22 @@ impl State {
         }
     }
 
-    /// A URL of the `letters` service's database: as `role` (`letters` or `postgres`) on the
-    /// source or the target server.
+    /// A URL of the `letters` service's database: as `role` (`letters`, or `admin` for the
+    /// server's admin role, [`crate::rights`]) on the source or the target server.
     pub fn letters_url(&self, env: &str, role: &str, target: bool) -> String {
-        let (password, port) = match (role, target) {
-            ("postgres", false) => (&self.source_password, self.source_port),
-            ("postgres", true) => (&self.target_password, self.target_port),
-            (_, false) => (&self.app_password, self.source_port),
-            (_, true) => (&self.app_password, self.target_port),
+        let (role, password, port) = match (role, target) {
+            ("admin", false) => (
+                crate::rights::SOURCE_ADMIN,
+                &self.source_admin_password,
+                self.source_port,
+            ),
+            ("admin", true) => (
+                crate::rights::TARGET_ADMIN,
+                &self.target_admin_password,
+                self.target_port,
+            ),
+            (_, false) => (role, &self.app_password, self.source_port),
+            (_, true) => (role, &self.app_password, self.target_port),
         };
         format!(
             "postgres://{role}:{password}@127.0.0.1:{port}/{}{}",
@@ -153,22 +167,25 @@ impl State {
         )
     }
 
-    /// The admin URL of the source database of `env`.
+    /// The admin URL of the source database of `env`: as `doadmin`, not a superuser.
     pub fn source_admin_url(&self, env: &str) -> String {
         format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{}{}",
-            self.source_password,
+            "postgres://{}:{}@127.0.0.1:{}/{}{}",
+            crate::rights::SOURCE_ADMIN,
+            self.source_admin_password,
             self.source_port,
             Self::database(env),
             self.tls_query()
         )
     }
 
-    /// The admin URL of the target database of `env`.
+    /// The admin URL of the target database of `env`: as the master user `shop_admin`, not a
+    /// superuser.
     pub fn target_admin_url(&self, env: &str) -> String {
         format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{}{}",
-            self.target_password,
+            "postgres://{}:{}@127.0.0.1:{}/{}{}",
+            crate::rights::TARGET_ADMIN,
+            self.target_admin_password,
             self.target_port,
             Self::database(env),
             self.tls_query()
@@ -248,8 +265,8 @@ impl State {
                 self.legacy_app_url(env),
             ));
             for (name, role, target) in [
-                ("SOURCE_DATABASE_URL", "postgres", false),
-                ("TARGET_DATABASE_URL", "postgres", true),
+                ("SOURCE_DATABASE_URL", "admin", false),
+                ("TARGET_DATABASE_URL", "admin", true),
                 ("TARGET_APP_DATABASE_URL", "letters", true),
                 ("LEGACY_APP_DATABASE_URL", "letters", false),
             ] {
@@ -286,6 +303,20 @@ impl State {
                 format!(
                     "http://127.0.0.1:{}",
                     self.app_ports.get(env).copied().unwrap_or(0)
+                ),
+            ));
+        }
+        // The servers' superuser, which cutover's configuration never names: for what only a
+        // superuser may do to the sandbox itself (the tests' set-ups), database `postgres`.
+        for (name, password, port) in [
+            ("SOURCE", &self.source_password, self.source_port),
+            ("TARGET", &self.target_password, self.target_port),
+        ] {
+            v.push((
+                format!("CUTOVER_SANDBOX_{name}_SUPERUSER_URL"),
+                format!(
+                    "postgres://postgres:{password}@127.0.0.1:{port}/postgres{}",
+                    self.tls_query()
                 ),
             ));
         }

@@ -60,6 +60,7 @@ async fn generate(bench: &Bench, shape: Shape, size_mb: u64) -> Result<(u64, &'s
     bench.fresh_databases(DB).await?;
     let url = bench.source_db(DB)?;
     let c = connect(&url, "bench").await?;
+    c.batch_execute(&super::as_app()).await?;
     let (table, rows) = match shape {
         Shape::Events => {
             let rows =
@@ -102,8 +103,14 @@ async fn fresh_target(bench: &Bench) -> Result<()> {
         ident(DB)
     ))
     .await?;
-    c.batch_execute(&format!("CREATE DATABASE {}", ident(DB)))
-        .await?;
+    // Owned by the application's role, which owns the tables (an admin that is not a
+    // superuser may make a role the owner of a table only where that role may create).
+    c.batch_execute(&format!(
+        "CREATE DATABASE {} OWNER {}",
+        ident(DB),
+        super::APP_ROLE
+    ))
+    .await?;
     Ok(())
 }
 
@@ -140,19 +147,39 @@ async fn native_subscription(bench: &Bench, jobs: usize) -> Result<()> {
     let tgt_url = bench.target_db(DB)?;
     let sp = ConnParts::parse(&src_url, "source")?;
     let tgt_admin = super::admin(&bench.target_url).await?;
-    tgt_admin
+    // The native copy's parallelism is a server setting: ALTER SYSTEM where the admin may (a
+    // superuser), else the server's own value (RDS: the parameter group's), said so.
+    let set = tgt_admin
         .batch_execute(&format!(
-            "ALTER SYSTEM SET max_sync_workers_per_subscription = {jobs}"
+            "ALTER SYSTEM SET max_sync_workers_per_subscription = {jobs}; SELECT pg_reload_conf()"
         ))
-        .await?;
-    tgt_admin.batch_execute("SELECT pg_reload_conf()").await?;
+        .await
+        .is_ok();
+    if !set {
+        let r = tgt_admin
+            .query_one(
+                "SELECT current_setting('max_sync_workers_per_subscription')",
+                &[],
+            )
+            .await?;
+        let workers: String = r.get(0);
+        eprintln!("bench: the native subscription copies with the server's max_sync_workers_per_subscription = {workers} (ALTER SYSTEM is refused to the admin role; a parameter group sets it on RDS)");
+    }
     let pre = dump_section(&sp, "pre-data", None).await?;
     let tgt = connect(&tgt_url, "bench").await?;
     tgt.batch_execute(&pre).await?;
     let src = connect(&src_url, "bench").await?;
-    src.batch_execute(
-        "DROP PUBLICATION IF EXISTS bench_native; CREATE PUBLICATION bench_native FOR ALL TABLES",
-    )
+    // FOR ALL TABLES needs a superuser; the tables' owner may publish them by name.
+    let tables: String = src
+        .query_one(
+            "SELECT coalesce(string_agg(format('%I.%I', schemaname, tablename), ', '), '') FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await?
+        .get(0);
+    src.batch_execute(&format!(
+        "DROP PUBLICATION IF EXISTS bench_native; CREATE PUBLICATION bench_native FOR TABLE {tables}"
+    ))
     .await?;
     tgt.batch_execute(&format!(
         "CREATE SUBSCRIPTION bench_native CONNECTION {} PUBLICATION bench_native WITH (copy_data = true)",
@@ -177,10 +204,13 @@ async fn native_subscription(bench: &Bench, jobs: usize) -> Result<()> {
     tgt.batch_execute(&post).await?;
     tgt.batch_execute("DROP SUBSCRIPTION bench_native").await?;
     src.batch_execute("DROP PUBLICATION bench_native").await?;
-    tgt_admin
-        .batch_execute("ALTER SYSTEM RESET max_sync_workers_per_subscription")
-        .await?;
-    tgt_admin.batch_execute("SELECT pg_reload_conf()").await?;
+    if set {
+        tgt_admin
+            .batch_execute(
+                "ALTER SYSTEM RESET max_sync_workers_per_subscription; SELECT pg_reload_conf()",
+            )
+            .await?;
+    }
     Ok(())
 }
 

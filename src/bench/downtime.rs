@@ -37,6 +37,7 @@ phases:
 async fn seed(bench: &Bench, rows: i64) -> Result<()> {
     bench.fresh_databases(DB).await?;
     let c = connect(&bench.source_db(DB)?, "bench").await?;
+    c.batch_execute(&super::as_app()).await?;
     c.batch_execute(&format!(
         "CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id bigint NOT NULL, status text NOT NULL, total_cents bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
          INSERT INTO orders (customer_id, status, total_cents) SELECT g % 1000, 'paid', g FROM generate_series(1, {rows}) g;

@@ -65,6 +65,13 @@ pub struct Bench {
 /// The role the bench's application (the heartbeat) writes as, on both servers.
 pub const APP_ROLE: &str = "cutover_bench_app";
 
+/// What a session runs before it creates the bench's tables: the application's role owns them,
+/// as an application's migrations make it (an admin that is not a superuser then reaches them
+/// as a member of that role, and a table the admin owned would name a role the target lacks).
+pub fn as_app() -> String {
+    format!("SET ROLE {APP_ROLE}")
+}
+
 impl Bench {
     /// Loads the environment and its database URLs; refuses production.
     ///
@@ -119,7 +126,7 @@ impl Bench {
     }
 
     /// Drops and creates database `db` on both servers, owned by the application role (so it
-    /// may create the heartbeat table), with the admin role's future tables granted to it.
+    /// may create the heartbeat table, and owns the tables the bench creates: [`as_app`]).
     ///
     /// # Errors
     /// A statement fails.
@@ -142,14 +149,12 @@ impl Bench {
                 crate::providers::postgres::literal(&self.app_password)
             ))
             .await?;
+            // A managed database's admin is not a superuser: it acts on the application role's
+            // database as a member of that role (its CREATEROLE lets it grant that to itself).
+            c.batch_execute(&format!("GRANT {APP_ROLE} TO CURRENT_USER"))
+                .await?;
             c.batch_execute(&format!("CREATE DATABASE {} OWNER {APP_ROLE}", ident(db)))
                 .await?;
-            let d = connect(&with_db(url, db)?, "bench").await?;
-            d.batch_execute(&format!(
-                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {APP_ROLE};
-                 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {APP_ROLE}"
-            ))
-            .await?;
         }
         Ok(())
     }

@@ -24,9 +24,11 @@ pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
     let result = async {
         let (src_url, tgt_url) = (bench.source_db(DB)?, bench.target_db(DB)?);
         let sql = format!(
-            "CREATE TABLE items (id bigint PRIMARY KEY, sku text NOT NULL, quantity int NOT NULL, price numeric(10,2) NOT NULL, updated_at timestamptz NOT NULL);
+            "{};
+             CREATE TABLE items (id bigint PRIMARY KEY, sku text NOT NULL, quantity int NOT NULL, price numeric(10,2) NOT NULL, updated_at timestamptz NOT NULL);
              INSERT INTO items SELECT g, 'SKU-' || (g % 5000), g % 97, (g % 100000) / 100.0, timestamptz '2025-01-01' + g * interval '1 second' FROM generate_series(1, {rows}) g;
-             ANALYZE"
+             ANALYZE",
+            super::as_app()
         );
         let t = Instant::now();
         let (s, d) = tokio::try_join!(connect(&src_url, "source"), connect(&tgt_url, "target"))?;

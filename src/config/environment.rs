@@ -214,6 +214,16 @@ pub struct DatabaseSection {
     /// The target admin URL from a secret source, instead of `target_url_env`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_url: Option<SecretRef>,
+    /// The CA certificate (PEM) that signed the source server's certificate, from a secret
+    /// source (file, variable, Secrets Manager, SSM): kept as a file and used as the source
+    /// URL's `sslrootcert`, with `sslmode=verify-full` unless the URL gives a mode. For a CA
+    /// that is not a file where the tool runs (DigitalOcean's per-cluster `ca-certificate.crt`
+    /// kept in Secrets Manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ca: Option<SecretRef>,
+    /// The same for the target server (RDS: `global-bundle.pem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ca: Option<SecretRef>,
 }
 
 /// One side of a database pair.
@@ -258,10 +268,30 @@ impl DatabaseSection {
         src.as_ref().and_then(|r| r.source().ok())
     }
 
+    /// `side`'s CA certificate source (`source_ca`, `target_ca`), if given.
+    pub fn ca(&self, side: Side) -> Option<&SecretRef> {
+        match side {
+            Side::Source => self.source_ca.as_ref(),
+            Side::Target => self.target_ca.as_ref(),
+        }
+    }
+
     /// The problems of this section's URL fields: each side needs exactly one of `*_url_env` and
-    /// `*_url`, and a `*_url` source must itself be well formed.
+    /// `*_url`, and a `*_url` or `*_ca` source must itself be well formed.
     pub fn url_problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for (side, ca) in [("source", &self.source_ca), ("target", &self.target_ca)] {
+            if let Some(r) = ca {
+                if let Err(e) = r.source() {
+                    out.push(format!("{side}_ca: {e}"));
+                }
+                if r.as_database_url.is_some() {
+                    out.push(format!(
+                        "{side}_ca: `as_database_url` makes a URL, not a certificate: remove it"
+                    ));
+                }
+            }
+        }
         for (side, var, src) in [
             ("source", &self.source_url_env, &self.source_url),
             ("target", &self.target_url_env, &self.target_url),

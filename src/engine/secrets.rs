@@ -24,6 +24,8 @@ pub(super) enum Slot {
     Named(String),
     /// A database admin URL.
     Url(Side),
+    /// The CA certificate of a database server (`source_ca`, `target_ca`).
+    Ca(Side),
 }
 
 impl Slot {
@@ -31,6 +33,7 @@ impl Slot {
         match self {
             Slot::Named(n) => n.clone(),
             Slot::Url(side) => format!("{}_database_url", side.as_str()),
+            Slot::Ca(side) => format!("{}_ca", side.as_str()),
         }
     }
 }
@@ -72,6 +75,12 @@ fn references(env: &crate::config::Environment) -> Vec<Pending> {
         if let (Some(r), false) = (r, from_var) {
             out.push(Pending {
                 slot: Slot::Url(side),
+                reference: r.clone(),
+            });
+        }
+        if let Some(r) = env.database.ca(side) {
+            out.push(Pending {
+                slot: Slot::Ca(side),
                 reference: r.clone(),
             });
         }
@@ -174,6 +183,12 @@ impl Executor<'_> {
                     Ok(None) => Ok(None),
                     Err(e) => Err(e),
                 },
+                // A CA is public: its fingerprint names the certificate, as for a secret.
+                Slot::Ca(side) => self
+                    .providers
+                    .load_ca(*side, &r)
+                    .await
+                    .map(|(_, fp)| Some(fp)),
                 Slot::Url(side) => self.providers.load_database_url(*side, &r).await.map(|()| {
                     let url = match side {
                         Side::Source => self.providers.source_url(),

@@ -100,6 +100,8 @@ pub struct Providers {
     /// Database admin URLs read from a secret source other than a variable
     /// ([`Providers::load_database_url`]).
     urls: std::sync::RwLock<std::collections::HashMap<&'static str, String>>,
+    /// CA files read from the `*_ca` secret sources, by side ([`Providers::load_ca`]).
+    cas: std::sync::RwLock<std::collections::HashMap<&'static str, std::path::PathBuf>>,
 }
 
 /// A token-authenticated Kubernetes client is rebuilt after this long (EKS tokens are accepted
@@ -117,6 +119,7 @@ impl Providers {
             aws: OnceCell::new(),
             kube: tokio::sync::Mutex::new(None),
             urls: Default::default(),
+            cas: Default::default(),
         }
     }
 
@@ -274,11 +277,57 @@ impl Providers {
                     self.load_database_url(side, &r).await?;
                 }
             }
+            if let Some(r) = self.env.database.ca(side).filter(|r| !r.is_templated()) {
+                self.load_ca(side, &r.clone()).await?;
+            }
         }
         Ok(())
     }
 
+    /// Reads the CA certificate of `side`'s server from the secret `r` names (templates
+    /// rendered), keeps it as a file ([`postgres::tls::store_ca`]) and verifies `side`'s
+    /// connections against it from now on. Returns the file's path and the certificate's
+    /// fingerprint ([`crate::secret::fingerprint`] of the PEM text).
+    ///
+    /// # Errors
+    /// As [`Providers::read_secret`]; [`ProviderError::SecretSource`] when the value holds no
+    /// PEM certificate.
+    pub async fn load_ca(
+        &self,
+        side: Side,
+        r: &SecretRef,
+    ) -> Result<(std::path::PathBuf, String), ProviderError> {
+        let described = r.source().map(|s| s.describe()).unwrap_or_default();
+        let Some(pem) = self.read_secret(r).await? else {
+            return Err(ProviderError::MissingSecret(described));
+        };
+        let path = postgres::tls::store_ca(&pem).map_err(|m| {
+            ProviderError::SecretSource(format!("{} CA ({described}): {m}", side.as_str()))
+        })?;
+        self.cas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(side.as_str(), path.clone());
+        Ok((path, crate::secret::fingerprint(&pem)))
+    }
+
     fn database_url(&self, side: Side) -> Result<String, ProviderError> {
+        let url = self.database_url_as_given(side)?;
+        let ca = self
+            .cas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(side.as_str())
+            .cloned();
+        match ca {
+            None => Ok(url),
+            Some(ca) => postgres::tls::with_root_cert(&url, &ca).map_err(|m| {
+                ProviderError::SecretSource(format!("the {} database URL: {m}", side.as_str()))
+            }),
+        }
+    }
+
+    fn database_url_as_given(&self, side: Side) -> Result<String, ProviderError> {
         match self.env.database.url_source(side) {
             Some(SecretSource::Env(var)) => self.database_url_env(&var),
             other => self

@@ -153,6 +153,7 @@ fn fmt_mb(bytes: u64) -> String {
 
 /// Runs the preflight and turns its problems into one error listing them all.
 async fn preflight_check(
+    cx: &StepContext<'_>,
     p: &Params,
     source: &tokio_postgres::Client,
     target: &tokio_postgres::Client,
@@ -160,7 +161,19 @@ async fn preflight_check(
     reset: bool,
 ) -> Result<preflight::Report, StepError> {
     let bin = std::env::var("PG_DUMP").unwrap_or_else(|_| "pg_dump".into());
+    let sp = ConnParts::parse(&cx.providers.source_url()?, "source")?;
+    let tp = ConnParts::parse(&cx.providers.target_url()?, "target")?;
+    let (publication, _) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
+    let routes = preflight::Routes {
+        source_conninfo: sp.conninfo(),
+        source_display: sp.display(),
+        target_conninfo: tp.conninfo(),
+        target_display: tp.display(),
+        publication,
+        fallback_publication: super::postgres_fallback::fallback_name(cx),
+    };
     let needs = Needs {
+        routes: Some(routes),
         reset,
         target_logical: p.fallback,
         // The forward slot and the change-tracking slot of postgres.verify.
@@ -436,16 +449,35 @@ impl StepKind for Replicate {
         let state = copy::load_state(&target).await?;
         let reset = tables_to_reset(cx, &p, &source, &target).await?;
         let report =
-            preflight_check(&p, &source, &target, state.is_some(), reset.is_some()).await?;
+            preflight_check(cx, &p, &source, &target, state.is_some(), reset.is_some()).await?;
         let sp = ConnParts::parse(&cx.providers.source_url()?, "source")?;
         let tp = ConnParts::parse(&cx.providers.target_url()?, "target")?;
-        let mut changes: Vec<Change> = report
-            .problems
+        // The rights-and-routes table: this machine's reach, then each right on each side.
+        let mut changes: Vec<Change> = [("source", &sp), ("target", &tp)]
             .iter()
-            .map(|m| Change::new("check", "preflight", format!("WOULD FAIL: {m}")))
+            .map(|(side, c)| {
+                Change::new(
+                    "check",
+                    format!("route: this machine → {side} {}", c.display()),
+                    format!("connected ({})", c.tls.describe()),
+                )
+            })
             .collect();
+        changes.extend(report.rights.iter().map(|f| {
+            Change::new(
+                "check",
+                format!("right: {} role {}: {}", f.side, f.role, f.right.describe()),
+                f.verdict(),
+            )
+        }));
+        changes.extend(
+            report
+                .problems
+                .iter()
+                .map(|m| Change::new("check", "preflight", format!("WOULD FAIL: {m}"))),
+        );
         if report.problems.is_empty() {
-            changes.push(Change::new("check", "preflight", "wal_level, slots, senders, keys, target, extensions, versions, long transactions: all pass"));
+            changes.push(Change::new("check", "preflight", "wal_level, slots, senders, keys, target, extensions, versions, long transactions, rights and routes: all pass"));
         }
         if let Some(filled) = &reset {
             changes.push(Change::new(
@@ -610,7 +642,7 @@ impl StepKind for Replicate {
             );
             clock = Instant::now();
         };
-        let report = preflight_check(&p, &source, &target, state.is_some(), false).await?;
+        let report = preflight_check(cx, &p, &source, &target, state.is_some(), false).await?;
         if !report.problems.is_empty() {
             return Err(problems_error(&report.problems));
         }

@@ -25,6 +25,7 @@ mod infra;
 mod migration;
 mod postgres;
 mod promotion;
+mod rights;
 mod secrets;
 mod tls;
 mod traffic;

@@ -76,7 +76,8 @@ fn a_table_without_primary_key_fails_preflight_by_name_and_nothing_is_created() 
     let sb = Sandbox::start();
     let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
-    sb.sql(&src, "CREATE TABLE public.audit_log (at timestamptz, message text); INSERT INTO public.audit_log VALUES (now(), 'x')");
+    // The application's role owns its tables, as it does when its migrations create them.
+    sb.sql(&src, "SET ROLE shop; CREATE TABLE public.audit_log (at timestamptz, message text); INSERT INTO public.audit_log VALUES (now(), 'x')");
     // A role the source grants to that the target lacks: the copy would lose its privileges.
     sb.sql(
         &src,
@@ -133,13 +134,14 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
     let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
     // About 45 MB in 20 chunks, copied at 8 MB/s by 2 workers: several seconds to kill it in.
-    sb.sql(&src, "CREATE TABLE public.events (id bigint PRIMARY KEY, kind text NOT NULL, payload text NOT NULL);
+    // The application's role owns its tables, as it does when its migrations create them.
+    sb.sql(&src, "SET ROLE shop; CREATE TABLE public.events (id bigint PRIMARY KEY, kind text NOT NULL, payload text NOT NULL);
                   INSERT INTO public.events SELECT g, 'k' || (g % 7), repeat(md5(g::text), 3) FROM generate_series(1, 400000) g;
                   ANALYZE public.events");
     // Every table shape with a key is split too (issue 15): a composite key, a UUID key, the two
     // partitions of a partitioned table (composite key, a date in it), and a text key beside a
     // STORED generated column (left out of the COPY column lists).
-    sb.sql(&src, "CREATE TABLE public.line_items (order_id bigint, line int, sku text NOT NULL, PRIMARY KEY (order_id, line));
+    sb.sql(&src, "SET ROLE shop; CREATE TABLE public.line_items (order_id bigint, line int, sku text NOT NULL, PRIMARY KEY (order_id, line));
                   INSERT INTO public.line_items SELECT g / 4, g % 4, 'SKU-' || g FROM generate_series(1, 60000) g;
                   CREATE TABLE public.sessions (id uuid PRIMARY KEY, started timestamptz NOT NULL);
                   INSERT INTO public.sessions SELECT md5(g::text)::uuid, timestamptz '2024-01-01' + g * interval '1 s' FROM generate_series(1, 60000) g;

@@ -1,6 +1,7 @@
 //! TLS to PostgreSQL as managed databases require it (issue 26): the sandbox's servers accept
 //! TLS only, with certificates from the sandbox's own CA; the tool honours libpq's `sslmode` and
-//! `sslrootcert`, verifies by default, and explains each refusal without a secret in it.
+//! `sslrootcert`, reads a CA from a secret source (`source_ca`), verifies by default, and
+//! explains each refusal without a secret in it.
 
 use crate::common::{text, Sandbox};
 use std::path::Path;
@@ -132,5 +133,76 @@ fn certificates_are_verified_plaintext_is_refused_and_every_failure_says_what_to
         "{t}"
     );
     assert!(t.contains(&format!("127.0.0.1:{port}")), "{t}");
+
+    // The CA from a secret source: the environment's `source_ca` reads it from Secrets Manager
+    // (where a team keeps DigitalOcean's per-cluster CA), and the same URL without sslmode is
+    // then verified against it.
+    let put_ca = |pem: &str| {
+        let cfg = sb.aws("staging");
+        crate::common::block_on(async {
+            let sm = aws_sdk_secretsmanager::Client::new(&cfg);
+            if sm
+                .put_secret_value()
+                .secret_id("shop-staging/legacy-ca")
+                .secret_string(pem)
+                .send()
+                .await
+                .is_err()
+            {
+                sm.create_secret()
+                    .name("shop-staging/legacy-ca")
+                    .secret_string(pem)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        });
+    };
+    put_ca(&std::fs::read_to_string(&ca).unwrap());
+    let env_file = sb.project.path().join("environments/staging.yaml");
+    let env_text = std::fs::read_to_string(&env_file).unwrap();
+    let with_ca = env_text.replacen(
+        "    name: shop_staging\n",
+        "    name: shop_staging\n    source_ca: { from_secrets_manager: shop-staging/legacy-ca }\n",
+        1,
+    );
+    assert_ne!(with_ca, env_text);
+    std::fs::write(&env_file, with_ca).unwrap();
+    let dry = [
+        "execute",
+        "staging",
+        "--dry-run",
+        "--runbook",
+        "shop-cutover",
+    ];
+    let out = sb.cutover(&dry);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains(
+            "secret source_ca read from Secrets Manager secret shop-staging/legacy-ca: sha256:"
+        ),
+        "{t}"
+    );
+    let route = t
+        .lines()
+        .find(|l| l.contains("route: this machine → source"))
+        .unwrap_or_else(|| panic!("no route row:\n{t}"));
+    assert!(
+        route.contains("sslmode=verify-full against CA ") && route.contains("cutover-ca"),
+        "{route}"
+    );
+    // Another CA in the secret: the source's certificate does not verify, and the error names
+    // the server.
+    put_ca(&std::fs::read_to_string(&other).unwrap());
+    let out = sb.cutover(&dry);
+    let t = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains(&format!(
+            "the certificate of 127.0.0.1:{port} is not signed by a CA trusted here"
+        )),
+        "{t}"
+    );
     sb.assert_no_secrets(&errors);
 }

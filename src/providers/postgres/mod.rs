@@ -14,6 +14,7 @@ pub mod ownership;
 pub mod postdata;
 pub mod preflight;
 pub mod replication;
+pub mod rights;
 pub mod roles;
 mod schedule;
 pub mod snapshot;
@@ -32,7 +33,12 @@ use tokio_postgres::{Client, Config};
 /// ([`tls::classify`], [`tls::explain`]).
 pub async fn connect(url: &str, side: &str) -> Result<Client, ProviderError> {
     let (driver_url, settings) = tls::split_url(url, side)?;
-    let config = Config::from_str(&driver_url).map_err(|e| pg(side, e))?;
+    let mut config = Config::from_str(&driver_url).map_err(|e| pg(side, e))?;
+    if config.get_connect_timeout().is_none() {
+        // A server that does not answer (a private address seen from outside its network)
+        // must not hold the run for the system's TCP timeout.
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
     let server = server_of(&config);
     let connector = settings.connector().map_err(|m| ProviderError::Postgres {
         side: side.to_string(),
@@ -47,12 +53,55 @@ pub async fn connect(url: &str, side: &str) -> Result<Client, ProviderError> {
                     side: side.to_string(),
                     message: tls::explain(&settings, &server, &failure),
                 },
+                None if unreachable(&e) => ProviderError::Postgres {
+                    side: side.to_string(),
+                    message: format!(
+                        "{server}: cannot reach the server from this machine ({}). A private database (RDS in private subnets) answers only inside its network: run cutover where it can reach both servers (a CI runner in the VPC, or cutover as a pod in the target cluster; README: where cutover runs)",
+                        pg_text(e)
+                    ),
+                },
                 None => pg(side, e),
             })?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(client)
+}
+
+/// How long a connection attempt may take when the URL gives no `connect_timeout`.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// True when `e` says no connection could be made at all (refused, timed out, no route), as
+/// opposed to a server that answered and refused the login.
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    use std::io::ErrorKind;
+    if e.as_db_error().is_some() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::TimedOut
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            );
+        }
+        source = s.source();
+    }
+    // tokio-postgres reports its own connect timeout as an I/O error of kind TimedOut too.
+    false
+}
+
+/// The driver's message for an error without a server message.
+fn pg_text(e: tokio_postgres::Error) -> String {
+    match pg("", e) {
+        ProviderError::Postgres { message, .. } => message,
+        other => other.to_string(),
+    }
 }
 
 /// `host:port` of a parsed configuration, for messages.
@@ -112,7 +161,12 @@ impl ConnParts {
     /// [`ProviderError::Postgres`] when it is not a URL with host, user and database.
     pub fn parse(url: &str, side: &str) -> Result<ConnParts, ProviderError> {
         let (driver_url, tls) = tls::split_url(url, side)?;
-        let config = Config::from_str(&driver_url).map_err(|e| pg(side, e))?;
+        let mut config = Config::from_str(&driver_url).map_err(|e| pg(side, e))?;
+        if config.get_connect_timeout().is_none() {
+            // A server that does not answer (a private address seen from outside its network)
+            // must not hold the run for the system's TCP timeout.
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             _ => {

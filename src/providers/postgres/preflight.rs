@@ -5,6 +5,7 @@
 
 use super::catalog::{self, Identity, Table};
 use super::pg;
+use super::rights::{self, Finding, Outcome, Right};
 use crate::providers::ProviderError;
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
@@ -29,6 +30,25 @@ pub struct Needs {
     /// The target must publish too (`wal_level = logical`): the fallback replication from the
     /// flip needs it.
     pub target_logical: bool,
+    /// How each server reaches the other, for the subscription trials; `None`: not tried.
+    pub routes: Option<Routes>,
+}
+
+/// The connections the two subscriptions will make, server to server.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    /// The source as the target's subscription connects to it (a conninfo with the password).
+    pub source_conninfo: String,
+    /// The source, `user@host:port/db`, for the table.
+    pub source_display: String,
+    /// The target as the legacy server's fallback subscription connects to it.
+    pub target_conninfo: String,
+    /// The target, `user@host:port/db`.
+    pub target_display: String,
+    /// The forward publication's name (it need not exist yet).
+    pub publication: String,
+    /// The fallback publication's name.
+    pub fallback_publication: String,
 }
 
 /// What the checks found.
@@ -40,6 +60,9 @@ pub struct Report {
     pub source_tables: Vec<Table>,
     /// The target's tables (empty before the schema is copied).
     pub target_tables: Vec<Table>,
+    /// What each server lets the tool's role do and whether each reaches the other, in the
+    /// order the run needs them ([`rights`]).
+    pub rights: Vec<Finding>,
 }
 
 async fn setting(c: &Client, side: &str, name: &str) -> Result<String, ProviderError> {
@@ -97,15 +120,6 @@ pub async fn check(
                 "source: {free} of {name} = {max} free, {needed} needed"
             ));
         }
-    }
-    let can_replicate = count(
-        source,
-        "source",
-        "SELECT count(*) FROM pg_roles WHERE rolname = current_user AND (rolreplication OR rolsuper)",
-    )
-    .await?;
-    if can_replicate == 0 {
-        problems.push("source: the connecting role has neither REPLICATION nor superuser (on RDS: rds_replication)".into());
     }
     if needs.target_logical {
         let level = setting(target, "target", "wal_level").await?;
@@ -248,10 +262,154 @@ pub async fn check(
         ));
     }
 
+    let rights = survey(source, target, needs, &source_tables).await?;
+    problems.extend(rights.iter().filter_map(problem));
+
     Ok(Report {
         problems,
         source_tables,
         target_tables,
+        rights,
+    })
+}
+
+/// Tries every right the run needs on both servers ([`rights`]), in the order the run uses them.
+async fn survey(
+    source: &Client,
+    target: &Client,
+    needs: &Needs,
+    source_tables: &[Table],
+) -> Result<Vec<Finding>, ProviderError> {
+    let names: Vec<String> = source_tables.iter().map(|t| t.name.clone()).collect();
+    let (src_role, tgt_role) = (
+        rights::current_role(source, "source").await?,
+        rights::current_role(target, "target").await?,
+    );
+    let writers = super::roles::writers(source, "source", &names).await?;
+    let target_writers = super::roles::existing(target, "target", &writers).await?;
+    let mut found = Vec::new();
+    let mut add = |side: &str, role: &str, right: Right, outcome: Outcome| {
+        found.push(Finding {
+            side: side.into(),
+            role: role.into(),
+            right,
+            outcome,
+        })
+    };
+    add(
+        "source",
+        &src_role,
+        Right::ReadTables,
+        rights::can_read(source, "source", &names).await?,
+    );
+    add(
+        "source",
+        &src_role,
+        Right::Replicate,
+        rights::can_replicate(source, "source").await?,
+    );
+    add(
+        "source",
+        &src_role,
+        Right::Publish,
+        rights::try_publish(source, "source", &names).await?,
+    );
+    add(
+        "source",
+        &src_role,
+        Right::FreezeRoles,
+        rights::try_freeze(source, "source", &writers).await?,
+    );
+    add(
+        "source",
+        &src_role,
+        Right::EndSessions,
+        rights::can_end_sessions(source, "source", &writers).await?,
+    );
+    let owners = rights::owners_by_schema(source, "source").await?;
+    add(
+        "target",
+        &tgt_role,
+        Right::KeepOwners,
+        rights::owners_may_create(target, "target", &owners).await?,
+    );
+    add(
+        "target",
+        &tgt_role,
+        Right::FreezeRoles,
+        rights::try_freeze(target, "target", &target_writers).await?,
+    );
+    add(
+        "target",
+        &tgt_role,
+        Right::EndSessions,
+        rights::can_end_sessions(target, "target", &target_writers).await?,
+    );
+    if let Some(r) = &needs.routes {
+        add(
+            "target",
+            &tgt_role,
+            Right::Subscribe {
+                publisher: r.source_display.clone(),
+            },
+            rights::try_subscribe(target, "target", &r.source_conninfo, &r.publication).await?,
+        );
+        if needs.target_logical {
+            add(
+                "target",
+                &tgt_role,
+                Right::Replicate,
+                rights::can_replicate(target, "target").await?,
+            );
+            add(
+                "source",
+                &src_role,
+                Right::Subscribe {
+                    publisher: r.target_display.clone(),
+                },
+                rights::try_subscribe(
+                    source,
+                    "source",
+                    &r.target_conninfo,
+                    &r.fallback_publication,
+                )
+                .await?,
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// The problem a refused right makes, with what would grant it; `None` when granted.
+fn problem(f: &Finding) -> Option<String> {
+    let (side, role) = (&f.side, &f.role);
+    let why = match &f.outcome {
+        Outcome::Granted(_) => return None,
+        Outcome::Refused(why) | Outcome::Unreachable(why) => why,
+    };
+    Some(match (&f.right, &f.outcome, side.as_str()) {
+        (Right::Subscribe { publisher }, Outcome::Unreachable(_), "source") => format!(
+            "source: the fallback cannot be created natively: the legacy server cannot reach the target {publisher} ({why}). The fallback subscription connects from the legacy server to the target: open that route (and give a CA path that exists on the legacy server), or turn the native fallback off (fallback: false on postgres.replicate, replication: false on postgres.fallback) and accept that writes made on AWS after the flip stay there; a relay run by cutover between the two servers would need neither (not yet available). Nothing was changed"
+        ),
+        (Right::Subscribe { .. }, Outcome::Refused(_), "source") => format!(
+            "source: the fallback cannot be created natively: role {role} may not create subscriptions on the legacy server ({why}). PostgreSQL 15 and older let only superusers subscribe, 16 and newer also members of pg_create_subscription; grant that, or turn the native fallback off (fallback: false on postgres.replicate, replication: false on postgres.fallback) and accept that writes made on AWS after the flip stay there; a relay run by cutover between the two servers would need neither (not yet available). Nothing was changed"
+        ),
+        (Right::Subscribe { publisher }, Outcome::Unreachable(_), _) => format!(
+            "{side}: the {side} server cannot reach {publisher} ({why}); its subscription connects from the {side} server itself: open the route (security groups, the legacy host's trusted sources, a CA path that exists on that server)"
+        ),
+        (Right::Subscribe { .. }, _, _) => format!(
+            "{side}: role {role} may not create subscriptions ({why}); on RDS the master user may (rds_superuser); PostgreSQL 16+: GRANT pg_create_subscription"
+        ),
+        (Right::Publish, _, _) => format!(
+            "{side}: role {role} cannot publish the tables ({why}); a per-table publication needs the role to own each table or be a member of its owner: GRANT <owner> TO {role}"
+        ),
+        (Right::Replicate, _, _) => format!("{side}: role {role}: {why}"),
+        (Right::ReadTables, _, _) => format!("{side}: role {role} cannot read every table: {why}"),
+        (Right::FreezeRoles, _, _) => format!(
+            "{side}: role {role} cannot freeze the application's roles ({why}); it needs CREATEROLE (PostgreSQL 16+: ADMIN OPTION on each role) or to be their owner"
+        ),
+        (Right::EndSessions, _, _) => format!("{side}: role {role} cannot end the application's sessions: {why}"),
+        (Right::KeepOwners, _, _) => format!("{side}: role {role} cannot give the copied objects their owners: {why}"),
     })
 }
 

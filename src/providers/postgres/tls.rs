@@ -399,6 +399,55 @@ impl TlsSettings {
 /// The Debian/Ubuntu path of the system's CA bundle (package ca-certificates).
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// Keeps `pem` (one or more PEM certificates, read from a secret source) as a CA file libpq and
+/// this tool can both use, and returns its path: `<temp dir>/cutover-ca/<fingerprint>.pem`,
+/// named by its content so every process of a run (and a resumed one) writes the same file.
+/// A CA certificate is public; the file is readable by all.
+///
+/// # Errors
+/// A message when `pem` holds no certificate or the file cannot be written.
+pub fn store_ca(pem: &str) -> Result<PathBuf, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    let dir = std::env::temp_dir().join("cutover-ca");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let name = crate::secret::fingerprint(pem).replace(':', "-");
+    let path = dir.join(format!("{name}.pem"));
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(pem) {
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        std::fs::write(&tmp, pem).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(path)
+}
+
+/// `url` verified against the CA file `ca`: `sslrootcert=<ca>` added, and `sslmode=verify-full`
+/// when the URL gives no mode.
+///
+/// # Errors
+/// A message when the URL already names a `sslrootcert` (two CAs for one server: keep one).
+pub fn with_root_cert(url: &str, ca: &Path) -> Result<String, String> {
+    let (_, settings) = split_url(url, "").map_err(|e| e.to_string())?;
+    if settings.root_cert.is_some() {
+        return Err(
+            "the URL gives sslrootcert and the environment gives a CA for it too: keep one".into(),
+        );
+    }
+    let enc = |v: &str| {
+        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let mut words = vec![format!("sslrootcert={}", enc(&ca.display().to_string()))];
+    if !settings.mode_given {
+        words.push("sslmode=verify-full".into());
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Ok(format!("{url}{sep}{}", words.join("&")))
+}
+
 /// The system's trusted CA certificates, read once per process: reading and parsing the
 /// bundle (about 150 certificates) costs tens of milliseconds, and without a cache every
 /// connection that trusts the system's CAs paid it again.
@@ -699,5 +748,22 @@ mod tests {
         let m = explain(&t, "h:5432", &TlsFailure::WrongHost);
         assert!(m.contains("sslmode=verify-full against CA /ca.pem"), "{m}");
         assert!(m.contains("sslmode=verify-ca"), "{m}");
+    }
+
+    #[test]
+    fn a_ca_from_a_secret_becomes_the_urls_root_certificate_once() {
+        assert!(store_ca("not a certificate").is_err());
+        let ca = Path::new("/tmp/cutover-ca/sha256-ab.pem");
+        let u = with_root_cert("postgres://a@h/db", ca).unwrap();
+        let (_, t) = split(&u);
+        assert_eq!(t.mode, SslMode::VerifyFull);
+        assert!(matches!(&t.root_cert, Some(RootCert::File(p)) if p == ca));
+        // A mode the URL gives is kept.
+        let u = with_root_cert("postgres://a@h/db?sslmode=verify-ca", ca).unwrap();
+        let (_, t) = split(&u);
+        assert_eq!(t.mode, SslMode::VerifyCa);
+        // Two CAs for one server is a mistake to point out, not to choose between.
+        let e = with_root_cert("postgres://a@h/db?sslrootcert=/x.pem", ca).unwrap_err();
+        assert!(e.contains("keep one"), "{e}");
     }
 }

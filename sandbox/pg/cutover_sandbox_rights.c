@@ -1,0 +1,96 @@
+/*
+ * cutover_sandbox_rights: the one right a managed PostgreSQL gives its non-superuser admin that
+ * PostgreSQL 15 keeps for superusers: creating, altering and dropping subscriptions.
+ *
+ * RDS lets members of rds_superuser manage subscriptions; PostgreSQL 16 lets members of
+ * pg_create_subscription create them. The sandbox's PostgreSQL 15 servers load this module so
+ * that their admin roles (not superusers) hold exactly that right and no other: a
+ * CREATE/ALTER/DROP SUBSCRIPTION statement issued by a member of the role named by
+ * cutover_sandbox.subscription_role runs as the bootstrap superuser; every other statement, and
+ * every statement of a role outside it, runs as PostgreSQL decides. The subscription is then
+ * owned by the bootstrap superuser, as PostgreSQL 15 requires of a subscription's owner.
+ *
+ * Part of the sandbox only: it is compiled and loaded by cutover-sandbox, never by cutover.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_authid.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
+#include "utils/acl.h"
+#include "utils/guc.h"
+
+PG_MODULE_MAGIC;
+
+void _PG_init(void);
+
+static ProcessUtility_hook_type previous_hook = NULL;
+static char *subscription_role = NULL;
+
+static bool
+is_subscription_statement(Node *node)
+{
+	return IsA(node, CreateSubscriptionStmt) || IsA(node, AlterSubscriptionStmt) ||
+		IsA(node, DropSubscriptionStmt);
+}
+
+static bool
+may_manage_subscriptions(void)
+{
+	Oid role;
+
+	if (subscription_role == NULL || subscription_role[0] == '\0' || superuser())
+		return false;
+	role = get_role_oid(subscription_role, true);
+	return OidIsValid(role) && is_member_of_role(GetUserId(), role);
+}
+
+static void
+run(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+	ProcessUtilityContext context, ParamListInfo params, QueryEnvironment *queryEnv,
+	DestReceiver *dest, QueryCompletion *qc)
+{
+	if (previous_hook)
+		previous_hook(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv,
+								dest, qc);
+}
+
+static void
+rights_hook(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+			ProcessUtilityContext context, ParamListInfo params, QueryEnvironment *queryEnv,
+			DestReceiver *dest, QueryCompletion *qc)
+{
+	Oid saved_user;
+	int saved_context;
+
+	if (!is_subscription_statement(pstmt->utilityStmt) || !may_manage_subscriptions())
+	{
+		run(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+		return;
+	}
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID, saved_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		run(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(saved_user, saved_context);
+	}
+	PG_END_TRY();
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("cutover_sandbox.subscription_role",
+							   "Members of this role may create, alter and drop subscriptions.",
+							   NULL, &subscription_role, "", PGC_SIGHUP, 0, NULL, NULL, NULL);
+	previous_hook = ProcessUtility_hook;
+	ProcessUtility_hook = rights_hook;
+}
