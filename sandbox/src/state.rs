@@ -298,6 +298,13 @@ impl State {
             // The seeded record's TTL is SEED_TTL (20 s) so a rehearsal's wait for answers cached
             // under it stays short; lowering it to 5 s keeps the lowering real.
             v.push((format!("CUTOVER_{up}_DNS_CUTOVER_TTL"), "5".to_string()));
+            // Prometheus scrapes every 500 ms here: the analyses' rate windows hold a new stage's
+            // requests sooner than on a real server, so they may measure sooner and more often.
+            v.push((
+                format!("CUTOVER_{up}_ANALYSIS_INITIAL_DELAY"),
+                "3s".to_string(),
+            ));
+            v.push((format!("CUTOVER_{up}_ANALYSIS_INTERVAL"), "1s".to_string()));
             v.push((
                 format!("CUTOVER_{up}_APP_URL"),
                 format!(

@@ -373,14 +373,42 @@ fn default_cutover_ttl() -> u32 {
     60
 }
 
-/// The environment's monitoring endpoints.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+/// The environment's monitoring endpoints, and the pace of the analyses that read them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MonitoringSection {
     /// Base URL of the Prometheus server (its HTTP API) that scrapes the application, e.g.
     /// `https://prometheus.staging.example.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus_url: Option<String>,
+    /// How long a metric analysis waits after a traffic stage before it first measures, as
+    /// runbooks use it (`{{ env.monitoring.analysis_initial_delay }}`): a duration such as `4s`
+    /// (default), long enough for the query's rate window to hold the new stage's requests.
+    #[serde(default = "default_analysis_initial_delay")]
+    pub analysis_initial_delay: String,
+    /// The time between a metric analysis's measurements
+    /// (`{{ env.monitoring.analysis_interval }}`), e.g. `2s` (default); production runbooks
+    /// measure over minutes.
+    #[serde(default = "default_analysis_interval")]
+    pub analysis_interval: String,
+}
+
+impl Default for MonitoringSection {
+    fn default() -> Self {
+        MonitoringSection {
+            prometheus_url: None,
+            analysis_initial_delay: default_analysis_initial_delay(),
+            analysis_interval: default_analysis_interval(),
+        }
+    }
+}
+
+fn default_analysis_initial_delay() -> String {
+    "4s".into()
+}
+
+fn default_analysis_interval() -> String {
+    "2s".into()
 }
 
 /// Where a secret value is read at run time: exactly one of `from_env`, `from_secrets_manager`,
