@@ -54,7 +54,22 @@ pub async fn probe(client: &reqwest::Client, url: &str, timeout: Duration) -> Pr
         Err(e) => Probe {
             status: None,
             latency_ms: start.elapsed().as_millis() as u64,
-            error: Some(e.without_url().to_string()),
+            error: Some(with_causes(e.without_url())),
         },
     }
+}
+
+/// `e` and the errors it wraps (`error sending request: operation timed out`): reqwest's own
+/// message alone does not say whether the request timed out, was refused or was reset.
+fn with_causes(e: reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
 }

@@ -1038,7 +1038,8 @@ fn sandbox_template() {
     });
 }
 
-/// How many sandboxes run at once: `CUTOVER_TEST_SANDBOXES` (default 7). A test waits here for
+/// How many sandboxes run at once: `CUTOVER_TEST_SANDBOXES` (default 6: with 7, a loaded 2-core
+/// machine once held an analysis window's first health probe past its 2 s timeout). A test waits here for
 /// its slot; waiters are served by priority, then in the order they asked, and the first in line
 /// is never passed over (a test that needs two slots gets them together).
 pub mod slots {
@@ -1068,7 +1069,7 @@ pub mod slots {
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|n: &usize| *n > 0)
-            .unwrap_or(7)
+            .unwrap_or(6)
     }
 
     /// Slots held by one test; given back when dropped (a failed test's too).

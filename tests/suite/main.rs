@@ -4,7 +4,7 @@
 //! link instead of fifteen, and one process whose tests libtest runs at once. Most tests start a
 //! sandbox and then wait (TTLs, analysis windows, rollouts) rather than compute, so the suite runs
 //! many at a time; `common::slots` bounds how many sandboxes run at once
-//! (`CUTOVER_TEST_SANDBOXES`, default 7) and starts the longest tests first. libtest's thread
+//! (`CUTOVER_TEST_SANDBOXES`, default 6) and starts the longest tests first. libtest's thread
 //! count comes from `.cargo/config.toml` (`RUST_TEST_THREADS`), high enough that every test is
 //! started at once and waits for its slot there.
 //!

@@ -7,6 +7,15 @@
 
 use crate::common::{events, text, Sandbox};
 
+/// The dry-run of the shop runbook on staging.
+const DRY_RUN: [&str; 5] = [
+    "execute",
+    "staging",
+    "--dry-run",
+    "--runbook",
+    "shop-cutover",
+];
+
 /// The rows of the rights-and-routes table in a dry-run's output.
 fn table(printed: &str) -> Vec<&str> {
     printed
@@ -40,13 +49,7 @@ fn the_dry_run_tries_each_right_and_route_and_a_legacy_admin_that_cannot_subscri
     let before = replication_objects(&sb);
 
     // Superuser admins: every right granted, both routes tried, nothing left behind.
-    let out = sb.cutover(&[
-        "execute",
-        "staging",
-        "--dry-run",
-        "--runbook",
-        "shop-cutover",
-    ]);
+    let out = sb.cutover(&DRY_RUN);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
     let rows = table(&t);
@@ -102,13 +105,7 @@ fn the_dry_run_tries_each_right_and_route_and_a_legacy_admin_that_cannot_subscri
         &sb.var("CUTOVER_SANDBOX_SOURCE_SUPERUSER_URL"),
         "REVOKE sandbox_create_subscription FROM doadmin",
     );
-    let out = sb.cutover(&[
-        "execute",
-        "staging",
-        "--dry-run",
-        "--runbook",
-        "shop-cutover",
-    ]);
+    let out = sb.cutover(&DRY_RUN);
     let t = text(&out);
     let rows = table(&t);
     let sub = rows
@@ -174,13 +171,7 @@ fn the_dry_run_tries_each_right_and_route_and_a_legacy_admin_that_cannot_subscri
         "CUTOVER_STAGING_SOURCE_DATABASE_URL",
         &admin.replace(&format!(":{port}/"), &format!(":{closed}/")),
     );
-    let out = sb.cutover(&[
-        "execute",
-        "staging",
-        "--dry-run",
-        "--runbook",
-        "shop-cutover",
-    ]);
+    let out = sb.cutover(&DRY_RUN);
     let t = text(&out);
     assert_ne!(out.status.code(), Some(0), "{t}");
     assert!(

@@ -210,16 +210,7 @@ pub async fn try_freeze(
         .await
         .map_err(|e| pg(side, e))?
         .get(0);
-    let sql: String = roles
-        .iter()
-        .map(|r| {
-            format!(
-                "ALTER ROLE {} IN DATABASE {} SET default_transaction_read_only = on;",
-                ident(r),
-                ident(&db)
-            )
-        })
-        .collect();
+    let sql = super::roles::freeze_sql(&db, roles);
     Ok(match try_rolled_back(c, side, &sql).await? {
         Ok(()) => Outcome::Granted(format!("tried for {}, rolled back", roles.join(", "))),
         Err(e) => Outcome::Refused(reason(side, e)),

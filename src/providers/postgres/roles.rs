@@ -89,7 +89,16 @@ pub async fn freeze(
     if roles.is_empty() {
         return Ok(0);
     }
-    let sql: String = roles
+    c.batch_execute(&freeze_sql(db, roles))
+        .await
+        .map_err(|e| pg(side, e))?;
+    terminate(c, side, db, roles).await
+}
+
+/// The statements that start `roles`' new sessions in `db` read-only (what [`freeze`] runs
+/// before it ends their sessions; [`super::rights::try_freeze`] tries them).
+pub fn freeze_sql(db: &str, roles: &[String]) -> String {
+    roles
         .iter()
         .map(|r| {
             format!(
@@ -98,9 +107,7 @@ pub async fn freeze(
                 ident(db)
             )
         })
-        .collect();
-    c.batch_execute(&sql).await.map_err(|e| pg(side, e))?;
-    terminate(c, side, db, roles).await
+        .collect()
 }
 
 /// Terminates the sessions of `roles` in `db`; returns how many.
