@@ -96,8 +96,9 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
     false
 }
 
-/// The driver's message for an error without a server message.
-fn pg_text(e: tokio_postgres::Error) -> String {
+/// The message [`pg`] makes of `e` (the server's message and detail, else the driver's), without
+/// a side: never the statement, which may hold a password.
+pub(crate) fn pg_text(e: tokio_postgres::Error) -> String {
     match pg("", e) {
         ProviderError::Postgres { message, .. } => message,
         other => other.to_string(),

@@ -14,7 +14,7 @@
 //! Owns the trials and their findings; must not decide what a missing right means for a run
 //! (the preflight and the steps do).
 
-use super::{ident, literal, pg};
+use super::{ident, literal, pg, pg_text};
 use crate::providers::ProviderError;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -132,15 +132,6 @@ async fn try_rolled_back(
     Ok(tried)
 }
 
-/// The server's message for a refused trial, without the statement (which may hold a
-/// password).
-fn reason(side: &str, e: tokio_postgres::Error) -> String {
-    match pg(side, e) {
-        ProviderError::Postgres { message, .. } => message,
-        other => other.to_string(),
-    }
-}
-
 /// Tries `CREATE PUBLICATION ... FOR TABLE tables` (quoted names); rolled back.
 ///
 /// # Errors
@@ -159,7 +150,7 @@ pub async fn try_publish(
     );
     Ok(match try_rolled_back(c, side, &sql).await? {
         Ok(()) => Outcome::Granted(format!("tried on {} table(s), rolled back", tables.len())),
-        Err(e) => Outcome::Refused(reason(side, e)),
+        Err(e) => Outcome::Refused(pg_text(e)),
     })
 }
 
@@ -185,9 +176,9 @@ pub async fn try_subscribe(
     Ok(match try_rolled_back(c, side, &sql).await? {
         Ok(()) => Outcome::Granted("tried with a connection to the publisher, rolled back".into()),
         Err(e) if e.code() == Some(&SqlState::CONNECTION_FAILURE) => {
-            Outcome::Unreachable(reason(side, e))
+            Outcome::Unreachable(pg_text(e))
         }
-        Err(e) => Outcome::Refused(reason(side, e)),
+        Err(e) => Outcome::Refused(pg_text(e)),
     })
 }
 
@@ -213,7 +204,7 @@ pub async fn try_freeze(
     let sql = super::roles::freeze_sql(&db, roles);
     Ok(match try_rolled_back(c, side, &sql).await? {
         Ok(()) => Outcome::Granted(format!("tried for {}, rolled back", roles.join(", "))),
-        Err(e) => Outcome::Refused(reason(side, e)),
+        Err(e) => Outcome::Refused(pg_text(e)),
     })
 }
 
