@@ -83,9 +83,31 @@ pub struct Heartbeat {
     /// `cutover_heartbeat`).
     #[serde(default = "default_heartbeat_table")]
     pub table: String,
-    /// How often the Secret is re-read, milliseconds (default 100).
+    /// How often the writer reads the Secret (and, with `reload: restart`, the Deployments'
+    /// rollouts), milliseconds (default 100). How soon it *uses* a new value is `reload`'s.
     #[serde(default = "default_heartbeat_reload")]
     pub reload_ms: u64,
+    /// How the application's pods pick up a new value of the Secret, so the writer uses it when
+    /// they would (default `restart`): `restart`, `volume` or `pooler`.
+    #[serde(default)]
+    pub reload: Reload,
+    /// With `reload: volume`: how long after the Secret changes the pods see the new value
+    /// (default 60s: the kubelet's default `syncFrequency` of one minute; its Secret cache can
+    /// add up to its TTL).
+    #[serde(default = "default_volume_delay", with = "super::duration::duration_text")]
+    #[schemars(with = "String")]
+    pub volume_delay: std::time::Duration,
+    /// With `reload: restart`: the Deployments whose pods read the Secret (default: every
+    /// Deployment in `namespace` whose pod template reads it through `env`, `envFrom` or a
+    /// volume).
+    #[serde(default)]
+    pub deployments: Option<Vec<String>>,
+    /// The write outage the run accepts (default 30s): once any path that serves users has had
+    /// no write acknowledged for longer, the step running fails at its next safe point and the
+    /// run rolls back; at the end, the application must write again within it.
+    #[serde(default = "default_max_write_outage", with = "super::duration::duration_text")]
+    #[schemars(with = "String")]
+    pub max_write_outage: std::time::Duration,
     /// The legacy application's path, measured too: users whom DNS still sends to the legacy
     /// host write through it, so its outage counts while DNS (or an answer a resolver may still
     /// cache) names the legacy target.
@@ -107,6 +129,45 @@ pub struct LegacyPath {
     /// Its type (default `CNAME`).
     #[serde(default = "default_record_type", rename = "type")]
     pub rtype: String,
+}
+
+/// `heartbeat.reload`: how the application's pods pick up a new value of their Secret.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reload {
+    /// The Secret is read as environment variables: a running pod never sees a new value, only
+    /// pods started after the change do. The writer uses the new value once the rollout of every
+    /// Deployment that reads the Secret, started after the change, has completed (every old pod
+    /// gone): until then old pods keep writing through the old value.
+    #[default]
+    Restart,
+    /// The Secret is mounted as a volume: the kubelet refreshes it after its sync period and
+    /// cache. The writer uses a new value `volume_delay` after it first saw it.
+    Volume,
+    /// The pods connect to a connection pooler and never reload: the writer keeps the value it
+    /// started with (the pooler's upstream is what moves).
+    Pooler,
+}
+
+impl Reload {
+    /// `restart`, `volume` or `pooler`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reload::Restart => "restart",
+            Reload::Volume => "volume",
+            Reload::Pooler => "pooler",
+        }
+    }
+}
+
+fn default_volume_delay() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
+fn default_max_write_outage() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
 }
 
 fn default_record_type() -> String {

@@ -56,6 +56,10 @@ pub enum Event {
     StepFailed(StepFailed),
     /// The panic flag stopped the run.
     Panic(PanicRaised),
+    /// The application's write outage, as the heartbeat measured it, passed the runbook's
+    /// budget between steps or after the last one: the run rolls back. (Inside a step, the
+    /// step's failure says it.)
+    WriteOutage(WriteOutage),
     /// SIGINT or SIGTERM stopped the run at a step; `resume` continues it.
     RunInterrupted(RunInterrupted),
     /// The rollback of every started step, newest first, begins.
@@ -324,6 +328,39 @@ pub struct StepFailed {
     /// ids (`crate::providers::aws_calls`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aws_calls: Vec<crate::providers::aws_calls::AwsCall>,
+}
+
+/// [`Event::WriteOutage`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteOutage {
+    /// The heartbeat path (`aws`, `legacy`).
+    pub path: String,
+    /// How long its writes went unacknowledged, milliseconds.
+    pub outage_ms: u64,
+    /// `heartbeat.max_write_outage`, milliseconds.
+    pub budget_ms: u64,
+    /// The last error a write met (the server's message), when one did.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Where the run stopped (`before the step started`, `after the last step`).
+    pub when: String,
+}
+
+impl WriteOutage {
+    /// One sentence for the rollback's reason.
+    pub fn reason(&self) -> String {
+        format!(
+            "the {} path's writes went {} ms without an acknowledgement ({}), more than heartbeat.max_write_outage ({} s){}",
+            self.path,
+            self.outage_ms,
+            self.when,
+            self.budget_ms as f64 / 1000.0,
+            self.last_error
+                .as_deref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
+        )
+    }
 }
 
 /// [`Event::Panic`].

@@ -138,6 +138,7 @@ fn retryable(e: &StepError) -> bool {
         e,
         StepError::Gate(_)
             | StepError::Panic(_)
+            | StepError::WriteOutage(_)
             | StepError::Params(_)
             | StepError::Journal(_)
             | StepError::Provider(ProviderError::WrongAccount { .. })
@@ -289,6 +290,9 @@ impl<'a> Executor<'a> {
                         .panic(&step.id, "before the step started", &reason)
                         .await;
                 }
+                if let Some(outage) = super::heartbeat::over_budget_between(self) {
+                    return self.write_outage(&step.id, outage).await;
+                }
             }
             if phase != current_phase {
                 current_phase = phase.to_string();
@@ -332,6 +336,24 @@ impl<'a> Executor<'a> {
                 return self.rollback(&f.step, &f.error).await;
             }
         }
+        // The last safe point: a panic flag raised before the run records its finish is
+        // honoured, and the application must write again within the budget.
+        if self.mode != Mode::DryRun {
+            if let Some(last) = plan.steps().last().map(|(_, s)| s.id.clone()) {
+                if let Some(reason) = crate::steps::context::panic_reason(&self.panic_flag) {
+                    return self.panic(&last, "after the last step", &reason).await;
+                }
+                match super::heartbeat::settle(self).await {
+                    super::heartbeat::Settled::Writing => {}
+                    super::heartbeat::Settled::Panic(reason) => {
+                        return self.panic(&last, "after the last step", &reason).await
+                    }
+                    super::heartbeat::Settled::OverBudget(outage) => {
+                        return self.write_outage(&last, outage).await
+                    }
+                }
+            }
+        }
         let status = if self.mode == Mode::DryRun {
             RunStatus::Planned
         } else {
@@ -339,6 +361,20 @@ impl<'a> Executor<'a> {
         };
         self.finish(status, Ending::default()).await?;
         Ok(self.outcome(status, Outcome::Succeeded))
+    }
+
+    /// The application's write outage passed the budget outside a step: records it, then rolls
+    /// back every started step (`step` names where the run stood).
+    async fn write_outage(
+        &mut self,
+        step: &str,
+        outage: super::event::WriteOutage,
+    ) -> Result<Outcome, EngineError> {
+        let mut outage = outage;
+        outage.last_error = outage.last_error.map(|e| self.redactor.redact(&e));
+        let reason = outage.reason();
+        self.record(Event::WriteOutage(outage), Some(step))?;
+        self.rollback(step, &reason).await
     }
 
     /// Stops the heartbeat and records `run_finished`. When acknowledged writes are missing,
@@ -411,6 +447,13 @@ impl<'a> Executor<'a> {
             journal,
             panic_flag: (!rolling_back).then_some(self.panic_flag.as_path()),
             approved: &self.approved,
+            writes: if rolling_back {
+                None
+            } else {
+                self.heartbeat
+                    .as_ref()
+                    .map(|h| h as &dyn crate::steps::context::WriteWatch)
+            },
         }
     }
 
@@ -1003,6 +1046,11 @@ mod tests {
         Hangs,
         /// Its apply stops at a safe point because the panic flag is raised.
         Panics,
+        /// Its apply waits 60 s through [`StepContext::wait`]; 300 ms in, another thread
+        /// raises the panic flag.
+        PanickedWhileWaiting,
+        /// Applies; its verify raises the panic flag as it returns (the last moment of a step).
+        PanickedAtTheEnd,
     }
 
     const SECONDS_5: std::time::Duration = std::time::Duration::from_secs(5);
@@ -1083,6 +1131,16 @@ mod tests {
                     cx.check_deadline("the fake's condition")?;
                     Ok(Map::new())
                 }
+                Fake::PanickedWhileWaiting => {
+                    let flag = cx.panic_flag.unwrap().to_path_buf();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        std::fs::write(flag, "orders failing\n").unwrap();
+                    });
+                    cx.wait(std::time::Duration::from_secs(60), "the fake's samples")
+                        .await?;
+                    Ok(Map::new())
+                }
                 _ => Ok(Map::new()),
             }
         }
@@ -1093,6 +1151,9 @@ mod tests {
         ) -> Result<Map<String, Value>, StepError> {
             if *self == Fake::Slow {
                 tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            }
+            if *self == Fake::PanickedAtTheEnd {
+                std::fs::write(_cx.panic_flag.unwrap(), "late\n").unwrap();
             }
             Ok(Map::new())
         }
@@ -1128,6 +1189,45 @@ mod tests {
     static CANNOT_JOURNAL: Fake = Fake::CannotJournal;
     static HANGS: Fake = Fake::Hangs;
     static PANICS: Fake = Fake::Panics;
+    static PANICKED_WAITING: Fake = Fake::PanickedWhileWaiting;
+    static PANICKED_AT_END: Fake = Fake::PanickedAtTheEnd;
+
+    #[tokio::test]
+    async fn a_panic_flag_raised_during_the_last_steps_wait_stops_it_and_rolls_back() {
+        // The last step would wait 60 s; the flag rises 300 ms in. The run must end well before
+        // the wait would have (10 s here; the safe points come every 250 ms).
+        let (outcome, records) = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            run_with(
+                &[("first", &OK), ("health", &PANICKED_WAITING)],
+                Mode::Rehearse,
+                0,
+                std::time::Duration::from_secs(120),
+            ),
+        )
+        .await
+        .expect("the panic flag was not honoured during the step's wait");
+        assert_eq!(outcome.unwrap(), Outcome::RolledBack, "{records:?}");
+        assert!(has(&records, "panic", "health"), "{records:?}");
+        assert!(!has(&records, "step_completed", "health"), "{records:?}");
+        assert!(has(&records, "rollback_step_completed", "first"), "{records:?}");
+    }
+
+    #[tokio::test]
+    async fn a_panic_flag_raised_as_the_last_step_completes_still_rolls_back() {
+        let (outcome, records) = run_with(
+            &[("first", &OK), ("health", &PANICKED_AT_END)],
+            Mode::Rehearse,
+            0,
+            SECONDS_5,
+        )
+        .await;
+        assert_eq!(outcome.unwrap(), Outcome::RolledBack, "{records:?}");
+        assert!(has(&records, "step_completed", "health"), "{records:?}");
+        assert!(has(&records, "panic", "health"), "{records:?}");
+        assert!(has(&records, "rollback_step_completed", "health"), "{records:?}");
+        assert!(has(&records, "rollback_step_completed", "first"), "{records:?}");
+    }
 
     fn plan(steps: &[(&str, &'static Fake)]) -> (tempfile::TempDir, Plan) {
         let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,9 @@
 //! The rehearsal heartbeat: writers that stand for the application's users on every path that
 //! serves them, started before the first step (and again for a rehearsal's `cutover rollback`):
 //!
-//! - `aws`: reads the application's database URL from its Kubernetes Secret (as a pod with a
-//!   reloading secret volume does); its gaps always count.
+//! - `aws`: reads the application's database URL from its Kubernetes Secret and uses a new
+//!   value when the application's pods would (`heartbeat.reload`, [`super::reload`]: after the
+//!   rollout, after the kubelet's refresh, or never behind a pooler); its gaps always count.
 //! - `legacy` (when the runbook's `heartbeat.legacy` is set): writes through the legacy
 //!   application's own database URL; its gaps count only while DNS, or an answer a resolver may
 //!   still cache (the record set's TTL), names the legacy target, i.e. while users are still
@@ -12,10 +13,19 @@
 //! path's writes were refused while it served users (the write outage users saw) and every
 //! acknowledged write missing from the database the Secret names at the end.
 //!
+//! While steps run, the writers' live figures are the run's [`WriteWatch`]: an outage longer than
+//! `heartbeat.max_write_outage` on a path that serves users fails the step at its next safe
+//! point; after the last step, [`settle`] waits for every such path to write again.
+//!
 //! Owns the bridge between the runbook's `heartbeat:` section, the Kubernetes and Route 53
 //! clients and the writers; must not interpret step results.
 
-use super::event::{Event, HeartbeatFailed};
+use super::event::{Event, HeartbeatFailed, WriteOutage};
+use super::reload::{Observed, RestartAdoption, VolumeAdoption};
+use crate::config::Reload;
+use crate::steps::context::WriteWatch;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use super::executor::{EngineError, Executor};
 use crate::providers::postgres::heartbeat::{
     self, Heartbeat, Options, Report, ServedSource, UrlSource,
@@ -41,6 +51,206 @@ struct Path {
 pub struct Running {
     paths: Vec<Path>,
     table: String,
+    /// `heartbeat.max_write_outage`.
+    budget: Duration,
+}
+
+impl Running {
+    /// The first path whose write outage (open now, or closed earlier) passed the budget:
+    /// `(path, outage in ms, last error)`.
+    fn worst(&self) -> Option<(&'static str, u64, Option<String>)> {
+        let now = tokio::time::Instant::now();
+        let budget = self.budget.as_millis() as u64;
+        self.paths.iter().find_map(|p| {
+            let l = p.writer.live();
+            let outage = l.open_ms(now).max(l.longest_ms);
+            (outage > budget).then(|| (p.name, outage, l.last_error.clone()))
+        })
+    }
+
+    /// The reason an outage of `outage_ms` on `path` fails the run.
+    fn reason(&self, path: &str, outage_ms: u64, last_error: Option<&str>) -> String {
+        format!(
+            "the {path} path's writes went {outage_ms} ms without an acknowledgement, more than heartbeat.max_write_outage ({} s){}",
+            self.budget.as_secs_f64(),
+            last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
+        )
+    }
+}
+
+impl WriteWatch for Running {
+    fn over_budget(&self) -> Option<String> {
+        self.worst()
+            .map(|(path, ms, e)| self.reason(path, ms, e.as_deref()))
+    }
+}
+
+/// How a run's end stands with its application's writes ([`settle`]).
+pub enum Settled {
+    /// No heartbeat, or every path that serves users acknowledged a write again within the
+    /// budget.
+    Writing,
+    /// The panic flag was raised while waiting (its reason).
+    Panic(String),
+    /// A path's outage passed the budget: the [`WriteOutage`] to record.
+    OverBudget(WriteOutage),
+}
+
+/// At the end of the run's steps: waits until every path that serves users has acknowledged a
+/// write after this moment (the application writes again), at most the budget; the panic flag
+/// is honoured while waiting.
+pub async fn settle(ex: &Executor<'_>) -> Settled {
+    let Some(run) = &ex.heartbeat else {
+        return Settled::Writing;
+    };
+    let over = |run: &Running, when: &str| {
+        run.worst().map(|(path, ms, e)| {
+            Settled::OverBudget(WriteOutage {
+                path: path.to_string(),
+                outage_ms: ms,
+                budget_ms: run.budget.as_millis() as u64,
+                last_error: e,
+                when: when.to_string(),
+            })
+        })
+    };
+    let start: Vec<(u64, bool)> = run
+        .paths
+        .iter()
+        .map(|p| {
+            let l = p.writer.live();
+            (l.acknowledged, l.serving)
+        })
+        .collect();
+    let began = tokio::time::Instant::now();
+    loop {
+        if let Some(reason) = crate::steps::context::panic_reason(&ex.panic_flag) {
+            return Settled::Panic(reason);
+        }
+        if let Some(o) = over(run, "after the last step") {
+            return o;
+        }
+        let writing = run.paths.iter().zip(&start).all(|(p, (acked, serving))| {
+            let l = p.writer.live();
+            !serving || !l.serving || l.acknowledged > *acked
+        });
+        if writing {
+            return Settled::Writing;
+        }
+        if began.elapsed() > run.budget {
+            // The first path that served users then and has not written since.
+            let silent = run
+                .paths
+                .iter()
+                .zip(&start)
+                .find(|(p, (acked, serving))| {
+                    let l = p.writer.live();
+                    *serving && l.serving && l.acknowledged <= *acked
+                })
+                .map_or(&run.paths[0], |(p, _)| p);
+            let l = silent.writer.live();
+            let waited = began.elapsed().as_millis() as u64;
+            return Settled::OverBudget(WriteOutage {
+                path: silent.name.to_string(),
+                outage_ms: l.open_ms(tokio::time::Instant::now()).max(waited),
+                budget_ms: run.budget.as_millis() as u64,
+                last_error: l.last_error,
+                when: "after the last step".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Between steps: the [`WriteOutage`] to record when a path's outage passed the budget.
+pub fn over_budget_between(ex: &Executor<'_>) -> Option<WriteOutage> {
+    let run = ex.heartbeat.as_ref()?;
+    run.worst().map(|(path, ms, e)| WriteOutage {
+        path: path.to_string(),
+        outage_ms: ms,
+        budget_ms: run.budget.as_millis() as u64,
+        last_error: e,
+        when: "before the step started".into(),
+    })
+}
+
+/// The application's database URL as its pods use it under `cfg.reload`, read from its Secret
+/// (and, for `restart`, the rollouts of the Deployments that read it), and those Deployments.
+async fn app_urls(
+    client: kube::Client,
+    cfg: &crate::config::Heartbeat,
+) -> Result<(UrlSource, Vec<String>), String> {
+    let (ns, name, key) = (cfg.namespace.clone(), cfg.secret.clone(), cfg.key.clone());
+    let read = {
+        let client = client.clone();
+        move || {
+            let (client, ns, name, key) = (client.clone(), ns.clone(), name.clone(), key.clone());
+            async move {
+                crate::providers::kube::secret_value(client, &ns, &name, &key)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let first = read().await?;
+    match cfg.reload {
+        Reload::Pooler => {
+            let urls: UrlSource = Arc::new(move || {
+                let u = first.clone();
+                Box::pin(async move { Ok(u) })
+            });
+            Ok((urls, Vec::new()))
+        }
+        Reload::Volume => {
+            let state = Arc::new(Mutex::new(VolumeAdoption::new(first, cfg.volume_delay)));
+            let urls: UrlSource = Arc::new(move || {
+                let (read, state) = (read.clone(), state.clone());
+                Box::pin(async move {
+                    let now = read().await?;
+                    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                    Ok(s.observe(&now, tokio::time::Instant::now()).to_string())
+                })
+            });
+            Ok((urls, Vec::new()))
+        }
+        Reload::Restart => {
+            let readers = match &cfg.deployments {
+                Some(d) => d.clone(),
+                None => crate::providers::kube::secret_readers(client.clone(), &cfg.namespace, &cfg.secret)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            };
+            let state = Arc::new(Mutex::new(RestartAdoption::new(first)));
+            let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+                kube::Api::namespaced(client, &cfg.namespace);
+            let names = readers.clone();
+            let urls: UrlSource = Arc::new(move || {
+                let (read, state, api, names) =
+                    (read.clone(), state.clone(), api.clone(), names.clone());
+                Box::pin(async move {
+                    let now = read().await?;
+                    let mut seen = BTreeMap::new();
+                    for n in &names {
+                        let d = api.get(n).await.map_err(|e| e.to_string())?;
+                        let complete = matches!(
+                            crate::providers::kube::rollout(&d),
+                            crate::providers::kube::Rollout::Complete { .. }
+                        );
+                        seen.insert(
+                            n.clone(),
+                            Observed {
+                                generation: d.metadata.generation.unwrap_or(0),
+                                complete,
+                            },
+                        );
+                    }
+                    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                    Ok(s.observe(&now, &seen).to_string())
+                })
+            });
+            Ok((urls, readers))
+        }
+    }
 }
 
 /// The legacy path's "served" source: the targets `record` names when the run starts are the
@@ -117,15 +327,20 @@ pub async fn start(ex: &mut Executor<'_>, attempt: usize) -> Result<(), EngineEr
             return Ok(());
         }
     };
-    let (ns, name, key) = (cfg.namespace.clone(), cfg.secret.clone(), cfg.key.clone());
-    let urls: UrlSource = Arc::new(move || {
-        let (client, ns, name, key) = (client.clone(), ns.clone(), name.clone(), key.clone());
-        Box::pin(async move {
-            crate::providers::kube::secret_value(client, &ns, &name, &key)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    });
+    let (urls, readers) = match app_urls(client, &cfg).await {
+        Ok(u) => u,
+        Err(e) => {
+            let reason = ex.redactor.redact(&e);
+            ex.record(
+                Event::HeartbeatFailed(HeartbeatFailed {
+                    path: None,
+                    error: reason,
+                }),
+                None,
+            )?;
+            return Ok(());
+        }
+    };
     let id = if attempt == 0 {
         ex.run_id.clone()
     } else {
@@ -182,13 +397,19 @@ pub async fn start(ex: &mut Executor<'_>, attempt: usize) -> Result<(), EngineEr
             }
         }
     }
-    ex.record(
-        Event::HeartbeatStarted(json!({"writer": id, "writes_per_second": cfg.writes_per_second, "secret": format!("{}/{}", cfg.namespace, cfg.secret), "key": cfg.key, "table": cfg.table, "reload_ms": cfg.reload_ms, "legacy": legacy_info})),
-        None,
-    )?;
+    let mut started = json!({"writer": id, "writes_per_second": cfg.writes_per_second, "secret": format!("{}/{}", cfg.namespace, cfg.secret), "key": cfg.key, "table": cfg.table, "reload_ms": cfg.reload_ms, "reload": cfg.reload.as_str(), "max_write_outage_ms": cfg.max_write_outage.as_millis() as u64, "legacy": legacy_info});
+    match cfg.reload {
+        Reload::Restart => started["deployments"] = json!(readers),
+        Reload::Volume => {
+            started["volume_delay_ms"] = json!(cfg.volume_delay.as_millis() as u64)
+        }
+        Reload::Pooler => {}
+    }
+    ex.record(Event::HeartbeatStarted(started), None)?;
     ex.heartbeat = Some(Running {
         paths,
         table: cfg.table,
+        budget: cfg.max_write_outage,
     });
     Ok(())
 }

@@ -79,6 +79,36 @@ pub fn analysis_line(a: &AnalysisRecord) -> String {
     line
 }
 
+/// How a `heartbeat_started` record's application picks up its Secret, as words after the
+/// heartbeat's line: `; reload: restart (deployment/a, deployment/b)`, `; reload: volume
+/// (60 s after a change)`, `; reload: pooler (never)`; empty for logs of earlier versions.
+fn reload_words(d: &Value) -> String {
+    match d.get("reload").and_then(Value::as_str) {
+        Some("restart") => {
+            let names: Vec<String> = d["deployments"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(|n| format!("deployment/{n}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if names.is_empty() {
+                "; reload: restart (no Deployment reads the Secret: never)".into()
+            } else {
+                format!("; reload: restart (a new value once {} rolled out)", names.join(", "))
+            }
+        }
+        Some("volume") => format!(
+            "; reload: volume ({} s after a change)",
+            d["volume_delay_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+        ),
+        Some(other) => format!("; reload: {other} (never)"),
+        None => String::new(),
+    }
+}
+
 /// One line summarising a `heartbeat` record: writes acknowledged, the longest gap between
 /// two of them (the write outage, milliseconds) and acknowledged writes missing at the end.
 pub fn heartbeat_line(d: &Value) -> String {
@@ -235,17 +265,19 @@ pub fn event_line(event: &Event, step: &str, hash: &str) -> Option<String> {
             d.wait_s, d.previous_ttl
         ),
         Event::Panic(d) => format!("PANIC: {} ({} {step}) — rolling back", d.reason, d.when),
+        Event::WriteOutage(d) => format!("WRITE OUTAGE: {} — rolling back", d.reason()),
         Event::GateBypassed(d) => format!(
             "BREAK-GLASS: the {} gate was bypassed by {}: {}",
             d.gate, d.operator, d.reason
         ),
         Event::RunRefused(d) => format!("refused: {}", d.reason),
         Event::HeartbeatStarted(d) => format!(
-            "  heartbeat: {} writes/s through secret {} ({}) into {}",
+            "  heartbeat: {} writes/s through secret {} ({}) into {}{}",
             d.get("writes_per_second").cloned().unwrap_or_default(),
             s(d, "secret"),
             s(d, "key"),
-            s(d, "table")
+            s(d, "table"),
+            reload_words(d)
         ),
         Event::HeartbeatFailed(d) => format!("  heartbeat could not start: {}", d.error),
         Event::Heartbeat(d) => heartbeat_line(d),

@@ -7,6 +7,7 @@
 
 mod executor;
 mod heartbeat;
+mod reload;
 pub mod lines;
 pub mod migration;
 pub mod promotion;

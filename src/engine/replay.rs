@@ -292,11 +292,11 @@ impl Machine {
                 }
                 let _ = s;
             }
-            Event::Panic(_) => {
+            Event::Panic(_) | Event::WriteOutage(_) => {
                 if rolling_back {
                     return Err(impossible(
                         e,
-                        "a panic stops the forward run, not its rollback",
+                        "a panic or a write outage stops the forward run, not its rollback",
                     ));
                 }
             }

@@ -167,3 +167,150 @@ pub async fn secret_value(
         })?;
     Ok(String::from_utf8_lossy(&bytes.0).into_owned())
 }
+
+/// Where a Deployment's rollout stands, as `kubectl rollout status` reads its `status` (the
+/// deployment controller's `observedGeneration`, `updatedReplicas`, `replicas`,
+/// `availableReplicas` and its `Progressing` condition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rollout {
+    /// The controller has not observed `generation` yet.
+    Observing {
+        /// The Deployment's `metadata.generation`.
+        generation: i64,
+    },
+    /// New pods are being created.
+    Updating {
+        /// Pods of the current template.
+        updated: i32,
+        /// Replicas wanted.
+        want: i32,
+    },
+    /// Every new pod exists; old ones are still terminating (and serving).
+    Terminating {
+        /// Old pods left.
+        old: i32,
+    },
+    /// Every old pod is gone; some new ones are not available yet.
+    Unavailable {
+        /// New pods available.
+        available: i32,
+        /// New pods.
+        updated: i32,
+    },
+    /// Every pod runs the current template and is available.
+    Complete {
+        /// The generation rolled out.
+        generation: i64,
+        /// Pods available.
+        available: i32,
+    },
+    /// The `Progressing` condition says `ProgressDeadlineExceeded`.
+    DeadlineExceeded,
+}
+
+impl std::fmt::Display for Rollout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rollout::Observing { generation } => write!(
+                f,
+                "waiting for the controller to observe generation {generation}"
+            ),
+            Rollout::Updating { updated, want } => write!(f, "{updated} of {want} replicas updated"),
+            Rollout::Terminating { old } => write!(f, "{old} old replicas pending termination"),
+            Rollout::Unavailable { available, updated } => {
+                write!(f, "{available} of {updated} updated replicas available")
+            }
+            Rollout::Complete {
+                generation,
+                available,
+            } => write!(f, "rolled out (generation {generation}, {available} available)"),
+            Rollout::DeadlineExceeded => write!(f, "exceeded its progress deadline"),
+        }
+    }
+}
+
+/// Where `d`'s rollout stands.
+pub fn rollout(d: &k8s_openapi::api::apps::v1::Deployment) -> Rollout {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let want = d.spec.replicas.unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    let progressing = st.conditions.as_ref().and_then(|cs| {
+        cs.iter()
+            .find(|c| c.type_.as_deref() == Some("Progressing"))
+    });
+    if progressing.is_some_and(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded")) {
+        return Rollout::DeadlineExceeded;
+    }
+    let updated = st.updated_replicas.unwrap_or(0);
+    let total = st.replicas.unwrap_or(0);
+    let available = st.available_replicas.unwrap_or(0);
+    if st.observed_generation.unwrap_or(0) < generation {
+        Rollout::Observing { generation }
+    } else if updated < want {
+        Rollout::Updating { updated, want }
+    } else if total > updated {
+        Rollout::Terminating {
+            old: total - updated,
+        }
+    } else if available < updated {
+        Rollout::Unavailable { available, updated }
+    } else {
+        Rollout::Complete {
+            generation,
+            available,
+        }
+    }
+}
+
+/// Whether pod template `t` reads Secret `secret`: through an `env` entry's `secretKeyRef`, an
+/// `envFrom` `secretRef` or a `secret` volume.
+pub fn template_reads_secret(t: &k8s_openapi::api::core::v1::PodTemplateSpec, secret: &str) -> bool {
+    let Some(spec) = &t.spec else { return false };
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    let in_containers = containers.clone().any(|c| {
+        c.env.iter().flatten().any(|e| {
+            e.value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .is_some_and(|r| r.name == secret)
+        }) || c
+            .env_from
+            .iter()
+            .flatten()
+            .any(|e| e.secret_ref.as_ref().is_some_and(|r| r.name == secret))
+    });
+    in_containers
+        || spec.volumes.iter().flatten().any(|v| {
+            v.secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref())
+                == Some(secret)
+        })
+}
+
+/// The Deployments of `namespace` whose pod template reads Secret `secret`
+/// ([`template_reads_secret`]), by name.
+///
+/// # Errors
+/// [`ProviderError::Kube`] when the list fails.
+pub async fn secret_readers(
+    client: kube::Client,
+    namespace: &str,
+    secret: &str,
+) -> Result<Vec<String>, ProviderError> {
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(client, namespace);
+    let list = api
+        .list(&Default::default())
+        .await
+        .map_err(|e| kube_err(&format!("list deployments in {namespace}"), e))?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|d| template_reads_secret(&d.spec.template, secret))
+        .filter_map(|d| d.metadata.name.clone())
+        .collect())
+}

@@ -261,11 +261,12 @@ impl Analysis {
         let mut samples = Vec::new();
         let allowed = self.allowed_failures();
         for i in 0..self.samples {
+            let awaiting = format!("the {label} analysis window");
             if i > 0 {
-                tokio::time::sleep(self.interval).await;
+                cx.wait(self.interval, &awaiting).await?;
             }
-            cx.check_deadline(&format!("the {label} analysis window"))?;
-            let r = probe(&c, url, timeout).await;
+            cx.check_deadline(&awaiting)?;
+            let r = cx.watched(probe(&c, url, timeout), &awaiting).await?;
             let ok = r.status == Some(self.expect_status);
             let answer = match (r.status, &r.error) {
                 (Some(s), _) => format!("HTTP {s}"),

@@ -458,13 +458,7 @@ impl MetricCheck {
 }
 
 async fn sleep_checked(cx: &StepContext<'_>, d: Duration, label: &str) -> Result<(), StepError> {
-    let until = tokio::time::Instant::now() + d;
-    while tokio::time::Instant::now() < until {
-        cx.check_deadline(&format!("the {label} analysis"))?;
-        tokio::time::sleep((until - tokio::time::Instant::now()).min(Duration::from_millis(500)))
-            .await;
-    }
-    Ok(())
+    cx.wait(d, &format!("the {label} analysis")).await
 }
 
 #[cfg(test)]

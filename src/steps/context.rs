@@ -63,7 +63,25 @@ pub struct StepContext<'a> {
     pub panic_flag: Option<&'a Path>,
     /// Step ids approved on the command line (`--approve STEP`).
     pub approved: &'a [String],
+    /// The application's writes as the run's heartbeat sees them: every safe point fails the
+    /// step once their outage passes the runbook's budget. `None` without a heartbeat and during
+    /// rollback.
+    pub writes: Option<&'a dyn WriteWatch>,
 }
+
+/// What the run watches beside its steps: the application's writes. The engine implements it
+/// over the heartbeat; a step only asks it at its safe points.
+pub trait WriteWatch: Send + Sync {
+    /// `Some(why)` when the application's write outage (on any path that serves users) has
+    /// passed the runbook's budget, naming the path, the outage in milliseconds and the last
+    /// error a write met.
+    fn over_budget(&self) -> Option<String>;
+}
+
+/// Longest sleep between two safe points of [`StepContext::wait`] and
+/// [`StepContext::watched`]: a panic flag is honoured within this plus one check (the issue's
+/// bound is 2 s).
+pub const SAFE_POINT_INTERVAL: Duration = Duration::from_millis(250);
 
 impl StepContext<'_> {
     /// Time left until the deadline (zero once passed).
@@ -77,10 +95,52 @@ impl StepContext<'_> {
         if let Some(reason) = self.panic_flag.and_then(panic_reason) {
             return Err(StepError::Panic(reason));
         }
+        if let Some(why) = self.writes.and_then(|w| w.over_budget()) {
+            return Err(StepError::WriteOutage(why));
+        }
         if Instant::now() >= self.deadline {
             Err(StepError::Timeout(awaiting.to_string()))
         } else {
             Ok(())
+        }
+    }
+
+    /// Waits `d` (less when the deadline comes first), passing a safe point
+    /// ([`StepContext::check_deadline`]) at least every [`SAFE_POINT_INTERVAL`].
+    ///
+    /// # Errors
+    /// What [`StepContext::check_deadline`] returns at the first safe point that fails.
+    pub async fn wait(&self, d: Duration, awaiting: &str) -> Result<(), StepError> {
+        let until = Instant::now() + d;
+        loop {
+            self.check_deadline(awaiting)?;
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            let next = (until - now).min(SAFE_POINT_INTERVAL).min(self.remaining());
+            tokio::time::sleep(next.max(Duration::from_millis(1))).await;
+        }
+    }
+
+    /// Runs `f` (a read-only call: a probe, a query) while passing safe points every
+    /// [`SAFE_POINT_INTERVAL`]: the panic flag, the write budget and the deadline stop the
+    /// step without waiting for `f`, which is dropped.
+    ///
+    /// # Errors
+    /// What [`StepContext::check_deadline`] returns at the first safe point that fails.
+    pub async fn watched<F: std::future::Future>(
+        &self,
+        f: F,
+        awaiting: &str,
+    ) -> Result<F::Output, StepError> {
+        tokio::pin!(f);
+        loop {
+            self.check_deadline(awaiting)?;
+            tokio::select! {
+                out = &mut f => return Ok(out),
+                _ = tokio::time::sleep(SAFE_POINT_INTERVAL) => {}
+            }
         }
     }
 }
@@ -226,6 +286,10 @@ pub enum StepError {
     /// The operator raised the panic flag: the step stopped at a safe point; the run rolls back.
     #[error("{0}")]
     Panic(String),
+    /// The application's write outage passed the runbook's budget (`heartbeat.max_write_outage`):
+    /// the step stopped at a safe point; the run rolls back.
+    #[error("the application's writes: {0}")]
+    WriteOutage(String),
     /// The step could not journal a record: the run stops (the executor turns this into
     /// [`crate::engine::EngineError::Log`]); a step must return it, never retry past it.
     #[error("the event log could not be written: {0}")]

@@ -27,12 +27,13 @@ pub(super) async fn submit_and_wait(
         if status == "INSYNC" {
             return Ok(id);
         }
-        cx.check_deadline(&format!("change {id} to be INSYNC (now {status})"))?;
+        let awaiting = format!("change {id} to be INSYNC (now {status})");
+        cx.check_deadline(&awaiting)?;
         (cx.progress)(&format!(
             "change {id} is {status}; waiting for INSYNC up to {}s",
             cx.remaining().as_secs()
         ));
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        cx.wait(Duration::from_secs(2), &awaiting).await?;
     }
 }
 

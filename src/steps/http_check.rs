@@ -98,7 +98,9 @@ impl StepKind for HttpCheck {
         let mut latencies = Vec::new();
         loop {
             attempts += 1;
-            let r = probe(&c, &p.url, PROBE_TIMEOUT).await;
+            let r = cx
+                .watched(probe(&c, &p.url, PROBE_TIMEOUT), &format!("{} to answer", p.url))
+                .await?;
             let ok = r.status == Some(p.expect_status);
             if ok {
                 streak += 1;
@@ -140,7 +142,8 @@ impl StepKind for HttpCheck {
                     cx.remaining().as_secs()
                 ));
             }
-            tokio::time::sleep(p.interval).await;
+            cx.wait(p.interval, &format!("the next probe of {}", p.url))
+                .await?;
         }
     }
 }

@@ -15,7 +15,7 @@
 use super::secret_owner::{self, External, Owner};
 use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
 use crate::config::SecretRef;
-use crate::providers::kube::{is_conflict, is_not_found, kube_err};
+use crate::providers::kube::{is_conflict, is_not_found, kube_err, Rollout};
 use crate::secret::fingerprint;
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -218,12 +218,11 @@ async fn refresh_and_wait(
             p.secret,
             pending.join(", ")
         );
-        cx.check_deadline(&what)?;
         (cx.progress)(&format!(
             "waiting for {what}; up to {}s",
             cx.remaining().as_secs()
         ));
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        cx.wait(Duration::from_millis(250), &what).await?;
     }
 }
 
@@ -275,41 +274,26 @@ async fn wait_rollouts(
                 .get(name)
                 .await
                 .map_err(|e| kube_err(&format!("get deployment {name}"), e))?;
-            let generation = d.metadata.generation.unwrap_or(0);
-            let want = d.spec.replicas.unwrap_or(1);
-            let st = d.status.clone().unwrap_or_default();
-            let observed = st.observed_generation.unwrap_or(0);
-            let updated = st.updated_replicas.unwrap_or(0);
-            let total = st.replicas.unwrap_or(0);
-            let available = st.available_replicas.unwrap_or(0);
-            if let Some(c) = st.conditions.as_ref().and_then(|cs| {
-                cs.iter()
-                    .find(|c| c.type_.as_deref() == Some("Progressing"))
-            }) {
-                if c.reason.as_deref() == Some("ProgressDeadlineExceeded") {
-                    return Err(StepError::Check(format!(
-                        "deployment {name} exceeded its progress deadline"
-                    )));
+            let state = crate::providers::kube::rollout(&d);
+            match state {
+                Rollout::DeadlineExceeded => {
+                    return Err(StepError::Check(format!("deployment {name} {state}")))
                 }
+                Rollout::Complete { .. } => {
+                    evidence.push(format!("deployment/{name} {state}"));
+                    break;
+                }
+                _ => {}
             }
-            let state = if observed < generation {
-                format!("waiting for the controller to observe generation {generation}")
-            } else if updated < want {
-                format!("{updated} of {want} replicas updated")
-            } else if total > updated {
-                format!("{} old replicas pending termination", total - updated)
-            } else if available < updated {
-                format!("{available} of {updated} updated replicas available")
-            } else {
-                evidence.push(format!("deployment/{name} rolled out (generation {generation}, {available}/{want} available)"));
-                break;
-            };
-            cx.check_deadline(&format!("deployment {name} rollout: {state}"))?;
             (cx.progress)(&format!(
                 "deployment/{name}: {state}; waiting up to {}s",
                 cx.remaining().as_secs()
             ));
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            cx.wait(
+                Duration::from_millis(500),
+                &format!("deployment {name} rollout: {state}"),
+            )
+            .await?;
         }
     }
     Ok(evidence)
@@ -324,6 +308,9 @@ struct Outputs {
     changed_keys: Vec<String>,
     /// The Deployments restarted (`deployment/NAME`).
     restarted: Vec<String>,
+    /// When the first Deployment was restarted (RFC 3339, milliseconds); `null` when none was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restarted_at: Option<String>,
 }
 
 #[async_trait]
@@ -429,6 +416,7 @@ impl StepKind for FlipSecret {
             backup: Some(backup_name(&p.secret, cx.run_id)),
             changed_keys: changed.clone(),
             restarted: names.clone(),
+            restarted_at: None,
         });
         let mut before = json!({"keys": keys});
         if let Some(e) = &external {
@@ -511,12 +499,15 @@ impl StepKind for FlipSecret {
         }
         // Restart when this step changed the Secret now or before a crash (the backup exists).
         let mut restarted = Vec::new();
+        let mut restarted_at = None;
         if !changed.is_empty() || have_backup {
             let deploys: Api<Deployment> = Api::namespaced(client, &p.namespace);
             let mark = format!("{}/{}", cx.run_id, cx.step_id);
             for n in &names {
+                let at = chrono::Utc::now();
                 if restart(&deploys, n, &mark).await? {
                     restarted.push(n.clone());
+                    restarted_at.get_or_insert(at);
                 }
             }
         }
@@ -524,6 +515,8 @@ impl StepKind for FlipSecret {
             backup: (!changed.is_empty() || have_backup).then(|| backup.clone()),
             changed_keys: changed.clone(),
             restarted,
+            restarted_at: restarted_at
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         });
         out.insert(
             super::SUMMARY_OUTPUT.into(),
@@ -556,7 +549,7 @@ impl StepKind for FlipSecret {
     async fn verify(
         &self,
         cx: &StepContext,
-        _outputs: &Map<String, Value>,
+        outputs: &Map<String, Value>,
     ) -> Result<Map<String, Value>, StepError> {
         let p: Params = parse_params(&cx.params)?;
         let names = deployments(&p)?;
@@ -584,6 +577,16 @@ impl StepKind for FlipSecret {
         let mut ev = Map::new();
         ev.insert("keys".into(), Value::Object(keys));
         ev.insert("rollouts".into(), json!(rolled));
+        // How long the restart took to roll out, from the first restart to every Deployment
+        // complete: the least a `reload: restart` application's write outage can be.
+        let restarted_at = outputs
+            .get("restarted_at")
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        if let Some(t) = restarted_at {
+            let ms = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds();
+            ev.insert("rollout_ms".into(), json!(ms.max(0)));
+        }
         Ok(ev)
     }
 

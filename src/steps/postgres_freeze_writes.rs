@@ -33,8 +33,16 @@ struct Params {
     roles: Option<Vec<String>>,
 }
 
-/// Waits while the postpone flag exists; returns how long the run was held, in seconds.
-async fn hold_while_postponed(cx: &StepContext<'_>, flag: &std::path::Path) -> f64 {
+/// Waits while the postpone flag exists; returns how long the run was held, in seconds. The hold
+/// is not bounded by the step's deadline (an operator holds the run as long as needed), but the
+/// panic flag and the write budget are honoured while it lasts.
+///
+/// # Errors
+/// [`StepError::Panic`] or [`StepError::WriteOutage`].
+async fn hold_while_postponed(
+    cx: &StepContext<'_>,
+    flag: &std::path::Path,
+) -> Result<f64, StepError> {
     let started = std::time::Instant::now();
     let mut last = None::<std::time::Instant>;
     while flag.exists() {
@@ -46,9 +54,15 @@ async fn hold_while_postponed(cx: &StepContext<'_>, flag: &std::path::Path) -> f
                 started.elapsed().as_secs()
             ));
         }
+        if let Some(reason) = cx.panic_flag.and_then(super::context::panic_reason) {
+            return Err(StepError::Panic(reason));
+        }
+        if let Some(why) = cx.writes.and_then(|w| w.over_budget()) {
+            return Err(StepError::WriteOutage(why));
+        }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    started.elapsed().as_secs_f64()
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// The roles to freeze on the source: `roles:` or every application writer of its tables.
@@ -159,7 +173,7 @@ impl StepKind for FreezeWrites {
         let db = source_db(cx)?;
         let p: Params = parse_params(&cx.params)?;
         let postponed = match &p.postpone_flag {
-            Some(f) => hold_while_postponed(cx, &cx.root.join(f)).await,
+            Some(f) => hold_while_postponed(cx, &cx.root.join(f)).await?,
             None => 0.0,
         };
         let source = cx.providers.source().await?;

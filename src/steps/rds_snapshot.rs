@@ -172,12 +172,13 @@ impl StepKind for RdsSnapshot {
                 ev.insert("summary".into(), json!(format!("snapshot {id} available")));
                 return Ok(ev);
             }
-            cx.check_deadline(&format!("snapshot {id} to become available (now {s})"))?;
+            let awaiting = format!("snapshot {id} to become available (now {s})");
+            cx.check_deadline(&awaiting)?;
             (cx.progress)(&format!(
                 "snapshot {id} is {s}; waiting up to {}s",
                 cx.remaining().as_secs()
             ));
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            cx.wait(Duration::from_secs(5), &awaiting).await?;
         }
     }
 }

@@ -656,7 +656,11 @@ impl StepKind for Route53Cutover {
             while pending > 0 {
                 cx.check_deadline("answers cached under the old TTL to expire")?;
                 (cx.progress)(&format!("waiting {pending}s more for answers cached under the old TTL ({prev}s) to expire"));
-                tokio::time::sleep(Duration::from_secs(pending.min(5) as u64)).await;
+                cx.wait(
+                    Duration::from_secs(pending.min(5) as u64),
+                    "answers cached under the old TTL to expire",
+                )
+                .await?;
                 pending = ttl_pending(&p)?;
             }
         }

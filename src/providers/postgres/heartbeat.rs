@@ -34,6 +34,8 @@ struct GapMeter {
     longest_ms: u64,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
+    /// Whether the path served users at the last tick.
+    serving: bool,
 }
 
 impl GapMeter {
@@ -58,6 +60,7 @@ impl GapMeter {
     /// A tick at `now`: a path that stopped serving users at `until` closes its gap there; one
     /// that serves users again opens one.
     fn tick(&mut self, now: (Instant, DateTime<Utc>), until: Option<Instant>) {
+        self.serving = until.is_none_or(|u| now.0 <= u);
         match until {
             Some(u) if now.0 > u => {
                 let back = now.0 - u;
@@ -67,6 +70,33 @@ impl GapMeter {
             _ if self.open_since.is_none() && self.acked_once => self.open_since = Some(now),
             _ => {}
         }
+    }
+}
+
+/// What a running writer sees now, updated after every tick: what the run checks against its
+/// write budget while steps run.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// Since when no write has been acknowledged while the path serves users (`None`: the path
+    /// does not serve users now, or the writer has not acknowledged a first write yet).
+    pub open_since: Option<Instant>,
+    /// The longest gap closed so far, milliseconds.
+    pub longest_ms: u64,
+    /// Writes acknowledged so far.
+    pub acknowledged: u64,
+    /// Whether the path serves users now (always, for a path without a served source).
+    pub serving: bool,
+    /// The last error a write or a connection met (the server's message; no URL), cleared by
+    /// an acknowledged write.
+    pub last_error: Option<String>,
+}
+
+impl Live {
+    /// The outage open now, milliseconds (0 when none is).
+    pub fn open_ms(&self, now: Instant) -> u64 {
+        self.open_since
+            .map(|t| now.saturating_duration_since(t).as_millis() as u64)
+            .unwrap_or(0)
     }
 }
 
@@ -139,10 +169,21 @@ impl Report {
     }
 }
 
+/// What one tick's write did, for [`Live`].
+enum Write {
+    /// No write was attempted (no connection, or the writer is stopping).
+    None,
+    /// The server acknowledged it.
+    Acked,
+    /// It failed with this message.
+    Failed(String),
+}
+
 /// A running writer.
 pub struct Heartbeat {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Report>,
+    live: Arc<std::sync::Mutex<Live>>,
 }
 
 /// Creates the heartbeat table through the URL's database if missing: `(writer text, seq bigint,
@@ -180,6 +221,20 @@ impl Heartbeat {
     pub async fn start(urls: UrlSource, opts: Options) -> Heartbeat {
         let (stop, mut stopped) = watch::channel(false);
         let first = urls().await;
+        let live = Arc::new(std::sync::Mutex::new(Live::default()));
+        let shared = live.clone();
+        let publish = move |meter: &GapMeter, report: &Report, write: Write| {
+            let mut l = shared.lock().unwrap_or_else(|p| p.into_inner());
+            l.open_since = meter.open_since.map(|(t, _)| t);
+            l.longest_ms = meter.longest_ms;
+            l.acknowledged = report.acknowledged;
+            l.serving = meter.serving;
+            match write {
+                Write::Acked => l.last_error = None,
+                Write::Failed(e) => l.last_error = Some(e),
+                Write::None => {}
+            }
+        };
         let task = tokio::spawn(async move {
             let mut report = Report::default();
             let mut url = match first {
@@ -281,12 +336,23 @@ impl Heartbeat {
                     let c =
                         tokio::time::timeout(Duration::from_secs(1), connect(&url, "heartbeat"))
                             .await;
-                    if let Ok(Ok(c)) = c {
-                        report.connections += 1;
-                        client = Some(c);
+                    match c {
+                        Ok(Ok(c)) => {
+                            report.connections += 1;
+                            client = Some(c);
+                        }
+                        Ok(Err(e)) => publish(&meter, &report, Write::Failed(e.to_string())),
+                        Err(_) => publish(
+                            &meter,
+                            &report,
+                            Write::Failed("connecting took more than 1 s".into()),
+                        ),
                     }
                 }
-                let Some(c) = &client else { continue };
+                let Some(c) = &client else {
+                    publish(&meter, &report, Write::None);
+                    continue;
+                };
                 seq += 1;
                 report.attempted += 1;
                 match tokio::time::timeout(
@@ -304,16 +370,29 @@ impl Heartbeat {
                         report.acknowledged += 1;
                         report.acked.push(seq);
                         report.count_ack(now.0 - began);
+                        publish(&meter, &report, Write::Acked);
                         if stop_by.is_some() {
                             break;
                         }
                     }
                     Ok(Err(e)) => {
+                        let msg = match e.as_db_error() {
+                            Some(db) => db.message().to_string(),
+                            None => e.to_string(),
+                        };
+                        publish(&meter, &report, Write::Failed(msg));
                         if e.is_closed() || e.as_db_error().is_none() {
                             client = None;
                         }
                     }
-                    Err(_) => client = None,
+                    Err(_) => {
+                        publish(
+                            &meter,
+                            &report,
+                            Write::Failed("the write took more than 1 s".into()),
+                        );
+                        client = None
+                    }
                 }
             }
             watcher.abort();
@@ -326,7 +405,12 @@ impl Heartbeat {
             report.final_url = url;
             report
         });
-        Heartbeat { stop, task }
+        Heartbeat { stop, task, live }
+    }
+
+    /// What the writer sees now (see [`Live`]).
+    pub fn live(&self) -> Live {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Stops the writer (after its next acknowledged write, waiting at most 10 s) and returns
