@@ -10,10 +10,13 @@
 //! - The External Secrets Operator's `ExternalSecret` and `SecretStore`
 //!   (`/apis/external-secrets.io/v1/...`), with the operator's refresh in [`crate::eso`].
 //! - Each resource only under its own API group's path (a Secret under `/apis/apps/v1` is 404).
-//! - Deployments: `metadata.generation` increments when the spec changes; a rollout controller
-//!   moves `status` along (observedGeneration, updatedReplicas, availableReplicas) a step at a time,
-//!   as the deployment controller does, so clients must wait for a rollout as they would on a real
-//!   cluster.
+//! - Deployments: `metadata.generation` increments when the spec changes; a deployment
+//!   controller ([`reconcile`]) replaces pods as a RollingUpdate does (`maxSurge` and
+//!   `maxUnavailable`, 25% by default), each new pod ready [`pod_ready_delay`] after it starts
+//!   (`CUTOVER_SANDBOX_POD_READY`, default 2 s), and reports `status` as the real controller does,
+//!   so clients wait for a rollout as they would on a real cluster. A pod resolves the Secret
+//!   keys its environment names when it starts and keeps them ([`Store::ready_pod_env`]): the
+//!   application reaches a new database only through pods started after the Secret changed.
 //!
 //! It runs in the sandbox only; it is not part of the `cutover` binary.
 
@@ -27,13 +30,29 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// One cluster's objects, keyed by (resource, namespace, name).
-#[derive(Default)]
 pub struct Store {
     objects: BTreeMap<(String, String, String), Value>,
     next_rv: u64,
     uid_counter: u64,
+    /// Each Deployment's pods (the deployment controller's view).
+    pods: BTreeMap<Key, Vec<Pod>>,
+    /// How long a new pod takes to become ready ([`pod_ready_delay`]).
+    pub pod_ready: Duration,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            objects: BTreeMap::new(),
+            next_rv: 0,
+            uid_counter: 0,
+            pods: BTreeMap::new(),
+            pod_ready: DEFAULT_POD_READY,
+        }
+    }
 }
 
 /// A cluster: its store behind a lock.
@@ -630,9 +649,112 @@ fn int_at(v: &Value, ptr: &str, default: i64) -> i64 {
     v.pointer(ptr).and_then(Value::as_i64).unwrap_or(default)
 }
 
-/// One tick of the deployment controller: moves each Deployment's status one replica closer to
-/// its spec.
+/// How long a new pod takes to become ready when `CUTOVER_SANDBOX_POD_READY` does not say
+/// (a duration such as `2s`): image pull, start and the first passing readiness probe, which on
+/// a real cluster take from a few seconds to tens of seconds; kept short so the suite stays
+/// short, while a rollout of two replicas still takes over 4 s.
+pub const DEFAULT_POD_READY: Duration = Duration::from_secs(2);
+
+/// The pod readiness delay this process uses: `CUTOVER_SANDBOX_POD_READY` or
+/// [`DEFAULT_POD_READY`].
+pub fn pod_ready_delay() -> Duration {
+    std::env::var("CUTOVER_SANDBOX_POD_READY")
+        .ok()
+        .and_then(|v| cutover::config::duration::parse_duration(&v).ok())
+        .unwrap_or(DEFAULT_POD_READY)
+}
+
+/// One pod of a Deployment, as the controller keeps it (pods are not served by the API: the
+/// tool never reads them).
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// The Deployment generation whose template it runs.
+    generation: i64,
+    /// When it becomes ready.
+    ready_at: Instant,
+    /// Its containers' environment, resolved when it started (a `secretKeyRef` is read then and
+    /// never again, as the kubelet does).
+    env: BTreeMap<String, String>,
+}
+
+/// A RollingUpdate bound (`maxSurge`, `maxUnavailable`): an integer or a percentage of
+/// `replicas`, rounded up for the surge and down for unavailability, as the deployment
+/// controller does; `default` when absent.
+fn rolling_bound(v: Option<&Value>, replicas: i64, round_up: bool, default_pct: i64) -> i64 {
+    let pct = |p: i64| {
+        if round_up {
+            (replicas * p + 99) / 100
+        } else {
+            replicas * p / 100
+        }
+    };
+    match v {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+        Some(Value::String(t)) if t.ends_with('%') => {
+            pct(t.trim_end_matches('%').parse().unwrap_or(default_pct))
+        }
+        _ => pct(default_pct),
+    }
+}
+
+impl Store {
+    /// The environment of a new pod of template `template` in `ns`: each `env` entry's value,
+    /// or the current value of the Secret key its `secretKeyRef` names.
+    fn resolve_env(&self, ns: &str, template: &Value) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let containers = template
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for c in containers {
+            for e in c["env"].as_array().cloned().unwrap_or_default() {
+                let Some(name) = e["name"].as_str() else { continue };
+                if let Some(v) = e["value"].as_str() {
+                    env.insert(name.to_string(), v.to_string());
+                } else if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
+                    let value = self
+                        .get("secrets", ns, r["name"].as_str().unwrap_or_default())
+                        .and_then(|s| s.pointer(&format!("/data/{}", r["key"].as_str().unwrap_or_default())))
+                        .and_then(Value::as_str)
+                        .and_then(|b| {
+                            use base64::Engine as _;
+                            base64::engine::general_purpose::STANDARD.decode(b).ok()
+                        })
+                        .map(|b| String::from_utf8_lossy(&b).into_owned());
+                    if let Some(v) = value {
+                        env.insert(name.to_string(), v);
+                    }
+                }
+            }
+        }
+        env
+    }
+
+    /// The value of `var` in each ready pod of Deployment `ns/name`, oldest pod first: what a
+    /// Service in front of them would route to.
+    pub fn ready_pod_env(&self, ns: &str, name: &str, var: &str) -> Vec<String> {
+        let now = Instant::now();
+        self.pods
+            .get(&key("deployments", ns, name))
+            .map(|pods| {
+                pods.iter()
+                    .filter(|p| p.ready_at <= now)
+                    .filter_map(|p| p.env.get(var).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One tick of the deployment controller: per Deployment, creates pods of the current template
+/// up to `maxSurge` above `replicas` (default 25%, rounded up), each ready
+/// [`pod_ready_delay`] after it was created, and deletes old pods as long as at least `replicas`
+/// minus `maxUnavailable` (default 25%, rounded down) stay ready; then writes `status`
+/// (observedGeneration, replicas, updatedReplicas, readyReplicas, availableReplicas and the
+/// Available / Progressing conditions) when it changed.
 pub fn reconcile(s: &mut Store) {
+    let now = Instant::now();
     let keys: Vec<Key> = s
         .objects
         .keys()
@@ -645,24 +767,79 @@ pub fn reconcile(s: &mut Store) {
         };
         let generation = int_at(&d, "/metadata/generation", 1);
         let want = int_at(&d, "/spec/replicas", 1);
-        let st = d.get("status").cloned().unwrap_or(json!({}));
-        let observed = int_at(&st, "/observedGeneration", 0);
-        let updated = int_at(&st, "/updatedReplicas", 0);
-        let total = int_at(&st, "/replicas", 0);
-        let new_status = if observed < generation {
-            // A new template: the controller observes it; no pod is updated yet (old pods remain).
-            json!({"observedGeneration": generation, "replicas": want, "updatedReplicas": 0, "readyReplicas": want, "availableReplicas": want,
-                   "conditions": [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}]})
-        } else if updated < want {
-            // Surge one new pod, then retire one old pod.
-            json!({"observedGeneration": generation, "replicas": want + 1, "updatedReplicas": updated + 1, "readyReplicas": want, "availableReplicas": want,
-                   "conditions": [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}]})
-        } else if total != want {
-            json!({"observedGeneration": generation, "replicas": want, "updatedReplicas": want, "readyReplicas": want, "availableReplicas": want,
-                   "conditions": [{"type": "Available", "status": "True"}, {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]})
+        let ru = d.pointer("/spec/strategy/rollingUpdate");
+        let mut surge = rolling_bound(ru.and_then(|r| r.get("maxSurge")), want, true, 25);
+        let unavailable = rolling_bound(ru.and_then(|r| r.get("maxUnavailable")), want, false, 25);
+        if surge == 0 && unavailable == 0 {
+            surge = 1;
+        }
+        let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        if !s.pods.contains_key(&k) {
+            // Pods that were running before the controller started (seeded): ready now, of the
+            // generation the status reports.
+            let g = int_at(&d, "/status/observedGeneration", generation);
+            let env = s.resolve_env(&k.1, &template);
+            let pods = (0..want)
+                .map(|_| Pod {
+                    generation: g,
+                    ready_at: now,
+                    env: env.clone(),
+                })
+                .collect();
+            s.pods.insert(k.clone(), pods);
+        }
+        let env = s.resolve_env(&k.1, &template);
+        let delay = s.pod_ready;
+        let pods = s.pods.get_mut(&k).expect("inserted above");
+        let is_new = |p: &Pod| p.generation == generation;
+        // Scale up the new pods within the surge.
+        while (pods.iter().filter(|p| is_new(p)).count() as i64) < want
+            && (pods.len() as i64) < want + surge
+        {
+            pods.push(Pod {
+                generation,
+                ready_at: now + delay,
+                env: env.clone(),
+            });
+        }
+        // Scale down old pods (unready ones first) while enough stay ready.
+        loop {
+            let ready = pods.iter().filter(|p| p.ready_at <= now).count() as i64;
+            let old_unready = pods.iter().position(|p| !is_new(p) && p.ready_at > now);
+            let old_ready = pods.iter().position(|p| !is_new(p) && p.ready_at <= now);
+            match (old_unready, old_ready) {
+                (Some(i), _) => {
+                    pods.remove(i);
+                }
+                (None, Some(i)) if ready - 1 >= want - unavailable => {
+                    pods.remove(i);
+                }
+                _ => break,
+            }
+        }
+        // Scale down surplus new pods (replicas lowered).
+        while pods.iter().filter(|p| is_new(p)).count() as i64 > want {
+            if let Some(i) = pods.iter().rposition(|p| is_new(p)) {
+                pods.remove(i);
+            }
+        }
+        let total = pods.len() as i64;
+        let updated = pods.iter().filter(|p| is_new(p)).count() as i64;
+        let ready = pods.iter().filter(|p| p.ready_at <= now).count() as i64;
+        let complete = updated == want && total == want && ready == want;
+        let conditions = if complete {
+            json!([{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                   {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}])
         } else {
-            continue;
+            json!([{"type": "Available", "status": if ready >= want - unavailable { "True" } else { "False" }, "reason": "MinimumReplicasAvailable"},
+                   {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}])
         };
+        let new_status = json!({"observedGeneration": generation, "replicas": total, "updatedReplicas": updated,
+                                "readyReplicas": ready, "availableReplicas": ready, "unavailableReplicas": total - ready,
+                                "conditions": conditions});
+        if d.get("status") == Some(&new_status) {
+            continue;
+        }
         let mut d = d;
         d["status"] = new_status;
         d["metadata"]["resourceVersion"] = json!(s.bump());
@@ -698,10 +875,10 @@ pub fn router(cluster: Cluster) -> Router {
     r.with_state(cluster)
 }
 
-/// Runs the deployment controller for `cluster` forever, one tick every 300 ms.
+/// Runs the deployment controller for `cluster` forever, one tick every 100 ms.
 pub async fn controller(cluster: Cluster) {
     loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let mut s = cluster.lock().unwrap_or_else(|p| p.into_inner());
         reconcile(&mut s);
     }
@@ -732,26 +909,50 @@ mod tests {
     }
 
     #[test]
-    fn controller_moves_a_rollout_to_completion() {
-        let mut s = Store::default();
+    fn controller_replaces_pods_one_at_a_time_and_new_pods_read_the_secret_as_it_is_then() {
+        let mut s = Store {
+            pod_ready: Duration::from_millis(40),
+            ..Store::default()
+        };
         s.seed("namespaces", "", json!({"metadata": {"name": "shop"}}));
-        s.seed("deployments", "shop", json!({"metadata": {"name": "api"}, "spec": {"replicas": 2}, "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}}));
+        let secret = |v: &str| {
+            use base64::Engine as _;
+            json!({"metadata": {"name": "db"}, "data": {"URL": base64::engine::general_purpose::STANDARD.encode(v)}})
+        };
+        s.seed("secrets", "shop", secret("old"));
+        let template = json!({"spec": {"containers": [{"name": "app", "env": [{"name": "URL", "valueFrom": {"secretKeyRef": {"name": "db", "key": "URL"}}}]}]}});
+        s.seed("deployments", "shop", json!({"metadata": {"name": "api"}, "spec": {"replicas": 2, "template": template}, "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}}));
+        reconcile(&mut s);
+        assert_eq!(s.ready_pod_env("shop", "api", "URL"), ["old", "old"]);
+        // The Secret changes: running pods keep what they read.
+        s.put("secrets", "shop", secret("new"));
+        reconcile(&mut s);
+        assert_eq!(s.ready_pod_env("shop", "api", "URL"), ["old", "old"]);
+        // A restart: new template generation.
         let k = key("deployments", "shop", "api");
         let cur = s.objects[&k].clone();
         let mut next = cur.clone();
-        next["spec"]["template"] = json!({"metadata": {"annotations": {"x": "1"}}});
+        next["spec"]["template"]["metadata"] = json!({"annotations": {"restartedAt": "now"}});
         let _ = commit(&mut s, "deployments", "shop", "api", &cur, next);
-        assert_eq!(s.objects[&k]["metadata"]["generation"], 2);
-        let mut ticks = 0;
+        let started = std::time::Instant::now();
+        let mut seen_mixed = false;
         loop {
             reconcile(&mut s);
-            ticks += 1;
-            let st = &s.objects[&k]["status"];
-            if st["observedGeneration"] == 2 && st["updatedReplicas"] == 2 && st["replicas"] == 2 {
+            let st = s.objects[&k]["status"].clone();
+            // maxUnavailable 25% of 2 rounds down to 0: two pods ready at all times.
+            assert!(st["readyReplicas"].as_i64().unwrap() >= 2, "{st}");
+            assert!(st["replicas"].as_i64().unwrap() <= 3, "maxSurge 25% of 2 is 1: {st}");
+            let urls = s.ready_pod_env("shop", "api", "URL");
+            seen_mixed |= urls.contains(&"old".to_string()) && urls.contains(&"new".to_string());
+            if st["updatedReplicas"] == 2 && st["replicas"] == 2 && st["availableReplicas"] == 2 {
+                assert_eq!(urls, ["new", "new"]);
                 break;
             }
-            assert!(ticks < 10, "rollout never completed: {st}");
+            assert!(started.elapsed() < Duration::from_secs(10), "rollout never completed: {st}");
+            std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(ticks >= 3, "a rollout must take several controller ticks");
+        assert!(seen_mixed, "old and new pods serve together during the rollout");
+        // Two pods replaced one after the other, each after its readiness delay.
+        assert!(started.elapsed() >= Duration::from_millis(80));
     }
 }

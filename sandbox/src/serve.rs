@@ -3,8 +3,9 @@
 //! connection URL) and Deployments `shop-api` and `shop-worker`, and the second service's
 //! namespace `letters`, Secret `letters-db` (kept by an ExternalSecret from Secrets Manager, see
 //! [`crate::eso`]) and Deployment `letters-api`; the AWS-side application per
-//! environment, whose `/healthz` connects to the database named by the cluster's Secret (as a pod
-//! with a reloading secret volume would) and whose `POST /orders` writes through it; and the
+//! environment, whose `/healthz` connects to the database a ready `shop-api` pod read from the
+//! cluster's Secret when it started (the pods take the Secret as environment variables, so a new
+//! value reaches the application through a rollout) and whose `POST /orders` writes through it; and the
 //! legacy application; both sides serve the users' `/shop` page and `/metrics`
 //! ([`crate::traffic`]).
 
@@ -57,6 +58,7 @@ fn seed_service(
 
 fn seed_cluster(s: &State, env: &str) -> Cluster {
     let mut store = kube::Store::default();
+    store.pod_ready = kube::pod_ready_delay();
     seed_service(
         &mut store,
         "shop",
@@ -158,33 +160,39 @@ fn health_response(result: Result<(), String>, side: &str) -> (StatusCode, Json<
     }
 }
 
-/// The URL in the cluster's Secret `shop/shop-db`, as a pod with a reloading secret volume sees it.
+/// The URL the shop's pods use: the `DATABASE_URL` of the `shop-api` pod this request reaches.
 fn secret_url(cluster: &Cluster) -> Option<String> {
-    service_url(cluster, "shop", "shop-db")
+    service_url(cluster, "shop", "shop-api")
 }
 
-/// The URL in Secret `ns/name` of the cluster.
-fn service_url(cluster: &Cluster, ns: &str, name: &str) -> Option<String> {
+/// Requests served so far: the round-robin position over ready pods.
+static REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The `DATABASE_URL` of the ready pod of Deployment `ns/deployment` this request reaches, as a
+/// Service balancing over ready pods routes it (round-robin): each pod read the Secret when it
+/// started, so during a rollout old and new pods answer with the old and the new database.
+fn service_url(cluster: &Cluster, ns: &str, deployment: &str) -> Option<String> {
     let s = cluster.lock().unwrap_or_else(|p| p.into_inner());
-    s.get("secrets", ns, name)
-        .and_then(|o| o.pointer("/data/DATABASE_URL"))
-        .and_then(Value::as_str)
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
+    let urls = s.ready_pod_env(ns, deployment, "DATABASE_URL");
+    if urls.is_empty() {
+        return None;
+    }
+    let i = REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(urls[i % urls.len()].clone())
 }
 
 async fn aws_health(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Value>) {
     match secret_url(&cluster) {
-        None => health_response(Err("secret shop/shop-db has no DATABASE_URL".into()), "aws"),
+        None => health_response(Err("no ready pod of deployment shop/shop-api".into()), "aws"),
         Some(u) => health_response(database_health(&u).await, "aws"),
     }
 }
 
 /// `GET /letters/healthz`: the second service's health, through its own Secret.
 async fn letters_health(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Value>) {
-    match service_url(&cluster, "letters", "letters-db") {
+    match service_url(&cluster, "letters", "letters-api") {
         None => health_response(
-            Err("secret letters/letters-db has no DATABASE_URL".into()),
+            Err("no ready pod of deployment letters/letters-api".into()),
             "aws",
         ),
         Some(u) => health_response(database_health(&u).await, "aws"),
@@ -195,7 +203,7 @@ async fn letters_health(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json
 /// by the cluster's Secret and returns its id, as the real service would after the cutover.
 async fn aws_create_order(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Value>) {
     let Some(url) = secret_url(&cluster) else {
-        return health_response(Err("secret shop/shop-db has no DATABASE_URL".into()), "aws");
+        return health_response(Err("no ready pod of deployment shop/shop-api".into()), "aws");
     };
     let result = async {
         let client = app_connect(&url).await?;

@@ -71,6 +71,20 @@ pub(crate) fn print_problems(p: &Problems) {
     }
 }
 
+/// Prints each warning: `warning: FILE:LINE: ...` with its hint on stderr; under `-o json`,
+/// one `{"type":"warning",…}` object per warning on stdout.
+pub(crate) fn print_warnings(warnings: &[Problem]) {
+    for w in warnings {
+        if json_mode() {
+            let mut v = problem_json(w);
+            v["type"] = json!("warning");
+            println!("{v}");
+        } else {
+            eprintln!("warning: {}", w.to_string().replace('\n', "\n  "));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,9 @@ pub enum Command {
         /// Only this runbook (name in runbooks/ or path); default: all.
         #[arg(long)]
         runbook: Option<String>,
+        /// Treat warnings (orderings that cost users) as errors: exit 2. For CI.
+        #[arg(long)]
+        deny_warnings: bool,
     },
     /// Full run against a non-production environment, recorded as a rehearsal.
     Rehearse {
@@ -331,7 +334,10 @@ pub async fn run(cli: Cli) -> i32 {
         }
     };
     match cli.command {
-        Command::Validate { runbook } => run::validate(&root, runbook.as_deref(), output),
+        Command::Validate {
+            runbook,
+            deny_warnings,
+        } => run::validate(&root, runbook.as_deref(), output, deny_warnings),
         Command::Rehearse {
             env,
             runbook,

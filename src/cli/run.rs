@@ -21,8 +21,14 @@ pub enum Kind {
     DryRun,
 }
 
-/// `cutover validate`: every runbook against every environment; all problems at once.
-pub fn validate(root: &Path, only: Option<&str>, output: OutputFormat) -> i32 {
+/// `cutover validate`: every runbook against every environment; all problems at once, and the
+/// orderings that cost users as warnings (errors, exit 2, with `deny_warnings`).
+pub fn validate(
+    root: &Path,
+    only: Option<&str>,
+    output: OutputFormat,
+    deny_warnings: bool,
+) -> i32 {
     let envs = config::list_names(&root.join("environments"));
     let runbooks: Vec<String> = match only {
         Some(r) => vec![r.to_string()],
@@ -105,6 +111,21 @@ pub fn validate(root: &Path, only: Option<&str>, output: OutputFormat) -> i32 {
             "terraform/: modules, live roots and terraform/sandbox agree with {} environment(s) and the runbooks' tf.* outputs",
             loaded.len()
         ));
+    }
+    let mut warnings = Vec::new();
+    for w in plans.iter().flat_map(|p| &p.warnings) {
+        if !warnings.contains(w) {
+            warnings.push(w.clone());
+        }
+    }
+    if deny_warnings && !warnings.is_empty() {
+        for w in &warnings {
+            let mut p = w.clone();
+            p.message = format!("{} (a warning; --deny-warnings makes it an error)", p.message);
+            all.extend_new(Problems::one(p));
+        }
+    } else {
+        super::diag::print_warnings(&warnings);
     }
     if !all.is_empty() {
         print_problems(&all);

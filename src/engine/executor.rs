@@ -1247,6 +1247,7 @@ mod tests {
             env,
             vars: Default::default(),
             heartbeat: None,
+            warnings: Vec::new(),
             phases: vec![PlanPhase {
                 name: "only".into(),
                 steps: steps

@@ -5,6 +5,7 @@
 //! This module does no I/O beyond reading the two files; rendering against live values (Terraform
 //! outputs, earlier steps' outputs, secrets) happens in the engine at run time.
 
+pub mod order;
 pub mod schema;
 pub mod template;
 
@@ -39,6 +40,8 @@ pub struct Plan {
     pub heartbeat: Option<crate::config::Heartbeat>,
     /// Phases in order.
     pub phases: Vec<PlanPhase>,
+    /// Orderings that cost users ([`order::check`]): what `cutover validate` warns about.
+    pub warnings: Vec<crate::config::Problem>,
 }
 
 /// A phase of a plan.
@@ -391,7 +394,7 @@ pub fn resolve_for(
         );
         hex::encode(h.finalize())
     };
-    Ok(Plan {
+    let mut plan = Plan {
         runbook_name: raw.name,
         runbook_path: rel,
         runbook_digest,
@@ -401,7 +404,14 @@ pub fn resolve_for(
         heartbeat: raw.heartbeat,
         vars: raw.vars,
         phases,
-    })
+        warnings: Vec::new(),
+    };
+    let (refused, warnings) = order::check(&plan, line_of_key(&text, "heartbeat"));
+    if !refused.is_empty() {
+        return Err(Problems(refused));
+    }
+    plan.warnings = warnings;
+    Ok(plan)
 }
 
 /// The 1-based line of the first top-level `key:` in `text`.

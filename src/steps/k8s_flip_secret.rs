@@ -318,6 +318,9 @@ impl StepKind for FlipSecret {
     fn name(&self) -> &'static str {
         "k8s.flip_secret"
     }
+    fn window_role(&self, _params: &Map<String, Value>) -> super::WindowRole {
+        super::WindowRole::Flip
+    }
     fn purpose(&self) -> &'static str {
         "Point the application at the new database: update its Secret (old value kept in a backup Secret), restart its Deployments and wait for the rollout"
     }

@@ -85,6 +85,34 @@ pub fn outputs_map<T: serde::Serialize>(outputs: &T) -> Map<String, Value> {
 /// one-line summary, shown in progress and the audit.
 pub const SUMMARY_OUTPUT: &str = "summary";
 
+/// What a step is in the database window ([`StepKind::window_role`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowRole {
+    /// None of the below.
+    Other,
+    /// Replicates into the target and keeps the application's roles read-only there until a
+    /// fallback opens them (`postgres.replicate`).
+    Replicate,
+    /// Moves users' traffic to the new side (`route53.cutover`).
+    MoveTraffic,
+    /// Freezes the application's writes on the legacy database: the window starts
+    /// (`postgres.freeze_writes`).
+    Freeze,
+    /// Compares the databases (`postgres.verify`).
+    Verify {
+        /// Reads every row: its cost grows with the data.
+        full: bool,
+    },
+    /// Opens the target to the application (`postgres.fallback`).
+    Fallback {
+        /// The legacy database subscribes to the target, so a rollback after the flip loses
+        /// nothing.
+        replication: bool,
+    },
+    /// Points the application at the target (`k8s.flip_secret`).
+    Flip,
+}
+
 /// The step contract (see DESIGN.md): validate, plan, apply, verify, rollback.
 ///
 /// Outputs returned by `apply` are recorded in the event log and are the only state later steps
@@ -114,6 +142,13 @@ pub trait StepKind: Send + Sync {
     /// Deadline for apply + verify when the step sets no `timeout`.
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(300)
+    }
+
+    /// What the step is in the database window, from its unrendered parameters (a parameter
+    /// given as a template counts as its default): what `cutover validate`'s ordering checks
+    /// read ([`crate::runbook::order`]).
+    fn window_role(&self, _params: &Map<String, Value>) -> WindowRole {
+        WindowRole::Other
     }
 
     /// Static checks of the unrendered parameters; no I/O. The default checks unknown and

@@ -112,6 +112,11 @@ impl StepKind for Fallback {
     fn name(&self) -> &'static str {
         "postgres.fallback"
     }
+    fn window_role(&self, params: &Map<String, Value>) -> super::WindowRole {
+        super::WindowRole::Fallback {
+            replication: params.get("replication") != Some(&Value::Bool(false)),
+        }
+    }
     fn purpose(&self) -> &'static str {
         "Retire the forward replication and make the legacy database a fallback that subscribes to the target from the flip LSN; open the target to the application"
     }

@@ -81,7 +81,7 @@ pub(super) async fn application_roles(
     Ok(roles::writers(source, "source", &tables).await?)
 }
 
-fn source_db(cx: &StepContext) -> Result<String, StepError> {
+pub(super) fn source_db(cx: &StepContext) -> Result<String, StepError> {
     Ok(ConnParts::parse(&cx.providers.source_url()?, "source")?.dbname)
 }
 
@@ -102,6 +102,9 @@ struct Outputs {
 impl StepKind for FreezeWrites {
     fn name(&self) -> &'static str {
         "postgres.freeze_writes"
+    }
+    fn window_role(&self, _params: &Map<String, Value>) -> super::WindowRole {
+        super::WindowRole::Freeze
     }
     fn purpose(&self) -> &'static str {
         "Stop the application's writes on the legacy database (its roles start read-only, their sessions terminated) so the target can catch up; replication and the admin role keep writing"

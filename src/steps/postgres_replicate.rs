@@ -415,6 +415,9 @@ impl StepKind for Replicate {
     fn name(&self) -> &'static str {
         "postgres.replicate"
     }
+    fn window_role(&self, _params: &Map<String, Value>) -> super::WindowRole {
+        super::WindowRole::Replicate
+    }
     fn purpose(&self) -> &'static str {
         "Copy the legacy database to the target (exported snapshot, parallel chunked COPY, resumable) and start logical replication from the same point"
     }

@@ -20,7 +20,7 @@
 use super::postgres_replicate::{names, run_name};
 use super::{parse_params, Planned, Restored, StepContext, StepError, StepKind};
 use crate::providers::postgres::catalog::{self, Table};
-use crate::providers::postgres::{changes, checksum, replication};
+use crate::providers::postgres::{changes, checksum, replication, roles};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -207,6 +207,11 @@ impl StepKind for Verify {
     fn name(&self) -> &'static str {
         "postgres.verify"
     }
+    fn window_role(&self, params: &Map<String, Value>) -> super::WindowRole {
+        super::WindowRole::Verify {
+            full: params.get("method").and_then(Value::as_str) != Some("changed-since-prepass"),
+        }
+    }
     fn purpose(&self) -> &'static str {
         "Prove the target holds exactly the source's rows: every chunk before the freeze while replication runs, only the rows changed since inside the window; differing rows named by key"
     }
@@ -309,6 +314,10 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
     let (_, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
     let source = cx.providers.source().await?;
     let target = cx.providers.target().await?;
+    // Where this pass runs, as the source says (a role frozen in its database: inside the
+    // window), so the summary never claims a phase it did not run in.
+    let source_db = super::postgres_freeze_writes::source_db(cx)?;
+    let frozen = roles::frozen(&source, "source", &source_db).await?;
     let track = tracking_slot(cx);
     // The slot first: every change from here on is known by key inside the window.
     (cx.progress)(&format!("creating change-tracking slot {track}"));
@@ -467,7 +476,15 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
     out.insert(
         super::SUMMARY_OUTPUT.into(),
         json!(format!(
-            "before the freeze: {} tables, {rows} rows in {chunks} chunks equal on both sides ({secs:.2} s, {rechecked} row(s) read again after the target caught up); rows changed from {from} are tracked by {track}",
+            "{}: {} tables, {rows} rows in {chunks} chunks equal on both sides ({secs:.2} s, {rechecked} row(s) read again after the target caught up); rows changed from {from} are tracked by {track}",
+            if frozen.is_empty() {
+                "before the freeze".to_string()
+            } else {
+                format!(
+                    "inside the window (role(s) {} frozen on the source), every row read",
+                    frozen.join(", ")
+                )
+            },
             results.len()
         )),
     );

@@ -469,6 +469,9 @@ impl StepKind for Route53Cutover {
     fn name(&self) -> &'static str {
         "route53.cutover"
     }
+    fn window_role(&self, _params: &Map<String, Value>) -> super::WindowRole {
+        super::WindowRole::MoveTraffic
+    }
     fn purpose(&self) -> &'static str {
         "Move the service's DNS to the AWS target in weighted stages, each INSYNC and analysed, returning all weight on failure"
     }
