@@ -37,8 +37,9 @@ pub struct Store {
     objects: BTreeMap<(String, String, String), Value>,
     next_rv: u64,
     uid_counter: u64,
-    /// Each Deployment's pods (the deployment controller's view).
-    pods: BTreeMap<Key, Vec<Pod>>,
+    /// Each Deployment's pods (the deployment controller's view), with the Deployment's uid
+    /// (a Deployment deleted and created again gets new pods).
+    pods: BTreeMap<Key, (String, Vec<Pod>)>,
     /// How long a new pod takes to become ready ([`pod_ready_delay`]).
     pub pod_ready: Duration,
 }
@@ -737,7 +738,7 @@ impl Store {
         let now = Instant::now();
         self.pods
             .get(&key("deployments", ns, name))
-            .map(|pods| {
+            .map(|(_, pods)| {
                 pods.iter()
                     .filter(|p| p.ready_at <= now)
                     .filter_map(|p| p.env.get(var).cloned())
@@ -761,10 +762,16 @@ pub fn reconcile(s: &mut Store) {
         .filter(|(r, _, _)| r == "deployments")
         .cloned()
         .collect();
+    s.pods.retain(|k, _| keys.contains(k));
     for k in keys {
         let Some(d) = s.objects.get(&k).cloned() else {
             continue;
         };
+        let uid = d
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let generation = int_at(&d, "/metadata/generation", 1);
         let want = int_at(&d, "/spec/replicas", 1);
         let ru = d.pointer("/spec/strategy/rollingUpdate");
@@ -774,23 +781,27 @@ pub fn reconcile(s: &mut Store) {
             surge = 1;
         }
         let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
-        if !s.pods.contains_key(&k) {
-            // Pods that were running before the controller started (seeded): ready now, of the
-            // generation the status reports.
-            let g = int_at(&d, "/status/observedGeneration", generation);
-            let env = s.resolve_env(&k.1, &template);
-            let pods = (0..want)
-                .map(|_| Pod {
-                    generation: g,
-                    ready_at: now,
-                    env: env.clone(),
-                })
-                .collect();
-            s.pods.insert(k.clone(), pods);
+        if s.pods.get(&k).is_none_or(|(u, _)| *u != uid) {
+            // A Deployment seeded with a status had its pods running before the controller
+            // started: ready now, of the generation the status reports. A new one has none.
+            let pods = match d.pointer("/status/observedGeneration").and_then(Value::as_i64) {
+                Some(g) => {
+                    let env = s.resolve_env(&k.1, &template);
+                    (0..want)
+                        .map(|_| Pod {
+                            generation: g,
+                            ready_at: now,
+                            env: env.clone(),
+                        })
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            s.pods.insert(k.clone(), (uid, pods));
         }
         let env = s.resolve_env(&k.1, &template);
         let delay = s.pod_ready;
-        let pods = s.pods.get_mut(&k).expect("inserted above");
+        let pods = &mut s.pods.get_mut(&k).expect("inserted above").1;
         let is_new = |p: &Pod| p.generation == generation;
         // Scale up the new pods within the surge.
         while (pods.iter().filter(|p| is_new(p)).count() as i64) < want

@@ -1,8 +1,12 @@
 //! The downtime part: N rehearsed cutover windows (replicate, wait for lag, freeze, drain, sync
-//! sequences, verify, flip the Secret) under a heartbeat writer that follows the Secret; then the
-//! outage a stop-dump-restore cutover of the same database would have.
+//! sequences, verify, fallback, flip the Secret) under a heartbeat writer that uses the Secret's
+//! new value when the application's pods would, per reload mode (`restart`: a Deployment
+//! `cutover-bench-app` reading the Secret as environment variables, rolled out by the flip;
+//! `volume`: a mounted Secret seen `--volume-delay` after the flip); then the outage a
+//! stop-dump-restore cutover of the same database would have.
 
 use super::{secs, Bench, Options};
+use crate::config::Reload;
 use crate::providers::postgres::connect;
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Secret;
@@ -11,11 +15,24 @@ use std::time::Instant;
 
 const DB: &str = "cutover_bench_window";
 const SECRET: &str = "cutover-bench-db";
+/// The Deployment that reads [`SECRET`] as its pods' environment.
+const DEPLOYMENT: &str = "cutover-bench-app";
 
-fn runbook(rate: f64, jobs: usize) -> String {
+fn runbook(rate: f64, jobs: usize, reload: Reload, volume_delay: std::time::Duration) -> String {
+    let (mode, restart) = match reload {
+        Reload::Restart => (
+            format!("reload: restart, deployments: [{DEPLOYMENT}]"),
+            format!(", restart: [deployment/{DEPLOYMENT}]"),
+        ),
+        Reload::Volume => (
+            format!("reload: volume, volume_delay: {}ms", volume_delay.as_millis()),
+            String::new(),
+        ),
+        Reload::Pooler => ("reload: pooler".to_string(), String::new()),
+    };
     format!(
         "name: bench-window
-heartbeat: {{ namespace: shop, secret: {SECRET}, key: DATABASE_URL, writes_per_second: {rate} }}
+heartbeat: {{ namespace: shop, secret: {SECRET}, key: DATABASE_URL, writes_per_second: {rate}, {mode}, max_write_outage: 5m }}
 phases:
   - name: prepare
     steps:
@@ -29,7 +46,7 @@ phases:
       - {{ id: sequences, kind: postgres.sync_sequences, with: {{ margin: 1000 }} }}
       - {{ id: verify, kind: postgres.verify, with: {{ method: changed-since-prepass }} }}
       - {{ id: fallback, kind: postgres.fallback }}
-      - {{ id: flip, kind: k8s.flip_secret, with: {{ namespace: shop, secret: {SECRET}, data: {{ DATABASE_URL: \"{{{{ secrets.target_app_database_url }}}}\" }} }} }}
+      - {{ id: flip, kind: k8s.flip_secret, with: {{ namespace: shop, secret: {SECRET}, data: {{ DATABASE_URL: \"{{{{ secrets.target_app_database_url }}}}\" }}{restart} }}, timeout: 10m }}
 "
     )
 }
@@ -57,6 +74,28 @@ async fn secrets(bench: &Bench) -> Result<kube::Api<Secret>> {
     Ok(kube::Api::namespaced(providers.kube().await?, "shop"))
 }
 
+/// The Deployment `cutover-bench-app` (2 replicas) whose pods read the bench Secret as their
+/// environment, created afresh.
+async fn app_deployment(bench: &Bench) -> Result<()> {
+    let providers =
+        crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(providers.kube().await?, "shop");
+    let _ = api.delete(DEPLOYMENT, &Default::default()).await;
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": DEPLOYMENT, "labels": {"app": DEPLOYMENT}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": DEPLOYMENT}},
+                 "template": {"metadata": {"labels": {"app": DEPLOYMENT}},
+                              "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.9",
+                                                       "env": [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "DATABASE_URL"}}}]}]}}}
+    }))?;
+    api.create(&Default::default(), &d)
+        .await
+        .context("create the bench Deployment")?;
+    Ok(())
+}
+
 async fn point_secret_at_source(bench: &Bench) -> Result<()> {
     let api = secrets(bench).await?;
     let _ = api.delete(SECRET, &Default::default()).await;
@@ -81,25 +120,62 @@ async fn point_secret_at_source(bench: &Bench) -> Result<()> {
 /// # Errors
 /// A rehearsal or a database statement fails, or an acknowledged write went missing.
 pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
-    let mut p50s = Vec::new();
-    for &rows in &opts.downtime_rows {
-        p50s.push((rows, run_size(bench, opts, rows).await?));
-    }
-    if let [(small, base), rest @ ..] = p50s.as_slice() {
-        for (rows, p50) in rest {
+    let mut per_mode = Vec::new();
+    for &reload in &opts.reload {
+        if reload == Reload::Pooler {
             println!(
-                "  size: p50 write outage at {rows} rows / at {small} rows = {:.2} ({p50} ms / {base} ms)",
-                *p50 as f64 / (*base).max(1) as f64
+                "\n(a) downtime, reload pooler: not measured: the application's pods would keep their connections to a pooler whose upstream must move inside the window, and the sandbox has no pooler yet; with the Secret flip alone, a pooler-mode application never reaches the target"
             );
+            continue;
+        }
+        let mut p50s = Vec::new();
+        for &rows in &opts.downtime_rows {
+            p50s.push((rows, run_size(bench, opts, rows, reload).await?));
+        }
+        if let [(small, base), rest @ ..] = p50s.as_slice() {
+            for (rows, p50) in rest {
+                println!(
+                    "  size ({}): p50 write outage at {rows} rows / at {small} rows = {:.2} ({p50} ms / {base} ms)",
+                    reload.as_str(),
+                    *p50 as f64 / (*base).max(1) as f64
+                );
+            }
+        }
+        per_mode.push((reload, p50s));
+    }
+    if per_mode.len() > 1 {
+        println!("\n  per reload mode (p50 write outage at each size):");
+        for (reload, p50s) in &per_mode {
+            let cells: Vec<String> = p50s
+                .iter()
+                .map(|(rows, p50)| format!("{rows} rows: {p50} ms"))
+                .collect();
+            println!("    {:<8} {}", reload.as_str(), cells.join(", "));
         }
     }
     Ok(())
 }
 
-/// One size: N windows, then stop-dump-restore; returns the p50 outage, milliseconds.
-async fn run_size(bench: &Bench, opts: &Options, downtime_rows: i64) -> Result<u64> {
+/// One size and reload mode: N windows, then stop-dump-restore; returns the p50 outage,
+/// milliseconds.
+async fn run_size(
+    bench: &Bench,
+    opts: &Options,
+    downtime_rows: i64,
+    reload: Reload,
+) -> Result<u64> {
+    let how = match reload {
+        Reload::Restart => format!(
+            "reload restart: the writer uses the new URL once deployment/{DEPLOYMENT} (2 replicas) has rolled out"
+        ),
+        Reload::Volume => format!(
+            "reload volume: the writer uses the new URL {} s after the flip",
+            opts.volume_delay.as_secs_f64()
+        ),
+        Reload::Pooler => "reload pooler".into(),
+    };
     println!(
-        "\n(a) downtime: {} cutover windows of a {}-row database under {} heartbeat writes/s (writer follows the Secret, re-read every 100 ms)",
+        "\n(a) downtime: {} cutover windows of a {}-row database under {} heartbeat writes/s ({how})",
         opts.runs, downtime_rows, opts.rate
     );
     let mut gaps = Vec::new();
@@ -109,8 +185,13 @@ async fn run_size(bench: &Bench, opts: &Options, downtime_rows: i64) -> Result<u
     for i in 1..=opts.runs {
         seed(bench, downtime_rows).await?;
         point_secret_at_source(bench).await?;
+        app_deployment(bench).await?;
         let dir = tempfile::tempdir()?;
-        bench.scratch_project(dir.path(), DB, &runbook(opts.rate, opts.jobs))?;
+        bench.scratch_project(
+            dir.path(),
+            DB,
+            &runbook(opts.rate, opts.jobs, reload, opts.volume_delay),
+        )?;
         let started = Instant::now();
         let result = bench.rehearse(dir.path(), DB);
         let (records, _, _) = match result {
@@ -162,7 +243,8 @@ async fn run_size(bench: &Bench, opts: &Options, downtime_rows: i64) -> Result<u
     let max = gaps.last().copied().unwrap_or(0);
     let min_rate = rates.iter().cloned().fold(f64::INFINITY, f64::min);
     println!(
-        "  cutover: p50 write outage {p50} ms, max {max} ms over {} runs at ≥ {min_rate:.0} acknowledged writes/s; {missing_total} of {acked_total} acknowledged writes missing",
+        "  cutover ({}): p50 write outage {p50} ms, max {max} ms over {} runs at ≥ {min_rate:.0} acknowledged writes/s; {missing_total} of {acked_total} acknowledged writes missing",
+        reload.as_str(),
         gaps.len()
     );
 
@@ -177,6 +259,13 @@ async fn run_size(bench: &Bench, opts: &Options, downtime_rows: i64) -> Result<u
     bench.drop_databases(DB).await;
     if let Ok(api) = secrets(bench).await {
         let _ = api.delete(SECRET, &Default::default()).await;
+    }
+    let providers =
+        crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
+    if let Ok(client) = providers.kube().await {
+        let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+            kube::Api::namespaced(client, "shop");
+        let _ = api.delete(DEPLOYMENT, &Default::default()).await;
     }
     if missing_total > 0 {
         anyhow::bail!("{missing_total} acknowledged write(s) missing after the cutovers");

@@ -46,6 +46,10 @@ pub struct Options {
     pub jobs: usize,
     /// Rows of the generated table in the verify part.
     pub verify_rows: i64,
+    /// The application reload modes the downtime part measures, one series each.
+    pub reload: Vec<crate::config::Reload>,
+    /// `heartbeat.volume_delay` of the `volume` series.
+    pub volume_delay: std::time::Duration,
 }
 
 /// The project, environment and admin URLs a bench works with.

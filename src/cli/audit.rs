@@ -59,6 +59,7 @@ pub fn migration(root: &Path, reference: &str, env: &str, format: AuditFormat) -
                 "started_at": r.map(|r| r.started_at.clone()),
                 "finished_at": r.and_then(|r| r.finished_at.clone()),
                 "write_outage_ms": r.and_then(|r| r.write_outage_ms),
+                "reload": r.and_then(|r| r.reload.clone()),
                 "writes_missing": r.and_then(|r| r.writes_missing),
             }));
         }
@@ -83,9 +84,10 @@ pub fn migration(root: &Path, reference: &str, env: &str, format: AuditFormat) -
                         serde_json::Value::String(s) => s.replace('|', "\\|"),
                         v => v.to_string(),
                     };
-                    let outage = match r["write_outage_ms"].as_u64() {
-                        Some(ms) => format!("{ms} ms"),
-                        None => "-".into(),
+                    let outage = match (r["write_outage_ms"].as_u64(), r["reload"].as_str()) {
+                        (Some(ms), Some(mode)) => format!("{ms} ms (reload: {mode})"),
+                        (Some(ms), None) => format!("{ms} ms"),
+                        (None, _) => "-".into(),
                     };
                     println!("| {} | {} | {} | {} | {outage} | {} |", cell("runbook"), cell("database"), cell("status"), cell("run_id"), cell("writes_missing"));
                 }

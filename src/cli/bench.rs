@@ -41,6 +41,38 @@ pub struct BenchArgs {
     /// Rows of the generated table for the verify part.
     #[arg(long, default_value_t = 5_000_000)]
     pub verify_rows: i64,
+    /// How the application picks up the flipped Secret in the downtime part, one series of
+    /// windows each: `restart` (a Deployment reading it as environment variables, rolled out
+    /// by the flip), `volume` (a mounted Secret, used `--volume-delay` after the change),
+    /// `pooler` (never reloads).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "restart,volume,pooler")]
+    pub reload: Vec<ReloadArg>,
+    /// With `--reload volume`: how long after the flip the pods see the new value (the
+    /// kubelet's sync period and cache; 60s by default on a real cluster, less here so a run
+    /// stays short).
+    #[arg(long, default_value = "10s", value_parser = crate::config::duration::parse_duration)]
+    pub volume_delay: std::time::Duration,
+}
+
+/// `--reload` values ([`crate::config::Reload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReloadArg {
+    /// Environment variables: a rollout.
+    Restart,
+    /// A mounted Secret: the kubelet's delay.
+    Volume,
+    /// A connection pooler: never.
+    Pooler,
+}
+
+impl From<ReloadArg> for crate::config::Reload {
+    fn from(r: ReloadArg) -> Self {
+        match r {
+            ReloadArg::Restart => crate::config::Reload::Restart,
+            ReloadArg::Volume => crate::config::Reload::Volume,
+            ReloadArg::Pooler => crate::config::Reload::Pooler,
+        }
+    }
 }
 
 /// Runs the benchmark; 0 when every part ran (and no acknowledged write went missing), 1
@@ -63,6 +95,8 @@ pub async fn run(root: &Path, a: BenchArgs) -> i32 {
         size_mb: a.size_mb,
         jobs: a.jobs.max(1),
         verify_rows: a.verify_rows,
+        reload: a.reload.iter().map(|r| (*r).into()).collect(),
+        volume_delay: a.volume_delay,
     };
     match crate::bench::run(root, &opts).await {
         Ok(()) => 0,

@@ -217,10 +217,16 @@ fn summary(state: &Path, name: &str, outcomes: &[(String, Ended, Option<String>)
     for (label, ended, id) in outcomes {
         let r = id.as_ref().and_then(|i| list.iter().find(|r| &r.id == i));
         let outage = match r.and_then(|r| r.write_outage_ms.map(|ms| (ms, r.writes_missing))) {
-            Some((ms, Some(missing))) => {
-                format!("{ms} ms, {missing} acknowledged write(s) missing")
+            Some((ms, missing)) => {
+                let mode = r
+                    .and_then(|r| r.reload.as_deref())
+                    .map(|m| format!(" (reload: {m})"))
+                    .unwrap_or_default();
+                match missing {
+                    Some(n) => format!("{ms} ms{mode}, {n} acknowledged write(s) missing"),
+                    None => format!("{ms} ms{mode}"),
+                }
             }
-            Some((ms, None)) => format!("{ms} ms"),
             None => "-".into(),
         };
         println!(

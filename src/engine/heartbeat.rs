@@ -53,6 +53,9 @@ pub struct Running {
     table: String,
     /// `heartbeat.max_write_outage`.
     budget: Duration,
+    /// How the application reloads (`reload`, `deployments` or `volume_delay_ms`) and the
+    /// budget, as the `heartbeat` record repeats them beside the outage.
+    reload: Value,
 }
 
 impl Running {
@@ -405,11 +408,18 @@ pub async fn start(ex: &mut Executor<'_>, attempt: usize) -> Result<(), EngineEr
         }
         Reload::Pooler => {}
     }
+    let reload = json!({
+        "reload": started["reload"],
+        "deployments": started.get("deployments"),
+        "volume_delay_ms": started.get("volume_delay_ms"),
+        "max_write_outage_ms": started["max_write_outage_ms"],
+    });
     ex.record(Event::HeartbeatStarted(started), None)?;
     ex.heartbeat = Some(Running {
         paths,
         table: cfg.table,
         budget: cfg.max_write_outage,
+        reload,
     });
     Ok(())
 }
@@ -491,6 +501,13 @@ pub async fn finish(ex: &mut Executor<'_>) -> Result<Option<(u64, String)>, Engi
         .iter()
         .any(|(n, _, r)| *n == longest.3 && r.open_at_end));
     data["paths"] = json!(paths);
+    if let Value::Object(r) = &run.reload {
+        for (k, v) in r {
+            if !v.is_null() {
+                data[k] = v.clone();
+            }
+        }
+    }
     let mut lost = None;
     if reports[0].2.error.is_none() {
         data["database"] = json!(db);

@@ -143,7 +143,7 @@ pub fn heartbeat_line(d: &Value) -> String {
         })
         .unwrap_or_default();
     format!(
-        "  heartbeat: {} of {} writes acknowledged; longest gap {} ms ({} → {}){legacy}; {missing} in {}",
+        "  heartbeat: {} of {} writes acknowledged; longest gap {} ms ({} → {}){}{legacy}; {missing} in {}",
         n("acknowledged"),
         n("attempted"),
         n("longest_gap_ms"),
@@ -153,6 +153,7 @@ pub fn heartbeat_line(d: &Value) -> String {
         } else {
             s(d, "gap_to")
         },
+        reload_words(d),
         s(d, "database")
     )
 }

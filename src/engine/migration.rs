@@ -158,6 +158,7 @@ mod tests {
                 wave: "w".into(),
             }),
             write_outage_ms: None,
+            reload: None,
             writes_missing: None,
             started_at: id.into(),
             finished_at: None,

@@ -68,6 +68,7 @@ mod tests {
             database: "shop_staging".into(),
             migration: None,
             write_outage_ms: None,
+            reload: None,
             writes_missing: None,
             started_at: String::new(),
             finished_at: Some((now - chrono::Duration::hours(hours_ago)).to_rfc3339()),

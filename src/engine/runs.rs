@@ -30,6 +30,11 @@ pub struct RunSummary {
     /// last heartbeat record, when it had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_outage_ms: Option<u64>,
+    /// How the application picked up its Secret while that outage was measured
+    /// (`restart`, `volume`, `pooler`), from the same record (`None` in logs of earlier
+    /// versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<String>,
     /// Acknowledged writes missing at the end, from the same record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writes_missing: Option<u64>,
@@ -85,6 +90,7 @@ pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
         database: field(|s| &s.database),
         migration: start.and_then(|(_, s)| s.migration.clone()),
         write_outage_ms: heartbeat.and_then(|h| h["longest_gap_ms"].as_u64()),
+        reload: heartbeat.and_then(|h| h["reload"].as_str().map(str::to_string)),
         writes_missing: heartbeat.map(|h| h["missing"].as_u64().unwrap_or(0)),
         started_at: start.map(|(r, _)| r.ts.clone()).unwrap_or_default(),
         finished_at: finished.map(|(r, _)| r.ts.clone()),
@@ -124,6 +130,7 @@ pub fn list(state_dir: &Path, env: Option<&str>) -> Vec<RunSummary> {
                 database: String::new(),
                 migration: None,
                 write_outage_ms: None,
+                reload: None,
                 writes_missing: None,
                 started_at: String::new(),
                 finished_at: None,

@@ -285,6 +285,14 @@ pub fn build(records: &[Record], signature: Option<&SignatureFile>) -> Audit {
                     p.when,
                 ),
             )),
+            Event::WriteOutage(w) => audit.banners.push((
+                "WRITE OUTAGE".into(),
+                format!(
+                    "{} (stopped {} `{step_id}`); the run rolled back.",
+                    w.reason(),
+                    w.when
+                ),
+            )),
             Event::RollbackStarted(rb) => {
                 audit.rollback = Some((r.ts.clone(), rb.failed_step.clone(), rb.reason.clone()))
             }
