@@ -75,7 +75,7 @@ async fn secrets(bench: &Bench) -> Result<kube::Api<Secret>> {
 }
 
 /// The Deployment `cutover-bench-app` (2 replicas) whose pods read the bench Secret as their
-/// environment, created afresh.
+/// environment, created afresh; returns once it is available.
 async fn app_deployment(bench: &Bench) -> Result<()> {
     let providers =
         crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
@@ -93,7 +93,22 @@ async fn app_deployment(bench: &Bench) -> Result<()> {
     api.create(&Default::default(), &d)
         .await
         .context("create the bench Deployment")?;
-    Ok(())
+    // Its pods must be running before the window, as the application's are.
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let d = api.get(DEPLOYMENT).await?;
+        if matches!(
+            crate::providers::kube::rollout(&d),
+            crate::providers::kube::Rollout::Complete { .. }
+        ) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "deployment {DEPLOYMENT} did not become available within 120 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 async fn point_secret_at_source(bench: &Bench) -> Result<()> {

@@ -109,7 +109,21 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     );
     // No acknowledged write missing on either path; the legacy database subscribes to the
     // target (the fallback) and the target takes the application's writes.
-    common::heartbeat_without_loss(&records);
+    let hb = common::heartbeat_without_loss(&records);
+    // The application takes the Secret as environment variables (`reload: restart`): the
+    // outage lasts at least as long as the rollout of the Deployments the flip restarted.
+    let rollout_ms = events(&records, "step_completed")
+        .into_iter()
+        .find(|r| r["step"] == "flip")
+        .unwrap()["data"]["evidence"]["rollout_ms"]
+        .as_u64()
+        .expect("the flip records its rollout's length");
+    assert_eq!(hb["reload"], "restart", "{hb}");
+    assert!(
+        hb["longest_gap_ms"].as_u64().unwrap() >= rollout_ms,
+        "outage {} ms, rollout {rollout_ms} ms",
+        hb["longest_gap_ms"]
+    );
     assert_eq!(
         applied("fallback")["fallback"]
             .as_str()
@@ -124,6 +138,10 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     for step in STEP_IDS {
         assert!(md.contains(&format!("`{step}`")), "audit lacks step {step}");
     }
+    assert!(
+        md.contains("reload: restart (a new value once deployment/shop-api, deployment/shop-worker rolled out)"),
+        "the audit names the reload mode beside the outage:\n{md}"
+    );
 
     let runs = sb.cutover(&["runs", "--output", "json"]);
     let list: Value = serde_json::from_slice(&runs.stdout).unwrap();

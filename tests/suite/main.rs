@@ -23,6 +23,7 @@ mod fallback;
 mod fuzz;
 mod infra;
 mod migration;
+mod outcome;
 mod postgres;
 mod promotion;
 mod rights;

@@ -51,9 +51,17 @@ fn unknown_kind_unknown_field_undefined_variable_and_duplicate_id_are_all_report
 #[test]
 fn the_repository_runbook_validates_against_every_environment() {
     let mut cmd = Command::new(cutover_bin());
-    cmd.arg("-C").arg(common::repo()).arg("validate");
+    cmd.arg("-C")
+        .arg(common::repo())
+        .args(["validate", "--deny-warnings"]);
     let out = run_with_timeout(cmd, 60);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // No ordering that costs users: not one warning.
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -70,8 +78,12 @@ fn project_copy() -> tempfile::TempDir {
 }
 
 fn validate(dir: &std::path::Path) -> std::process::Output {
+    validate_with(dir, &[])
+}
+
+fn validate_with(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(cutover_bin());
-    cmd.arg("-C").arg(dir).arg("validate");
+    cmd.arg("-C").arg(dir).arg("validate").args(args);
     // Environment files expand with their defaults, as on a machine without the sandbox.
     for (k, _) in std::env::vars() {
         if k.starts_with("CUTOVER_") {
@@ -480,6 +492,101 @@ fn the_project_is_found_upward_and_json_errors_name_file_line_and_field() {
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("did you mean `staging`?"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// runbooks/shop-cutover.yaml with `edit` applied, in a copy of the project; the runbook's lines
+/// as written.
+fn shop_runbook_variant(edit: impl Fn(String) -> String) -> (tempfile::TempDir, Vec<String>) {
+    let dir = project_copy();
+    let path = dir.path().join("runbooks/shop-cutover.yaml");
+    let text = edit(std::fs::read_to_string(&path).unwrap());
+    std::fs::write(&path, &text).unwrap();
+    (dir, text.lines().map(str::to_string).collect())
+}
+
+/// The 1-based line of the first line of `lines` containing `needle`.
+fn line_of(lines: &[String], needle: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle}"))
+        + 1
+}
+
+#[test]
+fn a_flip_with_no_fallback_after_replicate_is_refused_before_anything_runs() {
+    let (dir, lines) = shop_runbook_variant(|t| {
+        t.replace("      - { id: fallback, kind: postgres.fallback }\n", "")
+    });
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let flip = line_of(&lines, "- id: flip");
+    assert!(
+        err.contains(&format!(
+            "runbooks/shop-cutover.yaml:{flip}: step `flip`: the application would be unable to write after this flip"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("hint: add `- { id: fallback, kind: postgres.fallback }` before `flip`"), "{err}");
+    // A run is refused the same way, before it touches anything (no sandbox here).
+    let mut cmd = Command::new(cutover_bin());
+    cmd.arg("-C")
+        .arg(dir.path())
+        .args(["rehearse", "staging", "--runbook", "shop-cutover"]);
+    let out = run_with_timeout(cmd, 60);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!dir.path().join(".cutover/runs").exists());
+}
+
+#[test]
+fn each_ordering_that_costs_users_is_warned_about_with_its_line_and_fix_and_deny_warnings_exits_2()
+{
+    // The runbook a team wrote: data window first, then DNS; a full-table verify inside the
+    // window; a fallback without replication; a heartbeat without the legacy path.
+    let (dir, lines) = shop_runbook_variant(|t| {
+        let a = t.find("      - id: dns\n").unwrap();
+        let b = t.find("      # Every row compared").unwrap();
+        let dns = t[a..b].replace("          wait_old_answers: true\n", "");
+        let rest = format!("{}{}", &t[..a], &t[b..]);
+        let h = rest.find("      - { id: health").unwrap();
+        format!("{}{dns}{}", &rest[..h], &rest[h..])
+            .replace("method: changed-since-prepass", "method: checksum")
+            .replace(
+                "{ id: fallback, kind: postgres.fallback }",
+                "{ id: fallback, kind: postgres.fallback, with: { replication: false } }",
+            )
+            .replace(
+                "  legacy: { url: \"{{ secrets.legacy_app_database_url }}\", record: \"shop.{{ env.dns.domain }}\" }\n",
+                "",
+            )
+    });
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(0), "warnings alone pass: {}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let at = |needle: &str| format!("runbooks/shop-cutover.yaml:{}:", line_of(&lines, needle));
+    let expect = [
+        (at("id: freeze"), "the database is frozen before traffic moves (`dns`", "move `dns` before `freeze`"),
+        (at("id: verify, kind: postgres.verify"), "a full-table verify inside the window", "`method: changed-since-prepass` here"),
+        (at("- id: flip"), "no fallback replication comes before this flip", "(replication on, the default) before `flip`"),
+        (at("heartbeat:"), "the heartbeat has no `legacy` path", "under `heartbeat:`"),
+    ];
+    for (located, what, fix) in expect {
+        let line = err
+            .lines()
+            .position(|l| l.starts_with(&format!("warning: {located}")) && l.contains(what))
+            .unwrap_or_else(|| panic!("no warning `{located} ... {what}`:\n{err}"));
+        let hint = err.lines().nth(line + 1).unwrap_or_default();
+        assert!(hint.contains("hint:") && hint.contains(fix), "{hint}\n{err}");
+    }
+    assert_eq!(err.matches("warning: ").count(), 4, "{err}");
+    let out = validate_with(dir.path(), &["--deny-warnings"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("4 problems found"),
         "{}",
         text(&out)
     );
