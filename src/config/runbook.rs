@@ -65,8 +65,9 @@ pub fn follows_another(path: &Path) -> bool {
 }
 
 /// `heartbeat:` — during a rehearsal, a writer that reads its database URL from a Kubernetes
-/// Secret, as the application does, and writes continuously, so that the run measures its own
-/// write outage and checks that no acknowledged write is lost.
+/// Secret and uses a new value when the application's pods would (`reload`), and writes
+/// continuously, so that the run measures its own write outage, checks that no acknowledged
+/// write is lost, and rolls back when the outage passes `max_write_outage`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {

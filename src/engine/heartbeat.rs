@@ -256,13 +256,15 @@ async fn app_urls(
     }
 }
 
-/// The legacy path's "served" source: the targets `record` names when the run starts are the
-/// legacy side; while any set naming one of them has weight (or is a simple record), users are
-/// sent there for at least that set's TTL.
+/// The legacy path's "served" source: the targets `record` names when the run starts (or
+/// `known`, those its first process recorded, when it resumes) are the legacy side; while any
+/// set naming one of them has weight (or is a simple record), users are sent there for at least
+/// that set's TTL.
 async fn legacy_served(
     ex: &Executor<'_>,
     record: &str,
     rtype: &str,
+    known: Option<Vec<String>>,
 ) -> Result<(ServedSource, Vec<String>), String> {
     let session = ex.providers.aws().await.map_err(|e| e.to_string())?;
     let r53 = aws_sdk_route53::Client::new(&session.config);
@@ -272,11 +274,12 @@ async fn legacy_served(
     let sets = r53p::record_sets(&r53, &zone, record, rtype)
         .await
         .map_err(|e| e.to_string())?;
-    let legacy: Vec<String> = sets
-        .iter()
-        .filter(|s| s.weight.is_none_or(|w| w > 0))
-        .map(|s| s.target())
-        .collect();
+    let legacy: Vec<String> = known.unwrap_or_else(|| {
+        sets.iter()
+            .filter(|s| s.weight.is_none_or(|w| w > 0))
+            .map(|s| s.target())
+            .collect()
+    });
     if legacy.is_empty() {
         return Err(format!("no {rtype} record {record} names a target"));
     }
@@ -306,10 +309,16 @@ async fn legacy_served(
 
 /// Starts the writers when the run is a rehearsal and the runbook configures a heartbeat; a
 /// writer that cannot start is recorded (`heartbeat_failed`) and the run goes on.
+/// `legacy_targets`: the legacy side as the run's first process recorded it (a resumed run;
+/// DNS may have moved since), `None` to read it from DNS now.
 ///
 /// # Errors
 /// [`EngineError::Log`] when the record cannot be written.
-pub async fn start(ex: &mut Executor<'_>, attempt: usize) -> Result<(), EngineError> {
+pub async fn start(
+    ex: &mut Executor<'_>,
+    attempt: usize,
+    legacy_targets: Option<Vec<String>>,
+) -> Result<(), EngineError> {
     let Some(cfg) = ex.plan.heartbeat.clone() else {
         return Ok(());
     };
@@ -368,7 +377,7 @@ pub async fn start(ex: &mut Executor<'_>, attempt: usize) -> Result<(), EngineEr
             .and_then(|u| template::render_str(&l.record, &ctx).map(|r| (u, r)));
         let started = match rendered {
             Err(e) => Err(format!("heartbeat.legacy: {e}")),
-            Ok((url, record)) => match legacy_served(ex, &record, &l.rtype).await {
+            Ok((url, record)) => match legacy_served(ex, &record, &l.rtype, legacy_targets).await {
                 Err(e) => Err(format!("heartbeat.legacy: {e}")),
                 Ok((served, targets)) => Ok((url, record, served, targets)),
             },

@@ -142,7 +142,7 @@ pub async fn start(
     if let Some(outcome) = preflight(ex).await? {
         return Ok(outcome);
     }
-    heartbeat::start(ex, 0).await?;
+    heartbeat::start(ex, 0, None).await?;
     ex.run_steps().await
 }
 
@@ -545,7 +545,17 @@ async fn continue_run(
     if let Some(outcome) = preflight(ex).await? {
         return Ok(outcome);
     }
-    heartbeat::start(ex, replayed.resumes + 1).await?;
+    // The legacy side is what DNS named when the run began, not what it names now.
+    let legacy_targets = records.iter().find_map(|r| {
+        match Event::from_parts(&r.event, &r.data).ok()? {
+            Event::HeartbeatStarted(v) => serde_json::from_value::<Vec<String>>(
+                v.pointer("/legacy/legacy_targets")?.clone(),
+            )
+            .ok(),
+            _ => None,
+        }
+    });
+    heartbeat::start(ex, replayed.resumes + 1, legacy_targets).await?;
     if let Some(rb) = &replayed.rollback {
         return ex.continue_rollback(&rb.failed_step, &rb.completed).await;
     }

@@ -314,10 +314,7 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
     let (_, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
     let source = cx.providers.source().await?;
     let target = cx.providers.target().await?;
-    // Where this pass runs, as the source says (a role frozen in its database: inside the
-    // window), so the summary never claims a phase it did not run in.
-    let source_db = super::postgres_freeze_writes::source_db(cx)?;
-    let frozen = roles::frozen(&source, "source", &source_db).await?;
+    let frozen = frozen_roles(cx, &source).await?;
     let track = tracking_slot(cx);
     // The slot first: every change from here on is known by key inside the window.
     (cx.progress)(&format!("creating change-tracking slot {track}"));
@@ -546,6 +543,16 @@ async fn catch_up(
     Ok((read, mark))
 }
 
+/// The application roles frozen on the source now: where a pass runs (none: before the freeze;
+/// some: inside the window), so a summary never claims a phase it did not run in.
+async fn frozen_roles(
+    cx: &StepContext<'_>,
+    source: &tokio_postgres::Client,
+) -> Result<Vec<String>, StepError> {
+    let db = super::postgres_freeze_writes::source_db(cx)?;
+    Ok(roles::frozen(source, "source", &db).await?)
+}
+
 /// The check inside the window.
 async fn changed_since_prepass(
     cx: &StepContext<'_>,
@@ -560,6 +567,7 @@ async fn changed_since_prepass(
             "change-tracking slot {track} does not exist on the source: a postgres.verify with method checksum or count must run before the freeze (while replication runs) for this check to know what changed"
         )));
     }
+    let frozen = frozen_roles(cx, &source).await?;
     let started = Instant::now();
     let set = changes::peek(&source, "source", &track, &publ).await?;
     let tables = catalog::tables(&source, "source").await?;
@@ -636,7 +644,12 @@ async fn changed_since_prepass(
     out.insert(
         super::SUMMARY_OUTPUT.into(),
         json!(format!(
-            "inside the window: {compared} row(s) changed since the pre-freeze pass ({} change(s) in {} table(s)) equal on both sides by key ({secs:.3} s); rows not changed since were not read",
+            "{}: {compared} row(s) changed since the pre-freeze pass ({} change(s) in {} table(s)) equal on both sides by key ({secs:.3} s); rows not changed since were not read",
+            if frozen.is_empty() {
+                "before the freeze (no role frozen on the source yet)"
+            } else {
+                "inside the window"
+            },
             set.changes,
             set.tables.len()
         )),

@@ -19,6 +19,8 @@ fn bench_prints_downtime_copy_and_verify_figures_and_loses_no_write() {
         "20",
         "--verify-rows",
         "100000",
+        "--volume-delay",
+        "3s",
     ]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
@@ -35,15 +37,21 @@ fn bench_prints_downtime_copy_and_verify_figures_and_loses_no_write() {
         "the step's parts:",
         "rows/s per side",
         "one corrupted row on the target: located as id=66667",
+        // One series per reload mode, and a line per mode side by side.
+        "cutover (restart): p50 write outage",
+        "cutover (volume): p50 write outage",
+        "reload pooler: not measured",
+        "per reload mode (p50 write outage at each size):",
     ] {
         assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
     }
-    let summary = t.lines().find(|l| l.contains("p50 write outage")).unwrap();
-    assert!(summary.contains("; 0 of "), "{summary}");
-    // Each window acknowledged writes and none is missing.
+    for summary in t.lines().filter(|l| l.contains("): p50 write outage")) {
+        assert!(summary.contains("; 0 of "), "{summary}");
+    }
+    // Each window (two per measured mode) acknowledged writes and none is missing.
     assert_eq!(
         t.matches("0 acknowledged write(s) missing").count(),
-        2,
+        4,
         "{t}"
     );
     sb.assert_no_secrets(&[]);

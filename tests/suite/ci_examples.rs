@@ -88,7 +88,7 @@ fn ci_examples_run_the_commands_the_readme_documents() {
     for (file, _) in EXAMPLES {
         let commands = cutover_commands(&common::repo().join(file));
         for needed in [
-            "cutover validate",
+            "cutover validate --deny-warnings",
             "cutover rehearse staging --output json",
             "cutover rehearse dev --output json",
             "cutover execute production --dry-run",

@@ -1,9 +1,10 @@
-//! A heartbeat writer that behaves like an application pod with a reloading secret volume: it
-//! re-reads its database URL from a caller-supplied source (the Kubernetes Secret) every
-//! `reload` interval, reconnects when the URL changes, and inserts one row per tick into a
-//! heartbeat table, remembering every write the server acknowledged. Stopping it reports the
-//! longest gap between consecutive acknowledged writes (the write outage) and which
-//! acknowledged writes are missing from the database the URL names at the end.
+//! A heartbeat writer that stands for an application: it asks a caller-supplied source for the
+//! database URL the application uses now (the caller decides when a changed Secret takes
+//! effect) every `reload` interval, reconnects when the URL changes, and inserts one row per tick
+//! into a heartbeat table, remembering every write the server acknowledged. While it runs,
+//! [`Heartbeat::live`] says how long writes have gone unacknowledged and the last error; stopping
+//! it reports the longest gap between consecutive acknowledged writes (the write outage) and
+//! which acknowledged writes are missing from the database the URL names at the end.
 //!
 //! Owns the writer and its table; must not know about runbooks or the event log.
 
