@@ -788,7 +788,9 @@ impl StepKind for Replicate {
                 items,
                 preamble,
             };
-            copy::run(
+            // Safe points while the copy runs: every chunk commits with its progress row, so a
+            // copy stopped by the panic flag or the write budget resumes (or rolls back) cleanly.
+            let copying = copy::run(
                 &source_url,
                 &target_url,
                 &state.slot.snapshot,
@@ -816,8 +818,9 @@ impl StepKind for Replicate {
                         (cx.progress)(&post_data_line(&items, secs));
                     }
                 },
-            )
-            .await?;
+            );
+            cx.watched(copying, "the initial copy")
+                .await??;
             lap("copy_and_post_data");
             snapshot::release(&hold_file(cx));
             target

@@ -331,9 +331,11 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
         .then_some(sub.as_str());
     let started = Instant::now();
     let mut last = Instant::now();
-    let results = checksum::compare(
-        &cx.providers.source_url()?,
-        &cx.providers.target_url()?,
+    // A read-only pass: the panic flag and the write budget stop it between two safe points.
+    let (source_url, target_url) = (cx.providers.source_url()?, cx.providers.target_url()?);
+    let comparing = checksum::compare(
+        &source_url,
+        &target_url,
         &tables,
         p.jobs,
         if p.method == Method::Count {
@@ -349,8 +351,10 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
                 (cx.progress)(&format!("verified {done} of {total} chunks"));
             }
         },
-    )
-    .await?;
+    );
+    let results = cx
+        .watched(comparing, "the comparison of every chunk")
+        .await??;
     let secs = started.elapsed().as_secs_f64();
     // Differing rows: read again once the target caught up, up to three times.
     let mut differing: Differing = results
