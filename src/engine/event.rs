@@ -342,7 +342,7 @@ pub struct WriteOutage {
     /// The last error a write met (the server's message), when one did.
     #[serde(default)]
     pub last_error: Option<String>,
-    /// Where the run stopped (`before the step started`, `after the last step`).
+    /// Where the run stood (`during the step`, `before the step started`, `after the last step`).
     pub when: String,
 }
 

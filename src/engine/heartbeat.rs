@@ -59,32 +59,28 @@ pub struct Running {
 }
 
 impl Running {
-    /// The first path whose write outage (open now, or closed earlier) passed the budget:
-    /// `(path, outage in ms, last error)`.
-    fn worst(&self) -> Option<(&'static str, u64, Option<String>)> {
+    /// The first path whose write outage (open now, or closed earlier) passed the budget, as
+    /// the record of it; `when` says where the run stood.
+    fn outage(&self, when: &str) -> Option<WriteOutage> {
         let now = tokio::time::Instant::now();
-        let budget = self.budget.as_millis() as u64;
+        let budget_ms = self.budget.as_millis() as u64;
         self.paths.iter().find_map(|p| {
             let l = p.writer.live();
-            let outage = l.open_ms(now).max(l.longest_ms);
-            (outage > budget).then(|| (p.name, outage, l.last_error.clone()))
+            let outage_ms = l.open_ms(now).max(l.longest_ms);
+            (outage_ms > budget_ms).then(|| WriteOutage {
+                path: p.name.to_string(),
+                outage_ms,
+                budget_ms,
+                last_error: l.last_error.clone(),
+                when: when.to_string(),
+            })
         })
-    }
-
-    /// The reason an outage of `outage_ms` on `path` fails the run.
-    fn reason(&self, path: &str, outage_ms: u64, last_error: Option<&str>) -> String {
-        format!(
-            "the {path} path's writes went {outage_ms} ms without an acknowledgement, more than heartbeat.max_write_outage ({} s){}",
-            self.budget.as_secs_f64(),
-            last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
-        )
     }
 }
 
 impl WriteWatch for Running {
     fn over_budget(&self) -> Option<String> {
-        self.worst()
-            .map(|(path, ms, e)| self.reason(path, ms, e.as_deref()))
+        self.outage("during the step").map(|o| o.reason())
     }
 }
 
@@ -106,17 +102,6 @@ pub async fn settle(ex: &Executor<'_>) -> Settled {
     let Some(run) = &ex.heartbeat else {
         return Settled::Writing;
     };
-    let over = |run: &Running, when: &str| {
-        run.worst().map(|(path, ms, e)| {
-            Settled::OverBudget(WriteOutage {
-                path: path.to_string(),
-                outage_ms: ms,
-                budget_ms: run.budget.as_millis() as u64,
-                last_error: e,
-                when: when.to_string(),
-            })
-        })
-    };
     let start: Vec<(u64, bool)> = run
         .paths
         .iter()
@@ -130,8 +115,8 @@ pub async fn settle(ex: &Executor<'_>) -> Settled {
         if let Some(reason) = crate::steps::context::panic_reason(&ex.panic_flag) {
             return Settled::Panic(reason);
         }
-        if let Some(o) = over(run, "after the last step") {
-            return o;
+        if let Some(o) = run.outage("after the last step") {
+            return Settled::OverBudget(o);
         }
         let writing = run.paths.iter().zip(&start).all(|(p, (acked, serving))| {
             let l = p.writer.live();
@@ -167,14 +152,7 @@ pub async fn settle(ex: &Executor<'_>) -> Settled {
 
 /// Between steps: the [`WriteOutage`] to record when a path's outage passed the budget.
 pub fn over_budget_between(ex: &Executor<'_>) -> Option<WriteOutage> {
-    let run = ex.heartbeat.as_ref()?;
-    run.worst().map(|(path, ms, e)| WriteOutage {
-        path: path.to_string(),
-        outage_ms: ms,
-        budget_ms: run.budget.as_millis() as u64,
-        last_error: e,
-        when: "before the step started".into(),
-    })
+    ex.heartbeat.as_ref()?.outage("before the step started")
 }
 
 /// The application's database URL as its pods use it under `cfg.reload`, read from its Secret

@@ -269,6 +269,8 @@ async fn wait_rollouts(
 ) -> Result<Vec<String>, StepError> {
     let mut evidence = Vec::new();
     for name in names {
+        // Polled every 200 ms (the completion is seen promptly); shown when it changes.
+        let mut shown = None;
         loop {
             let d = api
                 .get(name)
@@ -285,12 +287,15 @@ async fn wait_rollouts(
                 }
                 _ => {}
             }
-            (cx.progress)(&format!(
-                "deployment/{name}: {state}; waiting up to {}s",
-                cx.remaining().as_secs()
-            ));
+            if shown.as_ref() != Some(&state) {
+                (cx.progress)(&format!(
+                    "deployment/{name}: {state}; waiting up to {}s",
+                    cx.remaining().as_secs()
+                ));
+                shown = Some(state.clone());
+            }
             cx.wait(
-                Duration::from_millis(500),
+                Duration::from_millis(200),
                 &format!("deployment {name} rollout: {state}"),
             )
             .await?;
