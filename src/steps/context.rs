@@ -123,9 +123,10 @@ impl StepContext<'_> {
         }
     }
 
-    /// Runs `f` (a read-only call: a probe, a query) while passing safe points every
-    /// [`SAFE_POINT_INTERVAL`]: the panic flag, the write budget and the deadline stop the
-    /// step without waiting for `f`, which is dropped.
+    /// Runs `f` while passing safe points every [`SAFE_POINT_INTERVAL`]: the panic flag, the
+    /// write budget and the deadline stop the step without waiting for `f`, which is dropped.
+    /// Only for calls that are safe to drop at any await: a probe, a query, a copy whose chunks
+    /// commit with their progress rows (never a Route 53 change or a Terraform apply).
     ///
     /// # Errors
     /// What [`StepContext::check_deadline`] returns at the first safe point that fails.
