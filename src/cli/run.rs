@@ -291,6 +291,11 @@ pub async fn start(
             return EXIT_INVALID;
         }
     };
+    // The orderings that cost users, once before the run (a JSON consumer reads them from
+    // `cutover validate -o json`).
+    if output == OutputFormat::Human {
+        super::diag::print_warnings(&plan.warnings);
+    }
     let approval_steps: Vec<String> = plan
         .steps()
         .filter(|(_, s)| s.kind.name() == "approval")
