@@ -710,13 +710,17 @@ impl Store {
             .unwrap_or_default();
         for c in containers {
             for e in c["env"].as_array().cloned().unwrap_or_default() {
-                let Some(name) = e["name"].as_str() else { continue };
+                let Some(name) = e["name"].as_str() else {
+                    continue;
+                };
                 if let Some(v) = e["value"].as_str() {
                     env.insert(name.to_string(), v.to_string());
                 } else if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
                     let value = self
                         .get("secrets", ns, r["name"].as_str().unwrap_or_default())
-                        .and_then(|s| s.pointer(&format!("/data/{}", r["key"].as_str().unwrap_or_default())))
+                        .and_then(|s| {
+                            s.pointer(&format!("/data/{}", r["key"].as_str().unwrap_or_default()))
+                        })
                         .and_then(Value::as_str)
                         .and_then(|b| {
                             use base64::Engine as _;
@@ -784,7 +788,10 @@ pub fn reconcile(s: &mut Store) {
         if s.pods.get(&k).is_none_or(|(u, _)| *u != uid) {
             // A Deployment seeded with a status had its pods running before the controller
             // started: ready now, of the generation the status reports. A new one has none.
-            let pods = match d.pointer("/status/observedGeneration").and_then(Value::as_i64) {
+            let pods = match d
+                .pointer("/status/observedGeneration")
+                .and_then(Value::as_i64)
+            {
                 Some(g) => {
                     let env = s.resolve_env(&k.1, &template);
                     (0..want)
@@ -822,7 +829,7 @@ pub fn reconcile(s: &mut Store) {
                 (Some(i), _) => {
                     pods.remove(i);
                 }
-                (None, Some(i)) if ready - 1 >= want - unavailable => {
+                (None, Some(i)) if ready > want - unavailable => {
                     pods.remove(i);
                 }
                 _ => break,
@@ -830,7 +837,7 @@ pub fn reconcile(s: &mut Store) {
         }
         // Scale down surplus new pods (replicas lowered).
         while pods.iter().filter(|p| is_new(p)).count() as i64 > want {
-            if let Some(i) = pods.iter().rposition(|p| is_new(p)) {
+            if let Some(i) = pods.iter().rposition(&is_new) {
                 pods.remove(i);
             }
         }
@@ -952,17 +959,26 @@ mod tests {
             let st = s.objects[&k]["status"].clone();
             // maxUnavailable 25% of 2 rounds down to 0: two pods ready at all times.
             assert!(st["readyReplicas"].as_i64().unwrap() >= 2, "{st}");
-            assert!(st["replicas"].as_i64().unwrap() <= 3, "maxSurge 25% of 2 is 1: {st}");
+            assert!(
+                st["replicas"].as_i64().unwrap() <= 3,
+                "maxSurge 25% of 2 is 1: {st}"
+            );
             let urls = s.ready_pod_env("shop", "api", "URL");
             seen_mixed |= urls.contains(&"old".to_string()) && urls.contains(&"new".to_string());
             if st["updatedReplicas"] == 2 && st["replicas"] == 2 && st["availableReplicas"] == 2 {
                 assert_eq!(urls, ["new", "new"]);
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "rollout never completed: {st}");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "rollout never completed: {st}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(seen_mixed, "old and new pods serve together during the rollout");
+        assert!(
+            seen_mixed,
+            "old and new pods serve together during the rollout"
+        );
         // Two pods replaced one after the other, each after its readiness delay.
         assert!(started.elapsed() >= Duration::from_millis(80));
     }

@@ -183,7 +183,10 @@ fn service_url(cluster: &Cluster, ns: &str, deployment: &str) -> Option<String> 
 
 async fn aws_health(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Value>) {
     match secret_url(&cluster) {
-        None => health_response(Err("no ready pod of deployment shop/shop-api".into()), "aws"),
+        None => health_response(
+            Err("no ready pod of deployment shop/shop-api".into()),
+            "aws",
+        ),
         Some(u) => health_response(database_health(&u).await, "aws"),
     }
 }
@@ -203,7 +206,10 @@ async fn letters_health(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json
 /// by the cluster's Secret and returns its id, as the real service would after the cutover.
 async fn aws_create_order(AxState(cluster): AxState<Cluster>) -> (StatusCode, Json<Value>) {
     let Some(url) = secret_url(&cluster) else {
-        return health_response(Err("no ready pod of deployment shop/shop-api".into()), "aws");
+        return health_response(
+            Err("no ready pod of deployment shop/shop-api".into()),
+            "aws",
+        );
     };
     let result = async {
         let client = app_connect(&url).await?;

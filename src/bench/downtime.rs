@@ -25,7 +25,10 @@ fn runbook(rate: f64, jobs: usize, reload: Reload, volume_delay: std::time::Dura
             format!(", restart: [deployment/{DEPLOYMENT}]"),
         ),
         Reload::Volume => (
-            format!("reload: volume, volume_delay: {}ms", volume_delay.as_millis()),
+            format!(
+                "reload: volume, volume_delay: {}ms",
+                volume_delay.as_millis()
+            ),
             String::new(),
         ),
         Reload::Pooler => ("reload: pooler".to_string(), String::new()),
@@ -282,13 +285,13 @@ async fn run_size(
     flips.sort_unstable();
     let (reload_ms, how) = match reload {
         Reload::Restart => (
-            flips.get(flips.len().saturating_sub(1) / 2).copied().unwrap_or(0),
+            flips
+                .get(flips.len().saturating_sub(1) / 2)
+                .copied()
+                .unwrap_or(0),
             "the p50 flip and rollout above",
         ),
-        Reload::Volume => (
-            opts.volume_delay.as_millis() as u64,
-            "the volume delay",
-        ),
+        Reload::Volume => (opts.volume_delay.as_millis() as u64, "the volume delay"),
         Reload::Pooler => (0, "none"),
     };
     let dr_total = dr + reload_ms;

@@ -45,7 +45,12 @@ pub struct BenchArgs {
     /// windows each: `restart` (a Deployment reading it as environment variables, rolled out
     /// by the flip), `volume` (a mounted Secret, used `--volume-delay` after the change),
     /// `pooler` (never reloads).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "restart,volume,pooler")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "restart,volume,pooler"
+    )]
     pub reload: Vec<ReloadArg>,
     /// With `--reload volume`: how long after the flip the pods see the new value (the
     /// kubelet's sync period and cache; 60s by default on a real cluster, less here so a run

@@ -23,12 +23,7 @@ pub enum Kind {
 
 /// `cutover validate`: every runbook against every environment; all problems at once, and the
 /// orderings that cost users as warnings (errors, exit 2, with `deny_warnings`).
-pub fn validate(
-    root: &Path,
-    only: Option<&str>,
-    output: OutputFormat,
-    deny_warnings: bool,
-) -> i32 {
+pub fn validate(root: &Path, only: Option<&str>, output: OutputFormat, deny_warnings: bool) -> i32 {
     let envs = config::list_names(&root.join("environments"));
     let runbooks: Vec<String> = match only {
         Some(r) => vec![r.to_string()],
@@ -121,7 +116,10 @@ pub fn validate(
     if deny_warnings && !warnings.is_empty() {
         for w in &warnings {
             let mut p = w.clone();
-            p.message = format!("{} (a warning; --deny-warnings makes it an error)", p.message);
+            p.message = format!(
+                "{} (a warning; --deny-warnings makes it an error)",
+                p.message
+            );
             all.extend_new(Problems::one(p));
         }
     } else {

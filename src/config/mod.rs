@@ -22,7 +22,7 @@ pub use environment::{
 pub use migration::{Migration, MigrationPromotion, OnFailure, OnUnrehearsed, Wave, WaveRun};
 pub use problem::{choices_hint, did_you_mean, Problem, Problems};
 pub use runbook::{
-    follows_another, Heartbeat, LegacyPath, RawPhase, Reload, RawRunbook, RawStep, RollbackPolicy,
+    follows_another, Heartbeat, LegacyPath, RawPhase, RawRunbook, RawStep, Reload, RollbackPolicy,
     SpannedStep,
 };
 

@@ -95,7 +95,10 @@ pub struct Heartbeat {
     /// With `reload: volume`: how long after the Secret changes the pods see the new value
     /// (default 60s: the kubelet's default `syncFrequency` of one minute; its Secret cache can
     /// add up to its TTL).
-    #[serde(default = "default_volume_delay", with = "super::duration::duration_text")]
+    #[serde(
+        default = "default_volume_delay",
+        with = "super::duration::duration_text"
+    )]
     #[schemars(with = "String")]
     pub volume_delay: std::time::Duration,
     /// With `reload: restart`: the Deployments whose pods read the Secret (default: every
@@ -106,7 +109,10 @@ pub struct Heartbeat {
     /// The write outage the run accepts (default 30s): once any path that serves users has had
     /// no write acknowledged for longer, the step running fails at its next safe point and the
     /// run rolls back; at the end, the application must write again within it.
-    #[serde(default = "default_max_write_outage", with = "super::duration::duration_text")]
+    #[serde(
+        default = "default_max_write_outage",
+        with = "super::duration::duration_text"
+    )]
     #[schemars(with = "String")]
     pub max_write_outage: std::time::Duration,
     /// The legacy application's path, measured too: users whom DNS still sends to the legacy

@@ -1210,7 +1210,10 @@ mod tests {
         assert_eq!(outcome.unwrap(), Outcome::RolledBack, "{records:?}");
         assert!(has(&records, "panic", "health"), "{records:?}");
         assert!(!has(&records, "step_completed", "health"), "{records:?}");
-        assert!(has(&records, "rollback_step_completed", "first"), "{records:?}");
+        assert!(
+            has(&records, "rollback_step_completed", "first"),
+            "{records:?}"
+        );
     }
 
     #[tokio::test]
@@ -1225,8 +1228,14 @@ mod tests {
         assert_eq!(outcome.unwrap(), Outcome::RolledBack, "{records:?}");
         assert!(has(&records, "step_completed", "health"), "{records:?}");
         assert!(has(&records, "panic", "health"), "{records:?}");
-        assert!(has(&records, "rollback_step_completed", "health"), "{records:?}");
-        assert!(has(&records, "rollback_step_completed", "first"), "{records:?}");
+        assert!(
+            has(&records, "rollback_step_completed", "health"),
+            "{records:?}"
+        );
+        assert!(
+            has(&records, "rollback_step_completed", "first"),
+            "{records:?}"
+        );
     }
 
     fn plan(steps: &[(&str, &'static Fake)]) -> (tempfile::TempDir, Plan) {

@@ -21,12 +21,9 @@
 //! clients and the writers; must not interpret step results.
 
 use super::event::{Event, HeartbeatFailed, WriteOutage};
+use super::executor::{EngineError, Executor};
 use super::reload::{Observed, RestartAdoption, VolumeAdoption};
 use crate::config::Reload;
-use crate::steps::context::WriteWatch;
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use super::executor::{EngineError, Executor};
 use crate::providers::postgres::heartbeat::{
     self, Heartbeat, Options, Report, ServedSource, UrlSource,
 };
@@ -34,8 +31,11 @@ use crate::providers::postgres::ConnParts;
 use crate::providers::route53 as r53p;
 use crate::runbook::template;
 use crate::steps::context::Mode;
+use crate::steps::context::WriteWatch;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// One path's writer.
@@ -197,9 +197,13 @@ async fn app_urls(
         Reload::Restart => {
             let readers = match &cfg.deployments {
                 Some(d) => d.clone(),
-                None => crate::providers::kube::secret_readers(client.clone(), &cfg.namespace, &cfg.secret)
-                    .await
-                    .map_err(|e| e.to_string())?,
+                None => crate::providers::kube::secret_readers(
+                    client.clone(),
+                    &cfg.namespace,
+                    &cfg.secret,
+                )
+                .await
+                .map_err(|e| e.to_string())?,
             };
             let state = Arc::new(Mutex::new(RestartAdoption::new(first)));
             let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
@@ -390,9 +394,7 @@ pub async fn start(
     let mut started = json!({"writer": id, "writes_per_second": cfg.writes_per_second, "secret": format!("{}/{}", cfg.namespace, cfg.secret), "key": cfg.key, "table": cfg.table, "reload_ms": cfg.reload_ms, "reload": cfg.reload.as_str(), "max_write_outage_ms": cfg.max_write_outage.as_millis() as u64, "legacy": legacy_info});
     match cfg.reload {
         Reload::Restart => started["deployments"] = json!(readers),
-        Reload::Volume => {
-            started["volume_delay_ms"] = json!(cfg.volume_delay.as_millis() as u64)
-        }
+        Reload::Volume => started["volume_delay_ms"] = json!(cfg.volume_delay.as_millis() as u64),
         Reload::Pooler => {}
     }
     let reload = json!({

@@ -97,7 +97,10 @@ fn reload_words(d: &Value) -> String {
             if names.is_empty() {
                 "; reload: restart (no Deployment reads the Secret: never)".into()
             } else {
-                format!("; reload: restart (a new value once {} rolled out)", names.join(", "))
+                format!(
+                    "; reload: restart (a new value once {} rolled out)",
+                    names.join(", ")
+                )
             }
         }
         Some("volume") => format!(

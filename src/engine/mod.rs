@@ -7,10 +7,10 @@
 
 mod executor;
 mod heartbeat;
-mod reload;
 pub mod lines;
 pub mod migration;
 pub mod promotion;
+mod reload;
 mod secrets;
 pub use crate::local::lock;
 pub mod event;
@@ -546,15 +546,16 @@ async fn continue_run(
         return Ok(outcome);
     }
     // The legacy side is what DNS named when the run began, not what it names now.
-    let legacy_targets = records.iter().find_map(|r| {
-        match Event::from_parts(&r.event, &r.data).ok()? {
-            Event::HeartbeatStarted(v) => serde_json::from_value::<Vec<String>>(
-                v.pointer("/legacy/legacy_targets")?.clone(),
-            )
-            .ok(),
-            _ => None,
-        }
-    });
+    let legacy_targets =
+        records
+            .iter()
+            .find_map(|r| match Event::from_parts(&r.event, &r.data).ok()? {
+                Event::HeartbeatStarted(v) => serde_json::from_value::<Vec<String>>(
+                    v.pointer("/legacy/legacy_targets")?.clone(),
+                )
+                .ok(),
+                _ => None,
+            });
     heartbeat::start(ex, replayed.resumes + 1, legacy_targets).await?;
     if let Some(rb) = &replayed.rollback {
         return ex.continue_rollback(&rb.failed_step, &rb.completed).await;

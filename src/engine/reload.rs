@@ -129,12 +129,24 @@ mod tests {
     #[test]
     fn restart_uses_a_new_value_only_once_every_reader_rolled_out_after_the_change() {
         let mut a = RestartAdoption::new("legacy".into());
-        assert_eq!(a.observe("legacy", &deps(&[("api", 1, true), ("worker", 1, true)])), "legacy");
+        assert_eq!(
+            a.observe("legacy", &deps(&[("api", 1, true), ("worker", 1, true)])),
+            "legacy"
+        );
         // The Secret flips; the rollouts have not started: old pods keep the old value.
-        assert_eq!(a.observe("rds", &deps(&[("api", 1, true), ("worker", 1, true)])), "legacy");
+        assert_eq!(
+            a.observe("rds", &deps(&[("api", 1, true), ("worker", 1, true)])),
+            "legacy"
+        );
         // One Deployment rolled out, the other is still rolling.
-        assert_eq!(a.observe("rds", &deps(&[("api", 2, true), ("worker", 2, false)])), "legacy");
-        assert_eq!(a.observe("rds", &deps(&[("api", 2, true), ("worker", 2, true)])), "rds");
+        assert_eq!(
+            a.observe("rds", &deps(&[("api", 2, true), ("worker", 2, false)])),
+            "legacy"
+        );
+        assert_eq!(
+            a.observe("rds", &deps(&[("api", 2, true), ("worker", 2, true)])),
+            "rds"
+        );
     }
 
     #[test]

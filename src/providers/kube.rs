@@ -215,7 +215,9 @@ impl std::fmt::Display for Rollout {
                 f,
                 "waiting for the controller to observe generation {generation}"
             ),
-            Rollout::Updating { updated, want } => write!(f, "{updated} of {want} replicas updated"),
+            Rollout::Updating { updated, want } => {
+                write!(f, "{updated} of {want} replicas updated")
+            }
             Rollout::Terminating { old } => write!(f, "{old} old replicas pending termination"),
             Rollout::Unavailable { available, updated } => {
                 write!(f, "{available} of {updated} updated replicas available")
@@ -223,7 +225,10 @@ impl std::fmt::Display for Rollout {
             Rollout::Complete {
                 generation,
                 available,
-            } => write!(f, "rolled out (generation {generation}, {available} available)"),
+            } => write!(
+                f,
+                "rolled out (generation {generation}, {available} available)"
+            ),
             Rollout::DeadlineExceeded => write!(f, "exceeded its progress deadline"),
         }
     }
@@ -264,7 +269,10 @@ pub fn rollout(d: &k8s_openapi::api::apps::v1::Deployment) -> Rollout {
 
 /// Whether pod template `t` reads Secret `secret`: through an `env` entry's `secretKeyRef`, an
 /// `envFrom` `secretRef` or a `secret` volume.
-pub fn template_reads_secret(t: &k8s_openapi::api::core::v1::PodTemplateSpec, secret: &str) -> bool {
+pub fn template_reads_secret(
+    t: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    secret: &str,
+) -> bool {
     let Some(spec) = &t.spec else { return false };
     let containers = spec
         .containers
@@ -283,12 +291,11 @@ pub fn template_reads_secret(t: &k8s_openapi::api::core::v1::PodTemplateSpec, se
             .any(|e| e.secret_ref.as_ref().is_some_and(|r| r.name == secret))
     });
     in_containers
-        || spec.volumes.iter().flatten().any(|v| {
-            v.secret
-                .as_ref()
-                .and_then(|s| s.secret_name.as_deref())
-                == Some(secret)
-        })
+        || spec
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret))
 }
 
 /// The Deployments of `namespace` whose pod template reads Secret `secret`

@@ -15,7 +15,9 @@
 //! 3. a flip with no fallback replication before it: a rollback after the flip would have to
 //!    refuse (it would lose the writes the target took);
 //! 4. a heartbeat without the legacy path while DNS moves after the freeze: the outage the
-//!    legacy host's users see is not measured.
+//!    legacy host's users see is not measured;
+//! 5. `reload: volume` with a `volume_delay` at least `max_write_outage`: every rehearsal that
+//!    flips would roll back.
 //!
 //! Owns these rules over the steps' [`WindowRole`]s; must not render templates or do I/O.
 
@@ -45,13 +47,10 @@ pub fn check(plan: &Plan, heartbeat_line: Option<u32>) -> (Vec<Problem>, Vec<Pro
         let replicate = before
             .iter()
             .rposition(|(_, _, r)| *r == WindowRole::Replicate);
-        let fallback = before
-            .iter()
-            .rev()
-            .find_map(|(_, _, r)| match r {
-                WindowRole::Fallback { replication } => Some(*replication),
-                _ => None,
-            });
+        let fallback = before.iter().rev().find_map(|(_, _, r)| match r {
+            WindowRole::Fallback { replication } => Some(*replication),
+            _ => None,
+        });
         let fallback_after_replicate = replicate.is_some_and(|r| {
             before[r..]
                 .iter()
@@ -144,6 +143,29 @@ pub fn check(plan: &Plan, heartbeat_line: Option<u32>) -> (Vec<Problem>, Vec<Pro
                     ))),
                 );
             }
+        }
+    }
+    // A budget the reload mode cannot meet: every rehearsal that flips would roll back.
+    if let Some(h) = &plan.heartbeat {
+        let flips = steps.iter().any(|(_, _, r)| *r == WindowRole::Flip);
+        if flips
+            && h.reload == crate::config::Reload::Volume
+            && h.volume_delay >= h.max_write_outage
+        {
+            warnings.push(
+                Problem::new(
+                    file,
+                    heartbeat_line,
+                    format!(
+                        "heartbeat: with `reload: volume` the application uses the flipped Secret {} s after the flip, but `max_write_outage` is {} s: every rehearsal would roll back after its flip",
+                        h.volume_delay.as_secs_f64(),
+                        h.max_write_outage.as_secs_f64()
+                    ),
+                )
+                .hint(Some(
+                    "raise `max_write_outage` above `volume_delay` plus the window, or shorten the delay the pods really have (the kubelet's syncFrequency), or move the application behind a pooler (`reload: pooler`)".into(),
+                )),
+            );
         }
     }
     warnings.sort_by_key(|w| w.line);

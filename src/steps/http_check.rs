@@ -99,7 +99,10 @@ impl StepKind for HttpCheck {
         loop {
             attempts += 1;
             let r = cx
-                .watched(probe(&c, &p.url, PROBE_TIMEOUT), &format!("{} to answer", p.url))
+                .watched(
+                    probe(&c, &p.url, PROBE_TIMEOUT),
+                    &format!("{} to answer", p.url),
+                )
                 .await?;
             let ok = r.status == Some(p.expect_status);
             if ok {

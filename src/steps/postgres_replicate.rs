@@ -819,8 +819,7 @@ impl StepKind for Replicate {
                     }
                 },
             );
-            cx.watched(copying, "the initial copy")
-                .await??;
+            cx.watched(copying, "the initial copy").await??;
             lap("copy_and_post_data");
             snapshot::release(&hold_file(cx));
             target

@@ -42,7 +42,10 @@ fn a_rehearsal_whose_application_cannot_write_after_the_flip_fails_and_rolls_bac
     let rollback = events(&records, "rollback_started");
     assert_eq!(rollback.len(), 1, "{printed}");
     let reason = rollback[0]["data"]["reason"].as_str().unwrap();
-    assert!(reason.contains("heartbeat.max_write_outage (10 s)"), "{reason}");
+    assert!(
+        reason.contains("heartbeat.max_write_outage (10 s)"),
+        "{reason}"
+    );
     assert!(
         reason.contains("cannot execute INSERT in a read-only transaction"),
         "{reason}"
@@ -73,8 +76,7 @@ fn a_panic_flag_raised_during_the_last_steps_samples_rolls_the_run_back() {
             "consecutive: 30, interval: 1s }, timeout: 60s }",
         )
     });
-    let (mut child, out, err) =
-        sb.spawn_logged(&["rehearse", "staging", "--runbook", &runbook]);
+    let (mut child, out, err) = sb.spawn_logged(&["rehearse", "staging", "--runbook", &runbook]);
     let run = sb.wait_for_step("health", "step_planned", 600);
     let flag = sb.project.path().join(".cutover/panic-staging");
     std::fs::write(&flag, "orders failing on the new side\n").unwrap();

@@ -531,7 +531,10 @@ fn a_flip_with_no_fallback_after_replicate_is_refused_before_anything_runs() {
         )),
         "{err}"
     );
-    assert!(err.contains("hint: add `- { id: fallback, kind: postgres.fallback }` before `flip`"), "{err}");
+    assert!(
+        err.contains("hint: add `- { id: fallback, kind: postgres.fallback }` before `flip`"),
+        "{err}"
+    );
     // A run is refused the same way, before it touches anything (no sandbox here).
     let mut cmd = Command::new(cutover_bin());
     cmd.arg("-C")
@@ -565,14 +568,35 @@ fn each_ordering_that_costs_users_is_warned_about_with_its_line_and_fix_and_deny
             )
     });
     let out = validate(dir.path());
-    assert_eq!(out.status.code(), Some(0), "warnings alone pass: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "warnings alone pass: {}",
+        text(&out)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     let at = |needle: &str| format!("runbooks/shop-cutover.yaml:{}:", line_of(&lines, needle));
     let expect = [
-        (at("id: freeze"), "the database is frozen before traffic moves (`dns`", "move `dns` before `freeze`"),
-        (at("id: verify, kind: postgres.verify"), "a full-table verify inside the window", "`method: changed-since-prepass` here"),
-        (at("- id: flip"), "no fallback replication comes before this flip", "(replication on, the default) before `flip`"),
-        (at("heartbeat:"), "the heartbeat has no `legacy` path", "under `heartbeat:`"),
+        (
+            at("id: freeze"),
+            "the database is frozen before traffic moves (`dns`",
+            "move `dns` before `freeze`",
+        ),
+        (
+            at("id: verify, kind: postgres.verify"),
+            "a full-table verify inside the window",
+            "`method: changed-since-prepass` here",
+        ),
+        (
+            at("- id: flip"),
+            "no fallback replication comes before this flip",
+            "(replication on, the default) before `flip`",
+        ),
+        (
+            at("heartbeat:"),
+            "the heartbeat has no `legacy` path",
+            "under `heartbeat:`",
+        ),
     ];
     for (located, what, fix) in expect {
         let line = err
@@ -580,7 +604,10 @@ fn each_ordering_that_costs_users_is_warned_about_with_its_line_and_fix_and_deny
             .position(|l| l.starts_with(&format!("warning: {located}")) && l.contains(what))
             .unwrap_or_else(|| panic!("no warning `{located} ... {what}`:\n{err}"));
         let hint = err.lines().nth(line + 1).unwrap_or_default();
-        assert!(hint.contains("hint:") && hint.contains(fix), "{hint}\n{err}");
+        assert!(
+            hint.contains("hint:") && hint.contains(fix),
+            "{hint}\n{err}"
+        );
     }
     assert_eq!(err.matches("warning: ").count(), 4, "{err}");
     let out = validate_with(dir.path(), &["--deny-warnings"]);
@@ -590,4 +617,21 @@ fn each_ordering_that_costs_users_is_warned_about_with_its_line_and_fix_and_deny
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn a_volume_reload_slower_than_the_write_budget_is_warned_about() {
+    let (dir, lines) =
+        shop_runbook_variant(|t| t.replace("  reload: restart\n", "  reload: volume\n"));
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let heartbeat = line_of(&lines, "heartbeat:");
+    assert!(
+        err.contains(&format!(
+            "warning: runbooks/shop-cutover.yaml:{heartbeat}: heartbeat: with `reload: volume` the application uses the flipped Secret 60 s after the flip, but `max_write_outage` is 30 s"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("warning: ").count(), 1, "{err}");
 }
