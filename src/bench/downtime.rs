@@ -9,6 +9,7 @@ use super::{secs, Bench, Options};
 use crate::config::Reload;
 use crate::providers::postgres::connect;
 use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use std::time::Instant;
@@ -70,8 +71,13 @@ async fn seed(bench: &Bench, rows: i64) -> Result<()> {
     Ok(())
 }
 
-/// The Secrets of namespace `shop` in the environment's cluster.
-async fn secrets(bench: &Bench) -> Result<kube::Api<Secret>> {
+/// The objects of kind `K` in namespace `shop` of the environment's cluster (the bench's
+/// Secret and Deployment).
+async fn shop_api<K>(bench: &Bench) -> Result<kube::Api<K>>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
     let providers =
         crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
     Ok(kube::Api::namespaced(providers.kube().await?, "shop"))
@@ -80,12 +86,9 @@ async fn secrets(bench: &Bench) -> Result<kube::Api<Secret>> {
 /// The Deployment `cutover-bench-app` (2 replicas) whose pods read the bench Secret as their
 /// environment, created afresh; returns once it is available.
 async fn app_deployment(bench: &Bench) -> Result<()> {
-    let providers =
-        crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
-    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-        kube::Api::namespaced(providers.kube().await?, "shop");
+    let api: kube::Api<Deployment> = shop_api(bench).await?;
     let _ = api.delete(DEPLOYMENT, &Default::default()).await;
-    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
+    let d: Deployment = serde_json::from_value(serde_json::json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": DEPLOYMENT, "labels": {"app": DEPLOYMENT}},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": DEPLOYMENT}},
@@ -115,7 +118,7 @@ async fn app_deployment(bench: &Bench) -> Result<()> {
 }
 
 async fn point_secret_at_source(bench: &Bench) -> Result<()> {
-    let api = secrets(bench).await?;
+    let api = shop_api::<Secret>(bench).await?;
     let _ = api.delete(SECRET, &Default::default()).await;
     let mut s = Secret::default();
     s.metadata.name = Some(SECRET.into());
@@ -303,14 +306,10 @@ async fn run_size(
         dr_total as f64 / p50.max(1) as f64
     );
     bench.drop_databases(DB).await;
-    if let Ok(api) = secrets(bench).await {
+    if let Ok(api) = shop_api::<Secret>(bench).await {
         let _ = api.delete(SECRET, &Default::default()).await;
     }
-    let providers =
-        crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
-    if let Ok(client) = providers.kube().await {
-        let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-            kube::Api::namespaced(client, "shop");
+    if let Ok(api) = shop_api::<Deployment>(bench).await {
         let _ = api.delete(DEPLOYMENT, &Default::default()).await;
     }
     if missing_total > 0 {

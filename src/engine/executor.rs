@@ -368,9 +368,8 @@ impl<'a> Executor<'a> {
     async fn write_outage(
         &mut self,
         step: &str,
-        outage: super::event::WriteOutage,
+        mut outage: super::event::WriteOutage,
     ) -> Result<Outcome, EngineError> {
-        let mut outage = outage;
         outage.last_error = outage.last_error.map(|e| self.redactor.redact(&e));
         let reason = outage.reason();
         self.record(Event::WriteOutage(outage), Some(step))?;

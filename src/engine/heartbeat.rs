@@ -307,21 +307,11 @@ pub async fn start(
     if ex.mode != Mode::Rehearse {
         return Ok(());
     }
-    let client = match ex.providers.kube().await {
-        Ok(c) => c,
-        Err(e) => {
-            let reason = ex.redactor.redact(&e.to_string());
-            ex.record(
-                Event::HeartbeatFailed(HeartbeatFailed {
-                    path: None,
-                    error: reason,
-                }),
-                None,
-            )?;
-            return Ok(());
-        }
+    let started = match ex.providers.kube().await {
+        Ok(client) => app_urls(client, &cfg).await,
+        Err(e) => Err(e.to_string()),
     };
-    let (urls, readers) = match app_urls(client, &cfg).await {
+    let (urls, readers) = match started {
         Ok(u) => u,
         Err(e) => {
             let reason = ex.redactor.redact(&e);

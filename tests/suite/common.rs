@@ -36,21 +36,30 @@ pub const SHOP_STEP_IDS: [&str; 17] = [
     "health",
 ];
 
-/// runbooks/shop-cutover.yaml reordered as runbooks used to be: the data window (freeze ...
-/// flip) first, then DNS, so the DNS stages run after the flip (and users still sent to the
-/// legacy host meet its frozen database while they do). Named `shop-cutover-flip-first`. Its
-/// legacy users' outage lasts the whole DNS move by construction; the tests that use it measure
-/// that outage (or roll back for other reasons), so its budget is 10 minutes rather than 30 s.
-pub fn flip_first_runbook() -> String {
-    let s = std::fs::read_to_string(repo().join("runbooks/shop-cutover.yaml")).unwrap();
-    let a = s.find("      - id: dns\n").expect("dns step");
-    let b = s
+/// The text of runbooks/shop-cutover.yaml.
+pub fn shop_runbook() -> String {
+    std::fs::read_to_string(repo().join("runbooks/shop-cutover.yaml")).unwrap()
+}
+
+/// `shop`, the text of runbooks/shop-cutover.yaml, reordered as runbooks used to be: the data
+/// window (freeze ... flip) first, then DNS (without `wait_old_answers`), so the DNS stages run
+/// after the flip and users still sent to the legacy host meet its frozen database while they do.
+pub fn flip_first(shop: &str) -> String {
+    let a = shop.find("      - id: dns\n").expect("dns step");
+    let b = shop
         .find("      # Every row compared")
         .expect("prepass comment");
-    let dns = s[a..b].replace("          wait_old_answers: true\n", "");
-    let rest = format!("{}{}", &s[..a], &s[b..]);
+    let dns = shop[a..b].replace("          wait_old_answers: true\n", "");
+    let rest = format!("{}{}", &shop[..a], &shop[b..]);
     let h = rest.find("      - { id: health").expect("health step");
     format!("{}{dns}{}", &rest[..h], &rest[h..])
+}
+
+/// [`flip_first`] of the shop runbook, named `shop-cutover-flip-first`. Its legacy users' outage
+/// lasts the whole DNS move by construction; the tests that use it measure that outage (or roll
+/// back for other reasons), so its budget is 10 minutes rather than 30 s.
+pub fn flip_first_runbook() -> String {
+    flip_first(&shop_runbook())
         .replace("name: shop-cutover\n", "name: shop-cutover-flip-first\n")
         .replace("  max_write_outage: 30s\n", "  max_write_outage: 10m\n")
 }

@@ -6,8 +6,8 @@ use crate::common::{self, events, Sandbox};
 
 /// runbooks/shop-cutover.yaml with `edit` applied, written outside runbooks/ as `name`.
 fn shop_variant(sb: &Sandbox, name: &str, edit: impl Fn(String) -> String) -> String {
-    let text = std::fs::read_to_string(common::repo().join("runbooks/shop-cutover.yaml")).unwrap();
-    let text = edit(text.replace("name: shop-cutover\n", &format!("name: {name}\n")));
+    let text =
+        edit(common::shop_runbook().replace("name: shop-cutover\n", &format!("name: {name}\n")));
     sb.extra_runbook(name, &text)
 }
 

@@ -551,12 +551,7 @@ fn each_ordering_that_costs_users_is_warned_about_with_its_line_and_fix_and_deny
     // The runbook a team wrote: data window first, then DNS; a full-table verify inside the
     // window; a fallback without replication; a heartbeat without the legacy path.
     let (dir, lines) = shop_runbook_variant(|t| {
-        let a = t.find("      - id: dns\n").unwrap();
-        let b = t.find("      # Every row compared").unwrap();
-        let dns = t[a..b].replace("          wait_old_answers: true\n", "");
-        let rest = format!("{}{}", &t[..a], &t[b..]);
-        let h = rest.find("      - { id: health").unwrap();
-        format!("{}{dns}{}", &rest[..h], &rest[h..])
+        common::flip_first(&t)
             .replace("method: changed-since-prepass", "method: checksum")
             .replace(
                 "{ id: fallback, kind: postgres.fallback }",
