@@ -356,6 +356,7 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
         .watched(comparing, "the comparison of every chunk")
         .await??;
     let secs = started.elapsed().as_secs_f64();
+    let settled: usize = results.iter().map(|r| r.settled_chunks).sum();
     // Differing rows: read again once the target caught up, up to three times.
     let mut differing: Differing = results
         .iter()
@@ -477,7 +478,7 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
     out.insert(
         super::SUMMARY_OUTPUT.into(),
         json!(format!(
-            "{}: {} tables, {rows} rows in {chunks} chunks equal on both sides ({secs:.2} s, {rechecked} row(s) read again after the target caught up); rows changed from {from} are tracked by {track}",
+            "{}: {} tables, {rows} rows in {chunks} chunks equal on both sides ({secs:.2} s, {rechecked} row(s) read again after the target caught up, {settled} chunk(s) equal on a second read); rows changed from {from} are tracked by {track}",
             if frozen.is_empty() {
                 "before the freeze".to_string()
             } else {

@@ -89,8 +89,12 @@ pub struct TableResult {
     pub differing_keys: Vec<String>,
     /// The same keys as text values in key order, for a second look by key.
     pub differing: Vec<Vec<String>>,
-    /// True when the table differs (even if no key could be named).
+    /// True when the table differs (even if no key could be named). A chunk that differed in
+    /// the pass but whose every row compares equal when bisected moments later (a change was
+    /// in flight while replication ran) no longer counts: the second read is the comparison.
     pub differs: bool,
+    /// Chunks that differed in the pass and compared equal when read again by the bisection.
+    pub settled_chunks: usize,
 }
 
 async fn stable(c: Client, side: &str) -> Result<Client, ProviderError> {
@@ -336,6 +340,7 @@ pub async fn compare(
             differing_keys: Vec::new(),
             differing: Vec::new(),
             differs: false,
+            settled_chunks: 0,
         })
         .collect();
     let mut differing: Vec<(usize, KeyRange)> = Vec::new();
@@ -355,16 +360,28 @@ pub async fn compare(
     .await?;
     if !differing.is_empty() {
         let (src, tgt) = tokio::try_join!(open(source_url, "source"), open(target_url, "target"))?;
+        // Chunks per table that still differ after their bisection.
+        let mut still = vec![0usize; tables.len()];
         for (i, r) in differing {
             let left = limit.saturating_sub(results[i].differing_keys.len());
-            if left == 0 {
+            if left == 0 || tables[i].key.is_empty() {
+                still[i] += 1;
                 continue;
             }
             let keys = locate(&src, &tgt, &tables[i], r, left, hash).await?;
+            if keys.is_empty() {
+                // Equal on the second read: the difference was a change in flight.
+                results[i].settled_chunks += 1;
+                continue;
+            }
+            still[i] += 1;
             results[i]
                 .differing_keys
                 .extend(keys.iter().map(|k| tables[i].key_label(k)));
             results[i].differing.extend(keys);
+        }
+        for (res, still) in results.iter_mut().zip(still) {
+            res.differs = still > 0;
         }
     }
     Ok(results)
