@@ -17,7 +17,6 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;

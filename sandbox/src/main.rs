@@ -4,6 +4,7 @@
 //! legacy and AWS-side health endpoints. `cutover` reaches them only through standard environment
 //! variables printed by `cutover-sandbox env`.
 
+mod bench;
 mod eso;
 mod kube;
 mod listen;
@@ -53,6 +54,10 @@ enum Cmd {
     /// (internal) Run the Kubernetes API emulator and the applications in the foreground.
     #[command(hide = true)]
     Serve,
+    /// Measure the database cutover on this sandbox beside the tools a user would otherwise run
+    /// (docs/BENCHMARKS.md): write outage, initial copy, verification. Needs the sandbox up and
+    /// its variables (`eval "$(cutover-sandbox env)"`).
+    Bench(bench::args::BenchArgs),
     /// (internal) Make the seeded clusters' template at $CUTOVER_SANDBOX_TEMPLATE_DIR if it is
     /// missing, starting nothing else (`--dir` is a scratch directory, removed afterwards).
     #[command(hide = true)]
@@ -75,6 +80,7 @@ fn main() {
         Cmd::Env => env(&dir),
         Cmd::Serve => serve(&dir),
         Cmd::Template => make_template(&dir),
+        Cmd::Bench(args) => runtime().map(|rt| rt.block_on(bench::args::run(args))),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -11,7 +11,6 @@
 //! | 130 | interrupted; the journal is consistent and `resume` continues |
 
 mod audit;
-mod bench;
 mod diag;
 mod infra;
 mod logging;
@@ -179,9 +178,6 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditCommand,
     },
-    /// Measure the database cutover on the local sandbox beside the tools a user would
-    /// otherwise run (docs/BENCHMARKS.md): write outage, initial copy, verification.
-    Bench(bench::BenchArgs),
     /// Print the JSON Schema of environment, runbook or migration files, for editors and
     /// validators (this repository commits them under schema/). No project needed.
     Schema {
@@ -402,7 +398,6 @@ pub async fn run(cli: Cli) -> i32 {
             InfraCommand::Apply { env } => infra::apply(&root, &env).await,
             InfraCommand::Output { env } => infra::output(&root, &env).await,
         },
-        Command::Bench(args) => bench::run(&root, args).await,
         Command::Schema { .. } | Command::Completions { .. } | Command::Man => EXIT_OK,
         Command::Runbook {
             action:

@@ -103,7 +103,7 @@ pub fn validate(root: &Path, only: Option<&str>, output: OutputFormat, deny_warn
         }
         all.extend_new(crate::infra::check::check(root, &loaded, &refs));
         ok.push(format!(
-            "terraform/: modules, live roots and terraform/sandbox agree with {} environment(s) and the runbooks' tf.* outputs",
+            "terraform/: modules and roots agree with {} environment(s) and the runbooks' tf.* outputs",
             loaded.len()
         ));
     }

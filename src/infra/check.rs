@@ -5,8 +5,9 @@
 //! variable of that module that has no default, and no argument the module does not declare; every
 //! live root's variables without default are set by its `*.tfvars` or by the `terraform.vars` of
 //! the environment of the same name, and every `terraform.vars` key is declared by the roots that
-//! environment may be pointed at (its live root and `terraform/sandbox`); every `tf.<name>` a
-//! runbook reads is an output of every live root and of `terraform/sandbox`.
+//! environment may be pointed at (its live root and every root outside `terraform/live`); every
+//! `tf.<name>` a runbook reads is an output of every root. A root is a directory with `.tf` files
+//! outside `terraform/modules` that no module calls.
 //!
 //! This module reads files only; it never runs `terraform`.
 
@@ -201,7 +202,8 @@ pub struct OutputRef {
 
 /// Runs every check over `<root>/terraform` for `envs` and the runbooks' `refs`.
 ///
-/// Roots are `terraform/live/*` and `terraform/sandbox`. Returns every problem found, each with
+/// Roots are the module directories no module calls (`terraform/live/*` and any other stack).
+/// Returns every problem found, each with
 /// file and line; an empty list means the tree is consistent.
 pub fn check(root: &Path, envs: &[(PathBuf, Environment)], refs: &[OutputRef]) -> Problems {
     let tf_dir = root.join("terraform");
@@ -269,29 +271,33 @@ pub fn check(root: &Path, envs: &[(PathBuf, Environment)], refs: &[OutputRef]) -
         }
     }
 
-    // Roots: live/<name> for each environment, and the provider-free sandbox stack.
+    // Roots: the directories outside modules/ that no module calls (`live/<env>` for each
+    // environment, and any other stack an environment may be pointed at, such as a
+    // provider-free local one).
     let live_dir = tf_dir.join("live");
-    let sandbox_dir = tf_dir.join("sandbox");
-    let mut roots: Vec<PathBuf> = modules
+    let called: BTreeSet<PathBuf> = modules
+        .iter()
+        .flat_map(|(dir, m)| m.calls.iter().map(move |c| normalize(&dir.join(&c.source))))
+        .collect();
+    let modules_dir = tf_dir.join("modules");
+    let roots: Vec<PathBuf> = modules
         .keys()
-        .filter(|d| d.parent() == Some(live_dir.as_path()))
+        .filter(|d| !called.contains(*d) && !d.starts_with(&modules_dir))
         .cloned()
         .collect();
-    if modules.contains_key(&sandbox_dir) {
-        roots.push(sandbox_dir.clone());
-    }
     if roots.is_empty() {
         problems.push(Problem::new(
             &rel(root, &tf_dir),
             None,
-            "no Terraform root: expected terraform/live/<env> and terraform/sandbox",
+            "no Terraform root: expected terraform/live/<env> (a directory no module calls)",
         ));
     }
     for (env_file, env) in envs {
+        // What the environment may be pointed at: its live root and every root outside live/.
         let live = live_dir.join(&env.name);
-        let candidates: Vec<&PathBuf> = [&live, &sandbox_dir]
-            .into_iter()
-            .filter(|d| modules.contains_key(*d))
+        let candidates: Vec<&PathBuf> = roots
+            .iter()
+            .filter(|d| **d == live || d.parent() != Some(live_dir.as_path()))
             .collect();
         for dir in candidates {
             let m = &modules[dir];
@@ -412,14 +418,14 @@ mod tests {
     fn invalid_hcl_is_reported_by_file() {
         let d = tempfile::tempdir().unwrap();
         write(
-            &d.path().join("terraform/sandbox"),
+            &d.path().join("terraform/local"),
             "main.tf",
             "output \"a\" {\n  value = \n",
         );
         let p = check(d.path(), &[], &[]);
         assert!(
             p.to_string()
-                .contains("terraform/sandbox/main.tf: not valid HCL"),
+                .contains("terraform/local/main.tf: not valid HCL"),
             "{p}"
         );
     }

@@ -1,4 +1,4 @@
-//! `cutover bench` runs end to end on a sandbox (small sizes) and prints every figure; no
+//! `cutover-sandbox bench` runs end to end on a sandbox (small sizes) and prints every figure; no
 //! acknowledged write goes missing in its cutover windows. Figures are printed, never asserted
 //! against time.
 
@@ -9,19 +9,27 @@ use common::{text, Sandbox};
 #[test]
 fn bench_prints_downtime_copy_and_verify_figures_and_loses_no_write() {
     let sb = Sandbox::start();
-    let out = sb.cutover(&[
-        "bench",
-        "--runs",
-        "2",
-        "--downtime-rows",
-        "5000",
-        "--size-mb",
-        "20",
-        "--verify-rows",
-        "100000",
-        "--volume-delay",
-        "3s",
-    ]);
+    // The bench ships with the sandbox, not in the product; it measures the cutover binary of
+    // this test run.
+    let mut cmd = std::process::Command::new(common::sandbox_bin());
+    cmd.args(["bench", "-C"])
+        .arg(sb.project.path())
+        .arg("--cutover")
+        .arg(common::cutover_bin())
+        .args([
+            "--runs",
+            "2",
+            "--downtime-rows",
+            "5000",
+            "--size-mb",
+            "20",
+            "--verify-rows",
+            "100000",
+            "--volume-delay",
+            "3s",
+        ])
+        .envs(sb.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let out = sb.record(common::run_with_timeout(cmd, 300));
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
     for needle in [

@@ -360,6 +360,18 @@ fn cargo_install_from_a_clean_clone_gives_a_working_binary() {
         "cargo install compiled dependencies again: {compiled:?}"
     );
     let bin = root.join("bin/cutover");
+    // The product ships the product: no test hook, no benchmark.
+    let bytes = std::fs::read(&bin).unwrap();
+    assert!(
+        !bytes.windows(16).any(|w| w == b"CUTOVER_CRASH_AT"),
+        "the installed binary carries the crash test's hook"
+    );
+    let bench = Command::new(&bin).arg("bench").output().unwrap();
+    assert_eq!(
+        bench.status.code(),
+        Some(2),
+        "`cutover bench` is not a command of the product"
+    );
     let version = Command::new(&bin).arg("--version").output().unwrap();
     let said = String::from_utf8_lossy(&version.stdout).to_string();
     assert!(

@@ -452,7 +452,11 @@ impl Sandbox {
 
     /// Runs `cutover args...` (deadline 300 s); records its output for the secret scan.
     pub fn cutover(&self, args: &[&str]) -> Output {
-        let out = run_with_timeout(self.command(args), 300);
+        self.record(run_with_timeout(self.command(args), 300))
+    }
+
+    /// Keeps a command's output for the secret scan ([`Sandbox::assert_no_secrets`]).
+    pub fn record(&self, out: Output) -> Output {
         self.outputs.lock().unwrap().push(format!(
             "{}\n{}",
             String::from_utf8_lossy(&out.stdout),

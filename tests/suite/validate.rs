@@ -99,7 +99,7 @@ fn the_terraform_tree_agrees_with_the_environments_and_the_runbook() {
     let out = validate(dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        text(&out).contains("terraform/: modules, live roots and terraform/sandbox agree"),
+        text(&out).contains("terraform/: modules and roots agree"),
         "{}",
         text(&out)
     );

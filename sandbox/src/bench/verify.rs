@@ -4,8 +4,8 @@
 //! side, which says only that the table differs.
 
 use super::{own_max_rss, secs, Bench, Options};
-use crate::providers::postgres::{catalog, checksum, connect};
 use anyhow::{bail, Result};
+use cutover::providers::postgres::{catalog, checksum, connect};
 use std::time::Instant;
 
 const DB: &str = "cutover_bench_verify";

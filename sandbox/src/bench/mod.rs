@@ -1,4 +1,4 @@
-//! `cutover bench`: measurements of the database cutover on the local sandbox, each side by side
+//! `cutover-sandbox bench`: measurements of the database cutover on the local sandbox, each side by side
 //! with what a user would otherwise run, in the same invocation.
 //!
 //! - downtime: N rehearsed cutover windows under a heartbeat writer; p50 and max write outage,
@@ -16,14 +16,15 @@
 //!
 //! Owns the benchmark scenarios and their report; must not be used by runs.
 
+pub mod args;
 mod copy;
 mod downtime;
 mod verify;
 
-use crate::config::{Environment, SecretRef, StoreKind, Tier};
-use crate::providers::postgres::{connect, ident, ConnParts};
-use crate::secret::urlencode;
 use anyhow::{bail, Context, Result};
+use cutover::config::{Environment, SecretRef, StoreKind, Tier};
+use cutover::providers::postgres::{connect, ident, ConnParts};
+use cutover::secret::urlencode;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -47,15 +48,15 @@ pub struct Options {
     /// Rows of the generated table in the verify part.
     pub verify_rows: i64,
     /// The application reload modes the downtime part measures, one series each.
-    pub reload: Vec<crate::config::Reload>,
+    pub reload: Vec<cutover::config::Reload>,
     /// `heartbeat.volume_delay` of the `volume` series.
     pub volume_delay: std::time::Duration,
+    /// The `cutover` binary the downtime part rehearses with.
+    pub cutover: PathBuf,
 }
 
 /// The project, environment and admin URLs a bench works with.
 pub struct Bench {
-    /// The project root (for `environments/`).
-    pub root: PathBuf,
     /// The environment as loaded.
     pub env: Environment,
     /// Source server admin URL (any database).
@@ -64,6 +65,8 @@ pub struct Bench {
     pub target_url: String,
     /// The application role's password for this bench process (random; a secret).
     pub app_password: String,
+    /// The `cutover` binary runs go through.
+    pub cutover: PathBuf,
 }
 
 /// The role the bench's application (the heartbeat) writes as, on both servers.
@@ -81,27 +84,28 @@ impl Bench {
     ///
     /// # Errors
     /// The environment does not load, is production tier, or a database URL cannot be read.
-    pub async fn new(root: &Path, env_name: &str) -> Result<Bench> {
-        let env =
-            crate::config::load_environment(root, env_name).map_err(|p| anyhow::anyhow!("{p}"))?;
+    pub async fn new(root: &Path, env_name: &str, cutover: &Path) -> Result<Bench> {
+        let env = cutover::config::load_environment(root, env_name)
+            .map_err(|p| anyhow::anyhow!("{p}"))?;
         if env.tier == Tier::Production {
-            bail!("`cutover bench` creates and drops databases; it refuses the production environment {env_name}");
+            bail!("`cutover-sandbox bench` creates and drops databases; it refuses the production environment {env_name}");
         }
         // The bench makes its own databases on the servers of the environment's first one.
         let first = env.database_names().into_iter().next();
         let (_, env) = env
             .for_database(first.as_deref())
             .map_err(|m| anyhow::anyhow!(m))?;
-        let providers = crate::providers::Providers::new(env.clone(), "bench", Default::default());
+        let providers =
+            cutover::providers::Providers::new(env.clone(), "bench", Default::default());
         providers.read_database_urls().await?;
-        let url = |r: Result<String, crate::providers::ProviderError>| {
+        let url = |r: Result<String, cutover::providers::ProviderError>| {
             r.context("the environment's database URL (eval \"$(cutover-sandbox env)\")")
         };
         Ok(Bench {
-            root: root.to_path_buf(),
             source_url: url(providers.source_url())?,
             target_url: url(providers.target_url())?,
             app_password: uuid::Uuid::new_v4().simple().to_string(),
+            cutover: cutover.to_path_buf(),
             env,
         })
     }
@@ -150,7 +154,7 @@ impl Bench {
             let verb = if exists { "ALTER" } else { "CREATE" };
             c.batch_execute(&format!(
                 "{verb} ROLE {APP_ROLE} LOGIN PASSWORD {}",
-                crate::providers::postgres::literal(&self.app_password)
+                cutover::providers::postgres::literal(&self.app_password)
             ))
             .await?;
             // A managed database's admin is not a superuser: it acts on the application role's
@@ -283,9 +287,8 @@ impl Bench {
     /// # Errors
     /// The binary cannot run, or the run did not succeed.
     pub fn rehearse(&self, dir: &Path, db: &str) -> Result<(Vec<serde_json::Value>, u64, f64)> {
-        let exe = std::env::current_exe()?;
         let cpu_before = children_cpu_seconds();
-        let out = std::process::Command::new(exe)
+        let out = std::process::Command::new(&self.cutover)
             .arg("-C")
             .arg(dir)
             .args([
@@ -460,7 +463,7 @@ impl Bench {
 /// # Errors
 /// Any part fails (its databases are dropped first).
 pub async fn run(root: &Path, opts: &Options) -> Result<()> {
-    let bench = Bench::new(root, &opts.env).await?;
+    let bench = Bench::new(root, &opts.env, &opts.cutover).await?;
     let host = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -473,9 +476,9 @@ pub async fn run(root: &Path, opts: &Options) -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     println!(
-        "cutover bench on environment {} — {cpus} CPU(s) {host}; cutover {}",
+        "cutover-sandbox bench on environment {} — {cpus} CPU(s) {host}; cutover {}",
         opts.env,
-        env!("CARGO_PKG_VERSION")
+        cutover::VERSION
     );
     for part in &opts.parts {
         match part.as_str() {

@@ -6,9 +6,9 @@
 //! them). Each method's result is checked: every row and every index and foreign key valid.
 
 use super::{secs, Bench, Options};
-use crate::providers::postgres::snapshot::dump_section;
-use crate::providers::postgres::{connect, ident, literal, ConnParts};
 use anyhow::{bail, Result};
+use cutover::providers::postgres::snapshot::dump_section;
+use cutover::providers::postgres::{connect, ident, literal, ConnParts};
 use std::time::{Duration, Instant};
 
 const DB: &str = "cutover_bench_copy";

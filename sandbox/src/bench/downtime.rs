@@ -6,9 +6,9 @@
 //! stop-dump-restore cutover of the same database would have.
 
 use super::{secs, Bench, Options};
-use crate::config::Reload;
-use crate::providers::postgres::connect;
 use anyhow::{Context, Result};
+use cutover::config::Reload;
+use cutover::providers::postgres::connect;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
@@ -79,7 +79,7 @@ where
     <K as kube::Resource>::DynamicType: Default,
 {
     let providers =
-        crate::providers::Providers::new(bench.env.clone(), "bench", Default::default());
+        cutover::providers::Providers::new(bench.env.clone(), "bench", Default::default());
     Ok(kube::Api::namespaced(providers.kube().await?, "shop"))
 }
 
@@ -104,8 +104,8 @@ async fn app_deployment(bench: &Bench) -> Result<()> {
     loop {
         let d = api.get(DEPLOYMENT).await?;
         if matches!(
-            crate::providers::kube::rollout(&d),
-            crate::providers::kube::Rollout::Complete { .. }
+            cutover::providers::kube::rollout(&d),
+            cutover::providers::kube::Rollout::Complete { .. }
         ) {
             return Ok(());
         }

@@ -1,6 +1,6 @@
-//! `cutover bench`: arguments, and the exit code of a benchmark run.
+//! `cutover-sandbox bench`: arguments, and the exit code of a benchmark run.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 /// A part of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -13,9 +13,17 @@ pub enum Part {
     Verify,
 }
 
-/// `cutover bench [PART...]` options; sizes default to the figures in docs/BENCHMARKS.md.
+/// `cutover-sandbox bench [PART...]` options; sizes default to the figures in
+/// docs/BENCHMARKS.md.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// The project whose environments the bench reads (where `environments/` is).
+    #[arg(short = 'C', long = "project", default_value = ".")]
+    pub project: PathBuf,
+    /// The `cutover` binary to measure (default: the one beside this executable, as cargo
+    /// builds them, else `cutover` on PATH).
+    #[arg(long, env = "CUTOVER_BIN")]
+    pub cutover: Option<PathBuf>,
     /// Parts to run (default: all three).
     #[arg(value_enum)]
     pub parts: Vec<Part>,
@@ -55,11 +63,11 @@ pub struct BenchArgs {
     /// With `--reload volume`: how long after the flip the pods see the new value (the
     /// kubelet's sync period and cache; 60s by default on a real cluster, less here so a run
     /// stays short).
-    #[arg(long, default_value = "10s", value_parser = crate::config::duration::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = cutover::config::duration::parse_duration)]
     pub volume_delay: std::time::Duration,
 }
 
-/// `--reload` values ([`crate::config::Reload`]).
+/// `--reload` values ([`cutover::config::Reload`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReloadArg {
     /// Environment variables: a rollout.
@@ -70,25 +78,25 @@ pub enum ReloadArg {
     Pooler,
 }
 
-impl From<ReloadArg> for crate::config::Reload {
+impl From<ReloadArg> for cutover::config::Reload {
     fn from(r: ReloadArg) -> Self {
         match r {
-            ReloadArg::Restart => crate::config::Reload::Restart,
-            ReloadArg::Volume => crate::config::Reload::Volume,
-            ReloadArg::Pooler => crate::config::Reload::Pooler,
+            ReloadArg::Restart => cutover::config::Reload::Restart,
+            ReloadArg::Volume => cutover::config::Reload::Volume,
+            ReloadArg::Pooler => cutover::config::Reload::Pooler,
         }
     }
 }
 
 /// Runs the benchmark; 0 when every part ran (and no acknowledged write went missing), 1
 /// otherwise.
-pub async fn run(root: &Path, a: BenchArgs) -> i32 {
+pub async fn run(a: BenchArgs) -> i32 {
     let parts = if a.parts.is_empty() {
         vec![Part::Downtime, Part::Copy, Part::Verify]
     } else {
         a.parts
     };
-    let opts = crate::bench::Options {
+    let opts = super::Options {
         env: a.env,
         parts: parts
             .iter()
@@ -102,12 +110,23 @@ pub async fn run(root: &Path, a: BenchArgs) -> i32 {
         verify_rows: a.verify_rows,
         reload: a.reload.iter().map(|r| (*r).into()).collect(),
         volume_delay: a.volume_delay,
+        cutover: a.cutover.clone().unwrap_or_else(beside_this_executable),
     };
-    match crate::bench::run(root, &opts).await {
+    match super::run(&a.project, &opts).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
             1
         }
     }
+}
+
+/// `cutover` in this executable's directory when it is there (cargo puts both binaries of the
+/// workspace in one), else `cutover` (looked up on PATH).
+fn beside_this_executable() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("cutover")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("cutover"))
 }
