@@ -1,6 +1,7 @@
 //! `runs`, `status`, `audit show`, `audit verify`.
 
 use super::{print_error, EXIT_FAILED, EXIT_INVALID, EXIT_OK};
+use crate::engine::runs::RunState;
 use crate::engine::{self, log, runs, signature, ui::OutputFormat};
 use crate::report;
 use crate::report::model::StepStatus;
@@ -54,8 +55,8 @@ pub fn migration(root: &Path, reference: &str, env: &str, format: AuditFormat) -
                 "runbook": plan.runbook_name,
                 "database": plan.database,
                 "run_id": r.map(|r| r.id.clone()),
-                "mode": r.map(|r| r.mode.clone()),
-                "status": r.map(|r| r.status.clone()).unwrap_or_else(|| "not run".into()),
+                "mode": r.and_then(|r| r.mode),
+                "status": r.map(|r| r.status.as_str()).unwrap_or("not run"),
                 "started_at": r.map(|r| r.started_at.clone()),
                 "finished_at": r.and_then(|r| r.finished_at.clone()),
                 "write_outage_ms": r.and_then(|r| r.write_outage_ms),
@@ -133,7 +134,7 @@ pub fn runs(root: &Path, env: Option<&str>, output: OutputFormat) -> i32 {
                     "{:<24} {:<11} {:<9} {:<20} {:<18} {:<14} {:<10} {:<22} {}",
                     r.id,
                     r.environment,
-                    r.mode,
+                    r.mode.map(|m| m.as_str()).unwrap_or("-"),
                     r.status,
                     r.runbook,
                     &r.runbook_digest.get(..12).unwrap_or(""),
@@ -201,7 +202,7 @@ pub fn status(root: &Path, run_id: &str, output: OutputFormat) -> i32 {
             "run": s,
             "steps": steps,
             "last_record": last.map(|r| serde_json::json!({"type": r.event, "step": r.step, "ts": r.ts})),
-            "progress": if s.status == "running" { progress } else { None },
+            "progress": if s.status == RunState::Running { progress } else { None },
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return EXIT_OK;
@@ -209,10 +210,10 @@ pub fn status(root: &Path, run_id: &str, output: OutputFormat) -> i32 {
     println!(
         "run {} ({} {}): {}{}",
         s.id,
-        s.mode,
+        s.mode.map(|m| m.as_str()).unwrap_or("-"),
         s.environment,
         s.status,
-        last.filter(|_| s.status == "running")
+        last.filter(|_| s.status == RunState::Running)
             .map(|r| format!(" (last record {} s ago)", age_s(&r.ts)))
             .unwrap_or_default()
     );
@@ -245,7 +246,7 @@ pub fn status(root: &Path, run_id: &str, output: OutputFormat) -> i32 {
             ),
         };
         println!("  {mark} {:<12} {:<26} {detail}", st.id, st.kind);
-        if st.status == StepStatus::Unfinished && s.status == "running" {
+        if st.status == StepStatus::Unfinished && s.status == RunState::Running {
             if let Some(p) = progress
                 .as_ref()
                 .filter(|p| p.get("step").and_then(|v| v.as_str()) == Some(st.id.as_str()))

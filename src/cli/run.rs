@@ -216,7 +216,7 @@ fn unapproved_steps(plan: &runbook::Plan, approved: &[String]) -> Vec<String> {
     }
     let ctx = serde_json::json!({"env": runbook::env_context(&plan.env), "vars": plan.vars});
     plan.steps()
-        .filter(|(_, s)| s.kind.name() == "approval" && !approved.contains(&s.id))
+        .filter(|(_, s)| s.kind.asks_approval() && !approved.contains(&s.id))
         .filter(|(_, s)| match &s.when {
             None => true,
             // A condition that needs run-time values counts as true: refuse rather than stop later.
@@ -296,7 +296,7 @@ pub async fn start(
     }
     let approval_steps: Vec<String> = plan
         .steps()
-        .filter(|(_, s)| s.kind.name() == "approval")
+        .filter(|(_, s)| s.kind.asks_approval())
         .map(|(_, s)| s.id.clone())
         .collect();
     for a in &args.approve {

@@ -511,7 +511,7 @@ impl<'a> Executor<'a> {
                 // A dry-run cannot know values that only an earlier step's apply produces.
                 self.done.insert(step.id.clone());
                 let change = crate::steps::Change::new(
-                    "unknown",
+                    crate::steps::Action::Unknown,
                     format!("step {}", step.id),
                     format!(
                         "parameters depend on values known only after earlier steps apply ({e})"
@@ -1002,7 +1002,7 @@ fn summary_line(
     let changed: Vec<String> = planned
         .changes
         .iter()
-        .filter(|c| c.action != "none")
+        .filter(|c| c.action != crate::steps::Action::None)
         .map(|c| format!("{} {}", c.action, c.target))
         .collect();
     if changed.is_empty() {

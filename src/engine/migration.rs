@@ -4,7 +4,8 @@
 //!
 //! Pure: it reads [`RunSummary`]s and decides; starting processes is the command line's.
 
-use super::runs::RunSummary;
+use super::event::RunStatus;
+use super::runs::{RunState, RunSummary};
 
 /// What the migration command does with one `(runbook, database)` of a wave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,17 +35,17 @@ pub enum Action {
 pub fn action(runs: &[RunSummary], migration: &str, runbook: &str, database: &str) -> Action {
     match latest(runs, migration, runbook, database) {
         None => Action::Start,
-        Some(r) => match r.status.as_str() {
-            "succeeded" => Action::Done {
+        Some(r) => match r.status {
+            RunState::Finished(RunStatus::Succeeded) => Action::Done {
                 run_id: r.id.clone(),
             },
-            "interrupted" | "running" => Action::Resume {
+            RunState::Interrupted | RunState::Running => Action::Resume {
                 run_id: r.id.clone(),
             },
-            "rollback-incomplete" => Action::Blocked {
+            RunState::Finished(RunStatus::RollbackIncomplete) => Action::Blocked {
                 run_id: r.id.clone(),
             },
-            _ => Action::Start,
+            RunState::Finished(_) | RunState::Corrupt => Action::Start,
         },
     }
 }
@@ -58,7 +59,7 @@ pub fn latest<'a>(
     database: &str,
 ) -> Option<&'a RunSummary> {
     runs.iter().rev().find(|r| {
-        r.mode != "dry-run"
+        r.acted()
             && r.runbook == runbook
             && r.database == database
             && r.migration.as_ref().is_some_and(|m| m.name == migration)
@@ -148,8 +149,14 @@ mod tests {
         RunSummary {
             id: id.into(),
             environment: "staging".into(),
-            mode: "rehearse".into(),
-            status: status.into(),
+            mode: Some(crate::steps::context::Mode::Rehearse),
+            status: match status {
+                "running" => RunState::Running,
+                "interrupted" => RunState::Interrupted,
+                "succeeded" => RunState::Finished(RunStatus::Succeeded),
+                "rollback-incomplete" => RunState::Finished(RunStatus::RollbackIncomplete),
+                _ => RunState::Finished(RunStatus::RolledBack),
+            },
             runbook: runbook.into(),
             runbook_digest: "d".into(),
             database: db.into(),
@@ -197,7 +204,7 @@ mod tests {
     #[test]
     fn dry_runs_do_not_count_as_progress() {
         let mut r = run("1", "shop", "shop", "planned", Some("m"));
-        r.mode = "dry-run".into();
+        r.mode = Some(crate::steps::context::Mode::DryRun);
         assert_eq!(action(&[r], "m", "shop", "shop"), Action::Start);
     }
 

@@ -32,9 +32,7 @@ pub fn missing(
             .map(|v| v.as_slice())
             .unwrap_or_default()
             .iter()
-            .filter(|r| {
-                r.mode != "dry-run" && r.status == "succeeded" && r.runbook_digest == digest
-            })
+            .filter(|r| r.acted() && r.status.succeeded() && r.runbook_digest == digest)
             .collect();
         if good.iter().any(|r| age(r).is_some_and(|a| a <= max_age)) {
             continue;
@@ -61,8 +59,15 @@ mod tests {
         RunSummary {
             id: format!("{env}-{hours_ago}"),
             environment: env.into(),
-            mode: mode.into(),
-            status: status.into(),
+            mode: Some(match mode {
+                "dry-run" => crate::steps::context::Mode::DryRun,
+                "execute" => crate::steps::context::Mode::Execute,
+                _ => crate::steps::context::Mode::Rehearse,
+            }),
+            status: crate::engine::runs::RunState::Finished(match status {
+                "succeeded" => crate::engine::event::RunStatus::Succeeded,
+                _ => crate::engine::event::RunStatus::RolledBack,
+            }),
             runbook: "shop".into(),
             runbook_digest: digest.into(),
             database: "shop_staging".into(),

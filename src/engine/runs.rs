@@ -1,7 +1,8 @@
 //! Runs on record in the local store (`.cutover/runs/<run id>/events.jsonl`): listing and summary.
 
-use super::event::{Event, RunStarted};
+use super::event::{Event, RunStarted, RunStatus};
 use super::log::{read_verified, Record};
+use crate::steps::context::Mode;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -12,11 +13,10 @@ pub struct RunSummary {
     pub id: String,
     /// Environment name.
     pub environment: String,
-    /// `rehearse`, `execute` or `dry-run`.
-    pub mode: String,
-    /// `running`, `succeeded`, `planned`, `rolled-back`, `rollback-incomplete`, `refused`,
-    /// `interrupted`, or `corrupt` when the log does not verify.
-    pub status: String,
+    /// How the run acts (`None` when its log does not verify).
+    pub mode: Option<Mode>,
+    /// Where the run stands.
+    pub status: RunState,
     /// Runbook name.
     pub runbook: String,
     /// SHA-256 of the runbook file.
@@ -44,6 +44,57 @@ pub struct RunSummary {
     pub finished_at: Option<String>,
 }
 
+/// Where a run on record stands, as `cutover runs` prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Started and not finished (or resumed after it finished, for a rollback).
+    Running,
+    /// Its last record says its process was interrupted (SIGINT/SIGTERM): resumable.
+    Interrupted,
+    /// Its log does not verify.
+    Corrupt,
+    /// Finished as its last `run_finished` record says.
+    Finished(RunStatus),
+}
+
+impl RunState {
+    /// `running`, `interrupted`, `corrupt` or the finished status (`succeeded`, `rolled-back`,
+    /// ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Interrupted => "interrupted",
+            RunState::Corrupt => "corrupt",
+            RunState::Finished(s) => s.as_str(),
+        }
+    }
+
+    /// Finished with every step completed.
+    pub fn succeeded(self) -> bool {
+        self == RunState::Finished(RunStatus::Succeeded)
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `{:<11}` in tables pads it.
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for RunState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl RunSummary {
+    /// A run that changed something (not a dry-run).
+    pub fn acted(&self) -> bool {
+        self.mode.is_some_and(|m| m != Mode::DryRun)
+    }
+}
+
 /// The latest progress line of a running step, `{"ts", "step", "message"}`, beside the log.
 pub const PROGRESS_FILE: &str = "progress.json";
 
@@ -68,9 +119,9 @@ pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
     let (start, finished) = super::event::start_and_finish(&typed);
     let last_is_interrupt = matches!(typed.last(), Some((_, Event::RunInterrupted(_))));
     let status = match finished {
-        _ if last_is_interrupt => "interrupted".to_string(),
-        Some((_, f)) if !resumed_after(&typed) => f.status.as_str().to_string(),
-        _ => "running".to_string(),
+        _ if last_is_interrupt => RunState::Interrupted,
+        Some((_, f)) if !resumed_after(&typed) => RunState::Finished(f.status),
+        _ => RunState::Running,
     };
     let heartbeat = typed.iter().rev().find_map(|(_, e)| match e {
         Event::Heartbeat(v) => Some(v),
@@ -81,9 +132,7 @@ pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
     RunSummary {
         id: id.to_string(),
         environment: field(|s| &s.environment),
-        mode: start
-            .map(|(_, s)| s.mode.as_str().to_string())
-            .unwrap_or_default(),
+        mode: start.map(|(_, s)| s.mode),
         status,
         runbook: field(|s| &s.runbook),
         runbook_digest: field(|s| &s.runbook_digest),
@@ -123,8 +172,8 @@ pub fn list(state_dir: &Path, env: Option<&str>) -> Vec<RunSummary> {
             Err(_) => RunSummary {
                 id: id.clone(),
                 environment: String::new(),
-                mode: String::new(),
-                status: "corrupt".into(),
+                mode: None,
+                status: RunState::Corrupt,
                 runbook: String::new(),
                 runbook_digest: String::new(),
                 database: String::new(),

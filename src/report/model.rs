@@ -399,7 +399,7 @@ fn apply(step: &mut StepReport, r: &Record, event: &Event, approvals: &mut Vec<S
                     }
                 }
             }
-            if step.kind == "approval" {
+            if crate::steps::lookup(&step.kind).is_some_and(|k| k.asks_approval()) {
                 let out = |k: &str| {
                     step.evidence
                         .iter()

@@ -10,6 +10,7 @@ use super::html::STYLE;
 use super::templates::{render, TemplateError};
 use crate::config::RollbackPolicy;
 use crate::runbook::{Plan, PlanStep};
+use crate::steps::WindowRole;
 use serde_json::{json, Value};
 use std::fmt::Write;
 use std::path::Path;
@@ -88,13 +89,13 @@ fn window_steps(plan: &Plan) -> Vec<(&str, &PlanStep)> {
         .collect();
     let Some(first) = all
         .iter()
-        .position(|(_, s)| s.kind.name() == "postgres.freeze_writes")
+        .position(|(_, s)| s.kind.window_role(&s.params) == WindowRole::Freeze)
     else {
         return Vec::new();
     };
     match all[first..]
         .iter()
-        .position(|(_, s)| s.kind.name() == "k8s.flip_secret")
+        .position(|(_, s)| s.kind.window_role(&s.params) == WindowRole::Flip)
     {
         Some(n) => all[first..=first + n].to_vec(),
         None => Vec::new(),

@@ -204,13 +204,13 @@ pub fn resolve_for(
         (Some(a), _) => Some(a),
         (None, b) => b,
     };
-    // A runbook none of whose steps acts on a database (no known `postgres.*` kind) needs none, even
-    // in an environment with several: it runs with no database chosen.
+    // A runbook none of whose steps acts on a database needs none, even in an environment with
+    // several: it runs with no database chosen.
     let acts_on_database = raw
         .phases
         .iter()
         .flat_map(|p| &p.steps)
-        .any(|s| s.step.kind.starts_with("postgres.") && steps::lookup(&s.step.kind).is_some());
+        .any(|s| steps::lookup(&s.step.kind).is_some_and(|k| k.acts_on_database()));
     let (database, env) = match env.for_database(wanted) {
         Ok(x) => x,
         Err(_) if wanted.is_none() && !acts_on_database => {

@@ -79,6 +79,9 @@ impl StepKind for Approval {
     fn name(&self) -> &'static str {
         "approval"
     }
+    fn asks_approval(&self) -> bool {
+        true
+    }
     fn purpose(&self) -> &'static str {
         "A person approves before the run goes on (terminal prompt, or --approve STEP in CI)"
     }

@@ -41,7 +41,7 @@ impl StepKind for AssertAccount {
         let s = cx.providers.aws().await?;
         Ok(Planned {
             changes: vec![Change::new(
-                "check",
+                crate::steps::Action::Check,
                 format!("account {}", cx.env.aws.account_id),
                 format!("STS reports {} as {}", s.account_id, s.caller_arn),
             )],

@@ -167,11 +167,61 @@ pub fn panic_reason(path: &Path) -> Option<String> {
     })
 }
 
+/// What one [`Change`] does to its object, as a dry-run prints it (`create`, `update`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Makes an object that is not there.
+    Create,
+    /// Changes an object in place.
+    Update,
+    /// Destroys and makes an object again (a Terraform replacement).
+    Replace,
+    /// Removes an object.
+    Delete,
+    /// Restarts workloads (a rollout).
+    Restart,
+    /// Adds a marker to an object without changing what it does (an annotation).
+    Annotate,
+    /// Runs a command or statement whose effect is the step's (`terraform apply`, SQL).
+    Run,
+    /// Reads and judges; changes nothing.
+    Check,
+    /// Live state already matches: nothing to do.
+    None,
+    /// Not known before earlier steps apply (a dry-run's parameters that depend on them).
+    Unknown,
+}
+
+impl Action {
+    /// The action as written in the event log and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Replace => "replace",
+            Action::Delete => "delete",
+            Action::Restart => "restart",
+            Action::Annotate => "annotate",
+            Action::Run => "run",
+            Action::Check => "check",
+            Action::None => "none",
+            Action::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One change a step would make, as a dry-run prints it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
-    /// `create`, `update`, `delete`, `restart`, `run`, `check` or `none`.
-    pub action: String,
+    /// What the change does.
+    pub action: Action,
     /// The object, e.g. `secret shop/shop-db` or `CNAME shop.staging.example.com`.
     pub target: String,
     /// Human-readable detail, never a secret value (fingerprints only).
@@ -184,9 +234,9 @@ pub struct Change {
 
 impl Change {
     /// Shorthand constructor.
-    pub fn new(action: &str, target: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub fn new(action: Action, target: impl Into<String>, detail: impl Into<String>) -> Self {
         Change {
-            action: action.into(),
+            action,
             target: target.into(),
             detail: detail.into(),
             document: None,
@@ -260,7 +310,7 @@ impl Planned {
     /// A plan that changes nothing and reports one read-only check (`action: check`).
     pub fn check(target: impl Into<String>, detail: impl Into<String>) -> Self {
         Planned {
-            changes: vec![Change::new("check", target, detail)],
+            changes: vec![Change::new(Action::Check, target, detail)],
             ..Default::default()
         }
     }

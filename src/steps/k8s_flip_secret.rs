@@ -353,7 +353,7 @@ impl StepKind for FlipSecret {
         let mut changes = Vec::new();
         if changed.is_empty() {
             changes.push(Change::new(
-                "none",
+                crate::steps::Action::None,
                 &target,
                 "keys already hold the wanted values",
             ));
@@ -368,7 +368,7 @@ impl StepKind for FlipSecret {
                     .and_then(|e| e.upstreams.iter().find(|u| &u.key == k));
                 match upstream {
                     Some(u) => changes.push(Change::new(
-                        "update",
+                        crate::steps::Action::Update,
                         u.source.describe(),
                         format!(
                             "{}: {old} → {} (ExternalSecret {} copies it into {target} key {k})",
@@ -383,7 +383,7 @@ impl StepKind for FlipSecret {
                         ),
                     )),
                     None => changes.push(Change::new(
-                        "update",
+                        crate::steps::Action::Update,
                         &target,
                         format!("{k}: {old} → {}", fingerprint(&p.data[k])),
                     )),
@@ -391,7 +391,7 @@ impl StepKind for FlipSecret {
             }
             if let Some(e) = &external {
                 changes.push(Change::new(
-                    "annotate",
+                    crate::steps::Action::Annotate,
                     format!("externalsecret {}/{}", p.namespace, e.name),
                     format!(
                         "force-sync, then wait until {target} holds the new values (refreshInterval {})",
@@ -400,7 +400,7 @@ impl StepKind for FlipSecret {
                 ));
             }
             changes.push(Change::new(
-                "create",
+                crate::steps::Action::Create,
                 format!(
                     "secret {}/{}",
                     p.namespace,
@@ -410,7 +410,7 @@ impl StepKind for FlipSecret {
             ));
             for n in &names {
                 changes.push(Change::new(
-                    "restart",
+                    crate::steps::Action::Restart,
                     format!("deployment {}/{n}", p.namespace),
                     "rollout restart, then wait until rolled out",
                 ));

@@ -31,7 +31,7 @@ pub mod context;
 pub mod journal;
 pub mod params;
 
-pub use context::{Change, Planned, Restored, StepContext, StepError};
+pub use context::{Action, Change, Planned, Restored, StepContext, StepError};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -142,6 +142,18 @@ pub trait StepKind: Send + Sync {
     /// Deadline for apply + verify when the step sets no `timeout`.
     fn default_timeout(&self) -> Duration {
         Duration::from_secs(300)
+    }
+
+    /// True for a kind that waits for a person's approval (`approval`): a run without a
+    /// terminal refuses to start unless `--approve <step>` names each such step.
+    fn asks_approval(&self) -> bool {
+        false
+    }
+
+    /// True for a kind that acts on the environment's database (the `postgres.*` kinds): a
+    /// runbook with none of them runs with no database chosen.
+    fn acts_on_database(&self) -> bool {
+        false
     }
 
     /// What the step is in the database window, from its unrendered parameters (a parameter

@@ -87,6 +87,9 @@ impl StepKind for Decommission {
     fn name(&self) -> &'static str {
         "postgres.decommission"
     }
+    fn acts_on_database(&self) -> bool {
+        true
+    }
     fn purpose(&self) -> &'static str {
         "End the fallback: drop every subscription, publication and replication slot cutover runs created for this database, on both servers"
     }
@@ -105,21 +108,21 @@ impl StepKind for Decommission {
             let o = objects(&c, side, &pre).await?;
             for s in &o.subscriptions {
                 changes.push(Change::new(
-                    "delete",
+                    crate::steps::Action::Delete,
                     format!("subscription {s} on {side}"),
                     "replication stops; its slot on the publisher goes with it",
                 ));
             }
             for p in &o.publications {
                 changes.push(Change::new(
-                    "delete",
+                    crate::steps::Action::Delete,
                     format!("publication {p} on {side}"),
                     "no longer published",
                 ));
             }
             for (s, bytes) in &o.slots {
                 changes.push(Change::new(
-                    "delete",
+                    crate::steps::Action::Delete,
                     format!("replication slot {s} on {side}"),
                     format!("retains {bytes} bytes of WAL"),
                 ));
@@ -127,12 +130,12 @@ impl StepKind for Decommission {
         }
         if changes.is_empty() {
             changes.push(Change::new(
-                "none",
+                crate::steps::Action::None,
                 format!("replication objects {pre}* on both servers"),
                 "none left",
             ));
         } else {
-            changes.push(Change::new("check", "fallback", "after this, a rollback of the cutover run can no longer carry the target's writes back to the legacy database"));
+            changes.push(Change::new(crate::steps::Action::Check, "fallback", "after this, a rollback of the cutover run can no longer carry the target's writes back to the legacy database"));
         }
         Ok(Planned {
             changes,

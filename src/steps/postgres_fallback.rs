@@ -112,6 +112,9 @@ impl StepKind for Fallback {
     fn name(&self) -> &'static str {
         "postgres.fallback"
     }
+    fn acts_on_database(&self) -> bool {
+        true
+    }
     fn window_role(&self, params: &Map<String, Value>) -> super::WindowRole {
         super::WindowRole::Fallback {
             replication: params.get("replication") != Some(&Value::Bool(false)),
@@ -137,12 +140,12 @@ impl StepKind for Fallback {
         let tdb = dbname(&cx.providers.target_url()?, "target")?;
         let mut ch = Vec::new();
         ch.push(if replication::has_subscription(&target, "target", &sub).await? {
-            Change::new("delete", format!("subscription {sub} on target"), "the forward replication retires: the source is frozen and drained, nothing remains to send (its slot on the source goes with it)")
+            Change::new(crate::steps::Action::Delete, format!("subscription {sub} on target"), "the forward replication retires: the source is frozen and drained, nothing remains to send (its slot on the source goes with it)")
         } else {
-            Change::new("none", format!("subscription {sub} on target"), "absent (created by postgres.replicate, or already retired)")
+            Change::new(crate::steps::Action::None, format!("subscription {sub} on target"), "absent (created by postgres.replicate, or already retired)")
         });
         ch.push(Change::new(
-            "delete",
+            crate::steps::Action::Delete,
             format!(
                 "replication slot {} and publication {publ} on source",
                 tracking_slot(cx)
@@ -152,26 +155,26 @@ impl StepKind for Fallback {
         if p.replication {
             let major = catalog::major_version(&source, "source").await?;
             ch.push(Change::new(
-                "create",
+                crate::steps::Action::Create,
                 format!("publication {fb} on target"),
                 "FOR TABLE the forward publication's tables",
             ));
             ch.push(Change::new(
-                "create",
+                crate::steps::Action::Create,
                 format!("replication slot {fb} on target"),
                 "pgoutput; its LSN is the flip LSN",
             ));
-            ch.push(Change::new("create", format!("subscription {fb} on source"), format!(
+            ch.push(Change::new(crate::steps::Action::Create, format!("subscription {fb} on source"), format!(
                 "PUBLICATION {fb} WITH (create_slot = false, slot_name = {fb}, copy_data = false{}): every write on the target from the flip reaches the legacy database",
                 if major >= 16 { ", origin = none" } else { "" }
             )));
         } else {
-            ch.push(Change::new("check", "fallback replication", "disabled (replication: false): a rollback after the target took writes will refuse and say what it would lose"));
+            ch.push(Change::new(crate::steps::Action::Check, "fallback replication", "disabled (replication: false): a rollback after the target took writes will refuse and say what it would lose"));
         }
         let app = target_roles(&source, &target).await?;
         for r in &app {
             ch.push(Change::new(
-                "update",
+                crate::steps::Action::Update,
                 format!("role {r} in {tdb} on target"),
                 "read-only → read-write: the application may write once the Secret flips",
             ));

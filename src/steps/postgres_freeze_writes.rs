@@ -103,6 +103,9 @@ impl StepKind for FreezeWrites {
     fn name(&self) -> &'static str {
         "postgres.freeze_writes"
     }
+    fn acts_on_database(&self) -> bool {
+        true
+    }
     fn window_role(&self, _params: &Map<String, Value>) -> super::WindowRole {
         super::WindowRole::Freeze
     }
@@ -125,7 +128,7 @@ impl StepKind for FreezeWrites {
         if let Some(f) = &p.postpone_flag {
             let path = cx.root.join(f);
             changes.push(Change::new(
-                "check",
+                crate::steps::Action::Check,
                 format!("postpone flag {f}"),
                 if path.exists() {
                     "present: the run will hold here until it is removed".to_string()
@@ -136,7 +139,7 @@ impl StepKind for FreezeWrites {
         }
         if wanted.is_empty() {
             changes.push(Change::new(
-                "check",
+                crate::steps::Action::Check,
                 format!("roles in {db} on source"),
                 "WOULD FAIL: no application role may write the source's tables; name them with roles:",
             ));
@@ -144,13 +147,13 @@ impl StepKind for FreezeWrites {
         for r in &wanted {
             changes.push(if frozen.contains(r) {
                 Change::new(
-                    "none",
+                    crate::steps::Action::None,
                     format!("role {r} in {db} on source"),
                     "already read-only",
                 )
             } else {
                 Change::new(
-                    "update",
+                    crate::steps::Action::Update,
                     format!("role {r} in {db} on source"),
                     "read-only for new sessions; its open sessions terminated",
                 )

@@ -415,6 +415,9 @@ impl StepKind for Replicate {
     fn name(&self) -> &'static str {
         "postgres.replicate"
     }
+    fn acts_on_database(&self) -> bool {
+        true
+    }
     fn window_role(&self, _params: &Map<String, Value>) -> super::WindowRole {
         super::WindowRole::Replicate
     }
@@ -460,7 +463,7 @@ impl StepKind for Replicate {
             .iter()
             .map(|(side, c)| {
                 Change::new(
-                    "check",
+                    crate::steps::Action::Check,
                     format!("route: this machine → {side} {}", c.display()),
                     format!("connected ({})", c.tls.describe()),
                 )
@@ -468,23 +471,24 @@ impl StepKind for Replicate {
             .collect();
         changes.extend(report.rights.iter().map(|f| {
             Change::new(
-                "check",
+                crate::steps::Action::Check,
                 format!("right: {} role {}: {}", f.side, f.role, f.right.describe()),
                 f.verdict(),
             )
         }));
-        changes.extend(
-            report
-                .problems
-                .iter()
-                .map(|m| Change::new("check", "preflight", format!("WOULD FAIL: {m}"))),
-        );
+        changes.extend(report.problems.iter().map(|m| {
+            Change::new(
+                crate::steps::Action::Check,
+                "preflight",
+                format!("WOULD FAIL: {m}"),
+            )
+        }));
         if report.problems.is_empty() {
-            changes.push(Change::new("check", "preflight", "wal_level, slots, senders, keys, target, extensions, versions, long transactions, rights and routes: all pass"));
+            changes.push(Change::new(crate::steps::Action::Check, "preflight", "wal_level, slots, senders, keys, target, extensions, versions, long transactions, rights and routes: all pass"));
         }
         if let Some(filled) = &reset {
             changes.push(Change::new(
-                "delete",
+                crate::steps::Action::Delete,
                 format!("rows of {} table(s) on target {}", filled.len(), tp.display()),
                 format!("DROP TABLE {} CASCADE (reset_target: an earlier rehearsal's copy; schema and rows copied again)", filled.join(", ")),
             ));
@@ -492,14 +496,14 @@ impl StepKind for Replicate {
         let subscribed = exists(&target, "target", SUB_SQL, &sub).await?;
         if subscribed {
             changes.push(Change::new(
-                "none",
+                crate::steps::Action::None,
                 format!("subscription {sub} on target"),
                 "exists: copy done, replicating",
             ));
         } else {
             if !exists(&source, "source", PUB_SQL, &publ).await? {
                 changes.push(Change::new(
-                    "create",
+                    crate::steps::Action::Create,
                     format!("publication {publ} on source"),
                     format!("FOR TABLE the {} tables below", report.source_tables.len()),
                 ));
@@ -507,22 +511,22 @@ impl StepKind for Replicate {
             match &state {
                 Some(s) => {
                     let (all, done) = copy::progress(&target).await?;
-                    changes.push(Change::new("run", format!("copy into {}", tp.display()), format!(
+                    changes.push(Change::new(crate::steps::Action::Run, format!("copy into {}", tp.display()), format!(
                         "resume run {}'s copy under snapshot {} (slot {} at {}): {} of {} chunks copied, {} to go",
                         s.run_id, s.slot.snapshot, s.slot.slot, s.slot.consistent_lsn, done.len(), all.len(), all.len() - done.len()
                     )));
                 }
                 None => {
-                    changes.push(Change::new("create", format!("replication slot {sub} on source"), "CREATE_REPLICATION_SLOT ... LOGICAL pgoutput EXPORT_SNAPSHOT (held until the copy ends)"));
+                    changes.push(Change::new(crate::steps::Action::Create, format!("replication slot {sub} on source"), "CREATE_REPLICATION_SLOT ... LOGICAL pgoutput EXPORT_SNAPSHOT (held until the copy ends)"));
                     changes.push(Change::new(
-                        "create",
+                        crate::steps::Action::Create,
                         format!("schema on target {}", tp.display()),
                         "pg_dump --section=pre-data under the snapshot",
                     ));
                     for t in &report.source_tables {
                         let chunks = copy::chunks_wanted(t, p.chunk_rows);
                         changes.push(Change::new(
-                            "run",
+                            crate::steps::Action::Run,
                             format!("copy {}", t.display),
                             format!(
                                 "~{} rows, {} in {chunks} chunk(s)",
@@ -534,7 +538,7 @@ impl StepKind for Replicate {
                 }
             }
             changes.push(Change::new(
-                "create",
+                crate::steps::Action::Create,
                 format!("indexes and constraints on target {}", tp.display()),
                 format!(
                     "pg_dump --section=post-data: each table's indexes built by the {} job(s) as soon as its rows are in, primary keys and unique constraints attached to them (USING INDEX), ANALYZE per table, foreign keys added NOT VALID{}",
@@ -546,7 +550,7 @@ impl StepKind for Replicate {
                     }
                 ),
             ));
-            changes.push(Change::new("create", format!("subscription {sub} on target"), format!(
+            changes.push(Change::new(crate::steps::Action::Create, format!("subscription {sub} on target"), format!(
                 "PUBLICATION {publ} WITH (create_slot = false, slot_name = {sub}, copy_data = false): replication from the slot's consistent point; {} job(s){}",
                 p.jobs,
                 p.rate_limit_mb.map(|r| format!(", limited to {r} MB/s")).unwrap_or_default()
@@ -561,7 +565,7 @@ impl StepKind for Replicate {
         let frozen = roles::frozen(&target, "target", &tp.dbname).await?;
         for r in on_target.iter().filter(|r| !frozen.contains(r)) {
             changes.push(Change::new(
-                "update",
+                crate::steps::Action::Update,
                 format!("role {r} in {} on target", tp.dbname),
                 "read-only until the flip (postgres.fallback opens it): an application write to the target before then is refused",
             ));

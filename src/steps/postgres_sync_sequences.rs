@@ -32,6 +32,9 @@ impl StepKind for SyncSequences {
     fn name(&self) -> &'static str {
         "postgres.sync_sequences"
     }
+    fn acts_on_database(&self) -> bool {
+        true
+    }
     fn purpose(&self) -> &'static str {
         "Set every target sequence to at least the source's value plus a margin (logical replication does not carry sequences)"
     }
@@ -55,7 +58,7 @@ impl StepKind for SyncSequences {
                     (true, Some(v)) => v.to_string(),
                 };
                 Change::new(
-                    "update",
+                    crate::steps::Action::Update,
                     format!("sequence {n} on target"),
                     format!("{was} → {goal}"),
                 )
@@ -67,7 +70,7 @@ impl StepKind for SyncSequences {
             .collect();
         if changes.is_empty() {
             changes.push(Change::new(
-                "none",
+                crate::steps::Action::None,
                 "target sequences",
                 format!("all {} at or above source + {}", src.len(), p.margin),
             ));

@@ -207,6 +207,9 @@ impl StepKind for Verify {
     fn name(&self) -> &'static str {
         "postgres.verify"
     }
+    fn acts_on_database(&self) -> bool {
+        true
+    }
     fn window_role(&self, params: &Map<String, Value>) -> super::WindowRole {
         super::WindowRole::Verify {
             full: params.get("method").and_then(Value::as_str) != Some("changed-since-prepass"),
@@ -259,11 +262,11 @@ impl StepKind for Verify {
             return Ok(Planned::check(format!("database {db}"), detail));
         }
         let mut changes_ = vec![super::Change::new(
-            "create",
+            crate::steps::Action::Create,
             format!("replication slot {track} on source"),
             "change tracking (pgoutput): keys of every row changed from the start of this pass, for the check inside the window",
         )];
-        changes_.push(super::Change::new("check", format!("database {db}"), format!(
+        changes_.push(super::Change::new(crate::steps::Action::Check, format!("database {db}"), format!(
             "compare {} of {} tables (~{rows} rows) on source and target in chunks of {} with {} job(s), while replication runs; re-read differing rows once the target caught up; name up to {} differing keys per table",
             if p.method == Method::Count { "row counts" } else { "row counts and hash sums" },
             tables.len(),

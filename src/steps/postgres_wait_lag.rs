@@ -66,6 +66,9 @@ impl StepKind for WaitLag {
     fn name(&self) -> &'static str {
         "postgres.wait_lag"
     }
+    fn acts_on_database(&self) -> bool {
+        true
+    }
     fn purpose(&self) -> &'static str {
         "Wait until the target has applied the source's WAL up to the current LSN (replication lag within bound)"
     }

@@ -104,12 +104,12 @@ impl StepKind for RdsSnapshot {
         let id = snapshot_id(cx, &p);
         let changes = match status(&rds, &id).await? {
             Some(s) => vec![Change::new(
-                "none",
+                crate::steps::Action::None,
                 format!("snapshot {id}"),
                 format!("exists ({s})"),
             )],
             None => vec![Change::new(
-                "create",
+                crate::steps::Action::Create,
                 format!("snapshot {id}"),
                 format!("of instance {}", p.instance),
             )],

@@ -61,8 +61,8 @@ struct Params {
     #[serde(default, deserialize_with = "super::rendered::opt_int")]
     previous_ttl: Option<i64>,
     /// When the old TTL has not yet elapsed since the lowering: refuse (default) or wait.
-    #[serde(default = "default_pending")]
-    on_ttl_pending: String,
+    #[serde(default)]
+    on_ttl_pending: OnTtlPending,
     /// Analysis window after each stage: HTTP probes {url, samples, interval, min_success_rate, max_p95_ms, consecutive, expect_status} and/or `metrics` (Prometheus, CloudWatch); required with more than one stage.
     #[serde(default)]
     analysis: Option<Analysis>,
@@ -93,8 +93,16 @@ fn default_type() -> String {
 fn default_stages() -> Vec<i64> {
     vec![100]
 }
-fn default_pending() -> String {
-    "refuse".into()
+/// What `route53.cutover` does when the record's old TTL has not yet elapsed since it was
+/// lowered (answers cached under it may still name the old target).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum OnTtlPending {
+    /// Fail the step: nothing moves (start the run later).
+    #[default]
+    Refuse,
+    /// Wait until the old TTL has elapsed, then move.
+    Wait,
 }
 /// Fills the default set identifiers from the record's name (without the final dot).
 fn with_default_ids(mut p: Params) -> Params {
@@ -112,7 +120,6 @@ fn yes() -> bool {
 }
 
 const TYPES: &[&str] = &["CNAME", "A", "AAAA"];
-const PENDING: &[&str] = &["refuse", "wait"];
 
 /// The record as the step found it: where traffic goes and how far it has moved.
 enum Shape {
@@ -342,13 +349,6 @@ fn check(p: &Params) -> Vec<String> {
     if p.alias.is_none() {
         out.extend(value_problem(&p.rtype, &p.to));
     }
-    if !PENDING.contains(&p.on_ttl_pending.as_str()) {
-        out.push(format!(
-            "on_ttl_pending `{}` is not one of: {}",
-            p.on_ttl_pending,
-            PENDING.join(", ")
-        ));
-    }
     out.extend(check_stages(&p.stages));
     if p.stages.len() > 1 && p.analysis.is_none() {
         out.push(
@@ -500,14 +500,6 @@ impl StepKind for Route53Cutover {
                 out.push("stages need an `analysis` window: traffic moves to the next stage only on evidence".into());
             }
         }
-        if let Some(Value::String(v)) = literal("on_ttl_pending") {
-            if !PENDING.contains(&v.as_str()) {
-                out.push(format!(
-                    "on_ttl_pending `{v}` is not one of: {}",
-                    PENDING.join(", ")
-                ));
-            }
-        }
         if let Some(Value::String(v)) = literal("type") {
             if !TYPES.contains(&v.as_str()) {
                 out.push(format!(
@@ -549,11 +541,11 @@ impl StepKind for Route53Cutover {
         let pending = ttl_pending(&p)?;
         if p.previous_ttl.is_some() && p.ttl_lowered_at.is_some() {
             changes.push(Change::new(
-                "check",
+                crate::steps::Action::Check,
                 format!("{label} old TTL"),
                 if pending == 0 {
                     format!("answers cached under the old TTL ({}s) have expired", p.previous_ttl.unwrap_or(0))
-                } else if p.on_ttl_pending == "wait" {
+                } else if p.on_ttl_pending == OnTtlPending::Wait {
                     format!("would wait {pending}s for answers cached under the old TTL ({}s) to expire", p.previous_ttl.unwrap_or(0))
                 } else {
                     format!("WOULD REFUSE if started now: answers cached under the old TTL ({}s) live {pending}s more", p.previous_ttl.unwrap_or(0))
@@ -570,7 +562,7 @@ impl StepKind for Route53Cutover {
                 let batch = stage_changes(&p, &sets, &shape, stage, ttl);
                 changes.push(
                     Change::new(
-                        "update",
+                        crate::steps::Action::Update,
                         label.clone(),
                         format!(
                             "stage {}/{}: {} (TTL {}s) in zone {zone}",
@@ -590,7 +582,7 @@ impl StepKind for Route53Cutover {
             }
             if let Some(a) = &p.analysis {
                 changes.push(Change::new(
-                    "check",
+                    crate::steps::Action::Check,
                     format!("stage {}/{} analysis", i + 1, p.stages.len()),
                     a.describe(),
                 ));
@@ -601,7 +593,7 @@ impl StepKind for Route53Cutover {
             if !raise.is_empty() {
                 changes.push(
                     Change::new(
-                        "update",
+                        crate::steps::Action::Update,
                         label.clone(),
                         format!(
                             "after the last stage: TTL {}s → {restore}s",
@@ -612,8 +604,12 @@ impl StepKind for Route53Cutover {
                 );
             }
         }
-        if !changes.iter().any(|c| c.action == "update") {
-            changes.push(Change::new("none", label, format!("already on {}", p.to)));
+        if !changes.iter().any(|c| c.action == super::Action::Update) {
+            changes.push(Change::new(
+                crate::steps::Action::None,
+                label,
+                format!("already on {}", p.to),
+            ));
         }
         let mut predicted = Map::new();
         predicted.insert("zone_id".into(), json!(zone));
@@ -639,7 +635,7 @@ impl StepKind for Route53Cutover {
         if pending > 0 {
             let prev = p.previous_ttl.unwrap_or(0);
             let at = p.ttl_lowered_at.clone().unwrap_or_default();
-            if p.on_ttl_pending != "wait" {
+            if p.on_ttl_pending != OnTtlPending::Wait {
                 return Err(StepError::Gate(format!(
                     "refused: the TTL of {label} was lowered from {prev}s at {at}; answers cached before then live {pending}s more (set on_ttl_pending: wait, or start later)"
                 )));

@@ -113,10 +113,14 @@ impl StepKind for SetTtl {
         let previous = max_ttl(&sets).unwrap_or(ttl);
         let changes = lowering(&sets, ttl);
         let change = if changes.is_empty() {
-            Change::new("none", label, format!("TTL already {previous}s ≤ {ttl}s"))
+            Change::new(
+                crate::steps::Action::None,
+                label,
+                format!("TTL already {previous}s ≤ {ttl}s"),
+            )
         } else {
             Change::new(
-                "update",
+                crate::steps::Action::Update,
                 label,
                 format!("TTL {previous}s → {ttl}s in zone {zone}; answers cached before it is INSYNC may live {previous}s more"),
             )

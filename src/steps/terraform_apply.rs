@@ -123,14 +123,21 @@ impl StepKind for TerraformApply {
             .resources
             .iter()
             .map(|r| {
-                let (addr, action) = r.rsplit_once(": ").unwrap_or((r, "change"));
+                let (addr, action) = r.rsplit_once(": ").unwrap_or((r, ""));
+                let action = match action {
+                    "create" => super::Action::Create,
+                    "update" => super::Action::Update,
+                    "delete" => super::Action::Delete,
+                    "replace" => super::Action::Replace,
+                    _ => super::Action::Unknown,
+                };
                 Change::new(action, addr, "terraform resource")
             })
             .collect();
         changes.insert(
             0,
             Change::new(
-                "run",
+                crate::steps::Action::Run,
                 format!("terraform apply {}", cx.env.terraform.dir),
                 format!(
                     "{} to add, {} to change, {} to replace, {} to destroy",

@@ -115,7 +115,7 @@ impl StepKind for AssertAssociation {
             };
             return Ok(Planned {
                 changes: vec![Change::new(
-                    "create",
+                    crate::steps::Action::Create,
                     format!("waf association of {}", p.resource),
                     detail,
                 )],
