@@ -30,8 +30,10 @@ mod wafv2_assert_association;
 pub mod context;
 pub mod journal;
 pub mod params;
+pub mod typed;
 
 pub use context::{Action, Change, Planned, Restored, StepContext, StepError};
+pub use typed::{Applied, Evidence, Kind, Literal, Plan, Typed};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -266,7 +268,7 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &postgres_fallback::Fallback,
         &postgres_decommission::Decommission,
         &k8s_flip_secret::FlipSecret,
-        &wafv2_assert_association::AssertAssociation,
+        &Typed(wafv2_assert_association::AssertAssociation),
         &route53_set_ttl::SetTtl,
         &approval::Approval,
         &route53_cutover::Route53Cutover,

@@ -145,6 +145,45 @@ pub fn literal_problems<T: DeserializeOwned>(
     problems
 }
 
+/// The literal values of `params` parsed into `T`, each value holding a template replaced by a
+/// probe value that parses, with the top-level keys whose value is (or holds) a template:
+/// what a kind's cross-field checks and window role read before a run. `None` when a literal
+/// value itself does not parse (reported by [`literal_problems`]).
+pub fn literal_parse<T: DeserializeOwned>(
+    params: &Map<String, Value>,
+) -> Option<(T, std::collections::BTreeSet<String>)> {
+    let original = Value::Object(params.clone());
+    let templated: std::collections::BTreeSet<String> = params
+        .iter()
+        .filter(|(_, v)| holds_template(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut value = original.clone();
+    for _ in 0..MAX_ATTEMPTS {
+        let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) => return Some((t, templated)),
+            Err(e) => e,
+        };
+        let path = crate::config::node::path_keys(err.path())?;
+        if path.is_empty() || !get(&original, &path).is_some_and(is_template) {
+            return None;
+        }
+        if !step_past::<T>(&mut value, &path) {
+            return None;
+        }
+    }
+    None
+}
+
+fn holds_template(v: &Value) -> bool {
+    match v {
+        Value::String(_) => is_template(v),
+        Value::Array(a) => a.iter().any(holds_template),
+        Value::Object(m) => m.values().any(holds_template),
+        _ => false,
+    }
+}
+
 /// Replaces the value at `path` by the first probe (or, for an unknown key, removes it) with
 /// which the parse no longer fails at `path`; false when none does.
 fn step_past<T: DeserializeOwned>(value: &mut Value, path: &[String]) -> bool {

@@ -3,18 +3,18 @@
 //! With `associate: true` it associates the named web ACL itself when none is, and its rollback
 //! removes only an association it made.
 
-use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
+use super::{Action, Applied, Change, Kind, Literal, Plan, Restored, StepContext, StepError};
 use crate::providers::aws::err;
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
 
 /// The `wafv2.assert_association` kind.
 pub struct AssertAssociation;
 
+/// `with:` of `wafv2.assert_association`.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// ARN of the load balancer (or other WAFv2 resource).
     resource: String,
     /// Name of the web ACL that must be associated (required with associate).
@@ -26,8 +26,8 @@ struct Params {
 }
 
 /// What `wafv2.assert_association` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// The web ACL associated with the resource.
     web_acl_name: String,
     /// Its ARN.
@@ -51,8 +51,7 @@ async fn acl_arn(waf: &aws_sdk_wafv2::Client, name: &str) -> Result<String, Step
         .ok_or_else(|| StepError::Check(format!("no regional web ACL named {name} in the account")))
 }
 
-async fn observe(cx: &StepContext<'_>) -> Result<(Params, Option<(String, String)>), StepError> {
-    let p: Params = parse_params(&cx.params)?;
+async fn observe(cx: &StepContext<'_>, p: &Params) -> Result<Option<(String, String)>, StepError> {
     let waf = aws_sdk_wafv2::Client::new(&cx.providers.aws().await?.config);
     let out = waf
         .get_web_acl_for_resource()
@@ -60,10 +59,9 @@ async fn observe(cx: &StepContext<'_>) -> Result<(Params, Option<(String, String
         .send()
         .await
         .map_err(|e| err("wafv2:GetWebACLForResource", e))?;
-    let acl = out
+    Ok(out
         .web_acl()
-        .map(|a| (a.name().to_string(), a.arn().to_string()));
-    Ok((p, acl))
+        .map(|a| (a.name().to_string(), a.arn().to_string())))
 }
 
 fn judge(p: &Params, acl: &Option<(String, String)>) -> Result<(), String> {
@@ -77,23 +75,28 @@ fn judge(p: &Params, acl: &Option<(String, String)>) -> Result<(), String> {
     }
 }
 
+/// Rollback material: whether an association existed before the run.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Before {
+    /// False when this step found no association and would make one.
+    #[serde(default)]
+    associated: bool,
+}
+
 #[async_trait]
-impl StepKind for AssertAssociation {
-    fn name(&self) -> &'static str {
-        "wafv2.assert_association"
-    }
-    fn purpose(&self) -> &'static str {
-        "Refuse to move traffic unless the target load balancer is behind the WAF web ACL"
-    }
+impl Kind for AssertAssociation {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = Before;
+    type Predicted = Outputs;
+    const NAME: &'static str = "wafv2.assert_association";
+    const PURPOSE: &'static str =
+        "Refuse to move traffic unless the target load balancer is behind the WAF web ACL";
+    const UNDO: &'static str = "Remove the web ACL association only if this run made it";
 
-    fn undo(&self) -> &'static str {
-        "Remove the web ACL association only if this run made it"
-    }
-    super::typed_io!(Params, Outputs);
-
-    fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
-        let mut out = super::check_param_names(&self.params(), params);
-        if params.get("associate") == Some(&Value::Bool(true)) && !params.contains_key("web_acl") {
+    fn check(&self, lit: &Literal<Params>) -> Vec<String> {
+        let mut out = Vec::new();
+        if lit.known("associate") && lit.params.associate && lit.params.web_acl.is_none() {
             out.push(
                 "associate: true needs `web_acl`, the name of the web ACL to associate".into(),
             );
@@ -101,8 +104,8 @@ impl StepKind for AssertAssociation {
         out
     }
 
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let (p, acl) = observe(cx).await?;
+    async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<Before, Outputs>, StepError> {
+        let acl = observe(cx, p).await?;
         if acl.is_none() && p.associate {
             let name = p.web_acl.clone().unwrap_or_default();
             let waf = aws_sdk_wafv2::Client::new(&cx.providers.aws().await?.config);
@@ -113,24 +116,24 @@ impl StepKind for AssertAssociation {
                 ),
                 Err(e) => format!("WOULD FAIL: {e}"),
             };
-            return Ok(Planned {
+            return Ok(Plan {
                 changes: vec![Change::new(
-                    crate::steps::Action::Create,
+                    Action::Create,
                     format!("waf association of {}", p.resource),
                     detail,
                 )],
-                before: json!({"associated": false}),
-                ..Default::default()
+                before: Before { associated: false },
+                predicted: None,
             });
         }
-        let detail = match judge(&p, &acl) {
+        let detail = match judge(p, &acl) {
             Ok(()) => format!(
                 "associated with {}",
                 acl.as_ref().map(|a| a.0.as_str()).unwrap_or("")
             ),
             Err(e) => format!("WOULD FAIL: {e}"),
         };
-        Ok(Planned::check(
+        Ok(Plan::check(
             format!("waf association of {}", p.resource),
             detail,
         ))
@@ -139,9 +142,10 @@ impl StepKind for AssertAssociation {
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let (p, mut acl) = observe(cx).await?;
+        p: &Params,
+        _before: &Before,
+    ) -> Result<Applied<Outputs>, StepError> {
+        let mut acl = observe(cx, p).await?;
         let mut associated = false;
         if acl.is_none() && p.associate {
             let name = p.web_acl.clone().unwrap_or_default();
@@ -154,9 +158,9 @@ impl StepKind for AssertAssociation {
                 .await
                 .map_err(|e| err("wafv2:AssociateWebACL", e))?;
             associated = true;
-            acl = observe(cx).await?.1;
+            acl = observe(cx, p).await?;
         }
-        judge(&p, &acl).map_err(|e| StepError::Gate(format!("refused: {e}; no traffic moves to it (set associate: true and web_acl to associate it)")))?;
+        judge(p, &acl).map_err(|e| StepError::Gate(format!("refused: {e}; no traffic moves to it (set associate: true and web_acl to associate it)")))?;
         let (name, arn) = acl.unwrap_or_default();
         let summary = format!(
             "{} behind web ACL {name}{}",
@@ -167,25 +171,24 @@ impl StepKind for AssertAssociation {
                 ""
             }
         );
-        let mut out = super::outputs_map(&Outputs {
+        Ok(Applied::new(Outputs {
             web_acl_name: name,
             web_acl_arn: arn,
             associated_by_run: associated,
-        });
-        out.insert(super::SUMMARY_OUTPUT.into(), json!(summary));
-        Ok(out)
+        })
+        .summary(summary))
     }
 
     async fn rollback(
         &self,
         cx: &StepContext,
-        _before: &Value,
-        outputs: Option<&Map<String, Value>>,
+        p: &Params,
+        _before: &Before,
+        outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
-        if outputs.and_then(|o| o.get("associated_by_run")) != Some(&Value::Bool(true)) {
+        if !outputs.is_some_and(|o| o.associated_by_run) {
             return Ok(vec![]);
         }
-        let p: Params = parse_params(&cx.params)?;
         let waf = aws_sdk_wafv2::Client::new(&cx.providers.aws().await?.config);
         waf.disassociate_web_acl()
             .resource_arn(&p.resource)
