@@ -5,35 +5,56 @@
 //!
 //! The step changes nothing in the world and has nothing to undo.
 
-use super::{parse_params, Planned, StepContext, StepError, StepKind};
+use super::{Applied, Kind, Plan, StepContext, StepError};
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
 use std::time::Duration;
 
 /// The `approval` kind.
 pub struct Approval;
 
+/// `with:` of `approval`.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// What the approver confirms, shown in the prompt and the audit.
     #[serde(default)]
     message: Option<String>,
 }
 
+/// How a step was approved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Via {
+    /// Typed back at the terminal running the step.
+    #[serde(rename = "terminal")]
+    Terminal,
+    /// `--approve STEP` on the command line (CI).
+    #[serde(rename = "--approve")]
+    CommandLine,
+}
+
+impl Via {
+    /// `terminal` or `--approve`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Terminal => "terminal",
+            Via::CommandLine => "--approve",
+        }
+    }
+}
+
 /// What `approval` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// Who approved (`$USER` at a terminal; the CI actor with `--approve`).
     approver: String,
     /// How: `terminal` or `--approve`.
-    via: String,
+    via: Via,
     /// When, RFC 3339.
     approved_at: String,
     /// The step's `message`, when it has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     message: Option<String>,
 }
 
@@ -75,27 +96,19 @@ fn allowed(cx: &StepContext<'_>, who: &str) -> Result<(), StepError> {
 }
 
 #[async_trait]
-impl StepKind for Approval {
-    fn name(&self) -> &'static str {
-        "approval"
-    }
-    fn asks_approval(&self) -> bool {
-        true
-    }
-    fn purpose(&self) -> &'static str {
-        "A person approves before the run goes on (terminal prompt, or --approve STEP in CI)"
-    }
+impl Kind for Approval {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = ();
+    type Predicted = ();
+    const NAME: &'static str = "approval";
+    const PURPOSE: &'static str =
+        "A person approves before the run goes on (terminal prompt, or --approve STEP in CI)";
+    const UNDO: &'static str = "Nothing to undo: an approval changes nothing";
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+    const ASKS_APPROVAL: bool = true;
 
-    fn undo(&self) -> &'static str {
-        "Nothing to undo: an approval changes nothing"
-    }
-    super::typed_io!(Params, Outputs);
-    fn default_timeout(&self) -> Duration {
-        Duration::from_secs(3600)
-    }
-
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let _: Params = parse_params(&cx.params)?;
+    async fn plan(&self, cx: &StepContext, _p: &Params) -> Result<Plan<(), ()>, StepError> {
         let who = approver();
         let detail = if cx.approved.iter().any(|s| s == cx.step_id) {
             match allowed(cx, &who) {
@@ -110,17 +123,17 @@ impl StepKind for Approval {
                 cx.step_id
             )
         };
-        Ok(Planned::check(format!("approval {}", cx.step_id), detail))
+        Ok(Plan::check(format!("approval {}", cx.step_id), detail))
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+        p: &Params,
+        _before: &(),
+    ) -> Result<Applied<Outputs>, StepError> {
         let (who, via) = if cx.approved.iter().any(|s| s == cx.step_id) {
-            (approver(), "--approve")
+            (approver(), Via::CommandLine)
         } else if interactive() {
             let question = format!(
                 "\nApprove step `{}` of run {} in {}{}?\nType `{}` to approve, anything else to stop: ",
@@ -146,7 +159,7 @@ impl StepKind for Approval {
             }
             (
                 std::env::var("USER").unwrap_or_else(|_| approver()),
-                "terminal",
+                Via::Terminal,
             )
         } else {
             return Err(StepError::Gate(format!(
@@ -155,16 +168,12 @@ impl StepKind for Approval {
             )));
         };
         allowed(cx, &who)?;
-        let mut out = super::outputs_map(&Outputs {
+        Ok(Applied::new(Outputs {
             approver: who.clone(),
-            via: via.to_string(),
+            via,
             approved_at: chrono::Utc::now().to_rfc3339(),
-            message: p.message,
-        });
-        out.insert(
-            super::SUMMARY_OUTPUT.into(),
-            json!(format!("approved by {who} ({via})")),
-        );
-        Ok(out)
+            message: p.message.clone(),
+        })
+        .summary(format!("approved by {who} ({})", via.as_str())))
     }
 }

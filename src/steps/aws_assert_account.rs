@@ -2,21 +2,21 @@
 //! environment's account id. The engine makes the same check before the first step of every run;
 //! this step records the identity as evidence at the point the runbook names.
 
-use super::{Change, Planned, StepContext, StepError, StepKind};
+use super::{Action, Applied, Change, Kind, Plan, StepContext, StepError};
 use async_trait::async_trait;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
 
 /// The `aws.assert_account` kind.
 pub struct AssertAccount;
 
 /// `with:` takes nothing.
-#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {}
+pub struct Params {}
 
 /// What `aws.assert_account` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// The account STS reports.
     account_id: String,
     /// The assumed role's ARN, as STS reports it.
@@ -24,29 +24,25 @@ struct Outputs {
 }
 
 #[async_trait]
-impl StepKind for AssertAccount {
-    fn name(&self) -> &'static str {
-        "aws.assert_account"
-    }
-    fn purpose(&self) -> &'static str {
-        "Assume the environment's role and prove with STS that it acts in the environment's AWS account"
-    }
+impl Kind for AssertAccount {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = ();
+    type Predicted = Outputs;
+    const NAME: &'static str = "aws.assert_account";
+    const PURPOSE: &'static str = "Assume the environment's role and prove with STS that it acts in the environment's AWS account";
+    const UNDO: &'static str = "Nothing to undo: the check is read-only";
 
-    fn undo(&self) -> &'static str {
-        "Nothing to undo: the check is read-only"
-    }
-    super::typed_io!(Params, Outputs);
-
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+    async fn plan(&self, cx: &StepContext, _p: &Params) -> Result<Plan<(), Outputs>, StepError> {
         let s = cx.providers.aws().await?;
-        Ok(Planned {
+        Ok(Plan {
             changes: vec![Change::new(
-                crate::steps::Action::Check,
+                Action::Check,
                 format!("account {}", cx.env.aws.account_id),
                 format!("STS reports {} as {}", s.account_id, s.caller_arn),
             )],
-            before: Value::Null,
-            predicted: super::outputs_map(&Outputs {
+            before: (),
+            predicted: Some(Outputs {
                 account_id: s.account_id.clone(),
                 caller_arn: s.caller_arn.clone(),
             }),
@@ -56,8 +52,9 @@ impl StepKind for AssertAccount {
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
+        _p: &Params,
+        _before: &(),
+    ) -> Result<Applied<Outputs>, StepError> {
         let s = cx.providers.aws().await?;
         if s.account_id != cx.env.aws.account_id {
             return Err(StepError::Gate(format!(
@@ -65,14 +62,10 @@ impl StepKind for AssertAccount {
                 cx.env.aws.account_id, s.account_id
             )));
         }
-        let mut out = super::outputs_map(&Outputs {
+        Ok(Applied::new(Outputs {
             account_id: s.account_id.clone(),
             caller_arn: s.caller_arn.clone(),
-        });
-        out.insert(
-            super::SUMMARY_OUTPUT.into(),
-            json!(format!("account {} ({})", s.account_id, s.caller_arn)),
-        );
-        Ok(out)
+        })
+        .summary(format!("account {} ({})", s.account_id, s.caller_arn)))
     }
 }

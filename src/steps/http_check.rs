@@ -2,11 +2,10 @@
 //! a row have the expected status; fails at the step's deadline (no answer is a failure, never a
 //! pass).
 
-use super::{parse_params, Planned, StepContext, StepError, StepKind};
+use super::{Applied, Kind, Plan, StepContext, StepError};
 use crate::providers::http::{client, probe};
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// How long one request may take before it counts as unanswered.
@@ -17,7 +16,7 @@ pub struct HttpCheck;
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// URL to GET.
     url: String,
     /// HTTP status that counts as healthy (default 200).
@@ -43,8 +42,8 @@ fn default_interval() -> Duration {
 }
 
 /// What `http.check` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// The URL probed.
     url: String,
     /// Requests made.
@@ -56,24 +55,17 @@ struct Outputs {
 }
 
 #[async_trait]
-impl StepKind for HttpCheck {
-    fn name(&self) -> &'static str {
-        "http.check"
-    }
-    fn purpose(&self) -> &'static str {
-        "Confirm the service is healthy on the new side: N consecutive healthy answers before the deadline"
-    }
+impl Kind for HttpCheck {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = ();
+    type Predicted = ();
+    const NAME: &'static str = "http.check";
+    const PURPOSE: &'static str = "Confirm the service is healthy on the new side: N consecutive healthy answers before the deadline";
+    const UNDO: &'static str = "Nothing to undo: the check is read-only";
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-    fn undo(&self) -> &'static str {
-        "Nothing to undo: the check is read-only"
-    }
-    super::typed_io!(Params, Outputs);
-    fn default_timeout(&self) -> Duration {
-        Duration::from_secs(60)
-    }
-
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+    async fn plan(&self, _cx: &StepContext, p: &Params) -> Result<Plan<(), ()>, StepError> {
         let c = client()?;
         let now = probe(&c, &p.url, PROBE_TIMEOUT).await;
         let seen = match (now.status, now.error) {
@@ -81,7 +73,7 @@ impl StepKind for HttpCheck {
             (None, Some(e)) => format!("now unreachable: {e}"),
             _ => "no answer".into(),
         };
-        Ok(Planned::check(
+        Ok(Plan::check(
             format!("GET {}", p.url),
             format!("{} × {} in a row; {seen}", p.consecutive, p.expect_status),
         ))
@@ -90,9 +82,9 @@ impl StepKind for HttpCheck {
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+        p: &Params,
+        _before: &(),
+    ) -> Result<Applied<Outputs>, StepError> {
         let c = client()?;
         let (mut attempts, mut streak) = (0u32, 0u32);
         let mut latencies = Vec::new();
@@ -113,22 +105,19 @@ impl StepKind for HttpCheck {
             }
             if streak >= p.consecutive.max(1) {
                 latencies.sort_unstable();
-                let mut out = super::outputs_map(&Outputs {
+                let summary = format!(
+                    "{streak} × {} in a row from {} (max {} ms)",
+                    p.expect_status,
+                    p.url,
+                    latencies.last().unwrap_or(&0)
+                );
+                return Ok(Applied::new(Outputs {
                     url: p.url.clone(),
                     attempts,
                     passes: streak,
                     last_status: r.status,
-                });
-                out.insert(
-                    super::SUMMARY_OUTPUT.into(),
-                    json!(format!(
-                        "{streak} × {} in a row from {} (max {} ms)",
-                        p.expect_status,
-                        p.url,
-                        latencies.last().unwrap_or(&0)
-                    )),
-                );
-                return Ok(out);
+                })
+                .summary(summary));
             }
             let last = match (r.status, &r.error) {
                 (Some(s), _) => format!("HTTP {s}"),

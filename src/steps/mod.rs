@@ -258,21 +258,21 @@ pub trait StepKind: Send + Sync {
 pub fn registry() -> Vec<&'static dyn StepKind> {
     vec![
         &terraform_apply::TerraformApply,
-        &aws_assert_account::AssertAccount,
+        &Typed(aws_assert_account::AssertAccount),
         &rds_snapshot::RdsSnapshot,
         &postgres_replicate::Replicate,
-        &postgres_wait_lag::WaitLag,
+        &Typed(postgres_wait_lag::WaitLag),
         &postgres_freeze_writes::FreezeWrites,
-        &postgres_sync_sequences::SyncSequences,
+        &Typed(postgres_sync_sequences::SyncSequences),
         &postgres_verify::Verify,
         &postgres_fallback::Fallback,
         &postgres_decommission::Decommission,
         &k8s_flip_secret::FlipSecret,
         &Typed(wafv2_assert_association::AssertAssociation),
         &route53_set_ttl::SetTtl,
-        &approval::Approval,
+        &Typed(approval::Approval),
         &route53_cutover::Route53Cutover,
-        &http_check::HttpCheck,
+        &Typed(http_check::HttpCheck),
         &analysis_run::AnalysisRun,
     ]
 }

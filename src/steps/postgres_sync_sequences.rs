@@ -2,50 +2,44 @@
 //! freeze each target sequence is set to the source's `last_value` plus a safety margin, so the
 //! first insert on the target cannot collide with a replicated key.
 
-use super::{parse_params, Change, Planned, StepContext, StepError, StepKind};
+use super::{Applied, Change, Kind, Plan, StepContext, StepError};
 use crate::providers::postgres::replication::{advance, sequences, to_advance as wanted};
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// The `postgres.sync_sequences` kind.
 pub struct SyncSequences;
 
 #[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// Values added to each source `last_value` (default 0).
     #[serde(default)]
     margin: i64,
 }
 
 /// What `postgres.sync_sequences` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// Every target sequence (`schema.name`) and its `last_value` after the step (`null`: never
     /// used).
     sequences: std::collections::BTreeMap<String, Option<i64>>,
 }
 
 #[async_trait]
-impl StepKind for SyncSequences {
-    fn name(&self) -> &'static str {
-        "postgres.sync_sequences"
-    }
-    fn acts_on_database(&self) -> bool {
-        true
-    }
-    fn purpose(&self) -> &'static str {
-        "Set every target sequence to at least the source's value plus a margin (logical replication does not carry sequences)"
-    }
+impl Kind for SyncSequences {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = ();
+    type Predicted = ();
+    const NAME: &'static str = "postgres.sync_sequences";
+    const PURPOSE: &'static str = "Set every target sequence to at least the source's value plus a margin (logical replication does not carry sequences)";
+    const UNDO: &'static str =
+        "Nothing to undo: sequences only move forward, and a higher value is harmless";
+    const ACTS_ON_DATABASE: bool = true;
 
-    fn undo(&self) -> &'static str {
-        "Nothing to undo: sequences only move forward, and a higher value is harmless"
-    }
-    super::typed_io!(Params, Outputs);
-
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+    async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<(), ()>, StepError> {
         let src = sequences(&cx.providers.source().await?, "source").await?;
         let tgt = sequences(&cx.providers.target().await?, "target").await?;
         let todo = wanted(&src, &tgt, p.margin);
@@ -75,34 +69,26 @@ impl StepKind for SyncSequences {
                 format!("all {} at or above source + {}", src.len(), p.margin),
             ));
         }
-        Ok(Planned {
-            changes,
-            ..Default::default()
-        })
+        Ok(Plan::of(changes))
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+        p: &Params,
+        _before: &(),
+    ) -> Result<Applied<Outputs>, StepError> {
         let src = sequences(&cx.providers.source().await?, "source").await?;
         let target = cx.providers.target().await?;
         let tgt = sequences(&target, "target").await?;
         let todo = wanted(&src, &tgt, p.margin);
         advance(&target, "target", &todo).await?;
         let after = sequences(&target, "target").await?;
-        let mut out = super::outputs_map(&Outputs { sequences: after });
-        out.insert(
-            super::SUMMARY_OUTPUT.into(),
-            json!(format!(
-                "{} of {} sequences advanced (margin {})",
-                todo.len(),
-                src.len(),
-                p.margin
-            )),
-        );
-        Ok(out)
+        Ok(Applied::new(Outputs { sequences: after }).summary(format!(
+            "{} of {} sequences advanced (margin {})",
+            todo.len(),
+            src.len(),
+            p.margin
+        )))
     }
 }

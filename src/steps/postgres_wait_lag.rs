@@ -11,19 +11,19 @@
 //! second while waiting.
 
 use super::postgres_replicate::names;
-use super::{parse_params, Planned, StepContext, StepError, StepKind};
+use super::{Applied, Kind, Plan, StepContext, StepError};
 use crate::providers::postgres::{pg, replication};
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 /// The `postgres.wait_lag` kind.
 pub struct WaitLag;
 
+/// `with:` of `postgres.wait_lag`.
 #[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// Bytes of WAL; a count, so never negative.
     #[serde(default)]
     max_lag_bytes: u64,
@@ -49,8 +49,8 @@ async fn lag(
 }
 
 /// What `postgres.wait_lag` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// The source's WAL position the target had to reach.
     lsn: String,
     /// The subscription's confirmed flush position on the source slot.
@@ -62,27 +62,18 @@ struct Outputs {
 }
 
 #[async_trait]
-impl StepKind for WaitLag {
-    fn name(&self) -> &'static str {
-        "postgres.wait_lag"
-    }
-    fn acts_on_database(&self) -> bool {
-        true
-    }
-    fn purpose(&self) -> &'static str {
-        "Wait until the target has applied the source's WAL up to the current LSN (replication lag within bound)"
-    }
+impl Kind for WaitLag {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = ();
+    type Predicted = ();
+    const NAME: &'static str = "postgres.wait_lag";
+    const PURPOSE: &'static str = "Wait until the target has applied the source's WAL up to the current LSN (replication lag within bound)";
+    const UNDO: &'static str = "Nothing to undo: the wait is read-only";
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+    const ACTS_ON_DATABASE: bool = true;
 
-    fn undo(&self) -> &'static str {
-        "Nothing to undo: the wait is read-only"
-    }
-    super::typed_io!(Params, Outputs);
-    fn default_timeout(&self) -> Duration {
-        Duration::from_secs(600)
-    }
-
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+    async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<(), ()>, StepError> {
         let (_, slot) = names(cx, None, p.subscription.as_deref());
         let source = cx.providers.source().await?;
         let (lsn, confirmed, bytes) = lag(&source, &slot).await?;
@@ -90,7 +81,7 @@ impl StepKind for WaitLag {
             (Some(c), Some(b)) => format!("source at {lsn}, slot confirmed {c}: lag {b} bytes; wait until ≤ {} bytes", p.max_lag_bytes),
             _ => format!("slot {slot} does not exist yet (created by postgres.replicate); wait until lag ≤ {} bytes", p.max_lag_bytes),
         };
-        Ok(Planned::check(
+        Ok(Plan::check(
             format!("replication lag of slot {slot}"),
             detail,
         ))
@@ -99,9 +90,9 @@ impl StepKind for WaitLag {
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+        p: &Params,
+        _before: &(),
+    ) -> Result<Applied<Outputs>, StepError> {
         let (_, slot) = names(cx, None, p.subscription.as_deref());
         let source = cx.providers.source().await?;
         // The subscriber's side, to flush what it applied (see replication::nudge).
@@ -120,21 +111,18 @@ impl StepKind for WaitLag {
             };
             let (confirmed, behind) = row;
             if behind <= i64::try_from(p.max_lag_bytes).unwrap_or(i64::MAX) {
-                let mut out = super::outputs_map(&Outputs {
+                let summary = format!(
+                    "target confirmed {} ≥ {goal} (lag {} bytes)",
+                    confirmed.clone().unwrap_or_default(),
+                    behind.max(0)
+                );
+                return Ok(Applied::new(Outputs {
                     lsn: goal.clone(),
-                    confirmed_flush_lsn: confirmed.clone(),
+                    confirmed_flush_lsn: confirmed,
                     lag_bytes: behind.max(0),
                     waited_ms: started.elapsed().as_millis() as u64,
-                });
-                out.insert(
-                    super::SUMMARY_OUTPUT.into(),
-                    json!(format!(
-                        "target confirmed {} ≥ {goal} (lag {} bytes)",
-                        confirmed.unwrap_or_default(),
-                        behind.max(0)
-                    )),
-                );
-                return Ok(out);
+                })
+                .summary(summary));
             }
             cx.check_deadline(&format!(
                 "replication slot {slot} to reach {goal} ({behind} bytes behind)"
