@@ -46,6 +46,39 @@ pub(super) fn sets_of(before: &Value) -> Vec<RecordSet> {
         .unwrap_or_default()
 }
 
+/// Rollback material of a Route 53 kind: the record's sets as they were before the run.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RecordBefore {
+    /// The hosted zone's id.
+    #[serde(default)]
+    pub zone_id: String,
+    /// Every set of the record's name and type.
+    #[serde(default)]
+    pub sets: Vec<RecordSet>,
+}
+
+impl RecordBefore {
+    /// The aws CLI command that submits every set of `self` with `action` (`UPSERT`,
+    /// `CREATE`): what a person runs when a rollback could not.
+    pub fn cli_change(&self, action: &'static str) -> String {
+        let zone = if self.zone_id.is_empty() {
+            "ZONE"
+        } else {
+            &self.zone_id
+        };
+        let changes: Vec<RecordChange> = self
+            .sets
+            .iter()
+            .cloned()
+            .map(|set| RecordChange { action, set })
+            .collect();
+        format!(
+            "aws route53 change-resource-record-sets --hosted-zone-id {zone} --change-batch '{}'",
+            batch_json(&changes)
+        )
+    }
+}
+
 /// A rollback's change: submits `changes` (nothing when empty), waits for INSYNC, reads the
 /// record back and reports it with fingerprints of the sets before (`now`) and after;
 /// `describe(now, after)` words the change.

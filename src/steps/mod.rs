@@ -259,7 +259,7 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
     vec![
         &terraform_apply::TerraformApply,
         &Typed(aws_assert_account::AssertAccount),
-        &rds_snapshot::RdsSnapshot,
+        &Typed(rds_snapshot::RdsSnapshot),
         &postgres_replicate::Replicate,
         &Typed(postgres_wait_lag::WaitLag),
         &postgres_freeze_writes::FreezeWrites,
@@ -269,7 +269,7 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &postgres_decommission::Decommission,
         &k8s_flip_secret::FlipSecret,
         &Typed(wafv2_assert_association::AssertAssociation),
-        &route53_set_ttl::SetTtl,
+        &Typed(route53_set_ttl::SetTtl),
         &Typed(approval::Approval),
         &route53_cutover::Route53Cutover,
         &Typed(http_check::HttpCheck),

@@ -2,11 +2,11 @@
 //! until `available`. Idempotent by snapshot identifier (derived from the run id). Rollback keeps
 //! the snapshot: it is evidence and a restore point, never removed by the tool.
 
-use super::{parse_params, Change, Planned, StepContext, StepError, StepKind};
+use super::{Applied, Change, Evidence, Kind, Plan, StepContext, StepError};
 use crate::providers::aws::err;
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::time::Duration;
 
 /// The `rds.snapshot` kind.
@@ -14,7 +14,7 @@ pub struct RdsSnapshot;
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// DB instance identifier.
     instance: String,
     /// Snapshot identifier (default cutover-<run id>-<instance>).
@@ -23,8 +23,8 @@ struct Params {
 }
 
 /// What `rds.snapshot` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// The snapshot's identifier.
     snapshot_id: String,
     /// The DB instance snapshotted.
@@ -77,31 +77,25 @@ async fn status(rds: &aws_sdk_rds::Client, id: &str) -> Result<Option<String>, S
 }
 
 #[async_trait]
-impl StepKind for RdsSnapshot {
-    fn name(&self) -> &'static str {
-        "rds.snapshot"
-    }
-    fn purpose(&self) -> &'static str {
-        "Take a manual snapshot of the RDS instance as a restore point before any data moves"
-    }
+impl Kind for RdsSnapshot {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = ();
+    type Predicted = Outputs;
+    const NAME: &'static str = "rds.snapshot";
+    const PURPOSE: &'static str =
+        "Take a manual snapshot of the RDS instance as a restore point before any data moves";
+    const UNDO: &'static str = "The snapshot is kept as the restore point; nothing is deleted";
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 
-    fn undo(&self) -> &'static str {
-        "The snapshot is kept as the restore point; nothing is deleted"
-    }
-    super::typed_io!(Params, Outputs);
-    fn default_timeout(&self) -> Duration {
-        Duration::from_secs(3600)
-    }
-
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+    async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<(), Outputs>, StepError> {
         let rds = crate::aws_client!(aws_sdk_rds, &cx.providers.aws().await?.config);
         rds.describe_db_instances()
             .db_instance_identifier(&p.instance)
             .send()
             .await
             .map_err(|e| err("rds:DescribeDBInstances", e))?;
-        let id = snapshot_id(cx, &p);
+        let id = snapshot_id(cx, p);
         let changes = match status(&rds, &id).await? {
             Some(s) => vec![Change::new(
                 crate::steps::Action::None,
@@ -114,25 +108,24 @@ impl StepKind for RdsSnapshot {
                 format!("of instance {}", p.instance),
             )],
         };
-        let predicted = super::outputs_map(&Outputs {
-            snapshot_id: id,
-            instance: p.instance.clone(),
-        });
-        Ok(Planned {
+        Ok(Plan {
             changes,
-            before: Value::Null,
-            predicted,
+            before: (),
+            predicted: Some(Outputs {
+                snapshot_id: id,
+                instance: p.instance.clone(),
+            }),
         })
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+        p: &Params,
+        _before: &(),
+    ) -> Result<Applied<Outputs>, StepError> {
         let rds = crate::aws_client!(aws_sdk_rds, &cx.providers.aws().await?.config);
-        let id = snapshot_id(cx, &p);
+        let id = snapshot_id(cx, p);
         if status(&rds, &id).await?.is_none() {
             rds.create_db_snapshot()
                 .db_instance_identifier(&p.instance)
@@ -147,30 +140,27 @@ impl StepKind for RdsSnapshot {
                 .await
                 .map_err(|e| err("rds:CreateDBSnapshot", e))?;
         }
-        Ok(super::outputs_map(&Outputs {
+        Ok(Applied::new(Outputs {
             snapshot_id: id,
-            instance: p.instance,
+            instance: p.instance.clone(),
         }))
     }
 
     async fn verify(
         &self,
         cx: &StepContext,
-        outputs: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, StepError> {
+        _p: &Params,
+        outputs: &Outputs,
+    ) -> Result<Evidence, StepError> {
         let rds = crate::aws_client!(aws_sdk_rds, &cx.providers.aws().await?.config);
-        let id = outputs
-            .get("snapshot_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let id = &outputs.snapshot_id;
         loop {
             let s = status(&rds, &id).await?.unwrap_or_else(|| "missing".into());
             if s == "available" {
-                let mut ev = Map::new();
-                ev.insert("status".into(), json!(s));
-                ev.insert("summary".into(), json!(format!("snapshot {id} available")));
-                return Ok(ev);
+                return Ok(Evidence {
+                    facts: vec![("status".into(), json!(s))],
+                    summary: Some(format!("snapshot {id} available")),
+                });
             }
             let awaiting = format!("snapshot {id} to become available (now {s})");
             cx.check_deadline(&awaiting)?;

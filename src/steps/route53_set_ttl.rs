@@ -7,19 +7,20 @@
 //! Outputs: `ttl` (seconds now), `previous_ttl` (seconds before), `lowered_at` (RFC 3339, `null`
 //! when this run did not lower it). Rollback puts the previous TTL back.
 
-use super::dns::{cli_change, restore, sets_of, submit_and_wait};
-use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
+use super::dns::{restore, submit_and_wait, RecordBefore};
+use super::{Action, Applied, Change, Kind, Plan, Restored, StepContext, StepError};
 use crate::providers::route53::{self as r53p, batch_json, fqdn, RecordChange, RecordSet};
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// The `route53.set_ttl` kind.
 pub struct SetTtl;
 
+/// `with:` of `route53.set_ttl`.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// Record name, e.g. shop.staging.example.com.
     record: String,
     /// Record type: CNAME (default), A or AAAA.
@@ -55,8 +56,8 @@ fn lowering(sets: &[RecordSet], ttl: i64) -> Vec<RecordChange> {
 
 async fn observe(
     cx: &StepContext<'_>,
-) -> Result<(Params, i64, aws_sdk_route53::Client, String, Vec<RecordSet>), StepError> {
-    let p: Params = parse_params(&cx.params)?;
+    p: &Params,
+) -> Result<(i64, aws_sdk_route53::Client, String, Vec<RecordSet>), StepError> {
     let ttl = p
         .ttl
         .filter(|t| *t >= 0)
@@ -71,12 +72,12 @@ async fn observe(
             fqdn(&p.record)
         )));
     }
-    Ok((p, ttl, r53, zone, sets))
+    Ok((ttl, r53, zone, sets))
 }
 
 /// What `route53.set_ttl` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// The record's TTL now, in seconds.
     ttl: i64,
     /// Its TTL before this run lowered it, in seconds (`route53.cutover`'s `previous_ttl`).
@@ -86,71 +87,75 @@ struct Outputs {
     /// The record's fully qualified name.
     record: String,
     /// The Route 53 change batch submitted, when one was.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     change_batch: Option<Value>,
     /// Its change id, when one was submitted.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     change_id: Option<String>,
 }
 
 #[async_trait]
-impl StepKind for SetTtl {
-    fn name(&self) -> &'static str {
-        "route53.set_ttl"
-    }
-    fn purpose(&self) -> &'static str {
-        "Lower a record's TTL ahead of the cutover and record from what and when"
-    }
+impl Kind for SetTtl {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = RecordBefore;
+    type Predicted = Outputs;
+    const NAME: &'static str = "route53.set_ttl";
+    const PURPOSE: &'static str =
+        "Lower a record's TTL ahead of the cutover and record from what and when";
+    const UNDO: &'static str = "Raise the record's TTL back to the value it had before the run";
 
-    fn undo(&self) -> &'static str {
-        "Raise the record's TTL back to the value it had before the run"
-    }
-    super::typed_io!(Params, Outputs);
-
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let (p, ttl, _r53, zone, sets) = observe(cx).await?;
+    async fn plan(
+        &self,
+        cx: &StepContext,
+        p: &Params,
+    ) -> Result<Plan<RecordBefore, Outputs>, StepError> {
+        let (ttl, _r53, zone, sets) = observe(cx, p).await?;
         let label = format!("{} {}", p.rtype, fqdn(&p.record));
         let previous = max_ttl(&sets).unwrap_or(ttl);
         let changes = lowering(&sets, ttl);
         let change = if changes.is_empty() {
             Change::new(
-                crate::steps::Action::None,
+                Action::None,
                 label,
                 format!("TTL already {previous}s ≤ {ttl}s"),
             )
         } else {
             Change::new(
-                crate::steps::Action::Update,
+                Action::Update,
                 label,
                 format!("TTL {previous}s → {ttl}s in zone {zone}; answers cached before it is INSYNC may live {previous}s more"),
             )
             .with_document(batch_json(&changes))
         };
-        let predicted = super::outputs_map(&Outputs {
+        let predicted = Outputs {
             ttl,
             previous_ttl: previous,
             lowered_at: (!changes.is_empty()).then(|| chrono::Utc::now().to_rfc3339()),
             record: fqdn(&p.record),
             change_batch: None,
             change_id: None,
-        });
-        Ok(Planned {
+        };
+        Ok(Plan {
             changes: vec![change],
-            before: json!({"zone_id": zone, "sets": sets}),
-            predicted,
+            before: RecordBefore {
+                zone_id: zone,
+                sets,
+            },
+            predicted: Some(predicted),
         })
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let (p, ttl, r53, zone, now) = observe(cx).await?;
-        // `planned.before` is the first observation of this run: after a crash between the
-        // submit and its record, it still holds the TTL from before the lowering.
-        let before = sets_of(&planned.before);
-        let previous = max_ttl(&before).or(max_ttl(&now)).unwrap_or(ttl);
+        p: &Params,
+        before: &RecordBefore,
+    ) -> Result<Applied<Outputs>, StepError> {
+        let (ttl, r53, zone, now) = observe(cx, p).await?;
+        // `before` is the first observation of this run: after a crash between the submit and
+        // its record, it still holds the TTL from before the lowering.
+        let previous = max_ttl(&before.sets).or(max_ttl(&now)).unwrap_or(ttl);
         let changes = lowering(&now, ttl);
         let mut submitted = None;
         let lowered_at = if !changes.is_empty() {
@@ -180,26 +185,25 @@ impl StepKind for SetTtl {
             )
         };
         let (change_id, change_batch) = submitted.unzip();
-        let mut out = super::outputs_map(&Outputs {
+        Ok(Applied::new(Outputs {
             ttl: ttl.min(previous),
             previous_ttl: previous,
             lowered_at,
             record: fqdn(&p.record),
             change_batch,
             change_id,
-        });
-        out.insert(super::SUMMARY_OUTPUT.into(), json!(summary));
-        Ok(out)
+        })
+        .summary(summary))
     }
 
     async fn rollback(
         &self,
         cx: &StepContext,
-        before: &Value,
-        _outputs: Option<&Map<String, Value>>,
+        p: &Params,
+        before: &RecordBefore,
+        _outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
-        let old = sets_of(before);
+        let old = &before.sets;
         let r53 = crate::aws_client!(aws_sdk_route53, &cx.providers.aws().await?.config);
         let zone = r53p::zone_id(&r53, &cx.env.dns.domain).await?;
         let now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
@@ -239,13 +243,8 @@ impl StepKind for SetTtl {
         .await
     }
 
-    fn manual_undo(
-        &self,
-        params: &Map<String, Value>,
-        before: &Value,
-        _run_id: &str,
-    ) -> Vec<String> {
-        let (record, upsert) = cli_change(params, before, "UPSERT");
-        vec![format!("put the TTL of {record} back: {upsert}")]
+    fn manual_undo(&self, p: &Params, before: &RecordBefore, _run_id: &str) -> Vec<String> {
+        let upsert = before.cli_change("UPSERT");
+        vec![format!("put the TTL of {} back: {upsert}", p.record)]
     }
 }
