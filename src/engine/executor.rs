@@ -248,10 +248,13 @@ impl<'a> Executor<'a> {
     }
 
     fn absorb_outputs(&mut self, step: &str, outputs: Map<String, Value>) {
-        if let Some(Value::Object(tf)) = outputs.get("tf") {
-            for (k, v) in tf {
-                self.tf.insert(k.clone(), v.clone());
-            }
+        let published = self
+            .plan
+            .steps()
+            .find(|(_, s)| s.id == step)
+            .and_then(|(_, s)| s.kind.terraform_outputs(&outputs));
+        for (k, v) in published.into_iter().flatten() {
+            self.tf.insert(k, v);
         }
         self.outputs.insert(step.to_string(), outputs);
     }

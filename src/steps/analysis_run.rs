@@ -5,62 +5,48 @@
 
 use super::analysis::{Analysis, Verdict};
 use super::journal::{AnalysisRecord, Journal};
-use super::{parse_params, Planned, StepContext, StepError, StepKind};
+use super::{Applied, Kind, Literal, Plan, StepContext, StepError};
 use async_trait::async_trait;
-use serde_json::{json, Map, Value};
-use std::time::Duration;
 
 /// The `analysis.run` kind.
 pub struct AnalysisRun;
 
 /// What `analysis.run` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// The window's verdict: HTTP figures and each metric's measurements.
     #[schemars(with = "serde_json::Value")]
     verdict: Verdict,
 }
 
 #[async_trait]
-impl StepKind for AnalysisRun {
-    fn name(&self) -> &'static str {
-        "analysis.run"
-    }
-    fn purpose(&self) -> &'static str {
-        "Judge the new side on evidence: metric queries over real traffic (Prometheus, CloudWatch) and/or HTTP probes, each measurement recorded"
+impl Kind for AnalysisRun {
+    type Params = Analysis;
+    type Outputs = Outputs;
+    type Before = ();
+    type Predicted = ();
+    const NAME: &'static str = "analysis.run";
+    const PURPOSE: &'static str = "Judge the new side on evidence: metric queries over real traffic (Prometheus, CloudWatch) and/or HTTP probes, each measurement recorded";
+    const UNDO: &'static str = "Nothing to undo: the analysis is read-only";
+
+    fn check(&self, a: &Literal<Analysis>) -> Vec<String> {
+        a.params.problems()
     }
 
-    fn undo(&self) -> &'static str {
-        "Nothing to undo: the analysis is read-only"
-    }
-    super::typed_io!(Analysis, Outputs);
-    fn default_timeout(&self) -> Duration {
-        Duration::from_secs(300)
-    }
-
-    fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
-        let mut out = super::check_param_names(&self.params(), params);
-        if let Ok(a) = serde_json::from_value::<Analysis>(Value::Object(params.clone())) {
-            out.extend(a.problems());
-        }
-        out
-    }
-
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let a: Analysis = parse_params(&cx.params)?;
+    async fn plan(&self, _cx: &StepContext, a: &Analysis) -> Result<Plan<(), ()>, StepError> {
         let problems = a.problems();
         if !problems.is_empty() {
             return Err(StepError::Params(problems.join("; ")));
         }
-        Ok(Planned::check("analysis window", a.describe()))
+        Ok(Plan::check("analysis window", a.describe()))
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let a: Analysis = parse_params(&cx.params)?;
+        a: &Analysis,
+        _before: &(),
+    ) -> Result<Applied<Outputs>, StepError> {
         let verdict = a.run(cx, cx.step_id).await?;
         // Recorded before the verdict acts, so a failed window's measurements are in the audit.
         (cx.journal)(Journal::Analysis(AnalysisRecord {
@@ -91,11 +77,6 @@ impl StepKind for AnalysisRun {
             })
             .collect::<Vec<_>>()
             .join("; ");
-        let mut out = super::outputs_map(&Outputs { verdict });
-        out.insert(
-            super::SUMMARY_OUTPUT.into(),
-            json!(format!("analysis passed: {summary}")),
-        );
-        Ok(out)
+        Ok(Applied::new(Outputs { verdict }).summary(format!("analysis passed: {summary}")))
     }
 }

@@ -146,6 +146,12 @@ pub trait StepKind: Send + Sync {
         Duration::from_secs(300)
     }
 
+    /// The Terraform outputs a step of this kind published (`tf.<name>` in later templates),
+    /// read from its recorded or predicted `outputs`; `None` for kinds that publish none.
+    fn terraform_outputs(&self, _outputs: &Map<String, Value>) -> Option<Map<String, Value>> {
+        None
+    }
+
     /// True for a kind that waits for a person's approval (`approval`): a run without a
     /// terminal refuses to start unless `--approve <step>` names each such step.
     fn asks_approval(&self) -> bool {
@@ -257,7 +263,7 @@ pub trait StepKind: Send + Sync {
 /// Every kind this build knows, in the order `cutover schema` lists them.
 pub fn registry() -> Vec<&'static dyn StepKind> {
     vec![
-        &terraform_apply::TerraformApply,
+        &Typed(terraform_apply::TerraformApply),
         &Typed(aws_assert_account::AssertAccount),
         &Typed(rds_snapshot::RdsSnapshot),
         &postgres_replicate::Replicate,
@@ -273,7 +279,7 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &Typed(approval::Approval),
         &route53_cutover::Route53Cutover,
         &Typed(http_check::HttpCheck),
-        &analysis_run::AnalysisRun,
+        &Typed(analysis_run::AnalysisRun),
     ]
 }
 

@@ -4,56 +4,74 @@
 //! Terraform runs with the environment's assumed-role credentials, so state and resources land in
 //! that account. Rollback leaves infrastructure in place (it is shared by later runs).
 
-use super::{parse_params, Change, Planned, StepContext, StepError, StepKind};
-use crate::providers::terraform::{outputs_from, summarize, Terraform};
+use super::{Action, Applied, Change, Kind, Plan, StepContext, StepError};
+use crate::providers::terraform::{outputs_from, summarize, PlanSummary, Terraform};
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The `terraform.apply` kind.
 pub struct TerraformApply;
 
+/// `with:` of `terraform.apply`.
 #[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// Extra `-var` values, merged over the environment's `terraform.vars`.
     #[serde(default)]
     vars: BTreeMap<String, Value>,
 }
 
 /// What `terraform.apply` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// The root module's outputs after the apply (`tf.<name>` in later templates).
     tf: Map<String, Value>,
     /// Resources created.
+    #[serde(default)]
     create: u64,
     /// Resources updated in place.
+    #[serde(default)]
     update: u64,
     /// Resources replaced.
+    #[serde(default)]
     replace: u64,
     /// Resources destroyed.
+    #[serde(default)]
     delete: u64,
-    /// One line: the counts and how many outputs.
-    summary: String,
+}
+
+/// What a dry-run predicts: the outputs the plan shows (or the state holds).
+#[derive(Serialize)]
+pub struct Predicted {
+    /// The root module's outputs as the plan shows them.
+    tf: Map<String, Value>,
+}
+
+/// Rollback material: the plan's counts (nothing is undone; `apply` reports them).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Before {
+    /// The reviewed plan's actions.
+    #[serde(default)]
+    summary: PlanSummary,
 }
 
 async fn terraform(
     cx: &StepContext<'_>,
+    p: &Params,
 ) -> Result<(Terraform, BTreeMap<String, String>), StepError> {
-    let p: Params = parse_params(&cx.params)?;
     let session = cx.providers.aws().await?;
     let tf =
         Terraform::for_environment(cx.root, &crate::local::state_dir(cx.root), cx.env, session)
             .await?;
     let mut vars = cx.env.terraform.vars.clone();
-    for (k, v) in p.vars {
+    for (k, v) in &p.vars {
         vars.insert(
-            k,
+            k.clone(),
             match v {
-                Value::String(s) => s,
+                Value::String(s) => s.clone(),
                 other => other.to_string(),
             },
         );
@@ -88,25 +106,29 @@ fn terraform_turn(cx: &StepContext<'_>) -> Result<crate::local::lock::EnvLock, S
 }
 
 #[async_trait]
-impl StepKind for TerraformApply {
-    fn name(&self) -> &'static str {
-        "terraform.apply"
-    }
-    fn purpose(&self) -> &'static str {
-        "Apply the environment's Terraform root in its own account and publish its outputs as tf.*"
+impl Kind for TerraformApply {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = Before;
+    type Predicted = Predicted;
+    const NAME: &'static str = "terraform.apply";
+    const PURPOSE: &'static str =
+        "Apply the environment's Terraform root in its own account and publish its outputs as tf.*";
+    const UNDO: &'static str =
+        "Nothing is destroyed: the new infrastructure stays and carries no traffic until DNS moves";
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+    fn terraform_outputs(&self, o: &Outputs) -> Option<Map<String, Value>> {
+        Some(o.tf.clone())
     }
 
-    fn undo(&self) -> &'static str {
-        "Nothing is destroyed: the new infrastructure stays and carries no traffic until DNS moves"
-    }
-    super::typed_io!(Params, Outputs);
-    fn default_timeout(&self) -> Duration {
-        Duration::from_secs(1800)
-    }
-
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+    async fn plan(
+        &self,
+        cx: &StepContext,
+        p: &Params,
+    ) -> Result<Plan<Before, Predicted>, StepError> {
         let _turn = terraform_turn(cx)?;
-        let (tf, vars) = terraform(cx).await?;
+        let (tf, vars) = terraform(cx, p).await?;
         (cx.progress)(&format!("terraform init ({})", cx.env.terraform.dir));
         tf.init(&cx.env.terraform.backend).await?;
         let plan_file = cx.run_dir.join(format!("{}.tfplan", cx.step_id));
@@ -125,11 +147,11 @@ impl StepKind for TerraformApply {
             .map(|r| {
                 let (addr, action) = r.rsplit_once(": ").unwrap_or((r, ""));
                 let action = match action {
-                    "create" => super::Action::Create,
-                    "update" => super::Action::Update,
-                    "delete" => super::Action::Delete,
-                    "replace" => super::Action::Replace,
-                    _ => super::Action::Unknown,
+                    "create" => Action::Create,
+                    "update" => Action::Update,
+                    "delete" => Action::Delete,
+                    "replace" => Action::Replace,
+                    _ => Action::Unknown,
                 };
                 Change::new(action, addr, "terraform resource")
             })
@@ -137,7 +159,7 @@ impl StepKind for TerraformApply {
         changes.insert(
             0,
             Change::new(
-                crate::steps::Action::Run,
+                Action::Run,
                 format!("terraform apply {}", cx.env.terraform.dir),
                 format!(
                     "{} to add, {} to change, {} to replace, {} to destroy",
@@ -145,26 +167,25 @@ impl StepKind for TerraformApply {
                 ),
             ),
         );
-        let mut predicted = Map::new();
         let mut tf_out = outputs_from(&shown, true);
         if tf_out.is_empty() {
             tf_out = tf.outputs().await.unwrap_or_default();
         }
-        predicted.insert("tf".into(), Value::Object(tf_out));
-        Ok(Planned {
+        Ok(Plan {
             changes,
-            before: json!({"summary": s}),
-            predicted,
+            before: Before { summary: s },
+            predicted: Some(Predicted { tf: tf_out }),
         })
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
+        p: &Params,
+        before: &Before,
+    ) -> Result<Applied<Outputs>, StepError> {
         let _turn = terraform_turn(cx)?;
-        let (tf, vars) = terraform(cx).await?;
+        let (tf, vars) = terraform(cx, p).await?;
         let plan_file = cx.run_dir.join(format!("{}.tfplan", cx.step_id));
         if !plan_file.exists() {
             tf.init(&cx.env.terraform.backend).await?;
@@ -181,26 +202,22 @@ impl StepKind for TerraformApply {
             }
         }
         let outputs = tf.outputs().await?;
-        let s = planned
-            .before
-            .get("summary")
-            .cloned()
-            .unwrap_or(Value::Null);
-        let n = |k: &str| s.get(k).and_then(Value::as_u64).unwrap_or(0);
-        Ok(super::outputs_map(&Outputs {
-            summary: format!(
-                "{} added, {} changed, {} replaced, {} destroyed; {} outputs",
-                n("create"),
-                n("update"),
-                n("replace"),
-                n("delete"),
-                outputs.len()
-            ),
+        let s = &before.summary;
+        let summary = format!(
+            "{} added, {} changed, {} replaced, {} destroyed; {} outputs",
+            s.create,
+            s.update,
+            s.replace,
+            s.delete,
+            outputs.len()
+        );
+        Ok(Applied::new(Outputs {
             tf: outputs,
-            create: n("create"),
-            update: n("update"),
-            replace: n("replace"),
-            delete: n("delete"),
-        }))
+            create: s.create as u64,
+            update: s.update as u64,
+            replace: s.replace as u64,
+            delete: s.delete as u64,
+        })
+        .summary(summary))
     }
 }

@@ -122,6 +122,12 @@ pub trait Kind: Send + Sync + 'static {
         WindowRole::Other
     }
 
+    /// The Terraform outputs this step publishes to later templates as `tf.<name>`
+    /// (`terraform.apply`); `None` for every other kind.
+    fn terraform_outputs(&self, _outputs: &Self::Outputs) -> Option<Map<String, Value>> {
+        None
+    }
+
     /// Checks across parameters that serde cannot express, on the literal values before the
     /// run; a value known only at run time ([`Literal::known`] false) is not judged. One
     /// message per problem.
@@ -304,6 +310,10 @@ impl<K: Kind> StepKind for Typed<K> {
     }
     fn window_role(&self, params: &Map<String, Value>) -> WindowRole {
         self.0.window_role(self.literal(params).as_ref())
+    }
+    fn terraform_outputs(&self, outputs: &Map<String, Value>) -> Option<Map<String, Value>> {
+        let o = self.outputs(outputs).ok()?;
+        self.0.terraform_outputs(&o)
     }
     fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
         let mut out = super::check_param_names(&StepKind::params(self), params);
