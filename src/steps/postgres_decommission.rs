@@ -9,23 +9,23 @@
 //! of the cutover run can no longer carry the target's writes back: the step says so in its plan.
 //! Nothing to undo: what it drops is not recreated.
 
-use super::{Change, Planned, Restored, StepContext, StepError, StepKind};
+use super::{Action, Applied, Change, Evidence, Kind, Plan, StepContext, StepError};
 use crate::providers::postgres::{ident, pg, replication};
 use async_trait::async_trait;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The `postgres.decommission` kind.
 pub struct Decommission;
 
 /// `with:` takes nothing.
-#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {}
+pub struct Params {}
 
 /// What `postgres.decommission` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// Each object dropped, as `slot NAME (side)`, `subscription NAME (side)`, ...
     dropped: Vec<String>,
     /// WAL the dropped slots retained, in bytes.
@@ -83,22 +83,17 @@ async fn objects(
 }
 
 #[async_trait]
-impl StepKind for Decommission {
-    fn name(&self) -> &'static str {
-        "postgres.decommission"
-    }
-    fn acts_on_database(&self) -> bool {
-        true
-    }
-    fn purpose(&self) -> &'static str {
-        "End the fallback: drop every subscription, publication and replication slot cutover runs created for this database, on both servers"
-    }
-    fn undo(&self) -> &'static str {
-        "Nothing to undo: the fallback is not recreated (a later rollback of the cutover run no longer carries the target's writes back)"
-    }
-    super::typed_io!(Params, Outputs);
+impl Kind for Decommission {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = ();
+    type Predicted = ();
+    const NAME: &'static str = "postgres.decommission";
+    const PURPOSE: &'static str = "End the fallback: drop every subscription, publication and replication slot cutover runs created for this database, on both servers";
+    const UNDO: &'static str = "Nothing to undo: the fallback is not recreated (a later rollback of the cutover run no longer carries the target's writes back)";
+    const ACTS_ON_DATABASE: bool = true;
 
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+    async fn plan(&self, cx: &StepContext, _p: &Params) -> Result<Plan<(), ()>, StepError> {
         let pre = prefix(cx);
         let mut changes = Vec::new();
         for (side, c) in [
@@ -108,21 +103,21 @@ impl StepKind for Decommission {
             let o = objects(&c, side, &pre).await?;
             for s in &o.subscriptions {
                 changes.push(Change::new(
-                    crate::steps::Action::Delete,
+                    Action::Delete,
                     format!("subscription {s} on {side}"),
                     "replication stops; its slot on the publisher goes with it",
                 ));
             }
             for p in &o.publications {
                 changes.push(Change::new(
-                    crate::steps::Action::Delete,
+                    Action::Delete,
                     format!("publication {p} on {side}"),
                     "no longer published",
                 ));
             }
             for (s, bytes) in &o.slots {
                 changes.push(Change::new(
-                    crate::steps::Action::Delete,
+                    Action::Delete,
                     format!("replication slot {s} on {side}"),
                     format!("retains {bytes} bytes of WAL"),
                 ));
@@ -130,24 +125,22 @@ impl StepKind for Decommission {
         }
         if changes.is_empty() {
             changes.push(Change::new(
-                crate::steps::Action::None,
+                Action::None,
                 format!("replication objects {pre}* on both servers"),
                 "none left",
             ));
         } else {
-            changes.push(Change::new(crate::steps::Action::Check, "fallback", "after this, a rollback of the cutover run can no longer carry the target's writes back to the legacy database"));
+            changes.push(Change::new(Action::Check, "fallback", "after this, a rollback of the cutover run can no longer carry the target's writes back to the legacy database"));
         }
-        Ok(Planned {
-            changes,
-            ..Default::default()
-        })
+        Ok(Plan::of(changes))
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
+        _p: &Params,
+        _before: &(),
+    ) -> Result<Applied<Outputs>, StepError> {
         let pre = prefix(cx);
         let source = cx.providers.source().await?;
         let target = cx.providers.target().await?;
@@ -184,19 +177,19 @@ impl StepKind for Decommission {
                 dropped.join(", ")
             )
         };
-        let mut out = super::outputs_map(&Outputs {
+        Ok(Applied::new(Outputs {
             dropped,
             retained_bytes_freed: freed,
-        });
-        out.insert(super::SUMMARY_OUTPUT.into(), json!(summary));
-        Ok(out)
+        })
+        .summary(summary))
     }
 
     async fn verify(
         &self,
         cx: &StepContext,
-        _outputs: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, StepError> {
+        _p: &Params,
+        _outputs: &Outputs,
+    ) -> Result<Evidence, StepError> {
         let pre = prefix(cx);
         let mut left = Vec::new();
         for (side, c) in [
@@ -222,15 +215,6 @@ impl StepKind for Decommission {
                 left.join(", ")
             )));
         }
-        Ok(Map::new())
-    }
-
-    async fn rollback(
-        &self,
-        _cx: &StepContext,
-        _before: &Value,
-        _outputs: Option<&Map<String, Value>>,
-    ) -> Result<Vec<Restored>, StepError> {
-        Ok(Vec::new())
+        Ok(Evidence::default())
     }
 }

@@ -25,21 +25,24 @@ use super::postgres_freeze_writes::application_roles;
 use super::postgres_replicate::{names, run_name};
 use super::postgres_verify::tracking_slot;
 use super::postgres_wait_lag::wait_confirmed;
-use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
+use super::{
+    Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError, WindowRole,
+};
 use crate::providers::postgres::{
     catalog, changes, ident, literal, pg, replication, roles, ConnParts,
 };
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::time::Duration;
 
 /// The `postgres.fallback` kind.
 pub struct Fallback;
 
+/// `with:` of `postgres.fallback`.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// True (default): the source subscribes to the target from the flip, so a rollback loses nothing; false: no fallback, and a rollback after the target took writes refuses (exit 4).
     #[serde(default = "yes")]
     replication: bool,
@@ -92,9 +95,10 @@ async fn target_writes(target: &tokio_postgres::Client) -> Result<i64, StepError
 }
 
 /// What `postgres.fallback` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// The fallback's publication, slot and subscription name (`null` with `replication: false`).
+    #[serde(default)]
     fallback: Option<String>,
     /// The target's WAL position the fallback starts from (the flip).
     flip_lsn: String,
@@ -108,31 +112,27 @@ struct Outputs {
 }
 
 #[async_trait]
-impl StepKind for Fallback {
-    fn name(&self) -> &'static str {
-        "postgres.fallback"
-    }
-    fn acts_on_database(&self) -> bool {
-        true
-    }
-    fn window_role(&self, params: &Map<String, Value>) -> super::WindowRole {
-        super::WindowRole::Fallback {
-            replication: params.get("replication") != Some(&Value::Bool(false)),
+impl Kind for Fallback {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = ();
+    type Predicted = ();
+    const NAME: &'static str = "postgres.fallback";
+    const PURPOSE: &'static str = "Retire the forward replication and make the legacy database a fallback that subscribes to the target from the flip LSN; open the target to the application";
+    const UNDO: &'static str = "Freeze the application on the target, let the legacy database apply the target's last LSN, carry sequences back, drop the fallback replication (with replication: false, refuse when the target took writes)";
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+    const ACTS_ON_DATABASE: bool = true;
+
+    fn window_role(&self, p: Option<&Literal<Params>>) -> WindowRole {
+        WindowRole::Fallback {
+            // A templated value counts as its default (true).
+            replication: p
+                .filter(|l| l.known("replication"))
+                .is_none_or(|l| l.params.replication),
         }
     }
-    fn purpose(&self) -> &'static str {
-        "Retire the forward replication and make the legacy database a fallback that subscribes to the target from the flip LSN; open the target to the application"
-    }
-    fn undo(&self) -> &'static str {
-        "Freeze the application on the target, let the legacy database apply the target's last LSN, carry sequences back, drop the fallback replication (with replication: false, refuse when the target took writes)"
-    }
-    super::typed_io!(Params, Outputs);
-    fn default_timeout(&self) -> Duration {
-        Duration::from_secs(120)
-    }
 
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+    async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<(), ()>, StepError> {
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let fb = fallback_name(cx);
         let source = cx.providers.source().await?;
@@ -140,12 +140,12 @@ impl StepKind for Fallback {
         let tdb = dbname(&cx.providers.target_url()?, "target")?;
         let mut ch = Vec::new();
         ch.push(if replication::has_subscription(&target, "target", &sub).await? {
-            Change::new(crate::steps::Action::Delete, format!("subscription {sub} on target"), "the forward replication retires: the source is frozen and drained, nothing remains to send (its slot on the source goes with it)")
+            Change::new(super::Action::Delete, format!("subscription {sub} on target"), "the forward replication retires: the source is frozen and drained, nothing remains to send (its slot on the source goes with it)")
         } else {
-            Change::new(crate::steps::Action::None, format!("subscription {sub} on target"), "absent (created by postgres.replicate, or already retired)")
+            Change::new(super::Action::None, format!("subscription {sub} on target"), "absent (created by postgres.replicate, or already retired)")
         });
         ch.push(Change::new(
-            crate::steps::Action::Delete,
+            super::Action::Delete,
             format!(
                 "replication slot {} and publication {publ} on source",
                 tracking_slot(cx)
@@ -155,42 +155,39 @@ impl StepKind for Fallback {
         if p.replication {
             let major = catalog::major_version(&source, "source").await?;
             ch.push(Change::new(
-                crate::steps::Action::Create,
+                super::Action::Create,
                 format!("publication {fb} on target"),
                 "FOR TABLE the forward publication's tables",
             ));
             ch.push(Change::new(
-                crate::steps::Action::Create,
+                super::Action::Create,
                 format!("replication slot {fb} on target"),
                 "pgoutput; its LSN is the flip LSN",
             ));
-            ch.push(Change::new(crate::steps::Action::Create, format!("subscription {fb} on source"), format!(
+            ch.push(Change::new(super::Action::Create, format!("subscription {fb} on source"), format!(
                 "PUBLICATION {fb} WITH (create_slot = false, slot_name = {fb}, copy_data = false{}): every write on the target from the flip reaches the legacy database",
                 if major >= 16 { ", origin = none" } else { "" }
             )));
         } else {
-            ch.push(Change::new(crate::steps::Action::Check, "fallback replication", "disabled (replication: false): a rollback after the target took writes will refuse and say what it would lose"));
+            ch.push(Change::new(super::Action::Check, "fallback replication", "disabled (replication: false): a rollback after the target took writes will refuse and say what it would lose"));
         }
         let app = target_roles(&source, &target).await?;
         for r in &app {
             ch.push(Change::new(
-                crate::steps::Action::Update,
+                super::Action::Update,
                 format!("role {r} in {tdb} on target"),
                 "read-only → read-write: the application may write once the Secret flips",
             ));
         }
-        Ok(Planned {
-            changes: ch,
-            ..Default::default()
-        })
+        Ok(Plan::of(ch))
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+        p: &Params,
+        _before: &(),
+    ) -> Result<Applied<Outputs>, StepError> {
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let fb = fallback_name(cx);
         let source = cx.providers.source().await?;
@@ -267,24 +264,24 @@ impl StepKind for Fallback {
         } else {
             format!("forward replication {sub} retired; NO fallback replication; role(s) {} may write on the target", app.join(", "))
         };
-        let mut out = super::outputs_map(&Outputs {
+        Ok(Applied::new(Outputs {
             fallback,
             flip_lsn,
             forward_retired: retired,
             roles_opened: app,
             target_writes_at_open,
-        });
-        out.insert(super::SUMMARY_OUTPUT.into(), json!(summary));
-        Ok(out)
+        })
+        .summary(summary))
     }
 
     async fn verify(
         &self,
         cx: &StepContext,
-        outputs: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, StepError> {
-        let Some(fb) = outputs.get("fallback").and_then(Value::as_str) else {
-            return Ok(Map::new());
+        _p: &Params,
+        outputs: &Outputs,
+    ) -> Result<Evidence, StepError> {
+        let Some(fb) = outputs.fallback.as_deref() else {
+            return Ok(Evidence::default());
         };
         // Not waited for inside the window: the target's slot holds every change from the flip
         // LSN until the worker applies it (it starts within wal_retrieve_retry_interval); a
@@ -298,49 +295,43 @@ impl StepKind for Fallback {
             .await
             .map_err(|e| pg("source", e))?
             .is_some();
-        let mut ev = Map::new();
-        ev.insert("apply_worker_running".into(), json!(running));
-        ev.insert(
-            "summary".into(),
-            json!(format!(
+        Ok(Evidence {
+            facts: vec![("apply_worker_running".into(), json!(running))],
+            summary: Some(format!(
                 "the legacy database subscribes to the target through {fb} (apply worker {})",
                 if running { "running" } else { "starting" }
             )),
-        );
-        Ok(ev)
+        })
     }
 
     async fn rollback_refusal(
         &self,
         cx: &StepContext,
-        _before: &Value,
-        outputs: Option<&Map<String, Value>>,
+        p: &Params,
+        _before: &(),
+        outputs: Option<&Outputs>,
     ) -> Result<Option<String>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
         let Some(out) = outputs else { return Ok(None) };
         if p.replication {
             return Ok(None);
         }
         let target = cx.providers.target().await?;
-        let at_open = out
-            .get("target_writes_at_open")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
+        let at_open = out.target_writes_at_open;
         let now = target_writes(&target).await?;
         Ok((now > at_open).then(|| format!(
             "the target took {} row write(s) since it was opened at {} and this runbook has no fallback replication (postgres.fallback with replication: false): rolling back would lose them",
             now - at_open,
-            out.get("flip_lsn").and_then(Value::as_str).unwrap_or("the flip")
+            out.flip_lsn
         )))
     }
 
     async fn rollback(
         &self,
         cx: &StepContext,
-        _before: &Value,
-        outputs: Option<&Map<String, Value>>,
+        p: &Params,
+        _before: &(),
+        outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
         let fb = fallback_name(cx);
         let source = cx.providers.source().await?;
         let target = cx.providers.target().await?;
@@ -348,9 +339,7 @@ impl StepKind for Fallback {
         let mut done = Vec::new();
         // Nothing more is written on the target from here on: the roles this step opened (or,
         // when it never finished, the application's roles it would have opened).
-        let opened: Option<Vec<String>> = outputs
-            .and_then(|o| o.get("roles_opened"))
-            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        let opened: Option<Vec<String>> = outputs.map(|o| o.roles_opened.clone());
         let app = match opened {
             Some(r) => r,
             None => target_roles(&source, &target).await?,
@@ -422,12 +411,7 @@ impl StepKind for Fallback {
         Ok(done)
     }
 
-    fn manual_undo(
-        &self,
-        _params: &Map<String, Value>,
-        _before: &Value,
-        run_id: &str,
-    ) -> Vec<String> {
+    fn manual_undo(&self, _p: &Params, _before: &(), run_id: &str) -> Vec<String> {
         vec![
             "keep the application frozen on both databases until the legacy database holds every write of the target".to_string(),
             format!("check the fallback subscription on the legacy database: SELECT * FROM pg_stat_subscription WHERE subname LIKE 'cutover\\_%\\_fb'; then `cutover rollback {run_id}` continues"),

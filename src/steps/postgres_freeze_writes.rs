@@ -14,17 +14,22 @@
 //!
 //! Rollback unfreezes the roles this run froze (not those read-only before the run).
 
-use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
+use super::{
+    Action, Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError,
+    WindowRole,
+};
 use crate::providers::postgres::{catalog, replication, roles, ConnParts};
 use async_trait::async_trait;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// The `postgres.freeze_writes` kind.
 pub struct FreezeWrites;
 
-#[derive(serde::Deserialize, Default, schemars::JsonSchema)]
+/// `with:` of `postgres.freeze_writes`.
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// A file (relative to the project root) whose existence holds the run before the freeze until it is removed.
     #[serde(default)]
     postpone_flag: Option<String>,
@@ -85,9 +90,18 @@ pub(super) fn source_db(cx: &StepContext) -> Result<String, StepError> {
     Ok(ConnParts::parse(&cx.providers.source_url()?, "source")?.dbname)
 }
 
+/// Rollback material: the roles already read-only on the source before the run (a rollback
+/// leaves them so).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Before {
+    /// Roles read-only in the database before the run.
+    #[serde(default)]
+    frozen: Vec<String>,
+}
+
 /// What `postgres.freeze_writes` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// The application roles made read-only on the source.
     roles: Vec<String>,
     /// Their sessions terminated (they reconnect read-only).
@@ -99,36 +113,31 @@ struct Outputs {
 }
 
 #[async_trait]
-impl StepKind for FreezeWrites {
-    fn name(&self) -> &'static str {
-        "postgres.freeze_writes"
-    }
-    fn acts_on_database(&self) -> bool {
-        true
-    }
-    fn window_role(&self, _params: &Map<String, Value>) -> super::WindowRole {
-        super::WindowRole::Freeze
-    }
-    fn purpose(&self) -> &'static str {
-        "Stop the application's writes on the legacy database (its roles start read-only, their sessions terminated) so the target can catch up; replication and the admin role keep writing"
+impl Kind for FreezeWrites {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = Before;
+    type Predicted = ();
+    const NAME: &'static str = "postgres.freeze_writes";
+    const PURPOSE: &'static str = "Stop the application's writes on the legacy database (its roles start read-only, their sessions terminated) so the target can catch up; replication and the admin role keep writing";
+    const UNDO: &'static str =
+        "Make the application's roles writable again on the legacy database (those this run froze)";
+    const ACTS_ON_DATABASE: bool = true;
+
+    fn window_role(&self, _params: Option<&Literal<Params>>) -> WindowRole {
+        WindowRole::Freeze
     }
 
-    fn undo(&self) -> &'static str {
-        "Make the application's roles writable again on the legacy database (those this run froze)"
-    }
-    super::typed_io!(Params, Outputs);
-
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
+    async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<Before, ()>, StepError> {
         let db = source_db(cx)?;
         let source = cx.providers.source().await?;
-        let p: Params = parse_params(&cx.params)?;
         let wanted = application_roles(&source, p.roles.as_deref()).await?;
         let frozen = roles::frozen(&source, "source", &db).await?;
         let mut changes = Vec::new();
         if let Some(f) = &p.postpone_flag {
             let path = cx.root.join(f);
             changes.push(Change::new(
-                crate::steps::Action::Check,
+                Action::Check,
                 format!("postpone flag {f}"),
                 if path.exists() {
                     "present: the run will hold here until it is removed".to_string()
@@ -139,7 +148,7 @@ impl StepKind for FreezeWrites {
         }
         if wanted.is_empty() {
             changes.push(Change::new(
-                crate::steps::Action::Check,
+                Action::Check,
                 format!("roles in {db} on source"),
                 "WOULD FAIL: no application role may write the source's tables; name them with roles:",
             ));
@@ -147,13 +156,13 @@ impl StepKind for FreezeWrites {
         for r in &wanted {
             changes.push(if frozen.contains(r) {
                 Change::new(
-                    crate::steps::Action::None,
+                    Action::None,
                     format!("role {r} in {db} on source"),
                     "already read-only",
                 )
             } else {
                 Change::new(
-                    crate::steps::Action::Update,
+                    Action::Update,
                     format!("role {r} in {db} on source"),
                     "read-only for new sessions; its open sessions terminated",
                 )
@@ -164,20 +173,20 @@ impl StepKind for FreezeWrites {
                 )))
             });
         }
-        Ok(Planned {
+        Ok(Plan {
             changes,
-            before: json!({"frozen": frozen}),
-            predicted: Map::new(),
+            before: Before { frozen },
+            predicted: None,
         })
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
+        p: &Params,
+        _before: &Before,
+    ) -> Result<Applied<Outputs>, StepError> {
         let db = source_db(cx)?;
-        let p: Params = parse_params(&cx.params)?;
         let postponed = match &p.postpone_flag {
             Some(f) => hold_while_postponed(cx, &cx.root.join(f)).await?,
             None => 0.0,
@@ -191,34 +200,33 @@ impl StepKind for FreezeWrites {
         }
         let terminated = roles::freeze(&source, "source", &db, &wanted).await?;
         let lsn = replication::current_lsn(&source, "source").await?;
-        let mut out = super::outputs_map(&Outputs {
-            roles: wanted.clone(),
-            terminated,
-            lsn: lsn.clone(),
-            postponed_seconds: (postponed * 10.0).round() / 10.0,
-        });
-        out.insert(
-            super::SUMMARY_OUTPUT.into(),
-            json!(format!(
-                "role(s) {} read-only in {db} at LSN {lsn}; {terminated} session(s) terminated",
-                wanted.join(", ")
-            )),
+        let summary = format!(
+            "role(s) {} read-only in {db} at LSN {lsn}; {terminated} session(s) terminated",
+            wanted.join(", ")
         );
-        Ok(out)
+        Ok(Applied::new(Outputs {
+            roles: wanted,
+            terminated,
+            lsn,
+            postponed_seconds: (postponed * 10.0).round() / 10.0,
+        })
+        .summary(summary))
     }
 
     async fn verify(
         &self,
         cx: &StepContext,
-        outputs: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, StepError> {
+        _p: &Params,
+        outputs: &Outputs,
+    ) -> Result<Evidence, StepError> {
         let db = source_db(cx)?;
         let source = cx.providers.source().await?;
         let frozen = roles::frozen(&source, "source", &db).await?;
-        let wanted: Vec<String> =
-            serde_json::from_value(outputs.get("roles").cloned().unwrap_or_default())
-                .unwrap_or_default();
-        let open: Vec<&String> = wanted.iter().filter(|r| !frozen.contains(r)).collect();
+        let open: Vec<&String> = outputs
+            .roles
+            .iter()
+            .filter(|r| !frozen.contains(r))
+            .collect();
         if !open.is_empty() {
             return Err(StepError::Check(format!(
                 "role(s) {} still start read-write sessions in {db} on the source",
@@ -228,19 +236,18 @@ impl StepKind for FreezeWrites {
                     .join(", ")
             )));
         }
-        Ok(Map::new())
+        Ok(Evidence::default())
     }
 
     async fn rollback(
         &self,
         cx: &StepContext,
-        before: &Value,
-        _outputs: Option<&Map<String, Value>>,
+        _p: &Params,
+        before: &Before,
+        _outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
         let db = source_db(cx)?;
-        let was: Vec<String> =
-            serde_json::from_value(before.get("frozen").cloned().unwrap_or_default())
-                .unwrap_or_default();
+        let was = &before.frozen;
         let source = cx.providers.source().await?;
         // The roles this run froze: read-only now and not before the run.
         let frozen = roles::frozen(&source, "source", &db).await?;
