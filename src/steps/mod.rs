@@ -270,7 +270,7 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &Typed(postgres_wait_lag::WaitLag),
         &Typed(postgres_freeze_writes::FreezeWrites),
         &Typed(postgres_sync_sequences::SyncSequences),
-        &postgres_verify::Verify,
+        &Typed(postgres_verify::Verify),
         &Typed(postgres_fallback::Fallback),
         &Typed(postgres_decommission::Decommission),
         &k8s_flip_secret::FlipSecret,

@@ -18,21 +18,25 @@
 //! change-tracking slot; `postgres.fallback` drops it when the forward replication retires.
 
 use super::postgres_replicate::{names, run_name};
-use super::{parse_params, Planned, Restored, StepContext, StepError, StepKind};
+use super::{
+    Action, Applied, Change, Kind, Literal, Plan, Restored, StepContext, StepError, WindowRole,
+};
 use crate::providers::postgres::catalog::{self, Table};
 use crate::providers::postgres::{changes, checksum, replication, roles};
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// The `postgres.verify` kind.
 pub struct Verify;
 
 /// What the step compares.
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
-enum Method {
+pub enum Method {
     /// Row counts and hash sums of every chunk (before the freeze).
     #[default]
     Checksum,
@@ -42,9 +46,10 @@ enum Method {
     ChangedSincePrepass,
 }
 
+/// `with:` of `postgres.verify`.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// Checksum (row count and hash sum per key-range chunk, default) or count (row counts only), both before the freeze; changed-since-prepass inside the window (only rows changed since the pre-freeze pass, by key).
     #[serde(default)]
     method: Method,
@@ -71,8 +76,6 @@ fn default_jobs() -> usize {
 fn default_max_keys() -> usize {
     20
 }
-
-const METHODS: &[&str] = &["checksum", "count", "changed-since-prepass"];
 
 /// Rows that differ after a pass: per table, the keys.
 type Differing = Vec<(usize, Vec<Vec<String>>)>;
@@ -159,26 +162,48 @@ fn keys_in_table_order(t: &Table, tc: &changes::TableChanges) -> Option<Vec<Vec<
     )
 }
 
+/// One table's comparison in [`Outputs`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TableOutcome {
+    /// Rows compared in a pass over every row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rows: Option<i64>,
+    /// Chunks compared in that pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunks: Option<usize>,
+    /// Changed keys looked up inside the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keys: Option<usize>,
+    /// Rows compared inside the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rows_compared: Option<i64>,
+    /// True when the table was compared whole inside the window (no usable key).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    whole_table: bool,
+    /// Whether both sides were equal.
+    equal: bool,
+}
+
 /// What `postgres.verify` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// `checksum`, `count` or `changed-since-prepass`.
-    method: String,
-    /// Per table: rows and chunks compared, and whether they were equal.
-    tables: Map<String, Value>,
+    method: Method,
+    /// Per table (`schema.table`): rows and chunks compared, and whether they were equal.
+    tables: BTreeMap<String, TableOutcome>,
     /// The change-tracking slot whose changes the window's check reads.
     tracking_slot: String,
     /// The figures of a pass over every row (`checksum`, `count`).
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pass: Option<Pass>,
     /// The figures of the check inside the window (`changed-since-prepass`).
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     window: Option<Window>,
 }
 
 /// [`Outputs`] of a pass over every row.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Pass {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Pass {
     /// Rows compared.
     rows: i64,
     /// Chunks compared.
@@ -192,8 +217,8 @@ struct Pass {
 }
 
 /// [`Outputs`] of the check inside the window.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Window {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Window {
     /// Changes decoded since the pass.
     changes: u64,
     /// Rows compared by key.
@@ -203,44 +228,27 @@ struct Window {
 }
 
 #[async_trait]
-impl StepKind for Verify {
-    fn name(&self) -> &'static str {
-        "postgres.verify"
-    }
-    fn acts_on_database(&self) -> bool {
-        true
-    }
-    fn window_role(&self, params: &Map<String, Value>) -> super::WindowRole {
-        super::WindowRole::Verify {
-            full: params.get("method").and_then(Value::as_str) != Some("changed-since-prepass"),
+impl Kind for Verify {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = ();
+    type Predicted = ();
+    const NAME: &'static str = "postgres.verify";
+    const PURPOSE: &'static str = "Prove the target holds exactly the source's rows: every chunk before the freeze while replication runs, only the rows changed since inside the window; differing rows named by key";
+    const UNDO: &'static str = "Drop the change-tracking slot the pre-freeze pass created; the comparison itself is read-only";
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+    const ACTS_ON_DATABASE: bool = true;
+
+    fn window_role(&self, p: Option<&Literal<Params>>) -> WindowRole {
+        WindowRole::Verify {
+            // A templated method counts as its default (checksum: a full pass).
+            full: !p
+                .filter(|l| l.known("method"))
+                .is_some_and(|l| l.params.method == Method::ChangedSincePrepass),
         }
     }
-    fn purpose(&self) -> &'static str {
-        "Prove the target holds exactly the source's rows: every chunk before the freeze while replication runs, only the rows changed since inside the window; differing rows named by key"
-    }
 
-    fn undo(&self) -> &'static str {
-        "Drop the change-tracking slot the pre-freeze pass created; the comparison itself is read-only"
-    }
-    super::typed_io!(Params, Outputs);
-    fn default_timeout(&self) -> Duration {
-        Duration::from_secs(1800)
-    }
-    fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
-        let mut out = super::check_param_names(&self.params(), params);
-        if let Some(m) = params.get("method").and_then(Value::as_str) {
-            if !METHODS.contains(&m) {
-                out.push(format!(
-                    "method `{m}` is not one of: {}",
-                    METHODS.join(", ")
-                ));
-            }
-        }
-        out
-    }
-
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+    async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<(), ()>, StepError> {
         let source = cx.providers.source().await?;
         let tables = catalog::tables(&source, "source").await?;
         let rows: i64 = tables.iter().map(|t| t.est_rows).sum();
@@ -259,43 +267,41 @@ impl StepKind for Verify {
             } else {
                 format!("compare by key the rows changed since the pre-freeze pass, from change-tracking slot {track} (created by the pre-freeze postgres.verify)")
             };
-            return Ok(Planned::check(format!("database {db}"), detail));
+            return Ok(Plan::check(format!("database {db}"), detail));
         }
-        let mut changes_ = vec![super::Change::new(
-            crate::steps::Action::Create,
+        let mut changes_ = vec![Change::new(
+            Action::Create,
             format!("replication slot {track} on source"),
             "change tracking (pgoutput): keys of every row changed from the start of this pass, for the check inside the window",
         )];
-        changes_.push(super::Change::new(crate::steps::Action::Check, format!("database {db}"), format!(
+        changes_.push(Change::new(Action::Check, format!("database {db}"), format!(
             "compare {} of {} tables (~{rows} rows) on source and target in chunks of {} with {} job(s), while replication runs; re-read differing rows once the target caught up; name up to {} differing keys per table",
             if p.method == Method::Count { "row counts" } else { "row counts and hash sums" },
             tables.len(),
             p.chunk_rows.map_or("about 32 MB of each table".to_string(), |n| format!("{n} rows")),
             p.jobs, p.max_keys
         )));
-        Ok(Planned {
-            changes: changes_,
-            ..Default::default()
-        })
+        Ok(Plan::of(changes_))
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+        p: &Params,
+        _before: &(),
+    ) -> Result<Applied<Outputs>, StepError> {
         match p.method {
-            Method::ChangedSincePrepass => changed_since_prepass(cx, &p).await,
-            Method::Checksum | Method::Count => full_pass(cx, &p).await,
+            Method::ChangedSincePrepass => changed_since_prepass(cx, p).await,
+            Method::Checksum | Method::Count => full_pass(cx, p).await,
         }
     }
 
     async fn rollback(
         &self,
         cx: &StepContext,
-        _before: &Value,
-        _outputs: Option<&Map<String, Value>>,
+        _p: &Params,
+        _before: &(),
+        _outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
         let track = tracking_slot(cx);
         let source = cx.providers.source().await?;
@@ -313,7 +319,7 @@ impl StepKind for Verify {
 }
 
 /// The pre-freeze pass.
-async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value>, StepError> {
+async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Applied<Outputs>, StepError> {
     let (_, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
     let source = cx.providers.source().await?;
     let target = cx.providers.target().await?;
@@ -446,13 +452,18 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
     rechecked += caught_up_rows;
     let from = tracked_from;
     let (mut rows, mut chunks) = (0i64, 0usize);
-    let mut out_tables = Map::new();
+    let mut out_tables = BTreeMap::new();
     for r in &results {
         rows += r.rows;
         chunks += r.chunks;
         out_tables.insert(
             r.table.clone(),
-            json!({"rows": r.rows, "chunks": r.chunks, "equal": true}),
+            TableOutcome {
+                rows: Some(r.rows),
+                chunks: Some(r.chunks),
+                equal: true,
+                ..Default::default()
+            },
         );
     }
     let rate = if secs > 0.0 {
@@ -460,13 +471,20 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
     } else {
         0.0
     };
-    let mut out = super::outputs_map(&Outputs {
-        method: if p.method == Method::Count {
-            "count"
+    let summary = format!(
+        "{}: {} tables, {rows} rows in {chunks} chunks equal on both sides ({secs:.2} s, {rechecked} row(s) read again after the target caught up, {settled} chunk(s) equal on a second read); rows changed from {from} are tracked by {track}",
+        if frozen.is_empty() {
+            "before the freeze".to_string()
         } else {
-            "checksum"
-        }
-        .to_string(),
+            format!(
+                "inside the window (role(s) {} frozen on the source), every row read",
+                frozen.join(", ")
+            )
+        },
+        results.len()
+    );
+    Ok(Applied::new(Outputs {
+        method: p.method,
         tables: out_tables,
         tracking_slot: track.clone(),
         pass: Some(Pass {
@@ -477,23 +495,8 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Map<String, Value
             rechecked_rows: rechecked,
         }),
         window: None,
-    });
-    out.insert(
-        super::SUMMARY_OUTPUT.into(),
-        json!(format!(
-            "{}: {} tables, {rows} rows in {chunks} chunks equal on both sides ({secs:.2} s, {rechecked} row(s) read again after the target caught up, {settled} chunk(s) equal on a second read); rows changed from {from} are tracked by {track}",
-            if frozen.is_empty() {
-                "before the freeze".to_string()
-            } else {
-                format!(
-                    "inside the window (role(s) {} frozen on the source), every row read",
-                    frozen.join(", ")
-                )
-            },
-            results.len()
-        )),
-    );
-    Ok(out)
+    })
+    .summary(summary))
 }
 
 /// Reads by key every row the change-tracking slot names (up to now) on both sides once the
@@ -565,7 +568,7 @@ async fn frozen_roles(
 async fn changed_since_prepass(
     cx: &StepContext<'_>,
     p: &Params,
-) -> Result<Map<String, Value>, StepError> {
+) -> Result<Applied<Outputs>, StepError> {
     let (publ, _) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
     let source = cx.providers.source().await?;
     let target = cx.providers.target().await?;
@@ -582,7 +585,7 @@ async fn changed_since_prepass(
     let mut compared = 0usize;
     let mut whole = Vec::new();
     let mut diffs = Vec::new();
-    let mut out_tables = Map::new();
+    let mut out_tables = BTreeMap::new();
     for (name, tc) in &set.tables {
         let Some(t) = tables.iter().find(|t| &t.display == name) else {
             continue;
@@ -593,7 +596,12 @@ async fn changed_since_prepass(
                 compared += read;
                 out_tables.insert(
                     name.clone(),
-                    json!({"keys": keys.len(), "rows_compared": read, "equal": d.is_empty()}),
+                    TableOutcome {
+                        keys: Some(keys.len()),
+                        rows_compared: Some(read as i64),
+                        equal: d.is_empty(),
+                        ..Default::default()
+                    },
                 );
                 if !d.is_empty() {
                     diffs.push(format!(
@@ -615,7 +623,15 @@ async fn changed_since_prepass(
                 )
                 .await?;
                 compared += r[0].rows.max(0) as usize;
-                out_tables.insert(name.clone(), json!({"whole_table": true, "rows_compared": r[0].rows, "equal": !r[0].differs}));
+                out_tables.insert(
+                    name.clone(),
+                    TableOutcome {
+                        whole_table: true,
+                        rows_compared: Some(r[0].rows),
+                        equal: !r[0].differs,
+                        ..Default::default()
+                    },
+                );
                 if r[0].differs {
                     diffs.push(format!(
                         "{name}: {} rows on the source, {} on the target{}",
@@ -638,8 +654,18 @@ async fn changed_since_prepass(
         )));
     }
     let secs = started.elapsed().as_secs_f64();
-    let mut out = super::outputs_map(&Outputs {
-        method: "changed-since-prepass".into(),
+    let summary = format!(
+        "{}: {compared} row(s) changed since the pre-freeze pass ({} change(s) in {} table(s)) equal on both sides by key ({secs:.3} s); rows not changed since were not read",
+        if frozen.is_empty() {
+            "before the freeze (no role frozen on the source yet)"
+        } else {
+            "inside the window"
+        },
+        set.changes,
+        set.tables.len()
+    );
+    Ok(Applied::new(Outputs {
+        method: Method::ChangedSincePrepass,
         tables: out_tables,
         tracking_slot: track.clone(),
         pass: None,
@@ -648,21 +674,8 @@ async fn changed_since_prepass(
             rows_compared: compared,
             tables_compared_whole: whole,
         }),
-    });
-    out.insert(
-        super::SUMMARY_OUTPUT.into(),
-        json!(format!(
-            "{}: {compared} row(s) changed since the pre-freeze pass ({} change(s) in {} table(s)) equal on both sides by key ({secs:.3} s); rows not changed since were not read",
-            if frozen.is_empty() {
-                "before the freeze (no role frozen on the source yet)"
-            } else {
-                "inside the window"
-            },
-            set.changes,
-            set.tables.len()
-        )),
-    );
-    Ok(out)
+    })
+    .summary(summary))
 }
 
 #[cfg(test)]
