@@ -13,7 +13,10 @@
 //! template, so a resumed run never restarts a Deployment twice for the same step.
 
 use super::secret_owner::{self, External, Owner};
-use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
+use super::{
+    Action, Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError,
+    WindowRole,
+};
 use crate::config::SecretRef;
 use crate::providers::kube::{is_conflict, is_not_found, kube_err, Rollout};
 use crate::secret::fingerprint;
@@ -22,17 +25,18 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The `k8s.flip_secret` kind.
 pub struct FlipSecret;
 
+/// `with:` of `k8s.flip_secret`.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// Namespace of the Secret and Deployments.
     namespace: String,
     /// Name of the Secret.
@@ -304,10 +308,23 @@ async fn wait_rollouts(
     Ok(evidence)
 }
 
+/// Rollback material: fingerprints of the Secret's keys before the flip, and the
+/// ExternalSecret it was flipped through, if any.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Before {
+    /// Key → fingerprint of its value before the run.
+    #[serde(default)]
+    keys: BTreeMap<String, String>,
+    /// The ExternalSecret that owns the Secret, when one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    external_secret: Option<String>,
+}
+
 /// What `k8s.flip_secret` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// The backup Secret holding the values before the flip (`null` when nothing changed).
+    #[serde(default)]
     backup: Option<String>,
     /// The keys whose value changed.
     changed_keys: Vec<String>,
@@ -319,25 +336,21 @@ struct Outputs {
 }
 
 #[async_trait]
-impl StepKind for FlipSecret {
-    fn name(&self) -> &'static str {
-        "k8s.flip_secret"
-    }
-    fn window_role(&self, _params: &Map<String, Value>) -> super::WindowRole {
-        super::WindowRole::Flip
-    }
-    fn purpose(&self) -> &'static str {
-        "Point the application at the new database: update its Secret (old value kept in a backup Secret), restart its Deployments and wait for the rollout"
+impl Kind for FlipSecret {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = Before;
+    type Predicted = Outputs;
+    const NAME: &'static str = "k8s.flip_secret";
+    const PURPOSE: &'static str = "Point the application at the new database: update its Secret (old value kept in a backup Secret), restart its Deployments and wait for the rollout";
+    const UNDO: &'static str = "Put the backup Secret's values back into the Secret and restart the same Deployments; the backup Secret is kept";
+
+    fn window_role(&self, _params: Option<&Literal<Params>>) -> WindowRole {
+        WindowRole::Flip
     }
 
-    fn undo(&self) -> &'static str {
-        "Put the backup Secret's values back into the Secret and restart the same Deployments; the backup Secret is kept"
-    }
-    super::typed_io!(Params, Outputs);
-
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let p: Params = parse_params(&cx.params)?;
-        let names = deployments(&p)?;
+    async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<Before, Outputs>, StepError> {
+        let names = deployments(p)?;
         let client = cx.providers.kube().await?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &p.namespace);
         let Some(s) = get_secret(&secrets, &p.secret).await? else {
@@ -348,12 +361,12 @@ impl StepKind for FlipSecret {
         };
         let current = decoded(&s);
         let changed = changed_keys(&current, &p.data);
-        let external = owned_through(cx, &p, &s).await?;
+        let external = owned_through(cx, p, &s).await?;
         let target = format!("secret {}/{}", p.namespace, p.secret);
         let mut changes = Vec::new();
         if changed.is_empty() {
             changes.push(Change::new(
-                crate::steps::Action::None,
+                Action::None,
                 &target,
                 "keys already hold the wanted values",
             ));
@@ -368,7 +381,7 @@ impl StepKind for FlipSecret {
                     .and_then(|e| e.upstreams.iter().find(|u| &u.key == k));
                 match upstream {
                     Some(u) => changes.push(Change::new(
-                        crate::steps::Action::Update,
+                        Action::Update,
                         u.source.describe(),
                         format!(
                             "{}: {old} → {} (ExternalSecret {} copies it into {target} key {k})",
@@ -383,7 +396,7 @@ impl StepKind for FlipSecret {
                         ),
                     )),
                     None => changes.push(Change::new(
-                        crate::steps::Action::Update,
+                        Action::Update,
                         &target,
                         format!("{k}: {old} → {}", fingerprint(&p.data[k])),
                     )),
@@ -391,7 +404,7 @@ impl StepKind for FlipSecret {
             }
             if let Some(e) = &external {
                 changes.push(Change::new(
-                    crate::steps::Action::Annotate,
+                    Action::Annotate,
                     format!("externalsecret {}/{}", p.namespace, e.name),
                     format!(
                         "force-sync, then wait until {target} holds the new values (refreshInterval {})",
@@ -400,7 +413,7 @@ impl StepKind for FlipSecret {
                 ));
             }
             changes.push(Change::new(
-                crate::steps::Action::Create,
+                Action::Create,
                 format!(
                     "secret {}/{}",
                     p.namespace,
@@ -410,40 +423,39 @@ impl StepKind for FlipSecret {
             ));
             for n in &names {
                 changes.push(Change::new(
-                    crate::steps::Action::Restart,
+                    Action::Restart,
                     format!("deployment {}/{n}", p.namespace),
                     "rollout restart, then wait until rolled out",
                 ));
             }
         }
-        let keys: Map<String, Value> = current
+        let keys: BTreeMap<String, String> = current
             .iter()
-            .map(|(k, v)| (k.clone(), json!(fingerprint(v))))
+            .map(|(k, v)| (k.clone(), fingerprint(v)))
             .collect();
-        let predicted = super::outputs_map(&Outputs {
+        let predicted = Outputs {
             backup: Some(backup_name(&p.secret, cx.run_id)),
             changed_keys: changed.clone(),
             restarted: names.clone(),
             restarted_at: None,
-        });
-        let mut before = json!({"keys": keys});
-        if let Some(e) = &external {
-            before["external_secret"] = json!(e.name);
-        }
-        Ok(Planned {
+        };
+        Ok(Plan {
             changes,
-            before,
-            predicted,
+            before: Before {
+                keys,
+                external_secret: external.as_ref().map(|e| e.name.clone()),
+            },
+            predicted: Some(predicted),
         })
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
-        let names = deployments(&p)?;
+        p: &Params,
+        _before: &Before,
+    ) -> Result<Applied<Outputs>, StepError> {
+        let names = deployments(p)?;
         let client = cx.providers.kube().await?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &p.namespace);
         let backup = backup_name(&p.secret, cx.run_id);
@@ -455,7 +467,7 @@ impl StepKind for FlipSecret {
         };
         let current = decoded(&s);
         let changed = changed_keys(&current, &p.data);
-        let external = owned_through(cx, &p, &s).await?;
+        let external = owned_through(cx, p, &s).await?;
         let have_backup = get_secret(&secrets, &backup).await?.is_some();
         if !changed.is_empty() {
             if !have_backup {
@@ -500,7 +512,7 @@ impl StepKind for FlipSecret {
             match &external {
                 Some(e) => {
                     write_upstreams(cx, e, &p.data).await?;
-                    refresh_and_wait(cx, &p, e, &p.data).await?;
+                    refresh_and_wait(cx, p, e, &p.data).await?;
                 }
                 None => write_data(&secrets, &p.secret, &p.data).await?,
             }
@@ -519,48 +531,45 @@ impl StepKind for FlipSecret {
                 }
             }
         }
-        let mut out = super::outputs_map(&Outputs {
+        let summary = if changed.is_empty() && !have_backup {
+            format!("secret {}/{} already up to date", p.namespace, p.secret)
+        } else if let Some(e) = &external {
+            format!(
+                "secret {}/{} updated through ExternalSecret {} ({}), backup {backup}",
+                p.namespace,
+                p.secret,
+                e.name,
+                e.upstreams
+                    .iter()
+                    .map(|u| u.source.describe())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            format!(
+                "secret {}/{} updated ({}), backup {backup}",
+                p.namespace,
+                p.secret,
+                p.data.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        };
+        Ok(Applied::new(Outputs {
             backup: (!changed.is_empty() || have_backup).then(|| backup.clone()),
             changed_keys: changed.clone(),
             restarted,
             restarted_at: restarted_at
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-        });
-        out.insert(
-            super::SUMMARY_OUTPUT.into(),
-            json!(if changed.is_empty() && !have_backup {
-                format!("secret {}/{} already up to date", p.namespace, p.secret)
-            } else if let Some(e) = &external {
-                format!(
-                    "secret {}/{} updated through ExternalSecret {} ({}), backup {backup}",
-                    p.namespace,
-                    p.secret,
-                    e.name,
-                    e.upstreams
-                        .iter()
-                        .map(|u| u.source.describe())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            } else {
-                format!(
-                    "secret {}/{} updated ({}), backup {backup}",
-                    p.namespace,
-                    p.secret,
-                    p.data.keys().cloned().collect::<Vec<_>>().join(", ")
-                )
-            }),
-        );
-        Ok(out)
+        })
+        .summary(summary))
     }
 
     async fn verify(
         &self,
         cx: &StepContext,
-        outputs: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
-        let names = deployments(&p)?;
+        p: &Params,
+        outputs: &Outputs,
+    ) -> Result<Evidence, StepError> {
+        let names = deployments(p)?;
         let client = cx.providers.kube().await?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &p.namespace);
         let s = get_secret(&secrets, &p.secret)
@@ -577,23 +586,27 @@ impl StepKind for FlipSecret {
         }
         let deploys: Api<Deployment> = Api::namespaced(client, &p.namespace);
         let rolled = wait_rollouts(cx, &deploys, &names).await?;
-        let keys: Map<String, Value> = p
+        let keys: BTreeMap<String, String> = p
             .data
             .iter()
-            .map(|(k, v)| (k.clone(), json!(fingerprint(v))))
+            .map(|(k, v)| (k.clone(), fingerprint(v)))
             .collect();
-        let mut ev = Map::new();
-        ev.insert("keys".into(), Value::Object(keys));
-        ev.insert("rollouts".into(), json!(rolled));
+        let mut ev = Evidence {
+            facts: vec![
+                ("keys".into(), json!(keys)),
+                ("rollouts".into(), json!(rolled)),
+            ],
+            summary: None,
+        };
         // How long the restart took to roll out, from the first restart to every Deployment
         // complete: the least a `reload: restart` application's write outage can be.
         let restarted_at = outputs
-            .get("restarted_at")
-            .and_then(Value::as_str)
+            .restarted_at
+            .as_deref()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
         if let Some(t) = restarted_at {
             let ms = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds();
-            ev.insert("rollout_ms".into(), json!(ms.max(0)));
+            ev.facts.push(("rollout_ms".into(), json!(ms.max(0))));
         }
         Ok(ev)
     }
@@ -601,17 +614,15 @@ impl StepKind for FlipSecret {
     async fn rollback(
         &self,
         cx: &StepContext,
-        _before: &Value,
-        outputs: Option<&Map<String, Value>>,
+        p: &Params,
+        _before: &Before,
+        outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
-        let names = deployments(&p)?;
+        let names = deployments(p)?;
         let client = cx.providers.kube().await?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &p.namespace);
         let backup = outputs
-            .and_then(|o| o.get("backup"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+            .and_then(|o| o.backup.clone())
             .unwrap_or_else(|| backup_name(&p.secret, cx.run_id));
         let Some(b) = get_secret(&secrets, &backup).await? else {
             // Not changed by this run: no backup was ever taken.
@@ -658,7 +669,7 @@ impl StepKind for FlipSecret {
                     format!("upstream of ExternalSecret {es} restored from backup Secret {backup}"),
                 ));
             }
-            refresh_and_wait(cx, &p, &ext, &restore).await?;
+            refresh_and_wait(cx, p, &ext, &restore).await?;
         }
         for (k, v) in &restore {
             restored.push(Restored::new(
@@ -695,22 +706,14 @@ impl StepKind for FlipSecret {
         Ok(restored)
     }
 
-    fn manual_undo(
-        &self,
-        params: &Map<String, Value>,
-        _before: &Value,
-        run_id: &str,
-    ) -> Vec<String> {
-        let ns = super::param_str(params, "namespace", "NAMESPACE");
-        let secret = super::param_str(params, "secret", "SECRET");
+    fn manual_undo(&self, p: &Params, _before: &Before, run_id: &str) -> Vec<String> {
+        let (ns, secret) = (&p.namespace, &p.secret);
         let backup = backup_name(secret, run_id);
         let mut out = vec![format!(
             "restore the Secret from its backup: kubectl -n {ns} get secret {backup} -o json | jq '.metadata = {{name: \"{secret}\", namespace: \"{ns}\"}}' | kubectl apply -f -"
         )];
-        if let Some(Value::Array(ds)) = params.get("restart") {
-            for d in ds.iter().filter_map(Value::as_str) {
-                out.push(format!("restart and watch: kubectl -n {ns} rollout restart {d} && kubectl -n {ns} rollout status {d}"));
-            }
+        for d in &p.restart {
+            out.push(format!("restart and watch: kubectl -n {ns} rollout restart {d} && kubectl -n {ns} rollout status {d}"));
         }
         out
     }

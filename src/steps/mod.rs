@@ -273,7 +273,7 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &Typed(postgres_verify::Verify),
         &Typed(postgres_fallback::Fallback),
         &Typed(postgres_decommission::Decommission),
-        &k8s_flip_secret::FlipSecret,
+        &Typed(k8s_flip_secret::FlipSecret),
         &Typed(wafv2_assert_association::AssertAssociation),
         &Typed(route53_set_ttl::SetTtl),
         &Typed(approval::Approval),
