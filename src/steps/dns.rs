@@ -6,7 +6,6 @@
 
 use super::{Restored, StepContext, StepError};
 use crate::providers::route53::{self as r53p, batch_json, fqdn, RecordChange, RecordSet};
-use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// Submits `changes` and polls GetChange every 2 s until INSYNC; each poll is a safe point
@@ -35,15 +34,6 @@ pub(super) async fn submit_and_wait(
         ));
         cx.wait(Duration::from_secs(2), &awaiting).await?;
     }
-}
-
-/// The record sets kept as rollback material under `before.sets` (empty when absent).
-pub(super) fn sets_of(before: &Value) -> Vec<RecordSet> {
-    before
-        .get("sets")
-        .cloned()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default()
 }
 
 /// Rollback material of a Route 53 kind: the record's sets as they were before the run.
@@ -105,29 +95,4 @@ pub(super) async fn restore(
         after: r53p::fingerprint(&after),
         detail: format!("{} (change {id} INSYNC)", describe(now, &after)),
     }])
-}
-
-/// For `manual_undo`: the record's name (from the rendered `params`) and the `aws route53
-/// change-resource-record-sets` command that applies `action` to every set of the rollback
-/// material `before`.
-pub(super) fn cli_change(
-    params: &Map<String, Value>,
-    before: &Value,
-    action: &'static str,
-) -> (String, String) {
-    let zone = before
-        .get("zone_id")
-        .and_then(Value::as_str)
-        .unwrap_or("ZONE");
-    let changes: Vec<RecordChange> = sets_of(before)
-        .into_iter()
-        .map(|set| RecordChange { action, set })
-        .collect();
-    (
-        super::param_str(params, "record", "the record").to_string(),
-        format!(
-            "aws route53 change-resource-record-sets --hosted-zone-id {zone} --change-batch '{}'",
-            batch_json(&changes)
-        ),
-    )
 }

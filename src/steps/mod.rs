@@ -277,7 +277,7 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &Typed(wafv2_assert_association::AssertAssociation),
         &Typed(route53_set_ttl::SetTtl),
         &Typed(approval::Approval),
-        &route53_cutover::Route53Cutover,
+        &Typed(route53_cutover::Route53Cutover),
         &Typed(http_check::HttpCheck),
         &Typed(analysis_run::AnalysisRun),
     ]

@@ -16,25 +16,29 @@
 //! CNAME and A/AAAA records are supported, with plain values or an alias target (an ALB).
 
 use super::analysis::Analysis;
-use super::dns::{cli_change, restore, sets_of, submit_and_wait};
+use super::dns::{restore, submit_and_wait, RecordBefore};
 use super::journal::{
     AnalysisRecord, Insync, Journal, OldAnswersExpired, TrafficReturned, TrafficStage, TtlRestore,
     TtlWait,
 };
-use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
+use super::{
+    Action, Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError,
+    WindowRole,
+};
 use crate::providers::route53::{self as r53p, batch_json, fqdn, Alias, RecordChange, RecordSet};
 use crate::steps::context::Mode;
 use async_trait::async_trait;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::time::Duration;
 
 /// The `route53.cutover` kind.
 pub struct Route53Cutover;
 
-#[derive(Deserialize, schemars::JsonSchema)]
+/// `with:` of `route53.cutover`.
+#[derive(Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// Record name, e.g. shop.staging.example.com.
     record: String,
     /// The new target: a DNS name (CNAME, alias) or an address (A/AAAA).
@@ -77,9 +81,10 @@ struct Params {
     wait_old_answers: bool,
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
+/// `alias:` of `route53.cutover`.
+#[derive(Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AliasParams {
+pub struct AliasParams {
     /// The hosted zone of the alias target (the load balancer's canonical zone).
     hosted_zone_id: String,
     /// Whether Route 53 evaluates the target's health (default true).
@@ -97,7 +102,7 @@ fn default_stages() -> Vec<i64> {
 /// lowered (answers cached under it may still name the old target).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
-enum OnTtlPending {
+pub enum OnTtlPending {
     /// Fail the step: nothing moves (start the run later).
     #[default]
     Refuse,
@@ -305,8 +310,9 @@ fn ttl_pending(p: &Params) -> Result<i64, StepError> {
     Ok((ms + 999) / 1000)
 }
 
-fn parse(cx: &StepContext<'_>) -> Result<Params, StepError> {
-    let p: Params = with_default_ids(parse_params(&cx.params)?);
+/// `p` with its default set identifiers, checked.
+fn prepared(p: &Params) -> Result<Params, StepError> {
+    let p = with_default_ids(p.clone());
     let problems = check(&p);
     if problems.is_empty() {
         Ok(p)
@@ -449,9 +455,20 @@ async fn return_to_old(
     Ok(json!(id))
 }
 
+/// What a dry-run predicts of [`Outputs`].
+#[derive(serde::Serialize)]
+pub struct Predicted {
+    /// The hosted zone.
+    zone_id: String,
+    /// The record's fully qualified name.
+    record: String,
+    /// The new target.
+    value: String,
+}
+
 /// What `route53.cutover` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(serde::Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// Every change batch submitted, in order (stages, then the TTL's restore).
     change_batches: Vec<Value>,
     /// The stages (percent of traffic on the new target) this run moved through.
@@ -465,63 +482,49 @@ struct Outputs {
 }
 
 #[async_trait]
-impl StepKind for Route53Cutover {
-    fn name(&self) -> &'static str {
-        "route53.cutover"
-    }
-    fn window_role(&self, _params: &Map<String, Value>) -> super::WindowRole {
-        super::WindowRole::MoveTraffic
-    }
-    fn purpose(&self) -> &'static str {
-        "Move the service's DNS to the AWS target in weighted stages, each INSYNC and analysed, returning all weight on failure"
+impl Kind for Route53Cutover {
+    type Params = Params;
+    type Outputs = Outputs;
+    /// `None` when the step never planned (nothing observed, nothing to restore).
+    type Before = Option<RecordBefore>;
+    type Predicted = Predicted;
+    const NAME: &'static str = "route53.cutover";
+    const PURPOSE: &'static str = "Move the service's DNS to the AWS target in weighted stages, each INSYNC and analysed, returning all weight on failure";
+    const UNDO: &'static str = "Restore the exact record sets observed before the run in one change batch and wait for INSYNC";
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
+
+    fn window_role(&self, _params: Option<&Literal<Params>>) -> WindowRole {
+        WindowRole::MoveTraffic
     }
 
-    fn undo(&self) -> &'static str {
-        "Restore the exact record sets observed before the run in one change batch and wait for INSYNC"
-    }
-    super::typed_io!(Params, Outputs);
-    fn default_timeout(&self) -> Duration {
-        Duration::from_secs(900)
-    }
-
-    fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
-        let mut out = super::check_param_names(&self.params(), params);
-        let literal = |k: &str| {
-            params
-                .get(k)
-                .filter(|v| !v.as_str().is_some_and(crate::config::is_template))
-        };
-        if let Some(Value::Array(st)) = literal("stages") {
-            match st.iter().map(Value::as_i64).collect::<Option<Vec<i64>>>() {
-                Some(stages) => out.extend(check_stages(&stages)),
-                None => out.push("stages must be whole percentages, e.g. [10, 50, 100]".into()),
-            }
-            if st.len() > 1 && !params.contains_key("analysis") {
+    fn check(&self, l: &Literal<Params>) -> Vec<String> {
+        let p = &l.params;
+        let mut out = Vec::new();
+        if l.known("stages") {
+            out.extend(check_stages(&p.stages));
+            if p.stages.len() > 1 && p.analysis.is_none() {
                 out.push("stages need an `analysis` window: traffic moves to the next stage only on evidence".into());
             }
         }
-        if let Some(Value::String(v)) = literal("type") {
-            if !TYPES.contains(&v.as_str()) {
-                out.push(format!(
-                    "type `{v}` is not supported (valid: {})",
-                    TYPES.join(", ")
-                ));
-            }
+        if l.known("type") && !TYPES.contains(&p.rtype.as_str()) {
+            out.push(format!(
+                "type `{}` is not supported (valid: {})",
+                p.rtype,
+                TYPES.join(", ")
+            ));
         }
-        let rtype = match params.get("type") {
-            None => Some("CNAME"),
-            Some(_) => literal("type").and_then(Value::as_str),
-        };
-        if let (Some(rtype), Some(Value::String(to)), None) =
-            (rtype, literal("to"), params.get("alias"))
-        {
-            out.extend(value_problem(rtype, to));
+        if l.known("type") && l.known("to") && p.alias.is_none() {
+            out.extend(value_problem(&p.rtype, &p.to));
         }
         out
     }
 
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let p = parse(cx)?;
+    async fn plan(
+        &self,
+        cx: &StepContext,
+        p: &Params,
+    ) -> Result<Plan<Option<RecordBefore>, Predicted>, StepError> {
+        let p = prepared(p)?;
         let (r53, zone) = client(cx).await?;
         let live = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
         // A dry-run predicts the record as the earlier steps leave it: a `route53.set_ttl` before
@@ -541,7 +544,7 @@ impl StepKind for Route53Cutover {
         let pending = ttl_pending(&p)?;
         if p.previous_ttl.is_some() && p.ttl_lowered_at.is_some() {
             changes.push(Change::new(
-                crate::steps::Action::Check,
+                Action::Check,
                 format!("{label} old TTL"),
                 if pending == 0 {
                     format!("answers cached under the old TTL ({}s) have expired", p.previous_ttl.unwrap_or(0))
@@ -562,7 +565,7 @@ impl StepKind for Route53Cutover {
                 let batch = stage_changes(&p, &sets, &shape, stage, ttl);
                 changes.push(
                     Change::new(
-                        crate::steps::Action::Update,
+                        Action::Update,
                         label.clone(),
                         format!(
                             "stage {}/{}: {} (TTL {}s) in zone {zone}",
@@ -582,7 +585,7 @@ impl StepKind for Route53Cutover {
             }
             if let Some(a) = &p.analysis {
                 changes.push(Change::new(
-                    crate::steps::Action::Check,
+                    Action::Check,
                     format!("stage {}/{} analysis", i + 1, p.stages.len()),
                     a.describe(),
                 ));
@@ -593,7 +596,7 @@ impl StepKind for Route53Cutover {
             if !raise.is_empty() {
                 changes.push(
                     Change::new(
-                        crate::steps::Action::Update,
+                        Action::Update,
                         label.clone(),
                         format!(
                             "after the last stage: TTL {}s → {restore}s",
@@ -604,30 +607,34 @@ impl StepKind for Route53Cutover {
                 );
             }
         }
-        if !changes.iter().any(|c| c.action == super::Action::Update) {
+        if !changes.iter().any(|c| c.action == Action::Update) {
             changes.push(Change::new(
-                crate::steps::Action::None,
+                Action::None,
                 label,
                 format!("already on {}", p.to),
             ));
         }
-        let mut predicted = Map::new();
-        predicted.insert("zone_id".into(), json!(zone));
-        predicted.insert("record".into(), json!(fqdn(&p.record)));
-        predicted.insert("value".into(), json!(p.to));
-        Ok(Planned {
+        Ok(Plan {
             changes,
-            before: json!({"zone_id": zone, "sets": live}),
-            predicted,
+            before: Some(RecordBefore {
+                zone_id: zone.clone(),
+                sets: live,
+            }),
+            predicted: Some(Predicted {
+                zone_id: zone,
+                record: fqdn(&p.record),
+                value: p.to.clone(),
+            }),
         })
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p = parse(cx)?;
+        p: &Params,
+        _before: &Option<RecordBefore>,
+    ) -> Result<Applied<Outputs>, StepError> {
+        let p = prepared(p)?;
         let (r53, zone) = client(cx).await?;
         let label = format!("{} {}", p.rtype, fqdn(&p.record));
 
@@ -796,23 +803,23 @@ impl StepKind for Route53Cutover {
                 }
             )
         };
-        let mut out = super::outputs_map(&Outputs {
+        Ok(Applied::new(Outputs {
             change_batches: batches,
             stages: stages_done,
             zone_id: zone,
             record: fqdn(&p.record),
             value: p.to.clone(),
-        });
-        out.insert(super::SUMMARY_OUTPUT.into(), json!(summary));
-        Ok(out)
+        })
+        .summary(summary))
     }
 
     async fn verify(
         &self,
         cx: &StepContext,
-        _outputs: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p = parse(cx)?;
+        p: &Params,
+        _outputs: &Outputs,
+    ) -> Result<Evidence, StepError> {
+        let p = prepared(p)?;
         let (r53, zone) = client(cx).await?;
         let now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
         let target = new_member(&p, 0, None).target();
@@ -838,22 +845,24 @@ impl StepKind for Route53Cutover {
                     .join(", ")
             )));
         }
-        let mut ev = Map::new();
-        ev.insert("observed".into(), json!(now));
-        Ok(ev)
+        Ok(Evidence {
+            facts: vec![("observed".into(), json!(now))],
+            summary: None,
+        })
     }
 
     async fn rollback(
         &self,
         cx: &StepContext,
-        before: &Value,
-        _outputs: Option<&Map<String, Value>>,
+        p: &Params,
+        before: &Option<RecordBefore>,
+        _outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
-        let p: Params = with_default_ids(parse_params(&cx.params)?);
-        if before.get("sets").is_none() {
+        let p = with_default_ids(p.clone());
+        let Some(before) = before else {
             return Ok(vec![]);
-        }
-        let old = sets_of(before);
+        };
+        let old = before.sets.clone();
         let (r53, zone) = client(cx).await?;
         let now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
         let changes = r53p::diff(&now, &old);
@@ -881,19 +890,17 @@ impl StepKind for Route53Cutover {
         .await
     }
 
-    fn manual_undo(
-        &self,
-        params: &Map<String, Value>,
-        before: &Value,
-        _run_id: &str,
-    ) -> Vec<String> {
-        let zone = before
-            .get("zone_id")
-            .and_then(Value::as_str)
-            .unwrap_or("ZONE");
-        let (record, create) = cli_change(params, before, "CREATE");
+    fn manual_undo(&self, p: &Params, before: &Option<RecordBefore>, _run_id: &str) -> Vec<String> {
+        let before = before.clone().unwrap_or_default();
+        let zone = if before.zone_id.is_empty() {
+            "ZONE"
+        } else {
+            before.zone_id.as_str()
+        };
+        let record = &p.record;
+        let create = before.cli_change("CREATE");
         vec![
-            format!("list what {record} holds now: aws route53 list-resource-record-sets --hosted-zone-id {zone} --query \"ResourceRecordSets[?Name=='{}']\"", fqdn(&record)),
+            format!("list what {record} holds now: aws route53 list-resource-record-sets --hosted-zone-id {zone} --query \"ResourceRecordSets[?Name=='{}']\"", fqdn(record)),
             format!("delete those sets, then create exactly the sets from before the run, in one change batch: {create} (prepend a DELETE for each set listed above)"),
         ]
     }
