@@ -52,37 +52,6 @@ pub struct ParamSpec {
     pub doc: String,
 }
 
-/// Implements [`StepKind::params`], [`StepKind::literal_problems`] and [`StepKind::output_specs`]
-/// from a kind's typed `Params` and `Outputs` (both `JsonSchema`), inside its `impl StepKind`.
-macro_rules! typed_io {
-    ($params:ty, $outputs:ty) => {
-        fn params(&self) -> Vec<$crate::steps::ParamSpec> {
-            $crate::steps::params::specs::<$params>()
-        }
-        fn literal_problems(
-            &self,
-            params: &serde_json::Map<String, serde_json::Value>,
-        ) -> Vec<$crate::steps::params::ParamProblem> {
-            $crate::steps::params::literal_problems::<$params>(&self.params(), params)
-        }
-        fn output_specs(&self) -> Vec<$crate::steps::ParamSpec> {
-            $crate::steps::params::specs::<$outputs>()
-        }
-        fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-            generator.subschema_for::<$params>()
-        }
-    };
-}
-pub(crate) use typed_io;
-
-/// A kind's typed outputs as the map `apply` returns (and the event log records).
-pub fn outputs_map<T: serde::Serialize>(outputs: &T) -> Map<String, Value> {
-    match serde_json::to_value(outputs) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
-    }
-}
-
 /// The output key any kind may return besides its declared [`StepKind::outputs`]: the step's
 /// one-line summary, shown in progress and the audit.
 pub const SUMMARY_OUTPUT: &str = "summary";
@@ -127,14 +96,14 @@ pub trait StepKind: Send + Sync {
     fn purpose(&self) -> &'static str;
     /// One sentence: what `rollback` does (shown in rendered procedures).
     fn undo(&self) -> &'static str;
-    /// Parameters under `with:`, from the kind's typed `Params` ([`typed_io`]).
+    /// Parameters under `with:`, from the kind's typed `Params` ([`Typed`]).
     fn params(&self) -> Vec<ParamSpec>;
     /// The JSON Schema of the kind's `with:` mapping (its typed `Params`), with the definitions
-    /// it refers to added to `generator` ([`typed_io`]); `cutover schema runbook` puts one per
+    /// it refers to added to `generator` ([`Typed`]); `cutover schema runbook` puts one per
     /// kind into the step's schema.
     fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
     /// The outputs `apply` returns, referable as `steps.<id>.outputs.<name>`: the fields of
-    /// the kind's typed `Outputs` ([`typed_io`]), besides [`SUMMARY_OUTPUT`], which any kind
+    /// the kind's typed `Outputs` ([`Typed`]), besides [`SUMMARY_OUTPUT`], which any kind
     /// may return.
     fn output_specs(&self) -> Vec<ParamSpec>;
     /// The names of [`StepKind::output_specs`].
@@ -266,7 +235,7 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &Typed(terraform_apply::TerraformApply),
         &Typed(aws_assert_account::AssertAccount),
         &Typed(rds_snapshot::RdsSnapshot),
-        &postgres_replicate::Replicate,
+        &Typed(postgres_replicate::Replicate),
         &Typed(postgres_wait_lag::WaitLag),
         &Typed(postgres_freeze_writes::FreezeWrites),
         &Typed(postgres_sync_sequences::SyncSequences),
@@ -317,22 +286,6 @@ pub fn check_param_names(specs: &[ParamSpec], params: &Map<String, Value>) -> Ve
         }
     }
     out
-}
-
-/// The text parameter `key` of rendered `params`, or `default` when absent or not text.
-pub fn param_str<'a>(params: &'a Map<String, Value>, key: &str, default: &'a str) -> &'a str {
-    params.get(key).and_then(Value::as_str).unwrap_or(default)
-}
-
-/// Parses rendered parameters into a kind's typed parameter struct.
-///
-/// # Errors
-/// [`StepError::Params`] naming the field serde rejected.
-pub fn parse_params<T: serde::de::DeserializeOwned>(
-    params: &Map<String, Value>,
-) -> Result<T, StepError> {
-    serde_json::from_value(Value::Object(params.clone()))
-        .map_err(|e| StepError::Params(e.to_string()))
 }
 
 pub use crate::config::duration::{duration_text, parse_duration};

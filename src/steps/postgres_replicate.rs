@@ -15,7 +15,10 @@
 //! releases the snapshot. The target's copied rows stay: the target is not live before the flip,
 //! and after it they may hold acknowledged writes.
 
-use super::{parse_params, Change, Planned, Restored, StepContext, StepError, StepKind};
+use super::{
+    Action, Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError,
+    WindowRole,
+};
 use crate::providers::postgres::catalog::{self, Table, STATE_SCHEMA};
 use crate::providers::postgres::postdata::{self, Item, Stage};
 use crate::providers::postgres::preflight::{self, Needs};
@@ -24,17 +27,19 @@ use crate::providers::postgres::{
     copy, ident, literal, ownership, pg, replication, roles, ConnParts,
 };
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The `postgres.replicate` kind.
 pub struct Replicate;
 
+/// `with:` of `postgres.replicate`.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// Publication name on the source (default cutover_<database>_<run>, the run id's suffix).
     #[serde(default)]
     publication: Option<String>,
@@ -253,9 +258,37 @@ fn problems_error(problems: &[String]) -> StepError {
     ))
 }
 
+/// Rollback material: what the target held before the run.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Before {
+    /// Tables on the target before the run.
+    #[serde(default)]
+    target_tables: usize,
+    /// The application roles already read-only on the target (a rollback leaves them so).
+    #[serde(default)]
+    target_frozen: Vec<String>,
+}
+
+/// One table's copy in [`Copied`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TableCopy {
+    /// Chunks copied.
+    chunks: u64,
+    /// Rows copied.
+    rows: u64,
+    /// Bytes of COPY data.
+    bytes: u64,
+    /// The COPY format: `binary` or `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<copy::Format>,
+    /// Why text, when text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    text_because: Option<String>,
+}
+
 /// What `postgres.replicate` returns.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Outputs {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Outputs {
     /// The publication on the source.
     publication: String,
     /// The subscription on the target.
@@ -272,16 +305,16 @@ struct Outputs {
     target_frozen_roles: Vec<String>,
     /// The slot's consistent point: the copy's snapshot, replication's start (absent when the
     /// subscription existed already).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     consistent_lsn: Option<String>,
     /// The copy's figures (absent when the subscription existed already).
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     copied: Option<Copied>,
 }
 
 /// The figures of [`Outputs`]' copy.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct Copied {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Copied {
     /// Chunks the tables were split into.
     chunks: usize,
     /// Chunks this attempt copied.
@@ -303,15 +336,15 @@ struct Copied {
     foreign_keys_not_validated: Vec<NotValidated>,
     /// Wall time of each part of this attempt, in seconds: `preflight`, `slot`,
     /// `schema_and_plan`, `copy_and_post_data`, `subscription`, `foreign_key_validation`.
-    seconds: Map<String, Value>,
+    seconds: BTreeMap<String, f64>,
     /// Per table: rows, bytes and chunks copied, the COPY format (`binary` or `text`) and,
     /// for text, why (`text_because`).
-    copy: Map<String, Value>,
+    copy: BTreeMap<String, TableCopy>,
 }
 
 /// A foreign key the copy left `NOT VALID`.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-struct NotValidated {
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NotValidated {
     /// `table.constraint`.
     constraint: String,
     /// Why: the runbook said so, or it is `NOT VALID` on the source too.
@@ -403,43 +436,33 @@ impl Outputs {
         }
     }
 
-    fn with_summary(self, summary: String) -> Map<String, Value> {
-        let mut m = super::outputs_map(&self);
-        m.insert(super::SUMMARY_OUTPUT.into(), json!(summary));
-        m
+    fn with_summary(self, summary: String) -> Applied<Outputs> {
+        Applied::new(self).summary(summary)
     }
 }
 
 #[async_trait]
-impl StepKind for Replicate {
-    fn name(&self) -> &'static str {
-        "postgres.replicate"
-    }
-    fn acts_on_database(&self) -> bool {
-        true
-    }
-    fn window_role(&self, _params: &Map<String, Value>) -> super::WindowRole {
-        super::WindowRole::Replicate
-    }
-    fn purpose(&self) -> &'static str {
-        "Copy the legacy database to the target (exported snapshot, parallel chunked COPY, resumable) and start logical replication from the same point"
+impl Kind for Replicate {
+    type Params = Params;
+    type Outputs = Outputs;
+    type Before = Before;
+    type Predicted = Outputs;
+    const NAME: &'static str = "postgres.replicate";
+    const PURPOSE: &'static str = "Copy the legacy database to the target (exported snapshot, parallel chunked COPY, resumable) and start logical replication from the same point";
+    const UNDO: &'static str = "Drop the subscription, the publication and the replication slot this run created; the copied tables stay on the target for inspection";
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+    const ACTS_ON_DATABASE: bool = true;
+
+    fn window_role(&self, _params: Option<&Literal<Params>>) -> WindowRole {
+        WindowRole::Replicate
     }
 
-    fn undo(&self) -> &'static str {
-        "Drop the subscription, the publication and the replication slot this run created; the copied tables stay on the target for inspection"
-    }
-    super::typed_io!(Params, Outputs);
-    fn default_timeout(&self) -> Duration {
-        Duration::from_secs(6 * 3600)
-    }
-    fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
-        let mut out = super::check_param_names(&self.params(), params);
-        if let Some(j) = params.get("jobs").and_then(Value::as_i64) {
-            if !(1..=64).contains(&j) {
-                out.push(format!("jobs {j} is not between 1 and 64"));
-            }
+    fn check(&self, l: &Literal<Params>) -> Vec<String> {
+        let mut out = Vec::new();
+        if l.known("jobs") && !(1..=64).contains(&l.params.jobs) {
+            out.push(format!("jobs {} is not between 1 and 64", l.params.jobs));
         }
-        if let Some(r) = params.get("rate_limit_mb").and_then(Value::as_f64) {
+        if let Some(r) = l.params.rate_limit_mb.filter(|_| l.known("rate_limit_mb")) {
             if r <= 0.0 {
                 out.push(format!("rate_limit_mb {r} must be greater than 0"));
             }
@@ -447,8 +470,7 @@ impl StepKind for Replicate {
         out
     }
 
-    async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+    async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<Before, Outputs>, StepError> {
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let source = cx.providers.source().await?;
         let target = cx.providers.target().await?;
@@ -463,7 +485,7 @@ impl StepKind for Replicate {
             .iter()
             .map(|(side, c)| {
                 Change::new(
-                    crate::steps::Action::Check,
+                    Action::Check,
                     format!("route: this machine → {side} {}", c.display()),
                     format!("connected ({})", c.tls.describe()),
                 )
@@ -471,24 +493,23 @@ impl StepKind for Replicate {
             .collect();
         changes.extend(report.rights.iter().map(|f| {
             Change::new(
-                crate::steps::Action::Check,
+                Action::Check,
                 format!("right: {} role {}: {}", f.side, f.role, f.right.describe()),
                 f.verdict(),
             )
         }));
-        changes.extend(report.problems.iter().map(|m| {
-            Change::new(
-                crate::steps::Action::Check,
-                "preflight",
-                format!("WOULD FAIL: {m}"),
-            )
-        }));
+        changes.extend(
+            report
+                .problems
+                .iter()
+                .map(|m| Change::new(Action::Check, "preflight", format!("WOULD FAIL: {m}"))),
+        );
         if report.problems.is_empty() {
-            changes.push(Change::new(crate::steps::Action::Check, "preflight", "wal_level, slots, senders, keys, target, extensions, versions, long transactions, rights and routes: all pass"));
+            changes.push(Change::new(Action::Check, "preflight", "wal_level, slots, senders, keys, target, extensions, versions, long transactions, rights and routes: all pass"));
         }
         if let Some(filled) = &reset {
             changes.push(Change::new(
-                crate::steps::Action::Delete,
+                Action::Delete,
                 format!("rows of {} table(s) on target {}", filled.len(), tp.display()),
                 format!("DROP TABLE {} CASCADE (reset_target: an earlier rehearsal's copy; schema and rows copied again)", filled.join(", ")),
             ));
@@ -496,14 +517,14 @@ impl StepKind for Replicate {
         let subscribed = exists(&target, "target", SUB_SQL, &sub).await?;
         if subscribed {
             changes.push(Change::new(
-                crate::steps::Action::None,
+                Action::None,
                 format!("subscription {sub} on target"),
                 "exists: copy done, replicating",
             ));
         } else {
             if !exists(&source, "source", PUB_SQL, &publ).await? {
                 changes.push(Change::new(
-                    crate::steps::Action::Create,
+                    Action::Create,
                     format!("publication {publ} on source"),
                     format!("FOR TABLE the {} tables below", report.source_tables.len()),
                 ));
@@ -511,22 +532,22 @@ impl StepKind for Replicate {
             match &state {
                 Some(s) => {
                     let (all, done) = copy::progress(&target).await?;
-                    changes.push(Change::new(crate::steps::Action::Run, format!("copy into {}", tp.display()), format!(
+                    changes.push(Change::new(Action::Run, format!("copy into {}", tp.display()), format!(
                         "resume run {}'s copy under snapshot {} (slot {} at {}): {} of {} chunks copied, {} to go",
                         s.run_id, s.slot.snapshot, s.slot.slot, s.slot.consistent_lsn, done.len(), all.len(), all.len() - done.len()
                     )));
                 }
                 None => {
-                    changes.push(Change::new(crate::steps::Action::Create, format!("replication slot {sub} on source"), "CREATE_REPLICATION_SLOT ... LOGICAL pgoutput EXPORT_SNAPSHOT (held until the copy ends)"));
+                    changes.push(Change::new(Action::Create, format!("replication slot {sub} on source"), "CREATE_REPLICATION_SLOT ... LOGICAL pgoutput EXPORT_SNAPSHOT (held until the copy ends)"));
                     changes.push(Change::new(
-                        crate::steps::Action::Create,
+                        Action::Create,
                         format!("schema on target {}", tp.display()),
                         "pg_dump --section=pre-data under the snapshot",
                     ));
                     for t in &report.source_tables {
                         let chunks = copy::chunks_wanted(t, p.chunk_rows);
                         changes.push(Change::new(
-                            crate::steps::Action::Run,
+                            Action::Run,
                             format!("copy {}", t.display),
                             format!(
                                 "~{} rows, {} in {chunks} chunk(s)",
@@ -538,7 +559,7 @@ impl StepKind for Replicate {
                 }
             }
             changes.push(Change::new(
-                crate::steps::Action::Create,
+                Action::Create,
                 format!("indexes and constraints on target {}", tp.display()),
                 format!(
                     "pg_dump --section=post-data: each table's indexes built by the {} job(s) as soon as its rows are in, primary keys and unique constraints attached to them (USING INDEX), ANALYZE per table, foreign keys added NOT VALID{}",
@@ -550,39 +571,42 @@ impl StepKind for Replicate {
                     }
                 ),
             ));
-            changes.push(Change::new(crate::steps::Action::Create, format!("subscription {sub} on target"), format!(
+            changes.push(Change::new(Action::Create, format!("subscription {sub} on target"), format!(
                 "PUBLICATION {publ} WITH (create_slot = false, slot_name = {sub}, copy_data = false): replication from the slot's consistent point; {} job(s){}",
                 p.jobs,
                 p.rate_limit_mb.map(|r| format!(", limited to {r} MB/s")).unwrap_or_default()
             )));
         }
-        let predicted = super::outputs_map(&Outputs {
+        let predicted = Outputs {
             tables: report.source_tables.len(),
             ..Outputs::new(&publ, &sub, sp.display(), tp.display())
-        });
+        };
         let app = super::postgres_freeze_writes::application_roles(&source, None).await?;
         let on_target = roles::existing(&target, "target", &app).await?;
         let frozen = roles::frozen(&target, "target", &tp.dbname).await?;
         for r in on_target.iter().filter(|r| !frozen.contains(r)) {
             changes.push(Change::new(
-                crate::steps::Action::Update,
+                Action::Update,
                 format!("role {r} in {} on target", tp.dbname),
                 "read-only until the flip (postgres.fallback opens it): an application write to the target before then is refused",
             ));
         }
-        Ok(Planned {
+        Ok(Plan {
             changes,
-            before: json!({"target_tables": report.target_tables.len(), "target_frozen": frozen}),
-            predicted,
+            before: Before {
+                target_tables: report.target_tables.len(),
+                target_frozen: frozen,
+            },
+            predicted: Some(predicted),
         })
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
-        _planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
+        p: &Params,
+        _before: &Before,
+    ) -> Result<Applied<Outputs>, StepError> {
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let source_url = cx.providers.source_url()?;
         let target_url = cx.providers.target_url()?;
@@ -641,11 +665,11 @@ impl StepKind for Replicate {
             }
         }
         let mut clock = Instant::now();
-        let mut seconds = Map::new();
+        let mut seconds = BTreeMap::new();
         let mut lap = |name: &str| {
             seconds.insert(
                 name.to_string(),
-                json!((clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
+                (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
             );
             clock = Instant::now();
         };
@@ -836,22 +860,18 @@ impl StepKind for Replicate {
 
         // Per-table figures, read before the progress schema goes.
         let (_, done_all) = copy::progress(&target).await?;
-        let mut per_table = Map::new();
+        let mut per_table: BTreeMap<String, TableCopy> = BTreeMap::new();
         for d in &done_all {
-            let e = per_table
-                .entry(d.chunk.table.clone())
-                .or_insert_with(|| json!({"chunks": 0, "rows": 0, "bytes": 0}));
-            e["chunks"] = json!(e["chunks"].as_i64().unwrap_or(0) + 1);
-            e["rows"] = json!(e["rows"].as_u64().unwrap_or(0) + d.rows);
-            e["bytes"] = json!(e["bytes"].as_u64().unwrap_or(0) + d.bytes);
+            let e = per_table.entry(d.chunk.table.clone()).or_default();
+            e.chunks += 1;
+            e.rows += d.rows;
+            e.bytes += d.bytes;
         }
         for t in &tables {
             if let Some(e) = per_table.get_mut(&t.name) {
                 let (format, why) = copy::format_for(t, same_major);
-                e["format"] = json!(format);
-                if let Some(why) = why {
-                    e["text_because"] = json!(why);
-                }
+                e.format = Some(format);
+                e.text_because = why;
             }
         }
 
@@ -905,13 +925,10 @@ impl StepKind for Replicate {
     async fn verify(
         &self,
         cx: &StepContext,
-        outputs: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, StepError> {
-        let sub = outputs
-            .get("subscription")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        _p: &Params,
+        outputs: &Outputs,
+    ) -> Result<Evidence, StepError> {
+        let sub = outputs.subscription.clone();
         let target = cx.providers.target().await?;
         loop {
             let row = target
@@ -943,17 +960,16 @@ impl StepKind for Replicate {
                             .join("; ")
                     )));
                 }
-                let mut ev = Map::new();
-                ev.insert("tables_ready".into(), json!(total));
-                ev.insert("privileges_compared".into(), json!(on_source.len()));
-                ev.insert(
-                    "summary".into(),
-                    json!(format!(
+                return Ok(Evidence {
+                    facts: vec![
+                        ("tables_ready".into(), json!(total)),
+                        ("privileges_compared".into(), json!(on_source.len())),
+                    ],
+                    summary: Some(format!(
                         "{total} tables replicating through {sub}; owners and privileges of {} object(s) as on the source",
                         on_source.len()
                     )),
-                );
-                return Ok(ev);
+                });
             }
             cx.check_deadline(&format!("the apply worker of subscription {sub} to start"))?;
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -963,10 +979,10 @@ impl StepKind for Replicate {
     async fn rollback(
         &self,
         cx: &StepContext,
-        _before: &Value,
-        _outputs: Option<&Map<String, Value>>,
+        p: &Params,
+        before: &Before,
+        _outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
-        let p: Params = parse_params(&cx.params)?;
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let mut lines = Vec::new();
         let dropped = |object: String, what: &str| {
@@ -999,9 +1015,7 @@ impl StepKind for Replicate {
             ));
         }
         let tdb = ConnParts::parse(&cx.providers.target_url()?, "target")?.dbname;
-        let was: Vec<String> =
-            serde_json::from_value(_before.get("target_frozen").cloned().unwrap_or_default())
-                .unwrap_or_default();
+        let was = &before.target_frozen;
         let now_frozen = roles::frozen(&target, "target", &tdb).await?;
         let source = cx.providers.source().await?;
         // The roles this run froze: read-only now and not before the run.

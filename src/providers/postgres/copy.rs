@@ -363,7 +363,9 @@ impl Pacer {
 const SERIAL_PLANS: &str = "SET max_parallel_workers_per_gather = 0; SET jit = off";
 
 /// The `COPY` format a table is streamed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// `FORMAT binary`: no text rendering on the source nor parsing on the target (about 1.7×
