@@ -145,32 +145,34 @@ pub fn literal_problems<T: DeserializeOwned>(
     problems
 }
 
-/// The literal values of `params` parsed into `T`, each value holding a template replaced by a
-/// probe value that parses, with the top-level keys whose value is (or holds) a template:
-/// what a kind's cross-field checks and window role read before a run. `None` when a literal
-/// value itself does not parse (reported by [`literal_problems`]).
+/// The literal values of `params` parsed into `T` for checks across fields before a run: each
+/// value that holds a template, or that does not parse (reported by [`literal_problems`]), is
+/// replaced by a probe value that parses (or dropped, for an unknown key). Returns the parsed
+/// values with the top-level keys whose value is not the runbook's own, or `None` when no probe
+/// gets the parse through.
 pub fn literal_parse<T: DeserializeOwned>(
     params: &Map<String, Value>,
 ) -> Option<(T, std::collections::BTreeSet<String>)> {
-    let original = Value::Object(params.clone());
-    let templated: std::collections::BTreeSet<String> = params
+    let mut unknown: std::collections::BTreeSet<String> = params
         .iter()
         .filter(|(_, v)| holds_template(v))
         .map(|(k, _)| k.clone())
         .collect();
-    let mut value = original.clone();
+    let mut value = Value::Object(params.clone());
     for _ in 0..MAX_ATTEMPTS {
         let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(t) => return Some((t, templated)),
+            Ok(t) => return Some((t, unknown)),
             Err(e) => e,
         };
-        let path = crate::config::node::path_keys(err.path())?;
-        if path.is_empty() || !get(&original, &path).is_some_and(is_template) {
-            return None;
+        let mut path = crate::config::node::path_keys(err.path())?;
+        if let Some(f) = missing_field(&err.inner().to_string()) {
+            path.push(f);
         }
+        let top = path.first()?.clone();
         if !step_past::<T>(&mut value, &path) {
             return None;
         }
+        unknown.insert(top);
     }
     None
 }

@@ -346,30 +346,44 @@ fn event_log_reader_never_panics_and_never_accepts_a_changed_record() {
     });
 }
 
-/// Max resident set size of a finished child, in bytes (`wait4`'s rusage; Linux reports KiB).
-#[allow(clippy::zombie_processes)] // reaped by `wait4` below, which also reports its rusage
-fn run_measured(mut cmd: std::process::Command) -> (i32, u64, String) {
-    use std::os::unix::process::ExitStatusExt;
-    let child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let mut stderr = child.stderr.unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).ok();
-        s
-    });
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(got, pid);
-    let code = std::process::ExitStatus::from_raw(status)
-        .code()
-        .unwrap_or(-1);
-    (code, usage.ru_maxrss as u64 * 1024, reader.join().unwrap())
+/// Runs `cmd` and returns its exit code, its peak resident set size in bytes and its stderr.
+///
+/// The peak is measured by a python3 process that spawns `cmd` and reads
+/// `RUSAGE_CHILDREN`: a process spawned by this test binary directly would report at least the
+/// test binary's own peak, because Linux carries the peak of the address space a process execs
+/// away from into its `ru_maxrss` (fs/exec.c, `setmax_mm_hiwater_rss`), and the suite's process
+/// grows past the limit under test while many tests run. A child forked by the small python
+/// process inherits only python's.
+fn run_measured(cmd: std::process::Command) -> (i32, u64, String) {
+    const MEASURE: &str = "import resource, subprocess, sys\n\
+r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n\
+sys.stderr.buffer.write(r.stderr)\n\
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+sys.exit(r.returncode if r.returncode >= 0 else 128 - r.returncode)\n";
+    let mut m = std::process::Command::new("python3");
+    m.arg("-c")
+        .arg(MEASURE)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => m.env(k, v),
+            None => m.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        m.current_dir(d);
+    }
+    let out = m.output().expect("python3 runs the measured command");
+    let kib: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("python3 printed the peak in KiB");
+    (
+        out.status.code().unwrap_or(-1),
+        kib * 1024,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
