@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod route53;
 pub mod secrets;
 pub mod terraform;
+pub mod waf;
 
 use crate::config::{Environment, SecretRef, SecretSource, Side};
 use crate::secret::Redactor;
@@ -96,6 +97,7 @@ pub struct Providers {
     run_id: String,
     redactor: Arc<Redactor>,
     aws: OnceCell<aws::AwsSession>,
+    waf: OnceCell<Arc<dyn waf::Waf>>,
     kube: tokio::sync::Mutex<Option<(::kube::Client, kube::Access, std::time::Instant)>>,
     /// Database admin URLs read from a secret source other than a variable
     /// ([`Providers::load_database_url`]).
@@ -117,10 +119,34 @@ impl Providers {
             run_id: run_id.to_string(),
             redactor,
             aws: OnceCell::new(),
+            waf: OnceCell::new(),
             kube: tokio::sync::Mutex::new(None),
             urls: Default::default(),
             cas: Default::default(),
         }
+    }
+
+    /// WAFv2 in the environment's account ([`waf::AwsWaf`] over [`Providers::aws`]'s session).
+    ///
+    /// # Errors
+    /// What [`Providers::aws`] returns.
+    pub async fn waf(&self) -> Result<Arc<dyn waf::Waf>, ProviderError> {
+        self.waf
+            .get_or_try_init(|| async {
+                let config = &self.aws().await?.config;
+                Ok::<_, ProviderError>(
+                    Arc::new(waf::AwsWaf(aws_sdk_wafv2::Client::new(config))) as Arc<dyn waf::Waf>
+                )
+            })
+            .await
+            .cloned()
+    }
+
+    /// The same providers with `waf` in place of WAFv2 (unit tests of step kinds).
+    #[cfg(test)]
+    pub fn with_waf(self, waf: Arc<dyn waf::Waf>) -> Self {
+        let _ = self.waf.set(waf);
+        self
     }
 
     /// The environment's AWS session: the role assumed and the account checked (see

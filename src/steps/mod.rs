@@ -32,6 +32,9 @@ pub mod journal;
 pub mod params;
 pub mod typed;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 pub use context::{Action, Change, Planned, Restored, StepContext, StepError};
 pub use typed::{Applied, Evidence, Kind, Literal, Plan, Typed};
 

@@ -1,10 +1,11 @@
 //! `wafv2.assert_association`: no traffic moves to a load balancer that is not behind the web ACL.
 //! A gate: fails when WAFv2 reports no web ACL for the resource (or another one than expected).
 //! With `associate: true` it associates the named web ACL itself when none is, and its rollback
-//! removes only an association it made.
+//! removes only an association it made: one its first plan did not find (so a re-run after a
+//! crash between the association and its record still owns it).
 
 use super::{Action, Applied, Change, Kind, Literal, Plan, Restored, StepContext, StepError};
-use crate::providers::aws::err;
+use crate::providers::waf::{Waf, WebAcl};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -37,50 +38,30 @@ pub struct Outputs {
 }
 
 /// The ARN of the regional web ACL named `name`.
-async fn acl_arn(waf: &aws_sdk_wafv2::Client, name: &str) -> Result<String, StepError> {
-    let out = waf
-        .list_web_acls()
-        .scope(aws_sdk_wafv2::types::Scope::Regional)
-        .send()
-        .await
-        .map_err(|e| err("wafv2:ListWebACLs", e))?;
-    out.web_acls()
-        .iter()
-        .find(|a| a.name() == Some(name))
-        .and_then(|a| a.arn().map(str::to_owned))
+async fn acl_arn(waf: &dyn Waf, name: &str) -> Result<String, StepError> {
+    waf.web_acl_arn(name)
+        .await?
         .ok_or_else(|| StepError::Check(format!("no regional web ACL named {name} in the account")))
 }
 
-async fn observe(cx: &StepContext<'_>, p: &Params) -> Result<Option<(String, String)>, StepError> {
-    let waf = aws_sdk_wafv2::Client::new(&cx.providers.aws().await?.config);
-    let out = waf
-        .get_web_acl_for_resource()
-        .resource_arn(&p.resource)
-        .send()
-        .await
-        .map_err(|e| err("wafv2:GetWebACLForResource", e))?;
-    Ok(out
-        .web_acl()
-        .map(|a| (a.name().to_string(), a.arn().to_string())))
-}
-
-fn judge(p: &Params, acl: &Option<(String, String)>) -> Result<(), String> {
+fn judge(p: &Params, acl: &Option<WebAcl>) -> Result<(), String> {
     match (acl, &p.web_acl) {
         (None, _) => Err(format!("no web ACL is associated with {}", p.resource)),
-        (Some((name, _)), Some(want)) if name != want => Err(format!(
-            "{} is associated with web ACL {name}, not {want}",
-            p.resource
+        (Some(a), Some(want)) if &a.name != want => Err(format!(
+            "{} is associated with web ACL {}, not {want}",
+            p.resource, a.name
         )),
         _ => Ok(()),
     }
 }
 
-/// Rollback material: whether an association existed before the run.
+/// Rollback material: whether the resource had a web ACL when the run first planned the step.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Before {
-    /// False when this step found no association and would make one.
+    /// `Some(false)`: none was associated (an association seen later is this run's);
+    /// `None`: not observed (logs of earlier versions recorded only the first case).
     #[serde(default)]
-    associated: bool,
+    associated: Option<bool>,
 }
 
 #[async_trait]
@@ -105,11 +86,15 @@ impl Kind for AssertAssociation {
     }
 
     async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<Before, Outputs>, StepError> {
-        let acl = observe(cx, p).await?;
+        let waf = cx.providers.waf().await?;
+        let acl = waf.web_acl_for(&p.resource).await?;
+        let before = Before {
+            associated: Some(acl.is_some()),
+        };
+        let target = format!("waf association of {}", p.resource);
         if acl.is_none() && p.associate {
             let name = p.web_acl.clone().unwrap_or_default();
-            let waf = aws_sdk_wafv2::Client::new(&cx.providers.aws().await?.config);
-            let detail = match acl_arn(&waf, &name).await {
+            let detail = match acl_arn(waf.as_ref(), &name).await {
                 Ok(arn) => format!(
                     "AssociateWebACL {{WebACLArn: {arn}, ResourceArn: {}}}",
                     p.resource
@@ -117,51 +102,46 @@ impl Kind for AssertAssociation {
                 Err(e) => format!("WOULD FAIL: {e}"),
             };
             return Ok(Plan {
-                changes: vec![Change::new(
-                    Action::Create,
-                    format!("waf association of {}", p.resource),
-                    detail,
-                )],
-                before: Before { associated: false },
+                changes: vec![Change::new(Action::Create, target, detail)],
+                before,
                 predicted: None,
             });
         }
         let detail = match judge(p, &acl) {
             Ok(()) => format!(
                 "associated with {}",
-                acl.as_ref().map(|a| a.0.as_str()).unwrap_or("")
+                acl.as_ref().map(|a| a.name.as_str()).unwrap_or("")
             ),
             Err(e) => format!("WOULD FAIL: {e}"),
         };
-        Ok(Plan::check(
-            format!("waf association of {}", p.resource),
-            detail,
-        ))
+        Ok(Plan {
+            before,
+            ..Plan::check(target, detail)
+        })
     }
 
     async fn apply(
         &self,
         cx: &StepContext,
         p: &Params,
-        _before: &Before,
+        before: &Before,
     ) -> Result<Applied<Outputs>, StepError> {
-        let mut acl = observe(cx, p).await?;
-        let mut associated = false;
+        let waf = cx.providers.waf().await?;
+        let mut acl = waf.web_acl_for(&p.resource).await?;
         if acl.is_none() && p.associate {
             let name = p.web_acl.clone().unwrap_or_default();
-            let waf = aws_sdk_wafv2::Client::new(&cx.providers.aws().await?.config);
-            let arn = acl_arn(&waf, &name).await?;
-            waf.associate_web_acl()
-                .web_acl_arn(&arn)
-                .resource_arn(&p.resource)
-                .send()
-                .await
-                .map_err(|e| err("wafv2:AssociateWebACL", e))?;
-            associated = true;
-            acl = observe(cx, p).await?;
+            let arn = acl_arn(waf.as_ref(), &name).await?;
+            waf.associate(&arn, &p.resource).await?;
+            acl = waf.web_acl_for(&p.resource).await?;
         }
         judge(p, &acl).map_err(|e| StepError::Gate(format!("refused: {e}; no traffic moves to it (set associate: true and web_acl to associate it)")))?;
-        let (name, arn) = acl.unwrap_or_default();
+        // Ours when the first plan of the run found none: whether this call or an attempt
+        // before a crash made it.
+        let associated = p.associate && before.associated == Some(false);
+        let WebAcl { name, arn } = acl.unwrap_or(WebAcl {
+            name: String::new(),
+            arn: String::new(),
+        });
         let summary = format!(
             "{} behind web ACL {name}{}",
             p.resource,
@@ -183,23 +163,246 @@ impl Kind for AssertAssociation {
         &self,
         cx: &StepContext,
         p: &Params,
-        _before: &Before,
+        before: &Before,
         outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
-        if !outputs.is_some_and(|o| o.associated_by_run) {
+        // Recorded as ours, or made before a crash that left no record: the first plan found
+        // none and one is there now.
+        let ours = match outputs {
+            Some(o) => o.associated_by_run,
+            None => p.associate && before.associated == Some(false),
+        };
+        if !ours {
             return Ok(vec![]);
         }
-        let waf = aws_sdk_wafv2::Client::new(&cx.providers.aws().await?.config);
-        waf.disassociate_web_acl()
-            .resource_arn(&p.resource)
-            .send()
-            .await
-            .map_err(|e| err("wafv2:DisassociateWebACL", e))?;
+        let waf = cx.providers.waf().await?;
+        if waf.web_acl_for(&p.resource).await?.is_none() {
+            return Ok(vec![]);
+        }
+        waf.disassociate(&p.resource).await?;
         Ok(vec![Restored::new(
             format!("waf association of {}", p.resource),
             Some(p.web_acl.as_deref().unwrap_or("")),
             None,
             "association made by this run removed",
         )])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::testing::Harness;
+    use std::sync::{Arc, Mutex};
+
+    const LB: &str = "arn:aws:elasticloadbalancing:us-east-1:111111111111:loadbalancer/app/shop/1";
+
+    /// WAFv2 with one regional web ACL (`shop`, plus `other`) and a record of the calls.
+    #[derive(Default)]
+    struct FakeWaf {
+        /// Resource → associated ACL name.
+        associations: Mutex<std::collections::BTreeMap<String, String>>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Waf for FakeWaf {
+        async fn web_acl_for(
+            &self,
+            resource: &str,
+        ) -> Result<Option<WebAcl>, crate::providers::ProviderError> {
+            Ok(self
+                .associations
+                .lock()
+                .unwrap()
+                .get(resource)
+                .map(|n| WebAcl {
+                    name: n.clone(),
+                    arn: format!("arn:waf:{n}"),
+                }))
+        }
+        async fn web_acl_arn(
+            &self,
+            name: &str,
+        ) -> Result<Option<String>, crate::providers::ProviderError> {
+            Ok(["shop", "other"]
+                .contains(&name)
+                .then(|| format!("arn:waf:{name}")))
+        }
+        async fn associate(
+            &self,
+            acl_arn: &str,
+            resource: &str,
+        ) -> Result<(), crate::providers::ProviderError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("associate {acl_arn}"));
+            let name = acl_arn.trim_start_matches("arn:waf:").to_string();
+            self.associations
+                .lock()
+                .unwrap()
+                .insert(resource.to_string(), name);
+            Ok(())
+        }
+        async fn disassociate(
+            &self,
+            resource: &str,
+        ) -> Result<(), crate::providers::ProviderError> {
+            self.calls.lock().unwrap().push("disassociate".into());
+            self.associations.lock().unwrap().remove(resource);
+            Ok(())
+        }
+    }
+
+    fn params(associate: bool) -> Params {
+        Params {
+            resource: LB.into(),
+            web_acl: Some("shop".into()),
+            associate,
+        }
+    }
+
+    fn harness(fake: &Arc<FakeWaf>) -> Harness {
+        Harness::new(|p| p.with_waf(fake.clone()))
+    }
+
+    #[tokio::test]
+    async fn a_missing_association_is_refused_or_planned_as_a_creation() {
+        let fake = Arc::new(FakeWaf::default());
+        let h = harness(&fake);
+        let cx = h.cx();
+        let plan = AssertAssociation.plan(&cx, &params(false)).await.unwrap();
+        assert_eq!(plan.changes[0].action, Action::Check);
+        assert!(
+            plan.changes[0].detail.starts_with("WOULD FAIL: no web ACL"),
+            "{:?}",
+            plan.changes
+        );
+        let e = AssertAssociation
+            .apply(&cx, &params(false), &plan.before)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, StepError::Gate(_)), "{e}");
+        let plan = AssertAssociation.plan(&cx, &params(true)).await.unwrap();
+        assert_eq!(plan.changes[0].action, Action::Create);
+        assert!(
+            plan.changes[0].detail.contains("arn:waf:shop"),
+            "{:?}",
+            plan.changes
+        );
+        assert!(
+            fake.calls.lock().unwrap().is_empty(),
+            "a plan changes nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn apply_associates_once_and_a_rerun_after_a_crash_still_owns_it_for_rollback() {
+        let fake = Arc::new(FakeWaf::default());
+        let h = harness(&fake);
+        let cx = h.cx();
+        let p = params(true);
+        let plan = AssertAssociation.plan(&cx, &p).await.unwrap();
+        let first = AssertAssociation
+            .apply(&cx, &p, &plan.before)
+            .await
+            .unwrap();
+        assert!(first.outputs.associated_by_run);
+        assert_eq!(first.outputs.web_acl_name, "shop");
+        // A crash before the record: the resumed run applies again with the first plan's
+        // material; nothing is associated twice and the association is still this run's.
+        let again = AssertAssociation
+            .apply(&cx, &p, &plan.before)
+            .await
+            .unwrap();
+        assert!(again.outputs.associated_by_run);
+        assert_eq!(
+            fake.calls.lock().unwrap().as_slice(),
+            ["associate arn:waf:shop"]
+        );
+        let undone = AssertAssociation
+            .rollback(&cx, &p, &plan.before, Some(&again.outputs))
+            .await
+            .unwrap();
+        assert_eq!(undone.len(), 1);
+        assert!(fake.associations.lock().unwrap().is_empty());
+        // Rolling back again finds nothing to undo.
+        assert!(AssertAssociation
+            .rollback(&cx, &p, &plan.before, Some(&again.outputs))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_association_found_before_the_run_is_never_removed() {
+        let fake = Arc::new(FakeWaf::default());
+        fake.associations
+            .lock()
+            .unwrap()
+            .insert(LB.into(), "shop".into());
+        let h = harness(&fake);
+        let cx = h.cx();
+        let p = params(true);
+        let plan = AssertAssociation.plan(&cx, &p).await.unwrap();
+        let out = AssertAssociation
+            .apply(&cx, &p, &plan.before)
+            .await
+            .unwrap();
+        assert!(!out.outputs.associated_by_run);
+        for outputs in [Some(&out.outputs), None] {
+            assert!(AssertAssociation
+                .rollback(&cx, &p, &plan.before, outputs)
+                .await
+                .unwrap()
+                .is_empty());
+        }
+        // Rollback material from an earlier version (nothing observed) owns nothing either.
+        assert!(AssertAssociation
+            .rollback(&cx, &p, &Before::default(), None)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(fake.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn another_web_acl_than_the_named_one_is_refused() {
+        let fake = Arc::new(FakeWaf::default());
+        fake.associations
+            .lock()
+            .unwrap()
+            .insert(LB.into(), "other".into());
+        let h = harness(&fake);
+        let cx = h.cx();
+        let p = params(true);
+        let plan = AssertAssociation.plan(&cx, &p).await.unwrap();
+        assert!(
+            plan.changes[0]
+                .detail
+                .contains("associated with web ACL other, not shop"),
+            "{:?}",
+            plan.changes
+        );
+        let e = AssertAssociation
+            .apply(&cx, &p, &plan.before)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not shop"), "{e}");
+        assert!(fake.calls.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn associate_without_a_web_acl_is_reported_by_validate() {
+        let p = Params {
+            resource: LB.into(),
+            web_acl: None,
+            associate: true,
+        };
+        assert_eq!(AssertAssociation.check(&Literal::of(p)).len(), 1);
     }
 }
