@@ -295,7 +295,7 @@ impl State {
                     .display()
                     .to_string(),
             ));
-            // The seeded record's TTL is SEED_TTL (20 s) so a rehearsal's wait for answers cached
+            // The seeded record's TTL is SEED_TTL (10 s) so a rehearsal's wait for answers cached
             // under it stays short; lowering it to 5 s keeps the lowering real.
             v.push((format!("CUTOVER_{up}_DNS_CUTOVER_TTL"), "5".to_string()));
             // Prometheus scrapes every 500 ms here: the analyses' rate windows hold a new stage's
@@ -333,7 +333,7 @@ impl State {
 
 /// TTL in seconds of the legacy `shop.<domain>` CNAME the sandbox seeds: short, so that a
 /// rehearsal that lowers it waits seconds, not minutes, for answers cached under it to expire.
-pub const SEED_TTL: i64 = 20;
+pub const SEED_TTL: i64 = 10;
 
 /// First 16 hex digits of SHA-256 of `text` (the ALB id both the seed and the Terraform sandbox
 /// stack derive: `substr(sha256("shop-<env>-<account>"), 0, 16)`).

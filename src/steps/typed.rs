@@ -251,7 +251,7 @@ fn to_map<T: Serialize>(kind: &str, what: &str, t: &T) -> Result<Map<String, Val
 }
 
 impl<K: Kind> Typed<K> {
-    fn parse_params(&self, params: &Map<String, Value>) -> Result<K::Params, StepError> {
+    fn typed_params(&self, params: &Map<String, Value>) -> Result<K::Params, StepError> {
         serde_json::from_value(Value::Object(params.clone()))
             .map_err(|e| StepError::Params(e.to_string()))
     }
@@ -324,7 +324,7 @@ impl<K: Kind> StepKind for Typed<K> {
     }
 
     async fn plan(&self, cx: &StepContext) -> Result<Planned, StepError> {
-        let p = self.parse_params(&cx.params)?;
+        let p = self.typed_params(&cx.params)?;
         let plan = self.0.plan(cx, &p).await?;
         Ok(Planned {
             changes: plan.changes,
@@ -341,7 +341,7 @@ impl<K: Kind> StepKind for Typed<K> {
         cx: &StepContext,
         planned: &Planned,
     ) -> Result<Map<String, Value>, StepError> {
-        let p = self.parse_params(&cx.params)?;
+        let p = self.typed_params(&cx.params)?;
         let before = self.before(&planned.before)?;
         let applied = self.0.apply(cx, &p, &before).await?;
         let mut out = to_map(K::NAME, "outputs", &applied.outputs)?;
@@ -356,7 +356,7 @@ impl<K: Kind> StepKind for Typed<K> {
         cx: &StepContext,
         outputs: &Map<String, Value>,
     ) -> Result<Map<String, Value>, StepError> {
-        let p = self.parse_params(&cx.params)?;
+        let p = self.typed_params(&cx.params)?;
         let o = self.outputs(outputs)?;
         let ev = self.0.verify(cx, &p, &o).await?;
         let mut out: Map<String, Value> = ev.facts.into_iter().collect();
@@ -372,7 +372,7 @@ impl<K: Kind> StepKind for Typed<K> {
         before: &Value,
         outputs: Option<&Map<String, Value>>,
     ) -> Result<Vec<Restored>, StepError> {
-        let p = self.parse_params(&cx.params)?;
+        let p = self.typed_params(&cx.params)?;
         let b = self.before(before)?;
         let o = outputs.map(|o| self.outputs(o)).transpose()?;
         self.0.rollback(cx, &p, &b, o.as_ref()).await
@@ -384,7 +384,7 @@ impl<K: Kind> StepKind for Typed<K> {
         before: &Value,
         outputs: Option<&Map<String, Value>>,
     ) -> Result<Option<String>, StepError> {
-        let p = self.parse_params(&cx.params)?;
+        let p = self.typed_params(&cx.params)?;
         let b = self.before(before)?;
         let o = outputs.map(|o| self.outputs(o)).transpose()?;
         self.0.rollback_refusal(cx, &p, &b, o.as_ref()).await
@@ -396,7 +396,7 @@ impl<K: Kind> StepKind for Typed<K> {
         before: &Value,
         run_id: &str,
     ) -> Vec<String> {
-        match (self.parse_params(params), self.before(before)) {
+        match (self.typed_params(params), self.before(before)) {
             (Ok(p), Ok(b)) => self.0.manual_undo(&p, &b, run_id),
             _ => Vec::new(),
         }

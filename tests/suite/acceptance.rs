@@ -24,9 +24,10 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
         "{}",
         text(&out)
     );
-    // After the last stage the TTL went back up to the seeded record's (20 s).
+    // After the last stage the TTL went back up to the seeded record's (10 s, the sandbox's
+    // SEED_TTL).
     let sets = sb.shop_sets("staging");
-    assert!(sets.iter().all(|s| s.ttl == Some(20)), "{sets:?}");
+    assert!(sets.iter().all(|s| s.ttl == Some(10)), "{sets:?}");
 
     // DNS: moto's record points at the AWS load balancer named by Terraform's output.
     let run = sb.run_ids().pop().unwrap();
