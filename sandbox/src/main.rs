@@ -330,8 +330,18 @@ fn seeded_clusters(
         "sandbox: seeding the shop database ({} orders)",
         seed::ORDERS
     );
+    if template.is_some() {
+        rt.block_on(async {
+            template::keep_wal_small(&source, s.source_port).await?;
+            template::keep_wal_small(&target, s.target_port).await
+        })?;
+    }
     rt.block_on(seed::databases(s))?;
     if let Some(t) = template {
+        rt.block_on(async {
+            template::default_wal_sizes(&source, s.source_port).await?;
+            template::default_wal_sizes(&target, s.target_port).await
+        })?;
         procs::stop_cluster(&source);
         procs::stop_cluster(&target);
         template::save(&dir.join("pg"), t)?;

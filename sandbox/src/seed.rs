@@ -324,150 +324,165 @@ pub async fn aws(s: &mut State) -> Result<()> {
         s.accounts.insert(env.to_string(), account);
     }
     organization_units(&org, s).await?;
-    for env in ENVIRONMENTS {
-        let account = s.accounts[env].clone();
-        let cfg = assume(s, &mgmt, &account).await?;
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&cfg)
-                .force_path_style(true)
-                .build(),
-        );
-        s3.create_bucket()
-            .bucket(format!("shop-tfstate-{account}"))
-            .send()
-            .await
-            .context("s3:CreateBucket")?;
-
-        let r53 = aws_sdk_route53::Client::new(&cfg);
-        let domain = State::domain(env);
-        let zone = r53
-            .create_hosted_zone()
-            .name(&domain)
-            .caller_reference(format!("cutover-sandbox-{env}-{account}"))
-            .send()
-            .await
-            .context("route53:CreateHostedZone")?;
-        let zone_id = zone
-            .hosted_zone()
-            .map(|z| z.id().to_string())
-            .unwrap_or_default();
-        use aws_sdk_route53::types::{
-            Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
-        };
-        let set = ResourceRecordSet::builder()
-            .name(format!("shop.{domain}."))
-            .r#type(RrType::Cname)
-            .ttl(crate::state::SEED_TTL)
-            .resource_records(
-                ResourceRecord::builder()
-                    .value(format!("shop-legacy-{env}.droplets.example.net"))
-                    .build()?,
-            )
-            .build()?;
-        let letters = ResourceRecordSet::builder()
-            .name(format!("letters.{domain}."))
-            .r#type(RrType::Cname)
-            .ttl(crate::state::SEED_TTL)
-            .resource_records(
-                ResourceRecord::builder()
-                    .value(format!("letters-legacy-{env}.droplets.example.net"))
-                    .build()?,
-            )
-            .build()?;
-        r53.change_resource_record_sets()
-            .hosted_zone_id(zone_id.trim_start_matches("/hostedzone/"))
-            .change_batch(
-                ChangeBatch::builder()
-                    .changes(
-                        Change::builder()
-                            .action(ChangeAction::Create)
-                            .resource_record_set(set)
-                            .build()?,
-                    )
-                    .changes(
-                        Change::builder()
-                            .action(ChangeAction::Create)
-                            .resource_record_set(letters)
-                            .build()?,
-                    )
-                    .build()?,
-            )
-            .send()
-            .await
-            .context("route53:ChangeResourceRecordSets")?;
-
-        let rds = aws_sdk_rds::Client::new(&cfg);
-        rds.create_db_instance()
-            .db_instance_identifier(format!("shop-{env}"))
-            .db_instance_class("db.t3.micro")
-            .engine("postgres")
-            .engine_version("15.8")
-            .master_username("postgres")
-            .master_user_password("sandbox-not-used")
-            .allocated_storage(20)
-            .send()
-            .await
-            .context("rds:CreateDBInstance")?;
-
-        secrets(s, env, &cfg).await?;
-
-        let eks = aws_sdk_eks::Client::new(&cfg);
-        let cluster = eks
-            .create_cluster()
-            .name(format!("shop-{env}"))
-            .role_arn(format!(
-                "arn:aws:iam::{account}:role/shop-{env}-eks-cluster"
-            ))
-            .resources_vpc_config(
-                aws_sdk_eks::types::VpcConfigRequest::builder()
-                    .subnet_ids("subnet-0a1")
-                    .subnet_ids("subnet-0b2")
-                    .build(),
-            )
-            .send()
-            .await
-            .context("eks:CreateCluster")?;
-        let arn = cluster
-            .cluster()
-            .and_then(|c| c.arn())
-            .ok_or_else(|| anyhow!("no cluster arn"))?
-            .to_string();
+    // The three accounts are independent: seeded at once, a sandbox comes up sooner when several
+    // start together.
+    let state: &State = s;
+    let arns = futures_util::future::try_join_all(
+        ENVIRONMENTS
+            .iter()
+            .map(|env| seed_account(state, &mgmt, env)),
+    )
+    .await?;
+    for (env, arn) in ENVIRONMENTS.iter().zip(arns) {
         s.cluster_arns.insert(env.to_string(), arn);
-
-        let waf = aws_sdk_wafv2::Client::new(&cfg);
-        use aws_sdk_wafv2::types::{AllowAction, DefaultAction, Scope, VisibilityConfig};
-        let acl = waf
-            .create_web_acl()
-            .name(format!("shop-{env}"))
-            .scope(Scope::Regional)
-            .default_action(
-                DefaultAction::builder()
-                    .allow(AllowAction::builder().build())
-                    .build(),
-            )
-            .visibility_config(
-                VisibilityConfig::builder()
-                    .sampled_requests_enabled(false)
-                    .cloud_watch_metrics_enabled(false)
-                    .metric_name(format!("shop-{env}"))
-                    .build()?,
-            )
-            .send()
-            .await
-            .context("wafv2:CreateWebACL")?;
-        let acl_arn = acl
-            .summary()
-            .and_then(|a| a.arn())
-            .ok_or_else(|| anyhow!("no web ACL arn"))?
-            .to_string();
-        waf.associate_web_acl()
-            .web_acl_arn(acl_arn)
-            .resource_arn(alb_arn(env, &account))
-            .send()
-            .await
-            .context("wafv2:AssociateWebACL")?;
     }
     Ok(())
+}
+
+/// Seeds one member account: its Terraform state bucket, hosted zone and legacy records, RDS
+/// instance, secrets, EKS cluster and web ACL. Returns the EKS cluster's ARN.
+async fn seed_account(s: &State, mgmt: &SdkConfig, env: &str) -> Result<String> {
+    let account = s.accounts[env].clone();
+    let cfg = assume(s, mgmt, &account).await?;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&cfg)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket()
+        .bucket(format!("shop-tfstate-{account}"))
+        .send()
+        .await
+        .context("s3:CreateBucket")?;
+
+    let r53 = aws_sdk_route53::Client::new(&cfg);
+    let domain = State::domain(env);
+    let zone = r53
+        .create_hosted_zone()
+        .name(&domain)
+        .caller_reference(format!("cutover-sandbox-{env}-{account}"))
+        .send()
+        .await
+        .context("route53:CreateHostedZone")?;
+    let zone_id = zone
+        .hosted_zone()
+        .map(|z| z.id().to_string())
+        .unwrap_or_default();
+    use aws_sdk_route53::types::{
+        Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+    };
+    let set = ResourceRecordSet::builder()
+        .name(format!("shop.{domain}."))
+        .r#type(RrType::Cname)
+        .ttl(crate::state::SEED_TTL)
+        .resource_records(
+            ResourceRecord::builder()
+                .value(format!("shop-legacy-{env}.droplets.example.net"))
+                .build()?,
+        )
+        .build()?;
+    let letters = ResourceRecordSet::builder()
+        .name(format!("letters.{domain}."))
+        .r#type(RrType::Cname)
+        .ttl(crate::state::SEED_TTL)
+        .resource_records(
+            ResourceRecord::builder()
+                .value(format!("letters-legacy-{env}.droplets.example.net"))
+                .build()?,
+        )
+        .build()?;
+    r53.change_resource_record_sets()
+        .hosted_zone_id(zone_id.trim_start_matches("/hostedzone/"))
+        .change_batch(
+            ChangeBatch::builder()
+                .changes(
+                    Change::builder()
+                        .action(ChangeAction::Create)
+                        .resource_record_set(set)
+                        .build()?,
+                )
+                .changes(
+                    Change::builder()
+                        .action(ChangeAction::Create)
+                        .resource_record_set(letters)
+                        .build()?,
+                )
+                .build()?,
+        )
+        .send()
+        .await
+        .context("route53:ChangeResourceRecordSets")?;
+
+    let rds = aws_sdk_rds::Client::new(&cfg);
+    rds.create_db_instance()
+        .db_instance_identifier(format!("shop-{env}"))
+        .db_instance_class("db.t3.micro")
+        .engine("postgres")
+        .engine_version("15.8")
+        .master_username("postgres")
+        .master_user_password("sandbox-not-used")
+        .allocated_storage(20)
+        .send()
+        .await
+        .context("rds:CreateDBInstance")?;
+
+    secrets(s, env, &cfg).await?;
+
+    let eks = aws_sdk_eks::Client::new(&cfg);
+    let cluster = eks
+        .create_cluster()
+        .name(format!("shop-{env}"))
+        .role_arn(format!(
+            "arn:aws:iam::{account}:role/shop-{env}-eks-cluster"
+        ))
+        .resources_vpc_config(
+            aws_sdk_eks::types::VpcConfigRequest::builder()
+                .subnet_ids("subnet-0a1")
+                .subnet_ids("subnet-0b2")
+                .build(),
+        )
+        .send()
+        .await
+        .context("eks:CreateCluster")?;
+    let arn = cluster
+        .cluster()
+        .and_then(|c| c.arn())
+        .ok_or_else(|| anyhow!("no cluster arn"))?
+        .to_string();
+
+    let waf = aws_sdk_wafv2::Client::new(&cfg);
+    use aws_sdk_wafv2::types::{AllowAction, DefaultAction, Scope, VisibilityConfig};
+    let acl = waf
+        .create_web_acl()
+        .name(format!("shop-{env}"))
+        .scope(Scope::Regional)
+        .default_action(
+            DefaultAction::builder()
+                .allow(AllowAction::builder().build())
+                .build(),
+        )
+        .visibility_config(
+            VisibilityConfig::builder()
+                .sampled_requests_enabled(false)
+                .cloud_watch_metrics_enabled(false)
+                .metric_name(format!("shop-{env}"))
+                .build()?,
+        )
+        .send()
+        .await
+        .context("wafv2:CreateWebACL")?;
+    let acl_arn = acl
+        .summary()
+        .and_then(|a| a.arn())
+        .ok_or_else(|| anyhow!("no web ACL arn"))?
+        .to_string();
+    waf.associate_web_acl()
+        .web_acl_arn(acl_arn)
+        .resource_arn(alb_arn(env, &account))
+        .send()
+        .await
+        .context("wafv2:AssociateWebACL")?;
+    Ok(arn)
 }
 
 /// The target's credentials where teams on AWS keep them, so no target password has to be in

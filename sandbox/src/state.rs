@@ -296,8 +296,8 @@ impl State {
                     .to_string(),
             ));
             // The seeded record's TTL is SEED_TTL (10 s) so a rehearsal's wait for answers cached
-            // under it stays short; lowering it to 5 s keeps the lowering real.
-            v.push((format!("CUTOVER_{up}_DNS_CUTOVER_TTL"), "5".to_string()));
+            // under it stays short; lowering it to 3 s keeps the lowering real.
+            v.push((format!("CUTOVER_{up}_DNS_CUTOVER_TTL"), "3".to_string()));
             // Prometheus scrapes every 500 ms here: the analyses' rate windows hold a new stage's
             // requests sooner than on a real server, so they may measure sooner and more often.
             v.push((

@@ -114,12 +114,58 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Sets each role's password on the cluster whose socket is in `data`, through that socket as
-/// `postgres` (local connections are trusted).
+/// Holds the WAL of the cluster whose socket is in `data` to two segments while it is seeded
+/// for a template ([`keep_wal_small`] until [`default_wal_sizes`]): seeding writes hundreds of
+/// megabytes of WAL, which checkpoints would otherwise keep as recycled segments that every
+/// sandbox copies from the template.
 ///
 /// # Errors
-/// When the cluster cannot be reached or a role is missing.
-pub async fn set_passwords(data: &Path, port: u16, roles: &[(&str, &str)]) -> Result<()> {
+/// When the cluster cannot be reached.
+pub async fn keep_wal_small(data: &Path, port: u16) -> Result<()> {
+    run_each(
+        data,
+        port,
+        &[
+            "ALTER SYSTEM SET min_wal_size = '32MB'",
+            "ALTER SYSTEM SET max_wal_size = '32MB'",
+            "SELECT pg_reload_conf()",
+        ],
+    )
+    .await
+}
+
+/// After seeding: a checkpoint under the small sizes, then the default sizes again in the saved
+/// configuration (they take effect when a sandbox starts from the template).
+///
+/// # Errors
+/// When the cluster cannot be reached.
+pub async fn default_wal_sizes(data: &Path, port: u16) -> Result<()> {
+    run_each(
+        data,
+        port,
+        &[
+            "CHECKPOINT",
+            "ALTER SYSTEM RESET min_wal_size",
+            "ALTER SYSTEM RESET max_wal_size",
+        ],
+    )
+    .await
+}
+
+/// Runs each statement on its own (ALTER SYSTEM cannot run inside a transaction block).
+async fn run_each(data: &Path, port: u16, statements: &[&str]) -> Result<()> {
+    let client = socket_client(data, port).await?;
+    for sql in statements {
+        client
+            .batch_execute(sql)
+            .await
+            .with_context(|| format!("{}: {sql}", data.display()))?;
+    }
+    Ok(())
+}
+
+/// A connection as `postgres` through the socket in `data` (local connections are trusted).
+async fn socket_client(data: &Path, port: u16) -> Result<tokio_postgres::Client> {
     let mut config = tokio_postgres::Config::new();
     config
         .host_path(data)
@@ -133,6 +179,16 @@ pub async fn set_passwords(data: &Path, port: u16, roles: &[(&str, &str)]) -> Re
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    Ok(client)
+}
+
+/// Sets each role's password on the cluster whose socket is in `data`, through that socket as
+/// `postgres` (local connections are trusted).
+///
+/// # Errors
+/// When the cluster cannot be reached or a role is missing.
+pub async fn set_passwords(data: &Path, port: u16, roles: &[(&str, &str)]) -> Result<()> {
+    let client = socket_client(data, port).await?;
     for (role, password) in roles {
         client
             .batch_execute(&format!(

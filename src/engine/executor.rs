@@ -1396,6 +1396,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_clean_run_plans_applies_and_verifies_each_step_in_order_and_succeeds() {
+        let (outcome, records) = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            run(&[("first", &OK), ("second", &OK)]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome, Outcome::Succeeded, "{records:?}");
+        let steps: Vec<(&str, &str)> = records
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(e, s)| (e.as_str(), s.as_str()))
+            .collect();
+        let lifecycle = [
+            "step_started",
+            "step_planned",
+            "step_applied",
+            "step_completed",
+        ];
+        let want: Vec<(&str, &str)> = ["first", "second"]
+            .iter()
+            .flat_map(|s| lifecycle.iter().map(move |e| (*e, *s)))
+            .collect();
+        assert_eq!(steps, want);
+        assert!(
+            !records.iter().any(|(e, _)| e.starts_with("rollback")),
+            "{records:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn deadline_one_per_attempt_covers_plan_apply_and_verify() {
         // 600 ms each of a 1 s timeout: every phase alone fits, the attempt does not.
         let (outcome, records) = run_with(&[("slow", &SLOW)], Mode::Rehearse, 0, SECOND).await;

@@ -28,7 +28,6 @@ use crate::providers::postgres::heartbeat::{
     self, Heartbeat, Options, Report, ServedSource, UrlSource,
 };
 use crate::providers::postgres::ConnParts;
-use crate::providers::route53 as r53p;
 use crate::runbook::template;
 use crate::steps::context::Mode;
 use crate::steps::context::WriteWatch;
@@ -248,12 +247,13 @@ async fn legacy_served(
     rtype: &str,
     known: Option<Vec<String>>,
 ) -> Result<(ServedSource, Vec<String>), String> {
-    let session = ex.providers.aws().await.map_err(|e| e.to_string())?;
-    let r53 = aws_sdk_route53::Client::new(&session.config);
-    let zone = r53p::zone_id(&r53, &ex.plan.env.dns.domain)
+    let r53 = ex.providers.route53().await.map_err(|e| e.to_string())?;
+    let zone = r53
+        .zone_id(&ex.plan.env.dns.domain)
         .await
         .map_err(|e| e.to_string())?;
-    let sets = r53p::record_sets(&r53, &zone, record, rtype)
+    let sets = r53
+        .record_sets(&zone, record, rtype)
         .await
         .map_err(|e| e.to_string())?;
     let legacy: Vec<String> = known.unwrap_or_else(|| {
@@ -275,7 +275,7 @@ async fn legacy_served(
             targets.clone(),
         );
         Box::pin(async move {
-            match r53p::record_sets(&r53, &zone, &record, &rtype).await {
+            match r53.record_sets(&zone, &record, &rtype).await {
                 Ok(sets) => sets
                     .iter()
                     .filter(|s| s.weight.is_none_or(|w| w > 0) && targets.contains(&s.target()))

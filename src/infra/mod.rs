@@ -41,11 +41,10 @@ impl From<ProviderError> for InfraError {
             ProviderError::WrongAccount { .. } | ProviderError::WrongPlacement(_) => {
                 InfraError::Gate(e.to_string())
             }
-            ProviderError::Terraform { ref message, .. }
-                if message.contains("Error acquiring the state lock") =>
-            {
-                InfraError::Gate(format!("Terraform state is locked: {e}"))
-            }
+            ProviderError::Terraform {
+                failure: crate::providers::terraform::Failure::StateLocked,
+                ..
+            } => InfraError::Gate(format!("Terraform state is locked: {e}")),
             other => InfraError::Failed(other.to_string()),
         }
     }
@@ -191,7 +190,7 @@ pub async fn apply(
         return Err(InfraError::Gate(refusal(env, &violations)));
     }
     if let Err(e) = tf.apply(&file).await {
-        if e.to_string().contains("Saved plan is stale") {
+        if e.terraform_failure() == Some(crate::providers::terraform::Failure::StalePlan) {
             let _ = std::fs::remove_file(&file);
             return Err(InfraError::Gate(format!(
                 "the state of {} changed since the plan was reviewed; run `cutover infra plan {}` again",

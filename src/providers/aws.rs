@@ -138,6 +138,15 @@ pub async fn assume_role(
     Ok((config, creds))
 }
 
+/// Who an AWS session acts as, as STS reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The account id.
+    pub account_id: String,
+    /// The assumed role's ARN.
+    pub caller_arn: String,
+}
+
 /// An SDK configuration holding the environment role's temporary credentials, and who STS says
 /// they are.
 #[derive(Clone, Debug)]

@@ -14,6 +14,7 @@ pub mod kube;
 pub mod metrics;
 pub mod organizations;
 pub mod postgres;
+pub mod rds;
 pub mod route53;
 pub mod secrets;
 pub mod terraform;
@@ -67,6 +68,9 @@ pub enum ProviderError {
         command: String,
         /// Exit status and the end of stderr.
         message: String,
+        /// What kind of failure it was, classified where Terraform ran
+        /// ([`terraform::Failure::of`]).
+        failure: terraform::Failure,
     },
     /// An HTTP request failed.
     #[error("HTTP: {0}")]
@@ -91,6 +95,16 @@ pub enum ProviderError {
     },
 }
 
+impl ProviderError {
+    /// For a failed `terraform` command, what it failed of; `None` for any other error.
+    pub fn terraform_failure(&self) -> Option<terraform::Failure> {
+        match self {
+            ProviderError::Terraform { failure, .. } => Some(*failure),
+            _ => None,
+        }
+    }
+}
+
 /// Lazily built clients for one run in one environment, shared by its steps.
 pub struct Providers {
     env: Environment,
@@ -98,6 +112,9 @@ pub struct Providers {
     redactor: Arc<Redactor>,
     aws: OnceCell<aws::AwsSession>,
     waf: OnceCell<Arc<dyn waf::Waf>>,
+    route53: OnceCell<Arc<dyn route53::Route53>>,
+    rds: OnceCell<Arc<dyn rds::Rds>>,
+    identity: OnceCell<aws::Identity>,
     kube: tokio::sync::Mutex<Option<(::kube::Client, kube::Access, std::time::Instant)>>,
     /// Database admin URLs read from a secret source other than a variable
     /// ([`Providers::load_database_url`]).
@@ -120,6 +137,9 @@ impl Providers {
             redactor,
             aws: OnceCell::new(),
             waf: OnceCell::new(),
+            route53: OnceCell::new(),
+            rds: OnceCell::new(),
+            identity: OnceCell::new(),
             kube: tokio::sync::Mutex::new(None),
             urls: Default::default(),
             cas: Default::default(),
@@ -146,6 +166,79 @@ impl Providers {
     #[cfg(test)]
     pub fn with_waf(self, waf: Arc<dyn waf::Waf>) -> Self {
         let _ = self.waf.set(waf);
+        self
+    }
+
+    /// Route 53 in the environment's account ([`route53::AwsRoute53`] over [`Providers::aws`]'s
+    /// session).
+    ///
+    /// # Errors
+    /// What [`Providers::aws`] returns.
+    pub async fn route53(&self) -> Result<Arc<dyn route53::Route53>, ProviderError> {
+        self.route53
+            .get_or_try_init(|| async {
+                let config = &self.aws().await?.config;
+                Ok::<_, ProviderError>(Arc::new(route53::AwsRoute53(crate::aws_client!(
+                    aws_sdk_route53,
+                    config
+                ))) as Arc<dyn route53::Route53>)
+            })
+            .await
+            .cloned()
+    }
+
+    /// The same providers with `r53` in place of Route 53 (unit tests of step kinds).
+    #[cfg(test)]
+    pub fn with_route53(self, r53: Arc<dyn route53::Route53>) -> Self {
+        let _ = self.route53.set(r53);
+        self
+    }
+
+    /// RDS in the environment's account ([`rds::AwsRds`] over [`Providers::aws`]'s session).
+    ///
+    /// # Errors
+    /// What [`Providers::aws`] returns.
+    pub async fn rds(&self) -> Result<Arc<dyn rds::Rds>, ProviderError> {
+        self.rds
+            .get_or_try_init(|| async {
+                let config = &self.aws().await?.config;
+                Ok::<_, ProviderError>(Arc::new(rds::AwsRds(crate::aws_client!(
+                    aws_sdk_rds,
+                    config
+                ))) as Arc<dyn rds::Rds>)
+            })
+            .await
+            .cloned()
+    }
+
+    /// The same providers with `rds` in place of RDS (unit tests of step kinds).
+    #[cfg(test)]
+    pub fn with_rds(self, rds: Arc<dyn rds::Rds>) -> Self {
+        let _ = self.rds.set(rds);
+        self
+    }
+
+    /// Who the environment's session acts as: the account and assumed-role ARN STS reported
+    /// when [`Providers::aws`] assumed the role.
+    ///
+    /// # Errors
+    /// What [`Providers::aws`] returns.
+    pub async fn identity(&self) -> Result<&aws::Identity, ProviderError> {
+        self.identity
+            .get_or_try_init(|| async {
+                let s = self.aws().await?;
+                Ok::<_, ProviderError>(aws::Identity {
+                    account_id: s.account_id.clone(),
+                    caller_arn: s.caller_arn.clone(),
+                })
+            })
+            .await
+    }
+
+    /// The same providers acting as `identity` (unit tests of step kinds).
+    #[cfg(test)]
+    pub fn with_identity(self, identity: aws::Identity) -> Self {
+        let _ = self.identity.set(identity);
         self
     }
 

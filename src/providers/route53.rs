@@ -2,15 +2,81 @@
 //! batches in the API's own JSON shape (what a dry-run prints and the audit keeps), submission and
 //! the wait for INSYNC.
 //!
+//! The calls go through [`Route53`], so a step kind can be tested against a fake; [`AwsRoute53`]
+//! is the real one over the AWS SDK.
+//!
 //! This module knows nothing of runbooks, stages or TTL policy: it reads, writes and waits.
 
 use super::aws::err;
 use super::ProviderError;
+use async_trait::async_trait;
 use aws_sdk_route53::types::{
     AliasTarget, Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+/// Where a submitted change batch is (`GetChange`'s `Status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeStatus {
+    /// Not yet applied on every Route 53 name server.
+    Pending,
+    /// Applied on every name server.
+    Insync,
+}
+
+impl std::fmt::Display for ChangeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChangeStatus::Pending => "PENDING",
+            ChangeStatus::Insync => "INSYNC",
+        })
+    }
+}
+
+/// The Route 53 operations the tool uses, in one account.
+#[async_trait]
+pub trait Route53: Send + Sync {
+    /// The id (without `/hostedzone/`) of the public hosted zone named `domain`.
+    ///
+    /// # Errors
+    /// The API error, or [`ProviderError::Aws`] naming the domain when the account has no such
+    /// zone.
+    async fn zone_id(&self, domain: &str) -> Result<String, ProviderError>;
+
+    /// Every record set named `name` of type `rtype` in `zone` (one for a simple record, one
+    /// per member of a weighted group), sorted by set identifier.
+    ///
+    /// # Errors
+    /// The API error.
+    async fn record_sets(
+        &self,
+        zone: &str,
+        name: &str,
+        rtype: &str,
+    ) -> Result<Vec<RecordSet>, ProviderError>;
+
+    /// Submits one change batch (atomic: all of it or none) and returns the change id (without
+    /// `/change/`).
+    ///
+    /// # Errors
+    /// The API error (for example `InvalidChangeBatch` when a `DELETE` does not match exactly).
+    async fn submit(
+        &self,
+        zone: &str,
+        changes: &[RecordChange],
+        comment: &str,
+    ) -> Result<String, ProviderError>;
+
+    /// The status of change `id`.
+    ///
+    /// # Errors
+    /// The API error.
+    async fn change_status(&self, id: &str) -> Result<ChangeStatus, ProviderError>;
+}
+
+/// [`Route53`] over the AWS SDK.
+pub struct AwsRoute53(pub aws_sdk_route53::Client);
 
 /// An alias target (an ALB, a CloudFront distribution, ...), as Route 53's `AliasTarget`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,18 +207,46 @@ impl RecordSet {
     }
 }
 
+/// What a change does to its record set (`ChangeAction` in the Route 53 API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordAction {
+    /// Adds a set that must not exist yet.
+    Create,
+    /// Adds the set or replaces the one with its name, type and set identifier.
+    Upsert,
+    /// Removes a set, which must match exactly.
+    Delete,
+}
+
+impl RecordAction {
+    /// The API's name: `CREATE`, `UPSERT` or `DELETE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordAction::Create => "CREATE",
+            RecordAction::Upsert => "UPSERT",
+            RecordAction::Delete => "DELETE",
+        }
+    }
+}
+
+impl std::fmt::Display for RecordAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One change of a change batch: `CREATE`, `UPSERT` or `DELETE` of a record set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordChange {
-    /// `CREATE`, `UPSERT` or `DELETE`.
-    pub action: &'static str,
+    /// What the change does.
+    pub action: RecordAction,
     /// The record set (for `DELETE`, exactly as it exists).
     pub set: RecordSet,
 }
 
 /// A change batch as the API document shows it: `{"Changes": [{"Action", "ResourceRecordSet"}]}`.
 pub fn batch_json(changes: &[RecordChange]) -> Value {
-    json!({"Changes": changes.iter().map(|c| json!({"Action": c.action, "ResourceRecordSet": c.set.api_json()})).collect::<Vec<_>>()})
+    json!({"Changes": changes.iter().map(|c| json!({"Action": c.action.as_str(), "ResourceRecordSet": c.set.api_json()})).collect::<Vec<_>>()})
 }
 
 /// `name` with a trailing dot.
@@ -164,110 +258,100 @@ pub fn fqdn(name: &str) -> String {
     }
 }
 
-/// The id (without `/hostedzone/`) of the public hosted zone named `domain`.
-///
-/// # Errors
-/// The API error, or [`ProviderError::Aws`] naming the domain when the account has no such zone.
-pub async fn zone_id(r53: &aws_sdk_route53::Client, domain: &str) -> Result<String, ProviderError> {
-    let out = r53
-        .list_hosted_zones_by_name()
-        .dns_name(fqdn(domain))
-        .send()
-        .await
-        .map_err(|e| err("route53:ListHostedZonesByName", e))?;
-    out.hosted_zones()
-        .iter()
-        .find(|z| z.name() == fqdn(domain))
-        .map(|z| z.id().trim_start_matches("/hostedzone/").to_string())
-        .ok_or_else(|| ProviderError::Aws {
-            op: "route53:ListHostedZonesByName".into(),
-            message: format!("no hosted zone {} in the account", fqdn(domain)),
-        })
-}
-
-/// Every record set named `name` of type `rtype` in `zone` (one for a simple record, one per
-/// member of a weighted group), sorted by set identifier.
-///
-/// # Errors
-/// The API error.
-pub async fn record_sets(
-    r53: &aws_sdk_route53::Client,
-    zone: &str,
-    name: &str,
-    rtype: &str,
-) -> Result<Vec<RecordSet>, ProviderError> {
-    let out = r53
-        .list_resource_record_sets()
-        .hosted_zone_id(zone)
-        .start_record_name(fqdn(name))
-        .start_record_type(RrType::from(rtype))
-        .max_items(100)
-        .send()
-        .await
-        .map_err(|e| err("route53:ListResourceRecordSets", e))?;
-    let mut sets: Vec<RecordSet> = out
-        .resource_record_sets()
-        .iter()
-        .filter(|r| r.name() == fqdn(name) && r.r#type().as_str() == rtype)
-        .map(RecordSet::from_sdk)
-        .collect();
-    sets.sort_by(|a, b| a.set_identifier.cmp(&b.set_identifier));
-    Ok(sets)
-}
-
-/// Submits one change batch (atomic: all of it or none) and returns the change id (without
-/// `/change/`).
-///
-/// # Errors
-/// The API error (for example `InvalidChangeBatch` when a `DELETE` does not match exactly).
-pub async fn submit(
-    r53: &aws_sdk_route53::Client,
-    zone: &str,
-    changes: &[RecordChange],
-    comment: &str,
-) -> Result<String, ProviderError> {
-    let op = "route53:ChangeResourceRecordSets";
-    let mut batch = ChangeBatch::builder().comment(comment);
-    for c in changes {
-        batch = batch.changes(
-            Change::builder()
-                .action(ChangeAction::from(c.action))
-                .resource_record_set(c.set.to_sdk()?)
-                .build()
-                .map_err(|e| err(op, e))?,
-        );
+#[async_trait]
+impl Route53 for AwsRoute53 {
+    async fn zone_id(&self, domain: &str) -> Result<String, ProviderError> {
+        let out = self
+            .0
+            .list_hosted_zones_by_name()
+            .dns_name(fqdn(domain))
+            .send()
+            .await
+            .map_err(|e| err("route53:ListHostedZonesByName", e))?;
+        out.hosted_zones()
+            .iter()
+            .find(|z| z.name() == fqdn(domain))
+            .map(|z| z.id().trim_start_matches("/hostedzone/").to_string())
+            .ok_or_else(|| ProviderError::Aws {
+                op: "route53:ListHostedZonesByName".into(),
+                message: format!("no hosted zone {} in the account", fqdn(domain)),
+            })
     }
-    let out = r53
-        .change_resource_record_sets()
-        .hosted_zone_id(zone)
-        .change_batch(batch.build().map_err(|e| err(op, e))?)
-        .send()
-        .await
-        .map_err(|e| err(op, e))?;
-    Ok(out
-        .change_info()
-        .map(|c| c.id().trim_start_matches("/change/").to_string())
-        .unwrap_or_default())
-}
 
-/// The status of change `id`: `PENDING` or `INSYNC`.
-///
-/// # Errors
-/// The API error.
-pub async fn change_status(
-    r53: &aws_sdk_route53::Client,
-    id: &str,
-) -> Result<String, ProviderError> {
-    let out = r53
-        .get_change()
-        .id(id)
-        .send()
-        .await
-        .map_err(|e| err("route53:GetChange", e))?;
-    Ok(out
-        .change_info()
-        .map(|c| c.status().as_str().to_string())
-        .unwrap_or_default())
+    async fn record_sets(
+        &self,
+        zone: &str,
+        name: &str,
+        rtype: &str,
+    ) -> Result<Vec<RecordSet>, ProviderError> {
+        let out = self
+            .0
+            .list_resource_record_sets()
+            .hosted_zone_id(zone)
+            .start_record_name(fqdn(name))
+            .start_record_type(RrType::from(rtype))
+            .max_items(100)
+            .send()
+            .await
+            .map_err(|e| err("route53:ListResourceRecordSets", e))?;
+        let mut sets: Vec<RecordSet> = out
+            .resource_record_sets()
+            .iter()
+            .filter(|r| r.name() == fqdn(name) && r.r#type().as_str() == rtype)
+            .map(RecordSet::from_sdk)
+            .collect();
+        sets.sort_by(|a, b| a.set_identifier.cmp(&b.set_identifier));
+        Ok(sets)
+    }
+
+    async fn submit(
+        &self,
+        zone: &str,
+        changes: &[RecordChange],
+        comment: &str,
+    ) -> Result<String, ProviderError> {
+        let op = "route53:ChangeResourceRecordSets";
+        let mut batch = ChangeBatch::builder().comment(comment);
+        for c in changes {
+            batch = batch.changes(
+                Change::builder()
+                    .action(match c.action {
+                        RecordAction::Create => ChangeAction::Create,
+                        RecordAction::Upsert => ChangeAction::Upsert,
+                        RecordAction::Delete => ChangeAction::Delete,
+                    })
+                    .resource_record_set(c.set.to_sdk()?)
+                    .build()
+                    .map_err(|e| err(op, e))?,
+            );
+        }
+        let out = self
+            .0
+            .change_resource_record_sets()
+            .hosted_zone_id(zone)
+            .change_batch(batch.build().map_err(|e| err(op, e))?)
+            .send()
+            .await
+            .map_err(|e| err(op, e))?;
+        Ok(out
+            .change_info()
+            .map(|c| c.id().trim_start_matches("/change/").to_string())
+            .unwrap_or_default())
+    }
+
+    async fn change_status(&self, id: &str) -> Result<ChangeStatus, ProviderError> {
+        let out = self
+            .0
+            .get_change()
+            .id(id)
+            .send()
+            .await
+            .map_err(|e| err("route53:GetChange", e))?;
+        Ok(match out.change_info().map(|c| c.status().clone()) {
+            Some(aws_sdk_route53::types::ChangeStatus::Insync) => ChangeStatus::Insync,
+            _ => ChangeStatus::Pending,
+        })
+    }
 }
 
 /// The change that turns the record sets `now` into exactly `want`: `DELETE` each set of `now`
@@ -280,7 +364,7 @@ pub fn diff(now: &[RecordSet], want: &[RecordSet]) -> Vec<RecordChange> {
     for n in now {
         if !want.contains(n) {
             out.push(RecordChange {
-                action: "DELETE",
+                action: RecordAction::Delete,
                 set: n.clone(),
             });
         }
@@ -288,7 +372,7 @@ pub fn diff(now: &[RecordSet], want: &[RecordSet]) -> Vec<RecordChange> {
     for w in want {
         if !now.contains(w) {
             out.push(RecordChange {
-                action: "UPSERT",
+                action: RecordAction::Upsert,
                 set: w.clone(),
             });
         }
@@ -324,9 +408,9 @@ mod tests {
         let want = vec![simple(300, "old.example.net")];
         let d = diff(&now, &want);
         assert_eq!(d.len(), 2);
-        assert_eq!(d[0].action, "DELETE");
+        assert_eq!(d[0].action, RecordAction::Delete);
         assert_eq!(d[0].set.values, ["new.example.net"]);
-        assert_eq!(d[1].action, "UPSERT");
+        assert_eq!(d[1].action, RecordAction::Upsert);
         assert!(diff(&want, &want).is_empty());
     }
 

@@ -10,6 +10,32 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
+/// What a failed `terraform` command failed of. Terraform exits 1 for every error and its
+/// machine-readable output (`-json`) carries the same diagnostic summaries as its text, so the
+/// summary is what tells them apart: matched here, once, where the command ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// `Saved plan is stale`: the state changed since the plan file was written; plan again.
+    StalePlan,
+    /// `Error acquiring the state lock`: another run holds the state.
+    StateLocked,
+    /// Anything else.
+    Other,
+}
+
+impl Failure {
+    /// Classifies a failed command by its stderr.
+    pub fn of(stderr: &str) -> Failure {
+        if stderr.contains("Saved plan is stale") {
+            Failure::StalePlan
+        } else if stderr.contains("Error acquiring the state lock") {
+            Failure::StateLocked
+        } else {
+            Failure::Other
+        }
+    }
+}
+
 /// A `terraform` invocation context for one environment.
 pub struct Terraform {
     /// Root module directory.
@@ -102,6 +128,7 @@ impl Terraform {
         let out = cmd.output().await.map_err(|e| ProviderError::Terraform {
             command: sub.clone(),
             message: format!("cannot run `{}`: {e}", terraform_bin()),
+            failure: Failure::Other,
         })?;
         let code = out.status.code().unwrap_or(-1);
         if !ok_codes.contains(&code) {
@@ -119,6 +146,7 @@ impl Terraform {
             return Err(ProviderError::Terraform {
                 command: sub,
                 message: format!("exit {code}: {tail}"),
+                failure: Failure::of(&stderr),
             });
         }
         Ok((code, String::from_utf8_lossy(&out.stdout).into_owned()))
@@ -129,6 +157,7 @@ impl Terraform {
         std::fs::create_dir_all(&self.data_dir).map_err(|e| ProviderError::Terraform {
             command: "init".into(),
             message: e.to_string(),
+            failure: Failure::Other,
         })?;
         let mut args: Vec<String> = vec![
             "init".into(),
@@ -175,6 +204,7 @@ impl Terraform {
         serde_json::from_str(&out).map_err(|e| ProviderError::Terraform {
             command: "show".into(),
             message: e.to_string(),
+            failure: Failure::Other,
         })
     }
 
@@ -195,6 +225,7 @@ impl Terraform {
         let v: Value = serde_json::from_str(&out).map_err(|e| ProviderError::Terraform {
             command: "output".into(),
             message: e.to_string(),
+            failure: Failure::Other,
         })?;
         Ok(outputs_from(&v, false))
     }
@@ -266,6 +297,25 @@ pub fn summarize(plan: &Value) -> PlanSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_are_told_apart_by_terraforms_diagnostic_summary() {
+        let stale = "\n│ Error: Saved plan is stale\n│ \n│ The given plan file can no longer be applied because the state was changed\n";
+        assert_eq!(Failure::of(stale), Failure::StalePlan);
+        let locked = "╷\n│ Error: Error acquiring the state lock\n│ \n│ Error message: ConditionalCheckFailedException\n";
+        assert_eq!(Failure::of(locked), Failure::StateLocked);
+        assert_eq!(
+            Failure::of("│ Error: Invalid provider configuration"),
+            Failure::Other
+        );
+        let e = ProviderError::Terraform {
+            command: "apply".into(),
+            message: "exit 1: Error: Saved plan is stale".into(),
+            failure: Failure::of(stale),
+        };
+        assert_eq!(e.terraform_failure(), Some(Failure::StalePlan));
+        assert_eq!(ProviderError::Http("x".into()).terraform_failure(), None);
+    }
     use serde_json::json;
 
     #[test]

@@ -177,3 +177,73 @@ impl Kind for Approval {
         .summary(format!("approved by {who} ({})", via.as_str())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::testing::Harness;
+
+    fn params() -> Params {
+        Params {
+            message: Some("start the write outage".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_approval_given_on_the_command_line_is_recorded_with_who_and_how() {
+        let h = Harness::new(|p| p);
+        let approved = ["step".to_string()];
+        let mut cx = h.cx();
+        cx.approved = &approved;
+        let plan = Approval.plan(&cx, &params()).await.unwrap();
+        let who = approver();
+        assert_eq!(
+            plan.changes[0].detail,
+            format!("approved on the command line by {who}")
+        );
+        // Resumed after a crash, the step asks again and records the same approval.
+        for _ in 0..2 {
+            let out = Approval.apply(&cx, &params(), &()).await.unwrap();
+            assert_eq!(out.outputs.via, Via::CommandLine);
+            assert_eq!(out.outputs.approver, who);
+            assert_eq!(
+                out.outputs.message.as_deref(),
+                Some("start the write outage")
+            );
+            assert_eq!(out.summary, Some(format!("approved by {who} (--approve)")));
+        }
+        assert!(Approval
+            .rollback(&cx, &params(), &(), None)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn someone_outside_the_approvers_list_is_refused_in_the_plan_and_the_apply() {
+        let h = Harness::new(|p| p);
+        let mut env = h.cx().env.clone();
+        env.promotion = Some(crate::config::PromotionPolicy {
+            requires: vec![],
+            max_age: "7d".into(),
+            approvers: vec!["nobody-by-this-name".into()],
+        });
+        let approved = ["step".to_string()];
+        let mut cx = h.cx();
+        cx.env = &env;
+        cx.approved = &approved;
+        let plan = Approval.plan(&cx, &params()).await.unwrap();
+        assert!(
+            plan.changes[0].detail.starts_with("WOULD REFUSE:"),
+            "{:?}",
+            plan.changes
+        );
+        let err = Approval
+            .apply(&cx, &params(), &())
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(err, StepError::Gate(_)), "{err:?}");
+        assert!(err.to_string().contains("nobody-by-this-name"), "{err}");
+    }
+}

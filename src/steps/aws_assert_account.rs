@@ -34,7 +34,7 @@ impl Kind for AssertAccount {
     const UNDO: &'static str = "Nothing to undo: the check is read-only";
 
     async fn plan(&self, cx: &StepContext, _p: &Params) -> Result<Plan<(), Outputs>, StepError> {
-        let s = cx.providers.aws().await?;
+        let s = cx.providers.identity().await?;
         Ok(Plan {
             changes: vec![Change::new(
                 Action::Check,
@@ -55,7 +55,7 @@ impl Kind for AssertAccount {
         _p: &Params,
         _before: &(),
     ) -> Result<Applied<Outputs>, StepError> {
-        let s = cx.providers.aws().await?;
+        let s = cx.providers.identity().await?;
         if s.account_id != cx.env.aws.account_id {
             return Err(StepError::Gate(format!(
                 "wrong AWS account: expected {}, STS reports {}",
@@ -67,5 +67,64 @@ impl Kind for AssertAccount {
             caller_arn: s.caller_arn.clone(),
         })
         .summary(format!("account {} ({})", s.account_id, s.caller_arn)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::aws::Identity;
+    use crate::steps::testing::Harness;
+
+    /// STS reports the environment's own account, or `other` instead.
+    fn harness(other: Option<&str>) -> Harness {
+        Harness::new(|p| {
+            let account = other.map_or_else(|| p.env().aws.account_id.clone(), str::to_owned);
+            let identity = Identity {
+                caller_arn: format!("arn:aws:sts::{account}:assumed-role/Deploy/cutover-test-run"),
+                account_id: account,
+            };
+            p.with_identity(identity)
+        })
+    }
+
+    #[tokio::test]
+    async fn the_environments_account_passes_and_is_recorded_on_every_run() {
+        let h = harness(None);
+        let cx = h.cx();
+        let account = cx.env.aws.account_id.clone();
+        let plan = AssertAccount.plan(&cx, &Params {}).await.unwrap();
+        assert_eq!(plan.changes[0].action, Action::Check);
+        for _ in 0..2 {
+            let out = AssertAccount.apply(&cx, &Params {}, &()).await.unwrap();
+            assert_eq!(out.outputs.account_id, account);
+            assert!(out.summary.unwrap().contains("assumed-role/Deploy"));
+        }
+        let ev = AssertAccount
+            .verify(&cx, &Params {}, &plan.predicted.unwrap())
+            .await;
+        assert!(ev.is_ok());
+        let undo = AssertAccount
+            .rollback(&cx, &Params {}, &(), None)
+            .await
+            .unwrap();
+        assert!(undo.is_empty(), "read-only: nothing to undo");
+    }
+
+    #[tokio::test]
+    async fn another_account_is_refused_naming_both() {
+        let h = harness(Some("999999999999"));
+        let expected = h.cx().env.aws.account_id.clone();
+        let err = AssertAccount
+            .apply(&h.cx(), &Params {}, &())
+            .await
+            .err()
+            .expect("wrong account");
+        assert!(matches!(err, StepError::Gate(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("999999999999") && text.contains(&expected),
+            "{text}"
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! What a step receives (`StepContext`) and returns (`Planned`, `StepError`).
 
 use super::journal::Journal;
+use super::Record;
 use crate::config::Environment;
 use crate::providers::Providers;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -43,7 +44,7 @@ pub struct StepContext<'a> {
     /// The resolved environment.
     pub env: &'a Environment,
     /// Rendered parameters, secrets included: use for effects, never record.
-    pub params: Map<String, Value>,
+    pub params: Record,
     /// Apply + verify must finish by then.
     pub deadline: Instant,
     /// Clients for AWS, Kubernetes, PostgreSQL, Terraform.
@@ -258,7 +259,7 @@ pub struct Planned {
     /// Rollback material observed before any change (non-secret).
     pub before: Value,
     /// Outputs a dry-run can already predict, so later steps' templates render.
-    pub predicted: Map<String, Value>,
+    pub predicted: Record,
 }
 
 /// One object a rollback put back, with fingerprints of its state before and after the rollback

@@ -5,7 +5,9 @@
 //! No kind lives here and nothing here decides what to change: the kinds pass the changes in.
 
 use super::{Restored, StepContext, StepError};
-use crate::providers::route53::{self as r53p, batch_json, fqdn, RecordChange, RecordSet};
+use crate::providers::route53::{
+    self as r53p, batch_json, fqdn, ChangeStatus, RecordAction, RecordChange, RecordSet, Route53,
+};
 use std::time::Duration;
 
 /// Submits `changes` and polls GetChange every 2 s until INSYNC; each poll is a safe point
@@ -15,15 +17,15 @@ use std::time::Duration;
 /// The API error, or [`StepError::Timeout`]/[`StepError::Panic`] from the safe point.
 pub(super) async fn submit_and_wait(
     cx: &StepContext<'_>,
-    r53: &aws_sdk_route53::Client,
+    r53: &dyn Route53,
     zone: &str,
     changes: &[RecordChange],
     comment: &str,
 ) -> Result<String, StepError> {
-    let id = r53p::submit(r53, zone, changes, comment).await?;
+    let id = r53.submit(zone, changes, comment).await?;
     loop {
-        let status = r53p::change_status(r53, &id).await?;
-        if status == "INSYNC" {
+        let status = r53.change_status(&id).await?;
+        if status == ChangeStatus::Insync {
             return Ok(id);
         }
         let awaiting = format!("change {id} to be INSYNC (now {status})");
@@ -50,7 +52,7 @@ pub struct RecordBefore {
 impl RecordBefore {
     /// The aws CLI command that submits every set of `self` with `action` (`UPSERT`,
     /// `CREATE`): what a person runs when a rollback could not.
-    pub fn cli_change(&self, action: &'static str) -> String {
+    pub fn cli_change(&self, action: RecordAction) -> String {
         let zone = if self.zone_id.is_empty() {
             "ZONE"
         } else {
@@ -77,7 +79,7 @@ impl RecordBefore {
 /// As [`submit_and_wait`].
 pub(super) async fn restore(
     cx: &StepContext<'_>,
-    (r53, zone): (&aws_sdk_route53::Client, &str),
+    (r53, zone): (&dyn Route53, &str),
     (record, rtype): (&str, &str),
     now: &[RecordSet],
     changes: &[RecordChange],
@@ -88,7 +90,7 @@ pub(super) async fn restore(
         return Ok(vec![]);
     }
     let id = submit_and_wait(cx, r53, zone, changes, comment).await?;
-    let after = r53p::record_sets(r53, zone, record, rtype).await?;
+    let after = r53.record_sets(zone, record, rtype).await?;
     Ok(vec![Restored {
         object: format!("{rtype} {}", fqdn(record)),
         before: r53p::fingerprint(now),

@@ -139,3 +139,127 @@ impl Kind for HttpCheck {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::testing::Harness;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A local HTTP server answering each request with the next status of `statuses` (the last
+    /// one for ever after); returns its URL and the count of requests it answered.
+    async fn server(statuses: Vec<u16>) -> (String, Arc<Mutex<usize>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+        let served = Arc::new(Mutex::new(0usize));
+        let count = served.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let status = {
+                    let mut n = count.lock().unwrap();
+                    *n += 1;
+                    statuses[(*n - 1).min(statuses.len() - 1)]
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        (url, served)
+    }
+
+    fn params(url: &str) -> Params {
+        Params {
+            url: url.into(),
+            expect_status: 200,
+            consecutive: 3,
+            interval: Duration::from_millis(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn passes_after_the_needed_healthy_answers_in_a_row_and_changes_nothing() {
+        let (url, served) = server(vec![200, 503, 200, 200, 200]).await;
+        let h = Harness::new(|p| p);
+        let cx = h.cx();
+        let p = params(&url);
+        let plan = HttpCheck.plan(&cx, &p).await.unwrap();
+        assert!(
+            plan.changes[0].detail.contains("now answers 200"),
+            "{:?}",
+            plan.changes
+        );
+        // The plan's probe was the first request; the 503 then breaks the first streak.
+        let out = HttpCheck.apply(&cx, &p, &()).await.unwrap();
+        assert_eq!(out.outputs.attempts, 4);
+        assert_eq!(out.outputs.passes, 3);
+        assert_eq!(out.outputs.last_status, Some(200));
+        assert!(h
+            .progress
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("HTTP 503")));
+        // Run again (a resumed run): the same check, from scratch.
+        let again = HttpCheck.apply(&cx, &p, &()).await.unwrap();
+        assert_eq!(again.outputs.attempts, 3);
+        assert_eq!(*served.lock().unwrap(), 8);
+        assert!(HttpCheck
+            .rollback(&cx, &p, &(), Some(&out.outputs))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unhealthy_service_fails_at_the_deadline_naming_the_last_answer() {
+        let (url, _) = server(vec![503]).await;
+        let h = Harness::new(|p| p);
+        let mut cx = h.cx();
+        cx.deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        let err = HttpCheck
+            .apply(&cx, &params(&url), &())
+            .await
+            .err()
+            .expect("unhealthy");
+        let text = err.to_string();
+        assert!(
+            text.contains("unhealthy") && text.contains("HTTP 503"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_answer_is_a_failure_never_a_pass() {
+        // A port nothing listens on: bound, then closed.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/healthz", l.local_addr().unwrap());
+        drop(l);
+        let h = Harness::new(|p| p);
+        let mut cx = h.cx();
+        cx.deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        let plan = HttpCheck.plan(&cx, &params(&url)).await.unwrap();
+        assert!(
+            plan.changes[0].detail.contains("unreachable"),
+            "{:?}",
+            plan.changes
+        );
+        let err = HttpCheck.apply(&cx, &params(&url), &()).await;
+        assert!(err.is_err());
+    }
+}

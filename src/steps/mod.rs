@@ -39,8 +39,14 @@ pub use context::{Action, Change, Planned, Restored, StepContext, StepError};
 pub use typed::{Applied, Evidence, Kind, Literal, Plan, Typed};
 
 use async_trait::async_trait;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::time::Duration;
+
+/// A step's parameters, outputs or evidence in the form the event log records them and
+/// templates read them (`steps.<id>.outputs.<name>`, `tf.<name>`): one JSON object. Only this
+/// boundary (the [`StepKind`] trait, the [`Typed`] adapter) and the engine handle it; a kind
+/// receives its typed `Params` and returns its typed `Outputs` ([`Kind`]).
+pub type Record = serde_json::Map<String, Value>;
 
 /// A parameter a kind accepts under `with:` (or an output it returns), read from the JSON
 /// Schema of the kind's typed `Params` (or `Outputs`) by [`params::specs`]: the type is the
@@ -120,7 +126,7 @@ pub trait StepKind: Send + Sync {
 
     /// The Terraform outputs a step of this kind published (`tf.<name>` in later templates),
     /// read from its recorded or predicted `outputs`; `None` for kinds that publish none.
-    fn terraform_outputs(&self, _outputs: &Map<String, Value>) -> Option<Map<String, Value>> {
+    fn terraform_outputs(&self, _outputs: &Record) -> Option<Record> {
         None
     }
 
@@ -139,13 +145,13 @@ pub trait StepKind: Send + Sync {
     /// What the step is in the database window, from its unrendered parameters (a parameter
     /// given as a template counts as its default): what `cutover validate`'s ordering checks
     /// read ([`crate::runbook::order`]).
-    fn window_role(&self, _params: &Map<String, Value>) -> WindowRole {
+    fn window_role(&self, _params: &Record) -> WindowRole {
         WindowRole::Other
     }
 
     /// Static checks of the unrendered parameters; no I/O. The default checks unknown and
     /// missing parameters against [`StepKind::params`]. Returns one message per problem.
-    fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
+    fn validate(&self, params: &Record) -> Vec<String> {
         check_param_names(&self.params(), params)
     }
 
@@ -153,7 +159,7 @@ pub trait StepKind: Send + Sync {
     /// [`params::literal_problems`]): wrong types, ranges, durations and nested unknown keys,
     /// each with its path under `with:`. No I/O. Every kind implements it with its own
     /// `Params`; the default (for a kind without parameters) finds nothing.
-    fn literal_problems(&self, _params: &Map<String, Value>) -> Vec<params::ParamProblem> {
+    fn literal_problems(&self, _params: &Record) -> Vec<params::ParamProblem> {
         Vec::new()
     }
 
@@ -169,23 +175,15 @@ pub trait StepKind: Send + Sync {
     ///
     /// # Errors
     /// A [`StepError`]; the engine retries per `retries`, then rolls the run back.
-    async fn apply(
-        &self,
-        cx: &StepContext,
-        planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError>;
+    async fn apply(&self, cx: &StepContext, planned: &Planned) -> Result<Record, StepError>;
 
     /// Polls until the desired state is observed or `cx.deadline` passes. Returns evidence to
     /// record (non-secret). The default observes nothing more than `apply` did.
     ///
     /// # Errors
     /// [`StepError::Timeout`] at the deadline, or the observed mismatch.
-    async fn verify(
-        &self,
-        _cx: &StepContext,
-        _outputs: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, StepError> {
-        Ok(Map::new())
+    async fn verify(&self, _cx: &StepContext, _outputs: &Record) -> Result<Record, StepError> {
+        Ok(Record::new())
     }
 
     /// Undoes the step. Tolerates `apply` never having run (`outputs` is `None`) or having
@@ -198,7 +196,7 @@ pub trait StepKind: Send + Sync {
         &self,
         _cx: &StepContext,
         _before: &Value,
-        _outputs: Option<&Map<String, Value>>,
+        _outputs: Option<&Record>,
     ) -> Result<Vec<Restored>, StepError> {
         Ok(Vec::new())
     }
@@ -214,7 +212,7 @@ pub trait StepKind: Send + Sync {
         &self,
         _cx: &StepContext,
         _before: &Value,
-        _outputs: Option<&Map<String, Value>>,
+        _outputs: Option<&Record>,
     ) -> Result<Option<String>, StepError> {
         Ok(None)
     }
@@ -222,12 +220,7 @@ pub trait StepKind: Send + Sync {
     /// What a person must do, object by object, when [`StepKind::rollback`] could not finish:
     /// concrete commands where there are some. No I/O; `params` are the rendered parameters
     /// (read only their non-secret fields). Empty when the kind changes nothing.
-    fn manual_undo(
-        &self,
-        _params: &Map<String, Value>,
-        _before: &Value,
-        _run_id: &str,
-    ) -> Vec<String> {
+    fn manual_undo(&self, _params: &Record, _before: &Value, _run_id: &str) -> Vec<String> {
         Vec::new()
     }
 }
@@ -267,7 +260,7 @@ pub fn kind_names() -> Vec<&'static str> {
 
 /// Checks `params` against `specs`: one message per unknown key (with the valid list) and per
 /// missing required key.
-pub fn check_param_names(specs: &[ParamSpec], params: &Map<String, Value>) -> Vec<String> {
+pub fn check_param_names(specs: &[ParamSpec], params: &Record) -> Vec<String> {
     let mut out = Vec::new();
     let valid: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     for key in params.keys() {
@@ -423,7 +416,7 @@ mod tests {
             required: true,
             doc: String::new(),
         }];
-        let mut p = Map::new();
+        let mut p = Record::new();
         p.insert("uri".into(), Value::from("x"));
         let errs = check_param_names(&specs, &p);
         assert_eq!(errs.len(), 2);

@@ -7,6 +7,7 @@
 //! window. A value holding a template (`{{ … }}`, `{% … %}`) is known only at run time: it is
 //! replaced by probe values until the parse gets past it, and never reported.
 
+use super::Record;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -100,7 +101,7 @@ fn missing_field(message: &str) -> Option<String> {
 /// as far as serde lets a parse continue.
 pub fn literal_problems<T: DeserializeOwned>(
     specs: &[super::ParamSpec],
-    params: &Map<String, Value>,
+    params: &Record,
 ) -> Vec<ParamProblem> {
     let original = Value::Object(params.clone());
     let mut value = original.clone();
@@ -151,7 +152,7 @@ pub fn literal_problems<T: DeserializeOwned>(
 /// values with the top-level keys whose value is not the runbook's own, or `None` when no probe
 /// gets the parse through.
 pub fn literal_parse<T: DeserializeOwned>(
-    params: &Map<String, Value>,
+    params: &Record,
 ) -> Option<(T, std::collections::BTreeSet<String>)> {
     let mut unknown: std::collections::BTreeSet<String> = params
         .iter()

@@ -25,7 +25,10 @@ use super::{
     Action, Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError,
     WindowRole,
 };
-use crate::providers::route53::{self as r53p, batch_json, fqdn, Alias, RecordChange, RecordSet};
+use crate::providers::route53::{
+    self as r53p, batch_json, fqdn, Alias, ChangeStatus, RecordAction, RecordChange, RecordSet,
+    Route53,
+};
 use crate::steps::context::Mode;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -234,7 +237,7 @@ fn stage_changes(
     match shape {
         // No traffic to move: the record starts on the new target.
         Shape::Absent => vec![RecordChange {
-            action: "CREATE",
+            action: RecordAction::Create,
             set: RecordSet {
                 set_identifier: None,
                 weight: None,
@@ -246,15 +249,15 @@ fn stage_changes(
         // while the name still has the simple record it is about to delete.
         Shape::Simple(origin) => vec![
             RecordChange {
-                action: "DELETE",
+                action: RecordAction::Delete,
                 set: origin.clone(),
             },
             RecordChange {
-                action: "UPSERT",
+                action: RecordAction::Upsert,
                 set: old_member(p, origin, 100 - new_weight, ttl),
             },
             RecordChange {
-                action: "UPSERT",
+                action: RecordAction::Upsert,
                 set: new_member(p, new_weight, ttl),
             },
         ],
@@ -266,7 +269,7 @@ fn stage_changes(
             want.into_iter()
                 .filter(|w| !now.contains(w))
                 .map(|set| RecordChange {
-                    action: "UPSERT",
+                    action: RecordAction::Upsert,
                     set,
                 })
                 .collect()
@@ -384,9 +387,9 @@ fn check_stages(stages: &[i64]) -> Vec<String> {
     out
 }
 
-async fn client(cx: &StepContext<'_>) -> Result<(aws_sdk_route53::Client, String), StepError> {
-    let r53 = crate::aws_client!(aws_sdk_route53, &cx.providers.aws().await?.config);
-    let zone = r53p::zone_id(&r53, &cx.env.dns.domain).await?;
+async fn client(cx: &StepContext<'_>) -> Result<(std::sync::Arc<dyn Route53>, String), StepError> {
+    let r53 = cx.providers.route53().await?;
+    let zone = r53.zone_id(&cx.env.dns.domain).await?;
     Ok((r53, zone))
 }
 
@@ -411,12 +414,12 @@ fn weights(p: &Params, new: i64) -> std::collections::BTreeMap<String, i64> {
 async fn return_to_old(
     cx: &StepContext<'_>,
     p: &Params,
-    r53: &aws_sdk_route53::Client,
+    r53: &dyn Route53,
     zone: &str,
     stage: usize,
     why: &str,
 ) -> Result<Value, StepError> {
-    let now = r53p::record_sets(r53, zone, &p.record, &p.rtype).await?;
+    let now = r53.record_sets(zone, &p.record, &p.rtype).await?;
     let shape = classify(p, &now)?;
     let ttl = moving_ttl(p, &shape);
     let changes = match &shape {
@@ -432,21 +435,21 @@ async fn return_to_old(
         weights: weights(p, 0),
         change_batch: batch_json(&changes),
     }))?;
-    let id = r53p::submit(
-        r53,
-        zone,
-        &changes,
-        &format!("cutover run {}: return traffic to {}", cx.run_id, p.old_id),
-    )
-    .await?;
+    let id = r53
+        .submit(
+            zone,
+            &changes,
+            &format!("cutover run {}: return traffic to {}", cx.run_id, p.old_id),
+        )
+        .await?;
     // The deadline may have passed already: wait for INSYNC without the safe point's checks.
     for _ in 0..60 {
-        if r53p::change_status(r53, &id).await? == "INSYNC" {
+        if r53.change_status(&id).await? == ChangeStatus::Insync {
             break;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let after = r53p::record_sets(r53, zone, &p.record, &p.rtype).await?;
+    let after = r53.record_sets(zone, &p.record, &p.rtype).await?;
     (cx.journal)(Journal::TrafficReturnedInsync(Insync {
         stage,
         change_id: id.clone(),
@@ -526,7 +529,7 @@ impl Kind for Route53Cutover {
     ) -> Result<Plan<Option<RecordBefore>, Predicted>, StepError> {
         let p = prepared(p)?;
         let (r53, zone) = client(cx).await?;
-        let live = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+        let live = r53.record_sets(&zone, &p.record, &p.rtype).await?;
         // A dry-run predicts the record as the earlier steps leave it: a `route53.set_ttl` before
         // this step (named by `ttl_lowered_at`) will have lowered its TTL to `ttl`.
         let mut now = live.clone();
@@ -671,7 +674,7 @@ impl Kind for Route53Cutover {
             }
         }
 
-        let mut now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+        let mut now = r53.record_sets(&zone, &p.record, &p.rtype).await?;
         let mut shape = classify(&p, &now)?;
         let ttl = moving_ttl(&p, &shape);
         let (mut current, finished) = position(&p, &shape);
@@ -694,7 +697,7 @@ impl Kind for Route53Cutover {
                 }))?;
                 let submitted = submit_and_wait(
                     cx,
-                    &r53,
+                    &*r53,
                     &zone,
                     &changes,
                     &format!("cutover run {} step {}: {name}", cx.run_id, cx.step_id),
@@ -703,11 +706,11 @@ impl Kind for Route53Cutover {
                 let id = match submitted {
                     Ok(id) => id,
                     Err(e) => {
-                        return_to_old(cx, &p, &r53, &zone, i + 1, &e.to_string()).await?;
+                        return_to_old(cx, &p, &*r53, &zone, i + 1, &e.to_string()).await?;
                         return Err(e);
                     }
                 };
-                now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+                now = r53.record_sets(&zone, &p.record, &p.rtype).await?;
                 (cx.journal)(Journal::TrafficStageInsync(Insync {
                     stage: i + 1,
                     change_id: id.clone(),
@@ -725,7 +728,7 @@ impl Kind for Route53Cutover {
                 let verdict = match a.run(cx, &name).await {
                     Ok(v) => v,
                     Err(e) => {
-                        return_to_old(cx, &p, &r53, &zone, i + 1, &e.to_string()).await?;
+                        return_to_old(cx, &p, &*r53, &zone, i + 1, &e.to_string()).await?;
                         return Err(e);
                     }
                 };
@@ -737,7 +740,7 @@ impl Kind for Route53Cutover {
                 }))?;
                 if !verdict.passed {
                     let why = format!("{name} analysis failed: {}", verdict.reasons.join("; "));
-                    return_to_old(cx, &p, &r53, &zone, i + 1, &why).await?;
+                    return_to_old(cx, &p, &*r53, &zone, i + 1, &why).await?;
                     return Err(StepError::Check(format!(
                         "{why}; all weight returned to {}",
                         p.old_id
@@ -777,7 +780,7 @@ impl Kind for Route53Cutover {
                 }))?;
                 submit_and_wait(
                     cx,
-                    &r53,
+                    &*r53,
                     &zone,
                     &raise,
                     &format!(
@@ -821,7 +824,7 @@ impl Kind for Route53Cutover {
     ) -> Result<Evidence, StepError> {
         let p = prepared(p)?;
         let (r53, zone) = client(cx).await?;
-        let now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+        let now = r53.record_sets(&zone, &p.record, &p.rtype).await?;
         let target = new_member(&p, 0, None).target();
         let on_new = now
             .iter()
@@ -864,7 +867,7 @@ impl Kind for Route53Cutover {
         };
         let old = before.sets.clone();
         let (r53, zone) = client(cx).await?;
-        let now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+        let now = r53.record_sets(&zone, &p.record, &p.rtype).await?;
         let changes = r53p::diff(&now, &old);
         let show = |sets: &[RecordSet]| {
             if sets.is_empty() {
@@ -880,7 +883,7 @@ impl Kind for Route53Cutover {
         };
         restore(
             cx,
-            (&r53, &zone),
+            (&*r53, &zone),
             (&p.record, &p.rtype),
             &now,
             &changes,
@@ -898,7 +901,7 @@ impl Kind for Route53Cutover {
             before.zone_id.as_str()
         };
         let record = &p.record;
-        let create = before.cli_change("CREATE");
+        let create = before.cli_change(RecordAction::Create);
         vec![
             format!("list what {record} holds now: aws route53 list-resource-record-sets --hosted-zone-id {zone} --query \"ResourceRecordSets[?Name=='{}']\"", fqdn(record)),
             format!("delete those sets, then create exactly the sets from before the run, in one change batch: {create} (prepend a DELETE for each set listed above)"),
@@ -911,7 +914,7 @@ fn ttl_changes(sets: &[RecordSet], ttl: i64) -> Vec<RecordChange> {
     sets.iter()
         .filter(|s| s.alias.is_none() && s.ttl != Some(ttl))
         .map(|s| RecordChange {
-            action: "UPSERT",
+            action: RecordAction::Upsert,
             set: RecordSet {
                 ttl: Some(ttl),
                 ..s.clone()
@@ -925,7 +928,7 @@ fn apply_locally(sets: &[RecordSet], changes: &[RecordChange]) -> Vec<RecordSet>
     let mut out: Vec<RecordSet> = sets.to_vec();
     for c in changes {
         out.retain(|s| s.set_identifier != c.set.set_identifier);
-        if c.action != "DELETE" {
+        if c.action != RecordAction::Delete {
             out.push(c.set.clone());
         }
     }
@@ -961,7 +964,7 @@ mod tests {
         let now = vec![simple()];
         let shape = classify(&p, &now).unwrap();
         let first = stage_changes(&p, &now, &shape, 10, Some(60));
-        let actions: Vec<&str> = first.iter().map(|c| c.action).collect();
+        let actions: Vec<&str> = first.iter().map(|c| c.action.as_str()).collect();
         assert_eq!(actions, ["DELETE", "UPSERT", "UPSERT"]);
         assert_eq!(first[1].set.weight, Some(90));
         assert_eq!(first[2].set.weight, Some(10));
@@ -969,7 +972,7 @@ mod tests {
         let shape = classify(&p, &after).unwrap();
         assert!(matches!(shape, Shape::Weighted { new_weight: 10, .. }));
         let second = stage_changes(&p, &after, &shape, 50, Some(60));
-        assert!(second.iter().all(|c| c.action == "UPSERT"));
+        assert!(second.iter().all(|c| c.action == RecordAction::Upsert));
         assert_eq!(
             second
                 .iter()

@@ -9,7 +9,7 @@
 
 use super::dns::{restore, submit_and_wait, RecordBefore};
 use super::{Action, Applied, Change, Kind, Plan, Restored, StepContext, StepError};
-use crate::providers::route53::{self as r53p, batch_json, fqdn, RecordChange, RecordSet};
+use crate::providers::route53::{batch_json, fqdn, RecordAction, RecordChange, RecordSet, Route53};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -45,7 +45,7 @@ fn lowering(sets: &[RecordSet], ttl: i64) -> Vec<RecordChange> {
     sets.iter()
         .filter(|s| s.ttl.is_some_and(|t| t > ttl))
         .map(|s| RecordChange {
-            action: "UPSERT",
+            action: RecordAction::Upsert,
             set: RecordSet {
                 ttl: Some(ttl),
                 ..s.clone()
@@ -57,14 +57,14 @@ fn lowering(sets: &[RecordSet], ttl: i64) -> Vec<RecordChange> {
 async fn observe(
     cx: &StepContext<'_>,
     p: &Params,
-) -> Result<(i64, aws_sdk_route53::Client, String, Vec<RecordSet>), StepError> {
+) -> Result<(i64, std::sync::Arc<dyn Route53>, String, Vec<RecordSet>), StepError> {
     let ttl = p
         .ttl
         .filter(|t| *t >= 0)
         .ok_or_else(|| StepError::Params("`ttl` must be a whole number of seconds".into()))?;
-    let r53 = crate::aws_client!(aws_sdk_route53, &cx.providers.aws().await?.config);
-    let zone = r53p::zone_id(&r53, &cx.env.dns.domain).await?;
-    let sets = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+    let r53 = cx.providers.route53().await?;
+    let zone = r53.zone_id(&cx.env.dns.domain).await?;
+    let sets = r53.record_sets(&zone, &p.record, &p.rtype).await?;
     if sets.is_empty() {
         return Err(StepError::Check(format!(
             "no {} record {} in zone {zone}",
@@ -161,7 +161,7 @@ impl Kind for SetTtl {
         let lowered_at = if !changes.is_empty() {
             let id = submit_and_wait(
                 cx,
-                &r53,
+                &*r53,
                 &zone,
                 &changes,
                 &format!("cutover run {} step {}: lower TTL", cx.run_id, cx.step_id),
@@ -204,9 +204,9 @@ impl Kind for SetTtl {
         _outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
         let old = &before.sets;
-        let r53 = crate::aws_client!(aws_sdk_route53, &cx.providers.aws().await?.config);
-        let zone = r53p::zone_id(&r53, &cx.env.dns.domain).await?;
-        let now = r53p::record_sets(&r53, &zone, &p.record, &p.rtype).await?;
+        let r53 = cx.providers.route53().await?;
+        let zone = r53.zone_id(&cx.env.dns.domain).await?;
+        let now = r53.record_sets(&zone, &p.record, &p.rtype).await?;
         // Raise back only the sets that still exist as they were, with a lower TTL.
         let changes: Vec<RecordChange> = now
             .iter()
@@ -217,7 +217,7 @@ impl Kind for SetTtl {
                         && o.alias == n.alias
                 })?;
                 (o.ttl > n.ttl).then(|| RecordChange {
-                    action: "UPSERT",
+                    action: RecordAction::Upsert,
                     set: RecordSet {
                         ttl: o.ttl,
                         ..n.clone()
@@ -227,7 +227,7 @@ impl Kind for SetTtl {
             .collect();
         restore(
             cx,
-            (&r53, &zone),
+            (&*r53, &zone),
             (&p.record, &p.rtype),
             &now,
             &changes,
@@ -244,7 +244,118 @@ impl Kind for SetTtl {
     }
 
     fn manual_undo(&self, p: &Params, before: &RecordBefore, _run_id: &str) -> Vec<String> {
-        let upsert = before.cli_change("UPSERT");
+        let upsert = before.cli_change(RecordAction::Upsert);
         vec![format!("put the TTL of {} back: {upsert}", p.record)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::testing::{FakeRoute53, Harness};
+
+    const RECORD: &str = "shop.staging.example-shop.com";
+
+    fn params(ttl: i64) -> Params {
+        Params {
+            record: RECORD.into(),
+            rtype: "CNAME".into(),
+            ttl: Some(ttl),
+        }
+    }
+
+    fn setup(ttl: i64) -> (Harness, std::sync::Arc<FakeRoute53>) {
+        let r53 = FakeRoute53::with(vec![FakeRoute53::cname(RECORD, "legacy.example.net", ttl)]);
+        let fake = r53.clone();
+        (Harness::new(|p| p.with_route53(fake)), r53)
+    }
+
+    fn ttl_now(r53: &FakeRoute53) -> Option<i64> {
+        r53.sets.lock().unwrap()[0].ttl
+    }
+
+    #[tokio::test]
+    async fn lowers_once_waits_for_insync_and_rollback_raises_it_back() {
+        let (h, r53) = setup(300);
+        let cx = h.cx();
+        let p = params(60);
+        let plan = SetTtl.plan(&cx, &p).await.unwrap();
+        assert_eq!(plan.changes[0].action, Action::Update);
+        assert_eq!(plan.before.sets[0].ttl, Some(300));
+        assert_eq!(ttl_now(&*r53), Some(300), "the plan changes nothing");
+
+        let first = SetTtl.apply(&cx, &p, &plan.before).await.unwrap();
+        assert_eq!(ttl_now(&*r53), Some(60));
+        assert_eq!((first.outputs.ttl, first.outputs.previous_ttl), (60, 300));
+        assert!(first.outputs.lowered_at.is_some());
+        assert_eq!(first.outputs.change_id.as_deref(), Some("C1"));
+        // The change read PENDING once: apply waited for INSYNC.
+        assert!(h
+            .progress
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("PENDING")));
+
+        // Re-run after a crash: nothing submitted again, the previous TTL still 300 s.
+        let again = SetTtl.apply(&cx, &p, &plan.before).await.unwrap();
+        assert_eq!(r53.submitted.lock().unwrap().len(), 1);
+        assert_eq!(again.outputs.previous_ttl, 300);
+        assert!(again.outputs.lowered_at.is_some(), "counts from now");
+        assert_eq!(again.outputs.change_id, None);
+
+        let restored = SetTtl
+            .rollback(&cx, &p, &plan.before, Some(&first.outputs))
+            .await
+            .unwrap();
+        assert_eq!(ttl_now(&*r53), Some(300));
+        assert_eq!(restored.len(), 1, "{restored:?}");
+        assert_ne!(restored[0].before, restored[0].after);
+    }
+
+    #[tokio::test]
+    async fn a_ttl_already_low_enough_is_left_alone() {
+        let (h, r53) = setup(30);
+        let cx = h.cx();
+        let p = params(60);
+        let plan = SetTtl.plan(&cx, &p).await.unwrap();
+        assert_eq!(plan.changes[0].action, Action::None);
+        let out = SetTtl.apply(&cx, &p, &plan.before).await.unwrap();
+        assert_eq!(out.outputs.lowered_at, None);
+        assert_eq!((out.outputs.ttl, out.outputs.previous_ttl), (30, 30));
+        assert!(r53.submitted.lock().unwrap().is_empty());
+        let restored = SetTtl
+            .rollback(&cx, &p, &plan.before, Some(&out.outputs))
+            .await
+            .unwrap();
+        assert!(restored.is_empty(), "nothing to raise back: {restored:?}");
+        assert!(r53.submitted.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_missing_record_fails_the_plan() {
+        let (h, r53) = setup(300);
+        r53.sets.lock().unwrap().clear();
+        let err = SetTtl
+            .plan(&h.cx(), &params(60))
+            .await
+            .err()
+            .expect("no record");
+        assert!(matches!(err, StepError::Check(_)), "{err:?}");
+        assert!(err.to_string().contains(RECORD), "{err}");
+    }
+
+    #[test]
+    fn manual_undo_names_the_ttl_to_put_back() {
+        let before = RecordBefore {
+            zone_id: "Z1".into(),
+            sets: vec![FakeRoute53::cname(RECORD, "legacy.example.net", 300)],
+        };
+        let steps = SetTtl.manual_undo(&params(60), &before, "run");
+        assert_eq!(steps.len(), 1);
+        assert!(
+            steps[0].contains("\"TTL\":300") || steps[0].contains("300"),
+            "{steps:?}"
+        );
     }
 }

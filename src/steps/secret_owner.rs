@@ -268,11 +268,14 @@ pub fn with_value(raw: &str, property: Option<&str>, value: &str) -> Result<Stri
     let Some(p) = property else {
         return Ok(value.to_string());
     };
-    let mut obj: serde_json::Map<String, Value> = serde_json::from_str(raw).map_err(|_| {
-        format!("the upstream value is not a JSON object, so property {p} cannot be set")
-    })?;
-    obj.insert(p.to_string(), Value::from(value));
-    Ok(Value::Object(obj).to_string())
+    let mut obj: Value = serde_json::from_str(raw)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| {
+            format!("the upstream value is not a JSON object, so property {p} cannot be set")
+        })?;
+    obj[p] = Value::from(value);
+    Ok(obj.to_string())
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@
 //! Terraform runs with the environment's assumed-role credentials, so state and resources land in
 //! that account. Rollback leaves infrastructure in place (it is shared by later runs).
 
+use super::Record;
 use super::{Action, Applied, Change, Kind, Plan, StepContext, StepError};
 use crate::providers::terraform::{outputs_from, summarize, PlanSummary, Terraform};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ pub struct Params {
 #[derive(Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Outputs {
     /// The root module's outputs after the apply (`tf.<name>` in later templates).
-    tf: Map<String, Value>,
+    tf: Record,
     /// Resources created.
     #[serde(default)]
     create: u64,
@@ -47,7 +48,7 @@ pub struct Outputs {
 #[derive(Serialize)]
 pub struct Predicted {
     /// The root module's outputs as the plan shows them.
-    tf: Map<String, Value>,
+    tf: Record,
 }
 
 /// Rollback material: the plan's counts (nothing is undone; `apply` reports them).
@@ -118,7 +119,7 @@ impl Kind for TerraformApply {
         "Nothing is destroyed: the new infrastructure stays and carries no traffic until DNS moves";
     const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
-    fn terraform_outputs(&self, o: &Outputs) -> Option<Map<String, Value>> {
+    fn terraform_outputs(&self, o: &Outputs) -> Option<Record> {
         Some(o.tf.clone())
     }
 
@@ -194,7 +195,7 @@ impl Kind for TerraformApply {
         (cx.progress)("terraform apply (reviewed plan)");
         if let Err(e) = tf.apply(&plan_file).await {
             // A plan saved before a crash is stale once state moved on: plan again, once.
-            if e.to_string().contains("Saved plan is stale") {
+            if e.terraform_failure() == Some(crate::providers::terraform::Failure::StalePlan) {
                 tf.plan(&vars, &plan_file, true).await?;
                 tf.apply(&plan_file).await?;
             } else {

@@ -17,7 +17,8 @@ pub struct Harness {
     providers: Providers,
     /// Progress lines the kind printed.
     pub progress: Arc<Mutex<Vec<String>>>,
-    /// Records the kind journaled.
+    /// Records the kind journaled (read by the tests of kinds that journal).
+    #[allow(dead_code)]
     pub journal: Arc<Mutex<Vec<Journal>>>,
     on_progress: Box<dyn Fn(&str) + Send + Sync>,
     on_journal: Box<dyn Fn(Journal) -> Result<(), StepError> + Send + Sync>,
@@ -75,5 +76,125 @@ impl Harness {
             approved: &[],
             writes: None,
         }
+    }
+}
+
+/// A hosted zone in memory behind [`crate::providers::route53::Route53`]: one zone for the
+/// staging domain (id `Z1`), change batches applied as Route 53 applies them (all or nothing:
+/// a `DELETE` must match a set exactly, a `CREATE` must not find one), each change `PENDING`
+/// on its first read and `INSYNC` after.
+#[derive(Default)]
+pub struct FakeRoute53 {
+    /// The zone's record sets.
+    pub sets: Mutex<Vec<crate::providers::route53::RecordSet>>,
+    /// Every batch submitted, in order.
+    pub submitted: Mutex<Vec<Vec<crate::providers::route53::RecordChange>>>,
+    polled: Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl FakeRoute53 {
+    /// A zone holding `sets`.
+    pub fn with(sets: Vec<crate::providers::route53::RecordSet>) -> Arc<FakeRoute53> {
+        Arc::new(FakeRoute53 {
+            sets: Mutex::new(sets),
+            ..Default::default()
+        })
+    }
+
+    /// A simple CNAME `name` → `value` with `ttl`.
+    pub fn cname(name: &str, value: &str, ttl: i64) -> crate::providers::route53::RecordSet {
+        crate::providers::route53::RecordSet {
+            name: crate::providers::route53::fqdn(name),
+            rtype: "CNAME".into(),
+            set_identifier: None,
+            weight: None,
+            ttl: Some(ttl),
+            values: vec![value.into()],
+            alias: None,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::providers::route53::Route53 for FakeRoute53 {
+    async fn zone_id(&self, domain: &str) -> Result<String, crate::providers::ProviderError> {
+        if domain.trim_end_matches('.') == "staging.example-shop.com" {
+            Ok("Z1".into())
+        } else {
+            Err(crate::providers::ProviderError::Aws {
+                op: "route53:ListHostedZonesByName".into(),
+                message: format!("no hosted zone {domain}"),
+            })
+        }
+    }
+
+    async fn record_sets(
+        &self,
+        _zone: &str,
+        name: &str,
+        rtype: &str,
+    ) -> Result<Vec<crate::providers::route53::RecordSet>, crate::providers::ProviderError> {
+        let name = crate::providers::route53::fqdn(name);
+        let mut out: Vec<_> = self
+            .sets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|s| s.name == name && s.rtype == rtype)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.set_identifier.cmp(&b.set_identifier));
+        Ok(out)
+    }
+
+    async fn submit(
+        &self,
+        _zone: &str,
+        changes: &[crate::providers::route53::RecordChange],
+        _comment: &str,
+    ) -> Result<String, crate::providers::ProviderError> {
+        let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = sets.clone();
+        let same = |a: &crate::providers::route53::RecordSet,
+                    b: &crate::providers::route53::RecordSet| {
+            a.name == b.name && a.rtype == b.rtype && a.set_identifier == b.set_identifier
+        };
+        for c in changes {
+            let found = next.iter().position(|s| same(s, &c.set));
+            use crate::providers::route53::RecordAction;
+            match (c.action, found) {
+                (RecordAction::Delete, Some(i)) if next[i] == c.set => {
+                    next.remove(i);
+                }
+                (RecordAction::Upsert, Some(i)) => next[i] = c.set.clone(),
+                (RecordAction::Upsert | RecordAction::Create, None) => next.push(c.set.clone()),
+                (action, _) => {
+                    return Err(crate::providers::ProviderError::Aws {
+                        op: "route53:ChangeResourceRecordSets".into(),
+                        message: format!("InvalidChangeBatch: {action} {}", c.set.name),
+                    })
+                }
+            }
+        }
+        *sets = next;
+        let mut submitted = self.submitted.lock().unwrap_or_else(|e| e.into_inner());
+        submitted.push(changes.to_vec());
+        Ok(format!("C{}", submitted.len()))
+    }
+
+    async fn change_status(
+        &self,
+        id: &str,
+    ) -> Result<crate::providers::route53::ChangeStatus, crate::providers::ProviderError> {
+        let first = self
+            .polled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string());
+        Ok(if first {
+            crate::providers::route53::ChangeStatus::Pending
+        } else {
+            crate::providers::route53::ChangeStatus::Insync
+        })
     }
 }

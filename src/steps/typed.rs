@@ -10,6 +10,7 @@
 //! Owns the conversion between the typed contract and the event log's JSON; must not hold any
 //! kind's logic.
 
+use super::Record;
 use super::{Change, ParamSpec, Planned, Restored, StepContext, StepError, StepKind, WindowRole};
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
@@ -124,7 +125,7 @@ pub trait Kind: Send + Sync + 'static {
 
     /// The Terraform outputs this step publishes to later templates as `tf.<name>`
     /// (`terraform.apply`); `None` for every other kind.
-    fn terraform_outputs(&self, _outputs: &Self::Outputs) -> Option<Map<String, Value>> {
+    fn terraform_outputs(&self, _outputs: &Self::Outputs) -> Option<Record> {
         None
     }
 
@@ -240,7 +241,7 @@ fn to_value<T: Serialize>(kind: &str, what: &str, t: &T) -> Result<Value, StepEr
     serde_json::to_value(t).map_err(|e| StepError::Params(format!("{kind}: {what}: {e}")))
 }
 
-fn to_map<T: Serialize>(kind: &str, what: &str, t: &T) -> Result<Map<String, Value>, StepError> {
+fn to_map<T: Serialize>(kind: &str, what: &str, t: &T) -> Result<Record, StepError> {
     match to_value(kind, what, t)? {
         Value::Object(m) => Ok(m),
         Value::Null => Ok(Map::new()),
@@ -251,13 +252,13 @@ fn to_map<T: Serialize>(kind: &str, what: &str, t: &T) -> Result<Map<String, Val
 }
 
 impl<K: Kind> Typed<K> {
-    fn typed_params(&self, params: &Map<String, Value>) -> Result<K::Params, StepError> {
+    fn typed_params(&self, params: &Record) -> Result<K::Params, StepError> {
         serde_json::from_value(Value::Object(params.clone()))
             .map_err(|e| StepError::Params(e.to_string()))
     }
 
     /// The literal parameters, templated values replaced by probes.
-    fn literal(&self, params: &Map<String, Value>) -> Option<Literal<K::Params>> {
+    fn literal(&self, params: &Record) -> Option<Literal<K::Params>> {
         super::params::literal_parse::<K::Params>(params)
             .map(|(params, templated)| Literal { params, templated })
     }
@@ -269,7 +270,7 @@ impl<K: Kind> Typed<K> {
         parse(K::NAME, "rollback material", before.clone())
     }
 
-    fn outputs(&self, outputs: &Map<String, Value>) -> Result<K::Outputs, StepError> {
+    fn outputs(&self, outputs: &Record) -> Result<K::Outputs, StepError> {
         let mut m = outputs.clone();
         m.remove(super::SUMMARY_OUTPUT);
         parse(K::NAME, "outputs", Value::Object(m))
@@ -299,7 +300,7 @@ impl<K: Kind> StepKind for Typed<K> {
     fn params(&self) -> Vec<ParamSpec> {
         super::params::specs::<K::Params>()
     }
-    fn literal_problems(&self, params: &Map<String, Value>) -> Vec<super::params::ParamProblem> {
+    fn literal_problems(&self, params: &Record) -> Vec<super::params::ParamProblem> {
         super::params::literal_problems::<K::Params>(&StepKind::params(self), params)
     }
     fn output_specs(&self) -> Vec<ParamSpec> {
@@ -308,14 +309,14 @@ impl<K: Kind> StepKind for Typed<K> {
     fn params_schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         generator.subschema_for::<K::Params>()
     }
-    fn window_role(&self, params: &Map<String, Value>) -> WindowRole {
+    fn window_role(&self, params: &Record) -> WindowRole {
         self.0.window_role(self.literal(params).as_ref())
     }
-    fn terraform_outputs(&self, outputs: &Map<String, Value>) -> Option<Map<String, Value>> {
+    fn terraform_outputs(&self, outputs: &Record) -> Option<Record> {
         let o = self.outputs(outputs).ok()?;
         self.0.terraform_outputs(&o)
     }
-    fn validate(&self, params: &Map<String, Value>) -> Vec<String> {
+    fn validate(&self, params: &Record) -> Vec<String> {
         let mut out = super::check_param_names(&StepKind::params(self), params);
         if let Some(p) = self.literal(params) {
             out.extend(self.0.check(&p));
@@ -336,11 +337,7 @@ impl<K: Kind> StepKind for Typed<K> {
         })
     }
 
-    async fn apply(
-        &self,
-        cx: &StepContext,
-        planned: &Planned,
-    ) -> Result<Map<String, Value>, StepError> {
+    async fn apply(&self, cx: &StepContext, planned: &Planned) -> Result<Record, StepError> {
         let p = self.typed_params(&cx.params)?;
         let before = self.before(&planned.before)?;
         let applied = self.0.apply(cx, &p, &before).await?;
@@ -351,15 +348,11 @@ impl<K: Kind> StepKind for Typed<K> {
         Ok(out)
     }
 
-    async fn verify(
-        &self,
-        cx: &StepContext,
-        outputs: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, StepError> {
+    async fn verify(&self, cx: &StepContext, outputs: &Record) -> Result<Record, StepError> {
         let p = self.typed_params(&cx.params)?;
         let o = self.outputs(outputs)?;
         let ev = self.0.verify(cx, &p, &o).await?;
-        let mut out: Map<String, Value> = ev.facts.into_iter().collect();
+        let mut out: Record = ev.facts.into_iter().collect();
         if let Some(s) = ev.summary {
             out.insert(super::SUMMARY_OUTPUT.into(), Value::String(s));
         }
@@ -370,7 +363,7 @@ impl<K: Kind> StepKind for Typed<K> {
         &self,
         cx: &StepContext,
         before: &Value,
-        outputs: Option<&Map<String, Value>>,
+        outputs: Option<&Record>,
     ) -> Result<Vec<Restored>, StepError> {
         let p = self.typed_params(&cx.params)?;
         let b = self.before(before)?;
@@ -382,7 +375,7 @@ impl<K: Kind> StepKind for Typed<K> {
         &self,
         cx: &StepContext,
         before: &Value,
-        outputs: Option<&Map<String, Value>>,
+        outputs: Option<&Record>,
     ) -> Result<Option<String>, StepError> {
         let p = self.typed_params(&cx.params)?;
         let b = self.before(before)?;
@@ -390,12 +383,7 @@ impl<K: Kind> StepKind for Typed<K> {
         self.0.rollback_refusal(cx, &p, &b, o.as_ref()).await
     }
 
-    fn manual_undo(
-        &self,
-        params: &Map<String, Value>,
-        before: &Value,
-        run_id: &str,
-    ) -> Vec<String> {
+    fn manual_undo(&self, params: &Record, before: &Value, run_id: &str) -> Vec<String> {
         match (self.typed_params(params), self.before(before)) {
             (Ok(p), Ok(b)) => self.0.manual_undo(&p, &b, run_id),
             _ => Vec::new(),
@@ -475,7 +463,7 @@ mod tests {
         }
     }
 
-    fn map(v: Value) -> Map<String, Value> {
+    fn map(v: Value) -> Record {
         match v {
             Value::Object(m) => m,
             _ => unreachable!("an object"),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     let legacy_url = sb
         .secret_value("staging", "shop-db", "DATABASE_URL")
         .expect("seeded secret");
@@ -244,7 +244,7 @@ fn dry_run_of_production_prints_every_step_and_changes_nothing() {
 
 #[test]
 fn sigkill_during_cutover_is_completed_by_resume_without_repeating_effects() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     let legacy_url = sb
         .secret_value("staging", "shop-db", "DATABASE_URL")
         .unwrap();

@@ -99,7 +99,7 @@ print(json.dumps(out))
 
 #[test]
 fn printed_signed_and_parsed_audits_of_real_runs_hold_and_leak_no_secret() {
-    let mut sb = Sandbox::start();
+    let mut sb = Sandbox::start_long();
     let project = sb.project.path().to_path_buf();
     let nonce = uuid::Uuid::new_v4().simple().to_string();
 

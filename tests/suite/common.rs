@@ -347,6 +347,14 @@ impl Sandbox {
         Self::start_in(slot, asked)
     }
 
+    /// As [`Sandbox::start`], for a test of one and a half to two and a half minutes
+    /// ([`slots::Priority::Long`]).
+    pub fn start_long() -> Sandbox {
+        let asked = Instant::now();
+        let slot = slots::acquire(1, slots::Priority::Long);
+        Self::start_in(slot, asked)
+    }
+
     /// `n` sandboxes started at once, on `n` slots taken together before any other waiting
     /// test's (the tests that need several are the longest of the suite).
     pub fn start_many(n: usize) -> Vec<Sandbox> {
@@ -1064,9 +1072,13 @@ pub mod slots {
     /// Who goes first among waiting tests.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
     pub enum Priority {
-        /// Most tests.
+        /// Most tests (under a minute and a half on a loaded machine).
         Normal,
-        /// The longest tests: started before the others so they do not finish last.
+        /// Tests of one and a half to two and a half minutes: after the longest, before the
+        /// rest, so the short ones fill the end of the suite (longest first packs the slots).
+        Long,
+        /// The longest tests (minutes of TTL waits, of runs one after another, of kills): started
+        /// before the others so they do not finish last.
         First,
     }
 

@@ -132,7 +132,7 @@ fn cutover_rollback_of_a_rehearsal_loses_no_aws_write_and_the_rehearsal_runs_aga
 
 #[test]
 fn rollbacks_after_the_flip_from_a_failed_health_check_or_a_panic_at_a_dns_stage_lose_nothing() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     // staging: the shop runbook's order; the health check after the flip fails.
     let shop = std::fs::read_to_string(common::repo().join("runbooks/shop-cutover.yaml")).unwrap();
     let failing = shop.replace(
@@ -199,7 +199,7 @@ fn rollbacks_after_the_flip_from_a_failed_health_check_or_a_panic_at_a_dns_stage
 
 #[test]
 fn a_run_that_lost_an_acknowledged_write_exits_4_and_says_so_first() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
     let (flag, child) = sb.start_held("staging", &["rehearse", "staging"]);
     let run = sb.wait_for_step("freeze", "step_planned", 240);

@@ -19,7 +19,7 @@ fn code(o: &std::process::Output) -> i32 {
 
 #[test]
 fn infra_plans_every_account_applies_reviewed_plans_and_enforces_the_policy() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     let project = sb.project.path();
 
     // Apply without a reviewed plan is refused.

@@ -16,7 +16,7 @@ fn after_shop(app_url: &str, status: u16) -> String {
 
 #[test]
 fn a_failed_wave_rolls_back_only_its_run_and_the_migration_continues_where_it_stopped() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     let app_url = sb.var("CUTOVER_STAGING_APP_URL");
     let project = sb.project.path();
     std::fs::write(
@@ -153,7 +153,7 @@ fn finish_logged(
 
 #[test]
 fn two_services_of_one_environment_move_at_once_and_a_third_run_on_one_of_them_is_refused() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     let shop = sb.spawn_logged(&["rehearse", "staging", "--runbook", "shop-cutover"]);
     let letters = sb.spawn_logged(&["rehearse", "staging", "--runbook", "letters-cutover"]);
     common::wait_until(120, "both runs started", || {

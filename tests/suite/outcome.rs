@@ -13,7 +13,7 @@ fn shop_variant(sb: &Sandbox, name: &str, edit: impl Fn(String) -> String) -> St
 
 #[test]
 fn a_rehearsal_whose_application_cannot_write_after_the_flip_fails_and_rolls_back() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     let legacy_url = sb
         .secret_value("staging", "shop-db", "DATABASE_URL")
         .unwrap();
@@ -68,7 +68,7 @@ fn a_rehearsal_whose_application_cannot_write_after_the_flip_fails_and_rolls_bac
 
 #[test]
 fn a_panic_flag_raised_during_the_last_steps_samples_rolls_the_run_back() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     // A last step whose samples would take 30 s.
     let runbook = shop_variant(&sb, "shop-cutover-long-health", |t| {
         t.replace(

@@ -130,7 +130,7 @@ fn a_table_without_primary_key_fails_preflight_by_name_and_nothing_is_created() 
 
 #[test]
 fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_twice() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
     // About 45 MB in 20 chunks, copied at 8 MB/s by 2 workers: several seconds to kill it in.
@@ -316,7 +316,7 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
 
 #[test]
 fn a_row_changed_after_the_prepass_and_corrupted_on_the_target_is_caught_in_the_window_by_key() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
     let legacy = sb.secret_value("staging", "shop-db", "DATABASE_URL");
     let (flag, child) = start_held(&sb);
@@ -401,7 +401,7 @@ fn a_row_changed_after_the_prepass_and_corrupted_on_the_target_is_caught_in_the_
 
 #[test]
 fn postponed_run_holds_before_the_freeze_then_cuts_over_with_sequences_ahead_and_app_writes() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
     let (flag, child) = start_held(&sb);

@@ -62,7 +62,7 @@ fn merge_patch(sb: &Sandbox, path: &str, patch: Value) {
 
 #[test]
 fn an_externalsecret_owned_secret_is_flipped_through_its_upstream_and_rollback_restores_both() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     let legacy = sb.var("CUTOVER_STAGING_LETTERS_LEGACY_APP_DATABASE_URL");
     let target = sb.var("CUTOVER_STAGING_LETTERS_TARGET_APP_DATABASE_URL");
     common::wait_until(20, "the operator's first sync", || {

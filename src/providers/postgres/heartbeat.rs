@@ -318,6 +318,12 @@ impl Heartbeat {
                 }
                 let until = *served_rx.borrow();
                 meter.tick((Instant::now(), Utc::now()), until);
+                if stop_by.is_some() && !meter.serving {
+                    // Asked to stop while no user is sent this way: its gaps no longer count
+                    // (the tick closed any at the moment it stopped serving), so there is no
+                    // outage left to measure (a frozen legacy database would never acknowledge).
+                    break;
+                }
                 if stop_by.is_some_and(|t| Instant::now() >= t) {
                     // No write acknowledged since: an outage still open at the end counts up
                     // to now.

@@ -222,8 +222,7 @@ pub async fn drop_slot(c: &Client, side: &str, slot: &str) -> Result<bool, Provi
             Ok(rows) => return Ok(!rows.is_empty()),
             Err(e)
                 if tries < 50
-                    && e.as_db_error()
-                        .is_some_and(|d| d.message().contains("is active")) =>
+                    && e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) =>
             {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
