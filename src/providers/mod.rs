@@ -115,6 +115,9 @@ pub struct Providers {
     route53: OnceCell<Arc<dyn route53::Route53>>,
     rds: OnceCell<Arc<dyn rds::Rds>>,
     identity: OnceCell<aws::Identity>,
+    /// A stand-in for the environment's Terraform root (unit tests); unset, each call builds
+    /// the real one with fresh credentials.
+    terraform: OnceCell<Arc<dyn terraform::Root>>,
     kube: tokio::sync::Mutex<Option<(::kube::Client, kube::Access, std::time::Instant)>>,
     /// Database admin URLs read from a secret source other than a variable
     /// ([`Providers::load_database_url`]).
@@ -140,6 +143,7 @@ impl Providers {
             route53: OnceCell::new(),
             rds: OnceCell::new(),
             identity: OnceCell::new(),
+            terraform: OnceCell::new(),
             kube: tokio::sync::Mutex::new(None),
             urls: Default::default(),
             cas: Default::default(),
@@ -239,6 +243,32 @@ impl Providers {
     #[cfg(test)]
     pub fn with_identity(self, identity: aws::Identity) -> Self {
         let _ = self.identity.set(identity);
+        self
+    }
+
+    /// The environment's Terraform root under `root` (`terraform.dir`), its data directory
+    /// under `state_dir`, run with the session's credentials renewed for this call.
+    ///
+    /// # Errors
+    /// What [`Providers::aws`] returns, or the renewal's error.
+    pub async fn terraform(
+        &self,
+        root: &std::path::Path,
+        state_dir: &std::path::Path,
+    ) -> Result<Arc<dyn terraform::Root>, ProviderError> {
+        if let Some(t) = self.terraform.get() {
+            return Ok(t.clone());
+        }
+        let session = self.aws().await?;
+        Ok(Arc::new(
+            terraform::Terraform::for_environment(root, state_dir, &self.env, session).await?,
+        ))
+    }
+
+    /// The same providers with `tf` in place of the Terraform root (unit tests of step kinds).
+    #[cfg(test)]
+    pub fn with_terraform(self, tf: Arc<dyn terraform::Root>) -> Self {
+        let _ = self.terraform.set(tf);
         self
     }
 

@@ -36,6 +36,67 @@ impl Failure {
     }
 }
 
+/// The Terraform operations a step makes on one environment's root, so `terraform.apply` can be
+/// tested against a fake; [`Terraform`] runs the real CLI.
+#[async_trait::async_trait]
+pub trait Root: Send + Sync {
+    /// `terraform init` with the backend's settings.
+    ///
+    /// # Errors
+    /// [`ProviderError::Terraform`].
+    async fn init(&self, backend: &BTreeMap<String, String>) -> Result<(), ProviderError>;
+    /// Writes a plan to `plan_file` (`lock`: take the state lock); true when it changes
+    /// anything.
+    ///
+    /// # Errors
+    /// [`ProviderError::Terraform`].
+    async fn plan(
+        &self,
+        vars: &BTreeMap<String, String>,
+        plan_file: &Path,
+        lock: bool,
+    ) -> Result<bool, ProviderError>;
+    /// The plan in `plan_file` as `terraform show -json` prints it.
+    ///
+    /// # Errors
+    /// [`ProviderError::Terraform`].
+    async fn show_plan(&self, plan_file: &Path) -> Result<Value, ProviderError>;
+    /// Applies exactly the plan in `plan_file`.
+    ///
+    /// # Errors
+    /// [`ProviderError::Terraform`], [`Failure::StalePlan`] when the state moved on since.
+    async fn apply(&self, plan_file: &Path) -> Result<(), ProviderError>;
+    /// The root module's outputs, name -> value (sensitive ones left out).
+    ///
+    /// # Errors
+    /// [`ProviderError::Terraform`].
+    async fn outputs(&self) -> Result<Map<String, Value>, ProviderError>;
+}
+
+#[async_trait::async_trait]
+impl Root for Terraform {
+    async fn init(&self, backend: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+        Terraform::init(self, backend).await
+    }
+    async fn plan(
+        &self,
+        vars: &BTreeMap<String, String>,
+        plan_file: &Path,
+        lock: bool,
+    ) -> Result<bool, ProviderError> {
+        Terraform::plan(self, vars, plan_file, lock).await
+    }
+    async fn show_plan(&self, plan_file: &Path) -> Result<Value, ProviderError> {
+        Terraform::show_plan(self, plan_file).await
+    }
+    async fn apply(&self, plan_file: &Path) -> Result<(), ProviderError> {
+        Terraform::apply(self, plan_file).await
+    }
+    async fn outputs(&self) -> Result<Map<String, Value>, ProviderError> {
+        Terraform::outputs(self).await
+    }
+}
+
 /// A `terraform` invocation context for one environment.
 pub struct Terraform {
     /// Root module directory.
@@ -57,8 +118,81 @@ pub struct PlanSummary {
     pub replace: usize,
     /// Resources to delete.
     pub delete: usize,
-    /// `address: action` for every resource that changes.
-    pub resources: Vec<String>,
+    /// Every resource that changes, recorded as `address: action`.
+    pub resources: Vec<ResourceChange>,
+}
+
+/// What a plan does to one resource (`resource_changes[].change.actions` of `terraform show
+/// -json`, a replacement being `["delete", "create"]` or the reverse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceAction {
+    /// Created.
+    Create,
+    /// Updated in place.
+    Update,
+    /// Deleted and created again.
+    Replace,
+    /// Destroyed.
+    Delete,
+}
+
+impl ResourceAction {
+    /// Terraform's word for it (`replace` for a replacement).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceAction::Create => "create",
+            ResourceAction::Update => "update",
+            ResourceAction::Replace => "replace",
+            ResourceAction::Delete => "delete",
+        }
+    }
+}
+
+/// One resource a plan changes. Recorded (reviews, `step_planned` records) as the text
+/// `address: action`, the form earlier versions wrote, and read back from it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct ResourceChange {
+    /// The resource's address, e.g. `aws_lb.app`.
+    pub address: String,
+    /// What the plan does to it.
+    pub action: ResourceAction,
+}
+
+impl From<ResourceChange> for String {
+    fn from(r: ResourceChange) -> String {
+        r.to_string()
+    }
+}
+
+impl TryFrom<String> for ResourceChange {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let (address, action) = text
+            .rsplit_once(": ")
+            .ok_or_else(|| format!("`{text}` is not `address: action`"))?;
+        let action = match action {
+            "create" => ResourceAction::Create,
+            "update" => ResourceAction::Update,
+            "replace" => ResourceAction::Replace,
+            "delete" => ResourceAction::Delete,
+            other => {
+                return Err(format!(
+                    "`{other}` is not create, update, replace or delete"
+                ))
+            }
+        };
+        Ok(ResourceChange {
+            address: address.to_string(),
+            action,
+        })
+    }
+}
+
+impl std::fmt::Display for ResourceChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.address, self.action.as_str())
+    }
 }
 
 impl Terraform {
@@ -277,19 +411,22 @@ pub fn summarize(plan: &Value) -> PlanSummary {
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         let action = match actions.as_slice() {
-            ["create"] => "create",
-            ["update"] => "update",
-            ["delete"] => "delete",
-            ["delete", "create"] | ["create", "delete"] => "replace",
+            ["create"] => ResourceAction::Create,
+            ["update"] => ResourceAction::Update,
+            ["delete"] => ResourceAction::Delete,
+            ["delete", "create"] | ["create", "delete"] => ResourceAction::Replace,
             _ => continue,
         };
         match action {
-            "create" => s.create += 1,
-            "update" => s.update += 1,
-            "delete" => s.delete += 1,
-            _ => s.replace += 1,
+            ResourceAction::Create => s.create += 1,
+            ResourceAction::Update => s.update += 1,
+            ResourceAction::Delete => s.delete += 1,
+            ResourceAction::Replace => s.replace += 1,
         }
-        s.resources.push(format!("{address}: {action}"));
+        s.resources.push(ResourceChange {
+            address: address.to_string(),
+            action,
+        });
     }
     s
 }
@@ -297,6 +434,29 @@ pub fn summarize(plan: &Value) -> PlanSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_changes_are_recorded_as_address_and_action_and_read_back() {
+        let plan = serde_json::json!({"resource_changes": [
+            {"address": "aws_lb.app", "change": {"actions": ["create"]}},
+            {"address": "aws_db_instance.db", "change": {"actions": ["delete", "create"]}},
+            {"address": "aws_s3_bucket.logs", "change": {"actions": ["no-op"]}},
+        ]});
+        let s = summarize(&plan);
+        assert_eq!((s.create, s.replace, s.update, s.delete), (1, 1, 0, 0));
+        assert_eq!(s.resources[1].action, ResourceAction::Replace);
+        let recorded = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            recorded["resources"],
+            serde_json::json!(["aws_lb.app: create", "aws_db_instance.db: replace"])
+        );
+        let back: PlanSummary = serde_json::from_value(recorded).unwrap();
+        assert_eq!(back, s);
+        let bad = serde_json::json!({"create": 0, "update": 0, "replace": 0, "delete": 0,
+            "resources": ["aws_lb.app: recreate"]});
+        let err = serde_json::from_value::<PlanSummary>(bad).unwrap_err();
+        assert!(err.to_string().contains("recreate"), "{err}");
+    }
 
     #[test]
     fn failures_are_told_apart_by_terraforms_diagnostic_summary() {
@@ -328,7 +488,8 @@ mod tests {
         ]});
         let s = summarize(&plan);
         assert_eq!((s.create, s.update, s.replace, s.delete), (1, 0, 1, 1));
-        assert_eq!(s.resources, vec!["a: create", "b: replace", "d: delete"]);
+        let shown: Vec<String> = s.resources.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["a: create", "b: replace", "d: delete"]);
     }
 
     #[test]

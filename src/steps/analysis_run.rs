@@ -80,3 +80,66 @@ impl Kind for AnalysisRun {
         Ok(Applied::new(Outputs { verdict }).summary(format!("analysis passed: {summary}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::testing::{http_statuses, Harness};
+
+    fn window(url: &str) -> Analysis {
+        serde_json::from_value(serde_json::json!({
+            "url": url, "samples": 3, "interval": "10ms", "consecutive": 2, "max_p95_ms": 5000,
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_healthy_window_passes_on_every_run_and_records_its_measurements() {
+        let (url, served) = http_statuses(vec![200]).await;
+        let h = Harness::new(|p| p);
+        let cx = h.cx();
+        let a = window(&url);
+        let plan = AnalysisRun.plan(&cx, &a).await.unwrap();
+        assert_eq!(plan.changes[0].target, "analysis window");
+        assert_eq!(*served.lock().unwrap(), 0, "the plan sends no request");
+        for run in 1..=2 {
+            let out = AnalysisRun.apply(&cx, &a, &()).await.unwrap();
+            assert!(out.outputs.verdict.passed);
+            assert_eq!(*served.lock().unwrap(), 3 * run);
+        }
+        let recorded = h.journal.lock().unwrap().clone();
+        assert_eq!(recorded.len(), 2, "one analysis record per window");
+        assert!(AnalysisRun
+            .rollback(&cx, &a, &(), None)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failing_window_fails_the_step_after_recording_why() {
+        let (url, _) = http_statuses(vec![200, 503, 503]).await;
+        let h = Harness::new(|p| p);
+        let err = AnalysisRun
+            .apply(&h.cx(), &window(&url), &())
+            .await
+            .err()
+            .expect("a failed window");
+        assert!(matches!(err, StepError::Check(_)), "{err:?}");
+        let recorded = h.journal.lock().unwrap().clone();
+        match &recorded[..] {
+            [Journal::Analysis(r)] => assert!(!r.verdict.passed),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_window_without_probes_or_metrics_is_refused_in_the_plan() {
+        let h = Harness::new(|p| p);
+        let empty: Analysis = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert!(matches!(
+            AnalysisRun.plan(&h.cx(), &empty).await,
+            Err(StepError::Params(_))
+        ));
+    }
+}

@@ -143,45 +143,7 @@ impl Kind for HttpCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::steps::testing::Harness;
-    use std::sync::{Arc, Mutex};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A local HTTP server answering each request with the next status of `statuses` (the last
-    /// one for ever after); returns its URL and the count of requests it answered.
-    async fn server(statuses: Vec<u16>) -> (String, Arc<Mutex<usize>>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/healthz", listener.local_addr().unwrap());
-        let served = Arc::new(Mutex::new(0usize));
-        let count = served.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let status = {
-                    let mut n = count.lock().unwrap();
-                    *n += 1;
-                    statuses[(*n - 1).min(statuses.len() - 1)]
-                };
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut got = Vec::new();
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let reply = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    );
-                    let _ = sock.write_all(reply.as_bytes()).await;
-                });
-            }
-        });
-        (url, served)
-    }
+    use crate::steps::testing::{http_statuses as server, Harness};
 
     fn params(url: &str) -> Params {
         Params {

@@ -1027,3 +1027,129 @@ mod tests {
         assert!(c[2].set.alias.is_some() && c[2].set.ttl.is_none());
     }
 }
+
+/// The kind's plan, apply (twice), rollback and failed analysis against a Route 53 in memory
+/// and a local HTTP server as the new target's health endpoint.
+#[cfg(test)]
+mod against_fakes {
+    use super::*;
+    use crate::steps::testing::{http_statuses, FakeRoute53, Harness};
+    use std::sync::Arc;
+
+    const RECORD: &str = "shop.staging.example-shop.com";
+
+    /// A health endpoint that answers every request with `status`.
+    async fn health(status: u16) -> String {
+        http_statuses(vec![status]).await.0
+    }
+
+    fn params(url: &str) -> Params {
+        serde_json::from_value(json!({
+            "record": RECORD,
+            "to": "shop-staging.us-east-1.elb.amazonaws.com",
+            "stages": [50, 100],
+            "ttl": 1,
+            "analysis": {"url": url, "samples": 2, "interval": "10ms", "consecutive": 1},
+        }))
+        .unwrap()
+    }
+
+    fn setup() -> (Harness, Arc<FakeRoute53>) {
+        let r53 = FakeRoute53::insync(vec![FakeRoute53::cname(RECORD, "legacy.example.net", 1)]);
+        let fake = r53.clone();
+        (Harness::new(|p| p.with_route53(fake)), r53)
+    }
+
+    /// Weight per set identifier now (a simple record as `simple`).
+    fn weights_now(r53: &FakeRoute53) -> Vec<(String, Option<i64>)> {
+        let mut w: Vec<_> = r53
+            .sets
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s.set_identifier.clone().unwrap_or_else(|| "simple".into()),
+                    s.weight,
+                )
+            })
+            .collect();
+        w.sort();
+        w
+    }
+
+    #[tokio::test]
+    async fn moves_traffic_in_analysed_stages_once_and_rollback_restores_the_record() {
+        let (h, r53) = setup();
+        let cx = h.cx();
+        let p = params(&health(200).await);
+        let plan = Route53Cutover.plan(&cx, &p).await.unwrap();
+        assert!(!plan.changes.is_empty());
+        let before = plan.before.clone();
+        assert_eq!(before.as_ref().unwrap().sets.len(), 1);
+        assert!(
+            r53.submitted.lock().unwrap().is_empty(),
+            "a plan changes nothing"
+        );
+
+        let first = Route53Cutover.apply(&cx, &p, &before).await.unwrap();
+        assert_eq!(first.outputs.stages, vec![50, 100]);
+        let new_id = format!("aws-{RECORD}");
+        let old_id = format!("legacy-{RECORD}");
+        assert_eq!(
+            weights_now(&r53),
+            vec![(new_id.clone(), Some(100)), (old_id.clone(), Some(0))]
+        );
+        let batches = r53.submitted.lock().unwrap().len();
+        assert_eq!(batches, 2, "one batch per stage");
+        let journal = h.journal.lock().unwrap().clone();
+        let stages = journal
+            .iter()
+            .filter(|j| matches!(j, Journal::TrafficStage(_)))
+            .count();
+        assert_eq!(stages, 2, "{journal:?}");
+
+        // A re-run after a crash finds all weight moved: nothing is submitted again.
+        let again = Route53Cutover.apply(&cx, &p, &before).await.unwrap();
+        assert_eq!(r53.submitted.lock().unwrap().len(), batches);
+        assert_eq!(again.outputs.zone_id, "Z1");
+
+        let restored = Route53Cutover
+            .rollback(&cx, &p, &before, Some(&first.outputs))
+            .await
+            .unwrap();
+        assert_eq!(restored.len(), 1, "{restored:?}");
+        assert_eq!(weights_now(&r53), vec![("simple".to_string(), None)]);
+        assert_eq!(
+            r53.sets.lock().unwrap()[0].values,
+            vec!["legacy.example.net".to_string()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_analysis_returns_all_weight_to_the_old_target_and_fails_the_step() {
+        let (h, r53) = setup();
+        let cx = h.cx();
+        let p = params(&health(503).await);
+        let plan = Route53Cutover.plan(&cx, &p).await.unwrap();
+        let err = Route53Cutover
+            .apply(&cx, &p, &plan.before)
+            .await
+            .err()
+            .expect("the analysis fails");
+        assert!(err.to_string().contains("503"), "{err}");
+        let new_id = format!("aws-{RECORD}");
+        let old_id = format!("legacy-{RECORD}");
+        assert_eq!(
+            weights_now(&r53),
+            vec![(new_id, Some(0)), (old_id, Some(100))]
+        );
+        let journal = h.journal.lock().unwrap().clone();
+        assert!(
+            journal
+                .iter()
+                .any(|j| matches!(j, Journal::TrafficReturned(r) if r.stage == 1)),
+            "{journal:?}"
+        );
+    }
+}

@@ -6,11 +6,12 @@
 
 use super::Record;
 use super::{Action, Applied, Change, Kind, Plan, StepContext, StepError};
-use crate::providers::terraform::{outputs_from, summarize, PlanSummary, Terraform};
+use crate::providers::terraform::{outputs_from, summarize, PlanSummary, ResourceAction, Root};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The `terraform.apply` kind.
@@ -62,11 +63,11 @@ pub struct Before {
 async fn terraform(
     cx: &StepContext<'_>,
     p: &Params,
-) -> Result<(Terraform, BTreeMap<String, String>), StepError> {
-    let session = cx.providers.aws().await?;
-    let tf =
-        Terraform::for_environment(cx.root, &crate::local::state_dir(cx.root), cx.env, session)
-            .await?;
+) -> Result<(Arc<dyn Root>, BTreeMap<String, String>), StepError> {
+    let tf = cx
+        .providers
+        .terraform(cx.root, &crate::local::state_dir(cx.root))
+        .await?;
     let mut vars = cx.env.terraform.vars.clone();
     for (k, v) in &p.vars {
         vars.insert(
@@ -146,15 +147,13 @@ impl Kind for TerraformApply {
             .resources
             .iter()
             .map(|r| {
-                let (addr, action) = r.rsplit_once(": ").unwrap_or((r, ""));
-                let action = match action {
-                    "create" => Action::Create,
-                    "update" => Action::Update,
-                    "delete" => Action::Delete,
-                    "replace" => Action::Replace,
-                    _ => Action::Unknown,
+                let action = match r.action {
+                    ResourceAction::Create => Action::Create,
+                    ResourceAction::Update => Action::Update,
+                    ResourceAction::Delete => Action::Delete,
+                    ResourceAction::Replace => Action::Replace,
                 };
-                Change::new(action, addr, "terraform resource")
+                Change::new(action, &r.address, "terraform resource")
             })
             .collect();
         changes.insert(
@@ -220,5 +219,188 @@ impl Kind for TerraformApply {
             delete: s.delete as u64,
         })
         .summary(summary))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::terraform::Failure;
+    use crate::providers::ProviderError;
+    use crate::steps::testing::Harness;
+    use serde_json::json;
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    /// A root whose plan creates one load balancer. As with Terraform, a saved plan applies
+    /// once: applying it again finds the state moved on ("Saved plan is stale").
+    #[derive(Default)]
+    struct FakeRoot {
+        /// Plans written, applies that took effect, applies refused as stale.
+        counts: Mutex<(u32, u32, u32)>,
+        /// The plan files applied already.
+        applied: Mutex<Vec<std::path::PathBuf>>,
+        /// The variables each plan was given.
+        vars: Mutex<Vec<BTreeMap<String, String>>>,
+    }
+
+    fn shown(applied: bool) -> Value {
+        let changes = if applied {
+            json!([])
+        } else {
+            json!([{"address": "aws_lb.app", "change": {"actions": ["create"]}}])
+        };
+        json!({
+            "resource_changes": changes,
+            "planned_values": {"outputs": {
+                "app_url": {"value": "https://shop.example.com", "sensitive": false},
+                "db_password": {"value": "hunter2", "sensitive": true},
+            }},
+        })
+    }
+
+    #[async_trait]
+    impl Root for FakeRoot {
+        async fn init(&self, _backend: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn plan(
+            &self,
+            vars: &BTreeMap<String, String>,
+            plan_file: &Path,
+            _lock: bool,
+        ) -> Result<bool, ProviderError> {
+            std::fs::create_dir_all(plan_file.parent().unwrap()).unwrap();
+            std::fs::write(plan_file, format!("plan {}", self.counts.lock().unwrap().0)).unwrap();
+            self.counts.lock().unwrap().0 += 1;
+            self.vars.lock().unwrap().push(vars.clone());
+            Ok(self.applied.lock().unwrap().is_empty())
+        }
+        async fn show_plan(&self, _plan_file: &Path) -> Result<Value, ProviderError> {
+            Ok(shown(!self.applied.lock().unwrap().is_empty()))
+        }
+        async fn apply(&self, plan_file: &Path) -> Result<(), ProviderError> {
+            let content = std::fs::read_to_string(plan_file).unwrap();
+            let mut applied = self.applied.lock().unwrap();
+            let file = plan_file.with_extension(content.replace(' ', "-"));
+            if applied.contains(&file) {
+                self.counts.lock().unwrap().2 += 1;
+                return Err(ProviderError::Terraform {
+                    command: "apply".into(),
+                    message: "exit 1: Error: Saved plan is stale".into(),
+                    failure: Failure::StalePlan,
+                });
+            }
+            applied.push(file);
+            self.counts.lock().unwrap().1 += 1;
+            Ok(())
+        }
+        async fn outputs(&self) -> Result<Record, ProviderError> {
+            let mut o = Record::new();
+            o.insert("app_url".into(), json!("https://shop.example.com"));
+            Ok(o)
+        }
+    }
+
+    fn params() -> Params {
+        Params {
+            vars: [("replicas".to_string(), json!(3))].into_iter().collect(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn plans_applies_the_reviewed_plan_and_a_rerun_plans_again_instead_of_failing() {
+        let root = std::sync::Arc::new(FakeRoot::default());
+        let fake = root.clone();
+        let h = Harness::new(|p| p.with_terraform(fake));
+        let cx = h.cx();
+        let plan = TerraformApply.plan(&cx, &params()).await.unwrap();
+        assert_eq!(plan.changes[0].action, Action::Run);
+        assert!(
+            plan.changes[0].detail.starts_with("1 to add"),
+            "{:?}",
+            plan.changes
+        );
+        assert_eq!(
+            (plan.changes[1].action, plan.changes[1].target.as_str()),
+            (Action::Create, "aws_lb.app")
+        );
+        let predicted = plan.predicted.as_ref().unwrap();
+        assert_eq!(predicted.tf["app_url"], json!("https://shop.example.com"));
+        assert!(
+            !predicted.tf.contains_key("db_password"),
+            "sensitive outputs stay out"
+        );
+        // The step's vars override the environment's, as `-var` text.
+        assert_eq!(root.vars.lock().unwrap()[0]["replicas"], "3");
+
+        let first = TerraformApply
+            .apply(&cx, &params(), &plan.before)
+            .await
+            .unwrap();
+        assert_eq!(first.outputs.create, 1);
+        assert_eq!(
+            TerraformApply.terraform_outputs(&first.outputs).unwrap()["app_url"],
+            json!("https://shop.example.com")
+        );
+        assert_eq!(*root.counts.lock().unwrap(), (1, 1, 0));
+
+        // A re-run after a crash: the saved plan is stale now; the step plans again and
+        // applies the new plan, once.
+        let again = TerraformApply
+            .apply(&cx, &params(), &plan.before)
+            .await
+            .unwrap();
+        assert_eq!(*root.counts.lock().unwrap(), (2, 2, 1));
+        assert_eq!(again.outputs.tf, first.outputs.tf);
+
+        let restored = TerraformApply
+            .rollback(&cx, &params(), &plan.before, Some(&first.outputs))
+            .await
+            .unwrap();
+        assert!(restored.is_empty(), "nothing is destroyed");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn another_failure_of_the_apply_is_not_retried() {
+        struct Broken;
+        #[async_trait]
+        impl Root for Broken {
+            async fn init(&self, _: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+                Ok(())
+            }
+            async fn plan(
+                &self,
+                _: &BTreeMap<String, String>,
+                plan_file: &Path,
+                _: bool,
+            ) -> Result<bool, ProviderError> {
+                std::fs::create_dir_all(plan_file.parent().unwrap()).unwrap();
+                std::fs::write(plan_file, "plan").unwrap();
+                Ok(true)
+            }
+            async fn show_plan(&self, _: &Path) -> Result<Value, ProviderError> {
+                Ok(shown(false))
+            }
+            async fn apply(&self, _: &Path) -> Result<(), ProviderError> {
+                Err(ProviderError::Terraform {
+                    command: "apply".into(),
+                    message: "exit 1: Error: creating ELBv2 Load Balancer: AccessDenied".into(),
+                    failure: Failure::Other,
+                })
+            }
+            async fn outputs(&self) -> Result<Record, ProviderError> {
+                Ok(Record::new())
+            }
+        }
+        let h = Harness::new(|p| p.with_terraform(std::sync::Arc::new(Broken)));
+        let cx = h.cx();
+        let plan = TerraformApply.plan(&cx, &params()).await.unwrap();
+        let err = TerraformApply
+            .apply(&cx, &params(), &plan.before)
+            .await
+            .err()
+            .expect("apply fails");
+        assert!(err.to_string().contains("AccessDenied"), "{err}");
     }
 }

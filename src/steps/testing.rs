@@ -17,8 +17,7 @@ pub struct Harness {
     providers: Providers,
     /// Progress lines the kind printed.
     pub progress: Arc<Mutex<Vec<String>>>,
-    /// Records the kind journaled (read by the tests of kinds that journal).
-    #[allow(dead_code)]
+    /// Records the kind journaled.
     pub journal: Arc<Mutex<Vec<Journal>>>,
     on_progress: Box<dyn Fn(&str) + Send + Sync>,
     on_journal: Box<dyn Fn(Journal) -> Result<(), StepError> + Send + Sync>,
@@ -90,6 +89,8 @@ pub struct FakeRoute53 {
     /// Every batch submitted, in order.
     pub submitted: Mutex<Vec<Vec<crate::providers::route53::RecordChange>>>,
     polled: Mutex<std::collections::BTreeSet<String>>,
+    /// Changes are `INSYNC` on their first read (no 2 s poll in a test of many batches).
+    insync_at_once: bool,
 }
 
 impl FakeRoute53 {
@@ -97,6 +98,15 @@ impl FakeRoute53 {
     pub fn with(sets: Vec<crate::providers::route53::RecordSet>) -> Arc<FakeRoute53> {
         Arc::new(FakeRoute53 {
             sets: Mutex::new(sets),
+            ..Default::default()
+        })
+    }
+
+    /// A zone holding `sets` whose changes are `INSYNC` on their first read.
+    pub fn insync(sets: Vec<crate::providers::route53::RecordSet>) -> Arc<FakeRoute53> {
+        Arc::new(FakeRoute53 {
+            sets: Mutex::new(sets),
+            insync_at_once: true,
             ..Default::default()
         })
     }
@@ -191,10 +201,49 @@ impl crate::providers::route53::Route53 for FakeRoute53 {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_string());
-        Ok(if first {
+        Ok(if first && !self.insync_at_once {
             crate::providers::route53::ChangeStatus::Pending
         } else {
             crate::providers::route53::ChangeStatus::Insync
         })
     }
+}
+
+/// A local HTTP server (the real protocol, over TCP) answering each request with the next status
+/// of `statuses`, the last one for ever after: a health endpoint for the kinds that probe one.
+/// Returns its `/healthz` URL and the count of requests answered so far.
+pub async fn http_statuses(statuses: Vec<u16>) -> (String, Arc<Mutex<usize>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a local port");
+    let url = format!(
+        "http://{}/healthz",
+        listener.local_addr().expect("a bound address")
+    );
+    let served = Arc::new(Mutex::new(0usize));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let status = {
+                let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+                *n += 1;
+                statuses[(*n - 1).min(statuses.len() - 1)]
+            };
+            tokio::spawn(async move {
+                let (mut buf, mut got) = (vec![0u8; 4096], Vec::new());
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (url, served)
 }
