@@ -405,8 +405,14 @@ pub fn stop_cluster(data: &Path) {
 mod tests {
     use super::*;
 
+    /// Held by the tests of this module that take ports, so one does not bind a port the other
+    /// was just given (the cluster test's server once took one of the five between their
+    /// choice and the check that they bind).
+    static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
         let (lo, hi) = ephemeral_range();
         let ports = free_ports(5).unwrap();
         let mut unique = ports.clone();
@@ -421,6 +427,7 @@ mod tests {
 
     #[test]
     fn a_cluster_whose_port_was_taken_starts_on_another() {
+        let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(
             dir.path(),

@@ -60,7 +60,7 @@ pub fn migration(root: &Path, reference: &str, env: &str, format: AuditFormat) -
                 "started_at": r.map(|r| r.started_at.clone()),
                 "finished_at": r.and_then(|r| r.finished_at.clone()),
                 "write_outage_ms": r.and_then(|r| r.write_outage_ms),
-                "reload": r.and_then(|r| r.reload.clone()),
+                "reload": r.and_then(|r| r.reload),
                 "writes_missing": r.and_then(|r| r.writes_missing),
             }));
         }

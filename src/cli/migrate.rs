@@ -219,7 +219,7 @@ fn summary(state: &Path, name: &str, outcomes: &[(String, Ended, Option<String>)
         let outage = match r.and_then(|r| r.write_outage_ms.map(|ms| (ms, r.writes_missing))) {
             Some((ms, missing)) => {
                 let mode = r
-                    .and_then(|r| r.reload.as_deref())
+                    .and_then(|r| r.reload.map(|m| m.as_str()))
                     .map(|m| format!(" (reload: {m})"))
                     .unwrap_or_default();
                 match missing {

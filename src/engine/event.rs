@@ -34,10 +34,9 @@ pub enum Event {
     HeartbeatStarted(Value),
     /// A heartbeat writer could not start or read its URL.
     HeartbeatFailed(HeartbeatFailed),
-    /// The heartbeat's measurement at the end of a process's run: the fields
-    /// `engine::heartbeat::finish` documents (writes attempted and acknowledged, the longest gap
-    /// in milliseconds, acknowledged writes missing, per path).
-    Heartbeat(Value),
+    /// The heartbeat's measurement at the end of a process's run (writes attempted and
+    /// acknowledged, the longest gap, acknowledged writes missing, per path).
+    Heartbeat(Box<HeartbeatRecord>),
     /// A phase's first step is about to start.
     PhaseStarted(PhaseStarted),
     /// A step's attempt starts (its intent: plan, apply and verify follow).
@@ -210,6 +209,136 @@ pub struct RunResumed {
     /// True when `cutover rollback` continues the run.
     #[serde(default)]
     pub rollback: bool,
+}
+
+/// One heartbeat path's figures ([`HeartbeatRecord::paths`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PathFigures {
+    /// Acknowledged writes in each second after `started_at`.
+    #[serde(default)]
+    pub acked_per_second: Vec<u32>,
+    /// Writes the server acknowledged.
+    #[serde(default)]
+    pub acknowledged: u64,
+    /// Writes attempted.
+    #[serde(default)]
+    pub attempted: u64,
+    /// Times the writer (re)connected.
+    #[serde(default)]
+    pub connections: u64,
+    /// The error that kept the writer from starting, if any.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// When this path's longest gap began.
+    #[serde(default)]
+    pub gap_from: Option<chrono::DateTime<chrono::Utc>>,
+    /// When it ended.
+    #[serde(default)]
+    pub gap_to: Option<chrono::DateTime<chrono::Utc>>,
+    /// The longest time between two acknowledged writes while the path served users, ms.
+    #[serde(default)]
+    pub longest_gap_ms: u64,
+    /// Its acknowledged writes missing at the end (when they were checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<u64>,
+    /// The first (at most 20) of their sequence numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_seqs: Option<Vec<i64>>,
+    /// True when the longest gap was still open when the writer stopped.
+    #[serde(default)]
+    pub open_at_end: bool,
+    /// `aws` or `legacy`.
+    #[serde(default)]
+    pub path: String,
+    /// When the writer started (the origin of `acked_per_second`).
+    #[serde(default)]
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Times the database URL changed under the writer.
+    #[serde(default)]
+    pub url_changes: u64,
+    /// The `writer` column of its rows.
+    #[serde(default)]
+    pub writer: String,
+    /// Time from its first acknowledged write to its last, ms.
+    #[serde(default)]
+    pub writing_ms: u64,
+}
+
+/// [`Event::Heartbeat`]: the `aws` path's counts at the top, the run's write outage (the longest
+/// gap over every path), the acknowledged writes missing over every path, how the application
+/// reloads, and each path's own figures. Fields are in the order the record has always had
+/// (alphabetical), and every one has a default, so earlier logs read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRecord {
+    /// The `aws` path's acknowledged writes per second.
+    #[serde(default)]
+    pub acked_per_second: Vec<u32>,
+    /// The `aws` path's acknowledged writes.
+    #[serde(default)]
+    pub acknowledged: u64,
+    /// The `aws` path's attempted writes.
+    #[serde(default)]
+    pub attempted: u64,
+    /// The `aws` path's connections.
+    #[serde(default)]
+    pub connections: u64,
+    /// The database the Secret names at the end (host, port, name; no credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// With `reload: restart`, the Deployments that read the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployments: Option<Vec<String>>,
+    /// Why the `aws` writer did not run, if it did not.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// When the run's write outage began.
+    #[serde(default)]
+    pub gap_from: Option<chrono::DateTime<chrono::Utc>>,
+    /// The path of the longest gap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_path: Option<String>,
+    /// When it ended.
+    #[serde(default)]
+    pub gap_to: Option<chrono::DateTime<chrono::Utc>>,
+    /// The run's write outage: the longest gap over every path, ms.
+    #[serde(default)]
+    pub longest_gap_ms: u64,
+    /// `heartbeat.max_write_outage`, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_write_outage_ms: Option<u64>,
+    /// Acknowledged writes missing at the end over every path (absent when not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<u64>,
+    /// Why the missing writes could not be checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_check_error: Option<String>,
+    /// The first (at most 20) missing sequence numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_seqs: Option<Vec<i64>>,
+    /// True when the longest gap was still open at the end.
+    #[serde(default)]
+    pub open_at_end: bool,
+    /// Each path's own figures.
+    #[serde(default)]
+    pub paths: Vec<PathFigures>,
+    /// How the application reloads its Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<crate::config::Reload>,
+    /// When the `aws` writer started.
+    #[serde(default)]
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The `aws` path's URL changes.
+    #[serde(default)]
+    pub url_changes: u64,
+    /// With `reload: volume`, the delay before a mounted Secret shows a change, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_delay_ms: Option<u64>,
+    /// The `aws` writer's id.
+    #[serde(default)]
+    pub writer: String,
+    /// The `aws` path's time from first to last acknowledged write, ms.
+    #[serde(default)]
+    pub writing_ms: u64,
 }
 
 /// [`Event::HeartbeatFailed`].

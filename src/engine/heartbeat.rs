@@ -20,7 +20,7 @@
 //! Owns the bridge between the runbook's `heartbeat:` section, the Kubernetes and Route 53
 //! clients and the writers; must not interpret step results.
 
-use super::event::{Event, HeartbeatFailed, WriteOutage};
+use super::event::{Event, HeartbeatFailed, HeartbeatRecord, PathFigures, WriteOutage};
 use super::executor::{EngineError, Executor};
 use super::reload::{Observed, RestartAdoption, VolumeAdoption};
 use crate::config::Reload;
@@ -52,9 +52,20 @@ pub struct Running {
     table: String,
     /// `heartbeat.max_write_outage`.
     budget: Duration,
-    /// How the application reloads (`reload`, `deployments` or `volume_delay_ms`) and the
-    /// budget, as the `heartbeat` record repeats them beside the outage.
-    reload: Value,
+    /// How the application reloads and the budget, as the `heartbeat` record repeats them
+    /// beside the outage.
+    reload: ReloadFigures,
+}
+
+/// How the application reloads, as the `heartbeat` record repeats it.
+struct ReloadFigures {
+    reload: Reload,
+    /// With `restart`: the Deployments that read the Secret.
+    deployments: Option<Vec<String>>,
+    /// With `volume`: the kubelet's delay, ms.
+    volume_delay_ms: Option<u64>,
+    /// `heartbeat.max_write_outage`, ms.
+    max_write_outage_ms: u64,
 }
 
 impl Running {
@@ -387,12 +398,13 @@ pub async fn start(
         Reload::Volume => started["volume_delay_ms"] = json!(cfg.volume_delay.as_millis() as u64),
         Reload::Pooler => {}
     }
-    let reload = json!({
-        "reload": started["reload"],
-        "deployments": started.get("deployments"),
-        "volume_delay_ms": started.get("volume_delay_ms"),
-        "max_write_outage_ms": started["max_write_outage_ms"],
-    });
+    let reload = ReloadFigures {
+        reload: cfg.reload,
+        deployments: (cfg.reload == Reload::Restart).then(|| readers.clone()),
+        volume_delay_ms: (cfg.reload == Reload::Volume)
+            .then(|| cfg.volume_delay.as_millis() as u64),
+        max_write_outage_ms: cfg.max_write_outage.as_millis() as u64,
+    };
     ex.record(Event::HeartbeatStarted(started), None)?;
     ex.heartbeat = Some(Running {
         paths,
@@ -404,15 +416,25 @@ pub async fn start(
 }
 
 /// One path's figures as recorded.
-fn path_data(name: &str, id: &str, report: &Report, missing: Option<&[i64]>) -> Value {
-    let mut d = serde_json::to_value(report).unwrap_or_default();
-    d["path"] = json!(name);
-    d["writer"] = json!(id);
-    if let Some(m) = missing {
-        d["missing"] = json!(m.len());
-        d["missing_seqs"] = json!(m.iter().take(20).collect::<Vec<_>>());
+fn path_figures(name: &str, id: &str, r: &Report, missing: Option<&[i64]>) -> PathFigures {
+    PathFigures {
+        acked_per_second: r.acked_per_second.clone(),
+        acknowledged: r.acknowledged,
+        attempted: r.attempted,
+        connections: r.connections,
+        error: r.error.clone(),
+        gap_from: r.gap_from,
+        gap_to: r.gap_to,
+        longest_gap_ms: r.longest_gap_ms,
+        missing: missing.map(|m| m.len() as u64),
+        missing_seqs: missing.map(|m| m.iter().take(20).copied().collect()),
+        open_at_end: r.open_at_end,
+        path: name.to_string(),
+        started_at: r.started_at,
+        url_changes: r.url_changes,
+        writer: id.to_string(),
+        writing_ms: r.writing_ms,
     }
-    d
 }
 
 /// Stops the writers, checks their acknowledged writes against the database the Secret names
@@ -441,7 +463,8 @@ pub async fn finish(ex: &mut Executor<'_>) -> Result<Option<(u64, String)>, Engi
     let mut missing_total = 0u64;
     let mut missing_seqs: Vec<i64> = Vec::new();
     let mut check_error = None;
-    let mut longest: (u64, Value, Value, &str) = (0, Value::Null, Value::Null, "aws");
+    // The run's write outage: the longest gap over every path that ran.
+    let mut longest: Option<&PathFigures> = None;
     for (name, id, report) in &reports {
         let missing = if report.error.is_none() && !aws_failed {
             match heartbeat::missing(&final_url, &run.table, id, &report.acked).await {
@@ -458,49 +481,52 @@ pub async fn finish(ex: &mut Executor<'_>) -> Result<Option<(u64, String)>, Engi
             missing_total += m.len() as u64;
             missing_seqs.extend(m.iter().take(20));
         }
-        if report.longest_gap_ms >= longest.0 && report.error.is_none() {
-            longest = (
-                report.longest_gap_ms,
-                json!(report.gap_from),
-                json!(report.gap_to),
-                name,
-            );
-        }
-        paths.push(path_data(name, id, report, missing.as_deref()));
+        paths.push(path_figures(name, id, report, missing.as_deref()));
     }
-    let mut data = paths[0].clone();
-    if let Value::Object(o) = &mut data {
-        o.remove("path");
-    }
-    data["longest_gap_ms"] = json!(longest.0);
-    data["gap_from"] = longest.1;
-    data["gap_to"] = longest.2;
-    data["gap_path"] = json!(longest.3);
-    data["open_at_end"] = json!(reports
-        .iter()
-        .any(|(n, _, r)| *n == longest.3 && r.open_at_end));
-    data["paths"] = json!(paths);
-    if let Value::Object(r) = &run.reload {
-        for (k, v) in r {
-            if !v.is_null() {
-                data[k] = v.clone();
-            }
+    for p in &paths {
+        if p.error.is_none() && longest.is_none_or(|l| p.longest_gap_ms >= l.longest_gap_ms) {
+            longest = Some(p);
         }
     }
+    let aws = &paths[0];
+    let mut data = HeartbeatRecord {
+        acked_per_second: aws.acked_per_second.clone(),
+        acknowledged: aws.acknowledged,
+        attempted: aws.attempted,
+        connections: aws.connections,
+        error: aws.error.clone(),
+        gap_from: longest.and_then(|l| l.gap_from),
+        gap_path: Some(longest.map_or("aws", |l| l.path.as_str()).to_string()),
+        gap_to: longest.and_then(|l| l.gap_to),
+        longest_gap_ms: longest.map_or(0, |l| l.longest_gap_ms),
+        open_at_end: longest.is_some_and(|l| l.open_at_end),
+        started_at: aws.started_at,
+        url_changes: aws.url_changes,
+        writer: aws.writer.clone(),
+        writing_ms: aws.writing_ms,
+        missing: aws.missing,
+        missing_seqs: aws.missing_seqs.clone(),
+        reload: Some(run.reload.reload),
+        deployments: run.reload.deployments.clone(),
+        volume_delay_ms: run.reload.volume_delay_ms,
+        max_write_outage_ms: Some(run.reload.max_write_outage_ms),
+        ..Default::default()
+    };
     let mut lost = None;
-    if reports[0].2.error.is_none() {
-        data["database"] = json!(db);
+    if !aws_failed {
+        data.database = Some(db.clone());
         match check_error {
-            Some(e) if missing_total == 0 => data["missing_check_error"] = json!(e),
+            Some(e) if missing_total == 0 => data.missing_check_error = Some(e),
             _ => {
-                data["missing"] = json!(missing_total);
-                data["missing_seqs"] = json!(missing_seqs.iter().take(20).collect::<Vec<_>>());
+                data.missing = Some(missing_total);
+                data.missing_seqs = Some(missing_seqs.iter().take(20).copied().collect());
                 if missing_total > 0 {
                     lost = Some((missing_total, db.clone()));
                 }
             }
         }
     }
-    ex.record(Event::Heartbeat(data), None)?;
+    data.paths = paths;
+    ex.record(Event::Heartbeat(Box::new(data)), None)?;
     Ok(lost)
 }

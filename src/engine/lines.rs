@@ -1,7 +1,7 @@
 //! The one place a record becomes a human line: what a run prints, and what the audit's
 //! timeline and reports reuse. Pure functions of a record's data; no I/O.
 
-use super::event::Event;
+use super::event::{Event, HeartbeatRecord};
 use super::log::Record;
 use crate::steps::context::Restored;
 use crate::steps::journal::{AnalysisRecord, Journal};
@@ -83,17 +83,31 @@ pub fn analysis_line(a: &AnalysisRecord) -> String {
 /// heartbeat's line: `; reload: restart (deployment/a, deployment/b)`, `; reload: volume
 /// (60 s after a change)`, `; reload: pooler (never)`; empty for logs of earlier versions.
 fn reload_words(d: &Value) -> String {
-    match d.get("reload").and_then(Value::as_str) {
-        Some("restart") => {
-            let names: Vec<String> = d["deployments"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(|n| format!("deployment/{n}"))
-                        .collect()
-                })
-                .unwrap_or_default();
+    let deployments: Option<Vec<String>> = d
+        .get("deployments")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    reload_text(
+        d.get("reload")
+            .and_then(|v| serde_json::from_value(v.clone()).ok()),
+        deployments.as_deref(),
+        d.get("volume_delay_ms").and_then(Value::as_u64),
+    )
+}
+
+/// The words of [`reload_words`] from their parts.
+fn reload_text(
+    reload: Option<crate::config::Reload>,
+    deployments: Option<&[String]>,
+    volume_delay_ms: Option<u64>,
+) -> String {
+    use crate::config::Reload;
+    match reload {
+        Some(Reload::Restart) => {
+            let names: Vec<String> = deployments
+                .unwrap_or_default()
+                .iter()
+                .map(|n| format!("deployment/{n}"))
+                .collect();
             if names.is_empty() {
                 "; reload: restart (no Deployment reads the Secret: never)".into()
             } else {
@@ -103,61 +117,60 @@ fn reload_words(d: &Value) -> String {
                 )
             }
         }
-        Some("volume") => format!(
+        Some(Reload::Volume) => format!(
             "; reload: volume ({} s after a change)",
-            d["volume_delay_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+            volume_delay_ms.unwrap_or(0) as f64 / 1000.0
         ),
-        Some(other) => format!("; reload: {other} (never)"),
+        Some(other) => format!("; reload: {} (never)", other.as_str()),
         None => String::new(),
     }
 }
 
 /// One line summarising a `heartbeat` record: writes acknowledged, the longest gap between
 /// two of them (the write outage, milliseconds) and acknowledged writes missing at the end.
-pub fn heartbeat_line(d: &Value) -> String {
-    let n = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
-    if let Some(e) = d.get("error").and_then(Value::as_str) {
+pub fn heartbeat_line(d: &HeartbeatRecord) -> String {
+    if let Some(e) = &d.error {
         return format!("  heartbeat did not run: {e}");
     }
-    let missing = match d.get("missing").and_then(Value::as_u64) {
+    let missing = match d.missing {
         Some(0) => "no acknowledged write missing".to_string(),
         Some(m) => format!(
             "{m} ACKNOWLEDGED WRITE(S) MISSING (seq {})",
-            d.get("missing_seqs").cloned().unwrap_or_default()
+            serde_json::to_string(&d.missing_seqs.clone().unwrap_or_default()).unwrap_or_default()
         ),
         None => format!(
             "missing writes not checked: {}",
-            s(d, "missing_check_error")
+            d.missing_check_error.as_deref().unwrap_or("")
         ),
     };
     let legacy = d
-        .get("paths")
-        .and_then(Value::as_array)
-        .and_then(|ps| {
-            ps.iter()
-                .find(|p| p.get("path").and_then(Value::as_str) == Some("legacy"))
-        })
+        .paths
+        .iter()
+        .find(|p| p.path == "legacy")
         .map(|p| {
             format!(
                 "; legacy path: {} acknowledged, longest gap {} ms while DNS sent users there",
-                p.get("acknowledged").and_then(Value::as_u64).unwrap_or(0),
-                p.get("longest_gap_ms").and_then(Value::as_u64).unwrap_or(0)
+                p.acknowledged, p.longest_gap_ms
             )
         })
         .unwrap_or_default();
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            .unwrap_or_default()
+    };
     format!(
         "  heartbeat: {} of {} writes acknowledged; longest gap {} ms ({} → {}){}{legacy}; {missing} in {}",
-        n("acknowledged"),
-        n("attempted"),
-        n("longest_gap_ms"),
-        s(d, "gap_from"),
-        if d.get("open_at_end").and_then(Value::as_bool) == Some(true) && d.get("gap_to").is_none_or(Value::is_null) {
-            "still open at the end"
+        d.acknowledged,
+        d.attempted,
+        d.longest_gap_ms,
+        time(d.gap_from),
+        if d.open_at_end && d.gap_to.is_none() {
+            "still open at the end".to_string()
         } else {
-            s(d, "gap_to")
+            time(d.gap_to)
         },
-        reload_words(d),
-        s(d, "database")
+        reload_text(d.reload, d.deployments.as_deref(), d.volume_delay_ms),
+        d.database.as_deref().unwrap_or("")
     )
 }
 

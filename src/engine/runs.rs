@@ -34,7 +34,7 @@ pub struct RunSummary {
     /// (`restart`, `volume`, `pooler`), from the same record (`None` in logs of earlier
     /// versions).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reload: Option<String>,
+    pub reload: Option<crate::config::Reload>,
     /// Acknowledged writes missing at the end, from the same record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writes_missing: Option<u64>,
@@ -138,9 +138,9 @@ pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
         runbook_digest: field(|s| &s.runbook_digest),
         database: field(|s| &s.database),
         migration: start.and_then(|(_, s)| s.migration.clone()),
-        write_outage_ms: heartbeat.and_then(|h| h["longest_gap_ms"].as_u64()),
-        reload: heartbeat.and_then(|h| h["reload"].as_str().map(str::to_string)),
-        writes_missing: heartbeat.map(|h| h["missing"].as_u64().unwrap_or(0)),
+        write_outage_ms: heartbeat.map(|h| h.longest_gap_ms),
+        reload: heartbeat.and_then(|h| h.reload),
+        writes_missing: heartbeat.map(|h| h.missing.unwrap_or(0)),
         started_at: start.map(|(r, _)| r.ts.clone()).unwrap_or_default(),
         finished_at: finished.map(|(r, _)| r.ts.clone()),
     }

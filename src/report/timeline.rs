@@ -139,23 +139,17 @@ pub fn build(typed: &[(&Record, Event)], steps: &[&StepReport]) -> Timeline {
             Event::Journal(Journal::TrafficReturnedInsync(_)) => t.returned_s = Some(at),
             Event::RollbackStarted(_) if t.rollback.is_none() => t.rollback = Some((at, span_s)),
             Event::Heartbeat(data) => {
-                if let (Some(from), Some(to)) = (
-                    data["gap_from"].as_str().and_then(|f| since(t0, f)),
-                    data["gap_to"].as_str().and_then(|f| since(t0, f)),
-                ) {
+                let at = |t: Option<DateTime<Utc>>| {
+                    t.map(|t| (t - t0).num_milliseconds() as f64 / 1000.0)
+                };
+                if let (Some(from), Some(to)) = (at(data.gap_from), at(data.gap_to)) {
                     t.outage = Some((from, to));
                 }
-                for p in data["paths"].as_array().into_iter().flatten() {
-                    let Some(start) = p["started_at"].as_str().and_then(|s| since(t0, s)) else {
+                for p in &data.paths {
+                    let Some(start) = at(p.started_at) else {
                         continue;
                     };
-                    let counts: Vec<u32> = p["acked_per_second"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|c| c.as_u64().map(|c| c as u32))
-                        .collect();
-                    series.push((start, counts));
+                    series.push((start, p.acked_per_second.clone()));
                 }
             }
             _ => {}

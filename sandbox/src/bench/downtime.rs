@@ -225,23 +225,24 @@ async fn run_size(
                 return Err(e);
             }
         };
-        let hb = records
+        let hb: cutover::engine::event::HeartbeatRecord = records
             .iter()
             .find(|r| r["type"] == "heartbeat")
-            .map(|r| r["data"].clone())
-            .context("the rehearsal recorded no heartbeat")?;
-        let gap = hb["longest_gap_ms"].as_u64().unwrap_or(0);
-        let missing = hb["missing"]
-            .as_u64()
+            .map(|r| serde_json::from_value(r["data"].clone()))
+            .context("the rehearsal recorded no heartbeat")?
+            .context("the heartbeat record")?;
+        let gap = hb.longest_gap_ms;
+        let missing = hb
+            .missing
             .context("heartbeat without a missing-write check")?;
-        let acked = hb["acknowledged"].as_u64().unwrap_or(0);
-        let writing = hb["writing_ms"].as_u64().unwrap_or(0);
+        let acked = hb.acknowledged;
+        let writing = hb.writing_ms;
         // The rate the writer sustained while the database took writes (the outage left out).
         let rate =
             acked.saturating_sub(1) as f64 * 1000.0 / (writing.saturating_sub(gap)).max(1) as f64;
         println!(
             "  run {i}: write outage {gap} ms; {acked} of {} writes acknowledged over {:.1} s, {rate:.0} acknowledged writes/s outside the outage; {missing} acknowledged write(s) missing (run {:.1} s)",
-            hb["attempted"].as_u64().unwrap_or(0),
+            hb.attempted,
             writing as f64 / 1000.0,
             secs(started)
         );
