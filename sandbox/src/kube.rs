@@ -893,10 +893,12 @@ pub fn router(cluster: Cluster) -> Router {
     r.with_state(cluster)
 }
 
-/// Runs the deployment controller for `cluster` forever, one tick every 100 ms.
+/// Runs the deployment controller for `cluster` forever, one tick every 200 ms (a rollout's
+/// steps wait for pods' readiness, 2 s each by default: a tick finer than this only costs CPU,
+/// and every sandbox runs three clusters, several sandboxes at once in the suite).
 pub async fn controller(cluster: Cluster) {
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let mut s = cluster.lock().unwrap_or_else(|p| p.into_inner());
         reconcile(&mut s);
     }
