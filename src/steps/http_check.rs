@@ -124,8 +124,11 @@ impl Kind for HttpCheck {
                 (None, Some(e)) => e.clone(),
                 _ => "no answer".into(),
             };
+            let unhealthy = || {
+                StepError::Check(format!("{} unhealthy: {attempts} attempts, last answer {last}; needed {} × {} in a row", p.url, p.consecutive, p.expect_status))
+            };
             if cx.remaining() < p.interval {
-                return Err(StepError::Check(format!("{} unhealthy: {attempts} attempts, last answer {last}; needed {} × {} in a row", p.url, p.consecutive, p.expect_status)));
+                return Err(unhealthy());
             }
             if !ok {
                 (cx.progress)(&format!(
@@ -134,8 +137,15 @@ impl Kind for HttpCheck {
                     cx.remaining().as_secs()
                 ));
             }
-            cx.wait(p.interval, &format!("the next probe of {}", p.url))
-                .await?;
+            // The deadline may still pass during the pause (a loaded machine oversleeps): the
+            // step then fails as unhealthy, naming the last answer, as it would have at the check.
+            match cx
+                .wait(p.interval, &format!("the next probe of {}", p.url))
+                .await
+            {
+                Err(StepError::Timeout(_)) => return Err(unhealthy()),
+                other => other?,
+            }
         }
     }
 }
