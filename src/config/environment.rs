@@ -227,7 +227,7 @@ pub struct DatabaseSection {
 }
 
 /// One side of a database pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The legacy database.
     Source,

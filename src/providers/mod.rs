@@ -118,6 +118,9 @@ pub struct Providers {
     /// A stand-in for the environment's Terraform root (unit tests); unset, each call builds
     /// the real one with fresh credentials.
     terraform: OnceCell<Arc<dyn terraform::Root>>,
+    /// Stand-ins for the source and target servers (unit tests); unset, each call connects.
+    #[cfg(test)]
+    databases: std::collections::HashMap<Side, Arc<dyn postgres::database::Database>>,
     kube: tokio::sync::Mutex<Option<(::kube::Client, kube::Access, std::time::Instant)>>,
     /// Database admin URLs read from a secret source other than a variable
     /// ([`Providers::load_database_url`]).
@@ -144,6 +147,8 @@ impl Providers {
             rds: OnceCell::new(),
             identity: OnceCell::new(),
             terraform: OnceCell::new(),
+            #[cfg(test)]
+            databases: Default::default(),
             kube: tokio::sync::Mutex::new(None),
             urls: Default::default(),
             cas: Default::default(),
@@ -541,6 +546,32 @@ impl Providers {
     /// Connects to the target database.
     pub async fn target(&self) -> Result<tokio_postgres::Client, ProviderError> {
         postgres::connect(&self.target_url()?, "target").await
+    }
+
+    /// A new connection to `side`'s server behind the [`postgres::database::Database`] seam
+    /// ([`postgres::database::PgDatabase::connect`]), read-write for this tool's own
+    /// statements.
+    ///
+    /// # Errors
+    /// As [`Providers::source_url`] and [`postgres::connect`].
+    pub async fn database(
+        &self,
+        side: Side,
+    ) -> Result<Arc<dyn postgres::database::Database>, ProviderError> {
+        #[cfg(test)]
+        if let Some(db) = self.databases.get(&side) {
+            return Ok(db.clone());
+        }
+        Ok(Arc::new(
+            postgres::database::PgDatabase::connect(&self.database_url(side)?, side).await?,
+        ))
+    }
+
+    /// Installs a stand-in for `side`'s server (unit tests).
+    #[cfg(test)]
+    pub fn with_database(mut self, side: Side, db: Arc<dyn postgres::database::Database>) -> Self {
+        self.databases.insert(side, db);
+        self
     }
 
     /// The environment these clients act on.

@@ -10,7 +10,8 @@
 //! Nothing to undo: what it drops is not recreated.
 
 use super::{Action, Applied, Change, Evidence, Kind, Plan, StepContext, StepError};
-use crate::providers::postgres::{ident, pg, replication};
+use crate::config::Side;
+use crate::providers::postgres::database::Database;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -46,31 +47,11 @@ fn prefix(cx: &StepContext) -> String {
     format!("cutover_{}_", super::postgres_replicate::db_token(cx))
 }
 
-async fn objects(
-    c: &tokio_postgres::Client,
-    side: &str,
-    prefix: &str,
-) -> Result<Objects, StepError> {
-    let like = format!("{}%", prefix.replace('_', "\\_"));
-    let names =
-        |rows: Vec<tokio_postgres::Row>| -> Vec<String> { rows.iter().map(|r| r.get(0)).collect() };
-    let subscriptions = names(
-        c.query(
-            "SELECT subname::text FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND subname LIKE $1 ORDER BY 1",
-            &[&like],
-        )
-        .await
-        .map_err(|e| pg(side, e))?,
-    );
-    let publications = names(
-        c.query(
-            "SELECT pubname::text FROM pg_publication WHERE pubname LIKE $1 ORDER BY 1",
-            &[&like],
-        )
-        .await
-        .map_err(|e| pg(side, e))?,
-    );
-    let slots = replication::retained(c, side)
+async fn objects(c: &dyn Database, prefix: &str) -> Result<Objects, StepError> {
+    let subscriptions = c.subscriptions(prefix).await?;
+    let publications = c.publications(prefix).await?;
+    let slots = c
+        .retained()
         .await?
         .into_iter()
         .filter(|(n, _)| n.starts_with(prefix))
@@ -96,11 +77,12 @@ impl Kind for Decommission {
     async fn plan(&self, cx: &StepContext, _p: &Params) -> Result<Plan<(), ()>, StepError> {
         let pre = prefix(cx);
         let mut changes = Vec::new();
-        for (side, c) in [
-            ("source", cx.providers.source().await?),
-            ("target", cx.providers.target().await?),
+        for c in [
+            cx.providers.database(Side::Source).await?,
+            cx.providers.database(Side::Target).await?,
         ] {
-            let o = objects(&c, side, &pre).await?;
+            let side = c.side().as_str();
+            let o = objects(&*c, &pre).await?;
             for s in &o.subscriptions {
                 changes.push(Change::new(
                     Action::Delete,
@@ -142,30 +124,32 @@ impl Kind for Decommission {
         _before: &(),
     ) -> Result<Applied<Outputs>, StepError> {
         let pre = prefix(cx);
-        let source = cx.providers.source().await?;
-        let target = cx.providers.target().await?;
+        let both = [
+            cx.providers.database(Side::Source).await?,
+            cx.providers.database(Side::Target).await?,
+        ];
         let mut dropped = Vec::new();
         let mut freed = 0i64;
         // Subscriptions first (each drops its slot on its publisher), on both sides.
-        for (side, c) in [("source", &source), ("target", &target)] {
-            for s in objects(c, side, &pre).await?.subscriptions {
-                replication::drop_subscription(c, side, &s).await?;
+        for c in &both {
+            let side = c.side().as_str();
+            for s in objects(&**c, &pre).await?.subscriptions {
+                c.drop_subscription(&s).await?;
                 dropped.push(format!("subscription {s} ({side})"));
             }
         }
-        for (side, c) in [("source", &source), ("target", &target)] {
-            let o = objects(c, side, &pre).await?;
+        for c in &both {
+            let side = c.side().as_str();
+            let o = objects(&**c, &pre).await?;
             for (s, bytes) in o.slots {
-                replication::drop_slot(c, side, &s).await?;
+                c.drop_slot(&s).await?;
                 freed += bytes;
                 dropped.push(format!(
                     "replication slot {s} ({side}, {bytes} bytes of WAL)"
                 ));
             }
             for p in o.publications {
-                c.batch_execute(&format!("DROP PUBLICATION {}", ident(&p)))
-                    .await
-                    .map_err(|e| pg(side, e))?;
+                c.drop_publication(&p).await?;
                 dropped.push(format!("publication {p} ({side})"));
             }
         }
@@ -192,11 +176,12 @@ impl Kind for Decommission {
     ) -> Result<Evidence, StepError> {
         let pre = prefix(cx);
         let mut left = Vec::new();
-        for (side, c) in [
-            ("source", cx.providers.source().await?),
-            ("target", cx.providers.target().await?),
+        for c in [
+            cx.providers.database(Side::Source).await?,
+            cx.providers.database(Side::Target).await?,
         ] {
-            let o = objects(&c, side, &pre).await?;
+            let side = c.side().as_str();
+            let o = objects(&*c, &pre).await?;
             left.extend(
                 o.subscriptions
                     .iter()

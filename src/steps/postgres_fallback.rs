@@ -28,12 +28,13 @@ use super::postgres_wait_lag::wait_confirmed;
 use super::{
     Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError, WindowRole,
 };
-use crate::providers::postgres::{
-    catalog, changes, ident, literal, pg, replication, roles, ConnParts,
-};
+use crate::config::Side;
+use crate::providers::postgres::database::{Database, Subscription};
+use crate::providers::postgres::replication;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The `postgres.fallback` kind.
@@ -69,29 +70,23 @@ pub(super) fn fallback_name(cx: &StepContext) -> String {
     format!("{}_fb", run_name(cx))
 }
 
-fn dbname(url: &str, side: &str) -> Result<String, StepError> {
-    Ok(ConnParts::parse(url, side)?.dbname)
-}
-
 /// The application's roles that exist on the target.
 async fn target_roles(
-    source: &tokio_postgres::Client,
-    target: &tokio_postgres::Client,
+    source: &dyn Database,
+    target: &dyn Database,
 ) -> Result<Vec<String>, StepError> {
     let app = application_roles(source, None).await?;
-    Ok(roles::existing(target, "target", &app).await?)
+    Ok(target.existing_roles(&app).await?)
 }
 
-/// Row writes (inserts + updates + deletes) the target's statistics count over every table.
-async fn target_writes(target: &tokio_postgres::Client) -> Result<i64, StepError> {
-    Ok(target
-        .query_one(
-            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint FROM pg_stat_user_tables",
-            &[],
-        )
-        .await
-        .map_err(|e| pg("target", e))?
-        .get(0))
+/// The source and target servers.
+async fn servers(
+    cx: &StepContext<'_>,
+) -> Result<(Arc<dyn Database>, Arc<dyn Database>), StepError> {
+    Ok((
+        cx.providers.database(Side::Source).await?,
+        cx.providers.database(Side::Target).await?,
+    ))
 }
 
 /// What `postgres.fallback` returns.
@@ -135,11 +130,10 @@ impl Kind for Fallback {
     async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<(), ()>, StepError> {
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let fb = fallback_name(cx);
-        let source = cx.providers.source().await?;
-        let target = cx.providers.target().await?;
-        let tdb = dbname(&cx.providers.target_url()?, "target")?;
+        let (source, target) = servers(cx).await?;
+        let tdb = target.name();
         let mut ch = Vec::new();
-        ch.push(if replication::has_subscription(&target, "target", &sub).await? {
+        ch.push(if target.has_subscription(&sub).await? {
             Change::new(super::Action::Delete, format!("subscription {sub} on target"), "the forward replication retires: the source is frozen and drained, nothing remains to send (its slot on the source goes with it)")
         } else {
             Change::new(super::Action::None, format!("subscription {sub} on target"), "absent (created by postgres.replicate, or already retired)")
@@ -153,7 +147,7 @@ impl Kind for Fallback {
             "change tracking and the forward publication, no longer needed",
         ));
         if p.replication {
-            let major = catalog::major_version(&source, "source").await?;
+            let major = source.major_version().await?;
             ch.push(Change::new(
                 super::Action::Create,
                 format!("publication {fb} on target"),
@@ -171,7 +165,7 @@ impl Kind for Fallback {
         } else {
             ch.push(Change::new(super::Action::Check, "fallback replication", "disabled (replication: false): a rollback after the target took writes will refuse and say what it would lose"));
         }
-        let app = target_roles(&source, &target).await?;
+        let app = target_roles(&*source, &*target).await?;
         for r in &app {
             ch.push(Change::new(
                 super::Action::Update,
@@ -190,75 +184,42 @@ impl Kind for Fallback {
     ) -> Result<Applied<Outputs>, StepError> {
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let fb = fallback_name(cx);
-        let source = cx.providers.source().await?;
-        let target = cx.providers.target().await?;
-        let tdb = dbname(&cx.providers.target_url()?, "target")?;
+        let (source, target) = servers(cx).await?;
         // The forward replication must have delivered the source's last write.
         let mut retired = false;
-        if changes::slot_exists(&source, "source", &sub).await? {
-            let goal = replication::current_lsn(&source, "source").await?;
-            let _ = source.batch_execute(replication::PROBE_SQL).await;
-            wait_confirmed(
-                cx,
-                &source,
-                Some(&target),
-                "source",
-                &sub,
-                &goal,
-                cx.remaining(),
-            )
-            .await?;
+        if source.slot_exists(&sub).await? {
+            let goal = source.current_lsn().await?;
+            source.probe().await;
+            wait_confirmed(cx, &*source, Some(&*target), &sub, &goal, cx.remaining()).await?;
         }
-        let tables: Vec<String> = if replication::has_publication(&source, "source", &publ).await? {
-            replication::publication_tables(&source, "source", &publ).await?
+        let tables: Vec<String> = if source.has_publication(&publ).await? {
+            source.publication_tables(&publ).await?
         } else {
-            catalog::tables(&source, "source")
-                .await?
-                .into_iter()
-                .map(|t| t.name)
-                .collect()
+            source.table_names().await?
         };
-        if replication::drop_subscription(&target, "target", &sub).await? {
+        if target.drop_subscription(&sub).await? {
             retired = true;
         }
-        replication::drop_slot(&source, "source", &sub).await?;
-        replication::drop_slot(&source, "source", &tracking_slot(cx)).await?;
-        if replication::has_publication(&source, "source", &publ).await? {
-            source
-                .batch_execute(&format!("DROP PUBLICATION {}", ident(&publ)))
-                .await
-                .map_err(|e| pg("source", e))?;
-        }
+        source.drop_slot(&sub).await?;
+        source.drop_slot(&tracking_slot(cx)).await?;
+        source.drop_publication(&publ).await?;
         let (fallback, flip_lsn) = if p.replication {
-            replication::create_publication(&target, "target", &fb, &tables).await?;
-            let flip_lsn = changes::create_slot(&target, "target", &fb).await?;
-            if !replication::has_subscription(&source, "source", &fb).await? {
-                let tp = ConnParts::parse(&cx.providers.target_url()?, "target")?;
-                let origin = if catalog::major_version(&source, "source").await? >= 16 {
-                    ", origin = none"
-                } else {
-                    ""
+            target.create_publication(&fb, &tables).await?;
+            let flip_lsn = target.create_slot(&fb).await?;
+            if !source.has_subscription(&fb).await? {
+                let sub = Subscription {
+                    name: fb.clone(),
+                    origin_none: source.major_version().await? >= 16,
                 };
-                let sql = format!(
-                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false{origin})",
-                    ident(&fb),
-                    literal(&tp.conninfo()),
-                    ident(&fb),
-                    literal(&fb)
-                );
-                // The statement holds the target password: report only the server's message.
-                source
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(|e| pg("source", e))?;
+                source.subscribe(&sub, &*target).await?;
             }
             (Some(fb.clone()), flip_lsn)
         } else {
-            (None, replication::current_lsn(&target, "target").await?)
+            (None, target.current_lsn().await?)
         };
-        let app = target_roles(&source, &target).await?;
-        let target_writes_at_open = target_writes(&target).await?;
-        roles::unfreeze(&target, "target", &tdb, &app).await?;
+        let app = target_roles(&*source, &*target).await?;
+        let target_writes_at_open = target.row_writes().await?;
+        target.unfreeze(&app).await?;
         let summary = if p.replication {
             format!("forward replication {sub} retired; the legacy database subscribes to the target from {flip_lsn} through {fb}; role(s) {} may write on the target", app.join(", "))
         } else {
@@ -286,15 +247,12 @@ impl Kind for Fallback {
         // Not waited for inside the window: the target's slot holds every change from the flip
         // LSN until the worker applies it (it starts within wal_retrieve_retry_interval); a
         // rollback waits for it to catch up.
-        let source = cx.providers.source().await?;
-        let running = source
-            .query_opt(
-                "SELECT 1 FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL",
-                &[&fb],
-            )
-            .await
-            .map_err(|e| pg("source", e))?
-            .is_some();
+        let running = cx
+            .providers
+            .database(Side::Source)
+            .await?
+            .subscription_running(fb)
+            .await?;
         Ok(Evidence {
             facts: vec![("apply_worker_running".into(), json!(running))],
             summary: Some(format!(
@@ -315,9 +273,13 @@ impl Kind for Fallback {
         if p.replication {
             return Ok(None);
         }
-        let target = cx.providers.target().await?;
         let at_open = out.target_writes_at_open;
-        let now = target_writes(&target).await?;
+        let now = cx
+            .providers
+            .database(Side::Target)
+            .await?
+            .row_writes()
+            .await?;
         Ok((now > at_open).then(|| format!(
             "the target took {} row write(s) since it was opened at {} and this runbook has no fallback replication (postgres.fallback with replication: false): rolling back would lose them",
             now - at_open,
@@ -333,19 +295,18 @@ impl Kind for Fallback {
         outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
         let fb = fallback_name(cx);
-        let source = cx.providers.source().await?;
-        let target = cx.providers.target().await?;
-        let tdb = dbname(&cx.providers.target_url()?, "target")?;
+        let (source, target) = servers(cx).await?;
+        let tdb = target.name();
         let mut done = Vec::new();
         // Nothing more is written on the target from here on: the roles this step opened (or,
         // when it never finished, the application's roles it would have opened).
         let opened: Option<Vec<String>> = outputs.map(|o| o.roles_opened.clone());
         let app = match opened {
             Some(r) => r,
-            None => target_roles(&source, &target).await?,
+            None => target_roles(&*source, &*target).await?,
         };
-        let was_frozen = roles::frozen(&target, "target", &tdb).await?;
-        let ended = roles::freeze(&target, "target", &tdb, &app).await?;
+        let was_frozen = target.frozen().await?;
+        let ended = target.freeze(&app).await?;
         for r in app.iter().filter(|r| !was_frozen.contains(r)) {
             done.push(Restored::new(
                 format!("role {r} in database {tdb} on the target"),
@@ -354,11 +315,11 @@ impl Kind for Fallback {
                 format!("read-write → read-only; {ended} session(s) ended"),
             ));
         }
-        if replication::has_subscription(&source, "source", &fb).await? {
-            let _ = target.batch_execute(replication::PROBE_SQL).await;
-            let goal = replication::current_lsn(&target, "target").await?;
+        if source.has_subscription(&fb).await? {
+            target.probe().await;
+            let goal = target.current_lsn().await?;
             let limit = cx.remaining().max(Duration::from_secs(60));
-            let waited = wait_confirmed(cx, &target, Some(&source), "target", &fb, &goal, limit)
+            let waited = wait_confirmed(cx, &*target, Some(&*source), &fb, &goal, limit)
                 .await
                 .map_err(|e| StepError::Gate(format!(
                     "the legacy database did not apply the target's last writes ({e}); the rollback stops here so that nothing written on AWS is lost: the target stays frozen, the legacy database stays frozen for the application"
@@ -370,11 +331,11 @@ impl Kind for Fallback {
                 format!("the legacy database applied every write of the target up to {goal} ({waited} ms)"),
             ));
             let todo = replication::to_advance(
-                &replication::sequences(&target, "target").await?,
-                &replication::sequences(&source, "source").await?,
+                &target.sequences().await?,
+                &source.sequences().await?,
                 p.margin,
             );
-            replication::advance(&source, "source", &todo).await?;
+            source.advance(&todo).await?;
             if !todo.is_empty() {
                 done.push(Restored::new(
                     "sequences (source)",
@@ -387,7 +348,7 @@ impl Kind for Fallback {
                     ),
                 ));
             }
-            replication::drop_subscription(&source, "source", &fb).await?;
+            source.drop_subscription(&fb).await?;
             done.push(Restored::new(
                 format!("subscription {fb} (source)"),
                 Some(&fb),
@@ -395,12 +356,8 @@ impl Kind for Fallback {
                 "dropped with its slot on the target",
             ));
         }
-        replication::drop_slot(&target, "target", &fb).await?;
-        if replication::has_publication(&target, "target", &fb).await? {
-            target
-                .batch_execute(&format!("DROP PUBLICATION {}", ident(&fb)))
-                .await
-                .map_err(|e| pg("target", e))?;
+        target.drop_slot(&fb).await?;
+        if target.drop_publication(&fb).await? {
             done.push(Restored::new(
                 format!("publication {fb} (target)"),
                 Some(&fb),

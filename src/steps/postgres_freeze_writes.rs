@@ -18,7 +18,8 @@ use super::{
     Action, Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError,
     WindowRole,
 };
-use crate::providers::postgres::{catalog, replication, roles, ConnParts};
+use crate::config::Side;
+use crate::providers::postgres::database::Database;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -72,22 +73,14 @@ async fn hold_while_postponed(
 
 /// The roles to freeze on the source: `roles:` or every application writer of its tables.
 pub(super) async fn application_roles(
-    source: &tokio_postgres::Client,
+    source: &dyn Database,
     given: Option<&[String]>,
 ) -> Result<Vec<String>, StepError> {
     if let Some(r) = given {
         return Ok(r.to_vec());
     }
-    let tables: Vec<String> = catalog::tables(source, "source")
-        .await?
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    Ok(roles::writers(source, "source", &tables).await?)
-}
-
-pub(super) fn source_db(cx: &StepContext) -> Result<String, StepError> {
-    Ok(ConnParts::parse(&cx.providers.source_url()?, "source")?.dbname)
+    let tables = source.table_names().await?;
+    Ok(source.writers(&tables).await?)
 }
 
 /// Rollback material: the roles already read-only on the source before the run (a rollback
@@ -129,10 +122,10 @@ impl Kind for FreezeWrites {
     }
 
     async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<Before, ()>, StepError> {
-        let db = source_db(cx)?;
-        let source = cx.providers.source().await?;
-        let wanted = application_roles(&source, p.roles.as_deref()).await?;
-        let frozen = roles::frozen(&source, "source", &db).await?;
+        let source = cx.providers.database(Side::Source).await?;
+        let db = source.name().to_string();
+        let wanted = application_roles(&*source, p.roles.as_deref()).await?;
+        let frozen = source.frozen().await?;
         let mut changes = Vec::new();
         if let Some(f) = &p.postpone_flag {
             let path = cx.root.join(f);
@@ -186,20 +179,20 @@ impl Kind for FreezeWrites {
         p: &Params,
         _before: &Before,
     ) -> Result<Applied<Outputs>, StepError> {
-        let db = source_db(cx)?;
         let postponed = match &p.postpone_flag {
             Some(f) => hold_while_postponed(cx, &cx.root.join(f)).await?,
             None => 0.0,
         };
-        let source = cx.providers.source().await?;
-        let wanted = application_roles(&source, p.roles.as_deref()).await?;
+        let source = cx.providers.database(Side::Source).await?;
+        let db = source.name().to_string();
+        let wanted = application_roles(&*source, p.roles.as_deref()).await?;
         if wanted.is_empty() {
             return Err(StepError::Check(format!(
                 "no application role may write the tables of {db} on the source: name the roles to freeze with `roles:`"
             )));
         }
-        let terminated = roles::freeze(&source, "source", &db, &wanted).await?;
-        let lsn = replication::current_lsn(&source, "source").await?;
+        let terminated = source.freeze(&wanted).await?;
+        let lsn = source.current_lsn().await?;
         let summary = format!(
             "role(s) {} read-only in {db} at LSN {lsn}; {terminated} session(s) terminated",
             wanted.join(", ")
@@ -219,9 +212,9 @@ impl Kind for FreezeWrites {
         _p: &Params,
         outputs: &Outputs,
     ) -> Result<Evidence, StepError> {
-        let db = source_db(cx)?;
-        let source = cx.providers.source().await?;
-        let frozen = roles::frozen(&source, "source", &db).await?;
+        let source = cx.providers.database(Side::Source).await?;
+        let db = source.name();
+        let frozen = source.frozen().await?;
         let open: Vec<&String> = outputs
             .roles
             .iter()
@@ -246,16 +239,16 @@ impl Kind for FreezeWrites {
         before: &Before,
         _outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
-        let db = source_db(cx)?;
         let was = &before.frozen;
-        let source = cx.providers.source().await?;
+        let source = cx.providers.database(Side::Source).await?;
+        let db = source.name();
         // The roles this run froze: read-only now and not before the run.
-        let frozen = roles::frozen(&source, "source", &db).await?;
+        let frozen = source.frozen().await?;
         let to_open: Vec<String> = frozen.into_iter().filter(|r| !was.contains(r)).collect();
         if to_open.is_empty() {
             return Ok(vec![]);
         }
-        roles::unfreeze(&source, "source", &db, &to_open).await?;
+        source.unfreeze(&to_open).await?;
         Ok(to_open
             .iter()
             .map(|r| {

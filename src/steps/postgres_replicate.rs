@@ -581,7 +581,11 @@ impl Kind for Replicate {
             tables: report.source_tables.len(),
             ..Outputs::new(&publ, &sub, sp.display(), tp.display())
         };
-        let app = super::postgres_freeze_writes::application_roles(&source, None).await?;
+        let app = super::postgres_freeze_writes::application_roles(
+            &*cx.providers.database(crate::config::Side::Source).await?,
+            None,
+        )
+        .await?;
         let on_target = roles::existing(&target, "target", &app).await?;
         let frozen = roles::frozen(&target, "target", &tp.dbname).await?;
         for r in on_target.iter().filter(|r| !frozen.contains(r)) {
@@ -619,7 +623,7 @@ impl Kind for Replicate {
         if exists(&target, "target", SUB_SQL, &sub).await? {
             // A crash after the subscription was created: the copy is done; foreign keys may
             // still wait for their validation.
-            out.target_frozen_roles = freeze_target(&source, &target, &tp.dbname).await?;
+            out.target_frozen_roles = freeze_target(cx).await?;
             let tables = crate::providers::postgres::catalog::tables(&source, "source").await?;
             out.tables = tables.len();
             validate_foreign_keys(cx, &target, &target_url, p.jobs).await?;
@@ -680,7 +684,7 @@ impl Kind for Replicate {
         lap("preflight");
         // Only now, with the target known not to be live: until the flip it takes writes from
         // replication only.
-        out.target_frozen_roles = freeze_target(&source, &target, &tp.dbname).await?;
+        out.target_frozen_roles = freeze_target(cx).await?;
         let tables: Vec<Table> = report.source_tables;
         out.tables = tables.len();
 
@@ -1052,14 +1056,12 @@ impl Kind for Replicate {
 
 /// Freezes the application's roles on the target (those of the source's writers that exist
 /// there): an application write to the target before the flip is refused. Returns them.
-async fn freeze_target(
-    source: &tokio_postgres::Client,
-    target: &tokio_postgres::Client,
-    db: &str,
-) -> Result<Vec<String>, StepError> {
-    let app = super::postgres_freeze_writes::application_roles(source, None).await?;
-    let on_target = roles::existing(target, "target", &app).await?;
-    roles::freeze(target, "target", db, &on_target).await?;
+async fn freeze_target(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
+    let source = cx.providers.database(crate::config::Side::Source).await?;
+    let target = cx.providers.database(crate::config::Side::Target).await?;
+    let app = super::postgres_freeze_writes::application_roles(&*source, None).await?;
+    let on_target = target.existing_roles(&app).await?;
+    target.freeze(&on_target).await?;
     Ok(on_target)
 }
 

@@ -3,7 +3,8 @@
 //! first insert on the target cannot collide with a replicated key.
 
 use super::{Applied, Change, Kind, Plan, StepContext, StepError};
-use crate::providers::postgres::replication::{advance, sequences, to_advance as wanted};
+use crate::config::Side;
+use crate::providers::postgres::replication::to_advance as wanted;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -40,8 +41,18 @@ impl Kind for SyncSequences {
     const ACTS_ON_DATABASE: bool = true;
 
     async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<(), ()>, StepError> {
-        let src = sequences(&cx.providers.source().await?, "source").await?;
-        let tgt = sequences(&cx.providers.target().await?, "target").await?;
+        let src = cx
+            .providers
+            .database(Side::Source)
+            .await?
+            .sequences()
+            .await?;
+        let tgt = cx
+            .providers
+            .database(Side::Target)
+            .await?
+            .sequences()
+            .await?;
         let todo = wanted(&src, &tgt, p.margin);
         let mut changes: Vec<Change> = todo
             .iter()
@@ -78,12 +89,17 @@ impl Kind for SyncSequences {
         p: &Params,
         _before: &(),
     ) -> Result<Applied<Outputs>, StepError> {
-        let src = sequences(&cx.providers.source().await?, "source").await?;
-        let target = cx.providers.target().await?;
-        let tgt = sequences(&target, "target").await?;
+        let src = cx
+            .providers
+            .database(Side::Source)
+            .await?
+            .sequences()
+            .await?;
+        let target = cx.providers.database(Side::Target).await?;
+        let tgt = target.sequences().await?;
         let todo = wanted(&src, &tgt, p.margin);
-        advance(&target, "target", &todo).await?;
-        let after = sequences(&target, "target").await?;
+        target.advance(&todo).await?;
+        let after = target.sequences().await?;
         Ok(Applied::new(Outputs { sequences: after }).summary(format!(
             "{} of {} sequences advanced (margin {})",
             todo.len(),

@@ -21,8 +21,9 @@ use super::postgres_replicate::{names, run_name};
 use super::{
     Action, Applied, Change, Kind, Literal, Plan, Restored, StepContext, StepError, WindowRole,
 };
+use crate::config::Side;
 use crate::providers::postgres::catalog::{self, Table};
-use crate::providers::postgres::{changes, checksum, replication, roles};
+use crate::providers::postgres::{changes, checksum, replication};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -86,18 +87,13 @@ pub(super) fn tracking_slot(cx: &StepContext) -> String {
 }
 
 /// Waits until the forward slot confirmed `goal` (probing so an idle source confirms at once).
-async fn caught_up(
-    cx: &StepContext<'_>,
-    source: &tokio_postgres::Client,
-    target: &tokio_postgres::Client,
-    slot: &str,
-    goal: &str,
-) -> Result<(), StepError> {
+async fn caught_up(cx: &StepContext<'_>, slot: &str, goal: &str) -> Result<(), StepError> {
+    let source = cx.providers.database(Side::Source).await?;
+    let target = cx.providers.database(Side::Target).await?;
     super::postgres_wait_lag::wait_confirmed(
         cx,
-        source,
-        Some(target),
-        "source",
+        &*source,
+        Some(&*target),
         slot,
         goal,
         cx.remaining(),
@@ -119,7 +115,7 @@ async fn recheck(
     let a = checksum::hashes_by_key(source, "source", t, keys).await?;
     if let Some(slot) = slot {
         let lsn = replication::current_lsn(source, "source").await?;
-        caught_up(cx, source, target, slot, &lsn).await?;
+        caught_up(cx, slot, &lsn).await?;
     }
     let b = checksum::hashes_by_key(target, "target", t, keys).await?;
     Ok((checksum::differing_keys(keys, &a, &b), a.len()))
@@ -323,7 +319,7 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Applied<Outputs>,
     let (_, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
     let source = cx.providers.source().await?;
     let target = cx.providers.target().await?;
-    let frozen = frozen_roles(cx, &source).await?;
+    let frozen = frozen_roles(cx).await?;
     let track = tracking_slot(cx);
     // The slot first: every change from here on is known by key inside the window.
     (cx.progress)(&format!("creating change-tracking slot {track}"));
@@ -389,7 +385,7 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Applied<Outputs>,
                 // Nothing to look up by key (count method, keyless table): the table again.
                 let lsn = replication::current_lsn(&source, "source").await?;
                 if let Some(slot) = forward {
-                    caught_up(cx, &source, &target, slot, &lsn).await?;
+                    caught_up(cx, slot, &lsn).await?;
                 }
                 let again = checksum::compare(
                     &cx.providers.source_url()?,
@@ -556,12 +552,8 @@ async fn catch_up(
 
 /// The application roles frozen on the source now: where a pass runs (none: before the freeze;
 /// some: inside the window), so a summary never claims a phase it did not run in.
-async fn frozen_roles(
-    cx: &StepContext<'_>,
-    source: &tokio_postgres::Client,
-) -> Result<Vec<String>, StepError> {
-    let db = super::postgres_freeze_writes::source_db(cx)?;
-    Ok(roles::frozen(source, "source", &db).await?)
+async fn frozen_roles(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
+    Ok(cx.providers.database(Side::Source).await?.frozen().await?)
 }
 
 /// The check inside the window.
@@ -578,7 +570,7 @@ async fn changed_since_prepass(
             "change-tracking slot {track} does not exist on the source: a postgres.verify with method checksum or count must run before the freeze (while replication runs) for this check to know what changed"
         )));
     }
-    let frozen = frozen_roles(cx, &source).await?;
+    let frozen = frozen_roles(cx).await?;
     let started = Instant::now();
     let set = changes::peek(&source, "source", &track, &publ).await?;
     let tables = catalog::tables(&source, "source").await?;

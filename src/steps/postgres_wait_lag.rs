@@ -12,7 +12,8 @@
 
 use super::postgres_replicate::names;
 use super::{Applied, Kind, Plan, StepContext, StepError};
-use crate::providers::postgres::{pg, replication};
+use crate::config::Side;
+use crate::providers::postgres::database::{nudge, Database};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -32,20 +33,17 @@ pub struct Params {
     subscription: Option<String>,
 }
 
-/// `(current WAL LSN, slot's confirmed_flush_lsn, lag in bytes)`; lag is `None` without a slot.
+/// `(current WAL LSN, slot's confirmed_flush_lsn, lag in bytes)`; lag is `None` without a slot
+/// or before its consumer's first confirmation.
 async fn lag(
-    c: &tokio_postgres::Client,
+    c: &dyn Database,
     slot: &str,
 ) -> Result<(String, Option<String>, Option<i64>), StepError> {
-    let row = c
-        .query_one(
-            "SELECT pg_current_wal_lsn()::text, s.confirmed_flush_lsn::text, pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint \
-             FROM (SELECT 1) x LEFT JOIN pg_replication_slots s ON s.slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(|e| pg("source", e))?;
-    Ok((row.get(0), row.get(1), row.get(2)))
+    let lsn = c.current_lsn().await?;
+    Ok(match c.behind(slot, &lsn).await? {
+        Some((Some(confirmed), bytes)) => (lsn, Some(confirmed), Some(bytes)),
+        _ => (lsn, None, None),
+    })
 }
 
 /// What `postgres.wait_lag` returns.
@@ -75,8 +73,8 @@ impl Kind for WaitLag {
 
     async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<(), ()>, StepError> {
         let (_, slot) = names(cx, None, p.subscription.as_deref());
-        let source = cx.providers.source().await?;
-        let (lsn, confirmed, bytes) = lag(&source, &slot).await?;
+        let source = cx.providers.database(Side::Source).await?;
+        let (lsn, confirmed, bytes) = lag(&*source, &slot).await?;
         let detail = match (confirmed, bytes) {
             (Some(c), Some(b)) => format!("source at {lsn}, slot confirmed {c}: lag {b} bytes; wait until ≤ {} bytes", p.max_lag_bytes),
             _ => format!("slot {slot} does not exist yet (created by postgres.replicate); wait until lag ≤ {} bytes", p.max_lag_bytes),
@@ -94,16 +92,16 @@ impl Kind for WaitLag {
         _before: &(),
     ) -> Result<Applied<Outputs>, StepError> {
         let (_, slot) = names(cx, None, p.subscription.as_deref());
-        let source = cx.providers.source().await?;
-        // The subscriber's side, to flush what it applied (see replication::nudge).
-        let target = cx.providers.target().await.ok();
+        let source = cx.providers.database(Side::Source).await?;
+        // The subscriber's side, to flush what it applied (see database::nudge).
+        let target = cx.providers.database(Side::Target).await.ok();
         let started = Instant::now();
-        let _ = source.batch_execute(replication::PROBE_SQL).await;
-        let (goal, _, _) = lag(&source, &slot).await?;
+        source.probe().await;
+        let goal = source.current_lsn().await?;
         let mut last_probe = Instant::now();
         let mut last_nudge = Instant::now() - Duration::from_secs(1);
         loop {
-            let row = replication::behind(&source, "source", &slot, &goal).await?;
+            let row = source.behind(&slot, &goal).await?;
             let Some(row) = row else {
                 return Err(StepError::Check(format!(
                     "replication slot {slot} does not exist on the source"
@@ -130,7 +128,7 @@ impl Kind for WaitLag {
             // Every 50 ms: flush the target's applied WAL and wake its apply worker, so the
             // confirmation comes in tens of milliseconds instead of at the WAL writer's pace.
             if last_nudge.elapsed() >= Duration::from_millis(50) {
-                replication::nudge(&source, target.as_ref()).await;
+                nudge(&*source, target.as_deref()).await;
                 last_nudge = Instant::now();
             }
             if last_probe.elapsed() >= Duration::from_secs(1) {
@@ -147,15 +145,14 @@ impl Kind for WaitLag {
 
 /// Waits until slot `slot` on the publisher `c` confirmed `goal` (at most `limit`, and never
 /// past the step's deadline or the panic flag), nudging the subscriber every 50 ms
-/// ([`replication::nudge`]); returns the wait in milliseconds.
+/// ([`nudge`]); returns the wait in milliseconds.
 ///
 /// # Errors
 /// [`StepError::Check`] when the slot does not exist, [`StepError::Timeout`] at the limit.
 pub(super) async fn wait_confirmed(
     cx: &StepContext<'_>,
-    c: &tokio_postgres::Client,
-    subscriber: Option<&tokio_postgres::Client>,
-    side: &str,
+    c: &dyn Database,
+    subscriber: Option<&dyn Database>,
     slot: &str,
     goal: &str,
     limit: Duration,
@@ -163,8 +160,9 @@ pub(super) async fn wait_confirmed(
     let started = Instant::now();
     let mut last_probe = Instant::now() - Duration::from_secs(1);
     let mut last_report = Instant::now();
+    let side = c.side().as_str();
     loop {
-        match replication::behind(c, side, slot, goal).await? {
+        match c.behind(slot, goal).await? {
             None => {
                 return Err(StepError::Check(format!(
                     "replication slot {slot} does not exist on the {side}"
@@ -181,7 +179,7 @@ pub(super) async fn wait_confirmed(
                     )));
                 }
                 if last_probe.elapsed() >= Duration::from_millis(50) {
-                    replication::nudge(c, subscriber).await;
+                    nudge(c, subscriber).await;
                     last_probe = Instant::now();
                 }
                 if last_report.elapsed() >= Duration::from_secs(1) {

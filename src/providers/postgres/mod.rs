@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod changes;
 pub mod checksum;
 pub mod copy;
+pub mod database;
 pub mod heartbeat;
 pub mod ownership;
 pub mod postdata;
