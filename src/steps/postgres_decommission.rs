@@ -203,3 +203,106 @@ impl Kind for Decommission {
         Ok(Evidence::default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::postgres::database::Subscription;
+    use crate::steps::testing::postgres::FakePostgres;
+    use crate::steps::testing::Harness;
+
+    /// What a finished cutover leaves: the fallback (publication and slot `..._fb` on the
+    /// target, its subscription on the source), an old run's tracking slot on the source, and
+    /// another database's slot that is not this runbook's.
+    async fn after_cutover() -> (Harness, FakePostgres) {
+        let pg = FakePostgres::new("shop_staging", "shop_staging");
+        let (source, target) = (pg.database(Side::Source), pg.database(Side::Target));
+        let fb = "cutover_shop_staging_run_fb";
+        target.create_publication(fb, &[]).await.unwrap();
+        target.create_slot(fb).await.unwrap();
+        source
+            .subscribe(
+                &Subscription {
+                    name: fb.into(),
+                    origin_none: true,
+                },
+                &*target,
+            )
+            .await
+            .unwrap();
+        source
+            .create_slot("cutover_shop_staging_old_track")
+            .await
+            .unwrap();
+        source
+            .create_slot("cutover_letters_staging_x")
+            .await
+            .unwrap();
+        pg.write(Side::Source, 7);
+        let fake = pg.clone();
+        (Harness::new(|p| fake.install(p)), pg)
+    }
+
+    #[tokio::test]
+    async fn drops_this_databases_replication_on_both_servers_once() {
+        let (h, pg) = after_cutover().await;
+        let cx = h.cx();
+        let plan = Decommission.plan(&cx, &Params {}).await.unwrap();
+        let targets: Vec<&str> = plan.changes.iter().map(|c| c.target.as_str()).collect();
+        assert_eq!(
+            targets,
+            vec![
+                "subscription cutover_shop_staging_run_fb on source",
+                "replication slot cutover_shop_staging_old_track on source",
+                "publication cutover_shop_staging_run_fb on target",
+                "replication slot cutover_shop_staging_run_fb on target",
+                "fallback",
+            ]
+        );
+        let applied = Decommission.apply(&cx, &Params {}, &()).await.unwrap();
+        assert_eq!(
+            applied.outputs.dropped,
+            vec![
+                "subscription cutover_shop_staging_run_fb (source)",
+                "replication slot cutover_shop_staging_old_track (source, 700 bytes of WAL)",
+                "publication cutover_shop_staging_run_fb (target)",
+            ]
+        );
+        assert_eq!(applied.outputs.retained_bytes_freed, 700);
+        Decommission
+            .verify(&cx, &Params {}, &applied.outputs)
+            .await
+            .unwrap();
+        assert!(
+            pg.server(Side::Source, |s| s
+                .slots
+                .contains_key("cutover_letters_staging_x")),
+            "another database's slot is not this runbook's"
+        );
+        // A re-run after a crash finds nothing left.
+        let again = Decommission.apply(&cx, &Params {}, &()).await.unwrap();
+        assert!(again.outputs.dropped.is_empty());
+        let replanned = Decommission.plan(&cx, &Params {}).await.unwrap();
+        assert_eq!(replanned.changes[0].action, Action::None);
+    }
+
+    #[tokio::test]
+    async fn verify_names_what_is_still_there() {
+        let (h, pg) = after_cutover().await;
+        let cx = h.cx();
+        let applied = Decommission.apply(&cx, &Params {}, &()).await.unwrap();
+        pg.server(Side::Target, |s| {
+            s.publications
+                .insert("cutover_shop_staging_late".into(), vec![])
+        });
+        let err = Decommission
+            .verify(&cx, &Params {}, &applied.outputs)
+            .await
+            .err()
+            .expect("a publication is left");
+        assert!(
+            matches!(&err, StepError::Check(m) if m.contains("publication cutover_shop_staging_late (target)")),
+            "{err:?}"
+        );
+    }
+}

@@ -262,3 +262,137 @@ impl Kind for FreezeWrites {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::testing::postgres::FakePostgres;
+    use crate::steps::testing::Harness;
+    use crate::steps::StepError;
+
+    /// A source whose `app` and `worker` may write `public.orders`; `reporting` is read-only
+    /// before the run; `app` has 3 open sessions.
+    fn setup() -> (Harness, FakePostgres) {
+        let pg = FakePostgres::new("shop_staging", "shop_staging");
+        pg.server(Side::Source, |s| {
+            s.tables = vec!["public.orders".into()];
+            s.writers = vec!["app".into(), "worker".into()];
+            s.roles = ["app", "worker", "reporting"]
+                .map(String::from)
+                .into_iter()
+                .collect();
+            s.frozen.insert("reporting".into());
+            s.sessions.insert("app".into(), 3);
+        });
+        let fake = pg.clone();
+        (Harness::new(|p| fake.install(p)), pg)
+    }
+
+    #[tokio::test]
+    async fn freezes_the_writers_once_and_rollback_opens_only_what_it_froze() {
+        let (h, pg) = setup();
+        let cx = h.cx();
+        let p = Params {
+            roles: Some(vec!["app".into(), "worker".into(), "reporting".into()]),
+            ..Default::default()
+        };
+        let plan = FreezeWrites.plan(&cx, &p).await.unwrap();
+        let actions: Vec<(Action, &str)> = plan
+            .changes
+            .iter()
+            .map(|c| (c.action, c.target.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                (Action::Update, "role app in shop_staging on source"),
+                (Action::Update, "role worker in shop_staging on source"),
+                (Action::None, "role reporting in shop_staging on source"),
+            ]
+        );
+        assert_eq!(plan.before.frozen, vec!["reporting".to_string()]);
+
+        let first = FreezeWrites.apply(&cx, &p, &plan.before).await.unwrap();
+        assert_eq!(first.outputs.terminated, 3);
+        assert_eq!(
+            pg.server(Side::Source, |s| s.frozen.len()),
+            3,
+            "every named role starts read-only"
+        );
+        // A re-run after a crash finds them frozen: nothing more to end, the same roles.
+        let again = FreezeWrites.apply(&cx, &p, &plan.before).await.unwrap();
+        assert_eq!(again.outputs.terminated, 0);
+        assert_eq!(again.outputs.roles, first.outputs.roles);
+        FreezeWrites.verify(&cx, &p, &again.outputs).await.unwrap();
+
+        let restored = FreezeWrites
+            .rollback(&cx, &p, &plan.before, Some(&again.outputs))
+            .await
+            .unwrap();
+        assert_eq!(restored.len(), 2);
+        assert_eq!(
+            pg.server(Side::Source, |s| s
+                .frozen
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()),
+            vec!["reporting".to_string()],
+            "a role read-only before the run stays so"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_roles_it_freezes_every_writer_of_the_tables_and_reports_the_lsn() {
+        let (h, pg) = setup();
+        let cx = h.cx();
+        let p = Params::default();
+        pg.write(Side::Source, 5);
+        let want = pg.server(Side::Source, |s| {
+            crate::steps::testing::postgres::lsn_text(s.lsn)
+        });
+        let applied = FreezeWrites
+            .apply(&cx, &p, &Before::default())
+            .await
+            .unwrap();
+        assert_eq!(applied.outputs.roles, vec!["app", "worker"]);
+        assert_eq!(applied.outputs.lsn, want);
+        assert_eq!(
+            pg.server(Side::Source, |s| s
+                .frozen
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()),
+            vec!["app", "reporting", "worker"]
+        );
+    }
+
+    #[tokio::test]
+    async fn verify_fails_when_a_role_writes_again_and_no_writer_is_a_failed_check() {
+        let (h, pg) = setup();
+        let cx = h.cx();
+        let applied = FreezeWrites
+            .apply(&cx, &Params::default(), &Before::default())
+            .await
+            .unwrap();
+        pg.server(Side::Source, |s| s.frozen.remove("worker"));
+        let err = FreezeWrites
+            .verify(&cx, &Params::default(), &applied.outputs)
+            .await
+            .err()
+            .expect("worker writes");
+        assert!(
+            matches!(&err, StepError::Check(m) if m.contains("worker")),
+            "{err:?}"
+        );
+
+        pg.server(Side::Source, |s| s.writers.clear());
+        let plan = FreezeWrites.plan(&cx, &Params::default()).await.unwrap();
+        assert!(plan.changes[0].detail.starts_with("WOULD FAIL"));
+        let err = FreezeWrites
+            .apply(&cx, &Params::default(), &Before::default())
+            .await
+            .err()
+            .expect("nothing to freeze");
+        assert!(matches!(err, StepError::Check(_)), "{err:?}");
+    }
+}

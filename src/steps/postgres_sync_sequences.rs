@@ -108,3 +108,60 @@ impl Kind for SyncSequences {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::testing::postgres::FakePostgres;
+    use crate::steps::testing::Harness;
+    use crate::steps::Action;
+
+    #[tokio::test]
+    async fn advances_target_sequences_past_the_source_once_and_never_back() {
+        let pg = FakePostgres::new("shop_staging", "shop_staging");
+        pg.server(Side::Source, |s| {
+            s.sequences = [
+                ("public.orders_id_seq".to_string(), Some(500)),
+                ("public.users_id_seq".to_string(), Some(10)),
+                ("public.unused_seq".to_string(), None),
+            ]
+            .into_iter()
+            .collect();
+        });
+        pg.server(Side::Target, |s| {
+            s.sequences = [
+                ("public.orders_id_seq".to_string(), None),
+                ("public.users_id_seq".to_string(), Some(9000)),
+                ("public.unused_seq".to_string(), None),
+            ]
+            .into_iter()
+            .collect();
+        });
+        let fake = pg.clone();
+        let h = Harness::new(|p| fake.install(p));
+        let cx = h.cx();
+        let p = Params { margin: 100 };
+        let plan = SyncSequences.plan(&cx, &p).await.unwrap();
+        assert_eq!(plan.changes.len(), 1, "only orders_id_seq is behind");
+        assert_eq!(plan.changes[0].action, Action::Update);
+        assert_eq!(plan.changes[0].detail, "never used → 600");
+
+        let first = SyncSequences.apply(&cx, &p, &()).await.unwrap();
+        assert_eq!(first.outputs.sequences["public.orders_id_seq"], Some(600));
+        assert_eq!(
+            first.outputs.sequences["public.users_id_seq"],
+            Some(9000),
+            "a sequence ahead of the source is left where it is"
+        );
+        // A re-run after a crash has nothing left to move.
+        let again = SyncSequences.apply(&cx, &p, &()).await.unwrap();
+        assert_eq!(
+            again.summary.as_deref(),
+            Some("0 of 3 sequences advanced (margin 100)")
+        );
+        assert_eq!(
+            SyncSequences.plan(&cx, &p).await.unwrap().changes[0].action,
+            Action::None
+        );
+    }
+}

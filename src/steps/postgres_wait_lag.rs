@@ -193,3 +193,92 @@ pub(super) async fn wait_confirmed(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::postgres::database::Subscription;
+    use crate::steps::testing::postgres::FakePostgres;
+    use crate::steps::testing::Harness;
+
+    /// Forward replication of this run: publication and slot on the source, the subscription
+    /// on the target.
+    async fn replicating() -> (Harness, FakePostgres, String) {
+        let pg = FakePostgres::new("shop_staging", "shop_staging");
+        let fake = pg.clone();
+        let h = Harness::new(|p| fake.install(p));
+        let (_, slot) = names(&h.cx(), None, None);
+        let source = pg.database(Side::Source);
+        source.create_publication(&slot, &[]).await.unwrap();
+        source.create_slot(&slot).await.unwrap();
+        pg.database(Side::Target)
+            .subscribe(
+                &Subscription {
+                    name: slot.clone(),
+                    origin_none: true,
+                },
+                &*source,
+            )
+            .await
+            .unwrap();
+        (h, pg, slot)
+    }
+
+    #[tokio::test]
+    async fn returns_once_the_target_confirmed_the_last_write_and_again_after_a_crash() {
+        let (h, pg, slot) = replicating().await;
+        let cx = h.cx();
+        pg.stall(true);
+        pg.write(Side::Source, 20);
+        let plan = WaitLag.plan(&cx, &Params::default()).await.unwrap();
+        assert!(
+            plan.changes[0].detail.contains("lag 2000 bytes"),
+            "{}",
+            plan.changes[0].detail
+        );
+        pg.stall(false);
+        let first = WaitLag.apply(&cx, &Params::default(), &()).await.unwrap();
+        assert_eq!(first.outputs.lag_bytes, 0);
+        assert_eq!(
+            first.outputs.confirmed_flush_lsn.as_deref(),
+            Some(&*first.outputs.lsn)
+        );
+        let again = WaitLag.apply(&cx, &Params::default(), &()).await.unwrap();
+        assert_eq!(again.outputs.lag_bytes, 0);
+        assert!(pg.server(Side::Source, |s| s.slots.contains_key(&slot)));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_subscription_ends_at_the_deadline_and_a_missing_slot_is_a_failed_check() {
+        let (h, pg, slot) = replicating().await;
+        let mut cx = h.cx();
+        pg.stall(true);
+        pg.write(Side::Source, 1);
+        cx.deadline = tokio::time::Instant::now();
+        let err = WaitLag
+            .apply(&cx, &Params::default(), &())
+            .await
+            .err()
+            .expect("stalled");
+        assert!(matches!(err, StepError::Timeout(_)), "{err:?}");
+        // Within the bound: no wait.
+        let within = Params {
+            max_lag_bytes: 1 << 20,
+            subscription: None,
+        };
+        assert!(WaitLag.apply(&cx, &within, &()).await.is_ok());
+
+        pg.server(Side::Source, |s| s.slots.remove(&slot));
+        let err = WaitLag
+            .apply(&h.cx(), &Params::default(), &())
+            .await
+            .err()
+            .expect("no slot");
+        assert!(
+            matches!(&err, StepError::Check(m) if m.contains(&slot)),
+            "{err:?}"
+        );
+        let plan = WaitLag.plan(&h.cx(), &Params::default()).await.unwrap();
+        assert!(plan.changes[0].detail.contains("does not exist yet"));
+    }
+}

@@ -10,6 +10,8 @@ use crate::config::Environment;
 use crate::providers::Providers;
 use std::sync::{Arc, Mutex};
 
+pub mod postgres;
+
 /// What a kind under test may use, and what it reported.
 pub struct Harness {
     dir: tempfile::TempDir,
@@ -24,17 +26,20 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// The staging environment, its providers passed through `fakes` to install test doubles.
+    /// The staging environment as a run of a runbook for its `shop` database sees it
+    /// (database `shop_staging`), its providers passed through `fakes` to install test doubles.
     pub fn new(fakes: impl FnOnce(Providers) -> Providers) -> Harness {
         let dir = tempfile::tempdir().expect("a temporary directory");
         std::fs::create_dir_all(dir.path().join("environments")).expect("environments/");
         std::fs::write(
             dir.path().join("environments/staging.yaml"),
-            include_str!("../../environments/staging.yaml"),
+            include_str!("../../../environments/staging.yaml"),
         )
         .expect("environments/staging.yaml");
-        let env = crate::config::load_environment(dir.path(), "staging")
-            .expect("the repository's staging environment loads");
+        let (_, env) = crate::config::load_environment(dir.path(), "staging")
+            .expect("the repository's staging environment loads")
+            .for_database(Some("shop"))
+            .expect("staging has a shop database");
         let providers = fakes(Providers::new(env.clone(), "test-run", Default::default()));
         let progress = Arc::new(Mutex::new(Vec::new()));
         let journal = Arc::new(Mutex::new(Vec::new()));

@@ -1,0 +1,469 @@
+//! A source and a target PostgreSQL server in memory behind
+//! [`crate::providers::postgres::database::Database`], for unit tests of the kinds that freeze,
+//! wait for, turn around and retire replication.
+//!
+//! What it keeps of PostgreSQL's documented behaviour: a WAL position that every write and every
+//! probe advances; logical slots that record from their creation LSN and are confirmed by the
+//! subscription that uses them (a subscription applies at once unless the test stalls it);
+//! dropping a subscription drops its slot on the publisher; per-role read-only defaults that end
+//! the role's open sessions; sequences that only a `setval` moves. It keeps no rows.
+
+use crate::config::Side;
+use crate::providers::postgres::database::{Database, Sequences, Subscription};
+use crate::providers::ProviderError;
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+/// A logical replication slot.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// The position its consumer confirmed (`None` before the first confirmation).
+    pub confirmed: Option<u64>,
+}
+
+/// One server's state; tests read and change it through [`FakePostgres::server`].
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Database name.
+    pub name: String,
+    /// Major version.
+    pub major: i32,
+    /// Current WAL position, in bytes.
+    pub lsn: u64,
+    /// Quoted `schema.table` names of the ordinary tables.
+    pub tables: Vec<String>,
+    /// Login roles that may write the tables.
+    pub writers: Vec<String>,
+    /// Every role.
+    pub roles: BTreeSet<String>,
+    /// Roles read-only in this database.
+    pub frozen: BTreeSet<String>,
+    /// Open sessions per role.
+    pub sessions: BTreeMap<String, u64>,
+    /// Logical slots by name.
+    pub slots: BTreeMap<String, Slot>,
+    /// Publications by name, with their tables.
+    pub publications: BTreeMap<String, Vec<String>>,
+    /// Subscriptions by name (each uses the publisher's slot of the same name).
+    pub subscriptions: BTreeSet<String>,
+    /// Sequences and their last values.
+    pub sequences: Sequences,
+    /// Row writes the statistics count.
+    pub row_writes: i64,
+}
+
+impl Server {
+    fn new(name: &str) -> Server {
+        Server {
+            name: name.to_string(),
+            major: 16,
+            lsn: 0x1600_0000,
+            tables: Vec::new(),
+            writers: Vec::new(),
+            roles: BTreeSet::new(),
+            frozen: BTreeSet::new(),
+            sessions: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            publications: BTreeMap::new(),
+            subscriptions: BTreeSet::new(),
+            sequences: Sequences::new(),
+            row_writes: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pair {
+    source: Server,
+    target: Server,
+    /// While true no subscription applies anything (confirmations stay where they are).
+    stalled: bool,
+}
+
+impl Pair {
+    fn get(&mut self, side: Side) -> &mut Server {
+        match side {
+            Side::Source => &mut self.source,
+            Side::Target => &mut self.target,
+        }
+    }
+    /// The confirmed position of `slot` on `side`: a subscription on the other side applies
+    /// everything at once unless stalled.
+    fn confirmed(&mut self, side: Side, slot: &str) -> Option<Option<u64>> {
+        let consumed = !self.stalled && self.get(other(side)).subscriptions.contains(slot);
+        let server = self.get(side);
+        let lsn = server.lsn;
+        let s = server.slots.get_mut(slot)?;
+        if consumed {
+            s.confirmed = Some(lsn);
+        }
+        Some(s.confirmed)
+    }
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::Source => Side::Target,
+        Side::Target => Side::Source,
+    }
+}
+
+/// `0/16B3748` for a position.
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+fn parse_lsn(text: &str) -> Result<u64, ProviderError> {
+    let bad = || ProviderError::Postgres {
+        side: "fake".into(),
+        message: format!("invalid input syntax for type pg_lsn: \"{text}\""),
+    };
+    let (hi, lo) = text.split_once('/').ok_or_else(bad)?;
+    let hi = u64::from_str_radix(hi, 16).map_err(|_| bad())?;
+    let lo = u64::from_str_radix(lo, 16).map_err(|_| bad())?;
+    Ok((hi << 32) | lo)
+}
+
+/// The two servers of one environment, sharing their state.
+#[derive(Clone)]
+pub struct FakePostgres {
+    pair: Arc<Mutex<Pair>>,
+}
+
+impl FakePostgres {
+    /// Two empty servers holding databases `source_db` and `target_db`.
+    pub fn new(source_db: &str, target_db: &str) -> FakePostgres {
+        FakePostgres {
+            pair: Arc::new(Mutex::new(Pair {
+                source: Server::new(source_db),
+                target: Server::new(target_db),
+                stalled: false,
+            })),
+        }
+    }
+
+    /// Reads or changes `side`'s state.
+    pub fn server<T>(&self, side: Side, f: impl FnOnce(&mut Server) -> T) -> T {
+        f(self.lock().get(side))
+    }
+
+    /// Stops (true) or resumes (false) every subscription's apply.
+    pub fn stall(&self, stalled: bool) {
+        self.lock().stalled = stalled;
+    }
+
+    /// The application writes `rows` rows on `side` (the WAL advances by 100 bytes a row).
+    pub fn write(&self, side: Side, rows: i64) {
+        let mut p = self.lock();
+        let s = p.get(side);
+        s.lsn += 100 * rows.unsigned_abs();
+        s.row_writes += rows;
+    }
+
+    /// `side` behind the seam.
+    pub fn database(&self, side: Side) -> Arc<dyn Database> {
+        Arc::new(FakeServer {
+            side,
+            name: self.server(side, |s| s.name.clone()),
+            pair: self.pair.clone(),
+        })
+    }
+
+    /// Installs both servers in `providers`.
+    pub fn install(&self, providers: crate::providers::Providers) -> crate::providers::Providers {
+        providers
+            .with_database(Side::Source, self.database(Side::Source))
+            .with_database(Side::Target, self.database(Side::Target))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pair> {
+        self.pair.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct FakeServer {
+    side: Side,
+    name: String,
+    pair: Arc<Mutex<Pair>>,
+}
+
+impl FakeServer {
+    fn with<T>(&self, f: impl FnOnce(&mut Pair, Side) -> T) -> T {
+        f(
+            &mut self.pair.lock().unwrap_or_else(|e| e.into_inner()),
+            self.side,
+        )
+    }
+    fn me<T>(&self, f: impl FnOnce(&mut Server) -> T) -> T {
+        self.with(|p, side| f(p.get(side)))
+    }
+    fn missing(&self, what: String) -> ProviderError {
+        ProviderError::Postgres {
+            side: self.side.as_str().into(),
+            message: what,
+        }
+    }
+}
+
+fn with_prefix<'a>(names: impl Iterator<Item = &'a String>, prefix: &str) -> Vec<String> {
+    names.filter(|n| n.starts_with(prefix)).cloned().collect()
+}
+
+#[async_trait]
+impl Database for FakeServer {
+    fn side(&self) -> Side {
+        self.side
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn conninfo(&self) -> String {
+        format!(
+            "host={} dbname={} password=fake-secret",
+            self.side.as_str(),
+            self.name
+        )
+    }
+
+    async fn current_lsn(&self) -> Result<String, ProviderError> {
+        Ok(self.me(|s| lsn_text(s.lsn)))
+    }
+    async fn probe(&self) {
+        self.me(|s| s.lsn += 0x38);
+    }
+    async fn flush(&self) {}
+    async fn behind(
+        &self,
+        slot: &str,
+        goal: &str,
+    ) -> Result<Option<(Option<String>, i64)>, ProviderError> {
+        let goal = parse_lsn(goal)?;
+        Ok(self.with(|p, side| {
+            p.confirmed(side, slot).map(|c| match c {
+                Some(c) => (Some(lsn_text(c)), goal as i64 - c as i64),
+                None => (None, i64::MAX),
+            })
+        }))
+    }
+    async fn retained(&self) -> Result<BTreeMap<String, i64>, ProviderError> {
+        Ok(self.with(|p, side| {
+            let names: Vec<String> = p.get(side).slots.keys().cloned().collect();
+            names
+                .into_iter()
+                .filter(|n| n.starts_with("cutover_"))
+                .map(|n| {
+                    let c = p.confirmed(side, &n).flatten().unwrap_or(0);
+                    let lsn = p.get(side).lsn;
+                    (n, lsn.saturating_sub(c) as i64)
+                })
+                .collect()
+        }))
+    }
+    async fn slot_exists(&self, slot: &str) -> Result<bool, ProviderError> {
+        Ok(self.me(|s| s.slots.contains_key(slot)))
+    }
+    async fn create_slot(&self, slot: &str) -> Result<String, ProviderError> {
+        Ok(self.with(|p, side| {
+            let s = p.get(side);
+            let lsn = s.lsn;
+            let slot = s.slots.entry(slot.to_string()).or_insert(Slot {
+                confirmed: Some(lsn),
+            });
+            lsn_text(slot.confirmed.unwrap_or(lsn))
+        }))
+    }
+    async fn drop_slot(&self, slot: &str) -> Result<bool, ProviderError> {
+        self.with(|p, side| {
+            if p.get(other(side)).subscriptions.contains(slot) {
+                return Err(ProviderError::Postgres {
+                    side: side.as_str().into(),
+                    message: format!("replication slot \"{slot}\" is active"),
+                });
+            }
+            Ok(p.get(side).slots.remove(slot).is_some())
+        })
+    }
+
+    async fn publications(&self, prefix: &str) -> Result<Vec<String>, ProviderError> {
+        Ok(self.me(|s| with_prefix(s.publications.keys(), prefix)))
+    }
+    async fn publication_tables(&self, name: &str) -> Result<Vec<String>, ProviderError> {
+        Ok(self.me(|s| s.publications.get(name).cloned().unwrap_or_default()))
+    }
+    async fn create_publication(&self, name: &str, tables: &[String]) -> Result<(), ProviderError> {
+        self.me(|s| {
+            s.publications
+                .entry(name.to_string())
+                .or_insert_with(|| tables.to_vec());
+        });
+        Ok(())
+    }
+    async fn drop_publication(&self, name: &str) -> Result<bool, ProviderError> {
+        Ok(self.me(|s| s.publications.remove(name).is_some()))
+    }
+
+    async fn subscriptions(&self, prefix: &str) -> Result<Vec<String>, ProviderError> {
+        Ok(self.me(|s| with_prefix(s.subscriptions.iter(), prefix)))
+    }
+    async fn subscription_running(&self, name: &str) -> Result<bool, ProviderError> {
+        Ok(self.with(|p, side| !p.stalled && p.get(side).subscriptions.contains(name)))
+    }
+    async fn subscribe(
+        &self,
+        sub: &Subscription,
+        publisher: &dyn Database,
+    ) -> Result<(), ProviderError> {
+        if publisher.side() == self.side {
+            return Err(self.missing("a server does not subscribe to itself".into()));
+        }
+        self.with(|p, side| {
+            let publ = p.get(other(side));
+            if !publ.publications.contains_key(&sub.name) {
+                return Err(ProviderError::Postgres {
+                    side: side.as_str().into(),
+                    message: format!("publication \"{}\" does not exist", sub.name),
+                });
+            }
+            if !publ.slots.contains_key(&sub.name) {
+                return Err(ProviderError::Postgres {
+                    side: side.as_str().into(),
+                    message: format!("replication slot \"{}\" does not exist", sub.name),
+                });
+            }
+            if !p.get(side).subscriptions.insert(sub.name.clone()) {
+                return Err(ProviderError::Postgres {
+                    side: side.as_str().into(),
+                    message: format!("subscription \"{}\" already exists", sub.name),
+                });
+            }
+            Ok(())
+        })
+    }
+    async fn drop_subscription(&self, name: &str) -> Result<bool, ProviderError> {
+        Ok(self.with(|p, side| {
+            let existed = p.get(side).subscriptions.remove(name);
+            if existed {
+                p.get(other(side)).slots.remove(name);
+            }
+            existed
+        }))
+    }
+
+    async fn sequences(&self) -> Result<Sequences, ProviderError> {
+        Ok(self.me(|s| s.sequences.clone()))
+    }
+    async fn advance(&self, todo: &[(String, Option<i64>, i64)]) -> Result<(), ProviderError> {
+        self.with(|p, side| {
+            let s = p.get(side);
+            for (name, _, goal) in todo {
+                let Some(v) = s.sequences.get_mut(name) else {
+                    return Err(ProviderError::Postgres {
+                        side: side.as_str().into(),
+                        message: format!("relation \"{name}\" does not exist"),
+                    });
+                };
+                *v = Some(*goal);
+            }
+            Ok(())
+        })
+    }
+
+    async fn table_names(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(self.me(|s| s.tables.clone()))
+    }
+    async fn major_version(&self) -> Result<i32, ProviderError> {
+        Ok(self.me(|s| s.major))
+    }
+    async fn row_writes(&self) -> Result<i64, ProviderError> {
+        Ok(self.me(|s| s.row_writes))
+    }
+
+    async fn writers(&self, tables: &[String]) -> Result<Vec<String>, ProviderError> {
+        Ok(self.me(|s| {
+            if tables.iter().any(|t| s.tables.contains(t)) {
+                s.writers.clone()
+            } else {
+                Vec::new()
+            }
+        }))
+    }
+    async fn existing_roles(&self, names: &[String]) -> Result<Vec<String>, ProviderError> {
+        Ok(self.me(|s| {
+            let mut found: Vec<String> = names
+                .iter()
+                .filter(|n| s.roles.contains(*n))
+                .cloned()
+                .collect();
+            found.sort();
+            found
+        }))
+    }
+    async fn frozen(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(self.me(|s| s.frozen.iter().cloned().collect()))
+    }
+    async fn freeze(&self, names: &[String]) -> Result<u64, ProviderError> {
+        let side = self.side.as_str();
+        self.me(|s| {
+            let mut ended = 0;
+            for r in names {
+                if !s.roles.contains(r) {
+                    return Err(ProviderError::Postgres {
+                        side: side.into(),
+                        message: format!("role \"{r}\" does not exist"),
+                    });
+                }
+                s.frozen.insert(r.clone());
+                ended += s.sessions.insert(r.clone(), 0).unwrap_or(0);
+            }
+            Ok(ended)
+        })
+    }
+    async fn unfreeze(&self, names: &[String]) -> Result<(), ProviderError> {
+        self.me(|s| {
+            for r in names {
+                s.frozen.remove(r);
+                s.sessions.insert(r.clone(), 0);
+            }
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_read_back_as_postgres_prints_them() {
+        assert_eq!(lsn_text(0x1_016B_3748), "1/16B3748");
+        assert_eq!(parse_lsn("1/16B3748").unwrap(), 0x1_016B_3748);
+        assert!(parse_lsn("16B3748").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_subscription_confirms_its_slot_and_takes_it_when_dropped() {
+        let pg = FakePostgres::new("shop", "shop");
+        let (source, target) = (pg.database(Side::Source), pg.database(Side::Target));
+        source.create_publication("s", &[]).await.unwrap();
+        let from = source.create_slot("s").await.unwrap();
+        pg.write(Side::Source, 10);
+        let goal = source.current_lsn().await.unwrap();
+        assert_eq!(source.behind("s", &goal).await.unwrap().unwrap().1, 1000);
+        target
+            .subscribe(
+                &Subscription {
+                    name: "s".into(),
+                    origin_none: true,
+                },
+                &*source,
+            )
+            .await
+            .unwrap();
+        assert_eq!(source.behind("s", &goal).await.unwrap().unwrap().1, 0);
+        assert_ne!(from, goal);
+        assert!(source.drop_slot("s").await.is_err(), "a slot in use");
+        assert!(target.drop_subscription("s").await.unwrap());
+        assert!(!source.slot_exists("s").await.unwrap());
+    }
+}
