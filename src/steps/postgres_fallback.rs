@@ -375,3 +375,196 @@ impl Kind for Fallback {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::testing::postgres::FakePostgres;
+    use crate::steps::testing::Harness;
+    use crate::steps::Action;
+
+    /// Inside the window, before the flip: forward replication of this run (publication and
+    /// slot on the source, subscription on the target) and its tracking slot; the application
+    /// role `app` frozen on both servers; sequences that moved on the target after the flip.
+    async fn at_the_flip() -> (Harness, FakePostgres, String) {
+        let pg = FakePostgres::new("shop_staging", "shop_staging");
+        for side in [Side::Source, Side::Target] {
+            pg.server(side, |s| {
+                s.tables = vec!["public.orders".into(), "public.users".into()];
+                s.writers = vec!["app".into()];
+                s.roles = ["app".to_string()].into_iter().collect();
+                s.frozen.insert("app".into());
+                s.sequences = [("public.orders_id_seq".to_string(), Some(40))]
+                    .into_iter()
+                    .collect();
+            });
+        }
+        let fake = pg.clone();
+        let h = Harness::new(|p| fake.install(p));
+        let forward = run_name(&h.cx());
+        let (source, target) = (pg.database(Side::Source), pg.database(Side::Target));
+        source
+            .create_publication(&forward, &["public.orders".into()])
+            .await
+            .unwrap();
+        source.create_slot(&forward).await.unwrap();
+        source.create_slot(&tracking_slot(&h.cx())).await.unwrap();
+        target
+            .subscribe(
+                &Subscription {
+                    name: forward.clone(),
+                    origin_none: true,
+                },
+                &*source,
+            )
+            .await
+            .unwrap();
+        pg.write(Side::Source, 3);
+        (h, pg, forward)
+    }
+
+    fn params(replication: bool) -> Params {
+        Params {
+            replication,
+            margin: 1000,
+            publication: None,
+            subscription: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn turns_replication_around_once_and_rollback_carries_the_targets_writes_back() {
+        let (h, pg, forward) = at_the_flip().await;
+        let cx = h.cx();
+        let fb = fallback_name(&cx);
+        let p = params(true);
+        let plan = Fallback.plan(&cx, &p).await.unwrap();
+        assert_eq!(plan.changes[0].action, Action::Delete);
+        assert!(plan.changes[4].detail.contains("origin = none"));
+        assert_eq!(
+            plan.changes.last().unwrap().target,
+            "role app in shop_staging on target"
+        );
+
+        let first = Fallback.apply(&cx, &p, &()).await.unwrap();
+        assert!(first.outputs.forward_retired);
+        assert_eq!(first.outputs.fallback.as_deref(), Some(&*fb));
+        assert_eq!(first.outputs.roles_opened, vec!["app"]);
+        pg.server(Side::Source, |s| {
+            assert!(
+                s.slots.is_empty(),
+                "forward and tracking slots dropped: {:?}",
+                s.slots
+            );
+            assert!(s.publications.is_empty());
+            assert!(s.subscriptions.contains(&fb));
+        });
+        pg.server(Side::Target, |s| {
+            assert!(!s.subscriptions.contains(&forward));
+            assert_eq!(s.publications[&fb], vec!["public.orders".to_string()]);
+            assert!(
+                s.frozen.is_empty(),
+                "the application may write on the target"
+            );
+        });
+        // A re-run after a crash finds the fallback in place and changes nothing.
+        let again = Fallback.apply(&cx, &p, &()).await.unwrap();
+        assert!(!again.outputs.forward_retired);
+        assert_eq!(again.outputs.flip_lsn, first.outputs.flip_lsn);
+        let evidence = Fallback.verify(&cx, &p, &again.outputs).await.unwrap();
+        assert_eq!(evidence.facts[0].1, json!(true));
+
+        // The application writes on AWS, then a check fails.
+        pg.write(Side::Target, 50);
+        pg.server(Side::Target, |s| {
+            s.sequences.insert("public.orders_id_seq".into(), Some(90))
+        });
+        assert_eq!(
+            Fallback
+                .rollback_refusal(&cx, &p, &(), Some(&again.outputs))
+                .await
+                .unwrap(),
+            None,
+            "with the fallback nothing is lost"
+        );
+        let restored = Fallback
+            .rollback(&cx, &p, &(), Some(&again.outputs))
+            .await
+            .unwrap();
+        let objects: Vec<&str> = restored.iter().map(|r| r.object.as_str()).collect();
+        assert_eq!(
+            objects,
+            vec![
+                "role app in database shop_staging on the target",
+                &*format!("subscription {fb} (source)"),
+                "sequences (source)",
+                &*format!("subscription {fb} (source)"),
+                &*format!("publication {fb} (target)"),
+            ]
+        );
+        pg.server(Side::Source, |s| {
+            assert_eq!(s.sequences["public.orders_id_seq"], Some(1090));
+            assert!(s.subscriptions.is_empty());
+        });
+        pg.server(Side::Target, |s| {
+            assert!(s.frozen.contains("app"));
+            assert!(s.slots.is_empty() && s.publications.is_empty());
+        });
+    }
+
+    #[tokio::test]
+    async fn a_rollback_stops_when_the_legacy_database_did_not_apply_the_targets_writes() {
+        let (h, pg, _) = at_the_flip().await;
+        let mut cx = h.cx();
+        let p = params(true);
+        let applied = Fallback.apply(&cx, &p, &()).await.unwrap();
+        pg.stall(true);
+        pg.write(Side::Target, 5);
+        // The step's deadline has passed: the wait's first look finds the target unconfirmed.
+        cx.deadline = tokio::time::Instant::now();
+        let err = Fallback
+            .rollback(&cx, &p, &(), Some(&applied.outputs))
+            .await
+            .err()
+            .expect("the fallback stalled");
+        assert!(
+            matches!(&err, StepError::Gate(m) if m.contains("nothing written on AWS is lost")),
+            "{err:?}"
+        );
+        pg.server(Side::Source, |s| {
+            assert!(
+                !s.subscriptions.is_empty(),
+                "the fallback is kept for the operator"
+            );
+        });
+    }
+
+    #[tokio::test]
+    async fn without_replication_a_rollback_after_target_writes_refuses_and_says_how_many() {
+        let (h, pg, _) = at_the_flip().await;
+        let cx = h.cx();
+        let p = params(false);
+        let plan = Fallback.plan(&cx, &p).await.unwrap();
+        assert!(plan
+            .changes
+            .iter()
+            .any(|c| c.action == Action::Check && c.detail.starts_with("disabled")));
+        let applied = Fallback.apply(&cx, &p, &()).await.unwrap();
+        assert_eq!(applied.outputs.fallback, None);
+        assert!(pg.server(Side::Source, |s| s.subscriptions.is_empty()));
+        assert_eq!(
+            Fallback
+                .rollback_refusal(&cx, &p, &(), Some(&applied.outputs))
+                .await
+                .unwrap(),
+            None
+        );
+        pg.write(Side::Target, 12);
+        let refusal = Fallback
+            .rollback_refusal(&cx, &p, &(), Some(&applied.outputs))
+            .await
+            .unwrap()
+            .expect("writes would be lost");
+        assert!(refusal.contains("took 12 row write(s)"), "{refusal}");
+    }
+}
