@@ -294,16 +294,24 @@ impl Providers {
     /// # Errors
     /// See [`kube::client_for_cluster`].
     pub async fn kube(&self) -> Result<::kube::Client, ProviderError> {
-        let session = self.aws().await?;
         let mut cached = self.kube.lock().await;
         if let Some((client, access, made)) = cached.as_ref() {
             if *access == kube::Access::Kubeconfig || made.elapsed() < KUBE_TOKEN_REFRESH {
                 return Ok(client.clone());
             }
         }
+        let session = self.aws().await?;
         let (client, access) = kube::client_for_cluster(session, &self.env.eks.cluster).await?;
         *cached = Some((client.clone(), access, std::time::Instant::now()));
         Ok(client)
+    }
+
+    /// Installs `client` as the cluster's (unit tests: a client over an in-memory API).
+    #[cfg(test)]
+    pub fn with_kube(self, client: ::kube::Client) -> Self {
+        *self.kube.try_lock().expect("not shared yet") =
+            Some((client, kube::Access::Kubeconfig, std::time::Instant::now()));
+        self
     }
 
     /// The value of a secret-holding environment variable, registered with the redactor.

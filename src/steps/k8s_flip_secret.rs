@@ -718,3 +718,214 @@ impl Kind for FlipSecret {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::testing::kube::FakeKube;
+    use crate::steps::testing::Harness;
+    use base64::Engine;
+    use serde_json::Value;
+
+    const OLD: &str = "postgres://app:legacy-pw@legacy:5432/shop";
+    const NEW: &str = "postgres://app:rds-pw@shop.rds.internal:5432/shop";
+
+    fn b64(v: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(v)
+    }
+
+    /// Namespace `shop`: Secret `shop-db` (DATABASE_URL = OLD, and a key the flip leaves
+    /// alone) read by Deployment `web` (2 replicas, rolled out at generation 1).
+    fn setup(secret_meta: Value) -> (Harness, FakeKube) {
+        let fake = FakeKube::default();
+        let mut meta = json!({"name": "shop-db"});
+        merge_into(&mut meta, secret_meta);
+        fake.put(
+            "shop",
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta,
+                   "data": {"DATABASE_URL": b64(OLD), "REDIS_URL": b64("redis://cache")}}),
+        );
+        fake.put(
+            "shop",
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": "web", "generation": 1},
+                   "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                            "template": {"metadata": {"labels": {"app": "web"}},
+                                         "spec": {"containers": [{"name": "web", "image": "shop"}]}}},
+                   "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}}),
+        );
+        let client = fake.clone();
+        (Harness::new(|p| p.with_kube(client.client())), fake)
+    }
+
+    fn merge_into(into: &mut Value, from: Value) {
+        if let (Some(a), Some(b)) = (into.as_object_mut(), from.as_object()) {
+            a.extend(b.clone());
+        }
+    }
+
+    fn params() -> Params {
+        Params {
+            namespace: "shop".into(),
+            secret: "shop-db".into(),
+            data: [("DATABASE_URL".to_string(), NEW.to_string())].into(),
+            restart: vec!["deployment/web".into()],
+        }
+    }
+
+    fn value(fake: &FakeKube, name: &str, key: &str) -> Option<String> {
+        let s = fake.get("shop", "secrets", name)?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(s["data"][key].as_str()?)
+            .ok()?;
+        String::from_utf8(raw).ok()
+    }
+
+    fn generation_of(fake: &FakeKube) -> i64 {
+        fake.get("shop", "deployments", "web").unwrap()["metadata"]["generation"]
+            .as_i64()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn flips_backs_up_restarts_once_and_rollback_restores_the_old_value() {
+        let (h, fake) = setup(json!({}));
+        let cx = h.cx();
+        let p = params();
+        let plan = FlipSecret.plan(&cx, &p).await.unwrap();
+        let lines: Vec<(Action, String, String)> = plan
+            .changes
+            .iter()
+            .map(|c| (c.action, c.target.clone(), c.detail.clone()))
+            .collect();
+        assert_eq!(lines[0].0, Action::Update);
+        assert_eq!(
+            lines[0].2,
+            format!("DATABASE_URL: {} → {}", fingerprint(OLD), fingerprint(NEW))
+        );
+        assert_eq!(lines[1].1, "secret shop/shop-db-backup-test-run");
+        assert_eq!(
+            lines[2],
+            (
+                Action::Restart,
+                "deployment shop/web".into(),
+                "rollout restart, then wait until rolled out".into()
+            )
+        );
+
+        let first = FlipSecret.apply(&cx, &p, &plan.before).await.unwrap();
+        assert_eq!(first.outputs.changed_keys, vec!["DATABASE_URL"]);
+        assert_eq!(first.outputs.restarted, vec!["web"]);
+        assert!(first.outputs.restarted_at.is_some());
+        assert_eq!(
+            value(&fake, "shop-db", "DATABASE_URL").as_deref(),
+            Some(NEW)
+        );
+        assert_eq!(
+            value(&fake, "shop-db", "REDIS_URL").as_deref(),
+            Some("redis://cache")
+        );
+        assert_eq!(
+            value(&fake, "shop-db-backup-test-run", "DATABASE_URL").as_deref(),
+            Some(OLD)
+        );
+        assert_eq!(generation_of(&fake), 2);
+
+        // A re-run after a crash: the Secret holds the value, the Deployment its mark.
+        let again = FlipSecret.apply(&cx, &p, &plan.before).await.unwrap();
+        assert!(again.outputs.changed_keys.is_empty());
+        assert!(again.outputs.restarted.is_empty());
+        assert_eq!(
+            again.outputs.backup.as_deref(),
+            Some("shop-db-backup-test-run")
+        );
+        assert_eq!(
+            generation_of(&fake),
+            2,
+            "no second restart for the same step"
+        );
+
+        let evidence = FlipSecret.verify(&cx, &p, &first.outputs).await.unwrap();
+        assert_eq!(
+            evidence.facts[1].1,
+            json!(["deployment/web rolled out (generation 2, 2 available)"])
+        );
+
+        let restored = FlipSecret
+            .rollback(&cx, &p, &plan.before, Some(&again.outputs))
+            .await
+            .unwrap();
+        assert_eq!(
+            value(&fake, "shop-db", "DATABASE_URL").as_deref(),
+            Some(OLD)
+        );
+        assert_eq!(restored[0].object, "secret shop/shop-db key DATABASE_URL");
+        assert_eq!(restored[0].before, fingerprint(NEW));
+        assert_eq!(restored[0].after, fingerprint(OLD));
+        assert_eq!(restored[1].object, "deployment shop/web");
+        assert_eq!(generation_of(&fake), 3, "restarted onto the old value");
+
+        // Secrets appear only as fingerprints.
+        let text = format!(
+            "{:?}{:?}{:?}{:?}{:?}",
+            plan.changes,
+            first.summary,
+            evidence.facts,
+            restored,
+            h.progress.lock().unwrap()
+        );
+        for secret in ["legacy-pw", "rds-pw"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rollout_that_does_not_finish_fails_verify_at_the_deadline() {
+        let (h, fake) = setup(json!({}));
+        let mut cx = h.cx();
+        let p = params();
+        let plan = FlipSecret.plan(&cx, &p).await.unwrap();
+        fake.hold_rollouts(true);
+        let applied = FlipSecret.apply(&cx, &p, &plan.before).await.unwrap();
+        cx.deadline = tokio::time::Instant::now();
+        let err = FlipSecret
+            .verify(&cx, &p, &applied.outputs)
+            .await
+            .err()
+            .expect("never rolled out");
+        assert!(
+            matches!(&err, StepError::Timeout(m) if m.contains("deployment web")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_argo_cd_applies_is_refused_in_plan_and_nothing_is_written() {
+        let (h, fake) = setup(
+            json!({"annotations": {"argocd.argoproj.io/tracking-id": "shop:/Secret:shop/shop-db"}}),
+        );
+        let cx = h.cx();
+        let err = FlipSecret
+            .plan(&cx, &params())
+            .await
+            .err()
+            .expect("Argo CD owns it");
+        assert!(
+            matches!(&err, StepError::Gate(m) if m.contains("Argo CD")),
+            "{err:?}"
+        );
+        assert!(FlipSecret
+            .apply(&cx, &params(), &Before::default())
+            .await
+            .is_err());
+        assert!(
+            fake.requests().iter().all(|r| r.starts_with("GET ")),
+            "{:?}",
+            fake.requests()
+        );
+        assert_eq!(
+            value(&fake, "shop-db", "DATABASE_URL").as_deref(),
+            Some(OLD)
+        );
+    }
+}

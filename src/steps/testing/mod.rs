@@ -10,6 +10,7 @@ use crate::config::Environment;
 use crate::providers::Providers;
 use std::sync::{Arc, Mutex};
 
+pub mod kube;
 pub mod postgres;
 
 /// What a kind under test may use, and what it reported.
