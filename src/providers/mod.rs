@@ -121,6 +121,9 @@ pub struct Providers {
     /// Stand-ins for the source and target servers (unit tests); unset, each call connects.
     #[cfg(test)]
     databases: std::collections::HashMap<Side, Arc<dyn postgres::database::Database>>,
+    /// A stand-in for the comparison of both servers (unit tests).
+    #[cfg(test)]
+    checksums: Option<Arc<dyn postgres::database::Checksums>>,
     kube: tokio::sync::Mutex<Option<(::kube::Client, kube::Access, std::time::Instant)>>,
     /// Database admin URLs read from a secret source other than a variable
     /// ([`Providers::load_database_url`]).
@@ -149,6 +152,8 @@ impl Providers {
             terraform: OnceCell::new(),
             #[cfg(test)]
             databases: Default::default(),
+            #[cfg(test)]
+            checksums: None,
             kube: tokio::sync::Mutex::new(None),
             urls: Default::default(),
             cas: Default::default(),
@@ -573,6 +578,29 @@ impl Providers {
         Ok(Arc::new(
             postgres::database::PgDatabase::connect(&self.database_url(side)?, side).await?,
         ))
+    }
+
+    /// The comparison of every row of the source and the target
+    /// ([`postgres::database::PgChecksums`] over both admin URLs).
+    ///
+    /// # Errors
+    /// As [`Providers::source_url`].
+    pub fn checksums(&self) -> Result<Arc<dyn postgres::database::Checksums>, ProviderError> {
+        #[cfg(test)]
+        if let Some(c) = &self.checksums {
+            return Ok(c.clone());
+        }
+        Ok(Arc::new(postgres::database::PgChecksums {
+            source_url: self.source_url()?,
+            target_url: self.target_url()?,
+        }))
+    }
+
+    /// Installs a stand-in for the comparison of both servers (unit tests).
+    #[cfg(test)]
+    pub fn with_checksums(mut self, c: Arc<dyn postgres::database::Checksums>) -> Self {
+        self.checksums = Some(c);
+        self
     }
 
     /// Installs a stand-in for `side`'s server (unit tests).

@@ -22,8 +22,9 @@ use super::{
     Action, Applied, Change, Kind, Literal, Plan, Restored, StepContext, StepError, WindowRole,
 };
 use crate::config::Side;
-use crate::providers::postgres::catalog::{self, Table};
-use crate::providers::postgres::{changes, checksum, replication};
+use crate::providers::postgres::catalog::Table;
+use crate::providers::postgres::database::Database;
+use crate::providers::postgres::{changes, checksum};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -106,18 +107,18 @@ async fn caught_up(cx: &StepContext<'_>, slot: &str, goal: &str) -> Result<(), S
 /// read, reads them on the target; returns those that differ and the rows read on the source.
 async fn recheck(
     cx: &StepContext<'_>,
-    source: &tokio_postgres::Client,
-    target: &tokio_postgres::Client,
+    source: &dyn Database,
+    target: &dyn Database,
     slot: Option<&str>,
     t: &Table,
     keys: &[Vec<String>],
 ) -> Result<(Vec<Vec<String>>, usize), StepError> {
-    let a = checksum::hashes_by_key(source, "source", t, keys).await?;
+    let a = source.hashes_by_key(t, keys).await?;
     if let Some(slot) = slot {
-        let lsn = replication::current_lsn(source, "source").await?;
+        let lsn = source.current_lsn().await?;
         caught_up(cx, slot, &lsn).await?;
     }
-    let b = checksum::hashes_by_key(target, "target", t, keys).await?;
+    let b = target.hashes_by_key(t, keys).await?;
     Ok((checksum::differing_keys(keys, &a, &b), a.len()))
 }
 
@@ -245,15 +246,15 @@ impl Kind for Verify {
     }
 
     async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<(), ()>, StepError> {
-        let source = cx.providers.source().await?;
-        let tables = catalog::tables(&source, "source").await?;
+        let source = cx.providers.database(Side::Source).await?;
+        let tables = source.tables().await?;
         let rows: i64 = tables.iter().map(|t| t.est_rows).sum();
         let track = tracking_slot(cx);
         let db = cx.env.database.name.clone();
         if p.method == Method::ChangedSincePrepass {
             let (publ, _) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
-            let detail = if changes::slot_exists(&source, "source", &track).await? {
-                let set = changes::peek(&source, "source", &track, &publ).await?;
+            let detail = if source.slot_exists(&track).await? {
+                let set = source.peek(&track, &publ).await?;
                 format!(
                     "compare by key the {} row(s) of {} table(s) changed since the pre-freeze pass (change-tracking slot {track}); the other ~{} rows are not read",
                     set.keys(),
@@ -300,8 +301,8 @@ impl Kind for Verify {
         _outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
         let track = tracking_slot(cx);
-        let source = cx.providers.source().await?;
-        if replication::drop_slot(&source, "source", &track).await? {
+        let source = cx.providers.database(Side::Source).await?;
+        if source.drop_slot(&track).await? {
             let object = format!("replication slot {track} (source)");
             return Ok(vec![Restored::new(
                 object.clone(),
@@ -317,30 +318,36 @@ impl Kind for Verify {
 /// The pre-freeze pass.
 async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Applied<Outputs>, StepError> {
     let (_, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
-    let source = cx.providers.source().await?;
-    let target = cx.providers.target().await?;
-    let frozen = frozen_roles(cx).await?;
+    let source = cx.providers.database(Side::Source).await?;
+    let target = cx.providers.database(Side::Target).await?;
+    let checksums = cx.providers.checksums()?;
+    // Where the pass runs (no role frozen: before the freeze), for its summary.
+    let frozen = source.frozen().await?;
     let track = tracking_slot(cx);
     // The slot first: every change from here on is known by key inside the window.
     (cx.progress)(&format!("creating change-tracking slot {track}"));
-    let from = changes::create_slot(&source, "source", &track).await?;
-    let mut tables = catalog::tables(&source, "source").await?;
+    let from = source.create_slot(&track).await?;
+    let mut tables = source.tables().await?;
     if p.method == Method::Count {
         for t in &mut tables {
             t.key.clear();
         }
     }
-    let forward = replication::behind(&source, "source", &sub, &from)
+    let forward = source
+        .behind(&sub, &from)
         .await?
         .is_some()
         .then_some(sub.as_str());
     let started = Instant::now();
     let mut last = Instant::now();
     // A read-only pass: the panic flag and the write budget stop it between two safe points.
-    let (source_url, target_url) = (cx.providers.source_url()?, cx.providers.target_url()?);
-    let comparing = checksum::compare(
-        &source_url,
-        &target_url,
+    let mut on_chunk = |done, total| {
+        if last.elapsed() >= Duration::from_secs(2) {
+            last = Instant::now();
+            (cx.progress)(&format!("verified {done} of {total} chunks"));
+        }
+    };
+    let comparing = checksums.compare(
         &tables,
         p.jobs,
         if p.method == Method::Count {
@@ -350,12 +357,7 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Applied<Outputs>,
         },
         // Differences in flight are common while replication runs: find them all.
         10_000,
-        |done, total| {
-            if last.elapsed() >= Duration::from_secs(2) {
-                last = Instant::now();
-                (cx.progress)(&format!("verified {done} of {total} chunks"));
-            }
-        },
+        &mut on_chunk,
     );
     let results = cx
         .watched(comparing, "the comparison of every chunk")
@@ -383,31 +385,30 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Applied<Outputs>,
             let t = &tables[i];
             if keys.is_empty() {
                 // Nothing to look up by key (count method, keyless table): the table again.
-                let lsn = replication::current_lsn(&source, "source").await?;
+                let lsn = source.current_lsn().await?;
                 if let Some(slot) = forward {
                     caught_up(cx, slot, &lsn).await?;
                 }
-                let again = checksum::compare(
-                    &cx.providers.source_url()?,
-                    &cx.providers.target_url()?,
-                    std::slice::from_ref(t),
-                    1,
-                    if p.method == Method::Count {
-                        Some(0)
-                    } else {
-                        p.chunk_rows
-                    },
-                    10_000,
-                    |_, _| {},
-                )
-                .await?;
+                let again = checksums
+                    .compare(
+                        std::slice::from_ref(t),
+                        1,
+                        if p.method == Method::Count {
+                            Some(0)
+                        } else {
+                            p.chunk_rows
+                        },
+                        10_000,
+                        &mut |_, _| {},
+                    )
+                    .await?;
                 rechecked += again[0].rows.max(0) as usize;
                 if again[0].differs {
                     still.push((i, again[0].differing.clone()));
                 }
                 continue;
             }
-            let (d, read) = recheck(cx, &source, &target, forward, t, &keys).await?;
+            let (d, read) = recheck(cx, &*source, &*target, forward, t, &keys).await?;
             rechecked += read;
             if !d.is_empty() {
                 still.push((i, d));
@@ -444,7 +445,7 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Applied<Outputs>,
     // target applied them; then the change-tracking slot moves past them, so the check inside
     // the window decodes and reads only what changes from here on.
     let (caught_up_rows, tracked_from) =
-        catch_up(cx, &source, &target, forward, &tables, p, &track, &from).await?;
+        catch_up(cx, &*source, &*target, forward, &tables, p, &track, &from).await?;
     rechecked += caught_up_rows;
     let from = tracked_from;
     let (mut rows, mut chunks) = (0i64, 0usize);
@@ -502,8 +503,8 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Applied<Outputs>,
 #[allow(clippy::too_many_arguments)]
 async fn catch_up(
     cx: &StepContext<'_>,
-    source: &tokio_postgres::Client,
-    target: &tokio_postgres::Client,
+    source: &dyn Database,
+    target: &dyn Database,
     forward: Option<&str>,
     tables: &[Table],
     p: &Params,
@@ -514,8 +515,8 @@ async fn catch_up(
     let Some(_) = forward else {
         return Ok((0, from.to_string()));
     };
-    let mark = replication::current_lsn(source, "source").await?;
-    let set = changes::peek(source, "source", track, &publ).await?;
+    let mark = source.current_lsn().await?;
+    let set = source.peek(track, &publ).await?;
     let mut read = 0usize;
     for (name, tc) in &set.tables {
         let Some(t) = tables.iter().find(|t| &t.display == name) else {
@@ -540,20 +541,8 @@ async fn catch_up(
             keys = d;
         }
     }
-    source
-        .query(
-            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-            &[&track, &mark],
-        )
-        .await
-        .map_err(|e| crate::providers::postgres::pg("source", e))?;
+    source.advance_slot(track, &mark).await?;
     Ok((read, mark))
-}
-
-/// The application roles frozen on the source now: where a pass runs (none: before the freeze;
-/// some: inside the window), so a summary never claims a phase it did not run in.
-async fn frozen_roles(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
-    Ok(cx.providers.database(Side::Source).await?.frozen().await?)
 }
 
 /// The check inside the window.
@@ -562,18 +551,20 @@ async fn changed_since_prepass(
     p: &Params,
 ) -> Result<Applied<Outputs>, StepError> {
     let (publ, _) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
-    let source = cx.providers.source().await?;
-    let target = cx.providers.target().await?;
+    let source = cx.providers.database(Side::Source).await?;
+    let target = cx.providers.database(Side::Target).await?;
     let track = tracking_slot(cx);
-    if !changes::slot_exists(&source, "source", &track).await? {
+    if !source.slot_exists(&track).await? {
         return Err(StepError::Check(format!(
             "change-tracking slot {track} does not exist on the source: a postgres.verify with method checksum or count must run before the freeze (while replication runs) for this check to know what changed"
         )));
     }
-    let frozen = frozen_roles(cx).await?;
+    // The application roles frozen on the source now: where the check runs (none: before the
+    // freeze; some: inside the window), so the summary never claims a phase it did not run in.
+    let frozen = source.frozen().await?;
     let started = Instant::now();
-    let set = changes::peek(&source, "source", &track, &publ).await?;
-    let tables = catalog::tables(&source, "source").await?;
+    let set = source.peek(&track, &publ).await?;
+    let tables = source.tables().await?;
     let mut compared = 0usize;
     let mut whole = Vec::new();
     let mut diffs = Vec::new();
@@ -584,7 +575,7 @@ async fn changed_since_prepass(
         };
         match keys_in_table_order(t, tc) {
             Some(keys) => {
-                let (d, read) = recheck(cx, &source, &target, None, t, &keys).await?;
+                let (d, read) = recheck(cx, &*source, &*target, None, t, &keys).await?;
                 compared += read;
                 out_tables.insert(
                     name.clone(),
@@ -604,16 +595,17 @@ async fn changed_since_prepass(
             }
             None => {
                 whole.push(name.clone());
-                let r = checksum::compare(
-                    &cx.providers.source_url()?,
-                    &cx.providers.target_url()?,
-                    std::slice::from_ref(t),
-                    p.jobs,
-                    p.chunk_rows,
-                    p.max_keys,
-                    |_, _| {},
-                )
-                .await?;
+                let r = cx
+                    .providers
+                    .checksums()?
+                    .compare(
+                        std::slice::from_ref(t),
+                        p.jobs,
+                        p.chunk_rows,
+                        p.max_keys,
+                        &mut |_, _| {},
+                    )
+                    .await?;
                 compared += r[0].rows.max(0) as usize;
                 out_tables.insert(
                     name.clone(),
@@ -673,6 +665,7 @@ async fn changed_since_prepass(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::postgres::catalog;
 
     #[test]
     fn changed_keys_are_put_in_the_tables_key_order() {
@@ -704,5 +697,192 @@ mod tests {
         tc.key_columns = vec!["tenant".into(), "Id".into()];
         tc.whole_table = true;
         assert_eq!(keys_in_table_order(&t, &tc), None);
+    }
+}
+
+#[cfg(test)]
+mod against_fakes {
+    use super::*;
+    use crate::providers::postgres::database::Subscription;
+    use crate::steps::testing::postgres::FakePostgres;
+    use crate::steps::testing::Harness;
+
+    /// Forward replication of this run running, `public.orders` (keyed) and `public.log`
+    /// (keyless) with the same rows on both sides.
+    async fn replicating() -> (Harness, FakePostgres) {
+        let pg = FakePostgres::new("shop_staging", "shop_staging");
+        for side in [Side::Source, Side::Target] {
+            pg.server(side, |s| {
+                s.tables = vec!["public.orders".into(), "public.log".into()];
+                s.keyless.insert("public.log".into());
+            });
+            pg.set_rows(side, "public.orders", &[(1, "a"), (2, "b"), (7, "c")]);
+            pg.set_rows(side, "public.log", &[(1, "x")]);
+        }
+        let fake = pg.clone();
+        let h = Harness::new(|p| fake.install(p));
+        let forward = run_name(&h.cx());
+        let (source, target) = (pg.database(Side::Source), pg.database(Side::Target));
+        source.create_publication(&forward, &[]).await.unwrap();
+        source.create_slot(&forward).await.unwrap();
+        target
+            .subscribe(
+                &Subscription {
+                    name: forward,
+                    origin_none: true,
+                },
+                &*source,
+            )
+            .await
+            .unwrap();
+        (h, pg)
+    }
+
+    fn params(method: Method) -> Params {
+        Params {
+            method,
+            jobs: 2,
+            chunk_rows: None,
+            max_keys: 20,
+            publication: None,
+            subscription: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pass_over_equal_rows_tracks_changes_from_its_start_and_rollback_drops_the_slot() {
+        let (h, pg) = replicating().await;
+        let cx = h.cx();
+        let p = params(Method::Checksum);
+        let track = tracking_slot(&cx);
+        let plan = Verify.plan(&cx, &p).await.unwrap();
+        assert_eq!(plan.changes[0].action, Action::Create);
+        assert_eq!(
+            plan.changes[0].target,
+            format!("replication slot {track} on source")
+        );
+
+        let first = Verify.apply(&cx, &p, &()).await.unwrap();
+        let pass = first.outputs.pass.as_ref().unwrap();
+        assert_eq!((pass.rows, pass.chunks, pass.rechecked_rows), (4, 2, 0));
+        assert!(first
+            .summary
+            .as_deref()
+            .unwrap()
+            .starts_with("before the freeze"));
+        // A re-run after a crash reuses the slot and compares again.
+        let again = Verify.apply(&cx, &p, &()).await.unwrap();
+        assert_eq!(again.outputs.pass.as_ref().unwrap().rows, 4);
+        assert!(pg.server(Side::Source, |s| s.slots.contains_key(&track)));
+
+        let restored = Verify
+            .rollback(&cx, &p, &(), Some(&again.outputs))
+            .await
+            .unwrap();
+        assert_eq!(
+            restored[0].object,
+            format!("replication slot {track} (source)")
+        );
+        assert!(!pg.server(Side::Source, |s| s.slots.contains_key(&track)));
+        assert!(Verify
+            .rollback(&cx, &p, &(), None)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn rows_in_flight_are_read_again_once_the_target_caught_up() {
+        let (h, pg) = replicating().await;
+        let cx = h.cx();
+        // Replication lags: the pass sees two rows the target has not applied yet.
+        pg.lag(3);
+        pg.write_row(Side::Source, "public.orders", 2, Some("b2"));
+        pg.write_row(Side::Source, "public.orders", 9, Some("new"));
+        let applied = Verify
+            .apply(&cx, &params(Method::Checksum), &())
+            .await
+            .unwrap();
+        let pass = applied.outputs.pass.as_ref().unwrap();
+        assert_eq!(pass.rechecked_rows, 2, "both rows read again by key");
+        assert!(h
+            .progress
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("attempt 1 of 3")));
+    }
+
+    #[tokio::test]
+    async fn a_row_that_stays_different_is_named_by_its_key() {
+        let (h, pg) = replicating().await;
+        pg.set_rows(
+            Side::Target,
+            "public.orders",
+            &[(1, "a"), (2, "b"), (7, "corrupt")],
+        );
+        let err = Verify
+            .apply(&h.cx(), &params(Method::Checksum), &())
+            .await
+            .err()
+            .expect("id 7 differs");
+        assert!(
+            matches!(&err, StepError::Check(m) if m.contains("public.orders: rows differ or are missing at id=7")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn inside_the_window_only_rows_changed_since_the_pass_are_compared() {
+        let (h, pg) = replicating().await;
+        let cx = h.cx();
+        let window = params(Method::ChangedSincePrepass);
+        let err = Verify
+            .apply(&cx, &window, &())
+            .await
+            .err()
+            .expect("no pass yet");
+        assert!(
+            matches!(&err, StepError::Check(m) if m.contains("must run before the freeze")),
+            "{err:?}"
+        );
+
+        Verify
+            .apply(&cx, &params(Method::Checksum), &())
+            .await
+            .unwrap();
+        pg.write_row(Side::Source, "public.orders", 1, Some("a2"));
+        pg.write_row(Side::Source, "public.orders", 11, Some("k"));
+        pg.server(Side::Source, |s| s.frozen.insert("app".into()));
+        let plan = Verify.plan(&cx, &window).await.unwrap();
+        assert!(
+            plan.changes[0]
+                .detail
+                .contains("the 2 row(s) of 1 table(s)"),
+            "{}",
+            plan.changes[0].detail
+        );
+        let applied = Verify.apply(&cx, &window, &()).await.unwrap();
+        let w = applied.outputs.window.as_ref().unwrap();
+        assert_eq!((w.changes, w.rows_compared), (2, 2));
+        assert!(w.tables_compared_whole.is_empty());
+        assert!(applied
+            .summary
+            .as_deref()
+            .unwrap()
+            .starts_with("inside the window"));
+
+        // A change the target lost is found by its key.
+        pg.stall(true);
+        pg.write_row(Side::Source, "public.orders", 12, Some("lost"));
+        let err = Verify
+            .apply(&cx, &window, &())
+            .await
+            .err()
+            .expect("id 12 missing");
+        assert!(
+            matches!(&err, StepError::Check(m) if m.contains("id=12")),
+            "{err:?}"
+        );
     }
 }

@@ -7,6 +7,9 @@
 //! subscribe or drop (that is the step kinds'). The initial copy, the checksum comparison and
 //! the heartbeat open their own connections by URL and are not behind this seam.
 
+use super::catalog::Table;
+use super::changes::ChangeSet;
+use super::checksum::{self, TableResult};
 use super::{catalog, changes, ident, literal, pg, replication, roles, ConnParts};
 use crate::config::Side;
 use crate::providers::ProviderError;
@@ -66,6 +69,18 @@ pub trait Database: Send + Sync {
     /// Drops slot `slot` if it exists (waiting briefly for a consumer going away); returns
     /// whether it existed.
     async fn drop_slot(&self, slot: &str) -> Result<bool, ProviderError>;
+    /// The changes slot `slot` holds for `publication` up to now, read without consuming them
+    /// ([`changes::peek`]).
+    async fn peek(&self, slot: &str, publication: &str) -> Result<ChangeSet, ProviderError>;
+    /// Moves slot `slot` to `lsn`: the changes before it are no longer held.
+    async fn advance_slot(&self, slot: &str, lsn: &str) -> Result<(), ProviderError>;
+    /// The row hash of each row of `t` whose key is one of `keys`, by key
+    /// ([`checksum::hashes_by_key`]); keys absent here are absent from the map.
+    async fn hashes_by_key(
+        &self,
+        t: &Table,
+        keys: &[Vec<String>],
+    ) -> Result<BTreeMap<Vec<String>, String>, ProviderError>;
 
     /// The publications whose names start with `prefix`, sorted.
     async fn publications(&self, prefix: &str) -> Result<Vec<String>, ProviderError>;
@@ -105,8 +120,12 @@ pub trait Database: Send + Sync {
     /// Sets each sequence of `todo` (`(name, value now, goal)`, [`replication::to_advance`]).
     async fn advance(&self, todo: &[(String, Option<i64>, i64)]) -> Result<(), ProviderError>;
 
-    /// The quoted `schema.table` names of every ordinary table ([`catalog::tables`]).
-    async fn table_names(&self) -> Result<Vec<String>, ProviderError>;
+    /// Every ordinary table with its key, size and row estimate ([`catalog::tables`]).
+    async fn tables(&self) -> Result<Vec<Table>, ProviderError>;
+    /// The quoted `schema.table` names of every ordinary table.
+    async fn table_names(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(self.tables().await?.into_iter().map(|t| t.name).collect())
+    }
     /// The server's major version (`16`).
     async fn major_version(&self) -> Result<i32, ProviderError>;
     /// Row writes (inserts + updates + deletes) counted by the statistics over every table.
@@ -199,6 +218,26 @@ impl Database for PgDatabase {
     async fn drop_slot(&self, slot: &str) -> Result<bool, ProviderError> {
         replication::drop_slot(&self.client, self.s(), slot).await
     }
+    async fn peek(&self, slot: &str, publication: &str) -> Result<ChangeSet, ProviderError> {
+        changes::peek(&self.client, self.s(), slot, publication).await
+    }
+    async fn advance_slot(&self, slot: &str, lsn: &str) -> Result<(), ProviderError> {
+        self.client
+            .query(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                &[&slot, &lsn],
+            )
+            .await
+            .map_err(|e| pg(self.s(), e))
+            .map(|_| ())
+    }
+    async fn hashes_by_key(
+        &self,
+        t: &Table,
+        keys: &[Vec<String>],
+    ) -> Result<BTreeMap<Vec<String>, String>, ProviderError> {
+        checksum::hashes_by_key(&self.client, self.s(), t, keys).await
+    }
 
     async fn publications(&self, prefix: &str) -> Result<Vec<String>, ProviderError> {
         let rows = self
@@ -286,12 +325,8 @@ impl Database for PgDatabase {
         replication::advance(&self.client, self.s(), todo).await
     }
 
-    async fn table_names(&self) -> Result<Vec<String>, ProviderError> {
-        Ok(catalog::tables(&self.client, self.s())
-            .await?
-            .into_iter()
-            .map(|t| t.name)
-            .collect())
+    async fn tables(&self) -> Result<Vec<Table>, ProviderError> {
+        catalog::tables(&self.client, self.s()).await
     }
     async fn major_version(&self) -> Result<i32, ProviderError> {
         catalog::major_version(&self.client, self.s()).await
@@ -322,6 +357,57 @@ impl Database for PgDatabase {
     }
     async fn unfreeze(&self, names: &[String]) -> Result<(), ProviderError> {
         roles::unfreeze(&self.client, self.s(), &self.parts.dbname, names).await
+    }
+}
+
+/// The comparison of every row of both servers, chunk by chunk in parallel
+/// ([`checksum::compare`]): a seam of its own, since it opens its own connections to both.
+#[async_trait]
+pub trait Checksums: Send + Sync {
+    /// Compares `tables` (as the source's catalog describes them) with `jobs` connection
+    /// pairs, in chunks of about `chunk_rows` rows (`Some(0)`: one per table, row counts
+    /// only), naming at most `limit` keys per table; `on_chunk(done, all)` after each chunk.
+    ///
+    /// # Errors
+    /// [`ProviderError::Postgres`] when a query fails (a difference is a result).
+    async fn compare(
+        &self,
+        tables: &[Table],
+        jobs: usize,
+        chunk_rows: Option<i64>,
+        limit: usize,
+        on_chunk: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<Vec<TableResult>, ProviderError>;
+}
+
+/// [`Checksums`] over the two servers' URLs.
+pub struct PgChecksums {
+    /// The source's admin URL (a secret).
+    pub source_url: String,
+    /// The target's admin URL (a secret).
+    pub target_url: String,
+}
+
+#[async_trait]
+impl Checksums for PgChecksums {
+    async fn compare(
+        &self,
+        tables: &[Table],
+        jobs: usize,
+        chunk_rows: Option<i64>,
+        limit: usize,
+        on_chunk: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<Vec<TableResult>, ProviderError> {
+        checksum::compare(
+            &self.source_url,
+            &self.target_url,
+            tables,
+            jobs,
+            chunk_rows,
+            limit,
+            on_chunk,
+        )
+        .await
     }
 }
 

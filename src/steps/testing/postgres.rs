@@ -6,10 +6,14 @@
 //! probe advances; logical slots that record from their creation LSN and are confirmed by the
 //! subscription that uses them (a subscription applies at once unless the test stalls it);
 //! dropping a subscription drops its slot on the publisher; per-role read-only defaults that end
-//! the role's open sessions; sequences that only a `setval` moves. It keeps no rows.
+//! the role's open sessions; sequences that only a `setval` moves. Rows are kept as a hash per
+//! key (`id`), enough to compare both sides, track changes by key and replicate them.
 
 use crate::config::Side;
-use crate::providers::postgres::database::{Database, Sequences, Subscription};
+use crate::providers::postgres::catalog::{Identity, Table};
+use crate::providers::postgres::changes::{ChangeSet, TableChanges};
+use crate::providers::postgres::checksum::TableResult;
+use crate::providers::postgres::database::{Checksums, Database, Sequences, Subscription};
 use crate::providers::ProviderError;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +24,12 @@ use std::sync::{Arc, Mutex};
 pub struct Slot {
     /// The position its consumer confirmed (`None` before the first confirmation).
     pub confirmed: Option<u64>,
+    /// Row changes it holds: `(lsn, table, key)`.
+    pub changes: Vec<(u64, String, Vec<String>)>,
 }
+
+/// A row value by key, per table.
+pub type Rows = BTreeMap<String, BTreeMap<Vec<String>, String>>;
 
 /// One server's state; tests read and change it through [`FakePostgres::server`].
 #[derive(Debug, Clone)]
@@ -31,8 +40,12 @@ pub struct Server {
     pub major: i32,
     /// Current WAL position, in bytes.
     pub lsn: u64,
-    /// Quoted `schema.table` names of the ordinary tables.
+    /// Quoted `schema.table` names of the ordinary tables (keyed by `id bigint`).
     pub tables: Vec<String>,
+    /// Tables without a key.
+    pub keyless: BTreeSet<String>,
+    /// Their rows.
+    pub rows: Rows,
     /// Login roles that may write the tables.
     pub writers: Vec<String>,
     /// Every role.
@@ -60,6 +73,8 @@ impl Server {
             major: 16,
             lsn: 0x1600_0000,
             tables: Vec::new(),
+            keyless: BTreeSet::new(),
+            rows: Rows::new(),
             writers: Vec::new(),
             roles: BTreeSet::new(),
             frozen: BTreeSet::new(),
@@ -77,9 +92,15 @@ impl Server {
 struct Pair {
     source: Server,
     target: Server,
-    /// While true no subscription applies anything (confirmations stay where they are).
-    stalled: bool,
+    /// While above 0, subscriptions hold what they receive and each read of a slot's position
+    /// counts one down (replication catching up); [`STALLED`] never counts down.
+    lag_reads: u32,
+    /// Row changes received and not applied yet: `(subscriber, table, key, value)`.
+    pending: Vec<(Side, String, Vec<String>, Option<String>)>,
 }
+
+/// [`Pair::lag_reads`] of a subscription that applies nothing.
+const STALLED: u32 = u32::MAX;
 
 impl Pair {
     fn get(&mut self, side: Side) -> &mut Server {
@@ -91,7 +112,14 @@ impl Pair {
     /// The confirmed position of `slot` on `side`: a subscription on the other side applies
     /// everything at once unless stalled.
     fn confirmed(&mut self, side: Side, slot: &str) -> Option<Option<u64>> {
-        let consumed = !self.stalled && self.get(other(side)).subscriptions.contains(slot);
+        let mut consumed = self.get(other(side)).subscriptions.contains(slot);
+        if consumed && self.lag_reads != STALLED && self.lag_reads > 0 {
+            self.lag_reads -= 1;
+        }
+        consumed &= self.lag_reads == 0;
+        if consumed {
+            self.apply_pending();
+        }
         let server = self.get(side);
         let lsn = server.lsn;
         let s = server.slots.get_mut(slot)?;
@@ -99,6 +127,48 @@ impl Pair {
             s.confirmed = Some(lsn);
         }
         Some(s.confirmed)
+    }
+}
+
+impl Pair {
+    fn apply_pending(&mut self) {
+        for (side, table, key, value) in std::mem::take(&mut self.pending) {
+            let rows = self.get(side).rows.entry(table).or_default();
+            match value {
+                Some(v) => rows.insert(key, v),
+                None => rows.remove(&key),
+            };
+        }
+    }
+
+    /// Writes a row on `side` as the application does: the WAL moves, every slot there holds
+    /// the change, a subscriber on the other side receives it.
+    fn write_row(&mut self, side: Side, table: &str, key: Vec<String>, value: Option<String>) {
+        let subscribed = {
+            let s = self.get(side);
+            s.lsn += 100;
+            s.row_writes += 1;
+            let lsn = s.lsn;
+            for slot in s.slots.values_mut() {
+                slot.changes.push((lsn, table.to_string(), key.clone()));
+            }
+            let rows = s.rows.entry(table.to_string()).or_default();
+            match &value {
+                Some(v) => rows.insert(key.clone(), v.clone()),
+                None => rows.remove(&key),
+            };
+            s.slots.keys().cloned().collect::<Vec<_>>()
+        };
+        let to = other(side);
+        if subscribed
+            .iter()
+            .any(|slot| self.get(to).subscriptions.contains(slot))
+        {
+            self.pending.push((to, table.to_string(), key, value));
+            if self.lag_reads == 0 {
+                self.apply_pending();
+            }
+        }
     }
 }
 
@@ -138,7 +208,8 @@ impl FakePostgres {
             pair: Arc::new(Mutex::new(Pair {
                 source: Server::new(source_db),
                 target: Server::new(target_db),
-                stalled: false,
+                lag_reads: 0,
+                pending: Vec::new(),
             })),
         }
     }
@@ -150,7 +221,35 @@ impl FakePostgres {
 
     /// Stops (true) or resumes (false) every subscription's apply.
     pub fn stall(&self, stalled: bool) {
-        self.lock().stalled = stalled;
+        let mut p = self.lock();
+        p.lag_reads = if stalled { STALLED } else { 0 };
+        if !stalled {
+            p.apply_pending();
+        }
+    }
+
+    /// Subscriptions hold what they receive until their slot's position was read `reads`
+    /// times (replication lagging, then catching up).
+    pub fn lag(&self, reads: u32) {
+        self.lock().lag_reads = reads;
+    }
+
+    /// The application sets row `id` of `table` on `side` to `value` (`None` deletes it).
+    pub fn write_row(&self, side: Side, table: &str, id: i64, value: Option<&str>) {
+        self.lock()
+            .write_row(side, table, vec![id.to_string()], value.map(String::from));
+    }
+
+    /// Rows set directly on `side` (a copy, or a corruption), bypassing WAL and replication.
+    pub fn set_rows(&self, side: Side, table: &str, rows: &[(i64, &str)]) {
+        self.server(side, |s| {
+            s.rows.insert(
+                table.to_string(),
+                rows.iter()
+                    .map(|(k, v)| (vec![k.to_string()], v.to_string()))
+                    .collect(),
+            );
+        });
     }
 
     /// The application writes `rows` rows on `side` (the WAL advances by 100 bytes a row).
@@ -170,11 +269,12 @@ impl FakePostgres {
         })
     }
 
-    /// Installs both servers in `providers`.
+    /// Installs both servers, and the comparison of their rows, in `providers`.
     pub fn install(&self, providers: crate::providers::Providers) -> crate::providers::Providers {
         providers
             .with_database(Side::Source, self.database(Side::Source))
             .with_database(Side::Target, self.database(Side::Target))
+            .with_checksums(Arc::new(self.clone()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pair> {
@@ -269,6 +369,7 @@ impl Database for FakeServer {
             let lsn = s.lsn;
             let slot = s.slots.entry(slot.to_string()).or_insert(Slot {
                 confirmed: Some(lsn),
+                changes: Vec::new(),
             });
             lsn_text(slot.confirmed.unwrap_or(lsn))
         }))
@@ -307,7 +408,7 @@ impl Database for FakeServer {
         Ok(self.me(|s| with_prefix(s.subscriptions.iter(), prefix)))
     }
     async fn subscription_running(&self, name: &str) -> Result<bool, ProviderError> {
-        Ok(self.with(|p, side| !p.stalled && p.get(side).subscriptions.contains(name)))
+        Ok(self.with(|p, side| p.lag_reads != STALLED && p.get(side).subscriptions.contains(name)))
     }
     async fn subscribe(
         &self,
@@ -369,8 +470,86 @@ impl Database for FakeServer {
         })
     }
 
-    async fn table_names(&self) -> Result<Vec<String>, ProviderError> {
-        Ok(self.me(|s| s.tables.clone()))
+    async fn tables(&self) -> Result<Vec<Table>, ProviderError> {
+        Ok(self.me(|s| {
+            s.tables
+                .iter()
+                .map(|name| {
+                    let keyless = s.keyless.contains(name);
+                    let rows = s.rows.get(name).map_or(0, |r| r.len() as i64);
+                    Table {
+                        name: name.clone(),
+                        display: name.clone(),
+                        columns: vec!["id".into(), "v".into()],
+                        column_defs: vec!["id bigint".into(), "v text".into()],
+                        key: if keyless {
+                            vec![]
+                        } else {
+                            vec![("id".into(), "bigint".into())]
+                        },
+                        identity: if keyless {
+                            Identity::Full
+                        } else {
+                            Identity::PrimaryKey
+                        },
+                        bytes: rows * 100,
+                        est_rows: rows,
+                        column_types: vec![],
+                    }
+                })
+                .collect()
+        }))
+    }
+    async fn peek(&self, slot: &str, _publication: &str) -> Result<ChangeSet, ProviderError> {
+        self.me(|s| {
+            let keyless = s.keyless.clone();
+            let Some(slot) = s.slots.get(slot) else {
+                return Err(ProviderError::Postgres {
+                    side: "source".into(),
+                    message: format!("replication slot \"{slot}\" does not exist"),
+                });
+            };
+            let mut set = ChangeSet::default();
+            for (_, table, key) in &slot.changes {
+                set.changes += 1;
+                let tc = set
+                    .tables
+                    .entry(table.clone())
+                    .or_insert_with(|| TableChanges {
+                        key_columns: vec!["id".into()],
+                        ..Default::default()
+                    });
+                if keyless.contains(table) {
+                    tc.whole_table = true;
+                    tc.key_columns.clear();
+                } else {
+                    tc.keys.insert(key.clone());
+                }
+            }
+            Ok(set)
+        })
+    }
+    async fn advance_slot(&self, slot: &str, lsn: &str) -> Result<(), ProviderError> {
+        let to = parse_lsn(lsn)?;
+        self.me(|s| {
+            if let Some(slot) = s.slots.get_mut(slot) {
+                slot.changes.retain(|(at, _, _)| *at > to);
+                slot.confirmed = Some(to);
+            }
+        });
+        Ok(())
+    }
+    async fn hashes_by_key(
+        &self,
+        t: &Table,
+        keys: &[Vec<String>],
+    ) -> Result<BTreeMap<Vec<String>, String>, ProviderError> {
+        Ok(self.me(|s| {
+            let rows = s.rows.get(&t.name).cloned().unwrap_or_default();
+            keys.iter()
+                .filter_map(|k| rows.get(k).map(|v| (k.clone(), v.clone())))
+                .collect()
+        }))
     }
     async fn major_version(&self) -> Result<i32, ProviderError> {
         Ok(self.me(|s| s.major))
@@ -427,6 +606,68 @@ impl Database for FakeServer {
             }
         });
         Ok(())
+    }
+}
+
+/// The comparison of both servers' rows, table by table (one chunk each).
+#[async_trait]
+impl Checksums for FakePostgres {
+    async fn compare(
+        &self,
+        tables: &[Table],
+        _jobs: usize,
+        chunk_rows: Option<i64>,
+        limit: usize,
+        on_chunk: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<Vec<TableResult>, ProviderError> {
+        let mut out = Vec::new();
+        for (i, t) in tables.iter().enumerate() {
+            let (a, b) = {
+                let mut p = self.lock();
+                (
+                    p.get(Side::Source)
+                        .rows
+                        .get(&t.name)
+                        .cloned()
+                        .unwrap_or_default(),
+                    p.get(Side::Target)
+                        .rows
+                        .get(&t.name)
+                        .cloned()
+                        .unwrap_or_default(),
+                )
+            };
+            let by_key = !t.key.is_empty() && chunk_rows != Some(0);
+            let mut differing: Vec<Vec<String>> = a
+                .keys()
+                .chain(b.keys())
+                .filter(|k| a.get(*k) != b.get(*k))
+                .cloned()
+                .collect();
+            differing.sort();
+            differing.dedup();
+            let differs = if by_key {
+                !differing.is_empty()
+            } else {
+                a.len() != b.len()
+            };
+            if !by_key {
+                differing.clear();
+            }
+            differing.truncate(limit);
+            out.push(TableResult {
+                table: t.display.clone(),
+                rows: a.len() as i64,
+                chunks: 1,
+                target_rows: b.len() as i64,
+                differing_keys: differing.iter().map(|k| format!("id={}", k[0])).collect(),
+                differing,
+                differs,
+                settled_chunks: 0,
+            });
+            on_chunk(i + 1, tables.len());
+        }
+        Ok(out)
     }
 }
 
