@@ -124,6 +124,9 @@ pub struct Providers {
     /// A stand-in for the comparison of both servers (unit tests).
     #[cfg(test)]
     checksums: Option<Arc<dyn postgres::database::Checksums>>,
+    /// A stand-in for the initial copy between them (unit tests).
+    #[cfg(test)]
+    initial_copy: Option<Arc<dyn postgres::initial_copy::InitialCopy>>,
     kube: tokio::sync::Mutex<Option<(::kube::Client, kube::Access, std::time::Instant)>>,
     /// Database admin URLs read from a secret source other than a variable
     /// ([`Providers::load_database_url`]).
@@ -154,6 +157,8 @@ impl Providers {
             databases: Default::default(),
             #[cfg(test)]
             checksums: None,
+            #[cfg(test)]
+            initial_copy: None,
             kube: tokio::sync::Mutex::new(None),
             urls: Default::default(),
             cas: Default::default(),
@@ -594,6 +599,37 @@ impl Providers {
             source_url: self.source_url()?,
             target_url: self.target_url()?,
         }))
+    }
+
+    /// The initial copy between the source and the target
+    /// ([`postgres::initial_copy::PgInitialCopy`], connected to both); the exported snapshot's
+    /// holder stops when file `hold` is removed.
+    ///
+    /// # Errors
+    /// As [`Providers::source_url`] and [`postgres::connect`].
+    pub async fn initial_copy(
+        &self,
+        hold: std::path::PathBuf,
+    ) -> Result<Arc<dyn postgres::initial_copy::InitialCopy>, ProviderError> {
+        #[cfg(test)]
+        if let Some(c) = &self.initial_copy {
+            return Ok(c.clone());
+        }
+        Ok(Arc::new(
+            postgres::initial_copy::PgInitialCopy::connect(
+                self.source_url()?,
+                self.target_url()?,
+                hold,
+            )
+            .await?,
+        ))
+    }
+
+    /// Installs a stand-in for the initial copy (unit tests).
+    #[cfg(test)]
+    pub fn with_initial_copy(mut self, c: Arc<dyn postgres::initial_copy::InitialCopy>) -> Self {
+        self.initial_copy = Some(c);
+        self
     }
 
     /// Installs a stand-in for the comparison of both servers (unit tests).

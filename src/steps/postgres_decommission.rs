@@ -223,6 +223,7 @@ mod tests {
         source
             .subscribe(
                 &Subscription {
+                    publication: fb.into(),
                     name: fb.into(),
                     origin_none: true,
                 },

@@ -208,6 +208,7 @@ impl Kind for Fallback {
             let flip_lsn = target.create_slot(&fb).await?;
             if !source.has_subscription(&fb).await? {
                 let sub = Subscription {
+                    publication: fb.clone(),
                     name: fb.clone(),
                     origin_none: source.major_version().await? >= 16,
                 };
@@ -412,6 +413,7 @@ mod tests {
         target
             .subscribe(
                 &Subscription {
+                    publication: forward.clone(),
                     name: forward.clone(),
                     origin_none: true,
                 },

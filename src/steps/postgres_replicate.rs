@@ -19,18 +19,19 @@ use super::{
     Action, Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError,
     WindowRole,
 };
-use crate::providers::postgres::catalog::{self, Table, STATE_SCHEMA};
-use crate::providers::postgres::postdata::{self, Item, Stage};
-use crate::providers::postgres::preflight::{self, Needs};
-use crate::providers::postgres::snapshot;
-use crate::providers::postgres::{
-    copy, ident, literal, ownership, pg, replication, roles, ConnParts,
-};
+use crate::config::Side;
+use crate::providers::postgres::catalog::Table;
+use crate::providers::postgres::copy;
+use crate::providers::postgres::database::{Database, Subscription};
+use crate::providers::postgres::initial_copy::{InitialCopy, Prepare};
+use crate::providers::postgres::postdata::{Item, Stage};
+use crate::providers::postgres::preflight::{Needs, Report};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The `postgres.replicate` kind.
@@ -132,21 +133,20 @@ pub(super) fn names(
     )
 }
 
-async fn exists(
-    c: &tokio_postgres::Client,
-    side: &str,
-    sql: &str,
-    name: &str,
-) -> Result<bool, StepError> {
-    Ok(c.query_opt(sql, &[&name])
-        .await
-        .map_err(|e| pg(side, e))?
-        .is_some())
+/// The step's handles on both servers and on the copy between them.
+struct Servers {
+    source: Arc<dyn Database>,
+    target: Arc<dyn Database>,
+    copy: Arc<dyn InitialCopy>,
 }
 
-const PUB_SQL: &str = "SELECT 1 FROM pg_publication WHERE pubname = $1";
-const SUB_SQL: &str = "SELECT 1 FROM pg_subscription WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
-const SLOT_SQL: &str = "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1";
+async fn servers(cx: &StepContext<'_>) -> Result<Servers, StepError> {
+    Ok(Servers {
+        source: cx.providers.database(Side::Source).await?,
+        target: cx.providers.database(Side::Target).await?,
+        copy: cx.providers.initial_copy(hold_file(cx)).await?,
+    })
+}
 
 fn hold_file(cx: &StepContext) -> PathBuf {
     cx.run_dir.join(format!("{}.snapshot.hold", cx.step_id))
@@ -160,25 +160,13 @@ fn fmt_mb(bytes: u64) -> String {
 async fn preflight_check(
     cx: &StepContext<'_>,
     p: &Params,
-    source: &tokio_postgres::Client,
-    target: &tokio_postgres::Client,
+    copy: &dyn InitialCopy,
     resuming: bool,
     reset: bool,
-) -> Result<preflight::Report, StepError> {
-    let bin = std::env::var("PG_DUMP").unwrap_or_else(|_| "pg_dump".into());
-    let sp = ConnParts::parse(&cx.providers.source_url()?, "source")?;
-    let tp = ConnParts::parse(&cx.providers.target_url()?, "target")?;
+) -> Result<Report, StepError> {
     let (publication, _) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
-    let routes = preflight::Routes {
-        source_conninfo: sp.conninfo(),
-        source_display: sp.display(),
-        target_conninfo: tp.conninfo(),
-        target_display: tp.display(),
-        publication,
-        fallback_publication: super::postgres_fallback::fallback_name(cx),
-    };
     let needs = Needs {
-        routes: Some(routes),
+        routes: None,
         reset,
         target_logical: p.fallback,
         // The forward slot and the change-tracking slot of postgres.verify.
@@ -186,9 +174,15 @@ async fn preflight_check(
         senders: 2,
         max_transaction_age_secs: p.max_transaction_age,
         resuming,
-        pg_dump_major: preflight::pg_dump_major(&bin).await,
+        pg_dump_major: None,
     };
-    Ok(preflight::check(source, target, &needs).await?)
+    Ok(copy
+        .preflight(
+            needs,
+            &publication,
+            &super::postgres_fallback::fallback_name(cx),
+        )
+        .await?)
 }
 
 /// The target tables an earlier rehearsal filled, when `reset_target` may empty them: `None`
@@ -198,30 +192,20 @@ async fn preflight_check(
 async fn tables_to_reset(
     cx: &StepContext<'_>,
     p: &Params,
-    source: &tokio_postgres::Client,
-    target: &tokio_postgres::Client,
+    s: &Servers,
 ) -> Result<Option<Vec<String>>, StepError> {
     if !p.reset_target {
         return Ok(None);
     }
-    let source_tables: Vec<String> = crate::providers::postgres::catalog::tables(source, "source")
+    let source_tables = s.source.table_names().await?;
+    let on_both: Vec<String> = s
+        .target
+        .table_names()
         .await?
         .into_iter()
-        .map(|t| t.name)
+        .filter(|t| source_tables.contains(t))
         .collect();
-    let mut filled = Vec::new();
-    for t in crate::providers::postgres::catalog::tables(target, "target").await? {
-        if !source_tables.contains(&t.name) {
-            continue;
-        }
-        let any = target
-            .query_opt(&format!("SELECT 1 FROM {} LIMIT 1", t.name), &[])
-            .await
-            .map_err(|e| pg("target", e))?;
-        if any.is_some() {
-            filled.push(t.name);
-        }
-    }
+    let filled = s.copy.filled(&on_both).await?;
     if filled.is_empty() {
         return Ok(None);
     }
@@ -231,15 +215,12 @@ async fn tables_to_reset(
             filled.len()
         )));
     }
-    let live: Vec<String> = source
-        .query(
-            "SELECT subname::text FROM pg_subscription WHERE subname LIKE 'cutover\\_%\\_fb'",
-            &[],
-        )
-        .await
-        .map_err(|e| pg("source", e))?
-        .iter()
-        .map(|r| r.get(0))
+    let live: Vec<String> = s
+        .source
+        .subscriptions("cutover_")
+        .await?
+        .into_iter()
+        .filter(|n| n.ends_with("_fb"))
         .collect();
     if !live.is_empty() {
         return Err(StepError::Gate(format!(
@@ -366,14 +347,13 @@ fn post_data_line(items: &[Item], secs: f64) -> String {
 /// validate items of the progress schema), `jobs` at a time; their labels.
 async fn validate_foreign_keys(
     cx: &StepContext<'_>,
-    target: &tokio_postgres::Client,
-    target_url: &str,
+    copy: &dyn InitialCopy,
     jobs: usize,
 ) -> Result<Vec<String>, StepError> {
-    if copy::load_state(target).await?.is_none() {
+    if copy.state().await?.is_none() {
         return Ok(Vec::new());
     }
-    let (preamble, items) = copy::pending_items(target).await?;
+    let (preamble, items) = copy.pending_items().await?;
     let items: Vec<Item> = items
         .into_iter()
         .filter(|i| i.stage == Stage::Validate)
@@ -386,7 +366,7 @@ async fn validate_foreign_keys(
         items.len()
     ));
     let mut done = Vec::new();
-    copy::validate(target_url, &preamble, items, jobs, |d| {
+    copy.validate(&preamble, items, jobs, &mut |d| {
         if let copy::Done::Items(items, secs) = d {
             (cx.progress)(&post_data_line(&items, secs));
             done.extend(items.into_iter().map(|i| i.label));
@@ -398,20 +378,15 @@ async fn validate_foreign_keys(
 
 /// The target's foreign keys that are `NOT VALID`, with the reason.
 async fn not_valid_foreign_keys(
-    target: &tokio_postgres::Client,
+    copy: &dyn InitialCopy,
     validate: bool,
 ) -> Result<Vec<NotValidated>, StepError> {
-    let rows = target
-        .query(
-            "SELECT format('%I.%I.%I', n.nspname, t.relname, c.conname) FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace WHERE c.contype = 'f' AND NOT c.convalidated ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(|e| pg("target", e))?;
-    Ok(rows
-        .iter()
-        .map(|r| NotValidated {
-            constraint: r.get(0),
+    Ok(copy
+        .not_valid_foreign_keys()
+        .await?
+        .into_iter()
+        .map(|constraint| NotValidated {
+            constraint,
             reason: if validate {
                 "NOT VALID on the source too".into()
             } else {
@@ -472,22 +447,23 @@ impl Kind for Replicate {
 
     async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<Before, Outputs>, StepError> {
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
-        let source = cx.providers.source().await?;
-        let target = cx.providers.target().await?;
-        let state = copy::load_state(&target).await?;
-        let reset = tables_to_reset(cx, &p, &source, &target).await?;
-        let report =
-            preflight_check(cx, &p, &source, &target, state.is_some(), reset.is_some()).await?;
-        let sp = ConnParts::parse(&cx.providers.source_url()?, "source")?;
-        let tp = ConnParts::parse(&cx.providers.target_url()?, "target")?;
+        let s = servers(cx).await?;
+        let state = s.copy.state().await?;
+        let reset = tables_to_reset(cx, p, &s).await?;
+        let report = preflight_check(cx, p, &*s.copy, state.is_some(), reset.is_some()).await?;
+        let (sd, td) = (s.copy.display(Side::Source), s.copy.display(Side::Target));
         // The rights-and-routes table: this machine's reach, then each right on each side.
-        let mut changes: Vec<Change> = [("source", &sp), ("target", &tp)]
+        let mut changes: Vec<Change> = [Side::Source, Side::Target]
             .iter()
-            .map(|(side, c)| {
+            .map(|side| {
                 Change::new(
                     Action::Check,
-                    format!("route: this machine → {side} {}", c.display()),
-                    format!("connected ({})", c.tls.describe()),
+                    format!(
+                        "route: this machine → {} {}",
+                        side.as_str(),
+                        s.copy.display(*side)
+                    ),
+                    format!("connected ({})", s.copy.tls(*side)),
                 )
             })
             .collect();
@@ -510,19 +486,18 @@ impl Kind for Replicate {
         if let Some(filled) = &reset {
             changes.push(Change::new(
                 Action::Delete,
-                format!("rows of {} table(s) on target {}", filled.len(), tp.display()),
+                format!("rows of {} table(s) on target {td}", filled.len()),
                 format!("DROP TABLE {} CASCADE (reset_target: an earlier rehearsal's copy; schema and rows copied again)", filled.join(", ")),
             ));
         }
-        let subscribed = exists(&target, "target", SUB_SQL, &sub).await?;
-        if subscribed {
+        if s.target.has_subscription(&sub).await? {
             changes.push(Change::new(
                 Action::None,
                 format!("subscription {sub} on target"),
                 "exists: copy done, replicating",
             ));
         } else {
-            if !exists(&source, "source", PUB_SQL, &publ).await? {
+            if !s.source.has_publication(&publ).await? {
                 changes.push(Change::new(
                     Action::Create,
                     format!("publication {publ} on source"),
@@ -530,18 +505,18 @@ impl Kind for Replicate {
                 ));
             }
             match &state {
-                Some(s) => {
-                    let (all, done) = copy::progress(&target).await?;
-                    changes.push(Change::new(Action::Run, format!("copy into {}", tp.display()), format!(
+                Some(st) => {
+                    let (all, done) = s.copy.progress().await?;
+                    changes.push(Change::new(Action::Run, format!("copy into {td}"), format!(
                         "resume run {}'s copy under snapshot {} (slot {} at {}): {} of {} chunks copied, {} to go",
-                        s.run_id, s.slot.snapshot, s.slot.slot, s.slot.consistent_lsn, done.len(), all.len(), all.len() - done.len()
+                        st.run_id, st.slot.snapshot, st.slot.slot, st.slot.consistent_lsn, done.len(), all.len(), all.len() - done.len()
                     )));
                 }
                 None => {
                     changes.push(Change::new(Action::Create, format!("replication slot {sub} on source"), "CREATE_REPLICATION_SLOT ... LOGICAL pgoutput EXPORT_SNAPSHOT (held until the copy ends)"));
                     changes.push(Change::new(
                         Action::Create,
-                        format!("schema on target {}", tp.display()),
+                        format!("schema on target {td}"),
                         "pg_dump --section=pre-data under the snapshot",
                     ));
                     for t in &report.source_tables {
@@ -560,7 +535,7 @@ impl Kind for Replicate {
             }
             changes.push(Change::new(
                 Action::Create,
-                format!("indexes and constraints on target {}", tp.display()),
+                format!("indexes and constraints on target {td}"),
                 format!(
                     "pg_dump --section=post-data: each table's indexes built by the {} job(s) as soon as its rows are in, primary keys and unique constraints attached to them (USING INDEX), ANALYZE per table, foreign keys added NOT VALID{}",
                     p.jobs,
@@ -579,19 +554,16 @@ impl Kind for Replicate {
         }
         let predicted = Outputs {
             tables: report.source_tables.len(),
-            ..Outputs::new(&publ, &sub, sp.display(), tp.display())
+            ..Outputs::new(&publ, &sub, sd, td)
         };
-        let app = super::postgres_freeze_writes::application_roles(
-            &*cx.providers.database(crate::config::Side::Source).await?,
-            None,
-        )
-        .await?;
-        let on_target = roles::existing(&target, "target", &app).await?;
-        let frozen = roles::frozen(&target, "target", &tp.dbname).await?;
+        let app = super::postgres_freeze_writes::application_roles(&*s.source, None).await?;
+        let on_target = s.target.existing_roles(&app).await?;
+        let frozen = s.target.frozen().await?;
+        let tdb = s.target.name();
         for r in on_target.iter().filter(|r| !frozen.contains(r)) {
             changes.push(Change::new(
                 Action::Update,
-                format!("role {r} in {} on target", tp.dbname),
+                format!("role {r} in {tdb} on target"),
                 "read-only until the flip (postgres.fallback opens it): an application write to the target before then is refused",
             ));
         }
@@ -612,60 +584,54 @@ impl Kind for Replicate {
         _before: &Before,
     ) -> Result<Applied<Outputs>, StepError> {
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
-        let source_url = cx.providers.source_url()?;
-        let target_url = cx.providers.target_url()?;
-        let sp = ConnParts::parse(&source_url, "source")?;
-        let tp = ConnParts::parse(&target_url, "target")?;
-        let source = cx.providers.source().await?;
-        let target = cx.providers.target().await?;
-        let mut out = Outputs::new(&publ, &sub, sp.display(), tp.display());
+        let s = servers(cx).await?;
+        let mut out = Outputs::new(
+            &publ,
+            &sub,
+            s.copy.display(Side::Source),
+            s.copy.display(Side::Target),
+        );
 
-        if exists(&target, "target", SUB_SQL, &sub).await? {
+        if s.target.has_subscription(&sub).await? {
             // A crash after the subscription was created: the copy is done; foreign keys may
             // still wait for their validation.
-            out.target_frozen_roles = freeze_target(cx).await?;
-            let tables = crate::providers::postgres::catalog::tables(&source, "source").await?;
-            out.tables = tables.len();
-            validate_foreign_keys(cx, &target, &target_url, p.jobs).await?;
-            let _ = target
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS {STATE_SCHEMA} CASCADE"))
-                .await;
-            snapshot::release(&hold_file(cx));
+            out.target_frozen_roles = freeze_target(&s).await?;
+            out.tables = s.source.table_names().await?.len();
+            validate_foreign_keys(cx, &*s.copy, p.jobs).await?;
+            let _ = s.copy.drop_progress().await;
+            s.copy.release_snapshot();
             return Ok(out.with_summary(format!("subscription {sub} already replicating")));
         }
 
-        let mut state = copy::load_state(&target).await?;
+        let mut state = s.copy.state().await?;
         // Whether post-data is ours to apply survives a restart of the copy.
         let mut carried_post_data = None;
-        if let Some(s) = &state {
-            let ours = s.run_id == cx.run_id;
+        if let Some(st) = &state {
+            let ours = st.run_id == cx.run_id;
             // Every chunk in: the rest of the work needs no snapshot.
-            let (all, done) = copy::progress(&target).await?;
-            let usable = s.phase != "copying"
+            let (all, done) = s.copy.progress().await?;
+            let usable = st.phase != "copying"
                 || all.len() == done.len()
-                || snapshot::alive(&source_url, &s.slot.snapshot).await;
+                || s.copy.snapshot_alive(&st.slot.snapshot).await;
             if !ours || !usable {
                 (cx.progress)(&format!(
                     "the copy under way on the target ({}, snapshot {}) cannot continue: {}; starting it again",
-                    s.run_id,
-                    s.slot.snapshot,
+                    st.run_id,
+                    st.slot.snapshot,
                     if ours { "its snapshot is gone" } else { "it belongs to another run" }
                 ));
-                restart_copy(cx, &source, &target, &sub).await?;
-                carried_post_data = Some(s.post_data);
+                restart_copy(&s, &sub).await?;
+                carried_post_data = Some(st.post_data);
                 state = None;
             }
         }
         if state.is_none() {
-            if let Some(filled) = tables_to_reset(cx, &p, &source, &target).await? {
+            if let Some(filled) = tables_to_reset(cx, p, &s).await? {
                 (cx.progress)(&format!(
                     "reset_target: dropping {} table(s) an earlier rehearsal filled on the target; schema and rows are copied again",
                     filled.len()
                 ));
-                target
-                    .batch_execute(&format!("DROP TABLE {} CASCADE", filled.join(", ")))
-                    .await
-                    .map_err(|e| pg("target", e))?;
+                s.copy.drop_tables(&filled).await?;
             }
         }
         let mut clock = Instant::now();
@@ -677,89 +643,59 @@ impl Kind for Replicate {
             );
             clock = Instant::now();
         };
-        let report = preflight_check(cx, &p, &source, &target, state.is_some(), false).await?;
+        let report = preflight_check(cx, p, &*s.copy, state.is_some(), false).await?;
         if !report.problems.is_empty() {
             return Err(problems_error(&report.problems));
         }
         lap("preflight");
         // Only now, with the target known not to be live: until the flip it takes writes from
         // replication only.
-        out.target_frozen_roles = freeze_target(cx).await?;
+        out.target_frozen_roles = freeze_target(&s).await?;
         let tables: Vec<Table> = report.source_tables;
         out.tables = tables.len();
 
         let state = match state {
-            Some(s) => s,
+            Some(st) => st,
             None => {
                 let list: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
-                replication::create_publication(&source, "source", &publ, &list).await?;
-                if exists(&source, "source", SLOT_SQL, &sub).await? {
-                    source
-                        .query("SELECT pg_drop_replication_slot($1)", &[&sub])
-                        .await
-                        .map_err(|e| pg("source", e))?;
-                }
+                s.source.create_publication(&publ, &list).await?;
+                s.source.drop_slot(&sub).await?;
                 (cx.progress)(&format!(
                     "creating replication slot {sub} with an exported snapshot"
                 ));
-                let slot = snapshot::create_slot(
-                    &sp,
-                    &sub,
-                    &hold_file(cx),
-                    cx.remaining().max(Duration::from_secs(60)),
-                    Duration::from_secs(120),
-                )
-                .await?;
+                let slot = s
+                    .copy
+                    .export_snapshot(
+                        &sub,
+                        cx.remaining().max(Duration::from_secs(60)),
+                        Duration::from_secs(120),
+                    )
+                    .await?;
                 lap("slot");
-                let snap = crate::providers::postgres::connect(&source_url, "source").await?;
-                snapshot::import(&snap, &slot.snapshot).await?;
-                let chunks = copy::plan(&snap, &tables, p.chunk_rows).await?;
                 // A target that already has the tables keeps its schema: pre-data and post-data
                 // are applied only to a target this copy gave its schema.
                 let create_schema = report.target_tables.is_empty();
                 let post_data = carried_post_data.unwrap_or(create_schema);
-                let pre = if create_schema {
-                    snapshot::dump_section(&sp, "pre-data", Some(&slot.snapshot)).await?
-                } else {
-                    String::new()
-                };
-                // The post-data plan, read under the same snapshot as the schema.
-                let (preamble, entries) = if post_data {
-                    postdata::parse(
-                        &snapshot::dump_section(&sp, "post-data", Some(&slot.snapshot)).await?,
-                    )
-                } else {
-                    (String::new(), Vec::new())
-                };
-                let catalog = if entries.is_empty() {
-                    postdata::Catalog::default()
-                } else {
-                    postdata::catalog(&snap, "source").await?
-                };
-                let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
-                let paused = copy::autovacuum_pausable(&snap, &names).await?;
-                let (mut items, _) =
-                    postdata::plan(&entries, &catalog, &names, p.validate_foreign_keys);
-                postdata::resume_autovacuum(&mut items, &paused);
-                // Schema and progress appear together or not at all.
-                target
-                    .batch_execute(&format!(
-                        "BEGIN;\n{pre};\n{}COMMIT;",
-                        copy::state_sql(
-                            cx.run_id, &slot, &chunks, post_data, &preamble, &items, &paused
-                        )
-                    ))
-                    .await
-                    .map_err(|e| pg("target", e))?;
+                let chunks = s
+                    .copy
+                    .prepare(Prepare {
+                        run_id: cx.run_id,
+                        slot: &slot,
+                        tables: &tables,
+                        chunk_rows: p.chunk_rows,
+                        create_schema,
+                        post_data,
+                        validate_foreign_keys: p.validate_foreign_keys,
+                    })
+                    .await?;
                 lap("schema_and_plan");
                 (cx.progress)(&format!(
-                    "{}{} chunks planned under snapshot {} at {}",
+                    "{}{chunks} chunks planned under snapshot {} at {}",
                     if create_schema {
                         format!("schema (pre-data) of {} tables created; ", tables.len())
                     } else {
                         String::new()
                     },
-                    chunks.len(),
                     slot.snapshot,
                     slot.consistent_lsn
                 ));
@@ -774,9 +710,8 @@ impl Kind for Replicate {
         out.consistent_lsn = Some(state.slot.consistent_lsn.clone());
 
         let started = Instant::now();
-        let (all, done_before) = copy::progress(&target).await?;
-        let same_major = catalog::major_version(&source, "source").await?
-            == catalog::major_version(&target, "target").await?;
+        let (all, done_before) = s.copy.progress().await?;
+        let same_major = s.source.major_version().await? == s.target.major_version().await?;
         let mut copied = 0usize;
         let mut items_applied = 0usize;
         if state.phase == "copying" {
@@ -797,7 +732,7 @@ impl Kind for Replicate {
                     pending.len()
                 ));
             }
-            let (preamble, items) = copy::pending_items(&target).await?;
+            let (preamble, items) = s.copy.pending_items().await?;
             let items: Vec<Item> = items
                 .into_iter()
                 .filter(|i| i.stage != Stage::Validate)
@@ -820,50 +755,42 @@ impl Kind for Replicate {
                 items,
                 preamble,
             };
+            let mut on_done = |d| match d {
+                copy::Done::Chunk(d) => {
+                    n += 1;
+                    copied += 1;
+                    bytes_so_far += d.chunk.est_bytes;
+                    (cx.progress)(&format!(
+                        "copied {} chunk {}/{} ({} rows, {}); {n} of {} chunks, {}%",
+                        d.chunk.table,
+                        d.chunk.index + 1,
+                        d.chunk.of,
+                        d.rows,
+                        fmt_mb(d.bytes),
+                        all.len(),
+                        bytes_so_far * 100 / total_bytes
+                    ));
+                }
+                copy::Done::Items(items, secs) => {
+                    items_applied += items.len();
+                    (cx.progress)(&post_data_line(&items, secs));
+                }
+            };
             // Safe points while the copy runs: every chunk commits with its progress row, so a
             // copy stopped by the panic flag or the write budget resumes (or rolls back) cleanly.
-            let copying = copy::run(
-                &source_url,
-                &target_url,
-                &state.slot.snapshot,
-                &tables,
-                work,
-                &opts,
-                |d| match d {
-                    copy::Done::Chunk(d) => {
-                        n += 1;
-                        copied += 1;
-                        bytes_so_far += d.chunk.est_bytes;
-                        (cx.progress)(&format!(
-                            "copied {} chunk {}/{} ({} rows, {}); {n} of {} chunks, {}%",
-                            d.chunk.table,
-                            d.chunk.index + 1,
-                            d.chunk.of,
-                            d.rows,
-                            fmt_mb(d.bytes),
-                            all.len(),
-                            bytes_so_far * 100 / total_bytes
-                        ));
-                    }
-                    copy::Done::Items(items, secs) => {
-                        items_applied += items.len();
-                        (cx.progress)(&post_data_line(&items, secs));
-                    }
-                },
-            );
+            let copying = s
+                .copy
+                .copy(&state.slot.snapshot, &tables, work, &opts, &mut on_done);
             cx.watched(copying, "the initial copy").await??;
             lap("copy_and_post_data");
-            snapshot::release(&hold_file(cx));
-            target
-                .batch_execute("UPDATE cutover_copy.run SET phase = 'post-data'")
-                .await
-                .map_err(|e| pg("target", e))?;
+            s.copy.release_snapshot();
+            s.copy.copied().await?;
         }
-        snapshot::release(&hold_file(cx));
+        s.copy.release_snapshot();
         let copy_seconds = started.elapsed().as_secs_f64();
 
         // Per-table figures, read before the progress schema goes.
-        let (_, done_all) = copy::progress(&target).await?;
+        let (_, done_all) = s.copy.progress().await?;
         let mut per_table: BTreeMap<String, TableCopy> = BTreeMap::new();
         for d in &done_all {
             let e = per_table.entry(d.chunk.table.clone()).or_default();
@@ -882,26 +809,17 @@ impl Kind for Replicate {
         (cx.progress)(&format!(
             "creating subscription {sub} from slot {sub} (no second copy)"
         ));
-        let sql = format!(
-            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false)",
-            ident(&sub),
-            literal(&sp.conninfo()),
-            ident(&publ),
-            literal(&sub)
-        );
-        // The statement holds the source password: report only the server's message.
-        target
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| pg("target", e))?;
+        let subscription = Subscription {
+            name: sub.clone(),
+            publication: publ.clone(),
+            origin_none: false,
+        };
+        s.target.subscribe(&subscription, &*s.source).await?;
         lap("subscription");
-        let validated = validate_foreign_keys(cx, &target, &target_url, p.jobs).await?;
+        let validated = validate_foreign_keys(cx, &*s.copy, p.jobs).await?;
         lap("foreign_key_validation");
-        target
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {STATE_SCHEMA} CASCADE"))
-            .await
-            .map_err(|e| pg("target", e))?;
-        let not_validated = not_valid_foreign_keys(&target, p.validate_foreign_keys).await?;
+        s.copy.drop_progress().await?;
+        let not_validated = not_valid_foreign_keys(&*s.copy, p.validate_foreign_keys).await?;
 
         let rows: u64 = done_all.iter().map(|d| d.rows).sum();
         let bytes: u64 = done_all.iter().map(|d| d.bytes).sum();
@@ -933,25 +851,13 @@ impl Kind for Replicate {
         outputs: &Outputs,
     ) -> Result<Evidence, StepError> {
         let sub = outputs.subscription.clone();
-        let target = cx.providers.target().await?;
+        let copy = cx.providers.initial_copy(hold_file(cx)).await?;
         loop {
-            let row = target
-                .query_one(
-                    "SELECT count(*), count(*) FILTER (WHERE r.srsubstate NOT IN ('r','s')), \
-                            (SELECT count(*) FROM pg_stat_subscription st JOIN pg_subscription s2 ON s2.oid = st.subid WHERE s2.subname = $1 AND st.pid IS NOT NULL) \
-                     FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1",
-                    &[&sub],
-                )
-                .await
-                .map_err(|e| pg("target", e))?;
-            let (total, copying, workers): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            if copying == 0 && workers > 0 {
+            let st = copy.subscription_state(&sub).await?;
+            if st.syncing == 0 && st.workers > 0 {
                 // Owners and privileges as on the source: the application's roles must be able
                 // to do on the target what they do on the source (their own migrations too).
-                let source = cx.providers.source().await?;
-                let on_source = ownership::privileges(&source, "source").await?;
-                let on_target = ownership::privileges(&target, "target").await?;
-                let differ = ownership::differences(&on_source, &on_target);
+                let (compared, differ) = copy.privilege_differences().await?;
                 if !differ.is_empty() {
                     return Err(StepError::Check(format!(
                         "owners or privileges differ from the source's on {} object(s): {}",
@@ -966,12 +872,12 @@ impl Kind for Replicate {
                 }
                 return Ok(Evidence {
                     facts: vec![
-                        ("tables_ready".into(), json!(total)),
-                        ("privileges_compared".into(), json!(on_source.len())),
+                        ("tables_ready".into(), json!(st.tables)),
+                        ("privileges_compared".into(), json!(compared)),
                     ],
                     summary: Some(format!(
-                        "{total} tables replicating through {sub}; owners and privileges of {} object(s) as on the source",
-                        on_source.len()
+                        "{} tables replicating through {sub}; owners and privileges of {compared} object(s) as on the source",
+                        st.tables
                     )),
                 });
             }
@@ -992,42 +898,37 @@ impl Kind for Replicate {
         let dropped = |object: String, what: &str| {
             Restored::new(object.clone(), Some(&object), None, what.to_string())
         };
-        snapshot::release(&hold_file(cx));
-        let target = cx.providers.target().await?;
-        if exists(&target, "target", SUB_SQL, &sub).await? {
-            target
-                .batch_execute(&format!("DROP SUBSCRIPTION {}", ident(&sub)))
-                .await
-                .map_err(|e| pg("target", e))?;
+        let s = servers(cx).await?;
+        s.copy.release_snapshot();
+        if s.target.drop_subscription(&sub).await? {
             lines.push(dropped(format!("subscription {sub} (target)"), "dropped"));
         }
-        if copy::load_state(&target).await?.is_some() {
-            let resumed = copy::resume_autovacuum(&target).await?;
+        if s.copy.state().await?.is_some() {
+            let resumed = s.copy.resume_autovacuum().await?;
             if !resumed.is_empty() {
                 lines.push(dropped(
                     format!("autovacuum pause of {} table(s) (target)", resumed.len()),
                     "autovacuum_enabled reset",
                 ));
             }
-            target
-                .batch_execute(&format!("DROP SCHEMA {STATE_SCHEMA} CASCADE"))
-                .await
-                .map_err(|e| pg("target", e))?;
+            s.copy.drop_progress().await?;
             lines.push(dropped(
-                format!("schema {STATE_SCHEMA} (target)"),
+                format!(
+                    "schema {} (target)",
+                    crate::providers::postgres::catalog::STATE_SCHEMA
+                ),
                 "copy progress dropped",
             ));
         }
-        let tdb = ConnParts::parse(&cx.providers.target_url()?, "target")?.dbname;
+        let tdb = s.target.name().to_string();
         let was = &before.target_frozen;
-        let now_frozen = roles::frozen(&target, "target", &tdb).await?;
-        let source = cx.providers.source().await?;
+        let now_frozen = s.target.frozen().await?;
         // The roles this run froze: read-only now and not before the run.
         let ours: Vec<String> = now_frozen
             .into_iter()
             .filter(|r| !was.contains(r))
             .collect();
-        roles::unfreeze(&target, "target", &tdb, &ours).await?;
+        s.target.unfreeze(&ours).await?;
         for r in &ours {
             lines.push(Restored::new(
                 format!("role {r} in database {tdb} on the target"),
@@ -1036,18 +937,13 @@ impl Kind for Replicate {
                 "read-only → as before the run",
             ));
         }
-        if exists(&source, "source", SLOT_SQL, &sub).await? {
-            replication::drop_slot(&source, "source", &sub).await?;
+        if s.source.drop_slot(&sub).await? {
             lines.push(dropped(
                 format!("replication slot {sub} (source)"),
                 "dropped",
             ));
         }
-        if exists(&source, "source", PUB_SQL, &publ).await? {
-            source
-                .batch_execute(&format!("DROP PUBLICATION {}", ident(&publ)))
-                .await
-                .map_err(|e| pg("source", e))?;
+        if s.source.drop_publication(&publ).await? {
             lines.push(dropped(format!("publication {publ} (source)"), "dropped"));
         }
         Ok(lines)
@@ -1056,38 +952,318 @@ impl Kind for Replicate {
 
 /// Freezes the application's roles on the target (those of the source's writers that exist
 /// there): an application write to the target before the flip is refused. Returns them.
-async fn freeze_target(cx: &StepContext<'_>) -> Result<Vec<String>, StepError> {
-    let source = cx.providers.database(crate::config::Side::Source).await?;
-    let target = cx.providers.database(crate::config::Side::Target).await?;
-    let app = super::postgres_freeze_writes::application_roles(&*source, None).await?;
-    let on_target = target.existing_roles(&app).await?;
-    target.freeze(&on_target).await?;
+async fn freeze_target(s: &Servers) -> Result<Vec<String>, StepError> {
+    let app = super::postgres_freeze_writes::application_roles(&*s.source, None).await?;
+    let on_target = s.target.existing_roles(&app).await?;
+    s.target.freeze(&on_target).await?;
     Ok(on_target)
 }
 
 /// Throws away a copy that cannot continue: the copied rows, the progress schema and the slot.
-async fn restart_copy(
-    cx: &StepContext<'_>,
-    source: &tokio_postgres::Client,
-    target: &tokio_postgres::Client,
-    slot: &str,
-) -> Result<(), StepError> {
-    snapshot::release(&hold_file(cx));
-    let (_, done) = copy::progress(target).await?;
-    let mut tables: Vec<String> = done.iter().map(|d| d.chunk.table.clone()).collect();
-    tables.sort();
-    tables.dedup();
-    let mut sql = String::from("BEGIN;\n");
-    if !tables.is_empty() {
-        sql.push_str(&format!("TRUNCATE {};\n", tables.join(", ")));
-    }
-    sql.push_str(&format!("DROP SCHEMA {STATE_SCHEMA} CASCADE;\nCOMMIT;"));
-    target
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| pg("target", e))?;
-    if exists(source, "source", SLOT_SQL, slot).await? {
-        replication::drop_slot(source, "source", slot).await?;
-    }
+async fn restart_copy(s: &Servers, slot: &str) -> Result<(), StepError> {
+    s.copy.release_snapshot();
+    s.copy.discard().await?;
+    s.source.drop_slot(slot).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::testing::postgres::FakePostgres;
+    use crate::steps::testing::Harness;
+
+    /// A source with `public.orders` (3 rows) and `public.users` (2 rows) written by role
+    /// `app`; an empty target where `app` exists.
+    fn setup() -> (Harness, FakePostgres) {
+        let pg = FakePostgres::new("shop_staging", "shop_staging");
+        pg.server(Side::Source, |s| {
+            s.tables = vec!["public.orders".into(), "public.users".into()];
+            s.writers = vec!["app".into()];
+            s.roles.insert("app".into());
+        });
+        pg.set_rows(
+            Side::Source,
+            "public.orders",
+            &[(1, "a"), (2, "b"), (3, "c")],
+        );
+        pg.set_rows(Side::Source, "public.users", &[(1, "ann"), (2, "bob")]);
+        pg.server(Side::Target, |s| {
+            s.roles.insert("app".into());
+        });
+        let fake = pg.clone();
+        (Harness::new(|p| fake.install(p)), pg)
+    }
+
+    fn params() -> Params {
+        Params {
+            publication: None,
+            subscription: None,
+            jobs: 2,
+            chunk_rows: default_chunk_rows(),
+            rate_limit_mb: None,
+            max_transaction_age: 300,
+            reset_target: false,
+            fallback: true,
+            validate_foreign_keys: true,
+        }
+    }
+
+    fn rows(pg: &FakePostgres, side: Side) -> crate::steps::testing::postgres::Rows {
+        pg.server(side, |s| s.rows.clone())
+    }
+
+    #[tokio::test]
+    async fn copies_subscribes_once_and_rollback_drops_what_it_made_keeping_the_rows() {
+        let (h, pg) = setup();
+        let cx = h.cx();
+        let p = params();
+        let sub = run_name(&cx);
+        let plan = Replicate.plan(&cx, &p).await.unwrap();
+        let targets: Vec<&str> = plan.changes.iter().map(|c| c.target.as_str()).collect();
+        for want in [
+            format!("publication {sub} on source"),
+            format!("replication slot {sub} on source"),
+            "copy public.orders".to_string(),
+            format!("subscription {sub} on target"),
+            "role app in shop_staging on target".to_string(),
+        ] {
+            assert!(targets.contains(&want.as_str()), "{want} in {targets:?}");
+        }
+        assert_eq!(plan.before.target_tables, 0);
+
+        let first = Replicate.apply(&cx, &p, &plan.before).await.unwrap();
+        let copied = first.outputs.copied.as_ref().unwrap();
+        assert_eq!(
+            (copied.chunks, copied.chunks_copied, copied.rows_copied),
+            (2, 2, 5)
+        );
+        assert_eq!(first.outputs.target_frozen_roles, vec!["app"]);
+        assert_eq!(rows(&pg, Side::Target), rows(&pg, Side::Source));
+        pg.server(Side::Target, |s| {
+            assert!(s.subscriptions.contains(&sub));
+            assert!(s.frozen.contains("app"));
+        });
+        assert!(pg.copy_state(|c| c.progress.is_none() && c.snapshot.is_none()));
+        // Replication runs from the slot's consistent point.
+        pg.write_row(Side::Source, "public.orders", 4, Some("d"));
+        assert_eq!(rows(&pg, Side::Target), rows(&pg, Side::Source));
+
+        // A re-run after a crash finds the subscription: no second copy.
+        let again = Replicate.apply(&cx, &p, &plan.before).await.unwrap();
+        assert!(again.outputs.copied.is_none());
+        assert_eq!(
+            again.summary.as_deref(),
+            Some(&*format!("subscription {sub} already replicating"))
+        );
+        let evidence = Replicate.verify(&cx, &p, &first.outputs).await.unwrap();
+        assert_eq!(evidence.facts[0], ("tables_ready".to_string(), json!(2)));
+
+        let restored = Replicate
+            .rollback(&cx, &p, &plan.before, Some(&first.outputs))
+            .await
+            .unwrap();
+        let objects: Vec<&str> = restored.iter().map(|r| r.object.as_str()).collect();
+        assert_eq!(
+            objects,
+            vec![
+                // Its slot on the source went with it.
+                &*format!("subscription {sub} (target)"),
+                "role app in database shop_staging on the target",
+                &*format!("publication {sub} (source)"),
+            ]
+        );
+        assert_eq!(
+            rows(&pg, Side::Target).len(),
+            2,
+            "the copied rows stay for inspection"
+        );
+        pg.server(Side::Source, |s| {
+            assert!(s.slots.is_empty() && s.publications.is_empty())
+        });
+    }
+
+    #[tokio::test]
+    async fn a_copy_killed_after_a_chunk_resumes_at_the_next_one() {
+        let (h, pg) = setup();
+        let cx = h.cx();
+        let p = params();
+        pg.copy_state(|c| c.fail_after = Some(1));
+        let err = Replicate
+            .apply(&cx, &p, &Before::default())
+            .await
+            .err()
+            .expect("the copy's connection was lost");
+        assert!(
+            err.to_string().contains("server closed the connection"),
+            "{err}"
+        );
+        let plan = Replicate.plan(&cx, &p).await.unwrap();
+        assert!(plan
+            .changes
+            .iter()
+            .any(|c| c.detail.contains("1 of 2 chunks copied, 1 to go")));
+
+        let resumed = Replicate.apply(&cx, &p, &Before::default()).await.unwrap();
+        let copied = resumed.outputs.copied.as_ref().unwrap();
+        assert_eq!((copied.chunks_resumed, copied.chunks_copied), (1, 1));
+        assert_eq!(rows(&pg, Side::Target), rows(&pg, Side::Source));
+        assert!(h
+            .progress
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "resuming the copy: 1 of 2 chunks already copied, 1 to go"));
+    }
+
+    #[tokio::test]
+    async fn a_rollback_after_a_killed_copy_drops_its_progress_slot_and_publication() {
+        let (h, pg) = setup();
+        let cx = h.cx();
+        let p = params();
+        let sub = run_name(&cx);
+        pg.copy_state(|c| c.fail_after = Some(1));
+        assert!(Replicate.apply(&cx, &p, &Before::default()).await.is_err());
+        let restored = Replicate
+            .rollback(&cx, &p, &Before::default(), None)
+            .await
+            .unwrap();
+        let objects: Vec<&str> = restored.iter().map(|r| r.object.as_str()).collect();
+        assert_eq!(
+            objects,
+            vec![
+                "schema cutover_copy (target)",
+                "role app in database shop_staging on the target",
+                &*format!("replication slot {sub} (source)"),
+                &*format!("publication {sub} (source)"),
+            ]
+        );
+        assert!(pg.copy_state(|c| c.progress.is_none() && c.snapshot.is_none()));
+    }
+
+    #[tokio::test]
+    async fn a_copy_whose_snapshot_is_gone_starts_again_from_a_new_one() {
+        let (h, pg) = setup();
+        let cx = h.cx();
+        let p = params();
+        pg.copy_state(|c| c.fail_after = Some(1));
+        assert!(Replicate.apply(&cx, &p, &Before::default()).await.is_err());
+        // The snapshot's holder ended (the machine restarted) and the source moved on.
+        pg.copy_state(|c| c.snapshot = None);
+        pg.set_rows(
+            Side::Source,
+            "public.users",
+            &[(1, "ann"), (2, "bob"), (3, "cy")],
+        );
+        let again = Replicate.apply(&cx, &p, &Before::default()).await.unwrap();
+        let copied = again.outputs.copied.as_ref().unwrap();
+        assert_eq!((copied.chunks_resumed, copied.chunks_copied), (0, 2));
+        assert_eq!(rows(&pg, Side::Target), rows(&pg, Side::Source));
+        assert!(h
+            .progress
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("cannot continue: its snapshot is gone")));
+    }
+
+    #[tokio::test]
+    async fn preflight_problems_are_listed_together_and_nothing_is_created() {
+        let (h, pg) = setup();
+        let cx = h.cx();
+        pg.copy_state(|c| {
+            c.problems = vec![
+                "wal_level is replica on the source".into(),
+                "table public.log has no key".into(),
+            ]
+        });
+        let plan = Replicate.plan(&cx, &params()).await.unwrap();
+        assert_eq!(
+            plan.changes
+                .iter()
+                .filter(|c| c.detail.starts_with("WOULD FAIL"))
+                .count(),
+            2
+        );
+        let err = Replicate
+            .apply(&cx, &params(), &Before::default())
+            .await
+            .err()
+            .expect("preflight fails");
+        assert!(
+            matches!(&err, StepError::Check(m) if m.contains("2 problem(s)") && m.contains("public.log")),
+            "{err:?}"
+        );
+        pg.server(Side::Source, |s| {
+            assert!(s.slots.is_empty() && s.publications.is_empty())
+        });
+        assert!(pg.server(Side::Target, |s| s.frozen.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn verify_fails_on_privileges_that_differ_and_waits_for_the_apply_worker() {
+        let (h, pg) = setup();
+        let mut cx = h.cx();
+        let applied = Replicate
+            .apply(&cx, &params(), &Before::default())
+            .await
+            .unwrap();
+        pg.copy_state(|c| {
+            c.privilege_differences =
+                vec!["table public.orders: owner app on the source, admin on the target".into()]
+        });
+        let err = Replicate
+            .verify(&cx, &params(), &applied.outputs)
+            .await
+            .err()
+            .expect("owners differ");
+        assert!(
+            matches!(&err, StepError::Check(m) if m.contains("public.orders")),
+            "{err:?}"
+        );
+        pg.stall(true);
+        cx.deadline = tokio::time::Instant::now();
+        let err = Replicate
+            .verify(&cx, &params(), &applied.outputs)
+            .await
+            .err()
+            .expect("no apply worker");
+        assert!(matches!(err, StepError::Timeout(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn reset_target_recopies_a_rehearsals_tables_unless_a_fallback_is_live() {
+        let (h, pg) = setup();
+        let cx = h.cx();
+        let mut p = params();
+        p.reset_target = true;
+        // An earlier rehearsal's copy, with a row the source no longer has.
+        pg.server(Side::Target, |s| {
+            s.tables = vec!["public.orders".into(), "public.users".into()];
+        });
+        pg.set_rows(Side::Target, "public.orders", &[(1, "a"), (99, "old")]);
+        pg.server(Side::Source, |s| {
+            s.subscriptions
+                .insert("cutover_shop_staging_earlier_fb".into())
+        });
+        let err = Replicate
+            .apply(&cx, &p, &Before::default())
+            .await
+            .err()
+            .expect("a live fallback");
+        assert!(
+            matches!(&err, StepError::Gate(m) if m.contains("cutover_shop_staging_earlier_fb")),
+            "{err:?}"
+        );
+        assert_eq!(
+            pg.server(Side::Target, |s| s.rows["public.orders"].len()),
+            2
+        );
+
+        pg.server(Side::Source, |s| s.subscriptions.clear());
+        let plan = Replicate.plan(&cx, &p).await.unwrap();
+        assert!(plan.changes.iter().any(|c| c.action == Action::Delete));
+        Replicate.apply(&cx, &p, &Before::default()).await.unwrap();
+        assert_eq!(rows(&pg, Side::Target), rows(&pg, Side::Source));
+    }
 }

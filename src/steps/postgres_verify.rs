@@ -728,6 +728,7 @@ mod against_fakes {
         target
             .subscribe(
                 &Subscription {
+                    publication: forward.clone(),
                     name: forward,
                     origin_none: true,
                 },

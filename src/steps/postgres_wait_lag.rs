@@ -214,6 +214,7 @@ mod tests {
         pg.database(Side::Target)
             .subscribe(
                 &Subscription {
+                    publication: slot.clone(),
                     name: slot.clone(),
                     origin_none: true,
                 },

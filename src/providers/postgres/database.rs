@@ -20,8 +20,10 @@ use std::collections::BTreeMap;
 /// (`CREATE SUBSCRIPTION ... WITH (create_slot = false, copy_data = false)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
-    /// Subscription name, also the publication's and the slot's on the publisher.
+    /// Subscription name, also the slot's on the publisher.
     pub name: String,
+    /// The publication on the publisher.
+    pub publication: String,
     /// `origin = none` (PostgreSQL 16 or later): changes that arrived by replication are not
     /// sent back.
     pub origin_none: bool,
@@ -103,7 +105,7 @@ pub trait Database: Send + Sync {
     }
     /// Whether subscription `name` has a running apply worker.
     async fn subscription_running(&self, name: &str) -> Result<bool, ProviderError>;
-    /// Subscribes to `publisher`'s publication and slot `sub.name`, starting at the slot's
+    /// Subscribes to `publisher`'s publication `sub.publication` through its slot `sub.name`, starting at the slot's
     /// position without copying. The statement holds the publisher's password: an error carries
     /// only the server's message.
     async fn subscribe(
@@ -304,7 +306,7 @@ impl Database for PgDatabase {
             "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, slot_name = {}, copy_data = false{})",
             ident(&sub.name),
             literal(&publisher.conninfo()),
-            ident(&sub.name),
+            ident(&sub.publication),
             literal(&sub.name),
             if sub.origin_none { ", origin = none" } else { "" }
         );

@@ -11,6 +11,7 @@ pub mod checksum;
 pub mod copy;
 pub mod database;
 pub mod heartbeat;
+pub mod initial_copy;
 pub mod ownership;
 pub mod postdata;
 pub mod preflight;

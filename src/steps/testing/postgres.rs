@@ -10,23 +10,33 @@
 //! key (`id`), enough to compare both sides, track changes by key and replicate them.
 
 use crate::config::Side;
+use crate::providers::postgres::catalog::KeyRange;
 use crate::providers::postgres::catalog::{Identity, Table};
 use crate::providers::postgres::changes::{ChangeSet, TableChanges};
 use crate::providers::postgres::checksum::TableResult;
+use crate::providers::postgres::copy::{Chunk, ChunkDone, Done, Options, State, Work};
 use crate::providers::postgres::database::{Checksums, Database, Sequences, Subscription};
+use crate::providers::postgres::initial_copy::{InitialCopy, Prepare, SubscriptionState};
+use crate::providers::postgres::postdata::Item;
+use crate::providers::postgres::preflight::{Needs, Report};
+use crate::providers::postgres::snapshot::ExportedSlot;
 use crate::providers::ProviderError;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A logical replication slot.
 #[derive(Debug, Clone)]
 pub struct Slot {
     /// The position its consumer confirmed (`None` before the first confirmation).
     pub confirmed: Option<u64>,
-    /// Row changes it holds: `(lsn, table, key)`.
-    pub changes: Vec<(u64, String, Vec<String>)>,
+    /// Row changes it holds: `(lsn, table, key, value)` (`None`: deleted).
+    pub changes: Vec<Change>,
 }
+
+/// A row change a slot holds: `(lsn, table, key, value)` (`None`: deleted).
+pub type Change = (u64, String, Vec<String>, Option<String>);
 
 /// A row value by key, per table.
 pub type Rows = BTreeMap<String, BTreeMap<Vec<String>, String>>;
@@ -97,6 +107,24 @@ struct Pair {
     lag_reads: u32,
     /// Row changes received and not applied yet: `(subscriber, table, key, value)`.
     pending: Vec<(Side, String, Vec<String>, Option<String>)>,
+    /// The initial copy's state.
+    copy: CopyState,
+}
+
+/// The initial copy as [`InitialCopy`] keeps it: the progress record, the exported snapshot
+/// (its name and the source's rows it shows) and what a test injects.
+#[derive(Debug, Default)]
+pub struct CopyState {
+    /// The progress record and chunk plan on the target, with the chunks copied.
+    pub progress: Option<(State, Vec<Chunk>, Vec<ChunkDone>)>,
+    /// The exported snapshot while its holder runs.
+    pub snapshot: Option<(String, Rows)>,
+    /// The copy fails (a connection lost) before this many more chunks are in.
+    pub fail_after: Option<usize>,
+    /// What the preflight reports.
+    pub problems: Vec<String>,
+    /// Objects whose owners or privileges differ.
+    pub privilege_differences: Vec<String>,
 }
 
 /// [`Pair::lag_reads`] of a subscription that applies nothing.
@@ -150,7 +178,8 @@ impl Pair {
             s.row_writes += 1;
             let lsn = s.lsn;
             for slot in s.slots.values_mut() {
-                slot.changes.push((lsn, table.to_string(), key.clone()));
+                slot.changes
+                    .push((lsn, table.to_string(), key.clone(), value.clone()));
             }
             let rows = s.rows.entry(table.to_string()).or_default();
             match &value {
@@ -170,6 +199,36 @@ impl Pair {
             }
         }
     }
+}
+
+/// The catalog's view of `s`'s tables: key `id bigint` unless keyless, size 100 bytes a row.
+fn tables_of(s: &Server) -> Vec<Table> {
+    s.tables
+        .iter()
+        .map(|name| {
+            let keyless = s.keyless.contains(name);
+            let rows = s.rows.get(name).map_or(0, |r| r.len() as i64);
+            Table {
+                name: name.clone(),
+                display: name.clone(),
+                columns: vec!["id".into(), "v".into()],
+                column_defs: vec!["id bigint".into(), "v text".into()],
+                key: if keyless {
+                    vec![]
+                } else {
+                    vec![("id".into(), "bigint".into())]
+                },
+                identity: if keyless {
+                    Identity::Full
+                } else {
+                    Identity::PrimaryKey
+                },
+                bytes: rows * 100,
+                est_rows: rows,
+                column_types: vec![],
+            }
+        })
+        .collect()
 }
 
 fn other(side: Side) -> Side {
@@ -210,6 +269,7 @@ impl FakePostgres {
                 target: Server::new(target_db),
                 lag_reads: 0,
                 pending: Vec::new(),
+                copy: CopyState::default(),
             })),
         }
     }
@@ -269,12 +329,19 @@ impl FakePostgres {
         })
     }
 
-    /// Installs both servers, and the comparison of their rows, in `providers`.
+    /// Installs both servers, the comparison of their rows and the copy between them in
+    /// `providers`.
     pub fn install(&self, providers: crate::providers::Providers) -> crate::providers::Providers {
         providers
             .with_database(Side::Source, self.database(Side::Source))
             .with_database(Side::Target, self.database(Side::Target))
             .with_checksums(Arc::new(self.clone()))
+            .with_initial_copy(Arc::new(self.clone()))
+    }
+
+    /// Reads or changes the initial copy's state.
+    pub fn copy_state<T>(&self, f: impl FnOnce(&mut CopyState) -> T) -> T {
+        f(&mut self.lock().copy)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pair> {
@@ -420,23 +487,35 @@ impl Database for FakeServer {
         }
         self.with(|p, side| {
             let publ = p.get(other(side));
-            if !publ.publications.contains_key(&sub.name) {
+            if !publ.publications.contains_key(&sub.publication) {
                 return Err(ProviderError::Postgres {
                     side: side.as_str().into(),
-                    message: format!("publication \"{}\" does not exist", sub.name),
+                    message: format!("publication \"{}\" does not exist", sub.publication),
                 });
             }
-            if !publ.slots.contains_key(&sub.name) {
+            let Some(slot) = publ.slots.get(&sub.name) else {
                 return Err(ProviderError::Postgres {
                     side: side.as_str().into(),
                     message: format!("replication slot \"{}\" does not exist", sub.name),
                 });
-            }
+            };
+            // The subscription receives what the slot holds from its confirmed position on.
+            let from = slot.confirmed.unwrap_or(0);
+            let held: Vec<_> = slot
+                .changes
+                .iter()
+                .filter(|(at, ..)| *at > from)
+                .map(|(_, t, k, v)| (side, t.clone(), k.clone(), v.clone()))
+                .collect();
             if !p.get(side).subscriptions.insert(sub.name.clone()) {
                 return Err(ProviderError::Postgres {
                     side: side.as_str().into(),
                     message: format!("subscription \"{}\" already exists", sub.name),
                 });
+            }
+            p.pending.extend(held);
+            if p.lag_reads == 0 {
+                p.apply_pending();
             }
             Ok(())
         })
@@ -471,34 +550,7 @@ impl Database for FakeServer {
     }
 
     async fn tables(&self) -> Result<Vec<Table>, ProviderError> {
-        Ok(self.me(|s| {
-            s.tables
-                .iter()
-                .map(|name| {
-                    let keyless = s.keyless.contains(name);
-                    let rows = s.rows.get(name).map_or(0, |r| r.len() as i64);
-                    Table {
-                        name: name.clone(),
-                        display: name.clone(),
-                        columns: vec!["id".into(), "v".into()],
-                        column_defs: vec!["id bigint".into(), "v text".into()],
-                        key: if keyless {
-                            vec![]
-                        } else {
-                            vec![("id".into(), "bigint".into())]
-                        },
-                        identity: if keyless {
-                            Identity::Full
-                        } else {
-                            Identity::PrimaryKey
-                        },
-                        bytes: rows * 100,
-                        est_rows: rows,
-                        column_types: vec![],
-                    }
-                })
-                .collect()
-        }))
+        Ok(self.me(|s| tables_of(s)))
     }
     async fn peek(&self, slot: &str, _publication: &str) -> Result<ChangeSet, ProviderError> {
         self.me(|s| {
@@ -510,7 +562,7 @@ impl Database for FakeServer {
                 });
             };
             let mut set = ChangeSet::default();
-            for (_, table, key) in &slot.changes {
+            for (_, table, key, _) in &slot.changes {
                 set.changes += 1;
                 let tc = set
                     .tables
@@ -533,7 +585,7 @@ impl Database for FakeServer {
         let to = parse_lsn(lsn)?;
         self.me(|s| {
             if let Some(slot) = s.slots.get_mut(slot) {
-                slot.changes.retain(|(at, _, _)| *at > to);
+                slot.changes.retain(|(at, ..)| *at > to);
                 slot.confirmed = Some(to);
             }
         });
@@ -671,6 +723,251 @@ impl Checksums for FakePostgres {
     }
 }
 
+/// The initial copy between the two servers: one chunk per table, copied from the rows the
+/// exported snapshot shows; no post-data (the fake keeps no indexes).
+#[async_trait]
+impl InitialCopy for FakePostgres {
+    fn display(&self, side: Side) -> String {
+        format!(
+            "admin@{}:5432/{}",
+            side.as_str(),
+            self.server(side, |s| s.name.clone())
+        )
+    }
+    fn tls(&self, _side: Side) -> String {
+        "verify-full, the test's CA".into()
+    }
+    async fn preflight(
+        &self,
+        _needs: Needs,
+        _publication: &str,
+        _fallback_publication: &str,
+    ) -> Result<Report, ProviderError> {
+        let mut p = self.lock();
+        Ok(Report {
+            problems: p.copy.problems.clone(),
+            source_tables: tables_of(p.get(Side::Source)),
+            target_tables: tables_of(p.get(Side::Target)),
+            rights: vec![],
+        })
+    }
+    async fn state(&self) -> Result<Option<State>, ProviderError> {
+        Ok(self.lock().copy.progress.as_ref().map(|(s, ..)| s.clone()))
+    }
+    async fn progress(&self) -> Result<(Vec<Chunk>, Vec<ChunkDone>), ProviderError> {
+        Ok(self
+            .lock()
+            .copy
+            .progress
+            .as_ref()
+            .map(|(_, all, done)| (all.clone(), done.clone()))
+            .unwrap_or_default())
+    }
+    async fn snapshot_alive(&self, snapshot: &str) -> bool {
+        self.lock()
+            .copy
+            .snapshot
+            .as_ref()
+            .is_some_and(|(name, _)| name == snapshot)
+    }
+    async fn filled(&self, tables: &[String]) -> Result<Vec<String>, ProviderError> {
+        Ok(self.server(Side::Target, |s| {
+            tables
+                .iter()
+                .filter(|t| s.rows.get(*t).is_some_and(|r| !r.is_empty()))
+                .cloned()
+                .collect()
+        }))
+    }
+    async fn drop_tables(&self, tables: &[String]) -> Result<(), ProviderError> {
+        self.server(Side::Target, |s| {
+            s.tables.retain(|t| !tables.contains(t));
+            for t in tables {
+                s.rows.remove(t);
+            }
+        });
+        Ok(())
+    }
+    async fn discard(&self) -> Result<(), ProviderError> {
+        let mut p = self.lock();
+        if let Some((_, _, done)) = p.copy.progress.take() {
+            for d in done {
+                p.get(Side::Target).rows.remove(&d.chunk.table);
+            }
+        }
+        Ok(())
+    }
+    async fn export_snapshot(
+        &self,
+        slot: &str,
+        _max_hold: Duration,
+        _wait: Duration,
+    ) -> Result<ExportedSlot, ProviderError> {
+        let mut p = self.lock();
+        let source = p.get(Side::Source);
+        if source.slots.contains_key(slot) {
+            return Err(ProviderError::Postgres {
+                side: "source".into(),
+                message: format!("replication slot \"{slot}\" already exists"),
+            });
+        }
+        let lsn = source.lsn;
+        source.slots.insert(
+            slot.to_string(),
+            Slot {
+                confirmed: Some(lsn),
+                changes: Vec::new(),
+            },
+        );
+        let name = format!("00000003-{lsn:08X}-1");
+        let rows = source.rows.clone();
+        p.copy.snapshot = Some((name.clone(), rows));
+        Ok(ExportedSlot {
+            slot: slot.to_string(),
+            consistent_lsn: lsn_text(lsn),
+            snapshot: name,
+        })
+    }
+    fn release_snapshot(&self) {
+        self.lock().copy.snapshot = None;
+    }
+    async fn prepare(&self, prep: Prepare<'_>) -> Result<usize, ProviderError> {
+        let mut p = self.lock();
+        if prep.create_schema {
+            let (tables, keyless) = {
+                let s = p.get(Side::Source);
+                (s.tables.clone(), s.keyless.clone())
+            };
+            let t = p.get(Side::Target);
+            t.tables = tables;
+            t.keyless = keyless;
+        }
+        let chunks: Vec<Chunk> = prep
+            .tables
+            .iter()
+            .map(|t| Chunk {
+                table: t.name.clone(),
+                index: 0,
+                of: 1,
+                range: KeyRange::default(),
+                est_bytes: t.bytes,
+            })
+            .collect();
+        let state = State {
+            run_id: prep.run_id.to_string(),
+            slot: prep.slot.clone(),
+            phase: "copying".into(),
+            post_data: prep.post_data,
+        };
+        let n = chunks.len();
+        p.copy.progress = Some((state, chunks, Vec::new()));
+        Ok(n)
+    }
+    async fn pending_items(&self) -> Result<(String, Vec<Item>), ProviderError> {
+        Ok((String::new(), Vec::new()))
+    }
+    async fn copy(
+        &self,
+        snapshot: &str,
+        _tables: &[Table],
+        work: Work,
+        _opts: &Options,
+        on_done: &mut (dyn FnMut(Done) + Send),
+    ) -> Result<(), ProviderError> {
+        for chunk in work.chunks {
+            let done = {
+                let mut p = self.lock();
+                let lost = || ProviderError::Postgres {
+                    side: "target".into(),
+                    message: "server closed the connection unexpectedly".into(),
+                };
+                match p.copy.fail_after {
+                    Some(0) => {
+                        p.copy.fail_after = None;
+                        return Err(lost());
+                    }
+                    Some(n) => p.copy.fail_after = Some(n - 1),
+                    None => {}
+                }
+                let Some((name, rows)) = p.copy.snapshot.clone() else {
+                    return Err(ProviderError::Postgres {
+                        side: "source".into(),
+                        message: format!("invalid snapshot identifier: \"{snapshot}\""),
+                    });
+                };
+                if name != snapshot {
+                    return Err(ProviderError::Postgres {
+                        side: "source".into(),
+                        message: format!("invalid snapshot identifier: \"{snapshot}\""),
+                    });
+                }
+                let rows = rows.get(&chunk.table).cloned().unwrap_or_default();
+                let n = rows.len() as u64;
+                p.get(Side::Target).rows.insert(chunk.table.clone(), rows);
+                let done = ChunkDone {
+                    chunk,
+                    rows: n,
+                    bytes: n * 100,
+                };
+                if let Some((_, _, copied)) = p.copy.progress.as_mut() {
+                    copied.push(done.clone());
+                }
+                done
+            };
+            on_done(Done::Chunk(done));
+        }
+        Ok(())
+    }
+    async fn copied(&self) -> Result<(), ProviderError> {
+        if let Some((state, ..)) = self.lock().copy.progress.as_mut() {
+            state.phase = "post-data".into();
+        }
+        Ok(())
+    }
+    async fn validate(
+        &self,
+        _preamble: &str,
+        _items: Vec<Item>,
+        _jobs: usize,
+        _on_done: &mut (dyn FnMut(Done) + Send),
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    async fn resume_autovacuum(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
+    async fn drop_progress(&self) -> Result<(), ProviderError> {
+        self.lock().copy.progress = None;
+        Ok(())
+    }
+    async fn not_valid_foreign_keys(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
+    async fn subscription_state(&self, name: &str) -> Result<SubscriptionState, ProviderError> {
+        let mut p = self.lock();
+        let running = p.lag_reads != STALLED;
+        let t = p.get(Side::Target);
+        Ok(if t.subscriptions.contains(name) {
+            SubscriptionState {
+                tables: t.tables.len() as i64,
+                syncing: 0,
+                workers: i64::from(running),
+            }
+        } else {
+            SubscriptionState {
+                tables: 0,
+                syncing: 0,
+                workers: 0,
+            }
+        })
+    }
+    async fn privilege_differences(&self) -> Result<(usize, Vec<String>), ProviderError> {
+        let mut p = self.lock();
+        let compared = p.get(Side::Source).tables.len();
+        Ok((compared, p.copy.privilege_differences.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -694,6 +991,7 @@ mod tests {
         target
             .subscribe(
                 &Subscription {
+                    publication: "s".into(),
                     name: "s".into(),
                     origin_none: true,
                 },
