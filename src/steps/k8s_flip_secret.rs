@@ -12,19 +12,20 @@
 //! appear only as fingerprints. Each restart is marked with `cutover.dev/restarted-for` on the pod
 //! template, so a resumed run never restarts a Deployment twice for the same step.
 
+use super::rollout::{generation, restart, wait_rollouts};
 use super::secret_owner::{self, External, Owner};
 use super::{
     Action, Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError,
     WindowRole,
 };
 use crate::config::SecretRef;
-use crate::providers::kube::{is_conflict, is_not_found, kube_err, Rollout};
+use crate::providers::kube::{is_conflict, is_not_found, kube_err};
 use crate::secret::fingerprint;
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -48,7 +49,6 @@ pub struct Params {
     restart: Vec<String>,
 }
 
-const RESTART_MARK: &str = "cutover.dev/restarted-for";
 /// Backup Secret keys holding an upstream's whole value from before the flip.
 const UPSTREAM_PREFIX: &str = "cutover.upstream.";
 /// Backup Secret annotation naming the ExternalSecret the flip went through.
@@ -228,84 +228,6 @@ async fn refresh_and_wait(
         ));
         cx.wait(Duration::from_millis(250), &what).await?;
     }
-}
-
-/// Restarts a Deployment unless its pod template already carries `mark`.
-async fn restart(api: &Api<Deployment>, name: &str, mark: &str) -> Result<bool, StepError> {
-    let d = api
-        .get(name)
-        .await
-        .map_err(|e| kube_err(&format!("get deployment {name}"), e))?;
-    let current = d
-        .spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get(RESTART_MARK));
-    if current.map(String::as_str) == Some(mark) {
-        return Ok(false);
-    }
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let patch = json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": now, RESTART_MARK: mark}}}}});
-    api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
-        .await
-        .map_err(|e| kube_err(&format!("restart deployment {name}"), e))?;
-    Ok(true)
-}
-
-/// The `metadata.generation` of Deployment `name`.
-async fn generation(api: &Api<Deployment>, name: &str) -> Result<i64, StepError> {
-    Ok(api
-        .get(name)
-        .await
-        .map_err(|e| kube_err(&format!("get deployment {name}"), e))?
-        .metadata
-        .generation
-        .unwrap_or(0))
-}
-
-/// Waits until every Deployment has rolled out, with `kubectl rollout status`'s conditions.
-async fn wait_rollouts(
-    cx: &StepContext<'_>,
-    api: &Api<Deployment>,
-    names: &[String],
-) -> Result<Vec<String>, StepError> {
-    let mut evidence = Vec::new();
-    for name in names {
-        // Polled every 200 ms (the completion is seen promptly); shown when it changes.
-        let mut shown = None;
-        loop {
-            let d = api
-                .get(name)
-                .await
-                .map_err(|e| kube_err(&format!("get deployment {name}"), e))?;
-            let state = crate::providers::kube::rollout(&d);
-            match state {
-                Rollout::DeadlineExceeded => {
-                    return Err(StepError::Check(format!("deployment {name} {state}")))
-                }
-                Rollout::Complete { .. } => {
-                    evidence.push(format!("deployment/{name} {state}"));
-                    break;
-                }
-                _ => {}
-            }
-            if shown.as_ref() != Some(&state) {
-                (cx.progress)(&format!(
-                    "deployment/{name}: {state}; waiting up to {}s",
-                    cx.remaining().as_secs()
-                ));
-                shown = Some(state.clone());
-            }
-            cx.wait(
-                Duration::from_millis(200),
-                &format!("deployment {name} rollout: {state}"),
-            )
-            .await?;
-        }
-    }
-    Ok(evidence)
 }
 
 /// Rollback material: fingerprints of the Secret's keys before the flip, and the

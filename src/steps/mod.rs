@@ -1,5 +1,7 @@
-//! Step kinds: one file per kind, each implementing [`StepKind`], and the registry that maps a
-//! kind name (`postgres.replicate`) to its implementation.
+//! Step kinds: one module per kind (a file, or a directory whose `mod.rs` is the kind and whose
+//! children hold its long or pure parts, as `route53_cutover/pair.rs`), each implementing
+//! [`StepKind`]; the helpers several kinds share (`dns`, `rollout`, `secret_owner`); and the
+//! registry that maps a kind name (`postgres.replicate`) to its implementation.
 //!
 //! A kind owns what one step does to the world and how it is undone. It must not decide what runs
 //! next, write the event log or read other steps' state except through its rendered parameters:
@@ -21,6 +23,7 @@ mod postgres_sync_sequences;
 mod postgres_verify;
 mod postgres_wait_lag;
 mod rds_snapshot;
+mod rollout;
 mod route53_cutover;
 mod route53_set_ttl;
 mod secret_owner;

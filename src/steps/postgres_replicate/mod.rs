@@ -24,15 +24,21 @@ use crate::providers::postgres::catalog::Table;
 use crate::providers::postgres::copy;
 use crate::providers::postgres::database::{Database, Subscription};
 use crate::providers::postgres::initial_copy::{InitialCopy, Prepare};
-use crate::providers::postgres::postdata::{Item, Stage};
-use crate::providers::postgres::preflight::{Needs, Report};
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod outputs;
+mod phases;
+pub use outputs::{Before, Copied, Outputs, TableCopy};
+use phases::{
+    not_valid_foreign_keys, preflight_check, problems_error, run_copy, tables_to_reset,
+    validate_foreign_keys,
+};
 
 /// The `postgres.replicate` kind.
 pub struct Replicate;
@@ -154,266 +160,6 @@ fn hold_file(cx: &StepContext) -> PathBuf {
 
 fn fmt_mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
-/// Runs the preflight and turns its problems into one error listing them all.
-async fn preflight_check(
-    cx: &StepContext<'_>,
-    p: &Params,
-    copy: &dyn InitialCopy,
-    resuming: bool,
-    reset: bool,
-) -> Result<Report, StepError> {
-    let (publication, _) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
-    let needs = Needs {
-        routes: None,
-        reset,
-        target_logical: p.fallback,
-        // The forward slot and the change-tracking slot of postgres.verify.
-        slots: 2,
-        senders: 2,
-        max_transaction_age_secs: p.max_transaction_age,
-        resuming,
-        pg_dump_major: None,
-    };
-    Ok(copy
-        .preflight(
-            needs,
-            &publication,
-            &super::postgres_fallback::fallback_name(cx),
-        )
-        .await?)
-}
-
-/// The target tables an earlier rehearsal filled, when `reset_target` may empty them: `None`
-/// when there is nothing to reset; an error when resetting is not allowed here (production, or
-/// an earlier run's fallback subscription is live on the source: the application uses the
-/// target).
-async fn tables_to_reset(
-    cx: &StepContext<'_>,
-    p: &Params,
-    s: &Servers,
-) -> Result<Option<Vec<String>>, StepError> {
-    if !p.reset_target {
-        return Ok(None);
-    }
-    let source_tables = s.source.table_names().await?;
-    let on_both: Vec<String> = s
-        .target
-        .table_names()
-        .await?
-        .into_iter()
-        .filter(|t| source_tables.contains(t))
-        .collect();
-    let filled = s.copy.filled(&on_both).await?;
-    if filled.is_empty() {
-        return Ok(None);
-    }
-    if cx.env.tier == crate::config::Tier::Production {
-        return Err(StepError::Gate(format!(
-            "reset_target would empty {} table(s) of the production target; it is refused in production",
-            filled.len()
-        )));
-    }
-    let live: Vec<String> = s
-        .source
-        .subscriptions("cutover_")
-        .await?
-        .into_iter()
-        .filter(|n| n.ends_with("_fb"))
-        .collect();
-    if !live.is_empty() {
-        return Err(StepError::Gate(format!(
-            "the target holds the copy of an earlier run whose fallback is live (subscription {} on the legacy database): the application uses the target. Return it to the legacy database first with `cutover rollback RUN_ID` of that run (`cutover runs` lists it; its id ends in the subscription's suffix), then rehearse again",
-            live.join(", ")
-        )));
-    }
-    Ok(Some(filled))
-}
-
-fn problems_error(problems: &[String]) -> StepError {
-    StepError::Check(format!(
-        "preflight found {} problem(s); the copy did not start:\n  - {}",
-        problems.len(),
-        problems.join("\n  - ")
-    ))
-}
-
-/// Rollback material: what the target held before the run.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Before {
-    /// Tables on the target before the run.
-    #[serde(default)]
-    target_tables: usize,
-    /// The application roles already read-only on the target (a rollback leaves them so).
-    #[serde(default)]
-    target_frozen: Vec<String>,
-}
-
-/// One table's copy in [`Copied`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct TableCopy {
-    /// Chunks copied.
-    chunks: u64,
-    /// Rows copied.
-    rows: u64,
-    /// Bytes of COPY data.
-    bytes: u64,
-    /// The COPY format: `binary` or `text`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    format: Option<copy::Format>,
-    /// Why text, when text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    text_because: Option<String>,
-}
-
-/// What `postgres.replicate` returns.
-#[derive(Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Outputs {
-    /// The publication on the source.
-    publication: String,
-    /// The subscription on the target.
-    subscription: String,
-    /// The replication slot on the source (named as the subscription).
-    slot: String,
-    /// The source database, `user@host:port/db` (no password).
-    source: String,
-    /// The target database, likewise.
-    target: String,
-    /// Tables replicated.
-    tables: usize,
-    /// The application roles kept read-only on the target until the flip.
-    target_frozen_roles: Vec<String>,
-    /// The slot's consistent point: the copy's snapshot, replication's start (absent when the
-    /// subscription existed already).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    consistent_lsn: Option<String>,
-    /// The copy's figures (absent when the subscription existed already).
-    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
-    copied: Option<Copied>,
-}
-
-/// The figures of [`Outputs`]' copy.
-#[derive(Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Copied {
-    /// Chunks the tables were split into.
-    chunks: usize,
-    /// Chunks this attempt copied.
-    chunks_copied: usize,
-    /// Chunks an earlier attempt had copied (not copied again).
-    chunks_resumed: usize,
-    /// Rows copied.
-    rows_copied: u64,
-    /// Bytes copied (COPY text).
-    bytes_copied: u64,
-    /// Wall time of the copy and its post-data (indexes, constraints, ANALYZE), in seconds.
-    copy_seconds: f64,
-    /// Post-data statements this attempt applied (index builds, ANALYZE, the finish
-    /// transaction's statements, foreign key validations excluded).
-    post_data_applied: usize,
-    /// Foreign keys validated on the target after replication started (`table.constraint`).
-    foreign_keys_validated: Vec<String>,
-    /// Foreign keys left NOT VALID on the target, each with why.
-    foreign_keys_not_validated: Vec<NotValidated>,
-    /// Wall time of each part of this attempt, in seconds: `preflight`, `slot`,
-    /// `schema_and_plan`, `copy_and_post_data`, `subscription`, `foreign_key_validation`.
-    seconds: BTreeMap<String, f64>,
-    /// Per table: rows, bytes and chunks copied, the COPY format (`binary` or `text`) and,
-    /// for text, why (`text_because`).
-    copy: BTreeMap<String, TableCopy>,
-}
-
-/// A foreign key the copy left `NOT VALID`.
-#[derive(Serialize, Deserialize, schemars::JsonSchema)]
-pub struct NotValidated {
-    /// `table.constraint`.
-    constraint: String,
-    /// Why: the runbook said so, or it is `NOT VALID` on the source too.
-    reason: String,
-}
-
-/// One progress line for post-data items that committed together in `secs` seconds.
-fn post_data_line(items: &[Item], secs: f64) -> String {
-    match items {
-        [one] => format!("post-data: {} ({secs:.1} s)", one.label),
-        many => format!(
-            "post-data: {} statement(s) in one transaction (constraints attached, foreign keys added NOT VALID, triggers, comments) ({secs:.1} s)",
-            many.len()
-        ),
-    }
-}
-
-/// Validates the foreign keys the copy added `NOT VALID` and has not validated yet (the
-/// validate items of the progress schema), `jobs` at a time; their labels.
-async fn validate_foreign_keys(
-    cx: &StepContext<'_>,
-    copy: &dyn InitialCopy,
-    jobs: usize,
-) -> Result<Vec<String>, StepError> {
-    if copy.state().await?.is_none() {
-        return Ok(Vec::new());
-    }
-    let (preamble, items) = copy.pending_items().await?;
-    let items: Vec<Item> = items
-        .into_iter()
-        .filter(|i| i.stage == Stage::Validate)
-        .collect();
-    if items.is_empty() {
-        return Ok(Vec::new());
-    }
-    (cx.progress)(&format!(
-        "validating {} foreign key(s) while replication runs",
-        items.len()
-    ));
-    let mut done = Vec::new();
-    copy.validate(&preamble, items, jobs, &mut |d| {
-        if let copy::Done::Items(items, secs) = d {
-            (cx.progress)(&post_data_line(&items, secs));
-            done.extend(items.into_iter().map(|i| i.label));
-        }
-    })
-    .await?;
-    Ok(done)
-}
-
-/// The target's foreign keys that are `NOT VALID`, with the reason.
-async fn not_valid_foreign_keys(
-    copy: &dyn InitialCopy,
-    validate: bool,
-) -> Result<Vec<NotValidated>, StepError> {
-    Ok(copy
-        .not_valid_foreign_keys()
-        .await?
-        .into_iter()
-        .map(|constraint| NotValidated {
-            constraint,
-            reason: if validate {
-                "NOT VALID on the source too".into()
-            } else {
-                "validate_foreign_keys: false in the runbook".into()
-            },
-        })
-        .collect())
-}
-
-impl Outputs {
-    fn new(publication: &str, subscription: &str, source: String, target: String) -> Outputs {
-        Outputs {
-            publication: publication.to_string(),
-            subscription: subscription.to_string(),
-            slot: subscription.to_string(),
-            source,
-            target,
-            tables: 0,
-            target_frozen_roles: Vec::new(),
-            consistent_lsn: None,
-            copied: None,
-        }
-    }
-
-    fn with_summary(self, summary: String) -> Applied<Outputs> {
-        Applied::new(self).summary(summary)
-    }
 }
 
 #[async_trait]
@@ -710,81 +456,9 @@ impl Kind for Replicate {
         out.consistent_lsn = Some(state.slot.consistent_lsn.clone());
 
         let started = Instant::now();
-        let (all, done_before) = s.copy.progress().await?;
-        let same_major = s.source.major_version().await? == s.target.major_version().await?;
-        let mut copied = 0usize;
-        let mut items_applied = 0usize;
-        if state.phase == "copying" {
-            let pending: Vec<copy::Chunk> = all
-                .iter()
-                .filter(|c| {
-                    !done_before
-                        .iter()
-                        .any(|d| d.chunk.table == c.table && d.chunk.index == c.index)
-                })
-                .cloned()
-                .collect();
-            if !done_before.is_empty() {
-                (cx.progress)(&format!(
-                    "resuming the copy: {} of {} chunks already copied, {} to go",
-                    done_before.len(),
-                    all.len(),
-                    pending.len()
-                ));
-            }
-            let (preamble, items) = s.copy.pending_items().await?;
-            let items: Vec<Item> = items
-                .into_iter()
-                .filter(|i| i.stage != Stage::Validate)
-                .collect();
-            let total_bytes: i64 = all.iter().map(|c| c.est_bytes).sum::<i64>().max(1);
-            let mut bytes_so_far: i64 = done_before.iter().map(|d| d.chunk.est_bytes).sum();
-            let mut n = done_before.len();
-            let opts = copy::Options {
-                same_major,
-                jobs: p.jobs,
-                rate_limit: p.rate_limit_mb.map(|m| m * 1e6),
-                attempt: format!(
-                    "{}@{}",
-                    cx.run_id,
-                    chrono::Utc::now().format("%H:%M:%S%.3f")
-                ),
-            };
-            let work = copy::Work {
-                chunks: pending,
-                items,
-                preamble,
-            };
-            let mut on_done = |d| match d {
-                copy::Done::Chunk(d) => {
-                    n += 1;
-                    copied += 1;
-                    bytes_so_far += d.chunk.est_bytes;
-                    (cx.progress)(&format!(
-                        "copied {} chunk {}/{} ({} rows, {}); {n} of {} chunks, {}%",
-                        d.chunk.table,
-                        d.chunk.index + 1,
-                        d.chunk.of,
-                        d.rows,
-                        fmt_mb(d.bytes),
-                        all.len(),
-                        bytes_so_far * 100 / total_bytes
-                    ));
-                }
-                copy::Done::Items(items, secs) => {
-                    items_applied += items.len();
-                    (cx.progress)(&post_data_line(&items, secs));
-                }
-            };
-            // Safe points while the copy runs: every chunk commits with its progress row, so a
-            // copy stopped by the panic flag or the write budget resumes (or rolls back) cleanly.
-            let copying = s
-                .copy
-                .copy(&state.slot.snapshot, &tables, work, &opts, &mut on_done);
-            cx.watched(copying, "the initial copy").await??;
+        let run = run_copy(cx, p, &s, &state, &tables).await?;
+        if run.ran {
             lap("copy_and_post_data");
-            s.copy.release_snapshot();
-            s.copy.copied().await?;
         }
         s.copy.release_snapshot();
         let copy_seconds = started.elapsed().as_secs_f64();
@@ -800,7 +474,7 @@ impl Kind for Replicate {
         }
         for t in &tables {
             if let Some(e) = per_table.get_mut(&t.name) {
-                let (format, why) = copy::format_for(t, same_major);
+                let (format, why) = copy::format_for(t, run.same_major);
                 e.format = Some(format);
                 e.text_because = why;
             }
@@ -824,13 +498,13 @@ impl Kind for Replicate {
         let rows: u64 = done_all.iter().map(|d| d.rows).sum();
         let bytes: u64 = done_all.iter().map(|d| d.bytes).sum();
         out.copied = Some(Copied {
-            chunks: all.len(),
-            chunks_copied: copied,
-            chunks_resumed: done_before.len(),
+            chunks: run.all.len(),
+            chunks_copied: run.copied,
+            chunks_resumed: run.done_before,
             rows_copied: rows,
             bytes_copied: bytes,
             copy_seconds: (copy_seconds * 1000.0).round() / 1000.0,
-            post_data_applied: items_applied,
+            post_data_applied: run.items_applied,
             foreign_keys_validated: validated,
             foreign_keys_not_validated: not_validated,
             seconds,
@@ -838,8 +512,8 @@ impl Kind for Replicate {
         });
         Ok(out.with_summary(format!(
             "{} tables, {rows} rows ({}) copied in {} chunks{} with {} job(s); replicating through {sub} from {}",
-            tables.len(), fmt_mb(bytes), all.len(),
-            if done_before.is_empty() { String::new() } else { format!(" ({} resumed)", done_before.len()) },
+            tables.len(), fmt_mb(bytes), run.all.len(),
+            if run.done_before == 0 { String::new() } else { format!(" ({} resumed)", run.done_before) },
             p.jobs, state.slot.consistent_lsn
         )))
     }
