@@ -7,6 +7,7 @@ use crate::state::{alb_arn, State, ENVIRONMENTS, REGION};
 use anyhow::{anyhow, Context, Result};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sts::config::Credentials;
+use cutover::providers::postgres::Server;
 
 /// Rows of the example `shop` database: customers, orders, order_items.
 pub const CUSTOMERS: i64 = 10_000;
@@ -17,8 +18,8 @@ pub const ORDER_ITEMS: i64 = 200_000;
 
 /// Connects over TLS, verified with the sandbox's CA (the URL's `sslmode` and `sslrootcert`),
 /// through the same client code `cutover` uses.
-async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    cutover::providers::postgres::connect(url, "sandbox")
+async fn connect(url: &str, side: Server) -> Result<tokio_postgres::Client> {
+    cutover::providers::postgres::connect(url, side)
         .await
         .context("connect")
 }
@@ -37,7 +38,7 @@ pub async fn databases(s: &State) -> Result<()> {
         s.target_port,
         s.tls_query()
     );
-    let src = connect(&src_admin).await?;
+    let src = connect(&src_admin, Server::Source).await?;
     src.batch_execute(&format!(
         "CREATE ROLE shop LOGIN PASSWORD '{}'",
         s.app_password
@@ -45,12 +46,15 @@ pub async fn databases(s: &State) -> Result<()> {
     .await?;
     src.batch_execute("CREATE DATABASE shop_seed OWNER shop")
         .await?;
-    let seed = connect(&format!(
-        "postgres://shop:{}@127.0.0.1:{}/shop_seed{}",
-        s.app_password,
-        s.source_port,
-        s.tls_query()
-    ))
+    let seed = connect(
+        &format!(
+            "postgres://shop:{}@127.0.0.1:{}/shop_seed{}",
+            s.app_password,
+            s.source_port,
+            s.tls_query()
+        ),
+        Server::Source,
+    )
     .await?;
     seed.batch_execute(&format!(
         "CREATE TABLE customers (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, name text NOT NULL, created_at timestamptz NOT NULL);
@@ -69,7 +73,7 @@ pub async fn databases(s: &State) -> Result<()> {
     .await
     .context("seeding shop")?;
     drop(seed);
-    let tgt = connect(&tgt_admin).await?;
+    let tgt = connect(&tgt_admin, Server::Target).await?;
     tgt.batch_execute(&format!(
         "CREATE ROLE shop LOGIN PASSWORD '{}'",
         s.app_password
@@ -135,7 +139,7 @@ async fn letters(
             .await?;
         tgt.batch_execute(&format!("CREATE DATABASE {db} OWNER letters"))
             .await?;
-        let c = connect(&s.letters_url(env, "letters", false)).await?;
+        let c = connect(&s.letters_url(env, "letters", false), Server::Source).await?;
         c.batch_execute(&format!(
             "CREATE SEQUENCE letter_number START 1000;
              CREATE TABLE mailboxes (id bigint PRIMARY KEY, address text NOT NULL UNIQUE);

@@ -119,7 +119,7 @@ fn seed_external_secret(store: &mut kube::Store, env: &str) {
 /// (the servers refuse plaintext), through the client code `cutover` uses; the server's message
 /// on failure.
 async fn app_connect(url: &str) -> Result<tokio_postgres::Client, String> {
-    cutover::providers::postgres::connect(url, "app")
+    cutover::providers::postgres::connect(url, cutover::providers::postgres::Server::Application)
         .await
         .map_err(|e| match e {
             cutover::providers::ProviderError::Postgres { message, .. } => message,

@@ -409,9 +409,10 @@ pub async fn slot_warnings(root: &Path, run_id: &str) -> Vec<String> {
     let mut out = Vec::new();
     let providers = crate::providers::Providers::new(env.clone(), run_id, Default::default());
     let _ = providers.read_database_urls().await;
+    use crate::providers::postgres::Server;
     for (side, url) in [
-        ("source", providers.source_url()),
-        ("target", providers.target_url()),
+        (Server::Source, providers.source_url()),
+        (Server::Target, providers.target_url()),
     ] {
         let Ok(url) = url else {
             continue;

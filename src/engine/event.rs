@@ -29,9 +29,8 @@ pub enum Event {
     SecretsRead(SecretsRead),
     /// A later process continues the run (`resume`, or `rollback` when `rollback`).
     RunResumed(RunResumed),
-    /// The heartbeat writers started: `{writer, writes_per_second, secret, key, table,
-    /// reload_ms, legacy}` as `engine::heartbeat::start` records them.
-    HeartbeatStarted(Value),
+    /// The heartbeat writers started: what they write, where, and how the application reloads.
+    HeartbeatStarted(HeartbeatStarted),
     /// A heartbeat writer could not start or read its URL.
     HeartbeatFailed(HeartbeatFailed),
     /// The heartbeat's measurement at the end of a process's run (writes attempted and
@@ -339,6 +338,53 @@ pub struct HeartbeatRecord {
     /// The `aws` path's time from first to last acknowledged write, ms.
     #[serde(default)]
     pub writing_ms: u64,
+}
+
+/// [`Event::HeartbeatStarted`]. Every field a later version added has a default, so logs
+/// written before still read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatStarted {
+    /// The writer's id (the run id; `<id>/legacy` for the legacy path's writer).
+    pub writer: String,
+    /// Writes attempted per second on each path.
+    pub writes_per_second: f64,
+    /// `namespace/name` of the Secret the writer reads its URL from.
+    pub secret: String,
+    /// The Secret's key holding the URL.
+    pub key: String,
+    /// The table written.
+    pub table: String,
+    /// How often the writer re-reads the Secret, in milliseconds.
+    pub reload_ms: u64,
+    /// How the application picks up a changed Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<crate::config::Reload>,
+    /// The Deployments restarted to reload (`reload: restart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployments: Option<Vec<String>>,
+    /// The kubelet's delay before a mounted Secret changes, in milliseconds (`reload: volume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_delay_ms: Option<u64>,
+    /// The runbook's write-outage budget, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_write_outage_ms: Option<u64>,
+    /// The legacy path's writer, when the runbook writes through the legacy DNS name too
+    /// (`null` without one).
+    #[serde(default)]
+    pub legacy: Option<LegacyPath>,
+}
+
+/// [`HeartbeatStarted::legacy`]: the record the legacy writer resolves and what it named when
+/// the run began.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LegacyPath {
+    /// The DNS record (`shop.example.com`).
+    pub record: String,
+    /// Its type (`CNAME`, `A`).
+    #[serde(rename = "type")]
+    pub rtype: String,
+    /// What it named when the run began: the legacy side's targets.
+    pub legacy_targets: Vec<String>,
 }
 
 /// [`Event::HeartbeatFailed`].

@@ -20,7 +20,9 @@
 //! Owns the bridge between the runbook's `heartbeat:` section, the Kubernetes and Route 53
 //! clients and the writers; must not interpret step results.
 
-use super::event::{Event, HeartbeatFailed, HeartbeatRecord, PathFigures, WriteOutage};
+use super::event::{
+    Event, HeartbeatFailed, HeartbeatRecord, HeartbeatStarted, LegacyPath, PathFigures, WriteOutage,
+};
 use super::executor::{EngineError, Executor};
 use super::reload::{Observed, RestartAdoption, VolumeAdoption};
 use crate::config::Reload;
@@ -31,7 +33,6 @@ use crate::providers::postgres::ConnParts;
 use crate::runbook::template;
 use crate::steps::context::Mode;
 use crate::steps::context::WriteWatch;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -353,7 +354,7 @@ pub async fn start(
         writer: Heartbeat::start(urls, opts(id.clone(), None)).await,
         id: id.clone(),
     }];
-    let mut legacy_info = Value::Null;
+    let mut legacy_info = None;
     if let Some(l) = &cfg.legacy {
         let ctx = ex.context(false);
         let rendered = template::render_str(&l.url, &ctx)
@@ -378,7 +379,11 @@ pub async fn start(
                     writer: Heartbeat::start(fixed, opts(lid.clone(), Some(served))).await,
                     id: lid,
                 });
-                legacy_info = json!({"record": record, "type": l.rtype, "legacy_targets": targets});
+                legacy_info = Some(LegacyPath {
+                    record,
+                    rtype: l.rtype.clone(),
+                    legacy_targets: targets,
+                });
             }
             Err(e) => {
                 let reason = ex.redactor.redact(&e);
@@ -392,12 +397,20 @@ pub async fn start(
             }
         }
     }
-    let mut started = json!({"writer": id, "writes_per_second": cfg.writes_per_second, "secret": format!("{}/{}", cfg.namespace, cfg.secret), "key": cfg.key, "table": cfg.table, "reload_ms": cfg.reload_ms, "reload": cfg.reload.as_str(), "max_write_outage_ms": cfg.max_write_outage.as_millis() as u64, "legacy": legacy_info});
-    match cfg.reload {
-        Reload::Restart => started["deployments"] = json!(readers),
-        Reload::Volume => started["volume_delay_ms"] = json!(cfg.volume_delay.as_millis() as u64),
-        Reload::Pooler => {}
-    }
+    let started = HeartbeatStarted {
+        writer: id.clone(),
+        writes_per_second: cfg.writes_per_second,
+        secret: format!("{}/{}", cfg.namespace, cfg.secret),
+        key: cfg.key.clone(),
+        table: cfg.table.clone(),
+        reload_ms: cfg.reload_ms,
+        reload: Some(cfg.reload),
+        deployments: (cfg.reload == Reload::Restart).then(|| readers.clone()),
+        volume_delay_ms: (cfg.reload == Reload::Volume)
+            .then(|| cfg.volume_delay.as_millis() as u64),
+        max_write_outage_ms: Some(cfg.max_write_outage.as_millis() as u64),
+        legacy: legacy_info,
+    };
     let reload = ReloadFigures {
         reload: cfg.reload,
         deployments: (cfg.reload == Reload::Restart).then(|| readers.clone()),
@@ -456,7 +469,7 @@ pub async fn finish(ex: &mut Executor<'_>) -> Result<Option<(u64, String)>, Engi
     }
     let final_url = reports[0].2.final_url.clone();
     let aws_failed = reports[0].2.error.is_some();
-    let db = ConnParts::parse(&final_url, "heartbeat")
+    let db = ConnParts::parse(&final_url, crate::providers::postgres::Server::Application)
         .map(|p| p.display())
         .unwrap_or_default();
     let mut paths = Vec::new();

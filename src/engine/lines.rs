@@ -79,22 +79,8 @@ pub fn analysis_line(a: &AnalysisRecord) -> String {
     line
 }
 
-/// How a `heartbeat_started` record's application picks up its Secret, as words after the
-/// heartbeat's line: `; reload: restart (deployment/a, deployment/b)`, `; reload: volume
-/// (60 s after a change)`, `; reload: pooler (never)`; empty for logs of earlier versions.
-fn reload_words(d: &Value) -> String {
-    let deployments: Option<Vec<String>> = d
-        .get("deployments")
-        .and_then(|v| serde_json::from_value(v.clone()).ok());
-    reload_text(
-        d.get("reload")
-            .and_then(|v| serde_json::from_value(v.clone()).ok()),
-        deployments.as_deref(),
-        d.get("volume_delay_ms").and_then(Value::as_u64),
-    )
-}
-
-/// The words of [`reload_words`] from their parts.
+/// How a heartbeat's application picks up its Secret, as words after the heartbeat's line
+/// (nothing when it re-reads it).
 fn reload_text(
     reload: Option<crate::config::Reload>,
     deployments: Option<&[String]>,
@@ -289,12 +275,12 @@ pub fn event_line(event: &Event, step: &str, hash: &str) -> Option<String> {
         ),
         Event::RunRefused(d) => format!("refused: {}", d.reason),
         Event::HeartbeatStarted(d) => format!(
-            "  heartbeat: {} writes/s through secret {} ({}) into {}{}",
-            d.get("writes_per_second").cloned().unwrap_or_default(),
-            s(d, "secret"),
-            s(d, "key"),
-            s(d, "table"),
-            reload_words(d)
+            "  heartbeat: {:.1} writes/s through secret {} ({}) into {}{}",
+            d.writes_per_second,
+            d.secret,
+            d.key,
+            d.table,
+            reload_text(d.reload, d.deployments.as_deref(), d.volume_delay_ms)
         ),
         Event::HeartbeatFailed(d) => format!("  heartbeat could not start: {}", d.error),
         Event::Heartbeat(d) => heartbeat_line(d),

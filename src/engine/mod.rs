@@ -550,10 +550,7 @@ async fn continue_run(
         records
             .iter()
             .find_map(|r| match Event::from_parts(&r.event, &r.data).ok()? {
-                Event::HeartbeatStarted(v) => serde_json::from_value::<Vec<String>>(
-                    v.pointer("/legacy/legacy_targets")?.clone(),
-                )
-                .ok(),
+                Event::HeartbeatStarted(h) => h.legacy.map(|l| l.legacy_targets),
                 _ => None,
             });
     heartbeat::start(ex, replayed.resumes + 1, legacy_targets).await?;

@@ -56,8 +56,8 @@ pub enum ProviderError {
     /// A PostgreSQL connection or statement failed.
     #[error("PostgreSQL ({side}): {message}")]
     Postgres {
-        /// `source` or `target`.
-        side: String,
+        /// Which server.
+        side: postgres::Server,
         /// The server's or driver's message.
         message: String,
     },
@@ -548,22 +548,6 @@ impl Providers {
             }
         }
         Ok(())
-    }
-
-    /// Connects to the source database. The session is read-write even after the database was
-    /// frozen (`default_transaction_read_only`), since this tool's own statements (dropping a
-    /// publication on rollback) must still run.
-    pub async fn source(&self) -> Result<tokio_postgres::Client, ProviderError> {
-        let c = postgres::connect(&self.source_url()?, "source").await?;
-        c.batch_execute("SET default_transaction_read_only = off")
-            .await
-            .map_err(|e| postgres::pg("source", e))?;
-        Ok(c)
-    }
-
-    /// Connects to the target database.
-    pub async fn target(&self) -> Result<tokio_postgres::Client, ProviderError> {
-        postgres::connect(&self.target_url()?, "target").await
     }
 
     /// A new connection to `side`'s server behind the [`postgres::database::Database`] seam

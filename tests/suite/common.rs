@@ -617,9 +617,16 @@ impl Sandbox {
         block_on(async {
             // TLS as the URL says (the sandbox's servers refuse plaintext), with the tool's
             // own client code.
-            let c = cutover::providers::postgres::connect(url, "test")
-                .await
-                .map_err(|e| e.to_string())?;
+            // Either server: the error's message without the side it would name.
+            let c = cutover::providers::postgres::connect(
+                url,
+                cutover::providers::postgres::Server::Source,
+            )
+            .await
+            .map_err(|e| match e {
+                cutover::providers::ProviderError::Postgres { message, .. } => message,
+                other => other.to_string(),
+            })?;
             let msgs = tokio::time::timeout(Duration::from_secs(60), c.simple_query(query))
                 .await
                 .expect("query deadline")

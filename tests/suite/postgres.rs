@@ -543,15 +543,21 @@ fn verify_tells_apart_values_that_are_only_equal_and_names_each_by_key() {
                   UPDATE public.amounts SET seen = seen + interval '1 microsecond' WHERE id = 29999");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let results = rt.block_on(async {
-        let c = cutover::providers::postgres::connect(&src, "source")
-            .await
-            .unwrap();
-        let tables: Vec<_> = cutover::providers::postgres::catalog::tables(&c, "source")
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|t| t.display == "public.amounts")
-            .collect();
+        let c = cutover::providers::postgres::connect(
+            &src,
+            cutover::providers::postgres::Server::Source,
+        )
+        .await
+        .unwrap();
+        let tables: Vec<_> = cutover::providers::postgres::catalog::tables(
+            &c,
+            cutover::providers::postgres::Server::Source,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.display == "public.amounts")
+        .collect();
         cutover::providers::postgres::checksum::compare(
             &src,
             &tgt,

@@ -7,8 +7,9 @@
 
 use super::{secs, Bench, Options};
 use anyhow::{bail, Result};
+use cutover::engine::event::Event;
 use cutover::providers::postgres::snapshot::dump_section;
-use cutover::providers::postgres::{connect, ident, literal, ConnParts};
+use cutover::providers::postgres::{connect, ident, literal, ConnParts, Server};
 use std::time::{Duration, Instant};
 
 const DB: &str = "cutover_bench_copy";
@@ -45,7 +46,7 @@ async fn fill(url: &str, rows: i64, insert: &str) -> Result<()> {
             .replace("{lo}", &lo.to_string())
             .replace("{hi}", &hi.to_string());
         async move {
-            let c = connect(&url, "bench").await?;
+            let c = connect(&url, Server::Source).await?;
             c.batch_execute(&sql).await?;
             Ok::<_, anyhow::Error>(())
         }
@@ -59,7 +60,7 @@ async fn fill(url: &str, rows: i64, insert: &str) -> Result<()> {
 async fn generate(bench: &Bench, shape: Shape, size_mb: u64) -> Result<(u64, &'static str, i64)> {
     bench.fresh_databases(DB).await?;
     let url = bench.source_db(DB)?;
-    let c = connect(&url, "bench").await?;
+    let c = connect(&url, Server::Source).await?;
     c.batch_execute(&super::as_app()).await?;
     let (table, rows) = match shape {
         Shape::Events => {
@@ -97,7 +98,7 @@ async fn generate(bench: &Bench, shape: Shape, size_mb: u64) -> Result<(u64, &'s
 }
 
 async fn fresh_target(bench: &Bench) -> Result<()> {
-    let c = super::admin(&bench.target_url).await?;
+    let c = super::admin(&bench.target_url, Server::Target).await?;
     c.batch_execute(&format!(
         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
         ident(DB)
@@ -117,7 +118,7 @@ async fn fresh_target(bench: &Bench) -> Result<()> {
 /// Rows of `table` on the target, and how many of its indexes and constraints are there and
 /// valid (a method that skipped post-data would look fast).
 async fn target_rows(bench: &Bench, table: &str) -> Result<(i64, i64)> {
-    let c = connect(&bench.target_db(DB)?, "bench").await?;
+    let c = connect(&bench.target_db(DB)?, Server::Target).await?;
     let r = c
         .query_one(
             &format!(
@@ -145,8 +146,8 @@ phases:
 async fn native_subscription(bench: &Bench, jobs: usize) -> Result<()> {
     let src_url = bench.source_db(DB)?;
     let tgt_url = bench.target_db(DB)?;
-    let sp = ConnParts::parse(&src_url, "source")?;
-    let tgt_admin = super::admin(&bench.target_url).await?;
+    let sp = ConnParts::parse(&src_url, Server::Source)?;
+    let tgt_admin = super::admin(&bench.target_url, Server::Target).await?;
     // The native copy's parallelism is a server setting: ALTER SYSTEM where the admin may (a
     // superuser), else the server's own value (RDS: the parameter group's), said so.
     let set = tgt_admin
@@ -166,9 +167,9 @@ async fn native_subscription(bench: &Bench, jobs: usize) -> Result<()> {
         eprintln!("bench: the native subscription copies with the server's max_sync_workers_per_subscription = {workers} (ALTER SYSTEM is refused to the admin role; a parameter group sets it on RDS)");
     }
     let pre = dump_section(&sp, "pre-data", None).await?;
-    let tgt = connect(&tgt_url, "bench").await?;
+    let tgt = connect(&tgt_url, Server::Target).await?;
     tgt.batch_execute(&pre).await?;
-    let src = connect(&src_url, "bench").await?;
+    let src = connect(&src_url, Server::Source).await?;
     // FOR ALL TABLES needs a superuser; the tables' owner may publish them by name.
     let tables: String = src
         .query_one(
@@ -252,8 +253,10 @@ async fn run_shape(bench: &Bench, opts: &Options, shape: Shape) -> Result<()> {
     let objects = check(target_rows(bench, table).await?)?;
     let parts = records
         .iter()
-        .find(|r| r["type"] == "step_applied")
-        .and_then(|r| r["data"]["outputs"]["seconds"].as_object().cloned())
+        .find_map(|e| match &e.event {
+            Event::StepApplied(a) => a.outputs.get("seconds")?.as_object().cloned(),
+            _ => None,
+        })
         .unwrap_or_default();
     let parts: Vec<String> = parts
         .iter()

@@ -8,7 +8,8 @@
 use super::{secs, Bench, Options};
 use anyhow::{Context, Result};
 use cutover::config::Reload;
-use cutover::providers::postgres::connect;
+use cutover::engine::event::Event;
+use cutover::providers::postgres::{connect, Server};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
@@ -57,7 +58,7 @@ phases:
 
 async fn seed(bench: &Bench, rows: i64) -> Result<()> {
     bench.fresh_databases(DB).await?;
-    let c = connect(&bench.source_db(DB)?, "bench").await?;
+    let c = connect(&bench.source_db(DB)?, Server::Source).await?;
     c.batch_execute(&super::as_app()).await?;
     c.batch_execute(&format!(
         "CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id bigint NOT NULL, status text NOT NULL, total_cents bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
@@ -125,7 +126,7 @@ async fn point_secret_at_source(bench: &Bench) -> Result<()> {
     s.data = Some(
         [(
             "DATABASE_URL".to_string(),
-            ByteString(bench.app_db(&bench.source_url, DB)?.into_bytes()),
+            ByteString(bench.app_db(Server::Source, DB)?.into_bytes()),
         )]
         .into(),
     );
@@ -225,12 +226,13 @@ async fn run_size(
                 return Err(e);
             }
         };
-        let hb: cutover::engine::event::HeartbeatRecord = records
+        let hb = records
             .iter()
-            .find(|r| r["type"] == "heartbeat")
-            .map(|r| serde_json::from_value(r["data"].clone()))
-            .context("the rehearsal recorded no heartbeat")?
-            .context("the heartbeat record")?;
+            .find_map(|e| match &e.event {
+                Event::Heartbeat(h) => Some(h.as_ref().clone()),
+                _ => None,
+            })
+            .context("the rehearsal recorded no heartbeat")?;
         let gap = hb.longest_gap_ms;
         let missing = hb
             .missing
@@ -247,19 +249,25 @@ async fn run_size(
             secs(started)
         );
         // Where the window's time went: each step from the freeze to the flip.
-        let window: Vec<String> = records
+        let completed: Vec<(&str, u64)> = records
             .iter()
-            .filter(|r| r["type"] == "step_completed")
-            .filter_map(|r| Some((r["step"].as_str()?, r["data"]["duration_ms"].as_u64()?)))
+            .filter_map(|e| match &e.event {
+                Event::StepCompleted(c) => Some((e.step.as_deref()?, c.duration_ms)),
+                _ => None,
+            })
+            .collect();
+        let window: Vec<String> = completed
+            .iter()
+            .copied()
             .skip_while(|(s, _)| *s != "freeze")
             .map(|(s, ms)| format!("{s} {ms} ms"))
             .collect();
         println!("         window steps: {}", window.join(", "));
         rates.push(rate);
-        if let Some(ms) = records
+        if let Some(ms) = completed
             .iter()
-            .find(|r| r["type"] == "step_completed" && r["step"] == "flip")
-            .and_then(|r| r["data"]["duration_ms"].as_u64())
+            .find(|(s, _)| *s == "flip")
+            .map(|(_, ms)| *ms)
         {
             flips.push(ms);
         }

@@ -23,7 +23,9 @@ mod verify;
 
 use anyhow::{bail, Context, Result};
 use cutover::config::{Environment, SecretRef, StoreKind, Tier};
-use cutover::providers::postgres::{connect, ident, ConnParts};
+use cutover::engine::event::{Entry, Event};
+use cutover::engine::log::Record;
+use cutover::providers::postgres::{connect, ident, ConnParts, Server};
 use cutover::secret::urlencode;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -112,18 +114,26 @@ impl Bench {
 
     /// The source server's URL for database `db`.
     pub fn source_db(&self, db: &str) -> Result<String> {
-        with_db(&self.source_url, db)
+        with_db(&self.source_url, db, Server::Source)
     }
 
     /// The target server's URL for database `db`.
     pub fn target_db(&self, db: &str) -> Result<String> {
-        with_db(&self.target_url, db)
+        with_db(&self.target_url, db, Server::Target)
     }
 
-    /// The application's URL for database `db` on the server of `server_url`: the bench's
-    /// application role [`APP_ROLE`], which the cutover freezes (the admin role is never frozen).
-    pub fn app_db(&self, server_url: &str, db: &str) -> Result<String> {
-        let p = ConnParts::parse(server_url, "bench")?;
+    /// The server URL of `side`.
+    pub fn server_url(&self, side: Server) -> &str {
+        match side {
+            Server::Target => &self.target_url,
+            _ => &self.source_url,
+        }
+    }
+
+    /// The application's URL for database `db` on `side`'s server: the bench's application
+    /// role [`APP_ROLE`], which the cutover freezes (the admin role is never frozen).
+    pub fn app_db(&self, side: Server, db: &str) -> Result<String> {
+        let p = ConnParts::parse(self.server_url(side), side)?;
         Ok(format!(
             "postgres://{APP_ROLE}:{}@{}:{}/{db}{}",
             self.app_password,
@@ -140,8 +150,8 @@ impl Bench {
     /// A statement fails.
     pub async fn fresh_databases(&self, db: &str) -> Result<()> {
         self.drop_replication(db).await;
-        for url in [&self.source_url, &self.target_url] {
-            let c = admin(url).await?;
+        for side in [Server::Source, Server::Target] {
+            let c = admin(self.server_url(side), side).await?;
             c.batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 ident(db)
@@ -170,8 +180,8 @@ impl Bench {
     /// Drops database `db` on both servers (dropping first any subscription left in it).
     pub async fn drop_databases(&self, db: &str) {
         self.drop_replication(db).await;
-        for url in [&self.source_url, &self.target_url] {
-            if let Ok(c) = admin(url).await {
+        for side in [Server::Source, Server::Target] {
+            if let Ok(c) = admin(self.server_url(side), side).await {
                 let _ = c
                     .batch_execute(&format!(
                         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -185,20 +195,22 @@ impl Bench {
     /// Drops the subscriptions, the slots and the publications of database `db` on both servers
     /// (forward replication, change tracking and the fallback alike).
     pub async fn drop_replication(&self, db: &str) {
-        for url in [self.target_db(db), self.source_db(db)]
-            .into_iter()
-            .flatten()
-        {
-            self.drop_subscriptions(&url).await;
+        for (side, url) in [
+            (Server::Target, self.target_db(db)),
+            (Server::Source, self.source_db(db)),
+        ] {
+            if let Ok(url) = url {
+                self.drop_subscriptions(&url, side).await;
+            }
         }
-        for server in [&self.source_url, &self.target_url] {
-            self.drop_slots_and_publications(server, db).await;
+        for side in [Server::Source, Server::Target] {
+            self.drop_slots_and_publications(side, db).await;
         }
     }
 
-    async fn drop_subscriptions(&self, url: &str) {
+    async fn drop_subscriptions(&self, url: &str, side: Server) {
         {
-            if let Ok(c) = connect(url, "bench").await {
+            if let Ok(c) = connect(url, side).await {
                 for r in c.query("SELECT subname FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())", &[]).await.unwrap_or_default() {
                     let name: String = r.get(0);
                     // DROP SUBSCRIPTION drops its slot on the source too; detach it if that fails.
@@ -210,8 +222,9 @@ impl Bench {
         }
     }
 
-    async fn drop_slots_and_publications(&self, server: &str, db: &str) {
-        if let Ok(c) = admin(server).await {
+    async fn drop_slots_and_publications(&self, side: Server, db: &str) {
+        let server = self.server_url(side);
+        if let Ok(c) = admin(server, side).await {
             for r in c
                 .query(
                     "SELECT slot_name FROM pg_replication_slots WHERE database = $1",
@@ -232,8 +245,8 @@ impl Bench {
                 }
             }
         }
-        if let Ok(url) = with_db(server, db) {
-            if let Ok(c) = connect(&url, "bench").await {
+        if let Ok(url) = with_db(server, db, side) {
+            if let Ok(c) = connect(&url, side).await {
                 for r in c
                     .query("SELECT pubname FROM pg_publication", &[])
                     .await
@@ -286,7 +299,7 @@ impl Bench {
     ///
     /// # Errors
     /// The binary cannot run, or the run did not succeed.
-    pub fn rehearse(&self, dir: &Path, db: &str) -> Result<(Vec<serde_json::Value>, u64, f64)> {
+    pub fn rehearse(&self, dir: &Path, db: &str) -> Result<(Vec<Entry>, u64, f64)> {
         let cpu_before = children_cpu_seconds();
         let out = std::process::Command::new(&self.cutover)
             .arg("-C")
@@ -303,24 +316,31 @@ impl Bench {
             .env("CUTOVER_BENCH_TARGET_URL", self.target_db(db)?)
             .env(
                 "CUTOVER_BENCH_TARGET_APP_URL",
-                self.app_db(&self.target_url, db)?,
+                self.app_db(Server::Target, db)?,
             )
             .stdin(std::process::Stdio::null())
             .output()?;
         let rss = children_max_rss();
         let cpu = children_cpu_seconds() - cpu_before;
-        let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        // The event log's records as `--output json` prints them (progress lines are not
+        // records), typed.
+        let records: Vec<Entry> = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|r: &serde_json::Value| {
-                r.get("type").and_then(|t| t.as_str()) != Some("progress")
-            })
+            .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+            .filter_map(|r| Entry::from_record(&r).ok())
             .collect();
         if !out.status.success() {
             let failed = records
                 .iter()
-                .filter(|r| r["type"] == "step_failed" || r["type"] == "run_refused")
-                .map(|r| r["data"].to_string())
+                .filter_map(|e| match &e.event {
+                    Event::StepFailed(f) => Some(format!(
+                        "step {}: {}",
+                        e.step.as_deref().unwrap_or("?"),
+                        f.error
+                    )),
+                    Event::RunRefused(r) => Some(r.reason.clone()),
+                    _ => None,
+                })
                 .collect::<Vec<_>>()
                 .join("; ");
             bail!(
@@ -352,16 +372,16 @@ fn children_cpu_seconds() -> f64 {
 ///
 /// # Errors
 /// The connection fails.
-pub async fn admin(url: &str) -> Result<tokio_postgres::Client> {
-    let c = connect(&with_db(url, "postgres")?, "bench").await?;
+pub async fn admin(url: &str, side: Server) -> Result<tokio_postgres::Client> {
+    let c = connect(&with_db(url, "postgres", side)?, side).await?;
     c.batch_execute("SET default_transaction_read_only = off")
         .await?;
     Ok(c)
 }
 
 /// `url` with its database replaced by `db`.
-pub fn with_db(url: &str, db: &str) -> Result<String> {
-    let p = ConnParts::parse(url, "bench")?;
+pub fn with_db(url: &str, db: &str, side: Server) -> Result<String> {
+    let p = ConnParts::parse(url, side)?;
     Ok(format!(
         "postgres://{}{}@{}:{}/{}{}",
         urlencode(&p.user),
@@ -410,8 +430,8 @@ pub fn secs(t: Instant) -> f64 {
 
 /// Runs a tool against the server of `url`, the connection in the `PG*` variables; fails with its
 /// stderr.
-async fn run_tool(bin: &str, args: &[&str], url: &str) -> Result<()> {
-    let p = ConnParts::parse(url, "bench")?;
+async fn run_tool(bin: &str, args: &[&str], url: &str, side: Server) -> Result<()> {
+    let p = ConnParts::parse(url, side)?;
     let mut cmd = tokio::process::Command::new(bin);
     // The tool's own `-d` names the database; the rest (password and TLS included) goes in
     // the `PG*` variables.
@@ -451,9 +471,16 @@ impl Bench {
             "pg_dump",
             &["-Fd", "-j", &j, "-f", &dump, "-d", db],
             &self.source_url,
+            Server::Source,
         )
         .await?;
-        run_tool("pg_restore", &["-j", &j, "-d", db, &dump], &self.target_url).await?;
+        run_tool(
+            "pg_restore",
+            &["-j", &j, "-d", db, &dump],
+            &self.target_url,
+            Server::Target,
+        )
+        .await?;
         Ok(secs(t))
     }
 }

@@ -5,7 +5,7 @@
 
 use super::{own_max_rss, secs, Bench, Options};
 use anyhow::{bail, Result};
-use cutover::providers::postgres::{catalog, checksum, connect};
+use cutover::providers::postgres::{catalog, checksum, connect, Server};
 use std::time::Instant;
 
 const DB: &str = "cutover_bench_verify";
@@ -31,10 +31,10 @@ pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
             super::as_app()
         );
         let t = Instant::now();
-        let (s, d) = tokio::try_join!(connect(&src_url, "source"), connect(&tgt_url, "target"))?;
+        let (s, d) = tokio::try_join!(connect(&src_url, Server::Source), connect(&tgt_url, Server::Target))?;
         tokio::try_join!(s.batch_execute(&sql), d.batch_execute(&sql))?;
         println!("  generated the same table on both sides in {:.1} s", secs(t));
-        let tables = catalog::tables(&s, "source").await?;
+        let tables = catalog::tables(&s, Server::Source).await?;
 
         let t = Instant::now();
         let equal = checksum::compare(&src_url, &tgt_url, &tables, opts.jobs, None, 20, |_, _| {}).await?;

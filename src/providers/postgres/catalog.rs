@@ -3,6 +3,7 @@
 //!
 //! Owns catalog queries and key-range SQL; must not decide what to copy or compare.
 
+use super::Server;
 use super::{literal, pg};
 use crate::providers::ProviderError;
 use tokio_postgres::Client;
@@ -250,7 +251,7 @@ ORDER BY 1";
 ///
 /// # Errors
 /// [`ProviderError::Postgres`] when the catalog cannot be read.
-pub async fn tables(c: &Client, side: &str) -> Result<Vec<Table>, ProviderError> {
+pub async fn tables(c: &Client, side: Server) -> Result<Vec<Table>, ProviderError> {
     let rows = c.query(TABLES_SQL, &[]).await.map_err(|e| pg(side, e))?;
     Ok(rows
         .iter()
@@ -329,7 +330,7 @@ fn sample_rows(chunks: i64) -> i64 {
 /// [`ProviderError::Postgres`].
 pub async fn key_ranges(
     c: &Client,
-    side: &str,
+    side: Server,
     t: &Table,
     wanted: i64,
 ) -> Result<Vec<KeyRange>, ProviderError> {
@@ -401,7 +402,7 @@ fn split(lo: i64, hi: i64, n: i64) -> Vec<KeyRange> {
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn major_version(c: &Client, side: &str) -> Result<i32, ProviderError> {
+pub async fn major_version(c: &Client, side: Server) -> Result<i32, ProviderError> {
     let v: String = c
         .query_one("SHOW server_version_num", &[])
         .await

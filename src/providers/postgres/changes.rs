@@ -10,6 +10,7 @@
 //! means.
 
 use super::pg;
+use super::Server;
 use crate::providers::ProviderError;
 use futures_util::{pin_mut, TryStreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -254,7 +255,7 @@ impl Decoder {
 ///
 /// # Errors
 /// [`ProviderError::Postgres`] (no free replication slot, no replication privilege).
-pub async fn create_slot(c: &Client, side: &str, slot: &str) -> Result<String, ProviderError> {
+pub async fn create_slot(c: &Client, side: Server, slot: &str) -> Result<String, ProviderError> {
     if let Some(row) = c
         .query_opt(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
@@ -279,7 +280,7 @@ pub async fn create_slot(c: &Client, side: &str, slot: &str) -> Result<String, P
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn slot_exists(c: &Client, side: &str, slot: &str) -> Result<bool, ProviderError> {
+pub async fn slot_exists(c: &Client, side: Server, slot: &str) -> Result<bool, ProviderError> {
     Ok(c.query_opt(
         "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
         &[&slot],
@@ -296,7 +297,7 @@ pub async fn slot_exists(c: &Client, side: &str, slot: &str) -> Result<bool, Pro
 /// [`ProviderError::Postgres`]; a message that does not decode is reported as one too.
 pub async fn peek(
     c: &Client,
-    side: &str,
+    side: Server,
     slot: &str,
     publication: &str,
 ) -> Result<ChangeSet, ProviderError> {
@@ -312,7 +313,7 @@ pub async fn peek(
     while let Some(row) = stream.try_next().await.map_err(|e| pg(side, e))? {
         let data: &[u8] = row.get(0);
         d.message(data).map_err(|e| ProviderError::Postgres {
-            side: side.to_string(),
+            side,
             message: format!("change-tracking slot {slot}: {e}"),
         })?;
     }

@@ -9,6 +9,7 @@
 //! Owns the comparison; must not change either database.
 
 use super::catalog::{key_ranges, major_version, KeyRange, Table};
+use super::Server;
 use super::{connect, pg};
 use crate::providers::ProviderError;
 use std::collections::{BTreeMap, VecDeque};
@@ -97,7 +98,7 @@ pub struct TableResult {
     pub settled_chunks: usize,
 }
 
-async fn stable(c: Client, side: &str) -> Result<Client, ProviderError> {
+async fn stable(c: Client, side: Server) -> Result<Client, ProviderError> {
     c.batch_execute(STABLE_TEXT)
         .await
         .map_err(|e| pg(side, e))?;
@@ -108,7 +109,7 @@ async fn stable(c: Client, side: &str) -> Result<Client, ProviderError> {
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn open(url: &str, side: &str) -> Result<Client, ProviderError> {
+pub async fn open(url: &str, side: Server) -> Result<Client, ProviderError> {
     stable(connect(url, side).await?, side).await
 }
 
@@ -118,7 +119,7 @@ pub async fn open(url: &str, side: &str) -> Result<Client, ProviderError> {
 /// [`ProviderError::Postgres`].
 pub async fn summarise(
     c: &Client,
-    side: &str,
+    side: Server,
     t: &Table,
     range: &KeyRange,
     hash: RowHash,
@@ -144,7 +145,7 @@ pub async fn summarise(
 /// [`ProviderError::Postgres`].
 pub async fn ranges(
     c: &Client,
-    side: &str,
+    side: Server,
     t: &Table,
     chunk_rows: i64,
 ) -> Result<Vec<KeyRange>, ProviderError> {
@@ -160,7 +161,7 @@ const LEAF_ROWS: i64 = 64;
 
 async fn row_hashes(
     c: &Client,
-    side: &str,
+    side: Server,
     t: &Table,
     range: &KeyRange,
 ) -> Result<BTreeMap<Vec<String>, String>, ProviderError> {
@@ -180,7 +181,7 @@ async fn row_hashes(
 
 async fn middle_key(
     c: &Client,
-    side: &str,
+    side: Server,
     t: &Table,
     range: &KeyRange,
     rows: i64,
@@ -223,8 +224,8 @@ pub async fn locate(
             break;
         }
         let (a, b) = tokio::try_join!(
-            summarise(src, "source", t, &r, hash),
-            summarise(tgt, "target", t, &r, hash)
+            summarise(src, Server::Source, t, &r, hash),
+            summarise(tgt, Server::Target, t, &r, hash)
         )?;
         if a == b {
             continue;
@@ -232,9 +233,9 @@ pub async fn locate(
         let most = a.rows.max(b.rows);
         let mid = if most > LEAF_ROWS {
             let c = if a.rows >= b.rows {
-                (src, "source")
+                (src, Server::Source)
             } else {
-                (tgt, "target")
+                (tgt, Server::Target)
             };
             middle_key(c.0, c.1, t, &r, most).await?
         } else {
@@ -254,8 +255,8 @@ pub async fn locate(
             }
             None => {
                 let (ra, rb) = tokio::try_join!(
-                    row_hashes(src, "source", t, &r),
-                    row_hashes(tgt, "target", t, &r)
+                    row_hashes(src, Server::Source, t, &r),
+                    row_hashes(tgt, Server::Target, t, &r)
                 )?;
                 let mut all: Vec<&Vec<String>> = ra.keys().chain(rb.keys()).collect();
                 all.sort();
@@ -288,10 +289,13 @@ pub async fn compare(
     mut on_chunk: impl FnMut(usize, usize),
 ) -> Result<Vec<TableResult>, ProviderError> {
     let jobs = jobs.max(1);
-    let (planner, tgt) = tokio::try_join!(open(source_url, "source"), open(target_url, "target"))?;
+    let (planner, tgt) = tokio::try_join!(
+        open(source_url, Server::Source),
+        open(target_url, Server::Target)
+    )?;
     let hash = RowHash::for_versions(
-        major_version(&planner, "source").await?,
-        major_version(&tgt, "target").await?,
+        major_version(&planner, Server::Source).await?,
+        major_version(&tgt, Server::Target).await?,
     );
     drop(tgt);
     // Ranges come from the source's keys (a sample at most); the target is compared over the
@@ -299,7 +303,7 @@ pub async fn compare(
     let mut planned: Vec<(usize, Vec<KeyRange>)> = Vec::with_capacity(tables.len());
     for (i, t) in tables.iter().enumerate() {
         let rows = chunk_rows_for(t, chunk_rows);
-        planned.push((i, ranges(&planner, "source", t, rows).await?));
+        planned.push((i, ranges(&planner, Server::Source, t, rows).await?));
     }
     drop(planner);
     let total: usize = planned.iter().map(|(_, r)| r.len()).sum();
@@ -313,15 +317,17 @@ pub async fn compare(
     let worker = |tx: tokio::sync::mpsc::UnboundedSender<(usize, KeyRange, Summary, Summary)>| {
         let queue = &queue;
         async move {
-            let (src, tgt) =
-                tokio::try_join!(open(source_url, "source"), open(target_url, "target"))?;
+            let (src, tgt) = tokio::try_join!(
+                open(source_url, Server::Source),
+                open(target_url, Server::Target)
+            )?;
             loop {
                 let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                 let Some((i, r)) = next else { break };
                 let t = &tables[i];
                 let (a, b) = tokio::try_join!(
-                    summarise(&src, "source", t, &r, hash),
-                    summarise(&tgt, "target", t, &r, hash)
+                    summarise(&src, Server::Source, t, &r, hash),
+                    summarise(&tgt, Server::Target, t, &r, hash)
                 )?;
                 let _ = tx.send((i, r, a, b));
             }
@@ -359,7 +365,10 @@ pub async fn compare(
     })
     .await?;
     if !differing.is_empty() {
-        let (src, tgt) = tokio::try_join!(open(source_url, "source"), open(target_url, "target"))?;
+        let (src, tgt) = tokio::try_join!(
+            open(source_url, Server::Source),
+            open(target_url, Server::Target)
+        )?;
         // Chunks per table that still differ after their bisection.
         let mut still = vec![0usize; tables.len()];
         for (i, r) in differing {
@@ -395,7 +404,7 @@ pub async fn compare(
 /// [`ProviderError::Postgres`].
 pub async fn hashes_by_key(
     c: &Client,
-    side: &str,
+    side: Server,
     t: &Table,
     keys: &[Vec<String>],
 ) -> Result<BTreeMap<Vec<String>, String>, ProviderError> {

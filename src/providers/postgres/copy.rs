@@ -16,6 +16,7 @@ use super::catalog::{key_ranges, KeyRange, Table, STATE_SCHEMA};
 use super::postdata::{Item, Stage};
 use super::schedule::{Next, Schedule, Task};
 use super::snapshot::{import, ExportedSlot};
+use super::Server;
 use super::{literal, pg};
 use crate::providers::ProviderError;
 use bytes::{BufMut, BytesMut};
@@ -76,7 +77,7 @@ pub async fn load_state(target: &Client) -> Result<Option<State>, ProviderError>
             &[&STATE_SCHEMA],
         )
         .await
-        .map_err(|e| pg("target", e))?
+        .map_err(|e| pg(Server::Target, e))?
         .is_some();
     if !exists {
         return Ok(None);
@@ -87,7 +88,7 @@ pub async fn load_state(target: &Client) -> Result<Option<State>, ProviderError>
             &[],
         )
         .await
-        .map_err(|e| pg("target", e))?;
+        .map_err(|e| pg(Server::Target, e))?;
     Ok(row.map(|r| State {
         run_id: r.get(0),
         slot: ExportedSlot {
@@ -178,7 +179,7 @@ pub async fn progress(target: &Client) -> Result<(Vec<Chunk>, Vec<ChunkDone>), P
             &[],
         )
         .await
-        .map_err(|e| pg("target", e))?;
+        .map_err(|e| pg(Server::Target, e))?;
     let mut all = Vec::new();
     let mut done = Vec::new();
     for r in rows {
@@ -225,7 +226,7 @@ pub async fn autovacuum_pausable(
             &[],
         )
         .await
-        .map_err(|e| pg("source", e))?;
+        .map_err(|e| pg(Server::Source, e))?;
     Ok(rows
         .iter()
         .map(|r| r.get::<_, String>(0))
@@ -254,7 +255,7 @@ pub async fn resume_autovacuum(target: &Client) -> Result<Vec<String>, ProviderE
             Ok(()) => reset.push(t),
             // Dropped since (reset_target): nothing to reset.
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {}
-            Err(e) => return Err(pg("target", e)),
+            Err(e) => return Err(pg(Server::Target, e)),
         }
     }
     Ok(reset)
@@ -268,7 +269,7 @@ pub async fn pending_items(target: &Client) -> Result<(String, Vec<Item>), Provi
     let preamble: String = target
         .query_one("SELECT sql FROM cutover_copy.preamble", &[])
         .await
-        .map_err(|e| pg("target", e))?
+        .map_err(|e| pg(Server::Target, e))?
         .get(0);
     let rows = target
         .query(
@@ -277,13 +278,13 @@ pub async fn pending_items(target: &Client) -> Result<(String, Vec<Item>), Provi
             &[],
         )
         .await
-        .map_err(|e| pg("target", e))?;
+        .map_err(|e| pg(Server::Target, e))?;
     let mut items = Vec::new();
     for r in rows {
         let stage: String = r.get(1);
         let Some(stage) = Stage::parse(&stage) else {
             return Err(ProviderError::Postgres {
-                side: "target".into(),
+                side: Server::Target,
                 message: format!("cutover_copy.post holds an unknown stage {stage:?}"),
             });
         };
@@ -322,7 +323,7 @@ pub async fn plan(
 ) -> Result<Vec<Chunk>, ProviderError> {
     let mut out = Vec::new();
     for t in tables {
-        let ranges = key_ranges(source, "source", t, chunks_wanted(t, chunk_rows)).await?;
+        let ranges = key_ranges(source, Server::Source, t, chunks_wanted(t, chunk_rows)).await?;
         let n = ranges.len() as i64;
         for (i, range) in ranges.into_iter().enumerate() {
             out.push(Chunk {
@@ -462,19 +463,19 @@ pub async fn run(
         let (schedule, changed, pacer) = (&schedule, &changed, &pacer);
         async move {
             let src = if needs_source {
-                let src = super::checksum::open(source_url, "source").await?;
+                let src = super::checksum::open(source_url, Server::Source).await?;
                 // The copy's parallelism is its workers: a parallel plan per chunk would put
                 // three server processes behind every stream and pass each row through a
                 // shared-memory queue (measured: the source became the bottleneck).
                 src.batch_execute(SERIAL_PLANS)
                     .await
-                    .map_err(|e| pg("source", e))?;
+                    .map_err(|e| pg(Server::Source, e))?;
                 import(&src, snapshot).await?;
                 Some(src)
             } else {
                 None
             };
-            let tgt = super::checksum::open(target_url, "target").await?;
+            let tgt = super::checksum::open(target_url, Server::Target).await?;
             loop {
                 let wake = changed.notified();
                 let next = schedule.lock().unwrap_or_else(|p| p.into_inner()).next();
@@ -502,7 +503,7 @@ pub async fn run(
                             .await
                             .map(Done::Chunk),
                             _ => Err(ProviderError::Postgres {
-                                side: "source".into(),
+                                side: Server::Source,
                                 message: format!(
                                     "table {} of the copy plan no longer exists",
                                     chunk.table
@@ -554,7 +555,7 @@ async fn apply(tgt: &Client, preamble: &str, items: &[Item]) -> Result<(), Provi
             .map(|i| i.label.as_str())
             .collect::<Vec<_>>()
             .join(", ");
-        let mut err = pg("target", e);
+        let mut err = pg(Server::Target, e);
         if let ProviderError::Postgres { message, .. } = &mut err {
             *message = format!("{message} (post-data: {what})");
         }
@@ -581,7 +582,7 @@ pub async fn validate(
     let worker = |tx: tokio::sync::mpsc::UnboundedSender<Done>| {
         let queue = &queue;
         async move {
-            let tgt = super::connect(target_url, "target").await?;
+            let tgt = super::connect(target_url, Server::Target).await?;
             loop {
                 let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                 let Some(item) = next else { break };
@@ -624,37 +625,37 @@ async fn copy_chunk(
     // and their progress row together, and the chunk is copied again.
     tgt.batch_execute("BEGIN; SET LOCAL synchronous_commit = off")
         .await
-        .map_err(|e| pg("target", e))?;
+        .map_err(|e| pg(Server::Target, e))?;
     let result: Result<(u64, u64), ProviderError> = async {
-        let stream = src.copy_out(out_sql.as_str()).await.map_err(|e| pg("source", e))?;
+        let stream = src.copy_out(out_sql.as_str()).await.map_err(|e| pg(Server::Source, e))?;
         let sink = tgt
             .copy_in(format!("COPY {} ({cols}) FROM STDIN{with}", table.name).as_str())
             .await
-            .map_err(|e| pg("target", e))?;
+            .map_err(|e| pg(Server::Target, e))?;
         tokio::pin!(stream);
         tokio::pin!(sink);
         let mut buf = BytesMut::with_capacity(256 * 1024);
         let mut bytes = 0u64;
         while let Some(part) = stream.next().await {
-            let part = part.map_err(|e| pg("source", e))?;
+            let part = part.map_err(|e| pg(Server::Source, e))?;
             bytes += part.len() as u64;
             buf.put(part);
             if buf.len() >= 128 * 1024 {
                 pacer.take(buf.len()).await;
-                sink.send(buf.split().freeze()).await.map_err(|e| pg("target", e))?;
+                sink.send(buf.split().freeze()).await.map_err(|e| pg(Server::Target, e))?;
             }
         }
         if !buf.is_empty() {
             pacer.take(buf.len()).await;
-            sink.send(buf.split().freeze()).await.map_err(|e| pg("target", e))?;
+            sink.send(buf.split().freeze()).await.map_err(|e| pg(Server::Target, e))?;
         }
-        let rows = sink.as_mut().finish().await.map_err(|e| pg("target", e))?;
+        let rows = sink.as_mut().finish().await.map_err(|e| pg(Server::Target, e))?;
         tgt.execute(
             "INSERT INTO cutover_copy.copied (table_name, chunk, rows, bytes, attempt) VALUES ($1, $2, $3, $4, $5)",
             &[&chunk.table, &chunk.index, &(rows as i64), &(bytes as i64), &attempt],
         )
         .await
-        .map_err(|e| pg("target", e))?;
+        .map_err(|e| pg(Server::Target, e))?;
         Ok((rows, bytes))
     }
     .await;
@@ -662,7 +663,7 @@ async fn copy_chunk(
         Ok((rows, bytes)) => {
             tgt.batch_execute("COMMIT")
                 .await
-                .map_err(|e| pg("target", e))?;
+                .map_err(|e| pg(Server::Target, e))?;
             Ok(ChunkDone { chunk, rows, bytes })
         }
         Err(e) => {

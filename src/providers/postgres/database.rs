@@ -10,7 +10,7 @@
 use super::catalog::Table;
 use super::changes::ChangeSet;
 use super::checksum::{self, TableResult};
-use super::{catalog, changes, ident, literal, pg, replication, roles, ConnParts};
+use super::{catalog, changes, ident, literal, pg, replication, roles, ConnParts, Server};
 use crate::config::Side;
 use crate::providers::ProviderError;
 use async_trait::async_trait;
@@ -162,12 +162,12 @@ impl PgDatabase {
     /// # Errors
     /// [`ProviderError::Postgres`] or [`ProviderError::BadUrl`].
     pub async fn connect(url: &str, side: Side) -> Result<PgDatabase, ProviderError> {
-        let parts = ConnParts::parse(url, side.as_str())?;
-        let client = super::connect(url, side.as_str()).await?;
+        let parts = ConnParts::parse(url, side.into())?;
+        let client = super::connect(url, side.into()).await?;
         client
             .batch_execute("SET default_transaction_read_only = off")
             .await
-            .map_err(|e| pg(side.as_str(), e))?;
+            .map_err(|e| pg(side.into(), e))?;
         Ok(PgDatabase {
             client,
             side,
@@ -175,8 +175,8 @@ impl PgDatabase {
         })
     }
 
-    fn s(&self) -> &'static str {
-        self.side.as_str()
+    fn s(&self) -> Server {
+        self.side.into()
     }
 }
 

@@ -8,6 +8,7 @@
 //!
 //! Owns the writer and its table; must not know about runbooks or the event log.
 
+use super::Server;
 use super::{connect, ident, literal, pg};
 use crate::providers::ProviderError;
 use chrono::{DateTime, Utc};
@@ -193,12 +194,12 @@ pub struct Heartbeat {
 /// # Errors
 /// [`ProviderError::Postgres`].
 pub async fn ensure_table(url: &str, table: &str) -> Result<(), ProviderError> {
-    let c = connect(url, "heartbeat").await?;
+    let c = connect(url, Server::Application).await?;
     // Present already (a frozen database refuses even CREATE TABLE IF NOT EXISTS): nothing to do.
     let present = c
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&ident(table)])
         .await
-        .map_err(|e| pg("heartbeat", e))?
+        .map_err(|e| pg(Server::Application, e))?
         .get::<_, bool>(0);
     if present {
         return Ok(());
@@ -213,7 +214,7 @@ pub async fn ensure_table(url: &str, table: &str) -> Result<(), ProviderError> {
         ident(table)
     ))
     .await
-    .map_err(|e| pg("heartbeat", e))
+    .map_err(|e| pg(Server::Application, e))
 }
 
 impl Heartbeat {
@@ -340,9 +341,11 @@ impl Heartbeat {
                     client = None;
                 }
                 if client.is_none() {
-                    let c =
-                        tokio::time::timeout(Duration::from_secs(1), connect(&url, "heartbeat"))
-                            .await;
+                    let c = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        connect(&url, Server::Application),
+                    )
+                    .await;
                     match c {
                         Ok(Ok(c)) => {
                             report.connections += 1;
@@ -438,7 +441,7 @@ pub async fn missing(
     writer: &str,
     acked: &[i64],
 ) -> Result<Vec<i64>, ProviderError> {
-    let c = connect(url, "heartbeat").await?;
+    let c = connect(url, Server::Application).await?;
     let rows = c
         .query(
             &format!(
@@ -448,7 +451,7 @@ pub async fn missing(
             &[&writer, &acked],
         )
         .await
-        .map_err(|e| pg("heartbeat", e))?;
+        .map_err(|e| pg(Server::Application, e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 

@@ -13,6 +13,7 @@ use super::copy::{self, Chunk, ChunkDone, Done, Options, State, Work};
 use super::postdata::{self, Item};
 use super::preflight::{self, Needs, Report};
 use super::snapshot::{self, ExportedSlot};
+use super::Server;
 use super::{connect, ownership, pg, ConnParts};
 use crate::config::Side;
 use crate::providers::ProviderError;
@@ -152,16 +153,16 @@ impl PgInitialCopy {
         target_url: String,
         hold: PathBuf,
     ) -> Result<PgInitialCopy, ProviderError> {
-        let sp = ConnParts::parse(&source_url, "source")?;
-        let tp = ConnParts::parse(&target_url, "target")?;
+        let sp = ConnParts::parse(&source_url, Server::Source)?;
+        let tp = ConnParts::parse(&target_url, Server::Target)?;
         let (source, target) = tokio::try_join!(
-            connect(&source_url, "source"),
-            connect(&target_url, "target")
+            connect(&source_url, Server::Source),
+            connect(&target_url, Server::Target)
         )?;
         source
             .batch_execute("SET default_transaction_read_only = off")
             .await
-            .map_err(|e| pg("source", e))?;
+            .map_err(|e| pg(Server::Source, e))?;
         Ok(PgInitialCopy {
             source_url,
             target_url,
@@ -226,7 +227,7 @@ impl InitialCopy for PgInitialCopy {
                 .target
                 .query_opt(&format!("SELECT 1 FROM {t} LIMIT 1"), &[])
                 .await
-                .map_err(|e| pg("target", e))?;
+                .map_err(|e| pg(Server::Target, e))?;
             if any.is_some() {
                 out.push(t.clone());
             }
@@ -240,7 +241,7 @@ impl InitialCopy for PgInitialCopy {
         self.target
             .batch_execute(&format!("DROP TABLE {} CASCADE", tables.join(", ")))
             .await
-            .map_err(|e| pg("target", e))
+            .map_err(|e| pg(Server::Target, e))
     }
     async fn discard(&self) -> Result<(), ProviderError> {
         let (_, done) = copy::progress(&self.target).await?;
@@ -255,7 +256,7 @@ impl InitialCopy for PgInitialCopy {
         self.target
             .batch_execute(&sql)
             .await
-            .map_err(|e| pg("target", e))
+            .map_err(|e| pg(Server::Target, e))
     }
 
     async fn export_snapshot(
@@ -271,7 +272,7 @@ impl InitialCopy for PgInitialCopy {
     }
 
     async fn prepare(&self, p: Prepare<'_>) -> Result<usize, ProviderError> {
-        let snap = connect(&self.source_url, "source").await?;
+        let snap = connect(&self.source_url, Server::Source).await?;
         snapshot::import(&snap, &p.slot.snapshot).await?;
         let chunks = copy::plan(&snap, p.tables, p.chunk_rows).await?;
         let pre = if p.create_schema {
@@ -290,7 +291,7 @@ impl InitialCopy for PgInitialCopy {
         let catalog = if entries.is_empty() {
             postdata::Catalog::default()
         } else {
-            postdata::catalog(&snap, "source").await?
+            postdata::catalog(&snap, Server::Source).await?
         };
         let names: Vec<String> = p.tables.iter().map(|t| t.name.clone()).collect();
         let paused = copy::autovacuum_pausable(&snap, &names).await?;
@@ -311,7 +312,7 @@ impl InitialCopy for PgInitialCopy {
                 )
             ))
             .await
-            .map_err(|e| pg("target", e))?;
+            .map_err(|e| pg(Server::Target, e))?;
         Ok(chunks.len())
     }
     async fn pending_items(&self) -> Result<(String, Vec<Item>), ProviderError> {
@@ -340,7 +341,7 @@ impl InitialCopy for PgInitialCopy {
         self.target
             .batch_execute("UPDATE cutover_copy.run SET phase = 'post-data'")
             .await
-            .map_err(|e| pg("target", e))
+            .map_err(|e| pg(Server::Target, e))
     }
     async fn validate(
         &self,
@@ -358,7 +359,7 @@ impl InitialCopy for PgInitialCopy {
         self.target
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {STATE_SCHEMA} CASCADE"))
             .await
-            .map_err(|e| pg("target", e))
+            .map_err(|e| pg(Server::Target, e))
     }
 
     async fn not_valid_foreign_keys(&self) -> Result<Vec<String>, ProviderError> {
@@ -369,7 +370,7 @@ impl InitialCopy for PgInitialCopy {
                 &[],
             )
             .await
-            .map_err(|e| pg("target", e))?;
+            .map_err(|e| pg(Server::Target, e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
     async fn subscription_state(&self, name: &str) -> Result<SubscriptionState, ProviderError> {
@@ -382,7 +383,7 @@ impl InitialCopy for PgInitialCopy {
                 &[&name],
             )
             .await
-            .map_err(|e| pg("target", e))?;
+            .map_err(|e| pg(Server::Target, e))?;
         Ok(SubscriptionState {
             tables: row.get(0),
             syncing: row.get(1),
@@ -390,8 +391,8 @@ impl InitialCopy for PgInitialCopy {
         })
     }
     async fn privilege_differences(&self) -> Result<(usize, Vec<String>), ProviderError> {
-        let on_source = ownership::privileges(&self.source, "source").await?;
-        let on_target = ownership::privileges(&self.target, "target").await?;
+        let on_source = ownership::privileges(&self.source, Server::Source).await?;
+        let on_target = ownership::privileges(&self.target, Server::Target).await?;
         Ok((
             on_source.len(),
             ownership::differences(&on_source, &on_target),

@@ -23,6 +23,7 @@ pub mod snapshot;
 pub mod tls;
 
 use super::ProviderError;
+use crate::config::Side;
 use std::str::FromStr;
 use tokio_postgres::{Client, Config};
 
@@ -33,7 +34,7 @@ use tokio_postgres::{Client, Config};
 /// [`ProviderError::Postgres`] with the driver's message (which never contains the password);
 /// a TLS failure says which check failed at which server and which setting changes it
 /// ([`tls::classify`], [`tls::explain`]).
-pub async fn connect(url: &str, side: &str) -> Result<Client, ProviderError> {
+pub async fn connect(url: &str, side: Server) -> Result<Client, ProviderError> {
     let (driver_url, settings) = tls::split_url(url, side)?;
     let mut config = Config::from_str(&driver_url).map_err(|e| pg(side, e))?;
     if config.get_connect_timeout().is_none() {
@@ -43,7 +44,7 @@ pub async fn connect(url: &str, side: &str) -> Result<Client, ProviderError> {
     }
     let server = server_of(&config);
     let connector = settings.connector().map_err(|m| ProviderError::Postgres {
-        side: side.to_string(),
+        side,
         message: format!("{server}: {m}"),
     })?;
     let (client, connection) =
@@ -52,11 +53,11 @@ pub async fn connect(url: &str, side: &str) -> Result<Client, ProviderError> {
             .await
             .map_err(|e| match tls::classify(&e) {
                 Some(failure) => ProviderError::Postgres {
-                    side: side.to_string(),
+                    side,
                     message: tls::explain(&settings, &server, &failure),
                 },
                 None if unreachable(&e) => ProviderError::Postgres {
-                    side: side.to_string(),
+                    side,
                     message: format!(
                         "{server}: cannot reach the server from this machine ({}). A private database (RDS in private subnets) answers only inside its network: run cutover where it can reach both servers (a CI runner in the VPC, or cutover as a pod in the target cluster; README: where cutover runs)",
                         pg_text(e)
@@ -101,9 +102,61 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
 /// The message [`pg`] makes of `e` (the server's message and detail, else the driver's), without
 /// a side: never the statement, which may hold a password.
 pub(crate) fn pg_text(e: tokio_postgres::Error) -> String {
-    match pg("", e) {
-        ProviderError::Postgres { message, .. } => message,
-        other => other.to_string(),
+    message_of(e)
+}
+
+/// The server's message and detail of `e`, else the driver's message and its cause.
+fn message_of(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({d})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => {
+            let mut s = e.to_string();
+            if let Some(src) = std::error::Error::source(&e) {
+                s = format!("{s}: {src}");
+            }
+            s
+        }
+    }
+}
+
+/// Which server a PostgreSQL connection reaches, as its errors name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Server {
+    /// The legacy database, through the environment's source admin URL.
+    Source,
+    /// The RDS database, through the target admin URL.
+    Target,
+    /// The database the application's Secret names, as the application (and the heartbeat
+    /// writer, which stands in for it) reaches it.
+    Application,
+}
+
+impl Server {
+    /// `source`, `target` or `application`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Server::Source => "source",
+            Server::Target => "target",
+            Server::Application => "application",
+        }
+    }
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Side> for Server {
+    fn from(side: Side) -> Server {
+        match side {
+            Side::Source => Server::Source,
+            Side::Target => Server::Target,
+        }
     }
 }
 
@@ -120,23 +173,10 @@ fn server_of(config: &Config) -> String {
 }
 
 /// Wraps a driver error; uses the server's message and detail when there is one.
-pub fn pg(side: &str, e: tokio_postgres::Error) -> ProviderError {
-    let message = match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(d) => format!("{} ({d})", db.message()),
-            None => db.message().to_string(),
-        },
-        None => {
-            let mut s = e.to_string();
-            if let Some(src) = std::error::Error::source(&e) {
-                s = format!("{s}: {src}");
-            }
-            s
-        }
-    };
+pub fn pg(side: Server, e: tokio_postgres::Error) -> ProviderError {
     ProviderError::Postgres {
-        side: side.to_string(),
-        message,
+        side,
+        message: message_of(e),
     }
 }
 
@@ -162,7 +202,7 @@ impl ConnParts {
     ///
     /// # Errors
     /// [`ProviderError::Postgres`] when it is not a URL with host, user and database.
-    pub fn parse(url: &str, side: &str) -> Result<ConnParts, ProviderError> {
+    pub fn parse(url: &str, side: Server) -> Result<ConnParts, ProviderError> {
         let (driver_url, tls) = tls::split_url(url, side)?;
         let mut config = Config::from_str(&driver_url).map_err(|e| pg(side, e))?;
         if config.get_connect_timeout().is_none() {
@@ -174,7 +214,7 @@ impl ConnParts {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             _ => {
                 return Err(ProviderError::Postgres {
-                    side: side.into(),
+                    side,
                     message: "URL has no TCP host".into(),
                 })
             }
@@ -284,7 +324,11 @@ mod tests {
 
     #[test]
     fn conninfo_quotes_values() {
-        let p = ConnParts::parse("postgres://shop:pa%27ss@127.0.0.1:5433/shop", "source").unwrap();
+        let p = ConnParts::parse(
+            "postgres://shop:pa%27ss@127.0.0.1:5433/shop",
+            Server::Source,
+        )
+        .unwrap();
         assert_eq!(p.port, 5433);
         assert_eq!(p.password.as_deref(), Some("pa'ss"));
         assert!(p.conninfo().contains("password='pa\\'ss'"));

@@ -11,6 +11,7 @@
 //! Owns read-only catalog queries; must not create, alter or grant anything.
 
 use super::pg;
+use super::Server;
 use crate::providers::ProviderError;
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
@@ -47,7 +48,7 @@ WITH ns AS (
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn referenced_roles(c: &Client, side: &str) -> Result<Vec<String>, ProviderError> {
+pub async fn referenced_roles(c: &Client, side: Server) -> Result<Vec<String>, ProviderError> {
     let sql = format!(
         "{OBJECTS}, all_acls AS (
            SELECT owner, acl FROM objs
@@ -76,7 +77,10 @@ pub async fn referenced_roles(c: &Client, side: &str) -> Result<Vec<String>, Pro
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn privileges(c: &Client, side: &str) -> Result<BTreeMap<String, String>, ProviderError> {
+pub async fn privileges(
+    c: &Client,
+    side: Server,
+) -> Result<BTreeMap<String, String>, ProviderError> {
     let sql = format!(
         "{OBJECTS}, entries AS (
            SELECT o.kind || ' ' || o.name AS object, pg_get_userbyid(o.owner) AS owner,
@@ -110,7 +114,7 @@ pub async fn privileges(c: &Client, side: &str) -> Result<BTreeMap<String, Strin
 /// [`ProviderError::Postgres`].
 pub async fn unusable_roles(
     c: &Client,
-    side: &str,
+    side: Server,
     roles: &[String],
 ) -> Result<(Vec<String>, Vec<String>), ProviderError> {
     let rows = c

@@ -20,6 +20,7 @@
 //! decide what is copied.
 
 use super::pg;
+use super::Server;
 use crate::providers::ProviderError;
 use std::collections::HashMap;
 use tokio_postgres::Client;
@@ -206,7 +207,7 @@ WHERE c.contype IN ('p', 'u', 'f', 'x') AND n.nspname NOT IN ('pg_catalog', 'inf
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn catalog(c: &Client, side: &str) -> Result<Catalog, ProviderError> {
+pub async fn catalog(c: &Client, side: Server) -> Result<Catalog, ProviderError> {
     c.batch_execute("SELECT pg_catalog.set_config('search_path', '', false)")
         .await
         .map_err(|e| pg(side, e))?;

@@ -6,6 +6,7 @@
 use super::catalog::{self, Identity, Table};
 use super::pg;
 use super::rights::{self, Finding, Outcome, Right};
+use super::Server;
 use crate::providers::ProviderError;
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
@@ -65,14 +66,14 @@ pub struct Report {
     pub rights: Vec<Finding>,
 }
 
-async fn setting(c: &Client, side: &str, name: &str) -> Result<String, ProviderError> {
+async fn setting(c: &Client, side: Server, name: &str) -> Result<String, ProviderError> {
     Ok(c.query_one("SELECT current_setting($1)", &[&name])
         .await
         .map_err(|e| pg(side, e))?
         .get(0))
 }
 
-async fn count(c: &Client, side: &str, sql: &str) -> Result<i64, ProviderError> {
+async fn count(c: &Client, side: Server, sql: &str) -> Result<i64, ProviderError> {
     Ok(c.query_one(sql, &[]).await.map_err(|e| pg(side, e))?.get(0))
 }
 
@@ -95,7 +96,7 @@ pub async fn check(
     needs: &Needs,
 ) -> Result<Report, ProviderError> {
     let mut problems = Vec::new();
-    let wal_level = setting(source, "source", "wal_level").await?;
+    let wal_level = setting(source, Server::Source, "wal_level").await?;
     if wal_level != "logical" {
         problems.push(format!(
             "source: wal_level is {wal_level}; logical replication needs wal_level = logical (restart required)"
@@ -113,8 +114,11 @@ pub async fn check(
             needs.senders,
         ),
     ] {
-        let max: i64 = setting(source, "source", name).await?.parse().unwrap_or(0);
-        let free = max - count(source, "source", in_use).await?;
+        let max: i64 = setting(source, Server::Source, name)
+            .await?
+            .parse()
+            .unwrap_or(0);
+        let free = max - count(source, Server::Source, in_use).await?;
         if free < needed {
             problems.push(format!(
                 "source: {free} of {name} = {max} free, {needed} needed"
@@ -122,14 +126,14 @@ pub async fn check(
         }
     }
     if needs.target_logical {
-        let level = setting(target, "target", "wal_level").await?;
+        let level = setting(target, Server::Target, "wal_level").await?;
         if level != "logical" {
             problems.push(format!(
                 "target: wal_level is {level}; the fallback replication from the flip (postgres.fallback) needs logical (on RDS: the parameter rds.logical_replication = 1); or set fallback: false on this step and replication: false on postgres.fallback"
             ));
         }
     }
-    let workers: i64 = setting(target, "target", "max_logical_replication_workers")
+    let workers: i64 = setting(target, Server::Target, "max_logical_replication_workers")
         .await?
         .parse()
         .unwrap_or(0);
@@ -139,7 +143,7 @@ pub async fn check(
         );
     }
 
-    let source_tables = catalog::tables(source, "source").await?;
+    let source_tables = catalog::tables(source, Server::Source).await?;
     for t in &source_tables {
         match t.identity {
             Identity::PrimaryKey | Identity::Index => {}
@@ -154,7 +158,7 @@ pub async fn check(
         }
     }
 
-    let target_tables = catalog::tables(target, "target").await?;
+    let target_tables = catalog::tables(target, Server::Target).await?;
     let by_name: BTreeMap<&str, &Table> =
         target_tables.iter().map(|t| (t.name.as_str(), t)).collect();
     if !target_tables.is_empty() {
@@ -177,7 +181,7 @@ pub async fn check(
             for t in &target_tables {
                 let rows = count(
                     target,
-                    "target",
+                    Server::Target,
                     &format!("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT 1) x", t.name),
                 )
                 .await?;
@@ -194,7 +198,7 @@ pub async fn check(
     let missing_ext = target
         .query("SELECT name FROM pg_available_extensions", &[])
         .await
-        .map_err(|e| pg("target", e))?
+        .map_err(|e| pg(Server::Target, e))?
         .iter()
         .map(|r| r.get::<_, String>(0))
         .collect::<std::collections::BTreeSet<_>>();
@@ -204,7 +208,7 @@ pub async fn check(
             &[],
         )
         .await
-        .map_err(|e| pg("source", e))?
+        .map_err(|e| pg(Server::Source, e))?
     {
         let (name, version): (String, String) = (r.get(0), r.get(1));
         if !missing_ext.contains(&name) {
@@ -216,8 +220,9 @@ pub async fn check(
 
     // Ownership and privileges are copied by role name: every role the source's objects name
     // must exist on the target, and the target's connecting role must be able to act as it.
-    let roles = super::ownership::referenced_roles(source, "source").await?;
-    let (missing, not_member) = super::ownership::unusable_roles(target, "target", &roles).await?;
+    let roles = super::ownership::referenced_roles(source, Server::Source).await?;
+    let (missing, not_member) =
+        super::ownership::unusable_roles(target, Server::Target, &roles).await?;
     for r in missing {
         problems.push(format!(
             "target: role {r} owns or holds privileges on objects of the source database but does not exist on the target; create it (CREATE ROLE {r} ...) so owners and grants are kept"
@@ -229,8 +234,8 @@ pub async fn check(
         ));
     }
 
-    let src_major = catalog::major_version(source, "source").await?;
-    let tgt_major = catalog::major_version(target, "target").await?;
+    let src_major = catalog::major_version(source, Server::Source).await?;
+    let tgt_major = catalog::major_version(target, Server::Target).await?;
     if tgt_major < src_major {
         problems.push(format!(
             "target: PostgreSQL {tgt_major} is older than the source's {src_major}; migrate to the same or a newer major version"
@@ -252,7 +257,7 @@ pub async fn check(
             &[&needs.max_transaction_age_secs],
         )
         .await
-        .map_err(|e| pg("source", e))?
+        .map_err(|e| pg(Server::Source, e))?
     {
         let (pid, user, app, age): (i32, Option<String>, String, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
         problems.push(format!(
@@ -282,94 +287,95 @@ async fn survey(
 ) -> Result<Vec<Finding>, ProviderError> {
     let names: Vec<String> = source_tables.iter().map(|t| t.name.clone()).collect();
     let (src_role, tgt_role) = (
-        rights::current_role(source, "source").await?,
-        rights::current_role(target, "target").await?,
+        rights::current_role(source, Server::Source).await?,
+        rights::current_role(target, Server::Target).await?,
     );
-    let writers = super::roles::writers(source, "source", &names).await?;
-    let target_writers = super::roles::existing(target, "target", &writers).await?;
+    let writers = super::roles::writers(source, Server::Source, &names).await?;
+    let target_writers = super::roles::existing(target, Server::Target, &writers).await?;
     let mut found = Vec::new();
-    let mut add = |side: &str, role: &str, right: Right, outcome: Outcome| {
+    let mut add = |side: Server, role: &str, right: Right, outcome: Outcome| {
         found.push(Finding {
-            side: side.into(),
+            side,
             role: role.into(),
             right,
             outcome,
         })
     };
     add(
-        "source",
+        Server::Source,
         &src_role,
         Right::ReadTables,
-        rights::can_read(source, "source", &names).await?,
+        rights::can_read(source, Server::Source, &names).await?,
     );
     add(
-        "source",
+        Server::Source,
         &src_role,
         Right::Replicate,
-        rights::can_replicate(source, "source").await?,
+        rights::can_replicate(source, Server::Source).await?,
     );
     add(
-        "source",
+        Server::Source,
         &src_role,
         Right::Publish,
-        rights::try_publish(source, "source", &names).await?,
+        rights::try_publish(source, Server::Source, &names).await?,
     );
     add(
-        "source",
+        Server::Source,
         &src_role,
         Right::FreezeRoles,
-        rights::try_freeze(source, "source", &writers).await?,
+        rights::try_freeze(source, Server::Source, &writers).await?,
     );
     add(
-        "source",
+        Server::Source,
         &src_role,
         Right::EndSessions,
-        rights::can_end_sessions(source, "source", &writers).await?,
+        rights::can_end_sessions(source, Server::Source, &writers).await?,
     );
-    let owners = rights::owners_by_schema(source, "source").await?;
+    let owners = rights::owners_by_schema(source, Server::Source).await?;
     add(
-        "target",
+        Server::Target,
         &tgt_role,
         Right::KeepOwners,
-        rights::owners_may_create(target, "target", &owners).await?,
+        rights::owners_may_create(target, Server::Target, &owners).await?,
     );
     add(
-        "target",
+        Server::Target,
         &tgt_role,
         Right::FreezeRoles,
-        rights::try_freeze(target, "target", &target_writers).await?,
+        rights::try_freeze(target, Server::Target, &target_writers).await?,
     );
     add(
-        "target",
+        Server::Target,
         &tgt_role,
         Right::EndSessions,
-        rights::can_end_sessions(target, "target", &target_writers).await?,
+        rights::can_end_sessions(target, Server::Target, &target_writers).await?,
     );
     if let Some(r) = &needs.routes {
         add(
-            "target",
+            Server::Target,
             &tgt_role,
             Right::Subscribe {
                 publisher: r.source_display.clone(),
             },
-            rights::try_subscribe(target, "target", &r.source_conninfo, &r.publication).await?,
+            rights::try_subscribe(target, Server::Target, &r.source_conninfo, &r.publication)
+                .await?,
         );
         if needs.target_logical {
             add(
-                "target",
+                Server::Target,
                 &tgt_role,
                 Right::Replicate,
-                rights::can_replicate(target, "target").await?,
+                rights::can_replicate(target, Server::Target).await?,
             );
             add(
-                "source",
+                Server::Source,
                 &src_role,
                 Right::Subscribe {
                     publisher: r.target_display.clone(),
                 },
                 rights::try_subscribe(
                     source,
-                    "source",
+                    Server::Source,
                     &r.target_conninfo,
                     &r.fallback_publication,
                 )
@@ -387,11 +393,11 @@ fn problem(f: &Finding) -> Option<String> {
         Outcome::Granted(_) => return None,
         Outcome::Refused(why) | Outcome::Unreachable(why) => why,
     };
-    Some(match (&f.right, &f.outcome, side.as_str()) {
-        (Right::Subscribe { publisher }, Outcome::Unreachable(_), "source") => format!(
+    Some(match (&f.right, &f.outcome, *side) {
+        (Right::Subscribe { publisher }, Outcome::Unreachable(_), Server::Source) => format!(
             "source: the fallback cannot be created natively: the legacy server cannot reach the target {publisher} ({why}). The fallback subscription connects from the legacy server to the target: open that route (and give a CA path that exists on the legacy server), or turn the native fallback off (fallback: false on postgres.replicate, replication: false on postgres.fallback) and accept that writes made on AWS after the flip stay there; a relay run by cutover between the two servers would need neither (not yet available). Nothing was changed"
         ),
-        (Right::Subscribe { .. }, Outcome::Refused(_), "source") => format!(
+        (Right::Subscribe { .. }, Outcome::Refused(_), Server::Source) => format!(
             "source: the fallback cannot be created natively: role {role} may not create subscriptions on the legacy server ({why}). PostgreSQL 15 and older let only superusers subscribe, 16 and newer also members of pg_create_subscription; grant that, or turn the native fallback off (fallback: false on postgres.replicate, replication: false on postgres.fallback) and accept that writes made on AWS after the flip stay there; a relay run by cutover between the two servers would need neither (not yet available). Nothing was changed"
         ),
         (Right::Subscribe { publisher }, Outcome::Unreachable(_), _) => format!(

@@ -4,6 +4,7 @@
 //!
 //! Owns these statements; must not decide when to wait, retire or reverse.
 
+use super::Server;
 use super::{ident, pg};
 use crate::providers::ProviderError;
 use std::collections::BTreeMap;
@@ -35,7 +36,7 @@ pub async fn nudge(publisher: &Client, subscriber: Option<&Client>) {
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn current_lsn(c: &Client, side: &str) -> Result<String, ProviderError> {
+pub async fn current_lsn(c: &Client, side: Server) -> Result<String, ProviderError> {
     Ok(c.query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
         .map_err(|e| pg(side, e))?
@@ -50,7 +51,7 @@ pub async fn current_lsn(c: &Client, side: &str) -> Result<String, ProviderError
 /// [`ProviderError::Postgres`].
 pub async fn behind(
     c: &Client,
-    side: &str,
+    side: Server,
     slot: &str,
     goal: &str,
 ) -> Result<Option<(Option<String>, i64)>, ProviderError> {
@@ -72,7 +73,7 @@ pub async fn behind(
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn retained(c: &Client, side: &str) -> Result<BTreeMap<String, i64>, ProviderError> {
+pub async fn retained(c: &Client, side: Server) -> Result<BTreeMap<String, i64>, ProviderError> {
     let rows = c
         .query(
             "SELECT slot_name::text, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint
@@ -90,7 +91,7 @@ pub async fn retained(c: &Client, side: &str) -> Result<BTreeMap<String, i64>, P
 /// [`ProviderError::Postgres`].
 pub async fn sequences(
     c: &Client,
-    side: &str,
+    side: Server,
 ) -> Result<BTreeMap<String, Option<i64>>, ProviderError> {
     let rows = c
         .query("SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences ORDER BY 1", &[])
@@ -121,7 +122,7 @@ pub fn to_advance(
 /// [`ProviderError::Postgres`].
 pub async fn advance(
     c: &Client,
-    side: &str,
+    side: Server,
     todo: &[(String, Option<i64>, i64)],
 ) -> Result<(), ProviderError> {
     for (name, _, goal) in todo {
@@ -138,7 +139,7 @@ pub async fn advance(
 /// [`ProviderError::Postgres`].
 pub async fn publication_tables(
     c: &Client,
-    side: &str,
+    side: Server,
     publication: &str,
 ) -> Result<Vec<String>, ProviderError> {
     let rows = c
@@ -155,7 +156,7 @@ pub async fn publication_tables(
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn has_subscription(c: &Client, side: &str, name: &str) -> Result<bool, ProviderError> {
+pub async fn has_subscription(c: &Client, side: Server, name: &str) -> Result<bool, ProviderError> {
     Ok(c
         .query_opt(
             "SELECT 1 FROM pg_subscription WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
@@ -173,7 +174,7 @@ pub async fn has_subscription(c: &Client, side: &str, name: &str) -> Result<bool
 /// [`ProviderError::Postgres`].
 pub async fn create_publication(
     c: &Client,
-    side: &str,
+    side: Server,
     name: &str,
     tables: &[String],
 ) -> Result<(), ProviderError> {
@@ -196,7 +197,7 @@ pub async fn create_publication(
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn has_publication(c: &Client, side: &str, name: &str) -> Result<bool, ProviderError> {
+pub async fn has_publication(c: &Client, side: Server, name: &str) -> Result<bool, ProviderError> {
     Ok(
         c.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
             .await
@@ -210,7 +211,7 @@ pub async fn has_publication(c: &Client, side: &str, name: &str) -> Result<bool,
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn drop_slot(c: &Client, side: &str, slot: &str) -> Result<bool, ProviderError> {
+pub async fn drop_slot(c: &Client, side: Server, slot: &str) -> Result<bool, ProviderError> {
     for tries in 0.. {
         match c
             .query(
@@ -237,7 +238,11 @@ pub async fn drop_slot(c: &Client, side: &str, slot: &str) -> Result<bool, Provi
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn drop_subscription(c: &Client, side: &str, name: &str) -> Result<bool, ProviderError> {
+pub async fn drop_subscription(
+    c: &Client,
+    side: Server,
+    name: &str,
+) -> Result<bool, ProviderError> {
     if !has_subscription(c, side, name).await? {
         return Ok(false);
     }

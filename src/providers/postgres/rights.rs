@@ -14,6 +14,7 @@
 //! Owns the trials and their findings; must not decide what a missing right means for a run
 //! (the preflight and the steps do).
 
+use super::Server;
 use super::{ident, literal, pg, pg_text};
 use crate::providers::ProviderError;
 use tokio_postgres::error::SqlState;
@@ -87,8 +88,8 @@ impl Outcome {
 /// One row of the rights-and-routes table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// `source` or `target`.
-    pub side: String,
+    /// Which server.
+    pub side: Server,
     /// The role the tool connects as there.
     pub role: String,
     /// The right.
@@ -112,7 +113,7 @@ impl Finding {
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn current_role(c: &Client, side: &str) -> Result<String, ProviderError> {
+pub async fn current_role(c: &Client, side: Server) -> Result<String, ProviderError> {
     Ok(c.query_one("SELECT current_user::text", &[])
         .await
         .map_err(|e| pg(side, e))?
@@ -123,7 +124,7 @@ pub async fn current_role(c: &Client, side: &str) -> Result<String, ProviderErro
 /// error when it refused.
 async fn try_rolled_back(
     c: &Client,
-    side: &str,
+    side: Server,
     statement: &str,
 ) -> Result<Result<(), tokio_postgres::Error>, ProviderError> {
     c.batch_execute("BEGIN").await.map_err(|e| pg(side, e))?;
@@ -138,7 +139,7 @@ async fn try_rolled_back(
 /// [`ProviderError::Postgres`] when the transaction itself cannot be opened or closed.
 pub async fn try_publish(
     c: &Client,
-    side: &str,
+    side: Server,
     tables: &[String],
 ) -> Result<Outcome, ProviderError> {
     if tables.is_empty() {
@@ -162,7 +163,7 @@ pub async fn try_publish(
 /// [`ProviderError::Postgres`] when the transaction itself cannot be opened or closed.
 pub async fn try_subscribe(
     c: &Client,
-    side: &str,
+    side: Server,
     publisher_conninfo: &str,
     publication: &str,
 ) -> Result<Outcome, ProviderError> {
@@ -190,7 +191,7 @@ pub async fn try_subscribe(
 /// database's name cannot be read.
 pub async fn try_freeze(
     c: &Client,
-    side: &str,
+    side: Server,
     roles: &[String],
 ) -> Result<Outcome, ProviderError> {
     if roles.is_empty() {
@@ -216,7 +217,7 @@ pub async fn try_freeze(
 /// [`ProviderError::Postgres`].
 pub async fn can_end_sessions(
     c: &Client,
-    side: &str,
+    side: Server,
     roles: &[String],
 ) -> Result<Outcome, ProviderError> {
     let rows = c
@@ -260,7 +261,11 @@ pub async fn can_end_sessions(
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn can_read(c: &Client, side: &str, tables: &[String]) -> Result<Outcome, ProviderError> {
+pub async fn can_read(
+    c: &Client,
+    side: Server,
+    tables: &[String],
+) -> Result<Outcome, ProviderError> {
     let unreadable: Vec<String> = c
         .query(
             "SELECT t FROM unnest($1::text[]) t WHERE NOT has_table_privilege(t, 'SELECT') ORDER BY 1",
@@ -288,7 +293,7 @@ pub async fn can_read(c: &Client, side: &str, tables: &[String]) -> Result<Outco
 /// [`ProviderError::Postgres`].
 pub async fn owners_by_schema(
     c: &Client,
-    side: &str,
+    side: Server,
 ) -> Result<Vec<(String, String)>, ProviderError> {
     Ok(c.query(
         "SELECT DISTINCT n.nspname::text, pg_get_userbyid(c.relowner)::text
@@ -315,7 +320,7 @@ pub async fn owners_by_schema(
 /// [`ProviderError::Postgres`].
 pub async fn owners_may_create(
     c: &Client,
-    side: &str,
+    side: Server,
     pairs: &[(String, String)],
 ) -> Result<Outcome, ProviderError> {
     let superuser: bool = c
@@ -362,7 +367,7 @@ pub async fn owners_may_create(
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn can_replicate(c: &Client, side: &str) -> Result<Outcome, ProviderError> {
+pub async fn can_replicate(c: &Client, side: Server) -> Result<Outcome, ProviderError> {
     let row = c
         .query_one(
             "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user",
@@ -386,7 +391,7 @@ mod tests {
     #[test]
     fn verdicts_say_granted_refused_or_unreachable_with_the_reason() {
         let f = |outcome| Finding {
-            side: "source".into(),
+            side: Server::Source,
             role: "doadmin".into(),
             right: Right::Subscribe {
                 publisher: "10.0.0.5:5432/shop".into(),

@@ -8,6 +8,7 @@
 //! DATABASE`); an application that itself issues `SET TRANSACTION READ WRITE` is not stopped by
 //! it. Owns these statements; must not decide when to freeze.
 
+use super::Server;
 use super::{ident, pg};
 use crate::providers::ProviderError;
 use tokio_postgres::Client;
@@ -20,7 +21,7 @@ use tokio_postgres::Client;
 /// [`ProviderError::Postgres`].
 pub async fn writers(
     c: &Client,
-    side: &str,
+    side: Server,
     tables: &[String],
 ) -> Result<Vec<String>, ProviderError> {
     let rows = c
@@ -44,7 +45,7 @@ pub async fn writers(
 /// [`ProviderError::Postgres`].
 pub async fn existing(
     c: &Client,
-    side: &str,
+    side: Server,
     roles: &[String],
 ) -> Result<Vec<String>, ProviderError> {
     let rows = c
@@ -62,7 +63,7 @@ pub async fn existing(
 ///
 /// # Errors
 /// [`ProviderError::Postgres`].
-pub async fn frozen(c: &Client, side: &str, db: &str) -> Result<Vec<String>, ProviderError> {
+pub async fn frozen(c: &Client, side: Server, db: &str) -> Result<Vec<String>, ProviderError> {
     let rows = c
         .query(
             "SELECT r.rolname FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
@@ -82,7 +83,7 @@ pub async fn frozen(c: &Client, side: &str, db: &str) -> Result<Vec<String>, Pro
 /// [`ProviderError::Postgres`].
 pub async fn freeze(
     c: &Client,
-    side: &str,
+    side: Server,
     db: &str,
     roles: &[String],
 ) -> Result<u64, ProviderError> {
@@ -116,7 +117,7 @@ pub fn freeze_sql(db: &str, roles: &[String]) -> String {
 /// [`ProviderError::Postgres`].
 pub async fn terminate(
     c: &Client,
-    side: &str,
+    side: Server,
     db: &str,
     roles: &[String],
 ) -> Result<u64, ProviderError> {
@@ -140,7 +141,7 @@ pub async fn terminate(
 /// [`ProviderError::Postgres`].
 pub async fn unfreeze(
     c: &Client,
-    side: &str,
+    side: Server,
     db: &str,
     roles: &[String],
 ) -> Result<(), ProviderError> {

@@ -10,6 +10,7 @@
 //!
 //! Owns the holder process and pg_dump invocations; must not decide what is copied.
 
+use super::Server;
 use super::{pg, ConnParts};
 use crate::providers::ProviderError;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,7 @@ pub struct ExportedSlot {
 
 fn err(message: impl Into<String>) -> ProviderError {
     ProviderError::Postgres {
-        side: "source".into(),
+        side: Server::Source,
         message: message.into(),
     }
 }
@@ -146,12 +147,12 @@ pub async fn import(c: &Client, snapshot: &str) -> Result<(), ProviderError> {
         super::literal(snapshot)
     ))
     .await
-    .map_err(|e| pg("source", e))
+    .map_err(|e| pg(Server::Source, e))
 }
 
 /// True when `snapshot` can still be imported on the source.
 pub async fn alive(source_url: &str, snapshot: &str) -> bool {
-    let Ok(c) = super::connect(source_url, "source").await else {
+    let Ok(c) = super::connect(source_url, Server::Source).await else {
         return false;
     };
     import(&c, snapshot).await.is_ok()

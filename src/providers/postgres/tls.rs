@@ -19,6 +19,7 @@
 //! many words by the error.
 
 use super::super::ProviderError;
+use super::Server;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -115,7 +116,7 @@ impl Default for TlsSettings {
 /// # Errors
 /// [`ProviderError::Postgres`] naming `side` for an `sslmode` that is not one of libpq's six
 /// (listed), or an empty `sslrootcert`. The message never repeats the URL.
-pub fn split_url(url: &str, side: &str) -> Result<(String, TlsSettings), ProviderError> {
+pub fn split_url(url: &str, side: Server) -> Result<(String, TlsSettings), ProviderError> {
     let mut mode = None;
     let mut root = None;
     let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -163,10 +164,7 @@ pub fn split_url(url: &str, side: &str) -> Result<(String, TlsSettings), Provide
             url.to_string()
         }
     };
-    let bad = |message: String| ProviderError::Postgres {
-        side: side.to_string(),
-        message,
-    };
+    let bad = |message: String| ProviderError::Postgres { side, message };
     let settings = TlsSettings {
         mode: match &mode {
             None => SslMode::VerifyFull,
@@ -431,7 +429,11 @@ pub fn store_ca(pem: &str) -> Result<PathBuf, String> {
 /// # Errors
 /// A message when the URL already names a `sslrootcert` (two CAs for one server: keep one).
 pub fn with_root_cert(url: &str, ca: &Path) -> Result<String, String> {
-    let (_, settings) = split_url(url, "").map_err(|e| e.to_string())?;
+    let (_, settings) = split_url(url, Server::Source).map_err(|e| match e {
+        // The message alone: the caller names the URL's side.
+        ProviderError::Postgres { message, .. } => message,
+        other => other.to_string(),
+    })?;
     if settings.root_cert.is_some() {
         return Err(
             "the URL gives sslrootcert and the environment gives a CA for it too: keep one".into(),
@@ -638,7 +640,7 @@ mod tests {
     use super::*;
 
     fn split(url: &str) -> (String, TlsSettings) {
-        split_url(url, "source").unwrap()
+        split_url(url, Server::Source).unwrap()
     }
 
     #[test]
@@ -685,12 +687,12 @@ mod tests {
 
     #[test]
     fn an_unknown_sslmode_lists_libpqs_six_and_never_repeats_the_url() {
-        let e = split_url("postgres://a:hunter2@h/db?sslmode=verify", "target")
+        let e = split_url("postgres://a:hunter2@h/db?sslmode=verify", Server::Target)
             .unwrap_err()
             .to_string();
         assert!(e.contains("sslmode `verify` is not one of: disable, allow, prefer, require, verify-ca, verify-full"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
-        assert!(split_url("postgres://a@h/db?sslrootcert=", "target").is_err());
+        assert!(split_url("postgres://a@h/db?sslrootcert=", Server::Target).is_err());
     }
 
     #[test]

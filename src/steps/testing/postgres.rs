@@ -20,6 +20,7 @@ use crate::providers::postgres::initial_copy::{InitialCopy, Prepare, Subscriptio
 use crate::providers::postgres::postdata::Item;
 use crate::providers::postgres::preflight::{Needs, Report};
 use crate::providers::postgres::snapshot::ExportedSlot;
+use crate::providers::postgres::Server as PgServer;
 use crate::providers::ProviderError;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -245,7 +246,7 @@ pub fn lsn_text(lsn: u64) -> String {
 
 fn parse_lsn(text: &str) -> Result<u64, ProviderError> {
     let bad = || ProviderError::Postgres {
-        side: "fake".into(),
+        side: PgServer::Source,
         message: format!("invalid input syntax for type pg_lsn: \"{text}\""),
     };
     let (hi, lo) = text.split_once('/').ok_or_else(bad)?;
@@ -367,7 +368,7 @@ impl FakeServer {
     }
     fn missing(&self, what: String) -> ProviderError {
         ProviderError::Postgres {
-            side: self.side.as_str().into(),
+            side: self.side.into(),
             message: what,
         }
     }
@@ -445,7 +446,7 @@ impl Database for FakeServer {
         self.with(|p, side| {
             if p.get(other(side)).subscriptions.contains(slot) {
                 return Err(ProviderError::Postgres {
-                    side: side.as_str().into(),
+                    side: side.into(),
                     message: format!("replication slot \"{slot}\" is active"),
                 });
             }
@@ -489,13 +490,13 @@ impl Database for FakeServer {
             let publ = p.get(other(side));
             if !publ.publications.contains_key(&sub.publication) {
                 return Err(ProviderError::Postgres {
-                    side: side.as_str().into(),
+                    side: side.into(),
                     message: format!("publication \"{}\" does not exist", sub.publication),
                 });
             }
             let Some(slot) = publ.slots.get(&sub.name) else {
                 return Err(ProviderError::Postgres {
-                    side: side.as_str().into(),
+                    side: side.into(),
                     message: format!("replication slot \"{}\" does not exist", sub.name),
                 });
             };
@@ -509,7 +510,7 @@ impl Database for FakeServer {
                 .collect();
             if !p.get(side).subscriptions.insert(sub.name.clone()) {
                 return Err(ProviderError::Postgres {
-                    side: side.as_str().into(),
+                    side: side.into(),
                     message: format!("subscription \"{}\" already exists", sub.name),
                 });
             }
@@ -539,7 +540,7 @@ impl Database for FakeServer {
             for (name, _, goal) in todo {
                 let Some(v) = s.sequences.get_mut(name) else {
                     return Err(ProviderError::Postgres {
-                        side: side.as_str().into(),
+                        side: side.into(),
                         message: format!("relation \"{name}\" does not exist"),
                     });
                 };
@@ -557,7 +558,7 @@ impl Database for FakeServer {
             let keyless = s.keyless.clone();
             let Some(slot) = s.slots.get(slot) else {
                 return Err(ProviderError::Postgres {
-                    side: "source".into(),
+                    side: PgServer::Source,
                     message: format!("replication slot \"{slot}\" does not exist"),
                 });
             };
@@ -634,7 +635,7 @@ impl Database for FakeServer {
         Ok(self.me(|s| s.frozen.iter().cloned().collect()))
     }
     async fn freeze(&self, names: &[String]) -> Result<u64, ProviderError> {
-        let side = self.side.as_str();
+        let side = self.side;
         self.me(|s| {
             let mut ended = 0;
             for r in names {
@@ -807,7 +808,7 @@ impl InitialCopy for FakePostgres {
         let source = p.get(Side::Source);
         if source.slots.contains_key(slot) {
             return Err(ProviderError::Postgres {
-                side: "source".into(),
+                side: PgServer::Source,
                 message: format!("replication slot \"{slot}\" already exists"),
             });
         }
@@ -878,7 +879,7 @@ impl InitialCopy for FakePostgres {
             let done = {
                 let mut p = self.lock();
                 let lost = || ProviderError::Postgres {
-                    side: "target".into(),
+                    side: PgServer::Target,
                     message: "server closed the connection unexpectedly".into(),
                 };
                 match p.copy.fail_after {
@@ -891,13 +892,13 @@ impl InitialCopy for FakePostgres {
                 }
                 let Some((name, rows)) = p.copy.snapshot.clone() else {
                     return Err(ProviderError::Postgres {
-                        side: "source".into(),
+                        side: PgServer::Source,
                         message: format!("invalid snapshot identifier: \"{snapshot}\""),
                     });
                 };
                 if name != snapshot {
                     return Err(ProviderError::Postgres {
-                        side: "source".into(),
+                        side: PgServer::Source,
                         message: format!("invalid snapshot identifier: \"{snapshot}\""),
                     });
                 }
