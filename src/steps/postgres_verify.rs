@@ -88,19 +88,16 @@ pub(super) fn tracking_slot(cx: &StepContext) -> String {
 }
 
 /// Waits until the forward slot confirmed `goal` (probing so an idle source confirms at once).
-async fn caught_up(cx: &StepContext<'_>, slot: &str, goal: &str) -> Result<(), StepError> {
-    let source = cx.providers.database(Side::Source).await?;
-    let target = cx.providers.database(Side::Target).await?;
-    super::postgres_wait_lag::wait_confirmed(
-        cx,
-        &*source,
-        Some(&*target),
-        slot,
-        goal,
-        cx.remaining(),
-    )
-    .await
-    .map(|_| ())
+async fn caught_up(
+    cx: &StepContext<'_>,
+    source: &dyn Database,
+    target: &dyn Database,
+    slot: &str,
+    goal: &str,
+) -> Result<(), StepError> {
+    super::postgres_wait_lag::wait_confirmed(cx, source, Some(target), slot, goal, cx.remaining())
+        .await
+        .map(|_| ())
 }
 
 /// Reads `keys` of `t` on the source, waits until the target applied the source's LSN of that
@@ -116,7 +113,7 @@ async fn recheck(
     let a = source.hashes_by_key(t, keys).await?;
     if let Some(slot) = slot {
         let lsn = source.current_lsn().await?;
-        caught_up(cx, slot, &lsn).await?;
+        caught_up(cx, source, target, slot, &lsn).await?;
     }
     let b = target.hashes_by_key(t, keys).await?;
     Ok((checksum::differing_keys(keys, &a, &b), a.len()))
@@ -387,7 +384,7 @@ async fn full_pass(cx: &StepContext<'_>, p: &Params) -> Result<Applied<Outputs>,
                 // Nothing to look up by key (count method, keyless table): the table again.
                 let lsn = source.current_lsn().await?;
                 if let Some(slot) = forward {
-                    caught_up(cx, slot, &lsn).await?;
+                    caught_up(cx, &*source, &*target, slot, &lsn).await?;
                 }
                 let again = checksums
                     .compare(

@@ -424,9 +424,10 @@ fn like_prefix(prefix: &str) -> String {
     )
 }
 
-/// Hurries a subscriber's confirmation: flushes the subscriber's applied WAL, then writes a
-/// probe on the publisher, whose arrival wakes the apply worker to report the flushed position
-/// ([`replication::nudge`] over the seam).
+/// Hurries a subscriber's confirmation: flushes the subscriber's applied WAL
+/// ([`replication::FLUSH_SQL`]), then writes a probe on the publisher ([`replication::PROBE_SQL`]),
+/// whose arrival wakes the apply worker to report the flushed position. Both only speed a wait
+/// up, so their errors are ignored.
 pub async fn nudge(publisher: &dyn Database, subscriber: Option<&dyn Database>) {
     if let Some(s) = subscriber {
         s.flush().await;

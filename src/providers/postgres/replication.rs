@@ -22,16 +22,6 @@ pub const PROBE_SQL: &str = "SELECT pg_logical_emit_message(true, 'cutover', 'la
 pub const FLUSH_SQL: &str =
     "SET synchronous_commit = on; SELECT pg_logical_emit_message(true, 'cutover', 'flush')";
 
-/// Hurries a subscriber's confirmation: flushes the subscriber's WAL ([`FLUSH_SQL`]), then
-/// writes a probe on the publisher ([`PROBE_SQL`]), whose arrival wakes the apply worker to
-/// report the flushed position. Errors are ignored: both only speed the wait up.
-pub async fn nudge(publisher: &Client, subscriber: Option<&Client>) {
-    if let Some(s) = subscriber {
-        let _ = s.batch_execute(FLUSH_SQL).await;
-    }
-    let _ = publisher.batch_execute(PROBE_SQL).await;
-}
-
 /// The connected server's current WAL LSN, as text (`0/16B3748`).
 ///
 /// # Errors
