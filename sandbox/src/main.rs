@@ -155,7 +155,7 @@ fn ensure_moto(s: &mut State, venv: &std::path::Path) -> Result<()> {
             Ok(()) => return Ok(()),
             Err(e) if !procs::alive(s.moto_pid) => {
                 failures.push(e.to_string());
-                s.moto_port = procs::free_ports(1)?[0];
+                s.moto_port = procs::free_port_except(&s.assigned_ports())?;
                 spawn_moto(s, venv)?;
             }
             Err(e) => return Err(e),
@@ -415,7 +415,7 @@ fn start_prometheus(s: &mut State) -> Result<()> {
     let log = s.dir.join("prometheus.log");
     let mut failures = Vec::new();
     for _ in 0..procs::START_ATTEMPTS {
-        s.prometheus_port = procs::free_ports(1)?[0];
+        s.prometheus_port = procs::free_port_except(&s.assigned_ports())?;
         eprintln!(
             "sandbox: starting Prometheus on 127.0.0.1:{}",
             s.prometheus_port

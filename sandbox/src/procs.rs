@@ -63,6 +63,19 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
     held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
+/// One free port ([`free_ports`]) that is none of `taken`: the ports this sandbox already gave
+/// to servers that may not have bound them yet (a moto still starting leaves its port free).
+///
+/// # Errors
+/// As [`free_ports`].
+pub fn free_port_except(taken: &[u16]) -> Result<u16> {
+    let ports = free_ports(taken.len() + 1)?;
+    Ok(ports
+        .into_iter()
+        .find(|p| !taken.contains(p))
+        .expect("one more port than taken ones"))
+}
+
 /// Waits until the HTTP server of process `pid` answers a request on `port`; fails at once when
 /// the process has exited (its log names why).
 pub fn wait_http(pid: u32, port: u16, what: &str, log: &Path, timeout: Duration) -> Result<()> {

@@ -61,6 +61,21 @@ pub struct State {
 }
 
 impl State {
+    /// Every port this sandbox has given to one of its servers.
+    pub fn assigned_ports(&self) -> Vec<u16> {
+        let mut out = vec![
+            self.moto_port,
+            self.source_port,
+            self.target_port,
+            self.legacy_app_port,
+            self.prometheus_port,
+        ];
+        out.extend(self.kube_ports.values());
+        out.extend(self.app_ports.values());
+        out.retain(|p| *p != 0);
+        out
+    }
+
     /// Path of the state file in `dir`.
     pub fn path(dir: &Path) -> PathBuf {
         dir.join("state.json")
