@@ -374,11 +374,11 @@ impl Sandbox {
         let granted = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("cutover-sandbox-")
-            .tempdir()
+            .tempdir_in(scratch_root())
             .unwrap();
         let project = tempfile::Builder::new()
             .prefix("cutover-project-")
-            .tempdir()
+            .tempdir_in(scratch_root())
             .unwrap();
         copy_project(project.path());
         let venv = std::env::var("CUTOVER_SANDBOX_VENV")
@@ -1039,6 +1039,42 @@ fn round(d: Duration) -> f64 {
 pub fn log_time(ts: &str) -> Option<i64> {
     let t = chrono::DateTime::parse_from_rfc3339(ts).ok()?;
     Some(t.timestamp_millis())
+}
+
+/// Where the sandboxes and projects of this suite live: `$CUTOVER_TEST_SCRATCH` when set, else
+/// `/dev/shm` when it is a memory file system with room for the sandboxes running at once
+/// (8 GiB free: up to `CUTOVER_TEST_SANDBOXES` sandboxes of up to 1 GiB each, their clusters
+/// grown by the copy), else the system's temporary directory. Measured on a 2-core CI machine's
+/// ext4 disk: copying the seeded clusters' template (313 MB) into a new sandbox cost 4.4-5.7 s
+/// of kernel CPU there and 0.5-0.6 s on tmpfs, and the suite starts 43 sandboxes on 2 cores.
+pub fn scratch_root() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("CUTOVER_TEST_SCRATCH") {
+            return PathBuf::from(dir);
+        }
+        let shm = PathBuf::from("/dev/shm");
+        let roomy = std::ffi::CString::new("/dev/shm")
+            .ok()
+            .and_then(|path| {
+                // SAFETY: `path` is a valid C string and `st` a zeroed out-parameter statvfs fills.
+                let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+                let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+                (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+            })
+            .is_some_and(|free| free >= 8 << 30);
+        let writable = roomy
+            && tempfile::Builder::new()
+                .prefix("cutover-probe-")
+                .tempdir_in(&shm)
+                .is_ok();
+        if writable {
+            shm
+        } else {
+            std::env::temp_dir()
+        }
+    })
+    .clone()
 }
 
 /// Where the sandboxes of this suite keep their seeded clusters' template.
