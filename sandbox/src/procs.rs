@@ -92,7 +92,7 @@ pub fn wait_http(pid: u32, port: u16, what: &str, log: &Path, timeout: Duration)
         if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
             let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
             let mut first = [0u8; 8];
-            if c.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok()
+            if c.write_all(format!("GET / HTTP/1.0\r\n{PROBE_HEADER}: 1\r\n\r\n").as_bytes()).is_ok()
                 && matches!(c.read(&mut first), Ok(n) if n > 0)
             {
                 return Ok(());
@@ -106,12 +106,20 @@ pub fn wait_http(pid: u32, port: u16, what: &str, log: &Path, timeout: Duration)
     )
 }
 
+/// The header that marks the sandbox's own requests (its readiness probes): they are not a
+/// client's use of a cluster ([`crate::serve`] starts an idle environment's users on a client's
+/// first request).
+pub const PROBE_HEADER: &str = "x-cutover-sandbox-probe";
+
 /// The body of `GET path` on 127.0.0.1:`port` (HTTP/1.0, 5 s read timeout), whatever its status.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut c = TcpStream::connect(("127.0.0.1", port))?;
     c.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(c, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    write!(
+        c,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{PROBE_HEADER}: 1\r\n\r\n"
+    )?;
     let mut answer = String::new();
     c.read_to_string(&mut answer)?;
     Ok(answer

@@ -22,6 +22,10 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The environment whose users browse from the start (the one the README and most tests
+/// rehearse); the others' start when their cluster's API is first used.
+const ALWAYS_IN_USE: &str = "staging";
+
 /// Seeds namespace `ns` with Secret `secret` (key `DATABASE_URL` = `url`) and the service's
 /// Deployments `(name, replicas)`, each reading the Secret as its pods' environment.
 fn seed_service(
@@ -246,6 +250,14 @@ pub async fn run(s: State) -> Result<()> {
         let api = sockets.take(&format!("kube:{env}"))?;
         let app = sockets.take(&format!("app:{env}"))?;
         tasks.push(tokio::spawn(kube::controller(cluster.clone())));
+        // Whether the environment is in use: staging from the start; dev and production from
+        // the first request a client (not the sandbox's own probes) makes to their cluster's
+        // API, which every run, dry-run and test on them makes before anything reads their
+        // traffic. Until then their users do not browse and their resolvers do not look:
+        // idle, an environment's users and Route 53 view cost a sandbox about a third of its
+        // CPU, and the suite runs six sandboxes on two cores.
+        let (active, mut in_use) = tokio::sync::watch::channel(env == ALWAYS_IN_USE);
+        let active = Arc::new(active);
         // The operator and the users act with the account's role; the APIs serve meanwhile, and
         // a moto that is slow to answer delays them, never the sandbox.
         let (state, c) = (s.clone(), cluster.clone());
@@ -262,8 +274,8 @@ pub async fn run(s: State) -> Result<()> {
                     }
                 }
             };
-            tokio::join!(
-                crate::eso::controller(c, aws.clone()),
+            tokio::join!(crate::eso::controller(c, aws.clone()), async {
+                let _ = in_use.wait_for(|used| *used).await;
                 crate::traffic::users(
                     env.to_string(),
                     State::domain(env),
@@ -271,14 +283,25 @@ pub async fn run(s: State) -> Result<()> {
                     state.app_ports.get(env).copied().unwrap_or(0),
                     state.legacy_app_port,
                 )
-            );
+                .await
+            });
         }));
         let side = crate::traffic::Side {
             env: env.to_string(),
             metrics: metrics.clone(),
             fault: Default::default(),
         };
-        let router = kube::router(cluster.clone());
+        let router = kube::router(cluster.clone()).layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let active = active.clone();
+                async move {
+                    if !req.headers().contains_key(crate::procs::PROBE_HEADER) {
+                        active.send_if_modified(|used| !std::mem::replace(used, true));
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(api, router).await;
         }));

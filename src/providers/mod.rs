@@ -13,6 +13,7 @@ pub mod http;
 pub mod kube;
 pub mod metrics;
 pub mod organizations;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod rds;
 pub mod route53;

@@ -95,7 +95,7 @@ fn window_steps(plan: &Plan) -> Vec<(&str, &PlanStep)> {
     };
     match all[first..]
         .iter()
-        .position(|(_, s)| s.kind.window_role(&s.params) == WindowRole::Flip)
+        .position(|(_, s)| matches!(s.kind.window_role(&s.params), WindowRole::Flip { .. }))
     {
         Some(n) => all[first..=first + n].to_vec(),
         None => Vec::new(),

@@ -40,7 +40,7 @@ pub fn check(plan: &Plan, heartbeat_line: Option<u32>) -> (Vec<Problem>, Vec<Pro
 
     // The flips, and what comes before each.
     for (i, (id, line, role)) in steps.iter().enumerate() {
-        if *role != WindowRole::Flip {
+        if !matches!(role, WindowRole::Flip { .. }) {
             continue;
         }
         let before = &steps[..i];
@@ -126,7 +126,7 @@ pub fn check(plan: &Plan, heartbeat_line: Option<u32>) -> (Vec<Problem>, Vec<Pro
         // 2. A full-table verify inside the window (from the freeze to the first flip).
         let end = steps[f..]
             .iter()
-            .position(|(_, _, r)| *r == WindowRole::Flip)
+            .position(|(_, _, r)| matches!(r, WindowRole::Flip { .. }))
             .map_or(steps.len(), |p| f + p);
         for (vid, vline, role) in &steps[f..end] {
             if *role == (WindowRole::Verify { full: true }) {
@@ -147,7 +147,9 @@ pub fn check(plan: &Plan, heartbeat_line: Option<u32>) -> (Vec<Problem>, Vec<Pro
     }
     // A budget the reload mode cannot meet: every rehearsal that flips would roll back.
     if let Some(h) = &plan.heartbeat {
-        let flips = steps.iter().any(|(_, _, r)| *r == WindowRole::Flip);
+        let flips = steps
+            .iter()
+            .any(|(_, _, r)| matches!(r, WindowRole::Flip { pooler: false }));
         if flips
             && h.reload == crate::config::Reload::Volume
             && h.volume_delay >= h.max_write_outage

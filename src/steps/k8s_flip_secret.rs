@@ -268,7 +268,7 @@ impl Kind for FlipSecret {
     const UNDO: &'static str = "Put the backup Secret's values back into the Secret and restart the same Deployments; the backup Secret is kept";
 
     fn window_role(&self, _params: Option<&Literal<Params>>) -> WindowRole {
-        WindowRole::Flip
+        WindowRole::Flip { pooler: false }
     }
 
     async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<Before, Outputs>, StepError> {

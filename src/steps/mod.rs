@@ -15,6 +15,8 @@ mod aws_assert_account;
 mod dns;
 mod http_check;
 mod k8s_flip_secret;
+mod pgbouncer_pause;
+mod pgbouncer_repoint;
 mod postgres_decommission;
 mod postgres_fallback;
 mod postgres_freeze_writes;
@@ -92,8 +94,15 @@ pub enum WindowRole {
         /// nothing.
         replication: bool,
     },
-    /// Points the application at the target (`k8s.flip_secret`).
-    Flip,
+    /// Points the application at the target: `k8s.flip_secret` (`pooler: false`), or its
+    /// pooler's upstream (`pgbouncer.repoint`, `pooler: true`).
+    Flip {
+        /// The flip moves a pooler's upstream and resumes it (the application does not reload).
+        pooler: bool,
+    },
+    /// Makes the application's writes wait in its pooler: a pooler window starts
+    /// (`pgbouncer.pause`).
+    Pause,
 }
 
 /// The step contract (see DESIGN.md): validate, plan, apply, verify, rollback.
@@ -242,6 +251,8 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &Typed(postgres_fallback::Fallback),
         &Typed(postgres_decommission::Decommission),
         &Typed(k8s_flip_secret::FlipSecret),
+        &Typed(pgbouncer_pause::PgbouncerPause),
+        &Typed(pgbouncer_repoint::PgbouncerRepoint),
         &Typed(wafv2_assert_association::AssertAssociation),
         &Typed(route53_set_ttl::SetTtl),
         &Typed(approval::Approval),

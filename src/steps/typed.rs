@@ -439,7 +439,7 @@ mod tests {
 
         fn window_role(&self, p: Option<&Literal<P>>) -> WindowRole {
             match p {
-                Some(l) if l.known("act") && l.params.act => WindowRole::Flip,
+                Some(l) if l.known("act") && l.params.act => WindowRole::Flip { pooler: false },
                 _ => WindowRole::Other,
             }
         }
@@ -475,7 +475,7 @@ mod tests {
         let k = Typed(K);
         let literal = map(json!({"name": "a", "count": 5, "act": true}));
         assert_eq!(k.validate(&literal), vec!["count 5 is more than 3"]);
-        assert_eq!(k.window_role(&literal), WindowRole::Flip);
+        assert_eq!(k.window_role(&literal), WindowRole::Flip { pooler: false });
         // Templated values are not judged and count as their default.
         let templated =
             map(json!({"name": "{{ vars.n }}", "count": "{{ vars.c }}", "act": "{{ vars.a }}"}));

@@ -132,6 +132,8 @@ pub enum Server {
     /// The database the application's Secret names, as the application (and the heartbeat
     /// writer, which stands in for it) reaches it.
     Application,
+    /// A connection pooler's admin console (PgBouncer's `pgbouncer` database).
+    Pooler,
 }
 
 impl Server {
@@ -141,6 +143,7 @@ impl Server {
             Server::Source => "source",
             Server::Target => "target",
             Server::Application => "application",
+            Server::Pooler => "pooler",
         }
     }
 }
