@@ -42,6 +42,9 @@ pub struct Store {
     pods: BTreeMap<Key, (String, Vec<Pod>)>,
     /// How long a new pod takes to become ready ([`pod_ready_delay`]).
     pub pod_ready: Duration,
+    /// The latest resourceVersion, published on every write: what watchers of the cluster
+    /// (the pooler's sidecar) wait on.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Store {
@@ -52,6 +55,7 @@ impl Default for Store {
             uid_counter: 0,
             pods: BTreeMap::new(),
             pod_ready: DEFAULT_POD_READY,
+            changes: tokio::sync::watch::channel(0).0,
         }
     }
 }
@@ -84,7 +88,13 @@ fn not_found(resource: &str, name: &str) -> Response {
 impl Store {
     fn bump(&mut self) -> String {
         self.next_rv += 1;
+        self.changes.send_replace(self.next_rv);
         self.next_rv.to_string()
+    }
+
+    /// A receiver that sees every later write to the cluster (its resourceVersion).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Inserts an object as a create would (seeding).

@@ -8,6 +8,7 @@ mod bench;
 mod eso;
 mod kube;
 mod listen;
+mod pooler;
 mod procs;
 mod rights;
 mod seed;
@@ -99,7 +100,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn all_running(s: &State) -> bool {
-    procs::alive(s.moto_pid)
+    s.pooler_pids.len() == ENVIRONMENTS.len()
+        && s.pooler_pids.values().all(|p| procs::alive(*p))
+        && procs::alive(s.moto_pid)
         && procs::alive(s.serve_pid)
         && procs::cluster_running(&s.dir.join("pg/source"))
         && procs::cluster_running(&s.dir.join("pg/target"))
@@ -114,6 +117,7 @@ fn fresh_state(dir: &std::path::Path) -> State {
         source_admin_password: password(),
         target_admin_password: password(),
         app_password: password(),
+        pooler_admin_password: password(),
         ..Default::default()
     }
 }
@@ -261,6 +265,18 @@ fn up(dir: &std::path::Path) -> Result<i32> {
             s.save()?;
         }
     }
+    for env in ENVIRONMENTS {
+        pooler::start(&mut s, env)?;
+    }
+    eprintln!(
+        "sandbox: PgBouncer for the shop application on {}",
+        ENVIRONMENTS
+            .iter()
+            .map(|e| format!("{e} {}", s.pooler_ports[*e]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    s.save()?;
     ensure_moto(&mut s, &venv)?;
     eprintln!("sandbox: seeding moto: Organization, 3 member accounts, zones, RDS, EKS, WAF, state buckets");
     rt.block_on(seed::aws(&mut s))?;
@@ -528,6 +544,9 @@ fn down(dir: &std::path::Path) -> Result<i32> {
     procs::stop(s.serve_pid);
     procs::stop(s.moto_pid);
     procs::stop(s.prometheus_pid);
+    for pid in s.pooler_pids.values() {
+        procs::stop(*pid);
+    }
     procs::stop_cluster(&dir.join("pg/source"));
     procs::stop_cluster(&dir.join("pg/target"));
     for sub in [
@@ -538,6 +557,7 @@ fn down(dir: &std::path::Path) -> Result<i32> {
         "serve.log",
         "prometheus",
         "prometheus.log",
+        "pgbouncer",
     ] {
         let p = dir.join(sub);
         if p.is_dir() {
@@ -580,6 +600,12 @@ fn status(dir: &std::path::Path) -> Result<i32> {
         format!("Prometheus 127.0.0.1:{}", s.prometheus_port),
         procs::alive(s.prometheus_pid),
     );
+    for (env, port) in &s.pooler_ports {
+        line(
+            format!("PgBouncer ({env}) 127.0.0.1:{port}"),
+            s.pooler_pids.get(env).is_some_and(|p| procs::alive(*p)),
+        );
+    }
     Ok(if ok { 0 } else { 1 })
 }
 

@@ -271,6 +271,15 @@ fn pg_command(bin: &Path, tool: &str) -> Result<Command> {
     Ok(cmd)
 }
 
+/// Makes `cmd` run as PostgreSQL's user when we are root (PgBouncer, like initdb, refuses to
+/// run as root).
+pub fn as_pg_user(cmd: &mut Command) -> Result<()> {
+    if let Some((uid, gid)) = pg_user()? {
+        cmd.uid(uid).gid(gid);
+    }
+    Ok(())
+}
+
 pub fn chown_tree(path: &Path) -> Result<()> {
     if let Some((uid, gid)) = pg_user()? {
         let st = Command::new("chown")

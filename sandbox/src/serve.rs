@@ -67,7 +67,8 @@ fn seed_cluster(s: &State, env: &str) -> Cluster {
         &mut store,
         "shop",
         "shop-db",
-        &s.legacy_app_url(env),
+        // The application reaches its database through its pooler from the start.
+        &s.pooler_app_url(env),
         &[("shop-api", 2), ("shop-worker", 1)],
     );
     seed_service(
@@ -76,6 +77,15 @@ fn seed_cluster(s: &State, env: &str) -> Cluster {
         "letters-db",
         &s.letters_url(env, "letters", false),
         &[("letters-api", 1)],
+    );
+    // The pooler's [databases] file, which its pods' sidecar writes to disk ([`crate::pooler`]).
+    let file = base64::engine::general_purpose::STANDARD.encode(crate::pooler::databases_ini(s, env));
+    store.seed(
+        "secrets",
+        crate::pooler::SECRET_NAMESPACE,
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": crate::pooler::SECRET, "labels": {"app": "pgbouncer"}},
+               "data": {crate::pooler::KEY: file}}),
     );
     seed_external_secret(&mut store, env);
     Arc::new(Mutex::new(store))
@@ -139,8 +149,9 @@ async fn database_health(url: &str) -> Result<(), String> {
         .await
         .map_err(|_| "connect timed out".to_string())??;
     let connected = start.elapsed();
+    // Unnamed statements only, as an application behind a transaction-mode pooler uses.
     let result = client
-        .query_one("SELECT 1", &[])
+        .query_typed("SELECT 1", &[])
         .await
         .map(|_| ())
         .map_err(|e| e.to_string());
@@ -217,13 +228,14 @@ async fn aws_create_order(AxState(cluster): AxState<Cluster>) -> (StatusCode, Js
     };
     let result = async {
         let client = app_connect(&url).await?;
-        let row = client
-            .query_one(
+        let rows = client
+            .query_typed(
                 "INSERT INTO orders (customer_id, status, total_cents, created_at) VALUES ((SELECT min(id) FROM customers), 'paid', 4200, now()) RETURNING id",
                 &[],
             )
             .await
             .map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))?;
+        let row = rows.first().ok_or("INSERT returned no row")?;
         Ok::<i64, String>(row.get(0))
     }
     .await;
@@ -250,6 +262,10 @@ pub async fn run(s: State) -> Result<()> {
         let api = sockets.take(&format!("kube:{env}"))?;
         let app = sockets.take(&format!("app:{env}"))?;
         tasks.push(tokio::spawn(kube::controller(cluster.clone())));
+        tasks.push(tokio::spawn(crate::pooler::sidecar(
+            cluster.clone(),
+            crate::pooler::dir(&s.dir, env).join(crate::pooler::KEY),
+        )));
         // Whether the environment is in use: staging from the start; dev and production from
         // the first request a client (not the sandbox's own probes) makes to their cluster's
         // API, which every run, dry-run and test on them makes before anything reads their

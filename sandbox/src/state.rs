@@ -58,6 +58,15 @@ pub struct State {
     /// Prometheus server pid.
     #[serde(default)]
     pub prometheus_pid: u32,
+    /// The shop application's PgBouncer port per environment ([`crate::pooler`]).
+    #[serde(default)]
+    pub pooler_ports: BTreeMap<String, u16>,
+    /// Its pid per environment.
+    #[serde(default)]
+    pub pooler_pids: BTreeMap<String, u32>,
+    /// Password of the poolers' admin console role.
+    #[serde(default)]
+    pub pooler_admin_password: String,
 }
 
 impl State {
@@ -72,6 +81,7 @@ impl State {
         ];
         out.extend(self.kube_ports.values());
         out.extend(self.app_ports.values());
+        out.extend(self.pooler_ports.values());
         out.retain(|p| *p != 0);
         out
     }
@@ -167,6 +177,29 @@ impl State {
             self.app_password,
             self.source_port,
             Self::database(env),
+            self.tls_query()
+        )
+    }
+
+    /// The shop application's URL through its pooler in `env`'s cluster: what its Secret holds
+    /// from the start (the pooler's upstream moves instead).
+    pub fn pooler_app_url(&self, env: &str) -> String {
+        format!(
+            "postgres://shop:{}@127.0.0.1:{}/{}{}",
+            self.app_password,
+            self.pooler_ports.get(env).copied().unwrap_or(0),
+            Self::database(env),
+            self.tls_query()
+        )
+    }
+
+    /// The admin console URL of the pooler in `env`'s cluster.
+    pub fn pooler_admin_url(&self, env: &str) -> String {
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/pgbouncer{}",
+            crate::pooler::ADMIN_USER,
+            self.pooler_admin_password,
+            self.pooler_ports.get(env).copied().unwrap_or(0),
             self.tls_query()
         )
     }
@@ -278,6 +311,10 @@ impl State {
             v.push((
                 format!("CUTOVER_{up}_LEGACY_APP_DATABASE_URL"),
                 self.legacy_app_url(env),
+            ));
+            v.push((
+                format!("CUTOVER_{up}_POOLER_ADMIN_URL"),
+                self.pooler_admin_url(env),
             ));
             for (name, role, target) in [
                 ("SOURCE_DATABASE_URL", "admin", false),

@@ -203,6 +203,7 @@ pub fn status(root: &Path, run_id: &str, output: OutputFormat) -> i32 {
             "steps": steps,
             "last_record": last.map(|r| serde_json::json!({"type": r.event, "step": r.step, "ts": r.ts})),
             "progress": if s.status == RunState::Running { progress } else { None },
+            "pooler_paused_since": pooler_paused_since(&audit),
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return EXIT_OK;
@@ -277,6 +278,12 @@ pub fn status(root: &Path, run_id: &str, output: OutputFormat) -> i32 {
                 .unwrap_or(0)
         );
     }
+    if let Some(since) = pooler_paused_since(&audit) {
+        println!(
+            "pooler paused since {since}: the application's writes wait; `cutover resume {}` finishes the window, `cutover rollback {}` resumes it on the legacy database",
+            s.id, s.id
+        );
+    }
     if let Some(r) = last {
         println!(
             "last record: {} {} at {}",
@@ -286,6 +293,37 @@ pub fn status(root: &Path, run_id: &str, output: OutputFormat) -> i32 {
         );
     }
     EXIT_OK
+}
+
+/// When the run left its application's pooler paused: the start of its `pgbouncer.pause`
+/// step (a [`WindowRole::Pause`] kind) when that step completed or was cut off (a run killed
+/// while paused), not rolled back, and no pooler flip ([`WindowRole::Flip`] `pooler: true`)
+/// completed after it without being rolled back. A pause step that failed resumed before it
+/// failed.
+fn pooler_paused_since(audit: &report::model::Audit) -> Option<String> {
+    use crate::steps::WindowRole;
+    let role = |kind: &str| {
+        crate::steps::lookup(kind).map(|k| k.window_role(&crate::steps::Record::new()))
+    };
+    let mut since = None;
+    for st in audit.steps() {
+        let undone = st.rollback.as_ref().is_some_and(|r| r.error.is_none());
+        match role(&st.kind) {
+            Some(WindowRole::Pause) => {
+                since = matches!(st.status, StepStatus::Completed | StepStatus::Unfinished)
+                    .then(|| st.started.clone())
+                    .flatten()
+                    .filter(|_| !undone);
+            }
+            Some(WindowRole::Flip { pooler: true })
+                if st.status == StepStatus::Completed && !undone =>
+            {
+                since = None
+            }
+            _ => {}
+        }
+    }
+    since
 }
 
 /// `cutover audit show RUN_ID --format md|html|json|junit`: the report on stdout.

@@ -222,9 +222,13 @@ fn summary(state: &Path, name: &str, outcomes: &[(String, Ended, Option<String>)
                     .and_then(|r| r.reload.map(|m| m.as_str()))
                     .map(|m| format!(" (reload: {m})"))
                     .unwrap_or_default();
+                let failed = r
+                    .and_then(|r| r.writes_failed)
+                    .map(|n| format!(", {n} failed"))
+                    .unwrap_or_default();
                 match missing {
-                    Some(n) => format!("{ms} ms{mode}, {n} acknowledged write(s) missing"),
-                    None => format!("{ms} ms{mode}"),
+                    Some(n) => format!("{ms} ms{mode}{failed}, {n} acknowledged write(s) missing"),
+                    None => format!("{ms} ms{mode}{failed}"),
                 }
             }
             None => "-".into(),

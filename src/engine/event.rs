@@ -228,6 +228,10 @@ pub struct PathFigures {
     /// The error that kept the writer from starting, if any.
     #[serde(default)]
     pub error: Option<String>,
+    /// Writes that failed: refused by the server, or not acknowledged within the writer's
+    /// timeout (1 s; 30 s with `reload: pooler`, where a paused pooler makes writes wait).
+    #[serde(default)]
+    pub failed: u64,
     /// When this path's longest gap began.
     #[serde(default)]
     pub gap_from: Option<chrono::DateTime<chrono::Utc>>,
@@ -255,6 +259,13 @@ pub struct PathFigures {
     /// Times the database URL changed under the writer.
     #[serde(default)]
     pub url_changes: u64,
+    /// The longest time one acknowledged write took (from sending it to its COMMIT), ms: how
+    /// long a user's write waited, e.g. in a paused pooler.
+    #[serde(default)]
+    pub wait_max_ms: u64,
+    /// The 99th percentile of the acknowledged writes' times (nearest rank), ms.
+    #[serde(default)]
+    pub wait_p99_ms: u64,
     /// The `writer` column of its rows.
     #[serde(default)]
     pub writer: String,

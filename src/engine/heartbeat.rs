@@ -38,6 +38,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// How long a write may wait for its acknowledgement behind a pooler before it counts as
+/// failed: an application's statement timeout (30 s; PgBouncer's own `query_wait_timeout` is
+/// 120 s by default).
+const POOLER_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One path's writer.
 struct Path {
     /// `aws` or `legacy`.
@@ -348,6 +353,13 @@ pub async fn start(
         rate: cfg.writes_per_second,
         reload: Duration::from_millis(cfg.reload_ms.max(10)),
         served,
+        // Behind a pooler a write waits while the pooler is paused (a bounded window, seconds):
+        // it fails only past an application's statement timeout. Reaching the database
+        // directly, a write that takes a second is an outage.
+        write_timeout: match cfg.reload {
+            Reload::Pooler => POOLER_WRITE_TIMEOUT,
+            Reload::Restart | Reload::Volume => Duration::from_secs(1),
+        },
     };
     let mut paths = vec![Path {
         name: "aws",
@@ -436,6 +448,7 @@ fn path_figures(name: &str, id: &str, r: &Report, missing: Option<&[i64]>) -> Pa
         attempted: r.attempted,
         connections: r.connections,
         error: r.error.clone(),
+        failed: r.failed,
         gap_from: r.gap_from,
         gap_to: r.gap_to,
         longest_gap_ms: r.longest_gap_ms,
@@ -445,6 +458,8 @@ fn path_figures(name: &str, id: &str, r: &Report, missing: Option<&[i64]>) -> Pa
         path: name.to_string(),
         started_at: r.started_at,
         url_changes: r.url_changes,
+        wait_max_ms: r.wait_max_ms,
+        wait_p99_ms: r.wait_p99_ms,
         writer: id.to_string(),
         writing_ms: r.writing_ms,
     }

@@ -144,8 +144,19 @@ pub fn heartbeat_line(d: &HeartbeatRecord) -> String {
         t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
             .unwrap_or_default()
     };
+    let waits = d
+        .paths
+        .iter()
+        .find(|p| p.path == "aws")
+        .map(|p| {
+            format!(
+                ", {} failed, the slowest took {} ms (p99 {} ms)",
+                p.failed, p.wait_max_ms, p.wait_p99_ms
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "  heartbeat: {} of {} writes acknowledged; longest gap {} ms ({} → {}){}{legacy}; {missing} in {}",
+        "  heartbeat: {} of {} writes acknowledged{waits}; longest gap {} ms ({} → {}){}{legacy}; {missing} in {}",
         d.acknowledged,
         d.attempted,
         d.longest_gap_ms,

@@ -167,6 +167,7 @@ mod tests {
             write_outage_ms: None,
             reload: None,
             writes_missing: None,
+            writes_failed: None,
             started_at: id.into(),
             finished_at: None,
         }

@@ -75,6 +75,7 @@ mod tests {
             write_outage_ms: None,
             reload: None,
             writes_missing: None,
+            writes_failed: None,
             started_at: String::new(),
             finished_at: Some((now - chrono::Duration::hours(hours_ago)).to_rfc3339()),
         }

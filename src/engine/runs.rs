@@ -38,6 +38,9 @@ pub struct RunSummary {
     /// Acknowledged writes missing at the end, from the same record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writes_missing: Option<u64>,
+    /// The application path's writes that failed (refused or timed out), from the same record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes_failed: Option<u64>,
     /// RFC 3339 start time.
     pub started_at: String,
     /// RFC 3339 end time, when finished.
@@ -141,6 +144,7 @@ pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
         write_outage_ms: heartbeat.map(|h| h.longest_gap_ms),
         reload: heartbeat.and_then(|h| h.reload),
         writes_missing: heartbeat.map(|h| h.missing.unwrap_or(0)),
+        writes_failed: heartbeat.and_then(|h| h.paths.iter().find(|p| p.path == "aws").map(|p| p.failed)),
         started_at: start.map(|(r, _)| r.ts.clone()).unwrap_or_default(),
         finished_at: finished.map(|(r, _)| r.ts.clone()),
     }
@@ -181,6 +185,7 @@ pub fn list(state_dir: &Path, env: Option<&str>) -> Vec<RunSummary> {
                 write_outage_ms: None,
                 reload: None,
                 writes_missing: None,
+                writes_failed: None,
                 started_at: String::new(),
                 finished_at: None,
             },

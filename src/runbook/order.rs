@@ -170,6 +170,74 @@ pub fn check(plan: &Plan, heartbeat_line: Option<u32>) -> (Vec<Problem>, Vec<Pro
             );
         }
     }
+    pooler_window(plan, &steps, heartbeat_line, &mut refused, &mut warnings);
     warnings.sort_by_key(|w| w.line);
     (refused, warnings)
+}
+
+/// The pooler window's order: a `pgbouncer.repoint` needs a `pgbouncer.pause` before it (its
+/// rollback leaves the entry paused for the pause's rollback to resume, and its RESUME would
+/// have nothing to end); the pause comes before the freeze (frozen first, the application's
+/// writes fail before they could wait); a heartbeat that reloads its Secret measures another
+/// application than the one behind the pooler.
+fn pooler_window(
+    plan: &Plan,
+    steps: &[(&str, u32, WindowRole)],
+    heartbeat_line: Option<u32>,
+    refused: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) {
+    let file = &plan.runbook_path;
+    let pause = steps.iter().position(|(_, _, r)| *r == WindowRole::Pause);
+    for (i, (id, line, role)) in steps.iter().enumerate() {
+        if *role == (WindowRole::Flip { pooler: true }) && pause.is_none_or(|p| p > i) {
+            refused.push(
+                Problem::new(
+                    file,
+                    Some(*line),
+                    format!(
+                        "step `{id}`: a pooler flip with no pgbouncer.pause before it: the application's writes would not wait while the database moves, and a rollback of `{id}` would leave the pooler paused with nothing to resume it"
+                    ),
+                )
+                .hint(Some(format!(
+                    "add a `pgbouncer.pause` step (same `admin` and `database`) before the freeze that precedes `{id}`"
+                ))),
+            );
+        }
+    }
+    let freeze = steps.iter().position(|(_, _, r)| *r == WindowRole::Freeze);
+    if let (Some(p), Some(f)) = (pause, freeze) {
+        if f < p {
+            let (pid, pline, _) = steps[p];
+            warnings.push(
+                Problem::new(
+                    file,
+                    Some(pline),
+                    format!(
+                        "step `{pid}`: the pooler pauses after the freeze (`{}`): the application's writes fail on the frozen database until the pause, instead of waiting",
+                        steps[f].0
+                    ),
+                )
+                .hint(Some(format!("move `{pid}` before `{}`", steps[f].0))),
+            );
+        }
+    }
+    let pooler_flip = steps
+        .iter()
+        .any(|(_, _, r)| *r == (WindowRole::Flip { pooler: true }));
+    if let Some(h) = &plan.heartbeat {
+        if pooler_flip && h.reload != crate::config::Reload::Pooler {
+            warnings.push(
+                Problem::new(
+                    file,
+                    heartbeat_line,
+                    format!(
+                        "heartbeat: `reload: {}` but the application is moved behind its pooler (pgbouncer.repoint): the writer would wait for a Secret change that never comes",
+                        h.reload.as_str()
+                    ),
+                )
+                .hint(Some("set `reload: pooler` under `heartbeat:`".into())),
+            );
+        }
+    }
 }

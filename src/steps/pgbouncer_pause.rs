@@ -36,6 +36,9 @@ pub struct Params {
     #[serde(default = "default_budget", with = "super::duration_text")]
     #[schemars(with = "String")]
     budget: Duration,
+    /// A file (relative to the project root) whose existence holds the run before the pause until it is removed.
+    #[serde(default)]
+    postpone_flag: Option<String>,
 }
 
 fn default_budget() -> Duration {
@@ -180,9 +183,20 @@ impl Kind for PgbouncerPause {
         problems
     }
 
-    async fn plan(&self, _cx: &StepContext, p: &Params) -> Result<Plan<(), ()>, StepError> {
+    async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<(), ()>, StepError> {
         let consoles = consoles(&p.admin).await?;
         let mut changes = Vec::new();
+        if let Some(f) = &p.postpone_flag {
+            changes.push(Change::new(
+                Action::Check,
+                format!("postpone flag {f}"),
+                if cx.root.join(f).exists() {
+                    "present: the run will hold here, before the pause, until it is removed"
+                } else {
+                    "absent: no hold (create it to hold the run before the pause)"
+                },
+            ));
+        }
         for c in &consoles {
             let target = format!("PgBouncer {} database {}", c.address, p.database);
             let state = c.database(&p.database).await?;
@@ -217,10 +231,13 @@ impl Kind for PgbouncerPause {
 
     async fn apply(
         &self,
-        _cx: &StepContext,
+        cx: &StepContext,
         p: &Params,
         _before: &(),
     ) -> Result<Applied<Outputs>, StepError> {
+        if let Some(f) = &p.postpone_flag {
+            super::postgres_freeze_writes::hold_while_postponed(cx, &cx.root.join(f)).await?;
+        }
         let consoles = consoles(&p.admin).await?;
         for c in &consoles {
             if c.setting("pool_mode").await?.as_deref() == Some("session") {

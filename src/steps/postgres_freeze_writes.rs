@@ -45,7 +45,7 @@ pub struct Params {
 ///
 /// # Errors
 /// [`StepError::Panic`] or [`StepError::WriteOutage`].
-async fn hold_while_postponed(
+pub(super) async fn hold_while_postponed(
     cx: &StepContext<'_>,
     flag: &std::path::Path,
 ) -> Result<f64, StepError> {

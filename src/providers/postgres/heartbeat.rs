@@ -115,6 +115,10 @@ pub struct Options {
     pub reload: Duration,
     /// Whether the path serves users; `None`: always (its gaps always count).
     pub served: Option<ServedSource>,
+    /// How long one write may wait for its acknowledgement before it counts as failed (the
+    /// application's statement timeout): 1 s where the application reaches the database
+    /// directly, longer behind a pooler whose pause makes writes wait.
+    pub write_timeout: Duration,
 }
 
 /// What a stopped writer saw.
@@ -139,6 +143,16 @@ pub struct Report {
     pub connections: u64,
     /// The URL changed this many times while writing.
     pub url_changes: u64,
+    /// Writes refused by the server or not acknowledged within the write timeout, while the
+    /// path served users.
+    pub failed: u64,
+    /// The longest time one acknowledged write took, milliseconds.
+    pub wait_max_ms: u64,
+    /// The 99th percentile (nearest rank) of the acknowledged writes' times, milliseconds.
+    pub wait_p99_ms: u64,
+    /// Each acknowledged write's time, milliseconds (for the figures above).
+    #[serde(skip)]
+    waits_ms: Vec<u32>,
     /// Sequence numbers of acknowledged writes (checked against the final database).
     #[serde(skip)]
     pub acked: Vec<i64>,
@@ -156,6 +170,17 @@ pub struct Report {
 
 /// Longest stretch `Report::acked_per_second` covers, seconds (4 hours: 14,400 counts).
 pub const MAX_SERIES_SECONDS: usize = 4 * 3600;
+
+/// The nearest-rank percentile `p` (0-100) of `values` (0 when there are none).
+pub fn percentile(values: &[u32], p: f64) -> u32 {
+    if values.is_empty() {
+        return 0;
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
 
 impl Report {
     /// Counts one acknowledged write `since` the writer started.
@@ -197,10 +222,14 @@ pub async fn ensure_table(url: &str, table: &str) -> Result<(), ProviderError> {
     let c = connect(url, Server::Application).await?;
     // Present already (a frozen database refuses even CREATE TABLE IF NOT EXISTS): nothing to do.
     let present = c
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&ident(table)])
+        .query_typed(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[(&ident(table), tokio_postgres::types::Type::TEXT)],
+        )
         .await
         .map_err(|e| pg(Server::Application, e))?
-        .get::<_, bool>(0);
+        .first()
+        .is_some_and(|r| r.get::<_, bool>(0));
     if present {
         return Ok(());
     }
@@ -365,14 +394,27 @@ impl Heartbeat {
                 };
                 seq += 1;
                 report.attempted += 1;
+                let sent = Instant::now();
+                // An unnamed statement, parsed, bound and run in one round trip: a pooler in
+                // transaction mode may hand each round trip another server connection, where a
+                // named prepared statement would not exist.
                 match tokio::time::timeout(
-                    Duration::from_secs(1),
-                    c.execute(&insert, &[&opts.writer, &seq]),
+                    opts.write_timeout,
+                    c.query_typed(
+                        &insert,
+                        &[
+                            (&opts.writer, tokio_postgres::types::Type::TEXT),
+                            (&seq, tokio_postgres::types::Type::INT8),
+                        ],
+                    ),
                 )
                 .await
                 {
                     Ok(Ok(_)) => {
                         let now = (Instant::now(), Utc::now());
+                        report
+                            .waits_ms
+                            .push((now.0 - sent).as_millis().min(u32::MAX as u128) as u32);
                         let served = served_rx.borrow().is_none_or(|u| now.0 <= u);
                         meter.ack(now, served);
                         let first = *first_ack.get_or_insert(now.0);
@@ -386,6 +428,9 @@ impl Heartbeat {
                         }
                     }
                     Ok(Err(e)) => {
+                        if meter.serving {
+                            report.failed += 1;
+                        }
                         let msg = match e.as_db_error() {
                             Some(db) => db.message().to_string(),
                             None => e.to_string(),
@@ -396,10 +441,16 @@ impl Heartbeat {
                         }
                     }
                     Err(_) => {
+                        if meter.serving {
+                            report.failed += 1;
+                        }
                         publish(
                             &meter,
                             &report,
-                            Write::Failed("the write took more than 1 s".into()),
+                            Write::Failed(format!(
+                                "the write took more than {} s",
+                                opts.write_timeout.as_secs_f64()
+                            )),
                         );
                         client = None
                     }
@@ -409,6 +460,8 @@ impl Heartbeat {
             if let Some(p) = served_poller {
                 p.abort();
             }
+            report.wait_max_ms = report.waits_ms.iter().copied().max().unwrap_or(0) as u64;
+            report.wait_p99_ms = percentile(&report.waits_ms, 99.0) as u64;
             report.longest_gap_ms = meter.longest_ms;
             report.gap_from = meter.from;
             report.gap_to = meter.to;
@@ -442,13 +495,17 @@ pub async fn missing(
     acked: &[i64],
 ) -> Result<Vec<i64>, ProviderError> {
     let c = connect(url, Server::Application).await?;
+    // Unnamed statements only: `url` may name a pooler in transaction mode.
     let rows = c
-        .query(
+        .query_typed(
             &format!(
                 "SELECT s FROM unnest($2::bigint[]) s WHERE NOT EXISTS (SELECT 1 FROM {} h WHERE h.writer = $1 AND h.seq = s) ORDER BY s",
                 ident(table)
             ),
-            &[&writer, &acked],
+            &[
+                (&writer, tokio_postgres::types::Type::TEXT),
+                (&acked, tokio_postgres::types::Type::INT8_ARRAY),
+            ],
         )
         .await
         .map_err(|e| pg(Server::Application, e))?;
