@@ -432,6 +432,18 @@ pub struct DatabasesFile {
     lines: Vec<Line>,
 }
 
+impl std::fmt::Debug for DatabasesFile {
+    /// The entries' names and upstreams, never their passwords.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.lines.iter().filter_map(|l| match l {
+                Line::Entry(n, u) => Some((n, u)),
+                Line::Other(_) => None,
+            }))
+            .finish()
+    }
+}
+
 #[derive(Clone, PartialEq, Eq)]
 enum Line {
     Entry(String, Upstream),
