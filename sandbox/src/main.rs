@@ -81,7 +81,7 @@ fn main() {
         Cmd::Env => env(&dir),
         Cmd::Serve => serve(&dir),
         Cmd::Template => make_template(&dir),
-        Cmd::Bench(args) => runtime().map(|rt| rt.block_on(bench::args::run(args))),
+        Cmd::Bench(args) => runtime().map(|rt| rt.block_on(bench::args::run(args, &dir))),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -92,7 +92,8 @@ pub fn wait_http(pid: u32, port: u16, what: &str, log: &Path, timeout: Duration)
         if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
             let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
             let mut first = [0u8; 8];
-            if c.write_all(format!("GET / HTTP/1.0\r\n{PROBE_HEADER}: 1\r\n\r\n").as_bytes()).is_ok()
+            if c.write_all(format!("GET / HTTP/1.0\r\n{PROBE_HEADER}: 1\r\n\r\n").as_bytes())
+                .is_ok()
                 && matches!(c.read(&mut first), Ok(n) if n > 0)
             {
                 return Ok(());

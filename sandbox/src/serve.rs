@@ -79,7 +79,8 @@ fn seed_cluster(s: &State, env: &str) -> Cluster {
         &[("letters-api", 1)],
     );
     // The pooler's [databases] file, which its pods' sidecar writes to disk ([`crate::pooler`]).
-    let file = base64::engine::general_purpose::STANDARD.encode(crate::pooler::databases_ini(s, env));
+    let file =
+        base64::engine::general_purpose::STANDARD.encode(crate::pooler::databases_ini(s, env));
     store.seed(
         "secrets",
         crate::pooler::SECRET_NAMESPACE,

@@ -144,7 +144,8 @@ pub fn summarize(id: &str, records: &[Record]) -> RunSummary {
         write_outage_ms: heartbeat.map(|h| h.longest_gap_ms),
         reload: heartbeat.and_then(|h| h.reload),
         writes_missing: heartbeat.map(|h| h.missing.unwrap_or(0)),
-        writes_failed: heartbeat.and_then(|h| h.paths.iter().find(|p| p.path == "aws").map(|p| p.failed)),
+        writes_failed: heartbeat
+            .and_then(|h| h.paths.iter().find(|p| p.path == "aws").map(|p| p.failed)),
         started_at: start.map(|(r, _)| r.ts.clone()).unwrap_or_default(),
         finished_at: finished.map(|(r, _)| r.ts.clone()),
     }

@@ -70,9 +70,7 @@ pub struct ServerConnection {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn err(address: &str, message: impl std::fmt::Display) -> ProviderError {
@@ -234,7 +232,10 @@ impl Console {
                 database: r.get("database").cloned().unwrap_or_default(),
                 state: r.get("state").cloned().unwrap_or_default(),
                 request_time: r.get("request_time").cloned().unwrap_or_default(),
-                remote_pid: r.get("remote_pid").and_then(|p| p.parse().ok()).unwrap_or(0),
+                remote_pid: r
+                    .get("remote_pid")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0),
             })
             .collect())
     }
@@ -292,8 +293,7 @@ pub enum EntryError {
 /// Quotes a connection-string value as PgBouncer reads it (single quotes, `''` inside).
 fn quote(v: &str) -> String {
     if !v.is_empty()
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-:/".contains(c))
     {
         v.to_string()
@@ -376,9 +376,12 @@ impl Upstream {
         let mut fields = BTreeMap::new();
         let mut rest = value.trim();
         while !rest.is_empty() {
-            let (key, after) = rest
-                .split_once('=')
-                .ok_or_else(|| bad(format!("`{}` is not key=value", rest.split_whitespace().next().unwrap_or(rest))))?;
+            let (key, after) = rest.split_once('=').ok_or_else(|| {
+                bad(format!(
+                    "`{}` is not key=value",
+                    rest.split_whitespace().next().unwrap_or(rest)
+                ))
+            })?;
             let key = key.trim().to_string();
             let after = after.trim_start();
             let (val, tail) = if let Some(q) = after.strip_prefix('\'') {
@@ -398,7 +401,8 @@ impl Upstream {
                         out.push(ch);
                     }
                 }
-                let end = end.ok_or_else(|| bad(format!("the value of `{key}` has no closing quote")))?;
+                let end =
+                    end.ok_or_else(|| bad(format!("the value of `{key}` has no closing quote")))?;
                 (out, &q[end..])
             } else {
                 let end = after.find(char::is_whitespace).unwrap_or(after.len());
@@ -540,7 +544,13 @@ mod tests {
             "postgres://shop:s3cret@10.0.0.5:6543/shop_staging?sslmode=verify-full&sslrootcert=/ca.pem",
         )
         .unwrap();
-        assert_eq!(u, Upstream { port: 6543, ..up("10.0.0.5", "s3cret") });
+        assert_eq!(
+            u,
+            Upstream {
+                port: 6543,
+                ..up("10.0.0.5", "s3cret")
+            }
+        );
         assert_eq!(
             u.entry(),
             "host=10.0.0.5 port=6543 dbname=shop_staging user=shop password=s3cret"
@@ -570,8 +580,10 @@ mod tests {
 
     #[test]
     fn a_line_that_is_not_an_entry_is_named_by_number_without_its_value() {
-        let e = DatabasesFile::parse("[databases]\nshop = host=a port=x dbname=d user=u password=secretvalue\n")
-            .unwrap_err();
+        let e = DatabasesFile::parse(
+            "[databases]\nshop = host=a port=x dbname=d user=u password=secretvalue\n",
+        )
+        .unwrap_err();
         assert_eq!(
             e,
             EntryError::Line {

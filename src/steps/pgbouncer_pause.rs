@@ -15,7 +15,9 @@
 //! the steps after it were undone (the legacy database writable again), so the writes that
 //! waited go to a database that takes them.
 
-use super::{Action, Applied, Change, Kind, Literal, Plan, Restored, StepContext, StepError, WindowRole};
+use super::{
+    Action, Applied, Change, Kind, Literal, Plan, Restored, StepContext, StepError, WindowRole,
+};
 use crate::providers::pgbouncer::{valid_name, Console};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -55,6 +57,8 @@ pub struct Outputs {
     instances: Vec<String>,
     /// Milliseconds the transactions in flight took to finish.
     waited_ms: u64,
+    /// Seconds the postpone flag held the run before the pause.
+    postponed_seconds: f64,
 }
 
 /// Connects to every console, in the order given.
@@ -235,9 +239,12 @@ impl Kind for PgbouncerPause {
         p: &Params,
         _before: &(),
     ) -> Result<Applied<Outputs>, StepError> {
-        if let Some(f) = &p.postpone_flag {
-            super::postgres_freeze_writes::hold_while_postponed(cx, &cx.root.join(f)).await?;
-        }
+        let postponed_seconds = match &p.postpone_flag {
+            Some(f) => {
+                super::postgres_freeze_writes::hold_while_postponed(cx, &cx.root.join(f)).await?
+            }
+            None => 0.0,
+        };
         let consoles = consoles(&p.admin).await?;
         for c in &consoles {
             if c.setting("pool_mode").await?.as_deref() == Some("session") {
@@ -259,6 +266,7 @@ impl Kind for PgbouncerPause {
             paused_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             instances,
             waited_ms,
+            postponed_seconds,
         })
         .summary(summary))
     }

@@ -230,10 +230,9 @@ impl Kind for PgbouncerRepoint {
         let s = get_secret(&secrets, &p.secret)
             .await?
             .ok_or_else(|| StepError::Check(format!("{what} does not exist")))?;
-        if let Some(why) = super::secret_owner::refusal(
-            &super::secret_owner::owner_of(&s.metadata),
-            &what,
-        ) {
+        if let Some(why) =
+            super::secret_owner::refusal(&super::secret_owner::owner_of(&s.metadata), &what)
+        {
             return Err(StepError::Gate(why));
         }
         let file = file_of(&s, &p.key, &what)?;
@@ -330,9 +329,7 @@ impl Kind for PgbouncerRepoint {
             match secrets.create(&PostParams::default(), &copy).await {
                 Ok(_) => {}
                 Err(e) if is_conflict(&e) => {}
-                Err(e) => {
-                    return Err(kube_err(&format!("create backup secret {backup}"), e).into())
-                }
+                Err(e) => return Err(kube_err(&format!("create backup secret {backup}"), e).into()),
             }
         }
         write_entry(&secrets, &p.secret, &p.key, &p.database, &to).await?;
@@ -395,17 +392,16 @@ impl Kind for PgbouncerRepoint {
             format!("{what} key {} entry {}", p.key, p.database),
             now_entry.as_ref().map(Upstream::entry).as_deref(),
             Some(&previous.entry()),
-            format!(
-                "{} again, from backup secret {backup}",
-                previous.describe()
-            ),
+            format!("{} again, from backup secret {backup}", previous.describe()),
         )];
         for c in &consoles {
             restored.push(Restored::new(
                 format!("PgBouncer {} database {}", c.address, p.database),
                 now_entry.as_ref().map(Upstream::describe).as_deref(),
                 Some(&previous.describe()),
-                format!("paused, RELOAD shows it after {ms} ms; resumed by pgbouncer.pause's rollback"),
+                format!(
+                    "paused, RELOAD shows it after {ms} ms; resumed by pgbouncer.pause's rollback"
+                ),
             ));
         }
         Ok(restored)

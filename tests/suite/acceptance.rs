@@ -53,17 +53,21 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     }
     assert_eq!(sb.shop_record("staging"), alb);
 
-    // Secret: the target URL; the backup Secret holds the old one.
+    // The application's Secret still names its pooler, which sends it to RDS now (resumed);
+    // the backup of the pooler's [databases] file holds the legacy entry.
     let target_url = sb.var("CUTOVER_STAGING_TARGET_APP_DATABASE_URL");
     assert_eq!(
         sb.secret_value("staging", "shop-db", "DATABASE_URL")
             .as_deref(),
-        Some(target_url.as_str())
-    );
-    assert_eq!(
-        sb.secret_value("staging", &format!("shop-db-backup-{run}"), "DATABASE_URL")
-            .as_deref(),
         Some(legacy_url.as_str())
+    );
+    assert_eq!(sb.shop_database("staging"), ("target".to_string(), false));
+    let backup = sb
+        .pooler_backup("staging", &run)
+        .expect("the pooler's backup");
+    assert!(
+        backup.contains(&format!("port={} ", sb.state["source_port"])),
+        "the backup does not hold the legacy entry"
     );
 
     // Data: every source row on the target, counts and checksums equal.
@@ -111,20 +115,19 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     // No acknowledged write missing on either path; the legacy database subscribes to the
     // target (the fallback) and the target takes the application's writes.
     let hb = common::heartbeat_without_loss(&records);
-    // The application takes the Secret as environment variables (`reload: restart`): the
-    // outage lasts at least as long as the rollout of the Deployments the flip restarted.
-    let rollout_ms = events(&records, "step_completed")
-        .into_iter()
-        .find(|r| r["step"] == "flip")
-        .unwrap()["data"]["evidence"]["rollout_ms"]
-        .as_u64()
-        .expect("the flip records its rollout's length");
-    assert_eq!(hb["reload"], "restart", "{hb}");
-    assert!(
-        hb["longest_gap_ms"].as_u64().unwrap() >= rollout_ms,
-        "outage {} ms, rollout {rollout_ms} ms",
-        hb["longest_gap_ms"]
-    );
+    // The application reaches the database through its pooler (`reload: pooler`): its writes
+    // waited in the window, none failed, and no pod restarted.
+    assert_eq!(hb["reload"], "pooler", "{hb}");
+    let aws = common::heartbeat_path(&hb, "aws");
+    assert_eq!(aws["failed"], 0, "{hb}");
+    assert!(aws["wait_max_ms"].as_u64().unwrap() > 0, "{hb}");
+    for d in ["shop-api", "shop-worker"] {
+        let dep = sb.kube_get(
+            "staging",
+            &format!("/apis/apps/v1/namespaces/shop/deployments/{d}"),
+        );
+        assert_eq!(dep["metadata"]["generation"], 1, "{d} was restarted: {dep}");
+    }
     assert_eq!(
         applied("fallback")["fallback"]
             .as_str()
@@ -140,8 +143,8 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
         assert!(md.contains(&format!("`{step}`")), "audit lacks step {step}");
     }
     assert!(
-        md.contains("reload: restart (a new value once deployment/shop-api, deployment/shop-worker rolled out)"),
-        "the audit names the reload mode beside the outage:\n{md}"
+        md.contains("reload: pooler (never)") && md.contains(", 0 failed, the slowest took "),
+        "the audit names the reload mode, failed writes and the slowest beside the outage:\n{md}"
     );
 
     let runs = sb.cutover(&["runs", "--output", "json"]);
@@ -203,6 +206,7 @@ fn dry_run_of_production_prints_every_step_and_changes_nothing() {
         let mut s = Vec::new();
         s.push(format!("{:?}", sb.dns_records("production")));
         s.push(format!("{:?}", sb.rds_snapshots("production")));
+        s.push(format!("{:?}", sb.shop_database("production")));
         // The objects, each with its own resourceVersion; not the list's, which is the whole
         // cluster's and moves whenever anything in it changes (the External Secrets operator
         // writes its ExternalSecret's status on every refresh).
@@ -234,8 +238,10 @@ fn dry_run_of_production_prints_every_step_and_changes_nothing() {
     }
     assert!(printed.contains("UPSERT"), "the change batch is shown");
     assert!(
-        printed.contains("DATABASE_URL: sha256:"),
-        "secret keys appear as fingerprints"
+        printed.contains("key databases.ini entry shop_production: shop@127.0.0.1:")
+            && printed.contains(") → shop@127.0.0.1:")
+            && printed.contains("(sha256:"),
+        "the pooler's entry appears as fingerprints:\n{printed}"
     );
     let after = snapshot(&sb);
     assert_eq!(before, after, "a dry-run changed live state");
@@ -295,28 +301,17 @@ fn sigkill_during_cutover_is_completed_by_resume_without_repeating_effects() {
             .count();
         assert_eq!(n, 1, "step {step} completed {n} times");
     }
-    // The flip's effects happened once: one backup holding the legacy URL, one restart per
-    // Deployment (generation 1 → 2), the Secret on the target URL.
-    assert_eq!(
-        sb.secret_value("staging", &format!("shop-db-backup-{run}"), "DATABASE_URL")
-            .as_deref(),
-        Some(legacy_url.as_str())
-    );
-    for d in ["shop-api", "shop-worker"] {
-        let dep = sb.kube_get(
-            "staging",
-            &format!("/apis/apps/v1/namespaces/shop/deployments/{d}"),
-        );
-        assert_eq!(
-            dep["metadata"]["generation"], 2,
-            "{d} was restarted more than once: {dep}"
-        );
-    }
-    let target_url = sb.var("CUTOVER_STAGING_TARGET_APP_DATABASE_URL");
+    // The flip's effects happened once: one backup of the pooler's file holding the legacy
+    // entry, the pooler on the target and resumed, the application's Secret never changed.
+    let backup = sb
+        .pooler_backup("staging", &run)
+        .expect("the pooler's backup");
+    assert!(backup.contains(&format!("port={} ", sb.state["source_port"])));
+    assert_eq!(sb.shop_database("staging"), ("target".to_string(), false));
     assert_eq!(
         sb.secret_value("staging", "shop-db", "DATABASE_URL")
             .as_deref(),
-        Some(target_url.as_str())
+        Some(legacy_url.as_str())
     );
     let backups = sb.kube_get("staging", "/api/v1/namespaces/shop/secrets");
     let n_backups = backups["items"]
@@ -327,7 +322,7 @@ fn sigkill_during_cutover_is_completed_by_resume_without_repeating_effects() {
             s["metadata"]["name"]
                 .as_str()
                 .unwrap()
-                .starts_with("shop-db-backup-")
+                .starts_with("pgbouncer-databases-backup-")
         })
         .count();
     assert_eq!(n_backups, 1);
@@ -358,8 +353,8 @@ fn a_failing_analysis_after_the_flip_returns_all_weight_and_rolls_back_secret_dn
         let (mut child, out, err) =
             sb.spawn_logged(&["rehearse", "staging", "--runbook", &runbook]);
         // Once moto shows stage 2 (50/50), make the AWS side unhealthy for real: its database
-        // role can no longer log in, so /healthz fails inside stage 2's analysis window (open
-        // sessions, the heartbeat's among them, keep writing).
+        // role can no longer log in and its sessions end, so the pooler's logins and /healthz
+        // fail inside stage 2's analysis window.
         let start = Instant::now();
         loop {
             assert!(
@@ -367,7 +362,12 @@ fn a_failing_analysis_after_the_flip_returns_all_weight_and_rolls_back_secret_dn
                 "stage 2 never came"
             );
             if sb.shop_weights("staging") == Some((50, 50)) {
+                // The pooler's open server connections end too: it must log in again.
                 sb.sql(&target_admin, "ALTER ROLE shop NOLOGIN");
+                sb.sql(
+                    &sb.var("CUTOVER_SANDBOX_TARGET_SUPERUSER_URL"),
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'shop'",
+                );
                 break;
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -435,20 +435,23 @@ fn a_failing_analysis_after_the_flip_returns_all_weight_and_rolls_back_secret_dn
             .unwrap_or_else(|| panic!("no restored row for {object}:\n{audit}"))
             .to_string()
     };
-    let secret_row = row("secret shop/shop-db key DATABASE_URL");
+    // The pooler's entry went back to the legacy database (the application's Secret, which
+    // names the pooler, never changed).
+    let legacy_entry = cutover::providers::pgbouncer::Upstream::from_url(
+        &sb.var("CUTOVER_STAGING_LEGACY_APP_DATABASE_URL"),
+    )
+    .unwrap();
+    let secret_row = row("secret shop/pgbouncer-databases key databases.ini entry shop_staging");
     assert!(
-        secret_row.contains(&format!(
-            "`{}` |",
-            cutover::secret::fingerprint(&legacy_url)
-        )),
+        secret_row.contains(&format!("`{}` |", legacy_entry.fingerprint())),
         "{secret_row}"
     );
+    assert_eq!(sb.shop_database("staging"), ("source".to_string(), false));
     let dns_row = row("CNAME shop.staging.example-shop.com.");
     let cells: Vec<&str> = dns_row.split('|').map(str::trim).collect();
     assert_ne!(cells[2], cells[3], "{dns_row}");
     for d in [
-        "deployment shop/shop-api",
-        "deployment shop/shop-worker",
+        "PgBouncer 127.0.0.1:",
         "role shop in database shop_staging on the source",
         "role shop in database shop_staging on the target",
         "subscription cutover_shop_staging_",

@@ -153,9 +153,11 @@ fn printed_signed_and_parsed_audits_of_real_runs_hold_and_leak_no_secret() {
     assert!(env_text.contains("/shop/staging/api-token"));
     std::fs::write(&env_file, env_text).unwrap();
     let rb_file = project.join("runbooks/shop-cutover.yaml");
+    // The application's Secret gets the token after the pooler's flip (its database URL names
+    // the pooler and never changes; the target's URL reaches the pooler's [databases] Secret).
     let rb_text = std::fs::read_to_string(&rb_file).unwrap().replace(
-        "data: { DATABASE_URL: \"{{ secrets.target_app_database_url }}\" }",
-        "data: { DATABASE_URL: \"{{ secrets.target_app_database_url }}\", API_TOKEN: \"{{ secrets.api_token }}\" }",
+        "      - { id: health,",
+        "      - { id: token, kind: k8s.flip_secret, with: { namespace: shop, secret: shop-db, data: { API_TOKEN: \"{{ secrets.api_token }}\" } } }\n      - { id: health,",
     );
     assert!(rb_text.contains("secrets.api_token"));
     std::fs::write(&rb_file, rb_text).unwrap();
@@ -224,10 +226,16 @@ fn printed_signed_and_parsed_audits_of_real_runs_hold_and_leak_no_secret() {
             .as_deref(),
         Some(token.as_str())
     );
+    let pooler_file = sb
+        .secret_value("staging", "pgbouncer-databases", "databases.ini")
+        .unwrap();
+    let entry = cutover::providers::pgbouncer::DatabasesFile::parse(&pooler_file)
+        .unwrap()
+        .get("shop_staging")
+        .cloned();
     assert_eq!(
-        sb.secret_value("staging", "shop-db", "DATABASE_URL")
-            .as_deref(),
-        Some(new_app_url.as_str())
+        entry,
+        Some(cutover::providers::pgbouncer::Upstream::from_url(&new_app_url).unwrap())
     );
 
     // --- HTML printed to PDF by headless Chromium; pdftotext; the first page kept as PNG. ---

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The step ids of runbooks/shop-cutover.yaml, in order.
-pub const SHOP_STEP_IDS: [&str; 17] = [
+pub const SHOP_STEP_IDS: [&str; 18] = [
     "ttl",
     "infra",
     "identity",
@@ -27,6 +27,7 @@ pub const SHOP_STEP_IDS: [&str; 17] = [
     "dns",
     "prepass",
     "approve",
+    "pause",
     "freeze",
     "drained",
     "sequences",
@@ -603,6 +604,40 @@ impl Sandbox {
         Some(
             String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).unwrap())
                 .unwrap(),
+        )
+    }
+
+    /// Which server the shop application's pooler in `env` sends it to now (`source` or
+    /// `target`, by the port `SHOW DATABASES` shows for `shop_<env>`), and whether that entry is
+    /// paused. The application's Secret names the pooler throughout.
+    pub fn shop_database(&self, env: &str) -> (String, bool) {
+        let url = self.var(&format!("CUTOVER_{}_POOLER_ADMIN_URL", env.to_uppercase()));
+        let state = block_on(async {
+            let c = cutover::providers::pgbouncer::Console::connect(&url)
+                .await
+                .unwrap();
+            c.database(&format!("shop_{env}")).await.unwrap()
+        });
+        let side = if u64::from(state.port) == self.state["source_port"].as_u64().unwrap() {
+            "source"
+        } else if u64::from(state.port) == self.state["target_port"].as_u64().unwrap() {
+            "target"
+        } else {
+            panic!(
+                "the pooler sends shop_{env} to port {}, neither server's",
+                state.port
+            )
+        };
+        (side.to_string(), state.paused)
+    }
+
+    /// The `[databases]` file the shop application's pooler in `env` had before run `run`
+    /// moved it (`pgbouncer.repoint`'s backup Secret), if that run made one.
+    pub fn pooler_backup(&self, env: &str, run: &str) -> Option<String> {
+        self.secret_value(
+            env,
+            &format!("pgbouncer-databases-backup-{run}"),
+            "databases.ini",
         )
     }
 

@@ -26,6 +26,7 @@ mod fuzz;
 mod infra;
 mod migration;
 mod outcome;
+mod pooler;
 mod postgres;
 mod promotion;
 mod rights;

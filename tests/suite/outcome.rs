@@ -55,14 +55,16 @@ fn a_rehearsal_whose_application_cannot_write_after_the_flip_fails_and_rolls_bac
         "rolled-back",
         "{printed}"
     );
-    // Rolled back: the Secret names the legacy database again, and nothing acknowledged is lost.
+    // Rolled back: the pooler sends the application to the legacy database again (its Secret,
+    // naming the pooler, never changed), resumed, and nothing acknowledged is lost.
     assert_eq!(
         sb.secret_value("staging", "shop-db", "DATABASE_URL")
             .as_deref(),
         Some(legacy_url.as_str())
     );
+    assert_eq!(sb.shop_database("staging"), ("source".to_string(), false));
     let hb = common::heartbeat_without_loss(&records);
-    assert_eq!(hb["reload"], "restart", "{hb}");
+    assert_eq!(hb["reload"], "pooler", "{hb}");
     sb.assert_no_secrets(&[]);
 }
 

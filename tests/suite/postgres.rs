@@ -320,11 +320,15 @@ fn a_row_changed_after_the_prepass_and_corrupted_on_the_target_is_caught_in_the_
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
     let legacy = sb.secret_value("staging", "shop-db", "DATABASE_URL");
     let (flag, child) = start_held(&sb);
-    wait_until(120, "the run to hold before the freeze", || {
-        only_run(&sb)
-            .map(|r| step_event(&sb.records(&r), "step_started", "freeze").is_some())
-            .unwrap_or(false)
-    });
+    wait_until(
+        120,
+        "the run to hold before the pause and the freeze",
+        || {
+            only_run(&sb)
+                .map(|r| step_event(&sb.records(&r), "step_started", "pause").is_some())
+                .unwrap_or(false)
+        },
+    );
     // The pre-freeze pass found every row equal; an application role may not write the target
     // before the flip.
     let run = only_run(&sb).unwrap();
@@ -405,16 +409,19 @@ fn postponed_run_holds_before_the_freeze_then_cuts_over_with_sequences_ahead_and
     let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
     let (flag, child) = start_held(&sb);
-    // The hold begins in apply, right after the freeze's plan is recorded.
-    wait_until(120, "the run to reach the freeze", || {
+    // The hold begins in the pause's apply, right after its plan is recorded: before the pooler
+    // pauses and before the freeze.
+    wait_until(120, "the run to reach the pause", || {
         only_run(&sb)
-            .map(|r| step_event(&sb.records(&r), "step_planned", "freeze").is_some())
+            .map(|r| step_event(&sb.records(&r), "step_planned", "pause").is_some())
             .unwrap_or(false)
     });
     std::thread::sleep(Duration::from_secs(3));
     // Held: the freeze has not happened and the legacy database still takes writes.
     let run = only_run(&sb).unwrap();
+    assert!(step_event(&sb.records(&run), "step_applied", "pause").is_none());
     assert!(step_event(&sb.records(&run), "step_applied", "freeze").is_none());
+    assert_eq!(sb.shop_database("staging"), ("source".to_string(), false));
     assert_eq!(
         scalar(
             &sb,
@@ -429,8 +436,8 @@ fn postponed_run_holds_before_the_freeze_then_cuts_over_with_sequences_ahead_and
     assert_eq!(code, Some(0), "{out}");
 
     let records = sb.records(&run);
-    let freeze = step_event(&records, "step_applied", "freeze").unwrap();
-    let held = freeze["data"]["outputs"]["postponed_seconds"]
+    let pause = step_event(&records, "step_applied", "pause").unwrap();
+    let held = pause["data"]["outputs"]["postponed_seconds"]
         .as_f64()
         .unwrap();
     assert!(
@@ -495,11 +502,16 @@ fn postponed_run_holds_before_the_freeze_then_cuts_over_with_sequences_ahead_and
     assert_eq!(hb["data"]["missing"].as_u64(), Some(0), "{hb}");
     assert!(hb["data"]["acknowledged"].as_u64().unwrap() > 50, "{hb}");
     assert!(hb["data"]["longest_gap_ms"].as_u64().unwrap() > 0, "{hb}");
+    // Checked where the application's Secret sends it: its pooler, which sends it to the target.
+    let app = sb
+        .secret_value("staging", "shop-db", "DATABASE_URL")
+        .unwrap();
     assert_eq!(
         hb["data"]["database"].as_str().unwrap().split('@').nth(1),
         // (`user@host:port/db`: the URL without its TLS query)
-        tgt.split('@').nth(1).and_then(|s| s.split('?').next())
+        app.split('@').nth(1).and_then(|s| s.split('?').next())
     );
+    assert_eq!(sb.shop_database("staging"), ("target".to_string(), false));
     sb.assert_no_secrets(&[]);
 }
 

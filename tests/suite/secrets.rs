@@ -129,12 +129,13 @@ fn an_externalsecret_owned_secret_is_flipped_through_its_upstream_and_rollback_r
 #[test]
 fn a_secret_tracked_by_argo_cd_is_refused_in_the_dry_run_naming_the_owner() {
     let sb = Sandbox::start();
+    // The Secret the shop runbook's flip changes: its pooler's [databases] file.
     merge_patch(
         &sb,
-        "/api/v1/namespaces/shop/secrets/shop-db",
+        "/api/v1/namespaces/shop/secrets/pgbouncer-databases",
         json!({"metadata": {"labels": {"app.kubernetes.io/instance": "shop-staging"}}}),
     );
-    let before = sb.secret_value("staging", "shop-db", "DATABASE_URL");
+    let before = sb.secret_value("staging", "pgbouncer-databases", "databases.ini");
     let out = sb.cutover(&[
         "execute",
         "staging",
@@ -145,7 +146,7 @@ fn a_secret_tracked_by_argo_cd_is_refused_in_the_dry_run_naming_the_owner() {
     let t = text(&out);
     assert_ne!(out.status.code(), Some(0), "{t}");
     assert!(
-        t.contains("secret shop/shop-db is managed by Argo CD (label app.kubernetes.io/instance=shop-staging)"),
+        t.contains("secret shop/pgbouncer-databases is managed by Argo CD (label app.kubernetes.io/instance=shop-staging)"),
         "{t}"
     );
     assert!(
@@ -153,7 +154,7 @@ fn a_secret_tracked_by_argo_cd_is_refused_in_the_dry_run_naming_the_owner() {
         "{t}"
     );
     assert_eq!(
-        sb.secret_value("staging", "shop-db", "DATABASE_URL"),
+        sb.secret_value("staging", "pgbouncer-databases", "databases.ini"),
         before
     );
 }

@@ -616,17 +616,66 @@ fn each_ordering_that_costs_users_is_warned_about_with_its_line_and_fix_and_deny
 
 #[test]
 fn a_volume_reload_slower_than_the_write_budget_is_warned_about() {
-    let (dir, lines) =
-        shop_runbook_variant(|t| t.replace("  reload: restart\n", "  reload: volume\n"));
+    // The letters runbook flips its Secret (shop's application is behind its pooler).
+    let dir = project_copy();
+    let path = dir.path().join("runbooks/letters-cutover.yaml");
+    let text0 = std::fs::read_to_string(&path).unwrap().replace(
+        "  reload: restart\n",
+        "  reload: volume\n  max_write_outage: 30s\n",
+    );
+    std::fs::write(&path, &text0).unwrap();
+    let lines: Vec<String> = text0.lines().map(str::to_string).collect();
     let out = validate(dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     let heartbeat = line_of(&lines, "heartbeat:");
     assert!(
         err.contains(&format!(
-            "warning: runbooks/shop-cutover.yaml:{heartbeat}: heartbeat: with `reload: volume` the application uses the flipped Secret 60 s after the flip, but `max_write_outage` is 30 s"
+            "warning: runbooks/letters-cutover.yaml:{heartbeat}: heartbeat: with `reload: volume` the application uses the flipped Secret 60 s after the flip, but `max_write_outage` is 30 s"
         )),
         "{err}"
     );
     assert_eq!(err.matches("warning: ").count(), 1, "{err}");
+}
+
+#[test]
+fn a_pooler_flip_without_a_pause_is_refused_and_a_pause_after_the_freeze_is_warned_about() {
+    let (dir, lines) = shop_runbook_variant(|t| {
+        let pause = t.find("      - { id: pause,").expect("pause step");
+        let end = pause + t[pause..].find('\n').unwrap() + 1;
+        let mut t = t.clone();
+        t.replace_range(pause..end, "");
+        t
+    });
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let flip = line_of(&lines, "- id: flip");
+    assert!(
+        err.contains(&format!(
+            "runbooks/shop-cutover.yaml:{flip}: step `flip`: a pooler flip with no pgbouncer.pause before it"
+        )),
+        "{err}"
+    );
+    let (dir, lines) = shop_runbook_variant(|t| {
+        let pause = t.find("      - { id: pause,").expect("pause step");
+        let end = pause + t[pause..].find('\n').unwrap() + 1;
+        let line = t[pause..end].to_string();
+        let mut t = t.clone();
+        t.replace_range(pause..end, "");
+        let freeze = t.find("      - { id: freeze,").expect("freeze step");
+        let after = freeze + t[freeze..].find('\n').unwrap() + 1;
+        t.insert_str(after, &line);
+        t
+    });
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let pause = line_of(&lines, "- { id: pause,");
+    assert!(
+        err.contains(&format!(
+            "warning: runbooks/shop-cutover.yaml:{pause}: step `pause`: the pooler pauses after the freeze (`freeze`)"
+        )),
+        "{err}"
+    );
 }

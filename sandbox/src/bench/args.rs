@@ -52,7 +52,8 @@ pub struct BenchArgs {
     /// How the application picks up the flipped Secret in the downtime part, one series of
     /// windows each: `restart` (a Deployment reading it as environment variables, rolled out
     /// by the flip), `volume` (a mounted Secret, used `--volume-delay` after the change),
-    /// `pooler` (never reloads).
+    /// `pooler` (the application reaches the database through PgBouncer, which the window
+    /// pauses, repoints and resumes).
     #[arg(
         long,
         value_enum,
@@ -90,7 +91,7 @@ impl From<ReloadArg> for cutover::config::Reload {
 
 /// Runs the benchmark; 0 when every part ran (and no acknowledged write went missing), 1
 /// otherwise.
-pub async fn run(a: BenchArgs) -> i32 {
+pub async fn run(a: BenchArgs, sandbox_dir: &std::path::Path) -> i32 {
     let parts = if a.parts.is_empty() {
         vec![Part::Downtime, Part::Copy, Part::Verify]
     } else {
@@ -111,6 +112,7 @@ pub async fn run(a: BenchArgs) -> i32 {
         reload: a.reload.iter().map(|r| (*r).into()).collect(),
         volume_delay: a.volume_delay,
         cutover: a.cutover.clone().unwrap_or_else(beside_this_executable),
+        sandbox_dir: sandbox_dir.to_path_buf(),
     };
     match super::run(&a.project, &opts).await {
         Ok(()) => 0,

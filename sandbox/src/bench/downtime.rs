@@ -21,6 +21,9 @@ const SECRET: &str = "cutover-bench-db";
 const DEPLOYMENT: &str = "cutover-bench-app";
 
 fn runbook(rate: f64, jobs: usize, reload: Reload, volume_delay: std::time::Duration) -> String {
+    if reload == Reload::Pooler {
+        return pooler_runbook(rate, jobs);
+    }
     let (mode, restart) = match reload {
         Reload::Restart => (
             format!("reload: restart, deployments: [{DEPLOYMENT}]"),
@@ -54,6 +57,107 @@ phases:
       - {{ id: flip, kind: k8s.flip_secret, with: {{ namespace: shop, secret: {SECRET}, data: {{ DATABASE_URL: \"{{{{ secrets.target_app_database_url }}}}\" }}{restart} }}, timeout: 10m }}
 "
     )
+}
+
+/// The window through the environment's PgBouncer, as runbooks/shop-cutover.yaml has it: the
+/// pooler pauses the bench database's entry first, the window runs, the entry moves to the
+/// target and resumes.
+fn pooler_runbook(rate: f64, jobs: usize) -> String {
+    format!(
+        "name: bench-window
+heartbeat: {{ namespace: shop, secret: {SECRET}, key: DATABASE_URL, writes_per_second: {rate}, reload: pooler, max_write_outage: 5m }}
+phases:
+  - name: prepare
+    steps:
+      - {{ id: replicate, kind: postgres.replicate, with: {{ jobs: {jobs} }} }}
+      - {{ id: synced, kind: postgres.wait_lag, timeout: 5m }}
+      - {{ id: prepass, kind: postgres.verify, with: {{ jobs: {jobs} }}, timeout: 1h }}
+  - name: cutover
+    steps:
+      - {{ id: pause, kind: pgbouncer.pause, with: {{ admin: [\"{{{{ secrets.pooler_admin_url }}}}\"], database: {DB}, budget: 5s }} }}
+      - {{ id: freeze, kind: postgres.freeze_writes }}
+      - {{ id: drained, kind: postgres.wait_lag, timeout: 2m }}
+      - {{ id: sequences, kind: postgres.sync_sequences, with: {{ margin: 1000 }} }}
+      - {{ id: verify, kind: postgres.verify, with: {{ method: changed-since-prepass }} }}
+      - {{ id: fallback, kind: postgres.fallback }}
+      - {{ id: flip, kind: pgbouncer.repoint, with: {{ admin: [\"{{{{ secrets.pooler_admin_url }}}}\"], database: {DB}, upstream: \"{{{{ secrets.target_app_database_url }}}}\", namespace: {ns}, secret: {secret} }} }}
+",
+        ns = crate::pooler::SECRET_NAMESPACE,
+        secret = crate::pooler::SECRET,
+    )
+}
+
+/// Puts the bench database behind the environment's PgBouncer, on the legacy database: the
+/// bench's role may log in (its `userlist.txt`, re-read on RELOAD), the bench database's entry
+/// is in the pooler's `[databases]` Secret (which the sidecar writes to disk) and every instance
+/// shows it. Returns the application's URL through the pooler.
+async fn behind_pooler(bench: &Bench, opts: &Options) -> Result<String> {
+    use cutover::providers::pgbouncer::{Console, DatabasesFile, Upstream};
+    let admin = std::env::var(format!(
+        "CUTOVER_{}_POOLER_ADMIN_URL",
+        opts.env.to_uppercase()
+    ))
+    .context("the pooler's admin URL (eval \"$(cutover-sandbox env)\")")?;
+    let users = crate::pooler::dir(&opts.sandbox_dir, &opts.env).join("userlist.txt");
+    let text = std::fs::read_to_string(&users)
+        .with_context(|| format!("{} (is the sandbox up in --dir?)", users.display()))?;
+    let quoted = format!("\"{}\"", super::APP_ROLE);
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with(&quoted))
+        .map(str::to_string)
+        .collect();
+    lines.push(format!("{quoted} \"{}\"", bench.app_password));
+    std::fs::write(&users, lines.join("\n") + "\n")?;
+    let source = Upstream::from_url(&bench.app_db(Server::Source, DB)?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let api = shop_api::<Secret>(bench).await?;
+    let mut s = api.get(crate::pooler::SECRET).await?;
+    let file = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get(crate::pooler::KEY))
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        .unwrap_or_default();
+    let mut file = DatabasesFile::parse(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    file.set(DB, source.clone());
+    s.data.get_or_insert_with(Default::default).insert(
+        crate::pooler::KEY.to_string(),
+        ByteString(file.render().into_bytes()),
+    );
+    api.replace(crate::pooler::SECRET, &Default::default(), &s)
+        .await
+        .context("write the pooler's [databases] Secret")?;
+    let console = Console::connect(&admin).await?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        console.reload().await?;
+        if console
+            .databases()
+            .await?
+            .iter()
+            .any(|d| d.name == DB && source.shown_by(d) && !d.paused)
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "PgBouncer does not show {DB} on the legacy database 10 s after its Secret changed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let tls = cutover::providers::postgres::ConnParts::parse(
+        &bench.app_db(Server::Source, DB)?,
+        Server::Source,
+    )?
+    .tls
+    .url_query();
+    Ok(format!(
+        "postgres://{}:{}@{}/{DB}{tls}",
+        super::APP_ROLE,
+        bench.app_password,
+        console.address
+    ))
 }
 
 async fn seed(bench: &Bench, rows: i64) -> Result<()> {
@@ -118,18 +222,12 @@ async fn app_deployment(bench: &Bench) -> Result<()> {
     }
 }
 
-async fn point_secret_at_source(bench: &Bench) -> Result<()> {
+async fn point_secret_at(bench: &Bench, url: String) -> Result<()> {
     let api = shop_api::<Secret>(bench).await?;
     let _ = api.delete(SECRET, &Default::default()).await;
     let mut s = Secret::default();
     s.metadata.name = Some(SECRET.into());
-    s.data = Some(
-        [(
-            "DATABASE_URL".to_string(),
-            ByteString(bench.app_db(Server::Source, DB)?.into_bytes()),
-        )]
-        .into(),
-    );
+    s.data = Some([("DATABASE_URL".to_string(), ByteString(url.into_bytes()))].into());
     api.create(&Default::default(), &s)
         .await
         .context("create the bench Secret")?;
@@ -144,12 +242,6 @@ async fn point_secret_at_source(bench: &Bench) -> Result<()> {
 pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
     let mut per_mode = Vec::new();
     for &reload in &opts.reload {
-        if reload == Reload::Pooler {
-            println!(
-                "\n(a) downtime, reload pooler: not measured: the application's pods would keep their connections to a pooler whose upstream must move inside the window, and the sandbox has no pooler yet; with the Secret flip alone, a pooler-mode application never reaches the target"
-            );
-            continue;
-        }
         let mut p50s = Vec::new();
         for &rows in &opts.downtime_rows {
             p50s.push((rows, run_size(bench, opts, rows, reload).await?));
@@ -194,13 +286,16 @@ async fn run_size(
             "reload volume: the writer uses the new URL {} s after the flip",
             opts.volume_delay.as_secs_f64()
         ),
-        Reload::Pooler => "reload pooler".into(),
+        Reload::Pooler => "reload pooler: the application reaches the database through PgBouncer, which pauses, moves its upstream and resumes; no pod restarts".into(),
     };
     println!(
         "\n(a) downtime: {} cutover windows of a {}-row database under {} heartbeat writes/s ({how})",
         opts.runs, downtime_rows, opts.rate
     );
     let mut gaps = Vec::new();
+    let mut failed_total = 0u64;
+    let mut wait_maxes: Vec<u64> = Vec::new();
+    let mut wait_p99s: Vec<u64> = Vec::new();
     let mut missing_total = 0u64;
     let mut acked_total = 0u64;
     let mut rates: Vec<f64> = Vec::new();
@@ -209,7 +304,11 @@ async fn run_size(
     let mut flips: Vec<u64> = Vec::new();
     for i in 1..=opts.runs {
         seed(bench, downtime_rows).await?;
-        point_secret_at_source(bench).await?;
+        let url = match reload {
+            Reload::Pooler => behind_pooler(bench, opts).await?,
+            Reload::Restart | Reload::Volume => bench.app_db(Server::Source, DB)?,
+        };
+        point_secret_at(bench, url).await?;
         app_deployment(bench).await?;
         let dir = tempfile::tempdir()?;
         bench.scratch_project(
@@ -233,6 +332,15 @@ async fn run_size(
                 _ => None,
             })
             .context("the rehearsal recorded no heartbeat")?;
+        let aws = hb
+            .paths
+            .iter()
+            .find(|p| p.path == "aws")
+            .cloned()
+            .unwrap_or_default();
+        failed_total += aws.failed;
+        wait_maxes.push(aws.wait_max_ms);
+        wait_p99s.push(aws.wait_p99_ms);
         let gap = hb.longest_gap_ms;
         let missing = hb
             .missing
@@ -243,9 +351,12 @@ async fn run_size(
         let rate =
             acked.saturating_sub(1) as f64 * 1000.0 / (writing.saturating_sub(gap)).max(1) as f64;
         println!(
-            "  run {i}: write outage {gap} ms; {acked} of {} writes acknowledged over {:.1} s, {rate:.0} acknowledged writes/s outside the outage; {missing} acknowledged write(s) missing (run {:.1} s)",
+            "  run {i}: write outage {gap} ms; {acked} of {} writes acknowledged over {:.1} s, {rate:.0} acknowledged writes/s outside the outage; {} failed; slowest acknowledged write {} ms (p99 {} ms); {missing} acknowledged write(s) missing (run {:.1} s)",
             hb.attempted,
             writing as f64 / 1000.0,
+            aws.failed,
+            aws.wait_max_ms,
+            aws.wait_p99_ms,
             secs(started)
         );
         // Where the window's time went: each step from the freeze to the flip.
@@ -287,6 +398,14 @@ async fn run_size(
         reload.as_str(),
         gaps.len()
     );
+    // What the application's users met, per path: writes that failed, and how long the
+    // acknowledged ones waited (the slowest, and the worst run's 99th percentile).
+    println!(
+        "  path {}: {failed_total} failed write(s); slowest acknowledged write {} ms; p99 {} ms (worst run); {missing_total} acknowledged write(s) missing",
+        reload.as_str(),
+        wait_maxes.iter().max().copied().unwrap_or(0),
+        wait_p99s.iter().max().copied().unwrap_or(0)
+    );
 
     // What a user would otherwise do: stop writes, dump and restore, point the app at the copy.
     seed(bench, downtime_rows).await?;
@@ -306,6 +425,12 @@ async fn run_size(
         Reload::Volume => (opts.volume_delay.as_millis() as u64, "the volume delay"),
         Reload::Pooler => (0, "none"),
     };
+    if reload == Reload::Restart {
+        println!(
+            "  restart: p50 write outage {p50} ms {} the p50 rollout {reload_ms} ms (writes fail until the new pods serve)",
+            if p50 >= reload_ms { "≥" } else { "<" }
+        );
+    }
     let dr_total = dr + reload_ms;
     println!(
         "  stop-dump-restore with the same reload ({how}, {reload_ms} ms): write outage at least {dr_total} ms"

@@ -55,6 +55,9 @@ pub struct Options {
     pub volume_delay: std::time::Duration,
     /// The `cutover` binary the downtime part rehearses with.
     pub cutover: PathBuf,
+    /// The sandbox's directory (`--dir`): the `pooler` series lets the bench's role log in to
+    /// the environment's PgBouncer there.
+    pub sandbox_dir: PathBuf,
 }
 
 /// The project, environment and admin URLs a bench works with.
@@ -276,7 +279,12 @@ impl Bench {
         env.database.target_url_env = "CUTOVER_BENCH_TARGET_URL".into();
         env.database.source_url = None;
         env.database.target_url = None;
+        // The pooler series' steps reach the environment's PgBouncer as the shop runbook does.
+        let pooler = env.secrets.get("pooler_admin_url").cloned();
         env.secrets.clear();
+        if let Some(p) = pooler {
+            env.secrets.insert("pooler_admin_url".into(), p);
+        }
         env.secrets.insert(
             "target_app_database_url".into(),
             SecretRef::env("CUTOVER_BENCH_TARGET_APP_URL"),
