@@ -238,7 +238,7 @@ fn dry_run_of_production_prints_every_step_and_changes_nothing() {
     }
     assert!(printed.contains("UPSERT"), "the change batch is shown");
     assert!(
-        printed.contains("key databases.ini entry shop_production: shop@127.0.0.1:")
+        printed.contains("key databases.ini entry shop: shop@127.0.0.1:")
             && printed.contains(") → shop@127.0.0.1:")
             && printed.contains("(sha256:"),
         "the pooler's entry appears as fingerprints:\n{printed}"

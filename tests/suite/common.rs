@@ -608,15 +608,21 @@ impl Sandbox {
     }
 
     /// Which server the shop application's pooler in `env` sends it to now (`source` or
-    /// `target`, by the port `SHOW DATABASES` shows for `shop_<env>`), and whether that entry is
-    /// paused. The application's Secret names the pooler throughout.
+    /// `target`, by the port `SHOW DATABASES` shows for the shop database's entry: `shop_<env>`,
+    /// `shop` in production), and whether that entry is paused. The application's Secret names
+    /// the pooler throughout.
     pub fn shop_database(&self, env: &str) -> (String, bool) {
         let url = self.var(&format!("CUTOVER_{}_POOLER_ADMIN_URL", env.to_uppercase()));
+        let name = if env == "production" {
+            "shop".to_string()
+        } else {
+            format!("shop_{env}")
+        };
         let state = block_on(async {
             let c = cutover::providers::pgbouncer::Console::connect(&url)
                 .await
                 .unwrap();
-            c.database(&format!("shop_{env}")).await.unwrap()
+            c.database(&name).await.unwrap()
         });
         let side = if u64::from(state.port) == self.state["source_port"].as_u64().unwrap() {
             "source"
