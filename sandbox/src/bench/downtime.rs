@@ -370,7 +370,7 @@ async fn run_size(
         let window: Vec<String> = completed
             .iter()
             .copied()
-            .skip_while(|(s, _)| *s != "freeze")
+            .skip_while(|(s, _)| *s != "pause" && *s != "freeze")
             .map(|(s, ms)| format!("{s} {ms} ms"))
             .collect();
         println!("         window steps: {}", window.join(", "));

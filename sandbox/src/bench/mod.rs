@@ -74,6 +74,24 @@ pub struct Bench {
     pub cutover: PathBuf,
 }
 
+/// `DROP DATABASE db WITH (FORCE)` through `c`, tried again for up to 5 s: FORCE refuses when a
+/// backend it may not terminate is connected, and an autovacuum worker (a superuser's process,
+/// which the admin of a managed database may not signal) visits a freshly filled database.
+async fn drop_database(c: &tokio_postgres::Client, db: &str) -> Result<()> {
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db));
+    let mut tries = 0;
+    loop {
+        match c.batch_execute(&sql).await {
+            Ok(()) => return Ok(()),
+            Err(_) if tries < 25 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// The role the bench's application (the heartbeat) writes as, on both servers.
 pub const APP_ROLE: &str = "cutover_bench_app";
 
@@ -155,11 +173,7 @@ impl Bench {
         self.drop_replication(db).await;
         for side in [Server::Source, Server::Target] {
             let c = admin(self.server_url(side), side).await?;
-            c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                ident(db)
-            ))
-            .await?;
+            drop_database(&c, db).await?;
             let exists = c
                 .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&APP_ROLE])
                 .await?
@@ -181,6 +195,8 @@ impl Bench {
     }
 
     /// Drops database `db` on both servers (dropping first any subscription left in it).
+    ///
+    /// (See [`drop_database`] for why a first refusal is tried again.)
     pub async fn drop_databases(&self, db: &str) {
         self.drop_replication(db).await;
         for side in [Server::Source, Server::Target] {
