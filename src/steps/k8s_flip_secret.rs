@@ -13,13 +13,14 @@
 //! template, so a resumed run never restarts a Deployment twice for the same step.
 
 use super::rollout::{generation, restart, wait_rollouts};
+use super::secret_backup::{self, backup_name, get_secret};
 use super::secret_owner::{self, External, Owner};
 use super::{
     Action, Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError,
     WindowRole,
 };
 use crate::config::SecretRef;
-use crate::providers::kube::{is_conflict, is_not_found, kube_err};
+use crate::providers::kube::{is_conflict, kube_err};
 use crate::secret::fingerprint;
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -54,12 +55,6 @@ const UPSTREAM_PREFIX: &str = "cutover.upstream.";
 /// Backup Secret annotation naming the ExternalSecret the flip went through.
 const EXTERNAL_MARK: &str = "cutover.dev/external-secret";
 
-fn backup_name(secret: &str, run_id: &str) -> String {
-    let mut n = format!("{secret}-backup-{run_id}");
-    n.truncate(253);
-    n
-}
-
 fn decoded(s: &Secret) -> BTreeMap<String, String> {
     s.data
         .as_ref()
@@ -92,14 +87,6 @@ fn changed_keys(
         .filter(|(k, v)| current.get(*k) != Some(*v))
         .map(|(k, _)| k.clone())
         .collect()
-}
-
-async fn get_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, StepError> {
-    match api.get(name).await {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(kube_err(&format!("get secret {name}"), e).into()),
-    }
 }
 
 /// Writes `data` into the Secret with resourceVersion preconditions (retrying on 409 Conflict).
@@ -401,35 +388,20 @@ impl Kind for FlipSecret {
                         ByteString(raw.into_bytes()),
                     );
                 }
-                let mut copy = Secret {
-                    data: Some(data),
-                    type_: s.type_.clone(),
-                    ..Default::default()
-                };
-                copy.metadata.name = Some(backup.clone());
-                copy.metadata.labels = Some(
-                    [(
-                        "app.kubernetes.io/managed-by".to_string(),
-                        "cutover".to_string(),
-                    )]
-                    .into(),
-                );
-                let mut annotations: BTreeMap<String, String> = [
-                    ("cutover.dev/backup-of".to_string(), p.secret.clone()),
-                    ("cutover.dev/run-id".to_string(), cx.run_id.to_string()),
-                ]
-                .into();
-                if let Some(e) = &external {
-                    annotations.insert(EXTERNAL_MARK.to_string(), e.name.clone());
-                }
-                copy.metadata.annotations = Some(annotations);
-                match secrets.create(&PostParams::default(), &copy).await {
-                    Ok(_) => {}
-                    Err(e) if is_conflict(&e) => {}
-                    Err(e) => {
-                        return Err(kube_err(&format!("create backup secret {backup}"), e).into())
-                    }
-                }
+                let annotations = external
+                    .iter()
+                    .map(|e| (EXTERNAL_MARK.to_string(), e.name.clone()))
+                    .collect();
+                secret_backup::create(
+                    &secrets,
+                    &s,
+                    &p.secret,
+                    &backup,
+                    cx.run_id,
+                    data,
+                    annotations,
+                )
+                .await?;
             }
             match &external {
                 Some(e) => {

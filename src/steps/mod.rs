@@ -28,6 +28,7 @@ mod rds_snapshot;
 mod rollout;
 mod route53_cutover;
 mod route53_set_ttl;
+mod secret_backup;
 mod secret_owner;
 mod terraform_apply;
 mod wafv2_assert_association;

@@ -20,10 +20,11 @@
 //! legacy database writable again).
 
 use super::pgbouncer_pause::{consoles, pause_all, resume_all};
+use super::secret_backup::{self, backup_name, get_secret};
 use super::{
     Action, Applied, Change, Kind, Literal, Plan, Restored, StepContext, StepError, WindowRole,
 };
-use crate::providers::kube::{is_conflict, is_not_found, kube_err};
+use crate::providers::kube::{is_conflict, kube_err};
 use crate::providers::pgbouncer::{valid_name, Console, DatabasesFile, Upstream};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
@@ -94,20 +95,6 @@ pub struct Outputs {
     reload_ms: u64,
     /// When the entry was resumed on the last instance (RFC 3339, milliseconds).
     resumed_at: String,
-}
-
-fn backup_name(secret: &str, run_id: &str) -> String {
-    let mut n = format!("{secret}-backup-{run_id}");
-    n.truncate(253);
-    n
-}
-
-async fn get_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, StepError> {
-    match api.get(name).await {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(kube_err(&format!("get secret {name}"), e).into()),
-    }
 }
 
 /// The file held under `key` of Secret `s`.
@@ -306,31 +293,16 @@ impl Kind for PgbouncerRepoint {
             .ok_or_else(|| StepError::Check(format!("{what} does not exist")))?;
         let backup = backup_name(&p.secret, cx.run_id);
         if get_secret(&secrets, &backup).await?.is_none() {
-            let mut copy = Secret {
-                data: s.data.clone(),
-                type_: s.type_.clone(),
-                ..Default::default()
-            };
-            copy.metadata.name = Some(backup.clone());
-            copy.metadata.labels = Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "cutover".to_string(),
-                )]
-                .into(),
-            );
-            copy.metadata.annotations = Some(
-                [
-                    ("cutover.dev/backup-of".to_string(), p.secret.clone()),
-                    ("cutover.dev/run-id".to_string(), cx.run_id.to_string()),
-                ]
-                .into(),
-            );
-            match secrets.create(&PostParams::default(), &copy).await {
-                Ok(_) => {}
-                Err(e) if is_conflict(&e) => {}
-                Err(e) => return Err(kube_err(&format!("create backup secret {backup}"), e).into()),
-            }
+            secret_backup::create(
+                &secrets,
+                &s,
+                &p.secret,
+                &backup,
+                cx.run_id,
+                s.data.clone().unwrap_or_default(),
+                BTreeMap::new(),
+            )
+            .await?;
         }
         write_entry(&secrets, &p.secret, &p.key, &p.database, &to).await?;
         let reload_ms = reload_until_shown(&consoles, &p.database, &to, p.within).await?;

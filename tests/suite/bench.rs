@@ -12,7 +12,10 @@ fn bench_prints_downtime_copy_and_verify_figures_and_loses_no_write() {
     // The bench ships with the sandbox, not in the product; it measures the cutover binary of
     // this test run.
     let mut cmd = std::process::Command::new(common::sandbox_bin());
-    cmd.args(["bench", "-C"])
+    // `--dir`: the pooler series lets the bench's role log in to this sandbox's PgBouncer.
+    cmd.arg("--dir")
+        .arg(sb.dir.path())
+        .args(["bench", "-C"])
         .arg(sb.project.path())
         .arg("--cutover")
         .arg(common::cutover_bin())
@@ -48,7 +51,10 @@ fn bench_prints_downtime_copy_and_verify_figures_and_loses_no_write() {
         // One series per reload mode, and a line per mode side by side.
         "cutover (restart): p50 write outage",
         "cutover (volume): p50 write outage",
-        "reload pooler: not measured",
+        "cutover (pooler): p50 write outage",
+        // Behind the pooler no write fails; with restart, the outage covers the rollout.
+        "path pooler: 0 failed write(s)",
+        "restart: p50 write outage",
         "per reload mode (p50 write outage at each size):",
     ] {
         assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
@@ -56,10 +62,11 @@ fn bench_prints_downtime_copy_and_verify_figures_and_loses_no_write() {
     for summary in t.lines().filter(|l| l.contains("): p50 write outage")) {
         assert!(summary.contains("; 0 of "), "{summary}");
     }
-    // Each window (two per measured mode) acknowledged writes and none is missing.
+    // Each window (two per mode, three modes) acknowledged writes and none is missing, and so
+    // says each mode's per-path line.
     assert_eq!(
         t.matches("0 acknowledged write(s) missing").count(),
-        4,
+        9,
         "{t}"
     );
     sb.assert_no_secrets(&[]);
