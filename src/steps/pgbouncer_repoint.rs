@@ -112,6 +112,23 @@ fn upstream(p: &Params) -> Result<Upstream, StepError> {
     Upstream::from_url(&p.upstream).map_err(|e| StepError::Params(format!("upstream: {e}")))
 }
 
+/// The pooler's `[databases]` Secret: its API, `secret NS/NAME` for messages, and the object.
+///
+/// # Errors
+/// The Secret does not exist, or the API fails.
+async fn pooler_secret(
+    cx: &StepContext<'_>,
+    p: &Params,
+) -> Result<(Api<Secret>, String, Secret), StepError> {
+    let client = cx.providers.kube().await?;
+    let secrets: Api<Secret> = Api::namespaced(client, &p.namespace);
+    let what = format!("secret {}/{}", p.namespace, p.secret);
+    let s = get_secret(&secrets, &p.secret)
+        .await?
+        .ok_or_else(|| StepError::Check(format!("{what} does not exist")))?;
+    Ok((secrets, what, s))
+}
+
 /// Sets entry `db` of the file in Secret `name` to `to` (re-read and retried on 409 Conflict).
 async fn write_entry(
     api: &Api<Secret>,
@@ -211,12 +228,7 @@ impl Kind for PgbouncerRepoint {
     async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<Before, ()>, StepError> {
         let to = upstream(p)?;
         let consoles = consoles(&p.admin).await?;
-        let client = cx.providers.kube().await?;
-        let secrets: Api<Secret> = Api::namespaced(client, &p.namespace);
-        let what = format!("secret {}/{}", p.namespace, p.secret);
-        let s = get_secret(&secrets, &p.secret)
-            .await?
-            .ok_or_else(|| StepError::Check(format!("{what} does not exist")))?;
+        let (_, what, s) = pooler_secret(cx, p).await?;
         if let Some(why) =
             super::secret_owner::refusal(&super::secret_owner::owner_of(&s.metadata), &what)
         {
@@ -285,12 +297,7 @@ impl Kind for PgbouncerRepoint {
     ) -> Result<Applied<Outputs>, StepError> {
         let to = upstream(p)?;
         let consoles = consoles(&p.admin).await?;
-        let client = cx.providers.kube().await?;
-        let secrets: Api<Secret> = Api::namespaced(client, &p.namespace);
-        let what = format!("secret {}/{}", p.namespace, p.secret);
-        let s = get_secret(&secrets, &p.secret)
-            .await?
-            .ok_or_else(|| StepError::Check(format!("{what} does not exist")))?;
+        let (secrets, what, s) = pooler_secret(cx, p).await?;
         let backup = backup_name(&p.secret, cx.run_id);
         if get_secret(&secrets, &backup).await?.is_none() {
             secret_backup::create(
