@@ -15,6 +15,7 @@ mod diag;
 mod infra;
 mod logging;
 mod migrate;
+mod relay;
 mod run;
 mod runbook;
 
@@ -152,6 +153,30 @@ pub enum Command {
     Runs {
         /// Only this environment.
         env: Option<String>,
+    },
+    /// Relay one replication slot's logical changes to the other server until stopped: the
+    /// replication `postgres.fallback` runs (as a Deployment in the target cluster) where a
+    /// native subscription is not possible. Both servers' URLs come from the environment:
+    /// CUTOVER_RELAY_PUBLISHER_URL and CUTOVER_RELAY_DESTINATION_URL.
+    Relay {
+        /// The logical replication slot on the publisher.
+        #[arg(long)]
+        slot: String,
+        /// The publication whose tables are relayed.
+        #[arg(long)]
+        publication: String,
+        /// Which server publishes; the other is the destination.
+        #[arg(long, value_enum)]
+        publisher: RelayPublisher,
+        /// WAL retained for the slot past which a warning is printed (e.g. 10GB).
+        #[arg(long)]
+        wal_budget: Option<String>,
+        /// WAL retained for the slot past which the relay stops and drops the slot (e.g. 50GB).
+        #[arg(long)]
+        wal_limit: Option<String>,
+        /// Seconds between two looks of the WAL guard at the slot.
+        #[arg(long, default_value_t = 10)]
+        guard_interval: u64,
     },
     /// Show the state of one run: every step's outcome and, while it runs, what the current
     /// step is waiting for. Reads only: safe from a second terminal during a run.
@@ -293,6 +318,15 @@ pub fn find_project(dir: Option<&Path>, cwd: &Path) -> PathBuf {
         .to_path_buf()
 }
 
+/// Which server publishes to a relay.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RelayPublisher {
+    /// The legacy database (the forward direction).
+    Source,
+    /// The RDS database (the fallback direction).
+    Target,
+}
+
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> i32 {
     diag::set_format(cli.output);
@@ -307,6 +341,27 @@ pub async fn run(cli: Cli) -> i32 {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "cutover", &mut std::io::stdout());
             return EXIT_OK;
+        }
+        Command::Relay {
+            slot,
+            publication,
+            publisher,
+            wal_budget,
+            wal_limit,
+            guard_interval,
+        } => {
+            return relay::run(
+                slot.clone(),
+                publication.clone(),
+                match publisher {
+                    RelayPublisher::Source => crate::providers::postgres::Server::Source,
+                    RelayPublisher::Target => crate::providers::postgres::Server::Target,
+                },
+                wal_budget.clone(),
+                wal_limit.clone(),
+                std::time::Duration::from_secs((*guard_interval).max(1)),
+            )
+            .await
         }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
@@ -398,7 +453,10 @@ pub async fn run(cli: Cli) -> i32 {
             InfraCommand::Apply { env } => infra::apply(&root, &env).await,
             InfraCommand::Output { env } => infra::output(&root, &env).await,
         },
-        Command::Schema { .. } | Command::Completions { .. } | Command::Man => EXIT_OK,
+        Command::Schema { .. }
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Relay { .. } => EXIT_OK,
         Command::Runbook {
             action:
                 RunbookCommand::Render {

@@ -243,7 +243,7 @@ LEFT JOIN LATERAL (
     SELECT d.oid FROM d ORDER BY d.depth DESC LIMIT 1) r
   JOIN pg_type b ON b.oid = r.oid
   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) t ON true
-WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'cutover_copy')
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'cutover_copy', 'cutover_relay')
   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
 ORDER BY 1";
 

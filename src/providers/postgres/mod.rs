@@ -15,6 +15,7 @@ pub mod initial_copy;
 pub mod ownership;
 pub mod postdata;
 pub mod preflight;
+pub mod relay;
 pub mod replication;
 pub mod rights;
 pub mod roles;
