@@ -77,6 +77,8 @@ pub struct Applier {
     changes: i64,
     /// Changes in the open destination transaction.
     pub open_changes: usize,
+    /// Between a source transaction's Begin and its Commit.
+    in_source: bool,
 }
 
 fn pg(side: Server, e: tokio_postgres::Error) -> RelayError {
@@ -127,6 +129,7 @@ impl Applier {
             transactions,
             changes,
             open_changes: 0,
+            in_source: false,
         })
     }
 
@@ -142,6 +145,7 @@ impl Applier {
             self.pending.clear();
             self.grouped = None;
             self.open_changes = 0;
+            self.in_source = false;
         }
         self.client
             .execute(
@@ -168,6 +172,7 @@ impl Applier {
     ) -> Result<Option<u64>, RelayError> {
         match message {
             Message::Begin { final_lsn, .. } => {
+                self.in_source = true;
                 *skip = final_lsn < self.applied || self.grouped.is_some_and(|g| final_lsn < g);
                 if !*skip && !self.in_transaction {
                     self.client
@@ -178,6 +183,7 @@ impl Applier {
                 }
             }
             Message::Commit { end_lsn, .. } => {
+                self.in_source = false;
                 if !*skip {
                     self.flush().await?;
                     self.grouped = Some(end_lsn);
@@ -289,6 +295,12 @@ impl Applier {
         self.transactions
     }
 
+    /// True outside a source transaction (no Begin without its Commit), with source
+    /// transactions applied in the open destination transaction.
+    pub fn between_transactions(&self) -> bool {
+        !self.in_source && self.grouped.is_some()
+    }
+
     /// Whether a destination transaction is open.
     pub fn in_transaction(&self) -> bool {
         self.in_transaction
@@ -318,7 +330,7 @@ impl Applier {
                 return Ok(());
             }
             return Err(RelayError::Divergence(format!(
-                "table {} changed on the source during replication (ALTER TABLE: columns were {}, now {}; replica identity {} → {}); the relay stops rather than apply changes of a shape the destination does not have: apply the same change to the destination's table, then restart the relay",
+                "table {} changed on the publisher during replication (ALTER TABLE: columns were {}, now {}; replica identity {} → {}); the relay stops rather than apply changes of a shape the destination does not have: apply the same change to the destination's table, then restart the relay",
                 r.display(),
                 columns(&known.relation),
                 columns(&r),
@@ -362,7 +374,7 @@ impl Applier {
             .collect();
         if !missing.is_empty() || !extra.is_empty() {
             return Err(RelayError::Divergence(format!(
-                "table {} differs between the servers (ALTER TABLE on the source during replication?): the source has column(s) [{}] the destination lacks, the destination has [{}] the source lacks; the relay stops rather than diverge",
+                "table {} differs between the servers (ALTER TABLE on the publisher during replication?): the publisher has column(s) [{}] the destination lacks, the destination has [{}] the publisher lacks; the relay stops rather than diverge",
                 r.display(),
                 missing.join(", "),
                 extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
@@ -384,7 +396,7 @@ impl Applier {
                     .get(0);
                 if here != there {
                     return Err(RelayError::Divergence(format!(
-                        "table {} column {} is {here} on the source and {there} on the destination (ALTER TABLE on the source during replication?); the relay stops rather than diverge",
+                        "table {} column {} is {here} on the publisher and {there} on the destination (ALTER TABLE on the publisher during replication?); the relay stops rather than diverge",
                         r.display(),
                         c.name
                     )));
