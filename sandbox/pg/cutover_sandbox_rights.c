@@ -10,12 +10,21 @@
  * every statement of a role outside it, runs as PostgreSQL decides. The subscription is then
  * owned by the bootstrap superuser, as PostgreSQL 15 requires of a subscription's owner.
  *
+ * It also stands for the network between the servers: a managed target (a private RDS in its
+ * VPC) cannot be reached from the legacy host. When cutover_sandbox.refuse_peer_cn names a
+ * certificate subject, a connection whose TLS client certificate has that common name (the
+ * sandbox gives the legacy server's own outgoing connections one, through PGSSLCERT) is refused
+ * after authentication with ERRCODE_CONNECTION_FAILURE, as a route that does not exist would
+ * fail it; the tool's connections, which present no client certificate, pass.
+ *
  * Part of the sandbox only: it is compiled and loaded by cutover-sandbox, never by cutover.
  */
 #include "postgres.h"
 
 #include "catalog/pg_authid.h"
 #include "fmgr.h"
+#include "libpq/auth.h"
+#include "libpq/libpq-be.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
@@ -28,6 +37,21 @@ void _PG_init(void);
 
 static ProcessUtility_hook_type previous_hook = NULL;
 static char *subscription_role = NULL;
+static ClientAuthentication_hook_type previous_auth_hook = NULL;
+static char *refuse_peer_cn = NULL;
+
+static void
+route_hook(Port *port, int status)
+{
+	if (previous_auth_hook)
+		previous_auth_hook(port, status);
+	if (status == STATUS_OK && refuse_peer_cn != NULL && refuse_peer_cn[0] != '\0' &&
+		port->peer_cn != NULL && strcmp(port->peer_cn, refuse_peer_cn) == 0)
+		ereport(FATAL,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("no route from %s to this server: the sandbox's target stands for a private RDS, which the legacy host cannot reach",
+						port->peer_cn)));
+}
 
 static bool
 is_subscription_statement(Node *node)
@@ -91,6 +115,11 @@ _PG_init(void)
 	DefineCustomStringVariable("cutover_sandbox.subscription_role",
 							   "Members of this role may create, alter and drop subscriptions.",
 							   NULL, &subscription_role, "", PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("cutover_sandbox.refuse_peer_cn",
+							   "Connections presenting a client certificate with this common name are refused (no route).",
+							   NULL, &refuse_peer_cn, "", PGC_SIGHUP, 0, NULL, NULL, NULL);
 	previous_hook = ProcessUtility_hook;
 	ProcessUtility_hook = rights_hook;
+	previous_auth_hook = ClientAuthentication_hook;
+	ClientAuthentication_hook = route_hook;
 }

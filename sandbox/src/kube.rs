@@ -686,6 +686,52 @@ pub struct Pod {
     /// Its containers' environment, resolved when it started (a `secretKeyRef` is read then and
     /// never again, as the kubelet does).
     env: BTreeMap<String, String>,
+    /// Unique in the cluster: the name of its local process, when it has one.
+    id: u64,
+    /// The arguments of its `cutover` container, which the sandbox runs as a local process
+    /// ([`crate::kubelet`]); `None` for the application's pods, which are simulated.
+    run: Option<Vec<String>>,
+}
+
+/// A pod the sandbox runs as a local process: a `cutover` container of a Deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPod {
+    /// The pod's id in its cluster.
+    pub id: u64,
+    /// Its Deployment's namespace.
+    pub namespace: String,
+    /// Its Deployment's name.
+    pub deployment: String,
+    /// The container's arguments (after the image's `cutover` entrypoint).
+    pub args: Vec<String>,
+    /// The container's environment, resolved when the pod was created.
+    pub env: BTreeMap<String, String>,
+}
+
+/// The arguments of a pod template's container that runs the `cutover` image (any registry,
+/// any tag: the repository's last path segment is `cutover`): its `command` after the
+/// entrypoint, then its `args`.
+fn cutover_container(template: &Value) -> Option<Vec<String>> {
+    let containers = template.pointer("/spec/containers")?.as_array()?;
+    containers.iter().find_map(|c| {
+        let image = c["image"].as_str()?;
+        let repo = image.rsplit('/').next()?.split([':', '@']).next()?;
+        if repo != "cutover" {
+            return None;
+        }
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut args: Vec<String> = strings(&c["command"]).into_iter().skip(1).collect();
+        args.extend(strings(&c["args"]));
+        Some(args)
+    })
 }
 
 /// A RollingUpdate bound (`maxSurge`, `maxUnavailable`): an integer or a percentage of
@@ -742,8 +788,65 @@ impl Store {
                     }
                 }
             }
+            // envFrom: every key of each Secret named, as the kubelet reads them at the start.
+            for from in c["envFrom"].as_array().cloned().unwrap_or_default() {
+                let Some(secret) = from.pointer("/secretRef/name").and_then(Value::as_str) else {
+                    continue;
+                };
+                let data = self
+                    .get("secrets", ns, secret)
+                    .and_then(|s| s.get("data"))
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                for (k, v) in data {
+                    use base64::Engine as _;
+                    if let Some(b) = v
+                        .as_str()
+                        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    {
+                        env.insert(k, String::from_utf8_lossy(&b).into_owned());
+                    }
+                }
+            }
         }
         env
+    }
+
+    /// The pods the sandbox runs as local processes, in every Deployment of the cluster.
+    pub fn local_pods(&self) -> Vec<LocalPod> {
+        let mut out = Vec::new();
+        for ((_, ns, name), (_, pods)) in &self.pods {
+            for p in pods {
+                if let Some(args) = &p.run {
+                    out.push(LocalPod {
+                        id: p.id,
+                        namespace: ns.clone(),
+                        deployment: name.clone(),
+                        args: args.clone(),
+                        env: p.env.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn pod(
+        &mut self,
+        generation: i64,
+        ready_at: Instant,
+        env: BTreeMap<String, String>,
+        run: Option<Vec<String>>,
+    ) -> Pod {
+        self.uid_counter += 1;
+        Pod {
+            generation,
+            ready_at,
+            env,
+            id: self.uid_counter,
+            run,
+        }
     }
 
     /// The value of `var` in each ready pod of Deployment `ns/name`, oldest pod first: what a
@@ -804,12 +907,9 @@ pub fn reconcile(s: &mut Store) {
             {
                 Some(g) => {
                     let env = s.resolve_env(&k.1, &template);
+                    let run = cutover_container(&template);
                     (0..want)
-                        .map(|_| Pod {
-                            generation: g,
-                            ready_at: now,
-                            env: env.clone(),
-                        })
+                        .map(|_| s.pod(g, now, env.clone(), run.clone()))
                         .collect()
                 }
                 None => Vec::new(),
@@ -817,19 +917,21 @@ pub fn reconcile(s: &mut Store) {
             s.pods.insert(k.clone(), (uid, pods));
         }
         let env = s.resolve_env(&k.1, &template);
+        let run = cutover_container(&template);
         let delay = s.pod_ready;
-        let pods = &mut s.pods.get_mut(&k).expect("inserted above").1;
         let is_new = |p: &Pod| p.generation == generation;
         // Scale up the new pods within the surge.
-        while (pods.iter().filter(|p| is_new(p)).count() as i64) < want
-            && (pods.len() as i64) < want + surge
-        {
-            pods.push(Pod {
-                generation,
-                ready_at: now + delay,
-                env: env.clone(),
-            });
+        loop {
+            let pods = &s.pods.get(&k).expect("inserted above").1;
+            if (pods.iter().filter(|p| is_new(p)).count() as i64) >= want
+                || (pods.len() as i64) >= want + surge
+            {
+                break;
+            }
+            let pod = s.pod(generation, now + delay, env.clone(), run.clone());
+            s.pods.get_mut(&k).expect("inserted above").1.push(pod);
         }
+        let pods = &mut s.pods.get_mut(&k).expect("inserted above").1;
         // Scale down old pods (unready ones first) while enough stay ready.
         loop {
             let ready = pods.iter().filter(|p| p.ready_at <= now).count() as i64;

@@ -7,6 +7,7 @@
 mod bench;
 mod eso;
 mod kube;
+mod kubelet;
 mod listen;
 mod pooler;
 mod procs;
@@ -45,7 +46,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Start everything (idempotent: a running sandbox is left as it is).
-    Up,
+    Up {
+        /// The legacy server as a self-hosted one is: its admin may create subscriptions and the
+        /// target accepts its connections, so both directions can replicate natively. Default:
+        /// as managed databases are (the legacy admin may not subscribe; no route from the legacy
+        /// host to the target), so the fallback runs through `cutover relay`.
+        #[arg(long)]
+        native: bool,
+    },
     /// Stop everything and remove the sandbox's data (the virtualenv is kept).
     Down,
     /// Say what is running; exit 1 if anything is not.
@@ -75,7 +83,7 @@ fn main() {
             .unwrap_or(cli.dir.clone())
     };
     let result = match cli.command {
-        Cmd::Up => up(&dir),
+        Cmd::Up { native } => up(&dir, native),
         Cmd::Down => down(&dir),
         Cmd::Status => status(&dir),
         Cmd::Env => env(&dir),
@@ -173,9 +181,9 @@ const SOURCE_CONF: &str = "wal_level = logical";
 /// The target's (the RDS stand-in's) settings beyond the common ones.
 const TARGET_CONF: &str = "wal_level = logical\nwal_receiver_status_interval = 1s";
 
-fn up(dir: &std::path::Path) -> Result<i32> {
+fn up(dir: &std::path::Path, native: bool) -> Result<i32> {
     if let Some(s) = State::load(dir) {
-        if all_running(&s) {
+        if all_running(&s) && s.native == native {
             eprintln!("sandbox: already up in {}", dir.display());
             return Ok(0);
         }
@@ -188,6 +196,7 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     let venv = procs::ensure_venv(dir)?;
     let mut s = fresh_state(dir);
+    s.native = native;
     let mut ports = procs::free_ports(3)?.into_iter();
     let mut next = || ports.next().expect("enough ports were allocated");
     s.moto_port = next();
@@ -227,9 +236,9 @@ fn up(dir: &std::path::Path) -> Result<i32> {
         .filter(|t| template::restore(t, &dir.join("pg")).unwrap_or(false))
     {
         eprintln!("sandbox: the seeded clusters copied from {}", t.display());
-        load_rights_module(dir, &source, &target)?;
-        s.source_port = procs::start_existing_cluster(&source, s.source_port, &tls_dir)?;
-        s.target_port = procs::start_existing_cluster(&target, s.target_port, &tls_dir)?;
+        load_rights_module(dir, &source, &target, native)?;
+        s.source_port = procs::start_existing_cluster(&source, s.source_port, &tls_dir, true)?;
+        s.target_port = procs::start_existing_cluster(&target, s.target_port, &tls_dir, false)?;
         s.save()?;
         let app = s.app_password.clone();
         rt.block_on(async {
@@ -259,11 +268,20 @@ fn up(dir: &std::path::Path) -> Result<i32> {
     } else {
         seeded_clusters(&mut s, &rt, template.as_deref())?;
         if template.is_some() {
-            load_rights_module(dir, &source, &target)?;
-            s.source_port = procs::start_existing_cluster(&source, s.source_port, &tls_dir)?;
-            s.target_port = procs::start_existing_cluster(&target, s.target_port, &tls_dir)?;
+            load_rights_module(dir, &source, &target, native)?;
+            s.source_port = procs::start_existing_cluster(&source, s.source_port, &tls_dir, true)?;
+            s.target_port = procs::start_existing_cluster(&target, s.target_port, &tls_dir, false)?;
             s.save()?;
         }
+    }
+    // The legacy admin's right to subscribe, at every up (a template holds neither).
+    rt.block_on(template::run_sql(
+        &source,
+        s.source_port,
+        &rights::source_subscribe_sql(native),
+    ))?;
+    if !native {
+        eprintln!("sandbox: as managed databases are: the legacy admin may not subscribe, the legacy host cannot reach the target (up --native opens both)");
     }
     for env in ENVIRONMENTS {
         pooler::start(&mut s, env)?;
@@ -338,9 +356,9 @@ fn seeded_clusters(
     let (source, target) = (dir.join("pg/source"), dir.join("pg/target"));
     procs::init_cluster(&source, &s.source_password, SOURCE_CONF)?;
     procs::init_cluster(&target, &s.target_password, TARGET_CONF)?;
-    load_rights_module(&dir, &source, &target)?;
-    s.source_port = procs::start_existing_cluster(&source, s.source_port, &tls_dir)?;
-    s.target_port = procs::start_existing_cluster(&target, s.target_port, &tls_dir)?;
+    load_rights_module(&dir, &source, &target, s.native)?;
+    s.source_port = procs::start_existing_cluster(&source, s.source_port, &tls_dir, true)?;
+    s.target_port = procs::start_existing_cluster(&target, s.target_port, &tls_dir, false)?;
     s.save()?;
     eprintln!(
         "sandbox: seeding the shop database ({} orders)",
@@ -371,10 +389,14 @@ fn load_rights_module(
     dir: &std::path::Path,
     source: &std::path::Path,
     target: &std::path::Path,
+    native: bool,
 ) -> Result<()> {
     let module = rights::module(dir)?;
     procs::append_conf(source, &rights::conf(&module, rights::SOURCE_SUBSCRIBERS))?;
-    procs::append_conf(target, &rights::conf(&module, rights::TARGET_SUBSCRIBERS))
+    procs::append_conf(target, &rights::conf(&module, rights::TARGET_SUBSCRIBERS))?;
+    let ca = tls::ca_file(dir);
+    let ca = std::fs::canonicalize(&ca).unwrap_or(ca);
+    procs::append_conf(target, &rights::route_conf(&ca, native))
 }
 
 /// `cutover-sandbox template`: makes the seeded clusters' template at
@@ -542,6 +564,8 @@ fn down(dir: &std::path::Path) -> Result<i32> {
         return Ok(0);
     };
     procs::stop(s.serve_pid);
+    // The pods serve ran as processes (crate::kubelet) are in its process group.
+    unsafe { libc::kill(-(s.serve_pid as i32), libc::SIGKILL) };
     procs::stop(s.moto_pid);
     procs::stop(s.prometheus_pid);
     for pid in s.pooler_pids.values() {
@@ -558,6 +582,7 @@ fn down(dir: &std::path::Path) -> Result<i32> {
         "prometheus",
         "prometheus.log",
         "pgbouncer",
+        "pods",
     ] {
         let p = dir.join(sub);
         if p.is_dir() {

@@ -338,11 +338,33 @@ pub fn init_cluster(data: &Path, password: &str, extra_conf: &str) -> Result<()>
 /// sockets in `data`, TLS required on TCP with the server certificate in `tls`
 /// ([`crate::tls::secure_cluster`]), on `port` or, when that was taken meanwhile, on another
 /// free port; returns the port it listens on.
-pub fn start_existing_cluster(data: &Path, port: u16, tls: &Path) -> Result<u16> {
+///
+/// With `legacy_host`, the server's own outgoing connections (a subscription's) present the
+/// legacy host's client certificate ([`crate::rights::LEGACY_HOST_CN`]): libpq reads
+/// `PGSSLCERT` and `PGSSLKEY` from the postmaster's environment.
+pub fn start_existing_cluster(
+    data: &Path,
+    port: u16,
+    tls: &Path,
+    legacy_host: bool,
+) -> Result<u16> {
     let bin = pg_bin()?;
     crate::tls::secure_cluster(data, tls)?;
     for f in ["server.crt", "server.key", "pg_hba.conf"] {
         chown_tree(&data.join(f))?;
+    }
+    let mut client_env = Vec::new();
+    if legacy_host {
+        use std::os::unix::fs::PermissionsExt;
+        for (f, var) in [("client.crt", "PGSSLCERT"), ("client.key", "PGSSLKEY")] {
+            let to = data.join(format!("legacy-host-{f}"));
+            std::fs::copy(tls.join(format!("legacy-host-{f}")), &to)
+                .with_context(|| format!("copying the legacy host's {f}"))?;
+            // libpq refuses a key others can read.
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))?;
+            chown_tree(&to)?;
+            client_env.push((var, to));
+        }
     }
     // A copy's settings name its original's directory: the last line wins.
     append(
@@ -356,6 +378,7 @@ pub fn start_existing_cluster(data: &Path, port: u16, tls: &Path) -> Result<u16>
     for _ in 0..START_ATTEMPTS {
         append(&data.join("postgresql.conf"), &format!("port = {port}\n"))?;
         let out = pg_command(&bin, "pg_ctl")?
+            .envs(client_env.iter().map(|(k, v)| (*k, v.as_os_str())))
             .arg("-D")
             .arg(data)
             .arg("-l")
@@ -471,7 +494,7 @@ mod tests {
         let tls = dir.path().join("tls");
         crate::tls::make(&tls, "test CA").unwrap();
         init_cluster(&data, "pw", "").unwrap();
-        let port = start_existing_cluster(&data, taken_port, &tls).unwrap();
+        let port = start_existing_cluster(&data, taken_port, &tls, false).unwrap();
         let running = cluster_running(&data);
         stop_cluster(&data);
         assert_ne!(port, taken_port);

@@ -3,10 +3,14 @@
 //! - Legacy (source) server: `doadmin`, as DigitalOcean Managed PostgreSQL makes it: not a
 //!   superuser; LOGIN, CREATEDB, CREATEROLE, REPLICATION; a member of the application's roles
 //!   (`GRANT shop, letters TO doadmin`, which a team runs before migrating, so the admin may read
-//!   and publish their tables and end their sessions). It is also a member of
-//!   `sandbox_create_subscription`, which stands for PostgreSQL 16's `pg_create_subscription`:
-//!   the right to subscribe, which the native fallback needs on the legacy server (a legacy
-//!   admin without it is what the rights tests use).
+//!   and publish their tables and end their sessions). By default it may not subscribe, as
+//!   DigitalOcean's `doadmin` on PostgreSQL 15 may not; `cutover-sandbox up --native` makes it a
+//!   member of `sandbox_create_subscription`, which stands for PostgreSQL 16's
+//!   `pg_create_subscription` (or a self-hosted legacy server's superuser): the right the native
+//!   fallback needs.
+//! - The route: by default the target refuses the legacy server's own connections (those
+//!   presenting the legacy host's client certificate), as a private RDS cannot be reached from
+//!   the legacy host; `--native` opens it. The tool's connections reach both.
 //! - Target (RDS) server: `shop_admin`, as RDS makes its master user: not a superuser; LOGIN,
 //!   CREATEDB, CREATEROLE, REPLICATION (RDS: `rds_replication`); a member of `rds_superuser`
 //!   (itself a member of `pg_signal_backend` and `pg_monitor`) and of the application's roles.
@@ -39,7 +43,7 @@ const MODULE_SOURCE: &str = include_str!("../pg/cutover_sandbox_rights.c");
 pub fn source_admin_sql(password: &str) -> String {
     format!(
         "CREATE ROLE {SOURCE_SUBSCRIBERS} NOLOGIN;
-         CREATE ROLE {SOURCE_ADMIN} LOGIN CREATEDB CREATEROLE REPLICATION PASSWORD '{}' IN ROLE {SOURCE_SUBSCRIBERS};
+         CREATE ROLE {SOURCE_ADMIN} LOGIN CREATEDB CREATEROLE REPLICATION PASSWORD '{}';
          GRANT shop, letters TO {SOURCE_ADMIN};",
         password.replace('\'', "''")
     )
@@ -129,6 +133,36 @@ pub fn module(dir: &Path) -> Result<PathBuf> {
     std::fs::rename(&tmp, &so)?;
     crate::procs::chown_tree(&out_dir)?;
     Ok(so)
+}
+
+/// The common name of the client certificate the legacy server's own outgoing connections
+/// present (its fallback subscription's), which the target refuses unless the sandbox is
+/// `--native` (`cutover_sandbox.refuse_peer_cn`).
+pub const LEGACY_HOST_CN: &str = "legacy-host";
+
+/// The SQL, run as the superuser on the legacy server at every `up`, that gives `doadmin` the
+/// right to subscribe (`native`: a self-hosted legacy server's admin, or PostgreSQL 16's
+/// `pg_create_subscription`) or takes it away (the default: DigitalOcean's `doadmin` on
+/// PostgreSQL 15).
+pub fn source_subscribe_sql(native: bool) -> String {
+    if native {
+        format!("GRANT {SOURCE_SUBSCRIBERS} TO {SOURCE_ADMIN}")
+    } else {
+        format!("REVOKE {SOURCE_SUBSCRIBERS} FROM {SOURCE_ADMIN}")
+    }
+}
+
+/// The target's postgresql.conf lines for the route from the legacy host: it asks clients for
+/// a certificate signed by the sandbox CA (`ssl_ca_file`; none is required) and, unless
+/// `native`, refuses the legacy server's ([`LEGACY_HOST_CN`]).
+pub fn route_conf(ca: &Path, native: bool) -> String {
+    format!(
+        "ssl_ca_file = '{}'
+cutover_sandbox.refuse_peer_cn = '{}'
+",
+        ca.display(),
+        if native { "" } else { LEGACY_HOST_CN }
+    )
 }
 
 /// The postgresql.conf lines that load the module and name the role it serves.

@@ -263,6 +263,11 @@ pub async fn run(s: State) -> Result<()> {
         let api = sockets.take(&format!("kube:{env}"))?;
         let app = sockets.take(&format!("app:{env}"))?;
         tasks.push(tokio::spawn(kube::controller(cluster.clone())));
+        tasks.push(tokio::spawn(crate::kubelet::run(
+            cluster.clone(),
+            env,
+            s.dir.clone(),
+        )));
         tasks.push(tokio::spawn(crate::pooler::sidecar(
             cluster.clone(),
             crate::pooler::dir(&s.dir, env).join(crate::pooler::KEY),

@@ -17,6 +17,11 @@ pub const REGION: &str = "us-east-1";
 pub struct State {
     /// The sandbox directory.
     pub dir: PathBuf,
+    /// `up --native`: the legacy admin may subscribe and the target accepts the legacy server's
+    /// connections (both directions can replicate natively); false: as managed databases are
+    /// ([`crate::rights`]).
+    #[serde(default)]
+    pub native: bool,
     /// moto server port.
     pub moto_port: u16,
     /// moto server pid.

@@ -182,6 +182,18 @@ async fn socket_client(data: &Path, port: u16) -> Result<tokio_postgres::Client>
     Ok(client)
 }
 
+/// Runs `sql` as the superuser on the cluster in `data` (its local socket).
+///
+/// # Errors
+/// When the connection or the statement fails.
+pub async fn run_sql(data: &Path, port: u16, sql: &str) -> Result<()> {
+    let client = socket_client(data, port).await?;
+    client
+        .batch_execute(sql)
+        .await
+        .with_context(|| format!("running {sql}"))
+}
+
 /// Sets each role's password on the cluster whose socket is in `data`, through that socket as
 /// `postgres` (local connections are trusted).
 ///

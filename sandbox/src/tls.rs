@@ -39,7 +39,8 @@ fn openssl(args: &[&str], cwd: &Path) -> Result<()> {
 }
 
 /// Makes a CA and a server certificate it signs in `dir` (`ca.crt`, `ca.key`, `server.crt`,
-/// `server.key`; P-256 keys, valid ten years): the server certificate names `localhost` and
+/// `server.key`; P-256 keys, valid ten years), and the legacy host's client certificate
+/// (`legacy-host-client.crt`, `.key`): the server certificate names `localhost` and
 /// `127.0.0.1`, so `sslmode=verify-full` holds for the sandbox's URLs. `cn` names the CA.
 ///
 /// # Errors
@@ -103,6 +104,43 @@ pub fn make(dir: &Path, cn: &str) -> Result<()> {
             "3650",
             "-extfile",
             "server.ext",
+        ],
+        dir,
+    )?;
+    // The legacy host's client certificate: what its server presents when it connects out
+    // (crate::rights::LEGACY_HOST_CN), so the target can refuse the route.
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "legacy-host-client.key",
+        "-out",
+        "legacy-host.csr",
+        "-subj",
+        "/CN=legacy-host",
+    ]);
+    openssl(&csr, dir)?;
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )?;
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "legacy-host.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "legacy-host-client.crt",
+            "-days",
+            "3650",
+            "-extfile",
+            "client.ext",
         ],
         dir,
     )?;

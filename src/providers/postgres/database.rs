@@ -116,6 +116,14 @@ pub trait Database: Send + Sync {
     /// Drops subscription `name` (and with it its slot on the publisher) if it exists; returns
     /// whether it existed.
     async fn drop_subscription(&self, name: &str) -> Result<bool, ProviderError>;
+    /// Whether this server's admin may subscribe to `publisher`'s publication `publication` and
+    /// this server reaches the publisher: `CREATE SUBSCRIPTION` tried with a connection, in a
+    /// transaction that is rolled back ([`super::rights::try_subscribe`]).
+    async fn may_subscribe(
+        &self,
+        publisher: &dyn Database,
+        publication: &str,
+    ) -> Result<super::rights::Outcome, ProviderError>;
 
     /// Every sequence with its `last_value`.
     async fn sequences(&self) -> Result<Sequences, ProviderError>;
@@ -315,6 +323,14 @@ impl Database for PgDatabase {
             .batch_execute(&sql)
             .await
             .map_err(|e| pg(self.s(), e))
+    }
+    async fn may_subscribe(
+        &self,
+        publisher: &dyn Database,
+        publication: &str,
+    ) -> Result<super::rights::Outcome, ProviderError> {
+        super::rights::try_subscribe(&self.client, self.s(), &publisher.conninfo(), publication)
+            .await
     }
     async fn drop_subscription(&self, name: &str) -> Result<bool, ProviderError> {
         replication::drop_subscription(&self.client, self.s(), name).await

@@ -394,12 +394,9 @@ fn problem(f: &Finding) -> Option<String> {
         Outcome::Refused(why) | Outcome::Unreachable(why) => why,
     };
     Some(match (&f.right, &f.outcome, *side) {
-        (Right::Subscribe { publisher }, Outcome::Unreachable(_), Server::Source) => format!(
-            "source: the fallback cannot be created natively: the legacy server cannot reach the target {publisher} ({why}). The fallback subscription connects from the legacy server to the target: open that route (and give a CA path that exists on the legacy server), or turn the native fallback off (fallback: false on postgres.replicate, replication: false on postgres.fallback) and accept that writes made on AWS after the flip stay there; a relay run by cutover between the two servers would need neither (not yet available). Nothing was changed"
-        ),
-        (Right::Subscribe { .. }, Outcome::Refused(_), Server::Source) => format!(
-            "source: the fallback cannot be created natively: role {role} may not create subscriptions on the legacy server ({why}). PostgreSQL 15 and older let only superusers subscribe, 16 and newer also members of pg_create_subscription; grant that, or turn the native fallback off (fallback: false on postgres.replicate, replication: false on postgres.fallback) and accept that writes made on AWS after the flip stay there; a relay run by cutover between the two servers would need neither (not yet available). Nothing was changed"
-        ),
+        // The native fallback is not possible: postgres.fallback relays instead (its plan says
+        // so, and refuses when the runbook requires native).
+        (Right::Subscribe { .. }, _, Server::Source) => return None,
         (Right::Subscribe { publisher }, Outcome::Unreachable(_), _) => format!(
             "{side}: the {side} server cannot reach {publisher} ({why}); its subscription connects from the {side} server itself: open the route (security groups, the legacy host's trusted sources, a CA path that exists on that server)"
         ),

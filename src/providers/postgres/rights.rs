@@ -103,9 +103,19 @@ impl Finding {
     pub fn verdict(&self) -> String {
         match &self.outcome {
             Outcome::Granted(how) => format!("granted ({how})"),
+            Outcome::Refused(why) | Outcome::Unreachable(why) if self.relayed() => format!(
+                "{}: {why} → the fallback runs through cutover relay (postgres.fallback, replication: auto or relay)",
+                if matches!(self.outcome, Outcome::Refused(_)) { "REFUSED" } else { "UNREACHABLE" }
+            ),
             Outcome::Refused(why) => format!("REFUSED: {why}"),
             Outcome::Unreachable(why) => format!("UNREACHABLE: {why}"),
         }
+    }
+
+    /// True for the legacy server's right to subscribe to the target (the native fallback),
+    /// which the relay stands in for when it is refused or the route is closed.
+    pub fn relayed(&self) -> bool {
+        self.side == Server::Source && matches!(self.right, Right::Subscribe { .. })
     }
 }
 
@@ -391,8 +401,8 @@ mod tests {
     #[test]
     fn verdicts_say_granted_refused_or_unreachable_with_the_reason() {
         let f = |outcome| Finding {
-            side: Server::Source,
-            role: "doadmin".into(),
+            side: Server::Target,
+            role: "shop_admin".into(),
             right: Right::Subscribe {
                 publisher: "10.0.0.5:5432/shop".into(),
             },
@@ -413,6 +423,20 @@ mod tests {
             .verdict()
             .starts_with("UNREACHABLE: "));
         assert!(!f(Outcome::Unreachable("x".into())).outcome.granted());
+        // The legacy server's right to subscribe is the native fallback's: the relay stands in.
+        let legacy = Finding {
+            side: Server::Source,
+            role: "doadmin".into(),
+            right: Right::Subscribe {
+                publisher: "shop.rds:5432/shop".into(),
+            },
+            outcome: Outcome::Refused("must be superuser to create subscriptions".into()),
+        };
+        assert!(legacy.relayed());
+        assert_eq!(
+            legacy.verdict(),
+            "REFUSED: must be superuser to create subscriptions → the fallback runs through cutover relay (postgres.fallback, replication: auto or relay)"
+        );
         assert!(f(Outcome::Granted("x".into())).outcome.granted());
         assert!(f(Outcome::Granted("x".into()))
             .right

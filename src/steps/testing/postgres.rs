@@ -71,6 +71,8 @@ pub struct Server {
     pub publications: BTreeMap<String, Vec<String>>,
     /// Subscriptions by name (each uses the publisher's slot of the same name).
     pub subscriptions: BTreeSet<String>,
+    /// Why this server may not subscribe to the other (`None`: it may).
+    pub subscribe_refused: Option<String>,
     /// Sequences and their last values.
     pub sequences: Sequences,
     /// Row writes the statistics count.
@@ -93,6 +95,7 @@ impl Server {
             slots: BTreeMap::new(),
             publications: BTreeMap::new(),
             subscriptions: BTreeSet::new(),
+            subscribe_refused: None,
             sequences: Sequences::new(),
             row_writes: 0,
         }
@@ -477,6 +480,17 @@ impl Database for FakeServer {
     }
     async fn subscription_running(&self, name: &str) -> Result<bool, ProviderError> {
         Ok(self.with(|p, side| p.lag_reads != STALLED && p.get(side).subscriptions.contains(name)))
+    }
+    async fn may_subscribe(
+        &self,
+        _publisher: &dyn Database,
+        _publication: &str,
+    ) -> Result<crate::providers::postgres::rights::Outcome, ProviderError> {
+        use crate::providers::postgres::rights::Outcome;
+        Ok(self.with(|p, side| match &p.get(side).subscribe_refused {
+            None => Outcome::Granted("tried, rolled back".into()),
+            Some(why) => Outcome::Refused(why.clone()),
+        }))
     }
     async fn subscribe(
         &self,

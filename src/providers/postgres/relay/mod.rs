@@ -213,7 +213,11 @@ async fn session(
         };
         silent = 0;
         match next {
-            None => return Err(RelayError::Connection("the publisher ended the stream".into())),
+            None => {
+                return Err(RelayError::Connection(
+                    "the publisher ended the stream".into(),
+                ))
+            }
             Some(WalMessage::Keepalive { end, reply }) => {
                 if !applier.in_transaction() {
                     // Nothing in flight: everything the server sent before `end` is applied.
@@ -225,17 +229,15 @@ async fn session(
                 }
             }
             Some(WalMessage::XLogData { data, .. }) => {
-                let message = pgoutput::decode(data)
-                    .map_err(|e| RelayError::Divergence(e.to_string()))?;
+                let message =
+                    pgoutput::decode(data).map_err(|e| RelayError::Divergence(e.to_string()))?;
                 tracing::trace!(?message, "relay: received");
                 applier.handle(message, &mut skip).await?;
             }
         }
         // Between source transactions, the group is committed once nothing more is waiting
         // (or it is large): one destination transaction for a burst of small ones.
-        if applier.between_transactions()
-            && (!stream.buffered() || applier.open_changes >= GROUP)
-        {
+        if applier.between_transactions() && (!stream.buffered() || applier.open_changes >= GROUP) {
             if let Some(end) = applier.commit().await? {
                 confirmed = confirmed.max(end);
                 stream.status(confirmed, false).await.map_err(connection)?;

@@ -7,9 +7,17 @@
 //!    confirmed its last LSN, so nothing remains to send. The forward subscription (and with it
 //!    its slot on the source), the change-tracking slot and the forward publication are dropped.
 //! 2. The target publishes the same tables; a slot created on the target marks the flip LSN;
-//!    the source subscribes to it without copying (`copy_data = false`; `origin = none` where
-//!    the source is PostgreSQL 16 or later). The subscription applies as its owner, the admin
-//!    role, which the freeze of the source does not touch.
+//!    from it the legacy database receives every change of the target, by one of two means,
+//!    chosen per run (`replication: auto | native | relay`) and said in the plan, the outputs
+//!    and the audit:
+//!    - `native`: the source subscribes to the slot without copying (`copy_data = false`;
+//!      `origin = none` where the source is PostgreSQL 16 or later), applying as the admin role,
+//!      which the freeze of the source does not touch. Needs the legacy admin's right to
+//!      `CREATE SUBSCRIPTION` and a route from the legacy host to the target.
+//!    - `relay`: `cutover relay` runs as a Deployment in the target cluster ([`relay`]) and
+//!      applies the slot's changes on the legacy database as its admin. Needs neither.
+//!    - `auto` (the default): native when the legacy admin may subscribe to the target and the
+//!      legacy server reaches it (tried, rolled back), else relay, with the reason.
 //! 3. The target is opened: the application's roles, read-only there since
 //!    `postgres.replicate`, may write again.
 //!
@@ -20,6 +28,8 @@
 //! steps. With `replication: false` there is no fallback: a rollback after the target took
 //! application writes refuses before it changes anything (exit 4) and says how many rows it would
 //! lose.
+
+pub mod relay;
 
 use super::postgres_freeze_writes::application_roles;
 use super::postgres_replicate::{names, run_name};
@@ -40,13 +50,100 @@ use std::time::Duration;
 /// The `postgres.fallback` kind.
 pub struct Fallback;
 
+/// How the fallback's changes reach the legacy database (`replication:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// Native where the legacy admin may subscribe and reach the target, else relay.
+    Auto,
+    /// A subscription on the legacy database.
+    Native,
+    /// `cutover relay` in the target cluster.
+    Relay,
+    /// No fallback (`false`): a rollback after the target took writes refuses.
+    Off,
+}
+
+impl Replication {
+    const CHOICES: &'static str = "true, false, auto, native or relay";
+    fn on(self) -> bool {
+        self != Replication::Off
+    }
+}
+
+impl<'de> Deserialize<'de> for Replication {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Replication;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "one of {}", Replication::CHOICES)
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Replication, E> {
+                Ok(if b {
+                    Replication::Auto
+                } else {
+                    Replication::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Replication, E> {
+                match s {
+                    "auto" | "true" => Ok(Replication::Auto),
+                    "native" => Ok(Replication::Native),
+                    "relay" => Ok(Replication::Relay),
+                    "false" => Ok(Replication::Off),
+                    other => Err(E::custom(format!(
+                        "`{other}` is not one of {}",
+                        Replication::CHOICES
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl schemars::JsonSchema for Replication {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "FallbackReplication".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "true or auto (default): native where the legacy admin may subscribe to the target and reach it, else relay; native: a subscription on the legacy database; relay: cutover relay as a Deployment in the target cluster; false: no fallback",
+            "oneOf": [{"type": "boolean"}, {"enum": ["auto", "native", "relay"]}]
+        })
+    }
+}
+
+/// The means chosen for this run's fallback, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Means {
+    /// A subscription on the legacy database.
+    Native,
+    /// `cutover relay` in the target cluster.
+    Relay,
+}
+
 /// `with:` of `postgres.fallback`.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    /// True (default): the source subscribes to the target from the flip, so a rollback loses nothing; false: no fallback, and a rollback after the target took writes refuses (exit 4).
-    #[serde(default = "yes")]
-    replication: bool,
+    /// How the legacy database receives the target's changes from the flip: true or auto (default), native, relay; false: no fallback, and a rollback after the target took writes refuses (exit 4).
+    #[serde(default = "auto")]
+    replication: Replication,
+    /// With the relay: WAL its slot on the target may retain before it warns (default 10GB).
+    #[serde(default = "default_budget")]
+    wal_budget: String,
+    /// With the relay: WAL its slot on the target may retain before the relay stops and drops the slot, so the target's disk does not fill (default 100GB).
+    #[serde(default = "default_limit")]
+    wal_limit: String,
+    /// With the relay: its container image (default cutover:<this version>).
+    #[serde(default)]
+    relay_image: Option<String>,
+    /// With the relay: the target cluster's namespace of its Deployment and Secret, created when missing (default cutover).
+    #[serde(default = "default_namespace")]
+    relay_namespace: String,
     /// On rollback, values added to each target sequence's last_value before it is set on the source (default 1000).
     #[serde(default = "default_margin")]
     margin: i64,
@@ -58,8 +155,58 @@ pub struct Params {
     subscription: Option<String>,
 }
 
-fn yes() -> bool {
-    true
+fn auto() -> Replication {
+    Replication::Auto
+}
+fn default_budget() -> String {
+    "10GB".into()
+}
+fn default_limit() -> String {
+    "100GB".into()
+}
+fn default_namespace() -> String {
+    "cutover".into()
+}
+
+/// Chooses the fallback's means for `p.replication` (`None` with `false`), and says why.
+///
+/// # Errors
+/// [`StepError::Check`] when `native` is required and the legacy server may not subscribe to the
+/// target or cannot reach it.
+async fn choose(
+    p: &Params,
+    source: &dyn Database,
+    target: &dyn Database,
+    fb: &str,
+) -> Result<Option<(Means, String)>, StepError> {
+    use crate::providers::postgres::rights::Outcome;
+    let tried = || async { source.may_subscribe(target, fb).await };
+    Ok(match p.replication {
+        Replication::Off => None,
+        Replication::Relay => Some((Means::Relay, "replication: relay".into())),
+        Replication::Native => match tried().await? {
+            Outcome::Granted(_) => Some((Means::Native, "replication: native".into())),
+            Outcome::Refused(why) | Outcome::Unreachable(why) => {
+                return Err(StepError::Check(format!(
+                    "replication: native, but the legacy database cannot subscribe to the target ({why}); use replication: auto or relay, which run the fallback through cutover relay in the target cluster. Nothing was changed"
+                )))
+            }
+        },
+        Replication::Auto => match tried().await? {
+            Outcome::Granted(_) => Some((
+                Means::Native,
+                "auto: the legacy admin may subscribe to the target and the legacy server reaches it (tried, rolled back)".into(),
+            )),
+            Outcome::Refused(why) => Some((
+                Means::Relay,
+                format!("auto: the legacy admin may not create a subscription to the target ({why})"),
+            )),
+            Outcome::Unreachable(why) => Some((
+                Means::Relay,
+                format!("auto: the legacy server cannot reach the target ({why})"),
+            )),
+        },
+    })
 }
 fn default_margin() -> i64 {
     1000
@@ -95,6 +242,15 @@ pub struct Outputs {
     /// The fallback's publication, slot and subscription name (`null` with `replication: false`).
     #[serde(default)]
     fallback: Option<String>,
+    /// How the legacy database receives the target's changes (`null` with `replication: false`).
+    #[serde(default)]
+    means: Option<Means>,
+    /// Why that means was chosen.
+    #[serde(default)]
+    means_reason: Option<String>,
+    /// With the relay: its Deployment, `namespace/name`, in the target cluster.
+    #[serde(default)]
+    relay: Option<String>,
     /// The target's WAL position the fallback starts from (the flip).
     flip_lsn: String,
     /// Whether the forward subscription was retired by this run.
@@ -123,7 +279,7 @@ impl Kind for Fallback {
             // A templated value counts as its default (true).
             replication: p
                 .filter(|l| l.known("replication"))
-                .is_none_or(|l| l.params.replication),
+                .is_none_or(|l| l.params.replication.on()),
         }
     }
 
@@ -146,24 +302,45 @@ impl Kind for Fallback {
             ),
             "change tracking and the forward publication, no longer needed",
         ));
-        if p.replication {
-            let major = source.major_version().await?;
-            ch.push(Change::new(
-                super::Action::Create,
-                format!("publication {fb} on target"),
-                "FOR TABLE the forward publication's tables",
-            ));
-            ch.push(Change::new(
-                super::Action::Create,
-                format!("replication slot {fb} on target"),
-                "pgoutput; its LSN is the flip LSN",
-            ));
-            ch.push(Change::new(super::Action::Create, format!("subscription {fb} on source"), format!(
-                "PUBLICATION {fb} WITH (create_slot = false, slot_name = {fb}, copy_data = false{}): every write on the target from the flip reaches the legacy database",
-                if major >= 16 { ", origin = none" } else { "" }
-            )));
-        } else {
-            ch.push(Change::new(super::Action::Check, "fallback replication", "disabled (replication: false): a rollback after the target took writes will refuse and say what it would lose"));
+        match choose(p, &*source, &*target, &fb).await? {
+            Some((means, why)) => {
+                ch.push(Change::new(
+                    super::Action::Create,
+                    format!("publication {fb} on target"),
+                    "FOR TABLE the forward publication's tables",
+                ));
+                ch.push(Change::new(
+                    super::Action::Create,
+                    format!("replication slot {fb} on target"),
+                    "pgoutput; its LSN is the flip LSN",
+                ));
+                ch.push(Change::new(
+                    super::Action::Check,
+                    "fallback replication",
+                    format!("{} ({why})", serde_json::to_value(&means).unwrap_or_default().as_str().unwrap_or_default()),
+                ));
+                if means == Means::Native {
+                    let major = source.major_version().await?;
+                    ch.push(Change::new(super::Action::Create, format!("subscription {fb} on source"), format!(
+                        "PUBLICATION {fb} WITH (create_slot = false, slot_name = {fb}, copy_data = false{}): every write on the target from the flip reaches the legacy database",
+                        if major >= 16 { ", origin = none" } else { "" }
+                    )));
+                } else {
+                    let r = relay::relay(p, &fb);
+                    let (deploy, keys) = relay::describe(&r, &target.conninfo(), &source.conninfo());
+                    ch.push(Change::new(
+                        super::Action::Create,
+                        format!("Secret {}/{} in the target cluster", r.namespace, r.name),
+                        keys,
+                    ));
+                    ch.push(Change::new(
+                        super::Action::Create,
+                        format!("Deployment {}/{} in the target cluster", r.namespace, r.name),
+                        format!("{deploy}: every write on the target from the flip reaches the legacy database through the relay"),
+                    ));
+                }
+            }
+            None => ch.push(Change::new(super::Action::Check, "fallback replication", "disabled (replication: false): a rollback after the target took writes will refuse and say what it would lose")),
         }
         let app = target_roles(&*source, &*target).await?;
         for r in &app {
@@ -203,31 +380,57 @@ impl Kind for Fallback {
         source.drop_slot(&sub).await?;
         source.drop_slot(&tracking_slot(cx)).await?;
         source.drop_publication(&publ).await?;
-        let (fallback, flip_lsn) = if p.replication {
-            target.create_publication(&fb, &tables).await?;
-            let flip_lsn = target.create_slot(&fb).await?;
-            if !source.has_subscription(&fb).await? {
-                let sub = Subscription {
-                    publication: fb.clone(),
-                    name: fb.clone(),
-                    origin_none: source.major_version().await? >= 16,
-                };
-                source.subscribe(&sub, &*target).await?;
+        let chosen = choose(p, &*source, &*target, &fb).await?;
+        let mut relay_name = None;
+        let (fallback, flip_lsn) = match &chosen {
+            Some((means, _)) => {
+                target.create_publication(&fb, &tables).await?;
+                let flip_lsn = target.create_slot(&fb).await?;
+                match means {
+                    Means::Native => {
+                        if !source.has_subscription(&fb).await? {
+                            let sub = Subscription {
+                                publication: fb.clone(),
+                                name: fb.clone(),
+                                origin_none: source.major_version().await? >= 16,
+                            };
+                            source.subscribe(&sub, &*target).await?;
+                        }
+                    }
+                    Means::Relay => {
+                        let r = relay::relay(p, &fb);
+                        relay::apply(cx, &r, &target.conninfo(), &source.conninfo()).await?;
+                        // Running and consuming: the slot confirms the flip LSN.
+                        wait_confirmed(cx, &*target, None, &fb, &flip_lsn, cx.remaining())
+                            .await
+                            .map_err(|e| StepError::Check(format!(
+                                "the relay {}/{} did not start consuming slot {fb} ({e}); its log is the pod's (kubectl logs -n {} deploy/{})",
+                                r.namespace, r.name, r.namespace, r.name
+                            )))?;
+                        relay_name = Some(format!("{}/{}", r.namespace, r.name));
+                    }
+                }
+                (Some(fb.clone()), flip_lsn)
             }
-            (Some(fb.clone()), flip_lsn)
-        } else {
-            (None, target.current_lsn().await?)
+            None => (None, target.current_lsn().await?),
         };
         let app = target_roles(&*source, &*target).await?;
         let target_writes_at_open = target.row_writes().await?;
         target.unfreeze(&app).await?;
-        let summary = if p.replication {
-            format!("forward replication {sub} retired; the legacy database subscribes to the target from {flip_lsn} through {fb}; role(s) {} may write on the target", app.join(", "))
+        let summary = if let Some((means, why)) = &chosen {
+            let how = match (means, &relay_name) {
+                (Means::Relay, Some(r)) => format!("receives the target's changes from {flip_lsn} through the relay {r} (slot {fb}; {why})"),
+                _ => format!("subscribes to the target from {flip_lsn} through {fb} ({why})"),
+            };
+            format!("forward replication {sub} retired; the legacy database {how}; role(s) {} may write on the target", app.join(", "))
         } else {
             format!("forward replication {sub} retired; NO fallback replication; role(s) {} may write on the target", app.join(", "))
         };
         Ok(Applied::new(Outputs {
             fallback,
+            means: chosen.as_ref().map(|c| c.0.clone()),
+            means_reason: chosen.map(|c| c.1),
+            relay: relay_name,
             flip_lsn,
             forward_retired: retired,
             roles_opened: app,
@@ -239,12 +442,29 @@ impl Kind for Fallback {
     async fn verify(
         &self,
         cx: &StepContext,
-        _p: &Params,
+        p: &Params,
         outputs: &Outputs,
     ) -> Result<Evidence, StepError> {
         let Some(fb) = outputs.fallback.as_deref() else {
             return Ok(Evidence::default());
         };
+        if outputs.means == Some(Means::Relay) {
+            let r = relay::relay(p, fb);
+            let running = relay::exists(cx, &r).await?;
+            return Ok(Evidence {
+                facts: vec![
+                    ("means".into(), json!("relay")),
+                    ("relay_deployment".into(), json!(format!("{}/{}", r.namespace, r.name))),
+                    ("relay_deployed".into(), json!(running)),
+                ],
+                summary: Some(format!(
+                    "the legacy database receives the target's changes through the relay {}/{} ({})",
+                    r.namespace,
+                    r.name,
+                    outputs.means_reason.as_deref().unwrap_or("relay")
+                )),
+            });
+        }
         // Not waited for inside the window: the target's slot holds every change from the flip
         // LSN until the worker applies it (it starts within wal_retrieve_retry_interval); a
         // rollback waits for it to catch up.
@@ -271,7 +491,7 @@ impl Kind for Fallback {
         outputs: Option<&Outputs>,
     ) -> Result<Option<String>, StepError> {
         let Some(out) = outputs else { return Ok(None) };
-        if p.replication {
+        if p.replication.on() {
             return Ok(None);
         }
         let at_open = out.target_writes_at_open;
@@ -316,7 +536,10 @@ impl Kind for Fallback {
                 format!("read-write → read-only; {ended} session(s) ended"),
             ));
         }
-        if source.has_subscription(&fb).await? {
+        let r = relay::relay(p, &fb);
+        let relayed = outputs.is_some_and(|o| o.means == Some(Means::Relay))
+            || (outputs.is_none() && relay::exists(cx, &r).await?);
+        if relayed || source.has_subscription(&fb).await? {
             target.probe().await;
             let goal = target.current_lsn().await?;
             let limit = cx.remaining().max(Duration::from_secs(60));
@@ -325,8 +548,13 @@ impl Kind for Fallback {
                 .map_err(|e| StepError::Gate(format!(
                     "the legacy database did not apply the target's last writes ({e}); the rollback stops here so that nothing written on AWS is lost: the target stays frozen, the legacy database stays frozen for the application"
                 )))?;
+            let by = if relayed {
+                format!("relay {}/{}", r.namespace, r.name)
+            } else {
+                format!("subscription {fb} (source)")
+            };
             done.push(Restored::new(
-                format!("subscription {fb} (source)"),
+                by.clone(),
                 None,
                 Some(&goal),
                 format!("the legacy database applied every write of the target up to {goal} ({waited} ms)"),
@@ -349,13 +577,23 @@ impl Kind for Fallback {
                     ),
                 ));
             }
-            source.drop_subscription(&fb).await?;
-            done.push(Restored::new(
-                format!("subscription {fb} (source)"),
-                Some(&fb),
-                None,
-                "dropped with its slot on the target",
-            ));
+            if relayed {
+                relay::delete(cx, &r).await?;
+                done.push(Restored::new(
+                    by,
+                    Some(&fb),
+                    None,
+                    "Deployment and its Secret deleted; the slot on the target is dropped next",
+                ));
+            } else {
+                source.drop_subscription(&fb).await?;
+                done.push(Restored::new(
+                    by,
+                    Some(&fb),
+                    None,
+                    "dropped with its slot on the target",
+                ));
+            }
         }
         target.drop_slot(&fb).await?;
         if target.drop_publication(&fb).await? {
@@ -426,12 +664,7 @@ mod tests {
     }
 
     fn params(replication: bool) -> Params {
-        Params {
-            replication,
-            margin: 1000,
-            publication: None,
-            subscription: None,
-        }
+        serde_json::from_value(json!({ "replication": replication })).unwrap()
     }
 
     #[tokio::test]
@@ -442,7 +675,10 @@ mod tests {
         let p = params(true);
         let plan = Fallback.plan(&cx, &p).await.unwrap();
         assert_eq!(plan.changes[0].action, Action::Delete);
-        assert!(plan.changes[4].detail.contains("origin = none"));
+        assert!(plan.changes[4]
+            .detail
+            .starts_with("native (auto: the legacy admin may subscribe"));
+        assert!(plan.changes[5].detail.contains("origin = none"));
         assert_eq!(
             plan.changes.last().unwrap().target,
             "role app in shop_staging on target"
@@ -512,6 +748,69 @@ mod tests {
             assert!(s.frozen.contains("app"));
             assert!(s.slots.is_empty() && s.publications.is_empty());
         });
+    }
+
+    #[tokio::test]
+    async fn without_the_right_to_subscribe_the_plan_relays_and_says_why_unless_native_is_required()
+    {
+        let (h, pg, _) = at_the_flip().await;
+        let cx = h.cx();
+        pg.server(Side::Source, |s| {
+            s.subscribe_refused = Some("must be superuser to create subscriptions".into())
+        });
+        let plan = Fallback.plan(&cx, &params(true)).await.unwrap();
+        let targets: Vec<&str> = plan.changes.iter().map(|c| c.target.as_str()).collect();
+        let fb = fallback_name(&cx);
+        let name = format!("relay-{}", fb.replace('_', "-"));
+        assert!(
+            targets.contains(&&*format!(
+                "Deployment cutover/{name} in the target cluster"
+            )),
+            "{targets:?}"
+        );
+        assert!(
+            targets.contains(&&*format!("Secret cutover/{name} in the target cluster")),
+            "{targets:?}"
+        );
+        assert!(!targets
+            .iter()
+            .any(|t| t.starts_with("subscription") && t.ends_with("on source")));
+        let why = plan
+            .changes
+            .iter()
+            .find(|c| c.target == "fallback replication")
+            .unwrap();
+        assert_eq!(why.detail, "relay (auto: the legacy admin may not create a subscription to the target (must be superuser to create subscriptions))");
+        let secret = plan
+            .changes
+            .iter()
+            .find(|c| c.target.starts_with("Secret"))
+            .unwrap();
+        assert!(
+            secret.detail.contains("sha256:") && !secret.detail.contains("fake-secret"),
+            "{}",
+            secret.detail
+        );
+        // Required native: refused before anything changes.
+        let native: Params = serde_json::from_value(json!({"replication": "native"})).unwrap();
+        let err = Fallback
+            .plan(&cx, &native)
+            .await
+            .err()
+            .expect("native is impossible");
+        assert!(
+            matches!(&err, StepError::Check(m) if m.contains("replication: native, but the legacy database cannot subscribe")),
+            "{err:?}"
+        );
+        // A value outside the choices names them.
+        let bad = serde_json::from_value::<Params>(json!({"replication": "sometimes"}))
+            .err()
+            .unwrap();
+        assert!(
+            bad.to_string()
+                .contains("true, false, auto, native or relay"),
+            "{bad}"
+        );
     }
 
     #[tokio::test]
