@@ -23,6 +23,13 @@
 
 #include "catalog/pg_authid.h"
 #include "fmgr.h"
+/*
+ * The server headers of a GSSAPI-enabled build include <gssapi/gssapi.h>, which the extracted
+ * headers do not carry. Port keeps the same layout either way (a void pointer stands in for the
+ * GSSAPI state "to keep struct offsets the same (for extension ABI compatibility)", libpq-be.h),
+ * and this module touches none of it.
+ */
+#undef ENABLE_GSS
 #include "libpq/auth.h"
 #include "libpq/libpq-be.h"
 #include "miscadmin.h"

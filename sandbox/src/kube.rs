@@ -189,7 +189,22 @@ fn served(resource: &str, path: &str) -> bool {
         .any(|(r, prefix)| *r == resource && path.starts_with(prefix))
 }
 
-fn validate_secret(obj: &Value) -> Result<(), String> {
+/// Validates a Secret being written and folds its `stringData` into `data`, as the API server
+/// does ("merged into the data field on write, overwriting any existing values"; `stringData`
+/// is never output when reading).
+fn validate_secret(obj: &mut Value) -> Result<(), String> {
+    if let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
+        use base64::Engine as _;
+        if !obj["data"].is_object() {
+            obj["data"] = json!({});
+        }
+        for (k, v) in strings {
+            let s = v
+                .as_str()
+                .ok_or_else(|| format!("stringData[{k}]: must be a string"))?;
+            obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(s));
+        }
+    }
     if let Some(Value::Object(data)) = obj.get("data") {
         use base64::Engine as _;
         for (k, v) in data {
@@ -476,7 +491,7 @@ fn handle(
                 );
             }
             if resource == "secrets" {
-                if let Err(e) = validate_secret(&obj) {
+                if let Err(e) = validate_secret(&mut obj) {
                     return status(
                         422,
                         "Invalid",
@@ -535,7 +550,7 @@ fn handle(
                 }
             }
             if resource == "secrets" {
-                if let Err(e) = validate_secret(&obj) {
+                if let Err(e) = validate_secret(&mut obj) {
                     return status(
                         422,
                         "Invalid",
@@ -603,7 +618,7 @@ fn handle(
                 }
             }
             if resource == "secrets" {
-                if let Err(e) = validate_secret(&obj) {
+                if let Err(e) = validate_secret(&mut obj) {
                     return status(
                         422,
                         "Invalid",

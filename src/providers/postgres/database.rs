@@ -65,6 +65,8 @@ pub trait Database: Send + Sync {
     async fn retained(&self) -> Result<BTreeMap<String, i64>, ProviderError>;
     /// Whether slot `slot` exists.
     async fn slot_exists(&self, slot: &str) -> Result<bool, ProviderError>;
+    /// Whether a consumer (a subscription's walsender, a relay) is attached to slot `slot` now.
+    async fn slot_active(&self, slot: &str) -> Result<bool, ProviderError>;
     /// Creates the logical slot `slot` (pgoutput) unless it exists; returns the LSN from which
     /// it records changes.
     async fn create_slot(&self, slot: &str) -> Result<String, ProviderError>;
@@ -221,6 +223,17 @@ impl Database for PgDatabase {
     }
     async fn slot_exists(&self, slot: &str) -> Result<bool, ProviderError> {
         changes::slot_exists(&self.client, self.s(), slot).await
+    }
+    async fn slot_active(&self, slot: &str) -> Result<bool, ProviderError> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| pg(self.s(), e))?
+            .is_some())
     }
     async fn create_slot(&self, slot: &str) -> Result<String, ProviderError> {
         changes::create_slot(&self.client, self.s(), slot).await

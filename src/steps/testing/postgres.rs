@@ -434,6 +434,10 @@ impl Database for FakeServer {
     async fn slot_exists(&self, slot: &str) -> Result<bool, ProviderError> {
         Ok(self.me(|s| s.slots.contains_key(slot)))
     }
+    async fn slot_active(&self, slot: &str) -> Result<bool, ProviderError> {
+        // The fake's consumers are attached from their creation.
+        Ok(self.me(|s| s.slots.contains_key(slot)))
+    }
     async fn create_slot(&self, slot: &str) -> Result<String, ProviderError> {
         Ok(self.with(|p, side| {
             let s = p.get(side);

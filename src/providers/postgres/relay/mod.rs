@@ -111,10 +111,12 @@ pub enum Event {
 /// Changes after which a group of source transactions is committed on the destination even
 /// though more are waiting.
 const GROUP: usize = 5000;
-/// Silence on the stream after which the relay asks the server for a keepalive.
-const IDLE: Duration = Duration::from_secs(5);
+/// Silence on the stream after which the relay asks the server for a keepalive (and so
+/// confirms, while idle, the server's WAL end: a rollback waiting for the relay to confirm the
+/// target's last LSN waits about this long).
+const IDLE: Duration = Duration::from_secs(1);
 /// Unanswered keepalive requests after which the connection counts as lost.
-const SILENT_LIMIT: u32 = 3;
+const SILENT_LIMIT: u32 = 10;
 
 /// Runs the relay until the guard stops it or the servers would diverge; reconnects after
 /// connection failures for as long as it takes.
@@ -192,6 +194,11 @@ async fn session(
     let _ = events.send(Event::Started {
         from: format_lsn(applier.applied),
     });
+    // Ask for a keepalive at once: while nothing is in flight its WAL end is confirmed.
+    stream
+        .status(applier.applied, true)
+        .await
+        .map_err(connection)?;
     let mut skip = false;
     let mut silent = 0;
     let mut confirmed = applier.applied;
