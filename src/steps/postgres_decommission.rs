@@ -8,6 +8,10 @@
 //! succeeded; the environment lock keeps it from running beside a cutover. After it, a rollback
 //! of the cutover run can no longer carry the target's writes back: the step says so in its plan.
 //! Nothing to undo: what it drops is not recreated.
+//!
+//! A fallback that runs through a relay (its progress row on the legacy database names its
+//! slot) has its Deployment and Secret deleted from the target cluster first, then its slot and
+//! publication dropped, then its progress row deleted.
 
 use super::{Action, Applied, Change, Evidence, Kind, Plan, StepContext, StepError};
 use crate::config::Side;
@@ -19,10 +23,18 @@ use std::collections::BTreeMap;
 /// The `postgres.decommission` kind.
 pub struct Decommission;
 
-/// `with:` takes nothing.
+/// `with:` of `postgres.decommission`.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Params {}
+pub struct Params {
+    /// The target cluster's namespace of the fallback's relay, as postgres.fallback's relay_namespace (default cutover).
+    #[serde(default = "default_namespace")]
+    relay_namespace: String,
+}
+
+fn default_namespace() -> String {
+    "cutover".into()
+}
 
 /// What `postgres.decommission` returns.
 #[derive(Serialize, Deserialize, schemars::JsonSchema)]
@@ -74,9 +86,26 @@ impl Kind for Decommission {
     const UNDO: &'static str = "Nothing to undo: the fallback is not recreated (a later rollback of the cutover run no longer carries the target's writes back)";
     const ACTS_ON_DATABASE: bool = true;
 
-    async fn plan(&self, cx: &StepContext, _p: &Params) -> Result<Plan<(), ()>, StepError> {
+    async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<(), ()>, StepError> {
         let pre = prefix(cx);
         let mut changes = Vec::new();
+        for slot in cx
+            .providers
+            .database(Side::Source)
+            .await?
+            .relayed_slots(&pre)
+            .await?
+        {
+            changes.push(Change::new(
+                Action::Delete,
+                format!(
+                    "Deployment {}/{} and its Secret in the target cluster",
+                    p.relay_namespace,
+                    super::postgres_fallback::relay::name(&slot)
+                ),
+                format!("the relay of slot {slot} stops"),
+            ));
+        }
         for c in [
             cx.providers.database(Side::Source).await?,
             cx.providers.database(Side::Target).await?,
@@ -120,7 +149,7 @@ impl Kind for Decommission {
     async fn apply(
         &self,
         cx: &StepContext,
-        _p: &Params,
+        p: &Params,
         _before: &(),
     ) -> Result<Applied<Outputs>, StepError> {
         let pre = prefix(cx);
@@ -130,6 +159,17 @@ impl Kind for Decommission {
         ];
         let mut dropped = Vec::new();
         let mut freed = 0i64;
+        // Relays first: their slots can be dropped once nothing holds them.
+        let relayed = both[0].relayed_slots(&pre).await?;
+        for slot in &relayed {
+            let name = super::postgres_fallback::relay::name(slot);
+            if super::postgres_fallback::relay::delete_named(cx, &p.relay_namespace, &name).await? {
+                dropped.push(format!(
+                    "relay {}/{name} (target cluster)",
+                    p.relay_namespace
+                ));
+            }
+        }
         // Subscriptions first (each drops its slot on its publisher), on both sides.
         for c in &both {
             let side = c.side().as_str();
@@ -152,6 +192,9 @@ impl Kind for Decommission {
                 c.drop_publication(&p).await?;
                 dropped.push(format!("publication {p} ({side})"));
             }
+        }
+        for slot in &relayed {
+            both[0].forget_relay(slot).await?;
         }
         let summary = if dropped.is_empty() {
             format!("no replication object {pre}* left on either server")
@@ -248,7 +291,15 @@ mod tests {
     async fn drops_this_databases_replication_on_both_servers_once() {
         let (h, pg) = after_cutover().await;
         let cx = h.cx();
-        let plan = Decommission.plan(&cx, &Params {}).await.unwrap();
+        let plan = Decommission
+            .plan(
+                &cx,
+                &Params {
+                    relay_namespace: "cutover".into(),
+                },
+            )
+            .await
+            .unwrap();
         let targets: Vec<&str> = plan.changes.iter().map(|c| c.target.as_str()).collect();
         assert_eq!(
             targets,
@@ -260,7 +311,16 @@ mod tests {
                 "fallback",
             ]
         );
-        let applied = Decommission.apply(&cx, &Params {}, &()).await.unwrap();
+        let applied = Decommission
+            .apply(
+                &cx,
+                &Params {
+                    relay_namespace: "cutover".into(),
+                },
+                &(),
+            )
+            .await
+            .unwrap();
         assert_eq!(
             applied.outputs.dropped,
             vec![
@@ -271,7 +331,13 @@ mod tests {
         );
         assert_eq!(applied.outputs.retained_bytes_freed, 700);
         Decommission
-            .verify(&cx, &Params {}, &applied.outputs)
+            .verify(
+                &cx,
+                &Params {
+                    relay_namespace: "cutover".into(),
+                },
+                &applied.outputs,
+            )
             .await
             .unwrap();
         assert!(
@@ -281,9 +347,26 @@ mod tests {
             "another database's slot is not this runbook's"
         );
         // A re-run after a crash finds nothing left.
-        let again = Decommission.apply(&cx, &Params {}, &()).await.unwrap();
+        let again = Decommission
+            .apply(
+                &cx,
+                &Params {
+                    relay_namespace: "cutover".into(),
+                },
+                &(),
+            )
+            .await
+            .unwrap();
         assert!(again.outputs.dropped.is_empty());
-        let replanned = Decommission.plan(&cx, &Params {}).await.unwrap();
+        let replanned = Decommission
+            .plan(
+                &cx,
+                &Params {
+                    relay_namespace: "cutover".into(),
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(replanned.changes[0].action, Action::None);
     }
 
@@ -291,13 +374,28 @@ mod tests {
     async fn verify_names_what_is_still_there() {
         let (h, pg) = after_cutover().await;
         let cx = h.cx();
-        let applied = Decommission.apply(&cx, &Params {}, &()).await.unwrap();
+        let applied = Decommission
+            .apply(
+                &cx,
+                &Params {
+                    relay_namespace: "cutover".into(),
+                },
+                &(),
+            )
+            .await
+            .unwrap();
         pg.server(Side::Target, |s| {
             s.publications
                 .insert("cutover_shop_staging_late".into(), vec![])
         });
         let err = Decommission
-            .verify(&cx, &Params {}, &applied.outputs)
+            .verify(
+                &cx,
+                &Params {
+                    relay_namespace: "cutover".into(),
+                },
+                &applied.outputs,
+            )
             .await
             .err()
             .expect("a publication is left");

@@ -65,6 +65,11 @@ pub trait Database: Send + Sync {
     async fn retained(&self) -> Result<BTreeMap<String, i64>, ProviderError>;
     /// Whether slot `slot` exists.
     async fn slot_exists(&self, slot: &str) -> Result<bool, ProviderError>;
+    /// The slots whose names start with `prefix` that a relay applies on this server (its
+    /// progress rows in `cutover_relay.progress`), sorted.
+    async fn relayed_slots(&self, prefix: &str) -> Result<Vec<String>, ProviderError>;
+    /// Deletes the relay progress row of `slot` on this server, if any.
+    async fn forget_relay(&self, slot: &str) -> Result<(), ProviderError>;
     /// Whether a consumer (a subscription's walsender, a relay) is attached to slot `slot` now.
     async fn slot_active(&self, slot: &str) -> Result<bool, ProviderError>;
     /// Creates the logical slot `slot` (pgoutput) unless it exists; returns the LSN from which
@@ -223,6 +228,44 @@ impl Database for PgDatabase {
     }
     async fn slot_exists(&self, slot: &str) -> Result<bool, ProviderError> {
         changes::slot_exists(&self.client, self.s(), slot).await
+    }
+    async fn relayed_slots(&self, prefix: &str) -> Result<Vec<String>, ProviderError> {
+        let exists: bool = self
+            .client
+            .query_one(
+                "SELECT to_regclass('cutover_relay.progress') IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(|e| pg(self.s(), e))?
+            .get(0);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .client
+            .query(
+                "SELECT slot FROM cutover_relay.progress WHERE starts_with(slot, $1) ORDER BY slot",
+                &[&prefix],
+            )
+            .await
+            .map_err(|e| pg(self.s(), e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+    async fn forget_relay(&self, slot: &str) -> Result<(), ProviderError> {
+        if self.relayed_slots(slot).await?.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .execute(
+                "DELETE FROM cutover_relay.progress WHERE slot = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| pg(self.s(), e))?;
+        Ok(())
     }
     async fn slot_active(&self, slot: &str) -> Result<bool, ProviderError> {
         Ok(self

@@ -401,18 +401,26 @@ impl Kind for Fallback {
                         let r = relay::relay(p, &fb);
                         relay::apply(cx, &r, &target.conninfo(), &source.conninfo()).await?;
                         // Running: the relay's replication connection holds the slot.
-                        let hint = format!("its log is the pod's: kubectl logs -n {} deploy/{}", r.namespace, r.name);
+                        let hint = format!(
+                            "its log is the pod's: kubectl logs -n {} deploy/{}",
+                            r.namespace, r.name
+                        );
                         while !target.slot_active(&fb).await? {
-                            cx.check_deadline(&format!("the relay {}/{} to attach to slot {fb} ({hint})", r.namespace, r.name))?;
+                            cx.check_deadline(&format!(
+                                "the relay {}/{} to attach to slot {fb} ({hint})",
+                                r.namespace, r.name
+                            ))?;
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                         // Consuming: the slot confirms the flip LSN.
                         wait_confirmed(cx, &*target, None, &fb, &flip_lsn, cx.remaining())
                             .await
-                            .map_err(|e| StepError::Check(format!(
-                                "the relay {}/{} did not confirm slot {fb} ({e}); {hint}",
-                                r.namespace, r.name
-                            )))?;
+                            .map_err(|e| {
+                                StepError::Check(format!(
+                                    "the relay {}/{} did not confirm slot {fb} ({e}); {hint}",
+                                    r.namespace, r.name
+                                ))
+                            })?;
                         relay_name = Some(format!("{}/{}", r.namespace, r.name));
                     }
                 }

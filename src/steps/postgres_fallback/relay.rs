@@ -37,6 +37,11 @@ pub struct Relay {
     pub args: Vec<String>,
 }
 
+/// The name of the relay's Deployment and Secret for slot `slot`.
+pub fn name(slot: &str) -> String {
+    format!("relay-{}", slot.replace('_', "-"))
+}
+
 /// The relay for slot `slot` (also the publication's name) under `p`.
 pub fn relay(p: &Params, slot: &str) -> Relay {
     let mut args: Vec<String> = [
@@ -60,7 +65,7 @@ pub fn relay(p: &Params, slot: &str) -> Relay {
     }
     Relay {
         namespace: p.relay_namespace.clone(),
-        name: format!("relay-{}", slot.replace('_', "-")),
+        name: name(slot),
         image: p
             .relay_image
             .clone()
@@ -198,6 +203,25 @@ where
 /// # Errors
 /// [`StepError`] from the Kubernetes API (404s are not errors).
 pub async fn delete(cx: &StepContext<'_>, r: &Relay) -> Result<bool, StepError> {
+    delete_named(cx, &r.namespace, &r.name).await
+}
+
+/// Deletes the relay Deployment `namespace/name` and its Secret; returns whether the
+/// Deployment existed.
+///
+/// # Errors
+/// [`StepError`] from the Kubernetes API (404s are not errors).
+pub async fn delete_named(
+    cx: &StepContext<'_>,
+    namespace: &str,
+    name: &str,
+) -> Result<bool, StepError> {
+    let r = Relay {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        image: String::new(),
+        args: Vec::new(),
+    };
     let client = cx.providers.kube().await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &r.namespace);
     let existed = match deployments.delete(&r.name, &DeleteParams::default()).await {

@@ -71,6 +71,8 @@ pub struct Server {
     pub publications: BTreeMap<String, Vec<String>>,
     /// Subscriptions by name (each uses the publisher's slot of the same name).
     pub subscriptions: BTreeSet<String>,
+    /// Slots a relay applies on this server (its progress rows).
+    pub relays: BTreeSet<String>,
     /// Why this server may not subscribe to the other (`None`: it may).
     pub subscribe_refused: Option<String>,
     /// Sequences and their last values.
@@ -96,6 +98,7 @@ impl Server {
             publications: BTreeMap::new(),
             subscriptions: BTreeSet::new(),
             subscribe_refused: None,
+            relays: BTreeSet::new(),
             sequences: Sequences::new(),
             row_writes: 0,
         }
@@ -433,6 +436,19 @@ impl Database for FakeServer {
     }
     async fn slot_exists(&self, slot: &str) -> Result<bool, ProviderError> {
         Ok(self.me(|s| s.slots.contains_key(slot)))
+    }
+    async fn relayed_slots(&self, prefix: &str) -> Result<Vec<String>, ProviderError> {
+        Ok(self.me(|s| {
+            s.relays
+                .iter()
+                .filter(|r| r.starts_with(prefix))
+                .cloned()
+                .collect()
+        }))
+    }
+    async fn forget_relay(&self, slot: &str) -> Result<(), ProviderError> {
+        self.me(|s| s.relays.remove(slot));
+        Ok(())
     }
     async fn slot_active(&self, slot: &str) -> Result<bool, ProviderError> {
         // The fake's consumers are attached from their creation.
