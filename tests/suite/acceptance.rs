@@ -454,13 +454,20 @@ fn a_failing_analysis_after_the_flip_returns_all_weight_and_rolls_back_secret_dn
         "PgBouncer 127.0.0.1:",
         "role shop in database shop_staging on the source",
         "role shop in database shop_staging on the target",
-        "subscription cutover_shop_staging_",
+        // The fallback ran through the relay (the sandbox's legacy admin may not subscribe).
+        "relay cutover/relay-cutover-shop-staging-",
     ] {
         audit
             .lines()
             .find(|l| l.starts_with(&format!("  | {d}")))
             .unwrap_or_else(|| panic!("no restored row for {d}:\n{audit}"));
     }
+    // The audit names the means of the fallback and why.
+    assert!(
+        audit.contains("through the relay cutover/relay-cutover-shop-staging-")
+            && audit.contains("auto: the legacy admin may not create a subscription to the target (must be superuser to create subscriptions)"),
+        "{audit}"
+    );
     // Every write the application made on the target after the flip reached the legacy
     // database before it took writes again, and the rollback's outage is on record.
     let hb = common::heartbeat_without_loss(&records);

@@ -336,7 +336,16 @@ impl Sandbox {
     pub fn start() -> Sandbox {
         let asked = Instant::now();
         let slot = slots::acquire(1, slots::Priority::Normal);
-        Self::start_in(slot, asked)
+        Self::start_in(slot, asked, false)
+    }
+
+    /// As [`Sandbox::start`], with `up --native`: the legacy admin may subscribe and the
+    /// target accepts the legacy server's connections, so both directions replicate natively
+    /// (a self-hosted legacy server; the default sandbox is as managed databases are).
+    pub fn start_native() -> Sandbox {
+        let asked = Instant::now();
+        let slot = slots::acquire(1, slots::Priority::Normal);
+        Self::start_in(slot, asked, true)
     }
 
     /// As [`Sandbox::start`], for one of the suite's longest tests (minutes of TTL waits or of
@@ -345,7 +354,7 @@ impl Sandbox {
     pub fn start_first() -> Sandbox {
         let asked = Instant::now();
         let slot = slots::acquire(1, slots::Priority::First);
-        Self::start_in(slot, asked)
+        Self::start_in(slot, asked, false)
     }
 
     /// As [`Sandbox::start`], for a test of one and a half to two and a half minutes
@@ -353,7 +362,7 @@ impl Sandbox {
     pub fn start_long() -> Sandbox {
         let asked = Instant::now();
         let slot = slots::acquire(1, slots::Priority::Long);
-        Self::start_in(slot, asked)
+        Self::start_in(slot, asked, false)
     }
 
     /// `n` sandboxes started at once, on `n` slots taken together before any other waiting
@@ -365,13 +374,13 @@ impl Sandbox {
         std::thread::scope(|s| {
             let started: Vec<_> = slots
                 .into_iter()
-                .map(|slot| s.spawn(move || Self::start_in(slot, asked)))
+                .map(|slot| s.spawn(move || Self::start_in(slot, asked, false)))
                 .collect();
             started.into_iter().map(|h| h.join().unwrap()).collect()
         })
     }
 
-    fn start_in(slot: slots::Permit, asked: Instant) -> Sandbox {
+    fn start_in(slot: slots::Permit, asked: Instant, native: bool) -> Sandbox {
         let granted = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("cutover-sandbox-")
@@ -397,10 +406,11 @@ impl Sandbox {
         }
         let mut guard = DownOnFailure(Some(dir.path().to_path_buf()));
         let mut up = Command::new(sandbox_bin());
-        up.arg("--dir")
-            .arg(dir.path())
-            .arg("up")
-            .env("CUTOVER_SANDBOX_VENV", &venv)
+        up.arg("--dir").arg(dir.path()).arg("up");
+        if native {
+            up.arg("--native");
+        }
+        up.env("CUTOVER_SANDBOX_VENV", &venv)
             // Every sandbox starts from copies of the seeded clusters `sandbox_template` made.
             .env("CUTOVER_SANDBOX_TEMPLATE_DIR", template_dir());
         let out = run_with_timeout(up, 600);

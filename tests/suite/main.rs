@@ -29,6 +29,7 @@ mod outcome;
 mod pooler;
 mod postgres;
 mod promotion;
+mod relay;
 mod rights;
 mod secrets;
 mod tls;

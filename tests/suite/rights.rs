@@ -1,11 +1,12 @@
-//! Rights and routes (issue 26): the sandbox's admins are not superusers; the dry-run prints, for
-//! both servers, what the tool's role may do there and whether each server reaches the other,
-//! found by trying (rolled back); a legacy admin that may not subscribe, as DigitalOcean's
-//! `doadmin` on PostgreSQL 15, makes the dry-run say that the fallback cannot be created
-//! natively, and a run stop before anything changes; a server the tool cannot reach is named
-//! with where the tool must run.
+//! Rights and routes (issues 26 and 30): the sandbox's admins are not superusers; the dry-run
+//! prints, for both servers, what the tool's role may do there and whether each server reaches
+//! the other, found by trying (rolled back); a legacy admin that may not subscribe, as
+//! DigitalOcean's `doadmin` on PostgreSQL 15, makes the fallback run through `cutover relay`,
+//! said in the table and the fallback's plan, and a runbook that requires the native fallback
+//! is refused by the dry-run; a server the tool cannot reach is named with where the tool must
+//! run.
 
-use crate::common::{events, text, Sandbox};
+use crate::common::{text, Sandbox};
 
 /// The dry-run of the shop runbook on staging.
 const DRY_RUN: [&str; 5] = [
@@ -43,9 +44,10 @@ fn replication_objects(sb: &Sandbox) -> Vec<Vec<Option<String>>> {
 }
 
 #[test]
-fn the_dry_run_tries_each_right_and_route_and_a_legacy_admin_that_cannot_subscribe_stops_the_run_before_any_change(
+fn the_dry_run_tries_each_right_and_route_and_a_legacy_admin_that_cannot_subscribe_makes_the_fallback_relay(
 ) {
-    let mut sb = Sandbox::start();
+    // A legacy server that lets its admin subscribe and reaches the target (up --native).
+    let mut sb = Sandbox::start_native();
     let before = replication_objects(&sb);
 
     // Superuser admins: every right granted, both routes tried, nothing left behind.
@@ -127,38 +129,59 @@ fn the_dry_run_tries_each_right_and_route_and_a_legacy_admin_that_cannot_subscri
             .unwrap_or_else(|| panic!("no row for {right}:\n{t}"));
         assert!(row.contains("granted ("), "{row}");
     }
+    // Not a problem: postgres.fallback relays, and its plan says so and why.
+    assert_eq!(out.status.code(), Some(0), "{t}");
     assert!(
-        t.contains("WOULD FAIL: source: the fallback cannot be created natively: role doadmin may not create subscriptions on the legacy server"),
+        sub.contains("→ the fallback runs through cutover relay"),
+        "{sub}"
+    );
+    assert!(!t.contains("WOULD FAIL"), "{t}");
+    assert!(
+        t.contains("relay (auto: the legacy admin may not create a subscription to the target (must be superuser to create subscriptions))"),
         "{t}"
     );
-    assert!(t.contains("fallback: false on postgres.replicate"), "{t}");
-
-    // The run stops at the copy's preflight: before the freeze, before any replication object.
-    let out = sb.cutover(&["rehearse", "staging", "--runbook", "shop-cutover"]);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
-    let run = sb.run_ids().pop().unwrap();
-    let records = sb.records(&run);
-    let failed = events(&records, "step_failed");
-    assert_eq!(failed.len(), 1, "{failed:?}");
-    assert_eq!(failed[0]["step"], "replicate");
-    let msg = failed[0]["data"]["error"].as_str().unwrap();
+    let deployment = t
+        .lines()
+        .find(|l| l.contains("Deployment cutover/relay-cutover-shop-staging-"))
+        .unwrap_or_else(|| panic!("no relay Deployment in the plan:\n{t}"));
     assert!(
-        msg.contains("the fallback cannot be created natively: role doadmin"),
-        "{msg}"
+        deployment.contains("args: relay --slot cutover_shop_staging_")
+            && deployment.contains("--publisher target"),
+        "{deployment}"
     );
-    for later in ["freeze", "flip", "dns"] {
-        assert!(
-            !records
-                .iter()
-                .any(|r| r["type"] == "step_started" && r["step"] == later),
-            "step {later} started"
+    assert!(
+        t.lines()
+            .any(|l| l.contains("Secret cutover/relay-cutover-shop-staging-")
+                && l.contains("sha256:")),
+        "{t}"
+    );
+
+    // A runbook that requires the native fallback: the dry-run refuses, saying what would work.
+    let runbook = std::fs::read_to_string(sb.project.path().join("runbooks/shop-cutover.yaml"))
+        .unwrap()
+        .replace(
+            "- { id: fallback, kind: postgres.fallback }",
+            "- { id: fallback, kind: postgres.fallback, with: { replication: native } }",
         );
-    }
+    assert!(runbook.contains("replication: native"));
+    std::fs::write(sb.project.path().join("runbooks/shop-native.yaml"), runbook).unwrap();
+    let out = sb.cutover(&[
+        "execute",
+        "staging",
+        "--dry-run",
+        "--runbook",
+        "shop-native",
+    ]);
+    let t = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("replication: native, but the legacy database cannot subscribe to the target (must be superuser to create subscriptions)"),
+        "{t}"
+    );
     assert_eq!(
         before,
         replication_objects(&sb),
-        "the stopped run left something"
+        "the dry-runs left something"
     );
 
     // A server the tool cannot reach: the error says where cutover must run.

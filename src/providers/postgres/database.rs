@@ -68,7 +68,8 @@ pub trait Database: Send + Sync {
     /// The slots whose names start with `prefix` that a relay applies on this server (its
     /// progress rows in `cutover_relay.progress`), sorted.
     async fn relayed_slots(&self, prefix: &str) -> Result<Vec<String>, ProviderError>;
-    /// Deletes the relay progress row of `slot` on this server, if any.
+    /// Deletes the relay progress row of `slot` on this server, if any, and the
+    /// `cutover_relay` schema with the last one.
     async fn forget_relay(&self, slot: &str) -> Result<(), ProviderError>;
     /// Whether a consumer (a subscription's walsender, a relay) is attached to slot `slot` now.
     async fn slot_active(&self, slot: &str) -> Result<bool, ProviderError>;

@@ -180,6 +180,9 @@ pub async fn dump_section(
         &format!("--section={section}"),
         "--no-publications",
         "--no-subscriptions",
+        // A relay's bookkeeping on this server (a fallback of an earlier run) is not the
+        // application's.
+        &format!("--exclude-schema={}", super::relay::apply::PROGRESS_SCHEMA),
     ])
     .envs(source.libpq_env())
     .env("PGCONNECT_TIMEOUT", "10")

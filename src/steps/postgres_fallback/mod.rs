@@ -553,7 +553,19 @@ impl Kind for Fallback {
         let r = relay::relay(p, &fb);
         let relayed = outputs.is_some_and(|o| o.means == Some(Means::Relay))
             || (outputs.is_none() && relay::exists(cx, &r).await?);
-        if relayed || source.has_subscription(&fb).await? {
+        // Still carrying writes: the relay (deleted only once it applied the target's last LSN,
+        // so an earlier attempt that deleted it had waited already) or the subscription.
+        let live = if relayed {
+            relay::exists(cx, &r).await? && target.slot_exists(&fb).await?
+        } else {
+            source.has_subscription(&fb).await?
+        };
+        let by = if relayed {
+            format!("relay {}/{}", r.namespace, r.name)
+        } else {
+            format!("subscription {fb} (source)")
+        };
+        if live {
             target.probe().await;
             let goal = target.current_lsn().await?;
             let limit = cx.remaining().max(Duration::from_secs(60));
@@ -562,11 +574,6 @@ impl Kind for Fallback {
                 .map_err(|e| StepError::Gate(format!(
                     "the legacy database did not apply the target's last writes ({e}); the rollback stops here so that nothing written on AWS is lost: the target stays frozen, the legacy database stays frozen for the application"
                 )))?;
-            let by = if relayed {
-                format!("relay {}/{}", r.namespace, r.name)
-            } else {
-                format!("subscription {fb} (source)")
-            };
             done.push(Restored::new(
                 by.clone(),
                 None,
@@ -591,23 +598,26 @@ impl Kind for Fallback {
                     ),
                 ));
             }
-            if relayed {
-                relay::delete(cx, &r).await?;
+            if !relayed {
+                source.drop_subscription(&fb).await?;
+                done.push(Restored::new(
+                    by.clone(),
+                    Some(&fb),
+                    None,
+                    "dropped with its slot on the target",
+                ));
+            }
+        }
+        if relayed {
+            if relay::delete(cx, &r).await? {
                 done.push(Restored::new(
                     by,
                     Some(&fb),
                     None,
                     "Deployment and its Secret deleted; the slot on the target is dropped next",
                 ));
-            } else {
-                source.drop_subscription(&fb).await?;
-                done.push(Restored::new(
-                    by,
-                    Some(&fb),
-                    None,
-                    "dropped with its slot on the target",
-                ));
             }
+            source.forget_relay(&fb).await?;
         }
         target.drop_slot(&fb).await?;
         if target.drop_publication(&fb).await? {
@@ -624,7 +634,7 @@ impl Kind for Fallback {
     fn manual_undo(&self, _p: &Params, _before: &(), run_id: &str) -> Vec<String> {
         vec![
             "keep the application frozen on both databases until the legacy database holds every write of the target".to_string(),
-            format!("check the fallback subscription on the legacy database: SELECT * FROM pg_stat_subscription WHERE subname LIKE 'cutover\\_%\\_fb'; then `cutover rollback {run_id}` continues"),
+            format!("check the fallback on the legacy database: its subscription (SELECT * FROM pg_stat_subscription WHERE subname LIKE 'cutover\\_%\\_fb') or its relay's progress (SELECT * FROM cutover_relay.progress; the relay's log: kubectl logs -n cutover deploy/relay-...); then `cutover rollback {run_id}` continues"),
         ]
     }
 }
