@@ -121,8 +121,8 @@ pub async fn run(
     let _ = printer.await;
     match result {
         Ok(()) => 0,
-        Err(RelayError::Stopped(m)) => {
-            eprintln!("relay: {m}");
+        Err(e @ RelayError::Stopped(_)) => {
+            eprintln!("relay: {e}");
             // Stay up, idle: a Deployment would restart a process that exits.
             std::future::pending::<()>().await;
             0

@@ -162,6 +162,14 @@ fn hold_lock(sb: &Sandbox, url: &str) -> Child {
     child
 }
 
+/// Ends the session [`hold_lock`] opened (its backend sleeps on and would hold the lock after
+/// its client went away), then the client.
+fn release_lock(sb: &Sandbox, url: &str, mut child: Child) {
+    sb.sql(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'BEGIN; LOCK TABLE rel_items%' AND pid <> pg_backend_pid()");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// True while the relay has received changes it has not confirmed: it is mid-stream.
 fn in_flight(sb: &Sandbox, target: &str) -> bool {
     sb.sql(target, "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = 'rs' AND r.sent_lsn > s.confirmed_flush_lsn")[0][0].as_deref() == Some("1")
@@ -217,11 +225,18 @@ fn the_relay_applies_every_change_exactly_once_through_sigkill_resets_and_stalls
     let superuser = sb
         .var("CUTOVER_SANDBOX_SOURCE_SUPERUSER_URL")
         .replace("/postgres?", "/letters_dev?");
+    // The target's admin with its password: the route is refused after the login, as a
+    // connection that never arrives would fail it.
+    let (user, password) = target
+        .strip_prefix("postgres://")
+        .and_then(|t| t.split_once('@'))
+        .and_then(|(cred, _)| cred.split_once(':'))
+        .unwrap();
     let trial = sb
         .try_sql(
             &superuser,
             &format!(
-                "BEGIN; CREATE SUBSCRIPTION route_trial CONNECTION 'host=127.0.0.1 port={} dbname=letters_dev user=nobody sslmode=require connect_timeout=5' PUBLICATION p WITH (connect = true, enabled = false, create_slot = false, slot_name = NONE); ROLLBACK",
+                "BEGIN; CREATE SUBSCRIPTION route_trial CONNECTION 'host=127.0.0.1 port={} dbname=letters_dev user={user} password={password} sslmode=require connect_timeout=5' PUBLICATION p WITH (connect = true, enabled = false, create_slot = false, slot_name = NONE); ROLLBACK",
                 port_of(&target)
             ),
         )
@@ -258,7 +273,7 @@ fn the_relay_applies_every_change_exactly_once_through_sigkill_resets_and_stalls
 
     // A large transaction, held mid-stream (its apply waits on a lock) and killed with SIGKILL;
     // the relay started again.
-    let mut lock = hold_lock(&sb, &legacy);
+    let lock = hold_lock(&sb, &legacy);
     sb.sql(
         &target,
         "UPDATE rel_items SET note = 'toast kept' WHERE id = 9000;
@@ -269,8 +284,7 @@ fn the_relay_applies_every_change_exactly_once_through_sigkill_resets_and_stalls
     });
     r.kill().unwrap();
     r.wait().unwrap();
-    lock.kill().unwrap();
-    lock.wait().unwrap();
+    release_lock(&sb, &legacy, lock);
     sb.sql(
         &target,
         "UPDATE rel_full SET b = '{\"y\": 2}' WHERE ctid = (SELECT min(ctid) FROM rel_full WHERE a = 1);
@@ -339,20 +353,23 @@ fn the_relay_applies_every_change_exactly_once_through_sigkill_resets_and_stalls
         &publisher,
         &destination,
         &log,
-        &["--wal-budget", "8MB", "--wal-limit", "40MB"],
+        &["--wal-budget", "48MB", "--wal-limit", "96MB"],
     );
     wait_caught_up(&sb, &target, &legacy, 60);
-    let mut lock = hold_lock(&sb, &legacy);
+    let lock = hold_lock(&sb, &legacy);
     sb.sql(&target, "INSERT INTO rel_items (id) VALUES (300000)");
     wait_until(60, "the relay to stall on the lock", || {
         in_flight(&sb, &target)
     });
-    for _ in 0..4 {
+    // WAL the slot must keep: segments switched after a write each (pg_switch_wal is the
+    // superuser's, as on a managed server it is the provider's).
+    let target_superuser = sb.var("CUTOVER_SANDBOX_TARGET_SUPERUSER_URL");
+    for i in 0..8 {
         sb.sql(
             &target,
-            "INSERT INTO rel_items (id) SELECT max(id) + 1 FROM rel_items; SELECT pg_switch_wal()",
+            &format!("INSERT INTO rel_gone VALUES ({})", 1000 + i),
         );
-        sb.sql(&target, "CHECKPOINT");
+        sb.sql(&target_superuser, "SELECT pg_switch_wal()");
     }
     wait_until(
         90,
@@ -366,8 +383,12 @@ fn the_relay_applies_every_change_exactly_once_through_sigkill_resets_and_stalls
                 == Some("0")
         },
     );
-    lock.kill().unwrap();
-    lock.wait().unwrap();
+    release_lock(&sb, &legacy, lock);
+    wait_until(30, "the relay to say why it stopped", || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("stopped by the WAL retention guard")
+    });
     let said = std::fs::read_to_string(&log).unwrap();
     let warned = said.find("WARNING: the slot retains").expect(&said);
     let stopped = said
@@ -375,7 +396,7 @@ fn the_relay_applies_every_change_exactly_once_through_sigkill_resets_and_stalls
         .expect(&said);
     assert!(warned < stopped, "{said}");
     assert!(
-        said.contains("past the limit of 41943040") && said.contains("dropped the slot"),
+        said.contains("past the limit of 100663296") && said.contains("dropped the slot"),
         "{said}"
     );
     wait_until(30, "the stop to be recorded", || {

@@ -934,7 +934,22 @@ mod tests {
             2
         );
 
-        pg.server(Side::Source, |s| s.subscriptions.clear());
+        // A live fallback that runs through a relay: its progress row on the legacy database.
+        pg.server(Side::Source, |s| {
+            s.subscriptions.clear();
+            s.relays.insert("cutover_shop_staging_earlier_fb".into())
+        });
+        let err = Replicate
+            .apply(&cx, &p, &Before::default())
+            .await
+            .err()
+            .expect("a live fallback through a relay");
+        assert!(
+            matches!(&err, StepError::Gate(m) if m.contains("relay of slot cutover_shop_staging_earlier_fb")),
+            "{err:?}"
+        );
+
+        pg.server(Side::Source, |s| s.relays.clear());
         let plan = Replicate.plan(&cx, &p).await.unwrap();
         assert!(plan.changes.iter().any(|c| c.action == Action::Delete));
         Replicate.apply(&cx, &p, &Before::default()).await.unwrap();

@@ -70,16 +70,26 @@ pub(super) async fn tables_to_reset(
             filled.len()
         )));
     }
-    let live: Vec<String> = s
+    // A live fallback: its subscription on the legacy database, or its relay's progress there.
+    let mut live: Vec<String> = s
         .source
         .subscriptions("cutover_")
         .await?
         .into_iter()
         .filter(|n| n.ends_with("_fb"))
+        .map(|n| format!("subscription {n}"))
         .collect();
+    live.extend(
+        s.source
+            .relayed_slots("cutover_")
+            .await?
+            .into_iter()
+            .filter(|n| n.ends_with("_fb"))
+            .map(|n| format!("relay of slot {n}")),
+    );
     if !live.is_empty() {
         return Err(StepError::Gate(format!(
-            "the target holds the copy of an earlier run whose fallback is live (subscription {} on the legacy database): the application uses the target. Return it to the legacy database first with `cutover rollback RUN_ID` of that run (`cutover runs` lists it; its id ends in the subscription's suffix), then rehearse again",
+            "the target holds the copy of an earlier run whose fallback is live ({} on the legacy database): the application uses the target. Return it to the legacy database first with `cutover rollback RUN_ID` of that run (`cutover runs` lists it; its id ends in the fallback's suffix), then rehearse again",
             live.join(", ")
         )));
     }
