@@ -448,6 +448,7 @@ pub async fn slot_warnings(root: &Path, run_id: &str) -> Vec<String> {
     let providers = crate::providers::Providers::new(env.clone(), run_id, Default::default());
     let _ = providers.read_database_urls().await;
     use crate::providers::postgres::Server;
+    let mut clients = Vec::new();
     for (side, url) in [
         (Server::Source, providers.source_url()),
         (Server::Target, providers.target_url()),
@@ -468,6 +469,41 @@ pub async fn slot_warnings(root: &Path, run_id: &str) -> Vec<String> {
             out.push(format!(
                 "replication slot {name} on the {side} retains {bytes} bytes of WAL; once the target is trusted, end the fallback with `cutover execute {} --runbook shop-decommission` (postgres.decommission)",
                 s.environment
+            ));
+        }
+        clients.push((side, c, slots));
+    }
+    // The fallback's relay, where it has one: its progress on the legacy database, its lag as
+    // the target's slot confirms it.
+    let legacy = clients.iter().find(|(s, _, _)| *s == Server::Source);
+    let target = clients.iter().find(|(s, _, _)| *s == Server::Target);
+    if let (Some((_, legacy, _)), Some((_, target, slots))) = (legacy, target) {
+        for name in slots
+            .keys()
+            .filter(|n| n.contains(&format!("_{suffix}")) && n.ends_with("_fb"))
+        {
+            let Ok(Some(p)) =
+                crate::providers::postgres::relay::progress(legacy, Server::Source, name).await
+            else {
+                continue;
+            };
+            let behind: Option<i64> = target
+                .query_opt(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                    &[name],
+                )
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.get(0));
+            out.push(format!(
+                "relay of slot {name} (the fallback to the legacy database): {}, last applied LSN {} ({} transaction(s), the last {:.0} s ago), lag {} byte(s){}",
+                p.state,
+                p.lsn,
+                p.transactions,
+                p.idle_seconds,
+                behind.map_or("unknown".to_string(), |b| b.to_string()),
+                p.message.map(|m| format!(": {m}")).unwrap_or_default()
             ));
         }
     }

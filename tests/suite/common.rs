@@ -365,6 +365,13 @@ impl Sandbox {
         Self::start_in(slot, asked, false)
     }
 
+    /// As [`Sandbox::start_long`], with `up --native` ([`Sandbox::start_native`]).
+    pub fn start_long_native() -> Sandbox {
+        let asked = Instant::now();
+        let slot = slots::acquire(1, slots::Priority::Long);
+        Self::start_in(slot, asked, true)
+    }
+
     /// `n` sandboxes started at once, on `n` slots taken together before any other waiting
     /// test's (the tests that need several are the longest of the suite).
     pub fn start_many(n: usize) -> Vec<Sandbox> {

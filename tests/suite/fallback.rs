@@ -50,6 +50,14 @@ fn cutover_rollback_of_a_rehearsal_loses_no_aws_write_and_the_rehearsal_runs_aga
     // While the fallback lives, status says which slot retains WAL.
     let status = sb.cutover(&["status", &run]);
     assert!(text(&status).contains("retains"), "{}", text(&status));
+    // The fallback runs through the relay here (the legacy admin may not subscribe): status
+    // shows its state, last applied LSN and lag.
+    assert!(
+        text(&status)
+            .contains("(the fallback to the legacy database): streaming, last applied LSN"),
+        "{}",
+        text(&status)
+    );
 
     // Again on top of a live cutover: refused before anything of the live side is touched,
     // saying what to do.
@@ -130,7 +138,9 @@ fn cutover_rollback_of_a_rehearsal_loses_no_aws_write_and_the_rehearsal_runs_aga
 
 #[test]
 fn rollbacks_after_the_flip_from_a_failed_health_check_or_a_panic_at_a_dns_stage_lose_nothing() {
-    let sb = Sandbox::start_long();
+    // The native fallback (a legacy server whose admin may subscribe and that reaches the
+    // target): the relay's rollbacks after the flip are the other tests'.
+    let sb = Sandbox::start_long_native();
     // staging: the shop runbook's order; the health check after the flip fails.
     let shop = std::fs::read_to_string(common::repo().join("runbooks/shop-cutover.yaml")).unwrap();
     let failing = shop.replace(
@@ -150,6 +160,13 @@ fn rollbacks_after_the_flip_from_a_failed_health_check_or_a_panic_at_a_dns_stage
     assert!(events(&records, "step_completed")
         .iter()
         .any(|r| r["step"] == "flip"));
+    // auto chose the subscription: the legacy admin may subscribe and reaches the target.
+    assert!(
+        text(&out).contains("subscribes to the target from")
+            && text(&out).contains("(auto: the legacy admin may subscribe to the target and the legacy server reaches it"),
+        "{}",
+        text(&out)
+    );
     // Through the pooler: the application's writes waited in the window and in the rollback
     // after the flip, none failed, none is missing.
     let hb = heartbeat_without_loss(&records);

@@ -11,6 +11,8 @@ pub enum Part {
     Copy,
     /// Verification rows/s and the time to locate one corrupted row, beside a whole-table md5.
     Verify,
+    /// Rows/s applied by `cutover relay` beside a native subscription, under one pgbench load.
+    Replication,
 }
 
 /// `cutover-sandbox bench [PART...]` options; sizes default to the figures in
@@ -24,7 +26,7 @@ pub struct BenchArgs {
     /// builds them, else `cutover` on PATH).
     #[arg(long, env = "CUTOVER_BIN")]
     pub cutover: Option<PathBuf>,
-    /// Parts to run (default: all three).
+    /// Parts to run (default: downtime, copy and verify).
     #[arg(value_enum)]
     pub parts: Vec<Part>,
     /// Environment whose database servers, account and cluster are used (not production).
@@ -49,6 +51,15 @@ pub struct BenchArgs {
     /// Rows of the generated table for the verify part.
     #[arg(long, default_value_t = 5_000_000)]
     pub verify_rows: i64,
+    /// Seconds of pgbench load in the replication part.
+    #[arg(long, default_value_t = 20)]
+    pub repl_seconds: u64,
+    /// pgbench clients in the replication part.
+    #[arg(long, default_value_t = 4)]
+    pub repl_clients: usize,
+    /// pgbench scale of the replication part (100,000 accounts per unit).
+    #[arg(long, default_value_t = 10)]
+    pub repl_scale: u64,
     /// How the application picks up the flipped Secret in the downtime part, one series of
     /// windows each: `restart` (a Deployment reading it as environment variables, rolled out
     /// by the flip), `volume` (a mounted Secret, used `--volume-delay` after the change),
@@ -109,6 +120,9 @@ pub async fn run(a: BenchArgs, sandbox_dir: &std::path::Path) -> i32 {
         size_mb: a.size_mb,
         jobs: a.jobs.max(1),
         verify_rows: a.verify_rows,
+        repl_seconds: a.repl_seconds.max(1),
+        repl_clients: a.repl_clients.max(1),
+        repl_scale: a.repl_scale.max(1),
         reload: a.reload.iter().map(|r| (*r).into()).collect(),
         volume_delay: a.volume_delay,
         cutover: a.cutover.clone().unwrap_or_else(beside_this_executable),

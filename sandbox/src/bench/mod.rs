@@ -19,6 +19,7 @@
 pub mod args;
 mod copy;
 mod downtime;
+mod replication;
 mod verify;
 
 use anyhow::{bail, Context, Result};
@@ -35,7 +36,7 @@ use std::time::Instant;
 pub struct Options {
     /// Environment whose servers, account and cluster the bench uses (not production tier).
     pub env: String,
-    /// Parts to run: any of `downtime`, `copy`, `verify`.
+    /// Parts to run: any of `downtime`, `copy`, `verify`, `replication`.
     pub parts: Vec<String>,
     /// Cutover windows measured in the downtime part.
     pub runs: usize,
@@ -53,6 +54,12 @@ pub struct Options {
     pub reload: Vec<cutover::config::Reload>,
     /// `heartbeat.volume_delay` of the `volume` series.
     pub volume_delay: std::time::Duration,
+    /// Seconds of pgbench load in the replication part.
+    pub repl_seconds: u64,
+    /// pgbench clients in the replication part.
+    pub repl_clients: usize,
+    /// pgbench scale of the replication part's databases (100,000 accounts per unit).
+    pub repl_scale: u64,
     /// The `cutover` binary the downtime part rehearses with.
     pub cutover: PathBuf,
     /// The sandbox's directory (`--dir`): the `pooler` series lets the bench's role log in to
@@ -214,6 +221,7 @@ impl Bench {
     /// Drops the subscriptions, the slots and the publications of database `db` on both servers
     /// (forward replication, change tracking and the fallback alike).
     pub async fn drop_replication(&self, db: &str) {
+        self.stop_relays(db).await;
         for (side, url) in [
             (Server::Target, self.target_db(db)),
             (Server::Source, self.source_db(db)),
@@ -224,6 +232,34 @@ impl Bench {
         }
         for side in [Server::Source, Server::Target] {
             self.drop_slots_and_publications(side, db).await;
+        }
+    }
+
+    /// Deletes the fallback relays of database `db`'s runs (Deployments and Secrets named
+    /// `relay-cutover-<db>-...` in namespace `cutover` of the environment's cluster), as
+    /// `postgres.decommission` would: their processes stop holding the slots.
+    async fn stop_relays(&self, db: &str) {
+        use k8s_openapi::api::apps::v1::Deployment;
+        use k8s_openapi::api::core::v1::Secret;
+        let providers =
+            cutover::providers::Providers::new(self.env.clone(), "bench", Default::default());
+        let Ok(client) = providers.kube().await else {
+            return;
+        };
+        let prefix = format!("relay-cutover-{}-", db.replace('_', "-"));
+        let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), "cutover");
+        let secrets: kube::Api<Secret> = kube::Api::namespaced(client, "cutover");
+        let Ok(list) = deployments.list(&Default::default()).await else {
+            return;
+        };
+        for d in list.items {
+            let Some(name) = d.metadata.name else {
+                continue;
+            };
+            if name.starts_with(&prefix) {
+                let _ = deployments.delete(&name, &Default::default()).await;
+                let _ = secrets.delete(&name, &Default::default()).await;
+            }
         }
     }
 
@@ -254,6 +290,13 @@ impl Bench {
             {
                 let name: String = r.get(0);
                 for _ in 0..50 {
+                    // A consumer still attached (a relay going away) is ended first.
+                    let _ = c
+                        .query(
+                            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                            &[&name],
+                        )
+                        .await;
                     if c.query("SELECT pg_drop_replication_slot($1)", &[&name])
                         .await
                         .is_ok()
@@ -454,7 +497,7 @@ pub fn secs(t: Instant) -> f64 {
 
 /// Runs a tool against the server of `url`, the connection in the `PG*` variables; fails with its
 /// stderr.
-async fn run_tool(bin: &str, args: &[&str], url: &str, side: Server) -> Result<()> {
+pub(super) async fn run_tool(bin: &str, args: &[&str], url: &str, side: Server) -> Result<()> {
     let p = ConnParts::parse(url, side)?;
     let mut cmd = tokio::process::Command::new(bin);
     // The tool's own `-d` names the database; the rest (password and TLS included) goes in
@@ -536,7 +579,8 @@ pub async fn run(root: &Path, opts: &Options) -> Result<()> {
             "downtime" => downtime::run(&bench, opts).await?,
             "copy" => copy::run(&bench, opts).await?,
             "verify" => verify::run(&bench, opts).await?,
-            other => bail!("unknown bench part {other} (downtime, copy, verify)"),
+            "replication" => replication::run(&bench, opts).await?,
+            other => bail!("unknown bench part {other} (downtime, copy, verify, replication)"),
         }
     }
     Ok(())
