@@ -162,8 +162,8 @@ fn rollbacks_after_the_flip_from_a_failed_health_check_or_a_panic_at_a_dns_stage
         .any(|r| r["step"] == "flip"));
     // auto chose the subscription: the legacy admin may subscribe and reaches the target.
     assert!(
-        text(&out).contains("subscribes to the target from")
-            && text(&out).contains("(auto: the legacy admin may subscribe to the target and the legacy server reaches it"),
+        text(&out).contains("the legacy database subscribes to the target through")
+            && text(&out).contains("; auto: the legacy admin may subscribe to the target and the legacy server reaches it"),
         "{}",
         text(&out)
     );

@@ -491,8 +491,13 @@ impl Kind for Fallback {
         Ok(Evidence {
             facts: vec![("apply_worker_running".into(), json!(running))],
             summary: Some(format!(
-                "the legacy database subscribes to the target through {fb} (apply worker {})",
-                if running { "running" } else { "starting" }
+                "the legacy database subscribes to the target through {fb} (apply worker {}{})",
+                if running { "running" } else { "starting" },
+                outputs
+                    .means_reason
+                    .as_deref()
+                    .map(|r| format!("; {r}"))
+                    .unwrap_or_default()
             )),
         })
     }
