@@ -72,77 +72,21 @@ pub fn make(dir: &Path, cn: &str) -> Result<()> {
         "keyUsage=critical,keyCertSign,cRLSign",
     ]);
     openssl(&ca, dir)?;
-    let mut csr = vec!["req"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    openssl(&csr, dir)?;
-    std::fs::write(
-        dir.join("server.ext"),
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )?;
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "3650",
-            "-extfile",
-            "server.ext",
-        ],
+    sign(
         dir,
+        &ec,
+        "server",
+        "/CN=localhost",
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
     )?;
     // The legacy host's client certificate: what its server presents when it connects out
     // (crate::rights::LEGACY_HOST_CN), so the target can refuse the route.
-    let mut csr = vec!["req"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "legacy-host-client.key",
-        "-out",
-        "legacy-host.csr",
-        "-subj",
-        "/CN=legacy-host",
-    ]);
-    openssl(&csr, dir)?;
-    std::fs::write(
-        dir.join("client.ext"),
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
-    )?;
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "legacy-host.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "legacy-host-client.crt",
-            "-days",
-            "3650",
-            "-extfile",
-            "client.ext",
-        ],
+    sign(
         dir,
+        &ec,
+        "legacy-host-client",
+        "/CN=legacy-host",
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
     )?;
     // The servers' user reads the CA too: a subscription's connection verifies the publisher
     // with it (`sslrootcert` in the subscription's conninfo).
@@ -150,6 +94,29 @@ pub fn make(dir: &Path, cn: &str) -> Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     std::fs::set_permissions(dir.join("ca.crt"), std::fs::Permissions::from_mode(0o644))?;
     Ok(())
+}
+
+/// A key `<name>.key` and a certificate `<name>.crt` for `subject` in `dir`, signed by the CA
+/// there, with the X.509 extensions `ext` (openssl's extfile syntax).
+fn sign(dir: &Path, ec: &[&str], name: &str, subject: &str, ext: &str) -> Result<()> {
+    let (key, csr, crt, extfile) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+        format!("{name}.ext"),
+    );
+    let mut req = vec!["req"];
+    req.extend(ec);
+    req.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
+    openssl(&req, dir)?;
+    std::fs::write(dir.join(&extfile), ext)?;
+    openssl(
+        &[
+            "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", &crt, "-days", "3650", "-extfile", &extfile,
+        ],
+        dir,
+    )
 }
 
 /// Gives the cluster in `data` the server certificate of `tls` and requires TLS on every TCP

@@ -250,6 +250,12 @@ impl Kind for Decommission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn params() -> Params {
+        Params {
+            relay_namespace: default_namespace(),
+        }
+    }
     use crate::providers::postgres::database::Subscription;
     use crate::steps::testing::postgres::FakePostgres;
     use crate::steps::testing::Harness;
@@ -294,9 +300,7 @@ mod tests {
         let plan = Decommission
             .plan(
                 &cx,
-                &Params {
-                    relay_namespace: "cutover".into(),
-                },
+                &params(),
             )
             .await
             .unwrap();
@@ -314,9 +318,7 @@ mod tests {
         let applied = Decommission
             .apply(
                 &cx,
-                &Params {
-                    relay_namespace: "cutover".into(),
-                },
+                &params(),
                 &(),
             )
             .await
@@ -333,9 +335,7 @@ mod tests {
         Decommission
             .verify(
                 &cx,
-                &Params {
-                    relay_namespace: "cutover".into(),
-                },
+                &params(),
                 &applied.outputs,
             )
             .await
@@ -350,9 +350,7 @@ mod tests {
         let again = Decommission
             .apply(
                 &cx,
-                &Params {
-                    relay_namespace: "cutover".into(),
-                },
+                &params(),
                 &(),
             )
             .await
@@ -361,9 +359,7 @@ mod tests {
         let replanned = Decommission
             .plan(
                 &cx,
-                &Params {
-                    relay_namespace: "cutover".into(),
-                },
+                &params(),
             )
             .await
             .unwrap();
@@ -377,9 +373,7 @@ mod tests {
         let applied = Decommission
             .apply(
                 &cx,
-                &Params {
-                    relay_namespace: "cutover".into(),
-                },
+                &params(),
                 &(),
             )
             .await
@@ -391,9 +385,7 @@ mod tests {
         let err = Decommission
             .verify(
                 &cx,
-                &Params {
-                    relay_namespace: "cutover".into(),
-                },
+                &params(),
                 &applied.outputs,
             )
             .await

@@ -13,7 +13,9 @@ fn shop_variant(sb: &Sandbox, name: &str, edit: impl Fn(String) -> String) -> St
 
 #[test]
 fn a_rehearsal_whose_application_cannot_write_after_the_flip_fails_and_rolls_back() {
-    let sb = Sandbox::start_long();
+    // The native fallback (a legacy server whose admin may subscribe and that reaches the
+    // target: up --native): its rollback after the flip; the relay's are the other tests'.
+    let sb = Sandbox::start_long_native();
     let legacy_url = sb
         .secret_value("staging", "shop-db", "DATABASE_URL")
         .unwrap();
@@ -37,6 +39,12 @@ fn a_rehearsal_whose_application_cannot_write_after_the_flip_fails_and_rolls_bac
         records
             .iter()
             .any(|r| r["type"] == "step_completed" && r["step"] == "flip"),
+        "{printed}"
+    );
+    // auto chose the subscription: the legacy admin may subscribe and reaches the target.
+    assert!(
+        printed.contains("the legacy database subscribes to the target through")
+            && printed.contains("; auto: the legacy admin may subscribe to the target and the legacy server reaches it"),
         "{printed}"
     );
     let rollback = events(&records, "rollback_started");

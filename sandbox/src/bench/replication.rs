@@ -134,8 +134,13 @@ async fn prepare(bench: &Bench, opts: &Options) -> Result<tokio_postgres::Client
     let source = connect(&bench.source_db(DB)?, Server::Source).await?;
     source
         .batch_execute(&format!(
-            "CREATE PUBLICATION {PUBLICATION} FOR TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history;
-             SELECT pg_create_logical_replication_slot('{SLOT}', 'pgoutput')"
+            "CREATE PUBLICATION {PUBLICATION} FOR TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history"
+        ))
+        .await?;
+    // Its own statement: a slot is not created in a transaction that wrote.
+    source
+        .batch_execute(&format!(
+            "SELECT pg_create_logical_replication_slot('{SLOT}', 'pgoutput')"
         ))
         .await?;
     Ok(source)
