@@ -112,8 +112,21 @@ fn sign(dir: &Path, ec: &[&str], name: &str, subject: &str, ext: &str) -> Result
     std::fs::write(dir.join(&extfile), ext)?;
     openssl(
         &[
-            "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", &crt, "-days", "3650", "-extfile", &extfile,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "3650",
+            "-extfile",
+            &extfile,
         ],
         dir,
     )

@@ -297,13 +297,7 @@ mod tests {
     async fn drops_this_databases_replication_on_both_servers_once() {
         let (h, pg) = after_cutover().await;
         let cx = h.cx();
-        let plan = Decommission
-            .plan(
-                &cx,
-                &params(),
-            )
-            .await
-            .unwrap();
+        let plan = Decommission.plan(&cx, &params()).await.unwrap();
         let targets: Vec<&str> = plan.changes.iter().map(|c| c.target.as_str()).collect();
         assert_eq!(
             targets,
@@ -315,14 +309,7 @@ mod tests {
                 "fallback",
             ]
         );
-        let applied = Decommission
-            .apply(
-                &cx,
-                &params(),
-                &(),
-            )
-            .await
-            .unwrap();
+        let applied = Decommission.apply(&cx, &params(), &()).await.unwrap();
         assert_eq!(
             applied.outputs.dropped,
             vec![
@@ -333,11 +320,7 @@ mod tests {
         );
         assert_eq!(applied.outputs.retained_bytes_freed, 700);
         Decommission
-            .verify(
-                &cx,
-                &params(),
-                &applied.outputs,
-            )
+            .verify(&cx, &params(), &applied.outputs)
             .await
             .unwrap();
         assert!(
@@ -347,22 +330,9 @@ mod tests {
             "another database's slot is not this runbook's"
         );
         // A re-run after a crash finds nothing left.
-        let again = Decommission
-            .apply(
-                &cx,
-                &params(),
-                &(),
-            )
-            .await
-            .unwrap();
+        let again = Decommission.apply(&cx, &params(), &()).await.unwrap();
         assert!(again.outputs.dropped.is_empty());
-        let replanned = Decommission
-            .plan(
-                &cx,
-                &params(),
-            )
-            .await
-            .unwrap();
+        let replanned = Decommission.plan(&cx, &params()).await.unwrap();
         assert_eq!(replanned.changes[0].action, Action::None);
     }
 
@@ -370,24 +340,13 @@ mod tests {
     async fn verify_names_what_is_still_there() {
         let (h, pg) = after_cutover().await;
         let cx = h.cx();
-        let applied = Decommission
-            .apply(
-                &cx,
-                &params(),
-                &(),
-            )
-            .await
-            .unwrap();
+        let applied = Decommission.apply(&cx, &params(), &()).await.unwrap();
         pg.server(Side::Target, |s| {
             s.publications
                 .insert("cutover_shop_staging_late".into(), vec![])
         });
         let err = Decommission
-            .verify(
-                &cx,
-                &params(),
-                &applied.outputs,
-            )
+            .verify(&cx, &params(), &applied.outputs)
             .await
             .err()
             .expect("a publication is left");

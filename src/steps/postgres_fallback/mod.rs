@@ -269,7 +269,7 @@ impl Kind for Fallback {
     type Before = ();
     type Predicted = ();
     const NAME: &'static str = "postgres.fallback";
-    const PURPOSE: &'static str = "Retire the forward replication and make the legacy database a fallback that subscribes to the target from the flip LSN; open the target to the application";
+    const PURPOSE: &'static str = "Retire the forward replication and make the legacy database a fallback that receives every change of the target from the flip LSN (a subscription, or cutover relay where it cannot subscribe); open the target to the application";
     const UNDO: &'static str = "Freeze the application on the target, let the legacy database apply the target's last LSN, carry sequences back, drop the fallback replication (with replication: false, refuse when the target took writes)";
     const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
     const ACTS_ON_DATABASE: bool = true;
