@@ -133,43 +133,15 @@ impl Applier {
         })
     }
 
-    /// Records `state` (`streaming`, `failed`, `stopped`) and a message in this slot's progress
-    /// row, outside any transaction of changes.
-    ///
-    /// # Errors
-    /// The destination's error.
-    pub async fn record_state(&mut self, state: &str, message: &str) -> Result<(), RelayError> {
-        if self.in_transaction {
-            let _ = self.client.batch_execute("ROLLBACK").await;
-            self.in_transaction = false;
-            self.pending.clear();
-            self.grouped = None;
-            self.open_changes = 0;
-            self.in_source = false;
-        }
-        self.client
-            .execute(
-                "INSERT INTO cutover_relay.progress (slot, lsn, state, message) VALUES ($1, $2::text::pg_lsn, $3, $4)
-                 ON CONFLICT (slot) DO UPDATE SET state = excluded.state, message = excluded.message",
-                &[&self.slot, &format_lsn(self.applied), &state, &message],
-            )
-            .await
-            .map_err(|e| pg(self.side, e))?;
-        Ok(())
-    }
-
     /// Handles one decoded message. Changes of a transaction that was committed on the
     /// destination before (its commit LSN below [`Self::applied`]) are skipped; `skip` says so
-    /// for the current transaction.
+    /// for the current transaction. A Commit adds the transaction to the open group, which
+    /// [`Self::commit`] writes.
     ///
     /// # Errors
     /// [`RelayError::Divergence`] for a table that changed shape or a row that is not where the
     /// source says; [`RelayError::Connection`] when the destination fails.
-    pub async fn handle(
-        &mut self,
-        message: Message,
-        skip: &mut bool,
-    ) -> Result<Option<u64>, RelayError> {
+    pub async fn handle(&mut self, message: Message, skip: &mut bool) -> Result<(), RelayError> {
         match message {
             Message::Begin { final_lsn, .. } => {
                 self.in_source = true;
@@ -190,7 +162,6 @@ impl Applier {
                     self.transactions += 1;
                 }
                 *skip = false;
-                return Ok(Some(end_lsn));
             }
             Message::Relation(r) => self.relation(r).await?,
             Message::Other(_) => {}
@@ -257,7 +228,7 @@ impl Applier {
                 self.open_changes += 1;
             }
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Commits the open destination transaction with the progress record of the last source

@@ -342,18 +342,17 @@ async fn stop_slot(cfg: &RelayConfig) {
 }
 
 /// Records a final state in the progress row, best effort (the destination may be what failed).
+/// Written directly: opening an [`Applier`] on a relay already `stopped` refuses.
 async fn record(cfg: &RelayConfig, state: &str, message: &str) {
     if let Ok(client) = super::connect(&cfg.destination_url, cfg.destination).await {
-        if let Ok(mut a) = Applier::open(client, cfg.destination, &cfg.slot).await {
-            let _ = a.record_state(state, message).await;
-        } else if let Ok(client) = super::connect(&cfg.destination_url, cfg.destination).await {
-            let _ = client
-                .execute(
-                    "UPDATE cutover_relay.progress SET state = $2, message = $3 WHERE slot = $1",
-                    &[&cfg.slot, &state, &message],
-                )
-                .await;
-        }
+        let _ = client.batch_execute(apply::PROGRESS_SQL).await;
+        let _ = client
+            .execute(
+                "INSERT INTO cutover_relay.progress (slot, lsn, state, message) VALUES ($1, '0/0', $2, $3)
+                 ON CONFLICT (slot) DO UPDATE SET state = excluded.state, message = excluded.message",
+                &[&cfg.slot, &state, &message],
+            )
+            .await;
     }
 }
 

@@ -307,51 +307,6 @@ impl ReplicationStream {
         }
     }
 
-    /// Runs a command with the simple query protocol and returns the text of each row's
-    /// columns (a replication connection answers `IDENTIFY_SYSTEM` and plain SQL alike).
-    ///
-    /// # Errors
-    /// The server's error, or a lost connection.
-    pub async fn simple_query(
-        &mut self,
-        sql: &str,
-    ) -> Result<Vec<Vec<Option<String>>>, ProviderError> {
-        let mut buf = BytesMut::new();
-        frontend::query(sql, &mut buf).map_err(|e| err(self.side, e.to_string()))?;
-        self.send(&buf).await?;
-        let mut rows = Vec::new();
-        let mut failure = None;
-        loop {
-            match self.read().await {
-                Ok((b'D', mut body)) => {
-                    let n = body.get_i16();
-                    let mut row = Vec::new();
-                    for _ in 0..n {
-                        let len = body.get_i32();
-                        if len < 0 {
-                            row.push(None);
-                        } else {
-                            let v = body.split_to(len as usize);
-                            row.push(Some(String::from_utf8_lossy(&v).into_owned()));
-                        }
-                    }
-                    rows.push(row);
-                }
-                Ok((b'Z', _)) => break,
-                Ok(_) => {}
-                Err(e @ ProviderError::Postgres { .. }) if failure.is_none() => {
-                    // The server's error; ReadyForQuery follows it.
-                    failure = Some(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(rows),
-        }
-    }
-
     /// Starts logical replication from `slot` at `start` with pgoutput's protocol version 1
     /// (text values) for `publication`: from here the connection is a copy-both stream.
     ///
