@@ -473,21 +473,26 @@ pub async fn slot_warnings(root: &Path, run_id: &str) -> Vec<String> {
         }
         clients.push((side, c, slots));
     }
-    // The fallback's relay, where it has one: its progress on the legacy database, its lag as
-    // the target's slot confirms it.
-    let legacy = clients.iter().find(|(s, _, _)| *s == Server::Source);
-    let target = clients.iter().find(|(s, _, _)| *s == Server::Target);
-    if let (Some((_, legacy, _)), Some((_, target, slots))) = (legacy, target) {
-        for name in slots
-            .keys()
-            .filter(|n| n.contains(&format!("_{suffix}")) && n.ends_with("_fb"))
-        {
+    // Each relay of the run: its progress on the destination, its lag as the publisher's slot
+    // confirms it. The fallback's (`_fb`) publishes on the target; the forward one on the
+    // legacy database.
+    for (publisher, destination) in [
+        (Server::Target, Server::Source),
+        (Server::Source, Server::Target),
+    ] {
+        let on = |side: Server| clients.iter().find(|(s, _, _)| *s == side);
+        let (Some((_, pc, slots)), Some((_, dc, _))) = (on(publisher), on(destination)) else {
+            continue;
+        };
+        for name in slots.keys().filter(|n| {
+            n.contains(&format!("_{suffix}")) && n.ends_with("_fb") == (publisher == Server::Target)
+        }) {
             let Ok(Some(p)) =
-                crate::providers::postgres::relay::progress(legacy, Server::Source, name).await
+                crate::providers::postgres::relay::progress(dc, destination, name).await
             else {
                 continue;
             };
-            let behind: Option<i64> = target
+            let behind: Option<i64> = pc
                 .query_opt(
                     "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
                     &[name],
@@ -497,8 +502,9 @@ pub async fn slot_warnings(root: &Path, run_id: &str) -> Vec<String> {
                 .flatten()
                 .and_then(|r| r.get(0));
             out.push(format!(
-                "relay of slot {name} (the fallback to the legacy database): {}, last applied LSN {} ({} transaction(s), the last {:.0} s ago), lag {} byte(s){}",
-                p.state,
+                "relay of slot {name} ({}): {}, last applied LSN {} ({} transaction(s), the last {:.0} s ago), lag {} byte(s){}",
+                if publisher == Server::Target { "the fallback to the legacy database" } else { "the forward replication to the target" },
+                p.state.as_str(),
                 p.lsn,
                 p.transactions,
                 p.idle_seconds,

@@ -96,7 +96,14 @@ pub async fn run(
         while let Some(e) = rx.recv().await {
             let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
             match e {
-                Event::Started { from } => eprintln!("{now} relay: streaming from {from}"),
+                Event::Started { from, replica_role } => eprintln!(
+                    "{now} relay: streaming from {from}{}",
+                    if replica_role {
+                        " (session_replication_role = replica: the destination's triggers do not fire for relayed rows)"
+                    } else {
+                        " (session_replication_role may not be set by this role: the destination's ordinary triggers and foreign key checks fire for relayed rows)"
+                    }
+                ),
                 Event::Applied { lsn, transactions } => {
                     // One line per 10 s at most: the progress row holds every commit.
                     if last_applied.elapsed() >= Duration::from_secs(10) {

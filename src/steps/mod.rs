@@ -25,6 +25,7 @@ mod postgres_sync_sequences;
 mod postgres_verify;
 mod postgres_wait_lag;
 mod rds_snapshot;
+pub mod relay;
 mod rollout;
 mod route53_cutover;
 mod route53_set_ttl;

@@ -28,12 +28,8 @@ pub struct Decommission;
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// The target cluster's namespace of the fallback's relay, as postgres.fallback's relay_namespace (default cutover).
-    #[serde(default = "default_namespace")]
+    #[serde(default = "super::relay::default_namespace")]
     relay_namespace: String,
-}
-
-fn default_namespace() -> String {
-    "cutover".into()
 }
 
 /// What `postgres.decommission` returns.
@@ -101,7 +97,7 @@ impl Kind for Decommission {
                 format!(
                     "Deployment {}/{} and its Secret in the target cluster",
                     p.relay_namespace,
-                    super::postgres_fallback::relay::name(&slot)
+                    super::relay::name(&slot)
                 ),
                 format!("the relay of slot {slot} stops"),
             ));
@@ -162,8 +158,8 @@ impl Kind for Decommission {
         // Relays first: their slots can be dropped once nothing holds them.
         let relayed = both[0].relayed_slots(&pre).await?;
         for slot in &relayed {
-            let name = super::postgres_fallback::relay::name(slot);
-            if super::postgres_fallback::relay::delete_named(cx, &p.relay_namespace, &name).await? {
+            let name = super::relay::name(slot);
+            if super::relay::delete_named(cx, &p.relay_namespace, &name).await? {
                 dropped.push(format!(
                     "relay {}/{name} (target cluster)",
                     p.relay_namespace
@@ -253,7 +249,7 @@ mod tests {
 
     fn params() -> Params {
         Params {
-            relay_namespace: default_namespace(),
+            relay_namespace: crate::steps::relay::default_namespace(),
         }
     }
     use crate::providers::postgres::database::Subscription;

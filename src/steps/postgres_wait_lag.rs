@@ -98,7 +98,8 @@ impl Kind for WaitLag {
         let started = Instant::now();
         source.probe().await;
         let goal = source.current_lsn().await?;
-        let mut last_probe = Instant::now();
+        // The first report (and the relay's check) at once.
+        let mut last_probe = Instant::now() - Duration::from_secs(1);
         let mut last_nudge = Instant::now() - Duration::from_secs(1);
         loop {
             let row = source.behind(&slot, &goal).await?;
@@ -133,6 +134,9 @@ impl Kind for WaitLag {
             }
             if last_probe.elapsed() >= Duration::from_secs(1) {
                 last_probe = Instant::now();
+                if let Some(t) = target.as_deref() {
+                    relay_alive(t, &slot, &goal).await?;
+                }
                 (cx.progress)(&format!(
                     "lag {behind} bytes behind {goal}; waiting up to {}s",
                     cx.remaining().as_secs()
@@ -159,7 +163,8 @@ pub(super) async fn wait_confirmed(
 ) -> Result<u64, StepError> {
     let started = Instant::now();
     let mut last_probe = Instant::now() - Duration::from_secs(1);
-    let mut last_report = Instant::now();
+    // The first report (and the relay's check) at once.
+    let mut last_report = Instant::now() - Duration::from_secs(1);
     let side = c.side().as_str();
     loop {
         match c.behind(slot, goal).await? {
@@ -184,6 +189,9 @@ pub(super) async fn wait_confirmed(
                 }
                 if last_report.elapsed() >= Duration::from_secs(1) {
                     last_report = Instant::now();
+                    if let Some(s) = subscriber {
+                        relay_alive(s, slot, goal).await?;
+                    }
                     (cx.progress)(&format!(
                         "waiting for {slot} to confirm {goal}: {b} bytes behind"
                     ));
@@ -191,6 +199,28 @@ pub(super) async fn wait_confirmed(
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// Fails when a relay applies slot `slot` on `subscriber` and has ended (it failed, or its
+/// guard stopped it): the slot will confirm nothing more, so a wait for `goal` ends at once
+/// with the relay's own message instead of at its deadline.
+///
+/// # Errors
+/// [`StepError::Check`] naming the relay's state and message.
+pub(super) async fn relay_alive(
+    subscriber: &dyn Database,
+    slot: &str,
+    goal: &str,
+) -> Result<(), StepError> {
+    match subscriber.relay_progress(slot).await? {
+        Some(p) if p.state.ended() => Err(StepError::Check(format!(
+            "the relay of slot {slot} {} at {} and will confirm nothing more, so {goal} cannot be reached: {}",
+            p.state.as_str(),
+            p.lsn,
+            p.message.unwrap_or_default()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -281,5 +311,37 @@ mod tests {
         );
         let plan = WaitLag.plan(&h.cx(), &Params::default()).await.unwrap();
         assert!(plan.changes[0].detail.contains("does not exist yet"));
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_ended_fails_the_wait_at_once_with_its_message() {
+        use crate::providers::postgres::relay::RelayState;
+        let (h, pg, slot) = replicating().await;
+        let cx = h.cx();
+        pg.stall(true);
+        pg.write(Side::Source, 3);
+        pg.server(Side::Target, |s| {
+            s.relays.insert(slot.clone());
+            s.relays_ended.insert(
+                slot.clone(),
+                (
+                    RelayState::Failed,
+                    "table public.orders changed on the publisher".into(),
+                ),
+            );
+        });
+        let err = WaitLag
+            .apply(&cx, &Params::default(), &())
+            .await
+            .err()
+            .expect("the relay ended");
+        assert!(
+            matches!(&err, StepError::Check(m) if m.contains("failed") && m.contains("public.orders changed")),
+            "{err:?}"
+        );
+        // A relay that streams is waited for as a subscription is.
+        pg.server(Side::Target, |s| s.relays_ended.clear());
+        pg.stall(false);
+        assert!(WaitLag.apply(&cx, &Params::default(), &()).await.is_ok());
     }
 }

@@ -111,12 +111,48 @@ fn cutover_rollback_of_a_rehearsal_loses_no_aws_write_and_the_rehearsal_runs_aga
         "{audit}"
     );
 
-    // Rehearsed again: the earlier copy on the target is emptied and copied afresh.
-    let third = sb.cutover(&["rehearse", "staging"]);
+    // Rehearsed again, the forward replication through the relay too (`replication: relay`,
+    // as where the legacy host's firewall does not let RDS in): the earlier copy on the target
+    // is emptied and copied afresh, the relay follows the copy, the flip retires it.
+    let runbook = std::fs::read_to_string(sb.project.path().join("runbooks/shop-cutover.yaml"))
+        .unwrap()
+        .replace(
+            "kind: postgres.replicate, with: { jobs: 4,",
+            "kind: postgres.replicate, with: { replication: relay, jobs: 4,",
+        );
+    assert!(runbook.contains("replication: relay"));
+    std::fs::write(sb.project.path().join("runbooks/shop-relay.yaml"), runbook).unwrap();
+    let third = sb.cutover(&["rehearse", "staging", "--runbook", "shop-relay"]);
     assert_eq!(third.status.code(), Some(0), "{}", text(&third));
     let run3 = sb.run_ids().pop().unwrap();
     let records3 = sb.records(&run3);
     heartbeat_without_loss(&records3);
+    let replicated = events(&records3, "step_applied")
+        .into_iter()
+        .find(|r| r["step"] == "replicate")
+        .unwrap();
+    assert_eq!(
+        replicated["data"]["outputs"]["means"], "relay",
+        "{replicated}"
+    );
+    assert!(
+        replicated["data"]["outputs"]["relay"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("cutover/relay-cutover-shop-staging-")),
+        "{replicated}"
+    );
+    let audit3 = text(&sb.cutover(&["audit", "show", &run3]));
+    assert!(
+        audit3.contains("replicating through the relay cutover/relay-cutover-shop-staging-"),
+        "{audit3}"
+    );
+    // After the flip only the fallback's relay runs: the forward one was retired with its slot.
+    let status3 = text(&sb.cutover(&["status", &run3]));
+    assert!(
+        status3.contains("(the fallback to the legacy database): streaming")
+            && !status3.contains("(the forward replication to the target)"),
+        "{status3}"
+    );
     let reset = events(&records3, "step_planned")
         .into_iter()
         .find(|r| r["step"] == "replicate")

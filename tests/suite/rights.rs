@@ -175,7 +175,7 @@ fn the_dry_run_tries_each_right_and_route_and_a_legacy_admin_that_cannot_subscri
     let t = text(&out);
     assert_ne!(out.status.code(), Some(0), "{t}");
     assert!(
-        t.contains("replication: native, but the legacy database cannot subscribe to the target (must be superuser to create subscriptions)"),
+        t.contains("replication: native, but the legacy admin cannot subscribe to the target (must be superuser to create subscriptions)"),
         "{t}"
     );
     assert_eq!(

@@ -71,6 +71,12 @@ pub trait Database: Send + Sync {
     /// Deletes the relay progress row of `slot` on this server, if any, and the
     /// `cutover_relay` schema with the last one.
     async fn forget_relay(&self, slot: &str) -> Result<(), ProviderError>;
+    /// The progress row of the relay of `slot` applying on this server (`None`: no relay
+    /// applied anything here yet).
+    async fn relay_progress(
+        &self,
+        slot: &str,
+    ) -> Result<Option<super::relay::Progress>, ProviderError>;
     /// Whether a consumer (a subscription's walsender, a relay) is attached to slot `slot` now.
     async fn slot_active(&self, slot: &str) -> Result<bool, ProviderError>;
     /// Creates the logical slot `slot` (pgoutput) unless it exists; returns the LSN from which
@@ -254,6 +260,12 @@ impl Database for PgDatabase {
             .iter()
             .map(|r| r.get(0))
             .collect())
+    }
+    async fn relay_progress(
+        &self,
+        slot: &str,
+    ) -> Result<Option<super::relay::Progress>, ProviderError> {
+        super::relay::progress(&self.client, self.s(), slot).await
     }
     async fn forget_relay(&self, slot: &str) -> Result<(), ProviderError> {
         if self.relayed_slots(slot).await?.is_empty() {

@@ -33,6 +33,9 @@ pub struct Needs {
     pub target_logical: bool,
     /// How each server reaches the other, for the subscription trials; `None`: not tried.
     pub routes: Option<Routes>,
+    /// The forward replication may run through the relay (`replication: auto | relay`): the
+    /// target's right to subscribe to the source is then no problem when refused.
+    pub forward_relay: bool,
 }
 
 /// The connections the two subscriptions will make, server to server.
@@ -294,11 +297,14 @@ async fn survey(
     let target_writers = super::roles::existing(target, Server::Target, &writers).await?;
     let mut found = Vec::new();
     let mut add = |side: Server, role: &str, right: Right, outcome: Outcome| {
+        let relay = matches!(right, Right::Subscribe { .. })
+            && (side == Server::Source || needs.forward_relay);
         found.push(Finding {
             side,
             role: role.into(),
             right,
             outcome,
+            relay,
         })
     };
     add(
@@ -394,9 +400,9 @@ fn problem(f: &Finding) -> Option<String> {
         Outcome::Refused(why) | Outcome::Unreachable(why) => why,
     };
     Some(match (&f.right, &f.outcome, *side) {
-        // The native fallback is not possible: postgres.fallback relays instead (its plan says
-        // so, and refuses when the runbook requires native).
-        (Right::Subscribe { .. }, _, Server::Source) => return None,
+        // Native replication is not possible in this direction: the relay stands in (the
+        // steps' plans say so, and refuse where the runbook requires native).
+        (Right::Subscribe { .. }, _, _) if f.relay => return None,
         (Right::Subscribe { publisher }, Outcome::Unreachable(_), _) => format!(
             "{side}: the {side} server cannot reach {publisher} ({why}); its subscription connects from the {side} server itself: open the route (security groups, the legacy host's trusted sources, a CA path that exists on that server)"
         ),

@@ -96,6 +96,10 @@ pub struct Finding {
     pub right: Right,
     /// What the trial found.
     pub outcome: Outcome,
+    /// The relay stands in where this right is missing: the legacy server's right to
+    /// subscribe to the target (the fallback's `replication: auto | relay`), and the target's
+    /// to subscribe to the legacy server where the runbook lets the forward replication relay.
+    pub relay: bool,
 }
 
 impl Finding {
@@ -103,19 +107,27 @@ impl Finding {
     pub fn verdict(&self) -> String {
         match &self.outcome {
             Outcome::Granted(how) => format!("granted ({how})"),
-            Outcome::Refused(why) | Outcome::Unreachable(why) if self.relayed() => format!(
-                "{}: {why} → the fallback runs through cutover relay (postgres.fallback, replication: auto or relay)",
-                if matches!(self.outcome, Outcome::Refused(_)) { "REFUSED" } else { "UNREACHABLE" }
+            Outcome::Refused(why) | Outcome::Unreachable(why) if self.relay => format!(
+                "{}: {why} → {} runs through cutover relay ({}, replication: auto or relay)",
+                if matches!(self.outcome, Outcome::Refused(_)) {
+                    "REFUSED"
+                } else {
+                    "UNREACHABLE"
+                },
+                if self.side == Server::Source {
+                    "the fallback"
+                } else {
+                    "the forward replication"
+                },
+                if self.side == Server::Source {
+                    "postgres.fallback"
+                } else {
+                    "postgres.replicate"
+                },
             ),
             Outcome::Refused(why) => format!("REFUSED: {why}"),
             Outcome::Unreachable(why) => format!("UNREACHABLE: {why}"),
         }
-    }
-
-    /// True for the legacy server's right to subscribe to the target (the native fallback),
-    /// which the relay stands in for when it is refused or the route is closed.
-    pub fn relayed(&self) -> bool {
-        self.side == Server::Source && matches!(self.right, Right::Subscribe { .. })
     }
 }
 
@@ -407,6 +419,7 @@ mod tests {
                 publisher: "10.0.0.5:5432/shop".into(),
             },
             outcome,
+            relay: false,
         };
         assert_eq!(
             f(Outcome::Granted("tried".into())).verdict(),
@@ -431,11 +444,19 @@ mod tests {
                 publisher: "shop.rds:5432/shop".into(),
             },
             outcome: Outcome::Refused("must be superuser to create subscriptions".into()),
+            relay: true,
         };
-        assert!(legacy.relayed());
         assert_eq!(
             legacy.verdict(),
             "REFUSED: must be superuser to create subscriptions → the fallback runs through cutover relay (postgres.fallback, replication: auto or relay)"
+        );
+        let forward = Finding {
+            relay: true,
+            ..f(Outcome::Unreachable("no route to host".into()))
+        };
+        assert_eq!(
+            forward.verdict(),
+            "UNREACHABLE: no route to host → the forward replication runs through cutover relay (postgres.replicate, replication: auto or relay)"
         );
         assert!(f(Outcome::Granted("x".into())).outcome.granted());
         assert!(f(Outcome::Granted("x".into()))

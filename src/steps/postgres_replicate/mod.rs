@@ -8,13 +8,22 @@
 //!    with the chunk plan, in one target transaction.
 //! 4. Every chunk copied by parallel `COPY` inside the snapshot; each chunk commits with its
 //!    progress row, so a killed copy resumes at the next chunk and never copies one twice.
-//! 5. The post-data section (indexes, constraints), then a subscription that starts from the
-//!    slot's consistent point without copying again (`create_slot = false, copy_data = false`).
+//! 5. The post-data section (indexes, constraints), then replication from the slot's consistent
+//!    point without copying again, by one of two means chosen per run (`replication: auto |
+//!    native | relay`) and said in the plan, the outputs and the audit:
+//!    - `native`: a subscription on the target (`create_slot = false, copy_data = false`). Needs
+//!      the target's admin's right to `CREATE SUBSCRIPTION` and a route from the target to the
+//!      legacy server (RDS's egress let in by the legacy host's firewall).
+//!    - `relay`: `cutover relay` as a Deployment in the target cluster ([`super::relay`]) streams
+//!      the slot and applies on the target as its admin. Needs neither.
+//!    - `auto` (the default): native where the preflight's trial of that subscription passed
+//!      (rolled back), else relay, with the reason.
 //!
-//! Rollback drops the subscription, the slot, the publication and the progress schema and
-//! releases the snapshot. The target's copied rows stay: the target is not live before the flip,
+//! Rollback drops the subscription (or deletes the relay), the slot, the publication and the
+//! progress schema and releases the snapshot. The target's copied rows stay: the target is not live before the flip,
 //! and after it they may hold acknowledged writes.
 
+use super::relay::{self, Means, Replication};
 use super::{
     Action, Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError,
     WindowRole,
@@ -24,6 +33,9 @@ use crate::providers::postgres::catalog::Table;
 use crate::providers::postgres::copy;
 use crate::providers::postgres::database::{Database, Subscription};
 use crate::providers::postgres::initial_copy::{InitialCopy, Prepare};
+use crate::providers::postgres::preflight::Report;
+use crate::providers::postgres::rights::{Outcome, Right};
+use crate::providers::postgres::Server;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
@@ -74,6 +86,65 @@ pub struct Params {
     /// Validate every foreign key after replication has started (a scan that blocks no writes, never inside the write outage); false leaves them NOT VALID on the target, recorded with the reason (default true).
     #[serde(default = "yes")]
     validate_foreign_keys: bool,
+    /// How the target receives the legacy database's changes after the copy: true or auto (default): a subscription on the target where its admin may subscribe to the legacy database and the target reaches it (tried in the preflight, rolled back), else relay; native; relay: cutover relay as a Deployment in the target cluster.
+    #[serde(default = "auto")]
+    replication: Replication,
+    /// With the relay: WAL its slot on the legacy database may retain before it warns (default 10GB).
+    #[serde(default = "relay::default_budget")]
+    wal_budget: String,
+    /// With the relay: WAL its slot on the legacy database may retain before the relay stops and drops the slot, so the legacy disk does not fill (default 100GB).
+    #[serde(default = "relay::default_limit")]
+    wal_limit: String,
+    /// With the relay: its container image (default cutover:<this version>).
+    #[serde(default)]
+    relay_image: Option<String>,
+    /// With the relay: the target cluster's namespace of its Deployment and Secret, created when missing (default cutover).
+    #[serde(default = "relay::default_namespace")]
+    relay_namespace: String,
+}
+
+fn auto() -> Replication {
+    Replication::Auto
+}
+
+impl Params {
+    /// Where the forward relay runs.
+    fn relay_settings(&self) -> relay::Settings {
+        relay::Settings {
+            namespace: self.relay_namespace.clone(),
+            image: self.relay_image.clone(),
+            wal_budget: self.wal_budget.clone(),
+            wal_limit: self.wal_limit.clone(),
+        }
+    }
+
+    /// The forward relay of slot `slot` publishing `publication` on the legacy database.
+    fn relay(&self, publication: &str, slot: &str) -> relay::Relay {
+        relay::relay(&self.relay_settings(), slot, publication, Side::Source)
+    }
+}
+
+/// The forward means for `p.replication`, from the preflight's trial of the target's
+/// subscription to the source, and why.
+///
+/// # Errors
+/// [`StepError::Check`] when `native` is required and the trial failed.
+fn forward_means(p: &Params, report: &Report) -> Result<(Means, String), StepError> {
+    let tried = report
+        .rights
+        .iter()
+        .find(|f| f.side == Server::Target && matches!(f.right, Right::Subscribe { .. }))
+        .map(|f| f.outcome.clone())
+        .unwrap_or_else(|| Outcome::Granted("not tried".into()));
+    relay::choose(
+        p.replication,
+        &tried,
+        "the target's admin",
+        "the legacy database",
+    )?
+    .ok_or_else(|| {
+        StepError::Check("replication: false: the forward replication cannot be left out".into())
+    })
 }
 
 fn yes() -> bool {
@@ -183,6 +254,9 @@ impl Kind for Replicate {
         if l.known("jobs") && !(1..=64).contains(&l.params.jobs) {
             out.push(format!("jobs {} is not between 1 and 64", l.params.jobs));
         }
+        if l.known("replication") && l.params.replication == Replication::Off {
+            out.push("replication: false: the forward replication cannot be left out (it keeps the target current until the flip); choose auto, native or relay".into());
+        }
         if let Some(r) = l.params.rate_limit_mb.filter(|_| l.known("rate_limit_mb")) {
             if r <= 0.0 {
                 out.push(format!("rate_limit_mb {r} must be greater than 0"));
@@ -236,11 +310,25 @@ impl Kind for Replicate {
                 format!("DROP TABLE {} CASCADE (reset_target: an earlier rehearsal's copy; schema and rows copied again)", filled.join(", ")),
             ));
         }
+        let means = forward_means(p, &report).ok();
+        let relay = p.relay(&publ, &sub);
         if s.target.has_subscription(&sub).await? {
             changes.push(Change::new(
                 Action::None,
                 format!("subscription {sub} on target"),
                 "exists: copy done, replicating",
+            ));
+        } else if means.as_ref().is_some_and(|m| m.0 == Means::Relay)
+            && s.copy.state().await?.is_none()
+            && relay::exists(cx, &relay).await?
+        {
+            changes.push(Change::new(
+                Action::None,
+                format!(
+                    "Deployment {}/{} in the target cluster",
+                    relay.namespace, relay.name
+                ),
+                format!("exists: copy done, relaying slot {sub} to the target"),
             ));
         } else {
             if !s.source.has_publication(&publ).await? {
@@ -292,11 +380,33 @@ impl Kind for Replicate {
                     }
                 ),
             ));
-            changes.push(Change::new(Action::Create, format!("subscription {sub} on target"), format!(
-                "PUBLICATION {publ} WITH (create_slot = false, slot_name = {sub}, copy_data = false): replication from the slot's consistent point; {} job(s){}",
-                p.jobs,
-                p.rate_limit_mb.map(|r| format!(", limited to {r} MB/s")).unwrap_or_default()
-            )));
+            if let Some((m, why)) = &means {
+                changes.push(Change::new(
+                    Action::Check,
+                    "forward replication",
+                    format!("{} ({why})", m.as_str()),
+                ));
+            }
+            match means.as_ref().map(|m| m.0) {
+                Some(Means::Relay) => {
+                    let (deploy, keys) = relay::describe(&relay, &s.source.conninfo(), &s.target.conninfo());
+                    changes.push(Change::new(
+                        Action::Create,
+                        format!("Secret {}/{} in the target cluster", relay.namespace, relay.name),
+                        keys,
+                    ));
+                    changes.push(Change::new(
+                        Action::Create,
+                        format!("Deployment {}/{} in the target cluster", relay.namespace, relay.name),
+                        format!("{deploy}: every change of the legacy database from the slot's consistent point reaches the target through the relay (no second copy)"),
+                    ));
+                }
+                _ => changes.push(Change::new(Action::Create, format!("subscription {sub} on target"), format!(
+                    "PUBLICATION {publ} WITH (create_slot = false, slot_name = {sub}, copy_data = false): replication from the slot's consistent point; {} job(s){}",
+                    p.jobs,
+                    p.rate_limit_mb.map(|r| format!(", limited to {r} MB/s")).unwrap_or_default()
+                ))),
+            }
         }
         let predicted = Outputs {
             tables: report.source_tables.len(),
@@ -350,6 +460,21 @@ impl Kind for Replicate {
         }
 
         let mut state = s.copy.state().await?;
+        if state.is_none() && p.replication != Replication::Native {
+            // A crash after the relay was started and the copy's progress dropped: the copy is
+            // done and the relay replicates.
+            let r = p.relay(&publ, &sub);
+            if s.source.slot_exists(&sub).await? && relay::exists(cx, &r).await? {
+                out.target_frozen_roles = freeze_target(&s).await?;
+                out.tables = s.source.table_names().await?.len();
+                out.means = Some(Means::Relay);
+                out.relay = Some(format!("{}/{}", r.namespace, r.name));
+                return Ok(out.with_summary(format!(
+                    "the relay {}/{} already replicates slot {sub}",
+                    r.namespace, r.name
+                )));
+            }
+        }
         // Whether post-data is ours to apply survives a restart of the copy.
         let mut carried_post_data = None;
         if let Some(st) = &state {
@@ -393,6 +518,7 @@ impl Kind for Replicate {
         if !report.problems.is_empty() {
             return Err(problems_error(&report.problems));
         }
+        let (means, means_reason) = forward_means(p, &report)?;
         lap("preflight");
         // Only now, with the target known not to be live: until the flip it takes writes from
         // replication only.
@@ -480,15 +606,30 @@ impl Kind for Replicate {
             }
         }
 
-        (cx.progress)(&format!(
-            "creating subscription {sub} from slot {sub} (no second copy)"
-        ));
-        let subscription = Subscription {
-            name: sub.clone(),
-            publication: publ.clone(),
-            origin_none: false,
-        };
-        s.target.subscribe(&subscription, &*s.source).await?;
+        match means {
+            Means::Native => {
+                (cx.progress)(&format!(
+                    "creating subscription {sub} from slot {sub} (no second copy; {means_reason})"
+                ));
+                let subscription = Subscription {
+                    name: sub.clone(),
+                    publication: publ.clone(),
+                    origin_none: false,
+                };
+                s.target.subscribe(&subscription, &*s.source).await?;
+            }
+            Means::Relay => {
+                let r = p.relay(&publ, &sub);
+                (cx.progress)(&format!(
+                    "starting the relay {}/{} of slot {sub} in the target cluster (no second copy; {means_reason})",
+                    r.namespace, r.name
+                ));
+                start_relay(cx, &s, &r, &sub).await?;
+                out.relay = Some(format!("{}/{}", r.namespace, r.name));
+            }
+        }
+        out.means = Some(means);
+        out.means_reason = Some(means_reason.clone());
         lap("subscription");
         let validated = validate_foreign_keys(cx, &*s.copy, p.jobs).await?;
         lap("foreign_key_validation");
@@ -510,8 +651,12 @@ impl Kind for Replicate {
             seconds,
             copy: per_table,
         });
+        let through = match &out.relay {
+            Some(r) => format!("the relay {r} of slot {sub}"),
+            None => format!("subscription {sub}"),
+        };
         Ok(out.with_summary(format!(
-            "{} tables, {rows} rows ({}) copied in {} chunks{} with {} job(s); replicating through {sub} from {}",
+            "{} tables, {rows} rows ({}) copied in {} chunks{} with {} job(s); replicating through {through} from {} ({means_reason})",
             tables.len(), fmt_mb(bytes), run.all.len(),
             if run.done_before == 0 { String::new() } else { format!(" ({} resumed)", run.done_before) },
             p.jobs, state.slot.consistent_lsn
@@ -526,24 +671,32 @@ impl Kind for Replicate {
     ) -> Result<Evidence, StepError> {
         let sub = outputs.subscription.clone();
         let copy = cx.providers.initial_copy(hold_file(cx)).await?;
+        if outputs.means == Some(Means::Relay) {
+            let s = servers(cx).await?;
+            wait_attached(cx, &s, &sub).await?;
+            let (compared, differ) = copy.privilege_differences().await?;
+            privileges_as_on_source(&differ)?;
+            return Ok(Evidence {
+                facts: vec![
+                    ("tables_ready".into(), json!(outputs.tables)),
+                    ("means".into(), json!("relay")),
+                    ("relay".into(), json!(outputs.relay)),
+                    ("privileges_compared".into(), json!(compared)),
+                ],
+                summary: Some(format!(
+                    "{} tables replicating through the relay {} of slot {sub}; owners and privileges of {compared} object(s) as on the source",
+                    outputs.tables,
+                    outputs.relay.as_deref().unwrap_or_default()
+                )),
+            });
+        }
         loop {
             let st = copy.subscription_state(&sub).await?;
             if st.syncing == 0 && st.workers > 0 {
                 // Owners and privileges as on the source: the application's roles must be able
                 // to do on the target what they do on the source (their own migrations too).
                 let (compared, differ) = copy.privilege_differences().await?;
-                if !differ.is_empty() {
-                    return Err(StepError::Check(format!(
-                        "owners or privileges differ from the source's on {} object(s): {}",
-                        differ.len(),
-                        differ
-                            .iter()
-                            .take(10)
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    )));
-                }
+                privileges_as_on_source(&differ)?;
                 return Ok(Evidence {
                     facts: vec![
                         ("tables_ready".into(), json!(st.tables)),
@@ -565,7 +718,7 @@ impl Kind for Replicate {
         cx: &StepContext,
         p: &Params,
         before: &Before,
-        _outputs: Option<&Outputs>,
+        outputs: Option<&Outputs>,
     ) -> Result<Vec<Restored>, StepError> {
         let (publ, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
         let mut lines = Vec::new();
@@ -576,6 +729,19 @@ impl Kind for Replicate {
         s.copy.release_snapshot();
         if s.target.drop_subscription(&sub).await? {
             lines.push(dropped(format!("subscription {sub} (target)"), "dropped"));
+        }
+        let relayed = outputs.map_or(p.replication != Replication::Native, |o| {
+            o.means == Some(Means::Relay)
+        });
+        if relayed {
+            let r = p.relay(&publ, &sub);
+            if relay::delete(cx, &r).await? {
+                lines.push(dropped(
+                    format!("relay {}/{} (target cluster)", r.namespace, r.name),
+                    "Deployment and Secret deleted",
+                ));
+            }
+            s.target.forget_relay(&sub).await?;
         }
         if s.copy.state().await?.is_some() {
             let resumed = s.copy.resume_autovacuum().await?;
@@ -633,6 +799,52 @@ async fn freeze_target(s: &Servers) -> Result<Vec<String>, StepError> {
     Ok(on_target)
 }
 
+/// Applies the forward relay `r` and waits until its replication connection holds slot `sub`
+/// on the legacy database (never past the step's deadline; at once when the relay recorded
+/// that it ended).
+async fn start_relay(
+    cx: &StepContext<'_>,
+    s: &Servers,
+    r: &relay::Relay,
+    sub: &str,
+) -> Result<(), StepError> {
+    relay::apply(cx, r, &s.source.conninfo(), &s.target.conninfo()).await?;
+    wait_attached(cx, s, sub).await
+}
+
+/// Waits until a consumer holds slot `sub` on the legacy database (the relay attached).
+async fn wait_attached(cx: &StepContext<'_>, s: &Servers, sub: &str) -> Result<(), StepError> {
+    let hint = format!(
+        "its log is the pod's: kubectl logs -n <relay_namespace> deploy/{}",
+        relay::name(sub)
+    );
+    while !s.source.slot_active(sub).await? {
+        super::postgres_wait_lag::relay_alive(&*s.target, sub, "the slot's consistent point")
+            .await?;
+        cx.check_deadline(&format!("the relay to attach to slot {sub} ({hint})"))?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Fails when the target's owners or privileges differ from the source's (`differ`, one
+/// line per object; the first ten are named).
+fn privileges_as_on_source(differ: &[String]) -> Result<(), StepError> {
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(StepError::Check(format!(
+        "owners or privileges differ from the source's on {} object(s): {}",
+        differ.len(),
+        differ
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    )))
+}
+
 /// Throws away a copy that cannot continue: the copied rows, the progress schema and the slot.
 async fn restart_copy(s: &Servers, slot: &str) -> Result<(), StepError> {
     s.copy.release_snapshot();
@@ -644,12 +856,19 @@ async fn restart_copy(s: &Servers, slot: &str) -> Result<(), StepError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::steps::testing::kube::FakeKube;
     use crate::steps::testing::postgres::FakePostgres;
     use crate::steps::testing::Harness;
 
     /// A source with `public.orders` (3 rows) and `public.users` (2 rows) written by role
     /// `app`; an empty target where `app` exists.
     fn setup() -> (Harness, FakePostgres) {
+        let (h, pg, _) = setup_with_kube();
+        (h, pg)
+    }
+
+    /// [`setup`], with the target cluster's API.
+    fn setup_with_kube() -> (Harness, FakePostgres, FakeKube) {
         let pg = FakePostgres::new("shop_staging", "shop_staging");
         pg.server(Side::Source, |s| {
             s.tables = vec!["public.orders".into(), "public.users".into()];
@@ -666,7 +885,13 @@ mod tests {
             s.roles.insert("app".into());
         });
         let fake = pg.clone();
-        (Harness::new(|p| fake.install(p)), pg)
+        let kube = FakeKube::default();
+        let api = kube.clone();
+        (
+            Harness::new(|p| fake.install(p).with_kube(api.client())),
+            pg,
+            kube,
+        )
     }
 
     fn params() -> Params {
@@ -680,6 +905,11 @@ mod tests {
             reset_target: false,
             fallback: true,
             validate_foreign_keys: true,
+            replication: Replication::Auto,
+            wal_budget: relay::default_budget(),
+            wal_limit: relay::default_limit(),
+            relay_image: None,
+            relay_namespace: relay::default_namespace(),
         }
     }
 
@@ -954,5 +1184,93 @@ mod tests {
         assert!(plan.changes.iter().any(|c| c.action == Action::Delete));
         Replicate.apply(&cx, &p, &Before::default()).await.unwrap();
         assert_eq!(rows(&pg, Side::Target), rows(&pg, Side::Source));
+    }
+
+    #[tokio::test]
+    async fn with_replication_relay_the_copy_is_followed_by_a_relay_in_the_target_cluster() {
+        let (h, pg, kube) = setup_with_kube();
+        let cx = h.cx();
+        let mut p = params();
+        p.replication = Replication::Relay;
+        let sub = run_name(&cx);
+        let name = relay::name(&sub);
+        let plan = Replicate.plan(&cx, &p).await.unwrap();
+        let rows_of = |t: &str| {
+            plan.changes
+                .iter()
+                .find(|c| c.target == t)
+                .map(|c| c.detail.clone())
+        };
+        assert_eq!(
+            rows_of("forward replication").as_deref(),
+            Some("relay (replication: relay)")
+        );
+        let keys = rows_of(&format!("Secret cutover/{name} in the target cluster")).unwrap();
+        assert!(
+            keys.contains("sha256:") && keys.contains("(the legacy database)"),
+            "{keys}"
+        );
+        assert!(rows_of(&format!("subscription {sub} on target")).is_none());
+
+        let applied = Replicate.apply(&cx, &p, &plan.before).await.unwrap();
+        assert_eq!(applied.outputs.means, Some(Means::Relay));
+        assert_eq!(
+            applied.outputs.relay.as_deref(),
+            Some(&*format!("cutover/{name}"))
+        );
+        assert!(applied
+            .summary
+            .as_deref()
+            .unwrap()
+            .contains("replication: relay"));
+        assert_eq!(rows(&pg, Side::Target), rows(&pg, Side::Source));
+        pg.server(Side::Target, |s| assert!(s.subscriptions.is_empty()));
+        let d = kube
+            .get("cutover", "deployments", &name)
+            .expect("the relay's Deployment");
+        let args = d["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert!(args.contains(r#""--publisher","source""#), "{args}");
+        assert!(kube.get("cutover", "secrets", &name).is_some());
+
+        let evidence = Replicate.verify(&cx, &p, &applied.outputs).await.unwrap();
+        assert!(evidence
+            .facts
+            .contains(&("means".to_string(), json!("relay"))));
+        // A re-run after a crash finds the relay: no second copy, no second slot.
+        let again = Replicate.apply(&cx, &p, &plan.before).await.unwrap();
+        assert!(again.outputs.copied.is_none());
+        assert!(again
+            .summary
+            .as_deref()
+            .unwrap()
+            .contains("already replicates"));
+
+        let restored = Replicate
+            .rollback(&cx, &p, &plan.before, Some(&applied.outputs))
+            .await
+            .unwrap();
+        let objects: Vec<&str> = restored.iter().map(|r| r.object.as_str()).collect();
+        assert!(
+            objects.contains(&&*format!("relay cutover/{name} (target cluster)")),
+            "{objects:?}"
+        );
+        assert!(kube.get("cutover", "deployments", &name).is_none());
+        assert!(kube.get("cutover", "secrets", &name).is_none());
+        pg.server(Side::Source, |s| {
+            assert!(s.slots.is_empty() && s.publications.is_empty())
+        });
+    }
+
+    #[test]
+    fn replication_false_is_refused_for_the_forward_direction() {
+        let l = Literal::of(Params {
+            replication: Replication::Off,
+            ..params()
+        });
+        let problems = Replicate.check(&l);
+        assert!(
+            problems.iter().any(|m| m.contains("replication: false")),
+            "{problems:?}"
+        );
     }
 }

@@ -51,6 +51,16 @@ pub struct Outputs {
     pub(super) tables: usize,
     /// The application roles kept read-only on the target until the flip.
     pub(super) target_frozen_roles: Vec<String>,
+    /// How the target receives the legacy database's changes (absent in records of earlier
+    /// versions: a subscription).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) means: Option<crate::steps::relay::Means>,
+    /// Why that means was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) means_reason: Option<String>,
+    /// With the relay: its Deployment, `namespace/name`, in the target cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) relay: Option<String>,
     /// The slot's consistent point: the copy's snapshot, replication's start (absent when the
     /// subscription existed already).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +124,9 @@ impl Outputs {
             target,
             tables: 0,
             target_frozen_roles: Vec::new(),
+            means: None,
+            means_reason: None,
+            relay: None,
             consistent_lsn: None,
             copied: None,
         }

@@ -22,6 +22,7 @@ pub(super) async fn preflight_check(
     let (publication, _) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
     let needs = Needs {
         routes: None,
+        forward_relay: p.replication != crate::steps::relay::Replication::Native,
         reset,
         target_logical: p.fallback,
         // The forward slot and the change-tracking slot of postgres.verify.

@@ -1,5 +1,5 @@
 //! A Kubernetes API in memory for unit tests: a `kube::Client` whose transport is a
-//! `tower` service answering the API's REST calls on Secrets and Deployments from a map, so
+//! `tower` service answering the API's REST calls on Secrets, Deployments and Namespaces from a map, so
 //! the kinds under test go through kube-rs's own request building and error decoding.
 //!
 //! What it keeps of the API's documented semantics: `GET`, `POST` (409 `AlreadyExists`), `PUT`
@@ -154,7 +154,11 @@ impl State {
     fn answer(&mut self, method: &Method, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
         self.requests.push(format!("{method} {path}"));
         let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let known = path.contains("/secrets") || path.contains("/deployments");
+        let known = path.contains("/secrets")
+            || path.contains("/deployments")
+            || path
+                .strip_prefix("/api/v1/namespaces")
+                .is_some_and(|rest| rest.matches('/').count() <= 1);
         if !known {
             return status(
                 StatusCode::NOT_FOUND,
@@ -162,7 +166,9 @@ impl State {
                 format!("{path} not found"),
             );
         }
-        let is_collection = path.ends_with("/secrets") || path.ends_with("/deployments");
+        let is_collection = path.ends_with("/secrets")
+            || path.ends_with("/deployments")
+            || path.ends_with("/namespaces");
         match (method.clone(), is_collection) {
             (Method::GET, false) => {
                 self.roll_out(path);

@@ -73,6 +73,8 @@ pub struct Server {
     pub subscriptions: BTreeSet<String>,
     /// Slots a relay applies on this server (its progress rows).
     pub relays: BTreeSet<String>,
+    /// Relays that ended, by slot: their state and message (the rest stream).
+    pub relays_ended: BTreeMap<String, (crate::providers::postgres::relay::RelayState, String)>,
     /// Why this server may not subscribe to the other (`None`: it may).
     pub subscribe_refused: Option<String>,
     /// Sequences and their last values.
@@ -99,6 +101,7 @@ impl Server {
             subscriptions: BTreeSet::new(),
             subscribe_refused: None,
             relays: BTreeSet::new(),
+            relays_ended: BTreeMap::new(),
             sequences: Sequences::new(),
             row_writes: 0,
         }
@@ -444,6 +447,28 @@ impl Database for FakeServer {
                 .filter(|r| r.starts_with(prefix))
                 .cloned()
                 .collect()
+        }))
+    }
+    async fn relay_progress(
+        &self,
+        slot: &str,
+    ) -> Result<Option<crate::providers::postgres::relay::Progress>, ProviderError> {
+        use crate::providers::postgres::relay::{Progress, RelayState};
+        Ok(self.me(|s| {
+            s.relays.contains(slot).then(|| {
+                let (state, message) = s
+                    .relays_ended
+                    .get(slot)
+                    .map(|(st, m)| (*st, Some(m.clone())))
+                    .unwrap_or((RelayState::Streaming, None));
+                Progress {
+                    lsn: "0/0".into(),
+                    state,
+                    message,
+                    transactions: 0,
+                    idle_seconds: 0.0,
+                }
+            })
         }))
     }
     async fn forget_relay(&self, slot: &str) -> Result<(), ProviderError> {

@@ -79,6 +79,8 @@ pub struct Applier {
     pub open_changes: usize,
     /// Between a source transaction's Begin and its Commit.
     in_source: bool,
+    /// The session runs with `session_replication_role = replica` (see [`super::Event`]).
+    pub replica_role: bool,
 }
 
 fn pg(side: Server, e: tokio_postgres::Error) -> RelayError {
@@ -104,9 +106,16 @@ impl Applier {
             )
             .await
             .map_err(|e| pg(side, e))?;
+        // As a subscription's apply worker: the destination's triggers and foreign key checks
+        // do not fire for replicated rows (the publisher's already did). Only where the role
+        // may (superuser; rds_superuser on RDS); elsewhere ordinary triggers fire.
+        let replica_role = client
+            .batch_execute("SET session_replication_role = replica")
+            .await
+            .is_ok();
         let (applied, transactions, changes) = match row {
             Some(r) => {
-                if r.get::<_, String>(1) == "stopped" {
+                if super::RelayState::parse(r.get(1)) == super::RelayState::Stopped {
                     return Err(RelayError::Stopped(r.get(2)));
                 }
                 (
@@ -130,6 +139,7 @@ impl Applier {
             changes,
             open_changes: 0,
             in_source: false,
+            replica_role,
         })
     }
 

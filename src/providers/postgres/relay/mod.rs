@@ -84,6 +84,11 @@ pub enum Event {
     Started {
         /// The LSN, as PostgreSQL prints it.
         from: String,
+        /// Whether the destination session runs with `session_replication_role = replica`, as
+        /// a subscription's apply worker does (the destination's triggers and foreign key
+        /// checks do not fire for relayed rows). False where the role may not set it (it needs
+        /// superuser, or rds_superuser on RDS): its ordinary triggers then fire.
+        replica_role: bool,
     },
     /// A destination transaction committed source transactions up to `lsn`.
     Applied {
@@ -152,12 +157,12 @@ pub async fn run(
     match result {
         Ok(()) => Ok(()),
         Err(RelayError::Divergence(m)) => {
-            record(cfg, "failed", &m).await;
+            record(cfg, RelayState::Failed, &m).await;
             Err(RelayError::Divergence(m))
         }
         Err(RelayError::Stopped(m)) => {
             stop_slot(cfg).await;
-            record(cfg, "stopped", &m).await;
+            record(cfg, RelayState::Stopped, &m).await;
             Err(RelayError::Stopped(m))
         }
         Err(e) => Err(e),
@@ -193,6 +198,7 @@ async fn session(
         })?;
     let _ = events.send(Event::Started {
         from: format_lsn(applier.applied),
+        replica_role: applier.replica_role,
     });
     // Ask for a keepalive at once: while nothing is in flight its WAL end is confirmed.
     stream
@@ -226,11 +232,16 @@ async fn session(
                 ))
             }
             Some(WalMessage::Keepalive { end, reply }) => {
+                let before = confirmed;
                 if !applier.in_transaction() {
                     // Nothing in flight: everything the server sent before `end` is applied.
                     confirmed = confirmed.max(end);
                 }
-                if reply || last_status.elapsed() > Duration::from_secs(1) {
+                // Confirmed at once when it moved: a wait for the publisher's last LSN (the
+                // window's drain) ends as soon as the walsender passed it, not a second later.
+                // The walsender sends such keepalives only while the confirmation lags what it
+                // sent, so this adds no steady traffic.
+                if reply || confirmed > before || last_status.elapsed() > Duration::from_secs(1) {
                     stream.status(confirmed, false).await.map_err(connection)?;
                     last_status = Instant::now();
                 }
@@ -343,16 +354,54 @@ async fn stop_slot(cfg: &RelayConfig) {
 
 /// Records a final state in the progress row, best effort (the destination may be what failed).
 /// Written directly: opening an [`Applier`] on a relay already `stopped` refuses.
-async fn record(cfg: &RelayConfig, state: &str, message: &str) {
+async fn record(cfg: &RelayConfig, state: RelayState, message: &str) {
     if let Ok(client) = super::connect(&cfg.destination_url, cfg.destination).await {
         let _ = client.batch_execute(apply::PROGRESS_SQL).await;
         let _ = client
             .execute(
                 "INSERT INTO cutover_relay.progress (slot, lsn, state, message) VALUES ($1, '0/0', $2, $3)
                  ON CONFLICT (slot) DO UPDATE SET state = excluded.state, message = excluded.message",
-                &[&cfg.slot, &state, &message],
+                &[&cfg.slot, &state.as_str(), &message],
             )
             .await;
+    }
+}
+
+/// A relay's state as its progress row records it (`state` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayState {
+    /// Applying (or waiting for) changes; `streaming`.
+    Streaming,
+    /// Stopped because the servers would diverge; `failed`. Restarting it fails again until
+    /// the cause is fixed.
+    Failed,
+    /// Stopped by the WAL guard, its slot dropped; `stopped`. It never resumes.
+    Stopped,
+}
+
+impl RelayState {
+    /// The column's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayState::Streaming => "streaming",
+            RelayState::Failed => "failed",
+            RelayState::Stopped => "stopped",
+        }
+    }
+
+    /// The state of the column's text `s` (an unknown text reads as failed: a row this
+    /// version did not write is not one to trust).
+    pub fn parse(s: &str) -> RelayState {
+        match s {
+            "streaming" => RelayState::Streaming,
+            "stopped" => RelayState::Stopped,
+            _ => RelayState::Failed,
+        }
+    }
+
+    /// True for `failed` and `stopped`: the relay applies nothing more.
+    pub fn ended(self) -> bool {
+        self != RelayState::Streaming
     }
 }
 
@@ -361,8 +410,8 @@ async fn record(cfg: &RelayConfig, state: &str, message: &str) {
 pub struct Progress {
     /// The end LSN of the last source transaction applied.
     pub lsn: String,
-    /// `streaming`, `failed` or `stopped`.
-    pub state: String,
+    /// Its state.
+    pub state: RelayState,
     /// Why it failed or stopped.
     pub message: Option<String>,
     /// Source transactions applied.
@@ -400,7 +449,7 @@ pub async fn progress(
         .map_err(|e| super::pg(side, e))?;
     Ok(row.map(|r| Progress {
         lsn: r.get(0),
-        state: r.get(1),
+        state: RelayState::parse(r.get(1)),
         message: r.get(2),
         transactions: r.get(3),
         idle_seconds: r.get(4),

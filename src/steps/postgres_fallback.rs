@@ -29,12 +29,11 @@
 //! application writes refuses before it changes anything (exit 4) and says how many rows it would
 //! lose.
 
-pub mod relay;
-
 use super::postgres_freeze_writes::application_roles;
 use super::postgres_replicate::{names, run_name};
 use super::postgres_verify::tracking_slot;
 use super::postgres_wait_lag::wait_confirmed;
+use super::relay::{self, Means, Replication};
 use super::{
     Applied, Change, Evidence, Kind, Literal, Plan, Restored, StepContext, StepError, WindowRole,
 };
@@ -50,81 +49,6 @@ use std::time::Duration;
 /// The `postgres.fallback` kind.
 pub struct Fallback;
 
-/// How the fallback's changes reach the legacy database (`replication:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Replication {
-    /// Native where the legacy admin may subscribe and reach the target, else relay.
-    Auto,
-    /// A subscription on the legacy database.
-    Native,
-    /// `cutover relay` in the target cluster.
-    Relay,
-    /// No fallback (`false`): a rollback after the target took writes refuses.
-    Off,
-}
-
-impl Replication {
-    const CHOICES: &'static str = "true, false, auto, native or relay";
-    fn on(self) -> bool {
-        self != Replication::Off
-    }
-}
-
-impl<'de> Deserialize<'de> for Replication {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Replication;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                write!(f, "one of {}", Replication::CHOICES)
-            }
-            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Replication, E> {
-                Ok(if b {
-                    Replication::Auto
-                } else {
-                    Replication::Off
-                })
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Replication, E> {
-                match s {
-                    "auto" | "true" => Ok(Replication::Auto),
-                    "native" => Ok(Replication::Native),
-                    "relay" => Ok(Replication::Relay),
-                    "false" => Ok(Replication::Off),
-                    other => Err(E::custom(format!(
-                        "`{other}` is not one of {}",
-                        Replication::CHOICES
-                    ))),
-                }
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl schemars::JsonSchema for Replication {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "FallbackReplication".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "true or auto (default): native where the legacy admin may subscribe to the target and reach it, else relay; native: a subscription on the legacy database; relay: cutover relay as a Deployment in the target cluster; false: no fallback",
-            "oneOf": [{"type": "boolean"}, {"enum": ["auto", "native", "relay"]}]
-        })
-    }
-}
-
-/// The means chosen for this run's fallback, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Means {
-    /// A subscription on the legacy database.
-    Native,
-    /// `cutover relay` in the target cluster.
-    Relay,
-}
-
 /// `with:` of `postgres.fallback`.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -133,16 +57,16 @@ pub struct Params {
     #[serde(default = "auto")]
     replication: Replication,
     /// With the relay: WAL its slot on the target may retain before it warns (default 10GB).
-    #[serde(default = "default_budget")]
+    #[serde(default = "relay::default_budget")]
     wal_budget: String,
     /// With the relay: WAL its slot on the target may retain before the relay stops and drops the slot, so the target's disk does not fill (default 100GB).
-    #[serde(default = "default_limit")]
+    #[serde(default = "relay::default_limit")]
     wal_limit: String,
     /// With the relay: its container image (default cutover:<this version>).
     #[serde(default)]
     relay_image: Option<String>,
-    /// With the relay: the target cluster's namespace of its Deployment and Secret, created when missing (default cutover).
-    #[serde(default = "default_namespace")]
+    /// With the relay: the target cluster's namespace of its Deployment and Secret, created when missing; also where postgres.replicate's forward relay runs, which the flip deletes (default cutover).
+    #[serde(default = "relay::default_namespace")]
     relay_namespace: String,
     /// On rollback, values added to each target sequence's last_value before it is set on the source (default 1000).
     #[serde(default = "default_margin")]
@@ -158,17 +82,10 @@ pub struct Params {
 fn auto() -> Replication {
     Replication::Auto
 }
-fn default_budget() -> String {
-    "10GB".into()
-}
-fn default_limit() -> String {
-    "100GB".into()
-}
-fn default_namespace() -> String {
-    "cutover".into()
-}
 
-/// Chooses the fallback's means for `p.replication` (`None` with `false`), and says why.
+/// Chooses the fallback's means for `p.replication` (`None` with `false`), and says why: the
+/// legacy server's `CREATE SUBSCRIPTION ... connect = true` to the target is tried (rolled back)
+/// unless the runbook says `relay` or `false`.
 ///
 /// # Errors
 /// [`StepError::Check`] when `native` is required and the legacy server may not subscribe to the
@@ -180,34 +97,23 @@ async fn choose(
     fb: &str,
 ) -> Result<Option<(Means, String)>, StepError> {
     use crate::providers::postgres::rights::Outcome;
-    let tried = || async { source.may_subscribe(target, fb).await };
-    Ok(match p.replication {
-        Replication::Off => None,
-        Replication::Relay => Some((Means::Relay, "replication: relay".into())),
-        Replication::Native => match tried().await? {
-            Outcome::Granted(_) => Some((Means::Native, "replication: native".into())),
-            Outcome::Refused(why) | Outcome::Unreachable(why) => {
-                return Err(StepError::Check(format!(
-                    "replication: native, but the legacy database cannot subscribe to the target ({why}); use replication: auto or relay, which run the fallback through cutover relay in the target cluster. Nothing was changed"
-                )))
-            }
-        },
-        Replication::Auto => match tried().await? {
-            Outcome::Granted(_) => Some((
-                Means::Native,
-                "auto: the legacy admin may subscribe to the target and the legacy server reaches it (tried, rolled back)".into(),
-            )),
-            Outcome::Refused(why) => Some((
-                Means::Relay,
-                format!("auto: the legacy admin may not create a subscription to the target ({why})"),
-            )),
-            Outcome::Unreachable(why) => Some((
-                Means::Relay,
-                format!("auto: the legacy server cannot reach the target ({why})"),
-            )),
-        },
-    })
+    let tried = match p.replication {
+        Replication::Auto | Replication::Native => source.may_subscribe(target, fb).await?,
+        Replication::Relay | Replication::Off => Outcome::Granted("not tried".into()),
+    };
+    relay::choose(p.replication, &tried, "the legacy admin", "the target")
 }
+
+/// Where the fallback's relay runs.
+fn settings(p: &Params) -> relay::Settings {
+    relay::Settings {
+        namespace: p.relay_namespace.clone(),
+        image: p.relay_image.clone(),
+        wal_budget: p.wal_budget.clone(),
+        wal_limit: p.wal_limit.clone(),
+    }
+}
+
 fn default_margin() -> i64 {
     1000
 }
@@ -289,8 +195,13 @@ impl Kind for Fallback {
         let (source, target) = servers(cx).await?;
         let tdb = target.name();
         let mut ch = Vec::new();
+        let forward_relay = relay::name(&sub);
         ch.push(if target.has_subscription(&sub).await? {
             Change::new(super::Action::Delete, format!("subscription {sub} on target"), "the forward replication retires: the source is frozen and drained, nothing remains to send (its slot on the source goes with it)")
+        } else if source.slot_exists(&sub).await?
+            && relay::exists_named(cx, &p.relay_namespace, &forward_relay).await?
+        {
+            Change::new(super::Action::Delete, format!("Deployment and Secret {}/{forward_relay} in the target cluster, slot {sub} on source", p.relay_namespace), "the forward relay retires once the target confirmed the source's last LSN: the source is frozen and drained, nothing remains to send")
         } else {
             Change::new(super::Action::None, format!("subscription {sub} on target"), "absent (created by postgres.replicate, or already retired)")
         });
@@ -317,7 +228,7 @@ impl Kind for Fallback {
                 ch.push(Change::new(
                     super::Action::Check,
                     "fallback replication",
-                    format!("{} ({why})", serde_json::to_value(&means).unwrap_or_default().as_str().unwrap_or_default()),
+                    format!("{} ({why})", means.as_str()),
                 ));
                 if means == Means::Native {
                     let major = source.major_version().await?;
@@ -326,7 +237,7 @@ impl Kind for Fallback {
                         if major >= 16 { ", origin = none" } else { "" }
                     )));
                 } else {
-                    let r = relay::relay(p, &fb);
+                    let r = relay::relay(&settings(p), &fb, &fb, Side::Target);
                     let (deploy, keys) = relay::describe(&r, &target.conninfo(), &source.conninfo());
                     ch.push(Change::new(
                         super::Action::Create,
@@ -376,8 +287,19 @@ impl Kind for Fallback {
         };
         if target.drop_subscription(&sub).await? {
             retired = true;
+        } else if source.slot_exists(&sub).await? {
+            // The forward replication ran through a relay: it stops before its slot goes.
+            let forward = relay::name(&sub);
+            if relay::delete_named(cx, &p.relay_namespace, &forward).await? {
+                (cx.progress)(&format!(
+                    "forward relay {}/{forward} deleted: the target holds the legacy database's last write",
+                    p.relay_namespace
+                ));
+                retired = true;
+            }
         }
         source.drop_slot(&sub).await?;
+        target.forget_relay(&sub).await?;
         source.drop_slot(&tracking_slot(cx)).await?;
         source.drop_publication(&publ).await?;
         let chosen = choose(p, &*source, &*target, &fb).await?;
@@ -398,7 +320,7 @@ impl Kind for Fallback {
                         }
                     }
                     Means::Relay => {
-                        let r = relay::relay(p, &fb);
+                        let r = relay::relay(&settings(p), &fb, &fb, Side::Target);
                         relay::apply(cx, &r, &target.conninfo(), &source.conninfo()).await?;
                         // Running: the relay's replication connection holds the slot.
                         let hint = format!(
@@ -463,7 +385,7 @@ impl Kind for Fallback {
             return Ok(Evidence::default());
         };
         if outputs.means == Some(Means::Relay) {
-            let r = relay::relay(p, fb);
+            let r = relay::relay(&settings(p), fb, fb, Side::Target);
             let running = relay::exists(cx, &r).await?;
             return Ok(Evidence {
                 facts: vec![
@@ -555,7 +477,7 @@ impl Kind for Fallback {
                 format!("read-write → read-only; {ended} session(s) ended"),
             ));
         }
-        let r = relay::relay(p, &fb);
+        let r = relay::relay(&settings(p), &fb, &fb, Side::Target);
         let relayed = outputs.is_some_and(|o| o.means == Some(Means::Relay))
             || (outputs.is_none() && relay::exists(cx, &r).await?);
         // Still carrying writes: the relay (deleted only once it applied the target's last LSN,
@@ -828,7 +750,7 @@ mod tests {
             .err()
             .expect("native is impossible");
         assert!(
-            matches!(&err, StepError::Check(m) if m.contains("replication: native, but the legacy database cannot subscribe")),
+            matches!(&err, StepError::Check(m) if m.contains("replication: native, but the legacy admin cannot subscribe to the target")),
             "{err:?}"
         );
         // A value outside the choices names them.
