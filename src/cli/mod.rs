@@ -155,8 +155,9 @@ pub enum Command {
         env: Option<String>,
     },
     /// Relay one replication slot's logical changes to the other server until stopped: the
-    /// replication `postgres.fallback` runs (as a Deployment in the target cluster) where a
-    /// native subscription is not possible. Both servers' URLs come from the environment:
+    /// replication `postgres.replicate` and `postgres.fallback` run (as a Deployment in the
+    /// target cluster) where a native subscription is not possible; with --guard-only, the WAL
+    /// guard of a slot a native subscription consumes. Both servers' URLs come from the environment:
     /// CUTOVER_RELAY_PUBLISHER_URL and CUTOVER_RELAY_DESTINATION_URL.
     Relay {
         /// The logical replication slot on the publisher.
@@ -177,6 +178,10 @@ pub enum Command {
         /// Seconds between two looks of the WAL guard at the slot.
         #[arg(long, default_value_t = 10)]
         guard_interval: u64,
+        /// Only guard the slot, which a native subscription consumes: warn past --wal-budget,
+        /// drop the slot past --wal-limit (recording why on the destination); relay nothing.
+        #[arg(long)]
+        guard_only: bool,
     },
     /// Show the state of one run: every step's outcome and, while it runs, what the current
     /// step is waiting for. Reads only: safe from a second terminal during a run.
@@ -349,6 +354,7 @@ pub async fn run(cli: Cli) -> i32 {
             wal_budget,
             wal_limit,
             guard_interval,
+            guard_only,
         } => {
             return relay::run(
                 slot.clone(),
@@ -360,6 +366,7 @@ pub async fn run(cli: Cli) -> i32 {
                 wal_budget.clone(),
                 wal_limit.clone(),
                 std::time::Duration::from_secs((*guard_interval).max(1)),
+                *guard_only,
             )
             .await
         }

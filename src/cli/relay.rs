@@ -1,6 +1,7 @@
 //! `cutover relay`: runs one relay (replication through the tool) until it is stopped; what
-//! `postgres.fallback` starts where the legacy database cannot subscribe natively, as a
-//! Deployment in the target cluster (one process in the sandbox). Reads both servers' URLs from
+//! `postgres.replicate` and `postgres.fallback` start where a server cannot subscribe natively,
+//! as a Deployment in the target cluster (one process in the sandbox). With `--guard-only`, the
+//! WAL guard alone, for a slot a native subscription consumes. Reads both servers' URLs from
 //! its environment (a Secret's keys in a pod), never from its command line.
 
 use super::{print_error, EXIT_FAILED, EXIT_INVALID};
@@ -41,6 +42,7 @@ pub async fn run(
     wal_budget: Option<String>,
     wal_limit: Option<String>,
     guard_interval: Duration,
+    guard_only: bool,
 ) -> i32 {
     let mut problems = Vec::new();
     let mut size = |flag: &str, v: Option<String>| match v {
@@ -115,16 +117,24 @@ pub async fn run(
                     eprintln!("{now} relay: {error}; reconnecting in {after:?}")
                 }
                 Event::WalWarning { retained, budget } => eprintln!(
-                    "{now} relay: WARNING: the slot retains {retained} bytes of WAL, past the budget of {budget}; the relay is not keeping up (see cutover status)"
+                    "{now} relay: WARNING: the slot retains {retained} bytes of WAL, past the budget of {budget}; its consumer is not keeping up (see cutover status)"
                 ),
             }
         }
     });
-    eprintln!(
-        "relay: slot {} publication {} from the {} to the {}",
-        cfg.slot, cfg.publication, cfg.publisher, cfg.destination
-    );
-    let result = relay::run(&cfg, tx).await;
+    let result = if guard_only {
+        eprintln!(
+            "relay: guarding slot {} on the {} (a native subscription consumes it)",
+            cfg.slot, cfg.publisher
+        );
+        relay::watch(&cfg, tx).await
+    } else {
+        eprintln!(
+            "relay: slot {} publication {} from the {} to the {}",
+            cfg.slot, cfg.publication, cfg.publisher, cfg.destination
+        );
+        relay::run(&cfg, tx).await
+    };
     let _ = printer.await;
     match result {
         Ok(()) => 0,

@@ -27,7 +27,7 @@ pub struct Decommission;
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    /// The target cluster's namespace of the fallback's relay, as postgres.fallback's relay_namespace (default cutover).
+    /// The target cluster's namespace of the fallback's relay or WAL guard, as postgres.fallback's relay_namespace (default cutover).
     #[serde(default = "super::relay::default_namespace")]
     relay_namespace: String,
 }
@@ -78,7 +78,7 @@ impl Kind for Decommission {
     type Before = ();
     type Predicted = ();
     const NAME: &'static str = "postgres.decommission";
-    const PURPOSE: &'static str = "End the fallback: drop every subscription, publication and replication slot cutover runs created for this database, on both servers";
+    const PURPOSE: &'static str = "End the fallback: stop its relay or WAL guard, drop every subscription, publication and replication slot cutover runs created for this database, on both servers";
     const UNDO: &'static str = "Nothing to undo: the fallback is not recreated (a later rollback of the cutover run no longer carries the target's writes back)";
     const ACTS_ON_DATABASE: bool = true;
 
@@ -123,6 +123,17 @@ impl Kind for Decommission {
                 ));
             }
             for (s, bytes) in &o.slots {
+                let guard = super::relay::guard_name(s);
+                if super::relay::exists_named(cx, &p.relay_namespace, &guard).await? {
+                    changes.push(Change::new(
+                        Action::Delete,
+                        format!(
+                            "Deployment {}/{guard} and its Secret in the target cluster",
+                            p.relay_namespace
+                        ),
+                        format!("the WAL guard of slot {s} stops"),
+                    ));
+                }
                 changes.push(Change::new(
                     Action::Delete,
                     format!("replication slot {s} on {side}"),
@@ -166,6 +177,18 @@ impl Kind for Decommission {
                 ));
             }
         }
+        // The WAL guards of slots native subscriptions consume: each slot's, on both sides.
+        for c in &both {
+            for slot in objects(&**c, &pre).await?.slots.keys() {
+                let name = super::relay::guard_name(slot);
+                if super::relay::delete_named(cx, &p.relay_namespace, &name).await? {
+                    dropped.push(format!(
+                        "WAL guard {}/{name} (target cluster)",
+                        p.relay_namespace
+                    ));
+                }
+            }
+        }
         // Subscriptions first (each drops its slot on its publisher), on both sides.
         for c in &both {
             let side = c.side().as_str();
@@ -191,6 +214,12 @@ impl Kind for Decommission {
         }
         for slot in &relayed {
             both[0].forget_relay(slot).await?;
+        }
+        // A guard that stopped replication recorded why on the subscriber: gone with the rest.
+        for c in &both {
+            for slot in c.relayed_slots(&pre).await? {
+                c.forget_relay(&slot).await?;
+            }
         }
         let summary = if dropped.is_empty() {
             format!("no replication object {pre}* left on either server")
@@ -286,7 +315,11 @@ mod tests {
             .unwrap();
         pg.write(Side::Source, 7);
         let fake = pg.clone();
-        (Harness::new(|p| fake.install(p)), pg)
+        let kube = crate::steps::testing::kube::FakeKube::default();
+        (
+            Harness::new(|p| fake.install(p).with_kube(kube.client())),
+            pg,
+        )
     }
 
     #[tokio::test]

@@ -56,13 +56,13 @@ pub struct Params {
     /// How the legacy database receives the target's changes from the flip: true or auto (default), native, relay; false: no fallback, and a rollback after the target took writes refuses (exit 4).
     #[serde(default = "auto")]
     replication: Replication,
-    /// With the relay: WAL its slot on the target may retain before it warns (default 10GB).
+    /// WAL the fallback slot on the target may retain before its relay (or, with a subscription, its WAL guard) warns (default 10GB).
     #[serde(default = "relay::default_budget")]
     wal_budget: String,
-    /// With the relay: WAL its slot on the target may retain before the relay stops and drops the slot, so the target's disk does not fill (default 100GB).
+    /// WAL the fallback slot on the target may retain before its relay or WAL guard stops replication and drops the slot, so the target's disk does not fill (default 100GB).
     #[serde(default = "relay::default_limit")]
     wal_limit: String,
-    /// With the relay: its container image (default cutover:<this version>).
+    /// The container image of the relay or WAL guard (default cutover:<this version>).
     #[serde(default)]
     relay_image: Option<String>,
     /// With the relay: the target cluster's namespace of its Deployment and Secret, created when missing; also where postgres.replicate's forward relay runs, which the flip deletes (default cutover).
@@ -157,6 +157,10 @@ pub struct Outputs {
     /// With the relay: its Deployment, `namespace/name`, in the target cluster.
     #[serde(default)]
     relay: Option<String>,
+    /// With a subscription: the Deployment, `namespace/name`, of the fallback slot's WAL guard
+    /// (the relay guards its own slot).
+    #[serde(default)]
+    guard: Option<String>,
     /// The target's WAL position the fallback starts from (the flip).
     flip_lsn: String,
     /// Whether the forward subscription was retired by this run.
@@ -236,6 +240,12 @@ impl Kind for Fallback {
                         "PUBLICATION {fb} WITH (create_slot = false, slot_name = {fb}, copy_data = false{}): every write on the target from the flip reaches the legacy database",
                         if major >= 16 { ", origin = none" } else { "" }
                     )));
+                    let g = relay::guard(&settings(p), &fb, Side::Target);
+                    ch.push(Change::new(
+                        super::Action::Create,
+                        format!("Deployment and Secret {}/{} in the target cluster", g.namespace, g.name),
+                        format!("the WAL guard of slot {fb} on the target: warns past {}, drops the slot past {} (image {})", p.wal_budget, p.wal_limit, g.image),
+                    ));
                 } else {
                     let r = relay::relay(&settings(p), &fb, &fb, Side::Target);
                     let (deploy, keys) = relay::describe(&r, &target.conninfo(), &source.conninfo());
@@ -298,12 +308,15 @@ impl Kind for Fallback {
                 retired = true;
             }
         }
+        // The forward slot's WAL guard, where a subscription consumed it.
+        relay::delete_named(cx, &p.relay_namespace, &relay::guard_name(&sub)).await?;
         source.drop_slot(&sub).await?;
         target.forget_relay(&sub).await?;
         source.drop_slot(&tracking_slot(cx)).await?;
         source.drop_publication(&publ).await?;
         let chosen = choose(p, &*source, &*target, &fb).await?;
         let mut relay_name = None;
+        let mut guard_name = None;
         let (fallback, flip_lsn) = match &chosen {
             Some((means, _)) => {
                 target.create_publication(&fb, &tables).await?;
@@ -318,6 +331,9 @@ impl Kind for Fallback {
                             };
                             source.subscribe(&sub, &*target).await?;
                         }
+                        let g = relay::guard(&settings(p), &fb, Side::Target);
+                        relay::apply(cx, &g, &target.conninfo(), &source.conninfo()).await?;
+                        guard_name = Some(format!("{}/{}", g.namespace, g.name));
                     }
                     Means::Relay => {
                         let r = relay::relay(&settings(p), &fb, &fb, Side::Target);
@@ -367,6 +383,7 @@ impl Kind for Fallback {
             means: chosen.as_ref().map(|c| c.0.clone()),
             means_reason: chosen.map(|c| c.1),
             relay: relay_name,
+            guard: guard_name,
             flip_lsn,
             forward_retired: retired,
             roles_opened: app,
@@ -546,6 +563,15 @@ impl Kind for Fallback {
             }
             source.forget_relay(&fb).await?;
         }
+        let g = relay::guard_name(&fb);
+        if relay::delete_named(cx, &p.relay_namespace, &g).await? {
+            done.push(Restored::new(
+                format!("WAL guard {}/{g}", p.relay_namespace),
+                Some(&fb),
+                None,
+                "Deployment and its Secret deleted",
+            ));
+        }
         target.drop_slot(&fb).await?;
         if target.drop_publication(&fb).await? {
             done.push(Restored::new(
@@ -590,7 +616,8 @@ mod tests {
             });
         }
         let fake = pg.clone();
-        let h = Harness::new(|p| fake.install(p));
+        let kube = crate::steps::testing::kube::FakeKube::default();
+        let h = Harness::new(|p| fake.install(p).with_kube(kube.client()));
         let forward = run_name(&h.cx());
         let (source, target) = (pg.database(Side::Source), pg.database(Side::Target));
         source
@@ -688,6 +715,7 @@ mod tests {
                 &*format!("subscription {fb} (source)"),
                 "sequences (source)",
                 &*format!("subscription {fb} (source)"),
+                &*format!("WAL guard cutover/guard-{}", fb.replace('_', "-")),
                 &*format!("publication {fb} (target)"),
             ]
         );

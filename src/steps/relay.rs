@@ -219,6 +219,22 @@ pub fn name(slot: &str) -> String {
     format!("relay-{}", slot.replace('_', "-"))
 }
 
+/// The name of the WAL guard's Deployment and Secret for slot `slot` (a native subscription
+/// consumes it).
+pub fn guard_name(slot: &str) -> String {
+    format!("guard-{}", slot.replace('_', "-"))
+}
+
+/// The WAL guard of slot `slot` on `publisher`, which a native subscription consumes:
+/// `cutover relay --guard-only` warns past `wal_budget` and drops the slot past `wal_limit`,
+/// recording why on the other server, so that no slot the tool created fills a disk unwatched.
+pub fn guard(s: &Settings, slot: &str, publisher: Side) -> Relay {
+    let mut g = relay(s, slot, slot, publisher);
+    g.name = guard_name(slot);
+    g.args.push("--guard-only".into());
+    g
+}
+
 /// The relay of slot `slot` (also the publication's name is `publication`) on `publisher`.
 pub fn relay(s: &Settings, slot: &str, publication: &str, publisher: Side) -> Relay {
     let mut args: Vec<String> = [

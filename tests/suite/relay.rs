@@ -396,7 +396,7 @@ fn the_relay_applies_every_change_exactly_once_through_sigkill_resets_and_stalls
         .expect(&said);
     assert!(warned < stopped, "{said}");
     assert!(
-        said.contains("past the limit of 100663296") && said.contains("dropped the slot"),
+        said.contains("past the limit of 100663296") && said.contains("the slot was dropped"),
         "{said}"
     );
     wait_until(30, "the stop to be recorded", || {
@@ -411,5 +411,84 @@ fn the_relay_applies_every_change_exactly_once_through_sigkill_resets_and_stalls
     });
     let _ = r.kill();
     let _ = r.wait();
-    sb.assert_no_secrets(&[std::fs::read_to_string(&log).unwrap()]);
+
+    // A slot a native subscription would consume gets a guard alone (`--guard-only`): nothing
+    // consumes this one, so past the budget it warns, past the limit it drops the slot and
+    // records why on the subscriber, where the tool's waits read it.
+    sb.sql(
+        &target,
+        "SELECT pg_create_logical_replication_slot('gs', 'pgoutput')",
+    );
+    let guard_log = sb.project.path().join("guard.log");
+    let out = std::fs::File::create(&guard_log).unwrap();
+    let mut guard = Command::new(cutover_bin())
+        .args([
+            "relay",
+            "--slot",
+            "gs",
+            "--publication",
+            "rp",
+            "--publisher",
+            "target",
+            "--guard-interval",
+            "1",
+            "--guard-only",
+            "--wal-budget",
+            "16MB",
+            "--wal-limit",
+            "48MB",
+        ])
+        .env_clear()
+        .env("CUTOVER_RELAY_PUBLISHER_URL", &publisher)
+        .env("CUTOVER_RELAY_DESTINATION_URL", &destination)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    for i in 0..6 {
+        sb.sql(
+            &target,
+            &format!("INSERT INTO rel_gone VALUES ({})", 2000 + i),
+        );
+        sb.sql(&target_superuser, "SELECT pg_switch_wal()");
+    }
+    wait_until(90, "the guard to drop the unconsumed slot", || {
+        sb.sql(
+            &target,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'gs'",
+        )[0][0]
+            .as_deref()
+            == Some("0")
+    });
+    wait_until(30, "the guard's stop to be recorded", || {
+        sb.try_sql(
+            &legacy,
+            "SELECT state FROM cutover_relay.progress WHERE slot = 'gs'",
+        )
+        .ok()
+        .and_then(|r| r.first().and_then(|r| r[0].clone()))
+        .as_deref()
+            == Some("stopped")
+    });
+    wait_until(30, "the guard to say why it stopped", || {
+        std::fs::read_to_string(&guard_log)
+            .unwrap()
+            .contains("stopped by the WAL retention guard")
+    });
+    let said = std::fs::read_to_string(&guard_log).unwrap();
+    let warned = said.find("WARNING: the slot retains").expect(&said);
+    let stopped = said
+        .find("stopped by the WAL retention guard")
+        .expect(&said);
+    assert!(
+        warned < stopped && said.contains("guarding slot gs"),
+        "{said}"
+    );
+    let _ = guard.kill();
+    let _ = guard.wait();
+    sb.assert_no_secrets(&[
+        std::fs::read_to_string(&log).unwrap(),
+        std::fs::read_to_string(&guard_log).unwrap(),
+    ]);
 }

@@ -89,16 +89,16 @@ pub struct Params {
     /// How the target receives the legacy database's changes after the copy: true or auto (default): a subscription on the target where its admin may subscribe to the legacy database and the target reaches it (tried in the preflight, rolled back), else relay; native; relay: cutover relay as a Deployment in the target cluster.
     #[serde(default = "auto")]
     replication: Replication,
-    /// With the relay: WAL its slot on the legacy database may retain before it warns (default 10GB).
+    /// WAL the forward slot on the legacy database may retain before its relay (or, with a subscription, its WAL guard) warns (default 10GB).
     #[serde(default = "relay::default_budget")]
     wal_budget: String,
-    /// With the relay: WAL its slot on the legacy database may retain before the relay stops and drops the slot, so the legacy disk does not fill (default 100GB).
+    /// WAL the forward slot on the legacy database may retain before its relay or WAL guard stops replication and drops the slot, so the legacy disk does not fill (default 100GB).
     #[serde(default = "relay::default_limit")]
     wal_limit: String,
-    /// With the relay: its container image (default cutover:<this version>).
+    /// The container image of the relay or WAL guard (default cutover:<this version>).
     #[serde(default)]
     relay_image: Option<String>,
-    /// With the relay: the target cluster's namespace of its Deployment and Secret, created when missing (default cutover).
+    /// The target cluster's namespace of the relay's or WAL guard's Deployment and Secret, created when missing (default cutover).
     #[serde(default = "relay::default_namespace")]
     relay_namespace: String,
 }
@@ -389,10 +389,14 @@ impl Kind for Replicate {
             }
             match means.as_ref().map(|m| m.0) {
                 Some(Means::Relay) => {
-                    let (deploy, keys) = relay::describe(&relay, &s.source.conninfo(), &s.target.conninfo());
+                    let (deploy, keys) =
+                        relay::describe(&relay, &s.source.conninfo(), &s.target.conninfo());
                     changes.push(Change::new(
                         Action::Create,
-                        format!("Secret {}/{} in the target cluster", relay.namespace, relay.name),
+                        format!(
+                            "Secret {}/{} in the target cluster",
+                            relay.namespace, relay.name
+                        ),
                         keys,
                     ));
                     changes.push(Change::new(
@@ -401,11 +405,19 @@ impl Kind for Replicate {
                         format!("{deploy}: every change of the legacy database from the slot's consistent point reaches the target through the relay (no second copy)"),
                     ));
                 }
-                _ => changes.push(Change::new(Action::Create, format!("subscription {sub} on target"), format!(
-                    "PUBLICATION {publ} WITH (create_slot = false, slot_name = {sub}, copy_data = false): replication from the slot's consistent point; {} job(s){}",
-                    p.jobs,
-                    p.rate_limit_mb.map(|r| format!(", limited to {r} MB/s")).unwrap_or_default()
-                ))),
+                _ => {
+                    changes.push(Change::new(Action::Create, format!("subscription {sub} on target"), format!(
+                        "PUBLICATION {publ} WITH (create_slot = false, slot_name = {sub}, copy_data = false): replication from the slot's consistent point; {} job(s){}",
+                        p.jobs,
+                        p.rate_limit_mb.map(|r| format!(", limited to {r} MB/s")).unwrap_or_default()
+                    )));
+                    let g = relay::guard(&p.relay_settings(), &sub, Side::Source);
+                    changes.push(Change::new(
+                        Action::Create,
+                        format!("Deployment and Secret {}/{} in the target cluster", g.namespace, g.name),
+                        format!("the WAL guard of slot {sub} on the legacy database: warns past {}, drops the slot past {} (image {})", p.wal_budget, p.wal_limit, g.image),
+                    ));
+                }
             }
         }
         let predicted = Outputs {
@@ -453,6 +465,8 @@ impl Kind for Replicate {
             // still wait for their validation.
             out.target_frozen_roles = freeze_target(&s).await?;
             out.tables = s.source.table_names().await?.len();
+            out.means = Some(Means::Native);
+            out.guard = Some(start_guard(cx, p, &s, &sub).await?);
             validate_foreign_keys(cx, &*s.copy, p.jobs).await?;
             let _ = s.copy.drop_progress().await;
             s.copy.release_snapshot();
@@ -617,6 +631,7 @@ impl Kind for Replicate {
                     origin_none: false,
                 };
                 s.target.subscribe(&subscription, &*s.source).await?;
+                out.guard = Some(start_guard(cx, p, &s, &sub).await?);
             }
             Means::Relay => {
                 let r = p.relay(&publ, &sub);
@@ -733,16 +748,20 @@ impl Kind for Replicate {
         let relayed = outputs.map_or(p.replication != Replication::Native, |o| {
             o.means == Some(Means::Relay)
         });
+        let g = relay::guard(&p.relay_settings(), &sub, Side::Source);
+        let mut deployments = vec![(g, "WAL guard")];
         if relayed {
-            let r = p.relay(&publ, &sub);
-            if relay::delete(cx, &r).await? {
+            deployments.push((p.relay(&publ, &sub), "relay"));
+        }
+        for (d, what) in deployments {
+            if relay::delete(cx, &d).await? {
                 lines.push(dropped(
-                    format!("relay {}/{} (target cluster)", r.namespace, r.name),
+                    format!("{what} {}/{} (target cluster)", d.namespace, d.name),
                     "Deployment and Secret deleted",
                 ));
             }
-            s.target.forget_relay(&sub).await?;
         }
+        s.target.forget_relay(&sub).await?;
         if s.copy.state().await?.is_some() {
             let resumed = s.copy.resume_autovacuum().await?;
             if !resumed.is_empty() {
@@ -810,6 +829,23 @@ async fn start_relay(
 ) -> Result<(), StepError> {
     relay::apply(cx, r, &s.source.conninfo(), &s.target.conninfo()).await?;
     wait_attached(cx, s, sub).await
+}
+
+/// Applies the WAL guard of the forward slot `sub`, which the target's subscription consumes;
+/// returns its `namespace/name`.
+async fn start_guard(
+    cx: &StepContext<'_>,
+    p: &Params,
+    s: &Servers,
+    sub: &str,
+) -> Result<String, StepError> {
+    let g = relay::guard(&p.relay_settings(), sub, Side::Source);
+    relay::apply(cx, &g, &s.source.conninfo(), &s.target.conninfo()).await?;
+    (cx.progress)(&format!(
+        "WAL guard {}/{} watches slot {sub} on the legacy database (warns past {}, drops the slot past {})",
+        g.namespace, g.name, p.wal_budget, p.wal_limit
+    ));
+    Ok(format!("{}/{}", g.namespace, g.name))
 }
 
 /// Waits until a consumer holds slot `sub` on the legacy database (the relay attached).
@@ -930,6 +966,10 @@ mod tests {
             format!("replication slot {sub} on source"),
             "copy public.orders".to_string(),
             format!("subscription {sub} on target"),
+            format!(
+                "Deployment and Secret cutover/{} in the target cluster",
+                relay::guard_name(&sub)
+            ),
             "role app in shop_staging on target".to_string(),
         ] {
             assert!(targets.contains(&want.as_str()), "{want} in {targets:?}");
@@ -937,6 +977,11 @@ mod tests {
         assert_eq!(plan.before.target_tables, 0);
 
         let first = Replicate.apply(&cx, &p, &plan.before).await.unwrap();
+        assert_eq!(first.outputs.means, Some(Means::Native));
+        assert_eq!(
+            first.outputs.guard.as_deref(),
+            Some(&*format!("cutover/{}", relay::guard_name(&sub)))
+        );
         let copied = first.outputs.copied.as_ref().unwrap();
         assert_eq!(
             (copied.chunks, copied.chunks_copied, copied.rows_copied),
@@ -973,6 +1018,10 @@ mod tests {
             vec![
                 // Its slot on the source went with it.
                 &*format!("subscription {sub} (target)"),
+                &*format!(
+                    "WAL guard cutover/{} (target cluster)",
+                    relay::guard_name(&sub)
+                ),
                 "role app in database shop_staging on the target",
                 &*format!("publication {sub} (source)"),
             ]

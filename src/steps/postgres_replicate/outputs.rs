@@ -61,6 +61,10 @@ pub struct Outputs {
     /// With the relay: its Deployment, `namespace/name`, in the target cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) relay: Option<String>,
+    /// With a subscription: the Deployment, `namespace/name`, of the slot's WAL guard (the
+    /// relay guards its own slot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) guard: Option<String>,
     /// The slot's consistent point: the copy's snapshot, replication's start (absent when the
     /// subscription existed already).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,6 +131,7 @@ impl Outputs {
             means: None,
             means_reason: None,
             relay: None,
+            guard: None,
             consistent_lsn: None,
             copied: None,
         }

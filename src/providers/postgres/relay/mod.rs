@@ -169,6 +169,24 @@ pub async fn run(
     }
 }
 
+/// Watches the slot only (a native subscription consumes it): the same WAL guard as [`run`]'s,
+/// which past the limit drops the slot and records `stopped` with its message on the
+/// destination (where the tool's waits read it, [`progress`]).
+///
+/// # Errors
+/// [`RelayError::Stopped`] once the slot was dropped; it never returns otherwise.
+pub async fn watch(
+    cfg: &RelayConfig,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+) -> Result<(), RelayError> {
+    let e = guard(cfg, &events).await;
+    if let RelayError::Stopped(m) = &e {
+        stop_slot(cfg).await;
+        record(cfg, RelayState::Stopped, m).await;
+    }
+    Err(e)
+}
+
 fn connection(e: crate::providers::ProviderError) -> RelayError {
     RelayError::Connection(e.to_string())
 }
@@ -310,7 +328,7 @@ async fn guard(
                         if let Some(limit) = cfg.wal_limit {
                             if bytes > limit {
                                 return RelayError::Stopped(format!(
-                                    "replication slot {} on the {} retained {bytes} bytes of WAL, past the limit of {limit}: the relay stopped and dropped the slot so that the {}'s disk does not fill. Nothing more is relayed to the {}: restart the replication from a new copy (cutover rollback, or a new run of postgres.replicate)",
+                                    "replication slot {} on the {} retained {bytes} bytes of WAL, past the limit of {limit}: replication through it stopped and the slot was dropped so that the {}'s disk does not fill. Nothing more reaches the {}: restart the replication from a new copy (cutover rollback, or a new run of postgres.replicate)",
                                     cfg.slot, cfg.publisher, cfg.publisher, cfg.destination
                                 ));
                             }
