@@ -116,8 +116,16 @@ pub async fn run(
                 Event::Reconnecting { error, after } => {
                     eprintln!("{now} relay: {error}; reconnecting in {after:?}")
                 }
-                Event::WalWarning { retained, budget } => eprintln!(
-                    "{now} relay: WARNING: the slot retains {retained} bytes of WAL, past the budget of {budget}; its consumer is not keeping up (see cutover status)"
+                Event::WalWarning {
+                    retained,
+                    budget,
+                    room,
+                } => eprintln!(
+                    "{now} relay: WARNING: the slot retains {retained} bytes of WAL, past the budget of {budget}; its consumer is not keeping up (see cutover status); {}",
+                    match room {
+                        Some(r) => format!("the server invalidates the slot after {r} more bytes (max_slot_wal_keep_size)"),
+                        None => "the server sets no max_slot_wal_keep_size: only the disk limits it".into(),
+                    }
                 ),
             }
         }

@@ -44,7 +44,8 @@ fn a_rehearsal_whose_application_cannot_write_after_the_flip_fails_and_rolls_bac
     // auto chose the subscription: the legacy admin may subscribe and reaches the target.
     assert!(
         printed.contains("the legacy database subscribes to the target through")
-            && printed.contains("; auto: the legacy admin may subscribe to the target and reaches it"),
+            && printed
+                .contains("; auto: the legacy admin may subscribe to the target and reaches it"),
         "{printed}"
     );
     let rollback = events(&records, "rollback_started");

@@ -136,6 +136,52 @@ fn relay(publisher: &str, destination: &str, log: &std::path::Path, extra: &[&st
         .unwrap()
 }
 
+/// Waits until the WAL guard dropped `slot` on the publisher `target` (then releases `lock` on
+/// `legacy`, which stalled the relay), recorded `stopped` on `legacy`, and said so in `log`
+/// after its warning; returns the log.
+fn stopped_by_guard(
+    sb: &Sandbox,
+    target: &str,
+    legacy: &str,
+    slot: &str,
+    log: &std::path::Path,
+    lock: Option<Child>,
+) -> String {
+    wait_until(90, &format!("the WAL guard to drop slot {slot}"), || {
+        sb.sql(
+            target,
+            &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+        )[0][0]
+            .as_deref()
+            == Some("0")
+    });
+    if let Some(lock) = lock {
+        release_lock(sb, legacy, lock);
+    }
+    wait_until(30, "the stop to be recorded", || {
+        sb.try_sql(
+            legacy,
+            &format!("SELECT state FROM cutover_relay.progress WHERE slot = '{slot}'"),
+        )
+        .ok()
+        .and_then(|r| r.first().and_then(|r| r[0].clone()))
+        .as_deref()
+            == Some("stopped")
+    });
+    wait_until(30, "the guard to say why it stopped", || {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .contains("stopped by the WAL retention guard")
+    });
+    let said = std::fs::read_to_string(log).unwrap();
+    let warned = said.find("WARNING: the slot retains").expect(&said);
+    let stopped = said
+        .find("stopped by the WAL retention guard")
+        .expect(&said);
+    assert!(warned < stopped, "{said}");
+    said
+}
+
 const TABLES: &str = "CREATE TABLE rel_items (id int PRIMARY KEY, note text, doc text, n numeric, at timestamptz, tags text[], j jsonb);
 CREATE TABLE rel_full (a int, b jsonb, c text);
 ALTER TABLE rel_full REPLICA IDENTITY FULL;
@@ -371,44 +417,11 @@ fn the_relay_applies_every_change_exactly_once_through_sigkill_resets_and_stalls
         );
         sb.sql(&target_superuser, "SELECT pg_switch_wal()");
     }
-    wait_until(
-        90,
-        "the WAL guard to stop the relay and drop the slot",
-        || {
-            sb.sql(
-                &target,
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'rs'",
-            )[0][0]
-                .as_deref()
-                == Some("0")
-        },
-    );
-    release_lock(&sb, &legacy, lock);
-    wait_until(30, "the relay to say why it stopped", || {
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("stopped by the WAL retention guard")
-    });
-    let said = std::fs::read_to_string(&log).unwrap();
-    let warned = said.find("WARNING: the slot retains").expect(&said);
-    let stopped = said
-        .find("stopped by the WAL retention guard")
-        .expect(&said);
-    assert!(warned < stopped, "{said}");
+    let said = stopped_by_guard(&sb, &target, &legacy, "rs", &log, Some(lock));
     assert!(
         said.contains("past the limit of 100663296") && said.contains("the slot was dropped"),
         "{said}"
     );
-    wait_until(30, "the stop to be recorded", || {
-        sb.try_sql(
-            &legacy,
-            "SELECT state FROM cutover_relay.progress WHERE slot = 'rs'",
-        )
-        .ok()
-        .and_then(|r| r.first().and_then(|r| r[0].clone()))
-        .as_deref()
-            == Some("stopped")
-    });
     let _ = r.kill();
     let _ = r.wait();
 
@@ -453,38 +466,8 @@ fn the_relay_applies_every_change_exactly_once_through_sigkill_resets_and_stalls
         );
         sb.sql(&target_superuser, "SELECT pg_switch_wal()");
     }
-    wait_until(90, "the guard to drop the unconsumed slot", || {
-        sb.sql(
-            &target,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'gs'",
-        )[0][0]
-            .as_deref()
-            == Some("0")
-    });
-    wait_until(30, "the guard's stop to be recorded", || {
-        sb.try_sql(
-            &legacy,
-            "SELECT state FROM cutover_relay.progress WHERE slot = 'gs'",
-        )
-        .ok()
-        .and_then(|r| r.first().and_then(|r| r[0].clone()))
-        .as_deref()
-            == Some("stopped")
-    });
-    wait_until(30, "the guard to say why it stopped", || {
-        std::fs::read_to_string(&guard_log)
-            .unwrap()
-            .contains("stopped by the WAL retention guard")
-    });
-    let said = std::fs::read_to_string(&guard_log).unwrap();
-    let warned = said.find("WARNING: the slot retains").expect(&said);
-    let stopped = said
-        .find("stopped by the WAL retention guard")
-        .expect(&said);
-    assert!(
-        warned < stopped && said.contains("guarding slot gs"),
-        "{said}"
-    );
+    let said = stopped_by_guard(&sb, &target, &legacy, "gs", &guard_log, None);
+    assert!(said.contains("guarding slot gs"), "{said}");
     let _ = guard.kill();
     let _ = guard.wait();
     sb.assert_no_secrets(&[

@@ -110,6 +110,10 @@ pub enum Event {
         retained: u64,
         /// The budget, bytes.
         budget: u64,
+        /// Bytes that may still be written before the server itself invalidates the slot
+        /// (`pg_replication_slots.safe_wal_size`, PostgreSQL 13+; `None` where the server sets
+        /// no `max_slot_wal_keep_size`, as on DigitalOcean: then only the disk limits it).
+        room: Option<i64>,
     },
 }
 
@@ -287,18 +291,20 @@ async fn session(
     }
 }
 
-/// What the guard reads of a slot: WAL retained (bytes) and the server's own verdict.
+/// What the guard reads of a slot: WAL retained (bytes) and the room the server says is left
+/// before it invalidates the slot itself (`safe_wal_size`; `None` without
+/// `max_slot_wal_keep_size`).
 async fn retained(
     c: &tokio_postgres::Client,
     slot: &str,
-) -> Result<Option<u64>, tokio_postgres::Error> {
+) -> Result<Option<(u64, Option<i64>)>, tokio_postgres::Error> {
     let row = c
         .query_opt(
-            "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint, safe_wal_size FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await?;
-    Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
+    Ok(row.map(|r| (r.get::<_, i64>(0).max(0) as u64, r.get(1))))
 }
 
 /// Watches the slot's retained WAL; returns (ending the relay) past the hard limit. Without a
@@ -315,13 +321,14 @@ async fn guard(
         if let Ok(c) = super::connect(&cfg.publisher_url, cfg.publisher).await {
             loop {
                 match retained(&c, &cfg.slot).await {
-                    Ok(Some(bytes)) => {
+                    Ok(Some((bytes, room))) => {
                         if let Some(budget) = cfg.wal_budget {
                             if bytes > budget && !warned {
                                 warned = true;
                                 let _ = events.send(Event::WalWarning {
                                     retained: bytes,
                                     budget,
+                                    room,
                                 });
                             }
                         }
