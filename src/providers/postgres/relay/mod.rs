@@ -207,17 +207,18 @@ async fn session(
     let mut stream = ReplicationStream::connect(&cfg.publisher_url, cfg.publisher)
         .await
         .map_err(connection)?;
-    stream
+    if let Err(e) = stream
         .start(&cfg.slot, &cfg.publication, applier.applied)
         .await
-        .map_err(|e| match &e {
-            crate::providers::ProviderError::Postgres { message, .. }
-                if message.contains("does not exist") =>
-            {
-                RelayError::Stopped(format!("replication slot {} is gone: {message}", cfg.slot))
+    {
+        // 42704 undefined_object: the slot is gone (dropped by the guard, or by hand).
+        return Err(match stream.last_sqlstate() {
+            Some("42704") => {
+                RelayError::Stopped(format!("replication slot {} is gone: {e}", cfg.slot))
             }
             _ => connection(e),
-        })?;
+        });
+    }
     let _ = events.send(Event::Started {
         from: format_lsn(applier.applied),
         replica_role: applier.replica_role,

@@ -51,6 +51,8 @@ pub struct ReplicationStream {
     io: BufReader<Box<dyn Io>>,
     side: Server,
     server: String,
+    /// The SQLSTATE of the last ErrorResponse the server sent, if any.
+    last_sqlstate: Option<String>,
 }
 
 /// How long to wait for a TCP connection and the login.
@@ -107,6 +109,7 @@ impl ReplicationStream {
                 io: BufReader::with_capacity(256 * 1024, io),
                 side,
                 server: server.clone(),
+                last_sqlstate: None,
             };
             me.login(&parts).await?;
             Ok(me)
@@ -211,6 +214,7 @@ impl ReplicationStream {
             .await
             .map_err(|e| lost(self.side, &self.server, e))?;
         if tag == b'E' {
+            self.last_sqlstate = sqlstate(&body);
             return Err(err(
                 self.side,
                 format!("{}: {}", self.server, server_error(&body)),
@@ -346,6 +350,12 @@ impl ReplicationStream {
         }
     }
 
+    /// The SQLSTATE of the last error the server sent on this connection (`42704` for a slot
+    /// that does not exist), for callers that act on the kind of error.
+    pub fn last_sqlstate(&self) -> Option<&str> {
+        self.last_sqlstate.as_deref()
+    }
+
     /// The next message of the stream; `None` when the server ended it (CopyDone).
     ///
     /// # Errors
@@ -412,6 +422,13 @@ impl ReplicationStream {
     }
 }
 
+/// The SQLSTATE field (`C`) of an ErrorResponse body.
+pub fn sqlstate(body: &[u8]) -> Option<String> {
+    body.split(|b| *b == 0)
+        .find_map(|f| f.strip_prefix(b"C"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+}
+
 /// The readable part of an ErrorResponse body: severity-free message, detail and SQLSTATE.
 pub fn server_error(body: &[u8]) -> String {
     let mut message = String::new();
@@ -459,5 +476,7 @@ mod tests {
             server_error(body),
             "replication slot \"x\" does not exist (more) [SQLSTATE 42704]"
         );
+        assert_eq!(sqlstate(body).as_deref(), Some("42704"));
+        assert_eq!(sqlstate(b"SERROR\0Mno code\0\0"), None);
     }
 }
