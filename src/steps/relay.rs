@@ -415,25 +415,18 @@ pub async fn delete_named(
     namespace: &str,
     name: &str,
 ) -> Result<bool, StepError> {
-    let r = Relay {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        image: String::new(),
-        args: Vec::new(),
-        publisher: Side::Target,
-    };
     let client = cx.providers.kube().await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &r.namespace);
-    let existed = match deployments.delete(&r.name, &DeleteParams::default()).await {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let existed = match deployments.delete(name, &DeleteParams::default()).await {
         Ok(_) => true,
         Err(kube::Error::Api(s)) if s.code == 404 => false,
-        Err(e) => return Err(kube_err(&format!("delete Deployment {}", r.name), e).into()),
+        Err(e) => return Err(kube_err(&format!("delete Deployment {name}"), e).into()),
     };
-    let secrets: Api<Secret> = Api::namespaced(client, &r.namespace);
-    match secrets.delete(&r.name, &DeleteParams::default()).await {
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    match secrets.delete(name, &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(kube_err(&format!("delete Secret {}", r.name), e).into()),
+        Err(e) => return Err(kube_err(&format!("delete Secret {name}"), e).into()),
     }
     Ok(existed)
 }

@@ -319,7 +319,7 @@ impl Kind for Replicate {
                 "exists: copy done, replicating",
             ));
         } else if means.as_ref().is_some_and(|m| m.0 == Means::Relay)
-            && s.copy.state().await?.is_none()
+            && state.is_none()
             && relay::exists(cx, &relay).await?
         {
             changes.push(Change::new(
@@ -460,34 +460,43 @@ impl Kind for Replicate {
             s.copy.display(Side::Target),
         );
 
-        if s.target.has_subscription(&sub).await? {
-            // A crash after the subscription was created: the copy is done; foreign keys may
-            // still wait for their validation.
+        let mut state = s.copy.state().await?;
+        // A crash after replication started: the subscription exists, or the relay runs on the
+        // slot with the copy's progress dropped. The copy is done; foreign keys may still wait
+        // for their validation.
+        let live = if s.target.has_subscription(&sub).await? {
+            Some(Means::Native)
+        } else if state.is_none()
+            && p.replication != Replication::Native
+            && s.source.slot_exists(&sub).await?
+            && relay::exists(cx, &p.relay(&publ, &sub)).await?
+        {
+            Some(Means::Relay)
+        } else {
+            None
+        };
+        if let Some(means) = live {
             out.target_frozen_roles = freeze_target(&s).await?;
             out.tables = s.source.table_names().await?.len();
-            out.means = Some(Means::Native);
-            out.guard = Some(start_guard(cx, p, &s, &sub).await?);
+            out.means = Some(means);
+            let summary = match means {
+                Means::Native => {
+                    out.guard = Some(start_guard(cx, p, &s, &sub).await?);
+                    format!("subscription {sub} already replicating")
+                }
+                Means::Relay => {
+                    let r = p.relay(&publ, &sub);
+                    out.relay = Some(format!("{}/{}", r.namespace, r.name));
+                    format!(
+                        "the relay {}/{} already replicates slot {sub}",
+                        r.namespace, r.name
+                    )
+                }
+            };
             validate_foreign_keys(cx, &*s.copy, p.jobs).await?;
             let _ = s.copy.drop_progress().await;
             s.copy.release_snapshot();
-            return Ok(out.with_summary(format!("subscription {sub} already replicating")));
-        }
-
-        let mut state = s.copy.state().await?;
-        if state.is_none() && p.replication != Replication::Native {
-            // A crash after the relay was started and the copy's progress dropped: the copy is
-            // done and the relay replicates.
-            let r = p.relay(&publ, &sub);
-            if s.source.slot_exists(&sub).await? && relay::exists(cx, &r).await? {
-                out.target_frozen_roles = freeze_target(&s).await?;
-                out.tables = s.source.table_names().await?.len();
-                out.means = Some(Means::Relay);
-                out.relay = Some(format!("{}/{}", r.namespace, r.name));
-                return Ok(out.with_summary(format!(
-                    "the relay {}/{} already replicates slot {sub}",
-                    r.namespace, r.name
-                )));
-            }
+            return Ok(out.with_summary(summary));
         }
         // Whether post-data is ours to apply survives a restart of the copy.
         let mut carried_post_data = None;
@@ -681,14 +690,14 @@ impl Kind for Replicate {
     async fn verify(
         &self,
         cx: &StepContext,
-        _p: &Params,
+        p: &Params,
         outputs: &Outputs,
     ) -> Result<Evidence, StepError> {
         let sub = outputs.subscription.clone();
         let copy = cx.providers.initial_copy(hold_file(cx)).await?;
         if outputs.means == Some(Means::Relay) {
             let s = servers(cx).await?;
-            wait_attached(cx, &s, &sub).await?;
+            wait_attached(cx, &s, &sub, &p.relay_namespace).await?;
             let (compared, differ) = copy.privilege_differences().await?;
             privileges_as_on_source(&differ)?;
             return Ok(Evidence {
@@ -828,7 +837,7 @@ async fn start_relay(
     sub: &str,
 ) -> Result<(), StepError> {
     relay::apply(cx, r, &s.source.conninfo(), &s.target.conninfo()).await?;
-    wait_attached(cx, s, sub).await
+    wait_attached(cx, s, sub, &r.namespace).await
 }
 
 /// Applies the WAL guard of the forward slot `sub`, which the target's subscription consumes;
@@ -849,9 +858,14 @@ async fn start_guard(
 }
 
 /// Waits until a consumer holds slot `sub` on the legacy database (the relay attached).
-async fn wait_attached(cx: &StepContext<'_>, s: &Servers, sub: &str) -> Result<(), StepError> {
+async fn wait_attached(
+    cx: &StepContext<'_>,
+    s: &Servers,
+    sub: &str,
+    namespace: &str,
+) -> Result<(), StepError> {
     let hint = format!(
-        "its log is the pod's: kubectl logs -n <relay_namespace> deploy/{}",
+        "its log is the pod's: kubectl logs -n {namespace} deploy/{}",
         relay::name(sub)
     );
     while !s.source.slot_active(sub).await? {
