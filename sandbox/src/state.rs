@@ -72,6 +72,18 @@ pub struct State {
     /// Password of the poolers' admin console role.
     #[serde(default)]
     pub pooler_admin_password: String,
+    /// The legacy object storage's (`weed mini`, [`crate::spaces`]) ports: S3 first.
+    #[serde(default)]
+    pub spaces_ports: Vec<u16>,
+    /// Its pid.
+    #[serde(default)]
+    pub spaces_pid: u32,
+    /// Its access key id.
+    #[serde(default)]
+    pub spaces_access_key: String,
+    /// Its secret access key.
+    #[serde(default)]
+    pub spaces_secret_key: String,
 }
 
 impl State {
@@ -87,6 +99,7 @@ impl State {
         out.extend(self.kube_ports.values());
         out.extend(self.app_ports.values());
         out.extend(self.pooler_ports.values());
+        out.extend(&self.spaces_ports);
         out.retain(|p| *p != 0);
         out
     }
@@ -309,6 +322,17 @@ impl State {
                 format!("CUTOVER_{up}_TARGET_DATABASE_URL"),
                 self.target_admin_url(env),
             ));
+            if !self.spaces_ports.is_empty() {
+                for (name, value) in [
+                    ("SPACES_ENDPOINT", crate::spaces::endpoint(self)),
+                    ("SPACES_REGION", crate::spaces::REGION.to_string()),
+                    ("SPACES_BUCKET", crate::spaces::bucket(env)),
+                    ("SPACES_ACCESS_KEY_ID", self.spaces_access_key.clone()),
+                    ("SPACES_SECRET_ACCESS_KEY", self.spaces_secret_key.clone()),
+                ] {
+                    v.push((format!("CUTOVER_{up}_{name}"), value));
+                }
+            }
             v.push((
                 format!("CUTOVER_{up}_TARGET_APP_DATABASE_URL"),
                 self.target_app_url(env),

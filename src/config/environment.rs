@@ -61,6 +61,12 @@ pub struct Environment {
     /// environment at run time and are never written anywhere.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretRef>,
+    /// The legacy object storage users' files move from (DigitalOcean Spaces or any
+    /// S3-compatible endpoint), by a name that is the same in every environment (`uploads`):
+    /// `env.buckets.<name>.endpoint`, `.region` and `.bucket` in templates. Its access keys are
+    /// `secrets:` like any other.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub buckets: BTreeMap<String, BucketSection>,
     /// Where the metrics of the environment's real traffic are read by analysis windows
     /// (`env.monitoring.*` in templates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -371,6 +377,18 @@ pub struct DnsSection {
 
 fn default_cutover_ttl() -> u32 {
     60
+}
+
+/// A legacy bucket: where `s3.replicate` reads users' files from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSection {
+    /// The S3 API endpoint, e.g. `https://nyc3.digitaloceanspaces.com`.
+    pub endpoint: String,
+    /// The signing region, e.g. `nyc3`.
+    pub region: String,
+    /// The bucket (Space) name.
+    pub bucket: String,
 }
 
 /// The environment's monitoring endpoints, and the pace of the analyses that read them.

@@ -12,6 +12,7 @@ pub mod external_secrets;
 pub mod http;
 pub mod kube;
 pub mod metrics;
+pub mod objects;
 pub mod organizations;
 pub mod pgbouncer;
 pub mod postgres;

@@ -15,6 +15,7 @@ mod aws_assert_account;
 mod dns;
 mod http_check;
 mod k8s_flip_secret;
+pub mod objects;
 mod pgbouncer_pause;
 mod pgbouncer_repoint;
 mod postgres_decommission;
@@ -29,6 +30,8 @@ pub mod relay;
 mod rollout;
 mod route53_cutover;
 mod route53_set_ttl;
+mod s3_replicate;
+mod s3_sync;
 mod secret_backup;
 mod secret_owner;
 mod terraform_apply;
@@ -261,6 +264,8 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &Typed(route53_cutover::Route53Cutover),
         &Typed(http_check::HttpCheck),
         &Typed(analysis_run::AnalysisRun),
+        &Typed(s3_replicate::S3Replicate),
+        &Typed(s3_sync::S3Sync),
     ]
 }
 

@@ -77,3 +77,16 @@ output "app_url" {
   value       = var.app_url
   description = "Base URL of the service on the AWS side."
 }
+
+# The uploads bucket the sandbox seeded in the account (moto's S3), named as the storage module
+# names it.
+resource "terraform_data" "uploads" {
+  input = {
+    bucket = "shop-uploads-${var.environment}-${var.account_id}"
+  }
+}
+
+output "uploads_bucket" {
+  value       = terraform_data.uploads.input.bucket
+  description = "The bucket users' uploads move into from Spaces (s3.replicate's target)."
+}

@@ -4,3 +4,4 @@ output "eks_cluster_name" { value = module.shop.eks_cluster_name }
 output "alb_arn" { value = module.shop.alb_arn }
 output "alb_dns_name" { value = module.shop.alb_dns_name }
 output "app_url" { value = module.shop.app_url }
+output "uploads_bucket" { value = module.shop.uploads_bucket }

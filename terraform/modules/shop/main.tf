@@ -67,3 +67,12 @@ module "waf" {
   alb_arn = module.eks.alb_arn
   tags    = var.tags
 }
+
+data "aws_caller_identity" "current" {}
+
+module "storage" {
+  source = "../storage"
+  # Bucket names are global: the account id keeps each environment's apart.
+  bucket = "shop-uploads-${var.environment}-${data.aws_caller_identity.current.account_id}"
+  tags   = var.tags
+}

@@ -22,3 +22,8 @@ output "app_url" {
   value       = coalesce(var.app_url, "https://${module.dns.direct_fqdn}")
   description = "Base URL of the service on the AWS side, reached directly (not through the cutover record)."
 }
+
+output "uploads_bucket" {
+  value       = module.storage.bucket
+  description = "The bucket users' uploads move into from Spaces (s3.replicate's target)."
+}
