@@ -25,6 +25,7 @@ mod fallback;
 mod fuzz;
 mod infra;
 mod migration;
+mod objects;
 mod outcome;
 mod pooler;
 mod postgres;
