@@ -15,9 +15,9 @@ mod problem;
 mod runbook;
 
 pub use environment::{
-    AwsSection, DatabaseSection, DnsSection, EksSection, Environment, MonitoringSection,
-    OrganizationSection, PlanPolicy, PromotionPolicy, SecretRef, SecretSource, Side, StoreKind,
-    StoreSection, TerraformSection, Tier, UrlParts,
+    AwsSection, BucketSection, DatabaseSection, DnsSection, EksSection, Environment,
+    MonitoringSection, OrganizationSection, PlanPolicy, PromotionPolicy, SecretRef, SecretSource,
+    Side, StoreKind, StoreSection, TerraformSection, Tier, UrlParts,
 };
 pub use migration::{Migration, MigrationPromotion, OnFailure, OnUnrehearsed, Wave, WaveRun};
 pub use problem::{choices_hint, did_you_mean, Problem, Problems};

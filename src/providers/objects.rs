@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why an object operation failed. Messages name the bucket, the operation and the key, never a
 /// credential.
@@ -118,25 +118,42 @@ impl Location {
     }
 }
 
-/// A request-rate budget: at most `per_second` requests start in any second, shared by every
-/// task using the bucket (Spaces limits older buckets to 240 operations/s, 150 of them writes
-/// and LISTs: DigitalOcean's Spaces limits page).
+/// A request-rate budget: at most `per_second` requests start per second on average, with
+/// bursts of up to a tenth of a second's worth, shared by every task using the bucket (Spaces
+/// limits older buckets to 240 operations/s, 150 of them writes and LISTs: DigitalOcean's Spaces
+/// limits page). A request within the budget starts at once.
 pub struct Budget {
-    interval: tokio::sync::Mutex<tokio::time::Interval>,
+    period: Duration,
+    burst: Duration,
+    next: Mutex<Instant>,
 }
 
 impl Budget {
     /// A budget of `per_second` requests per second (at least 1).
     pub fn per_second(per_second: u32) -> Budget {
-        let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second.max(1) as f64));
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let period = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
         Budget {
-            interval: tokio::sync::Mutex::new(i),
+            period,
+            burst: Duration::from_millis(100).max(period),
+            next: Mutex::new(Instant::now()),
         }
     }
 
+    /// How long the caller must wait before its request, from `now`; books its slot.
+    fn book(&self, now: Instant) -> Duration {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        // Time left unused beyond one burst does not accumulate.
+        let floor = now.checked_sub(self.burst).unwrap_or(now);
+        let start = (*next).max(floor);
+        *next = start + self.period;
+        start.saturating_duration_since(now)
+    }
+
     async fn take(&self) {
-        self.interval.lock().await.tick().await;
+        let wait = self.book(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -467,18 +484,7 @@ impl Bucket {
                 size: h.content_length().unwrap_or(0).max(0) as u64,
                 etag: unquote(h.e_tag()),
                 version: h.version_id().map(str::to_string),
-                metadata: Metadata {
-                    content_type: h.content_type().map(str::to_string),
-                    cache_control: h.cache_control().map(str::to_string),
-                    content_disposition: h.content_disposition().map(str::to_string),
-                    content_encoding: h.content_encoding().map(str::to_string),
-                    content_language: h.content_language().map(str::to_string),
-                    expires: h.expires_string().map(str::to_string),
-                    user: h
-                        .metadata()
-                        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                        .unwrap_or_default(),
-                },
+                metadata: metadata_of_head(&h),
             })),
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(self.fail("HeadObject", key, e)),
@@ -487,6 +493,17 @@ impl Bucket {
 
     /// The size of part `n` (from 1) of a multipart object whose ETag is `etag`.
     async fn part_size(&self, key: &str, etag: &str, n: u32) -> Result<u64, ObjectError> {
+        Ok(self.part_head(key, etag, n).await?.0)
+    }
+
+    /// The size of part `n` (from 1) of a multipart object whose ETag is `etag`, and the
+    /// object's metadata.
+    async fn part_head(
+        &self,
+        key: &str,
+        etag: &str,
+        n: u32,
+    ) -> Result<(u64, Metadata), ObjectError> {
         self.gate().await;
         let h = self
             .client
@@ -498,7 +515,10 @@ impl Bucket {
             .send()
             .await
             .map_err(|e| self.changed_or(key, etag, "HeadObject", e))?;
-        Ok(h.content_length().unwrap_or(0).max(0) as u64)
+        Ok((
+            h.content_length().unwrap_or(0).max(0) as u64,
+            metadata_of_head(&h),
+        ))
     }
 
     fn changed_or<E>(
@@ -794,17 +814,15 @@ pub async fn copy(from: &Bucket, to: &Bucket, object: &Listed) -> Result<Copied,
             )
         }
         Some(n) => {
-            let head = from
-                .head(key)
-                .await?
-                .ok_or_else(|| ObjectError::Gone { key: key.clone() })?;
-            if head.etag != object.etag {
-                return Err(ObjectError::Changed {
-                    key: key.clone(),
-                    expected: object.etag.clone(),
-                });
-            }
-            let first = from.part_size(key, &object.etag, 1).await?;
+            // The first part's head gives its size and the object's metadata (and fails if
+            // the object changed since the listing).
+            let (first, metadata) = from.part_head(key, &object.etag, 1).await?;
+            let head = Head {
+                size: object.size,
+                etag: object.etag.clone(),
+                version: None,
+                metadata,
+            };
             let sizes = match uniform_parts(head.size, n, first) {
                 Some(s) => s,
                 None => {
@@ -836,6 +854,21 @@ pub async fn copy(from: &Bucket, to: &Bucket, object: &Listed) -> Result<Copied,
         version,
         parts,
     })
+}
+
+fn metadata_of_head(h: &aws_sdk_s3::operation::head_object::HeadObjectOutput) -> Metadata {
+    Metadata {
+        content_type: h.content_type().map(str::to_string),
+        cache_control: h.cache_control().map(str::to_string),
+        content_disposition: h.content_disposition().map(str::to_string),
+        content_encoding: h.content_encoding().map(str::to_string),
+        content_language: h.content_language().map(str::to_string),
+        expires: h.expires_string().map(str::to_string),
+        user: h
+            .metadata()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+    }
 }
 
 fn metadata_of_get(g: &aws_sdk_s3::operation::get_object::GetObjectOutput) -> Metadata {
@@ -953,7 +986,7 @@ mod tests {
     fn only_a_plain_md5_etag_gives_a_content_md5() {
         assert_eq!(
             content_md5("9dd4e461268c8034f5c8564e155c67a6").as_deref(),
-            Some("nd1OYSaMgDT1yFZbThXGpg==")
+            Some("ndTkYSaMgDT1yFZOFVxnpg==")
         );
         assert_eq!(content_md5("34ba8b2f16bd1be83f8c295b6cdbd06b-3"), None);
         assert_eq!(content_md5("not-hex"), None);
@@ -975,6 +1008,22 @@ mod tests {
         assert_eq!(uniform_parts(5 * mib, 2, 8 * mib), None);
         assert_eq!(uniform_parts(7, 1, 7), Some(vec![7]));
         assert_eq!(uniform_parts(7, 0, 7), None);
+    }
+
+    #[test]
+    fn a_budget_lets_a_burst_through_then_spaces_requests_by_its_period() {
+        let b = Budget::per_second(100);
+        let now = Instant::now() + Duration::from_secs(1);
+        // A tenth of a second's worth starts at once, then one every 10 ms.
+        let waits: Vec<Duration> = (0..12).map(|_| b.book(now)).collect();
+        assert!(waits[..10].iter().all(|w| w.is_zero()), "{waits:?}");
+        assert_eq!(waits[10], Duration::ZERO);
+        assert_eq!(waits[11], Duration::from_millis(10));
+        // Unused time does not pile up past one burst.
+        let later = now + Duration::from_secs(5);
+        let waits: Vec<Duration> = (0..12).map(|_| b.book(later)).collect();
+        assert!(waits[..11].iter().all(|w| w.is_zero()), "{waits:?}");
+        assert_eq!(waits[11], Duration::from_millis(10));
     }
 
     #[test]

@@ -384,7 +384,9 @@ enum Done {
 }
 
 /// Copies one object with retries on throttling and transport errors (exponential backoff from
-/// 200 ms to 10 s, 8 tries: the SDK's own retries cannot replay a streamed body).
+/// 200 ms to 10 s, 8 tries: the SDK's own retries cannot replay a streamed body). Its ACL is read
+/// while it copies; a public object refused by `public_objects: fail` is deleted from the target
+/// again.
 async fn copy_one(
     from: &Bucket,
     to: &Bucket,
@@ -392,29 +394,44 @@ async fn copy_one(
     public: PublicObjects,
 ) -> Result<Done, ObjectError> {
     use backon::Retryable;
-    let tries = std::sync::atomic::AtomicU64::new(0);
-    let is_public = (|| async { from.public_read(&o.key).await })
-        .retry(backoff())
-        .when(ObjectError::transient)
-        .notify(|_, _| {
-            tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        })
-        .await;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let tries = Arc::new(AtomicU64::new(0));
+    let acl = {
+        let (from, key, tries) = (from.clone(), o.key.clone(), tries.clone());
+        let read = move || {
+            let (from, key) = (from.clone(), key.clone());
+            async move { from.public_read(&key).await }
+        };
+        read.retry(backoff()).when(ObjectError::transient).notify(
+            move |_: &ObjectError, _: Duration| {
+                tries.fetch_add(1, Ordering::Relaxed);
+            },
+        )
+    };
+    let copy = {
+        let (from, to, o, tries) = (from.clone(), to.clone(), o.clone(), tries.clone());
+        let write = move || {
+            let (from, to, o) = (from.clone(), to.clone(), o.clone());
+            async move { objects::copy(&from, &to, &o).await }
+        };
+        write.retry(backoff()).when(ObjectError::transient).notify(
+            move |_: &ObjectError, _: Duration| {
+                tries.fetch_add(1, Ordering::Relaxed);
+            },
+        )
+    };
+    let (is_public, copied) = tokio::join!(acl, copy);
     let is_public = match is_public {
         Ok(p) => p,
         Err(ObjectError::Gone { key }) => return Ok(Done::Changed(key)),
         Err(e) => return Err(e),
     };
     if is_public && public == PublicObjects::Fail {
+        if copied.is_ok() {
+            to.delete(&o.key).await?;
+        }
         return Ok(Done::Refused(o.key.clone()));
     }
-    let copied = (|| async { objects::copy(from, to, o).await })
-        .retry(backoff())
-        .when(ObjectError::transient)
-        .notify(|_, _| {
-            tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        })
-        .await;
     match copied {
         Ok(c) => Ok(Done::Copied(
             Entry {
@@ -425,7 +442,7 @@ async fn copy_one(
                 version: c.version,
                 public: is_public,
             },
-            tries.into_inner(),
+            tries.load(Ordering::Relaxed),
         )),
         Err(ObjectError::Changed { key, .. }) | Err(ObjectError::Gone { key }) => {
             Ok(Done::Changed(key))

@@ -13,6 +13,9 @@ pub enum Part {
     Verify,
     /// Rows/s applied by `cutover relay` beside a native subscription, under one pgbench load.
     Replication,
+    /// The object copy (`s3.replicate` + `s3.sync`) beside `rclone copy --checksum` and a bare
+    /// GET-to-PUT pipe, from the legacy Space to S3.
+    Objects,
 }
 
 /// `cutover-sandbox bench [PART...]` options; sizes default to the figures in
@@ -60,6 +63,15 @@ pub struct BenchArgs {
     /// pgbench scale of the replication part (100,000 accounts per unit).
     #[arg(long, default_value_t = 10)]
     pub repl_scale: u64,
+    /// Small objects (4–132 KiB) of the objects part.
+    #[arg(long, default_value_t = 2000)]
+    pub objects: u64,
+    /// Multipart objects (3 parts of 8 MiB) of the objects part.
+    #[arg(long, default_value_t = 8)]
+    pub multipart: u64,
+    /// Objects copied at once by every method of the objects part.
+    #[arg(long, default_value_t = 8)]
+    pub object_jobs: usize,
     /// How the application picks up the flipped Secret in the downtime part, one series of
     /// windows each: `restart` (a Deployment reading it as environment variables, rolled out
     /// by the flip), `volume` (a mounted Secret, used `--volume-delay` after the change),
@@ -123,6 +135,9 @@ pub async fn run(a: BenchArgs, sandbox_dir: &std::path::Path) -> i32 {
         repl_seconds: a.repl_seconds.max(1),
         repl_clients: a.repl_clients.max(1),
         repl_scale: a.repl_scale.max(1),
+        objects: a.objects,
+        multipart: a.multipart,
+        object_jobs: a.object_jobs.max(1),
         reload: a.reload.iter().map(|r| (*r).into()).collect(),
         volume_delay: a.volume_delay,
         cutover: a.cutover.clone().unwrap_or_else(beside_this_executable),

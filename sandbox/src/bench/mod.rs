@@ -19,6 +19,7 @@
 pub mod args;
 mod copy;
 mod downtime;
+mod objects;
 mod replication;
 mod verify;
 
@@ -60,6 +61,12 @@ pub struct Options {
     pub repl_clients: usize,
     /// pgbench scale of the replication part's databases (100,000 accounts per unit).
     pub repl_scale: u64,
+    /// Small objects of the objects part (4–132 KiB each).
+    pub objects: u64,
+    /// Multipart objects of the objects part (3 parts of 8 MiB each).
+    pub multipart: u64,
+    /// Objects copied at once by every method of the objects part.
+    pub object_jobs: usize,
     /// The `cutover` binary the downtime part rehearses with.
     pub cutover: PathBuf,
     /// The sandbox's directory (`--dir`): the `pooler` series lets the bench's role log in to
@@ -580,7 +587,10 @@ pub async fn run(root: &Path, opts: &Options) -> Result<()> {
             "copy" => copy::run(&bench, opts).await?,
             "verify" => verify::run(&bench, opts).await?,
             "replication" => replication::run(&bench, opts).await?,
-            other => bail!("unknown bench part {other} (downtime, copy, verify, replication)"),
+            "objects" => objects::run(&bench, opts).await?,
+            other => {
+                bail!("unknown bench part {other} (downtime, copy, verify, replication, objects)")
+            }
         }
     }
     Ok(())
