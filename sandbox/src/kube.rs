@@ -864,6 +864,20 @@ impl Store {
         }
     }
 
+    /// The environment of each ready pod of Deployment `ns/name`, oldest pod first.
+    pub fn ready_pods_env(&self, ns: &str, name: &str) -> Vec<BTreeMap<String, String>> {
+        let now = Instant::now();
+        self.pods
+            .get(&key("deployments", ns, name))
+            .map(|(_, pods)| {
+                pods.iter()
+                    .filter(|p| p.ready_at <= now)
+                    .map(|p| p.env.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The value of `var` in each ready pod of Deployment `ns/name`, oldest pod first: what a
     /// Service in front of them would route to.
     pub fn ready_pod_env(&self, ns: &str, name: &str, var: &str) -> Vec<String> {

@@ -19,6 +19,7 @@ mod state;
 mod template;
 mod tls;
 mod traffic;
+mod uploads;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};

@@ -34,6 +34,7 @@ fn seed_service(
     secret: &str,
     url: &str,
     deployments: &[(&str, i64)],
+    extra_env: &[Value],
 ) {
     store.seed(
         "namespaces",
@@ -41,6 +42,10 @@ fn seed_service(
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
     );
     let url = base64::engine::general_purpose::STANDARD.encode(url);
+    let mut env = vec![
+        json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": "DATABASE_URL"}}}),
+    ];
+    env.extend(extra_env.iter().cloned());
     store.seed("secrets", ns, json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": secret, "labels": {"app": ns}}, "data": {"DATABASE_URL": url}}));
     for (name, replicas) in deployments {
         store.seed(
@@ -52,7 +57,7 @@ fn seed_service(
                 "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                          "template": {"metadata": {"labels": {"app": name}},
                                       "spec": {"containers": [{"name": "app", "image": format!("registry.example-shop.com/{name}:1.0"),
-                                                               "env": [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": "DATABASE_URL"}}}]}]}}},
+                                                               "env": env}]}}},
                 "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
                            "conditions": [{"type": "Available", "status": "True"}]}
             }),
@@ -70,13 +75,33 @@ fn seed_cluster(s: &State, env: &str) -> Cluster {
         // The application reaches its database through its pooler from the start.
         &s.pooler_app_url(env),
         &[("shop-api", 2), ("shop-worker", 1)],
+        // The users' files: where Secret shop-storage says (the legacy Space at first).
+        &[
+            json!({"name": "STORAGE_URL", "valueFrom": {"secretKeyRef": {"name": "shop-storage", "key": "STORAGE_URL"}}}),
+            json!({"name": "STORAGE_FALLBACK_URL", "valueFrom": {"secretKeyRef": {"name": "shop-storage", "key": "STORAGE_FALLBACK_URL", "optional": true}}}),
+        ],
     );
+    if !s.spaces_ports.is_empty() {
+        let storage = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}/{}",
+            crate::spaces::endpoint(s),
+            crate::spaces::bucket(env)
+        ));
+        store.seed(
+            "secrets",
+            "shop",
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                   "metadata": {"name": "shop-storage", "labels": {"app": "shop"}},
+                   "data": {"STORAGE_URL": storage}}),
+        );
+    }
     seed_service(
         &mut store,
         "letters",
         "letters-db",
         &s.letters_url(env, "letters", false),
         &[("letters-api", 1)],
+        &[],
     );
     // The pooler's [databases] file, which its pods' sidecar writes to disk ([`crate::pooler`]).
     let file =
@@ -331,7 +356,20 @@ pub async fn run(s: State) -> Result<()> {
             .route("/healthz", get(aws_health))
             .route("/letters/healthz", get(letters_health))
             .route("/orders", axum::routing::post(aws_create_order))
-            .with_state(cluster)
+            .with_state(cluster.clone())
+            .merge(
+                Router::new()
+                    .route(
+                        "/uploads/{*key}",
+                        get(crate::uploads::get).put(crate::uploads::put),
+                    )
+                    .with_state(crate::uploads::Uploads {
+                        cluster,
+                        state: s.clone(),
+                        env: env.to_string(),
+                        aws: Default::default(),
+                    }),
+            )
             .merge(
                 Router::new()
                     .route("/shop", get(crate::traffic::aws_page))

@@ -224,12 +224,13 @@ pub struct Copied {
     pub size: u64,
     /// The target's ETag (equal to the source's), without quotes.
     pub etag: String,
-    /// SHA-256 of the content, lower-case hex, computed from the bytes streamed.
+    /// SHA-256 of the content, lower-case hex, computed from the bytes streamed; for a
+    /// multipart object the composite ([`composite_sha256`]: `<hex>-<parts>`).
     pub sha256: String,
     /// The target's version id, where its bucket keeps versions.
     pub version: Option<String>,
-    /// Parts written (1 for a single-part object).
-    pub parts: u32,
+    /// The part sizes in bytes of a multipart object (empty for a single-part one).
+    pub parts: Vec<u64>,
 }
 
 /// The part count a multipart ETag (`<md5>-<n>`) names; `None` for a single-part ETag.
@@ -593,18 +594,41 @@ impl Bucket {
         Ok(())
     }
 
-    /// Reads the whole object and returns its size and SHA-256 (lower-case hex): a check of the
-    /// content the bucket serves.
+    /// Reads the object and returns its size and SHA-256 (lower-case hex): a check of the
+    /// content the bucket serves. With `parts` (a multipart object's part sizes) the composite
+    /// over those byte ranges ([`composite_sha256`]), as [`copy`] records it.
     ///
     /// # Errors
     /// [`ObjectError::Gone`] when it does not exist; [`ObjectError`] otherwise.
-    pub async fn sha256(&self, key: &str) -> Result<(u64, String), ObjectError> {
+    pub async fn sha256(&self, key: &str, parts: &[u64]) -> Result<(u64, String), ObjectError> {
+        if parts.is_empty() {
+            let (size, digest) = self.range_sha256(key, None).await?;
+            return Ok((size, hex::encode(digest)));
+        }
+        let (mut size, mut digests, mut start) = (0, Vec::with_capacity(parts.len()), 0u64);
+        for len in parts {
+            let (n, d) = self
+                .range_sha256(key, Some(format!("bytes={start}-{}", start + len - 1)))
+                .await?;
+            size += n;
+            start += len;
+            digests.push(d);
+        }
+        Ok((size, composite_sha256(&digests)))
+    }
+
+    async fn range_sha256(
+        &self,
+        key: &str,
+        range: Option<String>,
+    ) -> Result<(u64, [u8; 32]), ObjectError> {
         self.gate().await;
         let out = self
             .client
             .get_object()
             .bucket(&self.location.bucket)
             .key(key)
+            .set_range(range)
             .send()
             .await
             .map_err(|e| self.changed_or(key, "", "GetObject", e))?;
@@ -621,7 +645,41 @@ impl Bucket {
             size += chunk.len() as u64;
             h.update(&chunk);
         }
-        Ok((size, hex::encode(h.finalize())))
+        Ok((size, h.finalize().into()))
+    }
+
+    /// Reads a whole object (small objects: the sandbox application's uploads); `None` when it
+    /// does not exist.
+    ///
+    /// # Errors
+    /// [`ObjectError`] for any other failure.
+    pub async fn get(&self, key: &str) -> Result<Option<(Bytes, Metadata)>, ObjectError> {
+        self.gate().await;
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if status(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(self.fail("GetObject", key, e)),
+        };
+        let metadata = metadata_of_get(&out);
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| ObjectError::Request {
+                bucket: self.label.clone(),
+                op: "GetObject",
+                key: key.to_string(),
+                message: e.to_string(),
+            })?
+            .into_bytes();
+        Ok(Some((body, metadata)))
     }
 
     /// Writes `body` as one object with `metadata` (small objects: the sandbox's uploads and
@@ -778,7 +836,7 @@ metadata_setter!(
 pub async fn copy(from: &Bucket, to: &Bucket, object: &Listed) -> Result<Copied, ObjectError> {
     let key = &object.key;
     let hasher = Arc::new(Mutex::new(Sha256::new()));
-    let (etag, version, parts) = match etag_parts(&object.etag) {
+    let (etag, version, parts, composite) = match etag_parts(&object.etag) {
         None => {
             from.gate().await;
             let got = from
@@ -810,7 +868,8 @@ pub async fn copy(from: &Bucket, to: &Bucket, object: &Listed) -> Result<Copied,
             (
                 unquote(out.e_tag()),
                 out.version_id().map(str::to_string),
-                1,
+                Vec::new(),
+                None,
             )
         }
         Some(n) => {
@@ -833,8 +892,8 @@ pub async fn copy(from: &Bucket, to: &Bucket, object: &Listed) -> Result<Copied,
                     s
                 }
             };
-            let (etag, version) = copy_parts(from, to, object, &head, &sizes, &hasher).await?;
-            (etag, version, n)
+            let (etag, version, sha) = copy_parts(from, to, object, &head, &sizes).await?;
+            (etag, version, sizes, Some(sha))
         }
     };
     if etag != object.etag {
@@ -844,9 +903,11 @@ pub async fn copy(from: &Bucket, to: &Bucket, object: &Listed) -> Result<Copied,
             target: etag,
         });
     }
-    let sha256 = hex::encode(
-        std::mem::take(&mut *hasher.lock().unwrap_or_else(|p| p.into_inner())).finalize(),
-    );
+    let sha256 = composite.unwrap_or_else(|| {
+        hex::encode(
+            std::mem::take(&mut *hasher.lock().unwrap_or_else(|p| p.into_inner())).finalize(),
+        )
+    });
     Ok(Copied {
         size: object.size,
         etag,
@@ -886,16 +947,30 @@ fn metadata_of_get(g: &aws_sdk_s3::operation::get_object::GetObjectOutput) -> Me
     }
 }
 
+/// Parts of one object copied at once.
+pub const PART_JOBS: usize = 4;
+
+/// The composite SHA-256 of a multipart object, as S3 defines its composite checksums: the
+/// SHA-256 of the concatenated SHA-256 digests of its parts, hex, followed by `-<parts>`.
+pub fn composite_sha256(part_digests: &[[u8; 32]]) -> String {
+    let mut h = Sha256::new();
+    for d in part_digests {
+        h.update(d);
+    }
+    format!("{}-{}", hex::encode(h.finalize()), part_digests.len())
+}
+
 /// The multipart copy: one upload on the target, each part a ranged GET of the source (the part
-/// number GET is not served by every server) streamed into `UploadPart`; aborted on failure.
+/// number GET is not served by every server) streamed into `UploadPart`, [`PART_JOBS`] parts at
+/// once, each hashed on the way; aborted on failure. Returns the target's ETag, version and the
+/// composite SHA-256 ([`composite_sha256`]).
 async fn copy_parts(
     from: &Bucket,
     to: &Bucket,
     object: &Listed,
     head: &Head,
     sizes: &[u64],
-    hasher: &Arc<Mutex<Sha256>>,
-) -> Result<(String, Option<String>), ObjectError> {
+) -> Result<(String, Option<String>, String), ObjectError> {
     let key = &object.key;
     to.gate().await;
     let req = to
@@ -908,45 +983,83 @@ async fn copy_parts(
         .await
         .map_err(|e| to.fail("CreateMultipartUpload", key, e))?;
     let id = up.upload_id().unwrap_or_default().to_string();
+    let starts: Vec<u64> = sizes
+        .iter()
+        .scan(0u64, |at, size| {
+            let start = *at;
+            *at += size;
+            Some(start)
+        })
+        .collect();
     let result = async {
-        let mut done = Vec::with_capacity(sizes.len());
-        let mut start = 0u64;
-        for (i, size) in sizes.iter().enumerate() {
-            let n = i as i32 + 1;
-            from.gate().await;
-            let got = from
-                .client
-                .get_object()
-                .bucket(&from.location.bucket)
-                .key(key)
-                .range(format!("bytes={start}-{}", start + size - 1))
-                .if_match(format!("\"{}\"", object.etag))
-                .send()
-                .await
-                .map_err(|e| from.changed_or(key, &object.etag, "GetObject", e))?;
-            to.gate().await;
-            let out = to
-                .client
-                .upload_part()
-                .bucket(&to.location.bucket)
-                .key(key)
-                .upload_id(&id)
-                .part_number(n)
-                .content_length(*size as i64)
-                .body(hashing(got.body, *size, hasher))
-                .customize()
-                .disable_payload_signing()
-                .send()
-                .await
-                .map_err(|e| to.fail("UploadPart", key, e))?;
-            done.push(
+        use futures_util::StreamExt;
+        let ranges: Vec<(usize, u64, u64)> = sizes
+            .iter()
+            .zip(&starts)
+            .enumerate()
+            .map(|(i, (size, start))| (i, *size, *start))
+            .collect();
+        let mut parts: Vec<(i32, Option<String>, [u8; 32])> = futures_util::stream::iter(ranges)
+            .map(|(i, size, start)| {
+                let (from, to, key, etag, id) = (
+                    from.clone(),
+                    to.clone(),
+                    key.clone(),
+                    object.etag.clone(),
+                    id.clone(),
+                );
+                async move {
+                    let n = i as i32 + 1;
+                    from.gate().await;
+                    let got = from
+                        .client
+                        .get_object()
+                        .bucket(&from.location.bucket)
+                        .key(&key)
+                        .range(format!("bytes={start}-{}", start + size - 1))
+                        .if_match(format!("\"{etag}\""))
+                        .send()
+                        .await
+                        .map_err(|e| from.changed_or(&key, &etag, "GetObject", e))?;
+                    let hasher = Arc::new(Mutex::new(Sha256::new()));
+                    to.gate().await;
+                    let out = to
+                        .client
+                        .upload_part()
+                        .bucket(&to.location.bucket)
+                        .key(&key)
+                        .upload_id(&id)
+                        .part_number(n)
+                        .content_length(size as i64)
+                        .body(hashing(got.body, size, &hasher))
+                        .customize()
+                        .disable_payload_signing()
+                        .send()
+                        .await
+                        .map_err(|e| to.fail("UploadPart", &key, e))?;
+                    let digest: [u8; 32] =
+                        std::mem::take(&mut *hasher.lock().unwrap_or_else(|p| p.into_inner()))
+                            .finalize()
+                            .into();
+                    Ok::<_, ObjectError>((n, out.e_tag().map(str::to_string), digest))
+                }
+            })
+            .buffer_unordered(PART_JOBS)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        parts.sort_by_key(|(n, _, _)| *n);
+        let digests: Vec<[u8; 32]> = parts.iter().map(|(_, _, d)| *d).collect();
+        let done = parts
+            .into_iter()
+            .map(|(n, etag, _)| {
                 aws_sdk_s3::types::CompletedPart::builder()
                     .part_number(n)
-                    .set_e_tag(out.e_tag().map(str::to_string))
-                    .build(),
-            );
-            start += size;
-        }
+                    .set_e_tag(etag)
+                    .build()
+            })
+            .collect();
         to.gate().await;
         let out = to
             .client
@@ -962,7 +1075,11 @@ async fn copy_parts(
             .send()
             .await
             .map_err(|e| to.fail("CompleteMultipartUpload", key, e))?;
-        Ok((unquote(out.e_tag()), out.version_id().map(str::to_string)))
+        Ok((
+            unquote(out.e_tag()),
+            out.version_id().map(str::to_string),
+            composite_sha256(&digests),
+        ))
     }
     .await;
     if result.is_err() {
@@ -1024,6 +1141,19 @@ mod tests {
         let waits: Vec<Duration> = (0..12).map(|_| b.book(later)).collect();
         assert!(waits[..11].iter().all(|w| w.is_zero()), "{waits:?}");
         assert_eq!(waits[11], Duration::from_millis(10));
+    }
+
+    #[test]
+    fn a_composite_digest_is_the_digest_of_the_parts_digests() {
+        let a: [u8; 32] = Sha256::digest(b"first part").into();
+        let b: [u8; 32] = Sha256::digest(b"second").into();
+        let mut both = a.to_vec();
+        both.extend_from_slice(&b);
+        assert_eq!(
+            composite_sha256(&[a, b]),
+            format!("{}-2", hex::encode(Sha256::digest(&both)))
+        );
+        assert_ne!(composite_sha256(&[b, a]), composite_sha256(&[a, b]));
     }
 
     #[test]

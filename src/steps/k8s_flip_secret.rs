@@ -48,6 +48,22 @@ pub struct Params {
     /// Workloads to restart, as deployment/<name>.
     #[serde(default)]
     restart: Vec<String>,
+    /// What the flip points the application at: `database` (default; the database window's
+    /// flip, which `cutover validate` orders after the freeze) or `storage` (its object storage,
+    /// e.g. a write-flip to S3 with read fallback, which may come before the window).
+    #[serde(default)]
+    moves: Moves,
+}
+
+/// What a `k8s.flip_secret` moves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Moves {
+    /// The application's database connection: the window's flip.
+    #[default]
+    Database,
+    /// The application's object storage: not part of the database window.
+    Storage,
 }
 
 /// Backup Secret keys holding an upstream's whole value from before the flip.
@@ -254,8 +270,11 @@ impl Kind for FlipSecret {
     const PURPOSE: &'static str = "Point the application at the new database: update its Secret (old value kept in a backup Secret), restart its Deployments and wait for the rollout";
     const UNDO: &'static str = "Put the backup Secret's values back into the Secret and restart the same Deployments; the backup Secret is kept";
 
-    fn window_role(&self, _params: Option<&Literal<Params>>) -> WindowRole {
-        WindowRole::Flip { pooler: false }
+    fn window_role(&self, params: Option<&Literal<Params>>) -> WindowRole {
+        match params.map(|l| l.params.moves) {
+            Some(Moves::Storage) => WindowRole::Other,
+            _ => WindowRole::Flip { pooler: false },
+        }
     }
 
     async fn plan(&self, cx: &StepContext, p: &Params) -> Result<Plan<Before, Outputs>, StepError> {
@@ -664,6 +683,7 @@ mod tests {
             secret: "shop-db".into(),
             data: [("DATABASE_URL".to_string(), NEW.to_string())].into(),
             restart: vec!["deployment/web".into()],
+            moves: Moves::Database,
         }
     }
 

@@ -30,6 +30,7 @@ pub mod relay;
 mod rollout;
 mod route53_cutover;
 mod route53_set_ttl;
+mod s3_fallback;
 mod s3_replicate;
 mod s3_sync;
 mod secret_backup;
@@ -266,6 +267,7 @@ pub fn registry() -> Vec<&'static dyn StepKind> {
         &Typed(analysis_run::AnalysisRun),
         &Typed(s3_replicate::S3Replicate),
         &Typed(s3_sync::S3Sync),
+        &Typed(s3_fallback::S3Fallback),
     ]
 }
 

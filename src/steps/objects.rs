@@ -148,8 +148,12 @@ pub struct Entry {
     pub size: u64,
     /// The ETag on both sides, without quotes.
     pub etag: String,
-    /// SHA-256 of the content, computed while it streamed.
+    /// SHA-256 of the content, computed while it streamed (a multipart object's is the composite
+    /// over its parts, `<hex>-<parts>`, as S3 defines composite checksums).
     pub sha256: String,
+    /// A multipart object's part sizes in bytes (empty for a single-part one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<u64>,
     /// The target's version id, where the bucket keeps versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -341,6 +345,48 @@ pub fn open_manifest(path: &Path) -> Result<Manifest, StepError> {
     Manifest::open(path).map_err(|e| io(path, e))
 }
 
+/// Opens the manifest an earlier step of this run named `name` (its `manifest` output).
+///
+/// # Errors
+/// [`StepError::Params`] for a name that is not a manifest's; [`StepError::Check`] when this
+/// run has no such manifest or it cannot be read.
+pub fn open_named(cx: &StepContext<'_>, name: &str) -> Result<Manifest, StepError> {
+    if !valid_manifest_name(name) {
+        return Err(StepError::Params(format!(
+            "manifest {name:?} is not a manifest's file name (objects-<step>.jsonl)"
+        )));
+    }
+    let path = cx.run_dir.join(name);
+    if !path.exists() {
+        return Err(StepError::Check(format!(
+            "no object manifest {name} in this run: it continues an s3.replicate of the same run"
+        )));
+    }
+    open_manifest(&path)
+}
+
+/// The listed objects a pass copies: those the manifest does not hold with the same size and
+/// ETag (new, or overwritten since they were copied).
+pub fn to_copy(manifest: &Manifest, listed: Vec<Listed>) -> Vec<Listed> {
+    listed
+        .into_iter()
+        .filter(|o| {
+            manifest
+                .get(&o.key)
+                .is_none_or(|e| e.etag != o.etag || e.size != o.size)
+        })
+        .collect()
+}
+
+/// The manifest's keys the source no longer listed (`seen`): deleted there since the copy.
+pub fn gone_from_source(manifest: &Manifest, seen: &HashSet<String>) -> Vec<String> {
+    manifest
+        .entries()
+        .filter(|e| !seen.contains(&e.key))
+        .map(|e| e.key.clone())
+        .collect()
+}
+
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pass {
@@ -360,6 +406,9 @@ pub struct Pass {
     pub public: u64,
     /// Requests retried after a throttle or a transport error.
     pub retries: u64,
+    /// Keys the application rewrote on the target since the write-flip, left as it wrote them
+    /// although the source changed too ([`Knobs::keep_target_writes`]).
+    pub kept: Vec<String>,
 }
 
 impl Pass {
@@ -375,6 +424,10 @@ pub struct Knobs {
     pub jobs: usize,
     /// The public-ACL policy.
     pub public: PublicObjects,
+    /// The application already writes to the target (after a write-flip): an object it wrote
+    /// there (absent from the manifest, or with another ETag than the manifest's) is neither
+    /// overwritten nor deleted from the source's side.
+    pub keep_target_writes: bool,
 }
 
 enum Done {
@@ -439,6 +492,7 @@ async fn copy_one(
                 size: c.size,
                 etag: c.etag,
                 sha256: c.sha256,
+                parts: c.parts,
                 version: c.version,
                 public: is_public,
             },
@@ -484,18 +538,19 @@ pub async fn pass(
         cx.check_deadline("the object copy")?;
         let page = b.source.list_page("", token).await.map_err(object_error)?;
         out.listed += page.objects.len() as u64;
-        let todo: Vec<Listed> = page
-            .objects
-            .into_iter()
-            .inspect(|o| {
-                seen.insert(o.key.clone());
-            })
-            .filter(|o| {
-                manifest
-                    .get(&o.key)
-                    .is_none_or(|e| e.etag != o.etag || e.size != o.size)
-            })
-            .collect();
+        seen.extend(page.objects.iter().map(|o| o.key.clone()));
+        let mut todo = to_copy(manifest, page.objects);
+        if knobs.keep_target_writes {
+            let mut left = Vec::with_capacity(todo.len());
+            for o in todo {
+                if written_on_target(&b.target, manifest.get(&o.key), &o.key).await? {
+                    out.kept.push(o.key);
+                } else {
+                    left.push(o);
+                }
+            }
+            todo = left;
+        }
         let public = knobs.public;
         let mut results = futures_util::stream::iter(todo)
             .map(|o| {
@@ -531,12 +586,14 @@ pub async fn pass(
             None => break,
         }
     }
-    let gone: Vec<String> = manifest
-        .entries()
-        .filter(|e| !seen.contains(&e.key))
-        .map(|e| e.key.clone())
-        .collect();
+    let gone = gone_from_source(manifest, &seen);
     for key in gone {
+        if knobs.keep_target_writes
+            && written_on_target(&b.target, manifest.get(&key), &key).await?
+        {
+            out.kept.push(key);
+            continue;
+        }
         b.target.delete(&key).await.map_err(object_error)?;
         manifest
             .record(Line::Deleted { pass: n, key })
@@ -545,6 +602,21 @@ pub async fn pass(
     }
     manifest.sync().map_err(|e| io(manifest.path(), e))?;
     Ok(out)
+}
+
+/// Whether the target's object `key` is not what the manifest recorded copying (`entry`): the
+/// application wrote it there.
+async fn written_on_target(
+    target: &Bucket,
+    entry: Option<&Entry>,
+    key: &str,
+) -> Result<bool, StepError> {
+    let head = target.head(key).await.map_err(object_error)?;
+    Ok(match (head, entry) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(h), Some(e)) => h.etag != e.etag,
+    })
 }
 
 /// `public_objects: fail` found public objects: the error naming them.
@@ -640,6 +712,22 @@ pub async fn compare(
     content: bool,
     jobs: usize,
 ) -> Result<Comparison, StepError> {
+    compare_with(cx, target, manifest, content, jobs, &[]).await
+}
+
+/// [`compare`], where the keys in `kept` (rewritten on the target by the application) count as
+/// the application's objects.
+///
+/// # Errors
+/// [`StepError::Check`] for a failed request.
+pub async fn compare_with(
+    cx: &StepContext<'_>,
+    target: &Bucket,
+    manifest: &Manifest,
+    content: bool,
+    jobs: usize,
+    kept: &[String],
+) -> Result<Comparison, StepError> {
     let mut out = Comparison::default();
     let mut seen = HashSet::new();
     let mut listed = Vec::new();
@@ -653,6 +741,10 @@ pub async fn compare(
     let mut to_read = Vec::new();
     for o in listed {
         seen.insert(o.key.clone());
+        if kept.contains(&o.key) {
+            out.unexpected.push(o.key);
+            continue;
+        }
         match manifest.get(&o.key) {
             None => out.unexpected.push(o.key),
             Some(e) if e.size != o.size || e.etag != o.etag => out.different.push(format!(
@@ -665,7 +757,7 @@ pub async fn compare(
     }
     let total = to_read.len();
     let mut reads = futures_util::stream::iter(to_read)
-        .map(|e| async move { (target.sha256(&e.key).await, e) })
+        .map(|e| async move { (target.sha256(&e.key, &e.parts).await, e) })
         .buffer_unordered(jobs);
     let mut done = 0;
     while let Some((r, e)) = reads.next().await {
@@ -701,6 +793,7 @@ mod tests {
             size,
             etag: format!("etag-{key}"),
             sha256: format!("sha-{key}"),
+            parts: Vec::new(),
             version: None,
             public: false,
         }
@@ -793,6 +886,57 @@ mod tests {
         })
         .unwrap();
         assert_ne!(one.root(), two.root());
+    }
+
+    #[test]
+    fn a_pass_copies_new_and_overwritten_objects_and_deletes_what_the_source_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Manifest::open(&manifest_path(dir.path(), "objects")).unwrap();
+        for (k, size) in [("same", 3), ("overwritten", 4), ("deleted", 5)] {
+            m.record(Line::Copied {
+                pass: 1,
+                entry: entry(k, size),
+            })
+            .unwrap();
+        }
+        let listed = vec![
+            Listed {
+                key: "same".into(),
+                size: 3,
+                etag: "etag-same".into(),
+            },
+            Listed {
+                key: "overwritten".into(),
+                size: 4,
+                etag: "another".into(),
+            },
+            Listed {
+                key: "new".into(),
+                size: 1,
+                etag: "etag-new".into(),
+            },
+        ];
+        let seen: HashSet<String> = listed.iter().map(|o| o.key.clone()).collect();
+        let copy: Vec<String> = to_copy(&m, listed).into_iter().map(|o| o.key).collect();
+        assert_eq!(copy, ["overwritten", "new"]);
+        assert_eq!(gone_from_source(&m, &seen), ["deleted"]);
+    }
+
+    #[test]
+    fn comparisons_name_each_problem_by_key() {
+        let c = Comparison {
+            equal: 3,
+            different: vec!["a (size 1 ETag x on the target, 2 y copied)".into()],
+            missing: vec!["b".into()],
+            unexpected: vec![],
+        };
+        assert!(!c.clean());
+        let p = c.problems();
+        assert!(
+            p.contains("1 differ: a (size 1") && p.contains("1 missing on the target: b"),
+            "{p}"
+        );
+        assert!(Comparison::default().clean());
     }
 
     #[test]

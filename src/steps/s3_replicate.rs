@@ -153,6 +153,7 @@ impl Kind for S3Replicate {
         let knobs = Knobs {
             jobs: p.jobs,
             public: p.public_objects,
+            keep_target_writes: false,
         };
         let (mut copied, mut deleted, mut public, mut passes) = (0, 0, 0, 0u32);
         loop {

@@ -6,16 +6,12 @@
 //! was not copied.
 //!
 //! Outputs: `objects`, `bytes`, `copied`, `deleted`, `verified`, `content_checked`,
-//! `manifest_sha256`, `synced_at`. Rollback (after the flip, when the application wrote to the
-//! target): copies back to the source every object the target has that the manifest does not
-//! hold as it is (new uploads, overwrites) and deletes on the source what the application
-//! deleted on the target, so nothing written since the flip is lost.
+//! `manifest_sha256`, `synced_at`, `written_since_flip`, `deleted_since_flip`. No rollback of its
+//! own: what the application writes to the target once it may is `s3.fallback`'s to bring back.
 
 use super::objects::{self, Knobs, PublicObjects, SourceParams, TargetParams};
-use super::{Action, Applied, Change, Kind, Literal, Plan, Restored, StepContext, StepError};
-use crate::providers::objects::{copy, ObjectError};
+use super::{Action, Applied, Change, Kind, Literal, Plan, StepContext, StepError};
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -48,6 +44,13 @@ pub struct Params {
     /// size and ETag, which the target computed from the bytes it received).
     #[serde(default, deserialize_with = "super::rendered::flag")]
     content: bool,
+    /// The application already writes to the target and reads the source where the target
+    /// lacks an object (a write-flip with read fallback, DESIGN.md "Object storage"): its
+    /// objects on the target are not an error, one it rewrote there is not overwritten, one it
+    /// deleted there is not copied again (default false: the sync runs inside the window,
+    /// before the flip).
+    #[serde(default, deserialize_with = "super::rendered::flag")]
+    after_write_flip: bool,
 }
 
 /// What `s3.sync` returns.
@@ -65,6 +68,13 @@ pub struct Outputs {
     pub verified: u64,
     /// Whether the comparison read every object's content back (SHA-256).
     pub content_checked: bool,
+    /// Objects the application wrote to the target since a write-flip (`after_write_flip`):
+    /// on the target but not from the source, or rewritten there.
+    #[serde(default)]
+    pub written_since_flip: u64,
+    /// Objects copied that the application deleted on the target since a write-flip.
+    #[serde(default)]
+    pub deleted_since_flip: u64,
     /// SHA-256 over the manifest's entries in key order (hex).
     pub manifest_sha256: String,
     /// When the last pass ended (RFC 3339): from here the application writes to the target.
@@ -79,7 +89,7 @@ impl Kind for S3Sync {
     type Predicted = Outputs;
     const NAME: &'static str = "s3.sync";
     const PURPOSE: &'static str = "Copy what changed in the legacy bucket since s3.replicate, then compare every object of the target with the manifest and name each that differs";
-    const UNDO: &'static str = "Copy back to the legacy bucket what the application wrote to the target since the sync, and delete there what it deleted";
+    const UNDO: &'static str = "None: the objects stay (s3.fallback copies the application's writes back, s3.replicate's rollback deletes the copies)";
     const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 
     fn check(&self, l: &Literal<Params>) -> Vec<String> {
@@ -139,6 +149,8 @@ impl Kind for S3Sync {
                 deleted: 0,
                 verified: count,
                 content_checked: p.content,
+                written_since_flip: 0,
+                deleted_since_flip: 0,
                 manifest_sha256: root,
                 synced_at: chrono::Utc::now().to_rfc3339(),
             }),
@@ -156,7 +168,9 @@ impl Kind for S3Sync {
         let knobs = Knobs {
             jobs: p.jobs,
             public: p.public_objects,
+            keep_target_writes: p.after_write_flip,
         };
+        let mut kept = Vec::new();
         let (mut copied, mut deleted) = (0, 0);
         let mut n = 0;
         loop {
@@ -165,6 +179,7 @@ impl Kind for S3Sync {
             let pass = objects::pass(cx, &b, &mut manifest, &knobs, 1000 + n).await?;
             copied += pass.copied;
             deleted += pass.deleted;
+            kept.extend(pass.kept.iter().cloned());
             if !pass.refused.is_empty() {
                 return Err(objects::refused(&pass.refused));
             }
@@ -179,7 +194,14 @@ impl Kind for S3Sync {
             }
         }
         let synced_at = chrono::Utc::now().to_rfc3339();
-        let cmp = objects::compare(cx, &b.target, &manifest, p.content, p.jobs).await?;
+        let mut cmp =
+            objects::compare_with(cx, &b.target, &manifest, p.content, p.jobs, &kept).await?;
+        let (mut written, mut gone) = (0, 0);
+        if p.after_write_flip {
+            // The application's own uploads and deletes since the write-flip.
+            written = std::mem::take(&mut cmp.unexpected).len() as u64;
+            gone = std::mem::take(&mut cmp.missing).len() as u64;
+        }
         if !cmp.clean() {
             return Err(StepError::Check(format!(
                 "{} does not hold what was copied: {}",
@@ -195,6 +217,8 @@ impl Kind for S3Sync {
             deleted,
             verified: cmp.equal,
             content_checked: p.content,
+            written_since_flip: written,
+            deleted_since_flip: gone,
             manifest_sha256: manifest.root(),
             synced_at,
         };
@@ -207,98 +231,8 @@ impl Kind for S3Sync {
         );
         Ok(Applied::new(out).summary(summary))
     }
-
-    async fn rollback(
-        &self,
-        cx: &StepContext,
-        p: &Params,
-        _before: &(),
-        outputs: Option<&Outputs>,
-    ) -> Result<Vec<Restored>, StepError> {
-        if outputs.is_none() {
-            // The sync never completed: the application never wrote to the target.
-            return Ok(Vec::new());
-        }
-        let b = objects::buckets(cx, &p.source, &p.target, p.requests_per_second).await?;
-        let manifest = open(cx, p)?;
-        let err = |e: ObjectError| StepError::Check(e.to_string());
-        let mut on_target = Vec::new();
-        b.target
-            .list_each("", |page| {
-                on_target.extend(page);
-                Ok(())
-            })
-            .await
-            .map_err(err)?;
-        let seen: std::collections::HashSet<String> =
-            on_target.iter().map(|o| o.key.clone()).collect();
-        let written: Vec<_> = on_target
-            .into_iter()
-            .filter(|o| {
-                manifest
-                    .get(&o.key)
-                    .is_none_or(|e| e.etag != o.etag || e.size != o.size)
-            })
-            .collect();
-        let mut back = futures_util::stream::iter(written)
-            .map(|o| {
-                let (source, target) = (b.source.clone(), b.target.clone());
-                async move {
-                    // Already there as it is (copied before a crash): nothing to write.
-                    match source.head(&o.key).await? {
-                        Some(h) if h.etag == o.etag => Ok(false),
-                        _ => copy(&target, &source, &o).await.map(|_| true),
-                    }
-                }
-            })
-            .buffer_unordered(p.jobs);
-        let mut copied_back = 0u64;
-        while let Some(r) = back.next().await {
-            copied_back += u64::from(r.map_err(err)?);
-        }
-        drop(back);
-        let mut removed = Vec::new();
-        for e in manifest.entries().filter(|e| !seen.contains(&e.key)) {
-            // Deleted on the target by the application; the source still has what was copied.
-            if let Some(h) = b.source.head(&e.key).await.map_err(err)? {
-                if h.etag == e.etag {
-                    b.source.delete(&e.key).await.map_err(err)?;
-                    removed.push(e.key.clone());
-                }
-            }
-        }
-        Ok(vec![Restored::new(
-            format!("objects in {}", b.source.label()),
-            Some(&manifest.root()),
-            None,
-            format!(
-                "{copied_back} object(s) written to the target since the sync copied back, {} deleted there deleted here too",
-                removed.len()
-            ),
-        )])
-    }
-
-    fn manual_undo(&self, p: &Params, _before: &(), _run_id: &str) -> Vec<String> {
-        vec![format!(
-            "copy back to {}/{} the objects written to s3://{} since the sync (rclone copy --checksum)",
-            p.source.endpoint, p.source.bucket, p.target.bucket
-        )]
-    }
 }
 
 fn open(cx: &StepContext, p: &Params) -> Result<objects::Manifest, StepError> {
-    if !objects::valid_manifest_name(&p.manifest) {
-        return Err(StepError::Params(format!(
-            "manifest {:?} is not a manifest's file name (objects-<step>.jsonl)",
-            p.manifest
-        )));
-    }
-    let path = cx.run_dir.join(&p.manifest);
-    if !path.exists() {
-        return Err(StepError::Check(format!(
-            "no object manifest {} in this run: s3.sync continues an s3.replicate of the same run",
-            p.manifest
-        )));
-    }
-    objects::open_manifest(&path)
+    objects::open_named(cx, &p.manifest)
 }

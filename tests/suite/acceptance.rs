@@ -116,7 +116,8 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     // target (the fallback) and the target takes the application's writes.
     let hb = common::heartbeat_without_loss(&records);
     // The application reaches the database through its pooler (`reload: pooler`): its writes
-    // waited in the window, none failed, and no pod restarted.
+    // waited in the window, none failed, and no pod restarted for the database (once, before
+    // the window, for the storage write-flip).
     assert_eq!(hb["reload"], "pooler", "{hb}");
     let aws = common::heartbeat_path(&hb, "aws");
     assert_eq!(aws["failed"], 0, "{hb}");
@@ -126,8 +127,48 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
             "staging",
             &format!("/apis/apps/v1/namespaces/shop/deployments/{d}"),
         );
-        assert_eq!(dep["metadata"]["generation"], 1, "{d} was restarted: {dep}");
+        assert_eq!(dep["metadata"]["generation"], 2, "{d}: {dep}");
+        let mark = dep
+            .pointer("/spec/template/metadata/annotations/cutover.dev~1restarted-for")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        assert!(mark.ends_with("/storage"), "{d} restarted for {mark:?}");
     }
+
+    // Users' files: every object of the Space in the uploads bucket, verified against the
+    // manifest, whose root hash the audit carries; the AWS side serves them from S3 now and a
+    // new upload lands there.
+    let synced = applied("uploads_sync");
+    assert_eq!(synced["objects"], 122, "{synced}");
+    assert_eq!(synced["verified"], 122, "{synced}");
+    let bucket = tf["uploads_bucket"].as_str().unwrap().to_string();
+    assert_eq!(sb.s3_keys("staging", &bucket).len(), 122);
+    let app = sb.var("CUTOVER_STAGING_APP_URL");
+    let (status, served_by) = common::block_on(async {
+        let r = reqwest::get(format!("{app}/uploads/products/0001.jpg"))
+            .await
+            .unwrap();
+        let by = r
+            .headers()
+            .get("x-storage")
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), by)
+    });
+    assert_eq!((status, served_by), (200, Some(format!("s3://{bucket}"))));
+    let status = common::block_on(async {
+        reqwest::Client::new()
+            .put(format!("{app}/uploads/products/after-the-flip.jpg"))
+            .body("new upload")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 201);
+    assert!(sb
+        .s3_keys("staging", &bucket)
+        .contains(&"products/after-the-flip.jpg".to_string()));
     assert_eq!(
         applied("fallback")["fallback"]
             .as_str()
@@ -142,6 +183,10 @@ fn rehearsal_moves_data_secret_and_dns_and_its_audit_verifies() {
     for step in STEP_IDS {
         assert!(md.contains(&format!("`{step}`")), "audit lacks step {step}");
     }
+    assert!(
+        md.contains(synced["manifest_sha256"].as_str().unwrap()),
+        "the audit carries the object manifest's root hash"
+    );
     assert!(
         md.contains("reload: pooler (never)") && md.contains(", 0 failed, the slowest took "),
         "the audit names the reload mode, failed writes and the slowest beside the outage:\n{md}"

@@ -16,12 +16,16 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The step ids of runbooks/shop-cutover.yaml, in order.
-pub const SHOP_STEP_IDS: [&str; 18] = [
+pub const SHOP_STEP_IDS: [&str; 22] = [
     "ttl",
     "infra",
     "identity",
     "snapshot",
     "replicate",
+    "uploads",
+    "uploads_fallback",
+    "storage",
+    "uploads_sync",
     "synced",
     "waf",
     "dns",

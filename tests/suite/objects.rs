@@ -428,9 +428,10 @@ phases:
         &runbook(
             "rolled-back",
             &format!(
-                "      - {{ id: written, kind: http.check, with: {{ url: \"{}\", consecutive: 1, interval: 100ms }}, timeout: 2m }}\n      - {{ id: broken, kind: http.check, with: {{ url: \"{}\", expect_status: 299, consecutive: 1, interval: 100ms }}, timeout: 2s }}\n",
+                "      - id: fallback\n        kind: s3.fallback\n        with:\n          {storage}\n          manifest: \"{{{{ steps.uploads.outputs.manifest }}}}\"\n      - {{ id: written, kind: http.check, with: {{ url: \"{}\", consecutive: 1, interval: 100ms }}, timeout: 2m }}\n      - {{ id: broken, kind: http.check, with: {{ url: \"{}\", expect_status: 299, consecutive: 1, interval: 100ms }}, timeout: 2s }}\n",
                 written.url(),
-                gate.url()
+                gate.url(),
+                storage = storage(&sb),
             ),
         ),
     );
@@ -456,7 +457,9 @@ phases:
     let new = &on_source["products/new-upload.jpg"];
     assert_eq!(new.size, 2000);
     assert_eq!(
-        block_on(src.sha256("products/new-upload.jpg")).unwrap().1,
+        block_on(src.sha256("products/new-upload.jpg", &[]))
+            .unwrap()
+            .1,
         block_on(async {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(body(4242, 2000)))
