@@ -224,7 +224,7 @@ fn heads_equal(src: &Bucket, dst: &Bucket, keys: &[String]) {
 
 #[test]
 fn ten_thousand_objects_move_faithfully_across_a_kill_and_the_changes_made_meanwhile() {
-    let sb = Sandbox::start();
+    let sb = Sandbox::start_long();
     let src = spaces(&sb);
     let dst = uploads(&sb);
     seed(&src, 10_000);
@@ -248,7 +248,6 @@ phases:
           {storage}
           manifest: "{{{{ steps.uploads.outputs.manifest }}}}"
           requests_per_second: 2000
-          content: true
 "#,
             storage = storage(&sb)
         ),
@@ -358,8 +357,19 @@ phases:
     let o = &synced["data"]["outputs"];
     let objects = on_source.len() as u64;
     assert_eq!(o["objects"], objects);
-    assert_eq!(o["verified"], objects, "every object read back and hashed");
-    assert_eq!(o["content_checked"], true);
+    assert_eq!(
+        o["verified"], objects,
+        "every object compared by size and ETag"
+    );
+    let hashed = lines
+        .iter()
+        .filter(|l| l["op"] == "copied" && l["sha256"].as_str().is_some_and(|h| h.len() >= 64))
+        .count();
+    assert_eq!(hashed, lines.iter().filter(|l| l["op"] == "copied").count());
+    for k in ["mp/five.bin", "mp/eight.bin", "mp/uneven.bin"] {
+        let l = lines.iter().rev().find(|l| l["key"] == k).unwrap();
+        assert!(l["sha256"].as_str().unwrap().ends_with("-3"), "{l}");
+    }
     let bytes: u64 = on_source.values().map(|o| o.size).sum();
     assert_eq!(o["bytes"], bytes);
     let root = o["manifest_sha256"].as_str().unwrap().to_string();
@@ -392,6 +402,7 @@ phases:
         with:
           {storage}
           manifest: "{{{{ steps.uploads.outputs.manifest }}}}"
+          content: true
 {after_sync}"#,
             storage = storage(&sb),
             gate = gate.url()
@@ -453,6 +464,18 @@ phases:
     written.open();
     let (code, out) = sb.finish(child, 180);
     assert_ne!(code, Some(0), "the broken check rolls the run back: {out}");
+    let run = sb.run_ids().pop().unwrap();
+    let synced = sb
+        .records(&run)
+        .into_iter()
+        .find(|r| r["type"] == "step_applied" && r["step"] == "sync")
+        .expect("the sync applied");
+    let o = &synced["data"]["outputs"];
+    assert_eq!(o["content_checked"], true);
+    assert_eq!(
+        o["verified"], o["objects"],
+        "every object read back and hashed: {o}"
+    );
     let on_source = listing(&src);
     let new = &on_source["products/new-upload.jpg"];
     assert_eq!(new.size, 2000);

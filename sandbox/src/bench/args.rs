@@ -72,6 +72,10 @@ pub struct BenchArgs {
     /// Objects copied at once by every method of the objects part.
     #[arg(long, default_value_t = 8)]
     pub object_jobs: usize,
+    /// Rounds of the objects part: each runs every method once, in a rotated order; each
+    /// method's figure is its median round.
+    #[arg(long, default_value_t = 3)]
+    pub object_rounds: usize,
     /// How the application picks up the flipped Secret in the downtime part, one series of
     /// windows each: `restart` (a Deployment reading it as environment variables, rolled out
     /// by the flip), `volume` (a mounted Secret, used `--volume-delay` after the change),
@@ -138,6 +142,7 @@ pub async fn run(a: BenchArgs, sandbox_dir: &std::path::Path) -> i32 {
         objects: a.objects,
         multipart: a.multipart,
         object_jobs: a.object_jobs.max(1),
+        object_rounds: a.object_rounds.max(1),
         reload: a.reload.iter().map(|r| (*r).into()).collect(),
         volume_delay: a.volume_delay,
         cutover: a.cutover.clone().unwrap_or_else(beside_this_executable),

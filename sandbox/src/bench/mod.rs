@@ -67,6 +67,8 @@ pub struct Options {
     pub multipart: u64,
     /// Objects copied at once by every method of the objects part.
     pub object_jobs: usize,
+    /// Rounds of the objects part (each method's median is reported).
+    pub object_rounds: usize,
     /// The `cutover` binary the downtime part rehearses with.
     pub cutover: PathBuf,
     /// The sandbox's directory (`--dir`): the `pooler` series lets the bench's role log in to

@@ -608,16 +608,45 @@ pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
             .build(),
     );
     let account = &session.account_id;
-    let mut rows = Vec::new();
-    for method in ["cutover", "rclone", "floor-parts", "floor-put"] {
-        let target = format!("cutover-bench-{method}-{account}");
-        fresh_bucket(&dst, &target).await?;
-        let m = match method {
-            "cutover" => cutover_copy(bench, opts, &target).await?,
-            "rclone" => rclone_copy(&space, &config, opts, &target).await?,
-            "floor-parts" => floor_copy(&space, &dst, opts, &target, true).await?,
-            _ => floor_copy(&space, &dst, opts, &target, false).await?,
-        };
+    const METHODS: [&str; 4] = ["cutover", "rclone", "floor-parts", "floor-put"];
+    // Every round runs each method once, starting one further along the list, so none always
+    // runs first (after the seeding) or last; each method's figure is its median round.
+    let mut rows: Vec<(&str, Vec<Measured>)> = METHODS.iter().map(|m| (*m, Vec::new())).collect();
+    for round in 0..opts.object_rounds.max(1) {
+        for k in 0..METHODS.len() {
+            let method = METHODS[(round + k) % METHODS.len()];
+            let target = format!("cutover-bench-{method}-{account}");
+            fresh_bucket(&dst, &target).await?;
+            let m = match method {
+                "cutover" => cutover_copy(bench, opts, &target).await?,
+                "rclone" => rclone_copy(&space, &config, opts, &target).await?,
+                "floor-parts" => floor_copy(&space, &dst, opts, &target, true).await?,
+                _ => floor_copy(&space, &dst, opts, &target, false).await?,
+            };
+            println!(
+                "  round {}: {method:<11} {:>8.2} s{}",
+                round + 1,
+                m.seconds,
+                m.rss
+                    .map(|r| format!("  peak RSS {:.1} MB", r as f64 / 1e6))
+                    .unwrap_or_default()
+            );
+            if let Some((_, v)) = rows.iter_mut().find(|(name, _)| *name == method) {
+                v.push(m);
+            }
+            fresh_bucket(&dst, &target).await?;
+            dst.delete_bucket().bucket(&target).send().await.ok();
+        }
+    }
+    let median = |name: &str| -> (f64, Option<u64>) {
+        let v = &rows.iter().find(|(m, _)| *m == name).expect("a method").1;
+        let mut secs: Vec<f64> = v.iter().map(|m| m.seconds).collect();
+        secs.sort_by(f64::total_cmp);
+        let rss = v.iter().filter_map(|m| m.rss).max();
+        (secs[secs.len() / 2], rss)
+    };
+    for method in METHODS {
+        let (seconds, rss) = median(method);
         let verified = match method {
             "cutover" => "every object: content by the target (Content-MD5 / multipart ETag), SHA-256 in the manifest, metadata and part layout kept, target listed against the manifest",
             "rclone" => "MD5 of single-part objects; multipart ones (no MD5 on the source) by size only; metadata of its own",
@@ -626,23 +655,14 @@ pub async fn run(bench: &Bench, opts: &Options) -> Result<()> {
         };
         println!(
             "  {method:<11} {:>8.2} s {:>8.1} MB/s {:>8.0} objects/s{}  verified: {verified}",
-            m.seconds,
-            bytes as f64 / 1e6 / m.seconds.max(0.001),
-            objects as f64 / m.seconds.max(0.001),
-            m.rss
-                .map(|r| format!("  peak RSS {:.1} MB", r as f64 / 1e6))
+            seconds,
+            bytes as f64 / 1e6 / seconds.max(0.001),
+            objects as f64 / seconds.max(0.001),
+            rss.map(|r| format!("  peak RSS {:.1} MB", r as f64 / 1e6))
                 .unwrap_or_default(),
         );
-        rows.push((method, m));
-        fresh_bucket(&dst, &target).await?;
-        dst.delete_bucket().bucket(&target).send().await.ok();
     }
-    let t = |name: &str| {
-        rows.iter()
-            .find(|(m, _)| *m == name)
-            .map(|(_, m)| m.seconds)
-            .unwrap_or(0.0)
-    };
+    let t = |name: &str| median(name).0;
     println!(
         "  cutover / rclone speed: {:.2}x; cutover / floor speed: {:.2}x part for part, {:.2}x against one PUT per object (bench process peak RSS {:.1} MB)",
         t("rclone") / t("cutover").max(0.001),
