@@ -917,35 +917,33 @@ pub async fn copy(from: &Bucket, to: &Bucket, object: &Listed) -> Result<Copied,
     })
 }
 
-fn metadata_of_head(h: &aws_sdk_s3::operation::head_object::HeadObjectOutput) -> Metadata {
-    Metadata {
-        content_type: h.content_type().map(str::to_string),
-        cache_control: h.cache_control().map(str::to_string),
-        content_disposition: h.content_disposition().map(str::to_string),
-        content_encoding: h.content_encoding().map(str::to_string),
-        content_language: h.content_language().map(str::to_string),
-        expires: h.expires_string().map(str::to_string),
-        user: h
-            .metadata()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default(),
-    }
+/// `Metadata` from an SDK output that carries an object's headers (`HeadObject`, `GetObject`).
+macro_rules! metadata_from {
+    ($name:ident, $output:ty) => {
+        fn $name(o: &$output) -> Metadata {
+            Metadata {
+                content_type: o.content_type().map(str::to_string),
+                cache_control: o.cache_control().map(str::to_string),
+                content_disposition: o.content_disposition().map(str::to_string),
+                content_encoding: o.content_encoding().map(str::to_string),
+                content_language: o.content_language().map(str::to_string),
+                expires: o.expires_string().map(str::to_string),
+                user: o
+                    .metadata()
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default(),
+            }
+        }
+    };
 }
-
-fn metadata_of_get(g: &aws_sdk_s3::operation::get_object::GetObjectOutput) -> Metadata {
-    Metadata {
-        content_type: g.content_type().map(str::to_string),
-        cache_control: g.cache_control().map(str::to_string),
-        content_disposition: g.content_disposition().map(str::to_string),
-        content_encoding: g.content_encoding().map(str::to_string),
-        content_language: g.content_language().map(str::to_string),
-        expires: g.expires_string().map(str::to_string),
-        user: g
-            .metadata()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default(),
-    }
-}
+metadata_from!(
+    metadata_of_head,
+    aws_sdk_s3::operation::head_object::HeadObjectOutput
+);
+metadata_from!(
+    metadata_of_get,
+    aws_sdk_s3::operation::get_object::GetObjectOutput
+);
 
 /// Parts of one object copied at once.
 pub const PART_JOBS: usize = 4;

@@ -80,6 +80,15 @@ pub fn default_public() -> PublicObjects {
     PublicObjects::Fail
 }
 
+/// A `manifest` parameter that cannot name a manifest, as `cutover validate` reports it.
+pub fn check_manifest(name: &str) -> Option<String> {
+    (!valid_manifest_name(name)).then(|| {
+        format!(
+            "manifest {name:?} is not a manifest's file name (objects-<step>.jsonl): use {{{{ steps.<id>.outputs.manifest }}}} of the s3.replicate step"
+        )
+    })
+}
+
 /// `jobs` and `requests_per_second` out of range, as `cutover validate` reports them.
 pub fn check_knobs(jobs: usize, rate: u32) -> Vec<String> {
     let mut out = Vec::new();

@@ -100,11 +100,8 @@ impl Kind for S3Sync {
                 l.params.requests_per_second,
             ));
         }
-        if l.known("manifest") && !objects::valid_manifest_name(&l.params.manifest) {
-            out.push(format!(
-                "manifest {:?} is not a manifest's file name (objects-<step>.jsonl): use {{{{ steps.<id>.outputs.manifest }}}} of the s3.replicate step",
-                l.params.manifest
-            ));
+        if l.known("manifest") {
+            out.extend(objects::check_manifest(&l.params.manifest));
         }
         out
     }

@@ -16,7 +16,6 @@
 use super::{own_max_rss, secs, Bench, Options};
 use anyhow::{bail, Context, Result};
 use aws_sdk_s3::config::ProvideCredentials;
-use bytes::Bytes;
 use cutover::config::{BucketSection, SecretRef, StoreKind, Tier};
 use cutover::providers::objects::{Bucket, Location, Metadata, PART_JOBS};
 use futures_util::StreamExt;
@@ -92,19 +91,6 @@ impl Space {
     }
 }
 
-fn content(seed: u64, len: usize) -> Bytes {
-    let mut out = Vec::with_capacity(len + 8);
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
-}
-
 /// Empties (or creates) `bucket` with `client`.
 async fn fresh_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<()> {
     if client.head_bucket().bucket(bucket).send().await.is_err() {
@@ -155,9 +141,13 @@ async fn seed(space: &Space, opts: &Options) -> Result<(u64, u64)> {
                     user: [("uploaded-by".to_string(), format!("user-{}", i % 11))].into(),
                     ..Metadata::default()
                 };
-                b.put(&format!("uploads/{i:06}.jpg"), content(i, len), &meta)
-                    .await
-                    .map(|_| len as u64)
+                b.put(
+                    &format!("uploads/{i:06}.jpg"),
+                    crate::spaces::content(i, len),
+                    &meta,
+                )
+                .await
+                .map(|_| len as u64)
             }
         })
         .buffer_unordered(16);
@@ -168,7 +158,7 @@ async fn seed(space: &Space, opts: &Options) -> Result<(u64, u64)> {
     let part = 8 * 1024 * 1024;
     for i in 0..opts.multipart {
         let parts = (0..3)
-            .map(|p| content(100_000 + i * 10 + p, part))
+            .map(|p| crate::spaces::content(100_000 + i * 10 + p, part))
             .collect();
         b.put_parts(
             &format!("exports/{i:03}.csv"),
