@@ -113,6 +113,9 @@ pub fn legacy_bucket(s: &State, env: &str) -> Bucket {
     )
 }
 
+/// Product images in each environment's Space.
+pub const IMAGES: u64 = 60;
+
 /// Deterministic bytes of `len` for object `seed` (content the tests can recompute).
 pub fn content(seed: u64, len: usize) -> Bytes {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -128,10 +131,10 @@ pub fn content(seed: u64, len: usize) -> Bytes {
     Bytes::from(out)
 }
 
-/// Seeds every environment's Space with the shop's uploads: 120 product images (2–40 KiB,
-/// `image/jpeg`, a year's `Cache-Control`, user metadata naming the uploader) and two multipart
-/// exports (parts of 5 MiB and of 6 MiB, `Content-Disposition: attachment`). Waits for the
-/// buckets `weed mini` creates at start.
+/// Seeds every environment's Space with the shop's uploads: [`IMAGES`] product images (2–40 KiB,
+/// `image/jpeg`, a year's `Cache-Control`, user metadata naming the uploader) and one multipart
+/// export (a 5 MiB part, S3's smallest but the last, and 1,000 bytes; `Content-Disposition:
+/// attachment`). Waits for the buckets `weed mini` creates at start.
 ///
 /// # Errors
 /// When a write fails past the buckets' creation.
@@ -148,7 +151,7 @@ pub async fn seed(s: &State) -> Result<()> {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
-        for i in 0..120u64 {
+        for i in 0..IMAGES {
             let meta = Metadata {
                 content_type: Some("image/jpeg".into()),
                 cache_control: Some("public, max-age=31536000".into()),
@@ -161,10 +164,7 @@ pub async fn seed(s: &State) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let mib = 1024 * 1024;
-        for (name, part, parts, last) in [
-            ("exports/catalog.csv", 5 * mib, 2, 1000),
-            ("exports/orders.csv", 6 * mib, 2, 77),
-        ] {
+        for (name, part, parts, last) in [("exports/catalog.csv", 5 * mib, 1, 1000)] {
             let meta = Metadata {
                 content_type: Some("text/csv".into()),
                 content_disposition: Some(format!(

@@ -594,6 +594,61 @@ impl Bucket {
         Ok(())
     }
 
+    /// Deletes `keys` (absent ones too), up to 1,000 per `DeleteObjects` request.
+    ///
+    /// # Errors
+    /// [`ObjectError`] when a request fails or the server reports a key it could not delete.
+    pub async fn delete_many(&self, keys: &[String]) -> Result<(), ObjectError> {
+        for chunk in keys.chunks(1000) {
+            self.gate().await;
+            let objects = chunk
+                .iter()
+                .map(|k| {
+                    aws_sdk_s3::types::ObjectIdentifier::builder()
+                        .key(k)
+                        .build()
+                        .map_err(|e| ObjectError::Request {
+                            bucket: self.label.clone(),
+                            op: "DeleteObjects",
+                            key: k.clone(),
+                            message: e.to_string(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let delete = aws_sdk_s3::types::Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| ObjectError::Request {
+                    bucket: self.label.clone(),
+                    op: "DeleteObjects",
+                    key: String::new(),
+                    message: e.to_string(),
+                })?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.location.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.fail("DeleteObjects", "", e))?;
+            if let Some(e) = out.errors().first() {
+                return Err(ObjectError::Request {
+                    bucket: self.label.clone(),
+                    op: "DeleteObjects",
+                    key: e.key().unwrap_or_default().to_string(),
+                    message: format!(
+                        "{}: {}",
+                        e.code().unwrap_or_default(),
+                        e.message().unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the object and returns its size and SHA-256 (lower-case hex): a check of the
     /// content the bucket serves. With `parts` (a multipart object's part sizes) the composite
     /// over those byte ranges ([`composite_sha256`]), as [`copy`] records it.

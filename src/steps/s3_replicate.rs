@@ -205,22 +205,25 @@ impl Kind for S3Replicate {
         }
         let b = objects::buckets(cx, &p.source, &p.target, p.requests_per_second).await?;
         let manifest = objects::open_manifest(&path)?;
-        let mut removed = 0u64;
+        // One listing of the target says which copies are still as copied; they go in batches.
+        let err = |e: crate::providers::objects::ObjectError| StepError::Check(e.to_string());
+        let mut ours = Vec::new();
         let mut kept = Vec::new();
-        for e in manifest.entries() {
-            match b.target.head(&e.key).await {
-                Ok(Some(h)) if h.etag == e.etag => {
-                    b.target
-                        .delete(&e.key)
-                        .await
-                        .map_err(|e| StepError::Check(e.to_string()))?;
-                    removed += 1;
+        b.target
+            .list_each("", |page| {
+                for o in page {
+                    match manifest.get(&o.key) {
+                        Some(e) if e.etag == o.etag => ours.push(o.key),
+                        Some(_) => kept.push(o.key),
+                        None => {}
+                    }
                 }
-                Ok(Some(_)) => kept.push(e.key.clone()),
-                Ok(None) => {}
-                Err(e) => return Err(StepError::Check(e.to_string())),
-            }
-        }
+                Ok(())
+            })
+            .await
+            .map_err(err)?;
+        let removed = ours.len();
+        b.target.delete_many(&ours).await.map_err(err)?;
         let mut detail = format!("{removed} copied object(s) deleted");
         if !kept.is_empty() {
             detail.push_str(&format!(

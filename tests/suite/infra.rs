@@ -38,7 +38,7 @@ fn infra_plans_every_account_applies_reviewed_plans_and_enforces_the_policy() {
     for env in ["staging", "dev", "production"] {
         let account = sb.var(&format!("CUTOVER_{}_ACCOUNT_ID", env.to_uppercase()));
         assert!(
-            out.contains(&format!("{env} (account {account}): 3 to add")),
+            out.contains(&format!("{env} (account {account}): 4 to add")),
             "{out}"
         );
         assert!(project
