@@ -224,7 +224,7 @@ fn heads_equal(src: &Bucket, dst: &Bucket, keys: &[String]) {
 
 #[test]
 fn ten_thousand_objects_move_faithfully_across_a_kill_and_the_changes_made_meanwhile() {
-    let sb = Sandbox::start_long();
+    let sb = Sandbox::start_first();
     let src = spaces(&sb);
     let dst = uploads(&sb);
     seed(&src, 10_000);
