@@ -1279,16 +1279,23 @@ pub mod slots {
     }
 }
 
-/// Runs a future to completion on a fresh current-thread runtime, under a 120 s deadline.
+/// Runs a future to completion on a fresh current-thread runtime, under a 300 s deadline (a
+/// hang's, not a speed's: six sandboxes share two cores).
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    block_on_within(300, f)
+}
+
+/// [`block_on`] under a deadline of `secs` seconds, for work that grows with a test's data
+/// (10,000 objects written on a loaded machine).
+pub fn block_on_within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(120), f)
+        tokio::time::timeout(Duration::from_secs(secs), f)
             .await
-            .expect("deadline of 120 s passed")
+            .unwrap_or_else(|_| panic!("deadline of {secs} s passed"))
     })
 }
 

@@ -9,7 +9,7 @@
 //! Each check reads both buckets independently of the tool (listings and heads through the S3
 //! API), and the manifest the run kept.
 
-use crate::common::{block_on, text, wait_until, Sandbox};
+use crate::common::{block_on, block_on_within, text, wait_until, Sandbox};
 use bytes::Bytes;
 use cutover::providers::objects::{Bucket, Listed, Location, Metadata};
 use futures_util::StreamExt;
@@ -101,7 +101,7 @@ fn metadata(i: u64) -> Metadata {
 /// Writes `n` small objects `bulk/<i>` and three multipart objects (parts of 5 MiB; of 6 MiB;
 /// and an uneven layout, 6 MiB then 5 MiB) to the Space.
 fn seed(src: &Bucket, n: u64) {
-    block_on(async {
+    block_on_within(900, async {
         let mut puts = futures_util::stream::iter(0..n)
             .map(|i| {
                 let src = src.clone();
@@ -265,21 +265,46 @@ phases:
     });
     child.kill().unwrap();
     let _ = child.wait();
-    let before_kill = manifest_lines(&sb, &run, "uploads").len();
-    assert!(before_kill < 10_000, "killed after the copy ended");
+    let at_kill = manifest_lines(&sb, &run, "uploads");
+    assert!(at_kill.len() < 10_000, "killed after the copy ended");
+    // Which objects were copied before the kill is the manifest's to say (not the machine's
+    // speed): two of them and two that were not are changed while the copy is stopped.
+    let recorded: std::collections::BTreeSet<String> = at_kill
+        .iter()
+        .filter_map(|l| l["key"].as_str().map(String::from))
+        .collect();
+    let bulk = |i: u64| format!("bulk/{i:05}");
+    let copied: Vec<String> = (0..10_000)
+        .map(bulk)
+        .filter(|k| recorded.contains(k))
+        .take(2)
+        .collect();
+    let not_yet: Vec<String> = (0..10_000)
+        .rev()
+        .map(bulk)
+        .filter(|k| !recorded.contains(k))
+        .take(2)
+        .collect();
+    assert_eq!(
+        (copied.len(), not_yet.len()),
+        (2, 2),
+        "{} recorded",
+        recorded.len()
+    );
+    let (overwritten_copied, deleted_copied) = (copied[0].clone(), copied[1].clone());
 
     // While the copy is stopped: the application creates, overwrites and deletes objects, some
-    // copied already (bulk/00010, bulk/00020), some not yet (bulk/09990, bulk/09980).
+    // copied already, some not yet.
     block_on(async {
         for i in 0..10u64 {
             src.put(&format!("late/{i}"), body(50_000 + i, 500), &metadata(i))
                 .await
                 .unwrap();
         }
-        for k in ["bulk/00010", "bulk/09990"] {
+        for k in [&overwritten_copied, &not_yet[0]] {
             src.put(k, body(77, 4321), &metadata(3)).await.unwrap();
         }
-        for k in ["bulk/00020", "bulk/09980"] {
+        for k in [&deleted_copied, &not_yet[1]] {
             src.delete(k).await.unwrap();
         }
     });
@@ -315,16 +340,16 @@ phases:
             "mp/five.bin",
             "mp/six.bin",
             "mp/uneven.bin",
-            "bulk/00010",
-            "bulk/09990",
+            &overwritten_copied,
+            &not_yet[0],
             "late/3",
         ]
         .map(String::from),
     );
     heads_equal(&src, &dst, &sample);
 
-    // No finished object copied again: one copy line per key, except the two overwritten ones
-    // (copied before their overwrite, then again).
+    // No finished object copied again: one copy line per key, except the overwritten one that
+    // was copied before its overwrite, then again.
     let lines = manifest_lines(&sb, &run, "uploads");
     let mut copies: BTreeMap<String, usize> = BTreeMap::new();
     for l in lines.iter().filter(|l| l["op"] == "copied") {
@@ -338,7 +363,7 @@ phases:
         .map(|(k, _)| k.as_str())
         .collect();
     assert!(
-        twice.iter().all(|k| *k == "bulk/00010"),
+        twice.iter().all(|k| **k == overwritten_copied),
         "copied more than once: {twice:?}"
     );
     let deleted: Vec<_> = lines
@@ -348,7 +373,7 @@ phases:
         .collect();
     assert_eq!(
         deleted,
-        ["bulk/00020"],
+        [deleted_copied.as_str()],
         "only the copied object deleted on the target"
     );
 
