@@ -11,6 +11,7 @@
 //! | 130 | interrupted; the journal is consistent and `resume` continues |
 
 mod audit;
+mod copy_worker;
 mod diag;
 mod infra;
 mod logging;
@@ -182,6 +183,23 @@ pub enum Command {
         /// drop the slot past --wal-limit (recording why on the destination); relay nothing.
         #[arg(long)]
         guard_only: bool,
+    },
+    /// One worker of the initial copy outside the run's process: claims chunks of the copy plan
+    /// on the target (a lease it renews; a chunk whose lease ran out is claimed again) and
+    /// copies them under the run's snapshot until none is left, then exits 0. Both servers'
+    /// URLs come from the environment: CUTOVER_COPY_SOURCE_URL and CUTOVER_COPY_TARGET_URL.
+    CopyWorker {
+        /// The worker's name in the plan (default: index-<JOB_COMPLETION_INDEX> in an Indexed
+        /// Job's pod, else pid-<process id>).
+        #[arg(long)]
+        name: Option<String>,
+        /// Seconds a claim holds without renewal (renewed every third of it); a killed worker's
+        /// chunk is claimed again this long after its last renewal.
+        #[arg(long, default_value_t = 30)]
+        lease: u64,
+        /// This worker's limit, megabytes (10^6 bytes) of COPY data per second.
+        #[arg(long)]
+        rate_limit_mb: Option<f64>,
     },
     /// Show the state of one run: every step's outcome and, while it runs, what the current
     /// step is waiting for. Reads only: safe from a second terminal during a run.
@@ -370,6 +388,18 @@ pub async fn run(cli: Cli) -> i32 {
             )
             .await
         }
+        Command::CopyWorker {
+            name,
+            lease,
+            rate_limit_mb,
+        } => {
+            return copy_worker::run(
+                name.clone(),
+                std::time::Duration::from_secs(*lease),
+                *rate_limit_mb,
+            )
+            .await
+        }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
             return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
@@ -463,7 +493,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Schema { .. }
         | Command::Completions { .. }
         | Command::Man
-        | Command::Relay { .. } => EXIT_OK,
+        | Command::Relay { .. }
+        | Command::CopyWorker { .. } => EXIT_OK,
         Command::Runbook {
             action:
                 RunbookCommand::Render {

@@ -77,6 +77,10 @@ pub enum ProviderError {
     /// An HTTP request failed.
     #[error("HTTP: {0}")]
     Http(String),
+    /// A local copy worker process (`cutover copy-worker`) could not be started or failed past
+    /// its restarts; its last stderr line.
+    #[error("copy worker: {0}")]
+    Worker(String),
     /// A required environment variable (holding a secret) is unset.
     #[error("environment variable {0} is not set")]
     MissingEnv(String),

@@ -595,3 +595,141 @@ fn verify_tells_apart_values_that_are_only_equal_and_names_each_by_key() {
         "every differing row named by its key"
     );
 }
+
+#[test]
+fn three_worker_processes_copy_every_chunk_once_though_one_is_killed_mid_chunk() {
+    let sb = Sandbox::start_long();
+    let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
+    let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
+    // About 45 MB in 20 chunks at 6 MB/s over three workers: seconds to stop one in.
+    sb.sql(&src, "SET ROLE shop; CREATE TABLE public.events (id bigint PRIMARY KEY, kind text NOT NULL, payload text NOT NULL);
+                  INSERT INTO public.events SELECT g, 'k' || (g % 7), repeat(md5(g::text), 3) FROM generate_series(1, 400000) g;
+                  ANALYZE public.events");
+    let rb = sb.extra_runbook(
+        "copy-by-workers",
+        r#"name: copy-by-workers
+database: shop
+description: The shop's database copied by three worker processes, then compared row by row.
+phases:
+  - name: copy
+    steps:
+      - id: replicate
+        kind: postgres.replicate
+        with: { chunk_rows: 20000, rate_limit_mb: 6, reset_target: true, workers: { run: processes, count: 3, lease: 3 } }
+      - { id: prepass, kind: postgres.verify, with: { method: checksum, jobs: 2 }, timeout: 10m }
+"#,
+    );
+    let (mut child, _out, err) = sb.spawn_logged(&["rehearse", "staging", "--runbook", &rb]);
+    // A worker stopped (SIGSTOP) while it holds a claim on a chunk it has not committed is in
+    // the middle of that chunk: it is then killed. Stopped between two chunks, it goes on.
+    let holding = |name: &str| -> Option<String> {
+        sb.try_sql(
+            &tgt,
+            &format!(
+                "SELECT c.table_name || ' chunk ' || (c.chunk + 1) || '/' || c.chunks FROM cutover_copy.chunks c \
+                  WHERE c.worker = '{name}' AND c.lease_until > clock_timestamp() \
+                    AND NOT EXISTS (SELECT 1 FROM cutover_copy.copied d WHERE d.table_name = c.table_name AND d.chunk = c.chunk)"
+            ),
+        )
+        .ok()
+        .and_then(|r| r.first().and_then(|row| row[0].clone()))
+    };
+    let mut killed: Option<String> = None;
+    wait_until(
+        300,
+        "a worker to be killed in the middle of a chunk",
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the run ended ({status}) before a worker was killed:\n{}",
+                    std::fs::read_to_string(&err).unwrap_or_default()
+                );
+            }
+            let pids = std::process::Command::new("pgrep")
+                .args([
+                    "-P",
+                    &child.id().to_string(),
+                    "-f",
+                    "copy-worker --name process-0\\.",
+                ])
+                .output()
+                .unwrap();
+            let line = String::from_utf8_lossy(&pids.stdout).to_string();
+            let Some(pid) = line.split_whitespace().next().map(str::to_string) else {
+                return false;
+            };
+            let name = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .split('\0')
+                .skip_while(|a| *a != "--name")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let signal = |s: &str| {
+                std::process::Command::new("kill")
+                    .args([s, &pid])
+                    .status()
+                    .unwrap();
+            };
+            signal("-STOP");
+            match holding(&name) {
+                Some(chunk) => {
+                    signal("-KILL");
+                    killed = Some(chunk);
+                    true
+                }
+                None => {
+                    signal("-CONT");
+                    false
+                }
+            }
+        },
+    );
+    let killed = killed.unwrap();
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    assert!(status.success(), "{stderr}");
+    // Its chunk was claimed again once its lease ran out, and the killed worker was started
+    // again in its place.
+    assert!(
+        stderr.contains(&format!("claimed {killed} again (claim 2")),
+        "{killed} not claimed again:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("copy-worker process-0.2: claiming chunks"),
+        "{stderr}"
+    );
+    let run = only_run(&sb).unwrap();
+    let records = sb.records(&run);
+    let o = &step_event(&records, "step_applied", "replicate").expect("replicate applied")["data"]
+        ["outputs"];
+    assert_eq!(
+        o["chunks_copied"].as_u64(),
+        o["chunks"].as_u64(),
+        "every planned chunk copied: {o}"
+    );
+    assert_eq!(
+        o["copy"]["public.events"]["chunks"].as_u64(),
+        Some(20),
+        "{o}"
+    );
+    assert_eq!(
+        o["copy"]["public.events"]["rows"].as_u64(),
+        Some(400000),
+        "{o}"
+    );
+    // Independently of the tool: the same rows on both sides, none twice.
+    let digest = "SELECT count(*) || ':' || count(DISTINCT id) || ':' || md5(string_agg(id || kind || payload, ',' ORDER BY id)) FROM public.events";
+    assert_eq!(scalar(&sb, &src, digest), scalar(&sb, &tgt, digest));
+    let verified = step_event(&records, "step_applied", "prepass").expect("prepass applied");
+    assert_eq!(
+        verified["data"]["outputs"]["tables"]["public.events"]["equal"],
+        true
+    );
+    assert!(
+        sb.try_sql(&tgt, "SELECT 1 FROM cutover_copy.chunks")
+            .is_err(),
+        "the plan was dropped"
+    );
+    sb.assert_no_secrets(&[]);
+}

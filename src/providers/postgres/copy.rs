@@ -339,12 +339,20 @@ pub async fn plan(
 }
 
 /// Spreads writes over time so they average at most `rate` bytes per second across all workers.
-struct Pacer {
+pub(super) struct Pacer {
     rate: Option<f64>,
     next: Mutex<Instant>,
 }
 
 impl Pacer {
+    /// A pacer of `rate` bytes per second (`None`: no limit).
+    pub(super) fn new(rate: Option<f64>) -> Pacer {
+        Pacer {
+            rate,
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
     /// Reserves `bytes` and returns when they may be sent.
     fn reserve(&self, bytes: usize, now: Instant) -> Instant {
         let Some(rate) = self.rate else { return now };
@@ -361,7 +369,7 @@ impl Pacer {
 
 /// Session settings of a copy worker's source connection: no parallel query and no JIT for its
 /// `COPY (SELECT ...)` statements.
-const SERIAL_PLANS: &str = "SET max_parallel_workers_per_gather = 0; SET jit = off";
+pub(super) const SERIAL_PLANS: &str = "SET max_parallel_workers_per_gather = 0; SET jit = off";
 
 /// The `COPY` format a table is streamed in.
 #[derive(
@@ -598,7 +606,9 @@ pub async fn validate(
     super::drive(workers, rx, on_done).await
 }
 
-async fn copy_chunk(
+/// Copies `chunk` of `table` from `src` (inside its imported snapshot) into `tgt` in one
+/// transaction with its `cutover_copy.copied` row.
+pub(super) async fn copy_chunk(
     src: &Client,
     tgt: &Client,
     table: &Table,

@@ -13,6 +13,7 @@ use super::copy::{self, Chunk, ChunkDone, Done, Options, State, Work};
 use super::postdata::{self, Item};
 use super::preflight::{self, Needs, Report};
 use super::snapshot::{self, ExportedSlot};
+use super::workers;
 use super::Server;
 use super::{connect, ownership, pg, ConnParts};
 use crate::config::Side;
@@ -107,6 +108,14 @@ pub trait InitialCopy: Send + Sync {
         work: Work,
         opts: &Options,
         on_done: &mut (dyn FnMut(Done) + Send),
+    ) -> Result<(), ProviderError>;
+    /// Copies every chunk not yet copied with local `cutover copy-worker` processes claiming
+    /// chunks from the plan on the target ([`workers::run_processes`]), passing their lines to
+    /// `on_line`; post-data is left to [`InitialCopy::copy`].
+    async fn copy_by_processes(
+        &self,
+        p: &workers::Processes,
+        on_line: &mut (dyn FnMut(String) + Send),
     ) -> Result<(), ProviderError>;
     /// Records that every chunk and post-data item is in (`phase = 'post-data'`).
     async fn copied(&self) -> Result<(), ProviderError>;
@@ -336,6 +345,22 @@ impl InitialCopy for PgInitialCopy {
             on_done,
         )
         .await
+    }
+    async fn copy_by_processes(
+        &self,
+        p: &workers::Processes,
+        on_line: &mut (dyn FnMut(String) + Send),
+    ) -> Result<(), ProviderError> {
+        workers::prepare(&self.target).await?;
+        workers::run_processes(&self.source_url, &self.target_url, p, on_line).await?;
+        let q = workers::queue(&self.target).await?;
+        if q.left > 0 {
+            return Err(ProviderError::Worker(format!(
+                "the workers ended with {} of {} chunks not copied",
+                q.left, q.chunks
+            )));
+        }
+        Ok(())
     }
     async fn copied(&self) -> Result<(), ProviderError> {
         self.target

@@ -22,6 +22,7 @@ pub mod roles;
 mod schedule;
 pub mod snapshot;
 pub mod tls;
+pub mod workers;
 
 use super::ProviderError;
 use crate::config::Side;

@@ -68,6 +68,9 @@ pub struct Params {
     /// Parallel COPY workers (default 4).
     #[serde(default = "default_jobs")]
     jobs: usize,
+    /// Where the copy's workers run (default: in the run's own process, `jobs` of them).
+    #[serde(default)]
+    workers: Workers,
     /// Tables with a key and more rows than this (planner estimate) are copied in key-range chunks of about this many rows, each committed on its own (default 1000000: fewer, larger chunks measured faster than 250000 on a composite key, docs/BENCHMARKS.md; smaller chunks redo less after a kill).
     #[serde(default = "default_chunk_rows")]
     chunk_rows: i64,
@@ -101,6 +104,56 @@ pub struct Params {
     /// The target cluster's namespace of the relay's or WAL guard's Deployment and Secret, created when missing (default cutover).
     #[serde(default = "relay::default_namespace")]
     relay_namespace: String,
+}
+
+/// Where the initial copy's workers run (`with: workers:`).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Workers {
+    /// in_process (default): `jobs` workers inside the run; processes: `count` local `cutover copy-worker` processes claiming chunks from the plan on the target (a lease each; a killed worker's chunk is claimed again once its lease runs out). Post-data is applied by the run either way.
+    #[serde(default)]
+    run: WorkersRun,
+    /// Worker processes at once (with run: processes; default 4, at most 64).
+    #[serde(default = "default_worker_count")]
+    count: usize,
+    /// Seconds a worker's claim on a chunk holds without renewal (default 30, at least 3).
+    #[serde(default = "default_lease")]
+    lease: u64,
+    /// Failed worker processes started again in all before the copy fails, as a Kubernetes Job's backoffLimit (default 6).
+    #[serde(default = "default_backoff_limit")]
+    backoff_limit: u32,
+}
+
+impl Default for Workers {
+    fn default() -> Workers {
+        Workers {
+            run: WorkersRun::InProcess,
+            count: default_worker_count(),
+            lease: default_lease(),
+            backoff_limit: default_backoff_limit(),
+        }
+    }
+}
+
+/// Where the copy's workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkersRun {
+    /// `jobs` tasks inside the run's process.
+    #[default]
+    InProcess,
+    /// `count` local `cutover copy-worker` processes.
+    Processes,
+}
+
+fn default_worker_count() -> usize {
+    4
+}
+fn default_lease() -> u64 {
+    30
+}
+fn default_backoff_limit() -> u32 {
+    6
 }
 
 fn auto() -> Replication {
@@ -253,6 +306,18 @@ impl Kind for Replicate {
         let mut out = Vec::new();
         if l.known("jobs") && !(1..=64).contains(&l.params.jobs) {
             out.push(format!("jobs {} is not between 1 and 64", l.params.jobs));
+        }
+        if l.known("workers") && !(1..=64).contains(&l.params.workers.count) {
+            out.push(format!(
+                "workers.count {} is not between 1 and 64",
+                l.params.workers.count
+            ));
+        }
+        if l.known("workers") && l.params.workers.lease < 3 {
+            out.push(format!(
+                "workers.lease {} s is below 3 s (a lease is renewed every third of it)",
+                l.params.workers.lease
+            ));
         }
         if l.known("replication") && l.params.replication == Replication::Off {
             out.push("replication: false: the forward replication cannot be left out (it keeps the target current until the flip); choose auto, native or relay".into());
@@ -949,6 +1014,7 @@ mod tests {
             publication: None,
             subscription: None,
             jobs: 2,
+            workers: Workers::default(),
             chunk_rows: default_chunk_rows(),
             rate_limit_mb: None,
             max_transaction_age: 300,
@@ -1081,6 +1147,61 @@ mod tests {
             .unwrap()
             .iter()
             .any(|l| l == "resuming the copy: 1 of 2 chunks already copied, 1 to go"));
+    }
+
+    #[tokio::test]
+    async fn worker_processes_copy_what_the_run_left_and_the_run_applies_the_rest() {
+        let (h, pg) = setup();
+        let cx = h.cx();
+        let mut p = params();
+        p.workers = Workers {
+            run: WorkersRun::Processes,
+            count: 3,
+            ..Workers::default()
+        };
+        // A first run's copy lost its connection after one chunk: the workers take the rest.
+        pg.copy_state(|c| c.fail_after = Some(1));
+        assert!(Replicate.apply(&cx, &p, &Before::default()).await.is_err());
+        let resumed = Replicate.apply(&cx, &p, &Before::default()).await.unwrap();
+        let copied = resumed.outputs.copied.as_ref().unwrap();
+        assert_eq!((copied.chunks_resumed, copied.chunks_copied), (1, 1));
+        assert_eq!(rows(&pg, Side::Target), rows(&pg, Side::Source));
+        let progress = h.progress.lock().unwrap().clone();
+        assert!(
+            progress.iter().any(|l| l
+                == "copying 1 chunk(s) with 3 worker process(es) claiming from the plan on the target (lease 30 s)"),
+            "{progress:?}"
+        );
+        assert!(
+            progress
+                .iter()
+                .any(|l| l.starts_with("copy-worker process-0.1: copied ")),
+            "{progress:?}"
+        );
+    }
+
+    #[test]
+    fn worker_settings_out_of_range_are_named() {
+        let mut p = params();
+        p.workers = Workers {
+            run: WorkersRun::Processes,
+            count: 65,
+            lease: 1,
+            backoff_limit: 0,
+        };
+        let problems = Replicate.check(&Literal::of(p));
+        assert!(
+            problems
+                .iter()
+                .any(|m| m == "workers.count 65 is not between 1 and 64"),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|m| m.starts_with("workers.lease 1 s is below 3 s")),
+            "{problems:?}"
+        );
     }
 
     #[tokio::test]

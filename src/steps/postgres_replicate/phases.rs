@@ -3,12 +3,13 @@
 //! validation once replication runs. The order of the parts is the kind's (`mod.rs`).
 
 use super::outputs::NotValidated;
-use super::{fmt_mb, names, Params, Servers};
+use super::{fmt_mb, names, Params, Servers, WorkersRun};
 use crate::providers::postgres::catalog::Table;
 use crate::providers::postgres::copy;
 use crate::providers::postgres::initial_copy::InitialCopy;
 use crate::providers::postgres::postdata::{Item, Stage};
 use crate::providers::postgres::preflight::{Needs, Report};
+use crate::providers::postgres::workers;
 use crate::steps::{StepContext, StepError};
 
 /// Runs the preflight and turns its problems into one error listing them all.
@@ -238,6 +239,33 @@ pub(super) async fn run_copy(
                 cx.run_id,
                 chrono::Utc::now().format("%H:%M:%S%.3f")
             ),
+        };
+        // With worker processes, they copy the chunks (claiming them from the plan on the
+        // target); the run then applies the post-data as it does after its own workers.
+        let pending = if p.workers.run == WorkersRun::Processes && !pending.is_empty() {
+            let procs = workers::Processes {
+                exe: std::env::current_exe().map_err(|e| {
+                    StepError::Check(format!("cannot find the cutover executable: {e}"))
+                })?,
+                count: p.workers.count,
+                lease: std::time::Duration::from_secs(p.workers.lease),
+                rate_limit_mb: p.rate_limit_mb.map(|m| m / p.workers.count as f64),
+                backoff_limit: p.workers.backoff_limit,
+            };
+            (cx.progress)(&format!(
+                "copying {} chunk(s) with {} worker process(es) claiming from the plan on the target (lease {} s)",
+                pending.len(),
+                procs.count,
+                p.workers.lease
+            ));
+            let mut on_line = |l: String| (cx.progress)(&l);
+            let copying = s.copy.copy_by_processes(&procs, &mut on_line);
+            cx.watched(copying, "the initial copy").await??;
+            let (_, done_now) = s.copy.progress().await?;
+            copied += done_now.len().saturating_sub(done_before.len());
+            Vec::new()
+        } else {
+            pending
         };
         let work = copy::Work {
             chunks: pending,

@@ -978,6 +978,63 @@ impl InitialCopy for FakePostgres {
         }
         Ok(())
     }
+    async fn copy_by_processes(
+        &self,
+        p: &crate::providers::postgres::workers::Processes,
+        on_line: &mut (dyn FnMut(String) + Send),
+    ) -> Result<(), ProviderError> {
+        // The fake's workers: every chunk not yet copied, shared out in turn among `count`
+        // named workers, each copied as the in-process fake copies it.
+        let (snapshot, pending) = {
+            let g = self.lock();
+            let Some((state, chunks, copied)) = g.copy.progress.as_ref() else {
+                return Ok(());
+            };
+            let pending: Vec<_> = chunks
+                .iter()
+                .filter(|c| {
+                    !copied
+                        .iter()
+                        .any(|d| d.chunk.table == c.table && d.chunk.index == c.index)
+                })
+                .cloned()
+                .collect();
+            (state.slot.snapshot.clone(), pending)
+        };
+        let count = p.count.max(1);
+        let mut n = 0usize;
+        let mut lines = Vec::new();
+        let work = Work {
+            chunks: pending,
+            items: Vec::new(),
+            preamble: String::new(),
+        };
+        let opts = Options {
+            same_major: true,
+            jobs: 1,
+            rate_limit: None,
+            attempt: "fake".into(),
+        };
+        self.copy(&snapshot, &[], work, &opts, &mut |d| {
+            if let Done::Chunk(d) = d {
+                lines.push(format!(
+                    "copy-worker process-{}.1: copied {} chunk {}/{} ({} rows, {} bytes)",
+                    n % count,
+                    d.chunk.table,
+                    d.chunk.index + 1,
+                    d.chunk.of,
+                    d.rows,
+                    d.bytes
+                ));
+                n += 1;
+            }
+        })
+        .await?;
+        for l in lines {
+            on_line(l);
+        }
+        Ok(())
+    }
     async fn copied(&self) -> Result<(), ProviderError> {
         if let Some((state, ..)) = self.lock().copy.progress.as_mut() {
             state.phase = "post-data".into();
