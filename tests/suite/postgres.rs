@@ -65,6 +65,24 @@ fn finish(sb: &Sandbox, child: Child, secs: u64) -> (Option<i32>, String) {
     sb.finish(child, secs)
 }
 
+/// `public.events` on the source: 400,000 rows, about 45 MB (20 chunks of 20,000 rows), owned by
+/// the application's role, as when its migrations create it.
+fn seed_events(sb: &Sandbox, src: &str) {
+    sb.sql(src, "SET ROLE shop; CREATE TABLE public.events (id bigint PRIMARY KEY, kind text NOT NULL, payload text NOT NULL);
+                 INSERT INTO public.events SELECT g, 'k' || (g % 7), repeat(md5(g::text), 3) FROM generate_series(1, 400000) g;
+                 ANALYZE public.events");
+}
+
+/// The replicate's outputs `o` show [`seed_events`]' table copied whole: 20 chunks, every row.
+fn assert_events_copied(o: &Value) {
+    let events = &o["copy"]["public.events"];
+    assert_eq!(
+        (events["chunks"].as_u64(), events["rows"].as_u64()),
+        (Some(20), Some(400000)),
+        "{o}"
+    );
+}
+
 fn replace_in(path: &Path, from: &str, to: &str) {
     let s = std::fs::read_to_string(path).unwrap();
     assert!(s.contains(from), "{from} not in {}", path.display());
@@ -134,10 +152,7 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
     let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
     // About 45 MB in 20 chunks, copied at 8 MB/s by 2 workers: several seconds to kill it in.
-    // The application's role owns its tables, as it does when its migrations create them.
-    sb.sql(&src, "SET ROLE shop; CREATE TABLE public.events (id bigint PRIMARY KEY, kind text NOT NULL, payload text NOT NULL);
-                  INSERT INTO public.events SELECT g, 'k' || (g % 7), repeat(md5(g::text), 3) FROM generate_series(1, 400000) g;
-                  ANALYZE public.events");
+    seed_events(&sb, &src);
     // Every table shape with a key is split too (issue 15): a composite key, a UUID key, the two
     // partitions of a partitioned table (composite key, a date in it), and a text key beside a
     // STORED generated column (left out of the COPY column lists).
@@ -204,16 +219,7 @@ fn a_copy_killed_midway_resumes_under_the_same_snapshot_without_copying_a_chunk_
         "every planned chunk copied exactly once: {o}"
     );
     assert_eq!(o["chunks"].as_u64().unwrap().to_string(), planned);
-    assert_eq!(
-        o["copy"]["public.events"]["chunks"].as_u64(),
-        Some(20),
-        "{o}"
-    );
-    assert_eq!(
-        o["copy"]["public.events"]["rows"].as_u64(),
-        Some(400000),
-        "{o}"
-    );
+    assert_events_copied(o);
     // The pre-freeze pass compared every row and found both sides equal; so do independent
     // fingerprints.
     let verified = step_event(&records, "step_applied", "prepass").expect("prepass applied");
@@ -602,9 +608,7 @@ fn three_worker_processes_copy_every_chunk_once_though_one_is_killed_mid_chunk()
     let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
     let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
     // About 45 MB in 20 chunks at 6 MB/s over three workers: seconds to stop one in.
-    sb.sql(&src, "SET ROLE shop; CREATE TABLE public.events (id bigint PRIMARY KEY, kind text NOT NULL, payload text NOT NULL);
-                  INSERT INTO public.events SELECT g, 'k' || (g % 7), repeat(md5(g::text), 3) FROM generate_series(1, 400000) g;
-                  ANALYZE public.events");
+    seed_events(&sb, &src);
     let rb = sb.extra_runbook(
         "copy-by-workers",
         r#"name: copy-by-workers
@@ -708,16 +712,7 @@ phases:
         o["chunks"].as_u64(),
         "every planned chunk copied: {o}"
     );
-    assert_eq!(
-        o["copy"]["public.events"]["chunks"].as_u64(),
-        Some(20),
-        "{o}"
-    );
-    assert_eq!(
-        o["copy"]["public.events"]["rows"].as_u64(),
-        Some(400000),
-        "{o}"
-    );
+    assert_events_copied(o);
     // Independently of the tool: the same rows on both sides, none twice.
     let digest = "SELECT count(*) || ':' || count(DISTINCT id) || ':' || md5(string_agg(id || kind || payload, ',' ORDER BY id)) FROM public.events";
     assert_eq!(scalar(&sb, &src, digest), scalar(&sb, &tgt, digest));

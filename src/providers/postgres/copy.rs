@@ -167,6 +167,21 @@ pub fn state_sql(
     sql
 }
 
+/// The chunk in a row whose first six columns are `cutover_copy.chunks`' table_name, chunk,
+/// chunks, lower_key, upper_key and est_bytes.
+pub(super) fn chunk_of(r: &tokio_postgres::Row) -> Chunk {
+    Chunk {
+        table: r.get(0),
+        index: r.get(1),
+        of: r.get(2),
+        range: KeyRange {
+            lower: r.get(3),
+            upper: r.get(4),
+        },
+        est_bytes: r.get(5),
+    }
+}
+
 /// The planned chunks and which of them are already copied (with their rows and bytes).
 ///
 /// # Errors
@@ -183,16 +198,7 @@ pub async fn progress(target: &Client) -> Result<(Vec<Chunk>, Vec<ChunkDone>), P
     let mut all = Vec::new();
     let mut done = Vec::new();
     for r in rows {
-        let chunk = Chunk {
-            table: r.get(0),
-            index: r.get(1),
-            of: r.get(2),
-            range: KeyRange {
-                lower: r.get(3),
-                upper: r.get(4),
-            },
-            est_bytes: r.get(5),
-        };
+        let chunk = chunk_of(&r);
         if let (Some(rows), Some(bytes)) = (r.get::<_, Option<i64>>(6), r.get::<_, Option<i64>>(7))
         {
             done.push(ChunkDone {

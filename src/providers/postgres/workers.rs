@@ -16,7 +16,7 @@
 //! Owns the claim, the lease and one worker's loop; must not plan chunks, apply post-data, or
 //! create slots, publications or subscriptions.
 
-use super::catalog::{self, KeyRange};
+use super::catalog;
 use super::copy::{self, Chunk, ChunkDone, Pacer};
 use super::snapshot::import;
 use super::{pg, Server};
@@ -88,16 +88,7 @@ pub async fn claim(
         .await
         .map_err(|e| pg(Server::Target, e))?;
     Ok(row.map(|r| Claim {
-        chunk: Chunk {
-            table: r.get(0),
-            index: r.get(1),
-            of: r.get(2),
-            range: KeyRange {
-                lower: r.get(3),
-                upper: r.get(4),
-            },
-            est_bytes: r.get(5),
-        },
+        chunk: copy::chunk_of(&r),
         claims: r.get(6),
     }))
 }
