@@ -233,7 +233,24 @@ pub fn run_with_timeout(mut cmd: Command, secs: u64) -> Output {
         }
         if start.elapsed() > Duration::from_secs(secs) {
             let _ = child.kill();
-            panic!("{cmd:?} did not finish within {secs}s");
+            let _ = child.wait();
+            let said = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+            let tail: String = said
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            // The program and its arguments, never its environment: that holds the sandbox's
+            // passwords and keys.
+            panic!(
+                "{} {:?} did not finish within {secs}s; the end of its stderr:\n{tail}",
+                cmd.get_program().to_string_lossy(),
+                cmd.get_args().collect::<Vec<_>>()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -361,6 +378,15 @@ impl Sandbox {
         Self::start_in(slot, asked, false)
     }
 
+    /// As [`Sandbox::start_first`], for a test that keeps about `n` cores busy (a copy of
+    /// 10,000 objects: moto, SeaweedFS and cutover at once): it holds `n` slots, so that fewer
+    /// sandboxes share the machine with it.
+    pub fn start_first_holding(n: usize) -> Sandbox {
+        let asked = Instant::now();
+        let slot = slots::acquire(n, slots::Priority::First);
+        Self::start_in(slot, asked, false)
+    }
+
     /// As [`Sandbox::start`], for a test of one and a half to two and a half minutes
     /// ([`slots::Priority::Long`]).
     pub fn start_long() -> Sandbox {
@@ -482,7 +508,13 @@ impl Sandbox {
 
     /// Runs `cutover args...` (deadline 300 s); records its output for the secret scan.
     pub fn cutover(&self, args: &[&str]) -> Output {
-        self.record(run_with_timeout(self.command(args), 300))
+        self.cutover_within(300, args)
+    }
+
+    /// [`Sandbox::cutover`] under a deadline of `secs` seconds, for runs whose work grows with
+    /// a test's data.
+    pub fn cutover_within(&self, secs: u64, args: &[&str]) -> Output {
+        self.record(run_with_timeout(self.command(args), secs))
     }
 
     /// Keeps a command's output for the secret scan ([`Sandbox::assert_no_secrets`]).

@@ -224,7 +224,7 @@ fn heads_equal(src: &Bucket, dst: &Bucket, keys: &[String]) {
 
 #[test]
 fn ten_thousand_objects_move_faithfully_across_a_kill_and_the_changes_made_meanwhile() {
-    let sb = Sandbox::start_first();
+    let sb = Sandbox::start_first_holding(2);
     let src = spaces(&sb);
     let dst = uploads(&sb);
     seed(&src, 10_000);
@@ -255,7 +255,7 @@ phases:
     let mut child = sb.spawn(&["rehearse", "staging", "--runbook", &rb]);
     // Killed once 2,000 objects are in the manifest: in the middle of the bulk pass.
     let mut run = String::new();
-    wait_until(300, "2,000 objects copied", || {
+    wait_until(900, "2,000 objects copied", || {
         if let Some(r) = sb.run_ids().pop() {
             run = r;
             manifest_lines(&sb, &run, "uploads").len() >= 2000
@@ -309,7 +309,8 @@ phases:
         }
     });
 
-    let out = sb.cutover(&["resume", &run]);
+    // The rest of 10,000 objects: minutes on a loaded 2-core machine, so a deadline of its own.
+    let out = sb.cutover_within(1200, &["resume", &run]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     let on_source = listing(&src);
