@@ -73,6 +73,40 @@ fn seed_events(sb: &Sandbox, src: &str) {
                  ANALYZE public.events");
 }
 
+/// The first process whose parent is `parent` running `copy-worker --name <prefix>...`: its pid
+/// and worker name, read from /proc.
+fn copy_worker_of(parent: u32, prefix: &str) -> Option<(i32, String)> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The parent pid is the second field after the parenthesised command name.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(parent) {
+            continue;
+        }
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&str> = cmdline.split('\0').collect();
+        if !args.contains(&"copy-worker") {
+            continue;
+        }
+        let name = args
+            .iter()
+            .skip_while(|a| **a != "--name")
+            .nth(1)
+            .copied()
+            .unwrap_or_default();
+        if name.starts_with(prefix) {
+            return Some((pid, name.to_string()));
+        }
+    }
+    None
+}
+
 /// The replicate's outputs `o` show [`seed_events`]' table copied whole: 20 chunks, every row.
 fn assert_events_copied(o: &Value) {
     let events = &o["copy"]["public.events"];
@@ -649,41 +683,24 @@ phases:
                     std::fs::read_to_string(&err).unwrap_or_default()
                 );
             }
-            let pids = std::process::Command::new("pgrep")
-                .args([
-                    "-P",
-                    &child.id().to_string(),
-                    "-f",
-                    "copy-worker --name process-0\\.",
-                ])
-                .output()
-                .unwrap();
-            let line = String::from_utf8_lossy(&pids.stdout).to_string();
-            let Some(pid) = line.split_whitespace().next().map(str::to_string) else {
+            // The run's child `cutover copy-worker --name process-0.N`, from /proc (no procps
+            // on a bare machine).
+            let Some((pid, name)) = copy_worker_of(child.id(), "process-0.") else {
                 return false;
             };
-            let name = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .unwrap_or_default()
-                .split('\0')
-                .skip_while(|a| *a != "--name")
-                .nth(1)
-                .unwrap_or_default()
-                .to_string();
-            let signal = |s: &str| {
-                std::process::Command::new("kill")
-                    .args([s, &pid])
-                    .status()
-                    .unwrap();
+            // SAFETY: kill(2) on a pid that is this test's grandchild (a child of the run).
+            let signal = |s: i32| unsafe {
+                libc::kill(pid, s);
             };
-            signal("-STOP");
+            signal(libc::SIGSTOP);
             match holding(&name) {
                 Some(chunk) => {
-                    signal("-KILL");
+                    signal(libc::SIGKILL);
                     killed = Some(chunk);
                     true
                 }
                 None => {
-                    signal("-CONT");
+                    signal(libc::SIGCONT);
                     false
                 }
             }
