@@ -18,6 +18,11 @@
 //!   keys its environment names when it starts and keeps them ([`Store::ready_pod_env`]): the
 //!   application reaches a new database only through pods started after the Secret changed.
 //!
+//! - Jobs (`/apis/batch/v1/...`) with a Job controller ([`jobs`]): Indexed Jobs' pods of the
+//!   `cutover` image run as local processes with `JOB_COMPLETION_INDEX`, `backoffLimit`, pod
+//!   failure policies, status and conditions as a v1.31 controller writes them; a Job deleted
+//!   without a cascading `propagationPolicy` orphans its pods, as the API does.
+//!
 //! It runs in the sandbox only; it is not part of the `cutover` binary.
 
 use axum::body::Bytes;
@@ -32,6 +37,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod jobs;
+pub use jobs::reconcile_jobs;
+
 /// One cluster's objects, keyed by (resource, namespace, name).
 pub struct Store {
     objects: BTreeMap<(String, String, String), Value>,
@@ -45,6 +53,10 @@ pub struct Store {
     /// The latest resourceVersion, published on every write: what watchers of the cluster
     /// (the pooler's sidecar) wait on.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Each Job's pods and counts (the Job controller's view, [`jobs`]).
+    jobs: BTreeMap<Key, jobs::JobRun>,
+    /// Pods of Jobs deleted without cascading, running until they exit.
+    orphans: Vec<jobs::Orphan>,
 }
 
 impl Default for Store {
@@ -56,6 +68,8 @@ impl Default for Store {
             pods: BTreeMap::new(),
             pod_ready: DEFAULT_POD_READY,
             changes: tokio::sync::watch::channel(0).0,
+            jobs: BTreeMap::new(),
+            orphans: Vec::new(),
         }
     }
 }
@@ -170,16 +184,18 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "deployments" => ("Deployment", "apps/v1"),
         "externalsecrets" => ("ExternalSecret", "external-secrets.io/v1"),
         "secretstores" => ("SecretStore", "external-secrets.io/v1"),
+        "jobs" => ("Job", "batch/v1"),
         _ => ("Namespace", "v1"),
     }
 }
 
 /// The resources served, each with the path prefix of its API group and version.
-const SERVED: [(&str, &str); 4] = [
+const SERVED: [(&str, &str); 5] = [
     ("secrets", "/api/v1/"),
     ("deployments", "/apis/apps/v1/"),
     ("externalsecrets", "/apis/external-secrets.io/v1/"),
     ("secretstores", "/apis/external-secrets.io/v1/"),
+    ("jobs", "/apis/batch/v1/"),
 ];
 
 /// Whether `resource` is served under the request path `path`.
@@ -325,7 +341,16 @@ async fn collection(
     if !served(&resource, uri.path()) {
         return unserved(&resource);
     }
-    handle(c, method, &ns, &resource, None, HeaderMap::new(), body)
+    handle(
+        c,
+        method,
+        &ns,
+        &resource,
+        None,
+        HeaderMap::new(),
+        body,
+        None,
+    )
 }
 
 async fn item(
@@ -339,7 +364,16 @@ async fn item(
     if !served(&resource, uri.path()) {
         return unserved(&resource);
     }
-    handle(c, method, &ns, &resource, Some(&name), headers, body)
+    handle(
+        c,
+        method,
+        &ns,
+        &resource,
+        Some(&name),
+        headers,
+        body,
+        uri.query(),
+    )
 }
 
 fn unserved(resource: &str) -> Response {
@@ -439,6 +473,7 @@ fn handle(
     name: Option<&str>,
     headers: HeaderMap,
     body: Bytes,
+    query: Option<&str>,
 ) -> Response {
     if !SERVED.iter().any(|(r, _)| *r == resource) {
         return unserved(resource);
@@ -496,6 +531,17 @@ fn handle(
                         422,
                         "Invalid",
                         format!("Secret \"{n}\" is invalid: {e}"),
+                        resource,
+                        &n,
+                    );
+                }
+            }
+            if resource == "jobs" {
+                if let Err(e) = jobs::admit(&mut obj) {
+                    return status(
+                        422,
+                        "Invalid",
+                        format!("Job.batch \"{n}\" is invalid: {e}"),
                         resource,
                         &n,
                     );
@@ -631,7 +677,26 @@ fn handle(
             commit(&mut s, resource, ns, n, &current, obj)
         }
         (Method::DELETE, Some(n)) => match s.objects.remove(&key(resource, ns, n)) {
-            Some(o) => Json(o).into_response(),
+            Some(o) => {
+                if resource == "jobs" {
+                    // DeleteOptions in the body (kube-rs) or the query: only Background and
+                    // Foreground delete a Job's pods; the default for a Job is Orphan.
+                    let policy = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|b| b["propagationPolicy"].as_str().map(String::from))
+                        .or_else(|| {
+                            query.and_then(|q| {
+                                q.split('&')
+                                    .find_map(|kv| kv.strip_prefix("propagationPolicy="))
+                                    .map(String::from)
+                            })
+                        });
+                    let cascade = matches!(policy.as_deref(), Some("Background" | "Foreground"));
+                    s.job_deleted(&key(resource, ns, n), cascade);
+                }
+                s.bump();
+                Json(o).into_response()
+            }
             None => not_found(resource, n),
         },
         _ => status(
@@ -667,7 +732,7 @@ fn commit(
 /// Resources whose `metadata.generation` counts spec changes (the built-in workloads and
 /// custom resources with a status subresource).
 fn has_generation(resource: &str) -> bool {
-    matches!(resource, "deployments" | "externalsecrets")
+    matches!(resource, "deployments" | "externalsecrets" | "jobs")
 }
 
 /// The integer at JSON pointer `ptr` in `v`, or `default` when absent.
@@ -713,14 +778,18 @@ pub struct Pod {
 pub struct LocalPod {
     /// The pod's id in its cluster.
     pub id: u64,
-    /// Its Deployment's namespace.
+    /// Its owner's namespace.
     pub namespace: String,
-    /// Its Deployment's name.
-    pub deployment: String,
+    /// Its owner: the Deployment's name, or `<job>-<index>` for a Job's pod; its log and pid
+    /// files are named `<namespace>.<owner>`.
+    pub owner: String,
     /// The container's arguments (after the image's `cutover` entrypoint).
     pub args: Vec<String>,
     /// The container's environment, resolved when the pod was created.
     pub env: BTreeMap<String, String>,
+    /// Started again when it exits (`restartPolicy: Always`, a Deployment's); a Job's pod is
+    /// not (`Never`): its exit code goes to the Job controller ([`Store::pod_exited`]).
+    pub restart: bool,
 }
 
 /// The arguments of a pod template's container that runs the `cutover` image (any registry,
@@ -828,7 +897,8 @@ impl Store {
         env
     }
 
-    /// The pods the sandbox runs as local processes, in every Deployment of the cluster.
+    /// The pods the sandbox runs as local processes: every Deployment's and Job's of the
+    /// cluster.
     pub fn local_pods(&self) -> Vec<LocalPod> {
         let mut out = Vec::new();
         for ((_, ns, name), (_, pods)) in &self.pods {
@@ -837,13 +907,15 @@ impl Store {
                     out.push(LocalPod {
                         id: p.id,
                         namespace: ns.clone(),
-                        deployment: name.clone(),
+                        owner: name.clone(),
                         args: args.clone(),
                         env: p.env.clone(),
+                        restart: true,
                     });
                 }
             }
         }
+        out.extend(self.job_local_pods());
         out
     }
 
@@ -1042,6 +1114,7 @@ pub async fn controller(cluster: Cluster) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut s = cluster.lock().unwrap_or_else(|p| p.into_inner());
         reconcile(&mut s);
+        reconcile_jobs(&mut s);
     }
 }
 

@@ -1,13 +1,16 @@
-//! The sandbox's kubelet for `cutover` containers: a pod of a Deployment whose container runs
-//! the `cutover` image (the relay `postgres.fallback` applies) runs here as a local process of
-//! the `cutover` binary built beside this one, with the container's arguments and only the
-//! environment the pod spec gives it (`env`, `envFrom` Secrets, read when the pod was created).
-//! A process that exits is started again after a back-off that doubles from 1 s to 10 s
-//! (`restartPolicy: Always`, a CrashLoopBackOff capped short for the sandbox); a pod the
-//! deployment controller removes (scale down, Deployment deleted) has its process killed.
+//! The sandbox's kubelet for `cutover` containers: a pod of a Deployment or a Job whose
+//! container runs the `cutover` image (a relay, a WAL guard, a copy worker) runs here as a
+//! local process of the `cutover` binary built beside this one, with the container's arguments
+//! and only the environment the pod spec gives it (`env`, `envFrom` Secrets, read when the pod
+//! was created; a Job's `JOB_COMPLETION_INDEX`). A Deployment's process that exits is started
+//! again after a back-off that doubles from 1 s to 10 s (`restartPolicy: Always`, a
+//! CrashLoopBackOff capped short for the sandbox); a Job's is not (`Never`): its exit code goes
+//! to the Job controller. A pod a controller removes (scale down, Deployment or Job deleted, a
+//! failed Job) has its process killed.
 //!
-//! Each process writes to `<dir>/pods/<env>/<namespace>.<deployment>.log` and its pid to
-//! `<namespace>.<deployment>.pid` there, where tests find it (to kill it, to read what it said).
+//! Each process writes to `<dir>/pods/<env>/<namespace>.<owner>.log` and its pid to
+//! `<namespace>.<owner>.pid` there (the owner is the Deployment, or `<job>-<index>`), where
+//! tests find it (to kill it, to read what it said).
 //! Processes are in the serve process's group and die with it (`PR_SET_PDEATHSIG`).
 //!
 //! Sandbox only: not part of the `cutover` binary. The application's pods stay simulated by the
@@ -23,6 +26,8 @@ struct Running {
     child: Option<tokio::process::Child>,
     restarts: u32,
     next_start: Instant,
+    /// A pod that is never restarted has exited (its controller drops it next).
+    ended: bool,
 }
 
 /// The `cutover` binary pods run: `$CUTOVER_SANDBOX_CUTOVER_BIN`, else `cutover` beside this
@@ -44,7 +49,7 @@ pub fn pods_dir(dir: &Path, env: &str) -> PathBuf {
 }
 
 fn start(pod: &LocalPod, dir: &Path) -> Option<tokio::process::Child> {
-    let base = format!("{}.{}", pod.namespace, pod.deployment);
+    let base = format!("{}.{}", pod.namespace, pod.owner);
     let _ = std::fs::create_dir_all(dir);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -102,22 +107,39 @@ pub async fn run(cluster: Cluster, env: &'static str, dir: PathBuf) {
                 child: None,
                 restarts: 0,
                 next_start: now,
+                ended: false,
             });
-            let exited = match r.child.as_mut() {
-                None => true,
-                Some(c) => matches!(c.try_wait(), Ok(Some(_)) | Err(_)),
+            if r.ended {
+                continue;
+            }
+            let exit = match r.child.as_mut() {
+                None => None,
+                Some(c) => match c.try_wait() {
+                    Ok(None) => continue,
+                    // Killed by a signal: 128 + its number, as a container runtime reports it.
+                    Ok(Some(st)) => Some(st.code().unwrap_or_else(|| {
+                        use std::os::unix::process::ExitStatusExt;
+                        128 + st.signal().unwrap_or(9)
+                    })),
+                    Err(_) => Some(-1),
+                },
             };
-            if exited {
-                if r.child.take().is_some() {
-                    // Back off before the next start, as the kubelet does.
-                    r.restarts += 1;
-                    let wait =
-                        Duration::from_secs(1 << r.restarts.min(4)).min(Duration::from_secs(10));
-                    r.next_start = now + wait;
-                }
-                if now >= r.next_start {
-                    r.child = start(pod, &dir);
-                }
+            if let (Some(code), false) = (exit, pod.restart) {
+                // restartPolicy: Never: the Job controller learns the exit code; no restart.
+                r.child = None;
+                r.ended = true;
+                let mut s = cluster.lock().unwrap_or_else(|p| p.into_inner());
+                s.pod_exited(pod.id, code);
+                continue;
+            }
+            if r.child.take().is_some() {
+                // Back off before the next start, as the kubelet does.
+                r.restarts += 1;
+                let wait = Duration::from_secs(1 << r.restarts.min(4)).min(Duration::from_secs(10));
+                r.next_start = now + wait;
+            }
+            if now >= r.next_start {
+                r.child = start(pod, &dir);
             }
         }
     }

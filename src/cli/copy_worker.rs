@@ -8,10 +8,7 @@ use super::{print_error, EXIT_FAILED, EXIT_INVALID};
 use crate::providers::postgres::workers::{self, WorkerEvent, WorkerOptions};
 use std::time::Duration;
 
-/// The environment variable with the source's URL.
-pub const SOURCE_URL: &str = "CUTOVER_COPY_SOURCE_URL";
-/// The environment variable with the target's URL.
-pub const TARGET_URL: &str = "CUTOVER_COPY_TARGET_URL";
+use workers::{SOURCE_URL_ENV as SOURCE_URL, TARGET_URL_ENV as TARGET_URL};
 
 /// The worker's name when none is given: the Indexed Job's completion index where there is
 /// one (`JOB_COMPLETION_INDEX`, set by Kubernetes in each pod), else the process id.

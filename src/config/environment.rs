@@ -198,6 +198,15 @@ pub struct PlanPolicy {
 pub struct EksSection {
     /// Cluster name as in DescribeCluster.
     pub cluster: String,
+    /// The `cutover` container image the cluster runs the copy's workers from (an Indexed Job,
+    /// `postgres.replicate` `workers: { run: job }`), e.g. an ECR repository's
+    /// `<account>.dkr.ecr.<region>.amazonaws.com/cutover:0.1.0`; default `cutover:<this version>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The service account the copy's worker pods run as (e.g. one bound by IRSA or EKS Pod
+    /// Identity to a role that may pull the image); default the namespace's `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 /// Source (legacy) and target (RDS) databases. Admin URLs carry passwords, so the file says where

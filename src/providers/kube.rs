@@ -321,3 +321,64 @@ pub async fn secret_readers(
         .filter_map(|d| d.metadata.name.clone())
         .collect())
 }
+
+/// Creates namespace `name` when it is missing (a create that races another is not an error).
+///
+/// # Errors
+/// [`ProviderError::Kube`] from the API.
+pub async fn ensure_namespace(client: &kube::Client, name: &str) -> Result<(), ProviderError> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, PostParams};
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces
+        .get_opt(name)
+        .await
+        .map_err(|e| kube_err(&format!("get namespace {name}"), e))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.to_string());
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_conflict(&e) => Ok(()),
+        Err(e) => Err(kube_err(&format!("create namespace {name}"), e)),
+    }
+}
+
+/// Creates `obj` as `name`, or replaces the stored object of that name (at its
+/// resourceVersion). `what` names the kind in errors (`Secret`, `Deployment`).
+///
+/// # Errors
+/// [`ProviderError::Kube`] from the API (409 when the object changed between read and
+/// replace); the message never holds the object's body.
+pub async fn upsert<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    mut obj: K,
+    what: &str,
+) -> Result<(), ProviderError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    use kube::api::PostParams;
+    match api
+        .get_opt(name)
+        .await
+        .map_err(|e| kube_err(&format!("get {what} {name}"), e))?
+    {
+        None => {
+            api.create(&PostParams::default(), &obj)
+                .await
+                .map_err(|e| kube_err(&format!("create {what} {name}"), e))?;
+        }
+        Some(existing) => {
+            obj.meta_mut().resource_version = existing.meta().resource_version.clone();
+            api.replace(name, &PostParams::default(), &obj)
+                .await
+                .map_err(|e| kube_err(&format!("replace {what} {name}"), e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,16 +1,3 @@
-//! The fallback's relay: where the legacy database cannot subscribe to the target itself (no
-//! right to `CREATE SUBSCRIPTION`, or no route from the legacy host to a private RDS),
-//! `postgres.fallback` runs `cutover relay` as a Deployment in the target environment's EKS
-//! cluster, which reaches the target inside its VPC and the legacy database as the tool does.
-//! It outlives the run (it carries every write made on AWS back to the legacy database until
-//! `postgres.decommission`, days later), survives the operator's laptop closing, and is
-//! restarted by the kubelet if it dies; its progress record makes a restart exact.
-//!
-//! The manifests: a Secret with both servers' URLs (`envFrom` in the pod: the URLs are never on
-//! a command line) and a Deployment of one replica, `strategy: Recreate` (never two relays on one
-//! slot), running the `cutover` image with `relay --slot ... --publisher target`. The plan and
-//! the dry-run show both, the Secret's values as fingerprints.
-
 //! Relay replication as a Deployment, for both directions: where a server cannot subscribe to
 //! the other itself (no right to `CREATE SUBSCRIPTION`, or no route between the servers: a
 //! private RDS, a legacy host's firewall), `postgres.replicate` (forward: the legacy database
@@ -31,13 +18,13 @@
 //! Deployment; it must not hold either step's replication logic (slots, publications, waits).
 
 use crate::config::Side;
-use crate::providers::kube::kube_err;
+use crate::providers::kube::{ensure_namespace, kube_err, upsert};
 use crate::providers::postgres::rights::Outcome;
 use crate::secret::fingerprint;
 use crate::steps::{StepContext, StepError};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -348,21 +335,7 @@ pub async fn apply(
     destination: &str,
 ) -> Result<(), StepError> {
     let client = cx.providers.kube().await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces
-        .get_opt(&r.namespace)
-        .await
-        .map_err(|e| kube_err(&format!("get namespace {}", r.namespace), e))?
-        .is_none()
-    {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": r.namespace}}))
-            .map_err(|e| StepError::Check(e.to_string()))?;
-        match namespaces.create(&PostParams::default(), &ns).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(kube_err(&format!("create namespace {}", r.namespace), e).into()),
-        }
-    }
+    ensure_namespace(&client, &r.namespace).await?;
     let s: Secret = serde_json::from_value(secret(r, cx.run_id, publisher, destination))
         .map_err(|e| StepError::Check(e.to_string()))?;
     let d: Deployment = serde_json::from_value(deployment(r, cx.run_id))
@@ -370,31 +343,7 @@ pub async fn apply(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &r.namespace);
     upsert(&secrets, &r.name, s, "Secret").await?;
     let deployments: Api<Deployment> = Api::namespaced(client, &r.namespace);
-    upsert(&deployments, &r.name, d, "Deployment").await
-}
-
-async fn upsert<K>(api: &Api<K>, name: &str, mut obj: K, what: &str) -> Result<(), StepError>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    match api
-        .get_opt(name)
-        .await
-        .map_err(|e| kube_err(&format!("get {what} {name}"), e))?
-    {
-        None => {
-            api.create(&PostParams::default(), &obj)
-                .await
-                .map_err(|e| kube_err(&format!("create {what} {name}"), e))?;
-        }
-        Some(existing) => {
-            obj.meta_mut().resource_version = existing.meta().resource_version.clone();
-            api.replace(name, &PostParams::default(), &obj)
-                .await
-                .map_err(|e| kube_err(&format!("replace {what} {name}"), e))?;
-        }
-    }
-    Ok(())
+    Ok(upsert(&deployments, &r.name, d, "Deployment").await?)
 }
 
 /// Deletes the Deployment and its Secret; returns whether the Deployment existed.

@@ -117,6 +117,9 @@ pub trait InitialCopy: Send + Sync {
         p: &workers::Processes,
         on_line: &mut (dyn FnMut(String) + Send),
     ) -> Result<(), ProviderError>;
+    /// Makes the plan claimable by workers outside the run ([`workers::prepare`]) and returns
+    /// the queue's counts ([`workers::Queue`]): how an Indexed Job's copy is followed.
+    async fn work_queue(&self) -> Result<workers::Queue, ProviderError>;
     /// Records that every chunk and post-data item is in (`phase = 'post-data'`).
     async fn copied(&self) -> Result<(), ProviderError>;
     /// Applies validate items `jobs` at a time ([`copy::validate`]).
@@ -361,6 +364,10 @@ impl InitialCopy for PgInitialCopy {
             )));
         }
         Ok(())
+    }
+    async fn work_queue(&self) -> Result<workers::Queue, ProviderError> {
+        workers::prepare(&self.target).await?;
+        workers::queue(&self.target).await
     }
     async fn copied(&self) -> Result<(), ProviderError> {
         self.target

@@ -30,6 +30,11 @@ pub const LEASE_COLUMNS: &str = "ALTER TABLE cutover_copy.chunks \
      ADD COLUMN IF NOT EXISTS lease_until timestamptz, \
      ADD COLUMN IF NOT EXISTS claims int NOT NULL DEFAULT 0";
 
+/// The environment variable a worker reads the source's URL from (a Secret's key in a pod).
+pub const SOURCE_URL_ENV: &str = "CUTOVER_COPY_SOURCE_URL";
+/// The environment variable a worker reads the target's URL from.
+pub const TARGET_URL_ENV: &str = "CUTOVER_COPY_TARGET_URL";
+
 /// One chunk a worker claimed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claim {
@@ -41,7 +46,7 @@ pub struct Claim {
 }
 
 /// The queue as the plan shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Queue {
     /// Chunks in the plan.
     pub chunks: i64,
@@ -49,6 +54,9 @@ pub struct Queue {
     pub left: i64,
     /// Of those, under a lease that has not run out (being copied).
     pub leased: i64,
+    /// Chunks copied, by the name of the worker that claimed each last (`index-0`, `pid-812`),
+    /// sorted by name; chunks the run's own workers copied are not claimed and not counted.
+    pub by_worker: Vec<(String, i64)>,
 }
 
 /// Makes the plan on `target` claimable ([`LEASE_COLUMNS`]).
@@ -130,10 +138,23 @@ pub async fn queue(target: &Client) -> Result<Queue, ProviderError> {
         )
         .await
         .map_err(|e| pg(Server::Target, e))?;
+    let by_worker = target
+        .query(
+            "SELECT c.worker, count(*) FROM cutover_copy.chunks c \
+               JOIN cutover_copy.copied d USING (table_name, chunk) \
+              WHERE c.worker IS NOT NULL GROUP BY c.worker ORDER BY c.worker",
+            &[],
+        )
+        .await
+        .map_err(|e| pg(Server::Target, e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     Ok(Queue {
         chunks: r.get(0),
         left: r.get(1),
         leased: r.get(2),
+        by_worker,
     })
 }
 
@@ -336,8 +357,8 @@ pub async fn run_processes(
                 let mut cmd = tokio::process::Command::new(&p.exe);
                 cmd.arg("copy-worker")
                     .args(["--name", &name, "--lease", &p.lease.as_secs().to_string()])
-                    .env("CUTOVER_COPY_SOURCE_URL", &source_url)
-                    .env("CUTOVER_COPY_TARGET_URL", &target_url)
+                    .env(SOURCE_URL_ENV, &source_url)
+                    .env(TARGET_URL_ENV, &target_url)
                     .stdin(std::process::Stdio::null())
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::piped())

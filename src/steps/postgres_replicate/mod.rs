@@ -44,6 +44,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod job;
 mod outputs;
 mod phases;
 pub use outputs::{Before, Copied, Outputs, TableCopy};
@@ -110,7 +111,7 @@ pub struct Params {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Workers {
-    /// in_process (default): `jobs` workers inside the run; processes: `count` local `cutover copy-worker` processes claiming chunks from the plan on the target (a lease each; a killed worker's chunk is claimed again once its lease runs out). Post-data is applied by the run either way.
+    /// in_process (default): `jobs` workers inside the run; processes: `count` local `cutover copy-worker` processes claiming chunks from the plan on the target (a lease each; a killed worker's chunk is claimed again once its lease runs out); job: a Kubernetes Indexed Job of `count` such workers in the target cluster (namespace relay_namespace; image and service account from the environment's eks section), deleted when the copy ends and by rollback. Post-data is applied by the run in every case.
     #[serde(default)]
     run: WorkersRun,
     /// Worker processes at once (with run: processes; default 4, at most 64).
@@ -144,6 +145,8 @@ pub enum WorkersRun {
     InProcess,
     /// `count` local `cutover copy-worker` processes.
     Processes,
+    /// An Indexed Job of `count` `cutover copy-worker` pods in the target cluster.
+    Job,
 }
 
 fn default_worker_count() -> usize {
@@ -169,6 +172,19 @@ impl Params {
             wal_budget: self.wal_budget.clone(),
             wal_limit: self.wal_limit.clone(),
         }
+    }
+
+    /// The copy Job of slot `slot` (`workers: { run: job }`).
+    fn copy_job(&self, cx: &StepContext, slot: &str) -> job::CopyJob {
+        job::copy_job(
+            &cx.env.eks,
+            &self.relay_namespace,
+            slot,
+            self.workers.count,
+            self.workers.backoff_limit,
+            self.workers.lease,
+            self.rate_limit_mb.map(|m| m / self.workers.count as f64),
+        )
     }
 
     /// The forward relay of slot `slot` publishing `publication` on the legacy database.
@@ -431,6 +447,23 @@ impl Kind for Replicate {
                         ));
                     }
                 }
+            }
+            if p.workers.run == WorkersRun::Job {
+                let j = p.copy_job(cx, &sub);
+                let (line, keys) = job::describe(&j, &s.source.conninfo(), &s.target.conninfo());
+                changes.push(Change::new(
+                    Action::Create,
+                    format!("Secret {}/{} in the target cluster", j.namespace, j.name),
+                    keys,
+                ));
+                changes.push(
+                    Change::new(
+                        Action::Create,
+                        format!("Job {}/{} in the target cluster", j.namespace, j.name),
+                        line,
+                    )
+                    .with_document(job::manifest(&j, cx.run_id)),
+                );
             }
             changes.push(Change::new(
                 Action::Create,
@@ -822,6 +855,13 @@ impl Kind for Replicate {
         let relayed = outputs.map_or(p.replication != Replication::Native, |o| {
             o.means == Some(Means::Relay)
         });
+        let j = p.copy_job(cx, &sub);
+        if job::delete(cx, &j).await? {
+            lines.push(dropped(
+                format!("copy Job {}/{} (target cluster)", j.namespace, j.name),
+                "Job (with its pods) and Secret deleted",
+            ));
+        }
         let g = relay::guard(&p.relay_settings(), &sub, Side::Source);
         let mut deployments = vec![(g, "WAL guard")];
         if relayed {

@@ -2,6 +2,7 @@
 //! the choice of tables to reset, the copy itself with its progress lines, and the foreign key
 //! validation once replication runs. The order of the parts is the kind's (`mod.rs`).
 
+use super::job::{self, Outcome};
 use super::outputs::NotValidated;
 use super::{fmt_mb, names, Params, Servers, WorkersRun};
 use crate::providers::postgres::catalog::Table;
@@ -240,32 +241,38 @@ pub(super) async fn run_copy(
                 chrono::Utc::now().format("%H:%M:%S%.3f")
             ),
         };
-        // With worker processes, they copy the chunks (claiming them from the plan on the
-        // target); the run then applies the post-data as it does after its own workers.
-        let pending = if p.workers.run == WorkersRun::Processes && !pending.is_empty() {
-            let procs = workers::Processes {
-                exe: std::env::current_exe().map_err(|e| {
-                    StepError::Check(format!("cannot find the cutover executable: {e}"))
-                })?,
-                count: p.workers.count,
-                lease: std::time::Duration::from_secs(p.workers.lease),
-                rate_limit_mb: p.rate_limit_mb.map(|m| m / p.workers.count as f64),
-                backoff_limit: p.workers.backoff_limit,
-            };
-            (cx.progress)(&format!(
-                "copying {} chunk(s) with {} worker process(es) claiming from the plan on the target (lease {} s)",
-                pending.len(),
-                procs.count,
-                p.workers.lease
-            ));
-            let mut on_line = |l: String| (cx.progress)(&l);
-            let copying = s.copy.copy_by_processes(&procs, &mut on_line);
-            cx.watched(copying, "the initial copy").await??;
-            let (_, done_now) = s.copy.progress().await?;
-            copied += done_now.len().saturating_sub(done_before.len());
-            Vec::new()
-        } else {
-            pending
+        // With worker processes or a Job, they copy the chunks (claiming them from the plan on
+        // the target); the run then applies the post-data as it does after its own workers.
+        let pending = match p.workers.run {
+            _ if pending.is_empty() => pending,
+            WorkersRun::InProcess => pending,
+            WorkersRun::Processes => {
+                let procs = workers::Processes {
+                    exe: std::env::current_exe().map_err(|e| {
+                        StepError::Check(format!("cannot find the cutover executable: {e}"))
+                    })?,
+                    count: p.workers.count,
+                    lease: std::time::Duration::from_secs(p.workers.lease),
+                    rate_limit_mb: p.rate_limit_mb.map(|m| m / p.workers.count as f64),
+                    backoff_limit: p.workers.backoff_limit,
+                };
+                (cx.progress)(&format!(
+                    "copying {} chunk(s) with {} worker process(es) claiming from the plan on the target (lease {} s)",
+                    pending.len(),
+                    procs.count,
+                    p.workers.lease
+                ));
+                let mut on_line = |l: String| (cx.progress)(&l);
+                let copying = s.copy.copy_by_processes(&procs, &mut on_line);
+                cx.watched(copying, "the initial copy").await??;
+                let (_, done_now) = s.copy.progress().await?;
+                copied += done_now.len().saturating_sub(done_before.len());
+                Vec::new()
+            }
+            WorkersRun::Job => {
+                copied += copy_by_job(cx, p, s, pending.len()).await?;
+                Vec::new()
+            }
         };
         let work = copy::Work {
             chunks: pending,
@@ -310,4 +317,91 @@ pub(super) async fn run_copy(
         ran: state.phase == "copying",
         same_major,
     })
+}
+
+/// Copies the plan's chunks not yet copied (`pending` of them) with the Indexed Job of
+/// `workers: { run: job }`: applies it (keeping one an earlier attempt left running), follows
+/// its pods and the plan each second in the progress line, and deletes it with its Secret once
+/// it completed. Returns how many chunks the Job copied.
+///
+/// # Errors
+/// [`StepError::Check`] when the Job failed (its condition's reason and message), vanished, or
+/// completed with chunks left; the Job is left for the rollback to delete.
+async fn copy_by_job(
+    cx: &StepContext<'_>,
+    p: &Params,
+    s: &Servers,
+    pending: usize,
+) -> Result<usize, StepError> {
+    let (_, sub) = names(cx, p.publication.as_deref(), p.subscription.as_deref());
+    let j = p.copy_job(cx, &sub);
+    let before = s.copy.work_queue().await?;
+    let created = job::apply(cx, &j, &s.source.conninfo(), &s.target.conninfo()).await?;
+    (cx.progress)(&format!(
+        "copying {pending} chunk(s) with Job {}/{} in the target cluster ({}): {} indexed worker(s), backoffLimit {}, lease {} s",
+        j.namespace,
+        j.name,
+        if created { "created" } else { "kept: an earlier attempt's, still running" },
+        j.count,
+        j.backoff_limit,
+        p.workers.lease
+    ));
+    let follow = async {
+        let mut last = String::new();
+        loop {
+            let Some(st) = job::state(cx, &j).await? else {
+                return Err(StepError::Check(format!(
+                    "Job {}/{} disappeared from the target cluster while it copied; run again to resume the copy",
+                    j.namespace, j.name
+                )));
+            };
+            let q = s.copy.work_queue().await?;
+            let by: Vec<String> = q
+                .by_worker
+                .iter()
+                .map(|(w, n)| format!("{w}: {n}"))
+                .collect();
+            let line = format!(
+                "Job {}/{}: {}; {} of {} chunks copied{}",
+                j.namespace,
+                j.name,
+                st.pods(),
+                q.chunks - q.left,
+                q.chunks,
+                if by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", by.join(", "))
+                }
+            );
+            if line != last {
+                (cx.progress)(&line);
+                last = line;
+            }
+            match st.outcome {
+                Outcome::Running => {}
+                Outcome::Complete if q.left == 0 => return Ok(q),
+                Outcome::Complete => {
+                    return Err(StepError::Check(format!(
+                        "Job {}/{} completed with {} of {} chunks not copied",
+                        j.namespace, j.name, q.left, q.chunks
+                    )))
+                }
+                Outcome::Failed { reason, message } => {
+                    return Err(StepError::Check(format!(
+                        "Job {}/{} failed ({reason}: {message}) with {} of {} chunks not copied; its pods' logs say why (kubectl logs -n {} job/{} --all-containers)",
+                        j.namespace, j.name, q.left, q.chunks, j.namespace, j.name
+                    )))
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    };
+    let q = cx.watched(follow, "the copy Job").await??;
+    job::delete(cx, &j).await?;
+    (cx.progress)(&format!(
+        "Job {}/{} completed and deleted with its Secret",
+        j.namespace, j.name
+    ));
+    Ok((before.left - q.left).max(0) as usize)
 }

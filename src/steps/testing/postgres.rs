@@ -1035,6 +1035,22 @@ impl InitialCopy for FakePostgres {
         }
         Ok(())
     }
+    async fn work_queue(
+        &self,
+    ) -> Result<crate::providers::postgres::workers::Queue, ProviderError> {
+        let g = self.lock();
+        let (chunks, copied) = g
+            .copy
+            .progress
+            .as_ref()
+            .map_or((0, 0), |(_, c, d)| (c.len() as i64, d.len() as i64));
+        Ok(crate::providers::postgres::workers::Queue {
+            chunks,
+            left: chunks - copied,
+            leased: 0,
+            by_worker: Vec::new(),
+        })
+    }
     async fn copied(&self) -> Result<(), ProviderError> {
         if let Some((state, ..)) = self.lock().copy.progress.as_mut() {
             state.phase = "post-data".into();
