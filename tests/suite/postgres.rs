@@ -745,3 +745,140 @@ phases:
     );
     sb.assert_no_secrets(&[]);
 }
+
+/// The Job of `copy-by-job` runs: `(active, chunks copied by worker)` from the emulator and the
+/// plan on the target; `None` while there is no Job.
+fn copy_job_state(sb: &Sandbox, tgt: &str) -> Option<(i64, Vec<(String, i64)>)> {
+    let jobs = sb.kube_get("staging", "/apis/batch/v1/namespaces/cutover/jobs");
+    let job = jobs["items"].as_array()?.first()?.clone();
+    assert_eq!(job["spec"]["completionMode"], "Indexed", "{job}");
+    let by_worker = sb
+        .try_sql(
+            tgt,
+            "SELECT c.worker, count(*) FROM cutover_copy.chunks c JOIN cutover_copy.copied d USING (table_name, chunk) WHERE c.worker IS NOT NULL GROUP BY 1 ORDER BY 1",
+        )
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].clone().unwrap_or_default(),
+                r[1].as_deref().unwrap_or("0").parse().unwrap(),
+            )
+        })
+        .collect();
+    Some((job["status"]["active"].as_i64().unwrap_or(0), by_worker))
+}
+
+#[test]
+fn a_copy_by_an_indexed_job_of_two_is_deleted_by_rollback_and_completes_on_the_next_run() {
+    let sb = Sandbox::start_long();
+    let src = sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL");
+    let tgt = sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL");
+    seed_events(&sb, &src);
+    let runbook = |name: &str, rate: &str| {
+        sb.extra_runbook(
+            name,
+            &format!(
+                r#"name: {name}
+database: shop
+description: The shop's database copied by an Indexed Job of two workers in the target cluster.
+phases:
+  - name: copy
+    steps:
+      - id: replicate
+        kind: postgres.replicate
+        with: {{ chunk_rows: 20000, reset_target: true{rate}, workers: {{ run: job, count: 2 }} }}
+      - {{ id: prepass, kind: postgres.verify, with: {{ method: checksum, jobs: 2 }}, timeout: 10m }}
+"#
+            ),
+        )
+    };
+    // The dry-run shows the Job's manifest, and no URL.
+    let slow = runbook("copy-by-job-slow", ", rate_limit_mb: 2");
+    let plan = sb.cutover(&["execute", "staging", "--runbook", &slow, "--dry-run"]);
+    let shown = text(&plan);
+    assert!(plan.status.success(), "{shown}");
+    for part in [
+        "Job cutover/copy-cutover-shop-",
+        r#""completionMode":"Indexed""#,
+        r#""completions":2"#,
+        r#""parallelism":2"#,
+        "CUTOVER_COPY_SOURCE_URL sha256:",
+    ] {
+        assert!(shown.contains(part), "{part} not in the dry-run:\n{shown}");
+    }
+    assert!(
+        copy_job_state(&sb, &tgt).is_none(),
+        "a dry-run applies nothing"
+    );
+
+    // Run 1, limited to 2 MB/s: once both indexes have copied a chunk, the operator raises the
+    // panic flag; the rollback deletes the Job (its pods with it) and its Secret.
+    let (mut child, out, err) = sb.spawn_logged(&["rehearse", "staging", "--runbook", &slow]);
+    wait_until(300, "both of the Job's pods to copy a chunk", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "the run ended ({status}) before the Job copied:\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        // The run's progress line follows the Job's pods and what each index copied.
+        let line = std::fs::read_to_string(&err).unwrap_or_default();
+        matches!(copy_job_state(&sb, &tgt), Some((2, w)) if w.len() == 2)
+            && line.contains("index-0: ")
+            && line.contains("index-1: ")
+    });
+    std::fs::write(
+        sb.project.path().join(".cutover/panic-staging"),
+        "stop the copy\n",
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let printed = std::fs::read_to_string(&out).unwrap() + &std::fs::read_to_string(&err).unwrap();
+    sb.outputs.lock().unwrap().push(printed.clone());
+    assert_eq!(status.code(), Some(1), "{printed}");
+    assert!(printed.contains(" active ("), "{printed}");
+    assert!(
+        copy_job_state(&sb, &tgt).is_none(),
+        "the rollback deleted the Job"
+    );
+    let secrets = sb.kube_get("staging", "/api/v1/namespaces/cutover/secrets");
+    assert!(
+        !secrets.to_string().contains("copy-cutover-shop-"),
+        "the rollback deleted the Job's Secret: {secrets}"
+    );
+    let run1 = sb.run_ids().pop().unwrap();
+    let restored = sb.records(&run1).iter().any(|r| {
+        r["type"] == "rollback_step_completed"
+            && r["data"]["restored"]
+                .to_string()
+                .contains("copy Job cutover/copy-cutover-shop-")
+    });
+    assert!(restored, "the rollback names the Job it deleted");
+    std::fs::remove_file(sb.project.path().join(".cutover/panic-staging")).unwrap();
+
+    // Run 2: the Job copies every chunk, completes, and is deleted by the run.
+    let fast = runbook("copy-by-job", "");
+    let out = sb.cutover(&["rehearse", "staging", "--runbook", &fast]);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        printed.contains("completed and deleted with its Secret"),
+        "{printed}"
+    );
+    assert!(copy_job_state(&sb, &tgt).is_none());
+    let run2 = sb.run_ids().pop().unwrap();
+    assert_ne!(run1, run2);
+    let records = sb.records(&run2);
+    let o = &step_event(&records, "step_applied", "replicate").expect("replicate applied")["data"]
+        ["outputs"];
+    assert_events_copied(o);
+    let digest = "SELECT count(*) || ':' || count(DISTINCT id) || ':' || md5(string_agg(id || kind || payload, ',' ORDER BY id)) FROM public.events";
+    assert_eq!(scalar(&sb, &src, digest), scalar(&sb, &tgt, digest));
+    let verified = step_event(&records, "step_applied", "prepass").expect("prepass applied");
+    assert_eq!(
+        verified["data"]["outputs"]["tables"]["public.events"]["equal"],
+        true
+    );
+    sb.assert_no_secrets(&[]);
+}

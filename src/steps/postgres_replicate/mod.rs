@@ -81,7 +81,7 @@ pub struct Params {
     /// A source transaction open longer than this many seconds fails the preflight (default 300).
     #[serde(default = "default_max_transaction_age")]
     max_transaction_age: i64,
-    /// Non-production only: when the target's tables hold an earlier rehearsal's copy (and no fallback subscription of a run is live on the source), drop those tables (their owned sequences with them) and copy schema and rows again (default false); e.g. "{{ env.tier != 'production' }}".
+    /// Non-production only: when the target's tables hold rows of an earlier rehearsal's copy (and no fallback subscription of a run is live on the source), drop every table of the source's on the target, empty ones included (their owned sequences with them), and copy schema and rows again (default false); e.g. "{{ env.tier != 'production' }}".
     #[serde(default, deserialize_with = "super::rendered::flag")]
     reset_target: bool,
     /// The runbook keeps a fallback replication (postgres.fallback): the target must have wal_level = logical (default true).

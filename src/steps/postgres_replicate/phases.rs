@@ -96,7 +96,9 @@ pub(super) async fn tables_to_reset(
             live.join(", ")
         )));
     }
-    Ok(Some(filled))
+    // Every table of the earlier copy goes, the empty ones too: a copy stopped part-way leaves
+    // tables without rows, and the schema is copied again only into a target without them.
+    Ok(Some(on_both))
 }
 
 pub(super) fn problems_error(problems: &[String]) -> StepError {
