@@ -882,3 +882,63 @@ phases:
     );
     sb.assert_no_secrets(&[]);
 }
+
+#[test]
+fn thirty_two_worker_processes_on_a_thousand_small_chunks_claim_none_twice() {
+    let sb = Sandbox::start();
+    let (src, tgt) = (
+        sb.var("CUTOVER_STAGING_SOURCE_DATABASE_URL"),
+        sb.var("CUTOVER_STAGING_TARGET_DATABASE_URL"),
+    );
+    // The shop's 310,000 rows in chunks of 300: over 1,000 chunks for 32 claimers.
+    let rb = sb.extra_runbook(
+        "copy-by-32-workers",
+        r#"name: copy-by-32-workers
+database: shop
+description: The shop's database copied in small chunks by 32 worker processes.
+phases:
+  - name: copy
+    steps:
+      - id: replicate
+        kind: postgres.replicate
+        with: { chunk_rows: 300, workers: { run: processes, count: 32 } }
+"#,
+    );
+    let out = sb.cutover(&["rehearse", "staging", "--runbook", &rb]);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    let run = only_run(&sb).unwrap();
+    let records = sb.records(&run);
+    let o = &step_event(&records, "step_applied", "replicate").expect("replicate applied")["data"]
+        ["outputs"];
+    let chunks = o["chunks"].as_u64().unwrap();
+    assert!(chunks >= 1000, "{o}");
+    assert_eq!(o["chunks_copied"].as_u64(), Some(chunks), "{o}");
+    // Each worker names every chunk it copied: every chunk once, by one of 32 workers, and no
+    // chunk was claimed a second time or committed by two.
+    let mut copied: Vec<(String, String)> = printed
+        .lines()
+        .filter_map(|l| {
+            let (worker, rest) = l.split_once("copy-worker ")?.1.split_once(": copied ")?;
+            let chunk = rest.split(" (").next()?;
+            Some((chunk.to_string(), worker.to_string()))
+        })
+        .collect();
+    assert_eq!(copied.len() as u64, chunks, "one copied line per chunk");
+    copied.sort();
+    copied.dedup_by(|a, b| a.0 == b.0);
+    assert_eq!(copied.len() as u64, chunks, "no chunk copied twice");
+    let workers: std::collections::BTreeSet<&str> =
+        copied.iter().map(|(_, w)| w.as_str()).collect();
+    assert!(workers.len() > 1 && workers.len() <= 32, "{workers:?}");
+    for twice in ["again (claim", "committed by another worker first"] {
+        assert!(!printed.contains(twice), "{twice}:\n{printed}");
+    }
+    // The same rows on both sides once replication has applied what came after the snapshot.
+    for t in ["customers", "orders", "order_items"] {
+        let q = format!("SELECT count(*) || ':' || count(DISTINCT id) FROM public.{t}");
+        wait_until(120, &format!("{t} equal on both sides"), || {
+            scalar(&sb, &src, &q) == scalar(&sb, &tgt, &q)
+        });
+    }
+}
