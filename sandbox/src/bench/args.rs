@@ -51,6 +51,18 @@ pub struct BenchArgs {
     /// Parallel jobs of every copy and verify method.
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
+    /// Worker process counts of the copy part (`1,2,4`): with it, the copy part copies the
+    /// generated `events` database by `cutover copy-worker` processes, once per count, beside a
+    /// native subscription, then measures claim contention (`--claimers`) instead of comparing
+    /// cutover's in-process copy with pg_dump/pg_restore.
+    #[arg(long, value_delimiter = ',')]
+    pub workers: Vec<usize>,
+    /// Concurrent claimers of the claim contention series (with `--workers`).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    pub claimers: Vec<usize>,
+    /// Chunks of the plan the claimers share (with `--workers`).
+    #[arg(long, default_value_t = 1000)]
+    pub claim_chunks: usize,
     /// Rows of the generated table for the verify part.
     #[arg(long, default_value_t = 5_000_000)]
     pub verify_rows: i64,
@@ -135,6 +147,9 @@ pub async fn run(a: BenchArgs, sandbox_dir: &std::path::Path) -> i32 {
         downtime_rows: a.downtime_rows.clone(),
         size_mb: a.size_mb,
         jobs: a.jobs.max(1),
+        workers: a.workers.iter().map(|w| (*w).clamp(1, 64)).collect(),
+        claimers: a.claimers.iter().map(|c| (*c).clamp(1, 90)).collect(),
+        claim_chunks: a.claim_chunks.max(1),
         verify_rows: a.verify_rows,
         repl_seconds: a.repl_seconds.max(1),
         repl_clients: a.repl_clients.max(1),

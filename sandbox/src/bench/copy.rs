@@ -12,11 +12,11 @@ use cutover::providers::postgres::snapshot::dump_section;
 use cutover::providers::postgres::{connect, ident, literal, ConnParts, Server};
 use std::time::{Duration, Instant};
 
-const DB: &str = "cutover_bench_copy";
+pub(super) const DB: &str = "cutover_bench_copy";
 
 /// The table shapes the part copies, each in its own generated database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
+pub(super) enum Shape {
     /// `accounts` (100000 rows) and `events` (one `bigint` key, a secondary index, a foreign
     /// key to `accounts`): the size asked for.
     Events,
@@ -57,7 +57,11 @@ async fn fill(url: &str, rows: i64, insert: &str) -> Result<()> {
 
 /// Creates the shape's database on the source; returns its size on disk (bytes), the main
 /// table's name and its rows.
-async fn generate(bench: &Bench, shape: Shape, size_mb: u64) -> Result<(u64, &'static str, i64)> {
+pub(super) async fn generate(
+    bench: &Bench,
+    shape: Shape,
+    size_mb: u64,
+) -> Result<(u64, &'static str, i64)> {
     bench.fresh_databases(DB).await?;
     let url = bench.source_db(DB)?;
     let c = connect(&url, Server::Source).await?;
@@ -97,7 +101,7 @@ async fn generate(bench: &Bench, shape: Shape, size_mb: u64) -> Result<(u64, &'s
     Ok((size as u64, table, rows))
 }
 
-async fn fresh_target(bench: &Bench) -> Result<()> {
+pub(super) async fn fresh_target(bench: &Bench) -> Result<()> {
     let c = super::admin(&bench.target_url, Server::Target).await?;
     c.batch_execute(&format!(
         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -117,7 +121,7 @@ async fn fresh_target(bench: &Bench) -> Result<()> {
 
 /// Rows of `table` on the target, and how many of its indexes and constraints are there and
 /// valid (a method that skipped post-data would look fast).
-async fn target_rows(bench: &Bench, table: &str) -> Result<(i64, i64)> {
+pub(super) async fn target_rows(bench: &Bench, table: &str) -> Result<(i64, i64)> {
     let c = connect(&bench.target_db(DB)?, Server::Target).await?;
     let r = c
         .query_one(
@@ -143,7 +147,7 @@ phases:
     )
 }
 
-async fn native_subscription(bench: &Bench, jobs: usize) -> Result<()> {
+pub(super) async fn native_subscription(bench: &Bench, jobs: usize) -> Result<()> {
     let src_url = bench.source_db(DB)?;
     let tgt_url = bench.target_db(DB)?;
     let sp = ConnParts::parse(&src_url, Server::Source)?;

@@ -22,6 +22,7 @@ mod downtime;
 mod objects;
 mod replication;
 mod verify;
+mod workers;
 
 use anyhow::{bail, Context, Result};
 use cutover::config::{Environment, SecretRef, StoreKind, Tier};
@@ -49,6 +50,12 @@ pub struct Options {
     pub size_mb: u64,
     /// Parallel jobs of every copy method.
     pub jobs: usize,
+    /// Worker process counts of the copy part's worker series (empty: the in-process series).
+    pub workers: Vec<usize>,
+    /// Concurrent claimers of the claim contention series.
+    pub claimers: Vec<usize>,
+    /// Chunks of the claim contention series' plan.
+    pub claim_chunks: usize,
     /// Rows of the generated table in the verify part.
     pub verify_rows: i64,
     /// The application reload modes the downtime part measures, one series each.
@@ -586,6 +593,7 @@ pub async fn run(root: &Path, opts: &Options) -> Result<()> {
     for part in &opts.parts {
         match part.as_str() {
             "downtime" => downtime::run(&bench, opts).await?,
+            "copy" if !opts.workers.is_empty() => workers::run(&bench, opts).await?,
             "copy" => copy::run(&bench, opts).await?,
             "verify" => verify::run(&bench, opts).await?,
             "replication" => replication::run(&bench, opts).await?,
