@@ -1106,15 +1106,42 @@ pub fn router(cluster: Cluster) -> Router {
     r.with_state(cluster)
 }
 
-/// Runs the deployment controller for `cluster` forever, one tick every 200 ms (a rollout's
-/// steps wait for pods' readiness, 2 s each by default: a tick finer than this only costs CPU,
-/// and every sandbox runs three clusters, several sandboxes at once in the suite).
+/// Runs the deployment and Job controllers for `cluster` forever: a tick after every write to
+/// the cluster (an API request, a pod's exit) and at the next moment a tick would change
+/// something (a pod becoming ready, a failed Job pod's back-off ending), as a real controller
+/// works from watch events and requeues; at least one every 5 s. Every sandbox runs three
+/// clusters, several sandboxes at once in the suite: a fixed fine tick only costs CPU.
 pub async fn controller(cluster: Cluster) {
+    let mut changes = cluster.lock().unwrap_or_else(|p| p.into_inner()).changes();
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut s = cluster.lock().unwrap_or_else(|p| p.into_inner());
-        reconcile(&mut s);
-        reconcile_jobs(&mut s);
+        let next = {
+            let mut s = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            reconcile(&mut s);
+            reconcile_jobs(&mut s);
+            s.next_deadline()
+        };
+        let now = Instant::now();
+        let wait = next
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5));
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+impl Store {
+    /// The earliest moment after now at which a controller tick would change something
+    /// without a write: a Deployment's or Job's pod becoming ready, a Job's back-off ending.
+    fn next_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let pods = self
+            .pods
+            .values()
+            .flat_map(|(_, pods)| pods.iter().map(|p| p.ready_at));
+        pods.chain(self.job_deadlines()).filter(|t| *t > now).min()
     }
 }
 

@@ -265,8 +265,10 @@ fn s3_store_shares_runs_between_clones_and_grants_the_lock_once() {
         ),
     )
     .unwrap();
+    // Twenty races: each pair starts together, one holds the lock about two seconds, and the
+    // other must be refused, never both proceed.
     let mut proceeded = 0;
-    for trial in 0..50 {
+    for trial in 0..20 {
         let a = sb.spawn(&["rehearse", "staging", "--runbook", "hold"]);
         let b = sb.spawn(&["rehearse", "staging", "--runbook", "hold"]);
         let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
@@ -287,7 +289,7 @@ fn s3_store_shares_runs_between_clones_and_grants_the_lock_once() {
         );
         proceeded += 1;
     }
-    assert_eq!(proceeded, 50);
+    assert_eq!(proceeded, 20);
     // The lock object is gone after the last run, and every run's log is in the bucket.
     let account = sb.var("CUTOVER_STAGING_ACCOUNT_ID");
     let keys = sb.s3_keys("staging", &format!("shop-tfstate-{account}"));
@@ -297,7 +299,7 @@ fn s3_store_shares_runs_between_clones_and_grants_the_lock_once() {
             keys.iter()
                 .filter(|k| k.starts_with("cutover/runs/") && k.ends_with(file))
                 .count(),
-            51,
+            21,
             "{keys:?}"
         );
     }

@@ -119,7 +119,7 @@ async fn claimer(url: String, name: String) -> Result<Vec<f64>> {
         let Some(claim) = workers::claim(&c, &name, Duration::from_secs(30)).await? else {
             return Ok(latencies);
         };
-        latencies.push(secs(t));
+        latencies.push(t.elapsed().as_secs_f64());
         c.execute(
             "INSERT INTO cutover_copy.copied (table_name, chunk, rows, bytes, attempt) VALUES ($1, $2, 0, 0, $3)",
             &[&claim.chunk.table, &claim.chunk.index, &name],

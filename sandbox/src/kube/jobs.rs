@@ -142,6 +142,8 @@ impl Store {
     /// Records that pod `id` (a Job's, run by the kubelet) exited with `code`; an orphan is
     /// forgotten.
     pub fn pod_exited(&mut self, id: u64, code: i32) {
+        // The Job controller wakes on it as on a write (a pod's status update, on a cluster).
+        self.changes.send_replace(self.next_rv);
         for run in self.jobs.values_mut() {
             if let Some(p) = run.pods.iter_mut().find(|p| p.id == id) {
                 p.exit = Some(code);
@@ -177,6 +179,16 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// When each Job's pods become ready and when its back-off ends ([`Store::next_deadline`]).
+    pub(super) fn job_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.jobs.values().flat_map(|run| {
+            run.pods
+                .iter()
+                .map(|p| p.ready_at)
+                .chain(std::iter::once(run.next_create))
+        })
     }
 
     /// A Job was deleted: its pods go with it (`cascade`) or run on as orphans.
