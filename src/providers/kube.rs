@@ -382,3 +382,24 @@ where
     }
     Ok(())
 }
+
+/// The manifest of an `Opaque` Secret `namespace/name` with `labels` and the given keys as
+/// `stringData` (values as written: the caller's secrets; never print the manifest).
+pub fn opaque_secret(
+    namespace: &str,
+    name: &str,
+    labels: serde_json::Value,
+    data: &[(&str, &str)],
+) -> serde_json::Value {
+    let data: serde_json::Map<String, serde_json::Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "type": "Opaque",
+        "stringData": data,
+    })
+}

@@ -18,7 +18,7 @@
 //! Deployment; it must not hold either step's replication logic (slots, publications, waits).
 
 use crate::config::Side;
-use crate::providers::kube::{ensure_namespace, kube_err, upsert};
+use crate::providers::kube::{ensure_namespace, kube_err, opaque_secret, upsert};
 use crate::providers::postgres::rights::Outcome;
 use crate::secret::fingerprint;
 use crate::steps::{StepContext, StepError};
@@ -294,13 +294,12 @@ pub fn deployment(r: &Relay, run_id: &str) -> Value {
 
 /// The Secret's manifest with `publisher` and `destination` (URLs with passwords).
 fn secret(r: &Relay, run_id: &str, publisher: &str, destination: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": r.name, "namespace": r.namespace, "labels": labels(r, run_id)},
-        "type": "Opaque",
-        "stringData": {PUBLISHER_KEY: publisher, DESTINATION_KEY: destination},
-    })
+    opaque_secret(
+        &r.namespace,
+        &r.name,
+        labels(r, run_id),
+        &[(PUBLISHER_KEY, publisher), (DESTINATION_KEY, destination)],
+    )
 }
 
 /// What the plan shows of the relay: the Deployment (image, arguments) and the Secret's keys

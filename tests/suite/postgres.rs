@@ -117,6 +117,18 @@ fn assert_events_copied(o: &Value) {
     );
 }
 
+/// Independently of the tool, the same `events` rows on both sides and none twice (count,
+/// distinct ids, md5 over every row); and the run's `prepass` verify found them equal.
+fn assert_events_equal(sb: &Sandbox, src: &str, tgt: &str, records: &[Value]) {
+    let digest = "SELECT count(*) || ':' || count(DISTINCT id) || ':' || md5(string_agg(id || kind || payload, ',' ORDER BY id)) FROM public.events";
+    assert_eq!(scalar(sb, src, digest), scalar(sb, tgt, digest));
+    let verified = step_event(records, "step_applied", "prepass").expect("prepass applied");
+    assert_eq!(
+        verified["data"]["outputs"]["tables"]["public.events"]["equal"],
+        true
+    );
+}
+
 fn replace_in(path: &Path, from: &str, to: &str) {
     let s = std::fs::read_to_string(path).unwrap();
     assert!(s.contains(from), "{from} not in {}", path.display());
@@ -730,14 +742,7 @@ phases:
         "every planned chunk copied: {o}"
     );
     assert_events_copied(o);
-    // Independently of the tool: the same rows on both sides, none twice.
-    let digest = "SELECT count(*) || ':' || count(DISTINCT id) || ':' || md5(string_agg(id || kind || payload, ',' ORDER BY id)) FROM public.events";
-    assert_eq!(scalar(&sb, &src, digest), scalar(&sb, &tgt, digest));
-    let verified = step_event(&records, "step_applied", "prepass").expect("prepass applied");
-    assert_eq!(
-        verified["data"]["outputs"]["tables"]["public.events"]["equal"],
-        true
-    );
+    assert_events_equal(&sb, &src, &tgt, &records);
     assert!(
         sb.try_sql(&tgt, "SELECT 1 FROM cutover_copy.chunks")
             .is_err(),
@@ -873,13 +878,7 @@ phases:
     let o = &step_event(&records, "step_applied", "replicate").expect("replicate applied")["data"]
         ["outputs"];
     assert_events_copied(o);
-    let digest = "SELECT count(*) || ':' || count(DISTINCT id) || ':' || md5(string_agg(id || kind || payload, ',' ORDER BY id)) FROM public.events";
-    assert_eq!(scalar(&sb, &src, digest), scalar(&sb, &tgt, digest));
-    let verified = step_event(&records, "step_applied", "prepass").expect("prepass applied");
-    assert_eq!(
-        verified["data"]["outputs"]["tables"]["public.events"]["equal"],
-        true
-    );
+    assert_events_equal(&sb, &src, &tgt, &records);
     sb.assert_no_secrets(&[]);
 }
 

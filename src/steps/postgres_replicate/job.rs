@@ -21,7 +21,7 @@
 //! chunks (that is [`crate::providers::postgres::workers`]) nor decide when the copy runs.
 
 use crate::config::EksSection;
-use crate::providers::kube::{ensure_namespace, is_not_found, kube_err, upsert};
+use crate::providers::kube::{ensure_namespace, is_not_found, kube_err, opaque_secret, upsert};
 use crate::secret::fingerprint;
 use crate::steps::{StepContext, StepError};
 use k8s_openapi::api::batch::v1::Job;
@@ -145,13 +145,12 @@ pub fn manifest(j: &CopyJob, run_id: &str) -> Value {
 
 /// The Secret's manifest with both URLs (passwords included: never shown).
 fn secret(j: &CopyJob, run_id: &str, source: &str, target: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": j.name, "namespace": j.namespace, "labels": labels(j, run_id)},
-        "type": "Opaque",
-        "stringData": {SOURCE_KEY: source, TARGET_KEY: target},
-    })
+    opaque_secret(
+        &j.namespace,
+        &j.name,
+        labels(j, run_id),
+        &[(SOURCE_KEY, source), (TARGET_KEY, target)],
+    )
 }
 
 /// What the plan shows: the Job in one line, and the Secret's keys with their values'
