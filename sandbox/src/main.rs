@@ -498,12 +498,18 @@ fn start_prometheus(s: &mut State) -> Result<()> {
     anyhow::bail!("Prometheus did not start: {}", failures.join("; "))
 }
 
-/// Waits until Prometheus has scraped all `n` targets (its discovery hands them to the scrape
-/// manager a few seconds after it is ready), so analysis windows find series from the start.
+/// Waits until Prometheus has scraped each of its `n` targets at least once (its discovery
+/// hands them to the scrape manager a few seconds after it is ready), so analysis windows find
+/// series from the start. "At least once in the last minute" (`max_over_time(up[1m])`), not
+/// "all up in the same instant": on a loaded machine one scrape of the four may time out, and
+/// waiting for all four to succeed together failed a CI run's sandbox start after 60 s.
 fn wait_scraped(port: u16, n: usize) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(body) = procs::http_get(port, "/api/v1/query?query=count(up%3D%3D1)") {
+        if let Ok(body) = procs::http_get(
+            port,
+            "/api/v1/query?query=count(max_over_time(up%5B1m%5D)%3D%3D1)",
+        ) {
             if body.contains(&format!("\"{n}\"]")) {
                 return Ok(());
             }

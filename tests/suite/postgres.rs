@@ -853,13 +853,26 @@ phases:
         "the rollback deleted the Job's Secret: {secrets}"
     );
     let run1 = sb.run_ids().pop().unwrap();
-    let restored = sb.records(&run1).iter().any(|r| {
+    let records1 = sb.records(&run1);
+    let restored = records1.iter().any(|r| {
         r["type"] == "rollback_step_completed"
             && r["data"]["restored"]
                 .to_string()
                 .contains("copy Job cutover/copy-cutover-shop-")
     });
-    assert!(restored, "the rollback names the Job it deleted");
+    assert!(
+        restored,
+        "the rollback names the Job it deleted; run {run1} of {:?}: {:#?}\n{printed}",
+        sb.run_ids(),
+        records1
+            .iter()
+            .filter(
+                |r| r["type"].as_str().is_some_and(|t| t.starts_with("rollback")
+                    || t.starts_with("step_")
+                    || t == "panic")
+            )
+            .collect::<Vec<_>>()
+    );
     std::fs::remove_file(sb.project.path().join(".cutover/panic-staging")).unwrap();
 
     // Run 2: the Job copies every chunk, completes, and is deleted by the run.

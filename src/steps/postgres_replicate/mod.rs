@@ -387,7 +387,7 @@ impl Kind for Replicate {
         if let Some(filled) = &reset {
             changes.push(Change::new(
                 Action::Delete,
-                format!("rows of {} table(s) on target {td}", filled.len()),
+                format!("{} table(s) on target {td}", filled.len()),
                 format!("DROP TABLE {} CASCADE (reset_target: an earlier rehearsal's copy; schema and rows copied again)", filled.join(", ")),
             ));
         }
@@ -620,7 +620,7 @@ impl Kind for Replicate {
         if state.is_none() {
             if let Some(filled) = tables_to_reset(cx, p, &s).await? {
                 (cx.progress)(&format!(
-                    "reset_target: dropping {} table(s) an earlier rehearsal filled on the target; schema and rows are copied again",
+                    "reset_target: dropping the {} table(s) of an earlier rehearsal's copy on the target; schema and rows are copied again",
                     filled.len()
                 ));
                 s.copy.drop_tables(&filled).await?;

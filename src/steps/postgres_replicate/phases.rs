@@ -43,8 +43,9 @@ pub(super) async fn preflight_check(
         .await?)
 }
 
-/// The target tables an earlier rehearsal filled, when `reset_target` may empty them: `None`
-/// when there is nothing to reset; an error when resetting is not allowed here (production, or
+/// The target tables of an earlier rehearsal's copy (every source table on the target, once
+/// any of them holds rows), when `reset_target` may drop them: `None` when there is nothing to
+/// reset; an error when resetting is not allowed here (production, or
 /// an earlier run's fallback subscription is live on the source: the application uses the
 /// target).
 pub(super) async fn tables_to_reset(
