@@ -171,6 +171,15 @@ impl Store {
         }
     }
 
+    /// The keys of every stored object of `resource`.
+    fn keys_of(&self, resource: &str) -> Vec<Key> {
+        self.objects
+            .keys()
+            .filter(|(r, _, _)| r == resource)
+            .cloned()
+            .collect()
+    }
+
     /// The object, if stored.
     pub fn get(&self, resource: &str, ns: &str, name: &str) -> Option<&Value> {
         self.objects
@@ -974,12 +983,7 @@ impl Store {
 /// Available / Progressing conditions) when it changed.
 pub fn reconcile(s: &mut Store) {
     let now = Instant::now();
-    let keys: Vec<Key> = s
-        .objects
-        .keys()
-        .filter(|(r, _, _)| r == "deployments")
-        .cloned()
-        .collect();
+    let keys = s.keys_of("deployments");
     s.pods.retain(|k, _| keys.contains(k));
     for k in keys {
         let Some(d) = s.objects.get(&k).cloned() else {

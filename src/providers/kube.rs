@@ -403,3 +403,24 @@ pub fn opaque_secret(
         "stringData": data,
     })
 }
+
+/// Deletes `name` through `api` with `params`; whether it existed (a 404 is not an error).
+/// `what` names the kind in errors (`Secret`, `Job`).
+///
+/// # Errors
+/// [`ProviderError::Kube`] from the API.
+pub async fn delete_if_exists<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    params: &kube::api::DeleteParams,
+    what: &str,
+) -> Result<bool, ProviderError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, params).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(kube_err(&format!("delete {what} {name}"), e)),
+    }
+}

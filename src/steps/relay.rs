@@ -18,7 +18,7 @@
 //! Deployment; it must not hold either step's replication logic (slots, publications, waits).
 
 use crate::config::Side;
-use crate::providers::kube::{ensure_namespace, kube_err, opaque_secret, upsert};
+use crate::providers::kube::{delete_if_exists, ensure_namespace, kube_err, opaque_secret, upsert};
 use crate::providers::postgres::rights::Outcome;
 use crate::secret::fingerprint;
 use crate::steps::{StepContext, StepError};
@@ -365,17 +365,10 @@ pub async fn delete_named(
 ) -> Result<bool, StepError> {
     let client = cx.providers.kube().await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let existed = match deployments.delete(name, &DeleteParams::default()).await {
-        Ok(_) => true,
-        Err(kube::Error::Api(s)) if s.code == 404 => false,
-        Err(e) => return Err(kube_err(&format!("delete Deployment {name}"), e).into()),
-    };
+    let params = DeleteParams::default();
+    let existed = delete_if_exists(&deployments, name, &params, "Deployment").await?;
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
-    match secrets.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(kube_err(&format!("delete Secret {name}"), e).into()),
-    }
+    delete_if_exists(&secrets, name, &params, "Secret").await?;
     Ok(existed)
 }
 

@@ -236,14 +236,10 @@ fn fails_job(job: &Value, code: i32) -> bool {
 /// One tick of the Job controller over every Job of the store.
 pub fn reconcile_jobs(s: &mut Store) {
     let now = Instant::now();
-    let keys: Vec<Key> = s
-        .objects
-        .keys()
-        .filter(|(r, _, _)| r == "jobs")
-        .cloned()
-        .collect();
+    let keys = s.keys_of("jobs");
     s.jobs.retain(|k, _| keys.contains(k));
-    // Simulated orphans end when ready; the kubelet reports the others.
+    // A simulated orphan has no process to outlive its Job: it ends at once; the kubelet
+    // reports the exits of the others.
     s.orphans.retain(|o| o.pod.run.is_some());
     for k in keys {
         let Some(job) = s.objects.get(&k).cloned() else {

@@ -21,7 +21,7 @@
 //! chunks (that is [`crate::providers::postgres::workers`]) nor decide when the copy runs.
 
 use crate::config::EksSection;
-use crate::providers::kube::{ensure_namespace, is_not_found, kube_err, opaque_secret, upsert};
+use crate::providers::kube::{delete_if_exists, ensure_namespace, kube_err, opaque_secret, upsert};
 use crate::secret::fingerprint;
 use crate::steps::{StepContext, StepError};
 use k8s_openapi::api::batch::v1::Job;
@@ -290,7 +290,9 @@ pub async fn apply(
     let jobs: Api<Job> = Api::namespaced(client, &j.namespace);
     match state(cx, j).await? {
         Some(st) if !matches!(st.outcome, Outcome::Failed { .. }) => return Ok(false),
-        Some(_) => delete_job(&jobs, &j.name).await.map(|_| ())?,
+        Some(_) => {
+            delete_if_exists(&jobs, &j.name, &DeleteParams::background(), "Job").await?;
+        }
         None => {}
     }
     let job: Job = serde_json::from_value(manifest(j, cx.run_id))
@@ -301,30 +303,17 @@ pub async fn apply(
     Ok(true)
 }
 
-/// Deletes Job `name` with its pods (background propagation: the API's default for a Job
-/// orphans them); whether it existed.
-async fn delete_job(jobs: &Api<Job>, name: &str) -> Result<bool, StepError> {
-    match jobs.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(true),
-        Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => Err(kube_err(&format!("delete Job {name}"), e).into()),
-    }
-}
-
-/// Deletes the Job (with its pods) and its Secret; returns whether the Job existed.
+/// Deletes the Job with its pods (`propagationPolicy: Background`: the API's default for a
+/// Job orphans them) and its Secret; returns whether the Job existed.
 ///
 /// # Errors
 /// [`StepError`] from the Kubernetes API (404s are not errors).
 pub async fn delete(cx: &StepContext<'_>, j: &CopyJob) -> Result<bool, StepError> {
     let client = cx.providers.kube().await?;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &j.namespace);
-    let existed = delete_job(&jobs, &j.name).await?;
+    let existed = delete_if_exists(&jobs, &j.name, &DeleteParams::background(), "Job").await?;
     let secrets: Api<Secret> = Api::namespaced(client, &j.namespace);
-    match secrets.delete(&j.name, &DeleteParams::default()).await {
-        Ok(_) => {}
-        Err(e) if is_not_found(&e) => {}
-        Err(e) => return Err(kube_err(&format!("delete Secret {}", j.name), e).into()),
-    }
+    delete_if_exists(&secrets, &j.name, &DeleteParams::default(), "Secret").await?;
     Ok(existed)
 }
 
